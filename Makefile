@@ -1,0 +1,45 @@
+# kiln — build, test, bench. `make test` installs what the tests need on a
+# fresh Debian machine (as root) and runs the whole suite.
+
+CARGO ?= cargo
+TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd
+BENCH_DEBS := pigz
+
+.PHONY: build release test test-deps lint bench example clean
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# Install the external tools the integration tests drive (real registry, validators).
+test-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: test-deps
+	$(CARGO) test --all-targets -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Layer pipeline throughput (MB/s) and a side-by-side run against tar | pigz | sha256sum.
+bench: release
+	@dpkg -s pigz >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pigz)
+	$(CARGO) bench --bench layer_pipeline
+	bash benches/compare.sh
+
+# The main job: build the embedded example image into an OCI layout (no registry, no daemon).
+example: release
+	./target/release/kiln build examples/scratch-files/kiln.toml --output oci:kiln-out
+	@echo "image written to ./kiln-out (try: skopeo inspect oci:kiln-out:latest)"
+
+clean:
+	$(CARGO) clean
+	rm -rf kiln-out

@@ -1,0 +1,203 @@
+//! Content-addressed blob cache (`$KILN_CACHE`, default `~/.cache/kiln`).
+//!
+//! Blobs live at `blobs/sha256/<hex>`. Every write goes to a temp file in
+//! `tmp/` on the same filesystem and is renamed into place only after its
+//! digest was checked, so a killed build never leaves a corrupt entry and two
+//! builds sharing the cache at worst both write the same bytes (rename is
+//! atomic). Reads re-verify, so bytes damaged on disk later are detected and
+//! the entry is dropped to be fetched again.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{digest_reader, Digest, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Open (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p)
+                .io_context(|| format!("creating cache directory {}", p.display()))?;
+        }
+        Ok(Cache { root })
+    }
+
+    /// `--cache`, else `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(p) = std::env::var_os("KILN_CACHE") {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(p).join("kiln");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        home.join(".cache").join("kiln")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Cheap presence check, no verification.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Path of a present blob whose content still matches its name; a damaged
+    /// entry is removed and reported as absent.
+    pub fn verified(&self, d: &Digest) -> Result<Option<PathBuf>> {
+        let path = self.blob_path(d);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).io_context(|| format!("opening cached blob {}", path.display()))
+            }
+        };
+        let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, file))
+            .io_context(|| format!("reading cached blob {}", path.display()))?;
+        if &actual == d {
+            Ok(Some(path))
+        } else {
+            // Someone or something changed the bytes: drop the entry so it is fetched again.
+            let _ = fs::remove_file(&path);
+            Ok(None)
+        }
+    }
+
+    /// Start writing a new blob.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.root.join("tmp"))
+            .io_context(|| format!("creating temp file in {}", self.root.display()))?;
+        Ok(BlobWriter {
+            cache: self.clone(),
+            out: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+        })
+    }
+
+    /// Store bytes held in memory.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        if !self.contains(&d) {
+            let mut w = self.writer()?;
+            w.write_all(bytes)
+                .io_context(|| "writing blob to cache".into())?;
+            w.commit(Some(&d))?;
+        }
+        Ok(d)
+    }
+
+    /// Copy a blob from a reader, verifying it against `expected`.
+    pub fn put_reader(&self, r: impl Read, expected: &Digest) -> Result<PathBuf> {
+        let mut w = self.writer()?;
+        let mut r = r;
+        io::copy(&mut r, &mut w)
+            .io_context(|| format!("copying blob {expected} into the cache"))?;
+        w.commit(Some(expected))?;
+        Ok(self.blob_path(expected))
+    }
+
+    /// Read a whole (small) blob, verified.
+    pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
+        let path = self
+            .verified(d)?
+            .ok_or_else(|| Error::internal(format!("blob {d} is not in the cache")))?;
+        fs::read(&path).io_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// A blob being written; nothing is visible in the cache until `commit`.
+pub struct BlobWriter {
+    cache: Cache,
+    out: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl BlobWriter {
+    pub fn len(&self) -> u64 {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Verify and move into place. With `expected`, a mismatch is an error
+    /// (the temp file is deleted); without, the computed digest names the blob.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (buf, digest, len) = self.out.finish();
+        if let Some(exp) = expected {
+            if exp != &digest {
+                return Err(Error::network(format!(
+                    "content digest mismatch: expected {exp}, got {digest}; the download was discarded"
+                )));
+            }
+        }
+        let tmp = buf
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .io_context(|| "flushing blob".into())?;
+        // Blobs are shared read-only content (outputs hard-link them).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .io_context(|| "setting blob permissions".into())?;
+        let dst = self.cache.blob_path(&digest);
+        tmp.persist(&dst)
+            .map_err(|e| e.error)
+            .io_context(|| format!("storing blob {}", dst.display()))?;
+        Ok((digest, len))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_verify_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(b"hello").unwrap();
+        assert!(cache.verified(&d).unwrap().is_some());
+        fs::write(cache.blob_path(&d), b"HELLO").unwrap();
+        assert!(cache.verified(&d).unwrap().is_none());
+        assert!(!cache.contains(&d), "corrupt entry must be removed");
+    }
+
+    #[test]
+    fn mismatch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let wrong = Digest::of(b"other");
+        let err = cache.put_reader(&b"hello"[..], &wrong).unwrap_err();
+        assert!(err.to_string().contains("mismatch"));
+        assert!(!cache.contains(&wrong));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

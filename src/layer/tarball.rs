@@ -1,0 +1,104 @@
+//! Deterministic tar writing: ustar headers with a fixed mtime, numeric
+//! owners only (no user names), PAX records only where ustar cannot hold a
+//! path. The same entries always give the same bytes.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+
+use super::tree::{Entry, EntryKind};
+
+/// Write `entries` (already sorted) as a complete tar stream, trailer included.
+pub fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+    let mut b = tar::Builder::new(out);
+    for e in entries {
+        append(&mut b, e, mtime)?;
+    }
+    b.into_inner()
+}
+
+fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_mtime(mtime);
+    h.set_uid(e.uid);
+    h.set_gid(e.gid);
+    h.set_mode(e.mode);
+    let mut pax: Vec<(&str, &[u8])> = Vec::new();
+    let name = match e.kind {
+        EntryKind::Dir => format!("{}/", e.path),
+        _ => e.path.clone(),
+    };
+    if h.set_path(&name).is_err() {
+        pax.push(("path", name.as_bytes()));
+        set_truncated_name(&mut h, &name);
+    }
+    match &e.kind {
+        EntryKind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+        }
+        EntryKind::Symlink { target } => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            if h.set_link_name(target).is_err() {
+                pax.push(("linkpath", target.as_bytes()));
+            }
+        }
+        EntryKind::File { size, .. } => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(*size);
+        }
+        EntryKind::Data(d) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(d.len() as u64);
+        }
+    }
+    if !pax.is_empty() {
+        b.append_pax_extensions(pax.iter().copied())?;
+    }
+    h.set_cksum();
+    match &e.kind {
+        EntryKind::File { src, size } => {
+            let f = File::open(src)?;
+            // Read exactly the size recorded in the header; a file that
+            // changed size while we read it would corrupt the stream.
+            let mut r = SizeChecked {
+                inner: f.take(*size),
+                left: *size,
+                path: src,
+            };
+            b.append(&h, &mut r)
+        }
+        EntryKind::Data(d) => b.append(&h, d.as_slice()),
+        _ => b.append(&h, io::empty()),
+    }
+}
+
+/// The ustar name field when the real path lives in a PAX record: the
+/// path's tail, so old readers still see something meaningful.
+fn set_truncated_name(h: &mut tar::Header, name: &str) {
+    let bytes = name.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(99)..];
+    let field = &mut h.as_old_mut().name;
+    field.fill(0);
+    field[..tail.len()].copy_from_slice(tail);
+}
+
+struct SizeChecked<'a, R> {
+    inner: R,
+    left: u64,
+    path: &'a std::path::Path,
+}
+
+impl<R: Read> Read for SizeChecked<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was being read", self.path.display()),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}

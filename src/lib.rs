@@ -1,0 +1,25 @@
+//! kiln: a daemonless, native OCI image assembler.
+//!
+//! The flow reads top to bottom: [`spec`] → [`base`] (what we build on) →
+//! [`layer`] (deterministic tar + parallel compression into the [`cache`]) →
+//! [`image`] (config, manifest, index) → [`output`] (OCI layout,
+//! docker-archive, registry push). [`build`] wires the stages together.
+
+pub mod base;
+pub mod blobs;
+pub mod build;
+pub mod cache;
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod inspect;
+pub mod layer;
+pub mod manifest;
+pub mod output;
+pub mod platform;
+pub mod progress;
+pub mod registry;
+pub mod source;
+pub mod spec;
+
+pub use error::{Error, Result};

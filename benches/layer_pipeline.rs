@@ -30,8 +30,9 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "import", "numpy", "def", "return", "self", "class", "for", "in", "range", "lambda", "value", "data",
-    "tensor", "float", "0x1f", "error", "None", "True", "config", "layer", "kiln", "/usr/lib", "python3",
+    "import", "numpy", "def", "return", "self", "class", "for", "in", "range", "lambda", "value",
+    "data", "tensor", "float", "0x1f", "error", "None", "True", "config", "layer", "kiln",
+    "/usr/lib", "python3",
 ];
 
 /// Text-like content (compresses like source code) or random bytes (like already-compressed data).
@@ -45,7 +46,11 @@ fn content(rng: &mut Rng, len: usize, random: bool) -> Vec<u8> {
         while v.len() < len {
             let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
             v.extend_from_slice(w.as_bytes());
-            v.push(if rng.next() % 9 == 0 { b'\n' } else { b' ' });
+            v.push(if rng.next().is_multiple_of(9) {
+                b'\n'
+            } else {
+                b' '
+            });
         }
     }
     v.truncate(len);
@@ -64,7 +69,7 @@ fn generate(root: &Path) -> u64 {
         let dir = root.join(format!("pkg{:03}/sub{:02}", i % 200, i % 17));
         fs::create_dir_all(&dir).unwrap();
         let len = 1024 + (rng.next() % 15_000) as usize;
-        let data = content(&mut rng, len, i % 5 == 0);
+        let data = content(&mut rng, len, i.is_multiple_of(5));
         fs::write(dir.join(format!("file{i}.py")), &data).unwrap();
         total += len as u64;
     }
@@ -73,7 +78,8 @@ fn generate(root: &Path) -> u64 {
     for i in 0..LARGE_FILES {
         let mut f = fs::File::create(big.join(format!("blob{i}.bin"))).unwrap();
         for part in 0..(LARGE_SIZE >> 20) {
-            f.write_all(&content(&mut rng, 1 << 20, (part + i) % 2 == 0)).unwrap();
+            f.write_all(&content(&mut rng, 1 << 20, (part + i) % 2 == 0))
+                .unwrap();
         }
         total += LARGE_SIZE as u64;
     }
@@ -87,12 +93,27 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tree"));
     let t = Instant::now();
     let bytes = generate(&root);
-    eprintln!("tree: {} ({:.0} MB, ready in {:.1}s)", root.display(), bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+    eprintln!(
+        "tree: {} ({:.0} MB, ready in {:.1}s)",
+        root.display(),
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
 
     let spec_path = root.with_extension("toml");
-    fs::write(&spec_path, format!("[image]\n[[files]]\nsrc = {:?}\ndst = \"/bench\"\n", root.display().to_string())).unwrap();
+    fs::write(
+        &spec_path,
+        format!(
+            "[image]\n[[files]]\nsrc = {:?}\ndst = \"/bench\"\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
     let spec = Spec::load(&spec_path).unwrap();
-    for (name, c) in [("gzip", Compression::Gzip { level: 6 }), ("zstd", Compression::Zstd { level: 3 })] {
+    for (name, c) in [
+        ("gzip", Compression::Gzip { level: 6 }),
+        ("zstd", Compression::Zstd { level: 3 }),
+    ] {
         let mut best = f64::MAX;
         let mut out = None;
         for _ in 0..3 {

@@ -54,11 +54,8 @@ impl Progress {
 
     /// Print a status line (to stderr) above the bars.
     pub fn note(&self, msg: &str) {
-        match &self.multi {
-            Some(m) => {
-                let _ = m.println(msg);
-            }
-            None => {}
+        if let Some(m) = &self.multi {
+            let _ = m.println(msg);
         }
     }
 }

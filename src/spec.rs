@@ -98,7 +98,7 @@ impl Spec {
             files: file.files,
             config: file.config,
         };
-        for (k, _) in &spec.config.env {
+        for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {
                 return Err(Error::input(format!(
                     "{}: [config] env: invalid variable name `{k}`",

@@ -1,0 +1,209 @@
+//! The HTTP client for package indexes and repositories (apt, pip, conda).
+//!
+//! Blocking reqwest over rustls with the platform verifier: trusts the system
+//! store and `SSL_CERT_FILE`/`SSL_CERT_DIR`; honours `HTTPS_PROXY`/`NO_PROXY`.
+//! `file://` URLs read local mirrors. Transient failures are retried with
+//! backoff. Downloads into the cache are verified before they become visible.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+const ATTEMPTS: u32 = 4;
+
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::blocking::Client,
+}
+
+/// A fetched document with the headers callers care about.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+    /// Final URL after redirects (relative links resolve against it).
+    pub url: String,
+}
+
+impl Http {
+    pub fn new() -> Result<Self> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot create the HTTP client: {e}")))?;
+        Ok(Http { client })
+    }
+
+    /// GET a URL (or read a `file://` path) into memory.
+    pub fn get(&self, url: &str, accept: Option<&str>) -> Result<Fetched> {
+        if let Some(path) = file_url_path(url) {
+            let bytes = std::fs::read(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
+            return Ok(Fetched {
+                bytes,
+                content_type: None,
+                url: url.to_string(),
+            });
+        }
+        self.retrying(
+            url,
+            |resp| {
+                let content_type = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let final_url = resp.url().to_string();
+                let bytes = resp.bytes().map_err(|e| net_error(url, &e))?.to_vec();
+                Ok(Fetched {
+                    bytes,
+                    content_type,
+                    url: final_url,
+                })
+            },
+            accept,
+        )
+    }
+
+    /// Download into the cache; with `expected`, a mismatch is an error and nothing is stored.
+    pub fn download(
+        &self,
+        url: &str,
+        expected: Option<&Digest>,
+        cache: &Cache,
+    ) -> Result<(Digest, u64)> {
+        if let Some(d) = expected {
+            if let Some(p) = cache.verified(d)? {
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                return Ok((d.clone(), len));
+            }
+        }
+        let commit = |mut r: Box<dyn Read + '_>| -> Result<(Digest, u64)> {
+            let mut w = cache.writer()?;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .map_err(|e| Error::network(format!("{url}: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n])
+                    .io_context(|| "writing to the cache".into())?;
+            }
+            w.commit(expected).map_err(|e| e.context(url))
+        };
+        if let Some(path) = file_url_path(url) {
+            let f = std::fs::File::open(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
+            return commit(Box::new(f)).map_err(|e| match e {
+                Error::Network(m) => Error::input(m),
+                other => other,
+            });
+        }
+        self.retrying(url, |resp| commit(Box::new(resp)), None)
+    }
+
+    fn retrying<T>(
+        &self,
+        url: &str,
+        mut on_ok: impl FnMut(reqwest::blocking::Response) -> Result<T>,
+        accept: Option<&str>,
+    ) -> Result<T> {
+        let mut delay = Duration::from_millis(300);
+        let mut attempt = 1;
+        loop {
+            let mut req = self.client.get(url);
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            let outcome = match req.send() {
+                Ok(resp) if resp.status().is_success() => match on_ok(resp) {
+                    Err(Error::Network(m)) => Err((true, Error::Network(m))),
+                    other => return other,
+                },
+                Ok(resp) => {
+                    let s = resp.status();
+                    let transient = s.is_server_error() || s.as_u16() == 429;
+                    let err = if s.as_u16() == 404 || s.as_u16() == 410 {
+                        Error::input(format!("{url}: not found (HTTP {})", s.as_u16()))
+                    } else if s.as_u16() == 401 || s.as_u16() == 403 {
+                        Error::Auth(format!("{url}: access denied (HTTP {})", s.as_u16()))
+                    } else {
+                        Error::network(format!("{url}: HTTP {s}"))
+                    };
+                    Err((transient, err))
+                }
+                Err(e) => Err((
+                    e.is_connect() || e.is_timeout() || e.is_request(),
+                    net_error(url, &e),
+                )),
+            };
+            match outcome {
+                Err((true, _)) if attempt < ATTEMPTS => {
+                    std::thread::sleep(delay);
+                    delay *= 3;
+                    attempt += 1;
+                }
+                Err((_, e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+}
+
+/// `file:///x/y` → `/x/y`; other schemes → None.
+pub fn file_url_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("file://")?;
+    let decoded = percent_decode(rest);
+    Some(PathBuf::from(decoded))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn net_error(url: &str, e: &reqwest::Error) -> Error {
+    let mut msg = format!("{url}: {e}");
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        cur = c.source();
+    }
+    Error::network(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls() {
+        assert_eq!(
+            file_url_path("file:///a%20b/c"),
+            Some(PathBuf::from("/a b/c"))
+        );
+        assert_eq!(file_url_path("https://x/y"), None);
+    }
+}

@@ -29,6 +29,8 @@ pub struct BaseImage {
     pub reference: Option<Reference>,
     /// Digest of what the reference points at (an index or a manifest).
     pub top_digest: Option<Digest>,
+    /// Media type of what the reference points at.
+    pub top_media_type: String,
     pub images: Vec<PlatformImage>,
 }
 
@@ -69,6 +71,7 @@ pub fn load(
                 name: None,
                 reference: None,
                 top_digest: None,
+                top_media_type: String::new(),
                 images: platforms
                     .into_iter()
                     .map(|platform| PlatformImage {
@@ -120,6 +123,7 @@ pub fn load(
                 name: Some(r.whole()),
                 reference: Some(r.clone()),
                 top_digest: Some(digest),
+                top_media_type: manifest::media_type_of(&bytes),
                 images,
             })
         }
@@ -318,6 +322,7 @@ fn load_layout(
         name: Some(what.clone()),
         reference: None,
         top_digest: Some(entry.digest.clone()),
+        top_media_type: entry.media_type.clone(),
         images,
     })
 }
@@ -408,6 +413,8 @@ fn load_docker_archive(
         ))
     })?;
     let (config, platform, diff_ids) = parse_config(config_bytes, &what)?;
+    // An archive has no manifest; like `docker images`, identify it by its config digest.
+    let image_id = Digest::of(config_bytes);
     if let Some(p) = platforms
         .iter()
         .find(|p| !p.matches(&platform.os, &platform.arch, platform.variant.as_deref()))
@@ -457,10 +464,11 @@ fn load_docker_archive(
     Ok(BaseImage {
         name: Some(what),
         reference: None,
-        top_digest: None,
+        top_digest: Some(image_id.clone()),
+        top_media_type: "application/vnd.docker.container.image.v1+json".into(),
         images: vec![PlatformImage {
             platform,
-            manifest_digest: None,
+            manifest_digest: Some(image_id),
             config,
             layers,
             diff_ids,

@@ -158,6 +158,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         &cache,
     )?;
 
+    // Push first: a failed push must not leave local outputs behind.
+    let push_report = match (&push_repo, &registry) {
+        (Some(repo), Some(reg)) => Some(push::push(
+            reg,
+            repo,
+            &tags,
+            &assembled,
+            &blobs,
+            &opts.progress,
+        )?),
+        _ => None,
+    };
+
     let mut outputs = opts.outputs.clone();
     if outputs.is_empty() && !opts.push {
         outputs.push(OutputTarget::Layout(PathBuf::from("kiln-out")));
@@ -184,18 +197,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         spinner.finish_and_clear();
         written.push(out.to_string());
     }
-
-    let push_report = match (&push_repo, &registry) {
-        (Some(repo), Some(reg)) => Some(push::push(
-            reg,
-            repo,
-            &tags,
-            &assembled,
-            &blobs,
-            &opts.progress,
-        )?),
-        _ => None,
-    };
 
     Ok(BuildReport {
         digest: assembled.top().digest.to_string(),

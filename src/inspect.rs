@@ -25,6 +25,8 @@ pub struct InspectReport {
     pub reference: String,
     /// Digest of what the reference points at (index or manifest), when known.
     pub digest: Option<String>,
+    /// Media type of what the reference points at.
+    pub media_type: String,
     /// Digest of the selected platform's manifest.
     pub manifest_digest: Option<String>,
     pub platform: String,
@@ -70,6 +72,7 @@ pub fn inspect(
             .as_ref()
             .or(one.manifest_digest.as_ref())
             .map(|d| d.to_string()),
+        media_type: img.top_media_type.clone(),
         manifest_digest: one.manifest_digest.as_ref().map(|d| d.to_string()),
         platform: one.platform.to_string(),
         architecture: one.platform.arch.clone(),

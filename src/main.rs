@@ -123,7 +123,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serialises")
                 );
-            } else {
+            } else if !common.quiet {
                 for out in &report.outputs {
                     eprintln!("wrote {out}");
                 }
@@ -133,6 +133,8 @@ fn run(cli: Cli) -> kiln::Result<()> {
                         p.reference, p.blobs_uploaded, p.blobs_mounted, p.blobs_skipped
                     );
                 }
+                println!("{}", report.digest);
+            } else {
                 println!("{}", report.digest);
             }
             Ok(())

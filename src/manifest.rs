@@ -130,6 +130,16 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
     }
 }
 
+/// The media type a manifest or index declares (or implies, for old ones without the field).
+pub fn media_type_of(bytes: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    match v.get("mediaType").and_then(Value::as_str) {
+        Some(mt) => mt.to_string(),
+        None if v.get("manifests").is_some() => OCI_INDEX.to_string(),
+        None => OCI_MANIFEST.to_string(),
+    }
+}
+
 /// JSON with object keys sorted at every level and no whitespace: the same
 /// value always serialises to the same bytes, whatever map type produced it.
 pub fn canonical_json(v: &Value) -> Vec<u8> {

@@ -24,6 +24,7 @@ pub struct Spec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SpecFile {
+    #[serde(default)]
     image: ImageSection,
     #[serde(default)]
     files: Vec<FileEntry>,
@@ -45,6 +46,18 @@ pub struct ImageSection {
     /// Extra manifest annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ImageSection {
+    fn default() -> Self {
+        ImageSection {
+            name: None,
+            tags: default_tags(),
+            base: default_base(),
+            platforms: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
 }
 
 fn default_tags() -> Vec<Tag> {

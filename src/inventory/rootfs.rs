@@ -272,7 +272,9 @@ impl Rootfs {
 mod tests {
     use super::*;
 
-    fn layer(entries: &[(&str, Option<&[u8]>, Option<&str>)]) -> Vec<u8> {
+    type Member<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>);
+
+    fn layer(entries: &[Member]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, data, link) in entries {
             let mut h = tar::Header::new_ustar();

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "${GREETING:-hi} from a kiln image"

@@ -10,11 +10,14 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::apt;
 use crate::base;
 use crate::blobs::Blobs;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::http::Http;
 use crate::image::{self, AssemblyInputs, NewLayer};
+use crate::inventory::{self, Rootfs};
 use crate::layer::{self, Compression, LayerBlob};
 use crate::output::{archive, layout, push};
 use crate::progress::Progress;
@@ -49,6 +52,8 @@ pub struct BuildReport {
     pub layers: Vec<LayerBlob>,
     pub outputs: Vec<String>,
     pub push: Option<push::PushReport>,
+    /// Per platform: packages installed, script effects emulated and skipped.
+    pub apt: Vec<apt::AptReport>,
 }
 
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
@@ -128,29 +133,69 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     )?;
     spinner.finish_and_clear();
 
-    let bar = opts.progress.bar(inputs.len() as u64, "building layers");
-    let built: Vec<LayerBlob> = inputs
-        .par_iter()
-        .map(|entries| {
-            let r = layer::build_layer(entries, opts.epoch, opts.compression, &cache);
-            bar.inc(1);
-            r
-        })
-        .collect::<Result<_>>()?;
-    bar.finish_and_clear();
-    let new_layers: Vec<NewLayer> = built
-        .iter()
+    // Package stages, per platform (each architecture resolves on its own).
+    let http = if spec.apt.is_some() {
+        Some(Http::new()?)
+    } else {
+        None
+    };
+    let mut per_platform: Vec<Vec<NewLayer>> = Vec::new();
+    let mut apt_reports = Vec::new();
+    for img in &base.images {
+        let mut layers = Vec::new();
+        if let (Some(section), Some(http)) = (&spec.apt, &http) {
+            let spinner = opts
+                .progress
+                .spinner(&format!("apt: resolving for {}", img.platform));
+            let keep = |p: &str| apt::keep_path(p);
+            let fs = if base.is_scratch() {
+                Rootfs::default()
+            } else {
+                inventory::load(img, &blobs, &keep)?
+            };
+            let plan = apt::plan(
+                section,
+                &spec_dir,
+                &fs,
+                &img.platform,
+                base.is_scratch(),
+                http,
+                &cache,
+            )?;
+            spinner.set_message(format!(
+                "apt: unpacking {} packages for {}",
+                plan.packages.len(),
+                img.platform
+            ));
+            let (groups, report) = apt::layer_groups(&plan, &fs, &cache, opts.epoch)?;
+            spinner.finish_and_clear();
+            layers.extend(build_groups(&groups, opts, &cache)?);
+            apt_reports.push(report);
+        }
+        per_platform.push(layers);
+    }
+
+    let file_groups: Vec<layer::LayerGroup> = inputs
+        .into_iter()
         .zip(&spec.files)
-        .map(|(blob, f)| NewLayer {
-            blob: blob.clone(),
-            created_by: format!("kiln files {} -> {}", f.src, f.dst.0),
-        })
+        .map(|(entries, f)| (format!("kiln files {} -> {}", f.src, f.dst.0), entries))
         .collect();
+    let file_layers = build_groups(&file_groups, opts, &cache)?;
+    let built: Vec<LayerBlob> = per_platform
+        .first()
+        .map(|l| l.iter().map(|n| n.blob.clone()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(file_layers.iter().map(|n| n.blob.clone()))
+        .collect();
+    for layers in &mut per_platform {
+        layers.extend(file_layers.iter().cloned());
+    }
 
     let assembled = image::assemble(
         &AssemblyInputs {
             base: &base,
-            layers: &new_layers,
+            layers: &per_platform,
             config: &spec.config,
             annotations: &spec.image.annotations,
             epoch: opts.epoch,
@@ -189,7 +234,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     .diff_ids
                     .iter()
                     .cloned()
-                    .chain(built.iter().map(|b| b.diff_id.clone()))
+                    .chain(per_platform[0].iter().map(|n| n.blob.diff_id.clone()))
                     .collect();
                 archive::write(path, &assembled, &repo_tags, &diff_ids, opts.epoch, &blobs)?
             }
@@ -212,5 +257,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         layers: built,
         outputs: written,
         push: push_report,
+        apt: apt_reports,
     })
+}
+
+/// Build labelled entry groups into layers, in parallel; order is kept.
+fn build_groups(
+    groups: &[layer::LayerGroup],
+    opts: &BuildOptions,
+    cache: &Cache,
+) -> Result<Vec<NewLayer>> {
+    let bar = opts.progress.bar(groups.len() as u64, "building layers");
+    let out = groups
+        .par_iter()
+        .map(|(label, entries)| {
+            let blob = layer::build_layer(entries, opts.epoch, opts.compression, cache)?;
+            bar.inc(1);
+            Ok(NewLayer {
+                blob,
+                created_by: label.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>();
+    bar.finish_and_clear();
+    out
 }

@@ -54,7 +54,8 @@ impl Assembled {
 /// Inputs shared by every platform.
 pub struct AssemblyInputs<'a> {
     pub base: &'a BaseImage,
-    pub layers: &'a [NewLayer],
+    /// kiln's layers for each platform, in the order of `base.images`.
+    pub layers: &'a [Vec<NewLayer>],
     pub config: &'a ConfigSection,
     pub annotations: &'a BTreeMap<String, String>,
     pub epoch: u64,
@@ -63,8 +64,8 @@ pub struct AssemblyInputs<'a> {
 pub fn assemble(inputs: &AssemblyInputs, cache: &Cache) -> Result<Assembled> {
     let created = rfc3339(inputs.epoch);
     let mut images = Vec::new();
-    for base in &inputs.base.images {
-        images.push(assemble_one(inputs, base, &created, cache)?);
+    for (base, layers) in inputs.base.images.iter().zip(inputs.layers) {
+        images.push(assemble_one(inputs, base, layers, &created, cache)?);
     }
     let index = if images.len() > 1 {
         let manifests: Vec<Value> = images.iter().map(|i| i.manifest.to_json()).collect();
@@ -104,19 +105,19 @@ fn base_annotations(
 fn assemble_one(
     inputs: &AssemblyInputs,
     base: &PlatformImage,
+    new_layers: &[NewLayer],
     created: &str,
     cache: &Cache,
 ) -> Result<PlatformManifest> {
     let std_ann = base_annotations(inputs, Some(base), created);
-    let config = merge_config(base, inputs, created, &std_ann);
+    let config = merge_config(base, new_layers, inputs, created, &std_ann);
     let config_bytes = canonical_json(&config);
     let config_digest = cache.put(&config_bytes)?;
     let config_desc = Desc::new(OCI_CONFIG, config_digest, config_bytes.len() as u64);
 
     let mut layers = base.layers.clone();
     layers.extend(
-        inputs
-            .layers
+        new_layers
             .iter()
             .map(|l| Desc::new(&l.blob.media_type, l.blob.digest.clone(), l.blob.size)),
     );
@@ -145,6 +146,7 @@ fn assemble_one(
 /// entries replace same-named ones in place; maps merge with the spec winning.
 fn merge_config(
     base: &PlatformImage,
+    new_layers: &[NewLayer],
     inputs: &AssemblyInputs,
     created: &str,
     std_labels: &BTreeMap<String, String>,
@@ -236,7 +238,7 @@ fn merge_config(
     root.insert("config".into(), Value::Object(cfg));
 
     let mut diff_ids: Vec<String> = base.diff_ids.iter().map(Digest::to_string).collect();
-    diff_ids.extend(inputs.layers.iter().map(|l| l.blob.diff_id.to_string()));
+    diff_ids.extend(new_layers.iter().map(|l| l.blob.diff_id.to_string()));
     root.insert(
         "rootfs".into(),
         json!({"type": "layers", "diff_ids": diff_ids}),
@@ -246,7 +248,7 @@ fn merge_config(
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
-    for l in inputs.layers {
+    for l in new_layers {
         history.push(json!({"created": created, "created_by": l.created_by, "comment": "kiln"}));
     }
     root.insert("history".into(), Value::Array(history));

@@ -5,6 +5,7 @@
 //! [`image`] (config, manifest, index) → [`output`] (OCI layout,
 //! docker-archive, registry push). [`build`] wires the stages together.
 
+pub mod apt;
 pub mod base;
 pub mod blobs;
 pub mod build;

@@ -19,6 +19,7 @@ pub struct Spec {
     pub image: ImageSection,
     pub files: Vec<FileEntry>,
     pub config: ConfigSection,
+    pub apt: Option<crate::apt::AptSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +31,7 @@ struct SpecFile {
     files: Vec<FileEntry>,
     #[serde(default)]
     config: ConfigSection,
+    apt: Option<crate::apt::AptSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +112,7 @@ impl Spec {
             image: file.image,
             files: file.files,
             config: file.config,
+            apt: file.apt,
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {

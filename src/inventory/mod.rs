@@ -5,3 +5,65 @@
 pub mod rootfs;
 
 pub use rootfs::{Node, Rootfs};
+
+use std::io::{BufReader, Read};
+
+use crate::base::PlatformImage;
+use crate::blobs::Blobs;
+use crate::error::{Error, Result};
+use crate::layer::{Entry, EntryKind};
+
+/// Read a base image's filesystem (decompressing its layers in order),
+/// keeping the contents of the paths `keep` selects.
+pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
+    let mut readers: Vec<Box<dyn Read>> = Vec::new();
+    for l in &image.layers {
+        let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);
+        let r: Box<dyn Read> = if l.media_type.ends_with("+gzip") || l.media_type.ends_with(".gzip")
+        {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        } else if l.media_type.ends_with("+zstd") {
+            Box::new(
+                zstd::stream::read::Decoder::new(f)
+                    .map_err(|e| Error::input(format!("layer {}: {e}", l.digest)))?,
+            )
+        } else if l.media_type.ends_with(".tar") {
+            Box::new(f)
+        } else {
+            return Err(Error::input(format!(
+                "base layer {} has unsupported media type {}",
+                l.digest, l.media_type
+            )));
+        };
+        readers.push(r);
+    }
+    Rootfs::from_layers(readers, keep)
+}
+
+impl Rootfs {
+    /// Lay kiln's own layer entries on top (so a later stage sees what an earlier one installed).
+    pub fn apply_entries(&mut self, entries: &[Entry], keep: &dyn Fn(&str) -> bool) {
+        for e in entries {
+            let path = format!("/{}", e.path);
+            let node = match &e.kind {
+                EntryKind::Dir => Node::Dir,
+                EntryKind::Symlink { target } => Node::Symlink(target.clone()),
+                EntryKind::Data(d) => Node::File {
+                    size: d.len() as u64,
+                    mode: e.mode,
+                    content: keep(&path).then(|| d.as_ref().clone()),
+                },
+                EntryKind::File { src, size } => Node::File {
+                    size: *size,
+                    mode: e.mode,
+                    content: if keep(&path) {
+                        std::fs::read(src).ok()
+                    } else {
+                        None
+                    },
+                },
+            };
+            self.insert(&path, node);
+        }
+    }
+}

@@ -18,6 +18,9 @@ use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
+/// Entries for one layer, with the line it gets in the image history.
+pub type LayerGroup = (String, Vec<Entry>);
+
 /// A layer blob in the cache.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerBlob {

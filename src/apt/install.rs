@@ -1,0 +1,746 @@
+//! Turning resolved packages into layers, and the dpkg database plus the
+//! common maintainer-script effects into a final metadata layer, so that
+//! `dpkg` and `apt` inside the image agree with what is there.
+//!
+//! Done natively: merged-/usr (bootstrap), base-passwd's passwd/group and
+//! shadow files, `adduser --system` users, `update-alternatives --install`
+//! links, the ca-certificates bundle. Everything else a maintainer script
+//! would do is reported, not run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use md5::{Digest as _, Md5};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::control::{parse_paragraphs, Paragraph};
+use super::deb::{read_deb, Deb, FileKind};
+use super::{deb_bytes, AptPlan, Bootstrap};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::inventory::Rootfs;
+use crate::layer::{Entry, EntryKind, LayerGroup, Tree};
+
+/// Uncompressed bytes per package layer; a package above half of it gets its own layer.
+const LAYER_BUDGET: u64 = 128 << 20;
+const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+#[derive(Debug, Default, Serialize)]
+pub struct AptReport {
+    pub installed: Vec<String>,
+    /// `package: script` pairs whose effects were not reproduced.
+    pub skipped_scripts: Vec<String>,
+    /// Effects kiln performed in place of scripts.
+    pub emulated: Vec<String>,
+}
+
+fn multiarch_triplet(arch: &str) -> &'static str {
+    match arch {
+        "amd64" => "x86_64-linux-gnu",
+        "arm64" => "aarch64-linux-gnu",
+        "armhf" => "arm-linux-gnueabihf",
+        "armel" => "arm-linux-gnueabi",
+        "i386" => "i386-linux-gnu",
+        "ppc64el" => "powerpc64le-linux-gnu",
+        "s390x" => "s390x-linux-gnu",
+        "riscv64" => "riscv64-linux-gnu",
+        _ => "unknown-linux-gnu",
+    }
+}
+
+/// `bin/x` → `usr/bin/x` on a merged-/usr system.
+fn usr_path(p: &str, merged: bool) -> String {
+    if merged {
+        let first = p.split('/').next().unwrap_or("");
+        if MERGED.contains(&first) {
+            return format!("usr/{p}");
+        }
+    }
+    p.to_string()
+}
+
+fn is_merged(fs: &Rootfs, bootstrap: bool) -> bool {
+    bootstrap || matches!(fs.node("/bin"), Some(crate::inventory::Node::Symlink(_)))
+}
+
+fn entry(path: String, kind: EntryKind, mode: u32) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn data(path: &str, bytes: Vec<u8>, mode: u32) -> Entry {
+    entry(path.to_string(), EntryKind::Data(Arc::new(bytes)), mode)
+}
+
+/// The package's files as layer entries (merged-/usr applied).
+fn package_entries(deb: &Deb, merged: bool, tree: &mut Tree) {
+    for f in &deb.files {
+        let path = usr_path(&f.path, merged);
+        if merged && MERGED.contains(&f.path.as_str()) {
+            continue; // the top-level directory itself is a symlink here
+        }
+        let kind = match &f.kind {
+            FileKind::Dir => EntryKind::Dir,
+            FileKind::File(b) => EntryKind::Data(b.clone()),
+            FileKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+        };
+        tree.add_parents(&path);
+        tree.insert(Entry {
+            path,
+            kind,
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+        });
+    }
+}
+
+fn deb_size(deb: &Deb) -> u64 {
+    deb.files
+        .iter()
+        .map(|f| match &f.kind {
+            FileKind::File(b) => b.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Layers for `plan` on top of `fs`: package layers, then one metadata layer.
+pub fn layer_groups(
+    plan: &AptPlan,
+    fs: &Rootfs,
+    cache: &Cache,
+    epoch: u64,
+) -> Result<(Vec<LayerGroup>, AptReport)> {
+    let debs: Vec<Deb> = plan
+        .packages
+        .par_iter()
+        .map(|p| {
+            let d = p.sha256.as_ref().expect("indexed");
+            read_deb(&deb_bytes(cache, d)?, &format!("{}_{}", p.name, p.version))
+        })
+        .collect::<Result<_>>()?;
+    let bootstrap = plan.bootstrap.is_some();
+    let merged = is_merged(fs, bootstrap);
+
+    // Group packages into layers by size, in name order (deterministic).
+    let mut groups: Vec<(Vec<usize>, u64)> = Vec::new();
+    for (i, deb) in debs.iter().enumerate() {
+        let size = deb_size(deb);
+        match groups.last_mut() {
+            Some((members, total))
+                if size < LAYER_BUDGET / 2
+                    && *total + size <= LAYER_BUDGET
+                    && *total < LAYER_BUDGET / 2 =>
+            {
+                members.push(i);
+                *total += size;
+            }
+            _ => groups.push((vec![i], size)),
+        }
+    }
+    let mut layers = Vec::new();
+    for (gi, (members, _)) in groups.iter().enumerate() {
+        let mut tree = Tree::default();
+        if gi == 0 && bootstrap {
+            merged_usr(&plan.arch, &mut tree);
+        }
+        for &i in members {
+            package_entries(&debs[i], merged, &mut tree);
+        }
+        let names: Vec<&str> = members
+            .iter()
+            .map(|&i| plan.packages[i].name.as_str())
+            .collect();
+        let label = if names.len() > 4 {
+            format!(
+                "kiln apt {} packages ({} … {})",
+                names.len(),
+                names[0],
+                names[names.len() - 1]
+            )
+        } else {
+            format!("kiln apt {}", names.join(" "))
+        };
+        layers.push((label, tree.into_sorted()));
+    }
+    let (meta, report) = metadata_layer(plan, &debs, fs, merged, epoch)?;
+    layers.push(("kiln apt dpkg database and configuration".into(), meta));
+    Ok((layers, report))
+}
+
+fn merged_usr(arch: &str, tree: &mut Tree) {
+    let mut links = vec!["bin", "sbin", "lib"];
+    if arch == "amd64" {
+        links.push("lib64");
+    }
+    for l in links {
+        tree.insert(entry(format!("usr/{l}"), EntryKind::Dir, 0o755));
+        tree.insert(entry(
+            l.to_string(),
+            EntryKind::Symlink {
+                target: format!("usr/{l}"),
+            },
+            0o777,
+        ));
+    }
+    tree.insert(entry("usr".into(), EntryKind::Dir, 0o755));
+}
+
+/// Look up a file's content among the new packages first, then the base.
+fn find_content<'a>(path: &str, debs: &'a [Deb], fs: &'a Rootfs) -> Option<&'a [u8]> {
+    for d in debs.iter().rev() {
+        for f in &d.files {
+            if f.path == path {
+                if let FileKind::File(b) = &f.kind {
+                    return Some(b.as_slice());
+                }
+            }
+        }
+    }
+    fs.read(&format!("/{path}"))
+}
+
+fn path_exists(path: &str, debs: &[Deb], fs: &Rootfs, merged: bool) -> bool {
+    let rel = path.trim_start_matches('/');
+    debs.iter().any(|d| {
+        d.files
+            .iter()
+            .any(|f| usr_path(&f.path, merged) == usr_path(rel, merged))
+    }) || fs.exists(path)
+}
+
+fn metadata_layer(
+    plan: &AptPlan,
+    debs: &[Deb],
+    fs: &Rootfs,
+    merged: bool,
+    epoch: u64,
+) -> Result<(Vec<Entry>, AptReport)> {
+    let mut tree = Tree::default();
+    let mut report = AptReport::default();
+    let triplet = multiarch_triplet(&plan.arch);
+
+    // dpkg status: base entries not replaced, plus ours, sorted by name.
+    let mut status: BTreeMap<String, Paragraph> = BTreeMap::new();
+    if let Some(b) = fs.read("/var/lib/dpkg/status") {
+        for p in parse_paragraphs(&String::from_utf8_lossy(b)) {
+            if let Some(n) = p.get("Package") {
+                status.insert(n.to_string(), p);
+            }
+        }
+    }
+    for (pkg, deb) in plan.packages.iter().zip(debs) {
+        let control = String::from_utf8_lossy(&deb.control["control"]).into_owned();
+        let mut para = parse_paragraphs(&control)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::input(format!("{}: empty control file", pkg.name)))?;
+        let mut fields = vec![
+            ("Package".to_string(), pkg.name.clone()),
+            ("Status".to_string(), "install ok installed".to_string()),
+        ];
+        para.remove("Package");
+        fields.append(&mut para.fields);
+        let mut para = Paragraph { fields };
+        let info_name = if pkg.multi_arch == "same" {
+            format!("{}:{}", pkg.name, pkg.arch)
+        } else {
+            pkg.name.clone()
+        };
+        if let Some(conf) = deb.control.get("conffiles") {
+            let mut lines = Vec::new();
+            for c in String::from_utf8_lossy(conf)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("remove-on-upgrade"))
+            {
+                let rel = c.trim_start_matches('/');
+                let sum = find_content(rel, std::slice::from_ref(deb), &Rootfs::default())
+                    .map(|b| hex::encode(Md5::digest(b)))
+                    .unwrap_or_else(|| "newconffile".into());
+                lines.push(format!("{c} {sum}"));
+            }
+            if !lines.is_empty() {
+                // Insert before Description, as dpkg does.
+                let pos = para
+                    .fields
+                    .iter()
+                    .position(|(k, _)| k == "Description")
+                    .unwrap_or(para.fields.len());
+                para.fields
+                    .insert(pos, ("Conffiles".into(), format!("\n{}", lines.join("\n"))));
+            }
+        }
+        status.insert(pkg.name.clone(), para);
+
+        // info/<pkg>.list: every path the package ships, as dpkg records them.
+        let mut list = String::from("/.\n");
+        for f in &deb.files {
+            list.push('/');
+            list.push_str(&f.path);
+            list.push('\n');
+        }
+        tree.insert(data(
+            &format!("var/lib/dpkg/info/{info_name}.list"),
+            list.into_bytes(),
+            0o644,
+        ));
+        for (name, bytes) in &deb.control {
+            if name == "control" {
+                continue;
+            }
+            let mode =
+                if ["preinst", "postinst", "prerm", "postrm", "config"].contains(&name.as_str()) {
+                    0o755
+                } else {
+                    0o644
+                };
+            tree.insert(data(
+                &format!("var/lib/dpkg/info/{info_name}.{name}"),
+                bytes.clone(),
+                mode,
+            ));
+        }
+        report
+            .installed
+            .push(format!("{} {}", pkg.name, pkg.version));
+    }
+    let mut status_text = String::new();
+    for p in status.values() {
+        status_text.push_str(&p.render().replace("Conffiles: \n", "Conffiles:\n"));
+        status_text.push('\n');
+    }
+    for d in [
+        "var/lib/dpkg",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "var/lib/dpkg/alternatives",
+        "etc/alternatives",
+    ] {
+        tree.add_parents(d);
+        tree.insert(entry(d.into(), EntryKind::Dir, 0o755));
+    }
+    tree.insert(data("var/lib/dpkg/status", status_text.into_bytes(), 0o644));
+    // Database format 1: Multi-Arch: same packages keep `pkg:arch.*` info files.
+    tree.insert(data("var/lib/dpkg/info/format", b"1\n".to_vec(), 0o644));
+    for f in [
+        "var/lib/dpkg/available",
+        "var/lib/dpkg/diversions",
+        "var/lib/dpkg/statoverride",
+    ] {
+        if !fs.exists(&format!("/{f}")) {
+            tree.insert(data(f, Vec::new(), 0o644));
+        }
+    }
+    if plan.arch != "amd64" || plan.bootstrap.is_some() {
+        tree.insert(data(
+            "var/lib/dpkg/arch",
+            format!("{}\n", plan.arch).into_bytes(),
+            0o644,
+        ));
+    }
+
+    users(plan, debs, fs, epoch, &mut tree, &mut report);
+    alternatives(plan, debs, fs, merged, triplet, &mut tree, &mut report);
+    ca_certificates(debs, &mut tree, &mut report);
+
+    for (pkg, deb) in plan.packages.iter().zip(debs) {
+        for script in ["preinst", "postinst"] {
+            if let Some(b) = deb.control.get(script) {
+                let text = String::from_utf8_lossy(b);
+                let meaningful = text.lines().any(|l| {
+                    let l = l.trim();
+                    !(l.is_empty() || l.starts_with('#') || l.starts_with("set ") || l == "exit 0")
+                });
+                if meaningful {
+                    report
+                        .skipped_scripts
+                        .push(format!("{}: {script}", pkg.name));
+                }
+            }
+        }
+    }
+    if plan.bootstrap == Some(Bootstrap::Minbase) || plan.bootstrap == Some(Bootstrap::Essential) {
+        report.emulated.push("merged-/usr symlinks".into());
+    }
+    report
+        .emulated
+        .push("ldconfig: not run (libraries in the default paths load without a cache)".into());
+    Ok((tree.into_sorted(), report))
+}
+
+/// base-passwd's master files, shadow entries, and `adduser --system` calls.
+fn users(
+    plan: &AptPlan,
+    debs: &[Deb],
+    fs: &Rootfs,
+    epoch: u64,
+    tree: &mut Tree,
+    report: &mut AptReport,
+) {
+    let mut passwd: Vec<String> = fs
+        .read("/etc/passwd")
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut group: Vec<String> = fs
+        .read("/etc/group")
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut changed = false;
+    if passwd.is_empty() {
+        if let (Some(p), Some(g)) = (
+            find_content("usr/share/base-passwd/passwd.master", debs, fs),
+            find_content("usr/share/base-passwd/group.master", debs, fs),
+        ) {
+            passwd = String::from_utf8_lossy(p)
+                .lines()
+                .map(String::from)
+                .collect();
+            group = String::from_utf8_lossy(g)
+                .lines()
+                .map(String::from)
+                .collect();
+            changed = true;
+            report
+                .emulated
+                .push("base-passwd: /etc/passwd, /etc/group, shadow files".into());
+        }
+    }
+    // adduser --system [--group|--ingroup G] [--home H] ... NAME
+    for (pkg, deb) in plan.packages.iter().zip(debs) {
+        let Some(script) = deb.control.get("postinst") else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(script).replace("\\\n", " ").lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "adduser") else {
+                continue;
+            };
+            let args = &words[at + 1..];
+            if !args.contains(&"--system") {
+                continue;
+            }
+            let mut home = "/nonexistent".to_string();
+            let mut ingroup = None;
+            let mut own_group = false;
+            let mut name = None;
+            let mut i = 0;
+            while i < args.len() {
+                match args[i] {
+                    "--home" => {
+                        home = args.get(i + 1).unwrap_or(&"/nonexistent").to_string();
+                        i += 1;
+                    }
+                    "--ingroup" | "--gid" => {
+                        ingroup = args.get(i + 1).map(|s| s.to_string());
+                        i += 1;
+                    }
+                    "--group" => own_group = true,
+                    "--shell" | "--uid" | "--gecos" | "--comment" => i += 1,
+                    // The command ends at a shell operator or redirection.
+                    w if w.starts_with("||")
+                        || w.starts_with("&&")
+                        || w.starts_with(';')
+                        || w.starts_with('|')
+                        || w.contains('>') =>
+                    {
+                        break
+                    }
+                    w if w.starts_with('-') || w.contains('$') => {}
+                    w => name = Some(w.trim_matches(|c| c == '"' || c == '\'').to_string()),
+                }
+                i += 1;
+            }
+            let Some(name) = name else { continue };
+            if passwd
+                .iter()
+                .any(|l| l.split(':').next() == Some(name.as_str()))
+            {
+                continue;
+            }
+            let uid = (100..1000)
+                .find(|u| {
+                    !passwd
+                        .iter()
+                        .any(|l| l.split(':').nth(2) == Some(&u.to_string()))
+                })
+                .unwrap_or(999);
+            let gid = if own_group {
+                let gid = (100..1000)
+                    .find(|g| {
+                        !group
+                            .iter()
+                            .any(|l| l.split(':').nth(2) == Some(&g.to_string()))
+                    })
+                    .unwrap_or(999);
+                group.push(format!("{name}:x:{gid}:"));
+                gid
+            } else {
+                ingroup
+                    .and_then(|g| {
+                        group
+                            .iter()
+                            .find(|l| l.split(':').next() == Some(g.as_str()))
+                            .and_then(|l| l.split(':').nth(2))
+                            .and_then(|s| s.parse().ok())
+                    })
+                    .unwrap_or(65534)
+            };
+            passwd.push(format!("{name}:x:{uid}:{gid}::{home}:/usr/sbin/nologin"));
+            report
+                .emulated
+                .push(format!("{}: system user {name}", pkg.name));
+            changed = true;
+        }
+    }
+    if !changed {
+        return;
+    }
+    let days = epoch / 86_400;
+    let shadow: Vec<String> = passwd
+        .iter()
+        .filter_map(|l| l.split(':').next())
+        .map(|n| format!("{n}:*:{days}:0:99999:7:::"))
+        .collect();
+    let gshadow: Vec<String> = group
+        .iter()
+        .filter_map(|l| l.split(':').next())
+        .map(|n| format!("{n}:*::"))
+        .collect();
+    let shadow_gid = group
+        .iter()
+        .find(|l| l.starts_with("shadow:"))
+        .and_then(|l| l.split(':').nth(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let lines = |v: &[String]| format!("{}\n", v.join("\n")).into_bytes();
+    tree.insert(data("etc/passwd", lines(&passwd), 0o644));
+    tree.insert(data("etc/group", lines(&group), 0o644));
+    tree.insert(Entry {
+        path: "etc/shadow".into(),
+        kind: EntryKind::Data(Arc::new(lines(&shadow))),
+        mode: 0o640,
+        uid: 0,
+        gid: shadow_gid,
+    });
+    tree.insert(Entry {
+        path: "etc/gshadow".into(),
+        kind: EntryKind::Data(Arc::new(lines(&gshadow))),
+        mode: 0o640,
+        uid: 0,
+        gid: shadow_gid,
+    });
+}
+
+/// A slave link: (name, link, path).
+type Slave = (String, String, String);
+
+#[derive(Default)]
+struct Alternative {
+    link: String,
+    /// (path, priority, slaves)
+    choices: Vec<(String, i64, Vec<Slave>)>,
+}
+
+/// `update-alternatives --install LINK NAME PATH PRIO [--slave LINK NAME PATH]...` from postinst scripts.
+fn alternatives(
+    plan: &AptPlan,
+    debs: &[Deb],
+    fs: &Rootfs,
+    merged: bool,
+    triplet: &str,
+    tree: &mut Tree,
+    report: &mut AptReport,
+) {
+    let mut alts: BTreeMap<String, Alternative> = BTreeMap::new();
+    for (pkg, deb) in plan.packages.iter().zip(debs) {
+        let Some(script) = deb.control.get("postinst") else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(script)
+            .replace("\\\n", " ")
+            .replace("${DEB_HOST_MULTIARCH}", triplet)
+            .replace("$DEB_HOST_MULTIARCH", triplet);
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(at) = words.iter().position(|w| *w == "--install") else {
+                continue;
+            };
+            if !words[..at]
+                .iter()
+                .any(|w| w.ends_with("update-alternatives"))
+            {
+                continue;
+            }
+            let w = &words[at + 1..];
+            if w.len() < 4 || w[..4].iter().any(|x| x.contains('$')) {
+                continue;
+            }
+            let Ok(prio) = w[3].parse::<i64>() else {
+                continue;
+            };
+            let mut slaves = Vec::new();
+            let mut rest = &w[4..];
+            while rest.len() >= 4 && rest[0] == "--slave" {
+                if !rest[1..4].iter().any(|x| x.contains('$')) {
+                    slaves.push((
+                        rest[2].to_string(),
+                        rest[1].to_string(),
+                        rest[3].to_string(),
+                    ));
+                }
+                rest = &rest[4..];
+            }
+            let a = alts.entry(w[1].to_string()).or_default();
+            a.link = w[0].to_string();
+            a.choices.push((w[2].to_string(), prio, slaves));
+            report
+                .emulated
+                .push(format!("{}: alternative {} -> {}", pkg.name, w[1], w[2]));
+        }
+    }
+    for (name, a) in &alts {
+        // Highest priority wins; ties by path for determinism.
+        let Some(best) = a
+            .choices
+            .iter()
+            .filter(|c| path_exists(&c.0, debs, fs, merged))
+            .max_by(|x, y| x.1.cmp(&y.1).then_with(|| y.0.cmp(&x.0)))
+        else {
+            continue;
+        };
+        let link = usr_path(a.link.trim_start_matches('/'), merged);
+        tree.add_parents(&link);
+        tree.insert(entry(
+            link,
+            EntryKind::Symlink {
+                target: format!("/etc/alternatives/{name}"),
+            },
+            0o777,
+        ));
+        tree.insert(entry(
+            format!("etc/alternatives/{name}"),
+            EntryKind::Symlink {
+                target: best.0.clone(),
+            },
+            0o777,
+        ));
+        let mut slave_names: BTreeSet<(String, String)> = BTreeSet::new();
+        for c in &a.choices {
+            for (sname, slink, _) in &c.2 {
+                slave_names.insert((sname.clone(), slink.clone()));
+            }
+        }
+        for (sname, slink, spath) in &best.2 {
+            if path_exists(spath, debs, fs, merged) {
+                let l = usr_path(slink.trim_start_matches('/'), merged);
+                tree.add_parents(&l);
+                tree.insert(entry(
+                    l,
+                    EntryKind::Symlink {
+                        target: format!("/etc/alternatives/{sname}"),
+                    },
+                    0o777,
+                ));
+                tree.insert(entry(
+                    format!("etc/alternatives/{sname}"),
+                    EntryKind::Symlink {
+                        target: spath.clone(),
+                    },
+                    0o777,
+                ));
+            }
+        }
+        // The admin file update-alternatives reads back.
+        let mut admin = format!("auto\n{}\n", a.link);
+        for (sname, slink) in &slave_names {
+            admin.push_str(&format!("{sname}\n{slink}\n"));
+        }
+        admin.push('\n');
+        let mut choices = a.choices.clone();
+        choices.sort_by(|x, y| x.0.cmp(&y.0));
+        for (path, prio, slaves) in &choices {
+            admin.push_str(&format!("{path}\n{prio}\n"));
+            for (sname, _) in &slave_names {
+                let p = slaves
+                    .iter()
+                    .find(|s| &s.0 == sname)
+                    .map(|s| s.2.as_str())
+                    .unwrap_or("");
+                admin.push_str(&format!("{p}\n"));
+            }
+        }
+        admin.push('\n');
+        tree.insert(data(
+            &format!("var/lib/dpkg/alternatives/{name}"),
+            admin.into_bytes(),
+            0o644,
+        ));
+    }
+}
+
+/// update-ca-certificates: the bundle and the per-certificate links.
+fn ca_certificates(debs: &[Deb], tree: &mut Tree, report: &mut AptReport) {
+    let mut certs: BTreeMap<String, Arc<Vec<u8>>> = BTreeMap::new();
+    for d in debs {
+        for f in &d.files {
+            if let (Some(rel), FileKind::File(b)) =
+                (f.path.strip_prefix("usr/share/ca-certificates/"), &f.kind)
+            {
+                if rel.ends_with(".crt") {
+                    certs.insert(rel.to_string(), b.clone());
+                }
+            }
+        }
+    }
+    if certs.is_empty() {
+        return;
+    }
+    let mut conf = String::from("# Generated by kiln (update-ca-certificates equivalent)\n");
+    let mut bundle = Vec::new();
+    tree.add_parents("etc/ssl/certs/x");
+    for (rel, b) in &certs {
+        conf.push_str(rel);
+        conf.push('\n');
+        bundle.extend_from_slice(b);
+        if !b.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        let base = rel
+            .rsplit('/')
+            .next()
+            .unwrap_or(rel)
+            .trim_end_matches(".crt");
+        tree.insert(entry(
+            format!("etc/ssl/certs/{base}.pem"),
+            EntryKind::Symlink {
+                target: format!("/usr/share/ca-certificates/{rel}"),
+            },
+            0o777,
+        ));
+    }
+    tree.insert(data("etc/ca-certificates.conf", conf.into_bytes(), 0o644));
+    tree.insert(data("etc/ssl/certs/ca-certificates.crt", bundle, 0o644));
+    report.emulated.push(format!(
+        "ca-certificates: bundle of {} certificates (OpenSSL hash links not generated)",
+        certs.len()
+    ));
+}

@@ -1,0 +1,349 @@
+//! `[apt]`: resolve Debian packages natively and install them as layers.
+//!
+//! spec → sources (spec / base image / host) → signed indexes ([`repo`]) →
+//! solve with the base's dpkg status as installed ([`solve`]) → download and
+//! verify `.deb`s → unpack ([`deb`]) → layers plus a dpkg database and the
+//! common maintainer-script effects done natively ([`install`]).
+
+pub mod control;
+pub mod deb;
+pub mod install;
+pub mod repo;
+pub mod solve;
+pub mod sources;
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::http::Http;
+use crate::inventory::Rootfs;
+use crate::platform::Platform;
+use control::{parse_dep, parse_paragraphs, Dep, Relation, Version};
+use repo::Package;
+use sources::Source;
+
+/// The keyring used when a source names none.
+pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSection {
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// One-line (`deb [signed-by=…] URI SUITE COMP…`) or table form.
+    #[serde(default)]
+    pub sources: Vec<SourceEntry>,
+    /// Bootstrap a Debian system on a `scratch` base: `minbase` or `essential`.
+    pub bootstrap: Option<Bootstrap>,
+    /// Suite for a bootstrap whose sources come from the host (default `bookworm`).
+    pub suite: Option<String>,
+    /// Keyring for sources that name none (default: Debian's archive keyring).
+    pub keyring: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrap {
+    Minbase,
+    Essential,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SourceEntry {
+    Line(String),
+    Table {
+        uri: String,
+        suites: Vec<String>,
+        #[serde(default)]
+        components: Vec<String>,
+        #[serde(rename = "signed-by")]
+        signed_by: Option<String>,
+    },
+}
+
+/// What will be installed.
+#[derive(Debug)]
+pub struct AptPlan {
+    pub arch: String,
+    pub bootstrap: Option<Bootstrap>,
+    /// Packages to install, sorted by name; their `.deb`s are in the cache.
+    pub packages: Vec<Package>,
+    /// Packages the base already had that satisfied the request.
+    pub already_installed: usize,
+}
+
+/// Debian's name for an OCI architecture.
+pub fn debian_arch(p: &Platform) -> Result<&'static str> {
+    Ok(match (p.arch.as_str(), p.variant.as_deref()) {
+        ("amd64", _) => "amd64",
+        ("arm64", _) => "arm64",
+        ("arm", Some("v7")) | ("arm", None) => "armhf",
+        ("arm", Some("v5")) => "armel",
+        ("386", _) => "i386",
+        ("ppc64le", _) => "ppc64el",
+        ("s390x", _) => "s390x",
+        ("riscv64", _) => "riscv64",
+        ("mips64le", _) => "mips64el",
+        _ => {
+            return Err(Error::input(format!(
+                "apt: Debian has no architecture for platform {p}"
+            )))
+        }
+    })
+}
+
+/// Which base files' contents the apt stage reads.
+pub fn keep_path(path: &str) -> bool {
+    sources::keep_path(path)
+        || path == "/var/lib/dpkg/status"
+        || path.starts_with("/var/lib/dpkg/status.d/")
+        || path.starts_with("/var/lib/dpkg/alternatives/")
+        || matches!(
+            path,
+            "/etc/passwd"
+                | "/etc/group"
+                | "/etc/shadow"
+                | "/etc/gshadow"
+                | "/etc/os-release"
+                | "/usr/lib/os-release"
+        )
+}
+
+/// Packages the base has installed (`status`, and distroless `status.d/`).
+pub fn installed_packages(fs: &Rootfs) -> Vec<Package> {
+    let mut texts = Vec::new();
+    if let Some(b) = fs.read("/var/lib/dpkg/status") {
+        texts.push(String::from_utf8_lossy(b).into_owned());
+    }
+    for name in fs.list("/var/lib/dpkg/status.d") {
+        if let Some(b) = fs.read(&format!("/var/lib/dpkg/status.d/{name}")) {
+            texts.push(String::from_utf8_lossy(b).into_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for t in texts {
+        for p in parse_paragraphs(&t) {
+            let st = p.get("Status").unwrap_or("install ok installed");
+            if !st.ends_with(" installed") {
+                continue;
+            }
+            if let Ok(pkg) = Package::from_paragraph(&p, "", "installed", true) {
+                out.push(pkg);
+            }
+        }
+    }
+    out
+}
+
+fn resolve_sources(section: &AptSection, fs: &Rootfs, scratch: bool) -> Result<Vec<Source>> {
+    if !section.sources.is_empty() {
+        let mut out = Vec::new();
+        for s in &section.sources {
+            match s {
+                SourceEntry::Line(l) => {
+                    out.extend(sources::parse_one_line(l).map_err(|e| e.context("[apt] sources"))?)
+                }
+                SourceEntry::Table {
+                    uri,
+                    suites,
+                    components,
+                    signed_by,
+                } => {
+                    for suite in suites {
+                        out.push(Source {
+                            uri: uri.trim_end_matches('/').to_string(),
+                            suite: suite.clone(),
+                            components: components.clone(),
+                            signed_by: signed_by.clone(),
+                            in_image: false,
+                        });
+                    }
+                }
+            }
+        }
+        return Ok(out);
+    }
+    if !scratch {
+        let s = sources::from_rootfs(fs)?;
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    // A bootstrap (or a base without sources) uses the host's mirror for the chosen suite.
+    let suite = section.suite.clone().unwrap_or_else(|| "bookworm".into());
+    let host = sources::from_host(Path::new("/"))?;
+    let picked: Vec<Source> = host
+        .into_iter()
+        .filter(|s| s.suite == suite || s.suite.starts_with(&format!("{suite}-")))
+        .collect();
+    if picked.is_empty() {
+        return Err(Error::input(format!(
+            "apt: no sources: the base image has none and the host has none for suite `{suite}`; give [apt] sources"
+        )));
+    }
+    Ok(picked)
+}
+
+fn keyring_for(
+    src: &Source,
+    section: &AptSection,
+    fs: &Rootfs,
+    spec_dir: &Path,
+) -> Result<Vec<pgp::composed::SignedPublicKey>> {
+    let path = src
+        .signed_by
+        .clone()
+        .or_else(|| section.keyring.clone())
+        .unwrap_or_else(|| DEFAULT_KEYRING.to_string());
+    if src.in_image {
+        if let Some(b) = fs.read(&path) {
+            return repo::load_keyring(b, &format!("{path} (in the base image)"));
+        }
+        // Images often trust keys in trusted.gpg.d; fall back to those.
+        let mut keys = Vec::new();
+        for name in fs.list("/etc/apt/trusted.gpg.d") {
+            if let Some(b) = fs.read(&format!("/etc/apt/trusted.gpg.d/{name}")) {
+                keys.extend(repo::load_keyring(b, &name).unwrap_or_default());
+            }
+        }
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+    }
+    let host = spec_dir.join(&path);
+    let bytes = std::fs::read(&host).map_err(|e| {
+        Error::input(format!(
+            "apt: keyring {} for {} {}: {e}",
+            host.display(),
+            src.uri,
+            src.suite
+        ))
+    })?;
+    repo::load_keyring(&bytes, &host.display().to_string())
+}
+
+/// Parse a request: `name`, `name=version`, `name:arch`.
+fn parse_request(s: &str, arch: &str) -> Result<Dep> {
+    let (head, version) = match s.split_once('=') {
+        Some((h, v)) => (
+            h.trim(),
+            Some(
+                Version::parse(v)
+                    .ok_or_else(|| Error::input(format!("[apt] packages: bad version in `{s}`")))?,
+            ),
+        ),
+        None => (s.trim(), None),
+    };
+    let mut d = parse_dep(head).map_err(|e| Error::input(format!("[apt] packages: {e}")))?;
+    if let Some(a) = &d.arch {
+        if a != arch && a != "all" && a != "any" {
+            return Err(Error::input(format!(
+                "[apt] packages: `{s}` asks for architecture {a}, but this image is {arch}; foreign architectures are not supported"
+            )));
+        }
+        d.arch = None;
+    }
+    d.constraint = version.map(|v| (Relation::Eq, v));
+    Ok(d)
+}
+
+pub fn plan(
+    section: &AptSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    scratch: bool,
+    http: &Http,
+    cache: &Cache,
+) -> Result<AptPlan> {
+    let arch = debian_arch(platform)?;
+    if section.bootstrap.is_some() && !scratch {
+        return Err(Error::input(
+            "[apt] bootstrap needs `base = \"scratch\"`; the base already is a system",
+        ));
+    }
+    let srcs = resolve_sources(section, fs, scratch)?;
+    let keyrings = srcs
+        .iter()
+        .map(|s| keyring_for(s, section, fs, spec_dir))
+        .collect::<Result<Vec<_>>>()?;
+    let indexes: Vec<Vec<Package>> = srcs
+        .par_iter()
+        .zip(keyrings.par_iter())
+        .map(|(s, k)| repo::load_source(s, k, arch, http, cache))
+        .collect::<Result<_>>()?;
+    let mut universe = installed_packages(fs);
+    let installed_names: std::collections::HashSet<String> =
+        universe.iter().map(|p| p.name.clone()).collect();
+    for pkgs in indexes {
+        universe.extend(
+            pkgs.into_iter()
+                .filter(|p| p.arch == arch || p.arch == "all"),
+        );
+    }
+    let mut requests: Vec<Vec<Dep>> = section
+        .packages
+        .iter()
+        .map(|s| parse_request(s, arch).map(|d| vec![d]))
+        .collect::<Result<_>>()?;
+    if let Some(b) = section.bootstrap {
+        let mut names: Vec<String> = universe
+            .iter()
+            .filter(|p| p.essential || (b == Bootstrap::Minbase && p.priority == "required"))
+            .map(|p| p.name.clone())
+            .collect();
+        if b == Bootstrap::Minbase {
+            names.push("apt".into());
+        }
+        names.sort();
+        names.dedup();
+        requests.extend(names.into_iter().map(|name| {
+            vec![Dep {
+                name,
+                arch: None,
+                constraint: None,
+            }]
+        }));
+    }
+    if requests.is_empty() {
+        return Err(Error::input(
+            "[apt] asks for nothing: give packages or bootstrap",
+        ));
+    }
+    let chosen = solve::solve(&universe, &requests)?;
+    let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
+    let already = section
+        .packages
+        .iter()
+        .filter(|s| installed_names.contains(s.split(['=', ':']).next().unwrap_or("")))
+        .count();
+    // Download in parallel, each verified against the signed index.
+    packages
+        .par_iter()
+        .map(|p| {
+            let d = p.sha256.clone().expect("indexed packages carry sha256");
+            http.download(&p.url, Some(&d), cache)
+                .map(|_| ())
+                .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
+        })
+        .collect::<Result<Vec<()>>>()?;
+    Ok(AptPlan {
+        arch: arch.to_string(),
+        bootstrap: section.bootstrap,
+        packages,
+        already_installed: already,
+    })
+}
+
+/// A `.deb` from the cache, by its digest.
+pub(crate) fn deb_bytes(cache: &Cache, d: &Digest) -> Result<Vec<u8>> {
+    cache.read(d)
+}
+
+pub use install::{layer_groups, AptReport};

@@ -1,0 +1,214 @@
+//! Repository client: `InRelease` fetched and its OpenPGP signature checked
+//! against the source's keyring (rpgp), then `Packages.xz|gz` for each
+//! component and architecture, checked against the sha256 that the signed
+//! Release lists. Indexes are cached by that sha256, so an unchanged index is
+//! never downloaded twice. Everything fails closed.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
+
+use super::control::{parse_deps, parse_paragraphs, Dep, Paragraph, Version};
+use super::sources::Source;
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::http::Http;
+
+/// A binary package available from a repository (or installed in the base).
+#[derive(Clone, Debug)]
+pub struct Package {
+    pub name: String,
+    pub version: Version,
+    pub arch: String,
+    pub multi_arch: String,
+    pub essential: bool,
+    pub priority: String,
+    /// Depends and Pre-Depends, each group a list of alternatives.
+    pub depends: Vec<Vec<Dep>>,
+    pub provides: Vec<Dep>,
+    /// Conflicts and Breaks.
+    pub conflicts: Vec<Dep>,
+    /// Where to download it (empty for installed packages).
+    pub url: String,
+    pub sha256: Option<Digest>,
+    pub size: u64,
+    pub suite: String,
+    pub installed: bool,
+}
+
+impl Package {
+    pub fn from_paragraph(
+        p: &Paragraph,
+        base_uri: &str,
+        suite: &str,
+        installed: bool,
+    ) -> std::result::Result<Package, String> {
+        let name = p.get("Package").ok_or("missing Package")?.to_string();
+        let version =
+            Version::parse(p.get("Version").ok_or("missing Version")?).ok_or("bad Version")?;
+        let deps = |f: &str| -> std::result::Result<Vec<Vec<Dep>>, String> {
+            p.get(f)
+                .map(parse_deps)
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let mut depends = deps("Pre-Depends")?;
+        depends.extend(deps("Depends")?);
+        let flat = |f: &str| -> std::result::Result<Vec<Dep>, String> {
+            Ok(deps(f)?.into_iter().flatten().collect())
+        };
+        let mut conflicts = flat("Conflicts")?;
+        conflicts.extend(flat("Breaks")?);
+        Ok(Package {
+            version,
+            arch: p.get("Architecture").unwrap_or("all").to_string(),
+            multi_arch: p.get("Multi-Arch").unwrap_or("no").to_string(),
+            essential: p.get("Essential") == Some("yes"),
+            priority: p.get("Priority").unwrap_or("optional").to_string(),
+            depends,
+            provides: flat("Provides")?,
+            conflicts,
+            url: p
+                .get("Filename")
+                .map(|f| format!("{base_uri}/{f}"))
+                .unwrap_or_default(),
+            sha256: p
+                .get("SHA256")
+                .and_then(|s| format!("sha256:{s}").parse().ok()),
+            size: p.get("Size").and_then(|s| s.parse().ok()).unwrap_or(0),
+            suite: suite.to_string(),
+            installed,
+            name,
+        })
+    }
+}
+
+/// Load the public keys of a keyring (binary or armored, one or many keys).
+pub fn load_keyring(bytes: &[u8], what: &str) -> Result<Vec<SignedPublicKey>> {
+    let (keys, _) = PublicOrSecret::from_reader_many(bytes)
+        .map_err(|e| Error::input(format!("keyring {what}: not an OpenPGP keyring: {e}")))?;
+    let mut out = Vec::new();
+    for k in keys {
+        match k {
+            Ok(PublicOrSecret::Public(k)) => out.push(k),
+            Ok(PublicOrSecret::Secret(k)) => out.push(k.to_public_key()),
+            Err(e) => return Err(Error::input(format!("keyring {what}: unreadable key: {e}"))),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::input(format!("keyring {what} holds no keys")));
+    }
+    Ok(out)
+}
+
+/// Check a cleartext-signed InRelease; returns the signed text.
+pub fn verify_inrelease(text: &str, keys: &[SignedPublicKey], what: &str) -> Result<String> {
+    let (msg, _) = CleartextSignedMessage::from_string(text)
+        .map_err(|e| Error::input(format!("{what}: not a signed InRelease file: {e}")))?;
+    let ok = keys
+        .iter()
+        .any(|k| msg.verify(k).is_ok() || k.public_subkeys.iter().any(|sk| msg.verify(sk).is_ok()));
+    if !ok {
+        return Err(Error::input(format!(
+            "{what}: the OpenPGP signature does not verify against the keyring; refusing to use this repository"
+        )));
+    }
+    Ok(msg.signed_text().replace("\r\n", "\n"))
+}
+
+/// The files a Release lists under SHA256: path → (digest, size).
+pub fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
+    let mut out = BTreeMap::new();
+    for p in parse_paragraphs(release) {
+        if let Some(list) = p.get("SHA256") {
+            for line in list.lines() {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if let [hash, size, path] = w[..] {
+                    if let (Ok(d), Ok(n)) = (
+                        format!("sha256:{hash}").parse::<Digest>(),
+                        size.parse::<u64>(),
+                    ) {
+                        out.insert(path.to_string(), (d, n));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Fetch, verify and parse every index of one source for `arch`.
+pub fn load_source(
+    src: &Source,
+    keyring: &[SignedPublicKey],
+    arch: &str,
+    http: &Http,
+    cache: &Cache,
+) -> Result<Vec<Package>> {
+    let base = format!("{}/dists/{}", src.uri, src.suite);
+    let what = format!("{} {}", src.uri, src.suite);
+    let inrelease = http.get(&format!("{base}/InRelease"), None)?;
+    let text = String::from_utf8(inrelease.bytes)
+        .map_err(|_| Error::input(format!("{what}: InRelease is not UTF-8")))?;
+    let release = verify_inrelease(&text, keyring, &what)?;
+    let hashes = release_hashes(&release);
+    let components: Vec<String> = if src.components.is_empty() {
+        parse_paragraphs(&release)
+            .first()
+            .and_then(|p| p.get("Components"))
+            .map(|c| c.split_whitespace().map(String::from).collect())
+            .unwrap_or_else(|| vec!["main".into()])
+    } else {
+        src.components.clone()
+    };
+    let mut out = Vec::new();
+    for comp in &components {
+        let stem = format!("{comp}/binary-{arch}/Packages");
+        let (name, (digest, _)) = ["xz", "gz", ""]
+            .iter()
+            .map(|ext| {
+                if ext.is_empty() {
+                    stem.clone()
+                } else {
+                    format!("{stem}.{ext}")
+                }
+            })
+            .find_map(|n| hashes.get(&n).map(|h| (n.clone(), h.clone())))
+            .ok_or_else(|| {
+                Error::input(format!("{what}: Release lists no index for {comp}/{arch}"))
+            })?;
+        let url = format!("{base}/{name}");
+        http.download(&url, Some(&digest), cache).map_err(|e| {
+            e.context(format!(
+                "{what}: index {name} (checked against the signed Release)"
+            ))
+        })?;
+        let raw = std::fs::File::open(cache.blob_path(&digest))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let mut text = String::new();
+        let mut reader: Box<dyn Read> = if name.ends_with(".xz") {
+            Box::new(liblzma::read::XzDecoder::new(raw))
+        } else if name.ends_with(".gz") {
+            Box::new(flate2::read::GzDecoder::new(raw))
+        } else {
+            Box::new(raw)
+        };
+        reader
+            .read_to_string(&mut text)
+            .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
+        for p in parse_paragraphs(&text) {
+            match Package::from_paragraph(&p, &src.uri, &src.suite, false) {
+                Ok(pkg) if pkg.sha256.is_some() => out.push(pkg),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::input(format!(
+                        "{what}: malformed entry in {name}: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -2,7 +2,7 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd
+TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring
 BENCH_DEBS := pigz
 
 .PHONY: build release test test-deps lint bench example clean
@@ -34,6 +34,8 @@ bench: release
 	@dpkg -s pigz >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pigz)
 	$(CARGO) bench --bench layer_pipeline
 	bash benches/compare.sh
+	bash benches/apt_compare.sh
+	bash benches/pip_compare.sh
 
 # The main job: build the embedded example image into an OCI layout (no registry, no daemon).
 example: release

@@ -20,6 +20,7 @@ use crate::image::{self, AssemblyInputs, NewLayer};
 use crate::inventory::{self, Rootfs};
 use crate::layer::{self, Compression, LayerBlob};
 use crate::output::{archive, layout, push};
+use crate::pip;
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::source::{ImageSource, OutputTarget};
@@ -54,6 +55,15 @@ pub struct BuildReport {
     pub push: Option<push::PushReport>,
     /// Per platform: packages installed, script effects emulated and skipped.
     pub apt: Vec<apt::AptReport>,
+    /// Per platform: wheels installed by the pip stage.
+    pub pip: Vec<PipReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PipReport {
+    pub python: String,
+    pub installed: Vec<String>,
+    pub already_installed: Vec<String>,
 }
 
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
@@ -134,25 +144,30 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     spinner.finish_and_clear();
 
     // Package stages, per platform (each architecture resolves on its own).
-    let http = if spec.apt.is_some() {
+    let http = if spec.apt.is_some() || spec.pip.is_some() {
         Some(Http::new()?)
     } else {
         None
     };
     let mut per_platform: Vec<Vec<NewLayer>> = Vec::new();
     let mut apt_reports = Vec::new();
+    let mut pip_reports = Vec::new();
+    let keep = |p: &str| apt::keep_path(p) || pip::keep_path(p);
     for img in &base.images {
         let mut layers = Vec::new();
-        if let (Some(section), Some(http)) = (&spec.apt, &http) {
+        let Some(http) = &http else {
+            per_platform.push(layers);
+            continue;
+        };
+        let mut fs = if base.is_scratch() {
+            Rootfs::default()
+        } else {
+            inventory::load(img, &blobs, &keep)?
+        };
+        if let Some(section) = &spec.apt {
             let spinner = opts
                 .progress
                 .spinner(&format!("apt: resolving for {}", img.platform));
-            let keep = |p: &str| apt::keep_path(p);
-            let fs = if base.is_scratch() {
-                Rootfs::default()
-            } else {
-                inventory::load(img, &blobs, &keep)?
-            };
             let plan = apt::plan(
                 section,
                 &spec_dir,
@@ -171,6 +186,32 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             spinner.finish_and_clear();
             layers.extend(build_groups(&groups, opts, &cache)?);
             apt_reports.push(report);
+            // pip sees the Python that apt just installed.
+            for (_, entries) in &groups {
+                fs.apply_entries(entries, &keep);
+            }
+        }
+        if let Some(section) = &spec.pip {
+            let spinner = opts
+                .progress
+                .spinner(&format!("pip: resolving for {}", img.platform));
+            let plan = pip::plan(section, &spec_dir, &fs, &img.platform, http, &cache)?;
+            let groups = pip::layer_groups(&plan, &cache)?;
+            spinner.finish_and_clear();
+            layers.extend(build_groups(&groups, opts, &cache)?);
+            pip_reports.push(PipReport {
+                python: plan.python.interpreter.clone(),
+                installed: plan
+                    .wheels
+                    .iter()
+                    .map(|w| format!("{} {}", w.name, w.version))
+                    .collect(),
+                already_installed: plan
+                    .already_installed
+                    .iter()
+                    .map(|(n, v)| format!("{n} {v}"))
+                    .collect(),
+            });
         }
         per_platform.push(layers);
     }
@@ -258,6 +299,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         outputs: written,
         push: push_report,
         apt: apt_reports,
+        pip: pip_reports,
     })
 }
 

@@ -144,7 +144,8 @@ impl BlobWriter {
         let (buf, digest, len) = self.out.finish();
         if let Some(exp) = expected {
             if exp != &digest {
-                return Err(Error::network(format!(
+                // Not transient: the bytes are not what a trusted index said.
+                return Err(Error::input(format!(
                     "content digest mismatch: expected {exp}, got {digest}; the download was discarded"
                 )));
             }

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod layer;
 pub mod manifest;
 pub mod output;
+pub mod pip;
 pub mod platform;
 pub mod progress;
 pub mod registry;

@@ -20,6 +20,7 @@ pub struct Spec {
     pub files: Vec<FileEntry>,
     pub config: ConfigSection,
     pub apt: Option<crate::apt::AptSection>,
+    pub pip: Option<crate::pip::PipSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +33,7 @@ struct SpecFile {
     #[serde(default)]
     config: ConfigSection,
     apt: Option<crate::apt::AptSection>,
+    pip: Option<crate::pip::PipSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +115,7 @@ impl Spec {
             files: file.files,
             config: file.config,
             apt: file.apt,
+            pip: file.pip,
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {

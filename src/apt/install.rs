@@ -348,6 +348,7 @@ fn metadata_layer(
         ));
     }
 
+    upgrade_whiteouts(plan, debs, fs, merged, &mut tree, &mut report);
     users(plan, debs, fs, epoch, &mut tree, &mut report);
     alternatives(plan, debs, fs, merged, triplet, &mut tree, &mut report);
     ca_certificates(debs, &mut tree, &mut report);
@@ -375,6 +376,76 @@ fn metadata_layer(
         .emulated
         .push("ldconfig: not run (libraries in the default paths load without a cache)".into());
     Ok((tree.into_sorted(), report))
+}
+
+/// A package upgraded over the base's version: files the old version had and
+/// the new one does not are removed with whiteouts (layers only add).
+fn upgrade_whiteouts(
+    plan: &AptPlan,
+    debs: &[Deb],
+    fs: &Rootfs,
+    merged: bool,
+    tree: &mut Tree,
+    report: &mut AptReport,
+) {
+    let info = fs.list("/var/lib/dpkg/info");
+    // A file may move to another package of this install: never white it out.
+    let new: BTreeSet<String> = debs
+        .iter()
+        .flat_map(|d| d.files.iter().map(|f| usr_path(&f.path, merged)))
+        .collect();
+    for (pkg, deb) in plan.packages.iter().zip(debs) {
+        let stems = [pkg.name.clone(), format!("{}:{}", pkg.name, pkg.arch)];
+        let Some(old_list) = stems
+            .iter()
+            .find_map(|s| fs.read(&format!("/var/lib/dpkg/info/{s}.list")))
+        else {
+            continue;
+        };
+        let mut removed = 0;
+        for line in String::from_utf8_lossy(old_list).lines() {
+            let rel = usr_path(line.trim().trim_start_matches('/'), merged);
+            if rel.is_empty() || rel == "." || new.contains(&rel) {
+                continue;
+            }
+            if matches!(
+                fs.node(&format!("/{rel}")),
+                Some(crate::inventory::Node::File { .. } | crate::inventory::Node::Symlink(_))
+            ) {
+                tree.insert(whiteout(&rel));
+                removed += 1;
+            }
+        }
+        // Old control files (scripts, md5sums ...) that the new version does not ship.
+        for name in &info {
+            let Some((stem, ext)) = name.rsplit_once('.') else {
+                continue;
+            };
+            if stems.contains(&stem.to_string())
+                && ext != "list"
+                && ext != "md5sums"
+                && !deb.control.contains_key(ext)
+            {
+                tree.insert(whiteout(&format!("var/lib/dpkg/info/{name}")));
+            }
+        }
+        if removed > 0 {
+            report.emulated.push(format!(
+                "{}: upgrade removes {removed} files of the base's version",
+                pkg.name
+            ));
+        }
+    }
+}
+
+fn whiteout(rel: &str) -> Entry {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let path = if dir.is_empty() {
+        format!(".wh.{name}")
+    } else {
+        format!("{dir}/.wh.{name}")
+    };
+    data(&path, Vec::new(), 0o644)
 }
 
 /// base-passwd's master files, shadow entries, and `adduser --system` calls.
@@ -425,6 +496,8 @@ fn users(
         }
     }
     // adduser --system [--group|--ingroup G] [--home H] ... NAME
+    // Without a passwd file (no base-passwd) there is no system to add users to.
+    let users_possible = !passwd.is_empty();
     for (pkg, deb) in plan.packages.iter().zip(debs) {
         let Some(script) = deb.control.get("postinst") else {
             continue;
@@ -470,6 +543,13 @@ fn users(
                 i += 1;
             }
             let Some(name) = name else { continue };
+            if !users_possible {
+                report.skipped_scripts.push(format!(
+                    "{}: postinst adds system user {name}, but the image has no /etc/passwd (install base-passwd)",
+                    pkg.name
+                ));
+                continue;
+            }
             if passwd
                 .iter()
                 .any(|l| l.split(':').next() == Some(name.as_str()))

@@ -104,6 +104,7 @@ pub fn keep_path(path: &str) -> bool {
         || path == "/var/lib/dpkg/status"
         || path.starts_with("/var/lib/dpkg/status.d/")
         || path.starts_with("/var/lib/dpkg/alternatives/")
+        || (path.starts_with("/var/lib/dpkg/info/") && path.ends_with(".list"))
         || matches!(
             path,
             "/etc/passwd"

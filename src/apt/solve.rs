@@ -74,6 +74,8 @@ pub struct Provider<'a> {
     pub pool: Pool<Set, String>,
     packages: &'a [Package],
     by_name: HashMap<NameId, Vec<SolvableId>>,
+    /// Names asked for directly: as providers of a virtual package they come first.
+    pub requested: std::collections::HashSet<String>,
 }
 
 fn priority_rank(p: &str) -> u8 {
@@ -92,9 +94,9 @@ impl<'a> Provider<'a> {
         let mut by_name: HashMap<NameId, Vec<SolvableId>> = HashMap::new();
         for (i, p) in packages.iter().enumerate() {
             let n = pool.intern_package_name(p.name.clone());
+            // resolvo prints the name itself; the record shows the version.
             let text = format!(
-                "{} {}{}",
-                p.name,
+                "{}{}",
                 p.version,
                 if p.installed { " (installed)" } else { "" }
             );
@@ -113,7 +115,7 @@ impl<'a> Provider<'a> {
                     .as_ref()
                     .filter(|(r, _)| *r == Relation::Eq)
                     .map(|(_, v)| v.clone());
-                let text = format!("{} (provided by {} {})", v.name, p.name, p.version);
+                let text = format!("(provided by {} {})", p.name, p.version);
                 let s = pool.intern_solvable(
                     vn,
                     RecShown {
@@ -128,6 +130,7 @@ impl<'a> Provider<'a> {
             pool,
             packages,
             by_name,
+            requested: Default::default(),
         }
     }
 
@@ -275,7 +278,7 @@ impl DependencyProvider for Provider<'_> {
             };
             let p = &self.packages[i];
             (
-                !p.installed,
+                !(p.installed || self.requested.contains(&p.name)),
                 provided,
                 priority_rank(&p.priority),
                 p.name.clone(),
@@ -325,7 +328,8 @@ impl DependencyProvider for Provider<'_> {
 /// Solve `requests` (each a group of alternatives); returns indexes of the
 /// packages to install (installed ones excluded), sorted by name.
 pub fn solve(packages: &[Package], requests: &[Vec<Dep>]) -> Result<Vec<usize>> {
-    let provider = Provider::new(packages);
+    let mut provider = Provider::new(packages);
+    provider.requested = requests.iter().flatten().map(|d| d.name.clone()).collect();
     let mut reqs: Vec<ConditionalRequirement> = Vec::new();
     for r in requests {
         for d in r {

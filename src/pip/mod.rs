@@ -1,0 +1,404 @@
+//! `[pip]`: resolve Python requirements against the image's interpreter and install wheels as layers.
+//!
+//! Nothing runs inside the image: the interpreter, its version, the C library
+//! and what is already installed are read from the base filesystem
+//! ([`target`]); the index client ([`index`]) speaks the PEP 691/503 simple API
+//! and PEP 658 metadata; [`resolve`] runs PubGrub with markers evaluated for
+//! the target; [`install`] lays wheels out as deterministic layer entries.
+
+pub mod index;
+pub mod install;
+pub mod markers;
+pub mod metadata;
+pub mod resolve;
+pub mod spec;
+pub mod tags;
+pub mod target;
+pub mod wheel;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::http::Http;
+use crate::inventory::Rootfs;
+use crate::layer::{Entry, Tree};
+use crate::platform::Platform;
+
+pub use target::PythonTarget;
+
+/// Wheels larger than this get a layer of their own.
+pub const BIG_WHEEL: u64 = 20 << 20;
+
+fn default_target() -> String {
+    "system".into()
+}
+
+/// The `[pip]` table of kiln.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipSection {
+    /// PEP 508 requirements: `"requests[socks]>=2.31"`, `"tomli; python_version < '3.11'"`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// pip-format requirements files, relative to the spec's directory.
+    #[serde(default)]
+    pub requirements: Vec<String>,
+    /// Primary simple-API index URL (overrides PIP_INDEX_URL and pip.conf).
+    #[serde(default)]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub extra_index: Vec<String>,
+    /// Wheelhouse directories (relative to the spec) or URLs of pages listing wheels.
+    #[serde(default)]
+    pub find_links: Vec<String>,
+    /// `"system"` or an absolute venv path such as `"/opt/venv"`.
+    #[serde(default = "default_target")]
+    pub target: String,
+    /// Allow pre-releases for every package.
+    #[serde(default)]
+    pub prerelease: bool,
+    /// Ignore pip's configuration files and `PIP_*` variables (like `pip --isolated`).
+    #[serde(default)]
+    pub isolated: bool,
+    /// Use only `find-links` (like `pip --no-index`).
+    #[serde(default)]
+    pub no_index: bool,
+}
+
+impl Default for PipSection {
+    fn default() -> Self {
+        PipSection {
+            packages: Vec::new(),
+            requirements: Vec::new(),
+            index: None,
+            extra_index: Vec::new(),
+            find_links: Vec::new(),
+            target: default_target(),
+            prerelease: false,
+            isolated: false,
+            no_index: false,
+        }
+    }
+}
+
+/// One wheel to install, downloaded and verified in the cache.
+#[derive(Debug, Clone)]
+pub struct PinnedWheel {
+    /// Normalised project name.
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: Digest,
+    pub size: u64,
+    pub filename: String,
+    /// Named in the spec (gets `REQUESTED`).
+    pub requested: bool,
+    /// `direct_url.json` for URL/path requirements.
+    pub direct_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipPlan {
+    pub python: PythonTarget,
+    /// Sorted by name.
+    pub wheels: Vec<PinnedWheel>,
+    /// `(name, version)` already in the image and satisfying the requirements.
+    pub already_installed: Vec<(String, String)>,
+}
+
+/// PEP 503 name normalisation: lowercase, runs of `-_.` → `-`.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Paths of the base image whose contents `plan` reads.
+pub fn keep_path(path: &str) -> bool {
+    path.ends_with(".dist-info/METADATA")
+        || path.ends_with(".egg-info/PKG-INFO")
+        || (path.ends_with(".egg-info") && path.contains("-packages/"))
+        || path == "/var/lib/dpkg/status"
+        || path.starts_with("/var/lib/dpkg/status.d/")
+        || path == "/lib/apk/db/installed"
+        || (path.ends_with("/patchlevel.h") && path.contains("/include/python3."))
+        || path.ends_with("/pyvenv.cfg")
+}
+
+/// Where packages come from, after every configuration source was consulted.
+pub fn sources(
+    section: &PipSection,
+    spec_dir: &Path,
+    inputs: &spec::Inputs,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let config = if section.isolated {
+        spec::PipConfig::default()
+    } else {
+        spec::PipConfig::from_host()
+    };
+    let mut find_links: Vec<String> = section
+        .find_links
+        .iter()
+        .map(|f| spec::location(f, spec_dir))
+        .collect();
+    find_links.extend(inputs.find_links.iter().cloned());
+    find_links.extend(config.find_links.iter().cloned());
+    dedup(&mut find_links);
+    if section.no_index || inputs.no_index || config.no_index {
+        return Ok((Vec::new(), find_links));
+    }
+    let index = inputs
+        .index
+        .clone()
+        .or_else(|| section.index.clone().map(|i| spec::location(&i, spec_dir)))
+        .or(config.index.clone())
+        .unwrap_or_else(|| uv_distribution_types::PYPI_URL.to_string());
+    let mut indexes = vec![index];
+    indexes.extend(
+        section
+            .extra_index
+            .iter()
+            .map(|i| spec::location(i, spec_dir)),
+    );
+    indexes.extend(inputs.extra_index.iter().cloned());
+    indexes.extend(config.extra_index.iter().cloned());
+    dedup(&mut indexes);
+    Ok((indexes, find_links))
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+}
+
+/// Resolve the section for the image's Python and download every wheel (verified) into the cache.
+pub fn plan(
+    section: &PipSection,
+    spec_dir: &Path,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<PipPlan> {
+    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    let mut inputs = spec::Inputs {
+        prerelease: section.prerelease,
+        ..Default::default()
+    };
+    for p in &section.packages {
+        inputs
+            .requirements
+            .push(spec::parse_requirement(p, spec_dir, "[pip] packages")?);
+    }
+    for f in &section.requirements {
+        spec::read_requirements_file(&spec_dir.join(f), &mut inputs, false, 0)?;
+    }
+    let (indexes, find_links) = sources(section, spec_dir, &inputs)?;
+    if indexes.is_empty() && find_links.is_empty() {
+        return Err(Error::input(
+            "[pip] no package source: `no-index` is set but there is no `find-links` directory",
+        ));
+    }
+    let client = index::IndexClient::new(http, cache, indexes, find_links);
+    let env = markers::environment(&python)?;
+    let roots = inputs.requirements.clone();
+    let provider = resolve::Provider::new(
+        &client,
+        &python,
+        env,
+        roots.clone(),
+        &inputs.constraints,
+        inputs.prerelease,
+    )?;
+    let resolved = resolve::resolve(&provider)?;
+
+    let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &roots {
+        if !r.hashes.is_empty() {
+            hashes
+                .entry(r.req.name.to_string())
+                .or_default()
+                .extend(r.hashes.iter().cloned());
+        }
+    }
+    let requested: std::collections::HashSet<String> =
+        roots.iter().map(|r| r.req.name.to_string()).collect();
+
+    let mut already_installed = Vec::new();
+    let mut todo = Vec::new();
+    for r in resolved {
+        if r.installed {
+            already_installed.push((r.name, r.version.to_string()));
+            continue;
+        }
+        let mut file = r.file.ok_or_else(|| {
+            Error::internal(format!("resolved {} {} without a file", r.name, r.version))
+        })?;
+        if let Some(allowed) = hashes.get(&r.name) {
+            match &file.sha256 {
+                Some(h) if !allowed.contains(h) => {
+                    return Err(Error::input(format!(
+                        "[pip] hash mismatch for `{}`: {} has sha256:{h}, the requirements allow only {}; \
+                         update the --hash values or pin the version they were made for",
+                        r.name,
+                        file.filename,
+                        allowed.iter().map(|a| format!("sha256:{a}")).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+                Some(_) => {}
+                None => file.sha256 = allowed.first().cloned(),
+            }
+        }
+        todo.push((r.name, r.version.to_string(), file));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(8)
+        .build()
+        .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+    let downloaded: Vec<Result<PinnedWheel>> = pool.install(|| {
+        todo.par_iter()
+            .map(|(name, version, file)| {
+                let (digest, size) = client
+                    .download(file)
+                    .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
+                let direct_url = provider.direct_url(name).map(|u| {
+                    serde_json::json!({
+                        "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
+                        "url": u,
+                    })
+                    .to_string()
+                });
+                Ok(PinnedWheel {
+                    name: name.clone(),
+                    version: version.clone(),
+                    url: file.url.clone(),
+                    sha256: digest,
+                    size,
+                    filename: file.filename.clone(),
+                    requested: requested.contains(name),
+                    direct_url,
+                })
+            })
+            .collect()
+    });
+    let wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(PipPlan {
+        python,
+        wheels,
+        already_installed,
+    })
+}
+
+/// Layer entry groups: one per big wheel, one for all small wheels (plus a venv skeleton).
+pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
+    let laid_out: Vec<Result<Vec<Entry>>> = plan
+        .wheels
+        .par_iter()
+        .map(|w| {
+            let path = cache.verified(&w.sha256)?.ok_or_else(|| {
+                Error::internal(format!(
+                    "wheel {} ({}) is not in the cache; run plan first",
+                    w.filename, w.sha256
+                ))
+            })?;
+            let files = wheel::read_wheel(&path, &w.filename)?;
+            let info = install::InstallInfo {
+                filename: &w.filename,
+                requested: w.requested,
+                direct_url: w.direct_url.clone(),
+            };
+            install::wheel_entries(&plan.python, &info, files)
+        })
+        .collect();
+    let mut small = Tree::default();
+    let mut small_names = Vec::new();
+    let mut groups = Vec::new();
+    let add = |tree: &mut Tree, entries: Vec<Entry>| {
+        for e in entries {
+            tree.add_parents(&e.path);
+            tree.insert(e);
+        }
+    };
+    add(&mut small, install::venv_entries(&plan.python));
+    for (w, entries) in plan.wheels.iter().zip(laid_out) {
+        let entries = entries?;
+        if w.size > BIG_WHEEL {
+            let mut t = Tree::default();
+            add(&mut t, entries);
+            groups.push((
+                format!("pip install {}=={}", w.name, w.version),
+                t.into_sorted(),
+            ));
+        } else {
+            small_names.push(format!("{}=={}", w.name, w.version));
+            add(&mut small, entries);
+        }
+    }
+    if !small.is_empty() {
+        let label = if small_names.is_empty() {
+            format!(
+                "pip venv {}",
+                plan.python
+                    .venv
+                    .as_ref()
+                    .map(|v| v.path.as_str())
+                    .unwrap_or("")
+            )
+        } else if small_names.len() > 8 {
+            format!(
+                "pip install {} and {} more",
+                small_names[..8].join(" "),
+                small_names.len() - 8
+            )
+        } else {
+            format!("pip install {}", small_names.join(" "))
+        };
+        groups.insert(0, (label, small.into_sorted()));
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keep() {
+        assert_eq!(normalize("Foo__Bar.baz"), "foo-bar-baz");
+        assert!(keep_path(
+            "/usr/lib/python3/dist-packages/six-1.16.0.dist-info/METADATA"
+        ));
+        assert!(keep_path("/usr/lib/python3/dist-packages/foo-1.0.egg-info"));
+        assert!(keep_path("/var/lib/dpkg/status"));
+        assert!(keep_path("/usr/local/include/python3.12/patchlevel.h"));
+        assert!(!keep_path("/usr/lib/python3.11/os.py"));
+    }
+
+    #[test]
+    fn section_parses_strictly() {
+        let s: PipSection =
+            toml::from_str("packages = [\"six\"]\nfind-links = [\"wh\"]\ntarget = \"/opt/venv\"\n")
+                .unwrap();
+        assert_eq!(s.target, "/opt/venv");
+        assert!(toml::from_str::<PipSection>("pakages = []").is_err());
+        let d: PipSection = toml::from_str("").unwrap();
+        assert_eq!(d.target, "system");
+    }
+}

@@ -1,0 +1,180 @@
+//! Network tests against the real Debian archive. The mirror is the one the
+//! host's apt is configured with (kiln reads /etc/apt/sources.list{,.d}),
+//! so no archive address is written here.
+
+mod common;
+
+use common::*;
+
+/// One cache for this file's builds: the second build reuses the first's downloads.
+fn shared_cache() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| unique_dir("apt-cache")).clone()
+}
+
+fn ensure_host_sources() {
+    let has = std::path::Path::new("/etc/apt/sources.list.d")
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+        || std::fs::read_to_string("/etc/apt/sources.list")
+            .map(|s| s.contains("deb "))
+            .unwrap_or(false);
+    assert!(
+        has,
+        "these tests use the host's apt sources to find a Debian mirror; none are configured"
+    );
+}
+
+#[test]
+fn minbase_python_then_numpy_on_top() {
+    ensure_host_sources();
+    let ws = Workspace::new("apt-minbase");
+    ws.spec(
+        r#"
+[image]
+tags = ["base"]
+[apt]
+bootstrap = "minbase"
+packages = ["python3", "ca-certificates", "curl"]
+[config]
+cmd = ["python3"]
+"#,
+    );
+    let out = ws.join("out");
+    let build = run(ws
+        .kiln()
+        .env("KILN_CACHE", shared_cache())
+        .args(["build", "--json", "-o"])
+        .arg(format!("oci:{}", out.display())))
+    .ok();
+    let report = build.json();
+    let installed = strs(&report["apt"][0]["installed"]);
+    assert!(
+        installed.iter().any(|p| p.starts_with("python3 ")),
+        "{installed:?}"
+    );
+    assert!(
+        installed.iter().any(|p| p.starts_with("base-files ")),
+        "{installed:?}"
+    );
+
+    let rootfs = umoci_unpack(&out, "base", &ws.join("bundle"));
+    assert_eq!(
+        chroot_run(&rootfs, &["/bin/sh", "-c", "echo ok"])
+            .ok()
+            .stdout
+            .trim(),
+        "ok"
+    );
+    chroot_run(&rootfs, &["python3", "-c", "import ssl, sqlite3, json"]).ok();
+    assert!(chroot_run(&rootfs, &["curl", "--version"])
+        .ok()
+        .stdout
+        .starts_with("curl "));
+    assert!(chroot_run(&rootfs, &["getent", "passwd", "root"])
+        .ok()
+        .stdout
+        .starts_with("root:"));
+    let audit = chroot_run(&rootfs, &["dpkg", "--audit"]).ok();
+    assert_eq!(
+        audit.stdout.trim(),
+        "",
+        "dpkg --audit must print nothing\n{}",
+        audit.describe()
+    );
+    let list = chroot_run(
+        &rootfs,
+        &["dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Package}\n"],
+    )
+    .ok();
+    let rows: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(
+        rows.len(),
+        installed.len(),
+        "dpkg knows every installed package"
+    );
+    for r in &rows {
+        assert!(r.starts_with("ii "), "every dpkg -l row is ii: {r}");
+    }
+    chroot_run(&rootfs, &["apt-get", "check"]).ok();
+    assert!(
+        rootfs
+            .join("etc/ssl/certs/ca-certificates.crt")
+            .metadata()
+            .unwrap()
+            .len()
+            > 10_000
+    );
+
+    // The same image as a base, with numpy on top: needs the BLAS/LAPACK alternatives.
+    let ws2 = Workspace::new("apt-numpy");
+    ws2.spec(&format!(
+        "[image]\ntags = [\"numpy\"]\nbase = \"oci:{}:base\"\n[apt]\npackages = [\"python3-numpy\"]\n",
+        out.display()
+    ));
+    let out2 = ws2.join("out");
+    let build2 = run(ws2
+        .kiln()
+        .env("KILN_CACHE", shared_cache())
+        .args(["build", "--json", "-o"])
+        .arg(format!("oci:{}", out2.display())))
+    .ok();
+    let installed2 = strs(&build2.json()["apt"][0]["installed"]);
+    assert!(
+        installed2.iter().any(|p| p.starts_with("python3-numpy ")),
+        "{installed2:?}"
+    );
+    assert!(
+        !installed2.iter().any(|p| p.starts_with("python3 ")),
+        "python3 is already in the base: {installed2:?}"
+    );
+    let rootfs2 = umoci_unpack(&out2, "numpy", &ws2.join("bundle"));
+    let r = chroot_run(
+        &rootfs2,
+        &[
+            "python3",
+            "-c",
+            "import numpy; print(numpy.dot(numpy.ones((3,3)), numpy.ones(3)))",
+        ],
+    )
+    .ok();
+    assert_eq!(r.stdout.trim(), "[3. 3. 3.]");
+    let audit = chroot_run(&rootfs2, &["dpkg", "--audit"]).ok();
+    assert_eq!(audit.stdout.trim(), "");
+    chroot_run(&rootfs2, &["apt-get", "check"]).ok();
+}
+
+#[test]
+fn arm64_image_built_on_amd64() {
+    ensure_host_sources();
+    let ws = Workspace::new("apt-arm64");
+    ws.spec(
+        r#"
+[image]
+tags = ["arm"]
+platforms = ["linux/arm64"]
+[apt]
+bootstrap = "essential"
+packages = ["python3.11-minimal"]
+"#,
+    );
+    let out = ws.join("out");
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", shared_cache())
+        .args(["build", "--quiet", "-o"])
+        .arg(format!("oci:{}", out.display())))
+    .ok();
+    let config = skopeo_inspect_config(&format!("oci:{}:arm", out.display()));
+    assert_eq!(s(&config, "architecture"), "arm64");
+    let rootfs = umoci_unpack(&out, "arm", &ws.join("bundle"));
+    let elf = std::fs::read(rootfs.join("usr/bin/python3.11")).expect("python3.11 in the image");
+    assert_eq!(&elf[..4], b"\x7fELF");
+    // e_machine at offset 18: 0xB7 = EM_AARCH64.
+    assert_eq!(
+        u16::from_le_bytes([elf[18], elf[19]]),
+        0xB7,
+        "python3.11 is an aarch64 binary"
+    );
+}

@@ -25,11 +25,15 @@ echo "$out" | head -1
 kc=$(sed -n 's/^cold_seconds=//p' <<<"$out")
 kw=$(sed -n 's/^warm_seconds=//p' <<<"$out")
 
+# pip takes --platform literally: list every manylinux tag a glibc 2.36 system accepts.
+PIP_PLATFORMS=(--platform manylinux2014_x86_64)
+for minor in $(seq 17 36); do PIP_PLATFORMS+=(--platform "manylinux_2_${minor}_x86_64"); done
+
 uv_run() { UV_CACHE_DIR="$work/uv-cache" "$VENV/bin/uv" pip install --quiet --target "$1" \
   --python-version 3.11 --python-platform x86_64-manylinux_2_36 "${PKGS[@]}"; }
 pip_run() { "$VENV/bin/pip" install --quiet --disable-pip-version-check --cache-dir "$work/pip-cache" \
   --target "$1" --only-binary=:all: --implementation cp --python-version 3.11 \
-  --platform manylinux_2_36_x86_64 "${PKGS[@]}"; }
+  "${PIP_PLATFORMS[@]}" "${PKGS[@]}"; }
 
 uc=$(secs uv_run "$work/uv1"); uw=$(secs uv_run "$work/uv2")
 pc=$(secs pip_run "$work/pip1"); pw=$(secs pip_run "$work/pip2")

@@ -457,38 +457,22 @@ fn users(
     tree: &mut Tree,
     report: &mut AptReport,
 ) {
-    let mut passwd: Vec<String> = fs
-        .read("/etc/passwd")
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut group: Vec<String> = fs
-        .read("/etc/group")
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let lines = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let mut passwd = fs.read("/etc/passwd").map(lines).unwrap_or_default();
+    let mut group = fs.read("/etc/group").map(lines).unwrap_or_default();
     let mut changed = false;
     if passwd.is_empty() {
         if let (Some(p), Some(g)) = (
             find_content("usr/share/base-passwd/passwd.master", debs, fs),
             find_content("usr/share/base-passwd/group.master", debs, fs),
         ) {
-            passwd = String::from_utf8_lossy(p)
-                .lines()
-                .map(String::from)
-                .collect();
-            group = String::from_utf8_lossy(g)
-                .lines()
-                .map(String::from)
-                .collect();
+            passwd = lines(p);
+            group = lines(g);
             changed = true;
             report
                 .emulated
@@ -611,19 +595,19 @@ fn users(
         .and_then(|l| l.split(':').nth(2))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let lines = |v: &[String]| format!("{}\n", v.join("\n")).into_bytes();
-    tree.insert(data("etc/passwd", lines(&passwd), 0o644));
-    tree.insert(data("etc/group", lines(&group), 0o644));
+    let render = |v: &[String]| format!("{}\n", v.join("\n")).into_bytes();
+    tree.insert(data("etc/passwd", render(&passwd), 0o644));
+    tree.insert(data("etc/group", render(&group), 0o644));
     tree.insert(Entry {
         path: "etc/shadow".into(),
-        kind: EntryKind::Data(Arc::new(lines(&shadow))),
+        kind: EntryKind::Data(Arc::new(render(&shadow))),
         mode: 0o640,
         uid: 0,
         gid: shadow_gid,
     });
     tree.insert(Entry {
         path: "etc/gshadow".into(),
-        kind: EntryKind::Data(Arc::new(lines(&gshadow))),
+        kind: EntryKind::Data(Arc::new(render(&gshadow))),
         mode: 0o640,
         uid: 0,
         gid: shadow_gid,

@@ -211,12 +211,7 @@ fn full_version(rootfs: &Rootfs, prefix: &str, minor: u32) -> String {
     if let Some(text) = read(rootfs, &header).map(String::from_utf8_lossy) {
         for line in text.lines() {
             if let Some(rest) = line.trim().strip_prefix("#define PY_VERSION") {
-                let v = rest.trim().trim_matches('"');
-                let v: String = v
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.')
-                    .collect();
-                if v.starts_with(&format!("3.{minor}.")) {
+                if let Some(v) = numeric_version(rest.trim().trim_matches('"'), minor) {
                     return v;
                 }
             }
@@ -226,14 +221,8 @@ fn full_version(rootfs: &Rootfs, prefix: &str, minor: u32) -> String {
         format!("python3.{minor}-minimal"),
         format!("python3.{minor}"),
     ] {
-        if let Some(v) = dpkg_version(rootfs, &pkg) {
-            let v: String = v
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            if v.starts_with(&format!("3.{minor}.")) {
-                return v;
-            }
+        if let Some(v) = dpkg_version(rootfs, &pkg).and_then(|v| numeric_version(&v, minor)) {
+            return v;
         }
     }
     format!("3.{minor}.0")
@@ -360,6 +349,15 @@ fn installed_dists(
         }
     }
     out
+}
+
+/// The leading `3.X.Y` of a version string, if it is for Python 3.`minor`.
+fn numeric_version(v: &str, minor: u32) -> Option<String> {
+    let v: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    v.starts_with(&format!("3.{minor}.")).then_some(v)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ test-deps:
 	fi
 
 test: test-deps
-	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
 lint:
 	$(CARGO) fmt --check

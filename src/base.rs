@@ -509,14 +509,8 @@ fn import_archive_layer(
         .media_type();
         // Verify the diff_id of what we keep.
         let f = blobs.open(&digest)?;
-        let (actual, _) = if gz {
-            crate::digest::digest_reader(flate2::read::MultiGzDecoder::new(BufReader::new(f)))
-        } else {
-            crate::digest::digest_reader(
-                zstd::stream::read::Decoder::new(f).io_context(|| "zstd".into())?,
-            )
-        }
-        .map_err(|e| Error::input(format!("{what}: corrupt compressed layer: {e}")))?;
+        let (actual, _) = crate::digest::digest_reader(layer::decompressed(mt, BufReader::new(f))?)
+            .map_err(|e| Error::input(format!("{what}: corrupt compressed layer: {e}")))?;
         if &actual != diff_id {
             return Err(Error::input(format!(
                 "{what}: layer content {actual} does not match diff_id {diff_id}"

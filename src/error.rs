@@ -76,6 +76,22 @@ impl Error {
     }
 }
 
+/// An error's message followed by its causes, each once (reqwest keeps
+/// "connection refused" in a source, not in its own message).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Attach a description to an `io::Error`.
 pub trait IoContext<T> {
     fn io_context<F: FnOnce() -> String>(self, what: F) -> Result<T>;

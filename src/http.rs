@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{with_causes, Error, IoContext, Result};
 
 const ATTEMPTS: u32 = 4;
 
@@ -181,17 +181,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn net_error(url: &str, e: &reqwest::Error) -> Error {
-    let mut msg = format!("{url}: {e}");
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !msg.contains(&m) {
-            msg.push_str(": ");
-            msg.push_str(&m);
-        }
-        cur = c.source();
-    }
-    Error::network(msg)
+    Error::network(format!("{url}: {}", with_causes(e)))
 }
 
 #[cfg(test)]

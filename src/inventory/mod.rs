@@ -10,7 +10,7 @@ use std::io::{BufReader, Read};
 
 use crate::base::PlatformImage;
 use crate::blobs::Blobs;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layer::{Entry, EntryKind};
 
 /// Read a base image's filesystem (decompressing its layers in order),
@@ -19,22 +19,8 @@ pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -
     let mut readers: Vec<Box<dyn Read>> = Vec::new();
     for l in &image.layers {
         let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);
-        let r: Box<dyn Read> = if l.media_type.ends_with("+gzip") || l.media_type.ends_with(".gzip")
-        {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        } else if l.media_type.ends_with("+zstd") {
-            Box::new(
-                zstd::stream::read::Decoder::new(f)
-                    .map_err(|e| Error::input(format!("layer {}: {e}", l.digest)))?,
-            )
-        } else if l.media_type.ends_with(".tar") {
-            Box::new(f)
-        } else {
-            return Err(Error::input(format!(
-                "base layer {} has unsupported media type {}",
-                l.digest, l.media_type
-            )));
-        };
+        let r = crate::layer::decompressed(&l.media_type, f)
+            .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
         readers.push(r);
     }
     Rootfs::from_layers(readers, keep)

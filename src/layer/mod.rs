@@ -31,6 +31,25 @@ pub struct LayerBlob {
     pub media_type: String,
 }
 
+/// The uncompressed tar stream of a layer blob, by its media type.
+pub fn decompressed<'a>(media_type: &str, blob: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    Ok(
+        if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(blob))
+        } else if media_type.ends_with("+zstd") {
+            Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| {
+                Error::input(format!("starting zstd for a {media_type} layer: {e}"))
+            })?)
+        } else if media_type.ends_with(".tar") {
+            Box::new(blob)
+        } else {
+            return Err(Error::input(format!(
+                "unsupported layer media type {media_type}"
+            )));
+        },
+    )
+}
+
 /// Write `entries` as one layer into the cache. `mtime` applies to every entry.
 pub fn build_layer(
     entries: &[Entry],

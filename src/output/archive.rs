@@ -58,13 +58,7 @@ pub fn write(
         let mut scratch =
             tempfile::tempfile_in(parent).io_context(|| "creating a temp file".into())?;
         let blob = BufReader::with_capacity(1 << 20, blobs.open(&layer.digest)?);
-        let mut reader: Box<dyn Read> = if layer.media_type.ends_with("+gzip") {
-            Box::new(flate2::read::MultiGzDecoder::new(blob))
-        } else if layer.media_type.ends_with("+zstd") {
-            Box::new(zstd::stream::read::Decoder::new(blob).io_context(|| "starting zstd".into())?)
-        } else {
-            Box::new(blob)
-        };
+        let mut reader = crate::layer::decompressed(&layer.media_type, blob)?;
         let size = io::copy(&mut reader, &mut scratch)
             .io_context(|| format!("decompressing layer {}", layer.digest))?;
         scratch

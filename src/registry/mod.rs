@@ -24,7 +24,7 @@ use oci_client::{Client, Reference};
 
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{with_causes, Error, IoContext, Result};
 use crate::source::is_loopback_registry;
 
 /// Manifest media types we accept when pulling.
@@ -277,21 +277,6 @@ fn is_transient(e: &OciDistributionError) -> bool {
     }
 }
 
-/// Full error text including causes (reqwest hides "connection refused" in its sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn classify(e: OciDistributionError, what: &str, r: &Reference) -> Error {
     let whole = r.whole();
     let not_found = || {
@@ -328,7 +313,7 @@ fn classify(e: OciDistributionError, what: &str, r: &Reference) -> Error {
             }) {
                 not_found()
             } else {
-                Error::network(format!("{what} {whole}: {}", chain(&e)))
+                Error::network(format!("{what} {whole}: {}", with_causes(&e)))
             }
         }
         OciDistributionError::ServerError { code, .. } if *code == 401 || *code == 403 => denied(),
@@ -341,6 +326,6 @@ fn classify(e: OciDistributionError, what: &str, r: &Reference) -> Error {
         OciDistributionError::RequestError(re) if re.status().map(|s| s.as_u16()) == Some(404) => {
             not_found()
         }
-        _ => Error::network(format!("{what} {whole}: {}", chain(&e))),
+        _ => Error::network(format!("{what} {whole}: {}", with_causes(&e))),
     }
 }

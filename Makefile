@@ -2,10 +2,13 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring
+TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv
+# pyspdxtools (spdx-tools from the Python package index pip is configured
+# with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs.
+SPDX_VENV := target/spdx-venv
 BENCH_DEBS := pigz
 
-.PHONY: build release test test-deps lint bench example clean
+.PHONY: build release test test-deps spdx-validator lint bench example clean
 
 build:
 	$(CARGO) build
@@ -22,7 +25,14 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: test-deps
+spdx-validator: $(SPDX_VENV)/bin/pyspdxtools
+
+$(SPDX_VENV)/bin/pyspdxtools: | test-deps
+	rm -rf $(SPDX_VENV)
+	python3 -m venv $(SPDX_VENV)
+	$(SPDX_VENV)/bin/pip install -q spdx-tools
+
+test: test-deps spdx-validator
 	$(CARGO) test --lib --bins --tests -- --test-threads=4
 
 lint:
@@ -36,6 +46,7 @@ bench: release
 	bash benches/compare.sh
 	bash benches/apt_compare.sh
 	bash benches/pip_compare.sh
+	$(CARGO) bench --bench conda
 
 # The main job: build the embedded example image into an OCI layout (no registry, no daemon).
 example: release

@@ -85,9 +85,29 @@ pub fn load(
             })
         }
         ImageSource::Registry(r) => {
-            let reg = registry
-                .ok_or_else(|| Error::internal("registry base without a registry client"))?;
-            let (bytes, digest) = reg.pull_manifest(r)?;
+            let cache = blobs.cache;
+            // Manifests are kept in the cache, so a base pinned by digest
+            // (kiln.lock) loads with no registry at all (`--offline`).
+            let pull = |r: &Reference| -> Result<(Vec<u8>, Digest)> {
+                if let Some(want) = r.digest() {
+                    let d: Digest = want.parse()?;
+                    if let Some(p) = cache.verified(&d)? {
+                        let b =
+                            std::fs::read(&p).io_context(|| format!("reading {}", p.display()))?;
+                        return Ok((b, d));
+                    }
+                }
+                let reg = registry.ok_or_else(|| {
+                    Error::network(format!(
+                        "offline: the manifest of {} is not in the cache",
+                        r.whole()
+                    ))
+                })?;
+                let (b, d) = reg.pull_manifest(r)?;
+                cache.put(&b)?;
+                Ok((b, d))
+            };
+            let (bytes, digest) = pull(r)?;
             let what = r.whole();
             let images = resolve(
                 &bytes,
@@ -100,7 +120,7 @@ pub fn load(
                         r.repository().into(),
                         d.digest.to_string(),
                     );
-                    let (b, got) = reg.pull_manifest(&child)?;
+                    let (b, got) = pull(&child)?;
                     if got != d.digest {
                         return Err(Error::network(format!(
                             "{what}: manifest {} arrived with digest {got}",
@@ -110,8 +130,16 @@ pub fn load(
                     Ok(b)
                 },
                 &mut |d: &Desc| {
-                    reg.fetch_blob(r, &d.digest, d.size, blobs.cache)?;
-                    blobs.cache.read(&d.digest)
+                    if cache.verified(&d.digest)?.is_none() {
+                        let reg = registry.ok_or_else(|| {
+                            Error::network(format!(
+                                "offline: blob {} of {what} is not in the cache",
+                                d.digest
+                            ))
+                        })?;
+                        reg.fetch_blob(r, &d.digest, d.size, cache)?;
+                    }
+                    cache.read(&d.digest)
                 },
             )?;
             for img in &images {

@@ -18,6 +18,8 @@ const ATTEMPTS: u32 = 4;
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::blocking::Client,
+    /// `--offline`: only `file://` and the cache; any network URL is an error.
+    offline: bool,
 }
 
 /// A fetched document with the headers callers care about.
@@ -36,7 +38,17 @@ impl Http {
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(|e| Error::internal(format!("cannot create the HTTP client: {e}")))?;
-        Ok(Http { client })
+        Ok(Http {
+            client,
+            offline: false,
+        })
+    }
+
+    /// A client that never touches the network (`kiln build --offline`).
+    pub fn offline() -> Result<Self> {
+        let mut h = Self::new()?;
+        h.offline = true;
+        Ok(h)
     }
 
     /// GET a URL (or read a `file://` path) into memory.
@@ -113,6 +125,11 @@ impl Http {
         mut on_ok: impl FnMut(reqwest::blocking::Response) -> Result<T>,
         accept: Option<&str>,
     ) -> Result<T> {
+        if self.offline {
+            return Err(Error::network(format!(
+                "offline: {url} is not in the cache (run `kiln fetch` or `kiln cache import` first)"
+            )));
+        }
         let mut delay = Duration::from_millis(300);
         let mut attempt = 1;
         loop {

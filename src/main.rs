@@ -55,6 +55,10 @@ enum Command {
         /// Layer compression: gzip or zstd, optionally with :LEVEL.
         #[arg(long, default_value = "gzip", value_name = "ALGO[:LEVEL]")]
         compression: String,
+        /// Make no SBOM (by default an SPDX JSON per platform goes beside OCI
+        /// layout outputs and is pushed as a referrer of each manifest).
+        #[arg(long)]
+        no_sbom: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -98,6 +102,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             output,
             push,
             compression,
+            no_sbom,
             common,
         } => {
             let opts = BuildOptions {
@@ -111,6 +116,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 insecure_registries: common.insecure_registries.clone(),
                 cache_dir: cache_dir(&common),
                 epoch: build::epoch_from_env()?,
+                sbom: !no_sbom,
                 progress: if common.json {
                     Progress::hidden()
                 } else {
@@ -132,6 +138,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
                         "pushed {} ({} uploaded, {} mounted, {} already there)",
                         p.reference, p.blobs_uploaded, p.blobs_mounted, p.blobs_skipped
                     );
+                    if p.referrers > 0 {
+                        eprintln!("attached {} SBOM referrer(s)", p.referrers);
+                    }
                 }
                 println!("{}", report.digest);
             } else {

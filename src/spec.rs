@@ -21,6 +21,7 @@ pub struct Spec {
     pub config: ConfigSection,
     pub apt: Option<crate::apt::AptSection>,
     pub pip: Option<crate::pip::PipSection>,
+    pub conda: Option<crate::conda::CondaSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,7 @@ struct SpecFile {
     config: ConfigSection,
     apt: Option<crate::apt::AptSection>,
     pip: Option<crate::pip::PipSection>,
+    conda: Option<crate::conda::CondaSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +118,7 @@ impl Spec {
             config: file.config,
             apt: file.apt,
             pip: file.pip,
+            conda: file.conda,
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {

@@ -10,13 +10,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use common::*;
 
@@ -312,84 +308,6 @@ fn sign_release(dist: &Path, gnupg: &Path) {
             release.to_str().unwrap(),
         ],
     );
-}
-
-// ---------------------------------------------------------------------------
-// Loopback HTTP server
-// ---------------------------------------------------------------------------
-
-/// Serves the files under a directory over HTTP/1.1 on 127.0.0.1 (GET only,
-/// 404 for anything else). Stops when dropped.
-struct FileServer {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl FileServer {
-    fn start(root: &Path) -> FileServer {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let root = root.to_path_buf();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(c) = conn else { continue };
-                let root = root.clone();
-                std::thread::spawn(move || serve_one(c, &root));
-            }
-        });
-        FileServer { port, stop }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn serve_one(mut c: TcpStream, root: &Path) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut req = Vec::new();
-    let mut buf = [0u8; 8192];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&req).into_owned();
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let body = if method == "GET" && !path.split('/').any(|s| s == "..") {
-        fs::read(root.join(path.trim_start_matches('/')))
-            .ok()
-            .filter(|_| root.join(path.trim_start_matches('/')).is_file())
-    } else {
-        None
-    };
-    let _ = match body {
-        Some(b) => {
-            let _ = write!(
-                c,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                b.len()
-            );
-            c.write_all(&b)
-        }
-        None => write!(
-            c,
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    };
-    let _ = c.flush();
-    let _ = c.shutdown(Shutdown::Write);
 }
 
 // ---------------------------------------------------------------------------

@@ -152,8 +152,8 @@ dst = "/app.txt"
     assert_eq!(up + skipped + mounted, 4, "3 layers + config: {push}");
     assert_eq!(
         reg.plain_upload_posts(&app_repo).len() as u64,
-        up,
-        "registry saw as many uploads as kiln reported"
+        up + push["referrer_blobs_uploaded"].as_u64().unwrap(),
+        "registry saw as many uploads as kiln reported (image and SBOM referrer)"
     );
 
     let r = reg.docker_ref(&app_repo, "1");

@@ -29,9 +29,11 @@ fn push_twice_uploads_nothing_the_second_time() {
     assert_eq!(push["blobs_skipped"], 0);
     assert_eq!(push["blobs_mounted"], 0);
     let posts_after_first = reg.upload_posts(&repo);
+    // The SBOM referrer's blobs (the SBOM, the empty config) come on top.
+    assert_eq!(push["referrer_blobs_uploaded"], 2, "{push}");
     assert_eq!(
         posts_after_first.len() as u64,
-        nblobs,
+        nblobs + 2,
         "registry log: {posts_after_first:#?}"
     );
 
@@ -48,7 +50,9 @@ fn push_twice_uploads_nothing_the_second_time() {
     .json();
     let mut tags = strs(&tags["Tags"]);
     tags.sort();
-    assert_eq!(tags, ["1.0", "latest"]);
+    // Plus the referrers tag schema's index of the image's SBOM.
+    let referrers_tag = format!("sha256-{}", &s(&first, "digest")[7..]);
+    assert_eq!(tags, ["1.0", "latest", referrers_tag.as_str()]);
 
     // Second push, from a fresh cache: everything is already there.
     let second = build_json(&ws, &["--push"]);

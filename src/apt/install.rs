@@ -75,7 +75,7 @@ fn entry(path: String, kind: EntryKind, mode: u32) -> Entry {
 }
 
 fn data(path: &str, bytes: Vec<u8>, mode: u32) -> Entry {
-    entry(path.to_string(), EntryKind::Data(Arc::new(bytes)), mode)
+    Entry::data(path, bytes, mode)
 }
 
 /// The package's files as layer entries (merged-/usr applied).
@@ -412,7 +412,7 @@ fn upgrade_whiteouts(
                 fs.node(&format!("/{rel}")),
                 Some(crate::inventory::Node::File { .. } | crate::inventory::Node::Symlink(_))
             ) {
-                tree.insert(whiteout(&rel));
+                tree.insert(Entry::whiteout(&rel));
                 removed += 1;
             }
         }
@@ -426,7 +426,7 @@ fn upgrade_whiteouts(
                 && ext != "md5sums"
                 && !deb.control.contains_key(ext)
             {
-                tree.insert(whiteout(&format!("var/lib/dpkg/info/{name}")));
+                tree.insert(Entry::whiteout(&format!("var/lib/dpkg/info/{name}")));
             }
         }
         if removed > 0 {
@@ -436,16 +436,6 @@ fn upgrade_whiteouts(
             ));
         }
     }
-}
-
-fn whiteout(rel: &str) -> Entry {
-    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let path = if dir.is_empty() {
-        format!(".wh.{name}")
-    } else {
-        format!("{dir}/.wh.{name}")
-    };
-    data(&path, Vec::new(), 0o644)
 }
 
 /// base-passwd's master files, shadow entries, and `adduser --system` calls.

@@ -342,6 +342,77 @@ pub fn plan(
     })
 }
 
+/// The plan a lock pins: each `.deb` fetched by URL and checked against
+/// the locked sha256 (a cache hit needs no network), its control data read
+/// from the package itself. No repository index is read.
+pub fn plan_locked(
+    section: &AptSection,
+    pins: &[crate::lock::AptPin],
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<AptPlan> {
+    let arch = debian_arch(platform)?;
+    let mut packages: Vec<Package> = pins
+        .par_iter()
+        .map(|pin| {
+            let what = format!("apt: locked {} {}", pin.name, pin.version);
+            let d: Digest = format!("sha256:{}", pin.sha256)
+                .parse()
+                .map_err(|e: Error| e.context(&what))?;
+            http.download(&pin.url, Some(&d), cache)
+                .map_err(|e| e.context(&what))?;
+            let deb = deb::read_deb(&cache.read(&d)?, &what)?;
+            let control = deb
+                .control
+                .get("control")
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .ok_or_else(|| Error::input(format!("{what}: the package has no control file")))?;
+            let para = control::parse_paragraphs(&control)
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::input(format!("{what}: empty control file")))?;
+            let mut p = Package::from_paragraph(&para, "", &pin.suite, false)
+                .map_err(|e| Error::input(format!("{what}: control file: {e}")))?;
+            if p.name != pin.name || p.version.to_string() != pin.version {
+                return Err(Error::input(format!(
+                    "{what}: {} is {} {}, not what kiln.lock says",
+                    pin.url, p.name, p.version
+                )));
+            }
+            p.url = pin.url.clone();
+            p.sha256 = Some(d);
+            p.size = pin.size;
+            Ok(p)
+        })
+        .collect::<Result<_>>()?;
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(AptPlan {
+        arch: arch.to_string(),
+        bootstrap: section.bootstrap,
+        packages,
+        already_installed: 0,
+    })
+}
+
+/// What a lock records for an apt plan.
+pub fn pins(plan: &AptPlan) -> Vec<crate::lock::AptPin> {
+    plan.packages
+        .iter()
+        .filter_map(|p| {
+            Some(crate::lock::AptPin {
+                name: p.name.clone(),
+                version: p.version.to_string(),
+                arch: p.arch.clone(),
+                suite: p.suite.clone(),
+                url: p.url.clone(),
+                sha256: p.sha256.as_ref()?.hex().to_string(),
+                size: p.size,
+            })
+        })
+        .collect()
+}
+
 /// A `.deb` from the cache, by its digest.
 pub(crate) fn deb_bytes(cache: &Cache, d: &Digest) -> Result<Vec<u8>> {
     cache.read(d)

@@ -31,6 +31,16 @@ impl Rootfs {
     pub fn apply_entries(&mut self, entries: &[Entry], keep: &dyn Fn(&str) -> bool) {
         for e in entries {
             let path = format!("/{}", e.path);
+            // A whiteout (an upgraded package's dropped file) removes what it names.
+            if let Some((dir, hidden)) = path
+                .rsplit_once('/')
+                .and_then(|(d, n)| Some((d, n.strip_prefix(".wh.")?)))
+            {
+                if !hidden.starts_with(".wh.") {
+                    self.remove_tree(&format!("{dir}/{hidden}"));
+                    continue;
+                }
+            }
             let node = match &e.kind {
                 EntryKind::Dir => Node::Dir,
                 EntryKind::Symlink { target } => Node::Symlink(target.clone()),

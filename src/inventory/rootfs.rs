@@ -169,7 +169,8 @@ impl Rootfs {
         }
     }
 
-    fn remove_tree(&mut self, path: &str) {
+    /// Remove `path` and everything below it (a whiteout).
+    pub(crate) fn remove_tree(&mut self, path: &str) {
         self.nodes.remove(path);
         self.remove_children(path);
     }

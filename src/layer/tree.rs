@@ -40,6 +40,30 @@ pub struct Entry {
     pub gid: u64,
 }
 
+impl Entry {
+    /// Content kiln generates, owned by root.
+    pub fn data(path: &str, bytes: Vec<u8>, mode: u32) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Data(Arc::new(bytes)),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// An OCI whiteout: `rel` is deleted from the layers below.
+    pub fn whiteout(rel: &str) -> Entry {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let path = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
+        Entry::data(&path, Vec::new(), 0o644)
+    }
+}
+
 /// Entries keyed by path: sorted, and each path once.
 #[derive(Default, Debug)]
 pub struct Tree {

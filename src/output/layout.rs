@@ -2,7 +2,9 @@
 //!
 //! The layout is assembled in a staging directory beside DIR and swapped in
 //! at the end. An existing layout keeps its images under other tags; a tag
-//! kiln writes replaces the old entry of that name.
+//! kiln writes replaces the old entry of that name. `DIR/sbom/` holds the
+//! SPDX documents of the images this write tagged (one per platform); it is
+//! replaced on every write.
 
 use std::fs;
 use std::path::Path;
@@ -17,6 +19,8 @@ use crate::image::Assembled;
 use crate::manifest::{self, canonical_json, Desc, Document, OCI_INDEX};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Where the SBOMs of the images kiln wrote go, inside the layout directory.
+pub const SBOM_DIR: &str = "sbom";
 
 /// Fail early (before any work) if DIR exists and is not a layout we may update.
 pub fn check_target(dir: &Path) -> Result<()> {
@@ -36,7 +40,16 @@ pub fn check_target(dir: &Path) -> Result<()> {
     )))
 }
 
-pub fn write(dir: &Path, image: &Assembled, tags: &[String], blobs: &Blobs) -> Result<()> {
+/// Write the layout; `sboms` are `(file name, bytes)` put in `DIR/sbom/`
+/// (beside the layout's own files, which OCI tools ignore), swapped in with
+/// the rest.
+pub fn write(
+    dir: &Path,
+    image: &Assembled,
+    tags: &[String],
+    blobs: &Blobs,
+    sboms: &[(String, Vec<u8>)],
+) -> Result<()> {
     check_target(dir)?;
     let parent = parent_dir(dir);
     fs::create_dir_all(parent).io_context(|| format!("creating {}", parent.display()))?;
@@ -82,6 +95,13 @@ pub fn write(dir: &Path, image: &Assembled, tags: &[String], blobs: &Blobs) -> R
         &root.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
+    if !sboms.is_empty() {
+        let sbom_dir = root.join(SBOM_DIR);
+        fs::create_dir(&sbom_dir).io_context(|| format!("creating {}", sbom_dir.display()))?;
+        for (name, bytes) in sboms {
+            write_file(&sbom_dir.join(name), bytes)?;
+        }
+    }
 
     // Swap in: old layout aside, staging into place, old removed.
     let staged = staging.keep();

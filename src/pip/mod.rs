@@ -69,6 +69,10 @@ pub struct PipSection {
     /// Use only `find-links` (like `pip --no-index`).
     #[serde(default)]
     pub no_index: bool,
+    /// Requirement lines from elsewhere (an environment.yml `pip:` list):
+    /// `(origin, directory relative paths resolve against, lines)`.
+    #[serde(skip)]
+    pub inline: Vec<(String, std::path::PathBuf, String)>,
 }
 
 impl Default for PipSection {
@@ -83,6 +87,7 @@ impl Default for PipSection {
             prerelease: false,
             isolated: false,
             no_index: false,
+            inline: Vec::new(),
         }
     }
 }
@@ -210,6 +215,9 @@ pub fn plan(
     for f in &section.requirements {
         spec::read_requirements_file(&spec_dir.join(f), &mut inputs, false, 0)?;
     }
+    for (origin, dir, text) in &section.inline {
+        spec::read_requirements_text(text, origin, dir, &mut inputs, false, 0)?;
+    }
     let (indexes, find_links) = sources(section, spec_dir, &inputs)?;
     if indexes.is_empty() && find_links.is_empty() {
         return Err(Error::input(
@@ -304,6 +312,65 @@ pub fn plan(
         wheels,
         already_installed,
     })
+}
+
+/// The plan a lock pins: no index is read; each wheel is fetched by URL and
+/// checked against the locked sha256 (a cache hit needs no network).
+pub fn plan_locked(
+    section: &PipSection,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    pins: &[crate::lock::PipPin],
+    http: &Http,
+    cache: &Cache,
+) -> Result<PipPlan> {
+    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    let mut wheels = pins
+        .par_iter()
+        .map(|pin| {
+            let what = format!("[pip] locked {} {}", pin.name, pin.version);
+            let d: Digest = format!("sha256:{}", pin.sha256)
+                .parse()
+                .map_err(|e: Error| e.context(&what))?;
+            let (sha256, size) = http
+                .download(&pin.url, Some(&d), cache)
+                .map_err(|e| e.context(&what))?;
+            Ok(PinnedWheel {
+                name: pin.name.clone(),
+                version: pin.version.clone(),
+                url: pin.url.clone(),
+                sha256,
+                size,
+                filename: pin.filename.clone(),
+                requested: pin.requested,
+                direct_url: pin.direct_url.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    wheels.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(PipPlan {
+        python,
+        wheels,
+        already_installed: Vec::new(),
+    })
+}
+
+/// What a lock records for a pip plan; `section` tells `[pip]` from an environment.yml list.
+pub fn pins(plan: &PipPlan, section: &str) -> Vec<crate::lock::PipPin> {
+    plan.wheels
+        .iter()
+        .map(|w| crate::lock::PipPin {
+            section: section.to_string(),
+            name: w.name.clone(),
+            version: w.version.clone(),
+            filename: w.filename.clone(),
+            url: w.url.clone(),
+            sha256: w.sha256.hex().to_string(),
+            size: w.size,
+            requested: w.requested,
+            direct_url: w.direct_url.clone(),
+        })
+        .collect()
 }
 
 /// Layer entry groups: one per big wheel, one for all small wheels (plus a venv skeleton).

@@ -127,7 +127,27 @@ pub fn read_requirements_file(
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::input(format!("[pip] requirements file {}: {e}", path.display())))?;
-    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    read_requirements_text(
+        &text,
+        &path.display().to_string(),
+        dir,
+        inputs,
+        constraint,
+        depth,
+    )
+}
+
+/// Requirement lines (pip's requirements-file syntax) from `origin`, with
+/// relative paths resolved against `dir`.
+pub fn read_requirements_text(
+    text: &str,
+    origin: &str,
+    dir: &Path,
+    inputs: &mut Inputs,
+    constraint: bool,
+    depth: usize,
+) -> Result<()> {
     // Join continuation lines, drop comments.
     let mut logical: Vec<(usize, String)> = Vec::new();
     let mut cur = String::new();
@@ -159,7 +179,7 @@ pub fn read_requirements_file(
         logical.push((start, cur.trim().to_string()));
     }
     for (lineno, line) in logical {
-        let origin = format!("{}:{lineno}", path.display());
+        let origin = format!("{origin}:{lineno}");
         let (opt, arg) = split_option(&line);
         match opt {
             Some("-r" | "--requirement") => {
@@ -168,9 +188,9 @@ pub fn read_requirements_file(
             Some("-c" | "--constraint") => {
                 read_requirements_file(&dir.join(arg), inputs, true, depth + 1)?
             }
-            Some("-i" | "--index-url") => inputs.index = Some(location(arg, &dir)),
-            Some("--extra-index-url") => inputs.extra_index.push(location(arg, &dir)),
-            Some("-f" | "--find-links") => inputs.find_links.push(location(arg, &dir)),
+            Some("-i" | "--index-url") => inputs.index = Some(location(arg, dir)),
+            Some("--extra-index-url") => inputs.extra_index.push(location(arg, dir)),
+            Some("-f" | "--find-links") => inputs.find_links.push(location(arg, dir)),
             Some("--no-index") => inputs.no_index = true,
             Some("--pre") => inputs.prerelease = true,
             Some("-e" | "--editable") => {
@@ -188,7 +208,7 @@ pub fn read_requirements_file(
                 )))
             }
             None => {
-                let r = parse_requirement(&line, &dir, &origin)?;
+                let r = parse_requirement(&line, dir, &origin)?;
                 if constraint {
                     inputs.constraints.push(r);
                 } else {

@@ -52,7 +52,8 @@ pub struct PythonTarget {
 const PREFIXES: &[&str] = &["/usr/local", "/usr"];
 
 impl PythonTarget {
-    /// Inspect the image. `target` is `system` or an absolute venv path.
+    /// Inspect the image. `target` is `system`, an absolute venv path, or a
+    /// conda prefix (a directory holding `conda-meta`), whose own Python is used.
     pub fn detect(rootfs: &Rootfs, platform: &Platform, target: &str) -> Result<Self> {
         let machine = match platform.arch.as_str() {
             "amd64" => "x86_64",
@@ -62,8 +63,19 @@ impl PythonTarget {
             other => other,
         }
         .to_string();
-        let (prefix, minor) = find_interpreter(rootfs).ok_or_else(|| {
-            let tried: Vec<String> = PREFIXES
+        // A conda prefix is its own interpreter prefix (not a venv).
+        let conda_prefix = (target != "system"
+            && is_dir(
+                rootfs,
+                &format!("{}/conda-meta", target.trim_end_matches('/')),
+            ))
+        .then(|| target.trim_end_matches('/').to_string());
+        let searched: Vec<&str> = match &conda_prefix {
+            Some(p) => vec![p.as_str()],
+            None => PREFIXES.to_vec(),
+        };
+        let (prefix, minor) = find_interpreter(rootfs, &searched).ok_or_else(|| {
+            let tried: Vec<String> = searched
                 .iter()
                 .map(|p| format!("{p}/bin/python3.N with {p}/lib/python3.N/os.py"))
                 .collect();
@@ -81,7 +93,7 @@ impl PythonTarget {
         let libc = detect_libc(rootfs, &machine);
         let pyver = format!("python3.{minor}");
 
-        let (scheme, venv, site_dirs) = if target == "system" {
+        let (scheme, venv, site_dirs) = if target == "system" || conda_prefix.is_some() {
             let scheme = if debian {
                 let site = format!("/usr/local/lib/{pyver}/dist-packages");
                 Scheme {
@@ -192,8 +204,8 @@ fn is_dir(fs: &Rootfs, p: &str) -> bool {
         || fs.paths().any(|(k, _)| k.starts_with(&format!("{p}/")))
 }
 
-fn find_interpreter(rootfs: &Rootfs) -> Option<(String, u32)> {
-    for prefix in PREFIXES {
+fn find_interpreter(rootfs: &Rootfs, prefixes: &[&str]) -> Option<(String, u32)> {
+    for prefix in prefixes {
         for minor in (6..=20).rev() {
             let exe = format!("{prefix}/bin/python3.{minor}");
             let stdlib = format!("{prefix}/lib/python3.{minor}/os.py");
@@ -269,7 +281,7 @@ fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
 }
 
 /// glibc from dpkg's `libc6` (or old `libc-2.X.so` names), musl from the apk database or the loader.
-fn detect_libc(rootfs: &Rootfs, machine: &str) -> Libc {
+pub fn detect_libc(rootfs: &Rootfs, machine: &str) -> Libc {
     if let Some((major, minor)) = dpkg_version(rootfs, "libc6").and_then(|v| parse_major_minor(&v))
     {
         return Libc::Glibc { major, minor };

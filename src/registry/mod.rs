@@ -134,6 +134,38 @@ impl Registry {
         Ok((bytes.to_vec(), digest))
     }
 
+    /// Like [`Registry::pull_manifest`], but a manifest or tag that does not
+    /// exist is `None` instead of an error.
+    pub fn pull_manifest_opt(&self, r: &Reference) -> Result<Option<(Vec<u8>, Digest)>> {
+        let auth = self.auth(r)?;
+        let got = self.run("pulling manifest", r, || async {
+            match self
+                .client
+                .pull_manifest_raw(r, &auth, MANIFEST_TYPES)
+                .await
+            {
+                Ok((bytes, _)) => Ok(Some(bytes)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(got.map(|b| {
+            let d = Digest::of(&b);
+            (b.to_vec(), d)
+        }))
+    }
+
+    /// Digests of the manifests that name `subject` (a digest reference) as
+    /// their subject and have `artifact_type`: from the referrers API, or,
+    /// where the registry has none (404), from the referrers tag schema
+    /// (`sha256-<hex>`), as oci-client's `pull_referrers` implements it.
+    pub fn referrers(&self, subject: &Reference, artifact_type: &str) -> Result<Vec<String>> {
+        let index = self.run("listing referrers", subject, || {
+            self.client.pull_referrers(subject, Some(artifact_type))
+        })?;
+        Ok(index.manifests.into_iter().map(|m| m.digest).collect())
+    }
+
     /// Download a blob into the cache, verified against its digest.
     pub fn fetch_blob(
         &self,
@@ -273,6 +305,26 @@ fn is_transient(e: &OciDistributionError) -> bool {
             .iter()
             .any(|e| e.code == OciErrorCode::Toomanyrequests),
         OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// The registry said the manifest, tag or repository does not exist.
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().all(|e| {
+                matches!(
+                    e.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) && !envelope.errors.is_empty()
+        }
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RequestError(re) => re.status().map(|s| s.as_u16()) == Some(404),
         _ => false,
     }
 }

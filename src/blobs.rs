@@ -52,7 +52,10 @@ impl<'a> Blobs<'a> {
         match self.origins.get(digest) {
             Some((Origin::Registry(r), size)) => {
                 let reg = self.registry.ok_or_else(|| {
-                    Error::internal("registry blob needed without a registry client")
+                    Error::network(format!(
+                        "offline: blob {digest} of {} is not in the cache (run `kiln fetch` or `kiln cache import` first)",
+                        r.whole()
+                    ))
                 })?;
                 reg.fetch_blob(r, digest, *size, self.cache)?;
             }

@@ -15,11 +15,12 @@ use crate::base;
 use crate::blobs::Blobs;
 use crate::cache::Cache;
 use crate::conda;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::http::Http;
 use crate::image::{self, AssemblyInputs, NewLayer};
 use crate::inventory::{self, Rootfs};
 use crate::layer::{self, Compression, LayerBlob};
+use crate::lock::{self, Lock, LockedPlatform};
 use crate::output::{archive, layout, push};
 use crate::pip;
 use crate::progress::Progress;
@@ -27,6 +28,8 @@ use crate::registry::Registry;
 use crate::sbom;
 use crate::source::{ImageSource, OutputTarget};
 use crate::spec::Spec;
+pub use crate::stages::PipReport;
+use crate::stages::Stages;
 
 pub struct BuildOptions {
     pub spec: PathBuf,
@@ -41,6 +44,20 @@ pub struct BuildOptions {
     /// An SPDX SBOM per platform: beside OCI layout outputs, and pushed as
     /// a referrer of each platform manifest.
     pub sbom: bool,
+    pub lock_mode: LockMode,
+    /// No network at all: packages from the cache (or `file://`), a base
+    /// pinned by digest from the cache.
+    pub offline: bool,
+}
+
+/// How a build uses kiln.lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockMode {
+    /// Use the lock when it matches the spec; resolve otherwise.
+    #[default]
+    Auto,
+    /// `--locked` / `--frozen`: the lock must exist and match; nothing is resolved.
+    Locked,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +69,8 @@ pub struct ManifestReport {
 #[derive(Debug, Serialize)]
 pub struct BuildReport {
     pub digest: String,
+    /// `used` (pins from kiln.lock), `absent` or `stale` (resolved afresh).
+    pub lock: String,
     pub media_type: String,
     pub manifests: Vec<ManifestReport>,
     /// Layers kiln built (base layers are not listed).
@@ -78,16 +97,6 @@ pub struct SbomReport {
     pub paths: Vec<String>,
     /// The pushed referrer manifest (artifactType `application/spdx+json`).
     pub referrer: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PipReport {
-    pub python: String,
-    pub installed: Vec<String>,
-    pub already_installed: Vec<String>,
-    /// (name, version, sha256) of the wheels installed, for the SBOM.
-    #[serde(skip)]
-    pub wheel_sha256: Vec<(String, String, crate::digest::Digest)>,
 }
 
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
@@ -139,26 +148,29 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .collect::<Result<_>>()?;
 
     let cache = Cache::open(&opts.cache_dir)?;
+    let (pinned, lock_status) = pins_for(&spec, opts.lock_mode)?;
+    let base_name = match &base_src {
+        ImageSource::Registry(r) => Some(r.whole()),
+        _ => None,
+    };
+    let base_src = pinned_base(base_src, pinned.as_ref());
     let push_ref = push_repo
         .as_deref()
         .map(|r| push::tag_ref(r, &tags[0]))
         .transpose()?;
-    let mut refs = Vec::new();
-    if let ImageSource::Registry(r) = &base_src {
-        refs.push(r);
+    if opts.offline && push_ref.is_some() {
+        return Err(Error::input("--offline and --push exclude each other"));
     }
-    if let Some(r) = &push_ref {
-        refs.push(r);
-    }
-    let registry = if refs.is_empty() {
-        None
-    } else {
-        Some(Registry::new(&opts.insecure_registries, &refs)?)
-    };
+    let registry = registry_for(
+        &base_src,
+        push_ref.as_ref(),
+        opts.offline,
+        &opts.insecure_registries,
+    )?;
     let mut blobs = Blobs::new(&cache, registry.as_ref());
 
     let spinner = opts.progress.spinner(&format!("resolving base {base_src}"));
-    let base = base::load(
+    let mut base = base::load(
         &base_src,
         &spec.platforms(),
         &mut blobs,
@@ -166,36 +178,43 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         opts.compression,
     )?;
     spinner.finish_and_clear();
+    if let Some(name) = base_name {
+        // Annotate with the reference the spec names, not the pin.
+        base.name = Some(name);
+    }
+    if let Some(lock) = &pinned {
+        check_locked_base(&base, lock, &spec)?;
+    }
 
     // Package stages, per platform (each architecture resolves on its own).
-    let http = if spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some() {
-        Some(Http::new()?)
+    let http = if opts.offline {
+        Http::offline()?
     } else {
-        None
+        Http::new()?
     };
+    let has_stages = spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some();
     let mut per_platform: Vec<Vec<NewLayer>> = Vec::new();
     let mut apt_reports = Vec::new();
     let mut pip_reports = Vec::new();
     let mut conda_reports = Vec::new();
-    let keep = |p: &str| {
-        apt::keep_path(p) || pip::keep_path(p) || conda::keep_path(p) || sbom::keep_path(p)
+    let keep = keep_path;
+    let stages = Stages {
+        spec: &spec,
+        spec_dir: &spec_dir,
+        http: &http,
+        cache: &cache,
+        epoch: opts.epoch,
+        progress: &opts.progress,
+        scratch: base.is_scratch(),
+        keep: &keep,
     };
     // What each platform's SBOM is read from: the final filesystem view.
     let mut sbom_inputs: Vec<SbomInput> = Vec::new();
     for img in &base.images {
-        let mut layers = Vec::new();
-        let Some(http) = &http else {
-            per_platform.push(layers);
-            if opts.sbom {
-                let fs = if base.is_scratch() {
-                    Rootfs::default()
-                } else {
-                    inventory::load(img, &blobs, &keep)?
-                };
-                sbom_inputs.push(SbomInput::new(fs));
-            }
+        if !has_stages && !opts.sbom {
+            per_platform.push(Vec::new());
             continue;
-        };
+        }
         let mut fs = if base.is_scratch() {
             Rootfs::default()
         } else {
@@ -205,82 +224,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         if opts.sbom {
             sbom_in.base_purls = sbom::purls(&sbom::scan(&fs));
         }
-        let pip_reports_before = pip_reports.len();
-        if let Some(section) = &spec.apt {
-            let spinner = opts
-                .progress
-                .spinner(&format!("apt: resolving for {}", img.platform));
-            let plan = apt::plan(
-                section,
-                &spec_dir,
-                &fs,
-                &img.platform,
-                base.is_scratch(),
-                http,
-                &cache,
-            )?;
-            spinner.set_message(format!(
-                "apt: unpacking {} packages for {}",
-                plan.packages.len(),
-                img.platform
-            ));
-            let (groups, report) = apt::layer_groups(&plan, &fs, &cache, opts.epoch)?;
-            spinner.finish_and_clear();
-            layers.extend(build_groups(&groups, opts, &cache)?);
-            apt_reports.push(report);
-            for p in &plan.packages {
-                if let Some(d) = &p.sha256 {
-                    sbom_in
-                        .known
-                        .add_deb(&p.name, &p.version.to_string(), &p.arch, d);
-                }
-            }
-            // pip sees the Python that apt just installed.
-            for (_, entries) in &groups {
-                fs.apply_entries(entries, &keep);
-            }
-        }
-        if let Some(section) = &spec.conda {
-            let spinner = opts
-                .progress
-                .spinner(&format!("conda: solving for {}", img.platform));
-            let plan = conda::plan(section, &spec_dir, &fs, &img.platform, http, &cache)?;
-            spinner.set_message(format!(
-                "conda: linking {} packages for {}",
-                plan.install.len(),
-                img.platform
-            ));
-            let (groups, report, _fragments) =
-                conda::install::layer_groups(&plan, &fs, &cache, opts.epoch)?;
-            spinner.finish_and_clear();
-            layers.extend(build_groups(&groups, opts, &cache)?);
-            conda_reports.push(report);
-            for (_, entries) in &groups {
-                fs.apply_entries(entries, &keep);
-            }
-            if let Some(pip_section) = &plan.pip {
-                let (groups, report) =
-                    pip_stage(pip_section, &spec_dir, &fs, img, http, &cache, opts)?;
-                layers.extend(build_groups(&groups, opts, &cache)?);
-                pip_reports.push(report);
-                for (_, entries) in &groups {
-                    fs.apply_entries(entries, &keep);
-                }
-            }
-        }
-        if let Some(section) = &spec.pip {
-            let (groups, report) = pip_stage(section, &spec_dir, &fs, img, http, &cache, opts)?;
-            layers.extend(build_groups(&groups, opts, &cache)?);
-            pip_reports.push(report);
-            for (_, entries) in &groups {
-                fs.apply_entries(entries, &keep);
-            }
-        }
+        let locked = pinned
+            .as_ref()
+            .map(|l| locked_platform(l, &img.platform))
+            .transpose()?;
+        let mut layers = Vec::new();
+        let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
+            layers.extend(build_groups(groups, opts, &cache)?);
+            Ok(())
+        })?;
         per_platform.push(layers);
+        apt_reports.extend(outcome.apt);
+        conda_reports.extend(outcome.conda);
+        pip_reports.extend(outcome.pip);
         if opts.sbom {
-            for r in &pip_reports[pip_reports_before..] {
-                for (name, version, d) in &r.wheel_sha256 {
-                    sbom_in.known.add_wheel(name, version, d);
+            for a in &outcome.pins.apt {
+                if let Ok(d) = format!("sha256:{}", a.sha256).parse() {
+                    sbom_in.known.add_deb(&a.name, &a.version, &a.arch, &d);
+                }
+            }
+            for w in &outcome.pins.pip {
+                if let Ok(d) = format!("sha256:{}", w.sha256).parse() {
+                    sbom_in.known.add_wheel(&w.name, &w.version, &d);
                 }
             }
             sbom_in.fs = fs;
@@ -401,6 +366,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
 
     Ok(BuildReport {
+        lock: lock_status.to_string(),
         digest: assembled.top().digest.to_string(),
         media_type: assembled.top().media_type.clone(),
         manifests: assembled
@@ -432,41 +398,297 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     })
 }
 
-/// Resolve and lay out one pip section for one platform.
-fn pip_stage(
-    section: &pip::PipSection,
-    spec_dir: &std::path::Path,
-    fs: &Rootfs,
-    img: &base::PlatformImage,
-    http: &Http,
-    cache: &Cache,
-    opts: &BuildOptions,
-) -> Result<(Vec<layer::LayerGroup>, PipReport)> {
-    let spinner = opts
-        .progress
-        .spinner(&format!("pip: resolving for {}", img.platform));
-    let plan = pip::plan(section, spec_dir, fs, &img.platform, http, cache)?;
-    let groups = pip::layer_groups(&plan, cache)?;
-    spinner.finish_and_clear();
-    let report = PipReport {
-        python: plan.python.interpreter.clone(),
-        installed: plan
-            .wheels
-            .iter()
-            .map(|w| format!("{} {}", w.name, w.version))
-            .collect(),
-        already_installed: plan
-            .already_installed
-            .iter()
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect(),
-        wheel_sha256: plan
-            .wheels
-            .iter()
-            .map(|w| (w.name.clone(), w.version.clone(), w.sha256.clone()))
-            .collect(),
+pub struct LockOptions {
+    pub spec: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub cache_dir: PathBuf,
+    pub progress: Progress,
+    /// Re-resolve even when the lock matches the spec.
+    pub upgrade: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LockReport {
+    pub path: String,
+    /// `unchanged`, `written` or `updated`.
+    pub status: String,
+    pub platforms: usize,
+    pub apt: usize,
+    pub pip: usize,
+    pub conda: usize,
+}
+
+/// `kiln lock`: resolve every stage for every platform (nothing is built)
+/// and write kiln.lock beside the spec.
+pub fn lock(opts: &LockOptions) -> Result<LockReport> {
+    let spec = Spec::load(&opts.spec)?;
+    let spec_dir = spec.dir();
+    let path = lock::path_for(&spec.path);
+    let existing = Lock::read(&path)?;
+    let inputs = lock::inputs(&spec)?;
+    let count = |l: &Lock, f: fn(&LockedPlatform) -> usize| l.platforms.iter().map(f).sum();
+    let report = |l: &Lock, status: &str| LockReport {
+        path: path.display().to_string(),
+        status: status.to_string(),
+        platforms: l.platforms.len(),
+        apt: count(l, |p| p.apt.len()),
+        pip: count(l, |p| p.pip.len()),
+        conda: count(l, |p| p.conda.len()),
     };
-    Ok((groups, report))
+    if let Some(l) = &existing {
+        if l.inputs == inputs && !opts.upgrade {
+            return Ok(report(l, "unchanged"));
+        }
+    }
+    let base_src = ImageSource::parse(&spec.image.base, &spec_dir)
+        .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))?;
+    let cache = Cache::open(&opts.cache_dir)?;
+    let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
+    let mut blobs = Blobs::new(&cache, registry.as_ref());
+    let base = base::load(
+        &base_src,
+        &spec.platforms(),
+        &mut blobs,
+        registry.as_ref(),
+        Compression::Gzip { level: 6 },
+    )?;
+    let http = Http::new()?;
+    let keep = keep_path;
+    let stages = Stages {
+        spec: &spec,
+        spec_dir: &spec_dir,
+        http: &http,
+        cache: &cache,
+        epoch: 0,
+        progress: &opts.progress,
+        scratch: base.is_scratch(),
+        keep: &keep,
+    };
+    let mut platforms = Vec::new();
+    for img in &base.images {
+        let mut fs = if base.is_scratch() {
+            Rootfs::default()
+        } else {
+            inventory::load(img, &blobs, &keep)?
+        };
+        let outcome = stages.run(&img.platform, &mut fs, None, &mut |_| Ok(()))?;
+        platforms.push(LockedPlatform {
+            platform: img.platform.to_string(),
+            base: img.manifest_digest.as_ref().map(|d| d.to_string()),
+            base_top: match &base_src {
+                ImageSource::Registry(_) => base.top_digest.as_ref().map(|d| d.to_string()),
+                _ => None,
+            },
+            ..outcome.pins
+        });
+    }
+    let new = Lock::new(inputs, platforms);
+    let status = match &existing {
+        Some(l) if *l == new => "unchanged",
+        Some(_) => "updated",
+        None => "written",
+    };
+    if status != "unchanged" {
+        new.write(&path)?;
+    }
+    Ok(report(&new, status))
+}
+
+#[derive(Debug, Serialize)]
+pub struct FetchReport {
+    pub base_blobs: usize,
+    pub artifacts: usize,
+    pub bytes: u64,
+}
+
+/// `kiln fetch`: everything kiln.lock names (base manifests, config and
+/// layers; every package archive) into the cache, verified, in parallel.
+pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
+    let spec = Spec::load(&opts.spec)?;
+    let (Some(lock), _) = pins_for(&spec, LockMode::Locked)? else {
+        return Err(Error::internal("a locked build without a lock"));
+    };
+    let cache = Cache::open(&opts.cache_dir)?;
+    let base_src = pinned_base(
+        ImageSource::parse(&spec.image.base, &spec.dir())
+            .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))?,
+        Some(&lock),
+    );
+    let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
+    let mut blobs = Blobs::new(&cache, registry.as_ref());
+    let base = base::load(
+        &base_src,
+        &spec.platforms(),
+        &mut blobs,
+        registry.as_ref(),
+        Compression::Gzip { level: 6 },
+    )?;
+    check_locked_base(&base, &lock, &spec)?;
+    let mut base_blobs = 0;
+    for img in &base.images {
+        for l in &img.layers {
+            blobs.path(&l.digest)?;
+            base_blobs += 1;
+        }
+    }
+    let http = Http::new()?;
+    let artifacts = lock.artifact_digests()?;
+    let bar = opts.progress.bar(artifacts.len() as u64, "fetching");
+    let sizes = artifacts
+        .par_iter()
+        .map(|(d, url)| {
+            let (_, size) = http
+                .download(url, Some(d), &cache)
+                .map_err(|e| e.context(format!("fetching {url}")))?;
+            bar.inc(1);
+            Ok(size)
+        })
+        .collect::<Result<Vec<u64>>>();
+    bar.finish_and_clear();
+    let sizes = sizes?;
+    Ok(FetchReport {
+        base_blobs,
+        artifacts: sizes.len(),
+        bytes: sizes.iter().sum(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReproReport {
+    pub reproducible: bool,
+    pub first: String,
+    pub second: String,
+    /// Layers (by what made them) whose digests differ between the builds.
+    pub differing_layers: Vec<String>,
+}
+
+/// `kiln build --check-reproducible`: build a second time on one thread into
+/// a scratch layout and compare digests, layer by layer.
+pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<ReproReport> {
+    let scratch = tempfile::tempdir().io_context(|| "creating a scratch directory".into())?;
+    let second_opts = BuildOptions {
+        spec: opts.spec.clone(),
+        outputs: vec![OutputTarget::Layout(scratch.path().join("second"))],
+        push: false,
+        compression: opts.compression,
+        insecure_registries: opts.insecure_registries.clone(),
+        cache_dir: opts.cache_dir.clone(),
+        epoch: opts.epoch,
+        progress: Progress::hidden(),
+        sbom: opts.sbom,
+        lock_mode: opts.lock_mode,
+        offline: opts.offline,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+    let second = pool.install(|| build(&second_opts))?;
+    let differing_layers = first
+        .layers
+        .iter()
+        .zip(&second.layers)
+        .filter(|(a, b)| a.digest != b.digest)
+        .map(|(a, _)| a.digest.to_string())
+        .collect();
+    Ok(ReproReport {
+        reproducible: first.digest == second.digest,
+        first: first.digest.clone(),
+        second: second.digest,
+        differing_layers,
+    })
+}
+
+/// Base paths whose contents some stage (or the SBOM) reads.
+fn keep_path(p: &str) -> bool {
+    apt::keep_path(p) || pip::keep_path(p) || conda::keep_path(p) || sbom::keep_path(p)
+}
+
+/// The lock a build takes its pins from, and what it says about the lock.
+fn pins_for(spec: &Spec, mode: LockMode) -> Result<(Option<Lock>, &'static str)> {
+    let path = lock::path_for(&spec.path);
+    let existing = Lock::read(&path)?;
+    let inputs = lock::inputs(spec)?;
+    match existing {
+        Some(l) if l.inputs == inputs => Ok((Some(l), "used")),
+        Some(l) if mode == LockMode::Locked => Err(Error::input(format!(
+            "{} does not match {}:\n{}run `kiln lock` to update it",
+            path.display(),
+            spec.path.display(),
+            lock::diff(&l.inputs, &inputs)
+        ))),
+        None if mode == LockMode::Locked => Err(Error::input(format!(
+            "--locked: there is no {}; run `kiln lock` first",
+            path.display()
+        ))),
+        Some(_) => Ok((None, "stale")),
+        None => Ok((None, "absent")),
+    }
+}
+
+/// A registry base named by tag is taken at the digest the lock recorded.
+fn pinned_base(src: ImageSource, lock: Option<&Lock>) -> ImageSource {
+    let top = lock
+        .and_then(|l| l.platforms.first())
+        .and_then(|p| p.base_top.clone());
+    match (src, top) {
+        (ImageSource::Registry(r), Some(top)) if r.digest().is_none() => ImageSource::Registry(
+            oci_client::Reference::with_digest(r.registry().into(), r.repository().into(), top),
+        ),
+        (src, _) => src,
+    }
+}
+
+/// A registry client when the base or the push needs one (never offline).
+fn registry_for(
+    base: &ImageSource,
+    push: Option<&oci_client::Reference>,
+    offline: bool,
+    insecure: &[String],
+) -> Result<Option<Registry>> {
+    let mut refs = Vec::new();
+    if let ImageSource::Registry(r) = base {
+        if !offline {
+            refs.push(r);
+        }
+    }
+    if let Some(r) = push {
+        refs.push(r);
+    }
+    if refs.is_empty() {
+        Ok(None)
+    } else {
+        Registry::new(insecure, &refs).map(Some)
+    }
+}
+
+/// The base must still be the one the lock was made against.
+fn check_locked_base(base: &base::BaseImage, lock: &Lock, spec: &Spec) -> Result<()> {
+    for img in &base.images {
+        let want = locked_platform(lock, &img.platform)?.base.as_deref();
+        let got = img.manifest_digest.as_ref().map(|d| d.to_string());
+        if want != got.as_deref() {
+            return Err(Error::input(format!(
+                "{}: the base image for {} is {} but kiln.lock was made against {}; run `kiln lock`",
+                spec.path.display(),
+                img.platform,
+                got.as_deref().unwrap_or("scratch"),
+                want.unwrap_or("scratch")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn locked_platform<'l>(
+    lock: &'l Lock,
+    platform: &crate::platform::Platform,
+) -> Result<&'l LockedPlatform> {
+    lock.platform(&platform.to_string()).ok_or_else(|| {
+        Error::input(format!(
+            "kiln.lock has no pins for platform {platform}; run `kiln lock`"
+        ))
+    })
 }
 
 /// Build labelled entry groups into layers, in parallel; order is kept.
@@ -500,17 +722,6 @@ struct SbomInput {
     base_purls: std::collections::BTreeSet<String>,
     /// sha256 of the `.deb`s and wheels kiln installed.
     known: sbom::Known,
-}
-
-impl SbomInput {
-    /// For an image no stage changes: everything comes from the base.
-    fn new(fs: Rootfs) -> Self {
-        SbomInput {
-            base_purls: sbom::purls(&sbom::scan(&fs)),
-            fs,
-            known: sbom::Known::default(),
-        }
-    }
 }
 
 /// One platform's finished SBOM, stored in the cache under `digest`.

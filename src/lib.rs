@@ -10,6 +10,7 @@ pub mod base;
 pub mod blobs;
 pub mod build;
 pub mod cache;
+pub mod cache_transfer;
 pub mod conda;
 pub mod digest;
 pub mod error;
@@ -28,5 +29,6 @@ pub mod registry;
 pub mod sbom;
 pub mod source;
 pub mod spec;
+pub mod stages;
 
 pub use error::{Error, Result};

@@ -88,6 +88,15 @@ pub struct CondaPin {
     pub url: String,
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// As the channel's repodata gave them (it may patch what the archive says).
+    #[serde(default)]
+    pub depends: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constrains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<String>,
 }
 

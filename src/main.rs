@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use kiln::build::{self, BuildOptions};
+use kiln::build::{self, BuildOptions, LockMode, LockOptions};
 use kiln::cache::Cache;
 use kiln::layer::Compression;
 use kiln::progress::Progress;
@@ -59,6 +59,42 @@ enum Command {
         /// layout outputs and is pushed as a referrer of each manifest).
         #[arg(long)]
         no_sbom: bool,
+        /// Fail unless kiln.lock exists and matches the spec (shows the difference).
+        #[arg(long)]
+        locked: bool,
+        /// Like --locked: never resolve, build exactly what kiln.lock pins.
+        #[arg(long)]
+        frozen: bool,
+        /// Use no network at all: everything must be in the cache (see `kiln fetch`, `kiln cache import`).
+        #[arg(long)]
+        offline: bool,
+        /// Build a second time (one thread, scratch output) and fail if the digests differ.
+        #[arg(long)]
+        check_reproducible: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Resolve every package stage and write kiln.lock beside the spec.
+    Lock {
+        #[arg(default_value = "kiln.toml")]
+        spec: PathBuf,
+        /// Re-resolve even when the lock still matches the spec.
+        #[arg(long)]
+        upgrade: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Download everything kiln.lock names into the cache, verified.
+    Fetch {
+        #[arg(default_value = "kiln.toml")]
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Move what a lock needs between caches (export/import) or trim the cache (gc).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
         #[command(flatten)]
         common: Common,
     },
@@ -73,10 +109,36 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Write every blob the locks need into a tar FILE (zstd when FILE ends in .zst).
+    Export {
+        file: PathBuf,
+        /// A lock whose blobs to export (repeatable).
+        #[arg(long, value_name = "PATH", default_value = "kiln.lock")]
+        lock: Vec<PathBuf>,
+    },
+    /// Add the blobs of an export FILE to the cache, each verified.
+    Import { file: PathBuf },
+    /// Delete cache entries none of the locks needs.
+    Gc {
+        /// A lock whose blobs to keep (repeatable).
+        #[arg(long, value_name = "PATH", default_value = "kiln.lock")]
+        lock: Vec<PathBuf>,
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = match &cli.command {
-        Command::Build { common, .. } | Command::Inspect { common, .. } => common.json,
+        Command::Build { common, .. }
+        | Command::Inspect { common, .. }
+        | Command::Lock { common, .. }
+        | Command::Fetch { common, .. }
+        | Command::Cache { common, .. } => common.json,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +153,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn progress(common: &Common) -> Progress {
+    if common.json {
+        Progress::hidden()
+    } else {
+        Progress::new(common.quiet)
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("report serialises")
+    );
+}
+
 fn cache_dir(common: &Common) -> PathBuf {
     common.cache.clone().unwrap_or_else(Cache::default_root)
 }
@@ -103,6 +180,10 @@ fn run(cli: Cli) -> kiln::Result<()> {
             push,
             compression,
             no_sbom,
+            locked,
+            frozen,
+            offline,
+            check_reproducible,
             common,
         } => {
             let opts = BuildOptions {
@@ -117,17 +198,37 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 cache_dir: cache_dir(&common),
                 epoch: build::epoch_from_env()?,
                 sbom: !no_sbom,
-                progress: if common.json {
-                    Progress::hidden()
+                progress: progress(&common),
+                lock_mode: if locked || frozen {
+                    LockMode::Locked
                 } else {
-                    Progress::new(common.quiet)
+                    LockMode::Auto
                 },
+                offline,
             };
             let report = build::build(&opts)?;
+            let repro = if check_reproducible {
+                let r = build::check_reproducible(&opts, &report)?;
+                if !r.reproducible {
+                    return Err(Error::internal(format!(
+                        "not reproducible: {} then {} (layers differing: {})",
+                        r.first,
+                        r.second,
+                        r.differing_layers.join(", ")
+                    )));
+                }
+                Some(r)
+            } else {
+                None
+            };
             if common.json {
+                let mut v = serde_json::to_value(&report).expect("report serialises");
+                if let Some(r) = repro {
+                    v["reproducible"] = serde_json::to_value(r).expect("report serialises");
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
+                    serde_json::to_string_pretty(&v).expect("report serialises")
                 );
             } else if !common.quiet {
                 for out in &report.outputs {
@@ -145,6 +246,75 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 println!("{}", report.digest);
             } else {
                 println!("{}", report.digest);
+            }
+            Ok(())
+        }
+        Command::Lock {
+            spec,
+            upgrade,
+            common,
+        } => {
+            let report = build::lock(&LockOptions {
+                spec,
+                insecure_registries: common.insecure_registries.clone(),
+                cache_dir: cache_dir(&common),
+                progress: progress(&common),
+                upgrade,
+            })?;
+            if common.json {
+                print_json(&report);
+            } else if !common.quiet {
+                eprintln!(
+                    "{} {}: {} platform(s), {} apt, {} conda, {} pip",
+                    report.path,
+                    report.status,
+                    report.platforms,
+                    report.apt,
+                    report.conda,
+                    report.pip
+                );
+            }
+            Ok(())
+        }
+        Command::Fetch { spec, common } => {
+            let report = build::fetch(&LockOptions {
+                spec,
+                insecure_registries: common.insecure_registries.clone(),
+                cache_dir: cache_dir(&common),
+                progress: progress(&common),
+                upgrade: false,
+            })?;
+            if common.json {
+                print_json(&report);
+            } else if !common.quiet {
+                eprintln!(
+                    "fetched {} base blob(s) and {} package(s), {} bytes",
+                    report.base_blobs, report.artifacts, report.bytes
+                );
+            }
+            Ok(())
+        }
+        Command::Cache { action, common } => {
+            use kiln::cache_transfer as ct;
+            let cache = Cache::open(cache_dir(&common))?;
+            let (json, text) = match action {
+                CacheAction::Export { file, lock } => {
+                    let r = ct::export(&cache, &lock, &file)?;
+                    (serde_json::to_value(&r), r.to_string())
+                }
+                CacheAction::Import { file } => {
+                    let r = ct::import(&cache, &file)?;
+                    (serde_json::to_value(&r), r.to_string())
+                }
+                CacheAction::Gc { lock, dry_run } => {
+                    let r = ct::gc(&cache, &lock, dry_run)?;
+                    (serde_json::to_value(&r), r.to_string())
+                }
+            };
+            if common.json {
+                print_json(&json.expect("report serialises"));
+            } else {
+                println!("{text}");
             }
             Ok(())
         }

@@ -316,8 +316,16 @@ pub fn record_from_archive(
         .map_err(|e| Error::input(format!("{what}: info/index.json: {e}")))?;
     let sha = rattler_digest::parse_digest_from_hex::<rattler_digest::Sha256>(&pin.sha256)
         .ok_or_else(|| Error::input(format!("{what}: bad sha256 in kiln.lock")))?;
-    let package_record = PackageRecord::from_index_json(index, Some(size), Some(sha), None)
-        .map_err(|e| Error::input(format!("{what}: {e}")))?;
+    let md5 = pin
+        .md5
+        .as_deref()
+        .and_then(rattler_digest::parse_digest_from_hex::<rattler_digest::Md5>);
+    let mut package_record =
+        PackageRecord::from_index_json(index, Some(pin.size.unwrap_or(size)), Some(sha), md5)
+            .map_err(|e| Error::input(format!("{what}: {e}")))?;
+    // The channel's view of the dependencies wins over the archive's (repodata patches).
+    package_record.depends = pin.depends.clone();
+    package_record.constrains = pin.constrains.clone();
     let url = url::Url::parse(&pin.url)
         .map_err(|e| Error::input(format!("{what}: url `{}`: {e}", pin.url)))?;
     let identifier = DistArchiveIdentifier::try_from_filename(&pin.filename)

@@ -490,6 +490,10 @@ pub fn pins(plan: &CondaPlan) -> Vec<crate::lock::CondaPin> {
                 filename: r.identifier.to_string(),
                 url: r.url.to_string(),
                 sha256: hex::encode(p.sha256?),
+                md5: p.md5.map(hex::encode),
+                size: p.size,
+                depends: p.depends.clone(),
+                constrains: p.constrains.clone(),
                 requested: requested.get(p.name.as_normalized()).map(|s| s.to_string()),
             })
         })

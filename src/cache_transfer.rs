@@ -1,0 +1,787 @@
+//! Moving what a lock needs between caches (`kiln cache export` / `import`)
+//! and trimming what no lock needs (`kiln cache gc`).
+//!
+//! What a lock needs ([`needed`]) is every pinned artifact (`.deb`s, wheels,
+//! conda packages) plus, for a registry base, the top document (index or
+//! manifest), each locked platform's manifest, its config and its layers:
+//! exactly what `kiln build --offline` reads from the cache.
+//!
+//! An export is a plain tar (zstd-compressed when the file name ends in
+//! `.zst`) holding `kiln-cache/INDEX.json` first and then
+//! `kiln-cache/blobs/sha256/<hex>` per blob, sorted, with mtime 0 and
+//! uid/gid 0, so the same cache and locks give the same bytes. It is written
+//! to a temp file beside the destination and renamed into place at the end,
+//! and every blob is hashed while it is copied, so neither a damaged cache
+//! entry nor an error leaves a bad export behind.
+//!
+//! An import trusts nothing in the file: only those entry shapes are
+//! accepted (no links, devices, other names or paths), each blob must be
+//! listed in the index with its size, and each goes through the cache's
+//! verified write (temp file, digest check, rename), so a tampered blob is
+//! refused and never becomes a cache entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::lock::Lock;
+use crate::manifest::{self, Document};
+
+const INDEX_ENTRY: &str = "kiln-cache/INDEX.json";
+const BLOB_PREFIX: &str = "kiln-cache/blobs/sha256/";
+const FORMAT: &str = "kiln-cache-export";
+const FORMAT_VERSION: u32 = 1;
+/// Directories an import tolerates (a repacked export may carry them).
+const DIR_ENTRIES: [&str; 3] = ["kiln-cache", "kiln-cache/blobs", "kiln-cache/blobs/sha256"];
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Temporaries older than this belong to no running build.
+const STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many missing blobs an error lists before summarising.
+const LIST_MAX: usize = 20;
+
+/// `kiln-cache/INDEX.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportIndex {
+    format: String,
+    version: u32,
+    blobs: Vec<IndexedBlob>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexedBlob {
+    digest: String,
+    size: u64,
+}
+
+/// What a set of locks needs from a cache: what is there, what is not.
+#[derive(Default)]
+struct Needs {
+    present: BTreeSet<Digest>,
+    /// Missing digest → what it is (URL or base document), for the error.
+    missing: BTreeMap<Digest, String>,
+}
+
+impl Needs {
+    fn want(&mut self, cache: &Cache, d: Digest, what: impl FnOnce() -> String) {
+        if cache.contains(&d) {
+            self.missing.remove(&d);
+            self.present.insert(d);
+        } else if !self.present.contains(&d) {
+            self.missing.entry(d).or_insert_with(what);
+        }
+    }
+
+    fn collect(&mut self, lock: &Lock, cache: &Cache) -> Result<()> {
+        for (d, url) in lock.artifact_digests()? {
+            self.want(cache, d, || url);
+        }
+        for p in &lock.platforms {
+            let plat = &p.platform;
+            // A registry base (it has a top document) is loaded from the
+            // cache when offline. A layout or docker-archive base is read
+            // from its own files; its manifest counts only if it happens to
+            // be cached.
+            let registry = p.base_top.is_some();
+            if let Some(top) = &p.base_top {
+                let d = lock_digest(top, plat, "base-top")?;
+                self.want(cache, d, || format!("base index/manifest for {plat}"));
+            }
+            let Some(base) = &p.base else { continue };
+            let d = lock_digest(base, plat, "base")?;
+            let Some(path) = cache.verified(&d)? else {
+                if registry {
+                    self.missing
+                        .entry(d)
+                        .or_insert_with(|| format!("base manifest for {plat}"));
+                }
+                continue;
+            };
+            self.want(cache, d.clone(), String::new);
+            let bytes = fs::read(&path).io_context(|| format!("reading {}", path.display()))?;
+            let what = format!("base manifest {d} of {plat} (in the cache)");
+            let Document::Manifest { config, layers } = manifest::parse(&bytes, &what)? else {
+                return Err(Error::input(format!(
+                    "{what} is an index, not an image manifest; run `kiln lock` again"
+                )));
+            };
+            for desc in std::iter::once(config).chain(layers) {
+                if registry || cache.contains(&desc.digest) {
+                    let kind = desc.media_type.clone();
+                    self.want(cache, desc.digest, || {
+                        format!("base blob of {plat} ({kind})")
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sorted list, or an input error naming what is missing.
+    fn into_complete(self, whose: &str) -> Result<Vec<Digest>> {
+        if self.missing.is_empty() {
+            return Ok(self.present.into_iter().collect());
+        }
+        let mut msg = format!(
+            "the cache lacks {} blob(s) that {whose} need(s):\n",
+            self.missing.len()
+        );
+        for (d, what) in self.missing.iter().take(LIST_MAX) {
+            msg.push_str(&format!("  {d}  {what}\n"));
+        }
+        if self.missing.len() > LIST_MAX {
+            msg.push_str(&format!(
+                "  ... and {} more\n",
+                self.missing.len() - LIST_MAX
+            ));
+        }
+        msg.push_str("run `kiln fetch` with this cache first");
+        Err(Error::input(msg))
+    }
+}
+
+fn lock_digest(s: &str, platform: &str, key: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|e: Error| e.context(format!("kiln.lock: platform {platform}: {key}")))
+}
+
+/// Every blob `lock` needs from `cache` (sorted, deduplicated); an input
+/// error listing what is missing when the cache does not hold it all.
+pub fn needed(lock: &Lock, cache: &Cache) -> Result<Vec<Digest>> {
+    let mut needs = Needs::default();
+    needs.collect(lock, cache)?;
+    needs.into_complete("the lock")
+}
+
+/// Read the named locks; a missing one is an input error.
+pub fn read_locks(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Lock)>> {
+    if paths.is_empty() {
+        return Err(Error::input("no lock given"));
+    }
+    paths
+        .iter()
+        .map(|p| match Lock::read(p)? {
+            Some(l) => Ok((p.clone(), l)),
+            None => Err(Error::input(format!(
+                "{}: no such lock; run `kiln lock` or name one with --lock",
+                p.display()
+            ))),
+        })
+        .collect()
+}
+
+fn needed_all(locks: &[(PathBuf, Lock)], cache: &Cache) -> Result<Vec<Digest>> {
+    let mut needs = Needs::default();
+    for (path, lock) in locks {
+        needs
+            .collect(lock, cache)
+            .map_err(|e| e.context(path.display()))?;
+    }
+    let whose = locks
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    needs.into_complete(&whose)
+}
+
+// ---------------------------------------------------------------------------
+// export
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub file: PathBuf,
+    pub locks: Vec<PathBuf>,
+    /// `none` or `zstd`.
+    pub compression: &'static str,
+    pub blobs: usize,
+    /// Sum of the blob sizes (before compression).
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for ExportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exported {} blob(s), {}, to {}",
+            self.blobs,
+            human_bytes(self.bytes),
+            self.file.display()
+        )
+    }
+}
+
+/// Write everything `locks` need from `cache` into the tar `file`.
+pub fn export(cache: &Cache, locks: &[PathBuf], file: &Path) -> Result<ExportReport> {
+    let read = read_locks(locks)?;
+    let digests = needed_all(&read, cache)?;
+    let mut blobs = Vec::with_capacity(digests.len());
+    for d in digests {
+        let path = cache.blob_path(&d);
+        let size = fs::metadata(&path)
+            .io_context(|| format!("reading {}", path.display()))?
+            .len();
+        blobs.push(IndexedBlob {
+            digest: d.to_string(),
+            size,
+        });
+    }
+    let zstd = file.extension().is_some_and(|e| e == "zst");
+    let name = file
+        .file_name()
+        .ok_or_else(|| Error::input(format!("{}: not a file name", file.display())))?;
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::input(format!("cannot write in {}: {e}", dir.display())))?;
+    let out = BufWriter::with_capacity(1 << 20, tmp);
+    let index = ExportIndex {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        blobs,
+    };
+    let out = if zstd {
+        let enc = zstd::stream::write::Encoder::new(out, 3)
+            .io_context(|| "starting zstd compression".into())?;
+        write_tar(enc, cache, &index)?
+            .finish()
+            .io_context(|| format!("writing {}", file.display()))?
+    } else {
+        write_tar(out, cache, &index)?
+    };
+    let tmp = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .io_context(|| format!("writing {}", file.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .io_context(|| format!("writing {}", file.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .io_context(|| format!("writing {}", file.display()))?;
+    tmp.persist(file).map_err(|e| Error::Io {
+        context: format!("writing {}", file.display()),
+        source: e.error,
+    })?;
+    Ok(ExportReport {
+        file: file.to_path_buf(),
+        locks: locks.to_vec(),
+        compression: if zstd { "zstd" } else { "none" },
+        blobs: index.blobs.len(),
+        bytes: index.blobs.iter().map(|b| b.size).sum(),
+    })
+}
+
+fn header(path: &str, size: u64) -> Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path)
+        .io_context(|| format!("tar entry {path}"))?;
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    Ok(h)
+}
+
+fn write_tar<W: Write>(out: W, cache: &Cache, index: &ExportIndex) -> Result<W> {
+    let io_err = |e: io::Error| Error::Io {
+        context: "writing the export".into(),
+        source: e,
+    };
+    let mut tar = tar::Builder::new(out);
+    let mut json = serde_json::to_vec_pretty(index)
+        .map_err(|e| Error::internal(format!("serialising INDEX.json: {e}")))?;
+    json.push(b'\n');
+    tar.append(&header(INDEX_ENTRY, json.len() as u64)?, &json[..])
+        .map_err(io_err)?;
+    for b in &index.blobs {
+        let d: Digest = b.digest.parse()?;
+        let path = cache.blob_path(&d);
+        let f = File::open(&path).io_context(|| format!("opening {}", path.display()))?;
+        let mut r = HashingReader::new(BufReader::with_capacity(1 << 20, f).take(b.size));
+        tar.append(
+            &header(&format!("{BLOB_PREFIX}{}", d.hex()), b.size)?,
+            &mut r,
+        )
+        .map_err(io_err)?;
+        let (got, len) = r.finish();
+        if got != d || len != b.size {
+            // The entry changed or rotted on disk: drop it so `kiln fetch` gets it again.
+            let _ = fs::remove_file(&path);
+            return Err(Error::input(format!(
+                "cached blob {d} is damaged (it was removed from the cache); \
+                 run `kiln fetch` and export again"
+            )));
+        }
+    }
+    tar.into_inner().map_err(io_err)
+}
+
+/// Hashes what passes through, to check a blob while it is copied.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hasher), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// import
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub file: PathBuf,
+    /// Blobs the export lists.
+    pub blobs: usize,
+    pub imported: usize,
+    pub already_present: usize,
+    /// Bytes written into the cache.
+    pub bytes_imported: u64,
+}
+
+impl std::fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "imported {} blob(s), {}, from {}; {} already present",
+            self.imported,
+            human_bytes(self.bytes_imported),
+            self.file.display(),
+            self.already_present
+        )
+    }
+}
+
+/// Add the blobs of an export to `cache`, each verified against its name.
+pub fn import(cache: &Cache, file: &Path) -> Result<ImportReport> {
+    let what = file.display().to_string();
+    let f = File::open(file).map_err(|e| Error::input(format!("cannot open {what}: {e}")))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let head = r
+        .fill_buf()
+        .map_err(|e| Error::input(format!("cannot read {what}: {e}")))?;
+    let report = if head.starts_with(&ZSTD_MAGIC) {
+        let dec = zstd::stream::read::Decoder::with_buffer(r)
+            .map_err(|e| Error::input(format!("{what}: not a zstd stream: {e}")))?;
+        import_tar(cache, dec, &what)?
+    } else {
+        import_tar(cache, r, &what)?
+    };
+    Ok(ImportReport {
+        file: file.to_path_buf(),
+        ..report
+    })
+}
+
+fn import_tar(cache: &Cache, r: impl Read, what: &str) -> Result<ImportReport> {
+    let corrupt = |e: io::Error| Error::input(format!("{what}: corrupt or truncated archive: {e}"));
+    let mut ar = tar::Archive::new(r);
+    let mut expected: Option<BTreeMap<Digest, u64>> = None;
+    let mut seen: BTreeSet<Digest> = BTreeSet::new();
+    let mut report = ImportReport {
+        file: PathBuf::new(),
+        blobs: 0,
+        imported: 0,
+        already_present: 0,
+        bytes_imported: 0,
+    };
+    for entry in ar.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let refuse = |why: &str| Error::input(format!("{what}: refusing entry `{shown}`: {why}"));
+        let name = std::str::from_utf8(&raw).map_err(|_| refuse("the name is not UTF-8"))?;
+        let name = name.strip_prefix("./").unwrap_or(name);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() && DIR_ENTRIES.contains(&name.trim_end_matches('/')) {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(refuse(&format!(
+                "a {} entry (an export holds regular files only)",
+                kind_name(kind)
+            )));
+        }
+        if name == INDEX_ENTRY {
+            if expected.is_some() {
+                return Err(refuse("a second index"));
+            }
+            if entry.size() > MAX_INDEX_BYTES {
+                return Err(refuse("the index is implausibly large"));
+            }
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(corrupt)?;
+            let map = parse_index(&bytes).map_err(|m| refuse(&m))?;
+            report.blobs = map.len();
+            expected = Some(map);
+            continue;
+        }
+        let digest = name
+            .strip_prefix(BLOB_PREFIX)
+            .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            .ok_or_else(|| refuse("not a name a kiln cache export uses"))?;
+        let Some(map) = &expected else {
+            return Err(refuse(&format!(
+                "{INDEX_ENTRY} must come before the blobs (is this a kiln cache export?)"
+            )));
+        };
+        let size = *map
+            .get(&digest)
+            .ok_or_else(|| refuse("the blob is not listed in the index"))?;
+        if entry.size() != size {
+            return Err(refuse(&format!(
+                "{} bytes, but the index says {size}",
+                entry.size()
+            )));
+        }
+        if !seen.insert(digest.clone()) {
+            return Err(refuse("the blob appears twice"));
+        }
+        if cache.verified(&digest)?.is_some() {
+            report.already_present += 1;
+            continue;
+        }
+        let mut w = cache.writer()?;
+        copy_entry(&mut entry, &mut w).map_err(|e| match e {
+            CopyError::Read(e) => corrupt(e),
+            CopyError::Write(e) => Error::Io {
+                context: format!("writing blob {digest} into the cache"),
+                source: e,
+            },
+        })?;
+        let (_, len) = w
+            .commit(Some(&digest))
+            .map_err(|e| e.context(format!("{what}: entry `{shown}`")))?;
+        report.imported += 1;
+        report.bytes_imported += len;
+    }
+    let Some(map) = expected else {
+        return Err(Error::input(format!(
+            "{what}: not a kiln cache export (no {INDEX_ENTRY})"
+        )));
+    };
+    let absent: Vec<String> = map
+        .keys()
+        .filter(|d| !seen.contains(*d))
+        .map(|d| d.to_string())
+        .collect();
+    if !absent.is_empty() {
+        return Err(Error::input(format!(
+            "{what}: truncated export: {} blob(s) listed in the index are absent (e.g. {}); \
+             the {} present were imported",
+            absent.len(),
+            absent[0],
+            seen.len()
+        )));
+    }
+    Ok(report)
+}
+
+fn parse_index(bytes: &[u8]) -> std::result::Result<BTreeMap<Digest, u64>, String> {
+    let index: ExportIndex =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid index: {e}"))?;
+    if index.format != FORMAT || index.version != FORMAT_VERSION {
+        return Err(format!(
+            "format `{}` version {} is not supported (expected `{FORMAT}` version {FORMAT_VERSION})",
+            index.format, index.version
+        ));
+    }
+    let mut map = BTreeMap::new();
+    for b in index.blobs {
+        let d: Digest = b.digest.parse().map_err(|e: Error| e.to_string())?;
+        if map.insert(d, b.size).is_some() {
+            return Err(format!("{} is listed twice", b.digest));
+        }
+    }
+    Ok(map)
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Like `io::copy`, but tells a damaged archive from a failing cache disk.
+fn copy_entry(r: &mut impl Read, w: &mut impl Write) -> std::result::Result<(), CopyError> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        w.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
+}
+
+fn kind_name(k: tar::EntryType) -> &'static str {
+    use tar::EntryType as T;
+    match k {
+        T::Symlink => "symlink",
+        T::Link => "hard link",
+        T::Char => "character device",
+        T::Block => "block device",
+        T::Fifo => "fifo",
+        T::Directory => "directory",
+        T::Continuous => "contiguous file",
+        _ => "special",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// gc
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub locks: Vec<PathBuf>,
+    /// Blobs kept because a lock needs them.
+    pub kept: usize,
+    pub kept_bytes: u64,
+    /// Entries removed (or, with `dry_run`, that would be), relative to the cache.
+    pub removed: Vec<String>,
+    pub bytes_freed: u64,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        write!(
+            f,
+            "{verb} {} entr{}, {}; kept {} blob(s), {}",
+            self.removed.len(),
+            if self.removed.len() == 1 { "y" } else { "ies" },
+            human_bytes(self.bytes_freed),
+            self.kept,
+            human_bytes(self.kept_bytes)
+        )
+    }
+}
+
+/// Delete what none of `locks` needs: blobs, conda packages extracted from
+/// archives no lock pins, wheel-metadata memos of wheels no lock pins, and
+/// temporaries older than a day. The pip page cache (which expires by
+/// itself) and anything kiln does not know are left alone.
+pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
+    let read = read_locks(locks)?;
+    let mut needs = Needs::default();
+    for (path, lock) in &read {
+        needs
+            .collect(lock, cache)
+            .map_err(|e| e.context(path.display()))?;
+    }
+    let keep = needs.present;
+    let mut report = GcReport {
+        dry_run,
+        locks: locks.to_vec(),
+        kept: 0,
+        kept_bytes: 0,
+        removed: Vec::new(),
+        bytes_freed: 0,
+    };
+    let root = cache.root();
+    let kept_name = |name: &str| {
+        format!("sha256:{name}")
+            .parse::<Digest>()
+            .is_ok_and(|d| keep.contains(&d))
+    };
+    let now = SystemTime::now();
+    let stale = |md: &fs::Metadata| {
+        md.modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > STALE_AFTER)
+    };
+
+    // Blobs: every file no lock needs goes.
+    for (name, md) in listing(&root.join("blobs/sha256"))? {
+        if md.is_dir() {
+            continue;
+        }
+        if md.is_file() && kept_name(&name) {
+            report.kept += 1;
+            report.kept_bytes += md.len();
+        } else {
+            let rel = format!("blobs/sha256/{name}");
+            remove(root, &rel, &md, dry_run, &mut report)?;
+        }
+    }
+    // State derived from blobs, named by the blob's digest, and temporaries
+    // no running build can still own.
+    type Rule<'a> = (&'a str, &'a dyn Fn(&str, &fs::Metadata) -> bool);
+    let rules: [Rule; 4] = [
+        ("conda-pkgs", &|name, md| {
+            let extracted = md.is_dir() && name.len() == 64;
+            (extracted && !kept_name(name)) || (name.starts_with(".extract-") && stale(md))
+        }),
+        ("pip/metadata", &|name, md| {
+            md.is_file() && name.len() == 64 && !kept_name(name)
+        }),
+        ("tmp", &|_, md| stale(md)),
+        ("", &|name, md| {
+            name.starts_with("conda-link-") && md.is_dir() && stale(md)
+        }),
+    ];
+    for (dir, doomed) in rules {
+        for (name, md) in listing(&root.join(dir))? {
+            if doomed(&name, &md) {
+                let rel = if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                };
+                remove(root, &rel, &md, dry_run, &mut report)?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sorted entries of `dir` (none when it does not exist), not following symlinks.
+fn listing(dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).io_context(|| format!("reading {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.io_context(|| format!("reading {}", dir.display()))?;
+        let md = match fs::symlink_metadata(e.path()) {
+            Ok(md) => md,
+            // Removed under us (a concurrent gc or build): nothing to do.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).io_context(|| format!("reading {}", e.path().display())),
+        };
+        out.push((e.file_name().to_string_lossy().into_owned(), md));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn remove(
+    root: &Path,
+    rel: &str,
+    md: &fs::Metadata,
+    dry_run: bool,
+    report: &mut GcReport,
+) -> Result<()> {
+    let path = root.join(rel);
+    let bytes = if md.is_dir() {
+        tree_size(&path)
+    } else {
+        md.len()
+    };
+    if !dry_run {
+        let res = if md.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).io_context(|| format!("removing {}", path.display())),
+        }
+    }
+    report.removed.push(rel.to_string());
+    report.bytes_freed += bytes;
+    Ok(())
+}
+
+/// Bytes of the files under `dir` (symlinks not followed; unreadable parts count 0).
+fn tree_size(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match fs::symlink_metadata(e.path()) {
+            Ok(md) if md.is_dir() => tree_size(&e.path()),
+            Ok(md) => md.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_is_strict() {
+        let ok = br#"{"format":"kiln-cache-export","version":1,"blobs":[]}"#;
+        assert!(parse_index(ok).unwrap().is_empty());
+        let v2 = br#"{"format":"kiln-cache-export","version":2,"blobs":[]}"#;
+        assert!(parse_index(v2).unwrap_err().contains("not supported"));
+        let bad = br#"{"format":"kiln-cache-export","version":1,"blobs":[{"digest":"sha256:../x","size":1}]}"#;
+        assert!(parse_index(bad).is_err());
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

@@ -1,0 +1,183 @@
+//! The package stages of one platform, in order: apt → conda (and an
+//! environment.yml `pip:` list) → pip. Each stage resolves afresh or takes
+//! its pins from kiln.lock, hands its layer groups to `emit` (which builds
+//! layers, or does nothing when only locking), and lays them onto the
+//! filesystem view the next stage reads.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::apt;
+use crate::cache::Cache;
+use crate::conda;
+use crate::error::Result;
+use crate::http::Http;
+use crate::inventory::Rootfs;
+use crate::layer::LayerGroup;
+use crate::lock::LockedPlatform;
+use crate::pip;
+use crate::platform::Platform;
+use crate::progress::Progress;
+use crate::spec::Spec;
+
+#[derive(Debug, Serialize)]
+pub struct PipReport {
+    pub python: String,
+    pub installed: Vec<String>,
+    pub already_installed: Vec<String>,
+}
+
+/// What the stages of one platform did.
+#[derive(Default)]
+pub struct Outcome {
+    pub apt: Option<apt::AptReport>,
+    pub conda: Option<conda::CondaReport>,
+    pub pip: Vec<PipReport>,
+    /// What a lock records for this platform (the caller fills in platform and base).
+    pub pins: LockedPlatform,
+}
+
+pub struct Stages<'a> {
+    pub spec: &'a Spec,
+    pub spec_dir: &'a Path,
+    pub http: &'a Http,
+    pub cache: &'a Cache,
+    pub epoch: u64,
+    pub progress: &'a Progress,
+    /// The base is `scratch` (apt may bootstrap).
+    pub scratch: bool,
+    /// Which base paths the filesystem view keeps the contents of.
+    pub keep: &'a dyn Fn(&str) -> bool,
+}
+
+/// The pip list of an environment.yml, as recorded in the lock.
+const ENV_PIP: &str = "environment";
+const PIP: &str = "pip";
+
+impl Stages<'_> {
+    /// Run every stage the spec has for `platform`, fresh or from `locked`.
+    pub fn run(
+        &self,
+        platform: &Platform,
+        fs: &mut Rootfs,
+        locked: Option<&LockedPlatform>,
+        emit: &mut dyn FnMut(&[LayerGroup]) -> Result<()>,
+    ) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        let (spec, http, cache) = (self.spec, self.http, self.cache);
+
+        if let Some(section) = &spec.apt {
+            let spinner = self
+                .progress
+                .spinner(&format!("apt: resolving for {platform}"));
+            let plan = match locked {
+                Some(l) => apt::plan_locked(section, &l.apt, platform, http, cache)?,
+                None => apt::plan(
+                    section,
+                    self.spec_dir,
+                    fs,
+                    platform,
+                    self.scratch,
+                    http,
+                    cache,
+                )?,
+            };
+            spinner.set_message(format!(
+                "apt: unpacking {} packages for {platform}",
+                plan.packages.len()
+            ));
+            let (groups, report) = apt::layer_groups(&plan, fs, cache, self.epoch)?;
+            spinner.finish_and_clear();
+            emit(&groups)?;
+            self.apply(fs, &groups);
+            out.pins.apt = apt::pins(&plan);
+            out.apt = Some(report);
+        }
+
+        if let Some(section) = &spec.conda {
+            let spinner = self
+                .progress
+                .spinner(&format!("conda: solving for {platform}"));
+            let plan = match locked {
+                Some(l) => {
+                    conda::plan_locked(section, self.spec_dir, fs, platform, &l.conda, http, cache)?
+                }
+                None => conda::plan(section, self.spec_dir, fs, platform, http, cache)?,
+            };
+            spinner.set_message(format!(
+                "conda: linking {} packages for {platform}",
+                plan.install.len()
+            ));
+            // The fragments the layer entries point at live until `emit` is done.
+            let (groups, report, _fragments) =
+                conda::install::layer_groups(&plan, fs, cache, self.epoch)?;
+            spinner.finish_and_clear();
+            emit(&groups)?;
+            self.apply(fs, &groups);
+            out.pins.conda = conda::pins(&plan);
+            out.conda = Some(report);
+            if let Some(pip_section) = &plan.pip {
+                self.pip(pip_section, ENV_PIP, platform, fs, locked, emit, &mut out)?;
+            }
+        }
+
+        if let Some(section) = &spec.pip {
+            self.pip(section, PIP, platform, fs, locked, emit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pip(
+        &self,
+        section: &pip::PipSection,
+        name: &str,
+        platform: &Platform,
+        fs: &mut Rootfs,
+        locked: Option<&LockedPlatform>,
+        emit: &mut dyn FnMut(&[LayerGroup]) -> Result<()>,
+        out: &mut Outcome,
+    ) -> Result<()> {
+        let spinner = self
+            .progress
+            .spinner(&format!("pip: resolving for {platform}"));
+        let plan = match locked {
+            Some(l) => {
+                let pins: Vec<_> = l
+                    .pip
+                    .iter()
+                    .filter(|p| p.section == name)
+                    .cloned()
+                    .collect();
+                pip::plan_locked(section, fs, platform, &pins, self.http, self.cache)?
+            }
+            None => pip::plan(section, self.spec_dir, fs, platform, self.http, self.cache)?,
+        };
+        let groups = pip::layer_groups(&plan, self.cache)?;
+        spinner.finish_and_clear();
+        emit(&groups)?;
+        self.apply(fs, &groups);
+        out.pins.pip.extend(pip::pins(&plan, name));
+        out.pip.push(PipReport {
+            python: plan.python.interpreter.clone(),
+            installed: plan
+                .wheels
+                .iter()
+                .map(|w| format!("{} {}", w.name, w.version))
+                .collect(),
+            already_installed: plan
+                .already_installed
+                .iter()
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect(),
+        });
+        Ok(())
+    }
+
+    fn apply(&self, fs: &mut Rootfs, groups: &[LayerGroup]) {
+        for (_, entries) in groups {
+            fs.apply_entries(entries, self.keep);
+        }
+    }
+}

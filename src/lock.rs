@@ -164,6 +164,10 @@ impl Lock {
             .io_context(|| format!("creating a file in {}", dir.display()))?;
         std::io::Write::write_all(&mut tmp, text.as_bytes())
             .io_context(|| format!("writing {}", path.display()))?;
+        // A lock is a project file, not a secret (the temp file starts 0600).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .io_context(|| format!("writing {}", path.display()))?;
         tmp.persist(path).map_err(|e| Error::Io {
             context: format!("writing {}", path.display()),
             source: e.error,

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use kiln::cache::Cache;
 use kiln::digest::Digest;
-use kiln::lock::{AptPin, CondaPin, Lock, LockedPlatform, PipPin};
+use kiln::lock::{Lock, LockedPlatform};
+use serde_json::json;
 
 struct Fixture {
     ws: Workspace,
@@ -27,6 +28,10 @@ struct Fixture {
     /// Contents of the pinned wheel (unique bytes, to find it in an export).
     wheel: Vec<u8>,
     lock: Lock,
+}
+
+fn pin<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("a valid pin")
 }
 
 fn pin_hex(d: &Digest) -> String {
@@ -78,37 +83,25 @@ fn fixture(label: &str) -> Fixture {
         platform: "linux/amd64".into(),
         base: Some(amd.manifest_digest.clone()),
         base_top: Some(index.clone()),
-        apt: vec![AptPin {
-            name: "fake".into(),
-            version: "1.0".into(),
-            arch: "amd64".into(),
-            suite: "stable".into(),
-            url: "https://example.invalid/pool/fake_1.0_amd64.deb".into(),
-            sha256: pin_hex(&deb_d),
-            size: deb.len() as u64,
-        }],
-        pip: vec![PipPin {
-            section: "pip".into(),
-            name: "fake".into(),
-            version: "1.0".into(),
-            filename: "fake-1.0-py3-none-any.whl".into(),
-            url: "https://example.invalid/fake-1.0-py3-none-any.whl".into(),
-            sha256: pin_hex(&wheel_d),
-            size: wheel.len() as u64,
-            requested: true,
-            direct_url: None,
-        }],
-        conda: vec![CondaPin {
-            name: "fake".into(),
-            version: "1.0".into(),
-            build: "0".into(),
-            channel: "file:///srv/channel".into(),
-            subdir: "linux-64".into(),
-            filename: "fake-1.0-0.conda".into(),
-            url: "file:///srv/channel/linux-64/fake-1.0-0.conda".into(),
-            sha256: pin_hex(&conda_d),
-            requested: None,
-        }],
+        // Pins from JSON, so fields the lock grows later take their defaults.
+        apt: vec![pin(json!({
+            "name": "fake", "version": "1.0", "arch": "amd64", "suite": "stable",
+            "url": "https://example.invalid/pool/fake_1.0_amd64.deb",
+            "sha256": pin_hex(&deb_d), "size": deb.len(),
+        }))],
+        pip: vec![pin(json!({
+            "section": "pip", "name": "fake", "version": "1.0",
+            "filename": "fake-1.0-py3-none-any.whl",
+            "url": "https://example.invalid/fake-1.0-py3-none-any.whl",
+            "sha256": pin_hex(&wheel_d), "size": wheel.len(), "requested": true,
+        }))],
+        conda: vec![pin(json!({
+            "name": "fake", "version": "1.0", "build": "0",
+            "channel": "file:///srv/channel", "subdir": "linux-64",
+            "filename": "fake-1.0-0.conda",
+            "url": "file:///srv/channel/linux-64/fake-1.0-0.conda",
+            "sha256": pin_hex(&conda_d),
+        }))],
     };
     let lock = Lock::new(vec![format!("test = \"{label}\"")], vec![platform]);
     lock.write(&ws.join("kiln.lock")).unwrap();
@@ -561,4 +554,47 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     cmd.args(["cache", "gc", "--cache"]).arg(&f.cache);
     expect_failure_with(&empty, &mut cmd, 2, &["kiln.lock"]);
     assert_eq!(cached(&f.cache), f.needed);
+}
+
+/// The promise end to end: lock and fetch against a registry, move
+/// the cache with export/import, then build with no registry at all (it is
+/// stopped before the offline build).
+#[test]
+fn imported_cache_builds_offline() {
+    let reg = Registry::start(None);
+    let repo = unique_repo("ct-offline");
+    push_scratch_image(&reg, &repo, "v1", &[("hello.txt", "hello offline\n")]);
+    let ws = Workspace::new("ct-offline");
+    ws.write("app.txt", "app\n");
+    ws.spec(&format!(
+        "[image]\nbase = \"{}:v1\"\n\n[[files]]\nsrc = \"app.txt\"\ndst = \"/app.txt\"\n",
+        reg.repo(&repo)
+    ));
+    let source = unique_dir("ct-offline-source");
+    let with = |cache: &Path, args: &[&str]| {
+        let mut c = ws.kiln();
+        c.args(args).arg("--cache").arg(cache);
+        c.run_ok()
+    };
+    with(&source, &["lock"]);
+    with(&source, &["fetch"]);
+    let online = with(&source, &["build", "--json", "-o", "oci:online"]).json();
+    with(&source, &["cache", "export", "moved.tar"]);
+
+    drop(reg);
+    let target = unique_path("ct-offline-target");
+    with(&target, &["cache", "import", "moved.tar"]);
+    let offline = with(
+        &target,
+        &[
+            "build",
+            "--offline",
+            "--locked",
+            "--json",
+            "-o",
+            "oci:offline",
+        ],
+    )
+    .json();
+    assert_eq!(offline["digest"], online["digest"]);
 }

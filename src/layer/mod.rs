@@ -51,7 +51,101 @@ pub fn decompressed<'a>(media_type: &str, blob: impl Read + 'a) -> Result<Box<dy
 }
 
 /// Write `entries` as one layer into the cache. `mtime` applies to every entry.
+///
+/// Memoised: the same entries (paths, metadata and content), mtime and
+/// compression give the same blob, so a layer already built is found by
+/// hashing its inputs, which costs a fraction of tar + compress.
 pub fn build_layer(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<LayerBlob> {
+    let key = input_key(entries, mtime, compression)?;
+    let memo = cache
+        .root()
+        .join("layers")
+        .join(format!("{}.json", key.hex()));
+    if let Some(hit) = read_memo(&memo, cache) {
+        return Ok(hit);
+    }
+    let blob = build_layer_uncached(entries, mtime, compression, cache)?;
+    write_memo(&memo, &blob);
+    Ok(blob)
+}
+
+/// sha256 over everything that decides a layer's bytes.
+fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!(
+        "kiln-layer/1 {} {compression:?} {mtime}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    for e in entries {
+        h.update(format!("{}\0{:o}\0{}\0{}\0", e.path, e.mode, e.uid, e.gid));
+        match &e.kind {
+            EntryKind::Dir => h.update(b"d\0"),
+            EntryKind::Symlink { target } => h.update(format!("l{target}\0")),
+            EntryKind::Data(d) => {
+                h.update(format!("f{}\0", d.len()));
+                h.update(d.as_slice());
+            }
+            EntryKind::File { src, size } => {
+                h.update(format!("f{size}\0"));
+                let mut f = std::fs::File::open(src).map_err(|e| {
+                    Error::input(format!("reading layer input {}: {e}", src.display()))
+                })?;
+                io::copy(&mut f, &mut h).map_err(|e| {
+                    Error::input(format!("reading layer input {}: {e}", src.display()))
+                })?;
+            }
+        }
+    }
+    Ok(Digest::from_hasher(h))
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct Memo {
+    digest: String,
+    diff_id: String,
+    size: u64,
+    media_type: String,
+}
+
+fn read_memo(path: &std::path::Path, cache: &Cache) -> Option<LayerBlob> {
+    let m: Memo = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let digest: Digest = m.digest.parse().ok()?;
+    // The blob itself must still be there and intact (gc, disk damage).
+    cache.verified(&digest).ok()??;
+    Some(LayerBlob {
+        digest,
+        diff_id: m.diff_id.parse().ok()?,
+        size: m.size,
+        media_type: m.media_type,
+    })
+}
+
+/// Best effort: a memo that cannot be written only costs a rebuild later.
+fn write_memo(path: &std::path::Path, b: &LayerBlob) {
+    let m = Memo {
+        digest: b.digest.to_string(),
+        diff_id: b.diff_id.to_string(),
+        size: b.size,
+        media_type: b.media_type.clone(),
+    };
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if serde_json::to_writer(&mut tmp, &m).is_ok() {
+            let _ = tmp.persist(path);
+        }
+    }
+}
+
+fn build_layer_uncached(
     entries: &[Entry],
     mtime: u64,
     compression: Compression,

@@ -47,6 +47,7 @@ bench: release
 	bash benches/apt_compare.sh
 	bash benches/pip_compare.sh
 	$(CARGO) bench --bench conda
+	bash benches/lock_bench.sh
 
 # The main job: build the embedded example image into an OCI layout (no registry, no daemon).
 example: release

@@ -127,6 +127,7 @@ fn bench_install() {
             .arg("-o")
             .arg(format!("oci:{}", dir.path().join(out).display()))
             .env("KILN_CACHE", &cache)
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(st.success());

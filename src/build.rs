@@ -207,6 +207,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         progress: &opts.progress,
         scratch: base.is_scratch(),
         keep: &keep,
+        upgrade_only: None,
     };
     // What each platform's SBOM is read from: the final filesystem view.
     let mut sbom_inputs: Vec<SbomInput> = Vec::new();
@@ -403,8 +404,10 @@ pub struct LockOptions {
     pub insecure_registries: Vec<String>,
     pub cache_dir: PathBuf,
     pub progress: Progress,
-    /// Re-resolve even when the lock matches the spec.
-    pub upgrade: bool,
+    /// `None`: keep a lock that matches the spec. `Some([])`: re-resolve
+    /// everything. `Some(names)`: re-resolve, keeping the locked version of
+    /// every package not named.
+    pub upgrade: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -436,7 +439,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
         conda: count(l, |p| p.conda.len()),
     };
     if let Some(l) = &existing {
-        if l.inputs == inputs && !opts.upgrade {
+        if l.inputs == inputs && opts.upgrade.is_none() {
             return Ok(report(l, "unchanged"));
         }
     }
@@ -463,6 +466,10 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
         progress: &opts.progress,
         scratch: base.is_scratch(),
         keep: &keep,
+        upgrade_only: match (&existing, &opts.upgrade) {
+            (Some(l), Some(names)) if !names.is_empty() => Some((l, names.as_slice())),
+            _ => None,
+        },
     };
     let mut platforms = Vec::new();
     for img in &base.images {

@@ -78,9 +78,10 @@ enum Command {
     Lock {
         #[arg(default_value = "kiln.toml")]
         spec: PathBuf,
-        /// Re-resolve even when the lock still matches the spec.
-        #[arg(long)]
-        upgrade: bool,
+        /// Re-resolve even when the lock still matches the spec: everything,
+        /// or only the packages named (the others keep their locked versions).
+        #[arg(long, value_name = "PKG", num_args = 0..)]
+        upgrade: Option<Vec<String>>,
         #[command(flatten)]
         common: Common,
     },
@@ -282,7 +283,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 insecure_registries: common.insecure_registries.clone(),
                 cache_dir: cache_dir(&common),
                 progress: progress(&common),
-                upgrade: false,
+                upgrade: None,
             })?;
             if common.json {
                 print_json(&report);

@@ -49,6 +49,9 @@ pub struct Stages<'a> {
     pub scratch: bool,
     /// Which base paths the filesystem view keeps the contents of.
     pub keep: &'a dyn Fn(&str) -> bool,
+    /// `kiln lock --upgrade PKG...`: the previous lock, whose versions are
+    /// kept for every package not named.
+    pub upgrade_only: Option<(&'a crate::lock::Lock, &'a [String])>,
 }
 
 /// The pip list of an environment.yml, as recorded in the lock.
@@ -66,8 +69,26 @@ impl Stages<'_> {
     ) -> Result<Outcome> {
         let mut out = Outcome::default();
         let (spec, http, cache) = (self.spec, self.http, self.cache);
+        let previous = self
+            .upgrade_only
+            .and_then(|(l, names)| l.platform(&platform.to_string()).map(|p| (p, names)));
+        let upgrading = |name: &str, names: &[String]| {
+            names
+                .iter()
+                .any(|n| pip::normalize(n) == pip::normalize(name))
+        };
 
         if let Some(section) = &spec.apt {
+            let mut section = section.clone();
+            if let Some((prev, names)) = previous {
+                section.pinned = prev
+                    .apt
+                    .iter()
+                    .filter(|a| !upgrading(&a.name, names))
+                    .map(|a| (a.name.clone(), a.version.clone()))
+                    .collect();
+            }
+            let section = &section;
             let spinner = self
                 .progress
                 .spinner(&format!("apt: resolving for {platform}"));
@@ -96,6 +117,16 @@ impl Stages<'_> {
         }
 
         if let Some(section) = &spec.conda {
+            let mut section = section.clone();
+            if let Some((prev, names)) = previous {
+                section.prefer = prev
+                    .conda
+                    .iter()
+                    .filter(|c| !upgrading(&c.name, names))
+                    .map(|c| c.sha256.clone())
+                    .collect();
+            }
+            let section = &section;
             let spinner = self
                 .progress
                 .spinner(&format!("conda: solving for {platform}"));
@@ -139,6 +170,19 @@ impl Stages<'_> {
         emit: &mut dyn FnMut(&[LayerGroup]) -> Result<()>,
         out: &mut Outcome,
     ) -> Result<()> {
+        let mut section = section.clone();
+        if let Some((prev, names)) = self
+            .upgrade_only
+            .and_then(|(l, names)| l.platform(&platform.to_string()).map(|p| (p, names)))
+        {
+            section.pinned = prev
+                .pip
+                .iter()
+                .filter(|w| w.section == name && !names.iter().any(|n| pip::normalize(n) == w.name))
+                .map(|w| (w.name.clone(), w.version.clone()))
+                .collect();
+        }
+        let section = &section;
         let spinner = self
             .progress
             .spinner(&format!("pip: resolving for {platform}"));

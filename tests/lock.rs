@@ -276,3 +276,66 @@ fn same_digest_across_caches_thread_counts_and_a_second_run() {
     assert_eq!(c["digest"], a["digest"]);
     assert_eq!(c["reproducible"]["reproducible"], true, "{c}");
 }
+
+#[test]
+fn upgrade_some_or_all() {
+    let s = setup("lock-upgrade");
+    let cache = unique_dir("cache");
+    kiln_in(&s, &cache, &["lock"]).run_ok();
+    // Newer versions of everything appear upstream.
+    let python = pkg(
+        "python",
+        "3.11.1",
+        &[],
+        vec![
+            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
+            file("lib/python3.11/os.py", b"# os\n"),
+        ],
+    );
+    let mut all = vec![python];
+    for v in ["1.0", "2.0"] {
+        all.push(pkg(
+            "libdemo",
+            v,
+            &[],
+            vec![file("share/demo", v.as_bytes())],
+        ));
+    }
+    all.push(pkg(
+        "python",
+        "3.11.0",
+        &[],
+        vec![
+            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
+            file("lib/python3.11/os.py", b"# os\n"),
+        ],
+    ));
+    write_channel(&s.ws.join("channel"), &all);
+    wheel(&s.ws, "tinywheel", "1.1");
+    let pinned = |name: &str| -> String {
+        let text = fs::read_to_string(s.ws.join("kiln.lock")).unwrap();
+        let lock: toml::Value = toml::from_str(&text).unwrap();
+        let p = &lock["platform"][0];
+        p["conda"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(p["pip"].as_array().unwrap())
+            .find(|e| e["name"].as_str() == Some(name))
+            .map(|e| e["version"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(pinned("libdemo"), "1.0");
+    // Unchanged spec, no --upgrade: nothing moves.
+    let r = kiln_in(&s, &cache, &["lock", "--json"]).run_ok().json();
+    assert_eq!(r["status"], "unchanged");
+    // Only libdemo moves.
+    kiln_in(&s, &cache, &["lock", "--upgrade", "libdemo"]).run_ok();
+    assert_eq!(pinned("libdemo"), "2.0");
+    assert_eq!(pinned("python"), "3.11.0");
+    assert_eq!(pinned("tinywheel"), "1.0");
+    // Everything moves.
+    kiln_in(&s, &cache, &["lock", "--upgrade"]).run_ok();
+    assert_eq!(pinned("python"), "3.11.1");
+    assert_eq!(pinned("tinywheel"), "1.1");
+}

@@ -47,7 +47,13 @@ target = "/opt/venv"
     let r = Command::new("unshare")
         .current_dir(ws.path())
         .env("KILN_CACHE", &empty)
-        .args(["-n", env!("CARGO_BIN_EXE_kiln"), "build", "-o", "oci:offline"])
+        .args([
+            "-n",
+            env!("CARGO_BIN_EXE_kiln"),
+            "build",
+            "-o",
+            "oci:offline",
+        ])
         .args(["--offline", "--frozen", "--json"])
         .run_ok();
     assert_eq!(r.json()["digest"], online["digest"], "{}", r.describe());
@@ -65,7 +71,10 @@ target = "/opt/venv"
         .collect();
     let rootfs = umoci_unpack(&ws.join("offline"), "t", &ws.join("bundle"));
     let rows = Command::new("dpkg-query")
-        .arg(format!("--admindir={}", rootfs.join("var/lib/dpkg").display()))
+        .arg(format!(
+            "--admindir={}",
+            rootfs.join("var/lib/dpkg").display()
+        ))
         .args(["-W", "-f", "${Package}\\n"])
         .run_ok();
     let debs: Vec<&str> = rows.stdout.lines().filter(|l| !l.is_empty()).collect();
@@ -74,7 +83,9 @@ target = "/opt/venv"
         // purl names are percent-encoded (`libstdc++6` → `libstdc%2B%2B6`).
         let name = name.replace('+', "%2B");
         assert!(
-            purls.iter().any(|u| u.starts_with(&format!("pkg:deb/debian/{name}@"))),
+            purls
+                .iter()
+                .any(|u| u.starts_with(&format!("pkg:deb/debian/{name}@"))),
             "dpkg package {name} missing from the SBOM"
         );
     }
@@ -86,9 +97,16 @@ target = "/opt/venv"
     for e in fs::read_dir(site).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".dist-info") {
-            let project = stem.rsplit_once('-').unwrap().0.to_lowercase().replace('_', "-");
+            let project = stem
+                .rsplit_once('-')
+                .unwrap()
+                .0
+                .to_lowercase()
+                .replace('_', "-");
             assert!(
-                purls.iter().any(|u| u.starts_with(&format!("pkg:pypi/{project}@"))),
+                purls
+                    .iter()
+                    .any(|u| u.starts_with(&format!("pkg:pypi/{project}@"))),
                 "{name} missing from the SBOM: {purls:?}"
             );
         }

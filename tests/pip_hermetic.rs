@@ -369,9 +369,10 @@ fn resolves_for_python_39_with_extras_and_installs() {
         p.already_installed,
         vec![("six".to_string(), "1.16.0".to_string())]
     );
-    assert_eq!(groups.len(), 1);
-    let entries = &groups[0].1;
-    assert!(groups[0].0.contains("demo==1.0"));
+    // One layer per wheel: a version bump re-pushes only that wheel.
+    assert_eq!(groups.len(), p.wheels.len());
+    assert_eq!(groups[0].0, "pip install demo==1.0");
+    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
     let site = "usr/local/lib/python3.9/dist-packages";
     assert!(entries
         .iter()
@@ -410,13 +411,15 @@ fn resolves_for_python_39_with_extras_and_installs() {
     let record = text(entries, &format!("{site}/demo-1.0.dist-info/RECORD"));
     assert!(record.contains("../../../bin/demo-cli,sha256="), "{record}");
     assert!(record.contains("demo/cli.py,sha256="), "{record}");
-    // Sorted, parents first, each path once.
-    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    let mut sorted = paths.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(paths, sorted);
-    assert!(paths.contains(&"usr/local/lib"));
+    // Each layer: sorted, parents first, each path once.
+    for (_, layer) in &groups {
+        let paths: Vec<&str> = layer.iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(paths, sorted);
+        assert!(paths.contains(&"usr/local/lib"));
+    }
 }
 
 #[test]
@@ -454,7 +457,7 @@ fn python_311_target_gets_other_markers_and_platform_wheel() {
 fn venv_target() {
     let (p, groups, _d) = run(&["helper"], 11, "/opt/venv");
     assert_eq!(pins(&p), vec!["helper==2.0"]);
-    let entries = &groups[0].1;
+    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
     assert!(text(entries, "opt/venv/pyvenv.cfg").contains("home = /usr/bin"));
     assert!(entries
         .iter()

@@ -30,7 +30,7 @@ use sources::Source;
 /// The keyring used when a source names none.
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptSection {
     #[serde(default)]
@@ -44,6 +44,10 @@ pub struct AptSection {
     pub suite: Option<String>,
     /// Keyring for sources that name none (default: Debian's archive keyring).
     pub keyring: Option<String>,
+    /// `kiln lock --upgrade PKG`: versions to keep from the previous lock
+    /// (name → version) for packages not being upgraded.
+    #[serde(skip)]
+    pub pinned: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,7 +57,7 @@ pub enum Bootstrap {
     Essential,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum SourceEntry {
     Line(String),
@@ -287,6 +291,15 @@ pub fn plan(
             pkgs.into_iter()
                 .filter(|p| p.arch == arch || p.arch == "all"),
         );
+    }
+    if !section.pinned.is_empty() {
+        universe.retain(|p| {
+            p.installed
+                || section
+                    .pinned
+                    .get(&p.name)
+                    .is_none_or(|v| *v == p.version.to_string())
+        });
     }
     let mut requests: Vec<Vec<Dep>> = section
         .packages

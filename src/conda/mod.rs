@@ -63,6 +63,10 @@ pub struct CondaSection {
     /// it) or `disabled`.
     #[serde(default)]
     pub channel_priority: Priority,
+    /// `kiln lock --upgrade PKG`: sha256 of the previous lock's packages to
+    /// prefer (not force) for packages not being upgraded.
+    #[serde(skip)]
+    pub prefer: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -320,7 +324,17 @@ pub fn plan(
     let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
     let base = installed(fs, &prefix)?;
     let available = channels::fetch_all(&req.channels, subdir, http)?;
-    let locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
+    let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
+    for r in available.iter().flatten() {
+        let sha = r.package_record.sha256.map(hex::encode);
+        if sha.is_some_and(|h| section.prefer.contains(&h))
+            && !locked
+                .iter()
+                .any(|l| l.package_record.name == r.package_record.name)
+        {
+            locked.push(r.clone());
+        }
+    }
     let solution = solve(
         &available,
         &locked,
@@ -639,6 +653,7 @@ mod tests {
             environment: None,
             virtual_packages: BTreeMap::new(),
             channel_priority: Priority::Strict,
+            prefer: Vec::new(),
         };
         let e = request(&s, Path::new("/")).err().unwrap().to_string();
         assert!(e.contains("not a valid MatchSpec"), "{e}");

@@ -33,6 +33,7 @@ pub struct PushReport {
     pub referrers: usize,
     /// Their blobs (SBOMs, the empty config) uploaded; not in `blobs_uploaded`.
     pub referrer_blobs_uploaded: usize,
+    pub referrer_bytes_uploaded: u64,
     /// Referrers tag schema indexes (`sha256-<hex>`) written, for registries
     /// without the referrers API.
     pub referrer_tags_updated: usize,
@@ -114,6 +115,7 @@ pub fn push_sboms(
             if !registry.blob_exists(target, digest)? {
                 registry.push_blob(target, &blobs.path(digest)?, digest, size)?;
                 report.referrer_blobs_uploaded += 1;
+                report.referrer_bytes_uploaded += size;
             }
         }
         let manifest = json!({

@@ -35,6 +35,11 @@ pub use target::PythonTarget;
 /// Wheels larger than this get a layer of their own.
 pub const BIG_WHEEL: u64 = 20 << 20;
 
+/// Up to this many wheels, each gets a layer of its own, so a version bump
+/// re-pushes only that wheel; beyond it small wheels share one layer (images
+/// have a practical limit of ~125 layers).
+pub const OWN_LAYERS_UP_TO: usize = 24;
+
 fn default_target() -> String {
     "system".into()
 }
@@ -73,6 +78,10 @@ pub struct PipSection {
     /// `(origin, directory relative paths resolve against, lines)`.
     #[serde(skip)]
     pub inline: Vec<(String, std::path::PathBuf, String)>,
+    /// `kiln lock --upgrade PKG`: versions to keep from the previous lock
+    /// (name → version), applied as constraints.
+    #[serde(skip)]
+    pub pinned: BTreeMap<String, String>,
 }
 
 impl Default for PipSection {
@@ -88,6 +97,7 @@ impl Default for PipSection {
             isolated: false,
             no_index: false,
             inline: Vec::new(),
+            pinned: BTreeMap::new(),
         }
     }
 }
@@ -217,6 +227,13 @@ pub fn plan(
     }
     for (origin, dir, text) in &section.inline {
         spec::read_requirements_text(text, origin, dir, &mut inputs, false, 0)?;
+    }
+    for (name, version) in &section.pinned {
+        inputs.constraints.push(spec::parse_requirement(
+            &format!("{name}=={version}"),
+            spec_dir,
+            "kiln.lock",
+        )?);
     }
     let (indexes, find_links) = sources(section, spec_dir, &inputs)?;
     if indexes.is_empty() && find_links.is_empty() {
@@ -373,7 +390,8 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<crate::lock::PipPin> {
         .collect()
 }
 
-/// Layer entry groups: one per big wheel, one for all small wheels (plus a venv skeleton).
+/// Layer entry groups: one per wheel (or per big wheel and one for the small
+/// ones when there are many), plus the venv skeleton.
 pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels
@@ -406,7 +424,7 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
     add(&mut small, install::venv_entries(&plan.python));
     for (w, entries) in plan.wheels.iter().zip(laid_out) {
         let entries = entries?;
-        if w.size > BIG_WHEEL {
+        if w.size > BIG_WHEEL || plan.wheels.len() <= OWN_LAYERS_UP_TO {
             let mut t = Tree::default();
             add(&mut t, entries);
             groups.push((

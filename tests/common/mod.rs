@@ -1702,4 +1702,3 @@ pub fn assert_valid_spdx(path: &Path) {
         r.describe()
     );
 }
-

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::cache::Cache;
-use kiln::layer::{build_layer, tree::collect_files, Compression};
+use kiln::layer::{build_layer_fresh, tree::collect_files, Compression};
 use kiln::spec::Spec;
 
 const SMALL_FILES: usize = 20_000;
@@ -121,7 +121,7 @@ fn main() {
             let cache = Cache::open(cache_dir.path()).unwrap();
             let t = Instant::now();
             let entries = collect_files(&spec.files[0], Path::new("/")).unwrap();
-            let blob = build_layer(&entries, 0, c, &cache).unwrap();
+            let blob = build_layer_fresh(&entries, 0, c, &cache).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
             out = Some(blob);
         }

@@ -21,6 +21,7 @@ use crate::image::{self, AssemblyInputs, NewLayer};
 use crate::inventory::{self, Rootfs};
 use crate::layer::{self, Compression, LayerBlob};
 use crate::lock::{self, Lock, LockedPlatform};
+use crate::memo::{self, PlatformMemo};
 use crate::output::{archive, layout, push};
 use crate::pip;
 use crate::progress::Progress;
@@ -48,6 +49,9 @@ pub struct BuildOptions {
     /// No network at all: packages from the cache (or `file://`), a base
     /// pinned by digest from the cache.
     pub offline: bool,
+    /// Reuse layers and locked stages built before from the same inputs
+    /// (off for the second build of `--check-reproducible`).
+    pub reuse: bool,
 }
 
 /// How a build uses kiln.lock.
@@ -71,6 +75,8 @@ pub struct BuildReport {
     pub digest: String,
     /// `used` (pins from kiln.lock), `absent` or `stale` (resolved afresh).
     pub lock: String,
+    /// Platforms whose locked stages were taken from an earlier identical build.
+    pub stages_reused: usize,
     pub media_type: String,
     pub manifests: Vec<ManifestReport>,
     /// Layers kiln built (base layers are not listed).
@@ -211,10 +217,47 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     };
     // What each platform's SBOM is read from: the final filesystem view.
     let mut sbom_inputs: Vec<SbomInput> = Vec::new();
+    let mut stages_reused = 0;
     for img in &base.images {
         if !has_stages && !opts.sbom {
             per_platform.push(Vec::new());
             continue;
+        }
+        let locked = pinned
+            .as_ref()
+            .map(|l| locked_platform(l, &img.platform))
+            .transpose()?;
+        // A locked platform built before with the same inputs: reuse it.
+        let memo_key = pinned.as_ref().zip(locked).map(|(l, p)| {
+            memo::key(
+                l,
+                p,
+                img.manifest_digest.as_ref(),
+                opts.epoch,
+                opts.compression,
+                opts.sbom,
+            )
+        });
+        let remembered = memo_key
+            .as_ref()
+            .filter(|_| opts.reuse)
+            .and_then(|k| PlatformMemo::read(&cache, k));
+        if let Some(m) = remembered {
+            if let Some(layers) = m.layers() {
+                stages_reused += 1;
+                per_platform.push(layers);
+                if opts.sbom {
+                    sbom_inputs.push(SbomInput {
+                        fs: m.fs(),
+                        base_purls: m.base_purls.clone(),
+                        known: known_checksums(locked),
+                    });
+                }
+                apt_reports.extend(m.apt);
+                conda_reports.extend(m.conda);
+                pip_reports.extend(m.pip);
+                continue;
+            }
         }
         let mut fs = if base.is_scratch() {
             Rootfs::default()
@@ -225,30 +268,29 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         if opts.sbom {
             sbom_in.base_purls = sbom::purls(&sbom::scan(&fs));
         }
-        let locked = pinned
-            .as_ref()
-            .map(|l| locked_platform(l, &img.platform))
-            .transpose()?;
         let mut layers = Vec::new();
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
             layers.extend(build_groups(groups, opts, &cache)?);
             Ok(())
         })?;
+        if let Some(key) = &memo_key {
+            if let Ok(m) = PlatformMemo::new(
+                &layers,
+                outcome.apt.as_ref(),
+                outcome.conda.as_ref(),
+                &outcome.pip,
+                &sbom_in.base_purls,
+                &fs,
+            ) {
+                m.write(&cache, key);
+            }
+        }
         per_platform.push(layers);
         apt_reports.extend(outcome.apt);
         conda_reports.extend(outcome.conda);
         pip_reports.extend(outcome.pip);
         if opts.sbom {
-            for a in &outcome.pins.apt {
-                if let Ok(d) = format!("sha256:{}", a.sha256).parse() {
-                    sbom_in.known.add_deb(&a.name, &a.version, &a.arch, &d);
-                }
-            }
-            for w in &outcome.pins.pip {
-                if let Ok(d) = format!("sha256:{}", w.sha256).parse() {
-                    sbom_in.known.add_wheel(&w.name, &w.version, &d);
-                }
-            }
+            sbom_in.known = known_checksums(Some(&outcome.pins));
             sbom_in.fs = fs;
             sbom_inputs.push(sbom_in);
         }
@@ -368,6 +410,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 
     Ok(BuildReport {
         lock: lock_status.to_string(),
+        stages_reused,
         digest: assembled.top().digest.to_string(),
         media_type: assembled.top().media_type.clone(),
         manifests: assembled
@@ -585,6 +628,7 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         sbom: opts.sbom,
         lock_mode: opts.lock_mode,
         offline: opts.offline,
+        reuse: false,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -604,6 +648,23 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         second: second.digest,
         differing_layers,
     })
+}
+
+/// sha256 of the `.deb`s and wheels a platform's pins name, for the SBOM.
+fn known_checksums(pins: Option<&LockedPlatform>) -> sbom::Known {
+    let mut known = sbom::Known::default();
+    let Some(pins) = pins else { return known };
+    for a in &pins.apt {
+        if let Ok(d) = format!("sha256:{}", a.sha256).parse() {
+            known.add_deb(&a.name, &a.version, &a.arch, &d);
+        }
+    }
+    for w in &pins.pip {
+        if let Ok(d) = format!("sha256:{}", w.sha256).parse() {
+            known.add_wheel(&w.name, &w.version, &d);
+        }
+    }
+    known
 }
 
 /// Base paths whose contents some stage (or the SBOM) reads.
@@ -708,7 +769,11 @@ fn build_groups(
     let out = groups
         .par_iter()
         .map(|(label, entries)| {
-            let blob = layer::build_layer(entries, opts.epoch, opts.compression, cache)?;
+            let blob = if opts.reuse {
+                layer::build_layer(entries, opts.epoch, opts.compression, cache)?
+            } else {
+                layer::build_layer_fresh(entries, opts.epoch, opts.compression, cache)?
+            };
             bar.inc(1);
             Ok(NewLayer {
                 blob,

@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod layer;
 pub mod lock;
 pub mod manifest;
+pub mod memo;
 pub mod output;
 pub mod pip;
 pub mod platform;

@@ -206,6 +206,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     LockMode::Auto
                 },
                 offline,
+                reuse: true,
             };
             let report = build::build(&opts)?;
             let repro = if check_reproducible {

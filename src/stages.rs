@@ -21,7 +21,7 @@ use crate::platform::Platform;
 use crate::progress::Progress;
 use crate::spec::Spec;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct PipReport {
     pub python: String,
     pub installed: Vec<String>,
@@ -123,7 +123,7 @@ impl Stages<'_> {
                     .conda
                     .iter()
                     .filter(|c| !upgrading(&c.name, names))
-                    .map(|c| c.sha256.clone())
+                    .map(|c| (c.name.clone(), c.version.clone(), c.build.clone()))
                     .collect();
             }
             let section = &section;

@@ -137,6 +137,24 @@ fn lock_pins_every_input_and_builds_from_it() {
     let locked = build(&s, &cache, "locked", &["--locked"]);
     assert_eq!(locked["lock"], "used");
     assert_eq!(locked["digest"], unlocked["digest"]);
+    // A second locked build takes the stages from the first, same result.
+    let reused = build(&s, &cache, "reused", &["--locked"]);
+    assert_eq!(reused["stages_reused"], 1, "{reused}");
+    assert_eq!(reused["digest"], unlocked["digest"]);
+    assert_eq!(
+        fs::read(s.ws.join("reused/sbom/linux-amd64.spdx.json")).unwrap(),
+        fs::read(s.ws.join("locked/sbom/linux-amd64.spdx.json")).unwrap()
+    );
+    // A damaged layer in the cache: the stages run again, same result.
+    let layer = reused["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let blob = cache.join("blobs/sha256").join(layer);
+    fs::write(&blob, b"damaged").unwrap();
+    let rebuilt = build(&s, &cache, "rebuilt", &["--locked"]);
+    assert_eq!(rebuilt["stages_reused"], 0, "{rebuilt}");
+    assert_eq!(rebuilt["digest"], unlocked["digest"]);
 
     // The base tag moves on; the lock keeps the image on the pinned base.
     push_scratch_image(

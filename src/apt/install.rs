@@ -26,7 +26,7 @@ use crate::layer::{Entry, EntryKind, LayerGroup, Tree};
 const LAYER_BUDGET: u64 = 128 << 20;
 const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct AptReport {
     pub installed: Vec<String>,
     /// `package: script` pairs whose effects were not reproduced.

@@ -63,10 +63,10 @@ pub struct CondaSection {
     /// it) or `disabled`.
     #[serde(default)]
     pub channel_priority: Priority,
-    /// `kiln lock --upgrade PKG`: sha256 of the previous lock's packages to
-    /// prefer (not force) for packages not being upgraded.
+    /// `kiln lock --upgrade PKG`: `(name, version, build)` of the previous
+    /// lock's packages to prefer (not force) for packages not being upgraded.
     #[serde(skip)]
-    pub prefer: Vec<String>,
+    pub prefer: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub struct Pinned {
     pub requested: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CondaReport {
     pub prefix: String,
     pub subdir: String,
@@ -326,8 +326,13 @@ pub fn plan(
     let available = channels::fetch_all(&req.channels, subdir, http)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
-        let sha = r.package_record.sha256.map(hex::encode);
-        if sha.is_some_and(|h| section.prefer.contains(&h))
+        let p = &r.package_record;
+        let id = (
+            p.name.as_normalized().to_string(),
+            p.version.to_string(),
+            p.build.as_str().to_string(),
+        );
+        if section.prefer.contains(&id)
             && !locked
                 .iter()
                 .any(|l| l.package_record.name == r.package_record.name)

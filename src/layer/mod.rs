@@ -69,7 +69,7 @@ pub fn build_layer(
     if let Some(hit) = read_memo(&memo, cache) {
         return Ok(hit);
     }
-    let blob = build_layer_uncached(entries, mtime, compression, cache)?;
+    let blob = build_layer_fresh(entries, mtime, compression, cache)?;
     write_memo(&memo, &blob);
     Ok(blob)
 }
@@ -145,7 +145,8 @@ fn write_memo(path: &std::path::Path, b: &LayerBlob) {
     }
 }
 
-fn build_layer_uncached(
+/// Write `entries` as one layer, always tarring and compressing (no memo).
+pub fn build_layer_fresh(
     entries: &[Entry],
     mtime: u64,
     compression: Compression,

@@ -1,0 +1,163 @@
+//! A locked platform's package stages, remembered: with kiln.lock in use,
+//! the layers the stages make are a function of the pins, the base
+//! manifest, the spec's inputs, the epoch, the compression and kiln's
+//! version. A rebuild with all of those unchanged takes the layers (verified
+//! in the cache), the reports and the files the SBOM reads from here instead
+//! of unpacking every package again.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apt::AptReport;
+use crate::cache::Cache;
+use crate::conda::CondaReport;
+use crate::digest::Digest;
+use crate::image::NewLayer;
+use crate::inventory::{Node, Rootfs};
+use crate::layer::{Compression, LayerBlob};
+use crate::lock::{Lock, LockedPlatform};
+use crate::stages::PipReport;
+
+#[derive(Serialize, Deserialize)]
+pub struct PlatformMemo {
+    layers: Vec<MemoLayer>,
+    pub apt: Option<AptReport>,
+    pub conda: Option<CondaReport>,
+    pub pip: Vec<PipReport>,
+    /// purls of the base's packages (for the SBOM).
+    pub base_purls: std::collections::BTreeSet<String>,
+    /// Contents the filesystem view kept (package databases, dist-info
+    /// metadata, conda-meta) after the stages.
+    kept: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemoLayer {
+    digest: String,
+    diff_id: String,
+    size: u64,
+    media_type: String,
+    created_by: String,
+}
+
+/// The memo's key for one platform of a locked build.
+pub fn key(
+    lock: &Lock,
+    platform: &LockedPlatform,
+    base_manifest: Option<&Digest>,
+    epoch: u64,
+    compression: Compression,
+    sbom: bool,
+) -> Digest {
+    let pins = serde_json::to_string(platform).unwrap_or_default();
+    Digest::of(
+        format!(
+            "kiln-stages/1 {} {} {:?} {epoch} {compression:?} sbom={sbom}\n{pins}",
+            env!("CARGO_PKG_VERSION"),
+            lock.inputs_hash,
+            base_manifest.map(|d| d.to_string()),
+        )
+        .as_bytes(),
+    )
+}
+
+fn path(cache: &Cache, key: &Digest) -> PathBuf {
+    cache
+        .root()
+        .join("stages")
+        .join(format!("{}.json", key.hex()))
+}
+
+impl PlatformMemo {
+    pub fn new(
+        layers: &[NewLayer],
+        apt: Option<&AptReport>,
+        conda: Option<&CondaReport>,
+        pip: &[PipReport],
+        base_purls: &std::collections::BTreeSet<String>,
+        fs: &Rootfs,
+    ) -> serde_json::Result<Self> {
+        // The reports are copied through JSON (they are not Clone).
+        Ok(PlatformMemo {
+            layers: layers
+                .iter()
+                .map(|l| MemoLayer {
+                    digest: l.blob.digest.to_string(),
+                    diff_id: l.blob.diff_id.to_string(),
+                    size: l.blob.size,
+                    media_type: l.blob.media_type.clone(),
+                    created_by: l.created_by.clone(),
+                })
+                .collect(),
+            apt: apt
+                .map(|a| serde_json::from_value(serde_json::to_value(a)?))
+                .transpose()?,
+            conda: conda
+                .map(|c| serde_json::from_value(serde_json::to_value(c)?))
+                .transpose()?,
+            pip: serde_json::from_value(serde_json::to_value(pip)?)?,
+            base_purls: base_purls.clone(),
+            kept: fs
+                .paths()
+                .filter_map(|(p, n)| match n {
+                    Node::File {
+                        content: Some(c), ..
+                    } => Some((p.clone(), c.clone())),
+                    _ => None,
+                })
+                .collect(),
+        })
+    }
+
+    /// A remembered result whose layers are all still in the cache.
+    pub fn read(cache: &Cache, key: &Digest) -> Option<PlatformMemo> {
+        let m: PlatformMemo =
+            serde_json::from_slice(&std::fs::read(path(cache, key)).ok()?).ok()?;
+        for l in &m.layers {
+            let d: Digest = l.digest.parse().ok()?;
+            cache.verified(&d).ok()??;
+        }
+        Some(m)
+    }
+
+    /// Best effort: a memo that cannot be written only costs a rebuild.
+    pub fn write(&self, cache: &Cache, key: &Digest) {
+        let p = path(cache, key);
+        let Some(dir) = p.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+            if serde_json::to_writer(&mut tmp, self).is_ok() {
+                let _ = tmp.persist(&p);
+            }
+        }
+    }
+
+    pub fn layers(&self) -> Option<Vec<NewLayer>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                Some(NewLayer {
+                    blob: LayerBlob {
+                        digest: l.digest.parse().ok()?,
+                        diff_id: l.diff_id.parse().ok()?,
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    },
+                    created_by: l.created_by.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The filesystem view the SBOM reads: the kept files.
+    pub fn fs(&self) -> Rootfs {
+        let mut fs = Rootfs::default();
+        for (p, c) in &self.kept {
+            fs.insert_file(p, c);
+        }
+        fs
+    }
+}

@@ -120,8 +120,7 @@ pub fn epoch_from_env() -> Result<u64> {
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let spec = Spec::load(&opts.spec)?;
     let spec_dir = spec.dir();
-    let base_src = ImageSource::parse(&spec.image.base, &spec_dir)
-        .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))?;
+    let base_src = base_source(&spec)?;
     let tags: Vec<String> = spec.image.tags.iter().map(|t| t.0.clone()).collect();
     let push_repo = if opts.push {
         Some(
@@ -486,8 +485,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             return Ok(report(l, "unchanged"));
         }
     }
-    let base_src = ImageSource::parse(&spec.image.base, &spec_dir)
-        .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))?;
+    let base_src = base_source(&spec)?;
     let cache = Cache::open(&opts.cache_dir)?;
     let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
     let mut blobs = Blobs::new(&cache, registry.as_ref());
@@ -559,11 +557,7 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
         return Err(Error::internal("a locked build without a lock"));
     };
     let cache = Cache::open(&opts.cache_dir)?;
-    let base_src = pinned_base(
-        ImageSource::parse(&spec.image.base, &spec.dir())
-            .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))?,
-        Some(&lock),
-    );
+    let base_src = pinned_base(base_source(&spec)?, Some(&lock));
     let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
     let mut blobs = Blobs::new(&cache, registry.as_ref());
     let base = base::load(
@@ -665,6 +659,12 @@ fn known_checksums(pins: Option<&LockedPlatform>) -> sbom::Known {
         }
     }
     known
+}
+
+/// The spec's `[image] base`.
+fn base_source(spec: &Spec) -> Result<ImageSource> {
+    ImageSource::parse(&spec.image.base, &spec.dir())
+        .map_err(|e| e.context(format!("{}: [image] base", spec.path.display())))
 }
 
 /// Base paths whose contents some stage (or the SBOM) reads.

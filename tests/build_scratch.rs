@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime};
 
 const FULL_SPEC: &str = r#"
@@ -619,14 +619,7 @@ dst = "/hello.txt"
 fn busybox_shell_runs_in_chroot() {
     let busybox = require_tool("busybox");
     let ws = Workspace::new("scratch-busybox");
-    ws.mkdir("rootfs/bin", 0o755);
-    fs::copy(&busybox, ws.join("rootfs/bin/busybox")).unwrap();
-    fs::set_permissions(
-        ws.join("rootfs/bin/busybox"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    ws.symlink("rootfs/bin/sh", "busybox");
+    busybox_rootfs(&ws);
     ws.spec(
         r#"
 [image]

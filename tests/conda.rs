@@ -10,7 +10,6 @@ mod conda_channel;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -77,16 +76,7 @@ fn packages() -> Vec<Pkg> {
             script("bin/.app-post-link.sh", "#!/bin/sh\necho linked\n"),
         ],
     );
-    let python = pkg(
-        "python",
-        "3.11.0",
-        &[],
-        vec![
-            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
-            link("bin/python", "python3.11"),
-            file("lib/python3.11/os.py", b"# os\n"),
-        ],
-    );
+    let python = fake_python("3.11.0");
     let mut hello = pkg(
         "hello-py",
         "0.1",
@@ -115,19 +105,6 @@ fn channel(ws: &Workspace) -> PathBuf {
     let dir = ws.join("channel");
     write_channel(&dir, &packages());
     dir
-}
-
-/// `/bin/sh` (busybox) for running scripts under chroot.
-fn shell_rootfs(ws: &Workspace) {
-    let busybox = require_tool("busybox");
-    fs::create_dir_all(ws.join("rootfs/bin")).unwrap();
-    fs::copy(&busybox, ws.join("rootfs/bin/busybox")).unwrap();
-    fs::set_permissions(
-        ws.join("rootfs/bin/busybox"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    ws.symlink("rootfs/bin/sh", "busybox");
 }
 
 fn toml_list(items: &[&str]) -> String {
@@ -209,7 +186,7 @@ fn conda_meta(rootfs: &Path) -> Vec<rattler_conda_types::PrefixRecord> {
 fn installs_from_a_file_channel_with_placeholders_noarch_and_meta() {
     let ws = Workspace::new("conda-file");
     let chan = channel(&ws);
-    shell_rootfs(&ws);
+    busybox_rootfs(&ws);
     spec(
         &ws,
         "scratch",

@@ -48,15 +48,7 @@ fn wheel(ws: &Workspace, name: &str, version: &str) {
 
 fn setup(label: &str) -> Setup {
     let ws = Workspace::new(label);
-    let python = pkg(
-        "python",
-        "3.11.0",
-        &[],
-        vec![
-            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
-            file("lib/python3.11/os.py", b"# os\n"),
-        ],
-    );
+    let python = fake_python("3.11.0");
     let lib1 = pkg("libdemo", "1.0", &[], vec![file("share/demo", b"1.0\n")]);
     write_channel(&ws.join("channel"), &[python, lib1]);
     let server = FileServer::start(&ws.join("channel"));
@@ -301,15 +293,7 @@ fn upgrade_some_or_all() {
     let cache = unique_dir("cache");
     kiln_in(&s, &cache, &["lock"]).run_ok();
     // Newer versions of everything appear upstream.
-    let python = pkg(
-        "python",
-        "3.11.1",
-        &[],
-        vec![
-            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
-            file("lib/python3.11/os.py", b"# os\n"),
-        ],
-    );
+    let python = fake_python("3.11.1");
     let mut all = vec![python];
     for v in ["1.0", "2.0"] {
         all.push(pkg(
@@ -319,15 +303,7 @@ fn upgrade_some_or_all() {
             vec![file("share/demo", v.as_bytes())],
         ));
     }
-    all.push(pkg(
-        "python",
-        "3.11.0",
-        &[],
-        vec![
-            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
-            file("lib/python3.11/os.py", b"# os\n"),
-        ],
-    ));
+    all.push(fake_python("3.11.0"));
     write_channel(&s.ws.join("channel"), &all);
     wheel(&s.ws, "tinywheel", "1.1");
     let pinned = |name: &str| -> String {

@@ -1702,3 +1702,17 @@ pub fn assert_valid_spdx(path: &Path) {
         r.describe()
     );
 }
+
+/// `WS/rootfs/bin/busybox` (busybox-static) and `bin/sh -> busybox`: a real
+/// shell to copy into an image with `[[files]] src = "rootfs"`.
+pub fn busybox_rootfs(ws: &Workspace) {
+    let busybox = require_tool("busybox");
+    ws.mkdir("rootfs/bin", 0o755);
+    fs::copy(&busybox, ws.join("rootfs/bin/busybox")).unwrap();
+    fs::set_permissions(
+        ws.join("rootfs/bin/busybox"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    ws.symlink("rootfs/bin/sh", "busybox");
+}

@@ -55,6 +55,21 @@ pub fn link(path: &str, target: &str) -> File {
     }
 }
 
+/// A `python` package with just enough for kiln to find an interpreter:
+/// `bin/python3.11` (a shell script), `bin/python` and `lib/python3.11/os.py`.
+pub fn fake_python(version: &str) -> Pkg {
+    pkg(
+        "python",
+        version,
+        &[],
+        vec![
+            script("bin/python3.11", "#!/bin/sh\necho fake python\n"),
+            link("bin/python", "python3.11"),
+            file("lib/python3.11/os.py", b"# os\n"),
+        ],
+    )
+}
+
 #[derive(Clone)]
 pub struct Pkg {
     pub name: String,

@@ -54,9 +54,11 @@ target = "/opt/venv"
             "-o",
             "oci:offline",
         ])
-        .args(["--offline", "--frozen", "--json"])
+        // The second, one-thread build of --check-reproducible reuses nothing.
+        .args(["--offline", "--frozen", "--check-reproducible", "--json"])
         .run_ok();
     assert_eq!(r.json()["digest"], online["digest"], "{}", r.describe());
+    assert_eq!(r.json()["reproducible"]["reproducible"], true);
 
     // The SBOM lists what dpkg and the Python dist-infos in the image say.
     let sbom_path = ws.join("offline/sbom/linux-amd64.spdx.json");

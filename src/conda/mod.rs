@@ -649,6 +649,36 @@ mod tests {
     }
 
     #[test]
+    fn the_matchspec_forms_people_write() {
+        let s = CondaSection {
+            prefix: "/opt/conda".into(),
+            channels: vec!["conda-forge".into()],
+            channel_alias: None,
+            packages: vec![
+                "conda-forge::numpy==1.17*".into(),
+                "numpy>=1.26,<2".into(),
+                "python=3.11".into(),
+                "openblas=*=pthreads*".into(),
+                "scipy 1.11.* py311*".into(),
+            ],
+            environment: None,
+            virtual_packages: BTreeMap::new(),
+            channel_priority: Priority::Strict,
+            prefer: Vec::new(),
+        };
+        let r = request(&s, Path::new("/")).unwrap();
+        assert_eq!(r.specs.len(), 5);
+        assert_eq!(
+            r.specs[0].channel.as_ref().unwrap().name.as_deref(),
+            Some("conda-forge")
+        );
+        let openblas = r.specs[3].to_string();
+        assert!(openblas.contains("pthreads"), "{openblas}");
+        // One channel: the named one and the spec's `conda-forge::` are the same.
+        assert_eq!(r.channels.len(), 1);
+    }
+
+    #[test]
     fn bad_matchspec_and_prefix() {
         let s = CondaSection {
             prefix: "/opt/conda".into(),

@@ -248,6 +248,20 @@ fn packages() -> Vec<Deb<'static>> {
                 "#!/bin/sh\nset -e\nadduser --system --home /nonexistent --no-create-home --quiet svcuser || true\nexit 0\n",
             ),
         },
+        Deb {
+            name: "accounts-demo",
+            version: "1.0",
+            arch: ARCH,
+            control: &[],
+            files: &[(
+                "usr/lib/sysusers.d/accounts-demo.conf",
+                "g tss 120\nu tss 120:120 \"TPM stack\" /var/lib/tpm\n",
+                0o644,
+            )],
+            postinst: Some(
+                "#!/bin/sh\nset -e\nif ! getent group kilngrp >/dev/null; then\n    addgroup --system --quiet kilngrp\nfi\nuseradd -r -g kilngrp -d /var/lib/kilnd -s /usr/sbin/nologin kilnd || true\nexit 0\n",
+            ),
+        },
     ]
 }
 
@@ -707,6 +721,55 @@ fn version_pin_selects_older_version() {
     let status = dpkg_status(&rootfs);
     assert_installed(&status, "libgreet", "1.0");
     assert_installed(&status, "hello", "1.0");
+}
+
+/// Users and groups from postinst (addgroup/useradd) and sysusers.d, added
+/// to the base's /etc/passwd and /etc/group (with shadow entries).
+#[test]
+fn system_accounts_from_scripts_and_sysusers() {
+    let sh = shared();
+    let ws = Workspace::new("apt-accounts");
+    let layer = make_tar(&[
+        Item::Dir("etc", 0o755),
+        Item::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
+        Item::File("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+    ]);
+    write_oci_layout(&ws.join("base"), "v1", ARCH, &[layer]);
+    write_spec(&ws, sh, &["accounts-demo"], Some("oci:base:v1"));
+    let v = build_ok(&ws);
+    let emulated = strs(&apt_report(&v)["emulated"]);
+    for want in [
+        "system group kilngrp",
+        "system user kilnd",
+        "system user tss",
+    ] {
+        assert!(
+            emulated.iter().any(|e| e.ends_with(want)),
+            "{want}: {emulated:?}"
+        );
+    }
+    let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+    let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
+    let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
+    assert!(
+        passwd.starts_with("root:x:0:0:root:/root:/bin/sh\n"),
+        "{passwd}"
+    );
+    assert!(group.contains("kilngrp:x:100:"), "{group}");
+    assert!(
+        passwd.contains("kilnd:x:100:100::/var/lib/kilnd:/usr/sbin/nologin"),
+        "{passwd}"
+    );
+    assert!(group.contains("tss:x:120:"), "{group}");
+    assert!(
+        passwd.contains("tss:x:120:120::/var/lib/tpm:/usr/sbin/nologin"),
+        "{passwd}"
+    );
+    let shadow = fs::read_to_string(rootfs.join("etc/shadow")).unwrap();
+    assert!(
+        shadow.lines().any(|l| l.starts_with("kilnd:*:")),
+        "{shadow}"
+    );
 }
 
 #[test]

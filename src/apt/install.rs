@@ -438,7 +438,8 @@ fn upgrade_whiteouts(
     }
 }
 
-/// base-passwd's master files, shadow entries, and `adduser --system` calls.
+/// base-passwd's master files, shadow entries, and the system users and
+/// groups packages add (see [`super::accounts`]).
 fn users(
     plan: &AptPlan,
     debs: &[Deb],
@@ -469,102 +470,42 @@ fn users(
                 .push("base-passwd: /etc/passwd, /etc/group, shadow files".into());
         }
     }
-    // adduser --system [--group|--ingroup G] [--home H] ... NAME
-    // Without a passwd file (no base-passwd) there is no system to add users to.
+    // System users and groups from postinst scripts and sysusers.d files.
+    // Without a passwd file (no base-passwd) there is no system to add them to.
     let users_possible = !passwd.is_empty();
+    let mut accounts = super::accounts::Accounts { passwd, group };
     for (pkg, deb) in plan.packages.iter().zip(debs) {
-        let Some(script) = deb.control.get("postinst") else {
-            continue;
-        };
-        for line in String::from_utf8_lossy(script).replace("\\\n", " ").lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some(at) = words.iter().position(|w| *w == "adduser") else {
-                continue;
-            };
-            let args = &words[at + 1..];
-            if !args.contains(&"--system") {
-                continue;
-            }
-            let mut home = "/nonexistent".to_string();
-            let mut ingroup = None;
-            let mut own_group = false;
-            let mut name = None;
-            let mut i = 0;
-            while i < args.len() {
-                match args[i] {
-                    "--home" => {
-                        home = args.get(i + 1).unwrap_or(&"/nonexistent").to_string();
-                        i += 1;
-                    }
-                    "--ingroup" | "--gid" => {
-                        ingroup = args.get(i + 1).map(|s| s.to_string());
-                        i += 1;
-                    }
-                    "--group" => own_group = true,
-                    "--shell" | "--uid" | "--gecos" | "--comment" => i += 1,
-                    // The command ends at a shell operator or redirection.
-                    w if w.starts_with("||")
-                        || w.starts_with("&&")
-                        || w.starts_with(';')
-                        || w.starts_with('|')
-                        || w.contains('>') =>
-                    {
-                        break
-                    }
-                    w if w.starts_with('-') || w.contains('$') => {}
-                    w => name = Some(w.trim_matches(|c| c == '"' || c == '\'').to_string()),
+        let mut requests = deb
+            .control
+            .get("postinst")
+            .map(|s| super::accounts::from_script(&String::from_utf8_lossy(s)))
+            .unwrap_or_default();
+        for f in &deb.files {
+            if f.path.contains("lib/sysusers.d/") && f.path.ends_with(".conf") {
+                if let FileKind::File(b) = &f.kind {
+                    requests.extend(super::accounts::from_sysusers(&String::from_utf8_lossy(b)));
                 }
-                i += 1;
             }
-            let Some(name) = name else { continue };
+        }
+        for r in requests {
             if !users_possible {
+                let name = match &r {
+                    super::accounts::Request::User { name, .. }
+                    | super::accounts::Request::Group { name, .. } => name,
+                };
                 report.skipped_scripts.push(format!(
-                    "{}: postinst adds system user {name}, but the image has no /etc/passwd (install base-passwd)",
+                    "{}: adds system account {name}, but the image has no /etc/passwd (install base-passwd)",
                     pkg.name
                 ));
                 continue;
             }
-            if passwd
-                .iter()
-                .any(|l| l.split(':').next() == Some(name.as_str()))
-            {
-                continue;
+            if let Some(what) = accounts.apply(&r) {
+                report.emulated.push(format!("{}: {what}", pkg.name));
+                changed = true;
             }
-            let uid = (100..1000)
-                .find(|u| {
-                    !passwd
-                        .iter()
-                        .any(|l| l.split(':').nth(2) == Some(&u.to_string()))
-                })
-                .unwrap_or(999);
-            let gid = if own_group {
-                let gid = (100..1000)
-                    .find(|g| {
-                        !group
-                            .iter()
-                            .any(|l| l.split(':').nth(2) == Some(&g.to_string()))
-                    })
-                    .unwrap_or(999);
-                group.push(format!("{name}:x:{gid}:"));
-                gid
-            } else {
-                ingroup
-                    .and_then(|g| {
-                        group
-                            .iter()
-                            .find(|l| l.split(':').next() == Some(g.as_str()))
-                            .and_then(|l| l.split(':').nth(2))
-                            .and_then(|s| s.parse().ok())
-                    })
-                    .unwrap_or(65534)
-            };
-            passwd.push(format!("{name}:x:{uid}:{gid}::{home}:/usr/sbin/nologin"));
-            report
-                .emulated
-                .push(format!("{}: system user {name}", pkg.name));
-            changed = true;
         }
     }
+    let super::accounts::Accounts { passwd, group } = accounts;
     if !changed {
         return;
     }

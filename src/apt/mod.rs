@@ -5,6 +5,7 @@
 //! verify `.deb`s → unpack ([`deb`]) → layers plus a dpkg database and the
 //! common maintainer-script effects done natively ([`install`]).
 
+pub mod accounts;
 pub mod control;
 pub mod deb;
 pub mod install;

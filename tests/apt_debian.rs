@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::fs;
+use std::process::Command;
+
 use common::*;
 
 /// One cache for this file's builds: the second build reuses the first's downloads.
@@ -106,6 +109,31 @@ cmd = ["python3"]
             .len()
             > 10_000
     );
+    // OpenSSL's hash links, as update-ca-certificates makes them: each
+    // `<hash>.N` resolves to a certificate whose `openssl x509 -hash` is <hash>.
+    let certs = rootfs.join("etc/ssl/certs");
+    let mut links = 0;
+    for e in fs::read_dir(&certs).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let Some((hash, _)) = name
+            .split_once('.')
+            .filter(|(h, n)| h.len() == 8 && n.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        let target = fs::read_link(certs.join(&name)).unwrap();
+        let pem = certs.join(&target);
+        let pem = fs::read_link(&pem)
+            .map(|t| rootfs.join(t.strip_prefix("/").unwrap()))
+            .unwrap_or(pem);
+        let r = Command::new(require_tool("openssl"))
+            .args(["x509", "-hash", "-noout", "-in"])
+            .arg(&pem)
+            .run_ok();
+        assert_eq!(r.stdout.trim(), hash, "{name} -> {}", target.display());
+        links += 1;
+    }
+    assert!(links > 100, "{links} hash links");
 
     // The same image as a base, with numpy on top: needs the BLAS/LAPACK alternatives.
     let ws2 = Workspace::new("apt-numpy");

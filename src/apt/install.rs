@@ -732,10 +732,39 @@ fn ca_certificates(debs: &[Deb], tree: &mut Tree, report: &mut AptReport) {
             0o777,
         ));
     }
+    // OpenSSL's `<subject hash>.N` links, N counting certificates that share
+    // a hash (in name order, so the numbering is deterministic).
+    let mut used: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut unhashed = 0;
+    for (rel, b) in &certs {
+        let base = rel
+            .rsplit('/')
+            .next()
+            .unwrap_or(rel)
+            .trim_end_matches(".crt");
+        let Some(h) = super::cert_hash::subject_hash(b) else {
+            unhashed += 1;
+            continue;
+        };
+        let n = used.entry(h).or_default();
+        tree.insert(entry(
+            format!("etc/ssl/certs/{h:08x}.{n}"),
+            EntryKind::Symlink {
+                target: format!("{base}.pem"),
+            },
+            0o777,
+        ));
+        *n += 1;
+    }
     tree.insert(data("etc/ca-certificates.conf", conf.into_bytes(), 0o644));
     tree.insert(data("etc/ssl/certs/ca-certificates.crt", bundle, 0o644));
     report.emulated.push(format!(
-        "ca-certificates: bundle of {} certificates (OpenSSL hash links not generated)",
+        "ca-certificates: bundle of {} certificates and their OpenSSL hash links",
         certs.len()
     ));
+    if unhashed > 0 {
+        report.skipped_scripts.push(format!(
+            "ca-certificates: {unhashed} certificate(s) kiln could not parse got no hash link"
+        ));
+    }
 }

@@ -6,6 +6,7 @@
 //! common maintainer-script effects done natively ([`install`]).
 
 pub mod accounts;
+pub mod cert_hash;
 pub mod control;
 pub mod deb;
 pub mod install;

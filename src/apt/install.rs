@@ -352,6 +352,7 @@ fn metadata_layer(
     users(plan, debs, fs, epoch, &mut tree, &mut report);
     alternatives(plan, debs, fs, merged, triplet, &mut tree, &mut report);
     ca_certificates(debs, &mut tree, &mut report);
+    ld_cache(plan, debs, fs, merged, triplet, &mut tree, &mut report);
 
     for (pkg, deb) in plan.packages.iter().zip(debs) {
         for script in ["preinst", "postinst"] {
@@ -543,6 +544,181 @@ fn users(
         uid: 0,
         gid: shadow_gid,
     });
+}
+
+/// ldconfig: `/etc/ld.so.cache` with the base's entries and the new
+/// packages' libraries, and the SONAME links ldconfig would create.
+fn ld_cache(
+    plan: &AptPlan,
+    debs: &[Deb],
+    fs: &Rootfs,
+    merged: bool,
+    triplet: &str,
+    tree: &mut Tree,
+    report: &mut AptReport,
+) {
+    use super::ldconfig::{self, CacheEntry};
+    let Some((flags, machine)) = ldconfig::arch_flags(&plan.arch) else {
+        return;
+    };
+    let text = |p: &str| {
+        find_content(p.trim_start_matches('/'), debs, fs)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let list = |dir: &str| -> Vec<String> {
+        let rel = dir.trim_start_matches('/');
+        let mut names: BTreeSet<String> = fs.list(dir).into_iter().collect();
+        for d in debs {
+            for f in &d.files {
+                if let Some((parent, name)) = f.path.rsplit_once('/') {
+                    if parent == rel {
+                        names.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        names.into_iter().collect()
+    };
+    let dirs = ldconfig::search_dirs(text("/etc/ld.so.conf").as_deref(), triplet, &text, &list);
+    // A directory reached twice (merged-/usr) counts under its first name.
+    let mut by_canonical: BTreeMap<String, String> = BTreeMap::new();
+    for d in &dirs {
+        by_canonical
+            .entry(usr_path(d.trim_start_matches('/'), merged))
+            .or_insert_with(|| d.clone());
+    }
+    // Candidates: what the new packages and kiln's own entries put in a
+    // search directory; symlinks (alternatives) are followed to the file.
+    let mut candidates: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for d in debs {
+        for f in &d.files {
+            if let Some((parent, name)) = f.path.rsplit_once('/') {
+                candidates.insert((usr_path(parent, merged), name.to_string()), ());
+            }
+        }
+    }
+    for canonical in by_canonical.keys() {
+        for e in tree.children(canonical) {
+            if let Some((_, name)) = e.path.rsplit_once('/') {
+                candidates.insert((canonical.clone(), name.to_string()), ());
+            }
+        }
+    }
+    let mut new = Vec::new();
+    let mut links = Vec::new();
+    for (parent, name) in candidates.into_keys() {
+        if !(name.starts_with("lib") || name.starts_with("ld-")) || !name.contains(".so") {
+            continue;
+        }
+        let Some(dir) = by_canonical.get(&parent) else {
+            continue;
+        };
+        let path = format!("{parent}/{name}");
+        let Some(bytes) = resolved_content(&path, debs, tree, merged, 0) else {
+            continue;
+        };
+        let Some(soname) = ldconfig::soname(&bytes, machine) else {
+            continue;
+        };
+        let link = format!("{parent}/{soname}");
+        if soname != name
+            && tree.get(&link).is_none()
+            && !path_exists(&format!("/{link}"), debs, fs, merged)
+        {
+            links.push(entry(
+                link,
+                EntryKind::Symlink {
+                    target: name.to_string(),
+                },
+                0o777,
+            ));
+        }
+        new.push(CacheEntry {
+            flags,
+            soname: soname.clone(),
+            path: format!("{dir}/{soname}"),
+        });
+    }
+    for l in links {
+        tree.insert(l);
+    }
+    if new.is_empty() {
+        return;
+    }
+    let provided: BTreeSet<&str> = new.iter().map(|e| e.soname.as_str()).collect();
+    let base: Vec<CacheEntry> = fs
+        .read("/etc/ld.so.cache")
+        .and_then(ldconfig::parse)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !(e.flags == flags && provided.contains(e.soname.as_str())))
+        .filter(|e| path_exists(&e.path, debs, fs, merged))
+        .collect();
+    let entries: Vec<CacheEntry> = base.into_iter().chain(new).collect();
+    let cache = ldconfig::write(&entries);
+    let count = ldconfig::parse(&cache).map(|e| e.len()).unwrap_or(0);
+    tree.insert(data("etc/ld.so.cache", cache, 0o644));
+    report
+        .emulated
+        .push(format!("ldconfig: /etc/ld.so.cache with {count} libraries"));
+}
+
+/// The bytes of a file the new packages (or kiln's entries) provide at
+/// `path` (canonical, relative), following symlinks; `None` for base files.
+fn resolved_content(
+    path: &str,
+    debs: &[Deb],
+    tree: &Tree,
+    merged: bool,
+    depth: usize,
+) -> Option<Arc<Vec<u8>>> {
+    if depth > 16 {
+        return None;
+    }
+    let follow = |target: &str| {
+        let next = if let Some(abs) = target.strip_prefix('/') {
+            abs.to_string()
+        } else {
+            let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            format!("{parent}/{target}")
+        };
+        let next = normalize_rel(&next)?;
+        resolved_content(&usr_path(&next, merged), debs, tree, merged, depth + 1)
+    };
+    if let Some(e) = tree.get(path) {
+        return match &e.kind {
+            EntryKind::Symlink { target } => follow(target),
+            EntryKind::Data(d) => Some(d.clone()),
+            _ => None,
+        };
+    }
+    for d in debs.iter().rev() {
+        for f in &d.files {
+            if usr_path(&f.path, merged) == path {
+                return match &f.kind {
+                    FileKind::File(b) => Some(b.clone()),
+                    FileKind::Symlink(t) => follow(t),
+                    FileKind::Dir => None,
+                };
+            }
+        }
+    }
+    None
+}
+
+/// `a/b/../c` → `a/c`; `None` when it climbs above the root.
+fn normalize_rel(p: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join("/"))
 }
 
 /// A slave link: (name, link, path).

@@ -10,6 +10,7 @@ pub mod cert_hash;
 pub mod control;
 pub mod deb;
 pub mod install;
+pub mod ldconfig;
 pub mod repo;
 pub mod solve;
 pub mod sources;
@@ -110,6 +111,9 @@ pub fn keep_path(path: &str) -> bool {
         || path == "/var/lib/dpkg/status"
         || path.starts_with("/var/lib/dpkg/status.d/")
         || path.starts_with("/var/lib/dpkg/alternatives/")
+        || path == "/etc/ld.so.cache"
+        || path == "/etc/ld.so.conf"
+        || path.starts_with("/etc/ld.so.conf.d/")
         || (path.starts_with("/var/lib/dpkg/info/") && path.ends_with(".list"))
         || matches!(
             path,

@@ -98,6 +98,20 @@ impl Tree {
         self.entries.into_values().collect()
     }
 
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Entries directly inside `dir` (relative, no trailing slash).
+    pub fn children<'t>(&'t self, dir: &'t str) -> impl Iterator<Item = &'t Entry> + 't {
+        let prefix = format!("{dir}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .filter(move |(k, _)| !k[dir.len() + 1..].contains('/'))
+            .map(|(_, e)| e)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -284,26 +284,8 @@ fn python_dist(fs: &Rootfs, path: &str, node: &Node) -> Option<Package> {
 /// Header fields of core metadata (lowercased names; first occurrence wins;
 /// continuation lines joined with newlines).
 fn metadata_fields(bytes: &[u8]) -> BTreeMap<String, String> {
-    let text = String::from_utf8_lossy(bytes);
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = fields.last_mut() {
-                let l = line.trim_start();
-                last.1.push('\n');
-                last.1.push_str(l.strip_prefix('|').unwrap_or(l).trim_end());
-            }
-            continue;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
     let mut out = BTreeMap::new();
-    for (k, v) in fields {
+    for (k, v) in crate::pip::metadata::header_fields(bytes, true) {
         out.entry(k).or_insert(v);
     }
     out

@@ -23,33 +23,9 @@ const TRIPLET: &str = "x86_64-linux-gnu";
 // Tools
 // ---------------------------------------------------------------------------
 
-/// Absolute path of a Debian tool this file needs; a test failure if absent.
-#[track_caller]
-fn debian_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain(
-        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .map(PathBuf::from),
-    ) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    let pkg = match name {
-        "gpg" | "gpgconf" => "gnupg",
-        _ => "dpkg",
-    };
-    panic!(
-        "required tool `{name}` is not installed (Debian package `{pkg}`); \
-         `make test` installs it, or run `apt-get install gnupg dpkg-dev`"
-    );
-}
-
 /// `gpg --batch --homedir HOME ARGS` (no passphrase, no pinentry).
 fn gpg(home: &Path, args: &[&str]) -> Run {
-    let mut c = Command::new(debian_tool("gpg"));
+    let mut c = Command::new(require_tool("gpg"));
     c.env("GNUPGHOME", home)
         .args(["--batch", "--no-tty", "--homedir"])
         .arg(home)
@@ -78,7 +54,7 @@ fn new_signing_home(label: &str) -> PathBuf {
 
 /// Stop the gpg-agent a GnuPG home started (best effort).
 fn stop_agent(home: &Path) {
-    let _ = Command::new(debian_tool("gpgconf"))
+    let _ = Command::new(require_tool("gpgconf"))
         .env("GNUPGHOME", home)
         .args(["--kill", "gpg-agent"])
         .run();
@@ -143,7 +119,7 @@ fn build_deb(deb: &Deb, out_dir: &Path) -> PathBuf {
     }
     fs::create_dir_all(out_dir).unwrap();
     let out = out_dir.join(format!("{}_{}_{}.deb", deb.name, deb.version, deb.arch));
-    Command::new(debian_tool("dpkg-deb"))
+    Command::new(require_tool("dpkg-deb"))
         .args(["--root-owner-group", "-Zxz", "--build"])
         .arg(&tree)
         .arg(&out)
@@ -274,7 +250,7 @@ fn write_indexes(repo: &Path, gnupg: &Path) {
     let mut packages = String::new();
     for name in &debs {
         let path = pool.join(name);
-        let fields = Command::new(debian_tool("dpkg-deb"))
+        let fields = Command::new(require_tool("dpkg-deb"))
             .arg("--field")
             .arg(&path)
             .run_ok()
@@ -503,7 +479,7 @@ fn assert_installed(status: &BTreeMap<String, BTreeMap<String, String>>, name: &
 /// The host's `dpkg-query` reads the image's database: `Status-Abbrev Package Version` rows.
 fn dpkg_query(rootfs: &Path) -> Vec<String> {
     let admin = rootfs.join("var/lib/dpkg");
-    let r = Command::new(debian_tool("dpkg-query"))
+    let r = Command::new(require_tool("dpkg-query"))
         .arg(format!("--admindir={}", admin.display()))
         .args(["-W", "-f", "${db:Status-Abbrev}|${Package}|${Version}\\n"])
         .run_ok();
@@ -517,7 +493,7 @@ fn dpkg_query(rootfs: &Path) -> Vec<String> {
 #[track_caller]
 fn dpkg_checks(rootfs: &Path) {
     let admin = rootfs.join("var/lib/dpkg");
-    let audit = Command::new(debian_tool("dpkg"))
+    let audit = Command::new(require_tool("dpkg"))
         .arg(format!("--admindir={}", admin.display()))
         .arg("--audit")
         .run_ok();
@@ -527,7 +503,7 @@ fn dpkg_checks(rootfs: &Path) {
         "dpkg --audit must print nothing\n{}",
         audit.describe()
     );
-    let verify = Command::new(debian_tool("dpkg"))
+    let verify = Command::new(require_tool("dpkg"))
         .arg(format!("--root={}", rootfs.display()))
         .arg("--verify")
         .run();
@@ -840,7 +816,7 @@ fn alternatives_and_system_user_are_emulated() {
         );
     }
     // The real update-alternatives reads kiln's admin file the same way.
-    let q = Command::new(debian_tool("update-alternatives"))
+    let q = Command::new(require_tool("update-alternatives"))
         .arg("--root")
         .arg(&rootfs)
         .args(["--query", "libblas.so.3"])

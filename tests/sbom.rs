@@ -33,26 +33,8 @@ const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 // Fixture: base layout, apt repository, wheelhouse
 // ---------------------------------------------------------------------------
 
-#[track_caller]
-fn system_tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain(
-        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .map(PathBuf::from),
-    ) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "required tool `{name}` is not installed (Debian package `{package}`); `make test` installs it"
-    );
-}
-
 fn gpg(home: &Path, args: &[&str]) -> Run {
-    Command::new(system_tool("gpg", "gnupg"))
+    Command::new(require_tool("gpg"))
         .env("GNUPGHOME", home)
         .args(["--batch", "--no-tty", "--homedir"])
         .arg(home)
@@ -87,7 +69,7 @@ fn build_deb(
     fs::write(&p, format!("{name} {version}\n")).unwrap();
     fs::create_dir_all(out).unwrap();
     let deb = out.join(format!("{name}_{version}_{arch}.deb"));
-    Command::new(system_tool("dpkg-deb", "dpkg"))
+    Command::new(require_tool("dpkg-deb"))
         .args(["--root-owner-group", "-Zxz", "--build"])
         .arg(&tree)
         .arg(&deb)
@@ -102,7 +84,7 @@ fn write_repo(dir: &Path, debs: &[PathBuf]) -> PathBuf {
     let mut packages = String::new();
     for deb in debs {
         let name = deb.file_name().unwrap().to_str().unwrap();
-        let fields = Command::new(system_tool("dpkg-deb", "dpkg"))
+        let fields = Command::new(require_tool("dpkg-deb"))
             .arg("--field")
             .arg(deb)
             .run_ok()
@@ -160,7 +142,7 @@ fn write_repo(dir: &Path, debs: &[PathBuf]) -> PathBuf {
         &home,
         &["--yes", "--output", keyring.to_str().unwrap(), "--export"],
     );
-    let _ = Command::new(system_tool("gpgconf", "gnupg"))
+    let _ = Command::new(require_tool("gpgconf"))
         .env("GNUPGHOME", &home)
         .args(["--kill", "gpg-agent"])
         .run();

@@ -11,28 +11,42 @@ pub struct CoreMetadata {
     pub provides_extra: Vec<String>,
 }
 
+/// The RFC 822-style header block of core metadata as (lowercased name,
+/// value) pairs in order. Continuation lines are joined with a space, or
+/// with newlines (a leading `|` dropped) when `multiline`, as License
+/// texts are written.
+pub fn header_fields(bytes: &[u8], multiline: bool) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                let l = line.trim_start();
+                if multiline {
+                    last.1.push('\n');
+                    last.1.push_str(l.strip_prefix('|').unwrap_or(l).trim_end());
+                } else {
+                    last.1.push(' ');
+                    last.1.push_str(l.trim_end());
+                }
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    fields
+}
+
 impl CoreMetadata {
     /// Parse the RFC 822-style header block (the body after the first blank line is ignored).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let text = String::from_utf8_lossy(bytes);
         let mut m = CoreMetadata::default();
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for line in text.lines() {
-            if line.is_empty() {
-                break;
-            }
-            if line.starts_with([' ', '\t']) {
-                if let Some(last) = fields.last_mut() {
-                    last.1.push(' ');
-                    last.1.push_str(line.trim());
-                }
-                continue;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-        for (k, v) in fields {
+        for (k, v) in header_fields(bytes, false) {
             match k.as_str() {
                 "name" => m.name = v,
                 "version" => m.version = v,

@@ -330,7 +330,12 @@ fn package_for(tool: &str) -> &'static str {
         "htpasswd" => "apache2-utils",
         "busybox" => "busybox-static",
         "chroot" => "coreutils",
-        "mkfifo" | "mknod" => "coreutils",
+        "mkfifo" | "mknod" | "md5sum" => "coreutils",
+        "gpg" | "gpgconf" => "gnupg",
+        "dpkg" | "dpkg-deb" | "dpkg-query" => "dpkg",
+        "dpkg-scanpackages" => "dpkg-dev",
+        "openssl" => "openssl",
+        "ldconfig" => "libc-bin",
         _ => "?",
     }
 }

@@ -70,7 +70,7 @@ impl Http {
                     .and_then(|v| v.to_str().ok())
                     .map(String::from);
                 let final_url = resp.url().to_string();
-                let bytes = resp.bytes().map_err(|e| net_error(url, &e))?.to_vec();
+                let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
                 Ok(Fetched {
                     bytes,
                     content_type,
@@ -100,14 +100,14 @@ impl Http {
             loop {
                 let n = r
                     .read(&mut buf)
-                    .map_err(|e| Error::network(format!("{url}: {e}")))?;
+                    .map_err(|e| Error::network(format!("{}: {e}", redact(url))))?;
                 if n == 0 {
                     break;
                 }
                 w.write_all(&buf[..n])
                     .io_context(|| "writing to the cache".into())?;
             }
-            w.commit(expected).map_err(|e| e.context(url))
+            w.commit(expected).map_err(|e| e.context(redact(url)))
         };
         if let Some(path) = file_url_path(url) {
             let f = std::fs::File::open(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
@@ -127,7 +127,8 @@ impl Http {
     ) -> Result<T> {
         if self.offline {
             return Err(Error::network(format!(
-                "offline: {url} is not in the cache (run `kiln fetch` or `kiln cache import` first)"
+                "offline: {} is not in the cache (run `kiln fetch` or `kiln cache import` first)",
+                redact(url)
             )));
         }
         let mut delay = Duration::from_millis(300);
@@ -146,17 +147,21 @@ impl Http {
                     let s = resp.status();
                     let transient = s.is_server_error() || s.as_u16() == 429;
                     let err = if s.as_u16() == 404 || s.as_u16() == 410 {
-                        Error::input(format!("{url}: not found (HTTP {})", s.as_u16()))
+                        Error::input(format!("{}: not found (HTTP {})", redact(url), s.as_u16()))
                     } else if s.as_u16() == 401 || s.as_u16() == 403 {
-                        Error::Auth(format!("{url}: access denied (HTTP {})", s.as_u16()))
+                        Error::Auth(format!(
+                            "{}: access denied (HTTP {})",
+                            redact(url),
+                            s.as_u16()
+                        ))
                     } else {
-                        Error::network(format!("{url}: HTTP {s}"))
+                        Error::network(format!("{}: HTTP {s}", redact(url)))
                     };
                     Err((transient, err))
                 }
                 Err(e) => Err((
                     e.is_connect() || e.is_timeout() || e.is_request(),
-                    net_error(url, &e),
+                    net_error(url, e),
                 )),
             };
             match outcome {
@@ -197,13 +202,40 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn net_error(url: &str, e: &reqwest::Error) -> Error {
-    Error::network(format!("{url}: {}", with_causes(e)))
+fn net_error(url: &str, e: reqwest::Error) -> Error {
+    // reqwest's message repeats the URL, credentials included: leave it out.
+    Error::network(format!(
+        "{}: {}",
+        redact(url),
+        with_causes(&e.without_url())
+    ))
+}
+
+/// A URL fit for messages: `user:password@` (e.g. from a `${TOKEN}` in a
+/// requirements file or an index URL with credentials) becomes `***@`.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_shown() {
+        assert_eq!(
+            redact("https://u:s3cret@host/simple/x/"),
+            "https://***@host/simple/x/"
+        );
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        assert_eq!(redact("file:///x"), "file:///x");
+    }
 
     #[test]
     fn file_urls() {

@@ -355,8 +355,12 @@ fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
 }
 
 fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
-    let page: JsonPage = serde_json::from_slice(bytes)
-        .map_err(|e| Error::network(format!("{page_url}: malformed simple-API JSON: {e}")))?;
+    let page: JsonPage = serde_json::from_slice(bytes).map_err(|e| {
+        Error::network(format!(
+            "{}: malformed simple-API JSON: {e}",
+            crate::http::redact(page_url)
+        ))
+    })?;
     Ok(page
         .files
         .into_iter()

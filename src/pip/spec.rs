@@ -148,6 +148,7 @@ pub fn read_requirements_text(
     constraint: bool,
     depth: usize,
 ) -> Result<()> {
+    let text = &expand_env(text, &|k| std::env::var(k).ok());
     // Join continuation lines, drop comments.
     let mut logical: Vec<(usize, String)> = Vec::new();
     let mut cur = String::new();
@@ -358,9 +359,53 @@ impl PipConfig {
     }
 }
 
+/// pip's `${NAME}` expansion in requirements files: NAME is upper-case
+/// letters, digits and `_`; an unset variable is left as written.
+fn expand_env(text: &str, get: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
+        match (after[name_len..].starts_with('}'), name_len > 0) {
+            (true, true) => match get(&after[..name_len]) {
+                Some(v) => {
+                    out.push_str(&v);
+                    rest = &after[name_len + 1..];
+                }
+                None => {
+                    out.push_str(&rest[at..at + 2 + name_len + 1]);
+                    rest = &after[name_len + 1..];
+                }
+            },
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_expansion_like_pip() {
+        let get = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(
+            expand_env(
+                "--index-url https://u:${TOKEN}@host/simple ${UNSET} ${lower} $NOPE ${",
+                &get
+            ),
+            "--index-url https://u:s3cret@host/simple ${UNSET} ${lower} $NOPE ${"
+        );
+    }
 
     #[test]
     fn requirements_file_format() {

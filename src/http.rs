@@ -78,7 +78,107 @@ impl Http {
                 })
             },
             accept,
+            &[],
         )
+    }
+
+    /// GET with an HTTP cache: the last response is kept (in
+    /// `<cache>/http/`) with its `ETag`/`Last-Modified`, and revalidated with a
+    /// conditional request; a `304` costs no body. Offline, the kept copy is
+    /// used as is. A body is kept only once `check` accepts it (a signature,
+    /// a parse), so nothing unverified enters the cache.
+    pub fn get_cached(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        cache: &Cache,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<Fetched> {
+        if file_url_path(url).is_some() {
+            let f = self.get(url, accept)?;
+            check(&f.bytes)?;
+            return Ok(f);
+        }
+        let meta_path = cache
+            .root()
+            .join("http")
+            .join(format!("{}.json", Digest::of(url.as_bytes()).hex()));
+        let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<KeptResponse>(&b).ok())
+            .filter(|k| k.url == url)
+            .and_then(|k| {
+                let body = std::fs::read(meta_path.with_extension("body")).ok()?;
+                (Digest::of(&body).to_string() == k.body).then_some((k, body))
+            });
+        if self.offline {
+            if let Some((k, body)) = kept {
+                return Ok(Fetched {
+                    bytes: body,
+                    content_type: k.content_type,
+                    url: k.final_url,
+                });
+            }
+        }
+        let mut conditional = Vec::new();
+        if let Some((k, _)) = &kept {
+            if let Some(e) = &k.etag {
+                conditional.push((reqwest::header::IF_NONE_MATCH, e.clone()));
+            }
+            if let Some(m) = &k.last_modified {
+                conditional.push((reqwest::header::IF_MODIFIED_SINCE, m.clone()));
+            }
+        }
+        let header = |resp: &reqwest::blocking::Response, h: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let fresh = self.retrying(
+            url,
+            |resp| {
+                if resp.status().as_u16() == 304 {
+                    return Ok(None);
+                }
+                let k = KeptResponse {
+                    url: url.to_string(),
+                    final_url: resp.url().to_string(),
+                    etag: header(&resp, reqwest::header::ETAG),
+                    last_modified: header(&resp, reqwest::header::LAST_MODIFIED),
+                    content_type: header(&resp, reqwest::header::CONTENT_TYPE),
+                    body: String::new(),
+                };
+                let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                Ok(Some((k, bytes)))
+            },
+            accept,
+            &conditional,
+        )?;
+        let (k, bytes) = match (fresh, kept) {
+            (Some((mut k, bytes)), _) => {
+                check(&bytes)?;
+                // Best effort: a response that cannot be kept is fetched again next time.
+                k.body = Digest::of(&bytes).to_string();
+                if let Ok(json) = serde_json::to_vec(&k) {
+                    write_atomic(&meta_path.with_extension("body"), &bytes);
+                    write_atomic(&meta_path, &json);
+                }
+                (k, bytes)
+            }
+            (None, Some(kept)) => kept,
+            (None, None) => {
+                return Err(Error::network(format!(
+                    "{}: the server answered 304 to an unconditional request",
+                    redact(url)
+                )))
+            }
+        };
+        Ok(Fetched {
+            bytes,
+            content_type: k.content_type,
+            url: k.final_url,
+        })
     }
 
     /// Download into the cache; with `expected`, a mismatch is an error and nothing is stored.
@@ -116,7 +216,7 @@ impl Http {
                 other => other,
             });
         }
-        self.retrying(url, |resp| commit(Box::new(resp)), None)
+        self.retrying(url, |resp| commit(Box::new(resp)), None, &[])
     }
 
     fn retrying<T>(
@@ -124,6 +224,7 @@ impl Http {
         url: &str,
         mut on_ok: impl FnMut(reqwest::blocking::Response) -> Result<T>,
         accept: Option<&str>,
+        conditional: &[(reqwest::header::HeaderName, String)],
     ) -> Result<T> {
         if self.offline {
             return Err(Error::network(format!(
@@ -138,11 +239,17 @@ impl Http {
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
             }
+            for (k, v) in conditional {
+                req = req.header(k, v);
+            }
             let outcome = match req.send() {
-                Ok(resp) if resp.status().is_success() => match on_ok(resp) {
-                    Err(Error::Network(m)) => Err((true, Error::Network(m))),
-                    other => return other,
-                },
+                // 304 only ever answers a conditional request (get_cached).
+                Ok(resp) if resp.status().is_success() || resp.status().as_u16() == 304 => {
+                    match on_ok(resp) {
+                        Err(Error::Network(m)) => Err((true, Error::Network(m))),
+                        other => return other,
+                    }
+                }
                 Ok(resp) => {
                     let s = resp.status();
                     let transient = s.is_server_error() || s.as_u16() == 429;
@@ -175,6 +282,31 @@ impl Http {
             }
         }
     }
+}
+
+/// Best effort: write through a temp file in the same directory, then rename.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if tmp.write_all(bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
+    }
+}
+
+/// What `get_cached` keeps of a response (beside it: `<key>.body`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptResponse {
+    url: String,
+    final_url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    content_type: Option<String>,
+    /// Digest of the kept body, checked when it is read back.
+    body: String,
 }
 
 /// `file:///x/y` → `/x/y`; other schemes → None.

@@ -699,6 +699,29 @@ fn version_pin_selects_older_version() {
     assert_installed(&status, "hello", "1.0");
 }
 
+/// A second build with the same cache revalidates InRelease with a
+/// conditional request (the server answers 304) and gives the same image.
+#[test]
+fn inrelease_is_revalidated_not_refetched() {
+    let sh = shared();
+    let ws = Workspace::new("apt-304");
+    write_spec(&ws, sh, &["hello"], None);
+    let cache = unique_dir("cache");
+    let first = build_cmd(&ws, &cache).run_ok().json();
+    let before = sh
+        .server
+        .not_modified
+        .load(std::sync::atomic::Ordering::SeqCst);
+    fs::remove_dir_all(ws.join("out")).unwrap();
+    let second = build_cmd(&ws, &cache).run_ok().json();
+    let after = sh
+        .server
+        .not_modified
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after > before, "no 304 answered ({before} -> {after})");
+    assert_eq!(first["digest"], second["digest"]);
+}
+
 /// Users and groups from postinst (addgroup/useradd) and sysusers.d, added
 /// to the base's /etc/passwd and /etc/group (with shadow entries).
 #[test]

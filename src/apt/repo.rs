@@ -149,10 +149,13 @@ pub fn load_source(
 ) -> Result<Vec<Package>> {
     let base = format!("{}/dists/{}", src.uri, src.suite);
     let what = format!("{} {}", src.uri, src.suite);
-    let inrelease = http.get(&format!("{base}/InRelease"), None)?;
-    let text = String::from_utf8(inrelease.bytes)
-        .map_err(|_| Error::input(format!("{what}: InRelease is not UTF-8")))?;
-    let release = verify_inrelease(&text, keyring, &what)?;
+    let as_text = |b: &[u8]| {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| Error::input(format!("{what}: InRelease is not UTF-8")))
+    };
+    let check = |b: &[u8]| verify_inrelease(&as_text(b)?, keyring, &what).map(|_| ());
+    let inrelease = http.get_cached(&format!("{base}/InRelease"), None, cache, &check)?;
+    let release = verify_inrelease(&as_text(&inrelease.bytes)?, keyring, &what)?;
     let hashes = release_hashes(&release);
     let components: Vec<String> = if src.components.is_empty() {
         parse_paragraphs(&release)

@@ -175,7 +175,10 @@ impl<'a> IndexClient<'a> {
             Some(p) if p.is_dir() => format!("{url}index.html"),
             _ => url.to_string(),
         };
-        let fetched = match self.http.get(&fetch_url, Some(ACCEPT)) {
+        let fetched = match self
+            .http
+            .get_cached(&fetch_url, Some(ACCEPT), self.cache, &|_| Ok(()))
+        {
             Ok(f) => f,
             Err(Error::Input(m)) if local.is_some() || m.contains("not found (HTTP") => {
                 return Ok(None)

@@ -1601,6 +1601,9 @@ pub fn rewrite(path: &Path, from: &str, to: &str) {
 pub struct FileServer {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    /// `304 Not Modified` answers so far (the server sends `ETag`s and
+    /// honours `If-None-Match`).
+    pub not_modified: Arc<AtomicUsize>,
 }
 
 impl FileServer {
@@ -1609,6 +1612,8 @@ impl FileServer {
         let port = l.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let not_modified = Arc::new(AtomicUsize::new(0));
+        let counter = not_modified.clone();
         let root = root.to_path_buf();
         std::thread::spawn(move || {
             for conn in l.incoming() {
@@ -1617,10 +1622,15 @@ impl FileServer {
                 }
                 let Ok(c) = conn else { continue };
                 let root = root.clone();
-                std::thread::spawn(move || serve_one(c, &root));
+                let counter = counter.clone();
+                std::thread::spawn(move || serve_one(c, &root, &counter));
             }
         });
-        FileServer { port, stop }
+        FileServer {
+            port,
+            stop,
+            not_modified,
+        }
     }
 }
 
@@ -1631,7 +1641,7 @@ impl Drop for FileServer {
     }
 }
 
-fn serve_one(mut c: TcpStream, root: &Path) {
+fn serve_one(mut c: TcpStream, root: &Path, not_modified: &AtomicUsize) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
     let mut req = Vec::new();
     let mut buf = [0u8; 8192];
@@ -1652,11 +1662,26 @@ fn serve_one(mut c: TcpStream, root: &Path) {
     } else {
         None
     };
+    let etag = body.as_ref().map(|b| format!("\"{}\"", sha256_hex(b)));
+    let conditional = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("if-none-match")
+            .then(|| v.trim().to_string())
+    });
     let _ = match body {
+        Some(_) if conditional.is_some() && conditional == etag => {
+            not_modified.fetch_add(1, Ordering::SeqCst);
+            write!(
+                c,
+                "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                etag.unwrap_or_default()
+            )
+        }
         Some(b) => {
             let _ = write!(
                 c,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                etag.unwrap_or_default(),
                 b.len()
             );
             c.write_all(&b)

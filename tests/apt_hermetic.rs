@@ -699,6 +699,22 @@ fn version_pin_selects_older_version() {
     assert_installed(&status, "hello", "1.0");
 }
 
+/// A local mirror: the same repository as a `file://` source gives the same image.
+#[test]
+fn file_url_mirror_works_like_http() {
+    let sh = shared();
+    let ws = Workspace::new("apt-file-mirror");
+    write_spec(&ws, sh, &["hello"], None);
+    let over_http = build_ok(&ws);
+    fs::remove_dir_all(ws.join("out")).unwrap();
+    let spec = fs::read_to_string(ws.join("kiln.toml")).unwrap();
+    let http = format!("http://127.0.0.1:{}/repo", sh.server.port);
+    let file = format!("file://{}", sh.repo().display());
+    ws.spec(&spec.replace(&http, &file));
+    let over_file = build_ok(&ws);
+    assert_eq!(over_file["digest"], over_http["digest"]);
+}
+
 /// A second build with the same cache revalidates InRelease with a
 /// conditional request (the server answers 304) and gives the same image.
 #[test]

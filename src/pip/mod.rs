@@ -397,12 +397,15 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
         .wheels
         .par_iter()
         .map(|w| {
-            let path = cache.verified(&w.sha256)?.ok_or_else(|| {
-                Error::internal(format!(
+            // `plan` verified every wheel a moment ago; hashing it again here
+            // would double the warm-cache cost for nothing.
+            if !cache.contains(&w.sha256) {
+                return Err(Error::internal(format!(
                     "wheel {} ({}) is not in the cache; run plan first",
                     w.filename, w.sha256
-                ))
-            })?;
+                )));
+            }
+            let path = cache.blob_path(&w.sha256);
             let files = wheel::read_wheel(&path, &w.filename)?;
             let info = install::InstallInfo {
                 filename: &w.filename,

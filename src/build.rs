@@ -52,6 +52,8 @@ pub struct BuildOptions {
     /// Reuse layers and locked stages built before from the same inputs
     /// (off for the second build of `--check-reproducible`).
     pub reuse: bool,
+    /// `--run-scripts`: run apt maintainer scripts and layer their changes.
+    pub run_scripts: bool,
 }
 
 /// How a build uses kiln.lock.
@@ -202,7 +204,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut apt_reports = Vec::new();
     let mut pip_reports = Vec::new();
     let mut conda_reports = Vec::new();
-    let keep = keep_path;
+    // Running scripts needs the whole base on disk, so every content is kept.
+    let run_scripts = opts.run_scripts && spec.apt.is_some();
+    let keep = |p: &str| run_scripts || keep_path(p);
     let stages = Stages {
         spec: &spec,
         spec_dir: &spec_dir,
@@ -213,6 +217,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         scratch: base.is_scratch(),
         keep: &keep,
         upgrade_only: None,
+        run_scripts,
     };
     // What each platform's SBOM is read from: the final filesystem view.
     let mut sbom_inputs: Vec<SbomInput> = Vec::new();
@@ -235,6 +240,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 opts.epoch,
                 opts.compression,
                 opts.sbom,
+                run_scripts,
             )
         });
         let remembered = memo_key
@@ -511,6 +517,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             (Some(l), Some(names)) if !names.is_empty() => Some((l, names.as_slice())),
             _ => None,
         },
+        run_scripts: false,
     };
     let mut platforms = Vec::new();
     for img in &base.images {
@@ -623,6 +630,7 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         lock_mode: opts.lock_mode,
         offline: opts.offline,
         reuse: false,
+        run_scripts: opts.run_scripts,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

@@ -71,8 +71,21 @@ enum Command {
         /// Build a second time (one thread, scratch output) and fail if the digests differ.
         #[arg(long)]
         check_reproducible: bool,
+        /// Run the apt packages' maintainer scripts (preinst, postinst) in an
+        /// unprivileged namespace chroot and add their changes as a layer;
+        /// the image must be the host's architecture.
+        #[arg(long)]
+        run_scripts: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Internal: set up the namespace `--run-scripts` runs a script in.
+    #[command(name = "__run-script", hide = true)]
+    RunScript {
+        root: PathBuf,
+        program: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Resolve every package stage and write kiln.lock beside the spec.
     Lock {
@@ -140,6 +153,7 @@ fn main() -> ExitCode {
         | Command::Lock { common, .. }
         | Command::Fetch { common, .. }
         | Command::Cache { common, .. } => common.json,
+        Command::RunScript { .. } => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,6 +189,11 @@ fn cache_dir(common: &Common) -> PathBuf {
 
 fn run(cli: Cli) -> kiln::Result<()> {
     match cli.command {
+        Command::RunScript {
+            root,
+            program,
+            args,
+        } => kiln::apt::scripts::enter_and_exec(&root, &program, &args),
         Command::Build {
             spec,
             output,
@@ -185,6 +204,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             frozen,
             offline,
             check_reproducible,
+            run_scripts,
             common,
         } => {
             let opts = BuildOptions {
@@ -207,6 +227,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 },
                 offline,
                 reuse: true,
+                run_scripts,
             };
             let report = build::build(&opts)?;
             let repro = if check_reproducible {

@@ -49,11 +49,12 @@ pub fn key(
     epoch: u64,
     compression: Compression,
     sbom: bool,
+    run_scripts: bool,
 ) -> Digest {
     let pins = serde_json::to_string(platform).unwrap_or_default();
     Digest::of(
         format!(
-            "kiln-stages/1 {} {} {:?} {epoch} {compression:?} sbom={sbom}\n{pins}",
+            "kiln-stages/1 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
             env!("CARGO_PKG_VERSION"),
             lock.inputs_hash,
             base_manifest.map(|d| d.to_string()),

@@ -52,6 +52,8 @@ pub struct Stages<'a> {
     /// `kiln lock --upgrade PKG...`: the previous lock, whose versions are
     /// kept for every package not named.
     pub upgrade_only: Option<(&'a crate::lock::Lock, &'a [String])>,
+    /// Run apt maintainer scripts (`keep` must then keep every content).
+    pub run_scripts: bool,
 }
 
 /// The pip list of an environment.yml, as recorded in the lock.
@@ -89,11 +91,14 @@ impl Stages<'_> {
                     .collect();
             }
             let section = &section;
+            if self.run_scripts {
+                apt::scripts::check_host(apt::debian_arch(platform)?)?;
+            }
             let spinner = self
                 .progress
                 .spinner(&format!("apt: resolving for {platform}"));
             let plan = match locked {
-                Some(l) => apt::plan_locked(section, &l.apt, platform, http, cache)?,
+                Some(l) => apt::plan_locked(section, &l.apt, fs, platform, http, cache)?,
                 None => apt::plan(
                     section,
                     self.spec_dir,
@@ -108,7 +113,20 @@ impl Stages<'_> {
                 "apt: unpacking {} packages for {platform}",
                 plan.packages.len()
             ));
-            let (groups, report) = apt::layer_groups(&plan, fs, cache, self.epoch)?;
+            let (mut groups, mut report) = apt::layer_groups(&plan, fs, cache, self.epoch)?;
+            if self.run_scripts {
+                spinner.set_message(format!("apt: running maintainer scripts for {platform}"));
+                let mut full = fs.clone();
+                for (_, entries) in &groups {
+                    full.apply_entries(entries, &|_| true);
+                }
+                let run = apt::scripts::run(&plan, &full, &cache.root().join("tmp"), self.epoch)?;
+                report.skipped_scripts.clear();
+                report.ran_scripts = run.ran;
+                if !run.entries.is_empty() {
+                    groups.push(("kiln apt maintainer scripts".into(), run.entries));
+                }
+            }
             spinner.finish_and_clear();
             emit(&groups)?;
             self.apply(fs, &groups);

@@ -136,10 +136,12 @@ cmd = ["python3"]
     assert!(links > 100, "{links} hash links");
     assert_ld_cache_matches_ldconfig(&rootfs);
 
-    // The same image as a base, with numpy on top: needs the BLAS/LAPACK alternatives.
+    // The same image as a base, with numpy on top (needs the BLAS/LAPACK
+    // alternatives) and the arm64 C library beside the native one (cross
+    // libraries, as a multiarch cross toolchain installs them).
     let ws2 = Workspace::new("apt-numpy");
     ws2.spec(&format!(
-        "[image]\ntags = [\"numpy\"]\nbase = \"oci:{}:base\"\n[apt]\npackages = [\"python3-numpy\"]\n",
+        "[image]\ntags = [\"numpy\"]\nbase = \"oci:{}:base\"\n[apt]\npackages = [\"python3-numpy\", \"libc6:arm64\"]\n",
         out.display()
     ));
     let out2 = ws2.join("out");
@@ -169,9 +171,42 @@ cmd = ["python3"]
     )
     .ok();
     assert_eq!(r.stdout.trim(), "[3. 3. 3.]");
+    assert!(
+        installed2.iter().any(|p| p.starts_with("libc6:arm64 ")),
+        "{installed2:?}"
+    );
     let audit = chroot_run(&rootfs2, &["dpkg", "--audit"]).ok();
     assert_eq!(audit.stdout.trim(), "");
     chroot_run(&rootfs2, &["apt-get", "check"]).ok();
+    assert_eq!(
+        chroot_run(&rootfs2, &["dpkg", "--print-foreign-architectures"])
+            .ok()
+            .stdout
+            .trim(),
+        "arm64"
+    );
+    let libc = chroot_run(
+        &rootfs2,
+        &[
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}|${Version}\n",
+            "libc6:amd64",
+            "libc6:arm64",
+        ],
+    )
+    .ok();
+    let rows: Vec<&str> = libc.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "{}", libc.describe());
+    assert_eq!(rows[0], rows[1], "Multi-Arch: same at one version");
+    assert!(rows[0].starts_with("ii "), "{rows:?}");
+    let elf = fs::read(rootfs2.join("usr/lib/aarch64-linux-gnu/libc.so.6")).unwrap();
+    assert_eq!(
+        u16::from_le_bytes([elf[18], elf[19]]),
+        183,
+        "an aarch64 ELF"
+    );
     // The base's cache, merged with numpy's BLAS/LAPACK libraries.
     assert_ld_cache_matches_ldconfig(&rootfs2);
 }

@@ -18,6 +18,8 @@ use common::*;
 
 const ARCH: &str = "amd64";
 const TRIPLET: &str = "x86_64-linux-gnu";
+/// The foreign architecture the repository also serves.
+const FOREIGN: &str = "i386";
 
 // ---------------------------------------------------------------------------
 // Tools
@@ -164,6 +166,77 @@ fn packages() -> Vec<Deb<'static>> {
             )],
             postinst: None,
         },
+        // A foreign-architecture build of libgreet, and a foreign program
+        // that needs it plus a native `Multi-Arch: foreign` tool.
+        Deb {
+            name: "libgreet",
+            version: "2.0",
+            arch: FOREIGN,
+            control: &["Multi-Arch: same"],
+            files: &[(
+                "usr/lib/i386-linux-gnu/libgreet.so.1",
+                "libgreet 2.0 i386\n",
+                0o644,
+            )],
+            postinst: None,
+        },
+        Deb {
+            name: "tool32",
+            version: "1.0",
+            arch: FOREIGN,
+            control: &["Depends: libgreet (>= 2.0), greet-tools"],
+            files: &[("usr/bin/tool32", "#!/bin/sh\necho tool32\n", 0o755)],
+            postinst: None,
+        },
+        Deb {
+            name: "greet-tools",
+            version: "1.0",
+            arch: ARCH,
+            control: &["Multi-Arch: foreign"],
+            files: &[("usr/bin/greet-tools", "#!/bin/sh\necho tools\n", 0o755)],
+            postinst: None,
+        },
+        Deb {
+            name: "data32",
+            version: "1.0",
+            arch: FOREIGN,
+            control: &["Depends: greet-data"],
+            files: &[("usr/share/doc/data32/README", "needs greet-data\n", 0o644)],
+            postinst: None,
+        },
+        // Maintainer scripts for --run-scripts (busybox applets by name:
+        // the base image has only /bin/busybox and /bin/sh).
+        Deb {
+            name: "script-a",
+            version: "1.0",
+            arch: ARCH,
+            control: &["Depends: script-b"],
+            files: &[
+                ("usr/share/script-a/data", "data\n", 0o644),
+                ("usr/share/script-a/remove-me", "old\n", 0o644),
+            ],
+            postinst: Some(
+                "#!/bin/sh\nset -e\n[ \"$1\" = configure ] || exit 0\necho \"a $DPKG_MAINTSCRIPT_PACKAGE $2.\" >> /var/log/order.txt\nbusybox mkdir -p /var/lib/script-a\nbusybox ln -s /usr/share/script-a/data /var/lib/script-a/link\nbusybox chmod 0700 /var/lib/script-a\nbusybox chmod 0600 /usr/share/script-a/data\nbusybox rm /usr/share/script-a/remove-me\n",
+            ),
+        },
+        Deb {
+            name: "script-b",
+            version: "1.0",
+            arch: ARCH,
+            control: &[],
+            files: &[("usr/share/doc/script-b/README", "b\n", 0o644)],
+            postinst: Some(
+                "#!/bin/sh\nset -e\nbusybox mkdir -p /var/log\necho \"b $1\" >> /var/log/order.txt\n",
+            ),
+        },
+        Deb {
+            name: "script-fail",
+            version: "1.0",
+            arch: ARCH,
+            control: &[],
+            files: &[("usr/share/doc/script-fail/README", "fails\n", 0o644)],
+            postinst: Some("#!/bin/sh\necho 'cannot configure script-fail' >&2\nexit 3\n"),
+        },
         Deb {
             name: "greet-data",
             version: "1.0",
@@ -241,13 +314,14 @@ fn packages() -> Vec<Deb<'static>> {
     ]
 }
 
-/// Write `Packages`, `Packages.gz`, `Release` and a clear-signed `InRelease`
-/// for the .debs in `REPO/pool/main`.
+/// Write `Packages`, `Packages.gz` for ARCH and FOREIGN (each lists the
+/// `Architecture: all` packages too, as Debian's do), `Release` and a
+/// clear-signed `InRelease` for the .debs in `REPO/pool/main`.
 fn write_indexes(repo: &Path, gnupg: &Path) {
     let pool = repo.join("pool/main");
     let mut debs = list_dir(&pool);
     debs.retain(|n| n.ends_with(".deb"));
-    let mut packages = String::new();
+    let mut stanzas: Vec<(String, String)> = Vec::new();
     for name in &debs {
         let path = pool.join(name);
         let fields = Command::new(require_tool("dpkg-deb"))
@@ -255,27 +329,47 @@ fn write_indexes(repo: &Path, gnupg: &Path) {
             .arg(&path)
             .run_ok()
             .stdout;
+        let arch = fields
+            .lines()
+            .find_map(|l| l.strip_prefix("Architecture: "))
+            .expect("control has Architecture")
+            .trim()
+            .to_string();
         let bytes = fs::read(&path).unwrap();
-        packages.push_str(fields.trim_end());
-        packages.push_str(&format!(
-            "\nFilename: pool/main/{name}\nSize: {}\nSHA256: {}\n\n",
-            bytes.len(),
-            sha256_hex(&bytes)
+        stanzas.push((
+            arch,
+            format!(
+                "{}\nFilename: pool/main/{name}\nSize: {}\nSHA256: {}\n\n",
+                fields.trim_end(),
+                bytes.len(),
+                sha256_hex(&bytes)
+            ),
         ));
     }
-    let bin = repo.join(format!("dists/stable/main/binary-{ARCH}"));
-    fs::create_dir_all(&bin).unwrap();
-    let gz = gzip(packages.as_bytes());
-    fs::write(bin.join("Packages"), &packages).unwrap();
-    fs::write(bin.join("Packages.gz"), &gz).unwrap();
     let mut release = format!(
-        "Origin: kiln-test\nLabel: kiln-test\nSuite: stable\nCodename: stable\nDate: Thu, 01 Jan 2026 00:00:00 UTC\nArchitectures: {ARCH}\nComponents: main\nDescription: kiln hermetic test repository\nSHA256:\n"
+        "Origin: kiln-test\nLabel: kiln-test\nSuite: stable\nCodename: stable\nDate: Thu, 01 Jan 2026 00:00:00 UTC\nArchitectures: {ARCH} {FOREIGN}\nComponents: main\nAcquire-By-Hash: yes\nDescription: kiln hermetic test repository\nSHA256:\n"
     );
-    for (rel, bytes) in [
-        (format!("main/binary-{ARCH}/Packages"), packages.as_bytes()),
-        (format!("main/binary-{ARCH}/Packages.gz"), &gz[..]),
-    ] {
-        release.push_str(&format!(" {} {} {rel}\n", sha256_hex(bytes), bytes.len()));
+    for arch in [ARCH, FOREIGN] {
+        let packages: String = stanzas
+            .iter()
+            .filter(|(a, _)| a == arch || a == "all")
+            .map(|(_, s)| s.as_str())
+            .collect();
+        let bin = repo.join(format!("dists/stable/main/binary-{arch}"));
+        fs::create_dir_all(&bin).unwrap();
+        let gz = gzip(packages.as_bytes());
+        fs::write(bin.join("Packages"), &packages).unwrap();
+        fs::write(bin.join("Packages.gz"), &gz).unwrap();
+        // Acquire-By-Hash: each index also under by-hash/SHA256/<hex>.
+        let by_hash = bin.join("by-hash/SHA256");
+        fs::create_dir_all(&by_hash).unwrap();
+        for (rel, bytes) in [
+            (format!("main/binary-{arch}/Packages"), packages.as_bytes()),
+            (format!("main/binary-{arch}/Packages.gz"), &gz[..]),
+        ] {
+            fs::write(by_hash.join(sha256_hex(bytes)), bytes).unwrap();
+            release.push_str(&format!(" {} {} {rel}\n", sha256_hex(bytes), bytes.len()));
+        }
     }
     let dists = repo.join("dists/stable");
     fs::write(dists.join("Release"), &release).unwrap();
@@ -940,7 +1034,15 @@ fn tampered_index_is_refused() {
         // A well-formed index that is not the signed one: clash no longer conflicts.
         let forged = text.replace("Conflicts: hello\n", "");
         assert_ne!(forged, text);
-        fs::write(p, gzip(forged.as_bytes())).unwrap();
+        let signed_gz = fs::read(&p).unwrap();
+        fs::write(&p, gzip(forged.as_bytes())).unwrap();
+        // The by-hash copy too, so no route leads to the signed bytes.
+        let by_hash = repo.join(format!(
+            "dists/stable/main/binary-{ARCH}/by-hash/SHA256/{}",
+            sha256_hex(&signed_gz)
+        ));
+        assert!(by_hash.is_file());
+        fs::write(by_hash, gzip(forged.as_bytes())).unwrap();
     });
     let ws = Workspace::new("apt-badindex");
     write_spec(&ws, &served, &["hello", "clash"], None);
@@ -955,6 +1057,24 @@ fn tampered_index_is_refused() {
         Vec::<String>::new(),
         "the forged index is not cached"
     );
+}
+
+#[test]
+fn mirror_mid_update_is_read_by_hash() {
+    // The plain index names already hold a newer index than the signed
+    // Release lists (a mirror caught mid-sync); by-hash still has the signed one.
+    let served = served_copy("apt-repo-midsync", |repo| {
+        let bin = repo.join(format!("dists/stable/main/binary-{ARCH}"));
+        let newer = fs::read_to_string(bin.join("Packages"))
+            .unwrap()
+            .replace("Version: 1.0\n", "Version: 1.1\n");
+        fs::write(bin.join("Packages"), &newer).unwrap();
+        fs::write(bin.join("Packages.gz"), gzip(newer.as_bytes())).unwrap();
+    });
+    let ws = Workspace::new("apt-midsync");
+    write_spec(&ws, &served, &["hello"], None);
+    let v = build_ok(&ws);
+    assert_eq!(installed(&v)["hello"], "1.0", "the signed index was used");
 }
 
 #[test]
@@ -1060,5 +1180,233 @@ fn requested_provider_satisfies_virtual_dependency() {
         inst.keys().map(String::as_str).collect::<Vec<_>>(),
         vec!["mail-b", "needs-mta"],
         "no extra mta provider: {inst:?}"
+    );
+}
+
+#[test]
+fn foreign_architecture_package_installs_beside_native() {
+    let sh = shared();
+    let ws = Workspace::new("apt-foreign");
+    write_spec(&ws, sh, &["hello", &format!("tool32:{FOREIGN}")], None);
+    let v = build_ok(&ws);
+    let inst = installed(&v);
+    let names: Vec<&str> = inst.keys().map(String::as_str).collect();
+    let want_libgreet_foreign = format!("libgreet:{FOREIGN}");
+    let want_tool = format!("tool32:{FOREIGN}");
+    let mut want = vec![
+        "greet-data",
+        "greet-tools",
+        "hello",
+        "libgreet",
+        want_libgreet_foreign.as_str(),
+        want_tool.as_str(),
+    ];
+    want.sort();
+    assert_eq!(
+        names, want,
+        "tool32's plain libgreet dependency is met at its own architecture, greet-tools across (Multi-Arch: foreign)"
+    );
+    assert_eq!(inst[&want_libgreet_foreign], "2.0");
+
+    let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("usr/lib/i386-linux-gnu/libgreet.so.1")).unwrap(),
+        "libgreet 2.0 i386\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join(format!("usr/lib/{TRIPLET}/libgreet.so.1"))).unwrap(),
+        "libgreet 2.0\n"
+    );
+    let info = rootfs.join("var/lib/dpkg/info");
+    for a in [ARCH, FOREIGN] {
+        assert!(
+            info.join(format!("libgreet:{a}.list")).is_file(),
+            "Multi-Arch: same at {a} has its own list"
+        );
+    }
+    assert!(info.join("tool32.list").is_file());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("var/lib/dpkg/arch")).unwrap(),
+        format!("{ARCH}\n{FOREIGN}\n")
+    );
+
+    // The host's dpkg reads the database: both libgreets, the foreign arch known.
+    let admin = format!("--admindir={}", rootfs.join("var/lib/dpkg").display());
+    let foreign = Command::new(require_tool("dpkg"))
+        .args([admin.as_str(), "--print-foreign-architectures"])
+        .run_ok();
+    assert_eq!(foreign.stdout.trim(), FOREIGN);
+    let rows = Command::new(require_tool("dpkg-query"))
+        .args([
+            admin.as_str(),
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}|${binary:Package}|${Version}\\n",
+        ])
+        .run_ok();
+    let mut rows: Vec<String> = rows.stdout.lines().map(|l| l.replace(' ', "")).collect();
+    rows.sort();
+    let mut want_rows = vec![
+        "ii|greet-data|1.0".to_string(),
+        "ii|greet-tools|1.0".to_string(),
+        "ii|hello|1.0".to_string(),
+        format!("ii|libgreet:{ARCH}|2.0"),
+        format!("ii|libgreet:{FOREIGN}|2.0"),
+        format!("ii|tool32:{FOREIGN}|1.0"),
+    ];
+    want_rows.sort();
+    assert_eq!(rows, want_rows);
+    dpkg_checks(&rootfs);
+}
+
+#[test]
+fn foreign_architecture_errors_are_clear() {
+    let sh = shared();
+    let cache = unique_dir("cache");
+    // An arch:all package that is not Multi-Arch: foreign cannot serve a foreign package.
+    let ws = Workspace::new("apt-foreign-unsat");
+    write_spec(&ws, sh, &[&format!("data32:{FOREIGN}")], None);
+    let err = expect_build_failure(&ws, &cache, Some(2), &["cannot be installed together"]);
+    assert!(
+        err.contains("greet-data") && err.contains("Multi-Arch: foreign"),
+        "{err}"
+    );
+    // Not a Debian architecture.
+    let ws = Workspace::new("apt-foreign-bad");
+    write_spec(&ws, sh, &["hello:sparc64"], None);
+    expect_build_failure(&ws, &cache, Some(2), &["not a Debian architecture"]);
+    // The repository has no index for that architecture.
+    let ws = Workspace::new("apt-foreign-missing");
+    write_spec(&ws, sh, &["hello:arm64"], None);
+    expect_build_failure(&ws, &cache, Some(2), &["no index for main/arm64"]);
+    // A package the foreign index does not have.
+    let ws = Workspace::new("apt-foreign-unknown");
+    write_spec(&ws, sh, &[&format!("hello:{FOREIGN}")], None);
+    expect_build_failure(
+        &ws,
+        &cache,
+        Some(2),
+        &["unknown package `hello:i386`", "for architecture i386"],
+    );
+}
+
+/// An OCI layout at WS/base holding busybox (`/bin/busybox`, `/bin/sh`).
+fn busybox_base(ws: &Workspace) -> String {
+    busybox_rootfs(ws);
+    let spec = "[image]\ntags = [\"sh\"]\n[[files]]\nsrc = \"rootfs/bin/\"\ndst = \"/bin\"\n";
+    fs::write(ws.join("base.toml"), spec).unwrap();
+    ws.kiln()
+        .args(["build", "base.toml", "-o", "oci:base"])
+        .run_ok();
+    format!("oci:{}:sh", ws.join("base").display())
+}
+
+#[test]
+fn run_scripts_layers_what_maintainer_scripts_change() {
+    let sh = shared();
+    let mut digests = Vec::new();
+    for round in 0..2 {
+        let ws = Workspace::new(&format!("apt-run-scripts-{round}"));
+        let base = busybox_base(&ws);
+        write_spec(&ws, sh, &["script-a"], Some(&base));
+        let v = build_cmd(&ws, &unique_dir("cache"))
+            .arg("--run-scripts")
+            .run_ok()
+            .json();
+        let report = apt_report(&v);
+        assert_eq!(
+            strs(&report["ran_scripts"]),
+            [
+                "script-b: postinst configure",
+                "script-a: postinst configure"
+            ],
+            "dependencies are configured first: {report}"
+        );
+        assert!(strs(&report["skipped_scripts"]).is_empty(), "{report}");
+        let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+        assert_eq!(
+            fs::read_to_string(rootfs.join("var/log/order.txt")).unwrap(),
+            "b configure\na script-a .\n",
+            "postinst got `configure` and an empty previous version, with DPKG_MAINTSCRIPT_PACKAGE"
+        );
+        assert_mode_owner(&rootfs, "/var/lib/script-a", 0o700, 0, 0);
+        assert_eq!(
+            fs::read_link(rootfs.join("var/lib/script-a/link")).unwrap(),
+            Path::new("/usr/share/script-a/data")
+        );
+        assert_mode_owner(&rootfs, "/usr/share/script-a/data", 0o600, 0, 0);
+        assert!(!rootfs.join("usr/share/script-a/remove-me").exists());
+        // Nothing the scripts did not touch is in the scripts' layer: the
+        // mount points and busybox stay in the layers below.
+        let layers = Layout::open(ws.join("out")).layers("t");
+        let layer: Vec<String> = layers
+            .last()
+            .expect("layers")
+            .1
+            .iter()
+            .map(|e| e.path.trim_end_matches('/').to_string())
+            .collect();
+        assert!(
+            layer
+                .iter()
+                .all(|p| !p.starts_with("proc") && !p.starts_with("dev") && !p.starts_with("bin")),
+            "{layer:?}"
+        );
+        assert!(
+            layer.contains(&"usr/share/script-a/.wh.remove-me".to_string()),
+            "{layer:?}"
+        );
+        // The base's OCI path differs per round (and is named in the
+        // config), so the layers are compared.
+        digests.push(
+            layers
+                .iter()
+                .map(|(d, _)| d["digest"].to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "the same scripts give the same layers"
+    );
+}
+
+#[test]
+fn run_scripts_failure_and_foreign_arch_are_clear() {
+    let sh = shared();
+    let cache = unique_dir("cache");
+    let ws = Workspace::new("apt-run-scripts-fail");
+    let base = busybox_base(&ws);
+    write_spec(&ws, sh, &["script-fail"], Some(&base));
+    let before = ws.listing();
+    let r = build_cmd(&ws, &cache).arg("--run-scripts").run();
+    assert_eq!(r.code(), Some(2), "{}", r.describe());
+    assert!(
+        r.stderr.contains("script-fail postinst configure failed")
+            && r.stderr.contains("cannot configure script-fail"),
+        "{}",
+        r.describe()
+    );
+    assert!(!ws.join("out").exists());
+    assert_eq!(ws.listing(), before);
+    let leftovers: Vec<String> = list_dir(&cache.join("tmp"));
+    assert!(
+        leftovers.is_empty(),
+        "scratch rootfs removed: {leftovers:?}"
+    );
+
+    // Another architecture: refused before anything is fetched.
+    let ws = Workspace::new("apt-run-scripts-arm64");
+    ws.spec(&format!(
+        "[image]\ntags = [\"t\"]\nplatforms = [\"linux/arm64\"]\n[apt]\npackages = [\"hello\"]\nsources = {}\n",
+        toml_list(&[&sh.source_line()]),
+    ));
+    let r = build_cmd(&ws, &cache).arg("--run-scripts").run();
+    assert_eq!(r.code(), Some(2), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("the image is arm64 but this machine is amd64"),
+        "{}",
+        r.describe()
     );
 }

@@ -31,6 +31,9 @@ pub struct AptReport {
     pub installed: Vec<String>,
     /// `package: script` pairs whose effects were not reproduced.
     pub skipped_scripts: Vec<String>,
+    /// `--run-scripts`: `package: script argument`, in the order run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ran_scripts: Vec<String>,
     /// Effects kiln performed in place of scripts.
     pub emulated: Vec<String>,
 }
@@ -46,6 +49,15 @@ fn multiarch_triplet(arch: &str) -> &'static str {
         "s390x" => "s390x-linux-gnu",
         "riscv64" => "riscv64-linux-gnu",
         _ => "unknown-linux-gnu",
+    }
+}
+
+/// `name`, or `name:arch` for a package of a foreign architecture.
+pub fn display_name(p: &super::repo::Package, native: &str) -> String {
+    if p.arch == native || p.arch == "all" || p.arch.is_empty() {
+        p.name.clone()
+    } else {
+        format!("{}:{}", p.name, p.arch)
     }
 }
 
@@ -227,12 +239,22 @@ fn metadata_layer(
     let mut report = AptReport::default();
     let triplet = multiarch_triplet(&plan.arch);
 
-    // dpkg status: base entries not replaced, plus ours, sorted by name.
-    let mut status: BTreeMap<String, Paragraph> = BTreeMap::new();
+    // dpkg status: base entries not replaced, plus ours, sorted by name
+    // and architecture (`all` counts as native, as an upgrade may move
+    // between the two).
+    let key = |name: &str, arch: &str| {
+        let arch = if arch == "all" || arch.is_empty() {
+            plan.arch.as_str()
+        } else {
+            arch
+        };
+        (name.to_string(), arch.to_string())
+    };
+    let mut status: BTreeMap<(String, String), Paragraph> = BTreeMap::new();
     if let Some(b) = fs.read("/var/lib/dpkg/status") {
         for p in parse_paragraphs(&String::from_utf8_lossy(b)) {
             if let Some(n) = p.get("Package") {
-                status.insert(n.to_string(), p);
+                status.insert(key(n, p.get("Architecture").unwrap_or("")), p);
             }
         }
     }
@@ -278,7 +300,7 @@ fn metadata_layer(
                     .insert(pos, ("Conffiles".into(), format!("\n{}", lines.join("\n"))));
             }
         }
-        status.insert(pkg.name.clone(), para);
+        status.insert(key(&pkg.name, &pkg.arch), para);
 
         // info/<pkg>.list: every path the package ships, as dpkg records them.
         let mut list = String::from("/.\n");
@@ -310,7 +332,7 @@ fn metadata_layer(
         }
         report
             .installed
-            .push(format!("{} {}", pkg.name, pkg.version));
+            .push(format!("{} {}", display_name(pkg, &plan.arch), pkg.version));
     }
     let mut status_text = String::new();
     for p in status.values() {
@@ -340,12 +362,14 @@ fn metadata_layer(
             tree.insert(data(f, Vec::new(), 0o644));
         }
     }
-    if plan.arch != "amd64" || plan.bootstrap.is_some() {
-        tree.insert(data(
-            "var/lib/dpkg/arch",
-            format!("{}\n", plan.arch).into_bytes(),
-            0o644,
-        ));
+    // dpkg's architecture list: native first, then the foreign ones.
+    if plan.arch != "amd64" || plan.bootstrap.is_some() || !plan.foreign_archs.is_empty() {
+        let mut text = format!("{}\n", plan.arch);
+        for a in &plan.foreign_archs {
+            text.push_str(a);
+            text.push('\n');
+        }
+        tree.insert(data("var/lib/dpkg/arch", text.into_bytes(), 0o644));
     }
 
     upgrade_whiteouts(plan, debs, fs, merged, &mut tree, &mut report);
@@ -365,7 +389,7 @@ fn metadata_layer(
                 if meaningful {
                     report
                         .skipped_scripts
-                        .push(format!("{}: {script}", pkg.name));
+                        .push(format!("{}: {script}", display_name(pkg, &plan.arch)));
                 }
             }
         }
@@ -558,9 +582,20 @@ fn ld_cache(
     report: &mut AptReport,
 ) {
     use super::ldconfig::{self, CacheEntry};
-    let Some((flags, machine)) = ldconfig::arch_flags(&plan.arch) else {
+    // Native libraries, and those of a foreign architecture the native
+    // ldconfig also lists (i386 on amd64); others (arm64 cross libraries on
+    // amd64) are not in the cache, as ldconfig skips them.
+    let kinds: Vec<(i32, u16)> = std::iter::once(&plan.arch)
+        .chain(
+            plan.foreign_archs
+                .iter()
+                .filter(|f| (plan.arch.as_str(), f.as_str()) == ("amd64", "i386")),
+        )
+        .filter_map(|a| ldconfig::arch_flags(a))
+        .collect();
+    if kinds.is_empty() {
         return;
-    };
+    }
     let text = |p: &str| {
         find_content(p.trim_start_matches('/'), debs, fs)
             .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -617,7 +652,10 @@ fn ld_cache(
         let Some(bytes) = resolved_content(&path, debs, tree, merged, 0) else {
             continue;
         };
-        let Some(soname) = ldconfig::soname(&bytes, machine) else {
+        let Some((flags, soname)) = kinds
+            .iter()
+            .find_map(|&(flags, machine)| Some((flags, ldconfig::soname(&bytes, machine)?)))
+        else {
             continue;
         };
         let link = format!("{parent}/{soname}");
@@ -645,13 +683,14 @@ fn ld_cache(
     if new.is_empty() {
         return;
     }
-    let provided: BTreeSet<&str> = new.iter().map(|e| e.soname.as_str()).collect();
+    let provided: BTreeSet<(i32, &str)> =
+        new.iter().map(|e| (e.flags, e.soname.as_str())).collect();
     let base: Vec<CacheEntry> = fs
         .read("/etc/ld.so.cache")
         .and_then(ldconfig::parse)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| !(e.flags == flags && provided.contains(e.soname.as_str())))
+        .filter(|e| !provided.contains(&(e.flags, e.soname.as_str())))
         .filter(|e| path_exists(&e.path, debs, fs, merged))
         .collect();
     let entries: Vec<CacheEntry> = base.into_iter().chain(new).collect();

@@ -12,6 +12,7 @@ pub mod deb;
 pub mod install;
 pub mod ldconfig;
 pub mod repo;
+pub mod scripts;
 pub mod solve;
 pub mod sources;
 
@@ -78,12 +79,20 @@ pub enum SourceEntry {
 #[derive(Debug)]
 pub struct AptPlan {
     pub arch: String,
+    /// Foreign architectures dpkg must know (`/var/lib/dpkg/arch`): the
+    /// base's and those of packages asked for as `name:ARCH`.
+    pub foreign_archs: Vec<String>,
     pub bootstrap: Option<Bootstrap>,
     /// Packages to install, sorted by name; their `.deb`s are in the cache.
     pub packages: Vec<Package>,
     /// Packages the base already had that satisfied the request.
     pub already_installed: usize,
 }
+
+/// The architectures Debian builds for (a `name:ARCH` request must name one).
+const DEBIAN_ARCHS: &[&str] = &[
+    "amd64", "arm64", "armel", "armhf", "i386", "mips64el", "ppc64el", "riscv64", "s390x",
+];
 
 /// Debian's name for an OCI architecture.
 pub fn debian_arch(p: &Platform) -> Result<&'static str> {
@@ -109,6 +118,7 @@ pub fn debian_arch(p: &Platform) -> Result<&'static str> {
 pub fn keep_path(path: &str) -> bool {
     sources::keep_path(path)
         || path == "/var/lib/dpkg/status"
+        || path == "/var/lib/dpkg/arch"
         || path.starts_with("/var/lib/dpkg/status.d/")
         || path.starts_with("/var/lib/dpkg/alternatives/")
         || path == "/etc/ld.so.cache"
@@ -239,7 +249,21 @@ fn keyring_for(
     repo::load_keyring(&bytes, &host.display().to_string())
 }
 
-/// Parse a request: `name`, `name=version`, `name:arch`.
+/// Foreign architectures the base's dpkg already knows.
+fn base_foreign_archs(fs: &Rootfs, native: &str) -> Vec<String> {
+    fs.read("/var/lib/dpkg/arch")
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .split_whitespace()
+                .filter(|a| *a != native)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parse a request: `name`, `name=version`, `name:arch` (a foreign arch is
+/// kept on the dep; the native one, `any` and `native` are dropped).
 fn parse_request(s: &str, arch: &str) -> Result<Dep> {
     let (head, version) = match s.split_once('=') {
         Some((h, v)) => (
@@ -252,13 +276,16 @@ fn parse_request(s: &str, arch: &str) -> Result<Dep> {
         None => (s.trim(), None),
     };
     let mut d = parse_dep(head).map_err(|e| Error::input(format!("[apt] packages: {e}")))?;
-    if let Some(a) = &d.arch {
-        if a != arch && a != "all" && a != "any" {
-            return Err(Error::input(format!(
-                "[apt] packages: `{s}` asks for architecture {a}, but this image is {arch}; foreign architectures are not supported"
-            )));
+    if let Some(a) = d.arch.take() {
+        if a != arch && !matches!(a.as_str(), "all" | "any" | "native") {
+            if !DEBIAN_ARCHS.contains(&a.as_str()) {
+                return Err(Error::input(format!(
+                    "[apt] packages: `{s}`: `{a}` is not a Debian architecture (one of {})",
+                    DEBIAN_ARCHS.join(", ")
+                )));
+            }
+            d.arch = Some(a);
         }
-        d.arch = None;
     }
     d.constraint = version.map(|v| (Relation::Eq, v));
     Ok(d)
@@ -279,6 +306,21 @@ pub fn plan(
             "[apt] bootstrap needs `base = \"scratch\"`; the base already is a system",
         ));
     }
+    let mut requests: Vec<Vec<Dep>> = section
+        .packages
+        .iter()
+        .map(|s| parse_request(s, arch).map(|d| vec![d]))
+        .collect::<Result<_>>()?;
+    // Indexes are read for the native and every requested foreign arch.
+    let mut archs: Vec<String> = vec![arch.to_string()];
+    for d in requests.iter().flatten() {
+        if let Some(a) = &d.arch {
+            if !archs.contains(a) {
+                archs.push(a.clone());
+            }
+        }
+    }
+    archs[1..].sort();
     let srcs = resolve_sources(section, fs, scratch)?;
     let keyrings = srcs
         .iter()
@@ -287,16 +329,13 @@ pub fn plan(
     let indexes: Vec<Vec<Package>> = srcs
         .par_iter()
         .zip(keyrings.par_iter())
-        .map(|(s, k)| repo::load_source(s, k, arch, http, cache))
+        .map(|(s, k)| repo::load_source(s, k, &archs, http, cache))
         .collect::<Result<_>>()?;
     let mut universe = installed_packages(fs);
     let installed_names: std::collections::HashSet<String> =
         universe.iter().map(|p| p.name.clone()).collect();
     for pkgs in indexes {
-        universe.extend(
-            pkgs.into_iter()
-                .filter(|p| p.arch == arch || p.arch == "all"),
-        );
+        universe.extend(pkgs);
     }
     if !section.pinned.is_empty() {
         universe.retain(|p| {
@@ -307,11 +346,6 @@ pub fn plan(
                     .is_none_or(|v| *v == p.version.to_string())
         });
     }
-    let mut requests: Vec<Vec<Dep>> = section
-        .packages
-        .iter()
-        .map(|s| parse_request(s, arch).map(|d| vec![d]))
-        .collect::<Result<_>>()?;
     if let Some(b) = section.bootstrap {
         let mut names: Vec<String> = universe
             .iter()
@@ -336,7 +370,7 @@ pub fn plan(
             "[apt] asks for nothing: give packages or bootstrap",
         ));
     }
-    let chosen = solve::solve(&universe, &requests)?;
+    let chosen = solve::solve(&universe, arch, &requests)?;
     let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
     let already = section
         .packages
@@ -353,8 +387,10 @@ pub fn plan(
                 .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
         })
         .collect::<Result<Vec<()>>>()?;
+    let foreign_archs = foreign_archs(fs, arch, &packages);
     Ok(AptPlan {
         arch: arch.to_string(),
+        foreign_archs,
         bootstrap: section.bootstrap,
         packages,
         already_installed: already,
@@ -367,6 +403,7 @@ pub fn plan(
 pub fn plan_locked(
     section: &AptSection,
     pins: &[crate::lock::AptPin],
+    fs: &Rootfs,
     platform: &Platform,
     http: &Http,
     cache: &Cache,
@@ -405,13 +442,27 @@ pub fn plan_locked(
             Ok(p)
         })
         .collect::<Result<_>>()?;
-    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     Ok(AptPlan {
         arch: arch.to_string(),
+        foreign_archs: foreign_archs(fs, arch, &packages),
         bootstrap: section.bootstrap,
         packages,
         already_installed: 0,
     })
+}
+
+/// The base's foreign architectures plus those of the packages to install.
+fn foreign_archs(fs: &Rootfs, native: &str, packages: &[Package]) -> Vec<String> {
+    let mut out: std::collections::BTreeSet<String> =
+        base_foreign_archs(fs, native).into_iter().collect();
+    out.extend(
+        packages
+            .iter()
+            .filter(|p| p.arch != native && p.arch != "all")
+            .map(|p| p.arch.clone()),
+    );
+    out.into_iter().collect()
 }
 
 /// What a lock records for an apt plan.

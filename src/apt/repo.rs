@@ -139,11 +139,13 @@ pub fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
     out
 }
 
-/// Fetch, verify and parse every index of one source for `arch`.
+/// Fetch, verify and parse every index of one source for `archs` (the
+/// native one first). `Architecture: all` packages are taken from the
+/// native index only, since every index lists them.
 pub fn load_source(
     src: &Source,
     keyring: &[SignedPublicKey],
-    arch: &str,
+    archs: &[String],
     http: &Http,
     cache: &Cache,
 ) -> Result<Vec<Package>> {
@@ -157,6 +159,10 @@ pub fn load_source(
     let inrelease = http.get_cached(&format!("{base}/InRelease"), None, cache, &check)?;
     let release = verify_inrelease(&as_text(&inrelease.bytes)?, keyring, &what)?;
     let hashes = release_hashes(&release);
+    let by_hash = parse_paragraphs(&release)
+        .first()
+        .and_then(|p| p.get("Acquire-By-Hash"))
+        == Some("yes");
     let components: Vec<String> = if src.components.is_empty() {
         parse_paragraphs(&release)
             .first()
@@ -167,7 +173,10 @@ pub fn load_source(
         src.components.clone()
     };
     let mut out = Vec::new();
-    for comp in &components {
+    for (comp, (ai, arch)) in components
+        .iter()
+        .flat_map(|c| archs.iter().enumerate().map(move |a| (c, a)))
+    {
         let stem = format!("{comp}/binary-{arch}/Packages");
         let (name, (digest, _)) = ["xz", "gz", ""]
             .iter()
@@ -182,8 +191,20 @@ pub fn load_source(
             .ok_or_else(|| {
                 Error::input(format!("{what}: Release lists no index for {comp}/{arch}"))
             })?;
+        // With Acquire-By-Hash the index is fetched by its digest, so a
+        // mirror caught mid-update cannot hand out a newer file than the
+        // Release we verified (apt does the same); the plain name is the fallback.
         let url = format!("{base}/{name}");
-        http.download(&url, Some(&digest), cache).map_err(|e| {
+        let fetched = match by_hash.then(|| {
+            let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            format!("{base}/{dir}/by-hash/SHA256/{}", digest.hex())
+        }) {
+            Some(hashed) => http
+                .download(&hashed, Some(&digest), cache)
+                .or_else(|_| http.download(&url, Some(&digest), cache)),
+            None => http.download(&url, Some(&digest), cache),
+        };
+        fetched.map_err(|e| {
             e.context(format!(
                 "{what}: index {name} (checked against the signed Release)"
             ))
@@ -203,7 +224,7 @@ pub fn load_source(
             .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
         for p in parse_paragraphs(&text) {
             match Package::from_paragraph(&p, &src.uri, &src.suite, false) {
-                Ok(pkg) if pkg.sha256.is_some() => out.push(pkg),
+                Ok(pkg) if pkg.sha256.is_some() && (ai == 0 || pkg.arch == *arch) => out.push(pkg),
                 Ok(_) => {}
                 Err(e) => {
                     return Err(Error::input(format!(

@@ -1,0 +1,437 @@
+//! `--run-scripts`: run the new packages' maintainer scripts as dpkg would
+//! (every `preinst install`, then every `postinst configure`, dependencies
+//! first) in a chroot of the assembled filesystem, inside user, mount, pid,
+//! network and ipc namespaces, and turn what they changed into one more
+//! layer.
+//!
+//! Unprivileged: the user namespace maps only the invoking user (to 0), so
+//! a script has capabilities only over its own namespaces and tree, and a
+//! `chown` to another account fails (the run then stops with the script's
+//! output). The tree becomes the root by pivot_root, not chroot, so there
+//! is no way back to the host's files. No network. Changes are found by comparing
+//! inode, ctime, type, mode and owner of every path before and after, so
+//! nothing a script touched is missed and nothing else is re-packed.
+//! Only when the image's architecture is the host's: no emulation.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::install::display_name;
+use super::repo::Package;
+use super::AptPlan;
+use crate::error::{Error, IoContext, Result};
+use crate::inventory::{Node, Rootfs};
+use crate::layer::{Entry, EntryKind};
+
+/// Not compared: kernel filesystems mounted for the scripts.
+const SKIPPED: &[&str] = &["proc", "sys", "dev"];
+
+/// What running the scripts did.
+pub struct ScriptRun {
+    /// The layer: changed and new paths, whiteouts for removed ones.
+    pub entries: Vec<Entry>,
+    /// `package: script argument` in the order run.
+    pub ran: Vec<String>,
+}
+
+/// Debian's name for the architecture kiln runs on.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "i386",
+        "arm" => "armhf",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+/// Can scripts for an image of Debian architecture `arch` run here?
+/// Checked before anything is resolved or downloaded.
+pub fn check_host(arch: &str) -> Result<PathBuf> {
+    if arch != host_arch() {
+        return Err(Error::input(format!(
+            "--run-scripts: the image is {arch} but this machine is {}; maintainer scripts run only for the host's architecture (kiln does not emulate)",
+            host_arch()
+        )));
+    }
+    which("unshare").ok_or_else(|| {
+        Error::input("--run-scripts needs `unshare` (util-linux) on PATH".to_string())
+    })
+}
+
+/// Run the maintainer scripts of `plan` over `full` (the base with every
+/// apt layer applied, contents kept). `tmp` is a scratch directory on a
+/// filesystem that supports ownership; it is removed again.
+pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<ScriptRun> {
+    let unshare = check_host(&plan.arch)?;
+    let dir = tempfile::Builder::new()
+        .prefix("run-scripts-")
+        .tempdir_in(tmp)
+        .io_context(|| format!("creating a directory in {}", tmp.display()))?;
+    let root = dir.path().join("rootfs");
+    let kiln = std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
+    materialize(full, &root)?;
+    let before = snapshot(&root)?;
+
+    let order = configure_order(&plan.packages);
+    let mut ran = Vec::new();
+    for (script, arg) in [("preinst", "install"), ("postinst", "configure")] {
+        for &i in &order {
+            let p = &plan.packages[i];
+            let info = if p.multi_arch == "same" {
+                format!("{}:{}", p.name, p.arch)
+            } else {
+                p.name.clone()
+            };
+            let rel = format!("var/lib/dpkg/info/{info}.{script}");
+            if !root.join(&rel).is_file() {
+                continue;
+            }
+            let out = Command::new(&unshare)
+                .args([
+                    "--map-root-user",
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--net",
+                    "--ipc",
+                ])
+                .args(["--uts", "--"])
+                .arg(&kiln)
+                .arg("__run-script")
+                .arg(&root)
+                .arg(format!("/{rel}"))
+                .arg(arg)
+                .arg("") // most recently configured version: none
+                .env_clear()
+                .env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
+                .env("HOME", "/root")
+                .env("LC_ALL", "C")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+                .env("SOURCE_DATE_EPOCH", epoch.to_string())
+                .env("DPKG_MAINTSCRIPT_PACKAGE", &p.name)
+                .env("DPKG_MAINTSCRIPT_ARCH", &p.arch)
+                .env("DPKG_MAINTSCRIPT_NAME", script)
+                .env("DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT", "1")
+                .env("DPKG_ADMINDIR", "/var/lib/dpkg")
+                .env("DPKG_ROOT", "")
+                .output()
+                .io_context(|| "starting unshare".to_string())?;
+            let name = display_name(p, &plan.arch);
+            if !out.status.success() {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::input(format!(
+                    "--run-scripts: {name} {script} {arg} failed ({}); nothing was written. Its last output:\n{}",
+                    out.status,
+                    tail.join("\n")
+                )));
+            }
+            ran.push(format!("{name}: {script} {arg}"));
+        }
+    }
+    let after = snapshot(&root)?;
+    let entries = changes(&root, &before, &after)?;
+    Ok(ScriptRun { entries, ran })
+}
+
+/// Inside the namespaces (`kiln __run-script ROOT PROGRAM ARGS...`): make
+/// ROOT the root with pivot_root (so, unlike chroot, there is no way back
+/// to the host's tree), with /proc and a few host device nodes, then exec
+/// PROGRAM. Returns only on failure.
+pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()> {
+    use rustix::mount::{mount, mount_bind, unmount, MountFlags, UnmountFlags};
+    use std::os::unix::process::CommandExt;
+    let sys = |what: &str, e: rustix::io::Errno| {
+        Error::input(format!(
+            "--run-scripts: {what}: {}",
+            std::io::Error::from(e)
+        ))
+    };
+    mount_bind(root, root).map_err(|e| sys("bind-mounting the root", e))?;
+    std::env::set_current_dir(root).io_context(|| format!("entering {}", root.display()))?;
+    mount("proc", "proc", "proc", MountFlags::empty(), None)
+        .map_err(|e| sys("mounting /proc", e))?;
+    for d in ["null", "zero", "full", "random", "urandom"] {
+        let inside = Path::new("dev").join(d);
+        if fs::symlink_metadata(&inside).is_err() {
+            fs::write(&inside, b"").io_context(|| format!("creating /dev/{d}"))?;
+        }
+        mount_bind(Path::new("/dev").join(d), &inside)
+            .map_err(|e| sys(&format!("binding /dev/{d}"), e))?;
+    }
+    rustix::process::pivot_root(".", ".").map_err(|e| sys("pivot_root", e))?;
+    unmount(".", UnmountFlags::DETACH).map_err(|e| sys("detaching the host's root", e))?;
+    std::env::set_current_dir("/").io_context(|| "entering /".to_string())?;
+    let err = std::process::Command::new(program).args(args).exec();
+    Err(Error::input(format!(
+        "--run-scripts: running {program}: {err}"
+    )))
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Dependencies first (dpkg's configure order); ties and cycles by name.
+fn configure_order(packages: &[Package]) -> Vec<usize> {
+    let by_name: BTreeMap<&str, Vec<usize>> =
+        packages
+            .iter()
+            .enumerate()
+            .fold(BTreeMap::new(), |mut m, (i, p)| {
+                m.entry(p.name.as_str()).or_insert_with(Vec::new).push(i);
+                for v in &p.provides {
+                    m.entry(v.name.as_str()).or_insert_with(Vec::new).push(i);
+                }
+                m
+            });
+    let mut done = vec![false; packages.len()];
+    let mut order = Vec::new();
+    fn visit(
+        i: usize,
+        packages: &[Package],
+        by_name: &BTreeMap<&str, Vec<usize>>,
+        done: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if done[i] {
+            return;
+        }
+        done[i] = true; // marked on entry: a cycle is broken here
+        for group in &packages[i].depends {
+            for d in group {
+                for &j in by_name.get(d.name.as_str()).into_iter().flatten() {
+                    visit(j, packages, by_name, done, order);
+                }
+            }
+        }
+        order.push(i);
+    }
+    for i in 0..packages.len() {
+        visit(i, packages, &by_name, &mut done, &mut order);
+    }
+    order
+}
+
+/// Write the filesystem view to `root`. Nothing is written through a
+/// symlink: an entry below one is skipped.
+fn materialize(full: &Rootfs, root: &Path) -> Result<()> {
+    let io = |what: &Path| format!("--run-scripts: writing {}", what.display());
+    fs::create_dir_all(root).io_context(|| io(root))?;
+    let mut links: HashSet<String> = HashSet::new();
+    for (path, node) in full.paths() {
+        let below_link = path
+            .match_indices('/')
+            .skip(1)
+            .any(|(i, _)| links.contains(&path[..i]));
+        if below_link {
+            continue;
+        }
+        let dst = root.join(path.trim_start_matches('/'));
+        match node {
+            Node::Dir => fs::create_dir_all(&dst).io_context(|| io(&dst))?,
+            Node::File { mode, content, .. } => {
+                fs::write(&dst, content.as_deref().unwrap_or_default()).io_context(|| io(&dst))?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode & 0o7777))
+                    .io_context(|| io(&dst))?;
+            }
+            Node::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &dst).io_context(|| io(&dst))?;
+                links.insert(path.clone());
+            }
+            Node::Other => {} // devices and fifos: not recreated
+        }
+    }
+    // Mount points and /tmp, so the run adds none of them to the layer.
+    for (d, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        let p = root.join(d);
+        if fs::symlink_metadata(&p).is_err() {
+            fs::create_dir(&p).io_context(|| io(&p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).io_context(|| io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every path below `root` (directories before their contents), `root` included.
+fn walkdir(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        i += 1;
+        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
+        if md.is_dir() {
+            let mut names: Vec<PathBuf> = fs::read_dir(&p)
+                .io_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            names.sort();
+            out.extend(names);
+        }
+    }
+    Ok(out)
+}
+
+/// What identifies a path's state: a change to any of it means the scripts touched it.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+fn snapshot(root: &Path) -> Result<BTreeMap<String, Stamp>> {
+    let mut out = BTreeMap::new();
+    for p in walkdir(root)? {
+        let Ok(rel) = p.strip_prefix(root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy().into_owned();
+        if rel.is_empty()
+            || SKIPPED
+                .iter()
+                .any(|s| rel == *s || rel.starts_with(&format!("{s}/")))
+        {
+            continue;
+        }
+        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
+        out.insert(
+            rel,
+            Stamp {
+                ino: md.ino(),
+                ctime: (md.ctime(), md.ctime_nsec()),
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Layer entries for what changed between two snapshots.
+fn changes(
+    root: &Path,
+    before: &BTreeMap<String, Stamp>,
+    after: &BTreeMap<String, Stamp>,
+) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (rel, stamp) in after {
+        if before.get(rel) == Some(stamp) {
+            continue;
+        }
+        let p = root.join(rel);
+        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
+        let kind = if md.is_dir() {
+            EntryKind::Dir
+        } else if md.file_type().is_symlink() {
+            EntryKind::Symlink {
+                target: fs::read_link(&p)
+                    .io_context(|| format!("reading {}", p.display()))?
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        } else if md.is_file() {
+            EntryKind::Data(std::sync::Arc::new(
+                fs::read(&p).io_context(|| format!("reading {}", p.display()))?,
+            ))
+        } else {
+            return Err(Error::input(format!(
+                "--run-scripts: a script created /{rel}, which is not a file, directory or symlink"
+            )));
+        };
+        entries.push(Entry {
+            path: rel.clone(),
+            kind,
+            mode: md.mode() & 0o7777,
+            // Only the invoking user is mapped: everything is root's.
+            uid: 0,
+            gid: 0,
+        });
+    }
+    // Removed paths: one whiteout for the topmost.
+    let mut removed: BTreeSet<&str> = BTreeSet::new();
+    for rel in before.keys() {
+        if after.contains_key(rel) {
+            continue;
+        }
+        let parent_gone = rel
+            .match_indices('/')
+            .any(|(i, _)| removed.contains(&rel[..i]));
+        if !parent_gone {
+            removed.insert(rel);
+            entries.push(Entry::whiteout(rel));
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apt::control::{parse_deps, Version};
+
+    fn pkg(name: &str, depends: &str) -> Package {
+        Package {
+            name: name.into(),
+            version: Version::parse("1").unwrap(),
+            arch: "amd64".into(),
+            multi_arch: "no".into(),
+            essential: false,
+            priority: "optional".into(),
+            depends: if depends.is_empty() {
+                Vec::new()
+            } else {
+                parse_deps(depends).unwrap()
+            },
+            provides: Vec::new(),
+            conflicts: Vec::new(),
+            url: String::new(),
+            sha256: None,
+            size: 0,
+            suite: String::new(),
+            installed: false,
+        }
+    }
+
+    #[test]
+    fn dependencies_are_configured_first() {
+        let p = vec![
+            pkg("app", "lib | other, tool"),
+            pkg("lib", "base"),
+            pkg("base", ""),
+            pkg("tool", "app"), // a cycle, broken deterministically
+        ];
+        let order: Vec<&str> = configure_order(&p)
+            .into_iter()
+            .map(|i| p[i].name.as_str())
+            .collect();
+        assert_eq!(order, ["base", "lib", "tool", "app"]);
+    }
+}

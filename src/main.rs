@@ -82,6 +82,9 @@ enum Command {
     /// Internal: set up the namespace `--run-scripts` runs a script in.
     #[command(name = "__run-script", hide = true)]
     RunScript {
+        /// The second half, already inside the namespaces.
+        #[arg(long)]
+        inside: bool,
         root: PathBuf,
         program: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -190,10 +193,20 @@ fn cache_dir(common: &Common) -> PathBuf {
 fn run(cli: Cli) -> kiln::Result<()> {
     match cli.command {
         Command::RunScript {
+            inside: true,
             root,
             program,
             args,
         } => kiln::apt::scripts::enter_and_exec(&root, &program, &args),
+        Command::RunScript {
+            root,
+            program,
+            args,
+            ..
+        } => {
+            let code = kiln::apt::scripts::namespace_stage(&root, &program, &args)?;
+            std::process::exit(code)
+        }
         Command::Build {
             spec,
             output,

@@ -280,3 +280,39 @@ fn assert_ld_cache_matches_ldconfig(rootfs: &std::path::Path) {
         "in ldconfig's cache only"
     );
 }
+
+/// `--run-scripts`: every maintainer script of a real minbase system runs
+/// in kiln's namespace (base-files' `chown root:mail /var/mail` included),
+/// and the image still works.
+#[test]
+fn minbase_with_maintainer_scripts_run() {
+    ensure_host_sources();
+    let ws = Workspace::new("apt-run-scripts");
+    ws.spec("[image]\ntags = [\"s\"]\n[apt]\nbootstrap = \"minbase\"\npackages = [\"python3\"]\n");
+    let out = ws.join("out");
+    let build = run(ws
+        .kiln()
+        .env("KILN_CACHE", shared_cache())
+        .args(["build", "--run-scripts", "--json", "-o"])
+        .arg(format!("oci:{}", out.display())))
+    .ok();
+    let report = build.json();
+    let ran = strs(&report["apt"][0]["ran_scripts"]);
+    assert!(
+        ran.iter().any(|s| s == "base-files: postinst configure"),
+        "{ran:?}"
+    );
+    assert!(ran.len() > 30, "{ran:?}");
+    assert!(strs(&report["apt"][0]["skipped_scripts"]).is_empty());
+    let rootfs = umoci_unpack(&out, "s", &ws.join("bundle"));
+    chroot_run(&rootfs, &["python3", "-c", "import ssl, sqlite3, json"]).ok();
+    let audit = chroot_run(&rootfs, &["dpkg", "--audit"]).ok();
+    assert_eq!(audit.stdout.trim(), "", "{}", audit.describe());
+    chroot_run(&rootfs, &["apt-get", "check"]).ok();
+    // Run as root, kiln maps ids to themselves: the script's chown holds.
+    let uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.ok() == Some(0) {
+        let mail = chroot_run(&rootfs, &["stat", "-c", "%G", "/var/mail"]).ok();
+        assert_eq!(mail.stdout.trim(), "mail");
+    }
+}

@@ -4,10 +4,12 @@
 //! network and ipc namespaces, and turn what they changed into one more
 //! layer.
 //!
-//! Unprivileged: the user namespace maps only the invoking user (to 0), so
-//! a script has capabilities only over its own namespaces and tree, and a
-//! `chown` to another account fails (the run then stops with the script's
-//! output). The tree becomes the root by pivot_root, not chroot, so there
+//! Unprivileged: kiln starts itself (`kiln __run-script`) in a new user
+//! namespace whose id maps the parent writes: as root, ids 0..65536 map to
+//! themselves (so `chown root:mail` works and files keep their owners); as
+//! another user, only that user maps to 0 (a chown to another account then
+//! fails with the script's output). Capabilities exist only inside the
+//! namespaces; the tree becomes the root by pivot_root, not chroot, so there
 //! is no way back to the host's files. No network. Changes are found by comparing
 //! inode, ctime, type, mode and owner of every path before and after, so
 //! nothing a script touched is missed and nothing else is re-packed.
@@ -53,29 +55,31 @@ fn host_arch() -> &'static str {
 
 /// Can scripts for an image of Debian architecture `arch` run here?
 /// Checked before anything is resolved or downloaded.
-pub fn check_host(arch: &str) -> Result<PathBuf> {
+pub fn check_host(arch: &str) -> Result<()> {
     if arch != host_arch() {
         return Err(Error::input(format!(
             "--run-scripts: the image is {arch} but this machine is {}; maintainer scripts run only for the host's architecture (kiln does not emulate)",
             host_arch()
         )));
     }
-    which("unshare").ok_or_else(|| {
-        Error::input("--run-scripts needs `unshare` (util-linux) on PATH".to_string())
-    })
+    Ok(())
 }
 
 /// Run the maintainer scripts of `plan` over `full` (the base with every
 /// apt layer applied, contents kept). `tmp` is a scratch directory on a
 /// filesystem that supports ownership; it is removed again.
 pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<ScriptRun> {
-    let unshare = check_host(&plan.arch)?;
+    check_host(&plan.arch)?;
     let dir = tempfile::Builder::new()
         .prefix("run-scripts-")
         .tempdir_in(tmp)
         .io_context(|| format!("creating a directory in {}", tmp.display()))?;
     let root = dir.path().join("rootfs");
     let kiln = std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
+    // Who kiln runs as: the owner of the directory it just made.
+    let euid = fs::metadata(dir.path())
+        .io_context(|| format!("reading {}", dir.path().display()))?
+        .uid();
     materialize(full, &root)?;
     let before = snapshot(&root)?;
 
@@ -93,18 +97,8 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
             if !root.join(&rel).is_file() {
                 continue;
             }
-            let out = Command::new(&unshare)
-                .args([
-                    "--map-root-user",
-                    "--mount",
-                    "--pid",
-                    "--fork",
-                    "--net",
-                    "--ipc",
-                ])
-                .args(["--uts", "--"])
-                .arg(&kiln)
-                .arg("__run-script")
+            let mut cmd = Command::new(&kiln);
+            cmd.arg("__run-script")
                 .arg(&root)
                 .arg(format!("/{rel}"))
                 .arg(arg)
@@ -124,9 +118,8 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
                 .env("DPKG_MAINTSCRIPT_NAME", script)
                 .env("DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT", "1")
                 .env("DPKG_ADMINDIR", "/var/lib/dpkg")
-                .env("DPKG_ROOT", "")
-                .output()
-                .io_context(|| "starting unshare".to_string())?;
+                .env("DPKG_ROOT", "");
+            let out = run_in_namespace(cmd, euid)?;
             let name = display_name(p, &plan.arch);
             if !out.status.success() {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -143,16 +136,116 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
         }
     }
     let after = snapshot(&root)?;
-    let entries = changes(&root, &before, &after)?;
+    let entries = changes(&root, &before, &after, euid)?;
     Ok(ScriptRun { entries, ran })
 }
 
-/// Inside the namespaces (`kiln __run-script ROOT PROGRAM ARGS...`): make
-/// ROOT the root with pivot_root (so, unlike chroot, there is no way back
-/// to the host's tree), with /proc and a few host device nodes, then exec
-/// PROGRAM. Returns only on failure.
+/// Parent side: start `cmd` (`kiln __run-script …`), wait until it has
+/// entered its user namespace, write the id maps, then let it go on.
+fn run_in_namespace(mut cmd: Command, euid: u32) -> Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .io_context(|| "starting kiln __run-script".to_string())?;
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let own = fs::read_link("/proc/self/ns/user").ok();
+    let mut entered = false;
+    for _ in 0..5000 {
+        let ns = fs::read_link(proc_dir.join("ns/user")).ok();
+        if ns.is_some() && ns != own {
+            entered = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mapped = entered
+        && (|| -> std::io::Result<()> {
+            if euid == 0 {
+                fs::write(proc_dir.join("uid_map"), "0 0 65536\n")?;
+                fs::write(proc_dir.join("gid_map"), "0 0 65536\n")?;
+            } else {
+                fs::write(proc_dir.join("setgroups"), "deny")?;
+                fs::write(proc_dir.join("uid_map"), format!("0 {euid} 1\n"))?;
+                fs::write(proc_dir.join("gid_map"), format!("0 {euid} 1\n"))?;
+            }
+            Ok(())
+        })()
+        .is_ok();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(if mapped { b"go\n" } else { b"no\n" });
+    }
+    let out = child
+        .wait_with_output()
+        .io_context(|| "waiting for kiln __run-script".to_string())?;
+    if !mapped {
+        return Err(Error::input(format!(
+            "--run-scripts: could not set up a user namespace (are unprivileged user namespaces enabled?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out)
+}
+
+/// `kiln __run-script ROOT PROGRAM ARGS...`, first half: enter a new user
+/// namespace, wait for the parent's id maps, then new mount, pid, network,
+/// ipc and uts namespaces, and run the second half as pid 1 there.
+/// Returns the exit code to leave with.
+pub fn namespace_stage(root: &Path, program: &str, args: &[String]) -> Result<i32> {
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    use std::io::BufRead;
+    let sys = |what: &str, e: rustix::io::Errno| {
+        Error::input(format!(
+            "--run-scripts: {what}: {}",
+            std::io::Error::from(e)
+        ))
+    };
+    // SAFETY: kiln is single-threaded here (nothing else has started), and
+    // no file table is unshared.
+    unsafe { unshare_unsafe(UnshareFlags::NEWUSER) }
+        .map_err(|e| sys("creating a user namespace", e))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .io_context(|| "waiting for the id maps".to_string())?;
+    if line.trim() != "go" {
+        return Err(Error::input("--run-scripts: no id maps were written"));
+    }
+    let flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS;
+    // SAFETY: as above.
+    unsafe { unshare_unsafe(flags) }.map_err(|e| sys("creating namespaces", e))?;
+    let exe = std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
+    let status = Command::new(exe)
+        .arg("__run-script")
+        .arg("--inside")
+        .arg(root)
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .io_context(|| "starting the script".to_string())?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Second half, pid 1 of the new namespaces: make ROOT the root with
+/// pivot_root (unlike chroot, there is no way back to the host's tree),
+/// with /proc and a few host device nodes, then exec PROGRAM. Returns only
+/// on failure.
 pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()> {
-    use rustix::mount::{mount, mount_bind, unmount, MountFlags, UnmountFlags};
+    use rustix::mount::{
+        mount, mount_bind, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
+    };
     use std::os::unix::process::CommandExt;
     let sys = |what: &str, e: rustix::io::Errno| {
         Error::input(format!(
@@ -160,6 +253,12 @@ pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()>
             std::io::Error::from(e)
         ))
     };
+    // Nothing mounted here may reach the host's mount table.
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| sys("making mounts private", e))?;
     mount_bind(root, root).map_err(|e| sys("bind-mounting the root", e))?;
     std::env::set_current_dir(root).io_context(|| format!("entering {}", root.display()))?;
     mount("proc", "proc", "proc", MountFlags::empty(), None)
@@ -179,14 +278,6 @@ pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()>
     Err(Error::input(format!(
         "--run-scripts: running {program}: {err}"
     )))
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
 }
 
 /// Dependencies first (dpkg's configure order); ties and cycles by name.
@@ -339,7 +430,10 @@ fn changes(
     root: &Path,
     before: &BTreeMap<String, Stamp>,
     after: &BTreeMap<String, Stamp>,
+    euid: u32,
 ) -> Result<Vec<Entry>> {
+    // As root the ids map to themselves; otherwise only kiln's user (as 0).
+    let id = |host: u32| if euid == 0 { u64::from(host) } else { 0 };
     let mut entries = Vec::new();
     for (rel, stamp) in after {
         if before.get(rel) == Some(stamp) {
@@ -369,9 +463,8 @@ fn changes(
             path: rel.clone(),
             kind,
             mode: md.mode() & 0o7777,
-            // Only the invoking user is mapped: everything is root's.
-            uid: 0,
-            gid: 0,
+            uid: id(md.uid()),
+            gid: id(md.gid()),
         });
     }
     // Removed paths: one whiteout for the topmost.

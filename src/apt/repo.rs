@@ -85,6 +85,37 @@ impl Package {
     }
 }
 
+/// A package for unit tests: `depends` in control-field syntax.
+#[cfg(test)]
+pub(crate) fn test_package(
+    name: &str,
+    version: &str,
+    arch: &str,
+    multi_arch: &str,
+    depends: &str,
+) -> Package {
+    Package {
+        name: name.into(),
+        version: Version::parse(version).expect("test version"),
+        arch: arch.into(),
+        multi_arch: multi_arch.into(),
+        essential: false,
+        priority: "optional".into(),
+        depends: if depends.is_empty() {
+            Vec::new()
+        } else {
+            parse_deps(depends).expect("test depends")
+        },
+        provides: Vec::new(),
+        conflicts: Vec::new(),
+        url: String::new(),
+        sha256: None,
+        size: 0,
+        suite: "stable".into(),
+        installed: false,
+    }
+}
+
 /// Load the public keys of a keyring (binary or armored, one or many keys).
 pub fn load_keyring(bytes: &[u8], what: &str) -> Result<Vec<SignedPublicKey>> {
     let (keys, _) = PublicOrSecret::from_reader_many(bytes)

@@ -488,29 +488,9 @@ fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apt::control::{parse_deps, Version};
 
     fn pkg(name: &str, depends: &str) -> Package {
-        Package {
-            name: name.into(),
-            version: Version::parse("1").unwrap(),
-            arch: "amd64".into(),
-            multi_arch: "no".into(),
-            essential: false,
-            priority: "optional".into(),
-            depends: if depends.is_empty() {
-                Vec::new()
-            } else {
-                parse_deps(depends).unwrap()
-            },
-            provides: Vec::new(),
-            conflicts: Vec::new(),
-            url: String::new(),
-            sha256: None,
-            size: 0,
-            suite: String::new(),
-            installed: false,
-        }
+        crate::apt::repo::test_package(name, "1", "amd64", "no", depends)
     }
 
     #[test]

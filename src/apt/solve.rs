@@ -520,30 +520,8 @@ pub fn solve(packages: &[Package], native: &str, requests: &[Vec<Dep>]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apt::control::parse_deps;
 
-    fn pkg(name: &str, version: &str, arch: &str, multi_arch: &str, depends: &str) -> Package {
-        Package {
-            name: name.into(),
-            version: Version::parse(version).unwrap(),
-            arch: arch.into(),
-            multi_arch: multi_arch.into(),
-            essential: false,
-            priority: "optional".into(),
-            depends: if depends.is_empty() {
-                Vec::new()
-            } else {
-                parse_deps(depends).unwrap()
-            },
-            provides: Vec::new(),
-            conflicts: Vec::new(),
-            url: String::new(),
-            sha256: None,
-            size: 0,
-            suite: "stable".into(),
-            installed: false,
-        }
-    }
+    use crate::apt::repo::test_package as pkg;
 
     fn req(name: &str, arch: Option<&str>) -> Vec<Dep> {
         vec![Dep {

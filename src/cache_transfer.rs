@@ -608,9 +608,9 @@ impl std::fmt::Display for GcReport {
 }
 
 /// Delete what none of `locks` needs: blobs, conda packages extracted from
-/// archives no lock pins, wheel-metadata memos of wheels no lock pins, and
-/// temporaries older than a day. The pip page cache (which expires by
-/// itself) and anything kiln does not know are left alone.
+/// archives no lock pins, wheel-metadata and RECORD-hash memos of wheels no
+/// lock pins, and temporaries older than a day. The pip page cache (which
+/// expires by itself) and anything kiln does not know are left alone.
 pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     let read = read_locks(locks)?;
     let mut needs = Needs::default();
@@ -658,12 +658,15 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     // State derived from blobs, named by the blob's digest, and temporaries
     // no running build can still own.
     type Rule<'a> = (&'a str, &'a dyn Fn(&str, &fs::Metadata) -> bool);
-    let rules: [Rule; 4] = [
+    let rules: [Rule; 5] = [
         ("conda-pkgs", &|name, md| {
             let extracted = md.is_dir() && name.len() == 64;
             (extracted && !kept_name(name)) || (name.starts_with(".extract-") && stale(md))
         }),
         ("pip/metadata", &|name, md| {
+            md.is_file() && name.len() == 64 && !kept_name(name)
+        }),
+        ("pip/record-hashes", &|name, md| {
             md.is_file() && name.len() == 64 && !kept_name(name)
         }),
         ("tmp", &|_, md| stale(md)),

@@ -293,7 +293,7 @@ impl<'a> IndexClient<'a> {
 }
 
 /// Write via a temp file + rename so readers never see half a file; failures are ignored (it is a cache).
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;

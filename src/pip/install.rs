@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
@@ -74,11 +75,26 @@ pub fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
     .into_bytes())
 }
 
-/// Lay one wheel out for `target`.
+/// RECORD hash (`sha256=<urlsafe-b64>`) of each member, by member path
+/// (ordered, so a kept copy is the same bytes every time).
+pub type MemberHashes = BTreeMap<String, String>;
+
+/// RECORD hashes of every member, computed in parallel.
+pub fn member_hashes(files: &[WheelFile]) -> MemberHashes {
+    files
+        .par_iter()
+        .map(|f| (f.path.clone(), record_hash(&f.data)))
+        .collect()
+}
+
+/// Lay one wheel out for `target`. `known` gives the RECORD hashes of members
+/// (see [`member_hashes`]); a member it lacks, and every file kiln writes or
+/// rewrites, is hashed here.
 pub fn wheel_entries(
     t: &PythonTarget,
     info: &InstallInfo,
     files: Vec<WheelFile>,
+    known: &MemberHashes,
 ) -> Result<Vec<Entry>> {
     let wheel = info.filename;
     let dist_info = files
@@ -98,10 +114,13 @@ pub fn wheel_entries(
     let site = t.scheme.purelib.clone();
     let shebang = t.shebang();
 
-    // Absolute image path → (content, executable).
-    let mut out: BTreeMap<String, (Vec<u8>, bool)> = BTreeMap::new();
-    let mut put = |path: String, data: Vec<u8>, exec: bool| -> Result<()> {
-        if out.insert(path.clone(), (data, exec)).is_some() {
+    // Absolute image path → (content, executable, RECORD hash if known).
+    let mut out: BTreeMap<String, (Vec<u8>, bool, Option<String>)> = BTreeMap::new();
+    let mut put = |path: String, data: Vec<u8>, exec: bool, hash: Option<&String>| -> Result<()> {
+        if out
+            .insert(path.clone(), (data, exec, hash.cloned()))
+            .is_some()
+        {
             return Err(Error::input(format!(
                 "wheel {wheel}: two members install to {path}"
             )));
@@ -110,18 +129,35 @@ pub fn wheel_entries(
     };
     let mut entry_points = None;
     for f in files {
+        let hash = known.get(&f.path);
         if let Some(rest) = f.path.strip_prefix(&format!("{data_dir}/")) {
             let (key, sub) = rest.split_once('/').ok_or_else(|| {
                 Error::input(format!("wheel {wheel}: unexpected member `{}`", f.path))
             })?;
             match key {
-                "purelib" => put(format!("{}/{sub}", t.scheme.purelib), f.data, f.executable)?,
-                "platlib" => put(format!("{}/{sub}", t.scheme.platlib), f.data, f.executable)?,
-                "data" => put(format!("{}/{sub}", t.scheme.data), f.data, f.executable)?,
+                "purelib" => put(
+                    format!("{}/{sub}", t.scheme.purelib),
+                    f.data,
+                    f.executable,
+                    hash,
+                )?,
+                "platlib" => put(
+                    format!("{}/{sub}", t.scheme.platlib),
+                    f.data,
+                    f.executable,
+                    hash,
+                )?,
+                "data" => put(
+                    format!("{}/{sub}", t.scheme.data),
+                    f.data,
+                    f.executable,
+                    hash,
+                )?,
                 "headers" => put(
                     format!("{}/{dist_name}/{sub}", t.scheme.headers),
                     f.data,
                     false,
+                    hash,
                 )?,
                 "scripts" => {
                     if sub.contains('/') {
@@ -130,13 +166,15 @@ pub fn wheel_entries(
                         )));
                     }
                     let mut data = f.data;
+                    let mut hash = hash;
                     if data.starts_with(b"#!python") {
                         let nl = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
                         let mut d = shebang.clone().into_bytes();
                         d.extend_from_slice(&data[nl..]);
                         data = d;
+                        hash = None;
                     }
-                    put(format!("{}/{sub}", t.scheme.scripts), data, true)?
+                    put(format!("{}/{sub}", t.scheme.scripts), data, true, hash)?
                 }
                 other => {
                     return Err(Error::input(format!(
@@ -156,7 +194,7 @@ pub fn wheel_entries(
                 _ => {}
             }
         }
-        put(format!("{site}/{}", f.path), f.data, f.executable)?;
+        put(format!("{site}/{}", f.path), f.data, f.executable, hash)?;
     }
     if let Some(text) = entry_points {
         for (group, name, value) in parse_entry_points(&text) {
@@ -170,35 +208,40 @@ pub fn wheel_entries(
             }
             let script = entry_point_script(&shebang, &value)
                 .map_err(|e| e.context(format!("wheel {wheel}")))?;
-            put(format!("{}/{name}", t.scheme.scripts), script, true)?;
+            put(format!("{}/{name}", t.scheme.scripts), script, true, None)?;
         }
     }
     let di = format!("{site}/{dist_info}");
-    put(format!("{di}/INSTALLER"), b"kiln\n".to_vec(), false)?;
+    put(format!("{di}/INSTALLER"), b"kiln\n".to_vec(), false, None)?;
     if info.requested {
-        put(format!("{di}/REQUESTED"), Vec::new(), false)?;
+        put(format!("{di}/REQUESTED"), Vec::new(), false, None)?;
     }
     if let Some(d) = &info.direct_url {
         put(
             format!("{di}/direct_url.json"),
             d.clone().into_bytes(),
             false,
+            None,
         )?;
     }
     let record_path = format!("{di}/RECORD");
     let mut record = String::new();
-    for (path, (data, _)) in &out {
+    for (path, (data, _, hash)) in &out {
+        let hash = hash.clone().unwrap_or_else(|| record_hash(data));
         let rel = relative(&site, path);
         let rel = if rel.contains(',') || rel.contains('"') {
             format!("\"{}\"", rel.replace('"', "\"\""))
         } else {
             rel
         };
-        record.push_str(&format!("{rel},{},{}\n", record_hash(data), data.len()));
+        record.push_str(&format!("{rel},{hash},{}\n", data.len()));
     }
     record.push_str(&format!("{},,\n", relative(&site, &record_path)));
-    out.insert(record_path, (record.into_bytes(), false));
-    Ok(out.into_iter().map(|(p, (d, x))| entry(&p, d, x)).collect())
+    out.insert(record_path, (record.into_bytes(), false, None));
+    Ok(out
+        .into_iter()
+        .map(|(p, (d, x, _))| entry(&p, d, x))
+        .collect())
 }
 
 /// The venv skeleton: `pyvenv.cfg`, `bin/python*` symlinks, `lib64 -> lib`.
@@ -285,7 +328,21 @@ mod tests {
             requested: true,
             direct_url: None,
         };
-        let e = wheel_entries(&t, &info, files).unwrap();
+        let e = wheel_entries(&t, &info, files.clone(), &MemberHashes::new()).unwrap();
+        // Known member hashes (a kept copy) give the same files, the
+        // rewritten `#!python` script included.
+        let known = member_hashes(&files);
+        assert_eq!(known.len(), files.len());
+        let same = wheel_entries(&t, &info, files, &known).unwrap();
+        let content = |es: &[Entry]| {
+            es.iter()
+                .map(|x| match &x.kind {
+                    EntryKind::Data(d) => (x.path.clone(), d.to_vec(), x.mode),
+                    _ => panic!(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(content(&e), content(&same));
         let get = |p: &str| {
             e.iter()
                 .find(|x| x.path == p)

@@ -390,6 +390,57 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<crate::lock::PipPin> {
         .collect()
 }
 
+/// What [`record_hashes`] keeps for one wheel.
+#[derive(serde::Serialize, Deserialize)]
+struct KeptHashes {
+    /// The wheel these members came from.
+    wheel: String,
+    hashes: install::MemberHashes,
+}
+
+/// The RECORD hashes of a wheel's members, remembered by the wheel's digest.
+///
+/// A wheel that was verified against its sha256 has exactly the members it
+/// had when they were first hashed, so hashing its (about 3x larger)
+/// inflated content again on every build is wasted work. The memo
+/// (`pip/record-hashes/<wheel hex>`: the sha256 of the rest, a newline, then
+/// JSON) is used only when that digest matches, it names this wheel and it
+/// covers every member; anything else is recomputed.
+fn record_hashes(
+    cache: &Cache,
+    wheel: &Digest,
+    files: &[wheel::WheelFile],
+) -> install::MemberHashes {
+    let path = cache.root().join("pip/record-hashes").join(wheel.hex());
+    let kept = std::fs::read(&path)
+        .ok()
+        .and_then(|b| {
+            let nl = b.iter().position(|c| *c == b'\n')?;
+            let (digest, json) = (&b[..nl], &b[nl + 1..]);
+            (digest == Digest::of(json).to_string().as_bytes())
+                .then(|| serde_json::from_slice::<KeptHashes>(json).ok())?
+        })
+        .filter(|k| {
+            k.wheel == wheel.to_string()
+                && k.hashes.len() == files.len()
+                && files.iter().all(|f| k.hashes.contains_key(&f.path))
+        });
+    if let Some(k) = kept {
+        return k.hashes;
+    }
+    let kept = KeptHashes {
+        wheel: wheel.to_string(),
+        hashes: install::member_hashes(files),
+    };
+    // Best effort: a memo that cannot be kept only costs hashing next time.
+    if let Ok(json) = serde_json::to_vec(&kept) {
+        let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
+        body.extend_from_slice(&json);
+        index::write_atomic(&path, &body);
+    }
+    kept.hashes
+}
+
 /// Layer entry groups: one per wheel (or per big wheel and one for the small
 /// ones when there are many), plus the venv skeleton.
 pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
@@ -412,7 +463,8 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
                 requested: w.requested,
                 direct_url: w.direct_url.clone(),
             };
-            install::wheel_entries(&plan.python, &info, files)
+            let known = record_hashes(cache, &w.sha256, &files);
+            install::wheel_entries(&plan.python, &info, files, &known)
         })
         .collect();
     let mut small = Tree::default();
@@ -477,6 +529,54 @@ mod tests {
         assert!(keep_path("/var/lib/dpkg/status"));
         assert!(keep_path("/usr/local/include/python3.12/patchlevel.h"));
         assert!(!keep_path("/usr/lib/python3.11/os.py"));
+    }
+
+    #[test]
+    fn record_hashes_kept_by_wheel_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let wf = |path: &str, data: &[u8]| wheel::WheelFile {
+            path: path.into(),
+            data: data.to_vec(),
+            executable: false,
+        };
+        let files = vec![wf("a.py", b"a"), wf("b.py", b"b")];
+        let wheel = Digest::of(b"the wheel");
+        let fresh = install::member_hashes(&files);
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        let path = cache.root().join("pip/record-hashes").join(wheel.hex());
+        let first = std::fs::read(&path).unwrap();
+
+        // A kept copy is used as is (shown with a marker value)...
+        let keep = |wheel: &Digest, hashes: install::MemberHashes| {
+            let k = KeptHashes {
+                wheel: wheel.to_string(),
+                hashes,
+            };
+            let json = serde_json::to_vec(&k).unwrap();
+            let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
+            body.extend_from_slice(&json);
+            std::fs::write(&path, body).unwrap();
+        };
+        let mut marked = fresh.clone();
+        marked.insert("a.py".into(), "sha256=marker".into());
+        keep(&wheel, marked.clone());
+        assert_eq!(record_hashes(&cache, &wheel, &files), marked);
+
+        // ...but not one of another wheel, one lacking a member, or a damaged one.
+        keep(&Digest::of(b"other wheel"), marked.clone());
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        let mut short = marked.clone();
+        short.remove("b.py");
+        keep(&wheel, short);
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        keep(&wheel, marked);
+        let mut damaged = std::fs::read(&path).unwrap();
+        let at = damaged.len() - 5;
+        damaged[at] ^= 1;
+        std::fs::write(&path, damaged).unwrap();
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        assert_eq!(std::fs::read(&path).unwrap(), first, "rewritten the same");
     }
 
     #[test]

@@ -53,14 +53,41 @@ fn open(path: &Path, wheel: &str) -> Result<zip::ZipArchive<File>> {
         .map_err(|e| Error::input(format!("wheel {wheel} is not a valid zip file: {e}")))
 }
 
+/// Deflate expands at most ~1032:1; a member claiming more is refused before
+/// its output buffer is allocated (zip bombs, absurd sizes).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Where one member's bytes are in the wheel and what they must become.
+struct Member {
+    path: String,
+    executable: bool,
+    deflated: bool,
+    raw: std::ops::Range<usize>,
+    size: usize,
+    crc32: u32,
+}
+
 /// Every regular file of the wheel, in archive order, checked.
+///
+/// The wheel is read into memory once and its members are inflated in
+/// parallel with libdeflate (whole-buffer, so each output is allocated once
+/// at its final size); every member's CRC-32 is checked as the zip reader
+/// would.
 pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
-    let mut ar = open(path, wheel)?;
-    let mut out = Vec::with_capacity(ar.len());
+    use rayon::prelude::*;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        context: format!("reading {wheel} in the cache"),
+        source: e,
+    })?;
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::input(format!("wheel {wheel} is not a valid zip file: {e}"))
+    };
+    let mut ar = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).map_err(|e| invalid(&e))?;
+    let mut members = Vec::with_capacity(ar.len());
     let mut seen = HashSet::new();
     for i in 0..ar.len() {
-        let mut f = ar
-            .by_index(i)
+        let f = ar
+            .by_index_raw(i)
             .map_err(|e| Error::input(format!("wheel {wheel}: member {i}: {e}")))?;
         let name = f
             .name()
@@ -86,16 +113,85 @@ pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
                 "wheel {wheel}: member `{name}` appears twice"
             )));
         }
-        let mut data = Vec::with_capacity(f.size() as usize);
-        std::io::copy(&mut f, &mut data)
-            .map_err(|e| Error::input(format!("wheel {wheel}: reading `{name}`: {e}")))?;
-        out.push(WheelFile {
+        let bad = |why: String| Error::input(format!("wheel {wheel}: member `{name}`: {why}"));
+        if f.encrypted() {
+            return Err(bad("is encrypted".into()));
+        }
+        let (csize, size) = (f.compressed_size(), f.size());
+        let deflated = match f.compression() {
+            zip::CompressionMethod::Stored if csize == size => false,
+            zip::CompressionMethod::Stored => {
+                return Err(bad(format!(
+                    "stored with {csize} bytes but {size} declared"
+                )))
+            }
+            zip::CompressionMethod::Deflated
+                if size <= csize.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1024) =>
+            {
+                true
+            }
+            zip::CompressionMethod::Deflated => {
+                return Err(bad(format!(
+                    "declares {size} bytes from {csize} compressed"
+                )))
+            }
+            other => return Err(bad(format!("unsupported compression method {other}"))),
+        };
+        // `by_index_raw` located the data and checked it lies inside the archive.
+        let start = f.data_start().ok_or_else(|| bad("no data offset".into()))?;
+        let raw = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(csize).ok())
+            .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+            .filter(|r| r.end <= bytes.len())
+            .ok_or_else(|| bad("data lies outside the archive".into()))?;
+        members.push(Member {
             path: clean,
-            data,
             executable: mode & 0o111 != 0,
+            deflated,
+            raw,
+            size: usize::try_from(size).map_err(|_| bad("too large".into()))?,
+            crc32: f.crc32(),
         });
     }
-    Ok(out)
+    drop(ar);
+    members
+        .into_par_iter()
+        .map_init(libdeflater::Decompressor::new, |d, m| {
+            let raw = &bytes[m.raw.clone()];
+            let data = if m.deflated {
+                let mut out = vec![0u8; m.size];
+                match d.deflate_decompress(raw, &mut out) {
+                    Ok(n) if n == m.size => out,
+                    Ok(n) => {
+                        return Err(Error::input(format!(
+                            "wheel {wheel}: reading `{}`: {n} bytes, {} declared",
+                            m.path, m.size
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(Error::input(format!(
+                            "wheel {wheel}: reading `{}`: {e}",
+                            m.path
+                        )))
+                    }
+                }
+            } else {
+                raw.to_vec()
+            };
+            if libdeflater::crc32(&data) != m.crc32 {
+                return Err(Error::input(format!(
+                    "wheel {wheel}: reading `{}`: CRC-32 mismatch",
+                    m.path
+                )));
+            }
+            Ok(WheelFile {
+                path: m.path,
+                data,
+                executable: m.executable,
+            })
+        })
+        .collect()
 }
 
 /// `*.dist-info/METADATA` from a wheel on disk.
@@ -184,6 +280,78 @@ mod tests {
         let z = zip_with(&[("pkg/run.sh", 0o755), ("pkg/a.py", 0o644)]);
         let files = read_wheel(z.path(), "ok-1.0-py3-none-any.whl").unwrap();
         assert!(files[0].executable && !files[1].executable);
+    }
+
+    /// A zip of `(name, content, deflated)` members.
+    fn zip_of(members: &[(&str, &[u8], bool)]) -> Vec<u8> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data, deflated) in members {
+            let method = if *deflated {
+                zip::CompressionMethod::Deflated
+            } else {
+                zip::CompressionMethod::Stored
+            };
+            let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap().into_inner()
+    }
+
+    fn read_bytes(bytes: &[u8]) -> Result<Vec<WheelFile>> {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), bytes).unwrap();
+        read_wheel(t.path(), "x-1.0-py3-none-any.whl")
+    }
+
+    #[test]
+    fn members_inflate_to_their_content() {
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let bytes = zip_of(&[
+            ("x/big.bin", &big, true),
+            ("x/empty.py", b"", true),
+            ("x/stored.txt", b"as is", false),
+            ("x-1.0.dist-info/METADATA", b"Name: x\n", true),
+        ]);
+        let files = read_bytes(&bytes).unwrap();
+        let got: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x/big.bin", &big[..]),
+                ("x/empty.py", &b""[..]),
+                ("x/stored.txt", &b"as is"[..]),
+                ("x-1.0.dist-info/METADATA", &b"Name: x\n"[..]),
+            ]
+        );
+    }
+
+    #[test]
+    fn damaged_members_rejected() {
+        let bytes = zip_of(&[("x/a.txt", b"hello wheel", false)]);
+        // A flipped byte in the stored data: the CRC-32 no longer matches.
+        let mut bad = bytes.clone();
+        let at = bad.windows(11).position(|w| w == b"hello wheel").unwrap();
+        bad[at] = b'j';
+        let err = read_bytes(&bad).unwrap_err();
+        assert!(err.to_string().contains("CRC-32"), "{err}");
+
+        // A central directory that declares more bytes than the member inflates
+        // to, and one that declares an impossible ratio.
+        let data = vec![b'a'; 10_000];
+        let bytes = zip_of(&[("x/a.txt", &data, true)]);
+        let central = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+        for (declared, why) in [(10_001u32, "declared"), (u32::MAX - 1, "compressed")] {
+            let mut bad = bytes.clone();
+            bad[central + 24..central + 28].copy_from_slice(&declared.to_le_bytes());
+            let err = read_bytes(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]

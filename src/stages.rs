@@ -114,22 +114,21 @@ impl Stages<'_> {
                 plan.packages.len()
             ));
             let (mut groups, mut report) = apt::layer_groups(&plan, fs, cache, self.epoch)?;
+            self.apply(fs, &groups);
             if self.run_scripts {
+                // `keep` holds every content then, so `fs` is the whole assembled tree.
                 spinner.set_message(format!("apt: running maintainer scripts for {platform}"));
-                let mut full = fs.clone();
-                for (_, entries) in &groups {
-                    full.apply_entries(entries, &|_| true);
-                }
-                let run = apt::scripts::run(&plan, &full, &cache.root().join("tmp"), self.epoch)?;
+                let run = apt::scripts::run(&plan, fs, &cache.root().join("tmp"), self.epoch)?;
                 report.skipped_scripts.clear();
                 report.ran_scripts = run.ran;
                 if !run.entries.is_empty() {
-                    groups.push(("kiln apt maintainer scripts".into(), run.entries));
+                    let layer = ("kiln apt maintainer scripts".to_string(), run.entries);
+                    self.apply(fs, std::slice::from_ref(&layer));
+                    groups.push(layer);
                 }
             }
             spinner.finish_and_clear();
             emit(&groups)?;
-            self.apply(fs, &groups);
             out.pins.apt = apt::pins(&plan);
             out.apt = Some(report);
         }

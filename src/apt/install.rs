@@ -54,7 +54,7 @@ fn multiarch_triplet(arch: &str) -> &'static str {
 
 /// `name`, or `name:arch` for a package of a foreign architecture.
 pub fn display_name(p: &super::repo::Package, native: &str) -> String {
-    if p.arch == native || p.arch == "all" || p.arch.is_empty() {
+    if super::repo::effective_arch(&p.arch, native) == native {
         p.name.clone()
     } else {
         format!("{}:{}", p.name, p.arch)
@@ -243,11 +243,7 @@ fn metadata_layer(
     // and architecture (`all` counts as native, as an upgrade may move
     // between the two).
     let key = |name: &str, arch: &str| {
-        let arch = if arch == "all" || arch.is_empty() {
-            plan.arch.as_str()
-        } else {
-            arch
-        };
+        let arch = super::repo::effective_arch(arch, &plan.arch);
         (name.to_string(), arch.to_string())
     };
     let mut status: BTreeMap<(String, String), Paragraph> = BTreeMap::new();
@@ -271,11 +267,7 @@ fn metadata_layer(
         para.remove("Package");
         fields.append(&mut para.fields);
         let mut para = Paragraph { fields };
-        let info_name = if pkg.multi_arch == "same" {
-            format!("{}:{}", pkg.name, pkg.arch)
-        } else {
-            pkg.name.clone()
-        };
+        let info_name = pkg.info_name();
         if let Some(conf) = deb.control.get("conffiles") {
             let mut lines = Vec::new();
             for c in String::from_utf8_lossy(conf)

@@ -459,7 +459,7 @@ fn foreign_archs(fs: &Rootfs, native: &str, packages: &[Package]) -> Vec<String>
     out.extend(
         packages
             .iter()
-            .filter(|p| p.arch != native && p.arch != "all")
+            .filter(|p| repo::effective_arch(&p.arch, native) != native)
             .map(|p| p.arch.clone()),
     );
     out.into_iter().collect()

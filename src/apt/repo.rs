@@ -38,7 +38,26 @@ pub struct Package {
     pub installed: bool,
 }
 
+/// The architecture `arch` counts as on a `native` system: `all` (or none) is native.
+pub fn effective_arch<'a>(arch: &'a str, native: &'a str) -> &'a str {
+    if arch == "all" || arch.is_empty() {
+        native
+    } else {
+        arch
+    }
+}
+
 impl Package {
+    /// dpkg's name for the package's files in `info/`: `name:arch` for
+    /// `Multi-Arch: same` packages (database format 1), else `name`.
+    pub fn info_name(&self) -> String {
+        if self.multi_arch == "same" {
+            format!("{}:{}", self.name, self.arch)
+        } else {
+            self.name.clone()
+        }
+    }
+
     pub fn from_paragraph(
         p: &Paragraph,
         base_uri: &str,

@@ -39,27 +39,13 @@ pub struct ScriptRun {
     pub ran: Vec<String>,
 }
 
-/// Debian's name for the architecture kiln runs on.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "i386",
-        "arm" => "armhf",
-        "powerpc64" => "ppc64el",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
 /// Can scripts for an image of Debian architecture `arch` run here?
 /// Checked before anything is resolved or downloaded.
 pub fn check_host(arch: &str) -> Result<()> {
-    if arch != host_arch() {
+    let host = super::debian_arch(&crate::platform::Platform::host())?;
+    if arch != host {
         return Err(Error::input(format!(
-            "--run-scripts: the image is {arch} but this machine is {}; maintainer scripts run only for the host's architecture (kiln does not emulate)",
-            host_arch()
+            "--run-scripts: the image is {arch} but this machine is {host}; maintainer scripts run only for the host's architecture (kiln does not emulate)"
         )));
     }
     Ok(())
@@ -88,12 +74,7 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
     for (script, arg) in [("preinst", "install"), ("postinst", "configure")] {
         for &i in &order {
             let p = &plan.packages[i];
-            let info = if p.multi_arch == "same" {
-                format!("{}:{}", p.name, p.arch)
-            } else {
-                p.name.clone()
-            };
-            let rel = format!("var/lib/dpkg/info/{info}.{script}");
+            let rel = format!("var/lib/dpkg/info/{}.{script}", p.info_name());
             if !root.join(&rel).is_file() {
                 continue;
             }
@@ -124,8 +105,8 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
             if !out.status.success() {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
                 return Err(Error::input(format!(
                     "--run-scripts: {name} {script} {arg} failed ({}); nothing was written. Its last output:\n{}",
                     out.status,
@@ -366,26 +347,6 @@ fn materialize(full: &Rootfs, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every path below `root` (directories before their contents), `root` included.
-fn walkdir(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        i += 1;
-        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
-        if md.is_dir() {
-            let mut names: Vec<PathBuf> = fs::read_dir(&p)
-                .io_context(|| format!("reading {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            names.sort();
-            out.extend(names);
-        }
-    }
-    Ok(out)
-}
-
 /// What identifies a path's state: a change to any of it means the scripts touched it.
 #[derive(PartialEq, Eq)]
 struct Stamp {
@@ -398,21 +359,20 @@ struct Stamp {
 
 fn snapshot(root: &Path) -> Result<BTreeMap<String, Stamp>> {
     let mut out = BTreeMap::new();
-    for p in walkdir(root)? {
-        let Ok(rel) = p.strip_prefix(root) else {
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| e.depth() != 1 || !SKIPPED.iter().any(|s| e.file_name() == *s));
+    for e in walk {
+        let e = e.map_err(|e| Error::input(format!("--run-scripts: reading the tree: {e}")))?;
+        let md = e
+            .metadata()
+            .map_err(|e| Error::input(format!("--run-scripts: reading the tree: {e}")))?;
+        let Ok(rel) = e.path().strip_prefix(root) else {
             continue;
         };
-        let rel = rel.to_string_lossy().into_owned();
-        if rel.is_empty()
-            || SKIPPED
-                .iter()
-                .any(|s| rel == *s || rel.starts_with(&format!("{s}/")))
-        {
-            continue;
-        }
-        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
         out.insert(
-            rel,
+            rel.to_string_lossy().into_owned(),
             Stamp {
                 ino: md.ino(),
                 ctime: (md.ctime(), md.ctime_nsec()),

@@ -116,11 +116,7 @@ fn priority_rank(p: &str) -> u8 {
 
 /// The architecture a package counts as (`all` is native).
 fn effective_arch<'p>(p: &'p Package, native: &'p str) -> &'p str {
-    if p.arch == "all" || p.arch.is_empty() {
-        native
-    } else {
-        &p.arch
-    }
+    super::repo::effective_arch(&p.arch, native)
 }
 
 /// The solver's name for `name` at `arch`.

@@ -495,13 +495,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
     let cache = Cache::open(&opts.cache_dir)?;
     let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
     let mut blobs = Blobs::new(&cache, registry.as_ref());
-    let base = base::load(
-        &base_src,
-        &spec.platforms(),
-        &mut blobs,
-        registry.as_ref(),
-        Compression::Gzip { level: 6 },
-    )?;
+    let base = read_base(&spec, &base_src, &mut blobs, registry.as_ref())?;
     let http = Http::new()?;
     let keep = keep_path;
     let stages = Stages {
@@ -567,13 +561,7 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
     let base_src = pinned_base(base_source(&spec)?, Some(&lock));
     let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
     let mut blobs = Blobs::new(&cache, registry.as_ref());
-    let base = base::load(
-        &base_src,
-        &spec.platforms(),
-        &mut blobs,
-        registry.as_ref(),
-        Compression::Gzip { level: 6 },
-    )?;
+    let base = read_base(&spec, &base_src, &mut blobs, registry.as_ref())?;
     check_locked_base(&base, &lock, &spec)?;
     let mut base_blobs = 0;
     for img in &base.images {
@@ -713,6 +701,23 @@ fn pinned_base(src: ImageSource, lock: Option<&Lock>) -> ImageSource {
         ),
         (src, _) => src,
     }
+}
+
+/// The base as `lock` and `fetch` read it. They write no image, so the
+/// compression (used only to re-pack an uncompressed on-disk base) is moot.
+fn read_base(
+    spec: &Spec,
+    src: &ImageSource,
+    blobs: &mut Blobs,
+    registry: Option<&Registry>,
+) -> Result<base::BaseImage> {
+    base::load(
+        src,
+        &spec.platforms(),
+        blobs,
+        registry,
+        Compression::Gzip { level: 6 },
+    )
 }
 
 /// A registry client when the base or the push needs one (never offline).

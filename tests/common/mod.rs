@@ -578,27 +578,16 @@ pub fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-/// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`) of a Unix time, for `created` checks.
+/// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`) of a Unix time, for `created`
+/// checks. GNU `date` computes it, so the oracle is not kiln's own arithmetic.
 pub fn rfc3339(epoch: i64) -> String {
-    let days = epoch.div_euclid(86400);
-    let secs = epoch.rem_euclid(86400);
-    // civil_from_days (Howard Hinnant)
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
-    )
+    let out = Command::new("date")
+        .env("LC_ALL", "C")
+        .args(["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("running date");
+    assert!(out.status.success(), "date failed for {epoch}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Two RFC 3339 timestamps denote the same instant (tolerates `.000`, `+00:00`).

@@ -573,16 +573,18 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
     let http = Http::new()?;
     let artifacts = lock.artifact_digests()?;
     let bar = opts.progress.bar(artifacts.len() as u64, "fetching");
-    let sizes = artifacts
-        .par_iter()
-        .map(|(d, url)| {
-            let (_, size) = http
-                .download(url, Some(d), &cache)
-                .map_err(|e| e.context(format!("fetching {url}")))?;
-            bar.inc(1);
-            Ok(size)
-        })
-        .collect::<Result<Vec<u64>>>();
+    let sizes = crate::http::on_network_pool(|| {
+        artifacts
+            .par_iter()
+            .map(|(d, url)| {
+                let (_, size) = http
+                    .download(url, Some(d), &cache)
+                    .map_err(|e| e.context(format!("fetching {url}")))?;
+                bar.inc(1);
+                Ok(size)
+            })
+            .collect::<Result<Vec<u64>>>()
+    });
     bar.finish_and_clear();
     let sizes = sizes?;
     Ok(FetchReport {

@@ -114,6 +114,55 @@ impl Cache {
         Ok(self.blob_path(expected))
     }
 
+    /// Bytes derived from the verified blob `from` (an unpacked `.deb`, a
+    /// decompressed index), remembered at `<kind>/<from hex>.zst` so a warm
+    /// build skips the slow decompression that made them. Entries are zstd
+    /// frames with a content checksum: a damaged one fails to decode and is
+    /// made again. Storing is best effort (a full disk costs the memo, not
+    /// the build) and atomic (temp file, then rename).
+    pub fn derived(
+        &self,
+        kind: &str,
+        from: &Digest,
+        make: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let path = self.derived_path(kind, from);
+        if let Some(bytes) = fs::read(&path)
+            .ok()
+            .and_then(|z| zstd::stream::decode_all(&z[..]).ok())
+        {
+            return Ok(bytes);
+        }
+        let bytes = make()?;
+        let _ = self.store_derived(&path, &bytes);
+        Ok(bytes)
+    }
+
+    /// Drop a derived entry whose content turned out to be unusable.
+    pub fn forget_derived(&self, kind: &str, from: &Digest) {
+        let _ = fs::remove_file(self.derived_path(kind, from));
+    }
+
+    fn derived_path(&self, kind: &str, from: &Digest) -> PathBuf {
+        self.root.join(kind).join(format!("{}.zst", from.hex()))
+    }
+
+    fn store_derived(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut z = zstd::bulk::Compressor::new(1)?;
+        z.include_checksum(true)?;
+        z.include_contentsize(true)?;
+        let packed = z.compress(bytes)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix("derived-")
+            .tempfile_in(self.root.join("tmp"))?;
+        tmp.write_all(&packed)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
     /// Read a whole (small) blob, verified.
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self
@@ -199,6 +248,40 @@ mod tests {
         let err = cache.put_reader(&b"hello"[..], &wrong).unwrap_err();
         assert!(err.to_string().contains("mismatch"));
         assert!(!cache.contains(&wrong));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn derived_entries_are_remembered_and_remade_when_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let from = cache.put(b"packed").unwrap();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            Ok(b"unpacked ".repeat(1000))
+        };
+        let first = cache.derived("k", &from, make).unwrap();
+        assert_eq!(cache.derived("k", &from, make).unwrap(), first);
+        assert_eq!(made.get(), 1, "the second call must come from the memo");
+
+        // Flip one byte inside the frame: the checksum catches it.
+        let path = dir.path().join("k").join(format!("{}.zst", from.hex()));
+        let mut z = fs::read(&path).unwrap();
+        let mid = z.len() / 2;
+        z[mid] ^= 0x55;
+        fs::write(&path, &z).unwrap();
+        assert_eq!(cache.derived("k", &from, make).unwrap(), first);
+        assert_eq!(made.get(), 2, "a damaged entry must be made again");
+
+        // A failing maker stores nothing; forget drops an entry.
+        cache.forget_derived("k", &from);
+        assert!(!path.exists());
+        let err = cache
+            .derived("k", &from, || Err(Error::input("no")))
+            .unwrap_err();
+        assert!(err.to_string().contains("no"));
+        assert!(!path.exists());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -609,7 +609,8 @@ impl std::fmt::Display for GcReport {
 
 /// Delete what none of `locks` needs: blobs, conda packages extracted from
 /// archives no lock pins, wheel-metadata and RECORD-hash memos of wheels no
-/// lock pins, and temporaries older than a day. The pip page cache (which
+/// lock pins, unpacked `.deb`s and decompressed indexes whose blob goes, and
+/// temporaries older than a day. The pip page cache (which
 /// expires by itself) and anything kiln does not know are left alone.
 pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     let read = read_locks(locks)?;
@@ -658,7 +659,15 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     // State derived from blobs, named by the blob's digest, and temporaries
     // no running build can still own.
     type Rule<'a> = (&'a str, &'a dyn Fn(&str, &fs::Metadata) -> bool);
-    let rules: [Rule; 5] = [
+    let derived = |name: &str, md: &fs::Metadata| {
+        md.is_file()
+            && name
+                .strip_suffix(".zst")
+                .is_some_and(|hex| hex.len() == 64 && !kept_name(hex))
+    };
+    let rules: [Rule; 7] = [
+        (crate::apt::deb::UNPACKED, &derived),
+        (crate::apt::repo::INDEXES, &derived),
         ("conda-pkgs", &|name, md| {
             let extracted = md.is_dir() && name.len() == 64;
             (extracted && !kept_name(name)) || (name.starts_with(".extract-") && stale(md))

@@ -14,6 +14,32 @@ use crate::digest::Digest;
 use crate::error::{with_causes, Error, IoContext, Result};
 
 const ATTEMPTS: u32 = 4;
+/// Transfers at once unless `KILN_CONCURRENT_DOWNLOADS` says otherwise.
+const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Run `f` (typically a `par_iter` of downloads) on the pool for network
+/// transfers. They wait on the network, not the CPU, so this pool is wider
+/// than rayon's one thread per core: with two cores, two transfers at a time
+/// left most of a cold build's bandwidth unused.
+pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let n = std::env::var("KILN_CONCURRENT_DOWNLOADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_CONCURRENCY);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("kiln-net-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
 
 #[derive(Clone)]
 pub struct Http {

@@ -54,7 +54,7 @@ pub fn key(
     let pins = serde_json::to_string(platform).unwrap_or_default();
     Digest::of(
         format!(
-            "kiln-stages/1 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
+            "kiln-stages/2 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
             env!("CARGO_PKG_VERSION"),
             lock.inputs_hash,
             base_manifest.map(|d| d.to_string()),

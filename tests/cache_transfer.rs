@@ -503,6 +503,14 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         fs::write(d.join("info/index.json"), b"{}").unwrap();
         fs::write(d.join(".kiln-complete"), b"").unwrap();
     }
+    // Unpacked .debs remembered by digest: one for the pinned package, one
+    // for a blob no lock needs.
+    let deb_pin = &f.lock.platforms[0].apt[0].sha256;
+    let unpacked = f.cache.join("apt/unpacked");
+    fs::create_dir_all(&unpacked).unwrap();
+    for hex in [deb_pin.as_str(), other.as_str()] {
+        fs::write(unpacked.join(format!("{hex}.zst")), b"frame").unwrap();
+    }
     // Other state gc does not own stays.
     fs::create_dir_all(f.cache.join("pip/pages")).unwrap();
     fs::write(f.cache.join("pip/pages/page"), b"{}").unwrap();
@@ -521,6 +529,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         .map(|d| format!("blobs/sha256/{}", &d[7..]))
         .collect();
     expected.insert(format!("conda-pkgs/{other}"));
+    expected.insert(format!("apt/unpacked/{other}.zst"));
     assert_eq!(removed, expected);
     assert!(dry["bytes_freed"].as_u64().unwrap() > 0);
     assert_eq!(cached(&f.cache), before, "--dry-run deletes nothing");
@@ -528,7 +537,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
 
     let human = cache_cmd(&f, &f.cache, &["gc"]).run_ok();
     assert!(
-        human.stdout.contains("removed 5 entries"),
+        human.stdout.contains("removed 6 entries"),
         "{}",
         human.describe()
     );
@@ -536,6 +545,8 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert_cache_consistent(&f.cache);
     assert!(f.cache.join("conda-pkgs").join(conda_pin).is_dir());
     assert!(!f.cache.join("conda-pkgs").join(&other).exists());
+    assert!(unpacked.join(format!("{deb_pin}.zst")).is_file());
+    assert!(!unpacked.join(format!("{other}.zst")).exists());
     assert!(f.cache.join("pip/pages/page").is_file());
     // The lock is still fully served.
     let cache = Cache::open(&f.cache).unwrap();

@@ -61,6 +61,30 @@ impl Paragraph {
     }
 }
 
+/// `text` cut into about `n` pieces at blank lines, so that each piece
+/// holds whole paragraphs (for parsing large indexes in parallel).
+pub fn paragraph_chunks(text: &str, n: usize) -> Vec<&str> {
+    let step = text.len() / n.max(1) + 1;
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > step {
+        // Bytes, not chars: `step` may fall inside a UTF-8 sequence.
+        match rest.as_bytes()[step..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+        {
+            Some(i) => {
+                let (head, tail) = rest.split_at(step + i + 2);
+                out.push(head);
+                rest = tail;
+            }
+            None => break,
+        }
+    }
+    out.push(rest);
+    out
+}
+
 /// Parse every paragraph of a deb822 document (Packages, status, Release, .sources).
 pub fn parse_paragraphs(text: &str) -> Vec<Paragraph> {
     let mut out = Vec::new();
@@ -347,6 +371,21 @@ pub fn parse_dep(s: &str) -> Result<Dep, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_hold_whole_paragraphs() {
+        let text: String = (0..50)
+            .map(|i| format!("Package: p{i}\nDescription: ünïcode {i}\n more\n\n"))
+            .collect();
+        for n in [1, 3, 7, 64, 1000] {
+            let chunks = paragraph_chunks(&text, n);
+            assert_eq!(chunks.concat(), text);
+            let parsed: Vec<Paragraph> = chunks.iter().flat_map(|c| parse_paragraphs(c)).collect();
+            assert_eq!(parsed, parse_paragraphs(&text), "n = {n}");
+        }
+        assert!(paragraph_chunks(&text, 7).len() > 1);
+        assert_eq!(paragraph_chunks("", 8), vec![""]);
+    }
 
     fn v(s: &str) -> Version {
         Version::parse(s).unwrap()

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::cache::Cache;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,56 @@ pub fn clean_path(raw: &str) -> std::result::Result<Option<String>, String> {
     } else {
         Some(parts.join("/"))
     })
+}
+
+/// Where unpacked packages are remembered (see [`load`]).
+pub const UNPACKED: &str = "apt/unpacked";
+
+/// The package whose `.deb` is the cached blob `d`. Its members are kept
+/// decompressed (an ar of `control.tar` and `data.tar`, zstd-framed in the
+/// cache), since undoing Debian's xz is most of a warm build's work. Every
+/// read goes through [`read_deb`], so the hostile-archive checks run on the
+/// remembered form too, and a form that fails them is not kept.
+pub fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
+    let bytes = cache.derived(UNPACKED, d, || decompress_members(&cache.read(d)?, what))?;
+    read_deb(&bytes, what).inspect_err(|_| cache.forget_derived(UNPACKED, d))
+}
+
+/// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
+fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let mut ar = ar::Archive::new(bytes);
+    let mut out = ar::Builder::new(Vec::with_capacity(bytes.len() * 4));
+    while let Some(entry) = ar.next_entry() {
+        let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        let (name, plain) = match name.split_once(".tar") {
+            Some((stem, _)) => {
+                let mut plain = Vec::new();
+                decompressor(&name, entry)?
+                    .read_to_end(&mut plain)
+                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                (format!("{stem}.tar"), plain)
+            }
+            None => {
+                let mut plain = Vec::new();
+                let mut entry = entry;
+                entry
+                    .read_to_end(&mut plain)
+                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                (name, plain)
+            }
+        };
+        out.append(
+            &ar::Header::new(name.into_bytes(), plain.len() as u64),
+            &plain[..],
+        )
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+    }
+    out.into_inner()
+        .map_err(|e| Error::internal(format!("{what}: {e}")))
 }
 
 pub fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
@@ -197,5 +249,128 @@ mod tests {
         assert_eq!(clean_path("./").unwrap(), None);
         assert!(clean_path("./../etc/passwd").is_err());
         assert!(clean_path("usr/../../x").is_err());
+    }
+
+    /// A data.tar member: raw name, type, content, link target.
+    type Member<'a> = (&'a str, tar::EntryType, &'a [u8], &'a str);
+
+    /// A tar member written with a raw name, so hostile paths get through.
+    fn member(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        data: &[u8],
+        link: &str,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    /// A `.deb` (gzip control, xz data) whose data member holds `data`.
+    fn deb(data: &[Member]) -> Vec<u8> {
+        use std::io::Write;
+        let mut control = tar::Builder::new(Vec::new());
+        member(
+            &mut control,
+            "./control",
+            tar::EntryType::Regular,
+            b"Package: t\nVersion: 1\n",
+            "",
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&control.into_inner().unwrap()).unwrap();
+        let mut files = tar::Builder::new(Vec::new());
+        for (name, kind, bytes, link) in data {
+            member(&mut files, name, *kind, bytes, link);
+        }
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&files.into_inner().unwrap()).unwrap();
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar.gz", gz.finish().unwrap()),
+            ("data.tar.xz", xz.finish().unwrap()),
+        ] {
+            ar.append(
+                &ar::Header::new(name.into(), bytes.len() as u64),
+                &bytes[..],
+            )
+            .unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn load_remembers_the_unpacked_package() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache
+            .put(&deb(&[
+                ("./usr/", Directory, b"", ""),
+                ("./usr/hello", Regular, b"hi", ""),
+                ("./usr/again", Link, b"", "./usr/hello"),
+                ("./usr/link", Symlink, b"", "hello"),
+            ]))
+            .unwrap();
+        let first = load(&cache, &d, "t").unwrap();
+        let kept = dir.path().join(UNPACKED).join(format!("{}.zst", d.hex()));
+        assert!(kept.is_file());
+        // The second load reads the remembered form, even with the blob gone.
+        std::fs::remove_file(cache.blob_path(&d)).unwrap();
+        let second = load(&cache, &d, "t").unwrap();
+        let summary = |deb: &Deb| {
+            deb.files
+                .iter()
+                .map(|f| format!("{} {:?}", f.path, f.kind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&first), summary(&second));
+        assert_eq!(second.control["control"], b"Package: t\nVersion: 1\n");
+        assert_eq!(summary(&second)[2], "usr/again File([104, 105])");
+    }
+
+    #[test]
+    fn hostile_packages_are_refused_and_not_remembered() {
+        use tar::EntryType::{Char, Fifo, Link, Regular};
+        let cases: [(&[Member], &str); 4] = [
+            (
+                &[("./../etc/passwd", Regular, b"x", "")],
+                "escapes the root",
+            ),
+            (&[("./usr/../../x", Regular, b"x", "")], "escapes the root"),
+            (&[("./dev/tty", Char, b"", "")], "refusing device node"),
+            (&[("./run/p", Fifo, b"", "")], "refusing device node"),
+        ];
+        let link: &[Member] = &[("./x", Link, b"", "/etc/shadow")];
+        for (files, want) in cases
+            .into_iter()
+            .chain([(link, "points outside the package")])
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = Cache::open(dir.path()).unwrap();
+            let d = cache.put(&deb(files)).unwrap();
+            let err = load(&cache, &d, "evil_1").unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("evil_1"), "{err}");
+            assert!(
+                !dir.path()
+                    .join(UNPACKED)
+                    .join(format!("{}.zst", d.hex()))
+                    .exists(),
+                "a refused package must not be remembered"
+            );
+        }
+        // A damaged blob (not what its name says) is not unpacked at all.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(&deb(&[("./ok", Regular, b"x", "")])).unwrap();
+        std::fs::write(cache.blob_path(&d), b"!<arch>\n").unwrap();
+        assert!(load(&cache, &d, "t").is_err());
     }
 }

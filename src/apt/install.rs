@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::control::{parse_paragraphs, Paragraph};
-use super::deb::{read_deb, Deb, FileKind};
-use super::{deb_bytes, AptPlan, Bootstrap};
+use super::deb::{Deb, FileKind};
+use super::{AptPlan, Bootstrap};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::inventory::Rootfs;
@@ -135,7 +135,7 @@ pub fn layer_groups(
         .par_iter()
         .map(|p| {
             let d = p.sha256.as_ref().expect("indexed");
-            read_deb(&deb_bytes(cache, d)?, &format!("{}_{}", p.name, p.version))
+            super::deb::load(cache, d, &format!("{}_{}", p.name, p.version))
         })
         .collect::<Result<_>>()?;
     let bootstrap = plan.bootstrap.is_some();

@@ -378,15 +378,17 @@ pub fn plan(
         .filter(|s| installed_names.contains(s.split(['=', ':']).next().unwrap_or("")))
         .count();
     // Download in parallel, each verified against the signed index.
-    packages
-        .par_iter()
-        .map(|p| {
-            let d = p.sha256.clone().expect("indexed packages carry sha256");
-            http.download(&p.url, Some(&d), cache)
-                .map(|_| ())
-                .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
-        })
-        .collect::<Result<Vec<()>>>()?;
+    crate::http::on_network_pool(|| {
+        packages
+            .par_iter()
+            .map(|p| {
+                let d = p.sha256.clone().expect("indexed packages carry sha256");
+                http.download(&p.url, Some(&d), cache)
+                    .map(|_| ())
+                    .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
     let foreign_archs = foreign_archs(fs, arch, &packages);
     Ok(AptPlan {
         arch: arch.to_string(),
@@ -409,39 +411,44 @@ pub fn plan_locked(
     cache: &Cache,
 ) -> Result<AptPlan> {
     let arch = debian_arch(platform)?;
-    let mut packages: Vec<Package> = pins
-        .par_iter()
-        .map(|pin| {
-            let what = format!("apt: locked {} {}", pin.name, pin.version);
-            let d: Digest = format!("sha256:{}", pin.sha256)
-                .parse()
-                .map_err(|e: Error| e.context(&what))?;
-            http.download(&pin.url, Some(&d), cache)
-                .map_err(|e| e.context(&what))?;
-            let deb = deb::read_deb(&cache.read(&d)?, &what)?;
-            let control = deb
-                .control
-                .get("control")
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .ok_or_else(|| Error::input(format!("{what}: the package has no control file")))?;
-            let para = control::parse_paragraphs(&control)
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::input(format!("{what}: empty control file")))?;
-            let mut p = Package::from_paragraph(&para, "", &pin.suite, false)
-                .map_err(|e| Error::input(format!("{what}: control file: {e}")))?;
-            if p.name != pin.name || p.version.to_string() != pin.version {
-                return Err(Error::input(format!(
-                    "{what}: {} is {} {}, not what kiln.lock says",
-                    pin.url, p.name, p.version
-                )));
-            }
-            p.url = pin.url.clone();
-            p.sha256 = Some(d);
-            p.size = pin.size;
-            Ok(p)
-        })
-        .collect::<Result<_>>()?;
+    // Each package is unpacked as soon as it is in: the CPU work overlaps
+    // the other transfers.
+    let mut packages: Vec<Package> = crate::http::on_network_pool(|| {
+        pins.par_iter()
+            .map(|pin| {
+                let what = format!("apt: locked {} {}", pin.name, pin.version);
+                let d: Digest = format!("sha256:{}", pin.sha256)
+                    .parse()
+                    .map_err(|e: Error| e.context(&what))?;
+                http.download(&pin.url, Some(&d), cache)
+                    .map_err(|e| e.context(&what))?;
+                let deb = deb::load(cache, &d, &what)?;
+                let control = deb
+                    .control
+                    .get("control")
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .ok_or_else(|| {
+                        Error::input(format!("{what}: the package has no control file"))
+                    })?;
+                let para = control::parse_paragraphs(&control)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::input(format!("{what}: empty control file")))?;
+                let mut p = Package::from_paragraph(&para, "", &pin.suite, false)
+                    .map_err(|e| Error::input(format!("{what}: control file: {e}")))?;
+                if p.name != pin.name || p.version.to_string() != pin.version {
+                    return Err(Error::input(format!(
+                        "{what}: {} is {} {}, not what kiln.lock says",
+                        pin.url, p.name, p.version
+                    )));
+                }
+                p.url = pin.url.clone();
+                p.sha256 = Some(d);
+                p.size = pin.size;
+                Ok(p)
+            })
+            .collect::<Result<_>>()
+    })?;
     packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     Ok(AptPlan {
         arch: arch.to_string(),
@@ -484,8 +491,4 @@ pub fn pins(plan: &AptPlan) -> Vec<crate::lock::AptPin> {
 }
 
 /// A `.deb` from the cache, by its digest.
-pub(crate) fn deb_bytes(cache: &Cache, d: &Digest) -> Result<Vec<u8>> {
-    cache.read(d)
-}
-
 pub use install::{layer_groups, AptReport};

@@ -9,7 +9,9 @@ use std::io::Read;
 
 use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
 
-use super::control::{parse_deps, parse_paragraphs, Dep, Paragraph, Version};
+use rayon::prelude::*;
+
+use super::control::{paragraph_chunks, parse_deps, parse_paragraphs, Dep, Paragraph, Version};
 use super::sources::Source;
 use crate::cache::Cache;
 use crate::digest::Digest;
@@ -259,30 +261,61 @@ pub fn load_source(
                 "{what}: index {name} (checked against the signed Release)"
             ))
         })?;
-        let raw = std::fs::File::open(cache.blob_path(&digest))
-            .map_err(|e| Error::internal(e.to_string()))?;
-        let mut text = String::new();
-        let mut reader: Box<dyn Read> = if name.ends_with(".xz") {
-            Box::new(liblzma::read::XzDecoder::new(raw))
-        } else if name.ends_with(".gz") {
-            Box::new(flate2::read::GzDecoder::new(raw))
-        } else {
-            Box::new(raw)
-        };
-        reader
-            .read_to_string(&mut text)
-            .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
-        for p in parse_paragraphs(&text) {
-            match Package::from_paragraph(&p, &src.uri, &src.suite, false) {
-                Ok(pkg) if pkg.sha256.is_some() && (ai == 0 || pkg.arch == *arch) => out.push(pkg),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(Error::input(format!(
-                        "{what}: malformed entry in {name}: {e}"
-                    )))
+        let text = index_text(cache, &digest, &name, &what)?;
+        // Paragraphs are independent: parse the index in chunks, in
+        // parallel, keeping the index's order.
+        let chunks: Vec<Vec<Package>> = paragraph_chunks(&text, 64)
+            .par_iter()
+            .map(|chunk| {
+                let mut pkgs = Vec::new();
+                for p in parse_paragraphs(chunk) {
+                    let pkg = Package::from_paragraph(&p, &src.uri, &src.suite, false)
+                        .map_err(|e| format!("{what}: malformed entry in {name}: {e}"))?;
+                    if pkg.sha256.is_some() && (ai == 0 || pkg.arch == *arch) {
+                        pkgs.push(pkg);
+                    }
                 }
-            }
-        }
+                Ok(pkgs)
+            })
+            .collect::<std::result::Result<_, String>>()
+            .map_err(|e| {
+                cache.forget_derived(INDEXES, &digest);
+                Error::input(e)
+            })?;
+        out.extend(chunks.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// Where decompressed indexes are remembered, by the digest of the fetched file.
+pub const INDEXES: &str = "apt/indexes";
+
+/// The text of the verified index blob `digest` (fetched as `name`),
+/// decompressed once and then remembered: xz-decoding a whole suite's
+/// Packages is most of the solve step of a warm build.
+fn index_text(cache: &Cache, digest: &Digest, name: &str, what: &str) -> Result<String> {
+    let decompress = || -> Result<Vec<u8>> {
+        let raw = cache.read(digest)?;
+        let mut reader: Box<dyn Read> = if name.ends_with(".xz") {
+            Box::new(liblzma::read::XzDecoder::new(&raw[..]))
+        } else if name.ends_with(".gz") {
+            Box::new(flate2::read::GzDecoder::new(&raw[..]))
+        } else {
+            return Ok(raw);
+        };
+        let mut text = Vec::with_capacity(raw.len() * 6);
+        reader
+            .read_to_end(&mut text)
+            .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
+        Ok(text)
+    };
+    let bytes = if name.ends_with(".xz") || name.ends_with(".gz") {
+        cache.derived(INDEXES, digest, decompress)?
+    } else {
+        decompress()?
+    };
+    String::from_utf8(bytes).map_err(|_| {
+        cache.forget_derived(INDEXES, digest);
+        Error::input(format!("{what}: index {name} is not UTF-8"))
+    })
 }

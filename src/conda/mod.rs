@@ -411,20 +411,21 @@ fn finish(
             None => todo.push(r),
         }
     }
-    let install = todo
-        .into_par_iter()
-        .map(|r| {
-            let sha256 = download(&r, http, cache)?;
-            let requested = requested
-                .get(r.package_record.name.as_normalized())
-                .cloned();
-            Ok(Pinned {
-                record: r,
-                sha256,
-                requested,
+    let install = crate::http::on_network_pool(|| {
+        todo.into_par_iter()
+            .map(|r| {
+                let sha256 = download(&r, http, cache)?;
+                let requested = requested
+                    .get(r.package_record.name.as_normalized())
+                    .cloned();
+                Ok(Pinned {
+                    record: r,
+                    sha256,
+                    requested,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+    })?;
     Ok(CondaPlan {
         prefix,
         subdir,
@@ -455,20 +456,21 @@ pub fn plan_locked(
     let subdir = target::subdir(platform)?;
     let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
     let base = installed(fs, &prefix)?;
-    let records = pins
-        .par_iter()
-        .map(|pin| {
-            if let Some(b) = base.iter().find(|b| {
-                b.repodata_record
-                    .package_record
-                    .sha256
-                    .is_some_and(|h| hex::encode(h) == pin.sha256)
-            }) {
-                return Ok(b.repodata_record.clone());
-            }
-            install::record_from_archive(pin, http, cache)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let records = crate::http::on_network_pool(|| {
+        pins.par_iter()
+            .map(|pin| {
+                if let Some(b) = base.iter().find(|b| {
+                    b.repodata_record
+                        .package_record
+                        .sha256
+                        .is_some_and(|h| hex::encode(h) == pin.sha256)
+                }) {
+                    return Ok(b.repodata_record.clone());
+                }
+                install::record_from_archive(pin, http, cache)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     let requested = requested_names(&req);
     finish(
         records,

@@ -69,11 +69,18 @@ impl Compression {
     fn compress(&self, chunk: &[u8]) -> io::Result<Vec<u8>> {
         match *self {
             Compression::Gzip { level } => {
-                let out = Vec::with_capacity(chunk.len() / 3);
-                // GzEncoder writes mtime 0 and no file name: deterministic.
-                let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
-                enc.write_all(chunk)?;
-                enc.finish()
+                // libdeflate: whole-buffer deflate, about twice zlib's speed
+                // at the same level and ratio, and a chunk is a whole buffer.
+                // Its gzip header has mtime 0 and no file name: deterministic.
+                let lvl = libdeflater::CompressionLvl::new(level as i32)
+                    .map_err(|_| io::Error::other(format!("gzip level {level}")))?;
+                let mut enc = libdeflater::Compressor::new(lvl);
+                let mut out = vec![0; enc.gzip_compress_bound(chunk.len())];
+                let n = enc
+                    .gzip_compress(chunk, &mut out)
+                    .map_err(|e| io::Error::other(format!("gzip: {e}")))?;
+                out.truncate(n);
+                Ok(out)
             }
             Compression::Zstd { level } => zstd::bulk::compress(chunk, level),
         }

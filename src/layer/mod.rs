@@ -78,8 +78,10 @@ pub fn build_layer(
 fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
+    // The format number changes whenever the same inputs would give other
+    // bytes (2: gzip chunks by libdeflate), so old memos are not reused.
     h.update(format!(
-        "kiln-layer/1 {} {compression:?} {mtime}\n",
+        "kiln-layer/2 {} {compression:?} {mtime}\n",
         env!("CARGO_PKG_VERSION")
     ));
     for e in entries {

@@ -293,11 +293,7 @@ pub fn plan(
         }
         todo.push((r.name, r.version.to_string(), file));
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(8)
-        .build()
-        .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
-    let downloaded: Vec<Result<PinnedWheel>> = pool.install(|| {
+    let downloaded: Vec<Result<PinnedWheel>> = crate::http::on_network_pool(|| {
         todo.par_iter()
             .map(|(name, version, file)| {
                 let (digest, size) = client

@@ -71,7 +71,6 @@ pub struct Provider<'a> {
     prerelease: bool,
     candidates: Mutex<HashMap<String, Arc<Candidates>>>,
     metadata: Mutex<HashMap<(String, Version), Arc<CoreMetadata>>>,
-    pool: rayon::ThreadPool,
 }
 
 fn version(s: &str) -> Option<Version> {
@@ -128,10 +127,6 @@ impl<'a> Provider<'a> {
                 direct.insert(r.req.name.to_string(), (file, url));
             }
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(8)
-            .build()
-            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
         Ok(Provider {
             client,
             target,
@@ -145,7 +140,6 @@ impl<'a> Provider<'a> {
             prerelease,
             candidates: Mutex::new(HashMap::new()),
             metadata: Mutex::new(HashMap::new()),
-            pool,
         })
     }
 
@@ -361,7 +355,7 @@ impl<'a> Provider<'a> {
     ) -> Result<Dependencies<Pkg, Ranges<Version>, String>> {
         // Fetch the pages (and the newest candidate's metadata) of all dependencies in parallel.
         let names: Vec<String> = reqs.iter().map(|(r, _)| r.name.to_string()).collect();
-        self.pool.install(|| {
+        crate::http::on_network_pool(|| {
             names.par_iter().for_each(|n| {
                 if let Ok(c) = self.candidates(n) {
                     if let Some(v) = c.best.keys().next_back() {

@@ -148,18 +148,10 @@ impl Cache {
     }
 
     fn store_derived(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let mut z = zstd::bulk::Compressor::new(1)?;
         z.include_checksum(true)?;
         z.include_contentsize(true)?;
-        let packed = z.compress(bytes)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix("derived-")
-            .tempfile_in(self.root.join("tmp"))?;
-        tmp.write_all(&packed)?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        write_atomic(path, &z.compress(bytes)?);
         Ok(())
     }
 
@@ -169,6 +161,21 @@ impl Cache {
             .verified(d)?
             .ok_or_else(|| Error::internal(format!("blob {d} is not in the cache")))?;
         fs::read(&path).io_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// Best effort, for memos beside the blobs (a memo that cannot be written
+/// only costs recomputing it): write through a temp file in the same
+/// directory, then rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if tmp.write_all(bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cache::Cache;
+use crate::cache::{write_atomic, Cache};
 use crate::digest::Digest;
 use crate::error::{with_causes, Error, IoContext, Result};
 
@@ -306,19 +306,6 @@ impl Http {
                 Err((_, e)) => return Err(e),
                 Ok(v) => return Ok(v),
             }
-        }
-    }
-}
-
-/// Best effort: write through a temp file in the same directory, then rename.
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-        if tmp.write_all(bytes).is_ok() {
-            let _ = tmp.persist(path);
         }
     }
 }

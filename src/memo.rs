@@ -124,15 +124,8 @@ impl PlatformMemo {
 
     /// Best effort: a memo that cannot be written only costs a rebuild.
     pub fn write(&self, cache: &Cache, key: &Digest) {
-        let p = path(cache, key);
-        let Some(dir) = p.parent() else { return };
-        if std::fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-            if serde_json::to_writer(&mut tmp, self).is_ok() {
-                let _ = tmp.persist(&p);
-            }
+        if let Ok(json) = serde_json::to_vec(self) {
+            crate::cache::write_atomic(&path(cache, key), &json);
         }
     }
 

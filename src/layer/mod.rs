@@ -136,14 +136,8 @@ fn write_memo(path: &std::path::Path, b: &LayerBlob) {
         size: b.size,
         media_type: b.media_type.clone(),
     };
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-        if serde_json::to_writer(&mut tmp, &m).is_ok() {
-            let _ = tmp.persist(path);
-        }
+    if let Ok(json) = serde_json::to_vec(&m) {
+        crate::cache::write_atomic(path, &json);
     }
 }
 

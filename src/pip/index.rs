@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Cache;
+use crate::cache::{write_atomic, Cache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::http::{file_url_path, Http};
@@ -289,20 +289,6 @@ impl<'a> IndexClient<'a> {
         self.http
             .download(&file.url, file.digest().as_ref(), self.cache)
             .map_err(|e| e.context(format!("downloading {}", file.filename)))
-    }
-}
-
-/// Write via a temp file + rename so readers never see half a file; failures are ignored (it is a cache).
-pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    if let Ok(mut t) = tempfile::NamedTempFile::new_in(dir) {
-        use std::io::Write;
-        if t.write_all(bytes).is_ok() {
-            let _ = t.persist(path);
-        }
     }
 }
 

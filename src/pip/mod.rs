@@ -432,7 +432,7 @@ fn record_hashes(
     if let Ok(json) = serde_json::to_vec(&kept) {
         let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
         body.extend_from_slice(&json);
-        index::write_atomic(&path, &body);
+        crate::cache::write_atomic(&path, &body);
     }
     kept.hashes
 }

@@ -659,25 +659,22 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     // State derived from blobs, named by the blob's digest, and temporaries
     // no running build can still own.
     type Rule<'a> = (&'a str, &'a dyn Fn(&str, &fs::Metadata) -> bool);
-    let derived = |name: &str, md: &fs::Metadata| {
-        md.is_file()
-            && name
-                .strip_suffix(".zst")
-                .is_some_and(|hex| hex.len() == 64 && !kept_name(hex))
+    // Memos named `<blob hex>` (pip) or `<blob hex>.zst` (apt) of blobs that go.
+    let memo_of_unkept =
+        |name: &str, md: &fs::Metadata| md.is_file() && name.len() == 64 && !kept_name(name);
+    let zst_memo_of_unkept = |name: &str, md: &fs::Metadata| {
+        name.strip_suffix(".zst")
+            .is_some_and(|hex| memo_of_unkept(hex, md))
     };
     let rules: [Rule; 7] = [
-        (crate::apt::deb::UNPACKED, &derived),
-        (crate::apt::repo::INDEXES, &derived),
+        (crate::apt::deb::UNPACKED, &zst_memo_of_unkept),
+        (crate::apt::repo::INDEXES, &zst_memo_of_unkept),
         ("conda-pkgs", &|name, md| {
             let extracted = md.is_dir() && name.len() == 64;
             (extracted && !kept_name(name)) || (name.starts_with(".extract-") && stale(md))
         }),
-        ("pip/metadata", &|name, md| {
-            md.is_file() && name.len() == 64 && !kept_name(name)
-        }),
-        ("pip/record-hashes", &|name, md| {
-            md.is_file() && name.len() == 64 && !kept_name(name)
-        }),
+        ("pip/metadata", &memo_of_unkept),
+        ("pip/record-hashes", &memo_of_unkept),
         ("tmp", &|_, md| stale(md)),
         ("", &|name, md| {
             name.starts_with("conda-link-") && md.is_dir() && stale(md)

@@ -490,5 +490,4 @@ pub fn pins(plan: &AptPlan) -> Vec<crate::lock::AptPin> {
         .collect()
 }
 
-/// A `.deb` from the cache, by its digest.
 pub use install::{layer_groups, AptReport};

@@ -35,22 +35,47 @@ pub struct Deb {
     pub files: Vec<DebFile>,
 }
 
+/// The compressions Debian archives use for package members and indexes.
+#[derive(Clone, Copy)]
+pub enum Codec {
+    Xz,
+    Zstd,
+    Gzip,
+}
+
+impl Codec {
+    /// The codec a file name's suffix names, if any.
+    pub fn of(name: &str) -> Option<Codec> {
+        [
+            (".xz", Codec::Xz),
+            (".zst", Codec::Zstd),
+            (".gz", Codec::Gzip),
+        ]
+        .into_iter()
+        .find_map(|(suffix, c)| name.ends_with(suffix).then_some(c))
+    }
+
+    pub fn reader<'a>(self, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Codec::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
+            Codec::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(r)
+                    .map_err(|e| Error::input(format!("zstd: {e}")))?,
+            ),
+            Codec::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
+        })
+    }
+}
+
+/// A reader for the ar member `name`: a compressed or a plain tar.
 fn decompressor<'a>(name: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
-    Ok(if name.ends_with(".xz") {
-        Box::new(liblzma::read::XzDecoder::new(r))
-    } else if name.ends_with(".zst") {
-        Box::new(
-            zstd::stream::read::Decoder::new(r).map_err(|e| Error::input(format!("zstd: {e}")))?,
-        )
-    } else if name.ends_with(".gz") {
-        Box::new(flate2::read::GzDecoder::new(r))
-    } else if name.ends_with(".tar") {
-        Box::new(r)
-    } else {
-        return Err(Error::input(format!(
+    match Codec::of(name) {
+        Some(c) => c.reader(r),
+        None if name.ends_with(".tar") => Ok(Box::new(r)),
+        None => Err(Error::input(format!(
             "unsupported member compression `{name}`"
-        )));
-    })
+        ))),
+    }
 }
 
 /// Normalise a member path; `None` for the root, an error when it climbs out.

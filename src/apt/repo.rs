@@ -12,6 +12,7 @@ use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
 use rayon::prelude::*;
 
 use super::control::{paragraph_chunks, parse_deps, parse_paragraphs, Dep, Paragraph, Version};
+use super::deb::Codec;
 use super::sources::Source;
 use crate::cache::Cache;
 use crate::digest::Digest;
@@ -211,14 +212,14 @@ pub fn load_source(
     let inrelease = http.get_cached(&format!("{base}/InRelease"), None, cache, &check)?;
     let release = verify_inrelease(&as_text(&inrelease.bytes)?, keyring, &what)?;
     let hashes = release_hashes(&release);
-    let by_hash = parse_paragraphs(&release)
-        .first()
-        .and_then(|p| p.get("Acquire-By-Hash"))
-        == Some("yes");
+    let fields = parse_paragraphs(&release)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let by_hash = fields.get("Acquire-By-Hash") == Some("yes");
     let components: Vec<String> = if src.components.is_empty() {
-        parse_paragraphs(&release)
-            .first()
-            .and_then(|p| p.get("Components"))
+        fields
+            .get("Components")
             .map(|c| c.split_whitespace().map(String::from).collect())
             .unwrap_or_else(|| vec!["main".into()])
     } else {
@@ -294,25 +295,17 @@ pub const INDEXES: &str = "apt/indexes";
 /// decompressed once and then remembered: xz-decoding a whole suite's
 /// Packages is most of the solve step of a warm build.
 fn index_text(cache: &Cache, digest: &Digest, name: &str, what: &str) -> Result<String> {
-    let decompress = || -> Result<Vec<u8>> {
-        let raw = cache.read(digest)?;
-        let mut reader: Box<dyn Read> = if name.ends_with(".xz") {
-            Box::new(liblzma::read::XzDecoder::new(&raw[..]))
-        } else if name.ends_with(".gz") {
-            Box::new(flate2::read::GzDecoder::new(&raw[..]))
-        } else {
-            return Ok(raw);
-        };
-        let mut text = Vec::with_capacity(raw.len() * 6);
-        reader
-            .read_to_end(&mut text)
-            .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
-        Ok(text)
-    };
-    let bytes = if name.ends_with(".xz") || name.ends_with(".gz") {
-        cache.derived(INDEXES, digest, decompress)?
-    } else {
-        decompress()?
+    let bytes = match Codec::of(name) {
+        None => cache.read(digest)?,
+        Some(codec) => cache.derived(INDEXES, digest, || {
+            let raw = cache.read(digest)?;
+            let mut text = Vec::with_capacity(raw.len() * 6);
+            codec
+                .reader(&raw[..])?
+                .read_to_end(&mut text)
+                .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
+            Ok(text)
+        })?,
     };
     String::from_utf8(bytes).map_err(|_| {
         cache.forget_derived(INDEXES, digest);

@@ -174,6 +174,14 @@ fn run_in_namespace(mut cmd: Command, euid: u32) -> Result<std::process::Output>
     Ok(out)
 }
 
+/// A failed system call of the namespace set-up, said plainly.
+fn sys(what: &str, e: rustix::io::Errno) -> Error {
+    Error::input(format!(
+        "--run-scripts: {what}: {}",
+        std::io::Error::from(e)
+    ))
+}
+
 /// `kiln __run-script ROOT PROGRAM ARGS...`, first half: enter a new user
 /// namespace, wait for the parent's id maps, then new mount, pid, network,
 /// ipc and uts namespaces, and run the second half as pid 1 there.
@@ -181,12 +189,6 @@ fn run_in_namespace(mut cmd: Command, euid: u32) -> Result<std::process::Output>
 pub fn namespace_stage(root: &Path, program: &str, args: &[String]) -> Result<i32> {
     use rustix::thread::{unshare_unsafe, UnshareFlags};
     use std::io::BufRead;
-    let sys = |what: &str, e: rustix::io::Errno| {
-        Error::input(format!(
-            "--run-scripts: {what}: {}",
-            std::io::Error::from(e)
-        ))
-    };
     // SAFETY: kiln is single-threaded here (nothing else has started), and
     // no file table is unshared.
     unsafe { unshare_unsafe(UnshareFlags::NEWUSER) }
@@ -228,12 +230,6 @@ pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()>
         mount, mount_bind, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
     };
     use std::os::unix::process::CommandExt;
-    let sys = |what: &str, e: rustix::io::Errno| {
-        Error::input(format!(
-            "--run-scripts: {what}: {}",
-            std::io::Error::from(e)
-        ))
-    };
     // Nothing mounted here may reach the host's mount table.
     mount_change(
         "/",

@@ -768,7 +768,15 @@ fn installs_with_dependencies_provider_and_multiarch_deterministically() {
         results[0], results[1],
         "two builds of the same spec choose the same provider and give the same image"
     );
+    // Pinned before the workspace split: a refactoring must not change
+    // what the same inputs build (the .debs are made here, so only amd64).
+    if ARCH == "amd64" {
+        assert_eq!(results[0].1, PINNED_APT_HELLO, "the pinned digest moved");
+    }
 }
+
+const PINNED_APT_HELLO: &str =
+    "sha256:776a7ec39261f9f179778025d8c4c302b4a3961a20b7fe376eaa8011598c16bf";
 
 #[test]
 fn version_pin_selects_older_version() {

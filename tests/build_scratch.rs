@@ -37,6 +37,11 @@ volumes = ["/data"]
 
 /// Host files whose permissions deliberately differ from what the image must
 /// get: 0600 → 0644, 0700 → 0755, a 0700 directory → 0755.
+const PINNED_FULL_GZIP: &str =
+    "sha256:d724b297e586618972eddf84293fe1525a213e4ac484a27c116bd9bdb9d7e2db";
+const PINNED_FULL_ZSTD: &str =
+    "sha256:3db463987e2dda0879d74b948a9369a9c518a2b3130b3959482f9e59493a09e1";
+
 fn full_workspace(label: &str) -> Workspace {
     let ws = Workspace::new(label);
     ws.mkdir("app", 0o700);
@@ -59,6 +64,8 @@ fn scratch_image_with_files_and_config() {
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(v["manifests"][0]["platform"], "linux/amd64");
     let digest = s(&v, "digest").to_string();
+    // Pinned before the workspace split: the same inputs, the same image.
+    assert_eq!(digest, PINNED_FULL_GZIP, "the pinned digest moved");
 
     // Layout: both tags point at the manifest kiln reported.
     let layout = Layout::open(ws.join("out"));
@@ -452,6 +459,8 @@ fn zstd_compression() {
     let layout = Layout::open(ws.join("out"));
     let (digest, manifest) = layout.manifest("latest");
     assert_eq!(digest, s(&v, "digest"));
+    // Pinned before the workspace split: the same inputs, the same image.
+    assert_eq!(digest, PINNED_FULL_ZSTD, "the pinned digest moved");
     for (i, l) in manifest["layers"].as_array().unwrap().iter().enumerate() {
         assert_eq!(l["mediaType"], MT_LAYER_ZSTD);
         assert_eq!(v["layers"][i]["media_type"], MT_LAYER_ZSTD);

@@ -33,11 +33,11 @@ $(SPDX_VENV)/bin/pyspdxtools: | test-deps
 	$(SPDX_VENV)/bin/pip install -q spdx-tools
 
 test: test-deps spdx-validator
-	$(CARGO) test --lib --bins --tests -- --test-threads=4
+	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=4
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Layer pipeline throughput (MB/s) and a side-by-side run against tar | pigz | sha256sum.
 bench: release

@@ -5,7 +5,7 @@
 //! No peer comparison: micromamba, conda and pixi are not installable on
 //! these machines, so the figures are absolute.
 
-#[path = "../tests/conda_channel/mod.rs"]
+#[path = "../tests/it/conda_channel/mod.rs"]
 mod conda_channel;
 
 use std::path::Path;
@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use conda_channel::*;
-use kiln::conda::{channels, solve, target, Priority};
-use kiln::inventory::Rootfs;
-use kiln::platform::Platform;
+use kiln_conda::{channels, solve, target, Priority};
+use kiln_core::Platform;
+use kiln_fs::Rootfs;
 use rattler_conda_types::{Channel, MatchSpec, ParseStrictness};
 
 const PACKAGES: usize = 200;
@@ -27,7 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench_solve() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/conda/conda-forge-numpy-linux-64.json");
+        .join("crates/kiln-conda/fixtures/conda/conda-forge-numpy-linux-64.json");
     let bytes = std::fs::read(path).unwrap();
     let config = channels::config(Path::new("/"), None).unwrap();
     let mut parse = Vec::new();

@@ -10,9 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln::cache::Cache;
-use kiln::layer::{build_layer_fresh, tree::collect_files, Compression};
-use kiln::spec::Spec;
+use kiln_fs::layer::{build_layer_fresh, tree::collect_files, Compression};
+use kiln_spec::Spec;
+use kiln_store::Cache;
 
 const SMALL_FILES: usize = 20_000;
 const LARGE_FILES: usize = 6;

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use kiln::cache::Cache;
-use kiln::http::Http;
-use kiln::inventory::Rootfs;
-use kiln::pip::{layer_groups, plan, PipSection};
-use kiln::platform::Platform;
+use kiln_core::Platform;
+use kiln_fs::Rootfs;
+use kiln_pip::{layer_groups, plan, PipSection};
+use kiln_store::Cache;
+use kiln_store::Http;
 
 const PACKAGES: &[&str] = &[
     "numpy",

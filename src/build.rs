@@ -1,36 +1,39 @@
-//! `kiln build`: the pipeline, one stage after another.
+//! `kiln build`, `kiln lock` and `kiln fetch`: plan → stages → outputs.
 //!
-//! spec → (check outputs) → collect inputs → base → layers (parallel) →
-//! assembly → outputs. Everything that can be checked locally is checked
-//! before the network is touched, and nothing is written to an output path
-//! until the image is complete.
+//! [`plan_build`] checks everything a user can get wrong (spec, outputs,
+//! platform counts per output, `--push` name and credentials, local files,
+//! kiln.lock) before the network is touched; the three commands share one
+//! [`Setup`]. Then the base is read, each platform's package stages run
+//! (or are taken from an identical locked build), the image is assembled,
+//! and nothing is written to an output path until it is complete.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::apt;
-use crate::base;
-use crate::blobs::Blobs;
-use crate::cache::Cache;
-use crate::conda;
-use crate::error::{Error, IoContext, Result};
-use crate::http::Http;
-use crate::image::{self, AssemblyInputs, NewLayer};
-use crate::inventory::{self, Rootfs};
-use crate::layer::{self, Compression, LayerBlob};
-use crate::lock::{self, Lock, LockedPlatform};
 use crate::memo::{self, PlatformMemo};
-use crate::output::{archive, layout, push};
-use crate::pip;
-use crate::progress::Progress;
-use crate::registry::Registry;
-use crate::sbom;
-use crate::source::{ImageSource, OutputTarget};
-use crate::spec::Spec;
 pub use crate::stages::PipReport;
 use crate::stages::Stages;
+use kiln_apt as apt;
+use kiln_conda as conda;
+use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::progress::Progress;
+use kiln_fs::layer::{self, Compression, LayerBlob};
+use kiln_fs::rootfs::Rootfs;
+use kiln_oci::base;
+use kiln_oci::blobs::Blobs;
+use kiln_oci::image::{self, AssemblyInputs, NewLayer};
+use kiln_oci::inventory;
+use kiln_oci::output::{archive, layout, push};
+use kiln_oci::registry::Registry;
+use kiln_pip as pip;
+use kiln_sbom as sbom;
+use kiln_spec::lock::{self, Lock, LockedPlatform};
+use kiln_spec::source::{ImageSource, OutputTarget};
+use kiln_spec::spec::Spec;
+use kiln_store::cache::Cache;
+use kiln_store::http::Http;
 
 pub struct BuildOptions {
     pub spec: PathBuf,
@@ -119,120 +122,351 @@ pub fn epoch_from_env() -> Result<u64> {
     }
 }
 
-pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
-    let spec = Spec::load(&opts.spec)?;
-    let spec_dir = spec.dir();
-    let base_src = base_source(&spec)?;
-    let tags: Vec<String> = spec.image.tags.iter().map(|t| t.0.clone()).collect();
-    let push_repo = if opts.push {
-        Some(
-            spec.image
-                .name
-                .as_ref()
-                .ok_or_else(|| {
-                    Error::input(format!(
-                        "{}: --push needs [image] name",
-                        spec.path.display()
-                    ))
-                })?
-                .0
-                .clone(),
-        )
-    } else {
-        None
-    };
-    for out in &opts.outputs {
-        if let OutputTarget::Layout(dir) = out {
-            layout::check_target(dir)?;
-        }
+/// What `build`, `lock` and `fetch` share, made before any network or
+/// output: the spec, the base reference (at the digest kiln.lock recorded,
+/// when there is one), the cache, and a registry client when one is needed.
+struct Setup {
+    spec: Spec,
+    spec_dir: PathBuf,
+    cache: Cache,
+    base_src: ImageSource,
+    registry: Option<Registry>,
+}
+
+impl Setup {
+    fn new(
+        spec: Spec,
+        lock: Option<&Lock>,
+        cache_dir: &Path,
+        push: Option<&oci_client::Reference>,
+        offline: bool,
+        insecure: &[String],
+    ) -> Result<Setup> {
+        let spec_dir = spec.dir();
+        let base_src = pinned_base(base_source(&spec)?, lock);
+        let registry = registry_for(&base_src, push, offline, insecure)?;
+        let cache = Cache::open(cache_dir)?;
+        Ok(Setup {
+            spec,
+            spec_dir,
+            cache,
+            base_src,
+            registry,
+        })
     }
 
-    // Local inputs first: a missing file fails before any download.
-    let inputs: Vec<Vec<layer::Entry>> = spec
+    fn blobs(&self) -> Blobs<'_> {
+        Blobs::new(&self.cache, self.registry.as_ref())
+    }
+
+    /// Resolve the base (a registry base is fetched here: the first network).
+    fn load_base(
+        &self,
+        blobs: &mut Blobs,
+        compression: Compression,
+        progress: &Progress,
+    ) -> Result<base::BaseImage> {
+        let spinner = progress.spinner(&format!("resolving base {}", self.base_src));
+        let base = base::load(
+            &self.base_src,
+            &self.spec.platforms(),
+            blobs,
+            self.registry.as_ref(),
+            compression,
+        )?;
+        spinner.finish_and_clear();
+        Ok(base)
+    }
+
+    fn stages<'a>(
+        &'a self,
+        http: &'a Http,
+        base: &base::BaseImage,
+        epoch: u64,
+        progress: &'a Progress,
+        keep: &'a dyn Fn(&str) -> bool,
+        run_scripts: bool,
+    ) -> Stages<'a> {
+        Stages {
+            spec: &self.spec,
+            spec_dir: &self.spec_dir,
+            http,
+            cache: &self.cache,
+            epoch,
+            progress,
+            scratch: base.is_scratch(),
+            keep,
+            upgrade_only: None,
+            run_scripts,
+        }
+    }
+}
+
+/// The filesystem view of one platform of the base.
+fn base_rootfs(
+    base: &base::BaseImage,
+    img: &base::PlatformImage,
+    blobs: &Blobs,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Rootfs> {
+    if base.is_scratch() {
+        Ok(Rootfs::default())
+    } else {
+        inventory::load(img, blobs, keep)
+    }
+}
+
+/// A build with everything a user can get wrong already checked: the spec,
+/// the outputs (writable layouts; a docker-archive only for one platform),
+/// `--push` with an image name and readable credentials, `--offline`
+/// without `--push`, the `[[files]]` inputs, and kiln.lock against the
+/// spec. Made before any network or output.
+struct BuildPlan {
+    setup: Setup,
+    tags: Vec<String>,
+    /// `[image] name` and the first tag's reference, with `--push`.
+    push: Option<(String, oci_client::Reference)>,
+    outputs: Vec<OutputTarget>,
+    pinned: Option<Lock>,
+    lock_status: &'static str,
+    /// One layer per `[[files]]` entry, collected from disk.
+    file_groups: Vec<layer::LayerGroup>,
+    /// The reference the spec names, for the base annotations (not the pin).
+    base_name: Option<String>,
+}
+
+fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
+    let spec = Spec::load(&opts.spec)?;
+    let tags: Vec<String> = spec.image.tags.iter().map(|t| t.0.clone()).collect();
+    let push = match opts.push {
+        false => None,
+        true => {
+            let repo = spec.image.name.as_ref().ok_or_else(|| {
+                Error::input(format!(
+                    "{}: --push needs [image] name",
+                    spec.path.display()
+                ))
+            })?;
+            let reference = push::tag_ref(&repo.0, &tags[0])?;
+            Some((repo.0.clone(), reference))
+        }
+    };
+    if opts.offline && push.is_some() {
+        return Err(Error::input("--offline and --push exclude each other"));
+    }
+    if let Some((_, r)) = &push {
+        // Credentials are read (env, Docker config, helpers) now, so a
+        // broken configuration fails before anything is fetched.
+        kiln_oci::registry::auth::credentials_for(r.registry())
+            .map_err(|e| e.context(format!("--push to {}", r.whole())))?;
+    }
+    let mut outputs = opts.outputs.clone();
+    if outputs.is_empty() && !opts.push {
+        outputs.push(OutputTarget::Layout(PathBuf::from("kiln-out")));
+    }
+    let platforms = spec.platforms().len().max(1);
+    for out in &outputs {
+        match out {
+            OutputTarget::Layout(dir) => layout::check_target(dir)?,
+            OutputTarget::DockerArchive(path) if platforms > 1 => {
+                return Err(Error::input(format!(
+                    "docker-archive:{} holds one platform, but {} asks for {platforms}; \
+                     use an oci: output (or --push) for several",
+                    path.display(),
+                    spec.path.display()
+                )))
+            }
+            OutputTarget::DockerArchive(_) => {}
+        }
+    }
+    // Local inputs: a missing file fails before any download.
+    let spec_dir = spec.dir();
+    let file_groups = spec
         .files
         .iter()
-        .map(|f| layer::tree::collect_files(f, &spec_dir))
-        .collect::<Result<_>>()?;
-
-    let cache = Cache::open(&opts.cache_dir)?;
+        .map(|f| {
+            let entries = layer::tree::collect_files(f, &spec_dir)?;
+            Ok((format!("kiln files {} -> {}", f.src, f.dst.0), entries))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (pinned, lock_status) = pins_for(&spec, opts.lock_mode)?;
-    let base_name = match &base_src {
+    let base_name = match base_source(&spec)? {
         ImageSource::Registry(r) => Some(r.whole()),
         _ => None,
     };
-    let base_src = pinned_base(base_src, pinned.as_ref());
-    let push_ref = push_repo
-        .as_deref()
-        .map(|r| push::tag_ref(r, &tags[0]))
-        .transpose()?;
-    if opts.offline && push_ref.is_some() {
-        return Err(Error::input("--offline and --push exclude each other"));
-    }
-    let registry = registry_for(
-        &base_src,
-        push_ref.as_ref(),
+    let setup = Setup::new(
+        spec,
+        pinned.as_ref(),
+        &opts.cache_dir,
+        push.as_ref().map(|(_, r)| r),
         opts.offline,
         &opts.insecure_registries,
     )?;
-    let mut blobs = Blobs::new(&cache, registry.as_ref());
+    Ok(BuildPlan {
+        setup,
+        tags,
+        push,
+        outputs,
+        pinned,
+        lock_status,
+        file_groups,
+        base_name,
+    })
+}
 
-    let spinner = opts.progress.spinner(&format!("resolving base {base_src}"));
-    let mut base = base::load(
-        &base_src,
-        &spec.platforms(),
-        &mut blobs,
-        registry.as_ref(),
-        opts.compression,
+/// What the stages made for one platform.
+#[derive(Default)]
+struct PlatformBuild {
+    layers: Vec<NewLayer>,
+    apt: Option<apt::AptReport>,
+    conda: Option<conda::CondaReport>,
+    pip: Vec<PipReport>,
+    /// What its SBOM is read from (with `opts.sbom`).
+    sbom: Option<SbomInput>,
+    reused: bool,
+}
+
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    let plan = plan_build(opts)?;
+    let setup = &plan.setup;
+    let mut blobs = setup.blobs();
+    let mut base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
+    if let Some(name) = &plan.base_name {
+        base.name = Some(name.clone());
+    }
+    if let Some(lock) = &plan.pinned {
+        check_locked_base(&base, lock, &setup.spec)?;
+    }
+    let mut platforms = run_stages(&plan, &base, &blobs, opts)?;
+
+    // `[[files]]` layers, the same on every platform, on top.
+    let file_layers = build_groups(&plan.file_groups, opts, &setup.cache)?;
+    let keep = keep_for(opts, &setup.spec);
+    for p in &mut platforms {
+        p.layers.extend(file_layers.iter().cloned());
+        if let Some(s) = &mut p.sbom {
+            for (_, entries) in &plan.file_groups {
+                s.fs.apply_entries(entries, &keep);
+            }
+        }
+    }
+    let per_platform: Vec<Vec<NewLayer>> = platforms.iter().map(|p| p.layers.clone()).collect();
+    let assembled = image::assemble(
+        &AssemblyInputs {
+            base: &base,
+            layers: &per_platform,
+            config: &setup.spec.config,
+            annotations: &setup.spec.image.annotations,
+            epoch: opts.epoch,
+        },
+        &setup.cache,
     )?;
-    spinner.finish_and_clear();
-    if let Some(name) = base_name {
-        // Annotate with the reference the spec names, not the pin.
-        base.name = Some(name);
-    }
-    if let Some(lock) = &pinned {
-        check_locked_base(&base, lock, &spec)?;
-    }
+    let sbom_inputs: Vec<SbomInput> = platforms.iter_mut().filter_map(|p| p.sbom.take()).collect();
+    let sboms = make_sboms(
+        &setup.spec,
+        &base,
+        &assembled,
+        &plan.tags,
+        sbom_inputs,
+        opts.epoch,
+        &setup.cache,
+    )?;
+    let outputs = write_outputs(
+        &plan,
+        &base,
+        &assembled,
+        &per_platform,
+        &sboms,
+        &blobs,
+        opts,
+    )?;
 
-    // Package stages, per platform (each architecture resolves on its own).
+    let built: Vec<LayerBlob> = per_platform
+        .first()
+        .map(|l| l.iter().map(|n| n.blob.clone()).collect())
+        .unwrap_or_default();
+    let stages_reused = platforms.iter().filter(|p| p.reused).count();
+    let mut report = BuildReport {
+        lock: plan.lock_status.to_string(),
+        stages_reused,
+        digest: assembled.top().digest.to_string(),
+        media_type: assembled.top().media_type.to_string(),
+        manifests: assembled
+            .images
+            .iter()
+            .map(|i| ManifestReport {
+                platform: i.platform.to_string(),
+                digest: i.manifest.digest.to_string(),
+            })
+            .collect(),
+        layers: built,
+        outputs: outputs.written,
+        push: outputs.push,
+        sbom: sboms
+            .iter()
+            .zip(outputs.sbom_paths)
+            .enumerate()
+            .map(|(i, (s, paths))| SbomReport {
+                platform: s.platform.to_string(),
+                digest: s.digest.to_string(),
+                packages: s.packages,
+                paths,
+                referrer: outputs.referrers.get(i).map(|d| d.to_string()),
+            })
+            .collect(),
+        apt: Vec::new(),
+        pip: Vec::new(),
+        conda: Vec::new(),
+    };
+    for p in platforms {
+        report.apt.extend(p.apt);
+        report.conda.extend(p.conda);
+        report.pip.extend(p.pip);
+    }
+    Ok(report)
+}
+
+/// Which base contents the build keeps in its filesystem view: running
+/// scripts needs the whole base on disk, so then every content is kept.
+fn keep_for(opts: &BuildOptions, spec: &Spec) -> impl Fn(&str) -> bool {
+    let all = opts.run_scripts && spec.apt.is_some();
+    move |p: &str| all || keep_path(p)
+}
+
+/// The package stages of every platform (each architecture resolves on its
+/// own); a locked platform built before from the same inputs is reused.
+fn run_stages(
+    plan: &BuildPlan,
+    base: &base::BaseImage,
+    blobs: &Blobs,
+    opts: &BuildOptions,
+) -> Result<Vec<PlatformBuild>> {
+    let setup = &plan.setup;
+    let spec = &setup.spec;
+    let has_stages = spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some();
+    if !has_stages && !opts.sbom {
+        return Ok(base
+            .images
+            .iter()
+            .map(|_| PlatformBuild::default())
+            .collect());
+    }
     let http = if opts.offline {
         Http::offline()?
     } else {
         Http::new()?
     };
-    let has_stages = spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some();
-    let mut per_platform: Vec<Vec<NewLayer>> = Vec::new();
-    let mut apt_reports = Vec::new();
-    let mut pip_reports = Vec::new();
-    let mut conda_reports = Vec::new();
-    // Running scripts needs the whole base on disk, so every content is kept.
     let run_scripts = opts.run_scripts && spec.apt.is_some();
-    let keep = |p: &str| run_scripts || keep_path(p);
-    let stages = Stages {
-        spec: &spec,
-        spec_dir: &spec_dir,
-        http: &http,
-        cache: &cache,
-        epoch: opts.epoch,
-        progress: &opts.progress,
-        scratch: base.is_scratch(),
-        keep: &keep,
-        upgrade_only: None,
-        run_scripts,
-    };
-    // What each platform's SBOM is read from: the final filesystem view.
-    let mut sbom_inputs: Vec<SbomInput> = Vec::new();
-    let mut stages_reused = 0;
+    let keep = keep_for(opts, spec);
+    let stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
+    let mut out = Vec::new();
     for img in &base.images {
-        if !has_stages && !opts.sbom {
-            per_platform.push(Vec::new());
-            continue;
-        }
-        let locked = pinned
+        let locked = plan
+            .pinned
             .as_ref()
             .map(|l| locked_platform(l, &img.platform))
             .transpose()?;
-        // A locked platform built before with the same inputs: reuse it.
-        let memo_key = pinned.as_ref().zip(locked).map(|(l, p)| {
+        let memo_key = plan.pinned.as_ref().zip(locked).map(|(l, p)| {
             memo::key(
                 l,
                 p,
@@ -246,36 +480,31 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let remembered = memo_key
             .as_ref()
             .filter(|_| opts.reuse)
-            .and_then(|k| PlatformMemo::read(&cache, k));
+            .and_then(|k| PlatformMemo::read(&setup.cache, k));
         if let Some(m) = remembered {
-            if let Some(layers) = m.layers() {
-                stages_reused += 1;
-                per_platform.push(layers);
-                if opts.sbom {
-                    sbom_inputs.push(SbomInput {
-                        fs: m.fs(),
-                        base_purls: m.base_purls.clone(),
-                        known: known_checksums(locked),
-                    });
-                }
-                apt_reports.extend(m.apt);
-                conda_reports.extend(m.conda);
-                pip_reports.extend(m.pip);
-                continue;
-            }
+            out.push(PlatformBuild {
+                layers: m.layers(),
+                sbom: opts.sbom.then(|| SbomInput {
+                    fs: m.fs(),
+                    base_purls: m.base_purls.clone(),
+                    known: known_checksums(locked),
+                }),
+                apt: m.apt,
+                conda: m.conda,
+                pip: m.pip,
+                reused: true,
+            });
+            continue;
         }
-        let mut fs = if base.is_scratch() {
-            Rootfs::default()
+        let mut fs = base_rootfs(base, img, blobs, &keep)?;
+        let base_purls = if opts.sbom {
+            sbom::purls(&sbom::scan(&fs))
         } else {
-            inventory::load(img, &blobs, &keep)?
+            Default::default()
         };
-        let mut sbom_in = SbomInput::default();
-        if opts.sbom {
-            sbom_in.base_purls = sbom::purls(&sbom::scan(&fs));
-        }
         let mut layers = Vec::new();
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
-            layers.extend(build_groups(groups, opts, &cache)?);
+            layers.extend(build_groups(groups, opts, &setup.cache)?);
             Ok(())
         })?;
         if let Some(key) = &memo_key {
@@ -284,76 +513,60 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 outcome.apt.as_ref(),
                 outcome.conda.as_ref(),
                 &outcome.pip,
-                &sbom_in.base_purls,
+                &base_purls,
                 &fs,
             ) {
-                m.write(&cache, key);
+                m.write(&setup.cache, key);
             }
         }
-        per_platform.push(layers);
-        apt_reports.extend(outcome.apt);
-        conda_reports.extend(outcome.conda);
-        pip_reports.extend(outcome.pip);
-        if opts.sbom {
-            sbom_in.known = known_checksums(Some(&outcome.pins));
-            sbom_in.fs = fs;
-            sbom_inputs.push(sbom_in);
-        }
+        out.push(PlatformBuild {
+            layers,
+            sbom: opts.sbom.then(|| SbomInput {
+                known: known_checksums(Some(&outcome.pins)),
+                fs,
+                base_purls,
+            }),
+            apt: outcome.apt,
+            conda: outcome.conda,
+            pip: outcome.pip,
+            reused: false,
+        });
     }
+    Ok(out)
+}
 
-    let file_groups: Vec<layer::LayerGroup> = inputs
-        .into_iter()
-        .zip(&spec.files)
-        .map(|(entries, f)| (format!("kiln files {} -> {}", f.src, f.dst.0), entries))
-        .collect();
-    let file_layers = build_groups(&file_groups, opts, &cache)?;
-    let built: Vec<LayerBlob> = per_platform
-        .first()
-        .map(|l| l.iter().map(|n| n.blob.clone()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(file_layers.iter().map(|n| n.blob.clone()))
-        .collect();
-    for layers in &mut per_platform {
-        layers.extend(file_layers.iter().cloned());
-    }
-    for s in &mut sbom_inputs {
-        for (_, entries) in &file_groups {
-            s.fs.apply_entries(entries, &keep);
-        }
-    }
+/// What writing the outputs did.
+struct Written {
+    written: Vec<String>,
+    push: Option<push::PushReport>,
+    referrers: Vec<kiln_core::Digest>,
+    /// Per SBOM: the files written beside OCI layouts.
+    sbom_paths: Vec<Vec<String>>,
+}
 
-    let assembled = image::assemble(
-        &AssemblyInputs {
-            base: &base,
-            layers: &per_platform,
-            config: &spec.config,
-            annotations: &spec.image.annotations,
-            epoch: opts.epoch,
-        },
-        &cache,
-    )?;
-
-    let sboms = make_sboms(
-        &spec,
-        &base,
-        &assembled,
-        &tags,
-        sbom_inputs,
-        opts.epoch,
-        &cache,
-    )?;
-
-    // Push first: a failed push must not leave local outputs behind.
+/// Push first (a failed push must not leave local outputs behind), then
+/// every local output.
+fn write_outputs(
+    plan: &BuildPlan,
+    base: &base::BaseImage,
+    assembled: &image::Assembled,
+    per_platform: &[Vec<NewLayer>],
+    sboms: &[Sbom],
+    blobs: &Blobs,
+    opts: &BuildOptions,
+) -> Result<Written> {
+    let spec = &plan.setup.spec;
+    let tags = &plan.tags;
     let mut referrers = Vec::new();
-    let push_report = match (&push_repo, &registry) {
-        (Some(repo), Some(reg)) => {
-            let mut report = push::push(reg, repo, &tags, &assembled, &blobs, &opts.progress)?;
-            if let (Some(target), false) = (&push_ref, sboms.is_empty()) {
+    let push_report = match (&plan.push, &plan.setup.registry) {
+        (Some((repo, target)), Some(reg)) => {
+            let mut report = push::push(reg, repo, tags, assembled, blobs, &opts.progress)?;
+            if !sboms.is_empty() {
                 let spinner = opts.progress.spinner("pushing SBOM referrers");
                 let blobs_list: Vec<push::SbomBlob> = sboms
                     .iter()
                     .map(|s| push::SbomBlob {
+                        media_type: sbom::MEDIA_TYPE,
                         digest: s.digest.clone(),
                         size: s.bytes.len() as u64,
                         file_name: s.file_name.clone(),
@@ -362,10 +575,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 referrers = push::push_sboms(
                     reg,
                     target,
-                    &assembled,
+                    assembled,
                     &blobs_list,
-                    &image::rfc3339(opts.epoch),
-                    &blobs,
+                    &kiln_core::time::rfc3339(opts.epoch),
+                    blobs,
                     &mut report,
                 )?;
                 spinner.finish_and_clear();
@@ -375,22 +588,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         _ => None,
     };
 
-    let mut outputs = opts.outputs.clone();
-    if outputs.is_empty() && !opts.push {
-        outputs.push(OutputTarget::Layout(PathBuf::from("kiln-out")));
-    }
     let mut written = Vec::new();
     let sbom_files: Vec<(String, Vec<u8>)> = sboms
         .iter()
         .map(|s| (s.file_name.clone(), s.bytes.clone()))
         .collect();
     let mut sbom_paths: Vec<Vec<String>> = vec![Vec::new(); sboms.len()];
-    for out in &outputs {
+    for out in &plan.outputs {
         let spinner = opts.progress.spinner(&format!("writing {out}"));
         match out {
             OutputTarget::Layout(dir) => {
-                layout::write(dir, &assembled, &tags, &blobs, &sbom_files)?;
-                for (paths, s) in sbom_paths.iter_mut().zip(&sboms) {
+                layout::write(dir, assembled, tags, blobs, &sbom_files)?;
+                for (paths, s) in sbom_paths.iter_mut().zip(sboms) {
                     let p = dir.join(layout::SBOM_DIR).join(&s.file_name);
                     paths.push(p.display().to_string());
                 }
@@ -406,44 +615,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     .cloned()
                     .chain(per_platform[0].iter().map(|n| n.blob.diff_id.clone()))
                     .collect();
-                archive::write(path, &assembled, &repo_tags, &diff_ids, opts.epoch, &blobs)?
+                archive::write(path, assembled, &repo_tags, &diff_ids, opts.epoch, blobs)?
             }
         }
         spinner.finish_and_clear();
         written.push(out.to_string());
     }
-
-    Ok(BuildReport {
-        lock: lock_status.to_string(),
-        stages_reused,
-        digest: assembled.top().digest.to_string(),
-        media_type: assembled.top().media_type.clone(),
-        manifests: assembled
-            .images
-            .iter()
-            .map(|i| ManifestReport {
-                platform: i.platform.to_string(),
-                digest: i.manifest.digest.to_string(),
-            })
-            .collect(),
-        layers: built,
-        outputs: written,
+    Ok(Written {
+        written,
         push: push_report,
-        sbom: sboms
-            .iter()
-            .zip(sbom_paths)
-            .enumerate()
-            .map(|(i, (s, paths))| SbomReport {
-                platform: s.platform.to_string(),
-                digest: s.digest.to_string(),
-                packages: s.packages,
-                paths,
-                referrer: referrers.get(i).map(|d| d.to_string()),
-            })
-            .collect(),
-        apt: apt_reports,
-        pip: pip_reports,
-        conda: conda_reports,
+        referrers,
+        sbom_paths,
     })
 }
 
@@ -473,7 +655,6 @@ pub struct LockReport {
 /// and write kiln.lock beside the spec.
 pub fn lock(opts: &LockOptions) -> Result<LockReport> {
     let spec = Spec::load(&opts.spec)?;
-    let spec_dir = spec.dir();
     let path = lock::path_for(&spec.path);
     let existing = Lock::read(&path)?;
     let inputs = lock::inputs(&spec)?;
@@ -491,41 +672,33 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             return Ok(report(l, "unchanged"));
         }
     }
-    let base_src = base_source(&spec)?;
-    let cache = Cache::open(&opts.cache_dir)?;
-    let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
-    let mut blobs = Blobs::new(&cache, registry.as_ref());
-    let base = read_base(&spec, &base_src, &mut blobs, registry.as_ref())?;
+    let setup = Setup::new(
+        spec,
+        None,
+        &opts.cache_dir,
+        None,
+        false,
+        &opts.insecure_registries,
+    )?;
+    let mut blobs = setup.blobs();
+    // The compression only re-packs an uncompressed on-disk base: moot here.
+    let base = setup.load_base(&mut blobs, Compression::Gzip { level: 6 }, &opts.progress)?;
     let http = Http::new()?;
     let keep = keep_path;
-    let stages = Stages {
-        spec: &spec,
-        spec_dir: &spec_dir,
-        http: &http,
-        cache: &cache,
-        epoch: 0,
-        progress: &opts.progress,
-        scratch: base.is_scratch(),
-        keep: &keep,
-        upgrade_only: match (&existing, &opts.upgrade) {
-            (Some(l), Some(names)) if !names.is_empty() => Some((l, names.as_slice())),
-            _ => None,
-        },
-        run_scripts: false,
+    let mut stages = setup.stages(&http, &base, 0, &opts.progress, &keep, false);
+    stages.upgrade_only = match (&existing, &opts.upgrade) {
+        (Some(l), Some(names)) if !names.is_empty() => Some((l, names.as_slice())),
+        _ => None,
     };
     let mut platforms = Vec::new();
     for img in &base.images {
-        let mut fs = if base.is_scratch() {
-            Rootfs::default()
-        } else {
-            inventory::load(img, &blobs, &keep)?
-        };
+        let mut fs = base_rootfs(&base, img, &blobs, &keep)?;
         let outcome = stages.run(&img.platform, &mut fs, None, &mut |_| Ok(()))?;
         platforms.push(LockedPlatform {
             platform: img.platform.to_string(),
-            base: img.manifest_digest.as_ref().map(|d| d.to_string()),
-            base_top: match &base_src {
-                ImageSource::Registry(_) => base.top_digest.as_ref().map(|d| d.to_string()),
+            base: img.manifest_digest.clone(),
+            base_top: match &setup.base_src {
+                ImageSource::Registry(_) => base.top_digest.clone(),
                 _ => None,
             },
             ..outcome.pins
@@ -557,12 +730,17 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
     let (Some(lock), _) = pins_for(&spec, LockMode::Locked)? else {
         return Err(Error::internal("a locked build without a lock"));
     };
-    let cache = Cache::open(&opts.cache_dir)?;
-    let base_src = pinned_base(base_source(&spec)?, Some(&lock));
-    let registry = registry_for(&base_src, None, false, &opts.insecure_registries)?;
-    let mut blobs = Blobs::new(&cache, registry.as_ref());
-    let base = read_base(&spec, &base_src, &mut blobs, registry.as_ref())?;
-    check_locked_base(&base, &lock, &spec)?;
+    let setup = Setup::new(
+        spec,
+        Some(&lock),
+        &opts.cache_dir,
+        None,
+        false,
+        &opts.insecure_registries,
+    )?;
+    let mut blobs = setup.blobs();
+    let base = setup.load_base(&mut blobs, Compression::Gzip { level: 6 }, &opts.progress)?;
+    check_locked_base(&base, &lock, &setup.spec)?;
     let mut base_blobs = 0;
     for img in &base.images {
         for l in &img.layers {
@@ -571,14 +749,15 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
         }
     }
     let http = Http::new()?;
-    let artifacts = lock.artifact_digests()?;
+    let artifacts = lock.artifact_digests();
     let bar = opts.progress.bar(artifacts.len() as u64, "fetching");
-    let sizes = crate::http::on_network_pool(|| {
+    let cache = &setup.cache;
+    let sizes = kiln_store::http::on_network_pool(|| {
         artifacts
             .par_iter()
             .map(|(d, url)| {
                 let (_, size) = http
-                    .download(url, Some(d), &cache)
+                    .download(url, Some(d), cache)
                     .map_err(|e| e.context(format!("fetching {url}")))?;
                 bar.inc(1);
                 Ok(size)
@@ -647,14 +826,10 @@ fn known_checksums(pins: Option<&LockedPlatform>) -> sbom::Known {
     let mut known = sbom::Known::default();
     let Some(pins) = pins else { return known };
     for a in &pins.apt {
-        if let Ok(d) = format!("sha256:{}", a.sha256).parse() {
-            known.add_deb(&a.name, &a.version, &a.arch, &d);
-        }
+        known.add_deb(&a.name, &a.version, &a.arch, &a.sha256);
     }
     for w in &pins.pip {
-        if let Ok(d) = format!("sha256:{}", w.sha256).parse() {
-            known.add_wheel(&w.name, &w.version, &d);
-        }
+        known.add_wheel(&w.name, &w.version, &w.sha256);
     }
     known
 }
@@ -698,28 +873,15 @@ fn pinned_base(src: ImageSource, lock: Option<&Lock>) -> ImageSource {
         .and_then(|l| l.platforms.first())
         .and_then(|p| p.base_top.clone());
     match (src, top) {
-        (ImageSource::Registry(r), Some(top)) if r.digest().is_none() => ImageSource::Registry(
-            oci_client::Reference::with_digest(r.registry().into(), r.repository().into(), top),
-        ),
+        (ImageSource::Registry(r), Some(top)) if r.digest().is_none() => {
+            ImageSource::Registry(oci_client::Reference::with_digest(
+                r.registry().into(),
+                r.repository().into(),
+                top.to_string(),
+            ))
+        }
         (src, _) => src,
     }
-}
-
-/// The base as `lock` and `fetch` read it. They write no image, so the
-/// compression (used only to re-pack an uncompressed on-disk base) is moot.
-fn read_base(
-    spec: &Spec,
-    src: &ImageSource,
-    blobs: &mut Blobs,
-    registry: Option<&Registry>,
-) -> Result<base::BaseImage> {
-    base::load(
-        src,
-        &spec.platforms(),
-        blobs,
-        registry,
-        Compression::Gzip { level: 6 },
-    )
 }
 
 /// A registry client when the base or the push needs one (never offline).
@@ -748,15 +910,15 @@ fn registry_for(
 /// The base must still be the one the lock was made against.
 fn check_locked_base(base: &base::BaseImage, lock: &Lock, spec: &Spec) -> Result<()> {
     for img in &base.images {
-        let want = locked_platform(lock, &img.platform)?.base.as_deref();
-        let got = img.manifest_digest.as_ref().map(|d| d.to_string());
-        if want != got.as_deref() {
+        let want = locked_platform(lock, &img.platform)?.base.as_ref();
+        let got = img.manifest_digest.as_ref();
+        if want != got {
             return Err(Error::input(format!(
                 "{}: the base image for {} is {} but kiln.lock was made against {}; run `kiln lock`",
                 spec.path.display(),
                 img.platform,
-                got.as_deref().unwrap_or("scratch"),
-                want.unwrap_or("scratch")
+                got.map_or("scratch".into(), |d| d.to_string()),
+                want.map_or("scratch".into(), |d| d.to_string())
             )));
         }
     }
@@ -765,7 +927,7 @@ fn check_locked_base(base: &base::BaseImage, lock: &Lock, spec: &Spec) -> Result
 
 fn locked_platform<'l>(
     lock: &'l Lock,
-    platform: &crate::platform::Platform,
+    platform: &kiln_core::platform::Platform,
 ) -> Result<&'l LockedPlatform> {
     lock.platform(&platform.to_string()).ok_or_else(|| {
         Error::input(format!(
@@ -813,10 +975,10 @@ struct SbomInput {
 
 /// One platform's finished SBOM, stored in the cache under `digest`.
 struct Sbom {
-    platform: crate::platform::Platform,
+    platform: kiln_core::platform::Platform,
     file_name: String,
     bytes: Vec<u8>,
-    digest: crate::digest::Digest,
+    digest: kiln_core::digest::Digest,
     packages: usize,
 }
 

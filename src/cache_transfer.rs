@@ -29,11 +29,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::Cache;
-use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
-use crate::lock::Lock;
-use crate::manifest::{self, Document};
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, IoContext, Result};
+use kiln_oci::manifest::{self, Document};
+use kiln_spec::lock::Lock;
+use kiln_store::cache::{Cache, CacheBucket};
 
 const INDEX_ENTRY: &str = "kiln-cache/INDEX.json";
 const BLOB_PREFIX: &str = "kiln-cache/blobs/sha256/";
@@ -83,7 +83,7 @@ impl Needs {
     }
 
     fn collect(&mut self, lock: &Lock, cache: &Cache) -> Result<()> {
-        for (d, url) in lock.artifact_digests()? {
+        for (d, url) in lock.artifact_digests() {
             self.want(cache, d, || url);
         }
         for p in &lock.platforms {
@@ -94,11 +94,12 @@ impl Needs {
             // be cached.
             let registry = p.base_top.is_some();
             if let Some(top) = &p.base_top {
-                let d = lock_digest(top, plat, "base-top")?;
-                self.want(cache, d, || format!("base index/manifest for {plat}"));
+                self.want(cache, top.clone(), || {
+                    format!("base index/manifest for {plat}")
+                });
             }
             let Some(base) = &p.base else { continue };
-            let d = lock_digest(base, plat, "base")?;
+            let d = base.clone();
             let Some(path) = cache.verified(&d)? else {
                 if registry {
                     self.missing
@@ -148,11 +149,6 @@ impl Needs {
         msg.push_str("run `kiln fetch` with this cache first");
         Err(Error::input(msg))
     }
-}
-
-fn lock_digest(s: &str, platform: &str, key: &str) -> Result<Digest> {
-    s.parse()
-        .map_err(|e: Error| e.context(format!("kiln.lock: platform {platform}: {key}")))
 }
 
 /// Every blob `lock` needs from `cache` (sorted, deduplicated); an input
@@ -607,11 +603,13 @@ impl std::fmt::Display for GcReport {
     }
 }
 
-/// Delete what none of `locks` needs: blobs, conda packages extracted from
-/// archives no lock pins, wheel-metadata and RECORD-hash memos of wheels no
-/// lock pins, unpacked `.deb`s and decompressed indexes whose blob goes, and
-/// temporaries older than a day. The pip page cache (which
-/// expires by itself) and anything kiln does not know are left alone.
+/// Delete what none of `locks` needs, bucket by bucket (see
+/// [`CacheBucket`]): blobs no lock pins; state derived from a blob (unpacked
+/// `.deb`s, decompressed indexes, wheel metadata and RECORD hashes,
+/// extracted conda packages) whose blob goes; layer and stage memos that
+/// name a blob that goes; revalidation caches (HTTP responses, index pages)
+/// and temporaries older than a day; and any directory that is not a bucket
+/// of this kiln (an older kiln's layout).
 pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     let read = read_locks(locks)?;
     let mut needs = Needs::default();
@@ -642,23 +640,6 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > STALE_AFTER)
     };
-
-    // Blobs: every file no lock needs goes.
-    for (name, md) in listing(&root.join("blobs/sha256"))? {
-        if md.is_dir() {
-            continue;
-        }
-        if md.is_file() && kept_name(&name) {
-            report.kept += 1;
-            report.kept_bytes += md.len();
-        } else {
-            let rel = format!("blobs/sha256/{name}");
-            remove(root, &rel, &md, dry_run, &mut report)?;
-        }
-    }
-    // State derived from blobs, named by the blob's digest, and temporaries
-    // no running build can still own.
-    type Rule<'a> = (&'a str, &'a dyn Fn(&str, &fs::Metadata) -> bool);
     // Memos named `<blob hex>` (pip) or `<blob hex>.zst` (apt) of blobs that go.
     let memo_of_unkept =
         |name: &str, md: &fs::Metadata| md.is_file() && name.len() == 64 && !kept_name(name);
@@ -666,33 +647,65 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
         name.strip_suffix(".zst")
             .is_some_and(|hex| memo_of_unkept(hex, md))
     };
-    let rules: [Rule; 7] = [
-        (crate::apt::deb::UNPACKED, &zst_memo_of_unkept),
-        (crate::apt::repo::INDEXES, &zst_memo_of_unkept),
-        ("conda-pkgs", &|name, md| {
-            let extracted = md.is_dir() && name.len() == 64;
-            (extracted && !kept_name(name)) || (name.starts_with(".extract-") && stale(md))
-        }),
-        ("pip/metadata", &memo_of_unkept),
-        ("pip/record-hashes", &memo_of_unkept),
-        ("tmp", &|_, md| stale(md)),
-        ("", &|name, md| {
-            name.starts_with("conda-link-") && md.is_dir() && stale(md)
-        }),
-    ];
-    for (dir, doomed) in rules {
-        for (name, md) in listing(&root.join(dir))? {
-            if doomed(&name, &md) {
-                let rel = if dir.is_empty() {
-                    name
-                } else {
-                    format!("{dir}/{name}")
-                };
-                remove(root, &rel, &md, dry_run, &mut report)?;
+    // A layer or stage memo goes when a blob it names goes (or it is unreadable).
+    let memo_naming_unkept = |bucket: CacheBucket, name: &str| {
+        let Ok(text) = fs::read_to_string(cache.entry(bucket, name)) else {
+            return true;
+        };
+        let gone = named_digests(&text).any(|d| !keep.contains(&d));
+        gone
+    };
+
+    // Top-level directories that are no bucket of this kiln.
+    let tops: BTreeSet<&str> = CacheBucket::ALL.iter().map(|b| b.top_dir()).collect();
+    for (name, md) in listing(root)? {
+        if !tops.contains(name.as_str()) {
+            remove(root, &name, &md, dry_run, &mut report)?;
+        }
+    }
+    for &bucket in CacheBucket::ALL {
+        let dir = bucket.dir_name();
+        for (name, md) in listing(&cache.bucket(bucket))? {
+            let doomed = match bucket {
+                CacheBucket::Blobs => {
+                    if md.is_dir() {
+                        continue;
+                    }
+                    let kept = md.is_file() && kept_name(&name);
+                    if kept {
+                        report.kept += 1;
+                        report.kept_bytes += md.len();
+                    }
+                    !kept
+                }
+                CacheBucket::Tmp | CacheBucket::Http | CacheBucket::PipPages => stale(&md),
+                CacheBucket::AptIndexes | CacheBucket::AptUnpacked => {
+                    zst_memo_of_unkept(&name, &md)
+                }
+                CacheBucket::PipMetadata | CacheBucket::PipRecordHashes => {
+                    memo_of_unkept(&name, &md)
+                }
+                CacheBucket::CondaPackages => {
+                    let extracted = md.is_dir() && name.len() == 64;
+                    (extracted && !kept_name(&name))
+                        || (name.starts_with(".extract-") && stale(&md))
+                }
+                CacheBucket::Layers | CacheBucket::Stages => {
+                    !md.is_file() || memo_naming_unkept(bucket, &name)
+                }
+            };
+            if doomed {
+                remove(root, &format!("{dir}/{name}"), &md, dry_run, &mut report)?;
             }
         }
     }
     Ok(report)
+}
+
+/// Every `sha256:<hex>` digest a memo's JSON names.
+fn named_digests(text: &str) -> impl Iterator<Item = Digest> + '_ {
+    text.match_indices("sha256:")
+        .filter_map(|(i, _)| text.get(i..i + 71).and_then(|d| d.parse::<Digest>().ok()))
 }
 
 /// Sorted entries of `dir` (none when it does not exist), not following symlinks.

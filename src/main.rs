@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use kiln::build::{self, BuildOptions, LockMode, LockOptions};
-use kiln::cache::Cache;
-use kiln::layer::Compression;
-use kiln::progress::Progress;
-use kiln::source::{ImageSource, OutputTarget};
 use kiln::Error;
+use kiln_core::progress::Progress;
+use kiln_fs::layer::Compression;
+use kiln_spec::source::{ImageSource, OutputTarget};
+use kiln_store::Cache;
 
 #[derive(Parser)]
 #[command(
@@ -197,14 +197,14 @@ fn run(cli: Cli) -> kiln::Result<()> {
             root,
             program,
             args,
-        } => kiln::apt::scripts::enter_and_exec(&root, &program, &args),
+        } => kiln_apt::scripts::enter_and_exec(&root, &program, &args),
         Command::RunScript {
             root,
             program,
             args,
             ..
         } => {
-            let code = kiln::apt::scripts::namespace_stage(&root, &program, &args)?;
+            let code = kiln_apt::scripts::namespace_stage(&root, &program, &args)?;
             std::process::exit(code)
         }
         Command::Build {
@@ -366,7 +366,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             let platform = platform.map(|p| p.parse()).transpose()?;
             let cache = Cache::open(cache_dir(&common))?;
             let report =
-                kiln::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
+                kiln_oci::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
             if common.json {
                 println!(
                     "{}",

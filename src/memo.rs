@@ -9,15 +9,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::apt::AptReport;
-use crate::cache::Cache;
-use crate::conda::CondaReport;
-use crate::digest::Digest;
-use crate::image::NewLayer;
-use crate::inventory::{Node, Rootfs};
-use crate::layer::{Compression, LayerBlob};
-use crate::lock::{Lock, LockedPlatform};
 use crate::stages::PipReport;
+use kiln_apt::AptReport;
+use kiln_conda::CondaReport;
+use kiln_core::digest::Digest;
+use kiln_fs::layer::{Compression, LayerBlob};
+use kiln_fs::rootfs::{Node, Rootfs};
+use kiln_oci::image::NewLayer;
+use kiln_spec::lock::{Lock, LockedPlatform};
+use kiln_store::cache::{Cache, CacheBucket};
 
 #[derive(Serialize, Deserialize)]
 pub struct PlatformMemo {
@@ -34,8 +34,8 @@ pub struct PlatformMemo {
 
 #[derive(Serialize, Deserialize)]
 struct MemoLayer {
-    digest: String,
-    diff_id: String,
+    digest: Digest,
+    diff_id: Digest,
     size: u64,
     media_type: String,
     created_by: String,
@@ -64,10 +64,7 @@ pub fn key(
 }
 
 fn path(cache: &Cache, key: &Digest) -> PathBuf {
-    cache
-        .root()
-        .join("stages")
-        .join(format!("{}.json", key.hex()))
+    cache.entry(CacheBucket::Stages, format!("{}.json", key.hex()))
 }
 
 impl PlatformMemo {
@@ -84,8 +81,8 @@ impl PlatformMemo {
             layers: layers
                 .iter()
                 .map(|l| MemoLayer {
-                    digest: l.blob.digest.to_string(),
-                    diff_id: l.blob.diff_id.to_string(),
+                    digest: l.blob.digest.clone(),
+                    diff_id: l.blob.diff_id.clone(),
                     size: l.blob.size,
                     media_type: l.blob.media_type.clone(),
                     created_by: l.created_by.clone(),
@@ -116,8 +113,7 @@ impl PlatformMemo {
         let m: PlatformMemo =
             serde_json::from_slice(&std::fs::read(path(cache, key)).ok()?).ok()?;
         for l in &m.layers {
-            let d: Digest = l.digest.parse().ok()?;
-            cache.verified(&d).ok()??;
+            cache.verified(&l.digest).ok()??;
         }
         Some(m)
     }
@@ -125,23 +121,21 @@ impl PlatformMemo {
     /// Best effort: a memo that cannot be written only costs a rebuild.
     pub fn write(&self, cache: &Cache, key: &Digest) {
         if let Ok(json) = serde_json::to_vec(self) {
-            crate::cache::write_atomic(&path(cache, key), &json);
+            kiln_store::cache::write_atomic(&path(cache, key), &json);
         }
     }
 
-    pub fn layers(&self) -> Option<Vec<NewLayer>> {
+    pub fn layers(&self) -> Vec<NewLayer> {
         self.layers
             .iter()
-            .map(|l| {
-                Some(NewLayer {
-                    blob: LayerBlob {
-                        digest: l.digest.parse().ok()?,
-                        diff_id: l.diff_id.parse().ok()?,
-                        size: l.size,
-                        media_type: l.media_type.clone(),
-                    },
-                    created_by: l.created_by.clone(),
-                })
+            .map(|l| NewLayer {
+                blob: LayerBlob {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                },
+                created_by: l.created_by.clone(),
             })
             .collect()
     }

@@ -8,18 +8,18 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::apt;
-use crate::cache::Cache;
-use crate::conda;
-use crate::error::Result;
-use crate::http::Http;
-use crate::inventory::Rootfs;
-use crate::layer::LayerGroup;
-use crate::lock::LockedPlatform;
-use crate::pip;
-use crate::platform::Platform;
-use crate::progress::Progress;
-use crate::spec::Spec;
+use kiln_apt as apt;
+use kiln_conda as conda;
+use kiln_core::error::Result;
+use kiln_core::platform::Platform;
+use kiln_core::progress::Progress;
+use kiln_fs::layer::LayerGroup;
+use kiln_fs::rootfs::Rootfs;
+use kiln_pip as pip;
+use kiln_spec::lock::LockedPlatform;
+use kiln_spec::spec::Spec;
+use kiln_store::cache::Cache;
+use kiln_store::http::Http;
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct PipReport {
@@ -51,7 +51,7 @@ pub struct Stages<'a> {
     pub keep: &'a dyn Fn(&str) -> bool,
     /// `kiln lock --upgrade PKG...`: the previous lock, whose versions are
     /// kept for every package not named.
-    pub upgrade_only: Option<(&'a crate::lock::Lock, &'a [String])>,
+    pub upgrade_only: Option<(&'a kiln_spec::lock::Lock, &'a [String])>,
     /// Run apt maintainer scripts (`keep` must then keep every content).
     pub run_scripts: bool,
 }
@@ -118,7 +118,12 @@ impl Stages<'_> {
             if self.run_scripts {
                 // `keep` holds every content then, so `fs` is the whole assembled tree.
                 spinner.set_message(format!("apt: running maintainer scripts for {platform}"));
-                let run = apt::scripts::run(&plan, fs, &cache.root().join("tmp"), self.epoch)?;
+                let run = apt::scripts::run(
+                    &plan,
+                    fs,
+                    &cache.bucket(kiln_store::CacheBucket::Tmp),
+                    self.epoch,
+                )?;
                 report.skipped_scripts.clear();
                 report.ran_scripts = run.ran;
                 if !run.entries.is_empty() {

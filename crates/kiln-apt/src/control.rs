@@ -1,0 +1,321 @@
+//! Debian control data: deb822 paragraphs, version ordering and
+//! dependency fields.
+//!
+//! Written here because the maintained crate for this (debian-packaging)
+//! does not build with current libc (its async-tar → xattr 0.2 chain); the
+//! formats are small and specified in Debian Policy §5 and §7.
+
+pub use kiln_fs::probe::{paragraph_chunks, parse_paragraphs, Paragraph};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A Debian version: `[epoch:]upstream[-revision]`, ordered per Policy §5.6.12.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub epoch: u32,
+    pub upstream: String,
+    pub revision: String,
+    raw: String,
+}
+
+impl Version {
+    pub fn parse(s: &str) -> Option<Version> {
+        let s = s.trim();
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            return None;
+        }
+        let (epoch, rest) = match s.split_once(':') {
+            Some((e, r)) => (e.parse().ok()?, r),
+            None => (0, s),
+        };
+        let (upstream, revision) = match rest.rfind('-') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        if upstream.is_empty() {
+            return None;
+        }
+        Some(Version {
+            epoch,
+            upstream: upstream.to_string(),
+            revision: revision.to_string(),
+            raw: s.to_string(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// dpkg's character order: `~` sorts before everything, even the end; letters before non-letters.
+fn order(c: Option<u8>) -> i32 {
+    match c {
+        None => 0,
+        Some(b'~') => -1,
+        Some(c) if c.is_ascii_digit() => 0,
+        Some(c) if c.is_ascii_alphabetic() => c as i32,
+        Some(c) => c as i32 + 256,
+    }
+}
+
+fn verrevcmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let mut first_diff = 0;
+        while (i < a.len() && !a[i].is_ascii_digit()) || (j < b.len() && !b[j].is_ascii_digit()) {
+            let ac = order(a.get(i).copied());
+            let bc = order(b.get(j).copied());
+            if ac != bc {
+                return ac.cmp(&bc);
+            }
+            i += 1;
+            j += 1;
+        }
+        while i < a.len() && a[i] == b'0' {
+            i += 1;
+        }
+        while j < b.len() && b[j] == b'0' {
+            j += 1;
+        }
+        while i < a.len() && a[i].is_ascii_digit() && j < b.len() && b[j].is_ascii_digit() {
+            if first_diff == 0 {
+                first_diff = a[i] as i32 - b[j] as i32;
+            }
+            i += 1;
+            j += 1;
+        }
+        if i < a.len() && a[i].is_ascii_digit() {
+            return Ordering::Greater;
+        }
+        if j < b.len() && b[j].is_ascii_digit() {
+            return Ordering::Less;
+        }
+        if first_diff != 0 {
+            return first_diff.cmp(&0);
+        }
+    }
+    Ordering::Equal
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.epoch
+            .cmp(&other.epoch)
+            .then_with(|| verrevcmp(&self.upstream, &other.upstream))
+            .then_with(|| verrevcmp(&self.revision, &other.revision))
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Relation {
+    Lt,
+    Le,
+    Eq,
+    Ge,
+    Gt,
+}
+
+impl Relation {
+    pub fn holds(self, have: &Version, want: &Version) -> bool {
+        let o = have.cmp(want);
+        match self {
+            Relation::Lt => o == Ordering::Less,
+            Relation::Le => o != Ordering::Greater,
+            Relation::Eq => o == Ordering::Equal,
+            Relation::Ge => o != Ordering::Less,
+            Relation::Gt => o == Ordering::Greater,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Relation::Lt => "<<",
+            Relation::Le => "<=",
+            Relation::Eq => "=",
+            Relation::Ge => ">=",
+            Relation::Gt => ">>",
+        }
+    }
+}
+
+/// `name[:arch] [(op version)]` — one alternative of a dependency.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dep {
+    pub name: String,
+    /// `any`, `native` or an architecture name.
+    pub arch: Option<String>,
+    pub constraint: Option<(Relation, Version)>,
+}
+
+impl Dep {
+    pub fn matches_version(&self, v: &Version) -> bool {
+        self.constraint
+            .as_ref()
+            .is_none_or(|(r, want)| r.holds(v, want))
+    }
+}
+
+impl fmt::Display for Dep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(a) = &self.arch {
+            write!(f, ":{a}")?;
+        }
+        if let Some((r, v)) = &self.constraint {
+            write!(f, " ({} {v})", r.symbol())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a dependency field: `a | b (>= 1), c:any`. Build-profile and
+/// architecture restrictions (`[...]`, `<...>`) are dropped (binary packages do not carry them).
+pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
+    let mut out = Vec::new();
+    for group in field.split(',') {
+        let group = group.trim();
+        if group.is_empty() {
+            continue;
+        }
+        let mut alts = Vec::new();
+        for alt in group.split('|') {
+            alts.push(parse_dep(alt.trim())?);
+        }
+        out.push(alts);
+    }
+    Ok(out)
+}
+
+pub fn parse_dep(s: &str) -> Result<Dep, String> {
+    // Drop `[arch ...]` and `<profile>` restrictions, which sit outside the parentheses.
+    let mut kept = String::with_capacity(s.len());
+    let (mut paren, mut skip) = (0, None::<char>);
+    for c in s.chars() {
+        match (skip, c) {
+            (Some(end), c) if c == end => skip = None,
+            (Some(_), _) => {}
+            (None, '(') => {
+                paren += 1;
+                kept.push(c);
+            }
+            (None, ')') => {
+                paren -= 1;
+                kept.push(c);
+            }
+            (None, '[') if paren == 0 => skip = Some(']'),
+            (None, '<') if paren == 0 => skip = Some('>'),
+            (None, c) => kept.push(c),
+        }
+    }
+    let s = kept.trim();
+    let (head, constraint) = match s.split_once('(') {
+        Some((h, rest)) => {
+            let inner = rest.trim_end().trim_end_matches(')').trim();
+            let (op, ver) = ["<<", "<=", ">=", ">>", "=", "<", ">"]
+                .iter()
+                .find_map(|op| inner.strip_prefix(op).map(|v| (*op, v.trim())))
+                .ok_or_else(|| format!("bad version relation in `{s}`"))?;
+            let rel = match op {
+                "<<" => Relation::Lt,
+                "<=" | "<" => Relation::Le,
+                "=" => Relation::Eq,
+                ">=" | ">" => Relation::Ge,
+                _ => Relation::Gt,
+            };
+            let v = Version::parse(ver).ok_or_else(|| format!("bad version `{ver}` in `{s}`"))?;
+            (h.trim(), Some((rel, v)))
+        }
+        None => (s, None),
+    };
+    let (name, arch) = match head.split_once(':') {
+        Some((n, a)) => (n, Some(a.to_string())),
+        None => (head, None),
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err(format!("bad package name in `{s}`"));
+    }
+    Ok(Dep {
+        name: name.to_ascii_lowercase(),
+        arch,
+        constraint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_hold_whole_paragraphs() {
+        let text: String = (0..50)
+            .map(|i| format!("Package: p{i}\nDescription: ünïcode {i}\n more\n\n"))
+            .collect();
+        for n in [1, 3, 7, 64, 1000] {
+            let chunks = paragraph_chunks(&text, n);
+            assert_eq!(chunks.concat(), text);
+            let parsed: Vec<Paragraph> = chunks.iter().flat_map(|c| parse_paragraphs(c)).collect();
+            assert_eq!(parsed, parse_paragraphs(&text), "n = {n}");
+        }
+        assert!(paragraph_chunks(&text, 7).len() > 1);
+        assert_eq!(paragraph_chunks("", 8), vec![""]);
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn version_order() {
+        assert!(v("1.0~rc1") < v("1.0"));
+        assert!(v("1.0") < v("1.0-1"));
+        assert!(v("1:0.1") > v("9.9"));
+        assert!(v("2.36-9+deb12u4") > v("2.36-9+deb12u3"));
+        assert!(v("1.2.10") > v("1.2.9"));
+        assert!(v("1.0a") > v("1.0"));
+        assert!(v("1.0+b1") > v("1.0"));
+        assert_eq!(v("1.01").cmp(&v("1.1")), Ordering::Equal);
+    }
+
+    #[test]
+    fn deps() {
+        let d =
+            parse_deps("libc6 (>= 2.34), awk | mawk:any, python3:any (<< 3.12) [amd64] <!nocheck>")
+                .unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[1][1].name, "mawk");
+        assert_eq!(d[1][1].arch.as_deref(), Some("any"));
+        assert!(d[0][0].matches_version(&v("2.36-9")));
+        assert!(!d[2][0].matches_version(&v("3.12.1-1")));
+        assert!(parse_deps("foo (>= )").is_err());
+    }
+
+    #[test]
+    fn paragraphs_roundtrip() {
+        let text = "Package: a\nDescription: short\n long line\n .\n more\n\nPackage: b\n";
+        let ps = parse_paragraphs(text);
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[0].get("description"), Some("short\nlong line\n\nmore"));
+        assert_eq!(
+            ps[0].render(),
+            "Package: a\nDescription: short\n long line\n .\n more\n"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! Reading a `.deb`: the ar container, `control.tar.*` (control, md5sums,
+//! conffiles, maintainer scripts) and `data.tar.*` (the files), decompressed
+//! from xz, zstd or gzip. Hostile archives are refused: paths that climb out
+//! with `..`, device nodes, and hard links to files outside the package.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_store::cache::{Cache, CacheBucket};
+
+#[derive(Clone, Debug)]
+pub enum FileKind {
+    Dir,
+    File(Arc<Vec<u8>>),
+    Symlink(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct DebFile {
+    /// Normalised, relative to `/`, no trailing slash (`usr/bin/python3.11`).
+    pub path: String,
+    pub kind: FileKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+#[derive(Debug)]
+pub struct Deb {
+    /// Members of control.tar by name (`control`, `md5sums`, `postinst` ...).
+    pub control: BTreeMap<String, Vec<u8>>,
+    pub files: Vec<DebFile>,
+}
+
+/// The compressions Debian archives use for package members and indexes.
+#[derive(Clone, Copy)]
+pub enum Codec {
+    Xz,
+    Zstd,
+    Gzip,
+}
+
+impl Codec {
+    /// The codec a file name's suffix names, if any.
+    pub fn of(name: &str) -> Option<Codec> {
+        [
+            (".xz", Codec::Xz),
+            (".zst", Codec::Zstd),
+            (".gz", Codec::Gzip),
+        ]
+        .into_iter()
+        .find_map(|(suffix, c)| name.ends_with(suffix).then_some(c))
+    }
+
+    pub fn reader<'a>(self, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Codec::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
+            Codec::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(r)
+                    .map_err(|e| Error::input(format!("zstd: {e}")))?,
+            ),
+            Codec::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
+        })
+    }
+}
+
+/// A reader for the ar member `name`: a compressed or a plain tar.
+fn decompressor<'a>(name: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    match Codec::of(name) {
+        Some(c) => c.reader(r),
+        None if name.ends_with(".tar") => Ok(Box::new(r)),
+        None => Err(Error::input(format!(
+            "unsupported member compression `{name}`"
+        ))),
+    }
+}
+
+/// Normalise a member path; `None` for the root, an error when it climbs out.
+pub fn clean_path(raw: &str) -> std::result::Result<Option<String>, String> {
+    let mut parts = Vec::new();
+    for p in raw.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => return Err(format!("path `{raw}` escapes the root")),
+            p => parts.push(p),
+        }
+    }
+    Ok(if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    })
+}
+
+/// The package whose `.deb` is the cached blob `d`. Its members are kept
+/// decompressed (an ar of `control.tar` and `data.tar`, zstd-framed in the
+/// cache), since undoing Debian's xz is most of a warm build's work. Every
+/// read goes through [`read_deb`], so the hostile-archive checks run on the
+/// remembered form too, and a form that fails them is not kept.
+pub fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
+    let bytes = cache.derived(CacheBucket::AptUnpacked, d, || {
+        decompress_members(&cache.read(d)?, what)
+    })?;
+    read_deb(&bytes, what).inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d))
+}
+
+/// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
+fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let mut ar = ar::Archive::new(bytes);
+    let mut out = ar::Builder::new(Vec::with_capacity(bytes.len() * 4));
+    while let Some(entry) = ar.next_entry() {
+        let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        let (name, plain) = match name.split_once(".tar") {
+            Some((stem, _)) => {
+                let mut plain = Vec::new();
+                decompressor(&name, entry)?
+                    .read_to_end(&mut plain)
+                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                (format!("{stem}.tar"), plain)
+            }
+            None => {
+                let mut plain = Vec::new();
+                let mut entry = entry;
+                entry
+                    .read_to_end(&mut plain)
+                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                (name, plain)
+            }
+        };
+        out.append(
+            &ar::Header::new(name.into_bytes(), plain.len() as u64),
+            &plain[..],
+        )
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+    }
+    out.into_inner()
+        .map_err(|e| Error::internal(format!("{what}: {e}")))
+}
+
+pub fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
+    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let mut ar = ar::Archive::new(bytes);
+    let mut control = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut saw_data = false;
+    while let Some(entry) = ar.next_entry() {
+        let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        if name.starts_with("control.tar") {
+            let mut t = tar::Archive::new(decompressor(&name, entry)?);
+            for m in t
+                .entries()
+                .map_err(|e| bad(format!("corrupt {name}: {e}")))?
+            {
+                let mut m = m.map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                if m.header().entry_type().is_file() {
+                    let p = m
+                        .path()
+                        .map_err(|e| bad(e.to_string()))?
+                        .to_string_lossy()
+                        .into_owned();
+                    let key = p.trim_start_matches("./").to_string();
+                    let mut b = Vec::new();
+                    m.read_to_end(&mut b)
+                        .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                    control.insert(key, b);
+                }
+            }
+        } else if name.starts_with("data.tar") {
+            saw_data = true;
+            files = read_data(decompressor(&name, entry)?, what)?;
+        }
+    }
+    if !control.contains_key("control") || !saw_data {
+        return Err(bad(
+            "not a Debian package (control or data member missing)".into()
+        ));
+    }
+    Ok(Deb { control, files })
+}
+
+fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
+    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let mut t = tar::Archive::new(r);
+    let mut out: Vec<DebFile> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for m in t
+        .entries()
+        .map_err(|e| bad(format!("corrupt data.tar: {e}")))?
+    {
+        let mut m = m.map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
+        let raw = m
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let Some(path) = clean_path(&raw).map_err(bad)? else {
+            continue;
+        };
+        let h = m.header();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let uid = h.uid().unwrap_or(0);
+        let gid = h.gid().unwrap_or(0);
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => FileKind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut b = Vec::with_capacity(h.size().unwrap_or(0) as usize);
+                m.read_to_end(&mut b)
+                    .map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
+                FileKind::File(Arc::new(b))
+            }
+            tar::EntryType::Symlink => {
+                let t = m
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                FileKind::Symlink(t)
+            }
+            tar::EntryType::Link => {
+                let t = m
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let target = clean_path(&t).map_err(bad)?.unwrap_or_default();
+                let i = *index.get(&target).ok_or_else(|| {
+                    bad(format!("hard link {path} points outside the package ({t})"))
+                })?;
+                // Stored as a copy: layers stay simple, the content is identical.
+                out[i].kind.clone()
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(bad(format!("refusing device node or fifo `{path}`")));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported tar entry type {other:?} for `{path}`"
+                )))
+            }
+        };
+        index.insert(path.clone(), out.len());
+        out.push(DebFile {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            clean_path("./usr/bin/").unwrap().as_deref(),
+            Some("usr/bin")
+        );
+        assert_eq!(clean_path("./").unwrap(), None);
+        assert!(clean_path("./../etc/passwd").is_err());
+        assert!(clean_path("usr/../../x").is_err());
+    }
+
+    /// A data.tar member: raw name, type, content, link target.
+    type Member<'a> = (&'a str, tar::EntryType, &'a [u8], &'a str);
+
+    /// A tar member written with a raw name, so hostile paths get through.
+    fn member(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        data: &[u8],
+        link: &str,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    /// A `.deb` (gzip control, xz data) whose data member holds `data`.
+    fn deb(data: &[Member]) -> Vec<u8> {
+        use std::io::Write;
+        let mut control = tar::Builder::new(Vec::new());
+        member(
+            &mut control,
+            "./control",
+            tar::EntryType::Regular,
+            b"Package: t\nVersion: 1\n",
+            "",
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&control.into_inner().unwrap()).unwrap();
+        let mut files = tar::Builder::new(Vec::new());
+        for (name, kind, bytes, link) in data {
+            member(&mut files, name, *kind, bytes, link);
+        }
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&files.into_inner().unwrap()).unwrap();
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar.gz", gz.finish().unwrap()),
+            ("data.tar.xz", xz.finish().unwrap()),
+        ] {
+            ar.append(
+                &ar::Header::new(name.into(), bytes.len() as u64),
+                &bytes[..],
+            )
+            .unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn load_remembers_the_unpacked_package() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache
+            .put(&deb(&[
+                ("./usr/", Directory, b"", ""),
+                ("./usr/hello", Regular, b"hi", ""),
+                ("./usr/again", Link, b"", "./usr/hello"),
+                ("./usr/link", Symlink, b"", "hello"),
+            ]))
+            .unwrap();
+        let first = load(&cache, &d, "t").unwrap();
+        let kept = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
+        assert!(kept.is_file());
+        // The second load reads the remembered form, even with the blob gone.
+        std::fs::remove_file(cache.blob_path(&d)).unwrap();
+        let second = load(&cache, &d, "t").unwrap();
+        let summary = |deb: &Deb| {
+            deb.files
+                .iter()
+                .map(|f| format!("{} {:?}", f.path, f.kind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&first), summary(&second));
+        assert_eq!(second.control["control"], b"Package: t\nVersion: 1\n");
+        assert_eq!(summary(&second)[2], "usr/again File([104, 105])");
+    }
+
+    #[test]
+    fn hostile_packages_are_refused_and_not_remembered() {
+        use tar::EntryType::{Char, Fifo, Link, Regular};
+        let cases: [(&[Member], &str); 4] = [
+            (
+                &[("./../etc/passwd", Regular, b"x", "")],
+                "escapes the root",
+            ),
+            (&[("./usr/../../x", Regular, b"x", "")], "escapes the root"),
+            (&[("./dev/tty", Char, b"", "")], "refusing device node"),
+            (&[("./run/p", Fifo, b"", "")], "refusing device node"),
+        ];
+        let link: &[Member] = &[("./x", Link, b"", "/etc/shadow")];
+        for (files, want) in cases
+            .into_iter()
+            .chain([(link, "points outside the package")])
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = Cache::open(dir.path()).unwrap();
+            let d = cache.put(&deb(files)).unwrap();
+            let err = load(&cache, &d, "evil_1").unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("evil_1"), "{err}");
+            assert!(
+                !cache
+                    .entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()))
+                    .exists(),
+                "a refused package must not be remembered"
+            );
+        }
+        // A damaged blob (not what its name says) is not unpacked at all.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(&deb(&[("./ok", Regular, b"x", "")])).unwrap();
+        std::fs::write(cache.blob_path(&d), b"!<arch>\n").unwrap();
+        assert!(load(&cache, &d, "t").is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! `[apt]`: resolve Debian packages natively and install them as layers.
+//!
+//! spec → sources (spec / base image / host) → signed indexes ([`repo`]) →
+//! solve with the base's dpkg status as installed ([`solve`]) → download and
+//! verify `.deb`s → unpack ([`deb`]) → layers plus a dpkg database and the
+//! common maintainer-script effects done natively ([`install`]).
+
+pub mod accounts;
+pub mod cert_hash;
+pub mod control;
+pub mod deb;
+pub mod install;
+pub mod ldconfig;
+pub mod repo;
+pub mod scripts;
+pub mod solve;
+pub mod sources;
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use control::{parse_dep, parse_paragraphs, Dep, Relation, Version};
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_core::platform::Platform;
+use kiln_fs::rootfs::Rootfs;
+use kiln_store::cache::Cache;
+use kiln_store::http::Http;
+use repo::Package;
+use sources::Source;
+
+pub use kiln_spec::sections::{AptSection, Bootstrap, SourceEntry};
+
+/// The keyring used when a source names none.
+pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// What will be installed.
+#[derive(Debug)]
+pub struct AptPlan {
+    pub arch: String,
+    /// Foreign architectures dpkg must know (`/var/lib/dpkg/arch`): the
+    /// base's and those of packages asked for as `name:ARCH`.
+    pub foreign_archs: Vec<String>,
+    pub bootstrap: Option<Bootstrap>,
+    /// Packages to install, sorted by name; their `.deb`s are in the cache.
+    pub packages: Vec<Package>,
+    /// Packages the base already had that satisfied the request.
+    pub already_installed: usize,
+}
+
+/// Debian's name for an OCI architecture.
+pub fn debian_arch(p: &Platform) -> Result<&'static str> {
+    kiln_core::Arch::from_platform(p)
+        .ok()
+        .and_then(|a| a.debian())
+        .ok_or_else(|| Error::input(format!("apt: Debian has no architecture for platform {p}")))
+}
+
+/// Every architecture Debian builds for (a `name:ARCH` request must name one).
+fn debian_archs() -> impl Iterator<Item = &'static str> {
+    kiln_core::Arch::ALL.iter().filter_map(|a| a.debian())
+}
+
+/// Which base files' contents the apt stage reads.
+pub fn keep_path(path: &str) -> bool {
+    sources::keep_path(path)
+        || path == "/var/lib/dpkg/status"
+        || path == "/var/lib/dpkg/arch"
+        || path.starts_with("/var/lib/dpkg/status.d/")
+        || path.starts_with("/var/lib/dpkg/alternatives/")
+        || path == "/etc/ld.so.cache"
+        || path == "/etc/ld.so.conf"
+        || path.starts_with("/etc/ld.so.conf.d/")
+        || (path.starts_with("/var/lib/dpkg/info/") && path.ends_with(".list"))
+        || matches!(
+            path,
+            "/etc/passwd"
+                | "/etc/group"
+                | "/etc/shadow"
+                | "/etc/gshadow"
+                | "/etc/os-release"
+                | "/usr/lib/os-release"
+        )
+}
+
+/// Packages the base has installed (`status`, and distroless `status.d/`).
+pub fn installed_packages(fs: &Rootfs) -> Vec<Package> {
+    let mut texts = Vec::new();
+    if let Some(b) = fs.read("/var/lib/dpkg/status") {
+        texts.push(String::from_utf8_lossy(b).into_owned());
+    }
+    for name in fs.list("/var/lib/dpkg/status.d") {
+        if let Some(b) = fs.read(&format!("/var/lib/dpkg/status.d/{name}")) {
+            texts.push(String::from_utf8_lossy(b).into_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for t in texts {
+        for p in parse_paragraphs(&t) {
+            let st = p.get("Status").unwrap_or("install ok installed");
+            if !st.ends_with(" installed") {
+                continue;
+            }
+            if let Ok(pkg) = Package::from_paragraph(&p, "", "installed", true) {
+                out.push(pkg);
+            }
+        }
+    }
+    out
+}
+
+fn resolve_sources(section: &AptSection, fs: &Rootfs, scratch: bool) -> Result<Vec<Source>> {
+    if !section.sources.is_empty() {
+        let mut out = Vec::new();
+        for s in &section.sources {
+            match s {
+                SourceEntry::Line(l) => {
+                    out.extend(sources::parse_one_line(l).map_err(|e| e.context("[apt] sources"))?)
+                }
+                SourceEntry::Table {
+                    uri,
+                    suites,
+                    components,
+                    signed_by,
+                } => {
+                    for suite in suites {
+                        out.push(Source {
+                            uri: uri.trim_end_matches('/').to_string(),
+                            suite: suite.clone(),
+                            components: components.clone(),
+                            signed_by: signed_by.clone(),
+                            in_image: false,
+                        });
+                    }
+                }
+            }
+        }
+        return Ok(out);
+    }
+    if !scratch {
+        let s = sources::from_rootfs(fs)?;
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    // A bootstrap (or a base without sources) uses the host's mirror for the chosen suite.
+    let suite = section.suite.clone().unwrap_or_else(|| "bookworm".into());
+    let host = sources::from_host(Path::new("/"))?;
+    let picked: Vec<Source> = host
+        .into_iter()
+        .filter(|s| s.suite == suite || s.suite.starts_with(&format!("{suite}-")))
+        .collect();
+    if picked.is_empty() {
+        return Err(Error::input(format!(
+            "apt: no sources: the base image has none and the host has none for suite `{suite}`; give [apt] sources"
+        )));
+    }
+    Ok(picked)
+}
+
+fn keyring_for(
+    src: &Source,
+    section: &AptSection,
+    fs: &Rootfs,
+    spec_dir: &Path,
+) -> Result<Vec<pgp::composed::SignedPublicKey>> {
+    let path = src
+        .signed_by
+        .clone()
+        .or_else(|| section.keyring.clone())
+        .unwrap_or_else(|| DEFAULT_KEYRING.to_string());
+    if src.in_image {
+        if let Some(b) = fs.read(&path) {
+            return repo::load_keyring(b, &format!("{path} (in the base image)"));
+        }
+        // Images often trust keys in trusted.gpg.d; fall back to those.
+        let mut keys = Vec::new();
+        for name in fs.list("/etc/apt/trusted.gpg.d") {
+            if let Some(b) = fs.read(&format!("/etc/apt/trusted.gpg.d/{name}")) {
+                keys.extend(repo::load_keyring(b, &name).unwrap_or_default());
+            }
+        }
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+    }
+    let host = spec_dir.join(&path);
+    let bytes = std::fs::read(&host).map_err(|e| {
+        Error::input(format!(
+            "apt: keyring {} for {} {}: {e}",
+            host.display(),
+            src.uri,
+            src.suite
+        ))
+    })?;
+    repo::load_keyring(&bytes, &host.display().to_string())
+}
+
+/// Foreign architectures the base's dpkg already knows.
+fn base_foreign_archs(fs: &Rootfs, native: &str) -> Vec<String> {
+    fs.read("/var/lib/dpkg/arch")
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .split_whitespace()
+                .filter(|a| *a != native)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parse a request: `name`, `name=version`, `name:arch` (a foreign arch is
+/// kept on the dep; the native one, `any` and `native` are dropped).
+fn parse_request(s: &str, arch: &str) -> Result<Dep> {
+    let (head, version) = match s.split_once('=') {
+        Some((h, v)) => (
+            h.trim(),
+            Some(
+                Version::parse(v)
+                    .ok_or_else(|| Error::input(format!("[apt] packages: bad version in `{s}`")))?,
+            ),
+        ),
+        None => (s.trim(), None),
+    };
+    let mut d = parse_dep(head).map_err(|e| Error::input(format!("[apt] packages: {e}")))?;
+    if let Some(a) = d.arch.take() {
+        if a != arch && !matches!(a.as_str(), "all" | "any" | "native") {
+            if kiln_core::Arch::from_debian(&a).is_none() {
+                let known: Vec<&str> = debian_archs().collect();
+                return Err(Error::input(format!(
+                    "[apt] packages: `{s}`: `{a}` is not a Debian architecture (one of {})",
+                    known.join(", ")
+                )));
+            }
+            d.arch = Some(a);
+        }
+    }
+    d.constraint = version.map(|v| (Relation::Eq, v));
+    Ok(d)
+}
+
+pub fn plan(
+    section: &AptSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    scratch: bool,
+    http: &Http,
+    cache: &Cache,
+) -> Result<AptPlan> {
+    let arch = debian_arch(platform)?;
+    if section.bootstrap.is_some() && !scratch {
+        return Err(Error::input(
+            "[apt] bootstrap needs `base = \"scratch\"`; the base already is a system",
+        ));
+    }
+    let mut requests: Vec<Vec<Dep>> = section
+        .packages
+        .iter()
+        .map(|s| parse_request(s, arch).map(|d| vec![d]))
+        .collect::<Result<_>>()?;
+    // Indexes are read for the native and every requested foreign arch.
+    let mut archs: Vec<String> = vec![arch.to_string()];
+    for d in requests.iter().flatten() {
+        if let Some(a) = &d.arch {
+            if !archs.contains(a) {
+                archs.push(a.clone());
+            }
+        }
+    }
+    archs[1..].sort();
+    let srcs = resolve_sources(section, fs, scratch)?;
+    let keyrings = srcs
+        .iter()
+        .map(|s| keyring_for(s, section, fs, spec_dir))
+        .collect::<Result<Vec<_>>>()?;
+    let indexes: Vec<Vec<Package>> = srcs
+        .par_iter()
+        .zip(keyrings.par_iter())
+        .map(|(s, k)| repo::load_source(s, k, &archs, http, cache))
+        .collect::<Result<_>>()?;
+    let mut universe = installed_packages(fs);
+    let installed_names: std::collections::HashSet<String> =
+        universe.iter().map(|p| p.name.clone()).collect();
+    for pkgs in indexes {
+        universe.extend(pkgs);
+    }
+    if !section.pinned.is_empty() {
+        universe.retain(|p| {
+            p.installed
+                || section
+                    .pinned
+                    .get(&p.name)
+                    .is_none_or(|v| *v == p.version.to_string())
+        });
+    }
+    if let Some(b) = section.bootstrap {
+        let mut names: Vec<String> = universe
+            .iter()
+            .filter(|p| p.essential || (b == Bootstrap::Minbase && p.priority == "required"))
+            .map(|p| p.name.clone())
+            .collect();
+        if b == Bootstrap::Minbase {
+            names.push("apt".into());
+        }
+        names.sort();
+        names.dedup();
+        requests.extend(names.into_iter().map(|name| {
+            vec![Dep {
+                name,
+                arch: None,
+                constraint: None,
+            }]
+        }));
+    }
+    if requests.is_empty() {
+        return Err(Error::input(
+            "[apt] asks for nothing: give packages or bootstrap",
+        ));
+    }
+    let chosen = solve::solve(&universe, arch, &requests)?;
+    let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
+    let already = section
+        .packages
+        .iter()
+        .filter(|s| installed_names.contains(s.split(['=', ':']).next().unwrap_or("")))
+        .count();
+    // Download in parallel, each verified against the signed index.
+    kiln_store::http::on_network_pool(|| {
+        packages
+            .par_iter()
+            .map(|p| {
+                let d = p.sha256.clone().expect("indexed packages carry sha256");
+                http.download(&p.url, Some(&d), cache)
+                    .map(|_| ())
+                    .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    let foreign_archs = foreign_archs(fs, arch, &packages);
+    Ok(AptPlan {
+        arch: arch.to_string(),
+        foreign_archs,
+        bootstrap: section.bootstrap,
+        packages,
+        already_installed: already,
+    })
+}
+
+/// The plan a lock pins: each `.deb` fetched by URL and checked against
+/// the locked sha256 (a cache hit needs no network), its control data read
+/// from the package itself. No repository index is read.
+pub fn plan_locked(
+    section: &AptSection,
+    pins: &[kiln_spec::lock::AptPin],
+    fs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<AptPlan> {
+    let arch = debian_arch(platform)?;
+    // Each package is unpacked as soon as it is in: the CPU work overlaps
+    // the other transfers.
+    let mut packages: Vec<Package> = kiln_store::http::on_network_pool(|| {
+        pins.par_iter()
+            .map(|pin| {
+                let what = format!("apt: locked {} {}", pin.name, pin.version);
+                let d: Digest = pin.sha256.clone();
+                http.download(&pin.url, Some(&d), cache)
+                    .map_err(|e| e.context(&what))?;
+                let deb = deb::load(cache, &d, &what)?;
+                let control = deb
+                    .control
+                    .get("control")
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .ok_or_else(|| {
+                        Error::input(format!("{what}: the package has no control file"))
+                    })?;
+                let para = control::parse_paragraphs(&control)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::input(format!("{what}: empty control file")))?;
+                let mut p = Package::from_paragraph(&para, "", &pin.suite, false)
+                    .map_err(|e| Error::input(format!("{what}: control file: {e}")))?;
+                if p.name != pin.name || p.version.to_string() != pin.version {
+                    return Err(Error::input(format!(
+                        "{what}: {} is {} {}, not what kiln.lock says",
+                        pin.url, p.name, p.version
+                    )));
+                }
+                p.url = pin.url.clone();
+                p.sha256 = Some(d);
+                p.size = pin.size;
+                Ok(p)
+            })
+            .collect::<Result<_>>()
+    })?;
+    packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+    Ok(AptPlan {
+        arch: arch.to_string(),
+        foreign_archs: foreign_archs(fs, arch, &packages),
+        bootstrap: section.bootstrap,
+        packages,
+        already_installed: 0,
+    })
+}
+
+/// The base's foreign architectures plus those of the packages to install.
+fn foreign_archs(fs: &Rootfs, native: &str, packages: &[Package]) -> Vec<String> {
+    let mut out: std::collections::BTreeSet<String> =
+        base_foreign_archs(fs, native).into_iter().collect();
+    out.extend(
+        packages
+            .iter()
+            .filter(|p| repo::effective_arch(&p.arch, native) != native)
+            .map(|p| p.arch.clone()),
+    );
+    out.into_iter().collect()
+}
+
+/// What a lock records for an apt plan.
+pub fn pins(plan: &AptPlan) -> Vec<kiln_spec::lock::AptPin> {
+    plan.packages
+        .iter()
+        .filter_map(|p| {
+            Some(kiln_spec::lock::AptPin {
+                name: p.name.clone(),
+                version: p.version.to_string(),
+                arch: p.arch.clone(),
+                suite: p.suite.clone(),
+                url: p.url.clone(),
+                sha256: p.sha256.clone()?,
+                size: p.size,
+            })
+        })
+        .collect()
+}
+
+pub use install::{layer_groups, AptReport};

@@ -1,0 +1,190 @@
+//! apt sources: the `[apt] sources` of the spec, the base image's own
+//! `/etc/apt/sources.list{,.d/*.list,.d/*.sources}`, or (for a bootstrap
+//! from scratch) the host's, in one-line or deb822 form.
+
+use std::path::{Path, PathBuf};
+
+use super::control::parse_paragraphs;
+use kiln_core::error::{Error, Result};
+use kiln_fs::rootfs::Rootfs;
+
+/// One repository: URI + suite + components, and the keyring that signs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub uri: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// `Signed-By`: a keyring path (on the host, or inside the base image when `in_image`).
+    pub signed_by: Option<String>,
+    pub in_image: bool,
+}
+
+/// Parse `deb [opts] URI SUITE COMP...` lines (deb-src and comments skipped).
+pub fn parse_one_line(text: &str) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with("deb-src") {
+            continue;
+        }
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
+            return Err(Error::input(format!(
+                "apt source line `{line}`: expected `deb [options] URI SUITE [COMPONENT...]`"
+            )));
+        };
+        let mut rest = rest.trim();
+        let mut signed_by = None;
+        if let Some(opts) = rest.strip_prefix('[') {
+            let (opts, after) = opts
+                .split_once(']')
+                .ok_or_else(|| Error::input(format!("apt source line `{line}`: unclosed `[`")))?;
+            for o in opts.split_whitespace() {
+                if let Some(v) = o.strip_prefix("signed-by=") {
+                    signed_by = Some(v.to_string());
+                }
+            }
+            rest = after.trim();
+        }
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if words.len() < 2 {
+            return Err(Error::input(format!(
+                "apt source line `{line}`: missing suite"
+            )));
+        }
+        out.push(Source {
+            uri: words[0].trim_end_matches('/').to_string(),
+            suite: words[1].to_string(),
+            components: words[2..].iter().map(|s| s.to_string()).collect(),
+            signed_by,
+            in_image: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Parse a deb822 `.sources` file (each paragraph can name several URIs and suites).
+pub fn parse_deb822(text: &str) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    for p in parse_paragraphs(text) {
+        if p.get("Enabled")
+            .is_some_and(|e| e.eq_ignore_ascii_case("no"))
+        {
+            continue;
+        }
+        if !p
+            .get("Types")
+            .unwrap_or("deb")
+            .split_whitespace()
+            .any(|t| t == "deb")
+        {
+            continue;
+        }
+        let uris = p
+            .get("URIs")
+            .ok_or_else(|| Error::input("deb822 source without URIs"))?;
+        let suites = p
+            .get("Suites")
+            .ok_or_else(|| Error::input("deb822 source without Suites"))?;
+        let comps: Vec<String> = p
+            .get("Components")
+            .unwrap_or("")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        // Signed-By may hold an inline key block; only paths are supported.
+        let signed_by = p
+            .get("Signed-By")
+            .map(str::trim)
+            .filter(|s| !s.contains('\n'))
+            .map(String::from);
+        for uri in uris.split_whitespace() {
+            for suite in suites.split_whitespace() {
+                out.push(Source {
+                    uri: uri.trim_end_matches('/').to_string(),
+                    suite: suite.to_string(),
+                    components: comps.clone(),
+                    signed_by: signed_by.clone(),
+                    in_image: false,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sources configured inside the base image.
+pub fn from_rootfs(fs: &Rootfs) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    if let Some(b) = fs.read("/etc/apt/sources.list") {
+        out.extend(parse_one_line(&String::from_utf8_lossy(b))?);
+    }
+    for name in fs.list("/etc/apt/sources.list.d") {
+        let path = format!("/etc/apt/sources.list.d/{name}");
+        let Some(b) = fs.read(&path) else { continue };
+        let text = String::from_utf8_lossy(b);
+        if name.ends_with(".list") {
+            out.extend(parse_one_line(&text)?);
+        } else if name.ends_with(".sources") {
+            out.extend(parse_deb822(&text)?);
+        }
+    }
+    for s in &mut out {
+        s.in_image = true;
+    }
+    Ok(out)
+}
+
+/// The host's sources (`/etc/apt`), used to find a mirror for a bootstrap from scratch.
+pub fn from_host(root: &Path) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    let list = root.join("etc/apt/sources.list");
+    if let Ok(t) = std::fs::read_to_string(&list) {
+        out.extend(parse_one_line(&t)?);
+    }
+    let dir = root.join("etc/apt/sources.list.d");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.sort();
+    for p in names {
+        let Ok(t) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("list") => out.extend(parse_one_line(&t)?),
+            Some("sources") => out.extend(parse_deb822(&t)?),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Does the image keep its apt data here? (The loader keeps these files' contents.)
+pub fn keep_path(path: &str) -> bool {
+    path == "/etc/apt/sources.list"
+        || path.starts_with("/etc/apt/sources.list.d/")
+        || path.starts_with("/etc/apt/trusted.gpg")
+        || path.starts_with("/usr/share/keyrings/")
+        || path.starts_with("/etc/apt/keyrings/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_and_deb822() {
+        let s = parse_one_line("# c\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian/ bookworm main contrib\ndeb-src http://x y\n").unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].uri, "http://m.example/debian");
+        assert_eq!(s[0].signed_by.as_deref(), Some("/k.gpg"));
+        assert_eq!(s[0].components, vec!["main", "contrib"]);
+        let s = parse_deb822("Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].suite, "bookworm-updates");
+        assert!(parse_one_line("nonsense").is_err());
+    }
+}

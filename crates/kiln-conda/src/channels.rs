@@ -1,0 +1,156 @@
+//! Channels and their repodata: names resolved against the channel alias,
+//! `https://` / `file://` URLs and local directories, fetched per subdir
+//! (`<platform>` and `noarch`) with kiln's HTTP client, so the system trust
+//! store, proxies and `file://` behave as everywhere else in kiln.
+//!
+//! Written here rather than with rattler_repodata_gateway: the gateway brings
+//! its own async HTTP stack and cache; a channel is two JSON documents per
+//! subdir, which the shared client and rattler_conda_types parse fine.
+
+use std::path::Path;
+
+use rattler_conda_types::{Channel, ChannelConfig, RepoData, RepoDataRecord, Subdir};
+use rayon::prelude::*;
+use url::Url;
+
+use kiln_core::error::{Error, Result};
+use kiln_store::http::Http;
+
+/// The channel alias in force: the spec's, else `CONDA_CHANNEL_ALIAS`, else
+/// rattler's default.
+pub fn config(spec_dir: &Path, alias: Option<&str>) -> Result<ChannelConfig> {
+    let mut config = ChannelConfig::default_with_root_dir(spec_dir.to_path_buf());
+    let alias = alias
+        .map(String::from)
+        .or_else(|| std::env::var("CONDA_CHANNEL_ALIAS").ok())
+        .filter(|a| !a.trim().is_empty());
+    if let Some(a) = alias {
+        let a = if a.ends_with('/') { a } else { format!("{a}/") };
+        // A plain directory is allowed as an alias too (an offline mirror).
+        let url = if a.contains("://") {
+            Url::parse(&a).map_err(|e| Error::input(format!("[conda] channel-alias `{a}`: {e}")))?
+        } else {
+            let dir = spec_dir.join(&a);
+            Url::from_directory_path(&dir).map_err(|_| {
+                Error::input(format!(
+                    "[conda] channel-alias `{a}`: not a usable directory"
+                ))
+            })?
+        };
+        config.channel_alias = url;
+    }
+    Ok(config)
+}
+
+pub fn parse(s: &str, config: &ChannelConfig) -> Result<Channel> {
+    Channel::from_str(s, config).map_err(|e| Error::input(format!("[conda] channel `{s}`: {e}")))
+}
+
+/// Every record of every channel for `subdir` and `noarch`, in channel
+/// order (the solver's channel priority follows it). Fetched in parallel.
+pub fn fetch_all(
+    channels: &[Channel],
+    subdir: Subdir,
+    http: &Http,
+) -> Result<Vec<Vec<RepoDataRecord>>> {
+    channels
+        .par_iter()
+        .map(|c| {
+            let mut records = Vec::new();
+            let mut found = false;
+            for sd in [subdir.to_string(), "noarch".to_string()] {
+                if let Some(r) = fetch_subdir(c, &sd, http)? {
+                    found = true;
+                    records.extend(r);
+                }
+            }
+            if !found {
+                return Err(Error::input(format!(
+                    "[conda] channel `{}` ({}) has no repodata.json for {subdir} or noarch: \
+                     is the channel name or URL right?",
+                    c.canonical_name(),
+                    c.base_url
+                )));
+            }
+            Ok(prefer_conda_format(records))
+        })
+        .collect()
+}
+
+/// `<channel>/<subdir>/repodata.json` as records; `None` when the channel has
+/// no such subdir.
+fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<RepoDataRecord>>> {
+    let url = c
+        .base_url
+        .url()
+        .join(&format!("{subdir}/repodata.json"))
+        .map_err(|e| Error::input(format!("[conda] channel {}: {e}", c.base_url)))?;
+    let bytes = match http.get(url.as_str(), Some("application/json")) {
+        Ok(f) => f.bytes,
+        // A missing subdir (or a missing local file) is a channel without
+        // packages for it, not an error by itself.
+        Err(Error::Input(m)) if m.contains("not found") || m.contains("No such file") => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.context(format!("[conda] fetching {url}"))),
+    };
+    let repodata = parse_repodata(&bytes).map_err(|e| e.context(format!("[conda] {url}")))?;
+    Ok(Some(repodata.into_repo_data_records(c)))
+}
+
+/// Parse repodata.json. Some exporters write `null` for empty lists
+/// (`depends`, `constrains`, ...); conda reads those as empty, so do we.
+pub fn parse_repodata(bytes: &[u8]) -> Result<RepoData> {
+    let invalid = |e: serde_json::Error| Error::input(format!("not valid repodata.json: {e}"));
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    for key in ["packages", "packages.conda"] {
+        if let Some(serde_json::Value::Object(pkgs)) = doc.get_mut(key) {
+            for rec in pkgs.values_mut() {
+                if let serde_json::Value::Object(fields) = rec {
+                    for list in ["depends", "constrains", "track_features"] {
+                        if fields.get(list).is_some_and(|v| v.is_null()) {
+                            fields.remove(list);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    serde_json::from_value(doc).map_err(invalid)
+}
+
+/// When a package is published both as `.conda` and `.tar.bz2`, keep the
+/// `.conda` one (what conda does); the solver sees each build once.
+fn prefer_conda_format(records: Vec<RepoDataRecord>) -> Vec<RepoDataRecord> {
+    use std::collections::HashMap;
+    let mut best: HashMap<(String, String, String, String), usize> = HashMap::new();
+    let mut keep = vec![true; records.len()];
+    for (i, r) in records.iter().enumerate() {
+        let p = &r.package_record;
+        let key = (
+            p.name.as_normalized().to_string(),
+            p.version.to_string(),
+            p.build.as_str().to_string(),
+            p.subdir.clone(),
+        );
+        match best.get(&key) {
+            None => {
+                best.insert(key, i);
+            }
+            Some(&j) => {
+                let i_conda = r.url.path().ends_with(".conda");
+                if i_conda {
+                    keep[j] = false;
+                    best.insert(key, i);
+                } else {
+                    keep[i] = false;
+                }
+            }
+        }
+    }
+    records
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
+}

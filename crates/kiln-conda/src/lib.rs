@@ -1,0 +1,661 @@
+//! `[conda]`: solve conda MatchSpecs for the image's platform and install the
+//! packages into a prefix as layers.
+//!
+//! Nothing runs inside the image and nothing is read from the host: the
+//! target's virtual packages come from the image ([`target`]), channels are
+//! fetched with kiln's HTTP client ([`channels`]), rattler's resolvo solver
+//! picks the set with the prefix's current packages preferred, and
+//! [`install`] extracts and links every package (rattler's linker: prefix
+//! placeholders, noarch python, entry points) into per-package fragments
+//! that become layers. `environment.yml` files are read by [`environment`].
+
+pub mod channels;
+pub mod environment;
+pub mod install;
+pub mod target;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use rattler_conda_types::{
+    Channel, GenericVirtualPackage, MatchSpec, ParseStrictness, PrefixRecord, RepoDataRecord,
+    Subdir,
+};
+use rattler_solve::{resolvo::Solver, ChannelPriority, SolveError, SolverImpl, SolverTask};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_core::platform::Platform;
+use kiln_fs::rootfs::Rootfs;
+pub use kiln_spec::sections::{CondaSection, Priority};
+use kiln_store::cache::Cache;
+use kiln_store::http::Http;
+
+/// A solved environment for one platform, every archive verified in the cache.
+pub struct CondaPlan {
+    pub prefix: String,
+    pub subdir: Subdir,
+    /// Packages to install (new or changed), sorted by name.
+    pub install: Vec<Pinned>,
+    /// Packages of the base prefix that the solution keeps as they are.
+    pub unchanged: Vec<PrefixRecord>,
+    /// Packages of the base prefix that the solution replaces.
+    pub replaced: Vec<PrefixRecord>,
+    /// The whole solution, for `conda-meta/history`.
+    pub specs: Vec<String>,
+    pub virtual_packages: Vec<GenericVirtualPackage>,
+    /// An environment.yml `pip:` list, installed into the prefix's Python after the conda layers.
+    pub pip: Option<kiln_spec::sections::PipSection>,
+}
+
+pub struct Pinned {
+    pub record: RepoDataRecord,
+    /// Cache digest of the archive (its sha256).
+    pub sha256: Digest,
+    /// The spec that asked for it by name, if any.
+    pub requested: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CondaReport {
+    pub prefix: String,
+    pub subdir: String,
+    pub virtual_packages: String,
+    /// `channel::name-version-build`.
+    pub installed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub replaced: Vec<String>,
+    /// Link scripts kiln does not run (`post-link`, `pre-unlink`), per package.
+    pub scripts_skipped: Vec<String>,
+    /// Paths written by more than one package (or over a file conda does not own).
+    pub clobbered: Vec<String>,
+}
+
+/// Base files the conda stage needs the contents of.
+pub fn keep_path(path: &str) -> bool {
+    path.contains("/conda-meta/") && (path.ends_with(".json") || path.ends_with("/history"))
+}
+
+/// Package records already in `prefix` (its `conda-meta/*.json`).
+pub fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> {
+    let dir = format!("{prefix}/conda-meta");
+    let mut out = Vec::new();
+    for name in fs.list(&dir) {
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let path = format!("{dir}/{name}");
+        let Some(bytes) = fs.read(&path) else {
+            continue;
+        };
+        let r = PrefixRecord::from_reader(bytes).map_err(|e| {
+            Error::input(format!(
+                "base image: {path}: not a conda package record: {e}"
+            ))
+        })?;
+        out.push(r);
+    }
+    out.sort_by(|a, b| a.name().as_normalized().cmp(b.name().as_normalized()));
+    Ok(out)
+}
+
+/// What to solve: the spec's packages and channels plus an environment.yml's.
+pub struct Request {
+    pub specs: Vec<MatchSpec>,
+    pub spec_texts: Vec<String>,
+    pub channels: Vec<Channel>,
+    pub pip: Option<kiln_spec::sections::PipSection>,
+}
+
+pub fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request> {
+    if !section.prefix.starts_with('/')
+        || section.prefix.split('/').any(|c| c == ".." || c == ".")
+        || section.prefix.trim_end_matches('/').is_empty()
+    {
+        return Err(Error::input(format!(
+            "[conda] prefix = \"{}\": expected an absolute path such as \"/opt/conda\"",
+            section.prefix
+        )));
+    }
+    let config = channels::config(spec_dir, section.channel_alias.as_deref())?;
+    let mut texts: Vec<(String, String)> = section
+        .packages
+        .iter()
+        .map(|p| (p.clone(), "[conda] packages".to_string()))
+        .collect();
+    let mut channel_texts = section.channels.clone();
+    let mut pip = None;
+    if let Some(env) = &section.environment {
+        let e = environment::read(&spec_dir.join(env))?;
+        texts.extend(e.dependencies.into_iter().map(|d| (d, env.clone())));
+        channel_texts.extend(e.channels);
+        if !e.pip.is_empty() {
+            let dir = spec_dir
+                .join(env)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| spec_dir.to_path_buf());
+            pip = Some(kiln_spec::sections::PipSection {
+                target: section.prefix.trim_end_matches('/').to_string(),
+                inline: vec![(format!("{env} (pip:)"), dir, e.pip.join("\n"))],
+                ..Default::default()
+            });
+        }
+    }
+    let mut specs = Vec::new();
+    for (t, origin) in &texts {
+        let spec = MatchSpec::from_str(t, ParseStrictness::Lenient)
+            .map_err(|e| Error::input(format!("{origin}: `{t}` is not a valid MatchSpec: {e}")))?;
+        specs.push(spec);
+    }
+    let mut chans: Vec<Channel> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in &channel_texts {
+        let ch = channels::parse(c, &config)?;
+        if seen.insert(ch.base_url.to_string()) {
+            chans.push(ch);
+        }
+    }
+    // A `channel::name` spec pulls its channel in (after the listed ones).
+    for s in &specs {
+        if let Some(ch) = &s.channel {
+            if seen.insert(ch.base_url.to_string()) {
+                chans.push((**ch).clone());
+            }
+        }
+    }
+    if chans.is_empty() && !specs.is_empty() {
+        return Err(Error::input(
+            "[conda] no channels: list at least one in `channels` (a name, a URL or a local directory)",
+        ));
+    }
+    Ok(Request {
+        specs,
+        spec_texts: texts.into_iter().map(|(t, _)| t).collect(),
+        channels: chans,
+        pip,
+    })
+}
+
+/// Solve `specs` over `available` for the given virtual packages, preferring
+/// (not forcing) the records in `locked`.
+pub fn solve(
+    available: &[Vec<RepoDataRecord>],
+    locked: &[RepoDataRecord],
+    virtual_packages: Vec<GenericVirtualPackage>,
+    specs: Vec<MatchSpec>,
+    priority: Priority,
+) -> Result<Vec<RepoDataRecord>> {
+    // Unknown names get their own message, naming what was searched.
+    for s in &specs {
+        if let Some(name) = s.name.as_exact() {
+            let known = available
+                .iter()
+                .flatten()
+                .any(|r| &r.package_record.name == name)
+                || locked.iter().any(|r| &r.package_record.name == name);
+            if !known && !name.as_normalized().starts_with("__") {
+                return Err(Error::input(format!(
+                    "[conda] no package named `{}` in the channels",
+                    name.as_source()
+                )));
+            }
+        }
+    }
+    let hint_specs = specs.clone();
+    let task = SolverTask {
+        locked_packages: locked.iter().collect(),
+        virtual_packages,
+        specs,
+        timeout: Some(Duration::from_secs(600)),
+        channel_priority: match priority {
+            Priority::Strict => ChannelPriority::Strict,
+            Priority::Disabled => ChannelPriority::Disabled,
+        },
+        ..SolverTask::from_iter(available.iter().map(|v| v.iter()))
+    };
+    match Solver.solve(task) {
+        Ok(r) => {
+            let mut records = r.records;
+            records.sort_by(|a, b| {
+                a.package_record
+                    .name
+                    .as_normalized()
+                    .cmp(b.package_record.name.as_normalized())
+            });
+            Ok(records)
+        }
+        Err(SolveError::Unsolvable(why)) => Err(Error::input(format!(
+            "[conda] the requested packages cannot be installed together:\n{}{}",
+            why.join("\n"),
+            version_hints(available, &hint_specs)
+        ))),
+        Err(e) => Err(Error::input(format!("[conda] solver: {e}"))),
+    }
+}
+
+/// For each request nothing matches: which versions the channels do have.
+fn version_hints(available: &[Vec<RepoDataRecord>], specs: &[MatchSpec]) -> String {
+    use rattler_conda_types::Matches;
+    let mut out = String::new();
+    for s in specs {
+        let Some(name) = s.name.as_exact() else {
+            continue;
+        };
+        let same_name: Vec<&RepoDataRecord> = available
+            .iter()
+            .flatten()
+            .filter(|r| &r.package_record.name == name)
+            .collect();
+        if same_name.is_empty() || same_name.iter().any(|r| s.matches(*r)) {
+            continue;
+        }
+        let versions: BTreeSet<String> = same_name
+            .iter()
+            .map(|r| r.package_record.version.to_string())
+            .collect();
+        out.push_str(&format!(
+            "\n`{s}`: the channels have {} {}",
+            name.as_source(),
+            versions.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    out
+}
+
+/// Resolve the section for one platform and download every archive (verified) into the cache.
+pub fn plan(
+    section: &CondaSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<CondaPlan> {
+    let req = request(section, spec_dir)?;
+    let prefix = section.prefix.trim_end_matches('/').to_string();
+    let subdir = target::subdir(platform)?;
+    let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
+    let base = installed(fs, &prefix)?;
+    let available = channels::fetch_all(&req.channels, subdir, http)?;
+    let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
+    for r in available.iter().flatten() {
+        let p = &r.package_record;
+        let id = (
+            p.name.as_normalized().to_string(),
+            p.version.to_string(),
+            p.build.as_str().to_string(),
+        );
+        if section.prefer.contains(&id)
+            && !locked
+                .iter()
+                .any(|l| l.package_record.name == r.package_record.name)
+        {
+            locked.push(r.clone());
+        }
+    }
+    let solution = solve(
+        &available,
+        &locked,
+        virtual_packages.clone(),
+        req.specs.clone(),
+        section.channel_priority,
+    )
+    .map_err(|e| match e {
+        Error::Input(m) => Error::input(format!(
+            "{m}\n(target {subdir}: {})",
+            target::describe(&virtual_packages)
+        )),
+        other => other,
+    })?;
+
+    let requested = requested_names(&req);
+    finish(
+        solution,
+        base,
+        &requested,
+        prefix,
+        subdir,
+        virtual_packages,
+        req,
+        http,
+        cache,
+    )
+}
+
+fn requested_names(req: &Request) -> BTreeMap<String, String> {
+    req.specs
+        .iter()
+        .zip(&req.spec_texts)
+        .filter_map(|(s, t)| {
+            s.name
+                .as_exact()
+                .map(|n| (n.as_normalized().to_string(), t.clone()))
+        })
+        .collect()
+}
+
+/// Split a solution into kept / replaced / new against the base prefix and
+/// download (verified) what is new.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    solution: Vec<RepoDataRecord>,
+    base: Vec<PrefixRecord>,
+    requested: &BTreeMap<String, String>,
+    prefix: String,
+    subdir: Subdir,
+    virtual_packages: Vec<GenericVirtualPackage>,
+    req: Request,
+    http: &Http,
+    cache: &Cache,
+) -> Result<CondaPlan> {
+    let by_name: BTreeMap<&str, &PrefixRecord> =
+        base.iter().map(|r| (r.name().as_normalized(), r)).collect();
+    let mut todo = Vec::new();
+    let mut unchanged = Vec::new();
+    let mut replaced = Vec::new();
+    for r in solution {
+        let name = r.package_record.name.as_normalized().to_string();
+        match by_name.get(name.as_str()) {
+            Some(b) if same_package(&b.repodata_record, &r) => unchanged.push((*b).clone()),
+            Some(b) => {
+                replaced.push((*b).clone());
+                todo.push(r);
+            }
+            None => todo.push(r),
+        }
+    }
+    let install = kiln_store::http::on_network_pool(|| {
+        todo.into_par_iter()
+            .map(|r| {
+                let sha256 = download(&r, http, cache)?;
+                let requested = requested
+                    .get(r.package_record.name.as_normalized())
+                    .cloned();
+                Ok(Pinned {
+                    record: r,
+                    sha256,
+                    requested,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(CondaPlan {
+        prefix,
+        subdir,
+        install,
+        unchanged,
+        replaced,
+        specs: req.spec_texts,
+        virtual_packages,
+        pip: req.pip,
+    })
+}
+
+/// The plan a lock pins: no repodata is read. Packages the base prefix
+/// already has (same sha256) are kept; the others are fetched by URL,
+/// checked against the locked sha256, and their records rebuilt from the
+/// archive's own `info/index.json`.
+pub fn plan_locked(
+    section: &CondaSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    pins: &[kiln_spec::lock::CondaPin],
+    http: &Http,
+    cache: &Cache,
+) -> Result<CondaPlan> {
+    let req = request(section, spec_dir)?;
+    let prefix = section.prefix.trim_end_matches('/').to_string();
+    let subdir = target::subdir(platform)?;
+    let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
+    let base = installed(fs, &prefix)?;
+    let records = kiln_store::http::on_network_pool(|| {
+        pins.par_iter()
+            .map(|pin| {
+                if let Some(b) = base.iter().find(|b| {
+                    b.repodata_record
+                        .package_record
+                        .sha256
+                        .is_some_and(|h| hex::encode(h) == pin.sha256.hex())
+                }) {
+                    return Ok(b.repodata_record.clone());
+                }
+                install::record_from_archive(pin, http, cache)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let requested = requested_names(&req);
+    finish(
+        records,
+        base,
+        &requested,
+        prefix,
+        subdir,
+        virtual_packages,
+        req,
+        http,
+        cache,
+    )
+}
+
+/// What a lock records for a conda plan: the whole environment (kept and new).
+pub fn pins(plan: &CondaPlan) -> Vec<kiln_spec::lock::CondaPin> {
+    let requested: BTreeMap<&str, &String> = plan
+        .install
+        .iter()
+        .filter_map(|p| {
+            p.requested
+                .as_ref()
+                .map(|r| (p.record.package_record.name.as_normalized(), r))
+        })
+        .collect();
+    plan.install
+        .iter()
+        .map(|p| &p.record)
+        .chain(plan.unchanged.iter().map(|r| &r.repodata_record))
+        .filter_map(|r| {
+            let p = &r.package_record;
+            Some(kiln_spec::lock::CondaPin {
+                name: p.name.as_normalized().to_string(),
+                version: p.version.to_string(),
+                build: p.build.as_str().to_string(),
+                channel: r.channel.clone().unwrap_or_default(),
+                subdir: p.subdir.clone(),
+                filename: r.identifier.to_string(),
+                url: r.url.to_string(),
+                sha256: Digest::from_hex(&hex::encode(p.sha256?)).ok()?,
+                md5: p.md5.map(hex::encode),
+                size: p.size,
+                depends: p.depends.clone(),
+                constrains: p.constrains.clone(),
+                requested: requested.get(p.name.as_normalized()).map(|s| s.to_string()),
+            })
+        })
+        .collect()
+}
+
+fn same_package(a: &RepoDataRecord, b: &RepoDataRecord) -> bool {
+    let (a, b) = (&a.package_record, &b.package_record);
+    match (&a.sha256, &b.sha256) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.version == b.version && a.build == b.build && a.subdir == b.subdir,
+    }
+}
+
+/// Download one archive into the cache, checked against the repodata's
+/// sha256 (or md5 when a channel only gives that).
+fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
+    let p = &r.package_record;
+    let what = || {
+        format!(
+            "[conda] {}-{}-{}",
+            p.name.as_source(),
+            p.version,
+            p.build.as_str()
+        )
+    };
+    let expected = p
+        .sha256
+        .as_ref()
+        .map(|h| format!("sha256:{}", hex::encode(h)).parse::<Digest>())
+        .transpose()?;
+    let (digest, _) = http
+        .download(r.url.as_str(), expected.as_ref(), cache)
+        .map_err(|e| e.context(what()))?;
+    if expected.is_none() {
+        let Some(md5) = &p.md5 else {
+            return Err(Error::input(format!(
+                "{}: the channel gives neither sha256 nor md5 for {}; refusing an unverifiable package",
+                what(),
+                r.url
+            )));
+        };
+        use md5::Digest as _;
+        let bytes = cache.read(&digest)?;
+        let got = format!("{:x}", md5::Md5::digest(&bytes));
+        let want = hex::encode(md5);
+        if got != want {
+            return Err(Error::input(format!(
+                "{}: md5 mismatch for {}: expected {want}, got {got}",
+                what(),
+                r.url
+            )));
+        }
+    }
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real conda-forge linux-64 subset kept in this crate's `fixtures/conda`.
+    fn fixture() -> Vec<RepoDataRecord> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/conda/conda-forge-numpy-linux-64.json");
+        let repodata = channels::parse_repodata(&std::fs::read(path).unwrap()).unwrap();
+        let config = channels::config(Path::new("/"), None).unwrap();
+        repodata.into_repo_data_records(&Channel::from_name("conda-forge", &config))
+    }
+
+    fn bookworm_virtuals() -> Vec<GenericVirtualPackage> {
+        let o = BTreeMap::from([("glibc".to_string(), "2.36".to_string())]);
+        target::virtual_packages(&Rootfs::default(), &Platform::linux("amd64"), &o).unwrap()
+    }
+
+    fn solve_fixture(specs: &[&str]) -> Result<BTreeMap<String, String>> {
+        let specs = specs
+            .iter()
+            .map(|s| MatchSpec::from_str(s, ParseStrictness::Lenient).unwrap())
+            .collect();
+        let records = solve(
+            &[fixture()],
+            &[],
+            bookworm_virtuals(),
+            specs,
+            Priority::Strict,
+        )?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                (
+                    r.package_record.name.as_normalized().to_string(),
+                    r.package_record.version.to_string(),
+                )
+            })
+            .collect())
+    }
+
+    #[test]
+    fn numpy_closure_from_real_repodata() {
+        let got = solve_fixture(&["numpy"]).unwrap();
+        assert_eq!(got["numpy"], "1.26.4");
+        assert_eq!(got["python"], "3.12.1");
+        assert_eq!(got["libopenblas"], "0.3.26");
+        for dep in [
+            "libgcc-ng",
+            "libstdcxx-ng",
+            "libblas",
+            "liblapack",
+            "openssl",
+            "python_abi",
+        ] {
+            assert!(got.contains_key(dep), "{dep} missing from {got:?}");
+        }
+        // Same closure when asked with a channel and a version glob.
+        let pinned = solve_fixture(&["conda-forge::numpy==1.26*", "python=3.12"]).unwrap();
+        assert_eq!(got, pinned);
+    }
+
+    #[test]
+    fn impossible_requests_are_explained() {
+        let e = solve_fixture(&["numpy==1.17*"]).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot be installed together") && e.contains("numpy"),
+            "{e}"
+        );
+        assert!(e.contains("the channels have numpy 1.26.4"), "{e}");
+        let e = solve_fixture(&["python=3.11", "numpy"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the channels have python 3.12.1"), "{e}");
+        let e = solve_fixture(&["nosuchpkg"]).unwrap_err().to_string();
+        assert!(e.contains("no package named `nosuchpkg`"), "{e}");
+    }
+
+    #[test]
+    fn the_matchspec_forms_people_write() {
+        let s = CondaSection {
+            prefix: "/opt/conda".into(),
+            channels: vec!["conda-forge".into()],
+            channel_alias: None,
+            packages: vec![
+                "conda-forge::numpy==1.17*".into(),
+                "numpy>=1.26,<2".into(),
+                "python=3.11".into(),
+                "openblas=*=pthreads*".into(),
+                "scipy 1.11.* py311*".into(),
+            ],
+            environment: None,
+            virtual_packages: BTreeMap::new(),
+            channel_priority: Priority::Strict,
+            prefer: Vec::new(),
+        };
+        let r = request(&s, Path::new("/")).unwrap();
+        assert_eq!(r.specs.len(), 5);
+        assert_eq!(
+            r.specs[0].channel.as_ref().unwrap().name.as_deref(),
+            Some("conda-forge")
+        );
+        let openblas = r.specs[3].to_string();
+        assert!(openblas.contains("pthreads"), "{openblas}");
+        // One channel: the named one and the spec's `conda-forge::` are the same.
+        assert_eq!(r.channels.len(), 1);
+    }
+
+    #[test]
+    fn bad_matchspec_and_prefix() {
+        let s = CondaSection {
+            prefix: "/opt/conda".into(),
+            channels: vec!["conda-forge".into()],
+            channel_alias: None,
+            packages: vec!["numpy >=>= 1".into()],
+            environment: None,
+            virtual_packages: BTreeMap::new(),
+            channel_priority: Priority::Strict,
+            prefer: Vec::new(),
+        };
+        let e = request(&s, Path::new("/")).err().unwrap().to_string();
+        assert!(e.contains("not a valid MatchSpec"), "{e}");
+        let s = CondaSection {
+            prefix: "opt/conda".into(),
+            packages: vec![],
+            ..s
+        };
+        assert!(request(&s, Path::new("/")).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The types every other kiln crate speaks: errors grouped by who has to
+//! act, sha256 digests, platforms and architectures, image timestamps and
+//! progress bars.
+
+pub mod digest;
+pub mod error;
+pub mod platform;
+pub mod progress;
+pub mod time;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use platform::{Arch, Platform};

@@ -1,0 +1,165 @@
+//! Layer builder: entries → deterministic tar → gzip|zstd, with the blob
+//! digest, the diff_id and the sizes computed in the same streaming pass,
+//! written straight into the content-addressed cache.
+
+pub mod compress;
+pub mod tarball;
+pub mod tree;
+
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+pub use compress::Compression;
+use compress::ParallelEncoder;
+pub use tree::{Entry, EntryKind, Tree};
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, IoContext, Result};
+use kiln_store::cache::{Cache, CacheBucket};
+
+/// Entries for one layer, with the line it gets in the image history.
+pub type LayerGroup = (String, Vec<Entry>);
+
+/// A layer blob in the cache.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerBlob {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    /// Compressed size.
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The uncompressed tar stream of a layer blob, by its media type.
+pub fn decompressed<'a>(media_type: &str, blob: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    Ok(
+        if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(blob))
+        } else if media_type.ends_with("+zstd") {
+            Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| {
+                Error::input(format!("starting zstd for a {media_type} layer: {e}"))
+            })?)
+        } else if media_type.ends_with(".tar") {
+            Box::new(blob)
+        } else {
+            return Err(Error::input(format!(
+                "unsupported layer media type {media_type}"
+            )));
+        },
+    )
+}
+
+/// Write `entries` as one layer into the cache. `mtime` applies to every entry.
+///
+/// Memoised: the same entries (paths, metadata and content), mtime and
+/// compression give the same blob, so a layer already built is found by
+/// hashing its inputs, which costs a fraction of tar + compress.
+pub fn build_layer(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<LayerBlob> {
+    let key = input_key(entries, mtime, compression)?;
+    let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
+    if let Some(hit) = read_memo(&memo, cache) {
+        return Ok(hit);
+    }
+    let blob = build_layer_fresh(entries, mtime, compression, cache)?;
+    write_memo(&memo, &blob);
+    Ok(blob)
+}
+
+/// sha256 over everything that decides a layer's bytes.
+fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    // The format number changes whenever the same inputs would give other
+    // bytes (2: gzip chunks by libdeflate), so old memos are not reused.
+    h.update(format!(
+        "kiln-layer/2 {} {compression:?} {mtime}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    for e in entries {
+        h.update(format!("{}\0{:o}\0{}\0{}\0", e.path, e.mode, e.uid, e.gid));
+        match &e.kind {
+            EntryKind::Dir => h.update(b"d\0"),
+            EntryKind::Symlink { target } => h.update(format!("l{target}\0")),
+            EntryKind::Data(d) => {
+                h.update(format!("f{}\0", d.len()));
+                h.update(d.as_slice());
+            }
+            EntryKind::File { src, size } => {
+                h.update(format!("f{size}\0"));
+                let mut f = std::fs::File::open(src).map_err(|e| {
+                    Error::input(format!("reading layer input {}: {e}", src.display()))
+                })?;
+                io::copy(&mut f, &mut h).map_err(|e| {
+                    Error::input(format!("reading layer input {}: {e}", src.display()))
+                })?;
+            }
+        }
+    }
+    Ok(Digest::from_hasher(h))
+}
+
+fn read_memo(path: &std::path::Path, cache: &Cache) -> Option<LayerBlob> {
+    let m: LayerBlob = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    // The blob itself must still be there and intact (gc, disk damage).
+    cache.verified(&m.digest).ok()??;
+    Some(m)
+}
+
+/// Best effort: a memo that cannot be written only costs a rebuild later.
+fn write_memo(path: &std::path::Path, b: &LayerBlob) {
+    if let Ok(json) = serde_json::to_vec(b) {
+        kiln_store::cache::write_atomic(path, &json);
+    }
+}
+
+/// Write `entries` as one layer, always tarring and compressing (no memo).
+pub fn build_layer_fresh(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<LayerBlob> {
+    let enc = ParallelEncoder::new(cache.writer()?, compression);
+    let enc = tarball::write_tar(entries, mtime, enc).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::NotFound {
+            Error::input(format!("reading layer input: {e}"))
+        } else {
+            Error::Io {
+                context: "writing layer".into(),
+                source: e,
+            }
+        }
+    })?;
+    finish(enc, compression)
+}
+
+/// Compress an existing uncompressed tar stream (e.g. a docker-archive layer).
+pub fn compress_tar(
+    mut tar: impl Read,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<LayerBlob> {
+    let mut enc = ParallelEncoder::new(cache.writer()?, compression);
+    io::copy(&mut tar, &mut enc).io_context(|| "compressing layer".into())?;
+    finish(enc, compression)
+}
+
+fn finish(
+    enc: ParallelEncoder<kiln_store::cache::BlobWriter>,
+    compression: Compression,
+) -> Result<LayerBlob> {
+    let (w, summary) = enc.finish().io_context(|| "compressing layer".into())?;
+    let (digest, size) = w.commit(None)?;
+    Ok(LayerBlob {
+        digest,
+        diff_id: summary.diff_id,
+        size,
+        media_type: compression.media_type().to_string(),
+    })
+}

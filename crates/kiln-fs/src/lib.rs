@@ -1,0 +1,9 @@
+//! Filesystems as kiln sees them: a layer's entries and their deterministic
+//! tar + parallel compression ([`layer`]), the merged read-only view of a
+//! base image ([`rootfs`]) and the facts read from it ([`probe`]).
+
+pub mod layer;
+pub mod probe;
+pub mod rootfs;
+
+pub use rootfs::{Node, Rootfs};

@@ -1,0 +1,367 @@
+//! A read-only view of a base image's filesystem, built by overlaying its
+//! layers in order with OCI whiteout semantics (`.wh.NAME` removes NAME,
+//! `.wh..wh..opq` hides everything the lower layers had in that directory).
+//!
+//! Metadata is kept for every path; file contents only for the paths a
+//! caller asks for (package databases, os-release, dist-info ...), so a large
+//! base costs one streaming pass and little memory.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::layer::{Entry, EntryKind};
+use kiln_core::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    /// A regular file; `content` is present when the path was asked for.
+    File {
+        size: u64,
+        mode: u32,
+        content: Option<Vec<u8>>,
+    },
+    Symlink(String),
+    /// Devices, fifos: present, but nothing to read.
+    Other,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Rootfs {
+    /// Absolute, normalised paths (`/usr/bin/python3`); the root itself is implicit.
+    nodes: BTreeMap<String, Node>,
+}
+
+/// Normalise a tar member name to `/a/b`.
+fn norm(name: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in name.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(format!("/{}", parts.join("/")))
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+impl Rootfs {
+    /// Overlay uncompressed layer tar streams, lowest first. `keep(path)`
+    /// says whose contents to hold in memory.
+    pub fn from_layers<R: Read>(
+        layers: impl IntoIterator<Item = R>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Self> {
+        let mut fs = Rootfs::default();
+        for (i, layer) in layers.into_iter().enumerate() {
+            fs.apply_layer(layer, keep)
+                .map_err(|e| e.context(format!("reading base layer {}", i + 1)))?;
+        }
+        Ok(fs)
+    }
+
+    fn apply_layer(&mut self, r: impl Read, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+        let mut ar = tar::Archive::new(r);
+        let mut adds: Vec<(String, Node)> = Vec::new();
+        let mut links: Vec<(String, String)> = Vec::new();
+        let bad = |e: std::io::Error| Error::input(format!("corrupt layer: {e}"));
+        for entry in ar.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let raw = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+            let Some(path) = norm(&raw) else { continue };
+            let name = path.rsplit('/').next().unwrap_or("");
+            if name == ".wh..wh..opq" {
+                let dir = parent_of(&path).to_string();
+                self.remove_children(&dir);
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                let dir = parent_of(&path);
+                let target = if dir == "/" {
+                    format!("/{hidden}")
+                } else {
+                    format!("{dir}/{hidden}")
+                };
+                self.remove_tree(&target);
+                continue;
+            }
+            let h = entry.header();
+            let node = match h.entry_type() {
+                tar::EntryType::Directory => Node::Dir,
+                tar::EntryType::Symlink => Node::Symlink(
+                    entry
+                        .link_name()
+                        .map_err(bad)?
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                tar::EntryType::Link => {
+                    if let Some(t) = entry
+                        .link_name()
+                        .map_err(bad)?
+                        .and_then(|p| norm(&p.to_string_lossy()))
+                    {
+                        links.push((path, t));
+                    }
+                    continue;
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let size = h.size().unwrap_or(0);
+                    let mode = h.mode().unwrap_or(0o644);
+                    let content = if keep(&path) {
+                        let mut b = Vec::with_capacity(size as usize);
+                        entry.read_to_end(&mut b).map_err(bad)?;
+                        Some(b)
+                    } else {
+                        None
+                    };
+                    Node::File {
+                        size,
+                        mode,
+                        content,
+                    }
+                }
+                _ => Node::Other,
+            };
+            adds.push((path, node));
+        }
+        for (path, node) in adds {
+            // A file replacing a directory removes what was below it.
+            if !matches!(node, Node::Dir) {
+                self.remove_children(&path);
+            }
+            self.nodes.insert(path, node);
+        }
+        for (path, target) in links {
+            if let Some(n) = self.nodes.get(&target).cloned() {
+                self.nodes.insert(path, n);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_children(&mut self, dir: &str) {
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
+        let doomed: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+        }
+    }
+
+    /// Remove `path` and everything below it (a whiteout).
+    pub(crate) fn remove_tree(&mut self, path: &str) {
+        self.nodes.remove(path);
+        self.remove_children(path);
+    }
+
+    pub fn insert(&mut self, path: &str, node: Node) {
+        if let Some(p) = norm(path) {
+            self.nodes.insert(p, node);
+        }
+    }
+
+    /// Add a file with content (tests, and layers kiln adds on top).
+    pub fn insert_file(&mut self, path: &str, content: &[u8]) {
+        self.insert(
+            path,
+            Node::File {
+                size: content.len() as u64,
+                mode: 0o644,
+                content: Some(content.to_vec()),
+            },
+        );
+    }
+
+    /// The node at `path`, following symlinks (up to 40 hops) in every component.
+    pub fn resolve(&self, path: &str) -> Option<(String, &Node)> {
+        let mut cur = norm(path)?;
+        for _ in 0..40 {
+            // Resolve symlinks in parent components first.
+            let mut resolved = String::new();
+            let mut redirected = false;
+            let comps: Vec<&str> = cur.trim_start_matches('/').split('/').collect();
+            for (i, c) in comps.iter().enumerate() {
+                let here = format!("{resolved}/{c}");
+                match self.nodes.get(&here) {
+                    Some(Node::Symlink(t)) => {
+                        let base = if t.starts_with('/') {
+                            t.clone()
+                        } else {
+                            format!("{}/{t}", if resolved.is_empty() { "" } else { &resolved })
+                        };
+                        let rest = comps[i + 1..].join("/");
+                        cur = norm(&if rest.is_empty() {
+                            base
+                        } else {
+                            format!("{base}/{rest}")
+                        })?;
+                        redirected = true;
+                        break;
+                    }
+                    Some(_) => resolved = here,
+                    None => return None,
+                }
+            }
+            if !redirected {
+                return self.nodes.get(&cur).map(|n| (cur.clone(), n));
+            }
+        }
+        None
+    }
+
+    /// Contents of a file that was kept, following symlinks.
+    pub fn read(&self, path: &str) -> Option<&[u8]> {
+        match self.resolve(path)?.1 {
+            Node::File {
+                content: Some(c), ..
+            } => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        self.resolve(path).is_some()
+    }
+
+    /// The node itself, without following a final symlink.
+    pub fn node(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(&norm(path)?)
+    }
+
+    /// Names directly inside `dir` (symlinks in `dir` followed), sorted.
+    pub fn list(&self, dir: &str) -> Vec<String> {
+        let Some((real, Node::Dir)) = self.resolve(dir) else {
+            return Vec::new();
+        };
+        let prefix = format!("{real}/");
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| !k[prefix.len()..].contains('/'))
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect()
+    }
+
+    /// Every path, in order (for diffing and tests).
+    pub fn paths(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.nodes.iter()
+    }
+}
+
+impl Rootfs {
+    /// Lay kiln's own layer entries on top (so a later stage sees what an earlier one installed).
+    pub fn apply_entries(&mut self, entries: &[Entry], keep: &dyn Fn(&str) -> bool) {
+        for e in entries {
+            let path = format!("/{}", e.path);
+            // A whiteout (an upgraded package's dropped file) removes what it names.
+            if let Some((dir, hidden)) = path
+                .rsplit_once('/')
+                .and_then(|(d, n)| Some((d, n.strip_prefix(".wh.")?)))
+            {
+                if !hidden.starts_with(".wh.") {
+                    self.remove_tree(&format!("{dir}/{hidden}"));
+                    continue;
+                }
+            }
+            let node = match &e.kind {
+                EntryKind::Dir => Node::Dir,
+                EntryKind::Symlink { target } => Node::Symlink(target.clone()),
+                EntryKind::Data(d) => Node::File {
+                    size: d.len() as u64,
+                    mode: e.mode,
+                    content: keep(&path).then(|| d.as_ref().clone()),
+                },
+                EntryKind::File { src, size } => Node::File {
+                    size: *size,
+                    mode: e.mode,
+                    content: if keep(&path) {
+                        std::fs::read(src).ok()
+                    } else {
+                        None
+                    },
+                },
+            };
+            self.insert(&path, node);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Member<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>);
+
+    fn layer(entries: &[Member]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, link) in entries {
+            let mut h = tar::Header::new_ustar();
+            match (data, link) {
+                (Some(d), _) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                (None, Some(l)) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, l).unwrap();
+                }
+                (None, None) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_and_symlinks() {
+        let l1 = layer(&[
+            ("usr/", None, None),
+            ("usr/lib/", None, None),
+            ("usr/lib/a", Some(b"A"), None),
+            ("usr/lib/gone", Some(b"G"), None),
+            ("etc/", None, None),
+            ("etc/old", Some(b"O"), None),
+            ("lib", None, Some("usr/lib")),
+        ]);
+        let l2 = layer(&[
+            ("usr/lib/.wh.gone", Some(b""), None),
+            ("etc/.wh..wh..opq", Some(b""), None),
+            ("etc/new", Some(b"N"), None),
+        ]);
+        let fs = Rootfs::from_layers([&l1[..], &l2[..]], &|_| true).unwrap();
+        assert_eq!(fs.read("/lib/a"), Some(&b"A"[..]));
+        assert!(!fs.exists("/usr/lib/gone"));
+        assert!(!fs.exists("/etc/old"));
+        assert_eq!(fs.read("/etc/new"), Some(&b"N"[..]));
+        assert_eq!(fs.list("/lib"), vec!["a".to_string()]);
+    }
+}

@@ -1,0 +1,23 @@
+//! What a base image already holds, read from its layers without running
+//! anything: the merged filesystem view ([`Rootfs`]), from which the
+//! resolvers read the package databases they care about.
+
+use std::io::{BufReader, Read};
+
+use crate::base::PlatformImage;
+use crate::blobs::Blobs;
+use kiln_core::error::Result;
+use kiln_fs::rootfs::Rootfs;
+
+/// Read a base image's filesystem (decompressing its layers in order),
+/// keeping the contents of the paths `keep` selects.
+pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
+    let mut readers: Vec<Box<dyn Read>> = Vec::new();
+    for l in &image.layers {
+        let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);
+        let r = kiln_fs::layer::decompressed(&l.media_type, f)
+            .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
+        readers.push(r);
+    }
+    Rootfs::from_layers(readers, keep)
+}

@@ -1,0 +1,182 @@
+//! Reading manifests and indexes (OCI and Docker v2 shapes) with oci-spec,
+//! and writing our own in canonical JSON.
+
+use std::collections::BTreeMap;
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+use serde_json::Value;
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_core::platform::Platform;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// A content descriptor, in kiln's own terms.
+#[derive(Clone, Debug)]
+pub struct Desc {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub platform: Option<Platform>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Desc {
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+        Desc {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("mediaType".into(), self.media_type.clone().into());
+        m.insert("digest".into(), self.digest.to_string().into());
+        m.insert("size".into(), self.size.into());
+        if let Some(p) = &self.platform {
+            let mut pm = serde_json::Map::new();
+            pm.insert("architecture".into(), p.arch.clone().into());
+            pm.insert("os".into(), p.os.clone().into());
+            if let Some(v) = &p.variant {
+                pm.insert("variant".into(), v.clone().into());
+            }
+            m.insert("platform".into(), Value::Object(pm));
+        }
+        if !self.annotations.is_empty() {
+            m.insert(
+                "annotations".into(),
+                serde_json::to_value(&self.annotations).expect("map"),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// What a manifest-or-index document turned out to be.
+pub enum Document {
+    Index(Vec<Desc>),
+    Manifest { config: Desc, layers: Vec<Desc> },
+}
+
+/// Docker media types map to their OCI equivalents (same bytes).
+pub fn normalize_layer_type(mt: &str) -> String {
+    match mt {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => {
+            "application/vnd.oci.image.layer.v1.tar".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn digest_of(d: &oci_spec::image::Digest) -> Result<Digest> {
+    d.to_string().parse()
+}
+
+fn convert(d: &oci_spec::image::Descriptor) -> Result<Desc> {
+    Ok(Desc {
+        media_type: d.media_type().to_string(),
+        digest: digest_of(d.digest())?,
+        size: d.size(),
+        platform: d.platform().as_ref().map(|p| Platform {
+            os: p.os().to_string(),
+            arch: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        }),
+        annotations: d
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// Parse bytes that are either an image index / manifest list or an image manifest.
+pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::input(format!("{what}: not valid JSON: {e}")))?;
+    if v.get("manifests").is_some() {
+        let idx: ImageIndex = serde_json::from_value(v)
+            .map_err(|e| Error::input(format!("{what}: invalid image index: {e}")))?;
+        let entries = idx.manifests().iter().map(convert).collect::<Result<_>>()?;
+        Ok(Document::Index(entries))
+    } else if v.get("layers").is_some() {
+        let m: ImageManifest = serde_json::from_value(v)
+            .map_err(|e| Error::input(format!("{what}: invalid image manifest: {e}")))?;
+        let config = convert(m.config())?;
+        let layers = m
+            .layers()
+            .iter()
+            .map(|l| {
+                let mut d = convert(l)?;
+                d.media_type = normalize_layer_type(&d.media_type);
+                Ok(d)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Document::Manifest { config, layers })
+    } else {
+        Err(Error::input(format!(
+            "{what}: neither an image manifest nor an index (schema 1 manifests are not supported)"
+        )))
+    }
+}
+
+/// The media type a manifest or index declares (or implies, for old ones without the field).
+pub fn media_type_of(bytes: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    match v.get("mediaType").and_then(Value::as_str) {
+        Some(mt) => mt.to_string(),
+        None if v.get("manifests").is_some() => OCI_INDEX.to_string(),
+        None => OCI_MANIFEST.to_string(),
+    }
+}
+
+/// JSON with object keys sorted at every level and no whitespace: the same
+/// value always serialises to the same bytes, whatever map type produced it.
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let mut out = serde_json::Map::new();
+                for (k, v) in sorted {
+                    out.insert(k.clone(), v);
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sort(v)).expect("serialising a JSON value cannot fail")
+}
+
+/// Pick the entries of an index matching `platform`.
+pub fn select_platform<'a>(entries: &'a [Desc], platform: &Platform) -> Option<&'a Desc> {
+    entries.iter().find(|e| {
+        e.platform
+            .as_ref()
+            .is_some_and(|p| platform.matches(&p.os, &p.arch, p.variant.as_deref()))
+    })
+}
+
+/// `os/arch[/variant]` list of an index, for error messages.
+pub fn platforms_of(entries: &[Desc]) -> String {
+    let mut v: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.platform.as_ref().map(|p| p.to_string()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.join(", ")
+}

@@ -1,0 +1,519 @@
+//! Package index client: PEP 691 JSON / PEP 503 HTML simple API, find-links, PEP 658 metadata.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_store::cache::{write_atomic, Cache, CacheBucket};
+use kiln_store::http::{file_url_path, Http};
+
+use super::metadata::CoreMetadata;
+use super::tags::WheelName;
+
+const ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
+
+/// One file an index or find-links location offers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DistFile {
+    pub filename: String,
+    /// Absolute URL, fragment removed.
+    pub url: String,
+    pub sha256: Option<String>,
+    pub requires_python: Option<String>,
+    pub yanked: bool,
+    /// PEP 658/714: a `.metadata` file exists; its sha256 when the index gives one.
+    pub core_metadata: Option<Option<String>>,
+}
+
+impl DistFile {
+    pub fn is_wheel(&self) -> bool {
+        self.filename.ends_with(".whl")
+    }
+
+    pub fn digest(&self) -> Option<Digest> {
+        self.sha256
+            .as_ref()
+            .and_then(|h| format!("sha256:{h}").parse().ok())
+    }
+}
+
+/// The project name part of a distribution file name, normalised.
+pub fn file_project(filename: &str) -> Option<String> {
+    if filename.ends_with(".whl") {
+        return WheelName::parse(filename)
+            .ok()
+            .map(|w| super::normalize(&w.name));
+    }
+    let stem = filename
+        .strip_suffix(".tar.gz")
+        .or_else(|| filename.strip_suffix(".zip"))
+        .or_else(|| filename.strip_suffix(".tar.bz2"))?;
+    stem.rsplit_once('-').map(|(n, _)| super::normalize(n))
+}
+
+/// The version part of a distribution file name.
+pub fn file_version(filename: &str) -> Option<String> {
+    if filename.ends_with(".whl") {
+        return WheelName::parse(filename).ok().map(|w| w.version);
+    }
+    let stem = filename
+        .strip_suffix(".tar.gz")
+        .or_else(|| filename.strip_suffix(".zip"))
+        .or_else(|| filename.strip_suffix(".tar.bz2"))?;
+    stem.rsplit_once('-').map(|(_, v)| v.to_string())
+}
+
+pub struct IndexClient<'a> {
+    http: &'a Http,
+    cache: &'a Cache,
+    pub indexes: Vec<String>,
+    pub find_links: Vec<String>,
+    pages: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
+    links: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
+    ttl: Duration,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedPage {
+    url: String,
+    files: Vec<DistFile>,
+}
+
+impl<'a> IndexClient<'a> {
+    pub fn new(
+        http: &'a Http,
+        cache: &'a Cache,
+        indexes: Vec<String>,
+        find_links: Vec<String>,
+    ) -> Self {
+        let ttl = std::env::var("KILN_PIP_INDEX_TTL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600);
+        IndexClient {
+            http,
+            cache,
+            indexes,
+            find_links,
+            pages: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    /// Every file for `project` (normalised) from every index and find-links
+    /// location, in source order. `Ok(None)`: no source knows the project.
+    pub fn files(&self, project: &str) -> Result<Option<Arc<Vec<DistFile>>>> {
+        if let Some(f) = self.pages.lock().unwrap().get(project) {
+            return Ok(Some(f.clone()));
+        }
+        let mut all = Vec::new();
+        let mut found = false;
+        for index in &self.indexes {
+            let url = format!("{}/{project}/", index.trim_end_matches('/'));
+            if let Some(files) = self.project_page(&url)? {
+                found = true;
+                all.extend(files);
+            }
+        }
+        for fl in &self.find_links {
+            let listing = self.find_links_listing(fl)?;
+            for f in listing.iter() {
+                if file_project(&f.filename).as_deref() == Some(project) {
+                    found = true;
+                    all.push(f.clone());
+                }
+            }
+        }
+        if !found {
+            return Ok(None);
+        }
+        let all = Arc::new(all);
+        self.pages
+            .lock()
+            .unwrap()
+            .insert(project.to_string(), all.clone());
+        Ok(Some(all))
+    }
+
+    fn page_cache_path(&self, url: &str) -> PathBuf {
+        self.cache
+            .entry(CacheBucket::PipPages, Digest::of(url.as_bytes()).hex())
+    }
+
+    /// One project page; `Ok(None)` when the index does not have the project.
+    fn project_page(&self, url: &str) -> Result<Option<Vec<DistFile>>> {
+        let local = file_url_path(url);
+        if local.is_none() {
+            let p = self.page_cache_path(url);
+            if let Ok(meta) = std::fs::metadata(&p) {
+                let fresh = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age < self.ttl);
+                if fresh {
+                    if let Ok(c) =
+                        serde_json::from_slice::<CachedPage>(&std::fs::read(&p).unwrap_or_default())
+                    {
+                        if c.url == url {
+                            return Ok(Some(c.files));
+                        }
+                    }
+                }
+            }
+        }
+        let fetch_url = match &local {
+            Some(p) if p.is_dir() => format!("{url}index.html"),
+            _ => url.to_string(),
+        };
+        let fetched = match self
+            .http
+            .get_cached(&fetch_url, Some(ACCEPT), self.cache, &|_| Ok(()))
+        {
+            Ok(f) => f,
+            Err(Error::Input(m)) if local.is_some() || m.contains("not found (HTTP") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let is_json = fetched
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.contains("json"))
+            || (local.is_some() && fetched.bytes.first() == Some(&b'{'));
+        let files = if is_json {
+            parse_json(&fetched.bytes, &fetched.url)?
+        } else {
+            parse_html(&String::from_utf8_lossy(&fetched.bytes), &fetched.url)
+        };
+        if local.is_none() {
+            let p = self.page_cache_path(url);
+            let body = serde_json::to_vec(&CachedPage {
+                url: url.to_string(),
+                files: files.clone(),
+            })
+            .unwrap_or_default();
+            write_atomic(&p, &body);
+        }
+        Ok(Some(files))
+    }
+
+    /// Files in a find-links directory or HTML page (cached for the run).
+    fn find_links_listing(&self, loc: &str) -> Result<Arc<Vec<DistFile>>> {
+        if let Some(l) = self.links.lock().unwrap().get(loc) {
+            return Ok(l.clone());
+        }
+        let files = match file_url_path(loc) {
+            Some(dir) if dir.is_dir() => {
+                let mut out = Vec::new();
+                let rd = std::fs::read_dir(&dir).map_err(|e| {
+                    Error::input(format!("[pip] find-links {}: {e}", dir.display()))
+                })?;
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if file_project(&name).is_some() {
+                        out.push(DistFile {
+                            url: super::spec::file_url(&e.path()),
+                            filename: name,
+                            sha256: None,
+                            requires_python: None,
+                            yanked: false,
+                            core_metadata: None,
+                        });
+                    }
+                }
+                out.sort_by(|a, b| a.filename.cmp(&b.filename));
+                out
+            }
+            Some(dir) if !dir.exists() => Vec::new(),
+            _ => {
+                let f = self.http.get(loc, Some("text/html"))?;
+                parse_html(&String::from_utf8_lossy(&f.bytes), &f.url)
+            }
+        };
+        let files = Arc::new(files);
+        self.links
+            .lock()
+            .unwrap()
+            .insert(loc.to_string(), files.clone());
+        Ok(files)
+    }
+
+    /// Core metadata of a wheel: PEP 658 file when offered, else from the wheel itself.
+    pub fn metadata(&self, file: &DistFile) -> Result<CoreMetadata> {
+        let memo = file
+            .sha256
+            .as_ref()
+            .map(|h| self.cache.entry(CacheBucket::PipMetadata, h));
+        if let Some(p) = &memo {
+            if let Ok(b) = std::fs::read(p) {
+                if let Ok(m) = CoreMetadata::parse(&b) {
+                    return Ok(m);
+                }
+            }
+        }
+        let bytes = match &file.core_metadata {
+            Some(hash) => {
+                let expected = hash
+                    .as_ref()
+                    .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok());
+                let url = format!("{}.metadata", file.url);
+                let (d, _) = self.http.download(&url, expected.as_ref(), self.cache)?;
+                self.cache.read(&d)?
+            }
+            None => {
+                let (d, _) = self.download(file)?;
+                let path = self.cache.blob_path(&d);
+                super::wheel::read_metadata_file(&path, &file.filename)?
+            }
+        };
+        let m = CoreMetadata::parse(&bytes)
+            .map_err(|e| e.context(format!("metadata of {}", file.filename)))?;
+        if let Some(p) = &memo {
+            write_atomic(p, &bytes);
+        }
+        Ok(m)
+    }
+
+    /// Download (verified against the index's sha256) into the cache.
+    pub fn download(&self, file: &DistFile) -> Result<(Digest, u64)> {
+        self.http
+            .download(&file.url, file.digest().as_ref(), self.cache)
+            .map_err(|e| e.context(format!("downloading {}", file.filename)))
+    }
+}
+
+fn join(base: &str, href: &str) -> String {
+    match url::Url::parse(base).and_then(|b| b.join(href)) {
+        Ok(u) => u.to_string(),
+        Err(_) => href.to_string(),
+    }
+}
+
+/// Split `url#sha256=…` into the URL and the hash.
+fn split_fragment(u: &str) -> (String, Option<String>) {
+    match u.split_once('#') {
+        Some((base, frag)) => (
+            base.to_string(),
+            frag.strip_prefix("sha256=").map(|h| h.to_ascii_lowercase()),
+        ),
+        None => (u.to_string(), None),
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonPage {
+    files: Vec<JsonFile>,
+}
+
+#[derive(Deserialize)]
+struct JsonFile {
+    filename: String,
+    url: String,
+    #[serde(default)]
+    hashes: HashMap<String, String>,
+    #[serde(default, rename = "requires-python")]
+    requires_python: Option<String>,
+    #[serde(default)]
+    yanked: serde_json::Value,
+    #[serde(default, rename = "core-metadata")]
+    core_metadata: serde_json::Value,
+    #[serde(default, rename = "dist-info-metadata")]
+    dist_info_metadata: serde_json::Value,
+}
+
+fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
+    match v {
+        serde_json::Value::Bool(true) => Some(None),
+        serde_json::Value::Object(m) => Some(
+            m.get("sha256")
+                .and_then(|h| h.as_str())
+                .map(|s| s.to_ascii_lowercase()),
+        ),
+        _ => None,
+    }
+}
+
+fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
+    let page: JsonPage = serde_json::from_slice(bytes).map_err(|e| {
+        Error::network(format!(
+            "{}: malformed simple-API JSON: {e}",
+            kiln_store::http::redact(page_url)
+        ))
+    })?;
+    Ok(page
+        .files
+        .into_iter()
+        .map(|f| {
+            let (url, frag_hash) = split_fragment(&join(page_url, &f.url));
+            let core =
+                metadata_flag(&f.core_metadata).or_else(|| metadata_flag(&f.dist_info_metadata));
+            DistFile {
+                filename: f.filename,
+                url,
+                sha256: f
+                    .hashes
+                    .get("sha256")
+                    .map(|h| h.to_ascii_lowercase())
+                    .or(frag_hash),
+                requires_python: f.requires_python.filter(|s| !s.trim().is_empty()),
+                yanked: match f.yanked {
+                    serde_json::Value::Bool(b) => b,
+                    serde_json::Value::String(_) => true,
+                    _ => false,
+                },
+                core_metadata: core,
+            }
+        })
+        .collect())
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+/// Attributes of one start tag's inner text (`a href="x" data-y`).
+fn attributes(tag: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let b = tag.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
+            i += 1;
+        }
+        let name = tag[start..i].to_ascii_lowercase();
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                i += 1;
+                let s = i;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                let v = &tag[s..i];
+                i += 1;
+                v
+            } else {
+                let s = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                &tag[s..i]
+            };
+            out.insert(name, unescape(value));
+        } else if !name.is_empty() {
+            out.insert(name, String::new());
+        }
+    }
+    out
+}
+
+/// PEP 503 anchors.
+pub fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
+    let mut out = Vec::new();
+    let lower = html.to_ascii_lowercase();
+    let mut pos = 0;
+    while let Some(start) = lower[pos..].find("<a") {
+        let s = pos + start;
+        let Some(end) = lower[s..].find('>') else {
+            break;
+        };
+        let tag = &html[s + 2..s + end];
+        pos = s + end + 1;
+        if !tag.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let attrs = attributes(tag.trim_end_matches('/'));
+        let Some(href) = attrs.get("href") else {
+            continue;
+        };
+        let (url, hash) = split_fragment(&join(page_url, href));
+        let last = url.rsplit('/').next().unwrap_or("");
+        let filename = kiln_store::http::file_url_path(&format!("file:///{last}"))
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| last.to_string());
+        if file_project(&filename).is_none() {
+            continue;
+        }
+        let meta = attrs
+            .get("data-core-metadata")
+            .or_else(|| attrs.get("data-dist-info-metadata"))
+            .and_then(|v| match v.as_str() {
+                "false" => None,
+                v => Some(v.strip_prefix("sha256=").map(|h| h.to_ascii_lowercase())),
+            });
+        out.push(DistFile {
+            filename,
+            url,
+            sha256: hash,
+            requires_python: attrs
+                .get("data-requires-python")
+                .filter(|s| !s.trim().is_empty())
+                .cloned(),
+            yanked: attrs.contains_key("data-yanked"),
+            core_metadata: meta,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_page() {
+        let html = r#"<html><body>
+<a href="../../files/foo-1.0-py3-none-any.whl#sha256=ABCD" data-requires-python="&gt;=3.8" data-dist-info-metadata="sha256=ee">foo-1.0-py3-none-any.whl</a>
+<a href="foo-0.9.tar.gz" data-yanked="">foo-0.9.tar.gz</a>
+<a href="/other/readme.txt">x</a>
+</body></html>"#;
+        let f = parse_html(html, "http://127.0.0.1:8/simple/foo/");
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            f[0].url,
+            "http://127.0.0.1:8/files/foo-1.0-py3-none-any.whl"
+        );
+        assert_eq!(f[0].sha256.as_deref(), Some("abcd"));
+        assert_eq!(f[0].requires_python.as_deref(), Some(">=3.8"));
+        assert_eq!(f[0].core_metadata, Some(Some("ee".into())));
+        assert!(f[1].yanked && !f[0].yanked);
+    }
+
+    #[test]
+    fn json_page() {
+        let j = br#"{"meta":{"api-version":"1.1"},"name":"foo","files":[
+ {"filename":"foo-1.0-py3-none-any.whl","url":"../../f/foo-1.0-py3-none-any.whl","hashes":{"sha256":"AA"},"requires-python":">=3.9","core-metadata":{"sha256":"bb"},"yanked":false},
+ {"filename":"foo-0.1-py3-none-any.whl","url":"http://x/foo-0.1-py3-none-any.whl","hashes":{},"yanked":"broken","dist-info-metadata":true}]}"#;
+        let f = parse_json(j, "http://127.0.0.1:8/simple/foo/").unwrap();
+        assert_eq!(f[0].url, "http://127.0.0.1:8/f/foo-1.0-py3-none-any.whl");
+        assert_eq!(f[0].sha256.as_deref(), Some("aa"));
+        assert_eq!(f[0].core_metadata, Some(Some("bb".into())));
+        assert!(f[1].yanked);
+        assert_eq!(f[1].core_metadata, Some(None));
+        assert_eq!(
+            file_project("Foo_Bar-1.0.tar.gz").as_deref(),
+            Some("foo-bar")
+        );
+        assert_eq!(
+            file_version("foo-1.0.post1.zip").as_deref(),
+            Some("1.0.post1")
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! `[pip]`: resolve Python requirements against the image's interpreter and install wheels as layers.
+//!
+//! Nothing runs inside the image: the interpreter, its version, the C library
+//! and what is already installed are read from the base filesystem
+//! ([`target`]); the index client ([`index`]) speaks the PEP 691/503 simple API
+//! and PEP 658 metadata; [`resolve`] runs PubGrub with markers evaluated for
+//! the target; [`install`] lays wheels out as deterministic layer entries.
+
+pub mod index;
+pub mod install;
+pub mod markers;
+pub mod metadata;
+pub mod resolve;
+pub mod spec;
+pub mod tags;
+pub mod target;
+pub mod wheel;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, Result};
+use kiln_core::platform::Platform;
+use kiln_fs::layer::{Entry, Tree};
+use kiln_fs::rootfs::Rootfs;
+use kiln_store::cache::{Cache, CacheBucket};
+use kiln_store::http::Http;
+
+pub use kiln_fs::probe::normalize;
+pub use kiln_spec::sections::PipSection;
+pub use target::PythonTarget;
+
+/// Wheels larger than this get a layer of their own.
+pub const BIG_WHEEL: u64 = 20 << 20;
+
+/// Up to this many wheels, each gets a layer of its own, so a version bump
+/// re-pushes only that wheel; beyond it small wheels share one layer (images
+/// have a practical limit of ~125 layers).
+pub const OWN_LAYERS_UP_TO: usize = 24;
+
+/// One wheel to install, downloaded and verified in the cache.
+#[derive(Debug, Clone)]
+pub struct PinnedWheel {
+    /// Normalised project name.
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: Digest,
+    pub size: u64,
+    pub filename: String,
+    /// Named in the spec (gets `REQUESTED`).
+    pub requested: bool,
+    /// `direct_url.json` for URL/path requirements.
+    pub direct_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipPlan {
+    pub python: PythonTarget,
+    /// Sorted by name.
+    pub wheels: Vec<PinnedWheel>,
+    /// `(name, version)` already in the image and satisfying the requirements.
+    pub already_installed: Vec<(String, String)>,
+}
+
+/// Paths of the base image whose contents `plan` reads.
+pub fn keep_path(path: &str) -> bool {
+    path.ends_with(".dist-info/METADATA")
+        || path.ends_with(".egg-info/PKG-INFO")
+        || (path.ends_with(".egg-info") && path.contains("-packages/"))
+        || path == "/var/lib/dpkg/status"
+        || path.starts_with("/var/lib/dpkg/status.d/")
+        || path == "/lib/apk/db/installed"
+        || (path.ends_with("/patchlevel.h") && path.contains("/include/python3."))
+        || path.ends_with("/pyvenv.cfg")
+}
+
+/// Where packages come from, after every configuration source was consulted.
+pub fn sources(
+    section: &PipSection,
+    spec_dir: &Path,
+    inputs: &spec::Inputs,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let config = if section.isolated {
+        spec::PipConfig::default()
+    } else {
+        spec::PipConfig::from_host()
+    };
+    let mut find_links: Vec<String> = section
+        .find_links
+        .iter()
+        .map(|f| spec::location(f, spec_dir))
+        .collect();
+    find_links.extend(inputs.find_links.iter().cloned());
+    find_links.extend(config.find_links.iter().cloned());
+    dedup(&mut find_links);
+    if section.no_index || inputs.no_index || config.no_index {
+        return Ok((Vec::new(), find_links));
+    }
+    let index = inputs
+        .index
+        .clone()
+        .or_else(|| section.index.clone().map(|i| spec::location(&i, spec_dir)))
+        .or(config.index.clone())
+        .unwrap_or_else(|| uv_distribution_types::PYPI_URL.to_string());
+    let mut indexes = vec![index];
+    indexes.extend(
+        section
+            .extra_index
+            .iter()
+            .map(|i| spec::location(i, spec_dir)),
+    );
+    indexes.extend(inputs.extra_index.iter().cloned());
+    indexes.extend(config.extra_index.iter().cloned());
+    dedup(&mut indexes);
+    Ok((indexes, find_links))
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+}
+
+/// Resolve the section for the image's Python and download every wheel (verified) into the cache.
+pub fn plan(
+    section: &PipSection,
+    spec_dir: &Path,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<PipPlan> {
+    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    let mut inputs = spec::Inputs {
+        prerelease: section.prerelease,
+        ..Default::default()
+    };
+    for p in &section.packages {
+        inputs
+            .requirements
+            .push(spec::parse_requirement(p, spec_dir, "[pip] packages")?);
+    }
+    for f in &section.requirements {
+        spec::read_requirements_file(&spec_dir.join(f), &mut inputs, false, 0)?;
+    }
+    for (origin, dir, text) in &section.inline {
+        spec::read_requirements_text(text, origin, dir, &mut inputs, false, 0)?;
+    }
+    for (name, version) in &section.pinned {
+        inputs.constraints.push(spec::parse_requirement(
+            &format!("{name}=={version}"),
+            spec_dir,
+            "kiln.lock",
+        )?);
+    }
+    let (indexes, find_links) = sources(section, spec_dir, &inputs)?;
+    if indexes.is_empty() && find_links.is_empty() {
+        return Err(Error::input(
+            "[pip] no package source: `no-index` is set but there is no `find-links` directory",
+        ));
+    }
+    let client = index::IndexClient::new(http, cache, indexes, find_links);
+    let env = markers::environment(&python)?;
+    let roots = inputs.requirements.clone();
+    let provider = resolve::Provider::new(
+        &client,
+        &python,
+        env,
+        roots.clone(),
+        &inputs.constraints,
+        inputs.prerelease,
+    )?;
+    let resolved = resolve::resolve(&provider)?;
+
+    let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &roots {
+        if !r.hashes.is_empty() {
+            hashes
+                .entry(r.req.name.to_string())
+                .or_default()
+                .extend(r.hashes.iter().cloned());
+        }
+    }
+    let requested: std::collections::HashSet<String> =
+        roots.iter().map(|r| r.req.name.to_string()).collect();
+
+    let mut already_installed = Vec::new();
+    let mut todo = Vec::new();
+    for r in resolved {
+        if r.installed {
+            already_installed.push((r.name, r.version.to_string()));
+            continue;
+        }
+        let mut file = r.file.ok_or_else(|| {
+            Error::internal(format!("resolved {} {} without a file", r.name, r.version))
+        })?;
+        if let Some(allowed) = hashes.get(&r.name) {
+            match &file.sha256 {
+                Some(h) if !allowed.contains(h) => {
+                    return Err(Error::input(format!(
+                        "[pip] hash mismatch for `{}`: {} has sha256:{h}, the requirements allow only {}; \
+                         update the --hash values or pin the version they were made for",
+                        r.name,
+                        file.filename,
+                        allowed.iter().map(|a| format!("sha256:{a}")).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+                Some(_) => {}
+                None => file.sha256 = allowed.first().cloned(),
+            }
+        }
+        todo.push((r.name, r.version.to_string(), file));
+    }
+    let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
+        todo.par_iter()
+            .map(|(name, version, file)| {
+                let (digest, size) = client
+                    .download(file)
+                    .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
+                let direct_url = provider.direct_url(name).map(|u| {
+                    serde_json::json!({
+                        "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
+                        "url": u,
+                    })
+                    .to_string()
+                });
+                Ok(PinnedWheel {
+                    name: name.clone(),
+                    version: version.clone(),
+                    url: file.url.clone(),
+                    sha256: digest,
+                    size,
+                    filename: file.filename.clone(),
+                    requested: requested.contains(name),
+                    direct_url,
+                })
+            })
+            .collect()
+    });
+    let wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(PipPlan {
+        python,
+        wheels,
+        already_installed,
+    })
+}
+
+/// The plan a lock pins: no index is read; each wheel is fetched by URL and
+/// checked against the locked sha256 (a cache hit needs no network).
+pub fn plan_locked(
+    section: &PipSection,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    pins: &[kiln_spec::lock::PipPin],
+    http: &Http,
+    cache: &Cache,
+) -> Result<PipPlan> {
+    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    let mut wheels = pins
+        .par_iter()
+        .map(|pin| {
+            let what = format!("[pip] locked {} {}", pin.name, pin.version);
+            let d: Digest = pin.sha256.clone();
+            let (sha256, size) = http
+                .download(&pin.url, Some(&d), cache)
+                .map_err(|e| e.context(&what))?;
+            Ok(PinnedWheel {
+                name: pin.name.clone(),
+                version: pin.version.clone(),
+                url: pin.url.clone(),
+                sha256,
+                size,
+                filename: pin.filename.clone(),
+                requested: pin.requested,
+                direct_url: pin.direct_url.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    wheels.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(PipPlan {
+        python,
+        wheels,
+        already_installed: Vec::new(),
+    })
+}
+
+/// What a lock records for a pip plan; `section` tells `[pip]` from an environment.yml list.
+pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
+    plan.wheels
+        .iter()
+        .map(|w| kiln_spec::lock::PipPin {
+            section: section.to_string(),
+            name: w.name.clone(),
+            version: w.version.clone(),
+            filename: w.filename.clone(),
+            url: w.url.clone(),
+            sha256: w.sha256.clone(),
+            size: w.size,
+            requested: w.requested,
+            direct_url: w.direct_url.clone(),
+        })
+        .collect()
+}
+
+/// What [`record_hashes`] keeps for one wheel.
+#[derive(serde::Serialize, Deserialize)]
+struct KeptHashes {
+    /// The wheel these members came from.
+    wheel: String,
+    hashes: install::MemberHashes,
+}
+
+/// The RECORD hashes of a wheel's members, remembered by the wheel's digest.
+///
+/// A wheel that was verified against its sha256 has exactly the members it
+/// had when they were first hashed, so hashing its (about 3x larger)
+/// inflated content again on every build is wasted work. The memo
+/// (`pip/record-hashes/<wheel hex>`: the sha256 of the rest, a newline, then
+/// JSON) is used only when that digest matches, it names this wheel and it
+/// covers every member; anything else is recomputed.
+fn record_hashes(
+    cache: &Cache,
+    wheel: &Digest,
+    files: &[wheel::WheelFile],
+) -> install::MemberHashes {
+    let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
+    let kept = std::fs::read(&path)
+        .ok()
+        .and_then(|b| {
+            let nl = b.iter().position(|c| *c == b'\n')?;
+            let (digest, json) = (&b[..nl], &b[nl + 1..]);
+            (digest == Digest::of(json).to_string().as_bytes())
+                .then(|| serde_json::from_slice::<KeptHashes>(json).ok())?
+        })
+        .filter(|k| {
+            k.wheel == wheel.to_string()
+                && k.hashes.len() == files.len()
+                && files.iter().all(|f| k.hashes.contains_key(&f.path))
+        });
+    if let Some(k) = kept {
+        return k.hashes;
+    }
+    let kept = KeptHashes {
+        wheel: wheel.to_string(),
+        hashes: install::member_hashes(files),
+    };
+    // Best effort: a memo that cannot be kept only costs hashing next time.
+    if let Ok(json) = serde_json::to_vec(&kept) {
+        let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
+        body.extend_from_slice(&json);
+        kiln_store::cache::write_atomic(&path, &body);
+    }
+    kept.hashes
+}
+
+/// Layer entry groups: one per wheel (or per big wheel and one for the small
+/// ones when there are many), plus the venv skeleton.
+pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
+    let laid_out: Vec<Result<Vec<Entry>>> = plan
+        .wheels
+        .par_iter()
+        .map(|w| {
+            // `plan` verified every wheel a moment ago; hashing it again here
+            // would double the warm-cache cost for nothing.
+            if !cache.contains(&w.sha256) {
+                return Err(Error::internal(format!(
+                    "wheel {} ({}) is not in the cache; run plan first",
+                    w.filename, w.sha256
+                )));
+            }
+            let path = cache.blob_path(&w.sha256);
+            let files = wheel::read_wheel(&path, &w.filename)?;
+            let info = install::InstallInfo {
+                filename: &w.filename,
+                requested: w.requested,
+                direct_url: w.direct_url.clone(),
+            };
+            let known = record_hashes(cache, &w.sha256, &files);
+            install::wheel_entries(&plan.python, &info, files, &known)
+        })
+        .collect();
+    let mut small = Tree::default();
+    let mut small_names = Vec::new();
+    let mut groups = Vec::new();
+    let add = |tree: &mut Tree, entries: Vec<Entry>| {
+        for e in entries {
+            tree.add_parents(&e.path);
+            tree.insert(e);
+        }
+    };
+    add(&mut small, install::venv_entries(&plan.python));
+    for (w, entries) in plan.wheels.iter().zip(laid_out) {
+        let entries = entries?;
+        if w.size > BIG_WHEEL || plan.wheels.len() <= OWN_LAYERS_UP_TO {
+            let mut t = Tree::default();
+            add(&mut t, entries);
+            groups.push((
+                format!("pip install {}=={}", w.name, w.version),
+                t.into_sorted(),
+            ));
+        } else {
+            small_names.push(format!("{}=={}", w.name, w.version));
+            add(&mut small, entries);
+        }
+    }
+    if !small.is_empty() {
+        let label = if small_names.is_empty() {
+            format!(
+                "pip venv {}",
+                plan.python
+                    .venv
+                    .as_ref()
+                    .map(|v| v.path.as_str())
+                    .unwrap_or("")
+            )
+        } else if small_names.len() > 8 {
+            format!(
+                "pip install {} and {} more",
+                small_names[..8].join(" "),
+                small_names.len() - 8
+            )
+        } else {
+            format!("pip install {}", small_names.join(" "))
+        };
+        groups.insert(0, (label, small.into_sorted()));
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keep() {
+        assert_eq!(normalize("Foo__Bar.baz"), "foo-bar-baz");
+        assert!(keep_path(
+            "/usr/lib/python3/dist-packages/six-1.16.0.dist-info/METADATA"
+        ));
+        assert!(keep_path("/usr/lib/python3/dist-packages/foo-1.0.egg-info"));
+        assert!(keep_path("/var/lib/dpkg/status"));
+        assert!(keep_path("/usr/local/include/python3.12/patchlevel.h"));
+        assert!(!keep_path("/usr/lib/python3.11/os.py"));
+    }
+
+    #[test]
+    fn record_hashes_kept_by_wheel_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let wf = |path: &str, data: &[u8]| wheel::WheelFile {
+            path: path.into(),
+            data: data.to_vec(),
+            executable: false,
+        };
+        let files = vec![wf("a.py", b"a"), wf("b.py", b"b")];
+        let wheel = Digest::of(b"the wheel");
+        let fresh = install::member_hashes(&files);
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
+        let first = std::fs::read(&path).unwrap();
+
+        // A kept copy is used as is (shown with a marker value)...
+        let keep = |wheel: &Digest, hashes: install::MemberHashes| {
+            let k = KeptHashes {
+                wheel: wheel.to_string(),
+                hashes,
+            };
+            let json = serde_json::to_vec(&k).unwrap();
+            let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
+            body.extend_from_slice(&json);
+            std::fs::write(&path, body).unwrap();
+        };
+        let mut marked = fresh.clone();
+        marked.insert("a.py".into(), "sha256=marker".into());
+        keep(&wheel, marked.clone());
+        assert_eq!(record_hashes(&cache, &wheel, &files), marked);
+
+        // ...but not one of another wheel, one lacking a member, or a damaged one.
+        keep(&Digest::of(b"other wheel"), marked.clone());
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        let mut short = marked.clone();
+        short.remove("b.py");
+        keep(&wheel, short);
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        keep(&wheel, marked);
+        let mut damaged = std::fs::read(&path).unwrap();
+        let at = damaged.len() - 5;
+        damaged[at] ^= 1;
+        std::fs::write(&path, damaged).unwrap();
+        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        assert_eq!(std::fs::read(&path).unwrap(), first, "rewritten the same");
+    }
+
+    #[test]
+    fn section_parses_strictly() {
+        let s: PipSection =
+            toml::from_str("packages = [\"six\"]\nfind-links = [\"wh\"]\ntarget = \"/opt/venv\"\n")
+                .unwrap();
+        assert_eq!(s.target, "/opt/venv");
+        assert!(toml::from_str::<PipSection>("pakages = []").is_err());
+        let d: PipSection = toml::from_str("").unwrap();
+        assert_eq!(d.target, "system");
+    }
+}

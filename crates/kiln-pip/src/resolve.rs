@@ -1,0 +1,520 @@
+//! PubGrub over index candidates: PEP 440 ranges, extras as virtual packages, markers for the target.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Bound;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use pubgrub::{
+    DefaultStringReporter, Dependencies, DependencyProvider, PackageResolutionStatistics,
+    PubGrubError, Ranges, Reporter,
+};
+use rayon::prelude::*;
+use uv_normalize::ExtraName;
+use uv_pep440::{Version, VersionSpecifiers};
+use uv_pep508::{MarkerEnvironment, Requirement, VersionOrUrl};
+
+use kiln_core::error::{Error, Result};
+
+use super::index::{file_version, DistFile, IndexClient};
+use super::metadata::CoreMetadata;
+use super::spec::Req;
+use super::tags::{TagSet, WheelName};
+use super::target::PythonTarget;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pkg {
+    Root,
+    Dist(String),
+    Extra(String, String),
+}
+
+impl fmt::Display for Pkg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pkg::Root => write!(f, "the [pip] requirements"),
+            Pkg::Dist(n) => write!(f, "{n}"),
+            Pkg::Extra(n, e) => write!(f, "{n}[{e}]"),
+        }
+    }
+}
+
+/// Versions of one project and the wheel kiln would pick for each.
+pub struct Candidates {
+    /// Every version seen (files of any kind, the installed one), ascending.
+    versions: Vec<Version>,
+    pub best: BTreeMap<Version, DistFile>,
+    pub installed: Option<Version>,
+    /// All file names, for error messages.
+    files: Vec<String>,
+}
+
+/// A resolved distribution.
+pub struct Resolved {
+    pub name: String,
+    pub version: Version,
+    pub file: Option<DistFile>,
+    pub installed: bool,
+}
+
+pub struct Provider<'a> {
+    client: &'a IndexClient<'a>,
+    target: &'a PythonTarget,
+    env: MarkerEnvironment,
+    tags: TagSet,
+    python: Version,
+    roots: Vec<Req>,
+    constraints: HashMap<String, Vec<VersionSpecifiers>>,
+    direct: HashMap<String, (DistFile, String)>,
+    prerelease: bool,
+    candidates: Mutex<HashMap<String, Arc<Candidates>>>,
+    metadata: Mutex<HashMap<(String, Version), Arc<CoreMetadata>>>,
+}
+
+fn version(s: &str) -> Option<Version> {
+    Version::from_str(s).ok()
+}
+
+impl<'a> Provider<'a> {
+    pub fn new(
+        client: &'a IndexClient<'a>,
+        target: &'a PythonTarget,
+        env: MarkerEnvironment,
+        roots: Vec<Req>,
+        constraints: &[Req],
+        prerelease: bool,
+    ) -> Result<Self> {
+        let mut cons: HashMap<String, Vec<VersionSpecifiers>> = HashMap::new();
+        for c in constraints {
+            if !c.req.marker.evaluate(&env, &[]) {
+                continue;
+            }
+            if let Some(VersionOrUrl::VersionSpecifier(s)) = &c.req.version_or_url {
+                cons.entry(c.req.name.to_string())
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let mut direct = HashMap::new();
+        for r in &roots {
+            if let Some(VersionOrUrl::Url(u)) = &r.req.version_or_url {
+                let raw = u.raw().to_string();
+                let (url, frag) = match raw.split_once('#') {
+                    Some((a, b)) => (a.to_string(), b.strip_prefix("sha256=").map(String::from)),
+                    None => (raw.clone(), None),
+                };
+                let filename = url.rsplit('/').next().unwrap_or("").to_string();
+                let filename = kiln_store::http::file_url_path(&format!("file:///{filename}"))
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or(filename);
+                if !filename.ends_with(".whl") {
+                    return Err(Error::input(format!(
+                        "{}: `{}` is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)",
+                        r.origin, raw
+                    )));
+                }
+                let sha = frag.or_else(|| (r.hashes.len() == 1).then(|| r.hashes[0].clone()));
+                let file = DistFile {
+                    filename,
+                    url: url.clone(),
+                    sha256: sha,
+                    requires_python: None,
+                    yanked: false,
+                    core_metadata: None,
+                };
+                direct.insert(r.req.name.to_string(), (file, url));
+            }
+        }
+        Ok(Provider {
+            client,
+            target,
+            env,
+            tags: target.tags(),
+            python: version(&target.full_version)
+                .unwrap_or_else(|| Version::new([3, target.minor as u64])),
+            roots,
+            constraints: cons,
+            direct,
+            prerelease,
+            candidates: Mutex::new(HashMap::new()),
+            metadata: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn direct_url(&self, name: &str) -> Option<&str> {
+        self.direct.get(name).map(|(_, u)| u.as_str())
+    }
+
+    pub fn candidates(&self, name: &str) -> Result<Arc<Candidates>> {
+        if let Some(c) = self.candidates.lock().unwrap().get(name) {
+            return Ok(c.clone());
+        }
+        let installed = if self.direct.contains_key(name) {
+            None
+        } else {
+            self.target
+                .installed
+                .get(name)
+                .and_then(|(v, _)| version(v))
+        };
+        let files: Vec<DistFile> = match self.direct.get(name) {
+            Some((f, _)) => vec![f.clone()],
+            None => match self.client.files(name)? {
+                Some(f) => f.to_vec(),
+                None if installed.is_some() => Vec::new(),
+                None => {
+                    let mut wh: Vec<&str> =
+                        self.client.indexes.iter().map(String::as_str).collect();
+                    wh.extend(self.client.find_links.iter().map(String::as_str));
+                    return Err(Error::input(format!(
+                        "[pip] package `{name}` was not found on {}; check the name, or set `index`/`find-links`",
+                        if wh.is_empty() { "any configured source".to_string() } else { wh.join(", ") }
+                    )));
+                }
+            },
+        };
+        let mut versions: Vec<Version> = installed.iter().cloned().collect();
+        let mut best: BTreeMap<Version, (usize, DistFile)> = BTreeMap::new();
+        let mut names = Vec::new();
+        for f in files {
+            names.push(f.filename.clone());
+            if f.yanked {
+                continue;
+            }
+            let Some(v) = file_version(&f.filename).and_then(|v| version(&v)) else {
+                continue;
+            };
+            versions.push(v.clone());
+            if !f.is_wheel() {
+                continue;
+            }
+            if let Some(rp) = &f.requires_python {
+                if let Ok(spec) = VersionSpecifiers::from_str(rp) {
+                    if !spec.contains(&self.python) {
+                        continue;
+                    }
+                }
+            }
+            let Some(rank) = WheelName::parse(&f.filename)
+                .ok()
+                .and_then(|w| self.tags.rank(&w))
+            else {
+                continue;
+            };
+            match best.get(&v) {
+                Some((r, _)) if *r <= rank => {}
+                _ => {
+                    best.insert(v, (rank, f));
+                }
+            }
+        }
+        versions.sort();
+        versions.dedup();
+        names.sort();
+        names.dedup();
+        let c = Arc::new(Candidates {
+            versions,
+            best: best.into_iter().map(|(v, (_, f))| (v, f)).collect(),
+            installed,
+            files: names,
+        });
+        self.candidates
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn selectable(c: &Candidates, v: &Version) -> bool {
+        c.best.contains_key(v) || c.installed.as_ref() == Some(v)
+    }
+
+    /// Versions of `name` allowed by `spec` (and the constraints), as PubGrub ranges.
+    fn range(
+        &self,
+        name: &str,
+        spec: Option<&VersionSpecifiers>,
+        origin: &str,
+    ) -> Result<Ranges<Version>> {
+        let c = self.candidates(name)?;
+        let spec_pre = spec.is_some_and(|s| s.iter().any(|s| s.version().any_prerelease()));
+        let no_finals = c.versions.iter().all(|v| v.any_prerelease());
+        let allow_pre = self.prerelease || spec_pre || no_finals;
+        let cons = self.constraints.get(name);
+        let ok = |v: &Version| {
+            (allow_pre || !v.any_prerelease())
+                && spec.is_none_or(|s| s.contains(v))
+                && cons.is_none_or(|cs| cs.iter().all(|s| s.contains(v)))
+        };
+        let matching: Vec<&Version> = c.versions.iter().filter(|v| ok(v)).collect();
+        if !matching.is_empty() && !matching.iter().any(|v| Self::selectable(&c, v)) {
+            return Err(self.no_wheel_error(name, spec, origin, &c));
+        }
+        let mut r = Ranges::empty();
+        let mut run: Option<(Version, Version)> = None;
+        for v in &c.versions {
+            if ok(v) {
+                run = Some(match run {
+                    Some((a, _)) => (a, v.clone()),
+                    None => (v.clone(), v.clone()),
+                });
+            } else if let Some((a, b)) = run.take() {
+                r = r.union(&Ranges::from_range_bounds((
+                    Bound::Included(a),
+                    Bound::Included(b),
+                )));
+            }
+        }
+        if let Some((a, b)) = run {
+            r = r.union(&Ranges::from_range_bounds((
+                Bound::Included(a),
+                Bound::Included(b),
+            )));
+        }
+        Ok(r)
+    }
+
+    fn no_wheel_error(
+        &self,
+        name: &str,
+        spec: Option<&VersionSpecifiers>,
+        origin: &str,
+        c: &Candidates,
+    ) -> Error {
+        let want = spec.map(|s| s.to_string()).unwrap_or_default();
+        let mut files: Vec<&str> = c.files.iter().map(String::as_str).collect();
+        let more = files.len().saturating_sub(12);
+        files.truncate(12);
+        Error::input(format!(
+            "[pip] no compatible wheel for `{name}{want}` (required by {origin}) for CPython {} on {} ({:?}).\n  \
+             tags tried: {}\n  files that exist: {}{}\n  \
+             kiln installs wheels only: build one (`pip wheel {name} -w wheelhouse/`) and add the directory to `find-links`",
+            self.target.full_version,
+            self.target.machine,
+            self.target.libc,
+            self.tags.summary(),
+            if files.is_empty() { "(none)".to_string() } else { files.join(", ") },
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+        ))
+    }
+
+    fn metadata_of(&self, name: &str, v: &Version) -> Result<Arc<CoreMetadata>> {
+        let key = (name.to_string(), v.clone());
+        if let Some(m) = self.metadata.lock().unwrap().get(&key) {
+            return Ok(m.clone());
+        }
+        let c = self.candidates(name)?;
+        let m = if c.installed.as_ref() == Some(v) {
+            match self.target.installed.get(name).and_then(|(_, m)| m.clone()) {
+                Some(m) => m,
+                None => CoreMetadata {
+                    name: name.into(),
+                    version: v.to_string(),
+                    ..Default::default()
+                },
+            }
+        } else {
+            let f = c
+                .best
+                .get(v)
+                .ok_or_else(|| Error::internal(format!("no file for {name} {v}")))?;
+            self.client
+                .metadata(f)
+                .map_err(|e| e.context(format!("[pip] {name} {v}")))?
+        };
+        let m = Arc::new(m);
+        self.metadata.lock().unwrap().insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// Requirements that apply with `extras` active, parsed.
+    fn applicable(
+        &self,
+        reqs: &[String],
+        extras: &[ExtraName],
+        who: &str,
+    ) -> Result<Vec<Requirement>> {
+        let mut out = Vec::new();
+        for r in reqs {
+            let req = Requirement::from_str(r).map_err(|e| {
+                Error::input(format!("[pip] {who}: invalid Requires-Dist `{r}`: {e}"))
+            })?;
+            if req.marker.evaluate(&self.env, extras) {
+                out.push(req);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deps_for(
+        &self,
+        reqs: Vec<(Requirement, String)>,
+        self_name: Option<&str>,
+    ) -> Result<Dependencies<Pkg, Ranges<Version>, String>> {
+        // Fetch the pages (and the newest candidate's metadata) of all dependencies in parallel.
+        let names: Vec<String> = reqs.iter().map(|(r, _)| r.name.to_string()).collect();
+        kiln_store::http::on_network_pool(|| {
+            names.par_iter().for_each(|n| {
+                if let Ok(c) = self.candidates(n) {
+                    if let Some(v) = c.best.keys().next_back() {
+                        let _ = self.metadata_of(n, v);
+                    }
+                }
+            })
+        });
+        let mut out: BTreeMap<Pkg, Ranges<Version>> = BTreeMap::new();
+        for (r, origin) in reqs {
+            let name = r.name.to_string();
+            if Some(name.as_str()) == self_name && r.extras.is_empty() {
+                continue;
+            }
+            let spec = match &r.version_or_url {
+                Some(VersionOrUrl::VersionSpecifier(s)) => Some(s),
+                _ => None,
+            };
+            let range = self.range(&name, spec, &origin)?;
+            let mut add = |p: Pkg, rg: &Ranges<Version>| {
+                let e = out.entry(p).or_insert_with(Ranges::full);
+                *e = e.intersection(rg);
+            };
+            add(Pkg::Dist(name.clone()), &range);
+            for x in r.extras.iter() {
+                add(Pkg::Extra(name.clone(), x.to_string()), &range);
+            }
+        }
+        Ok(Dependencies::Available(out.into_iter().collect()))
+    }
+}
+
+impl DependencyProvider for Provider<'_> {
+    type P = Pkg;
+    type V = Version;
+    type VS = Ranges<Version>;
+    type M = String;
+    type Priority = (u32, Reverse<usize>);
+    type Err = Error;
+
+    fn prioritize(
+        &self,
+        package: &Pkg,
+        _range: &Ranges<Version>,
+        stats: &PackageResolutionStatistics,
+    ) -> Self::Priority {
+        let n = match package {
+            Pkg::Root => 0,
+            Pkg::Dist(n) | Pkg::Extra(n, _) => self
+                .candidates
+                .lock()
+                .unwrap()
+                .get(n)
+                .map(|c| c.best.len())
+                .unwrap_or(usize::MAX),
+        };
+        (stats.conflict_count(), Reverse(n))
+    }
+
+    fn choose_version(&self, package: &Pkg, range: &Ranges<Version>) -> Result<Option<Version>> {
+        match package {
+            Pkg::Root => Ok(Some(Version::new([0]))),
+            Pkg::Dist(n) | Pkg::Extra(n, _) => {
+                let c = self.candidates(n)?;
+                if let Some(i) = &c.installed {
+                    if range.contains(i) {
+                        return Ok(Some(i.clone()));
+                    }
+                }
+                Ok(c.best.keys().rev().find(|v| range.contains(*v)).cloned())
+            }
+        }
+    }
+
+    fn get_dependencies(
+        &self,
+        package: &Pkg,
+        v: &Version,
+    ) -> Result<Dependencies<Pkg, Ranges<Version>, String>> {
+        match package {
+            Pkg::Root => {
+                let reqs = self
+                    .roots
+                    .iter()
+                    .filter(|r| r.req.marker.evaluate(&self.env, &[]))
+                    .map(|r| (r.req.clone(), r.origin.clone()))
+                    .collect();
+                self.deps_for(reqs, None)
+            }
+            Pkg::Dist(n) => {
+                let m = self.metadata_of(n, v)?;
+                let reqs = self.applicable(&m.requires_dist, &[], &format!("{n} {v}"))?;
+                let who = format!("{n} {v}");
+                self.deps_for(
+                    reqs.into_iter().map(|r| (r, who.clone())).collect(),
+                    Some(n),
+                )
+            }
+            Pkg::Extra(n, e) => {
+                let m = self.metadata_of(n, v)?;
+                let extra = ExtraName::from_str(e)
+                    .map_err(|err| Error::input(format!("[pip] {n}[{e}]: {err}")))?;
+                let known = m
+                    .provides_extra
+                    .iter()
+                    .any(|p| ExtraName::from_str(p).is_ok_and(|p| p == extra));
+                let reqs = self.applicable(
+                    &m.requires_dist,
+                    std::slice::from_ref(&extra),
+                    &format!("{n} {v}"),
+                )?;
+                let who = format!("{n}[{e}] {v}");
+                let reqs: Vec<_> = reqs.into_iter().map(|r| (r, who.clone())).collect();
+                let Dependencies::Available(deps) = self.deps_for(reqs, Some(n))? else {
+                    unreachable!()
+                };
+                let mut all: Vec<(Pkg, Ranges<Version>)> = deps.iter().cloned().collect();
+                all.push((Pkg::Dist(n.clone()), Ranges::singleton(v.clone())));
+                if !known && !m.provides_extra.is_empty() {
+                    // pip warns and carries on; so do we (the extra adds nothing).
+                }
+                Ok(Dependencies::Available(all.into_iter().collect()))
+            }
+        }
+    }
+}
+
+/// Run the resolver; the result is sorted by name.
+pub fn resolve(provider: &Provider) -> Result<Vec<Resolved>> {
+    let sol = match pubgrub::resolve(provider, Pkg::Root, Version::new([0])) {
+        Ok(s) => s,
+        Err(PubGrubError::NoSolution(mut tree)) => {
+            tree.collapse_no_versions();
+            return Err(Error::input(format!(
+                "[pip] the requirements cannot be satisfied:\n{}",
+                DefaultStringReporter::report(&tree)
+            )));
+        }
+        Err(PubGrubError::ErrorRetrievingDependencies { source, .. }) => return Err(source),
+        Err(PubGrubError::ErrorChoosingVersion { source, .. }) => return Err(source),
+        Err(PubGrubError::ErrorInShouldCancel(e)) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (p, v) in sol.iter() {
+        if let Pkg::Dist(n) = p {
+            let c = provider.candidates(n)?;
+            let installed = c.installed.as_ref() == Some(v);
+            out.push(Resolved {
+                name: n.clone(),
+                version: v.clone(),
+                file: if installed {
+                    None
+                } else {
+                    c.best.get(v).cloned()
+                },
+                installed,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

@@ -1,0 +1,378 @@
+//! Reading wheels safely: member-name checks (no traversal, absolute paths or symlinks), METADATA, entry points.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
+
+use kiln_core::error::{Error, Result};
+
+/// One regular file from a wheel.
+#[derive(Clone, Debug)]
+pub struct WheelFile {
+    /// Member name, `/`-separated, relative.
+    pub path: String,
+    pub data: Vec<u8>,
+    pub executable: bool,
+}
+
+/// Refuse member names that could escape the install directory.
+pub fn check_member_name(wheel: &str, name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::input(format!(
+            "wheel {wheel}: member `{}` {why}; refusing to install it",
+            name.escape_default()
+        ))
+    };
+    if name.is_empty() {
+        return Err(bad("has an empty name"));
+    }
+    if name.starts_with('/') || name.starts_with('\\') {
+        return Err(bad("is an absolute path"));
+    }
+    if name.contains('\\') {
+        return Err(bad("contains a backslash"));
+    }
+    if name.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if name.len() >= 2 && name.as_bytes()[1] == b':' {
+        return Err(bad("starts with a drive letter"));
+    }
+    if name.split('/').any(|c| c == "..") {
+        return Err(bad("contains `..` (path traversal)"));
+    }
+    Ok(())
+}
+
+fn open(path: &Path, wheel: &str) -> Result<zip::ZipArchive<File>> {
+    let f = File::open(path).map_err(|e| Error::Io {
+        context: format!("opening {wheel} in the cache"),
+        source: e,
+    })?;
+    zip::ZipArchive::new(f)
+        .map_err(|e| Error::input(format!("wheel {wheel} is not a valid zip file: {e}")))
+}
+
+/// Deflate expands at most ~1032:1; a member claiming more is refused before
+/// its output buffer is allocated (zip bombs, absurd sizes).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Where one member's bytes are in the wheel and what they must become.
+struct Member {
+    path: String,
+    executable: bool,
+    deflated: bool,
+    raw: std::ops::Range<usize>,
+    size: usize,
+    crc32: u32,
+}
+
+/// Every regular file of the wheel, in archive order, checked.
+///
+/// The wheel is read into memory once and its members are inflated in
+/// parallel with libdeflate (whole-buffer, so each output is allocated once
+/// at its final size); every member's CRC-32 is checked as the zip reader
+/// would.
+pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
+    use rayon::prelude::*;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        context: format!("reading {wheel} in the cache"),
+        source: e,
+    })?;
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::input(format!("wheel {wheel} is not a valid zip file: {e}"))
+    };
+    let mut ar = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).map_err(|e| invalid(&e))?;
+    let mut members = Vec::with_capacity(ar.len());
+    let mut seen = HashSet::new();
+    for i in 0..ar.len() {
+        let f = ar
+            .by_index_raw(i)
+            .map_err(|e| Error::input(format!("wheel {wheel}: member {i}: {e}")))?;
+        let name = f
+            .name()
+            .map_err(|e| Error::input(format!("wheel {wheel}: member {i} has a bad name: {e}")))?
+            .to_string();
+        check_member_name(wheel, &name)?;
+        let mode = f.unix_mode().unwrap_or(0);
+        if mode & 0o170000 == 0o120000 {
+            return Err(Error::input(format!(
+                "wheel {wheel}: member `{name}` is a symlink; wheels may only contain regular files"
+            )));
+        }
+        if f.is_dir() || name.ends_with('/') {
+            continue;
+        }
+        let clean = name
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/");
+        if !seen.insert(clean.clone()) {
+            return Err(Error::input(format!(
+                "wheel {wheel}: member `{name}` appears twice"
+            )));
+        }
+        let bad = |why: String| Error::input(format!("wheel {wheel}: member `{name}`: {why}"));
+        if f.encrypted() {
+            return Err(bad("is encrypted".into()));
+        }
+        let (csize, size) = (f.compressed_size(), f.size());
+        let deflated = match f.compression() {
+            zip::CompressionMethod::Stored if csize == size => false,
+            zip::CompressionMethod::Stored => {
+                return Err(bad(format!(
+                    "stored with {csize} bytes but {size} declared"
+                )))
+            }
+            zip::CompressionMethod::Deflated
+                if size <= csize.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1024) =>
+            {
+                true
+            }
+            zip::CompressionMethod::Deflated => {
+                return Err(bad(format!(
+                    "declares {size} bytes from {csize} compressed"
+                )))
+            }
+            other => return Err(bad(format!("unsupported compression method {other}"))),
+        };
+        // `by_index_raw` located the data and checked it lies inside the archive.
+        let start = f.data_start().ok_or_else(|| bad("no data offset".into()))?;
+        let raw = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(csize).ok())
+            .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+            .filter(|r| r.end <= bytes.len())
+            .ok_or_else(|| bad("data lies outside the archive".into()))?;
+        members.push(Member {
+            path: clean,
+            executable: mode & 0o111 != 0,
+            deflated,
+            raw,
+            size: usize::try_from(size).map_err(|_| bad("too large".into()))?,
+            crc32: f.crc32(),
+        });
+    }
+    drop(ar);
+    members
+        .into_par_iter()
+        .map_init(libdeflater::Decompressor::new, |d, m| {
+            let raw = &bytes[m.raw.clone()];
+            let data = if m.deflated {
+                let mut out = vec![0u8; m.size];
+                match d.deflate_decompress(raw, &mut out) {
+                    Ok(n) if n == m.size => out,
+                    Ok(n) => {
+                        return Err(Error::input(format!(
+                            "wheel {wheel}: reading `{}`: {n} bytes, {} declared",
+                            m.path, m.size
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(Error::input(format!(
+                            "wheel {wheel}: reading `{}`: {e}",
+                            m.path
+                        )))
+                    }
+                }
+            } else {
+                raw.to_vec()
+            };
+            if libdeflater::crc32(&data) != m.crc32 {
+                return Err(Error::input(format!(
+                    "wheel {wheel}: reading `{}`: CRC-32 mismatch",
+                    m.path
+                )));
+            }
+            Ok(WheelFile {
+                path: m.path,
+                data,
+                executable: m.executable,
+            })
+        })
+        .collect()
+}
+
+/// `*.dist-info/METADATA` from a wheel on disk.
+pub fn read_metadata_file(path: &Path, wheel: &str) -> Result<Vec<u8>> {
+    let mut ar = open(path, wheel)?;
+    let name = ar
+        .file_names()
+        .filter_map(|n| n.ok())
+        .find(|n| {
+            let mut parts = n.split('/');
+            matches!((parts.next(), parts.next(), parts.next()), (Some(d), Some("METADATA"), None) if d.ends_with(".dist-info"))
+        })
+        .map(|n| n.into_owned())
+        .ok_or_else(|| Error::input(format!("wheel {wheel} has no .dist-info/METADATA")))?;
+    let f = ar
+        .by_name(&name)
+        .map_err(|e| Error::input(format!("wheel {wheel}: {e}")))?;
+    read_all(f, 64 << 20).map_err(|e| Error::input(format!("wheel {wheel}: reading METADATA: {e}")))
+}
+
+/// `[group]` / `name = module:attr [extras]` entries of entry_points.txt.
+pub fn parse_entry_points(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut group = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+            continue;
+        }
+        if t.starts_with('[') && t.ends_with(']') {
+            group = t[1..t.len() - 1].trim().to_string();
+            continue;
+        }
+        if let Some((k, v)) = t.split_once('=') {
+            out.push((group.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Read a whole small reader (used for zip members).
+fn read_all(r: impl std::io::Read, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut v = Vec::new();
+    r.take(limit).read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zip_with(entries: &[(&str, u32)]) -> tempfile::NamedTempFile {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let mut z = zip::ZipWriter::new(t.reopen().unwrap());
+        for (name, mode) in entries {
+            let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+            if mode & 0o170000 == 0o120000 {
+                z.add_symlink(*name, "/etc/passwd", opts).unwrap();
+            } else {
+                z.start_file(*name, opts).unwrap();
+                z.write_all(b"x").unwrap();
+            }
+        }
+        z.finish().unwrap();
+        t
+    }
+
+    #[test]
+    fn traversal_rejected() {
+        for bad in [
+            "../evil.py",
+            "pkg/../../evil.py",
+            "/etc/passwd",
+            "a\\..\\b",
+            "C:/x",
+        ] {
+            assert!(check_member_name("w.whl", bad).is_err(), "{bad}");
+        }
+        check_member_name("w.whl", "pkg/mod.py").unwrap();
+        let z = zip_with(&[("ok.py", 0o644), ("../../etc/cron.d/x", 0o644)]);
+        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
+        assert!(err.to_string().contains("path traversal"), "{err}");
+        assert!(matches!(err, Error::Input(_)));
+    }
+
+    #[test]
+    fn symlinks_rejected_and_modes_kept() {
+        let z = zip_with(&[("pkg/link", 0o120777)]);
+        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        let z = zip_with(&[("pkg/run.sh", 0o755), ("pkg/a.py", 0o644)]);
+        let files = read_wheel(z.path(), "ok-1.0-py3-none-any.whl").unwrap();
+        assert!(files[0].executable && !files[1].executable);
+    }
+
+    /// A zip of `(name, content, deflated)` members.
+    fn zip_of(members: &[(&str, &[u8], bool)]) -> Vec<u8> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data, deflated) in members {
+            let method = if *deflated {
+                zip::CompressionMethod::Deflated
+            } else {
+                zip::CompressionMethod::Stored
+            };
+            let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap().into_inner()
+    }
+
+    fn read_bytes(bytes: &[u8]) -> Result<Vec<WheelFile>> {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), bytes).unwrap();
+        read_wheel(t.path(), "x-1.0-py3-none-any.whl")
+    }
+
+    #[test]
+    fn members_inflate_to_their_content() {
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let bytes = zip_of(&[
+            ("x/big.bin", &big, true),
+            ("x/empty.py", b"", true),
+            ("x/stored.txt", b"as is", false),
+            ("x-1.0.dist-info/METADATA", b"Name: x\n", true),
+        ]);
+        let files = read_bytes(&bytes).unwrap();
+        let got: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x/big.bin", &big[..]),
+                ("x/empty.py", &b""[..]),
+                ("x/stored.txt", &b"as is"[..]),
+                ("x-1.0.dist-info/METADATA", &b"Name: x\n"[..]),
+            ]
+        );
+    }
+
+    #[test]
+    fn damaged_members_rejected() {
+        let bytes = zip_of(&[("x/a.txt", b"hello wheel", false)]);
+        // A flipped byte in the stored data: the CRC-32 no longer matches.
+        let mut bad = bytes.clone();
+        let at = bad.windows(11).position(|w| w == b"hello wheel").unwrap();
+        bad[at] = b'j';
+        let err = read_bytes(&bad).unwrap_err();
+        assert!(err.to_string().contains("CRC-32"), "{err}");
+
+        // A central directory that declares more bytes than the member inflates
+        // to, and one that declares an impossible ratio.
+        let data = vec![b'a'; 10_000];
+        let bytes = zip_of(&[("x/a.txt", &data, true)]);
+        let central = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+        for (declared, why) in [(10_001u32, "declared"), (u32::MAX - 1, "compressed")] {
+            let mut bad = bytes.clone();
+            bad[central + 24..central + 28].copy_from_slice(&declared.to_le_bytes());
+            let err = read_bytes(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn entry_points() {
+        let e = parse_entry_points("[console_scripts]\nfoo = foo.cli:main\n\n[gui_scripts]\nbar=bar:run [gui]\n[other]\nx = y\n");
+        assert_eq!(
+            e[0],
+            (
+                "console_scripts".into(),
+                "foo".into(),
+                "foo.cli:main".into()
+            )
+        );
+        assert_eq!(e[1].2, "bar:run [gui]");
+        assert_eq!(e.len(), 3);
+    }
+}

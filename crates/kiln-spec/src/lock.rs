@@ -1,0 +1,329 @@
+//! `kiln.lock`: every resolved input pinned, next to the spec.
+//!
+//! TOML, sorted, one table per pinned artifact, so a change reads as a
+//! small diff. The lock records the spec inputs it was made from as
+//! flattened `key = value` lines (plus the sha256 of files those inputs
+//! name): a spec that no longer matches is shown as a line diff, and their
+//! hash decides whether a build may use the pins.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Spec;
+use kiln_core::digest::Digest;
+use kiln_core::error::{Error, IoContext, Result};
+
+pub const LOCK_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Lock {
+    pub version: u32,
+    /// sha256 over `inputs`.
+    pub inputs_hash: Digest,
+    /// The spec inputs the pins were resolved from.
+    pub inputs: Vec<String>,
+    #[serde(default, rename = "platform")]
+    pub platforms: Vec<LockedPlatform>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LockedPlatform {
+    pub platform: String,
+    /// Manifest digest of this platform's base image (absent for scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Digest>,
+    /// Digest of the base's top document (index or manifest) when it came from a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_top: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apt: Vec<AptPin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conda: Vec<CondaPin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pip: Vec<PipPin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AptPin {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub suite: String,
+    pub url: String,
+    #[serde(with = "kiln_core::digest::bare_hex")]
+    pub sha256: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipPin {
+    /// `pip` for `[pip]`, `environment` for an environment.yml `pip:` list.
+    pub section: String,
+    pub name: String,
+    pub version: String,
+    pub filename: String,
+    pub url: String,
+    #[serde(with = "kiln_core::digest::bare_hex")]
+    pub sha256: Digest,
+    pub size: u64,
+    #[serde(default)]
+    pub requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CondaPin {
+    pub name: String,
+    pub version: String,
+    pub build: String,
+    pub channel: String,
+    pub subdir: String,
+    pub filename: String,
+    pub url: String,
+    #[serde(with = "kiln_core::digest::bare_hex")]
+    pub sha256: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// As the channel's repodata gave them (it may patch what the archive says).
+    #[serde(default)]
+    pub depends: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constrains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+}
+
+/// `kiln.lock` beside the spec.
+pub fn path_for(spec: &Path) -> PathBuf {
+    spec.with_file_name("kiln.lock")
+}
+
+impl Lock {
+    pub fn new(inputs: Vec<String>, platforms: Vec<LockedPlatform>) -> Lock {
+        let mut platforms = platforms;
+        for p in &mut platforms {
+            p.apt.sort();
+            p.pip.sort();
+            p.conda.sort();
+        }
+        Lock {
+            version: LOCK_VERSION,
+            inputs_hash: inputs_hash(&inputs),
+            inputs,
+            platforms,
+        }
+    }
+
+    /// Read a lock; `None` when the file does not exist.
+    pub fn read(path: &Path) -> Result<Option<Lock>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::input(format!("cannot read {}: {e}", path.display()))),
+        };
+        let lock: Lock = toml::from_str(&text).map_err(|e| {
+            Error::input(format!(
+                "{}: not a valid kiln.lock ({}); remove it and run `kiln lock`",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        if lock.version != LOCK_VERSION {
+            return Err(Error::input(format!(
+                "{}: lock version {} is not supported (expected {LOCK_VERSION}); run `kiln lock`",
+                path.display(),
+                lock.version
+            )));
+        }
+        if lock.inputs_hash != inputs_hash(&lock.inputs) {
+            return Err(Error::input(format!(
+                "{}: inputs-hash does not match its inputs (edited by hand?); run `kiln lock`",
+                path.display()
+            )));
+        }
+        Ok(Some(lock))
+    }
+
+    /// Write atomically (temp file + rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let body = toml::to_string(self)
+            .map_err(|e| Error::internal(format!("serialising the lock: {e}")))?;
+        let text = format!("# kiln.lock: made by `kiln lock`; do not edit by hand.\n{body}");
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .io_context(|| format!("creating a file in {}", dir.display()))?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())
+            .io_context(|| format!("writing {}", path.display()))?;
+        // A lock is a project file, not a secret (the temp file starts 0600).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .io_context(|| format!("writing {}", path.display()))?;
+        tmp.persist(path).map_err(|e| Error::Io {
+            context: format!("writing {}", path.display()),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    pub fn platform(&self, platform: &str) -> Option<&LockedPlatform> {
+        self.platforms.iter().find(|p| p.platform == platform)
+    }
+
+    /// Every artifact digest the lock names (base manifests excluded).
+    pub fn artifact_digests(&self) -> Vec<(Digest, String)> {
+        let mut out = Vec::new();
+        for p in &self.platforms {
+            for a in &p.apt {
+                out.push((a.sha256.clone(), a.url.clone()));
+            }
+            for w in &p.pip {
+                out.push((w.sha256.clone(), w.url.clone()));
+            }
+            for c in &p.conda {
+                out.push((c.sha256.clone(), c.url.clone()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn inputs_hash(inputs: &[String]) -> Digest {
+    Digest::of(inputs.join("\n").as_bytes())
+}
+
+/// The spec inputs that decide resolution, as sorted `key = value` lines:
+/// `[image] base/platforms`, `[apt]`, `[pip]`, `[conda]`, and the sha256 of
+/// files they name (requirements files, environment.yml, keyrings).
+pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(&spec.path)
+        .map_err(|e| Error::input(format!("cannot read spec {}: {e}", spec.path.display())))?;
+    let doc: toml::Value =
+        toml::from_str(&text).map_err(|e| Error::input(format!("{}: {e}", spec.path.display())))?;
+    let mut lines = BTreeSet::new();
+    if let Some(image) = doc.get("image") {
+        for key in ["base", "platforms"] {
+            if let Some(v) = image.get(key) {
+                flatten(&format!("image.{key}"), v, &mut lines);
+            }
+        }
+    }
+    if image_base_missing(&doc) {
+        lines.insert("image.base = \"scratch\"".to_string());
+    }
+    for section in ["apt", "pip", "conda"] {
+        if let Some(v) = doc.get(section) {
+            flatten(section, v, &mut lines);
+        }
+    }
+    let dir = spec.dir();
+    let mut files: Vec<String> = Vec::new();
+    if let Some(p) = &spec.pip {
+        files.extend(p.requirements.iter().cloned());
+    }
+    if let Some(c) = &spec.conda {
+        files.extend(c.environment.iter().cloned());
+    }
+    for f in files {
+        let bytes = std::fs::read(dir.join(&f))
+            .map_err(|e| Error::input(format!("{}: {f}: {e}", spec.path.display())))?;
+        lines.insert(format!("file {f} = {}", Digest::of(&bytes)));
+    }
+    Ok(lines.into_iter().collect())
+}
+
+fn image_base_missing(doc: &toml::Value) -> bool {
+    doc.get("image").and_then(|i| i.get("base")).is_none()
+}
+
+fn flatten(key: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                flatten(&format!("{key}.{k}"), v, out);
+            }
+        }
+        toml::Value::Array(items) if items.iter().all(|i| !i.is_table()) => {
+            for i in items {
+                out.insert(format!("{key}[] = {i}"));
+            }
+        }
+        toml::Value::Array(items) => {
+            for (n, i) in items.iter().enumerate() {
+                flatten(&format!("{key}[{n}]"), i, out);
+            }
+        }
+        other => {
+            out.insert(format!("{key} = {other}"));
+        }
+    }
+}
+
+/// A readable diff of lock inputs vs the spec's: `-` only in the lock, `+` only in the spec.
+pub fn diff(locked: &[String], current: &[String]) -> String {
+    let a: BTreeSet<&String> = locked.iter().collect();
+    let b: BTreeSet<&String> = current.iter().collect();
+    let mut out = String::new();
+    for l in a.difference(&b) {
+        out.push_str(&format!("  - {l}\n"));
+    }
+    for l in b.difference(&a) {
+        out.push_str(&format!("  + {l}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_diff() {
+        let lock = Lock::new(
+            vec!["pip.packages[] = \"numpy\"".into()],
+            vec![LockedPlatform {
+                platform: "linux/amd64".into(),
+                pip: vec![PipPin {
+                    section: "pip".into(),
+                    name: "numpy".into(),
+                    version: "2.0.0".into(),
+                    filename: "numpy-2.0.0-cp311-cp311-manylinux_2_17_x86_64.whl".into(),
+                    url: "https://example.invalid/numpy.whl".into(),
+                    sha256: Digest::from_hex(&"ab".repeat(32)).unwrap(),
+                    size: 10,
+                    requested: true,
+                    direct_url: None,
+                }],
+                ..Default::default()
+            }],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kiln.lock");
+        lock.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("[[platform.pip]]"), "{text}");
+        assert_eq!(Lock::read(&p).unwrap().unwrap(), lock);
+        let d = diff(&lock.inputs, &["pip.packages[] = \"scipy\"".to_string()]);
+        assert_eq!(
+            d,
+            "  - pip.packages[] = \"numpy\"\n  + pip.packages[] = \"scipy\"\n"
+        );
+        // A hand-edited inputs list is caught.
+        std::fs::write(&p, text.replacen("numpy", "scipy", 1)).unwrap();
+        assert!(Lock::read(&p).is_err());
+    }
+}

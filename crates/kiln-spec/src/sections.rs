@@ -1,0 +1,155 @@
+//! The package sections of kiln.toml (`[apt]`, `[pip]`, `[conda]`): plain
+//! data, parsed with the rest of the spec. The resolvers read them; they do
+//! not own them, so the spec never depends on a resolver.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The `[apt]` table of kiln.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSection {
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// One-line (`deb [signed-by=…] URI SUITE COMP…`) or table form.
+    #[serde(default)]
+    pub sources: Vec<SourceEntry>,
+    /// Bootstrap a Debian system on a `scratch` base: `minbase` or `essential`.
+    pub bootstrap: Option<Bootstrap>,
+    /// Suite for a bootstrap whose sources come from the host (default `bookworm`).
+    pub suite: Option<String>,
+    /// Keyring for sources that name none (default: Debian's archive keyring).
+    pub keyring: Option<String>,
+    /// `kiln lock --upgrade PKG`: versions to keep from the previous lock
+    /// (name → version) for packages not being upgraded.
+    #[serde(skip)]
+    pub pinned: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrap {
+    Minbase,
+    Essential,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SourceEntry {
+    Line(String),
+    Table {
+        uri: String,
+        suites: Vec<String>,
+        #[serde(default)]
+        components: Vec<String>,
+        #[serde(rename = "signed-by")]
+        signed_by: Option<String>,
+    },
+}
+
+fn default_target() -> String {
+    "system".into()
+}
+
+/// The `[pip]` table of kiln.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipSection {
+    /// PEP 508 requirements: `"requests[socks]>=2.31"`, `"tomli; python_version < '3.11'"`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// pip-format requirements files, relative to the spec's directory.
+    #[serde(default)]
+    pub requirements: Vec<String>,
+    /// Primary simple-API index URL (overrides PIP_INDEX_URL and pip.conf).
+    #[serde(default)]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub extra_index: Vec<String>,
+    /// Wheelhouse directories (relative to the spec) or URLs of pages listing wheels.
+    #[serde(default)]
+    pub find_links: Vec<String>,
+    /// `"system"` or an absolute venv path such as `"/opt/venv"`.
+    #[serde(default = "default_target")]
+    pub target: String,
+    /// Allow pre-releases for every package.
+    #[serde(default)]
+    pub prerelease: bool,
+    /// Ignore pip's configuration files and `PIP_*` variables (like `pip --isolated`).
+    #[serde(default)]
+    pub isolated: bool,
+    /// Use only `find-links` (like `pip --no-index`).
+    #[serde(default)]
+    pub no_index: bool,
+    /// Requirement lines from elsewhere (an environment.yml `pip:` list):
+    /// `(origin, directory relative paths resolve against, lines)`.
+    #[serde(skip)]
+    pub inline: Vec<(String, std::path::PathBuf, String)>,
+    /// `kiln lock --upgrade PKG`: versions to keep from the previous lock
+    /// (name → version), applied as constraints.
+    #[serde(skip)]
+    pub pinned: BTreeMap<String, String>,
+}
+
+impl Default for PipSection {
+    fn default() -> Self {
+        PipSection {
+            packages: Vec::new(),
+            requirements: Vec::new(),
+            index: None,
+            extra_index: Vec::new(),
+            find_links: Vec::new(),
+            target: default_target(),
+            prerelease: false,
+            isolated: false,
+            no_index: false,
+            inline: Vec::new(),
+            pinned: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "/opt/conda".into()
+}
+
+/// The `[conda]` table of kiln.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CondaSection {
+    /// Absolute path of the environment in the image.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Names (resolved against the channel alias), `https://`/`file://` URLs
+    /// or local directories (relative to the spec), highest priority first.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Where channel names point (default: `CONDA_CHANNEL_ALIAS`, else rattler's).
+    pub channel_alias: Option<String>,
+    /// MatchSpecs: `numpy>=1.26,<2`, `python=3.12`, `conda-forge::numpy==1.26*`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// An environment.yml (relative to the spec): its channels, dependencies
+    /// and `pip:` list are added.
+    pub environment: Option<String>,
+    /// Virtual packages of the target: `glibc`, `linux`, `cuda`, `archspec`.
+    #[serde(default)]
+    pub virtual_packages: BTreeMap<String, String>,
+    /// `strict` (default: a package comes from the first channel that has
+    /// it) or `disabled`.
+    #[serde(default)]
+    pub channel_priority: Priority,
+    /// `kiln lock --upgrade PKG`: `(name, version, build)` of the previous
+    /// lock's packages to prefer (not force) for packages not being upgraded.
+    #[serde(skip)]
+    pub prefer: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    #[default]
+    Strict,
+    Disabled,
+}

@@ -1,0 +1,378 @@
+//! Content-addressed blob cache (`$KILN_CACHE`, default `~/.cache/kiln`).
+//!
+//! Blobs live at `blobs/sha256/<hex>`. Every write goes to a temp file in
+//! `tmp/` on the same filesystem and is renamed into place only after its
+//! digest was checked, so a killed build never leaves a corrupt entry and two
+//! builds sharing the cache at worst both write the same bytes (rename is
+//! atomic). Reads re-verify, so bytes damaged on disk later are detected and
+//! the entry is dropped to be fetched again.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use kiln_core::digest::{digest_reader, Digest, HashingWriter};
+use kiln_core::error::{Error, IoContext, Result};
+
+/// Every directory of the cache. A bucket whose format changes gets a new
+/// version in its name, so an old kiln and a new one never misread each
+/// other's files; `kiln cache gc` removes whatever is not a bucket here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheBucket {
+    /// Verified blobs by sha256: layers, configs, manifests, `.deb`s,
+    /// wheels, conda archives, indexes. The only bucket export/import moves.
+    Blobs,
+    /// Temporary files and work directories (renamed into place or dropped).
+    Tmp,
+    /// Conditionally revalidated HTTP responses (`InRelease`), by URL hash.
+    Http,
+    /// Decompressed apt `Packages` indexes, by the compressed blob's digest.
+    AptIndexes,
+    /// Unpacked `.deb` members, by the `.deb`'s digest.
+    AptUnpacked,
+    /// Simple-API project pages, by URL hash (expire by TTL).
+    PipPages,
+    /// Core metadata read from a wheel, by the wheel's digest.
+    PipMetadata,
+    /// RECORD member hashes, by the wheel's digest.
+    PipRecordHashes,
+    /// Extracted conda packages, by the archive's digest.
+    CondaPackages,
+    /// Built layers, by the hash of their inputs (→ the layer blob).
+    Layers,
+    /// Locked package stages, by the hash of their inputs (→ their layers).
+    Stages,
+}
+
+impl CacheBucket {
+    pub const ALL: &'static [CacheBucket] = &[
+        CacheBucket::Blobs,
+        CacheBucket::Tmp,
+        CacheBucket::Http,
+        CacheBucket::AptIndexes,
+        CacheBucket::AptUnpacked,
+        CacheBucket::PipPages,
+        CacheBucket::PipMetadata,
+        CacheBucket::PipRecordHashes,
+        CacheBucket::CondaPackages,
+        CacheBucket::Layers,
+        CacheBucket::Stages,
+    ];
+
+    /// The directory under the cache root.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            CacheBucket::Blobs => "blobs/sha256",
+            CacheBucket::Tmp => "tmp",
+            CacheBucket::Http => "http-v1",
+            CacheBucket::AptIndexes => "apt-indexes-v1",
+            CacheBucket::AptUnpacked => "apt-unpacked-v1",
+            CacheBucket::PipPages => "pip-pages-v1",
+            CacheBucket::PipMetadata => "pip-metadata-v1",
+            CacheBucket::PipRecordHashes => "pip-record-hashes-v1",
+            CacheBucket::CondaPackages => "conda-pkgs-v1",
+            CacheBucket::Layers => "layers-v1",
+            CacheBucket::Stages => "stages-v1",
+        }
+    }
+
+    /// The top-level directory holding the bucket (`blobs` for `blobs/sha256`).
+    pub fn top_dir(self) -> &'static str {
+        self.dir_name().split('/').next().unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Open (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for b in [CacheBucket::Blobs, CacheBucket::Tmp] {
+            let p = root.join(b.dir_name());
+            fs::create_dir_all(&p)
+                .io_context(|| format!("creating cache directory {}", p.display()))?;
+        }
+        Ok(Cache { root })
+    }
+
+    /// `--cache`, else `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(p) = std::env::var_os("KILN_CACHE") {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(p).join("kiln");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        home.join(".cache").join("kiln")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a bucket (not created here).
+    pub fn bucket(&self, b: CacheBucket) -> PathBuf {
+        self.root.join(b.dir_name())
+    }
+
+    /// One entry of a bucket: `<bucket>/<name>`.
+    pub fn entry(&self, b: CacheBucket, name: impl AsRef<Path>) -> PathBuf {
+        self.bucket(b).join(name)
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.entry(CacheBucket::Blobs, d.hex())
+    }
+
+    /// Cheap presence check, no verification.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Path of a present blob whose content still matches its name; a damaged
+    /// entry is removed and reported as absent.
+    pub fn verified(&self, d: &Digest) -> Result<Option<PathBuf>> {
+        let path = self.blob_path(d);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).io_context(|| format!("opening cached blob {}", path.display()))
+            }
+        };
+        let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, file))
+            .io_context(|| format!("reading cached blob {}", path.display()))?;
+        if &actual == d {
+            Ok(Some(path))
+        } else {
+            // Someone or something changed the bytes: drop the entry so it is fetched again.
+            let _ = fs::remove_file(&path);
+            Ok(None)
+        }
+    }
+
+    /// Start writing a new blob.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.bucket(CacheBucket::Tmp))
+            .io_context(|| format!("creating temp file in {}", self.root.display()))?;
+        Ok(BlobWriter {
+            cache: self.clone(),
+            out: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+        })
+    }
+
+    /// Store bytes held in memory.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        if !self.contains(&d) {
+            let mut w = self.writer()?;
+            w.write_all(bytes)
+                .io_context(|| "writing blob to cache".into())?;
+            w.commit(Some(&d))?;
+        }
+        Ok(d)
+    }
+
+    /// Copy a blob from a reader, verifying it against `expected`.
+    pub fn put_reader(&self, r: impl Read, expected: &Digest) -> Result<PathBuf> {
+        let mut w = self.writer()?;
+        let mut r = r;
+        io::copy(&mut r, &mut w)
+            .io_context(|| format!("copying blob {expected} into the cache"))?;
+        w.commit(Some(expected))?;
+        Ok(self.blob_path(expected))
+    }
+
+    /// Bytes derived from the verified blob `from` (an unpacked `.deb`, a
+    /// decompressed index), remembered at `<kind>/<from hex>.zst` so a warm
+    /// build skips the slow decompression that made them. Entries are zstd
+    /// frames with a content checksum: a damaged one fails to decode and is
+    /// made again. Storing is best effort (a full disk costs the memo, not
+    /// the build) and atomic (temp file, then rename).
+    pub fn derived(
+        &self,
+        kind: CacheBucket,
+        from: &Digest,
+        make: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let path = self.derived_path(kind, from);
+        if let Some(bytes) = fs::read(&path)
+            .ok()
+            .and_then(|z| zstd::stream::decode_all(&z[..]).ok())
+        {
+            return Ok(bytes);
+        }
+        let bytes = make()?;
+        let _ = self.store_derived(&path, &bytes);
+        Ok(bytes)
+    }
+
+    /// Drop a derived entry whose content turned out to be unusable.
+    pub fn forget_derived(&self, kind: CacheBucket, from: &Digest) {
+        let _ = fs::remove_file(self.derived_path(kind, from));
+    }
+
+    fn derived_path(&self, kind: CacheBucket, from: &Digest) -> PathBuf {
+        self.entry(kind, format!("{}.zst", from.hex()))
+    }
+
+    fn store_derived(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut z = zstd::bulk::Compressor::new(1)?;
+        z.include_checksum(true)?;
+        z.include_contentsize(true)?;
+        write_atomic(path, &z.compress(bytes)?);
+        Ok(())
+    }
+
+    /// Read a whole (small) blob, verified.
+    pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
+        let path = self
+            .verified(d)?
+            .ok_or_else(|| Error::internal(format!("blob {d} is not in the cache")))?;
+        fs::read(&path).io_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// Best effort, for memos beside the blobs (a memo that cannot be written
+/// only costs recomputing it): write through a temp file in the same
+/// directory, then rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if tmp.write_all(bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
+    }
+}
+
+/// A blob being written; nothing is visible in the cache until `commit`.
+pub struct BlobWriter {
+    cache: Cache,
+    out: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl BlobWriter {
+    pub fn len(&self) -> u64 {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Verify and move into place. With `expected`, a mismatch is an error
+    /// (the temp file is deleted); without, the computed digest names the blob.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (buf, digest, len) = self.out.finish();
+        if let Some(exp) = expected {
+            if exp != &digest {
+                // Not transient: the bytes are not what a trusted index said.
+                return Err(Error::input(format!(
+                    "content digest mismatch: expected {exp}, got {digest}; the download was discarded"
+                )));
+            }
+        }
+        let tmp = buf
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .io_context(|| "flushing blob".into())?;
+        // Blobs are shared read-only content (outputs hard-link them).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .io_context(|| "setting blob permissions".into())?;
+        let dst = self.cache.blob_path(&digest);
+        tmp.persist(&dst)
+            .map_err(|e| e.error)
+            .io_context(|| format!("storing blob {}", dst.display()))?;
+        Ok((digest, len))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_verify_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(b"hello").unwrap();
+        assert!(cache.verified(&d).unwrap().is_some());
+        fs::write(cache.blob_path(&d), b"HELLO").unwrap();
+        assert!(cache.verified(&d).unwrap().is_none());
+        assert!(!cache.contains(&d), "corrupt entry must be removed");
+    }
+
+    #[test]
+    fn mismatch_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let wrong = Digest::of(b"other");
+        let err = cache.put_reader(&b"hello"[..], &wrong).unwrap_err();
+        assert!(err.to_string().contains("mismatch"));
+        assert!(!cache.contains(&wrong));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn derived_entries_are_remembered_and_remade_when_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let from = cache.put(b"packed").unwrap();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            Ok(b"unpacked ".repeat(1000))
+        };
+        let first = cache.derived(CacheBucket::Layers, &from, make).unwrap();
+        assert_eq!(
+            cache.derived(CacheBucket::Layers, &from, make).unwrap(),
+            first
+        );
+        assert_eq!(made.get(), 1, "the second call must come from the memo");
+
+        // Flip one byte inside the frame: the checksum catches it.
+        let path = cache.entry(CacheBucket::Layers, format!("{}.zst", from.hex()));
+        let mut z = fs::read(&path).unwrap();
+        let mid = z.len() / 2;
+        z[mid] ^= 0x55;
+        fs::write(&path, &z).unwrap();
+        assert_eq!(
+            cache.derived(CacheBucket::Layers, &from, make).unwrap(),
+            first
+        );
+        assert_eq!(made.get(), 2, "a damaged entry must be made again");
+
+        // A failing maker stores nothing; forget drops an entry.
+        cache.forget_derived(CacheBucket::Layers, &from);
+        assert!(!path.exists());
+        let err = cache
+            .derived(CacheBucket::Layers, &from, || Err(Error::input("no")))
+            .unwrap_err();
+        assert!(err.to_string().contains("no"));
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

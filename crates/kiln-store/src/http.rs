@@ -1,0 +1,393 @@
+//! The HTTP client for package indexes and repositories (apt, pip, conda).
+//!
+//! Blocking reqwest over rustls with the platform verifier: trusts the system
+//! store and `SSL_CERT_FILE`/`SSL_CERT_DIR`; honours `HTTPS_PROXY`/`NO_PROXY`.
+//! `file://` URLs read local mirrors. Transient failures are retried with
+//! backoff. Downloads into the cache are verified before they become visible.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cache::{write_atomic, Cache, CacheBucket};
+use kiln_core::digest::Digest;
+use kiln_core::error::{with_causes, Error, IoContext, Result};
+
+const ATTEMPTS: u32 = 4;
+/// Transfers at once unless `KILN_CONCURRENT_DOWNLOADS` says otherwise.
+const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Run `f` (typically a `par_iter` of downloads) on the pool for network
+/// transfers. They wait on the network, not the CPU, so this pool is wider
+/// than rayon's one thread per core: with two cores, two transfers at a time
+/// left most of a cold build's bandwidth unused.
+pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let n = std::env::var("KILN_CONCURRENT_DOWNLOADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_CONCURRENCY);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("kiln-net-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::blocking::Client,
+    /// `--offline`: only `file://` and the cache; any network URL is an error.
+    offline: bool,
+}
+
+/// A fetched document with the headers callers care about.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+    /// Final URL after redirects (relative links resolve against it).
+    pub url: String,
+}
+
+impl Http {
+    pub fn new() -> Result<Self> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot create the HTTP client: {e}")))?;
+        Ok(Http {
+            client,
+            offline: false,
+        })
+    }
+
+    /// A client that never touches the network (`kiln build --offline`).
+    pub fn offline() -> Result<Self> {
+        let mut h = Self::new()?;
+        h.offline = true;
+        Ok(h)
+    }
+
+    /// GET a URL (or read a `file://` path) into memory.
+    pub fn get(&self, url: &str, accept: Option<&str>) -> Result<Fetched> {
+        if let Some(path) = file_url_path(url) {
+            let bytes = std::fs::read(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
+            return Ok(Fetched {
+                bytes,
+                content_type: None,
+                url: url.to_string(),
+            });
+        }
+        self.retrying(
+            url,
+            |resp| {
+                let content_type = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let final_url = resp.url().to_string();
+                let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                Ok(Fetched {
+                    bytes,
+                    content_type,
+                    url: final_url,
+                })
+            },
+            accept,
+            &[],
+        )
+    }
+
+    /// GET with an HTTP cache: the last response is kept (in
+    /// `<cache>/http/`) with its `ETag`/`Last-Modified`, and revalidated with a
+    /// conditional request; a `304` costs no body. Offline, the kept copy is
+    /// used as is. A body is kept only once `check` accepts it (a signature,
+    /// a parse), so nothing unverified enters the cache.
+    pub fn get_cached(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        cache: &Cache,
+        check: &dyn Fn(&[u8]) -> Result<()>,
+    ) -> Result<Fetched> {
+        if file_url_path(url).is_some() {
+            let f = self.get(url, accept)?;
+            check(&f.bytes)?;
+            return Ok(f);
+        }
+        let meta_path = cache.entry(
+            CacheBucket::Http,
+            format!("{}.json", Digest::of(url.as_bytes()).hex()),
+        );
+        let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<KeptResponse>(&b).ok())
+            .filter(|k| k.url == url)
+            .and_then(|k| {
+                let body = std::fs::read(meta_path.with_extension("body")).ok()?;
+                (Digest::of(&body).to_string() == k.body).then_some((k, body))
+            });
+        if self.offline {
+            if let Some((k, body)) = kept {
+                return Ok(Fetched {
+                    bytes: body,
+                    content_type: k.content_type,
+                    url: k.final_url,
+                });
+            }
+        }
+        let mut conditional = Vec::new();
+        if let Some((k, _)) = &kept {
+            if let Some(e) = &k.etag {
+                conditional.push((reqwest::header::IF_NONE_MATCH, e.clone()));
+            }
+            if let Some(m) = &k.last_modified {
+                conditional.push((reqwest::header::IF_MODIFIED_SINCE, m.clone()));
+            }
+        }
+        let header = |resp: &reqwest::blocking::Response, h: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let fresh = self.retrying(
+            url,
+            |resp| {
+                if resp.status().as_u16() == 304 {
+                    return Ok(None);
+                }
+                let k = KeptResponse {
+                    url: url.to_string(),
+                    final_url: resp.url().to_string(),
+                    etag: header(&resp, reqwest::header::ETAG),
+                    last_modified: header(&resp, reqwest::header::LAST_MODIFIED),
+                    content_type: header(&resp, reqwest::header::CONTENT_TYPE),
+                    body: String::new(),
+                };
+                let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                Ok(Some((k, bytes)))
+            },
+            accept,
+            &conditional,
+        )?;
+        let (k, bytes) = match (fresh, kept) {
+            (Some((mut k, bytes)), _) => {
+                check(&bytes)?;
+                // Best effort: a response that cannot be kept is fetched again next time.
+                k.body = Digest::of(&bytes).to_string();
+                if let Ok(json) = serde_json::to_vec(&k) {
+                    write_atomic(&meta_path.with_extension("body"), &bytes);
+                    write_atomic(&meta_path, &json);
+                }
+                (k, bytes)
+            }
+            (None, Some(kept)) => kept,
+            (None, None) => {
+                return Err(Error::network(format!(
+                    "{}: the server answered 304 to an unconditional request",
+                    redact(url)
+                )))
+            }
+        };
+        Ok(Fetched {
+            bytes,
+            content_type: k.content_type,
+            url: k.final_url,
+        })
+    }
+
+    /// Download into the cache; with `expected`, a mismatch is an error and nothing is stored.
+    pub fn download(
+        &self,
+        url: &str,
+        expected: Option<&Digest>,
+        cache: &Cache,
+    ) -> Result<(Digest, u64)> {
+        if let Some(d) = expected {
+            if let Some(p) = cache.verified(d)? {
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                return Ok((d.clone(), len));
+            }
+        }
+        let commit = |mut r: Box<dyn Read + '_>| -> Result<(Digest, u64)> {
+            let mut w = cache.writer()?;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .map_err(|e| Error::network(format!("{}: {e}", redact(url))))?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n])
+                    .io_context(|| "writing to the cache".into())?;
+            }
+            w.commit(expected).map_err(|e| e.context(redact(url)))
+        };
+        if let Some(path) = file_url_path(url) {
+            let f = std::fs::File::open(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
+            return commit(Box::new(f)).map_err(|e| match e {
+                Error::Network(m) => Error::input(m),
+                other => other,
+            });
+        }
+        self.retrying(url, |resp| commit(Box::new(resp)), None, &[])
+    }
+
+    fn retrying<T>(
+        &self,
+        url: &str,
+        mut on_ok: impl FnMut(reqwest::blocking::Response) -> Result<T>,
+        accept: Option<&str>,
+        conditional: &[(reqwest::header::HeaderName, String)],
+    ) -> Result<T> {
+        if self.offline {
+            return Err(Error::network(format!(
+                "offline: {} is not in the cache (run `kiln fetch` or `kiln cache import` first)",
+                redact(url)
+            )));
+        }
+        let mut delay = Duration::from_millis(300);
+        let mut attempt = 1;
+        loop {
+            let mut req = self.client.get(url);
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            for (k, v) in conditional {
+                req = req.header(k, v);
+            }
+            let outcome = match req.send() {
+                // 304 only ever answers a conditional request (get_cached).
+                Ok(resp) if resp.status().is_success() || resp.status().as_u16() == 304 => {
+                    match on_ok(resp) {
+                        Err(Error::Network(m)) => Err((true, Error::Network(m))),
+                        other => return other,
+                    }
+                }
+                Ok(resp) => {
+                    let s = resp.status();
+                    let transient = s.is_server_error() || s.as_u16() == 429;
+                    let err = if s.as_u16() == 404 || s.as_u16() == 410 {
+                        Error::input(format!("{}: not found (HTTP {})", redact(url), s.as_u16()))
+                    } else if s.as_u16() == 401 || s.as_u16() == 403 {
+                        Error::Auth(format!(
+                            "{}: access denied (HTTP {})",
+                            redact(url),
+                            s.as_u16()
+                        ))
+                    } else {
+                        Error::network(format!("{}: HTTP {s}", redact(url)))
+                    };
+                    Err((transient, err))
+                }
+                Err(e) => Err((
+                    e.is_connect() || e.is_timeout() || e.is_request(),
+                    net_error(url, e),
+                )),
+            };
+            match outcome {
+                Err((true, _)) if attempt < ATTEMPTS => {
+                    std::thread::sleep(delay);
+                    delay *= 3;
+                    attempt += 1;
+                }
+                Err((_, e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+}
+
+/// What `get_cached` keeps of a response (beside it: `<key>.body`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptResponse {
+    url: String,
+    final_url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    content_type: Option<String>,
+    /// Digest of the kept body, checked when it is read back.
+    body: String,
+}
+
+/// `file:///x/y` → `/x/y`; other schemes → None.
+pub fn file_url_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("file://")?;
+    let decoded = percent_decode(rest);
+    Some(PathBuf::from(decoded))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn net_error(url: &str, e: reqwest::Error) -> Error {
+    // reqwest's message repeats the URL, credentials included: leave it out.
+    Error::network(format!(
+        "{}: {}",
+        redact(url),
+        with_causes(&e.without_url())
+    ))
+}
+
+/// A URL fit for messages: `user:password@` (e.g. from a `${TOKEN}` in a
+/// requirements file or an index URL with credentials) becomes `***@`.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_shown() {
+        assert_eq!(
+            redact("https://u:s3cret@host/simple/x/"),
+            "https://***@host/simple/x/"
+        );
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        assert_eq!(redact("file:///x"), "file:///x");
+    }
+
+    #[test]
+    fn file_urls() {
+        assert_eq!(
+            file_url_path("file:///a%20b/c"),
+            Some(PathBuf::from("/a b/c"))
+        );
+        assert_eq!(file_url_path("https://x/y"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! Where bytes come from and are kept: the content-addressed cache and the
+//! HTTP client for package repositories (system trust store, proxies,
+//! `file://`, retries, conditional requests).
+
+pub mod cache;
+pub mod http;
+
+pub use cache::{Cache, CacheBucket};
+pub use http::Http;

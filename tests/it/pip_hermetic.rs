@@ -1,0 +1,551 @@
+//! `[pip]` end to end against a loopback simple index and a wheelhouse, with wheels built here.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_core::Platform;
+use kiln_fs::layer::{Entry, EntryKind};
+use kiln_fs::Rootfs;
+use kiln_pip::{layer_groups, plan, PipSection};
+use kiln_store::Cache;
+use kiln_store::Http;
+use sha2::{Digest as _, Sha256};
+
+struct Wheel<'a> {
+    name: &'a str,
+    version: &'a str,
+    tag: &'a str,
+    requires: &'a [&'a str],
+    extras: &'a [&'a str],
+    requires_python: Option<&'a str>,
+    files: &'a [(&'a str, &'a [u8], u32)],
+}
+
+impl Wheel<'_> {
+    fn simple<'a>(name: &'a str, version: &'a str) -> Wheel<'a> {
+        Wheel {
+            name,
+            version,
+            tag: "py3-none-any",
+            requires: &[],
+            extras: &[],
+            requires_python: None,
+            files: &[],
+        }
+    }
+    fn filename(&self) -> String {
+        format!("{}-{}-{}.whl", self.name, self.version, self.tag)
+    }
+    fn metadata(&self) -> String {
+        let mut m = format!(
+            "Metadata-Version: 2.1\nName: {}\nVersion: {}\n",
+            self.name, self.version
+        );
+        if let Some(rp) = self.requires_python {
+            m += &format!("Requires-Python: {rp}\n");
+        }
+        for e in self.extras {
+            m += &format!("Provides-Extra: {e}\n");
+        }
+        for r in self.requires {
+            m += &format!("Requires-Dist: {r}\n");
+        }
+        m
+    }
+    fn build(&self) -> Vec<u8> {
+        let di = format!("{}-{}.dist-info", self.name, self.version);
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let mut put = |name: &str, data: &[u8], mode: u32| {
+            let o = zip::write::SimpleFileOptions::default().unix_permissions(mode);
+            z.start_file(name, o).unwrap();
+            z.write_all(data).unwrap();
+        };
+        put(
+            &format!("{}/__init__.py", self.name),
+            b"VERSION = 1\n",
+            0o644,
+        );
+        for (p, d, m) in self.files {
+            put(p, d, *m);
+        }
+        put(&format!("{di}/METADATA"), self.metadata().as_bytes(), 0o644);
+        put(
+            &format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n",
+            0o644,
+        );
+        put(&format!("{di}/RECORD"), b"", 0o644);
+        z.finish().unwrap().into_inner()
+    }
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+type Routes = Arc<HashMap<String, (String, Vec<u8>)>>;
+
+/// A tiny HTTP/1.0 server on loopback serving `routes`; lives as long as the test process.
+fn serve(routes: Routes) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let routes = routes.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let resp = match routes.get(&path) {
+                    Some((ct, body)) => {
+                        let mut v = format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+                        v.extend_from_slice(body);
+                        v
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = s.write_all(&resp);
+                let _ = r.read(&mut [0u8; 0]);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+struct Fixture {
+    base: String,
+    wheelhouse: tempfile::TempDir,
+}
+
+/// (filename, bytes, requires-python, core-metadata sha256) of one index file.
+type PageFile<'a> = (String, &'a [u8], Option<&'a str>, Option<String>);
+
+fn json_page(files: &[PageFile]) -> Vec<u8> {
+    let files: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(name, bytes, rp, meta)| {
+            let mut f = serde_json::json!({
+                "filename": name, "url": format!("../../files/{name}"),
+                "hashes": {"sha256": sha(bytes)}, "yanked": false,
+            });
+            if let Some(rp) = rp {
+                f["requires-python"] = serde_json::json!(rp);
+            }
+            if let Some(m) = meta {
+                f["core-metadata"] = serde_json::json!({"sha256": m});
+            }
+            f
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"meta": {"api-version": "1.1"}, "files": files}))
+        .unwrap()
+}
+
+fn fixture() -> Fixture {
+    let mut routes: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+    let json = "application/vnd.pypi.simple.v1+json".to_string();
+    let scripts: &[(&str, &[u8], u32)] = &[
+        ("demo/cli.py", b"def main():\n    print('demo ok')\n", 0o644),
+        (
+            "demo-1.0.dist-info/entry_points.txt",
+            b"[console_scripts]\ndemo-cli = demo.cli:main\n",
+            0o644,
+        ),
+        (
+            "demo-1.0.data/scripts/demo-tool",
+            b"#!python\nprint('tool')\n",
+            0o755,
+        ),
+    ];
+    let demo = Wheel {
+        requires: &[
+            "helper>=1",
+            "tomli; python_version < \"3.11\"",
+            "sockslib; extra == \"socks\"",
+            "six>=1.10",
+        ],
+        extras: &["socks"],
+        files: scripts,
+        ..Wheel::simple("demo", "1.0")
+    };
+    let helper1 = Wheel::simple("helper", "1.0");
+    let helper2 = Wheel {
+        tag: "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64",
+        ..Wheel::simple("helper", "2.0")
+    };
+    let helper3 = Wheel {
+        requires_python: Some(">=3.13"),
+        ..Wheel::simple("helper", "3.0")
+    };
+    let tomli = Wheel::simple("tomli", "2.0.1");
+    let socks = Wheel::simple("sockslib", "1.0");
+    let six = Wheel::simple("six", "1.17.0");
+    let conflict = Wheel {
+        requires: &["helper<1"],
+        ..Wheel::simple("conflict_a", "1.0")
+    };
+    let badhash = Wheel::simple("badhash", "1.0");
+
+    let mut add_files = |ws: &[&Wheel], page: &str, html: bool| {
+        let mut entries = Vec::new();
+        for w in ws {
+            let bytes = w.build();
+            let meta = w.metadata().into_bytes();
+            routes.insert(
+                format!("/files/{}", w.filename()),
+                ("application/octet-stream".into(), bytes.clone()),
+            );
+            routes.insert(
+                format!("/files/{}.metadata", w.filename()),
+                ("text/plain".into(), meta.clone()),
+            );
+            entries.push((w.filename(), bytes, w.requires_python, Some(sha(&meta))));
+        }
+        let body = if html {
+            let mut h = String::from("<html><body>\n");
+            for (f, b, rp, _) in &entries {
+                let rp = rp
+                    .map(|r| format!(" data-requires-python=\"{}\"", r.replace('>', "&gt;")))
+                    .unwrap_or_default();
+                h += &format!(
+                    "<a href=\"../../files/{f}#sha256={}\"{rp}>{f}</a><br/>\n",
+                    sha(b)
+                );
+            }
+            h.into_bytes()
+        } else {
+            let v: Vec<PageFile> = entries
+                .iter()
+                .map(|(f, b, rp, m)| (f.clone(), b.as_slice(), *rp, m.clone()))
+                .collect();
+            json_page(&v)
+        };
+        let ct = if html {
+            "text/html".to_string()
+        } else {
+            json.clone()
+        };
+        routes.insert(format!("/simple/{page}/"), (ct, body));
+    };
+    add_files(&[&demo], "demo", false);
+    add_files(&[&helper1, &helper2, &helper3], "helper", true);
+    add_files(&[&tomli], "tomli", false);
+    add_files(&[&socks], "sockslib", true);
+    add_files(&[&six], "six", false);
+    add_files(&[&conflict], "conflict-a", false);
+    // badhash: the page promises other bytes than the file has.
+    let bh = badhash.build();
+    routes.insert(
+        format!("/files/{}", badhash.filename()),
+        ("application/octet-stream".into(), bh),
+    );
+    routes.insert(
+        "/simple/badhash/".into(),
+        (
+            json.clone(),
+            json_page(&[(badhash.filename(), b"something else", None, None)]),
+        ),
+    );
+    // sdist only.
+    routes.insert(
+        "/files/sdistonly-1.0.tar.gz".into(),
+        ("application/gzip".into(), b"not really".to_vec()),
+    );
+    routes.insert(
+        "/simple/sdistonly/".into(),
+        (
+            "text/html".into(),
+            b"<a href=\"../../files/sdistonly-1.0.tar.gz\">sdistonly-1.0.tar.gz</a>".to_vec(),
+        ),
+    );
+    let base = serve(Arc::new(routes));
+    let wheelhouse = tempfile::tempdir().unwrap();
+    let local = Wheel::simple("localonly", "0.1");
+    std::fs::write(wheelhouse.path().join(local.filename()), local.build()).unwrap();
+    Fixture { base, wheelhouse }
+}
+
+fn debian_rootfs(minor: u32) -> Rootfs {
+    let mut fs = Rootfs::default();
+    fs.insert_file(&format!("/usr/bin/python3.{minor}"), b"\x7fELF");
+    fs.insert_file(&format!("/usr/lib/python3.{minor}/os.py"), b"");
+    fs.insert_file("/etc/debian_version", b"12.5\n");
+    fs.insert_file(
+        "/var/lib/dpkg/status",
+        format!("Package: libc6\nStatus: install ok installed\nVersion: 2.36-9+deb12u4\n\nPackage: python3.{minor}-minimal\nStatus: install ok installed\nVersion: 3.{minor}.2-1\n").as_bytes(),
+    );
+    fs.insert_file(
+        "/usr/lib/python3/dist-packages/six-1.16.0.dist-info/METADATA",
+        b"Metadata-Version: 2.1\nName: six\nVersion: 1.16.0\n",
+    );
+    fs
+}
+
+fn section(f: &Fixture, packages: &[&str]) -> PipSection {
+    PipSection {
+        packages: packages.iter().map(|s| s.to_string()).collect(),
+        index: Some(format!("{}/simple", f.base)),
+        find_links: vec![f.wheelhouse.path().to_string_lossy().into_owned()],
+        isolated: true,
+        ..Default::default()
+    }
+}
+
+fn text(entries: &[Entry], path: &str) -> String {
+    let e = entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("{path} not in the layer"));
+    match &e.kind {
+        EntryKind::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
+        other => panic!("{path}: {other:?}"),
+    }
+}
+
+fn run(
+    packages: &[&str],
+    minor: u32,
+    target: &str,
+) -> (
+    kiln_pip::PipPlan,
+    Vec<(String, Vec<Entry>)>,
+    tempfile::TempDir,
+) {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("cache")).unwrap();
+    let mut s = section(&f, packages);
+    s.target = target.into();
+    let p = plan(
+        &s,
+        Path::new("."),
+        &debian_rootfs(minor),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        &cache,
+    )
+    .unwrap();
+    let groups = layer_groups(&p, &cache).unwrap();
+    (p, groups, dir)
+}
+
+fn pins(p: &kiln_pip::PipPlan) -> Vec<String> {
+    p.wheels
+        .iter()
+        .map(|w| format!("{}=={}", w.name, w.version))
+        .collect()
+}
+
+#[test]
+fn resolves_for_python_39_with_extras_and_installs() {
+    let (p, groups, _d) = run(&["demo[socks]", "localonly"], 9, "system");
+    assert_eq!(
+        pins(&p),
+        vec![
+            "demo==1.0",
+            "helper==1.0",
+            "localonly==0.1",
+            "sockslib==1.0",
+            "tomli==2.0.1"
+        ]
+    );
+    assert_eq!(
+        p.already_installed,
+        vec![("six".to_string(), "1.16.0".to_string())]
+    );
+    // One layer per wheel: a version bump re-pushes only that wheel.
+    assert_eq!(groups.len(), p.wheels.len());
+    assert_eq!(groups[0].0, "pip install demo==1.0");
+    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
+    let site = "usr/local/lib/python3.9/dist-packages";
+    assert!(entries
+        .iter()
+        .any(|e| e.path == format!("{site}/demo/cli.py")));
+    assert!(
+        !entries.iter().any(|e| e.path.contains("/six")),
+        "six must not be reinstalled"
+    );
+    let cli = text(entries, "usr/local/bin/demo-cli");
+    assert!(
+        cli.starts_with("#!/usr/bin/python3.9\n") && cli.contains("from demo.cli import main"),
+        "{cli}"
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .find(|e| e.path == "usr/local/bin/demo-cli")
+            .unwrap()
+            .mode,
+        0o755
+    );
+    assert_eq!(
+        text(entries, "usr/local/bin/demo-tool"),
+        "#!/usr/bin/python3.9\nprint('tool')\n"
+    );
+    assert_eq!(
+        text(entries, &format!("{site}/demo-1.0.dist-info/INSTALLER")),
+        "kiln\n"
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e.path == format!("{site}/demo-1.0.dist-info/REQUESTED")));
+    assert!(!entries
+        .iter()
+        .any(|e| e.path == format!("{site}/helper-1.0.dist-info/REQUESTED")));
+    let record = text(entries, &format!("{site}/demo-1.0.dist-info/RECORD"));
+    assert!(record.contains("../../../bin/demo-cli,sha256="), "{record}");
+    assert!(record.contains("demo/cli.py,sha256="), "{record}");
+    // Each layer: sorted, parents first, each path once.
+    for (_, layer) in &groups {
+        let paths: Vec<&str> = layer.iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(paths, sorted);
+        assert!(paths.contains(&"usr/local/lib"));
+    }
+}
+
+#[test]
+fn python_311_target_gets_other_markers_and_platform_wheel() {
+    let (p, groups, _d) = run(&["demo"], 11, "system");
+    assert_eq!(
+        pins(&p),
+        vec!["demo==1.0", "helper==2.0"],
+        "no tomli on 3.11, cp311 wheel of helper, 3.0 needs 3.13"
+    );
+    let again = {
+        let (_, g, _d) = run(&["demo"], 11, "system");
+        g
+    };
+    let flat = |g: &[(String, Vec<Entry>)]| -> Vec<(String, Vec<u8>, u32)> {
+        g.iter()
+            .flat_map(|(_, es)| es.iter())
+            .map(|e| {
+                let d = match &e.kind {
+                    EntryKind::Data(d) => d.to_vec(),
+                    _ => Vec::new(),
+                };
+                (e.path.clone(), d, e.mode)
+            })
+            .collect()
+    };
+    assert_eq!(
+        flat(&groups),
+        flat(&again),
+        "same wheels must give identical entries"
+    );
+}
+
+#[test]
+fn venv_target() {
+    let (p, groups, _d) = run(&["helper"], 11, "/opt/venv");
+    assert_eq!(pins(&p), vec!["helper==2.0"]);
+    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
+    assert!(text(entries, "opt/venv/pyvenv.cfg").contains("home = /usr/bin"));
+    assert!(entries
+        .iter()
+        .any(|e| e.path == "opt/venv/lib/python3.11/site-packages/helper/__init__.py"));
+    assert!(entries.iter().any(|e| e.path == "opt/venv/bin/python"
+        && matches!(&e.kind, EntryKind::Symlink { target } if target == "/usr/bin/python3.11")));
+}
+
+fn plan_err(packages: &[&str], cache: &Cache) -> kiln::Error {
+    let f = fixture();
+    plan(
+        &section(&f, packages),
+        Path::new("."),
+        &debian_rootfs(11),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        cache,
+    )
+    .unwrap_err()
+}
+
+#[test]
+fn hash_mismatch_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let count = |sub: &str| std::fs::read_dir(dir.path().join(sub)).unwrap().count();
+    let err = plan_err(&["badhash"], &cache);
+    assert!(err.to_string().contains("mismatch"), "{err}");
+    assert!(err.to_string().contains("badhash"), "{err}");
+    assert_eq!(count("blobs/sha256"), 0, "nothing may be stored");
+    assert_eq!(count("tmp"), 0);
+}
+
+#[test]
+fn sdist_only_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = plan_err(&["sdistonly"], &Cache::open(dir.path()).unwrap());
+    let m = err.to_string();
+    assert!(matches!(err, kiln::Error::Input(_)));
+    assert!(m.contains("no compatible wheel for `sdistonly`"), "{m}");
+    assert!(
+        m.contains("sdistonly-1.0.tar.gz") && m.contains("cp311-cp311-manylinux_2_36_x86_64"),
+        "{m}"
+    );
+    assert!(m.contains("find-links"), "{m}");
+}
+
+#[test]
+fn unsatisfiable_prints_the_conflict_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = plan_err(
+        &["conflict-a", "helper>=1"],
+        &Cache::open(dir.path()).unwrap(),
+    );
+    let m = err.to_string();
+    assert!(matches!(err, kiln::Error::Input(_)));
+    assert!(
+        m.contains("cannot be satisfied") && m.contains("conflict-a") && m.contains("helper"),
+        "{m}"
+    );
+    let err = plan_err(&["no-such-package"], &Cache::open(dir.path()).unwrap());
+    assert!(
+        err.to_string().contains("`no-such-package` was not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_python_in_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let err = plan(
+        &PipSection {
+            packages: vec!["six".into()],
+            isolated: true,
+            ..Default::default()
+        },
+        Path::new("."),
+        &Rootfs::default(),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        &cache,
+    )
+    .unwrap_err();
+    assert!(matches!(err, kiln::Error::Input(_)));
+    assert!(
+        err.to_string()
+            .contains("[pip] needs a Python interpreter in the image; none found at"),
+        "{err}"
+    );
+}

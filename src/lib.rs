@@ -11,4 +11,4 @@ pub mod cache_transfer;
 pub mod memo;
 pub mod stages;
 
-pub use kiln_core::{Error, Result};
+pub use kiln_core::{Error, ErrorKind, Result};

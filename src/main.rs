@@ -162,7 +162,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                let v = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+                let v = serde_json::json!({"error": {"kind": e.kind().name(), "message": e.to_string()}});
                 println!("{v}");
             }
             eprintln!("error: {e}");

@@ -9,5 +9,5 @@ pub mod progress;
 pub mod time;
 
 pub use digest::Digest;
-pub use error::{Error, Result};
+pub use error::{Classify, Error, ErrorKind, Result};
 pub use platform::{Arch, Platform};

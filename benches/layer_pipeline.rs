@@ -10,7 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_fs::layer::{build_layer_fresh, tree::collect_files, Compression};
+use kiln_fs::layer::tree::{collect_files, SourceScope};
+use kiln_fs::layer::{build_layer_fresh, Compression};
 use kiln_spec::Spec;
 use kiln_store::Cache;
 
@@ -120,7 +121,7 @@ fn main() {
             let cache_dir = tempfile::tempdir().unwrap();
             let cache = Cache::open(cache_dir.path()).unwrap();
             let t = Instant::now();
-            let entries = collect_files(&spec.files[0], Path::new("/")).unwrap();
+            let entries = collect_files(&spec.files[0], Path::new("/"), SourceScope::Host).unwrap();
             let blob = build_layer_fresh(&entries, 0, c, &cache).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
             out = Some(blob);

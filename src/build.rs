@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::error::BuildError;
 use crate::memo::{self, PlatformMemo};
 pub use crate::stages::PipReport;
 use crate::stages::Stages;
@@ -19,6 +20,7 @@ use kiln_apt as apt;
 use kiln_conda as conda;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_core::progress::Progress;
+use kiln_fs::layer::tree::SourceScope;
 use kiln_fs::layer::{self, Compression, LayerBlob};
 use kiln_fs::rootfs::Rootfs;
 use kiln_oci::base;
@@ -32,6 +34,7 @@ use kiln_sbom as sbom;
 use kiln_spec::lock::{self, Lock, LockedPlatform};
 use kiln_spec::source::{ImageSource, OutputTarget};
 use kiln_spec::spec::Spec;
+use kiln_spec::SpecError;
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
 
@@ -57,6 +60,8 @@ pub struct BuildOptions {
     pub reuse: bool,
     /// `--run-scripts`: run apt maintainer scripts and layer their changes.
     pub run_scripts: bool,
+    /// Where `[[files]]` sources may come from (`--allow-outside-context`).
+    pub source_scope: SourceScope,
 }
 
 /// How a build uses kiln.lock.
@@ -112,12 +117,15 @@ pub struct SbomReport {
 
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
 pub fn epoch_from_env() -> Result<u64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-            Error::input(format!(
-                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
-            ))
-        }),
+    parse_epoch(std::env::var("SOURCE_DATE_EPOCH").ok())
+}
+
+fn parse_epoch(value: Option<String>) -> Result<u64> {
+    match value {
+        Some(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| BuildError::BadEpoch { value: v.clone() }.into()),
         _ => Ok(0),
     }
 }
@@ -153,6 +161,25 @@ impl Setup {
             base_src,
             registry,
         })
+    }
+
+    /// The set-up of `lock` and `fetch`: they read the base (online) and
+    /// write no image.
+    fn for_reading(spec: Spec, lock: Option<&Lock>, opts: &LockOptions) -> Result<Setup> {
+        Setup::new(
+            spec,
+            lock,
+            &opts.cache_dir,
+            None,
+            false,
+            &opts.insecure_registries,
+        )
+    }
+
+    /// [`Setup::load_base`] for commands that write no image: the
+    /// compression (only used to re-pack an uncompressed on-disk base) is moot.
+    fn read_base(&self, blobs: &mut Blobs, progress: &Progress) -> Result<base::BaseImage> {
+        self.load_base(blobs, Compression::Gzip { level: 6 }, progress)
     }
 
     fn blobs(&self) -> Blobs<'_> {
@@ -241,18 +268,19 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
     let push = match opts.push {
         false => None,
         true => {
-            let repo = spec.image.name.as_ref().ok_or_else(|| {
-                Error::input(format!(
-                    "{}: --push needs [image] name",
-                    spec.path.display()
-                ))
-            })?;
+            let repo = spec
+                .image
+                .name
+                .as_ref()
+                .ok_or_else(|| BuildError::PushWithoutName {
+                    spec: spec.path.clone(),
+                })?;
             let reference = push::tag_ref(&repo.0, &tags[0])?;
             Some((repo.0.clone(), reference))
         }
     };
     if opts.offline && push.is_some() {
-        return Err(Error::input("--offline and --push exclude each other"));
+        return Err(BuildError::OfflinePush.into());
     }
     if let Some((_, r)) = &push {
         // Credentials are read (env, Docker config, helpers) now, so a
@@ -269,12 +297,12 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         match out {
             OutputTarget::Layout(dir) => layout::check_target(dir)?,
             OutputTarget::DockerArchive(path) if platforms > 1 => {
-                return Err(Error::input(format!(
-                    "docker-archive:{} holds one platform, but {} asks for {platforms}; \
-                     use an oci: output (or --push) for several",
-                    path.display(),
-                    spec.path.display()
-                )))
+                return Err(BuildError::ArchivePlatforms {
+                    path: path.clone(),
+                    spec: spec.path.clone(),
+                    platforms,
+                }
+                .into())
             }
             OutputTarget::DockerArchive(_) => {}
         }
@@ -285,7 +313,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         .files
         .iter()
         .map(|f| {
-            let entries = layer::tree::collect_files(f, &spec_dir)?;
+            let entries = layer::tree::collect_files(f, &spec_dir, opts.source_scope)?;
             Ok((format!("kiln files {} -> {}", f.src, f.dst.0), entries))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -672,17 +700,9 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             return Ok(report(l, "unchanged"));
         }
     }
-    let setup = Setup::new(
-        spec,
-        None,
-        &opts.cache_dir,
-        None,
-        false,
-        &opts.insecure_registries,
-    )?;
+    let setup = Setup::for_reading(spec, None, opts)?;
     let mut blobs = setup.blobs();
-    // The compression only re-packs an uncompressed on-disk base: moot here.
-    let base = setup.load_base(&mut blobs, Compression::Gzip { level: 6 }, &opts.progress)?;
+    let base = setup.read_base(&mut blobs, &opts.progress)?;
     let http = Http::new()?;
     let keep = keep_path;
     let mut stages = setup.stages(&http, &base, 0, &opts.progress, &keep, false);
@@ -730,16 +750,9 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
     let (Some(lock), _) = pins_for(&spec, LockMode::Locked)? else {
         return Err(Error::internal("a locked build without a lock"));
     };
-    let setup = Setup::new(
-        spec,
-        Some(&lock),
-        &opts.cache_dir,
-        None,
-        false,
-        &opts.insecure_registries,
-    )?;
+    let setup = Setup::for_reading(spec, Some(&lock), opts)?;
     let mut blobs = setup.blobs();
-    let base = setup.load_base(&mut blobs, Compression::Gzip { level: 6 }, &opts.progress)?;
+    let base = setup.read_base(&mut blobs, &opts.progress)?;
     check_locked_base(&base, &lock, &setup.spec)?;
     let mut base_blobs = 0;
     for img in &base.images {
@@ -800,6 +813,7 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         offline: opts.offline,
         reuse: false,
         run_scripts: opts.run_scripts,
+        source_scope: opts.source_scope,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -852,16 +866,13 @@ fn pins_for(spec: &Spec, mode: LockMode) -> Result<(Option<Lock>, &'static str)>
     let inputs = lock::inputs(spec)?;
     match existing {
         Some(l) if l.inputs == inputs => Ok((Some(l), "used")),
-        Some(l) if mode == LockMode::Locked => Err(Error::input(format!(
-            "{} does not match {}:\n{}run `kiln lock` to update it",
-            path.display(),
-            spec.path.display(),
-            lock::diff(&l.inputs, &inputs)
-        ))),
-        None if mode == LockMode::Locked => Err(Error::input(format!(
-            "--locked: there is no {}; run `kiln lock` first",
-            path.display()
-        ))),
+        Some(l) if mode == LockMode::Locked => Err(SpecError::LockMismatch {
+            diff: lock::diff(&l.inputs, &inputs),
+            lock: path,
+            spec: spec.path.clone(),
+        }
+        .into()),
+        None if mode == LockMode::Locked => Err(SpecError::LockMissing { lock: path }.into()),
         Some(_) => Ok((None, "stale")),
         None => Ok((None, "absent")),
     }
@@ -913,13 +924,13 @@ fn check_locked_base(base: &base::BaseImage, lock: &Lock, spec: &Spec) -> Result
         let want = locked_platform(lock, &img.platform)?.base.as_ref();
         let got = img.manifest_digest.as_ref();
         if want != got {
-            return Err(Error::input(format!(
-                "{}: the base image for {} is {} but kiln.lock was made against {}; run `kiln lock`",
-                spec.path.display(),
-                img.platform,
-                got.map_or("scratch".into(), |d| d.to_string()),
-                want.map_or("scratch".into(), |d| d.to_string())
-            )));
+            return Err(BuildError::BaseChanged {
+                spec: spec.path.clone(),
+                platform: img.platform.to_string(),
+                found: got.cloned(),
+                locked: want.cloned(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -930,9 +941,10 @@ fn locked_platform<'l>(
     platform: &kiln_core::platform::Platform,
 ) -> Result<&'l LockedPlatform> {
     lock.platform(&platform.to_string()).ok_or_else(|| {
-        Error::input(format!(
-            "kiln.lock has no pins for platform {platform}; run `kiln lock`"
-        ))
+        BuildError::NoPins {
+            platform: platform.to_string(),
+        }
+        .into()
     })
 }
 
@@ -1030,4 +1042,192 @@ fn make_sboms(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec in a temp directory and options building it (nothing is fetched).
+    fn options(spec: &str) -> (tempfile::TempDir, BuildOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, spec).unwrap();
+        let opts = BuildOptions {
+            spec: path,
+            outputs: vec![OutputTarget::Layout(dir.path().join("out"))],
+            push: false,
+            compression: Compression::Gzip { level: 6 },
+            insecure_registries: Vec::new(),
+            cache_dir: dir.path().join("cache"),
+            epoch: 0,
+            progress: Progress::hidden(),
+            sbom: false,
+            lock_mode: LockMode::Auto,
+            offline: false,
+            reuse: true,
+            run_scripts: false,
+            source_scope: SourceScope::Context,
+        };
+        (dir, opts)
+    }
+
+    fn plan_err(opts: &BuildOptions) -> Error {
+        match plan_build(opts) {
+            Ok(_) => panic!("the plan was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    fn build_error(e: &Error) -> &BuildError {
+        e.downcast_ref::<BuildError>()
+            .unwrap_or_else(|| panic!("not a BuildError: {e:?}"))
+    }
+
+    #[test]
+    fn push_needs_a_name_and_the_network() {
+        let (_d, mut opts) = options("[image]\n");
+        opts.push = true;
+        let e = plan_err(&opts);
+        assert!(matches!(
+            build_error(&e),
+            BuildError::PushWithoutName { spec } if *spec == opts.spec
+        ));
+        assert!(
+            e.to_string()
+                .ends_with("kiln.toml: --push needs [image] name"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let (_d, mut opts) = options("[image]\nname = \"127.0.0.1:5000/demo/app\"\n");
+        opts.push = true;
+        opts.offline = true;
+        let e = plan_err(&opts);
+        assert!(matches!(build_error(&e), BuildError::OfflinePush));
+        assert_eq!(e.to_string(), "--offline and --push exclude each other");
+    }
+
+    #[test]
+    fn a_docker_archive_holds_one_platform() {
+        let (d, mut opts) = options("[image]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n");
+        opts.outputs = vec![OutputTarget::DockerArchive(d.path().join("img.tar"))];
+        let e = plan_err(&opts);
+        assert!(
+            matches!(
+                build_error(&e),
+                BuildError::ArchivePlatforms { platforms: 2, .. }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("holds one platform"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn locked_builds_need_a_matching_lock() {
+        let (d, mut opts) = options("[image]\n");
+        opts.lock_mode = LockMode::Locked;
+        let e = plan_err(&opts);
+        let lock_path = d.path().join("kiln.lock");
+        assert!(
+            matches!(e.downcast_ref::<SpecError>(), Some(SpecError::LockMissing { lock }) if *lock == lock_path),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("--locked: there is no "), "{e}");
+
+        Lock::new(vec!["image.base = \"other\"".into()], vec![])
+            .write(&lock_path)
+            .unwrap();
+        let e = plan_err(&opts);
+        match e.downcast_ref::<SpecError>() {
+            Some(SpecError::LockMismatch { diff, .. }) => {
+                assert_eq!(
+                    diff,
+                    "  - image.base = \"other\"\n  + image.base = \"scratch\"\n"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().ends_with("run `kiln lock` to update it"),
+            "{e}"
+        );
+        // Without --locked, a stale lock is only reported.
+        opts.lock_mode = LockMode::Auto;
+        let spec = Spec::load(&opts.spec).unwrap();
+        assert!(matches!(
+            pins_for(&spec, LockMode::Auto),
+            Ok((None, "stale"))
+        ));
+    }
+
+    #[test]
+    fn a_lock_without_the_platform_has_no_pins() {
+        let lock = Lock::new(vec![], vec![]);
+        let platform = kiln_core::platform::Platform::linux("arm64");
+        let e = locked_platform(&lock, &platform).unwrap_err();
+        assert!(
+            matches!(build_error(&e), BuildError::NoPins { platform } if platform == "linux/arm64"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "kiln.lock has no pins for platform linux/arm64; run `kiln lock`"
+        );
+    }
+
+    #[test]
+    fn base_changes_name_both_digests() {
+        let d = kiln_core::digest::Digest::of(b"base");
+        let e: Error = BuildError::BaseChanged {
+            spec: PathBuf::from("kiln.toml"),
+            platform: "linux/amd64".into(),
+            found: Some(d.clone()),
+            locked: None,
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "kiln.toml: the base image for linux/amd64 is {d} but kiln.lock was made \
+                 against scratch; run `kiln lock`"
+            )
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn epochs_are_numbers() {
+        assert_eq!(parse_epoch(None).unwrap(), 0);
+        assert_eq!(parse_epoch(Some(" ".into())).unwrap(), 0);
+        assert_eq!(
+            parse_epoch(Some("1700000000".into())).unwrap(),
+            1_700_000_000
+        );
+        let e = parse_epoch(Some("yesterday".into())).unwrap_err();
+        assert!(matches!(
+            build_error(&e),
+            BuildError::BadEpoch { value } if value == "yesterday"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "SOURCE_DATE_EPOCH=`yesterday` is not a number of seconds"
+        );
+    }
+
+    #[test]
+    fn irreproducible_builds_are_kilns_fault() {
+        let e: Error = BuildError::NotReproducible {
+            first: "sha256:a".into(),
+            second: "sha256:b".into(),
+            differing_layers: vec!["sha256:c".into(), "sha256:d".into()],
+        }
+        .into();
+        assert_eq!(e.kind(), kiln_core::ErrorKind::Internal);
+        assert_eq!(
+            e.to_string(),
+            "not reproducible: sha256:a then sha256:b (layers differing: sha256:c, sha256:d)"
+        );
+    }
 }

@@ -29,16 +29,17 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::error::{BuildError, Refusal};
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_oci::manifest::{self, Document};
 use kiln_spec::lock::Lock;
 use kiln_store::cache::{Cache, CacheBucket};
 
-const INDEX_ENTRY: &str = "kiln-cache/INDEX.json";
+pub(crate) const INDEX_ENTRY: &str = "kiln-cache/INDEX.json";
 const BLOB_PREFIX: &str = "kiln-cache/blobs/sha256/";
-const FORMAT: &str = "kiln-cache-export";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT: &str = "kiln-cache-export";
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Directories an import tolerates (a repacked export may carry them).
 const DIR_ENTRIES: [&str; 3] = ["kiln-cache", "kiln-cache/blobs", "kiln-cache/blobs/sha256"];
 const MAX_INDEX_BYTES: u64 = 64 << 20;
@@ -46,7 +47,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Temporaries older than this belong to no running build.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many missing blobs an error lists before summarising.
-const LIST_MAX: usize = 20;
+pub(crate) const LIST_MAX: usize = 20;
 
 /// `kiln-cache/INDEX.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,9 +113,11 @@ impl Needs {
             let bytes = fs::read(&path).io_context(|| format!("reading {}", path.display()))?;
             let what = format!("base manifest {d} of {plat} (in the cache)");
             let Document::Manifest { config, layers } = manifest::parse(&bytes, &what)? else {
-                return Err(Error::input(format!(
-                    "{what} is an index, not an image manifest; run `kiln lock` again"
-                )));
+                return Err(BuildError::BaseIsIndex {
+                    digest: d,
+                    platform: plat.clone(),
+                }
+                .into());
             };
             for desc in std::iter::once(config).chain(layers) {
                 if registry || cache.contains(&desc.digest) {
@@ -133,21 +136,11 @@ impl Needs {
         if self.missing.is_empty() {
             return Ok(self.present.into_iter().collect());
         }
-        let mut msg = format!(
-            "the cache lacks {} blob(s) that {whose} need(s):\n",
-            self.missing.len()
-        );
-        for (d, what) in self.missing.iter().take(LIST_MAX) {
-            msg.push_str(&format!("  {d}  {what}\n"));
+        Err(BuildError::MissingBlobs {
+            whose: whose.to_string(),
+            missing: self.missing.into_iter().collect(),
         }
-        if self.missing.len() > LIST_MAX {
-            msg.push_str(&format!(
-                "  ... and {} more\n",
-                self.missing.len() - LIST_MAX
-            ));
-        }
-        msg.push_str("run `kiln fetch` with this cache first");
-        Err(Error::input(msg))
+        .into())
     }
 }
 
@@ -160,18 +153,15 @@ pub fn needed(lock: &Lock, cache: &Cache) -> Result<Vec<Digest>> {
 }
 
 /// Read the named locks; a missing one is an input error.
-pub fn read_locks(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Lock)>> {
+fn read_locks(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Lock)>> {
     if paths.is_empty() {
-        return Err(Error::input("no lock given"));
+        return Err(BuildError::NoLockGiven.into());
     }
     paths
         .iter()
         .map(|p| match Lock::read(p)? {
             Some(l) => Ok((p.clone(), l)),
-            None => Err(Error::input(format!(
-                "{}: no such lock; run `kiln lock` or name one with --lock",
-                p.display()
-            ))),
+            None => Err(BuildError::NoSuchLock { path: p.clone() }.into()),
         })
         .collect()
 }
@@ -234,9 +224,9 @@ pub fn export(cache: &Cache, locks: &[PathBuf], file: &Path) -> Result<ExportRep
         });
     }
     let zstd = file.extension().is_some_and(|e| e == "zst");
-    let name = file
-        .file_name()
-        .ok_or_else(|| Error::input(format!("{}: not a file name", file.display())))?;
+    let name = file.file_name().ok_or_else(|| BuildError::NotAFileName {
+        path: file.to_path_buf(),
+    })?;
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -245,7 +235,10 @@ pub fn export(cache: &Cache, locks: &[PathBuf], file: &Path) -> Result<ExportRep
         .prefix(&format!(".{}.", name.to_string_lossy()))
         .suffix(".tmp")
         .tempfile_in(dir)
-        .map_err(|e| Error::input(format!("cannot write in {}: {e}", dir.display())))?;
+        .map_err(|source| BuildError::CannotWrite {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     let out = BufWriter::with_capacity(1 << 20, tmp);
     let index = ExportIndex {
         format: FORMAT.into(),
@@ -324,10 +317,7 @@ fn write_tar<W: Write>(out: W, cache: &Cache, index: &ExportIndex) -> Result<W> 
         if got != d || len != b.size {
             // The entry changed or rotted on disk: drop it so `kiln fetch` gets it again.
             let _ = fs::remove_file(&path);
-            return Err(Error::input(format!(
-                "cached blob {d} is damaged (it was removed from the cache); \
-                 run `kiln fetch` and export again"
-            )));
+            return Err(BuildError::DamagedBlob { digest: d }.into());
         }
     }
     tar.into_inner().map_err(io_err)
@@ -393,18 +383,25 @@ impl std::fmt::Display for ImportReport {
 
 /// Add the blobs of an export to `cache`, each verified against its name.
 pub fn import(cache: &Cache, file: &Path) -> Result<ImportReport> {
-    let what = file.display().to_string();
-    let f = File::open(file).map_err(|e| Error::input(format!("cannot open {what}: {e}")))?;
+    let unreadable = |opening| {
+        move |source| BuildError::ImportUnreadable {
+            file: file.to_path_buf(),
+            opening,
+            source,
+        }
+    };
+    let f = File::open(file).map_err(unreadable(true))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
-    let head = r
-        .fill_buf()
-        .map_err(|e| Error::input(format!("cannot read {what}: {e}")))?;
+    let head = r.fill_buf().map_err(unreadable(false))?;
     let report = if head.starts_with(&ZSTD_MAGIC) {
-        let dec = zstd::stream::read::Decoder::with_buffer(r)
-            .map_err(|e| Error::input(format!("{what}: not a zstd stream: {e}")))?;
-        import_tar(cache, dec, &what)?
+        let dec =
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|source| BuildError::NotZstd {
+                file: file.to_path_buf(),
+                source,
+            })?;
+        import_tar(cache, dec, file)?
     } else {
-        import_tar(cache, r, &what)?
+        import_tar(cache, r, file)?
     };
     Ok(ImportReport {
         file: file.to_path_buf(),
@@ -412,8 +409,14 @@ pub fn import(cache: &Cache, file: &Path) -> Result<ImportReport> {
     })
 }
 
-fn import_tar(cache: &Cache, r: impl Read, what: &str) -> Result<ImportReport> {
-    let corrupt = |e: io::Error| Error::input(format!("{what}: corrupt or truncated archive: {e}"));
+fn import_tar(cache: &Cache, r: impl Read, file: &Path) -> Result<ImportReport> {
+    let corrupt = |source: io::Error| -> Error {
+        BuildError::CorruptArchive {
+            file: file.to_path_buf(),
+            source,
+        }
+        .into()
+    };
     let mut ar = tar::Archive::new(r);
     let mut expected: Option<BTreeMap<Digest, u64>> = None;
     let mut seen: BTreeSet<Digest> = BTreeSet::new();
@@ -428,29 +431,35 @@ fn import_tar(cache: &Cache, r: impl Read, what: &str) -> Result<ImportReport> {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let refuse = |why: &str| Error::input(format!("{what}: refusing entry `{shown}`: {why}"));
-        let name = std::str::from_utf8(&raw).map_err(|_| refuse("the name is not UTF-8"))?;
+        let refuse = |reason: Refusal| -> Error {
+            BuildError::RefusedEntry {
+                file: file.to_path_buf(),
+                entry: shown.clone(),
+                reason,
+            }
+            .into()
+        };
+        let name = std::str::from_utf8(&raw).map_err(|_| refuse(Refusal::NonUtf8Name))?;
         let name = name.strip_prefix("./").unwrap_or(name);
         let kind = entry.header().entry_type();
         if kind.is_dir() && DIR_ENTRIES.contains(&name.trim_end_matches('/')) {
             continue;
         }
         if !kind.is_file() {
-            return Err(refuse(&format!(
-                "a {} entry (an export holds regular files only)",
-                kind_name(kind)
-            )));
+            return Err(refuse(Refusal::NotAFile {
+                kind: kind_name(kind),
+            }));
         }
         if name == INDEX_ENTRY {
             if expected.is_some() {
-                return Err(refuse("a second index"));
+                return Err(refuse(Refusal::SecondIndex));
             }
             if entry.size() > MAX_INDEX_BYTES {
-                return Err(refuse("the index is implausibly large"));
+                return Err(refuse(Refusal::IndexTooLarge));
             }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(corrupt)?;
-            let map = parse_index(&bytes).map_err(|m| refuse(&m))?;
+            let map = parse_index(&bytes).map_err(refuse)?;
             report.blobs = map.len();
             expected = Some(map);
             continue;
@@ -458,23 +467,19 @@ fn import_tar(cache: &Cache, r: impl Read, what: &str) -> Result<ImportReport> {
         let digest = name
             .strip_prefix(BLOB_PREFIX)
             .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
-            .ok_or_else(|| refuse("not a name a kiln cache export uses"))?;
+            .ok_or_else(|| refuse(Refusal::UnknownName))?;
         let Some(map) = &expected else {
-            return Err(refuse(&format!(
-                "{INDEX_ENTRY} must come before the blobs (is this a kiln cache export?)"
-            )));
+            return Err(refuse(Refusal::IndexNotFirst));
         };
-        let size = *map
-            .get(&digest)
-            .ok_or_else(|| refuse("the blob is not listed in the index"))?;
+        let size = *map.get(&digest).ok_or_else(|| refuse(Refusal::Unlisted))?;
         if entry.size() != size {
-            return Err(refuse(&format!(
-                "{} bytes, but the index says {size}",
-                entry.size()
-            )));
+            return Err(refuse(Refusal::SizeMismatch {
+                size: entry.size(),
+                listed: size,
+            }));
         }
         if !seen.insert(digest.clone()) {
-            return Err(refuse("the blob appears twice"));
+            return Err(refuse(Refusal::Duplicate));
         }
         if cache.verified(&digest)?.is_some() {
             report.already_present += 1;
@@ -490,46 +495,45 @@ fn import_tar(cache: &Cache, r: impl Read, what: &str) -> Result<ImportReport> {
         })?;
         let (_, len) = w
             .commit(Some(&digest))
-            .map_err(|e| e.context(format!("{what}: entry `{shown}`")))?;
+            .map_err(|e| e.context(format!("{}: entry `{shown}`", file.display())))?;
         report.imported += 1;
         report.bytes_imported += len;
     }
     let Some(map) = expected else {
-        return Err(Error::input(format!(
-            "{what}: not a kiln cache export (no {INDEX_ENTRY})"
-        )));
+        return Err(BuildError::NotAnExport {
+            file: file.to_path_buf(),
+        }
+        .into());
     };
-    let absent: Vec<String> = map
-        .keys()
-        .filter(|d| !seen.contains(*d))
-        .map(|d| d.to_string())
-        .collect();
+    let absent: Vec<Digest> = map.into_keys().filter(|d| !seen.contains(d)).collect();
     if !absent.is_empty() {
-        return Err(Error::input(format!(
-            "{what}: truncated export: {} blob(s) listed in the index are absent (e.g. {}); \
-             the {} present were imported",
-            absent.len(),
-            absent[0],
-            seen.len()
-        )));
+        return Err(BuildError::TruncatedExport {
+            file: file.to_path_buf(),
+            absent,
+            imported: seen.len(),
+        }
+        .into());
     }
     Ok(report)
 }
 
-fn parse_index(bytes: &[u8]) -> std::result::Result<BTreeMap<Digest, u64>, String> {
+fn parse_index(bytes: &[u8]) -> std::result::Result<BTreeMap<Digest, u64>, Refusal> {
     let index: ExportIndex =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a valid index: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| Refusal::InvalidIndex(e.to_string()))?;
     if index.format != FORMAT || index.version != FORMAT_VERSION {
-        return Err(format!(
-            "format `{}` version {} is not supported (expected `{FORMAT}` version {FORMAT_VERSION})",
-            index.format, index.version
-        ));
+        return Err(Refusal::UnsupportedFormat {
+            format: index.format,
+            version: index.version,
+        });
     }
     let mut map = BTreeMap::new();
     for b in index.blobs {
-        let d: Digest = b.digest.parse().map_err(|e: Error| e.to_string())?;
+        let d: Digest = b
+            .digest
+            .parse()
+            .map_err(|e: Error| Refusal::BadDigest(e.to_string()))?;
         if map.insert(d, b.size).is_some() {
-            return Err(format!("{} is listed twice", b.digest));
+            return Err(Refusal::ListedTwice(b.digest));
         }
     }
     Ok(map)
@@ -796,14 +800,202 @@ mod tests {
         let ok = br#"{"format":"kiln-cache-export","version":1,"blobs":[]}"#;
         assert!(parse_index(ok).unwrap().is_empty());
         let v2 = br#"{"format":"kiln-cache-export","version":2,"blobs":[]}"#;
-        assert!(parse_index(v2).unwrap_err().contains("not supported"));
+        let e = parse_index(v2).unwrap_err();
+        assert!(matches!(e, Refusal::UnsupportedFormat { version: 2, .. }));
+        assert!(e.to_string().contains("not supported"), "{e}");
         let bad = br#"{"format":"kiln-cache-export","version":1,"blobs":[{"digest":"sha256:../x","size":1}]}"#;
-        assert!(parse_index(bad).is_err());
+        assert!(matches!(parse_index(bad), Err(Refusal::BadDigest(_))));
+        let hex = "ab".repeat(32);
+        let twice = format!(
+            r#"{{"format":"kiln-cache-export","version":1,"blobs":[{{"digest":"sha256:{hex}","size":1}},{{"digest":"sha256:{hex}","size":1}}]}}"#
+        );
+        assert!(matches!(
+            parse_index(twice.as_bytes()),
+            Err(Refusal::ListedTwice(_))
+        ));
+        assert!(matches!(parse_index(b"{"), Err(Refusal::InvalidIndex(_))));
     }
 
     #[test]
     fn sizes_read_well() {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+    fn build_error(e: &Error) -> &BuildError {
+        e.downcast_ref::<BuildError>()
+            .unwrap_or_else(|| panic!("not a BuildError: {e:?}"))
+    }
+
+    /// A tar of `(name, type, data)` entries.
+    fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if kind.is_symlink() {
+                h.set_link_name("/etc/passwd").unwrap();
+            }
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn import_bytes(bytes: &[u8]) -> Result<ImportReport> {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        import_tar(&cache, bytes, Path::new("in.tar"))
+    }
+
+    fn index(blobs: &[(&Digest, usize)]) -> Vec<u8> {
+        let blobs: Vec<IndexedBlob> = blobs
+            .iter()
+            .map(|(d, size)| IndexedBlob {
+                digest: d.to_string(),
+                size: *size as u64,
+            })
+            .collect();
+        serde_json::to_vec(&ExportIndex {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            blobs,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_imports_are_refused_by_reason() {
+        let refused = |bytes: &[u8]| {
+            let e = import_bytes(bytes).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            match build_error(&e) {
+                BuildError::RefusedEntry { reason, entry, .. } => (reason.clone(), entry.clone()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let link = archive(&[("kiln-cache/evil", tar::EntryType::Symlink, b"")]);
+        assert_eq!(
+            refused(&link),
+            (
+                Refusal::NotAFile { kind: "symlink" },
+                "kiln-cache/evil".to_string()
+            )
+        );
+        let data = b"blob";
+        let d = Digest::of(data);
+        let blob_name = format!("{BLOB_PREFIX}{}", d.hex());
+        let early = archive(&[(&blob_name, tar::EntryType::Regular, data)]);
+        assert_eq!(refused(&early).0, Refusal::IndexNotFirst);
+        let idx = index(&[(&d, data.len())]);
+        let odd = archive(&[
+            (INDEX_ENTRY, tar::EntryType::Regular, &idx),
+            ("kiln-cache/blobs/md5/x", tar::EntryType::Regular, b"x"),
+        ]);
+        assert_eq!(refused(&odd).0, Refusal::UnknownName);
+        let wrong_size = index(&[(&d, 3)]);
+        let sized = archive(&[
+            (INDEX_ENTRY, tar::EntryType::Regular, &wrong_size),
+            (&blob_name, tar::EntryType::Regular, data),
+        ]);
+        assert_eq!(
+            refused(&sized).0,
+            Refusal::SizeMismatch { size: 4, listed: 3 }
+        );
+        let e = import_bytes(&link).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "in.tar: refusing entry `kiln-cache/evil`: a symlink entry \
+             (an export holds regular files only)"
+        );
+    }
+
+    #[test]
+    fn incomplete_imports_say_what_is_missing() {
+        let e = import_bytes(&archive(&[])).unwrap_err();
+        assert!(matches!(build_error(&e), BuildError::NotAnExport { .. }));
+        assert_eq!(
+            e.to_string(),
+            "in.tar: not a kiln cache export (no kiln-cache/INDEX.json)"
+        );
+        let d = Digest::of(b"gone");
+        let idx = index(&[(&d, 4)]);
+        let e =
+            import_bytes(&archive(&[(INDEX_ENTRY, tar::EntryType::Regular, &idx)])).unwrap_err();
+        assert!(
+            matches!(build_error(&e), BuildError::TruncatedExport { absent, imported: 0, .. } if *absent == [d.clone()]),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&format!("(e.g. {d})")), "{e}");
+        let e = import_bytes(b"not a tar at all, just some bytes").unwrap_err();
+        assert!(
+            matches!(build_error(&e), BuildError::CorruptArchive { .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn locks_must_be_named_and_exist() {
+        let e = read_locks(&[]).unwrap_err();
+        assert!(matches!(build_error(&e), BuildError::NoLockGiven));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.lock");
+        let e = read_locks(std::slice::from_ref(&path)).unwrap_err();
+        assert!(matches!(build_error(&e), BuildError::NoSuchLock { path: p } if *p == path));
+    }
+
+    #[test]
+    fn missing_blobs_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let pin = |n: usize| kiln_spec::lock::AptPin {
+            name: format!("p{n}"),
+            version: "1".into(),
+            arch: "amd64".into(),
+            suite: "stable".into(),
+            url: format!("https://example.invalid/p{n}.deb"),
+            sha256: Digest::of(format!("p{n}").as_bytes()),
+            size: 1,
+        };
+        let lock = Lock::new(
+            vec![],
+            vec![kiln_spec::lock::LockedPlatform {
+                platform: "linux/amd64".into(),
+                apt: (0..LIST_MAX + 2).map(pin).collect(),
+                ..Default::default()
+            }],
+        );
+        let e = needed(&lock, &cache).unwrap_err();
+        match build_error(&e) {
+            BuildError::MissingBlobs { whose, missing } => {
+                assert_eq!(whose, "the lock");
+                assert_eq!(missing.len(), LIST_MAX + 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("the cache lacks 22 blob(s) that the lock need(s):\n"),
+            "{msg}"
+        );
+        assert!(msg.contains("  ... and 2 more\n"), "{msg}");
+        assert!(
+            msg.ends_with("run `kiln fetch` with this cache first"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1 + LIST_MAX + 2);
+    }
+
+    #[test]
+    fn an_export_needs_a_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let lock = dir.path().join("kiln.lock");
+        Lock::new(vec![], vec![]).write(&lock).unwrap();
+        let e = export(&cache, &[lock], &dir.path().join("..")).unwrap_err();
+        assert!(
+            matches!(build_error(&e), BuildError::NotAFileName { .. }),
+            "{e:?}"
+        );
     }
 }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use kiln::build::{self, BuildOptions, LockMode, LockOptions};
-use kiln::Error;
+use kiln::{BuildError, Error};
 use kiln_core::progress::Progress;
+use kiln_fs::layer::tree::SourceScope;
 use kiln_fs::layer::Compression;
 use kiln_spec::source::{ImageSource, OutputTarget};
 use kiln_store::Cache;
@@ -76,6 +77,10 @@ enum Command {
         /// the image must be the host's architecture.
         #[arg(long)]
         run_scripts: bool,
+        /// Let `[[files]]` sources lie outside the spec's directory (the
+        /// build context), e.g. absolute paths or symlinks that leave it.
+        #[arg(long)]
+        allow_outside_context: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -218,6 +223,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             offline,
             check_reproducible,
             run_scripts,
+            allow_outside_context,
             common,
         } => {
             let opts = BuildOptions {
@@ -241,17 +247,22 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 offline,
                 reuse: true,
                 run_scripts,
+                source_scope: if allow_outside_context {
+                    SourceScope::Host
+                } else {
+                    SourceScope::Context
+                },
             };
             let report = build::build(&opts)?;
             let repro = if check_reproducible {
                 let r = build::check_reproducible(&opts, &report)?;
                 if !r.reproducible {
-                    return Err(Error::internal(format!(
-                        "not reproducible: {} then {} (layers differing: {})",
-                        r.first,
-                        r.second,
-                        r.differing_layers.join(", ")
-                    )));
+                    return Err(BuildError::NotReproducible {
+                        first: r.first,
+                        second: r.second,
+                        differing_layers: r.differing_layers,
+                    }
+                    .into());
                 }
                 Some(r)
             } else {
@@ -361,7 +372,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
         } => {
             let src = ImageSource::parse(&reference, std::path::Path::new("."))?;
             if matches!(src, ImageSource::Scratch) {
-                return Err(Error::input("`scratch` is not an image to inspect"));
+                return Err(BuildError::InspectScratch.into());
             }
             let platform = platform.map(|p| p.parse()).transpose()?;
             let cache = Cache::open(cache_dir(&common))?;

@@ -20,13 +20,13 @@ use kiln_spec::lock::{Lock, LockedPlatform};
 use kiln_store::cache::{Cache, CacheBucket};
 
 #[derive(Serialize, Deserialize)]
-pub struct PlatformMemo {
+pub(crate) struct PlatformMemo {
     layers: Vec<MemoLayer>,
-    pub apt: Option<AptReport>,
-    pub conda: Option<CondaReport>,
-    pub pip: Vec<PipReport>,
+    pub(crate) apt: Option<AptReport>,
+    pub(crate) conda: Option<CondaReport>,
+    pub(crate) pip: Vec<PipReport>,
     /// purls of the base's packages (for the SBOM).
-    pub base_purls: std::collections::BTreeSet<String>,
+    pub(crate) base_purls: std::collections::BTreeSet<String>,
     /// Contents the filesystem view kept (package databases, dist-info
     /// metadata, conda-meta) after the stages.
     kept: Vec<(String, Vec<u8>)>,
@@ -42,7 +42,7 @@ struct MemoLayer {
 }
 
 /// The memo's key for one platform of a locked build.
-pub fn key(
+pub(crate) fn key(
     lock: &Lock,
     platform: &LockedPlatform,
     base_manifest: Option<&Digest>,
@@ -68,7 +68,7 @@ fn path(cache: &Cache, key: &Digest) -> PathBuf {
 }
 
 impl PlatformMemo {
-    pub fn new(
+    pub(crate) fn new(
         layers: &[NewLayer],
         apt: Option<&AptReport>,
         conda: Option<&CondaReport>,
@@ -109,7 +109,7 @@ impl PlatformMemo {
     }
 
     /// A remembered result whose layers are all still in the cache.
-    pub fn read(cache: &Cache, key: &Digest) -> Option<PlatformMemo> {
+    pub(crate) fn read(cache: &Cache, key: &Digest) -> Option<PlatformMemo> {
         let m: PlatformMemo =
             serde_json::from_slice(&std::fs::read(path(cache, key)).ok()?).ok()?;
         for l in &m.layers {
@@ -119,13 +119,13 @@ impl PlatformMemo {
     }
 
     /// Best effort: a memo that cannot be written only costs a rebuild.
-    pub fn write(&self, cache: &Cache, key: &Digest) {
+    pub(crate) fn write(&self, cache: &Cache, key: &Digest) {
         if let Ok(json) = serde_json::to_vec(self) {
             kiln_store::cache::write_atomic(&path(cache, key), &json);
         }
     }
 
-    pub fn layers(&self) -> Vec<NewLayer> {
+    pub(crate) fn layers(&self) -> Vec<NewLayer> {
         self.layers
             .iter()
             .map(|l| NewLayer {
@@ -141,7 +141,7 @@ impl PlatformMemo {
     }
 
     /// The filesystem view the SBOM reads: the kept files.
-    pub fn fs(&self) -> Rootfs {
+    pub(crate) fn fs(&self) -> Rootfs {
         let mut fs = Rootfs::default();
         for (p, c) in &self.kept {
             fs.insert_file(p, c);

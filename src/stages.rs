@@ -30,30 +30,30 @@ pub struct PipReport {
 
 /// What the stages of one platform did.
 #[derive(Default)]
-pub struct Outcome {
-    pub apt: Option<apt::AptReport>,
-    pub conda: Option<conda::CondaReport>,
-    pub pip: Vec<PipReport>,
+pub(crate) struct Outcome {
+    pub(crate) apt: Option<apt::AptReport>,
+    pub(crate) conda: Option<conda::CondaReport>,
+    pub(crate) pip: Vec<PipReport>,
     /// What a lock records for this platform (the caller fills in platform and base).
-    pub pins: LockedPlatform,
+    pub(crate) pins: LockedPlatform,
 }
 
-pub struct Stages<'a> {
-    pub spec: &'a Spec,
-    pub spec_dir: &'a Path,
-    pub http: &'a Http,
-    pub cache: &'a Cache,
-    pub epoch: u64,
-    pub progress: &'a Progress,
+pub(crate) struct Stages<'a> {
+    pub(crate) spec: &'a Spec,
+    pub(crate) spec_dir: &'a Path,
+    pub(crate) http: &'a Http,
+    pub(crate) cache: &'a Cache,
+    pub(crate) epoch: u64,
+    pub(crate) progress: &'a Progress,
     /// The base is `scratch` (apt may bootstrap).
-    pub scratch: bool,
+    pub(crate) scratch: bool,
     /// Which base paths the filesystem view keeps the contents of.
-    pub keep: &'a dyn Fn(&str) -> bool,
+    pub(crate) keep: &'a dyn Fn(&str) -> bool,
     /// `kiln lock --upgrade PKG...`: the previous lock, whose versions are
     /// kept for every package not named.
-    pub upgrade_only: Option<(&'a kiln_spec::lock::Lock, &'a [String])>,
+    pub(crate) upgrade_only: Option<(&'a kiln_spec::lock::Lock, &'a [String])>,
     /// Run apt maintainer scripts (`keep` must then keep every content).
-    pub run_scripts: bool,
+    pub(crate) run_scripts: bool,
 }
 
 /// The pip list of an environment.yml, as recorded in the lock.
@@ -62,7 +62,7 @@ const PIP: &str = "pip";
 
 impl Stages<'_> {
     /// Run every stage the spec has for `platform`, fresh or from `locked`.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         platform: &Platform,
         fs: &mut Rootfs,

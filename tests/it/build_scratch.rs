@@ -340,6 +340,18 @@ fn builds_are_reproducible() {
         sha256_hex(&fs::read(ws.join("out-b.tar")).unwrap()),
         "docker-archive outputs should be byte-identical too"
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(ws.join("out-a.tar"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "a docker-archive is an ordinary output file"
+        );
+    }
 
     let c = build("out-c", "1700000001");
     assert_ne!(

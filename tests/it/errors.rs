@@ -261,3 +261,52 @@ fn output_and_push_mistakes_fail_before_the_network() {
     // --offline with --push.
     expect_failure(&ws, &["build", "--push", "--offline"], 2, &["--offline"]);
 }
+
+/// `[[files]]` sources stay inside the spec's directory: an absolute path,
+/// `..` that climbs out, and a symlinked directory that leads out are all
+/// refused naming the source, and nothing of the file appears anywhere.
+#[test]
+fn files_outside_the_context_are_refused() {
+    let outside = Workspace::new("err-outside-secret");
+    let secret = outside.write("secret", "TOPSECRET-4711\n");
+    let ws = project("err-outside");
+    ws.symlink("leads-out", outside.path().to_str().unwrap());
+    let climb = format!("{}{}", [".."; 12].join("/"), secret.display());
+    let cases = [
+        secret.to_str().unwrap().to_string(),
+        climb,
+        "leads-out/secret".to_string(),
+    ];
+    for src in &cases {
+        ws.spec(&format!(
+            "[image]\n[[files]]\nsrc = \"{src}\"\ndst = \"/s\"\n"
+        ));
+        let r = expect_failure(
+            &ws,
+            &["build", "-o", "oci:out", "--json"],
+            2,
+            &["outside the build context", src.as_str()],
+        );
+        assert!(!r.stdout.contains("TOPSECRET") && !r.stderr.contains("TOPSECRET"));
+    }
+    // Mode bits beyond 07777, ids beyond 32 bits, and setuid without
+    // `allow-setid` are refused too.
+    for (entry, fragment) in [
+        ("mode = \"17777\"", "invalid mode"),
+        ("owner = \"1:4294967296\"", "invalid owner"),
+        ("mode = \"4755\"", "allow-setid"),
+    ] {
+        ws.spec(&format!(
+            "[image]\n[[files]]\nsrc = \"hello.txt\"\ndst = \"/h\"\n{entry}\n"
+        ));
+        expect_failure(&ws, &["build", "-o", "oci:out"], 2, &[fragment]);
+    }
+    // The CLI's explicit opt-in.
+    ws.spec(&format!(
+        "[image]\n[[files]]\nsrc = \"{}\"\ndst = \"/s\"\n",
+        secret.display()
+    ));
+    ws.kiln()
+        .args(["build", "-o", "oci:out", "--allow-outside-context"])
+        .run_ok();
+}

@@ -16,6 +16,7 @@ mod cert_hash;
 mod conda;
 mod errors;
 mod examples;
+mod faults;
 mod harness;
 mod inspect;
 mod lock;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use kiln_core::Platform;
 use kiln_fs::layer::{Entry, EntryKind};
 use kiln_fs::Rootfs;
-use kiln_pip::{layer_groups, plan, PipSection};
+use kiln_pip::{layer_groups, plan, PipError, PipSection};
 use kiln_store::Cache;
 use kiln_store::Http;
-use sha2::{Digest as _, Sha256};
+
+use crate::common::sha256_hex;
 
 struct Wheel<'a> {
     name: &'a str,
@@ -82,10 +83,6 @@ impl Wheel<'_> {
     }
 }
 
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
 type Routes = Arc<HashMap<String, (String, Vec<u8>)>>;
 
 /// A tiny HTTP/1.0 server on loopback serving `routes`; lives as long as the test process.
@@ -142,7 +139,7 @@ fn json_page(files: &[PageFile]) -> Vec<u8> {
         .map(|(name, bytes, rp, meta)| {
             let mut f = serde_json::json!({
                 "filename": name, "url": format!("../../files/{name}"),
-                "hashes": {"sha256": sha(bytes)}, "yanked": false,
+                "hashes": {"sha256": sha256_hex(bytes)}, "yanked": false,
             });
             if let Some(rp) = rp {
                 f["requires-python"] = serde_json::json!(rp);
@@ -215,7 +212,12 @@ fn fixture() -> Fixture {
                 format!("/files/{}.metadata", w.filename()),
                 ("text/plain".into(), meta.clone()),
             );
-            entries.push((w.filename(), bytes, w.requires_python, Some(sha(&meta))));
+            entries.push((
+                w.filename(),
+                bytes,
+                w.requires_python,
+                Some(sha256_hex(&meta)),
+            ));
         }
         let body = if html {
             let mut h = String::from("<html><body>\n");
@@ -225,7 +227,7 @@ fn fixture() -> Fixture {
                     .unwrap_or_default();
                 h += &format!(
                     "<a href=\"../../files/{f}#sha256={}\"{rp}>{f}</a><br/>\n",
-                    sha(b)
+                    sha256_hex(b)
                 );
             }
             h.into_bytes()
@@ -497,6 +499,11 @@ fn sdist_only_is_a_clear_error() {
     let err = plan_err(&["sdistonly"], &Cache::open(dir.path()).unwrap());
     let m = err.to_string();
     assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
+    assert!(
+        matches!(err.downcast_ref::<PipError>(), Some(PipError::NoCompatibleWheel { name, files, .. })
+            if name == "sdistonly" && files.iter().any(|f| f == "sdistonly-1.0.tar.gz")),
+        "{err:?}"
+    );
     assert!(m.contains("no compatible wheel for `sdistonly`"), "{m}");
     assert!(
         m.contains("sdistonly-1.0.tar.gz") && m.contains("cp311-cp311-manylinux_2_36_x86_64"),
@@ -515,10 +522,21 @@ fn unsatisfiable_prints_the_conflict_chain() {
     let m = err.to_string();
     assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
     assert!(
+        matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::Unsatisfiable { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
         m.contains("cannot be satisfied") && m.contains("conflict-a") && m.contains("helper"),
         "{m}"
     );
     let err = plan_err(&["no-such-package"], &Cache::open(dir.path()).unwrap());
+    assert!(
+        matches!(err.downcast_ref::<PipError>(), Some(PipError::PackageNotFound { name, .. }) if name == "no-such-package"),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("`no-such-package` was not found"),
         "{err}"
@@ -543,6 +561,13 @@ fn no_python_in_the_image() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
+    assert!(
+        matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::NoInterpreter { .. })
+        ),
+        "{err:?}"
+    );
     assert!(
         err.to_string()
             .contains("[pip] needs a Python interpreter in the image; none found at"),

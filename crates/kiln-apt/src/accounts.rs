@@ -4,14 +4,14 @@
 //! scripts, and `sysusers.d` files (`u` and `g` lines) the packages ship.
 
 /// `/etc/passwd` and `/etc/group`, as lines.
-pub struct Accounts {
-    pub passwd: Vec<String>,
-    pub group: Vec<String>,
+pub(crate) struct Accounts {
+    pub(crate) passwd: Vec<String>,
+    pub(crate) group: Vec<String>,
 }
 
 /// What one command or sysusers line asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     Group {
         name: String,
         gid: Option<u32>,
@@ -65,7 +65,7 @@ impl Accounts {
     }
 
     /// Apply one request; returns a line for the report when something was added.
-    pub fn apply(&mut self, r: &Request) -> Option<String> {
+    pub(crate) fn apply(&mut self, r: &Request) -> Option<String> {
         match r {
             Request::Group { name, gid } => {
                 if self.gid_of(name).is_some() {
@@ -103,7 +103,7 @@ impl Accounts {
 }
 
 /// Requests in a maintainer script (only `--system`/`-r` ones: others need a person).
-pub fn from_script(script: &str) -> Vec<Request> {
+pub(crate) fn from_script(script: &str) -> Vec<Request> {
     let mut out = Vec::new();
     for line in script.replace("\\\n", " ").lines() {
         // A command ends at a shell operator or a redirection.
@@ -201,7 +201,7 @@ fn parse_command(cmd: &str, args: &[&str]) -> Option<Request> {
 }
 
 /// Requests in a `sysusers.d` file: `g NAME ID` and `u NAME ID "GECOS" HOME SHELL`.
-pub fn from_sysusers(text: &str) -> Vec<Request> {
+pub(crate) fn from_sysusers(text: &str) -> Vec<Request> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();

@@ -5,21 +5,21 @@
 //! does not build with current libc (its async-tar → xattr 0.2 chain); the
 //! formats are small and specified in Debian Policy §5 and §7.
 
-pub use kiln_fs::probe::{paragraph_chunks, parse_paragraphs, Paragraph};
+pub(crate) use kiln_fs::probe::{paragraph_chunks, parse_paragraphs, Paragraph};
 use std::cmp::Ordering;
 use std::fmt;
 
 /// A Debian version: `[epoch:]upstream[-revision]`, ordered per Policy §5.6.12.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version {
-    pub epoch: u32,
-    pub upstream: String,
-    pub revision: String,
+pub(crate) struct Version {
+    pub(crate) epoch: u32,
+    pub(crate) upstream: String,
+    pub(crate) revision: String,
     raw: String,
 }
 
 impl Version {
-    pub fn parse(s: &str) -> Option<Version> {
+    pub(crate) fn parse(s: &str) -> Option<Version> {
         let s = s.trim();
         if s.is_empty() || s.contains(char::is_whitespace) {
             return None;
@@ -41,10 +41,6 @@ impl Version {
             revision: revision.to_string(),
             raw: s.to_string(),
         })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.raw
     }
 }
 
@@ -121,7 +117,7 @@ impl PartialOrd for Version {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Relation {
+pub(crate) enum Relation {
     Lt,
     Le,
     Eq,
@@ -130,7 +126,7 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub fn holds(self, have: &Version, want: &Version) -> bool {
+    pub(crate) fn holds(self, have: &Version, want: &Version) -> bool {
         let o = have.cmp(want);
         match self {
             Relation::Lt => o == Ordering::Less,
@@ -141,7 +137,7 @@ impl Relation {
         }
     }
 
-    pub fn symbol(self) -> &'static str {
+    pub(crate) fn symbol(self) -> &'static str {
         match self {
             Relation::Lt => "<<",
             Relation::Le => "<=",
@@ -154,19 +150,11 @@ impl Relation {
 
 /// `name[:arch] [(op version)]` — one alternative of a dependency.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Dep {
-    pub name: String,
+pub(crate) struct Dep {
+    pub(crate) name: String,
     /// `any`, `native` or an architecture name.
-    pub arch: Option<String>,
-    pub constraint: Option<(Relation, Version)>,
-}
-
-impl Dep {
-    pub fn matches_version(&self, v: &Version) -> bool {
-        self.constraint
-            .as_ref()
-            .is_none_or(|(r, want)| r.holds(v, want))
-    }
+    pub(crate) arch: Option<String>,
+    pub(crate) constraint: Option<(Relation, Version)>,
 }
 
 impl fmt::Display for Dep {
@@ -184,7 +172,7 @@ impl fmt::Display for Dep {
 
 /// Parse a dependency field: `a | b (>= 1), c:any`. Build-profile and
 /// architecture restrictions (`[...]`, `<...>`) are dropped (binary packages do not carry them).
-pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
+pub(crate) fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
     let mut out = Vec::new();
     for group in field.split(',') {
         let group = group.trim();
@@ -200,7 +188,7 @@ pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
     Ok(out)
 }
 
-pub fn parse_dep(s: &str) -> Result<Dep, String> {
+pub(crate) fn parse_dep(s: &str) -> Result<Dep, String> {
     // Drop `[arch ...]` and `<profile>` restrictions, which sit outside the parentheses.
     let mut kept = String::with_capacity(s.len());
     let (mut paren, mut skip) = (0, None::<char>);
@@ -302,8 +290,12 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert_eq!(d[1][1].name, "mawk");
         assert_eq!(d[1][1].arch.as_deref(), Some("any"));
-        assert!(d[0][0].matches_version(&v("2.36-9")));
-        assert!(!d[2][0].matches_version(&v("3.12.1-1")));
+        let holds = |d: &Dep, have: &str| {
+            let (r, want) = d.constraint.as_ref().unwrap();
+            r.holds(&v(have), want)
+        };
+        assert!(holds(&d[0][0], "2.36-9"));
+        assert!(!holds(&d[2][0], "3.12.1-1"));
         assert!(parse_deps("foo (>= )").is_err());
     }
 

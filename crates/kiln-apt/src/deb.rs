@@ -7,37 +7,38 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::{AptError, Hostile};
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_store::cache::{Cache, CacheBucket};
 
 #[derive(Clone, Debug)]
-pub enum FileKind {
+pub(crate) enum FileKind {
     Dir,
     File(Arc<Vec<u8>>),
     Symlink(String),
 }
 
 #[derive(Clone, Debug)]
-pub struct DebFile {
+pub(crate) struct DebFile {
     /// Normalised, relative to `/`, no trailing slash (`usr/bin/python3.11`).
-    pub path: String,
-    pub kind: FileKind,
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
+    pub(crate) path: String,
+    pub(crate) kind: FileKind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
 }
 
 #[derive(Debug)]
-pub struct Deb {
+pub(crate) struct Deb {
     /// Members of control.tar by name (`control`, `md5sums`, `postinst` ...).
-    pub control: BTreeMap<String, Vec<u8>>,
-    pub files: Vec<DebFile>,
+    pub(crate) control: BTreeMap<String, Vec<u8>>,
+    pub(crate) files: Vec<DebFile>,
 }
 
 /// The compressions Debian archives use for package members and indexes.
 #[derive(Clone, Copy)]
-pub enum Codec {
+pub(crate) enum Codec {
     Xz,
     Zstd,
     Gzip,
@@ -45,7 +46,7 @@ pub enum Codec {
 
 impl Codec {
     /// The codec a file name's suffix names, if any.
-    pub fn of(name: &str) -> Option<Codec> {
+    pub(crate) fn of(name: &str) -> Option<Codec> {
         [
             (".xz", Codec::Xz),
             (".zst", Codec::Zstd),
@@ -55,36 +56,53 @@ impl Codec {
         .find_map(|(suffix, c)| name.ends_with(suffix).then_some(c))
     }
 
-    pub fn reader<'a>(self, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    pub(crate) fn reader<'a>(self, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Codec::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
-            Codec::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(r)
-                    .map_err(|e| Error::input(format!("zstd: {e}")))?,
-            ),
+            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(r).map_err(AptError::Zstd)?),
             Codec::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
         })
     }
 }
 
-/// A reader for the ar member `name`: a compressed or a plain tar.
-fn decompressor<'a>(name: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
-    match Codec::of(name) {
-        Some(c) => c.reader(r),
-        None if name.ends_with(".tar") => Ok(Box::new(r)),
-        None => Err(Error::input(format!(
-            "unsupported member compression `{name}`"
-        ))),
+/// A `.deb` that is not well-formed.
+fn bad_deb(what: &str, detail: impl std::fmt::Display) -> AptError {
+    AptError::BadDeb {
+        package: what.to_string(),
+        detail: detail.to_string(),
     }
 }
 
-/// Normalise a member path; `None` for the root, an error when it climbs out.
-pub fn clean_path(raw: &str) -> std::result::Result<Option<String>, String> {
+/// A member of the `.deb` `what` kiln refuses.
+fn hostile(what: &str, member: &str, reason: Hostile) -> AptError {
+    AptError::HostileDeb {
+        package: what.to_string(),
+        member: member.to_string(),
+        reason,
+    }
+}
+
+/// A reader for the ar member `name` of the `.deb` `what`: a compressed or a plain tar.
+fn decompressor<'a>(name: &str, r: impl Read + 'a, what: &str) -> Result<Box<dyn Read + 'a>> {
+    match Codec::of(name) {
+        Some(c) => c.reader(r),
+        None if name.ends_with(".tar") => Ok(Box::new(r)),
+        None => Err(bad_deb(
+            what,
+            format_args!("unsupported member compression `{name}`"),
+        )
+        .into()),
+    }
+}
+
+/// Normalise the member path `raw` of the `.deb` `what`; `None` for the
+/// root, an error when it climbs out.
+fn clean_path(raw: &str, what: &str) -> std::result::Result<Option<String>, AptError> {
     let mut parts = Vec::new();
     for p in raw.split('/') {
         match p {
             "" | "." => {}
-            ".." => return Err(format!("path `{raw}` escapes the root")),
+            ".." => return Err(hostile(what, raw, Hostile::EscapesRoot)),
             p => parts.push(p),
         }
     }
@@ -100,7 +118,7 @@ pub fn clean_path(raw: &str) -> std::result::Result<Option<String>, String> {
 /// cache), since undoing Debian's xz is most of a warm build's work. Every
 /// read goes through [`read_deb`], so the hostile-archive checks run on the
 /// remembered form too, and a form that fails them is not kept.
-pub fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
+pub(crate) fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
     let bytes = cache.derived(CacheBucket::AptUnpacked, d, || {
         decompress_members(&cache.read(d)?, what)
     })?;
@@ -109,7 +127,7 @@ pub fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
 
 /// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
 fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let bad = |m: String| bad_deb(what, m);
     let mut ar = ar::Archive::new(bytes);
     let mut out = ar::Builder::new(Vec::with_capacity(bytes.len() * 4));
     while let Some(entry) = ar.next_entry() {
@@ -120,7 +138,7 @@ fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
         let (name, plain) = match name.split_once(".tar") {
             Some((stem, _)) => {
                 let mut plain = Vec::new();
-                decompressor(&name, entry)?
+                decompressor(&name, entry, what)?
                     .read_to_end(&mut plain)
                     .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
                 (format!("{stem}.tar"), plain)
@@ -138,14 +156,21 @@ fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
             &ar::Header::new(name.into_bytes(), plain.len() as u64),
             &plain[..],
         )
-        .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+        .map_err(|source| repack(what, source))?;
     }
     out.into_inner()
-        .map_err(|e| Error::internal(format!("{what}: {e}")))
+        .map_err(|source| repack(what, source).into())
 }
 
-pub fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
-    let bad = |m: String| Error::input(format!("{what}: {m}"));
+fn repack(what: &str, source: std::io::Error) -> AptError {
+    AptError::Repack {
+        package: what.to_string(),
+        source,
+    }
+}
+
+fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
+    let bad = |m: String| bad_deb(what, m);
     let mut ar = ar::Archive::new(bytes);
     let mut control = BTreeMap::new();
     let mut files = Vec::new();
@@ -156,7 +181,7 @@ pub fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
             .trim_end_matches('/')
             .to_string();
         if name.starts_with("control.tar") {
-            let mut t = tar::Archive::new(decompressor(&name, entry)?);
+            let mut t = tar::Archive::new(decompressor(&name, entry, what)?);
             for m in t
                 .entries()
                 .map_err(|e| bad(format!("corrupt {name}: {e}")))?
@@ -177,19 +202,17 @@ pub fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
             }
         } else if name.starts_with("data.tar") {
             saw_data = true;
-            files = read_data(decompressor(&name, entry)?, what)?;
+            files = read_data(decompressor(&name, entry, what)?, what)?;
         }
     }
     if !control.contains_key("control") || !saw_data {
-        return Err(bad(
-            "not a Debian package (control or data member missing)".into()
-        ));
+        return Err(bad("not a Debian package (control or data member missing)".into()).into());
     }
     Ok(Deb { control, files })
 }
 
 fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
-    let bad = |m: String| Error::input(format!("{what}: {m}"));
+    let bad = |m: String| bad_deb(what, m);
     let mut t = tar::Archive::new(r);
     let mut out: Vec<DebFile> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
@@ -203,7 +226,7 @@ fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
             .map_err(|e| bad(e.to_string()))?
             .to_string_lossy()
             .into_owned();
-        let Some(path) = clean_path(&raw).map_err(bad)? else {
+        let Some(path) = clean_path(&raw, what)? else {
             continue;
         };
         let h = m.header();
@@ -232,20 +255,20 @@ fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
                     .map_err(|e| bad(e.to_string()))?
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let target = clean_path(&t).map_err(bad)?.unwrap_or_default();
+                let target = clean_path(&t, what)?.unwrap_or_default();
                 let i = *index.get(&target).ok_or_else(|| {
-                    bad(format!("hard link {path} points outside the package ({t})"))
+                    hostile(what, &path, Hostile::LinkOutside { target: t.clone() })
                 })?;
                 // Stored as a copy: layers stay simple, the content is identical.
                 out[i].kind.clone()
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(bad(format!("refusing device node or fifo `{path}`")));
+                return Err(hostile(what, &path, Hostile::DeviceNode).into());
             }
             other => {
-                return Err(bad(format!(
-                    "unsupported tar entry type {other:?} for `{path}`"
-                )))
+                return Err(
+                    bad(format!("unsupported tar entry type {other:?} for `{path}`")).into(),
+                )
             }
         };
         index.insert(path.clone(), out.len());
@@ -267,12 +290,16 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(
-            clean_path("./usr/bin/").unwrap().as_deref(),
+            clean_path("./usr/bin/", "t").unwrap().as_deref(),
             Some("usr/bin")
         );
-        assert_eq!(clean_path("./").unwrap(), None);
-        assert!(clean_path("./../etc/passwd").is_err());
-        assert!(clean_path("usr/../../x").is_err());
+        assert_eq!(clean_path("./", "t").unwrap(), None);
+        for raw in ["./../etc/passwd", "usr/../../x"] {
+            assert!(matches!(
+                clean_path(raw, "t"),
+                Err(AptError::HostileDeb { member, reason: Hostile::EscapesRoot, .. }) if member == raw
+            ));
+        }
     }
 
     /// A data.tar member: raw name, type, content, link target.
@@ -363,25 +390,42 @@ mod tests {
     #[test]
     fn hostile_packages_are_refused_and_not_remembered() {
         use tar::EntryType::{Char, Fifo, Link, Regular};
-        let cases: [(&[Member], &str); 4] = [
+        let outside = Hostile::LinkOutside {
+            target: "/etc/shadow".into(),
+        };
+        let cases: [(&[Member], &str, Hostile); 5] = [
             (
                 &[("./../etc/passwd", Regular, b"x", "")],
-                "escapes the root",
+                "./../etc/passwd",
+                Hostile::EscapesRoot,
             ),
-            (&[("./usr/../../x", Regular, b"x", "")], "escapes the root"),
-            (&[("./dev/tty", Char, b"", "")], "refusing device node"),
-            (&[("./run/p", Fifo, b"", "")], "refusing device node"),
+            (
+                &[("./usr/../../x", Regular, b"x", "")],
+                "./usr/../../x",
+                Hostile::EscapesRoot,
+            ),
+            (
+                &[("./dev/tty", Char, b"", "")],
+                "dev/tty",
+                Hostile::DeviceNode,
+            ),
+            (&[("./run/p", Fifo, b"", "")], "run/p", Hostile::DeviceNode),
+            (&[("./x", Link, b"", "/etc/shadow")], "x", outside),
         ];
-        let link: &[Member] = &[("./x", Link, b"", "/etc/shadow")];
-        for (files, want) in cases
-            .into_iter()
-            .chain([(link, "points outside the package")])
-        {
+        for (files, want_member, want_reason) in cases {
             let dir = tempfile::tempdir().unwrap();
             let cache = Cache::open(dir.path()).unwrap();
             let d = cache.put(&deb(files)).unwrap();
-            let err = load(&cache, &d, "evil_1").unwrap_err().to_string();
-            assert!(err.contains(want) && err.contains("evil_1"), "{err}");
+            let err = load(&cache, &d, "evil_1").unwrap_err();
+            assert!(
+                matches!(
+                    err.downcast_ref::<AptError>(),
+                    Some(AptError::HostileDeb { package, member, reason })
+                        if package == "evil_1" && member == want_member && *reason == want_reason
+                ),
+                "{err:?}"
+            );
+            assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
             assert!(
                 !cache
                     .entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()))
@@ -395,5 +439,42 @@ mod tests {
         let d = cache.put(&deb(&[("./ok", Regular, b"x", "")])).unwrap();
         std::fs::write(cache.blob_path(&d), b"!<arch>\n").unwrap();
         assert!(load(&cache, &d, "t").is_err());
+    }
+
+    #[test]
+    fn malformed_packages_say_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        // An ar archive without control or data member.
+        let mut ar = ar::Builder::new(Vec::new());
+        ar.append(
+            &ar::Header::new(b"debian-binary".to_vec(), 4),
+            &b"2.0\n"[..],
+        )
+        .unwrap();
+        let d = cache.put(&ar.into_inner().unwrap()).unwrap();
+        let err = load(&cache, &d, "empty_1").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<AptError>(),
+                Some(AptError::BadDeb { package, detail })
+                    if package == "empty_1" && detail.contains("member missing")
+            ),
+            "{err:?}"
+        );
+        // A member compressed with something Debian does not use.
+        let mut ar = ar::Builder::new(Vec::new());
+        ar.append(&ar::Header::new(b"data.tar.bz2".to_vec(), 1), &b"x"[..])
+            .unwrap();
+        let d = cache.put(&ar.into_inner().unwrap()).unwrap();
+        let err = load(&cache, &d, "bz_1").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<AptError>(),
+                Some(AptError::BadDeb { package, detail })
+                    if package == "bz_1" && detail.contains("unsupported member compression `data.tar.bz2`")
+            ),
+            "{err:?}"
+        );
     }
 }

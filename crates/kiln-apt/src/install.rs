@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::control::{parse_paragraphs, Paragraph};
 use super::deb::{Deb, FileKind};
 use super::{AptPlan, Bootstrap};
-use kiln_core::error::{Error, Result};
+use crate::AptError;
+use kiln_core::error::Result;
 use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
 use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::Cache;
@@ -28,14 +29,14 @@ const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct AptReport {
-    pub installed: Vec<String>,
+    pub(crate) installed: Vec<String>,
     /// `package: script` pairs whose effects were not reproduced.
     pub skipped_scripts: Vec<String>,
     /// `--run-scripts`: `package: script argument`, in the order run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ran_scripts: Vec<String>,
     /// Effects kiln performed in place of scripts.
-    pub emulated: Vec<String>,
+    pub(crate) emulated: Vec<String>,
 }
 
 fn multiarch_triplet(arch: &str) -> &'static str {
@@ -43,7 +44,7 @@ fn multiarch_triplet(arch: &str) -> &'static str {
 }
 
 /// `name`, or `name:arch` for a package of a foreign architecture.
-pub fn display_name(p: &super::repo::Package, native: &str) -> String {
+pub(crate) fn display_name(p: &super::repo::Package, native: &str) -> String {
     if super::repo::effective_arch(&p.arch, native) == native {
         p.name.clone()
     } else {
@@ -249,7 +250,10 @@ fn metadata_layer(
         let mut para = parse_paragraphs(&control)
             .into_iter()
             .next()
-            .ok_or_else(|| Error::input(format!("{}: empty control file", pkg.name)))?;
+            .ok_or_else(|| AptError::BadDeb {
+                package: pkg.name.clone(),
+                detail: "empty control file".into(),
+            })?;
         let mut fields = vec![
             ("Package".to_string(), pkg.name.clone()),
             ("Status".to_string(), "install ok installed".to_string()),

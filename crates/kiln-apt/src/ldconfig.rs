@@ -19,15 +19,15 @@ const ELF_LIBC6: i32 = 0x0003;
 
 /// One cache entry: `soname => path` with its flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CacheEntry {
-    pub flags: i32,
-    pub soname: String,
-    pub path: String,
+pub(crate) struct CacheEntry {
+    pub(crate) flags: i32,
+    pub(crate) soname: String,
+    pub(crate) path: String,
 }
 
 /// The entry flags and ELF machine of a Debian architecture; `None` when
 /// kiln does not know how ldconfig marks its libraries.
-pub fn arch_flags(arch: &str) -> Option<(i32, u16)> {
+pub(crate) fn arch_flags(arch: &str) -> Option<(i32, u16)> {
     use kiln_core::Arch;
     let a = Arch::from_debian(arch)?;
     let flags = match a {
@@ -43,7 +43,7 @@ pub fn arch_flags(arch: &str) -> Option<(i32, u16)> {
 }
 
 /// The `SONAME` of a shared library for `machine`, or `None`.
-pub fn soname(bytes: &[u8], machine: u16) -> Option<String> {
+pub(crate) fn soname(bytes: &[u8], machine: u16) -> Option<String> {
     let elf = goblin::elf::Elf::parse(bytes).ok()?;
     if elf.header.e_machine != machine || elf.header.e_type != goblin::elf::header::ET_DYN {
         return None;
@@ -53,7 +53,7 @@ pub fn soname(bytes: &[u8], machine: u16) -> Option<String> {
 
 /// glibc's `_dl_cache_libcmp`: digit runs compare as numbers, and a digit
 /// sorts after a non-digit.
-pub fn libcmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn libcmp(a: &str, b: &str) -> Ordering {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
@@ -95,7 +95,7 @@ pub fn libcmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Entries of a cache file in the new format (`None` if it is not one).
-pub fn parse(bytes: &[u8]) -> Option<Vec<CacheEntry>> {
+pub(crate) fn parse(bytes: &[u8]) -> Option<Vec<CacheEntry>> {
     // An old-format cache may precede the new one (glibc < 2.32 wrote both).
     let start = bytes.windows(MAGIC.len()).position(|w| w == MAGIC)?;
     let b = &bytes[start..];
@@ -121,7 +121,7 @@ pub fn parse(bytes: &[u8]) -> Option<Vec<CacheEntry>> {
 }
 
 /// The cache file for `entries` (sorted and de-duplicated here).
-pub fn write(entries: &[CacheEntry]) -> Vec<u8> {
+pub(crate) fn write(entries: &[CacheEntry]) -> Vec<u8> {
     let mut entries = entries.to_vec();
     // ldconfig's order: descending by library name, then by flags.
     entries.sort_by(|a, b| {
@@ -169,7 +169,7 @@ pub fn write(entries: &[CacheEntry]) -> Vec<u8> {
 
 /// Directories ldconfig reads, in order: `/etc/ld.so.conf` (with its
 /// `include` globs resolved by `list`), then the system directories.
-pub fn search_dirs(
+pub(crate) fn search_dirs(
     conf: Option<&str>,
     triplet: &str,
     read: &dyn Fn(&str) -> Option<String>,

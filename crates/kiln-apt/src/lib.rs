@@ -5,16 +5,17 @@
 //! verify `.deb`s → unpack ([`deb`]) → layers plus a dpkg database and the
 //! common maintainer-script effects done natively ([`install`]).
 
-pub mod accounts;
+mod accounts;
 pub mod cert_hash;
-pub mod control;
-pub mod deb;
-pub mod install;
-pub mod ldconfig;
-pub mod repo;
+mod control;
+mod deb;
+mod error;
+mod install;
+mod ldconfig;
+mod repo;
 pub mod scripts;
-pub mod solve;
-pub mod sources;
+mod solve;
+mod sources;
 
 use std::path::Path;
 
@@ -22,31 +23,31 @@ use rayon::prelude::*;
 
 use control::{parse_dep, parse_paragraphs, Dep, Relation, Version};
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::rootfs::Rootfs;
+use kiln_spec::sections::{AptSection, Bootstrap, SourceEntry};
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
-use repo::Package;
 use sources::Source;
 
-pub use kiln_spec::sections::{AptSection, Bootstrap, SourceEntry};
+pub use error::{AptError, Hostile, IndexProblem, KeyringProblem};
+pub use install::{layer_groups, AptReport};
+pub use repo::Package;
 
 /// The keyring used when a source names none.
-pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// What will be installed.
 #[derive(Debug)]
 pub struct AptPlan {
-    pub arch: String,
+    pub(crate) arch: String,
     /// Foreign architectures dpkg must know (`/var/lib/dpkg/arch`): the
     /// base's and those of packages asked for as `name:ARCH`.
-    pub foreign_archs: Vec<String>,
-    pub bootstrap: Option<Bootstrap>,
+    pub(crate) foreign_archs: Vec<String>,
+    pub(crate) bootstrap: Option<Bootstrap>,
     /// Packages to install, sorted by name; their `.deb`s are in the cache.
     pub packages: Vec<Package>,
-    /// Packages the base already had that satisfied the request.
-    pub already_installed: usize,
 }
 
 /// Debian's name for an OCI architecture.
@@ -54,7 +55,12 @@ pub fn debian_arch(p: &Platform) -> Result<&'static str> {
     kiln_core::Arch::from_platform(p)
         .ok()
         .and_then(|a| a.debian())
-        .ok_or_else(|| Error::input(format!("apt: Debian has no architecture for platform {p}")))
+        .ok_or_else(|| {
+            AptError::NoDebianArch {
+                platform: p.to_string(),
+            }
+            .into()
+        })
 }
 
 /// Every architecture Debian builds for (a `name:ARCH` request must name one).
@@ -85,7 +91,7 @@ pub fn keep_path(path: &str) -> bool {
 }
 
 /// Packages the base has installed (`status`, and distroless `status.d/`).
-pub fn installed_packages(fs: &Rootfs) -> Vec<Package> {
+fn installed_packages(fs: &Rootfs) -> Vec<Package> {
     let mut texts = Vec::new();
     if let Some(b) = fs.read("/var/lib/dpkg/status") {
         texts.push(String::from_utf8_lossy(b).into_owned());
@@ -152,9 +158,7 @@ fn resolve_sources(section: &AptSection, fs: &Rootfs, scratch: bool) -> Result<V
         .filter(|s| s.suite == suite || s.suite.starts_with(&format!("{suite}-")))
         .collect();
     if picked.is_empty() {
-        return Err(Error::input(format!(
-            "apt: no sources: the base image has none and the host has none for suite `{suite}`; give [apt] sources"
-        )));
+        return Err(AptError::NoSources { suite }.into());
     }
     Ok(picked)
 }
@@ -186,13 +190,11 @@ fn keyring_for(
         }
     }
     let host = spec_dir.join(&path);
-    let bytes = std::fs::read(&host).map_err(|e| {
-        Error::input(format!(
-            "apt: keyring {} for {} {}: {e}",
-            host.display(),
-            src.uri,
-            src.suite
-        ))
+    let bytes = std::fs::read(&host).map_err(|source| AptError::KeyringUnreadable {
+        path: host.clone(),
+        uri: src.uri.clone(),
+        suite: src.suite.clone(),
+        source,
     })?;
     repo::load_keyring(&bytes, &host.display().to_string())
 }
@@ -213,25 +215,27 @@ fn base_foreign_archs(fs: &Rootfs, native: &str) -> Vec<String> {
 /// Parse a request: `name`, `name=version`, `name:arch` (a foreign arch is
 /// kept on the dep; the native one, `any` and `native` are dropped).
 fn parse_request(s: &str, arch: &str) -> Result<Dep> {
+    let bad = |detail: String| AptError::BadRequest {
+        request: s.to_string(),
+        detail,
+    };
     let (head, version) = match s.split_once('=') {
         Some((h, v)) => (
             h.trim(),
-            Some(
-                Version::parse(v)
-                    .ok_or_else(|| Error::input(format!("[apt] packages: bad version in `{s}`")))?,
-            ),
+            Some(Version::parse(v).ok_or_else(|| bad(format!("bad version in `{s}`")))?),
         ),
         None => (s.trim(), None),
     };
-    let mut d = parse_dep(head).map_err(|e| Error::input(format!("[apt] packages: {e}")))?;
+    let mut d = parse_dep(head).map_err(bad)?;
     if let Some(a) = d.arch.take() {
         if a != arch && !matches!(a.as_str(), "all" | "any" | "native") {
             if kiln_core::Arch::from_debian(&a).is_none() {
-                let known: Vec<&str> = debian_archs().collect();
-                return Err(Error::input(format!(
-                    "[apt] packages: `{s}`: `{a}` is not a Debian architecture (one of {})",
-                    known.join(", ")
-                )));
+                return Err(AptError::NotDebianArch {
+                    request: s.to_string(),
+                    arch: a,
+                    known: debian_archs().map(String::from).collect(),
+                }
+                .into());
             }
             d.arch = Some(a);
         }
@@ -251,9 +255,7 @@ pub fn plan(
 ) -> Result<AptPlan> {
     let arch = debian_arch(platform)?;
     if section.bootstrap.is_some() && !scratch {
-        return Err(Error::input(
-            "[apt] bootstrap needs `base = \"scratch\"`; the base already is a system",
-        ));
+        return Err(AptError::BootstrapNeedsScratch.into());
     }
     let mut requests: Vec<Vec<Dep>> = section
         .packages
@@ -281,8 +283,6 @@ pub fn plan(
         .map(|(s, k)| repo::load_source(s, k, &archs, http, cache))
         .collect::<Result<_>>()?;
     let mut universe = installed_packages(fs);
-    let installed_names: std::collections::HashSet<String> =
-        universe.iter().map(|p| p.name.clone()).collect();
     for pkgs in indexes {
         universe.extend(pkgs);
     }
@@ -315,17 +315,10 @@ pub fn plan(
         }));
     }
     if requests.is_empty() {
-        return Err(Error::input(
-            "[apt] asks for nothing: give packages or bootstrap",
-        ));
+        return Err(AptError::NothingRequested.into());
     }
     let chosen = solve::solve(&universe, arch, &requests)?;
     let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
-    let already = section
-        .packages
-        .iter()
-        .filter(|s| installed_names.contains(s.split(['=', ':']).next().unwrap_or("")))
-        .count();
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
         packages
@@ -344,7 +337,6 @@ pub fn plan(
         foreign_archs,
         bootstrap: section.bootstrap,
         packages,
-        already_installed: already,
     })
 }
 
@@ -370,24 +362,27 @@ pub fn plan_locked(
                 http.download(&pin.url, Some(&d), cache)
                     .map_err(|e| e.context(&what))?;
                 let deb = deb::load(cache, &d, &what)?;
-                let control = deb
-                    .control
-                    .get("control")
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .ok_or_else(|| {
-                        Error::input(format!("{what}: the package has no control file"))
-                    })?;
+                let bad = |detail: String| AptError::BadDeb {
+                    package: what.clone(),
+                    detail,
+                };
+                // `deb::load` refuses a package without a control file.
+                let control = String::from_utf8_lossy(&deb.control["control"]).into_owned();
                 let para = control::parse_paragraphs(&control)
                     .into_iter()
                     .next()
-                    .ok_or_else(|| Error::input(format!("{what}: empty control file")))?;
+                    .ok_or_else(|| bad("empty control file".into()))?;
                 let mut p = Package::from_paragraph(&para, "", &pin.suite, false)
-                    .map_err(|e| Error::input(format!("{what}: control file: {e}")))?;
+                    .map_err(|e| bad(format!("control file: {e}")))?;
                 if p.name != pin.name || p.version.to_string() != pin.version {
-                    return Err(Error::input(format!(
-                        "{what}: {} is {} {}, not what kiln.lock says",
-                        pin.url, p.name, p.version
-                    )));
+                    return Err(AptError::LockMismatch {
+                        locked_name: pin.name.clone(),
+                        locked_version: pin.version.clone(),
+                        url: pin.url.clone(),
+                        name: p.name,
+                        version: p.version.to_string(),
+                    }
+                    .into());
                 }
                 p.url = pin.url.clone();
                 p.sha256 = Some(d);
@@ -402,7 +397,6 @@ pub fn plan_locked(
         foreign_archs: foreign_archs(fs, arch, &packages),
         bootstrap: section.bootstrap,
         packages,
-        already_installed: 0,
     })
 }
 
@@ -437,4 +431,53 @@ pub fn pins(plan: &AptPlan) -> Vec<kiln_spec::lock::AptPin> {
         .collect()
 }
 
-pub use install::{layer_groups, AptReport};
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cause(e: &kiln_core::Error) -> &AptError {
+        e.downcast_ref::<AptError>().expect("an apt error")
+    }
+
+    #[test]
+    fn requests_name_package_version_and_architecture() {
+        let d = parse_request("libc6:i386=2.36-9", "amd64").unwrap();
+        assert_eq!(d.to_string(), "libc6:i386 (= 2.36-9)");
+        assert_eq!(parse_request("bash:amd64", "amd64").unwrap().arch, None);
+
+        let e = parse_request("bash=", "amd64").unwrap_err();
+        assert!(
+            matches!(cause(&e), AptError::BadRequest { request, .. } if request == "bash="),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "[apt] packages: bad version in `bash=`");
+        let e = parse_request("b@d", "amd64").unwrap_err();
+        assert!(matches!(cause(&e), AptError::BadRequest { .. }), "{e:?}");
+
+        let e = parse_request("hello:sparc64", "amd64").unwrap_err();
+        assert!(
+            matches!(cause(&e), AptError::NotDebianArch { arch, known, .. }
+                if arch == "sparc64" && known.iter().any(|k| k == "ppc64el")),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with("[apt] packages: `hello:sparc64`: `sparc64` is not a Debian architecture (one of amd64, arm64,"));
+        assert_eq!(e.kind(), kiln_core::ErrorKind::Input);
+    }
+
+    #[test]
+    fn platforms_without_a_debian_port_are_refused() {
+        let p = Platform {
+            os: "linux".into(),
+            arch: "arm".into(),
+            variant: Some("v6".into()),
+        };
+        let e = debian_arch(&p).unwrap_err();
+        assert!(
+            matches!(cause(&e), AptError::NoDebianArch { platform } if platform == "linux/arm/v6"),
+            "{e:?}"
+        );
+        assert_eq!(debian_arch(&Platform::linux("arm64")).unwrap(), "arm64");
+    }
+}

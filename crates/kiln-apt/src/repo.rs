@@ -14,35 +14,36 @@ use rayon::prelude::*;
 use super::control::{paragraph_chunks, parse_deps, parse_paragraphs, Dep, Paragraph, Version};
 use super::deb::Codec;
 use super::sources::Source;
+use crate::{AptError, IndexProblem, KeyringProblem};
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_store::cache::{Cache, CacheBucket};
 use kiln_store::http::Http;
 
 /// A binary package available from a repository (or installed in the base).
 #[derive(Clone, Debug)]
 pub struct Package {
-    pub name: String,
-    pub version: Version,
-    pub arch: String,
-    pub multi_arch: String,
-    pub essential: bool,
-    pub priority: String,
+    pub(crate) name: String,
+    pub(crate) version: Version,
+    pub(crate) arch: String,
+    pub(crate) multi_arch: String,
+    pub(crate) essential: bool,
+    pub(crate) priority: String,
     /// Depends and Pre-Depends, each group a list of alternatives.
-    pub depends: Vec<Vec<Dep>>,
-    pub provides: Vec<Dep>,
+    pub(crate) depends: Vec<Vec<Dep>>,
+    pub(crate) provides: Vec<Dep>,
     /// Conflicts and Breaks.
-    pub conflicts: Vec<Dep>,
+    pub(crate) conflicts: Vec<Dep>,
     /// Where to download it (empty for installed packages).
-    pub url: String,
-    pub sha256: Option<Digest>,
-    pub size: u64,
-    pub suite: String,
-    pub installed: bool,
+    pub(crate) url: String,
+    pub(crate) sha256: Option<Digest>,
+    pub(crate) size: u64,
+    pub(crate) suite: String,
+    pub(crate) installed: bool,
 }
 
 /// The architecture `arch` counts as on a `native` system: `all` (or none) is native.
-pub fn effective_arch<'a>(arch: &'a str, native: &'a str) -> &'a str {
+pub(crate) fn effective_arch<'a>(arch: &'a str, native: &'a str) -> &'a str {
     if arch == "all" || arch.is_empty() {
         native
     } else {
@@ -53,7 +54,7 @@ pub fn effective_arch<'a>(arch: &'a str, native: &'a str) -> &'a str {
 impl Package {
     /// dpkg's name for the package's files in `info/`: `name:arch` for
     /// `Multi-Arch: same` packages (database format 1), else `name`.
-    pub fn info_name(&self) -> String {
+    pub(crate) fn info_name(&self) -> String {
         if self.multi_arch == "same" {
             format!("{}:{}", self.name, self.arch)
         } else {
@@ -61,7 +62,7 @@ impl Package {
         }
     }
 
-    pub fn from_paragraph(
+    pub(crate) fn from_paragraph(
         p: &Paragraph,
         base_uri: &str,
         suite: &str,
@@ -139,40 +140,47 @@ pub(crate) fn test_package(
 }
 
 /// Load the public keys of a keyring (binary or armored, one or many keys).
-pub fn load_keyring(bytes: &[u8], what: &str) -> Result<Vec<SignedPublicKey>> {
+pub(crate) fn load_keyring(bytes: &[u8], what: &str) -> Result<Vec<SignedPublicKey>> {
+    let bad = |problem| AptError::BadKeyring {
+        keyring: what.to_string(),
+        problem,
+    };
     let (keys, _) = PublicOrSecret::from_reader_many(bytes)
-        .map_err(|e| Error::input(format!("keyring {what}: not an OpenPGP keyring: {e}")))?;
+        .map_err(|e| bad(KeyringProblem::NotOpenPgp(e.to_string())))?;
     let mut out = Vec::new();
     for k in keys {
         match k {
             Ok(PublicOrSecret::Public(k)) => out.push(k),
             Ok(PublicOrSecret::Secret(k)) => out.push(k.to_public_key()),
-            Err(e) => return Err(Error::input(format!("keyring {what}: unreadable key: {e}"))),
+            Err(e) => return Err(bad(KeyringProblem::UnreadableKey(e.to_string())).into()),
         }
     }
     if out.is_empty() {
-        return Err(Error::input(format!("keyring {what} holds no keys")));
+        return Err(bad(KeyringProblem::NoKeys).into());
     }
     Ok(out)
 }
 
 /// Check a cleartext-signed InRelease; returns the signed text.
-pub fn verify_inrelease(text: &str, keys: &[SignedPublicKey], what: &str) -> Result<String> {
-    let (msg, _) = CleartextSignedMessage::from_string(text)
-        .map_err(|e| Error::input(format!("{what}: not a signed InRelease file: {e}")))?;
+fn verify_inrelease(text: &str, keys: &[SignedPublicKey], what: &str) -> Result<String> {
+    let (msg, _) = CleartextSignedMessage::from_string(text).map_err(|e| AptError::NotSigned {
+        repo: what.to_string(),
+        detail: e.to_string(),
+    })?;
     let ok = keys
         .iter()
         .any(|k| msg.verify(k).is_ok() || k.public_subkeys.iter().any(|sk| msg.verify(sk).is_ok()));
     if !ok {
-        return Err(Error::input(format!(
-            "{what}: the OpenPGP signature does not verify against the keyring; refusing to use this repository"
-        )));
+        return Err(AptError::BadSignature {
+            repo: what.to_string(),
+        }
+        .into());
     }
     Ok(msg.signed_text().replace("\r\n", "\n"))
 }
 
 /// The files a Release lists under SHA256: path → (digest, size).
-pub fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
+fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
     let mut out = BTreeMap::new();
     for p in parse_paragraphs(release) {
         if let Some(list) = p.get("SHA256") {
@@ -195,7 +203,7 @@ pub fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
 /// Fetch, verify and parse every index of one source for `archs` (the
 /// native one first). `Architecture: all` packages are taken from the
 /// native index only, since every index lists them.
-pub fn load_source(
+pub(crate) fn load_source(
     src: &Source,
     keyring: &[SignedPublicKey],
     archs: &[String],
@@ -204,10 +212,12 @@ pub fn load_source(
 ) -> Result<Vec<Package>> {
     let base = format!("{}/dists/{}", src.uri, src.suite);
     let what = format!("{} {}", src.uri, src.suite);
-    let as_text = |b: &[u8]| {
-        String::from_utf8(b.to_vec())
-            .map_err(|_| Error::input(format!("{what}: InRelease is not UTF-8")))
+    let bad = |problem| AptError::BadIndex {
+        repo: what.clone(),
+        problem,
     };
+    let as_text =
+        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad(IndexProblem::ReleaseNotUtf8));
     let check = |b: &[u8]| verify_inrelease(&as_text(b)?, keyring, &what).map(|_| ());
     let inrelease = http.get_cached(&format!("{base}/InRelease"), None, cache, &check)?;
     let release = verify_inrelease(&as_text(&inrelease.bytes)?, keyring, &what)?;
@@ -241,8 +251,10 @@ pub fn load_source(
                 }
             })
             .find_map(|n| hashes.get(&n).map(|h| (n.clone(), h.clone())))
-            .ok_or_else(|| {
-                Error::input(format!("{what}: Release lists no index for {comp}/{arch}"))
+            .ok_or_else(|| AptError::NoIndex {
+                repo: what.clone(),
+                component: comp.clone(),
+                arch: arch.clone(),
             })?;
         // With Acquire-By-Hash the index is fetched by its digest, so a
         // mirror caught mid-update cannot hand out a newer file than the
@@ -270,18 +282,22 @@ pub fn load_source(
             .map(|chunk| {
                 let mut pkgs = Vec::new();
                 for p in parse_paragraphs(chunk) {
-                    let pkg = Package::from_paragraph(&p, &src.uri, &src.suite, false)
-                        .map_err(|e| format!("{what}: malformed entry in {name}: {e}"))?;
+                    let pkg = Package::from_paragraph(&p, &src.uri, &src.suite, false).map_err(
+                        |detail| IndexProblem::MalformedEntry {
+                            index: name.clone(),
+                            detail,
+                        },
+                    )?;
                     if pkg.sha256.is_some() && (ai == 0 || pkg.arch == *arch) {
                         pkgs.push(pkg);
                     }
                 }
                 Ok(pkgs)
             })
-            .collect::<std::result::Result<_, String>>()
-            .map_err(|e| {
+            .collect::<std::result::Result<_, IndexProblem>>()
+            .map_err(|problem| {
                 cache.forget_derived(CacheBucket::AptIndexes, &digest);
-                Error::input(e)
+                bad(problem)
             })?;
         out.extend(chunks.into_iter().flatten());
     }
@@ -292,6 +308,10 @@ pub fn load_source(
 /// decompressed once and then remembered: xz-decoding a whole suite's
 /// Packages is most of the solve step of a warm build.
 fn index_text(cache: &Cache, digest: &Digest, name: &str, what: &str) -> Result<String> {
+    let bad = |problem| AptError::BadIndex {
+        repo: what.to_string(),
+        problem,
+    };
     let bytes = match Codec::of(name) {
         None => cache.read(digest)?,
         Some(codec) => cache.derived(CacheBucket::AptIndexes, digest, || {
@@ -300,12 +320,127 @@ fn index_text(cache: &Cache, digest: &Digest, name: &str, what: &str) -> Result<
             codec
                 .reader(&raw[..])?
                 .read_to_end(&mut text)
-                .map_err(|e| Error::input(format!("{what}: corrupt index {name}: {e}")))?;
+                .map_err(|e| {
+                    bad(IndexProblem::Corrupt {
+                        index: name.to_string(),
+                        detail: e.to_string(),
+                    })
+                })?;
             Ok(text)
         })?,
     };
     String::from_utf8(bytes).map_err(|_| {
         cache.forget_derived(CacheBucket::AptIndexes, digest);
-        Error::input(format!("{what}: index {name} is not UTF-8"))
+        bad(IndexProblem::NotUtf8 {
+            index: name.to_string(),
+        })
+        .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgp::composed::{ArmorOptions, KeyType, SecretKeyParamsBuilder, SignedSecretKey};
+    use pgp::types::Password;
+    use rand::SeedableRng;
+
+    fn key(seed: u64) -> SignedSecretKey {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        SecretKeyParamsBuilder::default()
+            .key_type(KeyType::Ed25519Legacy)
+            .can_certify(true)
+            .can_sign(true)
+            .primary_user_id(format!("kiln test {seed}"))
+            .build()
+            .unwrap()
+            .generate(&mut rng)
+            .unwrap()
+    }
+
+    fn cause(e: &kiln_core::Error) -> &AptError {
+        e.downcast_ref::<AptError>().expect("an apt error")
+    }
+
+    #[test]
+    fn inrelease_verifies_only_against_its_signer() {
+        let signer = key(1);
+        let other = key(2);
+        let text = "Origin: Kiln\nSuite: test\n";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let signed =
+            CleartextSignedMessage::sign(&mut rng, text, &signer.primary_key, &Password::empty())
+                .unwrap();
+        let armored = signed.to_armored_string(ArmorOptions::default()).unwrap();
+
+        let keys = [signer.to_public_key()];
+        assert_eq!(verify_inrelease(&armored, &keys, "r s").unwrap(), text);
+
+        let e =
+            verify_inrelease(&armored, &[other.to_public_key()], "http://m bookworm").unwrap_err();
+        assert!(
+            matches!(cause(&e), AptError::BadSignature { repo } if repo == "http://m bookworm"),
+            "{e:?}"
+        );
+        assert!(e.to_string().ends_with(
+            "signature does not verify against the keyring; refusing to use this repository"
+        ));
+
+        let e = verify_inrelease(text, &keys, "r s").unwrap_err();
+        assert!(
+            matches!(cause(&e), AptError::NotSigned { repo, .. } if repo == "r s"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn keyrings_must_hold_keys() {
+        let e = load_keyring(b"not a key", "k.gpg").unwrap_err();
+        assert!(
+            matches!(
+                cause(&e),
+                AptError::BadKeyring { keyring, problem: KeyringProblem::NotOpenPgp(_) | KeyringProblem::NoKeys }
+                    if keyring == "k.gpg"
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("keyring k.gpg"), "{e}");
+        let armored = key(4)
+            .to_public_key()
+            .to_armored_string(ArmorOptions::default())
+            .unwrap();
+        assert_eq!(load_keyring(armored.as_bytes(), "k.asc").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn indexes_that_do_not_read_are_refused_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(b"not xz").unwrap();
+        let e = index_text(&cache, &d, "main/binary-amd64/Packages.xz", "r s").unwrap_err();
+        assert!(
+            matches!(
+                cause(&e),
+                AptError::BadIndex { repo, problem: IndexProblem::Corrupt { index, .. } }
+                    if repo == "r s" && index == "main/binary-amd64/Packages.xz"
+            ),
+            "{e:?}"
+        );
+        let d = cache.put(b"\xff\xfe").unwrap();
+        let e = index_text(&cache, &d, "main/binary-amd64/Packages", "r s").unwrap_err();
+        assert!(
+            matches!(
+                cause(&e),
+                AptError::BadIndex {
+                    problem: IndexProblem::NotUtf8 { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "r s: index main/binary-amd64/Packages is not UTF-8"
+        );
+    }
 }

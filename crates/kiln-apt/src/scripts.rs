@@ -24,7 +24,8 @@ use std::process::Command;
 use super::install::display_name;
 use super::repo::Package;
 use super::AptPlan;
-use kiln_core::error::{Error, IoContext, Result};
+use crate::AptError;
+use kiln_core::error::{IoContext, Result};
 use kiln_fs::layer::{Entry, EntryKind};
 use kiln_fs::rootfs::{Node, Rootfs};
 
@@ -44,9 +45,11 @@ pub struct ScriptRun {
 pub fn check_host(arch: &str) -> Result<()> {
     let host = super::debian_arch(&kiln_core::platform::Platform::host())?;
     if arch != host {
-        return Err(Error::input(format!(
-            "--run-scripts: the image is {arch} but this machine is {host}; maintainer scripts run only for the host's architecture (kiln does not emulate)"
-        )));
+        return Err(AptError::ForeignHost {
+            image: arch.to_string(),
+            host: host.to_string(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -107,11 +110,14 @@ pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<Scri
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(20)..];
-                return Err(Error::input(format!(
-                    "--run-scripts: {name} {script} {arg} failed ({}); nothing was written. Its last output:\n{}",
-                    out.status,
-                    tail.join("\n")
-                )));
+                return Err(AptError::ScriptFailed {
+                    package: name,
+                    script: script.to_string(),
+                    arg: arg.to_string(),
+                    status: out.status,
+                    output: tail.join("\n"),
+                }
+                .into());
             }
             ran.push(format!("{name}: {script} {arg}"));
         }
@@ -166,20 +172,20 @@ fn run_in_namespace(mut cmd: Command, euid: u32) -> Result<std::process::Output>
         .wait_with_output()
         .io_context(|| "waiting for kiln __run-script".to_string())?;
     if !mapped {
-        return Err(Error::input(format!(
-            "--run-scripts: could not set up a user namespace (are unprivileged user namespaces enabled?): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(AptError::UserNamespace {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
     }
     Ok(out)
 }
 
 /// A failed system call of the namespace set-up, said plainly.
-fn sys(what: &str, e: rustix::io::Errno) -> Error {
-    Error::input(format!(
-        "--run-scripts: {what}: {}",
-        std::io::Error::from(e)
-    ))
+fn sys(what: &str, e: rustix::io::Errno) -> AptError {
+    AptError::Sandbox {
+        step: what.to_string(),
+        source: e.into(),
+    }
 }
 
 /// `kiln __run-script ROOT PROGRAM ARGS...`, first half: enter a new user
@@ -199,7 +205,7 @@ pub fn namespace_stage(root: &Path, program: &str, args: &[String]) -> Result<i3
         .read_line(&mut line)
         .io_context(|| "waiting for the id maps".to_string())?;
     if line.trim() != "go" {
-        return Err(Error::input("--run-scripts: no id maps were written"));
+        return Err(AptError::NoIdMaps.into());
     }
     let flags = UnshareFlags::NEWNS
         | UnshareFlags::NEWPID
@@ -252,9 +258,11 @@ pub fn enter_and_exec(root: &Path, program: &str, args: &[String]) -> Result<()>
     unmount(".", UnmountFlags::DETACH).map_err(|e| sys("detaching the host's root", e))?;
     std::env::set_current_dir("/").io_context(|| "entering /".to_string())?;
     let err = std::process::Command::new(program).args(args).exec();
-    Err(Error::input(format!(
-        "--run-scripts: running {program}: {err}"
-    )))
+    Err(AptError::Sandbox {
+        step: format!("running {program}"),
+        source: err,
+    }
+    .into())
 }
 
 /// Dependencies first (dpkg's configure order); ties and cycles by name.
@@ -360,10 +368,12 @@ fn snapshot(root: &Path) -> Result<BTreeMap<String, Stamp>> {
         .into_iter()
         .filter_entry(|e| e.depth() != 1 || !SKIPPED.iter().any(|s| e.file_name() == *s));
     for e in walk {
-        let e = e.map_err(|e| Error::input(format!("--run-scripts: reading the tree: {e}")))?;
-        let md = e
-            .metadata()
-            .map_err(|e| Error::input(format!("--run-scripts: reading the tree: {e}")))?;
+        let reading = |e: walkdir::Error| AptError::Sandbox {
+            step: "reading the tree".into(),
+            source: e.into(),
+        };
+        let e = e.map_err(reading)?;
+        let md = e.metadata().map_err(reading)?;
         let Ok(rel) = e.path().strip_prefix(root) else {
             continue;
         };
@@ -411,9 +421,7 @@ fn changes(
                 fs::read(&p).io_context(|| format!("reading {}", p.display()))?,
             ))
         } else {
-            return Err(Error::input(format!(
-                "--run-scripts: a script created /{rel}, which is not a file, directory or symlink"
-            )));
+            return Err(AptError::SpecialFile { path: rel.clone() }.into());
         };
         entries.push(Entry {
             path: rel.clone(),
@@ -462,5 +470,40 @@ mod tests {
             .map(|i| p[i].name.as_str())
             .collect();
         assert_eq!(order, ["base", "lib", "tool", "app"]);
+    }
+
+    #[test]
+    fn scripts_run_only_for_the_host_architecture() {
+        let e = check_host("not-the-host").unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<AptError>(),
+                Some(AptError::ForeignHost { image, .. }) if image == "not-the-host"
+            ),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .contains("the image is not-the-host but this machine is"));
+    }
+
+    #[test]
+    fn a_script_leaving_a_special_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = snapshot(dir.path()).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+        let after = snapshot(dir.path()).unwrap();
+        let e = changes(dir.path(), &before, &after, 0).unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<AptError>(),
+                Some(AptError::SpecialFile { path }) if path == "sock"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "--run-scripts: a script created /sock, which is not a file, directory or symlink"
+        );
     }
 }

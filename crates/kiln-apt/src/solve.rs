@@ -30,11 +30,12 @@ use resolvo::{
 
 use super::control::{Dep, Relation, Version};
 use super::repo::Package;
-use kiln_core::error::{Error, Result};
+use crate::AptError;
+use kiln_core::error::Result;
 
 /// What a solvable stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Rec {
+enum Rec {
     /// Index into the package list.
     Real(usize),
     /// `name` provided by package index `by`, with the provided version if any.
@@ -43,7 +44,7 @@ pub enum Rec {
 
 /// Which packages of another architecture may satisfy a dependency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CrossArch {
+enum CrossArch {
     /// The dependency names this architecture: anything matches.
     Any,
     /// A plain dependency met across architectures: `Multi-Arch: foreign`.
@@ -54,7 +55,7 @@ pub enum CrossArch {
 
 /// A set of solvables of one name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Set {
+enum Set {
     /// Satisfies the dependency (name is the set's name).
     Matches(Option<(Relation, Version)>, CrossArch),
     /// The same package at another architecture: allowed only for a
@@ -70,7 +71,7 @@ pub enum Set {
 }
 
 #[derive(Clone, Debug)]
-pub struct Shown(String);
+struct Shown(String);
 impl fmt::Display for Shown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -83,9 +84,9 @@ impl VersionSet for Set {
 
 /// A record plus its display text (resolvo displays records in explanations).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RecShown {
-    pub rec: Rec,
-    pub text: String,
+struct RecShown {
+    rec: Rec,
+    text: String,
 }
 impl fmt::Display for RecShown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,15 +94,15 @@ impl fmt::Display for RecShown {
     }
 }
 
-pub struct Provider<'a> {
-    pub pool: Pool<Set, String>,
+struct Provider<'a> {
+    pool: Pool<Set, String>,
     packages: &'a [Package],
     native: String,
     /// Every architecture in the universe, native first.
     archs: Vec<String>,
     by_name: HashMap<NameId, Vec<SolvableId>>,
     /// Names asked for directly: as providers of a virtual package they come first.
-    pub requested: std::collections::HashSet<String>,
+    requested: std::collections::HashSet<String>,
 }
 
 fn priority_rank(p: &str) -> u8 {
@@ -129,7 +130,7 @@ fn qualified(name: &str, arch: &str, native: &str) -> String {
 }
 
 impl<'a> Provider<'a> {
-    pub fn new(packages: &'a [Package], native: &str) -> Self {
+    fn new(packages: &'a [Package], native: &str) -> Self {
         let pool: Pool<Set, String> = Pool::new();
         let mut by_name: HashMap<NameId, Vec<SolvableId>> = HashMap::new();
         let mut archs: Vec<String> = vec![native.to_string()];
@@ -251,7 +252,7 @@ impl<'a> Provider<'a> {
     /// of architecture `from`: the name at `from`, or at other
     /// architectures as Multi-Arch allows. Names no package has are left
     /// out, unless nothing is left (the requirement then fails by name).
-    pub fn dep_sets(&self, d: &Dep, from: &str) -> Vec<VersionSetId> {
+    fn dep_sets(&self, d: &Dep, from: &str) -> Vec<VersionSetId> {
         let c = d.constraint.clone();
         let mut wanted: Vec<(String, CrossArch)> = match d.arch.as_deref() {
             Some("native") => vec![(d.name.clone(), CrossArch::Any)],
@@ -286,7 +287,7 @@ impl<'a> Provider<'a> {
 
     /// A requirement for one dependency group of a package of architecture
     /// `from` (alternatives → a union).
-    pub fn requirement(&self, group: &[Dep], from: &str) -> Requirement {
+    fn requirement(&self, group: &[Dep], from: &str) -> Requirement {
         let sets: Vec<VersionSetId> = group.iter().flat_map(|d| self.dep_sets(d, from)).collect();
         if sets.len() == 1 {
             Requirement::Single(sets[0])
@@ -464,7 +465,11 @@ impl DependencyProvider for Provider<'_> {
 /// Solve `requests` (each a group of alternatives; an alternative's arch
 /// is a concrete architecture or none for `native`); returns indexes of the
 /// packages to install (installed ones excluded), sorted by name and arch.
-pub fn solve(packages: &[Package], native: &str, requests: &[Vec<Dep>]) -> Result<Vec<usize>> {
+pub(crate) fn solve(
+    packages: &[Package],
+    native: &str,
+    requests: &[Vec<Dep>],
+) -> Result<Vec<usize>> {
     let mut provider = Provider::new(packages, native);
     provider.requested = requests.iter().flatten().map(|d| d.name.clone()).collect();
     let mut reqs: Vec<ConditionalRequirement> = Vec::new();
@@ -472,14 +477,11 @@ pub fn solve(packages: &[Package], native: &str, requests: &[Vec<Dep>]) -> Resul
         for d in r {
             let arch = d.arch.as_deref().unwrap_or(native);
             if provider.known(&qualified(&d.name, arch, native)).is_none() {
-                return Err(Error::input(format!(
-                    "apt: unknown package `{d}`: no configured repository has it{}",
-                    if arch == native {
-                        String::new()
-                    } else {
-                        format!(" for architecture {arch}")
-                    }
-                )));
+                return Err(AptError::UnknownPackage {
+                    package: d.to_string(),
+                    arch: (arch != native).then(|| arch.to_string()),
+                }
+                .into());
             }
         }
         reqs.push(provider.requirement(r, native).into());
@@ -489,14 +491,10 @@ pub fn solve(packages: &[Package], native: &str, requests: &[Vec<Dep>]) -> Resul
     let solution = match solver.solve(problem) {
         Ok(s) => s,
         Err(UnsolvableOrCancelled::Unsolvable(conflict)) => {
-            let text = conflict.display_user_friendly(&solver).to_string();
-            return Err(Error::input(format!(
-                "apt: the requested packages cannot be installed together:\n{text}"
-            )));
+            let explanation = conflict.display_user_friendly(&solver).to_string();
+            return Err(AptError::Unsatisfiable { explanation }.into());
         }
-        Err(UnsolvableOrCancelled::Cancelled(_)) => {
-            return Err(Error::internal("apt: solver cancelled"))
-        }
+        Err(UnsolvableOrCancelled::Cancelled(_)) => return Err(AptError::SolverCancelled.into()),
     };
     let provider = solver.provider();
     let mut out: Vec<usize> = solution
@@ -579,9 +577,43 @@ mod tests {
         let got = solve(&u, "amd64", &[req("libx", None), req("libx", Some("i386"))]).unwrap();
         assert_eq!(names(&u, &got), ["libx:amd64=1", "libx:i386=1"]);
         // A package that is not Multi-Arch: same is installed at one architecture.
-        let err = solve(&u, "amd64", &[req("tool", None), req("tool", Some("i386"))])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot be installed together"), "{err}");
+        let err = solve(&u, "amd64", &[req("tool", None), req("tool", Some("i386"))]).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<AptError>(),
+                Some(AptError::Unsatisfiable { explanation }) if explanation.contains("tool")
+            ),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("apt: the requested packages cannot be installed together:\n"));
+    }
+
+    #[test]
+    fn unknown_packages_are_named_with_their_architecture() {
+        let u = vec![pkg("hello", "1", "amd64", "no", "")];
+        let err = solve(&u, "amd64", &[req("nope", None)]).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<AptError>(),
+                Some(AptError::UnknownPackage { package, arch: None }) if package == "nope"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "apt: unknown package `nope`: no configured repository has it"
+        );
+        let err = solve(&u, "amd64", &[req("hello", Some("i386"))]).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<AptError>(),
+                Some(AptError::UnknownPackage { package, arch: Some(a) })
+                    if package == "hello:i386" && a == "i386"
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().ends_with(" for architecture i386"), "{err}");
     }
 }

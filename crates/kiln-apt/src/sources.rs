@@ -5,42 +5,43 @@
 use std::path::{Path, PathBuf};
 
 use super::control::parse_paragraphs;
-use kiln_core::error::{Error, Result};
+use crate::AptError;
+use kiln_core::error::Result;
 use kiln_fs::rootfs::Rootfs;
 
 /// One repository: URI + suite + components, and the keyring that signs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    pub uri: String,
-    pub suite: String,
-    pub components: Vec<String>,
+pub(crate) struct Source {
+    pub(crate) uri: String,
+    pub(crate) suite: String,
+    pub(crate) components: Vec<String>,
     /// `Signed-By`: a keyring path (on the host, or inside the base image when `in_image`).
-    pub signed_by: Option<String>,
-    pub in_image: bool,
+    pub(crate) signed_by: Option<String>,
+    pub(crate) in_image: bool,
 }
 
 /// Parse `deb [opts] URI SUITE COMP...` lines (deb-src and comments skipped).
-pub fn parse_one_line(text: &str) -> Result<Vec<Source>> {
+pub(crate) fn parse_one_line(text: &str) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() || line.starts_with("deb-src") {
             continue;
         }
+        let bad = |problem: &str| AptError::BadSourceLine {
+            line: line.to_string(),
+            problem: problem.to_string(),
+        };
         let Some(rest) = line
             .strip_prefix("deb ")
             .or_else(|| line.strip_prefix("deb\t"))
         else {
-            return Err(Error::input(format!(
-                "apt source line `{line}`: expected `deb [options] URI SUITE [COMPONENT...]`"
-            )));
+            return Err(bad("expected `deb [options] URI SUITE [COMPONENT...]`").into());
         };
         let mut rest = rest.trim();
         let mut signed_by = None;
         if let Some(opts) = rest.strip_prefix('[') {
-            let (opts, after) = opts
-                .split_once(']')
-                .ok_or_else(|| Error::input(format!("apt source line `{line}`: unclosed `[`")))?;
+            let (opts, after) = opts.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
             for o in opts.split_whitespace() {
                 if let Some(v) = o.strip_prefix("signed-by=") {
                     signed_by = Some(v.to_string());
@@ -50,9 +51,7 @@ pub fn parse_one_line(text: &str) -> Result<Vec<Source>> {
         }
         let words: Vec<&str> = rest.split_whitespace().collect();
         if words.len() < 2 {
-            return Err(Error::input(format!(
-                "apt source line `{line}`: missing suite"
-            )));
+            return Err(bad("missing suite").into());
         }
         out.push(Source {
             uri: words[0].trim_end_matches('/').to_string(),
@@ -66,7 +65,7 @@ pub fn parse_one_line(text: &str) -> Result<Vec<Source>> {
 }
 
 /// Parse a deb822 `.sources` file (each paragraph can name several URIs and suites).
-pub fn parse_deb822(text: &str) -> Result<Vec<Source>> {
+fn parse_deb822(text: &str) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for p in parse_paragraphs(text) {
         if p.get("Enabled")
@@ -84,10 +83,10 @@ pub fn parse_deb822(text: &str) -> Result<Vec<Source>> {
         }
         let uris = p
             .get("URIs")
-            .ok_or_else(|| Error::input("deb822 source without URIs"))?;
+            .ok_or(AptError::Deb822Missing { field: "URIs" })?;
         let suites = p
             .get("Suites")
-            .ok_or_else(|| Error::input("deb822 source without Suites"))?;
+            .ok_or(AptError::Deb822Missing { field: "Suites" })?;
         let comps: Vec<String> = p
             .get("Components")
             .unwrap_or("")
@@ -116,7 +115,7 @@ pub fn parse_deb822(text: &str) -> Result<Vec<Source>> {
 }
 
 /// The sources configured inside the base image.
-pub fn from_rootfs(fs: &Rootfs) -> Result<Vec<Source>> {
+pub(crate) fn from_rootfs(fs: &Rootfs) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     if let Some(b) = fs.read("/etc/apt/sources.list") {
         out.extend(parse_one_line(&String::from_utf8_lossy(b))?);
@@ -138,7 +137,7 @@ pub fn from_rootfs(fs: &Rootfs) -> Result<Vec<Source>> {
 }
 
 /// The host's sources (`/etc/apt`), used to find a mirror for a bootstrap from scratch.
-pub fn from_host(root: &Path) -> Result<Vec<Source>> {
+pub(crate) fn from_host(root: &Path) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     let list = root.join("etc/apt/sources.list");
     if let Ok(t) = std::fs::read_to_string(&list) {
@@ -163,7 +162,7 @@ pub fn from_host(root: &Path) -> Result<Vec<Source>> {
 }
 
 /// Does the image keep its apt data here? (The loader keeps these files' contents.)
-pub fn keep_path(path: &str) -> bool {
+pub(crate) fn keep_path(path: &str) -> bool {
     path == "/etc/apt/sources.list"
         || path.starts_with("/etc/apt/sources.list.d/")
         || path.starts_with("/etc/apt/trusted.gpg")
@@ -185,6 +184,37 @@ mod tests {
         let s = parse_deb822("Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n").unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].suite, "bookworm-updates");
-        assert!(parse_one_line("nonsense").is_err());
+    }
+
+    #[test]
+    fn bad_sources_name_the_line_or_the_field() {
+        let e = parse_one_line("nonsense").unwrap_err();
+        assert!(
+            matches!(e.downcast_ref::<AptError>(), Some(AptError::BadSourceLine { line, .. }) if line == "nonsense"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "apt source line `nonsense`: expected `deb [options] URI SUITE [COMPONENT...]`"
+        );
+        for (text, problem) in [
+            ("deb [signed-by=/k http://x bookworm", "unclosed `[`"),
+            ("deb http://x", "missing suite"),
+        ] {
+            let e = parse_one_line(text).unwrap_err();
+            assert!(
+                matches!(e.downcast_ref::<AptError>(), Some(AptError::BadSourceLine { problem: p, .. }) if p == problem),
+                "{e:?}"
+            );
+        }
+        let e = parse_deb822("Types: deb\nSuites: bookworm\n").unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<AptError>(),
+                Some(AptError::Deb822Missing { field: "URIs" })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "deb822 source without URIs");
     }
 }

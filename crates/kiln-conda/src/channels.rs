@@ -13,8 +13,10 @@ use rattler_conda_types::{Channel, ChannelConfig, RepoData, RepoDataRecord, Subd
 use rayon::prelude::*;
 use url::Url;
 
-use kiln_core::error::{Error, Result};
-use kiln_store::http::Http;
+use kiln_core::error::{ErrorKind, Result};
+use kiln_store::http::{redact, Http};
+
+use crate::CondaError;
 
 /// The channel alias in force: the spec's, else `CONDA_CHANNEL_ALIAS`, else
 /// rattler's default.
@@ -28,13 +30,15 @@ pub fn config(spec_dir: &Path, alias: Option<&str>) -> Result<ChannelConfig> {
         let a = if a.ends_with('/') { a } else { format!("{a}/") };
         // A plain directory is allowed as an alias too (an offline mirror).
         let url = if a.contains("://") {
-            Url::parse(&a).map_err(|e| Error::input(format!("[conda] channel-alias `{a}`: {e}")))?
+            Url::parse(&a).map_err(|e| CondaError::BadChannelAlias {
+                alias: redact(&a),
+                reason: e.to_string(),
+            })?
         } else {
             let dir = spec_dir.join(&a);
-            Url::from_directory_path(&dir).map_err(|_| {
-                Error::input(format!(
-                    "[conda] channel-alias `{a}`: not a usable directory"
-                ))
+            Url::from_directory_path(&dir).map_err(|_| CondaError::BadChannelAlias {
+                alias: a.clone(),
+                reason: "not a usable directory".into(),
             })?
         };
         config.channel_alias = url;
@@ -42,13 +46,18 @@ pub fn config(spec_dir: &Path, alias: Option<&str>) -> Result<ChannelConfig> {
     Ok(config)
 }
 
-pub fn parse(s: &str, config: &ChannelConfig) -> Result<Channel> {
-    Channel::from_str(s, config).map_err(|e| Error::input(format!("[conda] channel `{s}`: {e}")))
+pub(crate) fn parse(s: &str, config: &ChannelConfig) -> Result<Channel> {
+    Ok(
+        Channel::from_str(s, config).map_err(|e| CondaError::BadChannel {
+            channel: redact(s),
+            reason: e.to_string(),
+        })?,
+    )
 }
 
 /// Every record of every channel for `subdir` and `noarch`, in channel
 /// order (the solver's channel priority follows it). Fetched in parallel.
-pub fn fetch_all(
+pub(crate) fn fetch_all(
     channels: &[Channel],
     subdir: Subdir,
     http: &Http,
@@ -65,12 +74,12 @@ pub fn fetch_all(
                 }
             }
             if !found {
-                return Err(Error::input(format!(
-                    "[conda] channel `{}` ({}) has no repodata.json for {subdir} or noarch: \
-                     is the channel name or URL right?",
-                    c.canonical_name(),
-                    c.base_url
-                )));
+                return Err(CondaError::NoRepodata {
+                    channel: c.canonical_name(),
+                    url: redact(c.base_url.as_str()),
+                    subdir: subdir.to_string(),
+                }
+                .into());
             }
             Ok(prefer_conda_format(records))
         })
@@ -84,24 +93,34 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<Rep
         .base_url
         .url()
         .join(&format!("{subdir}/repodata.json"))
-        .map_err(|e| Error::input(format!("[conda] channel {}: {e}", c.base_url)))?;
+        .map_err(|e| CondaError::BadChannelUrl {
+            url: redact(c.base_url.as_str()),
+            reason: e.to_string(),
+        })?;
     let bytes = match http.get(url.as_str(), Some("application/json")) {
         Ok(f) => f.bytes,
         // A missing subdir (or a missing local file) is a channel without
         // packages for it, not an error by itself.
-        Err(Error::Input(m)) if m.contains("not found") || m.contains("No such file") => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e.context(format!("[conda] fetching {url}"))),
+        Err(e) if e.kind() == ErrorKind::Input && is_missing(&e.to_string()) => return Ok(None),
+        Err(e) => return Err(e.context(format!("[conda] fetching {}", redact(url.as_str())))),
     };
-    let repodata = parse_repodata(&bytes).map_err(|e| e.context(format!("[conda] {url}")))?;
+    let repodata = parse_repodata(&bytes)
+        .map_err(|e| e.context(format!("[conda] {}", redact(url.as_str()))))?;
     Ok(Some(repodata.into_repo_data_records(c)))
+}
+
+/// Does the HTTP client's message say the document is not there (HTTP 404
+/// or 410, or no such local file)?
+fn is_missing(message: &str) -> bool {
+    message.contains("not found") || message.contains("No such file")
 }
 
 /// Parse repodata.json. Some exporters write `null` for empty lists
 /// (`depends`, `constrains`, ...); conda reads those as empty, so do we.
 pub fn parse_repodata(bytes: &[u8]) -> Result<RepoData> {
-    let invalid = |e: serde_json::Error| Error::input(format!("not valid repodata.json: {e}"));
+    let invalid = |e: serde_json::Error| CondaError::BadRepodata {
+        reason: e.to_string(),
+    };
     let mut doc: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
     for key in ["packages", "packages.conda"] {
         if let Some(serde_json::Value::Object(pkgs)) = doc.get_mut(key) {
@@ -116,7 +135,7 @@ pub fn parse_repodata(bytes: &[u8]) -> Result<RepoData> {
             }
         }
     }
-    serde_json::from_value(doc).map_err(invalid)
+    Ok(serde_json::from_value(doc).map_err(invalid)?)
 }
 
 /// When a package is published both as `.conda` and `.tar.bz2`, keep the
@@ -153,4 +172,63 @@ fn prefer_conda_format(records: Vec<RepoDataRecord>) -> Vec<RepoDataRecord> {
         .zip(keep)
         .filter_map(|(r, k)| k.then_some(r))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_aliases_and_channels_name_themselves_without_secrets() {
+        let err = config(Path::new("/"), Some("https://u:s3cret@[bad")).unwrap_err();
+        match err.downcast_ref::<CondaError>() {
+            Some(CondaError::BadChannelAlias { alias, .. }) => {
+                assert_eq!(alias, "https://***@[bad/");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let config = config(Path::new("/"), None).unwrap();
+        let err = parse("https://u:s3cret@[bad", &config).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadChannel { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn repodata_must_parse_and_exist() {
+        let err = parse_repodata(b"{\"packages\": 3}").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadRepodata { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("not valid repodata.json: "),
+            "{err}"
+        );
+        assert!(parse_repodata(b"{\"packages\": {}}").is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), None).unwrap();
+        let empty = parse(&dir.path().display().to_string(), &config).unwrap();
+        let http = Http::offline().unwrap();
+        let subdir: Subdir = "linux-64".parse().unwrap();
+        let err = fetch_all(&[empty], subdir, &http).unwrap_err();
+        match err.downcast_ref::<CondaError>() {
+            Some(CondaError::NoRepodata { url, subdir, .. }) => {
+                assert!(url.starts_with("file://"), "{url}");
+                assert_eq!(subdir, "linux-64");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("no repodata.json"), "{err}");
+    }
 }

@@ -1,33 +1,38 @@
-//! `environment.yml`: name, channels, dependencies and a `pip:` list.
+//! `environment.yml`: channels, dependencies and a `pip:` list (its `name`
+//! does not matter to an image).
 
 use std::path::Path;
 
 use rattler_conda_types::{EnvironmentYaml, MatchSpecOrSubSection};
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
+
+use crate::CondaError;
 
 /// The parts of an environment file kiln uses, as text (parsed later with
 /// the spec's channel configuration).
 #[derive(Debug, Default)]
-pub struct Environment {
-    pub name: Option<String>,
-    pub channels: Vec<String>,
-    pub dependencies: Vec<String>,
+pub(crate) struct Environment {
+    pub(crate) channels: Vec<String>,
+    pub(crate) dependencies: Vec<String>,
     /// Requirement lines of the `pip:` subsection.
-    pub pip: Vec<String>,
+    pub(crate) pip: Vec<String>,
 }
 
-pub fn read(path: &Path) -> Result<Environment> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::input(format!("[conda] environment {}: {e}", path.display())))?;
+pub(crate) fn read(path: &Path) -> Result<Environment> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| CondaError::EnvironmentUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
     parse(&text).map_err(|e| e.context(format!("[conda] environment {}", path.display())))
 }
 
-pub fn parse(text: &str) -> Result<Environment> {
-    let env = EnvironmentYaml::from_yaml_str(text)
-        .map_err(|e| Error::input(format!("not a valid environment file: {e}")))?;
+pub(crate) fn parse(text: &str) -> Result<Environment> {
+    let env = EnvironmentYaml::from_yaml_str(text).map_err(|e| CondaError::BadEnvironment {
+        reason: e.to_string(),
+    })?;
     let mut out = Environment {
-        name: env.name,
         channels: env.channels.iter().map(|c| c.to_string()).collect(),
         ..Default::default()
     };
@@ -36,9 +41,7 @@ pub fn parse(text: &str) -> Result<Environment> {
             MatchSpecOrSubSection::MatchSpec(m) => out.dependencies.push(m.to_string()),
             MatchSpecOrSubSection::SubSection(key, lines) if key == "pip" => out.pip.extend(lines),
             MatchSpecOrSubSection::SubSection(key, _) => {
-                return Err(Error::input(format!(
-                    "dependencies: unsupported subsection `{key}:` (only `pip:` is)"
-                )))
+                return Err(CondaError::UnsupportedSubsection { key }.into())
             }
         }
     }
@@ -55,11 +58,43 @@ mod tests {
             "name: demo\nchannels:\n  - conda-forge\n  - ./local\ndependencies:\n  - python=3.12\n  - numpy>=1.26,<2\n  - pip:\n    - requests==2.31.0\n    - --find-links ./wheels\n",
         )
         .unwrap();
-        assert_eq!(env.name.as_deref(), Some("demo"));
         assert_eq!(env.channels, ["conda-forge", "./local"]);
         assert_eq!(env.dependencies.len(), 2);
         assert!(env.dependencies[0].starts_with("python"));
         assert_eq!(env.pip, ["requests==2.31.0", "--find-links ./wheels"]);
         assert!(parse("dependencies: [\"numpy >=>= 1\"]").is_err());
+    }
+
+    #[test]
+    fn only_pip_subsections() {
+        let err = parse("dependencies:\n  - numpy\n  - npm:\n    - left-pad\n").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::UnsupportedSubsection { key }) if key == "npm"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "dependencies: unsupported subsection `npm:` (only `pip:` is)"
+        );
+        let err = parse("dependencies: {").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadEnvironment { .. })
+            ),
+            "{err:?}"
+        );
+        let err = read(Path::new("/nonexistent/environment.yml")).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::EnvironmentUnreadable { path, .. })
+                    if path == Path::new("/nonexistent/environment.yml")
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -21,14 +21,16 @@ use rattler_conda_types::{PackageRecord, PrefixRecord, RepoDataRecord};
 use rayon::prelude::*;
 
 use super::{CondaPlan, CondaReport, Pinned};
+use crate::{CondaError, Hostile};
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::error::{IoContext, Result};
 use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
 use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::{Cache, CacheBucket};
+use kiln_store::http::redact;
 
 /// Packages whose archive is larger than this get a layer of their own.
-pub const BIG_PACKAGE: u64 = 32 << 20;
+pub(crate) const BIG_PACKAGE: u64 = 32 << 20;
 
 /// Layer groups plus the report; the returned directory holds the linked
 /// fragments the entries point at and must outlive the layer build.
@@ -181,7 +183,7 @@ fn add_all(t: &mut Tree, entries: Vec<Entry>) {
 }
 
 /// `channel::name-version-build`.
-pub fn label(r: &RepoDataRecord) -> String {
+pub(crate) fn label(r: &RepoDataRecord) -> String {
     let p = &r.package_record;
     let channel = r
         .channel
@@ -223,13 +225,16 @@ fn python_info(plan: &CondaPlan) -> Result<Option<PythonInfo>> {
         .iter()
         .find(|p| p.record.package_record.noarch.is_python());
     match (python, needs) {
-        (Some(py), _) => PythonInfo::from_python_record(py, plan.subdir)
+        (Some(py), _) => Ok(PythonInfo::from_python_record(py, plan.subdir)
             .map(Some)
-            .map_err(|e| Error::input(format!("[conda] python {}: {e}", py.version))),
-        (None, Some(p)) => Err(Error::input(format!(
-            "[conda] {} is a noarch: python package but the environment has no python; add `python` to the packages",
-            label(&p.record)
-        ))),
+            .map_err(|e| CondaError::BadPython {
+                version: py.version.to_string(),
+                reason: e.to_string(),
+            })?),
+        (None, Some(p)) => Err(CondaError::NoPython {
+            package: label(&p.record),
+        }
+        .into()),
         (None, None) => Ok(None),
     }
 }
@@ -243,10 +248,15 @@ fn link(
     cache: &Cache,
 ) -> Result<Linked> {
     let extracted = extracted(&p.sha256, p.record.url.as_str(), cache)?;
-    let paths = PathsJson::from_package_directory_with_deprecated_fallback(&extracted)
-        .map_err(|e| Error::input(format!("package has no readable info/paths.json: {e}")))?;
+    let paths =
+        PathsJson::from_package_directory_with_deprecated_fallback(&extracted).map_err(|e| {
+            CondaError::NoPathsJson {
+                reason: e.to_string(),
+            }
+        })?;
+    let package = p.record.identifier.to_string();
     for e in &paths.paths {
-        check_relative(&e.relative_path)?;
+        check_relative(&package, &e.relative_path)?;
     }
     let target = Prefix::create(dir).io_context(|| format!("creating {}", dir.display()))?;
     let options = InstallOptions {
@@ -266,7 +276,9 @@ fn link(
         Arc::new(Mutex::new(Default::default())),
         options,
     )
-    .map_err(|e| Error::input(kiln_core::error::with_causes(&e)))?;
+    .map_err(|e| CondaError::Link {
+        reason: kiln_core::error::with_causes(&e),
+    })?;
 
     let name = p.record.package_record.name.as_normalized().to_string();
     let mut record = PrefixRecord::from_repodata_record(p.record.clone(), entries);
@@ -276,7 +288,7 @@ fn link(
     let mut meta = Vec::new();
     record
         .write_to(&mut meta, true)
-        .map_err(|e| Error::internal(format!("writing the conda-meta record: {e}")))?;
+        .map_err(|source| CondaError::WriteRecord { source })?;
 
     let prefix_rel = plan.prefix.trim_start_matches('/');
     let mut files = Vec::new();
@@ -299,7 +311,7 @@ fn link(
 
 /// A locked package's record, rebuilt from its archive (fetched and checked
 /// against the locked sha256) instead of from repodata.
-pub fn record_from_archive(
+pub(crate) fn record_from_archive(
     pin: &kiln_spec::lock::CondaPin,
     http: &kiln_store::http::Http,
     cache: &Cache,
@@ -310,24 +322,28 @@ pub fn record_from_archive(
         .download(&pin.url, Some(&d), cache)
         .map_err(|e| e.context(&what))?;
     let dir = extracted(&d, &pin.url, cache).map_err(|e| e.context(&what))?;
+    let bad = |reason: String| CondaError::BadLockedPackage {
+        filename: pin.filename.clone(),
+        reason,
+    };
     let index = IndexJson::from_package_directory(&dir)
-        .map_err(|e| Error::input(format!("{what}: info/index.json: {e}")))?;
+        .map_err(|e| bad(format!("info/index.json: {e}")))?;
     let sha = rattler_digest::parse_digest_from_hex::<rattler_digest::Sha256>(pin.sha256.hex())
-        .ok_or_else(|| Error::input(format!("{what}: bad sha256 in kiln.lock")))?;
+        .ok_or_else(|| bad("bad sha256 in kiln.lock".into()))?;
     let md5 = pin
         .md5
         .as_deref()
         .and_then(rattler_digest::parse_digest_from_hex::<rattler_digest::Md5>);
     let mut package_record =
         PackageRecord::from_index_json(index, Some(pin.size.unwrap_or(size)), Some(sha), md5)
-            .map_err(|e| Error::input(format!("{what}: {e}")))?;
+            .map_err(|e| bad(e.to_string()))?;
     // The channel's view of the dependencies wins over the archive's (repodata patches).
     package_record.depends = pin.depends.clone();
     package_record.constrains = pin.constrains.clone();
-    let url = url::Url::parse(&pin.url)
-        .map_err(|e| Error::input(format!("{what}: url `{}`: {e}", pin.url)))?;
+    let url =
+        url::Url::parse(&pin.url).map_err(|e| bad(format!("url `{}`: {e}", redact(&pin.url))))?;
     let identifier = DistArchiveIdentifier::try_from_filename(&pin.filename)
-        .ok_or_else(|| Error::input(format!("{what}: not a conda archive name")))?;
+        .ok_or_else(|| bad("not a conda archive name".into()))?;
     Ok(RepoDataRecord {
         package_record,
         identifier,
@@ -336,13 +352,14 @@ pub fn record_from_archive(
     })
 }
 
-/// Paths in a package must stay inside the prefix.
-fn check_relative(p: &Path) -> Result<()> {
+/// Paths in a package (`package`, its archive's file name) must stay inside the prefix.
+fn check_relative(package: &str, p: &Path) -> Result<(), CondaError> {
     if p.as_os_str().is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(Error::input(format!(
-            "refusing the package: its paths.json names `{}`, outside the prefix",
-            p.display()
-        )));
+        return Err(CondaError::HostilePath {
+            package: package.to_string(),
+            path: p.display().to_string(),
+            problem: Hostile::OutsidePrefix,
+        });
     }
     Ok(())
 }
@@ -361,7 +378,7 @@ fn extracted(sha256: &Digest, url: &str, cache: &Cache) -> Result<PathBuf> {
         .io_context(|| format!("creating a directory in {}", root.display()))?;
     let archive = cache
         .verified(sha256)?
-        .ok_or_else(|| Error::internal(format!("{url} is not in the cache")))?;
+        .ok_or_else(|| CondaError::NotCached { url: redact(url) })?;
     let file = fs::File::open(&archive).io_context(|| format!("opening {}", archive.display()))?;
     let reader = std::io::BufReader::new(file);
     let path = url.split(['?', '#']).next().unwrap_or(url);
@@ -370,17 +387,14 @@ fn extracted(sha256: &Digest, url: &str, cache: &Cache) -> Result<PathBuf> {
     } else if path.ends_with(".tar.bz2") {
         rattler_package_streaming::read::extract_tar_bz2(reader, tmp.path())
     } else {
-        return Err(Error::input(format!(
-            "{url}: unknown package format (expected .conda or .tar.bz2)"
-        )));
+        return Err(CondaError::UnknownFormat { url: redact(url) }.into());
     };
-    result.map_err(|e| {
-        Error::input(format!(
-            "{url}: corrupt or unsafe package archive: {}",
-            kiln_core::error::with_causes(&e)
-        ))
+    result.map_err(|e| CondaError::CorruptArchive {
+        url: redact(url),
+        reason: kiln_core::error::with_causes(&e),
     })?;
-    check_tree(tmp.path(), tmp.path())?;
+    let package = path.rsplit('/').next().unwrap_or(path);
+    check_tree(package, tmp.path(), tmp.path())?;
     fs::write(tmp.path().join(".kiln-complete"), b"")
         .io_context(|| "marking an extracted package".into())?;
     let staged = tmp.keep();
@@ -392,17 +406,15 @@ fn extracted(sha256: &Digest, url: &str, cache: &Cache) -> Result<PathBuf> {
         }
         Err(e) => {
             let _ = fs::remove_dir_all(&staged);
-            return Err(Error::Io {
-                context: format!("publishing {}", dest.display()),
-                source: e,
-            });
+            return Err(e).io_context(|| format!("publishing {}", dest.display()));
         }
     }
     Ok(dest)
 }
 
-/// Only files, directories and symlinks that stay inside the package.
-fn check_tree(root: &Path, dir: &Path) -> Result<()> {
+/// Only files, directories and symlinks that stay inside the package
+/// (`package`, the archive's file name).
+fn check_tree(package: &str, root: &Path, dir: &Path) -> Result<()> {
     for e in fs::read_dir(dir).io_context(|| format!("reading {}", dir.display()))? {
         let e = e.io_context(|| format!("reading {}", dir.display()))?;
         let path = e.path();
@@ -415,20 +427,27 @@ fn check_tree(root: &Path, dir: &Path) -> Result<()> {
             .display()
             .to_string();
         if ft.is_dir() {
-            check_tree(root, &path)?;
+            check_tree(package, root, &path)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).io_context(|| format!("reading {rel}"))?;
             let depth = Path::new(&rel).components().count() - 1;
             if escapes(&target, depth) {
-                return Err(Error::input(format!(
-                    "refusing the package: symlink {rel} -> {} points outside the package",
-                    target.display()
-                )));
+                return Err(CondaError::HostilePath {
+                    package: package.to_string(),
+                    path: rel,
+                    problem: Hostile::SymlinkOutside {
+                        target: target.display().to_string(),
+                    },
+                }
+                .into());
             }
         } else if !ft.is_file() {
-            return Err(Error::input(format!(
-                "refusing the package: {rel} is a device, fifo or socket"
-            )));
+            return Err(CondaError::HostilePath {
+                package: package.to_string(),
+                path: rel,
+                problem: Hostile::SpecialFile,
+            }
+            .into());
         }
     }
     Ok(())
@@ -468,7 +487,7 @@ fn collect(
         let path = e.path();
         let rel = path
             .strip_prefix(root)
-            .map_err(|_| Error::internal("fragment path outside its root"))?
+            .map_err(|_| CondaError::FragmentOutsideRoot { path: path.clone() })?
             .to_string_lossy()
             .into_owned();
         // Made by rattler for a prefix on disk, not by the package: the
@@ -557,9 +576,44 @@ mod tests {
 
     #[test]
     fn package_paths_stay_in_the_prefix() {
-        assert!(check_relative(Path::new("lib/libz.so")).is_ok());
-        assert!(check_relative(Path::new("../etc/passwd")).is_err());
-        assert!(check_relative(Path::new("/etc/passwd")).is_err());
-        assert!(check_relative(Path::new("lib/../../x")).is_err());
+        let pkg = "zlib-1.3-h0.conda";
+        assert!(check_relative(pkg, Path::new("lib/libz.so")).is_ok());
+        for bad in ["../etc/passwd", "/etc/passwd", "lib/../../x"] {
+            let e = check_relative(pkg, Path::new(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    CondaError::HostilePath { package, path, problem: Hostile::OutsidePrefix }
+                        if package == pkg && path == bad
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("outside the prefix"), "{e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn extracted_trees_keep_inside_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("libz.so.1", root.join("lib/libz.so")).unwrap();
+        assert!(check_tree("p.conda", root, root).is_ok());
+        std::os::unix::fs::symlink("../../etc/passwd", root.join("lib/evil")).unwrap();
+        let e = check_tree("p.conda", root, root).unwrap_err();
+        match e.downcast_ref::<CondaError>() {
+            Some(CondaError::HostilePath {
+                package,
+                path,
+                problem: Hostile::SymlinkOutside { target },
+            }) => {
+                assert_eq!(package, "p.conda");
+                assert_eq!(path, "lib/evil");
+                assert_eq!(target, "../../etc/passwd");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("points outside the package"), "{e}");
     }
 }

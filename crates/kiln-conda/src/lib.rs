@@ -7,12 +7,15 @@
 //! picks the set with the prefix's current packages preferred, and
 //! [`install`] extracts and links every package (rattler's linker: prefix
 //! placeholders, noarch python, entry points) into per-package fragments
-//! that become layers. `environment.yml` files are read by [`environment`].
+//! that become layers. `environment.yml` files are read by `environment`.
 
 pub mod channels;
-pub mod environment;
+mod environment;
+mod error;
 pub mod install;
 pub mod target;
+
+pub use error::{CondaError, Hostile, SolveTarget};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -27,36 +30,37 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::rootfs::Rootfs;
-pub use kiln_spec::sections::{CondaSection, Priority};
+use kiln_spec::sections::CondaSection;
+pub use kiln_spec::sections::Priority;
 use kiln_store::cache::Cache;
-use kiln_store::http::Http;
+use kiln_store::http::{redact, Http};
 
 /// A solved environment for one platform, every archive verified in the cache.
 pub struct CondaPlan {
-    pub prefix: String,
-    pub subdir: Subdir,
+    pub(crate) prefix: String,
+    pub(crate) subdir: Subdir,
     /// Packages to install (new or changed), sorted by name.
     pub install: Vec<Pinned>,
     /// Packages of the base prefix that the solution keeps as they are.
-    pub unchanged: Vec<PrefixRecord>,
+    pub(crate) unchanged: Vec<PrefixRecord>,
     /// Packages of the base prefix that the solution replaces.
-    pub replaced: Vec<PrefixRecord>,
+    pub(crate) replaced: Vec<PrefixRecord>,
     /// The whole solution, for `conda-meta/history`.
-    pub specs: Vec<String>,
-    pub virtual_packages: Vec<GenericVirtualPackage>,
+    pub(crate) specs: Vec<String>,
+    pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
     /// An environment.yml `pip:` list, installed into the prefix's Python after the conda layers.
     pub pip: Option<kiln_spec::sections::PipSection>,
 }
 
 pub struct Pinned {
-    pub record: RepoDataRecord,
+    pub(crate) record: RepoDataRecord,
     /// Cache digest of the archive (its sha256).
-    pub sha256: Digest,
+    pub(crate) sha256: Digest,
     /// The spec that asked for it by name, if any.
-    pub requested: Option<String>,
+    pub(crate) requested: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -80,7 +84,7 @@ pub fn keep_path(path: &str) -> bool {
 }
 
 /// Package records already in `prefix` (its `conda-meta/*.json`).
-pub fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> {
+pub(crate) fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> {
     let dir = format!("{prefix}/conda-meta");
     let mut out = Vec::new();
     for name in fs.list(&dir) {
@@ -91,10 +95,9 @@ pub fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> {
         let Some(bytes) = fs.read(&path) else {
             continue;
         };
-        let r = PrefixRecord::from_reader(bytes).map_err(|e| {
-            Error::input(format!(
-                "base image: {path}: not a conda package record: {e}"
-            ))
+        let r = PrefixRecord::from_reader(bytes).map_err(|e| CondaError::BadPrefixRecord {
+            path: path.clone(),
+            reason: e.to_string(),
         })?;
         out.push(r);
     }
@@ -103,22 +106,22 @@ pub fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> {
 }
 
 /// What to solve: the spec's packages and channels plus an environment.yml's.
-pub struct Request {
-    pub specs: Vec<MatchSpec>,
-    pub spec_texts: Vec<String>,
-    pub channels: Vec<Channel>,
-    pub pip: Option<kiln_spec::sections::PipSection>,
+pub(crate) struct Request {
+    pub(crate) specs: Vec<MatchSpec>,
+    pub(crate) spec_texts: Vec<String>,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) pip: Option<kiln_spec::sections::PipSection>,
 }
 
-pub fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request> {
+pub(crate) fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request> {
     if !section.prefix.starts_with('/')
         || section.prefix.split('/').any(|c| c == ".." || c == ".")
         || section.prefix.trim_end_matches('/').is_empty()
     {
-        return Err(Error::input(format!(
-            "[conda] prefix = \"{}\": expected an absolute path such as \"/opt/conda\"",
-            section.prefix
-        )));
+        return Err(CondaError::BadPrefix {
+            prefix: section.prefix.clone(),
+        }
+        .into());
     }
     let config = channels::config(spec_dir, section.channel_alias.as_deref())?;
     let mut texts: Vec<(String, String)> = section
@@ -147,8 +150,13 @@ pub fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request> {
     }
     let mut specs = Vec::new();
     for (t, origin) in &texts {
-        let spec = MatchSpec::from_str(t, ParseStrictness::Lenient)
-            .map_err(|e| Error::input(format!("{origin}: `{t}` is not a valid MatchSpec: {e}")))?;
+        let spec = MatchSpec::from_str(t, ParseStrictness::Lenient).map_err(|e| {
+            CondaError::BadMatchSpec {
+                origin: origin.clone(),
+                spec: t.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         specs.push(spec);
     }
     let mut chans: Vec<Channel> = Vec::new();
@@ -168,9 +176,7 @@ pub fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request> {
         }
     }
     if chans.is_empty() && !specs.is_empty() {
-        return Err(Error::input(
-            "[conda] no channels: list at least one in `channels` (a name, a URL or a local directory)",
-        ));
+        return Err(CondaError::NoChannels.into());
     }
     Ok(Request {
         specs,
@@ -189,6 +195,23 @@ pub fn solve(
     specs: Vec<MatchSpec>,
     priority: Priority,
 ) -> Result<Vec<RepoDataRecord>> {
+    Ok(solve_typed(
+        available,
+        locked,
+        virtual_packages,
+        specs,
+        priority,
+    )?)
+}
+
+/// [`solve`], with the cause kept typed (so [`plan`] can name the target).
+fn solve_typed(
+    available: &[Vec<RepoDataRecord>],
+    locked: &[RepoDataRecord],
+    virtual_packages: Vec<GenericVirtualPackage>,
+    specs: Vec<MatchSpec>,
+    priority: Priority,
+) -> Result<Vec<RepoDataRecord>, CondaError> {
     // Unknown names get their own message, naming what was searched.
     for s in &specs {
         if let Some(name) = s.name.as_exact() {
@@ -198,10 +221,10 @@ pub fn solve(
                 .any(|r| &r.package_record.name == name)
                 || locked.iter().any(|r| &r.package_record.name == name);
             if !known && !name.as_normalized().starts_with("__") {
-                return Err(Error::input(format!(
-                    "[conda] no package named `{}` in the channels",
-                    name.as_source()
-                )));
+                return Err(CondaError::UnknownPackage {
+                    name: name.as_source().to_string(),
+                    target: None,
+                });
             }
         }
     }
@@ -228,19 +251,22 @@ pub fn solve(
             });
             Ok(records)
         }
-        Err(SolveError::Unsolvable(why)) => Err(Error::input(format!(
-            "[conda] the requested packages cannot be installed together:\n{}{}",
-            why.join("\n"),
-            version_hints(available, &hint_specs)
-        ))),
-        Err(e) => Err(Error::input(format!("[conda] solver: {e}"))),
+        Err(SolveError::Unsolvable(why)) => Err(CondaError::Unsatisfiable {
+            explanation: why,
+            hints: version_hints(available, &hint_specs),
+            target: None,
+        }),
+        Err(e) => Err(CondaError::Solver {
+            reason: e.to_string(),
+            target: None,
+        }),
     }
 }
 
 /// For each request nothing matches: which versions the channels do have.
-fn version_hints(available: &[Vec<RepoDataRecord>], specs: &[MatchSpec]) -> String {
+fn version_hints(available: &[Vec<RepoDataRecord>], specs: &[MatchSpec]) -> Vec<String> {
     use rattler_conda_types::Matches;
-    let mut out = String::new();
+    let mut out = Vec::new();
     for s in specs {
         let Some(name) = s.name.as_exact() else {
             continue;
@@ -257,8 +283,8 @@ fn version_hints(available: &[Vec<RepoDataRecord>], specs: &[MatchSpec]) -> Stri
             .iter()
             .map(|r| r.package_record.version.to_string())
             .collect();
-        out.push_str(&format!(
-            "\n`{s}`: the channels have {} {}",
+        out.push(format!(
+            "`{s}`: the channels have {} {}",
             name.as_source(),
             versions.into_iter().collect::<Vec<_>>().join(", ")
         ));
@@ -297,19 +323,18 @@ pub fn plan(
             locked.push(r.clone());
         }
     }
-    let solution = solve(
+    let solution = solve_typed(
         &available,
         &locked,
         virtual_packages.clone(),
         req.specs.clone(),
         section.channel_priority,
     )
-    .map_err(|e| match e {
-        Error::Input(m) => Error::input(format!(
-            "{m}\n(target {subdir}: {})",
-            target::describe(&virtual_packages)
-        )),
-        other => other,
+    .map_err(|e| {
+        e.for_target(SolveTarget {
+            subdir: subdir.to_string(),
+            virtual_packages: target::describe(&virtual_packages),
+        })
     })?;
 
     let requested = requested_names(&req);
@@ -490,14 +515,7 @@ fn same_package(a: &RepoDataRecord, b: &RepoDataRecord) -> bool {
 /// sha256 (or md5 when a channel only gives that).
 fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
     let p = &r.package_record;
-    let what = || {
-        format!(
-            "[conda] {}-{}-{}",
-            p.name.as_source(),
-            p.version,
-            p.build.as_str()
-        )
-    };
+    let package = || format!("{}-{}-{}", p.name.as_source(), p.version, p.build.as_str());
     let expected = p
         .sha256
         .as_ref()
@@ -505,25 +523,27 @@ fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
         .transpose()?;
     let (digest, _) = http
         .download(r.url.as_str(), expected.as_ref(), cache)
-        .map_err(|e| e.context(what()))?;
+        .map_err(|e| e.context(format!("[conda] {}", package())))?;
     if expected.is_none() {
         let Some(md5) = &p.md5 else {
-            return Err(Error::input(format!(
-                "{}: the channel gives neither sha256 nor md5 for {}; refusing an unverifiable package",
-                what(),
-                r.url
-            )));
+            return Err(CondaError::Unverifiable {
+                package: package(),
+                url: redact(r.url.as_str()),
+            }
+            .into());
         };
         use md5::Digest as _;
         let bytes = cache.read(&digest)?;
         let got = format!("{:x}", md5::Md5::digest(&bytes));
         let want = hex::encode(md5);
         if got != want {
-            return Err(Error::input(format!(
-                "{}: md5 mismatch for {}: expected {want}, got {got}",
-                what(),
-                r.url
-            )));
+            return Err(CondaError::Md5Mismatch {
+                package: package(),
+                url: redact(r.url.as_str()),
+                expected: want,
+                actual: got,
+            }
+            .into());
         }
     }
     Ok(digest)
@@ -593,18 +613,46 @@ mod tests {
 
     #[test]
     fn impossible_requests_are_explained() {
-        let e = solve_fixture(&["numpy==1.17*"]).unwrap_err().to_string();
+        let err = solve_fixture(&["numpy==1.17*"]).unwrap_err();
+        match err.downcast_ref::<CondaError>() {
+            Some(CondaError::Unsatisfiable {
+                explanation,
+                hints,
+                target: None,
+            }) => {
+                assert!(
+                    explanation.iter().any(|l| l.contains("numpy")),
+                    "{explanation:?}"
+                );
+                assert_eq!(hints, &["`numpy 1.17.*`: the channels have numpy 1.26.4"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err.to_string();
         assert!(
             e.contains("cannot be installed together") && e.contains("numpy"),
             "{e}"
         );
-        assert!(e.contains("the channels have numpy 1.26.4"), "{e}");
+        assert!(
+            e.contains("\n`numpy 1.17.*`: the channels have numpy 1.26.4"),
+            "{e}"
+        );
         let e = solve_fixture(&["python=3.11", "numpy"])
             .unwrap_err()
             .to_string();
         assert!(e.contains("the channels have python 3.12.1"), "{e}");
-        let e = solve_fixture(&["nosuchpkg"]).unwrap_err().to_string();
-        assert!(e.contains("no package named `nosuchpkg`"), "{e}");
+        let err = solve_fixture(&["nosuchpkg"]).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::UnknownPackage { name, target: None }) if name == "nosuchpkg"
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("no package named `nosuchpkg`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -649,13 +697,117 @@ mod tests {
             channel_priority: Priority::Strict,
             prefer: Vec::new(),
         };
-        let e = request(&s, Path::new("/")).err().unwrap().to_string();
-        assert!(e.contains("not a valid MatchSpec"), "{e}");
+        let err = request(&s, Path::new("/")).err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadMatchSpec { origin, spec, .. })
+                    if origin == "[conda] packages" && spec == "numpy >=>= 1"
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not a valid MatchSpec"), "{err}");
         let s = CondaSection {
             prefix: "opt/conda".into(),
             packages: vec![],
             ..s
         };
-        assert!(request(&s, Path::new("/")).is_err());
+        let err = request(&s, Path::new("/")).err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadPrefix { prefix }) if prefix == "opt/conda"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "[conda] prefix = \"opt/conda\": expected an absolute path such as \"/opt/conda\""
+        );
+    }
+
+    #[test]
+    fn packages_need_a_channel() {
+        let s = CondaSection {
+            prefix: "/opt/conda".into(),
+            channels: vec![],
+            channel_alias: None,
+            packages: vec!["numpy".into()],
+            environment: None,
+            virtual_packages: BTreeMap::new(),
+            channel_priority: Priority::Strict,
+            prefer: Vec::new(),
+        };
+        let err = request(&s, Path::new("/")).err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::NoChannels)
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn base_records_must_parse() {
+        let mut fs = Rootfs::default();
+        for d in ["/opt", "/opt/conda", "/opt/conda/conda-meta"] {
+            fs.insert(d, kiln_fs::rootfs::Node::Dir);
+        }
+        fs.insert_file("/opt/conda/conda-meta/bad-1-0.json", b"{not json");
+        let err = installed(&fs, "/opt/conda").err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadPrefixRecord { path, .. })
+                    if path == "/opt/conda/conda-meta/bad-1-0.json"
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// A fixture record served from a local file, without a sha256.
+    fn unverified_record(dir: &Path, md5: Option<&str>) -> RepoDataRecord {
+        let archive = dir.join("zlib-1.0-0.tar.bz2");
+        std::fs::write(&archive, b"not really an archive").unwrap();
+        let mut r = fixture().into_iter().next().unwrap();
+        r.url = url::Url::from_file_path(&archive).unwrap();
+        r.package_record.sha256 = None;
+        r.package_record.md5 =
+            md5.map(|h| rattler_digest::parse_digest_from_hex::<rattler_digest::Md5>(h).unwrap());
+        r
+    }
+
+    #[test]
+    fn downloads_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::offline().unwrap();
+        let r = unverified_record(dir.path(), None);
+        let err = download(&r, &http, &cache).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::Unverifiable { url, .. }) if url == r.url.as_str()
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("refusing an unverifiable package"),
+            "{err}"
+        );
+        let wrong = "00000000000000000000000000000000";
+        let r = unverified_record(dir.path(), Some(wrong));
+        let err = download(&r, &http, &cache).unwrap_err();
+        match err.downcast_ref::<CondaError>() {
+            Some(CondaError::Md5Mismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, wrong);
+                assert_ne!(actual, wrong);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("md5 mismatch"), "{err}");
     }
 }

@@ -8,33 +8,38 @@ use std::str::FromStr;
 use rattler_conda_types::package::BuildString;
 use rattler_conda_types::{GenericVirtualPackage, PackageName, Subdir, Version};
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::probe::Libc;
 use kiln_fs::rootfs::Rootfs;
 
+use crate::CondaError;
+
 /// The `__linux` version assumed when the spec does not give one: the kernel
 /// of the machine that will run the image is unknown at build time, and conda
 /// packages that pin `__linux` ask for old minimums.
-pub const DEFAULT_LINUX: &str = "5.10";
+pub(crate) const DEFAULT_LINUX: &str = "5.10";
 
 /// `linux/amd64` → `linux-64`, and so on.
-pub fn subdir(platform: &Platform) -> Result<Subdir> {
+pub(crate) fn subdir(platform: &Platform) -> Result<Subdir> {
     if platform.os != "linux" {
-        return Err(Error::input(format!(
-            "[conda] platform {platform}: kiln builds Linux images only"
-        )));
+        return Err(CondaError::NotLinux {
+            platform: platform.to_string(),
+        }
+        .into());
     }
     let name = kiln_core::Arch::from_platform(platform)
         .ok()
         .and_then(|a| a.conda_subdir())
-        .ok_or_else(|| {
-            Error::input(format!(
-                "[conda] no conda subdir for architecture `{}`",
-                platform.arch
-            ))
+        .ok_or_else(|| CondaError::NoSubdir {
+            arch: platform.arch.clone(),
         })?;
-    Subdir::from_str(name).map_err(|e| Error::internal(format!("subdir {name}: {e}")))
+    Ok(
+        Subdir::from_str(name).map_err(|e| CondaError::UnknownSubdir {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?,
+    )
 }
 
 /// `__archspec`'s build string: the generic microarchitecture of the platform.
@@ -57,9 +62,7 @@ pub fn virtual_packages(
 ) -> Result<Vec<GenericVirtualPackage>> {
     for k in overrides.keys() {
         if !matches!(k.as_str(), "glibc" | "linux" | "cuda" | "archspec") {
-            return Err(Error::input(format!(
-                "[conda] virtual-packages: unknown key `{k}` (expected glibc, linux, cuda or archspec)"
-            )));
+            return Err(CondaError::UnknownVirtualPackage { key: k.clone() }.into());
         }
     }
     let glibc = match overrides.get("glibc") {
@@ -100,18 +103,17 @@ pub fn virtual_packages(
 fn virtual_package(name: &str, version: &str, build: &str) -> Result<GenericVirtualPackage> {
     Ok(GenericVirtualPackage {
         name: PackageName::new_unchecked(name),
-        version: Version::from_str(version).map_err(|e| {
-            Error::input(format!(
-                "[conda] virtual-packages: `{}` version `{version}`: {e}",
-                name.trim_start_matches("__")
-            ))
+        version: Version::from_str(version).map_err(|e| CondaError::BadVirtualPackageVersion {
+            name: name.trim_start_matches("__").to_string(),
+            version: version.to_string(),
+            reason: e.to_string(),
         })?,
         build_string: BuildString::new_unchecked(build),
     })
 }
 
 /// Human-readable list for reports and errors: `__glibc=2.36, __unix=0 ...`.
-pub fn describe(v: &[GenericVirtualPackage]) -> String {
+pub(crate) fn describe(v: &[GenericVirtualPackage]) -> String {
     v.iter()
         .map(|p| format!("{}={}", p.name.as_normalized(), p.version))
         .collect::<Vec<_>>()
@@ -145,7 +147,24 @@ mod tests {
             "{d}"
         );
         let bad = BTreeMap::from([("osx".to_string(), "13".to_string())]);
-        assert!(virtual_packages(&fs, &p, &bad).is_err());
+        let err = virtual_packages(&fs, &p, &bad).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::UnknownVirtualPackage { key }) if key == "osx"
+            ),
+            "{err:?}"
+        );
+        let bad = BTreeMap::from([("cuda".to_string(), "twelve..".to_string())]);
+        let err = virtual_packages(&fs, &p, &bad).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadVirtualPackageVersion { name, version, .. })
+                    if name == "cuda" && version == "twelve.."
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -158,6 +177,29 @@ mod tests {
             subdir(&Platform::linux("arm64")).unwrap().to_string(),
             "linux-aarch64"
         );
-        assert!(subdir(&Platform::linux("mips")).is_err());
+        let err = subdir(&Platform::linux("mips")).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::NoSubdir { arch }) if arch == "mips"
+            ),
+            "{err:?}"
+        );
+        let windows = Platform {
+            os: "windows".into(),
+            ..Platform::linux("amd64")
+        };
+        let err = subdir(&windows).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::NotLinux { .. })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "[conda] platform windows/amd64: kiln builds Linux images only"
+        );
     }
 }

@@ -21,17 +21,6 @@ impl Paragraph {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn set(&mut self, name: &str, value: &str) {
-        match self
-            .fields
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.fields.push((name.to_string(), value.to_string())),
-        }
-    }
-
     pub fn remove(&mut self, name: &str) {
         self.fields.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use crate::error::FsError;
 use crate::layer::{Entry, EntryKind};
 use kiln_core::error::{Error, Result};
 
@@ -77,7 +78,7 @@ impl Rootfs {
         let mut ar = tar::Archive::new(r);
         let mut adds: Vec<(String, Node)> = Vec::new();
         let mut links: Vec<(String, String)> = Vec::new();
-        let bad = |e: std::io::Error| Error::input(format!("corrupt layer: {e}"));
+        let bad = |source| Error::from(FsError::CorruptLayer { source });
         for entry in ar.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let raw = entry.path().map_err(bad)?.to_string_lossy().into_owned();
@@ -363,5 +364,25 @@ mod tests {
         assert!(!fs.exists("/etc/old"));
         assert_eq!(fs.read("/etc/new"), Some(&b"N"[..]));
         assert_eq!(fs.list("/lib"), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_damaged_layer_is_corrupt() {
+        let good = layer(&[("a", Some(b"A"), None)]);
+        let mut bad = good.clone();
+        bad[148..156].copy_from_slice(b"0000000\0"); // the header checksum
+        let e = Rootfs::from_layers([&good[..], &bad[..]], &|_| true).unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<crate::FsError>(),
+                Some(crate::FsError::CorruptLayer { .. })
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("reading base layer 2: corrupt layer: "),
+            "{e}"
+        );
     }
 }

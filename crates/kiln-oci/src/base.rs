@@ -12,10 +12,11 @@ use oci_client::Reference;
 use serde_json::Value;
 
 use crate::blobs::{Blobs, Origin};
+use crate::error::{DocumentKind, ImageError, RegistryError};
 use crate::manifest::{self, Desc, Document};
 use crate::registry::Registry;
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::error::{IoContext, Result};
 use kiln_core::platform::Platform;
 use kiln_fs::layer::{self, Compression};
 use kiln_spec::source::ImageSource;
@@ -97,11 +98,8 @@ pub fn load(
                         return Ok((b, d));
                     }
                 }
-                let reg = registry.ok_or_else(|| {
-                    Error::network(format!(
-                        "offline: the manifest of {} is not in the cache",
-                        r.whole()
-                    ))
+                let reg = registry.ok_or_else(|| RegistryError::OfflineManifest {
+                    reference: r.whole(),
                 })?;
                 let (b, d) = reg.pull_manifest(r)?;
                 cache.put(&b)?;
@@ -120,22 +118,15 @@ pub fn load(
                         r.repository().into(),
                         d.digest.to_string(),
                     );
-                    let (b, got) = pull(&child)?;
-                    if got != d.digest {
-                        return Err(Error::network(format!(
-                            "{what}: manifest {} arrived with digest {got}",
-                            d.digest
-                        )));
-                    }
-                    Ok(b)
+                    // `pull` checks a digest reference's bytes against it.
+                    Ok(pull(&child)?.0)
                 },
                 &mut |d: &Desc| {
                     if cache.verified(&d.digest)?.is_none() {
-                        let reg = registry.ok_or_else(|| {
-                            Error::network(format!(
-                                "offline: blob {} of {what} is not in the cache",
-                                d.digest
-                            ))
+                        let reg = registry.ok_or_else(|| RegistryError::OfflineBlob {
+                            digest: d.digest.clone(),
+                            image: what.clone(),
+                            hint: false,
                         })?;
                         reg.fetch_blob(r, &d.digest, d.size, cache)?;
                     }
@@ -181,17 +172,20 @@ fn resolve(
             let mut out = Vec::new();
             for p in &wanted {
                 let entry = manifest::select_platform(&entries, p).ok_or_else(|| {
-                    Error::input(format!(
-                        "{what} has no image for platform {p} (it has: {})",
-                        manifest::platforms_of(&entries)
-                    ))
+                    ImageError::PlatformMissing {
+                        what: what.to_string(),
+                        requested: p.clone(),
+                        available: manifest::platforms_of(&entries),
+                    }
                 })?;
                 let bytes = fetch_manifest(entry)?;
                 if Digest::of(&bytes) != entry.digest {
-                    return Err(Error::input(format!(
-                        "{what}: manifest {} does not match its digest",
-                        entry.digest
-                    )));
+                    return Err(ImageError::DigestMismatch {
+                        what: what.to_string(),
+                        item: "manifest",
+                        digest: entry.digest.clone(),
+                    }
+                    .into());
                 }
                 let mut img = single(&bytes, entry.digest.clone(), what, fetch_blob)?;
                 img.platform = p.clone();
@@ -208,16 +202,20 @@ fn resolve(
                     img.platform.variant.as_deref(),
                 )
             }) {
-                return Err(Error::input(format!(
-                    "{what} is a single-platform image for {}, but {p} was requested",
-                    img.platform
-                )));
+                return Err(ImageError::PlatformMismatch {
+                    what: what.to_string(),
+                    has: img.platform,
+                    requested: p.clone(),
+                    single: true,
+                }
+                .into());
             }
             if platforms.len() > 1 {
-                return Err(Error::input(format!(
-                    "{what} is a single-platform image; it cannot be the base of {} platforms",
-                    platforms.len()
-                )));
+                return Err(ImageError::SinglePlatform {
+                    what: what.to_string(),
+                    requested: platforms.len(),
+                }
+                .into());
             }
             Ok(vec![img])
         }
@@ -231,18 +229,21 @@ fn single(
     fetch_blob: &mut dyn FnMut(&Desc) -> Result<Vec<u8>>,
 ) -> Result<PlatformImage> {
     let Document::Manifest { config, layers } = manifest::parse(bytes, what)? else {
-        return Err(Error::input(format!(
-            "{what}: an index inside an index is not supported"
-        )));
+        return Err(ImageError::NestedIndex {
+            what: what.to_string(),
+        }
+        .into());
     };
     let config_bytes = fetch_blob(&config)?;
     let (config, platform, diff_ids) = parse_config(&config_bytes, what)?;
     if diff_ids.len() != layers.len() {
-        return Err(Error::input(format!(
-            "{what}: config lists {} diff_ids but the manifest has {} layers",
-            diff_ids.len(),
-            layers.len()
-        )));
+        return Err(ImageError::LayerCount {
+            what: what.to_string(),
+            layers: layers.len(),
+            diff_ids: diff_ids.len(),
+            in_archive: false,
+        }
+        .into());
     }
     Ok(PlatformImage {
         platform,
@@ -254,11 +255,15 @@ fn single(
 }
 
 /// Parse an image config (validated with oci-spec, kept as JSON).
-pub fn parse_config(bytes: &[u8], what: &str) -> Result<(Value, Platform, Vec<Digest>)> {
-    let typed: oci_spec::image::ImageConfiguration = serde_json::from_slice(bytes)
-        .map_err(|e| Error::input(format!("{what}: invalid image config: {e}")))?;
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::input(format!("{what}: invalid image config: {e}")))?;
+fn parse_config(bytes: &[u8], what: &str) -> Result<(Value, Platform, Vec<Digest>)> {
+    let invalid = |source| ImageError::Unparsable {
+        what: what.to_string(),
+        document: DocumentKind::Config,
+        source,
+    };
+    let typed: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(invalid)?;
+    let value: Value = serde_json::from_slice(bytes).map_err(invalid)?;
     let platform = Platform {
         os: typed.os().to_string(),
         arch: typed.architecture().to_string(),
@@ -283,50 +288,55 @@ fn load_layout(
 ) -> Result<BaseImage> {
     let what = src.to_string();
     let index_path = dir.join("index.json");
-    let index = std::fs::read(&index_path).map_err(|e| {
-        Error::input(format!(
-            "{what}: not an OCI layout (cannot read {}: {e})",
-            index_path.display()
-        ))
+    let index = std::fs::read(&index_path).map_err(|source| ImageError::NotALayout {
+        what: what.clone(),
+        index: index_path.clone(),
+        source,
     })?;
     let Document::Index(entries) = manifest::parse(&index, &format!("{}", index_path.display()))?
     else {
-        return Err(Error::input(format!(
-            "{what}: index.json is not an image index"
-        )));
+        return Err(ImageError::LayoutNotIndexed { what }.into());
     };
+    let tag_of = |e: &Desc| {
+        e.annotations
+            .get("org.opencontainers.image.ref.name")
+            .cloned()
+    };
+    let tags = || entries.iter().filter_map(tag_of).collect::<Vec<_>>();
     let entry = match tag {
         Some(t) => entries
             .iter()
-            .find(|e| {
-                e.annotations
-                    .get("org.opencontainers.image.ref.name")
-                    .map(String::as_str)
-                    == Some(t)
-            })
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "{what}: no image tagged `{t}` in {}",
-                    index_path.display()
-                ))
+            .find(|e| tag_of(e).as_deref() == Some(t))
+            .ok_or_else(|| ImageError::TagNotFound {
+                what: what.clone(),
+                tag: t.to_string(),
+                index: index_path.clone(),
+                tags: tags(),
             })?,
         None if entries.len() == 1 => &entries[0],
         None => {
-            return Err(Error::input(format!(
-                "{what}: the layout holds {} images; name one as oci:DIR:TAG",
-                entries.len()
-            )))
+            return Err(ImageError::AmbiguousLayout {
+                what,
+                count: entries.len(),
+                tags: tags(),
+            }
+            .into())
         }
     };
     let read_blob = |d: &Desc| -> Result<Vec<u8>> {
         let p = dir.join("blobs/sha256").join(d.digest.hex());
-        let b = std::fs::read(&p)
-            .map_err(|e| Error::input(format!("{what}: missing blob {}: {e}", d.digest)))?;
+        let b = std::fs::read(&p).map_err(|source| ImageError::MissingBlob {
+            what: what.clone(),
+            digest: d.digest.clone(),
+            source,
+        })?;
         if Digest::of(&b) != d.digest {
-            return Err(Error::input(format!(
-                "{what}: blob {} does not match its digest",
-                d.digest
-            )));
+            return Err(ImageError::DigestMismatch {
+                what: what.clone(),
+                item: "blob",
+                digest: d.digest.clone(),
+            }
+            .into());
         }
         Ok(b)
     };
@@ -371,9 +381,11 @@ fn safe_member(p: &str, what: &str) -> Result<String> {
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !ok {
-        return Err(Error::input(format!(
-            "{what}: refusing unsafe member path `{p}` in manifest.json"
-        )));
+        return Err(ImageError::UnsafeMember {
+            what: what.to_string(),
+            path: p.to_string(),
+        }
+        .into());
     }
     Ok(p.trim_start_matches("./").to_string())
 }
@@ -391,16 +403,21 @@ fn load_docker_archive(
     src: &ImageSource,
 ) -> Result<BaseImage> {
     let what = src.to_string();
-    let open = || File::open(path).map_err(|e| Error::input(format!("{what}: cannot open: {e}")));
+    let unreadable = |problem| {
+        let what = &what;
+        move |source| ImageError::UnreadableArchive {
+            what: what.clone(),
+            problem,
+            source,
+        }
+    };
+    let open = || -> Result<File> { Ok(File::open(path).map_err(unreadable("cannot open"))?) };
     // Pass 1: manifest.json and configs (small).
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     {
         let mut ar = tar::Archive::new(BufReader::new(open()?));
-        for e in ar
-            .entries()
-            .map_err(|e| Error::input(format!("{what}: not a tar archive: {e}")))?
-        {
-            let mut e = e.map_err(|e| Error::input(format!("{what}: corrupt archive: {e}")))?;
+        for e in ar.entries().map_err(unreadable("not a tar archive"))? {
+            let mut e = e.map_err(unreadable("corrupt archive"))?;
             let Some(name) = member_name(&e) else {
                 continue;
             };
@@ -410,36 +427,35 @@ fn load_docker_archive(
             {
                 let mut b = Vec::new();
                 e.read_to_end(&mut b)
-                    .map_err(|e| Error::input(format!("{what}: corrupt archive: {e}")))?;
+                    .map_err(unreadable("corrupt archive"))?;
                 small.insert(name, b);
             }
         }
     }
     let manifest = small
         .get("manifest.json")
-        .ok_or_else(|| Error::input(format!("{what}: no manifest.json: not a docker-archive")))?;
-    let entries: Vec<ArchiveEntry> = serde_json::from_slice(manifest)
-        .map_err(|e| Error::input(format!("{what}: invalid manifest.json: {e}")))?;
-    let entry = match entries.as_slice() {
-        [one] => one,
-        [] => {
-            return Err(Error::input(format!(
-                "{what}: manifest.json lists no image"
-            )))
+        .ok_or_else(|| ImageError::NotDockerArchive { what: what.clone() })?;
+    let entries: Vec<ArchiveEntry> =
+        serde_json::from_slice(manifest).map_err(|source| ImageError::Unparsable {
+            what: what.clone(),
+            document: DocumentKind::ArchiveManifest,
+            source,
+        })?;
+    let [entry] = entries.as_slice() else {
+        return Err(ImageError::ArchiveImageCount {
+            what,
+            count: entries.len(),
         }
-        _ => {
-            return Err(Error::input(format!(
-                "{what}: holds {} images; kiln reads archives with one",
-                entries.len()
-            )))
-        }
+        .into());
     };
     let config_name = safe_member(&entry.config, &what)?;
-    let config_bytes = small.get(&config_name).ok_or_else(|| {
-        Error::input(format!(
-            "{what}: config {config_name} missing from the archive"
-        ))
-    })?;
+    let config_bytes = small
+        .get(&config_name)
+        .ok_or_else(|| ImageError::MissingMember {
+            what: what.clone(),
+            item: "config",
+            name: config_name.clone(),
+        })?;
     let (config, platform, diff_ids) = parse_config(config_bytes, &what)?;
     // An archive has no manifest; like `docker images`, identify it by its config digest.
     let image_id = Digest::of(config_bytes);
@@ -447,9 +463,13 @@ fn load_docker_archive(
         .iter()
         .find(|p| !p.matches(&platform.os, &platform.arch, platform.variant.as_deref()))
     {
-        return Err(Error::input(format!(
-            "{what} is an image for {platform}, but {p} was requested"
-        )));
+        return Err(ImageError::PlatformMismatch {
+            what,
+            has: platform,
+            requested: p.clone(),
+            single: false,
+        }
+        .into());
     }
     let names: Vec<String> = entry
         .layers
@@ -457,20 +477,19 @@ fn load_docker_archive(
         .map(|l| safe_member(l, &what))
         .collect::<Result<_>>()?;
     if names.len() != diff_ids.len() {
-        return Err(Error::input(format!(
-            "{what}: {} layers but {} diff_ids",
-            names.len(),
-            diff_ids.len()
-        )));
+        return Err(ImageError::LayerCount {
+            what,
+            layers: names.len(),
+            diff_ids: diff_ids.len(),
+            in_archive: true,
+        }
+        .into());
     }
     // Pass 2: each layer, compressed into the cache (already-compressed ones kept as they are).
     let mut done: BTreeMap<String, Desc> = BTreeMap::new();
     let mut ar = tar::Archive::new(BufReader::new(open()?));
-    for e in ar
-        .entries()
-        .map_err(|e| Error::input(format!("{what}: corrupt archive: {e}")))?
-    {
-        let e = e.map_err(|e| Error::input(format!("{what}: corrupt archive: {e}")))?;
+    for e in ar.entries().map_err(unreadable("corrupt archive"))? {
+        let e = e.map_err(unreadable("corrupt archive"))?;
         let Some(name) = member_name(&e) else {
             continue;
         };
@@ -484,9 +503,14 @@ fn load_docker_archive(
     let layers = names
         .iter()
         .map(|n| {
-            done.get(n)
-                .cloned()
-                .ok_or_else(|| Error::input(format!("{what}: layer {n} missing from the archive")))
+            done.get(n).cloned().ok_or_else(|| {
+                ImageError::MissingMember {
+                    what: what.clone(),
+                    item: "layer",
+                    name: n.clone(),
+                }
+                .into()
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(BaseImage {
@@ -538,22 +562,229 @@ fn import_archive_layer(
         // Verify the diff_id of what we keep.
         let f = blobs.open(&digest)?;
         let (actual, _) =
-            kiln_core::digest::digest_reader(layer::decompressed(mt, BufReader::new(f))?)
-                .map_err(|e| Error::input(format!("{what}: corrupt compressed layer: {e}")))?;
+            kiln_core::digest::digest_reader(layer::decompressed(mt, BufReader::new(f))?).map_err(
+                |source| ImageError::UnreadableArchive {
+                    what: what.to_string(),
+                    problem: "corrupt compressed layer",
+                    source,
+                },
+            )?;
         if &actual != diff_id {
-            return Err(Error::input(format!(
-                "{what}: layer content {actual} does not match diff_id {diff_id}"
-            )));
+            return Err(ImageError::DiffIdMismatch {
+                what: what.to_string(),
+                actual,
+                diff_id: diff_id.clone(),
+            }
+            .into());
         }
         Ok(Desc::new(mt, digest, size))
     } else {
         let blob = layer::compress_tar(reader, compression, blobs.cache)?;
         if &blob.diff_id != diff_id {
-            return Err(Error::input(format!(
-                "{what}: layer content {} does not match diff_id {diff_id}",
-                blob.diff_id
-            )));
+            return Err(ImageError::DiffIdMismatch {
+                what: what.to_string(),
+                actual: blob.diff_id,
+                diff_id: diff_id.clone(),
+            }
+            .into());
         }
         Ok(Desc::new(&blob.media_type, blob.digest, blob.size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::Error;
+    use kiln_store::cache::Cache;
+
+    fn entry(tag: &str, byte: u8) -> serde_json::Value {
+        serde_json::json!({
+            "mediaType": manifest::OCI_MANIFEST,
+            "digest": Digest::of(&[byte]).to_string(),
+            "size": 1,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        })
+    }
+
+    fn layout_with_two_images() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry("a", 1), entry("b", 2)],
+        });
+        std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+        dir
+    }
+
+    fn load_source(src: &ImageSource) -> Result<BaseImage> {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(cache_dir.path()).unwrap();
+        let mut blobs = Blobs::new(&cache, None);
+        load(src, &[], &mut blobs, None, Compression::Gzip { level: 6 })
+    }
+
+    #[test]
+    fn layout_tags_that_do_not_exist_list_the_ones_that_do() {
+        let dir = layout_with_two_images();
+        let src = ImageSource::Layout {
+            dir: dir.path().to_path_buf(),
+            tag: Some("c".into()),
+        };
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::TagNotFound { tag, tags, .. }) if tag == "c" && tags == &["a", "b"]
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("no image tagged `c` in"));
+
+        let src = ImageSource::Layout {
+            dir: dir.path().to_path_buf(),
+            tag: None,
+        };
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::AmbiguousLayout { count: 2, tags, .. }) if tags == &["a", "b"]
+            ),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .ends_with(": the layout holds 2 images; name one as oci:DIR:TAG"));
+
+        // Tag `a` exists, but its manifest blob does not.
+        let src = ImageSource::Layout {
+            dir: dir.path().to_path_buf(),
+            tag: Some("a".into()),
+        };
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::MissingBlob { digest, .. }) if digest == &Digest::of(&[1])
+            ),
+            "{err:?}"
+        );
+
+        let src = ImageSource::Layout {
+            dir: dir.path().join("nope"),
+            tag: None,
+        };
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::NotALayout { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .contains(": not an OCI layout (cannot read "));
+    }
+
+    #[test]
+    fn a_platform_the_base_lacks_is_named_with_those_it_has() {
+        let mut amd = entry("x", 1);
+        amd["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+        amd["annotations"] = serde_json::json!({});
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [amd]});
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let err = resolve(
+            &bytes,
+            Digest::of(&bytes),
+            &[Platform::linux("arm64")],
+            "example.org/base:1",
+            &mut |_| unreachable!(),
+            &mut |_| unreachable!(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::PlatformMissing { requested, available, .. })
+                    if requested == &Platform::linux("arm64") && available == "linux/amd64"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "example.org/base:1 has no image for platform linux/arm64 (it has: linux/amd64)"
+        );
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    fn archive(members: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(f.reopen().unwrap());
+        for (name, data) in members {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.finish().unwrap();
+        f
+    }
+
+    fn load_archive(f: &tempfile::NamedTempFile) -> Error {
+        let src = ImageSource::DockerArchive {
+            path: f.path().to_path_buf(),
+        };
+        let err = load_source(&src).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        err
+    }
+
+    #[test]
+    fn archives_kiln_cannot_read_say_why() {
+        let err = load_archive(&archive(&[("a.json", b"{}")]));
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::NotDockerArchive { .. })
+        ));
+        assert!(err
+            .to_string()
+            .ends_with(": no manifest.json: not a docker-archive"));
+
+        let two = br#"[{"Config":"a.json","Layers":[]},{"Config":"b.json","Layers":[]}]"#;
+        let err = load_archive(&archive(&[("manifest.json", two)]));
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::ArchiveImageCount { count: 2, .. })
+        ));
+        assert!(err
+            .to_string()
+            .ends_with(": holds 2 images; kiln reads archives with one"));
+        let err = load_archive(&archive(&[("manifest.json", b"[]")]));
+        assert!(err.to_string().ends_with(": manifest.json lists no image"));
+
+        let hostile = br#"[{"Config":"../../etc/passwd","Layers":[]}]"#;
+        let err = load_archive(&archive(&[("manifest.json", hostile)]));
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::UnsafeMember { path, .. }) if path == "../../etc/passwd"
+            ),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .ends_with(": refusing unsafe member path `../../etc/passwd` in manifest.json"));
+        assert!(safe_member("/abs", "x").is_err());
+        assert_eq!(safe_member("./a/b.tar", "x").unwrap(), "a/b.tar");
+
+        let missing = br#"[{"Config":"c.json","Layers":[]}]"#;
+        let err = load_archive(&archive(&[("manifest.json", missing)]));
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::MissingMember { item: "config", name, .. }) if name == "c.json"
+        ));
     }
 }

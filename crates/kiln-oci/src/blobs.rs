@@ -10,19 +10,20 @@ use std::path::PathBuf;
 use oci_client::Reference;
 
 use crate::registry::Registry;
+use crate::{ImageError, RegistryError};
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_store::cache::Cache;
 
 #[derive(Clone, Debug)]
-pub enum Origin {
+pub(crate) enum Origin {
     Registry(Reference),
     Layout(PathBuf),
 }
 
 pub struct Blobs<'a> {
-    pub cache: &'a Cache,
-    pub registry: Option<&'a Registry>,
+    pub(crate) cache: &'a Cache,
+    registry: Option<&'a Registry>,
     origins: HashMap<Digest, (Origin, u64)>,
 }
 
@@ -36,11 +37,11 @@ impl<'a> Blobs<'a> {
     }
 
     /// Record where a blob not yet in the cache can be found.
-    pub fn add_origin(&mut self, digest: &Digest, size: u64, origin: Origin) {
+    pub(crate) fn add_origin(&mut self, digest: &Digest, size: u64, origin: Origin) {
         self.origins.entry(digest.clone()).or_insert((origin, size));
     }
 
-    pub fn origin(&self, digest: &Digest) -> Option<&Origin> {
+    pub(crate) fn origin(&self, digest: &Digest) -> Option<&Origin> {
         self.origins.get(digest).map(|(o, _)| o)
     }
 
@@ -51,30 +52,21 @@ impl<'a> Blobs<'a> {
         }
         match self.origins.get(digest) {
             Some((Origin::Registry(r), size)) => {
-                let reg = self.registry.ok_or_else(|| {
-                    Error::network(format!(
-                        "offline: blob {digest} of {} is not in the cache (run `kiln fetch` or `kiln cache import` first)",
-                        r.whole()
-                    ))
+                let reg = self.registry.ok_or_else(|| RegistryError::OfflineBlob {
+                    digest: digest.clone(),
+                    image: r.whole(),
+                    hint: true,
                 })?;
                 reg.fetch_blob(r, digest, *size, self.cache)?;
             }
             Some((Origin::Layout(dir), _)) => {
                 let src = dir.join("blobs/sha256").join(digest.hex());
-                let f = File::open(&src).map_err(|e| {
-                    Error::input(format!(
-                        "OCI layout {}: blob {digest} is missing: {e}",
-                        dir.display()
-                    ))
+                let f = File::open(&src).map_err(|source| ImageError::LayoutBlobMissing {
+                    dir: dir.clone(),
+                    digest: digest.clone(),
+                    source,
                 })?;
-                self.cache
-                    .put_reader(std::io::BufReader::new(f), digest)
-                    .map_err(|e| match e {
-                        Error::Network(m) => {
-                            Error::input(format!("OCI layout {}: {m}", dir.display()))
-                        }
-                        other => other,
-                    })?;
+                self.cache.put_reader(std::io::BufReader::new(f), digest)?;
             }
             None => {
                 return Err(Error::internal(format!(
@@ -88,8 +80,48 @@ impl<'a> Blobs<'a> {
     }
 
     /// Open a verified blob for reading.
-    pub fn open(&self, digest: &Digest) -> Result<File> {
+    pub(crate) fn open(&self, digest: &Digest) -> Result<File> {
         let p = self.path(digest)?;
         File::open(&p).io_context(|| format!("opening {}", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_that_cannot_be_had() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(cache_dir.path()).unwrap();
+        let mut blobs = Blobs::new(&cache, None);
+
+        let d = Digest::of(b"layer");
+        let r: Reference = "registry.example/app:1".parse().unwrap();
+        blobs.add_origin(&d, 5, Origin::Registry(r));
+        let err = blobs.path(&d).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<RegistryError>(),
+            Some(RegistryError::OfflineBlob { hint: true, digest, .. }) if digest == &d
+        ));
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            format!("offline: blob {d} of registry.example/app:1 is not in the cache (run `kiln fetch` or `kiln cache import` first)")
+        );
+
+        let layout = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"other layer");
+        blobs.add_origin(&d, 11, Origin::Layout(layout.path().to_path_buf()));
+        let err = blobs.path(&d).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::LayoutBlobMissing { digest, .. }) if digest == &d
+        ));
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().starts_with(&format!(
+            "OCI layout {}: blob {d} is missing: ",
+            layout.path().display()
+        )));
     }
 }

@@ -16,9 +16,9 @@ use kiln_fs::layer::LayerBlob;
 use kiln_spec::spec::ConfigSection;
 use kiln_store::cache::Cache;
 
-pub const ANN_CREATED: &str = "org.opencontainers.image.created";
-pub const ANN_BASE_NAME: &str = "org.opencontainers.image.base.name";
-pub const ANN_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+const ANN_CREATED: &str = "org.opencontainers.image.created";
+const ANN_BASE_NAME: &str = "org.opencontainers.image.base.name";
+const ANN_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 /// A layer kiln added, with the line it gets in the image history.
 #[derive(Clone, Debug)]

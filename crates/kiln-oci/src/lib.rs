@@ -4,9 +4,12 @@
 
 pub mod base;
 pub mod blobs;
+mod error;
 pub mod image;
 pub mod inspect;
 pub mod inventory;
 pub mod manifest;
 pub mod output;
 pub mod registry;
+
+pub use error::{DocumentKind, ImageError, RegistryError};

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde_json::Value;
 
+use crate::error::{DocumentKind, ImageError};
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 /// A content descriptor, in kiln's own terms.
 #[derive(Clone, Debug)]
@@ -25,7 +26,7 @@ pub struct Desc {
 }
 
 impl Desc {
-    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+    pub(crate) fn new(media_type: &str, digest: Digest, size: u64) -> Self {
         Desc {
             media_type: media_type.to_string(),
             digest,
@@ -35,7 +36,7 @@ impl Desc {
         }
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("mediaType".into(), self.media_type.clone().into());
         m.insert("digest".into(), self.digest.to_string().into());
@@ -66,7 +67,7 @@ pub enum Document {
 }
 
 /// Docker media types map to their OCI equivalents (same bytes).
-pub fn normalize_layer_type(mt: &str) -> String {
+fn normalize_layer_type(mt: &str) -> String {
     match mt {
         "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.v1.tar+gzip".into()
@@ -102,16 +103,21 @@ fn convert(d: &oci_spec::image::Descriptor) -> Result<Desc> {
 
 /// Parse bytes that are either an image index / manifest list or an image manifest.
 pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::input(format!("{what}: not valid JSON: {e}")))?;
+    let unparsable = |document| {
+        move |source| ImageError::Unparsable {
+            what: what.to_string(),
+            document,
+            source,
+        }
+    };
+    let v: Value = serde_json::from_slice(bytes).map_err(unparsable(DocumentKind::Json))?;
     if v.get("manifests").is_some() {
-        let idx: ImageIndex = serde_json::from_value(v)
-            .map_err(|e| Error::input(format!("{what}: invalid image index: {e}")))?;
+        let idx: ImageIndex = serde_json::from_value(v).map_err(unparsable(DocumentKind::Index))?;
         let entries = idx.manifests().iter().map(convert).collect::<Result<_>>()?;
         Ok(Document::Index(entries))
     } else if v.get("layers").is_some() {
-        let m: ImageManifest = serde_json::from_value(v)
-            .map_err(|e| Error::input(format!("{what}: invalid image manifest: {e}")))?;
+        let m: ImageManifest =
+            serde_json::from_value(v).map_err(unparsable(DocumentKind::Manifest))?;
         let config = convert(m.config())?;
         let layers = m
             .layers()
@@ -124,14 +130,15 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
             .collect::<Result<_>>()?;
         Ok(Document::Manifest { config, layers })
     } else {
-        Err(Error::input(format!(
-            "{what}: neither an image manifest nor an index (schema 1 manifests are not supported)"
-        )))
+        Err(ImageError::NotManifestOrIndex {
+            what: what.to_string(),
+        }
+        .into())
     }
 }
 
 /// The media type a manifest or index declares (or implies, for old ones without the field).
-pub fn media_type_of(bytes: &[u8]) -> String {
+pub(crate) fn media_type_of(bytes: &[u8]) -> String {
     let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     match v.get("mediaType").and_then(Value::as_str) {
         Some(mt) => mt.to_string(),
@@ -142,7 +149,7 @@ pub fn media_type_of(bytes: &[u8]) -> String {
 
 /// JSON with object keys sorted at every level and no whitespace: the same
 /// value always serialises to the same bytes, whatever map type produced it.
-pub fn canonical_json(v: &Value) -> Vec<u8> {
+pub(crate) fn canonical_json(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -162,7 +169,7 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
 }
 
 /// Pick the entries of an index matching `platform`.
-pub fn select_platform<'a>(entries: &'a [Desc], platform: &Platform) -> Option<&'a Desc> {
+pub(crate) fn select_platform<'a>(entries: &'a [Desc], platform: &Platform) -> Option<&'a Desc> {
     entries.iter().find(|e| {
         e.platform
             .as_ref()
@@ -171,7 +178,7 @@ pub fn select_platform<'a>(entries: &'a [Desc], platform: &Platform) -> Option<&
 }
 
 /// `os/arch[/variant]` list of an index, for error messages.
-pub fn platforms_of(entries: &[Desc]) -> String {
+pub(crate) fn platforms_of(entries: &[Desc]) -> String {
     let mut v: Vec<String> = entries
         .iter()
         .filter_map(|e| e.platform.as_ref().map(|p| p.to_string()))
@@ -179,4 +186,47 @@ pub fn platforms_of(entries: &[Desc]) -> String {
     v.sort();
     v.dedup();
     v.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_that_do_not_parse_say_which_they_are() {
+        let err = parse(b"{not json", "oci:x").err().unwrap();
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::Unparsable {
+                document: DocumentKind::Json,
+                ..
+            })
+        ));
+        assert!(err.to_string().starts_with("oci:x: not valid JSON: "));
+        assert_eq!(err.exit_code(), 2);
+
+        let err = parse(br#"{"schemaVersion":2,"manifests":{}}"#, "oci:x")
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::Unparsable {
+                document: DocumentKind::Index,
+                ..
+            })
+        ));
+        assert!(err.to_string().starts_with("oci:x: invalid image index: "));
+
+        let err = parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, "old:1")
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err.downcast_ref::<ImageError>(),
+            Some(ImageError::NotManifestOrIndex { what }) if what == "old:1"
+        ));
+        assert_eq!(
+            err.to_string(),
+            "old:1: neither an image manifest nor an index (schema 1 manifests are not supported)"
+        );
+    }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::{ErrorKind, Result};
+
+use crate::PipError;
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 use kiln_store::http::{file_url_path, Http};
 
@@ -19,23 +21,23 @@ const ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.
 
 /// One file an index or find-links location offers.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DistFile {
-    pub filename: String,
+pub(crate) struct DistFile {
+    pub(crate) filename: String,
     /// Absolute URL, fragment removed.
-    pub url: String,
-    pub sha256: Option<String>,
-    pub requires_python: Option<String>,
-    pub yanked: bool,
+    pub(crate) url: String,
+    pub(crate) sha256: Option<String>,
+    pub(crate) requires_python: Option<String>,
+    pub(crate) yanked: bool,
     /// PEP 658/714: a `.metadata` file exists; its sha256 when the index gives one.
-    pub core_metadata: Option<Option<String>>,
+    pub(crate) core_metadata: Option<Option<String>>,
 }
 
 impl DistFile {
-    pub fn is_wheel(&self) -> bool {
+    pub(crate) fn is_wheel(&self) -> bool {
         self.filename.ends_with(".whl")
     }
 
-    pub fn digest(&self) -> Option<Digest> {
+    pub(crate) fn digest(&self) -> Option<Digest> {
         self.sha256
             .as_ref()
             .and_then(|h| format!("sha256:{h}").parse().ok())
@@ -43,7 +45,7 @@ impl DistFile {
 }
 
 /// The project name part of a distribution file name, normalised.
-pub fn file_project(filename: &str) -> Option<String> {
+pub(crate) fn file_project(filename: &str) -> Option<String> {
     if filename.ends_with(".whl") {
         return WheelName::parse(filename)
             .ok()
@@ -57,7 +59,7 @@ pub fn file_project(filename: &str) -> Option<String> {
 }
 
 /// The version part of a distribution file name.
-pub fn file_version(filename: &str) -> Option<String> {
+pub(crate) fn file_version(filename: &str) -> Option<String> {
     if filename.ends_with(".whl") {
         return WheelName::parse(filename).ok().map(|w| w.version);
     }
@@ -68,11 +70,11 @@ pub fn file_version(filename: &str) -> Option<String> {
     stem.rsplit_once('-').map(|(_, v)| v.to_string())
 }
 
-pub struct IndexClient<'a> {
+pub(crate) struct IndexClient<'a> {
     http: &'a Http,
     cache: &'a Cache,
-    pub indexes: Vec<String>,
-    pub find_links: Vec<String>,
+    pub(crate) indexes: Vec<String>,
+    pub(crate) find_links: Vec<String>,
     pages: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
     links: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
     ttl: Duration,
@@ -85,7 +87,7 @@ struct CachedPage {
 }
 
 impl<'a> IndexClient<'a> {
-    pub fn new(
+    pub(crate) fn new(
         http: &'a Http,
         cache: &'a Cache,
         indexes: Vec<String>,
@@ -108,7 +110,7 @@ impl<'a> IndexClient<'a> {
 
     /// Every file for `project` (normalised) from every index and find-links
     /// location, in source order. `Ok(None)`: no source knows the project.
-    pub fn files(&self, project: &str) -> Result<Option<Arc<Vec<DistFile>>>> {
+    pub(crate) fn files(&self, project: &str) -> Result<Option<Arc<Vec<DistFile>>>> {
         if let Some(f) = self.pages.lock().unwrap().get(project) {
             return Ok(Some(f.clone()));
         }
@@ -177,7 +179,13 @@ impl<'a> IndexClient<'a> {
             .get_cached(&fetch_url, Some(ACCEPT), self.cache, &|_| Ok(()))
         {
             Ok(f) => f,
-            Err(Error::Input(m)) if local.is_some() || m.contains("not found (HTTP") => {
+            // A missing page (HTTP 404/410, or no such local file) means the
+            // source does not have the project. Told by class and message, so
+            // the store's error may be a plain or a typed one.
+            Err(e)
+                if e.kind() == ErrorKind::Input
+                    && (local.is_some() || e.to_string().contains("not found (HTTP")) =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(e),
@@ -212,8 +220,9 @@ impl<'a> IndexClient<'a> {
         let files = match file_url_path(loc) {
             Some(dir) if dir.is_dir() => {
                 let mut out = Vec::new();
-                let rd = std::fs::read_dir(&dir).map_err(|e| {
-                    Error::input(format!("[pip] find-links {}: {e}", dir.display()))
+                let rd = std::fs::read_dir(&dir).map_err(|e| PipError::FindLinks {
+                    path: dir.clone(),
+                    detail: e.to_string(),
                 })?;
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
@@ -246,7 +255,7 @@ impl<'a> IndexClient<'a> {
     }
 
     /// Core metadata of a wheel: PEP 658 file when offered, else from the wheel itself.
-    pub fn metadata(&self, file: &DistFile) -> Result<CoreMetadata> {
+    pub(crate) fn metadata(&self, file: &DistFile) -> Result<CoreMetadata> {
         let memo = file
             .sha256
             .as_ref()
@@ -282,7 +291,7 @@ impl<'a> IndexClient<'a> {
     }
 
     /// Download (verified against the index's sha256) into the cache.
-    pub fn download(&self, file: &DistFile) -> Result<(Digest, u64)> {
+    pub(crate) fn download(&self, file: &DistFile) -> Result<(Digest, u64)> {
         self.http
             .download(&file.url, file.digest().as_ref(), self.cache)
             .map_err(|e| e.context(format!("downloading {}", file.filename)))
@@ -341,12 +350,11 @@ fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
 }
 
 fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
-    let page: JsonPage = serde_json::from_slice(bytes).map_err(|e| {
-        Error::network(format!(
-            "{}: malformed simple-API JSON: {e}",
-            kiln_store::http::redact(page_url)
-        ))
-    })?;
+    let page: JsonPage =
+        serde_json::from_slice(bytes).map_err(|e| PipError::MalformedIndexPage {
+            url: kiln_store::http::redact(page_url),
+            detail: e.to_string(),
+        })?;
     Ok(page
         .files
         .into_iter()
@@ -425,7 +433,7 @@ fn attributes(tag: &str) -> HashMap<String, String> {
 }
 
 /// PEP 503 anchors.
-pub fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
+pub(crate) fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
     let mut out = Vec::new();
     let lower = html.to_ascii_lowercase();
     let mut pos = 0;
@@ -494,6 +502,23 @@ mod tests {
         assert_eq!(f[0].requires_python.as_deref(), Some(">=3.8"));
         assert_eq!(f[0].core_metadata, Some(Some("ee".into())));
         assert!(f[1].yanked && !f[0].yanked);
+    }
+
+    #[test]
+    fn malformed_json_page_is_a_network_error_without_credentials() {
+        let err =
+            parse_json(b"{\"files\": 3}", "https://user:s3cret@host/simple/foo/").unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Network);
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::MalformedIndexPage { url, .. }) if url == "https://***@host/simple/foo/"
+        ));
+        let m = err.to_string();
+        assert!(
+            m.starts_with("https://***@host/simple/foo/: malformed simple-API JSON: "),
+            "{m}"
+        );
+        assert!(!m.contains("s3cret"), "{m}");
     }
 
     #[test]

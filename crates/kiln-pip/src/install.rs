@@ -7,18 +7,19 @@ use base64::Engine as _;
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_fs::layer::{Entry, EntryKind};
 
 use super::target::PythonTarget;
 use super::wheel::{parse_entry_points, WheelFile};
+use crate::{PipError, WheelProblem};
 
 /// What the installer needs to know about one wheel besides its files.
-pub struct InstallInfo<'a> {
-    pub filename: &'a str,
-    pub requested: bool,
+pub(crate) struct InstallInfo<'a> {
+    pub(crate) filename: &'a str,
+    pub(crate) requested: bool,
     /// `direct_url.json` content for URL requirements.
-    pub direct_url: Option<String>,
+    pub(crate) direct_url: Option<String>,
 }
 
 fn entry(path: &str, data: Vec<u8>, exec: bool) -> Entry {
@@ -49,11 +50,12 @@ fn record_hash(data: &[u8]) -> String {
 }
 
 /// The console/GUI script pip would write for `module:attr`.
-pub fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
+pub(crate) fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
     let spec = spec.split('[').next().unwrap_or(spec).trim();
-    let (module, attr) = spec
-        .split_once(':')
-        .ok_or_else(|| Error::input(format!("entry point `{spec}` is not `module:function`")))?;
+    let invalid = || PipError::InvalidEntryPoint {
+        spec: spec.to_string(),
+    };
+    let (module, attr) = spec.split_once(':').ok_or_else(invalid)?;
     let (module, attr) = (module.trim(), attr.trim());
     let valid = |s: &str| {
         !s.is_empty()
@@ -64,9 +66,7 @@ pub fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
             })
     };
     if !valid(module) || !valid(attr) {
-        return Err(Error::input(format!(
-            "entry point `{spec}` is not `module:function`"
-        )));
+        return Err(invalid().into());
     }
     let import = attr.split('.').next().unwrap_or(attr);
     Ok(format!(
@@ -77,10 +77,10 @@ pub fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
 
 /// RECORD hash (`sha256=<urlsafe-b64>`) of each member, by member path
 /// (ordered, so a kept copy is the same bytes every time).
-pub type MemberHashes = BTreeMap<String, String>;
+pub(crate) type MemberHashes = BTreeMap<String, String>;
 
 /// RECORD hashes of every member, computed in parallel.
-pub fn member_hashes(files: &[WheelFile]) -> MemberHashes {
+pub(crate) fn member_hashes(files: &[WheelFile]) -> MemberHashes {
     files
         .par_iter()
         .map(|f| (f.path.clone(), record_hash(&f.data)))
@@ -90,7 +90,7 @@ pub fn member_hashes(files: &[WheelFile]) -> MemberHashes {
 /// Lay one wheel out for `target`. `known` gives the RECORD hashes of members
 /// (see [`member_hashes`]); a member it lacks, and every file kiln writes or
 /// rewrites, is hashed here.
-pub fn wheel_entries(
+pub(crate) fn wheel_entries(
     t: &PythonTarget,
     info: &InstallInfo,
     files: Vec<WheelFile>,
@@ -104,7 +104,7 @@ pub fn wheel_entries(
             (dir.ends_with(".dist-info") && rest == "METADATA").then(|| dir.to_string())
         })
         .next()
-        .ok_or_else(|| Error::input(format!("wheel {wheel} has no .dist-info/METADATA")))?;
+        .ok_or_else(|| PipError::wheel(wheel, WheelProblem::NoMetadata))?;
     let data_dir = format!("{}.data", dist_info.trim_end_matches(".dist-info"));
     let dist_name = dist_info
         .trim_end_matches(".dist-info")
@@ -121,9 +121,7 @@ pub fn wheel_entries(
             .insert(path.clone(), (data, exec, hash.cloned()))
             .is_some()
         {
-            return Err(Error::input(format!(
-                "wheel {wheel}: two members install to {path}"
-            )));
+            return Err(PipError::wheel(wheel, WheelProblem::Conflict { path }));
         }
         Ok(())
     };
@@ -132,7 +130,12 @@ pub fn wheel_entries(
         let hash = known.get(&f.path);
         if let Some(rest) = f.path.strip_prefix(&format!("{data_dir}/")) {
             let (key, sub) = rest.split_once('/').ok_or_else(|| {
-                Error::input(format!("wheel {wheel}: unexpected member `{}`", f.path))
+                PipError::wheel(
+                    wheel,
+                    WheelProblem::UnexpectedMember {
+                        member: f.path.clone(),
+                    },
+                )
             })?;
             match key {
                 "purelib" => put(
@@ -161,9 +164,12 @@ pub fn wheel_entries(
                 )?,
                 "scripts" => {
                     if sub.contains('/') {
-                        return Err(Error::input(format!(
-                            "wheel {wheel}: script `{sub}` is in a subdirectory"
-                        )));
+                        return Err(PipError::wheel(
+                            wheel,
+                            WheelProblem::ScriptInSubdirectory {
+                                script: sub.to_string(),
+                            },
+                        ));
                     }
                     let mut data = f.data;
                     let mut hash = hash;
@@ -177,9 +183,12 @@ pub fn wheel_entries(
                     put(format!("{}/{sub}", t.scheme.scripts), data, true, hash)?
                 }
                 other => {
-                    return Err(Error::input(format!(
-                        "wheel {wheel}: unknown data directory `{data_dir}/{other}`"
-                    )))
+                    return Err(PipError::wheel(
+                        wheel,
+                        WheelProblem::UnknownDataDirectory {
+                            dir: format!("{data_dir}/{other}"),
+                        },
+                    ))
                 }
             }
             continue;
@@ -202,9 +211,7 @@ pub fn wheel_entries(
                 continue;
             }
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err(Error::input(format!(
-                    "wheel {wheel}: entry point name `{name}` is not a valid file name"
-                )));
+                return Err(PipError::wheel(wheel, WheelProblem::BadScriptName { name }));
             }
             let script = entry_point_script(&shebang, &value)
                 .map_err(|e| e.context(format!("wheel {wheel}")))?;
@@ -245,7 +252,7 @@ pub fn wheel_entries(
 }
 
 /// The venv skeleton: `pyvenv.cfg`, `bin/python*` symlinks, `lib64 -> lib`.
-pub fn venv_entries(t: &PythonTarget) -> Vec<Entry> {
+pub(crate) fn venv_entries(t: &PythonTarget) -> Vec<Entry> {
     let Some(v) = &t.venv else { return Vec::new() };
     let home = t
         .interpreter
@@ -377,6 +384,84 @@ mod tests {
         assert!(!record.contains("stale"));
     }
 
+    /// The wheel problem `wheel_entries` reports for `files`.
+    fn layout_error(files: Vec<WheelFile>) -> kiln_core::Error {
+        let info = InstallInfo {
+            filename: "demo-1.0-py3-none-any.whl",
+            requested: false,
+            direct_url: None,
+        };
+        wheel_entries(&target("system"), &info, files, &MemberHashes::new()).unwrap_err()
+    }
+
+    #[test]
+    fn bad_layouts_name_the_wheel_and_member() {
+        let meta = || wf("demo-1.0.dist-info/METADATA", b"Name: demo\nVersion: 1.0\n");
+        let problem = |e: &kiln_core::Error| match e.downcast_ref::<PipError>() {
+            Some(PipError::BadWheel { wheel, problem }) => {
+                assert_eq!(wheel, "demo-1.0-py3-none-any.whl");
+                format!("{problem:?}")
+            }
+            _ => panic!("{e:?}"),
+        };
+        let e = layout_error(vec![wf("demo/__init__.py", b"")]);
+        assert_eq!(problem(&e), "NoMetadata");
+        assert_eq!(
+            e.to_string(),
+            "wheel demo-1.0-py3-none-any.whl has no .dist-info/METADATA"
+        );
+        let e = layout_error(vec![meta(), wf("demo-1.0.data/junk/x", b"")]);
+        assert!(matches!(
+            e.downcast_ref::<PipError>(),
+            Some(PipError::BadWheel { problem: WheelProblem::UnknownDataDirectory { dir }, .. }) if dir == "demo-1.0.data/junk"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "wheel demo-1.0-py3-none-any.whl: unknown data directory `demo-1.0.data/junk`"
+        );
+        let e = layout_error(vec![meta(), wf("demo-1.0.data/stray", b"")]);
+        assert!(problem(&e).starts_with("UnexpectedMember"), "{e}");
+        let e = layout_error(vec![meta(), wf("demo-1.0.data/scripts/sub/x", b"")]);
+        assert!(problem(&e).starts_with("ScriptInSubdirectory"), "{e}");
+        // purelib and the root both put `demo/x.py` in site-packages.
+        let e = layout_error(vec![
+            meta(),
+            wf("demo/x.py", b""),
+            wf("demo-1.0.data/purelib/demo/x.py", b""),
+        ]);
+        assert!(
+            matches!(
+                e.downcast_ref::<PipError>(),
+                Some(PipError::BadWheel { problem: WheelProblem::Conflict { path }, .. })
+                    if path == "/usr/local/lib/python3.11/dist-packages/demo/x.py"
+            ),
+            "{e:?}"
+        );
+        let e = layout_error(vec![
+            meta(),
+            wf(
+                "demo-1.0.dist-info/entry_points.txt",
+                b"[console_scripts]\n.. = demo:main\n",
+            ),
+        ]);
+        assert!(problem(&e).starts_with("BadScriptName"), "{e}");
+        let e = layout_error(vec![
+            meta(),
+            wf(
+                "demo-1.0.dist-info/entry_points.txt",
+                b"[console_scripts]\nx = demo\n",
+            ),
+        ]);
+        assert!(matches!(
+            e.downcast_ref::<PipError>(),
+            Some(PipError::InvalidEntryPoint { spec }) if spec == "demo"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "wheel demo-1.0-py3-none-any.whl: entry point `demo` is not `module:function`"
+        );
+    }
+
     #[test]
     fn script_template_and_venv() {
         let s = String::from_utf8(
@@ -384,7 +469,16 @@ mod tests {
         )
         .unwrap();
         assert!(s.contains("from pkg.cli import app\n") && s.contains("sys.exit(app.run())"));
-        assert!(entry_point_script("#!x", "os; import evil:x").is_err());
+        for bad in ["os; import evil:x", "no_colon", "mod:", "1mod:f"] {
+            let err = entry_point_script("#!x", bad).unwrap_err();
+            assert!(
+                matches!(
+                    err.downcast_ref::<PipError>(),
+                    Some(PipError::InvalidEntryPoint { .. })
+                ),
+                "{bad}: {err:?}"
+            );
+        }
         let t = target("/opt/venv");
         let v = venv_entries(&t);
         assert!(v.iter().any(|e| e.path == "opt/venv/pyvenv.cfg"));

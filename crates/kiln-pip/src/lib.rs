@@ -2,19 +2,21 @@
 //!
 //! Nothing runs inside the image: the interpreter, its version, the C library
 //! and what is already installed are read from the base filesystem
-//! ([`target`]); the index client ([`index`]) speaks the PEP 691/503 simple API
-//! and PEP 658 metadata; [`resolve`] runs PubGrub with markers evaluated for
-//! the target; [`install`] lays wheels out as deterministic layer entries.
+//! (`target`); the index client (`index`) speaks the PEP 691/503 simple API
+//! and PEP 658 metadata; `resolve` runs PubGrub with markers evaluated for
+//! the target; `install` lays wheels out as deterministic layer entries.
+//! Failures are [`PipError`]s inside [`kiln_core::Error`].
 
-pub mod index;
-pub mod install;
-pub mod markers;
-pub mod metadata;
-pub mod resolve;
-pub mod spec;
-pub mod tags;
-pub mod target;
-pub mod wheel;
+mod error;
+mod index;
+mod install;
+mod markers;
+mod metadata;
+mod resolve;
+mod spec;
+mod tags;
+mod target;
+mod wheel;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,24 +25,25 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::layer::{Entry, Tree};
 use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::{Cache, CacheBucket};
 use kiln_store::http::Http;
 
+pub use error::{PipError, WheelProblem};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
 pub use target::PythonTarget;
 
 /// Wheels larger than this get a layer of their own.
-pub const BIG_WHEEL: u64 = 20 << 20;
+const BIG_WHEEL: u64 = 20 << 20;
 
 /// Up to this many wheels, each gets a layer of its own, so a version bump
 /// re-pushes only that wheel; beyond it small wheels share one layer (images
 /// have a practical limit of ~125 layers).
-pub const OWN_LAYERS_UP_TO: usize = 24;
+const OWN_LAYERS_UP_TO: usize = 24;
 
 /// One wheel to install, downloaded and verified in the cache.
 #[derive(Debug, Clone)]
@@ -48,14 +51,14 @@ pub struct PinnedWheel {
     /// Normalised project name.
     pub name: String,
     pub version: String,
-    pub url: String,
-    pub sha256: Digest,
-    pub size: u64,
+    pub(crate) url: String,
+    pub(crate) sha256: Digest,
+    pub(crate) size: u64,
     pub filename: String,
     /// Named in the spec (gets `REQUESTED`).
-    pub requested: bool,
+    pub(crate) requested: bool,
     /// `direct_url.json` for URL/path requirements.
-    pub direct_url: Option<String>,
+    pub(crate) direct_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,11 +83,11 @@ pub fn keep_path(path: &str) -> bool {
 }
 
 /// Where packages come from, after every configuration source was consulted.
-pub fn sources(
+fn sources(
     section: &PipSection,
     spec_dir: &Path,
     inputs: &spec::Inputs,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> (Vec<String>, Vec<String>) {
     let config = if section.isolated {
         spec::PipConfig::default()
     } else {
@@ -99,7 +102,7 @@ pub fn sources(
     find_links.extend(config.find_links.iter().cloned());
     dedup(&mut find_links);
     if section.no_index || inputs.no_index || config.no_index {
-        return Ok((Vec::new(), find_links));
+        return (Vec::new(), find_links);
     }
     let index = inputs
         .index
@@ -117,7 +120,7 @@ pub fn sources(
     indexes.extend(inputs.extra_index.iter().cloned());
     indexes.extend(config.extra_index.iter().cloned());
     dedup(&mut indexes);
-    Ok((indexes, find_links))
+    (indexes, find_links)
 }
 
 fn dedup(v: &mut Vec<String>) {
@@ -157,11 +160,9 @@ pub fn plan(
             "kiln.lock",
         )?);
     }
-    let (indexes, find_links) = sources(section, spec_dir, &inputs)?;
+    let (indexes, find_links) = sources(section, spec_dir, &inputs);
     if indexes.is_empty() && find_links.is_empty() {
-        return Err(Error::input(
-            "[pip] no package source: `no-index` is set but there is no `find-links` directory",
-        ));
+        return Err(PipError::NoPackageSource.into());
     }
     let client = index::IndexClient::new(http, cache, indexes, find_links);
     let env = markers::environment(&python)?;
@@ -195,19 +196,21 @@ pub fn plan(
             already_installed.push((r.name, r.version.to_string()));
             continue;
         }
-        let mut file = r.file.ok_or_else(|| {
-            Error::internal(format!("resolved {} {} without a file", r.name, r.version))
+        let mut file = r.file.ok_or_else(|| PipError::NoFile {
+            name: r.name.clone(),
+            version: r.version.to_string(),
+            resolved: true,
         })?;
         if let Some(allowed) = hashes.get(&r.name) {
             match &file.sha256 {
                 Some(h) if !allowed.contains(h) => {
-                    return Err(Error::input(format!(
-                        "[pip] hash mismatch for `{}`: {} has sha256:{h}, the requirements allow only {}; \
-                         update the --hash values or pin the version they were made for",
-                        r.name,
-                        file.filename,
-                        allowed.iter().map(|a| format!("sha256:{a}")).collect::<Vec<_>>().join(", ")
-                    )))
+                    return Err(PipError::HashMismatch {
+                        name: r.name,
+                        filename: file.filename,
+                        actual: h.clone(),
+                        allowed: allowed.clone(),
+                    }
+                    .into())
                 }
                 Some(_) => {}
                 None => file.sha256 = allowed.first().cloned(),
@@ -367,10 +370,11 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
             // `plan` verified every wheel a moment ago; hashing it again here
             // would double the warm-cache cost for nothing.
             if !cache.contains(&w.sha256) {
-                return Err(Error::internal(format!(
-                    "wheel {} ({}) is not in the cache; run plan first",
-                    w.filename, w.sha256
-                )));
+                return Err(PipError::NotInCache {
+                    filename: w.filename.clone(),
+                    sha256: w.sha256.clone(),
+                }
+                .into());
             }
             let path = cache.blob_path(&w.sha256);
             let files = wheel::read_wheel(&path, &w.filename)?;
@@ -493,6 +497,112 @@ mod tests {
         std::fs::write(&path, damaged).unwrap();
         assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
         assert_eq!(std::fs::read(&path).unwrap(), first, "rewritten the same");
+    }
+
+    fn python_rootfs() -> Rootfs {
+        let mut fs = Rootfs::default();
+        fs.insert_file("/usr/local/bin/python3.11", b"");
+        fs.insert_file("/usr/local/lib/python3.11/os.py", b"");
+        fs
+    }
+
+    fn plan_err(section: &PipSection, spec_dir: &Path) -> kiln_core::Error {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        plan(
+            section,
+            spec_dir,
+            &python_rootfs(),
+            &Platform::linux("amd64"),
+            &Http::new().unwrap(),
+            &cache,
+        )
+        .unwrap_err()
+    }
+
+    #[test]
+    fn no_index_without_find_links() {
+        let section = PipSection {
+            packages: vec!["six".into()],
+            no_index: true,
+            isolated: true,
+            ..Default::default()
+        };
+        let err = plan_err(&section, Path::new("."));
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::NoPackageSource)
+        ));
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+    }
+
+    #[test]
+    fn hash_mismatch_names_both_hashes() {
+        // A local PEP 503 index offering one wheel (with its metadata file).
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("simple/demo");
+        std::fs::create_dir_all(&page).unwrap();
+        let offered = "a".repeat(64);
+        let allowed = "b".repeat(64);
+        std::fs::write(
+            page.join("index.html"),
+            format!(
+                "<a href=\"demo-1.0-py3-none-any.whl#sha256={offered}\" data-dist-info-metadata=\"true\">demo</a>"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            page.join("demo-1.0-py3-none-any.whl.metadata"),
+            "Name: demo\nVersion: 1.0\n",
+        )
+        .unwrap();
+        let section = PipSection {
+            packages: vec![format!("demo --hash=sha256:{allowed}")],
+            index: Some("simple".into()),
+            isolated: true,
+            ..Default::default()
+        };
+        let err = plan_err(&section, dir.path());
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::HashMismatch { name, filename, actual, allowed: a })
+                if name == "demo" && filename == "demo-1.0-py3-none-any.whl" && actual == &offered && a.len() == 1 && a[0] == allowed),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "[pip] hash mismatch for `demo`: demo-1.0-py3-none-any.whl has sha256:{offered}, \
+                 the requirements allow only sha256:{allowed}; update the --hash values or pin the version they were made for"
+            )
+        );
+    }
+
+    #[test]
+    fn layer_groups_needs_the_wheels_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let sha256 = Digest::of(b"a wheel");
+        let plan = PipPlan {
+            python: PythonTarget::detect(&python_rootfs(), &Platform::linux("amd64"), "system")
+                .unwrap(),
+            wheels: vec![PinnedWheel {
+                name: "demo".into(),
+                version: "1.0".into(),
+                url: "file:///nowhere/demo-1.0-py3-none-any.whl".into(),
+                sha256: sha256.clone(),
+                size: 7,
+                filename: "demo-1.0-py3-none-any.whl".into(),
+                requested: true,
+                direct_url: None,
+            }],
+            already_installed: Vec::new(),
+        };
+        let err = layer_groups(&plan, &cache).unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Internal);
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::NotInCache { filename, sha256: d }) if filename == "demo-1.0-py3-none-any.whl" && d == &sha256
+        ));
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! PEP 508 marker environment of the TARGET interpreter (never the host's).
 
-use uv_normalize::ExtraName;
-use uv_pep508::{MarkerEnvironment, MarkerEnvironmentBuilder, MarkerTree};
+use uv_pep508::{MarkerEnvironment, MarkerEnvironmentBuilder};
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
+
+use crate::PipError;
 
 use super::target::PythonTarget;
 
 /// The marker values `python -c 'import platform, sys'` would report inside the image.
-pub fn environment(t: &PythonTarget) -> Result<MarkerEnvironment> {
+pub(crate) fn environment(t: &PythonTarget) -> Result<MarkerEnvironment> {
     let short = t.short_version();
     MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
         implementation_name: "cpython",
@@ -23,12 +24,12 @@ pub fn environment(t: &PythonTarget) -> Result<MarkerEnvironment> {
         python_version: &short,
         sys_platform: "linux",
     })
-    .map_err(|e| Error::internal(format!("building the marker environment: {e}")))
-}
-
-/// Does `marker` hold for the target with `extras` active?
-pub fn holds(marker: &MarkerTree, env: &MarkerEnvironment, extras: &[ExtraName]) -> bool {
-    marker.evaluate(env, extras)
+    .map_err(|e| {
+        PipError::MarkerEnvironment {
+            detail: e.to_string(),
+        }
+        .into()
+    })
 }
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod tests {
     use super::*;
     use kiln_core::platform::Platform;
     use kiln_fs::rootfs::Rootfs;
+    use uv_normalize::ExtraName;
 
     fn target(minor: u32) -> PythonTarget {
         let mut fs = Rootfs::default();
@@ -54,13 +56,13 @@ mod tests {
             "tomli; python_version < '3.11' and platform_machine == 'aarch64'",
         )
         .unwrap();
-        assert!(holds(&r.marker, &env9, &[]));
-        assert!(!holds(&r.marker, &env12, &[]));
+        assert!(r.marker.evaluate(&env9, &[]));
+        assert!(!r.marker.evaluate(&env12, &[]));
         let e =
             uv_pep508::Requirement::<uv_pep508::VerbatimUrl>::from_str("pysocks; extra == 'socks'")
                 .unwrap();
-        assert!(!holds(&e.marker, &env12, &[]));
+        assert!(!e.marker.evaluate(&env12, &[]));
         let socks = ExtraName::from_str("socks").unwrap();
-        assert!(holds(&e.marker, &env12, &[socks]));
+        assert!(e.marker.evaluate(&env12, &[socks]));
     }
 }

@@ -1,20 +1,22 @@
 //! Core metadata (`METADATA`, `PKG-INFO`, PEP 658 `.metadata` files): the fields the resolver needs.
 
-use kiln_core::error::{Error, Result};
-pub use kiln_fs::probe::header_fields;
+use kiln_core::error::Result;
+
+use crate::PipError;
+pub(crate) use kiln_fs::probe::header_fields;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CoreMetadata {
-    pub name: String,
-    pub version: String,
-    pub requires_dist: Vec<String>,
-    pub requires_python: Option<String>,
-    pub provides_extra: Vec<String>,
+pub(crate) struct CoreMetadata {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) requires_dist: Vec<String>,
+    pub(crate) requires_python: Option<String>,
+    pub(crate) provides_extra: Vec<String>,
 }
 
 impl CoreMetadata {
     /// Parse the RFC 822-style header block (the body after the first blank line is ignored).
-    pub fn parse(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
         let mut m = CoreMetadata::default();
         for (k, v) in header_fields(bytes, false) {
             match k.as_str() {
@@ -27,7 +29,7 @@ impl CoreMetadata {
             }
         }
         if m.name.is_empty() || m.version.is_empty() {
-            return Err(Error::input("metadata has no Name or Version field"));
+            return Err(PipError::IncompleteMetadata.into());
         }
         Ok(m)
     }
@@ -46,6 +48,11 @@ mod tests {
         assert_eq!(m.name, "Foo_Bar");
         assert_eq!(m.requires_dist, vec!["six", "idna ; extra == 'x'"]);
         assert_eq!(m.requires_python.as_deref(), Some(">=3.8"));
-        assert!(CoreMetadata::parse(b"Name: x\n").is_err());
+        let err = CoreMetadata::parse(b"Name: x\n").unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::IncompleteMetadata)
+        ));
+        assert_eq!(err.to_string(), "metadata has no Name or Version field");
     }
 }

@@ -18,6 +18,8 @@ use uv_pep508::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use kiln_core::error::{Error, Result};
 
+use crate::PipError;
+
 use super::index::{file_version, DistFile, IndexClient};
 use super::metadata::CoreMetadata;
 use super::spec::Req;
@@ -25,7 +27,7 @@ use super::tags::{TagSet, WheelName};
 use super::target::PythonTarget;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Pkg {
+pub(crate) enum Pkg {
     Root,
     Dist(String),
     Extra(String, String),
@@ -42,24 +44,24 @@ impl fmt::Display for Pkg {
 }
 
 /// Versions of one project and the wheel kiln would pick for each.
-pub struct Candidates {
+pub(crate) struct Candidates {
     /// Every version seen (files of any kind, the installed one), ascending.
     versions: Vec<Version>,
-    pub best: BTreeMap<Version, DistFile>,
-    pub installed: Option<Version>,
+    pub(crate) best: BTreeMap<Version, DistFile>,
+    pub(crate) installed: Option<Version>,
     /// All file names, for error messages.
     files: Vec<String>,
 }
 
 /// A resolved distribution.
-pub struct Resolved {
-    pub name: String,
-    pub version: Version,
-    pub file: Option<DistFile>,
-    pub installed: bool,
+pub(crate) struct Resolved {
+    pub(crate) name: String,
+    pub(crate) version: Version,
+    pub(crate) file: Option<DistFile>,
+    pub(crate) installed: bool,
 }
 
-pub struct Provider<'a> {
+pub(crate) struct Provider<'a> {
     client: &'a IndexClient<'a>,
     target: &'a PythonTarget,
     env: MarkerEnvironment,
@@ -78,7 +80,7 @@ fn version(s: &str) -> Option<Version> {
 }
 
 impl<'a> Provider<'a> {
-    pub fn new(
+    pub(crate) fn new(
         client: &'a IndexClient<'a>,
         target: &'a PythonTarget,
         env: MarkerEnvironment,
@@ -110,10 +112,11 @@ impl<'a> Provider<'a> {
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or(filename);
                 if !filename.ends_with(".whl") {
-                    return Err(Error::input(format!(
-                        "{}: `{}` is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)",
-                        r.origin, raw
-                    )));
+                    return Err(PipError::NotAWheel {
+                        origin: r.origin.clone(),
+                        url: kiln_store::http::redact(&raw),
+                    }
+                    .into());
                 }
                 let sha = frag.or_else(|| (r.hashes.len() == 1).then(|| r.hashes[0].clone()));
                 let file = DistFile {
@@ -143,11 +146,11 @@ impl<'a> Provider<'a> {
         })
     }
 
-    pub fn direct_url(&self, name: &str) -> Option<&str> {
+    pub(crate) fn direct_url(&self, name: &str) -> Option<&str> {
         self.direct.get(name).map(|(_, u)| u.as_str())
     }
 
-    pub fn candidates(&self, name: &str) -> Result<Arc<Candidates>> {
+    pub(crate) fn candidates(&self, name: &str) -> Result<Arc<Candidates>> {
         if let Some(c) = self.candidates.lock().unwrap().get(name) {
             return Ok(c.clone());
         }
@@ -165,13 +168,18 @@ impl<'a> Provider<'a> {
                 Some(f) => f.to_vec(),
                 None if installed.is_some() => Vec::new(),
                 None => {
-                    let mut wh: Vec<&str> =
-                        self.client.indexes.iter().map(String::as_str).collect();
-                    wh.extend(self.client.find_links.iter().map(String::as_str));
-                    return Err(Error::input(format!(
-                        "[pip] package `{name}` was not found on {}; check the name, or set `index`/`find-links`",
-                        if wh.is_empty() { "any configured source".to_string() } else { wh.join(", ") }
-                    )));
+                    let sources = self
+                        .client
+                        .indexes
+                        .iter()
+                        .chain(&self.client.find_links)
+                        .map(|u| kiln_store::http::redact(u))
+                        .collect();
+                    return Err(PipError::PackageNotFound {
+                        name: name.to_string(),
+                        sources,
+                    }
+                    .into());
                 }
             },
         };
@@ -283,21 +291,17 @@ impl<'a> Provider<'a> {
         origin: &str,
         c: &Candidates,
     ) -> Error {
-        let want = spec.map(|s| s.to_string()).unwrap_or_default();
-        let mut files: Vec<&str> = c.files.iter().map(String::as_str).collect();
-        let more = files.len().saturating_sub(12);
-        files.truncate(12);
-        Error::input(format!(
-            "[pip] no compatible wheel for `{name}{want}` (required by {origin}) for CPython {} on {} ({:?}).\n  \
-             tags tried: {}\n  files that exist: {}{}\n  \
-             kiln installs wheels only: build one (`pip wheel {name} -w wheelhouse/`) and add the directory to `find-links`",
-            self.target.full_version,
-            self.target.machine,
-            self.target.libc,
-            self.tags.summary(),
-            if files.is_empty() { "(none)".to_string() } else { files.join(", ") },
-            if more > 0 { format!(" and {more} more") } else { String::new() },
-        ))
+        PipError::NoCompatibleWheel {
+            name: name.to_string(),
+            specifier: spec.map(|s| s.to_string()).unwrap_or_default(),
+            origin: origin.to_string(),
+            python: self.target.full_version.clone(),
+            machine: self.target.machine.clone(),
+            libc: self.target.libc.clone(),
+            tags: self.tags.summary(),
+            files: c.files.clone(),
+        }
+        .into()
     }
 
     fn metadata_of(&self, name: &str, v: &Version) -> Result<Arc<CoreMetadata>> {
@@ -316,10 +320,11 @@ impl<'a> Provider<'a> {
                 },
             }
         } else {
-            let f = c
-                .best
-                .get(v)
-                .ok_or_else(|| Error::internal(format!("no file for {name} {v}")))?;
+            let f = c.best.get(v).ok_or_else(|| PipError::NoFile {
+                name: name.to_string(),
+                version: v.to_string(),
+                resolved: false,
+            })?;
             self.client
                 .metadata(f)
                 .map_err(|e| e.context(format!("[pip] {name} {v}")))?
@@ -338,8 +343,10 @@ impl<'a> Provider<'a> {
     ) -> Result<Vec<Requirement>> {
         let mut out = Vec::new();
         for r in reqs {
-            let req = Requirement::from_str(r).map_err(|e| {
-                Error::input(format!("[pip] {who}: invalid Requires-Dist `{r}`: {e}"))
+            let req = Requirement::from_str(r).map_err(|e| PipError::InvalidRequiresDist {
+                dist: who.to_string(),
+                requirement: r.clone(),
+                detail: e.to_string(),
             })?;
             if req.marker.evaluate(&self.env, extras) {
                 out.push(req);
@@ -456,8 +463,11 @@ impl DependencyProvider for Provider<'_> {
             }
             Pkg::Extra(n, e) => {
                 let m = self.metadata_of(n, v)?;
-                let extra = ExtraName::from_str(e)
-                    .map_err(|err| Error::input(format!("[pip] {n}[{e}]: {err}")))?;
+                let extra = ExtraName::from_str(e).map_err(|err| PipError::InvalidExtra {
+                    name: n.clone(),
+                    extra: e.clone(),
+                    detail: err.to_string(),
+                })?;
                 let known = m
                     .provides_extra
                     .iter()
@@ -484,15 +494,15 @@ impl DependencyProvider for Provider<'_> {
 }
 
 /// Run the resolver; the result is sorted by name.
-pub fn resolve(provider: &Provider) -> Result<Vec<Resolved>> {
+pub(crate) fn resolve(provider: &Provider) -> Result<Vec<Resolved>> {
     let sol = match pubgrub::resolve(provider, Pkg::Root, Version::new([0])) {
         Ok(s) => s,
         Err(PubGrubError::NoSolution(mut tree)) => {
             tree.collapse_no_versions();
-            return Err(Error::input(format!(
-                "[pip] the requirements cannot be satisfied:\n{}",
-                DefaultStringReporter::report(&tree)
-            )));
+            return Err(PipError::Unsatisfiable {
+                explanation: DefaultStringReporter::report(&tree),
+            }
+            .into());
         }
         Err(PubGrubError::ErrorRetrievingDependencies { source, .. }) => return Err(source),
         Err(PubGrubError::ErrorChoosingVersion { source, .. }) => return Err(source),
@@ -517,4 +527,128 @@ pub fn resolve(provider: &Provider) -> Result<Vec<Resolved>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::platform::Platform;
+    use kiln_fs::rootfs::Rootfs;
+    use kiln_store::cache::Cache;
+    use kiln_store::http::Http;
+
+    use crate::spec::{file_url, parse_requirement};
+
+    fn target() -> PythonTarget {
+        let mut fs = Rootfs::default();
+        fs.insert_file("/usr/local/bin/python3.11", b"");
+        fs.insert_file("/usr/local/lib/python3.11/os.py", b"");
+        PythonTarget::detect(&fs, &Platform::linux("amd64"), "system").unwrap()
+    }
+
+    /// Resolve `roots` against a find-links directory holding `files` (empty files).
+    fn resolve_with(files: &[&str], roots: &[&str]) -> kiln_core::Error {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("wheelhouse");
+        std::fs::create_dir(&wh).unwrap();
+        for f in files {
+            std::fs::write(wh.join(f), b"").unwrap();
+        }
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let client = IndexClient::new(&http, &cache, Vec::new(), vec![file_url(&wh)]);
+        let t = target();
+        let env = crate::markers::environment(&t).unwrap();
+        let roots = roots
+            .iter()
+            .map(|r| parse_requirement(r, dir.path(), "[pip] packages").unwrap())
+            .collect();
+        let provider = match Provider::new(&client, &t, env, roots, &[], false) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        match resolve(&provider) {
+            Ok(r) => panic!(
+                "resolved: {:?}",
+                r.iter().map(|r| &r.name).collect::<Vec<_>>()
+            ),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn unknown_package() {
+        let err = resolve_with(&[], &["nothere"]);
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::PackageNotFound { name, sources })
+                if name == "nothere" && sources.len() == 1 && sources[0].starts_with("file://")),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("[pip] package `nothere` was not found on file://"));
+    }
+
+    #[test]
+    fn sdist_only_lists_what_exists() {
+        let err = resolve_with(&["demo-1.0.tar.gz", "demo-0.9.zip"], &["demo>=0.5"]);
+        let Some(PipError::NoCompatibleWheel {
+            name,
+            specifier,
+            origin,
+            python,
+            files,
+            ..
+        }) = err.downcast_ref::<PipError>()
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (
+                name.as_str(),
+                specifier.as_str(),
+                origin.as_str(),
+                python.as_str()
+            ),
+            ("demo", ">=0.5", "[pip] packages", "3.11.0")
+        );
+        assert_eq!(files, &["demo-0.9.zip", "demo-1.0.tar.gz"]);
+        let m = err.to_string();
+        assert!(
+            m.starts_with("[pip] no compatible wheel for `demo>=0.5` (required by [pip] packages) for CPython 3.11.0 on x86_64 (Unknown).\n  tags tried: cp311-cp311-linux_x86_64, "),
+            "{m}"
+        );
+        assert!(
+            m.contains("\n  files that exist: demo-0.9.zip, demo-1.0.tar.gz\n"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn conflicting_roots_are_unsatisfiable() {
+        let err = resolve_with(
+            &["demo-1.0-py3-none-any.whl", "demo-2.0-py3-none-any.whl"],
+            &["demo==1.0", "demo==2.0"],
+        );
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::Unsatisfiable { explanation }) if explanation.contains("demo")),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("[pip] the requirements cannot be satisfied:\n"));
+    }
+
+    #[test]
+    fn url_requirement_must_be_a_wheel_and_its_url_is_redacted() {
+        let err = resolve_with(&[], &["demo @ https://user:s3cret@host/demo-1.0.tar.gz"]);
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::NotAWheel { origin, url })
+                if origin == "[pip] packages" && url == "https://***@host/demo-1.0.tar.gz"),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("s3cret"));
+    }
 }

@@ -5,43 +5,46 @@ use std::str::FromStr;
 
 use uv_pep508::{Requirement, VerbatimUrl};
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
+
+use crate::PipError;
 
 use super::tags::WheelName;
 
 /// One requirement with where it came from and the hashes it allows (hex sha256).
 #[derive(Clone, Debug)]
-pub struct Req {
-    pub req: Requirement<VerbatimUrl>,
-    pub hashes: Vec<String>,
-    pub origin: String,
+pub(crate) struct Req {
+    pub(crate) req: Requirement<VerbatimUrl>,
+    pub(crate) hashes: Vec<String>,
+    pub(crate) origin: String,
 }
 
 /// Everything the spec, requirements files, environment and pip config say.
 #[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    pub requirements: Vec<Req>,
-    pub constraints: Vec<Req>,
+pub(crate) struct Inputs {
+    pub(crate) requirements: Vec<Req>,
+    pub(crate) constraints: Vec<Req>,
     /// Primary index (None: not configured anywhere yet).
-    pub index: Option<String>,
-    pub extra_index: Vec<String>,
+    pub(crate) index: Option<String>,
+    pub(crate) extra_index: Vec<String>,
     /// Directories (as `file://` URLs) or URLs of HTML pages listing wheels.
-    pub find_links: Vec<String>,
-    pub no_index: bool,
-    pub prerelease: bool,
+    pub(crate) find_links: Vec<String>,
+    pub(crate) no_index: bool,
+    pub(crate) prerelease: bool,
 }
 
 /// Parse one requirement as written in `[pip] packages` or a requirements line.
-pub fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
+pub(crate) fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
     let mut hashes = Vec::new();
     let mut parts = Vec::new();
     for tok in text.split_whitespace() {
         if let Some(h) = tok.strip_prefix("--hash=") {
-            let hex = h.strip_prefix("sha256:").ok_or_else(|| {
-                Error::input(format!(
-                    "{origin}: `{tok}`: only sha256 hashes are supported"
-                ))
-            })?;
+            let hex = h
+                .strip_prefix("sha256:")
+                .ok_or_else(|| PipError::UnsupportedHash {
+                    origin: origin.to_string(),
+                    token: tok.to_string(),
+                })?;
             hashes.push(hex.to_ascii_lowercase());
         } else {
             parts.push(tok);
@@ -59,8 +62,12 @@ pub fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
             file_url(&base.join(&line))
         };
         let text = format!("{} @ {url}", w.name);
-        let req = Requirement::from_str(&text)
-            .map_err(|e| Error::input(format!("{origin}: `{line}`: {e}")))?;
+        let req = Requirement::from_str(&text).map_err(|e| PipError::InvalidRequirement {
+            origin: origin.to_string(),
+            requirement: line.clone(),
+            detail: e.to_string(),
+            wheel_path: true,
+        })?;
         return Ok(Req {
             req,
             hashes,
@@ -78,8 +85,12 @@ pub fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
         }
         _ => line,
     };
-    let req = Requirement::from_str(&line)
-        .map_err(|e| Error::input(format!("{origin}: invalid requirement `{line}`: {e}")))?;
+    let req = Requirement::from_str(&line).map_err(|e| PipError::InvalidRequirement {
+        origin: origin.to_string(),
+        requirement: line.clone(),
+        detail: e.to_string(),
+        wheel_path: false,
+    })?;
     Ok(Req {
         req,
         hashes,
@@ -87,7 +98,7 @@ pub fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
     })
 }
 
-pub fn file_url(p: &Path) -> String {
+pub(crate) fn file_url(p: &Path) -> String {
     let s = p.to_string_lossy();
     let mut out = String::from("file://");
     for b in s.bytes() {
@@ -102,7 +113,7 @@ pub fn file_url(p: &Path) -> String {
 }
 
 /// A find-links or index location: URLs stay, paths become `file://` URLs relative to `base`.
-pub fn location(s: &str, base: &Path) -> String {
+pub(crate) fn location(s: &str, base: &Path) -> String {
     if s.contains("://") {
         s.to_string()
     } else {
@@ -113,20 +124,22 @@ pub fn location(s: &str, base: &Path) -> String {
 }
 
 /// Read a pip requirements file into `inputs`; `constraint` puts requirements in the constraint list.
-pub fn read_requirements_file(
+pub(crate) fn read_requirements_file(
     path: &Path,
     inputs: &mut Inputs,
     constraint: bool,
     depth: usize,
 ) -> Result<()> {
     if depth > 20 {
-        return Err(Error::input(format!(
-            "{}: requirements files include each other too deeply (a cycle?)",
-            path.display()
-        )));
+        return Err(PipError::RequirementsTooDeep {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::input(format!("[pip] requirements file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| PipError::RequirementsFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     read_requirements_text(
         &text,
@@ -140,7 +153,7 @@ pub fn read_requirements_file(
 
 /// Requirement lines (pip's requirements-file syntax) from `origin`, with
 /// relative paths resolved against `dir`.
-pub fn read_requirements_text(
+pub(crate) fn read_requirements_text(
     text: &str,
     origin: &str,
     dir: &Path,
@@ -194,19 +207,17 @@ pub fn read_requirements_text(
             Some("-f" | "--find-links") => inputs.find_links.push(location(arg, dir)),
             Some("--no-index") => inputs.no_index = true,
             Some("--pre") => inputs.prerelease = true,
-            Some("-e" | "--editable") => {
-                return Err(Error::input(format!(
-                    "{origin}: editable requirements (`-e`) need a source build; kiln installs wheels only"
-                )))
-            }
+            Some("-e" | "--editable") => return Err(PipError::Editable { origin }.into()),
             Some(
                 "--trusted-host" | "--prefer-binary" | "--only-binary" | "--require-hashes"
                 | "--use-feature",
             ) => {}
             Some(other) => {
-                return Err(Error::input(format!(
-                    "{origin}: unsupported option `{other}` in a requirements file"
-                )))
+                return Err(PipError::UnsupportedOption {
+                    origin,
+                    option: other.to_string(),
+                }
+                .into())
             }
             None => {
                 let r = parse_requirement(&line, dir, &origin)?;
@@ -247,22 +258,22 @@ fn split_option(line: &str) -> (Option<&str>, &str) {
 /// Index settings from pip's configuration files and `PIP_*` variables (pip's precedence:
 /// files in order, later wins; environment over files).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PipConfig {
-    pub index: Option<String>,
-    pub extra_index: Vec<String>,
-    pub find_links: Vec<String>,
-    pub no_index: bool,
+pub(crate) struct PipConfig {
+    pub(crate) index: Option<String>,
+    pub(crate) extra_index: Vec<String>,
+    pub(crate) find_links: Vec<String>,
+    pub(crate) no_index: bool,
 }
 
 impl PipConfig {
     /// Read the real environment and files.
-    pub fn from_host() -> Self {
+    pub(crate) fn from_host() -> Self {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let xdg = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from);
         Self::load(&|k| std::env::var(k).ok(), home.as_deref(), xdg.as_deref())
     }
 
-    pub fn load(
+    pub(crate) fn load(
         env: &dyn Fn(&str) -> Option<String>,
         home: Option<&Path>,
         xdg_config: Option<&Path>,
@@ -435,6 +446,88 @@ mod tests {
         assert_eq!(inputs.requirements[0].hashes, vec!["ab12"]);
         assert_eq!(inputs.constraints[0].req.name.as_str(), "idna");
         assert!(inputs.requirements[2].req.version_or_url.is_some());
+    }
+
+    /// How reading `text` as a requirements file fails: the typed cause and
+    /// the message with the file's directory left out.
+    fn read_err(text: &str) -> (kiln_core::Error, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("req.txt");
+        std::fs::write(&path, text).unwrap();
+        let err = read_requirements_file(&path, &mut Inputs::default(), false, 0).unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input, "{err}");
+        assert!(err.downcast_ref::<PipError>().is_some(), "untyped: {err:?}");
+        let m = err
+            .to_string()
+            .replace(&path.display().to_string(), "req.txt");
+        (err, m)
+    }
+
+    #[test]
+    fn requirements_errors_name_origin_and_line() {
+        let (err, m) = read_err("six\nfoo >>> 1\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::InvalidRequirement { origin, requirement, wheel_path: false, .. }
+                if origin.ends_with("req.txt:2") && requirement == "foo >>> 1"),
+            "{err:?}"
+        );
+        assert!(
+            m.starts_with("req.txt:2: invalid requirement `foo >>> 1`: "),
+            "{m}"
+        );
+
+        let (err, m) = read_err("\nsix --hash=md5:abc\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedHash { origin, token } if origin.ends_with(":2") && token == "--hash=md5:abc"),
+            "{err:?}"
+        );
+        assert_eq!(
+            m,
+            "req.txt:2: `--hash=md5:abc`: only sha256 hashes are supported"
+        );
+
+        let (err, m) = read_err("-e ./src\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::Editable { origin } if origin.ends_with(":1"))
+        );
+        assert_eq!(
+            m,
+            "req.txt:1: editable requirements (`-e`) need a source build; kiln installs wheels only"
+        );
+
+        let (err, m) = read_err("--no-binary :all:\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedOption { option, .. } if option == "--no-binary")
+        );
+        assert_eq!(
+            m,
+            "req.txt:1: unsupported option `--no-binary` in a requirements file"
+        );
+
+        let (err, m) = read_err("-r missing.txt\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::RequirementsFile { path, .. } if path.ends_with("missing.txt")),
+            "{err:?}"
+        );
+        assert!(m.starts_with("[pip] requirements file "), "{m}");
+
+        let (err, m) = read_err("-r req.txt\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::RequirementsTooDeep { path } if path.ends_with("req.txt")),
+            "{err:?}"
+        );
+        assert!(
+            m.ends_with(": requirements files include each other too deeply (a cycle?)"),
+            "{m}"
+        );
+
+        // A bare wheel path that does not name a wheel.
+        let err = parse_requirement("./wheels/not-a-wheel.whl", Path::new("/"), "[pip] packages")
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::InvalidWheelName { filename }) if filename == "not-a-wheel.whl"
+        ));
     }
 
     #[test]

@@ -1,32 +1,36 @@
 //! Wheel file names and the ordered list of wheel tags a target interpreter accepts.
 
-pub use kiln_fs::probe::Libc;
+pub(crate) use kiln_fs::probe::Libc;
 use std::collections::HashMap;
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
+
+use crate::PipError;
 
 /// `name-version(-build)?-pyTag-abiTag-platTag.whl`, split.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WheelName {
+pub(crate) struct WheelName {
     /// As written in the file name (underscores), not normalised.
-    pub name: String,
-    pub version: String,
-    pub python: Vec<String>,
-    pub abi: Vec<String>,
-    pub platform: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) python: Vec<String>,
+    pub(crate) abi: Vec<String>,
+    pub(crate) platform: Vec<String>,
 }
 
 impl WheelName {
-    pub fn parse(filename: &str) -> Result<Self> {
-        let bad = || Error::input(format!("`{filename}` is not a valid wheel file name"));
+    pub(crate) fn parse(filename: &str) -> Result<Self> {
+        let bad = || PipError::InvalidWheelName {
+            filename: filename.to_string(),
+        };
         let stem = filename.strip_suffix(".whl").ok_or_else(bad)?;
         let parts: Vec<&str> = stem.split('-').collect();
         let (name, version, py, abi, plat) = match parts.as_slice() {
             [n, v, p, a, pl] | [n, v, _, p, a, pl] => (*n, *v, *p, *a, *pl),
-            _ => return Err(bad()),
+            _ => return Err(bad().into()),
         };
         if name.is_empty() || version.is_empty() {
-            return Err(bad());
+            return Err(bad().into());
         }
         let split = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
         Ok(WheelName {
@@ -39,7 +43,7 @@ impl WheelName {
     }
 
     /// Every `py-abi-plat` triple the (possibly compressed) tag set stands for.
-    pub fn tags(&self) -> Vec<String> {
+    pub(crate) fn tags(&self) -> Vec<String> {
         let mut out = Vec::new();
         for p in &self.python {
             for a in &self.abi {
@@ -54,7 +58,7 @@ impl WheelName {
 
 /// Ordered compatible tags, most preferred first, with a rank lookup.
 #[derive(Clone, Debug)]
-pub struct TagSet {
+pub(crate) struct TagSet {
     ordered: Vec<String>,
     rank: HashMap<String, usize>,
 }
@@ -62,7 +66,7 @@ pub struct TagSet {
 impl TagSet {
     /// Tags for CPython 3.`minor` on Linux `arch` (`x86_64`, `aarch64` ...), in
     /// the order `packaging.tags.sys_tags()` yields them.
-    pub fn cpython(minor: u32, arch: &str, libc: &Libc) -> Self {
+    pub(crate) fn cpython(minor: u32, arch: &str, libc: &Libc) -> Self {
         let plats = platforms(arch, libc);
         let cp = format!("cp3{minor}");
         let mut t = Vec::new();
@@ -95,7 +99,7 @@ impl TagSet {
     }
 
     /// Best (lowest) rank of any of the wheel's tags; None if incompatible.
-    pub fn rank(&self, wheel: &WheelName) -> Option<usize> {
+    pub(crate) fn rank(&self, wheel: &WheelName) -> Option<usize> {
         wheel
             .tags()
             .iter()
@@ -103,12 +107,8 @@ impl TagSet {
             .min()
     }
 
-    pub fn ordered(&self) -> &[String] {
-        &self.ordered
-    }
-
     /// A short human summary for error messages (first few + count).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let head: Vec<&str> = self.ordered.iter().take(4).map(String::as_str).collect();
         format!(
             "{} … {} ({} tags)",
@@ -168,8 +168,17 @@ mod tests {
         assert_eq!(w.platform.len(), 2);
         let b = WheelName::parse("foo-1.0-1build-py2.py3-none-any.whl").unwrap();
         assert_eq!(b.tags(), vec!["py2-none-any", "py3-none-any"]);
-        assert!(WheelName::parse("foo-1.0.tar.gz").is_err());
-        assert!(WheelName::parse("foo-1.0-py3.whl").is_err());
+        for bad in ["foo-1.0.tar.gz", "foo-1.0-py3.whl", "-1.0-py3-none-any.whl"] {
+            let err = WheelName::parse(bad).unwrap_err();
+            assert!(
+                matches!(err.downcast_ref::<PipError>(), Some(PipError::InvalidWheelName { filename }) if filename == bad),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("`{bad}` is not a valid wheel file name")
+            );
+        }
     }
 
     #[test]
@@ -182,7 +191,7 @@ mod tests {
                 minor: 36,
             },
         );
-        let o = t.ordered();
+        let o = &t.ordered;
         assert_eq!(o[0], "cp311-cp311-manylinux_2_36_x86_64");
         assert!(o.contains(&"cp311-cp311-manylinux2014_x86_64".to_string()));
         assert!(o.contains(&"cp38-abi3-manylinux_2_17_x86_64".to_string()));
@@ -209,8 +218,8 @@ mod tests {
     #[test]
     fn musl_and_unknown() {
         let t = TagSet::cpython(12, "aarch64", &Libc::Musl { major: 1, minor: 2 });
-        assert_eq!(t.ordered()[0], "cp312-cp312-musllinux_1_2_aarch64");
+        assert_eq!(t.ordered[0], "cp312-cp312-musllinux_1_2_aarch64");
         let u = TagSet::cpython(12, "x86_64", &Libc::Unknown);
-        assert!(u.ordered().iter().all(|t| !t.contains("manylinux")));
+        assert!(u.ordered.iter().all(|t| !t.contains("manylinux")));
     }
 }

@@ -2,51 +2,46 @@
 
 use std::collections::BTreeMap;
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::rootfs::Rootfs;
 
 use super::metadata::CoreMetadata;
 use super::tags::{Libc, TagSet};
+use crate::PipError;
 use kiln_fs::probe::{detect_libc, dpkg_version, exists, list, read};
 
 /// Where an install puts things (absolute image paths).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scheme {
-    pub purelib: String,
-    pub platlib: String,
-    pub scripts: String,
-    pub data: String,
+pub(crate) struct Scheme {
+    pub(crate) purelib: String,
+    pub(crate) platlib: String,
+    pub(crate) scripts: String,
+    pub(crate) data: String,
     /// Directory under which `<dist name>/` headers go.
-    pub headers: String,
+    pub(crate) headers: String,
 }
 
 /// A virtual environment kiln creates for the install.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Venv {
-    pub path: String,
+pub(crate) struct Venv {
+    pub(crate) path: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct PythonTarget {
     /// The image's interpreter, e.g. `/usr/bin/python3.11`.
     pub interpreter: String,
-    /// `sys.prefix` of the base interpreter (`/usr`, `/usr/local`).
-    pub prefix: String,
-    pub minor: u32,
+    pub(crate) minor: u32,
     /// `3.11.2`; patch level is `0` when the image does not say.
-    pub full_version: String,
+    pub(crate) full_version: String,
     /// `x86_64`, `aarch64`, ...
-    pub machine: String,
-    pub libc: Libc,
-    /// Debian/Ubuntu's patched system Python (`dist-packages`).
-    pub debian: bool,
-    pub scheme: Scheme,
-    pub venv: Option<Venv>,
-    /// Directories on `sys.path` where distributions may already be installed.
-    pub site_dirs: Vec<String>,
+    pub(crate) machine: String,
+    pub(crate) libc: Libc,
+    pub(crate) scheme: Scheme,
+    pub(crate) venv: Option<Venv>,
     /// Already installed: normalised name → (version, metadata if readable).
-    pub installed: BTreeMap<String, (String, Option<CoreMetadata>)>,
+    pub(crate) installed: BTreeMap<String, (String, Option<CoreMetadata>)>,
 }
 
 /// Where kiln looks for an interpreter, in order.
@@ -55,7 +50,7 @@ const PREFIXES: &[&str] = &["/usr/local", "/usr"];
 impl PythonTarget {
     /// Inspect the image. `target` is `system`, an absolute venv path, or a
     /// conda prefix (a directory holding `conda-meta`), whose own Python is used.
-    pub fn detect(rootfs: &Rootfs, platform: &Platform, target: &str) -> Result<Self> {
+    pub(crate) fn detect(rootfs: &Rootfs, platform: &Platform, target: &str) -> Result<Self> {
         let arch = kiln_core::Arch::from_platform(platform)?;
         let machine = arch.machine().to_string();
         // A conda prefix is its own interpreter prefix (not a venv).
@@ -69,17 +64,10 @@ impl PythonTarget {
             Some(p) => vec![p.as_str()],
             None => PREFIXES.to_vec(),
         };
-        let (prefix, minor) = find_interpreter(rootfs, &searched).ok_or_else(|| {
-            let tried: Vec<String> = searched
-                .iter()
-                .map(|p| format!("{p}/bin/python3.N with {p}/lib/python3.N/os.py"))
-                .collect();
-            Error::input(format!(
-                "[pip] needs a Python interpreter in the image; none found at {} \
-                 (use a base image with Python, e.g. a Debian base with python3 installed)",
-                tried.join(" or ")
-            ))
-        })?;
+        let (prefix, minor) =
+            find_interpreter(rootfs, &searched).ok_or_else(|| PipError::NoInterpreter {
+                prefixes: searched.iter().map(|p| p.to_string()).collect(),
+            })?;
         let interpreter = format!("{prefix}/bin/python3.{minor}");
         let debian = prefix == "/usr"
             && (is_dir(rootfs, "/usr/lib/python3/dist-packages")
@@ -117,9 +105,10 @@ impl PythonTarget {
         } else {
             let path = target.trim_end_matches('/').to_string();
             if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                return Err(Error::input(format!(
-                    "[pip] target = \"{target}\": expected \"system\" or an absolute venv path such as \"/opt/venv\""
-                )));
+                return Err(PipError::InvalidTarget {
+                    target: target.to_string(),
+                }
+                .into());
             }
             let site = format!("{path}/lib/{pyver}/site-packages");
             let scheme = Scheme {
@@ -134,33 +123,30 @@ impl PythonTarget {
         let installed = installed_dists(rootfs, &site_dirs);
         Ok(PythonTarget {
             interpreter,
-            prefix,
             minor,
             full_version,
             machine,
             libc,
-            debian,
             scheme,
             venv,
-            site_dirs,
             installed,
         })
     }
 
     /// `#!` line for scripts: the venv's python, else the image's interpreter.
-    pub fn shebang(&self) -> String {
+    pub(crate) fn shebang(&self) -> String {
         match &self.venv {
             Some(v) => format!("#!{}/bin/python", v.path),
             None => format!("#!{}", self.interpreter),
         }
     }
 
-    pub fn tags(&self) -> TagSet {
+    pub(crate) fn tags(&self) -> TagSet {
         TagSet::cpython(self.minor, &self.machine, &self.libc)
     }
 
     /// `3.11` as a string.
-    pub fn short_version(&self) -> String {
+    pub(crate) fn short_version(&self) -> String {
         format!("3.{}", self.minor)
     }
 }
@@ -311,7 +297,25 @@ mod tests {
         assert_eq!(t.shebang(), "#!/opt/venv/bin/python");
         let err = PythonTarget::detect(&Rootfs::default(), &Platform::linux("amd64"), "system")
             .unwrap_err();
-        assert!(matches!(err, Error::Input(_)));
-        assert!(err.to_string().contains("needs a Python interpreter"));
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::NoInterpreter { prefixes }) if prefixes == &["/usr/local", "/usr"]),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(
+            "none found at /usr/local/bin/python3.N with /usr/local/lib/python3.N/os.py or /usr/bin/python3.N"
+        ));
+    }
+
+    #[test]
+    fn target_must_be_system_or_an_absolute_venv() {
+        for bad in ["venv", "/opt/../etc"] {
+            let err = PythonTarget::detect(&debian(), &Platform::linux("amd64"), bad).unwrap_err();
+            assert!(
+                matches!(err.downcast_ref::<PipError>(), Some(PipError::InvalidTarget { target }) if target == bad),
+                "{err:?}"
+            );
+            assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        }
     }
 }

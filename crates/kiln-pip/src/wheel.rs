@@ -4,24 +4,29 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 
-use kiln_core::error::{Error, Result};
+use kiln_core::error::{IoContext, Result};
+
+use crate::{PipError, WheelProblem};
 
 /// One regular file from a wheel.
 #[derive(Clone, Debug)]
-pub struct WheelFile {
+pub(crate) struct WheelFile {
     /// Member name, `/`-separated, relative.
-    pub path: String,
-    pub data: Vec<u8>,
-    pub executable: bool,
+    pub(crate) path: String,
+    pub(crate) data: Vec<u8>,
+    pub(crate) executable: bool,
 }
 
 /// Refuse member names that could escape the install directory.
-pub fn check_member_name(wheel: &str, name: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::input(format!(
-            "wheel {wheel}: member `{}` {why}; refusing to install it",
-            name.escape_default()
-        ))
+pub(crate) fn check_member_name(wheel: &str, name: &str) -> Result<()> {
+    let bad = |why: &'static str| {
+        PipError::wheel(
+            wheel,
+            WheelProblem::UnsafeName {
+                member: name.to_string(),
+                why,
+            },
+        )
     };
     if name.is_empty() {
         return Err(bad("has an empty name"));
@@ -45,12 +50,8 @@ pub fn check_member_name(wheel: &str, name: &str) -> Result<()> {
 }
 
 fn open(path: &Path, wheel: &str) -> Result<zip::ZipArchive<File>> {
-    let f = File::open(path).map_err(|e| Error::Io {
-        context: format!("opening {wheel} in the cache"),
-        source: e,
-    })?;
-    zip::ZipArchive::new(f)
-        .map_err(|e| Error::input(format!("wheel {wheel} is not a valid zip file: {e}")))
+    let f = File::open(path).io_context(|| format!("opening {wheel} in the cache"))?;
+    zip::ZipArchive::new(f).map_err(|e| PipError::wheel(wheel, WheelProblem::NotZip(e.to_string())))
 }
 
 /// Deflate expands at most ~1032:1; a member claiming more is refused before
@@ -73,32 +74,30 @@ struct Member {
 /// parallel with libdeflate (whole-buffer, so each output is allocated once
 /// at its final size); every member's CRC-32 is checked as the zip reader
 /// would.
-pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
+pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
     use rayon::prelude::*;
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        context: format!("reading {wheel} in the cache"),
-        source: e,
-    })?;
-    let invalid = |e: &dyn std::fmt::Display| {
-        Error::input(format!("wheel {wheel} is not a valid zip file: {e}"))
-    };
-    let mut ar = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).map_err(|e| invalid(&e))?;
+    let bytes = std::fs::read(path).io_context(|| format!("reading {wheel} in the cache"))?;
+    let problem = |p: WheelProblem| PipError::wheel(wheel, p);
+    let mut ar = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..]))
+        .map_err(|e| problem(WheelProblem::NotZip(e.to_string())))?;
     let mut members = Vec::with_capacity(ar.len());
     let mut seen = HashSet::new();
     for i in 0..ar.len() {
         let f = ar
             .by_index_raw(i)
-            .map_err(|e| Error::input(format!("wheel {wheel}: member {i}: {e}")))?;
+            .map_err(|e| problem(WheelProblem::Unreadable(format!("member {i}: {e}"))))?;
         let name = f
             .name()
-            .map_err(|e| Error::input(format!("wheel {wheel}: member {i} has a bad name: {e}")))?
+            .map_err(|e| {
+                problem(WheelProblem::Unreadable(format!(
+                    "member {i} has a bad name: {e}"
+                )))
+            })?
             .to_string();
         check_member_name(wheel, &name)?;
         let mode = f.unix_mode().unwrap_or(0);
         if mode & 0o170000 == 0o120000 {
-            return Err(Error::input(format!(
-                "wheel {wheel}: member `{name}` is a symlink; wheels may only contain regular files"
-            )));
+            return Err(problem(WheelProblem::Symlink { member: name }));
         }
         if f.is_dir() || name.ends_with('/') {
             continue;
@@ -109,11 +108,14 @@ pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
             .collect::<Vec<_>>()
             .join("/");
         if !seen.insert(clean.clone()) {
-            return Err(Error::input(format!(
-                "wheel {wheel}: member `{name}` appears twice"
-            )));
+            return Err(problem(WheelProblem::Duplicate { member: name }));
         }
-        let bad = |why: String| Error::input(format!("wheel {wheel}: member `{name}`: {why}"));
+        let bad = |detail: String| {
+            problem(WheelProblem::UnsupportedMember {
+                member: name.clone(),
+                detail,
+            })
+        };
         if f.encrypted() {
             return Err(bad("is encrypted".into()));
         }
@@ -164,26 +166,26 @@ pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
                 match d.deflate_decompress(raw, &mut out) {
                     Ok(n) if n == m.size => out,
                     Ok(n) => {
-                        return Err(Error::input(format!(
-                            "wheel {wheel}: reading `{}`: {n} bytes, {} declared",
-                            m.path, m.size
-                        )))
+                        return Err(problem(WheelProblem::Corrupt {
+                            member: m.path,
+                            detail: format!("{n} bytes, {} declared", m.size),
+                        }))
                     }
                     Err(e) => {
-                        return Err(Error::input(format!(
-                            "wheel {wheel}: reading `{}`: {e}",
-                            m.path
-                        )))
+                        return Err(problem(WheelProblem::Corrupt {
+                            member: m.path,
+                            detail: e.to_string(),
+                        }))
                     }
                 }
             } else {
                 raw.to_vec()
             };
             if libdeflater::crc32(&data) != m.crc32 {
-                return Err(Error::input(format!(
-                    "wheel {wheel}: reading `{}`: CRC-32 mismatch",
-                    m.path
-                )));
+                return Err(problem(WheelProblem::Corrupt {
+                    member: m.path,
+                    detail: "CRC-32 mismatch".into(),
+                }));
             }
             Ok(WheelFile {
                 path: m.path,
@@ -195,7 +197,7 @@ pub fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
 }
 
 /// `*.dist-info/METADATA` from a wheel on disk.
-pub fn read_metadata_file(path: &Path, wheel: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_metadata_file(path: &Path, wheel: &str) -> Result<Vec<u8>> {
     let mut ar = open(path, wheel)?;
     let name = ar
         .file_names()
@@ -205,15 +207,20 @@ pub fn read_metadata_file(path: &Path, wheel: &str) -> Result<Vec<u8>> {
             matches!((parts.next(), parts.next(), parts.next()), (Some(d), Some("METADATA"), None) if d.ends_with(".dist-info"))
         })
         .map(|n| n.into_owned())
-        .ok_or_else(|| Error::input(format!("wheel {wheel} has no .dist-info/METADATA")))?;
+        .ok_or_else(|| PipError::wheel(wheel, WheelProblem::NoMetadata))?;
     let f = ar
         .by_name(&name)
-        .map_err(|e| Error::input(format!("wheel {wheel}: {e}")))?;
-    read_all(f, 64 << 20).map_err(|e| Error::input(format!("wheel {wheel}: reading METADATA: {e}")))
+        .map_err(|e| PipError::wheel(wheel, WheelProblem::Unreadable(e.to_string())))?;
+    read_all(f, 64 << 20).map_err(|e| {
+        PipError::wheel(
+            wheel,
+            WheelProblem::Unreadable(format!("reading METADATA: {e}")),
+        )
+    })
 }
 
 /// `[group]` / `name = module:attr [extras]` entries of entry_points.txt.
-pub fn parse_entry_points(text: &str) -> Vec<(String, String, String)> {
+pub(crate) fn parse_entry_points(text: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut group = String::new();
     for line in text.lines() {
@@ -263,26 +270,92 @@ mod tests {
 
     #[test]
     fn traversal_rejected() {
-        for bad in [
-            "../evil.py",
-            "pkg/../../evil.py",
-            "/etc/passwd",
-            "a\\..\\b",
-            "C:/x",
+        for (bad, why) in [
+            ("../evil.py", "path traversal"),
+            ("pkg/../../evil.py", "path traversal"),
+            ("/etc/passwd", "absolute path"),
+            ("a\\..\\b", "backslash"),
+            ("C:/x", "drive letter"),
+            ("", "empty name"),
         ] {
-            assert!(check_member_name("w.whl", bad).is_err(), "{bad}");
+            let err = check_member_name("w.whl", bad).unwrap_err();
+            assert!(
+                matches!(problem(&err), WheelProblem::UnsafeName { member, why: w } if member == bad && w.contains(why)),
+                "{bad}: {err}"
+            );
         }
         check_member_name("w.whl", "pkg/mod.py").unwrap();
         let z = zip_with(&[("ok.py", 0o644), ("../../etc/cron.d/x", 0o644)]);
         let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
-        assert!(err.to_string().contains("path traversal"), "{err}");
-        assert!(matches!(err, Error::Input(_)));
+        assert_eq!(
+            err.to_string(),
+            "wheel evil-1.0-py3-none-any.whl: member `../../etc/cron.d/x` contains `..` (path traversal); refusing to install it"
+        );
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        assert!(matches!(
+            err.downcast_ref::<PipError>(),
+            Some(PipError::BadWheel { wheel, problem: WheelProblem::UnsafeName { .. } }) if wheel == "evil-1.0-py3-none-any.whl"
+        ));
+    }
+
+    /// The wheel problem inside `err`.
+    fn problem(err: &kiln_core::Error) -> &WheelProblem {
+        match err.downcast_ref::<PipError>() {
+            Some(PipError::BadWheel { problem, .. }) => problem,
+            _ => panic!("not a bad wheel: {err:?}"),
+        }
+    }
+
+    #[test]
+    fn not_a_zip_and_no_metadata() {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), b"not a zip").unwrap();
+        let err = read_wheel(t.path(), "x-1.0-py3-none-any.whl").unwrap_err();
+        assert!(matches!(problem(&err), WheelProblem::NotZip(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with("wheel x-1.0-py3-none-any.whl is not a valid zip file: "));
+        let err = read_metadata_file(t.path(), "x-1.0-py3-none-any.whl").unwrap_err();
+        assert!(matches!(problem(&err), WheelProblem::NotZip(_)));
+
+        let z = zip_with(&[("x/__init__.py", 0o644)]);
+        let err = read_metadata_file(z.path(), "x-1.0-py3-none-any.whl").unwrap_err();
+        assert!(matches!(problem(&err), WheelProblem::NoMetadata));
+        assert_eq!(
+            err.to_string(),
+            "wheel x-1.0-py3-none-any.whl has no .dist-info/METADATA"
+        );
+        let z = zip_with(&[("x-1.0.dist-info/METADATA", 0o644)]);
+        assert_eq!(
+            read_metadata_file(z.path(), "x-1.0-py3-none-any.whl").unwrap(),
+            b"x"
+        );
+        let err = read_wheel(Path::new("/nonexistent/x.whl"), "x.whl").unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Io);
+    }
+
+    #[test]
+    fn duplicate_members_rejected() {
+        let bytes = zip_of(&[("x/a.py", b"1", false), ("x//a.py", b"2", false)]);
+        let err = read_bytes(&bytes).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::Duplicate { member } if member == "x//a.py"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "wheel x-1.0-py3-none-any.whl: member `x//a.py` appears twice"
+        );
     }
 
     #[test]
     fn symlinks_rejected_and_modes_kept() {
         let z = zip_with(&[("pkg/link", 0o120777)]);
         let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::Symlink { member } if member == "pkg/link"),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("symlink"), "{err}");
         let z = zip_with(&[("pkg/run.sh", 0o755), ("pkg/a.py", 0o644)]);
         let files = read_wheel(z.path(), "ok-1.0-py3-none-any.whl").unwrap();
@@ -346,7 +419,14 @@ mod tests {
         let at = bad.windows(11).position(|w| w == b"hello wheel").unwrap();
         bad[at] = b'j';
         let err = read_bytes(&bad).unwrap_err();
-        assert!(err.to_string().contains("CRC-32"), "{err}");
+        assert!(
+            matches!(problem(&err), WheelProblem::Corrupt { member, detail } if member == "x/a.txt" && detail == "CRC-32 mismatch"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "wheel x-1.0-py3-none-any.whl: reading `x/a.txt`: CRC-32 mismatch"
+        );
 
         // A central directory that declares more bytes than the member inflates
         // to, and one that declares an impossible ratio.
@@ -358,6 +438,12 @@ mod tests {
             bad[central + 24..central + 28].copy_from_slice(&declared.to_le_bytes());
             let err = read_bytes(&bad).unwrap_err();
             assert!(err.to_string().contains(why), "{err}");
+            let member = match problem(&err) {
+                WheelProblem::Corrupt { member, .. } if why == "declared" => member,
+                WheelProblem::UnsupportedMember { member, .. } if why == "compressed" => member,
+                other => panic!("{why}: {other:?}"),
+            };
+            assert_eq!(member, "x/a.txt");
         }
     }
 

@@ -23,11 +23,39 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, Result};
+use kiln_core::error::{Classify, ErrorKind, Result};
 use kiln_core::platform::Platform;
 use kiln_fs::probe::parse_paragraphs;
 use kiln_fs::probe::{list, read};
 use kiln_fs::rootfs::{Node, Rootfs};
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// What writing an SBOM can fail with. Travels up as
+/// [`kiln_core::Error::Typed`]; find it again with
+/// `err.downcast_ref::<SbomError>()`.
+#[derive(Debug, thiserror::Error)]
+pub enum SbomError {
+    /// The document could not be serialised to JSON (a bug).
+    #[error("serialising the SBOM: {0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
+impl Classify for SbomError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SbomError::Serialize(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<SbomError> for kiln_core::Error {
+    fn from(e: SbomError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}
 
 /// Media type of the document, as layer and `artifactType` of its referrer.
 pub const MEDIA_TYPE: &str = "application/spdx+json";
@@ -60,7 +88,7 @@ pub fn file_name(p: &Platform) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Ecosystem {
+pub(crate) enum Ecosystem {
     Conda,
     Deb,
     Pypi,
@@ -79,20 +107,20 @@ impl Ecosystem {
 /// One installed package found in an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Package {
-    pub ecosystem: Ecosystem,
-    pub name: String,
-    pub version: String,
+    pub(crate) ecosystem: Ecosystem,
+    pub(crate) name: String,
+    pub(crate) version: String,
     /// Debian architecture or conda subdir.
-    pub arch: Option<String>,
-    pub purl: String,
+    pub(crate) arch: Option<String>,
+    pub(crate) purl: String,
     /// As declared by the package (free text or an SPDX expression).
-    pub license: Option<String>,
+    pub(crate) license: Option<String>,
     /// Hex sha256 of the package file, when recorded in the image (conda).
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     /// Debian source package, when it differs from the binary package's name.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// Where the package's record lives in the image.
-    pub locations: BTreeSet<String>,
+    pub(crate) locations: BTreeSet<String>,
 }
 
 /// Every package the image's package databases list, sorted, one per purl.
@@ -500,10 +528,6 @@ impl Known {
         };
         self.map.get(&key)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -910,8 +934,7 @@ pub fn document(
             })
             .collect(),
     };
-    let mut bytes = serde_json::to_vec_pretty(&doc)
-        .map_err(|e| Error::internal(format!("serialising the SBOM: {e}")))?;
+    let mut bytes = serde_json::to_vec_pretty(&doc).map_err(SbomError::Serialize)?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -919,6 +942,18 @@ pub fn document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialisation_failures_are_internal_and_typed() {
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let e: kiln_core::Error = SbomError::Serialize(json).into();
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(matches!(
+            e.downcast_ref::<SbomError>(),
+            Some(SbomError::Serialize(_))
+        ));
+        assert!(e.to_string().starts_with("serialising the SBOM: "), "{e}");
+    }
 
     fn image_fs() -> Rootfs {
         let mut fs = Rootfs::default();

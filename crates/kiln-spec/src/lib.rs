@@ -3,9 +3,11 @@
 //! targets, and kiln.lock (the pins every resolver returns and reads back).
 //! Nothing here touches the network or a cache.
 
+mod error;
 pub mod lock;
 pub mod sections;
 pub mod source;
 pub mod spec;
 
+pub use error::{SpecError, Transport, Unreadable};
 pub use spec::Spec;

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{SpecError, Unreadable};
 use crate::spec::Spec;
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 
-pub const LOCK_VERSION: u32 = 1;
+pub(crate) const LOCK_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -129,27 +130,31 @@ impl Lock {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::input(format!("cannot read {}: {e}", path.display()))),
+            Err(source) => {
+                return Err(SpecError::Unreadable {
+                    what: Unreadable::Lock,
+                    path: path.to_path_buf(),
+                    source,
+                }
+                .into())
+            }
         };
-        let lock: Lock = toml::from_str(&text).map_err(|e| {
-            Error::input(format!(
-                "{}: not a valid kiln.lock ({}); remove it and run `kiln lock`",
-                path.display(),
-                e.message()
-            ))
+        let lock: Lock = toml::from_str(&text).map_err(|e| SpecError::LockParse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
         })?;
         if lock.version != LOCK_VERSION {
-            return Err(Error::input(format!(
-                "{}: lock version {} is not supported (expected {LOCK_VERSION}); run `kiln lock`",
-                path.display(),
-                lock.version
-            )));
+            return Err(SpecError::LockVersion {
+                path: path.to_path_buf(),
+                version: lock.version,
+            }
+            .into());
         }
         if lock.inputs_hash != inputs_hash(&lock.inputs) {
-            return Err(Error::input(format!(
-                "{}: inputs-hash does not match its inputs (edited by hand?); run `kiln lock`",
-                path.display()
-            )));
+            return Err(SpecError::LockHash {
+                path: path.to_path_buf(),
+            }
+            .into());
         }
         Ok(Some(lock))
     }
@@ -210,10 +215,15 @@ fn inputs_hash(inputs: &[String]) -> Digest {
 /// `[image] base/platforms`, `[apt]`, `[pip]`, `[conda]`, and the sha256 of
 /// files they name (requirements files, environment.yml, keyrings).
 pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(&spec.path)
-        .map_err(|e| Error::input(format!("cannot read spec {}: {e}", spec.path.display())))?;
-    let doc: toml::Value =
-        toml::from_str(&text).map_err(|e| Error::input(format!("{}: {e}", spec.path.display())))?;
+    let text = std::fs::read_to_string(&spec.path).map_err(|source| SpecError::Unreadable {
+        what: Unreadable::Spec,
+        path: spec.path.clone(),
+        source,
+    })?;
+    let doc: toml::Value = toml::from_str(&text).map_err(|e| SpecError::Parse {
+        path: spec.path.clone(),
+        message: e.to_string(),
+    })?;
     let mut lines = BTreeSet::new();
     if let Some(image) = doc.get("image") {
         for key in ["base", "platforms"] {
@@ -239,8 +249,13 @@ pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
         files.extend(c.environment.iter().cloned());
     }
     for f in files {
-        let bytes = std::fs::read(dir.join(&f))
-            .map_err(|e| Error::input(format!("{}: {f}: {e}", spec.path.display())))?;
+        let bytes = std::fs::read(dir.join(&f)).map_err(|source| SpecError::Unreadable {
+            what: Unreadable::SpecInput {
+                spec: spec.path.clone(),
+            },
+            path: PathBuf::from(&f),
+            source,
+        })?;
         lines.insert(format!("file {f} = {}", Digest::of(&bytes)));
     }
     Ok(lines.into_iter().collect())
@@ -324,6 +339,63 @@ mod tests {
         );
         // A hand-edited inputs list is caught.
         std::fs::write(&p, text.replacen("numpy", "scipy", 1)).unwrap();
-        assert!(Lock::read(&p).is_err());
+        let e = Lock::read(&p).unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::LockHash { path }) if *path == p
+        ));
+    }
+
+    #[test]
+    fn bad_locks_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kiln.lock");
+        assert!(Lock::read(&p).unwrap().is_none());
+        std::fs::write(&p, "version = 1\nbogus = true\n").unwrap();
+        let e = Lock::read(&p).unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<SpecError>(),
+                Some(SpecError::LockParse { .. })
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("not a valid kiln.lock"), "{e}");
+        let lock = Lock::new(vec![], vec![]);
+        lock.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("version = 1", "version = 7")).unwrap();
+        let e = Lock::read(&p).unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::LockVersion { version: 7, .. })
+        ));
+        assert!(
+            e.to_string()
+                .contains("lock version 7 is not supported (expected 1)"),
+            "{e}"
+        );
+        assert_eq!(e.kind(), kiln_core::ErrorKind::Input);
+    }
+
+    #[test]
+    fn unreadable_spec_inputs_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, "[pip]\nrequirements = [\"req.txt\"]\n").unwrap();
+        let spec = Spec::load(&path).unwrap();
+        let e = inputs(&spec).unwrap_err();
+        match e.downcast_ref::<SpecError>() {
+            Some(SpecError::Unreadable {
+                what: Unreadable::SpecInput { spec: s },
+                path: f,
+                ..
+            }) => {
+                assert_eq!(*s, path);
+                assert_eq!(*f, PathBuf::from("req.txt"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("kiln.toml: req.txt: "), "{e}");
     }
 }

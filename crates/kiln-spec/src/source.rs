@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::distribution::Reference;
 
-use kiln_core::error::{Error, Result};
+use crate::error::{SpecError, Transport};
+use kiln_core::error::Result;
 
 /// An image to read: a base for a build, or the argument of `kiln inspect`.
 #[derive(Clone, Debug)]
@@ -27,9 +28,11 @@ impl ImageSource {
         if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, tag) = split_layout(rest);
             if dir.is_empty() {
-                return Err(Error::input(format!(
-                    "`{s}`: missing directory after `oci:`"
-                )));
+                return Err(SpecError::EmptyPath {
+                    reference: s.to_string(),
+                    transport: Transport::Layout,
+                }
+                .into());
             }
             return Ok(ImageSource::Layout {
                 dir: base_dir.join(dir),
@@ -38,18 +41,21 @@ impl ImageSource {
         }
         if let Some(rest) = s.strip_prefix("docker-archive:") {
             if rest.is_empty() {
-                return Err(Error::input(format!(
-                    "`{s}`: missing file after `docker-archive:`"
-                )));
+                return Err(SpecError::EmptyPath {
+                    reference: s.to_string(),
+                    transport: Transport::DockerArchive,
+                }
+                .into());
             }
             return Ok(ImageSource::DockerArchive {
                 path: base_dir.join(rest),
             });
         }
         let s = s.strip_prefix("docker://").unwrap_or(s);
-        let reference: Reference = s
-            .parse()
-            .map_err(|e| Error::input(format!("invalid image reference `{s}`: {e}")))?;
+        let reference: Reference = s.parse().map_err(|e| SpecError::InvalidReference {
+            reference: s.to_string(),
+            message: format!("{e}"),
+        })?;
         Ok(ImageSource::Registry(reference))
     }
 }
@@ -96,9 +102,10 @@ impl OutputTarget {
                 return Ok(OutputTarget::DockerArchive(PathBuf::from(rest)));
             }
         }
-        Err(Error::input(format!(
-            "invalid output `{s}`: expected oci:DIR or docker-archive:FILE"
-        )))
+        Err(SpecError::InvalidOutput {
+            output: s.to_string(),
+        }
+        .into())
     }
 }
 
@@ -150,10 +157,50 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(ImageSource::parse("UPPER/Case", base).is_err());
+        let e = ImageSource::parse("UPPER/Case", base).unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::InvalidReference { reference, .. }) if reference == "UPPER/Case"
+        ));
         assert!(is_loopback_registry("127.0.0.1:5000"));
         assert!(is_loopback_registry("localhost:1"));
         assert!(is_loopback_registry("[::1]:5000"));
         assert!(!is_loopback_registry("registry.example.com"));
+    }
+
+    #[test]
+    fn empty_paths_and_bad_outputs() {
+        let base = Path::new("/spec");
+        let e = ImageSource::parse("oci:", base).unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::EmptyPath {
+                transport: Transport::Layout,
+                ..
+            })
+        ));
+        assert_eq!(e.to_string(), "`oci:`: missing directory after `oci:`");
+        let e = ImageSource::parse("docker-archive:", base).unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::EmptyPath {
+                transport: Transport::DockerArchive,
+                ..
+            })
+        ));
+        assert_eq!(
+            e.to_string(),
+            "`docker-archive:`: missing file after `docker-archive:`"
+        );
+        assert_eq!(
+            OutputTarget::parse("docker-archive:a.tar").unwrap(),
+            OutputTarget::DockerArchive(PathBuf::from("a.tar"))
+        );
+        let e = OutputTarget::parse("tar:x").unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<SpecError>(),
+            Some(SpecError::InvalidOutput { output }) if output == "tar:x"
+        ));
+        assert_eq!(e.exit_code(), 2);
     }
 }

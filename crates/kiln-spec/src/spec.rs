@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::error::{SpecError, Unreadable};
 use kiln_core::error::{Error, Result};
 use kiln_core::platform::Platform;
 
@@ -48,7 +49,7 @@ pub struct ImageSection {
     #[serde(default = "default_base")]
     pub base: String,
     #[serde(default)]
-    pub platforms: Vec<Parsed<Platform>>,
+    pub(crate) platforms: Vec<Parsed<Platform>>,
     /// Extra manifest annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -82,6 +83,9 @@ pub struct FileEntry {
     pub dst: AbsPath,
     pub mode: Option<Mode>,
     pub owner: Option<Owner>,
+    /// `mode` may set setuid/setgid bits (refused otherwise).
+    #[serde(default, rename = "allow-setid")]
+    pub allow_setid: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,12 +108,15 @@ pub struct ConfigSection {
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::input(format!("cannot read spec {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Unreadable {
+            what: Unreadable::Spec,
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: SpecFile = toml::from_str(text).map_err(|e| located_error(path, text, &e))?;
         let spec = Spec {
             path: path.to_path_buf(),
@@ -122,10 +129,12 @@ impl Spec {
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {
-                return Err(Error::input(format!(
-                    "{}: [config] env: invalid variable name `{k}`",
-                    path.display()
-                )));
+                return Err(SpecError::InvalidValue {
+                    path: path.to_path_buf(),
+                    key: "[config] env".into(),
+                    message: format!("invalid variable name `{k}`"),
+                }
+                .into());
             }
         }
         Ok(spec)
@@ -145,10 +154,13 @@ impl Spec {
 }
 
 /// `file:line:col: key: message`, with the offending line quoted.
-fn located_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
-    let msg = e.message().trim_end();
+fn located_error(path: &Path, text: &str, e: &toml::de::Error) -> SpecError {
+    let message = e.message().trim_end().to_string();
     let Some(span) = e.span() else {
-        return Error::input(format!("{}: {msg}", path.display()));
+        return SpecError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
     };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -159,12 +171,15 @@ fn located_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     let key = line_text
         .split_once('=')
         .filter(|(k, _)| line_start + k.len() <= span.start)
-        .map(|(k, _)| format!("{}: ", k.trim()))
-        .unwrap_or_default();
-    Error::input(format!(
-        "{}:{line}:{col}: {key}{msg}\n  {line} | {line_text}",
-        path.display()
-    ))
+        .map(|(k, _)| k.trim().to_string());
+    SpecError::Located {
+        path: path.to_path_buf(),
+        line,
+        column: col,
+        key,
+        message,
+        line_text: line_text.to_string(),
+    }
 }
 
 /// Deserialize through `FromStr`, so a bad value's error carries its span.
@@ -181,7 +196,7 @@ macro_rules! from_str_deserialize {
 
 /// Any `FromStr` type, deserialized with a located error.
 #[derive(Debug, Clone)]
-pub struct Parsed<T>(pub T);
+pub(crate) struct Parsed<T>(pub(crate) T);
 
 impl<'de, T: FromStr<Err = Error>> Deserialize<'de> for Parsed<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -251,11 +266,17 @@ pub struct Owner {
 impl FromStr for Owner {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let err = || format!("invalid owner `{s}`: expected numeric UID:GID such as \"1000:1000\"");
+        let err = || {
+            format!(
+                "invalid owner `{s}`: expected numeric UID:GID such as \"1000:1000\" (each at most 4294967295)"
+            )
+        };
         let (u, g) = s.split_once(':').ok_or_else(err)?;
+        // Ids are 32-bit in tar headers' readers and in the kernel.
+        let id = |v: &str| v.parse::<u32>().map(u64::from).map_err(|_| err());
         Ok(Owner {
-            uid: u.parse().map_err(|_| err())?,
-            gid: g.parse().map_err(|_| err())?,
+            uid: id(u)?,
+            gid: id(g)?,
         })
     }
 }
@@ -411,5 +432,68 @@ workdir = "/app"
         assert!(e.contains("invalid tag"), "{e}");
         assert!(parse("[image]\nname = \"a/b:1\"\n").is_err());
         assert!(parse("[image]\n[config]\nexposed_ports = [\"0\"]\n").is_err());
+    }
+
+    fn spec_error(e: &Error) -> &SpecError {
+        e.downcast_ref::<SpecError>()
+            .unwrap_or_else(|| panic!("not a SpecError: {e:?}"))
+    }
+
+    #[test]
+    fn located_errors_carry_line_column_and_key() {
+        let e = parse("[image]\n[[files]]\nsrc = \"a\"\ndst = \"rel\"\n").unwrap_err();
+        assert_eq!(e.kind(), kiln_core::ErrorKind::Input);
+        match spec_error(&e) {
+            SpecError::Located {
+                line,
+                column,
+                key,
+                line_text,
+                message,
+                ..
+            } => {
+                assert_eq!((*line, *column), (4, 7));
+                assert_eq!(key.as_deref(), Some("dst"));
+                assert_eq!(line_text, "dst = \"rel\"");
+                assert!(message.contains("absolute path"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unknown key is not a value: no key is named.
+        let e = parse("[image]\nnmae = \"x\"\n").unwrap_err();
+        assert!(matches!(
+            spec_error(&e),
+            SpecError::Located {
+                line: 2,
+                column: 1,
+                key: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_env_names_are_invalid_values() {
+        let e = parse("[config]\nenv = { \"A=B\" = \"1\" }\n").unwrap_err();
+        assert!(
+            matches!(spec_error(&e), SpecError::InvalidValue { key, .. } if key == "[config] env"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "kiln.toml: [config] env: invalid variable name `A=B`"
+        );
+    }
+
+    #[test]
+    fn a_missing_spec_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        let e = Spec::load(&path).unwrap_err();
+        assert!(matches!(
+            spec_error(&e),
+            SpecError::Unreadable { what: crate::Unreadable::Spec, path: p, .. } if *p == path
+        ));
+        assert!(e.to_string().starts_with("cannot read spec "), "{e}");
     }
 }

@@ -12,7 +12,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_core::digest::{digest_reader, Digest, HashingWriter};
-use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::error::{IoContext, Result};
+
+use crate::StoreError;
 
 /// Every directory of the cache. A bucket whose format changes gets a new
 /// version in its name, so an old kiln and a new one never misread each
@@ -237,7 +239,7 @@ impl Cache {
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self
             .verified(d)?
-            .ok_or_else(|| Error::internal(format!("blob {d} is not in the cache")))?;
+            .ok_or_else(|| StoreError::NotCached { digest: d.clone() })?;
         fs::read(&path).io_context(|| format!("reading {}", path.display()))
     }
 }
@@ -264,14 +266,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    pub fn len(&self) -> u64 {
-        self.out.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
-    }
-
     /// Verify and move into place. With `expected`, a mismatch is an error
     /// (the temp file is deleted); without, the computed digest names the blob.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
@@ -279,9 +273,11 @@ impl BlobWriter {
         if let Some(exp) = expected {
             if exp != &digest {
                 // Not transient: the bytes are not what a trusted index said.
-                return Err(Error::input(format!(
-                    "content digest mismatch: expected {exp}, got {digest}; the download was discarded"
-                )));
+                return Err(StoreError::DigestMismatch {
+                    expected: exp.clone(),
+                    actual: digest,
+                }
+                .into());
             }
         }
         let tmp = buf
@@ -313,6 +309,7 @@ impl Write for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_core::Error;
 
     #[test]
     fn put_verify_and_detect_corruption() {
@@ -331,9 +328,28 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         let wrong = Digest::of(b"other");
         let err = cache.put_reader(&b"hello"[..], &wrong).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::DigestMismatch { expected, actual })
+                if expected == &wrong && actual == &Digest::of(b"hello")
+        ));
+        assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("mismatch"));
         assert!(!cache.contains(&wrong));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn reading_an_absent_blob_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = Digest::of(b"never stored");
+        let err = cache.read(&d).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::NotCached { digest }) if digest == &d
+        ));
+        assert_eq!(err.to_string(), format!("blob {d} is not in the cache"));
     }
 
     #[test]

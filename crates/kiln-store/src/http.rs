@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cache::{write_atomic, Cache, CacheBucket};
+use crate::StoreError;
 use kiln_core::digest::Digest;
-use kiln_core::error::{with_causes, Error, IoContext, Result};
+use kiln_core::error::{ErrorKind, IoContext, Result};
 
 const ATTEMPTS: u32 = 4;
 /// Transfers at once unless `KILN_CONCURRENT_DOWNLOADS` says otherwise.
@@ -63,7 +64,7 @@ impl Http {
             .connect_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(600))
             .build()
-            .map_err(|e| Error::internal(format!("cannot create the HTTP client: {e}")))?;
+            .map_err(StoreError::Client)?;
         Ok(Http {
             client,
             offline: false,
@@ -80,7 +81,7 @@ impl Http {
     /// GET a URL (or read a `file://` path) into memory.
     pub fn get(&self, url: &str, accept: Option<&str>) -> Result<Fetched> {
         if let Some(path) = file_url_path(url) {
-            let bytes = std::fs::read(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
+            let bytes = std::fs::read(&path).map_err(|e| local_file(url, e))?;
             return Ok(Fetched {
                 bytes,
                 content_type: None,
@@ -125,14 +126,16 @@ impl Http {
             check(&f.bytes)?;
             return Ok(f);
         }
+        // Kept without credentials: keyed and recorded by the redacted URL.
+        let public = redact(url);
         let meta_path = cache.entry(
             CacheBucket::Http,
-            format!("{}.json", Digest::of(url.as_bytes()).hex()),
+            format!("{}.json", Digest::of(public.as_bytes()).hex()),
         );
         let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&meta_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<KeptResponse>(&b).ok())
-            .filter(|k| k.url == url)
+            .filter(|k| k.url == public)
             .and_then(|k| {
                 let body = std::fs::read(meta_path.with_extension("body")).ok()?;
                 (Digest::of(&body).to_string() == k.body).then_some((k, body))
@@ -168,7 +171,7 @@ impl Http {
                     return Ok(None);
                 }
                 let k = KeptResponse {
-                    url: url.to_string(),
+                    url: public.clone(),
                     final_url: resp.url().to_string(),
                     etag: header(&resp, reqwest::header::ETAG),
                     last_modified: header(&resp, reqwest::header::LAST_MODIFIED),
@@ -193,12 +196,7 @@ impl Http {
                 (k, bytes)
             }
             (None, Some(kept)) => kept,
-            (None, None) => {
-                return Err(Error::network(format!(
-                    "{}: the server answered 304 to an unconditional request",
-                    redact(url)
-                )))
-            }
+            (None, None) => return Err(StoreError::Unsolicited304 { url: redact(url) }.into()),
         };
         Ok(Fetched {
             bytes,
@@ -220,13 +218,21 @@ impl Http {
                 return Ok((d.clone(), len));
             }
         }
-        let commit = |mut r: Box<dyn Read + '_>| -> Result<(Digest, u64)> {
+        // `local`: reading a `file://` URL, where a failed read is bad input.
+        let commit = |mut r: Box<dyn Read + '_>, local: bool| -> Result<(Digest, u64)> {
             let mut w = cache.writer()?;
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                let n = r
-                    .read(&mut buf)
-                    .map_err(|e| Error::network(format!("{}: {e}", redact(url))))?;
+                let n = r.read(&mut buf).map_err(|e| {
+                    if local {
+                        local_file(url, e)
+                    } else {
+                        StoreError::Transfer {
+                            url: redact(url),
+                            source: e,
+                        }
+                    }
+                })?;
                 if n == 0 {
                     break;
                 }
@@ -236,13 +242,10 @@ impl Http {
             w.commit(expected).map_err(|e| e.context(redact(url)))
         };
         if let Some(path) = file_url_path(url) {
-            let f = std::fs::File::open(&path).map_err(|e| Error::input(format!("{url}: {e}")))?;
-            return commit(Box::new(f)).map_err(|e| match e {
-                Error::Network(m) => Error::input(m),
-                other => other,
-            });
+            let f = std::fs::File::open(&path).map_err(|e| local_file(url, e))?;
+            return commit(Box::new(f), true);
         }
-        self.retrying(url, |resp| commit(Box::new(resp)), None, &[])
+        self.retrying(url, |resp| commit(Box::new(resp), false), None, &[])
     }
 
     fn retrying<T>(
@@ -253,10 +256,7 @@ impl Http {
         conditional: &[(reqwest::header::HeaderName, String)],
     ) -> Result<T> {
         if self.offline {
-            return Err(Error::network(format!(
-                "offline: {} is not in the cache (run `kiln fetch` or `kiln cache import` first)",
-                redact(url)
-            )));
+            return Err(StoreError::Offline { url: redact(url) }.into());
         }
         let mut delay = Duration::from_millis(300);
         let mut attempt = 1;
@@ -272,29 +272,23 @@ impl Http {
                 // 304 only ever answers a conditional request (get_cached).
                 Ok(resp) if resp.status().is_success() || resp.status().as_u16() == 304 => {
                     match on_ok(resp) {
-                        Err(Error::Network(m)) => Err((true, Error::Network(m))),
+                        // The body broke off: worth another attempt.
+                        Err(e) if e.kind() == ErrorKind::Network => Err((true, e)),
                         other => return other,
                     }
                 }
                 Ok(resp) => {
                     let s = resp.status();
                     let transient = s.is_server_error() || s.as_u16() == 429;
-                    let err = if s.as_u16() == 404 || s.as_u16() == 410 {
-                        Error::input(format!("{}: not found (HTTP {})", redact(url), s.as_u16()))
-                    } else if s.as_u16() == 401 || s.as_u16() == 403 {
-                        Error::Auth(format!(
-                            "{}: access denied (HTTP {})",
-                            redact(url),
-                            s.as_u16()
-                        ))
-                    } else {
-                        Error::network(format!("{}: HTTP {s}", redact(url)))
+                    let err = StoreError::HttpStatus {
+                        url: redact(url),
+                        status: s.as_u16(),
                     };
-                    Err((transient, err))
+                    Err((transient, err.into()))
                 }
                 Err(e) => Err((
                     e.is_connect() || e.is_timeout() || e.is_request(),
-                    net_error(url, e),
+                    net_error(url, e).into(),
                 )),
             };
             match outcome {
@@ -347,30 +341,74 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn net_error(url: &str, e: reqwest::Error) -> Error {
+fn net_error(url: &str, e: reqwest::Error) -> StoreError {
     // reqwest's message repeats the URL, credentials included: leave it out.
-    Error::network(format!(
-        "{}: {}",
-        redact(url),
-        with_causes(&e.without_url())
-    ))
+    StoreError::Connection {
+        url: redact(url),
+        source: e.without_url(),
+    }
+}
+
+fn local_file(url: &str, source: std::io::Error) -> StoreError {
+    StoreError::LocalFile {
+        url: redact(url),
+        source,
+    }
 }
 
 /// A URL fit for messages: `user:password@` (e.g. from a `${TOKEN}` in a
 /// requirements file or an index URL with credentials) becomes `***@`.
 pub fn redact(url: &str) -> String {
+    let mut out = url.to_string();
     if let Some((scheme, rest)) = url.split_once("://") {
         let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         if let Some(at) = rest[..host_end].rfind('@') {
-            return format!("{scheme}://***@{}", &rest[at + 1..]);
+            out = format!("{scheme}://***@{}", &rest[at + 1..]);
         }
     }
-    url.to_string()
+    // Query values that carry a secret (`?token=…`, signed URLs' `Signature=…`).
+    let Some((base, query)) = out.split_once('?') else {
+        return out;
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let secret_key = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        [
+            "token",
+            "secret",
+            "password",
+            "passwd",
+            "signature",
+            "sig",
+            "key",
+            "auth",
+            "credential",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if secret_key(k) && !v.is_empty() => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    let mut r = format!("{base}?{}", params.join("&"));
+    if let Some(f) = fragment {
+        r.push('#');
+        r.push_str(f);
+    }
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_core::Error;
 
     #[test]
     fn credentials_never_shown() {
@@ -380,6 +418,102 @@ mod tests {
         );
         assert_eq!(redact("https://host/a@b"), "https://host/a@b");
         assert_eq!(redact("file:///x"), "file:///x");
+        assert_eq!(
+            redact("https://host/p.whl?X-Amz-Signature=abc&v=1&access_token=t0k#frag"),
+            "https://host/p.whl?X-Amz-Signature=***&v=1&access_token=***#frag"
+        );
+    }
+
+    /// Answer one request on a loopback port with `status`; the URL to ask.
+    fn answer_once(status: &'static str) -> String {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        });
+        format!("http://user:s3cret@127.0.0.1:{port}/simple/x/")
+    }
+
+    fn store_error(e: &Error) -> &StoreError {
+        e.downcast_ref::<StoreError>().expect("a StoreError")
+    }
+
+    #[test]
+    fn statuses_and_offline_are_typed_and_redacted() {
+        let http = Http::new().unwrap();
+        let url = answer_once("404 Not Found");
+        let err = http.get(&url, None).err().unwrap();
+        assert!(matches!(
+            store_error(&err),
+            StoreError::HttpStatus { status: 404, url } if !url.contains("s3cret")
+        ));
+        assert_eq!(err.exit_code(), 2);
+        assert!(err
+            .to_string()
+            .ends_with("/simple/x/: not found (HTTP 404)"));
+        assert!(!err.to_string().contains("s3cret"));
+
+        let url = answer_once("401 Unauthorized");
+        let err = http.get(&url, None).err().unwrap();
+        assert!(matches!(
+            store_error(&err),
+            StoreError::HttpStatus { status: 401, .. }
+        ));
+        assert_eq!(err.exit_code(), 4);
+        assert!(!err.to_string().contains("s3cret"));
+
+        let offline = Http::offline().unwrap();
+        let err = offline
+            .get("https://u:s3cret@host/simple/x/", None)
+            .err()
+            .unwrap();
+        assert!(matches!(store_error(&err), StoreError::Offline { .. }));
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "offline: https://***@host/simple/x/ is not in the cache (run `kiln fetch` or `kiln cache import` first)"
+        );
+    }
+
+    #[test]
+    fn local_files_are_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::offline().unwrap();
+        let missing = format!("file://{}/nope", dir.path().display());
+        let err = http.get(&missing, None).err().unwrap();
+        assert!(matches!(store_error(&err), StoreError::LocalFile { .. }));
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().starts_with(&format!("{missing}: ")));
+        let err = http.download(&missing, None, &cache).unwrap_err();
+        assert!(matches!(store_error(&err), StoreError::LocalFile { .. }));
+
+        let file = dir.path().join("pkg");
+        std::fs::write(&file, b"bytes").unwrap();
+        let url = format!("file://{}", file.display());
+        let wrong = Digest::of(b"other");
+        let err = http.download(&url, Some(&wrong), &cache).unwrap_err();
+        assert!(matches!(
+            store_error(&err),
+            StoreError::DigestMismatch { expected, .. } if expected == &wrong
+        ));
+        assert_eq!(err.exit_code(), 2);
+        assert!(err
+            .to_string()
+            .starts_with(&format!("{url}: content digest mismatch: expected {wrong}")));
+        let (d, len) = http.download(&url, None, &cache).unwrap();
+        assert_eq!((d, len), (Digest::of(b"bytes"), 5));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! `file://`, retries, conditional requests).
 
 pub mod cache;
+mod error;
 pub mod http;
 
 pub use cache::{Cache, CacheBucket};
+pub use error::StoreError;
 pub use http::Http;

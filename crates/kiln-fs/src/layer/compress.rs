@@ -88,7 +88,7 @@ impl Compression {
 }
 
 /// Chunk size: a property of the output format, never of the machine.
-pub const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 1 << 20;
 
 /// The pool compression jobs run on. Separate from rayon's global pool so a
 /// layer being built on a global worker can wait for its chunks without
@@ -105,14 +105,13 @@ fn pool() -> &'static rayon::ThreadPool {
 
 /// What a finished stream produced.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// sha256 of the uncompressed bytes (the layer's diff_id).
-    pub diff_id: Digest,
-    pub uncompressed_size: u64,
+    pub(crate) diff_id: Digest,
 }
 
 /// A `Write` that compresses into `out` and hashes the uncompressed input.
-pub struct ParallelEncoder<W: Write> {
+pub(crate) struct ParallelEncoder<W: Write> {
     out: W,
     compression: Compression,
     diff: Sha256,
@@ -123,7 +122,7 @@ pub struct ParallelEncoder<W: Write> {
 }
 
 impl<W: Write> ParallelEncoder<W> {
-    pub fn new(out: W, compression: Compression) -> Self {
+    pub(crate) fn new(out: W, compression: Compression) -> Self {
         ParallelEncoder {
             out,
             compression,
@@ -159,7 +158,7 @@ impl<W: Write> ParallelEncoder<W> {
     }
 
     /// Flush everything and return the sink with the diff_id.
-    pub fn finish(mut self) -> io::Result<(W, Summary)> {
+    pub(crate) fn finish(mut self) -> io::Result<(W, Summary)> {
         // An empty stream still needs one member/frame to be a valid file.
         if !self.buf.is_empty() || self.raw_len == 0 {
             let chunk = std::mem::take(&mut self.buf);
@@ -173,7 +172,6 @@ impl<W: Write> ParallelEncoder<W> {
             self.out,
             Summary {
                 diff_id: Digest::from_hasher(self.diff),
-                uncompressed_size: self.raw_len,
             },
         ))
     }

@@ -2,8 +2,8 @@
 //! digest, the diff_id and the sizes computed in the same streaming pass,
 //! written straight into the content-addressed cache.
 
-pub mod compress;
-pub mod tarball;
+mod compress;
+mod tarball;
 pub mod tree;
 
 use std::io::{self, Read};
@@ -14,6 +14,7 @@ pub use compress::Compression;
 use compress::ParallelEncoder;
 pub use tree::{Entry, EntryKind, Tree};
 
+use crate::error::FsError;
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_store::cache::{Cache, CacheBucket};
@@ -37,15 +38,19 @@ pub fn decompressed<'a>(media_type: &str, blob: impl Read + 'a) -> Result<Box<dy
         if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
             Box::new(flate2::read::MultiGzDecoder::new(blob))
         } else if media_type.ends_with("+zstd") {
-            Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| {
-                Error::input(format!("starting zstd for a {media_type} layer: {e}"))
+            Box::new(zstd::stream::read::Decoder::new(blob).map_err(|source| {
+                FsError::Decompress {
+                    media_type: media_type.to_string(),
+                    source,
+                }
             })?)
         } else if media_type.ends_with(".tar") {
             Box::new(blob)
         } else {
-            return Err(Error::input(format!(
-                "unsupported layer media type {media_type}"
-            )));
+            return Err(FsError::UnsupportedMediaType {
+                media_type: media_type.to_string(),
+            }
+            .into());
         },
     )
 }
@@ -92,12 +97,12 @@ fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<
             }
             EntryKind::File { src, size } => {
                 h.update(format!("f{size}\0"));
-                let mut f = std::fs::File::open(src).map_err(|e| {
-                    Error::input(format!("reading layer input {}: {e}", src.display()))
-                })?;
-                io::copy(&mut f, &mut h).map_err(|e| {
-                    Error::input(format!("reading layer input {}: {e}", src.display()))
-                })?;
+                let input = |source| FsError::LayerInput {
+                    path: Some(src.clone()),
+                    source,
+                };
+                let mut f = std::fs::File::open(src).map_err(input)?;
+                io::copy(&mut f, &mut h).map_err(input)?;
             }
         }
     }
@@ -128,7 +133,11 @@ pub fn build_layer_fresh(
     let enc = ParallelEncoder::new(cache.writer()?, compression);
     let enc = tarball::write_tar(entries, mtime, enc).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::NotFound {
-            Error::input(format!("reading layer input: {e}"))
+            FsError::LayerInput {
+                path: None,
+                source: e,
+            }
+            .into()
         } else {
             Error::Io {
                 context: "writing layer".into(),
@@ -162,4 +171,56 @@ fn finish(
         size,
         media_type: compression.media_type().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_media_types_are_refused() {
+        let Err(e) = decompressed("application/vnd.oci.image.layer.v1.tar+lz4", &b""[..]) else {
+            panic!("an lz4 layer was accepted");
+        };
+        assert!(matches!(
+            e.downcast_ref::<FsError>(),
+            Some(FsError::UnsupportedMediaType { media_type }) if media_type.ends_with("+lz4")
+        ));
+        assert_eq!(e.exit_code(), 2);
+        assert!(decompressed("application/vnd.oci.image.layer.v1.tar", &b""[..]).is_ok());
+    }
+
+    #[test]
+    fn a_vanished_input_is_a_layer_input_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let entries = vec![Entry {
+            path: "gone".into(),
+            kind: EntryKind::File {
+                src: dir.path().join("gone"),
+                size: 3,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }];
+        let gz = Compression::Gzip { level: 1 };
+        let e = build_layer_fresh(&entries, 0, gz, &cache).unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<FsError>(),
+                Some(FsError::LayerInput { path: None, .. })
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("reading layer input: "), "{e}");
+        // The memoised path hashes the inputs first and names the file.
+        let e = build_layer(&entries, 0, gz, &cache).unwrap_err();
+        match e.downcast_ref::<FsError>() {
+            Some(FsError::LayerInput { path: Some(p), .. }) => {
+                assert_eq!(*p, dir.path().join("gone"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

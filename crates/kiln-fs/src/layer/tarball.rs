@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use super::tree::{Entry, EntryKind};
 
 /// Write `entries` (already sorted) as a complete tar stream, trailer included.
-pub fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+pub(crate) fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     for e in entries {
         append(&mut b, e, mtime)?;

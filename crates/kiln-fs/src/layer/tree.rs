@@ -12,7 +12,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_core::error::{Error, IoContext, Result};
+use crate::error::FsError;
+use kiln_core::error::{IoContext, Result};
 use kiln_spec::spec::FileEntry;
 
 #[derive(Clone, Debug)]
@@ -112,25 +113,45 @@ impl Tree {
             .map(|(_, e)| e)
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }
 
+/// Where `[[files]]` sources may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceScope {
+    /// Inside the spec's directory (the build context): a source whose
+    /// path, once every symlink on the way is resolved, leaves it is an
+    /// error. Symlinks inside a copied directory are copied as symlinks,
+    /// never followed.
+    Context,
+    /// Anywhere on the host (`--allow-outside-context`, for CLI users; a
+    /// build service never offers it).
+    Host,
+}
+
 /// Collect one `[[files]]` entry; `base` is the spec's directory.
-pub fn collect_files(entry: &FileEntry, base: &Path) -> Result<Vec<Entry>> {
+pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Result<Vec<Entry>> {
     let src = base.join(&entry.src);
-    let meta = fs::symlink_metadata(&src).map_err(|e| {
-        Error::input(format!(
-            "[[files]] src `{}`: cannot read {}: {e}",
-            entry.src,
-            src.display()
-        ))
+    let meta = fs::symlink_metadata(&src).map_err(|source| FsError::SourceUnreadable {
+        src: entry.src.clone(),
+        path: src.clone(),
+        dir: false,
+        source,
     })?;
+    if scope == SourceScope::Context {
+        confine(entry, base, &src, &meta)?;
+    }
+    if let Some(mode) = entry.mode.map(|m| m.0).filter(|m| m & 0o6000 != 0) {
+        if !entry.allow_setid {
+            return Err(FsError::SetId {
+                src: entry.src.clone(),
+                mode,
+            }
+            .into());
+        }
+    }
     let (uid, gid) = entry.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
     let mut tree = Tree::default();
     let dst = entry.dst.relative().to_string();
@@ -148,15 +169,48 @@ pub fn collect_files(entry: &FileEntry, base: &Path) -> Result<Vec<Entry>> {
         walk(&src, &dst, &ctx, &mut tree)?;
     } else {
         if dst.is_empty() {
-            return Err(Error::input(format!(
-                "[[files]] src `{}` is a file, so dst must name a file path, not /",
-                entry.src
-            )));
+            return Err(FsError::FileToRoot {
+                src: entry.src.clone(),
+            }
+            .into());
         }
         tree.add_parents(&dst);
         tree.insert(ctx.entry(&src, &meta, &dst)?);
     }
     Ok(tree.into_sorted())
+}
+
+/// The source's real path (every symlink on the way resolved; a symlink
+/// as the last component is copied as a link, so only its directory
+/// counts) must lie inside the real path of `base`.
+fn confine(entry: &FileEntry, base: &Path, src: &Path, meta: &fs::Metadata) -> Result<()> {
+    let unreadable = |path: &Path, source| FsError::SourceUnreadable {
+        src: entry.src.clone(),
+        path: path.to_path_buf(),
+        dir: false,
+        source,
+    };
+    let context = fs::canonicalize(base).map_err(|e| unreadable(base, e))?;
+    let resolved = if meta.file_type().is_symlink() {
+        let parent = src.parent().unwrap_or(base);
+        let real = fs::canonicalize(parent).map_err(|e| unreadable(parent, e))?;
+        match src.file_name() {
+            Some(name) => real.join(name),
+            None => real,
+        }
+    } else {
+        fs::canonicalize(src).map_err(|e| unreadable(src, e))?
+    };
+    if resolved.starts_with(&context) {
+        Ok(())
+    } else {
+        Err(FsError::OutsideContext {
+            src: entry.src.clone(),
+            resolved,
+            context,
+        }
+        .into())
+    }
 }
 
 struct Ctx<'a> {
@@ -184,8 +238,9 @@ impl Ctx<'_> {
         } else if ft.is_symlink() {
             let target =
                 fs::read_link(host).io_context(|| format!("reading symlink {}", host.display()))?;
-            let target = target.to_str().ok_or_else(|| {
-                Error::input(format!("symlink {} has a non-UTF-8 target", host.display()))
+            let target = target.to_str().ok_or_else(|| FsError::NonUtf8 {
+                path: host.to_path_buf(),
+                target: true,
             })?;
             EntryKind::Symlink {
                 target: target.to_string(),
@@ -205,11 +260,12 @@ impl Ctx<'_> {
             } else {
                 "not a regular file"
             };
-            return Err(Error::input(format!(
-                "[[files]] src `{}`: {} is {what}; only files, directories and symlinks can be copied",
-                self.spec_src,
-                host.display()
-            )));
+            return Err(FsError::SpecialFile {
+                src: self.spec_src.to_string(),
+                path: host.to_path_buf(),
+                what,
+            }
+            .into());
         };
         let mode = match (&kind, self.mode) {
             (EntryKind::Symlink { .. }, _) => 0o777,
@@ -228,16 +284,18 @@ impl Ctx<'_> {
 }
 
 fn walk(dir: &Path, prefix: &str, ctx: &Ctx, tree: &mut Tree) -> Result<()> {
-    let rd = fs::read_dir(dir)
-        .map_err(|e| Error::input(format!("cannot read directory {}: {e}", dir.display())))?;
+    let rd = fs::read_dir(dir).map_err(|source| FsError::SourceUnreadable {
+        src: ctx.spec_src.to_string(),
+        path: dir.to_path_buf(),
+        dir: true,
+        source,
+    })?;
     for item in rd {
         let item = item.io_context(|| format!("listing {}", dir.display()))?;
         let name = item.file_name();
-        let name = name.to_str().ok_or_else(|| {
-            Error::input(format!(
-                "{}: file names must be UTF-8",
-                item.path().display()
-            ))
+        let name = name.to_str().ok_or_else(|| FsError::NonUtf8 {
+            path: item.path(),
+            target: false,
         })?;
         let path = if prefix.is_empty() {
             name.to_string()
@@ -253,4 +311,150 @@ fn walk(dir: &Path, prefix: &str, ctx: &Ctx, tree: &mut Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FsError;
+    use kiln_spec::spec::AbsPath;
+
+    fn collect_files_in(entry: &FileEntry, base: &Path) -> Result<Vec<Entry>> {
+        collect_files(entry, base, SourceScope::Context)
+    }
+
+    fn entry(src: &str, dst: &str) -> FileEntry {
+        FileEntry {
+            src: src.into(),
+            dst: AbsPath(dst.into()),
+            mode: None,
+            owner: None,
+            allow_setid: false,
+        }
+    }
+
+    #[test]
+    fn sources_stay_inside_the_context() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s3cret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("sub/ok"), "ok").unwrap();
+        std::os::unix::fs::symlink(outside.path(), ctx.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), ctx.join("link")).unwrap();
+        let escape = format!(
+            "../../../../../..{}",
+            outside.path().join("secret").display()
+        );
+        let absolute = outside.path().join("secret").display().to_string();
+        for src in ["out/secret", &escape, &absolute, "sub/../../"] {
+            let e = collect_files_in(&entry(src, "/x"), &ctx).unwrap_err();
+            assert!(
+                matches!(fs_error(&e), FsError::OutsideContext { .. }),
+                "{src}: {e}"
+            );
+            assert!(e.to_string().contains("outside the build context"), "{e}");
+        }
+        // Inside: fine, also through `..` that stays inside; a symlink as
+        // the source is copied as a link, not followed.
+        collect_files_in(&entry("sub/../sub/ok", "/ok"), &ctx).unwrap();
+        let link = collect_files_in(&entry("link", "/link"), &ctx).unwrap();
+        assert!(matches!(
+            link.last().unwrap().kind,
+            EntryKind::Symlink { .. }
+        ));
+        // The host scope is an explicit opt-in.
+        let got = collect_files(&entry("out/secret", "/x"), &ctx, SourceScope::Host).unwrap();
+        assert_eq!(got.last().unwrap().path, "x");
+    }
+
+    #[test]
+    fn setid_modes_need_the_entry_to_allow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool"), "#!/bin/sh\n").unwrap();
+        let mut e = entry("tool", "/usr/bin/tool");
+        e.mode = Some(kiln_spec::spec::Mode(0o4755));
+        let err = collect_files_in(&e, dir.path()).unwrap_err();
+        assert!(
+            matches!(fs_error(&err), FsError::SetId { mode: 0o4755, .. }),
+            "{err}"
+        );
+        e.allow_setid = true;
+        let got = collect_files_in(&e, dir.path()).unwrap();
+        assert_eq!(got.last().unwrap().mode, 0o4755);
+    }
+
+    fn fs_error(e: &kiln_core::Error) -> &FsError {
+        e.downcast_ref::<FsError>()
+            .unwrap_or_else(|| panic!("not an FsError: {e:?}"))
+    }
+
+    #[test]
+    fn missing_sources_name_the_spec_src() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = collect_files_in(&entry("nope", "/app"), dir.path()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        match fs_error(&e) {
+            FsError::SourceUnreadable {
+                src,
+                path,
+                dir: false,
+                source,
+            } => {
+                assert_eq!(src, "nope");
+                assert_eq!(*path, dir.path().join("nope"));
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("[[files]] src `nope`: cannot read "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_cannot_become_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        let e = collect_files_in(&entry("f", "/"), dir.path()).unwrap_err();
+        assert!(matches!(fs_error(&e), FsError::FileToRoot { src } if src == "f"));
+        assert_eq!(
+            e.to_string(),
+            "[[files]] src `f` is a file, so dst must name a file path, not /"
+        );
+    }
+
+    #[test]
+    fn sockets_and_odd_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(tree.join("sock")).unwrap();
+        let e = collect_files_in(&entry("tree", "/t"), dir.path()).unwrap_err();
+        assert!(
+            matches!(fs_error(&e), FsError::SpecialFile { src, what: "a socket", .. } if src == "tree"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("only files, directories and symlinks"),
+            "{e}"
+        );
+
+        let odd = dir.path().join("odd");
+        fs::create_dir(&odd).unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"bad\xff");
+        if fs::write(odd.join(name), "x").is_ok() {
+            let e = collect_files_in(&entry("odd", "/o"), dir.path()).unwrap_err();
+            assert!(
+                matches!(fs_error(&e), FsError::NonUtf8 { target: false, .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().ends_with(": file names must be UTF-8"), "{e}");
+        }
+    }
 }

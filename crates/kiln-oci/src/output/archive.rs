@@ -11,8 +11,9 @@ use super::parent_dir;
 use crate::blobs::Blobs;
 use crate::image::Assembled;
 use crate::manifest::canonical_json;
+use crate::ImageError;
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::error::{IoContext, Result};
 
 pub fn write(
     path: &Path,
@@ -23,11 +24,11 @@ pub fn write(
     blobs: &Blobs,
 ) -> Result<()> {
     let [img] = image.images.as_slice() else {
-        return Err(Error::input(format!(
-            "docker-archive:{} holds one platform, but {} were built; use an oci: output for several",
-            path.display(),
-            image.images.len()
-        )));
+        return Err(ImageError::ArchivePlatforms {
+            path: path.to_path_buf(),
+            count: image.images.len(),
+        }
+        .into());
     };
     let parent = parent_dir(path);
     std::fs::create_dir_all(parent).io_context(|| format!("creating {}", parent.display()))?;
@@ -86,6 +87,13 @@ pub fn write(
         .into_inner()
         .map_err(|e| e.into_error())
         .io_context(|| "flushing archive".into())?;
+    // An output file, not a secret: readable like any file the user writes
+    // (the temp file starts 0600).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .io_context(|| format!("writing {}", path.display()))?;
+    }
     tmp.persist(path)
         .map_err(|e| e.error)
         .io_context(|| format!("writing {}", path.display()))?;

@@ -15,8 +15,9 @@ use super::{link_or_copy, parent_dir};
 use crate::blobs::Blobs;
 use crate::image::Assembled;
 use crate::manifest::{self, canonical_json, Desc, Document, OCI_INDEX};
+use crate::ImageError;
 use kiln_core::digest::Digest;
-use kiln_core::error::{Error, IoContext, Result};
+use kiln_core::error::{IoContext, Result};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Where the SBOMs of the images kiln wrote go, inside the layout directory.
@@ -34,10 +35,10 @@ pub fn check_target(dir: &Path) -> Result<()> {
     if is_empty_dir || dir.join("oci-layout").is_file() {
         return Ok(());
     }
-    Err(Error::input(format!(
-        "output oci:{} exists and is not an OCI layout; refusing to overwrite it",
-        dir.display()
-    )))
+    Err(ImageError::NotLayoutTarget {
+        dir: dir.to_path_buf(),
+    }
+    .into())
 }
 
 /// Write the layout; `sboms` are `(file name, bytes)` put in `DIR/sbom/`
@@ -137,10 +138,10 @@ fn carried_over(dir: &Path, tags: &[String]) -> Result<Vec<Desc>> {
     let Document::Index(entries) =
         manifest::parse(&bytes, &format!("{}/index.json", dir.display()))?
     else {
-        return Err(Error::input(format!(
-            "{}/index.json is not an index",
-            dir.display()
-        )));
+        return Err(ImageError::OutputNotIndexed {
+            dir: dir.to_path_buf(),
+        }
+        .into());
     };
     Ok(entries
         .into_iter()

@@ -11,12 +11,13 @@ use crate::blobs::{Blobs, Origin};
 use crate::image::Assembled;
 use crate::manifest::{canonical_json, Desc, OCI_INDEX, OCI_MANIFEST};
 use crate::registry::Registry;
+use crate::ImageError;
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, Result};
 use kiln_core::progress::Progress;
 
 /// The config of an artifact manifest: `{}` (OCI 1.1's empty descriptor).
-pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const ANN_CREATED: &str = "org.opencontainers.image.created";
 const ANN_TITLE: &str = "org.opencontainers.image.title";
 
@@ -183,10 +184,10 @@ fn add_to_referrers_tag(
         Some((bytes, _)) => {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if !v.get("manifests").is_some_and(Value::is_array) {
-                return Err(Error::input(format!(
-                    "{}: the referrers tag holds something other than an image index; not overwriting it",
-                    r.whole()
-                )));
+                return Err(ImageError::ReferrersTagNotIndex {
+                    reference: r.whole(),
+                }
+                .into());
             }
             v
         }
@@ -234,9 +235,14 @@ fn push_blob(
 }
 
 pub fn tag_ref(repo: &str, tag: &str) -> Result<Reference> {
-    format!("{repo}:{tag}")
-        .parse()
-        .map_err(|e| Error::input(format!("invalid push reference {repo}:{tag}: {e}")))
+    format!("{repo}:{tag}").parse().map_err(|source| {
+        ImageError::InvalidPushReference {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+            source,
+        }
+        .into()
+    })
 }
 
 fn digest_ref(r: &Reference, d: &Digest) -> Reference {

@@ -13,7 +13,8 @@ use base64::Engine;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
-use kiln_core::error::{Error, Result};
+use crate::RegistryError;
+use kiln_core::error::Result;
 
 #[derive(Deserialize, Default)]
 struct DockerConfig {
@@ -59,17 +60,17 @@ fn normalize_key(key: &str) -> &str {
 
 /// Credentials for `registry` (as written in the reference, e.g. `docker.io`, `127.0.0.1:5000`).
 pub fn credentials_for(registry: &str) -> Result<RegistryAuth> {
+    Ok(lookup(registry)?)
+}
+
+fn lookup(registry: &str) -> std::result::Result<RegistryAuth, RegistryError> {
     let user = std::env::var("KILN_REGISTRY_USERNAME")
         .ok()
         .filter(|s| !s.is_empty());
     let pass = std::env::var("KILN_REGISTRY_PASSWORD").ok();
     match (user, pass) {
         (Some(u), Some(p)) => return Ok(RegistryAuth::Basic(u, p)),
-        (Some(_), None) => {
-            return Err(Error::input(
-                "KILN_REGISTRY_USERNAME is set but KILN_REGISTRY_PASSWORD is not",
-            ))
-        }
+        (Some(_), None) => return Err(RegistryError::PasswordMissing),
         _ => {}
     }
     let Some(path) = docker_config_path() else {
@@ -79,12 +80,11 @@ pub fn credentials_for(registry: &str) -> Result<RegistryAuth> {
         Ok(t) => t,
         Err(_) => return Ok(RegistryAuth::Anonymous),
     };
-    let cfg: DockerConfig = serde_json::from_str(&text).map_err(|e| {
-        Error::input(format!(
-            "cannot parse Docker config {}: {e}",
-            path.display()
-        ))
-    })?;
+    let cfg: DockerConfig =
+        serde_json::from_str(&text).map_err(|source| RegistryError::DockerConfig {
+            path: path.clone(),
+            source,
+        })?;
     let aliases: &[&str] = if registry == "docker.io" {
         &["docker.io", "index.docker.io", "registry-1.docker.io"]
     } else {
@@ -108,26 +108,18 @@ pub fn credentials_for(registry: &str) -> Result<RegistryAuth> {
             return Ok(RegistryAuth::Basic(u.clone(), p.clone()));
         }
         if let Some(auth) = &entry.auth {
+            let bad = |problem| RegistryError::AuthEntry {
+                path: path.clone(),
+                key: key.clone(),
+                problem,
+            };
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|_| {
-                    Error::input(format!(
-                        "{}: auths entry for {key} is not valid base64",
-                        path.display()
-                    ))
-                })?;
-            let raw = String::from_utf8(raw).map_err(|_| {
-                Error::input(format!(
-                    "{}: auths entry for {key} is not UTF-8",
-                    path.display()
-                ))
-            })?;
-            let (u, p) = raw.split_once(':').ok_or_else(|| {
-                Error::input(format!(
-                    "{}: auths entry for {key} is not user:password",
-                    path.display()
-                ))
-            })?;
+                .map_err(|_| bad("not valid base64"))?;
+            let raw = String::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
+            let (u, p) = raw
+                .split_once(':')
+                .ok_or_else(|| bad("not user:password"))?;
             return Ok(RegistryAuth::Basic(u.to_string(), p.to_string()));
         }
     }
@@ -140,7 +132,7 @@ pub fn credentials_for(registry: &str) -> Result<RegistryAuth> {
         return match run_helper(store, key) {
             Ok(a) => Ok(a),
             // A store that does not know the registry means: anonymous.
-            Err(Error::Auth(_)) => Ok(RegistryAuth::Anonymous),
+            Err(RegistryError::HelperNoCredentials { .. }) => Ok(RegistryAuth::Anonymous),
             Err(e) => Err(e),
         };
     }
@@ -148,7 +140,7 @@ pub fn credentials_for(registry: &str) -> Result<RegistryAuth> {
 }
 
 /// `docker-credential-<helper> get`, server URL on stdin, JSON on stdout.
-fn run_helper(helper: &str, server: &str) -> Result<RegistryAuth> {
+fn run_helper(helper: &str, server: &str) -> std::result::Result<RegistryAuth, RegistryError> {
     let bin = format!("docker-credential-{helper}");
     let mut child = Command::new(&bin)
         .arg("get")
@@ -156,20 +148,27 @@ fn run_helper(helper: &str, server: &str) -> Result<RegistryAuth> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| Error::input(format!("cannot run credential helper {bin}: {e}")))?;
+        .map_err(|source| RegistryError::HelperNotRunnable {
+            helper: bin.clone(),
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::input(format!("credential helper {bin} failed: {e}")))?;
+        .map_err(|source| RegistryError::HelperFailed {
+            helper: bin.clone(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(Error::Auth(format!(
-            "credential helper {bin} has no credentials for {server}"
-        )));
+        return Err(RegistryError::HelperNoCredentials {
+            helper: bin,
+            server: server.to_string(),
+        });
     }
     let reply: HelperReply = serde_json::from_slice(&out.stdout)
-        .map_err(|_| Error::input(format!("credential helper {bin} gave an unreadable answer")))?;
+        .map_err(|_| RegistryError::HelperUnreadable { helper: bin })?;
     if reply.username == "<token>" {
         Ok(RegistryAuth::Bearer(reply.secret))
     } else {

@@ -22,13 +22,14 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use crate::RegistryError;
 use kiln_core::digest::Digest;
-use kiln_core::error::{with_causes, Error, IoContext, Result};
+use kiln_core::error::{Error, ErrorKind, IoContext, Result};
 use kiln_spec::source::is_loopback_registry;
 use kiln_store::cache::Cache;
 
 /// Manifest media types we accept when pulling.
-pub const MANIFEST_TYPES: &[&str] = &[
+const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -37,7 +38,30 @@ pub const MANIFEST_TYPES: &[&str] = &[
 
 /// Blobs above this size are streamed from disk in chunks instead of read into memory.
 const STREAM_THRESHOLD: u64 = 16 << 20;
-const ATTEMPTS: u32 = 4;
+/// The first wait before a retry; it doubles up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+const MAX_DELAY: Duration = Duration::from_secs(8);
+/// How often a refusal of the credentials is retried (see [`Registry::run`]).
+const REFUSALS_RETRIED: u32 = 2;
+/// How long one registry operation is retried, unless `KILN_RETRY_DEADLINE`
+/// (seconds) says otherwise.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+
+fn retry_deadline() -> Duration {
+    std::env::var("KILN_RETRY_DEADLINE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_DEADLINE, Duration::from_secs)
+}
+
+/// Between half and all of `d`, so clients that failed together do not
+/// retry together (the clock's nanoseconds are random enough for that).
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d / 2 + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
 
 pub struct Registry {
     client: Client,
@@ -88,36 +112,56 @@ impl Registry {
         Ok(a)
     }
 
-    /// Run `op` with retries on transient failures, blocking.
-    fn run<T, F, Fut>(&self, what: &str, r: &Reference, op: F) -> Result<T>
+    /// Run `op` with retries, blocking. Connection failures, cut bodies,
+    /// 408/429/5xx are retried with capped exponential backoff and jitter
+    /// (429 waits at least a second) until [`retry_deadline`] has passed. A
+    /// refusal of the credentials is retried twice too: oci-client goes on
+    /// without a token when its `/v2/` ping fails (a 503 there looks like a
+    /// registry without auth), and the next request is then refused; only a
+    /// refusal that persists is an authentication error.
+    fn run<T, F, Fut>(&self, what: &'static str, r: &Reference, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
     {
         let auth = self.auth(r)?;
+        let deadline = retry_deadline();
         self.rt.block_on(async {
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &auth)
                 .await;
-            let mut delay = Duration::from_millis(250);
-            let mut attempt = 1;
+            let start = std::time::Instant::now();
+            let mut delay = FIRST_DELAY;
+            let mut refusals = 0;
             loop {
-                match op().await {
+                let e = match op().await {
                     Ok(v) => return Ok(v),
-                    Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 3;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(classify(e, what, r)),
+                    Err(e) => e,
+                };
+                let refused = is_refusal(&e);
+                let again = if refused {
+                    refusals += 1;
+                    refusals <= REFUSALS_RETRIED
+                } else {
+                    is_transient(&e)
+                };
+                let wait = jittered(delay).max(if is_rate_limited(&e) {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                });
+                if !again || start.elapsed() + wait > deadline {
+                    return Err(classify(e, what, r).into());
                 }
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(MAX_DELAY);
             }
         })
     }
 
     /// Fetch a manifest (or index) as raw bytes with its digest. When the
     /// reference names a digest, the bytes are checked against it.
-    pub fn pull_manifest(&self, r: &Reference) -> Result<(Vec<u8>, Digest)> {
+    pub(crate) fn pull_manifest(&self, r: &Reference) -> Result<(Vec<u8>, Digest)> {
         let auth = self.auth(r)?;
         let (bytes, _) = self.run("pulling manifest", r, || {
             self.client.pull_manifest_raw(r, &auth, MANIFEST_TYPES)
@@ -125,10 +169,12 @@ impl Registry {
         let digest = Digest::of(&bytes);
         if let Some(want) = r.digest() {
             if want != digest.to_string() {
-                return Err(Error::network(format!(
-                    "manifest of {} has digest {digest}, expected {want}",
-                    r.whole()
-                )));
+                return Err(RegistryError::ManifestDigest {
+                    reference: r.whole(),
+                    expected: want.to_string(),
+                    actual: digest,
+                }
+                .into());
             }
         }
         Ok((bytes.to_vec(), digest))
@@ -136,7 +182,7 @@ impl Registry {
 
     /// Like [`Registry::pull_manifest`], but a manifest or tag that does not
     /// exist is `None` instead of an error.
-    pub fn pull_manifest_opt(&self, r: &Reference) -> Result<Option<(Vec<u8>, Digest)>> {
+    pub(crate) fn pull_manifest_opt(&self, r: &Reference) -> Result<Option<(Vec<u8>, Digest)>> {
         let auth = self.auth(r)?;
         let got = self.run("pulling manifest", r, || async {
             match self
@@ -159,7 +205,11 @@ impl Registry {
     /// their subject and have `artifact_type`: from the referrers API, or,
     /// where the registry has none (404), from the referrers tag schema
     /// (`sha256-<hex>`), as oci-client's `pull_referrers` implements it.
-    pub fn referrers(&self, subject: &Reference, artifact_type: &str) -> Result<Vec<String>> {
+    pub(crate) fn referrers(
+        &self,
+        subject: &Reference,
+        artifact_type: &str,
+    ) -> Result<Vec<String>> {
         let index = self.run("listing referrers", subject, || {
             self.client.pull_referrers(subject, Some(artifact_type))
         })?;
@@ -167,7 +217,7 @@ impl Registry {
     }
 
     /// Download a blob into the cache, verified against its digest.
-    pub fn fetch_blob(
+    pub(crate) fn fetch_blob(
         &self,
         r: &Reference,
         digest: &Digest,
@@ -199,13 +249,13 @@ impl Registry {
         })
     }
 
-    pub fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool> {
+    pub(crate) fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool> {
         let d = digest.to_string();
         self.run("checking blob", r, || self.client.blob_exists(r, &d))
     }
 
     /// Cross-repository mount; `false` when the registry declined (then upload).
-    pub fn mount_blob(
+    pub(crate) fn mount_blob(
         &self,
         target: &Reference,
         source: &Reference,
@@ -216,13 +266,20 @@ impl Registry {
             self.client.mount_blob(target, source, &d)
         }) {
             Ok(()) => Ok(true),
-            Err(Error::Auth(m)) => Err(Error::Auth(m)),
+            // Refused credentials fail the push; any other refusal means: upload.
+            Err(e) if e.kind() == ErrorKind::Auth => Err(e),
             Err(_) => Ok(false),
         }
     }
 
     /// Upload a blob from a file; large blobs go in chunks without being read into memory.
-    pub fn push_blob(&self, r: &Reference, path: &Path, digest: &Digest, size: u64) -> Result<()> {
+    pub(crate) fn push_blob(
+        &self,
+        r: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         let d = digest.to_string();
         if size <= STREAM_THRESHOLD {
             let data = bytes::Bytes::from(
@@ -243,7 +300,12 @@ impl Registry {
         Ok(())
     }
 
-    pub fn push_manifest(&self, r: &Reference, bytes: &[u8], media_type: &str) -> Result<()> {
+    pub(crate) fn push_manifest(
+        &self,
+        r: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<()> {
         let ct: http::HeaderValue = media_type
             .parse()
             .map_err(|_| Error::internal(format!("bad media type {media_type}")))?;
@@ -291,20 +353,59 @@ fn file_chunks(
     })
 }
 
+/// Worth another try: the connection failed or was cut (before or during
+/// the response), or the registry said 408, 429 or 5xx.
 fn is_transient(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(r) => {
             r.is_connect()
                 || r.is_timeout()
                 || r.is_body()
-                || r.status().is_some_and(|s| s.is_server_error())
+                || r.is_request()
+                || r.is_decode()
+                || r.status()
+                    .is_some_and(|s| s.is_server_error() || matches!(s.as_u16(), 408 | 429))
         }
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::ServerError { code, .. } => {
+            *code >= 500 || *code == 429 || *code == 408
+        }
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
             .iter()
             .any(|e| e.code == OciErrorCode::Toomanyrequests),
         OciDistributionError::IoError(_) => true,
+        // A response cut short can leave half a JSON document.
+        OciDistributionError::ManifestParsingError(_)
+        | OciDistributionError::RegistryNoLocationError => true,
+        _ => false,
+    }
+}
+
+fn is_rate_limited(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code == 429,
+        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 429),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests),
+        _ => false,
+    }
+}
+
+/// The registry refused the credentials (or asked for some).
+fn is_refusal(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403),
+        OciDistributionError::RequestError(r) => {
+            r.status().is_some_and(|s| matches!(s.as_u16(), 401 | 403))
+        }
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
         _ => false,
     }
 }
@@ -329,55 +430,207 @@ fn is_not_found(e: &OciDistributionError) -> bool {
     }
 }
 
-fn classify(e: OciDistributionError, what: &str, r: &Reference) -> Error {
-    let whole = r.whole();
-    let not_found = || {
-        Error::input(format!(
-            "{what} {whole}: not found in registry {}",
-            r.registry()
-        ))
+/// Who has to act on a registry failure (after retries): a refusal of the
+/// credentials, a name that does not exist, or the network.
+fn classify(e: OciDistributionError, op: &'static str, r: &Reference) -> RegistryError {
+    let reference = r.whole();
+    let registry = r.registry().to_string();
+    let status = match &e {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::RequestError(re) => re.status().map(|s| s.as_u16()),
+        _ => None,
     };
-    let denied = || {
-        Error::Auth(format!(
-            "{what} {whole}: registry {} refused the credentials (check KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD or your Docker config)",
-            r.registry()
-        ))
-    };
-    match &e {
+    let denied = match &e {
         OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => denied(),
-        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                denied()
-            } else if codes.iter().any(|c| {
+        | OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => matches!(status, Some(401 | 403)),
+    };
+    let not_found = match &e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        _ => status == Some(404),
+    };
+    let unreachable =
+        matches!(&e, OciDistributionError::RequestError(re) if re.is_connect() || re.is_timeout());
+    if denied {
+        RegistryError::Denied {
+            op,
+            reference,
+            registry,
+        }
+    } else if not_found {
+        RegistryError::NotFound {
+            op,
+            reference,
+            registry,
+        }
+    } else if unreachable {
+        RegistryError::Unreachable {
+            op,
+            reference,
+            source: e,
+        }
+    } else {
+        RegistryError::Failed {
+            op,
+            reference,
+            status,
+            source: e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::errors::OciEnvelope;
+
+    const REF: &str = "registry.example:5000/team/app:1.0";
+
+    fn server(code: u16) -> OciDistributionError {
+        OciDistributionError::ServerError {
+            code,
+            url: "https://registry.example:5000/v2/team/app/manifests/1.0".into(),
+            message: String::new(),
+        }
+    }
+
+    fn envelope(code: &str) -> OciDistributionError {
+        let envelope: OciEnvelope = serde_json::from_str(&format!(
+            r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#
+        ))
+        .unwrap();
+        OciDistributionError::RegistryError {
+            envelope,
+            url: "https://registry.example:5000/v2/".into(),
+        }
+    }
+
+    /// What `Registry::run` returns for `e` (after its retries).
+    fn failed(e: OciDistributionError, op: &'static str) -> Error {
+        classify(e, op, &REF.parse().unwrap()).into()
+    }
+
+    #[test]
+    fn refused_credentials_are_auth_errors() {
+        for e in [
+            server(401),
+            server(403),
+            envelope("DENIED"),
+            envelope("UNAUTHORIZED"),
+            OciDistributionError::UnauthorizedError {
+                url: "https://registry.example:5000/v2/".into(),
+            },
+            OciDistributionError::AuthenticationFailure("bad token".into()),
+        ] {
+            let err = failed(e, "pulling manifest");
+            assert!(
                 matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                not_found()
-            } else {
-                Error::network(format!("{what} {whole}: {}", with_causes(&e)))
-            }
+                    err.downcast_ref::<RegistryError>(),
+                    Some(RegistryError::Denied { op: "pulling manifest", registry, .. })
+                        if registry == "registry.example:5000"
+                ),
+                "{err:?}"
+            );
+            assert_eq!(err.exit_code(), 4);
+            assert_eq!(
+                err.to_string(),
+                format!("pulling manifest {REF}: registry registry.example:5000 refused the credentials (check KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD or your Docker config)")
+            );
         }
-        OciDistributionError::ServerError { code, .. } if *code == 401 || *code == 403 => denied(),
-        OciDistributionError::ServerError { code: 404, .. } => not_found(),
-        OciDistributionError::RequestError(re)
-            if matches!(re.status().map(|s| s.as_u16()), Some(401 | 403)) =>
-        {
-            denied()
+    }
+
+    #[test]
+    fn missing_names_are_input_errors() {
+        for e in [
+            server(404),
+            envelope("MANIFEST_UNKNOWN"),
+            envelope("NAME_UNKNOWN"),
+            envelope("BLOB_UNKNOWN"),
+            OciDistributionError::ImageManifestNotFoundError("x".into()),
+        ] {
+            let err = failed(e, "pulling manifest");
+            assert!(
+                matches!(
+                    err.downcast_ref::<RegistryError>(),
+                    Some(RegistryError::NotFound { .. })
+                ),
+                "{err:?}"
+            );
+            assert_eq!(err.exit_code(), 2);
+            assert_eq!(
+                err.to_string(),
+                format!("pulling manifest {REF}: not found in registry registry.example:5000")
+            );
         }
-        OciDistributionError::RequestError(re) if re.status().map(|s| s.as_u16()) == Some(404) => {
-            not_found()
-        }
-        _ => Error::network(format!("{what} {whole}: {}", with_causes(&e))),
+    }
+
+    #[test]
+    fn server_failures_are_network_errors_with_their_status() {
+        let err = failed(server(503), "pushing blob");
+        assert!(
+            matches!(
+                err.downcast_ref::<RegistryError>(),
+                Some(RegistryError::Failed {
+                    op: "pushing blob",
+                    status: Some(503),
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert!(err
+            .to_string()
+            .starts_with(&format!("pushing blob {REF}: Server error:")));
+        let err = failed(envelope("TOOMANYREQUESTS"), "pushing blob");
+        assert!(matches!(
+            err.downcast_ref::<RegistryError>(),
+            Some(RegistryError::Failed { status: None, .. })
+        ));
+        assert_eq!(err.exit_code(), 3);
+        assert!(is_transient(&server(503)) && is_transient(&envelope("TOOMANYREQUESTS")));
+        assert!(!is_transient(&server(401)) && !is_transient(&server(404)));
+    }
+
+    #[test]
+    fn connection_refused_is_unreachable() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/")).unwrap_err();
+        assert!(refused.is_connect());
+        let e = OciDistributionError::RequestError(refused);
+        assert!(is_transient(&e));
+        let err = failed(e, "checking blob");
+        assert!(
+            matches!(
+                err.downcast_ref::<RegistryError>(),
+                Some(RegistryError::Unreachable {
+                    op: "checking blob",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 3);
+        assert!(err
+            .to_string()
+            .starts_with(&format!("checking blob {REF}: ")));
     }
 }

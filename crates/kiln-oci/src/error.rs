@@ -1,0 +1,331 @@
+//! What talking to registries ([`RegistryError`]) and reading or writing
+//! images ([`ImageError`]) fail with. Credentials never appear in either.
+
+use std::io;
+use std::path::PathBuf;
+
+use oci_client::errors::OciDistributionError;
+
+use kiln_core::error::with_causes;
+use kiln_core::{Classify, Digest, ErrorKind, Platform};
+
+/// A registry, its credentials, or the lack of one (`--offline`).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry refused our credentials (or their absence).
+    #[error("{op} {reference}: registry {registry} refused the credentials (check KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD or your Docker config)")]
+    Denied {
+        op: &'static str,
+        reference: String,
+        registry: String,
+    },
+
+    /// The manifest, tag, blob or repository does not exist there.
+    #[error("{op} {reference}: not found in registry {registry}")]
+    NotFound {
+        op: &'static str,
+        reference: String,
+        registry: String,
+    },
+
+    /// No answer: connection refused, DNS, TLS, timeout (after retries).
+    #[error("{op} {reference}: {}", with_causes(source))]
+    Unreachable {
+        op: &'static str,
+        reference: String,
+        source: OciDistributionError,
+    },
+
+    /// Any other failure the registry reported (after retries), with the
+    /// HTTP status when there was one.
+    #[error("{op} {reference}: {}", with_causes(source))]
+    Failed {
+        op: &'static str,
+        reference: String,
+        status: Option<u16>,
+        source: OciDistributionError,
+    },
+
+    /// The manifest a digest reference named arrived with another digest.
+    #[error("manifest of {reference} has digest {actual}, expected {expected}")]
+    ManifestDigest {
+        reference: String,
+        expected: String,
+        actual: Digest,
+    },
+
+    /// `--offline` (no registry), and the manifest is not cached.
+    #[error("offline: the manifest of {reference} is not in the cache")]
+    OfflineManifest { reference: String },
+
+    /// `--offline` (no registry), and the blob is not cached; `hint`: say
+    /// how to fill the cache.
+    #[error("offline: blob {digest} of {image} is not in the cache{}", if *hint { " (run `kiln fetch` or `kiln cache import` first)" } else { "" })]
+    OfflineBlob {
+        digest: Digest,
+        image: String,
+        hint: bool,
+    },
+
+    #[error("KILN_REGISTRY_USERNAME is set but KILN_REGISTRY_PASSWORD is not")]
+    PasswordMissing,
+
+    #[error("cannot parse Docker config {}: {source}", path.display())]
+    DockerConfig {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+
+    /// An `auths` entry of the Docker config that is not base64 of `user:password`.
+    #[error("{}: auths entry for {key} is {problem}", path.display())]
+    AuthEntry {
+        path: PathBuf,
+        key: String,
+        /// `not valid base64`, `not UTF-8`, `not user:password`.
+        problem: &'static str,
+    },
+
+    #[error("cannot run credential helper {helper}: {source}")]
+    HelperNotRunnable { helper: String, source: io::Error },
+
+    #[error("credential helper {helper} failed: {source}")]
+    HelperFailed { helper: String, source: io::Error },
+
+    /// The helper (or credential store) knows nothing for this registry.
+    #[error("credential helper {helper} has no credentials for {server}")]
+    HelperNoCredentials { helper: String, server: String },
+
+    #[error("credential helper {helper} gave an unreadable answer")]
+    HelperUnreadable { helper: String },
+}
+
+impl Classify for RegistryError {
+    fn kind(&self) -> ErrorKind {
+        use RegistryError::*;
+        match self {
+            Denied { .. } | HelperNoCredentials { .. } => ErrorKind::Auth,
+            Unreachable { .. }
+            | Failed { .. }
+            | ManifestDigest { .. }
+            | OfflineManifest { .. }
+            | OfflineBlob { .. } => ErrorKind::Network,
+            NotFound { .. }
+            | PasswordMissing
+            | DockerConfig { .. }
+            | AuthEntry { .. }
+            | HelperNotRunnable { .. }
+            | HelperFailed { .. }
+            | HelperUnreadable { .. } => ErrorKind::Input,
+        }
+    }
+}
+
+impl From<RegistryError> for kiln_core::Error {
+    fn from(e: RegistryError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}
+
+/// Which document did not parse (the words of the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// Not JSON at all.
+    Json,
+    Index,
+    Manifest,
+    Config,
+    /// A docker-archive's `manifest.json`.
+    ArchiveManifest,
+}
+
+impl std::fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DocumentKind::Json => "not valid JSON",
+            DocumentKind::Index => "invalid image index",
+            DocumentKind::Manifest => "invalid image manifest",
+            DocumentKind::Config => "invalid image config",
+            DocumentKind::ArchiveManifest => "invalid manifest.json",
+        })
+    }
+}
+
+/// An image, OCI layout or docker-archive that is not what kiln needs, or an
+/// output it may not write. `what` names the image as the user wrote it
+/// (`oci:DIR:TAG`, `docker-archive:FILE`, a reference). All bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A manifest, index, config or `manifest.json` that does not parse.
+    #[error("{what}: {document}: {source}")]
+    Unparsable {
+        what: String,
+        document: DocumentKind,
+        source: serde_json::Error,
+    },
+
+    #[error(
+        "{what}: neither an image manifest nor an index (schema 1 manifests are not supported)"
+    )]
+    NotManifestOrIndex { what: String },
+
+    #[error("{what}: an index inside an index is not supported")]
+    NestedIndex { what: String },
+
+    /// The base has no image for a requested platform.
+    #[error("{what} has no image for platform {requested} (it has: {available})")]
+    PlatformMissing {
+        what: String,
+        requested: Platform,
+        /// `os/arch[/variant], ...`
+        available: String,
+    },
+
+    /// A single-platform base (`single`), or a docker-archive, is for another platform.
+    #[error("{what} is {}image for {has}, but {requested} was requested", if *single { "a single-platform " } else { "an " })]
+    PlatformMismatch {
+        what: String,
+        has: Platform,
+        requested: Platform,
+        single: bool,
+    },
+
+    /// A single-platform base for a build of several platforms.
+    #[error("{what} is a single-platform image; it cannot be the base of {requested} platforms")]
+    SinglePlatform { what: String, requested: usize },
+
+    /// The config's `diff_ids` and the layers (of the manifest, or of a
+    /// docker-archive's `manifest.json`) do not pair up.
+    #[error("{what}: {}", if *in_archive { format!("{layers} layers but {diff_ids} diff_ids") } else { format!("config lists {diff_ids} diff_ids but the manifest has {layers} layers") })]
+    LayerCount {
+        what: String,
+        layers: usize,
+        diff_ids: usize,
+        in_archive: bool,
+    },
+
+    #[error("{what}: not an OCI layout (cannot read {}: {source})", index.display())]
+    NotALayout {
+        what: String,
+        index: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("{what}: index.json is not an image index")]
+    LayoutNotIndexed { what: String },
+
+    /// `oci:DIR:TAG` with a tag the layout does not have.
+    #[error("{what}: no image tagged `{tag}` in {}", index.display())]
+    TagNotFound {
+        what: String,
+        tag: String,
+        index: PathBuf,
+        /// The tags the layout has.
+        tags: Vec<String>,
+    },
+
+    /// `oci:DIR` without a tag, and the layout holds several images.
+    #[error("{what}: the layout holds {count} images; name one as oci:DIR:TAG")]
+    AmbiguousLayout {
+        what: String,
+        count: usize,
+        /// The tags the layout has.
+        tags: Vec<String>,
+    },
+
+    /// A blob a layout's manifests name is not in it (when loading the base).
+    #[error("{what}: missing blob {digest}: {source}")]
+    MissingBlob {
+        what: String,
+        digest: Digest,
+        source: io::Error,
+    },
+
+    /// A layer blob of a layout base is gone (when an output needs it).
+    #[error("OCI layout {}: blob {digest} is missing: {source}", dir.display())]
+    LayoutBlobMissing {
+        dir: PathBuf,
+        digest: Digest,
+        source: io::Error,
+    },
+
+    /// A layout's manifest or blob whose bytes are not what its digest says.
+    #[error("{what}: {item} {digest} does not match its digest")]
+    DigestMismatch {
+        what: String,
+        /// `manifest` or `blob`.
+        item: &'static str,
+        digest: Digest,
+    },
+
+    /// A docker-archive that cannot be opened or read as tar, or a layer in
+    /// it that does not decompress.
+    #[error("{what}: {problem}: {source}")]
+    UnreadableArchive {
+        what: String,
+        /// `cannot open`, `not a tar archive`, `corrupt archive`, `corrupt compressed layer`.
+        problem: &'static str,
+        source: io::Error,
+    },
+
+    #[error("{what}: no manifest.json: not a docker-archive")]
+    NotDockerArchive { what: String },
+
+    /// A docker-archive with no image, or with several.
+    #[error("{what}: {}", if *count == 0 { "manifest.json lists no image".to_string() } else { format!("holds {count} images; kiln reads archives with one") })]
+    ArchiveImageCount { what: String, count: usize },
+
+    /// A docker-archive member path that would leave the archive (`..`, absolute).
+    #[error("{what}: refusing unsafe member path `{path}` in manifest.json")]
+    UnsafeMember { what: String, path: String },
+
+    /// A config or layer `manifest.json` names but the archive lacks.
+    #[error("{what}: {item} {name} missing from the archive")]
+    MissingMember {
+        what: String,
+        /// `config` or `layer`.
+        item: &'static str,
+        name: String,
+    },
+
+    #[error("{what}: layer content {actual} does not match diff_id {diff_id}")]
+    DiffIdMismatch {
+        what: String,
+        actual: Digest,
+        diff_id: Digest,
+    },
+
+    /// A docker-archive output for a build of several platforms.
+    #[error("docker-archive:{} holds one platform, but {count} were built; use an oci: output for several", path.display())]
+    ArchivePlatforms { path: PathBuf, count: usize },
+
+    /// `oci:DIR` output where DIR is something else.
+    #[error("output oci:{} exists and is not an OCI layout; refusing to overwrite it", dir.display())]
+    NotLayoutTarget { dir: PathBuf },
+
+    /// The existing layout of an `oci:DIR` output has an `index.json` that is no index.
+    #[error("{}/index.json is not an index", dir.display())]
+    OutputNotIndexed { dir: PathBuf },
+
+    #[error("invalid push reference {repo}:{tag}: {source}")]
+    InvalidPushReference {
+        repo: String,
+        tag: String,
+        source: oci_client::ParseError,
+    },
+
+    /// The referrers tag (`sha256-<hex>`) holds something kiln will not overwrite.
+    #[error("{reference}: the referrers tag holds something other than an image index; not overwriting it")]
+    ReferrersTagNotIndex { reference: String },
+}
+
+impl Classify for ImageError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Input
+    }
+}
+
+impl From<ImageError> for kiln_core::Error {
+    fn from(e: ImageError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}

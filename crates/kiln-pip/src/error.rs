@@ -1,0 +1,365 @@
+//! What the pip stage can fail with, by cause. Public functions return
+//! [`kiln_core::Result`]; the cause travels inside it and is found again with
+//! `err.downcast_ref::<PipError>()`.
+//!
+//! URLs in these errors are stored already redacted
+//! ([`kiln_store::http::redact`]): no message shows credentials.
+
+use std::path::PathBuf;
+
+use kiln_core::digest::Digest;
+use kiln_core::error::{Classify, ErrorKind};
+use kiln_fs::probe::Libc;
+
+/// At most this many file names are listed when no wheel fits.
+const FILES_SHOWN: usize = 12;
+
+/// Why the pip stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipError {
+    // --- the image's interpreter and the target ---
+    /// No `python3.N` with its standard library under any of `prefixes`.
+    #[error(
+        "[pip] needs a Python interpreter in the image; none found at {} \
+         (use a base image with Python, e.g. a Debian base with python3 installed)",
+        prefixes.iter().map(|p| format!("{p}/bin/python3.N with {p}/lib/python3.N/os.py")).collect::<Vec<_>>().join(" or ")
+    )]
+    NoInterpreter {
+        /// Interpreter prefixes searched, in order (`/usr/local`, `/usr`, or the conda prefix).
+        prefixes: Vec<String>,
+    },
+    /// `[pip] target` is neither `system`, a conda prefix nor an absolute venv path.
+    #[error(
+        "[pip] target = \"{target}\": expected \"system\" or an absolute venv path such as \"/opt/venv\""
+    )]
+    InvalidTarget { target: String },
+
+    // --- requirements and where packages come from ---
+    /// A requirement (spec entry or requirements-file line) does not parse.
+    #[error(
+        "{origin}: {}`{requirement}`: {detail}",
+        if *wheel_path { "" } else { "invalid requirement " }
+    )]
+    InvalidRequirement {
+        /// `[pip] packages`, `kiln.lock`, or `file:line`.
+        origin: String,
+        requirement: String,
+        detail: String,
+        /// Written as a bare wheel path or URL.
+        wheel_path: bool,
+    },
+    /// `--hash=` with another algorithm than sha256.
+    #[error("{origin}: `{token}`: only sha256 hashes are supported")]
+    UnsupportedHash { origin: String, token: String },
+    /// A requirements file cannot be read.
+    #[error("[pip] requirements file {}: {detail}", path.display())]
+    RequirementsFile { path: PathBuf, detail: String },
+    /// `-r`/`-c` nest deeper than any sane set of files (a cycle).
+    #[error(
+        "{}: requirements files include each other too deeply (a cycle?)",
+        path.display()
+    )]
+    RequirementsTooDeep { path: PathBuf },
+    /// `-e`: would need a source build.
+    #[error(
+        "{origin}: editable requirements (`-e`) need a source build; kiln installs wheels only"
+    )]
+    Editable { origin: String },
+    /// A requirements-file option kiln does not implement.
+    #[error("{origin}: unsupported option `{option}` in a requirements file")]
+    UnsupportedOption { origin: String, option: String },
+    /// A URL or path requirement that is not a wheel (an sdist, a directory...).
+    #[error(
+        "{origin}: `{url}` is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)"
+    )]
+    NotAWheel {
+        origin: String,
+        /// Redacted.
+        url: String,
+    },
+    /// `no-index` without any `find-links`.
+    #[error("[pip] no package source: `no-index` is set but there is no `find-links` directory")]
+    NoPackageSource,
+    /// A find-links directory cannot be listed.
+    #[error("[pip] find-links {}: {detail}", path.display())]
+    FindLinks { path: PathBuf, detail: String },
+
+    // --- indexes ---
+    /// An index answered with a PEP 691 page that does not parse.
+    #[error("{url}: malformed simple-API JSON: {detail}")]
+    MalformedIndexPage {
+        /// Redacted.
+        url: String,
+        detail: String,
+    },
+    /// No index or find-links location knows the project.
+    #[error(
+        "[pip] package `{name}` was not found on {}; check the name, or set `index`/`find-links`",
+        if sources.is_empty() { "any configured source".to_string() } else { sources.join(", ") }
+    )]
+    PackageNotFound {
+        name: String,
+        /// Indexes then find-links locations asked, redacted.
+        sources: Vec<String>,
+    },
+
+    // --- resolution ---
+    /// Versions match the requirement, but none has a wheel for the target.
+    #[error(
+        "[pip] no compatible wheel for `{name}{specifier}` (required by {origin}) for CPython {python} on {machine} ({libc:?}).\n  \
+         tags tried: {tags}\n  files that exist: {}\n  \
+         kiln installs wheels only: build one (`pip wheel {name} -w wheelhouse/`) and add the directory to `find-links`",
+        files_shown(files)
+    )]
+    NoCompatibleWheel {
+        name: String,
+        /// The version specifiers asked for (empty: any).
+        specifier: String,
+        /// Who asked: where a requirement was written (`[pip] packages`,
+        /// `file:line`) or the distribution (`name version`).
+        origin: String,
+        /// The target's full version, `3.11.2`.
+        python: String,
+        machine: String,
+        libc: Libc,
+        /// Summary of the compatible tags, most preferred first.
+        tags: String,
+        /// Every file the sources offer for the project.
+        files: Vec<String>,
+    },
+    /// A `Requires-Dist` of a distribution's metadata does not parse.
+    #[error("[pip] {dist}: invalid Requires-Dist `{requirement}`: {detail}")]
+    InvalidRequiresDist {
+        /// `name version`.
+        dist: String,
+        requirement: String,
+        detail: String,
+    },
+    /// An extra name that is not a valid PEP 685 name.
+    #[error("[pip] {name}[{extra}]: {detail}")]
+    InvalidExtra {
+        name: String,
+        extra: String,
+        detail: String,
+    },
+    /// PubGrub proved that no set of versions satisfies the requirements.
+    #[error("[pip] the requirements cannot be satisfied:\n{explanation}")]
+    Unsatisfiable {
+        /// PubGrub's derivation, one line per step.
+        explanation: String,
+    },
+    /// The picked file's sha256 is not one the `--hash` options allow.
+    #[error(
+        "[pip] hash mismatch for `{name}`: {filename} has sha256:{actual}, the requirements allow only {}; \
+         update the --hash values or pin the version they were made for",
+        allowed.iter().map(|a| format!("sha256:{a}")).collect::<Vec<_>>().join(", ")
+    )]
+    HashMismatch {
+        name: String,
+        filename: String,
+        /// Hex sha256 the index gives for the file.
+        actual: String,
+        /// Hex sha256 values the requirements allow.
+        allowed: Vec<String>,
+    },
+
+    // --- distributions ---
+    /// Core metadata without `Name` or `Version`.
+    #[error("metadata has no Name or Version field")]
+    IncompleteMetadata,
+    /// A file name that does not follow the wheel naming convention.
+    #[error("`{filename}` is not a valid wheel file name")]
+    InvalidWheelName { filename: String },
+    /// A wheel kiln refuses to read or install.
+    #[error("wheel {wheel}{problem}")]
+    BadWheel {
+        /// The wheel's file name.
+        wheel: String,
+        problem: WheelProblem,
+    },
+    /// An entry point that is not `module:function`.
+    #[error("entry point `{spec}` is not `module:function`")]
+    InvalidEntryPoint { spec: String },
+
+    // --- kiln itself ---
+    /// uv refused the marker environment built for the target.
+    #[error("building the marker environment: {detail}")]
+    MarkerEnvironment { detail: String },
+    /// The resolver picked a version it has no file for.
+    #[error("{}", if *resolved { format!("resolved {name} {version} without a file") } else { format!("no file for {name} {version}") })]
+    NoFile {
+        name: String,
+        version: String,
+        /// Found after resolution (else while reading metadata).
+        resolved: bool,
+    },
+    /// `layer_groups` ran on a wheel `plan` did not download.
+    #[error("wheel {filename} ({sha256}) is not in the cache; run plan first")]
+    NotInCache { filename: String, sha256: Digest },
+}
+
+/// What is wrong with a wheel (follows `wheel <file name>`).
+#[derive(Debug, thiserror::Error)]
+pub enum WheelProblem {
+    /// The zip reader cannot open it.
+    #[error(" is not a valid zip file: {0}")]
+    NotZip(String),
+    /// The zip's directory or a member cannot be read.
+    #[error(": {0}")]
+    Unreadable(String),
+    #[error(" has no .dist-info/METADATA")]
+    NoMetadata,
+    /// A member name that could escape the install directory.
+    #[error(": member `{}` {why}; refusing to install it", member.escape_default())]
+    UnsafeName {
+        member: String,
+        /// `is an absolute path`, `contains `..` (path traversal)`...
+        why: &'static str,
+    },
+    #[error(": member `{member}` is a symlink; wheels may only contain regular files")]
+    Symlink { member: String },
+    #[error(": member `{member}` appears twice")]
+    Duplicate { member: String },
+    /// A member kiln does not read: encrypted, another compression, sizes
+    /// that cannot be right.
+    #[error(": member `{member}`: {detail}")]
+    UnsupportedMember { member: String, detail: String },
+    /// A member's content does not inflate to what the directory declares.
+    #[error(": reading `{member}`: {detail}")]
+    Corrupt { member: String, detail: String },
+    /// Two members (or a member and a file kiln writes) land on the same path.
+    #[error(": two members install to {path}")]
+    Conflict { path: String },
+    /// A `.data/` member outside any scheme directory.
+    #[error(": unexpected member `{member}`")]
+    UnexpectedMember { member: String },
+    #[error(": unknown data directory `{dir}`")]
+    UnknownDataDirectory { dir: String },
+    #[error(": script `{script}` is in a subdirectory")]
+    ScriptInSubdirectory { script: String },
+    #[error(": entry point name `{name}` is not a valid file name")]
+    BadScriptName { name: String },
+}
+
+fn files_shown(files: &[String]) -> String {
+    if files.is_empty() {
+        return "(none)".to_string();
+    }
+    let mut s = files[..files.len().min(FILES_SHOWN)].join(", ");
+    if files.len() > FILES_SHOWN {
+        s.push_str(&format!(" and {} more", files.len() - FILES_SHOWN));
+    }
+    s
+}
+
+impl Classify for PipError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PipError::MalformedIndexPage { .. } => ErrorKind::Network,
+            PipError::MarkerEnvironment { .. }
+            | PipError::NoFile { .. }
+            | PipError::NotInCache { .. } => ErrorKind::Internal,
+            PipError::NoInterpreter { .. }
+            | PipError::InvalidTarget { .. }
+            | PipError::InvalidRequirement { .. }
+            | PipError::UnsupportedHash { .. }
+            | PipError::RequirementsFile { .. }
+            | PipError::RequirementsTooDeep { .. }
+            | PipError::Editable { .. }
+            | PipError::UnsupportedOption { .. }
+            | PipError::NotAWheel { .. }
+            | PipError::NoPackageSource
+            | PipError::FindLinks { .. }
+            | PipError::PackageNotFound { .. }
+            | PipError::NoCompatibleWheel { .. }
+            | PipError::InvalidRequiresDist { .. }
+            | PipError::InvalidExtra { .. }
+            | PipError::Unsatisfiable { .. }
+            | PipError::HashMismatch { .. }
+            | PipError::IncompleteMetadata
+            | PipError::InvalidWheelName { .. }
+            | PipError::BadWheel { .. }
+            | PipError::InvalidEntryPoint { .. } => ErrorKind::Input,
+        }
+    }
+}
+
+impl From<PipError> for kiln_core::Error {
+    fn from(e: PipError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}
+
+impl PipError {
+    /// A wheel problem as a [`kiln_core::Error`].
+    pub(crate) fn wheel(wheel: &str, problem: WheelProblem) -> kiln_core::Error {
+        PipError::BadWheel {
+            wheel: wheel.to_string(),
+            problem,
+        }
+        .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_kinds() {
+        let files: Vec<String> = (0..14).map(|i| format!("f{i}.tar.gz")).collect();
+        let e = PipError::NoCompatibleWheel {
+            name: "x".into(),
+            specifier: ">=1".into(),
+            origin: "the [pip] requirements".into(),
+            python: "3.11.2".into(),
+            machine: "x86_64".into(),
+            libc: Libc::Unknown,
+            tags: "t".into(),
+            files,
+        };
+        let m = e.to_string();
+        assert!(m.starts_with("[pip] no compatible wheel for `x>=1` (required by the [pip] requirements) for CPython 3.11.2 on x86_64 (Unknown).\n  tags tried: t\n  files that exist: f0.tar.gz, "), "{m}");
+        assert!(m.contains("f11.tar.gz and 2 more\n"), "{m}");
+        assert!(!m.contains("f12"), "{m}");
+        assert_eq!(e.kind(), ErrorKind::Input);
+
+        let e = PipError::PackageNotFound {
+            name: "nope".into(),
+            sources: Vec::new(),
+        };
+        assert!(e
+            .to_string()
+            .contains("not found on any configured source;"));
+        let e = PipError::InvalidRequirement {
+            origin: "o".into(),
+            requirement: "r".into(),
+            detail: "d".into(),
+            wheel_path: false,
+        };
+        assert_eq!(e.to_string(), "o: invalid requirement `r`: d");
+        let e = PipError::BadWheel {
+            wheel: "w.whl".into(),
+            problem: WheelProblem::UnsafeName {
+                member: "a\tb".into(),
+                why: "is an absolute path",
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "wheel w.whl: member `a\\tb` is an absolute path; refusing to install it"
+        );
+        let e = PipError::NoFile {
+            name: "a".into(),
+            version: "1".into(),
+            resolved: true,
+        };
+        assert_eq!(e.to_string(), "resolved a 1 without a file");
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        let e = PipError::MalformedIndexPage {
+            url: "u".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(kiln_core::Error::from(e).kind(), ErrorKind::Network);
+    }
+}

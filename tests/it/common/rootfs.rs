@@ -1,0 +1,45 @@
+//! Unpacked root filesystems: metadata checks, and a busybox rootfs to build images from.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::{require_tool, Workspace};
+
+/// Metadata of a path inside an unpacked rootfs, without following symlinks.
+#[track_caller]
+pub fn stat(rootfs: &Path, path_in_image: &str) -> fs::Metadata {
+    let p = rootfs.join(path_in_image.trim_start_matches('/'));
+    fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{} missing in rootfs: {e}", path_in_image))
+}
+
+/// Assert permission bits, uid and gid of a path in a rootfs.
+#[track_caller]
+pub fn assert_mode_owner(rootfs: &Path, path_in_image: &str, mode: u32, uid: u32, gid: u32) {
+    let md = stat(rootfs, path_in_image);
+    assert_eq!(
+        md.permissions().mode() & 0o7777,
+        mode,
+        "mode of {path_in_image}: got {:o}, want {mode:o}",
+        md.permissions().mode() & 0o7777
+    );
+    assert_eq!((md.uid(), md.gid()), (uid, gid), "owner of {path_in_image}");
+}
+
+pub fn exists_in(rootfs: &Path, path_in_image: &str) -> bool {
+    fs::symlink_metadata(rootfs.join(path_in_image.trim_start_matches('/'))).is_ok()
+}
+
+/// `WS/rootfs/bin/busybox` (busybox-static) and `bin/sh -> busybox`: a real
+/// shell to copy into an image with `[[files]] src = "rootfs"`.
+pub fn busybox_rootfs(ws: &Workspace) {
+    let busybox = require_tool("busybox");
+    ws.mkdir("rootfs/bin", 0o755);
+    fs::copy(&busybox, ws.join("rootfs/bin/busybox")).unwrap();
+    fs::set_permissions(
+        ws.join("rootfs/bin/busybox"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    ws.symlink("rootfs/bin/sh", "busybox");
+}

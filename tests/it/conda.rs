@@ -6,7 +6,6 @@
 //! Tools: `umoci`, `busybox` (package `busybox-static`), `chroot`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
@@ -397,9 +396,7 @@ fn environment_yml_with_a_pip_section() {
     let ws = Workspace::new("conda-env");
     let chan = channel(&ws);
     // A wheel in a local wheelhouse, for the `pip:` list.
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default();
-    for (name, data) in [
+    let members: Vec<(String, Vec<u8>, u32)> = [
         ("tinywheel/__init__.py", "X = 1\n"),
         (
             "tinywheel-1.0.dist-info/METADATA",
@@ -409,14 +406,13 @@ fn environment_yml_with_a_pip_section() {
             "tinywheel-1.0.dist-info/WHEEL",
             "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         ),
-        ("tinywheel-1.0.dist-info/RECORD", ""),
-    ] {
-        z.start_file(name, o).unwrap();
-        z.write_all(data.as_bytes()).unwrap();
-    }
+    ]
+    .iter()
+    .map(|(p, d)| (p.to_string(), d.as_bytes().to_vec(), 0o644))
+    .collect();
     ws.write(
         "env/wheels/tinywheel-1.0-py3-none-any.whl",
-        z.finish().unwrap().into_inner(),
+        wheel_zip(&members),
     );
     ws.write(
         "env/environment.yml",

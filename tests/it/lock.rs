@@ -4,7 +4,6 @@
 //! network namespace with no network at all (`unshare -n`, needs root).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -19,10 +18,8 @@ struct Setup {
 }
 
 fn wheel(ws: &Workspace, name: &str, version: &str) {
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let o = zip::write::SimpleFileOptions::default();
     let di = format!("{name}-{version}.dist-info");
-    for (path, data) in [
+    let members: Vec<(String, Vec<u8>, u32)> = [
         (format!("{name}/__init__.py"), format!("V = {version:?}\n")),
         (
             format!("{di}/METADATA"),
@@ -32,14 +29,13 @@ fn wheel(ws: &Workspace, name: &str, version: &str) {
             format!("{di}/WHEEL"),
             "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_string(),
         ),
-        (format!("{di}/RECORD"), String::new()),
-    ] {
-        z.start_file(path, o).unwrap();
-        z.write_all(data.as_bytes()).unwrap();
-    }
+    ]
+    .into_iter()
+    .map(|(p, d)| (p, d.into_bytes(), 0o644))
+    .collect();
     ws.write(
         &format!("env/wheels/{name}-{version}-py3-none-any.whl"),
-        z.finish().unwrap().into_inner(),
+        wheel_zip(&members),
     );
 }
 

@@ -18,6 +18,7 @@ mod errors;
 mod examples;
 mod faults;
 mod harness;
+mod hostile;
 mod inspect;
 mod lock;
 mod offline_network;

@@ -13,7 +13,7 @@ use kiln_pip::{layer_groups, plan, PipError, PipSection};
 use kiln_store::Cache;
 use kiln_store::Http;
 
-use crate::common::sha256_hex;
+use crate::common::{sha256_hex, wheel_zip};
 
 struct Wheel<'a> {
     name: &'a str,
@@ -58,28 +58,25 @@ impl Wheel<'_> {
     }
     fn build(&self) -> Vec<u8> {
         let di = format!("{}-{}.dist-info", self.name, self.version);
-        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let mut put = |name: &str, data: &[u8], mode: u32| {
-            let o = zip::write::SimpleFileOptions::default().unix_permissions(mode);
-            z.start_file(name, o).unwrap();
-            z.write_all(data).unwrap();
-        };
-        put(
-            &format!("{}/__init__.py", self.name),
-            b"VERSION = 1\n",
+        let mut members = vec![(
+            format!("{}/__init__.py", self.name),
+            b"VERSION = 1\n".to_vec(),
             0o644,
-        );
+        )];
         for (p, d, m) in self.files {
-            put(p, d, *m);
+            members.push((p.to_string(), d.to_vec(), *m));
         }
-        put(&format!("{di}/METADATA"), self.metadata().as_bytes(), 0o644);
-        put(
-            &format!("{di}/WHEEL"),
-            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n",
+        members.push((
+            format!("{di}/METADATA"),
+            self.metadata().into_bytes(),
             0o644,
-        );
-        put(&format!("{di}/RECORD"), b"", 0o644);
-        z.finish().unwrap().into_inner()
+        ));
+        members.push((
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n".to_vec(),
+            0o644,
+        ));
+        wheel_zip(&members)
     }
 }
 

@@ -152,9 +152,7 @@ fn write_wheel(dir: &Path, name: &str, version: &str, meta: &str) -> String {
     let module = name.replace('-', "_");
     let file = format!("{module}-{version}-py3-none-any.whl");
     let di = format!("{module}-{version}.dist-info");
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
-    for (path, data) in [
+    let members: Vec<(String, Vec<u8>, u32)> = [
         (format!("{module}/__init__.py"), "VERSION = 1\n".to_string()),
         (
             format!("{di}/METADATA"),
@@ -164,12 +162,11 @@ fn write_wheel(dir: &Path, name: &str, version: &str, meta: &str) -> String {
             format!("{di}/WHEEL"),
             "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".into(),
         ),
-        (format!("{di}/RECORD"), String::new()),
-    ] {
-        z.start_file(path, opts).unwrap();
-        z.write_all(data.as_bytes()).unwrap();
-    }
-    fs::write(dir.join(&file), z.finish().unwrap().into_inner()).unwrap();
+    ]
+    .into_iter()
+    .map(|(p, d)| (p, d.into_bytes(), 0o644))
+    .collect();
+    fs::write(dir.join(&file), wheel_zip(&members)).unwrap();
     file
 }
 

@@ -311,3 +311,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    use super::*;
+
+    /// Versions and dependency fields never panic on mangled input.
+    #[test]
+    fn parsers_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"libc6 (>= 2.36), python3:any (<< 3.12~) | python3-minimal [amd64], foo:i386 <!nocheck>",
+            b"1:2.36-9+deb12u4~bpo11.1",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            let text = String::from_utf8_lossy(&m);
+            let _ = parse_deps(&text);
+            let _ = parse_dep(&text);
+            if let Some(v) = Version::parse(&text) {
+                let w = Version::parse("1.0-1").unwrap();
+                let _ = v.cmp(&w);
+            }
+        }
+    }
+}

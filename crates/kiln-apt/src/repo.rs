@@ -444,3 +444,17 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// A Release's checksum lists never panic on mangled input.
+    #[test]
+    fn release_survives_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"Origin: Debian\nSuite: stable\nAcquire-By-Hash: yes\nSHA256:\n 6d5ab4e5f6d10a0c5a5b4b7bb1b4d1d6c4d1b0e0f0a0b0c0d0e0f0a0b0c0d0e0f 1234 main/binary-amd64/Packages.xz\n 00 5 main/binary-amd64/Packages\n",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            let _ = super::release_hashes(&String::from_utf8_lossy(&m));
+        }
+    }
+}

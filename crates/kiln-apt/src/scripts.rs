@@ -60,7 +60,7 @@ pub fn check_host(arch: &str) -> Result<()> {
 pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<ScriptRun> {
     check_host(&plan.arch)?;
     let dir = tempfile::Builder::new()
-        .prefix("run-scripts-")
+        .prefix(&kiln_store::temp_prefix("run-scripts"))
         .tempdir_in(tmp)
         .io_context(|| format!("creating a directory in {}", tmp.display()))?;
     let root = dir.path().join("rootfs");

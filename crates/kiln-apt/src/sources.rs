@@ -218,3 +218,17 @@ mod tests {
         assert_eq!(e.to_string(), "deb822 source without URIs");
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// One-line sources never panic on mangled input.
+    #[test]
+    fn one_line_sources_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.invalid/debian bookworm main contrib\ndeb-src http://x/ y/\n",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            let _ = super::parse_one_line(&String::from_utf8_lossy(&m));
+        }
+    }
+}

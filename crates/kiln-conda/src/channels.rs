@@ -232,3 +232,21 @@ mod tests {
         assert!(err.to_string().contains("no repodata.json"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// repodata.json never panics on mangled input.
+    #[test]
+    fn repodata_survives_mutants() {
+        let seed = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/conda/conda-forge-numpy-linux-64.json"
+        ))
+        .unwrap();
+        // Whole documents are large: fewer rounds, on a prefix-sized seed too.
+        let small = &seed[..seed.len().min(4096)];
+        for m in kiln_core::mutate::mutants(&[small, &seed], 150) {
+            let _ = super::parse_repodata(&m);
+        }
+    }
+}

@@ -98,3 +98,17 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// environment.yml never panics on mangled input.
+    #[test]
+    fn environment_files_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"name: ds\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - numpy>=1.26,<2\n  - pip:\n    - requests==2.31\n",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 3000) {
+            let _ = super::parse(&String::from_utf8_lossy(&m));
+        }
+    }
+}

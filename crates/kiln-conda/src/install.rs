@@ -41,7 +41,7 @@ pub fn layer_groups(
     epoch: u64,
 ) -> Result<(Vec<LayerGroup>, CondaReport, tempfile::TempDir)> {
     let work = tempfile::Builder::new()
-        .prefix("conda-link-")
+        .prefix(&kiln_store::temp_prefix("conda-link"))
         .tempdir_in(cache.bucket(CacheBucket::Tmp))
         .io_context(|| format!("creating a work directory in {}", cache.root().display()))?;
     let python = python_info(plan)?;

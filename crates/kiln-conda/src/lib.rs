@@ -655,24 +655,32 @@ mod tests {
         );
     }
 
+    /// A `[conda]` section in the default prefix with strict priority.
+    fn section(channels: Vec<String>, packages: Vec<String>) -> CondaSection {
+        CondaSection {
+            prefix: "/opt/conda".into(),
+            channels,
+            channel_alias: None,
+            packages,
+            environment: None,
+            virtual_packages: BTreeMap::new(),
+            channel_priority: Priority::Strict,
+            prefer: Vec::new(),
+        }
+    }
+
     #[test]
     fn the_matchspec_forms_people_write() {
-        let s = CondaSection {
-            prefix: "/opt/conda".into(),
-            channels: vec!["conda-forge".into()],
-            channel_alias: None,
-            packages: vec![
+        let s = section(
+            vec!["conda-forge".into()],
+            vec![
                 "conda-forge::numpy==1.17*".into(),
                 "numpy>=1.26,<2".into(),
                 "python=3.11".into(),
                 "openblas=*=pthreads*".into(),
                 "scipy 1.11.* py311*".into(),
             ],
-            environment: None,
-            virtual_packages: BTreeMap::new(),
-            channel_priority: Priority::Strict,
-            prefer: Vec::new(),
-        };
+        );
         let r = request(&s, Path::new("/")).unwrap();
         assert_eq!(r.specs.len(), 5);
         assert_eq!(
@@ -687,16 +695,7 @@ mod tests {
 
     #[test]
     fn bad_matchspec_and_prefix() {
-        let s = CondaSection {
-            prefix: "/opt/conda".into(),
-            channels: vec!["conda-forge".into()],
-            channel_alias: None,
-            packages: vec!["numpy >=>= 1".into()],
-            environment: None,
-            virtual_packages: BTreeMap::new(),
-            channel_priority: Priority::Strict,
-            prefer: Vec::new(),
-        };
+        let s = section(vec!["conda-forge".into()], vec!["numpy >=>= 1".into()]);
         let err = request(&s, Path::new("/")).err().unwrap();
         assert!(
             matches!(
@@ -728,16 +727,7 @@ mod tests {
 
     #[test]
     fn packages_need_a_channel() {
-        let s = CondaSection {
-            prefix: "/opt/conda".into(),
-            channels: vec![],
-            channel_alias: None,
-            packages: vec!["numpy".into()],
-            environment: None,
-            virtual_packages: BTreeMap::new(),
-            channel_priority: Priority::Strict,
-            prefer: Vec::new(),
-        };
+        let s = section(vec![], vec!["numpy".into()]);
         let err = request(&s, Path::new("/")).err().unwrap();
         assert!(
             matches!(

@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod mutate;
 pub mod platform;
 pub mod progress;
 pub mod time;

@@ -287,3 +287,28 @@ pub fn normalize(name: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    use super::*;
+
+    /// deb822 and core-metadata headers never panic on mangled input.
+    #[test]
+    fn parsers_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\nDepends: a (>= 1) | b\n Description: x\n .\n more\n\nPackage: b\n",
+            b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nLicense: MIT\n  continued\n\nbody",
+        ];
+        let mut n = 0;
+        for m in kiln_core::mutate::mutants(seeds, 3000) {
+            let text = String::from_utf8_lossy(&m);
+            let _ = parse_paragraphs(&text);
+            let _ = paragraph_chunks(&text, 3);
+            let _ = header_fields(&m, true);
+            let _ = header_fields(&m, false);
+            let _ = normalize(&text);
+            n += 1;
+        }
+        assert_eq!(n, 6000);
+    }
+}

@@ -287,6 +287,27 @@ fn load_layout(
     src: &ImageSource,
 ) -> Result<BaseImage> {
     let what = src.to_string();
+    // The spec's marker: a directory without it is not a layout (whatever
+    // else it holds).
+    let marker = dir.join("oci-layout");
+    let version = std::fs::read(&marker)
+        .map_err(|source| ImageError::NotALayout {
+            what: what.clone(),
+            index: marker.clone(),
+            source,
+        })
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v["imageLayoutVersion"].as_str().map(String::from))
+        })?;
+    if version.as_deref() != Some("1.0.0") {
+        return Err(ImageError::LayoutVersion {
+            what,
+            version: version.unwrap_or_default(),
+        }
+        .into());
+    }
     let index_path = dir.join("index.json");
     let index = std::fs::read(&index_path).map_err(|source| ImageError::NotALayout {
         what: what.clone(),
@@ -614,6 +635,11 @@ mod tests {
             "manifests": [entry("a", 1), entry("b", 2)],
         });
         std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
         dir
     }
 

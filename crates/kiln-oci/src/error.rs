@@ -210,6 +210,9 @@ pub enum ImageError {
         source: io::Error,
     },
 
+    #[error("{what}: oci-layout says imageLayoutVersion `{version}`; kiln reads 1.0.0")]
+    LayoutVersion { what: String, version: String },
+
     #[error("{what}: index.json is not an image index")]
     LayoutNotIndexed { what: String },
 

@@ -239,6 +239,32 @@ pub enum WheelProblem {
     ScriptInSubdirectory { script: String },
     #[error(": entry point name `{name}` is not a valid file name")]
     BadScriptName { name: String },
+    /// More than one `*.dist-info` directory.
+    #[error(": more than one .dist-info directory ({})", dirs.join(", "))]
+    SeveralDistInfos { dirs: Vec<String> },
+    #[error(": {dist_info}/RECORD is missing")]
+    NoRecord { dist_info: String },
+    /// A RECORD line that is not `path,algorithm=digest,size`.
+    #[error(": RECORD line {line}: {detail}")]
+    BadRecord { line: usize, detail: String },
+    /// A member RECORD does not list.
+    #[error(": member `{member}` is not listed in RECORD")]
+    NotInRecord { member: String },
+    /// RECORD lists a file the wheel does not hold.
+    #[error(": RECORD lists `{member}`, which the wheel does not contain")]
+    MissingMember { member: String },
+    /// A member whose content differs from its RECORD hash or size.
+    #[error(": member `{member}` does not match RECORD ({what})")]
+    RecordMismatch { member: String, what: String },
+    /// The WHEEL file's `Tag:` lines say another platform than the file name.
+    #[error(": WHEEL says tags {}, the file name {}", wheel_tags.join(", "), name_tags.join(", "))]
+    TagMismatch {
+        wheel_tags: Vec<String>,
+        name_tags: Vec<String>,
+    },
+    /// METADATA names another project or version than the file name.
+    #[error(": METADATA is {metadata}, the file name says {file_name}")]
+    NameMismatch { metadata: String, file_name: String },
 }
 
 fn files_shown(files: &[String]) -> String {

@@ -384,6 +384,7 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
                 direct_url: w.direct_url.clone(),
             };
             let known = record_hashes(cache, &w.sha256, &files);
+            wheel::verify(&w.filename, &files, &known)?;
             install::wheel_entries(&plan.python, &info, files, &known)
         })
         .collect();

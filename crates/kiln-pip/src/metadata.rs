@@ -56,3 +56,17 @@ mod tests {
         assert_eq!(err.to_string(), "metadata has no Name or Version field");
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// Core metadata never panics on mangled input.
+    #[test]
+    fn metadata_survives_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Python: >=3.8\nRequires-Dist: requests[socks] (>=2.0) ; extra == 'net'\nProvides-Extra: net\n\nbody",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            let _ = super::CoreMetadata::parse(&m);
+        }
+    }
+}

@@ -556,3 +556,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// Requirement lines and files never panic on mangled input.
+    #[test]
+    fn requirements_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"requests[socks]>=2.31 ; python_version < '3.12' --hash=sha256:0123\n-c constraints.txt\n--index-url https://u:${TOKEN}@idx.invalid/simple\nnumpy==1.26.4 \\\n  --hash=sha256:abcd\n# comment\n",
+            b"pkg @ https://host.invalid/pkg-1.0-py3-none-any.whl#sha256=00",
+        ];
+        let dir = std::path::Path::new("/nonexistent-kiln-dir");
+        for m in kiln_core::mutate::mutants(seeds, 2500) {
+            let text = String::from_utf8_lossy(&m);
+            for line in text.lines() {
+                let _ = super::parse_requirement(line, dir, "fuzz");
+            }
+        }
+    }
+}

@@ -223,3 +223,20 @@ mod tests {
         assert!(u.ordered.iter().all(|t| !t.contains("manylinux")));
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// Wheel file names never panic on mangled input.
+    #[test]
+    fn wheel_names_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"numpy-2.0.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            b"pkg-1.0-1build-py2.py3-none-any.whl",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            if let Ok(w) = super::WheelName::parse(&String::from_utf8_lossy(&m)) {
+                let _ = w.tags();
+            }
+        }
+    }
+}

@@ -1,12 +1,14 @@
 //! Reading wheels safely: member-name checks (no traversal, absolute paths or symlinks), METADATA, entry points.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::Path;
+use std::str::FromStr;
 
 use kiln_core::error::{IoContext, Result};
 
-use crate::{PipError, WheelProblem};
+use crate::tags::WheelName;
+use crate::{normalize, PipError, WheelProblem};
 
 /// One regular file from a wheel.
 #[derive(Clone, Debug)]
@@ -247,6 +249,170 @@ fn read_all(r: impl std::io::Read, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Check a wheel against what it says of itself, before anything of it is
+/// installed: one `.dist-info`; RECORD lists every member (but RECORD and
+/// its signatures) with a sha256 and size that match, and nothing more;
+/// WHEEL's `Tag:` lines are the file name's tags; METADATA's name and
+/// version are the file name's. `hashes` are the members' RECORD-form
+/// hashes (`sha256=<urlsafe b64>`), computed once per wheel digest.
+pub(crate) fn verify(
+    filename: &str,
+    files: &[WheelFile],
+    hashes: &BTreeMap<String, String>,
+) -> Result<()> {
+    let bad = |p: WheelProblem| -> kiln_core::Error { PipError::wheel(filename, p) };
+    let mut dist_infos: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let (dir, _) = f.path.split_once('/')?;
+            dir.ends_with(".dist-info").then(|| dir.to_string())
+        })
+        .collect();
+    dist_infos.sort();
+    dist_infos.dedup();
+    let dist_info = match dist_infos.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(bad(WheelProblem::NoMetadata)),
+        _ => return Err(bad(WheelProblem::SeveralDistInfos { dirs: dist_infos })),
+    };
+    let member = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.path == format!("{dist_info}/{name}"))
+    };
+
+    // METADATA and WHEEL against the file name.
+    let name = WheelName::parse(filename)?;
+    if let Some(meta) = member("METADATA") {
+        let fields = kiln_fs::probe::header_fields(&meta.data, false);
+        let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let (Some(n), Some(v)) = (field("name"), field("version")) {
+            let same_version = match (
+                uv_pep440::Version::from_str(&v),
+                uv_pep440::Version::from_str(&name.version),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => v == name.version,
+            };
+            if normalize(&n) != normalize(&name.name) || !same_version {
+                return Err(bad(WheelProblem::NameMismatch {
+                    metadata: format!("{n} {v}"),
+                    file_name: format!("{} {}", name.name, name.version),
+                }));
+            }
+        }
+    }
+    if let Some(w) = member("WHEEL") {
+        let mut wheel_tags: Vec<String> = kiln_fs::probe::header_fields(&w.data, false)
+            .into_iter()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, v)| v)
+            .collect();
+        // Old wheels carry no Tag lines: nothing to contradict.
+        if !wheel_tags.is_empty() {
+            let mut name_tags = name.tags();
+            wheel_tags.sort();
+            wheel_tags.dedup();
+            name_tags.sort();
+            name_tags.dedup();
+            if wheel_tags != name_tags {
+                return Err(bad(WheelProblem::TagMismatch {
+                    wheel_tags,
+                    name_tags,
+                }));
+            }
+        }
+    }
+
+    // RECORD.
+    let record_path = format!("{dist_info}/RECORD");
+    let record = member("RECORD").ok_or_else(|| {
+        bad(WheelProblem::NoRecord {
+            dist_info: dist_info.clone(),
+        })
+    })?;
+    let text = std::str::from_utf8(&record.data).map_err(|_| {
+        bad(WheelProblem::BadRecord {
+            line: 0,
+            detail: "not UTF-8".into(),
+        })
+    })?;
+    let mut listed: BTreeMap<String, (String, Option<u64>)> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (path, hash, size) = record_fields(line).ok_or_else(|| {
+            bad(WheelProblem::BadRecord {
+                line: i + 1,
+                detail: "expected `path,hash,size`".into(),
+            })
+        })?;
+        let size = match size.as_str() {
+            "" => None,
+            s => Some(s.parse::<u64>().map_err(|_| {
+                bad(WheelProblem::BadRecord {
+                    line: i + 1,
+                    detail: format!("size `{s}` is not a number"),
+                })
+            })?),
+        };
+        listed.insert(path, (hash, size));
+    }
+    let unhashed = |p: &str| {
+        p == record_path || p == format!("{record_path}.jws") || p == format!("{record_path}.p7s")
+    };
+    for f in files {
+        if unhashed(&f.path) {
+            continue;
+        }
+        let Some((hash, size)) = listed.get(&f.path) else {
+            return Err(bad(WheelProblem::NotInRecord {
+                member: f.path.clone(),
+            }));
+        };
+        if !hash.starts_with("sha256=") {
+            return Err(bad(WheelProblem::RecordMismatch {
+                member: f.path.clone(),
+                what: format!("RECORD gives `{hash}`, not a sha256"),
+            }));
+        }
+        if hashes.get(&f.path) != Some(hash) {
+            return Err(bad(WheelProblem::RecordMismatch {
+                member: f.path.clone(),
+                what: "sha256".into(),
+            }));
+        }
+        if size.is_some_and(|s| s != f.data.len() as u64) {
+            return Err(bad(WheelProblem::RecordMismatch {
+                member: f.path.clone(),
+                what: "size".into(),
+            }));
+        }
+    }
+    for path in listed.keys() {
+        if !unhashed(path) && !files.iter().any(|f| &f.path == path) {
+            return Err(bad(WheelProblem::MissingMember {
+                member: path.clone(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// `path,hash,size` of a RECORD line (CSV: a path with a comma is quoted).
+fn record_fields(line: &str) -> Option<(String, String, String)> {
+    let (path, rest) = if let Some(quoted) = line.strip_prefix('"') {
+        let end = quoted.find("\",")?;
+        (quoted[..end].replace("\"\"", "\""), &quoted[end + 2..])
+    } else {
+        let (p, r) = line.split_once(',')?;
+        (p.to_string(), r)
+    };
+    let (hash, size) = rest.split_once(',')?;
+    Some((path, hash.to_string(), size.trim().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +465,116 @@ mod tests {
     }
 
     /// The wheel problem inside `err`.
+    /// A consistent wheel's members (RECORD listing every other member).
+    fn consistent(name: &str, version: &str, tag: &str) -> Vec<WheelFile> {
+        let di = format!("{name}-{version}.dist-info");
+        let mut files = vec![
+            wf(&format!("{name}/__init__.py"), b"X = 1\n"),
+            wf(
+                &format!("{di}/METADATA"),
+                format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n").as_bytes(),
+            ),
+            wf(
+                &format!("{di}/WHEEL"),
+                format!("Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: {tag}\n").as_bytes(),
+            ),
+        ];
+        let hashes = crate::install::member_hashes(&files);
+        let mut record: String = files
+            .iter()
+            .map(|f| format!("{},{},{}\n", f.path, hashes[&f.path], f.data.len()))
+            .collect();
+        record.push_str(&format!("{di}/RECORD,,\n"));
+        files.push(wf(&format!("{di}/RECORD"), record.as_bytes()));
+        files
+    }
+
+    fn wf(path: &str, data: &[u8]) -> WheelFile {
+        WheelFile {
+            path: path.into(),
+            data: data.to_vec(),
+            executable: false,
+        }
+    }
+
+    fn check(filename: &str, files: &[WheelFile]) -> Result<()> {
+        verify(filename, files, &crate::install::member_hashes(files))
+    }
+
+    #[test]
+    fn a_wheel_must_agree_with_its_record_wheel_and_metadata() {
+        let good = consistent("demo", "1.0", "py3-none-any");
+        check("demo-1.0-py3-none-any.whl", &good).unwrap();
+        // PEP 440 equality and name normalisation, as installers compare.
+        check("Demo-1.0.0-py3-none-any.whl", &good).unwrap();
+
+        let with = |f: &dyn Fn(&mut Vec<WheelFile>)| {
+            let mut files = good.clone();
+            f(&mut files);
+            check("demo-1.0-py3-none-any.whl", &files).unwrap_err()
+        };
+        let err = with(&|fs| fs[0].data = b"X = 2\n".to_vec());
+        assert!(
+            matches!(problem(&err), WheelProblem::RecordMismatch { member, what } if member == "demo/__init__.py" && what == "sha256"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("demo-1.0-py3-none-any.whl"),
+            "{err}"
+        );
+        let err = with(&|fs| fs.push(wf("demo/extra.py", b"")));
+        assert!(
+            matches!(problem(&err), WheelProblem::NotInRecord { member } if member == "demo/extra.py"),
+            "{err}"
+        );
+        let err = with(&|fs| {
+            fs.remove(0);
+        });
+        assert!(
+            matches!(problem(&err), WheelProblem::MissingMember { member } if member == "demo/__init__.py"),
+            "{err}"
+        );
+        let err = with(&|fs| {
+            fs.pop();
+        });
+        assert!(
+            matches!(problem(&err), WheelProblem::NoRecord { .. }),
+            "{err}"
+        );
+        let err = with(&|fs| fs.push(wf("other-1.0.dist-info/METADATA", b"Name: other\n")));
+        assert!(
+            matches!(problem(&err), WheelProblem::SeveralDistInfos { dirs } if dirs.len() == 2),
+            "{err}"
+        );
+        let err = with(&|fs| {
+            let n = fs.len() - 1;
+            let text = String::from_utf8(fs[n].data.clone()).unwrap();
+            let (first, rest) = text.split_once('\n').unwrap();
+            let wrong = format!("{},99\n{rest}", first.rsplit_once(',').unwrap().0);
+            fs[n].data = wrong.into_bytes();
+        });
+        assert!(
+            matches!(problem(&err), WheelProblem::RecordMismatch { what, .. } if what == "size"),
+            "{err}"
+        );
+
+        let err = check("demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", &good).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::TagMismatch { .. }),
+            "{err}"
+        );
+        let err = check("other-1.0-py3-none-any.whl", &good).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::NameMismatch { .. }),
+            "{err}"
+        );
+        let err = check("demo-2.0-py3-none-any.whl", &good).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::NameMismatch { .. }),
+            "{err}"
+        );
+    }
+
     fn problem(err: &kiln_core::Error) -> &WheelProblem {
         match err.downcast_ref::<PipError>() {
             Some(PipError::BadWheel { problem, .. }) => problem,
@@ -460,5 +736,27 @@ mod tests {
         );
         assert_eq!(e[1].2, "bar:run [gui]");
         assert_eq!(e.len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod mutation_tests {
+    use super::*;
+
+    /// RECORD lines and entry points never panic on mangled input, and a
+    /// mangled RECORD is refused, not trusted.
+    #[test]
+    fn record_and_entry_points_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"demo/__init__.py,sha256=AAAA,6\n\"odd,name.py\",sha256=BBBB,1\ndemo-1.0.dist-info/RECORD,,\n",
+            b"[console_scripts]\ndemo = demo.cli:main [extra]\n[gui_scripts]\nx=y:z\n",
+        ];
+        for m in kiln_core::mutate::mutants(seeds, 4000) {
+            let text = String::from_utf8_lossy(&m);
+            for line in text.lines() {
+                let _ = record_fields(line);
+            }
+            let _ = parse_entry_points(&text);
+        }
     }
 }

@@ -497,3 +497,18 @@ workdir = "/app"
         assert!(e.to_string().starts_with("cannot read spec "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod mutation_tests {
+    /// kiln.toml never panics on mangled input (and errors stay located).
+    #[test]
+    fn specs_survive_mutants() {
+        let seeds: &[&[u8]] = &[
+            b"[image]\nname = \"r.invalid/a/b\"\ntags = [\"1.0\"]\nbase = \"oci:base:v1\"\nplatforms = [\"linux/arm64/v8\"]\n\n[[files]]\nsrc = \"a\"\ndst = \"/a\"\nmode = \"0644\"\nowner = \"1:1\"\n\n[config]\nenv = { A = \"1\" }\nexposed_ports = [\"80/tcp\"]\n\n[apt]\npackages = [\"curl\"]\n[pip]\npackages = [\"numpy\"]\n[conda]\nchannels = [\"conda-forge\"]\n",
+        ];
+        let path = std::path::Path::new("/nonexistent/kiln.toml");
+        for m in kiln_core::mutate::mutants(seeds, 3000) {
+            let _ = super::Spec::parse(&String::from_utf8_lossy(&m), path);
+        }
+    }
+}

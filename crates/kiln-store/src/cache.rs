@@ -98,6 +98,14 @@ impl Cache {
             fs::create_dir_all(&p)
                 .io_context(|| format!("creating cache directory {}", p.display()))?;
         }
+        // What killed builds left behind (their process is gone): work
+        // files in `tmp`, half-written memos beside the others.
+        remove_stale_temps(&root.join(CacheBucket::Tmp.dir_name()));
+        for b in CacheBucket::ALL {
+            if !matches!(b, CacheBucket::Blobs | CacheBucket::Tmp) {
+                remove_stale_temps_beside(&root.join(b.dir_name()), ".tmp");
+            }
+        }
         Ok(Cache { root })
     }
 
@@ -163,7 +171,7 @@ impl Cache {
     /// Start writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
         let tmp = tempfile::Builder::new()
-            .prefix("blob-")
+            .prefix(&temp_prefix("blob"))
             .tempfile_in(self.bucket(CacheBucket::Tmp))
             .io_context(|| format!("creating temp file in {}", self.root.display()))?;
         Ok(BlobWriter {
@@ -244,6 +252,57 @@ impl Cache {
     }
 }
 
+/// A temporary's name prefix that carries this process' id (`what-PID-`),
+/// so a later run can tell what a killed build left behind from what a
+/// running one is still writing.
+pub fn temp_prefix(what: &str) -> String {
+    format!("{what}-{}-", std::process::id())
+}
+
+/// The process id in a [`temp_prefix`] name (`blob-1234-xyz` → 1234).
+fn temp_owner(name: &str) -> Option<u32> {
+    let mut parts = name.split('-');
+    parts.next()?;
+    parts
+        .find(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+/// Remove the temporaries in the cache's `dir` whose creating process is
+/// gone. Best effort: a temporary that cannot be removed only costs disk.
+pub fn remove_stale_temps(dir: &Path) {
+    remove_dead(dir, |_| true);
+}
+
+/// Remove `what-PID-…` temporaries beside an output (and nothing else of
+/// that directory) whose creating process is gone.
+pub fn remove_stale_temps_beside(dir: &Path, what: &str) {
+    let prefix = format!("{what}-");
+    remove_dead(dir, |name| name.starts_with(&prefix));
+}
+
+fn remove_dead(dir: &Path, ours: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|n| ours(n)).and_then(temp_owner) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+}
+
 /// Best effort, for memos beside the blobs (a memo that cannot be written
 /// only costs recomputing it): write through a temp file in the same
 /// directory, then rename, so readers never see half a file.
@@ -252,7 +311,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
     if fs::create_dir_all(dir).is_err() {
         return;
     }
-    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+    if let Ok(mut tmp) = tempfile::Builder::new()
+        .prefix(&temp_prefix(".tmp"))
+        .tempfile_in(dir)
+    {
         if tmp.write_all(bytes).is_ok() {
             let _ = tmp.persist(path);
         }
@@ -309,6 +371,27 @@ impl Write for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_of_dead_processes_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(format!("{}x", temp_prefix("blob")));
+        // pid_max is at most 2^22 on Linux: this process cannot exist.
+        let dead = dir.path().join("blob-4194999-abc");
+        let dead_dir = dir.path().join("conda-link-4194999-xyz");
+        let foreign = dir.path().join("notes-4194999-keep");
+        for f in [&live, &dead, &foreign] {
+            fs::write(f, b"x").unwrap();
+        }
+        fs::create_dir_all(dead_dir.join("sub")).unwrap();
+        remove_stale_temps_beside(dir.path(), "blob");
+        assert!(!dead.exists() && live.exists() && dead_dir.exists() && foreign.exists());
+        remove_stale_temps(dir.path());
+        assert!(live.exists() && !dead_dir.exists() && !foreign.exists());
+        assert_eq!(temp_owner("blob-12-34"), Some(12));
+        assert_eq!(temp_owner(".kiln-archive-77-q1"), Some(77));
+        assert_eq!(temp_owner("blob-abc"), None);
+    }
     use kiln_core::Error;
 
     #[test]

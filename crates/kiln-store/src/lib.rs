@@ -6,6 +6,6 @@ pub mod cache;
 mod error;
 pub mod http;
 
-pub use cache::{Cache, CacheBucket};
+pub use cache::{remove_stale_temps, remove_stale_temps_beside, temp_prefix, Cache, CacheBucket};
 pub use error::StoreError;
 pub use http::Http;

@@ -36,6 +36,7 @@ mod run;
 mod servers;
 mod spdx;
 mod tools;
+mod wheels;
 mod workspace;
 
 pub use builds::*;
@@ -48,4 +49,5 @@ pub use run::*;
 pub use servers::*;
 pub use spdx::*;
 pub use tools::*;
+pub use wheels::*;
 pub use workspace::*;

@@ -32,8 +32,10 @@ pub fn write(
     };
     let parent = parent_dir(path);
     std::fs::create_dir_all(parent).io_context(|| format!("creating {}", parent.display()))?;
+    // Leftovers of killed runs beside the output go first.
+    kiln_store::remove_stale_temps_beside(parent, ".kiln-archive");
     let tmp = tempfile::Builder::new()
-        .prefix(".kiln-archive-")
+        .prefix(&kiln_store::temp_prefix(".kiln-archive"))
         .tempfile_in(parent)
         .io_context(|| format!("creating a temp file in {}", parent.display()))?;
     let mut tar = tar::Builder::new(BufWriter::new(tmp));

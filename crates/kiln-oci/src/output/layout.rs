@@ -54,8 +54,9 @@ pub fn write(
     check_target(dir)?;
     let parent = parent_dir(dir);
     fs::create_dir_all(parent).io_context(|| format!("creating {}", parent.display()))?;
+    kiln_store::remove_stale_temps_beside(parent, ".kiln-staging");
     let staging = tempfile::Builder::new()
-        .prefix(".kiln-staging-")
+        .prefix(&kiln_store::temp_prefix(".kiln-staging"))
         .tempdir_in(parent)
         .io_context(|| format!("creating a staging directory in {}", parent.display()))?;
     let root = staging.path();

@@ -1,0 +1,47 @@
+//! Wheels made by the tests: zip members plus a RECORD that lists each of
+//! them with its sha256 and size, as a wheel builder writes it.
+
+use std::io::Write;
+
+use sha2::{Digest as _, Sha256};
+
+use super::base64;
+
+/// A wheel (zip bytes) of `members` (`path`, content, unix mode); the
+/// `.dist-info/RECORD` is written last, for the `.dist-info` that holds
+/// `METADATA`.
+pub fn wheel_zip(members: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
+    let dist_info = members
+        .iter()
+        .find_map(|(p, _, _)| {
+            p.strip_suffix("/METADATA")
+                .filter(|d| d.ends_with(".dist-info"))
+        })
+        .expect("a wheel needs a .dist-info/METADATA")
+        .to_string();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut record = String::new();
+    for (path, data, mode) in members {
+        let o = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+        z.start_file(path.as_str(), o).unwrap();
+        z.write_all(data).unwrap();
+        record.push_str(&format!("{path},{},{}\n", record_hash(data), data.len()));
+    }
+    let record_path = format!("{dist_info}/RECORD");
+    record.push_str(&format!("{record_path},,\n"));
+    let o = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+    z.start_file(record_path.as_str(), o).unwrap();
+    z.write_all(record.as_bytes()).unwrap();
+    z.finish().unwrap().into_inner()
+}
+
+/// `sha256=<urlsafe base64, no padding>`, RECORD's form.
+pub fn record_hash(data: &[u8]) -> String {
+    let b64 = base64(&Sha256::digest(data));
+    format!(
+        "sha256={}",
+        b64.trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    )
+}

@@ -198,7 +198,10 @@ fn push_through(ws: &Workspace, host: &str, repo: &str) -> Run {
          [[files]]\nsrc = \"a.txt\"\ndst = \"/a.txt\"\n\n\
          [[files]]\nsrc = \"big.bin\"\ndst = \"/big.bin\"\n"
     ));
-    ws.kiln().args(["build", "--push", "--json"]).run()
+    ws.kiln()
+        .env("KILN_RETRY_DEADLINE", "60")
+        .args(["build", "--push", "--json"])
+        .run()
 }
 
 fn fault_workspace(label: &str) -> Workspace {
@@ -286,6 +289,7 @@ fn pushes_and_pulls_survive_a_faulty_registry() {
         let r = ws
             .kiln()
             .env("KILN_CACHE", unique_dir("faults-cache"))
+            .env("KILN_RETRY_DEADLINE", "60")
             .args(["build", "--json", "-o", "oci:out"])
             .run();
         assert_eq!(r.code(), Some(0), "pull {i} failed:\n{}", r.describe());

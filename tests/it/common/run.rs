@@ -28,6 +28,9 @@ pub fn kiln() -> Command {
         .env_remove("KILN_REGISTRY_USERNAME")
         .env_remove("KILN_REGISTRY_PASSWORD")
         .env_remove("SOURCE_DATE_EPOCH")
+        // Registries that are down on purpose fail within seconds; the
+        // fault tests set their own deadline.
+        .env("KILN_RETRY_DEADLINE", "8")
         .env_remove("REGISTRY_AUTH_FILE");
     c
 }

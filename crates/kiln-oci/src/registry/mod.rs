@@ -44,8 +44,9 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 /// How often a refusal of the credentials is retried (see [`Registry::run`]).
 const REFUSALS_RETRIED: u32 = 2;
 /// How long one registry operation is retried, unless `KILN_RETRY_DEADLINE`
-/// (seconds) says otherwise.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+/// (seconds) says otherwise; and at most how many times it is tried.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+const MAX_ATTEMPTS: u32 = 8;
 
 fn retry_deadline() -> Duration {
     std::env::var("KILN_RETRY_DEADLINE")
@@ -114,7 +115,8 @@ impl Registry {
 
     /// Run `op` with retries, blocking. Connection failures, cut bodies,
     /// 408/429/5xx are retried with capped exponential backoff and jitter
-    /// (429 waits at least a second) until [`retry_deadline`] has passed. A
+    /// (429 waits at least a second), up to [`MAX_ATTEMPTS`] tries within
+    /// [`retry_deadline`]. A
     /// refusal of the credentials is retried twice too: oci-client goes on
     /// without a token when its `/v2/` ping fails (a 503 there looks like a
     /// registry without auth), and the next request is then refused; only a
@@ -133,6 +135,7 @@ impl Registry {
             let start = std::time::Instant::now();
             let mut delay = FIRST_DELAY;
             let mut refusals = 0;
+            let mut attempt = 1;
             loop {
                 let e = match op().await {
                     Ok(v) => return Ok(v),
@@ -150,9 +153,10 @@ impl Registry {
                 } else {
                     Duration::ZERO
                 });
-                if !again || start.elapsed() + wait > deadline {
+                if !again || attempt >= MAX_ATTEMPTS || start.elapsed() + wait > deadline {
                     return Err(classify(e, what, r).into());
                 }
+                attempt += 1;
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(MAX_DELAY);
             }

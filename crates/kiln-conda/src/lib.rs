@@ -292,6 +292,37 @@ fn version_hints(available: &[Vec<RepoDataRecord>], specs: &[MatchSpec]) -> Vec<
     out
 }
 
+/// What `plan` and `plan_locked` both start from: the request, the
+/// prefix, the target's subdir and virtual packages, and what the prefix
+/// already holds.
+struct Start {
+    req: Request,
+    prefix: String,
+    subdir: rattler_conda_types::Subdir,
+    virtual_packages: Vec<rattler_conda_types::GenericVirtualPackage>,
+    base: Vec<PrefixRecord>,
+}
+
+fn start(
+    section: &CondaSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+) -> Result<Start> {
+    let req = request(section, spec_dir)?;
+    let prefix = section.prefix.trim_end_matches('/').to_string();
+    let subdir = target::subdir(platform)?;
+    let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
+    let base = installed(fs, &prefix)?;
+    Ok(Start {
+        req,
+        prefix,
+        subdir,
+        virtual_packages,
+        base,
+    })
+}
+
 /// Resolve the section for one platform and download every archive (verified) into the cache.
 pub fn plan(
     section: &CondaSection,
@@ -301,11 +332,13 @@ pub fn plan(
     http: &Http,
     cache: &Cache,
 ) -> Result<CondaPlan> {
-    let req = request(section, spec_dir)?;
-    let prefix = section.prefix.trim_end_matches('/').to_string();
-    let subdir = target::subdir(platform)?;
-    let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
-    let base = installed(fs, &prefix)?;
+    let Start {
+        req,
+        prefix,
+        subdir,
+        virtual_packages,
+        base,
+    } = start(section, spec_dir, fs, platform)?;
     let available = channels::fetch_all(&req.channels, subdir, http)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
@@ -433,11 +466,13 @@ pub fn plan_locked(
     http: &Http,
     cache: &Cache,
 ) -> Result<CondaPlan> {
-    let req = request(section, spec_dir)?;
-    let prefix = section.prefix.trim_end_matches('/').to_string();
-    let subdir = target::subdir(platform)?;
-    let virtual_packages = target::virtual_packages(fs, platform, &section.virtual_packages)?;
-    let base = installed(fs, &prefix)?;
+    let Start {
+        req,
+        prefix,
+        subdir,
+        virtual_packages,
+        base,
+    } = start(section, spec_dir, fs, platform)?;
     let records = kiln_store::http::on_network_pool(|| {
         pins.par_iter()
             .map(|pin| {

@@ -216,7 +216,15 @@ impl Stages<'_> {
                     .filter(|p| p.section == name)
                     .cloned()
                     .collect();
-                pip::plan_locked(section, fs, platform, &pins, self.http, self.cache)?
+                pip::plan_locked(
+                    section,
+                    self.spec_dir,
+                    fs,
+                    platform,
+                    &pins,
+                    self.http,
+                    self.cache,
+                )?
             }
             None => pip::plan(section, self.spec_dir, fs, platform, self.http, self.cache)?,
         };

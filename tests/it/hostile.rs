@@ -630,3 +630,93 @@ fn killed_builds_leave_nothing_behind_after_a_rebuild() {
     assert_cache_consistent(&cache);
     eprintln!("kill -9: {KILLS} killed builds, rebuild digest equal, 0 temporaries left");
 }
+
+/// A find-links page behind credentials in its URL: the password shows in
+/// no message, report, lock (a locked build takes it from the spec again),
+/// output or cache file.
+#[test]
+fn credentials_in_urls_are_never_written() {
+    const SECRET: &str = "S3CRET-PW-4242";
+    let served = Workspace::new("secret-index");
+    served.write(
+        "wheels/evil-1.0-py3-none-any.whl",
+        wheel_zip(&evil_members()),
+    );
+    served.write(
+        "wheels/index.html",
+        "<html><body><a href=\"evil-1.0-py3-none-any.whl\">evil-1.0-py3-none-any.whl</a></body></html>\n",
+    );
+    let server = FileServer::start(served.path());
+    let ws = Workspace::new("secret-build");
+    python_base(&ws);
+    ws.spec(&format!(
+        "[image]\nbase = \"oci:py:v1\"\n\n[pip]\npackages = [\"evil\"]\nno-index = true\n\
+         find-links = [\"http://kiln:{SECRET}@127.0.0.1:{}/wheels/index.html\"]\n",
+        server.port
+    ));
+    let cache = unique_dir("secret-cache");
+    let mut said = String::new();
+    for args in [&["lock"][..], &["build", "-o", "oci:out", "--json"][..]] {
+        let r = ws.kiln().env("KILN_CACHE", &cache).args(args).run_ok();
+        said.push_str(&r.stdout);
+        said.push_str(&r.stderr);
+    }
+    // A failing fetch names the URL too.
+    served.write(
+        "wheels/index.html",
+        "<a href=\"missing-1.0-py3-none-any.whl\">x</a>",
+    );
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", unique_dir("secret-cache-2"))
+        .args(["build", "-o", "oci:out2", "--json"])
+        .run();
+    said.push_str(&r.stdout);
+    said.push_str(&r.stderr);
+    assert!(
+        !said.contains(SECRET),
+        "a message shows the password:\n{said}"
+    );
+    let mut found = Vec::new();
+    for root in [ws.path(), cache.as_path()] {
+        for e in walk(root) {
+            // The user's own spec is where the credentials were written.
+            if e == ws.join("kiln.toml") {
+                continue;
+            }
+            let bytes = fs::read(&e).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            let gunzipped = decompress_if_gzip(&bytes);
+            if text.contains(SECRET) || String::from_utf8_lossy(&gunzipped).contains(SECRET) {
+                found.push(e.display().to_string());
+            }
+        }
+    }
+    assert!(found.is_empty(), "files holding the password: {found:?}");
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn decompress_if_gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let _ = flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out);
+    out
+}

@@ -8,6 +8,7 @@ pub mod mutate;
 pub mod platform;
 pub mod progress;
 pub mod time;
+pub mod url;
 
 pub use digest::Digest;
 pub use error::{Classify, Error, ErrorKind, Result};

@@ -128,16 +128,9 @@ fn dedup(v: &mut Vec<String>) {
     v.retain(|x| seen.insert(x.clone()));
 }
 
-/// Resolve the section for the image's Python and download every wheel (verified) into the cache.
-pub fn plan(
-    section: &PipSection,
-    spec_dir: &Path,
-    rootfs: &Rootfs,
-    platform: &Platform,
-    http: &Http,
-    cache: &Cache,
-) -> Result<PipPlan> {
-    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+/// Every requirement and option the section names: `packages`, its
+/// requirements files, inline lists, and `kiln lock --upgrade` pins.
+fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
     let mut inputs = spec::Inputs {
         prerelease: section.prerelease,
         ..Default::default()
@@ -160,6 +153,20 @@ pub fn plan(
             "kiln.lock",
         )?);
     }
+    Ok(inputs)
+}
+
+/// Resolve the section for the image's Python and download every wheel (verified) into the cache.
+pub fn plan(
+    section: &PipSection,
+    spec_dir: &Path,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<PipPlan> {
+    let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    let inputs = read_inputs(section, spec_dir)?;
     let (indexes, find_links) = sources(section, spec_dir, &inputs);
     if indexes.is_empty() && find_links.is_empty() {
         return Err(PipError::NoPackageSource.into());
@@ -227,7 +234,8 @@ pub fn plan(
                 let direct_url = provider.direct_url(name).map(|u| {
                     serde_json::json!({
                         "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
-                        "url": u,
+                        // PEP 610: no credentials in the installed record.
+                        "url": kiln_core::url::strip_credentials(u),
                     })
                     .to_string()
                 });
@@ -256,6 +264,7 @@ pub fn plan(
 /// checked against the locked sha256 (a cache hit needs no network).
 pub fn plan_locked(
     section: &PipSection,
+    spec_dir: &Path,
     rootfs: &Rootfs,
     platform: &Platform,
     pins: &[kiln_spec::lock::PipPin],
@@ -263,13 +272,17 @@ pub fn plan_locked(
     cache: &Cache,
 ) -> Result<PipPlan> {
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+    // The lock holds URLs without credentials; the configured sources hold them.
+    let (indexes, find_links) = sources(section, spec_dir, &read_inputs(section, spec_dir)?);
+    let credentialed: Vec<String> = indexes.into_iter().chain(find_links).collect();
     let mut wheels = pins
         .par_iter()
         .map(|pin| {
             let what = format!("[pip] locked {} {}", pin.name, pin.version);
             let d: Digest = pin.sha256.clone();
+            let url = kiln_core::url::with_credentials(&pin.url, &credentialed);
             let (sha256, size) = http
-                .download(&pin.url, Some(&d), cache)
+                .download(&url, Some(&d), cache)
                 .map_err(|e| e.context(&what))?;
             Ok(PinnedWheel {
                 name: pin.name.clone(),
@@ -300,7 +313,9 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
             name: w.name.clone(),
             version: w.version.clone(),
             filename: w.filename.clone(),
-            url: w.url.clone(),
+            // Credentials stay in the spec (or pip's configuration): a
+            // locked build puts them back from there.
+            url: kiln_core::url::strip_credentials(&w.url),
             sha256: w.sha256.clone(),
             size: w.size,
             requested: w.requested,

@@ -274,7 +274,7 @@ fn flatten(key: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
         }
         toml::Value::Array(items) if items.iter().all(|i| !i.is_table()) => {
             for i in items {
-                out.insert(format!("{key}[] = {i}"));
+                out.insert(format!("{key}[] = {}", shown(i)));
             }
         }
         toml::Value::Array(items) => {
@@ -283,8 +283,17 @@ fn flatten(key: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
             }
         }
         other => {
-            out.insert(format!("{key} = {other}"));
+            out.insert(format!("{key} = {}", shown(other)));
         }
+    }
+}
+
+/// A spec value as the lock records it: URLs without their credentials
+/// (a password is not a resolution input, and kiln.lock is a shared file).
+fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => toml::Value::String(kiln_core::url::redact(s)).to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -356,54 +356,7 @@ fn local_file(url: &str, source: std::io::Error) -> StoreError {
     }
 }
 
-/// A URL fit for messages: `user:password@` (e.g. from a `${TOKEN}` in a
-/// requirements file or an index URL with credentials) becomes `***@`.
-pub fn redact(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@') {
-            out = format!("{scheme}://***@{}", &rest[at + 1..]);
-        }
-    }
-    // Query values that carry a secret (`?token=…`, signed URLs' `Signature=…`).
-    let Some((base, query)) = out.split_once('?') else {
-        return out;
-    };
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
-    let secret_key = |k: &str| {
-        let k = k.to_ascii_lowercase();
-        [
-            "token",
-            "secret",
-            "password",
-            "passwd",
-            "signature",
-            "sig",
-            "key",
-            "auth",
-            "credential",
-        ]
-        .iter()
-        .any(|s| k.contains(s))
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if secret_key(k) && !v.is_empty() => format!("{k}=***"),
-            _ => p.to_string(),
-        })
-        .collect();
-    let mut r = format!("{base}?{}", params.join("&"));
-    if let Some(f) = fragment {
-        r.push('#');
-        r.push_str(f);
-    }
-    r
-}
+pub use kiln_core::url::redact;
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@ const REFUSALS_RETRIED: u32 = 2;
 /// How long one registry operation is retried, unless `KILN_RETRY_DEADLINE`
 /// (seconds) says otherwise; and at most how many times it is tried.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
-const MAX_ATTEMPTS: u32 = 8;
+const MAX_ATTEMPTS: u32 = 16;
 
 fn retry_deadline() -> Duration {
     std::env::var("KILN_RETRY_DEADLINE")

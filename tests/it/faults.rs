@@ -160,6 +160,21 @@ fn serve(
 /// answer; the answer to the client also says `Connection: close`.
 fn forward(head: &str, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(closing(head).as_bytes())?;
+    up.write_all(body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(response);
+    };
+    let (resp_head, rest) = response.split_at(split + 4);
+    let mut v = closing(&String::from_utf8_lossy(resp_head)).into_bytes();
+    v.extend_from_slice(rest);
+    Ok(v)
+}
+
+/// An HTTP head with its `Connection` header replaced by `Connection: close`.
+fn closing(head: &str) -> String {
     let mut out = String::new();
     for l in head.lines() {
         if l.is_empty() || l.to_ascii_lowercase().starts_with("connection:") {
@@ -169,26 +184,7 @@ fn forward(head: &str, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
         out.push_str("\r\n");
     }
     out.push_str("Connection: close\r\n\r\n");
-    up.write_all(out.as_bytes())?;
-    up.write_all(body)?;
-    let mut response = Vec::new();
-    up.read_to_end(&mut response)?;
-    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(response);
-    };
-    let (resp_head, rest) = response.split_at(split + 4);
-    let mut fixed = String::new();
-    for l in String::from_utf8_lossy(resp_head).lines() {
-        if l.is_empty() || l.to_ascii_lowercase().starts_with("connection:") {
-            continue;
-        }
-        fixed.push_str(l);
-        fixed.push_str("\r\n");
-    }
-    fixed.push_str("Connection: close\r\n\r\n");
-    let mut v = fixed.into_bytes();
-    v.extend_from_slice(rest);
-    Ok(v)
+    out
 }
 
 /// A small image with two file layers, pushed as `repo:tag` through `host`.

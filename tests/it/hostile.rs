@@ -136,7 +136,7 @@ fn layout_cases() -> Vec<Case> {
             fs::remove_file(blob(ws, &img.config_digest)).unwrap();
         }),
         tamper("layout: config is not JSON", "config", |ws, img| {
-            rewrite_json_blob(ws, img, "config", |_| json!("not an object"));
+            rewrite_config(ws, img, |_| json!("not an object"));
         }),
         tamper(
             "layout: layer blob missing",
@@ -149,7 +149,7 @@ fn layout_cases() -> Vec<Case> {
             fs::write(blob(ws, &img.layer_digests[0]), gzip(b"not the layer")).unwrap();
         }),
         tamper("layout: more diff_ids than layers", "diff_id", |ws, img| {
-            rewrite_json_blob(ws, img, "config", |mut c| {
+            rewrite_config(ws, img, |mut c| {
                 c["rootfs"]["diff_ids"]
                     .as_array_mut()
                     .unwrap()
@@ -174,10 +174,9 @@ fn layout_cases() -> Vec<Case> {
     ]
 }
 
-/// Replace the manifest's (or config's) JSON in the layout, re-pointing the
-/// manifest and index at the new blobs, so only the content lies.
-fn rewrite_json_blob(ws: &Workspace, img: &HandmadeImage, which: &str, f: impl Fn(Value) -> Value) {
-    assert_eq!(which, "config");
+/// Replace the config's JSON in the layout, re-pointing the manifest and
+/// the index at the new blobs, so only the content lies.
+fn rewrite_config(ws: &Workspace, img: &HandmadeImage, f: impl Fn(Value) -> Value) {
     let config = read_json(&blob(ws, &img.config_digest));
     let bytes = serde_json::to_vec(&f(config)).unwrap();
     let config_digest = digest_of(&bytes);

@@ -65,7 +65,7 @@ pub fn debian_arch(p: &Platform) -> Result<&'static str> {
 
 /// Every architecture Debian builds for (a `name:ARCH` request must name one).
 fn debian_archs() -> impl Iterator<Item = &'static str> {
-    kiln_core::Arch::ALL.iter().filter_map(|a| a.debian())
+    kiln_core::Arch::all().filter_map(|a| a.debian())
 }
 
 /// Which base files' contents the apt stage reads.

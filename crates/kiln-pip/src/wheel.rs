@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use kiln_core::error::{IoContext, Result};
 
+use crate::metadata::CoreMetadata;
 use crate::tags::WheelName;
 use crate::{normalize, PipError, WheelProblem};
 
@@ -283,23 +284,20 @@ pub(crate) fn verify(
 
     // METADATA and WHEEL against the file name.
     let name = WheelName::parse(filename)?;
-    if let Some(meta) = member("METADATA") {
-        let fields = kiln_fs::probe::header_fields(&meta.data, false);
-        let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if let (Some(n), Some(v)) = (field("name"), field("version")) {
-            let same_version = match (
-                uv_pep440::Version::from_str(&v),
-                uv_pep440::Version::from_str(&name.version),
-            ) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => v == name.version,
-            };
-            if normalize(&n) != normalize(&name.name) || !same_version {
-                return Err(bad(WheelProblem::NameMismatch {
-                    metadata: format!("{n} {v}"),
-                    file_name: format!("{} {}", name.name, name.version),
-                }));
-            }
+    if let Some(meta) = member("METADATA").and_then(|m| CoreMetadata::parse(&m.data).ok()) {
+        let (n, v) = (meta.name, meta.version);
+        let same_version = match (
+            uv_pep440::Version::from_str(&v),
+            uv_pep440::Version::from_str(&name.version),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => v == name.version,
+        };
+        if normalize(&n) != normalize(&name.name) || !same_version {
+            return Err(bad(WheelProblem::NameMismatch {
+                metadata: format!("{n} {v}"),
+                file_name: format!("{} {}", name.name, name.version),
+            }));
         }
     }
     if let Some(w) = member("WHEEL") {

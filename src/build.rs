@@ -439,7 +439,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 digest: s.digest.to_string(),
                 packages: s.packages,
                 paths,
-                referrer: outputs.referrers.get(i).map(|d| d.to_string()),
+                referrer: outputs.referrers.get(i).cloned(),
             })
             .collect(),
         apt: Vec::new(),
@@ -567,7 +567,8 @@ fn run_stages(
 struct Written {
     written: Vec<String>,
     push: Option<push::PushReport>,
-    referrers: Vec<kiln_core::Digest>,
+    /// The pushed SBOM referrer manifests, per platform.
+    referrers: Vec<String>,
     /// Per SBOM: the files written beside OCI layouts.
     sbom_paths: Vec<Vec<String>>,
 }
@@ -585,36 +586,37 @@ fn write_outputs(
 ) -> Result<Written> {
     let spec = &plan.setup.spec;
     let tags = &plan.tags;
-    let mut referrers = Vec::new();
+    // Blobs, manifests, SBOM referrers, then the tags: one push, which
+    // either completes or says what the registry holds.
     let push_report = match (&plan.push, &plan.setup.registry) {
-        (Some((repo, target)), Some(reg)) => {
-            let mut report = push::push(reg, repo, tags, assembled, blobs, &opts.progress)?;
-            if !sboms.is_empty() {
-                let spinner = opts.progress.spinner("pushing SBOM referrers");
-                let blobs_list: Vec<push::SbomBlob> = sboms
-                    .iter()
-                    .map(|s| push::SbomBlob {
-                        media_type: sbom::MEDIA_TYPE,
-                        digest: s.digest.clone(),
-                        size: s.bytes.len() as u64,
-                        file_name: s.file_name.clone(),
-                    })
-                    .collect();
-                referrers = push::push_sboms(
-                    reg,
-                    target,
-                    assembled,
-                    &blobs_list,
-                    &kiln_core::time::rfc3339(opts.epoch),
-                    blobs,
-                    &mut report,
-                )?;
-                spinner.finish_and_clear();
-            }
-            Some(report)
+        (Some((repo, _)), Some(reg)) => {
+            let created = kiln_core::time::rfc3339(opts.epoch);
+            let sbom_blobs: Vec<push::SbomBlob> = sboms
+                .iter()
+                .map(|s| push::SbomBlob {
+                    media_type: sbom::MEDIA_TYPE,
+                    digest: s.digest.clone(),
+                    size: s.bytes.len() as u64,
+                    file_name: s.file_name.clone(),
+                    created: created.clone(),
+                })
+                .collect();
+            Some(push::push(
+                reg,
+                repo,
+                tags,
+                assembled,
+                &sbom_blobs,
+                blobs,
+                &opts.progress,
+            )?)
         }
         _ => None,
     };
+    let referrers = push_report
+        .as_ref()
+        .map(|r| r.referrer_manifests.clone())
+        .unwrap_or_default();
 
     let mut written = Vec::new();
     let sbom_files: Vec<(String, Vec<u8>)> = sboms

@@ -167,7 +167,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                let v = serde_json::json!({"error": {"kind": e.kind().name(), "message": e.to_string()}});
+                let mut v = serde_json::json!({"error": {"kind": e.kind().name(), "message": e.to_string()}});
+                // A push that stopped half-way: what is in the registry.
+                if let Some(kiln_oci::RegistryError::PushIncomplete {
+                    report, tags, step, ..
+                }) = e.downcast_ref::<kiln_oci::RegistryError>()
+                {
+                    v["error"]["push"] = serde_json::json!({
+                        "step": step,
+                        "done": report,
+                        "tags_not_written": tags.iter().filter(|t| !report.tags.contains(t)).collect::<Vec<_>>(),
+                    });
+                }
                 println!("{v}");
             }
             eprintln!("error: {e}");

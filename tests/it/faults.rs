@@ -2,7 +2,8 @@
 //! answers a share of requests with 503, with 429 + `Retry-After`, by
 //! cutting the connection before the response, or by cutting it half-way
 //! through the response after the registry acted on the request. Pushes and
-//! pulls through it must all succeed, with the digests of a clean run.
+//! pulls through it must all succeed, with the digests of a clean run. A
+//! proxy that refuses one request for good shows what a failed push says.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -29,17 +30,30 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: u16, percent: u64, seed: u64) -> FaultProxy {
+        Self::with_refusal(upstream, percent, seed, None)
+    }
+
+    /// A proxy without random faults that answers every request whose
+    /// request line starts with `refused` (`PUT /v2/REPO/manifests/TAG `)
+    /// with a permanent 400 `TAG_INVALID`, as a registry with immutable
+    /// tags does.
+    pub fn refusing(upstream: u16, refused: &str) -> FaultProxy {
+        Self::with_refusal(upstream, 0, 1, Some(refused.to_string()))
+    }
+
+    fn with_refusal(upstream: u16, percent: u64, seed: u64, refused: Option<String>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stats = Arc::new(FaultStats::default());
         let rng = Arc::new(AtomicU64::new(seed | 1));
         let s = stats.clone();
+        let refused = Arc::new(refused);
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (s, rng) = (s.clone(), rng.clone());
+                let (s, rng, refused) = (s.clone(), rng.clone(), refused.clone());
                 thread::spawn(move || {
-                    let _ = serve(conn, upstream, percent, &rng, &s);
+                    let _ = serve(conn, upstream, percent, &rng, &s, refused.as_deref());
                 });
             }
         });
@@ -74,6 +88,7 @@ fn serve(
     percent: u64,
     rng: &AtomicU64,
     stats: &FaultStats,
+    refused: Option<&str>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -125,6 +140,17 @@ fn serve(
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let mut client = client;
+    if refused.is_some_and(|r| text.starts_with(r)) {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+        let body = br#"{"errors":[{"code":"TAG_INVALID","message":"tag is immutable"}]}"#;
+        write!(
+            client,
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        client.write_all(body)?;
+        return client.shutdown(Shutdown::Both);
+    }
     let roll = next(rng);
     if roll % 100 < percent {
         stats.faults.fetch_add(1, Ordering::Relaxed);
@@ -302,4 +328,102 @@ fn pushes_and_pulls_survive_a_faulty_registry() {
         proxy.stats.faults.load(Ordering::Relaxed),
         proxy.stats.requests.load(Ordering::Relaxed)
     );
+}
+
+/// A registry that refuses one tag for good: the push fails, but only
+/// after the blobs, the manifest and the SBOM referrer are in and the tags
+/// before it written, and the error says exactly that.
+#[test]
+fn a_refused_tag_fails_the_push_naming_what_was_not_written() {
+    let reg = Registry::shared();
+    let repo = unique_repo("refused-tag");
+    let proxy = FaultProxy::refusing(reg.port, &format!("PUT /v2/{repo}/manifests/latest "));
+    let ws = Workspace::new("push-refused-tag");
+    simple_push_spec(&ws, &format!("{}/{repo}", proxy.host()), &["1.0", "latest"]);
+    let r = expect_failure(
+        &ws,
+        &["build", "--push", "--output", "oci:out"],
+        3,
+        &[
+            &format!(
+                "push to {}/{repo} incomplete: writing tags failed: ",
+                proxy.host()
+            ),
+            "tag is immutable",
+            "SBOM referrers: pushed (1)",
+            "tags written: 1.0; tags not written: latest",
+        ],
+    );
+    let blobs_line = r
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("blobs in the registry: "))
+        .unwrap_or_else(|| panic!("no blobs line:\n{}", r.stderr));
+    let counts = blobs_line.split(':').nth(1).unwrap().trim();
+    let (n, m) = counts.split_once(" of ").unwrap();
+    let m = m.split_whitespace().next().unwrap();
+    assert_eq!(n, m, "every blob is in: {blobs_line}");
+    assert!(
+        r.stderr.contains("manifests pushed: sha256:"),
+        "{}",
+        r.stderr
+    );
+
+    // The registry agrees: 1.0 is there, latest is not.
+    assert!(
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &reg.docker_ref(&repo, "1.0")
+        ])
+        .code()
+            == Some(0)
+    );
+    assert_ne!(
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &reg.docker_ref(&repo, "latest")
+        ])
+        .code(),
+        Some(0),
+        "latest must not be written"
+    );
+    // The order: manifests by digest and the SBOM referrer before any tag.
+    let puts: Vec<String> = reg
+        .log()
+        .lines()
+        .filter_map(|l| {
+            let at = l.find(&format!("\"PUT /v2/{repo}/manifests/"))?;
+            let rest = &l[at + format!("\"PUT /v2/{repo}/manifests/").len()..];
+            Some(rest.split([' ', '"']).next()?.to_string())
+        })
+        .collect();
+    let first_tag = puts.iter().position(|p| p == "1.0").expect("1.0 was put");
+    assert!(
+        puts[..first_tag]
+            .iter()
+            .filter(|p| p.starts_with("sha256:"))
+            .count()
+            >= 2,
+        "the image manifest and its SBOM referrer go by digest before the tags: {puts:?}"
+    );
+    assert!(
+        puts[first_tag..].iter().all(|p| !p.starts_with("sha256")),
+        "{puts:?}"
+    );
+
+    // `--json` says the same, for CI scripts.
+    let r = ws
+        .kiln()
+        .args(["build", "--push", "--output", "oci:out", "--json", "-q"])
+        .run();
+    assert_eq!(r.code(), Some(3), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect(&r.stdout);
+    let push = &v["error"]["push"];
+    assert_eq!(push["step"], "tags", "{v}");
+    assert_eq!(push["tags_not_written"], serde_json::json!(["latest"]), "{v}");
+    assert_eq!(push["done"]["tags"], serde_json::json!(["1.0"]), "{v}");
 }

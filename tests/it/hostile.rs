@@ -157,6 +157,53 @@ fn layout_cases() -> Vec<Case> {
                 c
             });
         }),
+        tamper(
+            "layout: a diff_id that is not the layer's",
+            "diff_id",
+            |ws, img| {
+                rewrite_config(ws, img, |mut c| {
+                    c["rootfs"]["diff_ids"][0] = json!(format!("sha256:{}", "1".repeat(64)));
+                    c
+                });
+            },
+        ),
+        tamper(
+            "layout: layer size of 2^62",
+            "descriptor says",
+            |ws, img| {
+                rewrite_manifest(ws, img, |mut m| {
+                    m["layers"][0]["size"] = json!(1u64 << 62);
+                    m
+                });
+            },
+        ),
+        tamper(
+            "layout: layer blob is a symlink to /dev/zero",
+            "symlink",
+            |ws, img| {
+                let p = blob(ws, &img.layer_digests[0]);
+                fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+            },
+        ),
+        tamper("layout: manifest blob is a FIFO", "FIFO", |ws, img| {
+            let p = blob(ws, &img.manifest_digest);
+            fs::remove_file(&p).unwrap();
+            let status = std::process::Command::new("mkfifo")
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }),
+        tamper(
+            "layout: index.json is a symlink to a host file",
+            "symlink",
+            |ws, _| {
+                let p = ws.join("base/index.json");
+                fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+            },
+        ),
         case("layout: tag that does not exist", "nope", |ws| {
             layout(ws);
             ws.spec(&format!("[image]\nbase = \"oci:base:nope\"\n{FILE}"));
@@ -181,9 +228,16 @@ fn rewrite_config(ws: &Workspace, img: &HandmadeImage, f: impl Fn(Value) -> Valu
     let bytes = serde_json::to_vec(&f(config)).unwrap();
     let config_digest = digest_of(&bytes);
     fs::write(blob(ws, &config_digest), &bytes).unwrap();
-    let mut manifest = read_json(&blob(ws, &img.manifest_digest));
-    manifest["config"]["digest"] = json!(config_digest);
-    manifest["config"]["size"] = json!(bytes.len());
+    rewrite_manifest(ws, img, |mut manifest| {
+        manifest["config"]["digest"] = json!(config_digest);
+        manifest["config"]["size"] = json!(bytes.len());
+        manifest
+    });
+}
+
+/// Replace the manifest's JSON in the layout, re-pointing the index at it.
+fn rewrite_manifest(ws: &Workspace, img: &HandmadeImage, f: impl Fn(Value) -> Value) {
+    let manifest = f(read_json(&blob(ws, &img.manifest_digest)));
     let mbytes = serde_json::to_vec(&manifest).unwrap();
     let mdigest = digest_of(&mbytes);
     fs::write(blob(ws, &mdigest), &mbytes).unwrap();
@@ -234,7 +288,32 @@ fn archive_cases() -> Vec<Case> {
             ));
         })
     };
+    let mut linked = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest("c.json", &["l.tar"])),
+        ("c.json", config.clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        linked.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    linked.append_link(&mut h, "l.tar", "/etc/passwd").unwrap();
+    let linked = linked.into_inner().unwrap();
     vec![
+        case(
+            "archive: layer member is a symlink to a host file",
+            "symlink",
+            move |ws| {
+                ws.write("img.tar", &linked);
+                ws.spec(&format!(
+                    "[image]\nbase = \"docker-archive:img.tar\"\n{FILE}"
+                ));
+            },
+        ),
         with("archive: not a tar", "img.tar", vec![]),
         case("archive: random bytes", "img.tar", |ws| {
             ws.write("img.tar", vec![0x42u8; 3000]);

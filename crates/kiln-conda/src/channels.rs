@@ -75,7 +75,9 @@ pub(crate) fn fetch_all(
             }
             if !found {
                 return Err(CondaError::NoRepodata {
-                    channel: c.canonical_name(),
+                    // rattler's canonical name masks a password but shows
+                    // the user name and only a token right after the host.
+                    channel: redact(&c.canonical_name()),
                     url: redact(c.base_url.as_str()),
                     subdir: subdir.to_string(),
                 }

@@ -1,6 +1,10 @@
 //! What the conda stage can fail with, by cause. Travels up as
 //! [`kiln_core::Error::Typed`]; find it again with
 //! `err.downcast_ref::<CondaError>()`.
+//!
+//! URLs (and requests that may hold one) are stored already redacted with
+//! [`kiln_core::url::redact`]: no message shows a password or a channel's
+//! `/t/<token>/`.
 
 use std::path::PathBuf;
 
@@ -18,6 +22,7 @@ pub enum CondaError {
     BadMatchSpec {
         /// Where it was written (`[conda] packages` or an environment file).
         origin: String,
+        /// As written, credentials redacted.
         spec: String,
         reason: String,
     },
@@ -107,7 +112,7 @@ pub enum CondaError {
         target_note(.target)
     )]
     Unsatisfiable {
-        /// The solver's explanation, line by line.
+        /// The solver's explanation, line by line (credentials redacted).
         explanation: Vec<String>,
         /// For each request nothing matches, the versions the channels have
         /// (`` `numpy==1.17*`: the channels have numpy 1.26.4 ``).

@@ -182,11 +182,12 @@ fn add_all(t: &mut Tree, entries: Vec<Entry>) {
     }
 }
 
-/// `channel::name-version-build`.
+/// `channel::name-version-build` (the channel's last path segment, never
+/// its token: see [`kiln_core::url::strip_credentials`]).
 pub(crate) fn label(r: &RepoDataRecord) -> String {
     let p = &r.package_record;
-    let channel = r
-        .channel
+    let bare = r.channel.as_deref().map(kiln_core::url::strip_credentials);
+    let channel = bare
         .as_deref()
         .map(|c| c.trim_end_matches('/').rsplit('/').next().unwrap_or(c))
         .unwrap_or("");
@@ -281,7 +282,8 @@ fn link(
     })?;
 
     let name = p.record.package_record.name.as_normalized().to_string();
-    let mut record = PrefixRecord::from_repodata_record(p.record.clone(), entries);
+    // The record goes into the image: channel and URL without credentials.
+    let mut record = PrefixRecord::from_repodata_record(crate::public_record(&p.record), entries);
     if let Some(spec) = &p.requested {
         record.requested_specs = vec![spec.clone()];
     }
@@ -310,18 +312,22 @@ fn link(
 }
 
 /// A locked package's record, rebuilt from its archive (fetched and checked
-/// against the locked sha256) instead of from repodata.
+/// against the locked sha256) instead of from repodata. The locked URL has
+/// no credentials: those of the configured channel it is under (`sources`,
+/// the channels' base URLs) are put back to fetch it.
 pub(crate) fn record_from_archive(
     pin: &kiln_spec::lock::CondaPin,
+    sources: &[String],
     http: &kiln_store::http::Http,
     cache: &Cache,
 ) -> Result<RepoDataRecord> {
     let what = format!("[conda] locked {}", pin.filename);
     let d: Digest = pin.sha256.clone();
+    let fetch_url = kiln_core::url::with_credentials(&pin.url, sources);
     let (_, size) = http
-        .download(&pin.url, Some(&d), cache)
+        .download(&fetch_url, Some(&d), cache)
         .map_err(|e| e.context(&what))?;
-    let dir = extracted(&d, &pin.url, cache).map_err(|e| e.context(&what))?;
+    let dir = extracted(&d, &fetch_url, cache).map_err(|e| e.context(&what))?;
     let bad = |reason: String| CondaError::BadLockedPackage {
         filename: pin.filename.clone(),
         reason,
@@ -340,8 +346,8 @@ pub(crate) fn record_from_archive(
     // The channel's view of the dependencies wins over the archive's (repodata patches).
     package_record.depends = pin.depends.clone();
     package_record.constrains = pin.constrains.clone();
-    let url =
-        url::Url::parse(&pin.url).map_err(|e| bad(format!("url `{}`: {e}", redact(&pin.url))))?;
+    let url = url::Url::parse(&fetch_url)
+        .map_err(|e| bad(format!("url `{}`: {e}", redact(&fetch_url))))?;
     let identifier = DistArchiveIdentifier::try_from_filename(&pin.filename)
         .ok_or_else(|| bad("not a conda archive name".into()))?;
     Ok(RepoDataRecord {

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
+use kiln_core::url::strip_credentials;
 use kiln_fs::rootfs::Rootfs;
 use kiln_spec::sections::CondaSection;
 pub use kiln_spec::sections::Priority;
@@ -48,7 +49,7 @@ pub struct CondaPlan {
     pub(crate) unchanged: Vec<PrefixRecord>,
     /// Packages of the base prefix that the solution replaces.
     pub(crate) replaced: Vec<PrefixRecord>,
-    /// The whole solution, for `conda-meta/history`.
+    /// The requests, for `conda-meta/history` (without credentials: [`public_spec`]).
     pub(crate) specs: Vec<String>,
     pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
     /// An environment.yml `pip:` list, installed into the prefix's Python after the conda layers.
@@ -59,7 +60,8 @@ pub struct Pinned {
     pub(crate) record: RepoDataRecord,
     /// Cache digest of the archive (its sha256).
     pub(crate) sha256: Digest,
-    /// The spec that asked for it by name, if any.
+    /// The spec that asked for it by name, if any (without credentials:
+    /// [`public_spec`]).
     pub(crate) requested: Option<String>,
 }
 
@@ -153,7 +155,7 @@ pub(crate) fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request
         let spec = MatchSpec::from_str(t, ParseStrictness::Lenient).map_err(|e| {
             CondaError::BadMatchSpec {
                 origin: origin.clone(),
-                spec: t.clone(),
+                spec: redact(t),
                 reason: e.to_string(),
             }
         })?;
@@ -251,13 +253,17 @@ fn solve_typed(
             });
             Ok(records)
         }
+        // Requests may name a channel by URL: no credentials in the explanation.
         Err(SolveError::Unsolvable(why)) => Err(CondaError::Unsatisfiable {
-            explanation: why,
-            hints: version_hints(available, &hint_specs),
+            explanation: why.iter().map(|l| redact(l)).collect(),
+            hints: version_hints(available, &hint_specs)
+                .iter()
+                .map(|h| redact(h))
+                .collect(),
             target: None,
         }),
         Err(e) => Err(CondaError::Solver {
-            reason: e.to_string(),
+            reason: redact(&e.to_string()),
             target: None,
         }),
     }
@@ -384,6 +390,8 @@ pub fn plan(
     )
 }
 
+/// Package name → the request that named it, as kiln.lock and conda-meta
+/// record it ([`public_spec`]).
 fn requested_names(req: &Request) -> BTreeMap<String, String> {
     req.specs
         .iter()
@@ -391,9 +399,37 @@ fn requested_names(req: &Request) -> BTreeMap<String, String> {
         .filter_map(|(s, t)| {
             s.name
                 .as_exact()
-                .map(|n| (n.as_normalized().to_string(), t.clone()))
+                .map(|n| (n.as_normalized().to_string(), public_spec(t)))
         })
         .collect()
+}
+
+/// A request as kiln writes it out (kiln.lock, `conda-meta`): a channel
+/// URL loses its credentials (`https://host/t/TOKEN/chan::numpy` →
+/// `https://host/chan::numpy`), and any other URL in it is redacted.
+pub(crate) fn public_spec(text: &str) -> String {
+    let text = match text.rsplit_once("::") {
+        Some((channel, rest)) if channel.contains("://") => {
+            format!("{}::{rest}", strip_credentials(channel))
+        }
+        _ => text.to_string(),
+    };
+    redact(&text)
+}
+
+/// A record as kiln writes it out (kiln.lock, `conda-meta`, reports,
+/// history): its channel and URL without credentials. Records in memory
+/// keep them, to download with.
+pub(crate) fn public_record(r: &RepoDataRecord) -> RepoDataRecord {
+    let mut r = r.clone();
+    let bare = strip_credentials(r.url.as_str());
+    // A URL without credentials is still a URL; should it not parse, the
+    // masked one is the next best thing.
+    if let Ok(u) = url::Url::parse(&bare).or_else(|_| url::Url::parse(&redact(&bare))) {
+        r.url = u;
+    }
+    r.channel = r.channel.as_deref().map(strip_credentials);
+    r
 }
 
 /// Split a solution into kept / replaced / new against the base prefix and
@@ -447,7 +483,7 @@ fn finish(
         install,
         unchanged,
         replaced,
-        specs: req.spec_texts,
+        specs: req.spec_texts.iter().map(|t| public_spec(t)).collect(),
         virtual_packages,
         pip: req.pip,
     })
@@ -473,6 +509,12 @@ pub fn plan_locked(
         virtual_packages,
         base,
     } = start(section, spec_dir, fs, platform)?;
+    // The lock holds URLs without credentials; the configured channels hold them.
+    let sources: Vec<String> = req
+        .channels
+        .iter()
+        .map(|c| c.base_url.as_str().to_string())
+        .collect();
     let records = kiln_store::http::on_network_pool(|| {
         pins.par_iter()
             .map(|pin| {
@@ -484,7 +526,7 @@ pub fn plan_locked(
                 }) {
                     return Ok(b.repodata_record.clone());
                 }
-                install::record_from_archive(pin, http, cache)
+                install::record_from_archive(pin, &sources, http, cache)
             })
             .collect::<Result<Vec<_>>>()
     })?;
@@ -502,7 +544,9 @@ pub fn plan_locked(
     )
 }
 
-/// What a lock records for a conda plan: the whole environment (kept and new).
+/// What a lock records for a conda plan: the whole environment (kept and
+/// new), channels and URLs without credentials (a locked build puts them
+/// back from the spec's channels).
 pub fn pins(plan: &CondaPlan) -> Vec<kiln_spec::lock::CondaPin> {
     let requested: BTreeMap<&str, &String> = plan
         .install
@@ -518,6 +562,7 @@ pub fn pins(plan: &CondaPlan) -> Vec<kiln_spec::lock::CondaPin> {
         .map(|p| &p.record)
         .chain(plan.unchanged.iter().map(|r| &r.repodata_record))
         .filter_map(|r| {
+            let r = public_record(r);
             let p = &r.package_record;
             Some(kiln_spec::lock::CondaPin {
                 name: p.name.as_normalized().to_string(),
@@ -834,5 +879,305 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(err.to_string().contains("md5 mismatch"), "{err}");
+    }
+
+    // -- Channel tokens (`https://host/t/<TOKEN>/channel`) ---------------------
+
+    const SECRET: &str = "SECRETTOKEN";
+
+    /// An error's whole message, causes included.
+    fn shown(err: &kiln_core::Error) -> String {
+        kiln_core::error::with_causes(err)
+    }
+
+    /// A loopback HTTP server answering every request with `status` and
+    /// `body`: its base URL and the paths it was asked for.
+    fn serve(
+        status: &'static str,
+        body: &'static [u8],
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                if let Some(path) = line.split_whitespace().nth(1) {
+                    log.lock().unwrap().push(path.to_string());
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(body);
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), seen)
+    }
+
+    fn token_channel(base: &str) -> Channel {
+        let config = channels::config(Path::new("/"), None).unwrap();
+        channels::parse(&format!("{base}/t/{SECRET}/chan"), &config).unwrap()
+    }
+
+    #[test]
+    fn channel_tokens_stay_out_of_the_lock_and_the_image() {
+        let config = channels::config(Path::new("/"), None).unwrap();
+        let chan = channels::parse("https://h.invalid/t/SECRETTOKEN/chan", &config).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/conda/conda-forge-numpy-linux-64.json");
+        let repodata = channels::parse_repodata(&std::fs::read(path).unwrap()).unwrap();
+        let numpy = repodata
+            .into_repo_data_records(&chan)
+            .into_iter()
+            .find(|r| r.package_record.name.as_normalized() == "numpy")
+            .unwrap();
+        // What the channel serves carries the token, as it must to be fetched.
+        assert!(numpy.url.as_str().contains(SECRET));
+        assert!(numpy.channel.as_deref().unwrap().contains(SECRET));
+
+        let spec = "https://h.invalid/t/SECRETTOKEN/chan::numpy";
+        let s = section(vec![chan.base_url.to_string()], vec![spec.into()]);
+        let req = request(&s, Path::new("/")).unwrap();
+        let requested = requested_names(&req);
+        assert_eq!(requested["numpy"], "https://h.invalid/chan::numpy");
+        let sha256 = Digest::from_hex(&hex::encode(numpy.package_record.sha256.unwrap())).unwrap();
+        let plan = CondaPlan {
+            prefix: "/opt/conda".into(),
+            subdir: "linux-64".parse().unwrap(),
+            install: vec![Pinned {
+                record: numpy.clone(),
+                sha256,
+                requested: requested.get("numpy").cloned(),
+            }],
+            unchanged: Vec::new(),
+            replaced: Vec::new(),
+            specs: req.spec_texts.iter().map(|t| public_spec(t)).collect(),
+            virtual_packages: Vec::new(),
+            pip: None,
+        };
+        let pins = pins(&plan);
+        let locked = serde_json::to_string(&pins).unwrap();
+        assert!(!locked.contains(SECRET), "{locked}");
+        assert_eq!(pins[0].channel, "https://h.invalid/chan/");
+        let file = numpy.identifier.to_file_name();
+        assert_eq!(
+            pins[0].url,
+            format!("https://h.invalid/chan/linux-64/{file}")
+        );
+        assert_eq!(
+            pins[0].requested.as_deref(),
+            Some("https://h.invalid/chan::numpy")
+        );
+        // A locked build gets the exact URL back from the configured channel.
+        let sources: Vec<String> = req
+            .channels
+            .iter()
+            .map(|c| c.base_url.as_str().to_string())
+            .collect();
+        assert_eq!(
+            kiln_core::url::with_credentials(&pins[0].url, &sources),
+            numpy.url.as_str()
+        );
+
+        // Reports, history and conda-meta records.
+        assert!(plan.specs.iter().all(|s| !s.contains(SECRET)));
+        assert_eq!(
+            install::label(&numpy),
+            format!("chan::numpy-1.26.4-{}", numpy.package_record.build)
+        );
+        let public = public_record(&numpy);
+        assert_eq!(public.url.as_str(), pins[0].url);
+        let mut meta = Vec::new();
+        PrefixRecord::from_repodata_record(public, Vec::new())
+            .write_to(&mut meta, true)
+            .unwrap();
+        let meta = String::from_utf8(meta).unwrap();
+        assert!(!meta.contains(SECRET), "{meta}");
+        assert!(meta.contains("https://h.invalid/chan/"), "{meta}");
+    }
+
+    #[test]
+    fn channel_tokens_stay_out_of_request_errors() {
+        // A MatchSpec naming its channel by URL.
+        let s = section(
+            vec!["conda-forge".into()],
+            vec!["https://h.invalid/t/SECRETTOKEN/chan::numpy >=>= 1".into()],
+        );
+        let err = request(&s, Path::new("/")).err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadMatchSpec { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!shown(&err).contains(SECRET), "{err}");
+        assert!(
+            shown(&err).contains("https://h.invalid/t/***/chan::numpy"),
+            "{err}"
+        );
+        // A channel URL that does not parse.
+        let s = section(
+            vec!["https://u:pw@h.invalid:99999/t/SECRETTOKEN/chan".into()],
+            vec!["numpy".into()],
+        );
+        let err = request(&s, Path::new("/")).err().unwrap();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadChannel { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            !shown(&err).contains(SECRET) && !shown(&err).contains("pw"),
+            "{err}"
+        );
+        // An alias that does not parse.
+        let err = channels::config(
+            Path::new("/"),
+            Some("https://h.invalid:99999/t/SECRETTOKEN"),
+        )
+        .unwrap_err();
+        assert!(!shown(&err).contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn channel_tokens_stay_out_of_fetch_errors() {
+        let subdir: Subdir = "linux-64".parse().unwrap();
+        // Neither subdir there.
+        let (base, seen) = serve("404 Not Found", b"");
+        let err = channels::fetch_all(&[token_channel(&base)], subdir, &Http::new().unwrap())
+            .unwrap_err();
+        match err.downcast_ref::<CondaError>() {
+            Some(CondaError::NoRepodata { channel, url, .. }) => {
+                assert_eq!(url, &format!("{base}/t/***/chan/"));
+                assert!(!channel.contains(SECRET), "{channel}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!shown(&err).contains(SECRET), "{err}");
+        // The token was used to ask.
+        let asked = seen.lock().unwrap().clone();
+        assert!(
+            asked.contains(&format!("/t/{SECRET}/chan/linux-64/repodata.json")),
+            "{asked:?}"
+        );
+        // A repodata.json that does not parse.
+        let (base, _) = serve("200 OK", b"{not json");
+        let err = channels::fetch_all(&[token_channel(&base)], subdir, &Http::new().unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::BadRepodata { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            shown(&err).contains("/t/***/chan/linux-64/repodata.json"),
+            "{err}"
+        );
+        assert!(!shown(&err).contains(SECRET), "{err}");
+        // A server error, and offline.
+        let (base, _) = serve("403 Forbidden", b"");
+        let http = Http::new().unwrap();
+        let err = channels::fetch_all(&[token_channel(&base)], subdir, &http).unwrap_err();
+        assert!(!shown(&err).contains(SECRET), "{err}");
+        let err = channels::fetch_all(
+            &[token_channel("https://h.invalid")],
+            subdir,
+            &Http::offline().unwrap(),
+        )
+        .unwrap_err();
+        assert!(!shown(&err).contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn channel_tokens_stay_out_of_download_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let (base, _) = serve("200 OK", b"not really an archive");
+        let url = format!("{base}/t/{SECRET}/chan/linux-64/zlib-1.0-0.tar.bz2");
+        let mut r = unverified_record(dir.path(), None);
+        r.url = url::Url::parse(&url).unwrap();
+        let err = download(&r, &http, &cache).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::Unverifiable { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!shown(&err).contains(SECRET), "{err}");
+        r.package_record.md5 = Some(
+            rattler_digest::parse_digest_from_hex::<rattler_digest::Md5>(
+                "00000000000000000000000000000000",
+            )
+            .unwrap(),
+        );
+        let err = download(&r, &http, &cache).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::Md5Mismatch { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!shown(&err).contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn a_locked_build_fetches_with_the_configured_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let body: &'static [u8] = b"not really an archive";
+        let (base, seen) = serve("200 OK", body);
+        let chan = token_channel(&base);
+        let pin = kiln_spec::lock::CondaPin {
+            name: "zlib".into(),
+            version: "1.0".into(),
+            build: "0".into(),
+            channel: format!("{base}/chan/"),
+            subdir: "linux-64".into(),
+            filename: "zlib-1.0-0.tar.bz2".into(),
+            url: format!("{base}/chan/linux-64/zlib-1.0-0.tar.bz2"),
+            sha256: Digest::of(body),
+            md5: None,
+            size: None,
+            depends: Vec::new(),
+            constrains: Vec::new(),
+            requested: None,
+        };
+        let sources = vec![chan.base_url.as_str().to_string()];
+        let err = install::record_from_archive(&pin, &sources, &Http::new().unwrap(), &cache)
+            .unwrap_err();
+        // Fetched with the token; the archive is no archive; the message has no token.
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [format!("/t/{SECRET}/chan/linux-64/zlib-1.0-0.tar.bz2")]
+        );
+        assert!(
+            matches!(
+                err.downcast_ref::<CondaError>(),
+                Some(CondaError::CorruptArchive { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!shown(&err).contains(SECRET), "{err}");
     }
 }

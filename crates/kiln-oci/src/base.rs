@@ -11,7 +11,7 @@ use std::path::{Component, Path};
 use oci_client::Reference;
 use serde_json::Value;
 
-use crate::blobs::{Blobs, Origin};
+use crate::blobs::{open_layout_blob, read_document, Blobs, DocumentReadError, Origin};
 use crate::error::{DocumentKind, ImageError, RegistryError};
 use crate::manifest::{self, Desc, Document};
 use crate::registry::Registry;
@@ -134,8 +134,8 @@ pub fn load(
                 },
             )?;
             for img in &images {
-                for l in &img.layers {
-                    blobs.add_origin(&l.digest, l.size, Origin::Registry(r.clone()));
+                for (l, diff_id) in img.layers.iter().zip(&img.diff_ids) {
+                    blobs.add_layer(l, diff_id, Origin::Registry(r.clone()), &what);
                 }
             }
             Ok(BaseImage {
@@ -178,6 +178,7 @@ fn resolve(
                         available: manifest::platforms_of(&entries),
                     }
                 })?;
+                manifest::check_size(entry.size, what, "manifest")?;
                 let bytes = fetch_manifest(entry)?;
                 if Digest::of(&bytes) != entry.digest {
                     return Err(ImageError::DigestMismatch {
@@ -234,6 +235,7 @@ fn single(
         }
         .into());
     };
+    manifest::check_size(config.size, what, "config")?;
     let config_bytes = fetch_blob(&config)?;
     let (config, platform, diff_ids) = parse_config(&config_bytes, what)?;
     if diff_ids.len() != layers.len() {
@@ -256,6 +258,7 @@ fn single(
 
 /// Parse an image config (validated with oci-spec, kept as JSON).
 fn parse_config(bytes: &[u8], what: &str) -> Result<(Value, Platform, Vec<Digest>)> {
+    manifest::check_size(bytes.len() as u64, what, "config")?;
     let invalid = |source| ImageError::Unparsable {
         what: what.to_string(),
         document: DocumentKind::Config,
@@ -289,18 +292,23 @@ fn load_layout(
     let what = src.to_string();
     // The spec's marker: a directory without it is not a layout (whatever
     // else it holds).
-    let marker = dir.join("oci-layout");
-    let version = std::fs::read(&marker)
-        .map_err(|source| ImageError::NotALayout {
-            what: what.clone(),
-            index: marker.clone(),
-            source,
+    let read = |p: &Path, item: &str| -> Result<Vec<u8>> {
+        read_document(p, manifest::MAX_DOCUMENT, &what, item).map_err(|e| match e {
+            DocumentReadError::Io(source) => ImageError::NotALayout {
+                what: what.clone(),
+                index: p.to_path_buf(),
+                source,
+            }
+            .into(),
+            DocumentReadError::Refused(e) => e,
         })
-        .map(|b| {
-            serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v["imageLayoutVersion"].as_str().map(String::from))
-        })?;
+    };
+    let marker = dir.join("oci-layout");
+    let version = read(&marker, "oci-layout").map(|b| {
+        serde_json::from_slice::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|v| v["imageLayoutVersion"].as_str().map(String::from))
+    })?;
     if version.as_deref() != Some("1.0.0") {
         return Err(ImageError::LayoutVersion {
             what,
@@ -309,11 +317,7 @@ fn load_layout(
         .into());
     }
     let index_path = dir.join("index.json");
-    let index = std::fs::read(&index_path).map_err(|source| ImageError::NotALayout {
-        what: what.clone(),
-        index: index_path.clone(),
-        source,
-    })?;
+    let index = read(&index_path, "index.json")?;
     let Document::Index(entries) = manifest::parse(&index, &format!("{}", index_path.display()))?
     else {
         return Err(ImageError::LayoutNotIndexed { what }.into());
@@ -344,13 +348,15 @@ fn load_layout(
             .into())
         }
     };
+    // Manifests and configs: regular files of their declared size (bounded),
+    // whose bytes match their digest.
     let read_blob = |d: &Desc| -> Result<Vec<u8>> {
-        let p = dir.join("blobs/sha256").join(d.digest.hex());
-        let b = std::fs::read(&p).map_err(|source| ImageError::MissingBlob {
-            what: what.clone(),
-            digest: d.digest.clone(),
-            source,
-        })?;
+        manifest::check_size(d.size, &what, &format!("blob {}", d.digest))?;
+        let (p, f) = open_layout_blob(dir, &d.digest, d.size, &what)?;
+        let mut b = Vec::with_capacity(d.size as usize);
+        f.take(d.size)
+            .read_to_end(&mut b)
+            .io_context(|| format!("reading {}", p.display()))?;
         if Digest::of(&b) != d.digest {
             return Err(ImageError::DigestMismatch {
                 what: what.clone(),
@@ -373,8 +379,8 @@ fn load_layout(
         &mut fetch_blob,
     )?;
     for img in &images {
-        for l in &img.layers {
-            blobs.add_origin(&l.digest, l.size, Origin::Layout(dir.to_path_buf()));
+        for (l, diff_id) in img.layers.iter().zip(&img.diff_ids) {
+            blobs.add_layer(l, diff_id, Origin::Layout(dir.to_path_buf()), &what);
         }
     }
     Ok(BaseImage {
@@ -416,6 +422,20 @@ fn member_name(e: &tar::Entry<impl Read>) -> Option<String> {
     Some(p.to_string_lossy().trim_start_matches("./").to_string())
 }
 
+/// What a tar member that is not a regular file is, for messages.
+fn irregular_kind(t: tar::EntryType) -> Option<&'static str> {
+    use tar::EntryType as T;
+    match t {
+        T::Regular | T::Continuous => None,
+        T::Symlink => Some("a symlink"),
+        T::Link => Some("a hard link"),
+        T::Directory => Some("a directory"),
+        T::Fifo => Some("a FIFO"),
+        T::Char | T::Block => Some("a device"),
+        _ => Some("a special member"),
+    }
+}
+
 fn load_docker_archive(
     path: &Path,
     platforms: &[Platform],
@@ -435,6 +455,9 @@ fn load_docker_archive(
     let open = || -> Result<File> { Ok(File::open(path).map_err(unreadable("cannot open"))?) };
     // Pass 1: manifest.json and configs (small).
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
+    // Members that are links, devices or directories: never read as a
+    // document or a layer (a symlink's target is not the archive's).
+    let mut irregular: HashMap<String, &'static str> = HashMap::new();
     {
         let mut ar = tar::Archive::new(BufReader::new(open()?));
         for e in ar.entries().map_err(unreadable("not a tar archive"))? {
@@ -442,6 +465,10 @@ fn load_docker_archive(
             let Some(name) = member_name(&e) else {
                 continue;
             };
+            if let Some(kind) = irregular_kind(e.header().entry_type()) {
+                irregular.insert(name, kind);
+                continue;
+            }
             if name == "manifest.json"
                 || (name.ends_with(".json") && e.size() < (8 << 20))
                 || name.starts_with("blobs/") && e.size() < (1 << 20)
@@ -453,6 +480,18 @@ fn load_docker_archive(
             }
         }
     }
+    let refuse = |name: &str| -> Result<()> {
+        match irregular.get(name) {
+            Some(kind) => Err(ImageError::NotRegular {
+                what: what.clone(),
+                item: format!("member {name}"),
+                kind,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    };
+    refuse("manifest.json")?;
     let manifest = small
         .get("manifest.json")
         .ok_or_else(|| ImageError::NotDockerArchive { what: what.clone() })?;
@@ -470,6 +509,7 @@ fn load_docker_archive(
         .into());
     };
     let config_name = safe_member(&entry.config, &what)?;
+    refuse(&config_name)?;
     let config_bytes = small
         .get(&config_name)
         .ok_or_else(|| ImageError::MissingMember {
@@ -497,6 +537,9 @@ fn load_docker_archive(
         .iter()
         .map(|l| safe_member(l, &what))
         .collect::<Result<_>>()?;
+    for n in &names {
+        refuse(n)?;
+    }
     if names.len() != diff_ids.len() {
         return Err(ImageError::LayerCount {
             what,
@@ -514,7 +557,10 @@ fn load_docker_archive(
         let Some(name) = member_name(&e) else {
             continue;
         };
-        if !names.contains(&name) || done.contains_key(&name) {
+        if !names.contains(&name)
+            || done.contains_key(&name)
+            || irregular_kind(e.header().entry_type()).is_some()
+        {
             continue;
         }
         let idx = names.iter().position(|n| n == &name).expect("listed");
@@ -812,5 +858,64 @@ mod tests {
             err.downcast_ref::<ImageError>(),
             Some(ImageError::MissingMember { item: "config", name, .. }) if name == "c.json"
         ));
+    }
+
+    #[test]
+    fn links_and_fifos_are_never_read_as_documents() {
+        // A docker-archive whose manifest.json is a symlink to a host file.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(f.reopen().unwrap());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "manifest.json", "/etc/passwd")
+            .unwrap();
+        b.finish().unwrap();
+        let err = load_archive(&f);
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::NotRegular { kind: "a symlink", item, .. }) if item == "member manifest.json"
+            ),
+            "{err:?}"
+        );
+
+        // A layout whose index.json is a FIFO: refused at once (reading it would block).
+        let dir = layout_with_two_images();
+        let index = dir.path().join("index.json");
+        std::fs::remove_file(&index).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &index,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let src = ImageSource::Layout {
+            dir: dir.path().to_path_buf(),
+            tag: None,
+        };
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::NotRegular { kind: "a FIFO", .. })
+            ),
+            "{err:?}"
+        );
+
+        // An index.json larger than any index kiln reads.
+        std::fs::remove_file(&index).unwrap();
+        let big = std::fs::File::create(&index).unwrap();
+        big.set_len(manifest::MAX_DOCUMENT + 1).unwrap();
+        let err = load_source(&src).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::TooLarge { size, .. }) if *size == manifest::MAX_DOCUMENT + 1
+            ),
+            "{err:?}"
+        );
     }
 }

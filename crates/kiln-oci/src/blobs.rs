@@ -3,17 +3,20 @@
 //! their bytes, so a push to the registry the base lives in never
 //! downloads them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use oci_client::Reference;
 
+use crate::manifest::Desc;
 use crate::registry::Registry;
 use crate::{ImageError, RegistryError};
-use kiln_core::digest::Digest;
+use kiln_core::digest::{digest_reader, Digest};
 use kiln_core::error::{Error, IoContext, Result};
-use kiln_store::cache::Cache;
+use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 
 #[derive(Clone, Debug)]
 pub(crate) enum Origin {
@@ -21,10 +24,23 @@ pub(crate) enum Origin {
     Layout(PathBuf),
 }
 
+/// A base layer: where its blob is, and what it must hold.
+#[derive(Debug)]
+struct BaseLayer {
+    origin: Origin,
+    size: u64,
+    media_type: String,
+    diff_id: Digest,
+    /// The base, for messages.
+    what: String,
+}
+
 pub struct Blobs<'a> {
     pub(crate) cache: &'a Cache,
     registry: Option<&'a Registry>,
-    origins: HashMap<Digest, (Origin, u64)>,
+    layers: HashMap<Digest, BaseLayer>,
+    /// Base layers whose size, digest and diff_id this build has checked.
+    checked: Mutex<HashSet<Digest>>,
 }
 
 impl<'a> Blobs<'a> {
@@ -32,51 +48,145 @@ impl<'a> Blobs<'a> {
         Blobs {
             cache,
             registry,
-            origins: HashMap::new(),
+            layers: HashMap::new(),
+            checked: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Record where a blob not yet in the cache can be found.
-    pub(crate) fn add_origin(&mut self, digest: &Digest, size: u64, origin: Origin) {
-        self.origins.entry(digest.clone()).or_insert((origin, size));
+    /// Record a base layer: where its blob can be had, and the diff_id the
+    /// config says it decompresses to (checked when the blob is first used).
+    pub(crate) fn add_layer(&mut self, layer: &Desc, diff_id: &Digest, origin: Origin, what: &str) {
+        self.layers
+            .entry(layer.digest.clone())
+            .or_insert_with(|| BaseLayer {
+                origin,
+                size: layer.size,
+                media_type: layer.media_type.clone(),
+                diff_id: diff_id.clone(),
+                what: what.to_string(),
+            });
     }
 
     pub(crate) fn origin(&self, digest: &Digest) -> Option<&Origin> {
-        self.origins.get(digest).map(|(o, _)| o)
+        self.layers.get(digest).map(|l| &l.origin)
     }
 
-    /// A verified cache path for the blob, fetching or importing it first if needed.
+    /// A verified cache path for the blob, fetching or importing it first if
+    /// needed. A base layer is checked the first time a build uses it: its
+    /// declared size, and the diff_id its config names; a layout base's layer
+    /// is read from the layout itself (a cached blob of the same name does
+    /// not stand in for a missing or damaged one in the layout).
     pub fn path(&self, digest: &Digest) -> Result<PathBuf> {
-        if let Some(p) = self.cache.verified(digest)? {
-            return Ok(p);
+        let Some(layer) = self.layers.get(digest) else {
+            return self.cache.verified(digest)?.ok_or_else(|| {
+                Error::internal(format!("blob {digest} is neither cached nor fetchable"))
+            });
+        };
+        let first = !self.checked.lock().expect("not poisoned").contains(digest);
+        let path = match &layer.origin {
+            Origin::Layout(dir) if first => self.import_layout_blob(dir, digest, layer)?,
+            origin => match self.cache.verified(digest)? {
+                Some(p) => p,
+                None => {
+                    self.fetch(digest, layer, origin)?;
+                    self.cache.verified(digest)?.ok_or_else(|| {
+                        Error::internal(format!("blob {digest} vanished from the cache"))
+                    })?
+                }
+            },
+        };
+        if first {
+            self.check_layer(digest, &path, layer)?;
+            self.checked
+                .lock()
+                .expect("not poisoned")
+                .insert(digest.clone());
         }
-        match self.origins.get(digest) {
-            Some((Origin::Registry(r), size)) => {
+        Ok(path)
+    }
+
+    fn fetch(&self, digest: &Digest, layer: &BaseLayer, origin: &Origin) -> Result<()> {
+        match origin {
+            Origin::Registry(r) => {
                 let reg = self.registry.ok_or_else(|| RegistryError::OfflineBlob {
                     digest: digest.clone(),
                     image: r.whole(),
                     hint: true,
                 })?;
-                reg.fetch_blob(r, digest, *size, self.cache)?;
+                reg.fetch_blob(r, digest, layer.size, self.cache)
             }
-            Some((Origin::Layout(dir), _)) => {
-                let src = dir.join("blobs/sha256").join(digest.hex());
-                let f = File::open(&src).map_err(|source| ImageError::LayoutBlobMissing {
-                    dir: dir.clone(),
+            Origin::Layout(dir) => self.import_layout_blob(dir, digest, layer).map(drop),
+        }
+    }
+
+    /// Copy a layout's own blob into the cache, verified against its digest.
+    fn import_layout_blob(
+        &self,
+        dir: &Path,
+        digest: &Digest,
+        layer: &BaseLayer,
+    ) -> Result<PathBuf> {
+        let (_, f) = open_layout_blob(dir, digest, layer.size, &layer.what)?;
+        self.cache
+            .put_reader(BufReader::with_capacity(1 << 20, f), digest)
+            .map_err(|e| match e.downcast_ref::<kiln_store::StoreError>() {
+                Some(kiln_store::StoreError::DigestMismatch { .. }) => ImageError::DigestMismatch {
+                    what: layer.what.clone(),
+                    item: "blob",
+                    digest: digest.clone(),
+                }
+                .into(),
+                _ => e,
+            })
+    }
+
+    /// The blob's size is the declared one, and it decompresses to the
+    /// diff_id the config names (remembered per blob digest, so a warm
+    /// build does not decompress the base again).
+    fn check_layer(&self, digest: &Digest, path: &Path, layer: &BaseLayer) -> Result<()> {
+        let size = std::fs::metadata(path)
+            .io_context(|| format!("reading {}", path.display()))?
+            .len();
+        if size != layer.size {
+            return Err(ImageError::BlobSize {
+                what: layer.what.clone(),
+                digest: digest.clone(),
+                declared: layer.size,
+                actual: size,
+            }
+            .into());
+        }
+        let memo = self.cache.entry(CacheBucket::LayerDiffIds, digest.hex());
+        let known = std::fs::read_to_string(&memo)
+            .ok()
+            .and_then(|s| s.trim().parse::<Digest>().ok());
+        let actual = match known {
+            Some(d) => d,
+            None => {
+                let f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
+                let reader = kiln_fs::layer::decompressed(
+                    &layer.media_type,
+                    BufReader::with_capacity(1 << 20, f),
+                )
+                .map_err(|e| e.context(format!("{}: base layer {digest}", layer.what)))?;
+                let (d, _) = digest_reader(reader).map_err(|source| ImageError::CorruptLayer {
+                    what: layer.what.clone(),
                     digest: digest.clone(),
                     source,
                 })?;
-                self.cache.put_reader(std::io::BufReader::new(f), digest)?;
+                write_atomic(&memo, d.to_string().as_bytes());
+                d
             }
-            None => {
-                return Err(Error::internal(format!(
-                    "blob {digest} is neither cached nor fetchable"
-                )))
+        };
+        if actual != layer.diff_id {
+            return Err(ImageError::DiffIdMismatch {
+                what: format!("{}: layer {digest}", layer.what),
+                actual,
+                diff_id: layer.diff_id.clone(),
             }
+            .into());
         }
-        self.cache
-            .verified(digest)?
-            .ok_or_else(|| Error::internal(format!("blob {digest} vanished from the cache")))
+        Ok(())
     }
 
     /// Open a verified blob for reading.
@@ -86,9 +196,138 @@ impl<'a> Blobs<'a> {
     }
 }
 
+/// A blob of an OCI layout, opened only if it is what a blob must be: a
+/// regular file (not a symlink, FIFO or device) of the declared size.
+pub(crate) fn open_layout_blob(
+    dir: &Path,
+    digest: &Digest,
+    size: u64,
+    what: &str,
+) -> Result<(PathBuf, File)> {
+    let p = dir.join("blobs/sha256").join(digest.hex());
+    let md = std::fs::symlink_metadata(&p).map_err(|source| ImageError::MissingBlob {
+        what: what.to_string(),
+        digest: digest.clone(),
+        source,
+    })?;
+    check_regular(&md, what, &format!("blob {digest}"))?;
+    if md.len() != size {
+        return Err(ImageError::BlobSize {
+            what: what.to_string(),
+            digest: digest.clone(),
+            declared: size,
+            actual: md.len(),
+        }
+        .into());
+    }
+    let f = open_nofollow(&p).map_err(|source| ImageError::MissingBlob {
+        what: what.to_string(),
+        digest: digest.clone(),
+        source,
+    })?;
+    // The file checked above may have been swapped since: check what was opened.
+    let md = f
+        .metadata()
+        .io_context(|| format!("reading {}", p.display()))?;
+    check_regular(&md, what, &format!("blob {digest}"))?;
+    Ok((p, f))
+}
+
+/// Refuse anything but a regular file where a document or blob is read.
+pub(crate) fn check_regular(md: &std::fs::Metadata, what: &str, item: &str) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    Err(ImageError::NotRegular {
+        what: what.to_string(),
+        item: item.to_string(),
+        kind,
+    }
+    .into())
+}
+
+/// Open without following a final symlink and without blocking on a FIFO.
+fn open_nofollow(p: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(p)
+}
+
+/// Read a small document (index, manifest, config, marker) from a file:
+/// a regular file, at most `max` bytes, read without following a symlink.
+pub(crate) fn read_document(
+    p: &Path,
+    max: u64,
+    what: &str,
+    item: &str,
+) -> std::result::Result<Vec<u8>, DocumentReadError> {
+    let md = std::fs::symlink_metadata(p).map_err(DocumentReadError::Io)?;
+    check_regular(&md, what, item).map_err(DocumentReadError::Refused)?;
+    let f = open_nofollow(p).map_err(DocumentReadError::Io)?;
+    let md = f.metadata().map_err(DocumentReadError::Io)?;
+    check_regular(&md, what, item).map_err(DocumentReadError::Refused)?;
+    if md.len() > max {
+        return Err(DocumentReadError::Refused(
+            ImageError::TooLarge {
+                what: what.to_string(),
+                item: item.to_string(),
+                size: md.len(),
+                max,
+            }
+            .into(),
+        ));
+    }
+    let mut b = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut b)
+        .map_err(DocumentReadError::Io)?;
+    if b.len() as u64 > max {
+        return Err(DocumentReadError::Refused(
+            ImageError::TooLarge {
+                what: what.to_string(),
+                item: item.to_string(),
+                size: b.len() as u64,
+                max,
+            }
+            .into(),
+        ));
+    }
+    Ok(b)
+}
+
+/// Why [`read_document`] gave nothing: the file could not be read (the
+/// caller says what was missing), or it is not what a document must be.
+pub(crate) enum DocumentReadError {
+    Io(std::io::Error),
+    Refused(Error),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_fs::layer::Compression;
+
+    fn desc(d: &Digest, size: u64) -> Desc {
+        Desc::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            d.clone(),
+            size,
+        )
+    }
 
     #[test]
     fn blobs_that_cannot_be_had() {
@@ -98,7 +337,7 @@ mod tests {
 
         let d = Digest::of(b"layer");
         let r: Reference = "registry.example/app:1".parse().unwrap();
-        blobs.add_origin(&d, 5, Origin::Registry(r));
+        blobs.add_layer(&desc(&d, 5), &d, Origin::Registry(r), "base");
         let err = blobs.path(&d).unwrap_err();
         assert!(matches!(
             err.downcast_ref::<RegistryError>(),
@@ -112,16 +351,128 @@ mod tests {
 
         let layout = tempfile::tempdir().unwrap();
         let d = Digest::of(b"other layer");
-        blobs.add_origin(&d, 11, Origin::Layout(layout.path().to_path_buf()));
+        blobs.add_layer(
+            &desc(&d, 11),
+            &d,
+            Origin::Layout(layout.path().to_path_buf()),
+            "oci:base",
+        );
         let err = blobs.path(&d).unwrap_err();
         assert!(matches!(
             err.downcast_ref::<ImageError>(),
-            Some(ImageError::LayoutBlobMissing { digest, .. }) if digest == &d
+            Some(ImageError::MissingBlob { digest, .. }) if digest == &d
         ));
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().starts_with(&format!(
-            "OCI layout {}: blob {d} is missing: ",
-            layout.path().display()
-        )));
+        assert!(err
+            .to_string()
+            .starts_with(&format!("oci:base: missing blob {d}: ")));
+    }
+
+    /// A gzip layer holding one file, as a layout blob; returns (digest, diff_id, size).
+    fn layout_layer(dir: &Path, content: &[u8]) -> (Digest, Digest, u64) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "f", content).unwrap();
+        let raw = tar.into_inner().unwrap();
+        let diff_id = Digest::of(&raw);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        let blob = gz.finish().unwrap();
+        let d = Digest::of(&blob);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(d.hex()), &blob).unwrap();
+        (d, diff_id, blob.len() as u64)
+    }
+
+    #[test]
+    fn base_layers_are_checked_against_their_descriptor_and_diff_id() {
+        let _ = Compression::Gzip { level: 1 };
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(cache_dir.path()).unwrap();
+        let layout = tempfile::tempdir().unwrap();
+        let (d, diff_id, size) = layout_layer(layout.path(), b"hello");
+        let origin = || Origin::Layout(layout.path().to_path_buf());
+
+        // The right diff_id: served, and remembered.
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+        blobs.path(&d).unwrap();
+        let memo = cache.entry(CacheBucket::LayerDiffIds, d.hex());
+        assert_eq!(std::fs::read_to_string(&memo).unwrap(), diff_id.to_string());
+
+        // A config that names another diff_id: refused, even with the blob cached.
+        let mut blobs = Blobs::new(&cache, None);
+        let wrong = Digest::of(b"not the layer");
+        blobs.add_layer(&desc(&d, size), &wrong, origin(), "oci:base");
+        let err = blobs.path(&d).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::DiffIdMismatch { actual, diff_id: want, .. })
+                    if actual == &diff_id && want == &wrong
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 2);
+
+        // A declared size that is not the blob's (2^62): refused before reading.
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, 1 << 62), &diff_id, origin(), "oci:base");
+        let err = blobs.path(&d).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::BlobSize { declared, actual, .. })
+                    if *declared == 1 << 62 && *actual == size
+            ),
+            "{err:?}"
+        );
+
+        // The layout's own copy damaged: the cached copy does not stand in for it.
+        let p = layout.path().join("blobs/sha256").join(d.hex());
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+        let err = blobs.path(&d).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::DigestMismatch { item: "blob", .. })
+            ),
+            "{err:?}"
+        );
+
+        // A symlink (to /dev/zero) or a FIFO in its place: refused, not read.
+        for kind in ["a symlink", "a FIFO"] {
+            std::fs::remove_file(&p).unwrap();
+            if kind == "a symlink" {
+                std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+            } else {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &p,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            }
+            let mut blobs = Blobs::new(&cache, None);
+            blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+            let err = blobs.path(&d).unwrap_err();
+            assert!(
+                matches!(
+                    err.downcast_ref::<ImageError>(),
+                    Some(ImageError::NotRegular { kind: k, .. }) if *k == kind
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
     }
 }

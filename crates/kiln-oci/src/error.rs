@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use oci_client::errors::OciDistributionError;
 
+use crate::output::push::{PushReport, PushStep};
 use kiln_core::error::with_causes;
 use kiln_core::{Classify, Digest, ErrorKind, Platform};
 
@@ -97,6 +98,76 @@ pub enum RegistryError {
 
     #[error("credential helper {helper} gave an unreadable answer")]
     HelperUnreadable { helper: String },
+
+    /// A push that failed part-way: what the registry holds now, and the
+    /// step that failed with its cause (whose kind the push keeps).
+    #[error("{}", push_incomplete(repository, report, *blobs_total, *sboms, tags, *step, source))]
+    PushIncomplete {
+        /// `registry/repository` pushed to.
+        repository: String,
+        /// What was pushed before the failure.
+        report: Box<PushReport>,
+        /// Blobs of the image (layers and configs) the push needed.
+        blobs_total: usize,
+        /// SBOM referrers the push was to attach (0 with `--no-sbom`).
+        sboms: usize,
+        /// Every tag the push was to write; `report.tags` were written.
+        tags: Vec<String>,
+        step: PushStep,
+        source: kiln_core::Error,
+    },
+}
+
+/// The message of [`RegistryError::PushIncomplete`]: the failure on the
+/// first line, then one line each for blobs, manifests, SBOM referrers and
+/// tags.
+fn push_incomplete(
+    repository: &str,
+    report: &PushReport,
+    blobs_total: usize,
+    sboms: usize,
+    tags: &[String],
+    step: PushStep,
+    source: &kiln_core::Error,
+) -> String {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let in_registry = report.blobs_uploaded + report.blobs_mounted + report.blobs_skipped;
+    let mut msg = format!(
+        "push to {repository} incomplete: {step} failed: {source}\n  \
+         blobs in the registry: {in_registry} of {blobs_total} ({} uploaded, {} mounted, {} already there)\n  \
+         manifests pushed: {}",
+        report.blobs_uploaded,
+        report.blobs_mounted,
+        report.blobs_skipped,
+        list(&report.manifests),
+    );
+    if sboms > 0 {
+        let pushed = report.referrer_manifests.len();
+        msg.push_str("\n  SBOM referrers: ");
+        msg.push_str(&if pushed == 0 {
+            "not pushed".to_string()
+        } else if pushed >= sboms {
+            format!("pushed ({pushed})")
+        } else {
+            format!("{pushed} of {sboms} pushed")
+        });
+    }
+    let missing: Vec<String> = tags
+        .iter()
+        .filter(|t| !report.tags.contains(t))
+        .cloned()
+        .collect();
+    msg.push_str(&format!("\n  tags written: {}", list(&report.tags)));
+    if !missing.is_empty() {
+        msg.push_str(&format!("; tags not written: {}", list(&missing)));
+    }
+    msg
 }
 
 impl Classify for RegistryError {
@@ -116,6 +187,8 @@ impl Classify for RegistryError {
             | HelperNotRunnable { .. }
             | HelperFailed { .. }
             | HelperUnreadable { .. } => ErrorKind::Input,
+            // Who has to act is whoever has to act on the cause.
+            PushIncomplete { source, .. } => source.kind(),
         }
     }
 }
@@ -235,18 +308,10 @@ pub enum ImageError {
         tags: Vec<String>,
     },
 
-    /// A blob a layout's manifests name is not in it (when loading the base).
+    /// A blob a layout's manifests name is not in it.
     #[error("{what}: missing blob {digest}: {source}")]
     MissingBlob {
         what: String,
-        digest: Digest,
-        source: io::Error,
-    },
-
-    /// A layer blob of a layout base is gone (when an output needs it).
-    #[error("OCI layout {}: blob {digest} is missing: {source}", dir.display())]
-    LayoutBlobMissing {
-        dir: PathBuf,
         digest: Digest,
         source: io::Error,
     },
@@ -319,6 +384,41 @@ pub enum ImageError {
     /// The referrers tag (`sha256-<hex>`) holds something kiln will not overwrite.
     #[error("{reference}: the referrers tag holds something other than an image index; not overwriting it")]
     ReferrersTagNotIndex { reference: String },
+
+    /// A blob whose size is not the one its descriptor declares.
+    #[error("{what}: blob {digest} is {actual} bytes but its descriptor says {declared}")]
+    BlobSize {
+        what: String,
+        digest: Digest,
+        declared: u64,
+        actual: u64,
+    },
+
+    /// A layer blob that does not decompress.
+    #[error("{what}: layer {digest} does not decompress: {source}")]
+    CorruptLayer {
+        what: String,
+        digest: Digest,
+        source: io::Error,
+    },
+
+    /// A symlink, FIFO, device or directory where a blob or document must be.
+    #[error("{what}: {item} is {kind}, not a regular file; refusing to read it")]
+    NotRegular {
+        what: String,
+        /// `blob sha256:…`, `index.json`, `member manifest.json`.
+        item: String,
+        kind: &'static str,
+    },
+
+    /// An index, manifest or config larger than kiln reads.
+    #[error("{what}: {item} is {size} bytes; kiln reads documents of at most {max} bytes")]
+    TooLarge {
+        what: String,
+        item: String,
+        size: u64,
+        max: u64,
+    },
 }
 
 impl Classify for ImageError {

@@ -15,6 +15,11 @@ pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+jso
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
+/// The largest index, manifest or image config kiln reads (registries must
+/// take manifests of 4 MiB; configs with a long history run larger). Checked
+/// before parsing, and before reading where the size is known first.
+pub(crate) const MAX_DOCUMENT: u64 = 8 << 20;
+
 /// A content descriptor, in kiln's own terms.
 #[derive(Clone, Debug)]
 pub struct Desc {
@@ -101,8 +106,23 @@ fn convert(d: &oci_spec::image::Descriptor) -> Result<Desc> {
     })
 }
 
+/// Refuse a document (or a descriptor of one) larger than [`MAX_DOCUMENT`].
+pub(crate) fn check_size(size: u64, what: &str, item: &str) -> Result<()> {
+    if size > MAX_DOCUMENT {
+        return Err(ImageError::TooLarge {
+            what: what.to_string(),
+            item: item.to_string(),
+            size,
+            max: MAX_DOCUMENT,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Parse bytes that are either an image index / manifest list or an image manifest.
 pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
+    check_size(bytes.len() as u64, what, "manifest")?;
     let unparsable = |document| {
         move |source| ImageError::Unparsable {
             what: what.to_string(),

@@ -4,6 +4,11 @@
 //!
 //! URLs in these errors are stored already redacted
 //! ([`kiln_store::http::redact`]): no message shows credentials.
+//!
+//! Requirement text (a requirements-file line or a piece of one) reaches a
+//! message only through [`quote`]: lines of the files the spec names are
+//! quoted redacted and cut to [`QUOTED_CHARS`] characters; lines of files
+//! those include (`-r`, `-c`) are named (`file:line`), never quoted.
 
 use std::path::PathBuf;
 
@@ -13,6 +18,62 @@ use kiln_fs::probe::Libc;
 
 /// At most this many file names are listed when no wheel fits.
 const FILES_SHOWN: usize = 12;
+
+/// At most this many characters of requirement text appear in a message.
+pub(crate) const QUOTED_CHARS: usize = 200;
+
+/// Whose requirement text it is, which decides whether a message may quote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// The spec's own: `[pip] packages`, a requirements file it names, an
+    /// environment file's `pip:` list, kiln.lock.
+    Spec,
+    /// A file a requirements file includes (`-r`, `-c`), which may be any
+    /// file at all: its lines are named (`file:line`), never quoted.
+    Included,
+}
+
+/// Requirement text as a message may show it: `None` when it is not the
+/// spec's own ([`Owner::Included`]), else [`cut`].
+pub(crate) fn quote(text: &str, owner: Owner) -> Option<String> {
+    (owner == Owner::Spec).then(|| cut(text))
+}
+
+/// Text from a file as every message quotes it: credentials redacted,
+/// control characters escaped, and at most [`QUOTED_CHARS`] characters
+/// (cut on a character boundary, `…` appended when cut).
+pub(crate) fn cut(text: &str) -> String {
+    let redacted = kiln_core::url::redact(text);
+    let mut out = String::new();
+    let mut chars = 0;
+    for c in redacted.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        let n = piece.chars().count();
+        if chars + n > QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+        chars += n;
+    }
+    out
+}
+
+/// What a message says in place of text it does not quote.
+const NOT_QUOTED: &str =
+    "(not quoted: the file is included by another requirements file, not named in the spec)";
+
+/// `` `text` `` for quoted text, [`NOT_QUOTED`] otherwise.
+fn quoted(text: &Option<String>) -> String {
+    match text {
+        Some(t) => format!("`{t}`"),
+        None => NOT_QUOTED.to_string(),
+    }
+}
 
 /// Why the pip stage failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,23 +98,50 @@ pub enum PipError {
     // --- requirements and where packages come from ---
     /// A requirement (spec entry or requirements-file line) does not parse.
     #[error(
-        "{origin}: {}`{requirement}`: {detail}",
-        if *wheel_path { "" } else { "invalid requirement " }
+        "{origin}: {}{}{}",
+        match (*wheel_path, requirement.is_some()) {
+            (true, true) => "",
+            (true, false) => "invalid wheel path or URL ",
+            (false, _) => "invalid requirement ",
+        },
+        quoted(requirement),
+        detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
     )]
     InvalidRequirement {
         /// `[pip] packages`, `kiln.lock`, or `file:line`.
         origin: String,
-        requirement: String,
-        detail: String,
+        /// The requirement, [`quote`]d (`None`: not the spec's own).
+        requirement: Option<String>,
+        /// The parser's complaint, [`quote`]d (it may repeat the text).
+        detail: Option<String>,
         /// Written as a bare wheel path or URL.
         wheel_path: bool,
     },
     /// `--hash=` with another algorithm than sha256.
-    #[error("{origin}: `{token}`: only sha256 hashes are supported")]
-    UnsupportedHash { origin: String, token: String },
+    #[error(
+        "{origin}: {}only sha256 hashes are supported",
+        token.as_ref().map(|t| format!("`{t}`: ")).unwrap_or_default()
+    )]
+    UnsupportedHash {
+        origin: String,
+        /// The `--hash=` option, [`quote`]d.
+        token: Option<String>,
+    },
     /// A requirements file cannot be read.
     #[error("[pip] requirements file {}: {detail}", path.display())]
     RequirementsFile { path: PathBuf, detail: String },
+    /// A requirements file that is not text: named with the line of the
+    /// first bad byte; the bytes are not shown.
+    #[error(
+        "[pip] requirements file {}:{line}: {problem}; requirements files are UTF-8 text",
+        path.display()
+    )]
+    RequirementsNotText {
+        path: PathBuf,
+        line: usize,
+        /// `not valid UTF-8`, `a NUL byte (a binary file?)`.
+        problem: &'static str,
+    },
     /// `-r`/`-c` nest deeper than any sane set of files (a cycle).
     #[error(
         "{}: requirements files include each other too deeply (a cycle?)",
@@ -66,16 +154,24 @@ pub enum PipError {
     )]
     Editable { origin: String },
     /// A requirements-file option kiln does not implement.
-    #[error("{origin}: unsupported option `{option}` in a requirements file")]
-    UnsupportedOption { origin: String, option: String },
+    #[error(
+        "{origin}: unsupported option {}in a requirements file",
+        option.as_ref().map(|o| format!("`{o}` ")).unwrap_or_default()
+    )]
+    UnsupportedOption {
+        origin: String,
+        /// [`quote`]d.
+        option: Option<String>,
+    },
     /// A URL or path requirement that is not a wheel (an sdist, a directory...).
     #[error(
-        "{origin}: `{url}` is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)"
+        "{origin}: {} is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)",
+        url.as_ref().map(|u| format!("`{u}`")).unwrap_or_else(|| format!("the requirement's URL {NOT_QUOTED}"))
     )]
     NotAWheel {
         origin: String,
-        /// Redacted.
-        url: String,
+        /// [`quote`]d (so redacted).
+        url: Option<String>,
     },
     /// `no-index` without any `find-links`.
     #[error("[pip] no package source: `no-index` is set but there is no `find-links` directory")]
@@ -132,7 +228,9 @@ pub enum PipError {
     InvalidRequiresDist {
         /// `name version`.
         dist: String,
+        /// As the metadata has it, [`cut`].
         requirement: String,
+        /// The parser's complaint, [`cut`].
         detail: String,
     },
     /// An extra name that is not a valid PEP 685 name.
@@ -290,6 +388,7 @@ impl Classify for PipError {
             | PipError::InvalidRequirement { .. }
             | PipError::UnsupportedHash { .. }
             | PipError::RequirementsFile { .. }
+            | PipError::RequirementsNotText { .. }
             | PipError::RequirementsTooDeep { .. }
             | PipError::Editable { .. }
             | PipError::UnsupportedOption { .. }
@@ -359,11 +458,21 @@ mod tests {
             .contains("not found on any configured source;"));
         let e = PipError::InvalidRequirement {
             origin: "o".into(),
-            requirement: "r".into(),
-            detail: "d".into(),
+            requirement: Some("r".into()),
+            detail: Some("d".into()),
             wheel_path: false,
         };
         assert_eq!(e.to_string(), "o: invalid requirement `r`: d");
+        let e = PipError::InvalidRequirement {
+            origin: "o:3".into(),
+            requirement: None,
+            detail: None,
+            wheel_path: true,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("o:3: invalid wheel path or URL {NOT_QUOTED}")
+        );
         let e = PipError::BadWheel {
             wheel: "w.whl".into(),
             problem: WheelProblem::UnsafeName {
@@ -387,5 +496,56 @@ mod tests {
             detail: "d".into(),
         };
         assert_eq!(kiln_core::Error::from(e).kind(), ErrorKind::Network);
+    }
+
+    #[test]
+    fn quotes_are_cut_to_200_chars() {
+        let long = "x".repeat(5000);
+        let q = quote(&long, Owner::Spec).unwrap();
+        assert_eq!(q, format!("{}…", "x".repeat(QUOTED_CHARS)));
+        assert_eq!(q.chars().count(), QUOTED_CHARS + 1);
+        // Exactly the limit: nothing cut, nothing appended.
+        let exact = "y".repeat(QUOTED_CHARS);
+        assert_eq!(cut(&exact), exact);
+        assert_eq!(cut("short"), "short");
+        // Multibyte characters around the cut: cut between characters.
+        for pad in 195..=201 {
+            for wide in ["é", "€", "𝄞", "語"] {
+                let text = format!("{}{}", "a".repeat(pad), wide.repeat(20));
+                let q = cut(&text);
+                assert!(q.chars().count() <= QUOTED_CHARS + 1, "{pad} {wide}");
+                assert!(q.ends_with('…'), "{pad} {wide}");
+                assert!(text.starts_with(q.trim_end_matches('…')), "{pad} {wide}");
+            }
+        }
+        // Not the spec's: not quoted at all.
+        assert_eq!(quote("anything", Owner::Included), None);
+        // Credentials and control characters.
+        assert_eq!(
+            cut("demo @ https://u:s3cret@h.invalid/demo.whl"),
+            "demo @ https://***@h.invalid/demo.whl"
+        );
+        assert_eq!(cut("a\u{1b}[31mb\tc"), "a\\u{1b}[31mb\\tc");
+        // An escape counts as what it shows.
+        let escapes = "\u{7}".repeat(100);
+        let q = cut(&escapes);
+        assert!(
+            q.chars().count() <= QUOTED_CHARS + 1 && q.ends_with('…'),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn not_text_names_file_and_line() {
+        let e = PipError::RequirementsNotText {
+            path: "/spec/req.txt".into(),
+            line: 3,
+            problem: "is not valid UTF-8",
+        };
+        assert_eq!(
+            e.to_string(),
+            "[pip] requirements file /spec/req.txt:3: is not valid UTF-8; requirements files are UTF-8 text"
+        );
+        assert_eq!(e.kind(), ErrorKind::Input);
     }
 }

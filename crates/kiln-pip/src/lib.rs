@@ -136,9 +136,12 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
         ..Default::default()
     };
     for p in &section.packages {
-        inputs
-            .requirements
-            .push(spec::parse_requirement(p, spec_dir, "[pip] packages")?);
+        inputs.requirements.push(spec::parse_requirement(
+            p,
+            spec_dir,
+            "[pip] packages",
+            error::Owner::Spec,
+        )?);
     }
     for f in &section.requirements {
         spec::read_requirements_file(&spec_dir.join(f), &mut inputs, false, 0)?;
@@ -151,6 +154,7 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
             &format!("{name}=={version}"),
             spec_dir,
             "kiln.lock",
+            error::Owner::Spec,
         )?);
     }
     Ok(inputs)

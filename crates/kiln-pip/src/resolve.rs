@@ -114,7 +114,7 @@ impl<'a> Provider<'a> {
                 if !filename.ends_with(".whl") {
                     return Err(PipError::NotAWheel {
                         origin: r.origin.clone(),
-                        url: kiln_store::http::redact(&raw),
+                        url: crate::error::quote(&raw, r.owner),
                     }
                     .into());
                 }
@@ -343,10 +343,11 @@ impl<'a> Provider<'a> {
     ) -> Result<Vec<Requirement>> {
         let mut out = Vec::new();
         for r in reqs {
+            // The parser's message repeats the whole input under it: only the message.
             let req = Requirement::from_str(r).map_err(|e| PipError::InvalidRequiresDist {
                 dist: who.to_string(),
-                requirement: r.clone(),
-                detail: e.to_string(),
+                requirement: crate::error::cut(r),
+                detail: crate::error::cut(&e.message.to_string()),
             })?;
             if req.marker.evaluate(&self.env, extras) {
                 out.push(req);
@@ -537,6 +538,7 @@ mod tests {
     use kiln_store::cache::Cache;
     use kiln_store::http::Http;
 
+    use crate::error::Owner;
     use crate::spec::{file_url, parse_requirement};
 
     fn target() -> PythonTarget {
@@ -548,6 +550,11 @@ mod tests {
 
     /// Resolve `roots` against a find-links directory holding `files` (empty files).
     fn resolve_with(files: &[&str], roots: &[&str]) -> kiln_core::Error {
+        resolve_owned(files, roots, Owner::Spec)
+    }
+
+    /// [`resolve_with`], the roots written by `owner`.
+    fn resolve_owned(files: &[&str], roots: &[&str], owner: Owner) -> kiln_core::Error {
         let dir = tempfile::tempdir().unwrap();
         let wh = dir.path().join("wheelhouse");
         std::fs::create_dir(&wh).unwrap();
@@ -561,7 +568,13 @@ mod tests {
         let env = crate::markers::environment(&t).unwrap();
         let roots = roots
             .iter()
-            .map(|r| parse_requirement(r, dir.path(), "[pip] packages").unwrap())
+            .map(|r| {
+                let origin = match owner {
+                    Owner::Spec => "[pip] packages",
+                    Owner::Included => "req.txt:1",
+                };
+                parse_requirement(r, dir.path(), origin, owner).unwrap()
+            })
             .collect();
         let provider = match Provider::new(&client, &t, env, roots, &[], false) {
             Ok(p) => p,
@@ -646,9 +659,42 @@ mod tests {
         let err = resolve_with(&[], &["demo @ https://user:s3cret@host/demo-1.0.tar.gz"]);
         assert!(
             matches!(err.downcast_ref::<PipError>(), Some(PipError::NotAWheel { origin, url })
-                if origin == "[pip] packages" && url == "https://***@host/demo-1.0.tar.gz"),
+                if origin == "[pip] packages" && url.as_deref() == Some("https://***@host/demo-1.0.tar.gz")),
             "{err:?}"
         );
         assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn url_requirement_of_an_included_file_is_not_quoted() {
+        let err = resolve_owned(
+            &[],
+            &["demo @ https://h.invalid/SECRET-PATH/demo-1.0.tar.gz"],
+            Owner::Included,
+        );
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::NotAWheel { origin, url: None })
+                if origin == "req.txt:1"),
+            "{err:?}"
+        );
+        let m = err.to_string();
+        assert!(!m.contains("SECRET"), "{m}");
+        assert!(
+            m.starts_with("req.txt:1: the requirement's URL (not quoted"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn long_url_requirements_are_cut() {
+        let url = format!("https://h.invalid/{}/demo-1.0.tar.gz", "p".repeat(5000));
+        let err = resolve_with(&[], &[&format!("demo @ {url}")]);
+        match err.downcast_ref::<PipError>() {
+            Some(PipError::NotAWheel { url: Some(u), .. }) => {
+                assert_eq!(u.chars().count(), crate::error::QUOTED_CHARS + 1);
+                assert!(u.ends_with('…'));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

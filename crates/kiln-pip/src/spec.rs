@@ -7,6 +7,7 @@ use uv_pep508::{Requirement, VerbatimUrl};
 
 use kiln_core::error::Result;
 
+use crate::error::{quote, Owner};
 use crate::PipError;
 
 use super::tags::WheelName;
@@ -17,6 +18,8 @@ pub(crate) struct Req {
     pub(crate) req: Requirement<VerbatimUrl>,
     pub(crate) hashes: Vec<String>,
     pub(crate) origin: String,
+    /// Whether messages may quote it (see [`crate::error::quote`]).
+    pub(crate) owner: Owner,
 }
 
 /// Everything the spec, requirements files, environment and pip config say.
@@ -33,8 +36,23 @@ pub(crate) struct Inputs {
     pub(crate) prerelease: bool,
 }
 
-/// Parse one requirement as written in `[pip] packages` or a requirements line.
-pub(crate) fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result<Req> {
+/// Parse one requirement as written in `[pip] packages` or a requirements
+/// line; `owner` says whether errors may quote it.
+pub(crate) fn parse_requirement(
+    text: &str,
+    base: &Path,
+    origin: &str,
+    owner: Owner,
+) -> Result<Req> {
+    // The parser's message repeats the whole input under it: only the message.
+    let invalid = |requirement: &str, e: uv_pep508::Pep508Error<VerbatimUrl>, wheel_path| {
+        PipError::InvalidRequirement {
+            origin: origin.to_string(),
+            requirement: quote(requirement, owner),
+            detail: quote(&e.message.to_string(), owner),
+            wheel_path,
+        }
+    };
     let mut hashes = Vec::new();
     let mut parts = Vec::new();
     for tok in text.split_whitespace() {
@@ -43,7 +61,7 @@ pub(crate) fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result
                 .strip_prefix("sha256:")
                 .ok_or_else(|| PipError::UnsupportedHash {
                     origin: origin.to_string(),
-                    token: tok.to_string(),
+                    token: quote(tok, owner),
                 })?;
             hashes.push(hex.to_ascii_lowercase());
         } else {
@@ -55,23 +73,27 @@ pub(crate) fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result
     let is_url = line.contains("://");
     if !line.contains(" @ ") && !line.contains(';') && line.ends_with(".whl") {
         let file = line.rsplit('/').next().unwrap_or(&line);
-        let w = WheelName::parse(file)?;
+        let w = WheelName::parse(file).map_err(|_| match quote(file, owner) {
+            Some(filename) => PipError::InvalidWheelName { filename },
+            None => PipError::InvalidRequirement {
+                origin: origin.to_string(),
+                requirement: None,
+                detail: None,
+                wheel_path: true,
+            },
+        })?;
         let url = if is_url {
             line.clone()
         } else {
             file_url(&base.join(&line))
         };
         let text = format!("{} @ {url}", w.name);
-        let req = Requirement::from_str(&text).map_err(|e| PipError::InvalidRequirement {
-            origin: origin.to_string(),
-            requirement: line.clone(),
-            detail: e.to_string(),
-            wheel_path: true,
-        })?;
+        let req = Requirement::from_str(&text).map_err(|e| invalid(&line, e, true))?;
         return Ok(Req {
             req,
             hashes,
             origin: origin.to_string(),
+            owner,
         });
     }
     // `name @ ./relative.whl` → absolute file URL.
@@ -85,16 +107,12 @@ pub(crate) fn parse_requirement(text: &str, base: &Path, origin: &str) -> Result
         }
         _ => line,
     };
-    let req = Requirement::from_str(&line).map_err(|e| PipError::InvalidRequirement {
-        origin: origin.to_string(),
-        requirement: line.clone(),
-        detail: e.to_string(),
-        wheel_path: false,
-    })?;
+    let req = Requirement::from_str(&line).map_err(|e| invalid(&line, e, false))?;
     Ok(Req {
         req,
         hashes,
         origin: origin.to_string(),
+        owner,
     })
 }
 
@@ -123,7 +141,10 @@ pub(crate) fn location(s: &str, base: &Path) -> String {
     }
 }
 
-/// Read a pip requirements file into `inputs`; `constraint` puts requirements in the constraint list.
+/// Read a pip requirements file into `inputs`; `constraint` puts
+/// requirements in the constraint list. `depth` 0 is a file the spec names
+/// (its lines may be quoted in errors); deeper ones are included by another
+/// (`-r`, `-c`) and only named.
 pub(crate) fn read_requirements_file(
     path: &Path,
     inputs: &mut Inputs,
@@ -136,13 +157,14 @@ pub(crate) fn read_requirements_file(
         }
         .into());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| PipError::RequirementsFile {
+    let bytes = std::fs::read(path).map_err(|e| PipError::RequirementsFile {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
+    let text = requirements_text(path, &bytes)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     read_requirements_text(
-        &text,
+        text,
         &path.display().to_string(),
         dir,
         inputs,
@@ -151,8 +173,27 @@ pub(crate) fn read_requirements_file(
     )
 }
 
+/// A requirements file's bytes as text: UTF-8 (a leading byte order mark
+/// dropped, as pip does) without NUL bytes. Anything else is an error naming
+/// the file and the line of the first bad byte, never the bytes.
+fn requirements_text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let not_text = |at: usize, problem| PipError::RequirementsNotText {
+        path: path.to_path_buf(),
+        line: bytes[..at].iter().filter(|b| **b == b'\n').count() + 1,
+        problem,
+    };
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| not_text(e.valid_up_to(), "is not valid UTF-8"))?;
+    if let Some(at) = bytes.iter().position(|b| *b == 0) {
+        return Err(not_text(at, "has a NUL byte (a binary file?)").into());
+    }
+    Ok(text)
+}
+
 /// Requirement lines (pip's requirements-file syntax) from `origin`, with
-/// relative paths resolved against `dir`.
+/// relative paths resolved against `dir`; `depth` as for
+/// [`read_requirements_file`] (0: the spec's own text, quoted in errors).
 pub(crate) fn read_requirements_text(
     text: &str,
     origin: &str,
@@ -161,6 +202,11 @@ pub(crate) fn read_requirements_text(
     constraint: bool,
     depth: usize,
 ) -> Result<()> {
+    let owner = if depth == 0 {
+        Owner::Spec
+    } else {
+        Owner::Included
+    };
     let text = &expand_env(text, &|k| std::env::var(k).ok());
     // Join continuation lines, drop comments.
     let mut logical: Vec<(usize, String)> = Vec::new();
@@ -215,12 +261,12 @@ pub(crate) fn read_requirements_text(
             Some(other) => {
                 return Err(PipError::UnsupportedOption {
                     origin,
-                    option: other.to_string(),
+                    option: quote(other, owner),
                 }
                 .into())
             }
             None => {
-                let r = parse_requirement(&line, dir, &origin)?;
+                let r = parse_requirement(&line, dir, &origin, owner)?;
                 if constraint {
                     inputs.constraints.push(r);
                 } else {
@@ -405,6 +451,7 @@ fn expand_env(text: &str, get: &dyn Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::QUOTED_CHARS;
 
     #[test]
     fn env_expansion_like_pip() {
@@ -468,7 +515,7 @@ mod tests {
         let (err, m) = read_err("six\nfoo >>> 1\n");
         assert!(
             matches!(err.downcast_ref::<PipError>().unwrap(), PipError::InvalidRequirement { origin, requirement, wheel_path: false, .. }
-                if origin.ends_with("req.txt:2") && requirement == "foo >>> 1"),
+                if origin.ends_with("req.txt:2") && requirement.as_deref() == Some("foo >>> 1")),
             "{err:?}"
         );
         assert!(
@@ -478,7 +525,7 @@ mod tests {
 
         let (err, m) = read_err("\nsix --hash=md5:abc\n");
         assert!(
-            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedHash { origin, token } if origin.ends_with(":2") && token == "--hash=md5:abc"),
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedHash { origin, token } if origin.ends_with(":2") && token.as_deref() == Some("--hash=md5:abc")),
             "{err:?}"
         );
         assert_eq!(
@@ -497,7 +544,7 @@ mod tests {
 
         let (err, m) = read_err("--no-binary :all:\n");
         assert!(
-            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedOption { option, .. } if option == "--no-binary")
+            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedOption { option, .. } if option.as_deref() == Some("--no-binary"))
         );
         assert_eq!(
             m,
@@ -522,12 +569,187 @@ mod tests {
         );
 
         // A bare wheel path that does not name a wheel.
-        let err = parse_requirement("./wheels/not-a-wheel.whl", Path::new("/"), "[pip] packages")
-            .unwrap_err();
+        let err = parse_requirement(
+            "./wheels/not-a-wheel.whl",
+            Path::new("/"),
+            "[pip] packages",
+            Owner::Spec,
+        )
+        .unwrap_err();
         assert!(matches!(
             err.downcast_ref::<PipError>(),
             Some(PipError::InvalidWheelName { filename }) if filename == "not-a-wheel.whl"
         ));
+    }
+
+    /// `lines` written to `req.txt` (named by the spec), read: the error.
+    fn read_bytes_err(bytes: &[u8]) -> (kiln_core::Error, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("req.txt");
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_requirements_file(&path, &mut Inputs::default(), false, 0).unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input, "{err}");
+        let m = err
+            .to_string()
+            .replace(&path.display().to_string(), "req.txt");
+        (err, m)
+    }
+
+    #[test]
+    fn long_bad_lines_are_quoted_cut() {
+        let line = format!("foo >>> {}", "x".repeat(5000 - 8));
+        assert_eq!(line.chars().count(), 5000);
+        let (err, m) = read_err(&format!("six\n\n{line}\n"));
+        match err.downcast_ref::<PipError>() {
+            Some(PipError::InvalidRequirement {
+                origin,
+                requirement: Some(r),
+                detail: Some(d),
+                ..
+            }) => {
+                assert!(origin.ends_with("req.txt:3"), "{origin}");
+                assert_eq!(r, &format!("{}…", &line[..QUOTED_CHARS]));
+                assert!(d.chars().count() <= QUOTED_CHARS + 1, "{d}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            m.starts_with("req.txt:3: invalid requirement `foo >>> xxx"),
+            "{m}"
+        );
+        // Quoted once, cut: nowhere near the whole line.
+        assert!(!m.contains(&"x".repeat(QUOTED_CHARS)), "{m}");
+        assert!(m.len() < 600, "{} chars: {m}", m.len());
+
+        // Other pieces of a line are cut the same way.
+        let (err, _) = read_err(&format!("six --hash=md5:{}\n", "a".repeat(5000)));
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::UnsupportedHash { token: Some(t), .. })
+                if t.chars().count() == QUOTED_CHARS + 1 && t.ends_with('…')),
+            "{err:?}"
+        );
+        let (err, _) = read_err(&format!("-x{}\n", "o".repeat(5000)));
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::UnsupportedOption { option: Some(o), .. })
+                if o.chars().count() == QUOTED_CHARS + 1),
+            "{err:?}"
+        );
+        let (err, m) = read_err(&format!("./w/{}.whl\n", "n".repeat(5000)));
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::InvalidWheelName { filename })
+                if filename.chars().count() == QUOTED_CHARS + 1),
+            "{err:?}"
+        );
+        assert!(m.len() < 300, "{m}");
+    }
+
+    #[test]
+    fn multibyte_lines_are_cut_between_characters() {
+        for pad in 190..=205 {
+            for wide in ["é", "€", "𝄞", "語"] {
+                let line = format!("{}{} >>> 1", "a".repeat(pad), wide.repeat(40));
+                let (err, _) = read_err(&format!("{line}\n"));
+                match err.downcast_ref::<PipError>() {
+                    Some(PipError::InvalidRequirement {
+                        requirement: Some(r),
+                        ..
+                    }) => {
+                        assert!(r.ends_with('…'), "{r}");
+                        assert_eq!(r.chars().count(), QUOTED_CHARS + 1);
+                        assert!(line.starts_with(r.trim_end_matches('…')));
+                    }
+                    other => panic!("{pad} {wide}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn not_text_is_named_with_its_line_not_shown() {
+        let (err, m) = read_bytes_err(b"six\nidna\nsecret\xff\xfe tail\n");
+        assert!(
+            matches!(
+                err.downcast_ref::<PipError>(),
+                Some(PipError::RequirementsNotText { line: 3, .. })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            m,
+            "[pip] requirements file req.txt:3: is not valid UTF-8; requirements files are UTF-8 text"
+        );
+        // A binary file, valid UTF-8 or not.
+        let (err, m) = read_bytes_err(b"six\n\x7fELF\x02\x01\x01\x00\x00secret\n");
+        assert!(
+            matches!(
+                err.downcast_ref::<PipError>(),
+                Some(PipError::RequirementsNotText { line: 2, .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            m.starts_with("[pip] requirements file req.txt:2: has a NUL byte"),
+            "{m}"
+        );
+        assert!(!m.contains("secret") && !m.contains("ELF"), "{m}");
+        let (err, _) = read_bytes_err(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR");
+        assert!(
+            matches!(
+                err.downcast_ref::<PipError>(),
+                Some(PipError::RequirementsNotText { line: 1, .. })
+            ),
+            "{err:?}"
+        );
+        // A byte order mark is not an error.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("req.txt");
+        std::fs::write(&path, b"\xEF\xBB\xBFsix==1.16.0\n").unwrap();
+        let mut inputs = Inputs::default();
+        read_requirements_file(&path, &mut inputs, false, 0).unwrap();
+        assert_eq!(inputs.requirements[0].req.name.as_str(), "six");
+    }
+
+    #[test]
+    fn included_files_are_named_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("req.txt");
+        let other = dir.path().join("other.txt");
+        std::fs::write(&named, "six\n-r other.txt\n").unwrap();
+        let read = |included: &str| {
+            std::fs::write(&other, included).unwrap();
+            let err = read_requirements_file(&named, &mut Inputs::default(), false, 0).unwrap_err();
+            let m = err
+                .to_string()
+                .replace(&other.display().to_string(), "other.txt");
+            assert!(!m.contains("SECRET"), "{m}");
+            (err, m)
+        };
+        let (err, m) = read("idna\nroot:SECRET:0:0:root:/root:/bin/sh\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::InvalidRequirement { origin, requirement: None, detail: None, .. })
+                if origin.ends_with("other.txt:2")),
+            "{err:?}"
+        );
+        assert_eq!(
+            m,
+            "other.txt:2: invalid requirement (not quoted: the file is included by another requirements file, not named in the spec)"
+        );
+        let (_, m) = read("-SECRET\n");
+        assert_eq!(m, "other.txt:1: unsupported option in a requirements file");
+        let (_, m) = read("six --hash=SECRET\n");
+        assert_eq!(m, "other.txt:1: only sha256 hashes are supported");
+        let (_, m) = read("./SECRET.whl\n");
+        assert!(
+            m.starts_with("other.txt:1: invalid wheel path or URL (not quoted"),
+            "{m}"
+        );
+        let (_, m) = read("pkg @ https://h.invalid/SECRET.whl ; bad marker ==\n");
+        assert!(m.starts_with("other.txt:1: invalid"), "{m}");
+        // The file the spec names is quoted.
+        std::fs::write(&other, "idna\n").unwrap();
+        std::fs::write(&named, "-r other.txt\nbad SECRET >>>\n").unwrap();
+        let err = read_requirements_file(&named, &mut Inputs::default(), false, 0).unwrap_err();
+        assert!(err.to_string().contains("`bad SECRET >>>`"), "{err}");
     }
 
     #[test]
@@ -570,7 +792,7 @@ mod mutation_tests {
         for m in kiln_core::mutate::mutants(seeds, 2500) {
             let text = String::from_utf8_lossy(&m);
             for line in text.lines() {
-                let _ = super::parse_requirement(line, dir, "fuzz");
+                let _ = super::parse_requirement(line, dir, "fuzz", super::Owner::Spec);
             }
         }
     }

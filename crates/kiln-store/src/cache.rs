@@ -40,6 +40,9 @@ pub enum CacheBucket {
     PipRecordHashes,
     /// Extracted conda packages, by the archive's digest.
     CondaPackages,
+    /// The diff_id a base layer blob was checked to decompress to, by the
+    /// blob's digest (so a warm build does not decompress the base again).
+    LayerDiffIds,
     /// Built layers, by the hash of their inputs (→ the layer blob).
     Layers,
     /// Locked package stages, by the hash of their inputs (→ their layers).
@@ -57,6 +60,7 @@ impl CacheBucket {
         CacheBucket::PipMetadata,
         CacheBucket::PipRecordHashes,
         CacheBucket::CondaPackages,
+        CacheBucket::LayerDiffIds,
         CacheBucket::Layers,
         CacheBucket::Stages,
     ];
@@ -73,6 +77,7 @@ impl CacheBucket {
             CacheBucket::PipMetadata => "pip-metadata-v1",
             CacheBucket::PipRecordHashes => "pip-record-hashes-v1",
             CacheBucket::CondaPackages => "conda-pkgs-v1",
+            CacheBucket::LayerDiffIds => "layer-diff-ids-v1",
             CacheBucket::Layers => "layers-v1",
             CacheBucket::Stages => "stages-v1",
         }

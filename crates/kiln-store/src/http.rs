@@ -126,12 +126,16 @@ impl Http {
             check(&f.bytes)?;
             return Ok(f);
         }
-        // Kept without credentials: keyed and recorded by the redacted URL.
+        // Kept without credentials in clear: named by a digest of the whole
+        // URL (two URLs that differ only in a token are two entries),
+        // recorded by the redacted one, final URL stored stripped.
         let public = redact(url);
         let meta_path = cache.entry(
             CacheBucket::Http,
-            format!("{}.json", Digest::of(public.as_bytes()).hex()),
+            format!("{}.json", Digest::of(url.as_bytes()).hex()),
         );
+        let sources = [url.to_string()];
+        let final_url = |stored: &str| kiln_core::url::with_credentials(stored, &sources);
         let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&meta_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<KeptResponse>(&b).ok())
@@ -145,7 +149,7 @@ impl Http {
                 return Ok(Fetched {
                     bytes: body,
                     content_type: k.content_type,
-                    url: k.final_url,
+                    url: final_url(&k.final_url),
                 });
             }
         }
@@ -172,7 +176,7 @@ impl Http {
                 }
                 let k = KeptResponse {
                     url: public.clone(),
-                    final_url: resp.url().to_string(),
+                    final_url: kiln_core::url::strip_credentials(resp.url().as_str()),
                     etag: header(&resp, reqwest::header::ETAG),
                     last_modified: header(&resp, reqwest::header::LAST_MODIFIED),
                     content_type: header(&resp, reqwest::header::CONTENT_TYPE),
@@ -201,7 +205,7 @@ impl Http {
         Ok(Fetched {
             bytes,
             content_type: k.content_type,
-            url: k.final_url,
+            url: final_url(&k.final_url),
         })
     }
 
@@ -437,6 +441,73 @@ mod tests {
             err.to_string(),
             "offline: https://***@host/simple/x/ is not in the cache (run `kiln fetch` or `kiln cache import` first)"
         );
+    }
+
+    /// Answer `n` requests with 200 and the request line as the body.
+    fn echo_server(n: usize) -> u16 {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for _ in 0..n {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let body = first.trim().to_string();
+                let mut conn = conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn cached_pages_keep_no_token_and_never_mix_two_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let port = echo_server(2);
+        let a = format!("http://u:pw1@127.0.0.1:{port}/t/TOKENAAA/chan/x/");
+        let b = format!("http://u:pw1@127.0.0.1:{port}/t/TOKENBBB/chan/x/");
+        let ok = |_: &[u8]| Ok(());
+        let fa = http.get_cached(&a, None, &cache, &ok).unwrap();
+        let fb = http.get_cached(&b, None, &cache, &ok).unwrap();
+        // Same redacted URL, two entries: each answer is its own.
+        assert!(String::from_utf8_lossy(&fa.bytes).contains("TOKENAAA"));
+        assert!(String::from_utf8_lossy(&fb.bytes).contains("TOKENBBB"));
+        assert_eq!(
+            fa.url, a,
+            "the final URL keeps the credentials for relative links"
+        );
+        // Offline, from the cache: still apart, still with credentials.
+        let offline = Http::offline().unwrap();
+        let ob = offline.get_cached(&b, None, &cache, &ok).unwrap();
+        assert_eq!(ob.bytes, fb.bytes);
+        assert_eq!(ob.url, b);
+        // Nothing on disk holds a token or a password in clear (the bodies
+        // are this echo server's, so only the metadata is checked).
+        for e in std::fs::read_dir(cache.bucket(CacheBucket::Http)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for secret in ["TOKENAAA", "TOKENBBB", "pw1"] {
+                    assert!(
+                        !text.contains(secret),
+                        "{secret} in {}: {text}",
+                        p.display()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::parent_dir;
+use super::{parent_dir, set_output_mode};
 use crate::blobs::Blobs;
 use crate::image::Assembled;
 use crate::manifest::canonical_json;
@@ -89,13 +89,9 @@ pub fn write(
         .into_inner()
         .map_err(|e| e.into_error())
         .io_context(|| "flushing archive".into())?;
-    // An output file, not a secret: readable like any file the user writes
-    // (the temp file starts 0600).
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .io_context(|| format!("writing {}", path.display()))?;
-    }
+    // An output file, not a secret: its mode as the umask says, like any
+    // file the user writes (the temp file starts 0600).
+    set_output_mode(tmp.path()).map_err(|e| e.context(format!("writing {}", path.display())))?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .io_context(|| format!("writing {}", path.display()))?;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{link_or_copy, parent_dir};
+use super::{link_or_copy, parent_dir, set_output_mode};
 use crate::blobs::Blobs;
 use crate::image::Assembled;
 use crate::manifest::{self, canonical_json, Desc, Document, OCI_INDEX};
@@ -62,6 +62,8 @@ pub fn write(
     let root = staging.path();
     let blob_dir = root.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).io_context(|| format!("creating {}", blob_dir.display()))?;
+    set_output_mode(&root.join("blobs"))?;
+    set_output_mode(&blob_dir)?;
 
     let mut digests: Vec<&Digest> = Vec::new();
     for img in &image.images {
@@ -100,10 +102,15 @@ pub fn write(
     if !sboms.is_empty() {
         let sbom_dir = root.join(SBOM_DIR);
         fs::create_dir(&sbom_dir).io_context(|| format!("creating {}", sbom_dir.display()))?;
+        set_output_mode(&sbom_dir)?;
         for (name, bytes) in sboms {
             write_file(&sbom_dir.join(name), bytes)?;
         }
     }
+
+    // The staging directory starts private; the layout gets a directory's
+    // mode as the umask says.
+    set_output_mode(root)?;
 
     // Swap in: old layout aside, staging into place, old removed.
     let staged = staging.keep();
@@ -129,7 +136,8 @@ pub fn write(
 }
 
 fn write_file(p: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(p, bytes).io_context(|| format!("writing {}", p.display()))
+    fs::write(p, bytes).io_context(|| format!("writing {}", p.display()))?;
+    set_output_mode(p)
 }
 
 /// Entries of the existing layout not replaced by our tags.

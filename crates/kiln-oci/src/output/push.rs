@@ -1,7 +1,13 @@
-//! Push to a registry: every blob is checked with HEAD first and skipped
-//! when present, mounted from the base's repository when it lives on the same
-//! registry, uploaded otherwise; manifests go last, so a tag never points
-//! at an incomplete image. SBOMs follow as OCI 1.1 referrers ([`push_sboms`]).
+//! Push to a registry, in an order that keeps every tag complete: all blobs
+//! (each checked with HEAD first and skipped when present, mounted from the
+//! base's repository when it lives on the same registry, uploaded
+//! otherwise), then each platform's manifest by digest, then the SBOMs as
+//! OCI 1.1 referrers of those manifests, and only then the tags. A tag is
+//! the last thing written, so it never points at an image whose blobs or
+//! SBOMs are missing. A push that fails part-way says what the registry
+//! holds ([`RegistryError::PushIncomplete`]).
+
+use std::fmt;
 
 use oci_client::Reference;
 use serde::Serialize;
@@ -11,7 +17,7 @@ use crate::blobs::{Blobs, Origin};
 use crate::image::Assembled;
 use crate::manifest::{canonical_json, Desc, OCI_INDEX, OCI_MANIFEST};
 use crate::registry::Registry;
-use crate::ImageError;
+use crate::{ImageError, RegistryError};
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, Result};
 use kiln_core::progress::Progress;
@@ -21,7 +27,9 @@ const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const ANN_CREATED: &str = "org.opencontainers.image.created";
 const ANN_TITLE: &str = "org.opencontainers.image.title";
 
-#[derive(Debug, Default, Serialize)]
+/// What a push wrote; after a failure, what it had written
+/// ([`RegistryError::PushIncomplete`] carries it).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PushReport {
     pub reference: String,
     pub digest: String,
@@ -37,6 +45,33 @@ pub struct PushReport {
     /// Referrers tag schema indexes (`sha256-<hex>`) written, for registries
     /// without the referrers API.
     pub referrer_tags_updated: usize,
+    /// The platform manifests pushed by digest.
+    pub manifests: Vec<String>,
+    /// The SBOM referrer manifests pushed, in the order of the platforms.
+    pub referrer_manifests: Vec<String>,
+    /// The tags written (each pointing at `digest`).
+    pub tags: Vec<String>,
+}
+
+/// The steps of a push, in order; where a failed push stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushStep {
+    Blobs,
+    Manifests,
+    Referrers,
+    Tags,
+}
+
+impl fmt::Display for PushStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PushStep::Blobs => "pushing blobs",
+            PushStep::Manifests => "pushing manifests",
+            PushStep::Referrers => "pushing SBOM referrers",
+            PushStep::Tags => "writing tags",
+        })
+    }
 }
 
 /// An SBOM in the cache, for one platform's manifest.
@@ -47,23 +82,87 @@ pub struct SbomBlob {
     pub size: u64,
     /// `linux-amd64.spdx.json`: the blob's title annotation.
     pub file_name: String,
+    /// The referrer's `org.opencontainers.image.created` (RFC 3339).
+    pub created: String,
 }
 
+/// Push `image` to `repo` under `tags`, with `sboms` (one per platform, in
+/// the order of `image.images`; none with `--no-sbom`) attached as
+/// referrers. Fails with [`RegistryError::PushIncomplete`] once anything
+/// was sent, naming what the registry holds.
 pub fn push(
     registry: &Registry,
     repo: &str,
     tags: &[String],
     image: &Assembled,
+    sboms: &[SbomBlob],
     blobs: &Blobs,
     progress: &Progress,
 ) -> Result<PushReport> {
-    let first = tag_ref(repo, &tags[0])?;
+    // Bad names fail before anything is sent.
+    let tag_refs = tags
+        .iter()
+        .map(|t| tag_ref(repo, t))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = tag_refs.first() else {
+        return Err(Error::internal("push without a tag"));
+    };
     let mut report = PushReport {
         reference: first.whole(),
         digest: image.top().digest.to_string(),
         ..Default::default()
     };
+    let todo = image_blobs(image);
+    let mut step = PushStep::Blobs;
+    let pushed = (|| -> Result<()> {
+        let bar = progress.bar(todo.len() as u64, "pushing blobs");
+        for d in &todo {
+            push_blob(registry, first, d, blobs, &mut report)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
 
+        step = PushStep::Manifests;
+        let read = |d: &Digest| -> Result<Vec<u8>> { blobs.cache.read(d) };
+        for img in &image.images {
+            let r = digest_ref(first, &img.manifest.digest);
+            registry.push_manifest(&r, &read(&img.manifest.digest)?, &img.manifest.media_type)?;
+            report.manifests.push(img.manifest.digest.to_string());
+        }
+
+        if !sboms.is_empty() {
+            step = PushStep::Referrers;
+            let spinner = progress.spinner("pushing SBOM referrers");
+            push_sboms(registry, first, image, sboms, blobs, &mut report)?;
+            spinner.finish_and_clear();
+        }
+
+        step = PushStep::Tags;
+        let top = image.top();
+        let top_bytes = read(&top.digest)?;
+        for (tag, r) in tags.iter().zip(&tag_refs) {
+            registry.push_manifest(r, &top_bytes, &top.media_type)?;
+            report.tags.push(tag.clone());
+        }
+        Ok(())
+    })();
+    match pushed {
+        Ok(()) => Ok(report),
+        Err(source) => Err(RegistryError::PushIncomplete {
+            repository: format!("{}/{}", first.registry(), first.repository()),
+            report: Box::new(report),
+            blobs_total: todo.len(),
+            sboms: sboms.len().min(image.images.len()),
+            tags: tags.to_vec(),
+            step,
+            source,
+        }
+        .into()),
+    }
+}
+
+/// The layers and configs of every platform, each once.
+fn image_blobs(image: &Assembled) -> Vec<&Desc> {
     let mut todo: Vec<&Desc> = Vec::new();
     for img in &image.images {
         for d in img.layers.iter().chain(std::iter::once(&img.config)) {
@@ -72,26 +171,7 @@ pub fn push(
             }
         }
     }
-    let bar = progress.bar(todo.len() as u64, "pushing blobs");
-    for d in todo {
-        push_blob(registry, &first, d, blobs, &mut report)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-
-    let read = |d: &Digest| -> Result<Vec<u8>> { blobs.cache.read(d) };
-    if image.index.is_some() {
-        for img in &image.images {
-            let r = digest_ref(&first, &img.manifest.digest);
-            registry.push_manifest(&r, &read(&img.manifest.digest)?, &img.manifest.media_type)?;
-        }
-    }
-    let top = image.top();
-    let top_bytes = read(&top.digest)?;
-    for tag in tags {
-        registry.push_manifest(&tag_ref(repo, tag)?, &top_bytes, &top.media_type)?;
-    }
-    Ok(report)
+    todo
 }
 
 /// Attach each platform's SBOM to its manifest as an OCI 1.1 referrer: an
@@ -100,18 +180,17 @@ pub fn push(
 /// registry's referrers API does not list it (registries without the API),
 /// the referrers tag schema's index `sha256-<hex of subject>` gets it added.
 /// `target` is any reference in the pushed repository; `sboms` go with
-/// `image.images`, in order. Returns the referrer digests.
-pub fn push_sboms(
+/// `image.images`, in order. The referrer digests go to
+/// `report.referrer_manifests`.
+fn push_sboms(
     registry: &Registry,
     target: &Reference,
     image: &Assembled,
     sboms: &[SbomBlob],
-    created: &str,
     blobs: &Blobs,
     report: &mut PushReport,
-) -> Result<Vec<Digest>> {
+) -> Result<()> {
     let empty = blobs.cache.put(b"{}")?;
-    let mut out = Vec::new();
     for (img, sbom) in image.images.iter().zip(sboms) {
         for (digest, size) in [(&empty, 2), (&sbom.digest, sbom.size)] {
             if !registry.blob_exists(target, digest)? {
@@ -136,12 +215,13 @@ pub fn push_sboms(
                 "digest": img.manifest.digest.to_string(),
                 "size": img.manifest.size,
             },
-            "annotations": {ANN_CREATED: created},
+            "annotations": {ANN_CREATED: sbom.created},
         });
         let bytes = canonical_json(&manifest);
         let digest = Digest::of(&bytes);
         registry.push_manifest(&digest_ref(target, &digest), &bytes, OCI_MANIFEST)?;
         report.referrers += 1;
+        report.referrer_manifests.push(digest.to_string());
 
         let subject = digest_ref(target, &img.manifest.digest);
         // A registry that cannot answer counts as one without the API.
@@ -155,15 +235,14 @@ pub fn push_sboms(
                 "digest": digest.to_string(),
                 "size": bytes.len(),
                 "artifactType": sbom.media_type,
-                "annotations": {ANN_CREATED: created},
+                "annotations": {ANN_CREATED: sbom.created},
             });
             if add_to_referrers_tag(registry, target, &img.manifest.digest, entry)? {
                 report.referrer_tags_updated += 1;
             }
         }
-        out.push(digest);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The referrers tag schema: the index tagged `sha256-<hex>` lists the
@@ -247,4 +326,168 @@ pub fn tag_ref(repo: &str, tag: &str) -> Result<Reference> {
 
 fn digest_ref(r: &Reference, d: &Digest) -> Reference {
     Reference::with_digest(r.registry().into(), r.repository().into(), d.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::ErrorKind;
+    use oci_client::errors::OciDistributionError;
+
+    const REPO: &str = "registry.example.org/team/app";
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn incomplete(
+        report: PushReport,
+        sboms: usize,
+        step: PushStep,
+        source: kiln_core::Error,
+    ) -> kiln_core::Error {
+        RegistryError::PushIncomplete {
+            repository: REPO.into(),
+            report: Box::new(report),
+            blobs_total: 5,
+            sboms,
+            tags: vec!["1.0".into(), "latest".into()],
+            step,
+            source,
+        }
+        .into()
+    }
+
+    fn refused_tag(tag: &str) -> kiln_core::Error {
+        RegistryError::Failed {
+            op: "pushing manifest",
+            reference: format!("{REPO}:{tag}"),
+            status: Some(400),
+            source: OciDistributionError::ServerError {
+                code: 400,
+                url: format!("https://registry.example.org/v2/team/app/manifests/{tag}"),
+                message: "tag is immutable".into(),
+            },
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_failed_tag_says_what_the_registry_holds() {
+        let report = PushReport {
+            blobs_uploaded: 3,
+            blobs_mounted: 1,
+            blobs_skipped: 1,
+            manifests: vec![d('a'), d('b')],
+            referrer_manifests: vec![d('c'), d('e')],
+            tags: vec!["1.0".into()],
+            ..Default::default()
+        };
+        let cause = refused_tag("latest");
+        let cause_text = cause.to_string();
+        let err = incomplete(report, 2, PushStep::Tags, cause);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "push to {REPO} incomplete: writing tags failed: {cause_text}\n  \
+                 blobs in the registry: 5 of 5 (3 uploaded, 1 mounted, 1 already there)\n  \
+                 manifests pushed: {}, {}\n  \
+                 SBOM referrers: pushed (2)\n  \
+                 tags written: 1.0; tags not written: latest",
+                d('a'),
+                d('b')
+            )
+        );
+        assert!(cause_text.starts_with(&format!("pushing manifest {REPO}:latest: ")));
+        // The cause's kind (a registry failure) decides the exit code, and
+        // the cause stays reachable.
+        assert_eq!(err.kind(), ErrorKind::Network);
+        assert_eq!(err.exit_code(), 3);
+        let Some(RegistryError::PushIncomplete {
+            report,
+            step,
+            source,
+            ..
+        }) = err.downcast_ref::<RegistryError>()
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*step, PushStep::Tags);
+        assert_eq!(report.tags, ["1.0"]);
+        assert!(matches!(
+            source.downcast_ref::<RegistryError>(),
+            Some(RegistryError::Failed {
+                status: Some(400),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_early_failure_says_nothing_is_tagged() {
+        let denied: kiln_core::Error = RegistryError::Denied {
+            op: "pushing blob",
+            reference: format!("{REPO}:1.0"),
+            registry: "registry.example.org".into(),
+        }
+        .into();
+        let cause_text = denied.to_string();
+        let report = PushReport {
+            blobs_skipped: 2,
+            ..Default::default()
+        };
+        let err = incomplete(report, 1, PushStep::Blobs, denied);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "push to {REPO} incomplete: pushing blobs failed: {cause_text}\n  \
+                 blobs in the registry: 2 of 5 (0 uploaded, 0 mounted, 2 already there)\n  \
+                 manifests pushed: none\n  \
+                 SBOM referrers: not pushed\n  \
+                 tags written: none; tags not written: 1.0, latest"
+            )
+        );
+        // Refused credentials stay an authentication failure.
+        assert_eq!(err.exit_code(), 4);
+    }
+
+    #[test]
+    fn a_failed_referrer_names_how_many_were_attached() {
+        let report = PushReport {
+            blobs_uploaded: 5,
+            manifests: vec![d('a'), d('b')],
+            referrer_manifests: vec![d('c')],
+            ..Default::default()
+        };
+        let err = incomplete(report, 2, PushStep::Referrers, refused_tag("sha256-x"));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "push to {REPO} incomplete: pushing SBOM referrers failed: pushing manifest "
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("\n  SBOM referrers: 1 of 2 pushed\n"), "{msg}");
+        assert!(msg.ends_with("\n  tags written: none; tags not written: 1.0, latest"));
+
+        // Without SBOMs there is no referrer line.
+        let report = PushReport {
+            blobs_uploaded: 5,
+            manifests: vec![d('a')],
+            ..Default::default()
+        };
+        let msg = incomplete(report, 0, PushStep::Manifests, refused_tag("x")).to_string();
+        assert!(!msg.contains("SBOM"), "{msg}");
+        assert!(msg.contains(&format!("\n  manifests pushed: {}\n", d('a'))));
+        assert_eq!(msg.lines().count(), 4, "{msg}");
+    }
+
+    #[test]
+    fn steps_read_as_words() {
+        assert_eq!(PushStep::Manifests.to_string(), "pushing manifests");
+        assert_eq!(
+            serde_json::to_value(PushStep::Referrers).unwrap(),
+            json!("referrers")
+        );
+    }
 }

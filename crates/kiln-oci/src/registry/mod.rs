@@ -238,8 +238,18 @@ impl Registry {
                 .writer()
                 .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
             let mut stream = self.client.pull_blob_stream(r, &desc).await?;
+            // A registry that sends more than the descriptor declares is cut
+            // off (not left to fill the disk); less fails the digest check.
+            let mut got: u64 = 0;
             while let Some(chunk) = stream.next().await {
-                w.write_all(&chunk?)?;
+                let chunk = chunk?;
+                got += chunk.len() as u64;
+                if got > size {
+                    return Err(OciDistributionError::GenericError(Some(format!(
+                        "blob {digest} is larger than the {size} bytes its descriptor declares"
+                    ))));
+                }
+                w.write_all(&chunk)?;
             }
             w.commit(Some(digest)).map_err(|e| {
                 OciDistributionError::DigestError(

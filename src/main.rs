@@ -120,6 +120,37 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run the build service: the HTTP API and build workers (see `kiln-service`).
+    ///
+    /// Environment: KILN_SERVE_ADMIN_TOKEN (required), KILN_SERVE_VIEWER_TOKEN,
+    /// KILN_REGISTRY_ENDPOINT (HOST[:PORT], required with workers),
+    /// KILN_REPO_PREFIX, KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD.
+    Serve {
+        /// ADDR:PORT to listen on (port 0: any free port; printed on stderr).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Directory for the SQLite database, job directories and the build cache.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Database URL (sqlite://… or postgres://…) [default: sqlite://DIR/kiln.db?mode=rwc].
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Builds to run at once in this process (0: API only).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        workers: usize,
+    },
+    /// Run build workers only, taking jobs from a `kiln serve` database.
+    Worker {
+        /// Database URL (sqlite://… or postgres://…).
+        #[arg(long, value_name = "URL")]
+        database: String,
+        /// Directory for job directories and the build cache [default: a temporary directory].
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Builds to run at once.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        workers: usize,
+    },
     /// Show an image's manifest and config: oci:DIR[:TAG], docker-archive:FILE or a registry reference.
     Inspect {
         reference: String,
@@ -161,7 +192,7 @@ fn main() -> ExitCode {
         | Command::Lock { common, .. }
         | Command::Fetch { common, .. }
         | Command::Cache { common, .. } => common.json,
-        Command::RunScript { .. } => false,
+        Command::RunScript { .. } | Command::Serve { .. } | Command::Worker { .. } => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -376,6 +407,26 @@ fn run(cli: Cli) -> kiln::Result<()> {
             }
             Ok(())
         }
+        Command::Serve {
+            listen,
+            data,
+            database,
+            workers,
+        } => kiln_service::serve(kiln_service::ServeOptions {
+            listen,
+            data,
+            database,
+            workers,
+        }),
+        Command::Worker {
+            database,
+            data,
+            workers,
+        } => kiln_service::worker(kiln_service::WorkerOptions {
+            database,
+            data,
+            workers,
+        }),
         Command::Inspect {
             reference,
             platform,

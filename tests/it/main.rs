@@ -27,3 +27,4 @@ mod pip_image;
 mod pip_network;
 mod push;
 mod sbom;
+mod service;

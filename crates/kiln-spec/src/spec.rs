@@ -116,7 +116,7 @@ impl Spec {
         Self::parse(&text, path)
     }
 
-    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self> {
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: SpecFile = toml::from_str(text).map_err(|e| located_error(path, text, &e))?;
         let spec = Spec {
             path: path.to_path_buf(),

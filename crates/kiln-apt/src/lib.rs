@@ -352,6 +352,12 @@ pub fn plan_locked(
     cache: &Cache,
 ) -> Result<AptPlan> {
     let arch = debian_arch(platform)?;
+    // The lock holds URLs without credentials; the configured sources (the
+    // spec's, the base's, the host's) put theirs back. Best effort: a locked
+    // build from the cache needs no source at all.
+    let configured: Vec<String> = resolve_sources(section, fs, false)
+        .map(|s| s.into_iter().map(|s| s.uri).collect())
+        .unwrap_or_default();
     // Each package is unpacked as soon as it is in: the CPU work overlaps
     // the other transfers.
     let mut packages: Vec<Package> = kiln_store::http::on_network_pool(|| {
@@ -359,7 +365,8 @@ pub fn plan_locked(
             .map(|pin| {
                 let what = format!("apt: locked {} {}", pin.name, pin.version);
                 let d: Digest = pin.sha256.clone();
-                http.download(&pin.url, Some(&d), cache)
+                let url = kiln_core::url::with_credentials(&pin.url, &configured);
+                http.download(&url, Some(&d), cache)
                     .map_err(|e| e.context(&what))?;
                 let deb = deb::load(cache, &d, &what)?;
                 let bad = |detail: String| AptError::BadDeb {
@@ -423,7 +430,7 @@ pub fn pins(plan: &AptPlan) -> Vec<kiln_spec::lock::AptPin> {
                 version: p.version.to_string(),
                 arch: p.arch.clone(),
                 suite: p.suite.clone(),
-                url: p.url.clone(),
+                url: kiln_core::url::strip_credentials(&p.url),
                 sha256: p.sha256.clone()?,
                 size: p.size,
             })
@@ -479,5 +486,32 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(debian_arch(&Platform::linux("arm64")).unwrap(), "arm64");
+    }
+
+    #[test]
+    fn locks_record_package_urls_without_credentials() {
+        let para = &control::parse_paragraphs(
+            "Package: hello\nVersion: 2.10-3\nArchitecture: amd64\nFilename: pool/main/h/hello/hello_2.10-3_amd64.deb\n",
+        )[0];
+        let mut p = Package::from_paragraph(para, "", "bookworm", false).unwrap();
+        p.url = "https://user:s3cret@mirror.example.invalid/debian/pool/main/h/hello/hello_2.10-3_amd64.deb".into();
+        p.sha256 = Some(Digest::of(b"deb"));
+        let plan = AptPlan {
+            arch: "amd64".into(),
+            foreign_archs: vec![],
+            bootstrap: None,
+            packages: vec![p],
+        };
+        let pinned = pins(&plan);
+        assert_eq!(
+            pinned[0].url,
+            "https://mirror.example.invalid/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+        );
+        // A locked build takes the credentials again from the configured source.
+        let sources = vec!["https://user:s3cret@mirror.example.invalid/debian".to_string()];
+        assert_eq!(
+            kiln_core::url::with_credentials(&pinned[0].url, &sources),
+            plan.packages[0].url
+        );
     }
 }

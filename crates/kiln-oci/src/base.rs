@@ -293,7 +293,7 @@ fn load_layout(
     // The spec's marker: a directory without it is not a layout (whatever
     // else it holds).
     let read = |p: &Path, item: &str| -> Result<Vec<u8>> {
-        read_document(p, manifest::MAX_DOCUMENT, &what, item).map_err(|e| match e {
+        read_document(p, &what, item).map_err(|e| match e {
             DocumentReadError::Io(source) => ImageError::NotALayout {
                 what: what.clone(),
                 index: p.to_path_buf(),

@@ -268,44 +268,26 @@ fn open_nofollow(p: &Path) -> std::io::Result<File> {
 }
 
 /// Read a small document (index, manifest, config, marker) from a file:
-/// a regular file, at most `max` bytes, read without following a symlink.
+/// a regular file, at most [`crate::manifest::MAX_DOCUMENT`] bytes, read
+/// without following a symlink.
 pub(crate) fn read_document(
     p: &Path,
-    max: u64,
     what: &str,
     item: &str,
 ) -> std::result::Result<Vec<u8>, DocumentReadError> {
+    let refused = DocumentReadError::Refused;
     let md = std::fs::symlink_metadata(p).map_err(DocumentReadError::Io)?;
-    check_regular(&md, what, item).map_err(DocumentReadError::Refused)?;
+    check_regular(&md, what, item).map_err(refused)?;
     let f = open_nofollow(p).map_err(DocumentReadError::Io)?;
     let md = f.metadata().map_err(DocumentReadError::Io)?;
-    check_regular(&md, what, item).map_err(DocumentReadError::Refused)?;
-    if md.len() > max {
-        return Err(DocumentReadError::Refused(
-            ImageError::TooLarge {
-                what: what.to_string(),
-                item: item.to_string(),
-                size: md.len(),
-                max,
-            }
-            .into(),
-        ));
-    }
+    check_regular(&md, what, item).map_err(refused)?;
+    crate::manifest::check_size(md.len(), what, item).map_err(refused)?;
+    // Bounded again while reading: the file may grow after the check.
     let mut b = Vec::with_capacity(md.len() as usize);
-    f.take(max + 1)
+    f.take(crate::manifest::MAX_DOCUMENT + 1)
         .read_to_end(&mut b)
         .map_err(DocumentReadError::Io)?;
-    if b.len() as u64 > max {
-        return Err(DocumentReadError::Refused(
-            ImageError::TooLarge {
-                what: what.to_string(),
-                item: item.to_string(),
-                size: b.len() as u64,
-                max,
-            }
-            .into(),
-        ));
-    }
+    crate::manifest::check_size(b.len() as u64, what, item).map_err(refused)?;
     Ok(b)
 }
 

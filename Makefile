@@ -2,9 +2,10 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql
+TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver
 # pyspdxtools (spdx-tools from the Python package index pip is configured
-# with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs.
+# with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs, and
+# jsonschema, which tests/it/workspace.rs validates CI pipelines with.
 SPDX_VENV := target/spdx-venv
 BENCH_DEBS := pigz
 
@@ -25,12 +26,18 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-spdx-validator: $(SPDX_VENV)/bin/pyspdxtools
+spdx-validator: $(SPDX_VENV)/bin/pyspdxtools $(SPDX_VENV)/bin/jsonschema
 
 $(SPDX_VENV)/bin/pyspdxtools: | test-deps
 	rm -rf $(SPDX_VENV)
 	python3 -m venv $(SPDX_VENV)
-	$(SPDX_VENV)/bin/pip install -q spdx-tools
+	$(SPDX_VENV)/bin/pip install -q spdx-tools jsonschema
+
+# jsonschema (with PyYAML, which spdx-tools brings) validates the CI
+# pipelines `kiln ci generate` writes (tests/it/workspace.rs); this adds it
+# to a venv made before it was on the line above.
+$(SPDX_VENV)/bin/jsonschema: $(SPDX_VENV)/bin/pyspdxtools
+	$(SPDX_VENV)/bin/pip install -q jsonschema
 
 test: test-deps spdx-validator
 	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=4
@@ -48,6 +55,7 @@ bench: release
 	bash benches/pip_compare.sh
 	$(CARGO) bench --bench conda
 	bash benches/lock_bench.sh
+	bash benches/service_bench.sh
 
 # The main job: build the embedded example image into an OCI layout (no registry, no daemon).
 example: release

@@ -62,6 +62,9 @@ pub struct BuildOptions {
     pub run_scripts: bool,
     /// Where `[[files]]` sources may come from (`--allow-outside-context`).
     pub source_scope: SourceScope,
+    /// The spec's text when it is not read from `spec` (a translated
+    /// Dockerfile): `spec` is then only where it stands, for relative paths.
+    pub spec_text: Option<String>,
 }
 
 /// How a build uses kiln.lock.
@@ -113,6 +116,23 @@ pub struct SbomReport {
     pub paths: Vec<String>,
     /// The pushed referrer manifest (artifactType `application/spdx+json`).
     pub referrer: Option<String>,
+}
+
+/// With `KILN_PHASES=1`, `kiln build` prints `kiln-phase: NAME` on stderr
+/// as it enters each phase: `resolving` (the base), `fetching` (base
+/// layers; package resolution and downloads), `building` (layers, image,
+/// SBOMs), `pushing`; each once, when it changes. For `kiln serve`'s
+/// workers, which show it as the job's phase.
+fn phase(name: &'static str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static LAST: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+    if *ON.get_or_init(|| std::env::var("KILN_PHASES").is_ok_and(|v| v == "1")) {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != name {
+            *last = name;
+            eprintln!("kiln-phase: {name}");
+        }
+    }
 }
 
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
@@ -263,7 +283,10 @@ struct BuildPlan {
 }
 
 fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
-    let spec = Spec::load(&opts.spec)?;
+    let spec = match &opts.spec_text {
+        Some(text) => Spec::parse(text, &opts.spec)?,
+        None => Spec::load(&opts.spec)?,
+    };
     let tags: Vec<String> = spec.image.tags.iter().map(|t| t.0.clone()).collect();
     let push = match opts.push {
         false => None,
@@ -358,6 +381,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let plan = plan_build(opts)?;
     let setup = &plan.setup;
     let mut blobs = setup.blobs();
+    phase("resolving");
     let mut base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
     if let Some(name) = &plan.base_name {
         base.name = Some(name.clone());
@@ -365,7 +389,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if let Some(lock) = &plan.pinned {
         check_locked_base(&base, lock, &setup.spec)?;
     }
+    phase("fetching");
     let mut platforms = run_stages(&plan, &base, &blobs, opts)?;
+    phase("building");
 
     // `[[files]]` layers, the same on every platform, on top.
     let file_layers = build_groups(&plan.file_groups, opts, &setup.cache)?;
@@ -532,6 +558,7 @@ fn run_stages(
         };
         let mut layers = Vec::new();
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
+            phase("building");
             layers.extend(build_groups(groups, opts, &setup.cache)?);
             Ok(())
         })?;
@@ -590,6 +617,7 @@ fn write_outputs(
     // either completes or says what the registry holds.
     let push_report = match (&plan.push, &plan.setup.registry) {
         (Some((repo, _)), Some(reg)) => {
+            phase("pushing");
             let created = kiln_core::time::rfc3339(opts.epoch);
             let sbom_blobs: Vec<push::SbomBlob> = sboms
                 .iter()
@@ -816,6 +844,7 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         reuse: false,
         run_scripts: opts.run_scripts,
         source_scope: opts.source_scope,
+        spec_text: opts.spec_text.clone(),
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -1070,6 +1099,7 @@ mod tests {
             reuse: true,
             run_scripts: false,
             source_scope: SourceScope::Context,
+            spec_text: None,
         };
         (dir, opts)
     }

@@ -44,9 +44,21 @@ struct Common {
 enum Command {
     /// Build the image described by a spec (default ./kiln.toml).
     Build {
-        /// The spec file.
-        #[arg(default_value = "kiln.toml")]
-        spec: PathBuf,
+        /// The spec file [default: kiln.toml]; with --dockerfile, the build
+        /// context [default: the Dockerfile's directory].
+        #[arg(value_name = "SPEC|CONTEXT")]
+        spec: Option<PathBuf>,
+        /// Build from a Dockerfile instead of a spec (translated to kiln's
+        /// own stages; see --explain).
+        #[arg(long, value_name = "PATH")]
+        dockerfile: Option<PathBuf>,
+        /// A Dockerfile ARG value, NAME=VALUE (NAME alone: from the environment). Repeatable.
+        #[arg(long = "build-arg", value_name = "NAME=VALUE", requires = "dockerfile")]
+        build_args: Vec<String>,
+        /// With --dockerfile: show what kiln does with each instruction and
+        /// the generated kiln.toml, and build nothing.
+        #[arg(long, requires = "dockerfile")]
+        explain: bool,
         /// Output: oci:DIR or docker-archive:FILE (repeatable; default oci:kiln-out unless --push).
         #[arg(long, short, value_name = "TARGET")]
         output: Vec<String>,
@@ -151,6 +163,28 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1)]
         workers: usize,
     },
+    /// Plan a workspace build (kiln-workspace.toml): affected members in
+    /// build order, the images and tags each produces, rebases.
+    Plan {
+        /// Only members whose inputs changed since this Git ref (and what builds on them).
+        #[arg(long, value_name = "REF")]
+        since: Option<String>,
+        /// kiln-workspace.toml, or a directory at or under the workspace root.
+        #[arg(long, value_name = "PATH", default_value = ".")]
+        workspace: PathBuf,
+        /// Also show input hashes and why each member is planned.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Generate CI pipelines for a workspace.
+    Ci {
+        #[command(subcommand)]
+        action: CiAction,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Show an image's manifest and config: oci:DIR[:TAG], docker-archive:FILE or a registry reference.
     Inspect {
         reference: String,
@@ -160,6 +194,32 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Subcommand)]
+enum CiAction {
+    /// Print a pipeline for the workspace plan on stdout.
+    Generate {
+        /// gitlab: a child pipeline (JSON, which is YAML 1.2); github: a
+        /// matrix per dependency level for fromJSON; github-workflow: a
+        /// workflow with those levels; json: the plan.
+        #[arg(long, value_enum)]
+        format: CiFormat,
+        /// Only members whose inputs changed since this Git ref (and what builds on them).
+        #[arg(long, value_name = "REF")]
+        since: Option<String>,
+        /// kiln-workspace.toml, or a directory at or under the workspace root.
+        #[arg(long, value_name = "PATH", default_value = ".")]
+        workspace: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CiFormat {
+    Gitlab,
+    Github,
+    GithubWorkflow,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -191,7 +251,9 @@ fn main() -> ExitCode {
         | Command::Inspect { common, .. }
         | Command::Lock { common, .. }
         | Command::Fetch { common, .. }
-        | Command::Cache { common, .. } => common.json,
+        | Command::Cache { common, .. }
+        | Command::Plan { common, .. }
+        | Command::Ci { common, .. } => common.json,
         Command::RunScript { .. } | Command::Serve { .. } | Command::Worker { .. } => false,
     };
     match run(cli) {
@@ -256,6 +318,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
         }
         Command::Build {
             spec,
+            dockerfile,
+            build_args,
+            explain,
             output,
             push,
             compression,
@@ -268,8 +333,22 @@ fn run(cli: Cli) -> kiln::Result<()> {
             allow_outside_context,
             common,
         } => {
+            let (spec, spec_text, explained) = match dockerfile {
+                None => (
+                    spec.unwrap_or_else(|| PathBuf::from("kiln.toml")),
+                    None,
+                    None,
+                ),
+                Some(df) => {
+                    match dockerfile_spec(&df, spec, &build_args, explain, offline, &common)? {
+                        Some((path, toml, explained)) => (path, Some(toml), Some(explained)),
+                        None => return Ok(()),
+                    }
+                }
+            };
             let opts = BuildOptions {
                 spec,
+                spec_text,
                 outputs: output
                     .iter()
                     .map(|o| OutputTarget::parse(o))
@@ -312,6 +391,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
             };
             if common.json {
                 let mut v = serde_json::to_value(&report).expect("report serialises");
+                if let Some(x) = &explained {
+                    v["dockerfile"] = x.clone();
+                }
                 if let Some(r) = repro {
                     v["reproducible"] = serde_json::to_value(r).expect("report serialises");
                 }
@@ -427,6 +509,39 @@ fn run(cli: Cli) -> kiln::Result<()> {
             data,
             workers,
         }),
+        Command::Plan {
+            since,
+            workspace,
+            verbose,
+            common,
+        } => {
+            let (_, plan) = kiln_workspace::plan_at(&workspace, since.as_deref())?;
+            if common.json {
+                print_json(&kiln_workspace::ci::plan_json(&plan));
+            } else {
+                print!("{}", plan.render_text(verbose));
+            }
+            Ok(())
+        }
+        Command::Ci {
+            action:
+                CiAction::Generate {
+                    format,
+                    since,
+                    workspace,
+                },
+            ..
+        } => {
+            let (_, plan) = kiln_workspace::plan_at(&workspace, since.as_deref())?;
+            let doc = match format {
+                CiFormat::Gitlab => kiln_workspace::ci::gitlab(&plan),
+                CiFormat::Github => kiln_workspace::ci::github(&plan),
+                CiFormat::GithubWorkflow => kiln_workspace::ci::github_workflow(&plan),
+                CiFormat::Json => kiln_workspace::ci::plan_json(&plan),
+            };
+            print_json(&doc);
+            Ok(())
+        }
         Command::Inspect {
             reference,
             platform,
@@ -466,4 +581,118 @@ fn run(cli: Cli) -> kiln::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `kiln build --dockerfile`: the translated spec's path (in the context,
+/// never written), its text and the explanation for `--json`; `None` when
+/// `--explain` printed the translation and there is nothing to build.
+fn dockerfile_spec(
+    dockerfile: &std::path::Path,
+    context: Option<PathBuf>,
+    build_args: &[String],
+    explain: bool,
+    offline: bool,
+    common: &Common,
+) -> kiln::Result<Option<(PathBuf, String, serde_json::Value)>> {
+    let context = context.unwrap_or_else(|| match dockerfile.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    if !context.is_dir() {
+        return Err(Error::input(format!(
+            "build context {} is not a directory",
+            context.display()
+        )));
+    }
+    let mut args = Vec::new();
+    for a in build_args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => args.push((k.to_string(), v.to_string())),
+            None if !a.is_empty() => {
+                // Docker's `--build-arg NAME`: the value from the environment, if set.
+                if let Ok(v) = std::env::var(a) {
+                    args.push((a.clone(), v));
+                }
+            }
+            _ => {
+                return Err(Error::input(format!(
+                    "--build-arg `{a}`: expected NAME=VALUE"
+                )))
+            }
+        }
+    }
+    let text = kiln_dockerfile::read(dockerfile)?;
+    // The base's Env and WorkingDir, for `$PATH`-like variables and relative
+    // paths (BuildKit reads them too); a registry base is not read offline.
+    let lookup = |image: &str,
+                  platform: Option<&str>|
+     -> kiln::Result<Option<kiln_dockerfile::BaseConfig>> {
+        let src = ImageSource::parse(image, &context)?;
+        if offline && matches!(src, ImageSource::Registry(_)) {
+            return Ok(None);
+        }
+        let platform = platform.map(str::parse).transpose()?;
+        let cache = Cache::open(cache_dir(common))?;
+        let report =
+            kiln_oci::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
+        let env = report.config["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str()?.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let workdir = report.config["WorkingDir"]
+            .as_str()
+            .filter(|w| !w.is_empty())
+            .map(String::from);
+        Ok(Some(kiln_dockerfile::BaseConfig { env, workdir }))
+    };
+    let opts = kiln_dockerfile::Options {
+        build_args: args,
+        base: Some(&lookup),
+    };
+    if explain {
+        let e = kiln_dockerfile::explain(&text, dockerfile, &context, &opts);
+        if common.json {
+            let mut v = serde_json::json!({
+                "dockerfile": dockerfile.display().to_string(),
+                "context": context.display().to_string(),
+                "explain": e.explained,
+                "warnings": e.warnings,
+                "spec": e.toml,
+            });
+            if let Some(first) = e.errors.first() {
+                v["error"] =
+                    serde_json::json!({"kind": first.kind().name(), "message": first.to_string()});
+                v["errors"] = e.errors.iter().map(|x| x.to_string()).collect();
+            }
+            print_json(&v);
+        } else {
+            print!("{}", kiln_dockerfile::table(&e.explained));
+            for w in &e.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(t) = &e.toml {
+                println!("\n# kiln.toml ({}):\n{t}", kiln_dockerfile::SPEC_NAME);
+            }
+        }
+        if let Some(first) = e.errors.first() {
+            for x in &e.errors {
+                eprintln!("error: {x}");
+            }
+            std::process::exit(first.exit_code());
+        }
+        return Ok(None);
+    }
+    let t = kiln_dockerfile::translate(&text, dockerfile, &context, &opts)?;
+    if !common.json {
+        for w in &t.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    let v = serde_json::json!({"explain": t.explained, "warnings": t.warnings});
+    Ok(Some((kiln_dockerfile::spec_path(&context), t.toml, v)))
 }

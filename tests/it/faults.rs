@@ -424,6 +424,10 @@ fn a_refused_tag_fails_the_push_naming_what_was_not_written() {
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect(&r.stdout);
     let push = &v["error"]["push"];
     assert_eq!(push["step"], "tags", "{v}");
-    assert_eq!(push["tags_not_written"], serde_json::json!(["latest"]), "{v}");
+    assert_eq!(
+        push["tags_not_written"],
+        serde_json::json!(["latest"]),
+        "{v}"
+    );
     assert_eq!(push["done"]["tags"], serde_json::json!(["1.0"]), "{v}");
 }

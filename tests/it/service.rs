@@ -15,16 +15,19 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-const ADMIN: &str = "admin-token-for-tests-7f3a";
-const VIEWER: &str = "viewer-token-for-tests-91bc";
+mod creds;
+mod live;
+
+pub(crate) const ADMIN: &str = "admin-token-for-tests-7f3a";
+pub(crate) const VIEWER: &str = "viewer-token-for-tests-91bc";
 
 /// Guard against hangs only (never an assertion on speed).
-const WAIT: Duration = Duration::from_secs(300);
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
 
 /// A `kiln serve` process on a free loopback port, stopped when dropped.
-struct Service {
+pub(crate) struct Service {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     /// The image repository prefix on the shared registry.
     prefix: String,
     /// Its `--data` directory.
@@ -32,14 +35,14 @@ struct Service {
     log: mpsc::Receiver<String>,
 }
 
-struct Reply {
-    status: u16,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 impl Reply {
     #[track_caller]
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
@@ -77,7 +80,7 @@ fn tee_stderr(child: &mut Child, tag: &str) -> mpsc::Receiver<String> {
 }
 
 impl Service {
-    fn start(label: &str, extra_env: &[(&str, &str)], workers: usize) -> Service {
+    pub(crate) fn start(label: &str, extra_env: &[(&str, &str)], workers: usize) -> Service {
         Service::start_with(label, extra_env, workers, None)
     }
 
@@ -138,7 +141,7 @@ impl Service {
         }
     }
 
-    fn image(&self, name: &str) -> String {
+    pub(crate) fn image(&self, name: &str) -> String {
         format!("{}/{}/{name}", Registry::shared().host(), self.prefix)
     }
 
@@ -187,7 +190,7 @@ impl Service {
         Reply { status, body }
     }
 
-    fn get(&self, path: &str, token: Option<&str>) -> Reply {
+    pub(crate) fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.request("GET", path, token, None)
     }
 
@@ -282,7 +285,7 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// A stand-in for `kiln` that runs `script` (sh) instead of building.
-fn fake_kiln(script: &str) -> PathBuf {
+pub(crate) fn fake_kiln(script: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let dir = unique_dir("fake-kiln");
     let path = dir.join("kiln");
@@ -291,7 +294,7 @@ fn fake_kiln(script: &str) -> PathBuf {
     path
 }
 
-fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -184,6 +184,17 @@ pub enum Libc {
     Unknown,
 }
 
+/// As people write it: `glibc 2.36`, `musl 1.2`, `an unknown C library`.
+impl std::fmt::Display for Libc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Libc::Glibc { major, minor } => write!(f, "glibc {major}.{minor}"),
+            Libc::Musl { major, minor } => write!(f, "musl {major}.{minor}"),
+            Libc::Unknown => f.write_str("an unknown C library"),
+        }
+    }
+}
+
 fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
     let v = v.split_once(':').map(|x| x.1).unwrap_or(v);
     let mut it = v.split(['.', '-', '+', '~']);

@@ -153,6 +153,11 @@ pub enum PipError {
         "{origin}: editable requirements (`-e`) need a source build; kiln installs wheels only"
     )]
     Editable { origin: String },
+    /// A requirement without `--hash` in a file in hash-checking mode.
+    #[error(
+        "{origin}: no `--hash`, but this file is in hash-checking mode (another line has a hash, or `--require-hashes`); like pip, kiln then needs a hash on every requirement: add one (e.g. from `pip hash`) or remove them all"
+    )]
+    UnhashedInHashMode { origin: String },
     /// A requirements-file option kiln does not implement.
     #[error(
         "{origin}: unsupported option {}in a requirements file",
@@ -202,7 +207,7 @@ pub enum PipError {
     // --- resolution ---
     /// Versions match the requirement, but none has a wheel for the target.
     #[error(
-        "[pip] no compatible wheel for `{name}{specifier}` (required by {origin}) for CPython {python} on {machine} ({libc:?}).\n  \
+        "[pip] no compatible wheel for `{name}{specifier}` (required by {origin}) for CPython {python} on {machine} ({libc}).\n  \
          tags tried: {tags}\n  files that exist: {}\n  \
          kiln installs wheels only: build one (`pip wheel {name} -w wheelhouse/`) and add the directory to `find-links`",
         files_shown(files)
@@ -391,6 +396,7 @@ impl Classify for PipError {
             | PipError::RequirementsNotText { .. }
             | PipError::RequirementsTooDeep { .. }
             | PipError::Editable { .. }
+            | PipError::UnhashedInHashMode { .. }
             | PipError::UnsupportedOption { .. }
             | PipError::NotAWheel { .. }
             | PipError::NoPackageSource
@@ -444,7 +450,7 @@ mod tests {
             files,
         };
         let m = e.to_string();
-        assert!(m.starts_with("[pip] no compatible wheel for `x>=1` (required by the [pip] requirements) for CPython 3.11.2 on x86_64 (Unknown).\n  tags tried: t\n  files that exist: f0.tar.gz, "), "{m}");
+        assert!(m.starts_with("[pip] no compatible wheel for `x>=1` (required by the [pip] requirements) for CPython 3.11.2 on x86_64 (an unknown C library).\n  tags tried: t\n  files that exist: f0.tar.gz, "), "{m}");
         assert!(m.contains("f11.tar.gz and 2 more\n"), "{m}");
         assert!(!m.contains("f12"), "{m}");
         assert_eq!(e.kind(), ErrorKind::Input);

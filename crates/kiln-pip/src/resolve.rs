@@ -629,7 +629,7 @@ mod tests {
         assert_eq!(files, &["demo-0.9.zip", "demo-1.0.tar.gz"]);
         let m = err.to_string();
         assert!(
-            m.starts_with("[pip] no compatible wheel for `demo>=0.5` (required by [pip] packages) for CPython 3.11.0 on x86_64 (Unknown).\n  tags tried: cp311-cp311-linux_x86_64, "),
+            m.starts_with("[pip] no compatible wheel for `demo>=0.5` (required by [pip] packages) for CPython 3.11.0 on x86_64 (an unknown C library).\n  tags tried: cp311-cp311-linux_x86_64, "),
             "{m}"
         );
         assert!(

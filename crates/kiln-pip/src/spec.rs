@@ -238,6 +238,10 @@ pub(crate) fn read_requirements_text(
     if !cur.trim().is_empty() {
         logical.push((start, cur.trim().to_string()));
     }
+    // pip's hash-checking mode: one `--hash` (or `--require-hashes`) and
+    // every requirement of the file needs one.
+    let mut require_hashes = false;
+    let mut unhashed: Option<String> = None;
     for (lineno, line) in logical {
         let origin = format!("{origin}:{lineno}");
         let (opt, arg) = split_option(&line);
@@ -254,10 +258,8 @@ pub(crate) fn read_requirements_text(
             Some("--no-index") => inputs.no_index = true,
             Some("--pre") => inputs.prerelease = true,
             Some("-e" | "--editable") => return Err(PipError::Editable { origin }.into()),
-            Some(
-                "--trusted-host" | "--prefer-binary" | "--only-binary" | "--require-hashes"
-                | "--use-feature",
-            ) => {}
+            Some("--require-hashes") => require_hashes = true,
+            Some("--trusted-host" | "--prefer-binary" | "--only-binary" | "--use-feature") => {}
             Some(other) => {
                 return Err(PipError::UnsupportedOption {
                     origin,
@@ -267,6 +269,18 @@ pub(crate) fn read_requirements_text(
             }
             None => {
                 let r = parse_requirement(&line, dir, &origin, owner)?;
+                if is_pkg_resources_placeholder(&r) {
+                    eprintln!(
+                        "warning: {origin}: skipping `pkg-resources==0.0.0` (Ubuntu's venv \
+                         writes it into freezes; pip freeze leaves it out)"
+                    );
+                    continue;
+                }
+                if r.hashes.is_empty() {
+                    unhashed.get_or_insert_with(|| origin.clone());
+                } else {
+                    require_hashes = true;
+                }
                 if constraint {
                     inputs.constraints.push(r);
                 } else {
@@ -275,7 +289,18 @@ pub(crate) fn read_requirements_text(
             }
         }
     }
-    Ok(())
+    match unhashed {
+        Some(origin) if require_hashes => Err(PipError::UnhashedInHashMode { origin }.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `pkg-resources==0.0.0`: not a project, a placeholder for the Debian-patched
+/// `pkg_resources` that Ubuntu's `python3 -m venv` lists in `pip freeze`.
+fn is_pkg_resources_placeholder(r: &Req) -> bool {
+    r.req.name.as_ref() == "pkg-resources" && r.req.version_or_url.as_ref().is_some_and(|v| {
+        matches!(v, uv_pep508::VersionOrUrl::VersionSpecifier(s) if s.to_string() == "==0.0.0")
+    })
 }
 
 /// `--opt value`, `--opt=value`, `-rfile`; None for a requirement line.
@@ -508,6 +533,58 @@ mod tests {
             .to_string()
             .replace(&path.display().to_string(), "req.txt");
         (err, m)
+    }
+
+    #[test]
+    fn one_hash_puts_the_file_in_hash_checking_mode() {
+        let (err, m) = read_err("six==1.16.0 --hash=sha256:ab12\nidna==3.7\n");
+        assert!(
+            matches!(err.downcast_ref::<PipError>(), Some(PipError::UnhashedInHashMode { origin }) if origin.ends_with("req.txt:2")),
+            "{err:?}"
+        );
+        assert!(
+            m.starts_with("req.txt:2: no `--hash`, but this file is in hash-checking mode"),
+            "{m}"
+        );
+        let (_, m) = read_err("--require-hashes\nidna==3.7\n");
+        assert!(m.starts_with("req.txt:2: no `--hash`"), "{m}");
+
+        // All hashed, or none: fine.
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "six==1.16.0 --hash=sha256:ab12\nidna==3.7 --hash=sha256:cd34\n",
+            "six\nidna\n",
+        ] {
+            let path = dir.path().join("ok.txt");
+            std::fs::write(&path, text).unwrap();
+            let mut inputs = Inputs::default();
+            read_requirements_file(&path, &mut inputs, false, 0).unwrap();
+            assert_eq!(inputs.requirements.len(), 2);
+        }
+    }
+
+    #[test]
+    fn the_pkg_resources_placeholder_of_ubuntu_freezes_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freeze.txt");
+        std::fs::write(
+            &path,
+            "six==1.16.0\npkg-resources==0.0.0\npkg_resources==0.0.0\n",
+        )
+        .unwrap();
+        let mut inputs = Inputs::default();
+        read_requirements_file(&path, &mut inputs, false, 0).unwrap();
+        let names: Vec<String> = inputs
+            .requirements
+            .iter()
+            .map(|r| r.req.name.to_string())
+            .collect();
+        assert_eq!(names, ["six"]);
+        // Any other version is a requirement like any other.
+        std::fs::write(&path, "pkg-resources==1.0\n").unwrap();
+        let mut inputs = Inputs::default();
+        read_requirements_file(&path, &mut inputs, false, 0).unwrap();
+        assert_eq!(inputs.requirements.len(), 1);
     }
 
     #[test]

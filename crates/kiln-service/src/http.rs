@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -153,7 +153,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
+        .merge(crate::ui::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/openapi.json", get(openapi))
         .route("/api/v1/specs", get(list_specs).post(create_spec))
@@ -163,6 +163,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/log", get(job_log))
+        .route("/api/v1/jobs/{id}/events", get(crate::events::job_events))
+        .route("/api/v1/webhooks/github", post(crate::webhooks::github))
+        .route("/api/v1/webhooks/gitlab", post(crate::webhooks::gitlab))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -209,7 +212,13 @@ async fn create_spec(
     let input_json = serde_json::to_string(&input).expect("spec input serialises");
     match state
         .store
-        .create_spec(&name, &input_json, &rendered.toml, &rendered.content_hash)
+        .create_spec(
+            &name,
+            &input_json,
+            &rendered.toml,
+            &rendered.content_hash,
+            rendered.no_reuse,
+        )
         .await?
     {
         Some((rev, job)) => Ok((StatusCode::CREATED, Json(created_json(&name, rev, job)))),
@@ -231,7 +240,13 @@ async fn update_spec(
     let input_json = serde_json::to_string(&input).expect("spec input serialises");
     match state
         .store
-        .add_revision(&name, &input_json, &rendered.toml, &rendered.content_hash)
+        .add_revision(
+            &name,
+            &input_json,
+            &rendered.toml,
+            &rendered.content_hash,
+            rendered.no_reuse,
+        )
         .await?
     {
         Some((rev, job)) => Ok(Json(created_json(&name, rev, job))),
@@ -286,7 +301,7 @@ fn time(ms: Option<i64>) -> Value {
     }
 }
 
-fn job_json(j: &Job) -> Value {
+pub(crate) fn job_json(j: &Job) -> Value {
     json!({
         "id": j.id,
         "spec": j.spec,
@@ -407,12 +422,6 @@ pub fn render_index(specs: &[SpecSummary]) -> String {
     )
 }
 
-async fn index(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Html<String>> {
-    state.tokens.authorize(&headers, Role::Viewer)?;
-    let specs = state.store.list_specs().await?;
-    Ok(Html(render_index(&specs)))
-}
-
 async fn openapi() -> Json<Value> {
     Json(openapi_doc())
 }
@@ -444,6 +453,9 @@ pub fn openapi_doc() -> Value {
             },
             "/api/v1/jobs/{id}": {"parameters": [id], "get": {"summary": "A job", "responses": {"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}, "404": err}}},
             "/api/v1/jobs/{id}/log": {"parameters": [id, {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}}], "get": {"summary": "A job's log (text)", "responses": {"200": {"description": "log lines", "content": {"text/plain": {}}}, "404": err}}},
+            "/api/v1/jobs/{id}/events": {"parameters": [id, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this log line"}, {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "like Last-Event-ID"}], "get": {"summary": "A job's log and state as Server-Sent Events: `log` (id = line number, data = the line) and `state` (data = the Job JSON, on every change); ends after a finished job's state", "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}, "401": err, "404": err}}},
+            "/api/v1/webhooks/github": {"post": {"security": [], "summary": "GitHub webhook (X-Hub-Signature-256 with KILN_WEBHOOK_SECRET): a push queues rebuilds of the specs whose git.url is the repository", "parameters": [{"name": "X-GitHub-Event", "in": "header", "schema": {"type": "string"}}, {"name": "X-Hub-Signature-256", "in": "header", "required": true, "schema": {"type": "string"}}], "requestBody": {"content": {"application/json": {}}}, "responses": {"200": {"description": "jobs queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}}}, "400": err, "401": err, "404": err}}},
+            "/api/v1/webhooks/gitlab": {"post": {"security": [], "summary": "GitLab webhook (X-Gitlab-Token = KILN_WEBHOOK_SECRET): a push queues rebuilds of the specs whose git.url is the project", "parameters": [{"name": "X-Gitlab-Event", "in": "header", "schema": {"type": "string"}}, {"name": "X-Gitlab-Token", "in": "header", "required": true, "schema": {"type": "string"}}], "requestBody": {"content": {"application/json": {}}}, "responses": {"200": {"description": "jobs queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}}}, "400": err, "401": err, "404": err}}},
             "/api/v1/jobs/{id}/cancel": {"parameters": [id], "post": {"summary": "Cancel a queued or running job", "responses": {"200": {"description": "cancelled", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobBrief"}}}}, "404": err, "409": err}}},
             "/api/v1/jobs/{id}/retry": {"parameters": [id], "post": {"summary": "Queue a new job for a finished job's revision", "responses": {"201": {"description": "new job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobBrief"}}}}, "404": err, "409": err}}}
         },
@@ -463,8 +475,12 @@ pub fn openapi_doc() -> Value {
                     "started": {"type": ["string", "null"], "format": "date-time"},
                     "finished": {"type": ["string", "null"], "format": "date-time"},
                     "error": {"type": ["string", "null"]}}},
+                "Queued": {"type": "object", "properties": {"queued": {"type": "array", "items": {"type": "object", "properties": {"spec": {"type": "string"}, "job": {"$ref": "#/components/schemas/JobBrief"}}}}}},
                 "SpecInput": {"type": "object", "additionalProperties": false, "properties": {
                     "name": {"type": "string"},
+                    "type": {"type": "string", "enum": ["packages", "image"], "default": "packages", "description": "image: an existing image (`image`), resolved to its digest and used as it is; python-env and dockerfile are not supported yet"},
+                    "image": {"type": "string", "description": "with type image: a registry reference"},
+                    "git": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {"url": {"type": "string"}, "ref": {"type": "string"}}, "description": "the spec's Git repository: pushes to it (webhooks) queue rebuilds"},
                     "base": {"type": "string", "default": "scratch"},
                     "packages": {"type": "object", "additionalProperties": false, "properties": {
                         "apt": {"type": "array", "items": {"type": "string"}},
@@ -556,6 +572,9 @@ mod tests {
             "/api/v1/jobs/{id}/log",
             "/api/v1/jobs/{id}/cancel",
             "/api/v1/jobs/{id}/retry",
+            "/api/v1/jobs/{id}/events",
+            "/api/v1/webhooks/github",
+            "/api/v1/webhooks/gitlab",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing");
         }

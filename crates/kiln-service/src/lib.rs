@@ -6,9 +6,13 @@
 //! Postgres), and built and pushed by workers that run `kiln build --push`
 //! as subprocesses ([`worker`]).
 
+pub mod events;
 pub mod http;
+pub mod prebuilt;
 pub mod spec_input;
 pub mod store;
+pub mod ui;
+pub mod webhooks;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -184,6 +188,8 @@ pub fn serve(opts: ServeOptions) -> kiln_core::Result<()> {
                 shutdown.clone(),
             ))
         });
+        // Event streams end on shutdown (else it would wait for them).
+        let events = store.events().clone();
         let app = http::router(http::AppState {
             store,
             tokens,
@@ -193,6 +199,7 @@ pub fn serve(opts: ServeOptions) -> kiln_core::Result<()> {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
+                events.close();
             })
             .await
             .map_err(|e| ServiceError::io("serving HTTP".into(), e))?;

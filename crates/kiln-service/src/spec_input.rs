@@ -19,6 +19,19 @@ pub struct SpecInput {
     /// Required on create; immutable (a PUT may repeat it, not change it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What the spec is: [`TYPE_PACKAGES`] (the default: `base` plus
+    /// packages, built by kiln) or [`TYPE_IMAGE`] (an existing image,
+    /// `image`, used as it is).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// With `"type": "image"`: the registry reference of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Where the spec's sources live; webhooks of this repository queue
+    /// rebuilds. Kept with the spec, not used by the build yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
+
     /// A registry reference or `scratch` (the default).
     #[serde(default = "default_base")]
     pub base: String,
@@ -33,6 +46,25 @@ pub struct SpecInput {
 
 fn default_base() -> String {
     "scratch".into()
+}
+
+/// `base` plus packages and config, built by kiln (the default type).
+pub const TYPE_PACKAGES: &str = "packages";
+/// An existing image, resolved to its digest and used as it is.
+pub const TYPE_IMAGE: &str = "image";
+/// Types that are planned but not built yet.
+pub const TYPES_NOT_YET: &[&str] = &["python-env", "dockerfile"];
+
+/// A spec's Git repository.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    /// Clone URL (https://, ssh://, `git@host:path`, …).
+    pub url: String,
+    /// Branch or tag (`main`, `refs/heads/main`, `refs/tags/v1`); none:
+    /// the repository's default branch.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -91,6 +123,61 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 impl SpecInput {
+    /// `type`, defaulted.
+    pub fn kind(&self) -> &str {
+        self.kind.as_deref().unwrap_or(TYPE_PACKAGES)
+    }
+
+    /// The `type`, with the fields that belong to it and no others.
+    fn check_type(&self) -> Result<(), String> {
+        let kind = self.kind();
+        if TYPES_NOT_YET.contains(&kind) {
+            return Err(format!(
+                "type `{kind}` is not supported yet; supported types: `{TYPE_PACKAGES}` (base and packages) and `{TYPE_IMAGE}` (an existing image)"
+            ));
+        }
+        if kind != TYPE_PACKAGES && kind != TYPE_IMAGE {
+            return Err(format!(
+                "unknown type `{kind}`; supported types: `{TYPE_PACKAGES}` (base and packages) and `{TYPE_IMAGE}` (an existing image)"
+            ));
+        }
+        if let Some(g) = &self.git {
+            crate::webhooks::normalize_repo_url(&g.url)
+                .ok_or_else(|| format!("git url `{}`: not a repository URL", g.url))?;
+            if g.git_ref.as_deref().is_some_and(|r| r.trim().is_empty()) {
+                return Err("git ref is empty: name a branch or tag, or leave ref out".into());
+            }
+        }
+        if kind == TYPE_PACKAGES {
+            if self.image.is_some() {
+                return Err(format!(
+                    "`image` belongs to `\"type\": \"{TYPE_IMAGE}\"`; a `{TYPE_PACKAGES}` spec starts from `base`"
+                ));
+            }
+            return Ok(());
+        }
+        let mut extra = Vec::new();
+        if self.base.trim() != "scratch" {
+            extra.push("base");
+        }
+        if self.packages != Packages::default() {
+            extra.push("packages");
+        }
+        if !self.channels.is_empty() {
+            extra.push("channels");
+        }
+        if self.config != ConfigInput::default() {
+            extra.push("config");
+        }
+        if !extra.is_empty() {
+            return Err(format!(
+                "a `{TYPE_IMAGE}` spec is an existing image used as it is: {} cannot be given with it",
+                extra.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuse what a service must not build even though the CLI would:
     /// bases and channels that read the server's own files.
     fn check_service_rules(&self) -> Result<(), String> {
@@ -168,6 +255,10 @@ impl SpecInput {
     /// `image_name`, when known, is validated too (as `[image] name`), so a
     /// name the registry would refuse is an error now, not at build time.
     pub fn render(&self, image_name: Option<&str>) -> Result<Rendered, String> {
+        self.check_type()?;
+        if self.kind() == TYPE_IMAGE {
+            return crate::prebuilt::render(self.image.as_deref().unwrap_or(""));
+        }
         self.check_service_rules()?;
         let content = self.content_toml();
         let check = match image_name {
@@ -179,6 +270,7 @@ impl SpecInput {
         Ok(Rendered {
             toml: content,
             content_hash,
+            no_reuse: false,
         })
     }
 }
@@ -188,6 +280,8 @@ impl SpecInput {
 pub struct Rendered {
     pub toml: String,
     pub content_hash: String,
+    /// Every job resolves or builds afresh (a prebuilt image's tag may move).
+    pub no_reuse: bool,
 }
 
 /// The content kiln.toml plus `[image] name` and `tags`: what a worker builds.
@@ -318,6 +412,68 @@ mod tests {
             serde_json::json!({"channels": ["https://127.0.0.1:9/c", "conda-forge"], "packages": {"conda": ["x"]}}),
         );
         ok_channel.render(None).unwrap();
+    }
+
+    #[test]
+    fn types() {
+        let ok = input(
+            serde_json::json!({"name": "a", "type": "image", "image": "127.0.0.1:5000/x/y:1"}),
+        );
+        let r = ok.render(Some("127.0.0.1:5000/team/a")).unwrap();
+        assert!(r.no_reuse && r.toml.contains("[prebuilt]"), "{}", r.toml);
+        assert_eq!(
+            input(serde_json::json!({"name": "a"})).kind(),
+            TYPE_PACKAGES
+        );
+        assert!(
+            !input(serde_json::json!({"name": "a"}))
+                .render(None)
+                .unwrap()
+                .no_reuse
+        );
+
+        let err = |j: serde_json::Value| input(j).render(None).unwrap_err();
+        for t in ["python-env", "dockerfile"] {
+            let e = err(serde_json::json!({"name": "a", "type": t}));
+            assert!(e.contains("not supported yet") && e.contains(t), "{e}");
+        }
+        assert!(err(serde_json::json!({"type": "nope"})).contains("unknown type `nope`"));
+        let e = err(
+            serde_json::json!({"type": "image", "image": "127.0.0.1:5000/x:1", "packages": {"pip": ["a"]}}),
+        );
+        assert!(e.contains("packages cannot be given"), "{e}");
+        let e = err(
+            serde_json::json!({"type": "image", "image": "127.0.0.1:5000/x:1", "base": "127.0.0.1:5000/b", "config": {"user": "u"}}),
+        );
+        assert!(e.contains("base, config cannot be given"), "{e}");
+        assert!(err(serde_json::json!({"type": "image"})).contains("needs `image`"));
+        assert!(
+            err(serde_json::json!({"type": "image", "image": "oci:/etc"}))
+                .contains("no local files")
+        );
+        let e = err(serde_json::json!({"image": "127.0.0.1:5000/x:1"}));
+        assert!(e.contains("belongs to"), "{e}");
+
+        // A Git source is kept, checked, and not part of the content.
+        let g = input(
+            serde_json::json!({"name": "a", "git": {"url": "https://git.invalid/t/a.git", "ref": "main"}}),
+        );
+        let plain = input(serde_json::json!({"name": "a"}));
+        assert_eq!(
+            g.render(None).unwrap().content_hash,
+            plain.render(None).unwrap().content_hash
+        );
+        let back: SpecInput = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back.git.unwrap().git_ref.as_deref(), Some("main"));
+        assert!(err(serde_json::json!({"git": {"url": "nope"}})).contains("git url"));
+        assert!(
+            err(serde_json::json!({"git": {"url": "https://git.invalid/t/a", "ref": " "}}))
+                .contains("git ref")
+        );
+        assert!(serde_json::from_value::<SpecInput>(
+            serde_json::json!({"git": {"url": "u", "branch": "x"}})
+        )
+        .is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+use crate::events::Events;
 use crate::ServiceError;
 
 /// Job states.
@@ -27,9 +28,10 @@ type Result<T> = std::result::Result<T, ServiceError>;
 
 /// Schema migrations, applied in order; never edit a released one, add one.
 /// (version, SQLite DDL, Postgres DDL); statements separated by `;`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "CREATE TABLE specs (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "CREATE TABLE specs (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
      CREATE TABLE revisions (spec TEXT NOT NULL, number BIGINT NOT NULL, input TEXT NOT NULL,
         toml TEXT NOT NULL, content_hash TEXT NOT NULL, created BIGINT NOT NULL,
         PRIMARY KEY (spec, number));
@@ -41,7 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
      CREATE INDEX jobs_spec ON jobs (spec, id);
      CREATE TABLE job_logs (job_id BIGINT NOT NULL, seq BIGINT NOT NULL, line TEXT NOT NULL,
         PRIMARY KEY (job_id, seq))",
-    "CREATE TABLE specs (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
+        "CREATE TABLE specs (name TEXT PRIMARY KEY, created BIGINT NOT NULL);
      CREATE TABLE revisions (spec TEXT NOT NULL, number BIGINT NOT NULL, input TEXT NOT NULL,
         toml TEXT NOT NULL, content_hash TEXT NOT NULL, created BIGINT NOT NULL,
         PRIMARY KEY (spec, number));
@@ -53,7 +55,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
      CREATE INDEX jobs_spec ON jobs (spec, id);
      CREATE TABLE job_logs (job_id BIGINT NOT NULL, seq BIGINT NOT NULL, line TEXT NOT NULL,
         PRIMARY KEY (job_id, seq))",
-)];
+    ),
+    // Jobs that must build even when the same content was built before
+    // (webhook rebuilds, prebuilt images whose tag may have moved).
+    (
+        2,
+        "ALTER TABLE jobs ADD COLUMN no_reuse BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN no_reuse BIGINT NOT NULL DEFAULT 0",
+    ),
+];
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -103,6 +113,10 @@ pub struct Claimed {
     pub revision: i64,
     pub toml: String,
     pub content_hash: String,
+    /// The client's JSON of the revision ([`crate::spec_input::SpecInput`]).
+    pub input: String,
+    /// Build even when an earlier job built the same content.
+    pub no_reuse: bool,
 }
 
 /// What cancel or retry found.
@@ -114,10 +128,40 @@ pub enum Transition<T> {
     Conflict(String),
 }
 
+/// A spec with its latest revision, current image and latest job, in one
+/// query (the list page asks for every spec at once; one query per spec
+/// made a list of 100 specs take ~300 ms under 50 clients).
+const SPEC_SUMMARY: &str = "SELECT s.name,
+        (SELECT MAX(number) FROM revisions r WHERE r.spec = s.name),
+        (SELECT j.image || '@' || j.digest FROM jobs j
+          WHERE j.spec = s.name AND j.state = 'succeeded'
+            AND j.image IS NOT NULL AND j.digest IS NOT NULL
+          ORDER BY j.id DESC LIMIT 1),
+        (SELECT j.id FROM jobs j WHERE j.spec = s.name ORDER BY j.id DESC LIMIT 1),
+        (SELECT j.state FROM jobs j WHERE j.spec = s.name ORDER BY j.id DESC LIMIT 1)
+     FROM specs s";
+
+fn spec_summary(row: &AnyRow) -> Result<SpecSummary> {
+    let revision: Option<i64> = row.try_get(1)?;
+    let job_id: Option<i64> = row.try_get(3)?;
+    let job_state: Option<String> = row.try_get(4)?;
+    Ok(SpecSummary {
+        name: row.try_get(0)?,
+        revision: revision.unwrap_or(0),
+        current_image: row.try_get(2)?,
+        latest_job: match (job_id, job_state) {
+            (Some(id), Some(state)) => Some(JobBrief { id, state }),
+            _ => None,
+        },
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     postgres: bool,
+    /// Wakes this process's followers of a job's events after each write.
+    events: Events,
 }
 
 impl Store {
@@ -136,7 +180,11 @@ impl Store {
                 .fetch_all(&pool)
                 .await?;
         }
-        let store = Store { pool, postgres };
+        let store = Store {
+            pool,
+            postgres,
+            events: Events::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -168,12 +216,15 @@ impl Store {
     }
 
     /// Create a spec with revision 1 and its job. `None`: the name is taken.
+    /// With `no_reuse`, the revision's jobs never take an earlier job's
+    /// image (a prebuilt image is resolved each time: its tag may move).
     pub async fn create_spec(
         &self,
         name: &str,
         input: &str,
         toml: &str,
         content_hash: &str,
+        no_reuse: bool,
     ) -> Result<Option<(i64, JobBrief)>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -189,7 +240,7 @@ impl Store {
             return Ok(None);
         }
         let rev = insert_revision(&mut tx, name, input, toml, content_hash, now).await?;
-        let job = insert_job(&mut tx, name, rev, content_hash, now).await?;
+        let job = insert_job(&mut tx, name, rev, content_hash, now, no_reuse).await?;
         tx.commit().await?;
         Ok(Some((rev, job)))
     }
@@ -201,6 +252,7 @@ impl Store {
         input: &str,
         toml: &str,
         content_hash: &str,
+        no_reuse: bool,
     ) -> Result<Option<(i64, JobBrief)>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -214,7 +266,7 @@ impl Store {
             return Ok(None);
         }
         let rev = insert_revision(&mut tx, name, input, toml, content_hash, now).await?;
-        let job = insert_job(&mut tx, name, rev, content_hash, now).await?;
+        let job = insert_job(&mut tx, name, rev, content_hash, now, no_reuse).await?;
         tx.commit().await?;
         Ok(Some((rev, job)))
     }
@@ -243,67 +295,18 @@ impl Store {
     }
 
     pub async fn list_specs(&self) -> Result<Vec<SpecSummary>> {
-        let names: Vec<String> = sqlx::query("SELECT name FROM specs ORDER BY name")
+        let rows = sqlx::query(&format!("{SPEC_SUMMARY} ORDER BY s.name"))
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()?;
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            // A spec deleted between the two queries is skipped.
-            if let Some(s) = self.get_spec(&n).await? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+            .await?;
+        rows.iter().map(spec_summary).collect()
     }
 
     pub async fn get_spec(&self, name: &str) -> Result<Option<SpecSummary>> {
-        let Some(row) = sqlx::query(
-            "SELECT s.name, (SELECT MAX(number) FROM revisions r WHERE r.spec = s.name)
-             FROM specs s WHERE s.name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let revision: Option<i64> = row.try_get(1)?;
-        let current = sqlx::query(
-            "SELECT image, digest FROM jobs WHERE spec = $1 AND state = 'succeeded'
-             AND image IS NOT NULL AND digest IS NOT NULL ORDER BY id DESC LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        let current_image = match current {
-            Some(r) => Some(format!(
-                "{}@{}",
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?
-            )),
-            None => None,
-        };
-        let latest =
-            sqlx::query("SELECT id, state FROM jobs WHERE spec = $1 ORDER BY id DESC LIMIT 1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        let latest_job = match latest {
-            Some(r) => Some(JobBrief {
-                id: r.try_get(0)?,
-                state: r.try_get(1)?,
-            }),
-            None => None,
-        };
-        Ok(Some(SpecSummary {
-            name: row.try_get(0)?,
-            revision: revision.unwrap_or(0),
-            current_image,
-            latest_job,
-        }))
+        let row = sqlx::query(&format!("{SPEC_SUMMARY} WHERE s.name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(spec_summary).transpose()
     }
 
     /// The client's JSON of a spec's latest revision.
@@ -328,6 +331,19 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| job_from_row(&r)).transpose()
+    }
+
+    /// A spec's jobs, newest first (at most `limit`), for the web UI.
+    pub(crate) async fn jobs_of_spec(&self, name: &str, limit: i64) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT id, spec, revision, state, phase, image, digest, created, started, finished, error
+             FROM jobs WHERE spec = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(name)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     /// A job's log lines (the last `tail` when given). `None`: no such job.
@@ -360,6 +376,27 @@ impl Store {
         Ok(Some(lines))
     }
 
+    /// Up to `limit` log lines of a job after line `after`, with their
+    /// numbers (1, 2, …): what `GET /api/v1/jobs/{id}/events` streams.
+    pub async fn log_after(&self, id: i64, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, line FROM job_logs WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(limit.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// This process's notifications of changes to jobs (see [`Events`]).
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     /// Append lines to a job's log, durably, in order.
     pub async fn append_log(&self, id: i64, lines: &[String]) -> Result<()> {
         if lines.is_empty() {
@@ -370,6 +407,7 @@ impl Store {
             append_log_line(&mut tx, id, line).await?;
         }
         tx.commit().await?;
+        self.events.notify(id);
         Ok(())
     }
 
@@ -399,6 +437,7 @@ impl Store {
         }
         append_log_line(&mut tx, id, "cancelled through the API").await?;
         tx.commit().await?;
+        self.events.notify(id);
         Ok(Transition::Done(JobBrief {
             id,
             state: CANCELLED.into(),
@@ -434,10 +473,77 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get(0)?;
-        let brief = insert_job(&mut tx, &job.spec, job.revision, &hash, now).await?;
+        let no_reuse: i64 = sqlx::query("SELECT no_reuse FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let brief = insert_job(&mut tx, &job.spec, job.revision, &hash, now, no_reuse != 0).await?;
         append_log_line(&mut tx, brief.id, &format!("retry of job {id}")).await?;
         tx.commit().await?;
         Ok(Transition::Done(brief))
+    }
+
+    /// Every spec's name with the client's JSON of its latest revision.
+    pub async fn latest_inputs(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT r.spec, r.input FROM revisions r
+             WHERE r.number = (SELECT MAX(number) FROM revisions x WHERE x.spec = r.spec)
+             ORDER BY r.spec",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Queue a build of a spec's latest revision that does not reuse an
+    /// earlier image (its sources changed: a webhook), saying `why` in its
+    /// log. A job of that revision still waiting in the queue is returned
+    /// instead of a second one. `None`: no such spec.
+    pub async fn rebuild(&self, spec: &str, why: &str) -> Result<Option<JobBrief>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // A write first (see the module docs): lock the spec's row.
+        let exists = sqlx::query("UPDATE specs SET created = created WHERE name = $1")
+            .bind(spec)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if exists == 0 {
+            return Ok(None);
+        }
+        let Some(rev) = sqlx::query(
+            "SELECT number, content_hash FROM revisions WHERE spec = $1
+             ORDER BY number DESC LIMIT 1",
+        )
+        .bind(spec)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let (number, hash): (i64, String) = (rev.try_get(0)?, rev.try_get(1)?);
+        let waiting = sqlx::query(
+            "SELECT id FROM jobs WHERE spec = $1 AND revision = $2 AND state = 'queued'
+             AND no_reuse = 1 ORDER BY id LIMIT 1",
+        )
+        .bind(spec)
+        .bind(number)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let brief = match waiting {
+            Some(r) => JobBrief {
+                id: r.try_get(0)?,
+                state: QUEUED.into(),
+            },
+            None => insert_job(&mut tx, spec, number, &hash, now, true).await?,
+        };
+        append_log_line(&mut tx, brief.id, why).await?;
+        tx.commit().await?;
+        self.events.notify(brief.id);
+        Ok(Some(brief))
     }
 
     /// Claim the oldest queued job for `worker`, holding it until
@@ -448,12 +554,12 @@ impl Store {
                 lease_until = $3
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, spec, revision"
+             RETURNING id, spec, revision, no_reuse"
         } else {
             "UPDATE jobs SET state = 'running', phase = 'starting', worker = $1, started = $2,
                 lease_until = $3
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
-             RETURNING id, spec, revision"
+             RETURNING id, spec, revision, no_reuse"
         };
         let Some(row) = sqlx::query(sql)
             .bind(worker)
@@ -466,12 +572,15 @@ impl Store {
         };
         let (id, spec, revision): (i64, String, i64) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let rev =
-            sqlx::query("SELECT toml, content_hash FROM revisions WHERE spec = $1 AND number = $2")
-                .bind(&spec)
-                .bind(revision)
-                .fetch_optional(&self.pool)
-                .await?;
+        let no_reuse: i64 = row.try_get(3)?;
+        self.events.notify(id);
+        let rev = sqlx::query(
+            "SELECT toml, content_hash, input FROM revisions WHERE spec = $1 AND number = $2",
+        )
+        .bind(&spec)
+        .bind(revision)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(rev) = rev else {
             // The spec was deleted under us; nothing to build.
             self.finish(id, worker, FAILED, None, None, Some("spec was deleted"))
@@ -484,6 +593,8 @@ impl Store {
             revision,
             toml: rev.try_get(0)?,
             content_hash: rev.try_get(1)?,
+            input: rev.try_get(2)?,
+            no_reuse: no_reuse != 0,
         }))
     }
 
@@ -511,6 +622,7 @@ impl Store {
         .bind(worker)
         .execute(&self.pool)
         .await?;
+        self.events.notify(id);
         Ok(())
     }
 
@@ -540,6 +652,7 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.events.notify(id);
         Ok(n == 1)
     }
 
@@ -589,6 +702,7 @@ impl Store {
                 requeued.push(id);
             }
             tx.commit().await?;
+            self.events.notify(id);
         }
         Ok(requeued)
     }
@@ -663,8 +777,14 @@ async fn insert_job(
     revision: i64,
     content_hash: &str,
     now: i64,
+    no_reuse: bool,
 ) -> Result<JobBrief> {
-    if let Some((from, image, digest)) = find_reusable(tx, spec, content_hash).await? {
+    let reusable = if no_reuse {
+        None
+    } else {
+        find_reusable(tx, spec, content_hash).await?
+    };
+    if let Some((from, image, digest)) = reusable {
         let id: i64 = sqlx::query(
             "INSERT INTO jobs (spec, revision, state, image, digest, created, started, finished,
                 reused_from)
@@ -693,12 +813,13 @@ async fn insert_job(
         });
     }
     let id: i64 = sqlx::query(
-        "INSERT INTO jobs (spec, revision, state, created) VALUES ($1, $2, 'queued', $3)
-         RETURNING id",
+        "INSERT INTO jobs (spec, revision, state, created, no_reuse)
+         VALUES ($1, $2, 'queued', $3, $4) RETURNING id",
     )
     .bind(spec)
     .bind(revision)
     .bind(now)
+    .bind(i64::from(no_reuse))
     .fetch_one(&mut **tx)
     .await?
     .try_get(0)?;
@@ -805,7 +926,7 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..20 {
             let (_, j) = s
-                .create_spec(&format!("s{i}"), "{}", "t", &format!("h{i}"))
+                .create_spec(&format!("s{i}"), "{}", "t", &format!("h{i}"), false)
                 .await
                 .unwrap()
                 .unwrap();
@@ -831,10 +952,14 @@ mod tests {
     }
 
     async fn lifecycle(s: Store) {
-        let (rev, job) = s.create_spec("a", "{}", "t1", "h1").await.unwrap().unwrap();
+        let (rev, job) = s
+            .create_spec("a", "{}", "t1", "h1", false)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((rev, job.state.as_str()), (1, QUEUED));
         assert!(s
-            .create_spec("a", "{}", "t1", "h1")
+            .create_spec("a", "{}", "t1", "h1", false)
             .await
             .unwrap()
             .is_none());
@@ -856,7 +981,7 @@ mod tests {
 
         // New content fails: current image stays.
         let (rev, j2) = s
-            .add_revision("a", "{}", "t2", "h2")
+            .add_revision("a", "{}", "t2", "h2", false)
             .await
             .unwrap()
             .unwrap();
@@ -871,7 +996,7 @@ mod tests {
 
         // Content equal to the succeeded revision: reused at once.
         let (rev, j3) = s
-            .add_revision("a", "{}", "t1", "h1")
+            .add_revision("a", "{}", "t1", "h1", false)
             .await
             .unwrap()
             .unwrap();
@@ -916,11 +1041,94 @@ mod tests {
         assert!(!s.delete_spec("a").await.unwrap());
         assert!(s.get_spec("a").await.unwrap().is_none());
         assert!(s.get_job(job.id).await.unwrap().is_none());
-        assert!(s.add_revision("a", "{}", "t", "h").await.unwrap().is_none());
+        assert!(s
+            .add_revision("a", "{}", "t", "h", false)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn rebuilds_and_log_after_sqlite() {
+        let (_d, s) = sqlite().await;
+        rebuilds_and_log_after(s).await;
+    }
+
+    #[tokio::test]
+    async fn rebuilds_and_log_after_postgres() {
+        if let Some(s) = postgres().await {
+            rebuilds_and_log_after(s).await;
+        }
+    }
+
+    async fn rebuilds_and_log_after(s: Store) {
+        let (_, j1) = s
+            .create_spec("r", "{\"name\":\"r\"}", "t", "h", false)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = s.claim("w", now_ms() + 30_000).await.unwrap().unwrap();
+        assert!(!c.no_reuse);
+        assert_eq!(c.input, "{\"name\":\"r\"}");
+        s.append_log(c.id, &["a".into(), "b".into()]).await.unwrap();
+        s.finish(c.id, "w", SUCCEEDED, Some("h/r"), Some("sha256:1"), None)
+            .await
+            .unwrap();
+        let after1 = s.log_after(j1.id, 1, 100).await.unwrap();
+        assert_eq!(after1, [(2, "a".to_string()), (3, "b".to_string())]);
+        assert_eq!(s.log_after(j1.id, 0, 1).await.unwrap().len(), 1);
+        assert!(s.log_after(j1.id, 3, 100).await.unwrap().is_empty());
+
+        // Same content, but a rebuild: queued, not reused; a second push
+        // while it waits gets the same job.
+        let j2 = s
+            .rebuild("r", "queued by a test push")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(j2.state, QUEUED);
+        let again = s.rebuild("r", "another push").await.unwrap().unwrap();
+        assert_eq!(again.id, j2.id);
+        let log = s.log(j2.id, None).await.unwrap().unwrap();
+        assert!(log.iter().any(|l| l == "another push"), "{log:?}");
+        let c2 = s.claim("w", now_ms() + 30_000).await.unwrap().unwrap();
+        assert_eq!((c2.id, c2.no_reuse), (j2.id, true));
+        assert!(s.rebuild("missing", "x").await.unwrap().is_none());
+        assert_eq!(
+            s.latest_inputs().await.unwrap(),
+            [("r".to_string(), "{\"name\":\"r\"}".to_string())]
+        );
+
+        // A no-reuse revision is queued even with built content; its retry too.
+        s.finish(c2.id, "w", FAILED, None, None, Some("x"))
+            .await
+            .unwrap();
+        let (_, j3) = s
+            .add_revision("r", "{}", "t", "h", true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(j3.state, QUEUED);
+        s.cancel(j3.id).await.unwrap();
+        let Transition::Done(j4) = s.retry(j3.id).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(j4.state, QUEUED);
+        // Reusable content, ordinary revision: reused at once.
+        let (_, j5) = s
+            .add_revision("r", "{}", "t", "h", false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(j5.state, SUCCEEDED);
     }
 
     async fn expired_leases_are_requeued(s: Store) {
-        let (_, job) = s.create_spec("b", "{}", "t", "h").await.unwrap().unwrap();
+        let (_, job) = s
+            .create_spec("b", "{}", "t", "h", false)
+            .await
+            .unwrap()
+            .unwrap();
         let c = s.claim("dead", now_ms() - 1).await.unwrap().unwrap();
         assert_eq!(s.requeue_expired().await.unwrap(), [c.id]);
         assert_eq!(s.get_job(job.id).await.unwrap().unwrap().state, QUEUED);

@@ -16,14 +16,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::spec_input::full_toml;
+use crate::spec_input::{full_toml, SpecInput, TYPE_IMAGE};
 use crate::store::{now_ms, Claimed, Store, FAILED, SUCCEEDED};
 use crate::ServiceError;
 
 /// How long a claimed job stays ours without a heartbeat.
-const LEASE: Duration = Duration::from_secs(30);
+pub(crate) const LEASE: Duration = Duration::from_secs(30);
 /// How often a running build renews its lease and checks for cancellation.
-const HEARTBEAT: Duration = Duration::from_millis(500);
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How often buffered log lines are written.
 const LOG_FLUSH: Duration = Duration::from_millis(100);
 /// How often an idle worker looks for a job.
@@ -34,6 +34,18 @@ const REQUEUE_EVERY: Duration = Duration::from_secs(10);
 const MAX_LINE: usize = 8 * 1024;
 /// The most of a build's stdout (its JSON report) that is kept.
 const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// What `kiln build` prints on stderr at each phase with `KILN_PHASES=1`.
+pub const PHASE_PREFIX: &str = "kiln-phase: ";
+
+/// The phase a `kiln-phase: NAME` line announces (`resolving`, `fetching`,
+/// `building`, `pushing`, or a later kiln's: lowercase letters and `-`).
+pub fn parse_phase(line: &str) -> Option<&str> {
+    let name = line.strip_prefix(PHASE_PREFIX)?.trim();
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    ok.then_some(name)
+}
 
 /// Where images go: `KILN_REGISTRY_ENDPOINT`, `KILN_REPO_PREFIX` and the
 /// credentials handed to each build (`KILN_REGISTRY_USERNAME`/`_PASSWORD`).
@@ -194,7 +206,18 @@ async fn run_job(
     let id = job.id;
     let say = |line: String| async move { store.append_log(id, &[line]).await };
 
-    if let Some((from, image, digest)) = store.reusable(&job.spec, &job.content_hash).await? {
+    let input: Option<SpecInput> = serde_json::from_str(&job.input).ok();
+    if let Some(i) = input.filter(|i| i.kind() == TYPE_IMAGE) {
+        let reference = i.image.unwrap_or_default();
+        return crate::prebuilt::run_job(store, cfg, me, &job, &reference).await;
+    }
+
+    let reusable = if job.no_reuse {
+        None
+    } else {
+        store.reusable(&job.spec, &job.content_hash).await?
+    };
+    if let Some((from, image, digest)) = reusable {
         say(format!(
             "reused {image}@{digest} from job {from}: same content (sha256 {}); nothing built",
             job.content_hash
@@ -227,7 +250,7 @@ async fn run_job(
     ))
     .await?;
 
-    let mut cmd = Command::new(&cfg.kiln_bin);
+    let mut cmd = kiln_command(cfg);
     cmd.arg("build")
         .arg(&spec_path)
         .args(["--push", "--quiet", "--json"]);
@@ -237,18 +260,7 @@ async fn run_job(
     cmd.current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        // A build gets the registry credentials, not the API's tokens.
-        .env_remove("KILN_SERVE_ADMIN_TOKEN")
-        .env_remove("KILN_SERVE_VIEWER_TOKEN")
-        .env_remove("KILN_REGISTRY_USERNAME")
-        .env_remove("KILN_REGISTRY_PASSWORD");
-    if let (Some(u), Some(p)) = (&cfg.registry.username, &cfg.registry.password) {
-        cmd.env("KILN_REGISTRY_USERNAME", u)
-            .env("KILN_REGISTRY_PASSWORD", p);
-    }
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -259,7 +271,6 @@ async fn run_job(
         }
     };
     let pid = child.id();
-    store.set_phase(id, me, "building").await?;
 
     let (tx, mut rx) = mpsc::channel::<(bool, String)>(1024);
     if let Some(out) = child.stdout.take() {
@@ -285,10 +296,16 @@ async fn run_job(
                     }
                 }
                 Some((false, l)) => {
-                    let l = cfg.registry.redact(&l);
-                    if l.contains("push") {
-                        let _ = store.set_phase(id, me, "pushing").await;
+                    // Phase lines set the job's phase and are logged as
+                    // `phase: NAME`.
+                    if let Some(phase) = parse_phase(&l) {
+                        store.append_log(id, &pending).await?;
+                        pending.clear();
+                        let _ = store.set_phase(id, me, phase).await;
+                        pending.push(format!("phase: {phase}"));
+                        continue;
                     }
+                    let l = cfg.registry.redact(&l);
                     if let Some(msg) = l.strip_prefix("error: ") {
                         outcome.last_error_line = Some(msg.to_string());
                     }
@@ -360,6 +377,26 @@ async fn run_job(
     Ok(())
 }
 
+/// `kiln` (the configured binary) as builds and inspections run it: its
+/// own process group, killed with its job; the registry credentials but
+/// not the API's tokens or the webhook secret; phase lines on.
+pub(crate) fn kiln_command(cfg: &WorkerConfig) -> Command {
+    let mut cmd = Command::new(&cfg.kiln_bin);
+    cmd.process_group(0)
+        .kill_on_drop(true)
+        .env_remove("KILN_SERVE_ADMIN_TOKEN")
+        .env_remove("KILN_SERVE_VIEWER_TOKEN")
+        .env_remove("KILN_WEBHOOK_SECRET")
+        .env_remove("KILN_REGISTRY_USERNAME")
+        .env_remove("KILN_REGISTRY_PASSWORD")
+        .env("KILN_PHASES", "1");
+    if let (Some(u), Some(p)) = (&cfg.registry.username, &cfg.registry.password) {
+        cmd.env("KILN_REGISTRY_USERNAME", u)
+            .env("KILN_REGISTRY_PASSWORD", p);
+    }
+    cmd
+}
+
 /// Send a stream's lines (lossy UTF-8, cut at [`MAX_LINE`]) down `tx`.
 async fn read_lines<R: AsyncRead + Unpin>(r: R, stdout: bool, tx: mpsc::Sender<(bool, String)>) {
     let mut r = BufReader::new(r);
@@ -393,5 +430,34 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, stdout: bool, tx: mpsc::Sender<(
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_lines() {
+        assert_eq!(parse_phase("kiln-phase: resolving"), Some("resolving"));
+        assert_eq!(parse_phase("kiln-phase: pushing  "), Some("pushing"));
+        assert_eq!(parse_phase("kiln-phase: run-scripts"), Some("run-scripts"));
+        for not in [
+            "",
+            "kiln-phase:",
+            "kiln-phase: ",
+            "kiln-phase: Building",
+            "kiln-phase: a b",
+            "kiln-phase: <script>",
+            " kiln-phase: building",
+            "pushing 127.0.0.1:5000/x",
+            "error: kiln-phase: building",
+        ] {
+            assert_eq!(parse_phase(not), None, "{not:?}");
+        }
+        assert_eq!(
+            parse_phase(&format!("kiln-phase: {}", "a".repeat(33))),
+            None
+        );
     }
 }

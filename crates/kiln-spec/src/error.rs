@@ -83,6 +83,10 @@ pub enum SpecError {
         reference: String,
         transport: Transport,
     },
+    /// `target:NAME`: another workspace member, which only the workspace
+    /// builder resolves.
+    #[error("base `target:{name}` is a workspace member; build it with the workspace")]
+    WorkspaceTarget { name: String },
     /// Not a registry reference either.
     #[error("invalid image reference `{reference}`: {message}")]
     InvalidReference { reference: String, message: String },

@@ -215,12 +215,7 @@ fn inputs_hash(inputs: &[String]) -> Digest {
 /// `[image] base/platforms`, `[apt]`, `[pip]`, `[conda]`, and the sha256 of
 /// files they name (requirements files, environment.yml, keyrings).
 pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(&spec.path).map_err(|source| SpecError::Unreadable {
-        what: Unreadable::Spec,
-        path: spec.path.clone(),
-        source,
-    })?;
-    let doc: toml::Value = toml::from_str(&text).map_err(|e| SpecError::Parse {
+    let doc: toml::Value = toml::from_str(&spec.text).map_err(|e| SpecError::Parse {
         path: spec.path.clone(),
         message: e.to_string(),
     })?;

@@ -153,3 +153,19 @@ pub enum Priority {
     Strict,
     Disabled,
 }
+
+/// The `[release]` table of kiln.toml: a workspace member (see
+/// kiln-workspace) released as `{registry}/rel/{image}:{version}`. The
+/// builder ignores it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    /// Image name under the workspace registry's `rel/`.
+    pub image: String,
+    /// PEP 440 version (compared as a version, not as a string).
+    pub version: String,
+    /// The member's target name (default: its directory name).
+    pub target: Option<String>,
+    /// A compat directory's name, applied on top for the release.
+    pub compat: Option<String>,
+}

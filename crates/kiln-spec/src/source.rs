@@ -51,6 +51,14 @@ impl ImageSource {
                 path: base_dir.join(rest),
             });
         }
+        // A workspace member (kiln-workspace); "target:x" would otherwise
+        // parse as the registry image `target` with tag `x`.
+        if let Some(name) = s.strip_prefix("target:") {
+            return Err(SpecError::WorkspaceTarget {
+                name: name.to_string(),
+            }
+            .into());
+        }
         let s = s.strip_prefix("docker://").unwrap_or(s);
         let reference: Reference = s.parse().map_err(|e| SpecError::InvalidReference {
             reference: s.to_string(),
@@ -162,6 +170,12 @@ mod tests {
             e.downcast_ref::<SpecError>(),
             Some(SpecError::InvalidReference { reference, .. }) if reference == "UPPER/Case"
         ));
+        let e = ImageSource::parse("target:py", base).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "base `target:py` is a workspace member; build it with the workspace"
+        );
+        assert_eq!(e.exit_code(), 2);
         assert!(is_loopback_registry("127.0.0.1:5000"));
         assert!(is_loopback_registry("localhost:1"));
         assert!(is_loopback_registry("[::1]:5000"));

@@ -23,6 +23,12 @@ pub struct Spec {
     pub apt: Option<crate::sections::AptSection>,
     pub pip: Option<crate::sections::PipSection>,
     pub conda: Option<crate::sections::CondaSection>,
+    /// `[release]`: how a workspace member is released (kiln-workspace);
+    /// the builder ignores it.
+    pub release: Option<crate::sections::ReleaseSection>,
+    /// The text it was parsed from (kiln.lock's inputs are read from it;
+    /// a translated Dockerfile's spec exists only as text).
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +43,7 @@ struct SpecFile {
     apt: Option<crate::sections::AptSection>,
     pip: Option<crate::sections::PipSection>,
     conda: Option<crate::sections::CondaSection>,
+    release: Option<crate::sections::ReleaseSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +133,8 @@ impl Spec {
             apt: file.apt,
             pip: file.pip,
             conda: file.conda,
+            release: file.release,
+            text: text.to_string(),
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {

@@ -24,7 +24,8 @@
 //!   ports, [`http_status`];
 //! - `servers`: [`FakeServer`] and [`FileServer`] on loopback;
 //! - `builds`: `kiln build --json` and checks on its output, small specs;
-//! - `spdx`: pyspdxtools validation.
+//! - `spdx`: pyspdxtools validation;
+//! - `webdriver`: headless chromium over WebDriver ([`Browser`]).
 
 mod builds;
 mod handmade;
@@ -36,6 +37,7 @@ mod run;
 mod servers;
 mod spdx;
 mod tools;
+mod webdriver;
 mod wheels;
 mod workspace;
 
@@ -49,5 +51,6 @@ pub use run::*;
 pub use servers::*;
 pub use spdx::*;
 pub use tools::*;
+pub use webdriver::*;
 pub use wheels::*;
 pub use workspace::*;

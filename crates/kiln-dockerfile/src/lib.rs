@@ -1,0 +1,1435 @@
+//! The Dockerfile frontend: a Dockerfile becomes kiln's own build
+//! description (kiln.toml text, parsed by the same strict parser as a
+//! written spec), plus an account of what kiln did with every instruction.
+//!
+//! First increment: one stage. Metadata instructions become `[config]`,
+//! `COPY`/`ADD` of context files become `[[files]]`, and `RUN` lines made
+//! only of package installs (`apt-get install`, `pip install`, `conda
+//! install`, chained with `&&`) become the native `[apt]`, `[pip]` and
+//! `[conda]` stages; their usual clean-ups are dropped. Anything else —
+//! other commands in `RUN`, multi-stage builds, `ADD` of URLs or archives,
+//! `HEALTHCHECK`, `ONBUILD` — is refused naming the line, before anything
+//! is built.
+//!
+//! Parsing is `parse-dockerfile`; word splitting and BuildKit's variable
+//! expansion are in [`lex`](crate::lex), `.dockerignore` in `ignore`.
+
+mod error;
+mod ignore;
+mod lex;
+mod run;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use parse_dockerfile::{Command, Instruction, JsonOrStringArray, Source};
+use serde::Serialize;
+
+use kiln_spec::spec::{AbsPath, Mode, Owner, Port, Spec, User};
+
+pub use error::DockerfileError;
+use lex::Var;
+
+/// The name the translated spec stands at: relative paths in it (the
+/// `[[files]]` sources, requirements files) are relative to the context.
+pub const SPEC_NAME: &str = "Dockerfile.kiln.toml";
+
+/// Where the translated spec of `context` stands (it is never written).
+pub fn spec_path(context: &Path) -> PathBuf {
+    context.join(SPEC_NAME)
+}
+
+/// What kiln did with one instruction (one command, for `RUN` lines).
+#[derive(Debug, Clone, Serialize)]
+pub struct Explained {
+    /// 1-based line of the Dockerfile (0: not from a line).
+    pub line: usize,
+    /// The instruction as written (first line; for RUN, the command).
+    pub instruction: String,
+    pub treatment: Treatment,
+    /// What it became, in kiln's terms.
+    pub detail: String,
+}
+
+/// The kinds of treatment, as `--explain` and `--json` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Treatment {
+    /// A parser directive.
+    Directive,
+    /// `ARG`: a variable for expansion.
+    Variable,
+    /// `FROM`: the spec's base.
+    Base,
+    /// `[config]` metadata.
+    Config,
+    /// A `[[files]]` entry (one layer).
+    Files,
+    /// The native apt stage.
+    Apt,
+    /// The native pip stage.
+    Pip,
+    /// The native conda stage.
+    Conda,
+    /// A no-op in kiln's pipeline (`apt-get update`, cache clean-ups).
+    Dropped,
+    /// Not translated: the build is refused.
+    Refused,
+}
+
+impl Treatment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Treatment::Directive => "directive",
+            Treatment::Variable => "variable",
+            Treatment::Base => "base",
+            Treatment::Config => "config",
+            Treatment::Files => "files",
+            Treatment::Apt => "apt",
+            Treatment::Pip => "pip",
+            Treatment::Conda => "conda",
+            Treatment::Dropped => "dropped",
+            Treatment::Refused => "refused",
+        }
+    }
+}
+
+/// What a translation needs from the base image: its environment (for
+/// `$VAR`s the Dockerfile does not declare, e.g. `ENV PATH=/x:$PATH`) and
+/// its working directory (for relative paths before any WORKDIR).
+#[derive(Debug, Clone, Default)]
+pub struct BaseConfig {
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+}
+
+/// Reads [`BaseConfig`] for a `FROM` image reference (kiln's base syntax)
+/// and its `--platform`, if any; `None` when it cannot be read here (e.g.
+/// a registry base with `--offline`), which leaves the translation strict.
+pub type BaseLookup<'a> = &'a dyn Fn(&str, Option<&str>) -> kiln_core::Result<Option<BaseConfig>>;
+
+/// Inputs of a translation besides the Dockerfile and its context.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// `--build-arg NAME=VALUE`, in order.
+    pub build_args: Vec<(String, String)>,
+    /// How to read the base's config; without it, an undeclared variable
+    /// or a relative path before WORKDIR on a non-scratch base is refused.
+    pub base: Option<BaseLookup<'a>>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("build_args", &self.build_args)
+            .field("base", &self.base.is_some())
+            .finish()
+    }
+}
+
+/// A translated Dockerfile.
+#[derive(Debug)]
+pub struct Translation {
+    /// The spec, parsed from [`Translation::toml`] at [`spec_path`].
+    pub spec: Spec,
+    /// The generated kiln.toml.
+    pub toml: String,
+    pub explained: Vec<Explained>,
+    /// Things worth saying that do not stop the build (unused build args).
+    pub warnings: Vec<String>,
+}
+
+/// Everything `--explain` shows: each instruction's treatment, every
+/// refusal (not only the first) and, when nothing was refused, the spec.
+#[derive(Debug)]
+pub struct Explanation {
+    pub explained: Vec<Explained>,
+    pub errors: Vec<kiln_core::Error>,
+    pub warnings: Vec<String>,
+    pub toml: Option<String>,
+}
+
+/// Read a Dockerfile.
+pub fn read(path: &Path) -> kiln_core::Result<String> {
+    std::fs::read_to_string(path).map_err(|source| {
+        DockerfileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// Translate `text` (read from `dockerfile`, named in messages) with the
+/// build context `context` and `--build-arg` values. The first refusal is
+/// the error.
+pub fn translate(
+    text: &str,
+    dockerfile: &Path,
+    context: &Path,
+    opts: &Options,
+) -> kiln_core::Result<Translation> {
+    let mut e = explain(text, dockerfile, context, opts);
+    if !e.errors.is_empty() {
+        return Err(e.errors.remove(0));
+    }
+    let toml = e
+        .toml
+        .take()
+        .expect("a translation without errors has a spec");
+    let spec = Spec::parse(&toml, &spec_path(context))?;
+    Ok(Translation {
+        spec,
+        toml,
+        explained: e.explained,
+        warnings: e.warnings,
+    })
+}
+
+/// Translate, keeping every refusal (for `--explain`).
+pub fn explain(text: &str, dockerfile: &Path, context: &Path, opts: &Options) -> Explanation {
+    let build_args = &opts.build_args;
+    let mut t = Translator::new(text, dockerfile, context, build_args);
+    t.base_lookup = opts.base;
+    let df = match parse_dockerfile::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let err = DockerfileError::Syntax {
+                path: dockerfile.to_path_buf(),
+                line: e.line(),
+                column: e.column(),
+                message: format!("{e:#}"),
+            };
+            return Explanation {
+                explained: Vec::new(),
+                errors: vec![err.into()],
+                warnings: Vec::new(),
+                toml: None,
+            };
+        }
+    };
+    let dirs = &df.parser_directives;
+    if let Some(esc) = &dirs.escape {
+        t.escape = esc.value.value;
+        let line = t.line_of(esc.span().start);
+        t.explain(
+            line,
+            Treatment::Directive,
+            format!("escape character `{}`", t.escape),
+        );
+    }
+    if let Some(s) = &dirs.syntax {
+        let line = t.line_of(s.span().start);
+        t.explain(
+            line,
+            Treatment::Directive,
+            format!(
+                "ignored: kiln reads the Dockerfile itself (syntax `{}` is not fetched)",
+                s.value.value
+            ),
+        );
+    }
+    if let Some(c) = &dirs.check {
+        let line = t.line_of(c.span().start);
+        t.explain(
+            line,
+            Treatment::Directive,
+            "ignored: build checks are not run".into(),
+        );
+    }
+    for ins in &df.instructions {
+        if let Err(err) = t.instruction(ins) {
+            let line = err.line();
+            t.explain(line, Treatment::Refused, err.to_string());
+            t.errors.push(err);
+        }
+        if let Some(e) = t.fatal.take() {
+            // The base could not be read: nothing after FROM can be translated.
+            let mut errors: Vec<kiln_core::Error> = vec![e];
+            errors.extend(t.errors.into_iter().map(Into::into));
+            return Explanation {
+                explained: t.explained,
+                errors,
+                warnings: Vec::new(),
+                toml: None,
+            };
+        }
+    }
+    t.explained.sort_by_key(|e| e.line);
+    let mut warnings = Vec::new();
+    for (k, _) in build_args {
+        if !t.used_args.contains(k) {
+            warnings.push(format!(
+                "--build-arg {k} was not consumed: no ARG {k} in the Dockerfile"
+            ));
+        }
+    }
+    let toml = if t.errors.is_empty() {
+        match t.finish() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                t.errors.push(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Explanation {
+        explained: t.explained,
+        errors: t.errors.into_iter().map(Into::into).collect(),
+        warnings,
+        toml,
+    }
+}
+
+/// The explanation as a table (`kiln build --explain`).
+pub fn table(explained: &[Explained]) -> String {
+    let width = explained
+        .iter()
+        .map(|e| e.instruction.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(11, 48);
+    let mut out = format!(
+        "{:>4}  {:<width$}  {:<9}  WHAT KILN DOES\n",
+        "LINE", "INSTRUCTION", "TREATMENT"
+    );
+    for e in explained {
+        let mut ins: String = e.instruction.chars().take(width).collect();
+        if e.instruction.chars().count() > width {
+            ins.pop();
+            ins.push('…');
+        }
+        out.push_str(&format!(
+            "{:>4}  {:<width$}  {:<9}  {}\n",
+            e.line,
+            ins,
+            e.treatment.name(),
+            e.detail
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default, Serialize)]
+struct Draft {
+    image: ImageDraft,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    files: Vec<FileDraft>,
+    config: ConfigDraft,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apt: Option<AptDraft>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conda: Option<CondaDraft>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pip: Option<PipDraft>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ImageDraft {
+    base: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    platforms: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileDraft {
+    src: String,
+    dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(rename = "allow-setid", skip_serializing_if = "std::ops::Not::not")]
+    allow_setid: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ConfigDraft {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entrypoint: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmd: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workdir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    exposed_ports: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_signal: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct AptDraft {
+    packages: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct PipDraft {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    packages: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    requirements: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extra_index: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    find_links: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_index: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    prerelease: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct CondaDraft {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    channels: Vec<String>,
+    packages: Vec<String>,
+}
+
+/// A file or directory an earlier COPY put into the image.
+#[derive(Debug, Clone)]
+pub(crate) struct Copied {
+    /// Absolute path in the image.
+    pub(crate) dst: String,
+    /// Path relative to the context (`.` for the context itself).
+    pub(crate) src: String,
+    pub(crate) dir: bool,
+}
+
+pub(crate) struct Translator<'a> {
+    text: &'a str,
+    path: PathBuf,
+    context: PathBuf,
+    build_args: BTreeMap<String, String>,
+    pub(crate) used_args: BTreeSet<String>,
+    escape: char,
+    /// ARGs before the first FROM (for FROM, and `ARG NAME` in the stage).
+    global_args: BTreeMap<String, Var>,
+    /// ARGs of the stage.
+    args: BTreeMap<String, Var>,
+    /// ENVs of the stage (they win over ARGs of the same name).
+    pub(crate) env: BTreeMap<String, String>,
+    /// The base is `scratch`: an undeclared variable is simply empty.
+    scratch: bool,
+    base_lookup: Option<BaseLookup<'a>>,
+    /// The base's environment and working directory, when read.
+    base: Option<BaseConfig>,
+    /// Reading the base failed: the translation stops.
+    fatal: Option<kiln_core::Error>,
+    from_line: Option<usize>,
+    pub(crate) workdir: Option<String>,
+    shell: Vec<String>,
+    cmd_set: bool,
+    pub(crate) copies: Vec<Copied>,
+    /// Directories this Dockerfile made in the image (WORKDIR, COPY).
+    known_dirs: BTreeSet<String>,
+    ignore: Option<ignore::Ignore>,
+    draft: Draft,
+    /// The stage the last package install went to (apt 0, conda 1, pip 2) and its line.
+    pub(crate) last_stage: Option<(u8, usize)>,
+    explained: Vec<Explained>,
+    errors: Vec<DockerfileError>,
+}
+
+type Res<T> = Result<T, DockerfileError>;
+
+impl<'a> Translator<'a> {
+    fn new(
+        text: &'a str,
+        dockerfile: &Path,
+        context: &Path,
+        build_args: &[(String, String)],
+    ) -> Self {
+        Translator {
+            text,
+            path: dockerfile.to_path_buf(),
+            context: context.to_path_buf(),
+            build_args: build_args.iter().cloned().collect(),
+            used_args: BTreeSet::new(),
+            escape: '\\',
+            global_args: BTreeMap::new(),
+            args: BTreeMap::new(),
+            env: BTreeMap::new(),
+            scratch: false,
+            base_lookup: None,
+            base: None,
+            fatal: None,
+            from_line: None,
+            workdir: None,
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            cmd_set: false,
+            copies: Vec::new(),
+            known_dirs: BTreeSet::new(),
+            ignore: None,
+            draft: Draft::default(),
+            last_stage: None,
+            explained: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn line_of(&self, pos: usize) -> usize {
+        self.text[..pos.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// The first physical line of the instruction starting at `pos`.
+    fn source_line(&self, pos: usize) -> String {
+        let rest = &self.text[pos.min(self.text.len())..];
+        let first = rest.lines().next().unwrap_or("").trim_end();
+        let first = first.strip_suffix(self.escape).unwrap_or(first).trim_end();
+        kiln_core::url::redact(first)
+    }
+
+    pub(crate) fn explain(&mut self, line: usize, treatment: Treatment, detail: String) {
+        let start: usize = self
+            .text
+            .split_inclusive('\n')
+            .take(line.saturating_sub(1))
+            .map(str::len)
+            .sum();
+        let instruction = if line == 0 {
+            String::new()
+        } else {
+            self.source_line(start).trim_start().to_string()
+        };
+        self.push(line, instruction, treatment, detail);
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        line: usize,
+        instruction: String,
+        treatment: Treatment,
+        detail: String,
+    ) {
+        self.explained.push(Explained {
+            line,
+            instruction,
+            treatment,
+            detail,
+        });
+    }
+
+    pub(crate) fn invalid(
+        &self,
+        line: usize,
+        instruction: &str,
+        message: impl Into<String>,
+    ) -> DockerfileError {
+        DockerfileError::Invalid {
+            path: self.path.clone(),
+            line,
+            instruction: instruction.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(
+        &self,
+        line: usize,
+        instruction: &str,
+        what: impl Into<String>,
+    ) -> DockerfileError {
+        DockerfileError::NotSupported {
+            path: self.path.clone(),
+            line,
+            instruction: instruction.into(),
+            what: what.into(),
+        }
+    }
+
+    /// The variable lookup inside the stage: ENV, then ARG; else unknown
+    /// (empty on a scratch base, which has no environment).
+    pub(crate) fn var(&self, name: &str) -> Var {
+        if let Some(v) = self.env.get(name) {
+            return Var::Set(v.clone());
+        }
+        if let Some(v) = self.args.get(name) {
+            return v.clone();
+        }
+        if let Some(b) = &self.base {
+            // BuildKit: the base's environment, else empty.
+            return match b.env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => Var::Set(v.clone()),
+                None => Var::Unset,
+            };
+        }
+        if self.scratch {
+            Var::Unset
+        } else {
+            Var::Unknown
+        }
+    }
+
+    fn expand(&self, line: usize, ins: &str, s: &str) -> Res<String> {
+        lex::word(s, self.escape, &|n| self.var(n)).map_err(|m| self.invalid(line, ins, m))
+    }
+
+    fn expand_words(&self, line: usize, ins: &str, s: &str) -> Res<Vec<String>> {
+        lex::words(s, self.escape, &|n| self.var(n)).map_err(|m| self.invalid(line, ins, m))
+    }
+
+    /// `KEY=VALUE …` (or the legacy `KEY VALUE`) of ENV and LABEL.
+    fn pairs(&self, line: usize, ins: &str, s: &str) -> Res<Vec<(String, String)>> {
+        let raw = lex::split_raw(s, self.escape).map_err(|m| self.invalid(line, ins, m))?;
+        let Some(first) = raw.first() else {
+            return Err(self.invalid(line, ins, "expected KEY=VALUE"));
+        };
+        if !first.contains('=') {
+            // Legacy form: the rest of the line is the value.
+            let value = s.trim_start()[first.len()..].trim();
+            let key = self.expand(line, ins, first)?;
+            return Ok(vec![(key, self.expand(line, ins, value)?)]);
+        }
+        raw.iter()
+            .map(|w| {
+                let Some((k, v)) = w.split_once('=') else {
+                    return Err(self.invalid(line, ins, format!("`{w}`: expected KEY=VALUE")));
+                };
+                Ok((self.expand(line, ins, k)?, self.expand(line, ins, v)?))
+            })
+            .collect()
+    }
+
+    /// An absolute image path: relative ones are taken from WORKDIR.
+    pub(crate) fn absolute(&self, line: usize, ins: &str, p: &str) -> Res<String> {
+        let joined = if p.starts_with('/') {
+            p.to_string()
+        } else {
+            let base_wd = self.base.as_ref().map(|b| {
+                b.workdir
+                    .clone()
+                    .filter(|w| w.starts_with('/'))
+                    .unwrap_or("/".into())
+            });
+            let wd = match (&self.workdir, self.scratch) {
+                (Some(w), _) => w.clone(),
+                (None, true) => "/".into(),
+                (None, false) if base_wd.is_some() => base_wd.expect("checked"),
+                (None, false) => {
+                    return Err(self.invalid(
+                        line,
+                        ins,
+                        format!(
+                            "`{p}` is relative and no WORKDIR comes before it (the base image's working directory was not read); use an absolute path or set WORKDIR"
+                        ),
+                    ))
+                }
+            };
+            format!("{}/{p}", wd.trim_end_matches('/'))
+        };
+        let mut parts: Vec<&str> = Vec::new();
+        for s in joined.split('/') {
+            match s {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        Ok(format!("/{}", parts.join("/")))
+    }
+
+    fn instruction(&mut self, ins: &Instruction) -> Res<()> {
+        if let Instruction::From(f) = ins {
+            return self.from(f);
+        }
+        if let Instruction::Arg(a) = ins {
+            return self.arg(a);
+        }
+        let Some(_) = self.from_line else {
+            unreachable!("the parser requires FROM before other instructions")
+        };
+        match ins {
+            Instruction::Env(e) => {
+                let line = self.line_of(e.env.span.start);
+                let pairs = self.pairs(line, "ENV", &e.arguments.value)?;
+                let mut shown = Vec::new();
+                for (k, v) in pairs {
+                    if k.is_empty() || k.contains('=') {
+                        return Err(self.invalid(
+                            line,
+                            "ENV",
+                            format!("invalid variable name `{k}`"),
+                        ));
+                    }
+                    shown.push(format!("{k}={v}"));
+                    self.env.insert(k.clone(), v.clone());
+                    self.draft.config.env.insert(k, v);
+                }
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!("[config] env {}", shown.join(" ")),
+                );
+            }
+            Instruction::Label(l) => {
+                let line = self.line_of(l.label.span.start);
+                let pairs = self.pairs(line, "LABEL", &l.arguments.value)?;
+                let n = pairs.len();
+                self.draft.config.labels.extend(pairs);
+                self.explain(line, Treatment::Config, format!("[config] labels ({n})"));
+            }
+            Instruction::User(u) => {
+                let line = self.line_of(u.user.span.start);
+                let v = self.expand(line, "USER", &u.arguments.value)?;
+                User::from_str(&v).map_err(|m| self.invalid(line, "USER", m))?;
+                self.explain(line, Treatment::Config, format!("[config] user = {v:?}"));
+                self.draft.config.user = Some(v);
+            }
+            Instruction::Workdir(w) => {
+                let line = self.line_of(w.workdir.span.start);
+                let v = self.expand(line, "WORKDIR", &w.arguments.value)?;
+                let abs = self.absolute(line, "WORKDIR", &v)?;
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!("[config] workdir = {abs:?} (not created in the image; the runtime creates it)"),
+                );
+                self.workdir = Some(abs.clone());
+                self.add_dir_and_parents(&abs);
+                self.draft.config.workdir = Some(abs);
+            }
+            Instruction::Expose(e) => {
+                let line = self.line_of(e.expose.span.start);
+                let mut ports = Vec::new();
+                for a in &e.arguments {
+                    for p in self.expand_words(line, "EXPOSE", &a.value)? {
+                        if p.split('/').next().is_some_and(|n| n.contains('-')) {
+                            return Err(self.unsupported(
+                                line,
+                                "EXPOSE",
+                                format!("the port range `{p}`"),
+                            ));
+                        }
+                        let port =
+                            Port::from_str(&p).map_err(|m| self.invalid(line, "EXPOSE", m))?;
+                        ports.push(port.0);
+                    }
+                }
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!("[config] exposed_ports {}", ports.join(" ")),
+                );
+                self.draft.config.exposed_ports.extend(ports);
+            }
+            Instruction::Volume(v) => {
+                let line = self.line_of(v.volume.span.start);
+                let raw: Vec<String> = match &v.arguments {
+                    JsonOrStringArray::Json(a) => {
+                        a.value.iter().map(|s| s.value.to_string()).collect()
+                    }
+                    JsonOrStringArray::String(a) => a.iter().map(|s| s.value.to_string()).collect(),
+                };
+                let mut vols = Vec::new();
+                for r in raw {
+                    for p in self.expand_words(line, "VOLUME", &r)? {
+                        let abs =
+                            AbsPath::from_str(&p).map_err(|m| self.invalid(line, "VOLUME", m))?;
+                        vols.push(abs.0);
+                    }
+                }
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!("[config] volumes {}", vols.join(" ")),
+                );
+                self.draft.config.volumes.extend(vols);
+            }
+            Instruction::Stopsignal(s) => {
+                let line = self.line_of(s.stopsignal.span.start);
+                let v = self.expand(line, "STOPSIGNAL", &s.arguments.value)?;
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!("[config] stop_signal = {v:?}"),
+                );
+                self.draft.config.stop_signal = Some(v);
+            }
+            Instruction::Shell(s) => {
+                let line = self.line_of(s.shell.span.start);
+                self.shell = s.arguments.iter().map(|a| a.value.to_string()).collect();
+                self.explain(
+                    line,
+                    Treatment::Config,
+                    format!(
+                        "shell for later shell-form CMD/ENTRYPOINT/RUN: {:?}",
+                        self.shell
+                    ),
+                );
+            }
+            Instruction::Cmd(c) => {
+                let line = self.line_of(c.cmd.span.start);
+                let argv = self.command(line, "CMD", &c.arguments)?;
+                self.explain(line, Treatment::Config, format!("[config] cmd = {argv:?}"));
+                self.cmd_set = true;
+                self.draft.config.cmd = Some(argv);
+            }
+            Instruction::Entrypoint(e) => {
+                let line = self.line_of(e.entrypoint.span.start);
+                let argv = self.command(line, "ENTRYPOINT", &e.arguments)?;
+                let mut detail = format!("[config] entrypoint = {argv:?}");
+                if !self.cmd_set {
+                    detail.push_str(" (clears the base image's cmd, as Docker does)");
+                }
+                self.explain(line, Treatment::Config, detail);
+                self.draft.config.entrypoint = Some(argv);
+            }
+            Instruction::Copy(c) => {
+                let line = self.line_of(c.copy.span.start);
+                self.copy(line, "COPY", &c.options, &c.src, &c.dest.value)?;
+            }
+            Instruction::Add(a) => {
+                let line = self.line_of(a.add.span.start);
+                self.copy(line, "ADD", &a.options, &a.src, &a.dest.value)?;
+            }
+            Instruction::Run(r) => {
+                let line = self.line_of(r.run.span.start);
+                self.run(line, r)?;
+            }
+            Instruction::Healthcheck(h) => {
+                let line = self.line_of(h.healthcheck.span.start);
+                return Err(self.unsupported(
+                    line,
+                    "HEALTHCHECK",
+                    "a health check (kiln's [config] has no healthcheck; a base image's is kept)",
+                ));
+            }
+            Instruction::Onbuild(o) => {
+                let line = self.line_of(o.onbuild.span.start);
+                return Err(self.unsupported(line, "ONBUILD", "a trigger for later builds"));
+            }
+            Instruction::Maintainer(m) => {
+                let line = self.line_of(m.maintainer.span.start);
+                return Err(self.unsupported(
+                    line,
+                    "MAINTAINER",
+                    "the deprecated author field (use LABEL org.opencontainers.image.authors=…)",
+                ));
+            }
+            other => {
+                // `Instruction` is non-exhaustive: a new kind is refused.
+                let line = self.line_of(instruction_start(other));
+                return Err(self.unsupported(line, "instruction", "this instruction"));
+            }
+        }
+        Ok(())
+    }
+
+    fn from(&mut self, f: &parse_dockerfile::FromInstruction) -> Res<()> {
+        let line = self.line_of(f.from.span.start);
+        if let Some(first) = self.from_line {
+            return Err(self.unsupported(
+                line,
+                "FROM",
+                format!("a multi-stage build (a second FROM; the first is on line {first})"),
+            ));
+        }
+        self.from_line = Some(line);
+        let globals = self.global_args.clone();
+        let image = lex::word(&f.image.value, self.escape, &|n| {
+            globals.get(n).cloned().unwrap_or(Var::Unset)
+        })
+        .map_err(|m| self.invalid(line, "FROM", m))?;
+        if image.is_empty() {
+            return Err(self.invalid(line, "FROM", "the image name is empty"));
+        }
+        for o in &f.options {
+            match &*o.name.value {
+                "platform" => {
+                    let v = o
+                        .value
+                        .as_ref()
+                        .map(|v| v.value.to_string())
+                        .unwrap_or_default();
+                    let v = lex::word(&v, self.escape, &|n| {
+                        globals.get(n).cloned().unwrap_or(Var::Unset)
+                    })
+                    .map_err(|m| self.invalid(line, "FROM", m))?;
+                    kiln_core::Platform::from_str(&v)
+                        .map_err(|e| self.invalid(line, "FROM --platform", e.to_string()))?;
+                    self.draft.image.platforms = vec![v];
+                }
+                other => {
+                    return Err(self.unsupported(line, "FROM", format!("the option --{other}")));
+                }
+            }
+        }
+        self.scratch = image == "scratch";
+        if let (false, Some(lookup)) = (self.scratch, self.base_lookup) {
+            let platform = self.draft.image.platforms.first().map(String::as_str);
+            match lookup(&image, platform) {
+                Ok(b) => {
+                    if let Some(w) = b.as_ref().and_then(|b| b.workdir.clone()) {
+                        self.add_dir_and_parents(&w);
+                    }
+                    self.base = b;
+                }
+                Err(e) => {
+                    self.fatal = Some(
+                        e.context(format!("{} line {line}: FROM {image}", self.path.display())),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let mut detail = format!("[image] base = {image:?}");
+        if let Some((_, name)) = &f.as_ {
+            detail.push_str(&format!(" (stage name `{}` unused: one stage)", name.value));
+        }
+        if !self.draft.image.platforms.is_empty() {
+            detail.push_str(&format!(", platforms = {:?}", self.draft.image.platforms));
+        }
+        self.draft.image.base = image;
+        self.explain(line, Treatment::Base, detail);
+        Ok(())
+    }
+
+    fn arg(&mut self, a: &parse_dockerfile::ArgInstruction) -> Res<()> {
+        let line = self.line_of(a.arg.span.start);
+        let raw = lex::split_raw(&a.arguments.value, self.escape)
+            .map_err(|m| self.invalid(line, "ARG", m))?;
+        let global = self.from_line.is_none();
+        let mut shown = Vec::new();
+        for w in raw {
+            let (name, default) = match w.split_once('=') {
+                Some((n, d)) => (n.to_string(), Some(d.to_string())),
+                None => (w.clone(), None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(self.invalid(line, "ARG", format!("invalid name `{name}`")));
+            }
+            if [
+                "TARGETPLATFORM",
+                "TARGETOS",
+                "TARGETARCH",
+                "TARGETVARIANT",
+                "BUILDPLATFORM",
+                "BUILDOS",
+                "BUILDARCH",
+                "BUILDVARIANT",
+            ]
+            .contains(&name.as_str())
+                && default.is_none()
+                && !self.build_args.contains_key(&name)
+            {
+                return Err(self.unsupported(
+                    line,
+                    "ARG",
+                    format!("the automatic platform argument {name} (pass --build-arg {name}=…)"),
+                ));
+            }
+            let value = if let Some(v) = self.build_args.get(&name) {
+                self.used_args.insert(name.clone());
+                Var::Set(v.clone())
+            } else if let Some(d) = default {
+                let v = if global {
+                    let globals = self.global_args.clone();
+                    lex::word(&d, self.escape, &|n| {
+                        globals.get(n).cloned().unwrap_or(Var::Unset)
+                    })
+                    .map_err(|m| self.invalid(line, "ARG", m))?
+                } else {
+                    self.expand(line, "ARG", &d)?
+                };
+                Var::Set(v)
+            } else if !global {
+                self.global_args.get(&name).cloned().unwrap_or(Var::Unset)
+            } else {
+                Var::Unset
+            };
+            shown.push(match &value {
+                Var::Set(v) => format!("{name}={v}"),
+                _ => format!("{name} (unset)"),
+            });
+            if global {
+                self.global_args.insert(name, value);
+            } else {
+                self.args.insert(name, value);
+            }
+        }
+        let scope = if global { "for FROM" } else { "in this stage" };
+        self.explain(
+            line,
+            Treatment::Variable,
+            format!("{} {scope}; not in the image", shown.join(" ")),
+        );
+        Ok(())
+    }
+
+    /// CMD/ENTRYPOINT: exec form as is, shell form through SHELL.
+    fn command(&self, line: usize, ins: &str, c: &Command) -> Res<Vec<String>> {
+        match c {
+            Command::Exec(a) => Ok(a.value.iter().map(|s| s.value.to_string()).collect()),
+            Command::Shell(s) => {
+                let mut v = self.shell.clone();
+                v.push(lex::join_continuations(s.value, self.escape));
+                Ok(v)
+            }
+            _ => Err(self.unsupported(line, ins, "this form of the instruction")),
+        }
+    }
+
+    fn copy(
+        &mut self,
+        line: usize,
+        ins: &str,
+        options: &[parse_dockerfile::Flag],
+        src: &[Source],
+        dest: &str,
+    ) -> Res<()> {
+        let mut owner = None;
+        let mut mode = None;
+        for o in options {
+            let v = o.value.as_ref().map(|v| v.value.to_string());
+            match (&*o.name.value, v) {
+                ("from", _) => {
+                    return Err(self.unsupported(
+                        line,
+                        &format!("{ins} --from"),
+                        "copying from another stage or image (multi-stage builds)",
+                    ))
+                }
+                ("chown", Some(v)) => {
+                    let v = self.expand(line, ins, &v)?;
+                    let spec = if v.contains(':') {
+                        v.clone()
+                    } else {
+                        format!("{v}:{v}")
+                    };
+                    if !spec
+                        .split(':')
+                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                    {
+                        return Err(self.unsupported(
+                            line,
+                            &format!("{ins} --chown"),
+                            format!("the user or group name in `{v}` (names need the image's /etc/passwd; use numeric UID:GID)"),
+                        ));
+                    }
+                    let o = Owner::from_str(&spec).map_err(|m| self.invalid(line, ins, m))?;
+                    owner = Some(format!("{}:{}", o.uid, o.gid));
+                }
+                ("chmod", Some(v)) => {
+                    let v = self.expand(line, ins, &v)?;
+                    if !v.chars().all(|c| c.is_digit(8)) {
+                        return Err(self.unsupported(
+                            line,
+                            &format!("{ins} --chmod"),
+                            format!("the symbolic mode `{v}` (use octal such as 0755)"),
+                        ));
+                    }
+                    let m = Mode::from_str(&v).map_err(|m| self.invalid(line, ins, m))?;
+                    mode = Some(m);
+                }
+                ("link", _) => {}
+                (name, _) => {
+                    return Err(self.unsupported(
+                        line,
+                        &format!("{ins} --{name}"),
+                        format!("the option --{name}"),
+                    ));
+                }
+            }
+        }
+        let mut srcs = Vec::new();
+        for s in src {
+            match s {
+                Source::Path(p) => srcs.extend(self.expand_words(line, ins, &p.value)?),
+                Source::HereDoc(_) => {
+                    return Err(self.unsupported(line, ins, "a here-document source"));
+                }
+                _ => return Err(self.unsupported(line, ins, "this kind of source")),
+            }
+        }
+        let dest_raw = self.expand(line, ins, dest)?;
+        let dest_abs = self.absolute(line, ins, &dest_raw)?;
+        // Docker copies a file INTO an existing directory: the ones this
+        // Dockerfile made (WORKDIR, COPY) and the usual system ones count.
+        let dest_dir = dest_raw.ends_with('/')
+            || dest_raw == "."
+            || dest_raw.ends_with("/.")
+            || srcs.len() > 1
+            || self.known_dirs.contains(&dest_abs)
+            || SYSTEM_DIRS.contains(&dest_abs.as_str());
+        if [
+            "/etc/apt",
+            "/etc/pip.conf",
+            "/etc/conda",
+            "/root/.condarc",
+            "/opt/conda/.condarc",
+            "/root/.config/pip",
+        ]
+        .iter()
+        .any(|p| dest_abs == *p || dest_abs.starts_with(&format!("{p}/")))
+        {
+            return Err(self.unsupported(
+                line,
+                ins,
+                format!(
+                    "copying into package-manager configuration (`{dest_abs}`): kiln's native stages read the base image's configuration, not [[files]]"
+                ),
+            ));
+        }
+        if self.ignore.is_none() {
+            let text =
+                std::fs::read_to_string(self.context.join(".dockerignore")).unwrap_or_default();
+            self.ignore = Some(ignore::Ignore::parse(&text));
+        }
+        for s in srcs {
+            if s.contains("://") || s.starts_with("git@") {
+                return Err(if ins == "ADD" {
+                    self.unsupported(
+                        line,
+                        ins,
+                        format!("a remote source `{}`", kiln_core::url::redact(&s)),
+                    )
+                } else {
+                    self.invalid(
+                        line,
+                        ins,
+                        format!("`{s}`: COPY takes files from the build context, not URLs"),
+                    )
+                });
+            }
+            if s.contains(['*', '?', '[']) {
+                return Err(self.unsupported(line, ins, format!("the wildcard source `{s}`")));
+            }
+            let mut parts: Vec<&str> = Vec::new();
+            for p in s.split('/') {
+                match p {
+                    "" | "." => {}
+                    ".." => {
+                        if parts.pop().is_none() {
+                            return Err(self.invalid(
+                                line,
+                                ins,
+                                format!("`{s}` is outside the build context"),
+                            ));
+                        }
+                    }
+                    p => parts.push(p),
+                }
+            }
+            let rel = if parts.is_empty() {
+                ".".to_string()
+            } else {
+                parts.join("/")
+            };
+            let host = self.context.join(&rel);
+            let meta = std::fs::metadata(&host).map_err(|e| {
+                self.invalid(
+                    line,
+                    ins,
+                    format!(
+                        "`{s}` not found in the build context {}: {e}",
+                        self.context.display()
+                    ),
+                )
+            })?;
+            let ignore = self.ignore.as_ref().expect("set above");
+            if rel != "." && ignore.excluded(&rel) {
+                return Err(self.invalid(line, ins, format!("`{s}` is excluded by .dockerignore")));
+            }
+            let dir = meta.is_dir();
+            // A directory with entries .dockerignore excludes becomes its
+            // largest subtrees (and files) that exclude nothing.
+            let mut pieces = vec![(rel.clone(), dir)];
+            let mut excluded_example = None;
+            if dir && !ignore.is_empty() {
+                if let Some(x) = first_excluded(ignore, &host, &rel) {
+                    pieces = Vec::new();
+                    collect_pieces(ignore, &host, &rel, &mut pieces);
+                    if pieces.len() > MAX_PIECES {
+                        return Err(self.unsupported(
+                            line,
+                            ins,
+                            format!(
+                                "copying the directory `{s}` while .dockerignore excludes entries in it (e.g. `{x}`): it would take {} [[files]] layers (at most {MAX_PIECES})",
+                                pieces.len()
+                            ),
+                        ));
+                    }
+                    excluded_example = Some(x);
+                }
+            }
+            if ins == "ADD" && !dir && is_archive(&host) {
+                return Err(self.unsupported(
+                    line,
+                    ins,
+                    format!("the local archive `{s}` (ADD extracts archives; use COPY to copy it as a file)"),
+                ));
+            }
+            let dst_root = if dir || !dest_dir {
+                dest_abs.clone()
+            } else {
+                let base = rel.rsplit('/').next().unwrap_or(&rel);
+                format!("{}/{base}", dest_abs.trim_end_matches('/'))
+            };
+            let mut shown = Vec::new();
+            for (piece, piece_dir) in pieces {
+                let dst = if piece == rel {
+                    dst_root.clone()
+                } else {
+                    let under = if rel == "." {
+                        piece.as_str()
+                    } else {
+                        &piece[rel.len() + 1..]
+                    };
+                    format!("{}/{under}", dst_root.trim_end_matches('/'))
+                };
+                AbsPath::from_str(&dst).map_err(|m| self.invalid(line, ins, m))?;
+                shown.push(format!("src = {piece:?}, dst = {dst:?}"));
+                self.copies.push(Copied {
+                    dst: dst.clone(),
+                    src: piece.clone(),
+                    dir: piece_dir,
+                });
+                match (piece_dir, dst.rsplit_once('/')) {
+                    (true, _) => self.add_dir_and_parents(&dst),
+                    (false, Some((parent, _))) => self.add_dir_and_parents(parent),
+                    (false, None) => {}
+                }
+                self.draft.files.push(FileDraft {
+                    src: piece,
+                    dst,
+                    mode: mode.map(|m| format!("{:04o}", m.0)),
+                    owner: owner.clone(),
+                    allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+                });
+            }
+            let mut detail = format!("[[files]] {}", shown.join("; "));
+            if let Some(o) = &owner {
+                detail.push_str(&format!(", owner = {o:?}"));
+            }
+            if let Some(m) = mode {
+                detail.push_str(&format!(", mode = \"{:04o}\"", m.0));
+            }
+            match (&excluded_example, shown.len()) {
+                (Some(x), n) => detail.push_str(&format!(
+                    " ({n} layer{}: .dockerignore excludes entries such as `{x}`; on top of the package stages)",
+                    if n == 1 { "" } else { "s" }
+                )),
+                (None, _) => detail.push_str(" (one layer, on top of the package stages)"),
+            }
+            self.explain(line, Treatment::Files, detail);
+        }
+        Ok(())
+    }
+
+    fn add_dir_and_parents(&mut self, dir: &str) {
+        let mut d = dir.trim_end_matches('/').to_string();
+        while !d.is_empty() {
+            self.known_dirs.insert(d.clone());
+            match d.rsplit_once('/') {
+                Some((parent, _)) => d = parent.to_string(),
+                None => break,
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Res<String> {
+        let draft = std::mem::take(&mut self.draft);
+        toml::to_string(&draft).map_err(|e| DockerfileError::Invalid {
+            path: self.path.clone(),
+            line: 0,
+            instruction: "(translation)".into(),
+            message: format!("cannot write the translated spec: {e}"),
+        })
+    }
+
+    pub(crate) fn apt(&mut self) -> &mut AptDraft {
+        self.draft.apt.get_or_insert_with(AptDraft::default)
+    }
+
+    pub(crate) fn pip(&mut self) -> &mut PipDraft {
+        self.draft.pip.get_or_insert_with(PipDraft::default)
+    }
+
+    pub(crate) fn conda(&mut self) -> &mut CondaDraft {
+        self.draft.conda.get_or_insert_with(CondaDraft::default)
+    }
+
+    pub(crate) fn has_conda(&self) -> bool {
+        self.draft.conda.is_some()
+    }
+
+    pub(crate) fn context(&self) -> &Path {
+        &self.context
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn shell(&self) -> &[String] {
+        &self.shell
+    }
+
+    pub(crate) fn escape(&self) -> char {
+        self.escape
+    }
+}
+
+fn instruction_start(i: &Instruction) -> usize {
+    match i {
+        Instruction::Add(x) => x.add.span.start,
+        Instruction::Arg(x) => x.arg.span.start,
+        Instruction::Cmd(x) => x.cmd.span.start,
+        Instruction::Copy(x) => x.copy.span.start,
+        Instruction::Entrypoint(x) => x.entrypoint.span.start,
+        Instruction::Env(x) => x.env.span.start,
+        Instruction::Expose(x) => x.expose.span.start,
+        Instruction::From(x) => x.from.span.start,
+        Instruction::Healthcheck(x) => x.healthcheck.span.start,
+        Instruction::Label(x) => x.label.span.start,
+        Instruction::Maintainer(x) => x.maintainer.span.start,
+        Instruction::Onbuild(x) => x.onbuild.span.start,
+        Instruction::Run(x) => x.run.span.start,
+        Instruction::Shell(x) => x.shell.span.start,
+        Instruction::Stopsignal(x) => x.stopsignal.span.start,
+        Instruction::User(x) => x.user.span.start,
+        Instruction::Volume(x) => x.volume.span.start,
+        Instruction::Workdir(x) => x.workdir.span.start,
+        _ => 0,
+    }
+}
+
+/// Directories every Linux base has (FHS): `COPY file /usr/local/bin`
+/// copies the file into them, as Docker does for an existing directory.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/opt",
+    "/tmp",
+    "/var",
+    "/root",
+    "/home",
+    "/srv",
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/share",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/local/lib",
+    "/usr/local/share",
+    "/var/lib",
+    "/var/tmp",
+];
+
+/// At most this many `[[files]]` entries (layers) for one directory that
+/// .dockerignore cuts into pieces.
+const MAX_PIECES: usize = 64;
+
+/// The largest subtrees and files under `dir` (context-relative `rel`) that
+/// .dockerignore excludes nothing in, in name order.
+fn collect_pieces(ignore: &ignore::Ignore, dir: &Path, rel: &str, out: &mut Vec<(String, bool)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let er = if rel == "." {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if ignore.excluded(&er) {
+            continue;
+        }
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && first_excluded(ignore, &e.path(), &er).is_some() {
+            collect_pieces(ignore, &e.path(), &er, out);
+        } else {
+            out.push((er, is_dir));
+        }
+        if out.len() > MAX_PIECES {
+            return;
+        }
+    }
+}
+
+/// The first entry under `dir` (context-relative `rel`) that .dockerignore excludes.
+fn first_excluded(ignore: &ignore::Ignore, dir: &Path, rel: &str) -> Option<String> {
+    let mut stack = vec![(dir.to_path_buf(), rel.to_string())];
+    while let Some((d, r)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d).ok()?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let er = if r == "." {
+                name
+            } else {
+                format!("{r}/{name}")
+            };
+            if ignore.excluded(&er) {
+                return Some(er);
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((e.path(), er));
+            }
+        }
+    }
+    None
+}
+
+/// A tar or compressed file ADD would extract (by name or magic bytes).
+fn is_archive(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if [
+        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".gz",
+        ".bz2", ".xz",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+    {
+        return true;
+    }
+    let mut bytes = Vec::new();
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    if std::io::Read::read_to_end(&mut std::io::Read::take(f, 512), &mut bytes).is_err() {
+        return false;
+    }
+    bytes.starts_with(&[0x1f, 0x8b])
+        || bytes.starts_with(b"BZh")
+        || bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || bytes.get(257..262) == Some(b"ustar")
+}
+
+#[cfg(test)]
+mod tests;

@@ -649,6 +649,25 @@ fn no_job(w: &Who, id: i64) -> Response {
     fail(Some(w), StatusCode::NOT_FOUND, &format!("no job {id}"))
 }
 
+/// The job named in the path, with its whole log (404 when there is none).
+async fn job_with_log(
+    state: &AppState,
+    w: &Who,
+    id: &str,
+) -> Result<(i64, crate::store::Job, Vec<String>), Response> {
+    let id = job_id(w, id)?;
+    let store = &state.store;
+    let Some(j) = store.get_job(id).await.map_err(|e| internal(w, e))? else {
+        return Err(no_job(w, id));
+    };
+    let lines = store
+        .log(id, None)
+        .await
+        .map_err(|e| internal(w, e))?
+        .unwrap_or_default();
+    Ok((id, j, lines))
+}
+
 async fn job_page(
     State(state): State<AppState>,
     Extension(sessions): Extension<Sessions>,
@@ -656,16 +675,7 @@ async fn job_page(
     Path(id): Path<String>,
 ) -> UiResult {
     let w = who(&state, &sessions, &headers)?;
-    let id = job_id(&w, &id)?;
-    let store = &state.store;
-    let Some(j) = store.get_job(id).await.map_err(|e| internal(&w, e))? else {
-        return Err(no_job(&w, id));
-    };
-    let lines = store
-        .log(id, None)
-        .await
-        .map_err(|e| internal(&w, e))?
-        .unwrap_or_default();
+    let (_, j, lines) = job_with_log(&state, &w, &id).await?;
     let start = lines.len().saturating_sub(PAGE_LOG_LINES);
     Ok(html(
         StatusCode::OK,
@@ -689,16 +699,7 @@ async fn log_txt(
     Query(q): Query<LogQuery>,
 ) -> UiResult {
     let w = who(&state, &sessions, &headers)?;
-    let id = job_id(&w, &id)?;
-    let store = &state.store;
-    let Some(j) = store.get_job(id).await.map_err(|e| internal(&w, e))? else {
-        return Err(no_job(&w, id));
-    };
-    let lines = store
-        .log(id, None)
-        .await
-        .map_err(|e| internal(&w, e))?
-        .unwrap_or_default();
+    let (id, j, lines) = job_with_log(&state, &w, &id).await?;
     let from = q.after.unwrap_or(0).min(lines.len());
     let mut text = String::new();
     for l in &lines[from..] {

@@ -695,7 +695,11 @@ struct Worker {
 impl Worker {
     /// Workers for `svc`'s database, pushing under `svc`'s prefix.
     fn start(svc: &Service, database: &str) -> Worker {
-        let mut cmd = service_command(&svc.prefix, &[]);
+        Worker::start_with(svc, database, &[])
+    }
+
+    fn start_with(svc: &Service, database: &str, extra_env: &[(&str, &str)]) -> Worker {
+        let mut cmd = service_command(&svc.prefix, extra_env);
         cmd.args(["worker", "--database", database, "--data"])
             .arg(unique_dir("worker-data"));
         let mut child = cmd.spawn().expect("start kiln worker");
@@ -862,6 +866,73 @@ fn service_with_worker_processes_on_postgres() {
     let pg = Postgres::start();
     let svc = Service::start_with("svc-workers-pg", &[], 1, Some(&pg.url()));
     build_with_separate_workers(&svc, &pg.url());
+}
+
+/// A worker killed with SIGKILL mid-job: its build dies with it, the job is
+/// re-queued when the lease runs out and completes on the other worker,
+/// and no two runs of it ever overlap.
+#[test]
+fn service_requeues_the_job_of_a_killed_worker_on_postgres() {
+    let pg = Postgres::start();
+    let runs = unique_dir("killed-worker").join("runs");
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let bin = fake_kiln(&format!(
+        "echo \"start $$ $(date +%s%N)\" >> {runs}\necho 'fake build starting' >&2\nsleep 3\necho \"end $$ $(date +%s%N)\" >> {runs}\necho '{{\"digest\": \"{digest}\"}}'",
+        runs = runs.display()
+    ));
+    let env = [
+        ("KILN_SERVE_KILN_BIN", path_str(&bin)),
+        ("KILN_SERVE_LEASE_SECS", "2"),
+    ];
+    let svc = Service::start_with("svc-killed-worker", &env, 0, Some(&pg.url()));
+    let mut first = Worker::start_with(&svc, &pg.url(), &env);
+    let r = svc.send(
+        "POST",
+        "/api/v1/specs",
+        Some(ADMIN),
+        &json!({"name": "survivor"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["job"]["id"].as_i64().unwrap();
+    svc.wait_log(id, "fake build starting");
+    let _second = Worker::start_with(&svc, &pg.url(), &env);
+    tool("kill")
+        .args(["-KILL", &first.child.id().to_string()])
+        .run_ok();
+    let _ = first.child.wait();
+
+    let j = svc.wait_job(id);
+    let log = svc
+        .get(&format!("/api/v1/jobs/{id}/log"), Some(VIEWER))
+        .body;
+    assert_eq!(j["state"], "succeeded", "{j}\nlog:\n{log}");
+    assert_eq!(j["digest"], digest.as_str());
+    assert!(log.contains("job re-queued"), "{log}");
+
+    // Two runs started; the killed one never ended (its build died with
+    // its worker), and the second started only after that.
+    let text = std::fs::read_to_string(&runs).unwrap();
+    let events: Vec<(&str, &str, u128)> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let (kind, pid, at) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            (kind, pid, at.parse().unwrap())
+        })
+        .collect();
+    let starts: Vec<_> = events.iter().filter(|e| e.0 == "start").collect();
+    let ends: Vec<_> = events.iter().filter(|e| e.0 == "end").collect();
+    assert_eq!(starts.len(), 2, "{text}");
+    assert_eq!(
+        ends.len(),
+        1,
+        "the killed worker's build must not finish: {text}"
+    );
+    assert_eq!(ends[0].1, starts[1].1, "{text}");
+    // Give an orphaned first run time to betray itself, then check again.
+    std::thread::sleep(Duration::from_secs(4));
+    let again = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(again, text, "a run of the killed worker went on");
 }
 
 #[test]

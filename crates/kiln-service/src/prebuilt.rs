@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::spec_input::Rendered;
 use crate::store::{now_ms, Claimed, Store, FAILED, SUCCEEDED};
-use crate::worker::{WorkerConfig, HEARTBEAT, LEASE};
+use crate::worker::{lease_ms, WorkerConfig, HEARTBEAT};
 use crate::ServiceError;
 
 /// The most of `kiln inspect`'s stdout that is read.
@@ -152,7 +152,7 @@ pub async fn run_job(
         tokio::select! {
             o = &mut out => break o.map_err(|e| ServiceError::io("running kiln inspect".into(), e))?,
             _ = beat.tick() => {
-                let lease = now_ms() + LEASE.as_millis() as i64;
+                let lease = now_ms() + lease_ms();
                 if let Ok(false) = store.heartbeat(id, me, lease).await {
                     // Cancelled or deleted: dropping `out` kills the child.
                     if store.get_job(id).await?.is_some() {

@@ -20,8 +20,16 @@ use crate::spec_input::{full_toml, SpecInput, TYPE_IMAGE};
 use crate::store::{now_ms, Claimed, Store, FAILED, SUCCEEDED};
 use crate::ServiceError;
 
-/// How long a claimed job stays ours without a heartbeat.
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
+/// How long a claimed job stays ours without a heartbeat: 30 s, or
+/// `KILN_SERVE_LEASE_SECS` (a shorter lease re-queues the jobs of a dead
+/// worker sooner; it must stay well above [`HEARTBEAT`]).
+pub(crate) fn lease_ms() -> i64 {
+    std::env::var("KILN_SERVE_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s >= 2)
+        .map_or(30_000, |s| s as i64 * 1000)
+}
 /// How often a running build renews its lease and checks for cancellation.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How often buffered log lines are written.
@@ -161,7 +169,7 @@ async fn worker_loop(
                 Err(e) => eprintln!("kiln worker {me}: re-queueing expired jobs: {e}"),
             }
         }
-        let lease = now_ms() + LEASE.as_millis() as i64;
+        let lease = now_ms() + lease_ms();
         match store.claim(&me, lease).await {
             Ok(Some(job)) => {
                 let id = job.id;
@@ -319,7 +327,7 @@ async fn run_job(
                 pending.clear();
             }
             _ = beat.tick() => {
-                let lease = now_ms() + LEASE.as_millis() as i64;
+                let lease = now_ms() + lease_ms();
                 match store.heartbeat(id, me, lease).await {
                     Ok(true) => {}
                     Ok(false) => if !outcome.lost {
@@ -382,6 +390,17 @@ async fn run_job(
 /// not the API's tokens or the webhook secret; phase lines on.
 pub(crate) fn kiln_command(cfg: &WorkerConfig) -> Command {
     let mut cmd = Command::new(&cfg.kiln_bin);
+    // A worker killed outright (SIGKILL, OOM) takes its build with it, so
+    // the job, re-queued when the lease expires, never runs twice at once.
+    // The signal follows the spawning thread: a runtime worker thread,
+    // which lives as long as the worker.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
     cmd.process_group(0)
         .kill_on_drop(true)
         .env_remove("KILN_SERVE_ADMIN_TOKEN")

@@ -335,26 +335,6 @@ fn dockerfile_apt_install_runs_natively() {
     assert!(status.contains("Package: hello\n"), "dpkg knows it");
 }
 
-/// A base with a Debian-like CPython 3.11 (what `[pip]` reads), as a layout
-/// tagged `v1` in WS/py (as in hostile.rs).
-fn python_base(ws: &Workspace) {
-    let layer = make_tar(&[
-        Item::Dir("usr/", 0o755),
-        Item::Dir("usr/bin/", 0o755),
-        Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
-        Item::Dir("usr/lib/", 0o755),
-        Item::Dir("usr/lib/python3.11/", 0o755),
-        Item::File("usr/lib/python3.11/os.py", b"", 0o644),
-        Item::Dir("var/lib/dpkg/", 0o755),
-        Item::File(
-            "var/lib/dpkg/status",
-            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
-            0o644,
-        ),
-    ]);
-    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
-}
-
 /// `pip install --no-index --find-links DIR -r FILE` with both copied from
 /// the context: the native pip stage reads them from the context.
 #[test]

@@ -384,25 +384,6 @@ fn archive_cases() -> Vec<Case> {
     ]
 }
 
-/// A base with a Debian-like CPython 3.11 (what `[pip]` reads), as a layout.
-fn python_base(ws: &Workspace) {
-    let layer = make_tar(&[
-        Item::Dir("usr/", 0o755),
-        Item::Dir("usr/bin/", 0o755),
-        Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
-        Item::Dir("usr/lib/", 0o755),
-        Item::Dir("usr/lib/python3.11/", 0o755),
-        Item::File("usr/lib/python3.11/os.py", b"", 0o644),
-        Item::Dir("var/lib/dpkg/", 0o755),
-        Item::File(
-            "var/lib/dpkg/status",
-            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
-            0o644,
-        ),
-    ]);
-    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
-}
-
 /// Wheel members: path, content, unix mode.
 type Members = Vec<(String, Vec<u8>, u32)>;
 

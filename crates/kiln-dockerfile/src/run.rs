@@ -503,6 +503,30 @@ fn rm(args: &[String]) -> Result<Action, Refusal> {
     ))
 }
 
+/// `--opt=value` → (`--opt`, Some(`value`)); any other word is an option
+/// name (or an argument) whose value, if any, is the next word.
+fn split_option(word: &str) -> (&str, Option<&str>) {
+    match word.split_once('=') {
+        Some((o, v)) if word.starts_with("--") => (o, Some(v)),
+        _ => (word, None),
+    }
+}
+
+/// The value of option `name`: given inline, else the next word.
+fn option_value<'a>(
+    inline: Option<&str>,
+    words: &mut impl Iterator<Item = &'a String>,
+    name: &str,
+) -> Result<String, Refusal> {
+    match inline {
+        Some(v) => Ok(v.to_string()),
+        None => words
+            .next()
+            .cloned()
+            .ok_or_else(|| Some(format!("`{name}` needs a value"))),
+    }
+}
+
 fn pip(args: &[String], target: Option<String>) -> Result<Action, Refusal> {
     let mut sub: Option<&str> = None;
     let mut p = PipInstall {
@@ -512,19 +536,8 @@ fn pip(args: &[String], target: Option<String>) -> Result<Action, Refusal> {
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<String, Refusal> {
-            match a.split_once('=') {
-                Some((_, v)) if a.starts_with("--") => Ok(v.to_string()),
-                _ => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| Some(format!("`{name}` needs a value"))),
-            }
-        };
-        let opt = match a.split_once('=') {
-            Some((o, _)) if a.starts_with("--") => o,
-            _ => a.as_str(),
-        };
+        let (opt, inline) = split_option(a);
+        let mut value = |name: &str| option_value(inline, &mut it, name);
         match opt {
             "-U"
             | "--upgrade"
@@ -595,19 +608,8 @@ fn conda(args: &[String]) -> Result<Action, Refusal> {
     let mut it = args.iter();
     let mut named_base = false;
     while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<String, Refusal> {
-            match a.split_once('=') {
-                Some((_, v)) if a.starts_with("--") => Ok(v.to_string()),
-                _ => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| Some(format!("`{name}` needs a value"))),
-            }
-        };
-        let opt = match a.split_once('=') {
-            Some((o, _)) if a.starts_with("--") => o,
-            _ => a.as_str(),
-        };
+        let (opt, inline) = split_option(a);
+        let mut value = |name: &str| option_value(inline, &mut it, name);
         match opt {
             "-y"
             | "--yes"

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{digest_of, read_json, MT_CONFIG, MT_INDEX, MT_LAYER_GZIP, MT_MANIFEST, REF_NAME};
+use super::{
+    digest_of, read_json, Workspace, MT_CONFIG, MT_INDEX, MT_LAYER_GZIP, MT_MANIFEST, REF_NAME,
+};
 
 /// What a hand-made layer contains.
 pub enum Item<'a> {
@@ -192,4 +194,24 @@ pub fn whiteout_base_layers() -> Vec<Vec<u8>> {
             Item::File("d/new", b"new\n", 0o644),
         ]),
     ]
+}
+
+/// A base with a Debian-like CPython 3.11 (what `[pip]` reads), as a layout
+/// tagged `v1` in WS/py.
+pub fn python_base(ws: &Workspace) {
+    let layer = make_tar(&[
+        Item::Dir("usr/", 0o755),
+        Item::Dir("usr/bin/", 0o755),
+        Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
+        Item::Dir("usr/lib/", 0o755),
+        Item::Dir("usr/lib/python3.11/", 0o755),
+        Item::File("usr/lib/python3.11/os.py", b"", 0o644),
+        Item::Dir("var/lib/dpkg/", 0o755),
+        Item::File(
+            "var/lib/dpkg/status",
+            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
+            0o644,
+        ),
+    ]);
+    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
 }

@@ -286,7 +286,7 @@ mod tests {
         let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
         let store = Store::open(&url).await.unwrap();
         let (_, j) = store
-            .create_spec("e", "{}", "t", "h", false)
+            .create_spec("e", &crate::store::tests::revision("{}", "t", "h", false))
             .await
             .unwrap()
             .unwrap();

@@ -177,7 +177,7 @@ fn parse_spec(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
     path_name: Option<&str>,
-) -> ApiResult<(String, SpecInput, crate::spec_input::Rendered)> {
+) -> ApiResult<(String, crate::spec_input::Rendered)> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let mut input: SpecInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid spec JSON: {e}")))?;
@@ -195,7 +195,7 @@ fn parse_spec(
     input.name = Some(name.clone());
     let image = state.registry.as_ref().map(|r| r.image_name(&name));
     let rendered = input.render(image.as_deref()).map_err(ApiError::invalid)?;
-    Ok((name, input, rendered))
+    Ok((name, rendered))
 }
 
 fn created_json(name: &str, revision: i64, job: JobBrief) -> Value {
@@ -208,19 +208,8 @@ async fn create_spec(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     state.tokens.authorize(&headers, Role::Admin)?;
-    let (name, input, rendered) = parse_spec(&state, body, None)?;
-    let input_json = serde_json::to_string(&input).expect("spec input serialises");
-    match state
-        .store
-        .create_spec(
-            &name,
-            &input_json,
-            &rendered.toml,
-            &rendered.content_hash,
-            rendered.no_reuse,
-        )
-        .await?
-    {
+    let (name, rendered) = parse_spec(&state, body, None)?;
+    match state.store.create_spec(&name, &rendered).await? {
         Some((rev, job)) => Ok((StatusCode::CREATED, Json(created_json(&name, rev, job)))),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -236,19 +225,8 @@ async fn update_spec(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     state.tokens.authorize(&headers, Role::Admin)?;
-    let (name, input, rendered) = parse_spec(&state, body, Some(&name))?;
-    let input_json = serde_json::to_string(&input).expect("spec input serialises");
-    match state
-        .store
-        .add_revision(
-            &name,
-            &input_json,
-            &rendered.toml,
-            &rendered.content_hash,
-            rendered.no_reuse,
-        )
-        .await?
-    {
+    let (name, rendered) = parse_spec(&state, body, Some(&name))?;
+    match state.store.add_revision(&name, &rendered).await? {
         Some((rev, job)) => Ok(Json(created_json(&name, rev, job))),
         None => Err(ApiError::not_found(format!("no spec named `{name}`"))),
     }

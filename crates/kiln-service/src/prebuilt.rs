@@ -52,8 +52,8 @@ pub fn parse_reference(reference: &str) -> Result<ImageRef, String> {
 }
 
 /// The content of a prebuilt spec (not a kiln.toml: nothing is built) and
-/// its hash.
-pub fn render(reference: &str) -> Result<Rendered, String> {
+/// its hash; `input` is the client's spec as JSON.
+pub fn render(input: String, reference: &str) -> Result<Rendered, String> {
     let r = parse_reference(reference)?;
     let mut prebuilt = toml::Table::new();
     prebuilt.insert("image".into(), r.whole.into());
@@ -62,6 +62,7 @@ pub fn render(reference: &str) -> Result<Rendered, String> {
     let toml = toml::to_string(&doc).expect("a TOML table serialises");
     let content_hash = hex::encode(Sha256::digest(toml.as_bytes()));
     Ok(Rendered {
+        input,
         toml,
         content_hash,
         no_reuse: true,
@@ -225,9 +226,9 @@ mod tests {
 
     #[test]
     fn rendering_is_stable_and_never_reused() {
-        let a = render("127.0.0.1:5000/a:1").unwrap();
-        let b = render("docker://127.0.0.1:5000/a:1").unwrap();
-        let c = render("127.0.0.1:5000/a:2").unwrap();
+        let a = render(String::new(), "127.0.0.1:5000/a:1").unwrap();
+        let b = render(String::new(), "docker://127.0.0.1:5000/a:1").unwrap();
+        let c = render(String::new(), "127.0.0.1:5000/a:2").unwrap();
         assert_eq!(a.content_hash, b.content_hash);
         assert_ne!(a.content_hash, c.content_hash);
         assert!(a.no_reuse);

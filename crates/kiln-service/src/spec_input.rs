@@ -256,8 +256,9 @@ impl SpecInput {
     /// name the registry would refuse is an error now, not at build time.
     pub fn render(&self, image_name: Option<&str>) -> Result<Rendered, String> {
         self.check_type()?;
+        let input = serde_json::to_string(self).expect("spec input serialises");
         if self.kind() == TYPE_IMAGE {
-            return crate::prebuilt::render(self.image.as_deref().unwrap_or(""));
+            return crate::prebuilt::render(input, self.image.as_deref().unwrap_or(""));
         }
         self.check_service_rules()?;
         let content = self.content_toml();
@@ -268,6 +269,7 @@ impl SpecInput {
         kiln_spec::Spec::parse(&check, Path::new("kiln.toml")).map_err(|e| e.to_string())?;
         let content_hash = hex::encode(Sha256::digest(content.as_bytes()));
         Ok(Rendered {
+            input,
             toml: content,
             content_hash,
             no_reuse: false,
@@ -275,9 +277,12 @@ impl SpecInput {
     }
 }
 
-/// A validated spec's content kiln.toml and its hash.
+/// A validated spec, as a revision stores it: the client's JSON, the
+/// content kiln.toml made from it and its hash.
 #[derive(Debug, Clone)]
 pub struct Rendered {
+    /// The client's spec as JSON (what an edit form starts from).
+    pub input: String,
     pub toml: String,
     pub content_hash: String,
     /// Every job resolves or builds afresh (a prebuilt image's tag may move).

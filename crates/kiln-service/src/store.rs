@@ -15,6 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::events::Events;
+use crate::spec_input::Rendered;
 use crate::ServiceError;
 
 /// Job states.
@@ -218,14 +219,7 @@ impl Store {
     /// Create a spec with revision 1 and its job. `None`: the name is taken.
     /// With `no_reuse`, the revision's jobs never take an earlier job's
     /// image (a prebuilt image is resolved each time: its tag may move).
-    pub async fn create_spec(
-        &self,
-        name: &str,
-        input: &str,
-        toml: &str,
-        content_hash: &str,
-        no_reuse: bool,
-    ) -> Result<Option<(i64, JobBrief)>> {
+    pub async fn create_spec(&self, name: &str, r: &Rendered) -> Result<Option<(i64, JobBrief)>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
@@ -239,21 +233,14 @@ impl Store {
         if inserted == 0 {
             return Ok(None);
         }
-        let rev = insert_revision(&mut tx, name, input, toml, content_hash, now).await?;
-        let job = insert_job(&mut tx, name, rev, content_hash, now, no_reuse).await?;
+        let rev = insert_revision(&mut tx, name, &r.input, &r.toml, &r.content_hash, now).await?;
+        let job = insert_job(&mut tx, name, rev, &r.content_hash, now, r.no_reuse).await?;
         tx.commit().await?;
         Ok(Some((rev, job)))
     }
 
     /// A new revision of an existing spec, and its job. `None`: no such spec.
-    pub async fn add_revision(
-        &self,
-        name: &str,
-        input: &str,
-        toml: &str,
-        content_hash: &str,
-        no_reuse: bool,
-    ) -> Result<Option<(i64, JobBrief)>> {
+    pub async fn add_revision(&self, name: &str, r: &Rendered) -> Result<Option<(i64, JobBrief)>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // A write first (see the module docs); it also checks the spec exists.
@@ -265,8 +252,8 @@ impl Store {
         if exists == 0 {
             return Ok(None);
         }
-        let rev = insert_revision(&mut tx, name, input, toml, content_hash, now).await?;
-        let job = insert_job(&mut tx, name, rev, content_hash, now, no_reuse).await?;
+        let rev = insert_revision(&mut tx, name, &r.input, &r.toml, &r.content_hash, now).await?;
+        let job = insert_job(&mut tx, name, rev, &r.content_hash, now, r.no_reuse).await?;
         tx.commit().await?;
         Ok(Some((rev, job)))
     }
@@ -843,8 +830,23 @@ async fn append_log_line(tx: &mut sqlx::AnyConnection, id: i64, line: &str) -> R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A revision as the API would store it.
+    pub(crate) fn revision(
+        input: &str,
+        toml: &str,
+        content_hash: &str,
+        no_reuse: bool,
+    ) -> Rendered {
+        Rendered {
+            input: input.into(),
+            toml: toml.into(),
+            content_hash: content_hash.into(),
+            no_reuse,
+        }
+    }
 
     async fn sqlite() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -926,7 +928,10 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..20 {
             let (_, j) = s
-                .create_spec(&format!("s{i}"), "{}", "t", &format!("h{i}"), false)
+                .create_spec(
+                    &format!("s{i}"),
+                    &revision("{}", "t", &format!("h{i}"), false),
+                )
                 .await
                 .unwrap()
                 .unwrap();
@@ -953,13 +958,13 @@ mod tests {
 
     async fn lifecycle(s: Store) {
         let (rev, job) = s
-            .create_spec("a", "{}", "t1", "h1", false)
+            .create_spec("a", &revision("{}", "t1", "h1", false))
             .await
             .unwrap()
             .unwrap();
         assert_eq!((rev, job.state.as_str()), (1, QUEUED));
         assert!(s
-            .create_spec("a", "{}", "t1", "h1", false)
+            .create_spec("a", &revision("{}", "t1", "h1", false))
             .await
             .unwrap()
             .is_none());
@@ -981,7 +986,7 @@ mod tests {
 
         // New content fails: current image stays.
         let (rev, j2) = s
-            .add_revision("a", "{}", "t2", "h2", false)
+            .add_revision("a", &revision("{}", "t2", "h2", false))
             .await
             .unwrap()
             .unwrap();
@@ -996,7 +1001,7 @@ mod tests {
 
         // Content equal to the succeeded revision: reused at once.
         let (rev, j3) = s
-            .add_revision("a", "{}", "t1", "h1", false)
+            .add_revision("a", &revision("{}", "t1", "h1", false))
             .await
             .unwrap()
             .unwrap();
@@ -1042,7 +1047,7 @@ mod tests {
         assert!(s.get_spec("a").await.unwrap().is_none());
         assert!(s.get_job(job.id).await.unwrap().is_none());
         assert!(s
-            .add_revision("a", "{}", "t", "h", false)
+            .add_revision("a", &revision("{}", "t", "h", false))
             .await
             .unwrap()
             .is_none());
@@ -1063,7 +1068,7 @@ mod tests {
 
     async fn rebuilds_and_log_after(s: Store) {
         let (_, j1) = s
-            .create_spec("r", "{\"name\":\"r\"}", "t", "h", false)
+            .create_spec("r", &revision("{\"name\":\"r\"}", "t", "h", false))
             .await
             .unwrap()
             .unwrap();
@@ -1104,7 +1109,7 @@ mod tests {
             .await
             .unwrap();
         let (_, j3) = s
-            .add_revision("r", "{}", "t", "h", true)
+            .add_revision("r", &revision("{}", "t", "h", true))
             .await
             .unwrap()
             .unwrap();
@@ -1116,7 +1121,7 @@ mod tests {
         assert_eq!(j4.state, QUEUED);
         // Reusable content, ordinary revision: reused at once.
         let (_, j5) = s
-            .add_revision("r", "{}", "t", "h", false)
+            .add_revision("r", &revision("{}", "t", "h", false))
             .await
             .unwrap()
             .unwrap();
@@ -1125,7 +1130,7 @@ mod tests {
 
     async fn expired_leases_are_requeued(s: Store) {
         let (_, job) = s
-            .create_spec("b", "{}", "t", "h", false)
+            .create_spec("b", &revision("{}", "t", "h", false))
             .await
             .unwrap()
             .unwrap();

@@ -450,12 +450,11 @@ fn validate(
     state: &AppState,
     f: &SpecForm,
     stored: SpecInput,
-) -> Result<(SpecInput, crate::spec_input::Rendered), String> {
+) -> Result<crate::spec_input::Rendered, String> {
     validate_name(&f.name)?;
     let input = f.apply(stored)?;
     let image = state.registry.as_ref().map(|r| r.image_name(&f.name));
-    let rendered = input.render(image.as_deref())?;
-    Ok((input, rendered))
+    input.render(image.as_deref())
 }
 
 async fn create(
@@ -472,17 +471,10 @@ async fn create(
             pages::spec_form(&w, &f, false, Some(msg)),
         )
     };
-    let (input, rendered) = validate(&state, &f, SpecInput::default()).map_err(|m| invalid(&m))?;
-    let input_json = serde_json::to_string(&input).expect("spec input serialises");
+    let rendered = validate(&state, &f, SpecInput::default()).map_err(|m| invalid(&m))?;
     match state
         .store
-        .create_spec(
-            &f.name,
-            &input_json,
-            &rendered.toml,
-            &rendered.content_hash,
-            rendered.no_reuse,
-        )
+        .create_spec(&f.name, &rendered)
         .await
         .map_err(|e| internal(&w, e))?
     {
@@ -576,22 +568,15 @@ async fn edit(
         return Err(no_spec(&w, &name));
     };
     let stored: SpecInput = serde_json::from_str(&stored).unwrap_or_default();
-    let (input, rendered) = validate(&state, &f, stored).map_err(|m| {
+    let rendered = validate(&state, &f, stored).map_err(|m| {
         html(
             StatusCode::UNPROCESSABLE_ENTITY,
             pages::spec_form(&w, &f, true, Some(&m)),
         )
     })?;
-    let input_json = serde_json::to_string(&input).expect("spec input serialises");
     match state
         .store
-        .add_revision(
-            &name,
-            &input_json,
-            &rendered.toml,
-            &rendered.content_hash,
-            rendered.no_reuse,
-        )
+        .add_revision(&name, &rendered)
         .await
         .map_err(|e| internal(&w, e))?
     {

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::http::{job_json, ApiError, AppState, Role};
-use crate::store::{Store, CANCELLED, FAILED, SUCCEEDED};
+use crate::store::{Store, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED};
 
 /// How often a follower reads the database without being woken.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -146,6 +146,21 @@ impl Follow {
         }
         let state = job_json(&job);
         if self.last_state.as_ref() != Some(&state) {
+            // A run shorter than a poll went from queued to finished between
+            // two reads: say that it ran (the job as it is, without what only
+            // the end set), so every follower sees each state the job passed.
+            let was_queued = self
+                .last_state
+                .as_ref()
+                .is_some_and(|l| l["state"] == QUEUED);
+            if was_queued && finished(&job.state) && job.started.is_some() {
+                let mut running = state.clone();
+                running["state"] = RUNNING.into();
+                for end_only in ["finished", "image", "digest", "error"] {
+                    running[end_only] = Value::Null;
+                }
+                self.queue.push_back(Out::State(running));
+            }
             self.queue.push_back(Out::State(state.clone()));
             self.last_state = Some(state);
         }

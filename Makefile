@@ -2,14 +2,14 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver
+TEST_DEBS := git docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver man-db
 # pyspdxtools (spdx-tools from the Python package index pip is configured
 # with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs, and
 # jsonschema, which tests/it/workspace.rs validates CI pipelines with.
 SPDX_VENV := target/spdx-venv
 BENCH_DEBS := pigz
 
-.PHONY: build release test test-deps spdx-validator lint bench example clean
+.PHONY: build release test test-deps spdx-validator lint bench example example-offline install clean
 
 build:
 	$(CARGO) build
@@ -57,10 +57,31 @@ bench: release
 	bash benches/lock_bench.sh
 	bash benches/service_bench.sh
 
-# The main job: build the embedded example image into an OCI layout (no registry, no daemon).
+KILN_BIN := ./target/x86_64-unknown-linux-gnu/release/kiln
+
+# The main job: a Debian python3 image with numpy and pandas (examples/python-data)
+# into the OCI layout ./kiln-out (no registry, no daemon; needs the network:
+# the host's apt mirror and the package index pip is configured with).
 example: release
-	./target/release/kiln build examples/scratch-files/kiln.toml --output oci:kiln-out
+	$(KILN_BIN) build examples/python-data/kiln.toml --output oci:kiln-out
+	@echo "image written to ./kiln-out; run it with podman:"
+	@echo "  podman run --rm oci:kiln-out:latest"
+	@echo "  podman run --rm oci:kiln-out:latest python3 -c 'import pandas; print(pandas.__version__)'"
+
+# The same without any network: a scratch image with two files (examples/scratch-files).
+example-offline: release
+	$(KILN_BIN) build examples/scratch-files/kiln.toml --output oci:kiln-out
 	@echo "image written to ./kiln-out (try: skopeo inspect oci:kiln-out:latest)"
+
+# The release binary, its man pages and the bash completion under $(PREFIX)
+# (DESTDIR for staging): bin/kiln, share/man/man1/kiln*.1,
+# share/bash-completion/completions/kiln.
+PREFIX ?= /usr/local
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 0755 $(KILN_BIN) $(DESTDIR)$(PREFIX)/bin/kiln
+	$(KILN_BIN) man --dir $(DESTDIR)$(PREFIX)/share/man/man1
+	$(KILN_BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kiln
 
 clean:
 	$(CARGO) clean

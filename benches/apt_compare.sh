@@ -7,7 +7,7 @@
 # The mirror is the host's own apt source (no archive address is written here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KILN=${KILN:-$PWD/target/release/kiln}
+KILN=${KILN:-$PWD/target/x86_64-unknown-linux-gnu/release/kiln}
 SUITE=${SUITE:-bookworm}
 command -v mmdebstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap; }
 MIRROR=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | head -1)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TREE=${KILN_BENCH_TREE:-$PWD/target/bench-tree}
-KILN=${KILN:-$PWD/target/release/kiln}
+KILN=${KILN:-$PWD/target/x86_64-unknown-linux-gnu/release/kiln}
 [ -f "$TREE/.complete" ] || { echo "run 'cargo bench --bench layer_pipeline' first to generate $TREE"; exit 1; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mb=$(( $(cat "$TREE/.complete") / 1000000 ))

@@ -9,7 +9,7 @@
 # the host's apt sources and pip configuration (as kiln finds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KILN=$PWD/target/release/kiln
+KILN=$PWD/target/x86_64-unknown-linux-gnu/release/kiln
 [ -x "$KILN" ] || cargo build --release
 work=$(mktemp -d); trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$work"' EXIT
 export KILN_CACHE=$work/cache NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost

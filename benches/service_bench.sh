@@ -20,7 +20,7 @@
 # the CLI instead. Nothing here asserts a time; the table says which goals were met.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export KILN=${KILN:-$PWD/target/release/kiln}
+export KILN=${KILN:-$PWD/target/x86_64-unknown-linux-gnu/release/kiln}
 [ -x "$KILN" ] || cargo build --release --bin kiln
 JOBS=${JOBS:-20}                     # specs per throughput run
 SERIAL=${SERIAL:-10}                 # jobs (and CLI builds) behind each median

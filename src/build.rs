@@ -14,8 +14,11 @@ use serde::Serialize;
 
 use crate::error::BuildError;
 use crate::memo::{self, PlatformMemo};
+use crate::run_steps;
 pub use crate::stages::PipReport;
 use crate::stages::Stages;
+use crate::stamp;
+use crate::summary::{self, Summary, Tally};
 use kiln_apt as apt;
 use kiln_conda as conda;
 use kiln_core::error::{Error, IoContext, Result};
@@ -45,8 +48,13 @@ pub struct BuildOptions {
     pub compression: Compression,
     pub insecure_registries: Vec<String>,
     pub cache_dir: PathBuf,
-    /// SOURCE_DATE_EPOCH: every mtime and `created`.
+    /// SOURCE_DATE_EPOCH (or 0): every mtime.
     pub epoch: u64,
+    /// SOURCE_DATE_EPOCH when set: the image's `created` (otherwise the
+    /// newest input date: kiln.lock's `resolved-at`, the base's `created`).
+    pub created: Option<u64>,
+    /// `--tag`: the names docker-archive outputs carry (instead of `[image] name`).
+    pub archive_names: Vec<String>,
     pub progress: Progress,
     /// An SPDX SBOM per platform: beside OCI layout outputs, and pushed as
     /// a referrer of each platform manifest.
@@ -65,6 +73,12 @@ pub struct BuildOptions {
     /// The spec's text when it is not read from `spec` (a translated
     /// Dockerfile): `spec` is then only where it stands, for relative paths.
     pub spec_text: Option<String>,
+    /// `--network`: what `[[run]]` steps that name none get (default host).
+    pub network: Option<kiln_spec::spec::Network>,
+    /// Names shown instead of image references (reference, name): a
+    /// Dockerfile stage's scratch layout is `stage:NAME` in the base
+    /// annotations, the SBOM and the layer history, never its temp path.
+    pub image_names: Vec<(String, String)>,
 }
 
 /// How a build uses kiln.lock.
@@ -104,6 +118,8 @@ pub struct BuildReport {
     pub pip: Vec<PipReport>,
     /// Per platform: the conda environment's changes.
     pub conda: Vec<conda::CondaReport>,
+    /// The numbers of the closing summary (sizes, counts, bytes, time).
+    pub summary: Summary,
 }
 
 #[derive(Debug, Serialize)]
@@ -138,6 +154,38 @@ fn phase(name: &'static str) {
 /// `SOURCE_DATE_EPOCH`, or 0 when unset.
 pub fn epoch_from_env() -> Result<u64> {
     parse_epoch(std::env::var("SOURCE_DATE_EPOCH").ok())
+}
+
+/// Seconds since the epoch now (kiln.lock's `resolved-at`).
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `SOURCE_DATE_EPOCH` when set (and not blank).
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => parse_epoch(Some(v)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// `kiln lock --upgrade PKG...` takes package names: a value that is a
+/// spec path (`kiln lock --upgrade t2/kiln.toml`) is refused, not resolved
+/// as a package that does not exist.
+pub fn check_upgrade_names(names: &[String]) -> Result<()> {
+    match names
+        .iter()
+        .find(|n| n.ends_with(".toml") || Path::new(n).is_file())
+    {
+        Some(n) => Err(Error::input(format!(
+            "--upgrade takes package names, and `{n}` looks like a spec file; \
+             give the spec first or with --spec: `kiln lock {n} --upgrade [PKG...]` \
+             or `kiln lock --spec {n} --upgrade [PKG...]`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn parse_epoch(value: Option<String>) -> Result<u64> {
@@ -245,6 +293,7 @@ impl Setup {
             keep,
             upgrade_only: None,
             run_scripts,
+            resolve_only: false,
         }
     }
 }
@@ -280,13 +329,19 @@ struct BuildPlan {
     file_groups: Vec<layer::LayerGroup>,
     /// The reference the spec names, for the base annotations (not the pin).
     base_name: Option<String>,
+    /// RepoTags of docker-archive outputs.
+    archive_names: Vec<String>,
+    /// The counters of the build's summary.
+    tally: Tally,
 }
 
 fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
-    let spec = match &opts.spec_text {
+    let mut spec = match &opts.spec_text {
         Some(text) => Spec::parse(text, &opts.spec)?,
         None => Spec::load(&opts.spec)?,
     };
+    spec.read_package_files(opts.source_scope)?;
+    run_steps::check_host(&spec, &spec.platforms())?;
     let tags: Vec<String> = spec.image.tags.iter().map(|t| t.0.clone()).collect();
     let push = match opts.push {
         false => None,
@@ -335,13 +390,34 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
     let file_groups = spec
         .files
         .iter()
-        .map(|f| {
-            let entries = layer::tree::collect_files(f, &spec_dir, opts.source_scope)?;
-            Ok((format!("kiln files {} -> {}", f.src, f.dst.0), entries))
+        .map(|f| match &f.from {
+            // Read from the image once the cache is open (below).
+            Some(from) => Ok((
+                format!(
+                    "kiln files from {} {} -> {}",
+                    shown_name(opts, from),
+                    f.src,
+                    f.dst.0
+                ),
+                Vec::new(),
+            )),
+            None => {
+                let entries = layer::tree::collect_files(f, &spec_dir, opts.source_scope)?;
+                Ok((format!("kiln files {} -> {}", f.src, f.dst.0), entries))
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let (pinned, lock_status) = pins_for(&spec, opts.lock_mode)?;
+    let archive_names = stamp::archive_names(
+        &opts.archive_names,
+        spec.image.name.as_ref().map(|n| n.0.as_str()),
+        &tags,
+        &outputs,
+    )?;
     let base_name = match base_source(&spec)? {
+        _ if shown_name(opts, &spec.image.base) != spec.image.base => {
+            Some(shown_name(opts, &spec.image.base).to_string())
+        }
         ImageSource::Registry(r) => Some(r.whole()),
         _ => None,
     };
@@ -353,6 +429,12 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         opts.offline,
         &opts.insecure_registries,
     )?;
+    let mut file_groups = file_groups;
+    for (f, group) in setup.spec.files.iter().zip(&mut file_groups) {
+        if f.from.is_some() {
+            group.1 = files_from_image(f, &setup, opts)?;
+        }
+    }
     Ok(BuildPlan {
         setup,
         tags,
@@ -362,7 +444,59 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         lock_status,
         file_groups,
         base_name,
+        archive_names,
+        tally: Tally::new(&opts.progress),
     })
+}
+
+/// How `reference` is shown in the image ([`BuildOptions::image_names`]).
+fn shown_name<'a>(opts: &'a BuildOptions, reference: &'a str) -> &'a str {
+    opts.image_names
+        .iter()
+        .find(|(r, _)| r == reference)
+        .map_or(reference, |(_, n)| n.as_str())
+}
+
+/// A `[[files]] from` entry's layer entries, read out of that image (for
+/// the spec's platform; the image's own when the spec names none), keeping
+/// only the contents under `src`.
+fn files_from_image(
+    f: &kiln_spec::spec::FileEntry,
+    setup: &Setup,
+    opts: &BuildOptions,
+) -> Result<Vec<layer::Entry>> {
+    let from = f.from.as_deref().expect("only entries with from");
+    let spec = &setup.spec;
+    let at = |e: Error| {
+        e.context(format!(
+            "{}: [[files]] from = {from:?}",
+            spec.path.display()
+        ))
+    };
+    let platforms = spec.platforms();
+    if platforms.len() > 1 {
+        return Err(BuildError::FilesFromPlatforms {
+            spec: spec.path.clone(),
+            from: from.to_string(),
+            platforms: platforms.len(),
+        }
+        .into());
+    }
+    let src = ImageSource::parse(from, &setup.spec_dir).map_err(at)?;
+    let registry = registry_for(&src, None, opts.offline, &opts.insecure_registries)?;
+    let mut blobs = Blobs::new(&setup.cache, registry.as_ref());
+    let image = base::load(
+        &src,
+        &platforms,
+        &mut blobs,
+        registry.as_ref(),
+        opts.compression,
+    )
+    .map_err(at)?;
+    let img = image.images.first().expect("a loaded image has a platform");
+    let keep = layer::tree::from_image_keep(f);
+    let fs = inventory::load(img, &blobs, &keep).map_err(at)?;
+    layer::tree::collect_from_rootfs(f, &fs)
 }
 
 /// What the stages made for one platform.
@@ -375,11 +509,16 @@ struct PlatformBuild {
     /// What its SBOM is read from (with `opts.sbom`).
     sbom: Option<SbomInput>,
     reused: bool,
+    /// What its stages added (for the summary).
+    pins: LockedPlatform,
 }
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let plan = plan_build(opts)?;
     let setup = &plan.setup;
+    if let Some(r) = &setup.registry {
+        r.count_transfers(plan.tally.transfers.clone());
+    }
     let mut blobs = setup.blobs();
     phase("resolving");
     let mut base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
@@ -389,14 +528,42 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if let Some(lock) = &plan.pinned {
         check_locked_base(&base, lock, &setup.spec)?;
     }
+    let base_platforms: Vec<_> = base.images.iter().map(|i| i.platform.clone()).collect();
+    run_steps::check_host(&setup.spec, &base_platforms)?;
     phase("fetching");
     let mut platforms = run_stages(&plan, &base, &blobs, opts)?;
     phase("building");
 
-    // `[[files]]` layers, the same on every platform, on top.
-    let file_layers = build_groups(&plan.file_groups, opts, &setup.cache)?;
+    // `[[files]]` layers, the same on every platform, on top; with
+    // `[[run]]`, in order with the commands (one platform: the host's).
+    let runs = !setup.spec.run.is_empty();
+    let file_layers = match runs {
+        false => build_groups(&plan.file_groups, opts, &setup.cache, &plan.tally)?,
+        true => Vec::new(),
+    };
     let keep = keep_for(opts, &setup.spec);
-    for p in &mut platforms {
+    for (p, img) in platforms.iter_mut().zip(&base.images) {
+        if runs {
+            let s = p
+                .sbom
+                .as_mut()
+                .expect("run_stages keeps the tree for [[run]]");
+            let groups = run_steps::groups(
+                &setup.spec,
+                &img.config,
+                &plan.file_groups,
+                &mut s.fs,
+                opts.network,
+                &setup.cache,
+                &opts.progress,
+            )?;
+            p.layers
+                .extend(build_groups(&groups, opts, &setup.cache, &plan.tally)?);
+            if !opts.sbom {
+                p.sbom = None;
+            }
+            continue;
+        }
         p.layers.extend(file_layers.iter().cloned());
         if let Some(s) = &mut p.sbom {
             for (_, entries) in &plan.file_groups {
@@ -405,13 +572,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         }
     }
     let per_platform: Vec<Vec<NewLayer>> = platforms.iter().map(|p| p.layers.clone()).collect();
+    let created = stamp::image_created(opts.created, plan.pinned.as_ref(), &base);
     let assembled = image::assemble(
         &AssemblyInputs {
             base: &base,
             layers: &per_platform,
             config: &setup.spec.config,
             annotations: &setup.spec.image.annotations,
-            epoch: opts.epoch,
+            epoch: created,
         },
         &setup.cache,
     )?;
@@ -422,7 +590,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         &assembled,
         &plan.tags,
         sbom_inputs,
-        opts.epoch,
+        created,
         &setup.cache,
     )?;
     let outputs = write_outputs(
@@ -440,6 +608,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .map(|l| l.iter().map(|n| n.blob.clone()).collect())
         .unwrap_or_default();
     let stages_reused = platforms.iter().filter(|p| p.reused).count();
+    let summary = build_summary(
+        &plan,
+        &base,
+        &assembled,
+        &per_platform,
+        &platforms,
+        &outputs.push,
+    );
     let mut report = BuildReport {
         lock: plan.lock_status.to_string(),
         stages_reused,
@@ -471,6 +647,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         apt: Vec::new(),
         pip: Vec::new(),
         conda: Vec::new(),
+        summary,
     };
     for p in platforms {
         report.apt.extend(p.apt);
@@ -480,10 +657,47 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     Ok(report)
 }
 
+/// The closing summary: every layer of each manifest with its origin,
+/// the packages each platform added, the bytes moved.
+fn build_summary(
+    plan: &BuildPlan,
+    base: &base::BaseImage,
+    assembled: &image::Assembled,
+    per_platform: &[Vec<NewLayer>],
+    platforms: &[PlatformBuild],
+    push: &Option<push::PushReport>,
+) -> Summary {
+    let inputs: Vec<summary::PlatformInput> = assembled
+        .images
+        .iter()
+        .zip(&base.images)
+        .zip(per_platform.iter().zip(platforms))
+        .map(|((img, b), (new, p))| summary::PlatformInput {
+            platform: img.platform.to_string(),
+            manifest: img.manifest.digest.to_string(),
+            layers: img.layers.iter().map(|l| (&l.digest, l.size)).collect(),
+            base_layers: b.layers.len(),
+            created_by: new.iter().map(|n| n.created_by.clone()).collect(),
+            pins: &p.pins,
+            reused: p.reused,
+            skipped_scripts: p.apt.as_ref().map_or(0, |a| a.skipped_scripts.len()),
+        })
+        .collect();
+    summary::summarize(
+        &plan.tally,
+        plan.setup.spec.image.name.as_ref().map(|n| n.0.clone()),
+        plan.tags.clone(),
+        assembled.top().digest.to_string(),
+        &inputs,
+        push.as_ref()
+            .map_or(0, |p| p.bytes_uploaded + p.referrer_bytes_uploaded),
+    )
+}
+
 /// Which base contents the build keeps in its filesystem view: running
 /// scripts needs the whole base on disk, so then every content is kept.
 fn keep_for(opts: &BuildOptions, spec: &Spec) -> impl Fn(&str) -> bool {
-    let all = opts.run_scripts && spec.apt.is_some();
+    let all = (opts.run_scripts && spec.apt.is_some()) || !spec.run.is_empty();
     move |p: &str| all || keep_path(p)
 }
 
@@ -498,7 +712,10 @@ fn run_stages(
     let setup = &plan.setup;
     let spec = &setup.spec;
     let has_stages = spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some();
-    if !has_stages && !opts.sbom {
+    // `[[run]]` needs the tree even with no stage and no SBOM.
+    let runs = !spec.run.is_empty();
+    let tree = opts.sbom || runs;
+    if !has_stages && !tree {
         return Ok(base
             .images
             .iter()
@@ -509,7 +726,8 @@ fn run_stages(
         Http::offline()?
     } else {
         Http::new()?
-    };
+    }
+    .with_transfers(plan.tally.transfers.clone());
     let run_scripts = opts.run_scripts && spec.apt.is_some();
     let keep = keep_for(opts, spec);
     let stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
@@ -520,17 +738,23 @@ fn run_stages(
             .as_ref()
             .map(|l| locked_platform(l, &img.platform))
             .transpose()?;
-        let memo_key = plan.pinned.as_ref().zip(locked).map(|(l, p)| {
-            memo::key(
-                l,
-                p,
-                img.manifest_digest.as_ref(),
-                opts.epoch,
-                opts.compression,
-                opts.sbom,
-                run_scripts,
-            )
-        });
+        // Not with `[[run]]`: the memo does not hold every file's content.
+        let memo_key = plan
+            .pinned
+            .as_ref()
+            .zip(locked)
+            .filter(|_| !runs)
+            .map(|(l, p)| {
+                memo::key(
+                    l,
+                    p,
+                    img.manifest_digest.as_ref(),
+                    opts.epoch,
+                    opts.compression,
+                    opts.sbom,
+                    run_scripts,
+                )
+            });
         let remembered = memo_key
             .as_ref()
             .filter(|_| opts.reuse)
@@ -538,7 +762,7 @@ fn run_stages(
         if let Some(m) = remembered {
             out.push(PlatformBuild {
                 layers: m.layers(),
-                sbom: opts.sbom.then(|| SbomInput {
+                sbom: tree.then(|| SbomInput {
                     fs: m.fs(),
                     base_purls: m.base_purls.clone(),
                     known: known_checksums(locked),
@@ -547,6 +771,7 @@ fn run_stages(
                 conda: m.conda,
                 pip: m.pip,
                 reused: true,
+                pins: locked.cloned().unwrap_or_default(),
             });
             continue;
         }
@@ -559,7 +784,7 @@ fn run_stages(
         let mut layers = Vec::new();
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
             phase("building");
-            layers.extend(build_groups(groups, opts, &setup.cache)?);
+            layers.extend(build_groups(groups, opts, &setup.cache, &plan.tally)?);
             Ok(())
         })?;
         if let Some(key) = &memo_key {
@@ -576,7 +801,7 @@ fn run_stages(
         }
         out.push(PlatformBuild {
             layers,
-            sbom: opts.sbom.then(|| SbomInput {
+            sbom: tree.then(|| SbomInput {
                 known: known_checksums(Some(&outcome.pins)),
                 fs,
                 base_purls,
@@ -585,6 +810,7 @@ fn run_stages(
             conda: outcome.conda,
             pip: outcome.pip,
             reused: false,
+            pins: outcome.pins,
         });
     }
     Ok(out)
@@ -611,7 +837,6 @@ fn write_outputs(
     blobs: &Blobs,
     opts: &BuildOptions,
 ) -> Result<Written> {
-    let spec = &plan.setup.spec;
     let tags = &plan.tags;
     // Blobs, manifests, SBOM referrers, then the tags: one push, which
     // either completes or says what the registry holds.
@@ -663,17 +888,14 @@ fn write_outputs(
                 }
             }
             OutputTarget::DockerArchive(path) => {
-                let repo_tags: Vec<String> = match &spec.image.name {
-                    Some(n) => tags.iter().map(|t| format!("{}:{t}", n.0)).collect(),
-                    None => vec![],
-                };
+                let repo_tags = &plan.archive_names;
                 let diff_ids: Vec<_> = base.images[0]
                     .diff_ids
                     .iter()
                     .cloned()
                     .chain(per_platform[0].iter().map(|n| n.blob.diff_id.clone()))
                     .collect();
-                archive::write(path, assembled, &repo_tags, &diff_ids, opts.epoch, blobs)?
+                archive::write(path, assembled, repo_tags, &diff_ids, opts.epoch, blobs)?
             }
         }
         spinner.finish_and_clear();
@@ -712,7 +934,10 @@ pub struct LockReport {
 /// `kiln lock`: resolve every stage for every platform (nothing is built)
 /// and write kiln.lock beside the spec.
 pub fn lock(opts: &LockOptions) -> Result<LockReport> {
-    let spec = Spec::load(&opts.spec)?;
+    let mut spec = Spec::load(&opts.spec)?;
+    // packages-files inside the spec's directory only (as `kiln build`
+    // without --allow-outside-context).
+    spec.read_package_files(SourceScope::Context)?;
     let path = lock::path_for(&spec.path);
     let existing = Lock::read(&path)?;
     let inputs = lock::inputs(&spec)?;
@@ -733,7 +958,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
     let setup = Setup::for_reading(spec, None, opts)?;
     let mut blobs = setup.blobs();
     let base = setup.read_base(&mut blobs, &opts.progress)?;
-    let http = Http::new()?;
+    let http = Http::new()?.with_transfers(opts.progress.transfers("downloading"));
     let keep = keep_path;
     let mut stages = setup.stages(&http, &base, 0, &opts.progress, &keep, false);
     stages.upgrade_only = match (&existing, &opts.upgrade) {
@@ -754,12 +979,17 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             ..outcome.pins
         });
     }
-    let new = Lock::new(inputs, platforms);
+    let mut new = Lock::new(inputs, platforms);
+    // The same pins keep their date (and leave the file alone); new pins are dated now.
+    new.resolved_at = existing.as_ref().and_then(|l| l.resolved_at.clone());
     let status = match &existing {
-        Some(l) if *l == new => "unchanged",
+        Some(l) if *l == new && l.resolved_at.is_some() => "unchanged",
         Some(_) => "updated",
         None => "written",
     };
+    if status != "unchanged" {
+        new.resolved_at = Some(kiln_core::time::rfc3339(now_epoch()));
+    }
     if status != "unchanged" {
         new.write(&path)?;
     }
@@ -791,7 +1021,7 @@ pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
             base_blobs += 1;
         }
     }
-    let http = Http::new()?;
+    let http = Http::new()?.with_transfers(opts.progress.transfers("downloading"));
     let artifacts = lock.artifact_digests();
     let bar = opts.progress.bar(artifacts.len() as u64, "fetching");
     let cache = &setup.cache;
@@ -837,6 +1067,8 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         insecure_registries: opts.insecure_registries.clone(),
         cache_dir: opts.cache_dir.clone(),
         epoch: opts.epoch,
+        created: opts.created,
+        archive_names: opts.archive_names.clone(),
         progress: Progress::hidden(),
         sbom: opts.sbom,
         lock_mode: opts.lock_mode,
@@ -845,6 +1077,8 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         run_scripts: opts.run_scripts,
         source_scope: opts.source_scope,
         spec_text: opts.spec_text.clone(),
+        network: opts.network,
+        image_names: opts.image_names.clone(),
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -863,6 +1097,158 @@ pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<Re
         first: first.digest.clone(),
         second: second.digest,
         differing_layers,
+    })
+}
+
+/// `kiln build --dry-run`: the checks and the resolution of a build (from
+/// kiln.lock when it matches, as a build would), and what would be built
+/// and written; no layer, output, lock or push. Without a matching lock the
+/// stages resolve as `kiln lock` does (index pages and the packages later
+/// stages read go to the cache).
+pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
+    let plan = plan_build(opts)?;
+    let setup = &plan.setup;
+    if let Some(r) = &setup.registry {
+        r.count_transfers(plan.tally.transfers.clone());
+    }
+    let mut blobs = setup.blobs();
+    let base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
+    if let Some(lock) = &plan.pinned {
+        check_locked_base(&base, lock, &setup.spec)?;
+    }
+    let spec = &setup.spec;
+    let mut stage_names = Vec::new();
+    for (on, name) in [
+        (spec.apt.is_some(), "apt"),
+        (spec.conda.is_some(), "conda"),
+        (spec.pip.is_some(), "pip"),
+    ] {
+        if on {
+            stage_names.push(name.to_string());
+        }
+    }
+    let cached = |d: &kiln_core::digest::Digest| match setup.cache.verified(d) {
+        Ok(Some(_)) => "cached",
+        _ => "download",
+    };
+    let action = |reused: bool| if reused { "reuse" } else { "build" };
+    let http = if opts.offline {
+        Http::offline()?
+    } else {
+        Http::new()?
+    }
+    .with_transfers(plan.tally.transfers.clone());
+    let keep = keep_path;
+    let mut platforms = Vec::new();
+    for img in &base.images {
+        let platform = img.platform.to_string();
+        let locked = plan
+            .pinned
+            .as_ref()
+            .map(|l| locked_platform(l, &img.platform))
+            .transpose()?;
+        let mut layers = Vec::new();
+        let mut stages_reused = false;
+        let pins = match locked {
+            Some(pins) => {
+                let key = memo::key(
+                    plan.pinned.as_ref().expect("locked"),
+                    pins,
+                    img.manifest_digest.as_ref(),
+                    opts.epoch,
+                    opts.compression,
+                    opts.sbom,
+                    opts.run_scripts && spec.apt.is_some(),
+                );
+                // A build with `[[run]]` steps takes nothing from the memo.
+                let memo = Some(key).filter(|_| spec.run.is_empty());
+                match memo.and_then(|k| PlatformMemo::read(&setup.cache, &k)) {
+                    Some(m) => {
+                        stages_reused = true;
+                        layers.extend(m.layers().into_iter().map(|l| summary::PlannedLayer {
+                            created_by: l.created_by,
+                            action: "reuse",
+                        }));
+                    }
+                    // Which layers the stages make is known once they unpack.
+                    None => layers.extend(stage_names.iter().map(|n| summary::PlannedLayer {
+                        created_by: format!("kiln {n} (stage)"),
+                        action: "build",
+                    })),
+                }
+                pins.clone()
+            }
+            None if stage_names.is_empty() => LockedPlatform::default(),
+            None => {
+                let mut fs = base_rootfs(&base, img, &blobs, &keep)?;
+                let mut stages =
+                    setup.stages(&http, &base, opts.epoch, &opts.progress, &keep, false);
+                stages.resolve_only = true;
+                let outcome = stages.run(&img.platform, &mut fs, None, &mut |groups| {
+                    for (label, entries) in groups {
+                        let hit = layer::cached_layer(
+                            entries,
+                            opts.epoch,
+                            opts.compression,
+                            &setup.cache,
+                        )?;
+                        layers.push(summary::PlannedLayer {
+                            created_by: label.clone(),
+                            action: action(hit.is_some()),
+                        });
+                    }
+                    Ok(())
+                })?;
+                // The last stage only resolved: its layer is not made.
+                let last = [
+                    ("pip", outcome.pins.pip.is_empty()),
+                    ("conda", outcome.pins.conda.is_empty()),
+                    ("apt", outcome.pins.apt.is_empty()),
+                ]
+                .into_iter()
+                .find(|(_, empty)| !empty);
+                if let Some((name, _)) = last {
+                    layers.push(summary::PlannedLayer {
+                        created_by: format!("kiln {name} packages"),
+                        action: "build",
+                    });
+                }
+                outcome.pins
+            }
+        };
+        platforms.push(summary::PlannedPlatform {
+            packages: summary::package_lines(&platform, &pins, cached),
+            platform,
+            stages: stage_names.clone(),
+            stages_reused,
+            layers,
+        });
+    }
+    let files = plan
+        .file_groups
+        .iter()
+        .map(|(label, entries)| {
+            let hit = layer::cached_layer(entries, opts.epoch, opts.compression, &setup.cache)?;
+            Ok(summary::PlannedLayer {
+                created_by: label.clone(),
+                action: action(hit.is_some()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut packages = std::collections::BTreeMap::new();
+    for l in platforms.iter().flat_map(|p| &p.packages) {
+        *packages.entry(l.ecosystem.to_string()).or_insert(0) += 1;
+    }
+    Ok(summary::DryRun {
+        spec: spec.path.display().to_string(),
+        base: setup.base_src.to_string(),
+        lock: plan.lock_status.to_string(),
+        platforms,
+        packages,
+        files,
+        outputs: plan.outputs.iter().map(|o| o.to_string()).collect(),
+        push: plan.push.as_ref().map(|(_, r)| r.whole()),
+        bytes_downloaded: plan.tally.transfers.bytes(),
     })
 }
 
@@ -984,16 +1370,23 @@ fn build_groups(
     groups: &[layer::LayerGroup],
     opts: &BuildOptions,
     cache: &Cache,
+    tally: &Tally,
 ) -> Result<Vec<NewLayer>> {
     let bar = opts.progress.bar(groups.len() as u64, "building layers");
+    let bytes = std::sync::atomic::AtomicU64::new(0);
     let out = groups
         .par_iter()
         .map(|(label, entries)| {
-            let blob = if opts.reuse {
-                layer::build_layer(entries, opts.epoch, opts.compression, cache)?
+            let (blob, reused) = if opts.reuse {
+                layer::build_layer_reporting(entries, opts.epoch, opts.compression, cache)?
             } else {
-                layer::build_layer_fresh(entries, opts.epoch, opts.compression, cache)?
+                let b = layer::build_layer_fresh(entries, opts.epoch, opts.compression, cache)?;
+                (b, false)
             };
+            tally.layer(&blob.digest, reused);
+            let total =
+                bytes.fetch_add(blob.size, std::sync::atomic::Ordering::Relaxed) + blob.size;
+            bar.set_message(format!("layers {}", summary::human_bytes(total)));
             bar.inc(1);
             Ok(NewLayer {
                 blob,
@@ -1023,6 +1416,34 @@ struct Sbom {
     bytes: Vec<u8>,
     digest: kiln_core::digest::Digest,
     packages: usize,
+}
+
+/// `known` plus the packages the spec names (the SBOM's image DEPENDS_ON
+/// them; `kiln why` starts its chains there).
+fn with_requested(mut known: sbom::Known, spec: &Spec) -> sbom::Known {
+    // The name before any version, architecture or extras.
+    let name = |s: &str| -> String {
+        let s = s.trim();
+        let s = s.rsplit_once("::").map_or(s, |(_, n)| n);
+        s.split(|c: char| !(c.is_ascii_alphanumeric() || "-_.+".contains(c)))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let sections: [(&str, &[String]); 3] = [
+        ("deb", spec.apt.as_ref().map_or(&[], |a| &a.packages)),
+        ("pypi", spec.pip.as_ref().map_or(&[], |p| &p.packages)),
+        ("conda", spec.conda.as_ref().map_or(&[], |c| &c.packages)),
+    ];
+    for (eco, packages) in sections {
+        for p in packages {
+            let n = name(p);
+            if !n.is_empty() {
+                known.add_requested(eco, &n);
+            }
+        }
+    }
+    known
 }
 
 /// The SPDX documents of every platform (none when `inputs` is empty).
@@ -1060,7 +1481,7 @@ fn make_sboms(
             },
             base_desc.as_ref(),
             &packages,
-            &input.known,
+            &with_requested(input.known, spec),
             epoch,
         )?;
         let digest = cache.put(&bytes)?;
@@ -1092,6 +1513,8 @@ mod tests {
             insecure_registries: Vec::new(),
             cache_dir: dir.path().join("cache"),
             epoch: 0,
+            created: None,
+            archive_names: Vec::new(),
             progress: Progress::hidden(),
             sbom: false,
             lock_mode: LockMode::Auto,
@@ -1100,6 +1523,8 @@ mod tests {
             run_scripts: false,
             source_scope: SourceScope::Context,
             spec_text: None,
+            network: None,
+            image_names: Vec::new(),
         };
         (dir, opts)
     }

@@ -697,6 +697,9 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 CacheBucket::Layers | CacheBucket::Stages => {
                     !md.is_file() || memo_naming_unkept(bucket, &name)
                 }
+                // Trees are small and named by commit, not by a blob: kept;
+                // a killed fetch's temporary goes.
+                CacheBucket::GitTrees => name.starts_with(".tmp-") && stale(&md),
             };
             if doomed {
                 remove(root, &format!("{dir}/{name}"), &md, dry_run, &mut report)?;

@@ -34,6 +34,17 @@ pub enum BuildError {
         spec: PathBuf,
         platforms: usize,
     },
+    /// A `[[files]] from` entry in a spec that builds several platforms
+    /// (the image is read for one).
+    #[error(
+        "{}: [[files]] from = {from:?} copies out of one platform of that image, but the spec builds {platforms}; build one platform per spec",
+        spec.display()
+    )]
+    FilesFromPlatforms {
+        spec: PathBuf,
+        from: String,
+        platforms: usize,
+    },
     /// kiln.lock has nothing for a platform the base has.
     #[error("kiln.lock has no pins for platform {platform}; run `kiln lock`")]
     NoPins { platform: String },
@@ -59,6 +70,26 @@ pub enum BuildError {
         first: String,
         second: String,
         differing_layers: Vec<String>,
+    },
+    /// A `[[run]]` command (a Dockerfile's RUN) exited non-zero.
+    #[error(
+        "{step}: `{command}` failed ({status}); nothing was written. Its last output:\n{output}"
+    )]
+    RunFailed {
+        step: String,
+        command: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    /// `[[run]]` for an image of another architecture: no emulation.
+    #[error(
+        "{step}: the image is {platform} but this machine is {host}; commands run only for the \
+         host's platform (kiln does not emulate); build {host} or drop the command"
+    )]
+    RunForeignPlatform {
+        step: String,
+        platform: String,
+        host: String,
     },
     /// `kiln inspect scratch`.
     #[error("`scratch` is not an image to inspect")]

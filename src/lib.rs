@@ -10,9 +10,17 @@
 
 pub mod build;
 pub mod cache_transfer;
+pub mod diff;
+pub mod dockerfile_build;
 mod error;
+pub mod init;
 mod memo;
+pub mod packages;
+mod run_steps;
 mod stages;
+mod stamp;
+pub mod summary;
+pub mod why;
 
 pub use error::{BuildError, Refusal};
 pub use kiln_core::{Error, ErrorKind, Result};

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+mod completions;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 use kiln::build::{self, BuildOptions, LockMode, LockOptions};
 use kiln::{BuildError, Error};
@@ -42,26 +44,68 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a commented kiln.toml from flags, or from requirements.txt,
+    /// environment.yml and package-list files (apt.txt) in DIR.
+    Init {
+        /// Where kiln.toml is written [default: .].
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Base image [default: scratch].
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        /// Repository to push to (`registry/repo`).
+        #[arg(long, value_name = "REPO")]
+        name: Option<String>,
+        /// A Debian package. Repeatable.
+        #[arg(long = "apt", value_name = "PKG")]
+        apt: Vec<String>,
+        /// A Python requirement. Repeatable.
+        #[arg(long = "pip", value_name = "REQ")]
+        pip: Vec<String>,
+        /// A conda MatchSpec. Repeatable.
+        #[arg(long = "conda", value_name = "SPEC")]
+        conda: Vec<String>,
+        /// A file to use (instead of looking in DIR): requirements*.txt,
+        /// environment.yml, or a one-package-per-line list (apt unless named
+        /// for pip/conda); KIND=FILE picks the kind (apt, pip, conda,
+        /// requirements, environment). Repeatable.
+        #[arg(long = "from", value_name = "[KIND=]FILE")]
+        from: Vec<String>,
+        /// Replace an existing kiln.toml.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Build the image described by a spec (default ./kiln.toml).
     Build {
         /// The spec file [default: kiln.toml]; with --dockerfile, the build
-        /// context [default: the Dockerfile's directory].
+        /// context [default: the Dockerfile's directory]; a Git URL
+        /// (`URL#REF:DIR`, a forge tree/blob URL) is a Dockerfile context.
         #[arg(value_name = "SPEC|CONTEXT")]
         spec: Option<PathBuf>,
         /// Build from a Dockerfile instead of a spec (translated to kiln's
-        /// own stages; see --explain).
-        #[arg(long, value_name = "PATH")]
+        /// own stages; see --explain); a path or a Git URL.
+        #[arg(long, value_name = "PATH|URL")]
         dockerfile: Option<PathBuf>,
         /// A Dockerfile ARG value, NAME=VALUE (NAME alone: from the environment). Repeatable.
-        #[arg(long = "build-arg", value_name = "NAME=VALUE", requires = "dockerfile")]
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
         build_args: Vec<String>,
         /// With --dockerfile: show what kiln does with each instruction and
         /// the generated kiln.toml, and build nothing.
-        #[arg(long, requires = "dockerfile")]
+        #[arg(long)]
         explain: bool,
+        /// With a multi-stage Dockerfile: the stage to build [default: the
+        /// last]; only the stages it needs are built.
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         /// Output: oci:DIR or docker-archive:FILE (repeatable; default oci:kiln-out unless --push).
         #[arg(long, short, value_name = "TARGET")]
         output: Vec<String>,
+        /// A name for docker-archive outputs (their RepoTags), instead of
+        /// `[image] name` with every tag; NAME alone takes every `[image] tags`. Repeatable.
+        #[arg(long = "tag", short = 't', value_name = "NAME[:TAG]")]
+        tag: Vec<String>,
         /// Push to [image] name with every tag.
         #[arg(long)]
         push: bool,
@@ -93,26 +137,31 @@ enum Command {
         /// build context), e.g. absolute paths or symlinks that leave it.
         #[arg(long)]
         allow_outside_context: bool,
+        /// Resolve (from kiln.lock when it matches) and print the plan:
+        /// stages, packages, layers built or reused, outputs; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A line per package added (name, version, ecosystem; downloaded or cached).
+        #[arg(long, short)]
+        verbose: bool,
+        /// The network of `[[run]]` steps (a Dockerfile's RUN lines) that
+        /// name none: host (default, like docker) or none.
+        #[arg(long, value_name = "host|none")]
+        network: Option<kiln_spec::spec::Network>,
         #[command(flatten)]
         common: Common,
     },
-    /// Internal: set up the namespace `--run-scripts` runs a script in.
-    #[command(name = "__run-script", hide = true)]
-    RunScript {
-        /// The second half, already inside the namespaces.
-        #[arg(long)]
-        inside: bool,
-        root: PathBuf,
-        program: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
     /// Resolve every package stage and write kiln.lock beside the spec.
     Lock {
-        #[arg(default_value = "kiln.toml")]
-        spec: PathBuf,
+        /// The spec file [default: kiln.toml].
+        #[arg(value_name = "SPEC", conflicts_with = "spec_opt")]
+        spec: Option<PathBuf>,
+        /// The spec file, unambiguous after `--upgrade` (same as the positional SPEC).
+        #[arg(long = "spec", value_name = "SPEC")]
+        spec_opt: Option<PathBuf>,
         /// Re-resolve even when the lock still matches the spec: everything,
         /// or only the packages named (the others keep their locked versions).
+        /// Takes package names only: give the spec first or with --spec.
         #[arg(long, value_name = "PKG", num_args = 0..)]
         upgrade: Option<Vec<String>>,
         #[command(flatten)]
@@ -194,6 +243,87 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Compare two images: packages per ecosystem, layers, bytes a push of B sends where A is.
+    Diff {
+        /// The image compared against (oci:DIR[:TAG], docker-archive:FILE or a registry reference).
+        a: String,
+        /// The image compared.
+        b: String,
+        /// Platform to compare for multi-platform images (default: the host's).
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Why a package is in an image: its shortest dependency chains from what was requested.
+    Why {
+        /// oci:DIR[:TAG], docker-archive:FILE or a registry reference.
+        image: String,
+        /// The package's name (`libblas3`, `numpy`), or ECOSYSTEM:NAME (deb, pypi, conda).
+        package: String,
+        /// Platform for a multi-platform image (default: the host's).
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a shell completion script: `source <(kiln completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, or write kiln.1 and a page per
+    /// command into --dir: `kiln man | man -l -`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The internal command `--run-scripts` re-executes kiln with to set up a
+/// script's namespace. Parsed apart from [`Cli`] so that clap never offers
+/// it as a suggestion (`kiln run` must not suggest it).
+#[derive(Parser)]
+#[command(name = "__run-script")]
+struct RunScript {
+    /// The second half, already inside the namespaces.
+    #[arg(long)]
+    inside: bool,
+    /// host | none.
+    #[arg(long, default_value = "none")]
+    network: kiln_fs::sandbox::Network,
+    /// USER: name or id, optionally :group (default root).
+    #[arg(long)]
+    user: Option<String>,
+    /// The directory to start in.
+    #[arg(long)]
+    workdir: Option<String>,
+    root: PathBuf,
+    program: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// `kiln __run-script ...` (see [`RunScript`]).
+fn run_script(args: RunScript) -> ExitCode {
+    let how = kiln_fs::sandbox::Inside {
+        network: args.network,
+        user: args.user,
+        workdir: args.workdir,
+    };
+    let result = if args.inside {
+        kiln_fs::sandbox::enter_and_exec(&args.root, &how, &args.program, &args.args)
+    } else {
+        kiln_fs::sandbox::namespace_stage(&args.root, &how, &args.program, &args.args)
+            .map(|code| std::process::exit(code))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -245,16 +375,28 @@ enum CacheAction {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__run-script")
+    {
+        return run_script(RunScript::parse_from(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     let json = match &cli.command {
         Command::Build { common, .. }
+        | Command::Init { common, .. }
         | Command::Inspect { common, .. }
+        | Command::Diff { common, .. }
+        | Command::Why { common, .. }
         | Command::Lock { common, .. }
         | Command::Fetch { common, .. }
         | Command::Cache { common, .. }
         | Command::Plan { common, .. }
         | Command::Ci { common, .. } => common.json,
-        Command::RunScript { .. } | Command::Serve { .. } | Command::Worker { .. } => false,
+        Command::Serve { .. }
+        | Command::Worker { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,27 +443,47 @@ fn cache_dir(common: &Common) -> PathBuf {
 
 fn run(cli: Cli) -> kiln::Result<()> {
     match cli.command {
-        Command::RunScript {
-            inside: true,
-            root,
-            program,
-            args,
-        } => kiln_apt::scripts::enter_and_exec(&root, &program, &args),
-        Command::RunScript {
-            root,
-            program,
-            args,
-            ..
+        Command::Completions { shell } => completions::print(shell, Cli::command()),
+        Command::Man { dir } => completions::man(Cli::command(), dir.as_deref()),
+        Command::Init {
+            dir,
+            base,
+            name,
+            apt,
+            pip,
+            conda,
+            from,
+            force,
+            common,
         } => {
-            let code = kiln_apt::scripts::namespace_stage(&root, &program, &args)?;
-            std::process::exit(code)
+            let report = kiln::init::init(&kiln::init::InitOptions {
+                dir,
+                name,
+                base,
+                apt,
+                pip,
+                conda,
+                from,
+                force,
+            })?;
+            if common.json {
+                print_json(&report);
+            } else if !common.quiet {
+                for f in &report.from {
+                    eprintln!("using {f}");
+                }
+                eprintln!("wrote {} ({})", report.path, report.sections.join(", "));
+            }
+            Ok(())
         }
         Command::Build {
             spec,
             dockerfile,
             build_args,
             explain,
+            target,
             output,
+            tag,
             push,
             compression,
             no_sbom,
@@ -331,21 +493,81 @@ fn run(cli: Cli) -> kiln::Result<()> {
             check_reproducible,
             run_scripts,
             allow_outside_context,
+            dry_run,
+            verbose,
+            network,
             common,
         } => {
-            let (spec, spec_text, explained) = match dockerfile {
+            // Git URLs (the context, the Dockerfile): fetched into the cache
+            // and replaced by their trees there.
+            let git = kiln_dockerfile::git_inputs(
+                dockerfile.as_deref(),
+                spec.as_deref(),
+                &cache_dir(&common),
+                offline,
+            )?;
+            let (dockerfile, spec, fetched) = match git {
+                Some(g) => (Some(g.dockerfile), g.context, g.fetched),
+                None => (dockerfile, spec, Vec::new()),
+            };
+            if !common.json && !common.quiet {
+                for f in &fetched {
+                    eprintln!("git: {} at {}", f.url, f.commit);
+                }
+            }
+            // `[image] dockerfile` in a spec: that Dockerfile, the spec's
+            // directory as its context, under the spec's name and tags.
+            let (dockerfile, spec, build_args, outer) = match dockerfile {
+                Some(df) => (Some(df), spec, build_args, None),
+                None => match spec_dockerfile(spec.as_deref())? {
+                    Some(s) => {
+                        let mut args: Vec<String> = s
+                            .build_args
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        args.extend(build_args);
+                        (Some(s.dockerfile), Some(s.context), args, Some(s.image))
+                    }
+                    None => (None, spec, build_args, None),
+                },
+            };
+            // Checked here, not by clap: a Git context brings its Dockerfile.
+            if dockerfile.is_none() && (explain || !build_args.is_empty() || target.is_some()) {
+                return Err(Error::input(
+                    "--explain, --build-arg and --target need a Dockerfile build: --dockerfile PATH|URL \
+                     or a Git context URL",
+                ));
+            }
+            let (spec, spec_text, mut explained, stages) = match dockerfile {
                 None => (
                     spec.unwrap_or_else(|| PathBuf::from("kiln.toml")),
                     None,
                     None,
+                    None,
                 ),
                 Some(df) => {
-                    match dockerfile_spec(&df, spec, &build_args, explain, offline, &common)? {
-                        Some((path, toml, explained)) => (path, Some(toml), Some(explained)),
+                    let args = DockerfileArgs {
+                        build_args: &build_args,
+                        explain,
+                        target,
+                        offline,
+                    };
+                    match dockerfile_spec(&df, spec, args, &common)? {
+                        Some((path, toml, explained, stages)) => {
+                            (path, Some(toml), Some(explained), Some(stages))
+                        }
                         None => return Ok(()),
                     }
                 }
             };
+            let spec_text = match (spec_text, outer) {
+                (Some(text), Some(image)) => Some(overlay_image(&text, image)?),
+                (text, _) => text,
+            };
+            if let Some(x) = explained.as_mut().filter(|_| !fetched.is_empty()) {
+                x["git"] = serde_json::to_value(&fetched).expect("report serialises");
+            }
             let opts = BuildOptions {
                 spec,
                 spec_text,
@@ -358,6 +580,8 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 insecure_registries: common.insecure_registries.clone(),
                 cache_dir: cache_dir(&common),
                 epoch: build::epoch_from_env()?,
+                created: build::source_date_epoch()?,
+                archive_names: tag,
                 sbom: !no_sbom,
                 progress: progress(&common),
                 lock_mode: if locked || frozen {
@@ -373,7 +597,36 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 } else {
                     SourceScope::Context
                 },
+                network,
+                image_names: stages.as_ref().map(|s| s.image_names()).unwrap_or_default(),
             };
+            if dry_run && stages.as_ref().is_some_and(|s| s.has_stages()) {
+                return Err(Error::input(
+                    "--dry-run of a Dockerfile target that needs other stages is not supported yet \
+                     (--explain shows the translation)",
+                ));
+            }
+            // A multi-stage Dockerfile: the stages the target needs, first.
+            if let Some(s) = &stages {
+                let built = s.build_stages(&opts)?;
+                if let Some(x) = explained.as_mut().filter(|_| !built.is_empty()) {
+                    x["stages"] = serde_json::to_value(&built).expect("report serialises");
+                }
+                if !common.json && !common.quiet {
+                    for b in &built {
+                        eprintln!("stage {}: {}", b.stage, b.digest);
+                    }
+                }
+            }
+            if dry_run {
+                let plan = build::dry_run(&opts)?;
+                if common.json {
+                    print_json(&plan);
+                } else {
+                    print!("{}", plan.render());
+                }
+                return Ok(());
+            }
             let report = build::build(&opts)?;
             let repro = if check_reproducible {
                 let r = build::check_reproducible(&opts, &report)?;
@@ -414,6 +667,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                         eprintln!("attached {} SBOM referrer(s)", p.referrers);
                     }
                 }
+                eprint!("{}", report.summary.render(verbose));
                 println!("{}", report.digest);
             } else {
                 println!("{}", report.digest);
@@ -422,9 +676,14 @@ fn run(cli: Cli) -> kiln::Result<()> {
         }
         Command::Lock {
             spec,
+            spec_opt,
             upgrade,
             common,
         } => {
+            let spec = spec
+                .or(spec_opt)
+                .unwrap_or_else(|| PathBuf::from("kiln.toml"));
+            build::check_upgrade_names(upgrade.as_deref().unwrap_or_default())?;
             let report = build::lock(&LockOptions {
                 spec,
                 insecure_registries: common.insecure_registries.clone(),
@@ -553,47 +812,149 @@ fn run(cli: Cli) -> kiln::Result<()> {
             }
             let platform = platform.map(|p| p.parse()).transpose()?;
             let cache = Cache::open(cache_dir(&common))?;
-            let report =
-                kiln_oci::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
+            let report = kiln_oci::inspect::inspect_detailed(
+                &src,
+                platform,
+                &common.insecure_registries,
+                &cache,
+                kiln_sbom::MEDIA_TYPE,
+                &kiln_sbom::file_name,
+            )?;
             if common.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
-                println!("reference: {}", report.reference);
-                if let Some(d) = &report.digest {
-                    println!("digest:    {d}");
-                }
-                println!("platform:  {}", report.platform);
-                if let Some(c) = &report.created {
-                    println!("created:   {c}");
-                }
-                println!("layers:    {}", report.layers.len());
-                for l in &report.layers {
-                    println!("  {} {:>12} {}", l.digest, l.size, l.media_type);
-                }
-                println!(
-                    "config:    {}",
-                    serde_json::to_string_pretty(&report.config).expect("json")
-                );
+                print!("{}", kiln_oci::inspect::render(&report));
+            }
+            Ok(())
+        }
+        Command::Diff {
+            a,
+            b,
+            platform,
+            common,
+        } => {
+            let platform: Option<kiln_core::platform::Platform> =
+                platform.map(|p| p.parse()).transpose()?;
+            let cache = Cache::open(cache_dir(&common))?;
+            let insecure = &common.insecure_registries;
+            let a = kiln::packages::load(&a, platform.clone(), insecure, &cache)?;
+            let b = kiln::packages::load(&b, platform, insecure, &cache)?;
+            let report = kiln::diff::diff(&a, &b);
+            if common.json {
+                print_json(&report);
+            } else {
+                print!("{}", kiln::diff::render(&report));
+            }
+            Ok(())
+        }
+        Command::Why {
+            image,
+            package,
+            platform,
+            common,
+        } => {
+            let platform = platform.map(|p| p.parse()).transpose()?;
+            let cache = Cache::open(cache_dir(&common))?;
+            let c = kiln::packages::load(&image, platform, &common.insecure_registries, &cache)?;
+            let report = kiln::why::why(&c, &package)?;
+            if common.json {
+                print_json(&report);
+            } else {
+                print!("{}", kiln::why::render(&report));
             }
             Ok(())
         }
     }
 }
 
+/// A spec whose `[image] dockerfile` names its Dockerfile.
+struct SpecDockerfile {
+    dockerfile: PathBuf,
+    context: PathBuf,
+    build_args: std::collections::BTreeMap<String, String>,
+    /// The spec's `[image]` keys that apply to the Dockerfile's image.
+    image: toml::Table,
+}
+
+/// Read the spec (when it exists) for `[image] dockerfile`.
+fn spec_dockerfile(spec: Option<&std::path::Path>) -> kiln::Result<Option<SpecDockerfile>> {
+    let path = spec.unwrap_or(std::path::Path::new("kiln.toml"));
+    if path.is_dir() || !path.exists() {
+        return Ok(None);
+    }
+    let parsed = kiln_spec::Spec::load(path)?;
+    let Some(df) = parsed.image.dockerfile.clone() else {
+        return Ok(None);
+    };
+    let table: toml::Table =
+        toml::from_str(&parsed.text).map_err(|e| Error::input(e.to_string()))?;
+    let mut image = table
+        .get("image")
+        .and_then(|i| i.as_table())
+        .cloned()
+        .unwrap_or_default();
+    image.remove("dockerfile");
+    image.remove("build-args");
+    image.remove("context");
+    let dir = parsed.dir();
+    let context = match &parsed.image.context {
+        Some(c) => dir.join(c),
+        None => dir.clone(),
+    };
+    Ok(Some(SpecDockerfile {
+        dockerfile: dir.join(df),
+        context,
+        build_args: parsed.image.build_args.clone(),
+        image,
+    }))
+}
+
+/// The translated spec with the outer spec's `[image]` keys on top.
+fn overlay_image(text: &str, image: toml::Table) -> kiln::Result<String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| Error::input(e.to_string()))?;
+    let target = doc
+        .entry("image")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .ok_or_else(|| Error::input("the translated spec has no [image] table"))?;
+    for (k, v) in image {
+        target.insert(k, v);
+    }
+    toml::to_string(&doc).map_err(|e| Error::input(e.to_string()))
+}
+
 /// `kiln build --dockerfile`: the translated spec's path (in the context,
 /// never written), its text and the explanation for `--json`; `None` when
 /// `--explain` printed the translation and there is nothing to build.
+/// The Dockerfile flags of `kiln build`.
+struct DockerfileArgs<'a> {
+    build_args: &'a [String],
+    explain: bool,
+    target: Option<String>,
+    offline: bool,
+}
+
+/// The translated spec's path, its text, the explanation for `--json` and
+/// the stages to build before it.
+type DockerfileSpec = (
+    PathBuf,
+    String,
+    serde_json::Value,
+    kiln::dockerfile_build::Prepared,
+);
+
 fn dockerfile_spec(
     dockerfile: &std::path::Path,
     context: Option<PathBuf>,
-    build_args: &[String],
-    explain: bool,
-    offline: bool,
+    args: DockerfileArgs,
     common: &Common,
-) -> kiln::Result<Option<(PathBuf, String, serde_json::Value)>> {
+) -> kiln::Result<Option<DockerfileSpec>> {
+    let DockerfileArgs {
+        build_args,
+        explain,
+        target,
+        offline,
+    } = args;
     let context = context.unwrap_or_else(|| match dockerfile.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -653,6 +1014,8 @@ fn dockerfile_spec(
     let opts = kiln_dockerfile::Options {
         build_args: args,
         base: Some(&lookup),
+        target,
+        stage_image: None,
     };
     if explain {
         let e = kiln_dockerfile::explain(&text, dockerfile, &context, &opts);
@@ -663,6 +1026,7 @@ fn dockerfile_spec(
                 "explain": e.explained,
                 "warnings": e.warnings,
                 "spec": e.toml,
+                "stage_specs": e.stage_specs,
             });
             if let Some(first) = e.errors.first() {
                 v["error"] =
@@ -674,6 +1038,9 @@ fn dockerfile_spec(
             print!("{}", kiln_dockerfile::table(&e.explained));
             for w in &e.warnings {
                 eprintln!("warning: {w}");
+            }
+            for (label, t) in &e.stage_specs {
+                println!("\n# kiln.toml of stage `{label}` (built first):\n{t}");
             }
             if let Some(t) = &e.toml {
                 println!("\n# kiln.toml ({}):\n{t}", kiln_dockerfile::SPEC_NAME);
@@ -687,12 +1054,25 @@ fn dockerfile_spec(
         }
         return Ok(None);
     }
-    let t = kiln_dockerfile::translate(&text, dockerfile, &context, &opts)?;
+    let (t, stages) = kiln::dockerfile_build::translate(
+        &text,
+        dockerfile,
+        &context,
+        opts.build_args,
+        opts.base,
+        opts.target,
+        &cache_dir(common),
+    )?;
     if !common.json {
         for w in &t.warnings {
             eprintln!("warning: {w}");
         }
     }
     let v = serde_json::json!({"explain": t.explained, "warnings": t.warnings});
-    Ok(Some((kiln_dockerfile::spec_path(&context), t.toml, v)))
+    Ok(Some((
+        kiln_dockerfile::spec_path(&context),
+        t.toml,
+        v,
+        stages,
+    )))
 }

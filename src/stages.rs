@@ -54,6 +54,10 @@ pub(crate) struct Stages<'a> {
     pub(crate) upgrade_only: Option<(&'a kiln_spec::lock::Lock, &'a [String])>,
     /// Run apt maintainer scripts (`keep` must then keep every content).
     pub(crate) run_scripts: bool,
+    /// `kiln build --dry-run`: the last stage only resolves (its packages
+    /// are not downloaded, unpacked or emitted); earlier ones run, since
+    /// the next stage reads what they install.
+    pub(crate) resolve_only: bool,
 }
 
 /// The pip list of an environment.yml, as recorded in the lock.
@@ -80,7 +84,11 @@ impl Stages<'_> {
                 .any(|n| pip::normalize(n) == pip::normalize(name))
         };
 
+        // The client of the last stage when only resolving.
+        let deferring = self.http.clone().deferring();
         if let Some(section) = &spec.apt {
+            let last = self.resolve_only && spec.conda.is_none() && spec.pip.is_none();
+            let http = if last { &deferring } else { http };
             let mut section = section.clone();
             if let Some((prev, names)) = previous {
                 section.pinned = prev
@@ -109,11 +117,30 @@ impl Stages<'_> {
                     cache,
                 )?,
             };
-            spinner.set_message(format!(
-                "apt: unpacking {} packages for {platform}",
-                plan.packages.len()
-            ));
-            let (mut groups, mut report) = apt::layer_groups(&plan, fs, cache, self.epoch)?;
+            if last {
+                spinner.finish_and_clear();
+                out.pins.apt = apt::pins(&plan);
+                return Ok(out);
+            }
+            spinner.finish_and_clear();
+            let bar = self
+                .progress
+                .bar(plan.packages.len() as u64, "apt: unpacking");
+            let bytes = std::sync::atomic::AtomicU64::new(0);
+            let unpacked = |n: u64| {
+                let total = bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                bar.set_message(format!(
+                    "apt: unpacked {}",
+                    crate::summary::human_bytes(total)
+                ));
+                bar.inc(1);
+            };
+            let (mut groups, mut report) =
+                apt::layer_groups_counted(&plan, fs, cache, self.epoch, &unpacked)?;
+            bar.finish_and_clear();
+            let spinner = self
+                .progress
+                .spinner(&format!("apt: layering for {platform}"));
             self.apply(fs, &groups);
             if self.run_scripts {
                 // `keep` holds every content then, so `fs` is the whole assembled tree.
@@ -152,12 +179,21 @@ impl Stages<'_> {
             let spinner = self
                 .progress
                 .spinner(&format!("conda: solving for {platform}"));
+            // An environment.yml may bring a pip list, known once solved.
+            let last = self.resolve_only && spec.pip.is_none();
+            let defer = last && section.environment.is_none();
+            let http = if defer { &deferring } else { http };
             let plan = match locked {
                 Some(l) => {
                     conda::plan_locked(section, self.spec_dir, fs, platform, &l.conda, http, cache)?
                 }
                 None => conda::plan(section, self.spec_dir, fs, platform, http, cache)?,
             };
+            if last && plan.pip.is_none() {
+                spinner.finish_and_clear();
+                out.pins.conda = conda::pins(&plan);
+                return Ok(out);
+            }
             spinner.set_message(format!(
                 "conda: linking {} packages for {platform}",
                 plan.install.len()
@@ -205,6 +241,12 @@ impl Stages<'_> {
                 .collect();
         }
         let section = &section;
+        let last = self.resolve_only && (name == PIP || self.spec.pip.is_none());
+        let http = if last {
+            &self.http.clone().deferring()
+        } else {
+            self.http
+        };
         let spinner = self
             .progress
             .spinner(&format!("pip: resolving for {platform}"));
@@ -222,12 +264,17 @@ impl Stages<'_> {
                     fs,
                     platform,
                     &pins,
-                    self.http,
+                    http,
                     self.cache,
                 )?
             }
-            None => pip::plan(section, self.spec_dir, fs, platform, self.http, self.cache)?,
+            None => pip::plan(section, self.spec_dir, fs, platform, http, self.cache)?,
         };
+        if last {
+            spinner.finish_and_clear();
+            out.pins.pip.extend(pip::pins(&plan, name));
+            return Ok(());
+        }
         let groups = pip::layer_groups(&plan, self.cache)?;
         spinner.finish_and_clear();
         emit(&groups)?;

@@ -207,6 +207,31 @@ cmd = ["python3"]
     );
     // The base's cache, merged with numpy's BLAS/LAPACK libraries.
     assert_ld_cache_matches_ldconfig(&rootfs2);
+
+    // `kiln why`: python3-numpy Depends on `libblas3 | libblas.so.3`; the
+    // SBOM's DEPENDS_ON chain leads there from the requested package.
+    let blas = installed2
+        .iter()
+        .map(|p| p.split(' ').next().unwrap())
+        .find(|p| *p == "libblas3" || p.starts_with("libopenblas"))
+        .expect("a BLAS was installed")
+        .to_string();
+    let image = format!("oci:{}:numpy", out2.display());
+    let why = run(ws2.kiln().args(["why", &image, &blas, "--json"]))
+        .ok()
+        .json();
+    assert!(s(&why, "packages_from").starts_with("sidecar "), "{why}");
+    let chain: Vec<&str> = why["chains"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| s(l, "name"))
+        .collect();
+    assert_eq!(chain, ["python3-numpy", blas.as_str()], "{why}");
+    assert_eq!(why["chains"][0][0]["requested"], true);
+    let text = run(ws2.kiln().args(["why", &image, &blas])).ok().stdout;
+    assert!(text.contains(&format!(" (requested) → {blas} ")), "{text}");
+    assert_valid_spdx(&out2.join("sbom/linux-amd64.spdx.json"));
 }
 
 #[test]

@@ -910,6 +910,19 @@ fn alternatives_and_system_user_are_emulated() {
             .any(|e| e.contains("svcuser") && e.contains("base-passwd")),
         "adduser --system without a passwd file is reported: {skipped:?}"
     );
+    // The closing summary counts them and warns.
+    assert_eq!(
+        v["summary"]["skipped_scripts"].as_u64(),
+        Some(skipped.len() as u64)
+    );
+    assert_eq!(
+        strs(&v["summary"]["warnings"]),
+        [format!(
+            "{} maintainer script{} not run; see --run-scripts",
+            skipped.len(),
+            if skipped.len() == 1 { " was" } else { "s were" }
+        )]
+    );
 
     let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
     let link = rootfs.join("usr/lib/libblas.so.3");
@@ -997,8 +1010,96 @@ fn unknown_package_is_refused() {
     let ws = Workspace::new("apt-unknown");
     write_spec(&ws, sh, &["hello", "no-such-package"], None);
     let cache = unique_dir("cache");
-    let err = expect_build_failure(&ws, &cache, Some(2), &["unknown package"]);
-    assert!(err.contains("no-such-package"), "{err}");
+    let err = expect_build_failure(
+        &ws,
+        &cache,
+        Some(2),
+        &["not found in the configured repositories"],
+    );
+    assert!(err.contains("`no-such-package`: no such package"), "{err}");
+}
+
+/// Every typo and wrong version in one error, with the close names and
+/// the versions the repository has; the packages-file's lines named by line.
+#[test]
+fn all_unknown_packages_are_named_with_suggestions_and_versions() {
+    let sh = shared();
+    let ws = Workspace::new("apt-typos");
+    ws.write("apt.txt", "# from the admin UI\nhello\nlibgret\n");
+    write_spec(&ws, sh, &["helo", "libgreet=9.9"], None);
+    let spec = fs::read_to_string(ws.join("kiln.toml")).unwrap();
+    ws.spec(&spec.replace("[apt]\n", "[apt]\npackages-file = \"apt.txt\"\n"));
+    let cache = unique_dir("cache");
+    let err = expect_build_failure(
+        &ws,
+        &cache,
+        Some(2),
+        &["3 requested packages not found in the configured repositories"],
+    );
+    for want in [
+        "`helo`: no such package; did you mean `hello`?",
+        "`libgret` (apt.txt:3): no such package; did you mean `libgreet`?",
+        "`libgreet=9.9`: no such version; libgreet has ",
+    ] {
+        assert!(err.contains(&want.to_lowercase()), "{want}\n{err}");
+    }
+    // Newest first.
+    let versions = err.split("libgreet has ").nth(1).unwrap();
+    assert!(versions.starts_with("2.0"), "{err}");
+}
+
+/// `packages-file` joins `packages`; editing it changes kiln.lock.
+#[test]
+fn packages_file_lines_are_installed_and_locked() {
+    let sh = shared();
+    let ws = Workspace::new("apt-packages-file");
+    ws.write(
+        "apt.txt",
+        "# one per line\nhello   # the greeter\n\nlibgreet=1.0\n",
+    );
+    write_spec(&ws, sh, &[], None);
+    let spec = fs::read_to_string(ws.join("kiln.toml")).unwrap();
+    ws.spec(&spec.replace("[apt]\n", "[apt]\npackages-file = \"apt.txt\"\n"));
+    let v = build_ok(&ws);
+    let inst = installed(&v);
+    assert_eq!(
+        inst.get("libgreet").map(String::as_str),
+        Some("1.0"),
+        "{inst:?}"
+    );
+    assert!(inst.contains_key("hello"), "{inst:?}");
+    fs::remove_dir_all(ws.join("out")).unwrap();
+    let cache = unique_dir("cache");
+    let lock = |ws: &Workspace| {
+        ws.kiln()
+            .env("KILN_CACHE", &cache)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .args(["lock", "kiln.toml"])
+            .run_ok();
+        fs::read_to_string(ws.join("kiln.lock")).unwrap()
+    };
+    let first = lock(&ws);
+    assert!(first.contains("version = \"1.0\""), "{first}");
+    ws.write("apt.txt", "hello\n");
+    let second = lock(&ws);
+    assert_ne!(first, second);
+    assert!(second.contains("file apt.txt = "), "{second}");
+    // Outside the spec's directory: refused, naming the flag that lifts it.
+    let outside = unique_dir("outside").join("apt.txt");
+    fs::write(&outside, "hello\n").unwrap();
+    ws.spec(&spec.replace(
+        "[apt]\n",
+        &format!(
+            "[apt]\npackages-file = {:?}\n",
+            outside.display().to_string()
+        ),
+    ));
+    expect_build_failure(
+        &ws,
+        &cache,
+        Some(2),
+        &["outside the build context", "--allow-outside-context"],
+    );
 }
 
 #[test]
@@ -1288,12 +1389,7 @@ fn foreign_architecture_errors_are_clear() {
     // A package the foreign index does not have.
     let ws = Workspace::new("apt-foreign-unknown");
     write_spec(&ws, sh, &[&format!("hello:{FOREIGN}")], None);
-    expect_build_failure(
-        &ws,
-        &cache,
-        Some(2),
-        &["unknown package `hello:i386`", "for architecture i386"],
-    );
+    expect_build_failure(&ws, &cache, Some(2), &["`hello:i386`: no such package"]);
 }
 
 /// An OCI layout at WS/base holding busybox (`/bin/busybox`, `/bin/sh`).

@@ -440,9 +440,15 @@ fn bad_requests_fail_clearly_and_write_nothing() {
     let chan_dir = channel(&ws);
     let chan = format!("file://{}", chan_dir.display());
     let cases: &[(&[&str], &str, &str)] = &[
-        (&["nosuchpkg"], "", "no package named `nosuchpkg`"),
+        (&["nosuchpkg"], "", "`nosuchpkg`: no such package"),
         (&["app >=>= 1"], "", "not a valid MatchSpec"),
-        (&["libmid", "libbase<1"], "", "cannot be installed together"),
+        (
+            &["libmid", "libbase<1"],
+            "",
+            "`libbase<1`: no such version; libbase has 2.0, 1.0",
+        ),
+        // Versions that exist but do not fit together: the solver explains.
+        (&["app", "needs-glibc"], "", "cannot be installed together"),
     ];
     for (pkgs, extra, want) in cases {
         spec(&ws, "scratch", &chan, pkgs, extra);
@@ -548,4 +554,152 @@ fn clobbered_paths_are_reported() {
         )),
         "{clobbered:?}"
     );
+}
+
+/// A wheelhouse `WS/wheels` with `tinywheel` at each version.
+fn tinywheels(ws: &Workspace, versions: &[&str]) {
+    for v in versions {
+        let members: Vec<(String, Vec<u8>, u32)> = [
+            ("tinywheel/__init__.py".to_string(), format!("V = {v:?}\n")),
+            (
+                format!("tinywheel-{v}.dist-info/METADATA"),
+                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n"),
+            ),
+            (
+                format!("tinywheel-{v}.dist-info/WHEEL"),
+                "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(p, d)| (p, d.into_bytes(), 0o644))
+        .collect();
+        ws.write(
+            &format!("wheels/tinywheel-{v}-py3-none-any.whl"),
+            wheel_zip(&members),
+        );
+    }
+}
+
+/// `[pip]` over the conda prefix's Python, from the wheelhouse only.
+const PIP_OVER_CONDA: &str =
+    "[pip]\ntarget = \"/opt/conda\"\nno-index = true\nfind-links = [\"wheels\"]\npackages-file = \"pip.txt\"\n";
+
+/// `packages-file` for `[conda]` and `[pip]`: one package per line,
+/// comments allowed, joining `packages`.
+#[test]
+fn packages_files_feed_conda_and_pip() {
+    let ws = Workspace::new("conda-packages-file");
+    let chan = format!("file://{}", channel(&ws).display());
+    tinywheels(&ws, &["1.0", "1.1"]);
+    ws.write(
+        "conda.txt",
+        "# the interpreter\npython=3.11\n\nhello-py  # a noarch package\n",
+    );
+    ws.write("pip.txt", "tinywheel==1.0\n");
+    spec(
+        &ws,
+        "scratch",
+        &chan,
+        &["libmid"],
+        &format!("packages-file = \"conda.txt\"\n\n{PIP_OVER_CONDA}"),
+    );
+    let v = build(&ws, "out").ok().json();
+    let installed = names(&conda_report(&v)["installed"]);
+    for want in ["hello-py", "libmid", "python"] {
+        assert!(
+            installed.iter().any(|n| n.starts_with(want)),
+            "{want}: {installed:?}"
+        );
+    }
+    let pip = v["pip"].as_array().unwrap();
+    assert_eq!(strs(&pip[0]["installed"]), ["tinywheel 1.0"], "{v}");
+}
+
+/// Every missing conda and pip request in one error (exit code 2), with
+/// close names and the versions that exist; nothing written.
+#[test]
+fn unknown_conda_and_pip_packages_are_all_named() {
+    let ws = Workspace::new("conda-typos");
+    let chan = format!("file://{}", channel(&ws).display());
+    ws.write("conda.txt", "libmidd\n");
+    spec(
+        &ws,
+        "scratch",
+        &chan,
+        &["ap", "libbase 9.9", "python=3.11"],
+        "packages-file = \"conda.txt\"\n",
+    );
+    let run = build(&ws, "out").code_is(2);
+    for want in [
+        "[conda] 3 requested packages not found in the channels:",
+        "`ap`: no such package; did you mean `app`?",
+        "`libbase 9.9`: no such version; libbase has 2",
+        "`libmidd` (conda.txt:1): no such package; did you mean `libmid`?",
+    ] {
+        assert!(run.stderr.contains(want), "{want}\n{}", run.describe());
+    }
+    assert!(!ws.join("out").exists());
+
+    tinywheels(&ws, &["1.0", "1.1"]);
+    ws.write("pip.txt", "tinywhel\ntinywheel==9.9\n");
+    ws.write("conda.txt", "python=3.11\n");
+    spec(
+        &ws,
+        "scratch",
+        &chan,
+        &[],
+        &format!("packages-file = \"conda.txt\"\n\n{PIP_OVER_CONDA}"),
+    );
+    let run = build(&ws, "out").code_is(2);
+    for want in [
+        "[pip] 2 requested packages not found on file://",
+        "`tinywhel` (pip.txt:1): no such package; did you mean `tinywheel`?",
+        "`tinywheel==9.9` (pip.txt:2): no such version; tinywheel has 1.1, 1.0",
+    ] {
+        assert!(run.stderr.contains(want), "{want}\n{}", run.describe());
+    }
+    assert!(!ws.join("out").exists());
+}
+
+/// `kiln init` from an environment.yml and a conda.txt in the directory:
+/// the spec it writes locks (and names both files); a second init refuses
+/// to overwrite it.
+#[test]
+fn init_from_existing_files_writes_a_spec_that_locks() {
+    let ws = Workspace::new("conda-init");
+    let chan = channel(&ws);
+    ws.write(
+        "environment.yml",
+        format!(
+            "channels:\n  - file://{}\ndependencies:\n  - python=3.11\n",
+            chan.display()
+        ),
+    );
+    ws.write("conda.txt", "# the app\napp\n");
+    let run = ws.kiln().args(["init", "--json"]).run_ok();
+    let v = run.json();
+    assert_eq!(strs(&v["sections"]), ["image", "conda"], "{v}");
+    let spec = fs::read_to_string(ws.join("kiln.toml")).unwrap();
+    assert!(spec.contains("environment = \"environment.yml\""), "{spec}");
+    assert!(spec.contains("packages-file = \"conda.txt\""), "{spec}");
+    assert!(spec.contains("# conda packages"), "{spec}");
+    ws.kiln()
+        .env("KILN_CACHE", ws.join("cache"))
+        .args(["lock", "kiln.toml"])
+        .run_ok();
+    let lock = fs::read_to_string(ws.join("kiln.lock")).unwrap();
+    for name in ["app", "libmid", "libbase", "python"] {
+        assert!(
+            lock.contains(&format!("name = \"{name}\"")),
+            "{name}\n{lock}"
+        );
+    }
+    let run = ws.kiln().args(["init", "--conda", "libbase"]).run();
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    assert!(
+        run.stderr.contains("already exists; pass --force"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(fs::read_to_string(ws.join("kiln.toml")).unwrap(), spec);
 }

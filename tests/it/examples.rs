@@ -73,3 +73,40 @@ fn from_registry_example_builds_on_the_scratch_example() {
         fs::read_to_string(examples_dir().join("from-registry/app.conf")).unwrap()
     );
 }
+
+/// The main example, built as `make example` builds it (the same spec, to an
+/// OCI layout), then run: numpy and pandas import with the image's python3,
+/// and the image's own command works. Needs the host's apt mirror and the
+/// package index pip is configured with.
+#[test]
+fn python_data_example_builds_and_imports_numpy_and_pandas() {
+    let ws = Workspace::new("example-python-data");
+    let spec = examples_dir().join("python-data/kiln.toml");
+    let v = build_json(&ws, &[spec.to_str().unwrap(), "--output", "oci:kiln-out"]);
+    assert!(
+        !examples_dir().join("python-data/kiln-out").exists()
+            && !examples_dir().join("python-data/kiln.lock").exists(),
+        "nothing written next to the example"
+    );
+    let installed = strs(&v["pip"][0]["installed"]);
+    for name in ["numpy ", "pandas "] {
+        assert!(
+            installed.iter().any(|w| w.starts_with(name)),
+            "{installed:?}"
+        );
+    }
+    let out = ws.join("kiln-out");
+    oci_validate(&out, "latest");
+    let rootfs = umoci_unpack(&out, "latest", &ws.join("bundle"));
+    chroot_run(&rootfs, &["python3", "-c", "import numpy, pandas"]).ok();
+    let config = Layout::open(&out).config("latest");
+    let cmd = strs(&config["config"]["Cmd"]);
+    assert_eq!(cmd[0], "python3");
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let r = chroot_run(&rootfs, &args).ok();
+    assert!(
+        r.stdout.starts_with("numpy ") && r.stdout.contains("- pandas "),
+        "{}",
+        r.describe()
+    );
+}

@@ -95,6 +95,28 @@ fn inspect_oci_layout() {
         assert_eq!(a["size"], l["size"]);
         assert_eq!(a["media_type"], l["media_type"]);
     }
+    // Sizes: the blobs' and what they decompress to; history mapped to layers.
+    let layout = Layout::open(ws.join("out"));
+    let mut total = 0;
+    for (l, (desc, entries)) in v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(layout.layers("1.0"))
+    {
+        let blob = layout.blob(s(&desc, "digest"));
+        let tar = decompress(&blob, s(&desc, "mediaType"));
+        assert_eq!(l["uncompressed_size"].as_u64().unwrap(), tar.len() as u64);
+        assert!(!entries.is_empty());
+        assert_eq!(l["comment"], "kiln", "{l}");
+        total += blob.len() as u64;
+    }
+    assert_eq!(v["total_size"].as_u64().unwrap(), total);
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len() as u64, v["history_len"].as_u64().unwrap());
+    assert!(history.iter().all(|h| h["empty_layer"] == false), "{v}");
+    assert_eq!(v["referrers"], serde_json::json!([]));
+    assert!(s(&v, "sbom").starts_with("sidecar "), "{v}");
     // Relative path from the layout's parent, other tag.
     let v2 = ws
         .kiln()
@@ -171,7 +193,7 @@ fn inspect_errors() {
         &ws,
         &["inspect", "oci:out:no-such-tag", "--json"],
         2,
-        &["no-such-tag"],
+        &["no-such-tag", "tags there: 1.0, latest"],
     );
     ws.write("garbage.tar", "not a tar\n".repeat(200));
     expect_failure(

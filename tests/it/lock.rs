@@ -121,11 +121,18 @@ fn lock_pins_every_input_and_builds_from_it() {
 
     let locked = build(&s, &cache, "locked", &["--locked"]);
     assert_eq!(locked["lock"], "used");
-    assert_eq!(locked["digest"], unlocked["digest"]);
+    // The same layers as the fresh build; the image is dated by the lock
+    // (its `resolved-at`), the fresh one by its inputs (none here: 1970).
+    assert_eq!(locked["layers"], unlocked["layers"]);
+    let lock: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(
+        Layout::open(s.ws.join("locked")).config("t")["created"],
+        lock["resolved-at"].as_str().unwrap()
+    );
     // A second locked build takes the stages from the first, same result.
     let reused = build(&s, &cache, "reused", &["--locked"]);
     assert_eq!(reused["stages_reused"], 1, "{reused}");
-    assert_eq!(reused["digest"], unlocked["digest"]);
+    assert_eq!(reused["digest"], locked["digest"]);
     assert_eq!(
         fs::read(s.ws.join("reused/sbom/linux-amd64.spdx.json")).unwrap(),
         fs::read(s.ws.join("locked/sbom/linux-amd64.spdx.json")).unwrap()
@@ -139,7 +146,7 @@ fn lock_pins_every_input_and_builds_from_it() {
     fs::write(&blob, b"damaged").unwrap();
     let rebuilt = build(&s, &cache, "rebuilt", &["--locked"]);
     assert_eq!(rebuilt["stages_reused"], 0, "{rebuilt}");
-    assert_eq!(rebuilt["digest"], unlocked["digest"]);
+    assert_eq!(rebuilt["digest"], locked["digest"]);
 
     // The base tag moves on; the lock keeps the image on the pinned base.
     push_scratch_image(
@@ -149,13 +156,13 @@ fn lock_pins_every_input_and_builds_from_it() {
         &[("hello.txt", "base v2\n")],
     );
     let again = build(&s, &cache, "again", &["--locked"]);
-    assert_eq!(again["digest"], unlocked["digest"]);
+    assert_eq!(again["digest"], locked["digest"]);
     let r = kiln_in(&s, &cache, &["lock", "--upgrade", "--json"])
         .run_ok()
         .json();
     assert_eq!(r["status"], "updated", "{r}");
     let upgraded = build(&s, &cache, "upgraded", &["--locked"]);
-    assert_ne!(upgraded["digest"], unlocked["digest"]);
+    assert_ne!(upgraded["digest"], locked["digest"]);
 
     // An edited spec: --locked refuses with a readable diff and writes nothing.
     let env = fs::read_to_string(s.ws.join("env/environment.yml")).unwrap();

@@ -273,6 +273,13 @@ fn fixture() -> Fixture {
             b"<a href=\"../../files/sdistonly-1.0.tar.gz\">sdistonly-1.0.tar.gz</a>".to_vec(),
         ),
     );
+    // The PEP 503 root page: every project (read only for "did you mean").
+    let root: String = routes
+        .keys()
+        .filter_map(|k| k.strip_prefix("/simple/")?.strip_suffix('/'))
+        .map(|n| format!("<a href=\"{n}/\">{n}</a>\n"))
+        .collect();
+    routes.insert("/simple/".into(), ("text/html".into(), root.into_bytes()));
     let base = serve(Arc::new(routes));
     let wheelhouse = tempfile::tempdir().unwrap();
     let local = Wheel::simple("localonly", "0.1");
@@ -529,15 +536,27 @@ fn unsatisfiable_prints_the_conflict_chain() {
         m.contains("cannot be satisfied") && m.contains("conflict-a") && m.contains("helper"),
         "{m}"
     );
-    let err = plan_err(&["no-such-package"], &Cache::open(dir.path()).unwrap());
+    // Every missing name and version at once: close names from the
+    // index's root page and the find-links directory, versions newest first.
+    let err = plan_err(
+        &["no-such-package", "sdistonyl", "localonyl", "badhash==9.9"],
+        &Cache::open(dir.path()).unwrap(),
+    );
+    assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
     assert!(
-        matches!(err.downcast_ref::<PipError>(), Some(PipError::PackageNotFound { name, .. }) if name == "no-such-package"),
+        matches!(err.downcast_ref::<PipError>(), Some(PipError::UnknownPackages { missing, .. }) if missing.len() == 4),
         "{err:?}"
     );
-    assert!(
-        err.to_string().contains("`no-such-package` was not found"),
-        "{err}"
-    );
+    let m = err.to_string();
+    for want in [
+        "[pip] 4 requested packages not found on http://127.0.0.1:",
+        "\n  - `no-such-package`: no such package\n",
+        "\n  - `sdistonyl`: no such package; did you mean `sdistonly`?",
+        "\n  - `localonyl`: no such package; did you mean `localonly`?",
+        "\n  - `badhash==9.9`: no such version; badhash has 1.0",
+    ] {
+        assert!(m.contains(want), "{want:?}\n{m}");
+    }
 }
 
 #[test]

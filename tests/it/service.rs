@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 mod creds;
+mod git_types;
 mod live;
 
 pub(crate) const ADMIN: &str = "admin-token-for-tests-7f3a";

@@ -80,16 +80,15 @@ pub enum AptError {
     BadIndex { repo: String, problem: IndexProblem },
 
     // --- resolution ---
-    /// A requested package is in no configured repository.
+    /// Requested packages no configured repository has, or not at the
+    /// requested version: every one, with close names or the versions there are.
     #[error(
-        "apt: unknown package `{package}`: no configured repository has it{}",
-        .arch.as_ref().map(|a| format!(" for architecture {a}")).unwrap_or_default()
+        "apt: {} not found in the configured repositories:{}",
+        if missing.len() == 1 { "1 requested package".to_string() } else { format!("{} requested packages", missing.len()) },
+        kiln_core::suggest::lines(missing)
     )]
-    UnknownPackage {
-        /// As requested (`name`, `name:arch`).
-        package: String,
-        /// The foreign architecture it was looked for at (`None`: the native one).
-        arch: Option<String>,
+    UnknownPackages {
+        missing: Vec<kiln_core::suggest::Missing>,
     },
     /// The solver found no installable set; `explanation` is its account of why.
     #[error("apt: the requested packages cannot be installed together:\n{explanation}")]
@@ -150,25 +149,6 @@ pub enum AptError {
         status: std::process::ExitStatus,
         output: String,
     },
-    /// The parent could not write the child's id maps.
-    #[error(
-        "--run-scripts: could not set up a user namespace (are unprivileged user namespaces enabled?): {stderr}"
-    )]
-    UserNamespace { stderr: String },
-    /// The child was told no id maps were written.
-    #[error("--run-scripts: no id maps were written")]
-    NoIdMaps,
-    /// A system-level step of running the scripts failed (a namespace,
-    /// mount or exec call, reading the tree).
-    #[error("--run-scripts: {step}: {source}")]
-    Sandbox {
-        step: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A script left something that is not a file, directory or symlink.
-    #[error("--run-scripts: a script created /{path}, which is not a file, directory or symlink")]
-    SpecialFile { path: String },
 }
 
 /// Why a keyring is unusable.
@@ -236,18 +216,14 @@ impl Classify for AptError {
             | AptError::BadSignature { .. }
             | AptError::NoIndex { .. }
             | AptError::BadIndex { .. }
-            | AptError::UnknownPackage { .. }
+            | AptError::UnknownPackages { .. }
             | AptError::Unsatisfiable { .. }
             | AptError::LockMismatch { .. }
             | AptError::BadDeb { .. }
             | AptError::HostileDeb { .. }
             | AptError::Zstd(_)
             | AptError::ForeignHost { .. }
-            | AptError::ScriptFailed { .. }
-            | AptError::UserNamespace { .. }
-            | AptError::NoIdMaps
-            | AptError::Sandbox { .. }
-            | AptError::SpecialFile { .. } => ErrorKind::Input,
+            | AptError::ScriptFailed { .. } => ErrorKind::Input,
         }
     }
 }
@@ -336,13 +312,6 @@ mod tests {
                     output: "cannot configure".into(),
                 },
                 "--run-scripts: script-fail postinst configure failed (exit status: 1); nothing was written. Its last output:\ncannot configure",
-            ),
-            (
-                AptError::Sandbox {
-                    step: "pivot_root".into(),
-                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-                },
-                "--run-scripts: pivot_root: permission denied",
             ),
             (
                 AptError::NoSources {

@@ -121,12 +121,26 @@ pub fn layer_groups(
     cache: &Cache,
     epoch: u64,
 ) -> Result<(Vec<LayerGroup>, AptReport)> {
+    layer_groups_counted(plan, fs, cache, epoch, &|_| {})
+}
+
+/// [`layer_groups`], calling `unpacked` with the file bytes of each
+/// package as it is unpacked (in parallel), for a progress bar.
+pub fn layer_groups_counted(
+    plan: &AptPlan,
+    fs: &Rootfs,
+    cache: &Cache,
+    epoch: u64,
+    unpacked: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<LayerGroup>, AptReport)> {
     let debs: Vec<Deb> = plan
         .packages
         .par_iter()
         .map(|p| {
             let d = p.sha256.as_ref().expect("indexed");
-            super::deb::load(cache, d, &format!("{}_{}", p.name, p.version))
+            let deb = super::deb::load(cache, d, &format!("{}_{}", p.name, p.version))?;
+            unpacked(deb_size(&deb));
+            Ok(deb)
         })
         .collect::<Result<_>>()?;
     let bootstrap = plan.bootstrap.is_some();

@@ -32,7 +32,7 @@ use kiln_store::http::Http;
 use sources::Source;
 
 pub use error::{AptError, Hostile, IndexProblem, KeyringProblem};
-pub use install::{layer_groups, AptReport};
+pub use install::{layer_groups, layer_groups_counted, AptReport};
 pub use repo::Package;
 
 /// The keyring used when a source names none.
@@ -257,10 +257,22 @@ pub fn plan(
     if section.bootstrap.is_some() && !scratch {
         return Err(AptError::BootstrapNeedsScratch.into());
     }
-    let mut requests: Vec<Vec<Dep>> = section
-        .packages
+    // `packages`, then the packages-file's lines (named `apt.txt:3`).
+    let asked: Vec<(String, Option<String>)> = section
+        .requests()
+        .into_iter()
+        .map(|(s, origin)| (s.to_string(), (!origin.starts_with('[')).then_some(origin)))
+        .collect();
+    let mut requests: Vec<Vec<Dep>> = asked
         .iter()
-        .map(|s| parse_request(s, arch).map(|d| vec![d]))
+        .map(|(s, at)| {
+            parse_request(s, arch)
+                .map(|d| vec![d])
+                .map_err(|e| match at {
+                    Some(at) => e.context(at),
+                    None => e,
+                })
+        })
         .collect::<Result<_>>()?;
     // Indexes are read for the native and every requested foreign arch.
     let mut archs: Vec<String> = vec![arch.to_string()];
@@ -317,7 +329,7 @@ pub fn plan(
     if requests.is_empty() {
         return Err(AptError::NothingRequested.into());
     }
-    let chosen = solve::solve(&universe, arch, &requests)?;
+    let chosen = solve::solve_asked(&universe, arch, &requests, &asked)?;
     let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
@@ -325,7 +337,7 @@ pub fn plan(
             .par_iter()
             .map(|p| {
                 let d = p.sha256.clone().expect("indexed packages carry sha256");
-                http.download(&p.url, Some(&d), cache)
+                http.download_artifact(&p.url, Some(&d), cache)
                     .map(|_| ())
                     .map_err(|e| e.context(format!("apt: downloading {} {}", p.name, p.version)))
             })

@@ -32,6 +32,7 @@ use super::control::{Dep, Relation, Version};
 use super::repo::Package;
 use crate::AptError;
 use kiln_core::error::Result;
+use kiln_core::suggest::{self, Missing};
 
 /// What a solvable stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -465,25 +466,32 @@ impl DependencyProvider for Provider<'_> {
 /// Solve `requests` (each a group of alternatives; an alternative's arch
 /// is a concrete architecture or none for `native`); returns indexes of the
 /// packages to install (installed ones excluded), sorted by name and arch.
+#[cfg(test)]
 pub(crate) fn solve(
     packages: &[Package],
     native: &str,
     requests: &[Vec<Dep>],
 ) -> Result<Vec<usize>> {
+    solve_asked(packages, native, requests, &[])
+}
+
+/// [`solve`], with the first `asked.len()` requests as the user wrote
+/// them (`python3=3.11`) and where (`None`: kiln.toml, else `apt.txt:3`),
+/// for the message naming every request that does not exist.
+pub(crate) fn solve_asked(
+    packages: &[Package],
+    native: &str,
+    requests: &[Vec<Dep>],
+    asked: &[(String, Option<String>)],
+) -> Result<Vec<usize>> {
     let mut provider = Provider::new(packages, native);
     provider.requested = requests.iter().flatten().map(|d| d.name.clone()).collect();
+    let missing = missing(&provider, packages, native, requests, asked);
+    if !missing.is_empty() {
+        return Err(AptError::UnknownPackages { missing }.into());
+    }
     let mut reqs: Vec<ConditionalRequirement> = Vec::new();
     for r in requests {
-        for d in r {
-            let arch = d.arch.as_deref().unwrap_or(native);
-            if provider.known(&qualified(&d.name, arch, native)).is_none() {
-                return Err(AptError::UnknownPackage {
-                    package: d.to_string(),
-                    arch: (arch != native).then(|| arch.to_string()),
-                }
-                .into());
-            }
-        }
         reqs.push(provider.requirement(r, native).into());
     }
     let mut solver = Solver::new(provider);
@@ -509,6 +517,57 @@ pub(crate) fn solve(
     });
     out.dedup();
     Ok(out)
+}
+
+/// Every request whose name no package has (at its architecture), or
+/// whose `=version` no package of that name has.
+fn missing(
+    provider: &Provider,
+    packages: &[Package],
+    native: &str,
+    requests: &[Vec<Dep>],
+    asked: &[(String, Option<String>)],
+) -> Vec<Missing> {
+    let mut out = Vec::new();
+    let mut names: Option<std::collections::BTreeSet<&str>> = None;
+    for (n, r) in requests.iter().enumerate() {
+        for d in r {
+            let arch = d.arch.as_deref().unwrap_or(native);
+            let (request, at) = match asked.get(n) {
+                Some((t, at)) => (t.clone(), at.as_deref()),
+                None => (d.to_string(), None),
+            };
+            if provider.known(&qualified(&d.name, arch, native)).is_none() {
+                let names = names.get_or_insert_with(|| {
+                    packages
+                        .iter()
+                        .filter(|p| effective_arch(p, native) == arch)
+                        .map(|p| p.name.as_str())
+                        .collect()
+                });
+                let close = suggest::close_names(&d.name, names.iter().copied());
+                out.push(Missing::name(&request, close).at(at));
+                continue;
+            }
+            let Some((Relation::Eq, want)) = &d.constraint else {
+                continue;
+            };
+            let mut have: Vec<&Version> = packages
+                .iter()
+                .filter(|p| p.name == d.name && effective_arch(p, native) == arch)
+                .map(|p| &p.version)
+                .collect();
+            // A virtual package (only provided): the solver explains it.
+            if have.is_empty() || have.contains(&want) {
+                continue;
+            }
+            have.sort_by(|a, b| b.cmp(a));
+            have.dedup();
+            let versions = have.iter().map(|v| v.to_string()).collect();
+            out.push(Missing::version(&request, &d.name, versions).at(at));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -597,23 +656,50 @@ mod tests {
         assert!(
             matches!(
                 err.downcast_ref::<AptError>(),
-                Some(AptError::UnknownPackage { package, arch: None }) if package == "nope"
+                Some(AptError::UnknownPackages { missing }) if missing.len() == 1 && missing[0].request == "nope"
             ),
             "{err:?}"
         );
         assert_eq!(
             err.to_string(),
-            "apt: unknown package `nope`: no configured repository has it"
+            "apt: 1 requested package not found in the configured repositories:\n  - `nope`: no such package"
         );
         let err = solve(&u, "amd64", &[req("hello", Some("i386"))]).unwrap_err();
         assert!(
-            matches!(
-                err.downcast_ref::<AptError>(),
-                Some(AptError::UnknownPackage { package, arch: Some(a) })
-                    if package == "hello:i386" && a == "i386"
-            ),
-            "{err:?}"
+            err.to_string().ends_with("- `hello:i386`: no such package"),
+            "{err}"
         );
-        assert!(err.to_string().ends_with(" for architecture i386"), "{err}");
+    }
+
+    #[test]
+    fn every_unknown_name_and_version_is_named_with_what_exists() {
+        let u = vec![
+            pkg("build-essential", "12.9", "amd64", "no", ""),
+            pkg("python3", "3.11.2-1", "amd64", "no", ""),
+            pkg("python3", "3.11.2-1+b1", "amd64", "no", ""),
+            pkg("curl", "7.88", "amd64", "no", ""),
+        ];
+        let mut want = req("python3", None);
+        want[0].constraint = Some((Relation::Eq, Version::parse("1.0").unwrap()));
+        let requests = [
+            req("build-esential", None),
+            req("crul", None),
+            want,
+            req("curl", None),
+        ];
+        let asked = [
+            ("build-esential".to_string(), None),
+            ("crul".to_string(), Some("apt.txt:2".to_string())),
+            ("python3=1.0".to_string(), None),
+        ];
+        let err = solve_asked(&u, "amd64", &requests, &asked).unwrap_err();
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        assert_eq!(
+            err.to_string(),
+            "apt: 3 requested packages not found in the configured repositories:\n  \
+             - `build-esential`: no such package; did you mean `build-essential`?\n  \
+             - `crul` (apt.txt:2): no such package; did you mean `curl`?\n  \
+             - `python3=1.0`: no such version; python3 has 3.11.2-1+b1, 3.11.2-1"
+        );
     }
 }

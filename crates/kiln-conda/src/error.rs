@@ -98,10 +98,16 @@ pub enum CondaError {
     BadPrefixRecord { path: String, reason: String },
 
     // -- The solve -------------------------------------------------------------
-    /// A requested name no channel (nor the base prefix) has.
-    #[error("[conda] no package named `{name}` in the channels{}", target_note(.target))]
-    UnknownPackage {
-        name: String,
+    /// Requested names no channel (nor the base prefix) has, or versions
+    /// they do not have: every one, with close names or the versions there are.
+    #[error(
+        "[conda] {} not found in the channels:{}{}",
+        if missing.len() == 1 { "1 requested package".to_string() } else { format!("{} requested packages", missing.len()) },
+        kiln_core::suggest::lines(missing),
+        target_note(.target)
+    )]
+    UnknownPackages {
+        missing: Vec<kiln_core::suggest::Missing>,
         target: Option<SolveTarget>,
     },
     /// The requests conflict with each other or with the target.
@@ -237,7 +243,7 @@ fn target_note(target: &Option<SolveTarget>) -> String {
 impl CondaError {
     /// A solve error, saying which target it was for.
     pub(crate) fn for_target(mut self, t: SolveTarget) -> Self {
-        if let CondaError::UnknownPackage { target, .. }
+        if let CondaError::UnknownPackages { target, .. }
         | CondaError::Unsatisfiable { target, .. }
         | CondaError::Solver { target, .. } = &mut self
         {

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
+use kiln_core::suggest::{self, Missing};
 use kiln_core::url::strip_credentials;
 use kiln_fs::rootfs::Rootfs;
 use kiln_spec::sections::CondaSection;
@@ -111,6 +112,9 @@ pub(crate) fn installed(fs: &Rootfs, prefix: &str) -> Result<Vec<PrefixRecord>> 
 pub(crate) struct Request {
     pub(crate) specs: Vec<MatchSpec>,
     pub(crate) spec_texts: Vec<String>,
+    /// Where each was written when not in kiln.toml (`conda.txt:3`,
+    /// `environment.yml`), for the message naming missing packages.
+    pub(crate) origins: Vec<Option<String>>,
     pub(crate) channels: Vec<Channel>,
     pub(crate) pip: Option<kiln_spec::sections::PipSection>,
 }
@@ -127,9 +131,9 @@ pub(crate) fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request
     }
     let config = channels::config(spec_dir, section.channel_alias.as_deref())?;
     let mut texts: Vec<(String, String)> = section
-        .packages
-        .iter()
-        .map(|p| (p.clone(), "[conda] packages".to_string()))
+        .requests()
+        .into_iter()
+        .map(|(p, origin)| (p.to_string(), origin))
         .collect();
     let mut channel_texts = section.channels.clone();
     let mut pip = None;
@@ -182,6 +186,10 @@ pub(crate) fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request
     }
     Ok(Request {
         specs,
+        origins: texts
+            .iter()
+            .map(|(_, o)| (o != "[conda] packages").then(|| o.clone()))
+            .collect(),
         spec_texts: texts.into_iter().map(|(t, _)| t).collect(),
         channels: chans,
         pip,
@@ -202,33 +210,28 @@ pub fn solve(
         locked,
         virtual_packages,
         specs,
+        &[],
         priority,
     )?)
 }
 
-/// [`solve`], with the cause kept typed (so [`plan`] can name the target).
+/// [`solve`], with the cause kept typed (so [`plan`] can name the target);
+/// `asked` holds the first requests as written and where (for messages).
 fn solve_typed(
     available: &[Vec<RepoDataRecord>],
     locked: &[RepoDataRecord],
     virtual_packages: Vec<GenericVirtualPackage>,
     specs: Vec<MatchSpec>,
+    asked: &[(String, Option<String>)],
     priority: Priority,
 ) -> Result<Vec<RepoDataRecord>, CondaError> {
-    // Unknown names get their own message, naming what was searched.
-    for s in &specs {
-        if let Some(name) = s.name.as_exact() {
-            let known = available
-                .iter()
-                .flatten()
-                .any(|r| &r.package_record.name == name)
-                || locked.iter().any(|r| &r.package_record.name == name);
-            if !known && !name.as_normalized().starts_with("__") {
-                return Err(CondaError::UnknownPackage {
-                    name: name.as_source().to_string(),
-                    target: None,
-                });
-            }
-        }
+    // Unknown names and versions get their own message, all at once.
+    let missing = missing(available, locked, &specs, asked);
+    if !missing.is_empty() {
+        return Err(CondaError::UnknownPackages {
+            missing,
+            target: None,
+        });
     }
     let hint_specs = specs.clone();
     let task = SolverTask {
@@ -267,6 +270,56 @@ fn solve_typed(
             target: None,
         }),
     }
+}
+
+/// Every request whose name no channel (nor the prefix) has, with close
+/// names, or whose version constraint no record of that name meets, with
+/// the versions there are (newest first).
+fn missing(
+    available: &[Vec<RepoDataRecord>],
+    locked: &[RepoDataRecord],
+    specs: &[MatchSpec],
+    asked: &[(String, Option<String>)],
+) -> Vec<Missing> {
+    let all = || available.iter().flatten().chain(locked.iter());
+    let mut out = Vec::new();
+    let mut names: Option<BTreeSet<&str>> = None;
+    for (n, s) in specs.iter().enumerate() {
+        let Some(name) = s.name.as_exact() else {
+            continue;
+        };
+        if name.as_normalized().starts_with("__") {
+            continue;
+        }
+        let (request, at) = match asked.get(n) {
+            Some((t, at)) => (redact(t), at.as_deref()),
+            None => (redact(&s.to_string()), None),
+        };
+        let same: Vec<&RepoDataRecord> = all().filter(|r| &r.package_record.name == name).collect();
+        if same.is_empty() {
+            let names = names.get_or_insert_with(|| {
+                all()
+                    .map(|r| r.package_record.name.as_normalized())
+                    .collect()
+            });
+            let close = suggest::close_names(name.as_normalized(), names.iter().copied());
+            out.push(Missing::name(&request, close).at(at));
+            continue;
+        }
+        let Some(vs) = &s.version else {
+            continue;
+        };
+        if same.iter().any(|r| vs.matches(&r.package_record.version)) {
+            continue;
+        }
+        let mut versions: Vec<&rattler_conda_types::Version> =
+            same.iter().map(|r| &*r.package_record.version).collect();
+        versions.sort_by(|a, b| b.cmp(a));
+        versions.dedup();
+        let versions = versions.iter().map(|v| v.to_string()).collect();
+        out.push(Missing::version(&request, name.as_source(), versions).at(at));
+    }
+    out
 }
 
 /// For each request nothing matches: which versions the channels do have.
@@ -362,11 +415,18 @@ pub fn plan(
             locked.push(r.clone());
         }
     }
+    let asked: Vec<(String, Option<String>)> = req
+        .spec_texts
+        .iter()
+        .cloned()
+        .zip(req.origins.iter().cloned())
+        .collect();
     let solution = solve_typed(
         &available,
         &locked,
         virtual_packages.clone(),
         req.specs.clone(),
+        &asked,
         section.channel_priority,
     )
     .map_err(|e| {
@@ -602,7 +662,7 @@ fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
         .map(|h| format!("sha256:{}", hex::encode(h)).parse::<Digest>())
         .transpose()?;
     let (digest, _) = http
-        .download(r.url.as_str(), expected.as_ref(), cache)
+        .download_artifact(r.url.as_str(), expected.as_ref(), cache)
         .map_err(|e| e.context(format!("[conda] {}", package())))?;
     if expected.is_none() {
         let Some(md5) = &p.md5 else {
@@ -692,46 +752,38 @@ mod tests {
     }
 
     #[test]
-    fn impossible_requests_are_explained() {
-        let err = solve_fixture(&["numpy==1.17*"]).unwrap_err();
+    fn missing_names_and_versions_are_all_named() {
+        let err =
+            solve_fixture(&["numpy==1.17*", "nosuchpkg", "numpyy", "python=3.12"]).unwrap_err();
         match err.downcast_ref::<CondaError>() {
-            Some(CondaError::Unsatisfiable {
-                explanation,
-                hints,
+            Some(CondaError::UnknownPackages {
+                missing,
                 target: None,
             }) => {
-                assert!(
-                    explanation.iter().any(|l| l.contains("numpy")),
-                    "{explanation:?}"
+                let got: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+                assert_eq!(
+                    got,
+                    [
+                        "`numpy 1.17.*`: no such version; numpy has 1.26.4",
+                        "`nosuchpkg`: no such package",
+                        "`numpyy`: no such package; did you mean `numpy`?",
+                    ]
                 );
-                assert_eq!(hints, &["`numpy 1.17.*`: the channels have numpy 1.26.4"]);
             }
             other => panic!("{other:?}"),
         }
-        let e = err.to_string();
         assert!(
-            e.contains("cannot be installed together") && e.contains("numpy"),
-            "{e}"
+            err.to_string()
+                .starts_with("[conda] 3 requested packages not found in the channels:\n  - "),
+            "{err}"
         );
-        assert!(
-            e.contains("\n`numpy 1.17.*`: the channels have numpy 1.26.4"),
-            "{e}"
-        );
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
         let e = solve_fixture(&["python=3.11", "numpy"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("the channels have python 3.12.1"), "{e}");
-        let err = solve_fixture(&["nosuchpkg"]).unwrap_err();
         assert!(
-            matches!(
-                err.downcast_ref::<CondaError>(),
-                Some(CondaError::UnknownPackage { name, target: None }) if name == "nosuchpkg"
-            ),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("no package named `nosuchpkg`"),
-            "{err}"
+            e.contains("`python 3.11.*`: no such version; python has 3.12.1"),
+            "{e}"
         );
     }
 
@@ -742,6 +794,8 @@ mod tests {
             channels,
             channel_alias: None,
             packages,
+            packages_file: None,
+            listed: Vec::new(),
             environment: None,
             virtual_packages: BTreeMap::new(),
             channel_priority: Priority::Strict,
@@ -789,6 +843,8 @@ mod tests {
         let s = CondaSection {
             prefix: "opt/conda".into(),
             packages: vec![],
+            packages_file: None,
+            listed: Vec::new(),
             ..s
         };
         let err = request(&s, Path::new("/")).err().unwrap();

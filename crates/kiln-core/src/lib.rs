@@ -7,6 +7,7 @@ pub mod error;
 pub mod mutate;
 pub mod platform;
 pub mod progress;
+pub mod suggest;
 pub mod time;
 pub mod url;
 

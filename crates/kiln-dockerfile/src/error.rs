@@ -33,20 +33,6 @@ pub enum DockerfileError {
         instruction: String,
         what: String,
     },
-    /// A command in a `RUN` line that is not a package install kiln knows.
-    #[error(
-        "{}: RUN line {line}: `{command}` is not a package install; sandboxed RUN is not supported yet{}",
-        path.display(),
-        reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
-    )]
-    NotPackageInstall {
-        path: PathBuf,
-        line: usize,
-        /// The command as written (credentials in URLs redacted).
-        command: String,
-        /// Why it is not taken as one, when there is more to say.
-        reason: Option<String>,
-    },
     /// A value kiln cannot use (a bad variable expansion, a relative path,
     /// a source missing from the context, …).
     #[error("{} line {line}: {instruction}: {message}", path.display())]
@@ -77,7 +63,6 @@ impl DockerfileError {
             DockerfileError::Unreadable { .. } => 0,
             DockerfileError::Syntax { line, .. }
             | DockerfileError::NotSupported { line, .. }
-            | DockerfileError::NotPackageInstall { line, .. }
             | DockerfileError::Invalid { line, .. }
             | DockerfileError::Order { line, .. } => *line,
         }

@@ -2,19 +2,24 @@
 //! description (kiln.toml text, parsed by the same strict parser as a
 //! written spec), plus an account of what kiln did with every instruction.
 //!
-//! First increment: one stage. Metadata instructions become `[config]`,
-//! `COPY`/`ADD` of context files become `[[files]]`, and `RUN` lines made
-//! only of package installs (`apt-get install`, `pip install`, `conda
-//! install`, chained with `&&`) become the native `[apt]`, `[pip]` and
-//! `[conda]` stages; their usual clean-ups are dropped. Anything else —
-//! other commands in `RUN`, multi-stage builds, `ADD` of URLs or archives,
-//! `HEALTHCHECK`, `ONBUILD` — is refused naming the line, before anything
-//! is built.
+//! One spec per stage (split at each FROM; only the stages the target
+//! needs, through `FROM <stage>` and `COPY --from`, are translated; the
+//! caller builds them in order, see [`translate_stages`]). In a stage,
+//! metadata instructions become `[config]`, `COPY`/`ADD` of
+//! context files become `[[files]]`, and `RUN` lines made only of package
+//! installs (`apt-get install`, `pip install`, `conda install`, chained with
+//! `&&`) become the native `[apt]`, `[pip]` and `[conda]` stages; their
+//! usual clean-ups are dropped. Any other `RUN` line becomes a `[[run]]`
+//! step that runs as written in kiln's sandbox (see `run`). `COPY --from`
+//! becomes `[[files]] from` (an earlier stage's image, or an image
+//! reference). `ADD` of URLs or archives, `HEALTHCHECK`, `ONBUILD` are
+//! refused naming the line, before anything is built.
 //!
 //! Parsing is `parse-dockerfile`; word splitting and BuildKit's variable
 //! expansion are in [`lex`](crate::lex), `.dockerignore` in `ignore`.
 
 mod error;
+mod git;
 mod ignore;
 mod lex;
 mod run;
@@ -29,6 +34,7 @@ use serde::Serialize;
 use kiln_spec::spec::{AbsPath, Mode, Owner, Port, Spec, User};
 
 pub use error::DockerfileError;
+pub use git::{git_inputs, Fetched as GitFetched, GitInputs};
 use lex::Var;
 
 /// The name the translated spec stands at: relative paths in it (the
@@ -43,6 +49,9 @@ pub fn spec_path(context: &Path) -> PathBuf {
 /// What kiln did with one instruction (one command, for `RUN` lines).
 #[derive(Debug, Clone, Serialize)]
 pub struct Explained {
+    /// The stage (its name, else its index) in a multi-stage Dockerfile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// 1-based line of the Dockerfile (0: not from a line).
     pub line: usize,
     /// The instruction as written (first line; for RUN, the command).
@@ -74,6 +83,8 @@ pub enum Treatment {
     Conda,
     /// A no-op in kiln's pipeline (`apt-get update`, cache clean-ups).
     Dropped,
+    /// A `[[run]]` step: run as written in kiln's sandbox.
+    Sandboxed,
     /// Not translated: the build is refused.
     Refused,
 }
@@ -90,6 +101,7 @@ impl Treatment {
             Treatment::Pip => "pip",
             Treatment::Conda => "conda",
             Treatment::Dropped => "dropped",
+            Treatment::Sandboxed => "sandboxed",
             Treatment::Refused => "refused",
         }
     }
@@ -109,6 +121,11 @@ pub struct BaseConfig {
 /// a registry base with `--offline`), which leaves the translation strict.
 pub type BaseLookup<'a> = &'a dyn Fn(&str, Option<&str>) -> kiln_core::Result<Option<BaseConfig>>;
 
+/// Where the image of stage N (0-based) of a multi-stage Dockerfile will
+/// be, in kiln's base syntax (`oci:DIR:TAG`): later stages name it as
+/// their base (`FROM stage`) or in `[[files]] from` (`COPY --from`).
+pub type StageImage<'a> = &'a dyn Fn(usize) -> String;
+
 /// Inputs of a translation besides the Dockerfile and its context.
 #[derive(Default)]
 pub struct Options<'a> {
@@ -117,6 +134,11 @@ pub struct Options<'a> {
     /// How to read the base's config; without it, an undeclared variable
     /// or a relative path before WORKDIR on a non-scratch base is refused.
     pub base: Option<BaseLookup<'a>>,
+    /// `--target NAME`: the stage to build [default: the last].
+    pub target: Option<String>,
+    /// Where earlier stages' images will be [default: `stage:NAME`, for
+    /// translations that are only shown].
+    pub stage_image: Option<StageImage<'a>>,
 }
 
 impl std::fmt::Debug for Options<'_> {
@@ -124,6 +146,8 @@ impl std::fmt::Debug for Options<'_> {
         f.debug_struct("Options")
             .field("build_args", &self.build_args)
             .field("base", &self.base.is_some())
+            .field("target", &self.target)
+            .field("stage_image", &self.stage_image.is_some())
             .finish()
     }
 }
@@ -147,7 +171,33 @@ pub struct Explanation {
     pub explained: Vec<Explained>,
     pub errors: Vec<kiln_core::Error>,
     pub warnings: Vec<String>,
+    /// The target stage's spec.
     pub toml: Option<String>,
+    /// The specs of the stages the target needs, built before it (label, spec).
+    pub stage_specs: Vec<(String, String)>,
+}
+
+/// One stage of a multi-stage translation, to be built in this order.
+#[derive(Debug)]
+pub struct StageSpec {
+    /// 0-based position among the Dockerfile's FROMs.
+    pub index: usize,
+    /// `FROM … AS name`, lower-cased.
+    pub name: Option<String>,
+    /// The name, else the index (as `--explain` shows it).
+    pub label: String,
+    pub spec: Spec,
+    pub toml: String,
+}
+
+/// A translated Dockerfile, stage by stage: the stages the target needs,
+/// in build order, the target last.
+#[derive(Debug)]
+pub struct Stages {
+    pub stages: Vec<StageSpec>,
+    /// Every translated instruction (all stages).
+    pub explained: Vec<Explained>,
+    pub warnings: Vec<String>,
 }
 
 /// Read a Dockerfile.
@@ -170,25 +220,100 @@ pub fn translate(
     context: &Path,
     opts: &Options,
 ) -> kiln_core::Result<Translation> {
-    let mut e = explain(text, dockerfile, context, opts);
+    let mut s = translate_stages(text, dockerfile, context, opts)?;
+    let target = s.stages.pop().expect("a translation has a target stage");
+    Ok(Translation {
+        spec: target.spec,
+        toml: target.toml,
+        explained: s.explained,
+        warnings: s.warnings,
+    })
+}
+
+/// Translate the target stage and the stages it needs (through
+/// `FROM <stage>` and `COPY --from=<stage>`), each into its own spec; the
+/// first refusal is the error. Stages the target does not need are not
+/// translated at all.
+pub fn translate_stages(
+    text: &str,
+    dockerfile: &Path,
+    context: &Path,
+    opts: &Options,
+) -> kiln_core::Result<Stages> {
+    let (mut e, outs) = translate_all(text, dockerfile, context, opts, false);
     if !e.errors.is_empty() {
         return Err(e.errors.remove(0));
     }
-    let toml = e
-        .toml
-        .take()
-        .expect("a translation without errors has a spec");
-    let spec = Spec::parse(&toml, &spec_path(context))?;
-    Ok(Translation {
-        spec,
-        toml,
+    let mut stages = Vec::new();
+    for o in outs {
+        let toml = o.toml.expect("a translation without errors has a spec");
+        let spec = Spec::parse(&toml, &spec_path(context))?;
+        stages.push(StageSpec {
+            index: o.index,
+            name: o.name,
+            label: o.label,
+            spec,
+            toml,
+        });
+    }
+    Ok(Stages {
+        stages,
         explained: e.explained,
         warnings: e.warnings,
     })
 }
 
-/// Translate, keeping every refusal (for `--explain`).
+/// Translate, keeping every refusal (for `--explain`); every stage is
+/// shown, those the target does not need marked as not built.
 pub fn explain(text: &str, dockerfile: &Path, context: &Path, opts: &Options) -> Explanation {
+    translate_all(text, dockerfile, context, opts, true).0
+}
+
+/// One stage's translation out of [`translate_all`].
+struct StageOut {
+    index: usize,
+    name: Option<String>,
+    label: String,
+    toml: Option<String>,
+}
+
+/// A stage as the Dockerfile splits at its FROMs.
+struct Slice {
+    name: Option<String>,
+    label: String,
+    /// Its instructions: from its FROM to the next FROM.
+    range: std::ops::Range<usize>,
+    /// Earlier stages it names (FROM, COPY --from).
+    deps: BTreeSet<usize>,
+}
+
+/// What a stage's translator knows of the other stages.
+#[derive(Debug, Default, Clone)]
+struct StageCtx {
+    /// Its own index.
+    index: usize,
+    /// Lower-cased names of the earlier stages.
+    names: BTreeMap<String, usize>,
+    /// Every stage's label (name, else index).
+    labels: Vec<String>,
+    /// Every stage's image, in kiln's base syntax.
+    images: Vec<String>,
+    /// The earlier stages' resulting environment and working directory
+    /// (None: not known, their base was not read).
+    configs: Vec<Option<BaseConfig>>,
+    /// The stages found to be needed before translating (only these are built).
+    deps: BTreeSet<usize>,
+}
+
+/// Split, pick the stages the target needs and translate them (with
+/// `all`, every stage, for `--explain`).
+fn translate_all(
+    text: &str,
+    dockerfile: &Path,
+    context: &Path,
+    opts: &Options,
+    all: bool,
+) -> (Explanation, Vec<StageOut>) {
     let build_args = &opts.build_args;
     let mut t = Translator::new(text, dockerfile, context, build_args);
     t.base_lookup = opts.base;
@@ -201,12 +326,14 @@ pub fn explain(text: &str, dockerfile: &Path, context: &Path, opts: &Options) ->
                 column: e.column(),
                 message: format!("{e:#}"),
             };
-            return Explanation {
+            let e = Explanation {
                 explained: Vec::new(),
                 errors: vec![err.into()],
                 warnings: Vec::new(),
                 toml: None,
+                stage_specs: Vec::new(),
             };
+            return (e, Vec::new());
         }
     };
     let dirs = &df.parser_directives;
@@ -238,50 +365,230 @@ pub fn explain(text: &str, dockerfile: &Path, context: &Path, opts: &Options) ->
             "ignored: build checks are not run".into(),
         );
     }
-    for ins in &df.instructions {
+    // The global ARGs (before the first FROM), then one stage per FROM.
+    let is_from = |i: &Instruction| matches!(i, Instruction::From(_));
+    let first_from = df
+        .instructions
+        .iter()
+        .position(is_from)
+        .unwrap_or(df.instructions.len());
+    for ins in &df.instructions[..first_from] {
         if let Err(err) = t.instruction(ins) {
             let line = err.line();
             t.explain(line, Treatment::Refused, err.to_string());
             t.errors.push(err);
         }
-        if let Some(e) = t.fatal.take() {
-            // The base could not be read: nothing after FROM can be translated.
-            let mut errors: Vec<kiln_core::Error> = vec![e];
-            errors.extend(t.errors.into_iter().map(Into::into));
-            return Explanation {
-                explained: t.explained,
-                errors,
-                warnings: Vec::new(),
-                toml: None,
-            };
+    }
+    let slices = split_stages(&t, &df.instructions, first_from);
+    let multi = slices.len() > 1;
+    let mut explained = std::mem::take(&mut t.explained);
+    let mut errors: Vec<kiln_core::Error> = std::mem::take(&mut t.errors)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let target = match &opts.target {
+        _ if slices.is_empty() => None,
+        None => Some(slices.len() - 1),
+        Some(want) => {
+            let w = want.to_lowercase();
+            let found = slices.iter().position(|s| s.name.as_deref() == Some(&w));
+            if found.is_none() {
+                let names: Vec<&str> = slices.iter().filter_map(|s| s.name.as_deref()).collect();
+                errors.push(
+                    t.invalid(
+                        0,
+                        "--target",
+                        format!(
+                            "no stage named `{want}` (named stages: {})",
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    )
+                    .into(),
+                );
+            }
+            found
+        }
+    };
+    let mut needed = BTreeSet::new();
+    let mut stack: Vec<usize> = target.into_iter().collect();
+    while let Some(i) = stack.pop() {
+        if needed.insert(i) {
+            stack.extend(slices[i].deps.iter().copied());
         }
     }
-    t.explained.sort_by_key(|e| e.line);
+    let images: Vec<String> = (0..slices.len())
+        .map(|i| match opts.stage_image {
+            Some(f) => f(i),
+            None => format!("stage:{}", slices[i].label),
+        })
+        .collect();
+    let mut used = t.used_args.clone();
+    let mut configs: Vec<Option<BaseConfig>> = Vec::new();
+    let mut outs = Vec::new();
+    for (k, sl) in slices.iter().enumerate() {
+        let need = needed.contains(&k);
+        if !need && !all {
+            configs.push(None);
+            continue;
+        }
+        let mut st = Translator::new(text, dockerfile, context, build_args);
+        st.base_lookup = opts.base;
+        st.escape = t.escape;
+        st.global_args = t.global_args.clone();
+        st.stages = StageCtx {
+            index: k,
+            names: slices[..k]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((s.name.clone()?, i)))
+                .collect(),
+            labels: slices.iter().map(|s| s.label.clone()).collect(),
+            images: images.clone(),
+            configs: configs.clone(),
+            deps: sl.deps.clone(),
+        };
+        let mut fatal = None;
+        for ins in &df.instructions[sl.range.clone()] {
+            if let Err(err) = st.instruction(ins) {
+                let line = err.line();
+                st.explain(line, Treatment::Refused, err.to_string());
+                st.errors.push(err);
+            }
+            if let Some(e) = st.fatal.take() {
+                // The base could not be read: nothing after FROM can be translated.
+                fatal = Some(e);
+                break;
+            }
+        }
+        used.extend(st.used_args.iter().cloned());
+        let toml = if need && st.errors.is_empty() && fatal.is_none() {
+            match st.finish() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    st.errors.push(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        configs.push(st.result_config());
+        let label = if need {
+            sl.label.clone()
+        } else {
+            format!("{} (not built)", sl.label)
+        };
+        for mut x in std::mem::take(&mut st.explained) {
+            if multi {
+                x.stage = Some(label.clone());
+            }
+            explained.push(x);
+        }
+        if need {
+            let stop = fatal.is_some();
+            errors.extend(fatal);
+            errors.extend(st.errors.into_iter().map(Into::into));
+            outs.push(StageOut {
+                index: k,
+                name: sl.name.clone(),
+                label: sl.label.clone(),
+                toml,
+            });
+            if stop {
+                break;
+            }
+        }
+    }
+    explained.sort_by_key(|e| e.line);
     let mut warnings = Vec::new();
     for (k, _) in build_args {
-        if !t.used_args.contains(k) {
+        if !used.contains(k) {
             warnings.push(format!(
                 "--build-arg {k} was not consumed: no ARG {k} in the Dockerfile"
             ));
         }
     }
-    let toml = if t.errors.is_empty() {
-        match t.finish() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                t.errors.push(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    Explanation {
-        explained: t.explained,
-        errors: t.errors.into_iter().map(Into::into).collect(),
+    if !errors.is_empty() {
+        outs.clear();
+    }
+    let toml = outs.last().and_then(|o| o.toml.clone());
+    let stage_specs = outs
+        .iter()
+        .take(outs.len().saturating_sub(1))
+        .filter_map(|o| Some((o.label.clone(), o.toml.clone()?)))
+        .collect();
+    let e = Explanation {
+        explained,
+        errors,
         warnings,
         toml,
+        stage_specs,
+    };
+    (e, outs)
+}
+
+/// Split the instructions at each FROM (from `first_from` on) and find
+/// which earlier stages each names (`FROM <stage>`, `COPY --from=<stage|index>`).
+fn split_stages(t: &Translator, ins: &[Instruction], first_from: usize) -> Vec<Slice> {
+    let globals = &t.global_args;
+    let expand = |v: &str| {
+        lex::word(v, t.escape, &|n| {
+            globals.get(n).cloned().unwrap_or(Var::Unset)
+        })
+        .unwrap_or_else(|_| v.to_string())
+        .to_lowercase()
+    };
+    let mut slices: Vec<Slice> = Vec::new();
+    let mut start = first_from;
+    while start < ins.len() {
+        let end = ins[start + 1..]
+            .iter()
+            .position(|i| matches!(i, Instruction::From(_)))
+            .map_or(ins.len(), |p| start + 1 + p);
+        let Instruction::From(f) = &ins[start] else {
+            unreachable!("stages start at FROM")
+        };
+        let index = slices.len();
+        let name = f.as_.as_ref().map(|(_, n)| n.value.to_lowercase());
+        let names: BTreeMap<&str, usize> = slices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.name.as_deref()?, i)))
+            .collect();
+        let mut deps = BTreeSet::new();
+        deps.extend(names.get(expand(&f.image.value).as_str()).copied());
+        for i in &ins[start + 1..end] {
+            let Instruction::Copy(c) = i else { continue };
+            for o in &c.options {
+                if &*o.name.value != "from" {
+                    continue;
+                }
+                let Some(v) = &o.value else { continue };
+                let v = expand(&v.value);
+                match (names.get(v.as_str()), v.parse::<usize>()) {
+                    (Some(&i), _) => {
+                        deps.insert(i);
+                    }
+                    (None, Ok(i)) if i < index => {
+                        deps.insert(i);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        slices.push(Slice {
+            label: name.clone().unwrap_or_else(|| index.to_string()),
+            name,
+            range: start..end,
+            deps,
+        });
+        start = end;
     }
+    slices
 }
 
 /// The explanation as a table (`kiln build --explain`).
@@ -292,16 +599,32 @@ pub fn table(explained: &[Explained]) -> String {
         .max()
         .unwrap_or(0)
         .clamp(11, 48);
-    let mut out = format!(
+    // A multi-stage Dockerfile: each line starts with its stage.
+    let stages = explained
+        .iter()
+        .filter_map(|e| e.stage.as_ref().map(|s| s.chars().count() + 2))
+        .max()
+        .map(|w| w.max(5));
+    let stage = |e: &Explained| match (stages, &e.stage) {
+        (Some(w), Some(s)) => format!("{:<w$}  ", format!("[{s}]")),
+        (Some(w), None) => format!("{:<w$}  ", ""),
+        (None, _) => String::new(),
+    };
+    let mut out = match stages {
+        Some(w) => format!("{:<w$}  ", "STAGE"),
+        None => String::new(),
+    };
+    out.push_str(&format!(
         "{:>4}  {:<width$}  {:<9}  WHAT KILN DOES\n",
         "LINE", "INSTRUCTION", "TREATMENT"
-    );
+    ));
     for e in explained {
         let mut ins: String = e.instruction.chars().take(width).collect();
         if e.instruction.chars().count() > width {
             ins.pop();
             ins.push('…');
         }
+        out.push_str(&stage(e));
         out.push_str(&format!(
             "{:>4}  {:<width$}  {:<9}  {}\n",
             e.line,
@@ -327,6 +650,8 @@ struct Draft {
     conda: Option<CondaDraft>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pip: Option<PipDraft>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    run: Vec<run::RunDraft>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -338,6 +663,8 @@ struct ImageDraft {
 
 #[derive(Debug, Serialize)]
 struct FileDraft {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
     src: String,
     dst: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -346,6 +673,8 @@ struct FileDraft {
     owner: Option<String>,
     #[serde(rename = "allow-setid", skip_serializing_if = "std::ops::Not::not")]
     allow_setid: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    into: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -368,6 +697,25 @@ struct ConfigDraft {
     volumes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<HealthDraft>,
+}
+
+/// `[config.healthcheck]` of the translated spec.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct HealthDraft {
+    test: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -447,8 +795,12 @@ pub(crate) struct Translator<'a> {
     draft: Draft,
     /// The stage the last package install went to (apt 0, conda 1, pip 2) and its line.
     pub(crate) last_stage: Option<(u8, usize)>,
+    /// A RUN line went to the sandbox: later native installs come before it.
+    pub(crate) runs_seen: bool,
     explained: Vec<Explained>,
     errors: Vec<DockerfileError>,
+    /// The other stages of a multi-stage Dockerfile.
+    stages: StageCtx,
 }
 
 type Res<T> = Result<T, DockerfileError>;
@@ -483,9 +835,38 @@ impl<'a> Translator<'a> {
             ignore: None,
             draft: Draft::default(),
             last_stage: None,
+            runs_seen: false,
             explained: Vec::new(),
             errors: Vec::new(),
+            stages: StageCtx::default(),
         }
+    }
+
+    /// The environment and working directory the stage's image ends with
+    /// (for a later `FROM <stage>`); None when its base was not read.
+    fn result_config(&self) -> Option<BaseConfig> {
+        let mut env = match (&self.base, self.scratch) {
+            (Some(b), _) => b.env.clone(),
+            (None, true) => Vec::new(),
+            (None, false) => return None,
+        };
+        for (k, v) in &self.env {
+            env.retain(|(x, _)| x != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let workdir = self
+            .workdir
+            .clone()
+            .or_else(|| self.base.as_ref().and_then(|b| b.workdir.clone()));
+        Some(BaseConfig { env, workdir })
+    }
+
+    /// An earlier stage named by `v` (its name, case-insensitive, or its index).
+    fn stage_ref(&self, v: &str) -> Option<usize> {
+        if let Some(&i) = self.stages.names.get(&v.to_lowercase()) {
+            return Some(i);
+        }
+        v.parse::<usize>().ok().filter(|&i| i < self.stages.index)
     }
 
     fn line_of(&self, pos: usize) -> usize {
@@ -520,14 +901,50 @@ impl<'a> Translator<'a> {
         line: usize,
         instruction: String,
         treatment: Treatment,
-        detail: String,
+        mut detail: String,
     ) {
+        if self.runs_seen
+            && matches!(
+                treatment,
+                Treatment::Apt | Treatment::Pip | Treatment::Conda
+            )
+        {
+            detail.push_str(
+                "; installed before the sandboxed RUN lines above it (kiln's native stages come first)",
+            );
+        }
         self.explained.push(Explained {
+            stage: None,
             line,
             instruction,
             treatment,
             detail,
         });
+    }
+
+    /// The stage's ARGs that have a value (a RUN's environment has them).
+    pub(crate) fn set_args(&self) -> BTreeMap<String, String> {
+        self.args
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Var::Set(v) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The USER in force (set by this Dockerfile; else the base's applies).
+    pub(crate) fn user(&self) -> Option<String> {
+        self.draft.config.user.clone()
+    }
+
+    /// How many `[[files]]` entries the COPY/ADD lines so far made.
+    pub(crate) fn files_so_far(&self) -> usize {
+        self.draft.files.len()
+    }
+
+    pub(crate) fn add_run(&mut self, step: run::RunDraft) {
+        self.draft.run.push(step);
     }
 
     pub(crate) fn invalid(
@@ -811,11 +1228,7 @@ impl<'a> Translator<'a> {
             }
             Instruction::Healthcheck(h) => {
                 let line = self.line_of(h.healthcheck.span.start);
-                return Err(self.unsupported(
-                    line,
-                    "HEALTHCHECK",
-                    "a health check (kiln's [config] has no healthcheck; a base image's is kept)",
-                ));
+                self.healthcheck(line, h)?;
             }
             Instruction::Onbuild(o) => {
                 let line = self.line_of(o.onbuild.span.start);
@@ -877,6 +1290,23 @@ impl<'a> Translator<'a> {
                 }
             }
         }
+        if let Some(i) = self.stages.names.get(&image.to_lowercase()).copied() {
+            // An earlier stage: its image, built first; its config is known.
+            self.base = self.stages.configs.get(i).cloned().flatten();
+            if let Some(w) = self.base.as_ref().and_then(|b| b.workdir.clone()) {
+                self.add_dir_and_parents(&w);
+            }
+            let mut detail = format!(
+                "[image] base = stage `{}` (built first, into a scratch OCI layout)",
+                self.stages.labels[i]
+            );
+            if !self.draft.image.platforms.is_empty() {
+                detail.push_str(&format!(", platforms = {:?}", self.draft.image.platforms));
+            }
+            self.draft.image.base = self.stages.images[i].clone();
+            self.explain(line, Treatment::Base, detail);
+            return Ok(());
+        }
         self.scratch = image == "scratch";
         if let (false, Some(lookup)) = (self.scratch, self.base_lookup) {
             let platform = self.draft.image.platforms.first().map(String::as_str);
@@ -895,10 +1325,11 @@ impl<'a> Translator<'a> {
                 }
             }
         }
-        let mut detail = format!("[image] base = {image:?}");
-        if let Some((_, name)) = &f.as_ {
-            detail.push_str(&format!(" (stage name `{}` unused: one stage)", name.value));
-        }
+        let detail = format!("[image] base = {image:?}");
+        let mut detail = match &f.as_ {
+            Some((_, name)) => format!("{detail} (stage `{}`)", name.value),
+            None => detail,
+        };
         if !self.draft.image.platforms.is_empty() {
             detail.push_str(&format!(", platforms = {:?}", self.draft.image.platforms));
         }
@@ -980,6 +1411,76 @@ impl<'a> Translator<'a> {
     }
 
     /// CMD/ENTRYPOINT: exec form as is, shell form through SHELL.
+    /// `HEALTHCHECK [--interval=…] CMD …` / `HEALTHCHECK NONE` →
+    /// `[config.healthcheck]` (docker's `Healthcheck` in the image config).
+    fn healthcheck(
+        &mut self,
+        line: usize,
+        h: &parse_dockerfile::HealthcheckInstruction,
+    ) -> Res<()> {
+        use parse_dockerfile::HealthcheckArguments;
+        let mut hc = HealthDraft::default();
+        for o in &h.options {
+            let name = o.name.value.to_string();
+            let v = o
+                .value
+                .as_ref()
+                .map(|v| v.value.to_string())
+                .unwrap_or_default();
+            let duration = |v: &str| -> Res<String> {
+                kiln_spec::spec::Duration::from_str(v)
+                    .map(|_| v.to_string())
+                    .map_err(|m| self.invalid(line, &format!("HEALTHCHECK --{name}"), m))
+            };
+            match name.as_str() {
+                "interval" => hc.interval = Some(duration(&v)?),
+                "timeout" => hc.timeout = Some(duration(&v)?),
+                "start-period" => hc.start_period = Some(duration(&v)?),
+                "start-interval" => hc.start_interval = Some(duration(&v)?),
+                "retries" => {
+                    hc.retries = Some(v.parse().map_err(|_| {
+                        self.invalid(
+                            line,
+                            "HEALTHCHECK --retries",
+                            format!("`{v}` is not a count"),
+                        )
+                    })?)
+                }
+                other => {
+                    return Err(self.unsupported(
+                        line,
+                        "HEALTHCHECK",
+                        format!("the option --{other}"),
+                    ))
+                }
+            }
+        }
+        hc.test = match &h.arguments {
+            HealthcheckArguments::None { .. } => vec!["NONE".to_string()],
+            HealthcheckArguments::Cmd { arguments, .. } => match arguments {
+                Command::Exec(a) => std::iter::once("CMD".to_string())
+                    .chain(a.value.iter().map(|s| s.value.to_string()))
+                    .collect(),
+                Command::Shell(s) => vec![
+                    "CMD-SHELL".to_string(),
+                    lex::join_continuations(s.value, self.escape),
+                ],
+                _ => return Err(self.unsupported(line, "HEALTHCHECK", "this form")),
+            },
+            _ => return Err(self.unsupported(line, "HEALTHCHECK", "this form")),
+        };
+        if hc.test.len() == 1 && hc.test[0] == "CMD" {
+            return Err(self.invalid(line, "HEALTHCHECK", "CMD needs a command"));
+        }
+        self.explain(
+            line,
+            Treatment::Config,
+            format!("[config.healthcheck] test = {:?}", hc.test),
+        );
+        self.draft.config.healthcheck = Some(hc);
+        Ok(())
+    }
+
     fn command(&self, line: usize, ins: &str, c: &Command) -> Res<Vec<String>> {
         match c {
             Command::Exec(a) => Ok(a.value.iter().map(|s| s.value.to_string()).collect()),
@@ -1002,14 +1503,16 @@ impl<'a> Translator<'a> {
     ) -> Res<()> {
         let mut owner = None;
         let mut mode = None;
+        let mut from = None;
         for o in options {
             let v = o.value.as_ref().map(|v| v.value.to_string());
             match (&*o.name.value, v) {
+                ("from", Some(v)) if ins == "COPY" => from = Some(v),
                 ("from", _) => {
                     return Err(self.unsupported(
                         line,
                         &format!("{ins} --from"),
-                        "copying from another stage or image (multi-stage builds)",
+                        "ADD from another stage or image (use COPY --from)",
                     ))
                 }
                 ("chown", Some(v)) => {
@@ -1053,6 +1556,9 @@ impl<'a> Translator<'a> {
                     ));
                 }
             }
+        }
+        if let Some(from) = from {
+            return self.copy_from(line, &from, owner, mode, src, dest);
         }
         let mut srcs = Vec::new();
         for s in src {
@@ -1213,11 +1719,13 @@ impl<'a> Translator<'a> {
                     (false, None) => {}
                 }
                 self.draft.files.push(FileDraft {
+                    from: None,
                     src: piece,
                     dst,
                     mode: mode.map(|m| format!("{:04o}", m.0)),
                     owner: owner.clone(),
                     allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+                    into: false,
                 });
             }
             let mut detail = format!("[[files]] {}", shown.join("; "));
@@ -1235,6 +1743,110 @@ impl<'a> Translator<'a> {
                 (None, _) => detail.push_str(" (one layer, on top of the package stages)"),
             }
             self.explain(line, Treatment::Files, detail);
+        }
+        Ok(())
+    }
+
+    /// `COPY --from=<stage|index|image>`: `[[files]] from` entries, with
+    /// sources taken from the root of that image (not WORKDIR), as docker.
+    fn copy_from(
+        &mut self,
+        line: usize,
+        from: &str,
+        owner: Option<String>,
+        mode: Option<Mode>,
+        src: &[Source],
+        dest: &str,
+    ) -> Res<()> {
+        let ins = "COPY --from";
+        let v = self.expand(line, ins, from)?;
+        let (image, shown) = if let Some(i) = self.stage_ref(&v) {
+            if !self.stages.deps.contains(&i) {
+                return Err(self.unsupported(
+                    line,
+                    ins,
+                    format!("`{from}`: naming a stage through a stage's ARG or ENV (name it, or use a global ARG)"),
+                ));
+            }
+            (
+                self.stages.images[i].clone(),
+                format!("stage `{}`", self.stages.labels[i]),
+            )
+        } else if v.contains(['/', ':', '@']) {
+            (v.clone(), format!("{:?}", kiln_core::url::redact(&v)))
+        } else {
+            let earlier: Vec<String> = self.stages.labels[..self.stages.index].to_vec();
+            return Err(self.invalid(
+                line,
+                ins,
+                format!(
+                    "no stage `{v}` before this line (earlier stages: {}); to copy from an image, give its full reference (REGISTRY/REPO:TAG, oci:DIR:TAG)",
+                    if earlier.is_empty() {
+                        "none".to_string()
+                    } else {
+                        earlier.join(", ")
+                    }
+                ),
+            ));
+        };
+        let mut srcs = Vec::new();
+        for s in src {
+            match s {
+                Source::Path(p) => srcs.extend(self.expand_words(line, ins, &p.value)?),
+                _ => return Err(self.unsupported(line, ins, "this kind of source")),
+            }
+        }
+        let dest_raw = self.expand(line, ins, dest)?;
+        let dest_abs = self.absolute(line, ins, &dest_raw)?;
+        AbsPath::from_str(&dest_abs).map_err(|m| self.invalid(line, ins, m))?;
+        let into = dest_raw.ends_with('/')
+            || dest_raw == "."
+            || dest_raw.ends_with("/.")
+            || srcs.len() > 1
+            || self.known_dirs.contains(&dest_abs)
+            || SYSTEM_DIRS.contains(&dest_abs.as_str());
+        for s in srcs {
+            if s.contains(['*', '?', '[']) {
+                return Err(self.unsupported(line, ins, format!("the wildcard source `{s}`")));
+            }
+            let mut parts: Vec<&str> = Vec::new();
+            for p in s.split('/') {
+                match p {
+                    "" | "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    p => parts.push(p),
+                }
+            }
+            let src_abs = format!("/{}", parts.join("/"));
+            let mut detail =
+                format!("[[files]] from = {shown}, src = {src_abs:?}, dst = {dest_abs:?}");
+            if into {
+                detail.push_str(" (into the directory)");
+            }
+            if let Some(o) = &owner {
+                detail.push_str(&format!(", owner = {o:?}"));
+            }
+            if let Some(m) = mode {
+                detail.push_str(&format!(", mode = \"{:04o}\"", m.0));
+            }
+            detail.push_str(" (one layer, on top of the package stages)");
+            self.explain(line, Treatment::Files, detail);
+            self.draft.files.push(FileDraft {
+                from: Some(image.clone()),
+                src: src_abs,
+                dst: dest_abs.clone(),
+                mode: mode.map(|m| format!("{:04o}", m.0)),
+                owner: owner.clone(),
+                allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+                into,
+            });
+        }
+        match (into, dest_abs.rsplit_once('/')) {
+            (true, _) => self.add_dir_and_parents(&dest_abs),
+            (false, Some((parent, _))) => self.add_dir_and_parents(parent),
+            (false, None) => {}
         }
         Ok(())
     }

@@ -1,6 +1,10 @@
-//! `RUN` lines: each `&&`-joined command must be a package install kiln
-//! does natively (apt, pip, conda) or a clean-up that is a no-op in kiln's
-//! pipeline; anything else is refused naming the line and the command.
+//! `RUN` lines: a line whose `&&`-joined commands are all package installs
+//! kiln does natively (apt, pip, conda) or clean-ups that are no-ops in
+//! kiln's pipeline becomes the native stages; any other line becomes a
+//! `[[run]]` step, run as written in kiln's sandbox over the tree built so
+//! far (with the ENV, ARGs, USER, WORKDIR and SHELL in force at that line).
+//! Native stages install before every sandboxed step, as kiln's pipeline
+//! does; `--explain` says so.
 
 use parse_dockerfile::{Command, RunInstruction};
 
@@ -57,8 +61,35 @@ struct CondaInstall {
 /// Why a command is not taken (the message's parenthesis).
 type Refusal = Option<String>;
 
+/// A `[[run]]` entry of the translated spec.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RunDraft {
+    command: CommandDraft,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shell: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workdir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    after_files: usize,
+    label: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum CommandDraft {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
 impl Translator<'_> {
     pub(crate) fn run(&mut self, line: usize, r: &RunInstruction) -> Result<(), DockerfileError> {
+        let mut network = None;
         for o in &r.options {
             let v = o
                 .value
@@ -67,6 +98,9 @@ impl Translator<'_> {
                 .unwrap_or_default();
             match &*o.name.value {
                 "mount" if v.split(',').any(|kv| kv == "type=cache") => {}
+                "network" if ["host", "none", "default"].contains(&v.as_str()) => {
+                    network = Some(if v == "none" { "none" } else { "host" }.to_string());
+                }
                 name => {
                     return Err(self.unsupported(
                         line,
@@ -83,50 +117,152 @@ impl Translator<'_> {
                 }
             }
         }
-        if !r.here_docs.is_empty() {
-            return Err(self.unsupported(line, "RUN", "a here-document"));
+        if let Some(doc) = r.here_docs.first() {
+            return self.here_doc(line, r, doc, network);
         }
-        let commands = match &r.arguments {
-            Command::Exec(a) => vec![a
-                .value
-                .iter()
-                .map(|s| s.value.to_string())
-                .collect::<Vec<_>>()],
+        // Native when every command is a package install or a no-op
+        // clean-up; otherwise the whole line runs in the sandbox.
+        let (commands, script) = match &r.arguments {
+            Command::Exec(a) => {
+                let argv: Vec<String> = a.value.iter().map(|s| s.value.to_string()).collect();
+                (Ok(vec![argv.clone()]), CommandDraft::Exec(argv))
+            }
             Command::Shell(s) => {
                 let text = lex::join_continuations(s.value, self.escape());
                 let prog = self.shell().first().cloned().unwrap_or_default();
                 let base = prog.rsplit('/').next().unwrap_or("");
-                if !["sh", "bash", "dash", "ash", "zsh"].contains(&base) {
-                    return Err(self.unsupported(
-                        line,
-                        "RUN",
-                        format!("a shell-form RUN with the SHELL `{prog}`"),
-                    ));
-                }
-                lex::shell_commands(&text, &|n| self.var(n)).map_err(|reason| {
-                    DockerfileError::NotPackageInstall {
-                        path: self.path().to_path_buf(),
-                        line,
-                        command: kiln_core::url::redact(text.trim()),
-                        reason: Some(format!("{reason} needs a shell")),
-                    }
-                })?
+                let commands = if ["sh", "bash", "dash", "ash", "zsh"].contains(&base) {
+                    lex::shell_commands(&text, &|n| self.var(n))
+                        .map_err(|reason| format!("{reason} needs a shell"))
+                } else {
+                    Err(format!("the SHELL is `{prog}`"))
+                };
+                (commands, CommandDraft::Shell(text.trim().to_string()))
             }
             _ => return Err(self.unsupported(line, "RUN", "this form of RUN")),
         };
-        if commands.is_empty() {
+        let native: Result<Vec<(String, Action)>, String> = commands.and_then(|commands| {
+            commands
+                .iter()
+                .map(|words| {
+                    let shown = kiln_core::url::redact(&words.join(" "));
+                    classify(words).map(|a| (shown.clone(), a)).map_err(|why| {
+                        let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+                        format!("`{shown}` is not a package install{why}")
+                    })
+                })
+                .collect()
+        });
+        match native {
+            Ok(actions) if !actions.is_empty() => {
+                for (shown, action) in actions {
+                    self.apply(line, shown, action)?;
+                }
+                Ok(())
+            }
+            Ok(_) => Err(self.invalid(line, "RUN", "no command")),
+            Err(why) => self.sandboxed(line, script, network, why),
+        }
+    }
+
+    /// `RUN <<EOF … EOF`: the document is a script, run by its `#!`
+    /// interpreter when it names one, else by the SHELL (as BuildKit does).
+    fn here_doc(
+        &mut self,
+        line: usize,
+        r: &RunInstruction,
+        doc: &parse_dockerfile::HereDoc,
+        network: Option<String>,
+    ) -> Result<(), DockerfileError> {
+        let marker = match &r.arguments {
+            Command::Shell(s) => s.value.trim().to_string(),
+            _ => String::new(),
+        };
+        if r.here_docs.len() > 1 || marker.split_whitespace().count() > 1 {
+            return Err(self.unsupported(
+                line,
+                "RUN",
+                "a here-document with a command or another here-document on its line",
+            ));
+        }
+        let script = doc.value.to_string();
+        let argv = match script.strip_prefix("#!") {
+            Some(rest) => {
+                let (first, body) = rest.split_once('\n').unwrap_or((rest, ""));
+                let mut argv: Vec<String> = first.split_whitespace().map(String::from).collect();
+                if argv.is_empty() {
+                    return Err(self.invalid(
+                        line,
+                        "RUN",
+                        "the here-document's #! names no program",
+                    ));
+                }
+                argv.push("-c".into());
+                argv.push(body.to_string());
+                argv
+            }
+            None => {
+                let mut argv = self.shell().to_vec();
+                argv.push(script);
+                argv
+            }
+        };
+        self.sandboxed(
+            line,
+            CommandDraft::Exec(argv),
+            network,
+            "a here-document script".into(),
+        )
+    }
+
+    /// The whole line as a `[[run]]` step.
+    fn sandboxed(
+        &mut self,
+        line: usize,
+        script: CommandDraft,
+        network: Option<String>,
+        why: String,
+    ) -> Result<(), DockerfileError> {
+        let shown = match &script {
+            CommandDraft::Shell(s) => s.clone(),
+            CommandDraft::Exec(v) => format!("{v:?}"),
+        };
+        if matches!(&script, CommandDraft::Shell(s) if s.is_empty())
+            || matches!(&script, CommandDraft::Exec(v) if v.is_empty())
+        {
             return Err(self.invalid(line, "RUN", "no command"));
         }
-        for words in commands {
-            let shown = kiln_core::url::redact(&words.join(" "));
-            let action = classify(&words).map_err(|reason| DockerfileError::NotPackageInstall {
-                path: self.path().to_path_buf(),
-                line,
-                command: shown.clone(),
-                reason,
-            })?;
-            self.apply(line, shown, action)?;
+        let shown = kiln_core::url::redact(&shown);
+        // ARGs are in a RUN's environment (not the image's); ENV wins.
+        let mut env: std::collections::BTreeMap<String, String> = self.set_args();
+        env.extend(self.env.clone());
+        let shell = (self.shell() != ["/bin/sh", "-c"]).then(|| self.shell().to_vec());
+        let user = self.user();
+        let workdir = self.workdir.clone();
+        let after_files = self.files_so_far();
+        let mut detail = format!(
+            "[[run]] in the sandbox (user {}, workdir {}, network {})",
+            user.as_deref().unwrap_or("root"),
+            workdir.as_deref().unwrap_or("/"),
+            network.as_deref().unwrap_or("host"),
+        );
+        if after_files > 0 {
+            detail.push_str(&format!(", after the first {after_files} [[files]]"));
         }
+        detail.push_str(&format!("; not native: {why}"));
+        self.runs_seen = true;
+        let label = format!("{} line {line}: RUN", self.path().display());
+        self.add_run(RunDraft {
+            command: script,
+            shell,
+            env,
+            user,
+            workdir,
+            network,
+            after_files,
+            label,
+        });
+        self.push(line, shown, Treatment::Sandboxed, detail);
         Ok(())
     }
 

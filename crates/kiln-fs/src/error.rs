@@ -52,6 +52,14 @@ pub enum FsError {
         /// `a device node`, `a fifo`, `a socket` ...
         what: &'static str,
     },
+    /// A `[[files]] from` source that is not in the image (or is a device,
+    /// fifo or socket there).
+    #[error("[[files]] src `{src}` from {from}: {problem}")]
+    NotInImage {
+        src: String,
+        from: String,
+        problem: String,
+    },
     /// A host file name, or a symlink's target, that is not UTF-8.
     #[error("{}", non_utf8(path, *target))]
     NonUtf8 {

@@ -1,11 +1,13 @@
 //! Filesystems as kiln sees them: a layer's entries and their deterministic
 //! tar + parallel compression ([`layer`]), the merged read-only view of a
-//! base image ([`rootfs`]) and the facts read from it ([`probe`]).
+//! base image ([`rootfs`]), the facts read from it ([`probe`]), and
+//! commands run in an assembled tree without privileges ([`sandbox`]).
 
 mod error;
 pub mod layer;
 pub mod probe;
 pub mod rootfs;
+pub mod sandbox;
 
 pub use error::FsError;
 pub use rootfs::{Node, Rootfs};

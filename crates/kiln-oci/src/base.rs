@@ -126,7 +126,7 @@ pub fn load(
                         let reg = registry.ok_or_else(|| RegistryError::OfflineBlob {
                             digest: d.digest.clone(),
                             image: what.clone(),
-                            hint: false,
+                            hint: true,
                         })?;
                         reg.fetch_blob(r, &d.digest, d.size, cache)?;
                     }

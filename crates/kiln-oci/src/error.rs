@@ -55,8 +55,10 @@ pub enum RegistryError {
         actual: Digest,
     },
 
-    /// `--offline` (no registry), and the manifest is not cached.
-    #[error("offline: the manifest of {reference} is not in the cache")]
+    /// `--offline` (no registry), and the manifest is not cached: say how
+    /// to fill the cache (a base named by tag is only read offline at the
+    /// digest kiln.lock pins).
+    #[error("offline: the manifest of {reference} is not in the cache (online, run `kiln lock` and `kiln fetch` first, or `kiln cache import FILE` from a machine that did)")]
     OfflineManifest { reference: String },
 
     /// `--offline` (no registry), and the blob is not cached; `hint`: say
@@ -290,12 +292,21 @@ pub enum ImageError {
     LayoutNotIndexed { what: String },
 
     /// `oci:DIR:TAG` with a tag the layout does not have.
-    #[error("{what}: no image tagged `{tag}` in {}", index.display())]
+    #[error("{what}: no image tagged `{tag}` in {}; {}", index.display(), tag_list(tags))]
     TagNotFound {
         what: String,
         tag: String,
         index: PathBuf,
         /// The tags the layout has.
+        tags: Vec<String>,
+    },
+
+    /// A registry reference whose tag the repository does not have.
+    #[error("{reference}: no such tag in {repository}; {}", tag_list(tags))]
+    RegistryTagNotFound {
+        reference: String,
+        repository: String,
+        /// The repository's tags (`tags/list`).
         tags: Vec<String>,
     },
 
@@ -419,6 +430,20 @@ pub enum ImageError {
         size: u64,
         max: u64,
     },
+}
+
+/// "tags there: a, b" (the first 20), or that there are none.
+fn tag_list(tags: &[String]) -> String {
+    const SHOWN: usize = 20;
+    match tags.len() {
+        0 => "it has no tags".into(),
+        n if n <= SHOWN => format!("tags there: {}", tags.join(", ")),
+        n => format!(
+            "tags there: {}, and {} more",
+            tags[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
 }
 
 impl Classify for ImageError {

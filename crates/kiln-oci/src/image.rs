@@ -216,6 +216,25 @@ fn merge_config(
     if let Some(s) = &spec.stop_signal {
         cfg.insert("StopSignal".into(), s.clone().into());
     }
+    if let Some(h) = &spec.healthcheck {
+        // Docker's field names; durations in nanoseconds, as it stores them.
+        let mut hc = serde_json::Map::new();
+        hc.insert("Test".into(), json!(h.test));
+        for (name, d) in [
+            ("Interval", h.interval),
+            ("Timeout", h.timeout),
+            ("StartPeriod", h.start_period),
+            ("StartInterval", h.start_interval),
+        ] {
+            if let Some(d) = d {
+                hc.insert(name.into(), json!(d.nanos));
+            }
+        }
+        if let Some(r) = h.retries {
+            hc.insert("Retries".into(), json!(r));
+        }
+        cfg.insert("Healthcheck".into(), Value::Object(hc));
+    }
     let mut labels = object(cfg.remove("Labels"));
     for (k, v) in std_labels.iter().chain(spec.labels.iter()) {
         labels.insert(k.clone(), v.clone().into());

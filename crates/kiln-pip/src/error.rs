@@ -204,6 +204,20 @@ pub enum PipError {
         sources: Vec<String>,
     },
 
+    /// Requested packages no source has, or not at the requested
+    /// version: every one, with close names or the versions there are.
+    #[error(
+        "[pip] {} not found on {}:{}",
+        if missing.len() == 1 { "1 requested package".to_string() } else { format!("{} requested packages", missing.len()) },
+        if sources.is_empty() { "any configured source".to_string() } else { sources.join(", ") },
+        kiln_core::suggest::lines(missing)
+    )]
+    UnknownPackages {
+        missing: Vec<kiln_core::suggest::Missing>,
+        /// Indexes then find-links locations asked, redacted.
+        sources: Vec<String>,
+    },
+
     // --- resolution ---
     /// Versions match the requirement, but none has a wheel for the target.
     #[error(
@@ -402,6 +416,7 @@ impl Classify for PipError {
             | PipError::NoPackageSource
             | PipError::FindLinks { .. }
             | PipError::PackageNotFound { .. }
+            | PipError::UnknownPackages { .. }
             | PipError::NoCompatibleWheel { .. }
             | PipError::InvalidRequiresDist { .. }
             | PipError::InvalidExtra { .. }

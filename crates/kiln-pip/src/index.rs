@@ -143,6 +143,41 @@ impl<'a> IndexClient<'a> {
         Ok(Some(all))
     }
 
+    /// Every project name the sources know, for "did you mean" hints:
+    /// each index's root page (PEP 503/691; a `file://` index's
+    /// directories) and the find-links files. Best effort: a source that
+    /// does not answer adds nothing.
+    pub(crate) fn project_names(&self) -> Vec<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for index in &self.indexes {
+            let url = format!("{}/", index.trim_end_matches('/'));
+            match file_url_path(&url) {
+                Some(dir) if dir.is_dir() => {
+                    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        if e.path().is_dir() {
+                            names.insert(e.file_name().to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                _ => {
+                    let Ok(f) = self
+                        .http
+                        .get_cached(&url, Some(ACCEPT), self.cache, &|_| Ok(()))
+                    else {
+                        continue;
+                    };
+                    names.extend(root_page_names(&f.bytes));
+                }
+            }
+        }
+        for fl in &self.find_links {
+            if let Ok(listing) = self.find_links_listing(fl) {
+                names.extend(listing.iter().filter_map(|f| file_project(&f.filename)));
+            }
+        }
+        names.into_iter().collect()
+    }
+
     fn page_cache_path(&self, url: &str) -> PathBuf {
         self.cache
             .entry(CacheBucket::PipPages, Digest::of(url.as_bytes()).hex())
@@ -290,6 +325,14 @@ impl<'a> IndexClient<'a> {
         Ok(m)
     }
 
+    /// [`IndexClient::download`] of a wheel only installed (see
+    /// [`Http::download_artifact`]).
+    pub(crate) fn download_artifact(&self, file: &DistFile) -> Result<(Digest, u64)> {
+        self.http
+            .download_artifact(&file.url, file.digest().as_ref(), self.cache)
+            .map_err(|e| e.context(format!("downloading {}", file.filename)))
+    }
+
     /// Download (verified against the index's sha256) into the cache.
     pub(crate) fn download(&self, file: &DistFile) -> Result<(Digest, u64)> {
         self.http
@@ -347,6 +390,30 @@ fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
         ),
         _ => None,
     }
+}
+
+/// Project names of an index's root page: PEP 691 JSON (`projects[].name`)
+/// or PEP 503 HTML (the anchors' text).
+fn root_page_names(bytes: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Root {
+        projects: Vec<Project>,
+    }
+    #[derive(Deserialize)]
+    struct Project {
+        name: String,
+    }
+    if let Ok(r) = serde_json::from_slice::<Root>(bytes) {
+        return r.projects.into_iter().map(|p| p.name).collect();
+    }
+    let html = String::from_utf8_lossy(bytes);
+    html.split("<a")
+        .skip(1)
+        .filter_map(|a| {
+            let text = a.split_once('>')?.1.split_once("</a")?.0.trim();
+            (!text.is_empty()).then(|| unescape(text))
+        })
+        .collect()
 }
 
 fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {

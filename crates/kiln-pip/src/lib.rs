@@ -135,11 +135,11 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
         prerelease: section.prerelease,
         ..Default::default()
     };
-    for p in &section.packages {
+    for (p, origin) in section.requests() {
         inputs.requirements.push(spec::parse_requirement(
             p,
             spec_dir,
-            "[pip] packages",
+            &origin,
             error::Owner::Spec,
         )?);
     }
@@ -186,6 +186,15 @@ pub fn plan(
         &inputs.constraints,
         inputs.prerelease,
     )?;
+    // Every name or version that does not exist, in one message.
+    let missing = provider.missing_roots(&|| client.project_names())?;
+    if !missing.is_empty() {
+        return Err(PipError::UnknownPackages {
+            missing,
+            sources: provider.sources(),
+        }
+        .into());
+    }
     let resolved = resolve::resolve(&provider)?;
 
     let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -233,7 +242,7 @@ pub fn plan(
         todo.par_iter()
             .map(|(name, version, file)| {
                 let (digest, size) = client
-                    .download(file)
+                    .download_artifact(file)
                     .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
                 let direct_url = provider.direct_url(name).map(|u| {
                     serde_json::json!({

@@ -17,6 +17,7 @@ use uv_pep440::{Version, VersionSpecifiers};
 use uv_pep508::{MarkerEnvironment, Requirement, VersionOrUrl};
 
 use kiln_core::error::{Error, Result};
+use kiln_core::suggest::{self, Missing};
 
 use crate::PipError;
 
@@ -168,16 +169,9 @@ impl<'a> Provider<'a> {
                 Some(f) => f.to_vec(),
                 None if installed.is_some() => Vec::new(),
                 None => {
-                    let sources = self
-                        .client
-                        .indexes
-                        .iter()
-                        .chain(&self.client.find_links)
-                        .map(|u| kiln_store::http::redact(u))
-                        .collect();
                     return Err(PipError::PackageNotFound {
                         name: name.to_string(),
-                        sources,
+                        sources: self.sources(),
                     }
                     .into());
                 }
@@ -233,6 +227,74 @@ impl<'a> Provider<'a> {
             .unwrap()
             .insert(name.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Every root requirement (for this target's markers) whose project
+    /// no source has, or none of whose versions exists; `names` gives the
+    /// projects the sources know, asked only when a name is missing.
+    pub(crate) fn missing_roots(&self, names: &dyn Fn() -> Vec<String>) -> Result<Vec<Missing>> {
+        let roots: Vec<&Req> = self
+            .roots
+            .iter()
+            .filter(|r| {
+                r.req.marker.evaluate(&self.env, &[])
+                    && !self.direct.contains_key(r.req.name.as_ref())
+            })
+            .collect();
+        // Fetched in parallel: the resolver reads these pages first anyway.
+        let looked: Vec<Result<Option<Arc<Candidates>>>> =
+            kiln_store::http::on_network_pool(|| {
+                roots
+                    .par_iter()
+                    .map(|r| match self.candidates(r.req.name.as_ref()) {
+                        Ok(c) => Ok(Some(c)),
+                        Err(e)
+                            if matches!(
+                                e.downcast_ref::<PipError>(),
+                                Some(PipError::PackageNotFound { .. })
+                            ) =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    })
+                    .collect()
+            });
+        let mut known: Option<Vec<String>> = None;
+        let mut out = Vec::new();
+        for (r, c) in roots.iter().zip(looked) {
+            let name = r.req.name.to_string();
+            let request = crate::error::quote(&r.req.to_string(), r.owner).unwrap_or(name.clone());
+            let at = (r.origin != "[pip] packages").then_some(r.origin.as_str());
+            match c? {
+                None => {
+                    let known = known.get_or_insert_with(names);
+                    let close = suggest::close_names(&name, known.iter().map(String::as_str));
+                    out.push(Missing::name(&request, close).at(at));
+                }
+                Some(c) => {
+                    let Some(VersionOrUrl::VersionSpecifier(spec)) = &r.req.version_or_url else {
+                        continue;
+                    };
+                    if c.versions.is_empty() || c.versions.iter().any(|v| spec.contains(v)) {
+                        continue;
+                    }
+                    let versions = c.versions.iter().rev().map(|v| v.to_string()).collect();
+                    out.push(Missing::version(&request, &name, versions).at(at));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Indexes then find-links locations, redacted, for messages.
+    pub(crate) fn sources(&self) -> Vec<String> {
+        self.client
+            .indexes
+            .iter()
+            .chain(&self.client.find_links)
+            .map(|u| kiln_store::http::redact(u))
+            .collect()
     }
 
     fn selectable(c: &Candidates, v: &Version) -> bool {
@@ -601,6 +663,65 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("[pip] package `nothere` was not found on file://"));
+    }
+
+    /// Missing roots, all at once, before resolving: names with close
+    /// ones, versions with the versions there are.
+    fn missing_with(files: &[&str], roots: &[(&str, &str)], names: &[&str]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("wheelhouse");
+        std::fs::create_dir(&wh).unwrap();
+        for f in files {
+            std::fs::write(wh.join(f), b"").unwrap();
+        }
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let client = IndexClient::new(&http, &cache, Vec::new(), vec![file_url(&wh)]);
+        let t = target();
+        let env = crate::markers::environment(&t).unwrap();
+        let roots = roots
+            .iter()
+            .map(|(r, origin)| parse_requirement(r, dir.path(), origin, Owner::Spec).unwrap())
+            .collect();
+        let provider = Provider::new(&client, &t, env, roots, &[], false).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let listed = client.project_names();
+        assert!(listed.iter().any(|n| n == "numpy"), "{listed:?}");
+        provider
+            .missing_roots(&|| names.clone())
+            .unwrap()
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_missing_root_is_named_with_close_names_or_versions() {
+        let files = [
+            "numpy-1.26.4-py3-none-any.whl",
+            "numpy-2.0.0-py3-none-any.whl",
+            "pandas-2.2.0-py3-none-any.whl",
+        ];
+        let got = missing_with(
+            &files,
+            &[
+                ("numpyy", "[pip] packages"),
+                ("pandsa>=2", "pkgs.txt:3"),
+                ("numpy==9.9", "[pip] packages"),
+                ("pandas", "[pip] packages"),
+                ("nothing-like-it", "[pip] packages"),
+            ],
+            &["numpy", "pandas", "requests"],
+        );
+        assert_eq!(
+            got,
+            [
+                "`numpyy`: no such package; did you mean `numpy`?",
+                "`pandsa>=2` (pkgs.txt:3): no such package; did you mean `pandas`?",
+                "`numpy==9.9`: no such version; numpy has 2.0.0, 1.26.4",
+                "`nothing-like-it`: no such package",
+            ]
+        );
     }
 
     #[test]

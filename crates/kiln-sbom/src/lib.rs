@@ -66,6 +66,8 @@ pub fn keep_path(path: &str) -> bool {
         || path == "/var/lib/dpkg/status"
         || path.starts_with("/var/lib/dpkg/status.d/")
         || path.ends_with(".dist-info/METADATA")
+        // Kept (empty) so a build reused from its memo sees it too.
+        || path.ends_with(".dist-info/REQUESTED")
         || path.ends_with(".egg-info/PKG-INFO")
         || (path.ends_with(".egg-info") && path.contains("-packages/"))
         || matches!(path, "/etc/os-release" | "/usr/lib/os-release")
@@ -121,6 +123,34 @@ pub struct Package {
     pub(crate) source: Option<String>,
     /// Where the package's record lives in the image.
     pub(crate) locations: BTreeSet<String>,
+    /// What it depends on, as its record says: groups of alternative names
+    /// (Debian `a | b`; one name per group for Python and conda). Resolved
+    /// against the image's packages into DEPENDS_ON relationships.
+    pub(crate) depends: Vec<Vec<String>>,
+    /// Virtual names it provides (Debian `Provides`).
+    pub(crate) provides: Vec<String>,
+    /// Asked for by whoever installed it (a wheel's `REQUESTED`, conda's
+    /// `requested_spec`; apt packages through [`Known::add_requested`]).
+    pub(crate) requested: bool,
+    /// Where its dependencies are looked for first: the site-packages
+    /// directory or conda prefix it lives in (empty for debs).
+    pub(crate) scope: String,
+}
+
+impl Package {
+    /// `deb`, `pypi` or `conda`.
+    pub fn ecosystem(&self) -> &'static str {
+        self.ecosystem.as_str()
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    pub fn purl(&self) -> &str {
+        &self.purl
+    }
 }
 
 /// Every package the image's package databases list, sorted, one per purl.
@@ -135,6 +165,9 @@ pub fn scan(fs: &Rootfs) -> Vec<Package> {
             if old.sha256.is_none() {
                 old.sha256 = p.sha256;
             }
+            old.depends.extend(p.depends);
+            old.provides.extend(p.provides);
+            old.requested |= p.requested;
         }
         None => {
             found.insert(p.purl.clone(), p);
@@ -236,7 +269,26 @@ fn debs(fs: &Rootfs) -> Vec<Package> {
             if let Some(a) = &arch {
                 q.push(("arch", a.clone()));
             }
+            let mut depends = Vec::new();
+            for field in ["Pre-Depends", "Depends"] {
+                for group in p.get(field).unwrap_or("").split(',') {
+                    let alts: Vec<String> = group.split('|').filter_map(deb_name).collect();
+                    if !alts.is_empty() {
+                        depends.push(alts);
+                    }
+                }
+            }
+            let provides = p
+                .get("Provides")
+                .unwrap_or("")
+                .split(',')
+                .filter_map(deb_name)
+                .collect();
             out.push(Package {
+                depends,
+                provides,
+                requested: false,
+                scope: String::new(),
                 ecosystem: Ecosystem::Deb,
                 name: name.to_string(),
                 version: version.to_string(),
@@ -250,6 +302,17 @@ fn debs(fs: &Rootfs) -> Vec<Package> {
         }
     }
     out
+}
+
+/// The package name of one Debian relation (`libc6 (>= 2.34)`, `python3:any`).
+fn deb_name(rel: &str) -> Option<String> {
+    let n = rel
+        .split_whitespace()
+        .next()?
+        .split(['(', '[', '<'])
+        .next()?;
+    let n = n.split(':').next()?.trim();
+    (!n.is_empty()).then(|| n.to_string())
 }
 
 /// A `*.dist-info/METADATA`, `*.egg-info/PKG-INFO` or `*.egg-info` file
@@ -296,7 +359,29 @@ fn python_dist(fs: &Rootfs, path: &str, node: &Node) -> Option<Package> {
     let license = field("license-expression")
         .or_else(|| field("license").filter(|l| !l.eq_ignore_ascii_case("UNKNOWN")));
     let norm = kiln_fs::probe::normalize(&name);
+    // Requirements of extras are not installed by asking for the package.
+    let depends = read(fs, path)
+        .map(|b| kiln_fs::probe::header_fields(b, false))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, v)| {
+            k == "requires-dist" && !v.split_once(';').is_some_and(|(_, m)| m.contains("extra"))
+        })
+        .filter_map(|(_, v)| {
+            let n: String = v
+                .trim()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect();
+            (!n.is_empty()).then(|| vec![kiln_fs::probe::normalize(&n)])
+        })
+        .collect();
     Some(Package {
+        depends,
+        provides: Vec::new(),
+        requested: entry == "METADATA"
+            && kiln_fs::probe::exists(fs, &format!("{record}/REQUESTED")),
+        scope: site.to_string(),
         ecosystem: Ecosystem::Pypi,
         purl: purl("pypi", None, &norm, &version, vec![]),
         name: norm,
@@ -354,7 +439,29 @@ fn conda(path: &str, bytes: &[u8]) -> Option<Package> {
     let sha256 = s("sha256")
         .map(|h| h.to_ascii_lowercase())
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let depends = v
+        .get("depends")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str()?.split_whitespace().next())
+        .filter(|n| !n.starts_with("__"))
+        .map(|n| vec![n.to_string()])
+        .collect();
+    let requested = s("requested_spec").is_some()
+        || v.get("requested_specs")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+    let scope = path
+        .rsplit_once('/')
+        .and_then(|(d, _)| d.strip_suffix("conda-meta"))
+        .unwrap_or("")
+        .to_string();
     Some(Package {
+        depends,
+        provides: Vec::new(),
+        requested,
+        scope,
         ecosystem: Ecosystem::Conda,
         purl: purl("conda", None, &name, &version, q),
         name,
@@ -486,6 +593,8 @@ fn unique_id(base: &str, taken: &mut BTreeSet<String>) -> String {
 #[derive(Default, Debug, Clone)]
 pub struct Known {
     map: BTreeMap<(Ecosystem, String, String, String), String>,
+    /// Names the spec asked for, per ecosystem (`deb`, `pypi`, `conda`).
+    requested: BTreeSet<(&'static str, String)>,
 }
 
 impl Known {
@@ -495,6 +604,24 @@ impl Known {
             (Ecosystem::Deb, name.into(), version.into(), arch.into()),
             sha256.hex().to_string(),
         );
+    }
+
+    /// A package the spec names (`deb`, `pypi` or `conda`): the image
+    /// DEPENDS_ON it, where chains of dependencies start.
+    pub fn add_requested(&mut self, ecosystem: &str, name: &str) {
+        let (eco, name) = match ecosystem {
+            "deb" => ("deb", name.to_string()),
+            "pypi" => ("pypi", kiln_fs::probe::normalize(name)),
+            _ => ("conda", name.to_string()),
+        };
+        self.requested.insert((eco, name));
+    }
+
+    fn is_requested(&self, p: &Package) -> bool {
+        p.requested
+            || self
+                .requested
+                .contains(&(p.ecosystem.as_str(), p.name.clone()))
     }
 
     /// A wheel the pip stage installed.
@@ -870,6 +997,7 @@ pub fn document(
     let mut licenses = Licenses::default();
     let mut contains = Vec::new();
     let mut from_base = Vec::new();
+    let mut ids: Vec<String> = Vec::with_capacity(packages.len());
     for p in packages {
         let mut id_base = format!("Package-{}-{}-{}", p.ecosystem.as_str(), p.name, p.version);
         if let Some(a) = &p.arch {
@@ -877,6 +1005,7 @@ pub fn document(
             id_base.push_str(a);
         }
         let id = unique_id(&id_base, &mut taken);
+        ids.push(id.clone());
         let checksum = known.get(p).cloned().or_else(|| p.sha256.clone());
         let mut info: Vec<String> = Vec::new();
         if !p.locations.is_empty() {
@@ -907,6 +1036,7 @@ pub fn document(
     }
     relationships.extend(contains);
     relationships.extend(from_base);
+    relationships.extend(dependencies(IMAGE_ID, packages, &ids, known));
     let doc = Document {
         spdx_version: "SPDX-2.3",
         data_license: "CC0-1.0",
@@ -937,6 +1067,85 @@ pub fn document(
     let mut bytes = serde_json::to_vec_pretty(&doc).map_err(SbomError::Serialize)?;
     bytes.push(b'\n');
     Ok(bytes)
+}
+
+/// DEPENDS_ON relationships: the image on what was requested, then each
+/// package on what its record's dependencies resolve to among the image's
+/// packages (Debian: the first alternative installed, by name or through a
+/// package that provides it; Python and conda: the same site-packages or
+/// prefix first). Dependencies that are not installed are left out. In
+/// package order, each edge once.
+fn dependencies(
+    image_id: &str,
+    packages: &[Package],
+    ids: &[String],
+    known: &Known,
+) -> Vec<Relationship> {
+    let mut by_name: BTreeMap<(Ecosystem, &str), Vec<usize>> = BTreeMap::new();
+    let mut providers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in packages.iter().enumerate() {
+        by_name.entry((p.ecosystem, &p.name)).or_default().push(i);
+        if p.ecosystem == Ecosystem::Deb {
+            for v in &p.provides {
+                providers.entry(v).or_default().push(i);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, p) in packages.iter().enumerate() {
+        if known.is_requested(p) {
+            out.push(rel(image_id, "DEPENDS_ON", &ids[i]));
+        }
+    }
+    for (i, p) in packages.iter().enumerate() {
+        let mut targets: BTreeSet<usize> = BTreeSet::new();
+        for group in &p.depends {
+            for alt in group {
+                let mut found: Vec<usize> = by_name
+                    .get(&(p.ecosystem, alt.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                if found.is_empty() && p.ecosystem == Ecosystem::Deb {
+                    found = providers.get(alt.as_str()).cloned().unwrap_or_default();
+                }
+                if p.ecosystem == Ecosystem::Deb
+                    && found.len() > 1
+                    && p.arch.as_deref() != Some("all")
+                {
+                    // Multi-Arch: the same architecture (or `all`) first.
+                    let same: Vec<usize> = found
+                        .iter()
+                        .copied()
+                        .filter(|&j| {
+                            matches!(packages[j].arch.as_deref(), Some("all"))
+                                || packages[j].arch == p.arch
+                        })
+                        .collect();
+                    if !same.is_empty() {
+                        found = same;
+                    }
+                }
+                if p.ecosystem != Ecosystem::Deb && found.len() > 1 {
+                    let near: Vec<usize> = found
+                        .iter()
+                        .copied()
+                        .filter(|&j| packages[j].scope == p.scope)
+                        .collect();
+                    if !near.is_empty() {
+                        found = near;
+                    }
+                }
+                if !found.is_empty() {
+                    targets.extend(found.into_iter().filter(|&j| j != i));
+                    break;
+                }
+            }
+        }
+        for j in targets {
+            out.push(rel(&ids[i], "DEPENDS_ON", &ids[j]));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1202,6 +1411,121 @@ Package: bsdutils\nStatus: install ok installed\nArchitecture: amd64\nSource: ut
         .unwrap();
         assert!(bytes.ends_with(b"}\n"));
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// DEPENDS_ON from each record's dependencies: Debian alternatives and
+    /// Provides, Multi-Arch, Requires-Dist without extras, conda depends;
+    /// the image on what was requested.
+    #[test]
+    fn dependency_edges() {
+        let mut fs = Rootfs::default();
+        fs.insert_file(
+            "/var/lib/dpkg/status",
+            b"Package: python3-numpy\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.24\n\
+Depends: libblas3 | libblas.so.3, liblapack3 | liblapack.so.3, libc6 (>= 2.34), python3:any, missing-pkg\n\n\
+Package: libopenblas0\nStatus: install ok installed\nArchitecture: amd64\nVersion: 0.3\nProvides: libblas.so.3, liblapack.so.3\nPre-Depends: libc6\n\n\
+Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36\n\n\
+Package: libc6\nStatus: install ok installed\nArchitecture: arm64\nVersion: 2.36\n\n\
+Package: python3\nStatus: install ok installed\nArchitecture: amd64\nVersion: 3.11\n",
+        );
+        let site = "/usr/lib/python3/dist-packages";
+        fs.insert_file(
+            &format!("{site}/app-1.0.dist-info/METADATA"),
+            b"Name: app\nVersion: 1.0\nRequires-Dist: Mid_Pkg (>=1)\nRequires-Dist: docs; extra == 'docs'\n",
+        );
+        fs.insert_file(&format!("{site}/app-1.0.dist-info/REQUESTED"), b"");
+        fs.insert_file(
+            &format!("{site}/mid_pkg-1.0.dist-info/METADATA"),
+            b"Name: mid-pkg\nVersion: 1.0\n",
+        );
+        fs.insert_file(
+            &format!("{site}/docs-1.0.dist-info/METADATA"),
+            b"Name: docs\nVersion: 1.0\n",
+        );
+        fs.insert_file(
+            "/opt/conda/conda-meta/numpy-2-h.json",
+            br#"{"name":"numpy","version":"2","depends":["python >=3.9","__glibc >=2.17","libzlib"],"requested_spec":"numpy"}"#,
+        );
+        fs.insert_file(
+            "/opt/conda/conda-meta/python-3.12-h.json",
+            br#"{"name":"python","version":"3.12","depends":[]}"#,
+        );
+        let pkgs = scan(&fs);
+        let mut known = Known::default();
+        known.add_requested("deb", "python3-numpy");
+        let digest = Digest::of(b"m");
+        let platform = Platform::linux("amd64");
+        let bytes = document(
+            &Subject {
+                repository: None,
+                tag: None,
+                platform: &platform,
+                manifest_digest: &digest,
+            },
+            None,
+            &pkgs,
+            &known,
+            0,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let name = |id: &str| -> String {
+            if id == "SPDXRef-Image" {
+                return "IMAGE".into();
+            }
+            let p = v["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["SPDXID"] == id)
+                .unwrap();
+            let arch = if id.ends_with("-arm64") { ":arm64" } else { "" };
+            format!("{}{arch}", p["name"].as_str().unwrap())
+        };
+        let edges: Vec<String> = v["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["relationshipType"] == "DEPENDS_ON")
+            .map(|r| {
+                format!(
+                    "{} -> {}",
+                    name(r["spdxElementId"].as_str().unwrap()),
+                    name(r["relatedSpdxElement"].as_str().unwrap())
+                )
+            })
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                "IMAGE -> numpy",
+                "IMAGE -> python3-numpy",
+                "IMAGE -> app",
+                "numpy -> python",
+                "libopenblas0 -> libc6",
+                "python3-numpy -> libc6",
+                "python3-numpy -> libopenblas0",
+                "python3-numpy -> python3",
+                "app -> mid-pkg",
+            ]
+        );
+        // Same bytes again.
+        assert_eq!(
+            bytes,
+            document(
+                &Subject {
+                    repository: None,
+                    tag: None,
+                    platform: &platform,
+                    manifest_digest: &digest,
+                },
+                None,
+                &scan(&fs),
+                &known,
+                0,
+            )
+            .unwrap()
+        );
     }
 
     #[test]

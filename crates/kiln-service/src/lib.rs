@@ -7,6 +7,7 @@
 //! as subprocesses ([`worker`]).
 
 pub mod events;
+pub mod git_source;
 pub mod http;
 pub mod prebuilt;
 pub mod spec_input;

@@ -27,6 +27,10 @@ pub struct SpecInput {
     /// With `"type": "image"`: the registry reference of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// With `"type": "python-env"` or `"dockerfile"`: a Git URL (any form
+    /// kiln-git reads, a forge's file or folder page included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Where the spec's sources live; webhooks of this repository queue
     /// rebuilds. Kept with the spec, not used by the build yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,8 +56,11 @@ fn default_base() -> String {
 pub const TYPE_PACKAGES: &str = "packages";
 /// An existing image, resolved to its digest and used as it is.
 pub const TYPE_IMAGE: &str = "image";
-/// Types that are planned but not built yet.
-pub const TYPES_NOT_YET: &[&str] = &["python-env", "dockerfile"];
+pub use crate::git_source::{TYPE_DOCKERFILE, TYPE_PYTHON_ENV};
+/// Every type, as error messages list them.
+const TYPES: &str = "`packages` (base and packages), `image` (an existing image), \
+                     `python-env` (a requirements.txt or environment.yml in Git) and \
+                     `dockerfile` (a Dockerfile's folder in Git)";
 
 /// A spec's Git repository.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -131,14 +138,12 @@ impl SpecInput {
     /// The `type`, with the fields that belong to it and no others.
     fn check_type(&self) -> Result<(), String> {
         let kind = self.kind();
-        if TYPES_NOT_YET.contains(&kind) {
-            return Err(format!(
-                "type `{kind}` is not supported yet; supported types: `{TYPE_PACKAGES}` (base and packages) and `{TYPE_IMAGE}` (an existing image)"
-            ));
+        if ![TYPE_PACKAGES, TYPE_IMAGE, TYPE_PYTHON_ENV, TYPE_DOCKERFILE].contains(&kind) {
+            return Err(format!("unknown type `{kind}`; supported types: {TYPES}"));
         }
-        if kind != TYPE_PACKAGES && kind != TYPE_IMAGE {
+        if self.source.is_some() && (kind == TYPE_PACKAGES || kind == TYPE_IMAGE) {
             return Err(format!(
-                "unknown type `{kind}`; supported types: `{TYPE_PACKAGES}` (base and packages) and `{TYPE_IMAGE}` (an existing image)"
+                "`source` belongs to `\"type\": \"{TYPE_PYTHON_ENV}\"` or `\"{TYPE_DOCKERFILE}\"`"
             ));
         }
         if let Some(g) = &self.git {
@@ -147,6 +152,9 @@ impl SpecInput {
             if g.git_ref.as_deref().is_some_and(|r| r.trim().is_empty()) {
                 return Err("git ref is empty: name a branch or tag, or leave ref out".into());
             }
+        }
+        if kind == TYPE_PYTHON_ENV || kind == TYPE_DOCKERFILE {
+            return Ok(()); // checked by git_source::render
         }
         if kind == TYPE_PACKAGES {
             if self.image.is_some() {
@@ -211,28 +219,8 @@ impl SpecInput {
         image.insert("base".into(), self.base.clone().into());
         doc.insert("image".into(), image.into());
 
-        let c = &self.config;
-        let mut config = toml::Table::new();
-        if !c.env.is_empty() {
-            config.insert("env".into(), string_map(&c.env));
-        }
-        if let Some(u) = &c.user {
-            config.insert("user".into(), u.clone().into());
-        }
-        if let Some(w) = &c.workdir {
-            config.insert("workdir".into(), w.clone().into());
-        }
-        if let Some(e) = &c.entrypoint {
-            config.insert("entrypoint".into(), string_list(e));
-        }
-        if let Some(cmd) = &c.cmd {
-            config.insert("cmd".into(), string_list(cmd));
-        }
-        if !c.labels.is_empty() {
-            config.insert("labels".into(), string_map(&c.labels));
-        }
-        if !config.is_empty() {
-            doc.insert("config".into(), config.into());
+        if let Some(config) = config_table(&self.config) {
+            doc.insert("config".into(), config);
         }
 
         let p = &self.packages;
@@ -259,6 +247,9 @@ impl SpecInput {
         let input = serde_json::to_string(self).expect("spec input serialises");
         if self.kind() == TYPE_IMAGE {
             return crate::prebuilt::render(input, self.image.as_deref().unwrap_or(""));
+        }
+        if self.kind() == TYPE_PYTHON_ENV || self.kind() == TYPE_DOCKERFILE {
+            return crate::git_source::render(self);
         }
         self.check_service_rules()?;
         let content = self.content_toml();
@@ -287,6 +278,30 @@ pub struct Rendered {
     pub content_hash: String,
     /// Every job resolves or builds afresh (a prebuilt image's tag may move).
     pub no_reuse: bool,
+}
+
+/// `[config]` from what a client set (`None`: nothing).
+pub(crate) fn config_table(c: &ConfigInput) -> Option<toml::Value> {
+    let mut config = toml::Table::new();
+    if !c.env.is_empty() {
+        config.insert("env".into(), string_map(&c.env));
+    }
+    if let Some(u) = &c.user {
+        config.insert("user".into(), u.clone().into());
+    }
+    if let Some(w) = &c.workdir {
+        config.insert("workdir".into(), w.clone().into());
+    }
+    if let Some(e) = &c.entrypoint {
+        config.insert("entrypoint".into(), string_list(e));
+    }
+    if let Some(cmd) = &c.cmd {
+        config.insert("cmd".into(), string_list(cmd));
+    }
+    if !c.labels.is_empty() {
+        config.insert("labels".into(), string_map(&c.labels));
+    }
+    (!config.is_empty()).then(|| config.into())
 }
 
 /// The content kiln.toml plus `[image] name` and `tags`: what a worker builds.
@@ -440,8 +455,10 @@ mod tests {
         let err = |j: serde_json::Value| input(j).render(None).unwrap_err();
         for t in ["python-env", "dockerfile"] {
             let e = err(serde_json::json!({"name": "a", "type": t}));
-            assert!(e.contains("not supported yet") && e.contains(t), "{e}");
+            assert!(e.contains("needs `source`") && e.contains(t), "{e}");
         }
+        let e = err(serde_json::json!({"name": "a", "source": "https://git.invalid/a/b"}));
+        assert!(e.contains("`source` belongs to"), "{e}");
         assert!(err(serde_json::json!({"type": "nope"})).contains("unknown type `nope`"));
         let e = err(
             serde_json::json!({"type": "image", "image": "127.0.0.1:5000/x:1", "packages": {"pip": ["a"]}}),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::spec_input::{full_toml, SpecInput, TYPE_IMAGE};
+use crate::spec_input::{full_toml, SpecInput, TYPE_DOCKERFILE, TYPE_IMAGE, TYPE_PYTHON_ENV};
 use crate::store::{now_ms, Claimed, Store, FAILED, SUCCEEDED};
 use crate::ServiceError;
 
@@ -215,6 +215,10 @@ async fn run_job(
     let say = |line: String| async move { store.append_log(id, &[line]).await };
 
     let input: Option<SpecInput> = serde_json::from_str(&job.input).ok();
+    let from_git = input
+        .as_ref()
+        .filter(|i| i.kind() == TYPE_PYTHON_ENV || i.kind() == TYPE_DOCKERFILE)
+        .cloned();
     if let Some(i) = input.filter(|i| i.kind() == TYPE_IMAGE) {
         let reference = i.image.unwrap_or_default();
         return crate::prebuilt::run_job(store, cfg, me, &job, &reference).await;
@@ -247,6 +251,18 @@ async fn run_job(
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ServiceError::io(format!("creating {}", dir.display()), e))?;
+    if let Some(i) = &from_git {
+        store.set_phase(id, me, "fetching").await?;
+        match crate::git_source::prepare(i, cfg.cache_dir.clone(), &dir).await {
+            Ok(line) => say(line).await?,
+            Err(e) => {
+                let msg = cfg.registry.redact(&e.to_string());
+                say(msg.clone()).await?;
+                store.finish(id, me, FAILED, None, None, Some(&msg)).await?;
+                return Ok(());
+            }
+        }
+    }
     let spec_path = dir.join("kiln.toml");
     tokio::fs::write(&spec_path, &toml)
         .await

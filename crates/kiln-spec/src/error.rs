@@ -43,6 +43,21 @@ pub enum SpecError {
         key: String,
         message: String,
     },
+    /// A `packages-file` that resolves outside the spec's directory.
+    #[error(
+        "packages-file `{file}` resolves to {}, outside the build context {}; \
+         it must be inside the spec's directory (kiln build --allow-outside-context lifts this)",
+        resolved.display(),
+        context.display()
+    )]
+    OutsideContext {
+        file: String,
+        resolved: PathBuf,
+        context: PathBuf,
+    },
+    /// A `packages-file` that is not UTF-8 text (`file:line` of the first bad byte).
+    #[error("packages-file {file}: not UTF-8 text; write one package per line")]
+    NotText { file: String },
     /// kiln.lock is not TOML or does not fit the lock schema.
     #[error(
         "{}: not a valid kiln.lock ({message}); remove it and run `kiln lock`",

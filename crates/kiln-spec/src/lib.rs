@@ -10,4 +10,4 @@ pub mod source;
 pub mod spec;
 
 pub use error::{SpecError, Transport, Unreadable};
-pub use spec::Spec;
+pub use spec::{SourceScope, Spec};

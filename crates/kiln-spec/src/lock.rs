@@ -26,6 +26,11 @@ pub struct Lock {
     pub inputs_hash: Digest,
     /// The spec inputs the pins were resolved from.
     pub inputs: Vec<String>,
+    /// When the pins were resolved (RFC 3339 UTC): the image's default
+    /// `created`, so a locked build is reproducible and its date meaningful.
+    /// Kept by `kiln lock` while the pins stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
     #[serde(default, rename = "platform")]
     pub platforms: Vec<LockedPlatform>,
 }
@@ -121,8 +126,16 @@ impl Lock {
             version: LOCK_VERSION,
             inputs_hash: inputs_hash(&inputs),
             inputs,
+            resolved_at: None,
             platforms,
         }
+    }
+
+    /// [`Lock::resolved_at`] in seconds since the epoch.
+    pub fn resolved_epoch(&self) -> Option<u64> {
+        self.resolved_at
+            .as_deref()
+            .and_then(kiln_core::time::parse_rfc3339)
     }
 
     /// Read a lock; `None` when the file does not exist.
@@ -147,6 +160,16 @@ impl Lock {
             return Err(SpecError::LockVersion {
                 path: path.to_path_buf(),
                 version: lock.version,
+            }
+            .into());
+        }
+        if lock.resolved_at.is_some() && lock.resolved_epoch().is_none() {
+            return Err(SpecError::LockParse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "resolved-at = {:?} is not an RFC 3339 date after 1970",
+                    lock.resolved_at.as_deref().unwrap_or_default()
+                ),
             }
             .into());
         }
@@ -213,7 +236,7 @@ fn inputs_hash(inputs: &[String]) -> Digest {
 
 /// The spec inputs that decide resolution, as sorted `key = value` lines:
 /// `[image] base/platforms`, `[apt]`, `[pip]`, `[conda]`, and the sha256 of
-/// files they name (requirements files, environment.yml, keyrings).
+/// files they name (requirements files, environment.yml, packages-files).
 pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
     let doc: toml::Value = toml::from_str(&spec.text).map_err(|e| SpecError::Parse {
         path: spec.path.clone(),
@@ -243,6 +266,11 @@ pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
     if let Some(c) = &spec.conda {
         files.extend(c.environment.iter().cloned());
     }
+    // packages-files: confined when read for the build
+    // ([`Spec::read_package_files`]); here only hashed.
+    files.extend(spec.apt.iter().filter_map(|a| a.packages_file.clone()));
+    files.extend(spec.pip.iter().filter_map(|p| p.packages_file.clone()));
+    files.extend(spec.conda.iter().filter_map(|c| c.packages_file.clone()));
     for f in files {
         let bytes = std::fs::read(dir.join(&f)).map_err(|source| SpecError::Unreadable {
             what: Unreadable::SpecInput {

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 pub struct AptSection {
     #[serde(default)]
     pub packages: Vec<String>,
+    /// A file with one package per line (relative to the spec), joining `packages`.
+    #[serde(rename = "packages-file")]
+    pub packages_file: Option<String>,
+    /// Its lines, once read ([`crate::Spec::read_package_files`]).
+    #[serde(skip)]
+    pub listed: Vec<Listed>,
     /// One-line (`deb [signed-by=…] URI SUITE COMP…`) or table form.
     #[serde(default)]
     pub sources: Vec<SourceEntry>,
@@ -59,6 +65,11 @@ pub struct PipSection {
     /// PEP 508 requirements: `"requests[socks]>=2.31"`, `"tomli; python_version < '3.11'"`.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// A file with one requirement per line (relative to the spec), joining `packages`.
+    pub packages_file: Option<String>,
+    /// Its lines, once read ([`crate::Spec::read_package_files`]).
+    #[serde(skip)]
+    pub listed: Vec<Listed>,
     /// pip-format requirements files, relative to the spec's directory.
     #[serde(default)]
     pub requirements: Vec<String>,
@@ -96,6 +107,8 @@ impl Default for PipSection {
     fn default() -> Self {
         PipSection {
             packages: Vec::new(),
+            packages_file: None,
+            listed: Vec::new(),
             requirements: Vec::new(),
             index: None,
             extra_index: Vec::new(),
@@ -130,6 +143,11 @@ pub struct CondaSection {
     /// MatchSpecs: `numpy>=1.26,<2`, `python=3.12`, `conda-forge::numpy==1.26*`.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// A file with one MatchSpec per line (relative to the spec), joining `packages`.
+    pub packages_file: Option<String>,
+    /// Its lines, once read ([`crate::Spec::read_package_files`]).
+    #[serde(skip)]
+    pub listed: Vec<Listed>,
     /// An environment.yml (relative to the spec): its channels, dependencies
     /// and `pip:` list are added.
     pub environment: Option<String>,
@@ -152,6 +170,75 @@ pub enum Priority {
     #[default]
     Strict,
     Disabled,
+}
+
+/// One package line of a `packages-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The package, without comment or surrounding blanks.
+    pub text: String,
+    /// `FILE:LINE` as the spec names the file, for messages.
+    pub origin: String,
+}
+
+/// A section's requests in order, each with where it was written:
+/// `packages` (origin `[apt] packages`), then the packages-file's lines.
+pub fn requests<'a>(
+    section: &str,
+    packages: &'a [String],
+    listed: &'a [Listed],
+) -> Vec<(&'a str, String)> {
+    let mut out: Vec<(&str, String)> = packages
+        .iter()
+        .map(|p| (p.as_str(), format!("[{section}] packages")))
+        .collect();
+    out.extend(listed.iter().map(|l| (l.text.as_str(), l.origin.clone())));
+    out
+}
+
+/// The package lines of a packages-file's text: `#` starts a comment at
+/// the start of a line or after a blank (pip's rule, so `url#sha256=`
+/// fragments survive); blank lines are skipped.
+pub fn package_lines(text: &str, file: &str) -> Vec<Listed> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut end = line.len();
+        for (i, c) in line.char_indices() {
+            if c == '#' && (i == 0 || line[..i].ends_with(char::is_whitespace)) {
+                end = i;
+                break;
+            }
+        }
+        let t = line[..end].trim();
+        if !t.is_empty() {
+            out.push(Listed {
+                text: t.to_string(),
+                origin: format!("{file}:{}", n + 1),
+            });
+        }
+    }
+    out
+}
+
+impl AptSection {
+    /// `packages` then the packages-file's lines, each with its origin.
+    pub fn requests(&self) -> Vec<(&str, String)> {
+        requests("apt", &self.packages, &self.listed)
+    }
+}
+
+impl PipSection {
+    /// `packages` then the packages-file's lines, each with its origin.
+    pub fn requests(&self) -> Vec<(&str, String)> {
+        requests("pip", &self.packages, &self.listed)
+    }
+}
+
+impl CondaSection {
+    /// `packages` then the packages-file's lines, each with its origin.
+    pub fn requests(&self) -> Vec<(&str, String)> {
+        requests("conda", &self.packages, &self.listed)
+    }
 }
 
 /// The `[release]` table of kiln.toml: a workspace member (see

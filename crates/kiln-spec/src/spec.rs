@@ -23,6 +23,9 @@ pub struct Spec {
     pub apt: Option<crate::sections::AptSection>,
     pub pip: Option<crate::sections::PipSection>,
     pub conda: Option<crate::sections::CondaSection>,
+    /// `[[run]]`: commands run in the assembled tree (a sandbox), each
+    /// adding what it changed as a layer.
+    pub run: Vec<RunStep>,
     /// `[release]`: how a workspace member is released (kiln-workspace);
     /// the builder ignores it.
     pub release: Option<crate::sections::ReleaseSection>,
@@ -43,6 +46,8 @@ struct SpecFile {
     apt: Option<crate::sections::AptSection>,
     pip: Option<crate::sections::PipSection>,
     conda: Option<crate::sections::CondaSection>,
+    #[serde(default)]
+    run: Vec<RunStep>,
     release: Option<crate::sections::ReleaseSection>,
 }
 
@@ -60,6 +65,16 @@ pub struct ImageSection {
     /// Extra manifest annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// A Dockerfile (relative to the spec's directory) that describes the
+    /// image instead of this spec's sections; `name`, `tags` and
+    /// `annotations` here still apply.
+    pub dockerfile: Option<String>,
+    /// The Dockerfile's build context (relative to the spec's directory)
+    /// [default: the spec's directory].
+    pub context: Option<String>,
+    /// The Dockerfile's `ARG` values (`--build-arg`).
+    #[serde(default, rename = "build-args")]
+    pub build_args: BTreeMap<String, String>,
 }
 
 impl Default for ImageSection {
@@ -70,6 +85,9 @@ impl Default for ImageSection {
             base: default_base(),
             platforms: Vec::new(),
             annotations: BTreeMap::new(),
+            dockerfile: None,
+            context: None,
+            build_args: BTreeMap::new(),
         }
     }
 }
@@ -86,6 +104,11 @@ fn default_base() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
+    /// Copy from this image (any base reference: `oci:DIR[:TAG]`,
+    /// `docker-archive:FILE`, `REGISTRY/REPO:TAG`) instead of the context;
+    /// `src` is then an absolute path inside it (docker's `COPY --from`).
+    #[serde(default)]
+    pub from: Option<String>,
     pub src: String,
     pub dst: AbsPath,
     pub mode: Option<Mode>,
@@ -93,6 +116,11 @@ pub struct FileEntry {
     /// `mode` may set setuid/setgid bits (refused otherwise).
     #[serde(default, rename = "allow-setid")]
     pub allow_setid: bool,
+    /// With `from`: `dst` is a directory, and a file (or symlink) `src`
+    /// goes into it under its own name (docker's `COPY --from=x /f /dir/`);
+    /// a directory's contents go under `dst` either way.
+    #[serde(default)]
+    pub into: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +139,182 @@ pub struct ConfigSection {
     #[serde(default)]
     pub volumes: Vec<AbsPath>,
     pub stop_signal: Option<String>,
+    /// Docker's `Healthcheck` (runtimes that know it run it; OCI has no field).
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// `[config.healthcheck]`: docker's HEALTHCHECK.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Healthcheck {
+    /// `["CMD", prog, args…]`, `["CMD-SHELL", "command"]`, or `["NONE"]`
+    /// (turns off the base image's).
+    pub test: Vec<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
+    pub retries: Option<u32>,
+}
+
+/// A duration as Go and docker write it: `30s`, `1m30s`, `500ms`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration {
+    pub nanos: u64,
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}` is not a duration (e.g. 30s, 1m30s, 500ms)");
+        let mut nanos: u64 = 0;
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        if rest == "0" {
+            return Ok(Duration { nanos: 0 });
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .ok_or_else(bad)?;
+            let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let scale: f64 = match &rest[..unit_len] {
+                "ns" => 1.0,
+                "us" | "µs" => 1e3,
+                "ms" => 1e6,
+                "s" => 1e9,
+                "m" => 60e9,
+                "h" => 3600e9,
+                _ => return Err(bad()),
+            };
+            rest = &rest[unit_len..];
+            nanos = nanos.checked_add((number * scale) as u64).ok_or_else(bad)?;
+        }
+        Ok(Duration { nanos })
+    }
+}
+
+/// The network a `[[run]]` command sees (docker's `--network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's (docker's default), with its resolv.conf and hosts.
+    #[default]
+    Host,
+    /// Only a loopback device of its own.
+    None,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+impl FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "host" | "default" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            other => Err(format!(
+                "unknown network mode `{other}`: expected host or none"
+            )),
+        }
+    }
+}
+
+/// A command as docker writes it: a string runs through the shell, a list
+/// is the program and its arguments (exec form).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum RunCommand {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+/// One `[[run]]` entry: a command run in the tree assembled so far (base,
+/// package stages, the `[[files]]` before it), in an unprivileged sandbox;
+/// what it changes becomes one layer. Only for the host's architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunStep {
+    pub command: RunCommand,
+    /// The shell a string command runs in [default: /bin/sh -c].
+    pub shell: Option<Vec<String>>,
+    /// Variables on top of the base image's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Name or id, optionally `:group` [default: the base image's user, else root].
+    pub user: Option<String>,
+    /// Where it starts (made when missing) [default: the base's, else /].
+    pub workdir: Option<AbsPath>,
+    /// [default: `kiln build --network`, else host]
+    pub network: Option<Network>,
+    /// Runs after this many `[[files]]` entries [default: after all].
+    pub after_files: Option<usize>,
+    /// What messages call it (a Dockerfile's `line 7: RUN …`).
+    pub label: Option<String>,
+}
+
+impl RunStep {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.command {
+            RunCommand::Exec(v) => v.clone(),
+            RunCommand::Shell(s) => {
+                let mut v = self
+                    .shell
+                    .clone()
+                    .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
+    /// `[[run]] N` or its label, for messages.
+    pub fn describe(&self, index: usize) -> String {
+        match &self.label {
+            Some(l) => l.clone(),
+            None => format!("[[run]] {}", index + 1),
+        }
+    }
+
+    fn check(&self, _index: usize, files: usize) -> std::result::Result<(), String> {
+        match &self.command {
+            RunCommand::Shell(s) if s.trim().is_empty() => return Err("empty command".into()),
+            RunCommand::Exec(v) if v.first().is_none_or(|p| p.is_empty()) => {
+                return Err("empty command".into())
+            }
+            _ => {}
+        }
+        if matches!(&self.shell, Some(sh) if sh.is_empty()) {
+            return Err("shell must name a program".into());
+        }
+        if let Some(n) = self.after_files {
+            if n > files {
+                return Err(format!(
+                    "after-files = {n}, but the spec has {files} [[files]] entries"
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') {
+                return Err(format!("invalid variable name `{k}`"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Spec {
@@ -133,6 +337,7 @@ impl Spec {
             apt: file.apt,
             pip: file.pip,
             conda: file.conda,
+            run: file.run,
             release: file.release,
             text: text.to_string(),
         };
@@ -145,6 +350,89 @@ impl Spec {
                 }
                 .into());
             }
+        }
+        if let Some(df) = &spec.image.dockerfile {
+            let relative =
+                |p: &str| !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| c != "..");
+            let inside = relative(df) && spec.image.context.as_deref().is_none_or(relative);
+            let mut content = Vec::new();
+            for (present, what) in [
+                (!spec.files.is_empty(), "[[files]]"),
+                (!spec.run.is_empty(), "[[run]]"),
+                (spec.apt.is_some(), "[apt]"),
+                (spec.pip.is_some(), "[pip]"),
+                (spec.conda.is_some(), "[conda]"),
+                (spec.image.base != default_base(), "[image] base"),
+            ] {
+                if present {
+                    content.push(what);
+                }
+            }
+            let message = if !inside {
+                Some(format!(
+                    "`{df}` (and `context`) must be relative paths inside the spec's directory"
+                ))
+            } else if !content.is_empty() {
+                Some(format!(
+                    "the image comes from the Dockerfile `{df}`; {} cannot be given with it",
+                    content.join(", ")
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = message {
+                return Err(SpecError::InvalidValue {
+                    path: path.to_path_buf(),
+                    key: "[image] dockerfile".into(),
+                    message,
+                }
+                .into());
+            }
+        } else if !spec.image.build_args.is_empty() || spec.image.context.is_some() {
+            return Err(SpecError::InvalidValue {
+                path: path.to_path_buf(),
+                key: "[image] build-args".into(),
+                message: "build-args and context need [image] dockerfile".into(),
+            }
+            .into());
+        }
+        if let Some(h) = &spec.config.healthcheck {
+            let ok = match h.test.first().map(String::as_str) {
+                Some("NONE") => h.test.len() == 1,
+                Some("CMD") | Some("CMD-SHELL") => h.test.len() > 1,
+                _ => false,
+            };
+            if !ok {
+                return Err(SpecError::InvalidValue {
+                    path: path.to_path_buf(),
+                    key: "[config.healthcheck] test".into(),
+                    message: format!(
+                        "{:?}: expected [\"CMD\", program, args…], [\"CMD-SHELL\", command] or [\"NONE\"]",
+                        h.test
+                    ),
+                }
+                .into());
+            }
+        }
+        for (i, f) in spec.files.iter().enumerate() {
+            let checked = match &f.from {
+                Some(from) => check_file_from(from, &f.src),
+                None if f.into => Err("`into` applies to entries with `from`".to_string()),
+                None => Ok(()),
+            };
+            checked.map_err(|message| SpecError::InvalidValue {
+                path: path.to_path_buf(),
+                key: format!("[[files]] {} src", i + 1),
+                message,
+            })?;
+        }
+        for (i, step) in spec.run.iter().enumerate() {
+            step.check(i, spec.files.len())
+                .map_err(|message| SpecError::InvalidValue {
+                    path: path.to_path_buf(),
+                    key: format!("[[run]] {}", i + 1),
+                    message,
+                })?;
         }
         Ok(spec)
     }
@@ -160,6 +448,107 @@ impl Spec {
     pub fn platforms(&self) -> Vec<Platform> {
         self.image.platforms.iter().map(|p| p.0.clone()).collect()
     }
+
+    /// Read the `packages-file` of `[apt]`, `[pip]` and `[conda]` into
+    /// their `listed` lines. In [`SourceScope::Context`] a file must lie
+    /// inside the spec's directory, like `[[files]]` sources.
+    pub fn read_package_files(&mut self, scope: SourceScope) -> Result<()> {
+        let dir = self.dir();
+        let spec = self.path.clone();
+        let read = |file: &Option<String>, listed: &mut Vec<crate::sections::Listed>| {
+            if let Some(f) = file {
+                let text = read_package_file(&spec, &dir, f, scope)?;
+                *listed = crate::sections::package_lines(&text, f);
+            }
+            Ok::<(), Error>(())
+        };
+        if let Some(a) = &mut self.apt {
+            read(&a.packages_file, &mut a.listed)?;
+        }
+        if let Some(p) = &mut self.pip {
+            read(&p.packages_file, &mut p.listed)?;
+        }
+        if let Some(c) = &mut self.conda {
+            read(&c.packages_file, &mut c.listed)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `[[files]]` entry with `from`: the image is named and `src` is an
+/// absolute path inside it (no `..`: it could not leave the image anyway,
+/// but it reads as if it could).
+fn check_file_from(from: &str, src: &str) -> std::result::Result<(), String> {
+    if from.trim().is_empty() || from.trim() == "scratch" {
+        return Err(format!(
+            "from = {from:?}: name an image (oci:DIR[:TAG], docker-archive:FILE or REGISTRY/REPO:TAG)"
+        ));
+    }
+    if !src.starts_with('/') {
+        return Err(format!(
+            "`{src}`: with `from`, src is an absolute path inside the image"
+        ));
+    }
+    if src.split('/').any(|p| p == "..") {
+        return Err(format!(
+            "`{src}`: `..` is not allowed in a path inside an image"
+        ));
+    }
+    Ok(())
+}
+
+/// Where files the spec names may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceScope {
+    /// Inside the spec's directory (the build context): a source whose
+    /// path, once every symlink on the way is resolved, leaves it is an
+    /// error. Symlinks inside a copied directory are copied as symlinks,
+    /// never followed.
+    Context,
+    /// Anywhere on the host (`--allow-outside-context`, for CLI users; a
+    /// build service never offers it).
+    Host,
+}
+
+/// A packages-file's text, confined to `dir` in [`SourceScope::Context`].
+pub(crate) fn read_package_file(
+    spec: &Path,
+    dir: &Path,
+    file: &str,
+    scope: SourceScope,
+) -> Result<String> {
+    let path = dir.join(file);
+    let unreadable = |source| SpecError::Unreadable {
+        what: Unreadable::SpecInput {
+            spec: spec.to_path_buf(),
+        },
+        path: PathBuf::from(file),
+        source,
+    };
+    if scope == SourceScope::Context {
+        let context = std::fs::canonicalize(dir).map_err(unreadable)?;
+        let resolved = std::fs::canonicalize(&path).map_err(unreadable)?;
+        if !resolved.starts_with(&context) {
+            return Err(SpecError::OutsideContext {
+                file: file.to_string(),
+                resolved,
+                context,
+            }
+            .into());
+        }
+    }
+    let bytes = std::fs::read(&path).map_err(unreadable)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        SpecError::NotText {
+            file: format!("{file}:{line}"),
+        }
+        .into()
+    })
 }
 
 /// `file:line:col: key: message`, with the offending line quoted.
@@ -376,6 +765,7 @@ impl FromStr for Repository {
     }
 }
 from_str_deserialize!(Repository);
+from_str_deserialize!(Duration);
 
 #[cfg(test)]
 mod tests {
@@ -413,6 +803,38 @@ workdir = "/app"
         assert_eq!(s.files[0].mode, Some(Mode(0o755)));
         assert_eq!(s.config.exposed_ports[0].0, "8080/tcp");
         assert_eq!(s.platforms().len(), 2);
+    }
+
+    #[test]
+    fn files_from_an_image_take_an_absolute_path_inside_it() {
+        let s = parse(
+            "[image]\n[[files]]\nfrom = \"oci:stage:build\"\nsrc = \"/out/app\"\ndst = \"/app\"\n[[files]]\nsrc = \"ctx\"\ndst = \"/ctx\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.files[0].from.as_deref(), Some("oci:stage:build"));
+        assert_eq!(s.files[0].src, "/out/app");
+        assert_eq!(s.files[1].from, None);
+        assert!(!s.files[0].into);
+        let e = parse("[image]\n[[files]]\nsrc = \"a\"\ndst = \"/a\"\ninto = true\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`into` applies to entries with `from`"),
+            "{e}"
+        );
+        for (from, src, needle) in [
+            ("oci:stage", "out/app", "absolute path inside the image"),
+            ("oci:stage", "/out/../etc", "`..` is not allowed"),
+            ("", "/out", "name an image"),
+            ("scratch", "/out", "name an image"),
+        ] {
+            let e = parse(&format!(
+                "[image]\n[[files]]\nfrom = {from:?}\nsrc = {src:?}\ndst = \"/x\"\n"
+            ))
+            .unwrap_err();
+            let m = e.to_string();
+            assert_eq!(e.exit_code(), 2, "{m}");
+            assert!(m.contains("[[files]] 1 src") && m.contains(needle), "{m}");
+        }
     }
 
     #[test]
@@ -508,6 +930,108 @@ workdir = "/app"
 }
 
 #[cfg(test)]
+mod packages_file_tests {
+    use super::*;
+    use crate::sections::Listed;
+
+    fn listed(text: &str, origin: &str) -> Listed {
+        Listed {
+            text: text.into(),
+            origin: origin.into(),
+        }
+    }
+
+    #[test]
+    fn lines_skip_comments_and_blanks_and_keep_url_fragments() {
+        let got = crate::sections::package_lines(
+            "# tools\ncurl\n\n  build-essential   # for C\nwheel @ https://h.invalid/w.whl#sha256=ab\n#x\n",
+            "apt.txt",
+        );
+        assert_eq!(
+            got,
+            [
+                listed("curl", "apt.txt:2"),
+                listed("build-essential", "apt.txt:4"),
+                listed("wheel @ https://h.invalid/w.whl#sha256=ab", "apt.txt:5"),
+            ]
+        );
+    }
+
+    #[test]
+    fn files_join_packages_and_are_confined_to_the_spec_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(ctx.join("apt.txt"), "curl\n# c\nwget\n").unwrap();
+        std::fs::write(ctx.join("pip.txt"), "numpy==2.0\n").unwrap();
+        std::fs::write(ctx.join("conda.txt"), "python=3.12\n").unwrap();
+        std::fs::write(dir.path().join("outside.txt"), "secret\n").unwrap();
+        let path = ctx.join("kiln.toml");
+        std::fs::write(
+            &path,
+            "[apt]\npackages = [\"bash\"]\npackages-file = \"apt.txt\"\n\
+             [pip]\npackages-file = \"pip.txt\"\n[conda]\npackages-file = \"conda.txt\"\n",
+        )
+        .unwrap();
+        let mut spec = Spec::load(&path).unwrap();
+        spec.read_package_files(SourceScope::Context).unwrap();
+        let apt: Vec<(String, String)> = spec
+            .apt
+            .as_ref()
+            .unwrap()
+            .requests()
+            .into_iter()
+            .map(|(t, o)| (t.to_string(), o))
+            .collect();
+        assert_eq!(
+            apt,
+            [
+                ("bash".to_string(), "[apt] packages".to_string()),
+                ("curl".to_string(), "apt.txt:1".to_string()),
+                ("wget".to_string(), "apt.txt:3".to_string()),
+            ]
+        );
+        assert_eq!(spec.pip.as_ref().unwrap().requests()[0].0, "numpy==2.0");
+        assert_eq!(spec.conda.as_ref().unwrap().requests()[0].1, "conda.txt:1");
+
+        // The lock's inputs follow the file's content.
+        let before = crate::lock::inputs(&spec).unwrap();
+        assert!(
+            before.iter().any(|l| l.starts_with("file apt.txt = ")),
+            "{before:?}"
+        );
+        std::fs::write(ctx.join("apt.txt"), "curl\nwgett\n").unwrap();
+        assert_ne!(crate::lock::inputs(&spec).unwrap(), before);
+
+        // Outside the spec's directory: refused, unless the scope is the host.
+        std::fs::write(&path, "[apt]\npackages-file = \"../outside.txt\"\n").unwrap();
+        let mut spec = Spec::load(&path).unwrap();
+        let e = spec.read_package_files(SourceScope::Context).unwrap_err();
+        assert!(
+            matches!(e.downcast_ref::<SpecError>(), Some(SpecError::OutsideContext { file, .. }) if file == "../outside.txt"),
+            "{e:?}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--allow-outside-context"), "{e}");
+        spec.read_package_files(SourceScope::Host).unwrap();
+        assert_eq!(spec.apt.as_ref().unwrap().listed[0].text, "secret");
+
+        // A missing file names the spec and the file.
+        std::fs::write(&path, "[pip]\npackages-file = \"nope.txt\"\n").unwrap();
+        let mut spec = Spec::load(&path).unwrap();
+        let e = spec.read_package_files(SourceScope::Context).unwrap_err();
+        assert!(e.to_string().contains("kiln.toml: nope.txt: "), "{e}");
+
+        // Not text: the line of the first bad byte.
+        std::fs::write(ctx.join("bin.txt"), b"ok\n\xff\n").unwrap();
+        std::fs::write(&path, "[conda]\npackages-file = \"bin.txt\"\n").unwrap();
+        let mut spec = Spec::load(&path).unwrap();
+        let e = spec.read_package_files(SourceScope::Context).unwrap_err();
+        assert!(e.to_string().contains("bin.txt:2: not UTF-8"), "{e}");
+    }
+}
+
+#[cfg(test)]
 mod mutation_tests {
     /// kiln.toml never panics on mangled input (and errors stay located).
     #[test]
@@ -518,6 +1042,19 @@ mod mutation_tests {
         let path = std::path::Path::new("/nonexistent/kiln.toml");
         for m in kiln_core::mutate::mutants(seeds, 3000) {
             let _ = super::Spec::parse(&String::from_utf8_lossy(&m), path);
+        }
+    }
+
+    #[test]
+    fn durations_read_as_docker_writes_them() {
+        let d = |s: &str| s.parse::<super::Duration>().map(|d| d.nanos);
+        assert_eq!(d("30s"), Ok(30_000_000_000));
+        assert_eq!(d("1m30s"), Ok(90_000_000_000));
+        assert_eq!(d("500ms"), Ok(500_000_000));
+        assert_eq!(d("1.5h"), Ok(5_400_000_000_000));
+        assert_eq!(d("0"), Ok(0));
+        for bad in ["", "30", "s", "3x", "-1s"] {
+            assert!(d(bad).is_err(), "{bad}");
         }
     }
 }

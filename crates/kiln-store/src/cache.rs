@@ -47,6 +47,8 @@ pub enum CacheBucket {
     Layers,
     /// Locked package stages, by the hash of their inputs (→ their layers).
     Stages,
+    /// Git sources: a commit's tree written out, by the full commit id.
+    GitTrees,
 }
 
 impl CacheBucket {
@@ -63,6 +65,7 @@ impl CacheBucket {
         CacheBucket::LayerDiffIds,
         CacheBucket::Layers,
         CacheBucket::Stages,
+        CacheBucket::GitTrees,
     ];
 
     /// The directory under the cache root.
@@ -80,6 +83,7 @@ impl CacheBucket {
             CacheBucket::LayerDiffIds => "layer-diff-ids-v1",
             CacheBucket::Layers => "layers-v1",
             CacheBucket::Stages => "stages-v1",
+            CacheBucket::GitTrees => "git-trees-v1",
         }
     }
 

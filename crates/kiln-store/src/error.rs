@@ -50,7 +50,7 @@ pub enum StoreError {
     Unsolicited304 { url: String },
 
     /// The HTTP client could not be set up (TLS roots, ...).
-    #[error("cannot create the HTTP client: {0}")]
+    #[error("cannot create the HTTP client: {} (for HTTPS kiln needs the system's CA certificates, e.g. the ca-certificates package, or SSL_CERT_FILE)", with_causes(.0))]
     Client(#[source] reqwest::Error),
 }
 

@@ -7,12 +7,14 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{write_atomic, Cache, CacheBucket};
 use crate::StoreError;
 use kiln_core::digest::Digest;
 use kiln_core::error::{ErrorKind, IoContext, Result};
+use kiln_core::progress::Transfers;
 
 const ATTEMPTS: u32 = 4;
 /// Transfers at once unless `KILN_CONCURRENT_DOWNLOADS` says otherwise.
@@ -44,9 +46,28 @@ pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 #[derive(Clone)]
 pub struct Http {
-    client: reqwest::blocking::Client,
+    /// Made on the first network request, shared by clones: building it
+    /// loads the system's CA certificates, and a build that needs no network
+    /// (a scratch image in an empty root, `--offline`) must not need any.
+    client: Arc<std::sync::OnceLock<reqwest::blocking::Client>>,
     /// `--offline`: only `file://` and the cache; any network URL is an error.
     offline: bool,
+    /// What came over the network (packages and index pages), shared by clones.
+    transfers: Arc<Transfers>,
+    /// `kiln build --dry-run`: [`Http::download_artifact`] fetches nothing
+    /// the cache lacks (a package that is only to be installed).
+    defer: bool,
+}
+
+/// Fails (with what to do) when no HTTP client can be built here, which
+/// happens on a system without CA certificates. oci-client would panic
+/// there (it falls back to reqwest's default client), so registry access
+/// checks first.
+pub fn check_client() -> Result<()> {
+    reqwest::Client::builder()
+        .build()
+        .map(drop)
+        .map_err(|e| StoreError::Client(e).into())
 }
 
 /// A fetched document with the headers callers care about.
@@ -59,16 +80,23 @@ pub struct Fetched {
 
 impl Http {
     pub fn new() -> Result<Self> {
-        let client = reqwest::blocking::Client::builder()
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(20))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(StoreError::Client)?;
         Ok(Http {
-            client,
+            client: Arc::default(),
             offline: false,
+            transfers: Transfers::hidden("downloading"),
+            defer: false,
         })
+    }
+
+    /// Count (and show) this client's transfers on `transfers`.
+    pub fn with_transfers(mut self, transfers: Arc<Transfers>) -> Self {
+        self.transfers = transfers;
+        self
+    }
+
+    /// What this client (and its clones) fetched over the network.
+    pub fn transfers(&self) -> &Arc<Transfers> {
+        &self.transfers
     }
 
     /// A client that never touches the network (`kiln build --offline`).
@@ -98,6 +126,7 @@ impl Http {
                     .map(String::from);
                 let final_url = resp.url().to_string();
                 let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                self.transfers.add(bytes.len() as u64);
                 Ok(Fetched {
                     bytes,
                     content_type,
@@ -183,6 +212,7 @@ impl Http {
                     body: String::new(),
                 };
                 let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                self.transfers.add(bytes.len() as u64);
                 Ok(Some((k, bytes)))
             },
             accept,
@@ -209,6 +239,28 @@ impl Http {
         })
     }
 
+    /// A client whose [`Http::download_artifact`] downloads nothing (for a
+    /// plan that only resolves).
+    pub fn deferring(mut self) -> Self {
+        self.defer = true;
+        self
+    }
+
+    /// [`Http::download`] of a package that is only installed, not read
+    /// while resolving: with a deferring client and a known digest, nothing
+    /// is fetched and the digest comes back with size 0.
+    pub fn download_artifact(
+        &self,
+        url: &str,
+        expected: Option<&Digest>,
+        cache: &Cache,
+    ) -> Result<(Digest, u64)> {
+        match expected {
+            Some(d) if self.defer && cache.verified(d)?.is_none() => Ok((d.clone(), 0)),
+            _ => self.download(url, expected, cache),
+        }
+    }
+
     /// Download into the cache; with `expected`, a mismatch is an error and nothing is stored.
     pub fn download(
         &self,
@@ -222,7 +274,8 @@ impl Http {
                 return Ok((d.clone(), len));
             }
         }
-        // `local`: reading a `file://` URL, where a failed read is bad input.
+        // `local`: reading a `file://` URL, where a failed read is bad input
+        // (and no transfer to count).
         let commit = |mut r: Box<dyn Read + '_>, local: bool| -> Result<(Digest, u64)> {
             let mut w = cache.writer()?;
             let mut buf = vec![0u8; 1 << 16];
@@ -240,6 +293,9 @@ impl Http {
                 if n == 0 {
                     break;
                 }
+                if !local {
+                    self.transfers.add(n as u64);
+                }
                 w.write_all(&buf[..n])
                     .io_context(|| "writing to the cache".into())?;
             }
@@ -249,7 +305,33 @@ impl Http {
             let f = std::fs::File::open(&path).map_err(|e| local_file(url, e))?;
             return commit(Box::new(f), true);
         }
-        self.retrying(url, |resp| commit(Box::new(resp), false), None, &[])
+        self.retrying(
+            url,
+            |resp| {
+                self.transfers.start(resp.content_length());
+                let done = commit(Box::new(resp), false);
+                match &done {
+                    Ok((d, _)) => self.transfers.finish(d.to_string()),
+                    Err(_) => self.transfers.abandon(),
+                }
+                done
+            },
+            None,
+            &[],
+        )
+    }
+
+    fn client(&self) -> Result<&reqwest::blocking::Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = reqwest::blocking::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(StoreError::Client)?;
+        Ok(self.client.get_or_init(|| c))
     }
 
     fn retrying<T>(
@@ -265,7 +347,7 @@ impl Http {
         let mut delay = Duration::from_millis(300);
         let mut attempt = 1;
         loop {
-            let mut req = self.client.get(url);
+            let mut req = self.client()?.get(url);
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
             }
@@ -508,6 +590,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn network_bytes_are_counted_and_cache_hits_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let port = echo_server(2);
+        let url = format!("http://127.0.0.1:{port}/pkg");
+        let (d, len) = http.download(&url, None, &cache).unwrap();
+        assert_eq!(http.transfers().bytes(), len);
+        assert_eq!(http.transfers().files(), (1, 1));
+        assert_eq!(http.transfers().finished(), vec![d.to_string()]);
+        // A cache hit costs nothing; an index page counts its body.
+        let clone = http.clone();
+        clone.download(&url, Some(&d), &cache).unwrap();
+        assert_eq!(http.transfers().bytes(), len);
+        let page = clone.get(&url, None).unwrap();
+        assert_eq!(http.transfers().bytes(), len + page.bytes.len() as u64);
+        assert_eq!(http.transfers().files(), (1, 1));
+        // A local mirror is no transfer.
+        let file = dir.path().join("local");
+        std::fs::write(&file, b"local").unwrap();
+        let before = http.transfers().bytes();
+        http.download(&format!("file://{}", file.display()), None, &cache)
+            .unwrap();
+        assert_eq!(http.transfers().bytes(), before);
     }
 
     #[test]

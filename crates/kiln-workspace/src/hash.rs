@@ -54,7 +54,14 @@ fn is_url(s: &str) -> bool {
 pub fn member_inputs(m: &Member) -> Vec<PathBuf> {
     let dir = &m.dir;
     let mut v = vec![m.spec.path.clone(), kiln_spec::lock::path_for(&m.spec.path)];
-    v.extend(m.spec.files.iter().map(|f| dir.join(&f.src)));
+    // `[[files]] from` sources are paths inside an image, not on the host.
+    v.extend(
+        m.spec
+            .files
+            .iter()
+            .filter(|f| f.from.is_none())
+            .map(|f| dir.join(&f.src)),
+    );
     if let Some(pip) = &m.spec.pip {
         v.extend(pip.requirements.iter().map(|r| dir.join(r)));
         v.extend(
@@ -89,7 +96,13 @@ pub fn compat_inputs(ws: &Workspace, name: &str) -> Vec<PathBuf> {
         return Vec::new();
     };
     let mut v = vec![c.dir.join(COMPAT_FILE)];
-    v.extend(c.layer.files.iter().map(|f| c.dir.join(&f.src)));
+    v.extend(
+        c.layer
+            .files
+            .iter()
+            .filter(|f| f.from.is_none())
+            .map(|f| c.dir.join(&f.src)),
+    );
     if let Some(pip) = &c.layer.pip {
         v.extend(pip.requirements.iter().map(|r| c.dir.join(r)));
         v.extend(

@@ -23,11 +23,13 @@
 //! - `registry`: the loopback docker-registry ([`Registry`]), credentials,
 //!   ports, [`http_status`];
 //! - `servers`: [`FakeServer`] and [`FileServer`] on loopback;
+//! - `git_http`: [`GitServer`] (`git http-backend` on loopback), [`git`];
 //! - `builds`: `kiln build --json` and checks on its output, small specs;
 //! - `spdx`: pyspdxtools validation;
 //! - `webdriver`: headless chromium over WebDriver ([`Browser`]).
 
 mod builds;
+mod git_http;
 mod handmade;
 mod json;
 mod layout;
@@ -42,6 +44,7 @@ mod wheels;
 mod workspace;
 
 pub use builds::*;
+pub use git_http::*;
 pub use handmade::*;
 pub use json::*;
 pub use layout::*;

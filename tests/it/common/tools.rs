@@ -23,6 +23,7 @@ fn package_for(tool: &str) -> &'static str {
         "dpkg" | "dpkg-deb" | "dpkg-query" => "dpkg",
         "dpkg-scanpackages" => "dpkg-dev",
         "openssl" => "openssl",
+        "git" => "git",
         "ldconfig" => "libc-bin",
         _ => "?",
     }

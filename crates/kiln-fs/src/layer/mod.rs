@@ -66,14 +66,38 @@ pub fn build_layer(
     compression: Compression,
     cache: &Cache,
 ) -> Result<LayerBlob> {
+    build_layer_reporting(entries, mtime, compression, cache).map(|(b, _)| b)
+}
+
+/// [`build_layer`], saying whether the layer was taken from the cache
+/// (`true`) or compressed now (for a build's summary).
+pub fn build_layer_reporting(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<(LayerBlob, bool)> {
     let key = input_key(entries, mtime, compression)?;
     let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
     if let Some(hit) = read_memo(&memo, cache) {
-        return Ok(hit);
+        return Ok((hit, true));
     }
     let blob = build_layer_fresh(entries, mtime, compression, cache)?;
     write_memo(&memo, &blob);
-    Ok(blob)
+    Ok((blob, false))
+}
+
+/// The layer built before from the same inputs, if the cache still has it
+/// (what `kiln build --dry-run` reports as reused).
+pub fn cached_layer(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<Option<LayerBlob>> {
+    let key = input_key(entries, mtime, compression)?;
+    let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
+    Ok(read_memo(&memo, cache))
 }
 
 /// sha256 over everything that decides a layer's bytes.
@@ -188,6 +212,24 @@ mod tests {
         ));
         assert_eq!(e.exit_code(), 2);
         assert!(decompressed("application/vnd.oci.image.layer.v1.tar", &b""[..]).is_ok());
+    }
+
+    #[test]
+    fn a_layer_says_whether_the_cache_had_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let entries = vec![Entry::data("etc/motd", b"hi\n".to_vec(), 0o644)];
+        let gz = Compression::Gzip { level: 1 };
+        assert!(cached_layer(&entries, 0, gz, &cache).unwrap().is_none());
+        let (first, reused) = build_layer_reporting(&entries, 0, gz, &cache).unwrap();
+        assert!(!reused);
+        let (again, reused) = build_layer_reporting(&entries, 0, gz, &cache).unwrap();
+        assert!(reused);
+        assert_eq!(again.digest, first.digest);
+        let hit = cached_layer(&entries, 0, gz, &cache).unwrap().unwrap();
+        assert_eq!(hit.digest, first.digest);
+        // Another mtime is another layer.
+        assert!(cached_layer(&entries, 1, gz, &cache).unwrap().is_none());
     }
 
     #[test]

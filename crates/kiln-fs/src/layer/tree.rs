@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::FsError;
+use crate::rootfs::Node;
+use crate::rootfs::Rootfs;
 use kiln_core::error::{IoContext, Result};
 use kiln_spec::spec::FileEntry;
 
@@ -118,18 +120,9 @@ impl Tree {
     }
 }
 
-/// Where `[[files]]` sources may come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceScope {
-    /// Inside the spec's directory (the build context): a source whose
-    /// path, once every symlink on the way is resolved, leaves it is an
-    /// error. Symlinks inside a copied directory are copied as symlinks,
-    /// never followed.
-    Context,
-    /// Anywhere on the host (`--allow-outside-context`, for CLI users; a
-    /// build service never offers it).
-    Host,
-}
+/// Where `[[files]]` sources may come from (kiln-spec's, which also
+/// confines `packages-file`s).
+pub use kiln_spec::SourceScope;
 
 /// Collect one `[[files]]` entry; `base` is the spec's directory.
 pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Result<Vec<Entry>> {
@@ -178,6 +171,129 @@ pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Resu
         tree.insert(ctx.entry(&src, &meta, &dst)?);
     }
     Ok(tree.into_sorted())
+}
+
+/// Collect one `[[files]]` entry with `from` out of that image's
+/// filesystem view `fs` (read with the contents under `entry.src` kept,
+/// see [`from_image_keep`]): a file, a symlink (copied as a link) or a
+/// directory whose contents go under `dst`, like a context directory.
+/// Modes of files are the image's (or the entry's `mode`); directories are
+/// 0755 (the view keeps no directory modes); owner 0:0 unless `owner`, as
+/// docker's `COPY --from`. Hard links become copies.
+pub fn collect_from_rootfs(entry: &FileEntry, fs: &Rootfs) -> Result<Vec<Entry>> {
+    let from = entry.from.clone().unwrap_or_default();
+    let missing = |problem: String| FsError::NotInImage {
+        src: entry.src.clone(),
+        from: from.clone(),
+        problem,
+    };
+    if let Some(mode) = entry.mode.map(|m| m.0).filter(|m| m & 0o6000 != 0) {
+        if !entry.allow_setid {
+            return Err(FsError::SetId {
+                src: entry.src.clone(),
+                mode,
+            }
+            .into());
+        }
+    }
+    let src = from_image_path(&entry.src);
+    let (uid, gid) = entry.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
+    let mut dst = entry.dst.relative().to_string();
+    let make = |path: &str, node: &Node, at: &str| -> Result<Entry> {
+        let (kind, mode) = match node {
+            Node::Dir => (EntryKind::Dir, 0o755),
+            Node::Symlink(t) => (EntryKind::Symlink { target: t.clone() }, 0o777),
+            Node::File {
+                content: Some(c),
+                mode,
+                ..
+            } => (
+                EntryKind::Data(Arc::new(c.clone())),
+                entry.mode.map(|m| m.0).unwrap_or(mode & 0o7777),
+            ),
+            Node::File { content: None, .. } => {
+                return Err(missing(format!("the contents of {at} were not read")).into())
+            }
+            Node::Other => {
+                return Err(missing(format!(
+                    "{at} is a device, fifo or socket; only files, directories and symlinks can be copied"
+                ))
+                .into())
+            }
+        };
+        Ok(Entry {
+            path: path.to_string(),
+            kind,
+            mode,
+            uid,
+            gid,
+        })
+    };
+    let Some(node) = fs.node(&src) else {
+        return Err(missing(format!("{src} is not in the image")).into());
+    };
+    let mut tree = Tree::default();
+    if matches!(node, Node::Dir) {
+        if !dst.is_empty() {
+            tree.add_parents(&dst);
+            tree.insert(make(&dst, node, &src)?);
+        }
+        let prefix = if src == "/" {
+            "/".to_string()
+        } else {
+            format!("{src}/")
+        };
+        for (path, node) in fs.paths() {
+            let Some(rest) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            let at = if dst.is_empty() {
+                rest.to_string()
+            } else {
+                format!("{dst}/{rest}")
+            };
+            tree.insert(make(&at, node, path)?);
+        }
+    } else {
+        if entry.into {
+            let name = src.rsplit('/').next().unwrap_or_default();
+            dst = if dst.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dst}/{name}")
+            };
+        }
+        if dst.is_empty() {
+            return Err(FsError::FileToRoot {
+                src: entry.src.clone(),
+            }
+            .into());
+        }
+        tree.add_parents(&dst);
+        tree.insert(make(&dst, node, &src)?);
+    }
+    Ok(tree.into_sorted())
+}
+
+/// `src` of a `[[files]] from` entry as the filesystem view names it.
+fn from_image_path(src: &str) -> String {
+    let parts: Vec<&str> = src
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Which contents reading the image must keep for `entry` (everything
+/// under its `src`, and `src` itself).
+pub fn from_image_keep(entry: &FileEntry) -> impl Fn(&str) -> bool {
+    let src = from_image_path(&entry.src);
+    let prefix = if src == "/" {
+        "/".to_string()
+    } else {
+        format!("{src}/")
+    };
+    move |p: &str| p == src || p.starts_with(&prefix)
 }
 
 /// The source's real path (every symlink on the way resolved; a symlink
@@ -317,7 +433,7 @@ fn walk(dir: &Path, prefix: &str, ctx: &Ctx, tree: &mut Tree) -> Result<()> {
 mod tests {
     use super::*;
     use crate::FsError;
-    use kiln_spec::spec::AbsPath;
+    use kiln_spec::spec::{AbsPath, Owner};
 
     fn collect_files_in(entry: &FileEntry, base: &Path) -> Result<Vec<Entry>> {
         collect_files(entry, base, SourceScope::Context)
@@ -325,12 +441,59 @@ mod tests {
 
     fn entry(src: &str, dst: &str) -> FileEntry {
         FileEntry {
+            from: None,
             src: src.into(),
             dst: AbsPath(dst.into()),
             mode: None,
             owner: None,
             allow_setid: false,
+            into: false,
         }
+    }
+
+    #[test]
+    fn files_from_an_image_view() {
+        let mut fs = Rootfs::default();
+        fs.insert("/out", Node::Dir);
+        fs.insert("/out/sub", Node::Dir);
+        fs.insert(
+            "/out/sub/tool",
+            Node::File {
+                size: 2,
+                mode: 0o100755,
+                content: Some(b"#!".to_vec()),
+            },
+        );
+        fs.insert("/out/link", Node::Symlink("sub/tool".into()));
+        fs.insert_file("/etc/other", b"x");
+        let mut e = entry("/out", "/app");
+        e.from = Some("oci:img".into());
+        let got = collect_from_rootfs(&e, &fs).unwrap();
+        let paths: Vec<_> = got.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["app", "app/link", "app/sub", "app/sub/tool"]);
+        assert_eq!(got[3].mode, 0o755);
+        assert!(matches!(&got[1].kind, EntryKind::Symlink { target } if target == "sub/tool"));
+        assert!(got.iter().all(|e| (e.uid, e.gid) == (0, 0)));
+
+        let mut f = entry("/out/sub/tool", "/usr/bin/tool");
+        f.from = Some("oci:img".into());
+        f.owner = Some(Owner { uid: 7, gid: 8 });
+        let got = collect_from_rootfs(&f, &fs).unwrap();
+        assert_eq!(got.last().unwrap().path, "usr/bin/tool");
+        assert_eq!((got.last().unwrap().uid, got[0].uid), (7, 0));
+        f.into = true;
+        let got = collect_from_rootfs(&f, &fs).unwrap();
+        assert_eq!(got.last().unwrap().path, "usr/bin/tool/tool");
+        let keep = from_image_keep(&f);
+        assert!(keep("/out/sub/tool") && !keep("/out/sub/tool2") && !keep("/etc/other"));
+
+        let mut m = entry("/nope", "/x");
+        m.from = Some("oci:img".into());
+        let err = collect_from_rootfs(&m, &fs).unwrap_err().to_string();
+        assert!(
+            err.contains("/nope is not in the image") && err.contains("oci:img"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -115,10 +115,11 @@ pub fn push(
     let todo = image_blobs(image);
     let mut step = PushStep::Blobs;
     let pushed = (|| -> Result<()> {
-        let bar = progress.bar(todo.len() as u64, "pushing blobs");
+        let total = todo.iter().map(|d| d.size).sum();
+        let bar = progress.bytes_bar(total, "pushing blobs");
         for d in &todo {
             push_blob(registry, first, d, blobs, &mut report)?;
-            bar.inc(1);
+            bar.inc(d.size);
         }
         bar.finish_and_clear();
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -25,6 +25,7 @@ use oci_client::{Client, Reference};
 use crate::RegistryError;
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, ErrorKind, IoContext, Result};
+use kiln_core::progress::Transfers;
 use kiln_spec::source::is_loopback_registry;
 use kiln_store::cache::Cache;
 
@@ -68,6 +69,8 @@ pub struct Registry {
     client: Client,
     rt: tokio::runtime::Runtime,
     auths: Mutex<HashMap<String, RegistryAuth>>,
+    /// Blob bytes pulled (a build's summary and download bar).
+    transfers: Mutex<Arc<Transfers>>,
 }
 
 impl Registry {
@@ -91,6 +94,9 @@ impl Registry {
             no_proxy: env_any(&["NO_PROXY", "no_proxy"]),
             ..Default::default()
         };
+        // Without CA certificates (kiln alone in an empty root) oci-client
+        // panics building its client: say what is missing instead.
+        kiln_store::http::check_client()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -100,7 +106,20 @@ impl Registry {
             client: Client::new(config),
             rt,
             auths: Mutex::new(HashMap::new()),
+            transfers: Mutex::new(Transfers::hidden("pulling")),
         })
+    }
+
+    /// Count (and show) the blobs pulled from now on on `transfers`.
+    pub fn count_transfers(&self, transfers: Arc<Transfers>) {
+        *self.transfers.lock().unwrap_or_else(|e| e.into_inner()) = transfers;
+    }
+
+    fn transfers(&self) -> Arc<Transfers> {
+        self.transfers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn auth(&self, r: &Reference) -> Result<RegistryAuth> {
@@ -220,6 +239,30 @@ impl Registry {
         Ok(index.manifests.into_iter().map(|m| m.digest).collect())
     }
 
+    /// Every manifest naming `subject` (a digest reference) as its subject:
+    /// the referrers API, or the `sha256-<hex>` tag schema where the
+    /// registry has no API (oci-client falls back on a 404).
+    pub(crate) fn referrer_entries(
+        &self,
+        subject: &Reference,
+    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>> {
+        let index = self.run("listing referrers", subject, || {
+            self.client.pull_referrers(subject, None)
+        })?;
+        Ok(index.manifests)
+    }
+
+    /// The repository's tags (`tags/list`, first page of up to 1000).
+    pub(crate) fn list_tags(&self, r: &Reference) -> Result<Vec<String>> {
+        let auth = self.auth(r)?;
+        let got = self.run("listing tags", r, || {
+            self.client.list_tags(r, &auth, Some(1000), None)
+        })?;
+        let mut tags = got.tags;
+        tags.sort();
+        Ok(tags)
+    }
+
     /// Download a blob into the cache, verified against its digest.
     pub(crate) fn fetch_blob(
         &self,
@@ -233,16 +276,20 @@ impl Registry {
             size: size as i64,
             ..Default::default()
         };
+        let transfers = self.transfers();
         self.run("pulling blob", r, || async {
             let mut w = cache
                 .writer()
                 .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
             let mut stream = self.client.pull_blob_stream(r, &desc).await?;
+            transfers.start(Some(size));
+            let mut counted = Counted(&transfers, true);
             // A registry that sends more than the descriptor declares is cut
             // off (not left to fill the disk); less fails the digest check.
             let mut got: u64 = 0;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
+                transfers.add(chunk.len() as u64);
                 got += chunk.len() as u64;
                 if got > size {
                     return Err(OciDistributionError::GenericError(Some(format!(
@@ -259,6 +306,8 @@ impl Registry {
                     },
                 )
             })?;
+            counted.1 = false;
+            transfers.finish(digest.to_string());
             Ok(())
         })
     }
@@ -327,6 +376,18 @@ impl Registry {
             self.client.push_manifest_raw(r, bytes.to_vec(), ct.clone())
         })?;
         Ok(())
+    }
+}
+
+/// A started transfer that is abandoned unless disarmed (`.1 = false`),
+/// so every early return of a pull still ends it.
+struct Counted<'a>(&'a Transfers, bool);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.abandon();
+        }
     }
 }
 

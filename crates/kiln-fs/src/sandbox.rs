@@ -1,0 +1,654 @@
+//! Run a command in an assembled filesystem without privileges, and turn
+//! what it changed into a layer: apt's maintainer scripts (`--run-scripts`)
+//! and a Dockerfile's other `RUN` lines (`[[run]]` in a spec) go through
+//! here.
+//!
+//! The tree is written to a scratch directory ([`Sandbox::materialize`]),
+//! then kiln starts itself (`kiln __run-script`) in a new user namespace
+//! whose id maps the parent writes: as root, ids 0..65536 map to themselves
+//! (so `chown root:mail` works and files keep their owners); as another
+//! user, only that user maps to 0 (a chown to another account then fails
+//! with the command's output). Then new mount, pid, ipc, uts and (with
+//! [`Network::None`]) network namespaces; the tree becomes the root by
+//! pivot_root, not chroot, so there is no way back to the host's files.
+//! Changes are found by comparing inode, ctime, type, mode and owner of
+//! every path before and after, so nothing a command touched is missed and
+//! nothing else is re-packed. Only for the host's architecture: no
+//! emulation.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_core::error::{IoContext, Result};
+use kiln_core::{Classify, ErrorKind};
+
+use crate::layer::{Entry, EntryKind};
+use crate::rootfs::{Node, Rootfs};
+
+/// Not compared: kernel filesystems mounted for the command.
+const SKIPPED: &[&str] = &["proc", "sys", "dev"];
+
+/// The PATH a command gets when its environment names none (docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Files of the host bound over the tree's own while a command with the
+/// host's network runs (name lookups need them), as docker does. They are
+/// never part of the layer.
+const HOST_NET_FILES: &[&str] = &["etc/resolv.conf", "etc/hosts"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The parent could not write the child's id maps.
+    #[error(
+        "{purpose}: could not set up a user namespace (are unprivileged user namespaces enabled?): {stderr}"
+    )]
+    UserNamespace { purpose: String, stderr: String },
+    /// The child was told no id maps were written.
+    #[error("no id maps were written for the sandbox")]
+    NoIdMaps,
+    /// A system-level step failed (a namespace, mount or exec call, reading the tree).
+    #[error("{purpose}: {step}: {source}")]
+    System {
+        purpose: String,
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command left something that is not a file, directory or symlink.
+    #[error("{purpose}: the command created /{path}, which is not a file, directory or symlink")]
+    SpecialFile { purpose: String, path: String },
+    /// `USER` names an account the image's /etc/passwd does not have.
+    #[error("unable to find user {user}: no matching entries in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    /// A user other than root, but kiln itself is not root: only one id is mapped.
+    #[error(
+        "{purpose}: running as user {user} needs kiln to run as root (unprivileged, only root is mapped in the sandbox)"
+    )]
+    UnmappedUser { purpose: String, user: String },
+}
+
+impl Classify for SandboxError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Input
+    }
+}
+
+impl From<SandboxError> for kiln_core::Error {
+    fn from(e: SandboxError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}
+
+pub use kiln_spec::spec::Network;
+
+/// One command to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// The whole environment (nothing of kiln's own leaks in).
+    pub env: Vec<(String, String)>,
+    /// `USER`: a name or id, optionally `:group`; `None` is root.
+    pub user: Option<String>,
+    /// The directory to start in (made when missing, as docker's WORKDIR).
+    pub workdir: Option<String>,
+    pub network: Network,
+}
+
+/// A materialised tree, its snapshot before, and the scratch directory
+/// that holds both (removed on drop).
+pub struct Sandbox {
+    /// Holds the tree; removed when the sandbox is dropped.
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    euid: u32,
+    before: BTreeMap<String, Stamp>,
+    /// Files made only so that host files can be bound over them: never
+    /// compared, never in a layer.
+    placeholders: Vec<String>,
+    /// Who is running: `--run-scripts`, `[[run]] 2` … (for messages).
+    purpose: String,
+}
+
+impl Sandbox {
+    /// Write `full` (contents kept for every path) under a new directory
+    /// in `tmp` (a filesystem that supports ownership) and take the
+    /// snapshot its changes are measured against.
+    pub fn materialize(full: &Rootfs, tmp: &Path, purpose: &str) -> Result<Sandbox> {
+        let dir = tempfile::Builder::new()
+            .prefix(&kiln_store::temp_prefix("sandbox"))
+            .tempdir_in(tmp)
+            .io_context(|| format!("creating a directory in {}", tmp.display()))?;
+        let root = dir.path().join("rootfs");
+        // Who kiln runs as: the owner of the directory it just made.
+        let euid = fs::metadata(dir.path())
+            .io_context(|| format!("reading {}", dir.path().display()))?
+            .uid();
+        write_tree(full, &root, purpose)?;
+        let mut placeholders = Vec::new();
+        for f in HOST_NET_FILES {
+            let p = root.join(f);
+            if fs::symlink_metadata(&p).is_err() && p.parent().is_some_and(Path::is_dir) {
+                fs::write(&p, b"").io_context(|| format!("writing {}", p.display()))?;
+                placeholders.push(f.to_string());
+            }
+        }
+        let before = snapshot(&root, &placeholders, purpose)?;
+        Ok(Sandbox {
+            _dir: dir,
+            root,
+            euid,
+            before,
+            placeholders,
+            purpose: purpose.to_string(),
+        })
+    }
+
+    /// The tree on the host (for reading what a command left).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Run one command inside; its output is returned whatever its status.
+    pub fn run(&self, spec: &RunSpec) -> Result<Output> {
+        let kiln =
+            std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
+        let mut cmd = Command::new(&kiln);
+        cmd.arg("__run-script")
+            .arg("--network")
+            .arg(spec.network.as_str());
+        if let Some(user) = &spec.user {
+            if self.euid != 0 && !is_root(user) {
+                return Err(SandboxError::UnmappedUser {
+                    purpose: self.purpose.clone(),
+                    user: user.clone(),
+                }
+                .into());
+            }
+            cmd.arg("--user").arg(user);
+        }
+        if let Some(w) = &spec.workdir {
+            cmd.arg("--workdir").arg(w);
+        }
+        cmd.arg(&self.root)
+            .args(&spec.argv)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        run_in_namespace(cmd, self.euid, &self.purpose)
+    }
+
+    /// What the commands run since the sandbox was made, or since the
+    /// last call, changed: new and changed paths, whiteouts for removed
+    /// ones (one for the topmost), sorted by path. The next call measures
+    /// from here, so each command can be a layer of its own.
+    pub fn take_changes(&mut self) -> Result<Vec<Entry>> {
+        let after = snapshot(&self.root, &self.placeholders, &self.purpose)?;
+        let entries = changes(&self.root, &self.before, &after, self.euid, &self.purpose)?;
+        self.before = after;
+        Ok(entries)
+    }
+
+    /// [`Sandbox::take_changes`], and the scratch directory removed.
+    pub fn changes(mut self) -> Result<Vec<Entry>> {
+        self.take_changes()
+    }
+}
+
+fn is_root(user: &str) -> bool {
+    let name = user.split(':').next().unwrap_or(user);
+    name == "root" || name == "0"
+}
+
+/// Parent side: start `cmd` (`kiln __run-script …`), wait until it has
+/// entered its user namespace, write the id maps, then let it go on.
+fn run_in_namespace(mut cmd: Command, euid: u32, purpose: &str) -> Result<Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .io_context(|| "starting kiln __run-script".to_string())?;
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let own = fs::read_link("/proc/self/ns/user").ok();
+    let mut entered = false;
+    for _ in 0..5000 {
+        let ns = fs::read_link(proc_dir.join("ns/user")).ok();
+        if ns.is_some() && ns != own {
+            entered = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mapped = entered
+        && (|| -> std::io::Result<()> {
+            if euid == 0 {
+                fs::write(proc_dir.join("uid_map"), "0 0 65536\n")?;
+                fs::write(proc_dir.join("gid_map"), "0 0 65536\n")?;
+            } else {
+                fs::write(proc_dir.join("setgroups"), "deny")?;
+                fs::write(proc_dir.join("uid_map"), format!("0 {euid} 1\n"))?;
+                fs::write(proc_dir.join("gid_map"), format!("0 {euid} 1\n"))?;
+            }
+            Ok(())
+        })()
+        .is_ok();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(if mapped { b"go\n" } else { b"no\n" });
+    }
+    let out = child
+        .wait_with_output()
+        .io_context(|| "waiting for kiln __run-script".to_string())?;
+    if !mapped {
+        return Err(SandboxError::UserNamespace {
+            purpose: purpose.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
+    }
+    Ok(out)
+}
+
+/// A failed system call of the namespace set-up, said plainly.
+fn sys(what: &str, e: impl Into<std::io::Error>) -> SandboxError {
+    SandboxError::System {
+        purpose: "sandbox".to_string(),
+        step: what.to_string(),
+        source: e.into(),
+    }
+}
+
+/// How `kiln __run-script` was asked to run its command.
+#[derive(Debug, Clone, Default)]
+pub struct Inside {
+    pub network: Network,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+/// `kiln __run-script ROOT PROGRAM ARGS...`, first half: enter a new user
+/// namespace, wait for the parent's id maps, then new mount, pid, ipc, uts
+/// (and network) namespaces, and run the second half as pid 1 there.
+/// Returns the exit code to leave with.
+pub fn namespace_stage(root: &Path, how: &Inside, program: &str, args: &[String]) -> Result<i32> {
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    use std::io::BufRead;
+    // SAFETY: kiln is single-threaded here (nothing else has started), and
+    // no file table is unshared.
+    unsafe { unshare_unsafe(UnshareFlags::NEWUSER) }
+        .map_err(|e| sys("creating a user namespace", e))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .io_context(|| "waiting for the id maps".to_string())?;
+    if line.trim() != "go" {
+        return Err(SandboxError::NoIdMaps.into());
+    }
+    let mut flags =
+        UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
+    if how.network == Network::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    // SAFETY: as above.
+    unsafe { unshare_unsafe(flags) }.map_err(|e| sys("creating namespaces", e))?;
+    let exe = std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__run-script")
+        .arg("--inside")
+        .arg("--network")
+        .arg(how.network.as_str());
+    if let Some(u) = &how.user {
+        cmd.arg("--user").arg(u);
+    }
+    if let Some(w) = &how.workdir {
+        cmd.arg("--workdir").arg(w);
+    }
+    let status = cmd
+        .arg(root)
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .io_context(|| "starting the command".to_string())?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Second half, pid 1 of the new namespaces: make ROOT the root with
+/// pivot_root (unlike chroot, there is no way back to the host's tree),
+/// with /proc, a few host device nodes and (host network) the host's
+/// resolv.conf and hosts, then exec PROGRAM as the user in the directory
+/// asked for. Returns only on failure.
+pub fn enter_and_exec(root: &Path, how: &Inside, program: &str, args: &[String]) -> Result<()> {
+    use rustix::mount::{
+        mount, mount_bind, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags,
+    };
+    use std::os::unix::process::CommandExt;
+    // Nothing mounted here may reach the host's mount table.
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| sys("making mounts private", e))?;
+    mount_bind(root, root).map_err(|e| sys("bind-mounting the root", e))?;
+    std::env::set_current_dir(root).io_context(|| format!("entering {}", root.display()))?;
+    mount("proc", "proc", "proc", MountFlags::empty(), None)
+        .map_err(|e| sys("mounting /proc", e))?;
+    for d in ["null", "zero", "full", "random", "urandom"] {
+        let inside = Path::new("dev").join(d);
+        if fs::symlink_metadata(&inside).is_err() {
+            fs::write(&inside, b"").io_context(|| format!("creating /dev/{d}"))?;
+        }
+        mount_bind(Path::new("/dev").join(d), &inside)
+            .map_err(|e| sys(&format!("binding /dev/{d}"), e))?;
+    }
+    if how.network == Network::Host {
+        for f in HOST_NET_FILES {
+            let host = Path::new("/").join(f);
+            // Only over a regular file of the tree's (materialize made one
+            // where it had none); a symlink there is not followed out.
+            let is_file = fs::symlink_metadata(f).is_ok_and(|m| m.is_file());
+            if is_file && host.is_file() {
+                let inside = Path::new(f);
+                mount_bind(&host, inside).map_err(|e| sys(&format!("binding /{f}"), e))?;
+                // Read-only: the command must not write the host's file.
+                rustix::mount::mount_remount(inside, MountFlags::BIND | MountFlags::RDONLY, "")
+                    .map_err(|e| sys(&format!("making /{f} read-only"), e))?;
+            }
+        }
+    }
+    rustix::process::pivot_root(".", ".").map_err(|e| sys("pivot_root", e))?;
+    unmount(".", UnmountFlags::DETACH).map_err(|e| sys("detaching the host's root", e))?;
+    std::env::set_current_dir("/").io_context(|| "entering /".to_string())?;
+
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let mut home = None;
+    if let Some(user) = &how.user {
+        let (uid, gid, dir) = lookup_user(user)?;
+        cmd.uid(uid).gid(gid);
+        home = dir;
+    }
+    if std::env::var_os("HOME").is_none() {
+        cmd.env(
+            "HOME",
+            home.unwrap_or_else(|| match &how.user {
+                Some(u) if !is_root(u) => "/".to_string(),
+                _ => "/root".to_string(),
+            }),
+        );
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if let Some(w) = &how.workdir {
+        fs::create_dir_all(w).io_context(|| format!("making the working directory {w}"))?;
+        cmd.current_dir(w);
+    }
+    let err = cmd.exec();
+    Err(SandboxError::System {
+        purpose: "sandbox".to_string(),
+        step: format!("running {program}"),
+        source: err,
+    }
+    .into())
+}
+
+/// `USER` as docker reads it: `name|uid[:group|gid]`, names from the
+/// image's /etc/passwd and /etc/group. Returns (uid, gid, home).
+fn lookup_user(user: &str) -> Result<(u32, u32, Option<String>)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && (f[0] == u || f[2] == u)).then(|| {
+            (
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+                f[5].to_string(),
+            )
+        })
+    });
+    let (uid, default_gid, home) = match (u.parse::<u32>(), entry) {
+        (_, Some((Some(uid), gid, home))) => (uid, gid.unwrap_or(uid), Some(home)),
+        (Ok(uid), _) => (uid, uid, None),
+        (Err(_), _) => {
+            return Err(SandboxError::UnknownUser {
+                user: u.to_string(),
+            }
+            .into())
+        }
+    };
+    let gid = match g {
+        None => default_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => fs::read_to_string("/etc/group")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse::<u32>().ok())
+                        .flatten()
+                })
+                .ok_or_else(|| SandboxError::UnknownUser {
+                    user: format!("{u}:{g}"),
+                })?,
+        },
+    };
+    Ok((uid, gid, home))
+}
+
+/// Write the filesystem view to `root`. Nothing is written through a
+/// symlink: an entry below one is skipped.
+fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
+    let io = |what: &Path| format!("{purpose}: writing {}", what.display());
+    fs::create_dir_all(root).io_context(|| io(root))?;
+    let mut links: HashSet<String> = HashSet::new();
+    for (path, node) in full.paths() {
+        let below_link = path
+            .match_indices('/')
+            .skip(1)
+            .any(|(i, _)| links.contains(&path[..i]));
+        if below_link {
+            continue;
+        }
+        let dst = root.join(path.trim_start_matches('/'));
+        match node {
+            Node::Dir => fs::create_dir_all(&dst).io_context(|| io(&dst))?,
+            Node::File { mode, content, .. } => {
+                fs::write(&dst, content.as_deref().unwrap_or_default()).io_context(|| io(&dst))?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode & 0o7777))
+                    .io_context(|| io(&dst))?;
+            }
+            Node::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &dst).io_context(|| io(&dst))?;
+                links.insert(path.clone());
+            }
+            Node::Other => {} // devices and fifos: not recreated
+        }
+    }
+    // Mount points and /tmp, so the run adds none of them to the layer.
+    for (d, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        let p = root.join(d);
+        if fs::symlink_metadata(&p).is_err() {
+            fs::create_dir(&p).io_context(|| io(&p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).io_context(|| io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// What identifies a path's state: a change to any of it means a command touched it.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+fn snapshot(root: &Path, skip: &[String], purpose: &str) -> Result<BTreeMap<String, Stamp>> {
+    let mut out = BTreeMap::new();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| e.depth() != 1 || !SKIPPED.iter().any(|s| e.file_name() == *s));
+    for e in walk {
+        let reading = |e: walkdir::Error| SandboxError::System {
+            purpose: purpose.to_string(),
+            step: "reading the tree".into(),
+            source: e.into(),
+        };
+        let e = e.map_err(reading)?;
+        let md = e.metadata().map_err(reading)?;
+        let Ok(rel) = e.path().strip_prefix(root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy().into_owned();
+        if skip.contains(&rel) {
+            continue;
+        }
+        out.insert(
+            rel,
+            Stamp {
+                ino: md.ino(),
+                ctime: (md.ctime(), md.ctime_nsec()),
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Layer entries for what changed between two snapshots.
+fn changes(
+    root: &Path,
+    before: &BTreeMap<String, Stamp>,
+    after: &BTreeMap<String, Stamp>,
+    euid: u32,
+    purpose: &str,
+) -> Result<Vec<Entry>> {
+    // As root the ids map to themselves; otherwise only kiln's user (as 0).
+    let id = |host: u32| if euid == 0 { u64::from(host) } else { 0 };
+    let mut entries = Vec::new();
+    for (rel, stamp) in after {
+        if before.get(rel) == Some(stamp) {
+            continue;
+        }
+        let p = root.join(rel);
+        let md = fs::symlink_metadata(&p).io_context(|| format!("reading {}", p.display()))?;
+        let kind = if md.is_dir() {
+            EntryKind::Dir
+        } else if md.file_type().is_symlink() {
+            EntryKind::Symlink {
+                target: fs::read_link(&p)
+                    .io_context(|| format!("reading {}", p.display()))?
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        } else if md.is_file() {
+            EntryKind::Data(std::sync::Arc::new(
+                fs::read(&p).io_context(|| format!("reading {}", p.display()))?,
+            ))
+        } else {
+            return Err(SandboxError::SpecialFile {
+                purpose: purpose.to_string(),
+                path: rel.clone(),
+            }
+            .into());
+        };
+        entries.push(Entry {
+            path: rel.clone(),
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: id(md.uid()),
+            gid: id(md.gid()),
+        });
+    }
+    // Removed paths: one whiteout for the topmost.
+    let mut removed: BTreeSet<&str> = BTreeSet::new();
+    for rel in before.keys() {
+        if after.contains_key(rel) {
+            continue;
+        }
+        let parent_gone = rel
+            .match_indices('/')
+            .any(|(i, _)| removed.contains(&rel[..i]));
+        if !parent_gone {
+            removed.insert(rel);
+            entries.push(Entry::whiteout(rel));
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_leaving_a_special_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = snapshot(dir.path(), &[], "[[run]] 1").unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+        let after = snapshot(dir.path(), &[], "[[run]] 1").unwrap();
+        let e = changes(dir.path(), &before, &after, 0, "[[run]] 1").unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<SandboxError>(),
+                Some(SandboxError::SpecialFile { path, .. }) if path == "sock"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "[[run]] 1: the command created /sock, which is not a file, directory or symlink"
+        );
+    }
+
+    #[test]
+    fn removed_trees_get_one_whiteout_and_changes_are_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/c"), b"x").unwrap();
+        fs::write(dir.path().join("keep"), b"k").unwrap();
+        let before = snapshot(dir.path(), &[], "t").unwrap();
+        fs::remove_dir_all(dir.path().join("a")).unwrap();
+        fs::write(dir.path().join("new"), b"n").unwrap();
+        let after = snapshot(dir.path(), &[], "t").unwrap();
+        let e = changes(dir.path(), &before, &after, 0, "t").unwrap();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, [".wh.a", "new"], "{e:?}");
+    }
+
+    #[test]
+    fn network_modes_parse_as_docker_spells_them() {
+        assert_eq!("host".parse::<Network>().unwrap(), Network::Host);
+        assert_eq!("none".parse::<Network>().unwrap(), Network::None);
+        assert!("bridge"
+            .parse::<Network>()
+            .unwrap_err()
+            .contains("host or none"));
+    }
+}

@@ -1,0 +1,142 @@
+//! Multi-stage Dockerfiles: the stages the target needs are translated
+//! (kiln-dockerfile), each into its own spec, and built in order by the
+//! same pipeline and cache into scratch OCI layouts under the cache's `tmp`
+//! bucket; the target then names them as its base (`FROM <stage>`) or in
+//! `[[files]] from` (`COPY --from=<stage>`). The layouts live as long as
+//! the [`Prepared`] build and are never named in an image: they are shown
+//! as `stage:NAME` ([`BuildOptions::image_names`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::build::{self, BuildOptions, LockMode};
+use kiln_core::error::{IoContext, Result};
+use kiln_dockerfile::{BaseLookup, Options, StageSpec, Translation};
+use kiln_spec::source::OutputTarget;
+use kiln_store::cache::{temp_prefix, Cache, CacheBucket};
+
+/// A translated Dockerfile whose earlier stages are still to be built.
+pub struct Prepared {
+    /// The stages' scratch layouts (removed when this is dropped).
+    dir: tempfile::TempDir,
+    /// The stages the target needs, in build order (the target excluded).
+    stages: Vec<StageSpec>,
+    /// Where the translated specs stand (the context).
+    spec_path: PathBuf,
+}
+
+/// One built stage, for the report.
+#[derive(Debug, Serialize)]
+pub struct StageBuilt {
+    pub stage: String,
+    pub digest: String,
+}
+
+/// The layout stage `index` is built into.
+fn layout(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("stage-{index}"))
+}
+
+/// Stage `index`'s image in kiln's base syntax.
+fn image_ref(dir: &Path, index: usize) -> String {
+    format!("oci:{}:latest", layout(dir, index).display())
+}
+
+/// Translate `text` for `target` (default: the last stage); the stages it
+/// needs get layouts in a scratch directory of the cache at `cache_dir`.
+pub fn translate(
+    text: &str,
+    dockerfile: &Path,
+    context: &Path,
+    build_args: Vec<(String, String)>,
+    base: Option<BaseLookup>,
+    target: Option<String>,
+    cache_dir: &Path,
+) -> Result<(Translation, Prepared)> {
+    let cache = Cache::open(cache_dir)?;
+    let tmp = cache.bucket(CacheBucket::Tmp);
+    let dir = tempfile::Builder::new()
+        .prefix(&temp_prefix("stages"))
+        .tempdir_in(&tmp)
+        .io_context(|| format!("creating a directory in {}", tmp.display()))?;
+    let root = dir.path().to_path_buf();
+    let stage_image = move |i: usize| image_ref(&root, i);
+    let opts = Options {
+        build_args,
+        base,
+        target,
+        stage_image: Some(&stage_image),
+    };
+    let mut s = kiln_dockerfile::translate_stages(text, dockerfile, context, &opts)?;
+    let target = s.stages.pop().expect("a translation has a target stage");
+    let t = Translation {
+        spec: target.spec,
+        toml: target.toml,
+        explained: s.explained,
+        warnings: s.warnings,
+    };
+    let prepared = Prepared {
+        dir,
+        stages: s.stages,
+        spec_path: kiln_dockerfile::spec_path(context),
+    };
+    Ok((t, prepared))
+}
+
+impl Prepared {
+    /// Whether the target needs other stages built first.
+    pub fn has_stages(&self) -> bool {
+        !self.stages.is_empty()
+    }
+
+    /// How the stages' layouts are shown in images: `stage:NAME`.
+    pub fn image_names(&self) -> Vec<(String, String)> {
+        self.stages
+            .iter()
+            .map(|s| {
+                (
+                    image_ref(self.dir.path(), s.index),
+                    format!("stage:{}", s.label),
+                )
+            })
+            .collect()
+    }
+
+    /// Build the stages the target needs, in order, with the target's
+    /// options (cache, compression, network, …) into their layouts; no
+    /// SBOM, no push, and kiln.lock is not required of them.
+    pub fn build_stages(&self, opts: &BuildOptions) -> Result<Vec<StageBuilt>> {
+        let mut built = Vec::new();
+        for s in &self.stages {
+            let o = BuildOptions {
+                spec: self.spec_path.clone(),
+                spec_text: Some(s.toml.clone()),
+                outputs: vec![OutputTarget::Layout(layout(self.dir.path(), s.index))],
+                push: false,
+                compression: opts.compression,
+                insecure_registries: opts.insecure_registries.clone(),
+                cache_dir: opts.cache_dir.clone(),
+                epoch: opts.epoch,
+                created: opts.created,
+                archive_names: Vec::new(),
+                progress: opts.progress.clone(),
+                sbom: false,
+                lock_mode: LockMode::Auto,
+                offline: opts.offline,
+                reuse: opts.reuse,
+                run_scripts: opts.run_scripts,
+                source_scope: opts.source_scope,
+                network: opts.network,
+                image_names: self.image_names(),
+            };
+            let r = build::build(&o)
+                .map_err(|e| e.context(format!("Dockerfile stage `{}`", s.label)))?;
+            built.push(StageBuilt {
+                stage: s.label.clone(),
+                digest: r.digest,
+            });
+        }
+        Ok(built)
+    }
+}

@@ -1,0 +1,189 @@
+//! `[[run]]`: the spec's commands (a Dockerfile's RUN lines that are not
+//! package installs), each run in kiln's sandbox over the tree assembled so
+//! far and turned into a layer of what it changed, in order with the
+//! `[[files]]` layers they follow.
+//!
+//! Consecutive commands share one materialised tree (each still its own
+//! layer); a `[[files]]` layer in between is written into it. Only for the
+//! host's platform: the check runs before anything is fetched.
+
+use serde_json::Value;
+
+use kiln_core::error::Result;
+use kiln_core::platform::Platform;
+use kiln_core::progress::Progress;
+use kiln_fs::layer::{Entry, EntryKind, LayerGroup};
+use kiln_fs::rootfs::Rootfs;
+use kiln_fs::sandbox::{RunSpec, Sandbox, DEFAULT_PATH};
+use kiln_spec::spec::{Network, RunStep, Spec};
+use kiln_store::{Cache, CacheBucket};
+
+use crate::BuildError;
+
+/// Refuse `[[run]]` for any platform but the host's.
+pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
+    let Some(step) = spec.run.first() else {
+        return Ok(());
+    };
+    let host = Platform::host();
+    for p in platforms {
+        if p.os != host.os || p.arch != host.arch || p.variant != host.variant {
+            return Err(BuildError::RunForeignPlatform {
+                step: step.describe(0),
+                platform: p.to_string(),
+                host: host.to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The base image's `Env`, `User` and `WorkingDir`: what a command
+/// inherits when its step does not say.
+struct Inherited {
+    env: Vec<(String, String)>,
+    user: Option<String>,
+    workdir: Option<String>,
+}
+
+fn inherited(config: &Value) -> Inherited {
+    let c = &config["config"];
+    let env = c["Env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = |k: &str| c[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    Inherited {
+        env,
+        user: text("User"),
+        workdir: text("WorkingDir"),
+    }
+}
+
+/// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
+/// as they are made. `file_groups` are the `[[files]]` entries' layers.
+pub(crate) fn groups(
+    spec: &Spec,
+    base_config: &Value,
+    file_groups: &[LayerGroup],
+    fs: &mut Rootfs,
+    network: Option<Network>,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<Vec<LayerGroup>> {
+    let base = inherited(base_config);
+    let after = |step: &RunStep| step.after_files.unwrap_or(file_groups.len());
+    let tmp = cache.bucket(CacheBucket::Tmp);
+    let mut out: Vec<LayerGroup> = Vec::new();
+    let mut sandbox: Option<Sandbox> = None;
+    for slot in 0..=file_groups.len() {
+        for (i, step) in spec.run.iter().enumerate() {
+            if after(step) != slot {
+                continue;
+            }
+            let label = step.describe(i);
+            let spinner = progress.spinner(&format!("running {label}"));
+            if sandbox.is_none() {
+                sandbox = Some(Sandbox::materialize(fs, &tmp, &label)?);
+            }
+            let sb = sandbox.as_mut().expect("made above");
+            let argv = step.argv();
+            let mut env = base.env.clone();
+            for (k, v) in &step.env {
+                env.retain(|(name, _)| name != k);
+                env.push((k.clone(), v.clone()));
+            }
+            if !env.iter().any(|(k, _)| k == "PATH") {
+                env.push(("PATH".into(), DEFAULT_PATH.into()));
+            }
+            let output = sb.run(&RunSpec {
+                argv: argv.clone(),
+                env,
+                user: step.user.clone().or_else(|| base.user.clone()),
+                workdir: step
+                    .workdir
+                    .as_ref()
+                    .map(|w| w.0.clone())
+                    .or_else(|| base.workdir.clone()),
+                network: step.network.or(network).unwrap_or_default(),
+            })?;
+            spinner.finish_and_clear();
+            if !output.status.success() {
+                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&output.stderr));
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                return Err(BuildError::RunFailed {
+                    step: label,
+                    command: shorten(&argv.join(" ")),
+                    status: output.status,
+                    output: tail.join("\n"),
+                }
+                .into());
+            }
+            let entries = sb.take_changes()?;
+            fs.apply_entries(&entries, &|_| true);
+            out.push((format!("kiln run: {label}"), entries));
+        }
+        if let Some((label, entries)) = file_groups.get(slot) {
+            if let Some(sb) = &mut sandbox {
+                write_entries(sb, entries)?;
+            }
+            fs.apply_entries(entries, &|_| true);
+            out.push((label.clone(), entries.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// A command as messages quote it: at most 200 characters.
+fn shorten(command: &str) -> String {
+    match command.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &command[..i]),
+        None => command.to_string(),
+    }
+}
+
+/// Put a `[[files]]` layer into a sandbox's tree (so later commands see
+/// it), and forget it as a change: it is a layer of its own already.
+fn write_entries(sb: &mut Sandbox, entries: &[Entry]) -> Result<()> {
+    use kiln_core::error::IoContext;
+    use std::os::unix::fs::PermissionsExt;
+    let root = sb.root().to_path_buf();
+    for e in entries {
+        let dst = root.join(e.path.trim_start_matches('/'));
+        let io = || format!("writing {}", dst.display());
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).io_context(io)?;
+        }
+        match &e.kind {
+            EntryKind::Dir => std::fs::create_dir_all(&dst).io_context(io)?,
+            EntryKind::Symlink { target } => {
+                let _ = std::fs::remove_file(&dst);
+                std::os::unix::fs::symlink(target, &dst).io_context(io)?;
+            }
+            EntryKind::File { src, .. } => {
+                let _ = std::fs::remove_file(&dst);
+                std::fs::copy(src, &dst).io_context(io)?;
+            }
+            EntryKind::Data(bytes) => {
+                let _ = std::fs::remove_file(&dst);
+                std::fs::write(&dst, bytes.as_slice()).io_context(io)?;
+            }
+        }
+        if !matches!(e.kind, EntryKind::Symlink { .. }) {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(e.mode))
+                .io_context(io)?;
+            let _ = std::os::unix::fs::lchown(&dst, Some(e.uid as u32), Some(e.gid as u32));
+        }
+    }
+    sb.take_changes()?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Git sources as build contexts and Dockerfiles: repositories made with
+//! the git CLI, served as local paths, `file://` and over smart HTTP by
+//! `git http-backend` on loopback; docker's `URL#REF:DIR`, forge page URLs
+//! (`…/tree/REF/DIR`, `…/-/tree/REF/DIR`, `…/blob/REF/FILE`), a missing
+//! ref, the cache by commit id with the server gone, and credentials.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A repository with two branches and a tag:
+/// - `main~1` (`first`): `app/hello.txt` says "v0";
+/// - `main` (also tag `v1`, annotated): `app/Dockerfile` copying
+///   `app/hello.txt` ("v1") to `/hello.txt`, and `bin/tool` (mode 0755);
+/// - `feature/x` (one more commit): `app/hello.txt` says "feature".
+///
+/// Published under ROOT as `org/repo(.git)` and `group/sub/repo(.git)`.
+struct Repo {
+    root: PathBuf,
+    /// `main~1`: no ref points at it.
+    first: String,
+    main: String,
+    feature: String,
+}
+
+fn make_repo(ws: &Workspace) -> Repo {
+    let work = ws.join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet", "--initial-branch=main"]);
+    ws.write(
+        "work/app/Dockerfile",
+        "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY --chmod=0755 tool.sh /usr/bin/tool\n",
+    );
+    ws.write_mode("work/app/tool.sh", "#!/bin/sh\necho tool\n", 0o755);
+    ws.write("work/README", "a test repository\n");
+    ws.write("work/app/hello.txt", "v0\n");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "v0"]);
+    let first = git(&work, &["rev-parse", "HEAD"]).stdout.trim().to_string();
+    ws.write("work/app/hello.txt", "v1\n");
+    git(&work, &["commit", "--quiet", "-am", "v1"]);
+    git(&work, &["tag", "-a", "v1", "-m", "release 1"]);
+    git(&work, &["checkout", "--quiet", "-b", "feature/x"]);
+    ws.write("work/app/hello.txt", "feature\n");
+    git(&work, &["commit", "--quiet", "-am", "feature"]);
+    git(&work, &["checkout", "--quiet", "main"]);
+    let rev = |r: &str| git(&work, &["rev-parse", r]).stdout.trim().to_string();
+    let (main, feature) = (rev("main"), rev("feature/x"));
+    let root = ws.join("srv");
+    publish_repo(&work, &root, "org/repo");
+    publish_repo(&work, &root, "group/sub/repo");
+    Repo {
+        root,
+        first,
+        main,
+        feature,
+    }
+}
+
+/// `kiln build CONTEXT [ARGS] -o oci:NAME --json` with CACHE as KILN_CACHE.
+fn build_git(ws: &Workspace, cache: &Path, context: &str, args: &[&str], name: &str) -> Value {
+    let out = format!("oci:{name}");
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", cache)
+        .args(["build", "--json", context])
+        .args(args)
+        .args(["-o", &out])
+        .run_ok();
+    let v = r.json();
+    check_build_json(&v);
+    v
+}
+
+/// `/hello.txt` of the image in WS/NAME, through umoci.
+fn hello_in(ws: &Workspace, name: &str) -> String {
+    let rootfs = umoci_unpack(&ws.join(name), "latest", &ws.join(format!("{name}-bundle")));
+    fs::read_to_string(rootfs.join("hello.txt")).unwrap()
+}
+
+fn fetched_commit(v: &Value) -> String {
+    v["dockerfile"]["git"][0]["commit"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fetched commit in {v}"))
+        .to_string()
+}
+
+#[test]
+fn git_context_from_local_path_and_file_url() {
+    let ws = Workspace::new("git-local");
+    let repo = make_repo(&ws);
+    let cache = ws.join("cache");
+    let bare = repo.root.join("org/repo.git");
+
+    let url = format!("file://{}#v1:app", bare.display());
+    let v = build_git(&ws, &cache, &url, &[], "by-url");
+    assert_eq!(
+        fetched_commit(&v),
+        repo.main,
+        "the tag peels to main's commit"
+    );
+    assert_eq!(hello_in(&ws, "by-url"), "v1\n");
+    let rootfs = ws.join("by-url-bundle/rootfs");
+    assert_mode_owner(&rootfs, "/usr/bin/tool", 0o755, 0, 0);
+
+    // --explain works on a Git context too (no --dockerfile needed).
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["build", &url, "--explain"])
+        .run_ok();
+    assert!(
+        r.stdout.contains("COPY hello.txt /hello.txt"),
+        "{}",
+        r.describe()
+    );
+
+    let path = format!("{}#feature/x:app", bare.display());
+    let v = build_git(&ws, &cache, &path, &[], "by-path");
+    assert_eq!(fetched_commit(&v), repo.feature);
+    assert_eq!(hello_in(&ws, "by-path"), "feature\n");
+
+    // The tree in the cache is named by the commit and has git's modes.
+    let tree = cache.join("git-trees-v1").join(&repo.main);
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(tree.join(p)).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode("app/tool.sh"), 0o755);
+    assert_eq!(mode("app/hello.txt"), 0o644);
+    assert!(
+        !tree.join(".git").exists(),
+        "no repository metadata in the tree"
+    );
+}
+
+#[test]
+fn git_context_over_smart_http() {
+    let ws = Workspace::new("git-http");
+    let repo = make_repo(&ws);
+    let cache = ws.join("cache");
+    let server = GitServer::start(&repo.root);
+
+    // docker's syntax: branch, tag, commit id, each with a subdirectory.
+    let v = build_git(
+        &ws,
+        &cache,
+        &format!("{}#main:app", server.url("org/repo.git")),
+        &[],
+        "branch",
+    );
+    assert_eq!(fetched_commit(&v), repo.main);
+    assert_eq!(hello_in(&ws, "branch"), "v1\n");
+    let v = build_git(
+        &ws,
+        &cache,
+        &format!("{}#v1:app", server.url("org/repo.git")),
+        &[],
+        "tag",
+    );
+    assert_eq!(fetched_commit(&v), repo.main);
+    let by_id = format!("{}#{}:app", server.url("org/repo.git"), repo.feature);
+    let v = build_git(&ws, &cache, &by_id, &[], "commit");
+    assert_eq!(fetched_commit(&v), repo.feature);
+    assert_eq!(hello_in(&ws, "commit"), "feature\n");
+
+    // Each fetch asked for one commit, without history (protocol v2's `deepen 1`).
+    let posts = server.posts.lock().unwrap().clone();
+    let fetches: Vec<String> = posts
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .filter(|b| b.contains("command=fetch"))
+        .collect();
+    assert!(!fetches.is_empty(), "no fetch request was seen");
+    for f in &fetches {
+        assert!(f.contains("deepen 1"), "a fetch without depth 1: {f}");
+    }
+
+    // A commit no ref points at (fetched by id, shallow).
+    let old = format!("{}#{}:app", server.url("org/repo.git"), repo.first);
+    let v = build_git(&ws, &cache, &old, &[], "old");
+    assert_eq!(fetched_commit(&v), repo.first);
+    assert_eq!(hello_in(&ws, "old"), "v0\n");
+
+    // Forge page URLs: a ref with a slash (split by the remote's refs) and
+    // a GitLab-style nested group; a blob URL names the Dockerfile itself.
+    let v = build_git(
+        &ws,
+        &cache,
+        &server.url("org/repo/tree/feature/x/app"),
+        &[],
+        "github",
+    );
+    assert_eq!(fetched_commit(&v), repo.feature);
+    assert_eq!(hello_in(&ws, "github"), "feature\n");
+    let v = build_git(
+        &ws,
+        &cache,
+        &server.url("group/sub/repo/-/tree/main/app"),
+        &[],
+        "gitlab",
+    );
+    assert_eq!(fetched_commit(&v), repo.main);
+    assert_eq!(hello_in(&ws, "gitlab"), "v1\n");
+    let blob = server.url("org/repo/blob/main/app/Dockerfile");
+    let v = build_git(&ws, &cache, &blob, &[], "blob");
+    assert_eq!(fetched_commit(&v), repo.main);
+    // `--dockerfile URL` with the same file.
+    let v = build_git(&ws, &cache, "--dockerfile", &[&blob], "df-url");
+    assert_eq!(fetched_commit(&v), repo.main);
+    assert_eq!(hello_in(&ws, "df-url"), "v1\n");
+
+    // The same commit gives the same image whatever URL named it.
+    let digest = |n: &str| Layout::open(ws.join(n)).manifest("latest").0;
+    assert_eq!(digest("branch"), digest("gitlab"));
+    assert_eq!(digest("commit"), digest("github"));
+
+    // A missing ref: a clear input error naming it, nothing written.
+    let missing = format!("{}#nope:app", server.url("org/repo.git"));
+    expect_failure_with(
+        &ws,
+        ws.kiln()
+            .env("KILN_CACHE", &cache)
+            .args(["build", &missing, "-o", "oci:never"]),
+        2,
+        &["no branch, tag or commit `nope`", "/org/repo.git"],
+    );
+    expect_failure_with(
+        &ws,
+        ws.kiln().env("KILN_CACHE", &cache).args([
+            "build",
+            &format!("{}#main:nodir", server.url("org/repo.git")),
+            "-o",
+            "oci:never",
+        ]),
+        2,
+        &["`nodir` is not in commit"],
+    );
+
+    // With the server gone, a commit id already fetched needs no network.
+    let server_url = server.url("org/repo.git");
+    drop(server);
+    let v = build_git(&ws, &cache, &by_id, &[], "offline");
+    assert_eq!(fetched_commit(&v), repo.feature);
+    assert_eq!(digest("offline"), digest("commit"));
+    let v = build_git(&ws, &cache, &by_id, &["--offline"], "offline-flag");
+    assert_eq!(fetched_commit(&v), repo.feature);
+    assert_eq!(digest("offline-flag"), digest("commit"));
+    // A branch must be resolved on the remote: offline, a clear refusal.
+    let branch = format!("{}#main:app", server_url);
+    expect_failure_with(
+        &ws,
+        ws.kiln().env("KILN_CACHE", &cache).args([
+            "build",
+            "--offline",
+            &branch,
+            "-o",
+            "oci:never",
+        ]),
+        3,
+        &["offline", "is not in the cache"],
+    );
+}
+
+#[test]
+fn git_private_repo_credentials_never_shown() {
+    let ws = Workspace::new("git-private");
+    let repo = make_repo(&ws);
+    let server = GitServer::start_private(&repo.root);
+    let url = format!("{}#main:app", server.url("org/repo.git"));
+
+    let r = expect_failure_with(
+        &ws,
+        ws.kiln()
+            .env_remove("KILN_GIT_PASSWORD")
+            .env_remove("KILN_GIT_TOKEN")
+            .args(["build", &url, "-o", "oci:never"]),
+        4,
+        &["authentication failed", "KILN_GIT_USERNAME"],
+    );
+    assert!(!r.stderr.contains(GIT_PASSWORD));
+
+    // gitoxide sends credentials only over https: a clear refusal, and the
+    // password never shows.
+    let r = expect_failure_with(
+        &ws,
+        ws.kiln()
+            .env("KILN_GIT_USERNAME", GIT_USER)
+            .env("KILN_GIT_PASSWORD", GIT_PASSWORD)
+            .args(["build", &url, "-o", "oci:never"]),
+        4,
+        &["only over https"],
+    );
+    assert!(!r.stderr.contains(GIT_PASSWORD), "{}", r.describe());
+
+    // Credentials in the URL itself are never printed.
+    let inline = format!(
+        "http://{GIT_USER}:{GIT_PASSWORD}@127.0.0.1:{}/org/repo.git#nope",
+        server.port
+    );
+    let r = expect_failure(
+        &ws,
+        &["build", &inline, "-o", "oci:never"],
+        4,
+        &["***@127.0.0.1"],
+    );
+    assert!(!r.stderr.contains(GIT_PASSWORD), "{}", r.describe());
+}

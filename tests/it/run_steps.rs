@@ -1,0 +1,283 @@
+//! `[[run]]` and a Dockerfile's other RUN lines: real commands (busybox)
+//! run in kiln's unprivileged sandbox, each adding what it changed as a
+//! layer: new files, whiteouts for removals, the user and directory asked
+//! for, no network with `none`, the same digest every time.
+
+use std::fs;
+
+use crate::common::*;
+
+/// A busybox tree with an `app` account (1000) and a file to remove.
+fn tree(ws: &Workspace) {
+    busybox_rootfs(ws);
+    ws.write(
+        "rootfs/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    );
+    ws.write("rootfs/etc/group", "root:x:0:\napp:x:1000:\n");
+    ws.write("rootfs/etc/gone", "removed by a command\n");
+}
+
+const SPEC: &str = r#"
+[image]
+tags = ["t"]
+[[files]]
+src = "rootfs/"
+dst = "/"
+[[run]]
+command = "mkdir -p /data && echo hi > /data/x && rm /etc/gone && id -u > /data/uid && pwd > /data/pwd"
+workdir = "/work"
+[[run]]
+command = ["/bin/sh", "-c", "id > /tmp/id; echo $HOME > /tmp/home; echo $GREETING > /tmp/greeting"]
+user = "app"
+env = { GREETING = "hello" }
+[[files]]
+src = "late.txt"
+dst = "/late.txt"
+[config]
+cmd = ["/bin/sh"]
+"#;
+
+#[test]
+fn run_steps_become_layers_of_what_they_changed() {
+    let ws = Workspace::new("run-steps");
+    tree(&ws);
+    ws.write("late.txt", "copied after the commands\n");
+    ws.spec(SPEC);
+    let r = run(ws
+        .kiln()
+        .args(["build", "--json", "--quiet", "-o", "oci:out"]))
+    .ok();
+    let digest = r.json()["digest"].as_str().unwrap().to_string();
+    let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+    let read = |p: &str| fs::read_to_string(rootfs.join(p)).unwrap();
+    assert_eq!(read("data/x"), "hi\n");
+    assert_eq!(read("data/uid"), "0\n");
+    assert_eq!(read("data/pwd"), "/work\n");
+    assert!(rootfs.join("work").is_dir());
+    assert!(
+        !exists_in(&rootfs, "/etc/gone"),
+        "the removal is a whiteout"
+    );
+    assert!(read("tmp/id").starts_with("uid=1000(app) gid=1000(app)"));
+    assert_eq!(read("tmp/home"), "/home/app\n");
+    assert_eq!(read("tmp/greeting"), "hello\n");
+    assert_mode_owner(&rootfs, "/tmp/id", 0o644, 1000, 1000);
+    assert_eq!(read("late.txt"), "copied after the commands\n");
+    // Nothing of the sandbox's own: no host resolv.conf, no mount points.
+    assert!(!exists_in(&rootfs, "/etc/resolv.conf"));
+    assert!(!exists_in(&rootfs, "/proc"));
+    // One layer per [[files]] entry and per command, in spec order.
+    let layers = r.json()["layers"].as_array().unwrap().len();
+    assert_eq!(layers, 4, "{}", r.stdout);
+    let config = Layout::open(ws.join("out")).config("t");
+    let created_by: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        created_by.iter().any(|c| c.contains("kiln run: [[run]] 2")),
+        "{created_by:?}"
+    );
+
+    // The same inputs, another cache and one thread: the same digest.
+    let again = run(ws
+        .kiln()
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["build", "--json", "--quiet", "-o", "oci:out2", "--cache"])
+        .arg(ws.join("other-cache")))
+    .ok();
+    assert_eq!(again.json()["digest"].as_str().unwrap(), digest);
+}
+
+#[test]
+fn a_failing_command_names_its_step_and_writes_nothing() {
+    let ws = Workspace::new("run-fails");
+    tree(&ws);
+    ws.spec(
+        r#"
+[image]
+tags = ["t"]
+[[files]]
+src = "rootfs/"
+dst = "/"
+[[run]]
+command = "echo half > /half; echo cannot go on >&2; exit 3"
+"#,
+    );
+    expect_failure(
+        &ws,
+        &["build", "--quiet", "-o", "oci:out"],
+        2,
+        &[
+            "[[run]] 1",
+            "exit status: 3",
+            "cannot go on",
+            "nothing was written",
+        ],
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback_and_host_sees_the_hosts_resolver() {
+    let ws = Workspace::new("run-network");
+    tree(&ws);
+    ws.spec(
+        r#"
+[image]
+tags = ["t"]
+[[files]]
+src = "rootfs/"
+dst = "/"
+[[run]]
+command = "cat /proc/net/dev > /net-none"
+network = "none"
+[[run]]
+command = "cat /etc/resolv.conf > /resolv 2>/dev/null || echo none > /resolv"
+"#,
+    );
+    run(ws.kiln().args(["build", "--quiet", "-o", "oci:out"])).ok();
+    let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+    let net = fs::read_to_string(rootfs.join("net-none")).unwrap();
+    let devices: Vec<&str> = net
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(d, _)| d.trim()))
+        .filter(|d| !d.contains('|'))
+        .collect();
+    assert_eq!(devices, ["lo"], "{net}");
+    let resolv = fs::read_to_string(rootfs.join("resolv")).unwrap();
+    match fs::read_to_string("/etc/resolv.conf") {
+        Ok(host) => assert_eq!(resolv, host),
+        Err(_) => assert_eq!(resolv, "none\n"),
+    }
+    assert!(!exists_in(&rootfs, "/etc/resolv.conf"));
+}
+
+#[test]
+fn commands_for_another_platform_are_refused_before_anything_is_fetched() {
+    let ws = Workspace::new("run-foreign");
+    let other = if cfg!(target_arch = "x86_64") {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
+    ws.spec(&format!(
+        "[image]\nbase = \"registry.example.invalid/none:1\"\nplatforms = [\"{other}\"]\n[[run]]\ncommand = \"true\"\nlabel = \"Dockerfile line 4: RUN\"\n"
+    ));
+    expect_failure(
+        &ws,
+        &["build", "--quiet", "-o", "oci:out"],
+        2,
+        &["Dockerfile line 4: RUN", other, "does not emulate"],
+    );
+}
+
+#[test]
+fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
+    let ws = Workspace::new("run-dockerfile");
+    tree(&ws);
+    // The busybox tree as a base image first.
+    ws.write(
+        "base.toml",
+        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
+    );
+    run(ws
+        .kiln()
+        .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
+    .ok();
+    ws.write("app.sh", "#!/bin/sh\necho app\n");
+    ws.write(
+        "Dockerfile",
+        "FROM oci:base:v1\nARG WHO=builder\nENV APP=/srv/app\n\
+         RUN mkdir -p $APP && echo \"built by $WHO\" > $APP/who && rm /etc/gone\n\
+         COPY app.sh /srv/app/app.sh\n\
+         RUN chmod 0750 /srv/app/app.sh && chown 1000:1000 /srv/app/app.sh\n\
+         RUN <<EOF\nset -e\necho from a here-document > /srv/app/doc\nEOF\n\
+         USER app\nWORKDIR /tmp\nRUN id -un > whoami\n\
+         HEALTHCHECK --interval=5s --retries=2 CMD /srv/app/app.sh\n\
+         CMD [\"/srv/app/app.sh\"]\n",
+    );
+    let explain = run(ws
+        .kiln()
+        .args(["build", "--dockerfile", "Dockerfile", "--explain"]))
+    .ok();
+    assert!(explain.stdout.contains("sandboxed"), "{}", explain.stdout);
+    let r = run(ws.kiln().args([
+        "build",
+        "--dockerfile",
+        "Dockerfile",
+        "--build-arg",
+        "WHO=ci",
+        "--json",
+        "--quiet",
+        "-o",
+        "oci:out",
+    ]))
+    .ok();
+    assert!(r.json()["digest"].as_str().is_some());
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/app/who")).unwrap(),
+        "built by ci\n"
+    );
+    assert!(!exists_in(&rootfs, "/etc/gone"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/app/doc")).unwrap(),
+        "from a here-document\n"
+    );
+    assert_mode_owner(&rootfs, "/srv/app/app.sh", 0o750, 1000, 1000);
+    let config = Layout::open(ws.join("out")).config("latest");
+    let hc = &config["config"]["Healthcheck"];
+    assert_eq!(
+        hc["Test"],
+        serde_json::json!(["CMD-SHELL", "/srv/app/app.sh"])
+    );
+    assert_eq!(hc["Interval"], 5_000_000_000u64);
+    assert_eq!(hc["Retries"], 2);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/whoami")).unwrap(),
+        "app\n"
+    );
+    // The image runs: its CMD, in a chroot.
+    let out = chroot_run(&rootfs, &["/srv/app/app.sh"]).ok();
+    assert_eq!(out.stdout.trim(), "app");
+}
+
+#[test]
+fn a_spec_can_name_its_dockerfile_and_keep_its_name_and_tags() {
+    let ws = Workspace::new("spec-dockerfile");
+    ws.write("images/app/hello.txt", "hello\n");
+    ws.write(
+        "images/app/Dockerfile",
+        "FROM scratch\nARG GREETING=hi\nLABEL greeting=$GREETING\nCOPY hello.txt /hello.txt\n",
+    );
+    ws.spec(
+        "[image]\nname = \"registry.example.com/acme/app\"\ntags = [\"1.0\", \"stable\"]\n\
+         dockerfile = \"images/app/Dockerfile\"\ncontext = \"images/app\"\n\
+         build-args = { GREETING = \"hello\" }\n",
+    );
+    run(ws.kiln().args(["build", "--quiet", "-o", "oci:out"])).ok();
+    let layout = Layout::open(ws.join("out"));
+    let mut tags = layout.tags();
+    tags.sort();
+    assert_eq!(tags, ["1.0", "stable"]);
+    assert_eq!(
+        layout.config("1.0")["config"]["Labels"]["greeting"],
+        "hello"
+    );
+    let rootfs = umoci_unpack(&ws.join("out"), "1.0", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    // The spec's own sections cannot be mixed in.
+    ws.spec("[image]\ndockerfile = \"images/app/Dockerfile\"\n[apt]\npackages = [\"x\"]\n");
+    expect_failure(
+        &ws,
+        &["build", "--quiet", "-o", "oci:out2"],
+        2,
+        &["[image] dockerfile", "[apt] cannot be given with it"],
+    );
+}

@@ -1,0 +1,178 @@
+//! The `python-env` and `dockerfile` spec types: sources in a real Git
+//! repository served over smart HTTP on loopback (`git http-backend`),
+//! named by the URLs a forge's file and folder pages show; each job fetches
+//! the commit, says which in its log, and builds and pushes the image.
+
+use serde_json::json;
+
+use super::{Service, ADMIN, VIEWER};
+use crate::common::*;
+
+/// A repository with a Dockerfile's folder and a Python environment folder
+/// (a requirements.txt that installs a wheel kept beside it).
+fn repo(ws: &Workspace) -> (GitServer, String) {
+    let work = ws.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet", "--initial-branch=main"]);
+    ws.write(
+        "work/images/app/Dockerfile",
+        "FROM scratch\nCOPY hello.txt /hello.txt\nLABEL team=ds\n",
+    );
+    ws.write("work/images/app/hello.txt", "hello from git\n");
+    ws.write(
+        "work/envs/py/requirements.txt",
+        "--no-index\n--find-links wheels\ntinywheel==1.0\n",
+    );
+    let di = "tinywheel-1.0.dist-info";
+    let wheel = wheel_zip(&[
+        (
+            "tinywheel/__init__.py".into(),
+            b"VERSION = 1\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/METADATA"),
+            b"Metadata-Version: 2.1\nName: tinywheel\nVersion: 1.0\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ]);
+    ws.write("work/envs/py/wheels/tinywheel-1.0-py3-none-any.whl", wheel);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "images"]);
+    let commit = git(&work, &["rev-parse", "HEAD"]).stdout.trim().to_string();
+    let root = ws.join("srv");
+    publish_repo(&work, &root, "org/repo");
+    (GitServer::start(&root), commit)
+}
+
+#[test]
+fn service_builds_python_envs_and_dockerfiles_from_git() {
+    let ws = Workspace::new("svc-git");
+    let (server, commit) = repo(&ws);
+
+    // The configured default base: a Python base in the registry.
+    python_base(&ws);
+    let base = format!("{}/svc-git-base/py:v1", Registry::shared().host());
+    ws.write(
+        "base.toml",
+        format!(
+            "[image]\nname = \"{}\"\ntags = [\"v1\"]\nbase = \"oci:py:v1\"\n",
+            base.trim_end_matches(":v1")
+        ),
+    );
+    run(ws.kiln().args(["build", "base.toml", "--push", "--quiet"])).ok();
+    let svc = Service::start("svc-git", &[("KILN_SERVE_PYTHON_BASE", base.as_str())], 1);
+
+    // python-env: the URL of the requirements.txt's page.
+    let url = server.url("org/repo/blob/main/envs/py/requirements.txt");
+    let r = svc.send(
+        "POST",
+        "/api/v1/specs",
+        Some(ADMIN),
+        &json!({"name": "pyenv", "type": "python-env", "source": url}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["job"]["id"].as_i64().unwrap();
+    let j = svc.wait_job(job);
+    let log = svc
+        .get(&format!("/api/v1/jobs/{job}/log"), Some(VIEWER))
+        .body;
+    assert_eq!(j["state"], "succeeded", "{j}\n{log}");
+    assert!(log.contains(&format!("at commit {commit}")), "{log}");
+    let image = format!("{}:latest", svc.image("pyenv"));
+    let pulled = ws.join("pyenv-oci");
+    skopeo_copy(
+        &format!("docker://{image}"),
+        &format!("oci:{}:x", pulled.display()),
+    );
+    let rootfs = umoci_unpack(&pulled, "x", &ws.join("pyenv-bundle"));
+    assert!(
+        rootfs
+            .join("usr/lib/python3/dist-packages/tinywheel/__init__.py")
+            .exists()
+            || exists_under(&rootfs, "tinywheel/__init__.py"),
+        "tinywheel is not in the image"
+    );
+
+    // dockerfile: the URL of the folder's page.
+    let url = server.url("org/repo/tree/main/images/app");
+    let r = svc.send(
+        "POST",
+        "/api/v1/specs",
+        Some(ADMIN),
+        &json!({"name": "app", "type": "dockerfile", "source": url}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["job"]["id"].as_i64().unwrap();
+    let j = svc.wait_job(job);
+    let log = svc
+        .get(&format!("/api/v1/jobs/{job}/log"), Some(VIEWER))
+        .body;
+    assert_eq!(j["state"], "succeeded", "{j}\n{log}");
+    assert!(log.contains(&format!("at commit {commit}")), "{log}");
+    let image = format!("{}:latest", svc.image("app"));
+    let config = skopeo_inspect_config(&format!("docker://{image}"));
+    assert_eq!(config["config"]["Labels"]["team"], "ds", "{config}");
+    let pulled = ws.join("app-oci");
+    skopeo_copy(
+        &format!("docker://{image}"),
+        &format!("oci:{}:x", pulled.display()),
+    );
+    let rootfs = umoci_unpack(&pulled, "x", &ws.join("app-bundle"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "hello from git\n"
+    );
+    // Nothing of the service's own spec in the image.
+    assert!(!rootfs.join("kiln.toml").exists());
+
+    // A URL of a folder that does not exist: the job fails, saying so.
+    let url = server.url("org/repo/tree/main/images/nope");
+    let r = svc.send(
+        "POST",
+        "/api/v1/specs",
+        Some(ADMIN),
+        &json!({"name": "nope", "type": "dockerfile", "source": url}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["job"]["id"].as_i64().unwrap();
+    let j = svc.wait_job(job);
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("images/nope"), "{j}");
+
+    // Bad input is refused before anything is queued.
+    let r = svc.send(
+        "POST",
+        "/api/v1/specs",
+        Some(ADMIN),
+        &json!({"name": "bad", "type": "python-env", "source": "/srv/repo#main:req.txt"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("no local files"), "{}", r.body);
+}
+
+/// Whether any path under ROOT ends with SUFFIX.
+fn exists_under(root: &std::path::Path, suffix: &str) -> bool {
+    walk(root)
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(suffix))
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}

@@ -41,6 +41,7 @@ use kiln_spec::SpecError;
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
 
+#[derive(Clone)]
 pub struct BuildOptions {
     pub spec: PathBuf,
     pub outputs: Vec<OutputTarget>,
@@ -1060,25 +1061,11 @@ pub struct ReproReport {
 pub fn check_reproducible(opts: &BuildOptions, first: &BuildReport) -> Result<ReproReport> {
     let scratch = tempfile::tempdir().io_context(|| "creating a scratch directory".into())?;
     let second_opts = BuildOptions {
-        spec: opts.spec.clone(),
         outputs: vec![OutputTarget::Layout(scratch.path().join("second"))],
         push: false,
-        compression: opts.compression,
-        insecure_registries: opts.insecure_registries.clone(),
-        cache_dir: opts.cache_dir.clone(),
-        epoch: opts.epoch,
-        created: opts.created,
-        archive_names: opts.archive_names.clone(),
         progress: Progress::hidden(),
-        sbom: opts.sbom,
-        lock_mode: opts.lock_mode,
-        offline: opts.offline,
         reuse: false,
-        run_scripts: opts.run_scripts,
-        source_scope: opts.source_scope,
-        spec_text: opts.spec_text.clone(),
-        network: opts.network,
-        image_names: opts.image_names.clone(),
+        ..opts.clone()
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

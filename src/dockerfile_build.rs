@@ -114,21 +114,11 @@ impl Prepared {
                 spec_text: Some(s.toml.clone()),
                 outputs: vec![OutputTarget::Layout(layout(self.dir.path(), s.index))],
                 push: false,
-                compression: opts.compression,
-                insecure_registries: opts.insecure_registries.clone(),
-                cache_dir: opts.cache_dir.clone(),
-                epoch: opts.epoch,
-                created: opts.created,
                 archive_names: Vec::new(),
-                progress: opts.progress.clone(),
                 sbom: false,
                 lock_mode: LockMode::Auto,
-                offline: opts.offline,
-                reuse: opts.reuse,
-                run_scripts: opts.run_scripts,
-                source_scope: opts.source_scope,
-                network: opts.network,
                 image_names: self.image_names(),
+                ..opts.clone()
             };
             let r = build::build(&o)
                 .map_err(|e| e.context(format!("Dockerfile stage `{}`", s.label)))?;

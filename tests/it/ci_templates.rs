@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -19,43 +19,6 @@ use crate::common::*;
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn schemas() -> PathBuf {
-    let dir = std::env::var_os("KILN_CI_SCHEMAS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures/ci-schemas"));
-    assert!(
-        dir.join("gitlab-ci.json").is_file() && dir.join("github-workflow.json").is_file(),
-        "CI schemas not found in {} (set KILN_CI_SCHEMAS to a directory with gitlab-ci.json and github-workflow.json)",
-        dir.display()
-    );
-    dir
-}
-
-/// Python with `jsonschema` and PyYAML: $KILN_CI_PYTHON, the Makefile's
-/// target/spdx-venv, or `python3` on PATH if it has both.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_CI_PYTHON") {
-        return p.into();
-    }
-    let has_modules = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import jsonschema, yaml"])
-            .run()
-            .status
-            .success()
-    };
-    let venv = repo_root().join("target/spdx-venv/bin/python");
-    if venv.is_file() && has_modules(&venv) {
-        return venv;
-    }
-    let system = PathBuf::from("python3");
-    assert!(
-        has_modules(&system),
-        "Python's jsonschema and PyYAML are not installed; `make spdx-validator` (part of `make test`) installs them into target/spdx-venv"
-    );
-    system
 }
 
 /// A YAML file as JSON (PyYAML's safe loader).
@@ -69,31 +32,6 @@ fn yaml(path: &Path) -> Value {
         .arg(path)
         .run_ok()
         .json()
-}
-
-const VALIDATE: &str = r#"
-import json, sys, yaml, jsonschema
-schema = json.load(open(sys.argv[1]))
-doc = yaml.safe_load(open(sys.argv[2]))
-errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
-for e in errors:
-    print("/".join(map(str, e.path)) + ": " + e.message)
-sys.exit(1 if errors else 0)
-"#;
-
-#[track_caller]
-fn assert_valid(schema: &str, doc: &Path) {
-    let r = Command::new(python())
-        .args(["-c", VALIDATE])
-        .arg(schemas().join(schema))
-        .arg(doc)
-        .run();
-    assert!(
-        r.status.success(),
-        "{} does not validate against {schema}:\n{}",
-        doc.display(),
-        r.describe()
-    );
 }
 
 fn action() -> Value {

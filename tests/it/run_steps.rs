@@ -281,3 +281,83 @@ fn a_spec_can_name_its_dockerfile_and_keep_its_name_and_tags() {
         &["[image] dockerfile", "[apt] cannot be given with it"],
     );
 }
+
+#[test]
+fn add_extracts_a_local_archive_and_copy_writes_a_here_document() {
+    let ws = Workspace::new("add-archive");
+    ws.write("tools/bin/tool", "#!/bin/sh\necho tool\n");
+    ws.write("tools/share/readme", "read me\n");
+    // A real gzip'd tar, made by tar itself.
+    let mut tar = std::process::Command::new("tar");
+    tar.current_dir(ws.join("tools"))
+        .args(["--owner=1000", "--group=1000", "-czf"])
+        .arg(ws.join("tools.tar.gz"))
+        .args(["bin", "share"]);
+    assert!(tar.status().unwrap().success());
+    fs::remove_dir_all(ws.join("tools")).unwrap();
+    ws.write(
+        "Dockerfile",
+        "FROM scratch\nARG WHO=kiln\nADD tools.tar.gz /opt/tools\n\
+         COPY --chmod=0600 <<EOF /etc/motd\nbuilt by $WHO\nEOF\n",
+    );
+    run(ws.kiln().args([
+        "build",
+        "--dockerfile",
+        "Dockerfile",
+        "--quiet",
+        "-o",
+        "oci:out",
+    ]))
+    .ok();
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("opt/tools/share/readme")).unwrap(),
+        "read me\n"
+    );
+    assert_mode_owner(&rootfs, "/opt/tools/bin/tool", 0o644, 1000, 1000);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "built by kiln\n"
+    );
+    assert_mode_owner(&rootfs, "/etc/motd", 0o600, 0, 0);
+    assert!(!exists_in(&rootfs, "/opt/tools/tools.tar.gz"));
+
+    // A hostile archive (a member climbing out) is refused, nothing written.
+    let mut b = tar_bytes_with_raw_name("../../escape", b"x");
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&b).unwrap();
+        e.finish().unwrap()
+    };
+    b.clear();
+    ws.write("evil.tar.gz", gz);
+    ws.write("Dockerfile.evil", "FROM scratch\nADD evil.tar.gz /opt/x\n");
+    expect_failure(
+        &ws,
+        &[
+            "build",
+            "--dockerfile",
+            "Dockerfile.evil",
+            "--quiet",
+            "-o",
+            "oci:evil",
+        ],
+        2,
+        &["evil.tar.gz", "leads outside"],
+    );
+}
+
+/// A one-member tar whose name is written as given (no sanitising).
+fn tar_bytes_with_raw_name(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    let raw = name.as_bytes();
+    h.as_old_mut().name[..raw.len()].copy_from_slice(raw);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}

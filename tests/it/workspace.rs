@@ -6,7 +6,7 @@
 //! against GitLab's CI schema and GitHub's workflow schema with Python's
 //! `jsonschema` (`make spdx-validator` installs it into target/spdx-venv).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -268,64 +268,6 @@ fn workspace_plan_errors() {
 }
 
 // ---- CI pipelines ----------------------------------------------------------
-
-fn schemas() -> PathBuf {
-    let dir = std::env::var_os("KILN_CI_SCHEMAS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures/ci-schemas"));
-    assert!(
-        dir.join("gitlab-ci.json").is_file() && dir.join("github-workflow.json").is_file(),
-        "CI schemas not found in {} (set KILN_CI_SCHEMAS to a directory with gitlab-ci.json and github-workflow.json)",
-        dir.display()
-    );
-    dir
-}
-
-/// Python with `jsonschema` and PyYAML: $KILN_CI_PYTHON or the Makefile's target/spdx-venv.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_CI_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/spdx-venv/bin/python");
-    let ok = venv.is_file()
-        && Command::new(&venv)
-            .args(["-c", "import jsonschema, yaml"])
-            .run()
-            .status
-            .success();
-    assert!(
-        ok,
-        "Python's jsonschema is not installed; `make spdx-validator` (part of `make test`) installs it into target/spdx-venv"
-    );
-    venv
-}
-
-const VALIDATE: &str = r#"
-import json, sys, yaml, jsonschema
-schema = json.load(open(sys.argv[1]))
-doc = yaml.safe_load(open(sys.argv[2]))
-errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
-for e in errors:
-    print("/".join(map(str, e.path)) + ": " + e.message)
-sys.exit(1 if errors else 0)
-"#;
-
-/// Validate a document (read as YAML, which JSON is) against a schema.
-#[track_caller]
-fn assert_valid(schema: &str, doc_path: &Path) {
-    let r = Command::new(python())
-        .args(["-c", VALIDATE])
-        .arg(schemas().join(schema))
-        .arg(doc_path)
-        .run();
-    assert!(
-        r.status.success(),
-        "{} does not validate against {schema}:\n{}\n{}",
-        doc_path.display(),
-        r.describe(),
-        std::fs::read_to_string(doc_path).unwrap_or_default()
-    );
-}
 
 fn generate(ws: &Workspace, format: &str, since: Option<&str>, file: &str) -> Value {
     let mut c = ws.kiln();

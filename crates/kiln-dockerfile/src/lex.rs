@@ -74,6 +74,63 @@ pub(crate) fn word(s: &str, escape: char, vars: Lookup) -> Result<String, String
     Ok(w)
 }
 
+/// A here-document's text with `$NAME`, `${NAME}`, `${NAME:-x}` and
+/// `${NAME-x}` expanded; quotes stay as written, `\$` is a literal `$`
+/// (BuildKit's COPY/ADD here-documents with an unquoted delimiter).
+pub(crate) fn expand_text(s: &str, escape: char, vars: Lookup) -> Result<String, String> {
+    let value = |name: &str| match vars(name) {
+        Var::Set(v) => Some(v),
+        Var::Unset | Var::Unknown => None,
+    };
+    let mut out = String::with_capacity(s.len());
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == escape && chars.get(i + 1) == Some(&'$') {
+            out.push('$');
+            i += 2;
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if chars.get(i + 1) == Some(&'{') {
+            let end = chars[i + 2..]
+                .iter()
+                .position(|&c| c == '}')
+                .ok_or_else(|| "unterminated ${ in the here-document".to_string())?;
+            let inner: String = chars[i + 2..i + 2 + end].iter().collect();
+            let (name, default) = match inner.split_once(":-").or_else(|| inner.split_once('-')) {
+                Some((n, d)) => (n.to_string(), Some(d.to_string())),
+                None => (inner.clone(), None),
+            };
+            if name.is_empty() || !name.chars().all(name_char) {
+                return Err(format!(
+                    "`${{{inner}}}` in the here-document is not a variable"
+                ));
+            }
+            let v = value(&name).filter(|v| !(v.is_empty() && inner.contains(":-")));
+            out.push_str(&v.or(default).unwrap_or_default());
+            i += 3 + end;
+            continue;
+        }
+        let len = chars[i + 1..].iter().take_while(|&&c| name_char(c)).count();
+        if len == 0 {
+            out.push('$');
+            i += 1;
+            continue;
+        }
+        let name: String = chars[i + 1..i + 1 + len].iter().collect();
+        out.push_str(&value(&name).unwrap_or_default());
+        i += 1 + len;
+    }
+    Ok(out)
+}
+
 /// Several words (EXPOSE, VOLUME, COPY sources): split at unquoted
 /// whitespace, then processed like [`word`].
 pub(crate) fn words(s: &str, escape: char, vars: Lookup) -> Result<Vec<String>, String> {

@@ -665,8 +665,13 @@ struct ImageDraft {
 struct FileDraft {
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
     src: String,
     dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    extract: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1561,14 +1566,23 @@ impl<'a> Translator<'a> {
             return self.copy_from(line, &from, owner, mode, src, dest);
         }
         let mut srcs = Vec::new();
+        let mut docs = Vec::new();
         for s in src {
             match s {
                 Source::Path(p) => srcs.extend(self.expand_words(line, ins, &p.value)?),
-                Source::HereDoc(_) => {
-                    return Err(self.unsupported(line, ins, "a here-document source"));
-                }
+                Source::HereDoc(d) => docs.push(d),
                 _ => return Err(self.unsupported(line, ins, "this kind of source")),
             }
+        }
+        if !docs.is_empty() {
+            if !srcs.is_empty() || docs.len() > 1 {
+                return Err(self.unsupported(
+                    line,
+                    ins,
+                    "a here-document together with other sources",
+                ));
+            }
+            return self.copy_here_doc(line, ins, docs[0], owner, mode, dest);
         }
         let dest_raw = self.expand(line, ins, dest)?;
         let dest_abs = self.absolute(line, ins, &dest_raw)?;
@@ -1681,14 +1695,9 @@ impl<'a> Translator<'a> {
                     excluded_example = Some(x);
                 }
             }
-            if ins == "ADD" && !dir && is_archive(&host) {
-                return Err(self.unsupported(
-                    line,
-                    ins,
-                    format!("the local archive `{s}` (ADD extracts archives; use COPY to copy it as a file)"),
-                ));
-            }
-            let dst_root = if dir || !dest_dir {
+            // ADD extracts a local archive into the destination directory.
+            let archive = ins == "ADD" && !dir && is_archive(&host);
+            let dst_root = if dir || !dest_dir || archive {
                 dest_abs.clone()
             } else {
                 let base = rel.rsplit('/').next().unwrap_or(&rel);
@@ -1707,7 +1716,14 @@ impl<'a> Translator<'a> {
                     format!("{}/{under}", dst_root.trim_end_matches('/'))
                 };
                 AbsPath::from_str(&dst).map_err(|m| self.invalid(line, ins, m))?;
-                shown.push(format!("src = {piece:?}, dst = {dst:?}"));
+                shown.push(format!(
+                    "src = {piece:?}, dst = {dst:?}{}",
+                    if archive {
+                        ", extract = true (the archive's members)"
+                    } else {
+                        ""
+                    }
+                ));
                 self.copies.push(Copied {
                     dst: dst.clone(),
                     src: piece.clone(),
@@ -1726,6 +1742,8 @@ impl<'a> Translator<'a> {
                     owner: owner.clone(),
                     allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
                     into: false,
+                    content: None,
+                    extract: archive,
                 });
             }
             let mut detail = format!("[[files]] {}", shown.join("; "));
@@ -1744,6 +1762,59 @@ impl<'a> Translator<'a> {
             }
             self.explain(line, Treatment::Files, detail);
         }
+        Ok(())
+    }
+
+    /// `COPY <<EOF /path` (and ADD): a file whose text is the document
+    /// (variables expanded unless the delimiter is quoted, as BuildKit).
+    fn copy_here_doc(
+        &mut self,
+        line: usize,
+        ins: &str,
+        doc: &parse_dockerfile::HereDoc,
+        owner: Option<String>,
+        mode: Option<Mode>,
+        dest: &str,
+    ) -> Res<()> {
+        let text = if doc.expand {
+            let vars = |n: &str| self.var(n);
+            lex::expand_text(&doc.value, self.escape, &vars)
+                .map_err(|m| self.invalid(line, ins, m))?
+        } else {
+            doc.value.to_string()
+        };
+        let dest_raw = self.expand(line, ins, dest)?;
+        let dest_abs = self.absolute(line, ins, &dest_raw)?;
+        if dest_raw.ends_with('/') {
+            return Err(self.invalid(
+                line,
+                ins,
+                "a here-document needs a file destination, not a directory",
+            ));
+        }
+        AbsPath::from_str(&dest_abs).map_err(|m| self.invalid(line, ins, m))?;
+        if let Some((parent, _)) = dest_abs.rsplit_once('/') {
+            self.add_dir_and_parents(parent);
+        }
+        self.explain(
+            line,
+            Treatment::Files,
+            format!(
+                "[[files]] content ({} bytes), dst = {dest_abs:?} (one layer, on top of the package stages)",
+                text.len()
+            ),
+        );
+        self.draft.files.push(FileDraft {
+            from: None,
+            src: String::new(),
+            dst: dest_abs,
+            content: Some(text),
+            extract: false,
+            mode: mode.map(|m| format!("{:04o}", m.0)),
+            owner,
+            allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+            into: false,
+        });
         Ok(())
     }
 
@@ -1841,6 +1912,8 @@ impl<'a> Translator<'a> {
                 owner: owner.clone(),
                 allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
                 into,
+                content: None,
+                extract: false,
             });
         }
         match (into, dest_abs.rsplit_once('/')) {

@@ -498,7 +498,6 @@ fn copy_refusals_name_the_line() {
             2,
             "ADD: a remote source",
         ),
-        ("FROM scratch\nADD arch.tar.gz /x\n", 2, "local archive"),
         (
             "FROM scratch\nCOPY a.txt /etc/apt/sources.list.d/x.list\n",
             2,
@@ -520,6 +519,11 @@ fn copy_refusals_name_the_line() {
             "FROM scratch AS a\nFROM a\nADD --from=a /x /x\n",
             3,
             "ADD --from",
+        ),
+        (
+            "FROM scratch AS a\nFROM scratch\nARG S=a\nCOPY --from=$S /x /x\n",
+            4,
+            "naming a stage through a stage's ARG",
         ),
     ] {
         let (e, msg) = c.err(df);
@@ -909,4 +913,29 @@ fn multi_stage_builds_translate_the_stages_the_target_needs() {
         table.contains("[build]") && table.contains("[3]"),
         "{table}"
     );
+}
+
+#[test]
+fn add_extracts_local_archives_and_copy_takes_here_documents() {
+    let c = Ctx::new(&[("app.txt", "a")]);
+    // A gzip member: what `is_archive` recognises by its first bytes too.
+    std::fs::write(c.dir.path().join("tools.tar.gz"), [0x1f, 0x8b, 8, 0]).unwrap();
+    let t = c.ok(
+        "FROM scratch\nARG WHO=kiln\nADD tools.tar.gz /opt/tools\n\
+         COPY <<EOF /etc/motd\nhello $WHO ${MISSING:-there}\nEOF\n\
+         COPY <<'RAW' /etc/raw\nkeep $WHO\nRAW\n",
+        &[],
+    );
+    let files = &t.spec.files;
+    assert_eq!(files.len(), 3, "{}", t.toml);
+    assert!(files[0].extract, "{}", t.toml);
+    assert_eq!(files[0].src, "tools.tar.gz");
+    assert_eq!(files[0].dst.0, "/opt/tools");
+    assert_eq!(files[1].content.as_deref(), Some("hello kiln there\n"));
+    assert_eq!(files[1].dst.0, "/etc/motd");
+    assert_eq!(files[2].content.as_deref(), Some("keep $WHO\n"));
+    // COPY of an archive copies the file as it is.
+    let t = c.ok("FROM scratch\nCOPY tools.tar.gz /opt/\n", &[]);
+    assert!(!t.spec.files[0].extract);
+    assert_eq!(t.spec.files[0].dst.0, "/opt/tools.tar.gz");
 }

@@ -87,6 +87,9 @@ pub enum FsError {
     /// A layer whose media type names no compression kiln reads.
     #[error("unsupported layer media type {media_type}")]
     UnsupportedMediaType { media_type: String },
+    /// A `[[files]] extract` archive that is damaged or hostile.
+    #[error("[[files]] src `{src}`: cannot extract: {reason}")]
+    BadArchive { src: String, reason: String },
     /// A base layer's tar stream is damaged.
     #[error("corrupt layer: {source}")]
     CorruptLayer {

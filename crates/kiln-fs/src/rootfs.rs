@@ -33,8 +33,9 @@ pub struct Rootfs {
     nodes: BTreeMap<String, Node>,
 }
 
-/// Normalise a tar member name to `/a/b`.
-fn norm(name: &str) -> Option<String> {
+/// Normalise a tar member name to `/a/b` (`None`: the root itself, or
+/// `..` climbing above it).
+pub(crate) fn norm(name: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for p in name.split('/') {
         match p {

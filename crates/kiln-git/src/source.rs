@@ -67,7 +67,7 @@ impl GitSource {
                     "a file:// URL needs an absolute path (file:///path/to/repo)",
                 ));
             }
-            (percent_decode(path), None)
+            (kiln_core::url::percent_decode(path), None)
         } else if let Some((scheme, _)) = base.split_once("://") {
             if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
                 return Err(bad(
@@ -216,24 +216,6 @@ fn clean_path(p: &str) -> Result<String, &'static str> {
         }
     }
     Ok(out.join("/"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Split a forge URL's `REF/PATH…` with the remote's ref names (short

@@ -456,8 +456,9 @@ pub fn openapi_doc() -> Value {
                 "Queued": {"type": "object", "properties": {"queued": {"type": "array", "items": {"type": "object", "properties": {"spec": {"type": "string"}, "job": {"$ref": "#/components/schemas/JobBrief"}}}}}},
                 "SpecInput": {"type": "object", "additionalProperties": false, "properties": {
                     "name": {"type": "string"},
-                    "type": {"type": "string", "enum": ["packages", "image"], "default": "packages", "description": "image: an existing image (`image`), resolved to its digest and used as it is; python-env and dockerfile are not supported yet"},
+                    "type": {"type": "string", "enum": ["packages", "image", "python-env", "dockerfile"], "default": "packages", "description": "packages: base plus packages; image: an existing image (`image`), resolved to its digest and used as it is; python-env: the requirements.txt or environment.yml at `source` installed on `base` (default: the server's KILN_SERVE_PYTHON_BASE); dockerfile: the folder (or Dockerfile) at `source`"},
                     "image": {"type": "string", "description": "with type image: a registry reference"},
+                    "source": {"type": "string", "description": "with types python-env and dockerfile: a Git URL (URL#REF:PATH, a clone URL, or a forge's …/blob/REF/FILE or …/tree/REF/DIR page address)"},
                     "git": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {"url": {"type": "string"}, "ref": {"type": "string"}}, "description": "the spec's Git repository: pushes to it (webhooks) queue rebuilds"},
                     "base": {"type": "string", "default": "scratch"},
                     "packages": {"type": "object", "additionalProperties": false, "properties": {

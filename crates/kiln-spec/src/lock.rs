@@ -411,6 +411,27 @@ mod tests {
     }
 
     #[test]
+    fn resolved_at_round_trips_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kiln.lock");
+        let mut lock = Lock::new(vec![], vec![]);
+        lock.resolved_at = Some("2023-11-14T22:13:20Z".into());
+        lock.write(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("resolved-at = \"2023-11-14T22:13:20Z\""),
+            "{text}"
+        );
+        let back = Lock::read(&p).unwrap().unwrap();
+        assert_eq!(back, lock);
+        assert_eq!(back.resolved_epoch(), Some(1_700_000_000));
+        std::fs::write(&p, text.replace("2023-11-14T22:13:20Z", "last tuesday")).unwrap();
+        let e = Lock::read(&p).unwrap_err();
+        assert!(e.to_string().contains("resolved-at"), "{e}");
+        assert_eq!(e.kind(), kiln_core::ErrorKind::Input);
+    }
+
+    #[test]
     fn unreadable_spec_inputs_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kiln.toml");

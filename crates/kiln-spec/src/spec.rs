@@ -109,8 +109,18 @@ pub struct FileEntry {
     /// `src` is then an absolute path inside it (docker's `COPY --from`).
     #[serde(default)]
     pub from: Option<String>,
+    /// A file or directory in the context (or, with `from`, in that image).
+    #[serde(default)]
     pub src: String,
     pub dst: AbsPath,
+    /// The file's text itself instead of `src` (a Dockerfile's
+    /// `COPY <<EOF /path` here-document).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// `src` is a tar archive (plain, gzip, xz, bzip2 or zstd) whose members
+    /// go under `dst` (docker's `ADD` of a local archive).
+    #[serde(default)]
+    pub extract: bool,
     pub mode: Option<Mode>,
     pub owner: Option<Owner>,
     /// `mode` may set setuid/setgid bits (refused otherwise).
@@ -416,6 +426,20 @@ impl Spec {
         }
         for (i, f) in spec.files.iter().enumerate() {
             let checked = match &f.from {
+                _ if f.content.is_some()
+                    && (!f.src.is_empty() || f.from.is_some() || f.extract) =>
+                {
+                    Err(
+                        "`content` is the file's text: it goes without `src`, `from` and `extract`"
+                            .to_string(),
+                    )
+                }
+                _ if f.content.is_none() && f.src.is_empty() => {
+                    Err("an entry needs `src` (or `content`)".to_string())
+                }
+                Some(_) if f.extract => Err(
+                    "`extract` applies to archives in the context, not `from` an image".to_string(),
+                ),
                 Some(from) => check_file_from(from, &f.src),
                 None if f.into => Err("`into` applies to entries with `from`".to_string()),
                 None => Ok(()),

@@ -405,26 +405,8 @@ struct KeptResponse {
 /// `file:///x/y` → `/x/y`; other schemes → None.
 pub fn file_url_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("file://")?;
-    let decoded = percent_decode(rest);
+    let decoded = kiln_core::url::percent_decode(rest);
     Some(PathBuf::from(decoded))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn net_error(url: &str, e: reqwest::Error) -> StoreError {

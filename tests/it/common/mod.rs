@@ -29,6 +29,7 @@
 //! - `webdriver`: headless chromium over WebDriver ([`Browser`]).
 
 mod builds;
+mod ci_schemas;
 mod git_http;
 mod handmade;
 mod json;
@@ -44,6 +45,7 @@ mod wheels;
 mod workspace;
 
 pub use builds::*;
+pub use ci_schemas::*;
 pub use git_http::*;
 pub use handmade::*;
 pub use json::*;

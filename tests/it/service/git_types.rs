@@ -70,27 +70,12 @@ fn service_builds_python_envs_and_dockerfiles_from_git() {
 
     // python-env: the URL of the requirements.txt's page.
     let url = server.url("org/repo/blob/main/envs/py/requirements.txt");
-    let r = svc.send(
-        "POST",
-        "/api/v1/specs",
-        Some(ADMIN),
-        &json!({"name": "pyenv", "type": "python-env", "source": url}),
+    let rootfs = build_and_pull(
+        &svc,
+        &ws,
+        json!({"name": "pyenv", "type": "python-env", "source": url}),
+        &commit,
     );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let job = r.json()["job"]["id"].as_i64().unwrap();
-    let j = svc.wait_job(job);
-    let log = svc
-        .get(&format!("/api/v1/jobs/{job}/log"), Some(VIEWER))
-        .body;
-    assert_eq!(j["state"], "succeeded", "{j}\n{log}");
-    assert!(log.contains(&format!("at commit {commit}")), "{log}");
-    let image = format!("{}:latest", svc.image("pyenv"));
-    let pulled = ws.join("pyenv-oci");
-    skopeo_copy(
-        &format!("docker://{image}"),
-        &format!("oci:{}:x", pulled.display()),
-    );
-    let rootfs = umoci_unpack(&pulled, "x", &ws.join("pyenv-bundle"));
     assert!(
         rootfs
             .join("usr/lib/python3/dist-packages/tinywheel/__init__.py")
@@ -101,29 +86,14 @@ fn service_builds_python_envs_and_dockerfiles_from_git() {
 
     // dockerfile: the URL of the folder's page.
     let url = server.url("org/repo/tree/main/images/app");
-    let r = svc.send(
-        "POST",
-        "/api/v1/specs",
-        Some(ADMIN),
-        &json!({"name": "app", "type": "dockerfile", "source": url}),
+    let rootfs = build_and_pull(
+        &svc,
+        &ws,
+        json!({"name": "app", "type": "dockerfile", "source": url}),
+        &commit,
     );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let job = r.json()["job"]["id"].as_i64().unwrap();
-    let j = svc.wait_job(job);
-    let log = svc
-        .get(&format!("/api/v1/jobs/{job}/log"), Some(VIEWER))
-        .body;
-    assert_eq!(j["state"], "succeeded", "{j}\n{log}");
-    assert!(log.contains(&format!("at commit {commit}")), "{log}");
-    let image = format!("{}:latest", svc.image("app"));
-    let config = skopeo_inspect_config(&format!("docker://{image}"));
+    let config = skopeo_inspect_config(&format!("docker://{}:latest", svc.image("app")));
     assert_eq!(config["config"]["Labels"]["team"], "ds", "{config}");
-    let pulled = ws.join("app-oci");
-    skopeo_copy(
-        &format!("docker://{image}"),
-        &format!("oci:{}:x", pulled.display()),
-    );
-    let rootfs = umoci_unpack(&pulled, "x", &ws.join("app-bundle"));
     assert_eq!(
         std::fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
         "hello from git\n"
@@ -154,6 +124,32 @@ fn service_builds_python_envs_and_dockerfiles_from_git() {
     );
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("no local files"), "{}", r.body);
+}
+
+/// Create SPEC, wait for its job to succeed having fetched COMMIT, and
+/// unpack the pushed image; returns its rootfs.
+fn build_and_pull(
+    svc: &Service,
+    ws: &Workspace,
+    spec: serde_json::Value,
+    commit: &str,
+) -> std::path::PathBuf {
+    let name = spec["name"].as_str().unwrap().to_string();
+    let r = svc.send("POST", "/api/v1/specs", Some(ADMIN), &spec);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["job"]["id"].as_i64().unwrap();
+    let j = svc.wait_job(job);
+    let log = svc
+        .get(&format!("/api/v1/jobs/{job}/log"), Some(VIEWER))
+        .body;
+    assert_eq!(j["state"], "succeeded", "{j}\n{log}");
+    assert!(log.contains(&format!("at commit {commit}")), "{log}");
+    let pulled = ws.join(format!("{name}-oci"));
+    skopeo_copy(
+        &format!("docker://{}:latest", svc.image(&name)),
+        &format!("oci:{}:x", pulled.display()),
+    );
+    umoci_unpack(&pulled, "x", &ws.join(format!("{name}-bundle")))
 }
 
 /// Whether any path under ROOT ends with SUFFIX.

@@ -393,13 +393,14 @@ fn service_phases_and_prebuilt_images() {
     let again = svc.wait_job(r.json()["job"]["id"].as_i64().unwrap());
     assert_eq!(again["digest"], digest.as_str(), "{again}");
 
-    // Types not built yet, and fields that do not go together: 422.
+    // Git-backed types without their source, and fields that do not go
+    // together: 422.
     let post = |body: &Value| svc.send("POST", "/api/v1/specs", Some(ADMIN), body);
     for t in ["python-env", "dockerfile"] {
         let r = post(&json!({"name": "later", "type": t}));
         assert_eq!(r.status, 422, "{}", r.body);
         assert!(
-            s(&r.json(), "error").contains("not supported yet"),
+            s(&r.json(), "error").contains("needs `source`"),
             "{}",
             r.body
         );

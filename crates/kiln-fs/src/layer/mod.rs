@@ -2,6 +2,7 @@
 //! digest, the diff_id and the sizes computed in the same streaming pass,
 //! written straight into the content-addressed cache.
 
+pub mod archive;
 mod compress;
 mod tarball;
 pub mod tree;

@@ -126,6 +126,9 @@ pub use kiln_spec::SourceScope;
 
 /// Collect one `[[files]]` entry; `base` is the spec's directory.
 pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Result<Vec<Entry>> {
+    if let Some(text) = &entry.content {
+        return content_entry(entry, text);
+    }
     let src = base.join(&entry.src);
     let meta = fs::symlink_metadata(&src).map_err(|source| FsError::SourceUnreadable {
         src: entry.src.clone(),
@@ -144,6 +147,9 @@ pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Resu
             }
             .into());
         }
+    }
+    if entry.extract && meta.is_file() {
+        return crate::layer::archive::extract(entry, &src);
     }
     let (uid, gid) = entry.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
     let mut tree = Tree::default();
@@ -170,6 +176,28 @@ pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Resu
         tree.add_parents(&dst);
         tree.insert(ctx.entry(&src, &meta, &dst)?);
     }
+    Ok(tree.into_sorted())
+}
+
+/// A `content` entry: one file holding the text (0644 unless `mode`).
+fn content_entry(entry: &FileEntry, text: &str) -> Result<Vec<Entry>> {
+    let dst = entry.dst.relative().to_string();
+    if dst.is_empty() {
+        return Err(FsError::FileToRoot {
+            src: "(content)".into(),
+        }
+        .into());
+    }
+    let (uid, gid) = entry.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
+    let mut tree = Tree::default();
+    tree.add_parents(&dst);
+    tree.insert(Entry {
+        path: dst,
+        kind: EntryKind::Data(Arc::new(text.as_bytes().to_vec())),
+        mode: entry.mode.map(|m| m.0).unwrap_or(0o644),
+        uid,
+        gid,
+    });
     Ok(tree.into_sorted())
 }
 
@@ -448,6 +476,8 @@ mod tests {
             owner: None,
             allow_setid: false,
             into: false,
+            content: None,
+            extract: false,
         }
     }
 

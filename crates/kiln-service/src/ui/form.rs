@@ -3,7 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec_input::{ConfigInput, Packages, SpecInput};
+use crate::spec_input::{ConfigInput, Packages, SpecInput, TYPE_PACKAGES};
+
+/// The types the form offers: (value, label).
+pub(crate) const TYPES: &[(&str, &str)] = &[
+    (
+        "packages",
+        "packages: a base plus apt, pip and conda packages",
+    ),
+    ("image", "image: an existing image, used as it is"),
+    (
+        "python-env",
+        "python-env: a requirements.txt or environment.yml in Git",
+    ),
+    (
+        "dockerfile",
+        "dockerfile: a folder with a Dockerfile in Git",
+    ),
+];
 
 /// A decoded form body (fields in order; the first of a name wins).
 #[derive(Debug, Default)]
@@ -65,6 +82,12 @@ fn decode(s: &[u8]) -> String {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SpecForm {
     pub name: String,
+    /// The spec's type (`packages`, `image`, `python-env`, `dockerfile`).
+    pub kind: String,
+    /// With type `image`: the registry reference.
+    pub image: String,
+    /// With types `python-env` and `dockerfile`: the Git URL.
+    pub source: String,
     pub base: String,
     pub apt: String,
     pub pip: String,
@@ -97,6 +120,7 @@ pub(crate) const TEXTAREAS: &[(&str, &str, &str)] = &[
 impl SpecForm {
     pub(crate) fn new_default() -> SpecForm {
         SpecForm {
+            kind: TYPE_PACKAGES.into(),
             base: "scratch".into(),
             ..SpecForm::default()
         }
@@ -105,6 +129,12 @@ impl SpecForm {
     pub(crate) fn from_form(f: &Form) -> SpecForm {
         SpecForm {
             name: f.get("name").trim().to_string(),
+            kind: match f.get("type").trim() {
+                "" => TYPE_PACKAGES.to_string(),
+                t => t.to_string(),
+            },
+            image: f.get("image").trim().to_string(),
+            source: f.get("source").trim().to_string(),
             base: f.get("base").to_string(),
             apt: f.get("apt").to_string(),
             pip: f.get("pip").to_string(),
@@ -131,6 +161,9 @@ impl SpecForm {
         let c = &i.config;
         SpecForm {
             name: name.to_string(),
+            kind: i.kind().to_string(),
+            image: i.image.clone().unwrap_or_default(),
+            source: i.source.clone().unwrap_or_default(),
             base: i.base.clone(),
             apt: lines(&i.packages.apt),
             pip: lines(&i.packages.pip),
@@ -149,6 +182,9 @@ impl SpecForm {
     pub(crate) fn field(&self, name: &str) -> &str {
         match name {
             "name" => &self.name,
+            "type" => &self.kind,
+            "image" => &self.image,
+            "source" => &self.source,
             "base" => &self.base,
             "apt" => &self.apt,
             "pip" => &self.pip,
@@ -166,12 +202,16 @@ impl SpecForm {
 
     /// The API's input (not yet validated: [`SpecInput::render`] does
     /// that): the form's fields over `input` (what the form does not show,
-    /// such as an edited spec's type, image or Git source, is kept).
+    /// such as an edited spec's Git repository for webhooks, is kept).
     pub(crate) fn apply(&self, mut input: SpecInput) -> Result<SpecInput, String> {
         let base = self.base.trim();
         let opt = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         let args = |s: &str| Some(arg_lines(s)).filter(|a| !a.is_empty());
         input.name = Some(self.name.clone());
+        input.kind =
+            Some(self.kind.trim().to_string()).filter(|k| !k.is_empty() && k != TYPE_PACKAGES);
+        input.image = opt(&self.image);
+        input.source = opt(&self.source);
         input.base = if base.is_empty() { "scratch" } else { base }.to_string();
         input.packages = Packages {
             apt: item_lines(&self.apt),

@@ -5,7 +5,7 @@
 use crate::http::Role;
 use crate::store::{Job, SpecSummary, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED};
 
-use super::form::{SpecForm, TEXTAREAS};
+use super::form::{SpecForm, TEXTAREAS, TYPES};
 use super::Who;
 
 /// Escape text for element content and quoted attributes.
@@ -210,10 +210,34 @@ pub(crate) fn spec_form(w: &Who, f: &SpecForm, edit: bool, error: Option<&str>) 
         "[a-z0-9][a-z0-9.-]*",
         if edit { " readonly" } else { " required" },
     ));
+    let mut options = String::new();
+    for (value, label) in TYPES {
+        let selected = if f.kind == *value { " selected" } else { "" };
+        options.push_str(&format!(
+            "<option value=\"{value}\"{selected}>{}</option>",
+            e(label)
+        ));
+    }
+    fields.push_str(&format!(
+        "<label for=\"type\">Type <span class=\"hint\">what the image is made from</span></label>\
+         <select id=\"type\" name=\"type\">{options}</select>\n"
+    ));
+    fields.push_str(&input(
+        "image",
+        "Image",
+        "type image: a registry reference",
+        "",
+    ));
+    fields.push_str(&input(
+        "source",
+        "Git source",
+        "types python-env and dockerfile: a Git URL, e.g. a file or folder page's address",
+        "",
+    ));
     fields.push_str(&input(
         "base",
         "Base image",
-        "a registry reference, or scratch",
+        "a registry reference, or scratch (python-env: the server's default)",
         "",
     ));
     for (name, label, hint) in TEXTAREAS {

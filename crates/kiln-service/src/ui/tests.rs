@@ -70,6 +70,34 @@ fn pages_escape_names_and_package_lines() {
 }
 
 #[test]
+fn the_form_offers_every_type_and_keeps_the_choice() {
+    let body = b"name=app&type=dockerfile&source=https%3A%2F%2Fgit.example.com%2Forg%2Frepo%2Ftree%2Fmain%2Fapp&base=scratch";
+    let f = SpecForm::from_form(&super::form::Form::parse(body));
+    let input = f.to_input().unwrap();
+    assert_eq!(input.kind(), "dockerfile");
+    assert_eq!(
+        input.source.as_deref(),
+        Some("https://git.example.com/org/repo/tree/main/app")
+    );
+    assert!(input.render(None).is_ok());
+    let html = pages::spec_form(&admin(), &f, false, None);
+    for t in ["packages", "image", "python-env", "dockerfile"] {
+        assert!(html.contains(&format!("<option value=\"{t}\"")), "{html}");
+    }
+    assert!(
+        html.contains("<option value=\"dockerfile\" selected>"),
+        "{html}"
+    );
+    // Editing keeps the type and source the revision had.
+    let back = SpecForm::from_input("app", &input);
+    assert_eq!(back.kind, "dockerfile");
+    assert_eq!(back.source, f.source);
+    // The packages type stays the default (no `type` in the JSON).
+    let plain = SpecForm::from_form(&super::form::Form::parse(b"name=p&base=scratch"));
+    assert_eq!(plain.to_input().unwrap().kind, None);
+}
+
+#[test]
 fn csrf_check() {
     let w = admin();
     let good = Form::parse(format!("csrf={}", "c".repeat(64)).as_bytes());

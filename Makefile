@@ -2,7 +2,7 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := git docker-registry skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver man-db
+TEST_DEBS := git docker-registry buildah skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver man-db
 # pyspdxtools (spdx-tools from the Python package index pip is configured
 # with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs, and
 # jsonschema, which tests/it/workspace.rs validates CI pipelines with.
@@ -56,6 +56,7 @@ bench: release
 	$(CARGO) bench --bench conda
 	bash benches/lock_bench.sh
 	bash benches/service_bench.sh
+	bash benches/dockerfile_compare.sh
 
 KILN_BIN := ./target/x86_64-unknown-linux-gnu/release/kiln
 

@@ -392,6 +392,15 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         .files
         .iter()
         .map(|f| match &f.from {
+            // Downloaded once the cache is open (below).
+            _ if f.url.is_some() => Ok((
+                format!(
+                    "kiln files {} -> {}",
+                    kiln_core::url::redact(f.url.as_deref().unwrap_or("")),
+                    f.dst.0
+                ),
+                Vec::new(),
+            )),
             // Read from the image once the cache is open (below).
             Some(from) => Ok((
                 format!(
@@ -432,7 +441,9 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
     )?;
     let mut file_groups = file_groups;
     for (f, group) in setup.spec.files.iter().zip(&mut file_groups) {
-        if f.from.is_some() {
+        if let Some(url) = &f.url {
+            group.1 = file_from_url(f, url, &setup, opts)?;
+        } else if f.from.is_some() {
             group.1 = files_from_image(f, &setup, opts)?;
         }
     }
@@ -461,6 +472,75 @@ fn shown_name<'a>(opts: &'a BuildOptions, reference: &'a str) -> &'a str {
 /// A `[[files]] from` entry's layer entries, read out of that image (for
 /// the spec's platform; the image's own when the spec names none), keeping
 /// only the contents under `src`.
+/// A `[[files]] url` entry: the file downloaded through the HTTP cache
+/// (offline: the kept copy), checked against `sha256` when given, as one
+/// file at `dst` (0600 unless `mode`, as docker's `ADD URL`).
+fn file_from_url(
+    f: &kiln_spec::spec::FileEntry,
+    url: &str,
+    setup: &Setup,
+    opts: &BuildOptions,
+) -> Result<Vec<layer::Entry>> {
+    let http = if opts.offline {
+        Http::offline()?
+    } else {
+        Http::new()?
+    };
+    let check = |bytes: &[u8]| -> Result<()> {
+        match &f.sha256 {
+            Some(want) => {
+                let got = kiln_core::digest::Digest::of(bytes).hex().to_string();
+                if got.eq_ignore_ascii_case(want) {
+                    Ok(())
+                } else {
+                    Err(BuildError::UrlChecksum {
+                        url: kiln_core::url::redact(url),
+                        expected: want.to_ascii_lowercase(),
+                        got,
+                    }
+                    .into())
+                }
+            }
+            None => Ok(()),
+        }
+    };
+    let fetched = http
+        .get_cached(url, None, &setup.cache, &check)
+        .map_err(|e| e.context(format!("[[files]] url {}", kiln_core::url::redact(url))))?;
+    let dst = f.dst.relative().to_string();
+    let mut entries = Vec::new();
+    let mut parent = String::new();
+    for part in dst
+        .split('/')
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(_, p)| p.to_vec())
+        .unwrap_or_default()
+    {
+        parent = if parent.is_empty() {
+            part.to_string()
+        } else {
+            format!("{parent}/{part}")
+        };
+        entries.push(layer::Entry {
+            path: parent.clone(),
+            kind: layer::EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    let (uid, gid) = f.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
+    entries.push(layer::Entry {
+        path: dst,
+        kind: layer::EntryKind::Data(std::sync::Arc::new(fetched.bytes)),
+        mode: f.mode.map(|m| m.0).unwrap_or(0o600),
+        uid,
+        gid,
+    });
+    Ok(entries)
+}
+
 fn files_from_image(
     f: &kiln_spec::spec::FileEntry,
     setup: &Setup,

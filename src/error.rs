@@ -71,6 +71,13 @@ pub enum BuildError {
         second: String,
         differing_layers: Vec<String>,
     },
+    /// A `[[files]] url` whose bytes are not the `sha256` given.
+    #[error("{url}: sha256 is {got}, but the spec expects {expected}; nothing was written")]
+    UrlChecksum {
+        url: String,
+        expected: String,
+        got: String,
+    },
     /// A `[[run]]` command (a Dockerfile's RUN) exited non-zero.
     #[error(
         "{step}: `{command}` failed ({status}); nothing was written. Its last output:\n{output}"

@@ -10,6 +10,7 @@ mod apt_debian;
 mod apt_hermetic;
 mod build_base;
 mod build_scratch;
+mod buildah_parity;
 mod cache;
 mod cache_transfer;
 mod cert_hash;

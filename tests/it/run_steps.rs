@@ -172,6 +172,25 @@ fn commands_for_another_platform_are_refused_before_anything_is_fetched() {
         2,
         &["Dockerfile line 4: RUN", other, "does not emulate"],
     );
+    // The same from a Dockerfile: the line is named, nothing is fetched.
+    ws.write(
+        "Dockerfile",
+        format!("FROM --platform={other} registry.example.invalid/none:1\nRUN useradd app\n"),
+    );
+    expect_failure(
+        &ws,
+        &[
+            "build",
+            "--dockerfile",
+            "Dockerfile",
+            "--offline",
+            "--quiet",
+            "-o",
+            "oci:out",
+        ],
+        2,
+        &["Dockerfile line 2: RUN", other, "does not emulate"],
+    );
 }
 
 #[test]
@@ -360,4 +379,71 @@ fn tar_bytes_with_raw_name(name: &str, data: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, data).unwrap();
     b.into_inner().unwrap()
+}
+
+#[test]
+fn add_downloads_urls_checks_their_sums_and_keeps_them_for_offline_builds() {
+    let ws = Workspace::new("add-url");
+    ws.write("srv/tool.cfg", "verbose = true\n");
+    let server = FileServer::start(&ws.join("srv"));
+    let url = format!("http://127.0.0.1:{}/tool.cfg", server.port);
+    let sum = sha256_hex(b"verbose = true\n");
+    ws.write(
+        "Dockerfile",
+        format!("FROM scratch\nADD --checksum=sha256:{sum} {url} /etc/\nADD {url} /opt/copy.cfg\n"),
+    );
+    let build = |extra: &[&str], out: &str| {
+        let mut c = ws.kiln();
+        c.args([
+            "build",
+            "--dockerfile",
+            "Dockerfile",
+            "--quiet",
+            "--json",
+            "-o",
+        ])
+        .arg(format!("oci:{out}"))
+        .arg("--cache")
+        .arg(ws.join("cache"))
+        .args(extra);
+        run(&mut c).ok().json()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let digest = build(&[], "out");
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/tool.cfg")).unwrap(),
+        "verbose = true\n"
+    );
+    assert_mode_owner(&rootfs, "/etc/tool.cfg", 0o600, 0, 0);
+    assert!(exists_in(&rootfs, "/opt/copy.cfg"));
+    // Offline, with the server gone: the kept download, the same image.
+    drop(server);
+    assert_eq!(build(&["--offline"], "out-offline"), digest);
+
+    // A wrong sum: refused before anything is written.
+    let server = FileServer::start(&ws.join("srv"));
+    let url = format!("http://127.0.0.1:{}/tool.cfg", server.port);
+    ws.write(
+        "Dockerfile.bad",
+        format!(
+            "FROM scratch\nADD --checksum=sha256:{} {url} /etc/x\n",
+            "0".repeat(64)
+        ),
+    );
+    expect_failure(
+        &ws,
+        &[
+            "build",
+            "--dockerfile",
+            "Dockerfile.bad",
+            "--quiet",
+            "-o",
+            "oci:bad",
+        ],
+        2,
+        &["tool.cfg", &sum, "nothing was written"],
+    );
 }

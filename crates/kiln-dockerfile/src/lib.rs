@@ -673,6 +673,10 @@ struct FileDraft {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     extract: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
@@ -1509,6 +1513,7 @@ impl<'a> Translator<'a> {
         let mut owner = None;
         let mut mode = None;
         let mut from = None;
+        let mut checksum = None;
         for o in options {
             let v = o.value.as_ref().map(|v| v.value.to_string());
             match (&*o.name.value, v) {
@@ -1553,6 +1558,17 @@ impl<'a> Translator<'a> {
                     mode = Some(m);
                 }
                 ("link", _) => {}
+                ("checksum", Some(v)) if ins == "ADD" => {
+                    let v = self.expand(line, ins, &v)?;
+                    let hex = v.strip_prefix("sha256:").ok_or_else(|| {
+                        self.unsupported(
+                            line,
+                            "ADD --checksum",
+                            format!("the checksum `{v}` (sha256:HEX is read)"),
+                        )
+                    })?;
+                    checksum = Some(hex.to_ascii_lowercase());
+                }
                 (name, _) => {
                     return Err(self.unsupported(
                         line,
@@ -1617,6 +1633,16 @@ impl<'a> Translator<'a> {
             let text =
                 std::fs::read_to_string(self.context.join(".dockerignore")).unwrap_or_default();
             self.ignore = Some(ignore::Ignore::parse(&text));
+        }
+        let remote = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+        if ins == "ADD" && srcs.iter().any(|s| remote(s)) {
+            if srcs.len() > 1 {
+                return Err(self.unsupported(line, ins, "a URL together with other sources"));
+            }
+            return self.add_url(line, &srcs[0], checksum, owner, mode, dest);
+        }
+        if checksum.is_some() {
+            return Err(self.invalid(line, ins, "--checksum applies to a URL source"));
         }
         for s in srcs {
             if s.contains("://") || s.starts_with("git@") {
@@ -1744,6 +1770,8 @@ impl<'a> Translator<'a> {
                     into: false,
                     content: None,
                     extract: archive,
+                    url: None,
+                    sha256: None,
                 });
             }
             let mut detail = format!("[[files]] {}", shown.join("; "));
@@ -1762,6 +1790,73 @@ impl<'a> Translator<'a> {
             }
             self.explain(line, Treatment::Files, detail);
         }
+        Ok(())
+    }
+
+    /// `ADD URL DEST`: a `[[files]] url` entry (a destination that is a
+    /// directory gets the URL's last path segment as the file name, as
+    /// docker does); `--checksum=sha256:HEX` is checked at build time.
+    fn add_url(
+        &mut self,
+        line: usize,
+        url: &str,
+        checksum: Option<String>,
+        owner: Option<String>,
+        mode: Option<Mode>,
+        dest: &str,
+    ) -> Res<()> {
+        let dest_raw = self.expand(line, "ADD", dest)?;
+        let dest_abs = self.absolute(line, "ADD", &dest_raw)?;
+        let into_dir = dest_raw.ends_with('/')
+            || self.known_dirs.contains(&dest_abs)
+            || SYSTEM_DIRS.contains(&dest_abs.as_str());
+        let dst = if into_dir {
+            let path = url.split(['?', '#']).next().unwrap_or(url);
+            let name = path
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && !path.ends_with("//"));
+            let Some(name) = name.filter(|_| path.matches('/').count() > 2) else {
+                return Err(self.invalid(
+                    line,
+                    "ADD",
+                    format!(
+                        "`{}` names no file to put in {dest_abs}",
+                        kiln_core::url::redact(url)
+                    ),
+                ));
+            };
+            format!("{}/{name}", dest_abs.trim_end_matches('/'))
+        } else {
+            dest_abs
+        };
+        AbsPath::from_str(&dst).map_err(|m| self.invalid(line, "ADD", m))?;
+        if let Some((parent, _)) = dst.rsplit_once('/') {
+            self.add_dir_and_parents(parent);
+        }
+        let mut detail = format!(
+            "[[files]] url = {:?}, dst = {dst:?}",
+            kiln_core::url::redact(url)
+        );
+        if let Some(c) = &checksum {
+            detail.push_str(&format!(", sha256 = {c:?}"));
+        } else {
+            detail.push_str(" (no --checksum: the download is not pinned)");
+        }
+        self.explain(line, Treatment::Files, detail);
+        self.draft.files.push(FileDraft {
+            from: None,
+            src: String::new(),
+            dst,
+            content: None,
+            extract: false,
+            url: Some(url.to_string()),
+            sha256: checksum,
+            mode: mode.map(|m| format!("{:04o}", m.0)),
+            owner,
+            allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+            into: false,
+        });
         Ok(())
     }
 
@@ -1810,6 +1905,8 @@ impl<'a> Translator<'a> {
             dst: dest_abs,
             content: Some(text),
             extract: false,
+            url: None,
+            sha256: None,
             mode: mode.map(|m| format!("{:04o}", m.0)),
             owner,
             allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
@@ -1914,6 +2011,8 @@ impl<'a> Translator<'a> {
                 into,
                 content: None,
                 extract: false,
+                url: None,
+                sha256: None,
             });
         }
         match (into, dest_abs.rsplit_once('/')) {

@@ -494,9 +494,14 @@ fn copy_refusals_name_the_line() {
             "symbolic mode",
         ),
         (
-            "FROM scratch\nADD http://127.0.0.1/x /x\n",
+            "FROM scratch\nADD --checksum=md5:00 http://127.0.0.1/x /x\n",
             2,
-            "ADD: a remote source",
+            "sha256:HEX",
+        ),
+        (
+            "FROM scratch\nCOPY --checksum=sha256:00 a.txt /x\n",
+            2,
+            "--checksum",
         ),
         (
             "FROM scratch\nCOPY a.txt /etc/apt/sources.list.d/x.list\n",
@@ -938,4 +943,31 @@ fn add_extracts_local_archives_and_copy_takes_here_documents() {
     let t = c.ok("FROM scratch\nCOPY tools.tar.gz /opt/\n", &[]);
     assert!(!t.spec.files[0].extract);
     assert_eq!(t.spec.files[0].dst.0, "/opt/tools.tar.gz");
+}
+
+#[test]
+fn add_of_a_url_downloads_it_at_build_time() {
+    let t = ctx().ok(
+        "FROM scratch\nADD --checksum=sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789 \
+         https://files.example.com/dl/tool-1.0.tar.gz?x=1 /opt/\nADD http://files.example.com/cfg /etc/tool.cfg\n",
+        &[],
+    );
+    let f = &t.spec.files;
+    assert_eq!(
+        f[0].url.as_deref(),
+        Some("https://files.example.com/dl/tool-1.0.tar.gz?x=1")
+    );
+    assert_eq!(f[0].dst.0, "/opt/tool-1.0.tar.gz");
+    assert_eq!(
+        f[0].sha256.as_deref(),
+        Some("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+    );
+    assert!(
+        !f[0].extract,
+        "a downloaded archive is not extracted (docker)"
+    );
+    assert_eq!(f[1].dst.0, "/etc/tool.cfg");
+    assert_eq!(f[1].sha256, None);
+    let e = t.explained.iter().find(|e| e.line == 3).unwrap();
+    assert!(e.detail.contains("not pinned"), "{}", e.detail);
 }

@@ -121,6 +121,14 @@ pub struct FileEntry {
     /// go under `dst` (docker's `ADD` of a local archive).
     #[serde(default)]
     pub extract: bool,
+    /// A remote file (http, https) instead of `src`, downloaded through the
+    /// HTTP cache (docker's `ADD URL`); mode 0600 unless `mode`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The `url`'s expected sha256 (hex), checked before it is used
+    /// (docker's `ADD --checksum=sha256:…`).
+    #[serde(default)]
+    pub sha256: Option<String>,
     pub mode: Option<Mode>,
     pub owner: Option<Owner>,
     /// `mode` may set setuid/setgid bits (refused otherwise).
@@ -426,6 +434,7 @@ impl Spec {
         }
         for (i, f) in spec.files.iter().enumerate() {
             let checked = match &f.from {
+                _ if f.url.is_some() || f.sha256.is_some() => check_file_url(f),
                 _ if f.content.is_some()
                     && (!f.src.is_empty() || f.from.is_some() || f.extract) =>
                 {
@@ -602,6 +611,32 @@ fn located_error(path: &Path, text: &str, e: &toml::de::Error) -> SpecError {
         message,
         line_text: line_text.to_string(),
     }
+}
+
+/// A `[[files]] url` entry: an http(s) URL, nothing else as its source,
+/// and a well-formed checksum.
+fn check_file_url(f: &FileEntry) -> std::result::Result<(), String> {
+    let Some(url) = &f.url else {
+        return Err("`sha256` is the checksum of a `url`".into());
+    };
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!(
+            "url `{}`: only http and https URLs are downloaded",
+            kiln_core::url::redact(url)
+        ));
+    }
+    if !f.src.is_empty() || f.from.is_some() || f.content.is_some() || f.extract || f.into {
+        return Err(
+            "`url` is the source: it goes without `src`, `from`, `content`, `extract` and `into`"
+                .into(),
+        );
+    }
+    if let Some(h) = &f.sha256 {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("sha256 `{h}` is not 64 hex digits"));
+        }
+    }
+    Ok(())
 }
 
 /// Deserialize through `FromStr`, so a bad value's error carries its span.

@@ -173,6 +173,8 @@ mod tests {
             into: false,
             content: None,
             extract: true,
+            url: None,
+            sha256: None,
         }
     }
 

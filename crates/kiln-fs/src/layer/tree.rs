@@ -478,6 +478,8 @@ mod tests {
             into: false,
             content: None,
             extract: false,
+            url: None,
+            sha256: None,
         }
     }
 

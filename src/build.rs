@@ -629,11 +629,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 .sbom
                 .as_mut()
                 .expect("run_stages keeps the tree for [[run]]");
+            // The commands' tree: the base's layers, then the stages'.
+            let mut layers = kiln_oci::inventory::layer_readers(img, &blobs)?;
+            for l in &p.layers {
+                let path = setup.cache.blob_path(&l.blob.digest);
+                let f = std::fs::File::open(&path)
+                    .io_context(|| format!("opening {}", path.display()))?;
+                layers.push(layer::decompressed(
+                    &l.blob.media_type,
+                    std::io::BufReader::with_capacity(1 << 20, f),
+                )?);
+            }
             let groups = run_steps::groups(
                 &setup.spec,
                 &img.config,
+                layers,
                 &plan.file_groups,
                 &mut s.fs,
+                &keep,
                 opts.network,
                 &setup.cache,
                 &opts.progress,
@@ -778,7 +791,7 @@ fn build_summary(
 /// Which base contents the build keeps in its filesystem view: running
 /// scripts needs the whole base on disk, so then every content is kept.
 fn keep_for(opts: &BuildOptions, spec: &Spec) -> impl Fn(&str) -> bool {
-    let all = (opts.run_scripts && spec.apt.is_some()) || !spec.run.is_empty();
+    let all = opts.run_scripts && spec.apt.is_some();
     move |p: &str| all || keep_path(p)
 }
 
@@ -819,23 +832,17 @@ fn run_stages(
             .as_ref()
             .map(|l| locked_platform(l, &img.platform))
             .transpose()?;
-        // Not with `[[run]]`: the memo does not hold every file's content.
-        let memo_key = plan
-            .pinned
-            .as_ref()
-            .zip(locked)
-            .filter(|_| !runs)
-            .map(|(l, p)| {
-                memo::key(
-                    l,
-                    p,
-                    img.manifest_digest.as_ref(),
-                    opts.epoch,
-                    opts.compression,
-                    opts.sbom,
-                    run_scripts,
-                )
-            });
+        let memo_key = plan.pinned.as_ref().zip(locked).map(|(l, p)| {
+            memo::key(
+                l,
+                p,
+                img.manifest_digest.as_ref(),
+                opts.epoch,
+                opts.compression,
+                opts.sbom,
+                run_scripts,
+            )
+        });
         let remembered = memo_key
             .as_ref()
             .filter(|_| opts.reuse)

@@ -20,6 +20,18 @@ use kiln_store::{Cache, CacheBucket};
 
 use crate::BuildError;
 
+/// Proxy variables passed from the host to commands with its network.
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+];
+
 /// Refuse `[[run]]` for any platform but the host's.
 pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
     let Some(step) = spec.run.first() else {
@@ -68,12 +80,18 @@ fn inherited(config: &Value) -> Inherited {
 }
 
 /// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
-/// as they are made. `file_groups` are the `[[files]]` entries' layers.
+/// (the view the SBOM reads, contents kept as `keep` says) as they are
+/// made. `file_groups` are the `[[files]]` entries' layers; `layers` the
+/// tar streams of the image so far (base, then the package stages), from
+/// which the commands' tree is written to disk, streaming.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn groups(
     spec: &Spec,
     base_config: &Value,
+    layers: Vec<Box<dyn std::io::Read + '_>>,
     file_groups: &[LayerGroup],
     fs: &mut Rootfs,
+    keep: &dyn Fn(&str) -> bool,
     network: Option<Network>,
     cache: &Cache,
     progress: &Progress,
@@ -82,7 +100,10 @@ pub(crate) fn groups(
     let after = |step: &RunStep| step.after_files.unwrap_or(file_groups.len());
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut out: Vec<LayerGroup> = Vec::new();
-    let mut sandbox: Option<Sandbox> = None;
+    let first = spec.run.first().map(|s| s.describe(0)).unwrap_or_default();
+    let spinner = progress.spinner(&format!("writing the tree for {first}"));
+    let mut sandbox = Some(Sandbox::from_layers(layers, &tmp, &first)?);
+    spinner.finish_and_clear();
     for slot in 0..=file_groups.len() {
         for (i, step) in spec.run.iter().enumerate() {
             if after(step) != slot {
@@ -90,9 +111,6 @@ pub(crate) fn groups(
             }
             let label = step.describe(i);
             let spinner = progress.spinner(&format!("running {label}"));
-            if sandbox.is_none() {
-                sandbox = Some(Sandbox::materialize(fs, &tmp, &label)?);
-            }
             let sb = sandbox.as_mut().expect("made above");
             let argv = step.argv();
             let mut env = base.env.clone();
@@ -103,6 +121,19 @@ pub(crate) fn groups(
             if !env.iter().any(|(k, _)| k == "PATH") {
                 env.push(("PATH".into(), DEFAULT_PATH.into()));
             }
+            let network = step.network.or(network).unwrap_or_default();
+            if network == Network::Host {
+                // The host's proxy settings reach the command (as docker
+                // passes its configured proxies as build args); they are
+                // never part of the image.
+                for k in PROXY_VARS {
+                    if let Ok(v) = std::env::var(k) {
+                        if !env.iter().any(|(name, _)| name == k) {
+                            env.push((k.to_string(), v));
+                        }
+                    }
+                }
+            }
             let output = sb.run(&RunSpec {
                 argv: argv.clone(),
                 env,
@@ -112,7 +143,7 @@ pub(crate) fn groups(
                     .as_ref()
                     .map(|w| w.0.clone())
                     .or_else(|| base.workdir.clone()),
-                network: step.network.or(network).unwrap_or_default(),
+                network,
             })?;
             spinner.finish_and_clear();
             if !output.status.success() {
@@ -129,14 +160,14 @@ pub(crate) fn groups(
                 .into());
             }
             let entries = sb.take_changes()?;
-            fs.apply_entries(&entries, &|_| true);
+            fs.apply_entries(&entries, keep);
             out.push((format!("kiln run: {label}"), entries));
         }
         if let Some((label, entries)) = file_groups.get(slot) {
             if let Some(sb) = &mut sandbox {
                 write_entries(sb, entries)?;
             }
-            fs.apply_entries(entries, &|_| true);
+            fs.apply_entries(entries, keep);
             out.push((label.clone(), entries.clone()));
         }
     }

@@ -135,10 +135,17 @@ dst = "/"
 command = "cat /proc/net/dev > /net-none"
 network = "none"
 [[run]]
-command = "cat /etc/resolv.conf > /resolv 2>/dev/null || echo none > /resolv"
+command = "cat /etc/resolv.conf > /resolv 2>/dev/null || echo none > /resolv; echo \"$HTTPS_PROXY\" > /proxy"
+[[run]]
+command = "echo \"${HTTPS_PROXY:-unset}\" > /proxy-none"
+network = "none"
 "#,
     );
-    run(ws.kiln().args(["build", "--quiet", "-o", "oci:out"])).ok();
+    run(ws
+        .kiln()
+        .env("HTTPS_PROXY", "http://proxy.example.invalid:3128")
+        .args(["build", "--quiet", "-o", "oci:out"]))
+    .ok();
     let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
     let net = fs::read_to_string(rootfs.join("net-none")).unwrap();
     let devices: Vec<&str> = net
@@ -153,6 +160,20 @@ command = "cat /etc/resolv.conf > /resolv 2>/dev/null || echo none > /resolv"
         Err(_) => assert_eq!(resolv, "none\n"),
     }
     assert!(!exists_in(&rootfs, "/etc/resolv.conf"));
+    // The host's proxy reaches commands with its network, not the image.
+    assert_eq!(
+        fs::read_to_string(rootfs.join("proxy")).unwrap(),
+        "http://proxy.example.invalid:3128\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("proxy-none")).unwrap(),
+        "unset\n"
+    );
+    let config = Layout::open(ws.join("out")).config("t");
+    assert!(
+        !config.to_string().contains("proxy.example.invalid"),
+        "{config}"
+    );
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub fn check_host(arch: &str) -> Result<()> {
 /// filesystem that supports ownership; it is removed again.
 pub fn run(plan: &AptPlan, full: &Rootfs, tmp: &Path, epoch: u64) -> Result<ScriptRun> {
     check_host(&plan.arch)?;
-    let sandbox = Sandbox::materialize(full, tmp, "--run-scripts")?;
+    let mut sandbox = Sandbox::materialize(full, tmp, "--run-scripts")?;
     let order = configure_order(&plan.packages);
     let mut ran = Vec::new();
     for (script, arg) in [("preinst", "install"), ("postinst", "configure")] {

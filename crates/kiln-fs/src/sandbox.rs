@@ -118,33 +118,64 @@ impl Sandbox {
     /// in `tmp` (a filesystem that supports ownership) and take the
     /// snapshot its changes are measured against.
     pub fn materialize(full: &Rootfs, tmp: &Path, purpose: &str) -> Result<Sandbox> {
-        let dir = tempfile::Builder::new()
-            .prefix(&kiln_store::temp_prefix("sandbox"))
-            .tempdir_in(tmp)
-            .io_context(|| format!("creating a directory in {}", tmp.display()))?;
-        let root = dir.path().join("rootfs");
-        // Who kiln runs as: the owner of the directory it just made.
-        let euid = fs::metadata(dir.path())
-            .io_context(|| format!("reading {}", dir.path().display()))?
-            .uid();
+        let (dir, root, euid) = scratch(tmp)?;
         write_tree(full, &root, purpose)?;
-        let mut placeholders = Vec::new();
-        for f in HOST_NET_FILES {
-            let p = root.join(f);
-            if fs::symlink_metadata(&p).is_err() && p.parent().is_some_and(Path::is_dir) {
-                fs::write(&p, b"").io_context(|| format!("writing {}", p.display()))?;
-                placeholders.push(f.to_string());
-            }
+        Self::ready(dir, root, euid, purpose)
+    }
+
+    /// Write the tree the layers make (uncompressed tar streams, lowest
+    /// first, OCI whiteouts applied) under a new directory in `tmp`,
+    /// streaming: nothing is held in memory, and owners are kept (as root;
+    /// otherwise everything belongs to kiln's user, which maps to root).
+    pub fn from_layers(
+        layers: Vec<Box<dyn std::io::Read + '_>>,
+        tmp: &Path,
+        purpose: &str,
+    ) -> Result<Sandbox> {
+        let (dir, root, euid) = scratch(tmp)?;
+        fs::create_dir_all(&root).io_context(|| format!("creating {}", root.display()))?;
+        let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
+        for layer in layers {
+            unpack_layer(layer, &root, euid, &mut dirs, purpose)?;
         }
-        let before = snapshot(&root, &placeholders, purpose)?;
+        // Directory modes last, deepest first, so a read-only directory
+        // did not stop what went into it.
+        for (d, mode) in dirs.iter().rev() {
+            let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
+        }
+        mount_points(&root, purpose)?;
+        Self::ready(dir, root, euid, purpose)
+    }
+
+    /// The placeholders and the first snapshot of a written tree.
+    fn ready(dir: tempfile::TempDir, root: PathBuf, euid: u32, purpose: &str) -> Result<Sandbox> {
+        let before = snapshot(&root, &[], purpose)?;
         Ok(Sandbox {
             _dir: dir,
             root,
             euid,
             before,
-            placeholders,
+            placeholders: Vec::new(),
             purpose: purpose.to_string(),
         })
+    }
+
+    /// Empty files where the host's network files are bound and the tree
+    /// has none (made before each command: files written since may have
+    /// made /etc); never compared, never in a layer.
+    fn placeholders(&mut self) -> Result<()> {
+        for f in HOST_NET_FILES {
+            let p = self.root.join(f);
+            if !self.placeholders.iter().any(|x| x == f)
+                && fs::symlink_metadata(&p).is_err()
+                && p.parent()
+                    .is_some_and(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+            {
+                fs::write(&p, b"").io_context(|| format!("writing {}", p.display()))?;
+                self.placeholders.push(f.to_string());
+            }
+        }
+        Ok(())
     }
 
     /// The tree on the host (for reading what a command left).
@@ -153,7 +184,10 @@ impl Sandbox {
     }
 
     /// Run one command inside; its output is returned whatever its status.
-    pub fn run(&self, spec: &RunSpec) -> Result<Output> {
+    pub fn run(&mut self, spec: &RunSpec) -> Result<Output> {
+        if spec.network == Network::Host {
+            self.placeholders()?;
+        }
         let kiln =
             std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
         let mut cmd = Command::new(&kiln);
@@ -450,6 +484,165 @@ fn lookup_user(user: &str) -> Result<(u32, u32, Option<String>)> {
     Ok((uid, gid, home))
 }
 
+/// A new scratch directory in `tmp` for a tree, and who kiln runs as.
+fn scratch(tmp: &Path) -> Result<(tempfile::TempDir, PathBuf, u32)> {
+    let dir = tempfile::Builder::new()
+        .prefix(&kiln_store::temp_prefix("sandbox"))
+        .tempdir_in(tmp)
+        .io_context(|| format!("creating a directory in {}", tmp.display()))?;
+    let root = dir.path().join("rootfs");
+    // Who kiln runs as: the owner of the directory it just made.
+    let euid = fs::metadata(dir.path())
+        .io_context(|| format!("reading {}", dir.path().display()))?
+        .uid();
+    Ok((dir, root, euid))
+}
+
+/// Unpack one layer's tar stream over `root`: whiteouts remove, an opaque
+/// marker empties its directory of what lower layers put there; nothing is
+/// written through a symlink or outside `root` (such members are skipped,
+/// as devices and fifos are).
+fn unpack_layer(
+    layer: Box<dyn std::io::Read + '_>,
+    root: &Path,
+    euid: u32,
+    dirs: &mut BTreeMap<PathBuf, u32>,
+    purpose: &str,
+) -> Result<()> {
+    let io = |what: &Path| format!("{purpose}: writing {}", what.display());
+    let bad = |e: std::io::Error| SandboxError::System {
+        purpose: purpose.to_string(),
+        step: "reading a layer".into(),
+        source: e,
+    };
+    let mut archive = tar::Archive::new(layer);
+    // Paths this layer wrote (an opaque marker keeps them).
+    let mut this_layer: HashSet<PathBuf> = HashSet::new();
+    for member in archive.entries().map_err(bad)? {
+        let mut member = member.map_err(bad)?;
+        let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
+        let Some(rel) = crate::rootfs::norm(&name) else {
+            continue;
+        };
+        let rel = rel.trim_start_matches('/').to_string();
+        let (parent, base) = match rel.rsplit_once('/') {
+            Some((p, b)) => (root.join(p), b.to_string()),
+            None => (root.to_path_buf(), rel.clone()),
+        };
+        if below_symlink(root, &parent) {
+            continue;
+        }
+        if base == ".wh..wh..opq" {
+            if let Ok(rd) = fs::read_dir(&parent) {
+                for e in rd.flatten() {
+                    if !this_layer.contains(&e.path()) {
+                        remove_any(&e.path());
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = base.strip_prefix(".wh.") {
+            remove_any(&parent.join(hidden));
+            continue;
+        }
+        let dst = parent.join(&base);
+        let h = member.header();
+        let mode = h.mode().map_err(bad)? & 0o7777;
+        let (uid, gid) = (h.uid().map_err(bad)? as u32, h.gid().map_err(bad)? as u32);
+        let kind = h.entry_type();
+        fs::create_dir_all(&parent).io_context(|| io(&parent))?;
+        match kind {
+            tar::EntryType::Directory => {
+                if !fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
+                    remove_any(&dst);
+                    fs::create_dir(&dst).io_context(|| io(&dst))?;
+                }
+                dirs.insert(dst.clone(), mode);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_any(&dst);
+                let mut f = fs::File::create(&dst).io_context(|| io(&dst))?;
+                std::io::copy(&mut member, &mut f).io_context(|| io(&dst))?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                    .io_context(|| io(&dst))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = member
+                    .link_name()
+                    .map_err(bad)?
+                    .unwrap_or_default()
+                    .into_owned();
+                remove_any(&dst);
+                std::os::unix::fs::symlink(&target, &dst).io_context(|| io(&dst))?;
+            }
+            tar::EntryType::Link => {
+                let target = member.link_name().map_err(bad)?.unwrap_or_default();
+                let Some(t) = crate::rootfs::norm(&target.to_string_lossy()) else {
+                    continue;
+                };
+                let src = root.join(t.trim_start_matches('/'));
+                if below_symlink(root, &src) || !src.is_file() {
+                    continue;
+                }
+                remove_any(&dst);
+                fs::hard_link(&src, &dst).io_context(|| io(&dst))?;
+            }
+            _ => continue, // devices, fifos: not recreated
+        }
+        if euid == 0 {
+            let _ = std::os::unix::fs::lchown(&dst, Some(uid), Some(gid));
+        }
+        this_layer.insert(dst);
+    }
+    Ok(())
+}
+
+/// Whether `path` (under `root`) or a directory above it is a symlink.
+fn below_symlink(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return true;
+    };
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
+fn remove_any(p: &Path) {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir_all(p);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(p);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Mount points and /tmp, so a command's run adds none of them to a layer.
+fn mount_points(root: &Path, purpose: &str) -> Result<()> {
+    let io = |what: &Path| format!("{purpose}: writing {}", what.display());
+    for (d, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        let p = root.join(d);
+        if fs::symlink_metadata(&p).is_err() {
+            fs::create_dir(&p).io_context(|| io(&p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).io_context(|| io(&p))?;
+        }
+    }
+    Ok(())
+}
+
 /// Write the filesystem view to `root`. Nothing is written through a
 /// symlink: an entry below one is skipped.
 fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
@@ -479,20 +672,7 @@ fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
             Node::Other => {} // devices and fifos: not recreated
         }
     }
-    // Mount points and /tmp, so the run adds none of them to the layer.
-    for (d, mode) in [
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("dev", 0o755),
-        ("tmp", 0o1777),
-    ] {
-        let p = root.join(d);
-        if fs::symlink_metadata(&p).is_err() {
-            fs::create_dir(&p).io_context(|| io(&p))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).io_context(|| io(&p))?;
-        }
-    }
-    Ok(())
+    mount_points(root, purpose)
 }
 
 /// What identifies a path's state: a change to any of it means a command touched it.

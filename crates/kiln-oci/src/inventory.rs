@@ -12,6 +12,11 @@ use kiln_fs::rootfs::Rootfs;
 /// Read a base image's filesystem (decompressing its layers in order),
 /// keeping the contents of the paths `keep` selects.
 pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
+    Rootfs::from_layers(layer_readers(image, blobs)?, keep)
+}
+
+/// The uncompressed tar streams of the image's layers, lowest first.
+pub fn layer_readers(image: &PlatformImage, blobs: &Blobs) -> Result<Vec<Box<dyn Read>>> {
     let mut readers: Vec<Box<dyn Read>> = Vec::new();
     for l in &image.layers {
         let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);
@@ -19,5 +24,5 @@ pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -
             .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
         readers.push(r);
     }
-    Rootfs::from_layers(readers, keep)
+    Ok(readers)
 }

@@ -2,7 +2,7 @@
 # fresh Debian machine (as root) and runs the whole suite.
 
 CARGO ?= cargo
-TEST_DEBS := git docker-registry buildah skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver man-db
+TEST_DEBS := git docker-registry buildah podman runc skopeo umoci oci-image-tool busybox-static apache2-utils pigz zstd gnupg dpkg-dev debian-archive-keyring python3-venv ca-certificates openssl postgresql chromium chromium-driver man-db
 # pyspdxtools (spdx-tools from the Python package index pip is configured
 # with), the SPDX validator tests/sbom.rs runs on kiln's SBOMs, and
 # jsonschema, which tests/it/workspace.rs validates CI pipelines with.

@@ -12,6 +12,7 @@ pub mod build;
 pub mod cache_transfer;
 pub mod diff;
 pub mod dockerfile_build;
+pub mod env_source;
 mod error;
 pub mod init;
 mod memo;

@@ -148,6 +148,19 @@ enum Command {
         /// name none: host (default, like docker) or none.
         #[arg(long, value_name = "host|none")]
         network: Option<kiln_spec::spec::Network>,
+        /// Build from a requirements.txt alone (a file or a Git URL, a
+        /// forge's file page included), installed on --base.
+        #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["dockerfile", "environment"])]
+        requirements: Option<String>,
+        /// Build from a conda environment.yml alone (a file or a Git URL).
+        #[arg(long, value_name = "FILE|URL", conflicts_with = "dockerfile")]
+        environment: Option<String>,
+        /// With --requirements/--environment: the base image [environment: scratch].
+        #[arg(long, value_name = "IMAGE")]
+        base: Option<String>,
+        /// With --requirements/--environment: the image's name (REGISTRY/REPO), for --push.
+        #[arg(long, value_name = "REGISTRY/REPO")]
+        name: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -496,8 +509,41 @@ fn run(cli: Cli) -> kiln::Result<()> {
             dry_run,
             verbose,
             network,
+            requirements,
+            environment,
+            base,
+            name,
             common,
         } => {
+            if (base.is_some() || name.is_some()) && requirements.is_none() && environment.is_none()
+            {
+                return Err(Error::input(
+                    "--base and --name go with --requirements or --environment",
+                ));
+            }
+            // `--requirements`/`--environment`: a spec made for that file.
+            let env = match (&requirements, &environment) {
+                (None, None) => None,
+                _ => Some(kiln::env_source::env_spec(
+                    &kiln::env_source::EnvRequest {
+                        requirements: requirements.as_deref(),
+                        environment: environment.as_deref(),
+                        base: base.as_deref(),
+                        name: name.as_deref(),
+                    },
+                    &cache_dir(&common),
+                    offline,
+                )?),
+            };
+            if let Some((url, commit)) = env.as_ref().and_then(|e| e.fetched.as_ref()) {
+                if !common.json && !common.quiet {
+                    eprintln!("git: {url} at {commit}");
+                }
+            }
+            let (spec, env_text) = match env {
+                Some(e) => (Some(e.spec_path), Some(e.spec_text)),
+                None => (spec, None),
+            };
             // Git URLs (the context, the Dockerfile): fetched into the cache
             // and replaced by their trees there.
             let git = kiln_dockerfile::git_inputs(
@@ -542,7 +588,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             let (spec, spec_text, mut explained, stages) = match dockerfile {
                 None => (
                     spec.unwrap_or_else(|| PathBuf::from("kiln.toml")),
-                    None,
+                    env_text.clone(),
                     None,
                     None,
                 ),

@@ -8,6 +8,9 @@
 //! `/proc`, `/sys`, `/run` and what it binds there) and the files it writes
 //! for networking (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`) when
 //! the base had none; kiln binds the host's read-only and never keeps them.
+//! kiln's image is then run under podman (runc, cgroupfs, vfs: what works
+//! on these machines) as its USER.
+//!
 //! Directory mtimes and the layer split are not compared (kiln clamps every
 //! mtime; buildah keeps the RUN's). Here-documents are left out: Debian
 //! 12's buildah (1.28) predates them.
@@ -221,4 +224,36 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
         assert_eq!(kc["config"][key], bc["config"][key], "{key}");
     }
     let _ = bud(&["rmi", "--all", "--force"]).output();
+
+    // kiln's image runs under podman: its CMD, as its USER.
+    let podman = require_tool("podman");
+    // podman wants a short run root (at most 50 characters).
+    let prun = tempfile::tempdir().unwrap();
+    let pod = |args: &[&str]| {
+        let mut c = Command::new(&podman);
+        c.arg("--root")
+            .arg(ws.join("pstore"))
+            .arg("--runroot")
+            .arg(prun.path())
+            .args(["--storage-driver", "vfs", "--runtime", "runc"])
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args(["run", "--rm", "--network", "host"])
+            .args([
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=1000:1000",
+            ])
+            .arg(format!("oci:{}:latest", ws.join("kiln-out").display()))
+            .args(args);
+        c.run_ok().stdout
+    };
+    // (Its CMD, /srv/app/app.sh, is root's 0750 file: user app may not
+    // run it, under podman as under docker.)
+    assert_eq!(pod(&["sh", "-c", "id -un"]).trim(), "app");
+    assert_eq!(pod(&["sh", "-c", "cat /srv/app/data/mine"]).trim(), "mine");
+    assert_eq!(
+        pod(&["sh", "-c", "cat /srv/app/who"]).trim(),
+        "built by parity"
+    );
 }

@@ -309,3 +309,126 @@ fn git_private_repo_credentials_never_shown() {
     );
     assert!(!r.stderr.contains(GIT_PASSWORD), "{}", r.describe());
 }
+
+/// `kiln build --requirements URL`: a forge file page's address, the file
+/// fetched at its commit and installed on `--base` with the wheel kept
+/// beside it (`--find-links wheels`); a local file works the same way.
+#[test]
+fn requirements_from_a_git_url_install_on_a_base() {
+    let ws = Workspace::new("git-requirements");
+    let work = ws.join("env-work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet", "--initial-branch=main"]);
+    ws.write(
+        "env-work/envs/py/requirements.txt",
+        "--no-index\n--find-links wheels\ntinywheel==1.0\n",
+    );
+    let di = "tinywheel-1.0.dist-info";
+    let wheel = wheel_zip(&[
+        (
+            "tinywheel/__init__.py".into(),
+            b"VERSION = 1\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/METADATA"),
+            b"Metadata-Version: 2.1\nName: tinywheel\nVersion: 1.0\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ]);
+    ws.write(
+        "env-work/envs/py/wheels/tinywheel-1.0-py3-none-any.whl",
+        wheel,
+    );
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "env"]);
+    let commit = git(&work, &["rev-parse", "HEAD"]).stdout.trim().to_string();
+    let root = ws.join("env-srv");
+    publish_repo(&work, &root, "org/envs");
+    let server = GitServer::start(&root);
+    python_base(&ws);
+    let base = format!("oci:{}:v1", ws.join("py").display());
+
+    let url = server.url("org/envs/blob/main/envs/py/requirements.txt");
+    let r = run(ws.kiln().args([
+        "build",
+        "--requirements",
+        &url,
+        "--base",
+        &base,
+        "--json",
+        "--quiet",
+        "-o",
+        "oci:out",
+    ]))
+    .ok();
+    let installed = strs(&r.json()["pip"][0]["installed"]);
+    assert!(
+        installed.iter().any(|p| p.starts_with("tinywheel ")),
+        "{installed:?}"
+    );
+    let run_stderr = run(ws.kiln().args([
+        "build",
+        "--requirements",
+        &url,
+        "--base",
+        &base,
+        "-o",
+        "oci:out2",
+    ]))
+    .ok()
+    .stderr;
+    assert!(run_stderr.contains(&commit), "{run_stderr}");
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    let mut found = false;
+    for e in walkdir_files(&rootfs) {
+        found |= e.ends_with("tinywheel/__init__.py");
+    }
+    assert!(found, "tinywheel is not in the image");
+
+    // The same from the local file; without --base, a clear error.
+    let local = work.join("envs/py/requirements.txt");
+    run(ws.kiln().args([
+        "build",
+        "--requirements",
+        local.to_str().unwrap(),
+        "--base",
+        &base,
+        "--quiet",
+        "-o",
+        "oci:out3",
+    ]))
+    .ok();
+    expect_failure(
+        &ws,
+        &[
+            "build",
+            "--requirements",
+            local.to_str().unwrap(),
+            "-o",
+            "oci:out4",
+        ],
+        2,
+        &["--requirements needs --base"],
+    );
+}
+
+fn walkdir_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walkdir_files(&p));
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}

@@ -221,8 +221,10 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
     // The busybox tree as a base image first.
     ws.write(
         "base.toml",
-        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
+        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n\
+         [[files]]\nsrc = \"home/\"\ndst = \"/home/app\"\nowner = \"1000:1000\"\n",
     );
+    ws.write("home/.profile", "PS1=app\n");
     run(ws
         .kiln()
         .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
@@ -231,7 +233,7 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
     ws.write(
         "Dockerfile",
         "FROM oci:base:v1\nARG WHO=builder\nENV APP=/srv/app\n\
-         RUN mkdir -p $APP && echo \"built by $WHO\" > $APP/who && rm /etc/gone\n\
+         RUN mkdir -p $APP && echo \"built by $WHO\" > $APP/who && rm /etc/gone \\\n  && echo 'export APP' >> /home/app/.profile\n\
          COPY app.sh /srv/app/app.sh\n\
          RUN chmod 0750 /srv/app/app.sh && chown 1000:1000 /srv/app/app.sh\n\
          RUN <<EOF\nset -e\necho from a here-document > /srv/app/doc\nEOF\n\
@@ -268,6 +270,12 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
         "from a here-document\n"
     );
     assert_mode_owner(&rootfs, "/srv/app/app.sh", 0o750, 1000, 1000);
+    // A base file a command changed keeps the base's owner.
+    assert_eq!(
+        fs::read_to_string(rootfs.join("home/app/.profile")).unwrap(),
+        "PS1=app\nexport APP\n"
+    );
+    assert_mode_owner(&rootfs, "/home/app/.profile", 0o644, 1000, 1000);
     let config = Layout::open(ws.join("out")).config("latest");
     let hc = &config["config"]["Healthcheck"];
     assert_eq!(

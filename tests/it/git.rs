@@ -319,32 +319,7 @@ fn requirements_from_a_git_url_install_on_a_base() {
     let work = ws.join("env-work");
     fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "--quiet", "--initial-branch=main"]);
-    ws.write(
-        "env-work/envs/py/requirements.txt",
-        "--no-index\n--find-links wheels\ntinywheel==1.0\n",
-    );
-    let di = "tinywheel-1.0.dist-info";
-    let wheel = wheel_zip(&[
-        (
-            "tinywheel/__init__.py".into(),
-            b"VERSION = 1\n".to_vec(),
-            0o644,
-        ),
-        (
-            format!("{di}/METADATA"),
-            b"Metadata-Version: 2.1\nName: tinywheel\nVersion: 1.0\n".to_vec(),
-            0o644,
-        ),
-        (
-            format!("{di}/WHEEL"),
-            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
-            0o644,
-        ),
-    ]);
-    ws.write(
-        "env-work/envs/py/wheels/tinywheel-1.0-py3-none-any.whl",
-        wheel,
-    );
+    tinywheel_env(&ws, "env-work/envs/py");
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "--quiet", "-m", "env"]);
     let commit = git(&work, &["rev-parse", "HEAD"]).stdout.trim().to_string();

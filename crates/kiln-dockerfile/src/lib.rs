@@ -661,7 +661,7 @@ struct ImageDraft {
     platforms: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct FileDraft {
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<String>,
@@ -684,6 +684,20 @@ struct FileDraft {
     allow_setid: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     into: bool,
+}
+
+impl FileDraft {
+    /// An entry at `dst` with COPY's `--chown`/`--chmod` (setuid/setgid
+    /// bits in `--chmod` are meant: the Dockerfile asked for them).
+    fn to(dst: String, owner: Option<String>, mode: Option<Mode>) -> FileDraft {
+        FileDraft {
+            dst,
+            mode: mode.map(|m| format!("{:04o}", m.0)),
+            owner,
+            allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
+            ..FileDraft::default()
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -1761,17 +1775,9 @@ impl<'a> Translator<'a> {
                     (false, None) => {}
                 }
                 self.draft.files.push(FileDraft {
-                    from: None,
                     src: piece,
-                    dst,
-                    mode: mode.map(|m| format!("{:04o}", m.0)),
-                    owner: owner.clone(),
-                    allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
-                    into: false,
-                    content: None,
                     extract: archive,
-                    url: None,
-                    sha256: None,
+                    ..FileDraft::to(dst, owner.clone(), mode)
                 });
             }
             let mut detail = format!("[[files]] {}", shown.join("; "));
@@ -1845,17 +1851,9 @@ impl<'a> Translator<'a> {
         }
         self.explain(line, Treatment::Files, detail);
         self.draft.files.push(FileDraft {
-            from: None,
-            src: String::new(),
-            dst,
-            content: None,
-            extract: false,
             url: Some(url.to_string()),
             sha256: checksum,
-            mode: mode.map(|m| format!("{:04o}", m.0)),
-            owner,
-            allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
-            into: false,
+            ..FileDraft::to(dst, owner, mode)
         });
         Ok(())
     }
@@ -1900,17 +1898,8 @@ impl<'a> Translator<'a> {
             ),
         );
         self.draft.files.push(FileDraft {
-            from: None,
-            src: String::new(),
-            dst: dest_abs,
             content: Some(text),
-            extract: false,
-            url: None,
-            sha256: None,
-            mode: mode.map(|m| format!("{:04o}", m.0)),
-            owner,
-            allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
-            into: false,
+            ..FileDraft::to(dest_abs, owner, mode)
         });
         Ok(())
     }
@@ -2004,15 +1993,8 @@ impl<'a> Translator<'a> {
             self.draft.files.push(FileDraft {
                 from: Some(image.clone()),
                 src: src_abs,
-                dst: dest_abs.clone(),
-                mode: mode.map(|m| format!("{:04o}", m.0)),
-                owner: owner.clone(),
-                allow_setid: mode.is_some_and(|m| m.0 & 0o6000 != 0),
                 into,
-                content: None,
-                extract: false,
-                url: None,
-                sha256: None,
+                ..FileDraft::to(dest_abs.clone(), owner.clone(), mode)
             });
         }
         match (into, dest_abs.rsplit_once('/')) {

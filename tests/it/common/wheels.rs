@@ -45,3 +45,35 @@ pub fn record_hash(data: &[u8]) -> String {
             .replace('/', "_")
     )
 }
+
+/// A Python environment folder REL in WS: a requirements.txt that installs
+/// `tinywheel==1.0` from the `wheels/` folder beside it (`--no-index
+/// --find-links wheels`), and that wheel.
+pub fn tinywheel_env(ws: &super::Workspace, rel: &str) {
+    ws.write(
+        &format!("{rel}/requirements.txt"),
+        "--no-index\n--find-links wheels\ntinywheel==1.0\n",
+    );
+    let di = "tinywheel-1.0.dist-info";
+    let wheel = wheel_zip(&[
+        (
+            "tinywheel/__init__.py".into(),
+            b"VERSION = 1\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/METADATA"),
+            b"Metadata-Version: 2.1\nName: tinywheel\nVersion: 1.0\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ]);
+    ws.write(
+        &format!("{rel}/wheels/tinywheel-1.0-py3-none-any.whl"),
+        wheel,
+    );
+}

@@ -51,6 +51,10 @@ pub struct PushReport {
     pub referrer_manifests: Vec<String>,
     /// The tags written (each pointing at `digest`).
     pub tags: Vec<String>,
+    /// Every tag already named this image (and its SBOMs were there):
+    /// nothing was sent but one HEAD per tag (and a referrers listing per
+    /// platform, with SBOMs).
+    pub up_to_date: bool,
 }
 
 /// The steps of a push, in order; where a failed push stopped.
@@ -112,6 +116,17 @@ pub fn push(
         digest: image.top().digest.to_string(),
         ..Default::default()
     };
+    if let Some(referrers) = already_pushed(registry, &tag_refs, first, image, sboms) {
+        report.referrer_manifests = referrers;
+        report.tags = tags.to_vec();
+        report.manifests = image
+            .images
+            .iter()
+            .map(|i| i.manifest.digest.to_string())
+            .collect();
+        report.up_to_date = true;
+        return Ok(report);
+    }
     let todo = image_blobs(image);
     let mut step = PushStep::Blobs;
     let pushed = (|| -> Result<()> {
@@ -160,6 +175,39 @@ pub fn push(
         }
         .into()),
     }
+}
+
+/// Whether the registry already holds this push: every tag names the
+/// image's digest (tags are written last, so its blobs and manifests are
+/// there), and, with SBOMs, each platform manifest has an SPDX referrer.
+/// Any doubt (an error, a missing tag) means a full push. Returns the
+/// referrer found for each SBOM.
+fn already_pushed(
+    registry: &Registry,
+    tag_refs: &[Reference],
+    first: &Reference,
+    image: &Assembled,
+    sboms: &[SbomBlob],
+) -> Option<Vec<String>> {
+    let top = image.top().digest.to_string();
+    let tags_there = tag_refs
+        .iter()
+        .all(|r| matches!(registry.tag_digest(r), Ok(Some(d)) if d == top));
+    if !tags_there {
+        return None;
+    }
+    image
+        .images
+        .iter()
+        .zip(sboms)
+        .map(|(img, sbom)| {
+            let subject = digest_ref(first, &img.manifest.digest);
+            registry
+                .referrers(&subject, sbom.media_type)
+                .ok()
+                .and_then(|r| r.into_iter().next())
+        })
+        .collect()
 }
 
 /// The layers and configs of every platform, each once.

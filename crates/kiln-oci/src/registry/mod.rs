@@ -224,6 +224,19 @@ impl Registry {
         }))
     }
 
+    /// The digest a tag names (one HEAD request), `None` when the tag does
+    /// not exist.
+    pub(crate) fn tag_digest(&self, r: &Reference) -> Result<Option<String>> {
+        let auth = self.auth(r)?;
+        self.run("checking a tag", r, || async {
+            match self.client.fetch_manifest_digest(r, &auth).await {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     /// Digests of the manifests that name `subject` (a digest reference) as
     /// their subject and have `artifact_type`: from the referrers API, or,
     /// where the registry has none (404), from the referrers tag schema

@@ -88,13 +88,7 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
     let ws = Workspace::new("buildah-parity");
 
     // The base: busybox with an account database, pushed to the registry.
-    busybox_rootfs(&ws);
-    ws.write(
-        "rootfs/etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    );
-    ws.write("rootfs/etc/group", "root:x:0:\napp:x:1000:\n");
-    ws.write("rootfs/etc/gone", "removed by a RUN\n");
+    busybox_rootfs_with_app(&ws);
     let base = reg.repo(&unique_repo("parity-base"));
     ws.write(
         "base.toml",

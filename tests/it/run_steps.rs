@@ -7,17 +7,6 @@ use std::fs;
 
 use crate::common::*;
 
-/// A busybox tree with an `app` account (1000) and a file to remove.
-fn tree(ws: &Workspace) {
-    busybox_rootfs(ws);
-    ws.write(
-        "rootfs/etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    );
-    ws.write("rootfs/etc/group", "root:x:0:\napp:x:1000:\n");
-    ws.write("rootfs/etc/gone", "removed by a command\n");
-}
-
 const SPEC: &str = r#"
 [image]
 tags = ["t"]
@@ -41,7 +30,7 @@ cmd = ["/bin/sh"]
 #[test]
 fn run_steps_become_layers_of_what_they_changed() {
     let ws = Workspace::new("run-steps");
-    tree(&ws);
+    busybox_rootfs_with_app(&ws);
     ws.write("late.txt", "copied after the commands\n");
     ws.spec(SPEC);
     let r = run(ws
@@ -95,7 +84,7 @@ fn run_steps_become_layers_of_what_they_changed() {
 #[test]
 fn a_failing_command_names_its_step_and_writes_nothing() {
     let ws = Workspace::new("run-fails");
-    tree(&ws);
+    busybox_rootfs_with_app(&ws);
     ws.spec(
         r#"
 [image]
@@ -123,7 +112,7 @@ command = "echo half > /half; echo cannot go on >&2; exit 3"
 #[test]
 fn network_none_has_only_loopback_and_host_sees_the_hosts_resolver() {
     let ws = Workspace::new("run-network");
-    tree(&ws);
+    busybox_rootfs_with_app(&ws);
     ws.spec(
         r#"
 [image]
@@ -217,7 +206,7 @@ fn commands_for_another_platform_are_refused_before_anything_is_fetched() {
 #[test]
 fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
     let ws = Workspace::new("run-dockerfile");
-    tree(&ws);
+    busybox_rootfs_with_app(&ws);
     // The busybox tree as a base image first.
     ws.write(
         "base.toml",

@@ -43,3 +43,16 @@ pub fn busybox_rootfs(ws: &Workspace) {
     .unwrap();
     ws.symlink("rootfs/bin/sh", "busybox");
 }
+
+/// [`busybox_rootfs`] with an account database (root, and `app` as
+/// 1000:1000 with home /home/app) and `/etc/gone`, a file for a command to
+/// remove.
+pub fn busybox_rootfs_with_app(ws: &Workspace) {
+    busybox_rootfs(ws);
+    ws.write(
+        "rootfs/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    );
+    ws.write("rootfs/etc/group", "root:x:0:\napp:x:1000:\n");
+    ws.write("rootfs/etc/gone", "removed by a command\n");
+}

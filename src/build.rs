@@ -504,41 +504,11 @@ fn file_from_url(
             None => Ok(()),
         }
     };
+    let shown = kiln_core::url::redact(url);
     let fetched = http
         .get_cached(url, None, &setup.cache, &check)
-        .map_err(|e| e.context(format!("[[files]] url {}", kiln_core::url::redact(url))))?;
-    let dst = f.dst.relative().to_string();
-    let mut entries = Vec::new();
-    let mut parent = String::new();
-    for part in dst
-        .split('/')
-        .collect::<Vec<_>>()
-        .split_last()
-        .map(|(_, p)| p.to_vec())
-        .unwrap_or_default()
-    {
-        parent = if parent.is_empty() {
-            part.to_string()
-        } else {
-            format!("{parent}/{part}")
-        };
-        entries.push(layer::Entry {
-            path: parent.clone(),
-            kind: layer::EntryKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        });
-    }
-    let (uid, gid) = f.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
-    entries.push(layer::Entry {
-        path: dst,
-        kind: layer::EntryKind::Data(std::sync::Arc::new(fetched.bytes)),
-        mode: f.mode.map(|m| m.0).unwrap_or(0o600),
-        uid,
-        gid,
-    });
-    Ok(entries)
+        .map_err(|e| e.context(format!("[[files]] url {shown}")))?;
+    layer::tree::data_file(f, fetched.bytes, 0o600, &shown)
 }
 
 fn files_from_image(

@@ -1042,20 +1042,11 @@ fn dockerfile_spec(
         let cache = Cache::open(cache_dir(common))?;
         let report =
             kiln_oci::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
-        let env = report.config["Env"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str()?.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let workdir = report.config["WorkingDir"]
-            .as_str()
-            .filter(|w| !w.is_empty())
-            .map(String::from);
-        Ok(Some(kiln_dockerfile::BaseConfig { env, workdir }))
+        let d = kiln_oci::image::ProcessDefaults::of(&report.config);
+        Ok(Some(kiln_dockerfile::BaseConfig {
+            env: d.env,
+            workdir: d.workdir,
+        }))
     };
     let opts = kiln_dockerfile::Options {
         build_args: args,

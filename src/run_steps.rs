@@ -3,9 +3,10 @@
 //! far and turned into a layer of what it changed, in order with the
 //! `[[files]]` layers they follow.
 //!
-//! Consecutive commands share one materialised tree (each still its own
-//! layer); a `[[files]]` layer in between is written into it. Only for the
-//! host's platform: the check runs before anything is fetched.
+//! All the commands share one tree on disk, written from the image's
+//! layers (each command still its own layer); a `[[files]]` layer is
+//! written into it in its turn. Only for the host's platform: the check
+//! runs before anything is fetched.
 
 use serde_json::Value;
 
@@ -15,6 +16,7 @@ use kiln_core::progress::Progress;
 use kiln_fs::layer::{Entry, EntryKind, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
 use kiln_fs::sandbox::{RunSpec, Sandbox, DEFAULT_PATH};
+use kiln_oci::image::ProcessDefaults;
 use kiln_spec::spec::{Network, RunStep, Spec};
 use kiln_store::{Cache, CacheBucket};
 
@@ -51,34 +53,6 @@ pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
     Ok(())
 }
 
-/// The base image's `Env`, `User` and `WorkingDir`: what a command
-/// inherits when its step does not say.
-struct Inherited {
-    env: Vec<(String, String)>,
-    user: Option<String>,
-    workdir: Option<String>,
-}
-
-fn inherited(config: &Value) -> Inherited {
-    let c = &config["config"];
-    let env = c["Env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let text = |k: &str| c[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
-    Inherited {
-        env,
-        user: text("User"),
-        workdir: text("WorkingDir"),
-    }
-}
-
 /// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
 /// (the view the SBOM reads, contents kept as `keep` says) as they are
 /// made. `file_groups` are the `[[files]]` entries' layers; `layers` the
@@ -96,13 +70,15 @@ pub(crate) fn groups(
     cache: &Cache,
     progress: &Progress,
 ) -> Result<Vec<LayerGroup>> {
-    let base = inherited(base_config);
+    // The base's Env, User and WorkingDir: what a command inherits when
+    // its step does not say.
+    let base = ProcessDefaults::of(&base_config["config"]);
     let after = |step: &RunStep| step.after_files.unwrap_or(file_groups.len());
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut out: Vec<LayerGroup> = Vec::new();
     let first = spec.run.first().map(|s| s.describe(0)).unwrap_or_default();
     let spinner = progress.spinner(&format!("writing the tree for {first}"));
-    let mut sandbox = Some(Sandbox::from_layers(layers, &tmp, &first)?);
+    let mut sb = Sandbox::from_layers(layers, &tmp, &first)?;
     spinner.finish_and_clear();
     for slot in 0..=file_groups.len() {
         for (i, step) in spec.run.iter().enumerate() {
@@ -111,7 +87,6 @@ pub(crate) fn groups(
             }
             let label = step.describe(i);
             let spinner = progress.spinner(&format!("running {label}"));
-            let sb = sandbox.as_mut().expect("made above");
             let argv = step.argv();
             let mut env = base.env.clone();
             for (k, v) in &step.env {
@@ -164,9 +139,7 @@ pub(crate) fn groups(
             out.push((format!("kiln run: {label}"), entries));
         }
         if let Some((label, entries)) = file_groups.get(slot) {
-            if let Some(sb) = &mut sandbox {
-                write_entries(sb, entries)?;
-            }
+            write_entries(&mut sb, entries)?;
             fs.apply_entries(entries, keep);
             out.push((label.clone(), entries.clone()));
         }

@@ -3,8 +3,9 @@
 //! and a Dockerfile's other `RUN` lines (`[[run]]` in a spec) go through
 //! here.
 //!
-//! The tree is written to a scratch directory ([`Sandbox::materialize`]),
-//! then kiln starts itself (`kiln __run-script`) in a new user namespace
+//! The tree is written to a scratch directory (from the layers,
+//! streaming: [`Sandbox::from_layers`]; or from a filesystem view with
+//! every content: [`Sandbox::materialize`]), then kiln starts itself (`kiln __run-script`) in a new user namespace
 //! whose id maps the parent writes: as root, ids 0..65536 map to themselves
 //! (so `chown root:mail` works and files keep their owners); as another
 //! user, only that user maps to 0 (a chown to another account then fails

@@ -20,6 +20,42 @@ const ANN_CREATED: &str = "org.opencontainers.image.created";
 const ANN_BASE_NAME: &str = "org.opencontainers.image.base.name";
 const ANN_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
+/// What a process in an image starts with, read from its config's
+/// `config` object: `Env` as pairs, `User` and `WorkingDir` (empty strings
+/// count as unset).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessDefaults {
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+}
+
+impl ProcessDefaults {
+    /// From an image config's `config` object.
+    pub fn of(config: &Value) -> ProcessDefaults {
+        let env = config["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str()?.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let text = |k: &str| {
+            config[k]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        ProcessDefaults {
+            env,
+            user: text("User"),
+            workdir: text("WorkingDir"),
+        }
+    }
+}
+
 /// A layer kiln added, with the line it gets in the image history.
 #[derive(Clone, Debug)]
 pub struct NewLayer {

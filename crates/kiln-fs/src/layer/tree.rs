@@ -127,7 +127,7 @@ pub use kiln_spec::SourceScope;
 /// Collect one `[[files]]` entry; `base` is the spec's directory.
 pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Result<Vec<Entry>> {
     if let Some(text) = &entry.content {
-        return content_entry(entry, text);
+        return data_file(entry, text.as_bytes().to_vec(), 0o644, "(content)");
     }
     let src = base.join(&entry.src);
     let meta = fs::symlink_metadata(&src).map_err(|source| FsError::SourceUnreadable {
@@ -179,22 +179,21 @@ pub fn collect_files(entry: &FileEntry, base: &Path, scope: SourceScope) -> Resu
     Ok(tree.into_sorted())
 }
 
-/// A `content` entry: one file holding the text (0644 unless `mode`).
-fn content_entry(entry: &FileEntry, text: &str) -> Result<Vec<Entry>> {
+/// One file at the entry's `dst` holding `bytes` (a `content` text, a
+/// `url` download), with its parents; `mode` unless the entry gives one,
+/// its owner or 0:0. `src` names it in the error for `dst = "/"`.
+pub fn data_file(entry: &FileEntry, bytes: Vec<u8>, mode: u32, src: &str) -> Result<Vec<Entry>> {
     let dst = entry.dst.relative().to_string();
     if dst.is_empty() {
-        return Err(FsError::FileToRoot {
-            src: "(content)".into(),
-        }
-        .into());
+        return Err(FsError::FileToRoot { src: src.into() }.into());
     }
     let (uid, gid) = entry.owner.map(|o| (o.uid, o.gid)).unwrap_or((0, 0));
     let mut tree = Tree::default();
     tree.add_parents(&dst);
     tree.insert(Entry {
         path: dst,
-        kind: EntryKind::Data(Arc::new(text.as_bytes().to_vec())),
-        mode: entry.mode.map(|m| m.0).unwrap_or(0o644),
+        kind: EntryKind::Data(Arc::new(bytes)),
+        mode: entry.mode.map(|m| m.0).unwrap_or(mode),
         uid,
         gid,
     });

@@ -13,7 +13,6 @@ cd "$(dirname "$0")/.."
 KILN=${KILN:-$PWD/target/x86_64-unknown-linux-gnu/release/kiln}
 [ -x "$KILN" ] || cargo build --release --bin kiln
 command -v buildah >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah; }
-command -v docker-registry >/dev/null || { echo "docker-registry missing (make test-deps)"; exit 1; }
 [ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time; }
 
 work=$(mktemp -d)
@@ -24,46 +23,9 @@ cleanup() {
   rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/reg.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/reg-data
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/reg.yml" >"$work/reg.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-REG=127.0.0.1:$port
-
-# The shared base: Debian minbase with python3, from the host's apt sources,
-# which it also carries (with the archive keyring) so apt inside buildah's
-# RUN lines finds the same mirror.
-mkdir -p "$work/base"
-sources=$(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
-if [ -n "$sources" ]; then
-  cp "$sources" "$work/base/host.sources"
-  src_dst=/etc/apt/sources.list.d/host.sources
-else
-  cp /etc/apt/sources.list "$work/base/host.sources"
-  src_dst=/etc/apt/sources.list
-fi
-cat > "$work/base/kiln.toml" <<TOML
-[image]
-name = "$REG/bench/debian"
-tags = ["base"]
-[apt]
-bootstrap = "minbase"
-packages = ["python3", "ca-certificates", "debian-archive-keyring"]
-[[files]]
-src = "host.sources"
-dst = "$src_dst"
-TOML
-"$KILN" build "$work/base/kiln.toml" --push --quiet --cache "$work/base-cache" >/dev/null
+. benches/lib.sh
+start_registry
+push_debian_base
 
 mkdir -p "$work/ctx"
 cat > "$work/ctx/app.py" <<'PY'
@@ -81,16 +43,6 @@ USER app
 WORKDIR /srv/app
 CMD ["python3", "app.py"]
 DOCKERFILE
-
-# secs_rss LOG CMD...: wall seconds and peak RSS (MB) of CMD, "S RSS".
-secs_rss() {
-  local log=$1; shift
-  local s e
-  s=$(date +%s.%N)
-  /usr/bin/time -f '%M' -o "$work/rss" bash -c "$*" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
-  e=$(date +%s.%N)
-  awk -v s="$s" -v e="$e" -v k="$(tail -1 "$work/rss")" 'BEGIN { printf "%.2f %.0f\n", e - s, k / 1024 }'
-}
 
 # kiln reads the Dockerfile through a spec that names the push target.
 cat > "$work/ctx/kiln.toml" <<TOML

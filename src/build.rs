@@ -21,6 +21,7 @@ use crate::stamp;
 use crate::summary::{self, Summary, Tally};
 use kiln_apt as apt;
 use kiln_conda as conda;
+use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_core::progress::Progress;
 use kiln_fs::layer::tree::SourceScope;
@@ -80,6 +81,10 @@ pub struct BuildOptions {
     /// Dockerfile stage's scratch layout is `stage:NAME` in the base
     /// annotations, the SBOM and the layer history, never its temp path.
     pub image_names: Vec<(String, String)>,
+    /// `--cache-from`: images whose pushed stage records (referrers) may
+    /// stand in for a locked platform's package stages: their layers are
+    /// taken as they are, no package is fetched.
+    pub cache_from: Vec<String>,
 }
 
 /// How a build uses kiln.lock.
@@ -562,6 +567,8 @@ struct PlatformBuild {
     reused: bool,
     /// What its stages added (for the summary).
     pins: LockedPlatform,
+    /// The key of its stage record (a locked build), pushed beside the image.
+    memo: Option<Digest>,
 }
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
@@ -657,12 +664,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         created,
         &setup.cache,
     )?;
+    let memos: Vec<Option<Digest>> = platforms.iter().map(|p| p.memo.clone()).collect();
     let outputs = write_outputs(
         &plan,
         &base,
         &assembled,
         &per_platform,
-        &sboms,
+        Records {
+            sboms: &sboms,
+            memos: &memos,
+        },
         &blobs,
         opts,
     )?;
@@ -813,10 +824,17 @@ fn run_stages(
                 run_scripts,
             )
         });
-        let remembered = memo_key
-            .as_ref()
-            .filter(|_| opts.reuse)
-            .and_then(|k| PlatformMemo::read(&setup.cache, k));
+        let remembered = memo_key.as_ref().filter(|_| opts.reuse).and_then(|k| {
+            PlatformMemo::read(&setup.cache, k).or_else(|| {
+                PlatformMemo::from_registry(
+                    &setup.cache,
+                    &opts.cache_from,
+                    &opts.insecure_registries,
+                    &img.platform,
+                    k,
+                )
+            })
+        });
         if let Some(m) = remembered {
             out.push(PlatformBuild {
                 layers: m.layers(),
@@ -830,6 +848,7 @@ fn run_stages(
                 pip: m.pip,
                 reused: true,
                 pins: locked.cloned().unwrap_or_default(),
+                memo: memo_key,
             });
             continue;
         }
@@ -847,6 +866,7 @@ fn run_stages(
         })?;
         if let Some(key) = &memo_key {
             if let Ok(m) = PlatformMemo::new(
+                key,
                 &layers,
                 outcome.apt.as_ref(),
                 outcome.conda.as_ref(),
@@ -869,6 +889,7 @@ fn run_stages(
             pip: outcome.pip,
             reused: false,
             pins: outcome.pins,
+            memo: memo_key,
         });
     }
     Ok(out)
@@ -884,6 +905,45 @@ struct Written {
     sbom_paths: Vec<Vec<String>>,
 }
 
+/// A locked build's stage records (its memos), pushed as referrers of the
+/// platform manifests, so `--cache-from` on another machine takes the
+/// stage layers without fetching a package. Only when every platform has
+/// one; records already attached are not pushed again.
+fn push_stage_records(
+    reg: &kiln_oci::registry::Registry,
+    plan: &BuildPlan,
+    repo: &str,
+    assembled: &image::Assembled,
+    memos: &[Option<Digest>],
+    blobs: &Blobs,
+    created: &str,
+) -> Result<()> {
+    let cache = &plan.setup.cache;
+    let Some(keys) = memos.iter().cloned().collect::<Option<Vec<Digest>>>() else {
+        return Ok(());
+    };
+    let mut docs = Vec::new();
+    for (key, img) in keys.iter().zip(&assembled.images) {
+        let Some(bytes) = PlatformMemo::read_bytes(cache, key) else {
+            return Ok(());
+        };
+        docs.push(push::SbomBlob {
+            media_type: memo::MEDIA_TYPE,
+            digest: cache.put(&bytes)?,
+            size: bytes.len() as u64,
+            file_name: format!("{}.stages.json", img.platform.to_string().replace('/', "-")),
+            created: created.to_string(),
+        });
+    }
+    push::attach(reg, repo, &plan.tags[0], assembled, &docs, blobs)
+}
+
+/// What goes beside an image: per platform, its SBOM and its stage record.
+struct Records<'a> {
+    sboms: &'a [Sbom],
+    memos: &'a [Option<Digest>],
+}
+
 /// Push first (a failed push must not leave local outputs behind), then
 /// every local output.
 fn write_outputs(
@@ -891,10 +951,11 @@ fn write_outputs(
     base: &base::BaseImage,
     assembled: &image::Assembled,
     per_platform: &[Vec<NewLayer>],
-    sboms: &[Sbom],
+    outputs: Records,
     blobs: &Blobs,
     opts: &BuildOptions,
 ) -> Result<Written> {
+    let sboms = outputs.sboms;
     let tags = &plan.tags;
     // Blobs, manifests, SBOM referrers, then the tags: one push, which
     // either completes or says what the registry holds.
@@ -912,7 +973,7 @@ fn write_outputs(
                     created: created.clone(),
                 })
                 .collect();
-            Some(push::push(
+            let report = push::push(
                 reg,
                 repo,
                 tags,
@@ -920,7 +981,9 @@ fn write_outputs(
                 &sbom_blobs,
                 blobs,
                 &opts.progress,
-            )?)
+            )?;
+            push_stage_records(reg, plan, repo, assembled, outputs.memos, blobs, &created)?;
+            Some(report)
         }
         _ => None,
     };
@@ -1569,6 +1632,7 @@ mod tests {
             spec_text: None,
             network: None,
             image_names: Vec::new(),
+            cache_from: Vec::new(),
         };
         (dir, opts)
     }

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::build::{self, BuildOptions, LockMode};
 use kiln_core::error::{IoContext, Result};
-use kiln_dockerfile::{BaseLookup, Options, StageSpec, Translation};
-use kiln_spec::source::OutputTarget;
+use kiln_dockerfile::{BaseConfig, Options, StageSpec, Translation};
+use kiln_spec::source::{ImageSource, OutputTarget};
 use kiln_store::cache::{temp_prefix, Cache, CacheBucket};
 
 /// A translated Dockerfile whose earlier stages are still to be built.
@@ -43,15 +43,39 @@ fn image_ref(dir: &Path, index: usize) -> String {
     format!("oci:{}:latest", layout(dir, index).display())
 }
 
-/// Translate `text` for `target` (default: the last stage); the stages it
-/// needs get layouts in a scratch directory of the cache at `cache_dir`.
+/// The Env and WorkingDir of a Dockerfile's base, for `$PATH`-like
+/// variables and relative paths (BuildKit reads them too); a registry base
+/// is not read offline.
+pub fn base_config(
+    image: &str,
+    platform: Option<&str>,
+    context: &Path,
+    offline: bool,
+    insecure: &[String],
+    cache_dir: &Path,
+) -> Result<Option<BaseConfig>> {
+    let src = ImageSource::parse(image, context)?;
+    if offline && matches!(src, ImageSource::Registry(_)) {
+        return Ok(None);
+    }
+    let platform = platform.map(str::parse).transpose()?;
+    let cache = Cache::open(cache_dir)?;
+    let report = kiln_oci::inspect::inspect(&src, platform, insecure, &cache)?;
+    let d = kiln_oci::image::ProcessDefaults::of(&report.config);
+    Ok(Some(BaseConfig {
+        env: d.env,
+        workdir: d.workdir,
+    }))
+}
+
+/// Translate `text` for `opts.target` (default: the last stage); the
+/// stages it needs get layouts in a scratch directory of the cache at
+/// `cache_dir` (`opts.stage_image` is set here).
 pub fn translate(
     text: &str,
     dockerfile: &Path,
     context: &Path,
-    build_args: Vec<(String, String)>,
-    base: Option<BaseLookup>,
-    target: Option<String>,
+    opts: Options,
     cache_dir: &Path,
 ) -> Result<(Translation, Prepared)> {
     let cache = Cache::open(cache_dir)?;
@@ -63,10 +87,8 @@ pub fn translate(
     let root = dir.path().to_path_buf();
     let stage_image = move |i: usize| image_ref(&root, i);
     let opts = Options {
-        build_args,
-        base,
-        target,
         stage_image: Some(&stage_image),
+        ..opts
     };
     let mut s = kiln_dockerfile::translate_stages(text, dockerfile, context, &opts)?;
     let target = s.stages.pop().expect("a translation has a target stage");

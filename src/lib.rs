@@ -22,6 +22,7 @@ mod stages;
 mod stamp;
 pub mod summary;
 pub mod why;
+pub mod workspace_build;
 
 pub use error::{BuildError, Refusal};
 pub use kiln_core::{Error, ErrorKind, Result};

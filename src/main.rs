@@ -42,6 +42,32 @@ struct Common {
     cache: Option<PathBuf>,
 }
 
+/// `kiln build --workspace`: the plan's members, built in order.
+#[derive(clap::Args)]
+struct WorkspaceArgs {
+    /// Build a workspace: SPEC|CONTEXT is kiln-workspace.toml or a directory
+    /// at or under its root [default: .]; every planned member is built
+    /// (members whose content tag is in the registry are only tagged).
+    /// Without --push, images go to layouts under --output DIR
+    /// [default: kiln-out]: sci/TARGET and rel/IMAGE/VERSION.
+    #[arg(long, conflicts_with_all = ["dockerfile", "requirements", "environment", "tag", "explain", "dry_run", "check_reproducible"])]
+    workspace: bool,
+    /// With --workspace: only the members changed since REF (and their dependents).
+    #[arg(long, value_name = "REF", requires = "workspace")]
+    since: Option<String>,
+    /// With --workspace: only these members of the plan (their bases must
+    /// be built already). Repeatable. Moving tags are then left to --move-tags.
+    #[arg(long, value_name = "TARGET", requires = "workspace")]
+    only: Vec<String>,
+    /// With --workspace: point the moving tags ({version}) of the planned
+    /// releases at the images built for them; build nothing.
+    #[arg(long, requires = "workspace")]
+    move_tags: bool,
+    /// With --workspace: members built at the same time where the graph allows.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+    jobs: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a commented kiln.toml from flags, or from requirements.txt,
@@ -109,6 +135,15 @@ enum Command {
         /// Push to [image] name with every tag.
         #[arg(long)]
         push: bool,
+        /// With --push: sign the pushed image (its index or manifest digest)
+        /// with this ECDSA P-256 private key (PEM), in cosign's format.
+        #[arg(
+            long,
+            value_name = "KEY",
+            requires = "push",
+            conflicts_with = "workspace"
+        )]
+        sign: Option<PathBuf>,
         /// Layer compression: gzip or zstd, optionally with :LEVEL.
         #[arg(long, default_value = "gzip", value_name = "ALGO[:LEVEL]")]
         compression: String,
@@ -161,6 +196,13 @@ enum Command {
         /// With --requirements/--environment: the image's name (REGISTRY/REPO), for --push.
         #[arg(long, value_name = "REGISTRY/REPO")]
         name: Option<String>,
+        /// Take a locked build's package stages from this image's stage
+        /// records (pushed beside it by kiln) when they match: its layers
+        /// are reused, no package is fetched. Repeatable.
+        #[arg(long = "cache-from", value_name = "REF")]
+        cache_from: Vec<String>,
+        #[command(flatten)]
+        ws: Box<WorkspaceArgs>,
         #[command(flatten)]
         common: Common,
     },
@@ -277,6 +319,29 @@ enum Command {
         /// Platform for a multi-platform image (default: the host's).
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sign an image in a registry (its index or manifest digest) with an
+    /// ECDSA P-256 key, in cosign's format: a `sha256-<hex>.sig` tag and an
+    /// OCI referrer, which `cosign verify --key` accepts.
+    Sign {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:….
+        reference: String,
+        /// The private key: PEM, PKCS#8 (BEGIN PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check that an image in a registry carries a signature by KEY that
+    /// names its digest (cosign's format); exit 1 when none does.
+    Verify {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:….
+        reference: String,
+        /// The public key: PEM (BEGIN PUBLIC KEY).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
         #[command(flatten)]
         common: Common,
     },
@@ -405,7 +470,9 @@ fn main() -> ExitCode {
         | Command::Fetch { common, .. }
         | Command::Cache { common, .. }
         | Command::Plan { common, .. }
-        | Command::Ci { common, .. } => common.json,
+        | Command::Ci { common, .. }
+        | Command::Sign { common, .. }
+        | Command::Verify { common, .. } => common.json,
         Command::Serve { .. }
         | Command::Worker { .. }
         | Command::Completions { .. }
@@ -498,6 +565,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             output,
             tag,
             push,
+            sign,
             compression,
             no_sbom,
             locked,
@@ -513,14 +581,79 @@ fn run(cli: Cli) -> kiln::Result<()> {
             environment,
             base,
             name,
+            cache_from,
+            ws,
             common,
         } => {
+            if ws.workspace {
+                let mut o = output;
+                if o.len() > 1 {
+                    return Err(Error::input(
+                        "--workspace takes one --output DIR (the layouts' root)",
+                    ));
+                }
+                let out = o.pop().map_or_else(
+                    || PathBuf::from("kiln-out"),
+                    |d| PathBuf::from(d.strip_prefix("oci:").unwrap_or(&d)),
+                );
+                let opts = kiln::workspace_build::WorkspaceOptions {
+                    path: spec.unwrap_or_else(|| PathBuf::from(".")),
+                    since: ws.since,
+                    only: ws.only,
+                    move_tags: ws.move_tags,
+                    out,
+                    jobs: ws.jobs,
+                    log: !common.json && !common.quiet,
+                    build: BuildOptions {
+                        spec: PathBuf::new(),
+                        spec_text: None,
+                        outputs: Vec::new(),
+                        push,
+                        compression: Compression::parse(&compression).map_err(Error::Input)?,
+                        insecure_registries: common.insecure_registries.clone(),
+                        cache_dir: cache_dir(&common),
+                        epoch: build::epoch_from_env()?,
+                        created: build::source_date_epoch()?,
+                        archive_names: Vec::new(),
+                        sbom: !no_sbom,
+                        progress: progress(&common),
+                        lock_mode: if locked || frozen {
+                            LockMode::Locked
+                        } else {
+                            LockMode::Auto
+                        },
+                        offline,
+                        reuse: true,
+                        run_scripts,
+                        source_scope: if allow_outside_context {
+                            SourceScope::Host
+                        } else {
+                            SourceScope::Context
+                        },
+                        network,
+                        image_names: Vec::new(),
+                        cache_from: cache_from.clone(),
+                    },
+                };
+                let report = kiln::workspace_build::build_workspace(&opts)?;
+                if common.json {
+                    print_json(&report);
+                } else if !common.quiet {
+                    eprint!("{}", kiln::workspace_build::render(&report, false));
+                }
+                return Ok(());
+            }
             if (base.is_some() || name.is_some()) && requirements.is_none() && environment.is_none()
             {
                 return Err(Error::input(
                     "--base and --name go with --requirements or --environment",
                 ));
             }
+            // A bad key fails before anything is built or pushed.
+            let signer = sign
+                .as_deref()
+                .map(kiln_oci::sign::load_private_key)
+                .transpose()?;
             // `--requirements`/`--environment`: a spec made for that file.
             let env = match (&requirements, &environment) {
                 (None, None) => None,
@@ -645,6 +778,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 },
                 network,
                 image_names: stages.as_ref().map(|s| s.image_names()).unwrap_or_default(),
+                cache_from,
             };
             if dry_run && stages.as_ref().is_some_and(|s| s.has_stages()) {
                 return Err(Error::input(
@@ -674,6 +808,10 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 return Ok(());
             }
             let report = build::build(&opts)?;
+            let signed = match (&signer, &report.push) {
+                (Some(key), Some(p)) => Some(sign_pushed(p, key, &common)?),
+                _ => None,
+            };
             let repro = if check_reproducible {
                 let r = build::check_reproducible(&opts, &report)?;
                 if !r.reproducible {
@@ -696,6 +834,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 if let Some(r) = repro {
                     v["reproducible"] = serde_json::to_value(r).expect("report serialises");
                 }
+                if let Some(r) = &signed {
+                    v["signature"] = serde_json::to_value(r).expect("report serialises");
+                }
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("report serialises")
@@ -711,6 +852,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     );
                     if p.referrers > 0 {
                         eprintln!("attached {} SBOM referrer(s)", p.referrers);
+                    }
+                    if let Some(r) = &signed {
+                        eprintln!("signed {} ({})", r.digest, r.signature_tag);
                     }
                 }
                 eprint!("{}", report.summary.render(verbose));
@@ -910,7 +1054,64 @@ fn run(cli: Cli) -> kiln::Result<()> {
             }
             Ok(())
         }
+        Command::Sign {
+            reference,
+            key,
+            common,
+        } => {
+            let r = kiln_oci::sign::registry_reference(&reference)?;
+            let key = kiln_oci::sign::load_private_key(&key)?;
+            let report = kiln_oci::sign::sign_reference(&r, &common.insecure_registries, &key)?;
+            if common.json {
+                print_json(&report);
+            } else if !common.quiet {
+                let what = if report.already_signed {
+                    "already signed"
+                } else {
+                    "signed"
+                };
+                eprintln!("{what} {} ({})", report.digest, report.signature_tag);
+            }
+            Ok(())
+        }
+        Command::Verify {
+            reference,
+            key,
+            common,
+        } => {
+            let r = kiln_oci::sign::registry_reference(&reference)?;
+            let key = kiln_oci::sign::load_public_key(&key)?;
+            let report = kiln_oci::sign::verify_reference(&r, &common.insecure_registries, &key)?;
+            if common.json {
+                print_json(&report);
+            } else if !common.quiet {
+                eprintln!(
+                    "verified {}: {} of {} signature(s) by {}",
+                    report.digest,
+                    report.verified.len(),
+                    report.signatures_checked,
+                    key.path().display()
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// `kiln build --push --sign KEY`: sign the digest just pushed, under the
+/// image's name.
+fn sign_pushed(
+    pushed: &kiln_oci::output::push::PushReport,
+    key: &kiln_oci::sign::PrivateKey,
+    common: &Common,
+) -> kiln::Result<kiln_oci::sign::SignReport> {
+    let tagged = kiln_oci::sign::registry_reference(&pushed.reference)?;
+    let r = oci_client::Reference::with_digest(
+        tagged.registry().into(),
+        tagged.repository().into(),
+        pushed.digest.clone(),
+    );
+    kiln_oci::sign::sign_reference(&r, &common.insecure_registries, key)
 }
 
 /// A spec whose `[image] dockerfile` names its Dockerfile.
@@ -1031,28 +1232,22 @@ fn dockerfile_spec(
     let text = kiln_dockerfile::read(dockerfile)?;
     // The base's Env and WorkingDir, for `$PATH`-like variables and relative
     // paths (BuildKit reads them too); a registry base is not read offline.
-    let lookup = |image: &str,
-                  platform: Option<&str>|
-     -> kiln::Result<Option<kiln_dockerfile::BaseConfig>> {
-        let src = ImageSource::parse(image, &context)?;
-        if offline && matches!(src, ImageSource::Registry(_)) {
-            return Ok(None);
-        }
-        let platform = platform.map(str::parse).transpose()?;
-        let cache = Cache::open(cache_dir(common))?;
-        let report =
-            kiln_oci::inspect::inspect(&src, platform, &common.insecure_registries, &cache)?;
-        let d = kiln_oci::image::ProcessDefaults::of(&report.config);
-        Ok(Some(kiln_dockerfile::BaseConfig {
-            env: d.env,
-            workdir: d.workdir,
-        }))
+    let cache = cache_dir(common);
+    let lookup = |image: &str, platform: Option<&str>| {
+        kiln::dockerfile_build::base_config(
+            image,
+            platform,
+            &context,
+            offline,
+            &common.insecure_registries,
+            &cache,
+        )
     };
     let opts = kiln_dockerfile::Options {
         build_args: args,
         base: Some(&lookup),
         target,
-        stage_image: None,
+        ..Default::default()
     };
     if explain {
         let e = kiln_dockerfile::explain(&text, dockerfile, &context, &opts);
@@ -1091,15 +1286,8 @@ fn dockerfile_spec(
         }
         return Ok(None);
     }
-    let (t, stages) = kiln::dockerfile_build::translate(
-        &text,
-        dockerfile,
-        &context,
-        opts.build_args,
-        opts.base,
-        opts.target,
-        &cache_dir(common),
-    )?;
+    let (t, stages) =
+        kiln::dockerfile_build::translate(&text, dockerfile, &context, opts, &cache_dir(common))?;
     if !common.json {
         for w in &t.warnings {
             eprintln!("warning: {w}");

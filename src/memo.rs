@@ -19,8 +19,15 @@ use kiln_oci::image::NewLayer;
 use kiln_spec::lock::{Lock, LockedPlatform};
 use kiln_store::cache::{Cache, CacheBucket};
 
+/// The `artifactType` of a stage record pushed beside an image (an OCI
+/// referrer of its platform manifest): a memo, found by `--cache-from`.
+pub(crate) const MEDIA_TYPE: &str = "application/vnd.kiln.stages.v1+json";
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PlatformMemo {
+    /// Its key: a record found in a registry is used only for this key.
+    #[serde(default)]
+    key: String,
     layers: Vec<MemoLayer>,
     pub(crate) apt: Option<AptReport>,
     pub(crate) conda: Option<CondaReport>,
@@ -69,6 +76,7 @@ fn path(cache: &Cache, key: &Digest) -> PathBuf {
 
 impl PlatformMemo {
     pub(crate) fn new(
+        key: &Digest,
         layers: &[NewLayer],
         apt: Option<&AptReport>,
         conda: Option<&CondaReport>,
@@ -78,6 +86,7 @@ impl PlatformMemo {
     ) -> serde_json::Result<Self> {
         // The reports are copied through JSON (they are not Clone).
         Ok(PlatformMemo {
+            key: key.to_string(),
             layers: layers
                 .iter()
                 .map(|l| MemoLayer {
@@ -116,6 +125,66 @@ impl PlatformMemo {
             cache.verified(&l.digest).ok()??;
         }
         Some(m)
+    }
+
+    /// The memo's file, for pushing it beside the image.
+    pub(crate) fn read_bytes(cache: &Cache, key: &Digest) -> Option<Vec<u8>> {
+        std::fs::read(path(cache, key)).ok()
+    }
+
+    /// `--cache-from`: the stage record for `key` pushed beside one of
+    /// `refs` (its platform manifest's referrer), with its layers pulled
+    /// into the cache. A miss is not an error: the stages run as usual;
+    /// what went wrong is said on stderr.
+    pub(crate) fn from_registry(
+        cache: &Cache,
+        refs: &[String],
+        insecure: &[String],
+        platform: &kiln_core::platform::Platform,
+        key: &Digest,
+    ) -> Option<PlatformMemo> {
+        for r in refs {
+            match Self::from_one(cache, r, insecure, platform, key) {
+                Ok(Some(m)) => return Some(m),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: --cache-from {r}: {e} (not used)"),
+            }
+        }
+        None
+    }
+
+    fn from_one(
+        cache: &Cache,
+        r: &str,
+        insecure: &[String],
+        platform: &kiln_core::platform::Platform,
+        key: &Digest,
+    ) -> kiln_core::error::Result<Option<PlatformMemo>> {
+        use kiln_oci::{blobs::Blobs, inspect, registry::Registry};
+        use kiln_spec::source::ImageSource;
+        let src = ImageSource::parse(r, &std::path::PathBuf::from("."))?;
+        let ImageSource::Registry(reference) = &src else {
+            return Err(kiln_core::Error::input("not a registry reference"));
+        };
+        let registry = Registry::new(insecure, &[reference])?;
+        let mut blobs = Blobs::new(cache, Some(&registry));
+        let img = inspect::open(&src, Some(platform.clone()), &mut blobs, Some(&registry))?;
+        let Some(found) = inspect::find_sbom(&src, &img, Some(&registry), cache, MEDIA_TYPE, "")?
+        else {
+            return Ok(None);
+        };
+        let m: PlatformMemo = serde_json::from_slice(&found.bytes)
+            .map_err(|e| kiln_core::Error::input(format!("its stage record is unreadable: {e}")))?;
+        if m.key != key.to_string() {
+            return Ok(None);
+        }
+        for l in &m.layers {
+            if cache.verified(&l.digest)?.is_none() {
+                registry.fetch_blob(reference, &l.digest, l.size, cache)?;
+            }
+        }
+        m.write(cache, key);
+        Ok(Some(m))
     }
 
     /// Best effort: a memo that cannot be written only costs a rebuild.

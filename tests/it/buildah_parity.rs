@@ -220,28 +220,8 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
     let _ = bud(&["rmi", "--all", "--force"]).output();
 
     // kiln's image runs under podman: its CMD, as its USER.
-    let podman = require_tool("podman");
-    // podman wants a short run root (at most 50 characters).
-    let prun = tempfile::tempdir().unwrap();
-    let pod = |args: &[&str]| {
-        let mut c = Command::new(&podman);
-        c.arg("--root")
-            .arg(ws.join("pstore"))
-            .arg("--runroot")
-            .arg(prun.path())
-            .args(["--storage-driver", "vfs", "--runtime", "runc"])
-            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"])
-            .args(["run", "--rm", "--network", "host"])
-            .args([
-                "--ulimit",
-                "nofile=20000:20000",
-                "--ulimit",
-                "nproc=1000:1000",
-            ])
-            .arg(format!("oci:{}:latest", ws.join("kiln-out").display()))
-            .args(args);
-        c.run_ok().stdout
-    };
+    let image = format!("oci:{}:latest", ws.join("kiln-out").display());
+    let pod = |args: &[&str]| podman_run(&ws.join("pstore"), &image, args);
     // (Its CMD, /srv/app/app.sh, is root's 0750 file: user app may not
     // run it, under podman as under docker.)
     assert_eq!(pod(&["sh", "-c", "id -un"]).trim(), "app");

@@ -136,7 +136,11 @@ fn workspace_plan_without_since_has_every_member() {
     let short = git(ws.path(), &["rev-parse", "--short", "HEAD"]);
     let torch = &p["builds"][2];
     assert_eq!(torch["image"], format!("{REGISTRY}/rel/stack"));
-    assert_eq!(torch["tags"], json!(["10.0", format!("10.0-1-{short}")]));
+    let content = format!("in-{}", &torch["input_hash"].as_str().unwrap()[..16]);
+    assert_eq!(
+        torch["tags"],
+        json!(["10.0", format!("10.0-1-{short}"), content])
+    );
     assert_eq!(torch["compat"], json!(["common", "new"]));
     let base = &p["builds"][0];
     assert_eq!(base["image"], format!("{REGISTRY}/sci/base"));
@@ -401,4 +405,375 @@ fn workspace_ci_pipelines_validate() {
     assert_eq!(gh, json!({ "depth": 0, "levels": [] }));
     generate(&ws, "github-workflow", Some("HEAD"), "none.workflow.yml");
     assert_valid("github-workflow.json", &ws.join("none.workflow.yml"));
+}
+
+/// The repository of `repo()` on real images: `base` and `legacy` on a
+/// busybox image in the test registry, pushing there.
+fn build_repo(reg: &Registry) -> Workspace {
+    let bb = Workspace::new("ws-busybox");
+    busybox_rootfs(&bb);
+    bb.spec(&format!(
+        "[image]\nname = \"{}\"\ntags = [\"1\"]\n\n[[files]]\nsrc = \"rootfs\"\ndst = \"/\"\n",
+        reg.repo("base/busybox")
+    ));
+    bb.kiln().args(["build", "--push", "--no-sbom"]).run_ok();
+    let ws = repo();
+    let busybox = reg.repo("base/busybox:1");
+    ws.write(
+        "kiln-workspace.toml",
+        format!(
+            "[workspace]\nmembers = [\"science/*\"]\ncompat = [\"compat/*\"]\nregistry = \"{}\"\n",
+            reg.repo("team")
+        ),
+    );
+    for member in ["base", "legacy"] {
+        let path = format!("science/{member}/kiln.toml");
+        let text = std::fs::read_to_string(ws.join(&path)).unwrap();
+        let text = text.replace("registry.example.invalid/debian:12", &busybox);
+        let text = match member {
+            "legacy" => format!("[image]\nbase = \"{busybox}\"\n\n{text}"),
+            _ => text,
+        };
+        ws.write(&path, text);
+    }
+    commit(&ws, "on the test registry");
+    ws
+}
+
+fn ws_build(ws: &Workspace, cache: &Path, args: &[&str]) -> Value {
+    let mut c = ws.kiln();
+    c.env("KILN_CACHE", cache)
+        .args(["build", "--workspace", "--push", "--json"])
+        .args(args);
+    c.run_ok().json()
+}
+
+/// (target, kind, science status, release status) of each member built.
+fn outcomes(v: &Value) -> Vec<(String, String, String, String)> {
+    let status = |x: &Value| x["status"].as_str().unwrap_or("-").to_string();
+    v["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["target"].as_str().unwrap().to_string(),
+                b["kind"].as_str().unwrap().to_string(),
+                status(&b["science"]),
+                status(&b["release"]),
+            )
+        })
+        .collect()
+}
+
+fn o(t: &str, k: &str, s: &str, r: &str) -> (String, String, String, String) {
+    (t.into(), k.into(), s.into(), r.into())
+}
+
+#[test]
+fn workspace_build_pushes_reuses_and_rebases() {
+    let reg = Registry::start(None);
+    let ws = build_repo(&reg);
+    let cache = unique_dir("ws-cache");
+    let team = reg.repo("team");
+
+    // Everything: science images, releases, then the moving tags.
+    let v = ws_build(&ws, &cache, &[]);
+    assert_eq!(
+        outcomes(&v),
+        [
+            o("base", "science", "built", "-"),
+            o("legacy", "release", "built", "built"),
+            o("torch", "release", "built", "built"),
+        ]
+    );
+    assert_eq!(
+        strs(&v["moved_tags"]),
+        [
+            format!("{team}/rel/stack:9.0"),
+            format!("{team}/rel/stack:10.0")
+        ]
+    );
+    let short = git(ws.path(), &["rev-parse", "--short", "HEAD"]);
+    let tags = skopeo_inspect(&reg.docker_ref("team/rel/stack", "10.0"));
+    let mut listed = strs(&tags["RepoTags"]);
+    listed.retain(|t| !t.starts_with("sha256-"));
+    listed.sort();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    for t in [
+        "9.0",
+        "10.0",
+        &format!("10.0-2-{short}"),
+        &format!("9.0-2-{short}"),
+    ] {
+        assert!(listed.iter().any(|l| l == t), "{t} not in {listed:?}");
+    }
+    // Labels: the breadcrumb trail down the graph, inherited from the base.
+    let cfg = skopeo_inspect_config(&reg.docker_ref("team/rel/stack", "10.0"));
+    let labels = &cfg["config"]["Labels"];
+    assert_eq!(labels["kiln.trail"], "base > torch > compat common + new");
+    assert_eq!(labels["kiln.science.torch.version"], "10.0");
+    assert_eq!(
+        labels["kiln.science.base.version"].as_str().unwrap().len(),
+        12
+    );
+    assert_eq!(labels["kiln.release"], "stack:10.0");
+    assert_eq!(labels["org.example.compat"], "new");
+    assert_eq!(env_map(&cfg["config"])["LANG"], "C.UTF-8");
+    let torch = &v["builds"][2];
+    assert_eq!(
+        labels["kiln.input-hash"],
+        plan(&ws, None)["builds"][2]["input_hash"]
+    );
+    // `kiln inspect` shows the trail.
+    let shown = ws
+        .kiln()
+        .args(["inspect", &format!("{team}/rel/stack:10.0")])
+        .run_ok()
+        .stdout;
+    assert!(
+        shown.contains("trail: base > torch > compat common + new"),
+        "{shown}"
+    );
+    // The release runs: its science files, its base's, its compat file.
+    let out = podman_run(
+        &ws.join("pstore"),
+        &format!("docker://{team}/rel/stack:10.0"),
+        &[
+            "sh",
+            "-c",
+            "cat /opt/model.txt /opt/data/table.csv /etc/profile.d/kiln.sh",
+        ],
+    );
+    assert_eq!(out, "weights v1\na,b\n1,2\nexport A=1\n");
+
+    // Again, on an empty cache (another runner): nothing is built, nothing
+    // uploaded; the registry is the cache.
+    let before = reg.plain_upload_posts("team/sci/base").len()
+        + reg.plain_upload_posts("team/sci/torch").len()
+        + reg.plain_upload_posts("team/rel/stack").len();
+    let v = ws_build(&ws, &unique_dir("ws-cache-2"), &[]);
+    assert_eq!(
+        outcomes(&v),
+        [
+            o("base", "science", "reused", "-"),
+            o("legacy", "release", "reused", "reused"),
+            o("torch", "release", "reused", "reused"),
+        ]
+    );
+    let after = reg.plain_upload_posts("team/sci/base").len()
+        + reg.plain_upload_posts("team/sci/torch").len()
+        + reg.plain_upload_posts("team/rel/stack").len();
+    assert_eq!(before, after);
+
+    // Only a compat include changed: two rebases. No science image is built
+    // or uploaded to; each release keeps its science layers and gets one
+    // new layer, the compat file.
+    let old = skopeo_inspect_raw(&reg.docker_ref("team/rel/stack", "10.0"));
+    ws.write("compat/common/profile.sh", "export A=2\n");
+    commit(&ws, "compat");
+    let sci_puts = |r: &Registry| {
+        r.log()
+            .lines()
+            .filter(|l| l.contains("\"PUT /v2/team/sci/") || l.contains("\"POST /v2/team/sci/"))
+            .count()
+    };
+    let sci_before = sci_puts(&reg);
+    let v = ws_build(&ws, &unique_dir("ws-cache-3"), &["--since", "HEAD~1"]);
+    assert_eq!(
+        outcomes(&v),
+        [
+            o("legacy", "rebase", "-", "built"),
+            o("torch", "rebase", "-", "built"),
+        ]
+    );
+    assert_eq!(
+        sci_puts(&reg),
+        sci_before,
+        "a rebase wrote to a science repository"
+    );
+    let new = skopeo_inspect_raw(&reg.docker_ref("team/rel/stack", "10.0"));
+    let digests = |m: &Value| -> Vec<String> {
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (old_l, new_l) = (digests(&old), digests(&new));
+    assert_eq!(old_l.len(), new_l.len());
+    let differ: Vec<_> = old_l.iter().zip(&new_l).filter(|(a, b)| a != b).collect();
+    assert_eq!(
+        differ.len(),
+        1,
+        "only the compat file's layer changes: {differ:?}"
+    );
+    // Each release uploads its config and, unless the other release (same
+    // repository, same compat layer) did first, the compat layer.
+    for b in v["builds"].as_array().unwrap() {
+        let n = b["release"]["blobs_uploaded"].as_u64().unwrap();
+        assert!((1..=2).contains(&n), "{b}");
+    }
+    let out = podman_run(
+        &ws.join("pstore"),
+        &format!("docker://{team}/rel/stack:10.0"),
+        &["sh", "-c", "cat /etc/profile.d/kiln.sh"],
+    );
+    assert_eq!(out, "export A=2\n");
+
+    // A middle science member: it and its dependent rebuild, legacy not.
+    ws.write("science/base/data/more.csv", "c\n");
+    commit(&ws, "more data");
+    let v = ws_build(&ws, &cache, &["--since", "HEAD~1"]);
+    assert_eq!(
+        outcomes(&v),
+        [
+            o("base", "science", "built", "-"),
+            o("torch", "release", "built", "built"),
+        ]
+    );
+    // A CI job for one member pushes its immutable tags only; the final job
+    // moves the version tags.
+    ws.write("science/torch/model.txt", "weights v3\n");
+    commit(&ws, "torch v3");
+    let head = git(ws.path(), &["rev-parse", "--short", "HEAD"]);
+    let v = ws_build(&ws, &cache, &["--since", "HEAD~1", "--only", "torch"]);
+    assert_eq!(outcomes(&v), [o("torch", "release", "built", "built")]);
+    assert_eq!(strs(&v["moved_tags"]), Vec::<String>::new());
+    let pinned = skopeo_inspect_raw(&reg.docker_ref("team/rel/stack", &format!("10.0-5-{head}")));
+    let moving = skopeo_inspect_raw(&reg.docker_ref("team/rel/stack", "10.0"));
+    assert_ne!(pinned, moving);
+    let v = ws_build(&ws, &cache, &["--since", "HEAD~1", "--move-tags"]);
+    assert_eq!(strs(&v["moved_tags"]), [format!("{team}/rel/stack:10.0")]);
+    let moving = skopeo_inspect_raw(&reg.docker_ref("team/rel/stack", "10.0"));
+    assert_eq!(pinned, moving);
+    let _ = torch;
+}
+
+#[test]
+fn workspace_build_to_layouts() {
+    // No registry: science images and releases go to layouts, dependents
+    // build on their base's layout, and a second run reuses them.
+    let reg = Registry::shared();
+    let ws = build_repo(reg);
+    // A Dockerfile member on one member, copying a file of another (two
+    // dependencies), and a spec member importing a file the same way.
+    ws.write(
+        "science/tools/Dockerfile",
+        "FROM target:base AS build\nRUN [\"sh\", \"-c\", \"echo built > /opt/built.txt\"]\n\n\
+         FROM build\nCOPY --from=target:legacy /legacy.txt /opt/legacy-copy.txt\n",
+    );
+    ws.write(
+        "science/extra/kiln.toml",
+        "[[files]]\nfrom = \"target:tools\"\nsrc = \"/opt/built.txt\"\ndst = \"/built.txt\"\n",
+    );
+    commit(&ws, "a Dockerfile member");
+    let p = plan(&ws, None);
+    assert_eq!(
+        builds(&p),
+        [
+            b("base", "science", &[]),
+            b("legacy", "release", &[]),
+            b("tools", "science", &["base", "legacy"]),
+            b("extra", "science", &["tools"]),
+            b("torch", "release", &["base"]),
+        ]
+    );
+    // Built level by level: base and legacy, then tools and torch, then extra.
+    let v = ws
+        .kiln()
+        .args(["build", "--workspace", "--json", "-o", "out"])
+        .run_ok()
+        .json();
+    assert_eq!(
+        outcomes(&v),
+        [
+            o("base", "science", "built", "-"),
+            o("legacy", "release", "built", "built"),
+            o("tools", "science", "built", "-"),
+            o("torch", "release", "built", "built"),
+            o("extra", "science", "built", "-"),
+        ]
+    );
+    let tools = Layout::open(ws.join("out/sci/tools"));
+    let tag = format!(
+        "in-{}",
+        &p["builds"][2]["science_hash"].as_str().unwrap()[..16]
+    );
+    let files: Vec<String> = tools
+        .layers(&tag)
+        .iter()
+        .flat_map(|(_, entries)| entries.iter().map(|e| e.clean_path()))
+        .collect();
+    for f in [
+        "opt/built.txt",
+        "opt/legacy-copy.txt",
+        "opt/data/table.csv",
+        "bin/busybox",
+    ] {
+        assert!(files.iter().any(|x| x == f), "{f} not in {files:?}");
+    }
+    let extra = Layout::open(ws.join("out/sci/extra"));
+    let tag = format!(
+        "in-{}",
+        &p["builds"][3]["science_hash"].as_str().unwrap()[..16]
+    );
+    let (_, entries) = &extra.layers(&tag)[0];
+    assert_eq!(entry(entries, "built.txt").content, b"built\n");
+    let rel = Layout::open(ws.join("out/rel/stack/10.0"));
+    let mut tags = rel.tags();
+    tags.sort();
+    assert!(tags.contains(&"10.0".to_string()), "{tags:?}");
+    let cfg = rel.config("10.0");
+    assert_eq!(
+        cfg["config"]["Labels"]["kiln.trail"],
+        "base > torch > compat common + new"
+    );
+    // No host path in the image: the science base is named by its content tag.
+    let (_, manifest) = rel.manifest("10.0");
+    let base_name = manifest["annotations"]["org.opencontainers.image.base.name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        base_name.ends_with(&format!(
+            "/sci/torch:in-{}",
+            &plan(&ws, None)["builds"][4]["science_hash"]
+                .as_str()
+                .unwrap()[..16]
+        )),
+        "{base_name}"
+    );
+    let v2 = ws
+        .kiln()
+        .args(["build", "--workspace", "--json", "-o", "out"])
+        .run_ok()
+        .json();
+    assert_eq!(
+        outcomes(&v2),
+        [
+            o("base", "science", "reused", "-"),
+            o("legacy", "release", "reused", "reused"),
+            o("tools", "science", "reused", "-"),
+            o("torch", "release", "reused", "reused"),
+            o("extra", "science", "reused", "-"),
+        ]
+    );
+    assert_eq!(
+        v2["builds"][3]["release"]["digest"],
+        v["builds"][3]["release"]["digest"]
+    );
+    // --only a member whose base was never built names what to do.
+    let other = build_repo(reg);
+    let r = other
+        .kiln()
+        .args(["build", "--workspace", "--only", "torch", "-o", "out"])
+        .run();
+    assert_eq!(r.status.code(), Some(2), "{}", r.describe());
+    assert!(
+        r.stderr.contains("the science image of base") && r.stderr.contains("--only base"),
+        "{}",
+        r.stderr
+    );
 }

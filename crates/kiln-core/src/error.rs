@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Io,
     /// A bug or an unexpected state. Exit code 1.
     Internal,
+    /// A signature check failed (`kiln verify`): none verifies. Exit code 1.
+    Verification,
 }
 
 impl ErrorKind {
@@ -33,7 +35,7 @@ impl ErrorKind {
             ErrorKind::Input => 2,
             ErrorKind::Network => 3,
             ErrorKind::Auth => 4,
-            ErrorKind::Io | ErrorKind::Internal => 1,
+            ErrorKind::Io | ErrorKind::Internal | ErrorKind::Verification => 1,
         }
     }
 
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::Verification => "verification",
         }
     }
 }

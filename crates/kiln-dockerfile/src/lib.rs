@@ -139,6 +139,9 @@ pub struct Options<'a> {
     /// Where earlier stages' images will be [default: `stage:NAME`, for
     /// translations that are only shown].
     pub stage_image: Option<StageImage<'a>>,
+    /// Image names that stand for other references (a workspace's
+    /// `target:NAME` → that member's image), in FROM and COPY --from.
+    pub aliases: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Options<'_> {
@@ -317,6 +320,7 @@ fn translate_all(
     let build_args = &opts.build_args;
     let mut t = Translator::new(text, dockerfile, context, build_args);
     t.base_lookup = opts.base;
+    t.aliases = &opts.aliases;
     let df = match parse_dockerfile::parse(text) {
         Ok(d) => d,
         Err(e) => {
@@ -437,6 +441,7 @@ fn translate_all(
         }
         let mut st = Translator::new(text, dockerfile, context, build_args);
         st.base_lookup = opts.base;
+        st.aliases = &opts.aliases;
         st.escape = t.escape;
         st.global_args = t.global_args.clone();
         st.stages = StageCtx {
@@ -803,6 +808,7 @@ pub(crate) struct Translator<'a> {
     /// The base is `scratch`: an undeclared variable is simply empty.
     scratch: bool,
     base_lookup: Option<BaseLookup<'a>>,
+    aliases: &'a [(String, String)],
     /// The base's environment and working directory, when read.
     base: Option<BaseConfig>,
     /// Reading the base failed: the translation stops.
@@ -847,6 +853,7 @@ impl<'a> Translator<'a> {
             env: BTreeMap::new(),
             scratch: false,
             base_lookup: None,
+            aliases: &[],
             base: None,
             fatal: None,
             from_line: None,
@@ -1330,6 +1337,7 @@ impl<'a> Translator<'a> {
             self.explain(line, Treatment::Base, detail);
             return Ok(());
         }
+        let image = self.alias(&image);
         self.scratch = image == "scratch";
         if let (false, Some(lookup)) = (self.scratch, self.base_lookup) {
             let platform = self.draft.image.platforms.first().map(String::as_str);
@@ -1904,6 +1912,14 @@ impl<'a> Translator<'a> {
         Ok(())
     }
 
+    /// The reference an image name stands for ([`Options::aliases`]).
+    fn alias(&self, image: &str) -> String {
+        self.aliases
+            .iter()
+            .find(|(a, _)| a == image)
+            .map_or_else(|| image.to_string(), |(_, r)| r.clone())
+    }
+
     /// `COPY --from=<stage|index|image>`: `[[files]] from` entries, with
     /// sources taken from the root of that image (not WORKDIR), as docker.
     fn copy_from(
@@ -1917,6 +1933,10 @@ impl<'a> Translator<'a> {
     ) -> Res<()> {
         let ins = "COPY --from";
         let v = self.expand(line, ins, from)?;
+        let v = match self.stage_ref(&v) {
+            Some(_) => v,
+            None => self.alias(&v),
+        };
         let (image, shown) = if let Some(i) = self.stage_ref(&v) {
             if !self.stages.deps.contains(&i) {
                 return Err(self.unsupported(

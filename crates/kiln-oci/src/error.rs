@@ -457,3 +457,71 @@ impl From<ImageError> for kiln_core::Error {
         kiln_core::Error::typed(e)
     }
 }
+
+/// The key formats the messages of [`SignError::KeyFormat`] name.
+const PRIVATE_FORMATS: &str = "an ECDSA P-256 private key in PEM: PKCS#8 (BEGIN PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY), or cosign's encrypted key (BEGIN ENCRYPTED SIGSTORE PRIVATE KEY, password in COSIGN_PASSWORD)";
+const PUBLIC_FORMATS: &str = "an ECDSA P-256 public key in PEM (BEGIN PUBLIC KEY)";
+
+/// Signing and verifying image signatures (`kiln sign`, `kiln verify`).
+/// Key files are named by their path only, never by what they hold.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("cannot read key file {}: {source}", path.display())]
+    KeyUnreadable { path: PathBuf, source: io::Error },
+
+    /// A key file kiln cannot use; `problem` says why.
+    #[error("key file {}: {problem}; expected {}", path.display(), if *private { PRIVATE_FORMATS } else { PUBLIC_FORMATS })]
+    KeyFormat {
+        path: PathBuf,
+        problem: String,
+        /// A private key was expected (`--key` of sign), else a public one.
+        private: bool,
+    },
+
+    /// `oci:DIR`, `docker-archive:FILE` or `scratch`: there is no registry to
+    /// store a signature in.
+    #[error("{reference}: signatures live in a registry; name the image as REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:…")]
+    NotRegistry { reference: String },
+
+    /// cosign's signature tag holds something other than an image manifest.
+    #[error("{reference} holds something other than a signature manifest; not overwriting it")]
+    SignatureTagNotManifest { reference: String },
+
+    /// Neither cosign's tag nor an OCI referrer holds a signature.
+    #[error("no signature of {digest} in {repository}: neither the tag {tag} nor a referrer of type {artifact_type} exists (sign with `kiln sign`)")]
+    NoSignature {
+        digest: String,
+        repository: String,
+        tag: String,
+        artifact_type: &'static str,
+    },
+
+    /// Signatures exist, but none verifies with the key (or every one that
+    /// does names another image): one reason per signature.
+    #[error("no signature of {digest} verifies with {}: {}", key.display(), reasons.join("; "))]
+    NotVerified {
+        digest: String,
+        key: PathBuf,
+        reasons: Vec<String>,
+    },
+}
+
+impl Classify for SignError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SignError::KeyUnreadable { .. }
+            | SignError::KeyFormat { .. }
+            | SignError::NotRegistry { .. }
+            | SignError::SignatureTagNotManifest { .. } => ErrorKind::Input,
+            SignError::NoSignature { .. } | SignError::NotVerified { .. } => {
+                ErrorKind::Verification
+            }
+        }
+    }
+}
+
+impl From<SignError> for kiln_core::Error {
+    fn from(e: SignError) -> Self {
+        kiln_core::Error::typed(e)
+    }
+}

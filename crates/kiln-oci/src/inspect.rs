@@ -564,6 +564,18 @@ pub fn render(r: &InspectReport) -> String {
         let _ = writeln!(s, "{t}");
     }
     if let Some(labels) = r.labels.as_object().filter(|m| !m.is_empty()) {
+        // A workspace image's breadcrumb trail (`<prefix>.trail`), with the
+        // version each science image of it recorded.
+        for (k, v) in labels.iter().filter(|(k, _)| k.ends_with(".trail")) {
+            let prefix = k.trim_end_matches(".trail");
+            let _ = writeln!(s, "trail: {}", v.as_str().unwrap_or_default());
+            for step in v.as_str().unwrap_or_default().split(" > ") {
+                let key = format!("{prefix}.science.{step}.version");
+                if let Some(version) = labels.get(&key).and_then(|v| v.as_str()) {
+                    let _ = writeln!(s, "  {step} {version}");
+                }
+            }
+        }
         let _ = writeln!(s, "labels:");
         for (k, v) in labels {
             let _ = writeln!(s, "  {k}={}", v.as_str().unwrap_or(&v.to_string()));

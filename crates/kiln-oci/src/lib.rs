@@ -11,5 +11,6 @@ pub mod inventory;
 pub mod manifest;
 pub mod output;
 pub mod registry;
+pub mod sign;
 
-pub use error::{DocumentKind, ImageError, RegistryError};
+pub use error::{DocumentKind, ImageError, RegistryError, SignError};

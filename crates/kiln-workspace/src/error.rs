@@ -27,15 +27,15 @@ pub enum WorkspaceError {
         glob: String,
         message: String,
     },
-    #[error("member {}: no kiln.toml{}", dir.display(), if *dockerfile { " (Dockerfile members are not supported yet)" } else { "" })]
-    MissingSpec { dir: PathBuf, dockerfile: bool },
+    #[error("member {}: no kiln.toml and no Dockerfile", dir.display())]
+    MissingSpec { dir: PathBuf },
     #[error("two members are target `{target}`: {} and {}", first.display(), second.display())]
     DuplicateTarget {
         target: String,
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("{member}: base `target:{name}` is not a workspace member (members: {known})")]
+    #[error("{member}: `target:{name}` is not a workspace member (members: {known})")]
     UnknownTarget {
         member: String,
         name: String,

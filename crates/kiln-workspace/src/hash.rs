@@ -53,7 +53,22 @@ fn is_url(s: &str) -> bool {
 /// Files (or directories) a member's science image is built from.
 pub fn member_inputs(m: &Member) -> Vec<PathBuf> {
     let dir = &m.dir;
-    let mut v = vec![m.spec.path.clone(), kiln_spec::lock::path_for(&m.spec.path)];
+    let mut v = vec![kiln_spec::lock::path_for(&m.spec.path)];
+    // A Dockerfile alone has no kiln.toml.
+    if m.spec.path.is_file() || m.dockerfile.is_none() {
+        v.push(m.spec.path.clone());
+    }
+    // A Dockerfile member: the Dockerfile and its whole context.
+    if let Some(df) = &m.dockerfile {
+        v.push(df.clone());
+        v.push(
+            m.spec
+                .image
+                .context
+                .as_ref()
+                .map_or_else(|| dir.clone(), |c| dir.join(c)),
+        );
+    }
     // `[[files]] from` sources are paths inside an image, not on the host.
     v.extend(
         m.spec
@@ -207,13 +222,14 @@ pub fn member_hashes(ws: &Workspace) -> Result<BTreeMap<String, MemberHashes>> {
         h.update(format!("member\0{target}\0").as_bytes());
         let inputs = member_inputs(m);
         for (i, p) in inputs.iter().enumerate() {
-            // inputs[1] is kiln.lock, which may be absent.
-            hash_path(&mut h, target, p, &label(ws, p), i == 1)?;
+            // inputs[0] is kiln.lock, which may be absent.
+            hash_path(&mut h, target, p, &label(ws, p), i == 0)?;
+        }
+        for d in m.deps() {
+            h.update(format!("base-target\0{d}\0{}\0", out[&d].science).as_bytes());
         }
         match &m.base {
-            Base::Target(b) => {
-                h.update(format!("base-target\0{b}\0{}\0", out[b].science).as_bytes());
-            }
+            Base::Target(_) => {}
             Base::Other(reference) => {
                 let lock = kiln_spec::lock::Lock::read(&kiln_spec::lock::path_for(&m.spec.path))?;
                 let pinned: Vec<String> = lock

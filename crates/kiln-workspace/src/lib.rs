@@ -21,15 +21,16 @@
 //! `[release] compat` (and their `includes`) on top.
 //!
 //! What is here: loading and validating all of that ([`Workspace::load`]),
-//! input hashes and change detection, the build plan ([`plan::Plan`]) and
-//! CI pipelines generated from it ([`ci`]). Building (`kiln build
-//! --workspace`), rebasing and tag moving are not implemented yet: the
-//! generated pipelines name those commands as the contract.
+//! input hashes and change detection, the build plan ([`plan::Plan`]), the
+//! specs each planned image is built from ([`assemble`]) and CI pipelines
+//! generated from the plan ([`ci`]). Running the plan (`kiln build
+//! --workspace`) is the builder's (the `kiln` crate's `workspace_build`).
 //!
 //! Dependencies: none that kiln does not already build. Git is driven
 //! through the `git` CLI ([`git`]); globs are a small matcher ([`glob`]);
 //! GitLab pipelines are written as JSON, which is YAML 1.2 ([`ci`]).
 
+pub mod assemble;
 pub mod ci;
 mod error;
 pub mod git;

@@ -76,8 +76,10 @@ pub struct Build {
     pub compat: Vec<String>,
     /// 0 when `needs` is empty, else one more than the deepest need.
     pub depth: usize,
-    /// Labels the image will carry (planned; not applied by the builder yet).
+    /// Labels the image carries (a release: its science image's and its own).
     pub labels: BTreeMap<String, String>,
+    /// Labels of the science image (a science build: the same as `labels`).
+    pub science_labels: BTreeMap<String, String>,
     /// Why it is in the plan (`kiln plan -v`).
     pub reasons: Vec<String>,
 }
@@ -104,6 +106,82 @@ pub struct Plan {
 pub struct CommitInfo {
     pub count: u64,
     pub hash: String,
+}
+
+/// The content tag of an image: `in-` and the first 16 hex of its hash. A
+/// build whose tag is already in the registry is not built again.
+pub fn content_tag(hash: &str) -> String {
+    format!("in-{}", &hash[..16.min(hash.len())])
+}
+
+/// The science targets from the root of `target`'s base chain down to it.
+pub fn trail(ws: &Workspace, target: &str) -> Vec<String> {
+    let mut chain = vec![target.to_string()];
+    let mut at = target;
+    while let Some(Base::Target(b)) = ws.members.get(at).map(|m| &m.base) {
+        if chain.iter().any(|c| c == b) {
+            break;
+        }
+        chain.push(b.clone());
+        at = b;
+    }
+    chain.reverse();
+    chain
+}
+
+/// A science image's labels. Labels of its base (another member) are
+/// inherited through the image config, so `<prefix>.science.<target>.*`
+/// accumulate down the graph: the breadcrumb trail `kiln inspect` shows.
+/// No commit or date: the same inputs give the same image.
+pub fn science_labels(
+    ws: &Workspace,
+    target: &str,
+    h: &crate::hash::MemberHashes,
+) -> BTreeMap<String, String> {
+    let p = &ws.label_prefix;
+    let version = ws.members[target]
+        .release
+        .as_ref()
+        .map_or_else(|| h.science[..12].to_string(), |r| r.version.clone());
+    BTreeMap::from([
+        (format!("{p}.target"), target.to_string()),
+        (format!("{p}.input-hash"), h.science.clone()),
+        (format!("{p}.science-hash"), h.science.clone()),
+        (format!("{p}.science.{target}.version"), version),
+        (format!("{p}.science.{target}.hash"), h.science.clone()),
+        (format!("{p}.trail"), trail(ws, target).join(" > ")),
+    ])
+}
+
+/// A release image's labels: its science image's, then its own.
+fn release_labels(
+    ws: &Workspace,
+    target: &str,
+    h: &crate::hash::MemberHashes,
+    r: &crate::workspace::Release,
+    compat: &[String],
+    science: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let p = &ws.label_prefix;
+    let mut labels = science.clone();
+    labels.insert(format!("{p}.input-hash"), h.input.clone());
+    labels.insert(format!("{p}.release"), format!("{}:{}", r.image, r.version));
+    labels.insert(
+        format!("{p}.science-image"),
+        format!("{}:{}", ws.science_image(target), content_tag(&h.science)),
+    );
+    if let Some(c) = &h.compat {
+        labels.insert(format!("{p}.compat"), compat.join(" + "));
+        labels.insert(format!("{p}.compat.version"), ws.compat_version(compat, c));
+        labels.insert(format!("{p}.compat-hash"), c.clone());
+        let trail = format!(
+            "{} > compat {}",
+            trail(ws, target).join(" > "),
+            compat.join(" + ")
+        );
+        labels.insert(format!("{p}.trail"), trail);
+    }
+    labels
 }
 
 /// Files of `changed` that are one of `inputs` or lie under one of them.
@@ -149,9 +227,9 @@ pub fn compute(ws: &Workspace, head: &Head, changed: Option<(&str, &[PathBuf])>)
                 for f in hits(&member_inputs(m), files) {
                     sci_reasons.push(format!("{} changed since {since}", rel(&f)));
                 }
-                if let Base::Target(b) = &m.base {
-                    if science_built.contains(b) {
-                        sci_reasons.push(format!("its base target:{b} is rebuilt"));
+                for d in m.deps() {
+                    if science_built.contains(&d) {
+                        sci_reasons.push(format!("target:{d}, which it builds on, is rebuilt"));
                     }
                 }
                 for c in &compat_chain {
@@ -176,13 +254,17 @@ pub fn compute(ws: &Workspace, head: &Head, changed: Option<(&str, &[PathBuf])>)
         if kind != Kind::Rebase {
             science_built.insert(target.clone());
         }
-        let needs: Vec<String> = match &m.base {
-            Base::Target(b) if kind != Kind::Rebase && science_built.contains(b) => vec![b.clone()],
-            _ => Vec::new(),
+        let needs: Vec<String> = match kind {
+            Kind::Rebase => Vec::new(),
+            _ => m
+                .deps()
+                .into_iter()
+                .filter(|d| science_built.contains(d))
+                .collect(),
         };
         let d = needs.iter().map(|n| depth[n] + 1).max().unwrap_or(0);
         depth.insert(target.clone(), d);
-        let science_tag = format!("in-{}", &h.science[..16]);
+        let science_tag = content_tag(&h.science);
         let science_tags = vec![
             science_tag.clone(),
             format!("{}-{}", head.count, head.short),
@@ -205,6 +287,8 @@ pub fn compute(ws: &Workspace, head: &Head, changed: Option<(&str, &[PathBuf])>)
                     .filter(|(t, _)| TagScheme::is_moving(t))
                     .map(|(_, tag)| tag.clone())
                     .collect();
+                let mut tags = tags;
+                tags.push(content_tag(&h.input));
                 (
                     ws.release_image(&r.image),
                     tags,
@@ -221,15 +305,11 @@ pub fn compute(ws: &Workspace, head: &Head, changed: Option<(&str, &[PathBuf])>)
                 None,
             ),
         };
-        let p = &ws.label_prefix;
-        let mut labels = BTreeMap::new();
-        labels.insert(format!("{p}.target"), target.clone());
-        labels.insert(format!("{p}.input-hash"), h.input.clone());
-        labels.insert(format!("{p}.science-hash"), h.science.clone());
-        labels.insert(format!("{p}.commit"), head.short.clone());
-        if let Some(s) = &science_image {
-            labels.insert(format!("{p}.science-image"), s.clone());
-        }
+        let science_labels = science_labels(ws, target, h);
+        let labels = match final_release {
+            None => science_labels.clone(),
+            Some(r) => release_labels(ws, target, h, r, &compat_chain, &science_labels),
+        };
         let mut reasons = sci_reasons;
         reasons.extend(compat_reasons);
         builds.push(Build {
@@ -247,6 +327,7 @@ pub fn compute(ws: &Workspace, head: &Head, changed: Option<(&str, &[PathBuf])>)
             compat: compat_chain,
             depth: d,
             labels,
+            science_labels,
             reasons,
         });
     }

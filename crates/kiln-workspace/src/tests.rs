@@ -140,13 +140,14 @@ fn missing_member_spec() {
     let t = fixture();
     fs::create_dir_all(t.path().join("science/empty")).unwrap();
     let e = err(t.path());
-    assert!(e.contains("science/empty: no kiln.toml"), "{e}");
-    write(t.path(), "science/empty/Dockerfile", "FROM scratch\n");
-    let e = err(t.path());
     assert!(
-        e.contains("Dockerfile members are not supported yet"),
+        e.contains("science/empty: no kiln.toml and no Dockerfile"),
         "{e}"
     );
+    // A Dockerfile alone is a member.
+    write(t.path(), "science/empty/Dockerfile", "FROM scratch\n");
+    let ws = load(t.path()).unwrap();
+    assert!(ws.members["empty"].dockerfile.is_some());
 }
 
 #[test]
@@ -287,7 +288,8 @@ fn tags_render() {
     let plan = compute(&ws, &head(), None).unwrap();
     let leaf = plan.builds.iter().find(|b| b.target == "leaf").unwrap();
     assert_eq!(leaf.image, "registry.example.invalid/team/rel/stack");
-    assert_eq!(leaf.tags, ["10.0", "10.0-42-abc1234"]);
+    let content = format!("in-{}", &leaf.input_hash[..16]);
+    assert_eq!(leaf.tags, ["10.0", "10.0-42-abc1234", content.as_str()]);
     assert_eq!(leaf.moving_tags, ["10.0"]);
     let mid = plan.builds.iter().find(|b| b.target == "mid").unwrap();
     assert_eq!(mid.image, "registry.example.invalid/team/sci/mid");
@@ -449,4 +451,98 @@ fn gitlab_pipeline_follows_the_graph() {
     let doc = crate::ci::gitlab(&empty);
     assert!(doc.get("nothing-to-build").is_some());
     assert_eq!(crate::ci::github(&empty)["levels"], serde_json::json!([]));
+}
+
+#[test]
+fn assembled_specs_carry_the_workspace_and_the_compat_dirs() {
+    use crate::assemble::{member_spec, release_spec, ImageOverride};
+    let t = fixture();
+    let ws = load(t.path()).unwrap();
+    let plan = compute(&ws, &head(), None).unwrap();
+    let leaf = plan.builds.iter().find(|b| b.target == "leaf").unwrap();
+    // The member's own spec: base, name, tags and labels put in.
+    let tags = vec!["in-0123".to_string()];
+    let text = member_spec(
+        &ws.members["mid"],
+        &ImageOverride {
+            base: Some("registry.example.invalid/team/sci/base@sha256:00"),
+            name: "registry.example.invalid/team/sci/mid",
+            tags: &tags,
+            labels: &leaf.science_labels,
+            imports: &[],
+        },
+    )
+    .unwrap();
+    let doc: toml::Table = text.parse().unwrap();
+    assert_eq!(
+        doc["image"]["base"].as_str(),
+        Some("registry.example.invalid/team/sci/base@sha256:00")
+    );
+    assert_eq!(doc["image"]["tags"][0].as_str(), Some("in-0123"));
+    assert_eq!(
+        doc["config"]["labels"]["kiln.trail"].as_str(),
+        Some("base > mid > leaf")
+    );
+    // The release: the science image plus common, then new (includes first),
+    // paths relative to the workspace root.
+    let rel = release_spec(&ws, leaf, "oci:/x/sci/leaf", &leaf.tags).unwrap();
+    let doc: toml::Table = rel.parse().unwrap();
+    assert_eq!(doc["image"]["base"].as_str(), Some("oci:/x/sci/leaf"));
+    assert_eq!(
+        doc["image"]["name"].as_str(),
+        Some("registry.example.invalid/team/rel/stack")
+    );
+    assert_eq!(
+        doc["files"][0]["src"].as_str(),
+        Some("compat/common/shim.sh")
+    );
+    assert_eq!(doc["config"]["env"]["A"].as_str(), Some("1"));
+    assert_eq!(doc["pip"]["packages"][0].as_str(), Some("shim-pkg"));
+    let labels = &doc["config"]["labels"];
+    assert_eq!(labels["kiln.compat"].as_str(), Some("common + new"));
+    assert_eq!(labels["kiln.release"].as_str(), Some("stack:10.0"));
+    assert_eq!(
+        labels["kiln.trail"].as_str(),
+        Some("base > mid > leaf > compat common + new")
+    );
+    assert_eq!(
+        labels["kiln.input-hash"].as_str(),
+        Some(leaf.input_hash.as_str())
+    );
+    // A release's tags end with its content tag; no commit or date in labels.
+    assert_eq!(
+        leaf.tags.last().unwrap(),
+        &format!("in-{}", &leaf.input_hash[..16])
+    );
+    assert!(!leaf.labels.values().any(|v| v.contains("abc1234")));
+    // The spec the builder reads back.
+    let spec = kiln_spec::Spec::parse(&rel, &t.path().join(".kiln-release-leaf.toml")).unwrap();
+    assert_eq!(spec.files.len(), 1);
+}
+
+#[test]
+fn dockerfile_deps_follow_stages_and_copy_from() {
+    use crate::workspace::dockerfile_deps;
+    let (base, copies) = dockerfile_deps(
+        "# a comment\nARG V=1\nFROM --platform=linux/amd64 target:base AS build\nRUN make\n\
+         FROM scratch AS other\nfrom build\nCOPY --from=build /a /a\n\
+         COPY --chown=1:1 \\\n  --from=target:data /d /d\nADD x /x\n",
+    );
+    assert_eq!(base, "target:base");
+    assert_eq!(copies, ["target:data"]);
+    let (base, copies) = dockerfile_deps("FROM registry.example.invalid/debian:12\n");
+    assert_eq!(base, "registry.example.invalid/debian:12");
+    assert!(copies.is_empty());
+    // A Dockerfile member in a workspace: two dependencies, in the plan.
+    let t = fixture();
+    write(
+        t.path(),
+        "science/tool/Dockerfile",
+        "FROM target:mid\nCOPY --from=target:other /x /x\n",
+    );
+    let ws = load(t.path()).unwrap();
+    assert_eq!(ws.members["tool"].deps(), ["mid", "other"]);
+    let plan = compute(&ws, &head(), None).unwrap();
+    let tool = plan.builds.iter().find(|b| b.target == "tool").unwrap();
+    assert_eq!(tool.needs, ["mid", "other"]);
 }

@@ -51,6 +51,8 @@ fn default_label_prefix() -> String {
 struct CompatFile {
     #[serde(default)]
     includes: Vec<String>,
+    /// Shown as the release's `<prefix>.compat.version` label.
+    version: Option<String>,
     #[serde(default)]
     config: ConfigSection,
     #[serde(default)]
@@ -76,6 +78,8 @@ pub struct Compat {
     pub text: String,
     /// Other compat dirs applied before this one, in order.
     pub includes: Vec<String>,
+    /// `version` of kiln-compat.toml, if set.
+    pub version: Option<String>,
     pub layer: CompatLayer,
 }
 
@@ -99,14 +103,90 @@ pub struct Release {
     pub is_final: bool,
 }
 
-/// A directory with a kiln.toml.
+/// A directory with a kiln.toml, or a Dockerfile alone.
 #[derive(Debug)]
 pub struct Member {
     pub target: String,
     pub dir: PathBuf,
+    /// Its kiln.toml; for a Dockerfile alone, `[image] dockerfile =
+    /// "Dockerfile"` (never written).
     pub spec: Spec,
     pub base: Base,
+    /// Other members whose files it imports (`[[files]] from =
+    /// "target:NAME"`, a Dockerfile's `COPY --from=target:NAME`).
+    pub imports: Vec<String>,
+    /// The Dockerfile it is built from, if any.
+    pub dockerfile: Option<PathBuf>,
     pub release: Option<Release>,
+}
+
+impl Member {
+    /// The members it is built from: its base, then its imports, once each.
+    pub fn deps(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Base::Target(b) = &self.base {
+            out.push(b.clone());
+        }
+        for i in &self.imports {
+            if !out.contains(i) {
+                out.push(i.clone());
+            }
+        }
+        out
+    }
+}
+
+/// What a Dockerfile builds on: the image of its last stage (followed
+/// through stage names) and every `COPY --from=` image that is no stage.
+/// A light scan of FROM and COPY lines, enough for the workspace graph;
+/// the build itself parses the Dockerfile fully.
+pub fn dockerfile_deps(text: &str) -> (String, Vec<String>) {
+    let mut stages: BTreeMap<String, String> = BTreeMap::new();
+    let mut last = String::from("scratch");
+    let mut copies = Vec::new();
+    let mut joined = String::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            joined.push_str(head);
+            joined.push(' ');
+            continue;
+        }
+        joined.push_str(line);
+        let full = std::mem::take(&mut joined);
+        let words: Vec<&str> = full.split_whitespace().collect();
+        let Some(first) = words.first() else { continue };
+        if first.eq_ignore_ascii_case("FROM") {
+            let rest: Vec<&str> = words[1..]
+                .iter()
+                .copied()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            let Some(image) = rest.first() else { continue };
+            let image = stages
+                .get(&image.to_lowercase())
+                .cloned()
+                .unwrap_or_else(|| image.to_string());
+            if let (Some(a), Some(name)) = (rest.get(1), rest.get(2)) {
+                if a.eq_ignore_ascii_case("AS") {
+                    stages.insert(name.to_lowercase(), image.clone());
+                }
+            }
+            last = image;
+        } else if first.eq_ignore_ascii_case("COPY") || first.eq_ignore_ascii_case("ADD") {
+            for w in &words[1..] {
+                if let Some(from) = w.strip_prefix("--from=") {
+                    if !stages.contains_key(&from.to_lowercase()) {
+                        copies.push(from.to_string());
+                    }
+                }
+            }
+        }
+    }
+    (last, copies)
 }
 
 /// Tag templates: `{version}`, `{count}` (commits on HEAD), `{hash}` (short hash).
@@ -354,9 +434,19 @@ impl Workspace {
     pub fn dependents(&self, target: &str) -> Vec<&str> {
         self.members
             .values()
-            .filter(|m| m.base == Base::Target(target.to_string()))
+            .filter(|m| m.deps().iter().any(|d| d == target))
             .map(|m| m.target.as_str())
             .collect()
+    }
+
+    /// The version a release's compat layers are labelled with: the last
+    /// dir of `chain` that sets `version`, else the chain hash's first 12 hex.
+    pub fn compat_version(&self, chain: &[String], hash: &str) -> String {
+        chain
+            .iter()
+            .rev()
+            .find_map(|c| self.compat.get(c).and_then(|c| c.version.clone()))
+            .unwrap_or_else(|| hash[..12.min(hash.len())].to_string())
     }
 
     pub fn science_image(&self, target: &str) -> String {
@@ -505,6 +595,7 @@ fn load_compat(root: &Path, file: &Path, globs: &[String]) -> Result<BTreeMap<St
                 dir,
                 text,
                 includes: parsed.includes,
+                version: parsed.version,
                 layer: CompatLayer {
                     config: parsed.config,
                     files: parsed.files,
@@ -546,14 +637,26 @@ fn load_members(
     let mut out: BTreeMap<String, Member> = BTreeMap::new();
     for dir in expand_globs(root, file, "members", globs)? {
         let spec_path = dir.join("kiln.toml");
-        if !spec_path.is_file() {
-            return Err(WorkspaceError::MissingSpec {
-                dockerfile: dir.join("Dockerfile").is_file(),
-                dir,
-            }
-            .into());
-        }
-        let spec = Spec::load(&spec_path)?;
+        let spec = if spec_path.is_file() {
+            Spec::load(&spec_path)?
+        } else if dir.join("Dockerfile").is_file() {
+            Spec::parse("[image]\ndockerfile = \"Dockerfile\"\n", &spec_path)?
+        } else {
+            return Err(WorkspaceError::MissingSpec { dir }.into());
+        };
+        let dockerfile = spec.image.dockerfile.as_ref().map(|d| dir.join(d));
+        // A Dockerfile's base and imports are in it; a spec's in its sections.
+        let (base_text, import_refs) = match &dockerfile {
+            Some(df) => dockerfile_deps(&read(df)?),
+            None => (
+                spec.image.base.trim().to_string(),
+                spec.files.iter().filter_map(|f| f.from.clone()).collect(),
+            ),
+        };
+        let imports: Vec<String> = import_refs
+            .iter()
+            .filter_map(|r| r.trim().strip_prefix("target:").map(String::from))
+            .collect();
         let target = spec
             .release
             .as_ref()
@@ -574,9 +677,9 @@ fn load_members(
             }
             .into());
         }
-        let base = match spec.image.base.trim().strip_prefix("target:") {
+        let base = match base_text.strip_prefix("target:") {
             Some(name) => Base::Target(name.to_string()),
-            None => Base::Other(spec.image.base.trim().to_string()),
+            None => Base::Other(base_text.clone()),
         };
         let release = match &spec.release {
             None => None,
@@ -621,17 +724,19 @@ fn load_members(
                 dir,
                 spec,
                 base,
+                imports,
+                dockerfile,
                 release,
             },
         );
     }
     let known = out.keys().cloned().collect::<Vec<_>>().join(", ");
     for m in out.values() {
-        if let Base::Target(name) = &m.base {
-            if !out.contains_key(name) {
+        for name in m.deps() {
+            if !out.contains_key(&name) {
                 return Err(WorkspaceError::UnknownTarget {
                     member: m.target.clone(),
-                    name: name.clone(),
+                    name,
                     known: known.clone(),
                 }
                 .into());
@@ -690,13 +795,7 @@ pub(crate) fn find_cycle(edges: &BTreeMap<String, Vec<String>>) -> Option<String
 fn topological(members: &BTreeMap<String, Member>) -> Result<Vec<String>> {
     let edges: BTreeMap<String, Vec<String>> = members
         .values()
-        .map(|m| {
-            let needs = match &m.base {
-                Base::Target(t) => vec![t.clone()],
-                Base::Other(_) => Vec::new(),
-            };
-            (m.target.clone(), needs)
-        })
+        .map(|m| (m.target.clone(), m.deps()))
         .collect();
     if let Some(cycle) = find_cycle(&edges) {
         return Err(WorkspaceError::TargetCycle { cycle }.into());

@@ -24,6 +24,7 @@ fn package_for(tool: &str) -> &'static str {
         "dpkg-scanpackages" => "dpkg-dev",
         "openssl" => "openssl",
         "git" => "git",
+        "curl" => "curl",
         "ldconfig" => "libc-bin",
         _ => "?",
     }
@@ -168,4 +169,35 @@ pub fn chroot_run(rootfs: &Path, args: &[&str]) -> Run {
         .arg(rootfs)
         .args(args);
     c.run()
+}
+
+/// `podman run --rm IMAGE ARGS…` (runc, cgroupfs, vfs storage in a new
+/// directory under `store`: what works unprivileged here); its stdout.
+#[track_caller]
+pub fn podman_run(store: &Path, image: &str, args: &[&str]) -> String {
+    let podman = require_tool("podman");
+    // A store is tied to its run root: a new pair each run.
+    fs::create_dir_all(store).unwrap();
+    let root = tempfile::tempdir_in(store).unwrap();
+    // podman wants a short run root (at most 50 characters).
+    let prun = tempfile::tempdir().unwrap();
+    let mut c = Command::new(&podman);
+    c.arg("--root")
+        .arg(root.path())
+        .arg("--runroot")
+        .arg(prun.path())
+        .args(["--storage-driver", "vfs", "--runtime", "runc"])
+        .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+        .args(["run", "--rm", "--network", "host"])
+        .args([
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=1000:1000",
+        ]);
+    if image.starts_with("docker://127.0.0.1:") {
+        c.arg("--tls-verify=false");
+    }
+    c.arg(image).args(args);
+    c.run_ok().stdout
 }

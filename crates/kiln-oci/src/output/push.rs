@@ -23,7 +23,7 @@ use kiln_core::error::{Error, Result};
 use kiln_core::progress::Progress;
 
 /// The config of an artifact manifest: `{}` (OCI 1.1's empty descriptor).
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const ANN_CREATED: &str = "org.opencontainers.image.created";
 const ANN_TITLE: &str = "org.opencontainers.image.title";
 
@@ -266,32 +266,59 @@ fn push_sboms(
             },
             "annotations": {ANN_CREATED: sbom.created},
         });
-        let bytes = canonical_json(&manifest);
-        let digest = Digest::of(&bytes);
-        registry.push_manifest(&digest_ref(target, &digest), &bytes, OCI_MANIFEST)?;
+        let annotations = json!({ANN_CREATED: sbom.created});
+        let (digest, tag_written) = push_referrer(
+            registry,
+            target,
+            &img.manifest.digest,
+            &canonical_json(&manifest),
+            sbom.media_type,
+            Some(annotations),
+        )?;
         report.referrers += 1;
         report.referrer_manifests.push(digest.to_string());
-
-        let subject = digest_ref(target, &img.manifest.digest);
-        // A registry that cannot answer counts as one without the API.
-        let listed = registry
-            .referrers(&subject, sbom.media_type)
-            .map(|l| l.contains(&digest.to_string()))
-            .unwrap_or(false);
-        if !listed {
-            let entry = json!({
-                "mediaType": OCI_MANIFEST,
-                "digest": digest.to_string(),
-                "size": bytes.len(),
-                "artifactType": sbom.media_type,
-                "annotations": {ANN_CREATED: sbom.created},
-            });
-            if add_to_referrers_tag(registry, target, &img.manifest.digest, entry)? {
-                report.referrer_tags_updated += 1;
-            }
+        if tag_written {
+            report.referrer_tags_updated += 1;
         }
     }
     Ok(())
+}
+
+/// Push `bytes`, an OCI 1.1 artifact manifest of `artifact_type` whose
+/// `subject` is `subject`, by digest into `target`'s repository, and make it
+/// findable: where the registry's referrers API does not list it
+/// (registries without the API), the referrers tag schema's index
+/// `sha256-<hex of subject>` gets an entry for it (with `annotations`, the
+/// manifest's own). Returns its digest and whether that tag was written.
+pub(crate) fn push_referrer(
+    registry: &Registry,
+    target: &Reference,
+    subject: &Digest,
+    bytes: &[u8],
+    artifact_type: &str,
+    annotations: Option<Value>,
+) -> Result<(Digest, bool)> {
+    let digest = Digest::of(bytes);
+    registry.push_manifest(&digest_ref(target, &digest), bytes, OCI_MANIFEST)?;
+    // A registry that cannot answer counts as one without the API.
+    let listed = registry
+        .referrers(&digest_ref(target, subject), artifact_type)
+        .map(|l| l.contains(&digest.to_string()))
+        .unwrap_or(false);
+    if listed {
+        return Ok((digest, false));
+    }
+    let mut entry = json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": digest.to_string(),
+        "size": bytes.len(),
+        "artifactType": artifact_type,
+    });
+    if let Some(a) = annotations {
+        entry["annotations"] = a;
+    }
+    let written = add_to_referrers_tag(registry, target, subject, entry)?;
+    Ok((digest, written))
 }
 
 /// The referrers tag schema: the index tagged `sha256-<hex>` lists the
@@ -362,6 +389,93 @@ fn push_blob(
     Ok(())
 }
 
+/// Attach `docs` (one per platform, in the order of `image.images`) to an
+/// image already pushed to `repo` as OCI 1.1 referrers of its platform
+/// manifests, as its SBOMs are; a platform manifest that already has a
+/// referrer of the doc's type is left alone.
+pub fn attach(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    image: &Assembled,
+    docs: &[SbomBlob],
+    blobs: &Blobs,
+) -> Result<()> {
+    let target = tag_ref(repo, tag)?;
+    let mut todo_images = Vec::new();
+    let mut todo_docs = Vec::new();
+    for (img, doc) in image.images.iter().zip(docs) {
+        let subject = digest_ref(&target, &img.manifest.digest);
+        // One record per platform manifest: the same manifest has the same
+        // layers, whatever built it.
+        let present = registry
+            .referrers(&subject, doc.media_type)
+            .is_ok_and(|l| !l.is_empty());
+        if !present {
+            todo_images.push(img.clone());
+            todo_docs.push(doc);
+        }
+    }
+    if todo_docs.is_empty() {
+        return Ok(());
+    }
+    let subset = Assembled {
+        images: todo_images,
+        ..image.clone()
+    };
+    let docs: Vec<SbomBlob> = todo_docs
+        .into_iter()
+        .map(|d| SbomBlob {
+            media_type: d.media_type,
+            digest: d.digest.clone(),
+            size: d.size,
+            file_name: d.file_name.clone(),
+            created: d.created.clone(),
+        })
+        .collect();
+    push_sboms(
+        registry,
+        &target,
+        &subset,
+        &docs,
+        blobs,
+        &mut PushReport::default(),
+    )
+}
+
+/// Point each of `tags` of `repo` at the manifest (or index) `from` names:
+/// one GET, then a PUT for each tag that names something else. Nothing is
+/// uploaded; `from` must be in `repo`'s registry. Returns the digest and the
+/// tags written.
+pub fn retag(
+    registry: &Registry,
+    from: &Reference,
+    repo: &str,
+    tags: &[String],
+) -> Result<(Digest, Vec<String>)> {
+    let refs = tags
+        .iter()
+        .map(|t| tag_ref(repo, t))
+        .collect::<Result<Vec<_>>>()?;
+    let (bytes, digest) = registry.pull_manifest(from)?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
+    let mut written = Vec::new();
+    for (tag, r) in tags.iter().zip(&refs) {
+        if registry.tag_digest(r)?.as_deref() != Some(digest.to_string().as_str()) {
+            registry.push_manifest(r, &bytes, &media_type)?;
+            written.push(tag.clone());
+        }
+    }
+    Ok((digest, written))
+}
+
 pub fn tag_ref(repo: &str, tag: &str) -> Result<Reference> {
     format!("{repo}:{tag}").parse().map_err(|source| {
         ImageError::InvalidPushReference {
@@ -373,7 +487,7 @@ pub fn tag_ref(repo: &str, tag: &str) -> Result<Reference> {
     })
 }
 
-fn digest_ref(r: &Reference, d: &Digest) -> Reference {
+pub(crate) fn digest_ref(r: &Reference, d: &Digest) -> Reference {
     Reference::with_digest(r.registry().into(), r.repository().into(), d.to_string())
 }
 

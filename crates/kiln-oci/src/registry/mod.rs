@@ -226,7 +226,7 @@ impl Registry {
 
     /// The digest a tag names (one HEAD request), `None` when the tag does
     /// not exist.
-    pub(crate) fn tag_digest(&self, r: &Reference) -> Result<Option<String>> {
+    pub fn tag_digest(&self, r: &Reference) -> Result<Option<String>> {
         let auth = self.auth(r)?;
         self.run("checking a tag", r, || async {
             match self.client.fetch_manifest_digest(r, &auth).await {
@@ -266,7 +266,7 @@ impl Registry {
     }
 
     /// The repository's tags (`tags/list`, first page of up to 1000).
-    pub(crate) fn list_tags(&self, r: &Reference) -> Result<Vec<String>> {
+    pub fn list_tags(&self, r: &Reference) -> Result<Vec<String>> {
         let auth = self.auth(r)?;
         let got = self.run("listing tags", r, || {
             self.client.list_tags(r, &auth, Some(1000), None)
@@ -277,7 +277,7 @@ impl Registry {
     }
 
     /// Download a blob into the cache, verified against its digest.
-    pub(crate) fn fetch_blob(
+    pub fn fetch_blob(
         &self,
         r: &Reference,
         digest: &Digest,
@@ -374,6 +374,54 @@ impl Registry {
             })?;
         }
         Ok(())
+    }
+
+    /// Upload a small blob held in memory (signature payloads, their configs).
+    pub(crate) fn push_blob_data(&self, r: &Reference, data: Vec<u8>) -> Result<Digest> {
+        let digest = Digest::of(&data);
+        let d = digest.to_string();
+        let data = bytes::Bytes::from(data);
+        self.run("pushing blob", r, || {
+            self.client.push_blob(r, data.clone(), &d)
+        })?;
+        Ok(digest)
+    }
+
+    /// Download a small blob into memory, verified against its digest;
+    /// refused when it is larger than `max` bytes (a hostile registry
+    /// cannot fill memory).
+    pub(crate) fn pull_blob_data(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let desc = OciDescriptor {
+            digest: digest.to_string(),
+            ..Default::default()
+        };
+        self.run("pulling blob", r, || async {
+            let mut stream = self.client.pull_blob_stream(r, &desc).await?;
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                data.extend_from_slice(&chunk?);
+                if data.len() as u64 > max {
+                    return Err(OciDistributionError::GenericError(Some(format!(
+                        "blob {digest} is larger than {max} bytes"
+                    ))));
+                }
+            }
+            let actual = Digest::of(&data);
+            if actual != *digest {
+                return Err(OciDistributionError::DigestError(
+                    oci_client::errors::DigestError::VerificationError {
+                        expected: digest.to_string(),
+                        actual: actual.to_string(),
+                    },
+                ));
+            }
+            Ok(data)
+        })
     }
 
     pub(crate) fn push_manifest(

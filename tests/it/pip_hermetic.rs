@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kiln_core::Platform;
 use kiln_fs::layer::{Entry, EntryKind};
 use kiln_fs::Rootfs;
-use kiln_pip::{layer_groups, plan, PipError, PipSection};
+use kiln_pip::{layer_groups, plan, PipError, PipSection, RequirementProblem};
 use kiln_store::Cache;
 use kiln_store::Http;
 
-use crate::common::{sha256_hex, wheel_zip};
+use crate::common::{expect_failure, python_base, sha256_hex, wheel_zip, Workspace};
 
 struct Wheel<'a> {
     name: &'a str,
@@ -84,42 +85,82 @@ type Routes = Arc<HashMap<String, (String, Vec<u8>)>>;
 
 /// A tiny HTTP/1.0 server on loopback serving `routes`; lives as long as the test process.
 fn serve(routes: Routes) -> String {
+    serve_counted(routes, false).0
+}
+
+/// [`serve`], answering `Range: bytes=…` requests with `206` when `ranges`
+/// (else the whole body, as servers that do not serve ranges do); the body
+/// bytes written are added to the counter.
+fn serve_counted(routes: Routes, ranges: bool) -> (String, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let routes = routes.clone();
+            let sent = counter.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut line = String::new();
                 if r.read_line(&mut line).is_err() {
                     return;
                 }
+                let mut range = None;
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
                     }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = Some(v.trim().to_string());
+                    }
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let resp = match routes.get(&path) {
+                let (head, body): (String, &[u8]) = match routes.get(&path) {
                     Some((ct, body)) => {
-                        let mut v = format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
-                        v.extend_from_slice(body);
-                        v
+                        let len = body.len();
+                        // `a-b`, `a-`, `-n`
+                        let span = range.filter(|_| ranges && len > 0).and_then(|r| {
+                            let (a, b) = r.split_once('-')?;
+                            Some(if a.is_empty() {
+                                (len - b.parse::<usize>().ok()?.min(len), len - 1)
+                            } else {
+                                let a: usize = a.parse().ok()?;
+                                (a, b.parse::<usize>().map_or(len - 1, |b| b.min(len - 1)))
+                            })
+                        });
+                        match span {
+                            Some((a, b)) if a <= b => (
+                                format!("HTTP/1.1 206 Partial Content\r\nContent-Type: {ct}\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b + 1 - a),
+                                &body[a..=b],
+                            ),
+                            _ => (
+                                format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"),
+                                &body[..],
+                            ),
+                        }
                     }
-                    None => {
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_vec()
-                    }
+                    None => (
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string(),
+                        &[],
+                    ),
                 };
-                let _ = s.write_all(&resp);
+                // Counted before the client can have it; taken back if not sent.
+                sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+                if s.write_all(head.as_bytes())
+                    .and_then(|()| s.write_all(body))
+                    .is_err()
+                {
+                    sent.fetch_sub(body.len() as u64, Ordering::SeqCst);
+                }
                 let _ = r.read(&mut [0u8; 0]);
             });
         }
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), sent)
 }
 
 struct Fixture {
@@ -497,23 +538,87 @@ fn hash_mismatch_writes_nothing() {
     assert_eq!(count("tmp"), 0);
 }
 
+/// No PubGrub internals, no Debug formatting.
+fn readable(m: &str) {
+    for bad in [
+        "∅",
+        "Root",
+        "requirements 0",
+        "Glibc {",
+        "Version {",
+        "[pip] requirements ",
+    ] {
+        assert!(!m.contains(bad), "{bad:?} in:\n{m}");
+    }
+}
+
 #[test]
 fn sdist_only_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = plan_err(&["sdistonly"], &Cache::open(dir.path()).unwrap());
     let m = err.to_string();
+    readable(&m);
     assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
     assert!(
-        matches!(err.downcast_ref::<PipError>(), Some(PipError::NoCompatibleWheel { name, files, .. })
-            if name == "sdistonly" && files.iter().any(|f| f == "sdistonly-1.0.tar.gz")),
+        matches!(err.downcast_ref::<PipError>(), Some(PipError::CannotInstall { problems, .. })
+            if matches!(&problems[..], [RequirementProblem::NoWheel { name, files, .. }]
+                if name == "sdistonly" && files.iter().any(|f| f == "sdistonly-1.0.tar.gz"))),
         "{err:?}"
     );
-    assert!(m.contains("no compatible wheel for `sdistonly`"), "{m}");
     assert!(
-        m.contains("sdistonly-1.0.tar.gz") && m.contains("cp311-cp311-manylinux_2_36_x86_64"),
+        m.starts_with("[pip] 1 requirement cannot be installed on CPython 3.11.2 on x86_64 (glibc 2.36):\n  - `sdistonly`: no wheel of sdistonly 1.0 fits this image; there is only sdistonly-1.0.tar.gz (building sdists is not supported yet)"),
+        "{m}"
+    );
+    assert!(
+        m.contains("`pip wheel --no-deps sdistonly==1.0 -w wheelhouse/`")
+            && m.contains("cp311-cp311-manylinux_2_36_x86_64"),
         "{m}"
     );
     assert!(m.contains("find-links"), "{m}");
+}
+
+#[test]
+fn requires_python_is_named_as_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    // helper 3.0's wheel says Requires-Python >=3.13 on the (HTML) page.
+    let err = plan_err(&["helper==3.0"], &Cache::open(dir.path()).unwrap());
+    let m = err.to_string();
+    readable(&m);
+    assert!(
+        m.contains("helper==3.0 requires Python >=3.13; the image has Python 3.11.2; the newest helper that supports it is 2.0"),
+        "{m}"
+    );
+    assert!(!m.contains("no wheel") && !m.contains("pip wheel"), "{m}");
+}
+
+#[test]
+fn every_problem_of_the_requirements_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = plan_err(
+        &[
+            "helper==1.0",
+            "Helper==2.0",
+            "sdistonly==1.0",
+            "tomli==9.9.9",
+        ],
+        &Cache::open(dir.path()).unwrap(),
+    );
+    let m = err.to_string();
+    readable(&m);
+    assert!(
+        matches!(err.downcast_ref::<PipError>(), Some(PipError::CannotInstall { problems, .. }) if problems.len() == 3),
+        "{err:?}"
+    );
+    for want in [
+        "[pip] 3 requirements cannot be installed on CPython 3.11.2 on x86_64 (glibc 2.36):",
+        "\n  - `sdistonly==1.0`: no wheel of sdistonly 1.0 fits this image",
+        "\n  - `tomli==9.9.9`: no such version; tomli has 2.0.1",
+        "\n  - you require helper==1.0 and helper==2.0; no version of helper is both",
+        "(`pip wheel --no-deps sdistonly==1.0 -w wheelhouse/`)",
+        "\n  sources: http://127.0.0.1:",
+    ] {
+        assert!(m.contains(want), "{want:?} in:\n{m}");
+    }
 }
 
 #[test]
@@ -524,6 +629,7 @@ fn unsatisfiable_prints_the_conflict_chain() {
         &Cache::open(dir.path()).unwrap(),
     );
     let m = err.to_string();
+    readable(&m);
     assert_eq!(err.kind(), kiln::ErrorKind::Input, "{err}");
     assert!(
         matches!(
@@ -533,7 +639,12 @@ fn unsatisfiable_prints_the_conflict_chain() {
         "{err:?}"
     );
     assert!(
-        m.contains("cannot be satisfied") && m.contains("conflict-a") && m.contains("helper"),
+        m.starts_with("[pip] your requirements cannot be satisfied on CPython 3.11.2 on x86_64 (glibc 2.36):\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("conflict-a==1.0 depends on helper<1, which no version of helper meets (helper has 3.0, 2.0, 1.0)")
+            && m.contains("you require conflict-a"),
         "{m}"
     );
     // Every missing name and version at once: close names from the
@@ -557,6 +668,157 @@ fn unsatisfiable_prints_the_conflict_chain() {
     ] {
         assert!(m.contains(want), "{want:?}\n{m}");
     }
+}
+
+#[test]
+fn hash_checking_mode_covers_dependencies_as_pip_does() {
+    let f = fixture();
+    let page = Http::new()
+        .unwrap()
+        .get(&format!("{}/simple/demo/", f.base), None)
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&page.bytes).unwrap();
+    let demo = page["files"][0]["hashes"]["sha256"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = plan(
+        &section(&f, &[&format!("demo==1.0 --hash=sha256:{demo}")]),
+        Path::new("."),
+        &debian_rootfs(11),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        &Cache::open(dir.path()).unwrap(),
+    )
+    .unwrap_err();
+    let m = err.to_string();
+    assert_eq!(err.kind(), kiln::ErrorKind::Input, "{m}");
+    // helper comes with demo and has no hash; six is in the image already.
+    let helper = match err.downcast_ref::<PipError>() {
+        Some(PipError::UnhashedDependencies { lines }) if lines.len() == 1 => lines[0].clone(),
+        _ => panic!("{err:?}"),
+    };
+    assert!(helper.starts_with("helper==2.0 --hash=sha256:"), "{helper}");
+    assert_eq!(helper.len(), "helper==2.0 --hash=sha256:".len() + 64);
+    assert!(
+        m.contains("these dependencies have none. After checking them, add lines like these to the requirements file:\n    helper==2.0 --hash=sha256:"),
+        "{m}"
+    );
+    // With the line added, the set installs.
+    let p = plan(
+        &section(&f, &[&format!("demo==1.0 --hash=sha256:{demo}"), &helper]),
+        Path::new("."),
+        &debian_rootfs(11),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        &Cache::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pins(&p), ["demo==1.0", "helper==2.0"]);
+}
+
+/// A wheel of `size` incompressible bytes (stored, as compressed data is in
+/// real wheels) and then a small METADATA, as wheel builders lay them out.
+fn big_wheel(size: usize) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("bigwheel/blob.bin", stored).unwrap();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut blob = Vec::with_capacity(size + 8);
+    while blob.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blob.extend_from_slice(&x.to_le_bytes());
+    }
+    z.write_all(&blob).unwrap();
+    let small = zip::write::SimpleFileOptions::default();
+    z.start_file("bigwheel-1.0.dist-info/METADATA", small)
+        .unwrap();
+    z.write_all(
+        b"Metadata-Version: 2.1\nName: bigwheel\nVersion: 1.0\nRequires-Dist: tinydep>=1\n",
+    )
+    .unwrap();
+    z.start_file("bigwheel-1.0.dist-info/WHEEL", small).unwrap();
+    z.write_all(b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        .unwrap();
+    z.finish().unwrap().into_inner()
+}
+
+/// An index without PEP 658 metadata: bigwheel (20 MB) requiring tinydep.
+fn no_pep658_routes() -> Routes {
+    let json = "application/vnd.pypi.simple.v1+json".to_string();
+    let big = big_wheel(20 << 20);
+    let tiny = Wheel::simple("tinydep", "1.0").build();
+    let mut routes: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+    routes.insert(
+        "/simple/bigwheel/".into(),
+        (
+            json.clone(),
+            json_page(&[("bigwheel-1.0-py3-none-any.whl".into(), &big, None, None)]),
+        ),
+    );
+    routes.insert(
+        "/simple/tinydep/".into(),
+        (
+            json.clone(),
+            json_page(&[("tinydep-1.0-py3-none-any.whl".into(), &tiny, None, None)]),
+        ),
+    );
+    let octet = "application/octet-stream".to_string();
+    routes.insert(
+        "/files/bigwheel-1.0-py3-none-any.whl".into(),
+        (octet.clone(), big),
+    );
+    routes.insert("/files/tinydep-1.0-py3-none-any.whl".into(), (octet, tiny));
+    Arc::new(routes)
+}
+
+/// Resolve `bigwheel` as `kiln lock` does (a deferring client: wheels only
+/// installed are not fetched): the pins and the body bytes the server sent.
+fn lock_bigwheel(routes: Routes, ranges: bool) -> (Vec<String>, u64, bool) {
+    let big: kiln_core::Digest = format!(
+        "sha256:{}",
+        sha256_hex(&routes["/files/bigwheel-1.0-py3-none-any.whl"].1)
+    )
+    .parse()
+    .unwrap();
+    let (base, sent) = serve_counted(routes, ranges);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("cache")).unwrap();
+    let section = PipSection {
+        packages: vec!["bigwheel".into()],
+        index: Some(format!("{base}/simple")),
+        isolated: true,
+        ..Default::default()
+    };
+    let p = plan(
+        &section,
+        Path::new("."),
+        &debian_rootfs(11),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap().deferring(),
+        &cache,
+    )
+    .unwrap();
+    (pins(&p), sent.load(Ordering::SeqCst), cache.contains(&big))
+}
+
+#[test]
+fn metadata_without_pep_658_is_read_by_range_requests() {
+    let routes = no_pep658_routes();
+    let (pins_ranged, bytes, downloaded) = lock_bigwheel(routes.clone(), true);
+    assert_eq!(pins_ranged, ["bigwheel==1.0", "tinydep==1.0"]);
+    eprintln!("with ranges: {bytes} bytes sent");
+    assert!(
+        bytes < 1 << 20,
+        "{bytes} bytes read for the metadata of a 20 MB wheel"
+    );
+    assert!(!downloaded, "the wheel is in the cache: it was downloaded");
+    // A server that does not serve ranges: the whole wheel, as before.
+    let (pins_full, bytes, downloaded) = lock_bigwheel(routes, false);
+    assert_eq!(pins_full, pins_ranged);
+    assert!(downloaded, "the wheel was not downloaded");
+    assert!(bytes >= 20 << 20, "{bytes} bytes sent");
 }
 
 #[test]
@@ -589,4 +851,33 @@ fn no_python_in_the_image() {
             .contains("[pip] needs a Python interpreter in the image; none found at"),
         "{err}"
     );
+}
+
+#[test]
+fn kiln_lock_names_every_problem_and_exits_2() {
+    let f = fixture();
+    let ws = Workspace::new("pip-problems");
+    python_base(&ws);
+    ws.write(
+        "requirements.txt",
+        "helper==3.0\nsdistonly==1.0\npkg-resources==0.0.0\ntomli==9.9.9\n",
+    );
+    ws.spec(&format!(
+        "[image]\nbase = \"oci:py:v1\"\n[pip]\nrequirements = [\"requirements.txt\"]\nindex = \"{}/simple\"\nisolated = true\n",
+        f.base
+    ));
+    let r = expect_failure(
+        &ws,
+        &["lock"],
+        2,
+        &[
+            "[pip] 3 requirements cannot be installed on CPython 3.11.0 on x86_64 (glibc 2.36):",
+            "requirements.txt:1: helper==3.0 requires Python >=3.13; the image has Python 3.11.0; the newest helper that supports it is 2.0",
+            "requirements.txt:4: `tomli==9.9.9`: no such version; tomli has 2.0.1",
+            "`pip wheel --no-deps sdistonly==1.0 -w wheelhouse/`",
+            "requirements.txt:3: skipping `pkg-resources==0.0.0`",
+        ],
+    );
+    readable(&r.stderr);
+    assert!(!ws.join("kiln.lock").exists());
 }

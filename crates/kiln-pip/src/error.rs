@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use kiln_core::digest::Digest;
 use kiln_core::error::{Classify, ErrorKind};
-use kiln_fs::probe::Libc;
 
 /// At most this many file names are listed when no wheel fits.
 const FILES_SHOWN: usize = 12;
@@ -148,29 +147,102 @@ pub enum PipError {
         path.display()
     )]
     RequirementsTooDeep { path: PathBuf },
-    /// `-e`: would need a source build.
+    /// `-e`: an editable install points into a source tree.
     #[error(
-        "{origin}: editable requirements (`-e`) need a source build; kiln installs wheels only"
+        "{origin}: {}an image has no editable installs (they point into a source tree, which is not in the image); \
+         require the project without `-e`, as a wheel: kiln does not build source trees yet, so build one \
+         (`pip wheel --no-deps {} -w wheelhouse/`), add the directory to `find-links` and require the project by name",
+        target.as_ref().map(|t| format!("`-e {t}`: ")).unwrap_or_default(),
+        target.as_deref().unwrap_or("PATH")
     )]
-    Editable { origin: String },
-    /// A requirement without `--hash` in a file in hash-checking mode.
+    Editable {
+        origin: String,
+        /// What follows `-e`, [`quote`]d.
+        target: Option<String>,
+    },
+    /// pip's hash-checking mode (a `--hash` on any requirement, or
+    /// `--require-hashes`): every requirement needs a hash and an `==` pin
+    /// (URL requirements: a hash); each line that has not is named.
     #[error(
-        "{origin}: no `--hash`, but this file is in hash-checking mode (another line has a hash, or `--require-hashes`); like pip, kiln then needs a hash on every requirement: add one (e.g. from `pip hash`) or remove them all"
+        "[pip] hash-checking mode is on ({why}), and like pip kiln then needs every requirement pinned with `==` and given a `--hash`:{}{}\n  \
+         add the hashes (`pip-compile --generate-hashes`, or `pip hash` of each file) or remove every `--hash` and `--require-hashes`",
+        unhashed.iter().map(|o| format!("\n  - {o}: no `--hash`")).collect::<String>(),
+        unpinned.iter().map(|o| format!("\n  - {o}: not pinned with `==`")).collect::<String>()
     )]
-    UnhashedInHashMode { origin: String },
+    HashMode {
+        /// `req.txt:3 has a --hash`, `--require-hashes at req.txt:1`.
+        why: String,
+        /// Where each requirement without a hash was written.
+        unhashed: Vec<String>,
+        /// Where each hashed requirement without an `==` pin was written.
+        unpinned: Vec<String>,
+    },
+    /// Hash-checking mode, and packages the requirements pull in have no
+    /// hash: each as a line to add (with the hash the source gives), as pip
+    /// prints them.
+    #[error(
+        "[pip] hash-checking mode is on, and like pip kiln then needs a hash for every package it downloads; \
+         these dependencies have none. After checking them, add lines like these to the requirements file:{}",
+        lines.iter().map(|l| format!("\n    {l}")).collect::<String>()
+    )]
+    UnhashedDependencies {
+        /// `name==version --hash=sha256:…`.
+        lines: Vec<String>,
+    },
     /// A requirements-file option kiln does not implement.
     #[error(
-        "{origin}: unsupported option {}in a requirements file",
-        option.as_ref().map(|o| format!("`{o}` ")).unwrap_or_default()
+        "{origin}: unsupported option {}in a requirements file; {}",
+        option.as_ref().map(|o| format!("`{o}` ")).unwrap_or_default(),
+        if *no_binary {
+            "kiln installs wheels and does not build from source yet: remove it (wheels are used)"
+        } else {
+            "remove it (kiln reads -r, -c, -i/--index-url, --extra-index-url, -f/--find-links, --no-index, --pre, --require-hashes; \
+             --trusted-host, --prefer-binary, --only-binary and --use-feature are accepted and ignored)"
+        }
     )]
     UnsupportedOption {
         origin: String,
         /// [`quote`]d.
         option: Option<String>,
+        /// `--no-binary`, which asks for source builds.
+        no_binary: bool,
+    },
+    /// A path or `file:` URL that does not exist here: typically a freeze
+    /// from a conda environment (`name @ file:///croot/…`).
+    #[error(
+        "{origin}: {} does not exist here (a path from the machine the list was made on, as `pip freeze` writes for packages conda installed); \
+         replace the line by `{name}=={}`{}",
+        path.as_ref().map(|p| format!("`{p}`")).unwrap_or_else(|| format!("the path {NOT_QUOTED}")),
+        version.as_deref().unwrap_or("VERSION"),
+        if version.is_none() { " (the version installed there: `pip show` it)" } else { "" }
+    )]
+    MissingLocalPath {
+        origin: String,
+        /// Normalised project name.
+        name: String,
+        /// [`quote`]d.
+        path: Option<String>,
+        /// The version the file name gives, when it gives one.
+        version: Option<String>,
+    },
+    /// A requirement only a source build can satisfy: a VCS URL, a local
+    /// project directory, an sdist.
+    #[error(
+        "{origin}: {} {what}; kiln installs wheels and does not build from source yet: {hint}",
+        text.as_ref().map(|t| format!("`{t}`")).unwrap_or_else(|| format!("the requirement {NOT_QUOTED}"))
+    )]
+    NeedsSourceBuild {
+        origin: String,
+        /// The requirement, [`quote`]d.
+        text: Option<String>,
+        /// `is a VCS requirement`, `is a local project directory`...
+        what: &'static str,
+        /// What to do instead, with the user's names and pins.
+        hint: String,
     },
     /// A URL or path requirement that is not a wheel (an sdist, a directory...).
     #[error(
-        "{origin}: {} is not a wheel; kiln installs wheels only (build it with `pip wheel` into a find-links directory)",
+        "{origin}: {} is not a wheel; kiln installs wheels and does not build sdists yet (build a wheel with `pip wheel --no-deps` into a `find-links` directory)",
         url.as_ref().map(|u| format!("`{u}`")).unwrap_or_else(|| format!("the requirement's URL {NOT_QUOTED}"))
     )]
     NotAWheel {
@@ -218,29 +290,24 @@ pub enum PipError {
         sources: Vec<String>,
     },
 
-    // --- resolution ---
-    /// Versions match the requirement, but none has a wheel for the target.
+    /// Requirements that cannot be met, found before resolving: every one
+    /// at once (missing names and versions, versions whose wheels all need
+    /// another Python, versions without a wheel for the image, pins that
+    /// contradict each other), with what to do.
     #[error(
-        "[pip] no compatible wheel for `{name}{specifier}` (required by {origin}) for CPython {python} on {machine} ({libc}).\n  \
-         tags tried: {tags}\n  files that exist: {}\n  \
-         kiln installs wheels only: build one (`pip wheel {name} -w wheelhouse/`) and add the directory to `find-links`",
-        files_shown(files)
+        "[pip] {} cannot be installed on {target}:{}{}",
+        if problems.len() == 1 { "1 requirement".to_string() } else { format!("{} requirements", problems.len()) },
+        problems.iter().map(|p| format!("\n  - {p}")).collect::<String>(),
+        problem_hints(problems, tags, sources)
     )]
-    NoCompatibleWheel {
-        name: String,
-        /// The version specifiers asked for (empty: any).
-        specifier: String,
-        /// Who asked: where a requirement was written (`[pip] packages`,
-        /// `file:line`) or the distribution (`name version`).
-        origin: String,
-        /// The target's full version, `3.11.2`.
-        python: String,
-        machine: String,
-        libc: Libc,
+    CannotInstall {
+        problems: Vec<RequirementProblem>,
+        /// `CPython 3.11.2 on x86_64 (glibc 2.36)`.
+        target: String,
         /// Summary of the compatible tags, most preferred first.
         tags: String,
-        /// Every file the sources offer for the project.
-        files: Vec<String>,
+        /// Indexes then find-links locations asked, redacted.
+        sources: Vec<String>,
     },
     /// A `Requires-Dist` of a distribution's metadata does not parse.
     #[error("[pip] {dist}: invalid Requires-Dist `{requirement}`: {detail}")]
@@ -260,9 +327,11 @@ pub enum PipError {
         detail: String,
     },
     /// PubGrub proved that no set of versions satisfies the requirements.
-    #[error("[pip] the requirements cannot be satisfied:\n{explanation}")]
+    #[error("[pip] your requirements cannot be satisfied on {target}:\n{explanation}")]
     Unsatisfiable {
-        /// PubGrub's derivation, one line per step.
+        /// `CPython 3.11.2 on x86_64 (glibc 2.36)`.
+        target: String,
+        /// PubGrub's derivation in words, one line per step.
         explanation: String,
     },
     /// The picked file's sha256 is not one the `--hash` options allow.
@@ -313,6 +382,168 @@ pub enum PipError {
     /// `layer_groups` ran on a wheel `plan` did not download.
     #[error("wheel {filename} ({sha256}) is not in the cache; run plan first")]
     NotInCache { filename: String, sha256: Digest },
+}
+
+/// One requirement [`PipError::CannotInstall`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequirementProblem {
+    /// No source has the name, or not the version.
+    Missing(kiln_core::suggest::Missing),
+    /// A local version (`torch==2.3.1+cpu`) the sources do not have, where
+    /// they have the public one.
+    LocalVersion {
+        /// As written ([`quote`]d; `None`: not the spec's own).
+        request: Option<String>,
+        /// Where it was written, when not in kiln.toml itself.
+        at: Option<String>,
+        name: String,
+        /// `2.3.1`, which the sources have.
+        public: String,
+        /// `cpu`.
+        local: String,
+    },
+    /// Every version that matches has wheels for the image only with a
+    /// `Requires-Python` the image's Python does not meet.
+    RequiresPython {
+        at: Option<String>,
+        name: String,
+        /// The newest matching version.
+        version: String,
+        /// Its `Requires-Python`, `>=3.12`.
+        requires_python: String,
+        /// The image's, `3.11.2`.
+        python: String,
+        /// The newest version with a wheel for the image and its Python.
+        newest: Option<String>,
+    },
+    /// Versions match, but none has a wheel for the image.
+    NoWheel {
+        request: Option<String>,
+        at: Option<String>,
+        name: String,
+        /// The newest matching version.
+        version: String,
+        /// That version's files.
+        files: Vec<String>,
+    },
+    /// Two requirements on one project that no version meets together.
+    Conflict {
+        name: String,
+        /// `(specifier, where)` of each, as `==6.0.1`.
+        requests: Vec<(String, Option<String>)>,
+    },
+}
+
+impl std::fmt::Display for RequirementProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |at: &Option<String>| at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default();
+        match self {
+            // `file:line: ` first, as the other problems here.
+            RequirementProblem::Missing(m) => {
+                let bare = kiln_core::suggest::Missing {
+                    at: None,
+                    ..m.clone()
+                };
+                write!(f, "{}{bare}", at(&m.at))
+            }
+            RequirementProblem::LocalVersion {
+                request,
+                at: w,
+                name,
+                public,
+                local,
+            } => write!(
+                f,
+                "{}{}: no such version: the sources have {name} {public} but not its local version `+{local}` \
+                 (local versions come from the project's own wheel index: add it to `extra-index`, or require `{name}=={public}`)",
+                at(w),
+                request.as_ref().map(|r| format!("`{r}`")).unwrap_or_else(|| name.clone()),
+            ),
+            RequirementProblem::RequiresPython {
+                at: w,
+                name,
+                version,
+                requires_python,
+                python,
+                newest,
+            } => {
+                write!(
+                    f,
+                    "{}{name}=={version} requires Python {requires_python}; the image has Python {python}; ",
+                    at(w)
+                )?;
+                match newest {
+                    Some(n) => write!(f, "the newest {name} that supports it is {n}"),
+                    None => write!(f, "no version of {name} supports it (use an image with a newer Python)"),
+                }
+            }
+            RequirementProblem::NoWheel {
+                request,
+                at: w,
+                name,
+                version,
+                files,
+            } => {
+                write!(
+                    f,
+                    "{}{}: no wheel of {name} {version} fits this image; there {} {}",
+                    at(w),
+                    request.as_ref().map(|r| format!("`{r}`")).unwrap_or_else(|| name.clone()),
+                    if files.len() == 1 { "is only" } else { "are only" },
+                    files_shown(files)
+                )?;
+                if files.iter().any(|x| !x.ends_with(".whl")) {
+                    write!(f, " (building sdists is not supported yet)")?;
+                }
+                Ok(())
+            }
+            RequirementProblem::Conflict { name, requests } => {
+                let specs: Vec<String> = requests.iter().map(|(s, _)| format!("{name}{s}")).collect();
+                let ats: Vec<&str> = requests.iter().filter_map(|(_, a)| a.as_deref()).collect();
+                write!(f, "you require {}", specs.join(" and "))?;
+                if !ats.is_empty() {
+                    write!(f, " ({})", ats.join(", "))?;
+                }
+                write!(f, "; no version of {name} is both: keep one")
+            }
+        }
+    }
+}
+
+/// What to do about [`PipError::CannotInstall`]'s problems: one `pip wheel`
+/// line for every wheel missing (pins kept), the tags tried, the sources.
+fn problem_hints(problems: &[RequirementProblem], tags: &str, sources: &[String]) -> String {
+    let mut out = String::new();
+    let pins: Vec<String> = problems
+        .iter()
+        .filter_map(|p| match p {
+            RequirementProblem::NoWheel { name, version, .. } => Some(format!("{name}=={version}")),
+            _ => None,
+        })
+        .collect();
+    if !pins.is_empty() {
+        out.push_str(&format!(
+            "\n  kiln installs wheels only and does not build sdists yet: build the wheels on a system like the image \
+             (`pip wheel --no-deps {} -w wheelhouse/`) and add the directory to `find-links`\n  tags tried: {tags}",
+            pins.join(" ")
+        ));
+    }
+    if problems.iter().any(|p| {
+        matches!(
+            p,
+            RequirementProblem::Missing(_) | RequirementProblem::LocalVersion { .. }
+        )
+    }) {
+        out.push_str(&format!(
+            "\n  sources: {}",
+            if sources.is_empty() {
+                "none configured".to_string()
+            } else {
+                sources.join(", ")
+            }
+        ));
+    }
+    out
 }
 
 /// What is wrong with a wheel (follows `wheel <file name>`).
@@ -410,14 +641,17 @@ impl Classify for PipError {
             | PipError::RequirementsNotText { .. }
             | PipError::RequirementsTooDeep { .. }
             | PipError::Editable { .. }
-            | PipError::UnhashedInHashMode { .. }
+            | PipError::HashMode { .. }
+            | PipError::UnhashedDependencies { .. }
+            | PipError::MissingLocalPath { .. }
+            | PipError::NeedsSourceBuild { .. }
             | PipError::UnsupportedOption { .. }
             | PipError::NotAWheel { .. }
             | PipError::NoPackageSource
             | PipError::FindLinks { .. }
             | PipError::PackageNotFound { .. }
             | PipError::UnknownPackages { .. }
-            | PipError::NoCompatibleWheel { .. }
+            | PipError::CannotInstall { .. }
             | PipError::InvalidRequiresDist { .. }
             | PipError::InvalidExtra { .. }
             | PipError::Unsatisfiable { .. }
@@ -454,19 +688,29 @@ mod tests {
     #[test]
     fn messages_and_kinds() {
         let files: Vec<String> = (0..14).map(|i| format!("f{i}.tar.gz")).collect();
-        let e = PipError::NoCompatibleWheel {
-            name: "x".into(),
-            specifier: ">=1".into(),
-            origin: "the [pip] requirements".into(),
-            python: "3.11.2".into(),
-            machine: "x86_64".into(),
-            libc: Libc::Unknown,
+        let e = PipError::CannotInstall {
+            problems: vec![RequirementProblem::NoWheel {
+                request: Some("x>=1".into()),
+                at: None,
+                name: "x".into(),
+                version: "1.0".into(),
+                files,
+            }],
+            target: "CPython 3.11.2 on x86_64 (glibc 2.36)".into(),
             tags: "t".into(),
-            files,
+            sources: Vec::new(),
         };
         let m = e.to_string();
-        assert!(m.starts_with("[pip] no compatible wheel for `x>=1` (required by the [pip] requirements) for CPython 3.11.2 on x86_64 (an unknown C library).\n  tags tried: t\n  files that exist: f0.tar.gz, "), "{m}");
-        assert!(m.contains("f11.tar.gz and 2 more\n"), "{m}");
+        assert!(m.starts_with("[pip] 1 requirement cannot be installed on CPython 3.11.2 on x86_64 (glibc 2.36):\n  - `x>=1`: no wheel of x 1.0 fits this image; there are only f0.tar.gz, "), "{m}");
+        assert!(
+            m.contains("f11.tar.gz and 2 more (building sdists is not supported yet)\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("`pip wheel --no-deps x==1.0 -w wheelhouse/`"),
+            "{m}"
+        );
+        assert!(m.ends_with("\n  tags tried: t"), "{m}");
         assert!(!m.contains("f12"), "{m}");
         assert_eq!(e.kind(), ErrorKind::Input);
 

@@ -311,11 +311,16 @@ impl<'a> IndexClient<'a> {
                 let (d, _) = self.http.download(&url, expected.as_ref(), self.cache)?;
                 self.cache.read(&d)?
             }
-            None => {
-                let (d, _) = self.download(file)?;
-                let path = self.cache.blob_path(&d);
-                super::wheel::read_metadata_file(&path, &file.filename)?
+            // No PEP 658 file: the METADATA member alone, by range
+            // requests, unless the wheel is at hand or the server does not
+            // serve ranges (then the whole wheel, as before).
+            None if !self.cached_wheel(file) && file_url_path(&file.url).is_none() => {
+                match super::remote_zip::metadata(self.http, &file.url, &file.filename) {
+                    Some(b) => b,
+                    None => self.metadata_from_download(file)?,
+                }
             }
+            None => self.metadata_from_download(file)?,
         };
         let m = CoreMetadata::parse(&bytes)
             .map_err(|e| e.context(format!("metadata of {}", file.filename)))?;
@@ -323,6 +328,18 @@ impl<'a> IndexClient<'a> {
             write_atomic(p, &bytes);
         }
         Ok(m)
+    }
+
+    /// Whether the wheel is in the cache already (its sha256 known).
+    fn cached_wheel(&self, file: &DistFile) -> bool {
+        file.digest().is_some_and(|d| self.cache.contains(&d))
+    }
+
+    /// METADATA of the wheel downloaded whole (or read from the cache).
+    fn metadata_from_download(&self, file: &DistFile) -> Result<Vec<u8>> {
+        let (d, _) = self.download(file)?;
+        let path = self.cache.blob_path(&d);
+        super::wheel::read_metadata_file(&path, &file.filename)
     }
 
     /// [`IndexClient::download`] of a wheel only installed (see

@@ -12,6 +12,7 @@ mod index;
 mod install;
 mod markers;
 mod metadata;
+mod remote_zip;
 mod resolve;
 mod spec;
 mod tags;
@@ -32,7 +33,7 @@ use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::{Cache, CacheBucket};
 use kiln_store::http::Http;
 
-pub use error::{PipError, WheelProblem};
+pub use error::{PipError, RequirementProblem, WheelProblem};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
 pub use target::PythonTarget;
@@ -149,6 +150,7 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
     for (origin, dir, text) in &section.inline {
         spec::read_requirements_text(text, origin, dir, &mut inputs, false, 0)?;
     }
+    spec::check_hash_mode(&inputs)?;
     for (name, version) in &section.pinned {
         inputs.constraints.push(spec::parse_requirement(
             &format!("{name}=={version}"),
@@ -186,15 +188,8 @@ pub fn plan(
         &inputs.constraints,
         inputs.prerelease,
     )?;
-    // Every name or version that does not exist, in one message.
-    let missing = provider.missing_roots(&|| client.project_names())?;
-    if !missing.is_empty() {
-        return Err(PipError::UnknownPackages {
-            missing,
-            sources: provider.sources(),
-        }
-        .into());
-    }
+    // Every requirement that cannot be met on its own, in one message.
+    provider.check_roots(&|| client.project_names())?;
     let resolved = resolve::resolve(&provider)?;
 
     let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -209,6 +204,10 @@ pub fn plan(
     let requested: std::collections::HashSet<String> =
         roots.iter().map(|r| r.req.name.to_string()).collect();
 
+    // pip's hash-checking mode covers what the requirements pull in too:
+    // every package to download needs a hash from the requirements.
+    let hash_mode = spec::hash_mode(&inputs);
+    let mut unhashed = Vec::new();
     let mut already_installed = Vec::new();
     let mut todo = Vec::new();
     for r in resolved {
@@ -221,6 +220,16 @@ pub fn plan(
             version: r.version.to_string(),
             resolved: true,
         })?;
+        let direct_hashed = provider.direct_url(&r.name).is_some() && file.sha256.is_some();
+        if hash_mode && !hashes.contains_key(&r.name) && !direct_hashed {
+            unhashed.push(match &file.sha256 {
+                Some(h) => format!("{}=={} --hash=sha256:{h}", r.name, r.version),
+                None => format!(
+                    "{}=={} (the source gives no hash: `pip hash` {})",
+                    r.name, r.version, file.filename
+                ),
+            });
+        }
         if let Some(allowed) = hashes.get(&r.name) {
             match &file.sha256 {
                 Some(h) if !allowed.contains(h) => {
@@ -237,6 +246,9 @@ pub fn plan(
             }
         }
         todo.push((r.name, r.version.to_string(), file));
+    }
+    if !unhashed.is_empty() {
+        return Err(PipError::UnhashedDependencies { lines: unhashed }.into());
     }
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
         todo.par_iter()
@@ -586,7 +598,7 @@ mod tests {
         )
         .unwrap();
         let section = PipSection {
-            packages: vec![format!("demo --hash=sha256:{allowed}")],
+            packages: vec![format!("demo==1.0 --hash=sha256:{allowed}")],
             index: Some("simple".into()),
             isolated: true,
             ..Default::default()

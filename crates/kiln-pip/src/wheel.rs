@@ -201,7 +201,14 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
 
 /// `*.dist-info/METADATA` from a wheel on disk.
 pub(crate) fn read_metadata_file(path: &Path, wheel: &str) -> Result<Vec<u8>> {
-    let mut ar = open(path, wheel)?;
+    metadata_member(&mut open(path, wheel)?, wheel)
+}
+
+/// `*.dist-info/METADATA` of an open wheel (a file, or a remote one read by ranges).
+pub(crate) fn metadata_member<R: std::io::Read + std::io::Seek>(
+    ar: &mut zip::ZipArchive<R>,
+    wheel: &str,
+) -> Result<Vec<u8>> {
     let name = ar
         .file_names()
         .filter_map(|n| n.ok())

@@ -239,6 +239,49 @@ impl Http {
         })
     }
 
+    /// GET part of a file with an HTTP `Range` header (`range` is its
+    /// value, e.g. `bytes=-65536` for the last 64 KiB or `bytes=0-99`), for
+    /// reading a member of a large archive without downloading it all.
+    ///
+    /// `Ok(None)` when the server does not serve ranges (any answer but
+    /// `206` with a `Content-Range` size): the body is not read, the caller
+    /// downloads the whole file instead. Not cached; counted as a transfer.
+    pub fn get_range(&self, url: &str, range: &str) -> Result<Option<RangeReply>> {
+        if file_url_path(url).is_some() {
+            return Ok(None);
+        }
+        self.retrying(
+            url,
+            |resp| {
+                if resp.status().as_u16() != 206 {
+                    return Ok(None);
+                }
+                // `bytes START-END/TOTAL`
+                let parsed = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (span, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+                        let start = span.split_once('-')?.0.trim().parse().ok()?;
+                        Some((start, total.trim().parse().ok()?))
+                    });
+                let Some((start, total)) = parsed else {
+                    return Ok(None);
+                };
+                let bytes = resp.bytes().map_err(|e| net_error(url, e))?.to_vec();
+                self.transfers.add(bytes.len() as u64);
+                Ok(Some(RangeReply {
+                    start,
+                    total,
+                    bytes,
+                }))
+            },
+            None,
+            &[(reqwest::header::RANGE, range.to_string())],
+        )
+    }
+
     /// A client whose [`Http::download_artifact`] downloads nothing (for a
     /// plan that only resolves).
     pub fn deferring(mut self) -> Self {
@@ -388,6 +431,15 @@ impl Http {
             }
         }
     }
+}
+
+/// Part of a file, as [`Http::get_range`] got it.
+pub struct RangeReply {
+    /// Offset of `bytes[0]` in the file.
+    pub start: u64,
+    /// The whole file's size.
+    pub total: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// What `get_cached` keeps of a response (beside it: `<key>.body`).

@@ -852,7 +852,21 @@ fn run_stages(
             });
             continue;
         }
-        let mut fs = base_rootfs(base, img, blobs, &keep)?;
+        // Only the SBOM reads the base: its view may be remembered.
+        let view = img
+            .manifest_digest
+            .as_ref()
+            .filter(|_| !has_stages && !runs);
+        let mut fs = match view.and_then(|d| memo::read_view(&setup.cache, d)) {
+            Some(fs) => fs,
+            None => {
+                let fs = base_rootfs(base, img, blobs, &keep)?;
+                if let Some(d) = view {
+                    memo::write_view(&setup.cache, d, &fs);
+                }
+                fs
+            }
+        };
         let base_purls = if opts.sbom {
             sbom::purls(&sbom::scan(&fs))
         } else {

@@ -21,6 +21,7 @@ mod run_steps;
 mod stages;
 mod stamp;
 pub mod summary;
+pub mod rebase;
 pub mod why;
 pub mod workspace_build;
 

@@ -345,6 +345,21 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Put an image kiln built on a re-pinned base without rebuilding it:
+    /// its first layers (its recorded base's) become NEW_BASE's, its own
+    /// layers stay; pushed to its repository under --tag.
+    Rebase {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:… (built by kiln on a base).
+        image: String,
+        /// The base to put it on (REGISTRY/REPO:TAG or @sha256:…).
+        #[arg(long, value_name = "REF")]
+        base: String,
+        /// Tags to push the result under [default: IMAGE's tag]. Repeatable.
+        #[arg(long = "tag", short = 't', value_name = "TAG")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Print a shell completion script: `source <(kiln completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -472,7 +487,8 @@ fn main() -> ExitCode {
         | Command::Plan { common, .. }
         | Command::Ci { common, .. }
         | Command::Sign { common, .. }
-        | Command::Verify { common, .. } => common.json,
+        | Command::Verify { common, .. }
+        | Command::Rebase { common, .. } => common.json,
         Command::Serve { .. }
         | Command::Worker { .. }
         | Command::Completions { .. }
@@ -1071,6 +1087,37 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     "signed"
                 };
                 eprintln!("{what} {} ({})", report.digest, report.signature_tag);
+            }
+            Ok(())
+        }
+        Command::Rebase {
+            image,
+            base,
+            tags,
+            common,
+        } => {
+            let report = kiln::rebase::rebase(&kiln::rebase::RebaseOptions {
+                image,
+                base,
+                tags,
+                insecure_registries: common.insecure_registries.clone(),
+                cache_dir: cache_dir(&common),
+                progress: progress(&common),
+            })?;
+            if common.json {
+                print_json(&report);
+            } else {
+                if !common.quiet {
+                    eprintln!(
+                        "rebased {} from {} onto {} ({} of its own layers kept; {} blobs uploaded)",
+                        report.image,
+                        report.old_bases.join(", "),
+                        report.new_base,
+                        report.kept_layers.iter().sum::<usize>(),
+                        report.push.blobs_uploaded
+                    );
+                }
+                println!("{}", report.digest);
             }
             Ok(())
         }

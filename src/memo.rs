@@ -105,15 +105,7 @@ impl PlatformMemo {
                 .transpose()?,
             pip: serde_json::from_value(serde_json::to_value(pip)?)?,
             base_purls: base_purls.clone(),
-            kept: fs
-                .paths()
-                .filter_map(|(p, n)| match n {
-                    Node::File {
-                        content: Some(c), ..
-                    } => Some((p.clone(), c.clone())),
-                    _ => None,
-                })
-                .collect(),
+            kept: kept_files(fs),
         })
     }
 
@@ -211,10 +203,65 @@ impl PlatformMemo {
 
     /// The filesystem view the SBOM reads: the kept files.
     pub(crate) fn fs(&self) -> Rootfs {
-        let mut fs = Rootfs::default();
-        for (p, c) in &self.kept {
-            fs.insert_file(p, c);
-        }
-        fs
+        view_of(&self.kept)
     }
+}
+
+/// What the SBOM reads of a base (its package databases), remembered by
+/// the base's manifest digest: a build with no package stage and no
+/// `[[run]]` on a base seen before (a workspace release re-assembled on
+/// its science image, a COPY-only Dockerfile) does not stream the base's
+/// layers again. The JSON names the manifest, so `kiln cache gc` drops it
+/// with the base.
+#[derive(Serialize, Deserialize)]
+struct BaseView {
+    manifest: Digest,
+    kept: Vec<(String, Vec<u8>)>,
+}
+
+fn view_path(cache: &Cache, manifest: &Digest) -> PathBuf {
+    let key =
+        Digest::of(format!("kiln-base-view/1 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
+    cache.entry(CacheBucket::Stages, format!("view-{}.json", key.hex()))
+}
+
+/// The remembered view of the base whose manifest is `manifest`.
+pub(crate) fn read_view(cache: &Cache, manifest: &Digest) -> Option<Rootfs> {
+    let v: BaseView =
+        serde_json::from_slice(&std::fs::read(view_path(cache, manifest)).ok()?).ok()?;
+    if &v.manifest != manifest {
+        return None;
+    }
+    Some(view_of(&v.kept))
+}
+
+fn view_of(kept: &[(String, Vec<u8>)]) -> Rootfs {
+    let mut fs = Rootfs::default();
+    for (p, c) in kept {
+        fs.insert_file(p, c);
+    }
+    fs
+}
+
+/// Best effort, as the stage memo.
+pub(crate) fn write_view(cache: &Cache, manifest: &Digest, fs: &Rootfs) {
+    let v = BaseView {
+        manifest: manifest.clone(),
+        kept: kept_files(fs),
+    };
+    if let Ok(json) = serde_json::to_vec(&v) {
+        kiln_store::cache::write_atomic(&view_path(cache, manifest), &json);
+    }
+}
+
+/// The files whose contents a filesystem view kept.
+fn kept_files(fs: &Rootfs) -> Vec<(String, Vec<u8>)> {
+    fs.paths()
+        .filter_map(|(p, n)| match n {
+            Node::File {
+                content: Some(c), ..
+            } => Some((p.clone(), c.clone())),
+            _ => None,
+        })
+        .collect()
 }

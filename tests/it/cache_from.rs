@@ -97,3 +97,69 @@ fn cache_from_takes_locked_stages_from_the_registry() {
         r.stderr
     );
 }
+
+/// A build with no package stage on a base seen before reads the base's
+/// package databases (for the SBOM) from the cache's remembered view, not
+/// from its layers: with the base's layer blobs gone from the cache, a
+/// second build pushed to the base's registry fetches none of them, and
+/// its SBOM still lists the base's packages.
+#[test]
+fn the_sbom_view_of_a_base_is_remembered() {
+    let reg = Registry::shared();
+    // A base whose SBOM has a package: a dpkg status file.
+    let b = Workspace::new("view-base");
+    b.write(
+        "status",
+        "Package: tool\nStatus: install ok installed\nVersion: 1.0\nArchitecture: amd64\n\n",
+    );
+    b.spec(&format!(
+        "[image]\nname = \"{}\"\ntags = [\"1\"]\n\n[[files]]\nsrc = \"status\"\ndst = \"/var/lib/dpkg/status\"\n",
+        reg.repo("view/base")
+    ));
+    b.kiln().args(["build", "--push", "--no-sbom"]).run_ok();
+    let base = b
+        .kiln()
+        .args(["inspect", &format!("{}:1", reg.repo("view/base")), "--json"])
+        .run_ok()
+        .json();
+    let layers: Vec<String> = base["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string()
+        })
+        .collect();
+
+    let ws = Workspace::new("view-app");
+    let cache = unique_dir("view-cache");
+    let build = |content: &str| {
+        ws.write("app.txt", content);
+        ws.spec(&format!(
+            "[image]\nbase = \"{}:1\"\nname = \"{}\"\n\n[[files]]\nsrc = \"app.txt\"\ndst = \"/app.txt\"\n",
+            reg.repo("view/base"),
+            reg.repo("view/app")
+        ));
+        let mut c = ws.kiln();
+        c.env("KILN_CACHE", &cache)
+            .args(["build", "--push", "--json"]);
+        c.run_ok().json()
+    };
+    let first = build("one\n");
+    assert_eq!(first["sbom"][0]["packages"], 1, "{first}");
+    for l in &layers {
+        let _ = std::fs::remove_file(cache.join("blobs/sha256").join(l));
+    }
+    let second = build("two\n");
+    assert_eq!(second["sbom"][0]["packages"], 1, "{second}");
+    for l in &layers {
+        assert!(
+            !cache.join("blobs/sha256").join(l).exists(),
+            "base layer {l} was fetched again"
+        );
+    }
+}

@@ -34,6 +34,7 @@ mod pip_hermetic;
 mod pip_image;
 mod pip_network;
 mod push;
+mod rebase;
 mod run_steps;
 mod sbom;
 mod service;

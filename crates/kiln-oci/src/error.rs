@@ -230,6 +230,10 @@ impl std::fmt::Display for DocumentKind {
 /// (`oci:DIR:TAG`, `docker-archive:FILE`, a reference). All bad input.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// `kiln rebase` of an image it cannot rebase safely.
+    #[error("cannot rebase {image}: {why}")]
+    NotRebasable { image: String, why: String },
+
     /// A manifest, index, config or `manifest.json` that does not parse.
     #[error("{what}: {document}: {source}")]
     Unparsable {

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod inventory;
 pub mod manifest;
 pub mod output;
+pub mod rebase;
 pub mod registry;
 pub mod sign;
 

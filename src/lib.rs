@@ -17,11 +17,11 @@ mod error;
 pub mod init;
 mod memo;
 pub mod packages;
+pub mod rebase;
 mod run_steps;
 mod stages;
 mod stamp;
 pub mod summary;
-pub mod rebase;
 pub mod why;
 pub mod workspace_build;
 

@@ -57,6 +57,7 @@ bench: release
 	bash benches/lock_bench.sh
 	bash benches/service_bench.sh
 	bash benches/dockerfile_compare.sh
+	bash benches/workspace_bench.sh
 
 KILN_BIN := ./target/x86_64-unknown-linux-gnu/release/kiln
 

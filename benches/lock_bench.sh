@@ -14,18 +14,10 @@ KILN=$PWD/target/x86_64-unknown-linux-gnu/release/kiln
 work=$(mktemp -d); trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$work"' EXIT
 export KILN_CACHE=$work/cache NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/reg.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/reg-data
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/reg.yml" >"$work/reg.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+REG_PID=''
+. benches/lib.sh
+start_registry
+port=${REG#127.0.0.1:}
 
 secs() { local s e; s=$(date +%s.%N); "$@" >"$work/last.json" 2>"$work/last.err" || { cat "$work/last.err" >&2; return 1; }; e=$(date +%s.%N)
   awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }

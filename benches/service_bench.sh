@@ -28,7 +28,6 @@ API_REQUESTS=${API_REQUESTS:-2000}   # per load run, and at most API_SECONDS lon
 API_SECONDS=${API_SECONDS:-30}
 API_CLIENTS=50
 PIP_PACKAGES=${PIP_PACKAGES:-six idna certifi}
-command -v docker-registry >/dev/null || { echo "docker-registry missing (make test-deps)"; exit 1; }
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 work=$(mktemp -d)
@@ -49,18 +48,10 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }  # $1 pid, $2 VmRSS|VmHWM
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-REG_PORT=$(free_port)
-cat > "$work/reg.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/reg-data
-http:
-  addr: 127.0.0.1:$REG_PORT
-YML
-docker-registry serve "$work/reg.yml" >"$work/reg.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
+. benches/lib.sh
+start_registry
+PIDS+=("$REG_PID")
+REG_PORT=${REG#127.0.0.1:}
 export KILN_REGISTRY_ENDPOINT=127.0.0.1:$REG_PORT
 
 # The client side: submit specs, poll jobs every 20 ms, read the job rows.

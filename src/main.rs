@@ -601,6 +601,37 @@ fn run(cli: Cli) -> kiln::Result<()> {
             ws,
             common,
         } => {
+            // What the flags set, for one build or each of a workspace's.
+            let flags = BuildOptions {
+                spec: PathBuf::new(),
+                spec_text: None,
+                outputs: Vec::new(),
+                push,
+                compression: Compression::parse(&compression).map_err(Error::Input)?,
+                insecure_registries: common.insecure_registries.clone(),
+                cache_dir: cache_dir(&common),
+                epoch: build::epoch_from_env()?,
+                created: build::source_date_epoch()?,
+                archive_names: Vec::new(),
+                sbom: !no_sbom,
+                progress: progress(&common),
+                lock_mode: if locked || frozen {
+                    LockMode::Locked
+                } else {
+                    LockMode::Auto
+                },
+                offline,
+                reuse: true,
+                run_scripts,
+                source_scope: if allow_outside_context {
+                    SourceScope::Host
+                } else {
+                    SourceScope::Context
+                },
+                network,
+                image_names: Vec::new(),
+                cache_from,
+            };
             if ws.workspace {
                 let mut o = output;
                 if o.len() > 1 {
@@ -620,36 +651,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     out,
                     jobs: ws.jobs,
                     log: !common.json && !common.quiet,
-                    build: BuildOptions {
-                        spec: PathBuf::new(),
-                        spec_text: None,
-                        outputs: Vec::new(),
-                        push,
-                        compression: Compression::parse(&compression).map_err(Error::Input)?,
-                        insecure_registries: common.insecure_registries.clone(),
-                        cache_dir: cache_dir(&common),
-                        epoch: build::epoch_from_env()?,
-                        created: build::source_date_epoch()?,
-                        archive_names: Vec::new(),
-                        sbom: !no_sbom,
-                        progress: progress(&common),
-                        lock_mode: if locked || frozen {
-                            LockMode::Locked
-                        } else {
-                            LockMode::Auto
-                        },
-                        offline,
-                        reuse: true,
-                        run_scripts,
-                        source_scope: if allow_outside_context {
-                            SourceScope::Host
-                        } else {
-                            SourceScope::Context
-                        },
-                        network,
-                        image_names: Vec::new(),
-                        cache_from: cache_from.clone(),
-                    },
+                    build: flags,
                 };
                 let report = kiln::workspace_build::build_workspace(&opts)?;
                 if common.json {
@@ -770,31 +772,9 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     .iter()
                     .map(|o| OutputTarget::parse(o))
                     .collect::<kiln::Result<_>>()?,
-                push,
-                compression: Compression::parse(&compression).map_err(Error::Input)?,
-                insecure_registries: common.insecure_registries.clone(),
-                cache_dir: cache_dir(&common),
-                epoch: build::epoch_from_env()?,
-                created: build::source_date_epoch()?,
                 archive_names: tag,
-                sbom: !no_sbom,
-                progress: progress(&common),
-                lock_mode: if locked || frozen {
-                    LockMode::Locked
-                } else {
-                    LockMode::Auto
-                },
-                offline,
-                reuse: true,
-                run_scripts,
-                source_scope: if allow_outside_context {
-                    SourceScope::Host
-                } else {
-                    SourceScope::Context
-                },
-                network,
                 image_names: stages.as_ref().map(|s| s.image_names()).unwrap_or_default(),
-                cache_from,
+                ..flags
             };
             if dry_run && stages.as_ref().is_some_and(|s| s.has_stages()) {
                 return Err(Error::input(

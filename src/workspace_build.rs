@@ -91,14 +91,6 @@ pub fn build_workspace(opts: &WorkspaceOptions) -> Result<WorkspaceReport> {
     // Layout references are handed to builds whose specs stand elsewhere.
     let out = std::path::absolute(&opts.out)
         .map_err(|e| Error::input(format!("--output {}: {e}", opts.out.display())))?;
-    let opts = &WorkspaceOptions {
-        out,
-        path: opts.path.clone(),
-        since: opts.since.clone(),
-        only: opts.only.clone(),
-        build: opts.build.clone(),
-        ..*opts
-    };
     let hashes = kiln_workspace::hash::member_hashes(&ws)?;
     for t in &opts.only {
         if !ws.members.contains_key(t) {
@@ -128,6 +120,7 @@ pub fn build_workspace(opts: &WorkspaceOptions) -> Result<WorkspaceReport> {
         hashes: &hashes,
         opts,
         registry: registry.as_ref(),
+        out,
         science: Mutex::new(BTreeMap::new()),
     };
     let mut reports = Vec::new();
@@ -173,6 +166,8 @@ struct Run<'a> {
     hashes: &'a BTreeMap<String, MemberHashes>,
     opts: &'a WorkspaceOptions,
     registry: Option<&'a Registry>,
+    /// `opts.out`, absolute.
+    out: PathBuf,
     /// Science images of this run, by target: (reference for a base, shown name).
     science: Mutex<BTreeMap<String, (String, String)>>,
 }
@@ -250,7 +245,7 @@ impl Run<'_> {
     }
 
     fn science_layout(&self, target: &str) -> PathBuf {
-        self.opts.out.join("sci").join(target)
+        self.out.join("sci").join(target)
     }
 
     /// An image already made from the same inputs: its content tag in the
@@ -307,6 +302,34 @@ impl Run<'_> {
                 if self.push() { " --push" } else { "" },
             ))),
         }
+    }
+
+    /// An image already made from the same inputs: pushed, it gets `tags`
+    /// (pointed at its content tag); in a layout it has them already.
+    fn reused(
+        &self,
+        image: String,
+        hash: &str,
+        reference: String,
+        digest: String,
+        tags: &[String],
+    ) -> Result<ImageReport> {
+        let tags = match self.registry {
+            Some(reg) if self.push() => {
+                let from = push::tag_ref(&image, &content_tag(hash))?;
+                push::retag(reg, &from, &image, tags)?.1
+            }
+            _ => Vec::new(),
+        };
+        Ok(ImageReport {
+            image,
+            reference,
+            digest,
+            status: "reused",
+            tags,
+            blobs_uploaded: None,
+            bytes_uploaded: None,
+        })
     }
 
     /// The member's last science image in the registry (the highest
@@ -419,21 +442,7 @@ impl Run<'_> {
         let shown = format!("{image}:{}", content_tag(&b.science_hash));
         let report = match self.existing(&image, &b.science_hash, &layout)? {
             Some((reference, digest)) => {
-                let tags = match self.registry {
-                    Some(reg) if self.push() => {
-                        push::retag(reg, &push::tag_ref(&image, &tags[0])?, &image, &tags)?.1
-                    }
-                    _ => Vec::new(),
-                };
-                ImageReport {
-                    image,
-                    reference,
-                    digest,
-                    status: "reused",
-                    tags,
-                    blobs_uploaded: None,
-                    bytes_uploaded: None,
-                }
+                self.reused(image, &b.science_hash, reference, digest, &tags)?
             }
             None => {
                 // The members it builds on: `target:NAME` → their images.
@@ -490,7 +499,7 @@ impl Run<'_> {
             .release
             .as_ref()
             .map_or_else(|| b.target.clone(), |r| r.image.clone());
-        let layout = self.opts.out.join("rel").join(name).join(&version);
+        let layout = self.out.join("rel").join(name).join(&version);
         // Moving tags wait for the end of the run (or `--move-tags`).
         let tags: Vec<String> = b
             .tags
@@ -499,22 +508,7 @@ impl Run<'_> {
             .cloned()
             .collect();
         if let Some((reference, digest)) = self.existing(&b.image, &b.input_hash, &layout)? {
-            let tags = match self.registry {
-                Some(reg) if self.push() => {
-                    let from = push::tag_ref(&b.image, &content_tag(&b.input_hash))?;
-                    push::retag(reg, &from, &b.image, &tags)?.1
-                }
-                _ => Vec::new(),
-            };
-            return Ok(ImageReport {
-                image: b.image.clone(),
-                reference,
-                digest,
-                status: "reused",
-                tags,
-                blobs_uploaded: None,
-                bytes_uploaded: None,
-            });
+            return self.reused(b.image.clone(), &b.input_hash, reference, digest, &tags);
         }
         let (science, shown) = self.science_ref(&b.target)?;
         let text = assemble::release_spec(self.ws, b, &science, &tags)?;

@@ -79,6 +79,7 @@ impl fmt::Display for PushStep {
 }
 
 /// An SBOM in the cache, for one platform's manifest.
+#[derive(Clone)]
 pub struct SbomBlob {
     /// The document's media type (the referrer's `artifactType`).
     pub media_type: &'static str,
@@ -413,7 +414,7 @@ pub fn attach(
             .is_ok_and(|l| !l.is_empty());
         if !present {
             todo_images.push(img.clone());
-            todo_docs.push(doc);
+            todo_docs.push(doc.clone());
         }
     }
     if todo_docs.is_empty() {
@@ -423,21 +424,11 @@ pub fn attach(
         images: todo_images,
         ..image.clone()
     };
-    let docs: Vec<SbomBlob> = todo_docs
-        .into_iter()
-        .map(|d| SbomBlob {
-            media_type: d.media_type,
-            digest: d.digest.clone(),
-            size: d.size,
-            file_name: d.file_name.clone(),
-            created: d.created.clone(),
-        })
-        .collect();
     push_sboms(
         registry,
         &target,
         &subset,
-        &docs,
+        &todo_docs,
         blobs,
         &mut PushReport::default(),
     )
@@ -465,7 +456,7 @@ pub fn retag(
                 .and_then(|m| m.as_str())
                 .map(String::from)
         })
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
+        .unwrap_or_else(|| OCI_MANIFEST.to_string());
     let mut written = Vec::new();
     for (tag, r) in tags.iter().zip(&refs) {
         if registry.tag_digest(r)?.as_deref() != Some(digest.to_string().as_str()) {

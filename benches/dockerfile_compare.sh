@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A Dockerfile, built and pushed by kiln and by `buildah bud` in the same run:
-# the same Dockerfile and context, the same Debian base (bootstrapped by kiln
+# Two Dockerfiles (below: a simple one and the data-science shape), each
+# built and pushed by kiln and by `buildah bud` in the same run: the same
+# Dockerfile and context, the same Debian base (bootstrapped by kiln
 # into a loopback docker-registry first), both pushing the result to that
 # registry. Cold (empty caches; buildah's storage emptied) and warm (second
 # build, caches kept). Prints seconds, peak RSS and the ratio buildah/kiln
@@ -19,7 +20,9 @@ work=$(mktemp -d)
 REG_PID=''
 cleanup() {
   [ -z "$REG_PID" ] || kill "$REG_PID" 2>/dev/null || true
-  buildah --root "$work/bstore" --runroot "$work/brun" rm --all >/dev/null 2>&1 || true
+  for c in ctx ctx2; do
+    buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" rm --all >/dev/null 2>&1 || true
+  done
   rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -44,34 +47,70 @@ WORKDIR /srv/app
 CMD ["python3", "app.py"]
 DOCKERFILE
 
-# kiln reads the Dockerfile through a spec that names the push target.
-cat > "$work/ctx/kiln.toml" <<TOML
+# A second Dockerfile, the data-science shape (issue 15): apt installs
+# Python and pip, pip installs pinned packages into the system Python.
+# buildah's pip reaches the index through this machine's TLS-intercepting
+# proxy, whose CA is only in the host's store: the host's bundle is bound
+# read-only into its RUNs and named by PIP_CERT. kiln's own pip client uses
+# the system store. The index is the host's pip configuration's (none
+# written here).
+mkdir -p "$work/ctx2"
+cat > "$work/ctx2/app.py" <<'PY'
+import idna, six
+print(six.__version__, idna.__version__)
+PY
+cat > "$work/ctx2/Dockerfile" <<DOCKERFILE
+FROM $REG/bench/debian:base
+ARG PIP_CERT
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip && rm -rf /var/lib/apt/lists/*
+RUN pip install --no-cache-dir --break-system-packages six==1.16.0 idna==3.7
+RUN useradd -m -u 1000 app && mkdir -p /srv/app/data && chown -R 1000:1000 /srv/app
+COPY app.py /srv/app/
+USER app
+WORKDIR /srv/app
+DOCKERFILE
+
+# kiln reads each Dockerfile through a spec that names the push target.
+for c in ctx ctx2; do
+  cat > "$work/$c/kiln.toml" <<TOML
 [image]
-name = "$REG/bench/app-kiln"
+name = "$REG/bench/app-kiln-$c"
 dockerfile = "Dockerfile"
 TOML
+done
+# kiln_run CTX / buildah_run CTX [BUD FLAGS...]: one build + push; each
+# context has its own kiln cache and buildah storage.
 kiln_run() {
-  "$KILN" build "$work/ctx/kiln.toml" --quiet --cache "$work/kcache" --push --json
+  "$KILN" build "$work/$1/kiln.toml" --quiet --cache "$work/kcache-$1" --push --json
 }
 buildah_run() {
-  buildah --root "$work/bstore" --runroot "$work/brun" --storage-driver vfs bud \
-    --isolation chroot --network host --tls-verify=false --layers \
-    -f "$work/ctx/Dockerfile" -t "$REG/bench/app-buildah:latest" "$work/ctx" &&
-    buildah --root "$work/bstore" --runroot "$work/brun" --storage-driver vfs push \
-      --tls-verify=false "$REG/bench/app-buildah:latest"
+  local c=$1; shift
+  buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" --storage-driver vfs bud \
+    --isolation chroot --network host --tls-verify=false --layers "$@" \
+    -f "$work/$c/Dockerfile" -t "$REG/bench/app-buildah-$c:latest" "$work/$c" &&
+    buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" --storage-driver vfs push \
+      --tls-verify=false "$REG/bench/app-buildah-$c:latest"
 }
 
 export KILN work REG
 export -f kiln_run buildah_run
-rm -rf "$work/kcache"
-read -r kc kc_rss < <(secs_rss "$work/k1.log" kiln_run)
-read -r kw kw_rss < <(secs_rss "$work/k2.log" kiln_run)
-read -r bc bc_rss < <(secs_rss "$work/b1.log" buildah_run)
-read -r bw bw_rss < <(secs_rss "$work/b2.log" buildah_run)
-
 ratio() { awk -v p="$1" -v k="$2" 'BEGIN { printf "%.1f", p / k }'; }
-echo "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)"
-printf '%-8s %9s %9s %12s %12s\n' tool cold_s warm_s cold_rss_mb warm_rss_mb
-printf '%-8s %9s %9s %12s %12s\n' kiln "$kc" "$kw" "$kc_rss" "$kw_rss"
-printf '%-8s %9s %9s %12s %12s\n' buildah "$bc" "$bw" "$bc_rss" "$bw_rss"
-printf 'ratio buildah/kiln: cold %sx, warm %sx\n' "$(ratio "$bc" "$kc")" "$(ratio "$bw" "$kw")"
+# row TITLE CTX [BUD FLAGS...]: cold (empty cache and storage) then warm,
+# for each tool.
+row() {
+  local title=$1 c=$2; shift 2
+  local kc kc_rss kw kw_rss bc bc_rss bw bw_rss
+  read -r kc kc_rss < <(secs_rss "$work/k1-$c.log" kiln_run "$c")
+  read -r kw kw_rss < <(secs_rss "$work/k2-$c.log" kiln_run "$c")
+  read -r bc bc_rss < <(secs_rss "$work/b1-$c.log" buildah_run "$c" "$@")
+  read -r bw bw_rss < <(secs_rss "$work/b2-$c.log" buildah_run "$c" "$@")
+  echo "$title"
+  printf '%-8s %9s %9s %12s %12s\n' tool cold_s warm_s cold_rss_mb warm_rss_mb
+  printf '%-8s %9s %9s %12s %12s\n' kiln "$kc" "$kw" "$kc_rss" "$kw_rss"
+  printf '%-8s %9s %9s %12s %12s\n' buildah "$bc" "$bw" "$bc_rss" "$bw_rss"
+  printf 'ratio buildah/kiln: cold %sx, warm %sx\n' "$(ratio "$bc" "$kc")" "$(ratio "$bw" "$kw")"
+}
+row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
+echo
+row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
+  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt

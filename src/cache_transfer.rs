@@ -694,9 +694,11 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                     (extracted && !kept_name(&name))
                         || (name.starts_with(".extract-") && stale(&md))
                 }
-                CacheBucket::Layers | CacheBucket::Stages => {
-                    !md.is_file() || memo_naming_unkept(bucket, &name)
-                }
+                CacheBucket::Layers
+                | CacheBucket::Stages
+                | CacheBucket::Locales
+                | CacheBucket::Bytecode
+                | CacheBucket::PipBuiltWheels => !md.is_file() || memo_naming_unkept(bucket, &name),
                 // Trees are small and named by commit, not by a blob: kept;
                 // a killed fetch's temporary goes.
                 CacheBucket::GitTrees => name.starts_with(".tmp-") && stale(&md),

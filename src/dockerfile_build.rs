@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::build::{self, BuildOptions, LockMode};
-use kiln_core::error::{IoContext, Result};
+use kiln_core::error::{Error, IoContext, Result};
 use kiln_dockerfile::{BaseConfig, Options, StageSpec, Translation};
+use kiln_spec::lock::{Lock, StageLock};
 use kiln_spec::source::{ImageSource, OutputTarget};
 use kiln_store::cache::{temp_prefix, Cache, CacheBucket};
 
@@ -112,6 +113,11 @@ impl Prepared {
         !self.stages.is_empty()
     }
 
+    /// The names of the stages the target needs.
+    pub fn stage_labels(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.label.clone()).collect()
+    }
+
     /// How the stages' layouts are shown in images: `stage:NAME`.
     pub fn image_names(&self) -> Vec<(String, String)> {
         self.stages
@@ -125,24 +131,56 @@ impl Prepared {
             .collect()
     }
 
-    /// Build the stages the target needs, in order, with the target's
-    /// options (cache, compression, network, …) into their layouts; no
-    /// SBOM, no push, and kiln.lock is not required of them.
-    pub fn build_stages(&self, opts: &BuildOptions) -> Result<Vec<StageBuilt>> {
+    /// The lock a stage is built with: written in the scratch directory
+    /// from its entry in the target's lock.
+    fn stage_lock(&self, s: &StageSpec) -> PathBuf {
+        self.dir.path().join(format!("stage-{}.kiln.lock", s.index))
+    }
+
+    /// A stage's build: the target's options (cache, compression, network,
+    /// …) into its layout, with its own lock; no SBOM, no push.
+    fn stage_options(&self, s: &StageSpec, opts: &BuildOptions, mode: LockMode) -> BuildOptions {
+        BuildOptions {
+            spec: self.spec_path.clone(),
+            spec_text: Some(s.toml.clone()),
+            outputs: vec![OutputTarget::Layout(layout(self.dir.path(), s.index))],
+            push: false,
+            archive_names: Vec::new(),
+            sbom: false,
+            lock_mode: mode,
+            lock_file: Some(self.stage_lock(s)),
+            image_names: self.image_names(),
+            ..opts.clone()
+        }
+    }
+
+    /// Build the stages the target needs, in order. Each takes its pins
+    /// from `locks` (the target lock's `[[stage]]` entries) when they match
+    /// it; under `--locked` every stage must have them.
+    pub fn build_stages(
+        &self,
+        opts: &BuildOptions,
+        locks: &[StageLock],
+    ) -> Result<Vec<StageBuilt>> {
         let mut built = Vec::new();
         for s in &self.stages {
-            let o = BuildOptions {
-                spec: self.spec_path.clone(),
-                spec_text: Some(s.toml.clone()),
-                outputs: vec![OutputTarget::Layout(layout(self.dir.path(), s.index))],
-                push: false,
-                archive_names: Vec::new(),
-                sbom: false,
-                lock_mode: LockMode::Auto,
-                image_names: self.image_names(),
-                ..opts.clone()
+            let pinned = locks.iter().find(|l| l.name == s.label);
+            match pinned {
+                Some(l) => l.lock.write(&self.stage_lock(s))?,
+                None if opts.lock_mode == LockMode::Locked => {
+                    return Err(Error::input(format!(
+                        "--locked: the lock has no pins for the Dockerfile stage `{}` the target \
+                         builds on; run `kiln lock --dockerfile ...` first",
+                        s.label
+                    )))
+                }
+                None => {}
+            }
+            let mode = match pinned {
+                Some(_) => opts.lock_mode,
+                None => LockMode::Auto,
             };
-            let r = build::build(&o)
+            let r = build::build(&self.stage_options(s, opts, mode))
                 .map_err(|e| e.context(format!("Dockerfile stage `{}`", s.label)))?;
             built.push(StageBuilt {
                 stage: s.label.clone(),
@@ -150,5 +188,46 @@ impl Prepared {
             });
         }
         Ok(built)
+    }
+
+    /// `kiln lock` of the stages the target builds on: each is resolved
+    /// (what `existing` pinned for it kept, as `kiln lock` keeps a lock,
+    /// unless upgrading) and built from those pins, as the next stage reads
+    /// it. Returns their locks for the target's lock.
+    pub fn lock_stages(
+        &self,
+        opts: &BuildOptions,
+        lock: &build::LockOptions,
+        existing: &[StageLock],
+    ) -> Result<Vec<StageLock>> {
+        let mut out = Vec::new();
+        for s in &self.stages {
+            let path = self.stage_lock(s);
+            if let Some(l) = existing.iter().find(|l| l.name == s.label) {
+                l.lock.write(&path)?;
+            }
+            let at = |e: kiln_core::Error| e.context(format!("Dockerfile stage `{}`", s.label));
+            build::lock(&build::LockOptions {
+                upgrade: lock.upgrade.clone(),
+                spec_text: Some(s.toml.clone()),
+                lock_file: Some(path.clone()),
+                image_names: self.image_names(),
+                ..build::LockOptions::for_spec(
+                    self.spec_path.clone(),
+                    lock.insecure_registries.clone(),
+                    lock.cache_dir.clone(),
+                    lock.progress.clone(),
+                )
+            })
+            .map_err(at)?;
+            build::build(&self.stage_options(s, opts, LockMode::Locked)).map_err(at)?;
+            let l = Lock::read(&path)?
+                .ok_or_else(|| kiln_core::Error::internal("a stage lock was not written"))?;
+            out.push(StageLock {
+                name: s.label.clone(),
+                lock: l,
+            });
+        }
+        Ok(out)
     }
 }

@@ -9,15 +9,15 @@
 use std::path::{Path, PathBuf};
 
 use kiln_core::error::{Error, Result};
-use kiln_git::{FetchOptions, GitSource, PathKind};
+use kiln_git::{GitSource, PathKind};
 use kiln_store::Cache;
 
 /// The spec made for the file.
 pub struct EnvBuild {
     pub spec_path: PathBuf,
     pub spec_text: String,
-    /// The Git source's URL (credentials masked) and commit, when fetched.
-    pub fetched: Option<(String, String)>,
+    /// The Git source (URL with credentials masked, commit), when fetched.
+    pub fetched: Option<kiln_dockerfile::GitFetched>,
 }
 
 /// Which file, and how the image is named.
@@ -31,7 +31,13 @@ pub struct EnvRequest<'a> {
     pub name: Option<&'a str>,
 }
 
-pub fn env_spec(req: &EnvRequest, cache_root: &Path, offline: bool) -> Result<EnvBuild> {
+/// `pins`: the commits kiln.lock recorded for Git sources.
+pub fn env_spec(
+    req: &EnvRequest,
+    cache_root: &Path,
+    offline: bool,
+    pins: &kiln_dockerfile::GitPins,
+) -> Result<EnvBuild> {
     let (source, pip) = match (req.requirements, req.environment) {
         (Some(r), None) => (r, true),
         (None, Some(e)) => (e, false),
@@ -41,8 +47,11 @@ pub fn env_spec(req: &EnvRequest, cache_root: &Path, offline: bool) -> Result<En
         let mut src = GitSource::parse(source)?;
         src.kind = PathKind::File;
         let cache = Cache::open(cache_root)?;
-        let c = kiln_git::fetch(&src, &cache, &FetchOptions { offline, pin: None })?;
-        (c.dir.clone(), Some((src.display(), c.commit.clone())))
+        let c = kiln_git::fetch(&src, &cache, &pins.options(&src, offline)?)?;
+        (
+            c.dir.clone(),
+            Some(kiln_dockerfile::GitFetched::of(&src, &c)),
+        )
     } else {
         (PathBuf::from(source), None)
     };
@@ -109,7 +118,9 @@ mod tests {
             base: None,
             name: None,
         };
-        let e = env_spec(&req, dir.path(), true).err().unwrap();
+        let e = env_spec(&req, dir.path(), true, &Default::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("--base"), "{e}");
         let b = env_spec(
             &EnvRequest {
@@ -119,6 +130,7 @@ mod tests {
             },
             dir.path(),
             true,
+            &Default::default(),
         )
         .unwrap();
         assert_eq!(b.spec_path, dir.path().join("kiln-env.toml"));

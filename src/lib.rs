@@ -9,16 +9,19 @@
 //! architecture section).
 
 pub mod build;
+mod bytecode;
 pub mod cache_transfer;
 pub mod diff;
 pub mod dockerfile_build;
 pub mod env_source;
 mod error;
 pub mod init;
+mod locales;
 mod memo;
 pub mod packages;
 pub mod rebase;
 mod run_steps;
+mod sdist_build;
 mod stages;
 mod stamp;
 pub mod summary;

@@ -154,6 +154,10 @@ enum Command {
         /// Fail unless kiln.lock exists and matches the spec (shows the difference).
         #[arg(long)]
         locked: bool,
+        /// The lock to read [default: kiln.lock beside the spec; NAME.kiln.lock
+        /// beside a Dockerfile NAME; ./Dockerfile.kiln.lock for a Git context].
+        #[arg(long, value_name = "FILE")]
+        lockfile: Option<PathBuf>,
         /// Like --locked: never resolve, build exactly what kiln.lock pins.
         #[arg(long)]
         frozen: bool,
@@ -183,19 +187,8 @@ enum Command {
         /// name none: host (default, like docker) or none.
         #[arg(long, value_name = "host|none")]
         network: Option<kiln_spec::spec::Network>,
-        /// Build from a requirements.txt alone (a file or a Git URL, a
-        /// forge's file page included), installed on --base.
-        #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["dockerfile", "environment"])]
-        requirements: Option<String>,
-        /// Build from a conda environment.yml alone (a file or a Git URL).
-        #[arg(long, value_name = "FILE|URL", conflicts_with = "dockerfile")]
-        environment: Option<String>,
-        /// With --requirements/--environment: the base image [environment: scratch].
-        #[arg(long, value_name = "IMAGE")]
-        base: Option<String>,
-        /// With --requirements/--environment: the image's name (REGISTRY/REPO), for --push.
-        #[arg(long, value_name = "REGISTRY/REPO")]
-        name: Option<String>,
+        #[command(flatten)]
+        env: EnvArgs,
         /// Take a locked build's package stages from this image's stage
         /// records (pushed beside it by kiln) when they match: its layers
         /// are reused, no package is fetched. Repeatable.
@@ -219,6 +212,21 @@ enum Command {
         /// Takes package names only: give the spec first or with --spec.
         #[arg(long, value_name = "PKG", num_args = 0..)]
         upgrade: Option<Vec<String>>,
+        /// Lock a Dockerfile build (SPEC is then its context, a path or a
+        /// Git URL): its base, packages and Git commits.
+        #[arg(long, value_name = "PATH|URL")]
+        dockerfile: Option<PathBuf>,
+        /// A Dockerfile ARG value, NAME=VALUE (as for `kiln build`). Repeatable.
+        #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+        build_args: Vec<String>,
+        /// With a multi-stage Dockerfile: the stage to lock [default: the last].
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// The lock to write [default: as `kiln build --lockfile`].
+        #[arg(long, value_name = "FILE")]
+        lockfile: Option<PathBuf>,
+        #[command(flatten)]
+        env: EnvArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -585,6 +593,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             compression,
             no_sbom,
             locked,
+            lockfile,
             frozen,
             offline,
             check_reproducible,
@@ -593,10 +602,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             dry_run,
             verbose,
             network,
-            requirements,
-            environment,
-            base,
-            name,
+            env,
             cache_from,
             ws,
             common,
@@ -631,6 +637,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 network,
                 image_names: Vec::new(),
                 cache_from,
+                lock_file: lockfile.clone(),
             };
             if ws.workspace {
                 let mut o = output;
@@ -661,110 +668,37 @@ fn run(cli: Cli) -> kiln::Result<()> {
                 }
                 return Ok(());
             }
-            if (base.is_some() || name.is_some()) && requirements.is_none() && environment.is_none()
-            {
-                return Err(Error::input(
-                    "--base and --name go with --requirements or --environment",
-                ));
-            }
             // A bad key fails before anything is built or pushed.
             let signer = sign
                 .as_deref()
                 .map(kiln_oci::sign::load_private_key)
                 .transpose()?;
-            // `--requirements`/`--environment`: a spec made for that file.
-            let env = match (&requirements, &environment) {
-                (None, None) => None,
-                _ => Some(kiln::env_source::env_spec(
-                    &kiln::env_source::EnvRequest {
-                        requirements: requirements.as_deref(),
-                        environment: environment.as_deref(),
-                        base: base.as_deref(),
-                        name: name.as_deref(),
-                    },
-                    &cache_dir(&common),
+            let Some(src) = sources(
+                Sources {
+                    dockerfile,
+                    spec,
+                    env,
+                    build_args,
+                    explain,
+                    target,
                     offline,
-                )?),
-            };
-            if let Some((url, commit)) = env.as_ref().and_then(|e| e.fetched.as_ref()) {
-                if !common.json && !common.quiet {
-                    eprintln!("git: {url} at {commit}");
-                }
-            }
-            let (spec, env_text) = match env {
-                Some(e) => (Some(e.spec_path), Some(e.spec_text)),
-                None => (spec, None),
-            };
-            // Git URLs (the context, the Dockerfile): fetched into the cache
-            // and replaced by their trees there.
-            let git = kiln_dockerfile::git_inputs(
-                dockerfile.as_deref(),
-                spec.as_deref(),
-                &cache_dir(&common),
-                offline,
-            )?;
-            let (dockerfile, spec, fetched) = match git {
-                Some(g) => (Some(g.dockerfile), g.context, g.fetched),
-                None => (dockerfile, spec, Vec::new()),
-            };
-            if !common.json && !common.quiet {
-                for f in &fetched {
-                    eprintln!("git: {} at {}", f.url, f.commit);
-                }
-            }
-            // `[image] dockerfile` in a spec: that Dockerfile, the spec's
-            // directory as its context, under the spec's name and tags.
-            let (dockerfile, spec, build_args, outer) = match dockerfile {
-                Some(df) => (Some(df), spec, build_args, None),
-                None => match spec_dockerfile(spec.as_deref())? {
-                    Some(s) => {
-                        let mut args: Vec<String> = s
-                            .build_args
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect();
-                        args.extend(build_args);
-                        (Some(s.dockerfile), Some(s.context), args, Some(s.image))
-                    }
-                    None => (None, spec, build_args, None),
+                    lockfile: lockfile.clone(),
+                    locked: locked || frozen,
+                    refresh_git: false,
                 },
+                &common,
+            )?
+            else {
+                return Ok(());
             };
-            // Checked here, not by clap: a Git context brings its Dockerfile.
-            if dockerfile.is_none() && (explain || !build_args.is_empty() || target.is_some()) {
-                return Err(Error::input(
-                    "--explain, --build-arg and --target need a Dockerfile build: --dockerfile PATH|URL \
-                     or a Git context URL",
-                ));
-            }
-            let (spec, spec_text, mut explained, stages) = match dockerfile {
-                None => (
-                    spec.unwrap_or_else(|| PathBuf::from("kiln.toml")),
-                    env_text.clone(),
-                    None,
-                    None,
-                ),
-                Some(df) => {
-                    let args = DockerfileArgs {
-                        build_args: &build_args,
-                        explain,
-                        target,
-                        offline,
-                    };
-                    match dockerfile_spec(&df, spec, args, &common)? {
-                        Some((path, toml, explained, stages)) => {
-                            (path, Some(toml), Some(explained), Some(stages))
-                        }
-                        None => return Ok(()),
-                    }
-                }
-            };
-            let spec_text = match (spec_text, outer) {
-                (Some(text), Some(image)) => Some(overlay_image(&text, image)?),
-                (text, _) => text,
-            };
-            if let Some(x) = explained.as_mut().filter(|_| !fetched.is_empty()) {
-                x["git"] = serde_json::to_value(&fetched).expect("report serialises");
-            }
+            let Source {
+                spec,
+                spec_text,
+                mut explained,
+                stages,
+                lock_file,
+                ..
+            } = src;
             let opts = BuildOptions {
                 spec,
                 spec_text,
@@ -774,6 +708,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     .collect::<kiln::Result<_>>()?,
                 archive_names: tag,
                 image_names: stages.as_ref().map(|s| s.image_names()).unwrap_or_default(),
+                lock_file,
                 ..flags
             };
             if dry_run && stages.as_ref().is_some_and(|s| s.has_stages()) {
@@ -784,7 +719,15 @@ fn run(cli: Cli) -> kiln::Result<()> {
             }
             // A multi-stage Dockerfile: the stages the target needs, first.
             if let Some(s) = &stages {
-                let built = s.build_stages(&opts)?;
+                // Each stage from its pins in the target's lock.
+                let lock_path = opts
+                    .lock_file
+                    .clone()
+                    .unwrap_or_else(|| kiln_spec::lock::path_for(&opts.spec));
+                let pinned = kiln_spec::lock::Lock::read(&lock_path)?
+                    .map(|l| l.stages)
+                    .unwrap_or_default();
+                let built = s.build_stages(&opts, &pinned)?;
                 if let Some(x) = explained.as_mut().filter(|_| !built.is_empty()) {
                     x["stages"] = serde_json::to_value(&built).expect("report serialises");
                 }
@@ -864,19 +807,67 @@ fn run(cli: Cli) -> kiln::Result<()> {
             spec,
             spec_opt,
             upgrade,
+            dockerfile,
+            build_args,
+            target,
+            lockfile,
+            env,
             common,
         } => {
-            let spec = spec
-                .or(spec_opt)
-                .unwrap_or_else(|| PathBuf::from("kiln.toml"));
             build::check_upgrade_names(upgrade.as_deref().unwrap_or_default())?;
-            let report = build::lock(&LockOptions {
-                spec,
+            let Some(src) = sources(
+                Sources {
+                    dockerfile,
+                    spec: spec.or(spec_opt),
+                    env,
+                    build_args,
+                    explain: false,
+                    target,
+                    offline: false,
+                    lockfile,
+                    locked: false,
+                    refresh_git: upgrade.is_some(),
+                },
+                &common,
+            )?
+            else {
+                return Ok(());
+            };
+            let mut lock = LockOptions {
+                spec: src.spec,
                 insecure_registries: common.insecure_registries.clone(),
                 cache_dir: cache_dir(&common),
                 progress: progress(&common),
                 upgrade,
-            })?;
+                spec_text: src.spec_text,
+                lock_file: src.lock_file,
+                git: src.fetched.iter().map(|f| f.pin()).collect(),
+                image_names: Vec::new(),
+                stages: Vec::new(),
+            };
+            // A target built on other stages: each stage is locked and
+            // built first (the next one reads it); their locks go into the
+            // target's.
+            if let Some(s) = src.stages.as_ref().filter(|s| s.has_stages()) {
+                let path = lock
+                    .lock_file
+                    .clone()
+                    .unwrap_or_else(|| kiln_spec::lock::path_for(&lock.spec));
+                let existing = kiln_spec::lock::Lock::read(&path)?
+                    .map(|l| l.stages)
+                    .unwrap_or_default();
+                let build = BuildOptions {
+                    insecure_registries: common.insecure_registries.clone(),
+                    ..BuildOptions::defaults(
+                        lock.spec.clone(),
+                        lock.cache_dir.clone(),
+                        Progress::hidden(),
+                    )
+                };
+                lock.stages = s.lock_stages(&build, &lock, &existing)?;
+                lock.image_names = s.image_names();
+            }
+            let report = build::lock(&lock)?;
             if common.json {
                 print_json(&report);
             } else if !common.quiet {
@@ -893,13 +884,12 @@ fn run(cli: Cli) -> kiln::Result<()> {
             Ok(())
         }
         Command::Fetch { spec, common } => {
-            let report = build::fetch(&LockOptions {
+            let report = build::fetch(&LockOptions::for_spec(
                 spec,
-                insecure_registries: common.insecure_registries.clone(),
-                cache_dir: cache_dir(&common),
-                progress: progress(&common),
-                upgrade: None,
-            })?;
+                common.insecure_registries.clone(),
+                cache_dir(&common),
+                progress(&common),
+            ))?;
             if common.json {
                 print_json(&report);
             } else if !common.quiet {
@@ -1216,6 +1206,221 @@ type DockerfileSpec = (
     serde_json::Value,
     kiln::dockerfile_build::Prepared,
 );
+
+/// `--requirements`/`--environment`: an image from one environment file.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct EnvArgs {
+    /// Build from a requirements.txt alone (a file or a Git URL, a
+    /// forge's file page included), installed on --base.
+    #[arg(long, value_name = "FILE|URL", conflicts_with_all = ["dockerfile", "environment"])]
+    requirements: Option<String>,
+    /// Build from a conda environment.yml alone (a file or a Git URL).
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "dockerfile")]
+    environment: Option<String>,
+    /// With --requirements/--environment: the base image [environment: scratch].
+    #[arg(long, value_name = "IMAGE")]
+    base: Option<String>,
+    /// With --requirements/--environment: the image's name (REGISTRY/REPO), for --push.
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    name: Option<String>,
+}
+
+/// What a build or a lock reads, before any package is resolved.
+struct Sources {
+    dockerfile: Option<PathBuf>,
+    /// The spec, or the context of a Dockerfile (a path or a Git URL).
+    spec: Option<PathBuf>,
+    /// `--requirements`/`--environment`: a spec made for that file.
+    env: EnvArgs,
+    build_args: Vec<String>,
+    explain: bool,
+    target: Option<String>,
+    offline: bool,
+    /// `--lockfile`.
+    lockfile: Option<PathBuf>,
+    /// `--locked`/`--frozen`: every Git source needs its commit in the lock.
+    locked: bool,
+    /// `kiln lock --upgrade`: resolve Git refs again instead of taking the
+    /// locked commits.
+    refresh_git: bool,
+}
+
+/// The spec to build: a file, or a Dockerfile's translation (with the
+/// stages its target needs and the Git sources it came from).
+struct Source {
+    spec: PathBuf,
+    spec_text: Option<String>,
+    explained: Option<serde_json::Value>,
+    stages: Option<kiln::dockerfile_build::Prepared>,
+    fetched: Vec<kiln_dockerfile::GitFetched>,
+    /// The lock when not kiln.lock beside the spec.
+    lock_file: Option<PathBuf>,
+}
+
+/// Fetch Git sources (at the commits the lock pins, unless refreshing) and
+/// translate a Dockerfile; `None` when `--explain` printed everything.
+fn sources(src: Sources, common: &Common) -> kiln::Result<Option<Source>> {
+    let Sources {
+        dockerfile,
+        spec,
+        env,
+        build_args,
+        explain,
+        target,
+        offline,
+        lockfile,
+        locked,
+        refresh_git,
+    } = src;
+    if (env.base.is_some() || env.name.is_some())
+        && env.requirements.is_none()
+        && env.environment.is_none()
+    {
+        return Err(Error::input(
+            "--base and --name go with --requirements or --environment",
+        ));
+    }
+    let is_git = |p: Option<&str>| p.is_some_and(kiln_git::GitSource::looks_like_git);
+    let env_file = env.requirements.as_deref().or(env.environment.as_deref());
+    let from_git = is_git(dockerfile.as_deref().and_then(|p| p.to_str()))
+        || is_git(spec.as_deref().and_then(|p| p.to_str()))
+        || is_git(env_file);
+    // The lock of a Dockerfile or environment-file build (read first: it
+    // pins the Git commits): beside a local Dockerfile, else in the current
+    // directory for what came from Git.
+    let lock_file = lockfile.or_else(|| {
+        let name = match env_file {
+            Some(f) => f.rsplit(['/', ':']).next().unwrap_or(f),
+            None => kiln_dockerfile::DEFAULT_NAME,
+        };
+        match (&dockerfile, from_git) {
+            (_, true) => Some(kiln_spec::lock::path_for_source(
+                std::path::Path::new(name),
+                true,
+            )),
+            (Some(df), false) => Some(kiln_spec::lock::path_for_source(df, false)),
+            (None, false) => None,
+        }
+    });
+    let locked_git = match (&lock_file, refresh_git) {
+        (Some(path), false) if from_git => kiln_spec::lock::Lock::read(path)?
+            .map(|l| l.git)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let pins = kiln_dockerfile::GitPins {
+        pins: &locked_git,
+        required: lock_file.as_deref().filter(|_| locked),
+    };
+    // `--requirements`/`--environment`: a spec made for that file.
+    let mut env_fetched = Vec::new();
+    let (spec, env_text) = match env_file {
+        None => (spec, None),
+        Some(_) => {
+            let e = kiln::env_source::env_spec(
+                &kiln::env_source::EnvRequest {
+                    requirements: env.requirements.as_deref(),
+                    environment: env.environment.as_deref(),
+                    base: env.base.as_deref(),
+                    name: env.name.as_deref(),
+                },
+                &cache_dir(common),
+                offline,
+                &pins,
+            )?;
+            env_fetched.extend(e.fetched);
+            (Some(e.spec_path), Some(e.spec_text))
+        }
+    };
+    // Git URLs (the context, the Dockerfile): fetched into the cache
+    // and replaced by their trees there.
+    let git = kiln_dockerfile::git_inputs(
+        dockerfile.as_deref(),
+        spec.as_deref(),
+        &cache_dir(common),
+        offline,
+        &pins,
+    )?;
+    let (dockerfile, spec, mut fetched) = match git {
+        Some(g) => (Some(g.dockerfile), g.context, g.fetched),
+        None => (dockerfile, spec, Vec::new()),
+    };
+    fetched.extend(env_fetched);
+    if !common.json && !common.quiet {
+        for f in &fetched {
+            eprintln!("git: {} at {}", f.url, f.commit);
+        }
+    }
+    // `[image] dockerfile` in a spec: that Dockerfile, the spec's
+    // directory as its context, under the spec's name and tags (and the
+    // spec's own kiln.lock).
+    let (dockerfile, spec, build_args, outer, lock_file) = match dockerfile {
+        Some(df) => (Some(df), spec, build_args, None, lock_file),
+        None => match spec_dockerfile(spec.as_deref())? {
+            Some(s) => {
+                let mut args: Vec<String> = s
+                    .build_args
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                args.extend(build_args);
+                let own = spec.as_deref().map(kiln_spec::lock::path_for);
+                (
+                    Some(s.dockerfile),
+                    Some(s.context),
+                    args,
+                    Some(s.image),
+                    own,
+                )
+            }
+            None => (None, spec, build_args, None, lock_file),
+        },
+    };
+    // Checked here, not by clap: a Git context brings its Dockerfile.
+    if dockerfile.is_none() && (explain || !build_args.is_empty() || target.is_some()) {
+        return Err(Error::input(
+            "--explain, --build-arg and --target need a Dockerfile build: --dockerfile PATH|URL \
+             or a Git context URL",
+        ));
+    }
+    let (spec, spec_text, mut explained, stages) = match dockerfile {
+        None => (
+            spec.unwrap_or_else(|| PathBuf::from("kiln.toml")),
+            env_text,
+            None,
+            None,
+        ),
+        Some(df) => {
+            let args = DockerfileArgs {
+                build_args: &build_args,
+                explain,
+                target,
+                offline,
+            };
+            match dockerfile_spec(&df, spec, args, common)? {
+                Some((path, toml, explained, stages)) => {
+                    (path, Some(toml), Some(explained), Some(stages))
+                }
+                None => return Ok(None),
+            }
+        }
+    };
+    let spec_text = match (spec_text, outer) {
+        (Some(text), Some(image)) => Some(overlay_image(&text, image)?),
+        (text, _) => text,
+    };
+    if let Some(x) = explained.as_mut().filter(|_| !fetched.is_empty()) {
+        x["git"] = serde_json::to_value(&fetched).expect("report serialises");
+    }
+    Ok(Some(Source {
+        spec,
+        spec_text,
+        explained,
+        stages,
+        fetched,
+        lock_file,
+    }))
+}
 
 fn dockerfile_spec(
     dockerfile: &std::path::Path,

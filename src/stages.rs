@@ -26,6 +26,9 @@ pub struct PipReport {
     pub python: String,
     pub installed: Vec<String>,
     pub already_installed: Vec<String>,
+    /// `[pip] compile`: the pycs made (absent when not asked or only locking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode: Option<crate::bytecode::BytecodeReport>,
 }
 
 /// What the stages of one platform did.
@@ -58,7 +61,19 @@ pub(crate) struct Stages<'a> {
     /// are not downloaded, unpacked or emitted); earlier ones run, since
     /// the next stage reads what they install.
     pub(crate) resolve_only: bool,
+    /// The image so far as uncompressed tar streams (the base's layers,
+    /// then those emitted), for running its Python (`[pip] compile`,
+    /// building sdists);
+    /// `None` when no layers are built.
+    pub(crate) tree: Option<&'a ImageSoFar<'a>>,
+    /// Add the pip stages' bytecode (`[pip] compile`; needs `tree`): a
+    /// build, not a lock.
+    pub(crate) bytecode: bool,
 }
+
+/// The uncompressed tar streams of a platform's image so far.
+pub(crate) type ImageSoFar<'a> =
+    dyn Fn(&Platform) -> Result<Vec<Box<dyn std::io::Read>>> + Sync + 'a;
 
 /// The pip list of an environment.yml, as recorded in the lock.
 const ENV_PIP: &str = "environment";
@@ -106,7 +121,9 @@ impl Stages<'_> {
                 .progress
                 .spinner(&format!("apt: resolving for {platform}"));
             let plan = match locked {
-                Some(l) => apt::plan_locked(section, &l.apt, fs, platform, http, cache)?,
+                Some(l) => {
+                    apt::plan_locked(section, self.spec_dir, &l.apt, fs, platform, http, cache)?
+                }
                 None => apt::plan(
                     section,
                     self.spec_dir,
@@ -198,16 +215,28 @@ impl Stages<'_> {
                 "conda: linking {} packages for {platform}",
                 plan.install.len()
             ));
-            // The fragments the layer entries point at live until `emit` is done.
-            let (groups, report, _fragments) =
-                conda::install::layer_groups(&plan, fs, cache, self.epoch)?;
-            spinner.finish_and_clear();
-            emit(&groups)?;
-            self.apply(fs, &groups);
             out.pins.conda = conda::pins(&plan);
-            out.conda = Some(report);
+            // The fragments the layer entries (and so `fs`) point at live
+            // until the stages are done.
+            let mut _fragments = None;
+            if plan.changes_nothing() {
+                spinner.finish_and_clear();
+            } else {
+                let (groups, report, fragments) =
+                    conda::install::layer_groups(&plan, fs, cache, self.epoch)?;
+                _fragments = Some(fragments);
+                spinner.finish_and_clear();
+                emit(&groups)?;
+                self.apply(fs, &groups);
+                out.conda = Some(report);
+            }
             if let Some(pip_section) = &plan.pip {
-                self.pip(pip_section, ENV_PIP, platform, fs, locked, emit, &mut out)?;
+                // With no conda Python, the `pip:` list goes where `[pip]`'s would.
+                let mut pip_section = pip_section.clone();
+                if let (Some(p), "system") = (&spec.pip, pip_section.target.as_str()) {
+                    pip_section.target = p.target.clone();
+                }
+                self.pip(&pip_section, ENV_PIP, platform, fs, locked, emit, &mut out)?;
             }
         }
 
@@ -250,6 +279,8 @@ impl Stages<'_> {
         let spinner = self
             .progress
             .spinner(&format!("pip: resolving for {platform}"));
+        // sdists and source trees: built by the image's Python, in the sandbox.
+        let builder = crate::sdist_build::SandboxBuilder::new(self.tree, platform, self.cache);
         let plan = match locked {
             Some(l) => {
                 let pins: Vec<_> = l
@@ -258,7 +289,7 @@ impl Stages<'_> {
                     .filter(|p| p.section == name)
                     .cloned()
                     .collect();
-                pip::plan_locked(
+                pip::plan_locked_building(
                     section,
                     self.spec_dir,
                     fs,
@@ -266,10 +297,20 @@ impl Stages<'_> {
                     &pins,
                     http,
                     self.cache,
+                    Some(&builder),
                 )?
             }
-            None => pip::plan(section, self.spec_dir, fs, platform, http, self.cache)?,
+            None => pip::plan_building(
+                section,
+                self.spec_dir,
+                fs,
+                platform,
+                http,
+                self.cache,
+                Some(&builder),
+            )?,
         };
+        drop(builder);
         if last {
             spinner.finish_and_clear();
             out.pins.pip.extend(pip::pins(&plan, name));
@@ -279,6 +320,11 @@ impl Stages<'_> {
         spinner.finish_and_clear();
         emit(&groups)?;
         self.apply(fs, &groups);
+        let bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
+        if let Some((Some(layer), _)) = &bytecode {
+            emit(std::slice::from_ref(layer))?;
+            self.apply(fs, std::slice::from_ref(layer));
+        }
         out.pins.pip.extend(pip::pins(&plan, name));
         out.pip.push(PipReport {
             python: plan.python.interpreter.clone(),
@@ -292,6 +338,7 @@ impl Stages<'_> {
                 .iter()
                 .map(|(n, v)| format!("{n} {v}"))
                 .collect(),
+            bytecode: bytecode.map(|(_, report)| report),
         });
         Ok(())
     }

@@ -412,7 +412,7 @@ impl Run<'_> {
         let text = assemble::overlay(&spec, &t.toml, &o)?;
         names.extend(prepared.image_names());
         let opts = self.build_opts(spec, text, layout, names);
-        prepared.build_stages(&opts)?;
+        prepared.build_stages(&opts, &[])?;
         Ok((opts, prepared))
     }
 

@@ -81,9 +81,139 @@ fn runtime_leftover(path: &str) -> bool {
         || ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"].contains(&path)
 }
 
+/// How a path outside buildah's runtime leftovers is compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Treat {
+    /// Type, mode, owner, contents, link target.
+    Compare,
+    /// All but a file's contents.
+    NotContents,
+    /// Not at all (may be on one side only).
+    Skip,
+}
+
+/// Every difference between kiln's tree `k` and buildah's `b`, as lines.
+fn compare(
+    k: &BTreeMap<String, Node>,
+    b: &BTreeMap<String, Node>,
+    treat: impl Fn(&str) -> Treat,
+) -> Vec<String> {
+    let treat = |p: &str| {
+        if runtime_leftover(p) && !k.contains_key(p) {
+            Treat::Skip
+        } else {
+            treat(p)
+        }
+    };
+    let mut differences = Vec::new();
+    for (path, node) in b {
+        let how = treat(path);
+        match k.get(path) {
+            _ if how == Treat::Skip => {}
+            None => differences.push(format!("only buildah: {path} {node:?}")),
+            Some(n) if how == Treat::NotContents && n.kind == "file" => {
+                if (n.kind, n.mode, n.uid, n.gid) != (node.kind, node.mode, node.uid, node.gid) {
+                    differences.push(format!("{path}: kiln {n:?}, buildah {node:?}"))
+                }
+            }
+            Some(n) if n != node => {
+                differences.push(format!("{path}: kiln {n:?}, buildah {node:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, node) in k {
+        if !b.contains_key(path) && treat(path) != Treat::Skip {
+            differences.push(format!("only kiln: {path} {node:?}"));
+        }
+    }
+    differences
+}
+
+/// `kiln build --dockerfile ctx/Dockerfile ctx` into the layout `kiln-out`,
+/// unpacked; `extra` are more build flags.
+fn kiln_build(ws: &Workspace, extra: &[&str]) -> std::path::PathBuf {
+    run(ws
+        .kiln()
+        .args(["build", "--dockerfile", "ctx/Dockerfile", "ctx", "--quiet"])
+        .args(extra)
+        .args(["-o", "oci:kiln-out"]))
+    .ok();
+    umoci_unpack(&ws.join("kiln-out"), "latest", &ws.join("kiln-bundle"))
+}
+
+/// buildah with its own storage in the workspace.
+struct Buildah {
+    bin: std::path::PathBuf,
+    store: std::path::PathBuf,
+    runroot: std::path::PathBuf,
+}
+
+impl Buildah {
+    fn new(ws: &Workspace) -> Buildah {
+        Buildah {
+            bin: require_tool("buildah"),
+            store: ws.join("bstore"),
+            runroot: ws.join("brun"),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root")
+            .arg(&self.store)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        c
+    }
+
+    /// `buildah bud --isolation chroot` of ctx/Dockerfile (with `extra`
+    /// flags), pushed into the layout `buildah-out` and unpacked.
+    fn bud(
+        &self,
+        ws: &Workspace,
+        reg: &Registry,
+        repo: &str,
+        extra: &[&str],
+    ) -> std::path::PathBuf {
+        let tag = format!("{}/{repo}:latest", reg.host());
+        let dockerfile = ws.join("ctx/Dockerfile");
+        let ctx = ws.join("ctx");
+        let mut args = vec![
+            "bud",
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "--network",
+            "host",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([
+            "-f",
+            dockerfile.to_str().unwrap(),
+            "-t",
+            &tag,
+            ctx.to_str().unwrap(),
+        ]);
+        self.cmd(&args).run_ok();
+        let out = format!("oci:{}:latest", ws.join("buildah-out").display());
+        self.cmd(&["push", &tag, &out]).run_ok();
+        umoci_unpack(
+            &ws.join("buildah-out"),
+            "latest",
+            &ws.join("buildah-bundle"),
+        )
+    }
+
+    fn remove_all(&self) {
+        let _ = self.cmd(&["rmi", "--all", "--force"]).output();
+    }
+}
+
 #[test]
 fn a_dockerfile_builds_the_same_tree_as_buildah() {
-    let buildah = require_tool("buildah");
     let reg = Registry::shared();
     let ws = Workspace::new("buildah-parity");
 
@@ -127,79 +257,13 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
         ),
     );
 
-    // kiln.
-    run(ws.kiln().args([
-        "build",
-        "--dockerfile",
-        "ctx/Dockerfile",
-        "ctx",
-        "--quiet",
-        "-o",
-        "oci:kiln-out",
-    ]))
-    .ok();
-    let kiln_root = umoci_unpack(&ws.join("kiln-out"), "latest", &ws.join("kiln-bundle"));
-
-    // buildah, with its own storage in the workspace.
-    let store = ws.join("bstore");
-    let runroot = ws.join("brun");
-    let bud = |args: &[&str]| {
-        let mut c = Command::new(&buildah);
-        c.arg("--root")
-            .arg(&store)
-            .arg("--runroot")
-            .arg(&runroot)
-            .args(["--storage-driver", "vfs"])
-            .args(args);
-        c
-    };
-    let tag = format!("{}/parity-buildah:latest", reg.host());
-    bud(&[
-        "bud",
-        "--isolation",
-        "chroot",
-        "--tls-verify=false",
-        "--network",
-        "host",
-        "-f",
-        ws.join("ctx/Dockerfile").to_str().unwrap(),
-        "-t",
-        &tag,
-        ws.join("ctx").to_str().unwrap(),
-    ])
-    .run_ok();
-    bud(&[
-        "push",
-        &tag,
-        &format!("oci:{}:latest", ws.join("buildah-out").display()),
-    ])
-    .run_ok();
-    let buildah_root = umoci_unpack(
-        &ws.join("buildah-out"),
-        "latest",
-        &ws.join("buildah-bundle"),
-    );
+    let kiln_root = kiln_build(&ws, &[]);
+    let buildah = Buildah::new(&ws);
+    let buildah_root = buildah.bud(&ws, reg, "parity-buildah", &[]);
 
     let k = tree(&kiln_root);
-    let b: BTreeMap<String, Node> = tree(&buildah_root)
-        .into_iter()
-        .filter(|(p, _)| !runtime_leftover(p) || k.contains_key(p))
-        .collect();
-    let mut differences = Vec::new();
-    for (path, node) in &b {
-        match k.get(path) {
-            None => differences.push(format!("only buildah: {path} {node:?}")),
-            Some(n) if n != node => {
-                differences.push(format!("{path}: kiln {n:?}, buildah {node:?}"))
-            }
-            Some(_) => {}
-        }
-    }
-    for (path, node) in &k {
-        if !b.contains_key(path) {
-            differences.push(format!("only kiln: {path} {node:?}"));
-        }
-    }
+    let b = tree(&buildah_root);
+    let differences = compare(&k, &b, |_| Treat::Compare);
     // The comparison saw what the Dockerfile made.
     let mine = &k["/srv/app/data/mine"];
     assert_eq!((mine.uid, mine.gid), (1000, 1000), "{mine:?}");
@@ -217,7 +281,7 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
     for key in ["Cmd", "User", "WorkingDir"] {
         assert_eq!(kc["config"][key], bc["config"][key], "{key}");
     }
-    let _ = bud(&["rmi", "--all", "--force"]).output();
+    buildah.remove_all();
 
     // kiln's image runs under podman: its CMD, as its USER.
     let image = format!("oci:{}:latest", ws.join("kiln-out").display());
@@ -229,5 +293,276 @@ fn a_dockerfile_builds_the_same_tree_as_buildah() {
     assert_eq!(
         pod(&["sh", "-c", "cat /srv/app/who"]).trim(),
         "built by parity"
+    );
+}
+
+/// What the data-science Dockerfile's package managers leave that is no
+/// part of what the image is (the list and the reasons are in the test's
+/// doc comment).
+fn bookkeeping(path: &str) -> Treat {
+    const SKIP: &[&str] = &[
+        "/var/log/dpkg.log",
+        "/var/log/apt/history.log",
+        "/var/log/apt/term.log",
+        "/var/log/apt/eipp.log.xz",
+        "/var/cache/apt/pkgcache.bin",
+        "/var/cache/apt/srcpkgcache.bin",
+        "/var/cache/apt/archives/lock",
+        "/var/cache/apt/archives/partial",
+        "/var/lib/apt/lists/partial",
+        "/var/lib/apt/extended_states",
+        "/var/cache/debconf/config.dat-old",
+        "/var/cache/debconf/templates.dat-old",
+        "/var/cache/ldconfig/aux-cache",
+        "/var/lib/dpkg/lock",
+        "/var/lib/dpkg/lock-frontend",
+        "/var/lib/dpkg/status-old",
+    ];
+    let under = |d: &str| path.strip_prefix(d).is_some_and(|r| r.starts_with('/'));
+    if SKIP.contains(&path)
+        || under("/var/lib/dpkg/triggers")
+        || under("/var/cache/apt/archives") && path.ends_with(".deb")
+    {
+        return Treat::Skip;
+    }
+    let site = "/usr/local/lib/python3.11/dist-packages/";
+    let dist_info = |name: &str| {
+        path.strip_prefix(site)
+            .and_then(|r| r.split_once(".dist-info/"))
+            .is_some_and(|(_, f)| f == name)
+    };
+    if path.ends_with(".pyc")
+        || dist_info("RECORD")
+        || dist_info("INSTALLER")
+        || path == "/etc/ld.so.cache"
+        || path == "/var/lib/dpkg/status"
+    {
+        return Treat::NotContents;
+    }
+    Treat::Compare
+}
+
+/// The paths a RECORD lists (its first column), sorted.
+fn record_paths(file: &Path) -> Vec<String> {
+    let mut paths: Vec<String> = fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(',').next())
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// dpkg's status file as a set of paragraphs, each a set of fields (dpkg
+/// writes its fields in its own order when it rewrites the file).
+fn status_paragraphs(root: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+    let mut out = BTreeMap::new();
+    for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        let mut fields = BTreeMap::new();
+        let mut last = String::new();
+        for line in para.lines() {
+            if line.starts_with([' ', '\t']) {
+                let v: &mut String = fields.get_mut(&last).unwrap();
+                v.push('\n');
+                v.push_str(line);
+            } else if let Some((k, v)) = line.split_once(':') {
+                last = k.to_string();
+                fields.insert(last.clone(), v.trim_start().to_string());
+            }
+        }
+        let key = format!("{}:{}", fields["Package"], fields["Architecture"]);
+        out.insert(key, fields);
+    }
+    out
+}
+
+/// Issue 15: the data-science shape — apt installs Python and pip, pip
+/// installs pinned packages into the system Python, a user, the app.
+/// kiln installs the apt and pip lines natively (its own resolver and
+/// clients), buildah runs apt-get and pip in its chroot; the trees must
+/// still agree.
+///
+/// buildah's pip needs the CA of this machine's TLS-intercepting proxy
+/// (only in the host's store): the host's bundle is bound read-only at
+/// /run/host-ca.crt and named by the `PIP_CERT` build argument. kiln's
+/// own clients use the system store, so the same Dockerfile serves both.
+///
+/// kiln builds with `--run-scripts`: the new packages' maintainer scripts
+/// make what a dpkg install has — python3's py3compile (the standard
+/// library's and dist-packages' pycs), readline-common's /etc/inputrc,
+/// python3's /etc/python3/debian_config, ca-certificates' debconf
+/// database. Without it those ~1,550 paths are only in buildah's image.
+///
+/// Not compared at all (package managers' logs, caches and bookkeeping,
+/// none of them part of what the image is):
+/// - /var/log/dpkg.log, /var/log/apt/{history,term}.log, eipp.log.xz: logs
+///   of the run, timestamps and all;
+/// - /var/cache/apt/{pkg,srcpkg}cache.bin, /var/cache/apt/archives/*.deb,
+///   its `lock` and `partial/` (which apt re-owns to _apt 0700 when it
+///   downloads): apt's download cache, which plain Debian keeps (only
+///   docker's debian images configure it away); kiln downloads into its
+///   own cache outside the image;
+/// - /var/lib/apt/lists/partial: apt ships it, the Dockerfile's
+///   `rm -rf /var/lib/apt/lists/*` removes it in buildah's image and kiln
+///   drops that line as a no-op; apt's index scratch directory, made again
+///   by the next `apt-get update`;
+/// - /var/lib/apt/extended_states: apt's "automatically installed" marks
+///   (for `apt autoremove`); kiln writes none (yet);
+/// - /var/lib/dpkg/status-old, /var/cache/debconf/*.dat-old: the previous
+///   database, kept as a backup; /var/lib/dpkg/lock, lock-frontend: locks;
+/// - /var/lib/dpkg/triggers/: dpkg's trigger interests and pending
+///   triggers; kiln runs their effects (ldconfig, update-ca-certificates,
+///   update-shells) itself, and dpkg rebuilds the interests from
+///   info/*.triggers when the directory is missing (buildah's lists the
+///   base's debianutils and libc-bin, which kiln installed);
+/// - /var/cache/ldconfig/aux-cache: ldconfig's cache of what it scanned.
+///
+/// Compared for type, mode and owner but not contents, and for meaning
+/// below:
+/// - `*.pyc`: kiln's pip stage writes PEP 552 unchecked-hash pycs, pip
+///   timestamp ones; py3compile's embed the sources' mtimes, which kiln
+///   clamps;
+/// - a dist-info's INSTALLER (`kiln` or `pip`) and RECORD (its paths must
+///   be the same);
+/// - /etc/ld.so.cache: kiln writes it itself (its own string table, no
+///   "generated by" note naming glibc's ldconfig); `ldconfig -p` must list
+///   the same libraries;
+/// - /var/lib/dpkg/status: dpkg rewrites every paragraph in its own field
+///   order; each package's fields must be the same.
+#[test]
+fn a_data_science_dockerfile_builds_the_same_tree_as_buildah() {
+    let reg = Registry::shared();
+    let ws = Workspace::new("buildah-parity-ds");
+
+    // The base: Debian minbase, bootstrapped from the host's apt sources
+    // (which kiln writes into it, so apt-get finds the same mirror).
+    let base = reg.repo(&unique_repo("parity-debian"));
+    ws.write(
+        "base.toml",
+        format!("[image]\nname = \"{base}\"\ntags = [\"v1\"]\n[apt]\nbootstrap = \"minbase\"\n"),
+    );
+    run(ws.kiln().args(["build", "base.toml", "--push", "--quiet"])).ok();
+
+    ws.write(
+        "ctx/app.py",
+        "import idna, six\n\nprint(six.__version__, idna.__version__)\n",
+    );
+    ws.write(
+        "ctx/Dockerfile",
+        format!(
+            "FROM {base}:v1\n\
+             ARG PIP_CERT\n\
+             RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip && rm -rf /var/lib/apt/lists/*\n\
+             RUN pip install --no-cache-dir --break-system-packages six==1.16.0 idna==3.7\n\
+             RUN useradd -m -u 1000 app && mkdir -p /srv/app/data && chown -R 1000:1000 /srv/app\n\
+             COPY app.py /srv/app/\n\
+             USER app\n\
+             WORKDIR /srv/app\n"
+        ),
+    );
+
+    let kiln_root = kiln_build(&ws, &["--run-scripts"]);
+    let buildah = Buildah::new(&ws);
+    let buildah_root = buildah.bud(
+        &ws,
+        reg,
+        "parity-ds-buildah",
+        &[
+            "--volume",
+            "/etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro",
+            "--build-arg",
+            "PIP_CERT=/run/host-ca.crt",
+        ],
+    );
+    buildah.remove_all();
+
+    let k = tree(&kiln_root);
+    let b = tree(&buildah_root);
+    let differences = compare(&k, &b, bookkeeping);
+    // The comparison saw what the Dockerfile made.
+    let site = "/usr/local/lib/python3.11/dist-packages";
+    for p in [
+        format!("{site}/six.py"),
+        format!("{site}/idna/__init__.py"),
+        "/usr/bin/python3".to_string(),
+        "/srv/app/app.py".to_string(),
+    ] {
+        assert!(k.contains_key(&p), "{p} is not in kiln's image");
+    }
+    // The COPY into /srv/app left it as the RUN before had chowned it.
+    for dir in ["/srv/app", "/srv/app/data"] {
+        let d = &k[dir];
+        assert_eq!((d.uid, d.gid), (1000, 1000), "{dir} {d:?}");
+    }
+    // What is compared for presence only is compared for meaning here.
+    for di in ["six-1.16.0.dist-info", "idna-3.7.dist-info"] {
+        let rec = format!("{}/{di}/RECORD", &site[1..]);
+        assert_eq!(
+            record_paths(&kiln_root.join(&rec)),
+            record_paths(&buildah_root.join(&rec)),
+            "{rec}"
+        );
+    }
+    let (ks, bs) = (
+        status_paragraphs(&kiln_root),
+        status_paragraphs(&buildah_root),
+    );
+    let mut status_differences = Vec::new();
+    for pkg in ks
+        .keys()
+        .chain(bs.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (kf, bf) = (ks.get(pkg), bs.get(pkg));
+        let fields = kf.into_iter().chain(bf).flat_map(|f| f.keys());
+        for field in fields.collect::<std::collections::BTreeSet<_>>() {
+            let (kv, bv) = (kf.and_then(|f| f.get(field)), bf.and_then(|f| f.get(field)));
+            if kv != bv {
+                status_differences.push(format!("{pkg} {field}: kiln {kv:?}, buildah {bv:?}"));
+            }
+        }
+    }
+    assert!(
+        status_differences.is_empty(),
+        "dpkg's status differs:\n{}",
+        status_differences.join("\n")
+    );
+    // (glibc's ldconfig also notes itself in the cache; kiln's does not.)
+    let ld = |root: &Path| {
+        let out = chroot_run(root, &["ldconfig", "-p"]).ok().stdout;
+        let lines = out.lines().filter(|l| !l.starts_with("Cache generated by"));
+        lines.map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(ld(&kiln_root), ld(&buildah_root), "ldconfig -p");
+    assert!(
+        differences.is_empty(),
+        "kiln and buildah disagree on {} paths:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    let kc = Layout::open(ws.join("kiln-out")).config("latest");
+    let bc = Layout::open(ws.join("buildah-out")).config("latest");
+    for key in ["User", "WorkingDir", "Env"] {
+        assert_eq!(kc["config"][key], bc["config"][key], "{key}");
+    }
+
+    // kiln's image runs under podman, as user app, in /srv/app.
+    let image = format!("oci:{}:latest", ws.join("kiln-out").display());
+    let out = podman_run(
+        &ws.join("pstore"),
+        &image,
+        &[
+            "sh",
+            "-c",
+            "id -un && python3 -c 'import six, idna; print(six.__version__)' && python3 app.py",
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["app", "1.16.0", "1.16.0 3.7"],
+        "{out}"
     );
 }

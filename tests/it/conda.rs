@@ -434,6 +434,53 @@ fn environment_yml_with_a_pip_section() {
     assert!(site.join("hello_mod/__init__.py").is_file());
 }
 
+/// An environment.yml with only a `pip:` list (what people export for a
+/// plain Python image) installs into the image's own Python, and a
+/// requirements list that names it says what it is.
+#[test]
+fn environment_yml_with_only_pip_goes_to_the_image_python() {
+    let ws = Workspace::new("conda-env-pip-only");
+    python_base(&ws);
+    tinywheels(&ws, &["1.0"]);
+    ws.write(
+        "environment.yml",
+        "name: ds-env
+channels:
+  - defaults
+dependencies:
+  - pip:
+    - --no-index
+    - --find-links ./wheels
+    - tinywheel==1.0
+",
+    );
+    ws.spec("[image]\ntags = [\"t\"]\nbase = \"oci:py:v1\"\n\n[conda]\nenvironment = \"environment.yml\"\n");
+    let v = build(&ws, "out").ok().json();
+    let pip = v["pip"].as_array().unwrap();
+    assert_eq!(pip.len(), 1, "{v}");
+    assert_eq!(pip[0]["python"], "/usr/bin/python3.11", "{v}");
+    assert_eq!(strs(&pip[0]["installed"]), ["tinywheel 1.0"]);
+    let rootfs = unpack(&ws, "out");
+    assert!(rootfs
+        .join("usr/lib/python3.11/site-packages/tinywheel/__init__.py")
+        .is_file());
+    // Nothing for conda to install: no prefix, no conda layer, no channel read.
+    assert!(!rootfs.join("opt/conda").exists());
+    assert!(v["conda"].as_array().is_none_or(|a| a.is_empty()), "{v}");
+
+    // The same file given to `[pip] requirements`: named for what it is.
+    ws.spec("[image]\ntags = [\"t\"]\nbase = \"oci:py:v1\"\n\n[pip]\nrequirements = [\"environment.yml\"]\n");
+    let r = build(&ws, "out2").code_is(2);
+    assert!(
+        r.stderr
+            .contains("environment.yml is a conda environment file")
+            && r.stderr.contains("[conda] environment"),
+        "{}",
+        r.describe()
+    );
+    assert!(!ws.join("out2").exists());
+}
+
 #[test]
 fn bad_requests_fail_clearly_and_write_nothing() {
     let ws = Workspace::new("conda-errors");

@@ -374,3 +374,358 @@ fn dockerfile_pip_install_from_a_copied_wheelhouse() {
         .collect();
     assert_eq!(treatments, ["pip", "dropped"]);
 }
+
+/// The shape of a Dockerfile a notebook platform generates for an image
+/// (PrimeHub's builder, docker-stacks' habits): `USER root`, a user made by
+/// useradd, apt with clean-ups, conda from `-c conda-forge` (here a channel
+/// served as a mirror through the channel alias), pip into the conda
+/// environment, `fix-permissions`, then back to the notebook user. The
+/// package lines become native stages; useradd and fix-permissions run in
+/// the sandbox; the image runs under podman as the notebook user, who may
+/// write into the environment.
+#[test]
+fn a_notebook_platform_dockerfile_with_apt_conda_and_pip() {
+    use crate::conda_channel::{fake_python, file, pkg, write_channel};
+    use std::os::unix::fs::MetadataExt;
+    ensure_host_sources();
+    let ws = Workspace::new("dockerfile-notebook");
+    let cache = unique_dir("dockerfile-notebook-cache");
+    ws.spec("[image]\ntags = [\"base\"]\n[apt]\nbootstrap = \"minbase\"\n");
+    run(ws.kiln().env("KILN_CACHE", &cache).args([
+        "build",
+        "--quiet",
+        "--no-sbom",
+        "-o",
+        "oci:base",
+    ]))
+    .ok();
+    fs::remove_file(ws.join("kiln.toml")).unwrap();
+
+    // A `conda-forge` channel under a mirror directory (the alias).
+    let mut hello = pkg(
+        "hello-py",
+        "0.1",
+        &["python"],
+        vec![file(
+            "site-packages/hello_mod/__init__.py",
+            b"def main():\n    print('hello')\n",
+        )],
+    );
+    hello.subdir = "noarch".into();
+    hello.build = "py_0".into();
+    hello.noarch_python = true;
+    write_channel(
+        &ws.join("mirror/conda-forge"),
+        &[fake_python("3.11.0"), hello],
+    );
+    ws.write(
+        "wheels/tinywheel-1.0-py3-none-any.whl",
+        wheel_zip(&[
+            ("tinywheel/__init__.py".into(), b"X = 1\n".to_vec(), 0o644),
+            (
+                "tinywheel-1.0.dist-info/METADATA".into(),
+                b"Metadata-Version: 2.1\nName: tinywheel\nVersion: 1.0\n".to_vec(),
+                0o644,
+            ),
+            (
+                "tinywheel-1.0.dist-info/WHEEL".into(),
+                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+                0o644,
+            ),
+        ]),
+    );
+    ws.write(
+        "fix-permissions",
+        "#!/bin/sh\n# Give the notebook group write access to each directory given.\nset -e\nfor d in \"$@\"; do\n  chgrp -R \"$NB_GID\" \"$d\"\n  chmod -R g+rwX \"$d\"\n  find \"$d\" -type d -exec chmod g+s {} +\ndone\n",
+    );
+    ws.write(
+        "Dockerfile",
+        r#"FROM oci:base:base
+USER root
+ENV NB_USER=jovyan NB_UID=1000 NB_GID=100 CONDA_DIR=/opt/conda
+ENV PATH=$CONDA_DIR/bin:$PATH
+COPY --chmod=0755 fix-permissions /usr/local/bin/fix-permissions
+RUN useradd -m -s /bin/sh -N -u $NB_UID $NB_USER && \
+    mkdir -p $CONDA_DIR && chown $NB_USER:$NB_GID $CONDA_DIR
+RUN apt-get update && \
+    apt-get install -y --no-install-recommends hello && \
+    apt-get clean && rm -rf /var/lib/apt/lists/*
+RUN conda install --quiet --yes -c conda-forge python=3.11 hello-py && \
+    conda clean --all -f -y
+COPY wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels tinywheel==1.0
+RUN fix-permissions $CONDA_DIR && fix-permissions /home/$NB_USER
+USER $NB_UID
+WORKDIR /home/$NB_USER
+"#,
+    );
+    let mirror = format!("file://{}/", ws.join("mirror").display());
+    let r = run(ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .env("CONDA_CHANNEL_ALIAS", &mirror)
+        .args([
+            "build",
+            "--json",
+            "--dockerfile",
+            "Dockerfile",
+            "-o",
+            "oci:out",
+        ]))
+    .ok();
+    let v = r.json();
+
+    // What kiln did with each line.
+    let explained = v["dockerfile"]["explain"].as_array().unwrap();
+    let on = |line: u64| -> Vec<&str> {
+        explained
+            .iter()
+            .filter(|e| e["line"] == line)
+            .map(|e| s(e, "treatment"))
+            .collect()
+    };
+    assert_eq!(on(6), ["sandboxed"], "useradd: {explained:?}");
+    assert!(
+        on(8).contains(&"apt") && on(8).contains(&"dropped"),
+        "{:?}",
+        on(8)
+    );
+    assert!(
+        on(11).contains(&"conda") && on(11).contains(&"dropped"),
+        "{:?}",
+        on(11)
+    );
+    assert_eq!(on(14), ["pip"]);
+    assert_eq!(on(15), ["sandboxed"], "fix-permissions");
+    assert!(strs(&v["apt"][0]["installed"])
+        .iter()
+        .any(|p| p.starts_with("hello ")));
+    assert_eq!(strs(&v["pip"][0]["installed"]), ["tinywheel 1.0"]);
+    assert_eq!(v["pip"][0]["python"], "/opt/conda/bin/python3.11");
+
+    let config = Layout::open(ws.join("out")).config("latest");
+    assert_eq!(config["config"]["User"], "1000");
+    assert_eq!(config["config"]["WorkingDir"], "/home/jovyan");
+
+    // The tree: every part where a docker build would put it, with the
+    // owners and modes the sandboxed lines gave.
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    let site = "/opt/conda/lib/python3.11/site-packages";
+    for p in [
+        "/usr/bin/hello".to_string(),
+        format!("{site}/hello_mod/__init__.py"),
+        format!("{site}/tinywheel/__init__.py"),
+        "/tmp/wheels/tinywheel-1.0-py3-none-any.whl".to_string(),
+    ] {
+        assert!(exists_in(&rootfs, &p), "{p}");
+    }
+    let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("jovyan:x:1000:100::/home/jovyan:/bin/sh"),
+        "{passwd}"
+    );
+    let m = stat(&rootfs, "/opt/conda");
+    assert_eq!((m.uid(), m.gid()), (1000, 100));
+    let m = stat(&rootfs, &format!("{site}/tinywheel/__init__.py"));
+    assert_eq!(m.gid(), 100);
+    assert_eq!(m.mode() & 0o070, 0o060, "group may read and write");
+    let m = stat(&rootfs, &format!("{site}/tinywheel"));
+    assert_ne!(m.mode() & 0o2000, 0, "directories keep the group (setgid)");
+    let home = stat(&rootfs, "/home/jovyan");
+    assert_eq!((home.uid(), home.gid()), (1000, 100));
+    assert!(!exists_in(&rootfs, "/var/lib/apt/lists/lock"));
+
+    // Under podman, as the notebook user: apt's program runs, the
+    // environment is on PATH and writable by the user.
+    let image = format!("oci:{}:latest", ws.join("out").display());
+    let out = podman_run(
+        &ws.join("pstore"),
+        &image,
+        &[
+            "sh",
+            "-c",
+            "id -u; pwd; hello; command -v python3.11; touch /opt/conda/lib/python3.11/site-packages/mine && echo writable",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1000",
+            "/home/jovyan",
+            "Hello, world!",
+            "/opt/conda/bin/python3.11",
+            "writable"
+        ],
+        "{out}"
+    );
+}
+
+/// A Dockerfile build locks as a spec does: `kiln lock --dockerfile` writes
+/// `Dockerfile.kiln.lock` beside it (a kiln.toml there keeps its own
+/// kiln.lock) with the base and the packages; a `--locked` build takes
+/// those pins although a newer wheel appeared; an edited Dockerfile makes
+/// the lock stale, shown as a difference, and nothing is written.
+#[test]
+fn dockerfile_builds_lock_and_build_locked() {
+    let ws = Workspace::new("dockerfile-lock");
+    python_base(&ws);
+    let wheel = |v: &str| {
+        wheel_zip(&[
+            (
+                "tinywheel/__init__.py".into(),
+                format!("V = {v:?}\n").into_bytes(),
+                0o644,
+            ),
+            (
+                format!("tinywheel-{v}.dist-info/METADATA"),
+                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n").into_bytes(),
+                0o644,
+            ),
+            (
+                format!("tinywheel-{v}.dist-info/WHEEL"),
+                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+                0o644,
+            ),
+        ])
+    };
+    // The wheelhouse stands outside the context, as an index would.
+    let house = unique_dir("dockerfile-lock-wheels");
+    fs::write(house.join("tinywheel-1.0-py3-none-any.whl"), wheel("1.0")).unwrap();
+    let dockerfile = format!(
+        "FROM oci:py:v1\nRUN pip install --no-index --find-links file://{} tinywheel\n",
+        house.display()
+    );
+    ws.write("Dockerfile", &dockerfile);
+    let r = run(ws
+        .kiln()
+        .args(["lock", "--dockerfile", "Dockerfile", "--json"]))
+    .ok();
+    assert_eq!(r.json()["status"], "written", "{}", r.describe());
+    let lock = fs::read_to_string(ws.join("Dockerfile.kiln.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"tinywheel\"") && lock.contains("version = \"1.0\""),
+        "{lock}"
+    );
+    assert!(!ws.join("kiln.lock").exists());
+
+    fs::write(house.join("tinywheel-1.1-py3-none-any.whl"), wheel("1.1")).unwrap();
+    let locked = |out: &str| {
+        run(ws.kiln().args([
+            "build",
+            "--json",
+            "--dockerfile",
+            "Dockerfile",
+            "--locked",
+            "-o",
+            &format!("oci:{out}"),
+        ]))
+    };
+    let v = locked("out").ok().json();
+    assert_eq!(v["lock"], "used");
+    assert_eq!(strs(&v["pip"][0]["installed"]), ["tinywheel 1.0"]);
+    // Without --locked the matching lock is used too.
+    let v = build_json(&ws, &["--dockerfile", "Dockerfile", "-o", "oci:auto"]);
+    assert_eq!(strs(&v["pip"][0]["installed"]), ["tinywheel 1.0"]);
+
+    // A config change leaves the pins valid; a changed requirement does not.
+    ws.write("Dockerfile", format!("{dockerfile}ENV MODE=prod\n"));
+    assert_eq!(locked("config").ok().json()["lock"], "used");
+    ws.write(
+        "Dockerfile",
+        dockerfile.replace(" tinywheel\n", " 'tinywheel>=1'\n"),
+    );
+    let r = locked("stale").code_is(2);
+    assert!(
+        r.stderr.contains("tinywheel>=1"),
+        "the difference names the change: {}",
+        r.describe()
+    );
+    assert!(!ws.join("stale").exists());
+    // Re-locking takes the newest wheel.
+    run(ws.kiln().args(["lock", "--dockerfile", "Dockerfile"])).ok();
+    let v = locked("relocked").ok().json();
+    assert_eq!(strs(&v["pip"][0]["installed"]), ["tinywheel 1.1"]);
+}
+
+/// A target built on another stage of its Dockerfile locks that stage too:
+/// `kiln lock` resolves and builds the stage, its pins go into the
+/// target's lock (`[[stage]]`), the target's inputs name it `stage:NAME`
+/// (never the scratch layout's path), and `--locked` builds every stage
+/// from its pins although a newer wheel appeared.
+#[test]
+fn multi_stage_targets_lock_their_stages() {
+    let ws = Workspace::new("dockerfile-lock-stages");
+    python_base(&ws);
+    let house = unique_dir("dockerfile-lock-stages-wheels");
+    let wheel = |v: &str| {
+        wheel_zip(&[
+            (
+                "tinywheel/__init__.py".into(),
+                format!("V = {v:?}\n").into_bytes(),
+                0o644,
+            ),
+            (
+                format!("tinywheel-{v}.dist-info/METADATA"),
+                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n").into_bytes(),
+                0o644,
+            ),
+            (
+                format!("tinywheel-{v}.dist-info/WHEEL"),
+                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+                0o644,
+            ),
+        ])
+    };
+    fs::write(house.join("tinywheel-1.0-py3-none-any.whl"), wheel("1.0")).unwrap();
+    ws.write(
+        "Dockerfile",
+        format!(
+            "FROM oci:py:v1 AS deps\nRUN pip install --no-index --find-links file://{} tinywheel\n\nFROM deps\nLABEL stage=final\n",
+            house.display()
+        ),
+    );
+    let lock = |extra: &[&str]| {
+        run(ws
+            .kiln()
+            .args(["lock", "--dockerfile", "Dockerfile", "--json"])
+            .args(extra))
+        .ok()
+        .json()
+    };
+    assert_eq!(lock(&[])["status"], "written");
+    let text = fs::read_to_string(ws.join("Dockerfile.kiln.lock")).unwrap();
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    let stages = parsed["stage"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "{text}");
+    assert_eq!(stages[0]["name"].as_str(), Some("deps"));
+    assert!(text.contains("image.base = \"stage:deps\""), "{text}");
+    assert!(
+        !text.contains("stage-0"),
+        "no scratch path in the lock: {text}"
+    );
+    assert!(text.contains("name = \"tinywheel\""), "{text}");
+    assert_eq!(lock(&[])["status"], "unchanged");
+
+    fs::write(house.join("tinywheel-1.1-py3-none-any.whl"), wheel("1.1")).unwrap();
+    let v = build_json(
+        &ws,
+        &["--dockerfile", "Dockerfile", "--locked", "-o", "oci:locked"],
+    );
+    assert_eq!(v["lock"], "used");
+    assert_eq!(s(&v["dockerfile"]["stages"][0], "stage"), "deps");
+    let rootfs = umoci_unpack(&ws.join("locked"), "latest", &ws.join("locked-bundle"));
+    let init = fs::read_to_string(
+        rootfs.join("usr/local/lib/python3.11/dist-packages/tinywheel/__init__.py"),
+    )
+    .or_else(|_| {
+        fs::read_to_string(rootfs.join("usr/lib/python3.11/site-packages/tinywheel/__init__.py"))
+    })
+    .unwrap();
+    assert_eq!(init, "V = \"1.0\"\n");
+    // Upgrading re-resolves the stage too.
+    assert_eq!(lock(&["--upgrade"])["status"], "updated");
+    assert!(fs::read_to_string(ws.join("Dockerfile.kiln.lock"))
+        .unwrap()
+        .contains("version = \"1.1\""));
+}

@@ -391,6 +391,40 @@ fn requirements_from_a_git_url_install_on_a_base() {
         2,
         &["--requirements needs --base"],
     );
+
+    // `kiln lock --requirements URL` pins the commit (in
+    // ./requirements.txt.kiln.lock); a locked build takes it after main
+    // moved on to a requirements file that asks for a missing version.
+    run(ws
+        .kiln()
+        .args(["lock", "--requirements", &url, "--base", &base]))
+    .ok();
+    let lock = fs::read_to_string(ws.join("requirements.txt.kiln.lock")).unwrap();
+    assert!(lock.contains(&commit) && lock.contains("[[git]]"), "{lock}");
+    ws.write(
+        "env-work/envs/py/requirements.txt",
+        "--no-index\n--find-links wheels\ntinywheel==9.9\n",
+    );
+    git(
+        &work,
+        &["commit", "--quiet", "-am", "a version that is not there"],
+    );
+    let bare = root.join("org/envs.git");
+    git(&work, &["push", "--quiet", bare.to_str().unwrap(), "main"]);
+    let r = run(ws.kiln().args([
+        "build",
+        "--requirements",
+        &url,
+        "--base",
+        &base,
+        "--locked",
+        "--json",
+        "-o",
+        "oci:locked",
+    ]))
+    .ok();
+    assert_eq!(r.json()["lock"], "used");
+    assert!(strs(&r.json()["pip"][0]["installed"]).contains(&"tinywheel 1.0".to_string()));
 }
 
 fn walkdir_files(dir: &Path) -> Vec<String> {
@@ -406,4 +440,93 @@ fn walkdir_files(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// kiln.lock pins a Git context at its commit: later builds fetch that
+/// commit although the branch moved, `kiln lock --upgrade` moves the pin,
+/// and `--locked` without a pin is refused before anything is fetched.
+#[test]
+fn git_commits_are_pinned_in_the_lock() {
+    let ws = Workspace::new("git-lock");
+    let repo = make_repo(&ws);
+    let cache = ws.join("cache");
+    let bare = repo.root.join("org/repo.git");
+    let url = format!("file://{}#main:app", bare.display());
+
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["build", &url, "--locked", "-o", "oci:none"])
+        .run()
+        .code_is(2);
+    assert!(
+        r.stderr
+            .contains("Dockerfile.kiln.lock records no commit for this Git source"),
+        "{}",
+        r.describe()
+    );
+    assert!(!ws.join("none").exists());
+    assert!(!cache.join("git-trees-v1").join(&repo.main).exists());
+
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["lock", &url, "--json"])
+        .run_ok();
+    assert_eq!(r.json()["status"], "written", "{}", r.describe());
+    let lock_path = ws.join("Dockerfile.kiln.lock");
+    let lock: toml::Value = toml::from_str(&fs::read_to_string(&lock_path).unwrap()).unwrap();
+    let pins = lock["git"].as_array().unwrap();
+    assert_eq!(pins.len(), 1, "{lock}");
+    assert_eq!(pins[0]["commit"].as_str(), Some(repo.main.as_str()));
+    assert_eq!(pins[0]["path"].as_str(), Some("app"));
+    assert!(pins[0]["url"].as_str().unwrap().ends_with("#main:app"));
+
+    // main moves on.
+    let work = ws.join("work");
+    ws.write("work/app/hello.txt", "v2\n");
+    git(&work, &["commit", "--quiet", "-am", "v2"]);
+    git(&work, &["push", "--quiet", bare.to_str().unwrap(), "main"]);
+    let moved = git(&work, &["rev-parse", "main"]).stdout.trim().to_string();
+
+    // Locked or not, a build takes the pinned commit.
+    let v = build_git(&ws, &cache, &url, &["--locked"], "locked");
+    assert_eq!(fetched_commit(&v), repo.main);
+    assert_eq!(v["lock"], "used");
+    assert_eq!(hello_in(&ws, "locked"), "v1\n");
+    let v = build_git(&ws, &cache, &url, &[], "auto");
+    assert_eq!(fetched_commit(&v), repo.main);
+    assert_eq!(hello_in(&ws, "auto"), "v1\n");
+    // Offline too: the pinned tree is in the cache.
+    let v = build_git(&ws, &cache, &url, &["--locked", "--offline"], "offline");
+    assert_eq!(fetched_commit(&v), repo.main);
+
+    // `kiln lock` keeps the pin; `--upgrade` resolves the branch again.
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["lock", &url, "--json"])
+        .run_ok();
+    assert_eq!(r.json()["status"], "unchanged");
+    let r = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["lock", &url, "--upgrade", "--json"])
+        .run_ok();
+    assert_eq!(r.json()["status"], "updated", "{}", r.describe());
+    let lock = fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        lock.contains(&moved) && !lock.contains(&repo.main),
+        "{lock}"
+    );
+    let v = build_git(&ws, &cache, &url, &["--locked"], "upgraded");
+    assert_eq!(fetched_commit(&v), moved);
+    assert_eq!(hello_in(&ws, "upgraded"), "v2\n");
+
+    // `--lockfile` puts the lock elsewhere.
+    ws.kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["lock", &url, "--lockfile", "locks/app.lock"])
+        .run_ok();
+    assert!(ws.join("locks/app.lock").is_file());
 }

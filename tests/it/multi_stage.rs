@@ -254,3 +254,36 @@ fn an_unknown_stage_is_refused_naming_the_line() {
     );
     assert!(!ws.join("out").exists());
 }
+
+/// `[[files]] from` a registry image by tag is pinned in kiln.lock at the
+/// tag's digest: after the tag moves, a locked build still copies from the
+/// image that was locked, and re-locking follows the tag.
+#[test]
+fn files_from_a_registry_tag_are_pinned_in_the_lock() {
+    let reg = Registry::shared();
+    let repo = format!("files-from-pin-{}", std::process::id());
+    let first = push_scratch_image(reg, &repo, "stable", &[("tool.txt", "one\n")]);
+    let ws = Workspace::new("files-from-pin");
+    let from = format!("{}:stable", reg.repo(&repo));
+    ws.spec(&format!(
+        "[image]\ntags = [\"t\"]\n[[files]]\nfrom = \"{from}\"\nsrc = \"/base/tool.txt\"\ndst = \"/tool.txt\"\n"
+    ));
+    run(ws.kiln().args(["lock", "--json"])).ok();
+    let lock: toml::Value =
+        toml::from_str(&fs::read_to_string(ws.join("kiln.lock")).unwrap()).unwrap();
+    let images = lock["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{lock}");
+    assert_eq!(images[0]["reference"].as_str(), Some(from.as_str()));
+    assert_eq!(images[0]["digest"].as_str(), first["digest"].as_str());
+
+    push_scratch_image(reg, &repo, "stable", &[("tool.txt", "two\n")]);
+    let tool = |out: &str| {
+        let rootfs = umoci_unpack(&ws.join(out), "t", &ws.join(format!("{out}-bundle")));
+        fs::read_to_string(rootfs.join("tool.txt")).unwrap()
+    };
+    build_json(&ws, &["--locked", "-o", "oci:locked"]);
+    assert_eq!(tool("locked"), "one\n");
+    run(ws.kiln().args(["lock", "--upgrade"])).ok();
+    build_json(&ws, &["--locked", "-o", "oci:relocked"]);
+    assert_eq!(tool("relocked"), "two\n");
+}

@@ -56,6 +56,9 @@ packages = ["numpy", "pandas", "requests", "scipy"]
         installed.iter().any(|w| w.starts_with("numpy ")),
         "{installed:?}"
     );
+    // By default what pip installed is compiled (thousands of modules here).
+    let compiled = r.json()["pip"][0]["bytecode"]["compiled"].as_u64();
+    assert!(compiled.is_some_and(|n| n > 1000), "{compiled:?}");
     check_image(&out, "py", &ws.join("bundle"), "/usr/bin/python3");
     let rootfs = ws.join("bundle/rootfs");
     let norm = chroot_run(&rootfs, &["normalizer", "--version"]).ok();
@@ -79,7 +82,7 @@ packages = ["numpy", "pandas", "requests", "scipy"]
     // The same set into a venv on top of that image.
     let ws2 = Workspace::new("pip-venv");
     ws2.spec(&format!(
-        "[image]\ntags = [\"venv\"]\nbase = \"oci:{}:py\"\n[pip]\ntarget = \"/opt/venv\"\npackages = [\"numpy\", \"pandas\", \"requests\", \"scipy\"]\n",
+        "[image]\ntags = [\"venv\"]\nbase = \"oci:{}:py\"\n[pip]\ntarget = \"/opt/venv\"\n# Bytecode is compiled (and checked) for the system build above.\ncompile = false\npackages = [\"numpy\", \"pandas\", \"requests\", \"scipy\"]\n",
         out.display()
     ));
     let out2 = ws2.join("out");

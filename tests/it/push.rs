@@ -53,8 +53,17 @@ fn push_twice_uploads_nothing_the_second_time() {
     assert_eq!(tags, ["1.0", "latest", referrers_tag.as_str()]);
 
     // Second push, from a fresh cache: everything is already there; one
-    // HEAD per tag (and a referrers listing) tells, no blob is checked.
+    // HEAD per tag and one for the SBOM referrer (by its digest) tell, no
+    // blob is checked.
+    let before = reg.repo_requests(&repo).len();
     let second = build_json(&ws, &["--push"]);
+    let requests = reg.repo_requests(&repo);
+    assert_eq!(
+        requests.len() - before,
+        3,
+        "two tags and one referrer: {:#?}",
+        &requests[before..]
+    );
     assert_eq!(second["digest"], first["digest"]);
     let push = &second["push"];
     assert_eq!(push["digest"], first["digest"]);

@@ -14,10 +14,11 @@ mod install;
 mod ldconfig;
 mod repo;
 pub mod scripts;
+mod shells;
 mod solve;
 mod sources;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
@@ -46,6 +47,9 @@ pub struct AptPlan {
     /// base's and those of packages asked for as `name:ARCH`.
     pub(crate) foreign_archs: Vec<String>,
     pub(crate) bootstrap: Option<Bootstrap>,
+    /// A bootstrap's sources and keyrings, written into the image so that
+    /// its own apt can update (empty otherwise: a base keeps its sources).
+    pub(crate) image_sources: Vec<sources::ImageSource>,
     /// Packages to install, sorted by name; their `.deb`s are in the cache.
     pub packages: Vec<Package>,
 }
@@ -71,6 +75,7 @@ fn debian_archs() -> impl Iterator<Item = &'static str> {
 /// Which base files' contents the apt stage reads.
 pub fn keep_path(path: &str) -> bool {
     sources::keep_path(path)
+        || shells::keep_path(path)
         || path == "/var/lib/dpkg/status"
         || path == "/var/lib/dpkg/arch"
         || path.starts_with("/var/lib/dpkg/status.d/")
@@ -163,17 +168,48 @@ fn resolve_sources(section: &AptSection, fs: &Rootfs, scratch: bool) -> Result<V
     Ok(picked)
 }
 
+/// The keyring path a source is checked with, as named.
+fn keyring_path(src: &Source, section: &AptSection) -> String {
+    src.signed_by
+        .clone()
+        .or_else(|| section.keyring.clone())
+        .unwrap_or_else(|| DEFAULT_KEYRING.to_string())
+}
+
+/// A source's keyring file on the host (relative paths from the spec's directory).
+fn read_keyring(src: &Source, path: &str, spec_dir: &Path) -> Result<(PathBuf, Vec<u8>)> {
+    let host = spec_dir.join(path);
+    let bytes = std::fs::read(&host).map_err(|source| AptError::KeyringUnreadable {
+        path: host.clone(),
+        uri: src.uri.clone(),
+        suite: src.suite.clone(),
+        source,
+    })?;
+    Ok((host, bytes))
+}
+
+/// A bootstrap's sources for the image, each with its keyring's bytes.
+fn image_sources(
+    srcs: &[Source],
+    section: &AptSection,
+    spec_dir: &Path,
+) -> Result<Vec<sources::ImageSource>> {
+    srcs.iter()
+        .map(|s| {
+            let path = keyring_path(s, section);
+            let (_, bytes) = read_keyring(s, &path, spec_dir)?;
+            Ok(sources::ImageSource::new(s, path, bytes))
+        })
+        .collect()
+}
+
 fn keyring_for(
     src: &Source,
     section: &AptSection,
     fs: &Rootfs,
     spec_dir: &Path,
 ) -> Result<Vec<pgp::composed::SignedPublicKey>> {
-    let path = src
-        .signed_by
-        .clone()
-        .or_else(|| section.keyring.clone())
-        .unwrap_or_else(|| DEFAULT_KEYRING.to_string());
+    let path = keyring_path(src, section);
     if src.in_image {
         if let Some(b) = fs.read(&path) {
             return repo::load_keyring(b, &format!("{path} (in the base image)"));
@@ -189,13 +225,7 @@ fn keyring_for(
             return Ok(keys);
         }
     }
-    let host = spec_dir.join(&path);
-    let bytes = std::fs::read(&host).map_err(|source| AptError::KeyringUnreadable {
-        path: host.clone(),
-        uri: src.uri.clone(),
-        suite: src.suite.clone(),
-        source,
-    })?;
+    let (host, bytes) = read_keyring(src, &path, spec_dir)?;
     repo::load_keyring(&bytes, &host.display().to_string())
 }
 
@@ -326,6 +356,14 @@ pub fn plan(
             }]
         }));
     }
+    // `[apt] locales` are generated with the image's own localedef.
+    if !section.locales.is_empty() && !requests.iter().flatten().any(|d| d.name == "locales") {
+        requests.push(vec![Dep {
+            name: "locales".into(),
+            arch: None,
+            constraint: None,
+        }]);
+    }
     if requests.is_empty() {
         return Err(AptError::NothingRequested.into());
     }
@@ -344,10 +382,15 @@ pub fn plan(
             .collect::<Result<Vec<()>>>()
     })?;
     let foreign_archs = foreign_archs(fs, arch, &packages);
+    let image_sources = match section.bootstrap {
+        Some(_) => image_sources(&srcs, section, spec_dir)?,
+        None => Vec::new(),
+    };
     Ok(AptPlan {
         arch: arch.to_string(),
         foreign_archs,
         bootstrap: section.bootstrap,
+        image_sources,
         packages,
     })
 }
@@ -357,6 +400,7 @@ pub fn plan(
 /// from the package itself. No repository index is read.
 pub fn plan_locked(
     section: &AptSection,
+    spec_dir: &Path,
     pins: &[kiln_spec::lock::AptPin],
     fs: &Rootfs,
     platform: &Platform,
@@ -411,10 +455,17 @@ pub fn plan_locked(
             .collect::<Result<_>>()
     })?;
     packages.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+    // The image names the sources it was built from: the configured ones
+    // (read, not fetched).
+    let image_sources = match section.bootstrap {
+        Some(_) => image_sources(&resolve_sources(section, fs, true)?, section, spec_dir)?,
+        None => Vec::new(),
+    };
     Ok(AptPlan {
         arch: arch.to_string(),
         foreign_archs: foreign_archs(fs, arch, &packages),
         bootstrap: section.bootstrap,
+        image_sources,
         packages,
     })
 }
@@ -512,6 +563,7 @@ mod tests {
             arch: "amd64".into(),
             foreign_archs: vec![],
             bootstrap: None,
+            image_sources: vec![],
             packages: vec![p],
         };
         let pinned = pins(&plan);

@@ -161,6 +161,70 @@ pub(crate) fn from_host(root: &Path) -> Result<Vec<Source>> {
     Ok(out)
 }
 
+/// A bootstrap's source as the image's own apt will read it: the URI
+/// without credentials, and the keyring kiln checked it with.
+#[derive(Clone, Debug)]
+pub(crate) struct ImageSource {
+    pub(crate) uri: String,
+    pub(crate) suite: String,
+    pub(crate) components: Vec<String>,
+    /// The keyring's path as the source, the spec or the default named it.
+    pub(crate) keyring: String,
+    /// Its bytes, copied into the image when no package there ships it.
+    pub(crate) keyring_bytes: std::sync::Arc<Vec<u8>>,
+}
+
+impl ImageSource {
+    pub(crate) fn new(src: &Source, keyring: String, bytes: Vec<u8>) -> ImageSource {
+        ImageSource {
+            uri: kiln_core::url::strip_credentials(&src.uri),
+            suite: src.suite.clone(),
+            components: src.components.clone(),
+            keyring,
+            keyring_bytes: std::sync::Arc::new(bytes),
+        }
+    }
+}
+
+/// deb822 `debian.sources` text: one paragraph per URI, components and
+/// keyring (in the order first seen), its suites together, as Debian's
+/// own images write it. `signed_by(i)` is the keyring path inside the
+/// image for source `i`.
+pub(crate) fn deb822(sources: &[ImageSource], signed_by: &dyn Fn(usize) -> String) -> String {
+    let mut paragraphs: Vec<(String, Vec<String>, Vec<String>, String)> = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        let key = signed_by(i);
+        match paragraphs
+            .iter_mut()
+            .find(|(u, _, c, k)| *u == s.uri && *c == s.components && *k == key)
+        {
+            Some((_, suites, _, _)) => {
+                if !suites.contains(&s.suite) {
+                    suites.push(s.suite.clone());
+                }
+            }
+            None => paragraphs.push((
+                s.uri.clone(),
+                vec![s.suite.clone()],
+                s.components.clone(),
+                key,
+            )),
+        }
+    }
+    let mut out = String::new();
+    for (uri, suites, comps, key) in paragraphs {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "Types: deb\nURIs: {uri}\nSuites: {}\nComponents: {}\nSigned-By: {key}\n",
+            suites.join(" "),
+            comps.join(" ")
+        ));
+    }
+    out
+}
+
 /// Does the image keep its apt data here? (The loader keeps these files' contents.)
 pub(crate) fn keep_path(path: &str) -> bool {
     path == "/etc/apt/sources.list"
@@ -184,6 +248,53 @@ mod tests {
         let s = parse_deb822("Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n").unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].suite, "bookworm-updates");
+    }
+
+    #[test]
+    fn image_sources_are_deb822_without_credentials() {
+        let src = |uri: &str, suite: &str| Source {
+            uri: uri.into(),
+            suite: suite.into(),
+            components: vec!["main".into()],
+            signed_by: None,
+            in_image: false,
+        };
+        let all = [
+            ImageSource::new(
+                &src("https://u:s3cret@m.example.invalid/debian", "bookworm"),
+                "/k.gpg".into(),
+                vec![1],
+            ),
+            ImageSource::new(
+                &src(
+                    "https://u:s3cret@m.example.invalid/debian",
+                    "bookworm-updates",
+                ),
+                "/k.gpg".into(),
+                vec![1],
+            ),
+            ImageSource::new(
+                &src(
+                    "http://s.example.invalid/debian-security",
+                    "bookworm-security",
+                ),
+                "/k.gpg".into(),
+                vec![1],
+            ),
+        ];
+        let text = deb822(&all, &|_| "/usr/share/keyrings/k.gpg".into());
+        assert_eq!(
+            text,
+            "Types: deb\nURIs: https://m.example.invalid/debian\nSuites: bookworm bookworm-updates\n\
+             Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n\n\
+             Types: deb\nURIs: http://s.example.invalid/debian-security\nSuites: bookworm-security\n\
+             Components: main\nSigned-By: /usr/share/keyrings/k.gpg\n"
+        );
+        // apt (and kiln) read it back as the same sources.
+        let back = parse_deb822(&text).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[1].suite, "bookworm-updates");
+        assert!(!text.contains("s3cret"));
     }
 
     #[test]

@@ -46,6 +46,36 @@ pub fn config(spec_dir: &Path, alias: Option<&str>) -> Result<ChannelConfig> {
     Ok(config)
 }
 
+/// The channel list with conda's special names expanded: `defaults` becomes
+/// `default_channels` (the spec's, else `CONDA_DEFAULT_CHANNELS`, else
+/// `pkgs/main` and `pkgs/r` under the alias, conda's own layout, so a mirror
+/// set as the alias serves them); `nodefaults` (an environment.yml's way to
+/// keep `defaults` out) is dropped, as kiln never adds `defaults` itself.
+pub(crate) fn expand_defaults(channels: &[String], default_channels: &[String]) -> Vec<String> {
+    let defaults: Vec<String> = if !default_channels.is_empty() {
+        default_channels.to_vec()
+    } else if let Some(v) = std::env::var("CONDA_DEFAULT_CHANNELS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        v.split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    } else {
+        vec!["pkgs/main".into(), "pkgs/r".into()]
+    };
+    let mut out = Vec::new();
+    for c in channels {
+        match c.as_str() {
+            "defaults" => out.extend(defaults.iter().cloned()),
+            "nodefaults" => {}
+            _ => out.push(c.clone()),
+        }
+    }
+    out
+}
+
 pub(crate) fn parse(s: &str, config: &ChannelConfig) -> Result<Channel> {
     Ok(
         Channel::from_str(s, config).map_err(|e| CondaError::BadChannel {
@@ -104,7 +134,11 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<Rep
         // A missing subdir (or a missing local file) is a channel without
         // packages for it, not an error by itself.
         Err(e) if e.kind() == ErrorKind::Input && is_missing(&e.to_string()) => return Ok(None),
-        Err(e) => return Err(e.context(format!("[conda] fetching {}", redact(url.as_str())))),
+        Err(e) => {
+            return Err(crate::fetch_error(e, || {
+                format!("channel {}", redact(&c.canonical_name()))
+            }))
+        }
     };
     let repodata = parse_repodata(&bytes)
         .map_err(|e| e.context(format!("[conda] {}", redact(url.as_str()))))?;
@@ -113,7 +147,7 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<Rep
 
 /// Does the HTTP client's message say the document is not there (HTTP 404
 /// or 410, or no such local file)?
-fn is_missing(message: &str) -> bool {
+pub(crate) fn is_missing(message: &str) -> bool {
     message.contains("not found") || message.contains("No such file")
 }
 

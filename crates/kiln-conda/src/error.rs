@@ -143,6 +143,20 @@ pub enum CondaError {
         package: String,
         url: String,
     },
+    /// A channel or package that could not be fetched: the transfer's own
+    /// message (which names the URL once) and where else it can come from.
+    #[error(
+        "[conda] {what}: {message}\n  hint: use a mirror (`channel-alias` or \
+         CONDA_CHANNEL_ALIAS), a local channel directory, or `--offline` with a cache that \
+         has what the build needs"
+    )]
+    Fetch {
+        /// `channel conda-forge` or `package name-version-build`.
+        what: String,
+        message: String,
+        /// The transfer error's class (network, auth, input), kept.
+        kind: ErrorKind,
+    },
     /// A downloaded archive whose md5 is not the channel's.
     #[error("[conda] {package}: md5 mismatch for {url}: expected {expected}, got {actual}")]
     Md5Mismatch {
@@ -260,6 +274,7 @@ impl Classify for CondaError {
             | CondaError::NotCached { .. }
             | CondaError::WriteRecord { .. }
             | CondaError::FragmentOutsideRoot { .. } => ErrorKind::Internal,
+            CondaError::Fetch { kind, .. } => *kind,
             _ => ErrorKind::Input,
         }
     }

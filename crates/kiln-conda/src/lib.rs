@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::Result;
+use kiln_core::error::{ErrorKind, Result};
 use kiln_core::platform::Platform;
 use kiln_core::suggest::{self, Missing};
 use kiln_core::url::strip_credentials;
@@ -53,8 +53,18 @@ pub struct CondaPlan {
     /// The requests, for `conda-meta/history` (without credentials: [`public_spec`]).
     pub(crate) specs: Vec<String>,
     pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
-    /// An environment.yml `pip:` list, installed into the prefix's Python after the conda layers.
+    /// An environment.yml `pip:` list, installed into the prefix's Python
+    /// after the conda layers (into the image's Python when the
+    /// environment has none: target `system`).
     pub pip: Option<kiln_spec::sections::PipSection>,
+}
+
+impl CondaPlan {
+    /// Nothing to install or replace: the stage writes no layer (an
+    /// environment.yml with only a `pip:` list).
+    pub fn changes_nothing(&self) -> bool {
+        self.install.is_empty() && self.replaced.is_empty()
+    }
 }
 
 pub struct Pinned {
@@ -167,7 +177,7 @@ pub(crate) fn request(section: &CondaSection, spec_dir: &Path) -> Result<Request
     }
     let mut chans: Vec<Channel> = Vec::new();
     let mut seen = BTreeSet::new();
-    for c in &channel_texts {
+    for c in &channels::expand_defaults(&channel_texts, &section.default_channels) {
         let ch = channels::parse(c, &config)?;
         if seen.insert(ch.base_url.to_string()) {
             chans.push(ch);
@@ -398,6 +408,23 @@ pub fn plan(
         virtual_packages,
         base,
     } = start(section, spec_dir, fs, platform)?;
+    if req.specs.is_empty() {
+        // Nothing to solve (an environment.yml with only a `pip:` list):
+        // no channel is read and the base prefix stays as it is.
+        let kept = base.iter().map(|r| r.repodata_record.clone()).collect();
+        let requested = requested_names(&req);
+        return finish(
+            kept,
+            base,
+            &requested,
+            prefix,
+            subdir,
+            virtual_packages,
+            req,
+            http,
+            cache,
+        );
+    }
     let available = channels::fetch_all(&req.channels, subdir, http)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
@@ -537,6 +564,19 @@ fn finish(
             })
             .collect::<Result<Vec<_>>>()
     })?;
+    // An environment.yml with only a `pip:` list (no conda Python in the
+    // environment) installs into the image's own Python, as pip would.
+    let has_python = install
+        .iter()
+        .map(|p| &p.record)
+        .chain(unchanged.iter().map(|r| &r.repodata_record))
+        .any(|r| r.package_record.name.as_normalized() == "python");
+    let pip = req.pip.map(|mut p| {
+        if !has_python {
+            p.target = kiln_spec::sections::PipSection::default().target;
+        }
+        p
+    });
     Ok(CondaPlan {
         prefix,
         subdir,
@@ -545,7 +585,7 @@ fn finish(
         replaced,
         specs: req.spec_texts.iter().map(|t| public_spec(t)).collect(),
         virtual_packages,
-        pip: req.pip,
+        pip,
     })
 }
 
@@ -651,6 +691,22 @@ fn same_package(a: &RepoDataRecord, b: &RepoDataRecord) -> bool {
     }
 }
 
+/// A transfer that failed: not there, refused or unreachable ones say where
+/// else to get it; anything else (a checksum mismatch) keeps its message.
+pub(crate) fn fetch_error(e: kiln_core::Error, what: impl FnOnce() -> String) -> kiln_core::Error {
+    let missing = e.kind() == ErrorKind::Input && channels::is_missing(&e.to_string());
+    if matches!(e.kind(), ErrorKind::Network | ErrorKind::Auth) || missing {
+        CondaError::Fetch {
+            what: what(),
+            message: kiln_core::error::with_causes(&e),
+            kind: e.kind(),
+        }
+        .into()
+    } else {
+        e.context(format!("[conda] {}", what()))
+    }
+}
+
 /// Download one archive into the cache, checked against the repodata's
 /// sha256 (or md5 when a channel only gives that).
 fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
@@ -663,7 +719,7 @@ fn download(r: &RepoDataRecord, http: &Http, cache: &Cache) -> Result<Digest> {
         .transpose()?;
     let (digest, _) = http
         .download_artifact(r.url.as_str(), expected.as_ref(), cache)
-        .map_err(|e| e.context(format!("[conda] {}", package())))?;
+        .map_err(|e| fetch_error(e, || format!("package {}", package())))?;
     if expected.is_none() {
         let Some(md5) = &p.md5 else {
             return Err(CondaError::Unverifiable {
@@ -793,6 +849,7 @@ mod tests {
             prefix: "/opt/conda".into(),
             channels,
             channel_alias: None,
+            default_channels: Vec::new(),
             packages,
             packages_file: None,
             listed: Vec::new(),
@@ -825,6 +882,39 @@ mod tests {
         assert!(openblas.contains("pthreads"), "{openblas}");
         // One channel: the named one and the spec's `conda-forge::` are the same.
         assert_eq!(r.channels.len(), 1);
+    }
+
+    #[test]
+    fn defaults_is_the_configured_set() {
+        let mut s = section(
+            vec!["conda-forge".into(), "defaults".into(), "nodefaults".into()],
+            vec!["numpy".into()],
+        );
+        s.channel_alias = Some("https://mirror.example/conda/".into());
+        let urls = |s: &CondaSection| -> Vec<String> {
+            request(s, Path::new("/"))
+                .unwrap()
+                .channels
+                .iter()
+                .map(|c| c.base_url.to_string())
+                .collect()
+        };
+        assert_eq!(
+            urls(&s),
+            [
+                "https://mirror.example/conda/conda-forge/",
+                "https://mirror.example/conda/pkgs/main/",
+                "https://mirror.example/conda/pkgs/r/",
+            ]
+        );
+        s.default_channels = vec!["https://internal.example/main".into()];
+        assert_eq!(
+            urls(&s),
+            [
+                "https://mirror.example/conda/conda-forge/",
+                "https://internal.example/main/",
+            ]
+        );
     }
 
     #[test]
@@ -1160,6 +1250,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(!shown(&err).contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn download_errors_name_the_url_once_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let (base, _) = serve("404 Not Found", b"");
+        let mut r = unverified_record(dir.path(), None);
+        r.url = url::Url::parse(&format!("{base}/chan/linux-64/zlib-1.0-0.tar.bz2")).unwrap();
+        let err = download(&r, &http, &cache).unwrap_err();
+        let text = shown(&err);
+        assert_eq!(text.matches("zlib-1.0-0.tar.bz2").count(), 1, "{text}");
+        assert!(text.contains("hint:"), "{text}");
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        // Nothing listening: a network error, the URL still once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        r.url = url::Url::parse(&format!(
+            "http://127.0.0.1:{port}/c/linux-64/zlib-1.0-0.tar.bz2"
+        ))
+        .unwrap();
+        let err = download(&r, &http, &cache).unwrap_err();
+        let text = shown(&err);
+        assert_eq!(err.kind(), kiln_core::ErrorKind::Network, "{text}");
+        assert_eq!(text.matches("zlib-1.0-0.tar.bz2").count(), 1, "{text}");
+        assert!(text.contains("hint:"), "{text}");
     }
 
     #[test]

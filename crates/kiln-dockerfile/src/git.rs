@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_core::error::Result;
 use kiln_core::Error;
-use kiln_git::{Checkout, FetchOptions, GitSource, PathKind};
+use kiln_git::{Checkout, FetchOptions, GitSource, PathKind, Pin};
+use kiln_spec::lock::GitPin;
 use kiln_store::Cache;
 use serde::Serialize;
 
@@ -37,7 +38,16 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    fn of(src: &GitSource, c: &Checkout) -> Fetched {
+    /// What kiln.lock records of it.
+    pub fn pin(&self) -> GitPin {
+        GitPin {
+            url: self.url.clone(),
+            commit: self.commit.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    pub fn of(src: &GitSource, c: &Checkout) -> Fetched {
         Fetched {
             url: src.display(),
             commit: c.commit.clone(),
@@ -48,11 +58,39 @@ impl Fetched {
 
 /// Fetch the Git sources among `dockerfile` and `context` (the CLI's
 /// arguments). `None` when neither is a Git URL (nothing to do).
+/// What kiln.lock says of Git sources: their commits, and whether a source
+/// without one is an error (`--locked`: the lock's path, for the message).
+#[derive(Default)]
+pub struct GitPins<'a> {
+    pub pins: &'a [GitPin],
+    pub required: Option<&'a Path>,
+}
+
+impl GitPins<'_> {
+    /// The fetch options for `src`: its locked commit, if any.
+    pub fn options(&self, src: &GitSource, offline: bool) -> Result<FetchOptions> {
+        let url = src.display();
+        let pin = self.pins.iter().find(|p| p.url == url).map(|p| Pin {
+            commit: p.commit.clone(),
+            path: p.path.clone(),
+        });
+        if let (None, Some(lock)) = (&pin, self.required) {
+            return Err(Error::input(format!(
+                "{url}: {} records no commit for this Git source; run `kiln lock` with the \
+                 same arguments first",
+                lock.display()
+            )));
+        }
+        Ok(FetchOptions { offline, pin })
+    }
+}
+
 pub fn git_inputs(
     dockerfile: Option<&Path>,
     context: Option<&Path>,
     cache_root: &Path,
     offline: bool,
+    pins: &GitPins,
 ) -> Result<Option<GitInputs>> {
     let as_git = |p: Option<&Path>| {
         p.and_then(Path::to_str)
@@ -64,13 +102,12 @@ pub fn git_inputs(
         return Ok(None);
     }
     let cache = &Cache::open(cache_root)?;
-    let opts = FetchOptions { offline, pin: None };
     let mut fetched = Vec::new();
     let mut ctx = context.map(Path::to_path_buf);
     let mut ctx_dockerfile = None;
     if let Some(url) = &ctx_url {
         let src = GitSource::parse(url)?;
-        let c = kiln_git::fetch(&src, cache, &opts)?;
+        let c = kiln_git::fetch(&src, cache, &pins.options(&src, offline)?)?;
         fetched.push(Fetched::of(&src, &c));
         match src.kind {
             PathKind::Dir => ctx = Some(c.dir.clone()),
@@ -85,7 +122,7 @@ pub fn git_inputs(
             let mut src = GitSource::parse(url)?;
             // `--dockerfile URL#REF:PATH` names a file.
             src.kind = PathKind::File;
-            let c = kiln_git::fetch(&src, cache, &opts)?;
+            let c = kiln_git::fetch(&src, cache, &pins.options(&src, offline)?)?;
             fetched.push(Fetched::of(&src, &c));
             if ctx.is_none() {
                 ctx = Some(parent(&c.dir));
@@ -101,7 +138,7 @@ pub fn git_inputs(
         (None, None, Some(file)) => file,
         (None, None, None) => {
             let root = ctx.clone().unwrap_or_default();
-            let df = root.join("Dockerfile");
+            let df = root.join(crate::DEFAULT_NAME);
             if !df.is_file() {
                 return Err(Error::input(format!(
                     "{}: the Git context has no Dockerfile; name one with --dockerfile PATH \

@@ -34,12 +34,15 @@ use serde::Serialize;
 use kiln_spec::spec::{AbsPath, Mode, Owner, Port, Spec, User};
 
 pub use error::DockerfileError;
-pub use git::{git_inputs, Fetched as GitFetched, GitInputs};
+pub use git::{git_inputs, Fetched as GitFetched, GitInputs, GitPins};
 use lex::Var;
 
 /// The name the translated spec stands at: relative paths in it (the
 /// `[[files]]` sources, requirements files) are relative to the context.
 pub const SPEC_NAME: &str = "Dockerfile.kiln.toml";
+
+/// The Dockerfile a context holds when none is named.
+pub const DEFAULT_NAME: &str = "Dockerfile";
 
 /// Where the translated spec of `context` stands (it is never written).
 pub fn spec_path(context: &Path) -> PathBuf {

@@ -89,7 +89,10 @@ pub fn parse_paragraphs(text: &str) -> Vec<Paragraph> {
         }
         if line.starts_with(' ') || line.starts_with('\t') {
             if let Some((_, v)) = cur.fields.last_mut() {
-                let l = line.trim();
+                // Only the one space that marks a continuation goes: more
+                // is the text's own (a Description's verbatim lines), and
+                // `render` writes it back as dpkg does.
+                let l = line[1..].trim_end();
                 v.push('\n');
                 v.push_str(if l == "." { "" } else { l });
             }
@@ -321,5 +324,19 @@ mod mutation_tests {
             n += 1;
         }
         assert_eq!(n, 6000);
+    }
+
+    /// A Description's verbatim lines (two leading spaces) and empty lines
+    /// come back as written: dpkg's status keeps them so.
+    #[test]
+    fn continuation_lines_keep_their_own_indentation() {
+        let text =
+            "Package: openssl\nDescription: toolkit\n such as:\n  * creating keys;\n .\n end\n";
+        let p = &parse_paragraphs(text)[0];
+        assert_eq!(
+            p.get("Description"),
+            Some("toolkit\nsuch as:\n * creating keys;\n\nend")
+        );
+        assert_eq!(p.render(), text);
     }
 }

@@ -31,6 +31,9 @@ pub enum Node {
 pub struct Rootfs {
     /// Absolute, normalised paths (`/usr/bin/python3`); the root itself is implicit.
     nodes: BTreeMap<String, Node>,
+    /// Permission bits of the directories a layer or entry gave them
+    /// (`/tmp`'s 1777), so a tree written out from this view keeps them.
+    dir_modes: BTreeMap<String, u32>,
 }
 
 /// Normalise a tar member name to `/a/b` (`None`: the root itself, or
@@ -102,7 +105,12 @@ impl Rootfs {
             }
             let h = entry.header();
             let node = match h.entry_type() {
-                tar::EntryType::Directory => Node::Dir,
+                tar::EntryType::Directory => {
+                    if let Ok(mode) = h.mode() {
+                        self.dir_modes.insert(path.clone(), mode & 0o7777);
+                    }
+                    Node::Dir
+                }
                 tar::EntryType::Symlink => Node::Symlink(
                     entry
                         .link_name()
@@ -270,6 +278,15 @@ impl Rootfs {
     pub fn paths(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()
     }
+
+    /// The permission bits a layer gave the directory at `path` (a
+    /// normalised path), if any did.
+    pub fn dir_mode(&self, path: &str) -> Option<u32> {
+        match self.nodes.get(path) {
+            Some(Node::Dir) => self.dir_modes.get(path).copied(),
+            _ => None,
+        }
+    }
 }
 
 impl Rootfs {
@@ -288,7 +305,10 @@ impl Rootfs {
                 }
             }
             let node = match &e.kind {
-                EntryKind::Dir => Node::Dir,
+                EntryKind::Dir => {
+                    self.dir_modes.insert(path.clone(), e.mode & 0o7777);
+                    Node::Dir
+                }
                 EntryKind::Symlink { target } => Node::Symlink(target.clone()),
                 EntryKind::Data(d) => Node::File {
                     size: d.len() as u64,

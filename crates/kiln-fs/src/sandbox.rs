@@ -189,9 +189,7 @@ impl Sandbox {
         if spec.network == Network::Host {
             self.placeholders()?;
         }
-        let kiln =
-            std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
-        let mut cmd = Command::new(&kiln);
+        let mut cmd = Command::new(own_binary()?);
         cmd.arg("__run-script")
             .arg("--network")
             .arg(spec.network.as_str());
@@ -230,6 +228,18 @@ impl Sandbox {
     pub fn changes(mut self) -> Result<Vec<Entry>> {
         self.take_changes()
     }
+}
+
+/// The running kiln, to start again as `kiln __run-script`: through
+/// `/proc/self/exe`, which still reaches the binary when its file was
+/// replaced or removed since it started (an upgrade, a rebuild), where its
+/// path no longer does.
+fn own_binary() -> Result<PathBuf> {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc.to_path_buf());
+    }
+    std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())
 }
 
 fn is_root(user: &str) -> bool {
@@ -334,8 +344,7 @@ pub fn namespace_stage(root: &Path, how: &Inside, program: &str, args: &[String]
     }
     // SAFETY: as above.
     unsafe { unshare_unsafe(flags) }.map_err(|e| sys("creating namespaces", e))?;
-    let exe = std::env::current_exe().io_context(|| "finding kiln's own binary".to_string())?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(own_binary()?);
     cmd.arg("__run-script")
         .arg("--inside")
         .arg("--network")
@@ -650,6 +659,7 @@ fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
     let io = |what: &Path| format!("{purpose}: writing {}", what.display());
     fs::create_dir_all(root).io_context(|| io(root))?;
     let mut links: HashSet<String> = HashSet::new();
+    let mut dir_modes = Vec::new();
     for (path, node) in full.paths() {
         let below_link = path
             .match_indices('/')
@@ -660,7 +670,12 @@ fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
         }
         let dst = root.join(path.trim_start_matches('/'));
         match node {
-            Node::Dir => fs::create_dir_all(&dst).io_context(|| io(&dst))?,
+            Node::Dir => {
+                fs::create_dir_all(&dst).io_context(|| io(&dst))?;
+                if let Some(mode) = full.dir_mode(path) {
+                    dir_modes.push((dst, mode));
+                }
+            }
             Node::File { mode, content, .. } => {
                 fs::write(&dst, content.as_deref().unwrap_or_default()).io_context(|| io(&dst))?;
                 fs::set_permissions(&dst, fs::Permissions::from_mode(mode & 0o7777))
@@ -672,6 +687,12 @@ fn write_tree(full: &Rootfs, root: &Path, purpose: &str) -> Result<()> {
             }
             Node::Other => {} // devices and fifos: not recreated
         }
+    }
+    // The layers' directory modes (a sticky /tmp stays sticky), so a
+    // command that touches a directory puts it in its layer as it was;
+    // set last, deepest first, so a read-only one was still writable.
+    for (dst, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dst, fs::Permissions::from_mode(*mode)).io_context(|| io(dst))?;
     }
     mount_points(root, purpose)
 }

@@ -129,6 +129,14 @@ pub enum PipError {
     /// A requirements file cannot be read.
     #[error("[pip] requirements file {}: {detail}", path.display())]
     RequirementsFile { path: PathBuf, detail: String },
+    /// A conda environment file given where pip requirements files go.
+    #[error(
+        "[pip] requirements file {} is a conda environment file, not a pip requirements file: \
+         give it as `[conda] environment = \"{name}\"` (an environment.yml with only a `pip:` \
+         list installs into the image's Python) or build it with `kiln build --environment FILE`",
+        path.display()
+    )]
+    CondaEnvironment { path: PathBuf, name: String },
     /// A requirements file that is not text: named with the line of the
     /// first bad byte; the bytes are not shown.
     #[error(
@@ -150,8 +158,7 @@ pub enum PipError {
     /// `-e`: an editable install points into a source tree.
     #[error(
         "{origin}: {}an image has no editable installs (they point into a source tree, which is not in the image); \
-         require the project without `-e`, as a wheel: kiln does not build source trees yet, so build one \
-         (`pip wheel --no-deps {} -w wheelhouse/`), add the directory to `find-links` and require the project by name",
+         require the project without `-e` (`name @ {}` builds a wheel of it, which is installed)",
         target.as_ref().map(|t| format!("`-e {t}`: ")).unwrap_or_default(),
         target.as_deref().unwrap_or("PATH")
     )]
@@ -194,7 +201,7 @@ pub enum PipError {
         "{origin}: unsupported option {}in a requirements file; {}",
         option.as_ref().map(|o| format!("`{o}` ")).unwrap_or_default(),
         if *no_binary {
-            "kiln installs wheels and does not build from source yet: remove it (wheels are used)"
+            "only `kiln build` builds from source: remove it (wheels are used)"
         } else {
             "remove it (kiln reads -r, -c, -i/--index-url, --extra-index-url, -f/--find-links, --no-index, --pre, --require-hashes; \
              --trusted-host, --prefer-binary, --only-binary and --use-feature are accepted and ignored)"
@@ -228,7 +235,7 @@ pub enum PipError {
     /// A requirement only a source build can satisfy: a VCS URL, a local
     /// project directory, an sdist.
     #[error(
-        "{origin}: {} {what}; kiln installs wheels and does not build from source yet: {hint}",
+        "{origin}: {} {what}: {hint}",
         text.as_ref().map(|t| format!("`{t}`")).unwrap_or_else(|| format!("the requirement {NOT_QUOTED}"))
     )]
     NeedsSourceBuild {
@@ -242,13 +249,63 @@ pub enum PipError {
     },
     /// A URL or path requirement that is not a wheel (an sdist, a directory...).
     #[error(
-        "{origin}: {} is not a wheel; kiln installs wheels and does not build sdists yet (build a wheel with `pip wheel --no-deps` into a `find-links` directory)",
+        "{origin}: {} is not a wheel, nor an sdist (`.tar.gz`, `.zip`) or a project directory that `kiln build` builds \
+         (for the host's architecture): build a wheel with `pip wheel --no-deps` into a `find-links` directory",
         url.as_ref().map(|u| format!("`{u}`")).unwrap_or_else(|| format!("the requirement's URL {NOT_QUOTED}"))
     )]
     NotAWheel {
         origin: String,
         /// [`quote`]d (so redacted).
         url: Option<String>,
+    },
+    /// An sdist or source tree for an image of another architecture: the
+    /// backend runs in the image, so kiln builds only for the host's.
+    #[error(
+        "[pip] {requirement} needs a wheel built from source, and kiln builds from source only for images of the host's \
+         architecture ({host}; this image is {platform}): build the wheel on a {platform} machine \
+         (`pip wheel --no-deps … -w wheelhouse/`) and add the directory to `find-links`"
+    )]
+    BuildForeign {
+        requirement: String,
+        platform: String,
+        host: String,
+    },
+    /// The PEP 517 backend failed: its status and last lines of output.
+    #[error(
+        "[pip] building a wheel of {project} failed: the backend {status}; its last output:\n{output}\n  \
+         fix the build (it runs with the image's Python and no network) or provide a wheel in a `find-links` directory"
+    )]
+    BuildFailed {
+        project: String,
+        /// `exited with 1`, `was killed by signal 9`.
+        status: String,
+        output: String,
+    },
+    /// The backend succeeded but left no wheel (or several).
+    #[error("[pip] building a wheel of {project}: the backend left {count} wheels, not one")]
+    BuildNoWheel { project: String, count: usize },
+    /// An sdist that cannot be unpacked or whose pyproject.toml is invalid.
+    #[error("[pip] {sdist}: not a usable source distribution: {detail}")]
+    BadSdist { sdist: String, detail: String },
+    /// A `--locked` rebuild made another wheel than the lock records.
+    #[error(
+        "[pip] kiln.lock records the wheel built from {sdist} as sha256:{locked}, but building it again made sha256:{built} \
+         (the build is not reproducible); `kiln lock --upgrade {name}` records the new one"
+    )]
+    BuiltWheelDiffers {
+        name: String,
+        sdist: String,
+        locked: String,
+        built: String,
+    },
+    /// This command has nothing to run a build backend with.
+    #[error(
+        "[pip] {requirement} needs a wheel built from source, which {why}; `kiln build` and `kiln lock` build it"
+    )]
+    NoBuilder {
+        requirement: String,
+        /// `a dry run does not do`.
+        why: &'static str,
     },
     /// `no-index` without any `find-links`.
     #[error("[pip] no package source: `no-index` is set but there is no `find-links` directory")]
@@ -493,7 +550,7 @@ impl std::fmt::Display for RequirementProblem {
                     files_shown(files)
                 )?;
                 if files.iter().any(|x| !x.ends_with(".whl")) {
-                    write!(f, " (building sdists is not supported yet)")?;
+                    write!(f, " (an sdist is built only by `kiln build` for the host's architecture)")?;
                 }
                 Ok(())
             }
@@ -523,7 +580,7 @@ fn problem_hints(problems: &[RequirementProblem], tags: &str, sources: &[String]
         .collect();
     if !pins.is_empty() {
         out.push_str(&format!(
-            "\n  kiln installs wheels only and does not build sdists yet: build the wheels on a system like the image \
+            "\n  no wheel fits and no sdist could be built here: build the wheels on a system like the image \
              (`pip wheel --no-deps {} -w wheelhouse/`) and add the directory to `find-links`\n  tags tried: {tags}",
             pins.join(" ")
         ));
@@ -638,6 +695,7 @@ impl Classify for PipError {
             | PipError::InvalidRequirement { .. }
             | PipError::UnsupportedHash { .. }
             | PipError::RequirementsFile { .. }
+            | PipError::CondaEnvironment { .. }
             | PipError::RequirementsNotText { .. }
             | PipError::RequirementsTooDeep { .. }
             | PipError::Editable { .. }
@@ -659,7 +717,13 @@ impl Classify for PipError {
             | PipError::IncompleteMetadata
             | PipError::InvalidWheelName { .. }
             | PipError::BadWheel { .. }
-            | PipError::InvalidEntryPoint { .. } => ErrorKind::Input,
+            | PipError::InvalidEntryPoint { .. }
+            | PipError::BuildForeign { .. }
+            | PipError::BuildFailed { .. }
+            | PipError::BuildNoWheel { .. }
+            | PipError::BadSdist { .. }
+            | PipError::BuiltWheelDiffers { .. }
+            | PipError::NoBuilder { .. } => ErrorKind::Input,
         }
     }
 }
@@ -703,7 +767,7 @@ mod tests {
         let m = e.to_string();
         assert!(m.starts_with("[pip] 1 requirement cannot be installed on CPython 3.11.2 on x86_64 (glibc 2.36):\n  - `x>=1`: no wheel of x 1.0 fits this image; there are only f0.tar.gz, "), "{m}");
         assert!(
-            m.contains("f11.tar.gz and 2 more (building sdists is not supported yet)\n"),
+            m.contains("f11.tar.gz and 2 more (an sdist is built only by `kiln build` for the host's architecture)\n"),
             "{m}"
         );
         assert!(

@@ -14,6 +14,7 @@ mod markers;
 mod metadata;
 mod remote_zip;
 mod resolve;
+mod sdist;
 mod spec;
 mod tags;
 mod target;
@@ -36,6 +37,7 @@ use kiln_store::http::Http;
 pub use error::{PipError, RequirementProblem, WheelProblem};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
+pub use sdist::{BuildJob, WheelBuilder, LEGACY_BACKEND};
 pub use target::PythonTarget;
 
 /// Wheels larger than this get a layer of their own.
@@ -60,6 +62,8 @@ pub struct PinnedWheel {
     pub(crate) requested: bool,
     /// `direct_url.json` for URL/path requirements.
     pub(crate) direct_url: Option<String>,
+    /// Built by kiln: the source's URL and sha256 (hex; none for a directory).
+    pub(crate) sdist: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,13 +175,38 @@ pub fn plan(
     http: &Http,
     cache: &Cache,
 ) -> Result<PipPlan> {
+    plan_building(section, spec_dir, rootfs, platform, http, cache, None)
+}
+
+/// [`plan`], with `builder` making wheels of sdists and source trees
+/// (those with no fitting wheel, URL and path requirements, `--no-binary`).
+pub fn plan_building(
+    section: &PipSection,
+    spec_dir: &Path,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+    builder: Option<&dyn WheelBuilder>,
+) -> Result<PipPlan> {
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
     let inputs = read_inputs(section, spec_dir)?;
+    if builder.is_none() {
+        if let Some(origin) = &inputs.no_binary.origin {
+            return Err(PipError::UnsupportedOption {
+                origin: origin.clone(),
+                option: Some("--no-binary".into()),
+                no_binary: true,
+            }
+            .into());
+        }
+    }
     let (indexes, find_links) = sources(section, spec_dir, &inputs);
     if indexes.is_empty() && find_links.is_empty() {
         return Err(PipError::NoPackageSource.into());
     }
     let client = index::IndexClient::new(http, cache, indexes, find_links);
+    let builds = builder.map(|b| sdist::Builds::new(b, &client, &python, platform, cache));
     let env = markers::environment(&python)?;
     let roots = inputs.requirements.clone();
     let provider = resolve::Provider::new(
@@ -187,6 +216,7 @@ pub fn plan(
         roots.clone(),
         &inputs.constraints,
         inputs.prerelease,
+        builds.as_ref().map(|b| (b, inputs.no_binary.clone())),
     )?;
     // Every requirement that cannot be met on its own, in one message.
     provider.check_roots(&|| client.project_names())?;
@@ -210,6 +240,7 @@ pub fn plan(
     let mut unhashed = Vec::new();
     let mut already_installed = Vec::new();
     let mut todo = Vec::new();
+    let mut built = Vec::new();
     for r in resolved {
         if r.installed {
             already_installed.push((r.name, r.version.to_string()));
@@ -245,6 +276,49 @@ pub fn plan(
                 None => file.sha256 = allowed.first().cloned(),
             }
         }
+        if let Some(b) = builds.as_ref().filter(|_| !file.is_wheel()) {
+            let w = b.get(&file.url).ok_or_else(|| PipError::NoFile {
+                name: r.name.clone(),
+                version: r.version.to_string(),
+                resolved: true,
+            })?;
+            // PEP 610: an archive with its hash, a Git commit, or a directory.
+            let direct_url = provider.direct_url(&r.name).map(|u| {
+                let url = kiln_core::url::strip_credentials(u);
+                match (&w.sdist_sha256, &w.pinned) {
+                    (Some(d), _) => serde_json::json!({
+                        "archive_info": {"hash": format!("sha256={}", d.hex()), "hashes": {"sha256": d.hex()}},
+                        "url": url,
+                    }),
+                    (None, Some(p)) => {
+                        let (repo, rev, _) = sdist::split_git_url(u);
+                        let commit = p.split('@').next_back().unwrap_or("").split('#').next().unwrap_or("");
+                        let mut vcs = serde_json::json!({"vcs": "git", "commit_id": commit});
+                        if let Some(rev) = rev {
+                            vcs["requested_revision"] = rev.into();
+                        }
+                        serde_json::json!({"url": kiln_core::url::strip_credentials(repo), "vcs_info": vcs})
+                    }
+                    (None, None) => serde_json::json!({"dir_info": {}, "url": url}),
+                }
+                .to_string()
+            });
+            built.push(PinnedWheel {
+                name: r.name.clone(),
+                version: r.version.to_string(),
+                url: file.url.clone(),
+                sha256: w.sha256.clone(),
+                size: w.size,
+                filename: w.filename.clone(),
+                requested: requested.contains(&r.name),
+                direct_url,
+                sdist: Some((
+                    w.pinned.clone().unwrap_or_else(|| file.url.clone()),
+                    w.sdist_sha256.map(|d| d.hex().to_string()),
+                )),
+            });
+            continue;
+        }
         todo.push((r.name, r.version.to_string(), file));
     }
     if !unhashed.is_empty() {
@@ -273,11 +347,14 @@ pub fn plan(
                     filename: file.filename.clone(),
                     requested: requested.contains(name),
                     direct_url,
+                    sdist: None,
                 })
             })
             .collect()
     });
-    let wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
+    wheels.extend(built);
+    wheels.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(PipPlan {
         python,
         wheels,
@@ -296,13 +373,82 @@ pub fn plan_locked(
     http: &Http,
     cache: &Cache,
 ) -> Result<PipPlan> {
+    plan_locked_building(section, spec_dir, rootfs, platform, pins, http, cache, None)
+}
+
+/// [`plan_locked`]; a built wheel the cache lacks is built again by
+/// `builder` from its locked source, and must come out the same.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_locked_building(
+    section: &PipSection,
+    spec_dir: &Path,
+    rootfs: &Rootfs,
+    platform: &Platform,
+    pins: &[kiln_spec::lock::PipPin],
+    http: &Http,
+    cache: &Cache,
+    builder: Option<&dyn WheelBuilder>,
+) -> Result<PipPlan> {
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
     // The lock holds URLs without credentials; the configured sources hold them.
     let (indexes, find_links) = sources(section, spec_dir, &read_inputs(section, spec_dir)?);
-    let credentialed: Vec<String> = indexes.into_iter().chain(find_links).collect();
+    let credentialed: Vec<String> = indexes.iter().chain(&find_links).cloned().collect();
+    let client = index::IndexClient::new(http, cache, indexes, find_links);
+    let builds = builder.map(|b| sdist::Builds::new(b, &client, &python, platform, cache));
+    // Built wheels first, one at a time (the cache usually has them).
+    for pin in pins {
+        let Some(src) = &pin.sdist else { continue };
+        if cache.contains(&pin.sha256) {
+            continue;
+        }
+        let what = format!("{} {} (locked)", pin.name, pin.version);
+        let Some(b) = &builds else {
+            return Err(PipError::NoBuilder {
+                requirement: what,
+                why: "this command does not do",
+            }
+            .into());
+        };
+        let url = kiln_core::url::with_credentials(&src.url, &credentialed);
+        let file = index::DistFile {
+            filename: src.url.rsplit('/').next().unwrap_or_default().to_string(),
+            url,
+            sha256: src.sha256.clone(),
+            requires_python: None,
+            yanked: false,
+            core_metadata: None,
+        };
+        let w = b.build(&pin.name, &file)?;
+        if w.sha256 != pin.sha256 {
+            return Err(PipError::BuiltWheelDiffers {
+                name: pin.name.clone(),
+                sdist: file.filename,
+                locked: pin.sha256.hex().to_string(),
+                built: w.sha256.hex().to_string(),
+            }
+            .into());
+        }
+    }
     let mut wheels = pins
         .par_iter()
         .map(|pin| {
+            if pin.sdist.is_some() {
+                // In the cache (checked or just built): no URL to fetch.
+                return Ok(PinnedWheel {
+                    name: pin.name.clone(),
+                    version: pin.version.clone(),
+                    url: pin.url.clone(),
+                    sha256: pin.sha256.clone(),
+                    size: pin.size,
+                    filename: pin.filename.clone(),
+                    requested: pin.requested,
+                    direct_url: pin.direct_url.clone(),
+                    sdist: pin
+                        .sdist
+                        .as_ref()
+                        .map(|s| (s.url.clone(), s.sha256.clone())),
+                });
+            }
             let what = format!("[pip] locked {} {}", pin.name, pin.version);
             let d: Digest = pin.sha256.clone();
             let url = kiln_core::url::with_credentials(&pin.url, &credentialed);
@@ -318,6 +464,7 @@ pub fn plan_locked(
                 filename: pin.filename.clone(),
                 requested: pin.requested,
                 direct_url: pin.direct_url.clone(),
+                sdist: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -345,6 +492,13 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
             size: w.size,
             requested: w.requested,
             direct_url: w.direct_url.clone(),
+            sdist: w
+                .sdist
+                .as_ref()
+                .map(|(url, sha256)| kiln_spec::lock::SdistPin {
+                    url: kiln_core::url::strip_credentials(url),
+                    sha256: sha256.clone(),
+                }),
         })
         .collect()
 }
@@ -635,6 +789,7 @@ mod tests {
                 filename: "demo-1.0-py3-none-any.whl".into(),
                 requested: true,
                 direct_url: None,
+                sdist: None,
             }],
             already_installed: Vec::new(),
         };

@@ -31,6 +31,7 @@ use crate::RequirementProblem;
 
 use super::index::{file_version, DistFile, IndexClient};
 use super::metadata::CoreMetadata;
+use super::sdist::{is_sdist, Builds, NoBinary};
 use super::spec::Req;
 use super::tags::{TagSet, WheelName};
 use super::target::PythonTarget;
@@ -86,6 +87,9 @@ pub(crate) struct Provider<'a> {
     constraints: HashMap<String, Vec<VersionSpecifiers>>,
     direct: HashMap<String, (DistFile, String)>,
     prerelease: bool,
+    /// Builds wheels of sdists and source trees; `None`: wheels only.
+    builds: Option<&'a Builds<'a>>,
+    no_binary: NoBinary,
     candidates: Mutex<HashMap<String, Arc<Candidates>>>,
     metadata: Mutex<HashMap<(String, Version), Arc<CoreMetadata>>>,
     /// The specifier each range was made from (`(name, range)` →
@@ -105,6 +109,7 @@ impl<'a> Provider<'a> {
         roots: Vec<Req>,
         constraints: &[Req],
         prerelease: bool,
+        builds: Option<(&'a Builds<'a>, NoBinary)>,
     ) -> Result<Self> {
         let mut cons: HashMap<String, Vec<VersionSpecifiers>> = HashMap::new();
         for c in constraints {
@@ -121,7 +126,10 @@ impl<'a> Provider<'a> {
         for r in &roots {
             if let Some(VersionOrUrl::Url(u)) = &r.req.version_or_url {
                 let raw = u.raw().to_string();
+                let git = raw.starts_with("git+");
                 let (url, frag) = match raw.split_once('#') {
+                    // A Git URL keeps its `#subdirectory=`.
+                    _ if git => (raw.clone(), None),
                     Some((a, b)) => (a.to_string(), b.strip_prefix("sha256=").map(String::from)),
                     None => (raw.clone(), None),
                 };
@@ -129,12 +137,33 @@ impl<'a> Provider<'a> {
                 let filename = kiln_store::http::file_url_path(&format!("file:///{filename}"))
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or(filename);
+                let local_dir = kiln_store::http::file_url_path(&url).is_some_and(|p| p.is_dir());
                 if !filename.ends_with(".whl") {
-                    return Err(PipError::NotAWheel {
-                        origin: r.origin.clone(),
-                        url: crate::error::quote(&raw, r.owner),
+                    if !local_dir && !git && !is_sdist(&filename) {
+                        return Err(PipError::NotAWheel {
+                            origin: r.origin.clone(),
+                            url: crate::error::quote(&raw, r.owner),
+                        }
+                        .into());
                     }
-                    .into());
+                    let what = format!(
+                        "{}: {}",
+                        r.origin,
+                        crate::error::quote(&r.req.to_string(), r.owner)
+                            .map(|q| format!("`{q}`"))
+                            .unwrap_or_else(|| r.req.name.to_string())
+                    );
+                    match &builds {
+                        // Before anything is fetched.
+                        Some((b, _)) => b.check_host(&what)?,
+                        None => {
+                            return Err(PipError::NotAWheel {
+                                origin: r.origin.clone(),
+                                url: crate::error::quote(&raw, r.owner),
+                            }
+                            .into())
+                        }
+                    }
                 }
                 let sha = frag.or_else(|| (r.hashes.len() == 1).then(|| r.hashes[0].clone()));
                 let file = DistFile {
@@ -159,6 +188,8 @@ impl<'a> Provider<'a> {
             constraints: cons,
             direct,
             prerelease,
+            no_binary: builds.as_ref().map(|(_, n)| n.clone()).unwrap_or_default(),
+            builds: builds.map(|(b, _)| b),
             candidates: Mutex::new(HashMap::new()),
             metadata: Mutex::new(HashMap::new()),
             labels: Mutex::new(HashMap::new()),
@@ -209,6 +240,26 @@ impl<'a> Provider<'a> {
         };
         let mut versions: Vec<Version> = installed.iter().cloned().collect();
         let mut best: BTreeMap<Version, (usize, DistFile)> = BTreeMap::new();
+        // sdists, used for versions without a fitting wheel (or all, `--no-binary`).
+        let mut sdists: BTreeMap<Version, DistFile> = BTreeMap::new();
+        // For another architecture nothing is built: an sdist is no
+        // candidate (an older wheel is chosen, or the missing wheel named),
+        // and `--no-binary` is refused before anything is fetched.
+        let buildable = self.builds.filter(|b| b.check_host("").is_ok());
+        let no_binary = self.builds.is_some() && self.no_binary.applies(name);
+        if let (true, Some(b), None) = (no_binary, self.builds, buildable) {
+            b.check_host(&format!("{name} (`--no-binary`)"))?;
+        }
+        if let (Some(b), Some((f, _))) = (self.builds, self.direct.get(name)) {
+            if !f.is_wheel() {
+                // A direct sdist or directory: its version is the built wheel's.
+                let built = b.build(name, f)?;
+                if let Some(v) = built.version().and_then(|v| version(&v)) {
+                    versions.push(v.clone());
+                    sdists.insert(v, f.clone());
+                }
+            }
+        }
         let mut too_new: BTreeMap<Version, String> = BTreeMap::new();
         let mut names: BTreeMap<Version, Vec<String>> = BTreeMap::new();
         for f in files {
@@ -221,6 +272,26 @@ impl<'a> Provider<'a> {
             versions.push(v.clone());
             names.entry(v.clone()).or_default().push(f.filename.clone());
             if !f.is_wheel() {
+                if buildable.is_some() && is_sdist(&f.filename) {
+                    // (An unreadable Requires-Python is left to METADATA.)
+                    let fits = f.requires_python.as_ref().is_none_or(|rp| {
+                        !matches!(VersionSpecifiers::from_str(rp), Ok(s) if !s.contains(&self.python))
+                    });
+                    if fits {
+                        // `.tar.gz` before `.zip` when a version has both.
+                        match sdists.get(&v) {
+                            Some(o) if o.filename.ends_with(".tar.gz") => {}
+                            _ => {
+                                sdists.insert(v, f);
+                            }
+                        }
+                    } else if let Some(rp) = &f.requires_python {
+                        too_new.entry(v).or_insert_with(|| rp.trim().to_string());
+                    }
+                }
+                continue;
+            }
+            if no_binary {
                 continue;
             }
             let Some(rank) = WheelName::parse(&f.filename)
@@ -243,6 +314,9 @@ impl<'a> Provider<'a> {
                     best.insert(v, (rank, f));
                 }
             }
+        }
+        for (v, f) in sdists {
+            best.entry(v).or_insert((usize::MAX, f));
         }
         too_new.retain(|v, _| !best.contains_key(v));
         versions.sort();
@@ -521,9 +595,19 @@ impl<'a> Provider<'a> {
                 version: v.to_string(),
                 resolved: false,
             })?;
-            self.client
-                .metadata(f)
-                .map_err(|e| e.context(format!("[pip] {name} {v}")))?
+            match self.builds.filter(|_| !f.is_wheel()) {
+                Some(b) => {
+                    let built = b.build(name, f)?;
+                    let path = b.cache.blob_path(&built.sha256);
+                    let bytes = super::wheel::read_metadata_file(&path, &built.filename)?;
+                    CoreMetadata::parse(&bytes)
+                        .map_err(|e| e.context(format!("metadata of {}", built.filename)))?
+                }
+                None => self
+                    .client
+                    .metadata(f)
+                    .map_err(|e| e.context(format!("[pip] {name} {v}")))?,
+            }
         };
         let m = Arc::new(m);
         self.metadata.lock().unwrap().insert(key, m.clone());
@@ -562,7 +646,8 @@ impl<'a> Provider<'a> {
         kiln_store::http::on_network_pool(|| {
             names.par_iter().for_each(|n| {
                 if let Ok(c) = self.candidates(n) {
-                    if let Some(v) = c.best.keys().next_back() {
+                    // Not an sdist: building is for when it is chosen.
+                    if let Some((v, _)) = c.best.iter().next_back().filter(|(_, f)| f.is_wheel()) {
                         let _ = self.metadata_of(n, v);
                     }
                 }
@@ -656,7 +741,7 @@ impl<'a> Provider<'a> {
                 files.join(", ")
             },
             if files.iter().any(|f| !f.ends_with(".whl")) {
-                ", and kiln does not build sdists yet"
+                ", and an sdist is built only by `kiln build` for the host's architecture"
             } else {
                 ""
             }
@@ -1061,7 +1146,7 @@ mod tests {
                 parse_requirement(r, dir.path(), origin, owner).unwrap()
             })
             .collect();
-        let provider = match Provider::new(&client, &t, env, roots, &[], false) {
+        let provider = match Provider::new(&client, &t, env, roots, &[], false, None) {
             Ok(p) => p,
             Err(e) => return e,
         };
@@ -1106,7 +1191,7 @@ mod tests {
             .iter()
             .map(|(r, origin)| parse_requirement(r, dir.path(), origin, Owner::Spec).unwrap())
             .collect();
-        let provider = Provider::new(&client, &t, env, roots, &[], false).unwrap();
+        let provider = Provider::new(&client, &t, env, roots, &[], false, None).unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let listed = client.project_names();
         assert!(listed.iter().any(|n| n == "numpy"), "{listed:?}");
@@ -1197,7 +1282,7 @@ mod tests {
             .iter()
             .map(|(r, origin)| parse_requirement(r, dir.path(), origin, Owner::Spec).unwrap())
             .collect();
-        let provider = Provider::new(&client, &t, env, roots, &[], false).unwrap();
+        let provider = Provider::new(&client, &t, env, roots, &[], false, None).unwrap();
         let names = || projects.iter().map(|p| p.0.to_string()).collect();
         let out = provider
             .check_roots(&names)
@@ -1356,7 +1441,7 @@ mod tests {
         readable(&err);
         for want in [
             "[pip] 4 requirements cannot be installed on CPython 3.11.0 on x86_64 (an unknown C library):\n  - ",
-            "\n  - req.txt:5: `docopt==0.6.2`: no wheel of docopt 0.6.2 fits this image; there is only docopt-0.6.2.tar.gz (building sdists is not supported yet)",
+            "\n  - req.txt:5: `docopt==0.6.2`: no wheel of docopt 0.6.2 fits this image; there is only docopt-0.6.2.tar.gz (an sdist is built only by `kiln build` for the host's architecture)",
             "\n  - req.txt:6: `antlr4-python3-runtime==4.9.3`: no wheel of antlr4-python3-runtime 4.9.3 fits",
             "\n  - req.txt:7: `requests==9.9.9`: no such version; requests has 2.32.3, 2.31.0",
             "\n  - you require pyyaml==6.0.1 and pyyaml==6.0.2 (req.txt:3, req.txt:4); no version of pyyaml is both",
@@ -1397,7 +1482,7 @@ mod tests {
         .unwrap_err();
         readable(&err);
         assert!(
-            err.contains("helper>=2 has no wheel for this image (helper 2.0 has only helper-2.0.tar.gz, and kiln does not build sdists yet)"),
+            err.contains("helper>=2 has no wheel for this image (helper 2.0 has only helper-2.0.tar.gz, and an sdist is built only by `kiln build` for the host's architecture)"),
             "{err}"
         );
     }

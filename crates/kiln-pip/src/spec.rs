@@ -36,6 +36,8 @@ pub(crate) struct Inputs {
     pub(crate) prerelease: bool,
     /// Where `--require-hashes` was first written (see [`check_hash_mode`]).
     pub(crate) require_hashes: Option<String>,
+    /// `--no-binary`: built from the sdist.
+    pub(crate) no_binary: super::sdist::NoBinary,
 }
 
 /// Parse one requirement as written in `[pip] packages` or a requirements
@@ -102,7 +104,7 @@ pub(crate) fn parse_requirement(
         let url = if is_url {
             line.clone()
         } else {
-            file_url(&base.join(&line))
+            file_url(&std::path::absolute(base.join(&line)).unwrap_or_else(|_| base.join(&line)))
         };
         if let Some(p) = kiln_store::http::file_url_path(&url).filter(|p| !p.exists()) {
             return Err(PipError::MissingLocalPath {
@@ -129,7 +131,10 @@ pub(crate) fn parse_requirement(
                 Some((l, m)) => (l.trim(), format!(" ;{m}")),
                 None => (loc.trim(), String::new()),
             };
-            format!("{name} @ {}{marker}", file_url(&base.join(loc)))
+            format!(
+                "{name} @ {}{marker}",
+                file_url(&std::path::absolute(base.join(loc)).unwrap_or_else(|_| base.join(loc)))
+            )
         }
         _ => line,
     };
@@ -188,6 +193,16 @@ pub(crate) fn read_requirements_file(
         detail: e.to_string(),
     })?;
     let text = requirements_text(path, &bytes)?;
+    if is_conda_environment(path, text) {
+        return Err(PipError::CondaEnvironment {
+            path: path.to_path_buf(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+        .into());
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     read_requirements_text(
         text,
@@ -197,6 +212,23 @@ pub(crate) fn read_requirements_file(
         constraint,
         depth,
     )
+}
+
+/// An environment.yml: a YAML name, or a first line that is one of its
+/// keys (never a requirement: a name cannot hold `:`).
+fn is_conda_environment(path: &Path, text: &str) -> bool {
+    let yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"));
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    yaml || first.is_some_and(|l| {
+        ["name:", "channels:", "dependencies:", "prefix:"]
+            .iter()
+            .any(|k| l.starts_with(k))
+    })
 }
 
 /// A requirements file's bytes as text: UTF-8 (a leading byte order mark
@@ -289,6 +321,7 @@ pub(crate) fn read_requirements_text(
             Some("--require-hashes") => {
                 inputs.require_hashes.get_or_insert(origin);
             }
+            Some("--no-binary") => inputs.no_binary.add(arg, &origin),
             Some("--trusted-host" | "--prefer-binary" | "--only-binary" | "--use-feature") => {}
             Some(other) => {
                 return Err(PipError::UnsupportedOption {
@@ -400,6 +433,10 @@ fn source_form(line: &str, base: &Path, origin: &str, owner: Owner) -> Option<Pi
         (Some(n), None) => format!("`{n}==VERSION`"),
         (None, _) => "the project by name and version".to_string(),
     };
+    // `name @ git+URL`: fetched and built (see `sdist`).
+    if name.is_some() && loc.starts_with("git+") {
+        return None;
+    }
     if ["git+", "hg+", "svn+", "bzr+"]
         .iter()
         .any(|p| loc.starts_with(p))
@@ -425,7 +462,9 @@ fn source_form(line: &str, base: &Path, origin: &str, owner: Owner) -> Option<Pi
             text,
             what: "is a VCS requirement",
             hint: format!(
-                "require a released version instead ({pin}), or build a wheel                  (`pip wheel --no-deps '{}' -w wheelhouse/`) and add the directory to `find-links`",
+                "kiln builds `git+` URLs given a name (`NAME @ git+URL@REF`), not other VCSs or unnamed ones; \
+                 require a released version instead ({pin}), or build a wheel \
+                 (`pip wheel --no-deps '{}' -w wheelhouse/`) and add the directory to `find-links`",
                 shown("URL")
             ),
         });
@@ -460,7 +499,9 @@ fn source_form(line: &str, base: &Path, origin: &str, owner: Owner) -> Option<Pi
             text,
             what: "is a source archive URL",
             hint: format!(
-                "require a released wheel by name and version, or build a wheel                  (`pip wheel --no-deps '{}' -w wheelhouse/`) and add the directory to `find-links`",
+                "kiln builds it when named: `NAME @ {}`; or require a released version, or build a wheel \
+                 (`pip wheel --no-deps '{}' -w wheelhouse/`) and add the directory to `find-links`",
+                shown("URL"),
                 shown("URL")
             ),
         });
@@ -508,12 +549,18 @@ fn source_form(line: &str, base: &Path, origin: &str, owner: Owner) -> Option<Pi
     } else {
         ("is a source archive (an sdist)", archive_version)
     };
+    // `name @ ./proj`, `name @ file:…/x.tar.gz`: built (see `sdist`).
+    if name.is_some() && (path.is_dir() || super::sdist::is_sdist(&file_name)) {
+        return None;
+    }
     Some(PipError::NeedsSourceBuild {
         origin: origin.to_string(),
         text,
         what,
         hint: format!(
-            "build a wheel (`pip wheel --no-deps {} -w wheelhouse/`), add the directory to `find-links` and require {}",
+            "kiln builds it when named: `NAME @ {}`; or build a wheel (`pip wheel --no-deps {} -w wheelhouse/`), \
+             add the directory to `find-links` and require {}",
+            shown("PATH"),
             shown("PATH"),
             pin_hint(version)
         ),
@@ -716,6 +763,14 @@ mod tests {
     }
 
     #[test]
+    fn environment_files_are_not_requirements() {
+        let p = Path::new("/x/env.txt");
+        assert!(is_conda_environment(p, "# made by conda\nname: ds-env\n"));
+        assert!(is_conda_environment(Path::new("/x/environment.yml"), "x"));
+        assert!(!is_conda_environment(p, "numpy==1.26\nname-thing\n"));
+    }
+
+    #[test]
     fn requirements_file_format() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.txt"), "idna<4\n").unwrap();
@@ -865,14 +920,26 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            m.starts_with("req.txt:1: `git+https://github.invalid/psf/requests@v2.31.0#egg=requests` is a VCS requirement; kiln installs wheels and does not build from source yet: require a released version instead (`requests==2.31.0`)"),
+            m.starts_with("req.txt:1: `git+https://github.invalid/psf/requests@v2.31.0#egg=requests` is a VCS requirement: kiln builds `git+` URLs given a name (`NAME @ git+URL@REF`), not other VCSs or unnamed ones; require a released version instead (`requests==2.31.0`)"),
             "{m}"
         );
-        let (m, _) = err("requests @ git+https://github.invalid/psf/requests@main\n");
+        let (m, _) = err("requests @ hg+https://hg.invalid/psf/requests@main\n");
         assert!(m.contains("(`requests==VERSION`)"), "{m}");
+        // Named, a `git+` URL is fetched and built.
+        let r = parse_requirement(
+            "requests @ git+https://github.invalid/psf/requests@main",
+            dir.path(),
+            "x",
+            Owner::Spec,
+        )
+        .unwrap();
+        assert!(matches!(
+            &r.req.version_or_url,
+            Some(uv_pep508::VersionOrUrl::Url(_))
+        ));
         let (m, _) = err("./proj\n");
         assert!(
-            m.starts_with("req.txt:1: `./proj` is a local project directory; kiln installs wheels and does not build from source yet: build a wheel (`pip wheel --no-deps ./proj -w wheelhouse/`)"),
+            m.starts_with("req.txt:1: `./proj` is a local project directory: kiln builds it when named: `NAME @ ./proj`; or build a wheel (`pip wheel --no-deps ./proj -w wheelhouse/`)"),
             "{m}"
         );
         let (m, _) = err(".\n");
@@ -883,10 +950,12 @@ mod tests {
                 && m.contains("require the project by name"),
             "{m}"
         );
-        let (m, _) = err("demo @ ./demo-1.2.tar.gz\n");
+        // Named, a local sdist or directory is built.
+        let r =
+            parse_requirement("demo @ ./demo-1.2.tar.gz", dir.path(), "x", Owner::Spec).unwrap();
         assert!(
-            m.contains("is a source archive (an sdist)") && m.contains("require `demo==1.2`"),
-            "{m}"
+            matches!(&r.req.version_or_url, Some(uv_pep508::VersionOrUrl::Url(u)) if u.raw().to_string().ends_with("/demo-1.2.tar.gz")),
+            "{r:?}"
         );
         let (m, _) = err("https://h.invalid/demo-1.2.tar.gz\n");
         assert!(m.contains("is a source archive URL"), "{m}");
@@ -902,11 +971,12 @@ mod tests {
                 .starts_with("[pip] packages: `-e .`: an image has no editable installs"),
             "{e}"
         );
-        let (m, _) = err("--no-binary :all:\n");
-        assert!(
-            m.starts_with("req.txt:1: unsupported option `--no-binary` in a requirements file; kiln installs wheels and does not build from source yet: remove it"),
-            "{m}"
-        );
+        // `--no-binary` asks for builds from sdists.
+        let path = dir.path().join("req.txt");
+        std::fs::write(&path, "--no-binary :all:\n").unwrap();
+        let mut inputs = Inputs::default();
+        read_requirements_file(&path, &mut inputs, false, 0).unwrap();
+        assert!(inputs.no_binary.applies("anything"));
     }
 
     #[test]
@@ -964,19 +1034,7 @@ mod tests {
             m.starts_with("req.txt:1: `-e ./src`: an image has no editable installs (they point into a source tree, which is not in the image); require the project without `-e`"),
             "{m}"
         );
-        assert!(
-            m.contains("`pip wheel --no-deps ./src -w wheelhouse/`"),
-            "{m}"
-        );
-
-        let (err, m) = read_err("--no-binary :all:\n");
-        assert!(
-            matches!(err.downcast_ref::<PipError>().unwrap(), PipError::UnsupportedOption { option, .. } if option.as_deref() == Some("--no-binary"))
-        );
-        assert!(
-            m.starts_with("req.txt:1: unsupported option `--no-binary` in a requirements file; "),
-            "{m}"
-        );
+        assert!(m.contains("(`name @ ./src` builds a wheel of it"), "{m}");
 
         let (err, m) = read_err("-r missing.txt\n");
         assert!(

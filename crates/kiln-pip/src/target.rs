@@ -48,6 +48,11 @@ pub struct PythonTarget {
 const PREFIXES: &[&str] = &["/usr/local", "/usr"];
 
 impl PythonTarget {
+    /// `3.11.2` (patch `0` when the image does not say).
+    pub fn full_version(&self) -> &str {
+        &self.full_version
+    }
+
     /// Inspect the image. `target` is `system`, an absolute venv path, or a
     /// conda prefix (a directory holding `conda-meta`), whose own Python is used.
     pub(crate) fn detect(rootfs: &Rootfs, platform: &Platform, target: &str) -> Result<Self> {

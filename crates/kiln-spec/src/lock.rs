@@ -31,8 +31,55 @@ pub struct Lock {
     /// Kept by `kiln lock` while the pins stay the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<String>,
+    /// Git sources the build read (a Dockerfile's context or the
+    /// Dockerfile itself), at the commit they resolved to: a later build
+    /// fetches these commits, not the refs again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub git: Vec<GitPin>,
+    /// Registry images `[[files]] from` names by tag (a Dockerfile's
+    /// `COPY --from=IMAGE`), at the digest the tag had: a later build reads
+    /// that digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImagePin>,
     #[serde(default, rename = "platform")]
     pub platforms: Vec<LockedPlatform>,
+    /// A multi-stage Dockerfile's earlier stages that the target builds on,
+    /// each with its own pins, in build order.
+    #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageLock>,
+}
+
+/// The lock of one Dockerfile stage inside its target's lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StageLock {
+    /// The stage's name (`FROM … AS NAME`), else its index.
+    pub name: String,
+    pub lock: Lock,
+}
+
+/// A registry image named by tag, at its digest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImagePin {
+    /// As the spec writes it.
+    pub reference: String,
+    /// The digest of its index or manifest.
+    pub digest: Digest,
+}
+
+/// A Git source at its resolved commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GitPin {
+    /// The URL as written (credentials masked), ref and path included.
+    pub url: String,
+    /// The full commit id.
+    pub commit: String,
+    /// The directory or file inside the repository (`/`-separated; empty:
+    /// the root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +129,22 @@ pub struct PipPin {
     pub requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_url: Option<String>,
+    /// A wheel kiln built: the source it was built from (`url`, `sha256`
+    /// and `filename` above are the built wheel's, `url` being the
+    /// source's as a wheel built here has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdist: Option<SdistPin>,
+}
+
+/// The source of a built wheel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SdistPin {
+    /// The sdist's URL (no credentials), or a source directory's `file:` URL.
+    pub url: String,
+    /// The sdist's sha256 (hex); none for a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,6 +177,21 @@ pub fn path_for(spec: &Path) -> PathBuf {
     spec.with_file_name("kiln.lock")
 }
 
+/// The lock of a Dockerfile (or environment-file) build: `NAME.kiln.lock`
+/// beside a local file `NAME` (so a kiln.toml in the same directory keeps
+/// its own kiln.lock), in the current directory for one fetched from Git.
+pub fn path_for_source(file: &Path, fetched: bool) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let lock = format!("{name}.kiln.lock");
+    match file.parent() {
+        Some(dir) if !fetched && !dir.as_os_str().is_empty() => dir.join(lock),
+        _ => PathBuf::from(lock),
+    }
+}
+
 impl Lock {
     pub fn new(inputs: Vec<String>, platforms: Vec<LockedPlatform>) -> Lock {
         let mut platforms = platforms;
@@ -127,7 +205,10 @@ impl Lock {
             inputs_hash: inputs_hash(&inputs),
             inputs,
             resolved_at: None,
+            git: Vec::new(),
+            images: Vec::new(),
             platforms,
+            stages: Vec::new(),
         }
     }
 
@@ -191,6 +272,8 @@ impl Lock {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // `--lockfile locks/app.lock` may name a directory not made yet.
+        std::fs::create_dir_all(dir).io_context(|| format!("creating {}", dir.display()))?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .io_context(|| format!("creating a file in {}", dir.display()))?;
         std::io::Write::write_all(&mut tmp, text.as_bytes())
@@ -210,9 +293,14 @@ impl Lock {
         self.platforms.iter().find(|p| p.platform == platform)
     }
 
-    /// Every artifact digest the lock names (base manifests excluded).
+    /// Every artifact digest the lock names (base manifests excluded),
+    /// its stages' included.
     pub fn artifact_digests(&self) -> Vec<(Digest, String)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(Digest, String)> = self
+            .stages
+            .iter()
+            .flat_map(|s| s.lock.artifact_digests())
+            .collect();
         for p in &self.platforms {
             for a in &p.apt {
                 out.push((a.sha256.clone(), a.url.clone()));
@@ -224,6 +312,31 @@ impl Lock {
                 out.push((c.sha256.clone(), c.url.clone()));
             }
         }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What can be downloaded of [`Lock::artifact_digests`]: a wheel kiln
+    /// built has no URL of its own, so its sdist (when it has a sha256) stands in.
+    pub fn downloadable_digests(&self) -> Vec<(Digest, String)> {
+        let built: std::collections::HashMap<&Digest, &SdistPin> = self
+            .platforms
+            .iter()
+            .flat_map(|p| &p.pip)
+            .filter_map(|w| w.sdist.as_ref().map(|s| (&w.sha256, s)))
+            .collect();
+        let mut out: Vec<(Digest, String)> = self
+            .artifact_digests()
+            .into_iter()
+            .filter_map(|(d, url)| match built.get(&d) {
+                None => Some((d, url)),
+                Some(s) => {
+                    let hex = s.sha256.as_ref()?;
+                    Some((Digest::from_hex(hex).ok()?, s.url.clone()))
+                }
+            })
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -281,7 +394,15 @@ pub fn inputs(spec: &Spec) -> Result<Vec<String>> {
         })?;
         lines.insert(format!("file {f} = {}", Digest::of(&bytes)));
     }
-    Ok(lines.into_iter().collect())
+    // A Dockerfile stage's scratch layout is named `stage:NAME` here, as in
+    // the image: the lock must not depend on where the layout was made.
+    let lines = lines.into_iter().map(|mut l| {
+        for (reference, name) in &spec.input_names {
+            l = l.replace(reference.as_str(), name);
+        }
+        l
+    });
+    Ok(lines.collect::<BTreeSet<_>>().into_iter().collect())
 }
 
 fn image_base_missing(doc: &toml::Value) -> bool {
@@ -354,6 +475,7 @@ mod tests {
                     size: 10,
                     requested: true,
                     direct_url: None,
+                    sdist: None,
                 }],
                 ..Default::default()
             }],
@@ -376,6 +498,68 @@ mod tests {
             e.downcast_ref::<SpecError>(),
             Some(SpecError::LockHash { path }) if *path == p
         ));
+    }
+
+    #[test]
+    fn built_wheels_fetch_their_sdist_and_old_pins_read() {
+        let pin = |name: &str, sha: &str, sdist: Option<SdistPin>| PipPin {
+            section: "pip".into(),
+            name: name.into(),
+            version: "1.0".into(),
+            filename: format!("{name}-1.0-py3-none-any.whl"),
+            url: format!("https://example.invalid/{name}-1.0.tar.gz"),
+            sha256: Digest::from_hex(&sha.repeat(32)).unwrap(),
+            size: 1,
+            requested: true,
+            direct_url: None,
+            sdist,
+        };
+        let built = SdistPin {
+            url: "https://example.invalid/b-1.0.tar.gz".into(),
+            sha256: Some("cd".repeat(32)),
+        };
+        let lock = Lock::new(
+            vec![],
+            vec![LockedPlatform {
+                platform: "linux/amd64".into(),
+                pip: vec![
+                    pin("a", "ab", None),
+                    pin("b", "ef", Some(built)),
+                    pin(
+                        "c",
+                        "12",
+                        Some(SdistPin {
+                            url: "file:///src/c".into(),
+                            sha256: None,
+                        }),
+                    ),
+                ],
+                ..Default::default()
+            }],
+        );
+        let all = lock.artifact_digests();
+        assert_eq!(all.len(), 3);
+        let fetch = lock.downloadable_digests();
+        assert_eq!(
+            fetch,
+            vec![
+                (
+                    Digest::from_hex(&"ab".repeat(32)).unwrap(),
+                    "https://example.invalid/a-1.0.tar.gz".to_string()
+                ),
+                (
+                    Digest::from_hex(&"cd".repeat(32)).unwrap(),
+                    "https://example.invalid/b-1.0.tar.gz".to_string()
+                ),
+            ]
+        );
+        // A pin written before sdists were built has no `sdist`.
+        let old: PipPin = toml::from_str(&format!(
+            "section = \"pip\"\nname = \"a\"\nversion = \"1\"\nfilename = \"a-1-py3-none-any.whl\"\nurl = \"u\"\nsha256 = \"{}\"\nsize = 1\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert!(old.sdist.is_none());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct AptSection {
     pub suite: Option<String>,
     /// Keyring for sources that name none (default: Debian's archive keyring).
     pub keyring: Option<String>,
+    /// Locales to generate, as `/etc/locale.gen` lines (`en_US.UTF-8` or
+    /// `de_DE.UTF-8 UTF-8`); `locales` joins the packages.
+    #[serde(default)]
+    pub locales: Vec<String>,
+    /// `LANG` of the image (`/etc/default/locale` and the config's env):
+    /// one of `locales`, or `C.UTF-8`.
+    pub lang: Option<String>,
     /// `kiln lock --upgrade PKG`: versions to keep from the previous lock
     /// (name → version) for packages not being upgraded.
     #[serde(skip)]
@@ -52,6 +59,10 @@ pub enum SourceEntry {
         #[serde(rename = "signed-by")]
         signed_by: Option<String>,
     },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_target() -> String {
@@ -93,6 +104,15 @@ pub struct PipSection {
     /// Use only `find-links` (like `pip --no-index`).
     #[serde(default)]
     pub no_index: bool,
+    /// Compile what is installed to bytecode (PEP 552 unchecked-hash
+    /// `.pyc`s) with the image's Python, as pip does: without them every
+    /// import by a non-root user compiles again.
+    #[serde(default = "default_true")]
+    pub compile: bool,
+    /// Also compile the standard library and the distribution's
+    /// `dist-packages` files that have no `.pyc` (Debian ships none).
+    #[serde(default)]
+    pub compile_stdlib: bool,
     /// Requirement lines from elsewhere (an environment.yml `pip:` list):
     /// `(origin, directory relative paths resolve against, lines)`.
     #[serde(skip)]
@@ -117,6 +137,8 @@ impl Default for PipSection {
             prerelease: false,
             isolated: false,
             no_index: false,
+            compile: true,
+            compile_stdlib: false,
             inline: Vec::new(),
             pinned: BTreeMap::new(),
         }
@@ -140,6 +162,12 @@ pub struct CondaSection {
     pub channels: Vec<String>,
     /// Where channel names point (default: `CONDA_CHANNEL_ALIAS`, else rattler's).
     pub channel_alias: Option<String>,
+    /// What the channel name `defaults` stands for (conda's
+    /// `default_channels`): names, URLs or directories. Else
+    /// `CONDA_DEFAULT_CHANNELS` (comma-separated), else `pkgs/main` and
+    /// `pkgs/r` under the channel alias.
+    #[serde(default)]
+    pub default_channels: Vec<String>,
     /// MatchSpecs: `numpy>=1.26,<2`, `python=3.12`, `conda-forge::numpy==1.26*`.
     #[serde(default)]
     pub packages: Vec<String>,

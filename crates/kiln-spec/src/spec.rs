@@ -32,6 +32,13 @@ pub struct Spec {
     /// The text it was parsed from (kiln.lock's inputs are read from it;
     /// a translated Dockerfile's spec exists only as text).
     pub text: String,
+    /// Where its lock is, when not kiln.lock beside it (`--lockfile`, a
+    /// Dockerfile's `NAME.kiln.lock`): see [`Spec::lock_path`].
+    pub lock_file: Option<PathBuf>,
+    /// Image references shown by another name in the lock's inputs:
+    /// (reference, name), as a Dockerfile stage's scratch layout is
+    /// `stage:NAME`.
+    pub input_names: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +82,9 @@ pub struct ImageSection {
     /// The Dockerfile's `ARG` values (`--build-arg`).
     #[serde(default, rename = "build-args")]
     pub build_args: BTreeMap<String, String>,
+    /// `/etc/localtime` and `/etc/timezone` [default: `Etc/UTC` for a
+    /// bootstrapped image; a base image keeps its own].
+    pub timezone: Option<Timezone>,
 }
 
 impl Default for ImageSection {
@@ -88,6 +98,7 @@ impl Default for ImageSection {
             dockerfile: None,
             context: None,
             build_args: BTreeMap::new(),
+            timezone: None,
         }
     }
 }
@@ -345,9 +356,16 @@ impl Spec {
         Self::parse(&text, path)
     }
 
+    /// The lock this spec's builds read and `kiln lock` writes.
+    pub fn lock_path(&self) -> PathBuf {
+        self.lock_file
+            .clone()
+            .unwrap_or_else(|| crate::lock::path_for(&self.path))
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: SpecFile = toml::from_str(text).map_err(|e| located_error(path, text, &e))?;
-        let spec = Spec {
+        let mut spec = Spec {
             path: path.to_path_buf(),
             image: file.image,
             files: file.files,
@@ -358,6 +376,8 @@ impl Spec {
             run: file.run,
             release: file.release,
             text: text.to_string(),
+            lock_file: None,
+            input_names: Vec::new(),
         };
         for k in spec.config.env.keys() {
             if k.is_empty() || k.contains('=') {
@@ -459,6 +479,19 @@ impl Spec {
                 message,
             })?;
         }
+        if let Some(apt) = &spec.apt {
+            check_locales(apt).map_err(|(key, message)| SpecError::InvalidValue {
+                path: path.to_path_buf(),
+                key: format!("[apt] {key}"),
+                message,
+            })?;
+            // The image's LANG: its config env, unless `[config] env` says.
+            if let Some(lang) = &apt.lang {
+                if !spec.config.env.contains_key("LANG") {
+                    spec.config.env.insert("LANG".into(), lang.clone());
+                }
+            }
+        }
         for (i, step) in spec.run.iter().enumerate() {
             step.check(i, spec.files.len())
                 .map_err(|message| SpecError::InvalidValue {
@@ -506,6 +539,43 @@ impl Spec {
         }
         Ok(())
     }
+}
+
+/// `[apt] locales` are locale.gen lines (`NAME [CHARSET]`) and `lang` one
+/// of them (or a C locale). Names are checked for their characters only:
+/// which ones exist is known once the image's `locales` package is in.
+fn check_locales(
+    apt: &crate::sections::AptSection,
+) -> std::result::Result<(), (&'static str, String)> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 64
+            && !w.starts_with(['.', '-', '@'])
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+    };
+    for l in &apt.locales {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if words.is_empty() || words.len() > 2 || !words.iter().all(|w| word(w)) {
+            return Err((
+                "locales",
+                format!("`{l}` is not a locale: expected NAME or NAME CHARSET (\"en_US.UTF-8\", \"de_DE ISO-8859-1\")"),
+            ));
+        }
+    }
+    if let Some(lang) = &apt.lang {
+        let named = apt
+            .locales
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some(lang.as_str()));
+        if !named && !matches!(lang.as_str(), "C" | "C.UTF-8" | "C.utf8" | "POSIX") {
+            return Err((
+                "lang",
+                format!("`{lang}` is not among [apt] locales; add it there (or use C.UTF-8)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A `[[files]]` entry with `from`: the image is named and `src` is an
@@ -712,6 +782,33 @@ impl FromStr for Mode {
     }
 }
 from_str_deserialize!(Mode);
+
+/// A tz database name (`Europe/Berlin`, `Etc/GMT+5`, `UTC`): the path of
+/// a zone under /usr/share/zoneinfo, so no `..`, nothing absolute, only the
+/// characters zone names use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timezone(pub String);
+
+impl FromStr for Timezone {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let part = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && !p.starts_with('-')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c))
+        };
+        if s.len() > 100 || !s.split('/').all(part) {
+            return Err(format!(
+                "invalid timezone `{s}`: expected a tz database name such as \"Europe/Berlin\" or \"UTC\""
+            ));
+        }
+        Ok(Timezone(s.into()))
+    }
+}
+from_str_deserialize!(Timezone);
 
 /// Numeric `uid:gid` (names would need the image's /etc/passwd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -973,6 +1070,62 @@ workdir = "/app"
             e.to_string(),
             "kiln.toml: [config] env: invalid variable name `A=B`"
         );
+    }
+
+    #[test]
+    fn timezones_and_locales_are_checked() {
+        let s = parse("[image]\ntimezone = \"America/Argentina/Buenos_Aires\"\n").unwrap();
+        assert_eq!(
+            s.image.timezone.unwrap().0,
+            "America/Argentina/Buenos_Aires"
+        );
+        assert_eq!(
+            parse("[image]\ntimezone = \"Etc/GMT+5\"\n")
+                .unwrap()
+                .image
+                .timezone
+                .unwrap()
+                .0,
+            "Etc/GMT+5"
+        );
+        for bad in [
+            "../../etc/passwd",
+            "/Europe/Berlin",
+            "Europe//Berlin",
+            "Europe/Ber lin",
+            "",
+        ] {
+            let e = parse(&format!("[image]\ntimezone = {bad:?}\n")).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(e.to_string().contains("invalid timezone"), "{e}");
+        }
+        let s = parse(
+            "[apt]\nlocales = [\"en_US.UTF-8\", \"de_DE.UTF-8 UTF-8\", \"sr_RS@latin UTF-8\"]\nlang = \"en_US.UTF-8\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.apt.as_ref().unwrap().locales.len(), 3);
+        assert_eq!(s.config.env["LANG"], "en_US.UTF-8");
+        // `[config] env` has the last word on LANG.
+        let s = parse("[apt]\nlocales = [\"de_DE.UTF-8\"]\nlang = \"de_DE.UTF-8\"\n[config]\nenv = { LANG = \"C.UTF-8\" }\n").unwrap();
+        assert_eq!(s.config.env["LANG"], "C.UTF-8");
+        for (text, key) in [
+            (
+                "[apt]\nlocales = [\"en_US.UTF-8; rm -rf /\"]\n",
+                "[apt] locales",
+            ),
+            ("[apt]\nlocales = [\"../x\"]\n", "[apt] locales"),
+            (
+                "[apt]\nlocales = [\"en_US.UTF-8\"]\nlang = \"fr_FR.UTF-8\"\n",
+                "[apt] lang",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                matches!(spec_error(&e), SpecError::InvalidValue { key: k, .. } if k == key),
+                "{e:?}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum CacheBucket {
     PipMetadata,
     /// RECORD member hashes, by the wheel's digest.
     PipRecordHashes,
+    /// Wheels built from sdists (→ the wheel blob), by the sdist's digest
+    /// and the target's Python and platform.
+    PipBuiltWheels,
     /// Extracted conda packages, by the archive's digest.
     CondaPackages,
     /// The diff_id a base layer blob was checked to decompress to, by the
@@ -49,6 +52,12 @@ pub enum CacheBucket {
     Stages,
     /// Git sources: a commit's tree written out, by the full commit id.
     GitTrees,
+    /// Compiled `[apt] locales` (their paths → blobs), by the versions of
+    /// libc-bin and locales and the list.
+    Locales,
+    /// The bytecode compiled for a pip stage (its `.pyc` paths → blobs),
+    /// by the Python version and the installed files.
+    Bytecode,
 }
 
 impl CacheBucket {
@@ -61,11 +70,14 @@ impl CacheBucket {
         CacheBucket::PipPages,
         CacheBucket::PipMetadata,
         CacheBucket::PipRecordHashes,
+        CacheBucket::PipBuiltWheels,
         CacheBucket::CondaPackages,
         CacheBucket::LayerDiffIds,
         CacheBucket::Layers,
         CacheBucket::Stages,
         CacheBucket::GitTrees,
+        CacheBucket::Locales,
+        CacheBucket::Bytecode,
     ];
 
     /// The directory under the cache root.
@@ -79,11 +91,14 @@ impl CacheBucket {
             CacheBucket::PipPages => "pip-pages-v1",
             CacheBucket::PipMetadata => "pip-metadata-v1",
             CacheBucket::PipRecordHashes => "pip-record-hashes-v1",
+            CacheBucket::PipBuiltWheels => "pip-built-wheels-v1",
             CacheBucket::CondaPackages => "conda-pkgs-v1",
             CacheBucket::LayerDiffIds => "layer-diff-ids-v1",
             CacheBucket::Layers => "layers-v1",
             CacheBucket::Stages => "stages-v1",
             CacheBucket::GitTrees => "git-trees-v1",
+            CacheBucket::Locales => "locales-v1",
+            CacheBucket::Bytecode => "pip-bytecode-v1",
         }
     }
 

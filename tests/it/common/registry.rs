@@ -164,6 +164,16 @@ impl Registry {
             .collect()
     }
 
+    /// Access-log lines of every request about REPO (`/v2/REPO/…`).
+    pub fn repo_requests(&self, repo: &str) -> Vec<String> {
+        let needle = format!(" /v2/{repo}/");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("HTTP/1.1\""))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Upload starts that are not mount attempts.
     pub fn plain_upload_posts(&self, repo: &str) -> Vec<String> {
         self.upload_posts(repo)

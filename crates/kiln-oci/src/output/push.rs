@@ -193,20 +193,23 @@ fn already_pushed(
     let top = image.top().digest.to_string();
     let tags_there = tag_refs
         .iter()
-        .all(|r| matches!(registry.tag_digest(r), Ok(Some(d)) if d == top));
+        .all(|r| matches!(registry.manifest_digest_quick(r), Ok(Some(d)) if d == top));
     if !tags_there {
         return None;
     }
+    // The SBOM referrers kiln would push are known here (the same SBOM
+    // gives the same manifest): one HEAD by digest each, no listing. A
+    // referrer pushed by kiln was made findable (API or tag schema) in
+    // the same step.
     image
         .images
         .iter()
         .zip(sboms)
         .map(|(img, sbom)| {
-            let subject = digest_ref(first, &img.manifest.digest);
-            registry
-                .referrers(&subject, sbom.media_type)
-                .ok()
-                .and_then(|r| r.into_iter().next())
+            let digest = Digest::of(&sbom_referrer(img, sbom));
+            let r = digest_ref(first, &digest);
+            let want = digest.to_string();
+            matches!(registry.manifest_digest_quick(&r), Ok(Some(d)) if d == want).then_some(want)
         })
         .collect()
 }
@@ -241,6 +244,7 @@ fn push_sboms(
     report: &mut PushReport,
 ) -> Result<()> {
     let empty = blobs.cache.put(b"{}")?;
+    debug_assert_eq!(empty, Digest::of(EMPTY_CONFIG));
     for (img, sbom) in image.images.iter().zip(sboms) {
         for (digest, size) in [(&empty, 2), (&sbom.digest, sbom.size)] {
             if !registry.blob_exists(target, digest)? {
@@ -249,30 +253,13 @@ fn push_sboms(
                 report.referrer_bytes_uploaded += size;
             }
         }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": sbom.media_type,
-            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": 2},
-            "layers": [{
-                "mediaType": sbom.media_type,
-                "digest": sbom.digest.to_string(),
-                "size": sbom.size,
-                "annotations": {ANN_TITLE: sbom.file_name},
-            }],
-            "subject": {
-                "mediaType": img.manifest.media_type,
-                "digest": img.manifest.digest.to_string(),
-                "size": img.manifest.size,
-            },
-            "annotations": {ANN_CREATED: sbom.created},
-        });
+        let manifest = sbom_referrer(img, sbom);
         let annotations = json!({ANN_CREATED: sbom.created});
         let (digest, tag_written) = push_referrer(
             registry,
             target,
             &img.manifest.digest,
-            &canonical_json(&manifest),
+            &manifest,
             sbom.media_type,
             Some(annotations),
         )?;
@@ -283,6 +270,33 @@ fn push_sboms(
         }
     }
     Ok(())
+}
+
+/// The empty JSON object: every referrer's config.
+const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// The SBOM referrer of one platform manifest, as pushed (canonical JSON:
+/// the same SBOM gives the same referrer digest).
+fn sbom_referrer(img: &crate::image::PlatformManifest, sbom: &SbomBlob) -> Vec<u8> {
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": sbom.media_type,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": Digest::of(EMPTY_CONFIG).to_string(), "size": 2},
+        "layers": [{
+            "mediaType": sbom.media_type,
+            "digest": sbom.digest.to_string(),
+            "size": sbom.size,
+            "annotations": {ANN_TITLE: sbom.file_name},
+        }],
+        "subject": {
+            "mediaType": img.manifest.media_type,
+            "digest": img.manifest.digest.to_string(),
+            "size": img.manifest.size,
+        },
+        "annotations": {ANN_CREATED: sbom.created},
+    });
+    canonical_json(&manifest)
 }
 
 /// Push `bytes`, an OCI 1.1 artifact manifest of `artifact_type` whose
@@ -408,8 +422,13 @@ pub fn attach(
     for (img, doc) in image.images.iter().zip(docs) {
         let subject = digest_ref(&target, &img.manifest.digest);
         // One record per platform manifest: the same manifest has the same
-        // layers, whatever built it.
-        let present = registry
+        // layers, whatever built it. This build's own record is found by
+        // its digest in one HEAD; else any record, through the listing.
+        let own = Digest::of(&sbom_referrer(img, doc));
+        let present = matches!(
+            registry.manifest_digest_quick(&digest_ref(&target, &own)),
+            Ok(Some(d)) if d == own.to_string()
+        ) || registry
             .referrers(&subject, doc.media_type)
             .is_ok_and(|l| !l.is_empty());
         if !present {

@@ -67,6 +67,10 @@ fn jittered(d: Duration) -> Duration {
 
 pub struct Registry {
     client: Client,
+    /// Registries spoken to over plain HTTP (loopback, `--insecure-registry`).
+    plain: BTreeSet<String>,
+    /// For [`Registry::manifest_digest_quick`]: plain requests, no handshake.
+    direct: std::sync::OnceLock<Option<reqwest::Client>>,
     rt: tokio::runtime::Runtime,
     auths: Mutex<HashMap<String, RegistryAuth>>,
     /// Blob bytes pulled (a build's summary and download bar).
@@ -84,7 +88,7 @@ impl Registry {
             }
         }
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain.into_iter().collect()),
+            protocol: ClientProtocol::HttpsExcept(plain.iter().cloned().collect()),
             connect_timeout: Some(Duration::from_secs(15)),
             read_timeout: Some(Duration::from_secs(120)),
             user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
@@ -104,6 +108,8 @@ impl Registry {
             .io_context(|| "starting the network runtime".into())?;
         Ok(Registry {
             client: Client::new(config),
+            plain,
+            direct: std::sync::OnceLock::new(),
             rt,
             auths: Mutex::new(HashMap::new()),
             transfers: Mutex::new(Transfers::hidden("pulling")),
@@ -234,6 +240,59 @@ impl Registry {
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    /// The digest `r` (a tag or a digest) names, in one HEAD and no more,
+    /// when the registry answers it without credentials; else what
+    /// [`Registry::tag_digest`] finds. oci-client pings `/v2/` before every
+    /// request to a registry that gives no token, so a no-op push's checks
+    /// cost two requests each through it. Only a 200 with the digest header
+    /// is taken from the plain request: a 401, a 404 (a private repository
+    /// may look absent without credentials) or a failure goes the
+    /// authenticated way.
+    pub fn manifest_digest_quick(&self, r: &Reference) -> Result<Option<String>> {
+        match self.head_manifest_plain(r) {
+            Some(d) => Ok(Some(d)),
+            None => self.tag_digest(r),
+        }
+    }
+
+    fn head_manifest_plain(&self, r: &Reference) -> Option<String> {
+        let client = self
+            .direct
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+                    .connect_timeout(Duration::from_secs(15))
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .ok()
+            })
+            .as_ref()?;
+        let scheme = if self.plain.contains(r.registry()) {
+            "http"
+        } else {
+            "https"
+        };
+        let what = r.digest().or(r.tag()).unwrap_or("latest");
+        let url = format!(
+            "{scheme}://{}/v2/{}/manifests/{what}",
+            r.resolve_registry(),
+            r.repository()
+        );
+        self.rt.block_on(async {
+            let res = client
+                .head(&url)
+                .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "))
+                .send()
+                .await
+                .ok()?;
+            if res.status() != reqwest::StatusCode::OK {
+                return None;
+            }
+            let d = res.headers().get("docker-content-digest")?.to_str().ok()?;
+            d.parse::<Digest>().ok().map(|d| d.to_string())
         })
     }
 

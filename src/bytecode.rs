@@ -1,0 +1,731 @@
+//! `[pip] compile`: the `.pyc` files pip would write at install time, as a
+//! layer of their own on top of the pip stage's.
+//!
+//! Without them every import by a user who cannot write `__pycache__`
+//! compiles the sources again. The `.py` files each wheel's RECORD lists
+//! (and with `compile-stdlib`, the standard library's and the
+//! distribution's that have none) are compiled by the image's own
+//! interpreter in kiln's sandbox (no network), or, for another
+//! architecture, by the host's `python3.X` of the same minor version over
+//! the sources written out; else nothing is compiled and the report says
+//! why. The pycs are PEP 552 unchecked-hash ones (no mtime inside, never
+//! revalidated), compiled in fixed chunks of the sorted list, each by a
+//! fresh interpreter with a fixed hash seed (chunks run in parallel), so the
+//! same inputs give the same bytes. Each RECORD gets
+//! `path,,` rows for its pycs, as pip writes them.
+//!
+//! The result is remembered (bucket `pip-bytecode-v1`) by the interpreter,
+//! its version and the installed sources, so a warm build starts nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use kiln_core::digest::Digest;
+use kiln_core::error::Result;
+use kiln_core::platform::Platform;
+use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
+use kiln_fs::rootfs::{Node, Rootfs};
+use kiln_fs::sandbox::{Network, RunSpec, Sandbox, DEFAULT_PATH};
+use kiln_pip as pip;
+use kiln_store::{Cache, CacheBucket};
+
+use crate::stages::Stages;
+
+/// What `compile` did, in the build report (`pip[].bytecode`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BytecodeReport {
+    /// `.pyc` files in the layer.
+    pub compiled: usize,
+    /// Why nothing (or not everything) was compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Sources the interpreter refused (not valid Python for it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The compiler, run as a file: `SCRIPT ROOT LIST` reads source paths
+/// (one a line) from LIST and compiles them in fixed chunks of 500, each
+/// by a fresh interpreter (`SCRIPT ROOT LIST START END`), as many at once
+/// as there are CPUs. Each source under the root prefix ROOT gets the pyc
+/// path the interpreter itself looks for, the image path in its code
+/// objects, and a line `source<TAB>pyc` out, in the list's order. A
+/// chunk's bytes depend only on its files, whatever ran beside it.
+const SCRIPT: &str = r#"import os, sys, subprocess, py_compile, importlib.util
+from concurrent.futures import ThreadPoolExecutor
+root, listing = sys.argv[1], sys.argv[2]
+with open(listing, encoding="utf-8", errors="surrogateescape") as f:
+    paths = [p for p in f.read().split("\n") if p]
+CHUNK = 500
+if len(sys.argv) == 5:
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    done = []
+    for p in paths[int(sys.argv[3]):int(sys.argv[4])]:
+        c = importlib.util.cache_from_source(p)
+        try:
+            py_compile.compile(root + p, cfile=root + c, dfile=p, doraise=True, invalidation_mode=mode)
+        except Exception as e:
+            sys.stderr.write("kiln-bytecode: %s: %s\n" % (p, type(e).__name__))
+            continue
+        done.append(p + "\t" + c + "\n")
+    sys.stdout.write("".join(done))
+    sys.exit(0)
+
+def chunk(start):
+    argv = [sys.executable, "-s", "-B", __file__, root, listing, str(start), str(start + CHUNK)]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise SystemExit("a compiler process failed: " + r.stderr.decode("utf-8", "replace")[-2000:])
+    return r.stdout
+
+with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
+    for out in ex.map(chunk, range(0, len(paths), CHUNK)):
+        sys.stdout.buffer.write(out)
+"#;
+
+/// Bumped whenever the same inputs would give other pycs or rows.
+const FORMAT: &str = "kiln-bytecode/2";
+
+/// One compiled file: its source and its pyc (absolute image paths).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Compiled {
+    source: String,
+    pyc: String,
+    size: u64,
+}
+
+/// What the cache keeps: the pycs' bytes concatenated in one blob.
+#[derive(Serialize, Deserialize)]
+struct Memo {
+    blob: Digest,
+    files: Vec<Compiled>,
+    failed: usize,
+    skipped: Option<String>,
+}
+
+/// How the sources get compiled.
+enum Compiler {
+    /// The image's interpreter, in the sandbox.
+    Image,
+    /// A host interpreter of the same minor version (path, `sys.version`).
+    Host(PathBuf, String),
+}
+
+/// The bytecode layer for what `groups` (one pip stage's layers, already
+/// applied to `fs`) installed, and what was done; `None` when `[pip]
+/// compile = false` or when only locking.
+pub(crate) fn compile(
+    stages: &Stages,
+    section: &pip::PipSection,
+    plan: &pip::PipPlan,
+    groups: &[LayerGroup],
+    fs: &Rootfs,
+    platform: &Platform,
+) -> Result<Option<(Option<LayerGroup>, BytecodeReport)>> {
+    let Some(tree) = stages.tree.filter(|_| stages.bytecode && section.compile) else {
+        return Ok(None);
+    };
+    let python = &plan.python;
+    let Some(minor) = python
+        .interpreter
+        .rsplit_once("python3.")
+        .and_then(|(_, m)| m.parse::<u32>().ok())
+    else {
+        return Ok(Some(skip(format!(
+            "cannot tell the version of {}",
+            python.interpreter
+        ))));
+    };
+    let records = records(groups);
+    let mut sources: BTreeSet<String> = records.values().flatten().cloned().collect();
+    let host = Platform::host();
+    let native =
+        platform.os == host.os && platform.arch == host.arch && platform.variant == host.variant;
+    let compiler = if native {
+        Compiler::Image
+    } else {
+        match host_python(minor) {
+            Some((path, version)) => Compiler::Host(path, version),
+            None => {
+                return Ok(Some(skip(format!(
+                    "nothing compiled: not the host's architecture, and no python3.{minor} on the host's PATH"
+                ))))
+            }
+        }
+    };
+    let mut skipped = None;
+    if section.compile_stdlib {
+        match compiler {
+            Compiler::Image => sources.extend(stdlib_sources(fs, minor)),
+            // The base's sources are not on disk outside the sandbox.
+            Compiler::Host(..) => {
+                skipped = Some(
+                    "compile-stdlib: the standard library is not compiled for another architecture than the host's"
+                        .to_string(),
+                )
+            }
+        }
+    }
+    if sources.is_empty() {
+        return Ok(Some((
+            None,
+            BytecodeReport {
+                skipped,
+                ..Default::default()
+            },
+        )));
+    }
+    let key = key(python, &compiler, &sources, groups, fs);
+    let memo_path = stages
+        .cache
+        .entry(CacheBucket::Bytecode, format!("{}.json", key.hex()));
+    let memo = match read_memo(&memo_path, stages.cache) {
+        Some(hit) => hit,
+        None => {
+            let spinner = stages.progress.spinner(&format!(
+                "pip: compiling {} files to bytecode for {platform}",
+                sources.len()
+            ));
+            let run = match &compiler {
+                Compiler::Image => {
+                    in_sandbox(tree(platform)?, &python.interpreter, &sources, stages.cache)
+                }
+                Compiler::Host(path, _) => on_host(path, &sources, groups, stages.cache),
+            };
+            spinner.finish_and_clear();
+            let (files, failed, data) = match run {
+                Ok(r) => r,
+                Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
+            };
+            let blob = stages.cache.put(&data)?;
+            let memo = Memo {
+                blob,
+                files,
+                failed,
+                skipped: skipped.clone(),
+            };
+            if let Ok(json) = serde_json::to_vec(&memo) {
+                kiln_store::cache::write_atomic(&memo_path, &json);
+            }
+            (memo, data)
+        }
+    };
+    let (memo, data) = memo;
+    let report = BytecodeReport {
+        compiled: memo.files.len(),
+        skipped: memo.skipped.clone(),
+        failed: memo.failed,
+    };
+    let entries = layer_entries(&memo.files, &data, groups, &records);
+    let label = format!("kiln bytecode python3.{minor}: {} files", memo.files.len());
+    Ok(Some((Some((label, entries)), report)))
+}
+
+fn skip(why: String) -> (Option<LayerGroup>, BytecodeReport) {
+    (
+        None,
+        BytecodeReport {
+            skipped: Some(why),
+            ..Default::default()
+        },
+    )
+}
+
+/// Each RECORD the groups hold (image path without the leading `/`) →
+/// the absolute image paths of the `.py` files it lists inside its site
+/// directory.
+fn records(groups: &[LayerGroup]) -> BTreeMap<String, Vec<String>> {
+    let files: BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|(_, es)| es)
+        .filter(|e| matches!(e.kind, EntryKind::Data(_) | EntryKind::File { .. }))
+        .map(|e| e.path.as_str())
+        .collect();
+    let mut out = BTreeMap::new();
+    for (_, entries) in groups {
+        for e in entries {
+            let Some(dist_info) = e.path.strip_suffix("/RECORD") else {
+                continue;
+            };
+            if !dist_info.ends_with(".dist-info") {
+                continue;
+            }
+            let Some(text) = content(e) else { continue };
+            let site = dist_info.rsplit_once('/').map_or("", |(s, _)| s);
+            let mut py = Vec::new();
+            for row in String::from_utf8_lossy(&text).lines() {
+                let rel = record_path(row);
+                if !rel.ends_with(".py") || rel.starts_with("../") || rel.starts_with('/') {
+                    continue;
+                }
+                let path = format!("{site}/{rel}");
+                if files.contains(path.as_str()) {
+                    py.push(format!("/{path}"));
+                }
+            }
+            out.insert(e.path.clone(), py);
+        }
+    }
+    out
+}
+
+/// The path column of a RECORD row (CSV: quoted when it holds `,` or `"`).
+fn record_path(row: &str) -> String {
+    match row.strip_prefix('"') {
+        Some(rest) => {
+            let mut out = String::new();
+            let mut chars = rest.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        out.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        None => row.split(',').next().unwrap_or_default().to_string(),
+    }
+}
+
+/// A RECORD row's path column, quoted when needed.
+fn record_field(rel: &str) -> String {
+    if rel.contains(',') || rel.contains('"') {
+        format!("\"{}\"", rel.replace('"', "\"\""))
+    } else {
+        rel.to_string()
+    }
+}
+
+fn content(e: &Entry) -> Option<Vec<u8>> {
+    match &e.kind {
+        EntryKind::Data(d) => Some(d.to_vec()),
+        EntryKind::File { src, .. } => std::fs::read(src).ok(),
+        _ => None,
+    }
+}
+
+/// The standard library's and the distribution's `.py` files that have no
+/// pyc for this interpreter yet.
+fn stdlib_sources(fs: &Rootfs, minor: u32) -> Vec<String> {
+    let tag = format!(".cpython-3{minor}.pyc");
+    let dirs = [
+        format!("/usr/lib/python3.{minor}/"),
+        "/usr/lib/python3/dist-packages/".to_string(),
+        format!("/usr/local/lib/python3.{minor}/"),
+    ];
+    let mut out = Vec::new();
+    for (path, node) in fs.paths() {
+        if !matches!(node, Node::File { .. })
+            || !path.ends_with(".py")
+            || !dirs.iter().any(|d| path.starts_with(d.as_str()))
+            || path.contains("/site-packages/")
+            || (path.contains("-packages/") && !path.starts_with("/usr/lib/python3/dist-packages/"))
+        {
+            continue;
+        }
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        let stem = file.trim_end_matches(".py");
+        if fs.node(&format!("{dir}/__pycache__/{stem}{tag}")).is_none() {
+            out.push(path.clone());
+        }
+    }
+    out
+}
+
+/// A host `python3.<minor>` on PATH, with its `sys.version`.
+fn host_python(minor: u32) -> Option<(PathBuf, String)> {
+    let name = format!("python3.{minor}");
+    let path = std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())?;
+    let out = Command::new(&path)
+        .args(["-s", "-B", "-c", "import sys; print(sys.version)"])
+        .env_clear()
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        (
+            path,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    })
+}
+
+/// Everything that decides the layer: the interpreter and its version, the
+/// sources' paths and bytes, the RECORDs, and for the stdlib the package
+/// database (which names the Python packages' versions).
+fn key(
+    python: &pip::PythonTarget,
+    compiler: &Compiler,
+    sources: &BTreeSet<String>,
+    groups: &[LayerGroup],
+    fs: &Rootfs,
+) -> Digest {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    // The interpreter's size stands for its build (a rebuilt package of
+    // the same version may compile otherwise).
+    let size = match fs.resolve(&python.interpreter) {
+        Some((_, Node::File { size, .. })) => *size,
+        _ => 0,
+    };
+    h.update(format!(
+        "{FORMAT} {}\n{} {} {size}\n",
+        env!("CARGO_PKG_VERSION"),
+        python.interpreter,
+        python.full_version()
+    ));
+    if let Compiler::Host(path, version) = compiler {
+        h.update(format!("host {} {version}\n", path.display()));
+    }
+    let ours: BTreeMap<&str, &Entry> = groups
+        .iter()
+        .flat_map(|(_, es)| es)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let mut stdlib = false;
+    for s in sources {
+        h.update(format!("{s}\0"));
+        match ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) {
+            Some(bytes) => {
+                h.update(format!("{}\0", bytes.len()));
+                h.update(&bytes);
+            }
+            None => {
+                stdlib = true;
+                let size = match fs.node(s) {
+                    Some(Node::File { size, .. }) => *size,
+                    _ => 0,
+                };
+                h.update(format!("base {size}\0"));
+            }
+        }
+    }
+    for (path, e) in &ours {
+        if path.ends_with(".dist-info/RECORD") {
+            h.update(format!("{path}\0"));
+            h.update(content(e).unwrap_or_default());
+        }
+    }
+    if stdlib {
+        h.update(fs.read("/var/lib/dpkg/status").unwrap_or_default());
+    }
+    Digest::from_hasher(h)
+}
+
+/// The memo and its blob, when both are intact.
+fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Vec<u8>)> {
+    let memo: Memo = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let blob = cache.verified(&memo.blob).ok()??;
+    let data = std::fs::read(blob).ok()?;
+    let total: u64 = memo.files.iter().map(|f| f.size).sum();
+    (total == data.len() as u64).then_some((memo, data))
+}
+
+/// The compiled files, how many failed, and their bytes concatenated.
+type Run = (Vec<Compiled>, usize, Vec<u8>);
+
+/// The fixed environment of the compiler: no hash randomisation (sets
+/// and frozensets of constants are marshalled in hash order).
+fn env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("PYTHONHASHSEED".into(), "0".into()),
+        // Paths that are not UTF-8 pass through as they are.
+        ("PYTHONIOENCODING".into(), "utf-8:surrogateescape".into()),
+        ("LC_ALL".into(), "C.UTF-8".into()),
+    ]
+}
+
+/// The image's own interpreter over the image so far, without network.
+fn in_sandbox(
+    layers: Vec<Box<dyn std::io::Read>>,
+    interpreter: &str,
+    sources: &BTreeSet<String>,
+    cache: &Cache,
+) -> std::result::Result<Run, String> {
+    let tmp = cache.bucket(CacheBucket::Tmp);
+    let purpose = "[pip] compile";
+    let mut sb = Sandbox::from_layers(layers, &tmp, purpose).map_err(|e| e.to_string())?;
+    let root = sb.root().to_path_buf();
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(root.join("tmp"))?;
+        std::fs::write(root.join("tmp/.kiln-bytecode.py"), SCRIPT)?;
+        std::fs::write(root.join("tmp/.kiln-bytecode-sources"), listing(sources))
+    };
+    write().map_err(|e| format!("writing the list of sources: {e}"))?;
+    let output = sb
+        .run(&RunSpec {
+            argv: vec![
+                interpreter.to_string(),
+                "-s".into(),
+                "-B".into(),
+                "/tmp/.kiln-bytecode.py".into(),
+                String::new(),
+                "/tmp/.kiln-bytecode-sources".into(),
+            ],
+            env: env(),
+            user: None,
+            workdir: Some("/".into()),
+            network: Network::None,
+        })
+        .map_err(|e| e.to_string())?;
+    collect(&output, &root, sources.len())
+}
+
+/// A host interpreter over the sources written out under a scratch
+/// directory (image paths below it; `dfile` names the image path).
+fn on_host(
+    python: &Path,
+    sources: &BTreeSet<String>,
+    groups: &[LayerGroup],
+    cache: &Cache,
+) -> std::result::Result<Run, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("bytecode-")
+        .tempdir_in(cache.bucket(CacheBucket::Tmp))
+        .map_err(|e| format!("making a scratch directory: {e}"))?;
+    let root = dir.path().join("root");
+    let ours: BTreeMap<&str, &Entry> = groups
+        .iter()
+        .flat_map(|(_, es)| es)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let write = || -> std::io::Result<()> {
+        for s in sources {
+            let Some(bytes) = ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) else {
+                continue;
+            };
+            let dst = root.join(s.trim_start_matches('/'));
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(dst, bytes)?;
+        }
+        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
+        std::fs::write(dir.path().join("sources"), listing(sources))
+    };
+    write().map_err(|e| format!("writing the sources out: {e}"))?;
+    let output = Command::new(python)
+        .args(["-s", "-B"])
+        .arg(dir.path().join("compile.py"))
+        .arg(&root)
+        .arg(dir.path().join("sources"))
+        .env_clear()
+        .envs(env())
+        .output()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    collect(&output, &root, sources.len())
+}
+
+fn listing(sources: &BTreeSet<String>) -> String {
+    sources.iter().map(|s| format!("{s}\n")).collect()
+}
+
+/// The pycs the compiler says it wrote, read from under `root`.
+fn collect(
+    output: &std::process::Output,
+    root: &Path,
+    asked: usize,
+) -> std::result::Result<Run, String> {
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        return Err(format!("the compiler failed ({}): {tail}", output.status));
+    }
+    let mut files = Vec::new();
+    let mut data = Vec::new();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut done: Vec<(&str, &str)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(s, c)| s.starts_with('/') && c.starts_with('/'))
+        .collect();
+    done.sort();
+    for (source, pyc) in done {
+        let path = root.join(pyc.trim_start_matches('/'));
+        let bytes = std::fs::read(&path).map_err(|e| format!("reading {pyc}: {e}"))?;
+        files.push(Compiled {
+            source: source.to_string(),
+            pyc: pyc.to_string(),
+            size: bytes.len() as u64,
+        });
+        data.extend_from_slice(&bytes);
+    }
+    let failed = asked.saturating_sub(files.len());
+    Ok((files, failed, data))
+}
+
+/// The layer: every pyc (with its `__pycache__`), and each RECORD that
+/// lists a compiled source, with a `path,,` row per pyc.
+fn layer_entries(
+    files: &[Compiled],
+    data: &[u8],
+    groups: &[LayerGroup],
+    records: &BTreeMap<String, Vec<String>>,
+) -> Vec<Entry> {
+    let mut tree = Tree::default();
+    let mut at = 0usize;
+    let mut pyc_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for f in files {
+        let bytes = data[at..at + f.size as usize].to_vec();
+        at += f.size as usize;
+        let path = f.pyc.trim_start_matches('/');
+        tree.add_parents(path);
+        tree.insert(Entry::data(path, bytes, 0o644));
+        pyc_of.insert(f.source.as_str(), f.pyc.as_str());
+    }
+    let ours: BTreeMap<&str, &Entry> = groups
+        .iter()
+        .flat_map(|(_, es)| es)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    for (record, sources) in records {
+        let mut rows: Vec<String> = sources
+            .iter()
+            .filter_map(|s| pyc_of.get(s.as_str()))
+            .map(|pyc| {
+                let site = record
+                    .rsplit_once('/')
+                    .and_then(|(d, _)| d.rsplit_once('/'))
+                    .map_or("", |(s, _)| s);
+                let rel = pyc
+                    .trim_start_matches('/')
+                    .strip_prefix(site)
+                    .unwrap_or(pyc)
+                    .trim_start_matches('/');
+                format!("{},,\n", record_field(rel))
+            })
+            .collect();
+        let Some(e) = ours.get(record.as_str()) else {
+            continue;
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        rows.sort();
+        let mut text = content(e).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        text.extend(rows.concat().into_bytes());
+        tree.add_parents(record);
+        tree.insert(Entry {
+            path: record.clone(),
+            kind: EntryKind::Data(std::sync::Arc::new(text)),
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+        });
+    }
+    tree.into_sorted()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(files: &[(&str, &str)]) -> LayerGroup {
+        (
+            "pip install demo==1.0".into(),
+            files
+                .iter()
+                .map(|(p, d)| Entry::data(p, d.as_bytes().to_vec(), 0o644))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn records_list_the_sources_inside_the_site() {
+        let site = "usr/local/lib/python3.11/dist-packages";
+        let g = group(&[
+            (&format!("{site}/demo/__init__.py"), ""),
+            (&format!("{site}/demo/a,b.py"), ""),
+            (&format!("{site}/demo/data.txt"), ""),
+            (
+                &format!("{site}/demo-1.0.dist-info/RECORD"),
+                "demo/__init__.py,sha256=x,0\n\"demo/a,b.py\",sha256=y,0\ndemo/data.txt,sha256=z,0\n../../../bin/tool.py,sha256=w,0\ndemo-1.0.dist-info/RECORD,,\n",
+            ),
+        ]);
+        let r = records(std::slice::from_ref(&g));
+        let key = format!("{site}/demo-1.0.dist-info/RECORD");
+        assert_eq!(
+            r[&key],
+            vec![
+                format!("/{site}/demo/__init__.py"),
+                format!("/{site}/demo/a,b.py")
+            ]
+        );
+
+        let pyc = |s: &str| format!("/{site}/demo/__pycache__/{s}.cpython-311.pyc");
+        let files = vec![
+            Compiled {
+                source: format!("/{site}/demo/__init__.py"),
+                pyc: pyc("__init__"),
+                size: 3,
+            },
+            Compiled {
+                source: format!("/{site}/demo/a,b.py"),
+                pyc: pyc("a,b"),
+                size: 2,
+            },
+        ];
+        let entries = layer_entries(&files, b"abcde", std::slice::from_ref(&g), &r);
+        let find = |p: &str| entries.iter().find(|e| e.path == p).map(content);
+        assert_eq!(
+            find(pyc("__init__").trim_start_matches('/')),
+            Some(Some(b"abc".to_vec()))
+        );
+        assert_eq!(
+            find(pyc("a,b").trim_start_matches('/')),
+            Some(Some(b"de".to_vec()))
+        );
+        let record = String::from_utf8(find(&key).unwrap().unwrap()).unwrap();
+        assert!(
+            record.ends_with(
+                "demo-1.0.dist-info/RECORD,,\n\"demo/__pycache__/a,b.cpython-311.pyc\",,\ndemo/__pycache__/__init__.cpython-311.pyc,,\n"
+            ),
+            "{record}"
+        );
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+        assert!(paths.contains(&format!("{site}/demo/__pycache__").as_str()));
+    }
+
+    #[test]
+    fn stdlib_sources_without_pycs() {
+        let mut fs = Rootfs::default();
+        fs.insert_file("/usr/lib/python3.11/os.py", b"");
+        fs.insert_file("/usr/lib/python3.11/json/__init__.py", b"");
+        fs.insert_file(
+            "/usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc",
+            b"",
+        );
+        fs.insert_file("/usr/lib/python3/dist-packages/apt/__init__.py", b"");
+        fs.insert_file("/usr/local/lib/python3.11/dist-packages/six.py", b"");
+        fs.insert_file("/usr/lib/python3.12/os.py", b"");
+        assert_eq!(
+            stdlib_sources(&fs, 11),
+            vec![
+                "/usr/lib/python3.11/os.py".to_string(),
+                "/usr/lib/python3/dist-packages/apt/__init__.py".to_string(),
+            ]
+        );
+    }
+}

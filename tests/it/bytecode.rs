@@ -1,0 +1,288 @@
+//! `[pip] compile`: the pycs of what pip installs, compiled by the image's
+//! own Python (Debian's python3 from the archive the host's apt names) in
+//! kiln's sandbox, are in the image, listed in RECORD, used by imports,
+//! and the same bytes from a cold cache and another one.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+/// One cache for this file's builds (the Debian packages are fetched once).
+fn shared_cache() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| unique_dir("bytecode-cache")).clone()
+}
+
+const SITE: &str = "/usr/local/lib/python3.11/dist-packages";
+
+/// A workspace with a local wheel `demo 1.0` (a package of two modules,
+/// with a set constant: marshalled in hash order) and a spec installing it
+/// on Debian's python3; `extra` goes into `[pip]`.
+fn workspace(label: &str, extra: &str) -> Workspace {
+    let ws = Workspace::new(label);
+    let di = "demo-1.0.dist-info";
+    let wheel = wheel_zip(&[
+        (
+            "demo/__init__.py".into(),
+            b"from demo.util import kind\n\nVERSION = '1.0'\n".to_vec(),
+            0o644,
+        ),
+        (
+            "demo/util.py".into(),
+            b"def kind(x):\n    if x in {'alpha', 'beta', 'gamma', 'delta'}:\n        return 'greek'\n    return frozenset(('x', 'y', 'z')).__contains__(x)\n".to_vec(),
+            0o644,
+        ),
+        ("demo/data.txt".into(), b"not python\n".to_vec(), 0o644),
+        // Python 2: not compiled, and no failure of the build.
+        ("demo/legacy.py".into(), b"print \"old\"\n".to_vec(), 0o644),
+        (
+            format!("{di}/METADATA"),
+            b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n".to_vec(),
+            0o644,
+        ),
+        (
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ]);
+    ws.write("wheels/demo-1.0-py3-none-any.whl", wheel);
+    ws.spec(&format!(
+        r#"
+[image]
+tags = ["py"]
+[apt]
+bootstrap = "minbase"
+packages = ["python3"]
+[pip]
+packages = ["demo==1.0"]
+no-index = true
+isolated = true
+find-links = ["wheels"]
+{extra}
+"#
+    ));
+    ws
+}
+
+fn build(ws: &Workspace, cache: &Path, out: &str) -> serde_json::Value {
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", cache)
+        .args(["build", "--json", "-o"])
+        .arg(format!("oci:{}", ws.join(out).display())))
+    .ok()
+    .json()
+}
+
+/// The pyc of `source` (an absolute image path).
+fn pyc(source: &str) -> String {
+    let (dir, file) = source.rsplit_once('/').unwrap();
+    format!(
+        "{dir}/__pycache__/{}.cpython-311.pyc",
+        file.trim_end_matches(".py")
+    )
+}
+
+/// `python3 -B -v -c 'import MODULE'` in the image: its stderr (imports
+/// say `<pyc> matches <source>` when the pyc is used).
+fn import_verbose(rootfs: &Path, module: &str) -> String {
+    chroot_run(
+        rootfs,
+        &["python3", "-B", "-v", "-c", &format!("import {module}")],
+    )
+    .ok()
+    .stderr
+}
+
+#[test]
+fn pip_packages_get_unchecked_hash_pycs_reproducibly() {
+    let ws = workspace("bytecode", "");
+    let first = build(&ws, &shared_cache(), "out");
+    assert_eq!(first["pip"][0]["python"], "/usr/bin/python3.11", "{first}");
+    assert_eq!(first["pip"][0]["bytecode"]["compiled"], 2, "{first}");
+    assert!(first["pip"][0]["bytecode"].get("skipped").is_none());
+    assert_eq!(first["pip"][0]["bytecode"]["failed"], 1, "{first}");
+    let digest = first["digest"].as_str().unwrap().to_string();
+    let memos = std::fs::read_dir(shared_cache().join("pip-bytecode-v1")).unwrap();
+    assert!(memos.count() > 0, "the bytecode is remembered");
+
+    let rootfs = umoci_unpack(&ws.join("out"), "py", &ws.join("bundle"));
+    for source in [
+        format!("{SITE}/demo/__init__.py"),
+        format!("{SITE}/demo/util.py"),
+    ] {
+        let path = pyc(&source);
+        let bytes = std::fs::read(rootfs.join(path.trim_start_matches('/')))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        // PEP 552 flags: hash-based (bit 0), not checked against the source (bit 1 clear).
+        assert_eq!(&bytes[4..8], &[1, 0, 0, 0], "{path}");
+    }
+    for not_compiled in ["data", "legacy"] {
+        let path = format!("{SITE}/demo/__pycache__/{not_compiled}.cpython-311.pyc");
+        assert!(!exists_in(&rootfs, &path), "{path}");
+    }
+    let record = std::fs::read_to_string(
+        rootfs.join(format!("{SITE}/demo-1.0.dist-info/RECORD").trim_start_matches('/')),
+    )
+    .unwrap();
+    for row in [
+        "demo/__pycache__/__init__.cpython-311.pyc,,",
+        "demo/__pycache__/util.cpython-311.pyc,,",
+        "demo/util.py,sha256=",
+    ] {
+        assert!(record.contains(row), "RECORD lacks {row}:\n{record}");
+    }
+    assert!(!record.contains("legacy.cpython"), "{record}");
+    // The pycs are what the interpreter loads (-B: it writes none).
+    let verbose = import_verbose(&rootfs, "demo");
+    for m in ["__init__", "util"] {
+        let line = format!(
+            "{} matches {SITE}/demo/{m}.py",
+            pyc(&format!("{SITE}/demo/{m}.py"))
+        );
+        assert!(verbose.contains(&line), "no `{line}` in:\n{verbose}");
+    }
+    let check = chroot_run(
+        &rootfs,
+        &[
+            "python3",
+            "-B",
+            "-c",
+            "import demo; print(demo.kind('beta'))",
+        ],
+    )
+    .ok();
+    assert_eq!(check.stdout.trim(), "greek");
+
+    // The same image from a cold cache elsewhere (the compiler ran again)...
+    let other = unique_dir("bytecode-other-cache");
+    let second = build(&ws, &other, "out2");
+    assert_eq!(
+        second["digest"],
+        digest.as_str(),
+        "a cold cache gives other bytes"
+    );
+    assert_eq!(second["pip"][0]["bytecode"]["compiled"], 2);
+    // ...and from the warm one (the memo, nothing run).
+    let third = build(&ws, &shared_cache(), "out3");
+    assert_eq!(third["digest"], digest.as_str());
+    assert_eq!(third["pip"][0]["bytecode"]["compiled"], 2);
+    let _ = std::fs::remove_dir_all(other);
+}
+
+#[test]
+fn compile_false_gives_no_pycs_and_compile_stdlib_compiles_the_rest() {
+    let ws = workspace("bytecode-off", "compile = false");
+    let r = build(&ws, &shared_cache(), "out");
+    assert!(r["pip"][0].get("bytecode").is_none(), "{r}");
+    let rootfs = umoci_unpack(&ws.join("out"), "py", &ws.join("bundle"));
+    assert!(exists_in(&rootfs, &format!("{SITE}/demo/util.py")));
+    assert!(!exists_in(&rootfs, &format!("{SITE}/demo/__pycache__")));
+    let record = std::fs::read_to_string(
+        rootfs.join(format!("{SITE}/demo-1.0.dist-info/RECORD").trim_start_matches('/')),
+    )
+    .unwrap();
+    assert!(!record.contains(".pyc"), "{record}");
+    // Debian's packages ship no pycs: the stdlib is compiled on each import.
+    assert!(!exists_in(
+        &rootfs,
+        "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc"
+    ));
+
+    let ws = workspace("bytecode-stdlib", "compile-stdlib = true");
+    let r = build(&ws, &shared_cache(), "out");
+    let compiled = r["pip"][0]["bytecode"]["compiled"].as_u64().unwrap();
+    assert!(compiled > 100, "{r}");
+    let rootfs = umoci_unpack(&ws.join("out"), "py", &ws.join("bundle"));
+    let os = "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc";
+    assert!(exists_in(&rootfs, os));
+    let bytes = std::fs::read(rootfs.join(os.trim_start_matches('/'))).unwrap();
+    assert_eq!(&bytes[4..8], &[1, 0, 0, 0]);
+    let verbose = import_verbose(&rootfs, "json");
+    assert!(
+        verbose.contains("/usr/lib/python3.11/json/__pycache__/decoder.cpython-311.pyc matches /usr/lib/python3.11/json/decoder.py"),
+        "{verbose}"
+    );
+}
+
+/// For another architecture the host's `python3.11` (the image's minor
+/// version) compiles: the same bytes as the image's own interpreter. With
+/// none on PATH, the build goes on without them and says why.
+#[test]
+fn foreign_architecture_uses_the_hosts_python_or_says_why() {
+    let ws = workspace("bytecode-arm64", "");
+    let spec = std::fs::read_to_string(ws.join("kiln.toml"))
+        .unwrap()
+        .replace(
+            "tags = [\"py\"]",
+            "tags = [\"py\"]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]",
+        );
+    ws.spec(&spec);
+    let layer = |r: &serde_json::Value, platform: &str| {
+        let p = r["summary"]["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["platform"] == platform)
+            .unwrap_or_else(|| panic!("no {platform} in {r}"))
+            .clone();
+        p["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| {
+                l["created_by"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("kiln bytecode")
+            })
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+    };
+    let build_with_path = |path: &Path, out: &str| {
+        run(ws
+            .kiln()
+            .env("KILN_CACHE", shared_cache())
+            .env("PATH", path)
+            .args(["build", "--json", "-o"])
+            .arg(format!("oci:{}", ws.join(out).display())))
+        .ok()
+        .json()
+    };
+
+    let host_python = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("python3.11"))
+        .find(|p| p.is_file());
+    if let Some(python) = host_python {
+        let bin = ws.join("host-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(&python, bin.join("python3.11")).unwrap();
+        let r = build_with_path(&bin, "out");
+        for i in 0..2 {
+            assert_eq!(r["pip"][i]["bytecode"]["compiled"], 2, "{r}");
+        }
+        let amd64 = layer(&r, "linux/amd64").expect("an amd64 bytecode layer");
+        assert_eq!(layer(&r, "linux/arm64"), Some(amd64));
+    }
+
+    let empty = ws.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = build_with_path(&empty, "out2");
+    let arm64 = r["pip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["bytecode"]["compiled"] == 0)
+        .unwrap_or_else(|| panic!("no skipped platform in {r}"));
+    let why = arm64["bytecode"]["skipped"].as_str().unwrap();
+    assert!(why.contains("no python3.11 on the host's PATH"), "{why}");
+    assert!(layer(&r, "linux/arm64").is_none());
+    assert!(layer(&r, "linux/amd64").is_some());
+    let warnings = strs(&r["summary"]["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("[pip] compile for linux/arm64: nothing compiled")),
+        "{warnings:?}"
+    );
+}

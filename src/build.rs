@@ -874,11 +874,7 @@ fn run_stages(
     // (A Mutex: the sdist builder asks for it from the resolver's threads.)
     let built: std::sync::Mutex<Vec<NewLayer>> = Default::default();
     let so_far = |platform: &kiln_core::platform::Platform| {
-        let img = base
-            .images
-            .iter()
-            .find(|i| &i.platform == platform)
-            .expect("stages run for the base's platforms");
+        let img = base.image_for(platform);
         image_layers(img, blobs, &built.lock().unwrap(), &setup.cache)
     };
     let mut stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
@@ -1254,11 +1250,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
     // build that follows reuses them) only when an sdist build needs the tree.
     let groups: std::sync::Mutex<Vec<layer::LayerGroup>> = Default::default();
     let so_far = |platform: &kiln_core::platform::Platform| {
-        let img = base
-            .images
-            .iter()
-            .find(|i| &i.platform == platform)
-            .expect("stages run for the base's platforms");
+        let img = base.image_for(platform);
         let gzip = Compression::Gzip { level: 6 };
         let built = groups
             .lock()

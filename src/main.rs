@@ -720,13 +720,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             // A multi-stage Dockerfile: the stages the target needs, first.
             if let Some(s) = &stages {
                 // Each stage from its pins in the target's lock.
-                let lock_path = opts
-                    .lock_file
-                    .clone()
-                    .unwrap_or_else(|| kiln_spec::lock::path_for(&opts.spec));
-                let pinned = kiln_spec::lock::Lock::read(&lock_path)?
-                    .map(|l| l.stages)
-                    .unwrap_or_default();
+                let pinned = stage_locks(opts.lock_file.as_deref(), &opts.spec)?;
                 let built = s.build_stages(&opts, &pinned)?;
                 if let Some(x) = explained.as_mut().filter(|_| !built.is_empty()) {
                     x["stages"] = serde_json::to_value(&built).expect("report serialises");
@@ -849,13 +843,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             // built first (the next one reads it); their locks go into the
             // target's.
             if let Some(s) = src.stages.as_ref().filter(|s| s.has_stages()) {
-                let path = lock
-                    .lock_file
-                    .clone()
-                    .unwrap_or_else(|| kiln_spec::lock::path_for(&lock.spec));
-                let existing = kiln_spec::lock::Lock::read(&path)?
-                    .map(|l| l.stages)
-                    .unwrap_or_default();
+                let existing = stage_locks(lock.lock_file.as_deref(), &lock.spec)?;
                 let build = BuildOptions {
                     insecure_registries: common.insecure_registries.clone(),
                     ..BuildOptions::defaults(
@@ -1206,6 +1194,18 @@ type DockerfileSpec = (
     serde_json::Value,
     kiln::dockerfile_build::Prepared,
 );
+
+/// The Dockerfile stages' locks in the target's lock (`lock_file`, else
+/// kiln.lock beside `spec`); none when there is no lock yet.
+fn stage_locks(
+    lock_file: Option<&std::path::Path>,
+    spec: &std::path::Path,
+) -> kiln::Result<Vec<kiln_spec::lock::StageLock>> {
+    let path = lock_file.map_or_else(|| kiln_spec::lock::path_for(spec), PathBuf::from);
+    Ok(kiln_spec::lock::Lock::read(&path)?
+        .map(|l| l.stages)
+        .unwrap_or_default())
+}
 
 /// `--requirements`/`--environment`: an image from one environment file.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -73,18 +73,7 @@ fn packages() -> Vec<Pkg> {
         ],
     );
     let python = fake_python("3.11.0");
-    let mut hello = pkg(
-        "hello-py",
-        "0.1",
-        &["python"],
-        vec![file(
-            "site-packages/hello_mod/__init__.py",
-            b"def main():\n    print('hello')\n",
-        )],
-    );
-    hello.subdir = "noarch".into();
-    hello.build = "py_0".into();
-    hello.noarch_python = true;
+    let mut hello = hello_py();
     hello.entry_points = vec!["hello-py = hello_mod:main".into()];
     hello.format = Format::TarBz2;
     let needs_glibc = pkg(
@@ -606,23 +595,9 @@ fn clobbered_paths_are_reported() {
 /// A wheelhouse `WS/wheels` with `tinywheel` at each version.
 fn tinywheels(ws: &Workspace, versions: &[&str]) {
     for v in versions {
-        let members: Vec<(String, Vec<u8>, u32)> = [
-            ("tinywheel/__init__.py".to_string(), format!("V = {v:?}\n")),
-            (
-                format!("tinywheel-{v}.dist-info/METADATA"),
-                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n"),
-            ),
-            (
-                format!("tinywheel-{v}.dist-info/WHEEL"),
-                "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(p, d)| (p, d.into_bytes(), 0o644))
-        .collect();
         ws.write(
             &format!("wheels/tinywheel-{v}-py3-none-any.whl"),
-            wheel_zip(&members),
+            tinywheel(v),
         );
     }
 }

@@ -279,21 +279,31 @@ fn ensure_host_sources() {
     );
 }
 
+/// A Debian minbase bootstrapped by kiln from the host's sources, as the
+/// layout WS/base tagged `base` (the Dockerfile's `FROM oci:base:base`);
+/// returns the cache it was built with (KILN_CACHE for the test's builds).
+fn debian_base(ws: &Workspace, cache_label: &str) -> std::path::PathBuf {
+    ensure_host_sources();
+    let cache = unique_dir(cache_label);
+    let spec = ws.join("base.toml");
+    fs::write(
+        &spec,
+        "[image]\ntags = [\"base\"]\n[apt]\nbootstrap = \"minbase\"\n",
+    )
+    .unwrap();
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["build", "--quiet", "--no-sbom", "-o", "oci:base"])
+        .arg(&spec))
+    .ok();
+    cache
+}
+
 #[test]
 fn dockerfile_apt_install_runs_natively() {
-    ensure_host_sources();
     let ws = Workspace::new("dockerfile-apt");
-    let cache = unique_dir("dockerfile-apt-cache");
-    // A Debian base, bootstrapped by kiln from the host's sources.
-    ws.spec("[image]\ntags = [\"base\"]\n[apt]\nbootstrap = \"minbase\"\n");
-    run(ws.kiln().env("KILN_CACHE", &cache).args([
-        "build",
-        "--quiet",
-        "--no-sbom",
-        "-o",
-        "oci:base",
-    ]))
-    .ok();
+    let cache = debian_base(&ws, "dockerfile-apt-cache");
     ws.write(
         "Dockerfile",
         "FROM oci:base:base\nRUN apt-get update && \\\n    apt-get install -y --no-install-recommends hello \\\n && rm -rf /var/lib/apt/lists/*\nCMD [\"hello\"]\n",
@@ -385,38 +395,15 @@ fn dockerfile_pip_install_from_a_copied_wheelhouse() {
 /// write into the environment.
 #[test]
 fn a_notebook_platform_dockerfile_with_apt_conda_and_pip() {
-    use crate::conda_channel::{fake_python, file, pkg, write_channel};
+    use crate::conda_channel::{fake_python, hello_py, write_channel};
     use std::os::unix::fs::MetadataExt;
-    ensure_host_sources();
     let ws = Workspace::new("dockerfile-notebook");
-    let cache = unique_dir("dockerfile-notebook-cache");
-    ws.spec("[image]\ntags = [\"base\"]\n[apt]\nbootstrap = \"minbase\"\n");
-    run(ws.kiln().env("KILN_CACHE", &cache).args([
-        "build",
-        "--quiet",
-        "--no-sbom",
-        "-o",
-        "oci:base",
-    ]))
-    .ok();
-    fs::remove_file(ws.join("kiln.toml")).unwrap();
+    let cache = debian_base(&ws, "dockerfile-notebook-cache");
 
     // A `conda-forge` channel under a mirror directory (the alias).
-    let mut hello = pkg(
-        "hello-py",
-        "0.1",
-        &["python"],
-        vec![file(
-            "site-packages/hello_mod/__init__.py",
-            b"def main():\n    print('hello')\n",
-        )],
-    );
-    hello.subdir = "noarch".into();
-    hello.build = "py_0".into();
-    hello.noarch_python = true;
     write_channel(
         &ws.join("mirror/conda-forge"),
-        &[fake_python("3.11.0"), hello],
+        &[fake_python("3.11.0"), hello_py()],
     );
     ws.write(
         "wheels/tinywheel-1.0-py3-none-any.whl",
@@ -570,28 +557,13 @@ WORKDIR /home/$NB_USER
 fn dockerfile_builds_lock_and_build_locked() {
     let ws = Workspace::new("dockerfile-lock");
     python_base(&ws);
-    let wheel = |v: &str| {
-        wheel_zip(&[
-            (
-                "tinywheel/__init__.py".into(),
-                format!("V = {v:?}\n").into_bytes(),
-                0o644,
-            ),
-            (
-                format!("tinywheel-{v}.dist-info/METADATA"),
-                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n").into_bytes(),
-                0o644,
-            ),
-            (
-                format!("tinywheel-{v}.dist-info/WHEEL"),
-                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
-                0o644,
-            ),
-        ])
-    };
     // The wheelhouse stands outside the context, as an index would.
     let house = unique_dir("dockerfile-lock-wheels");
-    fs::write(house.join("tinywheel-1.0-py3-none-any.whl"), wheel("1.0")).unwrap();
+    fs::write(
+        house.join("tinywheel-1.0-py3-none-any.whl"),
+        tinywheel("1.0"),
+    )
+    .unwrap();
     let dockerfile = format!(
         "FROM oci:py:v1\nRUN pip install --no-index --find-links file://{} tinywheel\n",
         house.display()
@@ -609,7 +581,11 @@ fn dockerfile_builds_lock_and_build_locked() {
     );
     assert!(!ws.join("kiln.lock").exists());
 
-    fs::write(house.join("tinywheel-1.1-py3-none-any.whl"), wheel("1.1")).unwrap();
+    fs::write(
+        house.join("tinywheel-1.1-py3-none-any.whl"),
+        tinywheel("1.1"),
+    )
+    .unwrap();
     let locked = |out: &str| {
         run(ws.kiln().args([
             "build",
@@ -658,26 +634,11 @@ fn multi_stage_targets_lock_their_stages() {
     let ws = Workspace::new("dockerfile-lock-stages");
     python_base(&ws);
     let house = unique_dir("dockerfile-lock-stages-wheels");
-    let wheel = |v: &str| {
-        wheel_zip(&[
-            (
-                "tinywheel/__init__.py".into(),
-                format!("V = {v:?}\n").into_bytes(),
-                0o644,
-            ),
-            (
-                format!("tinywheel-{v}.dist-info/METADATA"),
-                format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n").into_bytes(),
-                0o644,
-            ),
-            (
-                format!("tinywheel-{v}.dist-info/WHEEL"),
-                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
-                0o644,
-            ),
-        ])
-    };
-    fs::write(house.join("tinywheel-1.0-py3-none-any.whl"), wheel("1.0")).unwrap();
+    fs::write(
+        house.join("tinywheel-1.0-py3-none-any.whl"),
+        tinywheel("1.0"),
+    )
+    .unwrap();
     ws.write(
         "Dockerfile",
         format!(
@@ -707,7 +668,11 @@ fn multi_stage_targets_lock_their_stages() {
     assert!(text.contains("name = \"tinywheel\""), "{text}");
     assert_eq!(lock(&[])["status"], "unchanged");
 
-    fs::write(house.join("tinywheel-1.1-py3-none-any.whl"), wheel("1.1")).unwrap();
+    fs::write(
+        house.join("tinywheel-1.1-py3-none-any.whl"),
+        tinywheel("1.1"),
+    )
+    .unwrap();
     let v = build_json(
         &ws,
         &["--dockerfile", "Dockerfile", "--locked", "-o", "oci:locked"],

@@ -408,23 +408,37 @@ pub fn plan(
         virtual_packages,
         base,
     } = start(section, spec_dir, fs, platform)?;
-    if req.specs.is_empty() {
-        // Nothing to solve (an environment.yml with only a `pip:` list):
-        // no channel is read and the base prefix stays as it is.
-        let kept = base.iter().map(|r| r.repodata_record.clone()).collect();
-        let requested = requested_names(&req);
-        return finish(
-            kept,
-            base,
-            &requested,
-            prefix,
-            subdir,
-            virtual_packages,
-            req,
-            http,
-            cache,
-        );
-    }
+    // Nothing to solve (an environment.yml with only a `pip:` list): no
+    // channel is read and the base prefix stays as it is.
+    let solution = if req.specs.is_empty() {
+        base.iter().map(|r| r.repodata_record.clone()).collect()
+    } else {
+        solve_channels(section, &req, subdir, &virtual_packages, &base, http)?
+    };
+    let requested = requested_names(&req);
+    finish(
+        solution,
+        base,
+        &requested,
+        prefix,
+        subdir,
+        virtual_packages,
+        req,
+        http,
+        cache,
+    )
+}
+
+/// Fetch the channels' repodata and solve the request against it, the
+/// base prefix's records (and `prefer`) preferred.
+fn solve_channels(
+    section: &CondaSection,
+    req: &Request,
+    subdir: Subdir,
+    virtual_packages: &[GenericVirtualPackage],
+    base: &[PrefixRecord],
+    http: &Http,
+) -> Result<Vec<RepoDataRecord>> {
     let available = channels::fetch_all(&req.channels, subdir, http)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
@@ -448,10 +462,10 @@ pub fn plan(
         .cloned()
         .zip(req.origins.iter().cloned())
         .collect();
-    let solution = solve_typed(
+    Ok(solve_typed(
         &available,
         &locked,
-        virtual_packages.clone(),
+        virtual_packages.to_vec(),
         req.specs.clone(),
         &asked,
         section.channel_priority,
@@ -459,22 +473,9 @@ pub fn plan(
     .map_err(|e| {
         e.for_target(SolveTarget {
             subdir: subdir.to_string(),
-            virtual_packages: target::describe(&virtual_packages),
+            virtual_packages: target::describe(virtual_packages),
         })
-    })?;
-
-    let requested = requested_names(&req);
-    finish(
-        solution,
-        base,
-        &requested,
-        prefix,
-        subdir,
-        virtual_packages,
-        req,
-        http,
-        cache,
-    )
+    })?)
 }
 
 /// Package name → the request that named it, as kiln.lock and conda-meta

@@ -47,6 +47,18 @@ pub struct PlatformImage {
 }
 
 impl BaseImage {
+    /// The image of `platform`, one the base was loaded for.
+    ///
+    /// # Panics
+    /// When the base has no such platform: callers ask only for the
+    /// platforms the base was loaded for.
+    pub fn image_for(&self, platform: &kiln_core::platform::Platform) -> &PlatformImage {
+        self.images
+            .iter()
+            .find(|i| &i.platform == platform)
+            .expect("a platform the base was loaded for")
+    }
+
     pub fn is_scratch(&self) -> bool {
         self.name.is_none()
     }

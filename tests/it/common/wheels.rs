@@ -46,6 +46,28 @@ pub fn record_hash(data: &[u8]) -> String {
     )
 }
 
+/// `tinywheel-V-py3-none-any.whl`: a pure-Python wheel whose module says
+/// its version (`V = "1.0"`).
+pub fn tinywheel(v: &str) -> Vec<u8> {
+    wheel_zip(&[
+        (
+            "tinywheel/__init__.py".into(),
+            format!("V = {v:?}\n").into_bytes(),
+            0o644,
+        ),
+        (
+            format!("tinywheel-{v}.dist-info/METADATA"),
+            format!("Metadata-Version: 2.1\nName: tinywheel\nVersion: {v}\n").into_bytes(),
+            0o644,
+        ),
+        (
+            format!("tinywheel-{v}.dist-info/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ])
+}
+
 /// A Python environment folder REL in WS: a requirements.txt that installs
 /// `tinywheel==1.0` from the `wheels/` folder beside it (`--no-index
 /// --find-links wheels`), and that wheel.

@@ -70,6 +70,24 @@ pub fn fake_python(version: &str) -> Pkg {
     )
 }
 
+/// `hello-py`, a noarch Python package needing `python`: one module
+/// (`hello_mod`), which conda links into the environment's site-packages.
+pub fn hello_py() -> Pkg {
+    let mut hello = pkg(
+        "hello-py",
+        "0.1",
+        &["python"],
+        vec![file(
+            "site-packages/hello_mod/__init__.py",
+            b"def main():\n    print('hello')\n",
+        )],
+    );
+    hello.subdir = "noarch".into();
+    hello.build = "py_0".into();
+    hello.noarch_python = true;
+    hello
+}
+
 #[derive(Clone)]
 pub struct Pkg {
     pub name: String,

@@ -226,6 +226,7 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
          COPY app.sh /srv/app/app.sh\n\
          RUN chmod 0750 /srv/app/app.sh && chown 1000:1000 /srv/app/app.sh\n\
          RUN <<EOF\nset -e\necho from a here-document > /srv/app/doc\nEOF\n\
+         RUN cat <<'EOT' > /srv/app/conf && sh <<EOF2\n$HOME stays\nEOT\necho second >> /srv/app/conf\nEOF2\n\
          USER app\nWORKDIR /tmp\nRUN id -un > whoami\n\
          HEALTHCHECK --interval=5s --retries=2 CMD /srv/app/app.sh\n\
          CMD [\"/srv/app/app.sh\"]\n",
@@ -235,6 +236,24 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
         .args(["build", "--dockerfile", "Dockerfile", "--explain"]))
     .ok();
     assert!(explain.stdout.contains("sandboxed"), "{}", explain.stdout);
+    // Here-documents after a command keep the lines as written.
+    let v = run(ws
+        .kiln()
+        .args(["build", "--dockerfile", "Dockerfile", "--explain", "--json"]))
+    .ok()
+    .json();
+    let line_of = |part: &str| {
+        v["explain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| s(e, "instruction").contains(part))
+            .unwrap_or_else(|| panic!("{part} in {v}"))["line"]
+            .as_u64()
+    };
+    assert_eq!(line_of("cat <<'EOT' > /srv/app/conf"), Some(12), "{v}");
+    assert_eq!(line_of("USER app"), Some(17), "{v}");
+    assert_eq!(line_of("WORKDIR /tmp"), Some(18), "{v}");
     let r = run(ws.kiln().args([
         "build",
         "--dockerfile",
@@ -257,6 +276,10 @@ fn a_dockerfile_runs_its_other_commands_in_the_sandbox() {
     assert_eq!(
         fs::read_to_string(rootfs.join("srv/app/doc")).unwrap(),
         "from a here-document\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/app/conf")).unwrap(),
+        "$HOME stays\nsecond\n"
     );
     assert_mode_owner(&rootfs, "/srv/app/app.sh", 0o750, 1000, 1000);
     // A base file a command changed keeps the base's owner.

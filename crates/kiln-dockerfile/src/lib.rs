@@ -20,6 +20,7 @@
 
 mod error;
 mod git;
+mod heredoc;
 mod ignore;
 mod lex;
 mod run;
@@ -321,7 +322,11 @@ fn translate_all(
     all: bool,
 ) -> (Explanation, Vec<StageOut>) {
     let build_args = &opts.build_args;
+    let original = text;
+    let rewritten = heredoc::inline_run_heredocs(text);
+    let text = rewritten.text.as_str();
     let mut t = Translator::new(text, dockerfile, context, build_args);
+    t.lines = Some((&rewritten, original));
     t.base_lookup = opts.base;
     t.aliases = &opts.aliases;
     let df = match parse_dockerfile::parse(text) {
@@ -329,7 +334,7 @@ fn translate_all(
         Err(e) => {
             let err = DockerfileError::Syntax {
                 path: dockerfile.to_path_buf(),
-                line: e.line(),
+                line: rewritten.line(e.line()),
                 column: e.column(),
                 message: format!("{e:#}"),
             };
@@ -443,6 +448,7 @@ fn translate_all(
             continue;
         }
         let mut st = Translator::new(text, dockerfile, context, build_args);
+        st.lines = t.lines;
         st.base_lookup = opts.base;
         st.aliases = &opts.aliases;
         st.escape = t.escape;
@@ -797,6 +803,9 @@ pub(crate) struct Copied {
 
 pub(crate) struct Translator<'a> {
     text: &'a str,
+    /// When `text` is the Dockerfile rewritten for `RUN cmd <<EOF`: its
+    /// line map and the text as written (for line numbers and quotes).
+    lines: Option<(&'a heredoc::Rewritten, &'a str)>,
     path: PathBuf,
     context: PathBuf,
     build_args: BTreeMap<String, String>,
@@ -846,6 +855,7 @@ impl<'a> Translator<'a> {
     ) -> Self {
         Translator {
             text,
+            lines: None,
             path: dockerfile.to_path_buf(),
             context: context.to_path_buf(),
             build_args: build_args.iter().cloned().collect(),
@@ -902,29 +912,26 @@ impl<'a> Translator<'a> {
         v.parse::<usize>().ok().filter(|&i| i < self.stages.index)
     }
 
+    /// The Dockerfile's line (as written) of byte `pos` of the parsed text.
     fn line_of(&self, pos: usize) -> usize {
-        self.text[..pos.min(self.text.len())].matches('\n').count() + 1
+        let line = self.text[..pos.min(self.text.len())].matches('\n').count() + 1;
+        self.lines.map_or(line, |(r, _)| r.line(line))
     }
 
-    /// The first physical line of the instruction starting at `pos`.
-    fn source_line(&self, pos: usize) -> String {
-        let rest = &self.text[pos.min(self.text.len())..];
-        let first = rest.lines().next().unwrap_or("").trim_end();
+    /// Physical line `line` of the Dockerfile as written (an instruction's
+    /// first line), without its continuation escape.
+    fn source_line(&self, line: usize) -> String {
+        let text = self.lines.map_or(self.text, |(_, original)| original);
+        let first = text.lines().nth(line - 1).unwrap_or("").trim_end();
         let first = first.strip_suffix(self.escape).unwrap_or(first).trim_end();
         kiln_core::url::redact(first)
     }
 
     pub(crate) fn explain(&mut self, line: usize, treatment: Treatment, detail: String) {
-        let start: usize = self
-            .text
-            .split_inclusive('\n')
-            .take(line.saturating_sub(1))
-            .map(str::len)
-            .sum();
         let instruction = if line == 0 {
             String::new()
         } else {
-            self.source_line(start).trim_start().to_string()
+            self.source_line(line).trim_start().to_string()
         };
         self.push(line, instruction, treatment, detail);
     }

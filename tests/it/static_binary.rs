@@ -13,10 +13,15 @@ fn kiln_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kiln"))
 }
 
-/// An empty directory holding only a copy of the kiln binary, as `/kiln`.
+/// An empty directory holding only the kiln binary, as `/kiln`: a hard
+/// link, so no file is ever open for writing there (a copy's write handle,
+/// inherited for a moment by a process another test thread forks, makes the
+/// exec fail with ETXTBSY); a copy only across filesystems.
 fn bare_root(ws: &Workspace) -> PathBuf {
     let root = ws.mkdir("root", 0o755);
-    fs::copy(kiln_bin(), root.join("kiln")).unwrap();
+    if fs::hard_link(kiln_bin(), root.join("kiln")).is_err() {
+        fs::copy(kiln_bin(), root.join("kiln")).unwrap();
+    }
     assert_eq!(list_dir(&root), ["kiln"]);
     root
 }

@@ -415,11 +415,9 @@ pub fn plan(
     } else {
         solve_channels(section, &req, subdir, &virtual_packages, &base, http)?
     };
-    let requested = requested_names(&req);
     finish(
         solution,
         base,
-        &requested,
         prefix,
         subdir,
         virtual_packages,
@@ -526,7 +524,6 @@ pub(crate) fn public_record(r: &RepoDataRecord) -> RepoDataRecord {
 fn finish(
     solution: Vec<RepoDataRecord>,
     base: Vec<PrefixRecord>,
-    requested: &BTreeMap<String, String>,
     prefix: String,
     subdir: Subdir,
     virtual_packages: Vec<GenericVirtualPackage>,
@@ -534,6 +531,7 @@ fn finish(
     http: &Http,
     cache: &Cache,
 ) -> Result<CondaPlan> {
+    let requested = &requested_names(&req);
     let by_name: BTreeMap<&str, &PrefixRecord> =
         base.iter().map(|r| (r.name().as_normalized(), r)).collect();
     let mut todo = Vec::new();
@@ -631,11 +629,9 @@ pub fn plan_locked(
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    let requested = requested_names(&req);
     finish(
         records,
         base,
-        &requested,
         prefix,
         subdir,
         virtual_packages,

@@ -20,7 +20,7 @@ work=$(mktemp -d)
 REG_PID=''
 cleanup() {
   [ -z "$REG_PID" ] || kill "$REG_PID" 2>/dev/null || true
-  for c in ctx ctx2; do
+  for c in ctx ctx2 ctx3; do
     buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" rm --all >/dev/null 2>&1 || true
   done
   rm -rf "$work" 2>/dev/null || true
@@ -70,8 +70,19 @@ USER app
 WORKDIR /srv/app
 DOCKERFILE
 
+# A third, the full data image (issue 19's row): Python and pip from apt,
+# then the six-package scientific stack from the index, unpinned (both
+# tools resolve the same index in the same minute).
+mkdir -p "$work/ctx3"
+cat > "$work/ctx3/Dockerfile" <<DOCKERFILE
+FROM $REG/bench/debian:base
+ARG PIP_CERT
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN pip install --no-cache-dir --break-system-packages numpy pandas requests scipy matplotlib scikit-learn
+DOCKERFILE
+
 # kiln reads each Dockerfile through a spec that names the push target.
-for c in ctx ctx2; do
+for c in ctx ctx2 ctx3; do
   cat > "$work/$c/kiln.toml" <<TOML
 [image]
 name = "$REG/bench/app-kiln-$c"
@@ -101,6 +112,7 @@ row() {
   local title=$1 c=$2; shift 2
   local kc kc_rss kw kw_rss bc bc_rss bw bw_rss
   read -r kc kc_rss < <(secs_rss "$work/k1-$c.log" kiln_run "$c")
+  eval "KC_$c=$kc"
   read -r kw kw_rss < <(secs_rss "$work/k2-$c.log" kiln_run "$c")
   read -r bc bc_rss < <(secs_rss "$work/b1-$c.log" buildah_run "$c" "$@")
   read -r bw bw_rss < <(secs_rss "$work/b2-$c.log" buildah_run "$c" "$@")
@@ -114,3 +126,28 @@ row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; sam
 echo
 row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+echo
+row "full data image: apt python3 + pip + ca-certificates, pip numpy pandas requests scipy matplotlib scikit-learn, build + push" ctx3 \
+  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+
+# The floor for that image: the same .debs and wheels (the URLs kiln's
+# lock pins) fetched by curl, 16 at a time, into an empty directory.
+lockfile=$work/ctx3.lock
+"$KILN" lock "$work/ctx3/kiln.toml" --quiet --cache "$work/kcache-ctx3" --lockfile "$lockfile" >/dev/null
+python3 - "$lockfile" > "$work/urls" <<'PY'
+import sys, tomllib
+lock = tomllib.load(open(sys.argv[1], "rb"))
+for p in lock.get("platform", []):
+    for section in ("apt", "pip"):
+        for pkg in p.get(section, []):
+            print(pkg["url"])
+PY
+mkdir -p "$work/floor"
+fetch_all() {
+  cd "$work/floor" && xargs -a "$work/urls" -P 16 -n 1 curl -sSfLO
+}
+export -f fetch_all
+read -r floor floor_rss < <(secs_rss "$work/floor.log" fetch_all)
+printf 'download floor (%s files, %s MB, curl x16): %ss; kiln cold / floor: %sx\n' \
+  "$(wc -l < "$work/urls")" "$(( $(du -sb "$work/floor" | cut -f1) / 1000000 ))" "$floor" \
+  "$(awk -v k="$KC_ctx3" -v f="$floor" 'BEGIN { printf "%.2f", k / f }')"

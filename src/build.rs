@@ -641,11 +641,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     for (p, img) in platforms.iter_mut().zip(&base.images) {
         let (spec, cache) = (&setup.spec, &setup.cache);
         let (progress, reuse) = (&opts.progress, opts.reuse);
-        let groups = locales::groups(
+        let mut groups = locales::groups(
             spec, img, &blobs, &p.layers, &p.pins, cache, progress, reuse,
         )?;
         if let Some(s) = &mut p.sbom {
-            for (_, entries) in &groups {
+            for (_, entries) in &mut groups {
+                s.fs.adopt_existing_dirs(entries);
                 s.fs.apply_entries(entries, &keep_for(opts, spec));
             }
         }
@@ -657,10 +658,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     // `[[files]]` layers, the same on every platform, on top; with
     // `[[run]]`, in order with the commands (one platform: the host's).
     let runs = !setup.spec.run.is_empty();
-    let file_layers = match runs {
-        false => build_groups(&plan.file_groups, opts, &setup.cache, &plan.tally)?,
-        true => Vec::new(),
-    };
     let keep = keep_for(opts, &setup.spec);
     for (p, img) in platforms.iter_mut().zip(&base.images) {
         if runs {
@@ -688,11 +685,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             }
             continue;
         }
-        p.layers.extend(file_layers.iter().cloned());
+        // Each layer's parent directories as the platform's tree below
+        // it has them (the same layer on every platform as a rule).
+        let mut groups = plan.file_groups.clone();
         if let Some(s) = &mut p.sbom {
-            for (_, entries) in &plan.file_groups {
-                s.fs.apply_entries(entries, &keep);
+            for (group, f) in groups.iter_mut().zip(&setup.spec.files) {
+                s.fs.adopt_parents(f.dst.relative(), &mut group.1);
+                s.fs.apply_entries(&group.1, &keep);
             }
+        }
+        p.layers
+            .extend(build_groups(&groups, opts, &setup.cache, &plan.tally)?);
+        if !opts.sbom {
+            p.sbom = None;
         }
     }
     let per_platform: Vec<Vec<NewLayer>> = platforms.iter().map(|p| p.layers.clone()).collect();
@@ -852,9 +857,10 @@ fn run_stages(
     let setup = &plan.setup;
     let spec = &setup.spec;
     let has_stages = spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some();
-    // `[[run]]` needs the tree even with no stage and no SBOM.
+    // `[[run]]` needs the tree even with no stage and no SBOM, and
+    // `[[files]]` its directories (their parents keep what is there).
     let runs = !spec.run.is_empty();
-    let tree = opts.sbom || runs;
+    let tree = opts.sbom || runs || !spec.files.is_empty();
     if !has_stages && !tree {
         return Ok(base
             .images

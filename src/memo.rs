@@ -14,7 +14,7 @@ use kiln_apt::AptReport;
 use kiln_conda::CondaReport;
 use kiln_core::digest::Digest;
 use kiln_fs::layer::{Compression, LayerBlob};
-use kiln_fs::rootfs::{Node, Rootfs};
+use kiln_fs::rootfs::{DirMeta, Node, Rootfs};
 use kiln_oci::image::NewLayer;
 use kiln_spec::lock::{Lock, LockedPlatform};
 use kiln_store::cache::{Cache, CacheBucket};
@@ -37,6 +37,10 @@ pub(crate) struct PlatformMemo {
     /// Contents the filesystem view kept (package databases, dist-info
     /// metadata, conda-meta) after the stages.
     kept: Vec<(String, Vec<u8>)>,
+    /// Directories whose mode or owner is not root's 0755: a `[[files]]`
+    /// layer's parent directories keep them.
+    #[serde(default)]
+    dirs: Vec<(String, DirMeta)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,7 +65,7 @@ pub(crate) fn key(
     let pins = serde_json::to_string(platform).unwrap_or_default();
     Digest::of(
         format!(
-            "kiln-stages/2 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
+            "kiln-stages/3 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
             env!("CARGO_PKG_VERSION"),
             lock.inputs_hash,
             base_manifest.map(|d| d.to_string()),
@@ -106,6 +110,7 @@ impl PlatformMemo {
             pip: serde_json::from_value(serde_json::to_value(pip)?)?,
             base_purls: base_purls.clone(),
             kept: kept_files(fs),
+            dirs: distinct_dirs(fs),
         })
     }
 
@@ -203,7 +208,7 @@ impl PlatformMemo {
 
     /// The filesystem view the SBOM reads: the kept files.
     pub(crate) fn fs(&self) -> Rootfs {
-        view_of(&self.kept)
+        view_of(&self.kept, &self.dirs)
     }
 }
 
@@ -217,11 +222,13 @@ impl PlatformMemo {
 struct BaseView {
     manifest: Digest,
     kept: Vec<(String, Vec<u8>)>,
+    #[serde(default)]
+    dirs: Vec<(String, DirMeta)>,
 }
 
 fn view_path(cache: &Cache, manifest: &Digest) -> PathBuf {
     let key =
-        Digest::of(format!("kiln-base-view/1 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
+        Digest::of(format!("kiln-base-view/2 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
     cache.entry(CacheBucket::Stages, format!("view-{}.json", key.hex()))
 }
 
@@ -232,11 +239,14 @@ pub(crate) fn read_view(cache: &Cache, manifest: &Digest) -> Option<Rootfs> {
     if &v.manifest != manifest {
         return None;
     }
-    Some(view_of(&v.kept))
+    Some(view_of(&v.kept, &v.dirs))
 }
 
-fn view_of(kept: &[(String, Vec<u8>)]) -> Rootfs {
+fn view_of(kept: &[(String, Vec<u8>)], dirs: &[(String, DirMeta)]) -> Rootfs {
     let mut fs = Rootfs::default();
+    for (p, m) in dirs {
+        fs.insert_dir(p, *m);
+    }
     for (p, c) in kept {
         fs.insert_file(p, c);
     }
@@ -248,10 +258,16 @@ pub(crate) fn write_view(cache: &Cache, manifest: &Digest, fs: &Rootfs) {
     let v = BaseView {
         manifest: manifest.clone(),
         kept: kept_files(fs),
+        dirs: distinct_dirs(fs),
     };
     if let Ok(json) = serde_json::to_vec(&v) {
         kiln_store::cache::write_atomic(&view_path(cache, manifest), &json);
     }
+}
+
+/// The directories of a view that are not root's 0755.
+fn distinct_dirs(fs: &Rootfs) -> Vec<(String, DirMeta)> {
+    fs.distinct_dirs().map(|(p, m)| (p.clone(), m)).collect()
 }
 
 /// The files whose contents a filesystem view kept.

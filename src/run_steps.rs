@@ -140,46 +140,15 @@ pub(crate) fn groups(
         }
         if let Some((label, entries)) = file_groups.get(slot) {
             let dst = spec.files.get(slot).map(|f| f.dst.relative()).unwrap_or("");
-            let entries = &keep_existing_parents(sb.root(), dst, entries);
+            let mut entries = entries.clone();
+            fs.adopt_parents(dst, &mut entries);
+            let entries = &entries;
             write_entries(&mut sb, entries)?;
             fs.apply_entries(entries, keep);
             out.push((label.clone(), entries.clone()));
         }
     }
     Ok(out)
-}
-
-/// The parent directories a `[[files]]` layer adds for its destination
-/// (every proper ancestor of `dst`) keep the mode and owner they already
-/// have in the tree: a COPY into a directory an earlier RUN made (say,
-/// chowned to the app's user) leaves that directory as it was, as docker
-/// and buildah do, instead of resetting it to root's 0755.
-fn keep_existing_parents(root: &std::path::Path, dst: &str, entries: &[Entry]) -> Vec<Entry> {
-    use std::os::unix::fs::MetadataExt;
-    let dst = dst.trim_end_matches('/');
-    entries
-        .iter()
-        .map(|e| {
-            let path = e.path.trim_start_matches('/').trim_end_matches('/');
-            let parent = matches!(e.kind, EntryKind::Dir)
-                && dst
-                    .strip_prefix(path)
-                    .is_some_and(|rest| rest.starts_with('/'));
-            let existing = match parent {
-                true => std::fs::symlink_metadata(root.join(path)).ok(),
-                false => None,
-            };
-            match existing {
-                Some(md) if md.is_dir() => Entry {
-                    mode: md.mode() & 0o7777,
-                    uid: md.uid().into(),
-                    gid: md.gid().into(),
-                    ..e.clone()
-                },
-                _ => e.clone(),
-            }
-        })
-        .collect()
 }
 
 /// A command as messages quote it: at most 200 characters.
@@ -215,6 +184,11 @@ fn write_entries(sb: &mut Sandbox, entries: &[Entry]) -> Result<()> {
             EntryKind::Data(bytes) => {
                 let _ = std::fs::remove_file(&dst);
                 std::fs::write(&dst, bytes.as_slice()).io_context(io)?;
+            }
+            EntryKind::Spooled(s) => {
+                let _ = std::fs::remove_file(&dst);
+                let mut out = std::fs::File::create(&dst).io_context(io)?;
+                std::io::copy(&mut s.reader().io_context(io)?, &mut out).io_context(io)?;
             }
         }
         if !matches!(e.kind, EntryKind::Symlink { .. }) {

@@ -154,6 +154,7 @@ impl Stages<'_> {
             };
             let (mut groups, mut report) =
                 apt::layer_groups_counted(&plan, fs, cache, self.epoch, &unpacked)?;
+            adopt_existing_dirs(fs, &mut groups);
             bar.finish_and_clear();
             let spinner = self
                 .progress
@@ -222,8 +223,9 @@ impl Stages<'_> {
             if plan.changes_nothing() {
                 spinner.finish_and_clear();
             } else {
-                let (groups, report, fragments) =
+                let (mut groups, report, fragments) =
                     conda::install::layer_groups(&plan, fs, cache, self.epoch)?;
+                adopt_existing_dirs(fs, &mut groups);
                 _fragments = Some(fragments);
                 spinner.finish_and_clear();
                 emit(&groups)?;
@@ -316,12 +318,14 @@ impl Stages<'_> {
             out.pins.pip.extend(pip::pins(&plan, name));
             return Ok(());
         }
-        let groups = pip::layer_groups(&plan, self.cache)?;
+        let mut groups = pip::layer_groups(&plan, self.cache)?;
+        adopt_existing_dirs(fs, &mut groups);
         spinner.finish_and_clear();
         emit(&groups)?;
         self.apply(fs, &groups);
-        let bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
-        if let Some((Some(layer), _)) = &bytecode {
+        let mut bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
+        if let Some((Some(layer), _)) = &mut bytecode {
+            fs.adopt_existing_dirs(&mut layer.1);
             emit(std::slice::from_ref(layer))?;
             self.apply(fs, std::slice::from_ref(layer));
         }
@@ -347,5 +351,13 @@ impl Stages<'_> {
         for (_, entries) in groups {
             fs.apply_entries(entries, self.keep);
         }
+    }
+}
+
+/// A stage's directories that the tree below already has keep their mode
+/// and owner ([`Rootfs::adopt_existing_dirs`]).
+fn adopt_existing_dirs(fs: &Rootfs, groups: &mut [LayerGroup]) {
+    for (_, entries) in groups {
+        fs.adopt_existing_dirs(entries);
     }
 }

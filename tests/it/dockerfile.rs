@@ -9,11 +9,13 @@ use serde_json::Value;
 use crate::common::*;
 
 /// A one-layer handmade base tagged `v1` in WS/base (Env PATH and
-/// BASE_ENV, Cmd ["/bin/sh"], a label).
+/// BASE_ENV, Cmd ["/bin/sh"], a label), with an app directory its user owns.
 fn handmade_base(ws: &Workspace) -> HandmadeImage {
     let tar = make_tar(&[
         Item::Dir("etc/", 0o755),
         Item::File("etc/os-release", b"ID=handmade\n", 0o644),
+        Item::OwnedDir("srv/", 0o750, 0, 1000),
+        Item::OwnedDir("srv/app/", 0o2770, 1000, 1000),
     ]);
     write_oci_layout(&ws.join("base"), "v1", "amd64", &[tar])
 }
@@ -88,6 +90,13 @@ fn dockerfile_on_an_oci_layout_base() {
     let app = entry(&layers[1].1, "srv/app/app.txt");
     assert_eq!(app.content, b"hello from the context\n");
     assert_eq!((app.uid, app.gid, app.mode & 0o7777), (0, 0, 0o644));
+    // The directories the copy lands in are the base's, kept as they are
+    // (docker and buildah leave an existing destination alone), not reset
+    // to root's 0755.
+    for (dir, owner) in [("srv", (0, 1000, 0o750)), ("srv/app", (1000, 1000, 0o2770))] {
+        let d = entry(&layers[1].1, dir);
+        assert_eq!((d.uid, d.gid, d.mode & 0o7777), owner, "{dir}");
+    }
     let conf = entry(&layers[2].1, "etc/app/app.toml");
     assert_eq!(conf.content, b"port = 8080\n");
     assert_eq!(

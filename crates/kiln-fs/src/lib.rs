@@ -10,4 +10,4 @@ pub mod rootfs;
 pub mod sandbox;
 
 pub use error::FsError;
-pub use rootfs::{Node, Rootfs};
+pub use rootfs::{DirMeta, Node, Rootfs};

@@ -31,9 +31,27 @@ pub enum Node {
 pub struct Rootfs {
     /// Absolute, normalised paths (`/usr/bin/python3`); the root itself is implicit.
     nodes: BTreeMap<String, Node>,
-    /// Permission bits of the directories a layer or entry gave them
-    /// (`/tmp`'s 1777), so a tree written out from this view keeps them.
-    dir_modes: BTreeMap<String, u32>,
+    /// What the layers or entries gave each directory (`/tmp`'s 1777, a
+    /// home owned by its user): a tree written out from this view keeps
+    /// the modes, and a later layer's parent directories keep both.
+    dirs: BTreeMap<String, DirMeta>,
+}
+
+/// A directory's permission bits and owner, as its last layer gave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+impl DirMeta {
+    /// What a runtime gives a directory no layer names: root's 0755.
+    pub const IMPLIED: DirMeta = DirMeta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
 }
 
 /// Normalise a tar member name to `/a/b` (`None`: the root itself, or
@@ -106,9 +124,12 @@ impl Rootfs {
             let h = entry.header();
             let node = match h.entry_type() {
                 tar::EntryType::Directory => {
-                    if let Ok(mode) = h.mode() {
-                        self.dir_modes.insert(path.clone(), mode & 0o7777);
-                    }
+                    let meta = DirMeta {
+                        mode: h.mode().map_or(0o755, |m| m & 0o7777),
+                        uid: h.uid().unwrap_or(0),
+                        gid: h.gid().unwrap_or(0),
+                    };
+                    self.dirs.insert(path.clone(), meta);
                     Node::Dir
                 }
                 tar::EntryType::Symlink => Node::Symlink(
@@ -283,8 +304,72 @@ impl Rootfs {
     /// normalised path), if any did.
     pub fn dir_mode(&self, path: &str) -> Option<u32> {
         match self.nodes.get(path) {
-            Some(Node::Dir) => self.dir_modes.get(path).copied(),
+            Some(Node::Dir) => self.dirs.get(path).map(|d| d.mode),
             _ => None,
+        }
+    }
+
+    /// The mode and owner of the directory at `path` (a normalised path),
+    /// if it is one and a layer or entry named it.
+    pub fn dir_meta(&self, path: &str) -> Option<DirMeta> {
+        match self.nodes.get(path) {
+            Some(Node::Dir) => self.dirs.get(path).copied(),
+            _ => None,
+        }
+    }
+
+    /// The directories whose mode or owner is not the implied root 0755
+    /// (what a remembered view must keep for [`Rootfs::adopt_parents`]).
+    pub fn distinct_dirs(&self) -> impl Iterator<Item = (&String, DirMeta)> {
+        self.nodes.iter().filter_map(|(p, n)| match n {
+            Node::Dir => self
+                .dirs
+                .get(p)
+                .filter(|m| **m != DirMeta::IMPLIED)
+                .map(|m| (p, *m)),
+            _ => None,
+        })
+    }
+
+    /// Add a directory with its mode and owner (a remembered view).
+    pub fn insert_dir(&mut self, path: &str, meta: DirMeta) {
+        if let Some(p) = norm(path) {
+            self.dirs.insert(p.clone(), meta);
+            self.nodes.insert(p, Node::Dir);
+        }
+    }
+
+    /// A layer copied to `dst` (relative to the root) on top of this view:
+    /// its directory entries for `dst` and every ancestor of it that
+    /// already is a directory here take the mode and owner they have here.
+    /// docker and buildah leave an existing destination as it is (a COPY
+    /// into a home an earlier step chowned keeps it chowned); what the copy
+    /// brings below `dst` keeps its own metadata.
+    pub fn adopt_parents(&self, dst: &str, entries: &mut [Entry]) {
+        let dst = dst.trim_matches('/');
+        self.adopt_where(entries, |path| {
+            dst.strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+    }
+
+    /// A package layer on top of this view: every directory it names that
+    /// already is one here keeps its mode and owner, as dpkg, pip and conda
+    /// leave an existing directory alone (a site-packages an earlier step
+    /// chowned to the notebook user stays the user's).
+    pub fn adopt_existing_dirs(&self, entries: &mut [Entry]) {
+        self.adopt_where(entries, |_| true);
+    }
+
+    fn adopt_where(&self, entries: &mut [Entry], which: impl Fn(&str) -> bool) {
+        for e in entries.iter_mut() {
+            let path = e.path.trim_matches('/');
+            if !matches!(e.kind, EntryKind::Dir) || path.is_empty() || !which(path) {
+                continue;
+            }
+            if let Some(m) = self.dir_meta(&format!("/{path}")) {
+                (e.mode, e.uid, e.gid) = (m.mode, m.uid, m.gid);
+            }
         }
     }
 }
@@ -306,7 +391,12 @@ impl Rootfs {
             }
             let node = match &e.kind {
                 EntryKind::Dir => {
-                    self.dir_modes.insert(path.clone(), e.mode & 0o7777);
+                    let meta = DirMeta {
+                        mode: e.mode & 0o7777,
+                        uid: e.uid,
+                        gid: e.gid,
+                    };
+                    self.dirs.insert(path.clone(), meta);
                     Node::Dir
                 }
                 EntryKind::Symlink { target } => Node::Symlink(target.clone()),
@@ -405,5 +495,85 @@ mod tests {
                 .starts_with("reading base layer 2: corrupt layer: "),
             "{e}"
         );
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// A view whose /home/nb is the notebook user's, set-gid 2775.
+    fn home_view() -> Rootfs {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o2775);
+        h.set_uid(1000);
+        h.set_gid(100);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut h.clone(), "home/nb/", std::io::empty())
+            .unwrap();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "home/", std::io::empty()).unwrap();
+        let tar = b.into_inner().unwrap();
+        Rootfs::from_layers([&tar[..]], &|_| false).unwrap()
+    }
+
+    #[test]
+    fn a_copy_keeps_the_directories_it_lands_in() {
+        let fs = home_view();
+        let nb = DirMeta {
+            mode: 0o2775,
+            uid: 1000,
+            gid: 100,
+        };
+        assert_eq!(fs.dir_meta("/home/nb"), Some(nb));
+        let mut entries = vec![
+            dir("home"),
+            dir("home/nb"),
+            dir("home/nb/work"),
+            dir("home/nb/work/data"),
+        ];
+        entries[3].mode = 0o700;
+        // COPY data/ /home/nb/work/data: the destination does not exist, so
+        // it and what is below keep the layer's metadata.
+        fs.adopt_parents("home/nb/work/data", &mut entries);
+        let got: Vec<_> = entries.iter().map(|e| (e.mode, e.uid, e.gid)).collect();
+        assert_eq!(
+            got,
+            [
+                (0o755, 0, 0),
+                (0o2775, 1000, 100),
+                (0o755, 0, 0),
+                (0o700, 0, 0)
+            ]
+        );
+        // Only directories: a file entry named like one is left alone.
+        let mut file = vec![Entry {
+            kind: EntryKind::Data(std::sync::Arc::new(Vec::new())),
+            ..dir("home/nb")
+        }];
+        fs.adopt_parents("home/nb", &mut file);
+        assert_eq!(file[0].uid, 0);
+    }
+
+    #[test]
+    fn a_package_layer_keeps_every_existing_directory() {
+        let mut fs = home_view();
+        let mut entries = vec![dir("home/nb"), dir("home/nb/.local")];
+        fs.adopt_existing_dirs(&mut entries);
+        assert_eq!((entries[0].mode, entries[0].uid), (0o2775, 1000));
+        assert_eq!((entries[1].mode, entries[1].uid), (0o755, 0));
+        // Entries applied on top are what the view then says.
+        fs.apply_entries(&entries, &|_| false);
+        let distinct: Vec<_> = fs.distinct_dirs().map(|(p, _)| p.clone()).collect();
+        assert_eq!(distinct, ["/home/nb"]);
     }
 }

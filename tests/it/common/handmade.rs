@@ -13,6 +13,8 @@ use super::{
 /// What a hand-made layer contains.
 pub enum Item<'a> {
     Dir(&'a str, u32),
+    /// A directory with an owner: path, mode, uid, gid.
+    OwnedDir(&'a str, u32, u64, u64),
     File(&'a str, &'a [u8], u32),
 }
 
@@ -28,6 +30,14 @@ pub fn make_tar(items: &[Item]) -> Vec<u8> {
             Item::Dir(p, mode) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(*mode);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Item::OwnedDir(p, mode, uid, gid) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
                 h.set_size(0);
                 b.append_data(&mut h, p, std::io::empty()).unwrap();
             }

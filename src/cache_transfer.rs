@@ -699,6 +699,8 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 | CacheBucket::Locales
                 | CacheBucket::Bytecode
                 | CacheBucket::PipBuiltWheels => !md.is_file() || memo_naming_unkept(bucket, &name),
+                // A stamp goes with its blob.
+                CacheBucket::Checked => !kept_name(&name),
                 // Trees are small and named by commit, not by a blob: kept;
                 // a killed fetch's temporary goes.
                 CacheBucket::GitTrees => name.starts_with(".tmp-") && stale(&md),

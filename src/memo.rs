@@ -36,6 +36,7 @@ pub(crate) struct PlatformMemo {
     pub(crate) base_purls: std::collections::BTreeSet<String>,
     /// Contents the filesystem view kept (package databases, dist-info
     /// metadata, conda-meta) after the stages.
+    #[serde(with = "base64_contents")]
     kept: Vec<(String, Vec<u8>)>,
     /// Directories whose mode or owner is not root's 0755: a `[[files]]`
     /// layer's parent directories keep them.
@@ -65,7 +66,7 @@ pub(crate) fn key(
     let pins = serde_json::to_string(platform).unwrap_or_default();
     Digest::of(
         format!(
-            "kiln-stages/3 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
+            "kiln-stages/4 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
             env!("CARGO_PKG_VERSION"),
             lock.inputs_hash,
             base_manifest.map(|d| d.to_string()),
@@ -221,6 +222,7 @@ impl PlatformMemo {
 #[derive(Serialize, Deserialize)]
 struct BaseView {
     manifest: Digest,
+    #[serde(with = "base64_contents")]
     kept: Vec<(String, Vec<u8>)>,
     #[serde(default)]
     dirs: Vec<(String, DirMeta)>,
@@ -228,7 +230,7 @@ struct BaseView {
 
 fn view_path(cache: &Cache, manifest: &Digest) -> PathBuf {
     let key =
-        Digest::of(format!("kiln-base-view/2 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
+        Digest::of(format!("kiln-base-view/3 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
     cache.entry(CacheBucket::Stages, format!("view-{}.json", key.hex()))
 }
 
@@ -248,6 +250,12 @@ fn view_of(kept: &[(String, Vec<u8>)], dirs: &[(String, DirMeta)]) -> Rootfs {
         fs.insert_dir(p, *m);
     }
     for (p, c) in kept {
+        // Their directories, so a path resolves as in the tree it came from.
+        for (i, _) in p.match_indices('/').skip(1) {
+            if fs.node(&p[..i]).is_none() {
+                fs.insert(&p[..i], Node::Dir);
+            }
+        }
         fs.insert_file(p, c);
     }
     fs
@@ -280,4 +288,62 @@ fn kept_files(fs: &Rootfs) -> Vec<(String, Vec<u8>)> {
             _ => None,
         })
         .collect()
+}
+
+/// Kept contents as base64 strings: a warm build reads a few MB of package
+/// databases back, and JSON arrays of byte numbers parse several times
+/// slower than one string each.
+mod base64_contents {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Files = Vec<(String, Vec<u8>)>;
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub(super) fn serialize<S: Serializer>(files: &Files, s: S) -> Result<S::Ok, S::Error> {
+        let encoded: Vec<(&str, String)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), B64.encode(c)))
+            .collect();
+        encoded.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Files, D::Error> {
+        let encoded = Vec::<(String, String)>::deserialize(d)?;
+        encoded
+            .into_iter()
+            .map(|(p, c)| Ok((p, B64.decode(c).map_err(serde::de::Error::custom)?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_view_comes_back_with_its_files_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let manifest = Digest::of(b"a manifest");
+        let mut fs = Rootfs::default();
+        let status = b"Package: hello\nStatus: install ok installed\n\xff\x00".to_vec();
+        fs.insert_file("/var/lib/dpkg/status", &status);
+        let home = DirMeta {
+            mode: 0o2775,
+            uid: 1000,
+            gid: 100,
+        };
+        fs.insert_dir("/home/nb", home);
+        fs.insert_dir("/usr", DirMeta::IMPLIED);
+        write_view(&cache, &manifest, &fs);
+        let json = std::fs::read_to_string(view_path(&cache, &manifest)).unwrap();
+        assert!(!json.contains("[80,97"), "contents are strings: {json}");
+        let back = read_view(&cache, &manifest).unwrap();
+        assert_eq!(back.read("/var/lib/dpkg/status"), Some(&status[..]));
+        assert_eq!(back.dir_meta("/home/nb"), Some(home));
+        // Root's 0755 is what a missing entry means: not written.
+        assert_eq!(back.dir_meta("/usr"), None);
+        assert!(read_view(&cache, &Digest::of(b"another")).is_none());
+    }
 }

@@ -77,8 +77,7 @@ pub(crate) fn archive_names(
             None => with_tags(name),
         };
         for full in names {
-            full.parse::<oci_client::Reference>()
-                .map_err(|e| bad(&e.to_string()))?;
+            kiln_spec::reference::parse(&full).map_err(|e| bad(&e.to_string()))?;
             if !out.contains(&full) {
                 out.push(full);
             }

@@ -108,8 +108,7 @@ pub fn build_workspace(opts: &WorkspaceOptions) -> Result<WorkspaceReport> {
     let registry = match opts.build.push || opts.move_tags {
         false => None,
         true => {
-            let probe: oci_client::Reference = format!("{}/probe", ws.registry)
-                .parse()
+            let probe = kiln_spec::reference::parse(&format!("{}/probe", ws.registry))
                 .map_err(|e| Error::input(format!("registry `{}`: {e}", ws.registry)))?;
             Some(Registry::new(&opts.build.insecure_registries, &[&probe])?)
         }

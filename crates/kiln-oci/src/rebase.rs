@@ -87,8 +87,7 @@ pub fn rebase(
                 ),
             ));
         };
-        let name_ref: oci_client::Reference = name
-            .parse()
+        let name_ref = kiln_spec::reference::parse(name)
             .map_err(|e| refuse(image, format!("its base name `{name}`: {e}")))?;
         let old_src = ImageSource::Registry(oci_client::Reference::with_digest(
             name_ref.registry().into(),

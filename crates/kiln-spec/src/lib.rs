@@ -5,6 +5,7 @@
 
 mod error;
 pub mod lock;
+pub mod reference;
 pub mod sections;
 pub mod source;
 pub mod spec;

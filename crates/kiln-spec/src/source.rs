@@ -60,10 +60,11 @@ impl ImageSource {
             .into());
         }
         let s = s.strip_prefix("docker://").unwrap_or(s);
-        let reference: Reference = s.parse().map_err(|e| SpecError::InvalidReference {
-            reference: s.to_string(),
-            message: format!("{e}"),
-        })?;
+        let reference: Reference =
+            crate::reference::parse(s).map_err(|e| SpecError::InvalidReference {
+                reference: s.to_string(),
+                message: format!("{e}"),
+            })?;
         Ok(ImageSource::Registry(reference))
     }
 }

@@ -908,9 +908,7 @@ pub struct Repository(pub String);
 impl FromStr for Repository {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let r: oci_spec::distribution::Reference = s
-            .parse()
-            .map_err(|e| format!("invalid image name `{s}`: {e}"))?;
+        let r = crate::reference::parse(s).map_err(|e| format!("invalid image name `{s}`: {e}"))?;
         let last = s.rsplit('/').next().unwrap_or(s);
         if last.contains(':') || s.contains('@') {
             return Err(format!(

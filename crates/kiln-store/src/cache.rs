@@ -58,6 +58,10 @@ pub enum CacheBucket {
     /// The bytecode compiled for a pip stage (its `.pyc` paths → blobs),
     /// by the Python version and the installed files.
     Bytecode,
+    /// When a blob was last hashed and found whole (its size, mtime, ctime
+    /// and inode then), by its digest: a warm build does not hash every
+    /// cached layer again while the file is untouched.
+    Checked,
 }
 
 impl CacheBucket {
@@ -78,6 +82,7 @@ impl CacheBucket {
         CacheBucket::GitTrees,
         CacheBucket::Locales,
         CacheBucket::Bytecode,
+        CacheBucket::Checked,
     ];
 
     /// The directory under the cache root.
@@ -99,6 +104,7 @@ impl CacheBucket {
             CacheBucket::GitTrees => "git-trees-v1",
             CacheBucket::Locales => "locales-v1",
             CacheBucket::Bytecode => "pip-bytecode-v1",
+            CacheBucket::Checked => "checked-v1",
         }
     }
 
@@ -181,9 +187,19 @@ impl Cache {
                 return Err(e).io_context(|| format!("opening cached blob {}", path.display()))
             }
         };
+        let stamp = file.metadata().ok().map(|m| Stamp::of(&m));
+        let stamp_path = self.entry(CacheBucket::Checked, d.hex());
+        if let Some(st) = &stamp {
+            if std::fs::read(&stamp_path).is_ok_and(|b| b == st.line.as_bytes()) {
+                return Ok(Some(path));
+            }
+        }
         let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, file))
             .io_context(|| format!("reading cached blob {}", path.display()))?;
         if &actual == d {
+            if let Some(st) = stamp.filter(|st| st.settled) {
+                write_atomic(&stamp_path, st.line.as_bytes());
+            }
             Ok(Some(path))
         } else {
             // Someone or something changed the bytes: drop the entry so it is fetched again.
@@ -345,6 +361,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// What a blob file looked like when it was hashed: a write to it (in
+/// place, or through an output that hard-links it) changes its mtime and
+/// ctime, a replacement its inode.
+struct Stamp {
+    line: String,
+    /// Older than the file system's timestamp tick: a write in the same
+    /// tick as the hash could leave the times as they were (git's "racily
+    /// clean" entries), so a fresh file is hashed again next time.
+    settled: bool,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let line = format!(
+            "{} {}.{} {}.{} {} {}\n",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino(),
+            m.dev()
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Stamp {
+            line,
+            settled: m.mtime().max(m.ctime()) + 1 < now,
+        }
+    }
+}
+
 /// A blob being written; nothing is visible in the cache until `commit`.
 pub struct BlobWriter {
     cache: Cache,
@@ -417,6 +467,31 @@ mod tests {
         assert_eq!(temp_owner("blob-abc"), None);
     }
     use kiln_core::Error;
+
+    #[test]
+    fn a_settled_blob_is_hashed_once_and_a_write_to_it_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(b"settled").unwrap();
+        let stamp = cache.entry(CacheBucket::Checked, d.hex());
+        // Fresh: hashed, and not stamped yet (a write in the same tick
+        // could keep its times).
+        assert!(cache.verified(&d).unwrap().is_some());
+        assert!(!stamp.exists());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(cache.verified(&d).unwrap().is_some());
+        let line = fs::read_to_string(&stamp).unwrap();
+        assert!(line.starts_with("7 "), "{line}");
+        // A stamp that does not describe the file is no pass.
+        fs::write(&stamp, "7 0.0 0.0 0 0\n").unwrap();
+        assert!(cache.verified(&d).unwrap().is_some());
+        assert_eq!(fs::read_to_string(&stamp).unwrap(), line);
+        // Damage in place, same size: its times change, so it is hashed,
+        // found wrong and dropped.
+        fs::write(cache.blob_path(&d), b"SETTLED").unwrap();
+        assert!(cache.verified(&d).unwrap().is_none());
+        assert!(!cache.blob_path(&d).exists());
+    }
 
     #[test]
     fn put_verify_and_detect_corruption() {

@@ -487,7 +487,7 @@ pub fn retag(
 }
 
 pub fn tag_ref(repo: &str, tag: &str) -> Result<Reference> {
-    format!("{repo}:{tag}").parse().map_err(|source| {
+    kiln_spec::reference::parse(&format!("{repo}:{tag}")).map_err(|source| {
         ImageError::InvalidPushReference {
             repo: repo.to_string(),
             tag: tag.to_string(),

@@ -20,13 +20,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::Result;
+use kiln_core::error::{IoContext, Result};
 use kiln_core::platform::Platform;
-use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
+use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Spool, Tree};
 use kiln_fs::rootfs::{Node, Rootfs};
 use kiln_fs::sandbox::{Network, RunSpec, Sandbox, DEFAULT_PATH};
 use kiln_pip as pip;
@@ -205,6 +206,7 @@ pub(crate) fn compile(
                 Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
             };
             let blob = stages.cache.put(&data)?;
+            drop(data);
             let memo = Memo {
                 blob,
                 files,
@@ -214,7 +216,10 @@ pub(crate) fn compile(
             if let Ok(json) = serde_json::to_vec(&memo) {
                 kiln_store::cache::write_atomic(&memo_path, &json);
             }
-            (memo, data)
+            let path = stages.cache.blob_path(&memo.blob);
+            let spool = Spool::open(&path)
+                .io_context(|| format!("opening the bytecode blob {}", path.display()))?;
+            (memo, spool)
         }
     };
     let (memo, data) = memo;
@@ -223,7 +228,8 @@ pub(crate) fn compile(
         skipped: memo.skipped.clone(),
         failed: memo.failed,
     };
-    let entries = layer_entries(&memo.files, &data, groups, &records);
+    let entries = layer_entries(&memo.files, &data, groups, &records)
+        .io_context(|| "reading the bytecode blob".to_string())?;
     let label = format!("kiln bytecode python3.{minor}: {} files", memo.files.len());
     Ok(Some((Some((label, entries)), report)))
 }
@@ -245,7 +251,7 @@ fn records(groups: &[LayerGroup]) -> BTreeMap<String, Vec<String>> {
     let files: BTreeSet<&str> = groups
         .iter()
         .flat_map(|(_, es)| es)
-        .filter(|e| matches!(e.kind, EntryKind::Data(_) | EntryKind::File { .. }))
+        .filter(|e| e.kind.file_len().is_some())
         .map(|e| e.path.as_str())
         .collect();
     let mut out = BTreeMap::new();
@@ -310,11 +316,7 @@ fn record_field(rel: &str) -> String {
 }
 
 fn content(e: &Entry) -> Option<Vec<u8>> {
-    match &e.kind {
-        EntryKind::Data(d) => Some(d.to_vec()),
-        EntryKind::File { src, .. } => std::fs::read(src).ok(),
-        _ => None,
-    }
+    e.kind.file_bytes()?.ok().map(|b| b.into_owned())
 }
 
 /// The standard library's and the distribution's `.py` files that have no
@@ -426,13 +428,15 @@ fn key(
     Digest::from_hasher(h)
 }
 
-/// The memo and its blob, when both are intact.
-fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Vec<u8>)> {
+/// The memo and its blob, when both are intact. The blob is opened, not
+/// read: the layer's pycs are slices of it, read when the layer is written.
+fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Arc<Spool>)> {
     let memo: Memo = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let blob = cache.verified(&memo.blob).ok()??;
-    let data = std::fs::read(blob).ok()?;
+    let spool = Spool::open(&blob).ok()?;
     let total: u64 = memo.files.iter().map(|f| f.size).sum();
-    (total == data.len() as u64).then_some((memo, data))
+    spool.slice_at(0, total).ok()?;
+    Some((memo, spool))
 }
 
 /// The compiled files, how many failed, and their bytes concatenated.
@@ -574,19 +578,25 @@ fn collect(
 /// lists a compiled source, with a `path,,` row per pyc.
 fn layer_entries(
     files: &[Compiled],
-    data: &[u8],
+    data: &Arc<Spool>,
     groups: &[LayerGroup],
     records: &BTreeMap<String, Vec<String>>,
-) -> Vec<Entry> {
+) -> std::io::Result<Vec<Entry>> {
     let mut tree = Tree::default();
-    let mut at = 0usize;
+    let mut at = 0u64;
     let mut pyc_of: BTreeMap<&str, &str> = BTreeMap::new();
     for f in files {
-        let bytes = data[at..at + f.size as usize].to_vec();
-        at += f.size as usize;
+        let bytes = data.slice_at(at, f.size)?;
+        at += f.size;
         let path = f.pyc.trim_start_matches('/');
         tree.add_parents(path);
-        tree.insert(Entry::data(path, bytes, 0o644));
+        tree.insert(Entry {
+            path: path.to_string(),
+            kind: EntryKind::Spooled(bytes),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
         pyc_of.insert(f.source.as_str(), f.pyc.as_str());
     }
     let ours: BTreeMap<&str, &Entry> = groups
@@ -632,7 +642,7 @@ fn layer_entries(
             gid: e.gid,
         });
     }
-    tree.into_sorted()
+    Ok(tree.into_sorted())
 }
 
 #[cfg(test)]
@@ -684,7 +694,10 @@ mod tests {
                 size: 2,
             },
         ];
-        let entries = layer_entries(&files, b"abcde", std::slice::from_ref(&g), &r);
+        let dir = tempfile::tempdir().unwrap();
+        let blob = Spool::new_in(dir.path()).unwrap();
+        blob.put(b"abcde").unwrap();
+        let entries = layer_entries(&files, &blob, std::slice::from_ref(&g), &r).unwrap();
         let find = |p: &str| entries.iter().find(|e| e.path == p).map(content);
         assert_eq!(
             find(pyc("__init__").trim_start_matches('/')),

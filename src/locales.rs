@@ -476,10 +476,12 @@ impl Memo {
                     Ok(d) => (Some(d), None),
                     Err(_) => return,
                 },
-                EntryKind::File { src, .. } => match std::fs::read(src).map(|b| cache.put(&b)) {
-                    Ok(Ok(d)) => (Some(d), None),
-                    _ => return,
-                },
+                EntryKind::File { .. } | EntryKind::Spooled(_) => {
+                    match e.kind.file_bytes().map(|b| b.map(|b| cache.put(&b))) {
+                        Some(Ok(Ok(d))) => (Some(d), None),
+                        _ => return,
+                    }
+                }
                 EntryKind::Symlink { target } => (None, Some(target.clone())),
                 EntryKind::Dir => (None, None),
             };

@@ -185,6 +185,11 @@ fn write_entries(sb: &mut Sandbox, entries: &[Entry]) -> Result<()> {
                 let _ = std::fs::remove_file(&dst);
                 std::fs::write(&dst, bytes.as_slice()).io_context(io)?;
             }
+            EntryKind::Spooled(s) => {
+                let _ = std::fs::remove_file(&dst);
+                let mut out = std::fs::File::create(&dst).io_context(io)?;
+                std::io::copy(&mut s.reader().io_context(io)?, &mut out).io_context(io)?;
+            }
         }
         if !matches!(e.kind, EntryKind::Symlink { .. }) {
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(e.mode))

@@ -359,9 +359,9 @@ fn text(entries: &[Entry], path: &str) -> String {
         .iter()
         .find(|e| e.path == path)
         .unwrap_or_else(|| panic!("{path} not in the layer"));
-    match &e.kind {
-        EntryKind::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
-        other => panic!("{path}: {other:?}"),
+    match e.kind.file_bytes() {
+        Some(d) => String::from_utf8(d.unwrap().into_owned()).unwrap(),
+        None => panic!("{path}: {:?}", e.kind),
     }
 }
 
@@ -485,9 +485,9 @@ fn python_311_target_gets_other_markers_and_platform_wheel() {
         g.iter()
             .flat_map(|(_, es)| es.iter())
             .map(|e| {
-                let d = match &e.kind {
-                    EntryKind::Data(d) => d.to_vec(),
-                    _ => Vec::new(),
+                let d = match e.kind.file_bytes() {
+                    Some(d) => d.unwrap().into_owned(),
+                    None => Vec::new(),
                 };
                 (e.path.clone(), d, e.mode)
             })

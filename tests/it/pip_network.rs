@@ -30,9 +30,9 @@ fn materialise(root: &Path, entries: &[Entry]) {
         let p = root.join(&e.path);
         match &e.kind {
             EntryKind::Dir => std::fs::create_dir_all(&p).unwrap(),
-            EntryKind::Data(d) => {
+            EntryKind::Data(_) | EntryKind::Spooled(_) => {
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, d.as_slice()).unwrap();
+                std::fs::write(&p, e.kind.file_bytes().unwrap().unwrap()).unwrap();
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).unwrap();
             }
             EntryKind::File { src, .. } => {

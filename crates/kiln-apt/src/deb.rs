@@ -10,12 +10,14 @@ use std::sync::Arc;
 use crate::{AptError, Hostile};
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
+use kiln_fs::layer::{Content, Spool};
 use kiln_store::cache::{Cache, CacheBucket};
 
 #[derive(Clone, Debug)]
 pub(crate) enum FileKind {
     Dir,
-    File(Arc<Vec<u8>>),
+    /// In a spool when the package was loaded with one (see [`load`]).
+    File(Content),
     Symlink(String),
 }
 
@@ -118,11 +120,19 @@ fn clean_path(raw: &str, what: &str) -> std::result::Result<Option<String>, AptE
 /// cache), since undoing Debian's xz is most of a warm build's work. Every
 /// read goes through [`read_deb`], so the hostile-archive checks run on the
 /// remembered form too, and a form that fails them is not kept.
-pub(crate) fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
+///
+/// With a `spool`, the files' bytes go to it as they are read, so a
+/// package's files are not held in memory (see [`kiln_fs::layer::Spool`]).
+pub(crate) fn load(
+    cache: &Cache,
+    d: &Digest,
+    what: &str,
+    spool: Option<&Arc<Spool>>,
+) -> Result<Deb> {
     let bytes = cache.derived(CacheBucket::AptUnpacked, d, || {
         decompress_members(&cache.read(d)?, what)
     })?;
-    read_deb(&bytes, what).inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d))
+    read_deb(&bytes, what, spool).inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d))
 }
 
 /// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
@@ -169,7 +179,7 @@ fn repack(what: &str, source: std::io::Error) -> AptError {
     }
 }
 
-fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
+fn read_deb(bytes: &[u8], what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb> {
     let bad = |m: String| bad_deb(what, m);
     let mut ar = ar::Archive::new(bytes);
     let mut control = BTreeMap::new();
@@ -202,7 +212,7 @@ fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
             }
         } else if name.starts_with("data.tar") {
             saw_data = true;
-            files = read_data(decompressor(&name, entry, what)?, what)?;
+            files = read_data(decompressor(&name, entry, what)?, what, spool)?;
         }
     }
     if !control.contains_key("control") || !saw_data {
@@ -211,7 +221,7 @@ fn read_deb(bytes: &[u8], what: &str) -> Result<Deb> {
     Ok(Deb { control, files })
 }
 
-fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
+fn read_data(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Vec<DebFile>> {
     let bad = |m: String| bad_deb(what, m);
     let mut t = tar::Archive::new(r);
     let mut out: Vec<DebFile> = Vec::new();
@@ -236,10 +246,19 @@ fn read_data(r: impl Read, what: &str) -> Result<Vec<DebFile>> {
         let kind = match h.entry_type() {
             tar::EntryType::Directory => FileKind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut b = Vec::with_capacity(h.size().unwrap_or(0) as usize);
-                m.read_to_end(&mut b)
-                    .map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
-                FileKind::File(Arc::new(b))
+                let size = m.size();
+                match spool {
+                    Some(s) => FileKind::File(Content::Spooled(
+                        s.put_reader(&mut m, size)
+                            .map_err(|e| bad(format!("corrupt data.tar: `{path}`: {e}")))?,
+                    )),
+                    None => {
+                        let mut b = Vec::with_capacity(size as usize);
+                        m.read_to_end(&mut b)
+                            .map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
+                        FileKind::File(b.into())
+                    }
+                }
             }
             tar::EntryType::Symlink => {
                 let t = m
@@ -370,12 +389,12 @@ mod tests {
                 ("./usr/link", Symlink, b"", "hello"),
             ]))
             .unwrap();
-        let first = load(&cache, &d, "t").unwrap();
+        let first = load(&cache, &d, "t", None).unwrap();
         let kept = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
         assert!(kept.is_file());
         // The second load reads the remembered form, even with the blob gone.
         std::fs::remove_file(cache.blob_path(&d)).unwrap();
-        let second = load(&cache, &d, "t").unwrap();
+        let second = load(&cache, &d, "t", None).unwrap();
         let summary = |deb: &Deb| {
             deb.files
                 .iter()
@@ -384,7 +403,23 @@ mod tests {
         };
         assert_eq!(summary(&first), summary(&second));
         assert_eq!(second.control["control"], b"Package: t\nVersion: 1\n");
-        assert_eq!(summary(&second)[2], "usr/again File([104, 105])");
+        assert_eq!(summary(&second)[2], "usr/again File(Held([104, 105]))");
+        // With a spool: the same files, their bytes in the spool.
+        let spool = Spool::in_cache(&cache).unwrap();
+        let third = load(&cache, &d, "t", Some(&spool)).unwrap();
+        let bytes = |deb: &Deb| {
+            deb.files
+                .iter()
+                .map(|f| match &f.kind {
+                    FileKind::File(c) => {
+                        assert!(matches!(c, Content::Spooled(_)) == std::ptr::eq(deb, &third));
+                        format!("{} {:?}", f.path, c.bytes().unwrap())
+                    }
+                    other => format!("{} {other:?}", f.path),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bytes(&second), bytes(&third));
     }
 
     #[test]
@@ -416,7 +451,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let cache = Cache::open(dir.path()).unwrap();
             let d = cache.put(&deb(files)).unwrap();
-            let err = load(&cache, &d, "evil_1").unwrap_err();
+            let err = load(&cache, &d, "evil_1", None).unwrap_err();
             assert!(
                 matches!(
                     err.downcast_ref::<AptError>(),
@@ -438,7 +473,7 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         let d = cache.put(&deb(&[("./ok", Regular, b"x", "")])).unwrap();
         std::fs::write(cache.blob_path(&d), b"!<arch>\n").unwrap();
-        assert!(load(&cache, &d, "t").is_err());
+        assert!(load(&cache, &d, "t", None).is_err());
     }
 
     #[test]
@@ -453,7 +488,7 @@ mod tests {
         )
         .unwrap();
         let d = cache.put(&ar.into_inner().unwrap()).unwrap();
-        let err = load(&cache, &d, "empty_1").unwrap_err();
+        let err = load(&cache, &d, "empty_1", None).unwrap_err();
         assert!(
             matches!(
                 err.downcast_ref::<AptError>(),
@@ -467,7 +502,7 @@ mod tests {
         ar.append(&ar::Header::new(b"data.tar.bz2".to_vec(), 1), &b"x"[..])
             .unwrap();
         let d = cache.put(&ar.into_inner().unwrap()).unwrap();
-        let err = load(&cache, &d, "bz_1").unwrap_err();
+        let err = load(&cache, &d, "bz_1", None).unwrap_err();
         assert!(
             matches!(
                 err.downcast_ref::<AptError>(),

@@ -7,6 +7,7 @@
 //! links, the ca-certificates bundle, `update-shells` (`shells.rs`).
 //! Everything else a maintainer script would do is reported, not run.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -90,7 +91,7 @@ fn package_entries(deb: &Deb, merged: bool, tree: &mut Tree) {
         }
         let kind = match &f.kind {
             FileKind::Dir => EntryKind::Dir,
-            FileKind::File(b) => EntryKind::Data(b.clone()),
+            FileKind::File(b) => b.kind(),
             FileKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
         };
         tree.add_parents(&path);
@@ -108,7 +109,7 @@ fn deb_size(deb: &Deb) -> u64 {
     deb.files
         .iter()
         .map(|f| match &f.kind {
-            FileKind::File(b) => b.len() as u64,
+            FileKind::File(b) => b.len(),
             _ => 0,
         })
         .sum()
@@ -133,12 +134,16 @@ pub fn layer_groups_counted(
     epoch: u64,
     unpacked: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<LayerGroup>, AptReport)> {
+    // The packages' files go to a spool, read back when the layers are
+    // written: memory does not grow with the package set.
+    let spool = kiln_fs::layer::Spool::in_cache(cache)?;
     let debs: Vec<Deb> = plan
         .packages
         .par_iter()
         .map(|p| {
             let d = p.sha256.as_ref().expect("indexed");
-            let deb = super::deb::load(cache, d, &format!("{}_{}", p.name, p.version))?;
+            let what = format!("{}_{}", p.name, p.version);
+            let deb = super::deb::load(cache, d, &what, Some(&spool))?;
             unpacked(deb_size(&deb));
             Ok(deb)
         })
@@ -210,18 +215,25 @@ fn merged_usr(arch: &str, tree: &mut Tree) {
     tree.insert(entry("usr".into(), EntryKind::Dir, 0o755));
 }
 
+/// The bytes of a package file kiln reads itself. A spool that cannot be
+/// read back counts as no content here; the spool remembers the failure
+/// and refuses to be written into a layer, so no image is made from it.
+fn file_bytes(c: &kiln_fs::layer::Content) -> Option<Cow<'_, [u8]>> {
+    c.bytes().ok()
+}
+
 /// Look up a file's content among the new packages first, then the base.
-fn find_content<'a>(path: &str, debs: &'a [Deb], fs: &'a Rootfs) -> Option<&'a [u8]> {
+fn find_content<'a>(path: &str, debs: &'a [Deb], fs: &'a Rootfs) -> Option<Cow<'a, [u8]>> {
     for d in debs.iter().rev() {
         for f in &d.files {
             if f.path == path {
                 if let FileKind::File(b) = &f.kind {
-                    return Some(b.as_slice());
+                    return file_bytes(b);
                 }
             }
         }
     }
-    fs.read(&format!("/{path}"))
+    fs.read(&format!("/{path}")).map(Cow::Borrowed)
 }
 
 fn path_exists(path: &str, debs: &[Deb], fs: &Rootfs, merged: bool) -> bool {
@@ -542,8 +554,8 @@ fn users(
             find_content("usr/share/base-passwd/passwd.master", debs, fs),
             find_content("usr/share/base-passwd/group.master", debs, fs),
         ) {
-            passwd = lines(p);
-            group = lines(g);
+            passwd = lines(&p);
+            group = lines(&g);
             changed = true;
             report
                 .emulated
@@ -562,8 +574,11 @@ fn users(
             .unwrap_or_default();
         for f in &deb.files {
             if f.path.contains("lib/sysusers.d/") && f.path.ends_with(".conf") {
-                if let FileKind::File(b) = &f.kind {
-                    requests.extend(super::accounts::from_sysusers(&String::from_utf8_lossy(b)));
+                if let Some(b) = match &f.kind {
+                    FileKind::File(b) => file_bytes(b),
+                    _ => None,
+                } {
+                    requests.extend(super::accounts::from_sysusers(&String::from_utf8_lossy(&b)));
                 }
             }
         }
@@ -653,7 +668,7 @@ fn ld_cache(
     }
     let text = |p: &str| {
         find_content(p.trim_start_matches('/'), debs, fs)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let list = |dir: &str| -> Vec<String> {
         let rel = dir.trim_start_matches('/');
@@ -759,13 +774,13 @@ fn ld_cache(
 
 /// The bytes of a file the new packages (or kiln's entries) provide at
 /// `path` (canonical, relative), following symlinks; `None` for base files.
-fn resolved_content(
+fn resolved_content<'a>(
     path: &str,
-    debs: &[Deb],
-    tree: &Tree,
+    debs: &'a [Deb],
+    tree: &'a Tree,
     merged: bool,
     depth: usize,
-) -> Option<Arc<Vec<u8>>> {
+) -> Option<Cow<'a, [u8]>> {
     if depth > 16 {
         return None;
     }
@@ -782,15 +797,14 @@ fn resolved_content(
     if let Some(e) = tree.get(path) {
         return match &e.kind {
             EntryKind::Symlink { target } => follow(target),
-            EntryKind::Data(d) => Some(d.clone()),
-            _ => None,
+            k => k.file_bytes()?.ok(),
         };
     }
     for d in debs.iter().rev() {
         for f in &d.files {
             if usr_path(&f.path, merged) == path {
                 return match &f.kind {
-                    FileKind::File(b) => Some(b.clone()),
+                    FileKind::File(b) => file_bytes(b),
                     FileKind::Symlink(t) => follow(t),
                     FileKind::Dir => None,
                 };
@@ -979,14 +993,16 @@ const CA_CONF_HEADER: &str = "\
 
 /// update-ca-certificates: the bundle and the per-certificate links.
 fn ca_certificates(debs: &[Deb], tree: &mut Tree, report: &mut AptReport) {
-    let mut certs: BTreeMap<String, Arc<Vec<u8>>> = BTreeMap::new();
+    let mut certs: BTreeMap<String, Cow<'_, [u8]>> = BTreeMap::new();
     for d in debs {
         for f in &d.files {
             if let (Some(rel), FileKind::File(b)) =
                 (f.path.strip_prefix("usr/share/ca-certificates/"), &f.kind)
             {
                 if rel.ends_with(".crt") {
-                    certs.insert(rel.to_string(), b.clone());
+                    if let Some(b) = file_bytes(b) {
+                        certs.insert(rel.to_string(), b);
+                    }
                 }
             }
         }
@@ -1099,7 +1115,7 @@ mod tests {
             control: BTreeMap::new(),
             files: vec![DebFile {
                 path: "usr/share/keyrings/debian-archive-keyring.gpg".into(),
-                kind: FileKind::File(Arc::new(b"k".to_vec())),
+                kind: FileKind::File(b"k".to_vec().into()),
                 mode: 0o644,
                 uid: 0,
                 gid: 0,

@@ -424,7 +424,7 @@ pub fn plan_locked(
                 let url = kiln_core::url::with_credentials(&pin.url, &configured);
                 http.download(&url, Some(&d), cache)
                     .map_err(|e| e.context(&what))?;
-                let deb = deb::load(cache, &d, &what)?;
+                let deb = deb::load(cache, &d, &what, None)?;
                 let bad = |detail: String| AptError::BadDeb {
                     package: what.clone(),
                     detail,

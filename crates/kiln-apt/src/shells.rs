@@ -45,9 +45,10 @@ pub(crate) fn update_shells(
     let new_file = |path: &str| {
         debs.iter().rev().find_map(|d| {
             d.files.iter().find_map(|f| match &f.kind {
-                FileKind::File(b) if f.path == path => {
-                    Some(String::from_utf8_lossy(b).into_owned())
-                }
+                FileKind::File(b) if f.path == path => b
+                    .bytes()
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
                 _ => None,
             })
         })

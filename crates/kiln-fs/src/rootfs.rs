@@ -405,6 +405,11 @@ impl Rootfs {
                     mode: e.mode,
                     content: keep(&path).then(|| d.as_ref().clone()),
                 },
+                EntryKind::Spooled(s) => Node::File {
+                    size: s.len(),
+                    mode: e.mode,
+                    content: if keep(&path) { s.read_all().ok() } else { None },
+                },
                 EntryKind::File { src, size } => Node::File {
                     size: *size,
                     mode: e.mode,

@@ -1,14 +1,13 @@
 //! Wheel → layer entries: scheme paths, entry-point scripts, rewritten RECORD, INSTALLER/REQUESTED/direct_url.json, venvs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use kiln_core::error::Result;
-use kiln_fs::layer::{Entry, EntryKind};
+use kiln_core::error::{IoContext, Result};
+use kiln_fs::layer::{Content, Entry, EntryKind};
 
 use super::target::PythonTarget;
 use super::wheel::{parse_entry_points, WheelFile};
@@ -22,10 +21,10 @@ pub(crate) struct InstallInfo<'a> {
     pub(crate) direct_url: Option<String>,
 }
 
-fn entry(path: &str, data: Vec<u8>, exec: bool) -> Entry {
+fn entry(path: &str, data: Content, exec: bool) -> Entry {
     Entry {
         path: path.trim_start_matches('/').to_string(),
-        kind: EntryKind::Data(Arc::new(data)),
+        kind: data.kind(),
         mode: if exec { 0o755 } else { 0o644 },
         uid: 0,
         gid: 0,
@@ -47,6 +46,21 @@ fn record_hash(data: &[u8]) -> String {
         "sha256={}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
     )
+}
+
+/// [`record_hash`] of a member's content, a spooled one streamed.
+fn content_hash(data: &Content) -> std::io::Result<String> {
+    match data {
+        Content::Held(b) => Ok(record_hash(b)),
+        Content::Spooled(s) => {
+            let mut h = Sha256::new();
+            std::io::copy(&mut s.reader()?, &mut h)?;
+            Ok(format!(
+                "sha256={}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
+            ))
+        }
+    }
 }
 
 /// The console/GUI script pip would write for `module:attr`.
@@ -80,10 +94,14 @@ pub(crate) fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
 pub(crate) type MemberHashes = BTreeMap<String, String>;
 
 /// RECORD hashes of every member, computed in parallel.
-pub(crate) fn member_hashes(files: &[WheelFile]) -> MemberHashes {
+pub(crate) fn member_hashes(files: &[WheelFile]) -> Result<MemberHashes> {
     files
         .par_iter()
-        .map(|f| (f.path.clone(), record_hash(&f.data)))
+        .map(|f| {
+            let hash = content_hash(&f.data)
+                .io_context(|| format!("reading {} back from the spool", f.path))?;
+            Ok((f.path.clone(), hash))
+        })
         .collect()
 }
 
@@ -115,8 +133,8 @@ pub(crate) fn wheel_entries(
     let shebang = t.shebang();
 
     // Absolute image path → (content, executable, RECORD hash if known).
-    let mut out: BTreeMap<String, (Vec<u8>, bool, Option<String>)> = BTreeMap::new();
-    let mut put = |path: String, data: Vec<u8>, exec: bool, hash: Option<&String>| -> Result<()> {
+    let mut out: BTreeMap<String, (Content, bool, Option<String>)> = BTreeMap::new();
+    let mut put = |path: String, data: Content, exec: bool, hash: Option<&String>| -> Result<()> {
         if out
             .insert(path.clone(), (data, exec, hash.cloned()))
             .is_some()
@@ -171,13 +189,17 @@ pub(crate) fn wheel_entries(
                             },
                         ));
                     }
-                    let mut data = f.data;
+                    let mut data = f.data.clone();
                     let mut hash = hash;
-                    if data.starts_with(b"#!python") {
-                        let nl = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
+                    let bytes = f.bytes(wheel)?;
+                    if bytes.starts_with(b"#!python") {
+                        let nl = bytes
+                            .iter()
+                            .position(|b| *b == b'\n')
+                            .unwrap_or(bytes.len());
                         let mut d = shebang.clone().into_bytes();
-                        d.extend_from_slice(&data[nl..]);
-                        data = d;
+                        d.extend_from_slice(&bytes[nl..]);
+                        data = d.into();
                         hash = None;
                     }
                     put(format!("{}/{sub}", t.scheme.scripts), data, true, hash)?
@@ -198,7 +220,7 @@ pub(crate) fn wheel_entries(
                 "RECORD" | "RECORD.jws" | "RECORD.p7s" | "INSTALLER" | "REQUESTED"
                 | "direct_url.json" => continue,
                 "entry_points.txt" => {
-                    entry_points = Some(String::from_utf8_lossy(&f.data).into_owned())
+                    entry_points = Some(String::from_utf8_lossy(&f.bytes(wheel)?).into_owned())
                 }
                 _ => {}
             }
@@ -215,18 +237,28 @@ pub(crate) fn wheel_entries(
             }
             let script = entry_point_script(&shebang, &value)
                 .map_err(|e| e.context(format!("wheel {wheel}")))?;
-            put(format!("{}/{name}", t.scheme.scripts), script, true, None)?;
+            put(
+                format!("{}/{name}", t.scheme.scripts),
+                script.into(),
+                true,
+                None,
+            )?;
         }
     }
     let di = format!("{site}/{dist_info}");
-    put(format!("{di}/INSTALLER"), b"kiln\n".to_vec(), false, None)?;
+    put(
+        format!("{di}/INSTALLER"),
+        b"kiln\n".to_vec().into(),
+        false,
+        None,
+    )?;
     if info.requested {
-        put(format!("{di}/REQUESTED"), Vec::new(), false, None)?;
+        put(format!("{di}/REQUESTED"), Vec::new().into(), false, None)?;
     }
     if let Some(d) = &info.direct_url {
         put(
             format!("{di}/direct_url.json"),
-            d.clone().into_bytes(),
+            d.clone().into_bytes().into(),
             false,
             None,
         )?;
@@ -234,7 +266,11 @@ pub(crate) fn wheel_entries(
     let record_path = format!("{di}/RECORD");
     let mut record = String::new();
     for (path, (data, _, hash)) in &out {
-        let hash = hash.clone().unwrap_or_else(|| record_hash(data));
+        let hash = match hash {
+            Some(h) => h.clone(),
+            None => content_hash(data)
+                .io_context(|| format!("reading {path} of {wheel} back from the spool"))?,
+        };
         let rel = relative(&site, path);
         let rel = if rel.contains(',') || rel.contains('"') {
             format!("\"{}\"", rel.replace('"', "\"\""))
@@ -244,7 +280,7 @@ pub(crate) fn wheel_entries(
         record.push_str(&format!("{rel},{hash},{}\n", data.len()));
     }
     record.push_str(&format!("{},,\n", relative(&site, &record_path)));
-    out.insert(record_path, (record.into_bytes(), false, None));
+    out.insert(record_path, (record.into_bytes().into(), false, None));
     Ok(out
         .into_iter()
         .map(|(p, (d, x, _))| entry(&p, d, x))
@@ -281,7 +317,7 @@ pub(crate) fn venv_entries(t: &PythonTarget) -> Vec<Entry> {
         gid: 0,
     };
     vec![
-        entry(&format!("{p}/pyvenv.cfg"), cfg.into_bytes(), false),
+        entry(&format!("{p}/pyvenv.cfg"), cfg.into_bytes().into(), false),
         dir(format!("{p}/bin")),
         link(format!("{p}/bin/python"), &t.interpreter),
         link(format!("{p}/bin/python3"), "python"),
@@ -311,7 +347,7 @@ mod tests {
     fn wf(path: &str, data: &[u8]) -> WheelFile {
         WheelFile {
             path: path.into(),
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             executable: false,
         }
     }
@@ -338,18 +374,32 @@ mod tests {
         let e = wheel_entries(&t, &info, files.clone(), &MemberHashes::new()).unwrap();
         // Known member hashes (a kept copy) give the same files, the
         // rewritten `#!python` script included.
-        let known = member_hashes(&files);
+        let known = member_hashes(&files).unwrap();
         assert_eq!(known.len(), files.len());
-        let same = wheel_entries(&t, &info, files, &known).unwrap();
+        let same = wheel_entries(&t, &info, files.clone(), &known).unwrap();
         let content = |es: &[Entry]| {
             es.iter()
-                .map(|x| match &x.kind {
-                    EntryKind::Data(d) => (x.path.clone(), d.to_vec(), x.mode),
-                    _ => panic!(),
+                .map(|x| {
+                    let d = x.kind.file_bytes().unwrap().unwrap();
+                    (x.path.clone(), d.into_owned(), x.mode)
                 })
                 .collect::<Vec<_>>()
         };
         assert_eq!(content(&e), content(&same));
+        // Members in a spool: the same files and RECORD, the spooled ones
+        // left in the spool.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = kiln_fs::layer::Spool::new_in(dir.path()).unwrap();
+        let spooled: Vec<WheelFile> = files
+            .iter()
+            .map(|f| WheelFile {
+                data: Content::Spooled(spool.put(&f.bytes("w").unwrap()).unwrap()),
+                ..f.clone()
+            })
+            .collect();
+        let s = wheel_entries(&t, &info, spooled, &MemberHashes::new()).unwrap();
+        assert_eq!(content(&e), content(&s));
+        assert!(s.iter().any(|x| matches!(x.kind, EntryKind::Spooled(_))));
         let get = |p: &str| {
             e.iter()
                 .find(|x| x.path == p)
@@ -357,6 +407,7 @@ mod tests {
         };
         let text = |p: &str| match &get(p).kind {
             EntryKind::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
+            EntryKind::Spooled(d) => String::from_utf8(d.read_all().unwrap()).unwrap(),
             _ => panic!(),
         };
         let site = "usr/local/lib/python3.11/dist-packages";

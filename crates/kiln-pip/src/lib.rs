@@ -523,7 +523,7 @@ fn record_hashes(
     cache: &Cache,
     wheel: &Digest,
     files: &[wheel::WheelFile],
-) -> install::MemberHashes {
+) -> Result<install::MemberHashes> {
     let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
     let kept = std::fs::read(&path)
         .ok()
@@ -539,11 +539,11 @@ fn record_hashes(
                 && files.iter().all(|f| k.hashes.contains_key(&f.path))
         });
     if let Some(k) = kept {
-        return k.hashes;
+        return Ok(k.hashes);
     }
     let kept = KeptHashes {
         wheel: wheel.to_string(),
-        hashes: install::member_hashes(files),
+        hashes: install::member_hashes(files)?,
     };
     // Best effort: a memo that cannot be kept only costs hashing next time.
     if let Ok(json) = serde_json::to_vec(&kept) {
@@ -551,12 +551,17 @@ fn record_hashes(
         body.extend_from_slice(&json);
         kiln_store::cache::write_atomic(&path, &body);
     }
-    kept.hashes
+    Ok(kept.hashes)
 }
 
 /// Layer entry groups: one per wheel (or per big wheel and one for the small
 /// ones when there are many), plus the venv skeleton.
+///
+/// The wheels' files go to one spool in the cache (see
+/// [`kiln_fs::layer::Spool`]), read back when the layers are written: the
+/// memory this takes does not grow with the packages' size.
 pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
+    let spool = kiln_fs::layer::Spool::in_cache(cache)?;
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels
         .par_iter()
@@ -571,13 +576,13 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
                 .into());
             }
             let path = cache.blob_path(&w.sha256);
-            let files = wheel::read_wheel(&path, &w.filename)?;
+            let files = wheel::read_wheel(&path, &w.filename, Some(&spool))?;
             let info = install::InstallInfo {
                 filename: &w.filename,
                 requested: w.requested,
                 direct_url: w.direct_url.clone(),
             };
-            let known = record_hashes(cache, &w.sha256, &files);
+            let known = record_hashes(cache, &w.sha256, &files)?;
             wheel::verify(&w.filename, &files, &known)?;
             install::wheel_entries(&plan.python, &info, files, &known)
         })
@@ -652,13 +657,13 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         let wf = |path: &str, data: &[u8]| wheel::WheelFile {
             path: path.into(),
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             executable: false,
         };
         let files = vec![wf("a.py", b"a"), wf("b.py", b"b")];
         let wheel = Digest::of(b"the wheel");
-        let fresh = install::member_hashes(&files);
-        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        let fresh = install::member_hashes(&files).unwrap();
+        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
         let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
         let first = std::fs::read(&path).unwrap();
 
@@ -676,21 +681,21 @@ mod tests {
         let mut marked = fresh.clone();
         marked.insert("a.py".into(), "sha256=marker".into());
         keep(&wheel, marked.clone());
-        assert_eq!(record_hashes(&cache, &wheel, &files), marked);
+        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), marked);
 
         // ...but not one of another wheel, one lacking a member, or a damaged one.
         keep(&Digest::of(b"other wheel"), marked.clone());
-        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
         let mut short = marked.clone();
         short.remove("b.py");
         keep(&wheel, short);
-        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
         keep(&wheel, marked);
         let mut damaged = std::fs::read(&path).unwrap();
         let at = damaged.len() - 5;
         damaged[at] ^= 1;
         std::fs::write(&path, damaged).unwrap();
-        assert_eq!(record_hashes(&cache, &wheel, &files), fresh);
+        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
         assert_eq!(std::fs::read(&path).unwrap(), first, "rewritten the same");
     }
 

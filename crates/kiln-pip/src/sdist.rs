@@ -323,7 +323,7 @@ impl<'a> Builds<'a> {
         for r in resolved {
             let Some(f) = r.file else { continue };
             let (d, _) = self.client.download(&f)?;
-            let files = super::wheel::read_wheel(&self.cache.blob_path(&d), &f.filename)?;
+            let files = super::wheel::read_wheel(&self.cache.blob_path(&d), &f.filename, None)?;
             for wf in files {
                 // `x.data/purelib/…` and `platlib/…` go to the top; other
                 // `.data` parts (scripts, headers) are not needed to import.
@@ -335,7 +335,7 @@ impl<'a> Builds<'a> {
                     std::fs::create_dir_all(p)
                         .io_context(|| format!("creating {}", p.display()))?;
                 }
-                std::fs::write(&dst, &wf.data)
+                std::fs::write(&dst, wf.bytes(&f.filename)?)
                     .io_context(|| format!("writing {}", dst.display()))?;
             }
         }

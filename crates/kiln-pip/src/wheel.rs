@@ -1,11 +1,14 @@
 //! Reading wheels safely: member-name checks (no traversal, absolute paths or symlinks), METADATA, entry points.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use kiln_core::error::{IoContext, Result};
+use kiln_fs::layer::{Content, Spool};
 
 use crate::metadata::CoreMetadata;
 use crate::tags::WheelName;
@@ -16,8 +19,31 @@ use crate::{normalize, PipError, WheelProblem};
 pub(crate) struct WheelFile {
     /// Member name, `/`-separated, relative.
     pub(crate) path: String,
-    pub(crate) data: Vec<u8>,
+    /// In memory for what the installer reads (see [`held_in_memory`]),
+    /// in a spool for the rest when [`read_wheel`] was given one.
+    pub(crate) data: Content,
     pub(crate) executable: bool,
+}
+
+impl WheelFile {
+    /// The member's bytes (read back from the spool when spooled).
+    pub(crate) fn bytes(&self, wheel: &str) -> Result<Cow<'_, [u8]>> {
+        self.data
+            .bytes()
+            .io_context(|| format!("reading {} of {wheel} back from the spool", self.path))
+    }
+}
+
+/// Members the installer reads itself stay in memory: `.dist-info`
+/// (METADATA, WHEEL, RECORD, entry points) and `.data/scripts` (a
+/// `#!python` line is rewritten). They are small.
+fn held_in_memory(path: &str) -> bool {
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next()) {
+        (Some(top), _) if top.ends_with(".dist-info") => true,
+        (Some(top), Some("scripts")) => top.ends_with(".data"),
+        _ => false,
+    }
 }
 
 /// Refuse member names that could escape the install directory.
@@ -66,7 +92,7 @@ struct Member {
     path: String,
     executable: bool,
     deflated: bool,
-    raw: std::ops::Range<usize>,
+    raw: std::ops::Range<u64>,
     size: usize,
     crc32: u32,
 }
@@ -76,12 +102,22 @@ struct Member {
 /// The wheel is read into memory once and its members are inflated in
 /// parallel with libdeflate (whole-buffer, so each output is allocated once
 /// at its final size); every member's CRC-32 is checked as the zip reader
-/// would.
-pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
+/// would. With a `spool`, the members the installer does not read itself
+/// go to it as they are inflated: each member's bytes are read from the
+/// file when it is inflated, and one above [`STREAM_ABOVE`] is inflated
+/// as a stream, so memory does not grow with the wheel's size.
+pub(crate) fn read_wheel(
+    path: &Path,
+    wheel: &str,
+    spool: Option<&Arc<Spool>>,
+) -> Result<Vec<WheelFile>> {
     use rayon::prelude::*;
-    let bytes = std::fs::read(path).io_context(|| format!("reading {wheel} in the cache"))?;
+    use std::os::unix::fs::FileExt;
+    let reading = || format!("reading {wheel} in the cache");
+    let file = File::open(path).io_context(reading)?;
+    let total = file.metadata().io_context(reading)?.len();
     let problem = |p: WheelProblem| PipError::wheel(wheel, p);
-    let mut ar = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..]))
+    let mut ar = zip::ZipArchive::new(std::io::BufReader::new(&file))
         .map_err(|e| problem(WheelProblem::NotZip(e.to_string())))?;
     let mut members = Vec::with_capacity(ar.len());
     let mut seen = HashSet::new();
@@ -144,11 +180,10 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
         };
         // `by_index_raw` located the data and checked it lies inside the archive.
         let start = f.data_start().ok_or_else(|| bad("no data offset".into()))?;
-        let raw = usize::try_from(start)
-            .ok()
-            .zip(usize::try_from(csize).ok())
-            .and_then(|(s, n)| Some(s..s.checked_add(n)?))
-            .filter(|r| r.end <= bytes.len())
+        let raw = start
+            .checked_add(csize)
+            .map(|end| start..end)
+            .filter(|r| r.end <= total && usize::try_from(csize).is_ok())
             .ok_or_else(|| bad("data lies outside the archive".into()))?;
         members.push(Member {
             path: clean,
@@ -163,10 +198,26 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
     members
         .into_par_iter()
         .map_init(libdeflater::Decompressor::new, |d, m| {
-            let raw = &bytes[m.raw.clone()];
+            let spool = spool.filter(|_| !held_in_memory(&m.path));
+            if let Some(s) = spool.filter(|_| m.size > STREAM_ABOVE) {
+                let data = Content::Spooled(stream_member(&file, &m, s).map_err(|detail| {
+                    problem(WheelProblem::Corrupt {
+                        member: m.path.clone(),
+                        detail,
+                    })
+                })?);
+                return Ok(WheelFile {
+                    path: m.path,
+                    data,
+                    executable: m.executable,
+                });
+            }
+            let mut raw = vec![0u8; (m.raw.end - m.raw.start) as usize];
+            file.read_exact_at(&mut raw, m.raw.start)
+                .io_context(reading)?;
             let data = if m.deflated {
                 let mut out = vec![0u8; m.size];
-                match d.deflate_decompress(raw, &mut out) {
+                match d.deflate_decompress(&raw, &mut out) {
                     Ok(n) if n == m.size => out,
                     Ok(n) => {
                         return Err(problem(WheelProblem::Corrupt {
@@ -182,7 +233,7 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
                     }
                 }
             } else {
-                raw.to_vec()
+                raw
             };
             if libdeflater::crc32(&data) != m.crc32 {
                 return Err(problem(WheelProblem::Corrupt {
@@ -190,6 +241,13 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
                     detail: "CRC-32 mismatch".into(),
                 }));
             }
+            let data = match spool {
+                Some(s) => Content::Spooled(
+                    s.put(&data)
+                        .io_context(|| format!("spooling {} of {wheel}", m.path))?,
+                ),
+                _ => Content::from(data),
+            };
             Ok(WheelFile {
                 path: m.path,
                 data,
@@ -197,6 +255,87 @@ pub(crate) fn read_wheel(path: &Path, wheel: &str) -> Result<Vec<WheelFile>> {
             })
         })
         .collect()
+}
+
+/// Members inflating to more than this go to the spool as a stream, so a
+/// big shared library is never whole in memory.
+const STREAM_ABOVE: usize = 4 << 20;
+
+/// Inflate (or copy) member `m` of the wheel `file` into `spool` as a
+/// stream, checking its size and CRC-32 (the reason when they are wrong).
+fn stream_member(
+    file: &File,
+    m: &Member,
+    spool: &Arc<Spool>,
+) -> std::result::Result<kiln_fs::layer::SpoolSlice, String> {
+    use std::io::{BufReader, Read};
+    let raw = BufReader::with_capacity(
+        256 << 10,
+        At {
+            file,
+            at: m.raw.start,
+            end: m.raw.end,
+        },
+    );
+    let inner: Box<dyn Read> = if m.deflated {
+        Box::new(flate2::bufread::DeflateDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
+    let mut r = Crc32Reader {
+        inner,
+        crc: libdeflater::Crc::new(),
+    };
+    let size = m.size as u64;
+    let slice = spool.put_reader(&mut r, size).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!("fewer bytes than the {size} declared"),
+        _ => e.to_string(),
+    })?;
+    let mut more = [0u8; 1];
+    if r.read(&mut more).map_err(|e| e.to_string())? != 0 {
+        return Err(format!("more bytes than the {size} declared"));
+    }
+    if r.crc.sum() != m.crc32 {
+        return Err("CRC-32 mismatch".into());
+    }
+    Ok(slice)
+}
+
+/// The bytes `at..end` of a file, read with `pread` (threads share the file).
+struct At<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (buf.len() as u64).min(self.end - self.at) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// A reader that keeps the CRC-32 of what went through it.
+struct Crc32Reader<R> {
+    inner: R,
+    crc: libdeflater::Crc,
+}
+
+impl<R: std::io::Read> std::io::Read for Crc32Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// `*.dist-info/METADATA` from a wheel on disk.
@@ -291,7 +430,8 @@ pub(crate) fn verify(
 
     // METADATA and WHEEL against the file name.
     let name = WheelName::parse(filename)?;
-    if let Some(meta) = member("METADATA").and_then(|m| CoreMetadata::parse(&m.data).ok()) {
+    let meta = member("METADATA").map(|m| m.bytes(filename)).transpose()?;
+    if let Some(meta) = meta.and_then(|m| CoreMetadata::parse(&m).ok()) {
         let (n, v) = (meta.name, meta.version);
         let same_version = match (
             uv_pep440::Version::from_str(&v),
@@ -308,7 +448,7 @@ pub(crate) fn verify(
         }
     }
     if let Some(w) = member("WHEEL") {
-        let mut wheel_tags: Vec<String> = kiln_fs::probe::header_fields(&w.data, false)
+        let mut wheel_tags: Vec<String> = kiln_fs::probe::header_fields(&w.bytes(filename)?, false)
             .into_iter()
             .filter(|(k, _)| k == "tag")
             .map(|(_, v)| v)
@@ -336,7 +476,8 @@ pub(crate) fn verify(
             dist_info: dist_info.clone(),
         })
     })?;
-    let text = std::str::from_utf8(&record.data).map_err(|_| {
+    let record = record.bytes(filename)?;
+    let text = std::str::from_utf8(&record).map_err(|_| {
         bad(WheelProblem::BadRecord {
             line: 0,
             detail: "not UTF-8".into(),
@@ -388,7 +529,7 @@ pub(crate) fn verify(
                 what: "sha256".into(),
             }));
         }
-        if size.is_some_and(|s| s != f.data.len() as u64) {
+        if size.is_some_and(|s| s != f.data.len()) {
             return Err(bad(WheelProblem::RecordMismatch {
                 member: f.path.clone(),
                 what: "size".into(),
@@ -457,7 +598,7 @@ mod tests {
         }
         check_member_name("w.whl", "pkg/mod.py").unwrap();
         let z = zip_with(&[("ok.py", 0o644), ("../../etc/cron.d/x", 0o644)]);
-        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
+        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl", None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "wheel evil-1.0-py3-none-any.whl: member `../../etc/cron.d/x` contains `..` (path traversal); refusing to install it"
@@ -484,7 +625,7 @@ mod tests {
                 format!("Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: {tag}\n").as_bytes(),
             ),
         ];
-        let hashes = crate::install::member_hashes(&files);
+        let hashes = crate::install::member_hashes(&files).unwrap();
         let mut record: String = files
             .iter()
             .map(|f| format!("{},{},{}\n", f.path, hashes[&f.path], f.data.len()))
@@ -497,13 +638,13 @@ mod tests {
     fn wf(path: &str, data: &[u8]) -> WheelFile {
         WheelFile {
             path: path.into(),
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             executable: false,
         }
     }
 
     fn check(filename: &str, files: &[WheelFile]) -> Result<()> {
-        verify(filename, files, &crate::install::member_hashes(files))
+        verify(filename, files, &crate::install::member_hashes(files)?)
     }
 
     #[test]
@@ -518,7 +659,7 @@ mod tests {
             f(&mut files);
             check("demo-1.0-py3-none-any.whl", &files).unwrap_err()
         };
-        let err = with(&|fs| fs[0].data = b"X = 2\n".to_vec());
+        let err = with(&|fs| fs[0].data = b"X = 2\n".to_vec().into());
         assert!(
             matches!(problem(&err), WheelProblem::RecordMismatch { member, what } if member == "demo/__init__.py" && what == "sha256"),
             "{err}"
@@ -553,10 +694,10 @@ mod tests {
         );
         let err = with(&|fs| {
             let n = fs.len() - 1;
-            let text = String::from_utf8(fs[n].data.clone()).unwrap();
+            let text = String::from_utf8(fs[n].data.bytes().unwrap().to_vec()).unwrap();
             let (first, rest) = text.split_once('\n').unwrap();
             let wrong = format!("{},99\n{rest}", first.rsplit_once(',').unwrap().0);
-            fs[n].data = wrong.into_bytes();
+            fs[n].data = wrong.into_bytes().into();
         });
         assert!(
             matches!(problem(&err), WheelProblem::RecordMismatch { what, .. } if what == "size"),
@@ -591,7 +732,7 @@ mod tests {
     fn not_a_zip_and_no_metadata() {
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), b"not a zip").unwrap();
-        let err = read_wheel(t.path(), "x-1.0-py3-none-any.whl").unwrap_err();
+        let err = read_wheel(t.path(), "x-1.0-py3-none-any.whl", None).unwrap_err();
         assert!(matches!(problem(&err), WheelProblem::NotZip(_)), "{err:?}");
         assert!(err
             .to_string()
@@ -611,7 +752,7 @@ mod tests {
             read_metadata_file(z.path(), "x-1.0-py3-none-any.whl").unwrap(),
             b"x"
         );
-        let err = read_wheel(Path::new("/nonexistent/x.whl"), "x.whl").unwrap_err();
+        let err = read_wheel(Path::new("/nonexistent/x.whl"), "x.whl", None).unwrap_err();
         assert_eq!(err.kind(), kiln_core::ErrorKind::Io);
     }
 
@@ -632,14 +773,14 @@ mod tests {
     #[test]
     fn symlinks_rejected_and_modes_kept() {
         let z = zip_with(&[("pkg/link", 0o120777)]);
-        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl").unwrap_err();
+        let err = read_wheel(z.path(), "evil-1.0-py3-none-any.whl", None).unwrap_err();
         assert!(
             matches!(problem(&err), WheelProblem::Symlink { member } if member == "pkg/link"),
             "{err:?}"
         );
         assert!(err.to_string().contains("symlink"), "{err}");
         let z = zip_with(&[("pkg/run.sh", 0o755), ("pkg/a.py", 0o644)]);
-        let files = read_wheel(z.path(), "ok-1.0-py3-none-any.whl").unwrap();
+        let files = read_wheel(z.path(), "ok-1.0-py3-none-any.whl", None).unwrap();
         assert!(files[0].executable && !files[1].executable);
     }
 
@@ -662,34 +803,83 @@ mod tests {
     fn read_bytes(bytes: &[u8]) -> Result<Vec<WheelFile>> {
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), bytes).unwrap();
-        read_wheel(t.path(), "x-1.0-py3-none-any.whl")
+        read_wheel(t.path(), "x-1.0-py3-none-any.whl", None)
     }
 
     #[test]
     fn members_inflate_to_their_content() {
-        let big: Vec<u8> = (0..200_000u32)
+        // Above STREAM_ABOVE: streamed into the spool when there is one.
+        let big: Vec<u8> = (0..1_200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
+        assert!(big.len() > STREAM_ABOVE);
         let bytes = zip_of(&[
             ("x/big.bin", &big, true),
             ("x/empty.py", b"", true),
             ("x/stored.txt", b"as is", false),
             ("x-1.0.dist-info/METADATA", b"Name: x\n", true),
         ]);
-        let files = read_bytes(&bytes).unwrap();
-        let got: Vec<(&str, &[u8])> = files
+        let want: [(&str, &[u8]); 4] = [
+            ("x/big.bin", &big[..]),
+            ("x/empty.py", &b""[..]),
+            ("x/stored.txt", &b"as is"[..]),
+            ("x-1.0.dist-info/METADATA", &b"Name: x\n"[..]),
+        ];
+        let contents = |files: &[WheelFile]| -> Vec<(String, Vec<u8>)> {
+            files
+                .iter()
+                .map(|f| (f.path.clone(), f.bytes("x").unwrap().into_owned()))
+                .collect()
+        };
+        let want: Vec<(String, Vec<u8>)> = want
             .iter()
-            .map(|f| (f.path.as_str(), f.data.as_slice()))
+            .map(|(p, d)| (p.to_string(), d.to_vec()))
             .collect();
-        assert_eq!(
-            got,
-            [
-                ("x/big.bin", &big[..]),
-                ("x/empty.py", &b""[..]),
-                ("x/stored.txt", &b"as is"[..]),
-                ("x-1.0.dist-info/METADATA", &b"Name: x\n"[..]),
-            ]
+        let files = read_bytes(&bytes).unwrap();
+        assert!(files.iter().all(|f| matches!(f.data, Content::Held(_))));
+        assert_eq!(contents(&files), want);
+        // With a spool, the same bytes; all but the .dist-info member spooled.
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), &bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new_in(dir.path()).unwrap();
+        let files = read_wheel(t.path(), "x-1.0-py3-none-any.whl", Some(&spool)).unwrap();
+        assert_eq!(contents(&files), want);
+        let spooled: Vec<bool> = files
+            .iter()
+            .map(|f| matches!(f.data, Content::Spooled(_)))
+            .collect();
+        assert_eq!(spooled, [true, true, true, false]);
+        // A streamed member that is damaged (stored, a byte flipped; or
+        // declared longer than it inflates) is refused as the whole-buffer
+        // path refuses it.
+        let stored = zip_of(&[("x/big.bin", &big, false)]);
+        let mut bad = stored.clone();
+        let at = bad.windows(64).position(|w| w == &big[4000..4064]).unwrap();
+        bad[at] ^= 1;
+        std::fs::write(t.path(), &bad).unwrap();
+        let err = read_wheel(t.path(), "x-1.0-py3-none-any.whl", Some(&spool)).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::Corrupt { member, detail } if member == "x/big.bin" && detail == "CRC-32 mismatch"),
+            "{err:?}"
         );
+        let deflated = zip_of(&[("x/big.bin", &big, true)]);
+        let central = deflated
+            .windows(4)
+            .rposition(|w| w == b"PK\x01\x02")
+            .unwrap();
+        let mut bad = deflated.clone();
+        let longer = (big.len() as u32 + 1).to_le_bytes();
+        bad[central + 24..central + 28].copy_from_slice(&longer);
+        std::fs::write(t.path(), &bad).unwrap();
+        let err = read_wheel(t.path(), "x-1.0-py3-none-any.whl", Some(&spool)).unwrap_err();
+        assert!(
+            matches!(problem(&err), WheelProblem::Corrupt { detail, .. } if detail.contains("declared")),
+            "{err:?}"
+        );
+        assert!(held_in_memory("x-1.0.data/scripts/tool"));
+        assert!(!held_in_memory("x-1.0.data/purelib/x/a.py"));
+        assert!(!held_in_memory("x/scripts/a.py"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod archive;
 mod compress;
+pub mod spool;
 mod tarball;
 pub mod tree;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compress::Compression;
 use compress::ParallelEncoder;
+pub use spool::{Content, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 
 use crate::error::FsError;
@@ -119,6 +121,11 @@ fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<
             EntryKind::Data(d) => {
                 h.update(format!("f{}\0", d.len()));
                 h.update(d.as_slice());
+            }
+            EntryKind::Spooled(s) => {
+                h.update(format!("f{}\0", s.len()));
+                let input = |source| FsError::LayerInput { path: None, source };
+                io::copy(&mut s.reader().map_err(input)?, &mut h).map_err(input)?;
             }
             EntryKind::File { src, size } => {
                 h.update(format!("f{size}\0"));

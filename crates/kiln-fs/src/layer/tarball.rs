@@ -51,6 +51,10 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Resul
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(d.len() as u64);
         }
+        EntryKind::Spooled(s) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(s.len());
+        }
     }
     if !pax.is_empty() {
         b.append_pax_extensions(pax.iter().copied())?;
@@ -69,6 +73,7 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Resul
             b.append(&h, &mut r)
         }
         EntryKind::Data(d) => b.append(&h, d.as_slice()),
+        EntryKind::Spooled(s) => b.append(&h, s.reader()?),
         _ => b.append(&h, io::empty()),
     }
 }

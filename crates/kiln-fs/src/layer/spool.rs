@@ -1,0 +1,339 @@
+//! Unpacked package files kept on disk instead of in memory.
+//!
+//! Installing wheels and `.deb`s unpacks every file of every package; held
+//! in memory, the peak RSS of a build grows with the package set. A
+//! [`Spool`] is one unnamed file in the cache's `tmp` bucket (`O_TMPFILE`:
+//! it has no name, so nothing is left behind when the last entry that
+//! refers to it is dropped or the process dies) that unpacking appends
+//! to; an entry holds a [`SpoolSlice`] of it and the bytes are read back
+//! only when the layer tar is written or something asks for them.
+//!
+//! Appends reserve their range with one atomic add and write with
+//! `pwrite`, reads use `pread`: parallel unpackers and layer writers share
+//! a spool without a lock or a shared file position.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kiln_core::error::{IoContext, Result};
+use kiln_store::cache::{Cache, CacheBucket};
+
+/// An append-only scratch file of file contents (see the module docs).
+pub struct Spool {
+    file: File,
+    end: AtomicU64,
+    /// Set when a read of it failed: whatever took the bytes as missing
+    /// must not end up in an image, so layer writing refuses the spool.
+    failed: AtomicBool,
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("len", &self.end.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Bytes copied per `pwrite` when a member is streamed in.
+const CHUNK: usize = 256 << 10;
+
+impl Spool {
+    /// A new spool: an unnamed file in `dir`.
+    pub fn new_in(dir: &Path) -> io::Result<Arc<Spool>> {
+        Ok(Arc::new(Spool {
+            file: tempfile::tempfile_in(dir)?,
+            end: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    /// A new spool in the cache's `tmp` bucket (on the cache's disk, not a
+    /// tmpfs that would hold the bytes in memory again).
+    pub fn in_cache(cache: &Cache) -> Result<Arc<Spool>> {
+        let dir = cache.bucket(CacheBucket::Tmp);
+        Spool::new_in(&dir).io_context(|| format!("making a spool file in {}", dir.display()))
+    }
+
+    /// An existing file as a read-only spool whose slices are layer files
+    /// (a cached blob of concatenated outputs): opened now, so a later
+    /// removal of the path does not affect it.
+    pub fn open(path: &Path) -> io::Result<Arc<Spool>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(Spool {
+            file,
+            end: AtomicU64::new(len),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Bytes already in the spool, `len` from `offset`.
+    pub fn slice_at(self: &Arc<Self>, offset: u64, len: u64) -> io::Result<SpoolSlice> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.end.load(Ordering::Relaxed) => Ok(self.slice(offset, len)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{len} bytes at {offset} lie past the end of the spool"),
+            )),
+        }
+    }
+
+    /// Append `bytes`.
+    pub fn put(self: &Arc<Self>, bytes: &[u8]) -> io::Result<SpoolSlice> {
+        let len = bytes.len() as u64;
+        let offset = self.end.fetch_add(len, Ordering::Relaxed);
+        self.file.write_all_at(bytes, offset)?;
+        Ok(self.slice(offset, len))
+    }
+
+    /// Append exactly `len` bytes read from `r`, without holding them all
+    /// (a `.deb` member as it is decompressed). Fewer bytes is an
+    /// `UnexpectedEof` error; the bytes after `len` are not read.
+    pub fn put_reader(self: &Arc<Self>, r: impl Read, len: u64) -> io::Result<SpoolSlice> {
+        let offset = self.end.fetch_add(len, Ordering::Relaxed);
+        let mut r = r.take(len);
+        let mut buf = vec![0u8; (len as usize).clamp(1, CHUNK)];
+        let mut at = 0u64;
+        while at < len {
+            let n = match r.read(&mut buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{at} of {len} bytes"),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.file.write_all_at(&buf[..n], offset + at)?;
+            at += n as u64;
+        }
+        Ok(self.slice(offset, len))
+    }
+
+    fn slice(self: &Arc<Self>, offset: u64, len: u64) -> SpoolSlice {
+        SpoolSlice {
+            spool: self.clone(),
+            offset,
+            len,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "a spool file of unpacked package files could not be read back earlier in this build",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One file's bytes in a [`Spool`].
+#[derive(Clone, Debug)]
+pub struct SpoolSlice {
+    spool: Arc<Spool>,
+    offset: u64,
+    len: u64,
+}
+
+impl SpoolSlice {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A reader of exactly these bytes (a failed spool refuses to be read).
+    pub fn reader(&self) -> io::Result<SliceReader<'_>> {
+        self.spool.check()?;
+        Ok(SliceReader { slice: self, at: 0 })
+    }
+
+    /// All the bytes, read now.
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; self.len as usize];
+        self.spool.check()?;
+        self.spool
+            .file
+            .read_exact_at(&mut out, self.offset)
+            .inspect_err(|_| self.spool.failed.store(true, Ordering::Relaxed))?;
+        Ok(out)
+    }
+}
+
+/// See [`SpoolSlice::reader`].
+pub struct SliceReader<'a> {
+    slice: &'a SpoolSlice,
+    at: u64,
+}
+
+impl Read for SliceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.slice.len - self.at;
+        let want = (buf.len() as u64).min(left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let s = &self.slice.spool;
+        let n = s
+            .file
+            .read_at(&mut buf[..want], self.slice.offset + self.at)
+            .inspect_err(|_| s.failed.store(true, Ordering::Relaxed))?;
+        if n == 0 {
+            s.failed.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a spool file of unpacked package files is shorter than written",
+            ));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// A regular file's bytes: held in memory (small or generated files, ones
+/// kiln reads itself) or in a spool.
+#[derive(Clone, Debug)]
+pub enum Content {
+    Held(Arc<Vec<u8>>),
+    Spooled(SpoolSlice),
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Held(b) => b.len() as u64,
+            Content::Spooled(s) => s.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes: borrowed when held, read from the spool otherwise.
+    pub fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
+        match self {
+            Content::Held(b) => Ok(Cow::Borrowed(b.as_slice())),
+            Content::Spooled(s) => s.read_all().map(Cow::Owned),
+        }
+    }
+
+    /// The layer entry kind for these bytes.
+    pub fn kind(&self) -> super::EntryKind {
+        match self {
+            Content::Held(b) => super::EntryKind::Data(b.clone()),
+            Content::Spooled(s) => super::EntryKind::Spooled(s.clone()),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Content {
+    fn from(b: Vec<u8>) -> Content {
+        Content::Held(Arc::new(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{tarball, Entry, EntryKind};
+
+    fn entries(mut kind: impl FnMut(&[u8]) -> EntryKind) -> Vec<Entry> {
+        let big: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        let long = format!("usr/lib/{}/mod.py", "d".repeat(120));
+        [
+            ("etc/empty", &b""[..]),
+            ("usr/bin/tool", &b"#!/bin/sh\necho hi\n"[..]),
+            ("usr/lib/big.so", &big[..]),
+            (long.as_str(), &b"x = 1\n"[..]),
+        ]
+        .iter()
+        .map(|(p, d)| Entry {
+            path: p.to_string(),
+            kind: kind(d),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn spooled_entries_write_the_same_tar_and_key_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new_in(dir.path()).unwrap();
+        // Something before, so offsets are not 0; streamed and whole puts.
+        spool.put(b"unrelated").unwrap();
+        let held = entries(|d| EntryKind::Data(Arc::new(d.to_vec())));
+        let mut n = 0;
+        let spooled = entries(|d| {
+            n += 1;
+            let s = if n % 2 == 0 {
+                spool.put(d).unwrap()
+            } else {
+                spool.put_reader(d, d.len() as u64).unwrap()
+            };
+            Content::Spooled(s).kind()
+        });
+        assert!(matches!(spooled[2].kind, EntryKind::Spooled(_)));
+        let tar = |es: &[Entry]| tarball::write_tar(es, 7, Vec::new()).unwrap();
+        assert_eq!(tar(&held), tar(&spooled));
+        let gz = crate::layer::Compression::Gzip { level: 1 };
+        assert_eq!(
+            crate::layer::input_key(&held, 7, gz).unwrap(),
+            crate::layer::input_key(&spooled, 7, gz).unwrap()
+        );
+        for (h, s) in held.iter().zip(&spooled) {
+            assert_eq!(h.kind.file_len(), s.kind.file_len());
+            assert_eq!(
+                h.kind.file_bytes().unwrap().unwrap(),
+                s.kind.file_bytes().unwrap().unwrap()
+            );
+        }
+        // The spool has no name: nothing is left in the directory, during
+        // or after.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop((spooled, spool));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn short_input_and_failed_reads_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new_in(dir.path()).unwrap();
+        let e = spool.put_reader(&b"abc"[..], 5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let ok = spool.put(b"fine").unwrap();
+        assert_eq!(ok.read_all().unwrap(), b"fine");
+        // A slice past the end (as if the file were cut short): the read
+        // fails, and from then on the spool refuses every read, so bytes
+        // taken as missing cannot end up in a layer.
+        let cut = SpoolSlice {
+            spool: spool.clone(),
+            offset: 1 << 20,
+            len: 3,
+        };
+        assert!(cut.read_all().is_err());
+        assert!(ok.read_all().is_err());
+        let entry = Entry {
+            path: "f".into(),
+            kind: EntryKind::Spooled(ok),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        assert!(tarball::write_tar(&[entry], 0, Vec::new()).is_err());
+    }
+}

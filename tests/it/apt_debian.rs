@@ -7,24 +7,11 @@ use std::process::Command;
 
 use crate::common::*;
 
-/// One cache for this file's builds: the second build reuses the first's downloads.
+/// One cache for this file's builds: the second build reuses the first's
+/// downloads. The run's warm one (the shared Debian images' packages): no
+/// test here is about a cold cache.
 fn shared_cache() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| unique_dir("apt-cache")).clone()
-}
-
-fn ensure_host_sources() {
-    let has = std::path::Path::new("/etc/apt/sources.list.d")
-        .read_dir()
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-        || std::fs::read_to_string("/etc/apt/sources.list")
-            .map(|s| s.contains("deb "))
-            .unwrap_or(false);
-    assert!(
-        has,
-        "these tests use the host's apt sources to find a Debian mirror; none are configured"
-    );
+    warm_cache()
 }
 
 #[test]

@@ -2,23 +2,34 @@
 //! own Python (Debian's python3 from the archive the host's apt names) in
 //! kiln's sandbox, are in the image, listed in RECORD, used by imports,
 //! and the same bytes from a cold cache and another one.
+//!
+//! The host-platform tests build on the run's shared Debian python3 image
+//! ([`debian_python3`]) instead of bootstrapping it in every build; the
+//! foreign-architecture test bootstraps its own (it needs arm64 too).
 
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-/// One cache for this file's builds (the Debian packages are fetched once).
+/// One warm cache for this file's builds: the run's shared one (the
+/// Debian packages are fetched once). The cold-cache check uses its own.
 fn shared_cache() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| unique_dir("bytecode-cache")).clone()
+    warm_cache()
 }
 
 const SITE: &str = "/usr/local/lib/python3.11/dist-packages";
 
 /// A workspace with a local wheel `demo 1.0` (a package of two modules,
 /// with a set constant: marshalled in hash order) and a spec installing it
-/// on Debian's python3; `extra` goes into `[pip]`.
+/// on Debian's python3 (the shared image); `extra` goes into `[pip]`.
 fn workspace(label: &str, extra: &str) -> Workspace {
+    let base = format!("base = \"{}\"\n", debian_python3().reference());
+    workspace_on(label, &base, extra)
+}
+
+/// [`workspace`] with IMAGE_AND_APT (lines of `[image]`, then possibly an
+/// `[apt]` section) giving the Debian python3.
+fn workspace_on(label: &str, image_and_apt: &str, extra: &str) -> Workspace {
     let ws = Workspace::new(label);
     let di = "demo-1.0.dist-info";
     let wheel = wheel_zip(&[
@@ -51,9 +62,7 @@ fn workspace(label: &str, extra: &str) -> Workspace {
         r#"
 [image]
 tags = ["py"]
-[apt]
-bootstrap = "minbase"
-packages = ["python3"]
+{image_and_apt}
 [pip]
 packages = ["demo==1.0"]
 no-index = true
@@ -211,14 +220,11 @@ fn compile_false_gives_no_pycs_and_compile_stdlib_compiles_the_rest() {
 /// none on PATH, the build goes on without them and says why.
 #[test]
 fn foreign_architecture_uses_the_hosts_python_or_says_why() {
-    let ws = workspace("bytecode-arm64", "");
-    let spec = std::fs::read_to_string(ws.join("kiln.toml"))
-        .unwrap()
-        .replace(
-            "tags = [\"py\"]",
-            "tags = [\"py\"]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]",
-        );
-    ws.spec(&spec);
+    let ws = workspace_on(
+        "bytecode-arm64",
+        "platforms = [\"linux/amd64\", \"linux/arm64\"]\n[apt]\nbootstrap = \"minbase\"\npackages = [\"python3\"]\n",
+        "",
+    );
     let layer = |r: &serde_json::Value, platform: &str| {
         let p = r["summary"]["platforms"]
             .as_array()

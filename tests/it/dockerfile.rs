@@ -273,46 +273,20 @@ fn bad_dockerfiles_name_the_line_and_write_nothing() {
     assert!(!ws.join("out").exists());
 }
 
-/// The apt tests' condition: the host's apt sources name a Debian mirror.
-fn ensure_host_sources() {
-    let has = std::path::Path::new("/etc/apt/sources.list.d")
-        .read_dir()
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-        || fs::read_to_string("/etc/apt/sources.list")
-            .map(|s| s.contains("deb "))
-            .unwrap_or(false);
-    assert!(
-        has,
-        "this test uses the host's apt sources to find a Debian mirror; none are configured"
-    );
-}
-
-/// A Debian minbase bootstrapped by kiln from the host's sources, as the
-/// layout WS/base tagged `base` (the Dockerfile's `FROM oci:base:base`);
-/// returns the cache it was built with (KILN_CACHE for the test's builds).
-fn debian_base(ws: &Workspace, cache_label: &str) -> std::path::PathBuf {
+/// A Debian minbase bootstrapped by kiln from the host's sources (the run's
+/// shared one, bootstrapped once), copied to the layout WS/base tagged
+/// `base` (the Dockerfile's `FROM oci:base:base`); returns the cache for
+/// the test's builds (the run's warm one, which the bootstrap filled).
+fn debian_base(ws: &Workspace) -> std::path::PathBuf {
     ensure_host_sources();
-    let cache = unique_dir(cache_label);
-    let spec = ws.join("base.toml");
-    fs::write(
-        &spec,
-        "[image]\ntags = [\"base\"]\n[apt]\nbootstrap = \"minbase\"\n",
-    )
-    .unwrap();
-    run(ws
-        .kiln()
-        .env("KILN_CACHE", &cache)
-        .args(["build", "--quiet", "--no-sbom", "-o", "oci:base"])
-        .arg(&spec))
-    .ok();
-    cache
+    debian_minbase().copy_to(&ws.join("base"));
+    warm_cache()
 }
 
 #[test]
 fn dockerfile_apt_install_runs_natively() {
     let ws = Workspace::new("dockerfile-apt");
-    let cache = debian_base(&ws, "dockerfile-apt-cache");
+    let cache = debian_base(&ws);
     ws.write(
         "Dockerfile",
         "FROM oci:base:base\nRUN apt-get update && \\\n    apt-get install -y --no-install-recommends hello \\\n && rm -rf /var/lib/apt/lists/*\nCMD [\"hello\"]\n",
@@ -407,7 +381,7 @@ fn a_notebook_platform_dockerfile_with_apt_conda_and_pip() {
     use crate::conda_channel::{fake_python, hello_py, write_channel};
     use std::os::unix::fs::MetadataExt;
     let ws = Workspace::new("dockerfile-notebook");
-    let cache = debian_base(&ws, "dockerfile-notebook-cache");
+    let cache = debian_base(&ws);
 
     // A `conda-forge` channel under a mirror directory (the alias).
     write_channel(

@@ -1,6 +1,9 @@
 //! End to end, over the network: Debian's python3 from apt, then numpy,
 //! pandas, requests and scipy from the package index pip is configured with
 //! (or the default index the Python crates carry), checked inside the image.
+//! The python3 is the run's shared Debian image (bootstrapped once, with
+//! the host's apt sources), pip and venv added here by apt; the builds use
+//! the run's warm cache (nothing here is about a cold one).
 
 use crate::common::*;
 
@@ -34,20 +37,22 @@ fn check_image(out: &std::path::Path, tag: &str, bundle: &std::path::Path, pytho
 #[test]
 fn pip_packages_on_debian_python_system_and_venv() {
     let ws = Workspace::new("pip-image");
-    ws.spec(
+    ws.spec(&format!(
         r#"
 [image]
 tags = ["py"]
+base = "{}"
 [apt]
-bootstrap = "minbase"
 packages = ["python3", "python3-pip", "python3-venv"]
 [pip]
 packages = ["numpy", "pandas", "requests", "scipy"]
 "#,
-    );
+        debian_python3().reference()
+    ));
     let out = ws.join("out");
     let r = run(ws
         .kiln()
+        .env("KILN_CACHE", warm_cache())
         .args(["build", "--json", "-o"])
         .arg(format!("oci:{}", out.display())))
     .ok();
@@ -88,6 +93,7 @@ packages = ["numpy", "pandas", "requests", "scipy"]
     let out2 = ws2.join("out");
     run(ws2
         .kiln()
+        .env("KILN_CACHE", warm_cache())
         .args(["build", "--quiet", "-o"])
         .arg(format!("oci:{}", out2.display())))
     .ok();

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use kiln_core::Platform;
 use kiln_fs::Rootfs;
@@ -18,25 +17,10 @@ use kiln_store::{Cache, Http};
 
 use crate::common::*;
 
-/// A Debian python3 image made once for the module (`oci:DIR:py`).
-fn python_base() -> &'static str {
-    static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let ws = Workspace::new("sdist-base");
-        ws.spec(
-            "[image]\ntags = [\"py\"]\n[apt]\nbootstrap = \"minbase\"\npackages = [\"python3\"]\n",
-        );
-        let out = ws.join("out");
-        run(ws
-            .kiln()
-            .args(["build", "--quiet", "-o"])
-            .arg(format!("oci:{}", out.display())))
-        .ok();
-        let base = format!("oci:{}:py", out.display());
-        // Kept for the other tests of this run.
-        std::mem::forget(ws);
-        base
-    })
+/// Debian's python3 image, bootstrapped once for the whole run and shared
+/// with other modules (`oci:DIR:py`).
+fn python_base() -> String {
+    debian_python3().reference()
 }
 
 /// An in-tree PEP 517 backend writing `hello-1.0-py3-none-any.whl` (which

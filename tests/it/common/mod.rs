@@ -25,11 +25,13 @@
 //! - `servers`: [`FakeServer`] and [`FileServer`] on loopback;
 //! - `git_http`: [`GitServer`] (`git http-backend` on loopback), [`git`];
 //! - `builds`: `kiln build --json` and checks on its output, small specs;
+//! - `fixtures`: Debian base images bootstrapped once per run, a warm cache;
 //! - `spdx`: pyspdxtools validation;
 //! - `webdriver`: headless chromium over WebDriver ([`Browser`]).
 
 mod builds;
 mod ci_schemas;
+mod fixtures;
 mod git_http;
 mod handmade;
 mod json;
@@ -46,6 +48,7 @@ mod workspace;
 
 pub use builds::*;
 pub use ci_schemas::*;
+pub use fixtures::*;
 pub use git_http::*;
 pub use handmade::*;
 pub use json::*;

@@ -122,10 +122,14 @@ row() {
   printf '%-8s %9s %9s %12s %12s\n' buildah "$bc" "$bw" "$bc_rss" "$bw_rss"
   printf 'ratio buildah/kiln: cold %sx, warm %sx\n' "$(ratio "$bc" "$kc")" "$(ratio "$bw" "$kw")"
 }
-row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
+# ROWS picks the rows to run (default all: "1 2 3").
+ROWS=${ROWS:-1 2 3}
+has_row() { [[ " $ROWS " == *" $1 "* ]]; }
+has_row 1 && row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
 echo
-row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
+has_row 2 && row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+has_row 3 || exit 0
 echo
 row "full data image: apt python3 + pip + ca-certificates, pip numpy pandas requests scipy matplotlib scikit-learn, build + push" ctx3 \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt

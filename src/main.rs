@@ -1288,6 +1288,7 @@ fn sources(src: Sources, common: &Common) -> kiln::Result<Option<Source>> {
     // The lock of a Dockerfile or environment-file build (read first: it
     // pins the Git commits): beside a local Dockerfile, else in the current
     // directory for what came from Git.
+    let explicit_lock = lockfile.clone();
     let lock_file = lockfile.or_else(|| {
         let name = match env_file {
             Some(f) => f.rsplit(['/', ':']).next().unwrap_or(f),
@@ -1364,7 +1365,10 @@ fn sources(src: Sources, common: &Common) -> kiln::Result<Option<Source>> {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 args.extend(build_args);
-                let own = spec.as_deref().map(kiln_spec::lock::path_for);
+                // `--lockfile` wins over the spec's own kiln.lock.
+                let own = explicit_lock
+                    .clone()
+                    .or_else(|| spec.as_deref().map(kiln_spec::lock::path_for));
                 (
                     Some(s.dockerfile),
                     Some(s.context),

@@ -563,6 +563,19 @@ fn dockerfile_builds_lock_and_build_locked() {
         "{lock}"
     );
     assert!(!ws.join("kiln.lock").exists());
+    // A spec naming the Dockerfile locks beside itself, or where
+    // --lockfile says.
+    ws.write("app.toml", "[image]\ndockerfile = \"Dockerfile\"\n");
+    run(ws
+        .kiln()
+        .args(["lock", "app.toml", "--lockfile", "pins.lock"]))
+    .ok();
+    let pins = fs::read_to_string(ws.join("pins.lock")).unwrap();
+    assert!(pins.contains("name = \"tinywheel\""), "{pins}");
+    assert!(
+        !ws.join("kiln.lock").exists(),
+        "the spec's own lock is not written"
+    );
 
     fs::write(
         house.join("tinywheel-1.1-py3-none-any.whl"),

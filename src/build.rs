@@ -655,47 +655,44 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
     phase("building");
 
-    // `[[files]]` layers, the same on every platform, on top; with
-    // `[[run]]`, in order with the commands (one platform: the host's).
+    // `[[files]]` layers on top, their parent directories as each
+    // platform's tree has them; with `[[run]]`, in order with the commands
+    // (one platform: the host's).
     let runs = !setup.spec.run.is_empty();
     let keep = keep_for(opts, &setup.spec);
     for (p, img) in platforms.iter_mut().zip(&base.images) {
-        if runs {
-            let s = p
-                .sbom
-                .as_mut()
-                .expect("run_stages keeps the tree for [[run]]");
-            // The commands' tree: the base's layers, then the stages'.
-            let layers = image_layers(img, &blobs, &p.layers, &setup.cache)?;
-            let groups = run_steps::groups(
-                &setup.spec,
-                &img.config,
-                layers,
-                &plan.file_groups,
-                &mut s.fs,
-                &keep,
-                opts.network,
-                &setup.cache,
-                &opts.progress,
-            )?;
-            p.layers
-                .extend(build_groups(&groups, opts, &setup.cache, &plan.tally)?);
-            if !opts.sbom {
-                p.sbom = None;
+        let groups = match (runs, &mut p.sbom) {
+            (true, s) => {
+                let s = s.as_mut().expect("run_stages keeps the tree for [[run]]");
+                // The commands' tree: the base's layers, then the stages'.
+                let layers = image_layers(img, &blobs, &p.layers, &setup.cache)?;
+                run_steps::groups(
+                    &setup.spec,
+                    &img.config,
+                    layers,
+                    &plan.file_groups,
+                    &mut s.fs,
+                    &keep,
+                    opts.network,
+                    &setup.cache,
+                    &opts.progress,
+                )?
             }
-            continue;
-        }
-        // Each layer's parent directories as the platform's tree below
-        // it has them (the same layer on every platform as a rule).
-        let mut groups = plan.file_groups.clone();
-        if let Some(s) = &mut p.sbom {
-            for (group, f) in groups.iter_mut().zip(&setup.spec.files) {
-                s.fs.adopt_parents(f.dst.relative(), &mut group.1);
-                s.fs.apply_entries(&group.1, &keep);
+            (false, s) => {
+                let mut groups = plan.file_groups.clone();
+                if let Some(s) = s {
+                    for (group, f) in groups.iter_mut().zip(&setup.spec.files) {
+                        s.fs.adopt_parents(f.dst.relative(), &mut group.1);
+                        s.fs.apply_entries(&group.1, &keep);
+                    }
+                }
+                groups
             }
-        }
+        };
         p.layers
             .extend(build_groups(&groups, opts, &setup.cache, &plan.tally)?);
+        // The tree was kept for the commands or the copies; only the SBOM
+        // reads it from here on.
         if !opts.sbom {
             p.sbom = None;
         }

@@ -142,10 +142,9 @@ pub(crate) fn groups(
             let dst = spec.files.get(slot).map(|f| f.dst.relative()).unwrap_or("");
             let mut entries = entries.clone();
             fs.adopt_parents(dst, &mut entries);
-            let entries = &entries;
-            write_entries(&mut sb, entries)?;
-            fs.apply_entries(entries, keep);
-            out.push((label.clone(), entries.clone()));
+            write_entries(&mut sb, &entries)?;
+            fs.apply_entries(&entries, keep);
+            out.push((label.clone(), entries));
         }
     }
     Ok(out)

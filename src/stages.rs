@@ -154,12 +154,11 @@ impl Stages<'_> {
             };
             let (mut groups, mut report) =
                 apt::layer_groups_counted(&plan, fs, cache, self.epoch, &unpacked)?;
-            adopt_existing_dirs(fs, &mut groups);
             bar.finish_and_clear();
             let spinner = self
                 .progress
                 .spinner(&format!("apt: layering for {platform}"));
-            self.apply(fs, &groups);
+            self.lay(fs, &mut groups);
             if self.run_scripts {
                 // `keep` holds every content then, so `fs` is the whole assembled tree.
                 spinner.set_message(format!("apt: running maintainer scripts for {platform}"));
@@ -225,11 +224,10 @@ impl Stages<'_> {
             } else {
                 let (mut groups, report, fragments) =
                     conda::install::layer_groups(&plan, fs, cache, self.epoch)?;
-                adopt_existing_dirs(fs, &mut groups);
                 _fragments = Some(fragments);
                 spinner.finish_and_clear();
+                self.lay(fs, &mut groups);
                 emit(&groups)?;
-                self.apply(fs, &groups);
                 out.conda = Some(report);
             }
             if let Some(pip_section) = &plan.pip {
@@ -319,15 +317,13 @@ impl Stages<'_> {
             return Ok(());
         }
         let mut groups = pip::layer_groups(&plan, self.cache)?;
-        adopt_existing_dirs(fs, &mut groups);
         spinner.finish_and_clear();
+        self.lay(fs, &mut groups);
         emit(&groups)?;
-        self.apply(fs, &groups);
         let mut bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
         if let Some((Some(layer), _)) = &mut bytecode {
-            fs.adopt_existing_dirs(&mut layer.1);
+            self.lay(fs, std::slice::from_mut(layer));
             emit(std::slice::from_ref(layer))?;
-            self.apply(fs, std::slice::from_ref(layer));
         }
         out.pins.pip.extend(pip::pins(&plan, name));
         out.pip.push(PipReport {
@@ -347,17 +343,19 @@ impl Stages<'_> {
         Ok(())
     }
 
+    /// Lay a stage's layers on the tree: the directories the tree already
+    /// has keep their mode and owner ([`Rootfs::adopt_existing_dirs`]),
+    /// then the view holds what the layers add.
+    fn lay(&self, fs: &mut Rootfs, groups: &mut [LayerGroup]) {
+        for (_, entries) in groups.iter_mut() {
+            fs.adopt_existing_dirs(entries);
+        }
+        self.apply(fs, groups);
+    }
+
     fn apply(&self, fs: &mut Rootfs, groups: &[LayerGroup]) {
         for (_, entries) in groups {
             fs.apply_entries(entries, self.keep);
         }
-    }
-}
-
-/// A stage's directories that the tree below already has keep their mode
-/// and owner ([`Rootfs::adopt_existing_dirs`]).
-fn adopt_existing_dirs(fs: &Rootfs, groups: &mut [LayerGroup]) {
-    for (_, entries) in groups {
-        fs.adopt_existing_dirs(entries);
     }
 }

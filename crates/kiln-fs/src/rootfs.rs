@@ -303,10 +303,7 @@ impl Rootfs {
     /// The permission bits a layer gave the directory at `path` (a
     /// normalised path), if any did.
     pub fn dir_mode(&self, path: &str) -> Option<u32> {
-        match self.nodes.get(path) {
-            Some(Node::Dir) => self.dirs.get(path).map(|d| d.mode),
-            _ => None,
-        }
+        self.dir_meta(path).map(|d| d.mode)
     }
 
     /// The mode and owner of the directory at `path` (a normalised path),
@@ -400,24 +397,13 @@ impl Rootfs {
                     Node::Dir
                 }
                 EntryKind::Symlink { target } => Node::Symlink(target.clone()),
-                EntryKind::Data(d) => Node::File {
-                    size: d.len() as u64,
+                kind => Node::File {
+                    size: kind.file_len().unwrap_or(0),
                     mode: e.mode,
-                    content: keep(&path).then(|| d.as_ref().clone()),
-                },
-                EntryKind::Spooled(s) => Node::File {
-                    size: s.len(),
-                    mode: e.mode,
-                    content: if keep(&path) { s.read_all().ok() } else { None },
-                },
-                EntryKind::File { src, size } => Node::File {
-                    size: *size,
-                    mode: e.mode,
-                    content: if keep(&path) {
-                        std::fs::read(src).ok()
-                    } else {
-                        None
-                    },
+                    content: keep(&path)
+                        .then(|| kind.file_bytes().and_then(|b| b.ok()))
+                        .flatten()
+                        .map(|b| b.into_owned()),
                 },
             };
             self.insert(&path, node);

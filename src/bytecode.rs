@@ -9,13 +9,16 @@
 //! architecture, by the host's `python3.X` of the same minor version over
 //! the sources written out; else nothing is compiled and the report says
 //! why. The pycs are PEP 552 unchecked-hash ones (no mtime inside, never
-//! revalidated), compiled in fixed chunks of the sorted list, each by a
-//! fresh interpreter with a fixed hash seed (chunks run in parallel), so the
-//! same inputs give the same bytes. Each RECORD gets
-//! `path,,` rows for its pycs, as pip writes them.
+//! revalidated), compiled per wheel in fixed chunks of its sorted list,
+//! each by a fresh interpreter with a fixed hash seed (chunks run in
+//! parallel), so the same inputs give the same bytes. Each RECORD gets
+//! `path,,` rows for its pycs, as pip writes them. The compiler's tree is
+//! the image below the stage plus the stage's sources: nothing else of
+//! the wheels is unpacked for it.
 //!
-//! The result is remembered (bucket `pip-bytecode-v1`) by the interpreter,
-//! its version and the installed sources, so a warm build starts nothing.
+//! Each wheel's pycs are remembered (bucket `pip-bytecode-v1`) by the
+//! interpreter, its version and the wheel's sources, so a warm build
+//! starts nothing and a stage that gains a wheel compiles that wheel alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,6 +43,9 @@ use crate::stages::Stages;
 pub struct BytecodeReport {
     /// `.pyc` files in the layer.
     pub compiled: usize,
+    /// Of those, the ones an earlier build compiled (remembered per wheel).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached: usize,
     /// Why nothing (or not everything) was compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -53,9 +59,10 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// The compiler, run as a file: `SCRIPT ROOT LIST` reads source paths
-/// (one a line) from LIST and compiles them in fixed chunks of 500, each
-/// by a fresh interpreter (`SCRIPT ROOT LIST START END`), as many at once
-/// as there are CPUs. Each source under the root prefix ROOT gets the pyc
+/// (one a line, units apart by an empty line) from LIST and compiles each
+/// unit in fixed chunks of 500, each by a fresh interpreter (`SCRIPT ROOT
+/// LIST START END`, over the units' paths one after another), as many at
+/// once as there are CPUs. Each source under the root prefix ROOT gets the pyc
 /// path the interpreter itself looks for, the image path in its code
 /// objects, and a line `source<TAB>pyc` out, in the list's order. A
 /// chunk's bytes depend only on its files, whatever ran beside it.
@@ -63,7 +70,8 @@ const SCRIPT: &str = r#"import os, sys, subprocess, py_compile, importlib.util
 from concurrent.futures import ThreadPoolExecutor
 root, listing = sys.argv[1], sys.argv[2]
 with open(listing, encoding="utf-8", errors="surrogateescape") as f:
-    paths = [p for p in f.read().split("\n") if p]
+    units = [[p for p in u.split("\n") if p] for u in f.read().split("\n\n")]
+paths = [p for u in units for p in u]
 CHUNK = 500
 if len(sys.argv) == 5:
     mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
@@ -79,20 +87,24 @@ if len(sys.argv) == 5:
     sys.stdout.write("".join(done))
     sys.exit(0)
 
-def chunk(start):
-    argv = [sys.executable, "-s", "-B", __file__, root, listing, str(start), str(start + CHUNK)]
+def chunk(start, end):
+    argv = [sys.executable, "-s", "-B", __file__, root, listing, str(start), str(end)]
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if r.returncode != 0:
         raise SystemExit("a compiler process failed: " + r.stderr.decode("utf-8", "replace")[-2000:])
     return r.stdout
 
+starts, at = [], 0
+for u in units:
+    starts += [(at + s, at + min(s + CHUNK, len(u))) for s in range(0, len(u), CHUNK)]
+    at += len(u)
 with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-    for out in ex.map(chunk, range(0, len(paths), CHUNK)):
+    for out in ex.map(lambda r: chunk(*r), starts):
         sys.stdout.buffer.write(out)
 "#;
 
 /// Bumped whenever the same inputs would give other pycs or rows.
-const FORMAT: &str = "kiln-bytecode/2";
+const FORMAT: &str = "kiln-bytecode/3";
 
 /// One compiled file: its source and its pyc (absolute image paths).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,13 +114,12 @@ struct Compiled {
     size: u64,
 }
 
-/// What the cache keeps: the pycs' bytes concatenated in one blob.
+/// What the cache keeps of a unit: its pycs' bytes concatenated in one blob.
 #[derive(Serialize, Deserialize)]
 struct Memo {
     blob: Digest,
     files: Vec<Compiled>,
     failed: usize,
-    skipped: Option<String>,
 }
 
 /// How the sources get compiled.
@@ -145,7 +156,6 @@ pub(crate) fn compile(
         ))));
     };
     let records = records(groups);
-    let mut sources: BTreeSet<String> = records.values().flatten().cloned().collect();
     let host = Platform::host();
     let native =
         platform.os == host.os && platform.arch == host.arch && platform.variant == host.variant;
@@ -162,9 +172,10 @@ pub(crate) fn compile(
         }
     };
     let mut skipped = None;
+    let mut stdlib = Vec::new();
     if section.compile_stdlib {
         match compiler {
-            Compiler::Image => sources.extend(stdlib_sources(fs, minor)),
+            Compiler::Image => stdlib = stdlib_sources(fs, minor),
             // The base's sources are not on disk outside the sandbox.
             Compiler::Host(..) => {
                 skipped = Some(
@@ -174,7 +185,8 @@ pub(crate) fn compile(
             }
         }
     }
-    if sources.is_empty() {
+    let units = units(python, &compiler, &records, stdlib, groups, fs);
+    if units.is_empty() {
         return Ok(Some((
             None,
             BytecodeReport {
@@ -183,54 +195,80 @@ pub(crate) fn compile(
             },
         )));
     }
-    let key = key(python, &compiler, &sources, groups, fs);
-    let memo_path = stages
-        .cache
-        .entry(CacheBucket::Bytecode, format!("{}.json", key.hex()));
-    let memo = match read_memo(&memo_path, stages.cache) {
-        Some(hit) => hit,
-        None => {
-            let spinner = stages.progress.spinner(&format!(
-                "pip: compiling {} files to bytecode for {platform}",
-                sources.len()
-            ));
-            let run = match &compiler {
-                Compiler::Image => {
-                    in_sandbox(tree(platform)?, &python.interpreter, &sources, stages.cache)
+    let memo_path = |u: &Unit| {
+        stages
+            .cache
+            .entry(CacheBucket::Bytecode, format!("{}.json", u.key.hex()))
+    };
+    let mut memos: Vec<Option<(Memo, Arc<Spool>)>> = units
+        .iter()
+        .map(|u| read_memo(&memo_path(u), stages.cache))
+        .collect();
+    let cached: usize = memos.iter().flatten().map(|(m, _)| m.files.len()).sum();
+    let todo: Vec<&Unit> = units
+        .iter()
+        .zip(&memos)
+        .filter(|(_, m)| m.is_none())
+        .map(|(u, _)| u)
+        .collect();
+    if !todo.is_empty() {
+        let count: usize = todo.iter().map(|u| u.sources.len()).sum();
+        let spinner = stages.progress.spinner(&format!(
+            "pip: compiling {count} files to bytecode for {platform}"
+        ));
+        let run = match &compiler {
+            Compiler::Image => in_sandbox(
+                tree(platform)?,
+                &python.interpreter,
+                &todo,
+                groups,
+                stages.cache,
+            ),
+            Compiler::Host(path, _) => on_host(path, &todo, groups, stages.cache),
+        };
+        spinner.finish_and_clear();
+        let mut done = match run {
+            Ok(r) => r,
+            Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
+        };
+        for (unit, slot) in units.iter().zip(memos.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            // The unit's pycs, in source order, out of what the run wrote.
+            let mut files = Vec::new();
+            let mut data = Vec::new();
+            for source in &unit.sources {
+                if let Some((c, bytes)) = done.remove(source) {
+                    files.push(c);
+                    data.extend_from_slice(&bytes);
                 }
-                Compiler::Host(path, _) => on_host(path, &sources, groups, stages.cache),
-            };
-            spinner.finish_and_clear();
-            let (files, failed, data) = match run {
-                Ok(r) => r,
-                Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
-            };
-            let blob = stages.cache.put(&data)?;
-            drop(data);
+            }
             let memo = Memo {
-                blob,
+                blob: stages.cache.put(&data)?,
+                failed: unit.sources.len() - files.len(),
                 files,
-                failed,
-                skipped: skipped.clone(),
             };
             if let Ok(json) = serde_json::to_vec(&memo) {
-                kiln_store::cache::write_atomic(&memo_path, &json);
+                kiln_store::cache::write_atomic(&memo_path(unit), &json);
             }
             let path = stages.cache.blob_path(&memo.blob);
             let spool = Spool::open(&path)
                 .io_context(|| format!("opening the bytecode blob {}", path.display()))?;
-            (memo, spool)
+            *slot = Some((memo, spool));
         }
-    };
-    let (memo, data) = memo;
+    }
+    let memos: Vec<(Memo, Arc<Spool>)> = memos.into_iter().flatten().collect();
+    let compiled: usize = memos.iter().map(|(m, _)| m.files.len()).sum();
     let report = BytecodeReport {
-        compiled: memo.files.len(),
-        skipped: memo.skipped.clone(),
-        failed: memo.failed,
+        compiled,
+        cached,
+        skipped,
+        failed: memos.iter().map(|(m, _)| m.failed).sum(),
     };
-    let entries = layer_entries(&memo.files, &data, groups, &records)
+    let entries = layer_entries(&memos, groups, &records)
         .io_context(|| "reading the bytecode blob".to_string())?;
-    let label = format!("kiln bytecode python3.{minor}: {} files", memo.files.len());
+    let label = format!("kiln bytecode python3.{minor}: {compiled} files");
     Ok(Some((Some((label, entries)), report)))
 }
 
@@ -366,66 +404,91 @@ fn host_python(minor: u32) -> Option<(PathBuf, String)> {
     })
 }
 
-/// Everything that decides the layer: the interpreter and its version, the
-/// sources' paths and bytes, the RECORDs, and for the stdlib the package
-/// database (which names the Python packages' versions).
-fn key(
+/// What is compiled and remembered as one piece: the sources of one
+/// RECORD (a wheel), or the standard library's. A new wheel in a stage
+/// compiles alone; the others' pycs come from the cache. A unit's pycs
+/// are compiled in chunks of its own list, so their bytes depend on the
+/// unit alone, whatever was compiled beside it.
+struct Unit {
+    key: Digest,
+    /// Absolute image paths, sorted.
+    sources: Vec<String>,
+}
+
+/// The units of a stage, each with its key: the interpreter and its
+/// version, the sources' paths and bytes, and for the standard library
+/// (whose sources are the base's) their sizes and the package database
+/// (which names the Python packages' versions).
+fn units(
     python: &pip::PythonTarget,
     compiler: &Compiler,
-    sources: &BTreeSet<String>,
+    records: &BTreeMap<String, Vec<String>>,
+    stdlib: Vec<String>,
     groups: &[LayerGroup],
     fs: &Rootfs,
-) -> Digest {
+) -> Vec<Unit> {
     use sha2::{Digest as _, Sha256};
-    let mut h = Sha256::new();
+    let mut prefix = Sha256::new();
     // The interpreter's size stands for its build (a rebuilt package of
     // the same version may compile otherwise).
     let size = match fs.resolve(&python.interpreter) {
         Some((_, Node::File { size, .. })) => *size,
         _ => 0,
     };
-    h.update(format!(
+    prefix.update(format!(
         "{FORMAT} {}\n{} {} {size}\n",
         env!("CARGO_PKG_VERSION"),
         python.interpreter,
         python.full_version()
     ));
     if let Compiler::Host(path, version) = compiler {
-        h.update(format!("host {} {version}\n", path.display()));
+        prefix.update(format!("host {} {version}\n", path.display()));
     }
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
         .flat_map(|(_, es)| es)
         .map(|e| (e.path.as_str(), e))
         .collect();
-    let mut stdlib = false;
-    for s in sources {
-        h.update(format!("{s}\0"));
-        match ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) {
-            Some(bytes) => {
-                h.update(format!("{}\0", bytes.len()));
-                h.update(&bytes);
-            }
-            None => {
-                stdlib = true;
-                let size = match fs.node(s) {
-                    Some(Node::File { size, .. }) => *size,
-                    _ => 0,
-                };
-                h.update(format!("base {size}\0"));
-            }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for sources in records.values() {
+        let sources: BTreeSet<&String> = sources.iter().filter(|s| seen.insert(*s)).collect();
+        if sources.is_empty() {
+            continue;
         }
-    }
-    for (path, e) in &ours {
-        if path.ends_with(".dist-info/RECORD") {
-            h.update(format!("{path}\0"));
-            h.update(content(e).unwrap_or_default());
+        let mut h = prefix.clone();
+        for s in &sources {
+            h.update(format!("{s}\0"));
+            let bytes = ours
+                .get(s.trim_start_matches('/'))
+                .and_then(|e| content(e))
+                .unwrap_or_default();
+            h.update(format!("{}\0", bytes.len()));
+            h.update(&bytes);
         }
+        out.push(Unit {
+            key: Digest::from_hasher(h),
+            sources: sources.into_iter().cloned().collect(),
+        });
     }
-    if stdlib {
+    let stdlib: BTreeSet<String> = stdlib.into_iter().filter(|s| !seen.contains(s)).collect();
+    if !stdlib.is_empty() {
+        let mut h = prefix;
+        h.update("stdlib\n");
+        for s in &stdlib {
+            let size = match fs.node(s) {
+                Some(Node::File { size, .. }) => *size,
+                _ => 0,
+            };
+            h.update(format!("{s}\0base {size}\0"));
+        }
         h.update(fs.read("/var/lib/dpkg/status").unwrap_or_default());
+        out.push(Unit {
+            key: Digest::from_hasher(h),
+            sources: stdlib.into_iter().collect(),
+        });
     }
-    Digest::from_hasher(h)
+    out
 }
 
 /// The memo and its blob, when both are intact. The blob is opened, not
@@ -439,8 +502,8 @@ fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Arc<Spool>)> {
     Some((memo, spool))
 }
 
-/// The compiled files, how many failed, and their bytes concatenated.
-type Run = (Vec<Compiled>, usize, Vec<u8>);
+/// What a compiler run wrote: each compiled source's pyc and its bytes.
+type Run = BTreeMap<String, (Compiled, Vec<u8>)>;
 
 /// The fixed environment of the compiler: no hash randomisation (sets
 /// and frozensets of constants are marshalled in hash order).
@@ -454,11 +517,15 @@ fn env() -> Vec<(String, String)> {
     ]
 }
 
-/// The image's own interpreter over the image so far, without network.
+/// The image's own interpreter, without network, over the image below
+/// the stage (`layers`) and the stage's sources written out: compiling
+/// reads nothing else, so the stage's other files (its shared libraries,
+/// most of a scientific wheel set) are never unpacked.
 fn in_sandbox(
     layers: Vec<Box<dyn std::io::Read>>,
     interpreter: &str,
-    sources: &BTreeSet<String>,
+    units: &[&Unit],
+    groups: &[LayerGroup],
     cache: &Cache,
 ) -> std::result::Result<Run, String> {
     let tmp = cache.bucket(CacheBucket::Tmp);
@@ -466,9 +533,10 @@ fn in_sandbox(
     let mut sb = Sandbox::from_layers(layers, &tmp, purpose).map_err(|e| e.to_string())?;
     let root = sb.root().to_path_buf();
     let write = || -> std::io::Result<()> {
+        write_sources(&root, units, groups)?;
         std::fs::create_dir_all(root.join("tmp"))?;
         std::fs::write(root.join("tmp/.kiln-bytecode.py"), SCRIPT)?;
-        std::fs::write(root.join("tmp/.kiln-bytecode-sources"), listing(sources))
+        std::fs::write(root.join("tmp/.kiln-bytecode-sources"), listing(units))
     };
     write().map_err(|e| format!("writing the list of sources: {e}"))?;
     let output = sb
@@ -487,14 +555,14 @@ fn in_sandbox(
             network: Network::None,
         })
         .map_err(|e| e.to_string())?;
-    collect(&output, &root, sources.len())
+    collect(&output, &root)
 }
 
 /// A host interpreter over the sources written out under a scratch
 /// directory (image paths below it; `dfile` names the image path).
 fn on_host(
     python: &Path,
-    sources: &BTreeSet<String>,
+    units: &[&Unit],
     groups: &[LayerGroup],
     cache: &Cache,
 ) -> std::result::Result<Run, String> {
@@ -503,24 +571,10 @@ fn on_host(
         .tempdir_in(cache.bucket(CacheBucket::Tmp))
         .map_err(|e| format!("making a scratch directory: {e}"))?;
     let root = dir.path().join("root");
-    let ours: BTreeMap<&str, &Entry> = groups
-        .iter()
-        .flat_map(|(_, es)| es)
-        .map(|e| (e.path.as_str(), e))
-        .collect();
     let write = || -> std::io::Result<()> {
-        for s in sources {
-            let Some(bytes) = ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) else {
-                continue;
-            };
-            let dst = root.join(s.trim_start_matches('/'));
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(dst, bytes)?;
-        }
+        write_sources(&root, units, groups)?;
         std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
-        std::fs::write(dir.path().join("sources"), listing(sources))
+        std::fs::write(dir.path().join("sources"), listing(units))
     };
     write().map_err(|e| format!("writing the sources out: {e}"))?;
     let output = Command::new(python)
@@ -532,72 +586,96 @@ fn on_host(
         .envs(env())
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
-    collect(&output, &root, sources.len())
+    collect(&output, &root)
 }
 
-fn listing(sources: &BTreeSet<String>) -> String {
-    sources.iter().map(|s| format!("{s}\n")).collect()
+/// The sources the groups hold, written under `root` at their image
+/// paths (the others, the base's, are there already or not needed).
+fn write_sources(root: &Path, units: &[&Unit], groups: &[LayerGroup]) -> std::io::Result<()> {
+    let ours: BTreeMap<&str, &Entry> = groups
+        .iter()
+        .flat_map(|(_, es)| es)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    for s in units.iter().flat_map(|u| &u.sources) {
+        let Some(bytes) = ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) else {
+            continue;
+        };
+        let dst = root.join(s.trim_start_matches('/'));
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(dst, bytes)?;
+    }
+    Ok(())
+}
+
+/// The compiler's list: a source a line, the units apart by an empty line.
+fn listing(units: &[&Unit]) -> String {
+    units
+        .iter()
+        .map(|u| {
+            u.sources
+                .iter()
+                .map(|s| format!("{s}\n"))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The pycs the compiler says it wrote, read from under `root`.
-fn collect(
-    output: &std::process::Output,
-    root: &Path,
-    asked: usize,
-) -> std::result::Result<Run, String> {
+fn collect(output: &std::process::Output, root: &Path) -> std::result::Result<Run, String> {
     if !output.status.success() {
         let text = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(10)..].join("\n");
         return Err(format!("the compiler failed ({}): {tail}", output.status));
     }
-    let mut files = Vec::new();
-    let mut data = Vec::new();
+    let mut out = Run::new();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut done: Vec<(&str, &str)> = stdout
+    for (source, pyc) in stdout
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .filter(|(s, c)| s.starts_with('/') && c.starts_with('/'))
-        .collect();
-    done.sort();
-    for (source, pyc) in done {
+    {
         let path = root.join(pyc.trim_start_matches('/'));
         let bytes = std::fs::read(&path).map_err(|e| format!("reading {pyc}: {e}"))?;
-        files.push(Compiled {
+        let compiled = Compiled {
             source: source.to_string(),
             pyc: pyc.to_string(),
             size: bytes.len() as u64,
-        });
-        data.extend_from_slice(&bytes);
+        };
+        out.insert(source.to_string(), (compiled, bytes));
     }
-    let failed = asked.saturating_sub(files.len());
-    Ok((files, failed, data))
+    Ok(out)
 }
 
 /// The layer: every pyc (with its `__pycache__`), and each RECORD that
 /// lists a compiled source, with a `path,,` row per pyc.
 fn layer_entries(
-    files: &[Compiled],
-    data: &Arc<Spool>,
+    memos: &[(Memo, Arc<Spool>)],
     groups: &[LayerGroup],
     records: &BTreeMap<String, Vec<String>>,
 ) -> std::io::Result<Vec<Entry>> {
     let mut tree = Tree::default();
-    let mut at = 0u64;
     let mut pyc_of: BTreeMap<&str, &str> = BTreeMap::new();
-    for f in files {
-        let bytes = data.slice_at(at, f.size)?;
-        at += f.size;
-        let path = f.pyc.trim_start_matches('/');
-        tree.add_parents(path);
-        tree.insert(Entry {
-            path: path.to_string(),
-            kind: EntryKind::Spooled(bytes),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
-        pyc_of.insert(f.source.as_str(), f.pyc.as_str());
+    for (memo, data) in memos {
+        let mut at = 0u64;
+        for f in &memo.files {
+            let bytes = data.slice_at(at, f.size)?;
+            at += f.size;
+            let path = f.pyc.trim_start_matches('/');
+            tree.add_parents(path);
+            tree.insert(Entry {
+                path: path.to_string(),
+                kind: EntryKind::Spooled(bytes),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            });
+            pyc_of.insert(f.source.as_str(), f.pyc.as_str());
+        }
     }
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
@@ -697,7 +775,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blob = Spool::new_in(dir.path()).unwrap();
         blob.put(b"abcde").unwrap();
-        let entries = layer_entries(&files, &blob, std::slice::from_ref(&g), &r).unwrap();
+        let memo = Memo {
+            blob: Digest::of(b"abcde"),
+            files,
+            failed: 0,
+        };
+        let entries = layer_entries(&[(memo, blob)], std::slice::from_ref(&g), &r).unwrap();
         let find = |p: &str| entries.iter().find(|e| e.path == p).map(content);
         assert_eq!(
             find(pyc("__init__").trim_start_matches('/')),

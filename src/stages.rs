@@ -319,8 +319,10 @@ impl Stages<'_> {
         let mut groups = pip::layer_groups(&plan, self.cache)?;
         spinner.finish_and_clear();
         self.lay(fs, &mut groups);
-        emit(&groups)?;
+        // Compiled before the stage's layers are emitted: the compiler's
+        // tree is the image below this stage plus the sources alone.
         let mut bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
+        emit(&groups)?;
         if let Some((Some(layer), _)) = &mut bytecode {
             self.lay(fs, std::slice::from_mut(layer));
             emit(std::slice::from_ref(layer))?;

@@ -180,6 +180,77 @@ fn pip_packages_get_unchecked_hash_pycs_reproducibly() {
     let _ = std::fs::remove_dir_all(other);
 }
 
+/// A stage that gains a wheel compiles that wheel alone (the other's
+/// pycs come from the cache), and the image is the one a cold cache gives.
+#[test]
+fn a_new_wheel_compiles_alone_and_gives_the_cold_image() {
+    let ws = workspace("bytecode-units", "");
+    let cache = unique_dir("bytecode-units-cache");
+    let first = build(&ws, &cache, "out1");
+    assert_eq!(first["pip"][0]["bytecode"]["compiled"], 2, "{first}");
+    assert!(
+        first["pip"][0]["bytecode"].get("cached").is_none(),
+        "{first}"
+    );
+
+    let di = "other-1.0.dist-info";
+    ws.write(
+        "wheels/other-1.0-py3-none-any.whl",
+        wheel_zip(&[
+            (
+                "other/__init__.py".into(),
+                b"NAME = 'other'\n".to_vec(),
+                0o644,
+            ),
+            (
+                "other/more.py".into(),
+                b"def twice(x):\n    return 2 * x\n".to_vec(),
+                0o644,
+            ),
+            (
+                format!("{di}/METADATA"),
+                b"Metadata-Version: 2.1\nName: other\nVersion: 1.0\n".to_vec(),
+                0o644,
+            ),
+            (
+                format!("{di}/WHEEL"),
+                b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+                0o644,
+            ),
+        ]),
+    );
+    let spec = std::fs::read_to_string(ws.join("kiln.toml")).unwrap();
+    let both = spec.replace(
+        r#"packages = ["demo==1.0"]"#,
+        r#"packages = ["demo==1.0", "other==1.0"]"#,
+    );
+    assert_ne!(spec, both);
+    ws.spec(&both);
+    let second = build(&ws, &cache, "out2");
+    let bytecode = &second["pip"][0]["bytecode"];
+    assert_eq!(bytecode["compiled"], 4, "{second}");
+    assert_eq!(
+        bytecode["cached"], 2,
+        "demo's pycs come from the cache: {second}"
+    );
+    let rootfs = umoci_unpack(&ws.join("out2"), "py", &ws.join("bundle2"));
+    assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/other/more.py"))));
+    assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/demo/util.py"))));
+
+    let cold = unique_dir("bytecode-units-cold");
+    let third = build(&ws, &cold, "out3");
+    assert!(
+        third["pip"][0]["bytecode"].get("cached").is_none(),
+        "{third}"
+    );
+    assert_eq!(
+        third["digest"], second["digest"],
+        "a cold cache gives other bytes"
+    );
+    let _ = std::fs::remove_dir_all(cache);
+    let _ = std::fs::remove_dir_all(cold);
+}
+
 #[test]
 fn compile_false_gives_no_pycs_and_compile_stdlib_compiles_the_rest() {
     let ws = workspace("bytecode-off", "compile = false");

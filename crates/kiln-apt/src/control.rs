@@ -5,17 +5,20 @@
 //! does not build with current libc (its async-tar → xattr 0.2 chain); the
 //! formats are small and specified in Debian Policy §5 and §7.
 
-pub(crate) use kiln_fs::probe::{paragraph_chunks, parse_paragraphs, Paragraph};
+pub(crate) use kiln_fs::probe::{parse_paragraphs, Paragraph};
 use std::cmp::Ordering;
 use std::fmt;
 
 /// A Debian version: `[epoch:]upstream[-revision]`, ordered per Policy §5.6.12.
+/// Kept as the text written plus where its parts are: one allocation, since
+/// a solve holds tens of thousands (every dependency's bound is one).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Version {
     pub(crate) epoch: u32,
-    pub(crate) upstream: String,
-    pub(crate) revision: String,
-    raw: String,
+    raw: Box<str>,
+    /// `upstream` is `raw[upstream.0..upstream.1]`; the revision follows
+    /// after a `-` when the upstream part does not end the text.
+    upstream: (u32, u32),
 }
 
 impl Version {
@@ -24,23 +27,32 @@ impl Version {
         if s.is_empty() || s.contains(char::is_whitespace) {
             return None;
         }
-        let (epoch, rest) = match s.split_once(':') {
-            Some((e, r)) => (e.parse().ok()?, r),
-            None => (0, s),
+        let (epoch, start) = match s.split_once(':') {
+            Some((e, r)) => (e.parse().ok()?, s.len() - r.len()),
+            None => (0, 0),
         };
-        let (upstream, revision) = match rest.rfind('-') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
+        let end = match s[start..].rfind('-') {
+            Some(i) => start + i,
+            None => s.len(),
         };
-        if upstream.is_empty() {
+        if end == start {
             return None;
         }
         Some(Version {
             epoch,
-            upstream: upstream.to_string(),
-            revision: revision.to_string(),
-            raw: s.to_string(),
+            raw: s.into(),
+            upstream: (start as u32, end as u32),
         })
+    }
+
+    pub(crate) fn upstream(&self) -> &str {
+        &self.raw[self.upstream.0 as usize..self.upstream.1 as usize]
+    }
+
+    pub(crate) fn revision(&self) -> &str {
+        self.raw
+            .get(self.upstream.1 as usize + 1..)
+            .unwrap_or_default()
     }
 }
 
@@ -105,8 +117,8 @@ impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
         self.epoch
             .cmp(&other.epoch)
-            .then_with(|| verrevcmp(&self.upstream, &other.upstream))
-            .then_with(|| verrevcmp(&self.revision, &other.revision))
+            .then_with(|| verrevcmp(self.upstream(), other.upstream()))
+            .then_with(|| verrevcmp(self.revision(), other.revision()))
     }
 }
 
@@ -250,6 +262,7 @@ pub(crate) fn parse_dep(s: &str) -> Result<Dep, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_fs::probe::paragraph_chunks;
 
     #[test]
     fn chunks_hold_whole_paragraphs() {

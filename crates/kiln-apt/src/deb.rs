@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::{AptError, Hostile};
 use kiln_core::digest::Digest;
-use kiln_core::error::Result;
+use kiln_core::error::{IoContext, Result};
 use kiln_fs::layer::{Content, Spool};
 use kiln_store::cache::{Cache, CacheBucket};
 
@@ -129,17 +129,111 @@ pub(crate) fn load(
     what: &str,
     spool: Option<&Arc<Spool>>,
 ) -> Result<Deb> {
-    let bytes = cache.derived(CacheBucket::AptUnpacked, d, || {
-        decompress_members(&cache.read(d)?, what)
-    })?;
-    read_deb(&bytes, what, spool).inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d))
+    // The remembered form is streamed: a package's files (tens of MB for
+    // some) are never all in memory at once. Anything wrong with it (damage
+    // shows at the latest in the zstd checksum at its end) means making it again.
+    let memo = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
+    if let Ok(f) = std::fs::File::open(&memo) {
+        let streamed = zstd::stream::read::Decoder::new(f)
+            .map_err(|e| AptError::Zstd(e).into())
+            .and_then(|z| read_deb(z, what, spool));
+        match streamed {
+            Ok(deb) => return Ok(deb),
+            Err(_) => cache.forget_derived(CacheBucket::AptUnpacked, d),
+        }
+    }
+    // Made member by member, straight into the memo file: the package and
+    // its unpacked form are not held whole (only one member at a time).
+    if write_memo(cache, d, what, &memo).is_ok() {
+        let f = std::fs::File::open(&memo).io_context(|| format!("opening {}", memo.display()))?;
+        let z = zstd::stream::read::Decoder::new(f).map_err(AptError::Zstd)?;
+        return read_deb(z, what, spool)
+            .inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d));
+    }
+    // No memo (a full disk, or a package that does not unpack, which this
+    // path then reports): unpack in memory.
+    let bytes = decompress_members(&cache.read(d)?, what)?;
+    read_deb(&bytes[..], what, spool)
+}
+
+/// Write the unpacked form of the verified `.deb` `d` to `memo` (zstd,
+/// checksummed; atomic: temp file, then rename).
+fn write_memo(cache: &Cache, d: &Digest, what: &str, memo: &std::path::Path) -> Result<()> {
+    let blob = cache
+        .verified(d)?
+        .ok_or_else(|| kiln_store::StoreError::NotCached { digest: d.clone() })?;
+    let file = std::fs::File::open(&blob)
+        .io_context(|| format!("opening cached blob {}", blob.display()))?;
+    let io = |e: std::io::Error| kiln_core::Error::from(AptError::Zstd(e));
+    let tmp = tempfile::Builder::new()
+        .prefix(&kiln_store::temp_prefix("deb"))
+        .tempfile_in(cache.bucket(CacheBucket::Tmp))
+        .map_err(io)?;
+    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp), 1).map_err(io)?;
+    enc.include_checksum(true).map_err(io)?;
+    let enc = decompress_members_into(std::io::BufReader::new(file), enc, what)?;
+    let tmp = enc
+        .finish()
+        .map_err(io)?
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
+    if let Some(dir) = memo.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    tmp.persist(memo).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Only the `control` file of the verified `.deb` `d`, streamed from the
+/// package itself: what a locked plan needs, without unpacking the
+/// package's files into memory (they are unpacked, and checked, when its
+/// layers are made).
+pub(crate) fn control_file(cache: &Cache, d: &Digest, what: &str) -> Result<Vec<u8>> {
+    let bad = |m: String| bad_deb(what, m);
+    let path = cache
+        .verified(d)?
+        .ok_or_else(|| kiln_store::StoreError::NotCached { digest: d.clone() })?;
+    let file = std::fs::File::open(&path)
+        .io_context(|| format!("opening cached blob {}", path.display()))?;
+    let mut ar = ar::Archive::new(std::io::BufReader::new(file));
+    while let Some(entry) = ar.next_entry() {
+        let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        if !name.starts_with("control.tar") {
+            continue;
+        }
+        let mut t = tar::Archive::new(decompressor(&name, entry, what)?);
+        for m in t
+            .entries()
+            .map_err(|e| bad(format!("corrupt {name}: {e}")))?
+        {
+            let mut m = m.map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+            let p = m.path().map_err(|e| bad(e.to_string()))?;
+            if m.header().entry_type().is_file()
+                && p.to_string_lossy().trim_start_matches("./") == "control"
+            {
+                let mut b = Vec::new();
+                m.read_to_end(&mut b)
+                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
+                return Ok(b);
+            }
+        }
+    }
+    Err(bad("not a Debian package (control or data member missing)".into()).into())
 }
 
 /// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
 fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    decompress_members_into(bytes, Vec::with_capacity(bytes.len() * 4), what)
+}
+
+/// [`decompress_members`] from `r` into `w`, one member in memory at a time.
+fn decompress_members_into<W: std::io::Write>(r: impl Read, w: W, what: &str) -> Result<W> {
     let bad = |m: String| bad_deb(what, m);
-    let mut ar = ar::Archive::new(bytes);
-    let mut out = ar::Builder::new(Vec::with_capacity(bytes.len() * 4));
+    let mut ar = ar::Archive::new(r);
+    let mut out = ar::Builder::new(w);
     while let Some(entry) = ar.next_entry() {
         let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
         let name = String::from_utf8_lossy(entry.header().identifier())
@@ -179,9 +273,9 @@ fn repack(what: &str, source: std::io::Error) -> AptError {
     }
 }
 
-fn read_deb(bytes: &[u8], what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb> {
+fn read_deb(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb> {
     let bad = |m: String| bad_deb(what, m);
-    let mut ar = ar::Archive::new(bytes);
+    let mut ar = ar::Archive::new(r);
     let mut control = BTreeMap::new();
     let mut files = Vec::new();
     let mut saw_data = false;
@@ -218,6 +312,9 @@ fn read_deb(bytes: &[u8], what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb>
     if !control.contains_key("control") || !saw_data {
         return Err(bad("not a Debian package (control or data member missing)".into()).into());
     }
+    // Read to the end, so a stream's own checks (zstd's checksum) run.
+    let mut rest = ar.into_inner().map_err(|e| bad(e.to_string()))?;
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| bad(format!("corrupt: {e}")))?;
     Ok(Deb { control, files })
 }
 
@@ -377,6 +474,27 @@ mod tests {
     }
 
     #[test]
+    fn control_file_is_read_without_unpacking() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache
+            .put(&deb(&[("./usr/hello", tar::EntryType::Regular, b"hi", "")]))
+            .unwrap();
+        assert_eq!(
+            control_file(&cache, &d, "t").unwrap(),
+            b"Package: t\nVersion: 1\n"
+        );
+        let kept = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
+        assert!(!kept.exists());
+        let d = cache.put(b"!<arch>\n").unwrap();
+        let e = control_file(&cache, &d, "t 1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t 1: not a Debian package (control or data member missing)",
+        );
+    }
+
+    #[test]
     fn load_remembers_the_unpacked_package() {
         use tar::EntryType::{Directory, Link, Regular, Symlink};
         let dir = tempfile::tempdir().unwrap();
@@ -420,6 +538,26 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(bytes(&second), bytes(&third));
+        // A damaged memo is made again from the blob.
+        cache
+            .put(&deb(&[("./usr/hello", Regular, b"hi", "")]))
+            .unwrap();
+        let d2 = cache
+            .put(&deb(&[
+                ("./usr/", Directory, b"", ""),
+                ("./usr/x", Regular, b"x", ""),
+            ]))
+            .unwrap();
+        load(&cache, &d2, "t", None).unwrap();
+        let kept2 = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d2.hex()));
+        let good = std::fs::read(&kept2).unwrap();
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 2] ^= 0xff;
+        std::fs::write(&kept2, &bad).unwrap();
+        let again = load(&cache, &d2, "t", None).unwrap();
+        assert_eq!(summary(&again)[1], "usr/x File(Held([120]))");
+        assert_eq!(std::fs::read(&kept2).unwrap(), good);
     }
 
     #[test]

@@ -319,31 +319,24 @@ pub fn plan(
         .iter()
         .map(|s| keyring_for(s, section, fs, spec_dir))
         .collect::<Result<Vec<_>>>()?;
-    let indexes: Vec<Vec<Package>> = srcs
+    // `[apt] pinned` leaves out every other version of a pinned name.
+    let keep = |name: &str, version: &str| section.pinned.get(name).is_none_or(|v| v == version);
+    let indexes: Vec<repo::SourceIndex> = srcs
         .par_iter()
         .zip(keyrings.par_iter())
-        .map(|(s, k)| repo::load_source(s, k, &archs, http, cache))
+        .map(|(s, k)| repo::load_source(s, k, &archs, &keep, http, cache))
         .collect::<Result<_>>()?;
-    let mut universe = installed_packages(fs);
-    for pkgs in indexes {
-        universe.extend(pkgs);
-    }
-    if !section.pinned.is_empty() {
-        universe.retain(|p| {
-            p.installed
-                || section
-                    .pinned
-                    .get(&p.name)
-                    .is_none_or(|v| *v == p.version.to_string())
-        });
-    }
+    let catalog = repo::Catalog::new(indexes);
+    let installed = installed_packages(fs);
     if let Some(b) = section.bootstrap {
-        let mut names: Vec<String> = universe
+        let minbase = b == Bootstrap::Minbase;
+        let mut names: Vec<String> = installed
             .iter()
-            .filter(|p| p.essential || (b == Bootstrap::Minbase && p.priority == "required"))
+            .filter(|p| p.essential || (minbase && p.priority == "required"))
             .map(|p| p.name.clone())
             .collect();
-        if b == Bootstrap::Minbase {
+        names.extend(catalog.bootstrap_names(minbase));
+        if minbase {
             names.push("apt".into());
         }
         names.sort();
@@ -367,7 +360,14 @@ pub fn plan(
     if requests.is_empty() {
         return Err(AptError::NothingRequested.into());
     }
-    let chosen = solve::solve_asked(&universe, arch, &requests, &asked)?;
+    // Only the packages the requests can reach are parsed (a suite has
+    // ~60k, a solve meets a few thousand); the solver's choice is the same.
+    let mut universe = installed;
+    universe.extend(catalog.reachable(requests.iter().flatten().map(|d| d.name.as_str()), cache)?);
+    let chosen = solve::solve_asked(&universe, arch, &requests, &asked, &|a| {
+        catalog.names_at(a, arch)
+    })?;
+    drop(catalog);
     let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
@@ -424,13 +424,12 @@ pub fn plan_locked(
                 let url = kiln_core::url::with_credentials(&pin.url, &configured);
                 http.download(&url, Some(&d), cache)
                     .map_err(|e| e.context(&what))?;
-                let deb = deb::load(cache, &d, &what, None)?;
+                let control = deb::control_file(cache, &d, &what)?;
                 let bad = |detail: String| AptError::BadDeb {
                     package: what.clone(),
                     detail,
                 };
-                // `deb::load` refuses a package without a control file.
-                let control = String::from_utf8_lossy(&deb.control["control"]).into_owned();
+                let control = String::from_utf8_lossy(&control).into_owned();
                 let para = control::parse_paragraphs(&control)
                     .into_iter()
                     .next()

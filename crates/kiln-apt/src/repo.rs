@@ -9,14 +9,12 @@ use std::io::Read;
 
 use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
 
-use rayon::prelude::*;
-
-use super::control::{paragraph_chunks, parse_deps, parse_paragraphs, Dep, Paragraph, Version};
+use super::control::{parse_deps, parse_paragraphs, Dep, Paragraph, Version};
 use super::deb::Codec;
 use super::sources::Source;
 use crate::{AptError, IndexProblem, KeyringProblem};
 use kiln_core::digest::Digest;
-use kiln_core::error::Result;
+use kiln_core::error::{IoContext, Result};
 use kiln_store::cache::{Cache, CacheBucket};
 use kiln_store::http::Http;
 
@@ -200,16 +198,111 @@ fn release_hashes(release: &str) -> BTreeMap<String, (Digest, u64)> {
     out
 }
 
-/// Fetch, verify and parse every index of one source for `archs` (the
-/// native one first). `Architecture: all` packages are taken from the
-/// native index only, since every index lists them.
+/// The fields of a Packages paragraph that [`Package::from_paragraph`]
+/// reads. Everything else (descriptions, maintainers, tags, checksums
+/// kiln does not check) is dropped while the index streams by: about half
+/// of a suite's Packages text.
+const KEPT_FIELDS: [&str; 14] = [
+    "Package",
+    "Version",
+    "Architecture",
+    "Multi-Arch",
+    "Essential",
+    "Priority",
+    "Pre-Depends",
+    "Depends",
+    "Conflicts",
+    "Breaks",
+    "Provides",
+    "Filename",
+    "SHA256",
+    "Size",
+];
+
+/// Append-only text in blocks of about 1 MiB: one String grown to a
+/// suite's ~25 MB would be copied at each doubling, old and new held at once.
+#[derive(Debug, Default)]
+struct Blocks(Vec<String>);
+
+impl Blocks {
+    const SIZE: usize = 1 << 20;
+
+    /// Append `s`, which stays in one block: (block, start).
+    fn push(&mut self, s: &str) -> (u32, u32) {
+        if self
+            .0
+            .last()
+            .is_none_or(|b| b.capacity() - b.len() < s.len())
+        {
+            self.0.push(String::with_capacity(Self::SIZE.max(s.len())));
+        }
+        let n = self.0.len() - 1;
+        let b = &mut self.0[n];
+        let start = b.len();
+        b.push_str(s);
+        (n as u32, start as u32)
+    }
+
+    fn get(&self, block: u32, start: u32, len: u32) -> &str {
+        &self.0[block as usize][start as usize..(start + len) as usize]
+    }
+
+    /// Where the text ends now, for [`Blocks::truncate`].
+    fn mark(&self) -> (usize, usize) {
+        (self.0.len(), self.0.last().map_or(0, String::len))
+    }
+
+    fn truncate(&mut self, (blocks, len): (usize, usize)) {
+        self.0.truncate(blocks);
+        if let Some(b) = self.0.last_mut() {
+            b.truncate(len);
+        }
+    }
+}
+
+/// One paragraph of a [`SourceIndex`], not yet parsed into a [`Package`].
+#[derive(Debug)]
+struct Entry {
+    /// The paragraph is `text.get(block, start, len)` of its source.
+    block: u32,
+    start: u32,
+    len: u32,
+    /// Which of the source's indexes it came from (for error messages).
+    index: u16,
+    name: Box<str>,
+    arch: Box<str>,
+    essential: bool,
+    required: bool,
+}
+
+/// Every index of one source, kept as the paragraphs' fields that matter
+/// (see [`KEPT_FIELDS`]), back to back, with an entry per package. Parsed
+/// into [`Package`]s only for what a solve can reach ([`Catalog::reachable`]):
+/// a suite has ~60k packages, a solve visits a few thousand.
+#[derive(Debug)]
+pub(crate) struct SourceIndex {
+    uri: String,
+    suite: String,
+    text: Blocks,
+    entries: Vec<Entry>,
+    /// (name, provided name) pairs, by entry number.
+    provides: Vec<(u32, Box<str>)>,
+    /// The indexes read: file name and digest.
+    indexes: Vec<(String, Digest)>,
+}
+
+/// Fetch, verify and index every Packages file of one source for `archs`
+/// (the native one first). `Architecture: all` packages are taken from the
+/// native index only, since every index lists them. `keep(name, version)`
+/// drops what `[apt] pinned` excludes.
 pub(crate) fn load_source(
     src: &Source,
     keyring: &[SignedPublicKey],
     archs: &[String],
+    keep: &(dyn Fn(&str, &str) -> bool + Sync),
     http: &Http,
     cache: &Cache,
-) -> Result<Vec<Package>> {
+) -> Result<SourceIndex> {
     let base = format!("{}/dists/{}", src.uri, src.suite);
     let what = format!("{} {}", src.uri, src.suite);
     let bad = |problem| AptError::BadIndex {
@@ -235,7 +328,14 @@ pub(crate) fn load_source(
     } else {
         src.components.clone()
     };
-    let mut out = Vec::new();
+    let mut out = SourceIndex {
+        uri: src.uri.clone(),
+        suite: src.suite.clone(),
+        text: Blocks::default(),
+        entries: Vec::new(),
+        provides: Vec::new(),
+        indexes: Vec::new(),
+    };
     for (comp, (ai, arch)) in components
         .iter()
         .flat_map(|c| archs.iter().enumerate().map(move |a| (c, a)))
@@ -274,68 +374,333 @@ pub(crate) fn load_source(
                 "{what}: index {name} (checked against the signed Release)"
             ))
         })?;
-        let text = index_text(cache, &digest, &name, &what)?;
-        // Paragraphs are independent: parse the index in chunks, in
-        // parallel, keeping the index's order.
-        let chunks: Vec<Vec<Package>> = paragraph_chunks(&text, 64)
-            .par_iter()
-            .map(|chunk| {
-                let mut pkgs = Vec::new();
-                for p in parse_paragraphs(chunk) {
-                    let pkg = Package::from_paragraph(&p, &src.uri, &src.suite, false).map_err(
-                        |detail| IndexProblem::MalformedEntry {
-                            index: name.clone(),
-                            detail,
-                        },
-                    )?;
-                    if pkg.sha256.is_some() && (ai == 0 || pkg.arch == *arch) {
-                        pkgs.push(pkg);
-                    }
-                }
-                Ok(pkgs)
-            })
-            .collect::<std::result::Result<_, IndexProblem>>()
-            .map_err(|problem| {
-                cache.forget_derived(CacheBucket::AptIndexes, &digest);
-                bad(problem)
-            })?;
-        out.extend(chunks.into_iter().flatten());
+        let index = out.indexes.len() as u16;
+        let wanted = |p: &Paragraph| -> std::result::Result<Option<Scanned>, String> {
+            let name = p.get("Package").ok_or("missing Package")?;
+            let version =
+                Version::parse(p.get("Version").ok_or("missing Version")?).ok_or("bad Version")?;
+            let pkg_arch = p.get("Architecture").unwrap_or("all");
+            let has_sha = p
+                .get("SHA256")
+                .and_then(|s| format!("sha256:{s}").parse::<Digest>().ok())
+                .is_some();
+            if !has_sha || (ai != 0 && pkg_arch != arch) || !keep(name, &version.to_string()) {
+                return Ok(None);
+            }
+            let provides = match p.get("Provides") {
+                Some(f) => parse_deps(f)?
+                    .into_iter()
+                    .flatten()
+                    .map(|d| d.name)
+                    .collect(),
+                None => Vec::new(),
+            };
+            Ok(Some(Scanned {
+                name: name.into(),
+                arch: pkg_arch.into(),
+                essential: p.get("Essential") == Some("yes"),
+                required: p.get("Priority") == Some("required"),
+                provides,
+            }))
+        };
+        scan_index(cache, &digest, &name, &what, index, &mut out, &wanted)?;
+        out.indexes.push((name, digest));
     }
+    out.entries.shrink_to_fit();
+    out.provides.shrink_to_fit();
     Ok(out)
 }
 
-/// The text of the verified index blob `digest` (fetched as `name`),
-/// decompressed once and then remembered: xz-decoding a whole suite's
-/// Packages is most of the solve step of a warm build.
-fn index_text(cache: &Cache, digest: &Digest, name: &str, what: &str) -> Result<String> {
+/// What the scan keeps of a wanted paragraph.
+struct Scanned {
+    name: String,
+    arch: String,
+    essential: bool,
+    required: bool,
+    provides: Vec<String>,
+}
+
+/// Why a scan stopped.
+enum ScanError {
+    Read(std::io::Error),
+    NotUtf8,
+    Entry(String),
+}
+
+/// Stream one verified index (decompressed on the fly, or from the
+/// remembered decompressed copy) into `out`: only [`KEPT_FIELDS`] of the
+/// paragraphs `wanted` accepts are kept. The whole text is never held:
+/// a suite's Packages is ~50 MB.
+fn scan_index(
+    cache: &Cache,
+    digest: &Digest,
+    name: &str,
+    what: &str,
+    index: u16,
+    out: &mut SourceIndex,
+    wanted: &dyn Fn(&Paragraph) -> std::result::Result<Option<Scanned>, String>,
+) -> Result<()> {
     let bad = |problem| AptError::BadIndex {
         repo: what.to_string(),
         problem,
     };
-    let bytes = match Codec::of(name) {
-        None => cache.read(digest)?,
-        Some(codec) => cache.derived(CacheBucket::AptIndexes, digest, || {
-            let raw = cache.read(digest)?;
-            let mut text = Vec::with_capacity(raw.len() * 6);
-            codec
-                .reader(&raw[..])?
-                .read_to_end(&mut text)
-                .map_err(|e| {
-                    bad(IndexProblem::Corrupt {
-                        index: name.to_string(),
-                        detail: e.to_string(),
-                    })
-                })?;
-            Ok(text)
-        })?,
+    let blob = cache
+        .verified(digest)?
+        .ok_or_else(|| kiln_store::StoreError::NotCached {
+            digest: digest.clone(),
+        })?;
+    let open = |p: &std::path::Path| {
+        std::fs::File::open(p).io_context(|| format!("opening cached blob {}", p.display()))
     };
-    String::from_utf8(bytes).map_err(|_| {
+    let (text_len, entries, provides) = (out.text.mark(), out.entries.len(), out.provides.len());
+    let Some(codec) = Codec::of(name) else {
+        let r = std::io::BufReader::new(open(&blob)?);
+        return scan(r, index, out, wanted).map_err(|e| scan_problem(e, name, &bad));
+    };
+    // Decompressing xz is most of the index step of a warm build, so the
+    // decompressed text is remembered (zstd, checksummed) beside the blob.
+    let memo = cache.entry(CacheBucket::AptIndexes, format!("{}.zst", digest.hex()));
+    if let Ok(f) = std::fs::File::open(&memo) {
+        let read = zstd::stream::read::Decoder::new(f)
+            .map_err(ScanError::Read)
+            .and_then(|d| scan(std::io::BufReader::new(d), index, out, wanted));
+        if read.is_ok() {
+            return Ok(());
+        }
+        // A damaged memo: drop it and what it gave, and decompress again.
         cache.forget_derived(CacheBucket::AptIndexes, digest);
-        bad(IndexProblem::NotUtf8 {
-            index: name.to_string(),
-        })
-        .into()
+        out.text.truncate(text_len);
+        out.entries.truncate(entries);
+        out.provides.truncate(provides);
+    }
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(AptError::Zstd)?;
+    enc.include_checksum(true).map_err(AptError::Zstd)?;
+    let tee = Tee {
+        inner: codec.reader(std::io::BufReader::new(open(&blob)?))?,
+        copy: enc,
+    };
+    let mut r = std::io::BufReader::new(tee);
+    scan(&mut r, index, out, wanted).map_err(|e| scan_problem(e, name, &bad))?;
+    // Storing is best effort: a full disk costs the memo, not the build.
+    if let Ok(z) = r.into_inner().copy.finish() {
+        kiln_store::cache::write_atomic(&memo, &z);
+    }
+    Ok(())
+}
+
+/// The error a failed scan of index `name` is.
+fn scan_problem(
+    e: ScanError,
+    name: &str,
+    bad: &dyn Fn(IndexProblem) -> AptError,
+) -> kiln_core::Error {
+    let index = name.to_string();
+    bad(match e {
+        ScanError::Read(e) => IndexProblem::Corrupt {
+            index,
+            detail: e.to_string(),
+        },
+        ScanError::NotUtf8 => IndexProblem::NotUtf8 { index },
+        ScanError::Entry(detail) => IndexProblem::MalformedEntry { index, detail },
     })
+    .into()
+}
+
+/// A reader that also feeds what it reads to a zstd encoder.
+struct Tee<'a> {
+    inner: Box<dyn Read + 'a>,
+    copy: zstd::stream::write::Encoder<'static, Vec<u8>>,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        std::io::Write::write_all(&mut self.copy, &buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Split deb822 text into paragraphs line by line (as [`parse_paragraphs`]
+/// does), keep [`KEPT_FIELDS`] of each, and record the `wanted` ones.
+fn scan(
+    mut r: impl std::io::BufRead,
+    index: u16,
+    out: &mut SourceIndex,
+    wanted: &dyn Fn(&Paragraph) -> std::result::Result<Option<Scanned>, String>,
+) -> std::result::Result<(), ScanError> {
+    let mut line = Vec::new();
+    let mut para = String::new();
+    let (mut keeping, mut fields) = (false, false);
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).map_err(ScanError::Read)?;
+        let l = std::str::from_utf8(&line).map_err(|_| ScanError::NotUtf8)?;
+        let l = l.strip_suffix('\n').unwrap_or(l);
+        let l = l.strip_suffix('\r').unwrap_or(l);
+        if n == 0 || l.trim().is_empty() {
+            if fields {
+                let p = parse_paragraphs(&para)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                if let Some(s) = wanted(&p).map_err(ScanError::Entry)? {
+                    let entry = out.entries.len() as u32;
+                    let (block, start) = out.text.push(&para);
+                    out.provides
+                        .extend(s.provides.into_iter().map(|v| (entry, v.into())));
+                    out.entries.push(Entry {
+                        block,
+                        start,
+                        len: para.len() as u32,
+                        index,
+                        name: s.name.into(),
+                        arch: s.arch.into(),
+                        essential: s.essential,
+                        required: s.required,
+                    });
+                }
+                para.clear();
+                fields = false;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        if l.starts_with('#') {
+            continue;
+        }
+        if !(l.starts_with(' ') || l.starts_with('\t')) {
+            let Some((k, _)) = l.split_once(':') else {
+                continue;
+            };
+            fields = true;
+            let k = k.trim();
+            keeping = KEPT_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k));
+        }
+        if keeping {
+            para.push_str(l);
+            para.push('\n');
+        }
+    }
+}
+
+/// Every source's packages, indexed by the names they have or provide, so
+/// a solve parses only the packages its requests can reach.
+pub(crate) struct Catalog {
+    sources: Vec<SourceIndex>,
+    /// Name (own or provided) → (source, entry), in index order.
+    reach: std::collections::HashMap<Box<str>, Vec<(u16, u32)>>,
+}
+
+impl Catalog {
+    pub(crate) fn new(sources: Vec<SourceIndex>) -> Catalog {
+        let mut reach: std::collections::HashMap<Box<str>, Vec<(u16, u32)>> = Default::default();
+        for (si, s) in sources.iter().enumerate() {
+            let mut provides = s.provides.iter().peekable();
+            for (ei, e) in s.entries.iter().enumerate() {
+                let at = (si as u16, ei as u32);
+                reach.entry(e.name.clone()).or_default().push(at);
+                while let Some((_, v)) = provides.next_if(|(i, _)| *i as usize == ei) {
+                    let list = reach.entry(v.clone()).or_default();
+                    // A package providing its own name, or a name twice.
+                    if list.last() != Some(&at) {
+                        list.push(at);
+                    }
+                }
+            }
+        }
+        for list in reach.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+        }
+        Catalog { sources, reach }
+    }
+
+    /// Names of the packages that are `Essential: yes`, or also
+    /// `Priority: required` when `required` (what a bootstrap installs).
+    pub(crate) fn bootstrap_names(&self, required: bool) -> Vec<String> {
+        self.sources
+            .iter()
+            .flat_map(|s| &s.entries)
+            .filter(|e| e.essential || (required && e.required))
+            .map(|e| e.name.to_string())
+            .collect()
+    }
+
+    /// Names of the packages at `arch` (`all` counts as `native`), for
+    /// suggestions when a request names none.
+    pub(crate) fn names_at(&self, arch: &str, native: &str) -> Vec<String> {
+        self.sources
+            .iter()
+            .flat_map(|s| &s.entries)
+            .filter(|e| effective_arch(&e.arch, native) == arch)
+            .map(|e| e.name.to_string())
+            .collect()
+    }
+
+    /// Every package a solve of `seeds` can meet, parsed, in index order:
+    /// the packages named or providing a seed, then, transitively, those
+    /// named or providing any name one of them depends on, conflicts with
+    /// or provides. The solver sees, for each name it can look up, exactly
+    /// the candidates the whole index has, in the same order, so it picks
+    /// the same packages as with every package parsed.
+    pub(crate) fn reachable<'s>(
+        &self,
+        seeds: impl IntoIterator<Item = &'s str>,
+        cache: &Cache,
+    ) -> Result<Vec<Package>> {
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        let mut queue: Vec<String> = seeds.into_iter().map(String::from).collect();
+        let mut found: BTreeMap<(u16, u32), Package> = BTreeMap::new();
+        while let Some(name) = queue.pop() {
+            let Some(list) = self.reach.get(name.as_str()) else {
+                continue;
+            };
+            if !seen.insert(name) {
+                continue;
+            }
+            for &at in list {
+                if found.contains_key(&at) {
+                    continue;
+                }
+                let p = self.parse(at, cache)?;
+                let mentioned = std::iter::once(&p.name).chain(
+                    p.depends
+                        .iter()
+                        .flatten()
+                        .chain(&p.conflicts)
+                        .chain(&p.provides)
+                        .map(|d| &d.name),
+                );
+                queue.extend(mentioned.filter(|n| !seen.contains(n.as_str())).cloned());
+                found.insert(at, p);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    fn parse(&self, (si, ei): (u16, u32), cache: &Cache) -> Result<Package> {
+        let s = &self.sources[si as usize];
+        let e = &s.entries[ei as usize];
+        let text = s.text.get(e.block, e.start, e.len);
+        let p = parse_paragraphs(text)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Package::from_paragraph(&p, &s.uri, &s.suite, false).map_err(|detail| {
+            let (index, digest) = &s.indexes[e.index as usize];
+            cache.forget_derived(CacheBucket::AptIndexes, digest);
+            AptError::BadIndex {
+                repo: format!("{} {}", s.uri, s.suite),
+                problem: IndexProblem::MalformedEntry {
+                    index: index.clone(),
+                    detail,
+                },
+            }
+            .into()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -412,12 +777,50 @@ mod tests {
         assert_eq!(load_keyring(armored.as_bytes(), "k.asc").unwrap().len(), 1);
     }
 
+    fn empty(uri: &str) -> SourceIndex {
+        SourceIndex {
+            uri: uri.into(),
+            suite: "s".into(),
+            text: Blocks::default(),
+            entries: Vec::new(),
+            provides: Vec::new(),
+            indexes: Vec::new(),
+        }
+    }
+
+    fn every(p: &Paragraph) -> std::result::Result<Option<Scanned>, String> {
+        Ok(Some(Scanned {
+            name: p.get("Package").ok_or("missing Package")?.into(),
+            arch: p.get("Architecture").unwrap_or("all").into(),
+            essential: false,
+            required: false,
+            provides: match p.get("Provides") {
+                Some(f) => parse_deps(f)?
+                    .into_iter()
+                    .flatten()
+                    .map(|d| d.name)
+                    .collect(),
+                None => Vec::new(),
+            },
+        }))
+    }
+
     #[test]
-    fn indexes_that_do_not_read_are_refused_and_forgotten() {
+    fn indexes_that_do_not_read_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
+        let mut out = empty("r");
         let d = cache.put(b"not xz").unwrap();
-        let e = index_text(&cache, &d, "main/binary-amd64/Packages.xz", "r s").unwrap_err();
+        let e = scan_index(
+            &cache,
+            &d,
+            "main/binary-amd64/Packages.xz",
+            "r s",
+            0,
+            &mut out,
+            &every,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 cause(&e),
@@ -426,8 +829,17 @@ mod tests {
             ),
             "{e:?}"
         );
-        let d = cache.put(b"\xff\xfe").unwrap();
-        let e = index_text(&cache, &d, "main/binary-amd64/Packages", "r s").unwrap_err();
+        let d = cache.put(b"Package: a\n\n\xff\xfe").unwrap();
+        let e = scan_index(
+            &cache,
+            &d,
+            "main/binary-amd64/Packages",
+            "r s",
+            0,
+            &mut out,
+            &every,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 cause(&e),
@@ -442,6 +854,96 @@ mod tests {
             e.to_string(),
             "r s: index main/binary-amd64/Packages is not UTF-8"
         );
+        let d = cache.put(b"Version: 1\n").unwrap();
+        let e = scan_index(
+            &cache,
+            &d,
+            "main/binary-amd64/Packages",
+            "r s",
+            0,
+            &mut out,
+            &every,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "r s: malformed entry in main/binary-amd64/Packages: missing Package"
+        );
+    }
+
+    /// The scan keeps only what `Package::from_paragraph` reads, so a
+    /// package parsed from it is the one parsed from the whole paragraph;
+    /// a damaged memo of the decompressed text is dropped and made again.
+    #[test]
+    fn scanned_indexes_parse_as_the_whole_text_and_remember_it() {
+        let text =
+            "Package: a\nVersion: 1:2.0-1\nArchitecture: amd64\nMaintainer: X <x@example.com>\n\
+                    Pre-Depends: c\nDepends: b (>= 1) | d,\n e:any\nDescription: long\n more\n .\n\
+                    Provides: v (= 1)\nBreaks: z\nFilename: pool/a.deb\nSize: 10\n\
+                    SHA256: 0000000000000000000000000000000000000000000000000000000000000000\n\n\
+                    # comment\n\nPackage: b\nVersion: 3\nMulti-Arch: foreign\nPriority: required\n\
+                    Essential: yes\n\n";
+        let mut xz = Vec::new();
+        std::io::Write::write_all(
+            &mut liblzma::write::XzEncoder::new(&mut xz, 1),
+            text.as_bytes(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(&xz).unwrap();
+        let memo = cache.entry(CacheBucket::AptIndexes, format!("{}.zst", d.hex()));
+        let name = "main/binary-amd64/Packages.xz";
+        for round in 0..3 {
+            let mut out = empty("http://m");
+            scan_index(&cache, &d, name, "m s", 0, &mut out, &every).unwrap();
+            assert!(memo.is_file());
+            out.indexes.push((name.into(), d.clone()));
+            assert_eq!(out.entries.len(), 2);
+            let kept = out.text.0.concat();
+            assert!(!kept.contains("Maintainer") && !kept.contains("more"));
+            let cat = Catalog::new(vec![out]);
+            let whole = parse_paragraphs(text);
+            for (i, p) in whole.iter().enumerate() {
+                let want = Package::from_paragraph(p, "http://m", "s", false).unwrap();
+                let got = cat.parse((0, i as u32), &cache).unwrap();
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "round {round}");
+            }
+            // Damage the memo: the next round decompresses again.
+            std::fs::write(&memo, b"\x28\xb5\x2f\xfd garbage").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_solve_parses_only_what_its_requests_reach() {
+        let text = "Package: app\nVersion: 1\nDepends: lib | alt\nConflicts: old\n\n\
+                    Package: lib\nVersion: 1\nProvides: virt\n\n\
+                    Package: other\nVersion: 1\nProvides: lib\n\n\
+                    Package: alt\nVersion: 1\n\n\
+                    Package: old\nVersion: 1\nDepends: far\n\n\
+                    Package: far\nVersion: 1\n\n\
+                    Package: lonely\nVersion: 1\nDepends: app\n\n\
+                    Package: user\nVersion: 1\nDepends: virt\n\n";
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(text.as_bytes()).unwrap();
+        let mut out = empty("http://m");
+        let name = "main/binary-amd64/Packages";
+        scan_index(&cache, &d, name, "m s", 0, &mut out, &every).unwrap();
+        out.indexes.push((name.into(), d));
+        let cat = Catalog::new(vec![out]);
+        let got: Vec<String> = cat
+            .reachable(["app"], &cache)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        // `virt` is reached through lib's Provides, so its users are not.
+        assert_eq!(got, ["app", "lib", "other", "alt", "old", "far"]);
+        assert!(cat.reachable(["nothing"], &cache).unwrap().is_empty());
+        let mut names = cat.names_at("amd64", "amd64");
+        names.sort();
+        assert_eq!(names.len(), 8);
     }
 }
 

@@ -472,21 +472,24 @@ pub(crate) fn solve(
     native: &str,
     requests: &[Vec<Dep>],
 ) -> Result<Vec<usize>> {
-    solve_asked(packages, native, requests, &[])
+    solve_asked(packages, native, requests, &[], &|_| Vec::new())
 }
 
 /// [`solve`], with the first `asked.len()` requests as the user wrote
 /// them (`python3=3.11`) and where (`None`: kiln.toml, else `apt.txt:3`),
 /// for the message naming every request that does not exist.
+/// `more_names(arch)`: names at `arch` of packages left out of `packages`
+/// (not reachable from the requests), for its suggestions.
 pub(crate) fn solve_asked(
     packages: &[Package],
     native: &str,
     requests: &[Vec<Dep>],
     asked: &[(String, Option<String>)],
+    more_names: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<Vec<usize>> {
     let mut provider = Provider::new(packages, native);
     provider.requested = requests.iter().flatten().map(|d| d.name.clone()).collect();
-    let missing = missing(&provider, packages, native, requests, asked);
+    let missing = missing(&provider, packages, native, requests, asked, more_names);
     if !missing.is_empty() {
         return Err(AptError::UnknownPackages { missing }.into());
     }
@@ -527,9 +530,10 @@ fn missing(
     native: &str,
     requests: &[Vec<Dep>],
     asked: &[(String, Option<String>)],
+    more_names: &dyn Fn(&str) -> Vec<String>,
 ) -> Vec<Missing> {
     let mut out = Vec::new();
-    let mut names: Option<std::collections::BTreeSet<&str>> = None;
+    let mut names: Option<std::collections::BTreeSet<String>> = None;
     for (n, r) in requests.iter().enumerate() {
         for d in r {
             let arch = d.arch.as_deref().unwrap_or(native);
@@ -539,13 +543,15 @@ fn missing(
             };
             if provider.known(&qualified(&d.name, arch, native)).is_none() {
                 let names = names.get_or_insert_with(|| {
-                    packages
+                    let mut names: std::collections::BTreeSet<String> = packages
                         .iter()
                         .filter(|p| effective_arch(p, native) == arch)
-                        .map(|p| p.name.as_str())
-                        .collect()
+                        .map(|p| p.name.clone())
+                        .collect();
+                    names.extend(more_names(arch));
+                    names
                 });
-                let close = suggest::close_names(&d.name, names.iter().copied());
+                let close = suggest::close_names(&d.name, names.iter().map(String::as_str));
                 out.push(Missing::name(&request, close).at(at));
                 continue;
             }
@@ -692,7 +698,7 @@ mod tests {
             ("crul".to_string(), Some("apt.txt:2".to_string())),
             ("python3=1.0".to_string(), None),
         ];
-        let err = solve_asked(&u, "amd64", &requests, &asked).unwrap_err();
+        let err = solve_asked(&u, "amd64", &requests, &asked, &|_| Vec::new()).unwrap_err();
         assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
         assert_eq!(
             err.to_string(),

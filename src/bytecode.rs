@@ -227,7 +227,7 @@ pub(crate) fn compile(
             Compiler::Host(path, _) => on_host(path, &todo, groups, stages.cache),
         };
         spinner.finish_and_clear();
-        let mut done = match run {
+        let done = match run {
             Ok(r) => r,
             Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
         };
@@ -237,15 +237,23 @@ pub(crate) fn compile(
             }
             // The unit's pycs, in source order, out of what the run wrote.
             let mut files = Vec::new();
-            let mut data = Vec::new();
+            let mut blob = stages.cache.writer()?;
             for source in &unit.sources {
-                if let Some((c, bytes)) = done.remove(source) {
-                    files.push(c);
-                    data.extend_from_slice(&bytes);
-                }
+                let Some(pyc) = done.pycs.get(source) else {
+                    continue;
+                };
+                let path = done.root.join(pyc.trim_start_matches('/'));
+                let size = std::fs::File::open(&path)
+                    .and_then(|mut f| std::io::copy(&mut f, &mut blob))
+                    .io_context(|| format!("reading the compiled {}", path.display()))?;
+                files.push(Compiled {
+                    source: source.clone(),
+                    pyc: pyc.clone(),
+                    size,
+                });
             }
             let memo = Memo {
-                blob: stages.cache.put(&data)?,
+                blob: blob.commit(None)?.0,
                 failed: unit.sources.len() - files.len(),
                 files,
             };
@@ -502,8 +510,14 @@ fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Arc<Spool>)> {
     Some((memo, spool))
 }
 
-/// What a compiler run wrote: each compiled source's pyc and its bytes.
-type Run = BTreeMap<String, (Compiled, Vec<u8>)>;
+/// What a compiler run left: its tree (kept until the pycs are stored,
+/// each read from there into its wheel's blob, never all in memory) and
+/// each compiled source's pyc.
+struct Run {
+    _tree: Box<dyn std::any::Any>,
+    root: PathBuf,
+    pycs: BTreeMap<String, String>,
+}
 
 /// The fixed environment of the compiler: no hash randomisation (sets
 /// and frozensets of constants are marshalled in hash order).
@@ -555,7 +569,7 @@ fn in_sandbox(
             network: Network::None,
         })
         .map_err(|e| e.to_string())?;
-    collect(&output, &root)
+    collect(&output, root, Box::new(sb))
 }
 
 /// A host interpreter over the sources written out under a scratch
@@ -586,7 +600,7 @@ fn on_host(
         .envs(env())
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
-    collect(&output, &root)
+    collect(&output, root, Box::new(dir))
 }
 
 /// The sources the groups hold, written under `root` at their image
@@ -624,31 +638,29 @@ fn listing(units: &[&Unit]) -> String {
         .join("\n")
 }
 
-/// The pycs the compiler says it wrote, read from under `root`.
-fn collect(output: &std::process::Output, root: &Path) -> std::result::Result<Run, String> {
+/// The pycs the compiler says it wrote under `root` (in `tree`).
+fn collect(
+    output: &std::process::Output,
+    root: PathBuf,
+    tree: Box<dyn std::any::Any>,
+) -> std::result::Result<Run, String> {
     if !output.status.success() {
         let text = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(10)..].join("\n");
         return Err(format!("the compiler failed ({}): {tail}", output.status));
     }
-    let mut out = Run::new();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for (source, pyc) in stdout
+    let pycs = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .filter(|(s, c)| s.starts_with('/') && c.starts_with('/'))
-    {
-        let path = root.join(pyc.trim_start_matches('/'));
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading {pyc}: {e}"))?;
-        let compiled = Compiled {
-            source: source.to_string(),
-            pyc: pyc.to_string(),
-            size: bytes.len() as u64,
-        };
-        out.insert(source.to_string(), (compiled, bytes));
-    }
-    Ok(out)
+        .map(|(s, c)| (s.to_string(), c.to_string()))
+        .collect();
+    Ok(Run {
+        _tree: tree,
+        root,
+        pycs,
+    })
 }
 
 /// The layer: every pyc (with its `__pycache__`), and each RECORD that

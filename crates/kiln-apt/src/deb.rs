@@ -171,7 +171,8 @@ fn write_memo(cache: &Cache, d: &Digest, what: &str, memo: &std::path::Path) -> 
         .map_err(io)?;
     let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp), 1).map_err(io)?;
     enc.include_checksum(true).map_err(io)?;
-    let enc = decompress_members_into(std::io::BufReader::new(file), enc, what)?;
+    let spill = cache.bucket(CacheBucket::Tmp);
+    let enc = decompress_members_into(std::io::BufReader::new(file), enc, what, Some(&spill))?;
     let tmp = enc
         .finish()
         .map_err(io)?
@@ -226,11 +227,22 @@ pub(crate) fn control_file(cache: &Cache, d: &Digest, what: &str) -> Result<Vec<
 
 /// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
 fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    decompress_members_into(bytes, Vec::with_capacity(bytes.len() * 4), what)
+    decompress_members_into(bytes, Vec::with_capacity(bytes.len() * 4), what, None)
 }
 
-/// [`decompress_members`] from `r` into `w`, one member in memory at a time.
-fn decompress_members_into<W: std::io::Write>(r: impl Read, w: W, what: &str) -> Result<W> {
+/// [`decompress_members`] from `r` into `w`, one member at a time.
+///
+/// An ar header states its member's size before the data, so a member is
+/// decompressed whole first: with `spill`, into a scratch file there
+/// (memory stays flat however large a package's `data.tar` is), else in
+/// memory.
+fn decompress_members_into<W: std::io::Write>(
+    r: impl Read,
+    w: W,
+    what: &str,
+    spill: Option<&std::path::Path>,
+) -> Result<W> {
+    use std::io::Seek;
     let bad = |m: String| bad_deb(what, m);
     let mut ar = ar::Archive::new(r);
     let mut out = ar::Builder::new(w);
@@ -239,13 +251,28 @@ fn decompress_members_into<W: std::io::Write>(r: impl Read, w: W, what: &str) ->
         let name = String::from_utf8_lossy(entry.header().identifier())
             .trim_end_matches('/')
             .to_string();
-        let (name, plain) = match name.split_once(".tar") {
+        let (name, len, mut plain): (String, u64, Box<dyn Read>) = match name.split_once(".tar") {
             Some((stem, _)) => {
-                let mut plain = Vec::new();
-                decompressor(&name, entry, what)?
-                    .read_to_end(&mut plain)
-                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
-                (format!("{stem}.tar"), plain)
+                let mut member = decompressor(&name, entry, what)?;
+                let corrupt = |e: std::io::Error| bad(format!("corrupt {name}: {e}"));
+                let stem = format!("{stem}.tar");
+                match spill {
+                    Some(dir) => {
+                        let scratch = tempfile::tempfile_in(dir)
+                            .io_context(|| format!("making a scratch file in {}", dir.display()))?;
+                        let mut w = std::io::BufWriter::with_capacity(1 << 20, scratch);
+                        let len = std::io::copy(&mut member, &mut w).map_err(corrupt)?;
+                        let mut f = w.into_inner().map_err(|e| repack(what, e.into_error()))?;
+                        f.rewind().map_err(|e| repack(what, e))?;
+                        let r = std::io::BufReader::with_capacity(1 << 20, f);
+                        (stem, len, Box::new(r))
+                    }
+                    None => {
+                        let mut b = Vec::new();
+                        member.read_to_end(&mut b).map_err(corrupt)?;
+                        (stem, b.len() as u64, Box::new(std::io::Cursor::new(b)))
+                    }
+                }
             }
             None => {
                 let mut plain = Vec::new();
@@ -253,14 +280,12 @@ fn decompress_members_into<W: std::io::Write>(r: impl Read, w: W, what: &str) ->
                 entry
                     .read_to_end(&mut plain)
                     .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
-                (name, plain)
+                let len = plain.len() as u64;
+                (name, len, Box::new(std::io::Cursor::new(plain)))
             }
         };
-        out.append(
-            &ar::Header::new(name.into_bytes(), plain.len() as u64),
-            &plain[..],
-        )
-        .map_err(|source| repack(what, source))?;
+        out.append(&ar::Header::new(name.into_bytes(), len), &mut plain)
+            .map_err(|source| repack(what, source))?;
     }
     out.into_inner()
         .map_err(|source| repack(what, source).into())

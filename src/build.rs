@@ -878,7 +878,7 @@ fn run_stages(
     let built: std::sync::Mutex<Vec<NewLayer>> = Default::default();
     let so_far = |platform: &kiln_core::platform::Platform| {
         let img = base.image_for(platform);
-        image_layers(img, blobs, &built.lock().unwrap(), &setup.cache)
+        image_so_far(img, blobs, &built.lock().unwrap(), &setup.cache)
     };
     let mut stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
     stages.tree = Some(&so_far);
@@ -996,6 +996,27 @@ fn image_layers(
     built: &[NewLayer],
     cache: &Cache,
 ) -> Result<Vec<Box<dyn std::io::Read>>> {
+    Ok(image_so_far(img, blobs, built, cache)?.readers)
+}
+
+/// [`image_layers`], with the key of that tree.
+fn image_so_far(
+    img: &base::PlatformImage,
+    blobs: &Blobs,
+    built: &[NewLayer],
+    cache: &Cache,
+) -> Result<crate::stages::TreeLayers> {
+    use sha2::{Digest as _, Sha256};
+    let mut key = Sha256::new();
+    key.update("kiln-tree/1\n");
+    for d in img
+        .layers
+        .iter()
+        .map(|l| &l.digest)
+        .chain(built.iter().map(|l| &l.blob.digest))
+    {
+        key.update(format!("{d}\n"));
+    }
     let mut layers = kiln_oci::inventory::layer_readers(img, blobs)?;
     for l in built {
         let path = cache.blob_path(&l.blob.digest);
@@ -1005,7 +1026,10 @@ fn image_layers(
             std::io::BufReader::with_capacity(1 << 20, f),
         )?);
     }
-    Ok(layers)
+    Ok(crate::stages::TreeLayers {
+        key: Digest::from_hasher(key),
+        readers: layers,
+    })
 }
 
 /// What writing the outputs did.
@@ -1266,7 +1290,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        image_layers(img, &blobs, &built, &setup.cache)
+        image_so_far(img, &blobs, &built, &setup.cache)
     };
     stages.tree = Some(&so_far);
     let mut platforms = Vec::new();

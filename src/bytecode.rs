@@ -13,8 +13,11 @@
 //! each by a fresh interpreter with a fixed hash seed (chunks run in
 //! parallel), so the same inputs give the same bytes. Each RECORD gets
 //! `path,,` rows for its pycs, as pip writes them. The compiler's tree is
-//! the image below the stage plus the stage's sources: nothing else of
-//! the wheels is unpacked for it.
+//! the image below the stage, written out once and kept read-only in the
+//! cache ([`SharedTree`]), with the stage's sources in a scratch directory
+//! bound inside: nothing else of the wheels is unpacked for it. (With
+//! `compile-stdlib` the base's own sources are compiled in place, in a
+//! tree written for the build.)
 //!
 //! Each wheel's pycs are remembered (bucket `pip-bytecode-v1`) by the
 //! interpreter, its version and the wheel's sources, so a warm build
@@ -32,7 +35,7 @@ use kiln_core::error::{IoContext, Result};
 use kiln_core::platform::Platform;
 use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Spool, Tree};
 use kiln_fs::rootfs::{Node, Rootfs};
-use kiln_fs::sandbox::{Network, RunSpec, Sandbox, DEFAULT_PATH};
+use kiln_fs::sandbox::{Network, RunSpec, Sandbox, SharedTree, DEFAULT_PATH, SCRATCH_MOUNT};
 use kiln_pip as pip;
 use kiln_store::{Cache, CacheBucket};
 
@@ -217,13 +220,40 @@ pub(crate) fn compile(
             "pip: compiling {count} files to bytecode for {platform}"
         ));
         let run = match &compiler {
-            Compiler::Image => in_sandbox(
-                tree(platform)?,
-                &python.interpreter,
-                &todo,
-                groups,
-                stages.cache,
-            ),
+            Compiler::Image => {
+                // The base's own sources (the standard library's) are
+                // compiled where they are, in a tree of the build's own.
+                let ours: BTreeSet<&str> = groups
+                    .iter()
+                    .flat_map(|(_, es)| es)
+                    .map(|e| e.path.as_str())
+                    .collect();
+                let all_ours = todo
+                    .iter()
+                    .flat_map(|u| &u.sources)
+                    .all(|s| ours.contains(s.trim_start_matches('/')));
+                let shared = if all_ours {
+                    in_shared_tree(
+                        tree(platform)?,
+                        &python.interpreter,
+                        &todo,
+                        groups,
+                        stages.cache,
+                    )
+                } else {
+                    Err(String::new())
+                };
+                match shared {
+                    Ok(run) => Ok(run),
+                    Err(_) => in_sandbox(
+                        tree(platform)?.readers,
+                        &python.interpreter,
+                        &todo,
+                        groups,
+                        stages.cache,
+                    ),
+                }
+            }
             Compiler::Host(path, _) => on_host(path, &todo, groups, stages.cache),
         };
         spinner.finish_and_clear();
@@ -570,6 +600,55 @@ fn in_sandbox(
         })
         .map_err(|e| e.to_string())?;
     collect(&output, root, Box::new(sb))
+}
+
+/// The image's own interpreter, without network, over the image below
+/// the stage kept written out in the cache (read-only, see
+/// [`SharedTree`]), the stage's sources written in a scratch directory
+/// bound inside: a stage that gains a wheel writes that wheel's sources
+/// alone. Only for the stage's own sources.
+fn in_shared_tree(
+    layers: crate::stages::TreeLayers,
+    interpreter: &str,
+    units: &[&Unit],
+    groups: &[LayerGroup],
+    cache: &Cache,
+) -> std::result::Result<Run, String> {
+    let purpose = "[pip] compile";
+    let tree = SharedTree::open(cache, &layers.key, || Ok(layers.readers), purpose)
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix(&kiln_store::temp_prefix("bytecode"))
+        .tempdir_in(cache.bucket(CacheBucket::Tmp))
+        .map_err(|e| format!("making a scratch directory: {e}"))?;
+    let root = dir.path().join("src");
+    let write = || -> std::io::Result<()> {
+        write_sources(&root, units, groups)?;
+        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
+        std::fs::write(dir.path().join("sources"), listing(units))
+    };
+    write().map_err(|e| format!("writing the sources out: {e}"))?;
+    let inside = |name: &str| format!("/{SCRATCH_MOUNT}/{name}");
+    let output = tree
+        .run(
+            &RunSpec {
+                argv: vec![
+                    interpreter.to_string(),
+                    "-s".into(),
+                    "-B".into(),
+                    inside("compile.py"),
+                    inside("src"),
+                    inside("sources"),
+                ],
+                env: env(),
+                user: None,
+                workdir: Some("/".into()),
+                network: Network::None,
+            },
+            dir.path(),
+        )
+        .map_err(|e| e.to_string())?;
+    collect(&output, root, Box::new((dir, tree)))
 }
 
 /// A host interpreter over the sources written out under a scratch

@@ -667,6 +667,11 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
             remove(root, &name, &md, dry_run, &mut report)?;
         }
     }
+    // Images written out for the interpreter: derived, made again when needed.
+    for (name, bytes) in kiln_fs::sandbox::SharedTree::remove_unused(cache, dry_run) {
+        report.removed.push(name);
+        report.bytes_freed += bytes;
+    }
     for &bucket in CacheBucket::ALL {
         let dir = bucket.dir_name();
         for (name, md) in listing(&cache.bucket(bucket))? {
@@ -704,6 +709,14 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 // Trees are small and named by commit, not by a blob: kept;
                 // a killed fetch's temporary goes.
                 CacheBucket::GitTrees => name.starts_with(".tmp-") && stale(&md),
+                // Trees no build has open go below; a lock goes with its tree.
+                CacheBucket::Trees => {
+                    (name.starts_with(".tmp-") && stale(&md))
+                        || (stale(&md)
+                            && name
+                                .strip_suffix(".lock")
+                                .is_some_and(|t| !cache.bucket(bucket).join(t).exists()))
+                }
             };
             if doomed {
                 remove(root, &format!("{dir}/{name}"), &md, dry_run, &mut report)?;

@@ -399,6 +399,12 @@ struct RunScript {
     /// The directory to start in.
     #[arg(long)]
     workdir: Option<String>,
+    /// The tree is mounted read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// A host directory bound read-write at /.kiln-scratch.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
     root: PathBuf,
     program: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -411,6 +417,8 @@ fn run_script(args: RunScript) -> ExitCode {
         network: args.network,
         user: args.user,
         workdir: args.workdir,
+        read_only: args.read_only,
+        scratch: args.scratch,
     };
     let result = if args.inside {
         kiln_fs::sandbox::enter_and_exec(&args.root, &how, &args.program, &args.args)

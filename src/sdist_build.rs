@@ -81,7 +81,7 @@ impl WheelBuilder for SandboxBuilder<'_> {
         if sandbox.is_none() {
             let tmp = self.cache.bucket(CacheBucket::Tmp);
             *sandbox = Some(Sandbox::from_layers(
-                tree(self.platform)?,
+                tree(self.platform)?.readers,
                 &tmp,
                 "[pip] building wheels",
             )?);

@@ -72,8 +72,14 @@ pub(crate) struct Stages<'a> {
 }
 
 /// The uncompressed tar streams of a platform's image so far.
-pub(crate) type ImageSoFar<'a> =
-    dyn Fn(&Platform) -> Result<Vec<Box<dyn std::io::Read>>> + Sync + 'a;
+pub(crate) type ImageSoFar<'a> = dyn Fn(&Platform) -> Result<TreeLayers> + Sync + 'a;
+
+/// An image so far: its layers' tar streams, and a key naming them (the
+/// layers' digests), under which its tree is kept written out.
+pub(crate) struct TreeLayers {
+    pub(crate) key: kiln_core::digest::Digest,
+    pub(crate) readers: Vec<Box<dyn std::io::Read>>,
+}
 
 /// The pip list of an environment.yml, as recorded in the lock.
 const ENV_PIP: &str = "environment";

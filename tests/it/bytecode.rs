@@ -192,6 +192,28 @@ fn a_new_wheel_compiles_alone_and_gives_the_cold_image() {
         first["pip"][0]["bytecode"].get("cached").is_none(),
         "{first}"
     );
+    // The image below the stage, written out once for the interpreter.
+    let trees = || -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut t: Vec<_> = std::fs::read_dir(cache.join("trees-v1"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().ino())
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let tree = trees();
+    assert_eq!(tree.len(), 1, "{tree:?}");
+    assert!(cache
+        .join("trees-v1")
+        .join(&tree[0].0)
+        .join("usr/bin/python3.11")
+        .exists());
 
     let di = "other-1.0.dist-info";
     ws.write(
@@ -233,6 +255,7 @@ fn a_new_wheel_compiles_alone_and_gives_the_cold_image() {
         bytecode["cached"], 2,
         "demo's pycs come from the cache: {second}"
     );
+    assert_eq!(trees(), tree, "the same tree, not written again");
     let rootfs = umoci_unpack(&ws.join("out2"), "py", &ws.join("bundle2"));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/other/more.py"))));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/demo/util.py"))));

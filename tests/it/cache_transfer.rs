@@ -532,6 +532,21 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     fs::write(bucket(CacheBucket::PipPages).join("page"), b"{}").unwrap();
     fs::create_dir_all(f.cache.join("apt/unpacked")).unwrap();
     fs::write(f.cache.join("apt/unpacked/x.zst"), b"old").unwrap();
+    // A tree written out for the interpreter, which no build has open.
+    let tree_name = "ab".repeat(32);
+    fs::create_dir_all(bucket(CacheBucket::Trees).join(&tree_name).join("usr/bin")).unwrap();
+    fs::write(
+        bucket(CacheBucket::Trees)
+            .join(&tree_name)
+            .join("usr/bin/python3"),
+        b"elf",
+    )
+    .unwrap();
+    fs::write(
+        bucket(CacheBucket::Trees).join(format!("{tree_name}.lock")),
+        b"",
+    )
+    .unwrap();
     let before = cached(&f.cache);
     assert_eq!(before, f.needed.union(&f.unneeded).cloned().collect());
 
@@ -553,14 +568,17 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{unpacked_dir}/{other}.zst"));
     expected.insert(format!("{layers_dir}/gone.json"));
     expected.insert("apt".to_string());
+    expected.insert(format!("{}/{tree_name}", CacheBucket::Trees.dir_name()));
     assert_eq!(removed, expected);
     assert!(dry["bytes_freed"].as_u64().unwrap() > 0);
     assert_eq!(cached(&f.cache), before, "--dry-run deletes nothing");
     assert!(bucket(CacheBucket::CondaPackages).join(&other).is_dir());
+    assert!(bucket(CacheBucket::Trees).join(&tree_name).is_dir());
 
     let human = cache_cmd(&f, &f.cache, &["gc"]).run_ok();
+    assert!(!bucket(CacheBucket::Trees).join(&tree_name).exists());
     assert!(
-        human.stdout.contains("removed 8 entries"),
+        human.stdout.contains("removed 9 entries"),
         "{}",
         human.describe()
     );

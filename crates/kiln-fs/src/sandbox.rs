@@ -5,7 +5,9 @@
 //!
 //! The tree is written to a scratch directory (from the layers,
 //! streaming: [`Sandbox::from_layers`]; or from a filesystem view with
-//! every content: [`Sandbox::materialize`]), then kiln starts itself (`kiln __run-script`) in a new user namespace
+//! every content: [`Sandbox::materialize`]; or, for commands that only
+//! read it, once into the cache, mounted read-only: [`SharedTree`]),
+//! then kiln starts itself (`kiln __run-script`) in a new user namespace
 //! whose id maps the parent writes: as root, ids 0..65536 map to themselves
 //! (so `chown root:mail` works and files keep their owners); as another
 //! user, only that user maps to 0 (a chown to another account then fails
@@ -134,17 +136,7 @@ impl Sandbox {
         purpose: &str,
     ) -> Result<Sandbox> {
         let (dir, root, euid) = scratch(tmp)?;
-        fs::create_dir_all(&root).io_context(|| format!("creating {}", root.display()))?;
-        let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
-        for layer in layers {
-            unpack_layer(layer, &root, euid, &mut dirs, purpose)?;
-        }
-        // Directory modes last, deepest first, so a read-only directory
-        // did not stop what went into it.
-        for (d, mode) in dirs.iter().rev() {
-            let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
-        }
-        mount_points(&root, purpose)?;
+        write_layers(layers, &root, euid, purpose)?;
         Self::ready(dir, root, euid, purpose)
     }
 
@@ -189,28 +181,7 @@ impl Sandbox {
         if spec.network == Network::Host {
             self.placeholders()?;
         }
-        let mut cmd = Command::new(own_binary()?);
-        cmd.arg("__run-script")
-            .arg("--network")
-            .arg(spec.network.as_str());
-        if let Some(user) = &spec.user {
-            if self.euid != 0 && !is_root(user) {
-                return Err(SandboxError::UnmappedUser {
-                    purpose: self.purpose.clone(),
-                    user: user.clone(),
-                }
-                .into());
-            }
-            cmd.arg("--user").arg(user);
-        }
-        if let Some(w) = &spec.workdir {
-            cmd.arg("--workdir").arg(w);
-        }
-        cmd.arg(&self.root)
-            .args(&spec.argv)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)));
-        run_in_namespace(cmd, self.euid, &self.purpose)
+        run(&self.root, self.euid, spec, None, &self.purpose)
     }
 
     /// What the commands run since the sandbox was made, or since the
@@ -228,6 +199,231 @@ impl Sandbox {
     pub fn changes(mut self) -> Result<Vec<Entry>> {
         self.take_changes()
     }
+}
+
+/// Where, at the top of a [`SharedTree`], the caller's scratch directory
+/// is bound: the only place a command there can write.
+pub const SCRATCH_MOUNT: &str = ".kiln-scratch";
+
+/// How many trees the cache keeps: opening a new one drops the least
+/// recently used beyond these (each is an image written out, ~200 MB).
+const KEPT_TREES: usize = 2;
+
+/// A tree written once from an image's layers and kept in the cache
+/// (bucket `trees-v1`, named by the caller's key for those layers), for
+/// commands that only read the image: it is mounted read-only and they
+/// write in a scratch directory bound at [`SCRATCH_MOUNT`]. Compiling a
+/// new wheel's bytecode so needs no image written out (~3 s for a Debian
+/// python3) when an earlier build already did.
+///
+/// An open tree holds a shared lock on `<key>.lock`; a tree is dropped
+/// (least recently opened first) only under an exclusive one, so never
+/// while a build uses it.
+pub struct SharedTree {
+    root: PathBuf,
+    euid: u32,
+    _lock: fs::File,
+    purpose: String,
+}
+
+impl SharedTree {
+    /// The tree of `key`, written from `layers` (uncompressed tar streams,
+    /// lowest first) when the cache does not have it yet.
+    pub fn open(
+        cache: &kiln_store::Cache,
+        key: &kiln_core::digest::Digest,
+        layers: impl FnOnce() -> Result<Vec<Box<dyn std::io::Read>>>,
+        purpose: &str,
+    ) -> Result<SharedTree> {
+        use rustix::fs::{flock, FlockOperation};
+        let dir = cache.bucket(kiln_store::CacheBucket::Trees);
+        fs::create_dir_all(&dir).io_context(|| format!("creating {}", dir.display()))?;
+        let name = key.hex();
+        let lock_path = dir.join(format!("{name}.lock"));
+        let lock = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .io_context(|| format!("opening {}", lock_path.display()))?;
+        flock(&lock, FlockOperation::LockShared)
+            .map_err(|e| sys(&format!("locking {}", lock_path.display()), e))?;
+        // Its mtime says when the tree was last used.
+        let _ = lock.set_modified(std::time::SystemTime::now());
+        let euid = rustix::process::geteuid().as_raw();
+        let root = dir.join(name);
+        if !root.is_dir() {
+            let tmp = tempfile::Builder::new()
+                .prefix(&kiln_store::temp_prefix(".tmp"))
+                .tempdir_in(&dir)
+                .io_context(|| format!("creating a directory in {}", dir.display()))?;
+            let at = tmp.path().join("rootfs");
+            write_layers(layers()?, &at, euid, purpose)?;
+            for d in DEVICES {
+                let p = at.join("dev").join(d);
+                if fs::symlink_metadata(&p).is_err() {
+                    fs::write(&p, b"").io_context(|| format!("writing {}", p.display()))?;
+                }
+            }
+            let scratch = at.join(SCRATCH_MOUNT);
+            remove_any(&scratch);
+            fs::create_dir(&scratch).io_context(|| format!("writing {}", scratch.display()))?;
+            // Another build may have put the same tree in place meanwhile: keep theirs.
+            if let Err(e) = fs::rename(&at, &root) {
+                if !root.is_dir() {
+                    return Err(e).io_context(|| format!("writing {}", root.display()));
+                }
+            }
+            let _ = remove_tree(tmp.path());
+            evict(&dir, name);
+        }
+        Ok(SharedTree {
+            root,
+            euid,
+            _lock: lock,
+            purpose: purpose.to_string(),
+        })
+    }
+
+    /// The tree on the host (read it; never write it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Run one command over the read-only tree, `scratch` (a host
+    /// directory) bound at [`SCRATCH_MOUNT`]; its output is returned
+    /// whatever its status.
+    pub fn run(&self, spec: &RunSpec, scratch: &Path) -> Result<Output> {
+        run(&self.root, self.euid, spec, Some(scratch), &self.purpose)
+    }
+
+    /// Remove the cache's trees no build has open (`kiln cache gc`), or
+    /// with `dry_run` only list them; returns each one's name (relative
+    /// to the cache) and size.
+    pub fn remove_unused(cache: &kiln_store::Cache, dry_run: bool) -> Vec<(String, u64)> {
+        let dir = cache.bucket(kiln_store::CacheBucket::Trees);
+        let bucket = kiln_store::CacheBucket::Trees.dir_name();
+        let mut out = Vec::new();
+        for name in tree_names(&dir) {
+            if let Some(size) = drop_tree(&dir, &name, dry_run) {
+                out.push((format!("{bucket}/{name}"), size));
+            }
+        }
+        out
+    }
+}
+
+/// The device nodes [`enter_and_exec`] binds from the host.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// The trees in the bucket `dir` (directories named by a lock beside them).
+fn tree_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".lock")
+                .map(String::from)
+        })
+        .filter(|n| dir.join(n).is_dir())
+        .collect()
+}
+
+/// Drop the least recently used trees of `dir` beyond [`KEPT_TREES`],
+/// `keep` (just made) aside; a tree some build has open stays.
+fn evict(dir: &Path, keep: &str) {
+    let mut trees: Vec<(std::time::SystemTime, String)> = tree_names(dir)
+        .into_iter()
+        .filter(|n| n != keep)
+        .filter_map(|n| {
+            let used = fs::metadata(dir.join(format!("{n}.lock")))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((used, n))
+        })
+        .collect();
+    trees.sort_by(|a, b| b.cmp(a));
+    for (_, name) in trees.into_iter().skip(KEPT_TREES.saturating_sub(1)) {
+        drop_tree(dir, &name, false);
+    }
+}
+
+/// Remove the tree `name` of `dir` unless a build has it open: it is
+/// renamed to a temporary first, so a half-removed tree is never used
+/// (and a killed removal is finished by the next `Cache::open`).
+/// Returns its size when it was (or, with `dry_run`, could be) removed.
+fn drop_tree(dir: &Path, name: &str, dry_run: bool) -> Option<u64> {
+    use rustix::fs::{flock, FlockOperation};
+    let lock = fs::File::options()
+        .write(true)
+        .open(dir.join(format!("{name}.lock")))
+        .ok()?;
+    flock(&lock, FlockOperation::NonBlockingLockExclusive).ok()?;
+    let root = dir.join(name);
+    let size = walkdir::WalkDir::new(&root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    if dry_run {
+        return Some(size);
+    }
+    let doomed = dir.join(format!("{}{name}", kiln_store::temp_prefix(".tmp")));
+    fs::rename(&root, &doomed).ok()?;
+    let _ = remove_tree(&doomed);
+    Some(size)
+}
+
+/// `remove_dir_all`, after making every directory writable by its owner
+/// (an image's read-only directories would stop it otherwise).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    for e in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    fs::remove_dir_all(path)
+}
+
+/// Run `spec` over `root` in new namespaces (`kiln __run-script`); with
+/// `scratch`, the tree is read-only and the scratch directory is bound at
+/// [`SCRATCH_MOUNT`].
+fn run(
+    root: &Path,
+    euid: u32,
+    spec: &RunSpec,
+    scratch: Option<&Path>,
+    purpose: &str,
+) -> Result<Output> {
+    if let Some(user) = &spec.user {
+        if euid != 0 && !is_root(user) {
+            return Err(SandboxError::UnmappedUser {
+                purpose: purpose.to_string(),
+                user: user.clone(),
+            }
+            .into());
+        }
+    }
+    let how = Inside {
+        network: spec.network,
+        user: spec.user.clone(),
+        workdir: spec.workdir.clone(),
+        read_only: scratch.is_some(),
+        scratch: scratch.map(Path::to_path_buf),
+    };
+    let mut cmd = Command::new(own_binary()?);
+    cmd.arg("__run-script")
+        .args(how.args())
+        .arg(root)
+        .args(&spec.argv)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    run_in_namespace(cmd, euid, purpose)
 }
 
 /// The running kiln, to start again as `kiln __run-script`: through
@@ -316,6 +512,30 @@ pub struct Inside {
     pub network: Network,
     pub user: Option<String>,
     pub workdir: Option<String>,
+    /// The tree is mounted read-only (a [`SharedTree`]).
+    pub read_only: bool,
+    /// A host directory bound read-write at [`SCRATCH_MOUNT`].
+    pub scratch: Option<PathBuf>,
+}
+
+impl Inside {
+    /// The flags `kiln __run-script` is given for this.
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["--network".into(), self.network.as_str().into()];
+        if let Some(u) = &self.user {
+            a.extend(["--user".into(), u.into()]);
+        }
+        if let Some(w) = &self.workdir {
+            a.extend(["--workdir".into(), w.into()]);
+        }
+        if self.read_only {
+            a.push("--read-only".into());
+        }
+        if let Some(s) = &self.scratch {
+            a.extend(["--scratch".into(), s.into()]);
+        }
+        a
+    }
 }
 
 /// `kiln __run-script ROOT PROGRAM ARGS...`, first half: enter a new user
@@ -345,16 +565,7 @@ pub fn namespace_stage(root: &Path, how: &Inside, program: &str, args: &[String]
     // SAFETY: as above.
     unsafe { unshare_unsafe(flags) }.map_err(|e| sys("creating namespaces", e))?;
     let mut cmd = Command::new(own_binary()?);
-    cmd.arg("__run-script")
-        .arg("--inside")
-        .arg("--network")
-        .arg(how.network.as_str());
-    if let Some(u) = &how.user {
-        cmd.arg("--user").arg(u);
-    }
-    if let Some(w) = &how.workdir {
-        cmd.arg("--workdir").arg(w);
-    }
+    cmd.arg("__run-script").arg("--inside").args(how.args());
     let status = cmd
         .arg(root)
         .arg(program)
@@ -385,13 +596,43 @@ pub fn enter_and_exec(root: &Path, how: &Inside, program: &str, args: &[String])
     std::env::set_current_dir(root).io_context(|| format!("entering {}", root.display()))?;
     mount("proc", "proc", "proc", MountFlags::empty(), None)
         .map_err(|e| sys("mounting /proc", e))?;
-    for d in ["null", "zero", "full", "random", "urandom"] {
+    for d in DEVICES {
         let inside = Path::new("dev").join(d);
         if fs::symlink_metadata(&inside).is_err() {
             fs::write(&inside, b"").io_context(|| format!("creating /dev/{d}"))?;
         }
         mount_bind(Path::new("/dev").join(d), &inside)
             .map_err(|e| sys(&format!("binding /dev/{d}"), e))?;
+    }
+    if let Some(scratch) = &how.scratch {
+        mount_bind(scratch, SCRATCH_MOUNT).map_err(|e| {
+            sys(
+                &format!("binding the scratch directory at /{SCRATCH_MOUNT}"),
+                e,
+            )
+        })?;
+    }
+    if how.read_only {
+        // The mount the root sits on may carry flags a user namespace
+        // cannot drop (nosuid, nodev, noexec, atime): keep them.
+        let st = rustix::fs::statvfs(".").map_err(|e| sys("reading the root's mount flags", e))?;
+        let mut flags = MountFlags::BIND | MountFlags::RDONLY;
+        for (has, flag) in [
+            (rustix::fs::StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
+            (rustix::fs::StatVfsMountFlags::NODEV, MountFlags::NODEV),
+            (rustix::fs::StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
+            (rustix::fs::StatVfsMountFlags::NOATIME, MountFlags::NOATIME),
+            (
+                rustix::fs::StatVfsMountFlags::NODIRATIME,
+                MountFlags::NODIRATIME,
+            ),
+        ] {
+            if st.f_flag.contains(has) {
+                flags |= flag;
+            }
+        }
+        rustix::mount::mount_remount(".", flags, "")
+            .map_err(|e| sys("making the tree read-only", e))?;
     }
     if how.network == Network::Host {
         for f in HOST_NET_FILES {
@@ -606,6 +847,27 @@ fn unpack_layer(
         this_layer.insert(dst);
     }
     Ok(())
+}
+
+/// Write the tree `layers` make at `root` (see [`Sandbox::from_layers`]),
+/// with the mount points a run needs.
+fn write_layers(
+    layers: Vec<Box<dyn std::io::Read + '_>>,
+    root: &Path,
+    euid: u32,
+    purpose: &str,
+) -> Result<()> {
+    fs::create_dir_all(root).io_context(|| format!("creating {}", root.display()))?;
+    let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    for layer in layers {
+        unpack_layer(layer, root, euid, &mut dirs, purpose)?;
+    }
+    // Directory modes last, deepest first, so a read-only directory
+    // did not stop what went into it.
+    for (d, mode) in dirs.iter().rev() {
+        let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
+    }
+    mount_points(root, purpose)
 }
 
 /// Whether `path` (under `root`) or a directory above it is a symlink.

@@ -62,6 +62,10 @@ pub enum CacheBucket {
     /// and inode then), by its digest: a warm build does not hash every
     /// cached layer again while the file is untouched.
     Checked,
+    /// Images written out for commands that only read them (the
+    /// interpreter compiling bytecode), by their layers; the least
+    /// recently used beyond two are dropped.
+    Trees,
 }
 
 impl CacheBucket {
@@ -83,6 +87,7 @@ impl CacheBucket {
         CacheBucket::Locales,
         CacheBucket::Bytecode,
         CacheBucket::Checked,
+        CacheBucket::Trees,
     ];
 
     /// The directory under the cache root.
@@ -105,6 +110,7 @@ impl CacheBucket {
             CacheBucket::Locales => "locales-v1",
             CacheBucket::Bytecode => "pip-bytecode-v1",
             CacheBucket::Checked => "checked-v1",
+            CacheBucket::Trees => "trees-v1",
         }
     }
 

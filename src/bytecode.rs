@@ -133,9 +133,14 @@ enum Compiler {
     Host(PathBuf, String),
 }
 
+/// What [`compile`] gives: the bytecode layer, if any, and the report.
+type Outcome = Option<(Option<LayerGroup>, BytecodeReport)>;
+
 /// The bytecode layer for what `groups` (one pip stage's layers, already
 /// applied to `fs`) installed, and what was done; `None` when `[pip]
-/// compile = false` or when only locking.
+/// compile = false` or when only locking. `emit` (the stage's layers
+/// compressed) is called once, after the image below the stage was
+/// taken and while the compiler's tree is written out, if it must be.
 pub(crate) fn compile(
     stages: &Stages,
     section: &pip::PipSection,
@@ -143,7 +148,27 @@ pub(crate) fn compile(
     groups: &[LayerGroup],
     fs: &Rootfs,
     platform: &Platform,
-) -> Result<Option<(Option<LayerGroup>, BytecodeReport)>> {
+    emit: &mut dyn FnMut() -> Result<()>,
+) -> Result<Outcome> {
+    let mut emit = Some(emit);
+    let out = compile_with(stages, section, plan, groups, fs, platform, &mut emit)?;
+    if let Some(emit) = emit {
+        emit()?;
+    }
+    Ok(out)
+}
+
+/// [`compile`], taking `emit` where it calls it.
+fn compile_with(
+    stages: &Stages,
+    section: &pip::PipSection,
+    plan: &pip::PipPlan,
+    groups: &[LayerGroup],
+    fs: &Rootfs,
+    platform: &Platform,
+    emit: &mut Option<&mut dyn FnMut() -> Result<()>>,
+) -> Result<Outcome> {
+    let mut emit_now = || emit.take().map_or(Ok(()), |e| e());
     let Some(tree) = stages.tree.filter(|_| stages.bytecode && section.compile) else {
         return Ok(None);
     };
@@ -216,10 +241,13 @@ pub(crate) fn compile(
         .collect();
     if !todo.is_empty() {
         let count: usize = todo.iter().map(|u| u.sources.len()).sum();
-        let spinner = stages.progress.spinner(&format!(
-            "pip: compiling {count} files to bytecode for {platform}"
-        ));
-        let run = match &compiler {
+        let spin = || {
+            stages.progress.spinner(&format!(
+                "pip: compiling {count} files to bytecode for {platform}"
+            ))
+        };
+        let purpose = "[pip] compile";
+        let (run, spinner) = match &compiler {
             Compiler::Image => {
                 // The base's own sources (the standard library's) are
                 // compiled where they are, in a tree of the build's own.
@@ -232,29 +260,66 @@ pub(crate) fn compile(
                     .iter()
                     .flat_map(|u| &u.sources)
                     .all(|s| ours.contains(s.trim_start_matches('/')));
-                let shared = if all_ours {
-                    in_shared_tree(
-                        tree(platform)?,
-                        &python.interpreter,
-                        &todo,
-                        groups,
-                        stages.cache,
-                    )
+                if all_ours {
+                    // The shared tree is written (when the cache has not
+                    // got it) while the stage's layers are compressed.
+                    let (taken, layers_taken) = std::sync::mpsc::channel();
+                    let (emitted, opened) = std::thread::scope(|scope| {
+                        let opening = scope.spawn(|| {
+                            let layers = tree(platform);
+                            let _ = taken.send(());
+                            let layers = layers?;
+                            SharedTree::open(
+                                stages.cache,
+                                &layers.key,
+                                || Ok(layers.readers),
+                                purpose,
+                            )
+                        });
+                        let _ = layers_taken.recv();
+                        let emitted = emit_now();
+                        let opened = opening.join().unwrap_or_else(|_| {
+                            Err(kiln_core::Error::internal("the tree's writer stopped"))
+                        });
+                        (emitted, opened)
+                    });
+                    emitted?;
+                    let spinner = spin();
+                    let shared = opened.map_err(|e| e.to_string()).and_then(|t| {
+                        in_shared_tree(t, &python.interpreter, &todo, groups, stages.cache)
+                    });
+                    let run = match shared {
+                        Ok(run) => Ok(run),
+                        // (This tree has the stage's layers too: the same
+                        // sources as written over them.)
+                        Err(_) => in_sandbox(
+                            tree(platform)?.readers,
+                            &python.interpreter,
+                            &todo,
+                            groups,
+                            stages.cache,
+                        ),
+                    };
+                    (run, spinner)
                 } else {
-                    Err(String::new())
-                };
-                match shared {
-                    Ok(run) => Ok(run),
-                    Err(_) => in_sandbox(
-                        tree(platform)?.readers,
+                    let layers = tree(platform)?;
+                    emit_now()?;
+                    let spinner = spin();
+                    let run = in_sandbox(
+                        layers.readers,
                         &python.interpreter,
                         &todo,
                         groups,
                         stages.cache,
-                    ),
+                    );
+                    (run, spinner)
                 }
             }
-            Compiler::Host(path, _) => on_host(path, &todo, groups, stages.cache),
+            Compiler::Host(path, _) => {
+                emit_now()?;
+                let spinner = spin();
+                (on_host(path, &todo, groups, stages.cache), spinner)
+            }
         };
         spinner.finish_and_clear();
         let done = match run {
@@ -608,26 +673,13 @@ fn in_sandbox(
 /// bound inside: a stage that gains a wheel writes that wheel's sources
 /// alone. Only for the stage's own sources.
 fn in_shared_tree(
-    layers: crate::stages::TreeLayers,
+    tree: SharedTree,
     interpreter: &str,
     units: &[&Unit],
     groups: &[LayerGroup],
     cache: &Cache,
 ) -> std::result::Result<Run, String> {
-    let purpose = "[pip] compile";
-    let tree = SharedTree::open(cache, &layers.key, || Ok(layers.readers), purpose)
-        .map_err(|e| e.to_string())?;
-    let dir = tempfile::Builder::new()
-        .prefix(&kiln_store::temp_prefix("bytecode"))
-        .tempdir_in(cache.bucket(CacheBucket::Tmp))
-        .map_err(|e| format!("making a scratch directory: {e}"))?;
-    let root = dir.path().join("src");
-    let write = || -> std::io::Result<()> {
-        write_sources(&root, units, groups)?;
-        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
-        std::fs::write(dir.path().join("sources"), listing(units))
-    };
-    write().map_err(|e| format!("writing the sources out: {e}"))?;
+    let (dir, root) = scratch(units, groups, cache)?;
     let inside = |name: &str| format!("/{SCRATCH_MOUNT}/{name}");
     let output = tree
         .run(
@@ -659,17 +711,7 @@ fn on_host(
     groups: &[LayerGroup],
     cache: &Cache,
 ) -> std::result::Result<Run, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("bytecode-")
-        .tempdir_in(cache.bucket(CacheBucket::Tmp))
-        .map_err(|e| format!("making a scratch directory: {e}"))?;
-    let root = dir.path().join("root");
-    let write = || -> std::io::Result<()> {
-        write_sources(&root, units, groups)?;
-        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
-        std::fs::write(dir.path().join("sources"), listing(units))
-    };
-    write().map_err(|e| format!("writing the sources out: {e}"))?;
+    let (dir, root) = scratch(units, groups, cache)?;
     let output = Command::new(python)
         .args(["-s", "-B"])
         .arg(dir.path().join("compile.py"))
@@ -680,6 +722,28 @@ fn on_host(
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
     collect(&output, root, Box::new(dir))
+}
+
+/// A scratch directory in the cache's `tmp` with the compiler
+/// (`compile.py`), its list (`sources`) and the units' sources under
+/// `src` at their image paths (returned: the compiler's root prefix).
+fn scratch(
+    units: &[&Unit],
+    groups: &[LayerGroup],
+    cache: &Cache,
+) -> std::result::Result<(tempfile::TempDir, PathBuf), String> {
+    let dir = tempfile::Builder::new()
+        .prefix(&kiln_store::temp_prefix("bytecode"))
+        .tempdir_in(cache.bucket(CacheBucket::Tmp))
+        .map_err(|e| format!("making a scratch directory: {e}"))?;
+    let root = dir.path().join("src");
+    let write = || -> std::io::Result<()> {
+        write_sources(&root, units, groups)?;
+        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
+        std::fs::write(dir.path().join("sources"), listing(units))
+    };
+    write().map_err(|e| format!("writing the sources out: {e}"))?;
+    Ok((dir, root))
 }
 
 /// The sources the groups hold, written under `root` at their image

@@ -325,10 +325,12 @@ impl Stages<'_> {
         let mut groups = pip::layer_groups(&plan, self.cache)?;
         spinner.finish_and_clear();
         self.lay(fs, &mut groups);
-        // Compiled before the stage's layers are emitted: the compiler's
-        // tree is the image below this stage plus the sources alone.
-        let mut bytecode = crate::bytecode::compile(self, section, &plan, &groups, fs, platform)?;
-        emit(&groups)?;
+        // The compiler's tree is the image below this stage plus the
+        // sources alone: taken before the stage's layers are emitted.
+        let mut bytecode =
+            crate::bytecode::compile(self, section, &plan, &groups, fs, platform, &mut || {
+                emit(&groups)
+            })?;
         if let Some((Some(layer), _)) = &mut bytecode {
             self.lay(fs, std::slice::from_mut(layer));
             emit(std::slice::from_ref(layer))?;

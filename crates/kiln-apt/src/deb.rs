@@ -375,7 +375,8 @@ fn read_data(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Vec
                             .map_err(|e| bad(format!("corrupt data.tar: `{path}`: {e}")))?,
                     )),
                     None => {
-                        let mut b = Vec::with_capacity(size as usize);
+                        // The header's size is a claim, not a reservation.
+                        let mut b = Vec::with_capacity(size.min(1 << 20) as usize);
                         m.read_to_end(&mut b)
                             .map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
                         FileKind::File(b.into())

@@ -153,7 +153,9 @@ impl Rootfs {
                     let size = h.size().unwrap_or(0);
                     let mode = h.mode().unwrap_or(0o644);
                     let content = if keep(&path) {
-                        let mut b = Vec::with_capacity(size as usize);
+                        // The header's size is a claim: reserve no more than
+                        // a MiB for it (a hostile layer may say a terabyte).
+                        let mut b = Vec::with_capacity(size.min(1 << 20) as usize);
                         entry.read_to_end(&mut b).map_err(bad)?;
                         Some(b)
                     } else {
@@ -442,6 +444,20 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_member_claiming_a_terabyte_is_an_error_not_an_abort() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("etc/passwd").unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1 << 40);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[b'x'; 512]);
+        let r = Rootfs::from_layers([&bytes[..]], &|_| true);
+        assert!(r.is_err(), "a truncated member is refused");
     }
 
     #[test]

@@ -399,10 +399,8 @@ struct RunScript {
     /// The directory to start in.
     #[arg(long)]
     workdir: Option<String>,
-    /// The tree is mounted read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// A host directory bound read-write at /.kiln-scratch.
+    /// A host directory bound read-write at /.kiln-scratch (the tree is
+    /// then mounted read-only).
     #[arg(long)]
     scratch: Option<PathBuf>,
     root: PathBuf,
@@ -417,7 +415,6 @@ fn run_script(args: RunScript) -> ExitCode {
         network: args.network,
         user: args.user,
         workdir: args.workdir,
-        read_only: args.read_only,
         scratch: args.scratch,
     };
     let result = if args.inside {

@@ -810,17 +810,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let mut out = empty("r");
-        let d = cache.put(b"not xz").unwrap();
-        let e = scan_index(
-            &cache,
-            &d,
-            "main/binary-amd64/Packages.xz",
-            "r s",
-            0,
-            &mut out,
-            &every,
-        )
-        .unwrap_err();
+        // The error of scanning `bytes` as the index `name` of repo "r s".
+        let mut refused = |bytes: &[u8], name: &str| {
+            let d = cache.put(bytes).unwrap();
+            scan_index(&cache, &d, name, "r s", 0, &mut out, &every).unwrap_err()
+        };
+        let e = refused(b"not xz", "main/binary-amd64/Packages.xz");
         assert!(
             matches!(
                 cause(&e),
@@ -829,17 +824,7 @@ mod tests {
             ),
             "{e:?}"
         );
-        let d = cache.put(b"Package: a\n\n\xff\xfe").unwrap();
-        let e = scan_index(
-            &cache,
-            &d,
-            "main/binary-amd64/Packages",
-            "r s",
-            0,
-            &mut out,
-            &every,
-        )
-        .unwrap_err();
+        let e = refused(b"Package: a\n\n\xff\xfe", "main/binary-amd64/Packages");
         assert!(
             matches!(
                 cause(&e),
@@ -854,17 +839,7 @@ mod tests {
             e.to_string(),
             "r s: index main/binary-amd64/Packages is not UTF-8"
         );
-        let d = cache.put(b"Version: 1\n").unwrap();
-        let e = scan_index(
-            &cache,
-            &d,
-            "main/binary-amd64/Packages",
-            "r s",
-            0,
-            &mut out,
-            &every,
-        )
-        .unwrap_err();
+        let e = refused(b"Version: 1\n", "main/binary-amd64/Packages");
         assert_eq!(
             e.to_string(),
             "r s: malformed entry in main/binary-amd64/Packages: missing Package"

@@ -413,7 +413,6 @@ fn run(
         network: spec.network,
         user: spec.user.clone(),
         workdir: spec.workdir.clone(),
-        read_only: scratch.is_some(),
         scratch: scratch.map(Path::to_path_buf),
     };
     let mut cmd = Command::new(own_binary()?);
@@ -512,9 +511,8 @@ pub struct Inside {
     pub network: Network,
     pub user: Option<String>,
     pub workdir: Option<String>,
-    /// The tree is mounted read-only (a [`SharedTree`]).
-    pub read_only: bool,
-    /// A host directory bound read-write at [`SCRATCH_MOUNT`].
+    /// A host directory bound read-write at [`SCRATCH_MOUNT`], the tree
+    /// then mounted read-only (a [`SharedTree`]).
     pub scratch: Option<PathBuf>,
 }
 
@@ -527,9 +525,6 @@ impl Inside {
         }
         if let Some(w) = &self.workdir {
             a.extend(["--workdir".into(), w.into()]);
-        }
-        if self.read_only {
-            a.push("--read-only".into());
         }
         if let Some(s) = &self.scratch {
             a.extend(["--scratch".into(), s.into()]);
@@ -612,7 +607,7 @@ pub fn enter_and_exec(root: &Path, how: &Inside, program: &str, args: &[String])
             )
         })?;
     }
-    if how.read_only {
+    if how.scratch.is_some() {
         // The mount the root sits on may carry flags a user namespace
         // cannot drop (nosuid, nodev, noexec, atime): keep them.
         let st = rustix::fs::statvfs(".").map_err(|e| sys("reading the root's mount flags", e))?;

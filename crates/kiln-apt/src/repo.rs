@@ -639,42 +639,64 @@ impl Catalog {
             .collect()
     }
 
-    /// Every package a solve of `seeds` can meet, parsed, in index order:
-    /// the packages named or providing a seed, then, transitively, those
-    /// named or providing any name one of them depends on, conflicts with
-    /// or provides. The solver sees, for each name it can look up, exactly
-    /// the candidates the whole index has, in the same order, so it picks
-    /// the same packages as with every package parsed.
+    /// Every package a solve of `seeds` can meet, parsed, in index order.
+    /// A name is *required* when it is a seed or a dependency of a package
+    /// that may be installed: its candidates (the packages named so or
+    /// providing it) are parsed and, since the solver may pick any of them,
+    /// their own names and dependencies are required in turn. A name a
+    /// candidate conflicts with or provides is only *consulted*: the
+    /// solver lists its candidates to rule some out but never installs
+    /// one for that reason (resolvo queues dependencies only of a
+    /// requirement's candidates), so they are parsed and not followed.
+    /// Following them too made a python3 solve over a base parse about half
+    /// the suite. The solver sees, for each name it can look up, exactly the
+    /// candidates the whole index has, in the same order, so it picks the
+    /// same packages as with every package parsed.
     pub(crate) fn reachable<'s>(
         &self,
         seeds: impl IntoIterator<Item = &'s str>,
         cache: &Cache,
     ) -> Result<Vec<Package>> {
-        let mut seen: std::collections::HashSet<String> = Default::default();
-        let mut queue: Vec<String> = seeds.into_iter().map(String::from).collect();
+        // Name → whether it was visited as required (else consulted).
+        let mut seen: std::collections::HashMap<String, bool> = Default::default();
+        let mut queue: Vec<(String, bool)> = seeds.into_iter().map(|s| (s.into(), true)).collect();
         let mut found: BTreeMap<(u16, u32), Package> = BTreeMap::new();
-        while let Some(name) = queue.pop() {
+        let mut followed: std::collections::HashSet<(u16, u32)> = Default::default();
+        let wanted = |seen: &std::collections::HashMap<String, bool>, n: &str, required: bool| {
+            seen.get(n).is_none_or(|&was| required && !was)
+        };
+        while let Some((name, required)) = queue.pop() {
             let Some(list) = self.reach.get(name.as_str()) else {
                 continue;
             };
-            if !seen.insert(name) {
+            if !wanted(&seen, &name, required) {
                 continue;
             }
+            seen.insert(name, required);
             for &at in list {
-                if found.contains_key(&at) {
+                let p = match found.entry(at) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(self.parse(at, cache)?)
+                    }
+                };
+                if !required || !followed.insert(at) {
                     continue;
                 }
-                let p = self.parse(at, cache)?;
-                let mentioned = std::iter::once(&p.name).chain(
-                    p.depends
-                        .iter()
-                        .flatten()
-                        .chain(&p.conflicts)
-                        .chain(&p.provides)
-                        .map(|d| &d.name),
+                let needed = std::iter::once(&p.name)
+                    .chain(p.depends.iter().flatten().map(|d| &d.name))
+                    .map(|n| (n, true));
+                let consulted = p
+                    .conflicts
+                    .iter()
+                    .chain(&p.provides)
+                    .map(|d| (&d.name, false));
+                queue.extend(
+                    needed
+                        .chain(consulted)
+                        .filter(|(n, r)| wanted(&seen, n, *r))
+                        .map(|(n, r)| (n.clone(), r)),
                 );
-                queue.extend(mentioned.filter(|n| !seen.contains(n.as_str())).cloned());
-                found.insert(at, p);
             }
         }
         Ok(found.into_values().collect())
@@ -889,6 +911,16 @@ mod tests {
         }
     }
 
+    /// A catalog of one plain index holding `text`.
+    fn catalog(text: &str, cache: &Cache) -> Catalog {
+        let d = cache.put(text.as_bytes()).unwrap();
+        let mut out = empty("http://m");
+        let name = "main/binary-amd64/Packages";
+        scan_index(cache, &d, name, "m s", 0, &mut out, &every).unwrap();
+        out.indexes.push((name.into(), d));
+        Catalog::new(vec![out])
+    }
+
     #[test]
     fn a_solve_parses_only_what_its_requests_reach() {
         let text = "Package: app\nVersion: 1\nDepends: lib | alt\nConflicts: old\n\n\
@@ -901,24 +933,79 @@ mod tests {
                     Package: user\nVersion: 1\nDepends: virt\n\n";
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let d = cache.put(text.as_bytes()).unwrap();
-        let mut out = empty("http://m");
-        let name = "main/binary-amd64/Packages";
-        scan_index(&cache, &d, name, "m s", 0, &mut out, &every).unwrap();
-        out.indexes.push((name.into(), d));
-        let cat = Catalog::new(vec![out]);
+        let cat = catalog(text, &cache);
         let got: Vec<String> = cat
             .reachable(["app"], &cache)
             .unwrap()
             .into_iter()
             .map(|p| p.name)
             .collect();
-        // `virt` is reached through lib's Provides, so its users are not.
-        assert_eq!(got, ["app", "lib", "other", "alt", "old", "far"]);
+        // `old` is only conflicted with: parsed (the solver lists it), but
+        // what it depends on is not. `virt` is only provided: its users
+        // are not reached.
+        assert_eq!(got, ["app", "lib", "other", "alt", "old"]);
         assert!(cat.reachable(["nothing"], &cache).unwrap().is_empty());
         let mut names = cat.names_at("amd64", "amd64");
         names.sort();
         assert_eq!(names.len(), 8);
+    }
+
+    /// The solver picks from the reachable packages exactly what it picks
+    /// from the whole index, including when a name first met as a
+    /// conflict is later needed (then what it depends on is followed).
+    #[test]
+    fn the_reachable_packages_solve_as_the_whole_index() {
+        let text =
+            "Package: app\nVersion: 1\nDepends: lib | alt\nConflicts: old (<< 2)\nBreaks: gone\n\n\
+                    Package: lib\nVersion: 1\nProvides: virt\nDepends: base (>= 2)\n\n\
+                    Package: other\nVersion: 2\nProvides: lib\n\n\
+                    Package: alt\nVersion: 1\n\n\
+                    Package: old\nVersion: 1\nDepends: far\n\n\
+                    Package: old\nVersion: 2\nDepends: far2 | far\n\n\
+                    Package: far\nVersion: 1\n\n\
+                    Package: far2\nVersion: 1\nDepends: base\n\n\
+                    Package: base\nVersion: 1\n\n\
+                    Package: base\nVersion: 2\n\n\
+                    Package: gone\nVersion: 1\nDepends: far\n\n\
+                    Package: needs-old\nVersion: 1\nDepends: old\n\n\
+                    Package: user\nVersion: 1\nDepends: virt\n\n";
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let cat = catalog(text, &cache);
+        let whole: Vec<Package> = (0..cat.sources[0].entries.len() as u32)
+            .map(|i| cat.parse((0, i), &cache).unwrap())
+            .collect();
+        let dep = |n: &str| {
+            vec![Dep {
+                name: n.into(),
+                arch: None,
+                constraint: None,
+            }]
+        };
+        let picked = |universe: &[Package], seeds: &[&str]| -> Vec<String> {
+            let requests: Vec<_> = seeds.iter().map(|s| dep(s)).collect();
+            crate::solve::solve(universe, "amd64", &requests)
+                .unwrap()
+                .into_iter()
+                .map(|i| format!("{} {}", universe[i].name, universe[i].version))
+                .collect()
+        };
+        // `app` pops first and meets `old` as a conflict; `needs-old` then
+        // needs it, so old 2 and what it depends on come in after all.
+        for seeds in [
+            &["app"][..],
+            &["needs-old", "app"],
+            &["app", "needs-old"],
+            &["user"],
+        ] {
+            let reached = cat.reachable(seeds.iter().copied(), &cache).unwrap();
+            assert!(reached.len() < whole.len(), "{seeds:?}");
+            assert_eq!(picked(&reached, seeds), picked(&whole, seeds), "{seeds:?}");
+        }
+        assert_eq!(
+            picked(&whole, &["needs-old", "app"]),
+            ["app 1", "base 2", "far2 1", "lib 1", "needs-old 1", "old 2"]
+        );
     }
 }
 

@@ -48,12 +48,21 @@ LINT_ENV := RUSTC_WORKSPACE_WRAPPER="$$(rustup which clippy-driver 2>/dev/null |
 LINT_FLAGS := --config 'target.x86_64-unknown-linux-gnu.rustflags=["-D", "warnings"]'
 endif
 
+# The tests build without the `pypi-default` feature (kiln's fallback to the
+# public index) and the ~80 crates it brings. The network tests find their
+# index as kiln does (PIP_INDEX_URL, pip.conf); where neither names one,
+# pip's own default (from the validator venv's pip) is passed on instead.
+TEST_FEATURES := --no-default-features
+PIP_FALLBACK = $$(test -n "$${PIP_INDEX_URL:-}" || $(SPDX_VENV)/bin/pip config list 2>/dev/null | grep -q 'index-url=' || \
+  $(SPDX_VENV)/bin/python -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
+
 test: test-deps spdx-validator
 ifdef LINT
 	$(CARGO) fmt --all --check
-	$(LINT_ENV) $(CARGO) test --workspace --all-targets --no-run $(LINT_FLAGS)
+	$(LINT_ENV) $(CARGO) test --workspace --all-targets $(TEST_FEATURES) --no-run $(LINT_FLAGS)
 endif
-	$(LINT_ENV) $(CARGO) test --workspace --lib --bins --tests $(LINT_FLAGS) -- --test-threads=4
+	fallback=$(PIP_FALLBACK); if [ -n "$$fallback" ]; then export PIP_INDEX_URL="$$fallback"; fi; \
+	$(LINT_ENV) $(CARGO) test --workspace --lib --bins --tests $(TEST_FEATURES) $(LINT_FLAGS) -- --test-threads=4
 
 lint:
 	$(CARGO) fmt --all --check

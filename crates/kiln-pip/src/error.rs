@@ -307,9 +307,22 @@ pub enum PipError {
         /// `a dry run does not do`.
         why: &'static str,
     },
-    /// `no-index` without any `find-links`.
-    #[error("[pip] no package source: `no-index` is set but there is no `find-links` directory")]
-    NoPackageSource,
+    /// No index and no `find-links`: `no-index` was set, or nothing names
+    /// an index and this kiln has no default one (built without the
+    /// `pypi-default` feature).
+    #[error(
+        "[pip] no package source: {}",
+        if *no_index {
+            "`no-index` is set but there is no `find-links` directory"
+        } else {
+            "no index is configured and this kiln was built without a default one (feature `pypi-default`); \
+             name one with `[pip] index`, `--index-url`, PIP_INDEX_URL or pip.conf, or give `find-links`"
+        }
+    )]
+    NoPackageSource {
+        /// `no-index` was asked for (else no index was configured).
+        no_index: bool,
+    },
     /// A find-links directory cannot be listed.
     #[error("[pip] find-links {}: {detail}", path.display())]
     FindLinks { path: PathBuf, detail: String },
@@ -705,7 +718,7 @@ impl Classify for PipError {
             | PipError::NeedsSourceBuild { .. }
             | PipError::UnsupportedOption { .. }
             | PipError::NotAWheel { .. }
-            | PipError::NoPackageSource
+            | PipError::NoPackageSource { .. }
             | PipError::FindLinks { .. }
             | PipError::PackageNotFound { .. }
             | PipError::UnknownPackages { .. }

@@ -88,11 +88,14 @@ pub fn keep_path(path: &str) -> bool {
 }
 
 /// Where packages come from, after every configuration source was consulted.
-fn sources(
-    section: &PipSection,
-    spec_dir: &Path,
-    inputs: &spec::Inputs,
-) -> (Vec<String>, Vec<String>) {
+struct Sources {
+    indexes: Vec<String>,
+    find_links: Vec<String>,
+    /// `no-index` was asked for (by the spec, a requirements file or pip.conf).
+    no_index: bool,
+}
+
+fn sources(section: &PipSection, spec_dir: &Path, inputs: &spec::Inputs) -> Sources {
     let config = if section.isolated {
         spec::PipConfig::default()
     } else {
@@ -107,15 +110,19 @@ fn sources(
     find_links.extend(config.find_links.iter().cloned());
     dedup(&mut find_links);
     if section.no_index || inputs.no_index || config.no_index {
-        return (Vec::new(), find_links);
+        return Sources {
+            indexes: Vec::new(),
+            find_links,
+            no_index: true,
+        };
     }
     let index = inputs
         .index
         .clone()
         .or_else(|| section.index.clone().map(|i| spec::location(&i, spec_dir)))
         .or(config.index.clone())
-        .unwrap_or_else(|| uv_distribution_types::PYPI_URL.to_string());
-    let mut indexes = vec![index];
+        .or_else(default_index);
+    let mut indexes: Vec<String> = index.into_iter().collect();
     indexes.extend(
         section
             .extra_index
@@ -125,7 +132,26 @@ fn sources(
     indexes.extend(inputs.extra_index.iter().cloned());
     indexes.extend(config.extra_index.iter().cloned());
     dedup(&mut indexes);
-    (indexes, find_links)
+    Sources {
+        indexes,
+        find_links,
+        no_index: false,
+    }
+}
+
+/// The index used when no configuration names one: the public Python
+/// package index, whose address uv's distribution types carry. The
+/// `pypi-default` feature (on by default) brings that crate and, through
+/// its authentication support, about 80 more (keyrings, D-Bus, cloud
+/// signers); the test build leaves it out, as every test names its index.
+#[cfg(feature = "pypi-default")]
+fn default_index() -> Option<String> {
+    Some(uv_distribution_types::PYPI_URL.to_string())
+}
+
+#[cfg(not(feature = "pypi-default"))]
+fn default_index() -> Option<String> {
+    None
 }
 
 fn dedup(v: &mut Vec<String>) {
@@ -201,9 +227,13 @@ pub fn plan_building(
             .into());
         }
     }
-    let (indexes, find_links) = sources(section, spec_dir, &inputs);
+    let Sources {
+        indexes,
+        find_links,
+        no_index,
+    } = sources(section, spec_dir, &inputs);
     if indexes.is_empty() && find_links.is_empty() {
-        return Err(PipError::NoPackageSource.into());
+        return Err(PipError::NoPackageSource { no_index }.into());
     }
     let client = index::IndexClient::new(http, cache, indexes, find_links);
     let builds = builder.map(|b| sdist::Builds::new(b, &client, &python, platform, cache));
@@ -391,7 +421,11 @@ pub fn plan_locked_building(
 ) -> Result<PipPlan> {
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
     // The lock holds URLs without credentials; the configured sources hold them.
-    let (indexes, find_links) = sources(section, spec_dir, &read_inputs(section, spec_dir)?);
+    let Sources {
+        indexes,
+        find_links,
+        ..
+    } = sources(section, spec_dir, &read_inputs(section, spec_dir)?);
     let credentialed: Vec<String> = indexes.iter().chain(&find_links).cloned().collect();
     let client = index::IndexClient::new(http, cache, indexes, find_links);
     let builds = builder.map(|b| sdist::Builds::new(b, &client, &python, platform, cache));
@@ -731,9 +765,39 @@ mod tests {
         let err = plan_err(&section, Path::new("."));
         assert!(matches!(
             err.downcast_ref::<PipError>(),
-            Some(PipError::NoPackageSource)
+            Some(PipError::NoPackageSource { no_index: true })
         ));
         assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+    }
+
+    /// Nothing names an index: the public one with `pypi-default`, else
+    /// an error that says how to name one (and nothing is fetched).
+    #[test]
+    fn with_no_index_configured_the_default_is_the_features() {
+        let section = PipSection {
+            packages: vec!["six".into()],
+            isolated: true,
+            ..Default::default()
+        };
+        let s = sources(&section, Path::new("."), &spec::Inputs::default());
+        assert!(!s.no_index && s.find_links.is_empty());
+        if cfg!(feature = "pypi-default") {
+            assert_eq!(s.indexes.len(), 1);
+            assert!(s.indexes[0].starts_with("https://"), "{:?}", s.indexes);
+        } else {
+            assert!(s.indexes.is_empty());
+            let err = plan_err(&section, Path::new("."));
+            assert!(matches!(
+                err.downcast_ref::<PipError>(),
+                Some(PipError::NoPackageSource { no_index: false })
+            ));
+            assert!(
+                err.to_string().contains("`pypi-default`")
+                    && err.to_string().contains("PIP_INDEX_URL"),
+                "{err}"
+            );
+            assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
+        }
     }
 
     #[test]

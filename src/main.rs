@@ -511,6 +511,9 @@ fn main() -> ExitCode {
     {
         return run_script(RunScript::parse_from(std::env::args_os().skip(1)));
     }
+    // Every HTTP client (reqwest's, oci-client's, gix's) needs rustls's
+    // provider; the constructors install it too, this covers any other path.
+    kiln_store::http::tls();
     let cli = Cli::parse();
     let json = match &cli.command {
         Command::Build { common, .. }

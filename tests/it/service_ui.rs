@@ -114,7 +114,7 @@ fn post_form(
     body: &str,
     origin: Option<&str>,
 ) -> reqwest::blocking::Response {
-    let client = reqwest::blocking::Client::builder()
+    let client = http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -183,7 +183,7 @@ fn service_ui_in_a_browser() {
     // The full log: a download, and as text after N lines (the live tail's).
     let href = b.property("#download", "href");
     assert_eq!(href, format!("{base}/jobs/{job1}/log.txt"));
-    let client = reqwest::blocking::Client::new();
+    let client = http_client().build().unwrap();
     let r = client
         .get(&href)
         .header("cookie", format!("kiln_session={session}"))
@@ -442,7 +442,7 @@ fn service_ui_without_a_browser() {
     let js = svc.get("/ui/tail.js", None);
     assert_eq!(js.status, 200);
     assert!(js.body.contains("log.txt?after="), "{}", js.body);
-    let client = reqwest::blocking::Client::builder()
+    let client = http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -358,6 +358,8 @@ fn fetch_remote(
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs([spec.as_str()], gix::remote::Direction::Fetch)
         .map_err(|e| bad_url(src, e))?;
+    // gix makes its reqwest client on connect: the TLS provider first.
+    kiln_store::http::tls();
     let conn = remote.connect(gix::remote::Direction::Fetch).map_err(net)?;
     let conn = auth.attach(conn, &repo, src)?;
     let interrupt = AtomicBool::new(false);
@@ -417,6 +419,8 @@ fn list_refs(
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| bad_url(src, e))?;
+    // gix makes its reqwest client on connect: the TLS provider first.
+    kiln_store::http::tls();
     let conn = remote.connect(gix::remote::Direction::Fetch).map_err(net)?;
     let conn = auth.attach(conn, repo, src)?;
     let (map, _) = conn

@@ -59,11 +59,24 @@ pub struct Http {
     defer: bool,
 }
 
+/// Makes ring rustls's process-wide crypto provider. reqwest is built
+/// without a provider of its own and panics if a client is made before one
+/// is installed, so everything that makes one (here, the registry client,
+/// Git fetches) calls this first; a second call does nothing.
+pub fn tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only if a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Fails (with what to do) when no HTTP client can be built here, which
 /// happens on a system without CA certificates. oci-client would panic
 /// there (it falls back to reqwest's default client), so registry access
 /// checks first.
 pub fn check_client() -> Result<()> {
+    tls();
     reqwest::Client::builder()
         .build()
         .map(drop)
@@ -368,6 +381,7 @@ impl Http {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
+        tls();
         let c = reqwest::blocking::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(20))

@@ -43,7 +43,7 @@ impl Browser {
     pub fn start() -> Browser {
         require(CHROMIUM, "chromium");
         require(CHROMEDRIVER, "chromium-driver");
-        let http = reqwest::blocking::Client::builder()
+        let http = http_client()
             .timeout(Duration::from_secs(120))
             .build()
             .unwrap();
@@ -322,4 +322,11 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A blocking HTTP client builder for talking to test servers, with the TLS
+/// provider kiln's reqwest needs installed first (kiln_store::http::tls).
+pub fn http_client() -> reqwest::blocking::ClientBuilder {
+    kiln_store::http::tls();
+    reqwest::blocking::Client::builder()
 }

@@ -808,6 +808,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
+        kiln_store::http::tls();
         let refused = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/")).unwrap_err();
         assert!(refused.is_connect());
         let e = OciDistributionError::RequestError(refused);

@@ -281,9 +281,18 @@ pub(crate) fn wheel_entries(
     }
     record.push_str(&format!("{},,\n", relative(&site, &record_path)));
     out.insert(record_path, (record.into_bytes().into(), false, None));
+    // A spooled member as the wheel has it carries its hash (computed by
+    // kiln from these bytes and kept by the wheel's digest), so the layer's
+    // memo key need not read it back and hash it again.
     Ok(out
         .into_iter()
-        .map(|(p, (d, x, _))| entry(&p, d, x))
+        .map(|(p, (d, x, hash))| {
+            let d = match (d, hash) {
+                (Content::Spooled(s), Some(h)) => Content::Spooled(s.known_as(h)),
+                (d, _) => d,
+            };
+            entry(&p, d, x)
+        })
         .collect())
 }
 

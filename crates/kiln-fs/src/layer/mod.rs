@@ -108,9 +108,10 @@ fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     // The format number changes whenever the same inputs would give other
-    // bytes (2: gzip chunks by libdeflate), so old memos are not reused.
+    // bytes or the key is made differently (2: gzip chunks by libdeflate;
+    // 3: known hashes of spooled files), so old memos are not reused.
     h.update(format!(
-        "kiln-layer/2 {} {compression:?} {mtime}\n",
+        "kiln-layer/3 {} {compression:?} {mtime}\n",
         env!("CARGO_PKG_VERSION")
     ));
     for e in entries {
@@ -121,6 +122,15 @@ fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<
             EntryKind::Data(d) => {
                 h.update(format!("f{}\0", d.len()));
                 h.update(d.as_slice());
+            }
+            // A file whose hash is known: its length and that hash (a warm
+            // pip stage's 600 MB of wheel members are not hashed again).
+            EntryKind::Spooled(s) if s.known_hash().is_some() => {
+                h.update(format!(
+                    "k{}\0{}\0",
+                    s.len(),
+                    s.known_hash().unwrap_or_default()
+                ));
             }
             EntryKind::Spooled(s) => {
                 h.update(format!("f{}\0", s.len()));
@@ -208,6 +218,7 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn unknown_media_types_are_refused() {
@@ -238,6 +249,45 @@ mod tests {
         assert_eq!(hit.digest, first.digest);
         // Another mtime is another layer.
         assert!(cached_layer(&entries, 1, gz, &cache).unwrap().is_none());
+    }
+
+    /// A spooled file with a known hash enters the memo key as that hash:
+    /// the key is the same whatever spool holds the bytes, changes with
+    /// the hash, and is made without reading the bytes back.
+    #[test]
+    fn a_known_hash_stands_for_the_spooled_bytes_in_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |s: SpoolSlice| {
+            vec![Entry {
+                path: "usr/lib/m.py".into(),
+                kind: EntryKind::Spooled(s),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }]
+        };
+        let key = |e: &[Entry]| input_key(e, 0, Compression::Gzip { level: 1 }).unwrap();
+        let (a, b) = (
+            Spool::new_in(dir.path()).unwrap(),
+            Spool::new_in(dir.path()).unwrap(),
+        );
+        b.put(b"padding first").unwrap();
+        let known = |s: &Arc<Spool>| s.put(b"print(1)\n").unwrap().known_as("sha256=AAA");
+        assert_eq!(key(&file(known(&a))), key(&file(known(&b))));
+        let other = a.put(b"print(1)\n").unwrap().known_as("sha256=BBB");
+        assert_ne!(key(&file(known(&a))), key(&file(other)));
+        let plain = key(&file(a.put(b"print(1)\n").unwrap()));
+        assert_ne!(plain, key(&file(known(&a))));
+        // Hashing the bytes needs them; a known hash does not.
+        let cut = b.put(b"gone").unwrap();
+        b.fail_for_test();
+        assert!(input_key(&file(cut.clone()), 0, Compression::Zstd { level: 3 }).is_err());
+        assert!(input_key(
+            &file(cut.known_as("sha256=CCC")),
+            0,
+            Compression::Zstd { level: 3 }
+        )
+        .is_ok());
     }
 
     #[test]

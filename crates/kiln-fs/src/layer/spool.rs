@@ -124,7 +124,14 @@ impl Spool {
             spool: self.clone(),
             offset,
             len,
+            known: None,
         }
+    }
+
+    /// As if a read had failed: every later read is refused.
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 
     fn check(&self) -> io::Result<()> {
@@ -143,9 +150,26 @@ pub struct SpoolSlice {
     spool: Arc<Spool>,
     offset: u64,
     len: u64,
+    /// A hash of these bytes the caller computed before (a wheel member's,
+    /// kept by the wheel's digest): a layer's memo key uses it instead of
+    /// reading and hashing the bytes again.
+    known: Option<Arc<str>>,
 }
 
 impl SpoolSlice {
+    /// These bytes, known to hash to `hash` (see [`SpoolSlice::known_hash`]).
+    /// Only for a hash computed from exactly these bytes: a layer built
+    /// from other bytes under the same key would be taken from the cache.
+    pub fn known_as(mut self, hash: impl Into<Arc<str>>) -> SpoolSlice {
+        self.known = Some(hash.into());
+        self
+    }
+
+    /// The hash given by [`SpoolSlice::known_as`], if any.
+    pub fn known_hash(&self) -> Option<&str> {
+        self.known.as_deref()
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -324,6 +348,7 @@ mod tests {
             spool: spool.clone(),
             offset: 1 << 20,
             len: 3,
+            known: None,
         };
         assert!(cut.read_all().is_err());
         assert!(ok.read_all().is_err());

@@ -305,7 +305,7 @@ impl SharedTree {
         let bucket = kiln_store::CacheBucket::Trees.dir_name();
         let mut out = Vec::new();
         for name in tree_names(&dir) {
-            if let Some(size) = drop_tree(&dir, &name, dry_run) {
+            if let Some(size) = drop_tree(&dir, &name, Removal::Measured { dry_run }) {
                 out.push((format!("{bucket}/{name}"), size));
             }
         }
@@ -347,15 +347,25 @@ fn evict(dir: &Path, keep: &str) {
         .collect();
     trees.sort_by(|a, b| b.cmp(a));
     for (_, name) in trees.into_iter().skip(KEPT_TREES.saturating_sub(1)) {
-        drop_tree(dir, &name, false);
+        drop_tree(dir, &name, Removal::Unmeasured);
     }
+}
+
+/// How [`drop_tree`] goes: `kiln cache gc` reports each tree's size (and
+/// may only list it); eviction during a build needs no size, and walking
+/// a tree of ~11k files for one would be wasted.
+#[derive(Clone, Copy)]
+enum Removal {
+    Measured { dry_run: bool },
+    Unmeasured,
 }
 
 /// Remove the tree `name` of `dir` unless a build has it open: it is
 /// renamed to a temporary first, so a half-removed tree is never used
 /// (and a killed removal is finished by the next `Cache::open`).
-/// Returns its size when it was (or, with `dry_run`, could be) removed.
-fn drop_tree(dir: &Path, name: &str, dry_run: bool) -> Option<u64> {
+/// Returns its size (0 when [`Removal::Unmeasured`]) when it was (or, with
+/// `dry_run`, could be) removed.
+fn drop_tree(dir: &Path, name: &str, how: Removal) -> Option<u64> {
     use rustix::fs::{flock, FlockOperation};
     let lock = fs::File::options()
         .write(true)
@@ -363,14 +373,17 @@ fn drop_tree(dir: &Path, name: &str, dry_run: bool) -> Option<u64> {
         .ok()?;
     flock(&lock, FlockOperation::NonBlockingLockExclusive).ok()?;
     let root = dir.join(name);
-    let size = walkdir::WalkDir::new(&root)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum();
-    if dry_run {
+    let size = match how {
+        Removal::Measured { .. } => walkdir::WalkDir::new(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+        Removal::Unmeasured => 0,
+    };
+    if let Removal::Measured { dry_run: true } = how {
         return Some(size);
     }
     let doomed = dir.join(format!("{}{name}", kiln_store::temp_prefix(".tmp")));
@@ -1065,6 +1078,60 @@ fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new tree pushes out the least recently used ones beyond
+    /// [`KEPT_TREES`], except one a build has open; `kiln cache gc` lists
+    /// (dry run) then removes what no build has open, with sizes.
+    #[test]
+    fn eviction_keeps_the_newest_and_the_open_trees() {
+        use rustix::fs::{flock, FlockOperation};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        let lock = |n: &str| {
+            fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(d.join(format!("{n}.lock")))
+                .unwrap()
+        };
+        // Oldest first: a, b (open by a build), c, then new (just made).
+        for (i, n) in ["a", "b", "c", "new"].iter().enumerate() {
+            fs::create_dir_all(d.join(n).join("usr")).unwrap();
+            fs::write(d.join(n).join("usr/f"), vec![0u8; 10 * (i + 1)]).unwrap();
+            lock(n)
+                .set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        let open = lock("b");
+        flock(&open, FlockOperation::LockShared).unwrap();
+        evict(d, "new");
+        let mut left = tree_names(d);
+        left.sort();
+        // c is the newest other tree (KEPT_TREES = 2 with new); b is open.
+        assert_eq!(left, ["b", "c", "new"]);
+        assert!(!d.join("a").exists());
+        // No half-removed tree is left behind under its own name.
+        assert!(fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
+
+        let gc = |dry_run| {
+            let mut v: Vec<(String, u64)> = tree_names(d)
+                .into_iter()
+                .filter_map(|n| drop_tree(d, &n, Removal::Measured { dry_run }).map(|s| (n, s)))
+                .collect();
+            v.sort();
+            v
+        };
+        let listed = gc(true);
+        assert_eq!(listed, [("c".to_string(), 30), ("new".to_string(), 40)]);
+        assert_eq!(gc(false), listed);
+        assert_eq!(tree_names(d), ["b"]);
+        drop(open);
+    }
 
     #[test]
     fn a_command_leaving_a_special_file_is_refused() {

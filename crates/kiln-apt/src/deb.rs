@@ -374,13 +374,11 @@ fn read_data(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Vec
                         s.put_reader(&mut m, size)
                             .map_err(|e| bad(format!("corrupt data.tar: `{path}`: {e}")))?,
                     )),
-                    None => {
-                        // The header's size is a claim, not a reservation.
-                        let mut b = Vec::with_capacity(size.min(1 << 20) as usize);
-                        m.read_to_end(&mut b)
-                            .map_err(|e| bad(format!("corrupt data.tar: {e}")))?;
-                        FileKind::File(b.into())
-                    }
+                    None => FileKind::File(
+                        kiln_fs::layer::read_claimed(&mut m, size)
+                            .map_err(|e| bad(format!("corrupt data.tar: {e}")))?
+                            .into(),
+                    ),
                 }
             }
             tar::EntryType::Symlink => {

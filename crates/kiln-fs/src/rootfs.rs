@@ -153,11 +153,7 @@ impl Rootfs {
                     let size = h.size().unwrap_or(0);
                     let mode = h.mode().unwrap_or(0o644);
                     let content = if keep(&path) {
-                        // The header's size is a claim: reserve no more than
-                        // a MiB for it (a hostile layer may say a terabyte).
-                        let mut b = Vec::with_capacity(size.min(1 << 20) as usize);
-                        entry.read_to_end(&mut b).map_err(bad)?;
-                        Some(b)
+                        Some(crate::layer::read_claimed(&mut entry, size).map_err(bad)?)
                     } else {
                         None
                     };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compress::Compression;
 use compress::ParallelEncoder;
-pub use spool::{Content, Spool, SpoolSlice};
+pub use spool::{read_claimed, Content, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 
 use crate::error::FsError;
@@ -125,18 +125,14 @@ fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<
             }
             // A file whose hash is known: its length and that hash (a warm
             // pip stage's 600 MB of wheel members are not hashed again).
-            EntryKind::Spooled(s) if s.known_hash().is_some() => {
-                h.update(format!(
-                    "k{}\0{}\0",
-                    s.len(),
-                    s.known_hash().unwrap_or_default()
-                ));
-            }
-            EntryKind::Spooled(s) => {
-                h.update(format!("f{}\0", s.len()));
-                let input = |source| FsError::LayerInput { path: None, source };
-                io::copy(&mut s.reader().map_err(input)?, &mut h).map_err(input)?;
-            }
+            EntryKind::Spooled(s) => match s.known_hash() {
+                Some(known) => h.update(format!("k{}\0{known}\0", s.len())),
+                None => {
+                    h.update(format!("f{}\0", s.len()));
+                    let input = |source| FsError::LayerInput { path: None, source };
+                    io::copy(&mut s.reader().map_err(input)?, &mut h).map_err(input)?;
+                }
+            },
             EntryKind::File { src, size } => {
                 h.update(format!("f{size}\0"));
                 let input = |source| FsError::LayerInput {

@@ -263,6 +263,17 @@ impl Content {
     }
 }
 
+/// The bytes of an archive member whose header says it holds `claimed`
+/// bytes, read into memory (the held counterpart of
+/// [`Spool::put_reader`]). The claim is not trusted for the reservation:
+/// at most 1 MiB is reserved up front, so a hostile header saying a
+/// terabyte is a read error at the archive's end, not an abort.
+pub fn read_claimed(mut r: impl Read, claimed: u64) -> io::Result<Vec<u8>> {
+    let mut b = Vec::with_capacity(claimed.min(1 << 20) as usize);
+    r.read_to_end(&mut b)?;
+    Ok(b)
+}
+
 impl From<Vec<u8>> for Content {
     fn from(b: Vec<u8>) -> Content {
         Content::Held(Arc::new(b))

@@ -106,8 +106,9 @@ with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
         sys.stdout.buffer.write(out)
 "#;
 
-/// Bumped whenever the same inputs would give other pycs or rows.
-const FORMAT: &str = "kiln-bytecode/3";
+/// Bumped whenever the same inputs would give other pycs or rows, or the
+/// key is made otherwise (4: wheel members enter by their known hash).
+const FORMAT: &str = "kiln-bytecode/4";
 
 /// One compiled file: its source and its pyc (absolute image paths).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -562,10 +563,16 @@ fn units(
         let mut h = prefix.clone();
         for s in &sources {
             h.update(format!("{s}\0"));
-            let bytes = ours
-                .get(s.trim_start_matches('/'))
-                .and_then(|e| content(e))
-                .unwrap_or_default();
+            let entry = ours.get(s.trim_start_matches('/'));
+            // A wheel member known by its hash enters as that hash (the
+            // warm build does not read the sources back).
+            if let Some(EntryKind::Spooled(k)) = entry.map(|e| &e.kind) {
+                if let Some(known) = k.known_hash() {
+                    h.update(format!("k{}\0{known}\0", k.len()));
+                    continue;
+                }
+            }
+            let bytes = entry.and_then(|e| content(e)).unwrap_or_default();
             h.update(format!("{}\0", bytes.len()));
             h.update(&bytes);
         }

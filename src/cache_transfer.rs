@@ -691,9 +691,11 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 CacheBucket::AptIndexes | CacheBucket::AptUnpacked => {
                     zst_memo_of_unkept(&name, &md)
                 }
-                CacheBucket::PipMetadata
-                | CacheBucket::PipRecordHashes
-                | CacheBucket::LayerDiffIds => memo_of_unkept(&name, &md),
+                CacheBucket::PipMetadata | CacheBucket::LayerDiffIds => memo_of_unkept(&name, &md),
+                // An index, and the members it points into.
+                CacheBucket::PipUnpacked => {
+                    memo_of_unkept(name.strip_suffix(".data").unwrap_or(&name), &md)
+                }
                 CacheBucket::CondaPackages => {
                     let extracted = md.is_dir() && name.len() == 64;
                     (extracted && !kept_name(&name))

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use kiln_core::error::{IoContext, Result};
@@ -41,25 +40,32 @@ fn relative(from_dir: &str, to: &str) -> String {
     parts.join("/")
 }
 
-fn record_hash(data: &[u8]) -> String {
+/// A RECORD line's hash of `data`: `sha256=<urlsafe base64>`.
+pub(crate) fn record_hash(data: &[u8]) -> String {
+    record_form(Sha256::new_with_prefix(data))
+}
+
+/// The RECORD form of a sha256 fed with a member's bytes.
+pub(crate) fn record_form(h: Sha256) -> String {
     format!(
         "sha256={}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
     )
 }
 
-/// [`record_hash`] of a member's content, a spooled one streamed.
-fn content_hash(data: &Content) -> std::io::Result<String> {
+/// [`record_hash`] of a member's content: the hash a spooled member is
+/// known by, or its bytes hashed (a spooled one streamed).
+pub(crate) fn content_hash(data: &Content) -> std::io::Result<String> {
     match data {
         Content::Held(b) => Ok(record_hash(b)),
-        Content::Spooled(s) => {
-            let mut h = Sha256::new();
-            std::io::copy(&mut s.reader()?, &mut h)?;
-            Ok(format!(
-                "sha256={}",
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
-            ))
-        }
+        Content::Spooled(s) => match s.known_hash().filter(|h| h.starts_with("sha256=")) {
+            Some(h) => Ok(h.to_string()),
+            None => {
+                let mut h = Sha256::new();
+                std::io::copy(&mut s.reader()?, &mut h)?;
+                Ok(record_form(h))
+            }
+        },
     }
 }
 
@@ -94,7 +100,9 @@ pub(crate) fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
 pub(crate) type MemberHashes = BTreeMap<String, String>;
 
 /// RECORD hashes of every member, computed in parallel.
+#[cfg(test)]
 pub(crate) fn member_hashes(files: &[WheelFile]) -> Result<MemberHashes> {
+    use rayon::prelude::*;
     files
         .par_iter()
         .map(|f| {
@@ -106,7 +114,7 @@ pub(crate) fn member_hashes(files: &[WheelFile]) -> Result<MemberHashes> {
 }
 
 /// Lay one wheel out for `target`. `known` gives the RECORD hashes of members
-/// (see [`member_hashes`]); a member it lacks, and every file kiln writes or
+/// (see [`crate::unpacked`]); a member it lacks, and every file kiln writes or
 /// rewrites, is hashed here.
 pub(crate) fn wheel_entries(
     t: &PythonTarget,

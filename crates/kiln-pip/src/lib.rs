@@ -18,20 +18,20 @@ mod sdist;
 mod spec;
 mod tags;
 mod target;
+mod unpacked;
 mod wheel;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
-use serde::Deserialize;
 
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_fs::layer::{Entry, Tree};
 use kiln_fs::rootfs::Rootfs;
-use kiln_store::cache::{Cache, CacheBucket};
+use kiln_store::cache::Cache;
 use kiln_store::http::Http;
 
 pub use error::{PipError, RequirementProblem, WheelProblem};
@@ -537,65 +537,16 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
         .collect()
 }
 
-/// What [`record_hashes`] keeps for one wheel.
-#[derive(serde::Serialize, Deserialize)]
-struct KeptHashes {
-    /// The wheel these members came from.
-    wheel: String,
-    hashes: install::MemberHashes,
-}
-
-/// The RECORD hashes of a wheel's members, remembered by the wheel's digest.
-///
-/// A wheel that was verified against its sha256 has exactly the members it
-/// had when they were first hashed, so hashing its (about 3x larger)
-/// inflated content again on every build is wasted work. The memo
-/// (`pip/record-hashes/<wheel hex>`: the sha256 of the rest, a newline, then
-/// JSON) is used only when that digest matches, it names this wheel and it
-/// covers every member; anything else is recomputed.
-fn record_hashes(
-    cache: &Cache,
-    wheel: &Digest,
-    files: &[wheel::WheelFile],
-) -> Result<install::MemberHashes> {
-    let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
-    let kept = std::fs::read(&path)
-        .ok()
-        .and_then(|b| {
-            let nl = b.iter().position(|c| *c == b'\n')?;
-            let (digest, json) = (&b[..nl], &b[nl + 1..]);
-            (digest == Digest::of(json).to_string().as_bytes())
-                .then(|| serde_json::from_slice::<KeptHashes>(json).ok())?
-        })
-        .filter(|k| {
-            k.wheel == wheel.to_string()
-                && k.hashes.len() == files.len()
-                && files.iter().all(|f| k.hashes.contains_key(&f.path))
-        });
-    if let Some(k) = kept {
-        return Ok(k.hashes);
-    }
-    let kept = KeptHashes {
-        wheel: wheel.to_string(),
-        hashes: install::member_hashes(files)?,
-    };
-    // Best effort: a memo that cannot be kept only costs hashing next time.
-    if let Ok(json) = serde_json::to_vec(&kept) {
-        let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
-        body.extend_from_slice(&json);
-        kiln_store::cache::write_atomic(&path, &body);
-    }
-    Ok(kept.hashes)
-}
-
 /// Layer entry groups: one per wheel (or per big wheel and one for the small
 /// ones when there are many), plus the venv skeleton.
 ///
-/// The wheels' files go to one spool in the cache (see
-/// [`kiln_fs::layer::Spool`]), read back when the layers are written: the
-/// memory this takes does not grow with the packages' size.
+/// The wheels' files are unpacked into the cache once (see
+/// [`unpacked`]) and read from there when the layers are written: the
+/// memory this takes does not grow with the packages' size, and a warm
+/// build inflates nothing.
 pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
-    let spool = kiln_fs::layer::Spool::in_cache(cache)?;
+    // Each wheel's kept members stay open until the layers are written.
+    kiln_fs::layer::spool::raise_open_file_limit();
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels
         .par_iter()
@@ -610,13 +561,12 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
                 .into());
             }
             let path = cache.blob_path(&w.sha256);
-            let files = wheel::read_wheel(&path, &w.filename, Some(&spool))?;
+            let (files, known) = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
             let info = install::InstallInfo {
                 filename: &w.filename,
                 requested: w.requested,
                 direct_url: w.direct_url.clone(),
             };
-            let known = record_hashes(cache, &w.sha256, &files)?;
             wheel::verify(&w.filename, &files, &known)?;
             install::wheel_entries(&plan.python, &info, files, &known)
         })
@@ -683,54 +633,6 @@ mod tests {
         assert!(keep_path("/var/lib/dpkg/status"));
         assert!(keep_path("/usr/local/include/python3.12/patchlevel.h"));
         assert!(!keep_path("/usr/lib/python3.11/os.py"));
-    }
-
-    #[test]
-    fn record_hashes_kept_by_wheel_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
-        let wf = |path: &str, data: &[u8]| wheel::WheelFile {
-            path: path.into(),
-            data: data.to_vec().into(),
-            executable: false,
-        };
-        let files = vec![wf("a.py", b"a"), wf("b.py", b"b")];
-        let wheel = Digest::of(b"the wheel");
-        let fresh = install::member_hashes(&files).unwrap();
-        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
-        let path = cache.entry(CacheBucket::PipRecordHashes, wheel.hex());
-        let first = std::fs::read(&path).unwrap();
-
-        // A kept copy is used as is (shown with a marker value)...
-        let keep = |wheel: &Digest, hashes: install::MemberHashes| {
-            let k = KeptHashes {
-                wheel: wheel.to_string(),
-                hashes,
-            };
-            let json = serde_json::to_vec(&k).unwrap();
-            let mut body = format!("{}\n", Digest::of(&json)).into_bytes();
-            body.extend_from_slice(&json);
-            std::fs::write(&path, body).unwrap();
-        };
-        let mut marked = fresh.clone();
-        marked.insert("a.py".into(), "sha256=marker".into());
-        keep(&wheel, marked.clone());
-        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), marked);
-
-        // ...but not one of another wheel, one lacking a member, or a damaged one.
-        keep(&Digest::of(b"other wheel"), marked.clone());
-        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
-        let mut short = marked.clone();
-        short.remove("b.py");
-        keep(&wheel, short);
-        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
-        keep(&wheel, marked);
-        let mut damaged = std::fs::read(&path).unwrap();
-        let at = damaged.len() - 5;
-        damaged[at] ^= 1;
-        std::fs::write(&path, damaged).unwrap();
-        assert_eq!(record_hashes(&cache, &wheel, &files).unwrap(), fresh);
-        assert_eq!(std::fs::read(&path).unwrap(), first, "rewritten the same");
     }
 
     fn python_rootfs() -> Rootfs {

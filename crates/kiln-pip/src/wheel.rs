@@ -34,10 +34,10 @@ impl WheelFile {
     }
 }
 
-/// Members the installer reads itself stay in memory: `.dist-info`
+/// Members the installer reads itself are held in memory: `.dist-info`
 /// (METADATA, WHEEL, RECORD, entry points) and `.data/scripts` (a
 /// `#!python` line is rewritten). They are small.
-fn held_in_memory(path: &str) -> bool {
+pub(crate) fn held_in_memory(path: &str) -> bool {
     let mut parts = path.split('/');
     match (parts.next(), parts.next()) {
         (Some(top), _) if top.ends_with(".dist-info") => true,
@@ -102,10 +102,11 @@ struct Member {
 /// The wheel is read into memory once and its members are inflated in
 /// parallel with libdeflate (whole-buffer, so each output is allocated once
 /// at its final size); every member's CRC-32 is checked as the zip reader
-/// would. With a `spool`, the members the installer does not read itself
-/// go to it as they are inflated: each member's bytes are read from the
-/// file when it is inflated, and one above [`STREAM_ABOVE`] is inflated
-/// as a stream, so memory does not grow with the wheel's size.
+/// would. With a `spool`, every member goes to it as it is inflated,
+/// marked with its RECORD hash (computed here, from the same bytes): each
+/// member's bytes are read from the file when it is inflated, and one
+/// above [`STREAM_ABOVE`] is inflated as a stream, so memory does not grow
+/// with the wheel's size.
 pub(crate) fn read_wheel(
     path: &Path,
     wheel: &str,
@@ -198,7 +199,6 @@ pub(crate) fn read_wheel(
     members
         .into_par_iter()
         .map_init(libdeflater::Decompressor::new, |d, m| {
-            let spool = spool.filter(|_| !held_in_memory(&m.path));
             if let Some(s) = spool.filter(|_| m.size > STREAM_ABOVE) {
                 let data = Content::Spooled(stream_member(&file, &m, s).map_err(|detail| {
                     problem(WheelProblem::Corrupt {
@@ -244,7 +244,8 @@ pub(crate) fn read_wheel(
             let data = match spool {
                 Some(s) => Content::Spooled(
                     s.put(&data)
-                        .io_context(|| format!("spooling {} of {wheel}", m.path))?,
+                        .io_context(|| format!("spooling {} of {wheel}", m.path))?
+                        .known_as(crate::install::record_hash(&data)),
                 ),
                 _ => Content::from(data),
             };
@@ -285,6 +286,7 @@ fn stream_member(
     let mut r = Crc32Reader {
         inner,
         crc: libdeflater::Crc::new(),
+        sha256: sha2::Sha256::default(),
     };
     let size = m.size as u64;
     let slice = spool.put_reader(&mut r, size).map_err(|e| match e.kind() {
@@ -298,7 +300,7 @@ fn stream_member(
     if r.crc.sum() != m.crc32 {
         return Err("CRC-32 mismatch".into());
     }
-    Ok(slice)
+    Ok(slice.known_as(crate::install::record_form(r.sha256)))
 }
 
 /// The bytes `at..end` of a file, read with `pread` (threads share the file).
@@ -324,16 +326,19 @@ impl std::io::Read for At<'_> {
     }
 }
 
-/// A reader that keeps the CRC-32 of what went through it.
+/// A reader that keeps the CRC-32 and the sha256 of what went through it.
 struct Crc32Reader<R> {
     inner: R,
     crc: libdeflater::Crc,
+    sha256: sha2::Sha256,
 }
 
 impl<R: std::io::Read> std::io::Read for Crc32Reader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
         let n = self.inner.read(buf)?;
         self.crc.update(&buf[..n]);
+        self.sha256.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -838,18 +843,23 @@ mod tests {
         let files = read_bytes(&bytes).unwrap();
         assert!(files.iter().all(|f| matches!(f.data, Content::Held(_))));
         assert_eq!(contents(&files), want);
-        // With a spool, the same bytes; all but the .dist-info member spooled.
+        // With a spool, the same bytes, every member spooled and known by
+        // its RECORD hash (streamed or whole).
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), &bytes).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::new_in(dir.path()).unwrap();
         let files = read_wheel(t.path(), "x-1.0-py3-none-any.whl", Some(&spool)).unwrap();
         assert_eq!(contents(&files), want);
-        let spooled: Vec<bool> = files
-            .iter()
-            .map(|f| matches!(f.data, Content::Spooled(_)))
-            .collect();
-        assert_eq!(spooled, [true, true, true, false]);
+        for (f, (_, data)) in files.iter().zip(&want) {
+            let Content::Spooled(s) = &f.data else {
+                panic!("{} is not spooled", f.path)
+            };
+            assert_eq!(
+                s.known_hash(),
+                Some(crate::install::record_hash(data).as_str())
+            );
+        }
         // A streamed member that is damaged (stored, a byte flipped; or
         // declared longer than it inflates) is refused as the whole-buffer
         // path refuses it.

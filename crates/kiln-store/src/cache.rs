@@ -36,8 +36,10 @@ pub enum CacheBucket {
     PipPages,
     /// Core metadata read from a wheel, by the wheel's digest.
     PipMetadata,
-    /// RECORD member hashes, by the wheel's digest.
-    PipRecordHashes,
+    /// A wheel's members unpacked: their bytes end to end (`<hex>.data`)
+    /// and an index of paths, offsets, modes and RECORD hashes (`<hex>`),
+    /// by the wheel's digest.
+    PipUnpacked,
     /// Wheels built from sdists (→ the wheel blob), by the sdist's digest
     /// and the target's Python and platform.
     PipBuiltWheels,
@@ -77,7 +79,7 @@ impl CacheBucket {
         CacheBucket::AptUnpacked,
         CacheBucket::PipPages,
         CacheBucket::PipMetadata,
-        CacheBucket::PipRecordHashes,
+        CacheBucket::PipUnpacked,
         CacheBucket::PipBuiltWheels,
         CacheBucket::CondaPackages,
         CacheBucket::LayerDiffIds,
@@ -100,7 +102,7 @@ impl CacheBucket {
             CacheBucket::AptUnpacked => "apt-unpacked-v1",
             CacheBucket::PipPages => "pip-pages-v1",
             CacheBucket::PipMetadata => "pip-metadata-v1",
-            CacheBucket::PipRecordHashes => "pip-record-hashes-v1",
+            CacheBucket::PipUnpacked => "pip-unpacked-v1",
             CacheBucket::PipBuiltWheels => "pip-built-wheels-v1",
             CacheBucket::CondaPackages => "conda-pkgs-v1",
             CacheBucket::LayerDiffIds => "layer-diff-ids-v1",
@@ -378,19 +380,26 @@ struct Stamp {
     settled: bool,
 }
 
+/// A file's size, modification and change times, inode and device as one
+/// line: it changes when the file is written to or replaced.
+pub fn file_stamp(m: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{} {}.{} {}.{} {} {}\n",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino(),
+        m.dev()
+    )
+}
+
 impl Stamp {
     fn of(m: &fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        let line = format!(
-            "{} {}.{} {}.{} {} {}\n",
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.ino(),
-            m.dev()
-        );
+        let line = file_stamp(m);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);

@@ -24,6 +24,25 @@ use std::sync::Arc;
 use kiln_core::error::{IoContext, Result};
 use kiln_store::cache::{Cache, CacheBucket};
 
+/// Raise this process's soft limit on open files to the hard limit, once:
+/// a build keeps one spool open per unpacked wheel until its layers are
+/// written, and a few hundred wheels pass the usual soft limit of 1024 (Go
+/// programs raise it at start for the same kind of reason).
+pub fn raise_open_file_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        // `None` is unlimited; the soft limit is never above the hard one.
+        if limit.current != limit.maximum {
+            limit.current = limit.maximum;
+            // Best effort: at the old limit a very large stage fails with
+            // "too many open files", which names the cause.
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+    });
+}
+
 /// An append-only scratch file of file contents (see the module docs).
 pub struct Spool {
     file: File,
@@ -54,6 +73,16 @@ impl Spool {
         }))
     }
 
+    /// A spool appending to `file` (empty): a named temporary file that
+    /// is kept once filled (a wheel's unpacked members, kept in the cache).
+    pub fn over(file: File) -> Arc<Spool> {
+        Arc::new(Spool {
+            file,
+            end: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        })
+    }
+
     /// A new spool in the cache's `tmp` bucket (on the cache's disk, not a
     /// tmpfs that would hold the bytes in memory again).
     pub fn in_cache(cache: &Cache) -> Result<Arc<Spool>> {
@@ -65,7 +94,11 @@ impl Spool {
     /// (a cached blob of concatenated outputs): opened now, so a later
     /// removal of the path does not affect it.
     pub fn open(path: &Path) -> io::Result<Arc<Spool>> {
-        let file = File::open(path)?;
+        Spool::open_file(File::open(path)?)
+    }
+
+    /// [`Spool::open`] of a file already open.
+    pub fn open_file(file: File) -> io::Result<Arc<Spool>> {
         let len = file.metadata()?.len();
         Ok(Arc::new(Spool {
             file,
@@ -176,6 +209,11 @@ impl SpoolSlice {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Where these bytes start in the spool's file.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// A reader of exactly these bytes (a failed spool refuses to be read).

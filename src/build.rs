@@ -929,11 +929,9 @@ fn run_stages(
             });
             continue;
         }
-        // Only the SBOM reads the base: its view may be remembered.
-        let view = img
-            .manifest_digest
-            .as_ref()
-            .filter(|_| !has_stages && !runs);
+        // The base's view is remembered by its manifest, unless maintainer
+        // scripts need every content of it.
+        let view = img.manifest_digest.as_ref().filter(|_| !run_scripts);
         let mut fs = match view.and_then(|d| memo::read_view(&setup.cache, d)) {
             Some(fs) => fs,
             None => {

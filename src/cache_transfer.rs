@@ -653,7 +653,15 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
     };
     // A layer or stage memo goes when a blob it names goes (or it is unreadable).
     let memo_naming_unkept = |bucket: CacheBucket, name: &str| {
-        let Ok(text) = fs::read_to_string(cache.entry(bucket, name)) else {
+        // A remembered base view is zstd-compressed JSON.
+        let text = fs::read(cache.entry(bucket, name))
+            .ok()
+            .and_then(|b| match name.ends_with(".zst") {
+                true => zstd::stream::decode_all(&b[..]).ok(),
+                false => Some(b),
+            })
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some(text) = text else {
             return true;
         };
         let gone = named_digests(&text).any(|d| !keep.contains(&d));

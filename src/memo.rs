@@ -219,29 +219,29 @@ impl PlatformMemo {
 /// its science image, a COPY-only Dockerfile) does not stream the base's
 /// layers again. The JSON names the manifest, so `kiln cache gc` drops it
 /// with the base.
+/// The whole filesystem view of a base (every path's node, the kept
+/// contents, the directories' modes), as [`Rootfs::from_layers`] made it
+/// with the build's usual `keep`: a warm build does not decompress the
+/// base's layers again to learn what it holds.
 #[derive(Serialize, Deserialize)]
-struct BaseView {
+struct BaseView<F> {
     manifest: Digest,
-    #[serde(with = "base64_contents")]
-    kept: Vec<(String, Vec<u8>)>,
-    #[serde(default)]
-    dirs: Vec<(String, DirMeta)>,
+    fs: F,
 }
 
 fn view_path(cache: &Cache, manifest: &Digest) -> PathBuf {
     let key =
-        Digest::of(format!("kiln-base-view/3 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
-    cache.entry(CacheBucket::Stages, format!("view-{}.json", key.hex()))
+        Digest::of(format!("kiln-base-view/4 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
+    cache.entry(CacheBucket::Stages, format!("view-{}.json.zst", key.hex()))
 }
 
-/// The remembered view of the base whose manifest is `manifest`.
+/// The remembered view of the base whose manifest is `manifest` (zstd
+/// with its checksum: a damaged file is no view).
 pub(crate) fn read_view(cache: &Cache, manifest: &Digest) -> Option<Rootfs> {
-    let v: BaseView =
-        serde_json::from_slice(&std::fs::read(view_path(cache, manifest)).ok()?).ok()?;
-    if &v.manifest != manifest {
-        return None;
-    }
-    Some(view_of(&v.kept, &v.dirs))
+    let z = std::fs::read(view_path(cache, manifest)).ok()?;
+    let json = zstd::stream::decode_all(&z[..]).ok()?;
+    let v: BaseView<Rootfs> = serde_json::from_slice(&json).ok()?;
+    (&v.manifest == manifest).then_some(v.fs)
 }
 
 fn view_of(kept: &[(String, Vec<u8>)], dirs: &[(String, DirMeta)]) -> Rootfs {
@@ -265,11 +265,15 @@ fn view_of(kept: &[(String, Vec<u8>)], dirs: &[(String, DirMeta)]) -> Rootfs {
 pub(crate) fn write_view(cache: &Cache, manifest: &Digest, fs: &Rootfs) {
     let v = BaseView {
         manifest: manifest.clone(),
-        kept: kept_files(fs),
-        dirs: distinct_dirs(fs),
+        fs,
     };
-    if let Ok(json) = serde_json::to_vec(&v) {
-        kiln_store::cache::write_atomic(&view_path(cache, manifest), &json);
+    let packed = serde_json::to_vec(&v).ok().and_then(|json| {
+        let mut z = zstd::bulk::Compressor::new(3).ok()?;
+        z.include_checksum(true).ok()?;
+        z.compress(&json).ok()
+    });
+    if let Some(z) = packed {
+        kiln_store::cache::write_atomic(&view_path(cache, manifest), &z);
     }
 }
 
@@ -328,6 +332,9 @@ mod tests {
         let manifest = Digest::of(b"a manifest");
         let mut fs = Rootfs::default();
         let status = b"Package: hello\nStatus: install ok installed\n\xff\x00".to_vec();
+        for d in ["/var", "/var/lib", "/var/lib/dpkg", "/usr", "/usr/bin"] {
+            fs.insert(d, Node::Dir);
+        }
         fs.insert_file("/var/lib/dpkg/status", &status);
         let home = DirMeta {
             mode: 0o2775,
@@ -336,14 +343,35 @@ mod tests {
         };
         fs.insert_dir("/home/nb", home);
         fs.insert_dir("/usr", DirMeta::IMPLIED);
+        fs.insert("/usr/bin/python3", Node::Symlink("python3.11".into()));
+        fs.insert(
+            "/usr/bin/python3.11",
+            Node::File {
+                size: 6_000_000,
+                mode: 0o755,
+                content: None,
+            },
+        );
         write_view(&cache, &manifest, &fs);
-        let json = std::fs::read_to_string(view_path(&cache, &manifest)).unwrap();
+        let path = view_path(&cache, &manifest);
+        let json = zstd::stream::decode_all(&std::fs::read(&path).unwrap()[..]).unwrap();
+        let json = String::from_utf8(json).unwrap();
         assert!(!json.contains("[80,97"), "contents are strings: {json}");
         let back = read_view(&cache, &manifest).unwrap();
         assert_eq!(back.read("/var/lib/dpkg/status"), Some(&status[..]));
         assert_eq!(back.dir_meta("/home/nb"), Some(home));
-        // Root's 0755 is what a missing entry means: not written.
-        assert_eq!(back.dir_meta("/usr"), None);
+        assert_eq!(back.dir_meta("/usr"), fs.dir_meta("/usr"));
+        // Every node, the ones without kept contents too.
+        assert_eq!(
+            back.paths().collect::<Vec<_>>(),
+            fs.paths().collect::<Vec<_>>()
+        );
         assert!(read_view(&cache, &Digest::of(b"another")).is_none());
+        // A damaged view is no view.
+        let mut z = std::fs::read(&path).unwrap();
+        let n = z.len();
+        z[n - 2] ^= 1;
+        std::fs::write(&path, z).unwrap();
+        assert!(read_view(&cache, &manifest).is_none());
     }
 }

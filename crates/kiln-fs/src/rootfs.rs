@@ -13,13 +13,14 @@ use crate::error::FsError;
 use crate::layer::{Entry, EntryKind};
 use kiln_core::error::{Error, Result};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Node {
     Dir,
     /// A regular file; `content` is present when the path was asked for.
     File {
         size: u64,
         mode: u32,
+        #[serde(with = "base64_content")]
         content: Option<Vec<u8>>,
     },
     Symlink(String),
@@ -27,7 +28,9 @@ pub enum Node {
     Other,
 }
 
-#[derive(Default, Debug, Clone)]
+/// Serializable, so a build can remember the view of a base it read once
+/// (the layers are not decompressed again).
+#[derive(Default, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rootfs {
     /// Absolute, normalised paths (`/usr/bin/python3`); the root itself is implicit.
     nodes: BTreeMap<String, Node>,
@@ -52,6 +55,29 @@ impl DirMeta {
         uid: 0,
         gid: 0,
     };
+}
+
+/// Kept contents as base64 strings in a remembered view, not arrays of numbers.
+mod base64_content {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub(super) fn serialize<S: Serializer>(c: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.serialize_some(&B64.encode(c)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|c| B64.decode(c).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Normalise a tar member name to `/a/b` (`None`: the root itself, or

@@ -60,7 +60,7 @@ pub enum CacheBucket {
     /// The bytecode compiled for a pip stage (its `.pyc` paths → blobs),
     /// by the Python version and the installed files.
     Bytecode,
-    /// When a blob was last hashed and found whole (its size, mtime, ctime
+    /// When a blob was last hashed and found whole (its size, mtime
     /// and inode then), by its digest: a warm build does not hash every
     /// cached layer again while the file is untouched.
     Checked,
@@ -370,8 +370,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
 }
 
 /// What a blob file looked like when it was hashed: a write to it (in
-/// place, or through an output that hard-links it) changes its mtime and
-/// ctime, a replacement its inode.
+/// place, or through an output that hard-links it) changes its mtime, a
+/// replacement its inode. Not its ctime: linking the blob into an output
+/// and unlinking it again (every build into a fresh OCI layout) changes
+/// that without touching a byte, and would make every warm build hash
+/// every layer again.
 struct Stamp {
     line: String,
     /// Older than the file system's timestamp tick: a write in the same
@@ -380,17 +383,15 @@ struct Stamp {
     settled: bool,
 }
 
-/// A file's size, modification and change times, inode and device as one
-/// line: it changes when the file is written to or replaced.
+/// A file's size, modification time, inode and device as one line: it
+/// changes when the file is written to or replaced (see [`Stamp`]).
 pub fn file_stamp(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!(
-        "{} {}.{} {}.{} {} {}\n",
+        "{} {}.{} {} {}\n",
         m.len(),
         m.mtime(),
         m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
         m.ino(),
         m.dev()
     )
@@ -405,7 +406,7 @@ impl Stamp {
             .map_or(0, |d| d.as_secs() as i64);
         Stamp {
             line,
-            settled: m.mtime().max(m.ctime()) + 1 < now,
+            settled: m.mtime() + 1 < now,
         }
     }
 }
@@ -497,6 +498,13 @@ mod tests {
         assert!(cache.verified(&d).unwrap().is_some());
         let line = fs::read_to_string(&stamp).unwrap();
         assert!(line.starts_with("7 "), "{line}");
+        // Linked into an output and unlinked again (its ctime moves): the
+        // same stamp, so the next build does not hash it again.
+        let out = dir.path().join("layout-blob");
+        fs::hard_link(cache.blob_path(&d), &out).unwrap();
+        fs::remove_file(&out).unwrap();
+        let now = file_stamp(&fs::metadata(cache.blob_path(&d)).unwrap());
+        assert_eq!(now, line);
         // A stamp that does not describe the file is no pass.
         fs::write(&stamp, "7 0.0 0.0 0 0\n").unwrap();
         assert!(cache.verified(&d).unwrap().is_some());

@@ -360,6 +360,7 @@ pub fn plan_building(
                 let (digest, size) = client
                     .download_artifact(file)
                     .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
+                unpack_early(cache, &digest, &file.filename);
                 let direct_url = provider.direct_url(name).map(|u| {
                     serde_json::json!({
                         "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
@@ -489,6 +490,7 @@ pub fn plan_locked_building(
             let (sha256, size) = http
                 .download(&url, Some(&d), cache)
                 .map_err(|e| e.context(&what))?;
+            unpack_early(cache, &sha256, &pin.filename);
             Ok(PinnedWheel {
                 name: pin.name.clone(),
                 version: pin.version.clone(),
@@ -535,6 +537,16 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
                 }),
         })
         .collect()
+}
+
+/// Unpack a wheel as soon as it is downloaded, while the others still
+/// download, on the thread that fetched it (a download thread mostly waits
+/// on the network). Best effort: [`layer_groups`] takes the kept members,
+/// and unpacks (and reports the problem with) any wheel that is not kept.
+fn unpack_early(cache: &Cache, digest: &Digest, filename: &str) {
+    if cache.contains(digest) {
+        let _ = unpacked::unpack(cache, digest, &cache.blob_path(digest), filename);
+    }
 }
 
 /// Layer entry groups: one per wheel (or per big wheel and one for the small

@@ -510,6 +510,15 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     for hex in [deb_pin.hex(), other.as_str()] {
         fs::write(unpacked.join(format!("{hex}.zst")), b"frame").unwrap();
     }
+    // Unpacked wheels (an index and its data file): the pinned wheel's
+    // stay, another's go.
+    let wheel_pin = &f.lock.platforms[0].pip[0].sha256;
+    let wheels = bucket(CacheBucket::PipUnpacked);
+    fs::create_dir_all(&wheels).unwrap();
+    for hex in [wheel_pin.hex(), other.as_str()] {
+        fs::write(wheels.join(hex), b"index").unwrap();
+        fs::write(wheels.join(format!("{hex}.data")), b"members").unwrap();
+    }
     // Layer memos: one naming a needed blob stays, one naming a blob that
     // goes goes with it.
     let needed_blob = f.needed.iter().next().unwrap().clone();
@@ -526,6 +535,14 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         format!("{{\"digest\":\"{unneeded_blob}\"}}"),
     )
     .unwrap();
+    // Remembered base views are compressed: read all the same.
+    let stages = bucket(CacheBucket::Stages);
+    fs::create_dir_all(&stages).unwrap();
+    for (name, blob) in [("view-keep", &needed_blob), ("view-gone", &unneeded_blob)] {
+        let json = format!("{{\"manifest\":\"{blob}\",\"fs\":{{}}}}");
+        let z = zstd::stream::encode_all(json.as_bytes(), 3).unwrap();
+        fs::write(stages.join(format!("{name}.json.zst")), z).unwrap();
+    }
     // A fresh index page stays (it expires by itself); a directory of an
     // older cache layout is no bucket and goes.
     fs::create_dir_all(bucket(CacheBucket::PipPages)).unwrap();
@@ -567,6 +584,11 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{conda_dir}/{other}"));
     expected.insert(format!("{unpacked_dir}/{other}.zst"));
     expected.insert(format!("{layers_dir}/gone.json"));
+    let wheels_dir = CacheBucket::PipUnpacked.dir_name();
+    expected.insert(format!("{wheels_dir}/{other}"));
+    expected.insert(format!("{wheels_dir}/{other}.data"));
+    let stages_dir = CacheBucket::Stages.dir_name();
+    expected.insert(format!("{stages_dir}/view-gone.json.zst"));
     expected.insert("apt".to_string());
     expected.insert(format!("{}/{tree_name}", CacheBucket::Trees.dir_name()));
     assert_eq!(removed, expected);
@@ -578,7 +600,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     let human = cache_cmd(&f, &f.cache, &["gc"]).run_ok();
     assert!(!bucket(CacheBucket::Trees).join(&tree_name).exists());
     assert!(
-        human.stdout.contains("removed 9 entries"),
+        human.stdout.contains("removed 12 entries"),
         "{}",
         human.describe()
     );
@@ -597,6 +619,9 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(unpacked.join(format!("{}.zst", deb_pin.hex())).is_file());
     assert!(!unpacked.join(format!("{other}.zst")).exists());
     assert!(bucket(CacheBucket::PipPages).join("page").is_file());
+    assert!(wheels.join(wheel_pin.hex()).is_file());
+    assert!(wheels.join(format!("{}.data", wheel_pin.hex())).is_file());
+    assert!(stages.join("view-keep.json.zst").is_file());
     // The lock is still fully served.
     let cache = Cache::open(&f.cache).unwrap();
     assert_eq!(

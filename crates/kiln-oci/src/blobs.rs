@@ -105,6 +105,21 @@ impl<'a> Blobs<'a> {
         Ok(path)
     }
 
+    /// [`Blobs::path`] of every digest, side by side: a base layer's first
+    /// use fetches it and decompresses it whole to check its diff_id, which
+    /// one layer after another leaves a core idle. The error is the first
+    /// digest's that failed, in the order given.
+    pub fn prefetch<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> Result<()> {
+        use rayon::prelude::*;
+        let digests: Vec<&Digest> = digests.into_iter().collect();
+        digests
+            .par_iter()
+            .map(|d| self.path(d).map(drop))
+            .collect::<Vec<Result<()>>>()
+            .into_iter()
+            .collect()
+    }
+
     fn fetch(&self, digest: &Digest, layer: &BaseLayer, origin: &Origin) -> Result<()> {
         match origin {
             Origin::Registry(r) => {

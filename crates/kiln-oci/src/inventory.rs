@@ -17,6 +17,7 @@ pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -
 
 /// The uncompressed tar streams of the image's layers, lowest first.
 pub fn layer_readers(image: &PlatformImage, blobs: &Blobs) -> Result<Vec<Box<dyn Read>>> {
+    blobs.prefetch(image.layers.iter().map(|l| &l.digest))?;
     let mut readers: Vec<Box<dyn Read>> = Vec::new();
     for l in &image.layers {
         let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);

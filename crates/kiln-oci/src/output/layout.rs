@@ -74,6 +74,7 @@ pub fn write(
     if let Some(i) = &image.index {
         digests.push(&i.digest);
     }
+    blobs.prefetch(digests.iter().copied())?;
     for d in digests {
         link_or_copy(&blobs.path(d)?, &blob_dir.join(d.hex()))?;
     }

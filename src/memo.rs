@@ -213,33 +213,27 @@ impl PlatformMemo {
     }
 }
 
-/// What the SBOM reads of a base (its package databases), remembered by
-/// the base's manifest digest: a build with no package stage and no
-/// `[[run]]` on a base seen before (a workspace release re-assembled on
-/// its science image, a COPY-only Dockerfile) does not stream the base's
-/// layers again. The JSON names the manifest, so `kiln cache gc` drops it
-/// with the base.
 /// The whole filesystem view of a base (every path's node, the kept
 /// contents, the directories' modes), as [`Rootfs::from_layers`] made it
-/// with the build's usual `keep`: a warm build does not decompress the
-/// base's layers again to learn what it holds.
+/// with the build's usual `keep`, remembered by the base's manifest: a
+/// warm build does not decompress the base's layers again to learn what
+/// it holds. Kept as a derived entry (zstd with its checksum: a damaged
+/// one is no view); the JSON names the manifest, so `kiln cache gc` drops
+/// it with the base.
 #[derive(Serialize, Deserialize)]
 struct BaseView<F> {
     manifest: Digest,
     fs: F,
 }
 
-fn view_path(cache: &Cache, manifest: &Digest) -> PathBuf {
-    let key =
-        Digest::of(format!("kiln-base-view/4 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes());
-    cache.entry(CacheBucket::Stages, format!("view-{}.json.zst", key.hex()))
+/// The key the view of the base `manifest` is kept under.
+fn view_key(manifest: &Digest) -> Digest {
+    Digest::of(format!("kiln-base-view/4 {} {manifest}", env!("CARGO_PKG_VERSION")).as_bytes())
 }
 
-/// The remembered view of the base whose manifest is `manifest` (zstd
-/// with its checksum: a damaged file is no view).
+/// The remembered view of the base whose manifest is `manifest`.
 pub(crate) fn read_view(cache: &Cache, manifest: &Digest) -> Option<Rootfs> {
-    let z = std::fs::read(view_path(cache, manifest)).ok()?;
-    let json = zstd::stream::decode_all(&z[..]).ok()?;
+    let json = cache.read_derived(CacheBucket::Stages, &view_key(manifest))?;
     let v: BaseView<Rootfs> = serde_json::from_slice(&json).ok()?;
     (&v.manifest == manifest).then_some(v.fs)
 }
@@ -267,13 +261,8 @@ pub(crate) fn write_view(cache: &Cache, manifest: &Digest, fs: &Rootfs) {
         manifest: manifest.clone(),
         fs,
     };
-    let packed = serde_json::to_vec(&v).ok().and_then(|json| {
-        let mut z = zstd::bulk::Compressor::new(3).ok()?;
-        z.include_checksum(true).ok()?;
-        z.compress(&json).ok()
-    });
-    if let Some(z) = packed {
-        kiln_store::cache::write_atomic(&view_path(cache, manifest), &z);
+    if let Ok(json) = serde_json::to_vec(&v) {
+        cache.keep_derived(CacheBucket::Stages, &view_key(manifest), &json);
     }
 }
 
@@ -353,7 +342,10 @@ mod tests {
             },
         );
         write_view(&cache, &manifest, &fs);
-        let path = view_path(&cache, &manifest);
+        let path = cache.entry(
+            CacheBucket::Stages,
+            format!("{}.zst", view_key(&manifest).hex()),
+        );
         let json = zstd::stream::decode_all(&std::fs::read(&path).unwrap()[..]).unwrap();
         let json = String::from_utf8(json).unwrap();
         assert!(!json.contains("[80,97"), "contents are strings: {json}");

@@ -538,10 +538,14 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     // Remembered base views are compressed: read all the same.
     let stages = bucket(CacheBucket::Stages);
     fs::create_dir_all(&stages).unwrap();
-    for (name, blob) in [("view-keep", &needed_blob), ("view-gone", &unneeded_blob)] {
+    let (view_keep, view_gone) = (
+        format!("{}.zst", "c1".repeat(32)),
+        format!("{}.zst", "c2".repeat(32)),
+    );
+    for (name, blob) in [(&view_keep, &needed_blob), (&view_gone, &unneeded_blob)] {
         let json = format!("{{\"manifest\":\"{blob}\",\"fs\":{{}}}}");
         let z = zstd::stream::encode_all(json.as_bytes(), 3).unwrap();
-        fs::write(stages.join(format!("{name}.json.zst")), z).unwrap();
+        fs::write(stages.join(name), z).unwrap();
     }
     // A fresh index page stays (it expires by itself); a directory of an
     // older cache layout is no bucket and goes.
@@ -588,7 +592,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{wheels_dir}/{other}"));
     expected.insert(format!("{wheels_dir}/{other}.data"));
     let stages_dir = CacheBucket::Stages.dir_name();
-    expected.insert(format!("{stages_dir}/view-gone.json.zst"));
+    expected.insert(format!("{stages_dir}/{view_gone}"));
     expected.insert("apt".to_string());
     expected.insert(format!("{}/{tree_name}", CacheBucket::Trees.dir_name()));
     assert_eq!(removed, expected);
@@ -621,7 +625,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(bucket(CacheBucket::PipPages).join("page").is_file());
     assert!(wheels.join(wheel_pin.hex()).is_file());
     assert!(wheels.join(format!("{}.data", wheel_pin.hex())).is_file());
-    assert!(stages.join("view-keep.json.zst").is_file());
+    assert!(stages.join(&view_keep).is_file());
     // The lock is still fully served.
     let cache = Cache::open(&f.cache).unwrap();
     assert_eq!(

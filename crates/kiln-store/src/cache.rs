@@ -262,16 +262,24 @@ impl Cache {
         from: &Digest,
         make: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let path = self.derived_path(kind, from);
-        if let Some(bytes) = fs::read(&path)
-            .ok()
-            .and_then(|z| zstd::stream::decode_all(&z[..]).ok())
-        {
+        if let Some(bytes) = self.read_derived(kind, from) {
             return Ok(bytes);
         }
         let bytes = make()?;
-        let _ = self.store_derived(&path, &bytes);
+        self.keep_derived(kind, from, &bytes);
         Ok(bytes)
+    }
+
+    /// The bytes [`Cache::derived`] remembers at `<kind>/<from hex>.zst`, if
+    /// they are there and whole (for a caller that makes them elsewhere).
+    pub fn read_derived(&self, kind: CacheBucket, from: &Digest) -> Option<Vec<u8>> {
+        let z = fs::read(self.derived_path(kind, from)).ok()?;
+        zstd::stream::decode_all(&z[..]).ok()
+    }
+
+    /// Remember `bytes` as [`Cache::derived`] does (best effort, atomic).
+    pub fn keep_derived(&self, kind: CacheBucket, from: &Digest, bytes: &[u8]) {
+        let _ = self.store_derived(&self.derived_path(kind, from), bytes);
     }
 
     /// Drop a derived entry whose content turned out to be unusable.

@@ -105,17 +105,17 @@ impl<'a> Blobs<'a> {
         Ok(path)
     }
 
-    /// [`Blobs::path`] of every digest, side by side: a base layer's first
-    /// use fetches it and decompresses it whole to check its diff_id, which
-    /// one layer after another leaves a core idle. The error is the first
-    /// digest's that failed, in the order given.
-    pub fn prefetch<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> Result<()> {
+    /// [`Blobs::path`] of every digest, in the order given, found side by
+    /// side: a base layer's first use fetches it and decompresses it whole
+    /// to check its diff_id, which one layer after another leaves a core
+    /// idle. The error is the first failing digest's, in the order given.
+    pub fn paths<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> Result<Vec<PathBuf>> {
         use rayon::prelude::*;
         let digests: Vec<&Digest> = digests.into_iter().collect();
         digests
             .par_iter()
-            .map(|d| self.path(d).map(drop))
-            .collect::<Vec<Result<()>>>()
+            .map(|d| self.path(d))
+            .collect::<Vec<Result<PathBuf>>>()
             .into_iter()
             .collect()
     }

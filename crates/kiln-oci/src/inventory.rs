@@ -6,7 +6,7 @@ use std::io::{BufReader, Read};
 
 use crate::base::PlatformImage;
 use crate::blobs::Blobs;
-use kiln_core::error::Result;
+use kiln_core::error::{IoContext, Result};
 use kiln_fs::rootfs::Rootfs;
 
 /// Read a base image's filesystem (decompressing its layers in order),
@@ -17,10 +17,11 @@ pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -
 
 /// The uncompressed tar streams of the image's layers, lowest first.
 pub fn layer_readers(image: &PlatformImage, blobs: &Blobs) -> Result<Vec<Box<dyn Read>>> {
-    blobs.prefetch(image.layers.iter().map(|l| &l.digest))?;
+    let paths = blobs.paths(image.layers.iter().map(|l| &l.digest))?;
     let mut readers: Vec<Box<dyn Read>> = Vec::new();
-    for l in &image.layers {
-        let f = BufReader::with_capacity(1 << 20, blobs.open(&l.digest)?);
+    for (l, p) in image.layers.iter().zip(paths) {
+        let f = std::fs::File::open(&p).io_context(|| format!("opening {}", p.display()))?;
+        let f = BufReader::with_capacity(1 << 20, f);
         let r = kiln_fs::layer::decompressed(&l.media_type, f)
             .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
         readers.push(r);

@@ -74,9 +74,8 @@ pub fn write(
     if let Some(i) = &image.index {
         digests.push(&i.digest);
     }
-    blobs.prefetch(digests.iter().copied())?;
-    for d in digests {
-        link_or_copy(&blobs.path(d)?, &blob_dir.join(d.hex()))?;
+    for (d, p) in digests.iter().zip(blobs.paths(digests.iter().copied())?) {
+        link_or_copy(&p, &blob_dir.join(d.hex()))?;
     }
 
     let mut entries: Vec<Value> = Vec::new();

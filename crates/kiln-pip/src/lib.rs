@@ -558,7 +558,7 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
 /// and unpacks (and reports the problem with) any wheel that is not kept.
 fn unpack_early(cache: &Cache, digest: &Digest, filename: &str) {
     if cache.contains(digest) {
-        let _ = unpacked::unpack(cache, digest, &cache.blob_path(digest), filename);
+        let _ = unpacked::members(cache, digest, &cache.blob_path(digest), filename);
     }
 }
 

@@ -54,10 +54,21 @@ pub(crate) fn unpack(
     wheel: &Path,
     filename: &str,
 ) -> Result<(Vec<WheelFile>, MemberHashes)> {
+    finish(members(cache, digest, wheel, filename)?, filename)
+}
+
+/// The wheel's members as kept, unpacked and kept now if they were not:
+/// every one a slice of the data file, known by its hash.
+pub(crate) fn members(
+    cache: &Cache,
+    digest: &Digest,
+    wheel: &Path,
+    filename: &str,
+) -> Result<Vec<WheelFile>> {
     let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
     let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
     if let Some(files) = kept(&index, &data, digest) {
-        return finish(files, filename);
+        return Ok(files);
     }
     let tmp_dir = cache.bucket(CacheBucket::Tmp);
     let tmp = tempfile::Builder::new()
@@ -78,7 +89,7 @@ pub(crate) fn unpack(
     // Best effort: members that cannot be kept are unpacked again next
     // time; the open spool serves this build either way.
     let _ = keep(tmp, &files, digest, &index, &data);
-    finish(files, filename)
+    Ok(files)
 }
 
 /// The kept members of `digest`, if the index and data file are whole

@@ -125,6 +125,11 @@ impl CacheBucket {
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    /// Blobs this process wrote or hashed, with the [`file_stamp`] they had
+    /// then: a blob written seconds ago has no settled stamp on disk yet
+    /// (see [`Stamp`]), and without this every `verified` call in the same
+    /// build would hash it again.
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, String>>>,
 }
 
 impl Cache {
@@ -144,7 +149,10 @@ impl Cache {
                 remove_stale_temps_beside(&root.join(b.dir_name()), ".tmp");
             }
         }
-        Ok(Cache { root })
+        Ok(Cache {
+            root,
+            seen: Default::default(),
+        })
     }
 
     /// `--cache`, else `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
@@ -198,21 +206,37 @@ impl Cache {
         let stamp = file.metadata().ok().map(|m| Stamp::of(&m));
         let stamp_path = self.entry(CacheBucket::Checked, d.hex());
         if let Some(st) = &stamp {
-            if std::fs::read(&stamp_path).is_ok_and(|b| b == st.line.as_bytes()) {
+            if self.seen_as(d).as_deref() == Some(st.line.as_str())
+                || std::fs::read(&stamp_path).is_ok_and(|b| b == st.line.as_bytes())
+            {
                 return Ok(Some(path));
             }
         }
         let (actual, _) = digest_reader(io::BufReader::with_capacity(1 << 20, file))
             .io_context(|| format!("reading cached blob {}", path.display()))?;
         if &actual == d {
-            if let Some(st) = stamp.filter(|st| st.settled) {
-                write_atomic(&stamp_path, st.line.as_bytes());
+            if let Some(st) = stamp {
+                if st.settled {
+                    write_atomic(&stamp_path, st.line.as_bytes());
+                }
+                self.saw(d, st.line);
             }
             Ok(Some(path))
         } else {
             // Someone or something changed the bytes: drop the entry so it is fetched again.
             let _ = fs::remove_file(&path);
             Ok(None)
+        }
+    }
+
+    /// The stamp blob `d` had when this process last hashed it.
+    fn seen_as(&self, d: &Digest) -> Option<String> {
+        self.seen.lock().ok()?.get(d).cloned()
+    }
+
+    fn saw(&self, d: &Digest, stamp: String) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(d.clone(), stamp);
         }
     }
 
@@ -450,9 +474,14 @@ impl BlobWriter {
             .set_permissions(fs::Permissions::from_mode(0o644))
             .io_context(|| "setting blob permissions".into())?;
         let dst = self.cache.blob_path(&digest);
-        tmp.persist(&dst)
+        let file = tmp
+            .persist(&dst)
             .map_err(|e| e.error)
             .io_context(|| format!("storing blob {}", dst.display()))?;
+        // Hashed as it was written: `verified` need not read it again.
+        if let Ok(m) = file.metadata() {
+            self.cache.saw(&digest, file_stamp(&m));
+        }
         Ok((digest, len))
     }
 }
@@ -503,6 +532,9 @@ mod tests {
         assert!(cache.verified(&d).unwrap().is_some());
         assert!(!stamp.exists());
         std::thread::sleep(std::time::Duration::from_millis(2100));
+        // A later build (a process of its own) hashes it once more and
+        // stamps it.
+        let cache = Cache::open(dir.path()).unwrap();
         assert!(cache.verified(&d).unwrap().is_some());
         let line = fs::read_to_string(&stamp).unwrap();
         assert!(line.starts_with("7 "), "{line}");
@@ -515,6 +547,7 @@ mod tests {
         assert_eq!(now, line);
         // A stamp that does not describe the file is no pass.
         fs::write(&stamp, "7 0.0 0.0 0 0\n").unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
         assert!(cache.verified(&d).unwrap().is_some());
         assert_eq!(fs::read_to_string(&stamp).unwrap(), line);
         // Damage in place, same size: its times change, so it is hashed,
@@ -525,12 +558,33 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_this_process_wrote_or_hashed_is_not_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = cache.put(b"fresh").unwrap();
+        let now = || file_stamp(&fs::metadata(cache.blob_path(&d)).unwrap());
+        // Written (and hashed while written) here: remembered as it is.
+        assert_eq!(cache.seen_as(&d), Some(now()));
+        assert!(cache.verified(&d).unwrap().is_some());
+        // Another process's view of the same cache knows nothing of it.
+        let other = Cache::open(dir.path()).unwrap();
+        assert_eq!(other.seen_as(&d), None);
+        assert!(other.verified(&d).unwrap().is_some());
+        assert_eq!(other.seen_as(&d), Some(now()));
+        // A write changes the stamp, so the memo is no pass (another size:
+        // a same-size write within the clock's tick could keep the times).
+        fs::write(cache.blob_path(&d), b"FRESH!").unwrap();
+        assert!(cache.verified(&d).unwrap().is_none());
+    }
+
+    #[test]
     fn put_verify_and_detect_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = cache.put(b"hello").unwrap();
         assert!(cache.verified(&d).unwrap().is_some());
-        fs::write(cache.blob_path(&d), b"HELLO").unwrap();
+        // Another size: the stamp changes however coarse the clock.
+        fs::write(cache.blob_path(&d), b"HELLO!").unwrap();
         assert!(cache.verified(&d).unwrap().is_none());
         assert!(!cache.contains(&d), "corrupt entry must be removed");
     }

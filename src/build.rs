@@ -100,7 +100,7 @@ impl BuildOptions {
             spec,
             outputs: Vec::new(),
             push: false,
-            compression: Compression::Gzip { level: 6 },
+            compression: Compression::DEFAULT,
             insecure_registries: Vec::new(),
             cache_dir,
             epoch: 0,
@@ -288,7 +288,7 @@ impl Setup {
     /// [`Setup::load_base`] for commands that write no image: the
     /// compression (only used to re-pack an uncompressed on-disk base) is moot.
     fn read_base(&self, blobs: &mut Blobs, progress: &Progress) -> Result<base::BaseImage> {
-        self.load_base(blobs, Compression::Gzip { level: 6 }, progress)
+        self.load_base(blobs, Compression::DEFAULT, progress)
     }
 
     fn blobs(&self) -> Blobs<'_> {
@@ -1276,7 +1276,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
     let groups: std::sync::Mutex<Vec<layer::LayerGroup>> = Default::default();
     let so_far = |platform: &kiln_core::platform::Platform| {
         let img = base.image_for(platform);
-        let gzip = Compression::Gzip { level: 6 };
+        let gzip = Compression::DEFAULT;
         let built = groups
             .lock()
             .unwrap()

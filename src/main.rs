@@ -144,7 +144,8 @@ enum Command {
             conflicts_with = "workspace"
         )]
         sign: Option<PathBuf>,
-        /// Layer compression: gzip or zstd, optionally with :LEVEL.
+        /// Layer compression: gzip or zstd, optionally with :LEVEL (gzip's
+        /// default level is 1, the fastest; gzip:6 is ~8% smaller, 1.7× slower).
         #[arg(long, default_value = "gzip", value_name = "ALGO[:LEVEL]")]
         compression: String,
         /// Make no SBOM (by default an SPDX JSON per platform goes beside OCI

@@ -774,7 +774,7 @@ fn installs_with_dependencies_provider_and_multiarch_deterministically() {
 }
 
 const PINNED_APT_HELLO: &str =
-    "sha256:776a7ec39261f9f179778025d8c4c302b4a3961a20b7fe376eaa8011598c16bf";
+    "sha256:56b470a5100e941a979bb011c54f677e4f33e8639e698a5ef9b2ff072e9f61b0";
 
 #[test]
 fn version_pin_selects_older_version() {

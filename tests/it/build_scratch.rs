@@ -36,6 +36,10 @@ volumes = ["/data"]
 /// Host files whose permissions deliberately differ from what the image must
 /// get: 0600 → 0644, 0700 → 0755, a 0700 directory → 0755.
 const PINNED_FULL_GZIP: &str =
+    "sha256:3ce40555df8ae832dbc06257c51dade6ab1175207bc3afdddeecbed833165847";
+/// The same image at gzip level 6, the default before it became 1: pinned
+/// before the workspace split, so only the compression level moved.
+const PINNED_FULL_GZIP6: &str =
     "sha256:d724b297e586618972eddf84293fe1525a213e4ac484a27c116bd9bdb9d7e2db";
 const PINNED_FULL_ZSTD: &str =
     "sha256:3db463987e2dda0879d74b948a9369a9c518a2b3130b3959482f9e59493a09e1";
@@ -62,7 +66,7 @@ fn scratch_image_with_files_and_config() {
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(v["manifests"][0]["platform"], "linux/amd64");
     let digest = s(&v, "digest").to_string();
-    // Pinned before the workspace split: the same inputs, the same image.
+    // The same inputs, the same image.
     assert_eq!(digest, PINNED_FULL_GZIP, "the pinned digest moved");
 
     // Layout: both tags point at the manifest kiln reported.
@@ -471,6 +475,13 @@ fn zstd_compression() {
     assert_eq!(digest, s(&v, "digest"));
     // Pinned before the workspace split: the same inputs, the same image.
     assert_eq!(digest, PINNED_FULL_ZSTD, "the pinned digest moved");
+    // And at the old gzip level, the old image.
+    let v6 = build_json(&ws, &["--compression", "gzip:6", "--output", "oci:out6"]);
+    assert_eq!(
+        s(&v6, "digest"),
+        PINNED_FULL_GZIP6,
+        "the pinned digest moved"
+    );
     for (i, l) in manifest["layers"].as_array().unwrap().iter().enumerate() {
         assert_eq!(l["mediaType"], MT_LAYER_ZSTD);
         assert_eq!(v["layers"][i]["media_type"], MT_LAYER_ZSTD);

@@ -633,7 +633,7 @@ fn import_archive_layer(
         std::io::copy(&mut reader, &mut w).io_context(|| format!("{what}: reading layer"))?;
         let (digest, size) = w.commit(None)?;
         let mt = if gz {
-            Compression::Gzip { level: 6 }
+            Compression::DEFAULT
         } else {
             Compression::Zstd { level: 3 }
         }
@@ -705,7 +705,7 @@ mod tests {
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(cache_dir.path()).unwrap();
         let mut blobs = Blobs::new(&cache, None);
-        load(src, &[], &mut blobs, None, Compression::Gzip { level: 6 })
+        load(src, &[], &mut blobs, None, Compression::DEFAULT)
     }
 
     #[test]

@@ -118,13 +118,7 @@ pub fn open(
     registry: Option<&Registry>,
 ) -> Result<BaseImage> {
     let platforms: Vec<Platform> = platform.into_iter().collect();
-    let loaded = base::load(
-        src,
-        &platforms,
-        blobs,
-        registry,
-        Compression::Gzip { level: 6 },
-    );
+    let loaded = base::load(src, &platforms, blobs, registry, Compression::DEFAULT);
     match (loaded, src, registry) {
         (Err(e), ImageSource::Registry(r), Some(reg))
             if r.digest().is_none()

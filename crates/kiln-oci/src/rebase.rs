@@ -55,7 +55,7 @@ pub fn rebase(
     let ImageSource::Registry(image_ref) = image else {
         return Err(refuse(image, "only registry images are rebased".into()));
     };
-    let gz = Compression::Gzip { level: 6 };
+    let gz = Compression::DEFAULT;
     let loaded = base::load(image, &[], blobs, Some(registry), gz)?;
     let mut images = Vec::new();
     let mut old_bases = Vec::new();

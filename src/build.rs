@@ -337,6 +337,7 @@ impl Setup {
             resolve_only: false,
             tree: None,
             bytecode: false,
+            ahead: None,
         }
     }
 }
@@ -883,6 +884,12 @@ fn run_stages(
     let mut stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
     stages.tree = Some(&so_far);
     stages.bytecode = true;
+    if opts.reuse {
+        stages.ahead = Some(crate::stages::Ahead {
+            compression: opts.compression,
+            tally: &plan.tally,
+        });
+    }
     let mut out = Vec::new();
     for img in &base.images {
         let locked = plan

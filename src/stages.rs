@@ -13,7 +13,7 @@ use kiln_conda as conda;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_core::progress::Progress;
-use kiln_fs::layer::LayerGroup;
+use kiln_fs::layer::{Compression, Entry, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
 use kiln_pip as pip;
 use kiln_spec::lock::LockedPlatform;
@@ -69,6 +69,43 @@ pub(crate) struct Stages<'a> {
     /// Add the pip stages' bytecode (`[pip] compile`; needs `tree`): a
     /// build, not a lock.
     pub(crate) bytecode: bool,
+    /// Write the layers of wheels with a layer of their own while the
+    /// other wheels download ([`pip::LayerAhead`]): a build that reuses
+    /// layers from its memo.
+    pub(crate) ahead: Option<Ahead<'a>>,
+}
+
+/// How the build writes layers, for the ones written ahead.
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead<'a> {
+    pub(crate) compression: Compression,
+    pub(crate) tally: &'a crate::summary::Tally,
+}
+
+/// Writes a wheel's own layer into the layer memo as [`Stages::lay`] and
+/// the build's layer step would: its directories as the tree below the
+/// stage has them, the same epoch and compression. The layer step then
+/// finds it; it counts as built by this build.
+struct PipLayersAhead<'a> {
+    fs: &'a Rootfs,
+    epoch: u64,
+    cache: &'a Cache,
+    how: Ahead<'a>,
+}
+
+impl pip::LayerAhead for PipLayersAhead<'_> {
+    fn own_layer(&self, mut entries: Vec<Entry>) {
+        self.fs.adopt_existing_dirs(&mut entries);
+        // Best effort: a failure here is met again, and reported, there.
+        if let Ok((blob, reused)) = kiln_fs::layer::build_layer_reporting(
+            &entries,
+            self.epoch,
+            self.how.compression,
+            self.cache,
+        ) {
+            self.how.tally.layer_ahead(&blob.digest, reused);
+        }
+    }
 }
 
 /// The uncompressed tar streams of a platform's image so far.
@@ -287,6 +324,16 @@ impl Stages<'_> {
             .spinner(&format!("pip: resolving for {platform}"));
         // sdists and source trees: built by the image's Python, in the sandbox.
         let builder = crate::sdist_build::SandboxBuilder::new(self.tree, platform, self.cache);
+        let ahead = self.ahead.filter(|_| !last).map(|how| PipLayersAhead {
+            fs,
+            epoch: self.epoch,
+            cache: self.cache,
+            how,
+        });
+        let hooks = pip::Hooks {
+            builder: Some(&builder),
+            ahead: ahead.as_ref().map(|a| a as &dyn pip::LayerAhead),
+        };
         let plan = match locked {
             Some(l) => {
                 let pins: Vec<_> = l
@@ -303,7 +350,7 @@ impl Stages<'_> {
                     &pins,
                     http,
                     self.cache,
-                    Some(&builder),
+                    hooks,
                 )?
             }
             None => pip::plan_building(
@@ -313,7 +360,7 @@ impl Stages<'_> {
                 platform,
                 http,
                 self.cache,
-                Some(&builder),
+                hooks,
             )?,
         };
         drop(builder);

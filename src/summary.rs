@@ -26,6 +26,8 @@ pub(crate) struct Tally {
     pub(crate) transfers: Arc<Transfers>,
     /// Layers compressed by this build (the others came from the cache).
     built: Mutex<HashSet<Digest>>,
+    /// Of those, the ones written while packages still downloaded.
+    ahead: Mutex<HashSet<Digest>>,
 }
 
 impl Tally {
@@ -34,7 +36,26 @@ impl Tally {
             started: Instant::now(),
             transfers: progress.transfers("downloading"),
             built: Mutex::new(HashSet::new()),
+            ahead: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A layer was built ahead of its stage's layer step.
+    pub(crate) fn layer_ahead(&self, digest: &Digest, reused: bool) {
+        self.layer(digest, reused);
+        if !reused {
+            self.ahead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest.clone());
+        }
+    }
+
+    fn was_ahead(&self, digest: &Digest) -> bool {
+        self.ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
     }
 
     /// A layer was built: `reused` when the cache had it.
@@ -73,6 +94,9 @@ pub struct Summary {
     /// layer once, over every platform; base layers are neither).
     pub layers_built: usize,
     pub layers_reused: usize,
+    /// Of the layers built, those written while packages still downloaded
+    /// (a pip wheel's own layer, as soon as the wheel was in).
+    pub layers_built_ahead: usize,
     /// Bytes that came over the network (packages, index pages, base
     /// blobs); 0 when the cache had everything.
     pub bytes_downloaded: u64,
@@ -141,6 +165,7 @@ pub(crate) fn summarize(
 ) -> Summary {
     let downloaded: HashSet<String> = tally.transfers.finished().into_iter().collect();
     let mut built = BTreeSet::new();
+    let mut ahead = BTreeSet::new();
     let mut reused = BTreeSet::new();
     let mut out = Vec::new();
     let mut package_list = Vec::new();
@@ -154,6 +179,9 @@ pub(crate) fn summarize(
                     "base"
                 } else if !p.reused && tally.was_built(d) {
                     built.insert(d.to_string());
+                    if tally.was_ahead(d) {
+                        ahead.insert(d.to_string());
+                    }
                     "built"
                 } else {
                     reused.insert(d.to_string());
@@ -209,6 +237,7 @@ pub(crate) fn summarize(
         package_list,
         layers_built: built.len(),
         layers_reused: reused.len(),
+        layers_built_ahead: ahead.len(),
         bytes_downloaded: tally.transfers.bytes(),
         files_downloaded: tally.transfers.files().0,
         bytes_pushed,
@@ -313,9 +342,13 @@ impl Summary {
                 );
             }
         }
+        let ahead = match self.layers_built_ahead {
+            0 => String::new(),
+            n => format!(" ({n} while downloading)"),
+        };
         let _ = writeln!(
             s,
-            "layers      {} built, {} reused from the cache",
+            "layers      {} built{ahead}, {} reused from the cache",
             self.layers_built, self.layers_reused
         );
         let _ = writeln!(s, "packages    {}", counts(&self.packages));

@@ -282,7 +282,10 @@ fn an_sdist_for_a_foreign_architecture_is_refused_before_fetching() {
             &foreign,
             &Http::new().unwrap(),
             &cache,
-            Some(&NoBuilds),
+            kiln_pip::Hooks {
+                builder: Some(&NoBuilds),
+                ahead: None,
+            },
         )
         .unwrap_err()
     };

@@ -133,6 +133,19 @@ fn summary_counts_what_the_layout_and_the_cache_hold() {
     );
     assert!(sum["layers_built"].as_u64().unwrap() >= 2, "{sum}");
     assert_eq!(sum["bytes_pushed"], 0);
+    // The wheel's layer was written as soon as the wheel was in, and it
+    // is the image's: the layer memo holds what the image was built from
+    // and nothing more (no layer built ahead in vain).
+    assert_eq!(sum["layers_built_ahead"], 1, "{sum}");
+    let wheel_layer = sum["platforms"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| s(l, "created_by").contains("tinywheel"))
+        .unwrap_or_else(|| panic!("no tinywheel layer in {sum}"));
+    assert_eq!(wheel_layer["origin"], "built", "{sum}");
+    let memos = fs::read_dir(cache.join("layers-v1")).unwrap().count();
+    assert_eq!(sum["layers_built"].as_u64(), Some(memos as u64), "{sum}");
 
     // Warm: no package downloaded, nothing compressed, every package
     // cached; resolving afresh reads the channel's repodata again (kiln
@@ -152,6 +165,7 @@ fn summary_counts_what_the_layout_and_the_cache_hold() {
     assert_eq!(sum["bytes_downloaded"].as_u64(), Some(repodata), "{sum}");
     assert_eq!(sum["files_downloaded"], 0, "{sum}");
     assert_eq!(sum["layers_built"], 0, "{sum}");
+    assert_eq!(sum["layers_built_ahead"], 0, "{sum}");
     assert!(
         sources(sum).iter().all(|(_, _, src)| src == "cached"),
         "{sum}"

@@ -61,6 +61,29 @@ fn shared_layer(name: &str) -> usize {
     usize::from_str_radix(&d.hex()[..4], 16).unwrap_or(0) % SHARED_LAYERS
 }
 
+/// Whether a wheel gets a layer of its own in a stage of `wheels` wheels.
+fn own_layer(wheels: usize, size: u64) -> bool {
+    size > BIG_WHEEL || wheels <= OWN_LAYERS_UP_TO
+}
+
+/// Told of each wheel that gets a layer of its own as soon as it is
+/// downloaded and unpacked, on the thread that fetched it while the others
+/// still download: a build writes that layer then (into its memo), and the
+/// stage's layer step finds it there. Compressing is most of a cold pip
+/// stage's CPU; this puts it beside the network waits instead of after
+/// them. The entries are those [`layer_groups`] gives the wheel.
+pub trait LayerAhead: Sync {
+    fn own_layer(&self, entries: Vec<Entry>);
+}
+
+/// What a plan may call on: a builder of wheels from sdists and source
+/// trees, and who writes layers ahead.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks<'a> {
+    pub builder: Option<&'a dyn WheelBuilder>,
+    pub ahead: Option<&'a dyn LayerAhead>,
+}
+
 /// One wheel to install, downloaded and verified in the cache.
 #[derive(Debug, Clone)]
 pub struct PinnedWheel {
@@ -214,11 +237,20 @@ pub fn plan(
     http: &Http,
     cache: &Cache,
 ) -> Result<PipPlan> {
-    plan_building(section, spec_dir, rootfs, platform, http, cache, None)
+    plan_building(
+        section,
+        spec_dir,
+        rootfs,
+        platform,
+        http,
+        cache,
+        Hooks::default(),
+    )
 }
 
-/// [`plan`], with `builder` making wheels of sdists and source trees
-/// (those with no fitting wheel, URL and path requirements, `--no-binary`).
+/// [`plan`], with `hooks.builder` making wheels of sdists and source trees
+/// (those with no fitting wheel, URL and path requirements, `--no-binary`)
+/// and `hooks.ahead` told of each wheel with a layer of its own.
 pub fn plan_building(
     section: &PipSection,
     spec_dir: &Path,
@@ -226,8 +258,9 @@ pub fn plan_building(
     platform: &Platform,
     http: &Http,
     cache: &Cache,
-    builder: Option<&dyn WheelBuilder>,
+    hooks: Hooks<'_>,
 ) -> Result<PipPlan> {
+    let builder = hooks.builder;
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
     let inputs = read_inputs(section, spec_dir)?;
     if builder.is_none() {
@@ -367,6 +400,7 @@ pub fn plan_building(
     if !unhashed.is_empty() {
         return Err(PipError::UnhashedDependencies { lines: unhashed }.into());
     }
+    let wheel_count = todo.len() + built.len();
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
         todo.par_iter()
             .map(|(name, version, file)| {
@@ -382,7 +416,7 @@ pub fn plan_building(
                     })
                     .to_string()
                 });
-                Ok(PinnedWheel {
+                let wheel = PinnedWheel {
                     name: name.clone(),
                     version: version.clone(),
                     url: file.url.clone(),
@@ -392,7 +426,9 @@ pub fn plan_building(
                     requested: requested.contains(name),
                     direct_url,
                     sdist: None,
-                })
+                };
+                layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
+                Ok(wheel)
             })
             .collect()
     });
@@ -417,11 +453,21 @@ pub fn plan_locked(
     http: &Http,
     cache: &Cache,
 ) -> Result<PipPlan> {
-    plan_locked_building(section, spec_dir, rootfs, platform, pins, http, cache, None)
+    plan_locked_building(
+        section,
+        spec_dir,
+        rootfs,
+        platform,
+        pins,
+        http,
+        cache,
+        Hooks::default(),
+    )
 }
 
 /// [`plan_locked`]; a built wheel the cache lacks is built again by
-/// `builder` from its locked source, and must come out the same.
+/// `hooks.builder` from its locked source, and must come out the same;
+/// `hooks.ahead` is told of each wheel with a layer of its own.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_locked_building(
     section: &PipSection,
@@ -431,8 +477,9 @@ pub fn plan_locked_building(
     pins: &[kiln_spec::lock::PipPin],
     http: &Http,
     cache: &Cache,
-    builder: Option<&dyn WheelBuilder>,
+    hooks: Hooks<'_>,
 ) -> Result<PipPlan> {
+    let builder = hooks.builder;
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
     // The lock holds URLs without credentials; the configured sources hold them.
     let Sources {
@@ -504,7 +551,7 @@ pub fn plan_locked_building(
                 .download(&url, Some(&d), cache)
                 .map_err(|e| e.context(&what))?;
             unpack_early(cache, &sha256, &pin.filename);
-            Ok(PinnedWheel {
+            let wheel = PinnedWheel {
                 name: pin.name.clone(),
                 version: pin.version.clone(),
                 url: pin.url.clone(),
@@ -514,7 +561,9 @@ pub fn plan_locked_building(
                 requested: pin.requested,
                 direct_url: pin.direct_url.clone(),
                 sdist: None,
-            })
+            };
+            layer_ahead(hooks.ahead, &python, pins.len(), &wheel, cache);
+            Ok(wheel)
         })
         .collect::<Result<Vec<_>>>()?;
     wheels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -562,6 +611,55 @@ fn unpack_early(cache: &Cache, digest: &Digest, filename: &str) {
     }
 }
 
+/// Hand a just-downloaded wheel's own layer to `ahead`. Best effort: a
+/// wheel that cannot be laid out is reported by [`layer_groups`].
+fn layer_ahead(
+    ahead: Option<&dyn LayerAhead>,
+    python: &PythonTarget,
+    wheels: usize,
+    wheel: &PinnedWheel,
+    cache: &Cache,
+) {
+    let Some(ahead) = ahead.filter(|_| own_layer(wheels, wheel.size)) else {
+        return;
+    };
+    if let Ok(entries) = wheel_layout(python, wheel, cache) {
+        let mut tree = Tree::default();
+        add_to(&mut tree, entries);
+        ahead.own_layer(tree.into_sorted());
+    }
+}
+
+/// A wheel's installed entries (its kept members, checked against RECORD).
+fn wheel_layout(python: &PythonTarget, w: &PinnedWheel, cache: &Cache) -> Result<Vec<Entry>> {
+    // `plan` verified every wheel a moment ago; hashing it again here
+    // would double the warm-cache cost for nothing.
+    if !cache.contains(&w.sha256) {
+        return Err(PipError::NotInCache {
+            filename: w.filename.clone(),
+            sha256: w.sha256.clone(),
+        }
+        .into());
+    }
+    let path = cache.blob_path(&w.sha256);
+    let (files, known) = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
+    let info = install::InstallInfo {
+        filename: &w.filename,
+        requested: w.requested,
+        direct_url: w.direct_url.clone(),
+    };
+    wheel::verify(&w.filename, &files, &known)?;
+    install::wheel_entries(python, &info, files, &known)
+}
+
+/// Entries into a layer's tree, with their parent directories.
+fn add_to(tree: &mut Tree, entries: Vec<Entry>) {
+    for e in entries {
+        tree.add_parents(&e.path);
+        tree.insert(e);
+    }
+}
+
 /// Layer entry groups: one per wheel (or per big wheel and one for the small
 /// ones when there are many), plus the venv skeleton.
 ///
@@ -575,44 +673,19 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels
         .par_iter()
-        .map(|w| {
-            // `plan` verified every wheel a moment ago; hashing it again here
-            // would double the warm-cache cost for nothing.
-            if !cache.contains(&w.sha256) {
-                return Err(PipError::NotInCache {
-                    filename: w.filename.clone(),
-                    sha256: w.sha256.clone(),
-                }
-                .into());
-            }
-            let path = cache.blob_path(&w.sha256);
-            let (files, known) = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
-            let info = install::InstallInfo {
-                filename: &w.filename,
-                requested: w.requested,
-                direct_url: w.direct_url.clone(),
-            };
-            wheel::verify(&w.filename, &files, &known)?;
-            install::wheel_entries(&plan.python, &info, files, &known)
-        })
+        .map(|w| wheel_layout(&plan.python, w, cache))
         .collect();
     // The shared layers (the venv skeleton goes with the first), then the
     // wheels with layers of their own.
     let mut shared: Vec<(Tree, Vec<String>)> =
         (0..SHARED_LAYERS).map(|_| Default::default()).collect();
     let mut groups = Vec::new();
-    let add = |tree: &mut Tree, entries: Vec<Entry>| {
-        for e in entries {
-            tree.add_parents(&e.path);
-            tree.insert(e);
-        }
-    };
-    add(&mut shared[0].0, install::venv_entries(&plan.python));
+    add_to(&mut shared[0].0, install::venv_entries(&plan.python));
     for (w, entries) in plan.wheels.iter().zip(laid_out) {
         let entries = entries?;
-        if w.size > BIG_WHEEL || plan.wheels.len() <= OWN_LAYERS_UP_TO {
+        if own_layer(plan.wheels.len(), w.size) {
             let mut t = Tree::default();
-            add(&mut t, entries);
+            add_to(&mut t, entries);
             groups.push((
                 format!("pip install {}=={}", w.name, w.version),
                 t.into_sorted(),
@@ -620,7 +693,7 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
         } else {
             let (tree, names) = &mut shared[shared_layer(&w.name)];
             names.push(format!("{}=={}", w.name, w.version));
-            add(tree, entries);
+            add_to(tree, entries);
         }
     }
     let shared = shared

@@ -19,6 +19,12 @@
 #      by both tools (kiln with compile = false and true). The point is
 #      kiln's peak RSS: it should not grow with the image (compare row 1).
 #
+#   0. The six-package set of benches/pip_compare.sh (numpy pandas requests
+#      scipy matplotlib scikit-learn), the same way as row 1 with
+#      `compile = false`; then the layer step alone in each compression
+#      (the wheels cached, the layer memo emptied before each run), with
+#      the layers' total size: gzip (level 1, the default), gzip:6, zstd.
+#
 # After the timings each row checks that kiln's image and uv's directory
 # hold the same distributions (names and versions of the dist-infos).
 # Needs ~15 GB free under TMPDIR for row 2 at the default size.
@@ -43,8 +49,8 @@ fi
 UV=$VENV/bin/uv
 BIG_WHEELS=${BIG_WHEELS:-24}
 BIG_MB=${BIG_MB:-100}
-# ROWS picks the rows to run (default both: "1 2").
-ROWS=${ROWS:-1 2}
+# ROWS picks the rows to run (default all: "0 1 2").
+ROWS=${ROWS:-0 1 2}
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
 
 work=$(mktemp -d)
@@ -153,6 +159,42 @@ same_dists() {
     FAILED=1
   fi
 }
+
+if has_row 0; then
+  SIX=(numpy pandas requests scipy matplotlib scikit-learn)
+  mkdir -p "$work/r0"
+  printf '[image]\nname = "bench/pip-six"\nbase = "%s"\n[pip]\npackages = [%s]\ncompile = false\n' \
+    "$BASE" "$(printf '"%s", ' "${SIX[@]}" | sed 's/, $//')" >"$work/r0/kiln.toml"
+  measure k0_c "$work/k0-1.log" kiln_run "$work/r0"
+  measure k0_w "$work/k0-2.log" kiln_run "$work/r0"
+  measure u0_c "$work/u0-1.log" uv_run six "$work/u0-1" "${SIX[@]}"
+  measure u0_w "$work/u0-2.log" uv_run six "$work/u0-2" "${SIX[@]}"
+  echo "row 0: ${SIX[*]}, pip step, CPython 3.11 manylinux_2_36 x86_64"
+  hdr
+  line "kiln build, compile = false" "$k0_c" "$k0_w" 1.00 1.00
+  line "uv pip install --target" "$u0_c" "$u0_w" \
+    "$(ratio "$(secs_of "$u0_c")" "$(secs_of "$k0_c")")" "$(ratio "$(secs_of "$u0_w")" "$(secs_of "$k0_w")")"
+  printf 'check: '; same_dists "oci:$work/r0.out" "$work/u0-2"
+  # The layer step in each compression: wheels cached, layers not.
+  pip_layers_mb() { # LAYOUT: MB of the layers above the base's
+    python3 - "$1" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+blob = lambda dg: os.path.join(d, "blobs", *dg.split(":"))
+man = json.load(open(blob(json.load(open(os.path.join(d, "index.json")))["manifests"][0]["digest"])))
+print(f"{sum(l['size'] for l in man['layers'][1:]) / 1e6:.1f}")
+PY
+  }
+  relayer() { rm -rf "$work/r0.cache/layers-v1" "$work/r0.cache/stages-v1" "$work/r0.out"
+    "$KILN" build "$work/r0/kiln.toml" --quiet --cache "$work/r0.cache" -o "oci:$work/r0.out" --compression "$1"; }
+  export -f relayer
+  printf '%-42s %8s %12s %10s\n' "layers only, --compression" secs rss_mb layers_mb
+  for c in gzip gzip:6 zstd; do
+    measure t "$work/k0-$c.log" relayer "$c"
+    read -r ts tr <<<"$t"
+    printf '%-42s %8s %12s %10s\n' "$c" "$ts" "$tr" "$(pip_layers_mb "$work/r0.out")"
+  done
+fi
 
 if has_row 1; then
   "$UV" pip compile --quiet $TARGET_FLAGS --no-header --no-annotate "$work/top.in" -o "$work/freeze.txt"

@@ -621,6 +621,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
     let mut blobs = setup.blobs();
     phase("resolving");
+    // `[pip]`'s index pages, fetched while the base is pulled (a locked or
+    // offline build resolves nothing).
+    let prefetch = (setup.spec.pip.as_ref())
+        .filter(|_| !opts.offline && plan.pinned.is_none())
+        .map(|section| {
+            let (section, dir) = (section.clone(), setup.spec_dir.clone());
+            let (cache, transfers) = (setup.cache.clone(), plan.tally.transfers.clone());
+            std::thread::spawn(move || {
+                if let Ok(http) = Http::new() {
+                    pip::prefetch_pages(&section, &dir, &http.with_transfers(transfers), &cache);
+                }
+            })
+        });
     let mut base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
     if let Some(name) = &plan.base_name {
         base.name = Some(name.clone());
@@ -637,6 +650,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         &setup.cache,
     )?;
     phase("fetching");
+    if let Some(t) = prefetch {
+        let _ = t.join();
+    }
     let mut platforms = run_stages(&plan, &base, &blobs, opts)?;
     // The time zone and `[apt] locales`, over the stages' layers.
     for (p, img) in platforms.iter_mut().zip(&base.images) {

@@ -166,6 +166,8 @@ fn serve_counted(routes: Routes, ranges: bool) -> (String, Arc<AtomicU64>) {
 struct Fixture {
     base: String,
     wheelhouse: tempfile::TempDir,
+    /// Body bytes the index server has sent.
+    sent: Arc<AtomicU64>,
 }
 
 /// (filename, bytes, requires-python, core-metadata sha256) of one index file.
@@ -321,11 +323,15 @@ fn fixture() -> Fixture {
         .map(|n| format!("<a href=\"{n}/\">{n}</a>\n"))
         .collect();
     routes.insert("/simple/".into(), ("text/html".into(), root.into_bytes()));
-    let base = serve(Arc::new(routes));
+    let (base, sent) = serve_counted(Arc::new(routes), false);
     let wheelhouse = tempfile::tempdir().unwrap();
     let local = Wheel::simple("localonly", "0.1");
     std::fs::write(wheelhouse.path().join(local.filename()), local.build()).unwrap();
-    Fixture { base, wheelhouse }
+    Fixture {
+        base,
+        wheelhouse,
+        sent,
+    }
 }
 
 fn debian_rootfs(minor: u32) -> Rootfs {
@@ -397,6 +403,40 @@ fn pins(p: &kiln_pip::PipPlan) -> Vec<String> {
         .iter()
         .map(|w| format!("{}=={}", w.name, w.version))
         .collect()
+}
+
+/// The pages a build fetches while it pulls the base are the ones the
+/// resolver reads: it asks the index for none of them again.
+#[test]
+fn prefetched_pages_are_not_fetched_again() {
+    let f = fixture();
+    let s = section(&f, &["demo[socks]", "localonly"]);
+    let plan_sent = |cache: &Cache| {
+        let before = f.sent.load(Ordering::SeqCst);
+        let p = plan(
+            &s,
+            Path::new("."),
+            &debian_rootfs(11),
+            &Platform::linux("amd64"),
+            &Http::new().unwrap(),
+            cache,
+        )
+        .unwrap();
+        (pins(&p), f.sent.load(Ordering::SeqCst) - before)
+    };
+    let cold = tempfile::tempdir().unwrap();
+    let (pins_cold, cold_sent) = plan_sent(&Cache::open(cold.path()).unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let before = f.sent.load(Ordering::SeqCst);
+    kiln_pip::prefetch_pages(&s, Path::new("."), &Http::new().unwrap(), &cache);
+    let prefetched = f.sent.load(Ordering::SeqCst) - before;
+    // `demo`'s page (`localonly` is only in the wheelhouse, read later).
+    assert!(prefetched > 0);
+    let (pins_warm, warm_sent) = plan_sent(&cache);
+    assert_eq!(pins_warm, pins_cold);
+    assert_eq!(warm_sent + prefetched, cold_sent);
 }
 
 #[test]

@@ -228,6 +228,35 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
     Ok(inputs)
 }
 
+/// Fetch the index pages of the section's requirements into the cache
+/// (where they stay fresh for the index TTL), side by side. The resolver
+/// reads them first, but only once the base's Python is known: a build
+/// starts this while it pulls the base, so resolving a freeze begins with
+/// every page at hand. Best effort and quiet: a page that fails here is
+/// fetched again, and its failure reported, by the resolver.
+pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache: &Cache) {
+    let Ok(inputs) = read_inputs(section, spec_dir) else {
+        return;
+    };
+    let Sources { indexes, .. } = sources(section, spec_dir, &inputs);
+    if indexes.is_empty() {
+        return;
+    }
+    // find-links listings are read when resolving (usually local).
+    let client = index::IndexClient::new(http, cache, indexes, Vec::new());
+    let names: std::collections::BTreeSet<String> = inputs
+        .requirements
+        .iter()
+        .map(|r| r.req.name.to_string())
+        .collect();
+    let names: Vec<String> = names.into_iter().collect();
+    kiln_store::http::on_network_pool(|| {
+        names.par_iter().for_each(|n| {
+            let _ = client.files(n);
+        })
+    });
+}
+
 /// Resolve the section for the image's Python and download every wheel (verified) into the cache.
 pub fn plan(
     section: &PipSection,

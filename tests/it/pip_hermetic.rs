@@ -83,12 +83,8 @@ impl Wheel<'_> {
 
 type Routes = Arc<HashMap<String, (String, Vec<u8>)>>;
 
-/// A tiny HTTP/1.0 server on loopback serving `routes`; lives as long as the test process.
-fn serve(routes: Routes) -> String {
-    serve_counted(routes, false).0
-}
-
-/// [`serve`], answering `Range: bytes=…` requests with `206` when `ranges`
+/// A tiny HTTP/1.0 server on loopback serving `routes` (it lives as long
+/// as the test process), answering `Range: bytes=…` requests with `206` when `ranges`
 /// (else the whole body, as servers that do not serve ranges do); the body
 /// bytes written are added to the counter.
 fn serve_counted(routes: Routes, ranges: bool) -> (String, Arc<AtomicU64>) {

@@ -112,7 +112,8 @@ fn main() {
     .unwrap();
     let spec = Spec::load(&spec_path).unwrap();
     for (name, c) in [
-        ("gzip", Compression::Gzip { level: 6 }),
+        ("gzip -1 (default)", Compression::DEFAULT),
+        ("gzip -6", Compression::Gzip { level: 6 }),
         ("zstd", Compression::Zstd { level: 3 }),
     ] {
         let mut best = f64::MAX;

@@ -9,8 +9,9 @@
 # the host's apt sources and pip configuration (as kiln finds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KILN=$PWD/target/x86_64-unknown-linux-gnu/release/kiln
-[ -x "$KILN" ] || cargo build --release
+[ -z "${KILN:-}" ] || KILN=$(realpath "$KILN")
+KILN=${KILN:-$PWD/target/x86_64-unknown-linux-gnu/release/kiln}
+[ -x "$KILN" ] || cargo build --release --bin kiln
 work=$(mktemp -d); trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$work"' EXIT
 export KILN_CACHE=$work/cache NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 

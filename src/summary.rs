@@ -25,9 +25,26 @@ pub(crate) struct Tally {
     /// Every download of the build (packages, index pages, base blobs).
     pub(crate) transfers: Arc<Transfers>,
     /// Layers compressed by this build (the others came from the cache).
-    built: Mutex<HashSet<Digest>>,
+    built: DigestSet,
     /// Of those, the ones written while packages still downloaded.
-    ahead: Mutex<HashSet<Digest>>,
+    ahead: DigestSet,
+}
+
+/// Digests noted from several threads.
+#[derive(Default)]
+struct DigestSet(Mutex<HashSet<Digest>>);
+
+impl DigestSet {
+    fn insert(&self, d: &Digest) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.clone());
+    }
+
+    fn contains(&self, d: &Digest) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(d)
+    }
 }
 
 impl Tally {
@@ -35,44 +52,32 @@ impl Tally {
         Tally {
             started: Instant::now(),
             transfers: progress.transfers("downloading"),
-            built: Mutex::new(HashSet::new()),
-            ahead: Mutex::new(HashSet::new()),
+            built: DigestSet::default(),
+            ahead: DigestSet::default(),
         }
-    }
-
-    /// A layer was built ahead of its stage's layer step.
-    pub(crate) fn layer_ahead(&self, digest: &Digest, reused: bool) {
-        self.layer(digest, reused);
-        if !reused {
-            self.ahead
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(digest.clone());
-        }
-    }
-
-    fn was_ahead(&self, digest: &Digest) -> bool {
-        self.ahead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(digest)
     }
 
     /// A layer was built: `reused` when the cache had it.
     pub(crate) fn layer(&self, digest: &Digest, reused: bool) {
         if !reused {
-            self.built
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(digest.clone());
+            self.built.insert(digest);
+        }
+    }
+
+    /// A layer was built ahead of its stage's layer step.
+    pub(crate) fn layer_ahead(&self, digest: &Digest, reused: bool) {
+        if !reused {
+            self.built.insert(digest);
+            self.ahead.insert(digest);
         }
     }
 
     fn was_built(&self, digest: &Digest) -> bool {
-        self.built
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(digest)
+        self.built.contains(digest)
+    }
+
+    fn was_ahead(&self, digest: &Digest) -> bool {
+        self.ahead.contains(digest)
     }
 }
 

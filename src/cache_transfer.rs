@@ -696,6 +696,8 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                     !kept
                 }
                 CacheBucket::Tmp | CacheBucket::Http | CacheBucket::PipPages => stale(&md),
+                // Trusted for a day; older ones are of no use.
+                CacheBucket::Pushed => !md.is_file() || stale(&md),
                 CacheBucket::AptIndexes | CacheBucket::AptUnpacked => {
                     zst_memo_of_unkept(&name, &md)
                 }

@@ -55,14 +55,40 @@ fn push_twice_uploads_nothing_the_second_time() {
     // Second push, from a fresh cache: everything is already there; one
     // HEAD per tag and one for the SBOM referrer (by its digest) tell, no
     // blob is checked.
+    let cache = unique_dir("push-twice-cache");
+    let push_with_cache = || {
+        let out = ws
+            .kiln()
+            .env("KILN_CACHE", &cache)
+            .args(["build", "--json", "--push"])
+            .run_ok();
+        out.json()
+    };
     let before = reg.repo_requests(&repo).len();
-    let second = build_json(&ws, &["--push"]);
+    let second = push_with_cache();
+    check_build_json(&second);
     let requests = reg.repo_requests(&repo);
     assert_eq!(
         requests.len() - before,
         3,
         "two tags and one referrer: {:#?}",
         &requests[before..]
+    );
+    // Third push, from that cache: it saw the referrer there, and a
+    // manifest by digest does not change; only the tags are asked for.
+    let before = reg.repo_requests(&repo).len();
+    let third = push_with_cache();
+    let requests = reg.repo_requests(&repo);
+    assert_eq!(
+        requests.len() - before,
+        2,
+        "one HEAD per tag: {:#?}",
+        &requests[before..]
+    );
+    assert_eq!(third["push"]["up_to_date"], true, "{third}");
+    assert_eq!(
+        third["push"]["referrer_manifests"],
+        second["push"]["referrer_manifests"]
     );
     assert_eq!(second["digest"], first["digest"]);
     let push = &second["push"];

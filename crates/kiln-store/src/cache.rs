@@ -68,6 +68,10 @@ pub enum CacheBucket {
     /// interpreter compiling bytecode), by their layers; the least
     /// recently used beyond two are dropped.
     Trees,
+    /// Manifests known to be in a registry's repository (pushed there or
+    /// seen there), by the hash of registry, repository and digest: empty
+    /// files trusted for a day from their mtime.
+    Pushed,
 }
 
 impl CacheBucket {
@@ -90,6 +94,7 @@ impl CacheBucket {
         CacheBucket::Bytecode,
         CacheBucket::Checked,
         CacheBucket::Trees,
+        CacheBucket::Pushed,
     ];
 
     /// The directory under the cache root.
@@ -113,6 +118,7 @@ impl CacheBucket {
             CacheBucket::Bytecode => "pip-bytecode-v1",
             CacheBucket::Checked => "checked-v1",
             CacheBucket::Trees => "trees-v1",
+            CacheBucket::Pushed => "pushed-v1",
         }
     }
 

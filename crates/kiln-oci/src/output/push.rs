@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::blobs::{Blobs, Origin};
 use crate::image::Assembled;
 use crate::manifest::{canonical_json, Desc, OCI_INDEX, OCI_MANIFEST};
+use crate::output::pushed::Pushed;
 use crate::registry::Registry;
 use crate::{ImageError, RegistryError};
 use kiln_core::digest::Digest;
@@ -52,8 +53,8 @@ pub struct PushReport {
     /// The tags written (each pointing at `digest`).
     pub tags: Vec<String>,
     /// Every tag already named this image (and its SBOMs were there):
-    /// nothing was sent but one HEAD per tag (and a referrers listing per
-    /// platform, with SBOMs).
+    /// nothing was sent but one HEAD per tag (and one per SBOM referrer
+    /// the cache does not know the repository holds).
     pub up_to_date: bool,
 }
 
@@ -117,7 +118,7 @@ pub fn push(
         digest: image.top().digest.to_string(),
         ..Default::default()
     };
-    if let Some(referrers) = already_pushed(registry, &tag_refs, first, image, sboms) {
+    if let Some(referrers) = already_pushed(registry, &tag_refs, first, image, sboms, blobs) {
         report.referrer_manifests = referrers;
         report.tags = tags.to_vec();
         report.manifests = image
@@ -189,6 +190,7 @@ fn already_pushed(
     first: &Reference,
     image: &Assembled,
     sboms: &[SbomBlob],
+    blobs: &Blobs,
 ) -> Option<Vec<String>> {
     let top = image.top().digest.to_string();
     let tags_there = tag_refs
@@ -198,20 +200,37 @@ fn already_pushed(
         return None;
     }
     // The SBOM referrers kiln would push are known here (the same SBOM
-    // gives the same manifest): one HEAD by digest each, no listing. A
+    // gives the same manifest): none to ask for when this cache knows the
+    // repository holds them, else one HEAD by digest each, no listing. A
     // referrer pushed by kiln was made findable (API or tag schema) in
     // the same step.
+    let pushed = Pushed::new(blobs.cache);
     image
         .images
         .iter()
         .zip(sboms)
         .map(|(img, sbom)| {
             let digest = Digest::of(&sbom_referrer(img, sbom));
-            let r = digest_ref(first, &digest);
-            let want = digest.to_string();
-            matches!(registry.manifest_digest_quick(&r), Ok(Some(d)) if d == want).then_some(want)
+            referrer_there(registry, &pushed, first, &digest).then(|| digest.to_string())
         })
         .collect()
+}
+
+/// Whether the repository of `repo` holds the referrer `digest`: known to
+/// this cache, or found by one HEAD (and then remembered).
+fn referrer_there(registry: &Registry, pushed: &Pushed, repo: &Reference, digest: &Digest) -> bool {
+    if pushed.holds(repo, digest) {
+        return true;
+    }
+    let want = digest.to_string();
+    let there = matches!(
+        registry.manifest_digest_quick(&digest_ref(repo, digest)),
+        Ok(Some(d)) if d == want
+    );
+    if there {
+        pushed.record(repo, digest);
+    }
+    there
 }
 
 /// The layers and configs of every platform, each once.
@@ -263,6 +282,7 @@ fn push_sboms(
             sbom.media_type,
             Some(annotations),
         )?;
+        Pushed::new(blobs.cache).record(target, &digest);
         report.referrers += 1;
         report.referrer_manifests.push(digest.to_string());
         if tag_written {
@@ -417,20 +437,20 @@ pub fn attach(
     blobs: &Blobs,
 ) -> Result<()> {
     let target = tag_ref(repo, tag)?;
+    let pushed = Pushed::new(blobs.cache);
     let mut todo_images = Vec::new();
     let mut todo_docs = Vec::new();
     for (img, doc) in image.images.iter().zip(docs) {
         let subject = digest_ref(&target, &img.manifest.digest);
         // One record per platform manifest: the same manifest has the same
-        // layers, whatever built it. This build's own record is found by
-        // its digest in one HEAD; else any record, through the listing.
+        // layers, whatever built it. This build's own record is known to
+        // the cache or found by its digest in one HEAD; else any record,
+        // through the listing.
         let own = Digest::of(&sbom_referrer(img, doc));
-        let present = matches!(
-            registry.manifest_digest_quick(&digest_ref(&target, &own)),
-            Ok(Some(d)) if d == own.to_string()
-        ) || registry
-            .referrers(&subject, doc.media_type)
-            .is_ok_and(|l| !l.is_empty());
+        let present = referrer_there(registry, &pushed, &target, &own)
+            || registry
+                .referrers(&subject, doc.media_type)
+                .is_ok_and(|l| !l.is_empty());
         if !present {
             todo_images.push(img.clone());
             todo_docs.push(doc.clone());

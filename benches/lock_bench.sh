@@ -50,7 +50,7 @@ secs "$KILN" build --locked --push --json >/dev/null
 requests() { grep -c 'HTTP/1.1"' "$work/reg.log"; }
 before=$(requests)
 noop=$(secs "$KILN" build --locked --push --json)
-echo "no-op rebuild + push: ${noop} s, registry requests: $(( $(requests) - before )) (one HEAD per tag and per referrer), blobs uploaded: $(field "d['push']['blobs_uploaded']"), referrer blobs uploaded: $(field "d['push']['referrer_blobs_uploaded']")"
+echo "no-op rebuild + push: ${noop} s, registry requests: $(( $(requests) - before )) (one HEAD per tag, and one per referrer this cache has not seen in the repository), blobs uploaded: $(field "d['push']['blobs_uploaded']"), referrer blobs uploaded: $(field "d['push']['referrer_blobs_uploaded']")"
 
 spec 2.0.2
 "$KILN" lock --quiet

@@ -361,78 +361,100 @@ impl Stages<'_> {
         let spinner = self
             .progress
             .spinner(&format!("pip: resolving for {platform}"));
-        // sdists and source trees: built by the image's Python, in the sandbox.
-        let builder = crate::sdist_build::SandboxBuilder::new(self.tree, platform, self.cache);
-        let ahead = (self.ahead.filter(|_| !last))
-            .map(|how| PipLayersAhead::new(fs, self.epoch, self.cache, how));
-        let hooks = pip::Hooks {
-            builder: Some(&builder),
-            ahead: ahead.as_ref().map(|a| a as &dyn pip::LayerAhead),
-        };
-        let plan = match locked {
-            Some(l) => {
-                let pins: Vec<_> = l
-                    .pip
-                    .iter()
-                    .filter(|p| p.section == name)
-                    .cloned()
-                    .collect();
-                pip::plan_locked_building(
+        std::thread::scope(|scope| {
+            // The compiler's tree, written while the wheels download.
+            let early: std::sync::Mutex<Option<crate::bytecode::EarlyTree>> = Default::default();
+            let tree = self
+                .tree
+                .filter(|_| !last && crate::bytecode::uses_shared_tree(self, section, platform));
+            let cache = self.cache;
+            let start_tree = || {
+                if let (Some(tree), Ok(mut early)) = (tree, early.lock()) {
+                    if early.is_none() {
+                        *early = Some(crate::bytecode::spawn_tree(tree, cache, platform, scope));
+                    }
+                }
+            };
+            // sdists and source trees: built by the image's Python, in the sandbox.
+            let builder = crate::sdist_build::SandboxBuilder::new(self.tree, platform, self.cache);
+            let ahead = (self.ahead.filter(|_| !last))
+                .map(|how| PipLayersAhead::new(fs, self.epoch, self.cache, how));
+            let hooks = pip::Hooks {
+                builder: Some(&builder),
+                ahead: ahead.as_ref().map(|a| a as &dyn pip::LayerAhead),
+                resolved: Some(&start_tree),
+            };
+            let plan = match locked {
+                Some(l) => {
+                    let pins: Vec<_> = l
+                        .pip
+                        .iter()
+                        .filter(|p| p.section == name)
+                        .cloned()
+                        .collect();
+                    pip::plan_locked_building(
+                        section,
+                        self.spec_dir,
+                        fs,
+                        platform,
+                        &pins,
+                        http,
+                        self.cache,
+                        hooks,
+                    )?
+                }
+                None => pip::plan_building(
                     section,
                     self.spec_dir,
                     fs,
                     platform,
-                    &pins,
                     http,
                     self.cache,
                     hooks,
-                )?
+                )?,
+            };
+            drop(builder);
+            if last {
+                spinner.finish_and_clear();
+                out.pins.pip.extend(pip::pins(&plan, name));
+                return Ok(());
             }
-            None => pip::plan_building(
+            let mut groups = pip::layer_groups(&plan, self.cache)?;
+            spinner.finish_and_clear();
+            self.lay(fs, &mut groups);
+            // The compiler's tree is the image below this stage plus the
+            // sources alone: taken before the stage's layers are emitted.
+            let mut bytecode = crate::bytecode::compile(
+                self,
                 section,
-                self.spec_dir,
+                &plan,
+                &groups,
                 fs,
                 platform,
-                http,
-                self.cache,
-                hooks,
-            )?,
-        };
-        drop(builder);
-        if last {
-            spinner.finish_and_clear();
+                early.lock().ok().and_then(|mut e| e.take()),
+                &mut || emit(&groups),
+            )?;
+            if let Some((Some(layer), _)) = &mut bytecode {
+                self.lay(fs, std::slice::from_mut(layer));
+                emit(std::slice::from_ref(layer))?;
+            }
             out.pins.pip.extend(pip::pins(&plan, name));
-            return Ok(());
-        }
-        let mut groups = pip::layer_groups(&plan, self.cache)?;
-        spinner.finish_and_clear();
-        self.lay(fs, &mut groups);
-        // The compiler's tree is the image below this stage plus the
-        // sources alone: taken before the stage's layers are emitted.
-        let mut bytecode =
-            crate::bytecode::compile(self, section, &plan, &groups, fs, platform, &mut || {
-                emit(&groups)
-            })?;
-        if let Some((Some(layer), _)) = &mut bytecode {
-            self.lay(fs, std::slice::from_mut(layer));
-            emit(std::slice::from_ref(layer))?;
-        }
-        out.pins.pip.extend(pip::pins(&plan, name));
-        out.pip.push(PipReport {
-            python: plan.python.interpreter.clone(),
-            installed: plan
-                .wheels
-                .iter()
-                .map(|w| format!("{} {}", w.name, w.version))
-                .collect(),
-            already_installed: plan
-                .already_installed
-                .iter()
-                .map(|(n, v)| format!("{n} {v}"))
-                .collect(),
-            bytecode: bytecode.map(|(_, report)| report),
-        });
-        Ok(())
+            out.pip.push(PipReport {
+                python: plan.python.interpreter.clone(),
+                installed: plan
+                    .wheels
+                    .iter()
+                    .map(|w| format!("{} {}", w.name, w.version))
+                    .collect(),
+                already_installed: plan
+                    .already_installed
+                    .iter()
+                    .map(|(n, v)| format!("{n} {v}"))
+                    .collect(),
+                bytecode: bytecode.map(|(_, report)| report),
+            });
+            Ok(())
+        })
     }
 
     /// Lay a stage's layers on the tree: the directories the tree already

@@ -284,7 +284,7 @@ fn an_sdist_for_a_foreign_architecture_is_refused_before_fetching() {
             &cache,
             kiln_pip::Hooks {
                 builder: Some(&NoBuilds),
-                ahead: None,
+                ..Default::default()
             },
         )
         .unwrap_err()

@@ -77,11 +77,14 @@ pub trait LayerAhead: Sync {
 }
 
 /// What a plan may call on: a builder of wheels from sdists and source
-/// trees, and who writes layers ahead.
+/// trees, who writes layers ahead, and who is told once the wheels to
+/// fetch are known (resolved, hashes checked; before any download), so
+/// that a build starts there what needs only the image below the stage.
 #[derive(Clone, Copy, Default)]
 pub struct Hooks<'a> {
     pub builder: Option<&'a dyn WheelBuilder>,
     pub ahead: Option<&'a dyn LayerAhead>,
+    pub resolved: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// One wheel to install, downloaded and verified in the cache.
@@ -429,6 +432,9 @@ pub fn plan_building(
     if !unhashed.is_empty() {
         return Err(PipError::UnhashedDependencies { lines: unhashed }.into());
     }
+    if let Some(resolved) = hooks.resolved {
+        resolved();
+    }
     let wheel_count = todo.len() + built.len();
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
         todo.par_iter()
@@ -552,6 +558,9 @@ pub fn plan_locked_building(
             }
             .into());
         }
+    }
+    if let Some(resolved) = hooks.resolved {
+        resolved();
     }
     let mut wheels = pins
         .par_iter()

@@ -435,6 +435,65 @@ fn prefetched_pages_are_not_fetched_again() {
     assert_eq!(warm_sent + prefetched, cold_sent);
 }
 
+/// A build starts what needs only the image below the stage (the
+/// compiler's tree) from `Hooks::resolved`: once, after the resolution,
+/// before any wheel is fetched.
+#[test]
+fn the_resolved_hook_runs_once_between_resolution_and_downloads() {
+    let f = fixture();
+    let s = section(&f, &["demo[socks]", "localonly"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let calls = std::sync::Mutex::new(Vec::new());
+    let before = f.sent.load(Ordering::SeqCst);
+    // What the index had sent and which wheel blobs the cache held then.
+    let hook = || {
+        let held: Vec<String> = std::fs::read_dir(cache.bucket(kiln_store::CacheBucket::Blobs))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        calls
+            .lock()
+            .unwrap()
+            .push((f.sent.load(Ordering::SeqCst), held));
+    };
+    let p = kiln_pip::plan_building(
+        &s,
+        Path::new("."),
+        &debian_rootfs(11),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        &cache,
+        kiln_pip::Hooks {
+            resolved: Some(&hook),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let calls = calls.into_inner().unwrap();
+    assert_eq!(calls.len(), 1, "called once");
+    let (sent_then, held_then) = &calls[0];
+    assert!(*sent_then > before, "the index pages were read before it");
+    let wheels = kiln_pip::pins(&p, "pip");
+    assert_eq!(wheels.len(), 4, "{wheels:?}");
+    // The resolver reads a wheel whole for its metadata when the index
+    // gives no metadata file (and a wheelhouse's are read in place):
+    // `demo` alone has one, so it alone is left to the downloads.
+    let fetched_after: Vec<&str> = wheels
+        .iter()
+        .filter(|w| !held_then.iter().any(|h| h == w.sha256.hex()))
+        .map(|w| w.name.as_str())
+        .collect();
+    assert_eq!(fetched_after, ["demo"]);
+    for w in &wheels {
+        assert!(cache.contains(&w.sha256), "{} is in the cache", w.filename);
+    }
+    assert!(
+        f.sent.load(Ordering::SeqCst) > *sent_then,
+        "wheels came after it"
+    );
+}
+
 #[test]
 fn resolves_for_python_39_with_extras_and_installs() {
     let (p, groups, _d) = run(&["demo[socks]", "localonly"], 9, "system");

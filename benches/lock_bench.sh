@@ -57,16 +57,21 @@ spec 2.0.2
 secs "$KILN" build --locked --push --json >/dev/null
 pushed=$(field "d['push']['bytes_uploaded'] + d['push']['referrer_bytes_uploaded']")
 "$KILN" build --locked --quiet --json -o oci:bumped >"$work/bumped.json"
-layer=$(python3 - "$work/img/bumped" <<'PY'
+read -r layer pycs < <(python3 - "$work/img/bumped" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 idx = json.load(open(os.path.join(d, "index.json")))
 m = json.load(open(os.path.join(d, "blobs/sha256", idx["manifests"][0]["digest"].split(":")[1])))
 cfg = json.load(open(os.path.join(d, "blobs/sha256", m["config"]["digest"].split(":")[1])))
 hist = [h for h in cfg["history"] if not h.get("empty_layer")]
+sizes = {"numpy": 0, "pycs": 0}
 for h, l in zip(hist, m["layers"]):
-    if "numpy==2.0.2" in h.get("created_by", ""):
-        print(l["size"])
+    by = h.get("created_by", "")
+    if "numpy==2.0.2" in by:
+        sizes["numpy"] = l["size"]
+    elif "kiln bytecode" in by:
+        sizes["pycs"] = l["size"]
+print(sizes["numpy"], sizes["pycs"])
 PY
 )
-echo "numpy 1.26.4 -> 2.0.2: pushed ${pushed} bytes; the new numpy layer is ${layer} bytes; ratio $(awk -v p="$pushed" -v l="$layer" 'BEGIN { printf "%.3f", p / l }')"
+echo "numpy 1.26.4 -> 2.0.2: pushed ${pushed} bytes; the new numpy layer is ${layer} bytes, its bytecode layer ${pycs} bytes; pushed / numpy layer $(awk -v p="$pushed" -v l="$layer" 'BEGIN { printf "%.3f", p / l }'), pushed / (numpy layer + bytecode layer) $(awk -v p="$pushed" -v l="$layer" -v b="$pycs" 'BEGIN { printf "%.3f", p / (l + b) }')"

@@ -228,12 +228,19 @@ pub(crate) fn spawn_tree<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> EarlyTree<'scope> {
     let (taken, layers_taken) = std::sync::mpsc::channel();
-    let handle = scope.spawn(move || {
-        let layers = tree(platform);
-        let _ = taken.send(());
-        let layers = layers?;
-        SharedTree::open(cache, &layers.key, || Ok(layers.readers), PURPOSE)
-    });
+    let handle = std::thread::Builder::new()
+        .name("kiln-tree".into())
+        .spawn_scoped(scope, move || {
+            let layers = tree(platform);
+            let _ = taken.send(());
+            let layers = layers?;
+            SharedTree::open(cache, &layers.key, || Ok(layers.readers), PURPOSE)
+        })
+        // (The sender went with the closure: nothing to wait for below.)
+        .unwrap_or_else(|e| {
+            let why = format!("starting the tree's writer: {e}");
+            scope.spawn(move || Err(kiln_core::Error::internal(why)))
+        });
     let _ = layers_taken.recv();
     handle
 }

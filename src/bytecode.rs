@@ -209,12 +209,7 @@ pub(crate) fn uses_shared_tree(
         && stages.bytecode
         && section.compile
         && !section.compile_stdlib
-        && is_native(platform)
-}
-
-fn is_native(platform: &Platform) -> bool {
-    let host = Platform::host();
-    platform.os == host.os && platform.arch == host.arch && platform.variant == host.variant
+        && platform.is_host()
 }
 
 const PURPOSE: &str = "[pip] compile";
@@ -279,7 +274,7 @@ fn compile_with(
         ))));
     };
     let records = records(groups);
-    let compiler = if is_native(platform) {
+    let compiler = if platform.is_host() {
         Compiler::Image
     } else {
         match host_python(minor) {

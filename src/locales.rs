@@ -90,11 +90,6 @@ impl From<LocaleError> for kiln_core::Error {
     }
 }
 
-fn is_host(p: &Platform) -> bool {
-    let host = Platform::host();
-    p.os == host.os && p.arch == host.arch && p.variant == host.variant
-}
-
 /// Before anything is fetched: locales for another platform than the
 /// host's only when a locked build finds them compiled in the cache.
 pub(crate) fn check_host(
@@ -106,7 +101,7 @@ pub(crate) fn check_host(
     if requested(spec).is_empty() {
         return Ok(());
     }
-    for img in images.iter().filter(|i| !is_host(&i.platform)) {
+    for img in images.iter().filter(|i| !i.platform.is_host()) {
         let cached = lock
             .and_then(|l| l.platform(&img.platform.to_string()))
             .and_then(|pins| Memo::read(cache, &key(spec, img, pins)));
@@ -154,7 +149,7 @@ pub(crate) fn groups(
     let entries = match Memo::read(cache, &key).filter(|_| reuse) {
         Some(entries) => entries,
         None => {
-            if !is_host(&img.platform) {
+            if !img.platform.is_host() {
                 return Err(LocaleError::ForeignPlatform {
                     platform: img.platform.to_string(),
                     host: Platform::host().to_string(),

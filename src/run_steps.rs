@@ -39,13 +39,12 @@ pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
     let Some(step) = spec.run.first() else {
         return Ok(());
     };
-    let host = Platform::host();
     for p in platforms {
-        if p.os != host.os || p.arch != host.arch || p.variant != host.variant {
+        if !p.is_host() {
             return Err(BuildError::RunForeignPlatform {
                 step: step.describe(0),
                 platform: p.to_string(),
-                host: host.to_string(),
+                host: Platform::host().to_string(),
             }
             .into());
         }

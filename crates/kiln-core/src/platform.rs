@@ -31,6 +31,12 @@ impl Platform {
         Platform::linux(Arch::host().oci())
     }
 
+    /// Whether this is the host's platform (OS, architecture and variant):
+    /// the image's own binaries run here.
+    pub fn is_host(&self) -> bool {
+        *self == Platform::host()
+    }
+
     /// Does an image for `other` satisfy a request for `self`? A request
     /// without variant accepts any variant (arm64 images are often `v8`).
     pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
@@ -253,6 +259,20 @@ impl fmt::Display for Arch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_its_os_arch_and_variant() {
+        assert!(Platform::host().is_host());
+        let other = if Arch::host() == Arch::Arm64 {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        assert!(!Platform::linux(other).is_host());
+        let mut variant = Platform::host();
+        variant.variant = Some("v9".into());
+        assert!(!variant.is_host());
+    }
 
     #[test]
     fn parse() {

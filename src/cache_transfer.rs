@@ -638,12 +638,13 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
             .is_ok_and(|d| keep.contains(&d))
     };
     let now = SystemTime::now();
-    let stale = |md: &fs::Metadata| {
+    let older_than = |md: &fs::Metadata, limit: Duration| {
         md.modified()
             .ok()
             .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age > STALE_AFTER)
+            .is_some_and(|age| age > limit)
     };
+    let stale = |md: &fs::Metadata| older_than(md, STALE_AFTER);
     // Memos named `<blob hex>` (pip) or `<blob hex>.zst` (apt) of blobs that go.
     let memo_of_unkept =
         |name: &str, md: &fs::Metadata| md.is_file() && name.len() == 64 && !kept_name(name);
@@ -696,8 +697,10 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                     !kept
                 }
                 CacheBucket::Tmp | CacheBucket::Http | CacheBucket::PipPages => stale(&md),
-                // Trusted for a day; older ones are of no use.
-                CacheBucket::Pushed => !md.is_file() || stale(&md),
+                // Past the time a push trusts them, records are of no use.
+                CacheBucket::Pushed => {
+                    !md.is_file() || older_than(&md, kiln_oci::output::pushed::TRUSTED_FOR)
+                }
                 CacheBucket::AptIndexes | CacheBucket::AptUnpacked => {
                     zst_memo_of_unkept(&name, &md)
                 }

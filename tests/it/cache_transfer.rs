@@ -568,6 +568,15 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         b"",
     )
     .unwrap();
+    // Records of what a registry holds: a fresh one stays, one older
+    // than a push trusts goes.
+    let pushed = bucket(CacheBucket::Pushed);
+    fs::create_dir_all(&pushed).unwrap();
+    let (pushed_fresh, pushed_old) = ("d1".repeat(32), "d2".repeat(32));
+    fs::write(pushed.join(&pushed_fresh), b"").unwrap();
+    let old = fs::File::create(pushed.join(&pushed_old)).unwrap();
+    old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 3600))
+        .unwrap();
     let before = cached(&f.cache);
     assert_eq!(before, f.needed.union(&f.unneeded).cloned().collect());
 
@@ -595,6 +604,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{stages_dir}/{view_gone}"));
     expected.insert("apt".to_string());
     expected.insert(format!("{}/{tree_name}", CacheBucket::Trees.dir_name()));
+    expected.insert(format!("{}/{pushed_old}", CacheBucket::Pushed.dir_name()));
     assert_eq!(removed, expected);
     assert!(dry["bytes_freed"].as_u64().unwrap() > 0);
     assert_eq!(cached(&f.cache), before, "--dry-run deletes nothing");
@@ -603,8 +613,10 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
 
     let human = cache_cmd(&f, &f.cache, &["gc"]).run_ok();
     assert!(!bucket(CacheBucket::Trees).join(&tree_name).exists());
+    assert!(pushed.join(&pushed_fresh).is_file());
+    assert!(!pushed.join(&pushed_old).exists());
     assert!(
-        human.stdout.contains("removed 12 entries"),
+        human.stdout.contains("removed 13 entries"),
         "{}",
         human.describe()
     );

@@ -5,7 +5,7 @@
 pub mod archive;
 pub mod layout;
 pub mod push;
-pub(crate) mod pushed;
+pub mod pushed;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -127,6 +127,8 @@ while nxt < len(starts) or running:
         os.close(key.fd)
         running -= 1
         if os.waitpid(pid, 0)[1] != 0:
+            for other in sel.get_map().values():
+                os.kill(other.data[0], 9)
             raise SystemExit("a compiler process failed")
         out[i] = b"".join(parts)
 for o in out:

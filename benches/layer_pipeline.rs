@@ -123,7 +123,7 @@ fn main() {
             let cache = Cache::open(cache_dir.path()).unwrap();
             let t = Instant::now();
             let entries = collect_files(&spec.files[0], Path::new("/"), SourceScope::Host).unwrap();
-            let blob = build_layer_fresh(&entries, 0, c, &cache).unwrap();
+            let blob = build_layer_fresh(&entries, &[], 0, c, &cache).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
             out = Some(blob);
         }

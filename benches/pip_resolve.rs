@@ -47,7 +47,7 @@ fn once(cache: &Cache) -> (f64, usize, usize) {
     )
     .unwrap_or_else(|e| panic!("pip_resolve bench: {e}"));
     let groups = layer_groups(&p, cache).unwrap();
-    let entries = groups.iter().map(|g| g.1.len()).sum();
+    let entries = groups.iter().map(|g| g.entries.len()).sum();
     (start.elapsed().as_secs_f64(), p.wheels.len(), entries)
 }
 

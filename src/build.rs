@@ -438,7 +438,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         .iter()
         .map(|f| match &f.from {
             // Downloaded once the cache is open (below).
-            _ if f.url.is_some() => Ok((
+            _ if f.url.is_some() => Ok(layer::LayerGroup::new(
                 format!(
                     "kiln files {} -> {}",
                     kiln_core::url::redact(f.url.as_deref().unwrap_or("")),
@@ -447,7 +447,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
                 Vec::new(),
             )),
             // Read from the image once the cache is open (below).
-            Some(from) => Ok((
+            Some(from) => Ok(layer::LayerGroup::new(
                 format!(
                     "kiln files from {} {} -> {}",
                     shown_name(opts, from),
@@ -458,7 +458,10 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
             )),
             None => {
                 let entries = layer::tree::collect_files(f, &spec_dir, opts.source_scope)?;
-                Ok((format!("kiln files {} -> {}", f.src, f.dst.0), entries))
+                Ok(layer::LayerGroup::new(
+                    format!("kiln files {} -> {}", f.src, f.dst.0),
+                    entries,
+                ))
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -487,9 +490,9 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
     let mut file_groups = file_groups;
     for (f, group) in setup.spec.files.iter().zip(&mut file_groups) {
         if let Some(url) = &f.url {
-            group.1 = file_from_url(f, url, &setup, opts)?;
+            group.entries = file_from_url(f, url, &setup, opts)?;
         } else if f.from.is_some() {
-            group.1 = files_from_image(f, &setup, pinned.as_ref(), opts)?;
+            group.entries = files_from_image(f, &setup, pinned.as_ref(), opts)?;
         }
     }
     Ok(BuildPlan {
@@ -662,9 +665,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             spec, img, &blobs, &p.layers, &p.pins, cache, progress, reuse,
         )?;
         if let Some(s) = &mut p.sbom {
-            for (_, entries) in &mut groups {
-                s.fs.adopt_existing_dirs(entries);
-                s.fs.apply_entries(entries, &keep_for(opts, spec));
+            for g in &mut groups {
+                s.fs.adopt_existing_dirs(&mut g.entries);
+                s.fs.apply_entries(&g.entries, &keep_for(opts, spec));
             }
         }
         p.layers
@@ -699,8 +702,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 let mut groups = plan.file_groups.clone();
                 if let Some(s) = s {
                     for (group, f) in groups.iter_mut().zip(&setup.spec.files) {
-                        s.fs.adopt_parents(f.dst.relative(), &mut group.1);
-                        s.fs.apply_entries(&group.1, &keep);
+                        s.fs.adopt_parents(f.dst.relative(), &mut group.entries);
+                        s.fs.apply_entries(&group.entries, &keep);
                     }
                 }
                 groups
@@ -1304,10 +1307,12 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             .lock()
             .unwrap()
             .iter()
-            .map(|(label, entries)| {
+            .map(|g| {
+                let built =
+                    layer::build_layer_reporting(&g.entries, &g.parts, 0, gzip, &setup.cache)?;
                 Ok(NewLayer {
-                    blob: layer::build_layer(entries, 0, gzip, &setup.cache)?,
-                    created_by: label.clone(),
+                    blob: built.blob,
+                    created_by: g.label.clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1528,15 +1533,16 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
                     setup.stages(&http, &base, opts.epoch, &opts.progress, &keep, false);
                 stages.resolve_only = true;
                 let outcome = stages.run(&img.platform, &mut fs, None, &mut |groups| {
-                    for (label, entries) in groups {
+                    for g in groups {
                         let hit = layer::cached_layer(
-                            entries,
+                            &g.entries,
+                            &g.parts,
                             opts.epoch,
                             opts.compression,
                             &setup.cache,
                         )?;
                         layers.push(summary::PlannedLayer {
-                            created_by: label.clone(),
+                            created_by: g.label.clone(),
                             action: action(hit.is_some()),
                         });
                     }
@@ -1570,10 +1576,16 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
     let files = plan
         .file_groups
         .iter()
-        .map(|(label, entries)| {
-            let hit = layer::cached_layer(entries, opts.epoch, opts.compression, &setup.cache)?;
+        .map(|g| {
+            let hit = layer::cached_layer(
+                &g.entries,
+                &g.parts,
+                opts.epoch,
+                opts.compression,
+                &setup.cache,
+            )?;
             Ok(summary::PlannedLayer {
-                created_by: label.clone(),
+                created_by: g.label.clone(),
                 action: action(hit.is_some()),
             })
         })
@@ -1773,11 +1785,26 @@ fn build_groups(
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let out = groups
         .par_iter()
-        .map(|(label, entries)| {
+        .map(|g| {
             let (blob, reused) = if opts.reuse {
-                layer::build_layer_reporting(entries, opts.epoch, opts.compression, cache)?
+                let b = layer::build_layer_reporting(
+                    &g.entries,
+                    &g.parts,
+                    opts.epoch,
+                    opts.compression,
+                    cache,
+                )?;
+                tally.parts_copied(b.parts_copied);
+                (b.blob, b.reused)
             } else {
-                let b = layer::build_layer_fresh(entries, opts.epoch, opts.compression, cache)?;
+                // Nothing from the cache: not even parts.
+                let b = layer::build_layer_fresh(
+                    &g.entries,
+                    &g.parts,
+                    opts.epoch,
+                    opts.compression,
+                    cache,
+                )?;
                 (b, false)
             };
             tally.layer(&blob.digest, reused);
@@ -1787,7 +1814,7 @@ fn build_groups(
             bar.inc(1);
             Ok(NewLayer {
                 blob,
-                created_by: label.clone(),
+                created_by: g.label.clone(),
             })
         })
         .collect::<Result<Vec<_>>>();

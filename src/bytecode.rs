@@ -341,7 +341,7 @@ fn compile_with(
                 // compiled where they are, in a tree of the build's own.
                 let ours: BTreeSet<&str> = groups
                     .iter()
-                    .flat_map(|(_, es)| es)
+                    .flat_map(|g| &g.entries)
                     .map(|e| e.path.as_str())
                     .collect();
                 let all_ours = todo
@@ -448,7 +448,7 @@ fn compile_with(
     let entries = layer_entries(&memos, groups, &records)
         .io_context(|| "reading the bytecode blob".to_string())?;
     let label = format!("kiln bytecode python3.{minor}: {compiled} files");
-    Ok(Some((Some((label, entries)), report)))
+    Ok(Some((Some(LayerGroup::new(label, entries)), report)))
 }
 
 fn skip(why: String) -> (Option<LayerGroup>, BytecodeReport) {
@@ -467,13 +467,13 @@ fn skip(why: String) -> (Option<LayerGroup>, BytecodeReport) {
 fn records(groups: &[LayerGroup]) -> BTreeMap<String, Vec<String>> {
     let files: BTreeSet<&str> = groups
         .iter()
-        .flat_map(|(_, es)| es)
+        .flat_map(|g| &g.entries)
         .filter(|e| e.kind.file_len().is_some())
         .map(|e| e.path.as_str())
         .collect();
     let mut out = BTreeMap::new();
-    for (_, entries) in groups {
-        for e in entries {
+    for g in groups {
+        for e in &g.entries {
             let Some(dist_info) = e.path.strip_suffix("/RECORD") else {
                 continue;
             };
@@ -625,7 +625,7 @@ fn units(
     }
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
-        .flat_map(|(_, es)| es)
+        .flat_map(|g| &g.entries)
         .map(|e| (e.path.as_str(), e))
         .collect();
     let mut seen = BTreeSet::new();
@@ -832,7 +832,7 @@ fn scratch(
 fn write_sources(root: &Path, units: &[&Unit], groups: &[LayerGroup]) -> std::io::Result<()> {
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
-        .flat_map(|(_, es)| es)
+        .flat_map(|g| &g.entries)
         .map(|e| (e.path.as_str(), e))
         .collect();
     for s in units.iter().flat_map(|u| &u.sources) {
@@ -915,7 +915,7 @@ fn layer_entries(
     }
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
-        .flat_map(|(_, es)| es)
+        .flat_map(|g| &g.entries)
         .map(|e| (e.path.as_str(), e))
         .collect();
     for (record, sources) in records {
@@ -964,8 +964,8 @@ mod tests {
     use super::*;
 
     fn group(files: &[(&str, &str)]) -> LayerGroup {
-        (
-            "pip install demo==1.0".into(),
+        LayerGroup::new(
+            "pip install demo==1.0",
             files
                 .iter()
                 .map(|(p, d)| Entry::data(p, d.as_bytes().to_vec(), 0o644))

@@ -715,6 +715,7 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                         || (name.starts_with(".extract-") && stale(&md))
                 }
                 CacheBucket::Layers
+                | CacheBucket::LayerParts
                 | CacheBucket::Stages
                 | CacheBucket::Locales
                 | CacheBucket::Bytecode

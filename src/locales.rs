@@ -139,7 +139,7 @@ pub(crate) fn groups(
         None => None,
     };
     if let Some(tz) = tz {
-        out.push((format!("kiln timezone {tz}"), timezone(tz)));
+        out.push(LayerGroup::new(format!("kiln timezone {tz}"), timezone(tz)));
     }
     let wanted = requested(spec);
     if wanted.is_empty() {
@@ -164,7 +164,10 @@ pub(crate) fn groups(
         }
     };
     let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
-    out.push((format!("kiln apt locales {}", names.join(" ")), entries));
+    out.push(LayerGroup::new(
+        format!("kiln apt locales {}", names.join(" ")),
+        entries,
+    ));
     Ok(out)
 }
 

@@ -135,15 +135,15 @@ pub(crate) fn groups(
             }
             let entries = sb.take_changes()?;
             fs.apply_entries(&entries, keep);
-            out.push((format!("kiln run: {label}"), entries));
+            out.push(LayerGroup::new(format!("kiln run: {label}"), entries));
         }
-        if let Some((label, entries)) = file_groups.get(slot) {
+        if let Some(group) = file_groups.get(slot) {
             let dst = spec.files.get(slot).map(|f| f.dst.relative()).unwrap_or("");
-            let mut entries = entries.clone();
+            let mut entries = group.entries.clone();
             fs.adopt_parents(dst, &mut entries);
             write_entries(&mut sb, &entries)?;
             fs.apply_entries(&entries, keep);
-            out.push((label.clone(), entries));
+            out.push(LayerGroup::new(group.label.clone(), entries));
         }
     }
     Ok(out)

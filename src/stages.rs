@@ -103,13 +103,24 @@ impl pip::LayerAhead for PipLayersAhead<'_> {
         self.fs.adopt_existing_dirs(&mut entries);
         let _slot = self.slot();
         // Best effort: a failure here is met again, and reported, there.
-        if let Ok((blob, reused)) = kiln_fs::layer::build_layer_reporting(
+        if let Ok(built) = kiln_fs::layer::build_layer_reporting(
             &entries,
+            &[],
             self.epoch,
             self.how.compression,
             self.cache,
         ) {
-            self.how.tally.layer_ahead(&blob.digest, reused);
+            self.how.tally.layer_ahead(&built.blob.digest, built.reused);
+        }
+    }
+
+    fn shared_part(&self, entries: Vec<Entry>) {
+        let _slot = self.slot();
+        // Best effort: the shared layer compresses a part it cannot find.
+        if let Ok(false) =
+            kiln_fs::layer::build_part_ahead(&entries, self.epoch, self.how.compression, self.cache)
+        {
+            self.how.tally.part_ahead();
         }
     }
 }
@@ -253,7 +264,7 @@ impl Stages<'_> {
                 report.skipped_scripts.clear();
                 report.ran_scripts = run.ran;
                 if !run.entries.is_empty() {
-                    let layer = ("kiln apt maintainer scripts".to_string(), run.entries);
+                    let layer = LayerGroup::new("kiln apt maintainer scripts", run.entries);
                     self.apply(fs, std::slice::from_ref(&layer));
                     groups.push(layer);
                 }
@@ -461,15 +472,15 @@ impl Stages<'_> {
     /// has keep their mode and owner ([`Rootfs::adopt_existing_dirs`]),
     /// then the view holds what the layers add.
     fn lay(&self, fs: &mut Rootfs, groups: &mut [LayerGroup]) {
-        for (_, entries) in groups.iter_mut() {
-            fs.adopt_existing_dirs(entries);
+        for g in groups.iter_mut() {
+            fs.adopt_existing_dirs(&mut g.entries);
         }
         self.apply(fs, groups);
     }
 
     fn apply(&self, fs: &mut Rootfs, groups: &[LayerGroup]) {
-        for (_, entries) in groups {
-            fs.apply_entries(entries, self.keep);
+        for g in groups {
+            fs.apply_entries(&g.entries, self.keep);
         }
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct Tally {
     built: DigestSet,
     /// Of those, the ones written while packages still downloaded.
     ahead: DigestSet,
+    /// Layer parts compressed while packages still downloaded, and parts
+    /// copied from the cache into a layer instead of compressed again.
+    parts_ahead: std::sync::atomic::AtomicUsize,
+    parts_copied: std::sync::atomic::AtomicUsize,
 }
 
 /// Digests noted from several threads.
@@ -54,7 +58,21 @@ impl Tally {
             transfers: progress.transfers("downloading"),
             built: DigestSet::default(),
             ahead: DigestSet::default(),
+            parts_ahead: Default::default(),
+            parts_copied: Default::default(),
         }
+    }
+
+    /// A layer part was compressed while packages still downloaded.
+    pub(crate) fn part_ahead(&self) {
+        self.parts_ahead
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `n` parts of a layer were copied from the cache.
+    pub(crate) fn parts_copied(&self, n: usize) {
+        self.parts_copied
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A layer was built: `reused` when the cache had it.
@@ -102,6 +120,11 @@ pub struct Summary {
     /// Of the layers built, those written while packages still downloaded
     /// (a pip wheel's own layer, as soon as the wheel was in).
     pub layers_built_ahead: usize,
+    /// Parts of layers cut into parts (a small wheel's files in a layer
+    /// it shares) compressed while packages still downloaded, and parts
+    /// copied from the cache instead of compressed again.
+    pub layer_parts_built_ahead: usize,
+    pub layer_parts_copied: usize,
     /// Bytes that came over the network (packages, index pages, base
     /// blobs); 0 when the cache had everything.
     pub bytes_downloaded: u64,
@@ -243,6 +266,10 @@ pub(crate) fn summarize(
         layers_built: built.len(),
         layers_reused: reused.len(),
         layers_built_ahead: ahead.len(),
+        layer_parts_built_ahead: tally.parts_ahead.load(std::sync::atomic::Ordering::Relaxed),
+        layer_parts_copied: tally
+            .parts_copied
+            .load(std::sync::atomic::Ordering::Relaxed),
         bytes_downloaded: tally.transfers.bytes(),
         files_downloaded: tally.transfers.files().0,
         bytes_pushed,
@@ -351,9 +378,13 @@ impl Summary {
             0 => String::new(),
             n => format!(" ({n} while downloading)"),
         };
+        let parts = match (self.layer_parts_built_ahead, self.layer_parts_copied) {
+            (0, 0) => String::new(),
+            (a, c) => format!("; parts: {a} compressed while downloading, {c} copied"),
+        };
         let _ = writeln!(
             s,
-            "layers      {} built{ahead}, {} reused from the cache",
+            "layers      {} built{ahead}, {} reused from the cache{parts}",
             self.layers_built, self.layers_reused
         );
         let _ = writeln!(s, "packages    {}", counts(&self.packages));

@@ -373,7 +373,7 @@ fn run(
     target: &str,
 ) -> (
     kiln_pip::PipPlan,
-    Vec<(String, Vec<Entry>)>,
+    Vec<kiln_fs::layer::LayerGroup>,
     tempfile::TempDir,
 ) {
     let f = fixture();
@@ -513,8 +513,11 @@ fn resolves_for_python_39_with_extras_and_installs() {
     );
     // One layer per wheel: a version bump re-pushes only that wheel.
     assert_eq!(groups.len(), p.wheels.len());
-    assert_eq!(groups[0].0, "pip install demo==1.0");
-    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
+    assert_eq!(groups[0].label, "pip install demo==1.0");
+    let entries = &groups
+        .iter()
+        .flat_map(|g| g.entries.clone())
+        .collect::<Vec<_>>();
     let site = "usr/local/lib/python3.9/dist-packages";
     assert!(entries
         .iter()
@@ -553,9 +556,11 @@ fn resolves_for_python_39_with_extras_and_installs() {
     let record = text(entries, &format!("{site}/demo-1.0.dist-info/RECORD"));
     assert!(record.contains("../../../bin/demo-cli,sha256="), "{record}");
     assert!(record.contains("demo/cli.py,sha256="), "{record}");
-    // Each layer: sorted, parents first, each path once.
-    for (_, layer) in &groups {
-        let paths: Vec<&str> = layer.iter().map(|e| e.path.as_str()).collect();
+    // Each layer (a wheel's own: one part): sorted, parents first, each
+    // path once.
+    for g in &groups {
+        assert!(g.parts.is_empty());
+        let paths: Vec<&str> = g.entries.iter().map(|e| e.path.as_str()).collect();
         let mut sorted = paths.clone();
         sorted.sort();
         sorted.dedup();
@@ -576,9 +581,9 @@ fn python_311_target_gets_other_markers_and_platform_wheel() {
         let (_, g, _d) = run(&["demo"], 11, "system");
         g
     };
-    let flat = |g: &[(String, Vec<Entry>)]| -> Vec<(String, Vec<u8>, u32)> {
+    let flat = |g: &[kiln_fs::layer::LayerGroup]| -> Vec<(String, Vec<u8>, u32)> {
         g.iter()
-            .flat_map(|(_, es)| es.iter())
+            .flat_map(|g| g.entries.iter())
             .map(|e| {
                 let d = match e.kind.file_bytes() {
                     Some(d) => d.unwrap().into_owned(),
@@ -599,7 +604,10 @@ fn python_311_target_gets_other_markers_and_platform_wheel() {
 fn venv_target() {
     let (p, groups, _d) = run(&["helper"], 11, "/opt/venv");
     assert_eq!(pins(&p), vec!["helper==2.0"]);
-    let entries = &groups.iter().flat_map(|g| g.1.clone()).collect::<Vec<_>>();
+    let entries = &groups
+        .iter()
+        .flat_map(|g| g.entries.clone())
+        .collect::<Vec<_>>();
     assert!(text(entries, "opt/venv/pyvenv.cfg").contains("home = /usr/bin"));
     assert!(entries
         .iter()

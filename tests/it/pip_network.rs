@@ -111,11 +111,11 @@ fn numpy_pandas_requests_scipy_import_on_the_host_python() {
     assert!(
         groups.len() >= 2,
         "big wheels get their own layers: {:?}",
-        groups.iter().map(|g| &g.0).collect::<Vec<_>>()
+        groups.iter().map(|g| &g.label).collect::<Vec<_>>()
     );
     let root = tempfile::tempdir().unwrap();
-    for (_, entries) in &groups {
-        materialise(root.path(), entries);
+    for g in &groups {
+        materialise(root.path(), &g.entries);
     }
     let site = root.path().join("usr/local/lib/python3.11/dist-packages");
     let out = Command::new(py)

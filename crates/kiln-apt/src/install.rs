@@ -190,10 +190,13 @@ pub fn layer_groups_counted(
         } else {
             format!("kiln apt {}", names.join(" "))
         };
-        layers.push((label, tree.into_sorted()));
+        layers.push(LayerGroup::new(label, tree.into_sorted()));
     }
     let (meta, report) = metadata_layer(plan, &debs, fs, merged, epoch)?;
-    layers.push(("kiln apt dpkg database and configuration".into(), meta));
+    layers.push(LayerGroup::new(
+        "kiln apt dpkg database and configuration",
+        meta,
+    ));
     Ok((layers, report))
 }
 

@@ -123,7 +123,10 @@ pub fn layer_groups(
         if big {
             let mut t = Tree::default();
             add_all(&mut t, l.entries);
-            groups.push((format!("kiln conda {}", label(&p.record)), t.into_sorted()));
+            groups.push(LayerGroup::new(
+                format!("kiln conda {}", label(&p.record)),
+                t.into_sorted(),
+            ));
         } else {
             small_names.push(p.record.package_record.name.as_normalized().to_string());
             add_all(&mut small, l.entries);
@@ -155,7 +158,7 @@ pub fn layer_groups(
     history.extend(history_block(plan, epoch).into_bytes());
     small.insert(Entry::data(&history_path, history, 0o644));
     small.add_parents(&history_path);
-    groups.push((
+    groups.push(LayerGroup::new(
         format!(
             "kiln conda: {} packages into {}",
             small_names.len(),

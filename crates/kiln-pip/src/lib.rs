@@ -21,7 +21,7 @@ mod target;
 mod unpacked;
 mod wheel;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
-use kiln_fs::layer::{Entry, Tree};
+use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
 use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
@@ -74,6 +74,10 @@ fn own_layer(wheels: usize, size: u64) -> bool {
 /// them. The entries are those [`layer_groups`] gives the wheel.
 pub trait LayerAhead: Sync {
     fn own_layer(&self, entries: Vec<Entry>);
+    /// A wheel that shares a layer: its part of that layer (see
+    /// [`LayerGroup::parts`]), which a build compresses then into the
+    /// cache, for the shared layer to copy.
+    fn shared_part(&self, entries: Vec<Entry>);
 }
 
 /// What a plan may call on: a builder of wheels from sdists and source
@@ -649,8 +653,9 @@ fn unpack_early(cache: &Cache, digest: &Digest, filename: &str) {
     }
 }
 
-/// Hand a just-downloaded wheel's own layer to `ahead`. Best effort: a
-/// wheel that cannot be laid out is reported by [`layer_groups`].
+/// Hand a just-downloaded wheel's own layer, or its part of a shared one,
+/// to `ahead`. Best effort: a wheel that cannot be laid out is reported by
+/// [`layer_groups`].
 fn layer_ahead(
     ahead: Option<&dyn LayerAhead>,
     python: &PythonTarget,
@@ -658,13 +663,18 @@ fn layer_ahead(
     wheel: &PinnedWheel,
     cache: &Cache,
 ) {
-    let Some(ahead) = ahead.filter(|_| own_layer(wheels, wheel.size)) else {
+    let Some(ahead) = ahead else {
         return;
     };
-    if let Ok(entries) = wheel_layout(python, wheel, cache) {
+    let Ok(entries) = wheel_layout(python, wheel, cache) else {
+        return;
+    };
+    if own_layer(wheels, wheel.size) {
         let mut tree = Tree::default();
         add_to(&mut tree, entries);
         ahead.own_layer(tree.into_sorted());
+    } else {
+        ahead.shared_part(wheel_part(entries));
     }
 }
 
@@ -705,7 +715,7 @@ fn add_to(tree: &mut Tree, entries: Vec<Entry>) {
 /// [`unpacked`]) and read from there when the layers are written: the
 /// memory this takes does not grow with the packages' size, and a warm
 /// build inflates nothing.
-pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<Entry>)>> {
+pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<LayerGroup>> {
     // Each wheel's kept members stay open until the layers are written.
     kiln_fs::layer::spool::raise_open_file_limit();
     let laid_out: Vec<Result<Vec<Entry>>> = plan
@@ -715,51 +725,116 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<(String, Vec<En
         .collect();
     // The shared layers (the venv skeleton goes with the first), then the
     // wheels with layers of their own.
-    let mut shared: Vec<(Tree, Vec<String>)> =
-        (0..SHARED_LAYERS).map(|_| Default::default()).collect();
+    let mut shared: Vec<Shared> = (0..SHARED_LAYERS).map(|_| Default::default()).collect();
     let mut groups = Vec::new();
-    add_to(&mut shared[0].0, install::venv_entries(&plan.python));
+    shared[0].head = install::venv_entries(&plan.python);
     for (w, entries) in plan.wheels.iter().zip(laid_out) {
         let entries = entries?;
         if own_layer(plan.wheels.len(), w.size) {
             let mut t = Tree::default();
             add_to(&mut t, entries);
-            groups.push((
+            groups.push(LayerGroup::new(
                 format!("pip install {}=={}", w.name, w.version),
                 t.into_sorted(),
             ));
         } else {
-            let (tree, names) = &mut shared[shared_layer(&w.name)];
-            names.push(format!("{}=={}", w.name, w.version));
-            add_to(tree, entries);
+            let s = &mut shared[shared_layer(&w.name)];
+            s.wheels
+                .push((format!("{}=={}", w.name, w.version), entries));
         }
     }
     let shared = shared
         .into_iter()
-        .filter(|(t, _)| !t.is_empty())
-        .map(|(tree, names)| {
-            let label = if names.is_empty() {
-                format!(
-                    "pip venv {}",
-                    plan.python
-                        .venv
-                        .as_ref()
-                        .map(|v| v.path.as_str())
-                        .unwrap_or("")
-                )
-            } else if names.len() > 8 {
-                format!(
-                    "pip install {} and {} more",
-                    names[..8].join(" "),
-                    names.len() - 8
-                )
-            } else {
-                format!("pip install {}", names.join(" "))
-            };
-            (label, tree.into_sorted())
-        });
+        .filter(|s| !s.head.is_empty() || !s.wheels.is_empty())
+        .map(|s| s.into_group(plan));
     groups.splice(0..0, shared);
     Ok(groups)
+}
+
+/// A layer small wheels share: what goes in before them (the venv
+/// skeleton), and each wheel's entries by its `name==version`.
+#[derive(Default)]
+struct Shared {
+    head: Vec<Entry>,
+    wheels: Vec<(String, Vec<Entry>)>,
+}
+
+impl Shared {
+    /// The layer, cut into parts: its directories and the skeleton first,
+    /// then each wheel's files (in name order, whatever the order they were
+    /// resolved or fetched in), so that a wheel bumped, added or removed
+    /// leaves the other wheels' compressed bytes as they were (see
+    /// [`LayerGroup::parts`]). Wheels that install the same path are
+    /// merged into one part, the later in the plan winning, as before.
+    fn into_group(mut self, plan: &PipPlan) -> LayerGroup {
+        let names: Vec<&str> = self.wheels.iter().map(|(n, _)| n.as_str()).collect();
+        let label = if names.is_empty() {
+            format!(
+                "pip venv {}",
+                plan.python
+                    .venv
+                    .as_ref()
+                    .map(|v| v.path.as_str())
+                    .unwrap_or("")
+            )
+        } else if names.len() > 8 {
+            format!(
+                "pip install {} and {} more",
+                names[..8].join(" "),
+                names.len() - 8
+            )
+        } else {
+            format!("pip install {}", names.join(" "))
+        };
+        let mut tree = Tree::default();
+        add_to(&mut tree, self.head.clone());
+        for (_, entries) in &self.wheels {
+            add_to(&mut tree, entries.clone());
+        }
+        let merged = tree.into_sorted();
+        let is_dir = |e: &Entry| matches!(e.kind, EntryKind::Dir);
+        let dirs: HashSet<&str> = merged
+            .iter()
+            .filter(|e| is_dir(e))
+            .map(|e| e.path.as_str())
+            .collect();
+        let files = |entries: &[Entry]| entries.iter().filter(|e| !is_dir(e)).count();
+        let apart = files(&self.head) + self.wheels.iter().map(|(_, w)| files(w)).sum::<usize>();
+        let clash = self.wheels.iter().any(|(_, w)| {
+            w.iter()
+                .any(|e| !is_dir(e) && dirs.contains(e.path.as_str()))
+        });
+        if apart != files(&merged) || clash {
+            return LayerGroup::new(label, merged);
+        }
+        let head: HashSet<&str> = self.head.iter().map(|e| e.path.as_str()).collect();
+        let mut entries: Vec<Entry> = merged
+            .iter()
+            .filter(|e| is_dir(e) || head.contains(e.path.as_str()))
+            .cloned()
+            .collect();
+        let mut parts = Vec::with_capacity(self.wheels.len());
+        self.wheels.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, wheel) in self.wheels {
+            parts.push(entries.len());
+            entries.extend(wheel_part(wheel));
+        }
+        LayerGroup {
+            label,
+            entries,
+            parts,
+        }
+    }
+}
+
+/// A wheel's part of a shared layer: its files and links, by path.
+fn wheel_part(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut files: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| !matches!(e.kind, EntryKind::Dir))
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
 }
 
 #[cfg(test)]
@@ -834,10 +909,10 @@ mod tests {
             wheels: names.iter().map(|n| cached_wheel(&cache, n)).collect(),
             already_installed: Vec::new(),
         };
-        let layers = |groups: Vec<(String, Vec<Entry>)>| -> Vec<(String, Vec<String>)> {
+        let layers = |groups: Vec<LayerGroup>| -> Vec<(String, Vec<String>)> {
             groups
                 .into_iter()
-                .map(|(label, es)| (label, es.into_iter().map(|e| e.path).collect()))
+                .map(|g| (g.label, g.entries.into_iter().map(|e| e.path).collect()))
                 .collect()
         };
         let before = layers(layer_groups(&plan_of(&names), &cache).unwrap());
@@ -887,6 +962,78 @@ mod tests {
             .1
             .iter()
             .any(|p| p.ends_with("/newcomer/__init__.py")));
+    }
+
+    /// A shared layer is cut into a part per wheel, after a first part of
+    /// its directories (and the venv skeleton): each path once, a wheel's
+    /// part the same whatever else shares the layer, in name order.
+    #[test]
+    fn shared_layers_are_cut_into_a_part_per_wheel() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let python =
+            PythonTarget::detect(&python_rootfs(), &Platform::linux("amd64"), "system").unwrap();
+        let plan_of = |names: &[String]| PipPlan {
+            python: python.clone(),
+            wheels: names.iter().map(|n| cached_wheel(&cache, n)).collect(),
+            already_installed: Vec::new(),
+        };
+        // The part of each wheel: its name (from the files' paths) → paths.
+        let parts_of = |g: &LayerGroup| -> Vec<Vec<String>> {
+            let mut starts = g.parts.clone();
+            starts.push(g.entries.len());
+            starts
+                .windows(2)
+                .map(|w| {
+                    g.entries[w[0]..w[1]]
+                        .iter()
+                        .map(|e| e.path.clone())
+                        .collect()
+                })
+                .collect()
+        };
+        let names: Vec<String> = (0..40).map(|i| format!("pkg{i:02}")).collect();
+        let groups = layer_groups(&plan_of(&names), &cache).unwrap();
+        let mut seen = 0;
+        for g in &groups {
+            let paths: HashSet<&str> = g.entries.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths.len(), g.entries.len(), "{}: a path twice", g.label);
+            let head = &g.entries[..g.parts[0]];
+            assert!(head.iter().all(|e| matches!(e.kind, EntryKind::Dir)));
+            let wheels = parts_of(g);
+            assert_eq!(wheels.len(), g.parts.len());
+            let mut owners = Vec::new();
+            for part in &wheels {
+                let owner = part[0].split('/').find(|c| c.starts_with("pkg")).unwrap();
+                let owner = owner.split('-').next().unwrap().to_string();
+                assert!(
+                    part.iter().all(|p| p.contains(&format!("/{owner}"))),
+                    "{part:?}"
+                );
+                let mut sorted = part.clone();
+                sorted.sort();
+                assert_eq!(&sorted, part);
+                owners.push(owner);
+            }
+            let mut by_name = owners.clone();
+            by_name.sort();
+            assert_eq!(owners, by_name);
+            seen += owners.len();
+        }
+        assert_eq!(seen, names.len());
+        // A wheel more, in the plan's first place: the other wheels' parts
+        // are the same entries as before.
+        let mut more = vec!["newcomer".to_string()];
+        more.extend(names.iter().cloned());
+        let after = layer_groups(&plan_of(&more), &cache).unwrap();
+        let all = |gs: &[LayerGroup]| -> Vec<Vec<String>> {
+            gs.iter().flat_map(|g| parts_of(g)).collect()
+        };
+        let (before, after) = (all(&groups), all(&after));
+        assert_eq!(after.len(), before.len() + 1);
+        for part in &before {
+            assert!(after.contains(part), "{part:?} changed");
+        }
     }
 
     fn python_rootfs() -> Rootfs {

@@ -50,6 +50,10 @@ pub enum CacheBucket {
     LayerDiffIds,
     /// Built layers, by the hash of their inputs (→ the layer blob).
     Layers,
+    /// Parts of layers cut into parts (see `kiln_fs::layer::LayerGroup`),
+    /// by the hash of their inputs (→ their compressed bytes: a slice of
+    /// a blob, and its hash).
+    LayerParts,
     /// Locked package stages, by the hash of their inputs (→ their layers).
     Stages,
     /// Git sources: a commit's tree written out, by the full commit id.
@@ -88,6 +92,7 @@ impl CacheBucket {
         CacheBucket::CondaPackages,
         CacheBucket::LayerDiffIds,
         CacheBucket::Layers,
+        CacheBucket::LayerParts,
         CacheBucket::Stages,
         CacheBucket::GitTrees,
         CacheBucket::Locales,
@@ -112,6 +117,7 @@ impl CacheBucket {
             CacheBucket::CondaPackages => "conda-pkgs-v1",
             CacheBucket::LayerDiffIds => "layer-diff-ids-v1",
             CacheBucket::Layers => "layers-v1",
+            CacheBucket::LayerParts => "layer-parts-v1",
             CacheBucket::Stages => "stages-v1",
             CacheBucket::GitTrees => "git-trees-v1",
             CacheBucket::Locales => "locales-v1",

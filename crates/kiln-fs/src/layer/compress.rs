@@ -119,6 +119,22 @@ fn pool() -> &'static rayon::ThreadPool {
 pub(crate) struct Summary {
     /// sha256 of the uncompressed bytes (the layer's diff_id).
     pub(crate) diff_id: Digest,
+    /// Where each [`ParallelEncoder::cut`] fell in the compressed output.
+    pub(crate) cuts: Vec<Cut>,
+}
+
+/// The compressed bytes between one cut (or the start) and the next.
+#[derive(Debug, Clone)]
+pub(crate) struct Cut {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) sha256: Digest,
+}
+
+/// What is waiting to be written out, in order.
+enum Pending {
+    Chunk(mpsc::Receiver<io::Result<Vec<u8>>>),
+    Cut,
 }
 
 /// A `Write` that compresses into `out` and hashes the uncompressed input.
@@ -128,8 +144,12 @@ pub(crate) struct ParallelEncoder<W: Write> {
     diff: Sha256,
     raw_len: u64,
     buf: Vec<u8>,
-    inflight: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    inflight: VecDeque<Pending>,
     max_inflight: usize,
+    /// Compressed bytes written, and the hash of those since the last cut.
+    out_len: u64,
+    since_cut: (u64, Sha256),
+    cuts: Vec<Cut>,
 }
 
 impl<W: Write> ParallelEncoder<W> {
@@ -142,6 +162,9 @@ impl<W: Write> ParallelEncoder<W> {
             buf: Vec::with_capacity(CHUNK),
             inflight: VecDeque::new(),
             max_inflight: pool().current_num_threads() * 2 + 1,
+            out_len: 0,
+            since_cut: (0, Sha256::new()),
+            cuts: Vec::new(),
         }
     }
 
@@ -151,7 +174,7 @@ impl<W: Write> ParallelEncoder<W> {
         pool().spawn(move || {
             let _ = tx.send(c.compress(&chunk));
         });
-        self.inflight.push_back(rx);
+        self.inflight.push_back(Pending::Chunk(rx));
         while self.inflight.len() >= self.max_inflight {
             self.drain_one()?;
         }
@@ -159,13 +182,75 @@ impl<W: Write> ParallelEncoder<W> {
     }
 
     fn drain_one(&mut self) -> io::Result<()> {
-        if let Some(rx) = self.inflight.pop_front() {
-            let data = rx
-                .recv()
-                .map_err(|_| io::Error::other("compression worker stopped"))??;
-            self.out.write_all(&data)?;
+        match self.inflight.pop_front() {
+            Some(Pending::Chunk(rx)) => {
+                let data = rx
+                    .recv()
+                    .map_err(|_| io::Error::other("compression worker stopped"))??;
+                self.put_out(&data)?;
+            }
+            Some(Pending::Cut) => {
+                let (start, h) =
+                    std::mem::replace(&mut self.since_cut, (self.out_len, Sha256::new()));
+                self.cuts.push(Cut {
+                    offset: start,
+                    len: self.out_len - start,
+                    sha256: Digest::from_hasher(h),
+                });
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    fn put_out(&mut self, data: &[u8]) -> io::Result<()> {
+        self.out.write_all(data)?;
+        self.out_len += data.len() as u64;
+        self.since_cut.1.update(data);
+        Ok(())
+    }
+
+    /// End a part here: what was written since the last cut is compressed
+    /// on its own (its last chunk may be short), so the part's compressed
+    /// bytes depend on the part alone and can be spliced into another
+    /// stream. [`Summary::cuts`] says where each part's bytes fell.
+    pub(crate) fn cut(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.dispatch(chunk)?;
+        }
+        self.inflight.push_back(Pending::Cut);
+        Ok(())
+    }
+
+    /// Hash `data` as part of the uncompressed stream without compressing
+    /// it: its compressed form comes from [`Self::splice`].
+    pub(crate) fn hash_only(&mut self, data: &[u8]) {
+        self.diff.update(data);
+        self.raw_len += data.len() as u64;
+    }
+
+    /// Write already-compressed bytes (a part cut from an earlier stream)
+    /// after everything before them; only at a cut. Returns the sha256 of
+    /// what was copied.
+    pub(crate) fn splice(&mut self, mut part: impl io::Read) -> io::Result<Digest> {
+        debug_assert!(self.buf.is_empty(), "splice between cuts");
+        while !self.inflight.is_empty() {
+            self.drain_one()?;
+        }
+        let mut h = Sha256::new();
+        let mut block = vec![0; 256 << 10];
+        loop {
+            let n = match part.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&block[..n]);
+            self.put_out(&block[..n])?;
+        }
+        Ok(Digest::from_hasher(h))
     }
 
     /// Flush everything and return the sink with the diff_id.
@@ -183,6 +268,7 @@ impl<W: Write> ParallelEncoder<W> {
             self.out,
             Summary {
                 diff_id: Digest::from_hasher(self.diff),
+                cuts: self.cuts,
             },
         ))
     }

@@ -4,6 +4,7 @@
 
 pub mod archive;
 mod compress;
+mod parts;
 pub mod spool;
 mod tarball;
 pub mod tree;
@@ -22,8 +23,48 @@ use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_store::cache::{Cache, CacheBucket};
 
-/// Entries for one layer, with the line it gets in the image history.
-pub type LayerGroup = (String, Vec<Entry>);
+/// The entries of one layer, in the order they are written, with the line
+/// the layer gets in the image history.
+#[derive(Clone, Debug)]
+pub struct LayerGroup {
+    pub label: String,
+    pub entries: Vec<Entry>,
+    /// Where the layer is cut into parts: the index of each part's first
+    /// entry after the first part's. Empty: one part, the whole layer.
+    ///
+    /// Each part is compressed on its own and remembered by its inputs, so
+    /// a layer that shares parts with one built before (a shared pip layer
+    /// with one wheel bumped) copies their compressed bytes instead of
+    /// compressing them again.
+    pub parts: Vec<usize>,
+}
+
+impl LayerGroup {
+    /// A layer of one part.
+    pub fn new(label: impl Into<String>, entries: Vec<Entry>) -> LayerGroup {
+        LayerGroup {
+            label: label.into(),
+            entries,
+            parts: Vec::new(),
+        }
+    }
+}
+
+/// The ranges of `entries` the part starts `parts` cut them into.
+fn part_ranges(len: usize, parts: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut starts: Vec<usize> = std::iter::once(0)
+        .chain(parts.iter().copied().filter(|&p| p > 0 && p < len))
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let ends = starts.iter().skip(1).copied().chain(std::iter::once(len));
+    starts
+        .iter()
+        .copied()
+        .zip(ends)
+        .map(|(a, b)| a..b)
+        .collect()
+}
 
 /// A layer blob in the cache.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,51 +110,95 @@ pub fn build_layer(
     compression: Compression,
     cache: &Cache,
 ) -> Result<LayerBlob> {
-    build_layer_reporting(entries, mtime, compression, cache).map(|(b, _)| b)
+    build_layer_reporting(entries, &[], mtime, compression, cache).map(|b| b.blob)
 }
 
-/// [`build_layer`], saying whether the layer was taken from the cache
-/// (`true`) or compressed now (for a build's summary).
+/// [`build_layer`] of a layer cut into `parts` (see [`LayerGroup::parts`]),
+/// saying whether the layer was taken from the cache (`true`) or built now
+/// (for a build's summary).
 pub fn build_layer_reporting(
     entries: &[Entry],
+    parts: &[usize],
     mtime: u64,
     compression: Compression,
     cache: &Cache,
-) -> Result<(LayerBlob, bool)> {
-    let key = input_key(entries, mtime, compression)?;
+) -> Result<Built> {
+    let key = input_key(entries, parts, mtime, compression)?;
     let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
-    if let Some(hit) = read_memo(&memo, cache) {
-        return Ok((hit, true));
+    if let Some(blob) = read_memo(&memo, cache) {
+        return Ok(Built {
+            blob,
+            reused: true,
+            parts_copied: 0,
+        });
     }
-    let blob = build_layer_fresh(entries, mtime, compression, cache)?;
+    let (blob, parts_copied) = build_parted(entries, parts, mtime, compression, cache, true)?;
     write_memo(&memo, &blob);
-    Ok((blob, false))
+    Ok(Built {
+        blob,
+        reused: false,
+        parts_copied,
+    })
+}
+
+/// A layer [`build_layer_reporting`] gave, and how.
+#[derive(Debug)]
+pub struct Built {
+    pub blob: LayerBlob,
+    /// The whole layer came from the cache.
+    pub reused: bool,
+    /// Parts whose compressed bytes were copied from the cache.
+    pub parts_copied: usize,
 }
 
 /// The layer built before from the same inputs, if the cache still has it
 /// (what `kiln build --dry-run` reports as reused).
 pub fn cached_layer(
     entries: &[Entry],
+    parts: &[usize],
     mtime: u64,
     compression: Compression,
     cache: &Cache,
 ) -> Result<Option<LayerBlob>> {
-    let key = input_key(entries, mtime, compression)?;
+    let key = input_key(entries, parts, mtime, compression)?;
     let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
     Ok(read_memo(&memo, cache))
 }
 
 /// sha256 over everything that decides a layer's bytes.
-fn input_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
-    use sha2::{Digest as _, Sha256};
-    let mut h = Sha256::new();
+fn input_key(
+    entries: &[Entry],
+    parts: &[usize],
+    mtime: u64,
+    compression: Compression,
+) -> Result<Digest> {
     // The format number changes whenever the same inputs would give other
     // bytes or the key is made differently (2: gzip chunks by libdeflate;
     // 3: known hashes of spooled files), so old memos are not reused.
-    h.update(format!(
+    let mut head = format!(
         "kiln-layer/3 {} {compression:?} {mtime}\n",
         env!("CARGO_PKG_VERSION")
-    ));
+    );
+    let ranges = part_ranges(entries.len(), parts);
+    if ranges.len() > 1 {
+        head.push_str(&format!("parts {ranges:?}\n"));
+    }
+    key_of(&head, entries)
+}
+
+/// sha256 over everything that decides one part's compressed bytes.
+fn part_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
+    let head = format!(
+        "kiln-layer-part/1 {} {compression:?} {mtime}\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    key_of(&head, entries)
+}
+
+fn key_of(head: &str, entries: &[Entry]) -> Result<Digest> {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(head);
     for e in entries {
         h.update(format!("{}\0{:o}\0{}\0{}\0", e.path, e.mode, e.uid, e.gid));
         match &e.kind {
@@ -161,29 +246,130 @@ fn write_memo(path: &std::path::Path, b: &LayerBlob) {
     }
 }
 
-/// Write `entries` as one layer, always tarring and compressing (no memo).
+/// Write `entries` as one layer, always tarring and compressing every part
+/// (no memo is read or written).
 pub fn build_layer_fresh(
     entries: &[Entry],
+    parts: &[usize],
     mtime: u64,
     compression: Compression,
     cache: &Cache,
 ) -> Result<LayerBlob> {
+    build_parted(entries, parts, mtime, compression, cache, false).map(|(blob, _)| blob)
+}
+
+/// Write `entries` as one layer. With `memos`, a layer cut into parts
+/// copies the compressed bytes of each part built before (from the layer
+/// or blob it was built in) and remembers where its own parts are; the
+/// bytes are the same either way. Returns the parts copied.
+fn build_parted(
+    entries: &[Entry],
+    parts: &[usize],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+    memos: bool,
+) -> Result<(LayerBlob, usize)> {
+    let ranges = part_ranges(entries.len(), parts);
     let enc = ParallelEncoder::new(cache.writer()?, compression);
-    let enc = tarball::write_tar(entries, mtime, enc).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::NotFound {
-            FsError::LayerInput {
-                path: None,
-                source: e,
+    if ranges.len() <= 1 {
+        let enc = tarball::write_tar(entries, mtime, enc).map_err(tar_error)?;
+        return finish(enc, compression).map(|(blob, _)| (blob, 0));
+    }
+    let mut enc = enc;
+    let mut copied_parts = 0;
+    let mut keys = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let part = &entries[r];
+        let key = part_key(part, mtime, compression)?;
+        match parts::find(cache, &key).filter(|_| memos) {
+            Some(found) => {
+                // The diff_id still covers the part's tar records; only
+                // their compression is skipped.
+                tarball::write_records(part, mtime, HashOnly(&mut enc)).map_err(tar_error)?;
+                let copied = enc
+                    .splice(
+                        found
+                            .reader()
+                            .io_context(|| "reading a cached layer part".into())?,
+                    )
+                    .io_context(|| "writing layer".into())?;
+                if copied != found.sha256 {
+                    return Err(FsError::PartChanged.into());
+                }
+                copied_parts += 1;
             }
-            .into()
-        } else {
-            Error::Io {
-                context: "writing layer".into(),
-                source: e,
+            None => {
+                enc = tarball::write_records(part, mtime, enc).map_err(tar_error)?;
             }
         }
-    })?;
-    finish(enc, compression)
+        enc.cut().io_context(|| "writing layer".into())?;
+        keys.push(key);
+    }
+    io::Write::write_all(&mut enc, &tarball::TRAILER).io_context(|| "writing layer".into())?;
+    let (blob, cuts) = finish(enc, compression)?;
+    if memos {
+        for (key, cut) in keys.iter().zip(cuts) {
+            parts::remember(cache, key, &blob.digest, &cut);
+        }
+    }
+    Ok((blob, copied_parts))
+}
+
+/// Compress one part of a layer cut into parts ahead of the layer (a
+/// small wheel just downloaded, while the others still download), into a
+/// blob of its own: the layer finds it there (see [`build_layer_fresh`]).
+/// Returns whether the part was already in the cache.
+pub fn build_part_ahead(
+    part: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+) -> Result<bool> {
+    let key = part_key(part, mtime, compression)?;
+    if parts::find(cache, &key).is_some() {
+        return Ok(true);
+    }
+    let enc = ParallelEncoder::new(cache.writer()?, compression);
+    let mut enc = tarball::write_records(part, mtime, enc).map_err(tar_error)?;
+    enc.cut().io_context(|| "writing layer part".into())?;
+    let (blob, cuts) = finish(enc, compression)?;
+    if let Some(cut) = cuts.first() {
+        parts::remember(cache, &key, &blob.digest, cut);
+    }
+    Ok(false)
+}
+
+/// Feeds the uncompressed stream's hash only (a part whose compressed
+/// bytes are copied from the cache).
+struct HashOnly<'a, W: io::Write>(&'a mut ParallelEncoder<W>);
+
+impl<W: io::Write> io::Write for HashOnly<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.hash_only(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failure while tarring: a layer input that went away or changed size
+/// is reported as such.
+fn tar_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::NotFound {
+        FsError::LayerInput {
+            path: None,
+            source: e,
+        }
+        .into()
+    } else {
+        Error::Io {
+            context: "writing layer".into(),
+            source: e,
+        }
+    }
 }
 
 /// Compress an existing uncompressed tar stream (e.g. a docker-archive layer).
@@ -194,26 +380,30 @@ pub fn compress_tar(
 ) -> Result<LayerBlob> {
     let mut enc = ParallelEncoder::new(cache.writer()?, compression);
     io::copy(&mut tar, &mut enc).io_context(|| "compressing layer".into())?;
-    finish(enc, compression)
+    finish(enc, compression).map(|(blob, _)| blob)
 }
 
 fn finish(
     enc: ParallelEncoder<kiln_store::cache::BlobWriter>,
     compression: Compression,
-) -> Result<LayerBlob> {
+) -> Result<(LayerBlob, Vec<compress::Cut>)> {
     let (w, summary) = enc.finish().io_context(|| "compressing layer".into())?;
     let (digest, size) = w.commit(None)?;
-    Ok(LayerBlob {
-        digest,
-        diff_id: summary.diff_id,
-        size,
-        media_type: compression.media_type().to_string(),
-    })
+    Ok((
+        LayerBlob {
+            digest,
+            diff_id: summary.diff_id,
+            size,
+            media_type: compression.media_type().to_string(),
+        },
+        summary.cuts,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::sync::Arc;
 
     #[test]
@@ -235,16 +425,20 @@ mod tests {
         let cache = Cache::open(dir.path().join("cache")).unwrap();
         let entries = vec![Entry::data("etc/motd", b"hi\n".to_vec(), 0o644)];
         let gz = Compression::Gzip { level: 1 };
-        assert!(cached_layer(&entries, 0, gz, &cache).unwrap().is_none());
-        let (first, reused) = build_layer_reporting(&entries, 0, gz, &cache).unwrap();
-        assert!(!reused);
-        let (again, reused) = build_layer_reporting(&entries, 0, gz, &cache).unwrap();
-        assert!(reused);
-        assert_eq!(again.digest, first.digest);
-        let hit = cached_layer(&entries, 0, gz, &cache).unwrap().unwrap();
-        assert_eq!(hit.digest, first.digest);
+        assert!(cached_layer(&entries, &[], 0, gz, &cache)
+            .unwrap()
+            .is_none());
+        let first = build_layer_reporting(&entries, &[], 0, gz, &cache).unwrap();
+        assert!(!first.reused);
+        let again = build_layer_reporting(&entries, &[], 0, gz, &cache).unwrap();
+        assert!(again.reused);
+        assert_eq!(again.blob.digest, first.blob.digest);
+        let hit = cached_layer(&entries, &[], 0, gz, &cache).unwrap().unwrap();
+        assert_eq!(hit.digest, first.blob.digest);
         // Another mtime is another layer.
-        assert!(cached_layer(&entries, 1, gz, &cache).unwrap().is_none());
+        assert!(cached_layer(&entries, &[], 1, gz, &cache)
+            .unwrap()
+            .is_none());
     }
 
     /// A spooled file with a known hash enters the memo key as that hash:
@@ -262,7 +456,7 @@ mod tests {
                 gid: 0,
             }]
         };
-        let key = |e: &[Entry]| input_key(e, 0, Compression::Gzip { level: 1 }).unwrap();
+        let key = |e: &[Entry]| input_key(e, &[], 0, Compression::Gzip { level: 1 }).unwrap();
         let (a, b) = (
             Spool::new_in(dir.path()).unwrap(),
             Spool::new_in(dir.path()).unwrap(),
@@ -277,13 +471,132 @@ mod tests {
         // Hashing the bytes needs them; a known hash does not.
         let cut = b.put(b"gone").unwrap();
         b.fail_for_test();
-        assert!(input_key(&file(cut.clone()), 0, Compression::Zstd { level: 3 }).is_err());
+        assert!(input_key(&file(cut.clone()), &[], 0, Compression::Zstd { level: 3 }).is_err());
         assert!(input_key(
             &file(cut.known_as("sha256=CCC")),
+            &[],
             0,
             Compression::Zstd { level: 3 }
         )
         .is_ok());
+    }
+
+    /// The uncompressed bytes of a layer blob in the cache.
+    fn tar_of(cache: &Cache, blob: &LayerBlob) -> Vec<u8> {
+        let f = std::fs::File::open(cache.blob_path(&blob.digest)).unwrap();
+        let mut out = Vec::new();
+        decompressed(&blob.media_type, f)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(Digest::of(&out), blob.diff_id);
+        out
+    }
+
+    /// Three "wheels" of a shared layer: a few files each, one bigger than
+    /// a compression chunk.
+    fn wheel(name: &str, files: usize) -> Vec<Entry> {
+        (0..files)
+            .map(|i| {
+                let len = if i == 0 { (1 << 20) + 4321 } else { 100 + i };
+                let bytes = (0..len).map(|j| (j * 31 + i + name.len()) as u8).collect();
+                Entry::data(&format!("site/{name}/f{i}.py"), bytes, 0o644)
+            })
+            .collect()
+    }
+
+    fn parted(wheels: &[Vec<Entry>]) -> (Vec<Entry>, Vec<usize>) {
+        let mut entries = vec![Entry {
+            path: "site".into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }];
+        let mut parts = Vec::new();
+        for w in wheels {
+            parts.push(entries.len());
+            entries.extend(w.iter().cloned());
+        }
+        (entries, parts)
+    }
+
+    /// A layer cut into parts holds the same tar stream as the layer whole;
+    /// a layer sharing parts with one built before copies their compressed
+    /// bytes, and gives the same blob as a cache that never saw them.
+    #[test]
+    fn parts_built_before_are_copied_and_change_no_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let warm = Cache::open(dir.path().join("warm")).unwrap();
+        for c in [
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 3 },
+        ] {
+            let (a, b, b2, c3) = (wheel("a", 3), wheel("b", 2), wheel("b", 4), wheel("c", 2));
+            let (entries, parts) = parted(&[a.clone(), b, c3.clone()]);
+            let whole = build_layer_fresh(&entries, &[], 0, c, &warm).unwrap();
+            let (first, copied) = build_parted(&entries, &parts, 0, c, &warm, true).unwrap();
+            assert_eq!(copied, 0);
+            assert_eq!(first.diff_id, whole.diff_id);
+            assert_eq!(tar_of(&warm, &first), tar_of(&warm, &whole));
+            assert_ne!(first.digest, whole.digest, "parts are compressed apart");
+            // One wheel bumped: the head (the directory) and the other
+            // two wheels are copied.
+            let (bumped, parts) = parted(&[a, b2, c3]);
+            let (second, copied) = build_parted(&bumped, &parts, 0, c, &warm, true).unwrap();
+            assert_eq!(copied, 3, "{c:?}");
+            let cold = Cache::open(dir.path().join(format!("cold-{c:?}"))).unwrap();
+            let (fresh, copied) = build_parted(&bumped, &parts, 0, c, &cold, true).unwrap();
+            assert_eq!(copied, 0);
+            assert_eq!(second.digest, fresh.digest);
+            assert_eq!(second.diff_id, fresh.diff_id);
+            let again = build_layer_fresh(&bumped, &parts, 0, c, &warm).unwrap();
+            assert_eq!(again.digest, second.digest);
+            tar_of(&warm, &second);
+            // The memo of the whole layer knows the parts too.
+            let hit = build_layer_reporting(&bumped, &parts, 0, c, &cold).unwrap();
+            assert!(!hit.reused, "the whole layer's key holds its parts");
+            assert_eq!(hit.parts_copied, 4);
+            assert_eq!(hit.blob.digest, fresh.digest);
+        }
+    }
+
+    /// A part whose cached bytes were damaged is compressed again; a part
+    /// built ahead, in a blob of its own, is copied from there.
+    #[test]
+    fn damaged_parts_are_rebuilt_and_parts_built_ahead_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let gz = Compression::Gzip { level: 1 };
+        let (a, b) = (wheel("a", 2), wheel("b", 3));
+        let (entries, parts) = parted(&[a.clone(), b.clone()]);
+        let (want, _) = build_parted(&entries, &parts, 0, gz, &cache, true).unwrap();
+        // Damage the blob the parts point into.
+        let path = cache.blob_path(&want.digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let (again, copied) = build_parted(&entries, &parts, 0, gz, &cache, true).unwrap();
+        assert!(copied < 3, "a damaged part was copied");
+        assert_eq!(again.digest, want.digest);
+        tar_of(&cache, &again);
+
+        let other = Cache::open(dir.path().join("other")).unwrap();
+        assert!(!build_part_ahead(&a, 0, gz, &other).unwrap());
+        assert!(!build_part_ahead(&b, 0, gz, &other).unwrap());
+        assert!(build_part_ahead(&b, 0, gz, &other).unwrap(), "built twice");
+        let (ahead, copied) = build_parted(&entries, &parts, 0, gz, &other, true).unwrap();
+        assert_eq!(copied, 2);
+        assert_eq!(ahead.digest, want.digest);
+    }
+
+    #[test]
+    fn part_ranges_ignore_empty_and_unsorted_cuts() {
+        assert_eq!(part_ranges(5, &[]), vec![0..5]);
+        assert_eq!(part_ranges(5, &[3, 0, 1, 3, 9]), vec![0..1, 1..3, 3..5]);
+        assert_eq!(part_ranges(0, &[0]), vec![0..0]);
     }
 
     #[test]
@@ -301,7 +614,7 @@ mod tests {
             gid: 0,
         }];
         let gz = Compression::Gzip { level: 1 };
-        let e = build_layer_fresh(&entries, 0, gz, &cache).unwrap_err();
+        let e = build_layer_fresh(&entries, &[], 0, gz, &cache).unwrap_err();
         assert!(
             matches!(
                 e.downcast_ref::<FsError>(),

@@ -365,8 +365,8 @@ mod tests {
         assert_eq!(tar(&held), tar(&spooled));
         let gz = crate::layer::Compression::Gzip { level: 1 };
         assert_eq!(
-            crate::layer::input_key(&held, 7, gz).unwrap(),
-            crate::layer::input_key(&spooled, 7, gz).unwrap()
+            crate::layer::input_key(&held, &[], 7, gz).unwrap(),
+            crate::layer::input_key(&spooled, &[], 7, gz).unwrap()
         );
         for (h, s) in held.iter().zip(&spooled) {
             assert_eq!(h.kind.file_len(), s.kind.file_len());

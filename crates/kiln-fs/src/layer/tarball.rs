@@ -16,6 +16,45 @@ pub(crate) fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::
     b.into_inner()
 }
 
+/// Write `entries` as tar records with no end-of-archive trailer: one part
+/// of a stream [`write_tar`] would write whole (records are self-contained,
+/// so parts written one after the other, then the trailer, are the same
+/// bytes as all the entries at once).
+pub(crate) fn write_records<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+    let mut b = tar::Builder::new(Muffled { inner: Some(out) });
+    for e in entries {
+        append(&mut b, e, mtime)?;
+    }
+    // The builder writes its trailer when it finishes; it goes nowhere.
+    let out = b.get_mut().inner.take();
+    b.into_inner()?;
+    out.ok_or_else(|| io::Error::other("tar writer lost its output"))
+}
+
+/// The end-of-archive marker [`write_tar`] ends with.
+pub(crate) const TRAILER: [u8; 1024] = [0; 1024];
+
+/// A writer that swallows everything once its output is taken.
+struct Muffled<W> {
+    inner: Option<W>,
+}
+
+impl<W: Write> Write for Muffled<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Some(w) => w.write(data),
+            None => Ok(data.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_mtime(mtime);

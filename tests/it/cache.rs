@@ -162,3 +162,108 @@ fn concurrent_builds_share_a_cache() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     assert_cache_consistent(&cache);
 }
+
+/// A pure-Python wheel `name-version` with a module of some size.
+fn sized_wheel(name: &str, version: &str) -> (String, Vec<u8>) {
+    let di = format!("{name}-{version}.dist-info");
+    let body: String = (0..2_000)
+        .map(|i| format!("X{i} = {:?}\n", format!("{name}-{version}-{}", i * 7919 % 1013)))
+        .collect();
+    let members = vec![
+        (format!("{name}/__init__.py"), body.into_bytes(), 0o644),
+        (
+            format!("{di}/METADATA"),
+            format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n").into_bytes(),
+            0o644,
+        ),
+        (
+            format!("{di}/WHEEL"),
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+            0o644,
+        ),
+    ];
+    (
+        format!("{name}-{version}-py3-none-any.whl"),
+        wheel_zip(&members),
+    )
+}
+
+/// Beyond 24 wheels, small wheels share layers, each cut into a part per
+/// wheel: a build compresses each part as its wheel comes in; a wheel
+/// bumped later rebuilds one shared layer by copying the other wheels'
+/// compressed parts from the cache, and that image is the one a cold
+/// cache builds, byte for byte, and unpacks whole.
+#[test]
+fn a_bumped_wheel_compresses_only_its_part_of_a_shared_layer() {
+    let ws = Workspace::new("layer-parts");
+    python_base(&ws);
+    let names: Vec<String> = (0..30).map(|i| format!("pkg{i:02}")).collect();
+    let spec = |bumped: &str| {
+        let pins: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let v = if n == bumped { "1.1" } else { "1.0" };
+                format!("\"{n}=={v}\"")
+            })
+            .collect();
+        format!(
+            "[image]\nbase = \"oci:py:v1\"\n\n[pip]\ncompile = false\nno-index = true\nfind-links = [\"wheels\"]\npackages = [{}]\n",
+            pins.join(", ")
+        )
+    };
+    for n in &names {
+        for v in ["1.0", "1.1"] {
+            let (file, bytes) = sized_wheel(n, v);
+            ws.write(&format!("wheels/{file}"), bytes);
+        }
+    }
+    let warm = ws.join("warm-cache");
+    let build = |cache: &Path, out: &str| -> Value {
+        let v = ws
+            .kiln()
+            .env("KILN_CACHE", cache)
+            .args(["build", "--json", "-o"])
+            .arg(format!("oci:{}", ws.join(out).display()))
+            .run_ok()
+            .json();
+        check_build_json(&v);
+        v
+    };
+    ws.spec(&spec(""));
+    let first = build(&warm, "first");
+    assert_eq!(
+        first["summary"]["layer_parts_built_ahead"], 30,
+        "each small wheel's part, as it came in: {first}"
+    );
+    assert_eq!(first["summary"]["layer_parts_copied"], 30, "{first}");
+    ws.spec(&spec("pkg07"));
+    let bumped = build(&warm, "bumped");
+    // One shared layer is built again: pkg07's new part is compressed as
+    // it comes in, the parts of the wheels beside it are copied.
+    assert_eq!(bumped["summary"]["layers_built"], 1, "{bumped}");
+    assert_eq!(bumped["summary"]["layer_parts_built_ahead"], 1, "{bumped}");
+    let copied = bumped["summary"]["layer_parts_copied"].as_u64().unwrap();
+    assert!((2..30).contains(&copied), "{bumped}");
+    let parts = fs::read_dir(warm.join("layer-parts-v1")).unwrap().count();
+    assert!(parts >= 31, "{parts} part memos");
+    // A cold cache gives the same bytes, having copied nothing.
+    let cold = build(&ws.join("cold-cache"), "cold");
+    assert_eq!(cold["summary"]["layer_parts_copied"], 30, "the parts built ahead");
+    assert_eq!(cold["digest"], bumped["digest"]);
+    let unparted = ws
+        .kiln()
+        .env("KILN_CACHE", ws.join("warm-cache"))
+        .args(["build", "--json", "--check-reproducible", "-o"])
+        .arg(format!("oci:{}", ws.join("again").display()))
+        .run_ok()
+        .json();
+    assert_eq!(unparted["digest"], bumped["digest"], "{unparted}");
+    let rootfs = umoci_unpack(&ws.join("bumped"), "latest", &ws.join("bundle"));
+    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    for n in &names {
+        let v = if n == "pkg07" { "1.1" } else { "1.0" };
+        let init = fs::read_to_string(site.join(n).join("__init__.py")).unwrap();
+        assert!(init.contains(&format!("{n}-{v}-")), "{n}");
+        assert!(site.join(format!("{n}-{v}.dist-info/RECORD")).is_file());
+    }
+}

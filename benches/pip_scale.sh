@@ -222,6 +222,19 @@ TOML
   measure k_nc_w "$work/k-nc-2.log" kiln_run "$work/r1-nc"
   measure u_nc_c "$work/u-nc-1.log" uv_run nc "$work/u-nc-1" -r "$work/freeze.txt"
   measure u_nc_w "$work/u-nc-2.log" uv_run nc "$work/u-nc-2" -r "$work/freeze.txt"
+  # One small wheel of the freeze changed (six, to another release), both
+  # caches warm: kiln rebuilds the one shared layer six is in, copying
+  # the other wheels' compressed parts; uv installs the whole freeze.
+  mkdir -p "$work/r1-bump"
+  sed 's/^six==.*/six==OTHER/' "$work/freeze.txt" >"$work/r1-bump/requirements.txt"
+  if grep -q '^six==1\.16\.0$' "$work/freeze.txt"; then other=1.17.0; else other=1.16.0; fi
+  sed -i "s/^six==OTHER$/six==$other/" "$work/r1-bump/requirements.txt"
+  sed 's/^compile = .*/compile = false/' "$work/r1-nc/kiln.toml" >"$work/r1-bump/kiln.toml"
+  bump_run() { rm -rf "$work/r1-bump.out"
+    "$KILN" build "$work/r1-bump/kiln.toml" --quiet --cache "$work/r1-nc.cache" -o "oci:$work/r1-bump.out"; }
+  export -f bump_run
+  measure k_bump "$work/k-bump.log" bump_run
+  measure u_bump "$work/u-bump.log" uv_run nc "$work/u-bump" -r "$work/r1-bump/requirements.txt"
   measure k_c_c "$work/k-c-1.log" kiln_run "$work/r1-c"
   measure k_c_w "$work/k-c-2.log" kiln_run "$work/r1-c"
   measure u_c_c "$work/u-c-1.log" uv_run c "$work/u-c-1" --compile-bytecode -r "$work/freeze.txt"
@@ -233,6 +246,8 @@ TOML
   line "kiln build, compile = false" "$k_nc_c" "$k_nc_w" 1.00 1.00
   line "uv pip install --target" "$u_nc_c" "$u_nc_w" \
     "$(ratio "$(secs_of "$u_nc_c")" "$(secs_of "$k_nc_c")")" "$(ratio "$(secs_of "$u_nc_w")" "$(secs_of "$k_nc_w")")"
+  line "kiln build, compile = false, six changed" "-" "$k_bump" - 1.00
+  line "uv pip install --target, six changed" "-" "$u_bump" - "$(ratio "$(secs_of "$u_bump")" "$(secs_of "$k_bump")")"
   line "kiln build, compile = true" "$k_c_c" "$k_c_w" 1.00 1.00
   line "uv pip install --target --compile-bytecode" "$u_c_c" "$u_c_w" \
     "$(ratio "$(secs_of "$u_c_c")" "$(secs_of "$k_c_c")")" "$(ratio "$(secs_of "$u_c_w")" "$(secs_of "$k_c_w")")"
@@ -241,6 +256,7 @@ TOML
     "kiln OCI layout blobs (gzip, base included) $(mb "$work/r1-nc.out/blobs") MB ($(mb "$work/r1-c.out/blobs") MB with pycs)"
   printf 'check (compile = false vs uv): '; same_dists "oci:$work/r1-nc.out" "$work/u-nc-2"
   printf 'check (compile = true vs uv): '; same_dists "oci:$work/r1-c.out" "$work/u-c-2"
+  printf 'check (six changed): '; same_dists "oci:$work/r1-bump.out" "$work/u-bump"
   rm -rf "$work"/r1-* "$work"/u-* "$work"/*.uvcache
   echo
 fi

@@ -265,6 +265,43 @@ fn installs_from_a_file_channel_with_placeholders_noarch_and_meta() {
     // Same inputs, same image.
     let again = build(&ws, "out2").ok().json();
     assert_eq!(again["digest"], v["digest"]);
+
+    // libbase 2 → 1: the small packages' layer is built again, the other
+    // four packages' compressed parts copied from the cache; a cold cache
+    // builds the same image, and it runs.
+    let chan = format!("file://{}", chan.display());
+    spec(
+        &ws,
+        "scratch",
+        &chan,
+        &["app", "hello-py", "python=3.11", "libbase=1"],
+        "",
+    );
+    let bumped = build(&ws, "out3").ok().json();
+    assert_eq!(bumped["summary"]["layers_built"], 1, "{bumped}");
+    assert_eq!(bumped["summary"]["layer_parts_copied"], 4, "{bumped}");
+    let cold = ws
+        .kiln()
+        .env("KILN_CACHE", ws.join("cold-cache"))
+        .args(["build", "kiln.toml", "-o", "oci:out4", "--json"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(cold["summary"]["layer_parts_copied"], 0, "{cold}");
+    assert_eq!(cold["digest"], bumped["digest"]);
+    let rootfs = unpack(&ws, "out3");
+    let run = chroot_run(&rootfs, &["/opt/conda/bin/app"]);
+    assert_eq!(
+        run.stdout.trim(),
+        "app from /opt/conda",
+        "{}",
+        run.describe()
+    );
+    let meta: Vec<String> = conda_meta(&rootfs)
+        .iter()
+        .map(|r| r.repodata_record.package_record.version.to_string())
+        .collect();
+    assert_eq!(meta[2], "1.0", "libbase 1.0 in conda-meta: {meta:?}");
 }
 
 #[test]

@@ -114,9 +114,12 @@ pub fn layer_groups(
     }
 
     // Layers: big packages alone, the rest together, in name order (a later
-    // package wins a clobbered path, as the last one linked does in conda).
+    // package wins a clobbered path, as the last one linked does in conda),
+    // a part each (see `LayerGroup::in_parts`): a package bumped leaves the
+    // others' compressed bytes to be copied.
     let mut groups: Vec<LayerGroup> = Vec::new();
-    let mut small = Tree::default();
+    let mut small: Vec<Vec<Entry>> = Vec::new();
+    let mut head: Vec<Entry> = Vec::new();
     let mut small_names = Vec::new();
     for (p, l) in plan.install.iter().zip(linked) {
         let big = p.record.package_record.size.unwrap_or(0) > BIG_PACKAGE;
@@ -129,7 +132,7 @@ pub fn layer_groups(
             ));
         } else {
             small_names.push(p.record.package_record.name.as_normalized().to_string());
-            add_all(&mut small, l.entries);
+            small.push(l.entries);
         }
     }
     // Replaced packages: their files the new version no longer has go away.
@@ -138,7 +141,7 @@ pub fn layer_groups(
         for f in &r.files {
             let f = f.to_string_lossy();
             if !new_files.contains(f.as_ref()) {
-                small.insert(Entry::whiteout(&format!("{prefix_rel}/{f}")));
+                head.push(Entry::whiteout(&format!("{prefix_rel}/{f}")));
             }
         }
         let old_meta = format!("{prefix_rel}/conda-meta/{}", r.file_name());
@@ -147,7 +150,7 @@ pub fn layer_groups(
             .iter()
             .any(|p| format!("{prefix_rel}/conda-meta/{}", meta_name(&p.record)) == old_meta)
         {
-            small.insert(Entry::whiteout(&old_meta));
+            head.push(Entry::whiteout(&old_meta));
         }
     }
     let history_path = format!("{prefix_rel}/conda-meta/history");
@@ -156,15 +159,15 @@ pub fn layer_groups(
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
     history.extend(history_block(plan, epoch).into_bytes());
-    small.insert(Entry::data(&history_path, history, 0o644));
-    small.add_parents(&history_path);
-    groups.push(LayerGroup::new(
+    head.push(Entry::data(&history_path, history, 0o644));
+    groups.push(LayerGroup::in_parts(
         format!(
             "kiln conda: {} packages into {}",
             small_names.len(),
             plan.prefix
         ),
-        small.into_sorted(),
+        head,
+        small,
     ));
     Ok((groups, report, work))
 }

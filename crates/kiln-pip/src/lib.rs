@@ -21,7 +21,7 @@ mod target;
 mod unpacked;
 mod wheel;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
-use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Tree};
+use kiln_fs::layer::{Entry, LayerGroup, Tree};
 use kiln_fs::rootfs::Rootfs;
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
@@ -674,7 +674,7 @@ fn layer_ahead(
         add_to(&mut tree, entries);
         ahead.own_layer(tree.into_sorted());
     } else {
-        ahead.shared_part(wheel_part(entries));
+        ahead.shared_part(LayerGroup::part_of(entries));
     }
 }
 
@@ -764,8 +764,8 @@ impl Shared {
     /// then each wheel's files (in name order, whatever the order they were
     /// resolved or fetched in), so that a wheel bumped, added or removed
     /// leaves the other wheels' compressed bytes as they were (see
-    /// [`LayerGroup::parts`]). Wheels that install the same path are
-    /// merged into one part, the later in the plan winning, as before.
+    /// [`LayerGroup::in_parts`]). Wheels that install the same path are
+    /// merged into one part, the later by name winning.
     fn into_group(mut self, plan: &PipPlan) -> LayerGroup {
         let names: Vec<&str> = self.wheels.iter().map(|(n, _)| n.as_str()).collect();
         let label = if names.is_empty() {
@@ -786,55 +786,10 @@ impl Shared {
         } else {
             format!("pip install {}", names.join(" "))
         };
-        let mut tree = Tree::default();
-        add_to(&mut tree, self.head.clone());
-        for (_, entries) in &self.wheels {
-            add_to(&mut tree, entries.clone());
-        }
-        let merged = tree.into_sorted();
-        let is_dir = |e: &Entry| matches!(e.kind, EntryKind::Dir);
-        let dirs: HashSet<&str> = merged
-            .iter()
-            .filter(|e| is_dir(e))
-            .map(|e| e.path.as_str())
-            .collect();
-        let files = |entries: &[Entry]| entries.iter().filter(|e| !is_dir(e)).count();
-        let apart = files(&self.head) + self.wheels.iter().map(|(_, w)| files(w)).sum::<usize>();
-        let clash = self.wheels.iter().any(|(_, w)| {
-            w.iter()
-                .any(|e| !is_dir(e) && dirs.contains(e.path.as_str()))
-        });
-        if apart != files(&merged) || clash {
-            return LayerGroup::new(label, merged);
-        }
-        let head: HashSet<&str> = self.head.iter().map(|e| e.path.as_str()).collect();
-        let mut entries: Vec<Entry> = merged
-            .iter()
-            .filter(|e| is_dir(e) || head.contains(e.path.as_str()))
-            .cloned()
-            .collect();
-        let mut parts = Vec::with_capacity(self.wheels.len());
         self.wheels.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, wheel) in self.wheels {
-            parts.push(entries.len());
-            entries.extend(wheel_part(wheel));
-        }
-        LayerGroup {
-            label,
-            entries,
-            parts,
-        }
+        let wheels = self.wheels.into_iter().map(|(_, w)| w).collect();
+        LayerGroup::in_parts(label, self.head, wheels)
     }
-}
-
-/// A wheel's part of a shared layer: its files and links, by path.
-fn wheel_part(entries: Vec<Entry>) -> Vec<Entry> {
-    let mut files: Vec<Entry> = entries
-        .into_iter()
-        .filter(|e| !matches!(e.kind, EntryKind::Dir))
-        .collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
 }
 
 #[cfg(test)]
@@ -996,10 +951,13 @@ mod tests {
         let groups = layer_groups(&plan_of(&names), &cache).unwrap();
         let mut seen = 0;
         for g in &groups {
-            let paths: HashSet<&str> = g.entries.iter().map(|e| e.path.as_str()).collect();
+            let paths: std::collections::HashSet<&str> =
+                g.entries.iter().map(|e| e.path.as_str()).collect();
             assert_eq!(paths.len(), g.entries.len(), "{}: a path twice", g.label);
             let head = &g.entries[..g.parts[0]];
-            assert!(head.iter().all(|e| matches!(e.kind, EntryKind::Dir)));
+            assert!(head
+                .iter()
+                .all(|e| matches!(e.kind, kiln_fs::layer::EntryKind::Dir)));
             let wheels = parts_of(g);
             assert_eq!(wheels.len(), g.parts.len());
             let mut owners = Vec::new();

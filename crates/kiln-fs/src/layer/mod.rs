@@ -50,6 +50,75 @@ impl LayerGroup {
     }
 }
 
+impl LayerGroup {
+    /// A layer of several members (packages sharing a layer), cut into
+    /// parts: the directories of all of them and `head` (entries that are
+    /// not a member's) first, then each member's files and links by path,
+    /// a part each, in the order given. A member's part then depends on
+    /// that member alone, so adding, removing or changing another leaves
+    /// its compressed bytes as they were.
+    ///
+    /// When members collide (one path in two of them, or a file where
+    /// another has a directory), the layer is the merge of all, in order,
+    /// a later member winning a path, in one part.
+    pub fn in_parts(label: impl Into<String>, head: Vec<Entry>, members: Vec<Vec<Entry>>) -> Self {
+        let label = label.into();
+        let is_dir = |e: &Entry| matches!(e.kind, EntryKind::Dir);
+        let mut tree = Tree::default();
+        for e in head.iter().chain(members.iter().flatten()) {
+            tree.add_parents(&e.path);
+            tree.insert(e.clone());
+        }
+        let merged = tree.into_sorted();
+        // Every directory some entry names or lies in.
+        let dirs: std::collections::HashSet<&str> = head
+            .iter()
+            .chain(members.iter().flatten())
+            .flat_map(|e| {
+                let own = is_dir(e).then_some(e.path.as_str());
+                let parents = e.path.match_indices('/').map(|(i, _)| &e.path[..i]);
+                own.into_iter().chain(parents)
+            })
+            .collect();
+        let files = |entries: &[Entry]| entries.iter().filter(|e| !is_dir(e)).count();
+        let apart = files(&head) + members.iter().map(|m| files(m)).sum::<usize>();
+        let clash = head
+            .iter()
+            .chain(members.iter().flatten())
+            .any(|e| !is_dir(e) && dirs.contains(e.path.as_str()));
+        if apart != files(&merged) || clash || members.is_empty() {
+            return LayerGroup::new(label, merged);
+        }
+        let ours: std::collections::HashSet<&str> = head.iter().map(|e| e.path.as_str()).collect();
+        let mut entries: Vec<Entry> = merged
+            .iter()
+            .filter(|e| is_dir(e) || ours.contains(e.path.as_str()))
+            .cloned()
+            .collect();
+        let mut parts = Vec::with_capacity(members.len());
+        for member in members {
+            parts.push(entries.len());
+            entries.extend(Self::part_of(member));
+        }
+        LayerGroup {
+            label,
+            entries,
+            parts,
+        }
+    }
+
+    /// A member's part of a layer [`LayerGroup::in_parts`] makes: its
+    /// files and links, by path (what to compress ahead of the layer).
+    pub fn part_of(member: Vec<Entry>) -> Vec<Entry> {
+        let mut files: Vec<Entry> = member
+            .into_iter()
+            .filter(|e| !matches!(e.kind, EntryKind::Dir))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+}
+
 /// The ranges of `entries` the part starts `parts` cut them into.
 fn part_ranges(len: usize, parts: &[usize]) -> Vec<std::ops::Range<usize>> {
     let mut starts: Vec<usize> = std::iter::once(0)
@@ -590,6 +659,57 @@ mod tests {
         let (ahead, copied) = build_parted(&entries, &parts, 0, gz, &other, true).unwrap();
         assert_eq!(copied, 2);
         assert_eq!(ahead.digest, want.digest);
+    }
+
+    /// Members become parts after a first part of every directory (and the
+    /// head's own entries); members that collide are merged in one part.
+    #[test]
+    fn members_become_parts_unless_they_collide() {
+        let paths = |es: &[Entry]| es.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        let file = |p: &str, body: &str| Entry::data(p, body.as_bytes().to_vec(), 0o644);
+        let head = vec![file("opt/env/conda-meta/history", "h")];
+        let g = LayerGroup::in_parts(
+            "two",
+            head.clone(),
+            vec![
+                vec![file("opt/env/lib/b.py", "b"), file("opt/env/bin/b", "b")],
+                vec![file("opt/env/lib/a.py", "a")],
+            ],
+        );
+        assert_eq!(
+            paths(&g.entries),
+            [
+                "opt",
+                "opt/env",
+                "opt/env/bin",
+                "opt/env/conda-meta",
+                "opt/env/conda-meta/history",
+                "opt/env/lib",
+                "opt/env/bin/b",
+                "opt/env/lib/b.py",
+                "opt/env/lib/a.py",
+            ]
+        );
+        assert_eq!(g.parts, [6, 8]);
+        // The same path in two members: one part, the later member's file.
+        let g = LayerGroup::in_parts(
+            "clash",
+            head.clone(),
+            vec![
+                vec![file("opt/env/x", "first")],
+                vec![file("opt/env/x", "second")],
+            ],
+        );
+        assert!(g.parts.is_empty());
+        let x = g.entries.iter().find(|e| e.path == "opt/env/x").unwrap();
+        assert!(matches!(&x.kind, EntryKind::Data(d) if d.as_slice() == b"second"));
+        // A file where another member has a directory: one part too.
+        let g = LayerGroup::in_parts(
+            "file-and-dir",
+            Vec::new(),
+            vec![vec![file("opt/env/x", "f")], vec![file("opt/env/x/y", "g")]],
+        );
+        assert!(g.parts.is_empty());
     }
 
     #[test]

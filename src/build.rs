@@ -1480,6 +1480,20 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
         _ => "download",
     };
     let action = |reused: bool| if reused { "reuse" } else { "build" };
+    // A layer the build would make: reused when the memo has it.
+    let planned = |g: &layer::LayerGroup| -> Result<summary::PlannedLayer> {
+        let hit = layer::cached_layer(
+            &g.entries,
+            &g.parts,
+            opts.epoch,
+            opts.compression,
+            &setup.cache,
+        )?;
+        Ok(summary::PlannedLayer {
+            created_by: g.label.clone(),
+            action: action(hit.is_some()),
+        })
+    };
     let http = if opts.offline {
         Http::offline()?
     } else {
@@ -1534,17 +1548,7 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
                 stages.resolve_only = true;
                 let outcome = stages.run(&img.platform, &mut fs, None, &mut |groups| {
                     for g in groups {
-                        let hit = layer::cached_layer(
-                            &g.entries,
-                            &g.parts,
-                            opts.epoch,
-                            opts.compression,
-                            &setup.cache,
-                        )?;
-                        layers.push(summary::PlannedLayer {
-                            created_by: g.label.clone(),
-                            action: action(hit.is_some()),
-                        });
+                        layers.push(planned(g)?);
                     }
                     Ok(())
                 })?;
@@ -1576,19 +1580,7 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
     let files = plan
         .file_groups
         .iter()
-        .map(|g| {
-            let hit = layer::cached_layer(
-                &g.entries,
-                &g.parts,
-                opts.epoch,
-                opts.compression,
-                &setup.cache,
-            )?;
-            Ok(summary::PlannedLayer {
-                created_by: g.label.clone(),
-                action: action(hit.is_some()),
-            })
-        })
+        .map(planned)
         .collect::<Result<Vec<_>>>()?;
     let mut packages = std::collections::BTreeMap::new();
     for l in platforms.iter().flat_map(|p| &p.packages) {
@@ -1786,27 +1778,17 @@ fn build_groups(
     let out = groups
         .par_iter()
         .map(|g| {
-            let (blob, reused) = if opts.reuse {
-                let b = layer::build_layer_reporting(
-                    &g.entries,
-                    &g.parts,
-                    opts.epoch,
-                    opts.compression,
-                    cache,
-                )?;
-                tally.parts_copied(b.parts_copied);
-                (b.blob, b.reused)
-            } else {
-                // Nothing from the cache: not even parts.
-                let b = layer::build_layer_fresh(
-                    &g.entries,
-                    &g.parts,
-                    opts.epoch,
-                    opts.compression,
-                    cache,
-                )?;
-                (b, false)
-            };
+            // Without reuse, nothing comes from the cache: not even parts.
+            let built = layer::build_layer_using(
+                &g.entries,
+                &g.parts,
+                opts.epoch,
+                opts.compression,
+                cache,
+                opts.reuse,
+            )?;
+            tally.parts_copied(built.parts_copied);
+            let (blob, reused) = (built.blob, built.reused);
             tally.layer(&blob.digest, reused);
             let total =
                 bytes.fetch_add(blob.size, std::sync::atomic::Ordering::Relaxed) + blob.size;

@@ -136,6 +136,18 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The channel's `app` runs in the image, its placeholder replaced.
+#[track_caller]
+fn app_runs(rootfs: &Path) {
+    let run = chroot_run(rootfs, &["/opt/conda/bin/app"]);
+    assert_eq!(
+        run.stdout.trim(),
+        "app from /opt/conda",
+        "{}",
+        run.describe()
+    );
+}
+
 fn unpack(ws: &Workspace, layout: &str) -> PathBuf {
     umoci_unpack(&ws.join(layout), "t", &ws.join(format!("{layout}-bundle")))
 }
@@ -204,13 +216,7 @@ fn installs_from_a_file_channel_with_placeholders_noarch_and_meta() {
     // Text placeholder replaced, and the script runs.
     let conf = fs::read_to_string(rootfs.join("opt/conda/etc/libbase.conf")).unwrap();
     assert_eq!(conf, "root=/opt/conda/lib\n");
-    let run = chroot_run(&rootfs, &["/opt/conda/bin/app"]);
-    assert_eq!(
-        run.stdout.trim(),
-        "app from /opt/conda",
-        "{}",
-        run.describe()
-    );
+    app_runs(&rootfs);
     // Binary placeholder replaced in place, NUL-padded to the same length.
     let bin = fs::read(rootfs.join("opt/conda/lib/libbase.bin")).unwrap();
     assert_eq!(bin.len(), binary_blob().len());
@@ -290,13 +296,7 @@ fn installs_from_a_file_channel_with_placeholders_noarch_and_meta() {
     assert_eq!(cold["summary"]["layer_parts_copied"], 0, "{cold}");
     assert_eq!(cold["digest"], bumped["digest"]);
     let rootfs = unpack(&ws, "out3");
-    let run = chroot_run(&rootfs, &["/opt/conda/bin/app"]);
-    assert_eq!(
-        run.stdout.trim(),
-        "app from /opt/conda",
-        "{}",
-        run.describe()
-    );
+    app_runs(&rootfs);
     let meta: Vec<String> = conda_meta(&rootfs)
         .iter()
         .map(|r| r.repodata_record.package_record.version.to_string())

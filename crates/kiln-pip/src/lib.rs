@@ -857,13 +857,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let names: Vec<String> = (0..40).map(|i| format!("pkg{i:02}")).collect();
-        let python =
-            PythonTarget::detect(&python_rootfs(), &Platform::linux("amd64"), "system").unwrap();
-        let plan_of = |names: &[String]| PipPlan {
-            python: python.clone(),
-            wheels: names.iter().map(|n| cached_wheel(&cache, n)).collect(),
-            already_installed: Vec::new(),
-        };
+        let plan_of = plans_of(&cache);
         let layers = |groups: Vec<LayerGroup>| -> Vec<(String, Vec<String>)> {
             groups
                 .into_iter()
@@ -926,13 +920,7 @@ mod tests {
     fn shared_layers_are_cut_into_a_part_per_wheel() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let python =
-            PythonTarget::detect(&python_rootfs(), &Platform::linux("amd64"), "system").unwrap();
-        let plan_of = |names: &[String]| PipPlan {
-            python: python.clone(),
-            wheels: names.iter().map(|n| cached_wheel(&cache, n)).collect(),
-            already_installed: Vec::new(),
-        };
+        let plan_of = plans_of(&cache);
         // The part of each wheel: its name (from the files' paths) → paths.
         let parts_of = |g: &LayerGroup| -> Vec<Vec<String>> {
             let mut starts = g.parts.clone();
@@ -991,6 +979,18 @@ mod tests {
         assert_eq!(after.len(), before.len() + 1);
         for part in &before {
             assert!(after.contains(part), "{part:?} changed");
+        }
+    }
+
+    /// Plans of pure-Python wheels by name (each `1.0`, in the cache) for
+    /// the system Python of [`python_rootfs`].
+    fn plans_of(cache: &Cache) -> impl Fn(&[String]) -> PipPlan + '_ {
+        let python =
+            PythonTarget::detect(&python_rootfs(), &Platform::linux("amd64"), "system").unwrap();
+        move |names| PipPlan {
+            python: python.clone(),
+            wheels: names.iter().map(|n| cached_wheel(cache, n)).collect(),
+            already_installed: Vec::new(),
         }
     }
 

@@ -192,6 +192,27 @@ pub fn build_layer_reporting(
     compression: Compression,
     cache: &Cache,
 ) -> Result<Built> {
+    build_layer_using(entries, parts, mtime, compression, cache, true)
+}
+
+/// [`build_layer_reporting`] with `memos`, or without any (as
+/// [`build_layer_fresh`]: the same bytes, all compressed now).
+pub fn build_layer_using(
+    entries: &[Entry],
+    parts: &[usize],
+    mtime: u64,
+    compression: Compression,
+    cache: &Cache,
+    memos: bool,
+) -> Result<Built> {
+    if !memos {
+        let blob = build_layer_fresh(entries, parts, mtime, compression, cache)?;
+        return Ok(Built {
+            blob,
+            reused: false,
+            parts_copied: 0,
+        });
+    }
     let key = input_key(entries, parts, mtime, compression)?;
     let memo = cache.entry(CacheBucket::Layers, format!("{}.json", key.hex()));
     if let Some(blob) = read_memo(&memo, cache) {

@@ -972,9 +972,8 @@ mod tests {
         let mut more = vec!["newcomer".to_string()];
         more.extend(names.iter().cloned());
         let after = layer_groups(&plan_of(&more), &cache).unwrap();
-        let all = |gs: &[LayerGroup]| -> Vec<Vec<String>> {
-            gs.iter().flat_map(|g| parts_of(g)).collect()
-        };
+        let all =
+            |gs: &[LayerGroup]| -> Vec<Vec<String>> { gs.iter().flat_map(&parts_of).collect() };
         let (before, after) = (all(&groups), all(&after));
         assert_eq!(after.len(), before.len() + 1);
         for part in &before {

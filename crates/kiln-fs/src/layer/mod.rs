@@ -372,7 +372,8 @@ fn build_parted(
     for r in ranges {
         let part = &entries[r];
         let key = part_key(part, mtime, compression)?;
-        match parts::find(cache, &key).filter(|_| memos) {
+        // Without memos no slice is read (nor hashed) at all.
+        match memos.then(|| parts::find(cache, &key)).flatten() {
             Some(found) => {
                 // The diff_id still covers the part's tar records; only
                 // their compression is skipped.

@@ -19,14 +19,20 @@ use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
-use kiln_fs::layer::{Content, Spool};
+use kiln_fs::layer::{Content, Deflated, Spool};
 use kiln_store::cache::{file_stamp, write_atomic, Cache, CacheBucket};
 
 use crate::install::{content_hash, MemberHashes};
-use crate::wheel::{held_in_memory, read_wheel, WheelFile};
+use crate::wheel::{held_in_memory, read_wheel, stream_id, Keep, WheelFile};
+
+/// What [`Index::format`] must be: 2 since members keep their deflate
+/// streams (an index written before would give other gzip layer bytes).
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Index {
+    #[serde(default)]
+    format: u32,
     /// The wheel these members came from.
     wheel: String,
     /// [`file_stamp`] of the data file when the index was written.
@@ -42,6 +48,16 @@ struct Kept {
     executable: bool,
     /// RECORD form: `sha256=<urlsafe base64>`.
     hash: String,
+    /// The member's deflate stream in the wheel, when a gzip layer takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deflated: Option<KeptStream>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptStream {
+    offset: u64,
+    len: u64,
+    crc32: u32,
 }
 
 /// Every regular file of the verified wheel `digest` (at `wheel`, named
@@ -67,7 +83,7 @@ pub(crate) fn members(
 ) -> Result<Vec<WheelFile>> {
     let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
     let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
-    if let Some(files) = kept(&index, &data, digest) {
+    if let Some(files) = kept(&index, &data, digest, wheel) {
         return Ok(files);
     }
     let tmp_dir = cache.bucket(CacheBucket::Tmp);
@@ -85,7 +101,14 @@ pub(crate) fn members(
             .try_clone()
             .io_context(|| format!("making a file to unpack {filename}"))?,
     );
-    let files = read_wheel(wheel, filename, Some(&spool))?;
+    let files = read_wheel(
+        wheel,
+        filename,
+        Some(Keep {
+            spool: &spool,
+            wheel: digest,
+        }),
+    )?;
     // Best effort: members that cannot be kept are unpacked again next
     // time; the open spool serves this build either way.
     let _ = keep(tmp, &files, digest, &index, &data);
@@ -94,7 +117,7 @@ pub(crate) fn members(
 
 /// The kept members of `digest`, if the index and data file are whole
 /// and belong together.
-fn kept(index: &Path, data: &Path, digest: &Digest) -> Option<Vec<WheelFile>> {
+fn kept(index: &Path, data: &Path, digest: &Digest, wheel: &Path) -> Option<Vec<WheelFile>> {
     let body = std::fs::read(index).ok()?;
     let nl = body.iter().position(|c| *c == b'\n')?;
     let (sum, json) = (&body[..nl], &body[nl + 1..]);
@@ -102,7 +125,7 @@ fn kept(index: &Path, data: &Path, digest: &Digest) -> Option<Vec<WheelFile>> {
         return None;
     }
     let index: Index = serde_json::from_slice(json).ok()?;
-    if index.wheel != digest.to_string() {
+    if index.format != FORMAT || index.wheel != digest.to_string() {
         return None;
     }
     let file = File::open(data).ok()?;
@@ -110,11 +133,27 @@ fn kept(index: &Path, data: &Path, digest: &Digest) -> Option<Vec<WheelFile>> {
         return None;
     }
     let spool = Spool::open_file(file).ok()?;
+    // The wheel (content-addressed, verified when it came) holds the
+    // streams; opened once, and only if a member has one.
+    let streams = if index.members.iter().any(|k| k.deflated.is_some()) {
+        let w = std::sync::Arc::new(File::open(wheel).ok()?);
+        Some((w.metadata().ok()?.len(), w))
+    } else {
+        None
+    };
     index
         .members
         .into_iter()
         .map(|k| {
-            let slice = spool.slice_at(k.offset, k.len).ok()?.known_as(k.hash);
+            let mut slice = spool.slice_at(k.offset, k.len).ok()?.known_as(k.hash);
+            if let Some(d) = k.deflated {
+                let (size, w) = streams.as_ref()?;
+                if d.offset.checked_add(d.len)? > *size {
+                    return None;
+                }
+                let id = stream_id(digest, d.offset);
+                slice = slice.deflated_as(Deflated::new(w.clone(), d.offset, d.len, d.crc32, id));
+            }
             Some(WheelFile {
                 path: k.path,
                 data: Content::Spooled(slice),
@@ -141,6 +180,11 @@ fn keep(
                 len: s.len(),
                 executable: f.executable,
                 hash: s.known_hash()?.to_string(),
+                deflated: s.deflated().map(|d| KeptStream {
+                    offset: d.offset(),
+                    len: d.len(),
+                    crc32: d.crc32(),
+                }),
             }),
             Content::Held(_) => None,
         })
@@ -151,6 +195,7 @@ fn keep(
     }
     let file = tmp.persist(data).map_err(|e| e.error)?;
     let index_json = serde_json::to_vec(&Index {
+        format: FORMAT,
         wheel: digest.to_string(),
         data: file_stamp(&file.metadata()?),
         members,
@@ -286,8 +331,66 @@ mod tests {
         assert!(kept(
             &cache.entry(CacheBucket::PipUnpacked, other.hex()),
             &data,
-            &other
+            &other,
+            &wheel
         )
         .is_none());
+    }
+
+    /// A big deflated member keeps its stream in the wheel, cold and kept
+    /// alike; an index from before streams were kept is not used (its
+    /// members would go into gzip layers as other bytes).
+    #[test]
+    fn kept_members_keep_their_deflate_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let filename = "demo-1.0-py3-none-any.whl";
+        let lib: Vec<u8> = (0..200_000u32).map(|i| (i % 89) as u8).collect();
+        let bytes = wheel_bytes(&[
+            ("demo/__init__.py", b"print('hi')\n"),
+            ("demo/lib.so", &lib),
+        ]);
+        let digest = cache.put(&bytes).unwrap();
+        let wheel = cache.blob_path(&digest);
+        let streams = |files: &[WheelFile]| -> Vec<Option<(u64, u64, u32, String)>> {
+            files
+                .iter()
+                .map(|f| match &f.data {
+                    Content::Spooled(s) => s
+                        .deflated()
+                        .map(|d| (d.offset(), d.len(), d.crc32(), d.id().to_string())),
+                    Content::Held(_) => None,
+                })
+                .collect()
+        };
+        let (cold, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+        let (warm, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+        let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
+        let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
+        assert!(kept(&index, &data, &digest, &wheel).is_some());
+        let (s_cold, s_warm) = (streams(&cold), streams(&warm));
+        assert_eq!(s_cold, s_warm);
+        let Some((offset, len, crc, _)) = s_cold[1].clone() else {
+            panic!("lib.so kept no stream: {s_cold:?}")
+        };
+        assert!(s_cold[0].is_none());
+        assert_eq!(crc, libdeflater::crc32(&lib));
+        let mut back = Vec::new();
+        let stream = &bytes[offset as usize..(offset + len) as usize];
+        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(stream), &mut back)
+            .unwrap();
+        assert_eq!(back, lib);
+        // The same index without its format (as written before): not used.
+        let body = std::fs::read(&index).unwrap();
+        let nl = body.iter().position(|c| *c == b'\n').unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&body[nl + 1..]).unwrap();
+        json.as_object_mut().unwrap().remove("format");
+        let json = serde_json::to_vec(&json).unwrap();
+        let mut old = format!("{}\n", Digest::of(&json)).into_bytes();
+        old.extend_from_slice(&json);
+        std::fs::write(&index, old).unwrap();
+        assert!(kept(&index, &data, &digest, &wheel).is_none());
+        let (again, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+        assert_eq!(streams(&again), s_cold);
     }
 }

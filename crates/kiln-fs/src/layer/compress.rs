@@ -11,11 +11,14 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest as _, Sha256};
 
 use kiln_core::digest::Digest;
+
+use super::spool::{Deflated, SpoolSlice};
+use super::tarball::RecordSink;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -135,6 +138,8 @@ pub(crate) struct Cut {
 enum Pending {
     Chunk(mpsc::Receiver<io::Result<Vec<u8>>>),
     Cut,
+    /// A file's bytes as a gzip member around their deflate stream.
+    Deflated(Arc<Deflated>, u64),
 }
 
 /// A `Write` that compresses into `out` and hashes the uncompressed input.
@@ -198,6 +203,17 @@ impl<W: Write> ParallelEncoder<W> {
                     sha256: Digest::from_hasher(h),
                 });
             }
+            Some(Pending::Deflated(d, size)) => {
+                // gzip's member header with no mtime, flags or name, XFL 0
+                // and OS "unknown" (RFC 1952), the stream, then its CRC-32
+                // and length mod 2^32: a reader inflates it like any member.
+                self.put_out(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+                d.copy_to(|bytes| self.put_out(bytes))?;
+                let mut trailer = [0u8; 8];
+                trailer[..4].copy_from_slice(&d.crc32().to_le_bytes());
+                trailer[4..].copy_from_slice(&(size as u32).to_le_bytes());
+                self.put_out(&trailer)?;
+            }
             None => {}
         }
         Ok(())
@@ -253,6 +269,34 @@ impl<W: Write> ParallelEncoder<W> {
         Ok(Digest::from_hasher(h))
     }
 
+    /// Write `s`'s bytes as a gzip member around their deflate stream `d`
+    /// (gzip only): the bytes before go out as a chunk of their own, the
+    /// plain bytes are read for the diff_id only, and no byte of them is
+    /// compressed again. Which members go in this way depends on the
+    /// entries alone, so the stream's bytes still do.
+    fn put_deflated_member(&mut self, s: &SpoolSlice, d: Arc<Deflated>) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.dispatch(chunk)?;
+        }
+        let mut plain = s.reader()?;
+        let mut block = vec![0u8; (s.len() as usize).clamp(1, 256 << 10)];
+        loop {
+            let n = match io::Read::read(&mut plain, &mut block) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.hash_only(&block[..n]);
+        }
+        self.inflight.push_back(Pending::Deflated(d, s.len()));
+        while self.inflight.len() >= self.max_inflight {
+            self.drain_one()?;
+        }
+        Ok(())
+    }
+
     /// Flush everything and return the sink with the diff_id.
     pub(crate) fn finish(mut self) -> io::Result<(W, Summary)> {
         // An empty stream still needs one member/frame to be a valid file.
@@ -271,6 +315,19 @@ impl<W: Write> ParallelEncoder<W> {
                 cuts: self.cuts,
             },
         ))
+    }
+}
+
+impl<W: Write> RecordSink for ParallelEncoder<W> {
+    fn takes_deflated(&self) -> bool {
+        matches!(self.compression, Compression::Gzip { .. })
+    }
+
+    fn put_deflated(&mut self, s: &SpoolSlice) -> io::Result<()> {
+        match s.shared_deflated() {
+            Some(d) => self.put_deflated_member(s, d),
+            None => Err(io::Error::other("a file with no deflated form")),
+        }
     }
 }
 

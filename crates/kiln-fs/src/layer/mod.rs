@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compress::Compression;
 use compress::ParallelEncoder;
-pub use spool::{read_claimed, Content, Spool, SpoolSlice};
+pub use spool::{read_claimed, Content, Deflated, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 
 use crate::error::FsError;
@@ -300,14 +300,20 @@ fn key_of(head: &str, entries: &[Entry]) -> Result<Digest> {
             }
             // A file whose hash is known: its length and that hash (a warm
             // pip stage's 600 MB of wheel members are not hashed again).
-            EntryKind::Spooled(s) => match s.known_hash() {
-                Some(known) => h.update(format!("k{}\0{known}\0", s.len())),
-                None => {
-                    h.update(format!("f{}\0", s.len()));
-                    let input = |source| FsError::LayerInput { path: None, source };
-                    io::copy(&mut s.reader().map_err(input)?, &mut h).map_err(input)?;
+            EntryKind::Spooled(s) => {
+                match s.known_hash() {
+                    Some(known) => h.update(format!("k{}\0{known}\0", s.len())),
+                    None => {
+                        h.update(format!("f{}\0", s.len()));
+                        let input = |source| FsError::LayerInput { path: None, source };
+                        io::copy(&mut s.reader().map_err(input)?, &mut h).map_err(input)?;
+                    }
                 }
-            },
+                // A gzip layer copies this stream: it decides those bytes.
+                if let Some(d) = s.deflated() {
+                    h.update(format!("z{}\0{}\0", d.len(), d.id()));
+                }
+            }
             EntryKind::File { src, size } => {
                 h.update(format!("f{size}\0"));
                 let input = |source| FsError::LayerInput {
@@ -434,6 +440,9 @@ pub fn build_part_ahead(
 /// Feeds the uncompressed stream's hash only (a part whose compressed
 /// bytes are copied from the cache).
 struct HashOnly<'a, W: io::Write>(&'a mut ParallelEncoder<W>);
+
+/// A copied part's deflated members are hashed as their plain bytes.
+impl<W: io::Write> tarball::RecordSink for HashOnly<'_, W> {}
 
 impl<W: io::Write> io::Write for HashOnly<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
@@ -650,6 +659,77 @@ mod tests {
             assert_eq!(hit.parts_copied, 4);
             assert_eq!(hit.blob.digest, fresh.digest);
         }
+    }
+
+    /// A file with a deflated form (a wheel's member) goes into a gzip
+    /// layer as its stream, in a gzip member of its own: the layer holds
+    /// the stream's bytes as they are and inflates to the same tar as
+    /// without it; the key tells the two apart; a parted layer copying
+    /// such a part equals a cold build; zstd ignores the stream.
+    #[test]
+    fn deflated_files_go_into_gzip_layers_as_their_streams() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let lib: Vec<u8> = (0..300_000u32).map(|i| (i % 89 + i / 5003) as u8).collect();
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&lib).unwrap();
+        let raw = enc.finish().unwrap();
+        // The stream at offset 7 of another file, as in a wheel.
+        let held = dir.path().join("w.whl");
+        std::fs::write(&held, [&b"zipzip!"[..], &raw, b"central"].concat()).unwrap();
+        let file = Arc::new(std::fs::File::open(&held).unwrap());
+        let spool = Spool::new_in(dir.path()).unwrap();
+        let slice = spool.put(&lib).unwrap().known_as("sha256=LIB");
+        let d = || {
+            let crc = libdeflater::crc32(&lib);
+            Deflated::new(file.clone(), 7, raw.len() as u64, crc, "w@7".into())
+        };
+        let layer = |lib: SpoolSlice| {
+            let mut e = wheel("a", 2);
+            e.push(Entry {
+                path: "site/a/lib.so".into(),
+                kind: EntryKind::Spooled(lib),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+            e.extend(wheel("b", 2));
+            parted(&[e])
+        };
+        let (with, parts) = layer(slice.clone().deflated_as(d()));
+        let (plain, _) = layer(slice.clone());
+        let gz = Compression::Gzip { level: 1 };
+        let a = build_layer_fresh(&with, &[], 0, gz, &cache).unwrap();
+        let b = build_layer_fresh(&plain, &[], 0, gz, &cache).unwrap();
+        assert_eq!(tar_of(&cache, &a), tar_of(&cache, &b));
+        assert_ne!(a.digest, b.digest);
+        let blob = std::fs::read(cache.blob_path(&a.digest)).unwrap();
+        assert!(
+            blob.windows(raw.len()).any(|w| w == raw),
+            "the stream is not in the layer"
+        );
+        assert!(blob.len() < std::fs::read(cache.blob_path(&b.digest)).unwrap().len());
+        assert_ne!(
+            input_key(&with, &[], 0, gz).unwrap(),
+            input_key(&plain, &[], 0, gz).unwrap()
+        );
+        // Parted: copying the part gives a cold build's bytes.
+        let (first, _) = build_parted(&with, &parts, 0, gz, &cache, true).unwrap();
+        let (second, copied) = build_parted(&with, &parts, 0, gz, &cache, true).unwrap();
+        assert_eq!(copied, 2);
+        let cold = Cache::open(dir.path().join("cold")).unwrap();
+        let (fresh, _) = build_parted(&with, &parts, 0, gz, &cold, false).unwrap();
+        assert_eq!(
+            (first.digest.clone(), second.digest),
+            (fresh.digest, first.digest.clone())
+        );
+        assert_eq!(tar_of(&cache, &first), tar_of(&cache, &b));
+        // zstd compresses the plain bytes whatever the slice holds.
+        let z = Compression::Zstd { level: 3 };
+        let za = build_layer_fresh(&with, &[], 0, z, &cache).unwrap();
+        let zb = build_layer_fresh(&plain, &[], 0, z, &cache).unwrap();
+        assert_eq!(za.digest, zb.digest);
     }
 
     /// A part whose cached bytes were damaged is compressed again; a part

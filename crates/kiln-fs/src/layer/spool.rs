@@ -158,6 +158,7 @@ impl Spool {
             offset,
             len,
             known: None,
+            deflated: None,
         }
     }
 
@@ -187,9 +188,98 @@ pub struct SpoolSlice {
     /// kept by the wheel's digest): a layer's memo key uses it instead of
     /// reading and hashing the bytes again.
     known: Option<Arc<str>>,
+    /// The same bytes, deflated, elsewhere (see [`Deflated`]).
+    deflated: Option<Arc<Deflated>>,
+}
+
+/// A slice's bytes as a raw deflate stream in another file: a wheel
+/// member as the wheel holds it, checked when it was unpacked to inflate
+/// to exactly those bytes, with nothing after it. A gzip layer takes the
+/// stream as it is, wrapped in a gzip member of its own, instead of
+/// compressing the bytes again (the wheel's builder already did, usually
+/// harder than gzip level 1).
+#[derive(Debug)]
+pub struct Deflated {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+    crc32: u32,
+    /// Names the stream in layer memo keys: the same bytes deflated
+    /// otherwise are other layer bytes.
+    id: Arc<str>,
+}
+
+impl Deflated {
+    /// The `len` bytes at `offset` of `file`, a deflate stream of bytes
+    /// whose CRC-32 is `crc32`, named `id` (unique to these stream bytes:
+    /// the wheel's digest and the offset, say).
+    pub fn new(file: Arc<File>, offset: u64, len: u64, crc32: u32, id: String) -> Deflated {
+        Deflated {
+            file,
+            offset,
+            len,
+            crc32,
+            id: id.into(),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn crc32(&self) -> u32 {
+        self.crc32
+    }
+
+    /// Where the stream starts in its file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Copy the stream into `out`, `pread` by `pread` (threads share the file).
+    pub(crate) fn copy_to(&self, mut out: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut block = vec![0u8; (self.len as usize).clamp(1, CHUNK)];
+        let mut at = 0;
+        while at < self.len {
+            let want = (self.len - at).min(block.len() as u64) as usize;
+            let n = self.file.read_at(&mut block[..want], self.offset + at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a wheel in the cache is shorter than when it was unpacked",
+                ));
+            }
+            out(&block[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 impl SpoolSlice {
+    /// These bytes, also held deflated as `d` (see [`Deflated`]).
+    pub fn deflated_as(mut self, d: Deflated) -> SpoolSlice {
+        self.deflated = Some(Arc::new(d));
+        self
+    }
+
+    /// The deflated form given by [`SpoolSlice::deflated_as`], if any.
+    pub fn deflated(&self) -> Option<&Deflated> {
+        self.deflated.as_deref()
+    }
+
+    pub(crate) fn shared_deflated(&self) -> Option<Arc<Deflated>> {
+        self.deflated.clone()
+    }
+
     /// These bytes, known to hash to `hash` (see [`SpoolSlice::known_hash`]).
     /// Only for a hash computed from exactly these bytes: a layer built
     /// from other bytes under the same key would be taken from the cache.
@@ -398,6 +488,7 @@ mod tests {
             offset: 1 << 20,
             len: 3,
             known: None,
+            deflated: None,
         };
         assert!(cut.read_all().is_err());
         assert!(ok.read_all().is_err());

@@ -5,10 +5,28 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
+use super::spool::SpoolSlice;
 use super::tree::{Entry, EntryKind};
 
+/// Where tar records go: a plain writer, or a gzip compressor that takes a
+/// file's bytes already deflated elsewhere (a wheel member) as they are.
+pub(crate) trait RecordSink: Write {
+    /// Whether [`RecordSink::put_deflated`] may be called.
+    fn takes_deflated(&self) -> bool {
+        false
+    }
+
+    /// Write `s`'s bytes as their deflated form (only when
+    /// [`RecordSink::takes_deflated`] and `s` has one).
+    fn put_deflated(&mut self, _s: &SpoolSlice) -> io::Result<()> {
+        Err(io::Error::other("this writer takes no deflated bytes"))
+    }
+}
+
+impl RecordSink for Vec<u8> {}
+
 /// Write `entries` (already sorted) as a complete tar stream, trailer included.
-pub(crate) fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+pub(crate) fn write_tar<W: RecordSink>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     for e in entries {
         append(&mut b, e, mtime)?;
@@ -20,7 +38,7 @@ pub(crate) fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::
 /// of a stream [`write_tar`] would write whole (records are self-contained,
 /// so parts written one after the other, then the trailer, are the same
 /// bytes as all the entries at once).
-pub(crate) fn write_records<W: Write>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+pub(crate) fn write_records<W: RecordSink>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
     let mut b = tar::Builder::new(Muffled { inner: Some(out) });
     for e in entries {
         append(&mut b, e, mtime)?;
@@ -39,6 +57,19 @@ struct Muffled<W> {
     inner: Option<W>,
 }
 
+impl<W: RecordSink> RecordSink for Muffled<W> {
+    fn takes_deflated(&self) -> bool {
+        self.inner.as_ref().is_some_and(|w| w.takes_deflated())
+    }
+
+    fn put_deflated(&mut self, s: &SpoolSlice) -> io::Result<()> {
+        match &mut self.inner {
+            Some(w) => w.put_deflated(s),
+            None => Ok(()),
+        }
+    }
+}
+
 impl<W: Write> Write for Muffled<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
@@ -55,7 +86,7 @@ impl<W: Write> Write for Muffled<W> {
     }
 }
 
-fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Result<()> {
+fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_mtime(mtime);
     h.set_uid(e.uid);
@@ -112,7 +143,16 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Resul
             b.append(&h, &mut r)
         }
         EntryKind::Data(d) => b.append(&h, d.as_slice()),
+        EntryKind::Spooled(s) if s.deflated().is_some() && b.get_ref().takes_deflated() => {
+            // What `append` writes, with the bytes in their deflated form.
+            let w = b.get_mut();
+            w.write_all(h.as_bytes())?;
+            w.put_deflated(s)?;
+            let pad = (512 - s.len() % 512) % 512;
+            w.write_all(&[0; 512][..pad as usize])
+        }
         EntryKind::Spooled(s) => b.append(&h, s.reader()?),
+
         _ => b.append(&h, io::empty()),
     }
 }

@@ -77,10 +77,6 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
-    /// A cached layer part whose bytes changed between their check and
-    /// their copy into a new layer (something else wrote to the cache).
-    #[error("a cached layer part changed while it was copied; run the build again")]
-    PartChanged,
     /// A layer blob that does not decompress.
     #[error("starting zstd for a {media_type} layer: {source}")]
     Decompress {

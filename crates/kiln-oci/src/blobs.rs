@@ -77,32 +77,84 @@ impl<'a> Blobs<'a> {
     /// is read from the layout itself (a cached blob of the same name does
     /// not stand in for a missing or damaged one in the layout).
     pub fn path(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self.located(digest)?;
+        self.check_first_use(digest, &path)?;
+        Ok(path)
+    }
+
+    /// The cache path of the blob, fetched or imported if needed, with
+    /// the blob's own digest checked but not yet a base layer's diff_id.
+    fn located(&self, digest: &Digest) -> Result<PathBuf> {
         let Some(layer) = self.layers.get(digest) else {
             return self.cache.verified(digest)?.ok_or_else(|| {
                 Error::internal(format!("blob {digest} is neither cached nor fetchable"))
             });
         };
         let first = !self.checked.lock().expect("not poisoned").contains(digest);
-        let path = match &layer.origin {
-            Origin::Layout(dir) if first => self.import_layout_blob(dir, digest, layer)?,
+        match &layer.origin {
+            Origin::Layout(dir) if first => self.import_layout_blob(dir, digest, layer),
             origin => match self.cache.verified(digest)? {
-                Some(p) => p,
+                Some(p) => Ok(p),
                 None => {
                     self.fetch(digest, layer, origin)?;
                     self.cache.verified(digest)?.ok_or_else(|| {
                         Error::internal(format!("blob {digest} vanished from the cache"))
-                    })?
+                    })
                 }
             },
-        };
-        if first {
-            self.check_layer(digest, &path, layer)?;
-            self.checked
-                .lock()
-                .expect("not poisoned")
-                .insert(digest.clone());
         }
-        Ok(path)
+    }
+
+    /// A base layer's size and diff_id, the first time this build uses it.
+    fn check_first_use(&self, digest: &Digest, path: &Path) -> Result<()> {
+        let Some(layer) = self.layers.get(digest) else {
+            return Ok(());
+        };
+        if self.checked.lock().expect("not poisoned").contains(digest) {
+            return Ok(());
+        }
+        self.check_layer(digest, path, layer)?;
+        self.checked
+            .lock()
+            .expect("not poisoned")
+            .insert(digest.clone());
+        Ok(())
+    }
+
+    /// `read` the blobs of `digests` (their [`Blobs::path`]s, in order)
+    /// while their first-use checks run beside it: a check decompresses a
+    /// base layer whole to hash its diff_id, and reading the layers
+    /// through (a base's inventory) need not wait for that on one core
+    /// while the other idles. Nothing read is returned unless every check
+    /// passed, and a check's error comes first: a layer that is not what
+    /// its config says is reported as that, not as what reading it met.
+    pub fn read_checking<T>(
+        &self,
+        digests: &[&Digest],
+        read: impl FnOnce(Vec<PathBuf>) -> Result<T>,
+    ) -> Result<T> {
+        use rayon::prelude::*;
+        let paths = digests
+            .par_iter()
+            .map(|d| self.located(d))
+            .collect::<Vec<Result<PathBuf>>>()
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let (checked, out) = std::thread::scope(|s| {
+            let checks = s.spawn(|| {
+                digests
+                    .par_iter()
+                    .zip(&paths)
+                    .try_for_each(|(d, p)| self.check_first_use(d, p))
+            });
+            let out = read(paths.clone());
+            (checks.join(), out)
+        });
+        match checked {
+            Ok(Ok(())) => out,
+            Ok(Err(e)) => Err(e),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// [`Blobs::path`] of every digest, in the order given, found side by
@@ -413,6 +465,31 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.exit_code(), 2);
+        // Read beside the check: what was read is not handed out, and the
+        // check's error is the one reported.
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &wrong, origin(), "oci:base");
+        let err = blobs
+            .read_checking(&[&d], |paths| Ok(std::fs::read(&paths[0]).unwrap()))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ImageError>(),
+                Some(ImageError::DiffIdMismatch { .. })
+            ),
+            "{err:?}"
+        );
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+        let err = blobs
+            .read_checking(&[&d], |_| -> Result<()> {
+                Err(Error::internal("read failed"))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("read failed"), "{err}");
+        let read = blobs.read_checking(&[&d], |paths| Ok(std::fs::read(&paths[0]).unwrap()));
+        assert_eq!(read.unwrap().len() as u64, size);
+        assert!(blobs.checked.lock().unwrap().contains(&d));
 
         // A declared size that is not the blob's (2^62): refused before reading.
         let mut blobs = Blobs::new(&cache, None);

@@ -3,21 +3,30 @@
 //! resolvers read the package databases they care about.
 
 use std::io::{BufReader, Read};
+use std::path::PathBuf;
 
 use crate::base::PlatformImage;
 use crate::blobs::Blobs;
+use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
 use kiln_fs::rootfs::Rootfs;
 
 /// Read a base image's filesystem (decompressing its layers in order),
-/// keeping the contents of the paths `keep` selects.
+/// keeping the contents of the paths `keep` selects, while the layers'
+/// diff_ids are checked beside it ([`Blobs::read_checking`]).
 pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
-    Rootfs::from_layers(layer_readers(image, blobs)?, keep)
+    let digests: Vec<&Digest> = image.layers.iter().map(|l| &l.digest).collect();
+    blobs.read_checking(&digests, |paths| {
+        Rootfs::from_layers(readers_of(image, paths)?, keep)
+    })
 }
 
 /// The uncompressed tar streams of the image's layers, lowest first.
 pub fn layer_readers(image: &PlatformImage, blobs: &Blobs) -> Result<Vec<Box<dyn Read>>> {
-    let paths = blobs.paths(image.layers.iter().map(|l| &l.digest))?;
+    readers_of(image, blobs.paths(image.layers.iter().map(|l| &l.digest))?)
+}
+
+fn readers_of(image: &PlatformImage, paths: Vec<PathBuf>) -> Result<Vec<Box<dyn Read>>> {
     let mut readers: Vec<Box<dyn Read>> = Vec::new();
     for (l, p) in image.layers.iter().zip(paths) {
         let f = std::fs::File::open(&p).io_context(|| format!("opening {}", p.display()))?;

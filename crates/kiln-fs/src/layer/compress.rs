@@ -131,7 +131,6 @@ pub(crate) struct Summary {
 pub(crate) struct Cut {
     pub(crate) offset: u64,
     pub(crate) len: u64,
-    pub(crate) sha256: Digest,
 }
 
 /// What is waiting to be written out, in order.
@@ -151,9 +150,9 @@ pub(crate) struct ParallelEncoder<W: Write> {
     buf: Vec<u8>,
     inflight: VecDeque<Pending>,
     max_inflight: usize,
-    /// Compressed bytes written, and the hash of those since the last cut.
+    /// Compressed bytes written, and where the last cut fell.
     out_len: u64,
-    since_cut: (u64, Sha256),
+    since_cut: u64,
     cuts: Vec<Cut>,
 }
 
@@ -168,7 +167,7 @@ impl<W: Write> ParallelEncoder<W> {
             inflight: VecDeque::new(),
             max_inflight: pool().current_num_threads() * 2 + 1,
             out_len: 0,
-            since_cut: (0, Sha256::new()),
+            since_cut: 0,
             cuts: Vec::new(),
         }
     }
@@ -195,12 +194,10 @@ impl<W: Write> ParallelEncoder<W> {
                 self.put_out(&data)?;
             }
             Some(Pending::Cut) => {
-                let (start, h) =
-                    std::mem::replace(&mut self.since_cut, (self.out_len, Sha256::new()));
+                let start = std::mem::replace(&mut self.since_cut, self.out_len);
                 self.cuts.push(Cut {
                     offset: start,
                     len: self.out_len - start,
-                    sha256: Digest::from_hasher(h),
                 });
             }
             Some(Pending::Deflated(d, size)) => {
@@ -222,7 +219,6 @@ impl<W: Write> ParallelEncoder<W> {
     fn put_out(&mut self, data: &[u8]) -> io::Result<()> {
         self.out.write_all(data)?;
         self.out_len += data.len() as u64;
-        self.since_cut.1.update(data);
         Ok(())
     }
 
@@ -247,15 +243,14 @@ impl<W: Write> ParallelEncoder<W> {
     }
 
     /// Write already-compressed bytes (a part cut from an earlier stream)
-    /// after everything before them; only at a cut. Returns the sha256 of
-    /// what was copied.
-    pub(crate) fn splice(&mut self, mut part: impl io::Read) -> io::Result<Digest> {
+    /// after everything before them; only at a cut. Returns the bytes copied.
+    pub(crate) fn splice(&mut self, mut part: impl io::Read) -> io::Result<u64> {
         debug_assert!(self.buf.is_empty(), "splice between cuts");
         while !self.inflight.is_empty() {
             self.drain_one()?;
         }
-        let mut h = Sha256::new();
         let mut block = vec![0; 256 << 10];
+        let mut copied = 0;
         loop {
             let n = match part.read(&mut block) {
                 Ok(0) => break,
@@ -263,10 +258,10 @@ impl<W: Write> ParallelEncoder<W> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            h.update(&block[..n]);
             self.put_out(&block[..n])?;
+            copied += n as u64;
         }
-        Ok(Digest::from_hasher(h))
+        Ok(copied)
     }
 
     /// Write `s`'s bytes as a gzip member around their deflate stream `d`

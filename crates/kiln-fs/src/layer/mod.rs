@@ -384,15 +384,17 @@ fn build_parted(
                 // The diff_id still covers the part's tar records; only
                 // their compression is skipped.
                 tarball::write_records(part, mtime, HashOnly(&mut enc)).map_err(tar_error)?;
+                let want = found.len();
+                let reading = || "reading a cached layer part".to_string();
                 let copied = enc
-                    .splice(
-                        found
-                            .reader()
-                            .io_context(|| "reading a cached layer part".into())?,
-                    )
+                    .splice(found.into_reader().io_context(reading)?)
                     .io_context(|| "writing layer".into())?;
-                if copied != found.sha256 {
-                    return Err(FsError::PartChanged.into());
+                if copied != want {
+                    let short = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{copied} of {want} bytes: the cache's blob was cut short"),
+                    );
+                    return Err(short).io_context(reading);
                 }
                 copied_parts += 1;
             }

@@ -2,43 +2,46 @@
 //! a blob in the cache (the layer it was built in, or a blob of its own
 //! when it was built ahead), by the hash of the part's inputs.
 //!
-//! A memo is trusted only as far as the slice still hashes to what it
-//! held when it was written; anything else is a miss, and the part is
-//! compressed again.
+//! The blob is named by its digest, so the slice is trusted as far as the
+//! blob is: [`Cache::verified`] hashes it once and then knows it by its
+//! stamp (a blob this build wrote is known already). Anything else is a
+//! miss, and the part is compressed again.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::compress::Cut;
 use kiln_core::digest::Digest;
 use kiln_store::cache::{Cache, CacheBucket};
 
+/// (Memos written before this held the slice's sha256 too; it is ignored.)
 #[derive(Serialize, Deserialize)]
 struct Memo {
     /// The blob the part's bytes are in (gc drops the memo with it).
     blob: Digest,
     offset: u64,
     len: u64,
-    sha256: Digest,
 }
 
-/// A part's compressed bytes, checked a moment ago.
+/// A part's compressed bytes, in a blob checked a moment ago and held
+/// open since (a later change to the path does not reach it).
 pub(super) struct Found {
-    path: PathBuf,
+    file: File,
     offset: u64,
     len: u64,
-    pub(super) sha256: Digest,
 }
 
 impl Found {
-    pub(super) fn reader(&self) -> io::Result<impl Read> {
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        Ok(f.take(self.len))
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(super) fn into_reader(mut self) -> io::Result<impl Read> {
+        self.file.seek(SeekFrom::Start(self.offset))?;
+        Ok(self.file.take(self.len))
     }
 }
 
@@ -50,15 +53,13 @@ fn memo_path(cache: &Cache, key: &Digest) -> PathBuf {
 /// still there and whole.
 pub(super) fn find(cache: &Cache, key: &Digest) -> Option<Found> {
     let memo: Memo = serde_json::from_slice(&std::fs::read(memo_path(cache, key)).ok()?).ok()?;
-    let found = Found {
-        path: cache.blob_path(&memo.blob),
+    let file = File::open(cache.verified(&memo.blob).ok()??).ok()?;
+    let size = file.metadata().ok()?.len();
+    (memo.offset.checked_add(memo.len)? <= size).then_some(Found {
+        file,
         offset: memo.offset,
         len: memo.len,
-        sha256: memo.sha256,
-    };
-    let mut h = Sha256::new();
-    let copied = io::copy(&mut found.reader().ok()?, &mut h).ok()?;
-    (copied == found.len && Digest::from_hasher(h) == found.sha256).then_some(found)
+    })
 }
 
 /// Best effort: a memo that cannot be written only costs compressing the
@@ -68,7 +69,6 @@ pub(super) fn remember(cache: &Cache, key: &Digest, blob: &Digest, cut: &Cut) {
         blob: blob.clone(),
         offset: cut.offset,
         len: cut.len,
-        sha256: cut.sha256.clone(),
     };
     if let Ok(json) = serde_json::to_vec(&memo) {
         kiln_store::cache::write_atomic(&memo_path(cache, key), &json);

@@ -7,6 +7,10 @@
 //! chunk boundaries depend only on the input, the bytes do not depend on the
 //! thread count. This is what pigz does, without the shared dictionary, at a
 //! small cost in ratio (<1% with 1 MiB chunks).
+//!
+//! A file whose bytes are already deflated elsewhere (a big wheel member)
+//! goes into a gzip stream as that deflate stream in a member of its own;
+//! its plain bytes are only hashed for the diff_id.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};

@@ -101,6 +101,14 @@ fn version(s: &str) -> Option<Version> {
     Version::from_str(s).ok()
 }
 
+/// A requirement's version specifiers (none for a URL or no version).
+fn specifiers<T: uv_pep508::Pep508Url>(r: &Requirement<T>) -> Option<&VersionSpecifiers> {
+    match &r.version_or_url {
+        Some(VersionOrUrl::VersionSpecifier(s)) => Some(s),
+        _ => None,
+    }
+}
+
 impl<'a> Provider<'a> {
     pub(crate) fn new(
         client: &'a IndexClient<'a>,
@@ -356,13 +364,20 @@ impl<'a> Provider<'a> {
                     && !self.direct.contains_key(r.req.name.as_ref())
             })
             .collect();
-        // Fetched in parallel: the resolver reads these pages first anyway.
+        // Fetched in parallel: the resolver reads these pages first anyway,
+        // and then the metadata of the version it will likely take.
         let looked: Vec<Result<Option<Arc<Candidates>>>> =
             kiln_store::http::on_network_pool(|| {
                 roots
                     .par_iter()
                     .map(|r| match self.candidates(r.req.name.as_ref()) {
-                        Ok(c) => Ok(Some(c)),
+                        Ok(c) => {
+                            let spec = specifiers(&r.req);
+                            if let Some(v) = self.likely(r.req.name.as_ref(), &c, spec) {
+                                let _ = self.metadata_of(r.req.name.as_ref(), &v);
+                            }
+                            Ok(Some(c))
+                        }
                         Err(e)
                             if matches!(
                                 e.downcast_ref::<PipError>(),
@@ -392,10 +407,7 @@ impl<'a> Provider<'a> {
                 ));
                 continue;
             };
-            let spec = match &r.req.version_or_url {
-                Some(VersionOrUrl::VersionSpecifier(s)) => Some(s),
-                _ => None,
-            };
+            let spec = specifiers(&r.req);
             if c.versions.is_empty() {
                 continue;
             }
@@ -538,6 +550,22 @@ impl<'a> Provider<'a> {
             .collect()
     }
 
+    /// The version the resolver most likely takes for `name` under `spec`:
+    /// the newest one allowed with a wheel for the image (what it tries
+    /// first), so its metadata can be fetched beside the others' (a
+    /// freeze's pins, each then a network round trip less on the way).
+    fn likely(
+        &self,
+        name: &str,
+        c: &Candidates,
+        spec: Option<&VersionSpecifiers>,
+    ) -> Option<Version> {
+        self.matching(name, c, spec)
+            .into_iter()
+            .rev()
+            .find(|v| c.best.get(v).is_some_and(|f| f.is_wheel()))
+    }
+
     /// Versions of `name` allowed by `spec` (and the constraints), as
     /// PubGrub ranges over the versions that exist. Versions without a
     /// usable wheel stay in: the resolver finds it has none for them, and
@@ -641,14 +669,16 @@ impl<'a> Provider<'a> {
         reqs: Vec<Requirement>,
         self_name: Option<&str>,
     ) -> Result<Dependencies<Pkg, Ranges<Version>, String>> {
-        // Fetch the pages (and the newest candidate's metadata) of all dependencies in parallel.
-        let names: Vec<String> = reqs.iter().map(|r| r.name.to_string()).collect();
+        // Fetch the pages (and the likely candidate's metadata) of all
+        // dependencies in parallel. Not an sdist's: building is for when
+        // it is chosen.
         kiln_store::http::on_network_pool(|| {
-            names.par_iter().for_each(|n| {
+            reqs.par_iter().for_each(|r| {
+                let n = r.name.as_ref();
                 if let Ok(c) = self.candidates(n) {
-                    // Not an sdist: building is for when it is chosen.
-                    if let Some((v, _)) = c.best.iter().next_back().filter(|(_, f)| f.is_wheel()) {
-                        let _ = self.metadata_of(n, v);
+                    let spec = specifiers(r);
+                    if let Some(v) = self.likely(n, &c, spec) {
+                        let _ = self.metadata_of(n, &v);
                     }
                 }
             })
@@ -661,10 +691,7 @@ impl<'a> Provider<'a> {
             if Some(name.as_str()) == self_name && r.extras.is_empty() {
                 continue;
             }
-            let spec = match &r.version_or_url {
-                Some(VersionOrUrl::VersionSpecifier(s)) => Some(s),
-                _ => None,
-            };
+            let spec = specifiers(&r);
             let range = self.range(&name, spec)?;
             specs
                 .entry(name.clone())

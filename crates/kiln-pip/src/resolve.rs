@@ -1186,6 +1186,41 @@ mod tests {
         }
     }
 
+    /// The version whose metadata is fetched beside the pages: the newest
+    /// wheel the specifier allows (a pin's own), not an sdist's nor a
+    /// pre-release's.
+    #[test]
+    fn the_likely_version_is_the_newest_wheel_the_specifier_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("wheelhouse");
+        std::fs::create_dir(&wh).unwrap();
+        for f in [
+            "a-1.0-py3-none-any.whl",
+            "a-2.0-py3-none-any.whl",
+            "a-2.5.tar.gz",
+            "a-3.0rc1-py3-none-any.whl",
+        ] {
+            std::fs::write(wh.join(f), b"").unwrap();
+        }
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let client = IndexClient::new(&http, &cache, Vec::new(), vec![file_url(&wh)]);
+        let t = target();
+        let env = crate::markers::environment(&t).unwrap();
+        let provider = Provider::new(&client, &t, env, Vec::new(), &[], false, None).unwrap();
+        let c = provider.candidates("a").unwrap();
+        let likely = |spec: &str| {
+            let spec = VersionSpecifiers::from_str(spec).unwrap();
+            let spec = (!spec.is_empty()).then_some(&spec);
+            provider.likely("a", &c, spec).map(|v| v.to_string())
+        };
+        assert_eq!(likely("==1.0").as_deref(), Some("1.0"));
+        assert_eq!(likely("").as_deref(), Some("2.0"));
+        assert_eq!(likely("<2").as_deref(), Some("1.0"));
+        assert_eq!(likely(">2.0,<3").as_deref(), None, "only an sdist");
+        assert_eq!(likely(">=3.0rc1").as_deref(), Some("3.0rc1"));
+    }
+
     #[test]
     fn unknown_package() {
         let err = resolve_with(&[], &["nothere"]);

@@ -1151,7 +1151,12 @@ mod tests {
     }
 
     /// [`resolve_with`], the roots written by `owner`.
-    fn resolve_owned(files: &[&str], roots: &[&str], owner: Owner) -> kiln_core::Error {
+    /// `f` with a client of a find-links directory holding `files`
+    /// (empty files), the directory it is in, and the target's markers.
+    fn with_wheelhouse<T>(
+        files: &[&str],
+        f: impl FnOnce(&Path, &IndexClient, &PythonTarget, MarkerEnvironment) -> T,
+    ) -> T {
         let dir = tempfile::tempdir().unwrap();
         let wh = dir.path().join("wheelhouse");
         std::fs::create_dir(&wh).unwrap();
@@ -1163,6 +1168,23 @@ mod tests {
         let client = IndexClient::new(&http, &cache, Vec::new(), vec![file_url(&wh)]);
         let t = target();
         let env = crate::markers::environment(&t).unwrap();
+        f(dir.path(), &client, &t, env)
+    }
+
+    fn resolve_owned(files: &[&str], roots: &[&str], owner: Owner) -> kiln_core::Error {
+        with_wheelhouse(files, |dir, client, t, env| {
+            resolve_roots(dir, client, t, env, roots, owner)
+        })
+    }
+
+    fn resolve_roots(
+        dir: &Path,
+        client: &IndexClient,
+        t: &PythonTarget,
+        env: MarkerEnvironment,
+        roots: &[&str],
+        owner: Owner,
+    ) -> kiln_core::Error {
         let roots = roots
             .iter()
             .map(|r| {
@@ -1170,10 +1192,10 @@ mod tests {
                     Owner::Spec => "[pip] packages",
                     Owner::Included => "req.txt:1",
                 };
-                parse_requirement(r, dir.path(), origin, owner).unwrap()
+                parse_requirement(r, dir, origin, owner).unwrap()
             })
             .collect();
-        let provider = match Provider::new(&client, &t, env, roots, &[], false, None) {
+        let provider = match Provider::new(client, t, env, roots, &[], false, None) {
             Ok(p) => p,
             Err(e) => return e,
         };
@@ -1191,23 +1213,17 @@ mod tests {
     /// pre-release's.
     #[test]
     fn the_likely_version_is_the_newest_wheel_the_specifier_allows() {
-        let dir = tempfile::tempdir().unwrap();
-        let wh = dir.path().join("wheelhouse");
-        std::fs::create_dir(&wh).unwrap();
-        for f in [
+        let files = [
             "a-1.0-py3-none-any.whl",
             "a-2.0-py3-none-any.whl",
             "a-2.5.tar.gz",
             "a-3.0rc1-py3-none-any.whl",
-        ] {
-            std::fs::write(wh.join(f), b"").unwrap();
-        }
-        let cache = Cache::open(dir.path().join("cache")).unwrap();
-        let http = Http::new().unwrap();
-        let client = IndexClient::new(&http, &cache, Vec::new(), vec![file_url(&wh)]);
-        let t = target();
-        let env = crate::markers::environment(&t).unwrap();
-        let provider = Provider::new(&client, &t, env, Vec::new(), &[], false, None).unwrap();
+        ];
+        with_wheelhouse(&files, |_, client, t, env| likely_versions(client, t, env));
+    }
+
+    fn likely_versions(client: &IndexClient, t: &PythonTarget, env: MarkerEnvironment) {
+        let provider = Provider::new(client, t, env, Vec::new(), &[], false, None).unwrap();
         let c = provider.candidates("a").unwrap();
         let likely = |spec: &str| {
             let spec = VersionSpecifiers::from_str(spec).unwrap();

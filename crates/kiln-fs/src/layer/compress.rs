@@ -248,24 +248,12 @@ impl<W: Write> ParallelEncoder<W> {
 
     /// Write already-compressed bytes (a part cut from an earlier stream)
     /// after everything before them; only at a cut. Returns the bytes copied.
-    pub(crate) fn splice(&mut self, mut part: impl io::Read) -> io::Result<u64> {
+    pub(crate) fn splice(&mut self, part: impl io::Read) -> io::Result<u64> {
         debug_assert!(self.buf.is_empty(), "splice between cuts");
         while !self.inflight.is_empty() {
             self.drain_one()?;
         }
-        let mut block = vec![0; 256 << 10];
-        let mut copied = 0;
-        loop {
-            let n = match part.read(&mut block) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.put_out(&block[..n])?;
-            copied += n as u64;
-        }
-        Ok(copied)
+        each_block(part, |b| self.put_out(b))
     }
 
     /// Write `s`'s bytes as a gzip member around their deflate stream `d`
@@ -278,17 +266,10 @@ impl<W: Write> ParallelEncoder<W> {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
             self.dispatch(chunk)?;
         }
-        let mut plain = s.reader()?;
-        let mut block = vec![0u8; (s.len() as usize).clamp(1, 256 << 10)];
-        loop {
-            let n = match io::Read::read(&mut plain, &mut block) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.hash_only(&block[..n]);
-        }
+        each_block(s.reader()?, |b| {
+            self.hash_only(b);
+            Ok(())
+        })?;
         self.inflight.push_back(Pending::Deflated(d, s.len()));
         while self.inflight.len() >= self.max_inflight {
             self.drain_one()?;
@@ -314,6 +295,22 @@ impl<W: Write> ParallelEncoder<W> {
                 cuts: self.cuts,
             },
         ))
+    }
+}
+
+/// Hand `r`'s bytes to `f` block by block; returns how many there were.
+fn each_block(mut r: impl io::Read, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<u64> {
+    let mut block = vec![0u8; 256 << 10];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut block) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        f(&block[..n])?;
+        total += n as u64;
     }
 }
 

@@ -18,6 +18,21 @@ use kiln_core::digest::{digest_reader, Digest};
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 
+/// `f` of every digest on rayon's pool; the error is the first failing
+/// digest's, in the order given.
+fn side_by_side(
+    digests: &[&Digest],
+    f: impl Fn(&Digest) -> Result<PathBuf> + Sync,
+) -> Result<Vec<PathBuf>> {
+    use rayon::prelude::*;
+    digests
+        .par_iter()
+        .map(|d| f(d))
+        .collect::<Vec<Result<PathBuf>>>()
+        .into_iter()
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Origin {
     Registry(Reference),
@@ -134,12 +149,7 @@ impl<'a> Blobs<'a> {
         read: impl FnOnce(Vec<PathBuf>) -> Result<T>,
     ) -> Result<T> {
         use rayon::prelude::*;
-        let paths = digests
-            .par_iter()
-            .map(|d| self.located(d))
-            .collect::<Vec<Result<PathBuf>>>()
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        let paths = side_by_side(digests, |d| self.located(d))?;
         let (checked, out) = std::thread::scope(|s| {
             let checks = s.spawn(|| {
                 digests
@@ -162,14 +172,8 @@ impl<'a> Blobs<'a> {
     /// to check its diff_id, which one layer after another leaves a core
     /// idle. The error is the first failing digest's, in the order given.
     pub fn paths<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> Result<Vec<PathBuf>> {
-        use rayon::prelude::*;
         let digests: Vec<&Digest> = digests.into_iter().collect();
-        digests
-            .par_iter()
-            .map(|d| self.path(d))
-            .collect::<Vec<Result<PathBuf>>>()
-            .into_iter()
-            .collect()
+        side_by_side(&digests, |d| self.path(d))
     }
 
     fn fetch(&self, digest: &Digest, layer: &BaseLayer, origin: &Origin) -> Result<()> {

@@ -64,7 +64,9 @@ fn is_zero(n: &usize) -> bool {
 /// The compiler, run as a file: `SCRIPT ROOT LIST` reads source paths
 /// (one a line, units apart by an empty line) from LIST and compiles each
 /// unit in fixed chunks of 500, each in a child forked from the script
-/// once it has read the list (as many at once as there are CPUs). Each
+/// once it has read the list (as many at once as there are CPUs, the
+/// chunks with the most source bytes first, so that no big one is left
+/// to run alone at the end; the order changes no chunk's bytes). Each
 /// source under the root prefix ROOT gets the pyc path the interpreter
 /// itself looks for, the image path in its code objects, and a line
 /// `source<TAB>pyc` out, in the list's order. A chunk's bytes depend only
@@ -96,17 +98,27 @@ starts, at = [], 0
 for u in units:
     starts += [(at + s, at + min(s + CHUNK, len(u))) for s in range(0, len(u), CHUNK)]
     at += len(u)
+def weight(i):
+    total = 0
+    for p in paths[starts[i][0]:starts[i][1]]:
+        try:
+            total += os.stat(root + p).st_size
+        except OSError:
+            pass
+    return total
+order = sorted(range(len(starts)), key=lambda i: -weight(i))
 out = [None] * len(starts)
 sel = selectors.DefaultSelector()
 running, nxt = 0, 0
 while nxt < len(starts) or running:
     while running < (os.cpu_count() or 1) and nxt < len(starts):
+        i = order[nxt]
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(r)
-                data = compile_range(*starts[nxt])
+                data = compile_range(*starts[i])
                 while data:
                     data = data[os.write(w, data):]
                 sys.stderr.flush()
@@ -115,7 +127,7 @@ while nxt < len(starts) or running:
                 os.write(2, ("kiln-bytecode: a compiler process failed: %r\n" % (e,)).encode())
                 os._exit(1)
         os.close(w)
-        sel.register(r, selectors.EVENT_READ, (pid, nxt, []))
+        sel.register(r, selectors.EVENT_READ, (pid, i, []))
         running, nxt = running + 1, nxt + 1
     for key, _ in sel.select():
         pid, i, parts = key.data

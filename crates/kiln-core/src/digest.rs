@@ -149,6 +149,48 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Passes reads through while computing their sha256, which it puts in
+/// the slot [`HashingReader::at_end`] gives once the inner reader reports
+/// its end: a stream read for its contents is hashed in the same pass
+/// (a layer's diff_id while its tar is read), and one left unfinished
+/// leaves the slot empty.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    end: std::sync::Arc<std::sync::OnceLock<Digest>>,
+}
+
+impl<R> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Some(Sha256::new()),
+            end: Default::default(),
+        }
+    }
+
+    /// Where the digest of the whole stream appears once it was read to its end.
+    pub fn at_end(&self) -> std::sync::Arc<std::sync::OnceLock<Digest>> {
+        self.end.clone()
+    }
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..n]);
+            }
+        } else if !buf.is_empty() {
+            if let Some(h) = self.hasher.take() {
+                let _ = self.end.set(Digest::from_hasher(h));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// Hash everything a reader yields.
 pub fn digest_reader(mut r: impl io::Read) -> io::Result<(Digest, u64)> {
     let mut w = HashingWriter::new(io::sink());
@@ -192,5 +234,21 @@ mod tests {
         assert_eq!(json, format!("{{\"sha256\":\"{}\"}}", d.hex()));
         assert_eq!(serde_json::from_str::<Pin>(&json).unwrap().sha256, d);
         assert!(serde_json::from_str::<Pin>("{\"sha256\":\"../etc\"}").is_err());
+    }
+
+    /// The slot fills only once the stream is read to its end, with the
+    /// digest of all of it; an empty buffer is not taken for the end.
+    #[test]
+    fn a_hashing_reader_gives_the_digest_at_the_end() {
+        use std::io::Read;
+        let data = vec![5u8; 100_000];
+        let mut r = HashingReader::new(&data[..]);
+        let end = r.at_end();
+        let mut buf = [0u8; 40_000];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(r.read(&mut []).unwrap(), 0);
+        assert!(end.get().is_none());
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(end.get(), Some(&Digest::of(&data)));
     }
 }

@@ -193,6 +193,10 @@ impl Rootfs {
             };
             adds.push((path, node));
         }
+        // Read to the end of the stream past the tar's end marker: the
+        // decompressor's own check (gzip's CRC) runs there, and a reader
+        // that hashes the layer sees all of it.
+        std::io::copy(&mut ar.into_inner(), &mut std::io::sink()).map_err(bad)?;
         for (path, node) in adds {
             // A file replacing a directory removes what was below it.
             if !matches!(node, Node::Dir) {

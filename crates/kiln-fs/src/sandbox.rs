@@ -31,6 +31,9 @@ use kiln_core::{Classify, ErrorKind};
 use crate::layer::{Entry, EntryKind};
 use crate::rootfs::{Node, Rootfs};
 
+mod unpack;
+use unpack::{remove_any, write_layers};
+
 /// Not compared: kernel filesystems mounted for the command.
 const SKIPPED: &[&str] = &["proc", "sys", "dev"];
 
@@ -755,154 +758,6 @@ fn scratch(tmp: &Path) -> Result<(tempfile::TempDir, PathBuf, u32)> {
         .io_context(|| format!("reading {}", dir.path().display()))?
         .uid();
     Ok((dir, root, euid))
-}
-
-/// Unpack one layer's tar stream over `root`: whiteouts remove, an opaque
-/// marker empties its directory of what lower layers put there; nothing is
-/// written through a symlink or outside `root` (such members are skipped,
-/// as devices and fifos are).
-fn unpack_layer(
-    layer: Box<dyn std::io::Read + '_>,
-    root: &Path,
-    euid: u32,
-    dirs: &mut BTreeMap<PathBuf, u32>,
-    purpose: &str,
-) -> Result<()> {
-    let io = |what: &Path| format!("{purpose}: writing {}", what.display());
-    let bad = |e: std::io::Error| SandboxError::System {
-        purpose: purpose.to_string(),
-        step: "reading a layer".into(),
-        source: e,
-    };
-    let mut archive = tar::Archive::new(layer);
-    // Paths this layer wrote (an opaque marker keeps them).
-    let mut this_layer: HashSet<PathBuf> = HashSet::new();
-    for member in archive.entries().map_err(bad)? {
-        let mut member = member.map_err(bad)?;
-        let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
-        let Some(rel) = crate::rootfs::norm(&name) else {
-            continue;
-        };
-        let rel = rel.trim_start_matches('/').to_string();
-        let (parent, base) = match rel.rsplit_once('/') {
-            Some((p, b)) => (root.join(p), b.to_string()),
-            None => (root.to_path_buf(), rel.clone()),
-        };
-        if below_symlink(root, &parent) {
-            continue;
-        }
-        if base == ".wh..wh..opq" {
-            if let Ok(rd) = fs::read_dir(&parent) {
-                for e in rd.flatten() {
-                    if !this_layer.contains(&e.path()) {
-                        remove_any(&e.path());
-                    }
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = base.strip_prefix(".wh.") {
-            remove_any(&parent.join(hidden));
-            continue;
-        }
-        let dst = parent.join(&base);
-        let h = member.header();
-        let mode = h.mode().map_err(bad)? & 0o7777;
-        let (uid, gid) = (h.uid().map_err(bad)? as u32, h.gid().map_err(bad)? as u32);
-        let kind = h.entry_type();
-        fs::create_dir_all(&parent).io_context(|| io(&parent))?;
-        match kind {
-            tar::EntryType::Directory => {
-                if !fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
-                    remove_any(&dst);
-                    fs::create_dir(&dst).io_context(|| io(&dst))?;
-                }
-                dirs.insert(dst.clone(), mode);
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_any(&dst);
-                let mut f = fs::File::create(&dst).io_context(|| io(&dst))?;
-                std::io::copy(&mut member, &mut f).io_context(|| io(&dst))?;
-                fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-                    .io_context(|| io(&dst))?;
-            }
-            tar::EntryType::Symlink => {
-                let target = member
-                    .link_name()
-                    .map_err(bad)?
-                    .unwrap_or_default()
-                    .into_owned();
-                remove_any(&dst);
-                std::os::unix::fs::symlink(&target, &dst).io_context(|| io(&dst))?;
-            }
-            tar::EntryType::Link => {
-                let target = member.link_name().map_err(bad)?.unwrap_or_default();
-                let Some(t) = crate::rootfs::norm(&target.to_string_lossy()) else {
-                    continue;
-                };
-                let src = root.join(t.trim_start_matches('/'));
-                if below_symlink(root, &src) || !src.is_file() {
-                    continue;
-                }
-                remove_any(&dst);
-                fs::hard_link(&src, &dst).io_context(|| io(&dst))?;
-            }
-            _ => continue, // devices, fifos: not recreated
-        }
-        if euid == 0 {
-            let _ = std::os::unix::fs::lchown(&dst, Some(uid), Some(gid));
-        }
-        this_layer.insert(dst);
-    }
-    Ok(())
-}
-
-/// Write the tree `layers` make at `root` (see [`Sandbox::from_layers`]),
-/// with the mount points a run needs.
-fn write_layers(
-    layers: Vec<Box<dyn std::io::Read + '_>>,
-    root: &Path,
-    euid: u32,
-    purpose: &str,
-) -> Result<()> {
-    fs::create_dir_all(root).io_context(|| format!("creating {}", root.display()))?;
-    let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
-    for layer in layers {
-        unpack_layer(layer, root, euid, &mut dirs, purpose)?;
-    }
-    // Directory modes last, deepest first, so a read-only directory
-    // did not stop what went into it.
-    for (d, mode) in dirs.iter().rev() {
-        let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
-    }
-    mount_points(root, purpose)
-}
-
-/// Whether `path` (under `root`) or a directory above it is a symlink.
-fn below_symlink(root: &Path, path: &Path) -> bool {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return true;
-    };
-    let mut p = root.to_path_buf();
-    for c in rel.components() {
-        p.push(c);
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return true;
-        }
-    }
-    false
-}
-
-fn remove_any(p: &Path) {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let _ = fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
 }
 
 /// Mount points and /tmp, so a command's run adds none of them to a layer.

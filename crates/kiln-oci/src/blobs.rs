@@ -14,7 +14,7 @@ use oci_client::Reference;
 use crate::manifest::Desc;
 use crate::registry::Registry;
 use crate::{ImageError, RegistryError};
-use kiln_core::digest::{digest_reader, Digest};
+use kiln_core::digest::{digest_reader, Digest, HashingReader};
 use kiln_core::error::{Error, IoContext, Result};
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 
@@ -122,13 +122,24 @@ impl<'a> Blobs<'a> {
 
     /// A base layer's size and diff_id, the first time this build uses it.
     fn check_first_use(&self, digest: &Digest, path: &Path) -> Result<()> {
+        self.check_first_use_hashed(digest, path, None)
+    }
+
+    /// [`Blobs::check_first_use`], with the diff_id already hashed if a
+    /// read went through the whole layer.
+    fn check_first_use_hashed(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        hashed: Option<&Digest>,
+    ) -> Result<()> {
         let Some(layer) = self.layers.get(digest) else {
             return Ok(());
         };
         if self.checked.lock().expect("not poisoned").contains(digest) {
             return Ok(());
         }
-        self.check_layer(digest, path, layer)?;
+        self.check_layer(digest, path, layer, hashed)?;
         self.checked
             .lock()
             .expect("not poisoned")
@@ -136,35 +147,36 @@ impl<'a> Blobs<'a> {
         Ok(())
     }
 
-    /// `read` the blobs of `digests` (their [`Blobs::path`]s, in order)
-    /// while their first-use checks run beside it: a check decompresses a
-    /// base layer whole to hash its diff_id, and reading the layers
-    /// through (a base's inventory) need not wait for that on one core
-    /// while the other idles. Nothing read is returned unless every check
-    /// passed, and a check's error comes first: a layer that is not what
-    /// its config says is reported as that, not as what reading it met.
+    /// `read` the decompressed tar streams of `layers` (lowest first),
+    /// each hashed as it is read: a base layer read to its end is checked
+    /// by that hash, its diff_id, instead of being decompressed once more
+    /// (a base's inventory reads every layer through); one left unread is
+    /// checked by a pass of its own. Nothing read is returned unless every
+    /// check passed, and a check's error comes first: a layer that is not
+    /// what its config says is reported as that, not as what reading it met.
     pub fn read_checking<T>(
         &self,
-        digests: &[&Digest],
-        read: impl FnOnce(Vec<PathBuf>) -> Result<T>,
+        layers: &[Desc],
+        read: impl FnOnce(Vec<Box<dyn Read>>) -> Result<T>,
     ) -> Result<T> {
-        use rayon::prelude::*;
-        let paths = side_by_side(digests, |d| self.located(d))?;
-        let (checked, out) = std::thread::scope(|s| {
-            let checks = s.spawn(|| {
-                digests
-                    .par_iter()
-                    .zip(&paths)
-                    .try_for_each(|(d, p)| self.check_first_use(d, p))
-            });
-            let out = read(paths.clone());
-            (checks.join(), out)
-        });
-        match checked {
-            Ok(Ok(())) => out,
-            Ok(Err(e)) => Err(e),
-            Err(panic) => std::panic::resume_unwind(panic),
+        let digests: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
+        let paths = side_by_side(&digests, |d| self.located(d))?;
+        let mut readers: Vec<Box<dyn Read>> = Vec::new();
+        let mut ends = Vec::new();
+        for (l, p) in layers.iter().zip(&paths) {
+            let f = File::open(p).io_context(|| format!("opening {}", p.display()))?;
+            let r =
+                kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
+                    .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
+            let r = HashingReader::new(r);
+            ends.push(r.at_end());
+            readers.push(Box::new(r));
         }
+        let out = read(readers);
+        for ((d, p), end) in digests.iter().zip(&paths).zip(ends) {
+            self.check_first_use_hashed(d, p, end.get())?;
+        }
+        out
     }
 
     /// [`Blobs::path`] of every digest, in the order given, found side by
@@ -214,7 +226,13 @@ impl<'a> Blobs<'a> {
     /// The blob's size is the declared one, and it decompresses to the
     /// diff_id the config names (remembered per blob digest, so a warm
     /// build does not decompress the base again).
-    fn check_layer(&self, digest: &Digest, path: &Path, layer: &BaseLayer) -> Result<()> {
+    fn check_layer(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        layer: &BaseLayer,
+        hashed: Option<&Digest>,
+    ) -> Result<()> {
         let size = std::fs::metadata(path)
             .io_context(|| format!("reading {}", path.display()))?
             .len();
@@ -231,7 +249,8 @@ impl<'a> Blobs<'a> {
         let known = std::fs::read_to_string(&memo)
             .ok()
             .and_then(|s| s.trim().parse::<Digest>().ok());
-        let actual = match known {
+        let from_memo = known.is_some();
+        let actual = match known.or_else(|| hashed.cloned()) {
             Some(d) => d,
             None => {
                 let f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
@@ -245,10 +264,12 @@ impl<'a> Blobs<'a> {
                     digest: digest.clone(),
                     source,
                 })?;
-                write_atomic(&memo, d.to_string().as_bytes());
                 d
             }
         };
+        if !from_memo {
+            write_atomic(&memo, actual.to_string().as_bytes());
+        }
         if actual != layer.diff_id {
             return Err(ImageError::DiffIdMismatch {
                 what: format!("{}: layer {digest}", layer.what),
@@ -469,12 +490,19 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.exit_code(), 2);
-        // Read beside the check: what was read is not handed out, and the
-        // check's error is the one reported.
+        // Read in one pass with the check: what was read is not handed
+        // out, and the check's error is the one reported.
+        let read_all = |readers: Vec<Box<dyn Read>>| -> Result<Vec<u8>> {
+            let mut out = Vec::new();
+            for mut r in readers {
+                r.read_to_end(&mut out).unwrap();
+            }
+            Ok(out)
+        };
         let mut blobs = Blobs::new(&cache, None);
         blobs.add_layer(&desc(&d, size), &wrong, origin(), "oci:base");
         let err = blobs
-            .read_checking(&[&d], |paths| Ok(std::fs::read(&paths[0]).unwrap()))
+            .read_checking(&[desc(&d, size)], read_all)
             .unwrap_err();
         assert!(
             matches!(
@@ -486,14 +514,42 @@ mod tests {
         let mut blobs = Blobs::new(&cache, None);
         blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
         let err = blobs
-            .read_checking(&[&d], |_| -> Result<()> {
+            .read_checking(&[desc(&d, size)], |_| -> Result<()> {
                 Err(Error::internal("read failed"))
             })
             .unwrap_err();
         assert!(err.to_string().contains("read failed"), "{err}");
-        let read = blobs.read_checking(&[&d], |paths| Ok(std::fs::read(&paths[0]).unwrap()));
-        assert_eq!(read.unwrap().len() as u64, size);
+        // A read through the whole layer is its check: with no diff_id
+        // remembered, the hash of that read is what is compared (and
+        // remembered); a read that stops early leaves a pass of its own.
+        std::fs::remove_file(&memo).unwrap();
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+        let cached = cache.verified(&d).unwrap().unwrap();
+        let read = blobs
+            .read_checking(&[desc(&d, size)], |readers| {
+                let read = read_all(readers);
+                // Not decompressed again: damage after the read goes unseen.
+                std::fs::write(&cached, vec![0u8; size as usize]).unwrap();
+                read
+            })
+            .unwrap();
+        assert_eq!(Digest::of(&read), diff_id);
         assert!(blobs.checked.lock().unwrap().contains(&d));
+        assert_eq!(std::fs::read_to_string(&memo).unwrap(), diff_id.to_string());
+        std::fs::remove_file(&memo).unwrap();
+        std::fs::remove_file(&cached).unwrap();
+        let mut blobs = Blobs::new(&cache, None);
+        blobs.add_layer(&desc(&d, size), &diff_id, origin(), "oci:base");
+        blobs
+            .read_checking(&[desc(&d, size)], |mut readers| {
+                let mut first = [0u8; 10];
+                readers[0].read_exact(&mut first).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert!(blobs.checked.lock().unwrap().contains(&d));
+        assert_eq!(std::fs::read_to_string(&memo).unwrap(), diff_id.to_string());
 
         // A declared size that is not the blob's (2^62): refused before reading.
         let mut blobs = Blobs::new(&cache, None);

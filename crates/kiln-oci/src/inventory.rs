@@ -7,18 +7,14 @@ use std::path::PathBuf;
 
 use crate::base::PlatformImage;
 use crate::blobs::Blobs;
-use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
 use kiln_fs::rootfs::Rootfs;
 
 /// Read a base image's filesystem (decompressing its layers in order),
 /// keeping the contents of the paths `keep` selects, while the layers'
-/// diff_ids are checked beside it ([`Blobs::read_checking`]).
+/// diff_ids are hashed in the same pass ([`Blobs::read_checking`]).
 pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
-    let digests: Vec<&Digest> = image.layers.iter().map(|l| &l.digest).collect();
-    blobs.read_checking(&digests, |paths| {
-        Rootfs::from_layers(readers_of(image, paths)?, keep)
-    })
+    blobs.read_checking(&image.layers, |readers| Rootfs::from_layers(readers, keep))
 }
 
 /// The uncompressed tar streams of the image's layers, lowest first.

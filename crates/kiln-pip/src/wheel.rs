@@ -221,10 +221,7 @@ pub(crate) fn read_wheel(
                         detail,
                     })
                 })?;
-                let data = Content::Spooled(match deflated(&m).filter(|_| whole) {
-                    Some(d) => slice.deflated_as(d),
-                    None => slice,
-                });
+                let data = Content::Spooled(with_stream(slice, deflated(&m), whole));
                 return Ok(WheelFile {
                     path: m.path,
                     data,
@@ -235,52 +232,12 @@ pub(crate) fn read_wheel(
             file.read_exact_at(&mut raw, m.raw.start)
                 .io_context(reading)?;
             let pass = deflated(&m);
-            // A stream taken as it is must end where the zip says it does:
-            // flate2 reports what it read (libdeflate's whole-buffer call
-            // does not), so those members are inflated with it.
-            let mut whole = false;
-            let data = if pass.is_some() {
-                let mut z = flate2::Decompress::new(false);
-                let mut out = Vec::with_capacity(m.size);
-                let status = z.decompress_vec(&raw, &mut out, flate2::FlushDecompress::Finish);
-                match status {
-                    Ok(flate2::Status::StreamEnd) if out.len() == m.size => {
-                        whole = z.total_in() == raw.len() as u64;
-                        out
-                    }
-                    Ok(_) => {
-                        return Err(problem(WheelProblem::Corrupt {
-                            member: m.path,
-                            detail: format!("{} bytes, {} declared", out.len(), m.size),
-                        }))
-                    }
-                    Err(e) => {
-                        return Err(problem(WheelProblem::Corrupt {
-                            member: m.path,
-                            detail: e.to_string(),
-                        }))
-                    }
-                }
-            } else if m.deflated {
-                let mut out = vec![0u8; m.size];
-                match d.deflate_decompress(&raw, &mut out) {
-                    Ok(n) if n == m.size => out,
-                    Ok(n) => {
-                        return Err(problem(WheelProblem::Corrupt {
-                            member: m.path,
-                            detail: format!("{n} bytes, {} declared", m.size),
-                        }))
-                    }
-                    Err(e) => {
-                        return Err(problem(WheelProblem::Corrupt {
-                            member: m.path,
-                            detail: e.to_string(),
-                        }))
-                    }
-                }
-            } else {
-                raw
-            };
+            let (data, whole) = inflate(&m, raw, d, pass.is_some()).map_err(|detail| {
+                problem(WheelProblem::Corrupt {
+                    member: m.path.clone(),
+                    detail,
+                })
+            })?;
             if libdeflater::crc32(&data) != m.crc32 {
                 return Err(problem(WheelProblem::Corrupt {
                     member: m.path,
@@ -293,10 +250,7 @@ pub(crate) fn read_wheel(
                         .put(&data)
                         .io_context(|| format!("spooling {} of {wheel}", m.path))?
                         .known_as(crate::install::record_hash(&data));
-                    Content::Spooled(match pass.filter(|_| whole) {
-                        Some(d) => slice.deflated_as(d),
-                        None => slice,
-                    })
+                    Content::Spooled(with_stream(slice, pass, whole))
                 }
                 _ => Content::from(data),
             };
@@ -307,6 +261,54 @@ pub(crate) fn read_wheel(
             })
         })
         .collect()
+}
+
+/// Member `m`'s bytes from its raw data, and whether its deflate stream
+/// ends exactly where the zip says it does; the error says what is wrong.
+/// A stream taken as it is (`keep_stream`) must end there: flate2 reports
+/// what it read (libdeflate's whole-buffer call does not), so those
+/// members are inflated with it, the others with libdeflate.
+fn inflate(
+    m: &Member,
+    raw: Vec<u8>,
+    d: &mut libdeflater::Decompressor,
+    keep_stream: bool,
+) -> std::result::Result<(Vec<u8>, bool), String> {
+    if !m.deflated {
+        return Ok((raw, false));
+    }
+    let short = |n: usize| format!("{n} bytes, {} declared", m.size);
+    if keep_stream {
+        let mut z = flate2::Decompress::new(false);
+        let mut out = Vec::with_capacity(m.size);
+        match z.decompress_vec(&raw, &mut out, flate2::FlushDecompress::Finish) {
+            Ok(flate2::Status::StreamEnd) if out.len() == m.size => {
+                let whole = z.total_in() == raw.len() as u64;
+                Ok((out, whole))
+            }
+            Ok(_) => Err(short(out.len())),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        let mut out = vec![0u8; m.size];
+        match d.deflate_decompress(&raw, &mut out) {
+            Ok(n) if n == m.size => Ok((out, false)),
+            Ok(n) => Err(short(n)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// `slice` with its deflate stream attached when the stream is whole.
+fn with_stream(
+    slice: kiln_fs::layer::SpoolSlice,
+    stream: Option<Deflated>,
+    whole: bool,
+) -> kiln_fs::layer::SpoolSlice {
+    match stream.filter(|_| whole) {
+        Some(d) => slice.deflated_as(d),
+        None => slice,
+    }
 }
 
 /// Members inflating to more than this go to the spool as a stream, so a
@@ -346,11 +348,7 @@ fn stream_member(
     use std::io::BufReader;
     let raw = BufReader::with_capacity(
         256 << 10,
-        At {
-            file,
-            at: m.raw.start,
-            end: m.raw.end,
-        },
+        kiln_fs::layer::FileRange::new(file, m.raw.start, m.raw.end - m.raw.start),
     );
     if m.deflated {
         let mut r = crc_reader(flate2::bufread::DeflateDecoder::new(raw));
@@ -391,29 +389,6 @@ fn spool_member<R: std::io::Read>(
         return Err("CRC-32 mismatch".into());
     }
     Ok(slice.known_as(crate::install::record_form(std::mem::take(&mut r.sha256))))
-}
-
-/// The bytes `at..end` of a file, read with `pread` (threads share the file).
-struct At<'a> {
-    file: &'a File,
-    at: u64,
-    end: u64,
-}
-
-impl std::io::Read for At<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let want = (buf.len() as u64).min(self.end - self.at) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.at += n as u64;
-        Ok(n)
-    }
 }
 
 /// A reader that keeps the CRC-32 and the sha256 of what went through it.

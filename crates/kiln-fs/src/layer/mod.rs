@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compress::Compression;
 use compress::ParallelEncoder;
-pub use spool::{read_claimed, Content, Deflated, Spool, SpoolSlice};
+pub use spool::{read_claimed, Content, Deflated, FileRange, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 
 use crate::error::FsError;

@@ -247,20 +247,54 @@ impl Deflated {
     /// Copy the stream into `out`, `pread` by `pread` (threads share the file).
     pub(crate) fn copy_to(&self, mut out: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let mut block = vec![0u8; (self.len as usize).clamp(1, CHUNK)];
-        let mut at = 0;
-        while at < self.len {
-            let want = (self.len - at).min(block.len() as u64) as usize;
-            let n = self.file.read_at(&mut block[..want], self.offset + at)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "a wheel in the cache is shorter than when it was unpacked",
-                ));
+        let mut range = FileRange::new(&self.file, self.offset, self.len);
+        loop {
+            match range.read(&mut block) {
+                Ok(0) => return Ok(()),
+                Ok(n) => out(&block[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a wheel in the cache is shorter than when it was unpacked",
+                    ))
+                }
+                Err(e) => return Err(e),
             }
-            out(&block[..n])?;
-            at += n as u64;
         }
-        Ok(())
+    }
+}
+
+/// `len` bytes of a file from `offset`, read by `pread`: threads share
+/// the file without a shared position. A file that ends before the range
+/// does is an `UnexpectedEof` error, not a short read.
+pub struct FileRange<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl<'a> FileRange<'a> {
+    pub fn new(file: &'a File, offset: u64, len: u64) -> Self {
+        FileRange {
+            file,
+            at: offset,
+            end: offset + len,
+        }
+    }
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.end - self.at) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -251,17 +251,64 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
     }
     // find-links listings are read when resolving (usually local).
     let client = index::IndexClient::new(http, cache, indexes, Vec::new());
-    let names: std::collections::BTreeSet<String> = inputs
-        .requirements
-        .iter()
-        .map(|r| r.req.name.to_string())
-        .collect();
-    let names: Vec<String> = names.into_iter().collect();
+    // Each name once, with its pin (`==V`) if every line naming it pins.
+    let mut names: std::collections::BTreeMap<String, Option<uv_pep440::Version>> =
+        Default::default();
+    for r in &inputs.requirements {
+        let pin = pinned_version(&r.req);
+        names
+            .entry(r.req.name.to_string())
+            .and_modify(|p| {
+                if *p != pin {
+                    *p = None
+                }
+            })
+            .or_insert(pin);
+    }
+    let names: Vec<_> = names.into_iter().collect();
     kiln_store::http::on_network_pool(|| {
-        names.par_iter().for_each(|n| {
-            let _ = client.files(n);
+        names.par_iter().for_each(|(n, pin)| {
+            let Ok(Some(files)) = client.files(n) else {
+                return;
+            };
+            // A pinned version with a single wheel (a pure-Python one, most
+            // of a freeze) is read first by the resolver whatever the
+            // image's Python: its metadata comes now, while the base is
+            // still being read, not a round trip each once resolving starts.
+            let Some(pin) = pin else { return };
+            let mut wheels = files.iter().filter(|f| {
+                f.is_wheel()
+                    && !f.yanked
+                    && index::file_version(&f.filename)
+                        .and_then(|v| v.parse::<uv_pep440::Version>().ok())
+                        .is_some_and(|v| &v == pin)
+            });
+            if let (Some(only), None) = (wheels.next(), wheels.next()) {
+                let _ = client.metadata(only);
+            }
         })
     });
+}
+
+/// The version `req` pins with `==V` (no wildcard), if it does.
+fn pinned_version<T: uv_pep508::Pep508Url>(
+    req: &uv_pep508::Requirement<T>,
+) -> Option<uv_pep440::Version> {
+    let Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)) = &req.version_or_url else {
+        return None;
+    };
+    let mut it = s.iter();
+    match (it.next(), it.next()) {
+        (Some(one), None)
+            if matches!(
+                one.operator(),
+                uv_pep440::Operator::Equal | uv_pep440::Operator::ExactEqual
+            ) =>
+        {
+            Some(one.version().clone())
+        }
+        _ => None,
+    }
 }
 
 /// Resolve the section for the image's Python and download every wheel (verified) into the cache.
@@ -848,6 +895,63 @@ mod tests {
             direct_url: None,
             sdist: None,
         }
+    }
+
+    /// The pages of every name come beside the base; so does the metadata
+    /// of a pin whose version has one wheel (what resolving reads first,
+    /// whatever the image), and nothing else: not for a version with
+    /// wheels for several platforms, nor for a range.
+    #[test]
+    fn prefetch_takes_the_metadata_of_pins_with_one_wheel() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let simple = dir.path().join("simple");
+        let wheel = cached_wheel(&cache, "one");
+        let bytes = cache.read(&wheel.sha256).unwrap();
+        let files = [
+            (
+                "one",
+                vec!["one-1.0-py3-none-any.whl", "one-0.9-py3-none-any.whl"],
+            ),
+            (
+                "multi",
+                vec![
+                    "multi-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                    "multi-1.0-cp312-cp312-manylinux_2_17_x86_64.whl",
+                ],
+            ),
+            ("ranged", vec!["ranged-1.0-py3-none-any.whl"]),
+        ];
+        for (name, wheels) in &files {
+            let d = simple.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let mut page = String::from("<html><body>\n");
+            for w in wheels {
+                std::fs::write(d.join(w), &bytes).unwrap();
+                let h = Digest::of(&bytes).hex().to_string();
+                page.push_str(&format!("<a href=\"{w}#sha256={h}\">{w}</a>\n"));
+            }
+            std::fs::write(d.join("index.html"), page).unwrap();
+        }
+        let section = PipSection {
+            packages: vec!["one==1.0".into(), "multi==1.0".into(), "ranged>=1".into()],
+            index: Some(format!("file://{}", simple.display())),
+            isolated: true,
+            ..Default::default()
+        };
+        let memo = |h: &str| cache.entry(kiln_store::CacheBucket::PipMetadata, h);
+        let h = Digest::of(&bytes).hex().to_string();
+        assert!(!memo(&h).exists());
+        prefetch_pages(&section, dir.path(), &Http::new().unwrap(), &cache);
+        // All the files share one content: the memo is one-1.0's alone.
+        assert!(memo(&h).exists());
+        std::fs::remove_file(memo(&h)).unwrap();
+        let section = PipSection {
+            packages: vec!["multi==1.0".into(), "ranged>=1".into(), "one".into()],
+            ..section
+        };
+        prefetch_pages(&section, dir.path(), &Http::new().unwrap(), &cache);
+        assert!(!memo(&h).exists());
     }
 
     /// Beyond OWN_LAYERS_UP_TO wheels, small ones share layers by the hash

@@ -380,18 +380,8 @@ pub(crate) fn check_hash_mode(inputs: &Inputs) -> Result<()> {
         if r.hashes.is_empty() && !direct_hash(r) {
             unhashed.push(r.origin.clone());
         }
-        let pinned = match &r.req.version_or_url {
-            Some(uv_pep508::VersionOrUrl::Url(_)) => true,
-            Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)) => {
-                s.len() == 1
-                    && matches!(
-                        s.iter().next().map(|s| s.operator()),
-                        Some(uv_pep440::Operator::Equal | uv_pep440::Operator::ExactEqual)
-                    )
-                    && !s.to_string().ends_with('*')
-            }
-            None => false,
-        };
+        let pinned = matches!(&r.req.version_or_url, Some(uv_pep508::VersionOrUrl::Url(_)))
+            || crate::pinned_version(&r.req).is_some();
         if !pinned {
             unpinned.push(r.origin.clone());
         }

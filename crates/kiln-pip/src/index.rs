@@ -30,10 +30,6 @@ pub(crate) struct DistFile {
     pub(crate) yanked: bool,
     /// PEP 658/714: a `.metadata` file exists; its sha256 when the index gives one.
     pub(crate) core_metadata: Option<Option<String>>,
-    /// PEP 700: its size in bytes, when the index gives it (downloads
-    /// start with the biggest files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) size: Option<u64>,
 }
 
 impl DistFile {
@@ -273,7 +269,6 @@ impl<'a> IndexClient<'a> {
                             requires_python: None,
                             yanked: false,
                             core_metadata: None,
-                            size: e.metadata().ok().map(|m| m.len()),
                         });
                     }
                 }
@@ -400,8 +395,6 @@ struct JsonFile {
     core_metadata: serde_json::Value,
     #[serde(default, rename = "dist-info-metadata")]
     dist_info_metadata: serde_json::Value,
-    #[serde(default)]
-    size: Option<u64>,
 }
 
 fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
@@ -468,7 +461,6 @@ fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
                     _ => false,
                 },
                 core_metadata: core,
-                size: f.size,
             }
         })
         .collect())
@@ -568,7 +560,6 @@ pub(crate) fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
                 .cloned(),
             yanked: attrs.contains_key("data-yanked"),
             core_metadata: meta,
-            size: None,
         });
     }
     out
@@ -617,7 +608,7 @@ mod tests {
     #[test]
     fn json_page() {
         let j = br#"{"meta":{"api-version":"1.1"},"name":"foo","files":[
- {"filename":"foo-1.0-py3-none-any.whl","url":"../../f/foo-1.0-py3-none-any.whl","hashes":{"sha256":"AA"},"requires-python":">=3.9","core-metadata":{"sha256":"bb"},"yanked":false,"size":1234},
+ {"filename":"foo-1.0-py3-none-any.whl","url":"../../f/foo-1.0-py3-none-any.whl","hashes":{"sha256":"AA"},"requires-python":">=3.9","core-metadata":{"sha256":"bb"},"yanked":false},
  {"filename":"foo-0.1-py3-none-any.whl","url":"http://x/foo-0.1-py3-none-any.whl","hashes":{},"yanked":"broken","dist-info-metadata":true}]}"#;
         let f = parse_json(j, "http://127.0.0.1:8/simple/foo/").unwrap();
         assert_eq!(f[0].url, "http://127.0.0.1:8/f/foo-1.0-py3-none-any.whl");
@@ -625,10 +616,6 @@ mod tests {
         assert_eq!(f[0].core_metadata, Some(Some("bb".into())));
         assert!(f[1].yanked);
         assert_eq!(f[1].core_metadata, Some(None));
-        // PEP 700's size where given; a page cached before it still reads.
-        assert_eq!((f[0].size, f[1].size), (Some(1234), None));
-        let old = r#"{"filename":"a.whl","url":"u","sha256":null,"requires_python":null,"yanked":false,"core_metadata":null}"#;
-        assert_eq!(serde_json::from_str::<DistFile>(old).unwrap().size, None);
         assert_eq!(
             file_project("Foo_Bar-1.0.tar.gz").as_deref(),
             Some("foo-bar")

@@ -487,52 +487,38 @@ pub fn plan_building(
         resolved();
     }
     let wheel_count = todo.len() + built.len();
-    let fetch = |(name, version, file): &(String, String, index::DistFile)| -> Result<PinnedWheel> {
-        let (digest, size) = client
-            .download_artifact(file)
-            .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
-        unpack_early(cache, &digest, &file.filename);
-        let direct_url = provider.direct_url(name).map(|u| {
-            serde_json::json!({
-                "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
-                // PEP 610: no credentials in the installed record.
-                "url": kiln_core::url::strip_credentials(u),
+    let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
+        todo.par_iter()
+            .map(|(name, version, file)| {
+                let (digest, size) = client
+                    .download_artifact(file)
+                    .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
+                unpack_early(cache, &digest, &file.filename);
+                let direct_url = provider.direct_url(name).map(|u| {
+                    serde_json::json!({
+                        "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
+                        // PEP 610: no credentials in the installed record.
+                        "url": kiln_core::url::strip_credentials(u),
+                    })
+                    .to_string()
+                });
+                let wheel = PinnedWheel {
+                    name: name.clone(),
+                    version: version.clone(),
+                    url: file.url.clone(),
+                    sha256: digest,
+                    size,
+                    filename: file.filename.clone(),
+                    requested: requested.contains(name),
+                    direct_url,
+                    sdist: None,
+                };
+                layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
+                Ok(wheel)
             })
-            .to_string()
-        });
-        let wheel = PinnedWheel {
-            name: name.clone(),
-            version: version.clone(),
-            url: file.url.clone(),
-            sha256: digest,
-            size,
-            filename: file.filename.clone(),
-            requested: requested.contains(name),
-            direct_url,
-            sdist: None,
-        };
-        layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
-        Ok(wheel)
-    };
-    // The biggest files first (their sizes, where the index gives them):
-    // each wheel is unpacked and its layer written by the thread that
-    // downloaded it, and a big one taken last would leave that work
-    // alone at the end. The results keep `todo`'s order (errors too).
-    let mut order: Vec<usize> = (0..todo.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(todo[i].2.size.unwrap_or(0)));
-    let mut downloaded: Vec<(usize, Result<PinnedWheel>)> =
-        kiln_store::http::on_network_pool(|| {
-            order
-                .into_iter()
-                .par_bridge()
-                .map(|i| (i, fetch(&todo[i])))
-                .collect()
-        });
-    downloaded.sort_by_key(|(i, _)| *i);
-    let mut wheels = downloaded
-        .into_iter()
-        .map(|(_, w)| w)
-        .collect::<Result<Vec<_>>>()?;
+            .collect()
+    });
+    let mut wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
     wheels.extend(built);
     wheels.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(PipPlan {
@@ -612,7 +598,6 @@ pub fn plan_locked_building(
             requires_python: None,
             yanked: false,
             core_metadata: None,
-            size: None,
         };
         let w = b.build(&pin.name, &file)?;
         if w.sha256 != pin.sha256 {

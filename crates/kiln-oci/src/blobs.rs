@@ -33,6 +33,13 @@ fn side_by_side(
         .collect()
 }
 
+/// The uncompressed tar stream of layer `l`, whose blob is at `path`.
+pub(crate) fn decompressed_layer(l: &Desc, path: &Path) -> Result<Box<dyn Read>> {
+    let f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
+    kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| e.context(format!("base layer {}", l.digest)))
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Origin {
     Registry(Reference),
@@ -164,11 +171,7 @@ impl<'a> Blobs<'a> {
         let mut readers: Vec<Box<dyn Read>> = Vec::new();
         let mut ends = Vec::new();
         for (l, p) in layers.iter().zip(&paths) {
-            let f = File::open(p).io_context(|| format!("opening {}", p.display()))?;
-            let r =
-                kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
-                    .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
-            let r = HashingReader::new(r);
+            let r = HashingReader::new(decompressed_layer(l, p)?);
             ends.push(r.at_end());
             readers.push(Box::new(r));
         }

@@ -2,12 +2,12 @@
 //! anything: the merged filesystem view ([`Rootfs`]), from which the
 //! resolvers read the package databases they care about.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use crate::base::PlatformImage;
 use crate::blobs::Blobs;
-use kiln_core::error::{IoContext, Result};
+use kiln_core::error::Result;
 use kiln_fs::rootfs::Rootfs;
 
 /// Read a base image's filesystem (decompressing its layers in order),
@@ -23,13 +23,10 @@ pub fn layer_readers(image: &PlatformImage, blobs: &Blobs) -> Result<Vec<Box<dyn
 }
 
 fn readers_of(image: &PlatformImage, paths: Vec<PathBuf>) -> Result<Vec<Box<dyn Read>>> {
-    let mut readers: Vec<Box<dyn Read>> = Vec::new();
-    for (l, p) in image.layers.iter().zip(paths) {
-        let f = std::fs::File::open(&p).io_context(|| format!("opening {}", p.display()))?;
-        let f = BufReader::with_capacity(1 << 20, f);
-        let r = kiln_fs::layer::decompressed(&l.media_type, f)
-            .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
-        readers.push(r);
-    }
-    Ok(readers)
+    image
+        .layers
+        .iter()
+        .zip(paths)
+        .map(|(l, p)| crate::blobs::decompressed_layer(l, &p))
+        .collect()
 }

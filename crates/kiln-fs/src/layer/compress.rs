@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use kiln_core::digest::Digest;
 
-use super::spool::{Deflated, SpoolSlice};
+use super::spool::{each_block, Deflated, SpoolSlice};
 use super::tarball::RecordSink;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,22 +295,6 @@ impl<W: Write> ParallelEncoder<W> {
                 cuts: self.cuts,
             },
         ))
-    }
-}
-
-/// Hand `r`'s bytes to `f` block by block; returns how many there were.
-fn each_block(mut r: impl io::Read, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<u64> {
-    let mut block = vec![0u8; 256 << 10];
-    let mut total = 0;
-    loop {
-        let n = match r.read(&mut block) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        f(&block[..n])?;
-        total += n as u64;
     }
 }
 

@@ -245,22 +245,33 @@ impl Deflated {
     }
 
     /// Copy the stream into `out`, `pread` by `pread` (threads share the file).
-    pub(crate) fn copy_to(&self, mut out: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-        let mut block = vec![0u8; (self.len as usize).clamp(1, CHUNK)];
-        let mut range = FileRange::new(&self.file, self.offset, self.len);
-        loop {
-            match range.read(&mut block) {
-                Ok(0) => return Ok(()),
-                Ok(n) => out(&block[..n])?,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "a wheel in the cache is shorter than when it was unpacked",
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
+    pub(crate) fn copy_to(&self, out: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        match each_block(FileRange::new(&self.file, self.offset, self.len), out) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a wheel in the cache is shorter than when it was unpacked",
+            )),
+            r => r.map(drop),
         }
+    }
+}
+
+/// Hand `r`'s bytes to `f` block by block; returns how many there were.
+pub(crate) fn each_block(
+    mut r: impl io::Read,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut block = vec![0u8; 256 << 10];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut block) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        f(&block[..n])?;
+        total += n as u64;
     }
 }
 

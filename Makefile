@@ -56,12 +56,22 @@ TEST_FEATURES := --no-default-features
 PIP_FALLBACK = $$(test -n "$${PIP_INDEX_URL:-}" || $(SPDX_VENV)/bin/pip config list 2>/dev/null | grep -q 'index-url=' || \
   $(SPDX_VENV)/bin/python -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
 
+# The integration tests' scratch space (unpacked images, sandboxes, their
+# caches: 7.1 GB at the peak of a run) goes on /dev/shm when that is a tmpfs
+# with 10 GiB free, unless KILN_TEST_SCRATCH is set. On the disk file system
+# a third of the suite's CPU was the kernel's inode work; a run took 467 s
+# on the tmpfs against 699 s on ext4, same binary, same machine.
+TEST_SCRATCH = $$(if [ -n "$${KILN_TEST_SCRATCH:-}" ]; then echo "$$KILN_TEST_SCRATCH"; \
+  elif [ "$$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && \
+    [ "$$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)" -gt 10485760 ]; then echo /dev/shm/kiln-test; fi)
+
 test: test-deps spdx-validator
 ifdef LINT
 	$(CARGO) fmt --all --check
 	$(LINT_ENV) $(CARGO) test --workspace --all-targets $(TEST_FEATURES) --no-run $(LINT_FLAGS)
 endif
 	fallback=$(PIP_FALLBACK); if [ -n "$$fallback" ]; then export PIP_INDEX_URL="$$fallback"; fi; \
+	scratch=$(TEST_SCRATCH); if [ -n "$$scratch" ]; then export KILN_TEST_SCRATCH="$$scratch"; fi; \
 	$(LINT_ENV) $(CARGO) test --workspace --lib --bins --tests $(TEST_FEATURES) $(LINT_FLAGS) -- --test-threads=4
 
 lint:

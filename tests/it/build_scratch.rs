@@ -147,7 +147,7 @@ fn scratch_image_with_files_and_config() {
 
     // Unpacked filesystem: contents, modes, owners, symlink.
     let bundle = ws.join("bundle");
-    let rootfs = umoci_unpack(&ws.join("out"), "1.0", &bundle);
+    let rootfs = umoci_bundle(&ws.join("out"), "1.0", &bundle);
     assert_eq!(
         fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(),
         "hello\n"
@@ -666,7 +666,7 @@ cmd = ["echo ok from image config"]
     );
     build_json(&ws, &["--output", "oci:out"]);
     let bundle = ws.join("bundle");
-    let rootfs = umoci_unpack(&ws.join("out"), "sh", &bundle);
+    let rootfs = umoci_bundle(&ws.join("out"), "sh", &bundle);
     assert!(stat(&rootfs, "/bin/sh").file_type().is_symlink());
     assert_eq!(
         fs::read_link(rootfs.join("bin/sh")).unwrap().to_str(),

@@ -53,7 +53,7 @@ fn bootstrap_has_locales_timezone_and_its_sources() {
     let first = build(&ws, &cache_a, &out, &["--check-reproducible"]);
     assert_eq!(first["reproducible"]["reproducible"], true, "{first}");
 
-    let rootfs = umoci_unpack(&out, "deb", &ws.join("bundle"));
+    let rootfs = umoci_bundle(&out, "deb", &ws.join("bundle"));
     // Locales: compiled, listed, usable.
     let all = chroot_run(&rootfs, &["locale", "-a"]).ok();
     for l in ["en_US.utf8", "de_DE.utf8"] {

@@ -5,7 +5,8 @@
 //! FAILURE with a message saying which Debian package provides it; `make test`
 //! installs them.
 //!
-//! Scratch space lives under `$CARGO_TARGET_TMPDIR/kiln-it/<pid>/`. A
+//! Scratch space lives under `$CARGO_TARGET_TMPDIR/kiln-it/<pid>/` (or
+//! `$KILN_TEST_SCRATCH/kiln-it/<pid>/`). A
 //! [`Workspace`] is removed when its test passes and kept (path printed) when it
 //! fails; leftovers of finished test processes are removed by the next run.
 //!

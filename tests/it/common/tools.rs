@@ -135,15 +135,38 @@ pub fn oci_validate(layout: &Path, tag: &str) {
     );
 }
 
-/// `umoci unpack --image DIR:TAG BUNDLE`; returns `BUNDLE/rootfs`.
+/// `umoci raw unpack --image DIR:TAG BUNDLE/rootfs`; returns `BUNDLE/rootfs`.
+/// umoci checks every blob's digest and applies the layers' whiteouts. The
+/// raw form skips what only `umoci repack` needs: the mtree of the rootfs,
+/// which hashes every file again (a quarter of umoci's time here), and the
+/// runtime config (`umoci_bundle` where a test reads it).
 #[track_caller]
 pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
-    let mut c = tool("umoci");
-    c.arg("unpack")
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(bundle).unwrap();
+    tool("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&rootfs)
+        .run_ok();
+    assert!(
+        rootfs.is_dir(),
+        "umoci produced no rootfs in {}",
+        bundle.display()
+    );
+    rootfs
+}
+
+/// `umoci unpack --image DIR:TAG BUNDLE`: a runtime bundle, with the
+/// `config.json` umoci derives from the image config; returns `BUNDLE/rootfs`.
+#[track_caller]
+pub fn umoci_bundle(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
+    tool("umoci")
+        .arg("unpack")
         .arg("--image")
         .arg(format!("{}:{tag}", layout.display()))
-        .arg(bundle);
-    c.run_ok();
+        .arg(bundle)
+        .run_ok();
     let rootfs = bundle.join("rootfs");
     assert!(
         rootfs.is_dir(),
@@ -153,7 +176,7 @@ pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
     rootfs
 }
 
-/// The runtime `config.json` umoci wrote into a bundle.
+/// The runtime `config.json` `umoci_bundle` wrote into a bundle.
 pub fn bundle_config(bundle: &Path) -> Value {
     read_json(&bundle.join("config.json"))
 }

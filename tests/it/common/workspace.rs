@@ -15,11 +15,19 @@ fn next_id() -> usize {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
-/// `$CARGO_TARGET_TMPDIR/kiln-it/<pid>`; created once per test process.
+/// `$KILN_TEST_SCRATCH/kiln-it/<pid>`, or under `$CARGO_TARGET_TMPDIR`
+/// when that is unset; created once per test process. `make test` points
+/// `KILN_TEST_SCRATCH` at a tmpfs when there is one with room: the suite
+/// writes and removes millions of files (unpacked images, sandboxes), and
+/// a third of its CPU went to the disk file system's inode work.
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-it");
+        let base = match std::env::var_os("KILN_TEST_SCRATCH") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        }
+        .join("kiln-it");
         fs::create_dir_all(&base).expect("create scratch base");
         // Remove what test processes that no longer run left behind.
         if let Ok(rd) = fs::read_dir(&base) {

@@ -14,13 +14,19 @@ fn kiln_bin() -> &'static Path {
 }
 
 /// An empty directory holding only the kiln binary, as `/kiln`: a hard
-/// link, so no file is ever open for writing there (a copy's write handle,
-/// inherited for a moment by a process another test thread forks, makes the
-/// exec fail with ETXTBSY); a copy only across filesystems.
+/// link, so no file is ever open for writing in this process (a copy's
+/// write handle, inherited for a moment by a process another test thread
+/// forks, makes the exec fail with ETXTBSY). Across filesystems (the
+/// scratch space on a tmpfs, the build on disk) `cp` copies it: the write
+/// handle is then only ever in that process.
 fn bare_root(ws: &Workspace) -> PathBuf {
     let root = ws.mkdir("root", 0o755);
     if fs::hard_link(kiln_bin(), root.join("kiln")).is_err() {
-        fs::copy(kiln_bin(), root.join("kiln")).unwrap();
+        tool("cp")
+            .arg("--")
+            .arg(kiln_bin())
+            .arg(root.join("kiln"))
+            .run_ok();
     }
     assert_eq!(list_dir(&root), ["kiln"]);
     root

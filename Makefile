@@ -59,12 +59,11 @@ PIP_FALLBACK = $$(test -n "$${PIP_INDEX_URL:-}" || $(SPDX_VENV)/bin/pip config l
 # The integration tests' scratch space (unpacked images, sandboxes, their
 # caches: 7.1 GB at the peak of a run) goes on /dev/shm when that is a tmpfs
 # with 10 GiB free that allows exec (the tests chroot into what they
-# unpack), unless KILN_TEST_SCRATCH is set. On the disk file system
-# a third of the suite's CPU was the kernel's inode work; a run took 467 s
-# on the tmpfs against 699 s on ext4, same binary, same machine.
+# unpack; .ci/shm-with-room checks), unless KILN_TEST_SCRATCH is set. On
+# the disk file system a third of the suite's CPU was the kernel's inode
+# work; a run took 467 s on the tmpfs against 699 s on ext4, same binary.
 TEST_SCRATCH = $$(if [ -n "$${KILN_TEST_SCRATCH:-}" ]; then echo "$$KILN_TEST_SCRATCH"; \
-  elif [ "$$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && ! findmnt -no OPTIONS /dev/shm | grep -qw noexec && \
-    [ "$$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)" -gt 10485760 ]; then echo /dev/shm/kiln-test; fi)
+  elif shm=$$(.ci/shm-with-room 10); then echo "$$shm/kiln-test"; fi)
 
 test: test-deps spdx-validator
 ifdef LINT

@@ -149,12 +149,7 @@ pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
         .arg(format!("{}:{tag}", layout.display()))
         .arg(&rootfs)
         .run_ok();
-    assert!(
-        rootfs.is_dir(),
-        "umoci produced no rootfs in {}",
-        bundle.display()
-    );
-    rootfs
+    unpacked_rootfs(bundle)
 }
 
 /// `umoci unpack --image DIR:TAG BUNDLE`: a runtime bundle, with the
@@ -167,6 +162,12 @@ pub fn umoci_bundle(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
         .arg(format!("{}:{tag}", layout.display()))
         .arg(bundle)
         .run_ok();
+    unpacked_rootfs(bundle)
+}
+
+/// `BUNDLE/rootfs`, which umoci must have made.
+#[track_caller]
+fn unpacked_rootfs(bundle: &Path) -> PathBuf {
     let rootfs = bundle.join("rootfs");
     assert!(
         rootfs.is_dir(),

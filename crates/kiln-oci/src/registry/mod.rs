@@ -96,6 +96,12 @@ impl Registry {
             https_proxy: env_any(&["HTTPS_PROXY", "https_proxy"]),
             http_proxy: env_any(&["HTTP_PROXY", "http_proxy"]),
             no_proxy: env_any(&["NO_PROXY", "no_proxy"]),
+            // A blob goes up as a POST and one PUT with its body (what
+            // containerd does, and what the distribution spec requires of
+            // every registry), not POST, PATCH and PUT: a round trip less
+            // a blob, and a retried upload has one request fewer to lose
+            // on a flaky network.
+            use_monolithic_push: true,
             ..Default::default()
         };
         // Without CA certificates (kiln alone in an empty root) oci-client

@@ -43,7 +43,8 @@ $(SPDX_VENV)/bin/jsonschema: $(SPDX_VENV)/bin/pyspdxtools
 # compiles the workspace's own crates with clippy's lints on and warnings
 # denied, so CI does not check all ~700 dependencies a second time as a
 # separate `make lint` would. The flag joins .cargo/config.toml's rustflags.
-ifdef LINT
+# (`ifdef LINT` was always true: make predefines LINT for C's lint rules.)
+ifeq ($(LINT),1)
 LINT_ENV := RUSTC_WORKSPACE_WRAPPER="$$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
 LINT_FLAGS := --config 'target.x86_64-unknown-linux-gnu.rustflags=["-D", "warnings"]'
 endif
@@ -66,7 +67,7 @@ TEST_SCRATCH = $$(if [ -n "$${KILN_TEST_SCRATCH:-}" ]; then echo "$$KILN_TEST_SC
   elif shm=$$(.ci/shm-with-room 10); then echo "$$shm/kiln-test"; fi)
 
 test: test-deps spdx-validator
-ifdef LINT
+ifeq ($(LINT),1)
 	$(CARGO) fmt --all --check
 	$(LINT_ENV) $(CARGO) test --workspace --all-targets $(TEST_FEATURES) --no-run $(LINT_FLAGS)
 endif

@@ -5,7 +5,7 @@
 //! does not build with current libc (its async-tar → xattr 0.2 chain); the
 //! formats are small and specified in Debian Policy §5 and §7.
 
-pub(crate) use kiln_fs::probe::{parse_paragraphs, Paragraph};
+pub(crate) use kiln_fs::probe::{is_blank, parse_paragraphs, trim, Paragraph};
 use std::cmp::Ordering;
 use std::fmt;
 

@@ -9,7 +9,7 @@ use std::io::Read;
 
 use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
 
-use super::control::{parse_deps, parse_paragraphs, Dep, Paragraph, Version};
+use super::control::{is_blank, parse_deps, parse_paragraphs, trim, Dep, Paragraph, Version};
 use super::deb::Codec;
 use super::sources::Source;
 use crate::{AptError, IndexProblem, KeyringProblem};
@@ -219,6 +219,36 @@ const KEPT_FIELDS: [&str; 14] = [
     "Size",
 ];
 
+/// Positions in [`KEPT_FIELDS`] of the fields the scan itself reads.
+const PACKAGE: usize = 0;
+const VERSION: usize = 1;
+const ARCHITECTURE: usize = 2;
+const ESSENTIAL: usize = 4;
+const PRIORITY: usize = 5;
+const PROVIDES: usize = 10;
+const SHA256: usize = 12;
+
+/// One scanned paragraph's kept fields, read as [`Paragraph::get`] reads
+/// them (the first of a repeated field, values trimmed) without building a
+/// `Paragraph` for each of a suite's ~60k packages.
+struct Fields<'a> {
+    text: &'a str,
+    /// Each kept field's value as a range of `text`.
+    at: [Option<(u32, u32)>; KEPT_FIELDS.len()],
+    /// A paragraph whose kept fields have continuation lines is parsed
+    /// whole instead (its lines join with `\n`); Debian's indexes have none.
+    whole: Option<Paragraph>,
+}
+
+impl Fields<'_> {
+    fn get(&self, field: usize) -> Option<&str> {
+        match &self.whole {
+            Some(p) => p.get(KEPT_FIELDS[field]),
+            None => self.at[field].map(|(s, e)| &self.text[s as usize..e as usize]),
+        }
+    }
+}
+
 /// Append-only text in blocks of about 1 MiB: one String grown to a
 /// suite's ~25 MB would be copied at each doubling, old and new held at once.
 #[derive(Debug, Default)]
@@ -379,19 +409,16 @@ pub(crate) fn load_source(
             ))
         })?;
         let index = out.indexes.len() as u16;
-        let wanted = |p: &Paragraph| -> std::result::Result<Option<Scanned>, String> {
-            let name = p.get("Package").ok_or("missing Package")?;
+        let wanted = |p: &Fields| -> std::result::Result<Option<Scanned>, String> {
+            let name = p.get(PACKAGE).ok_or("missing Package")?;
             let version =
-                Version::parse(p.get("Version").ok_or("missing Version")?).ok_or("bad Version")?;
-            let pkg_arch = p.get("Architecture").unwrap_or("all");
-            let has_sha = p
-                .get("SHA256")
-                .and_then(|s| format!("sha256:{s}").parse::<Digest>().ok())
-                .is_some();
+                Version::parse(p.get(VERSION).ok_or("missing Version")?).ok_or("bad Version")?;
+            let pkg_arch = p.get(ARCHITECTURE).unwrap_or("all");
+            let has_sha = p.get(SHA256).is_some_and(Digest::is_valid_hex);
             if !has_sha || (ai != 0 && pkg_arch != arch) || !keep(name, &version.to_string()) {
                 return Ok(None);
             }
-            let provides = match p.get("Provides") {
+            let provides = match p.get(PROVIDES) {
                 Some(f) => parse_deps(f)?
                     .into_iter()
                     .flatten()
@@ -402,8 +429,8 @@ pub(crate) fn load_source(
             Ok(Some(Scanned {
                 name: name.into(),
                 arch: pkg_arch.into(),
-                essential: p.get("Essential") == Some("yes"),
-                required: p.get("Priority") == Some("required"),
+                essential: p.get(ESSENTIAL) == Some("yes"),
+                required: p.get(PRIORITY) == Some("required"),
                 provides,
             }))
         };
@@ -442,7 +469,7 @@ fn scan_index(
     what: &str,
     index: u16,
     out: &mut SourceIndex,
-    wanted: &dyn Fn(&Paragraph) -> std::result::Result<Option<Scanned>, String>,
+    wanted: &dyn Fn(&Fields) -> std::result::Result<Option<Scanned>, String>,
 ) -> Result<()> {
     let bad = |problem| AptError::BadIndex {
         repo: what.to_string(),
@@ -526,28 +553,44 @@ impl Read for Tee<'_> {
 
 /// Split deb822 text into paragraphs line by line (as [`parse_paragraphs`]
 /// does), keep [`KEPT_FIELDS`] of each, and record the `wanted` ones.
+/// This reads every line of a suite (~50 MB), so it looks at bytes: a
+/// line's first byte says what it is, `memchr` finds a key's end.
 fn scan(
     mut r: impl std::io::BufRead,
     index: u16,
     out: &mut SourceIndex,
-    wanted: &dyn Fn(&Paragraph) -> std::result::Result<Option<Scanned>, String>,
+    wanted: &dyn Fn(&Fields) -> std::result::Result<Option<Scanned>, String>,
 ) -> std::result::Result<(), ScanError> {
     let mut line = Vec::new();
     let mut para = String::new();
-    let (mut keeping, mut fields) = (false, false);
+    let mut at = [None; KEPT_FIELDS.len()];
+    // In a kept field; any field seen; a kept field continued on a line.
+    let (mut keeping, mut fields, mut continued) = (false, false, false);
     loop {
         line.clear();
         let n = r.read_until(b'\n', &mut line).map_err(ScanError::Read)?;
-        let l = std::str::from_utf8(&line).map_err(|_| ScanError::NotUtf8)?;
-        let l = l.strip_suffix('\n').unwrap_or(l);
-        let l = l.strip_suffix('\r').unwrap_or(l);
-        if n == 0 || l.trim().is_empty() {
+        let mut l = line.as_slice();
+        if let [rest @ .., b'\n'] = l {
+            l = rest;
+        }
+        if let [rest @ .., b'\r'] = l {
+            l = rest;
+        }
+        let l = std::str::from_utf8(l).map_err(|_| ScanError::NotUtf8)?;
+        if n == 0 || is_blank(l) {
             if fields {
-                let p = parse_paragraphs(&para)
-                    .into_iter()
-                    .next()
-                    .unwrap_or_default();
-                if let Some(s) = wanted(&p).map_err(ScanError::Entry)? {
+                let whole = continued.then(|| {
+                    parse_paragraphs(&para)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default()
+                });
+                let f = Fields {
+                    text: &para,
+                    at,
+                    whole,
+                };
+                if let Some(s) = wanted(&f).map_err(ScanError::Entry)? {
                     let entry = out.entries.len() as u32;
                     let (block, start) = out.text.push(&para);
                     out.provides
@@ -564,23 +607,33 @@ fn scan(
                     });
                 }
                 para.clear();
-                fields = false;
+                at = [None; KEPT_FIELDS.len()];
+                (fields, continued) = (false, false);
             }
             if n == 0 {
                 return Ok(());
             }
             continue;
         }
-        if l.starts_with('#') {
-            continue;
-        }
-        if !(l.starts_with(' ') || l.starts_with('\t')) {
-            let Some((k, _)) = l.split_once(':') else {
-                continue;
-            };
-            fields = true;
-            let k = k.trim();
-            keeping = KEPT_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k));
+        match l.as_bytes()[0] {
+            b'#' => continue,
+            b' ' | b'\t' => continued |= keeping,
+            _ => {
+                let Some(colon) = memchr::memchr(b':', l.as_bytes()) else {
+                    continue;
+                };
+                fields = true;
+                let key = trim(&l[..colon]);
+                let kept = KEPT_FIELDS
+                    .iter()
+                    .position(|f| f.len() == key.len() && f.eq_ignore_ascii_case(key));
+                keeping = kept.is_some();
+                if let Some(i) = kept.filter(|&i| at[i].is_none()) {
+                    let value = trim(&l[colon + 1..]);
+                    let start = para.len() + (value.as_ptr() as usize - l.as_ptr() as usize);
+                    at[i] = Some((start as u32, (start + value.len()) as u32));
+                }
+            }
         }
         if keeping {
             para.push_str(l);
@@ -814,13 +867,13 @@ mod tests {
         }
     }
 
-    fn every(p: &Paragraph) -> std::result::Result<Option<Scanned>, String> {
+    fn every(p: &Fields) -> std::result::Result<Option<Scanned>, String> {
         Ok(Some(Scanned {
-            name: p.get("Package").ok_or("missing Package")?.into(),
-            arch: p.get("Architecture").unwrap_or("all").into(),
+            name: p.get(PACKAGE).ok_or("missing Package")?.into(),
+            arch: p.get(ARCHITECTURE).unwrap_or("all").into(),
             essential: false,
             required: false,
-            provides: match p.get("Provides") {
+            provides: match p.get(PROVIDES) {
                 Some(f) => parse_deps(f)?
                     .into_iter()
                     .flatten()
@@ -913,6 +966,42 @@ mod tests {
             // Damage the memo: the next round decompresses again.
             std::fs::write(&memo, b"\x28\xb5\x2f\xfd garbage").unwrap();
         }
+    }
+
+    /// The scan's byte-level reading of a paragraph's fields agrees with
+    /// the parsed paragraph's: CRLF, odd key case and spacing, repeated
+    /// fields, continuation lines, comments, whitespace-only lines.
+    #[test]
+    fn scanned_fields_read_as_a_parsed_paragraph() {
+        let hex = "ab".repeat(32);
+        let text = format!(
+            "Package: a\r\nVersion:  2 \r\nsha256: {hex}\r\n\r\n\
+             Package: b\nPackage: c\nVersion: 1\nProvides: x,\n y\n \t\n\
+             Package:d\n# note\nArchitecture:\tall\t\n\n\
+             Package: e\nDescription: x\n more\nVersion: 3\u{a0}\nESSENTIAL: yes\n\n\
+             Size: 5\n"
+        );
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |f: &Fields| -> std::result::Result<Option<Scanned>, String> {
+            let got: Vec<Option<String>> = (0..KEPT_FIELDS.len())
+                .map(|i| f.get(i).map(String::from))
+                .collect();
+            seen.borrow_mut().push(got);
+            Ok(None)
+        };
+        let mut out = empty("http://m");
+        assert!(scan(text.as_bytes(), 0, &mut out, &record).is_ok());
+        let want: Vec<Vec<Option<String>>> = parse_paragraphs(&text)
+            .iter()
+            .map(|p| {
+                KEPT_FIELDS
+                    .iter()
+                    .map(|k| p.get(k).map(String::from))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(want.len(), 5);
+        assert_eq!(*seen.borrow(), want);
     }
 
     /// A catalog of one plain index holding `text`.

@@ -73,12 +73,27 @@ pub fn paragraph_chunks(text: &str, n: usize) -> Vec<&str> {
     out
 }
 
+/// `s.trim()`, without walking chars when `s` starts and ends with a
+/// visible ASCII character, as deb822 keys and values do: indexes of tens
+/// of MB go through here.
+pub fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(a), Some(b)) if !(a.is_ascii_graphic() && b.is_ascii_graphic()) => s.trim(),
+        _ => s,
+    }
+}
+
+/// A deb822 paragraph separator: an empty or whitespace-only line.
+pub fn is_blank(line: &str) -> bool {
+    trim(line).is_empty()
+}
+
 /// Parse every paragraph of a deb822 document (Packages, status, Release, .sources).
 pub fn parse_paragraphs(text: &str) -> Vec<Paragraph> {
     let mut out = Vec::new();
     let mut cur = Paragraph::default();
     for line in text.lines() {
-        if line.trim().is_empty() {
+        if is_blank(line) {
             if !cur.fields.is_empty() {
                 out.push(std::mem::take(&mut cur));
             }
@@ -99,8 +114,7 @@ pub fn parse_paragraphs(text: &str) -> Vec<Paragraph> {
             continue;
         }
         if let Some((k, v)) = line.split_once(':') {
-            cur.fields
-                .push((k.trim().to_string(), v.trim().to_string()));
+            cur.fields.push((trim(k).to_string(), trim(v).to_string()));
         }
     }
     if !cur.fields.is_empty() {

@@ -784,9 +784,8 @@ fn in_sandbox(
 /// The image's own interpreter, without network, over the image below
 /// the stage kept written out in the cache (read-only, see
 /// [`SharedTree`]), the stage's sources written in a scratch directory
-/// bound inside (made by [`scratch`]): a stage
-/// that gains a wheel writes that wheel's sources alone. Only for the
-/// stage's own sources.
+/// bound inside (made by [`scratch`]): a stage that gains a wheel writes
+/// that wheel's sources alone. Only for the stage's own sources.
 fn in_shared_tree(
     tree: SharedTree,
     (dir, root): (tempfile::TempDir, PathBuf),

@@ -55,13 +55,15 @@ pub(crate) fn display_name(p: &super::repo::Package, native: &str) -> String {
 
 /// `bin/x` → `usr/bin/x` on a merged-/usr system.
 fn usr_path(p: &str, merged: bool) -> String {
-    // Bytes, not a `split`: this runs for every path of every package.
-    let first = match memchr::memchr(b'/', p.as_bytes()) {
-        Some(i) => &p[..i],
-        None => p,
-    };
-    if merged && MERGED.contains(&first) {
-        return format!("usr/{p}");
+    if merged {
+        // Bytes, not a `split`: this runs for every path of every package.
+        let first = match memchr::memchr(b'/', p.as_bytes()) {
+            Some(i) => &p[..i],
+            None => p,
+        };
+        if MERGED.contains(&first) {
+            return format!("usr/{p}");
+        }
     }
     p.to_string()
 }

@@ -134,11 +134,21 @@ pub fn push(
     let pushed = (|| -> Result<()> {
         let total = todo.iter().map(|d| d.size).sum();
         let bar = progress.bytes_bar(total, "pushing blobs");
-        for d in &todo {
-            push_blob(registry, first, d, blobs, &mut report)?;
-            bar.inc(d.size);
-        }
+        let pushed = push_blobs(registry, first, &todo, blobs, &|d| bar.inc(d.size));
         bar.finish_and_clear();
+        for sent in &pushed.sent {
+            match sent {
+                Sent::Skipped => report.blobs_skipped += 1,
+                Sent::Mounted => report.blobs_mounted += 1,
+                Sent::Uploaded(size) => {
+                    report.blobs_uploaded += 1;
+                    report.bytes_uploaded += size;
+                }
+            }
+        }
+        if let Some(e) = pushed.failed {
+            return Err(e);
+        }
 
         step = PushStep::Manifests;
         let read = |d: &Digest| -> Result<Vec<u8>> { blobs.cache.read(d) };
@@ -397,31 +407,96 @@ fn add_to_referrers_tag(
     Ok(true)
 }
 
-fn push_blob(
+/// How many blobs go up at once: as docker's default (5) does, so that
+/// the registry's end of one upload (hashing, moving the file into place)
+/// overlaps the transfer of the next instead of leaving the link idle.
+const UPLOADS_AT_ONCE: usize = 4;
+
+/// What became of one blob.
+enum Sent {
+    Skipped,
+    Mounted,
+    Uploaded(u64),
+}
+
+/// What [`push_blobs`] did: every blob it finished, and the first error.
+struct BlobsPushed {
+    sent: Vec<Sent>,
+    failed: Option<Error>,
+}
+
+/// Push `todo`, [`UPLOADS_AT_ONCE`] at a time, the largest first (so that
+/// no big one is left to go alone at the end). After an error no blob is
+/// started; the ones under way finish. `done` is called after each blob.
+fn push_blobs(
     registry: &Registry,
     target: &Reference,
-    d: &Desc,
+    todo: &[&Desc],
     blobs: &Blobs,
-    report: &mut PushReport,
-) -> Result<()> {
+    done: &(dyn Fn(&Desc) + Sync),
+) -> BlobsPushed {
+    let mut order: Vec<&Desc> = todo.to_vec();
+    order.sort_by_key(|d| std::cmp::Reverse(d.size));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let work = || {
+        let mut out = BlobsPushed {
+            sent: Vec::new(),
+            failed: None,
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(d) = order.get(i) else { break };
+            match push_blob(registry, target, d, blobs) {
+                Ok(sent) => {
+                    done(d);
+                    out.sent.push(sent);
+                }
+                Err(e) => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    out.failed = Some(e);
+                }
+            }
+        }
+        out
+    };
+    let workers = UPLOADS_AT_ONCE.min(order.len());
+    if workers <= 1 {
+        return work();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+        let mut all = BlobsPushed {
+            sent: Vec::new(),
+            failed: None,
+        };
+        for h in handles {
+            let part = h.join().unwrap_or_else(|_| BlobsPushed {
+                sent: Vec::new(),
+                failed: Some(Error::internal("a blob upload thread stopped")),
+            });
+            all.sent.extend(part.sent);
+            all.failed = all.failed.or(part.failed);
+        }
+        all
+    })
+}
+
+fn push_blob(registry: &Registry, target: &Reference, d: &Desc, blobs: &Blobs) -> Result<Sent> {
     if registry.blob_exists(target, &d.digest)? {
-        report.blobs_skipped += 1;
-        return Ok(());
+        return Ok(Sent::Skipped);
     }
     if let Some(Origin::Registry(src)) = blobs.origin(&d.digest) {
         if src.registry() == target.registry()
             && src.repository() != target.repository()
             && registry.mount_blob(target, src, &d.digest)?
         {
-            report.blobs_mounted += 1;
-            return Ok(());
+            return Ok(Sent::Mounted);
         }
     }
     let path = blobs.path(&d.digest)?;
     registry.push_blob(target, &path, &d.digest, d.size)?;
-    report.blobs_uploaded += 1;
-    report.bytes_uploaded += d.size;
-    Ok(())
+    Ok(Sent::Uploaded(d.size))
 }
 
 /// Attach `docs` (one per platform, in the order of `image.images`) to an

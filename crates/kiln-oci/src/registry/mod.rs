@@ -37,8 +37,12 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
-/// Blobs above this size are streamed from disk in chunks instead of read into memory.
-const STREAM_THRESHOLD: u64 = 16 << 20;
+/// Blobs above this size are streamed from disk instead of read into
+/// memory; a push sends a few blobs at once (`output::push`), so it holds
+/// at most a few of these and a read buffer per streamed blob.
+const STREAM_THRESHOLD: u64 = 1 << 20;
+/// The reads of a streamed blob (one body: the push is monolithic).
+const STREAM_READ: usize = 1 << 20;
 /// The first wait before a retry; it doubles up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(200);
 const MAX_DELAY: Duration = Duration::from_secs(8);
@@ -532,7 +536,7 @@ fn file_chunks(
     use std::io::Read;
     futures_util::stream::unfold(Some(file), |state| async move {
         let mut file = state?;
-        let mut buf = vec![0u8; 16 << 20];
+        let mut buf = vec![0u8; STREAM_READ];
         let mut filled = 0;
         loop {
             match file.read(&mut buf[filled..]) {

@@ -11,13 +11,15 @@
 //! why. The pycs are PEP 552 unchecked-hash ones (no mtime inside, never
 //! revalidated), compiled per wheel in fixed chunks of its sorted list,
 //! each in a child forked from one interpreter with a fixed hash seed
-//! (chunks run in parallel), so the same inputs give the same bytes. Each RECORD gets
-//! `path,,` rows for its pycs, as pip writes them. The compiler's tree is
-//! the image below the stage, written out once and kept read-only in the
-//! cache ([`SharedTree`]), with the stage's sources in a scratch directory
-//! bound inside: nothing else of the wheels is unpacked for it. (With
-//! `compile-stdlib` the base's own sources are compiled in place, in a
-//! tree written for the build.)
+//! (chunks run in parallel), so the same inputs give the same bytes. Each
+//! RECORD gets `path,,` rows for its pycs, as pip writes them. The
+//! compiler's tree is the image below the stage, written out once and
+//! kept read-only in the cache ([`SharedTree`]), with a scratch directory
+//! bound inside that holds the stage's sources in one file and gets each
+//! chunk's pycs in one file: nothing else of the wheels is unpacked for
+//! it, and no file is made per source or pyc. (With `compile-stdlib` the
+//! base's own sources are read where they are, in a tree written for the
+//! build.)
 //!
 //! Each wheel's pycs are remembered (bucket `pip-bytecode-v1`) by the
 //! interpreter, its version and the wheel's sources, so a warm build
@@ -62,37 +64,67 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// The compiler, run as a file: `SCRIPT ROOT LIST` reads source paths
-/// (one a line, units apart by an empty line) from LIST and compiles each
-/// unit in fixed chunks of 500, each in a child forked from the script
-/// once it has read the list (as many at once as there are CPUs, the
-/// chunks with the most source bytes first, so that no big one is left
-/// to run alone at the end; the order changes no chunk's bytes). Each
-/// source under the root prefix ROOT gets the pyc path the interpreter
-/// itself looks for, the image path in its code objects, and a line
-/// `source<TAB>pyc` out, in the list's order. A chunk's bytes depend only
-/// on its files, whatever ran beside it: marshal's output depends on the
-/// interpreter's state (which objects are shared), and every child starts
-/// from the same one. A fork costs about a millisecond where a fresh
-/// interpreter cost 20-30 ms, and a freeze of 110 wheels is 120 chunks.
-const SCRIPT: &str = r#"import os, sys, selectors, py_compile, importlib.util
-root, listing = sys.argv[1], sys.argv[2]
+/// The compiler, run as a file: `SCRIPT ROOT PACK LIST OUT` reads
+/// sources (one a line, units apart by an empty line) from LIST and
+/// compiles each unit in fixed chunks of 500, each in a child forked from
+/// the script once it has read the list (as many at once as there are
+/// CPUs, the chunks with the most source bytes first, so that no big one
+/// is left to run alone at the end; the order changes no chunk's bytes).
+/// A line is `path<TAB>offset<TAB>length` for a source held in the file
+/// PACK (offset -1: a source with no bytes, which fails), or `path` for
+/// one read at ROOT + path (the base's own). Chunk N writes its pycs, one
+/// after another, to the file OUT/N, and a line `source<TAB>pyc<TAB>N<TAB>
+/// offset<TAB>length` out per pyc, in the list's order; `pyc` is the path
+/// the interpreter itself looks for, and the code objects carry the image
+/// path. So a stage's thousands of sources and pycs are a few files on
+/// disk, not a tree of them (on ext4 their inodes cost more than their
+/// bytes). A chunk's bytes depend only on its files, whatever ran beside
+/// it: marshal's output depends on the interpreter's state (which objects
+/// are shared), and every child starts from the same one. A fork costs
+/// about a millisecond where a fresh interpreter cost 20-30 ms, and a
+/// freeze of 110 wheels is 120 chunks. Each pyc is what `py_compile`
+/// writes in unchecked-hash mode: the same compile call, hash and header.
+const SCRIPT: &str = r#"import os, sys, selectors, importlib.util
+from importlib._bootstrap_external import _code_to_hash_pyc
+root, pack, listing, outdir = sys.argv[1:5]
 with open(listing, encoding="utf-8", errors="surrogateescape") as f:
-    units = [[p for p in u.split("\n") if p] for u in f.read().split("\n\n")]
-paths = [p for u in units for p in u]
+    units = [[l.split("\t") for l in u.split("\n") if l] for u in f.read().split("\n\n")]
+items = [i for u in units for i in u]
 CHUNK = 500
 
-def compile_range(start, end):
-    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
-    done = []
-    for p in paths[start:end]:
-        c = importlib.util.cache_from_source(p)
-        try:
-            py_compile.compile(root + p, cfile=root + c, dfile=p, doraise=True, invalidation_mode=mode)
-        except Exception as e:
-            sys.stderr.write("kiln-bytecode: %s: %s\n" % (p, type(e).__name__))
-            continue
-        done.append(p + "\t" + c + "\n")
+def read_source(item, pf):
+    if len(item) == 1:
+        with open(root + item[0], "rb") as f:
+            return f.read()
+    at, n = int(item[1]), int(item[2])
+    if at < 0:
+        raise FileNotFoundError(item[0])
+    parts = []
+    while n > 0:
+        b = os.pread(pf, n, at)
+        if not b:
+            raise EOFError(item[0])
+        parts.append(b)
+        at, n = at + len(b), n - len(b)
+    return b"".join(parts)
+
+def compile_range(index, start, end):
+    pf = os.open(pack, os.O_RDONLY) if pack else -1
+    done, at = [], 0
+    with open(os.path.join(outdir, str(index)), "wb") as out:
+        for item in items[start:end]:
+            p = item[0]
+            c = importlib.util.cache_from_source(p)
+            try:
+                data = read_source(item, pf)
+                code = compile(data, p, "exec", dont_inherit=True, optimize=-1)
+                pyc = _code_to_hash_pyc(code, importlib.util.source_hash(data), False)
+            except Exception as e:
+                sys.stderr.write("kiln-bytecode: %s: %s\n" % (p, type(e).__name__))
+                continue
+            out.write(pyc)
+            done.append("%s\t%s\t%d\t%d\t%d\n" % (p, c, index, at, len(pyc)))
+            at += len(pyc)
     return "".join(done).encode("utf-8", "surrogateescape")
 
 starts, at = [], 0
@@ -101,9 +133,12 @@ for u in units:
     at += len(u)
 def weight(i):
     total = 0
-    for p in paths[starts[i][0]:starts[i][1]]:
+    for item in items[starts[i][0]:starts[i][1]]:
+        if len(item) == 3:
+            total += max(int(item[2]), 0)
+            continue
         try:
-            total += os.stat(root + p).st_size
+            total += os.stat(root + item[0]).st_size
         except OSError:
             pass
     return total
@@ -119,7 +154,7 @@ while nxt < len(starts) or running:
         if pid == 0:
             try:
                 os.close(r)
-                data = compile_range(*starts[i])
+                data = compile_range(i, *starts[i])
                 while data:
                     data = data[os.write(w, data):]
                 sys.stderr.flush()
@@ -149,8 +184,9 @@ for o in out:
 "#;
 
 /// Bumped whenever the same inputs would give other pycs or rows, or the
-/// key is made otherwise (4: wheel members enter by their known hash).
-const FORMAT: &str = "kiln-bytecode/4";
+/// key is made otherwise (4: wheel members enter by their known hash; 5:
+/// compiled from bytes read out of one file, not by `py_compile`).
+const FORMAT: &str = "kiln-bytecode/5";
 
 /// One compiled file: its source and its pyc (absolute image paths).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -366,8 +402,7 @@ fn compile_with(
                     // got it) while the stage's layers are compressed, if
                     // it was not since the stage began; the sources are
                     // written out beside both, on a thread of their own
-                    // (they followed the tree: 0.7 s of one core for the
-                    // six-package data set, with the other core idle).
+                    // (they followed the tree, with a core idle).
                     let (emitted, opened, scratched) = std::thread::scope(|scope| {
                         let writing = std::thread::Builder::new()
                             .name("kiln-sources".into())
@@ -429,8 +464,7 @@ fn compile_with(
             Err(why) => return Ok(Some(skip(format!("nothing compiled: {why}")))),
         };
         // Each unit's pycs go into its own blob and memo: the units in
-        // parallel (reading, hashing and writing some 100k files for a
-        // large freeze), each in source order.
+        // parallel, each in source order (its chunks' files, in turn).
         units
             .par_iter()
             .zip(memos.par_iter_mut())
@@ -441,18 +475,32 @@ fn compile_with(
                 // The unit's pycs, in source order, out of what the run wrote.
                 let mut files = Vec::new();
                 let mut blob = stages.cache.writer()?;
+                let mut chunk: Option<(&str, std::fs::File)> = None;
                 for source in &unit.sources {
                     let Some(pyc) = done.pycs.get(source) else {
                         continue;
                     };
-                    let path = done.root.join(pyc.trim_start_matches('/'));
-                    let size = std::fs::File::open(&path)
-                        .and_then(|mut f| std::io::copy(&mut f, &mut blob))
-                        .io_context(|| format!("reading the compiled {}", path.display()))?;
+                    let path = done.out.join(&pyc.chunk);
+                    let copied = (|| -> std::io::Result<u64> {
+                        use std::io::{Read as _, Seek as _};
+                        let file = match &mut chunk {
+                            Some((name, f)) if *name == pyc.chunk => f,
+                            _ => &mut chunk.insert((&pyc.chunk, std::fs::File::open(&path)?)).1,
+                        };
+                        file.seek(std::io::SeekFrom::Start(pyc.at))?;
+                        std::io::copy(&mut file.take(pyc.size), &mut blob)
+                    })()
+                    .io_context(|| format!("reading the compiled {}", path.display()))?;
+                    if copied != pyc.size {
+                        return Err(kiln_core::Error::internal(format!(
+                            "{} ends before the pyc of {source}",
+                            path.display()
+                        )));
+                    }
                     files.push(Compiled {
                         source: source.clone(),
-                        pyc: pyc.clone(),
-                        size,
+                        pyc: pyc.path.clone(),
+                        size: pyc.size,
                     });
                 }
                 let memo = Memo {
@@ -720,13 +768,23 @@ fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Arc<Spool>)> {
     Some((memo, spool))
 }
 
-/// What a compiler run left: its tree (kept until the pycs are stored,
-/// each read from there into its wheel's blob, never all in memory) and
-/// each compiled source's pyc.
+/// What a compiler run left: its directory (kept until the pycs are
+/// stored, each read from its chunk's file into its wheel's blob, never
+/// all in memory), where the chunks' files are, and each compiled
+/// source's pyc.
 struct Run {
     _tree: Box<dyn std::any::Any>,
-    root: PathBuf,
-    pycs: BTreeMap<String, String>,
+    out: PathBuf,
+    pycs: BTreeMap<String, Pyc>,
+}
+
+/// Where a source's pyc went: its image path, and its bytes in the file
+/// of its chunk.
+struct Pyc {
+    path: String,
+    chunk: String,
+    at: u64,
+    size: u64,
 }
 
 /// The fixed environment of the compiler: no hash randomisation (sets
@@ -742,9 +800,11 @@ fn env() -> Vec<(String, String)> {
 }
 
 /// The image's own interpreter, without network, over the image below
-/// the stage (`layers`) and the stage's sources written out: compiling
-/// reads nothing else, so the stage's other files (its shared libraries,
-/// most of a scientific wheel set) are never unpacked.
+/// the stage (`layers`) with the sources in a file beside the compiler
+/// in its `/tmp`: compiling reads nothing else, so the stage's other
+/// files (its shared libraries, most of a scientific wheel set) are
+/// never unpacked. The base's own sources (`compile-stdlib`) are read
+/// where they are.
 fn in_sandbox(
     layers: Vec<Box<dyn std::io::Read>>,
     interpreter: &str,
@@ -754,55 +814,36 @@ fn in_sandbox(
 ) -> std::result::Result<Run, String> {
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut sb = Sandbox::from_layers(layers, &tmp, PURPOSE).map_err(|e| e.to_string())?;
-    let root = sb.root().to_path_buf();
-    let write = || -> std::io::Result<()> {
-        write_sources(&root, units, groups)?;
-        std::fs::create_dir_all(root.join("tmp"))?;
-        std::fs::write(root.join("tmp/.kiln-bytecode.py"), SCRIPT)?;
-        std::fs::write(root.join("tmp/.kiln-bytecode-sources"), listing(units))
-    };
-    write().map_err(|e| format!("writing the list of sources: {e}"))?;
+    let dir = sb.root().join("tmp/.kiln-bytecode");
+    write_inputs(&dir, units, groups, true).map_err(|e| format!("writing the sources out: {e}"))?;
+    let inside = |name: &str| format!("/tmp/.kiln-bytecode/{name}");
     let output = sb
         .run(&RunSpec {
-            argv: vec![
-                interpreter.to_string(),
-                "-s".into(),
-                "-B".into(),
-                "/tmp/.kiln-bytecode.py".into(),
-                String::new(),
-                "/tmp/.kiln-bytecode-sources".into(),
-            ],
+            argv: compiler_argv(interpreter, "", &inside),
             env: env(),
             user: None,
             workdir: Some("/".into()),
             network: Network::None,
         })
         .map_err(|e| e.to_string())?;
-    collect(&output, root, Box::new(sb))
+    collect(&output, dir.join(OUT), Box::new(sb))
 }
 
 /// The image's own interpreter, without network, over the image below
 /// the stage kept written out in the cache (read-only, see
-/// [`SharedTree`]), the stage's sources written in a scratch directory
-/// bound inside (made by [`scratch`]): a stage that gains a wheel writes
-/// that wheel's sources alone. Only for the stage's own sources.
+/// [`SharedTree`]), the stage's sources in a scratch directory bound
+/// inside (made by [`scratch`]): a stage that gains a wheel writes that
+/// wheel's sources alone. Only for the stage's own sources.
 fn in_shared_tree(
     tree: SharedTree,
-    (dir, root): (tempfile::TempDir, PathBuf),
+    dir: tempfile::TempDir,
     interpreter: &str,
 ) -> std::result::Result<Run, String> {
     let inside = |name: &str| format!("/{SCRATCH_MOUNT}/{name}");
     let output = tree
         .run(
             &RunSpec {
-                argv: vec![
-                    interpreter.to_string(),
-                    "-s".into(),
-                    "-B".into(),
-                    inside("compile.py"),
-                    inside("src"),
-                    inside("sources"),
-                ],
+                argv: compiler_argv(interpreter, "", &inside),
                 env: env(),
                 user: None,
                 workdir: Some("/".into()),
@@ -811,96 +852,114 @@ fn in_shared_tree(
             dir.path(),
         )
         .map_err(|e| e.to_string())?;
-    collect(&output, root, Box::new((dir, tree)))
+    let out = dir.path().join(OUT);
+    collect(&output, out, Box::new((dir, tree)))
 }
 
-/// A host interpreter over the sources written out under a scratch
-/// directory (image paths below it; `dfile` names the image path).
+/// A host interpreter over the sources in a scratch directory (`dfile`
+/// names the image path).
 fn on_host(
     python: &Path,
     units: &[&Unit],
     groups: &[LayerGroup],
     cache: &Cache,
 ) -> std::result::Result<Run, String> {
-    let (dir, root) = scratch(units, groups, cache)?;
+    let dir = scratch(units, groups, cache)?;
+    let on = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let output = Command::new(python)
-        .args(["-s", "-B"])
-        .arg(dir.path().join("compile.py"))
-        .arg(&root)
-        .arg(dir.path().join("sources"))
+        .args(compiler_argv("", "", &on).split_off(1))
         .env_clear()
         .envs(env())
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
-    collect(&output, root, Box::new(dir))
+    let out = dir.path().join(OUT);
+    collect(&output, out, Box::new(dir))
 }
 
-/// A scratch directory in the cache's `tmp` with the compiler
-/// (`compile.py`), its list (`sources`) and the units' sources under
-/// `src` at their image paths (returned: the compiler's root prefix).
+/// The files of a compiler run in its directory: the script, the list,
+/// the sources' bytes and the directory of the chunks' pycs.
+const SCRIPT_FILE: &str = "compile.py";
+const LIST: &str = "sources";
+const PACK: &str = "pack";
+const OUT: &str = "out";
+
+/// `interpreter -s -B SCRIPT ROOT PACK LIST OUT`, the files named by `at`.
+fn compiler_argv(interpreter: &str, root: &str, at: &dyn Fn(&str) -> String) -> Vec<String> {
+    vec![
+        interpreter.to_string(),
+        "-s".into(),
+        "-B".into(),
+        at(SCRIPT_FILE),
+        root.to_string(),
+        at(PACK),
+        at(LIST),
+        at(OUT),
+    ]
+}
+
+/// A scratch directory in the cache's `tmp` with the compiler's inputs
+/// ([`write_inputs`]).
 fn scratch(
     units: &[&Unit],
     groups: &[LayerGroup],
     cache: &Cache,
-) -> std::result::Result<(tempfile::TempDir, PathBuf), String> {
+) -> std::result::Result<tempfile::TempDir, String> {
     let dir = tempfile::Builder::new()
         .prefix(&kiln_store::temp_prefix("bytecode"))
         .tempdir_in(cache.bucket(CacheBucket::Tmp))
         .map_err(|e| format!("making a scratch directory: {e}"))?;
-    let root = dir.path().join("src");
-    let write = || -> std::io::Result<()> {
-        write_sources(&root, units, groups)?;
-        std::fs::write(dir.path().join("compile.py"), SCRIPT)?;
-        std::fs::write(dir.path().join("sources"), listing(units))
-    };
-    write().map_err(|e| format!("writing the sources out: {e}"))?;
-    Ok((dir, root))
+    write_inputs(dir.path(), units, groups, false)
+        .map_err(|e| format!("writing the sources out: {e}"))?;
+    Ok(dir)
 }
 
-/// The sources the groups hold, written under `root` at their image
-/// paths (the others, the base's, are there already or not needed).
-fn write_sources(root: &Path, units: &[&Unit], groups: &[LayerGroup]) -> std::io::Result<()> {
+/// Into `dir`: the compiler, the bytes of every source the groups hold
+/// one after another in one file (in the list's order: one sequential
+/// write), the list, and the empty directory of the pycs. A source the
+/// groups do not hold is read from the tree when `base_sources` (the
+/// base's own, compiled in place), else it fails to compile.
+fn write_inputs(
+    dir: &Path,
+    units: &[&Unit],
+    groups: &[LayerGroup],
+    base_sources: bool,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
         .flat_map(|g| &g.entries)
         .map(|e| (e.path.as_str(), e))
         .collect();
-    // A unit (a wheel's sources) a task: the writes are mostly the
-    // kernel's inode and page work, and a 110-wheel freeze's ~25k files
-    // took a second of one core with the other idle.
-    units.par_iter().try_for_each(|u| {
-        for s in &u.sources {
-            let Some(bytes) = ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) else {
-                continue;
-            };
-            let dst = root.join(s.trim_start_matches('/'));
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(dst, bytes)?;
+    std::fs::create_dir_all(dir.join(OUT))?;
+    std::fs::write(dir.join(SCRIPT_FILE), SCRIPT)?;
+    let mut pack =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(PACK))?);
+    let mut list = String::new();
+    let mut at = 0u64;
+    for (i, u) in units.iter().enumerate() {
+        if i > 0 {
+            list.push('\n');
         }
-        Ok(())
-    })
+        for s in &u.sources {
+            match ours.get(s.trim_start_matches('/')).and_then(|e| content(e)) {
+                Some(bytes) => {
+                    pack.write_all(&bytes)?;
+                    list.push_str(&format!("{s}\t{at}\t{}\n", bytes.len()));
+                    at += bytes.len() as u64;
+                }
+                None if base_sources => list.push_str(&format!("{s}\n")),
+                None => list.push_str(&format!("{s}\t-1\t0\n")),
+            }
+        }
+    }
+    pack.into_inner().map_err(|e| e.into_error())?;
+    std::fs::write(dir.join(LIST), list)
 }
 
-/// The compiler's list: a source a line, the units apart by an empty line.
-fn listing(units: &[&Unit]) -> String {
-    units
-        .iter()
-        .map(|u| {
-            u.sources
-                .iter()
-                .map(|s| format!("{s}\n"))
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The pycs the compiler says it wrote under `root` (in `tree`).
+/// The pycs the compiler says it wrote to the chunks' files in `out`.
 fn collect(
     output: &std::process::Output,
-    root: PathBuf,
+    out: PathBuf,
     tree: Box<dyn std::any::Any>,
 ) -> std::result::Result<Run, String> {
     if !output.status.success() {
@@ -911,13 +970,28 @@ fn collect(
     }
     let pycs = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(s, c)| s.starts_with('/') && c.starts_with('/'))
-        .map(|(s, c)| (s.to_string(), c.to_string()))
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (source, path, chunk) = (f.next()?, f.next()?, f.next()?);
+            let (at, size) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+            let ok = source.starts_with('/')
+                && path.starts_with('/')
+                && !chunk.is_empty()
+                && chunk.bytes().all(|b| b.is_ascii_digit());
+            ok.then(|| {
+                let pyc = Pyc {
+                    path: path.to_string(),
+                    chunk: chunk.to_string(),
+                    at,
+                    size,
+                };
+                (source.to_string(), pyc)
+            })
+        })
         .collect();
     Ok(Run {
         _tree: tree,
-        root,
+        out,
         pycs,
     })
 }
@@ -934,7 +1008,11 @@ fn layer_entries(
     for (memo, data) in memos {
         let mut at = 0u64;
         for f in &memo.files {
-            let bytes = data.slice_at(at, f.size)?;
+            // Known by where it is in a blob known by its digest: the
+            // layer's key does not read the pycs back.
+            let bytes = data
+                .slice_at(at, f.size)?
+                .known_as(format!("{}@{at}", memo.blob));
             at += f.size;
             let path = f.pyc.trim_start_matches('/');
             tree.add_parents(path);

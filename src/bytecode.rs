@@ -70,13 +70,13 @@ fn is_zero(n: &usize) -> bool {
 /// the script once it has read the list (as many at once as there are
 /// CPUs, the chunks with the most source bytes first, so that no big one
 /// is left to run alone at the end; the order changes no chunk's bytes).
-/// A line is `path<TAB>offset<TAB>length` for a source held in the file
-/// PACK (offset -1: a source with no bytes, which fails), or `path` for
+/// A line is `path<TAB>offset<TAB>length`: a source held in the file
+/// PACK, or with offset -1 a source with no bytes (which fails), or -2
 /// one read at ROOT + path (the base's own). Chunk N writes its pycs, one
-/// after another, to the file OUT/N, and a line `source<TAB>pyc<TAB>N<TAB>
-/// offset<TAB>length` out per pyc, in the list's order; `pyc` is the path
-/// the interpreter itself looks for, and the code objects carry the image
-/// path. So a stage's thousands of sources and pycs are a few files on
+/// after another, to the file OUT/N, and a line `I<TAB>N<TAB>offset<TAB>
+/// length<TAB>pyc` out per pyc, in the list's order, for the list's Ith
+/// source (a path may hold a tab); `pyc` is the path the interpreter
+/// itself looks for, and the code objects carry the image path. So a stage's thousands of sources and pycs are a few files on
 /// disk, not a tree of them (on ext4 their inodes cost more than their
 /// bytes). A chunk's bytes depend only on its files, whatever ran beside
 /// it: marshal's output depends on the interpreter's state (which objects
@@ -88,15 +88,15 @@ const SCRIPT: &str = r#"import os, sys, selectors, importlib.util
 from importlib._bootstrap_external import _code_to_hash_pyc
 root, pack, listing, outdir = sys.argv[1:5]
 with open(listing, encoding="utf-8", errors="surrogateescape") as f:
-    units = [[l.split("\t") for l in u.split("\n") if l] for u in f.read().split("\n\n")]
+    units = [[l.rsplit("\t", 2) for l in u.split("\n") if l] for u in f.read().split("\n\n")]
 items = [i for u in units for i in u]
 CHUNK = 500
 
 def read_source(item, pf):
-    if len(item) == 1:
+    at, n = int(item[1]), int(item[2])
+    if at == -2:
         with open(root + item[0], "rb") as f:
             return f.read()
-    at, n = int(item[1]), int(item[2])
     if at < 0:
         raise FileNotFoundError(item[0])
     parts = []
@@ -112,7 +112,8 @@ def compile_range(index, start, end):
     pf = os.open(pack, os.O_RDONLY) if pack else -1
     done, at = [], 0
     with open(os.path.join(outdir, str(index)), "wb") as out:
-        for item in items[start:end]:
+        for k in range(start, end):
+            item = items[k]
             p = item[0]
             c = importlib.util.cache_from_source(p)
             try:
@@ -123,7 +124,7 @@ def compile_range(index, start, end):
                 sys.stderr.write("kiln-bytecode: %s: %s\n" % (p, type(e).__name__))
                 continue
             out.write(pyc)
-            done.append("%s\t%s\t%d\t%d\t%d\n" % (p, c, index, at, len(pyc)))
+            done.append("%d\t%d\t%d\t%d\t%s\n" % (k, index, at, len(pyc), c))
             at += len(pyc)
     return "".join(done).encode("utf-8", "surrogateescape")
 
@@ -134,8 +135,8 @@ for u in units:
 def weight(i):
     total = 0
     for item in items[starts[i][0]:starts[i][1]]:
-        if len(item) == 3:
-            total += max(int(item[2]), 0)
+        if item[1] != "-2":
+            total += int(item[2])
             continue
         try:
             total += os.stat(root + item[0]).st_size
@@ -424,7 +425,7 @@ fn compile_with(
                     let spinner = spin();
                     let shared = opened
                         .map_err(|e| e.to_string())
-                        .and_then(|t| in_shared_tree(t, scratched?, &python.interpreter));
+                        .and_then(|t| in_shared_tree(t, scratched?, &python.interpreter, &todo));
                     let run = match shared {
                         Ok(run) => Ok(run),
                         // (This tree has the stage's layers too: the same
@@ -826,7 +827,7 @@ fn in_sandbox(
             network: Network::None,
         })
         .map_err(|e| e.to_string())?;
-    collect(&output, dir.join(OUT), Box::new(sb))
+    collect(&output, units, dir.join(OUT), Box::new(sb))
 }
 
 /// The image's own interpreter, without network, over the image below
@@ -838,6 +839,7 @@ fn in_shared_tree(
     tree: SharedTree,
     dir: tempfile::TempDir,
     interpreter: &str,
+    units: &[&Unit],
 ) -> std::result::Result<Run, String> {
     let inside = |name: &str| format!("/{SCRATCH_MOUNT}/{name}");
     let output = tree
@@ -853,7 +855,7 @@ fn in_shared_tree(
         )
         .map_err(|e| e.to_string())?;
     let out = dir.path().join(OUT);
-    collect(&output, out, Box::new((dir, tree)))
+    collect(&output, units, out, Box::new((dir, tree)))
 }
 
 /// A host interpreter over the sources in a scratch directory (`dfile`
@@ -873,7 +875,7 @@ fn on_host(
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
     let out = dir.path().join(OUT);
-    collect(&output, out, Box::new(dir))
+    collect(&output, units, out, Box::new(dir))
 }
 
 /// The files of a compiler run in its directory: the script, the list,
@@ -947,7 +949,7 @@ fn write_inputs(
                     list.push_str(&format!("{s}\t{at}\t{}\n", bytes.len()));
                     at += bytes.len() as u64;
                 }
-                None if base_sources => list.push_str(&format!("{s}\n")),
+                None if base_sources => list.push_str(&format!("{s}\t-2\t0\n")),
                 None => list.push_str(&format!("{s}\t-1\t0\n")),
             }
         }
@@ -956,9 +958,11 @@ fn write_inputs(
     std::fs::write(dir.join(LIST), list)
 }
 
-/// The pycs the compiler says it wrote to the chunks' files in `out`.
+/// The pycs the compiler says it wrote to the chunks' files in `out`,
+/// for the sources of `units` (in the list's order).
 fn collect(
     output: &std::process::Output,
+    units: &[&Unit],
     out: PathBuf,
     tree: Box<dyn std::any::Any>,
 ) -> std::result::Result<Run, String> {
@@ -968,14 +972,16 @@ fn collect(
         let tail = lines[lines.len().saturating_sub(10)..].join("\n");
         return Err(format!("the compiler failed ({}): {tail}", output.status));
     }
+    let sources: Vec<&String> = units.iter().flat_map(|u| &u.sources).collect();
     let pycs = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| {
-            let mut f = l.split('\t');
-            let (source, path, chunk) = (f.next()?, f.next()?, f.next()?);
+            let mut f = l.splitn(5, '\t');
+            let source = sources.get(f.next()?.parse::<usize>().ok()?)?;
+            let chunk = f.next()?;
             let (at, size) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
-            let ok = source.starts_with('/')
-                && path.starts_with('/')
+            let path = f.next()?;
+            let ok = path.starts_with('/')
                 && !chunk.is_empty()
                 && chunk.bytes().all(|b| b.is_ascii_digit());
             ok.then(|| {
@@ -1151,6 +1157,79 @@ mod tests {
         sorted.sort();
         assert_eq!(paths, sorted);
         assert!(paths.contains(&format!("{site}/demo/__pycache__").as_str()));
+    }
+
+    /// The compiler script, run by the host's python3 over a pack: each
+    /// unit's good sources get a pyc that is byte for byte what
+    /// `py_compile` writes in unchecked-hash mode; a source that is not
+    /// Python, and one with no bytes, get none; a path with a tab passes.
+    #[test]
+    fn the_compiler_reads_the_pack_and_writes_what_py_compile_does() {
+        let site = "usr/lib/python3/dist-packages";
+        let good = format!("{site}/demo/a.py");
+        let tabbed = format!("{site}/demo/t\tb.py");
+        let bad = format!("{site}/demo/bad.py");
+        let source = "import os\nX = {1, 2, 'a'}\ndef f(y):\n    return os.path.join(y, 'z')\n";
+        let init = format!("{site}/other/__init__.py");
+        let g = group(&[
+            (good.as_str(), source),
+            (tabbed.as_str(), "Y = 2\n"),
+            (bad.as_str(), "def (:\n"),
+            (init.as_str(), ""),
+        ]);
+        let unit = |sources: &[&str]| Unit {
+            key: Digest::of(b"unit"),
+            sources: sources.iter().map(|s| format!("/{s}")).collect(),
+        };
+        let missing = format!("{site}/demo/gone.py");
+        let units = [unit(&[&good, &bad, &tabbed, &missing]), unit(&[&init])];
+        let units: Vec<&Unit> = units.iter().collect();
+        let dir = tempfile::tempdir().unwrap();
+        write_inputs(dir.path(), &units, std::slice::from_ref(&g), false).unwrap();
+        let on = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let output = Command::new("python3")
+            .args(compiler_argv("", "", &on).split_off(1))
+            .env_clear()
+            .envs(env())
+            .output()
+            .expect("python3 on the host");
+        let run = collect(&output, &units, dir.path().join(OUT), Box::new(())).unwrap();
+        let compiled: BTreeSet<&str> = run.pycs.keys().map(|s| s.as_str()).collect();
+        let want: BTreeSet<String> = [&good, &tabbed, &init]
+            .iter()
+            .map(|s| format!("/{s}"))
+            .collect();
+        assert_eq!(compiled, want.iter().map(|s| s.as_str()).collect());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("bad.py: SyntaxError"), "{stderr}");
+        assert!(stderr.contains("gone.py: FileNotFoundError"), "{stderr}");
+
+        // py_compile over the same source, under the same image path.
+        let pyc = &run.pycs[&format!("/{good}")];
+        assert!(pyc
+            .path
+            .starts_with(&format!("/{site}/demo/__pycache__/a.")));
+        let chunk = std::fs::read(run.out.join(&pyc.chunk)).unwrap();
+        let ours = &chunk[pyc.at as usize..(pyc.at + pyc.size) as usize];
+        let src = dir.path().join("a.py");
+        std::fs::write(&src, source).unwrap();
+        let theirs = dir.path().join("a.pyc");
+        let status = Command::new("python3")
+            .args(["-s", "-B", "-c"])
+            .arg(
+                "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], \
+                 dfile=sys.argv[3], doraise=True, \
+                 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)",
+            )
+            .arg(&src)
+            .arg(&theirs)
+            .arg(format!("/{good}"))
+            .env_clear()
+            .envs(env())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(ours, std::fs::read(&theirs).unwrap().as_slice());
     }
 
     #[test]

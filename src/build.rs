@@ -247,7 +247,8 @@ struct Setup {
     spec_dir: PathBuf,
     cache: Cache,
     base_src: ImageSource,
-    registry: Option<Registry>,
+    /// Shared with the uploaders of [`push::EarlyPush`].
+    registry: Option<std::sync::Arc<Registry>>,
 }
 
 impl Setup {
@@ -261,7 +262,7 @@ impl Setup {
     ) -> Result<Setup> {
         let spec_dir = spec.dir();
         let base_src = pinned_base(base_source(&spec)?, lock);
-        let registry = registry_for(&base_src, push, offline, insecure)?;
+        let registry = registry_for(&base_src, push, offline, insecure)?.map(std::sync::Arc::new);
         let cache = Cache::open(cache_dir)?;
         Ok(Setup {
             spec,
@@ -292,7 +293,7 @@ impl Setup {
     }
 
     fn blobs(&self) -> Blobs<'_> {
-        Blobs::new(&self.cache, self.registry.as_ref())
+        Blobs::new(&self.cache, self.registry.as_deref())
     }
 
     /// Resolve the base (a registry base is fetched here: the first network).
@@ -307,7 +308,7 @@ impl Setup {
             &self.base_src,
             &self.spec.platforms(),
             blobs,
-            self.registry.as_ref(),
+            self.registry.as_deref(),
             compression,
         )?;
         spinner.finish_and_clear();
@@ -377,6 +378,8 @@ struct BuildPlan {
     archive_names: Vec<String>,
     /// The counters of the build's summary.
     tally: Tally,
+    /// With `--push`: the layers going out as they are built.
+    early: Option<push::EarlyPush>,
 }
 
 fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
@@ -506,6 +509,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         base_name,
         archive_names,
         tally: Tally::new(&opts.progress),
+        early: None,
     })
 }
 
@@ -617,7 +621,12 @@ struct PlatformBuild {
 }
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
-    let plan = plan_build(opts)?;
+    let mut plan = plan_build(opts)?;
+    if let (Some((_, first)), Some(reg)) = (&plan.push, &plan.setup.registry) {
+        let cache = plan.setup.cache.clone();
+        plan.early = Some(push::EarlyPush::start(reg.clone(), first.clone(), cache));
+    }
+    let plan = plan;
     let setup = &plan.setup;
     if let Some(r) = &setup.registry {
         r.count_transfers(plan.tally.transfers.clone());
@@ -670,8 +679,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 s.fs.apply_entries(&g.entries, &keep_for(opts, spec));
             }
         }
-        p.layers
-            .extend(build_groups(&groups, opts, cache, &plan.tally)?);
+        p.layers.extend(build_groups(&groups, opts, cache, &plan)?);
     }
     phase("building");
 
@@ -710,7 +718,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             }
         };
         p.layers
-            .extend(build_groups(&groups, opts, &setup.cache, &plan.tally)?);
+            .extend(build_groups(&groups, opts, &setup.cache, &plan)?);
         // The tree was kept for the commands or the copies; only the SBOM
         // reads it from here on.
         if !opts.sbom {
@@ -976,7 +984,7 @@ fn run_stages(
         built.lock().unwrap().clear();
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
             phase("building");
-            let new = build_groups(groups, opts, &setup.cache, &plan.tally)?;
+            let new = build_groups(groups, opts, &setup.cache, plan)?;
             built.lock().unwrap().extend(new);
             Ok(())
         })?;
@@ -1142,6 +1150,7 @@ fn write_outputs(
                 &sbom_blobs,
                 blobs,
                 &opts.progress,
+                &plan.early.as_ref().map(|e| e.finish()).unwrap_or_default(),
             )?;
             push_stage_records(reg, plan, repo, assembled, outputs.memos, blobs, &created)?;
             Some(report)
@@ -1767,12 +1776,14 @@ fn locked_platform<'l>(
 }
 
 /// Build labelled entry groups into layers, in parallel; order is kept.
+/// With `--push`, each goes to the registry as soon as it is built.
 fn build_groups(
     groups: &[layer::LayerGroup],
     opts: &BuildOptions,
     cache: &Cache,
-    tally: &Tally,
+    plan: &BuildPlan,
 ) -> Result<Vec<NewLayer>> {
+    let tally = &plan.tally;
     let bar = opts.progress.bar(groups.len() as u64, "building layers");
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let out = groups
@@ -1790,6 +1801,9 @@ fn build_groups(
             tally.parts_copied(built.parts_copied);
             let (blob, reused) = (built.blob, built.reused);
             tally.layer(&blob.digest, reused);
+            if let Some(early) = &plan.early {
+                early.send(&blob.digest, blob.size);
+            }
             let total =
                 bytes.fetch_add(blob.size, std::sync::atomic::Ordering::Relaxed) + blob.size;
             bar.set_message(format!("layers {}", summary::human_bytes(total)));

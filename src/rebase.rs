@@ -67,6 +67,7 @@ pub fn rebase(opts: &RebaseOptions) -> Result<RebaseReport> {
         &[],
         &blobs,
         &opts.progress,
+        &push::Early::default(),
     )?;
     Ok(RebaseReport {
         image: opts.image.clone(),

@@ -52,9 +52,11 @@ fn push_twice_uploads_nothing_the_second_time() {
     let referrers_tag = format!("sha256-{}", &s(&first, "digest")[7..]);
     assert_eq!(tags, ["1.0", "latest", referrers_tag.as_str()]);
 
-    // Second push, from a fresh cache: everything is already there; one
-    // HEAD per tag and one for the SBOM referrer (by its digest) tell, no
-    // blob is checked.
+    // Second push, from a fresh cache: everything is already there. The
+    // layer it builds goes out as soon as it is built (the push's early
+    // uploads), which is one HEAD (it is there: no upload); then one HEAD
+    // per tag and one for the SBOM referrer (by its digest) tell, and no
+    // other blob is checked.
     let cache = unique_dir("push-twice-cache");
     let push_with_cache = || {
         let out = ws
@@ -68,14 +70,21 @@ fn push_twice_uploads_nothing_the_second_time() {
     let second = push_with_cache();
     check_build_json(&second);
     let requests = reg.repo_requests(&repo);
+    let built = nblobs - 1;
     assert_eq!(
-        requests.len() - before,
-        3,
-        "two tags and one referrer: {:#?}",
+        (requests.len() - before) as u64,
+        built + 3,
+        "the built layer, two tags and one referrer: {:#?}",
         &requests[before..]
     );
+    let heads = requests[before..]
+        .iter()
+        .filter(|r| r.contains("HEAD") && r.contains("/blobs/"))
+        .count() as u64;
+    assert_eq!(heads, built, "{:#?}", &requests[before..]);
     // Third push, from that cache: it saw the referrer there, and a
     // manifest by digest does not change; only the tags are asked for.
+    // (The layer is reused, and this cache knows the repository has it.)
     let before = reg.repo_requests(&repo).len();
     let third = push_with_cache();
     let requests = reg.repo_requests(&repo);

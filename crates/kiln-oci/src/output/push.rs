@@ -96,6 +96,7 @@ pub struct SbomBlob {
 /// the order of `image.images`; none with `--no-sbom`) attached as
 /// referrers. Fails with [`RegistryError::PushIncomplete`] once anything
 /// was sent, naming what the registry holds.
+#[allow(clippy::too_many_arguments)]
 pub fn push(
     registry: &Registry,
     repo: &str,
@@ -104,6 +105,7 @@ pub fn push(
     sboms: &[SbomBlob],
     blobs: &Blobs,
     progress: &Progress,
+    early: &Early,
 ) -> Result<PushReport> {
     // Bad names fail before anything is sent.
     let tag_refs = tags
@@ -134,7 +136,7 @@ pub fn push(
     let pushed = (|| -> Result<()> {
         let total = todo.iter().map(|d| d.size).sum();
         let bar = progress.bytes_bar(total, "pushing blobs");
-        let pushed = push_blobs(registry, first, &todo, blobs, &|d| bar.inc(d.size));
+        let pushed = push_blobs(registry, first, &todo, blobs, early, &|d| bar.inc(d.size));
         bar.finish_and_clear();
         for sent in &pushed.sent {
             match sent {
@@ -413,7 +415,8 @@ fn add_to_referrers_tag(
 const UPLOADS_AT_ONCE: usize = 4;
 
 /// What became of one blob.
-enum Sent {
+#[derive(Clone, Copy, Debug)]
+pub enum Sent {
     Skipped,
     Mounted,
     Uploaded(u64),
@@ -433,9 +436,20 @@ fn push_blobs(
     target: &Reference,
     todo: &[&Desc],
     blobs: &Blobs,
+    early: &Early,
     done: &(dyn Fn(&Desc) + Sync),
 ) -> BlobsPushed {
-    let mut order: Vec<&Desc> = todo.to_vec();
+    let mut order: Vec<&Desc> = Vec::new();
+    let mut sent = Vec::new();
+    for d in todo {
+        match early.sent.get(&d.digest) {
+            Some(s) if early.repository == repo_of(target) => {
+                done(d);
+                sent.push(*s);
+            }
+            _ => order.push(d),
+        }
+    }
     order.sort_by_key(|d| std::cmp::Reverse(d.size));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -462,14 +476,13 @@ fn push_blobs(
     };
     let workers = UPLOADS_AT_ONCE.min(order.len());
     if workers <= 1 {
-        return work();
+        let mut all = work();
+        all.sent.extend(sent);
+        return all;
     }
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
-        let mut all = BlobsPushed {
-            sent: Vec::new(),
-            failed: None,
-        };
+        let mut all = BlobsPushed { sent, failed: None };
         for h in handles {
             let part = h.join().unwrap_or_else(|_| BlobsPushed {
                 sent: Vec::new(),
@@ -482,7 +495,169 @@ fn push_blobs(
     })
 }
 
+/// `registry/repository` of a reference: where its blobs live.
+fn repo_of(r: &Reference) -> String {
+    format!("{}/{}", r.resolve_registry(), r.repository())
+}
+
+/// Blobs the registry got while the build went on: what became of each,
+/// for the repository they went to. [`push`] sends those again only if
+/// they went elsewhere.
+#[derive(Debug, Default)]
+pub struct Early {
+    repository: String,
+    sent: std::collections::HashMap<Digest, Sent>,
+}
+
+/// An uploader of [`EarlyPush`]: what became of each blob it sent.
+type Uploader = std::thread::JoinHandle<Vec<(Digest, Sent)>>;
+
+/// Layers sent to the registry as soon as they are built, while the build
+/// goes on (a stage's bytecode compiles, the next stage downloads), so
+/// that [`push`] finds most of the image there: a remote registry's
+/// upload time overlaps the build's instead of following it. Only for
+/// layers of the image being pushed (a builder stage's never go out).
+/// Nothing is tagged: an image whose build fails leaves unreferenced
+/// blobs, as an interrupted push does. A blob that fails here is left to
+/// [`push`], which sends it again and reports its error.
+pub struct EarlyPush {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<(Digest, u64)>>>,
+    /// Set when the build ends without [`EarlyPush::finish`]: the
+    /// uploaders start nothing more.
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: std::sync::Mutex<Vec<Uploader>>,
+    repository: String,
+    /// What [`EarlyPush::send`] took: each blob goes once (platforms
+    /// share layers).
+    taken: std::sync::Mutex<std::collections::HashSet<Digest>>,
+}
+
+impl EarlyPush {
+    /// Start [`UPLOADS_AT_ONCE`] uploaders to `target`'s repository,
+    /// reading blobs from `cache`.
+    pub fn start(
+        registry: std::sync::Arc<Registry>,
+        target: Reference,
+        cache: kiln_store::Cache,
+    ) -> EarlyPush {
+        let (tx, rx) = std::sync::mpsc::channel::<(Digest, u64)>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..UPLOADS_AT_ONCE)
+            .filter_map(|i| {
+                let (registry, target, cache) = (registry.clone(), target.clone(), cache.clone());
+                let (rx, dropped) = (rx.clone(), dropped.clone());
+                std::thread::Builder::new()
+                    .name(format!("kiln-upload-{i}"))
+                    .spawn(move || {
+                        let mut sent = Vec::new();
+                        loop {
+                            let next = rx.lock().map(|r| r.recv());
+                            let Ok(Ok((digest, size))) = next else { break };
+                            if dropped.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            if let Ok(Some(s)) =
+                                send_built(&registry, &target, &cache, &digest, size)
+                            {
+                                sent.push((digest, s));
+                            }
+                        }
+                        sent
+                    })
+                    .ok()
+            })
+            .collect();
+        EarlyPush {
+            tx: std::sync::Mutex::new(Some(tx)),
+            dropped,
+            workers: std::sync::Mutex::new(workers),
+            repository: repo_of(&target),
+            taken: Default::default(),
+        }
+    }
+
+    /// Send this built layer (its blob in the cache) when an uploader is
+    /// free.
+    pub fn send(&self, digest: &Digest, size: u64) {
+        if !self
+            .taken
+            .lock()
+            .is_ok_and(|mut t| t.insert(digest.clone()))
+        {
+            return;
+        }
+        if let Some(tx) = self.tx.lock().ok().as_ref().and_then(|t| t.as_ref()) {
+            let _ = tx.send((digest.clone(), size));
+        }
+    }
+
+    /// Wait for what was sent; what the registry holds now.
+    pub fn finish(&self) -> Early {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let workers = self.workers.lock().map(|mut w| std::mem::take(&mut *w));
+        let mut early = Early {
+            repository: self.repository.clone(),
+            sent: Default::default(),
+        };
+        for w in workers.unwrap_or_default() {
+            early.sent.extend(w.join().unwrap_or_default());
+        }
+        early
+    }
+}
+
+impl Drop for EarlyPush {
+    /// A build that failed does not wait for its uploads: the ones under
+    /// way end on their own, no other starts.
+    fn drop(&mut self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+}
+
+/// One built layer to `target`'s repository: HEAD, then the upload.
+/// None, with no request, when this cache knows the repository has it
+/// (a rebuild's unchanged layers; the push itself asks, if it gets as far
+/// as the blobs: a whole image already there takes one request).
+fn send_built(
+    registry: &Registry,
+    target: &Reference,
+    cache: &kiln_store::Cache,
+    digest: &Digest,
+    size: u64,
+) -> Result<Option<Sent>> {
+    let pushed = Pushed::new(cache);
+    if pushed.holds(target, digest) {
+        return Ok(None);
+    }
+    let sent = if registry.blob_exists(target, digest)? {
+        Sent::Skipped
+    } else {
+        let path = cache
+            .verified(digest)?
+            .ok_or_else(|| Error::internal(format!("built layer {digest} is not in the cache")))?;
+        registry.push_blob(target, &path, digest, size)?;
+        Sent::Uploaded(size)
+    };
+    pushed.record(target, digest);
+    Ok(Some(sent))
+}
+
+/// One blob to `target`'s repository, recorded as there for the next
+/// build's [`EarlyPush`].
 fn push_blob(registry: &Registry, target: &Reference, d: &Desc, blobs: &Blobs) -> Result<Sent> {
+    let sent = send_blob(registry, target, d, blobs)?;
+    Pushed::new(blobs.cache).record(target, &d.digest);
+    Ok(sent)
+}
+
+fn send_blob(registry: &Registry, target: &Reference, d: &Desc, blobs: &Blobs) -> Result<Sent> {
     if registry.blob_exists(target, &d.digest)? {
         return Ok(Sent::Skipped);
     }

@@ -1,10 +1,12 @@
-//! What this cache knows a repository holds: manifests it pushed there by
-//! digest, or saw there, within the last day (bucket `pushed-v1`).
+//! What this cache knows a repository holds: manifests and blobs it pushed
+//! there by digest, or saw there, within the last day (bucket `pushed-v1`).
 //!
 //! A manifest by digest never changes, so once it is known to be in a
 //! repository a no-op push need not ask again: only its tags (which move)
-//! are checked. Docker's push client keeps the same kind of record for
-//! blobs. A record is trusted for [`TRUSTED_FOR`] after it was written, so
+//! are checked. Blobs are recorded the same way, as Docker's push client
+//! does, for the layers a build sends while it goes on: a rebuild sends
+//! no request for a layer this cache knows is there (the push itself
+//! still asks before it writes a manifest over them). A record is trusted for [`TRUSTED_FOR`] after it was written, so
 //! a referrer removed behind kiln's back is pushed again within a day;
 //! `kiln cache gc` drops older ones.
 

@@ -431,3 +431,74 @@ fn a_refused_tag_fails_the_push_naming_what_was_not_written() {
     );
     assert_eq!(push["done"]["tags"], serde_json::json!(["1.0"]), "{v}");
 }
+
+/// With `--push` the layers go to the registry while the build runs. When
+/// the push then fails at its manifests, every blob is in the registry
+/// (each uploaded once: the layer early, the config by the push, none of
+/// them again) and no tag was written.
+#[test]
+fn a_failed_push_after_early_uploads_sent_each_blob_once_and_no_tag() {
+    let reg = Registry::shared();
+    let repo = unique_repo("early-refused");
+    let proxy = FaultProxy::refusing(reg.port, &format!("PUT /v2/{repo}/manifests/"));
+    let ws = Workspace::new("push-early-refused");
+    simple_push_spec(&ws, &format!("{}/{repo}", proxy.host()), &["1.0"]);
+    let r = expect_failure(
+        &ws,
+        &["build", "--push"],
+        3,
+        &[
+            &format!(
+                "push to {}/{repo} incomplete: pushing manifests failed: ",
+                proxy.host()
+            ),
+            "manifests pushed: none",
+            "tags written: none; tags not written: 1.0",
+        ],
+    );
+    let blobs_line = r
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("blobs in the registry: "))
+        .unwrap_or_else(|| panic!("no blobs line:\n{}", r.stderr));
+    let counts = blobs_line.split(':').nth(1).unwrap().trim();
+    let (n, rest) = counts.split_once(" of ").unwrap();
+    let m: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(
+        n.parse::<usize>().unwrap(),
+        m,
+        "every blob is in: {blobs_line}"
+    );
+    assert!(
+        blobs_line.contains(&format!("({m} uploaded, 0 mounted, 0 already there)")),
+        "{blobs_line}"
+    );
+    assert_eq!(
+        reg.upload_posts(&repo).len(),
+        m,
+        "each blob uploaded once: {:#?}",
+        reg.upload_posts(&repo)
+    );
+    // The layer went up before the push began: the push's first request
+    // asks for the tag, and the early uploads are over by then.
+    let log = reg.repo_requests(&repo);
+    let tag_head = log
+        .iter()
+        .position(|l| l.contains(&format!("\"HEAD /v2/{repo}/manifests/1.0 ")))
+        .unwrap_or_else(|| panic!("no HEAD of the tag: {log:#?}"));
+    assert!(
+        log[..tag_head].iter().any(|l| l.contains("\"POST ")),
+        "an upload before the push: {log:#?}"
+    );
+    assert_ne!(
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &reg.docker_ref(&repo, "1.0")
+        ])
+        .code(),
+        Some(0),
+        "1.0 must not be written"
+    );
+}

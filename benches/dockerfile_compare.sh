@@ -20,7 +20,8 @@ work=$(mktemp -d)
 REG_PID=''
 cleanup() {
   [ -z "$REG_PID" ] || kill "$REG_PID" 2>/dev/null || true
-  for c in ctx ctx2 ctx3; do
+  [ -z "${LINK_PID:-}" ] || kill "$LINK_PID" 2>/dev/null || true
+  for c in ctx ctx2 ctx3 ctx4; do
     buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" rm --all >/dev/null 2>&1 || true
   done
   rm -rf "$work" 2>/dev/null || true
@@ -122,14 +123,14 @@ row() {
   printf '%-8s %9s %9s %12s %12s\n' buildah "$bc" "$bw" "$bc_rss" "$bw_rss"
   printf 'ratio buildah/kiln: cold %sx, warm %sx\n' "$(ratio "$bc" "$kc")" "$(ratio "$bw" "$kw")"
 }
-# ROWS picks the rows to run (default all: "1 2 3").
-ROWS=${ROWS:-1 2 3}
+# ROWS picks the rows to run (default all: "1 2 3 4").
+ROWS=${ROWS:-1 2 3 4}
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
 has_row 1 && row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
 echo
 has_row 2 && row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
-has_row 3 || exit 0
+if has_row 3; then
 echo
 row "full data image: apt python3 + pip + ca-certificates, pip numpy pandas requests scipy matplotlib scikit-learn, build + push" ctx3 \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
@@ -155,3 +156,40 @@ read -r floor floor_rss < <(secs_rss "$work/floor.log" fetch_all)
 printf 'download floor (%s files, %s MB, curl x16): %ss; kiln cold / floor: %sx\n' \
   "$(wc -l < "$work/urls")" "$(( $(du -sb "$work/floor" | cut -f1) / 1000000 ))" "$floor" \
   "$(awk -v k="$KC_ctx3" -v f="$floor" 'BEGIN { printf "%.2f", k / f }')"
+fi
+
+# Row 4: the full data image again, cold, pushed to the same registry
+# behind a LINK_MBPS (25) MB/s uplink (benches/slow_link.py, a throttling
+# loopback proxy; the base is still pulled directly). kiln sends each
+# layer as soon as it is built, so most of the upload overlaps the build;
+# buildah pushes after its build.
+if has_row 4; then
+  LINK_MBPS=${LINK_MBPS:-25}
+  lport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 benches/slow_link.py "$lport" "${REG#*:}" "$LINK_MBPS" >"$work/link.log" 2>&1 &
+  LINK_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$lport/v2/" >/dev/null && break; sleep 0.1; done
+  SLOW=127.0.0.1:$lport
+  mkdir -p "$work/ctx4"
+  cp "$work/ctx3/Dockerfile" "$work/ctx4/Dockerfile"
+  printf '[image]\nname = "%s/bench/app-kiln-ctx4"\ndockerfile = "Dockerfile"\n' "$SLOW" >"$work/ctx4/kiln.toml"
+  slow_buildah() {
+    buildah --root "$work/bstore-ctx4" --runroot "$work/brun-ctx4" --storage-driver vfs bud \
+      --isolation chroot --network host --tls-verify=false --layers "$@" \
+      -f "$work/ctx4/Dockerfile" -t "$SLOW/bench/app-buildah-ctx4:latest" "$work/ctx4" &&
+      buildah --root "$work/bstore-ctx4" --runroot "$work/brun-ctx4" --storage-driver vfs push \
+        --tls-verify=false "$SLOW/bench/app-buildah-ctx4:latest"
+  }
+  export SLOW
+  export -f slow_buildah
+  read -r kc kc_rss < <(secs_rss "$work/k1-ctx4.log" kiln_run ctx4)
+  kiln_mb=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["push"]; print((p["bytes_uploaded"]+p["referrer_bytes_uploaded"])//1000000)' "$work/k1-ctx4.log" 2>/dev/null || echo "?")
+  read -r bc bc_rss < <(secs_rss "$work/b1-ctx4.log" slow_buildah \
+    --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
+  echo
+  echo "full data image, cold, pushed through a $LINK_MBPS MB/s link (kiln uploaded $kiln_mb MB)"
+  printf '%-8s %9s %12s\n' tool cold_s cold_rss_mb
+  printf '%-8s %9s %12s\n' kiln "$kc" "$kc_rss"
+  printf '%-8s %9s %12s\n' buildah "$bc" "$bc_rss"
+  printf 'ratio buildah/kiln: cold %sx\n' "$(ratio "$bc" "$kc")"
+fi

@@ -1053,10 +1053,11 @@ fn image_so_far(
     for l in built {
         let path = cache.blob_path(&l.blob.digest);
         let f = std::fs::File::open(&path).io_context(|| format!("opening {}", path.display()))?;
-        layers.push(layer::decompressed(
+        let r = layer::decompressed(
             &l.blob.media_type,
             std::io::BufReader::with_capacity(1 << 20, f),
-        )?);
+        )?;
+        layers.push(Box::new(layer::ReadAhead::new(r)));
     }
     Ok(crate::stages::TreeLayers {
         key: Digest::from_hasher(key),

@@ -324,10 +324,11 @@ fn compile(
     for l in stage_layers {
         let path = cache.blob_path(&l.blob.digest);
         let f = std::fs::File::open(&path).io_context(|| format!("opening {}", path.display()))?;
-        layers.push(kiln_fs::layer::decompressed(
+        let r = kiln_fs::layer::decompressed(
             &l.blob.media_type,
             std::io::BufReader::with_capacity(1 << 20, f),
-        )?);
+        )?;
+        layers.push(Box::new(kiln_fs::layer::ReadAhead::new(r)));
     }
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut sb = Sandbox::from_layers(layers, &tmp, "[apt] locales")?;

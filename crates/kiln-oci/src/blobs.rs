@@ -34,10 +34,13 @@ fn side_by_side(
 }
 
 /// The uncompressed tar stream of layer `l`, whose blob is at `path`.
+/// Decompressed on a thread of its own ([`ReadAhead`](kiln_fs::layer::ReadAhead)):
+/// the reader hashes, parses or writes beside it.
 pub(crate) fn decompressed_layer(l: &Desc, path: &Path) -> Result<Box<dyn Read>> {
     let f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
-    kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
-        .map_err(|e| e.context(format!("base layer {}", l.digest)))
+    let r = kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
+    Ok(Box::new(kiln_fs::layer::ReadAhead::new(r)))
 }
 
 #[derive(Clone, Debug)]

@@ -2,6 +2,7 @@
 //! digest, the diff_id and the sizes computed in the same streaming pass,
 //! written straight into the content-addressed cache.
 
+mod ahead;
 pub mod archive;
 mod compress;
 mod parts;
@@ -13,6 +14,7 @@ use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
+pub use ahead::ReadAhead;
 pub use compress::Compression;
 use compress::ParallelEncoder;
 pub use spool::{read_claimed, Content, Deflated, FileRange, Spool, SpoolSlice};
@@ -146,7 +148,10 @@ pub struct LayerBlob {
 }
 
 /// The uncompressed tar stream of a layer blob, by its media type.
-pub fn decompressed<'a>(media_type: &str, blob: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+pub fn decompressed<'a>(
+    media_type: &str,
+    blob: impl Read + Send + 'a,
+) -> Result<Box<dyn Read + Send + 'a>> {
     Ok(
         if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
             Box::new(flate2::read::MultiGzDecoder::new(blob))

@@ -354,14 +354,7 @@ fn a_refused_tag_fails_the_push_naming_what_was_not_written() {
             "tags written: 1.0; tags not written: latest",
         ],
     );
-    let blobs_line = r
-        .stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with("blobs in the registry: "))
-        .unwrap_or_else(|| panic!("no blobs line:\n{}", r.stderr));
-    let counts = blobs_line.split(':').nth(1).unwrap().trim();
-    let (n, m) = counts.split_once(" of ").unwrap();
-    let m = m.split_whitespace().next().unwrap();
+    let (blobs_line, n, m) = blobs_in_registry(&r.stderr);
     assert_eq!(n, m, "every blob is in: {blobs_line}");
     assert!(
         r.stderr.contains("manifests pushed: sha256:"),
@@ -370,25 +363,9 @@ fn a_refused_tag_fails_the_push_naming_what_was_not_written() {
     );
 
     // The registry agrees: 1.0 is there, latest is not.
+    assert!(tag_exists(reg, &repo, "1.0"));
     assert!(
-        skopeo(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &reg.docker_ref(&repo, "1.0")
-        ])
-        .code()
-            == Some(0)
-    );
-    assert_ne!(
-        skopeo(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &reg.docker_ref(&repo, "latest")
-        ])
-        .code(),
-        Some(0),
+        !tag_exists(reg, &repo, "latest"),
         "latest must not be written"
     );
     // The order: manifests by digest and the SBOM referrer before any tag.
@@ -456,19 +433,8 @@ fn a_failed_push_after_early_uploads_sent_each_blob_once_and_no_tag() {
             "tags written: none; tags not written: 1.0",
         ],
     );
-    let blobs_line = r
-        .stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with("blobs in the registry: "))
-        .unwrap_or_else(|| panic!("no blobs line:\n{}", r.stderr));
-    let counts = blobs_line.split(':').nth(1).unwrap().trim();
-    let (n, rest) = counts.split_once(" of ").unwrap();
-    let m: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
-    assert_eq!(
-        n.parse::<usize>().unwrap(),
-        m,
-        "every blob is in: {blobs_line}"
-    );
+    let (blobs_line, n, m) = blobs_in_registry(&r.stderr);
+    assert_eq!(n, m, "every blob is in: {blobs_line}");
     assert!(
         blobs_line.contains(&format!("({m} uploaded, 0 mounted, 0 already there)")),
         "{blobs_line}"
@@ -490,15 +456,29 @@ fn a_failed_push_after_early_uploads_sent_each_blob_once_and_no_tag() {
         log[..tag_head].iter().any(|l| l.contains("\"POST ")),
         "an upload before the push: {log:#?}"
     );
-    assert_ne!(
-        skopeo(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &reg.docker_ref(&repo, "1.0")
-        ])
-        .code(),
-        Some(0),
-        "1.0 must not be written"
-    );
+    assert!(!tag_exists(reg, &repo, "1.0"), "1.0 must not be written");
+}
+
+/// A failed push's `blobs in the registry: N of M (…)` line, N and M.
+fn blobs_in_registry(stderr: &str) -> (&str, usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("blobs in the registry: "))
+        .unwrap_or_else(|| panic!("no blobs line:\n{stderr}"));
+    let counts = line.split(':').nth(1).unwrap().trim();
+    let (n, rest) = counts.split_once(" of ").unwrap();
+    let m = rest.split_whitespace().next().unwrap();
+    (line, n.parse().unwrap(), m.parse().unwrap())
+}
+
+/// Whether `tag` of `repo` is in the registry (skopeo reads its manifest).
+fn tag_exists(reg: &Registry, repo: &str, tag: &str) -> bool {
+    skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &reg.docker_ref(repo, tag),
+    ])
+    .code()
+        == Some(0)
 }

@@ -58,12 +58,32 @@ impl Codec {
         .find_map(|(suffix, c)| name.ends_with(suffix).then_some(c))
     }
 
-    pub(crate) fn reader<'a>(self, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    /// `r` decompressed (as `Send` as `r` is).
+    pub(crate) fn reader<R: Read>(self, r: R) -> Result<Decoder<R>> {
         Ok(match self {
-            Codec::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
-            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(r).map_err(AptError::Zstd)?),
-            Codec::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
+            Codec::Xz => Decoder::Xz(liblzma::read::XzDecoder::new(r)),
+            Codec::Zstd => {
+                Decoder::Zstd(zstd::stream::read::Decoder::new(r).map_err(AptError::Zstd)?)
+            }
+            Codec::Gzip => Decoder::Gzip(flate2::read::GzDecoder::new(r)),
         })
+    }
+}
+
+/// What [`Codec::reader`] gives.
+pub(crate) enum Decoder<R: Read> {
+    Xz(liblzma::read::XzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, std::io::BufReader<R>>),
+    Gzip(flate2::read::GzDecoder<R>),
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Decoder::Xz(d) => d.read(buf),
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+        }
     }
 }
 
@@ -87,7 +107,7 @@ fn hostile(what: &str, member: &str, reason: Hostile) -> AptError {
 /// A reader for the ar member `name` of the `.deb` `what`: a compressed or a plain tar.
 fn decompressor<'a>(name: &str, r: impl Read + 'a, what: &str) -> Result<Box<dyn Read + 'a>> {
     match Codec::of(name) {
-        Some(c) => c.reader(r),
+        Some(c) => Ok(Box::new(c.reader(r)?)),
         None if name.ends_with(".tar") => Ok(Box::new(r)),
         None => Err(bad_deb(
             what,

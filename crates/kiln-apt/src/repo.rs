@@ -504,16 +504,30 @@ fn scan_index(
         out.entries.truncate(entries);
         out.provides.truncate(provides);
     }
+    // Three threads, each about a third of a cold index step: this one
+    // scans, one decompresses ahead of it, one compresses the memo.
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(AptError::Zstd)?;
     enc.include_checksum(true).map_err(AptError::Zstd)?;
+    let (copy, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let memo_writer = std::thread::Builder::new()
+        .name("kiln-index-memo".into())
+        .spawn(move || {
+            for chunk in chunks {
+                std::io::Write::write_all(&mut enc, &chunk).ok()?;
+            }
+            enc.finish().ok()
+        });
+    let inner = codec.reader(std::io::BufReader::new(open(&blob)?))?;
     let tee = Tee {
-        inner: codec.reader(std::io::BufReader::new(open(&blob)?))?,
-        copy: enc,
+        inner: Box::new(kiln_fs::layer::ReadAhead::new(inner)),
+        copy: memo_writer.as_ref().ok().map(|_| copy),
     };
-    let mut r = std::io::BufReader::new(tee);
+    let mut r = std::io::BufReader::with_capacity(1 << 18, tee);
     scan(&mut r, index, out, wanted).map_err(|e| scan_problem(e, name, &bad))?;
-    // Storing is best effort: a full disk costs the memo, not the build.
-    if let Ok(z) = r.into_inner().copy.finish() {
+    // The whole text went to the memo's thread: it may finish. Storing is
+    // best effort: a full disk costs the memo, not the build.
+    drop(r);
+    if let Some(z) = memo_writer.ok().and_then(|w| w.join().ok().flatten()) {
         kiln_store::cache::write_atomic(&memo, &z);
     }
     Ok(())
@@ -537,16 +551,22 @@ fn scan_problem(
     .into()
 }
 
-/// A reader that also feeds what it reads to a zstd encoder.
-struct Tee<'a> {
-    inner: Box<dyn Read + 'a>,
-    copy: zstd::stream::write::Encoder<'static, Vec<u8>>,
+/// A reader that also sends what it reads to the memo's encoder (when it
+/// has one: without, the text is only read).
+struct Tee {
+    inner: Box<dyn Read>,
+    copy: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 }
 
-impl Read for Tee<'_> {
+impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        std::io::Write::write_all(&mut self.copy, &buf[..n])?;
+        if let (Some(copy), true) = (&self.copy, n > 0) {
+            if copy.send(buf[..n].to_vec()).is_err() {
+                // The encoder failed: no memo, the scan goes on.
+                self.copy = None;
+            }
+        }
         Ok(n)
     }
 }

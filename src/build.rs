@@ -1022,7 +1022,7 @@ fn run_stages(
 
 /// The uncompressed tar streams of a platform's image so far: the base's
 /// layers, then `built` (from the cache).
-fn image_layers(
+pub(crate) fn image_layers(
     img: &base::PlatformImage,
     blobs: &Blobs,
     built: &[NewLayer],

@@ -76,10 +76,11 @@ fn is_zero(n: &usize) -> bool {
 /// after another, to the file OUT/N, and a line `I<TAB>N<TAB>offset<TAB>
 /// length<TAB>pyc` out per pyc, in the list's order, for the list's Ith
 /// source (a path may hold a tab); `pyc` is the path the interpreter
-/// itself looks for, and the code objects carry the image path. So a stage's thousands of sources and pycs are a few files on
-/// disk, not a tree of them (on ext4 their inodes cost more than their
-/// bytes). A chunk's bytes depend only on its files, whatever ran beside
-/// it: marshal's output depends on the interpreter's state (which objects
+/// itself looks for, and the code objects carry the image path. So a
+/// stage's thousands of sources and pycs are a few files on disk, not a
+/// tree of them (on ext4 their inodes cost more than their bytes). A
+/// chunk's bytes depend only on its files, whatever ran beside it:
+/// marshal's output depends on the interpreter's state (which objects
 /// are shared), and every child starts from the same one. A fork costs
 /// about a millisecond where a fresh interpreter cost 20-30 ms, and a
 /// freeze of 110 wheels is 120 chunks. Each pyc is what `py_compile`

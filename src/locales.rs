@@ -320,16 +320,7 @@ fn compile(
     stage_layers: &[NewLayer],
     cache: &Cache,
 ) -> Result<Vec<Entry>> {
-    let mut layers = kiln_oci::inventory::layer_readers(img, blobs)?;
-    for l in stage_layers {
-        let path = cache.blob_path(&l.blob.digest);
-        let f = std::fs::File::open(&path).io_context(|| format!("opening {}", path.display()))?;
-        let r = kiln_fs::layer::decompressed(
-            &l.blob.media_type,
-            std::io::BufReader::with_capacity(1 << 20, f),
-        )?;
-        layers.push(Box::new(kiln_fs::layer::ReadAhead::new(r)));
-    }
+    let layers = crate::build::image_layers(img, blobs, stage_layers, cache)?;
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut sb = Sandbox::from_layers(layers, &tmp, "[apt] locales")?;
     let root = sb.root().to_path_buf();

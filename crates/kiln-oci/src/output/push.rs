@@ -441,9 +441,10 @@ fn push_blobs(
 ) -> BlobsPushed {
     let mut order: Vec<&Desc> = Vec::new();
     let mut sent = Vec::new();
+    let here = early.repository == repo_of(target);
     for d in todo {
         match early.sent.get(&d.digest) {
-            Some(s) if early.repository == repo_of(target) => {
+            Some(s) if here => {
                 done(d);
                 sent.push(*s);
             }
@@ -474,13 +475,8 @@ fn push_blobs(
         }
         out
     };
-    let workers = UPLOADS_AT_ONCE.min(order.len());
-    if workers <= 1 {
-        let mut all = work();
-        all.sent.extend(sent);
-        return all;
-    }
     std::thread::scope(|s| {
+        let workers = UPLOADS_AT_ONCE.min(order.len());
         let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
         let mut all = BlobsPushed { sent, failed: None };
         for h in handles {

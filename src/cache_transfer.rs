@@ -701,12 +701,12 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 CacheBucket::Pushed => {
                     !md.is_file() || older_than(&md, kiln_oci::output::pushed::TRUSTED_FOR)
                 }
-                CacheBucket::AptIndexes | CacheBucket::AptUnpacked => {
-                    zst_memo_of_unkept(&name, &md)
-                }
+                CacheBucket::AptIndexes => zst_memo_of_unkept(&name, &md),
                 CacheBucket::PipMetadata | CacheBucket::LayerDiffIds => memo_of_unkept(&name, &md),
-                // An index, and the members it points into.
-                CacheBucket::PipUnpacked => {
+                // An index, and the files it points into. (An unpacked
+                // `.deb` kept before as one zstd file is of no use now.)
+                CacheBucket::AptUnpacked if name.ends_with(".zst") => md.is_file(),
+                CacheBucket::AptUnpacked | CacheBucket::PipUnpacked => {
                     memo_of_unkept(name.strip_suffix(".data").unwrap_or(&name), &md)
                 }
                 CacheBucket::CondaPackages => {

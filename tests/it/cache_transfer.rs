@@ -502,14 +502,17 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         fs::write(d.join("info/index.json"), b"{}").unwrap();
         fs::write(d.join(".kiln-complete"), b"").unwrap();
     }
-    // Unpacked .debs remembered by digest: one for the pinned package, one
-    // for a blob no lock needs.
+    // Unpacked .debs kept by digest (an index and its data file): one for
+    // the pinned package, one for a blob no lock needs; and the pinned
+    // one's form from before (one zstd file), of no use now.
     let deb_pin = &f.lock.platforms[0].apt[0].sha256;
     let unpacked = bucket(CacheBucket::AptUnpacked);
     fs::create_dir_all(&unpacked).unwrap();
     for hex in [deb_pin.hex(), other.as_str()] {
-        fs::write(unpacked.join(format!("{hex}.zst")), b"frame").unwrap();
+        fs::write(unpacked.join(hex), b"index").unwrap();
+        fs::write(unpacked.join(format!("{hex}.data")), b"files").unwrap();
     }
+    fs::write(unpacked.join(format!("{}.zst", deb_pin.hex())), b"frame").unwrap();
     // Unpacked wheels (an index and its data file): the pinned wheel's
     // stay, another's go.
     let wheel_pin = &f.lock.platforms[0].pip[0].sha256;
@@ -595,7 +598,9 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     let unpacked_dir = CacheBucket::AptUnpacked.dir_name();
     let layers_dir = CacheBucket::Layers.dir_name();
     expected.insert(format!("{conda_dir}/{other}"));
-    expected.insert(format!("{unpacked_dir}/{other}.zst"));
+    expected.insert(format!("{unpacked_dir}/{other}"));
+    expected.insert(format!("{unpacked_dir}/{other}.data"));
+    expected.insert(format!("{unpacked_dir}/{}.zst", deb_pin.hex()));
     expected.insert(format!("{layers_dir}/gone.json"));
     let wheels_dir = CacheBucket::PipUnpacked.dir_name();
     expected.insert(format!("{wheels_dir}/{other}"));
@@ -616,7 +621,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(pushed.join(&pushed_fresh).is_file());
     assert!(!pushed.join(&pushed_old).exists());
     assert!(
-        human.stdout.contains("removed 13 entries"),
+        human.stdout.contains("removed 15 entries"),
         "{}",
         human.describe()
     );
@@ -632,8 +637,11 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         !f.cache.join("apt").exists(),
         "an older layout's directory goes"
     );
-    assert!(unpacked.join(format!("{}.zst", deb_pin.hex())).is_file());
-    assert!(!unpacked.join(format!("{other}.zst")).exists());
+    assert!(unpacked.join(deb_pin.hex()).is_file());
+    assert!(unpacked.join(format!("{}.data", deb_pin.hex())).is_file());
+    assert!(!unpacked.join(format!("{}.zst", deb_pin.hex())).exists());
+    assert!(!unpacked.join(&other).exists());
+    assert!(!unpacked.join(format!("{other}.data")).exists());
     assert!(bucket(CacheBucket::PipPages).join("page").is_file());
     assert!(wheels.join(wheel_pin.hex()).is_file());
     assert!(wheels.join(format!("{}.data", wheel_pin.hex())).is_file());

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::{AptError, Hostile};
 use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
-use kiln_fs::layer::{Content, Spool};
+use serde::{Deserialize, Serialize};
+
+use kiln_fs::layer::{Content, Kept, Spool};
 use kiln_store::cache::{Cache, CacheBucket};
 
 #[derive(Clone, Debug)]
@@ -135,74 +137,154 @@ fn clean_path(raw: &str, what: &str) -> std::result::Result<Option<String>, AptE
     })
 }
 
-/// The package whose `.deb` is the cached blob `d`. Its members are kept
-/// decompressed (an ar of `control.tar` and `data.tar`, zstd-framed in the
-/// cache), since undoing Debian's xz is most of a warm build's work. Every
-/// read goes through [`read_deb`], so the hostile-archive checks run on the
-/// remembered form too, and a form that fails them is not kept.
+/// The package whose `.deb` is the cached blob `d`, its files' bytes in a
+/// spool on disk (a package's files, tens of MB for some, are never all in
+/// memory).
 ///
-/// With a `spool`, the files' bytes go to it as they are read, so a
-/// package's files are not held in memory (see [`kiln_fs::layer::Spool`]).
-pub(crate) fn load(
-    cache: &Cache,
-    d: &Digest,
-    what: &str,
-    spool: Option<&Arc<Spool>>,
-) -> Result<Deb> {
-    // The remembered form is streamed: a package's files (tens of MB for
-    // some) are never all in memory at once. Anything wrong with it (damage
-    // shows at the latest in the zstd checksum at its end) means making it again.
-    let memo = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
-    if let Ok(f) = std::fs::File::open(&memo) {
-        let streamed = zstd::stream::read::Decoder::new(f)
-            .map_err(|e| AptError::Zstd(e).into())
-            .and_then(|z| read_deb(z, what, spool));
-        match streamed {
-            Ok(deb) => return Ok(deb),
-            Err(_) => cache.forget_derived(CacheBucket::AptUnpacked, d),
-        }
+/// The unpacked package is kept (see [`Kept`]): undoing Debian's xz is most
+/// of a cold build's work, so a warm one takes slices of the kept bytes
+/// instead, and a layer found in the cache never reads them (each file is
+/// known by the package's digest and its path). The hostile-archive checks
+/// run when the package is unpacked; a package that fails them is not kept.
+pub(crate) fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
+    let kept = Kept::new(cache, CacheBucket::AptUnpacked, d);
+    if let Some(deb) = kept_deb(&kept, d) {
+        return Ok(deb);
     }
-    // Made member by member, straight into the memo file: the package and
-    // its unpacked form are not held whole (only one member at a time).
-    if write_memo(cache, d, what, &memo).is_ok() {
-        let f = std::fs::File::open(&memo).io_context(|| format!("opening {}", memo.display()))?;
-        let z = zstd::stream::read::Decoder::new(f).map_err(AptError::Zstd)?;
-        return read_deb(z, what, spool)
-            .inspect_err(|_| cache.forget_derived(CacheBucket::AptUnpacked, d));
-    }
-    // No memo (a full disk, or a package that does not unpack, which this
-    // path then reports): unpack in memory.
-    let bytes = decompress_members(&cache.read(d)?, what)?;
-    read_deb(&bytes[..], what, spool)
-}
-
-/// Write the unpacked form of the verified `.deb` `d` to `memo` (zstd,
-/// checksummed; atomic: temp file, then rename).
-fn write_memo(cache: &Cache, d: &Digest, what: &str, memo: &std::path::Path) -> Result<()> {
     let blob = cache
         .verified(d)?
         .ok_or_else(|| kiln_store::StoreError::NotCached { digest: d.clone() })?;
     let file = std::fs::File::open(&blob)
         .io_context(|| format!("opening cached blob {}", blob.display()))?;
-    let io = |e: std::io::Error| kiln_core::Error::from(AptError::Zstd(e));
-    let tmp = tempfile::Builder::new()
-        .prefix(&kiln_store::temp_prefix("deb"))
-        .tempfile_in(cache.bucket(CacheBucket::Tmp))
-        .map_err(io)?;
-    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp), 1).map_err(io)?;
-    enc.include_checksum(true).map_err(io)?;
-    let spill = cache.bucket(CacheBucket::Tmp);
-    let enc = decompress_members_into(std::io::BufReader::new(file), enc, what, Some(&spill))?;
-    let tmp = enc
-        .finish()
-        .map_err(io)?
-        .into_inner()
-        .map_err(|e| io(e.into_error()))?;
-    if let Some(dir) = memo.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let (tmp, spool) = Kept::spool(cache, what)?;
+    let mut deb = read_deb(std::io::BufReader::new(file), what, Some(&spool))?;
+    // Best effort: a package that cannot be kept is unpacked again next
+    // time; the open spool serves this build either way.
+    if let Ok(index) = index_of(&deb, d, &spool) {
+        let _ = kept.keep(tmp, &index);
     }
-    tmp.persist(memo).map_err(|e| io(e.error))?;
-    Ok(())
+    for f in &mut deb.files {
+        if let FileKind::File(Content::Spooled(s)) = &mut f.kind {
+            *s = s.clone().known_as(known_name(d, &f.path));
+        }
+    }
+    Ok(deb)
+}
+
+/// What [`Index::format`] must be.
+const FORMAT: u32 = 1;
+
+/// The kept form of a package: its control members and files, every byte
+/// a place in the data file.
+#[derive(Serialize, Deserialize)]
+struct Index {
+    format: u32,
+    /// The `.deb` these came from.
+    deb: String,
+    /// Control members by name (`control`, `md5sums`, `postinst` ...).
+    control: Vec<(String, u64, u64)>,
+    files: Vec<KeptFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptFile {
+    path: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// A regular file's bytes: offset and length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bytes: Option<(u64, u64)>,
+    /// A symlink's target. Neither: a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+}
+
+/// How a layer key knows a kept file: its package and its path there
+/// (the bytes are the same whoever unpacks them).
+fn known_name(d: &Digest, path: &str) -> String {
+    format!("deb {} {path}", d.hex())
+}
+
+/// The index of `deb` (unpacked into `spool`), its control members appended.
+fn index_of(deb: &Deb, d: &Digest, spool: &Arc<Spool>) -> std::io::Result<Index> {
+    let control = deb
+        .control
+        .iter()
+        .map(|(name, bytes)| {
+            let s = spool.put(bytes)?;
+            Ok((name.clone(), s.offset(), s.len()))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let files = deb
+        .files
+        .iter()
+        .map(|f| {
+            let (bytes, link) = match &f.kind {
+                FileKind::Dir => (None, None),
+                FileKind::File(Content::Spooled(s)) => (Some((s.offset(), s.len())), None),
+                FileKind::File(Content::Held(_)) => {
+                    return Err(std::io::Error::other("a file was not spooled"))
+                }
+                FileKind::Symlink(t) => (None, Some(t.clone())),
+            };
+            Ok(KeptFile {
+                path: f.path.clone(),
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+                bytes,
+                link,
+            })
+        })
+        .collect::<std::io::Result<_>>()?;
+    Ok(Index {
+        format: FORMAT,
+        deb: d.to_string(),
+        control,
+        files,
+    })
+}
+
+/// The kept form of `d`, if it is whole, of this format and for `d`.
+fn kept_deb(kept: &Kept, d: &Digest) -> Option<Deb> {
+    let (index, spool) = kept.open::<Index>()?;
+    if index.format != FORMAT || index.deb != d.to_string() {
+        return None;
+    }
+    let control = index
+        .control
+        .into_iter()
+        .map(|(name, at, len)| Some((name, spool.slice_at(at, len).ok()?.read_all().ok()?)))
+        .collect::<Option<_>>()?;
+    let files = index
+        .files
+        .into_iter()
+        .map(|k| {
+            // Paths were checked when the package was unpacked; one that
+            // is not clean now means the index is not what kiln wrote.
+            if clean_path(&k.path, "").ok()?.as_deref() != Some(k.path.as_str()) {
+                return None;
+            }
+            let kind = match (k.bytes, k.link) {
+                (Some((at, len)), None) => {
+                    let s = spool.slice_at(at, len).ok()?;
+                    FileKind::File(Content::Spooled(s.known_as(known_name(d, &k.path))))
+                }
+                (None, Some(t)) => FileKind::Symlink(t),
+                (None, None) => FileKind::Dir,
+                (Some(_), Some(_)) => return None,
+            };
+            Some(DebFile {
+                path: k.path,
+                kind,
+                mode: k.mode,
+                uid: k.uid,
+                gid: k.gid,
+            })
+        })
+        .collect::<Option<_>>()?;
+    Some(Deb { control, files })
 }
 
 /// Only the `control` file of the verified `.deb` `d`, streamed from the
@@ -243,79 +325,6 @@ pub(crate) fn control_file(cache: &Cache, d: &Digest, what: &str) -> Result<Vec<
         }
     }
     Err(bad("not a Debian package (control or data member missing)".into()).into())
-}
-
-/// The same ar archive with each `*.tar.{xz,zst,gz}` member decompressed.
-fn decompress_members(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    decompress_members_into(bytes, Vec::with_capacity(bytes.len() * 4), what, None)
-}
-
-/// [`decompress_members`] from `r` into `w`, one member at a time.
-///
-/// An ar header states its member's size before the data, so a member is
-/// decompressed whole first: with `spill`, into a scratch file there
-/// (memory stays flat however large a package's `data.tar` is), else in
-/// memory.
-fn decompress_members_into<W: std::io::Write>(
-    r: impl Read,
-    w: W,
-    what: &str,
-    spill: Option<&std::path::Path>,
-) -> Result<W> {
-    use std::io::Seek;
-    let bad = |m: String| bad_deb(what, m);
-    let mut ar = ar::Archive::new(r);
-    let mut out = ar::Builder::new(w);
-    while let Some(entry) = ar.next_entry() {
-        let entry = entry.map_err(|e| bad(format!("not a Debian package: {e}")))?;
-        let name = String::from_utf8_lossy(entry.header().identifier())
-            .trim_end_matches('/')
-            .to_string();
-        let (name, len, mut plain): (String, u64, Box<dyn Read>) = match name.split_once(".tar") {
-            Some((stem, _)) => {
-                let mut member = decompressor(&name, entry, what)?;
-                let corrupt = |e: std::io::Error| bad(format!("corrupt {name}: {e}"));
-                let stem = format!("{stem}.tar");
-                match spill {
-                    Some(dir) => {
-                        let scratch = tempfile::tempfile_in(dir)
-                            .io_context(|| format!("making a scratch file in {}", dir.display()))?;
-                        let mut w = std::io::BufWriter::with_capacity(1 << 20, scratch);
-                        let len = std::io::copy(&mut member, &mut w).map_err(corrupt)?;
-                        let mut f = w.into_inner().map_err(|e| repack(what, e.into_error()))?;
-                        f.rewind().map_err(|e| repack(what, e))?;
-                        let r = std::io::BufReader::with_capacity(1 << 20, f);
-                        (stem, len, Box::new(r))
-                    }
-                    None => {
-                        let mut b = Vec::new();
-                        member.read_to_end(&mut b).map_err(corrupt)?;
-                        (stem, b.len() as u64, Box::new(std::io::Cursor::new(b)))
-                    }
-                }
-            }
-            None => {
-                let mut plain = Vec::new();
-                let mut entry = entry;
-                entry
-                    .read_to_end(&mut plain)
-                    .map_err(|e| bad(format!("corrupt {name}: {e}")))?;
-                let len = plain.len() as u64;
-                (name, len, Box::new(std::io::Cursor::new(plain)))
-            }
-        };
-        out.append(&ar::Header::new(name.into_bytes(), len), &mut plain)
-            .map_err(|source| repack(what, source))?;
-    }
-    out.into_inner()
-        .map_err(|source| repack(what, source).into())
-}
-
-fn repack(what: &str, source: std::io::Error) -> AptError {
-    AptError::Repack {
-        package: what.to_string(),
-        source,
-    }
 }
 
 fn read_deb(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb> {
@@ -528,7 +537,7 @@ mod tests {
             control_file(&cache, &d, "t").unwrap(),
             b"Package: t\nVersion: 1\n"
         );
-        let kept = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
+        let kept = cache.entry(CacheBucket::AptUnpacked, d.hex());
         assert!(!kept.exists());
         let d = cache.put(b"!<arch>\n").unwrap();
         let e = control_file(&cache, &d, "t 1").unwrap_err();
@@ -539,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn load_remembers_the_unpacked_package() {
+    fn load_keeps_the_unpacked_package() {
         use tar::EntryType::{Directory, Link, Regular, Symlink};
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
@@ -551,57 +560,85 @@ mod tests {
                 ("./usr/link", Symlink, b"", "hello"),
             ]))
             .unwrap();
-        let first = load(&cache, &d, "t", None).unwrap();
-        let kept = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()));
-        assert!(kept.is_file());
-        // The second load reads the remembered form, even with the blob gone.
-        std::fs::remove_file(cache.blob_path(&d)).unwrap();
-        let second = load(&cache, &d, "t", None).unwrap();
+        let kept = |d: &Digest, suffix: &str| {
+            cache.entry(CacheBucket::AptUnpacked, format!("{}{suffix}", d.hex()))
+        };
+        // Paths, kinds, bytes and how a layer key knows each file.
         let summary = |deb: &Deb| {
             deb.files
                 .iter()
-                .map(|f| format!("{} {:?}", f.path, f.kind))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(summary(&first), summary(&second));
-        assert_eq!(second.control["control"], b"Package: t\nVersion: 1\n");
-        assert_eq!(summary(&second)[2], "usr/again File(Held([104, 105]))");
-        // With a spool: the same files, their bytes in the spool.
-        let spool = Spool::in_cache(&cache).unwrap();
-        let third = load(&cache, &d, "t", Some(&spool)).unwrap();
-        let bytes = |deb: &Deb| {
-            deb.files
-                .iter()
                 .map(|f| match &f.kind {
-                    FileKind::File(c) => {
-                        assert!(matches!(c, Content::Spooled(_)) == std::ptr::eq(deb, &third));
-                        format!("{} {:?}", f.path, c.bytes().unwrap())
-                    }
+                    FileKind::File(Content::Spooled(s)) => format!(
+                        "{} {:?} {}",
+                        f.path,
+                        String::from_utf8_lossy(&s.read_all().unwrap()),
+                        s.known_hash().unwrap()
+                    ),
+                    FileKind::File(Content::Held(_)) => panic!("{} held in memory", f.path),
                     other => format!("{} {other:?}", f.path),
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(bytes(&second), bytes(&third));
-        // A damaged memo is made again from the blob.
-        cache
-            .put(&deb(&[("./usr/hello", Regular, b"hi", "")]))
-            .unwrap();
+        let first = load(&cache, &d, "t").unwrap();
+        assert!(kept(&d, "").is_file() && kept(&d, ".data").is_file());
+        let hex = d.hex();
+        assert_eq!(
+            summary(&first),
+            [
+                "usr Dir".to_string(),
+                format!("usr/hello \"hi\" deb {hex} usr/hello"),
+                format!("usr/again \"hi\" deb {hex} usr/again"),
+                "usr/link Symlink(\"hello\")".to_string(),
+            ]
+        );
+        // The second load takes the kept form, even with the blob gone.
+        std::fs::remove_file(cache.blob_path(&d)).unwrap();
+        let second = load(&cache, &d, "t").unwrap();
+        assert_eq!(summary(&first), summary(&second));
+        assert_eq!(second.control["control"], b"Package: t\nVersion: 1\n");
+        assert_eq!(first.control, second.control);
+        assert_eq!(
+            std::fs::read_dir(cache.bucket(CacheBucket::Tmp))
+                .unwrap()
+                .count(),
+            0,
+            "nothing is left in tmp"
+        );
+        // A damaged index, or one naming an unclean path, is not used: the
+        // package is unpacked again from the blob.
         let d2 = cache
             .put(&deb(&[
                 ("./usr/", Directory, b"", ""),
                 ("./usr/x", Regular, b"x", ""),
             ]))
             .unwrap();
-        load(&cache, &d2, "t", None).unwrap();
-        let kept2 = cache.entry(CacheBucket::AptUnpacked, format!("{}.zst", d2.hex()));
-        let good = std::fs::read(&kept2).unwrap();
-        let mut bad = good.clone();
-        let n = bad.len();
-        bad[n - 2] ^= 0xff;
-        std::fs::write(&kept2, &bad).unwrap();
-        let again = load(&cache, &d2, "t", None).unwrap();
-        assert_eq!(summary(&again)[1], "usr/x File(Held([120]))");
-        assert_eq!(std::fs::read(&kept2).unwrap(), good);
+        load(&cache, &d2, "t").unwrap();
+        let good = std::fs::read(kept(&d2, "")).unwrap();
+        for damage in [b"\"usr/x\"".as_slice(), b"\"usr/y\""] {
+            let mut bad = good.clone();
+            let at = bad.windows(7).position(|w| w == b"\"usr/x\"").unwrap();
+            bad.splice(at..at + 7, damage.iter().copied());
+            if damage == b"\"usr/x\"" {
+                let n = bad.len();
+                bad[n - 2] ^= 0xff;
+            }
+            std::fs::write(kept(&d2, ""), &bad).unwrap();
+            let again = load(&cache, &d2, "t").unwrap();
+            assert_eq!(
+                summary(&again)[1],
+                format!("usr/x \"x\" deb {} usr/x", d2.hex())
+            );
+        }
+        // (An index whose digest matches but whose path climbs out.)
+        let json = &good[good.iter().position(|c| *c == b'\n').unwrap() + 1..];
+        let text = String::from_utf8(json.to_vec())
+            .unwrap()
+            .replace("usr/x", "../x");
+        let mut climbing = format!("{}\n", Digest::of(text.as_bytes())).into_bytes();
+        climbing.extend_from_slice(text.as_bytes());
+        std::fs::write(kept(&d2, ""), &climbing).unwrap();
+        let again = load(&cache, &d2, "t").unwrap();
+        assert_eq!(again.files[1].path, "usr/x");
     }
 
     #[test]
@@ -633,7 +670,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let cache = Cache::open(dir.path()).unwrap();
             let d = cache.put(&deb(files)).unwrap();
-            let err = load(&cache, &d, "evil_1", None).unwrap_err();
+            let err = load(&cache, &d, "evil_1").unwrap_err();
             assert!(
                 matches!(
                     err.downcast_ref::<AptError>(),
@@ -644,10 +681,15 @@ mod tests {
             );
             assert_eq!(err.kind(), kiln_core::ErrorKind::Input);
             assert!(
-                !cache
-                    .entry(CacheBucket::AptUnpacked, format!("{}.zst", d.hex()))
-                    .exists(),
-                "a refused package must not be remembered"
+                !cache.entry(CacheBucket::AptUnpacked, d.hex()).exists(),
+                "a refused package must not be kept"
+            );
+            assert_eq!(
+                std::fs::read_dir(cache.bucket(CacheBucket::Tmp))
+                    .unwrap()
+                    .count(),
+                0,
+                "nor its unpacked files left in tmp"
             );
         }
         // A damaged blob (not what its name says) is not unpacked at all.
@@ -655,7 +697,7 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         let d = cache.put(&deb(&[("./ok", Regular, b"x", "")])).unwrap();
         std::fs::write(cache.blob_path(&d), b"!<arch>\n").unwrap();
-        assert!(load(&cache, &d, "t", None).is_err());
+        assert!(load(&cache, &d, "t").is_err());
     }
 
     #[test]
@@ -670,7 +712,7 @@ mod tests {
         )
         .unwrap();
         let d = cache.put(&ar.into_inner().unwrap()).unwrap();
-        let err = load(&cache, &d, "empty_1", None).unwrap_err();
+        let err = load(&cache, &d, "empty_1").unwrap_err();
         assert!(
             matches!(
                 err.downcast_ref::<AptError>(),
@@ -684,7 +726,7 @@ mod tests {
         ar.append(&ar::Header::new(b"data.tar.bz2".to_vec(), 1), &b"x"[..])
             .unwrap();
         let d = cache.put(&ar.into_inner().unwrap()).unwrap();
-        let err = load(&cache, &d, "bz_1", None).unwrap_err();
+        let err = load(&cache, &d, "bz_1").unwrap_err();
         assert!(
             matches!(
                 err.downcast_ref::<AptError>(),

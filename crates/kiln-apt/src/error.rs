@@ -124,13 +124,6 @@ pub enum AptError {
     /// A zstd decoder could not be set up.
     #[error("zstd: {0}")]
     Zstd(#[source] std::io::Error),
-    /// Re-packing a package's decompressed members failed (in memory: a bug).
-    #[error("{package}: {source}")]
-    Repack {
-        package: String,
-        #[source]
-        source: std::io::Error,
-    },
 
     // --- --run-scripts ---
     /// Maintainer scripts run only for the host's architecture.
@@ -201,7 +194,7 @@ impl Hostile {
 impl Classify for AptError {
     fn kind(&self) -> ErrorKind {
         match self {
-            AptError::SolverCancelled | AptError::Repack { .. } => ErrorKind::Internal,
+            AptError::SolverCancelled => ErrorKind::Internal,
             AptError::BadRequest { .. }
             | AptError::NotDebianArch { .. }
             | AptError::NoDebianArch { .. }

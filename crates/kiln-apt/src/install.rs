@@ -138,16 +138,15 @@ pub fn layer_groups_counted(
     epoch: u64,
     unpacked: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<LayerGroup>, AptReport)> {
-    // The packages' files go to a spool, read back when the layers are
-    // written: memory does not grow with the package set.
-    let spool = kiln_fs::layer::Spool::in_cache(cache)?;
+    // The packages' files are kept on disk (see `deb::load`), read back
+    // when the layers are written: memory does not grow with the package set.
     let debs: Vec<Deb> = plan
         .packages
         .par_iter()
         .map(|p| {
             let d = p.sha256.as_ref().expect("indexed");
             let what = format!("{}_{}", p.name, p.version);
-            let deb = super::deb::load(cache, d, &what, Some(&spool))?;
+            let deb = super::deb::load(cache, d, &what)?;
             unpacked(deb_size(&deb));
             Ok(deb)
         })

@@ -3,14 +3,10 @@
 //! kept bytes instead of inflating every wheel again, and a layer found in
 //! the cache never reads them at all (its key uses the members' hashes).
 //!
-//! `pip-unpacked-v1/<wheel hex>.data` holds the members' bytes end to end,
-//! written by the parallel inflater as a spool; `<wheel hex>` is the index:
-//! the sha256 of the rest, a newline, then JSON naming the wheel, the data
-//! file's stamp and each member's path, place, mode bit and RECORD hash.
-//! The index is used only when its digest matches, it names this wheel and
-//! the data file is the one it was written for (same size, times, inode):
-//! anything else unpacks the wheel again. The index is written after the
-//! data file is in place, so a build killed in between leaves nothing used.
+//! Kept by [`Kept`] in `pip-unpacked-v1`: the members' bytes end to end,
+//! written by the parallel inflater as a spool, and an index naming the
+//! wheel and each member's path, place, mode bit, RECORD hash and deflate
+//! stream.
 
 use std::fs::File;
 use std::path::Path;
@@ -19,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
-use kiln_fs::layer::{Content, Deflated, Spool};
-use kiln_store::cache::{file_stamp, write_atomic, Cache, CacheBucket};
+use kiln_fs::layer::{Content, Deflated, Kept};
+use kiln_store::cache::{Cache, CacheBucket};
 
 use crate::install::{content_hash, MemberHashes};
 use crate::wheel::{held_in_memory, read_wheel, stream_id, Keep, WheelFile};
@@ -35,13 +31,11 @@ struct Index {
     format: u32,
     /// The wheel these members came from.
     wheel: String,
-    /// [`file_stamp`] of the data file when the index was written.
-    data: String,
-    members: Vec<Kept>,
+    members: Vec<Member>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Kept {
+struct Member {
     path: String,
     offset: u64,
     len: u64,
@@ -81,26 +75,11 @@ pub(crate) fn members(
     wheel: &Path,
     filename: &str,
 ) -> Result<Vec<WheelFile>> {
-    let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
-    let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
-    if let Some(files) = kept(&index, &data, digest, wheel) {
+    let kept = Kept::new(cache, CacheBucket::PipUnpacked, digest);
+    if let Some(files) = kept_members(&kept, digest, wheel) {
         return Ok(files);
     }
-    let tmp_dir = cache.bucket(CacheBucket::Tmp);
-    let tmp = tempfile::Builder::new()
-        .prefix(&kiln_store::temp_prefix("wheel"))
-        .tempfile_in(&tmp_dir)
-        .io_context(|| {
-            format!(
-                "making a file to unpack {filename} in {}",
-                tmp_dir.display()
-            )
-        })?;
-    let spool = Spool::over(
-        tmp.as_file()
-            .try_clone()
-            .io_context(|| format!("making a file to unpack {filename}"))?,
-    );
+    let (tmp, spool) = Kept::spool(cache, filename)?;
     let files = read_wheel(
         wheel,
         filename,
@@ -111,28 +90,18 @@ pub(crate) fn members(
     )?;
     // Best effort: members that cannot be kept are unpacked again next
     // time; the open spool serves this build either way.
-    let _ = keep(tmp, &files, digest, &index, &data);
+    if let Some(index) = index_of(&files, digest) {
+        let _ = kept.keep(tmp, &index);
+    }
     Ok(files)
 }
 
-/// The kept members of `digest`, if the index and data file are whole
-/// and belong together.
-fn kept(index: &Path, data: &Path, digest: &Digest, wheel: &Path) -> Option<Vec<WheelFile>> {
-    let body = std::fs::read(index).ok()?;
-    let nl = body.iter().position(|c| *c == b'\n')?;
-    let (sum, json) = (&body[..nl], &body[nl + 1..]);
-    if sum != Digest::of(json).to_string().as_bytes() {
-        return None;
-    }
-    let index: Index = serde_json::from_slice(json).ok()?;
+/// The kept members of `digest`, if they are whole and of this format.
+fn kept_members(kept: &Kept, digest: &Digest, wheel: &Path) -> Option<Vec<WheelFile>> {
+    let (index, spool) = kept.open::<Index>()?;
     if index.format != FORMAT || index.wheel != digest.to_string() {
         return None;
     }
-    let file = File::open(data).ok()?;
-    if file_stamp(&file.metadata().ok()?) != index.data {
-        return None;
-    }
-    let spool = Spool::open_file(file).ok()?;
     // The wheel (content-addressed, verified when it came) holds the
     // streams; opened once, and only if a member has one.
     let streams = if index.members.iter().any(|k| k.deflated.is_some()) {
@@ -163,18 +132,12 @@ fn kept(index: &Path, data: &Path, digest: &Digest, wheel: &Path) -> Option<Vec<
         .collect()
 }
 
-/// Put the data file in place, then the index describing it.
-fn keep(
-    tmp: tempfile::NamedTempFile,
-    files: &[WheelFile],
-    digest: &Digest,
-    index: &Path,
-    data: &Path,
-) -> std::io::Result<()> {
+/// The index of `files`, all spooled and known by their hashes.
+fn index_of(files: &[WheelFile], digest: &Digest) -> Option<Index> {
     let members = files
         .iter()
         .map(|f| match &f.data {
-            Content::Spooled(s) => Some(Kept {
+            Content::Spooled(s) => Some(Member {
                 path: f.path.clone(),
                 offset: s.offset(),
                 len: s.len(),
@@ -188,22 +151,12 @@ fn keep(
             }),
             Content::Held(_) => None,
         })
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| std::io::Error::other("a member was not spooled"))?;
-    if let Some(dir) = data.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = tmp.persist(data).map_err(|e| e.error)?;
-    let index_json = serde_json::to_vec(&Index {
+        .collect::<Option<Vec<_>>>()?;
+    Some(Index {
         format: FORMAT,
         wheel: digest.to_string(),
-        data: file_stamp(&file.metadata()?),
         members,
-    })?;
-    let mut body = format!("{}\n", Digest::of(&index_json)).into_bytes();
-    body.extend_from_slice(&index_json);
-    write_atomic(index, &body);
-    Ok(())
+    })
 }
 
 /// The members with their hashes; those the installer reads are read into memory.
@@ -328,13 +281,11 @@ mod tests {
         // The index of another wheel is not taken for this one.
         let other = Digest::of(b"another wheel");
         std::fs::copy(&index, cache.entry(CacheBucket::PipUnpacked, other.hex())).unwrap();
-        assert!(kept(
-            &cache.entry(CacheBucket::PipUnpacked, other.hex()),
-            &data,
-            &other,
-            &wheel
-        )
-        .is_none());
+        let data_of_other = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", other.hex()));
+        std::fs::rename(&data, data_of_other).unwrap();
+        let kept = Kept::new(&cache, CacheBucket::PipUnpacked, &other);
+        assert!(kept.open::<Index>().is_some(), "whole and together");
+        assert!(kept_members(&kept, &other, &wheel).is_none());
     }
 
     /// A big deflated member keeps its stream in the wheel, cold and kept
@@ -366,8 +317,8 @@ mod tests {
         let (cold, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
         let (warm, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
         let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
-        let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
-        assert!(kept(&index, &data, &digest, &wheel).is_some());
+        let kept = Kept::new(&cache, CacheBucket::PipUnpacked, &digest);
+        assert!(kept_members(&kept, &digest, &wheel).is_some());
         let (s_cold, s_warm) = (streams(&cold), streams(&warm));
         assert_eq!(s_cold, s_warm);
         let Some((offset, len, crc, _)) = s_cold[1].clone() else {
@@ -389,7 +340,7 @@ mod tests {
         let mut old = format!("{}\n", Digest::of(&json)).into_bytes();
         old.extend_from_slice(&json);
         std::fs::write(&index, old).unwrap();
-        assert!(kept(&index, &data, &digest, &wheel).is_none());
+        assert!(kept_members(&kept, &digest, &wheel).is_none());
         let (again, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
         assert_eq!(streams(&again), s_cold);
     }

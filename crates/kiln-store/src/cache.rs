@@ -30,7 +30,8 @@ pub enum CacheBucket {
     Http,
     /// Decompressed apt `Packages` indexes, by the compressed blob's digest.
     AptIndexes,
-    /// Unpacked `.deb` members, by the `.deb`'s digest.
+    /// A `.deb` unpacked: its files' bytes end to end (`<hex>.data`) and an
+    /// index of its control members and files (`<hex>`), by its digest.
     AptUnpacked,
     /// Simple-API project pages, by URL hash (expire by TTL).
     PipPages,

@@ -5,6 +5,7 @@
 mod ahead;
 pub mod archive;
 mod compress;
+mod kept;
 mod parts;
 pub mod spool;
 mod tarball;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use ahead::ReadAhead;
 pub use compress::Compression;
 use compress::ParallelEncoder;
+pub use kept::Kept;
 pub use spool::{read_claimed, Content, Deflated, FileRange, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 

@@ -768,13 +768,15 @@ fn installs_with_dependencies_provider_and_multiarch_deterministically() {
     );
     // Pinned before the workspace split: a refactoring must not change
     // what the same inputs build (the .debs are made here, so only amd64).
+    // Moved once on purpose: apt layers cut into a part per package put
+    // each package's files together after the layer's directories.
     if ARCH == "amd64" {
         assert_eq!(results[0].1, PINNED_APT_HELLO, "the pinned digest moved");
     }
 }
 
 const PINNED_APT_HELLO: &str =
-    "sha256:56b470a5100e941a979bb011c54f677e4f33e8639e698a5ef9b2ff072e9f61b0";
+    "sha256:8466b96183c13b7d10a8e2d4ca1b9eacb549f0078e78437337a62463142eda6c";
 
 #[test]
 fn version_pin_selects_older_version() {
@@ -1271,6 +1273,39 @@ fn second_build_on_first_keeps_database_and_adds_package() {
     assert!(info.join(format!("libgreet:{ARCH}.list")).is_file());
     assert!(info.join(format!("{other}.list")).is_file());
     assert_eq!(dpkg_query(&rootfs).len(), 6);
+    dpkg_checks(&rootfs);
+}
+
+#[test]
+fn adding_a_package_copies_the_others_compressed_parts() {
+    let sh = shared();
+    let ws = Workspace::new("apt-parts");
+    let cache = unique_dir("cache");
+    let build = |cache: &Path| {
+        let v = build_cmd(&ws, cache).run_ok().json();
+        check_build_json(&v);
+        v
+    };
+    write_spec(&ws, sh, &["hello"], None);
+    let first = build(&cache);
+    assert_eq!(installed(&first).len(), 3, "{first}");
+    // A package more: the layer holding them is made again, each package
+    // a part, and the three parts made before are copied, not compressed.
+    write_spec(&ws, sh, &["hello", "mail-a"], None);
+    let added = build(&cache);
+    assert_eq!(installed(&added).len(), 4, "{added}");
+    assert_eq!(added["summary"]["layer_parts_copied"], 3, "{added}");
+    // The same bytes as a cold cache gives, and the packages' files are
+    // read back from where the first build kept them unpacked.
+    let cold = build(&unique_dir("cache"));
+    assert_eq!(cold["summary"]["layer_parts_copied"], 0, "{cold}");
+    assert_eq!(cold["digest"], added["digest"]);
+    let rootfs = umoci_unpack(&ws.join("out"), "t", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("usr/bin/hello")).unwrap(),
+        HELLO_SCRIPT
+    );
+    assert!(rootfs.join("usr/sbin/mail-a").is_file());
     dpkg_checks(&rootfs);
 }
 

@@ -172,13 +172,21 @@ pub fn layer_groups_counted(
     }
     let mut layers = Vec::new();
     for (gi, (members, _)) in groups.iter().enumerate() {
-        let mut tree = Tree::default();
+        let mut head = Tree::default();
         if gi == 0 && bootstrap {
-            merged_usr(&plan.arch, &mut tree);
+            merged_usr(&plan.arch, &mut head);
         }
-        for &i in members {
-            package_entries(&debs[i], merged, &mut tree);
-        }
+        // A package a part (see `LayerGroup::in_parts`): adding a package
+        // to the plan copies the others' compressed bytes, wherever the
+        // cut into layers now falls.
+        let parts = members
+            .iter()
+            .map(|&i| {
+                let mut tree = Tree::default();
+                package_entries(&debs[i], merged, &mut tree);
+                tree.into_sorted()
+            })
+            .collect();
         let names: Vec<&str> = members
             .iter()
             .map(|&i| plan.packages[i].name.as_str())
@@ -193,7 +201,7 @@ pub fn layer_groups_counted(
         } else {
             format!("kiln apt {}", names.join(" "))
         };
-        layers.push(LayerGroup::new(label, tree.into_sorted()));
+        layers.push(LayerGroup::in_parts(label, head.into_sorted(), parts));
     }
     let (meta, report) = metadata_layer(plan, &debs, fs, merged, epoch)?;
     layers.push(LayerGroup::new(

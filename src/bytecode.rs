@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
 use kiln_core::platform::Platform;
-use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Spool, Tree};
+use kiln_fs::layer::{Entry, EntryKind, LayerGroup, Spool};
 use kiln_fs::rootfs::{Node, Rootfs};
 use kiln_fs::sandbox::{Network, RunSpec, Sandbox, SharedTree, DEFAULT_PATH, SCRATCH_MOUNT};
 use kiln_pip as pip;
@@ -528,10 +528,13 @@ fn compile_with(
         skipped,
         failed: memos.iter().map(|(m, _)| m.failed).sum(),
     };
-    let entries = layer_entries(&memos, groups, &records)
+    let members = layer_members(&memos, groups, &records)
         .io_context(|| "reading the bytecode blob".to_string())?;
     let label = format!("kiln bytecode python3.{minor}: {compiled} files");
-    Ok(Some((Some(LayerGroup::new(label, entries)), report)))
+    Ok(Some((
+        Some(LayerGroup::in_parts(label, Vec::new(), members)),
+        report,
+    )))
 }
 
 fn skip(why: String) -> (Option<LayerGroup>, BytecodeReport) {
@@ -1005,15 +1008,21 @@ fn collect(
 
 /// The layer: every pyc (with its `__pycache__`), and each RECORD that
 /// lists a compiled source, with a `path,,` row per pyc.
-fn layer_entries(
+/// The bytecode layer's members: each unit's pycs and the RECORDs that
+/// list them (with the pycs' rows added), a member for each unit, so the
+/// layer is cut into a part per wheel (see [`LayerGroup::in_parts`]): a
+/// wheel bumped compiles and compresses its own pycs alone.
+fn layer_members(
     memos: &[(Memo, Arc<Spool>)],
     groups: &[LayerGroup],
     records: &BTreeMap<String, Vec<String>>,
-) -> std::io::Result<Vec<Entry>> {
-    let mut tree = Tree::default();
-    let mut pyc_of: BTreeMap<&str, &str> = BTreeMap::new();
-    for (memo, data) in memos {
+) -> std::io::Result<Vec<Vec<Entry>>> {
+    let mut members: Vec<Vec<Entry>> = Vec::with_capacity(memos.len());
+    // A source's pyc and the member it is in.
+    let mut pyc_of: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+    for (i, (memo, data)) in memos.iter().enumerate() {
         let mut at = 0u64;
+        let mut member = Vec::with_capacity(memo.files.len());
         for f in &memo.files {
             // Known by where it is in a blob known by its digest: the
             // layer's key does not read the pycs back.
@@ -1021,17 +1030,16 @@ fn layer_entries(
                 .slice_at(at, f.size)?
                 .known_as(format!("{}@{at}", memo.blob));
             at += f.size;
-            let path = f.pyc.trim_start_matches('/');
-            tree.add_parents(path);
-            tree.insert(Entry {
-                path: path.to_string(),
+            member.push(Entry {
+                path: f.pyc.trim_start_matches('/').to_string(),
                 kind: EntryKind::Spooled(bytes),
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
             });
-            pyc_of.insert(f.source.as_str(), f.pyc.as_str());
+            pyc_of.insert(f.source.as_str(), (f.pyc.as_str(), i));
         }
+        members.push(member);
     }
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
@@ -1039,36 +1047,31 @@ fn layer_entries(
         .map(|e| (e.path.as_str(), e))
         .collect();
     for (record, sources) in records {
-        let mut rows: Vec<String> = sources
-            .iter()
-            .filter_map(|s| pyc_of.get(s.as_str()))
-            .map(|pyc| {
-                let site = record
-                    .rsplit_once('/')
-                    .and_then(|(d, _)| d.rsplit_once('/'))
-                    .map_or("", |(s, _)| s);
-                let rel = pyc
-                    .trim_start_matches('/')
-                    .strip_prefix(site)
-                    .unwrap_or(pyc)
-                    .trim_start_matches('/');
-                format!("{},,\n", record_field(rel))
-            })
-            .collect();
-        let Some(e) = ours.get(record.as_str()) else {
+        let mut rows: Vec<String> = Vec::new();
+        let mut member = None;
+        for (pyc, i) in sources.iter().filter_map(|s| pyc_of.get(s.as_str())) {
+            member.get_or_insert(*i);
+            let site = record
+                .rsplit_once('/')
+                .and_then(|(d, _)| d.rsplit_once('/'))
+                .map_or("", |(s, _)| s);
+            let rel = pyc
+                .trim_start_matches('/')
+                .strip_prefix(site)
+                .unwrap_or(pyc)
+                .trim_start_matches('/');
+            rows.push(format!("{},,\n", record_field(rel)));
+        }
+        let (Some(e), Some(member)) = (ours.get(record.as_str()), member) else {
             continue;
         };
-        if rows.is_empty() {
-            continue;
-        }
         rows.sort();
         let mut text = content(e).unwrap_or_default();
         if !text.is_empty() && !text.ends_with(b"\n") {
             text.push(b'\n');
         }
         text.extend(rows.concat().into_bytes());
-        tree.add_parents(record);
-        tree.insert(Entry {
+        members[member].push(Entry {
             path: record.clone(),
             kind: EntryKind::Data(std::sync::Arc::new(text)),
             mode: e.mode,
@@ -1076,7 +1079,7 @@ fn layer_entries(
             gid: e.gid,
         });
     }
-    Ok(tree.into_sorted())
+    Ok(members)
 }
 
 #[cfg(test)]
@@ -1136,7 +1139,14 @@ mod tests {
             files,
             failed: 0,
         };
-        let entries = layer_entries(&[(memo, blob)], std::slice::from_ref(&g), &r).unwrap();
+        let members = layer_members(&[(memo, blob)], std::slice::from_ref(&g), &r).unwrap();
+        assert_eq!(
+            members.len(),
+            1,
+            "one member: the unit's pycs and its RECORD"
+        );
+        let layer = LayerGroup::in_parts("t", Vec::new(), members);
+        let entries = &layer.entries;
         let find = |p: &str| entries.iter().find(|e| e.path == p).map(content);
         assert_eq!(
             find(pyc("__init__").trim_start_matches('/')),
@@ -1153,11 +1163,14 @@ mod tests {
             ),
             "{record}"
         );
+        // The directories, then the unit's part: its files by path.
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        let mut sorted = paths.clone();
+        assert_eq!(layer.parts, [paths.len() - 3]);
+        let part = &paths[layer.parts[0]..];
+        let mut sorted = part.to_vec();
         sorted.sort();
-        assert_eq!(paths, sorted);
-        assert!(paths.contains(&format!("{site}/demo/__pycache__").as_str()));
+        assert_eq!(part, sorted);
+        assert!(paths[..layer.parts[0]].contains(&format!("{site}/demo/__pycache__").as_str()));
     }
 
     /// The compiler script, run by the host's python3 over a pack: each

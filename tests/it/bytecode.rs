@@ -256,6 +256,9 @@ fn a_new_wheel_compiles_alone_and_gives_the_cold_image() {
         "demo's pycs come from the cache: {second}"
     );
     assert_eq!(trees(), tree, "the same tree, not written again");
+    // The bytecode layer is made again with demo's part copied (the
+    // wheels' own layers are a layer each here: none is cut into parts).
+    assert_eq!(second["summary"]["layer_parts_copied"], 1, "{second}");
     let rootfs = umoci_unpack(&ws.join("out2"), "py", &ws.join("bundle2"));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/other/more.py"))));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/demo/util.py"))));

@@ -32,6 +32,8 @@ use crate::layer::{Entry, EntryKind};
 use crate::rootfs::{Node, Rootfs};
 
 mod unpack;
+
+pub use unpack::Paths;
 use unpack::{remove_any, write_layers};
 
 /// Not compared: kernel filesystems mounted for the command.
@@ -139,7 +141,7 @@ impl Sandbox {
         purpose: &str,
     ) -> Result<Sandbox> {
         let (dir, root, euid) = scratch(tmp)?;
-        write_layers(layers, &root, euid, purpose)?;
+        write_layers(layers, &root, euid, purpose, Paths::All)?;
         Self::ready(dir, root, euid, purpose)
     }
 
@@ -213,7 +215,8 @@ pub const SCRATCH_MOUNT: &str = ".kiln-scratch";
 const KEPT_TREES: usize = 2;
 
 /// A tree written once from an image's layers and kept in the cache
-/// (bucket `trees-v1`, named by the caller's key for those layers), for
+/// (bucket `trees-v1`, named by the caller's key for those layers and
+/// the [`Paths`] it holds), for
 /// commands that only read the image: it is mounted read-only and they
 /// write in a scratch directory bound at [`SCRATCH_MOUNT`]. Compiling a
 /// new wheel's bytecode so needs no image written out (~3 s for a Debian
@@ -230,17 +233,26 @@ pub struct SharedTree {
 }
 
 impl SharedTree {
-    /// The tree of `key`, written from `layers` (uncompressed tar streams,
-    /// lowest first) when the cache does not have it yet.
+    /// The tree of `key` holding `paths`, written from `layers`
+    /// (uncompressed tar streams, lowest first) when the cache does not
+    /// have it yet.
     pub fn open(
         cache: &kiln_store::Cache,
         key: &kiln_core::digest::Digest,
         layers: impl FnOnce() -> Result<Vec<Box<dyn std::io::Read>>>,
         purpose: &str,
+        paths: Paths,
     ) -> Result<SharedTree> {
         use rustix::fs::{flock, FlockOperation};
         let dir = cache.bucket(kiln_store::CacheBucket::Trees);
         fs::create_dir_all(&dir).io_context(|| format!("creating {}", dir.display()))?;
+        // A tree of some paths only is another tree.
+        let key = match paths {
+            Paths::All => key.clone(),
+            Paths::Python => {
+                kiln_core::digest::Digest::of(format!("{key} python files").as_bytes())
+            }
+        };
         let name = key.hex();
         let lock_path = dir.join(format!("{name}.lock"));
         let lock = fs::File::options()
@@ -261,7 +273,7 @@ impl SharedTree {
                 .tempdir_in(&dir)
                 .io_context(|| format!("creating a directory in {}", dir.display()))?;
             let at = tmp.path().join("rootfs");
-            write_layers(layers()?, &at, euid, purpose)?;
+            write_layers(layers()?, &at, euid, purpose, paths)?;
             for d in DEVICES {
                 let p = at.join("dev").join(d);
                 if fs::symlink_metadata(&p).is_err() {

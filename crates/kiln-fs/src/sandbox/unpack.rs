@@ -82,6 +82,7 @@ struct Unpacker<'a> {
     root: &'a Path,
     euid: u32,
     purpose: &'a str,
+    paths: Paths,
     /// Directory modes, set last (deepest first) so a read-only directory
     /// does not stop what goes into it.
     dirs: BTreeMap<PathBuf, u32>,
@@ -152,6 +153,10 @@ impl Unpacker<'_> {
                 continue;
             };
             let rel = rel.trim_start_matches('/').to_string();
+            // (A whiteout of a path not kept has nothing to remove.)
+            if !self.paths.keeps(&rel) {
+                continue;
+            }
             let (parent, base) = match rel.rsplit_once('/') {
                 Some((p, b)) => (root.join(p), b.to_string()),
                 None => (root.to_path_buf(), rel.clone()),
@@ -254,9 +259,46 @@ pub(super) fn write_layers(
     root: &Path,
     euid: u32,
     purpose: &str,
+    paths: Paths,
 ) -> Result<()> {
     let writers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    write_layers_with(layers, root, euid, purpose, writers)
+    write_layers_with(layers, root, euid, purpose, writers, paths)
+}
+
+/// Which of an image's paths a tree written out holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paths {
+    All,
+    /// What the image's Python interpreter reads to start and compile:
+    /// the top-level directories and links, `/etc`, every `lib*` (the
+    /// shared libraries and the standard library), and the `python*`
+    /// entries of the `bin` directories. Not `/usr/share`, `/var` or the
+    /// other programs, which are most of a Debian base's inodes.
+    Python,
+}
+
+impl Paths {
+    /// Whether `rel` (relative to the root, no leading `/`) is written.
+    pub fn keeps(self, rel: &str) -> bool {
+        if self == Paths::All {
+            return true;
+        }
+        let rel = rel
+            .strip_prefix("usr/local/")
+            .or(rel.strip_prefix("usr/"))
+            .unwrap_or(rel);
+        let (top, rest) = match rel.split_once('/') {
+            Some((t, r)) => (t, Some(r)),
+            None => (rel, None),
+        };
+        match (top, rest) {
+            (_, None) => true,
+            ("etc", _) => true,
+            (t, _) if t.starts_with("lib") => true,
+            ("bin" | "sbin", Some(name)) => name.starts_with("python"),
+            _ => false,
+        }
+    }
 }
 
 fn write_layers_with(
@@ -265,6 +307,7 @@ fn write_layers_with(
     euid: u32,
     purpose: &str,
     writers: usize,
+    paths: Paths,
 ) -> Result<()> {
     fs::create_dir_all(root).io_context(|| format!("creating {}", root.display()))?;
     let queue = Queue::default();
@@ -278,6 +321,7 @@ fn write_layers_with(
             root,
             euid,
             purpose,
+            paths,
             dirs: BTreeMap::new(),
             jobs,
             queue: &queue,
@@ -406,6 +450,73 @@ mod tests {
         out
     }
 
+    #[test]
+    fn a_python_tree_keeps_what_the_interpreter_reads() {
+        let keeps = |p: &str| Paths::Python.keeps(p);
+        for kept in [
+            "usr",
+            "usr/share",
+            "bin",
+            "lib64",
+            "etc/python3.11/sitecustomize.py",
+            "usr/bin/python3.11",
+            "usr/local/bin/python3",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+            "usr/lib/python3.11/os.py",
+            "usr/local/lib/python3.12/site-packages/x.pth",
+            "lib/x86_64-linux-gnu/libz.so.1",
+            "usr/.wh.share",
+        ] {
+            assert!(keeps(kept), "{kept}");
+            assert!(Paths::All.keeps(kept));
+        }
+        for left in [
+            "usr/share/doc/python3/copyright",
+            "usr/bin/perl",
+            "bin/bash",
+            "usr/sbin/useradd",
+            "var/lib/dpkg/status",
+            "usr/local/share/man/x",
+            "root/.bashrc",
+        ] {
+            assert!(!keeps(left), "{left}");
+            assert!(Paths::All.keeps(left));
+        }
+        // Written out: the kept paths (and the mount points), with a
+        // whiteout still applied.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("py");
+        let base = layer(&[
+            M::File("usr/bin/python3.11", 0o755, b"elf".to_vec()),
+            M::Sym("usr/bin/python3", "python3.11"),
+            M::File("usr/bin/perl", 0o755, b"perl".to_vec()),
+            M::File("usr/lib/python3.11/os.py", 0o644, b"os".to_vec()),
+            M::File("usr/lib/python3.11/gone.py", 0o644, b"g".to_vec()),
+            M::File("usr/share/doc/x", 0o644, b"doc".to_vec()),
+            M::Hard("usr/lib/python3.11/again.py", "usr/lib/python3.11/os.py"),
+        ]);
+        let top = layer(&[M::File("usr/lib/python3.11/.wh.gone.py", 0o644, Vec::new())]);
+        write_layers_with(vec![base, top], &root, 1, "test", 2, Paths::Python).unwrap();
+        let names: Vec<String> = listing(&root).into_keys().collect();
+        assert_eq!(
+            names,
+            [
+                "dev",
+                "proc",
+                "sys",
+                "tmp",
+                "usr",
+                "usr/bin",
+                "usr/bin/python3",
+                "usr/bin/python3.11",
+                "usr/lib",
+                "usr/lib/python3.11",
+                "usr/lib/python3.11/again.py",
+                "usr/lib/python3.11/os.py",
+            ]
+        );
+    }
+
     fn layers() -> Vec<Box<dyn Read>> {
         let big = vec![7u8; (QUEUED_MAX + 1) as usize];
         vec![
@@ -445,8 +556,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = dir.path().join("one");
         let four = dir.path().join("four");
-        write_layers_with(layers(), &one, 1, "test", 1).unwrap();
-        write_layers_with(layers(), &four, 1, "test", 4).unwrap();
+        write_layers_with(layers(), &one, 1, "test", 1, Paths::All).unwrap();
+        write_layers_with(layers(), &four, 1, "test", 4, Paths::All).unwrap();
         let tree = listing(&one);
         assert_eq!(tree, listing(&four));
         let at = |p: &str| tree.get(p).map(String::as_str).unwrap_or("missing");
@@ -480,14 +591,22 @@ mod tests {
             bytes.truncate(700);
             Box::new(std::io::Cursor::new(bytes))
         };
-        assert!(write_layers_with(vec![truncated], &dir.path().join("t"), 1, "test", 2).is_err());
+        assert!(write_layers_with(
+            vec![truncated],
+            &dir.path().join("t"),
+            1,
+            "test",
+            2,
+            Paths::All
+        )
+        .is_err());
         // A queued file whose name no file system takes (root or not).
         let long = format!("sub/{}", "n".repeat(300));
         let bad = layer(&[
             M::File("sub/ok", 0o644, b"k".to_vec()),
             M::File(&long, 0o644, b"f".to_vec()),
         ]);
-        let e = write_layers_with(vec![bad], &dir.path().join("w"), 1, "test", 2)
+        let e = write_layers_with(vec![bad], &dir.path().join("w"), 1, "test", 2, Paths::All)
             .unwrap_err()
             .to_string();
         assert!(e.contains("test: writing") && e.contains("nnnn"), "{e}");

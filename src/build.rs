@@ -348,7 +348,7 @@ fn base_rootfs(
     base: &base::BaseImage,
     img: &base::PlatformImage,
     blobs: &Blobs,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Rootfs> {
     if base.is_scratch() {
         Ok(Rootfs::default())

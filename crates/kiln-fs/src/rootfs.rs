@@ -110,106 +110,49 @@ fn parent_of(path: &str) -> &str {
 impl Rootfs {
     /// Overlay uncompressed layer tar streams, lowest first. `keep(path)`
     /// says whose contents to hold in memory.
-    pub fn from_layers<R: Read>(
+    /// The view of `layers` (uncompressed tar streams, lowest first):
+    /// each is read on a thread of its own (its decompression, the hash a
+    /// caller takes and the tar's parse run beside the others'), then
+    /// applied in order.
+    pub fn from_layers<R: Read + Send>(
         layers: impl IntoIterator<Item = R>,
-        keep: &dyn Fn(&str) -> bool,
+        keep: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Self> {
+        use rayon::prelude::*;
+        let layers: Vec<R> = layers.into_iter().collect();
+        let parsed: Vec<Result<Parsed>> = layers
+            .into_par_iter()
+            .map(|layer| parse_layer(layer, keep))
+            .collect();
         let mut fs = Rootfs::default();
-        for (i, layer) in layers.into_iter().enumerate() {
-            fs.apply_layer(layer, keep)
-                .map_err(|e| e.context(format!("reading base layer {}", i + 1)))?;
+        for (i, layer) in parsed.into_iter().enumerate() {
+            let layer = layer.map_err(|e| e.context(format!("reading base layer {}", i + 1)))?;
+            fs.apply_parsed(layer);
         }
         Ok(fs)
     }
 
-    fn apply_layer(&mut self, r: impl Read, keep: &dyn Fn(&str) -> bool) -> Result<()> {
-        let mut ar = tar::Archive::new(r);
-        let mut adds: Vec<(String, Node)> = Vec::new();
-        let mut links: Vec<(String, String)> = Vec::new();
-        let bad = |source| Error::from(FsError::CorruptLayer { source });
-        for entry in ar.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let raw = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let Some(path) = norm(&raw) else { continue };
-            let name = path.rsplit('/').next().unwrap_or("");
-            if name == ".wh..wh..opq" {
-                let dir = parent_of(&path).to_string();
-                self.remove_children(&dir);
-                continue;
+    /// A layer over what is below it: its whiteouts first, then what it adds.
+    fn apply_parsed(&mut self, layer: Parsed) {
+        for removal in layer.removals {
+            match removal {
+                Removal::Children(dir) => self.remove_children(&dir),
+                Removal::Tree(path) => self.remove_tree(&path),
             }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                let dir = parent_of(&path);
-                let target = if dir == "/" {
-                    format!("/{hidden}")
-                } else {
-                    format!("{dir}/{hidden}")
-                };
-                self.remove_tree(&target);
-                continue;
-            }
-            let h = entry.header();
-            let node = match h.entry_type() {
-                tar::EntryType::Directory => {
-                    let meta = DirMeta {
-                        mode: h.mode().map_or(0o755, |m| m & 0o7777),
-                        uid: h.uid().unwrap_or(0),
-                        gid: h.gid().unwrap_or(0),
-                    };
-                    self.dirs.insert(path.clone(), meta);
-                    Node::Dir
-                }
-                tar::EntryType::Symlink => Node::Symlink(
-                    entry
-                        .link_name()
-                        .map_err(bad)?
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                ),
-                tar::EntryType::Link => {
-                    if let Some(t) = entry
-                        .link_name()
-                        .map_err(bad)?
-                        .and_then(|p| norm(&p.to_string_lossy()))
-                    {
-                        links.push((path, t));
-                    }
-                    continue;
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let size = h.size().unwrap_or(0);
-                    let mode = h.mode().unwrap_or(0o644);
-                    let content = if keep(&path) {
-                        Some(crate::layer::read_claimed(&mut entry, size).map_err(bad)?)
-                    } else {
-                        None
-                    };
-                    Node::File {
-                        size,
-                        mode,
-                        content,
-                    }
-                }
-                _ => Node::Other,
-            };
-            adds.push((path, node));
         }
-        // Read to the end of the stream past the tar's end marker: the
-        // decompressor's own check (gzip's CRC) runs there, and a reader
-        // that hashes the layer sees all of it.
-        std::io::copy(&mut ar.into_inner(), &mut std::io::sink()).map_err(bad)?;
-        for (path, node) in adds {
+        self.dirs.extend(layer.dirs);
+        for (path, node) in layer.adds {
             // A file replacing a directory removes what was below it.
             if !matches!(node, Node::Dir) {
                 self.remove_children(&path);
             }
             self.nodes.insert(path, node);
         }
-        for (path, target) in links {
+        for (path, target) in layer.links {
             if let Some(n) = self.nodes.get(&target).cloned() {
                 self.nodes.insert(path, n);
             }
         }
-        Ok(())
     }
 
     fn remove_children(&mut self, dir: &str) {
@@ -437,6 +380,101 @@ impl Rootfs {
             self.insert(&path, node);
         }
     }
+}
+
+/// What one layer does, read from its tar stream alone.
+#[derive(Default)]
+struct Parsed {
+    /// Opaque markers and whiteouts, in the layer's order.
+    removals: Vec<Removal>,
+    dirs: Vec<(String, DirMeta)>,
+    adds: Vec<(String, Node)>,
+    /// Hard links: path and target.
+    links: Vec<(String, String)>,
+}
+
+enum Removal {
+    /// An opaque directory: what lower layers put in it.
+    Children(String),
+    /// A whiteout: the path and everything below it.
+    Tree(String),
+}
+
+fn parse_layer(r: impl Read, keep: &dyn Fn(&str) -> bool) -> Result<Parsed> {
+    let mut ar = tar::Archive::new(r);
+    let mut out = Parsed::default();
+    let bad = |source| Error::from(FsError::CorruptLayer { source });
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let Some(path) = norm(&raw) else { continue };
+        let name = path.rsplit('/').next().unwrap_or("");
+        if name == ".wh..wh..opq" {
+            out.removals
+                .push(Removal::Children(parent_of(&path).to_string()));
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let dir = parent_of(&path);
+            let target = if dir == "/" {
+                format!("/{hidden}")
+            } else {
+                format!("{dir}/{hidden}")
+            };
+            out.removals.push(Removal::Tree(target));
+            continue;
+        }
+        let h = entry.header();
+        let node = match h.entry_type() {
+            tar::EntryType::Directory => {
+                let meta = DirMeta {
+                    mode: h.mode().map_or(0o755, |m| m & 0o7777),
+                    uid: h.uid().unwrap_or(0),
+                    gid: h.gid().unwrap_or(0),
+                };
+                out.dirs.push((path.clone(), meta));
+                Node::Dir
+            }
+            tar::EntryType::Symlink => Node::Symlink(
+                entry
+                    .link_name()
+                    .map_err(bad)?
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            tar::EntryType::Link => {
+                if let Some(t) = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .and_then(|p| norm(&p.to_string_lossy()))
+                {
+                    out.links.push((path, t));
+                }
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = h.size().unwrap_or(0);
+                let mode = h.mode().unwrap_or(0o644);
+                let content = if keep(&path) {
+                    Some(crate::layer::read_claimed(&mut entry, size).map_err(bad)?)
+                } else {
+                    None
+                };
+                Node::File {
+                    size,
+                    mode,
+                    content,
+                }
+            }
+            _ => Node::Other,
+        };
+        out.adds.push((path, node));
+    }
+    // Read to the end of the stream past the tar's end marker: the
+    // decompressor's own check (gzip's CRC) runs there, and a reader
+    // that hashes the layer sees all of it.
+    std::io::copy(&mut ar.into_inner(), &mut std::io::sink()).map_err(bad)?;
+    Ok(out)
 }
 
 #[cfg(test)]

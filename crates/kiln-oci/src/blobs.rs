@@ -36,7 +36,7 @@ fn side_by_side(
 /// The uncompressed tar stream of layer `l`, whose blob is at `path`.
 /// Decompressed on a thread of its own ([`ReadAhead`](kiln_fs::layer::ReadAhead)):
 /// the reader hashes, parses or writes beside it.
-pub(crate) fn decompressed_layer(l: &Desc, path: &Path) -> Result<Box<dyn Read>> {
+pub(crate) fn decompressed_layer(l: &Desc, path: &Path) -> Result<Box<dyn Read + Send>> {
     let f = File::open(path).io_context(|| format!("opening {}", path.display()))?;
     let r = kiln_fs::layer::decompressed(&l.media_type, BufReader::with_capacity(1 << 20, f))
         .map_err(|e| e.context(format!("base layer {}", l.digest)))?;
@@ -167,11 +167,11 @@ impl<'a> Blobs<'a> {
     pub fn read_checking<T>(
         &self,
         layers: &[Desc],
-        read: impl FnOnce(Vec<Box<dyn Read>>) -> Result<T>,
+        read: impl FnOnce(Vec<Box<dyn Read + Send>>) -> Result<T>,
     ) -> Result<T> {
         let digests: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
         let paths = side_by_side(&digests, |d| self.located(d))?;
-        let mut readers: Vec<Box<dyn Read>> = Vec::new();
+        let mut readers: Vec<Box<dyn Read + Send>> = Vec::new();
         let mut ends = Vec::new();
         for (l, p) in layers.iter().zip(&paths) {
             let r = HashingReader::new(decompressed_layer(l, p)?);
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         // Read in one pass with the check: what was read is not handed
         // out, and the check's error is the one reported.
-        let read_all = |readers: Vec<Box<dyn Read>>| -> Result<Vec<u8>> {
+        let read_all = |readers: Vec<Box<dyn Read + Send>>| -> Result<Vec<u8>> {
             let mut out = Vec::new();
             for mut r in readers {
                 r.read_to_end(&mut out).unwrap();

@@ -13,7 +13,11 @@ use kiln_fs::rootfs::Rootfs;
 /// Read a base image's filesystem (decompressing its layers in order),
 /// keeping the contents of the paths `keep` selects, while the layers'
 /// diff_ids are hashed in the same pass ([`Blobs::read_checking`]).
-pub fn load(image: &PlatformImage, blobs: &Blobs, keep: &dyn Fn(&str) -> bool) -> Result<Rootfs> {
+pub fn load(
+    image: &PlatformImage,
+    blobs: &Blobs,
+    keep: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Rootfs> {
     blobs.read_checking(&image.layers, |readers| Rootfs::from_layers(readers, keep))
 }
 
@@ -27,6 +31,6 @@ fn readers_of(image: &PlatformImage, paths: Vec<PathBuf>) -> Result<Vec<Box<dyn 
         .layers
         .iter()
         .zip(paths)
-        .map(|(l, p)| crate::blobs::decompressed_layer(l, &p))
+        .map(|(l, p)| crate::blobs::decompressed_layer(l, &p).map(|r| r as Box<dyn Read>))
         .collect()
 }

@@ -268,12 +268,15 @@ pub(crate) fn uses_shared_tree(
 
 const PURPOSE: &str = "[pip] compile";
 
-/// Open the shared tree of the image so far on a thread of `scope`;
-/// returns once that image is taken (before the caller emits more).
+/// Open the shared tree of the image so far on a thread of `scope`, with
+/// `paths` of it (Python's own: the compiler reads its sources from a
+/// pack beside it, not from the tree); returns once that image is taken
+/// (before the caller emits more).
 pub(crate) fn spawn_tree<'scope>(
     tree: &'scope crate::stages::ImageSoFar<'scope>,
     cache: &'scope Cache,
     platform: &'scope Platform,
+    paths: Paths,
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> EarlyTree<'scope> {
     let (taken, layers_taken) = std::sync::mpsc::channel();
@@ -283,15 +286,7 @@ pub(crate) fn spawn_tree<'scope>(
             let layers = tree(platform);
             let _ = taken.send(());
             let layers = layers?;
-            // Python's own files: the compiler reads its sources from a
-            // pack beside it, not from the tree.
-            SharedTree::open(
-                cache,
-                &layers.key,
-                || Ok(layers.readers),
-                PURPOSE,
-                Paths::Python,
-            )
+            SharedTree::open(cache, &layers.key, || Ok(layers.readers), PURPOSE, paths)
         })
         // (The sender went with the closure: nothing to wait for below.)
         .unwrap_or_else(|e| {
@@ -420,7 +415,13 @@ fn compile_with(
                             .spawn_scoped(scope, || scratch(&todo, groups, stages.cache));
                         let opening = match early {
                             Some(early) => early,
-                            None => spawn_tree(tree, stages.cache, platform, scope),
+                            None => spawn_tree(
+                                tree,
+                                stages.cache,
+                                platform,
+                                Paths::python(&python.interpreter),
+                                scope,
+                            ),
                         };
                         let emitted = emit_now();
                         let scratched = match writing {

@@ -15,6 +15,7 @@ use kiln_core::platform::Platform;
 use kiln_core::progress::Progress;
 use kiln_fs::layer::{Compression, Entry, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
+use kiln_fs::sandbox::Paths;
 use kiln_pip as pip;
 use kiln_spec::lock::LockedPlatform;
 use kiln_spec::spec::Spec;
@@ -379,10 +380,16 @@ impl Stages<'_> {
                 .tree
                 .filter(|_| !last && crate::bytecode::uses_shared_tree(self, section, platform));
             let cache = self.cache;
-            let start_tree = || {
+            let start_tree = |interpreter: &str| {
                 if let (Some(tree), Ok(mut early)) = (tree, early.lock()) {
                     if early.is_none() {
-                        *early = Some(crate::bytecode::spawn_tree(tree, cache, platform, scope));
+                        *early = Some(crate::bytecode::spawn_tree(
+                            tree,
+                            cache,
+                            platform,
+                            Paths::python(interpreter),
+                            scope,
+                        ));
                     }
                 }
             };

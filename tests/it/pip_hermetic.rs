@@ -446,8 +446,10 @@ fn the_resolved_hook_runs_once_between_resolution_and_downloads() {
     let cache = Cache::open(dir.path()).unwrap();
     let calls = std::sync::Mutex::new(Vec::new());
     let before = f.sent.load(Ordering::SeqCst);
-    // What the index had sent and which wheel blobs the cache held then.
-    let hook = || {
+    // What the index had sent and which wheel blobs the cache held then,
+    // and the interpreter named.
+    let hook = |interpreter: &str| {
+        assert_eq!(interpreter, "/usr/bin/python3.11");
         let held: Vec<String> = std::fs::read_dir(cache.bucket(kiln_store::CacheBucket::Blobs))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -247,10 +247,13 @@ impl SharedTree {
         let dir = cache.bucket(kiln_store::CacheBucket::Trees);
         fs::create_dir_all(&dir).io_context(|| format!("creating {}", dir.display()))?;
         // A tree of some paths only is another tree.
-        let key = match paths {
+        let key = match &paths {
             Paths::All => key.clone(),
-            Paths::Python => {
+            Paths::Python { prefix: None } => {
                 kiln_core::digest::Digest::of(format!("{key} python files").as_bytes())
+            }
+            Paths::Python { prefix: Some(p) } => {
+                kiln_core::digest::Digest::of(format!("{key} python files and {p}").as_bytes())
             }
         };
         let name = key.hex();

@@ -88,7 +88,9 @@ pub trait LayerAhead: Sync {
 pub struct Hooks<'a> {
     pub builder: Option<&'a dyn WheelBuilder>,
     pub ahead: Option<&'a dyn LayerAhead>,
-    pub resolved: Option<&'a (dyn Fn() + Sync)>,
+    /// Called once the wheels are known, before they download, with the
+    /// target interpreter's path.
+    pub resolved: Option<&'a (dyn Fn(&str) + Sync)>,
 }
 
 /// One wheel to install, downloaded and verified in the cache.
@@ -484,7 +486,7 @@ pub fn plan_building(
         return Err(PipError::UnhashedDependencies { lines: unhashed }.into());
     }
     if let Some(resolved) = hooks.resolved {
-        resolved();
+        resolved(&python.interpreter);
     }
     let wheel_count = todo.len() + built.len();
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
@@ -611,7 +613,7 @@ pub fn plan_locked_building(
         }
     }
     if let Some(resolved) = hooks.resolved {
-        resolved();
+        resolved(&python.interpreter);
     }
     let mut wheels = pins
         .par_iter()

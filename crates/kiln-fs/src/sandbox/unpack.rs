@@ -266,22 +266,44 @@ pub(super) fn write_layers(
 }
 
 /// Which of an image's paths a tree written out holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Paths {
     All,
     /// What the image's Python interpreter reads to start and compile:
     /// the top-level directories and links, `/etc`, every `lib*` (the
     /// shared libraries and the standard library), and the `python*`
-    /// entries of the `bin` directories. Not `/usr/share`, `/var` or the
-    /// other programs, which are most of a Debian base's inodes.
-    Python,
+    /// entries of the `bin` directories; for an interpreter installed
+    /// under a prefix of its own (`/opt/conda/bin/python3`), all of that
+    /// prefix. Not `/usr/share`, `/var` or the other programs, which are
+    /// most of a Debian base's inodes.
+    Python {
+        prefix: Option<String>,
+    },
 }
 
 impl Paths {
+    /// [`Paths::Python`] for the interpreter at `interpreter`.
+    pub fn python(interpreter: &str) -> Paths {
+        let prefix = interpreter
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .and_then(|(bin, _)| bin.strip_suffix("/bin"))
+            .filter(|p| !matches!(*p, "" | "usr" | "usr/local"))
+            .map(|p| format!("{p}/"));
+        Paths::Python { prefix }
+    }
+
     /// Whether `rel` (relative to the root, no leading `/`) is written.
-    pub fn keeps(self, rel: &str) -> bool {
-        if self == Paths::All {
-            return true;
+    pub fn keeps(&self, rel: &str) -> bool {
+        let prefix = match self {
+            Paths::All => return true,
+            Paths::Python { prefix } => prefix.as_deref(),
+        };
+        if let Some(p) = prefix {
+            // The prefix, what is in it and the directories above it.
+            if rel.starts_with(p) || p.starts_with(&format!("{rel}/")) {
+                return true;
+            }
         }
         let rel = rel
             .strip_prefix("usr/local/")
@@ -452,7 +474,9 @@ mod tests {
 
     #[test]
     fn a_python_tree_keeps_what_the_interpreter_reads() {
-        let keeps = |p: &str| Paths::Python.keeps(p);
+        let python = Paths::python("/usr/bin/python3.11");
+        assert_eq!(python, Paths::Python { prefix: None });
+        let keeps = |p: &str| python.keeps(p);
         for kept in [
             "usr",
             "usr/share",
@@ -482,6 +506,22 @@ mod tests {
             assert!(!keeps(left), "{left}");
             assert!(Paths::All.keeps(left));
         }
+        // An interpreter under a prefix of its own keeps all of it.
+        let conda = Paths::python("/opt/conda/bin/python3.11");
+        for kept in [
+            "opt",
+            "opt/conda",
+            "opt/conda/bin/conda",
+            "opt/conda/share/x",
+        ] {
+            assert!(conda.keeps(kept), "{kept}");
+        }
+        for left in ["opt/other/x", "opt/condax/y", "usr/share/doc/x"] {
+            assert!(!conda.keeps(left), "{left}");
+        }
+        for usual in ["/usr/local/bin/python3", "/bin/python3", "python3"] {
+            assert_eq!(Paths::python(usual), Paths::Python { prefix: None });
+        }
         // Written out: the kept paths (and the mount points), with a
         // whiteout still applied.
         let dir = tempfile::tempdir().unwrap();
@@ -496,7 +536,7 @@ mod tests {
             M::Hard("usr/lib/python3.11/again.py", "usr/lib/python3.11/os.py"),
         ]);
         let top = layer(&[M::File("usr/lib/python3.11/.wh.gone.py", 0o644, Vec::new())]);
-        write_layers_with(vec![base, top], &root, 1, "test", 2, Paths::Python).unwrap();
+        write_layers_with(vec![base, top], &root, 1, "test", 2, python.clone()).unwrap();
         let names: Vec<String> = listing(&root).into_keys().collect();
         assert_eq!(
             names,

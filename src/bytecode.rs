@@ -269,16 +269,17 @@ pub(crate) fn uses_shared_tree(
 const PURPOSE: &str = "[pip] compile";
 
 /// Open the shared tree of the image so far on a thread of `scope`, with
-/// `paths` of it (Python's own: the compiler reads its sources from a
-/// pack beside it, not from the tree); returns once that image is taken
-/// (before the caller emits more).
+/// the files of it `interpreter` reads ([`Paths::python`]: the compiler
+/// reads its sources from a pack beside it, not from the tree); returns
+/// once that image is taken (before the caller emits more).
 pub(crate) fn spawn_tree<'scope>(
     tree: &'scope crate::stages::ImageSoFar<'scope>,
     cache: &'scope Cache,
     platform: &'scope Platform,
-    paths: Paths,
+    interpreter: &str,
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> EarlyTree<'scope> {
+    let paths = Paths::python(interpreter);
     let (taken, layers_taken) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("kiln-tree".into())
@@ -415,13 +416,9 @@ fn compile_with(
                             .spawn_scoped(scope, || scratch(&todo, groups, stages.cache));
                         let opening = match early {
                             Some(early) => early,
-                            None => spawn_tree(
-                                tree,
-                                stages.cache,
-                                platform,
-                                Paths::python(&python.interpreter),
-                                scope,
-                            ),
+                            None => {
+                                spawn_tree(tree, stages.cache, platform, &python.interpreter, scope)
+                            }
                         };
                         let emitted = emit_now();
                         let scratched = match writing {
@@ -1055,14 +1052,18 @@ fn layer_members(
         .map(|e| (e.path.as_str(), e))
         .collect();
     for (record, sources) in records {
+        let Some(e) = ours.get(record.as_str()) else {
+            continue;
+        };
+        // The site directory RECORD paths are relative to.
+        let site = record
+            .rsplit_once('/')
+            .and_then(|(d, _)| d.rsplit_once('/'))
+            .map_or("", |(s, _)| s);
         let mut rows: Vec<String> = Vec::new();
         let mut member = None;
         for (pyc, i) in sources.iter().filter_map(|s| pyc_of.get(s.as_str())) {
             member.get_or_insert(*i);
-            let site = record
-                .rsplit_once('/')
-                .and_then(|(d, _)| d.rsplit_once('/'))
-                .map_or("", |(s, _)| s);
             let rel = pyc
                 .trim_start_matches('/')
                 .strip_prefix(site)
@@ -1070,7 +1071,7 @@ fn layer_members(
                 .trim_start_matches('/');
             rows.push(format!("{},,\n", record_field(rel)));
         }
-        let (Some(e), Some(member)) = (ours.get(record.as_str()), member) else {
+        let Some(member) = member else {
             continue;
         };
         rows.sort();

@@ -15,7 +15,6 @@ use kiln_core::platform::Platform;
 use kiln_core::progress::Progress;
 use kiln_fs::layer::{Compression, Entry, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
-use kiln_fs::sandbox::Paths;
 use kiln_pip as pip;
 use kiln_spec::lock::LockedPlatform;
 use kiln_spec::spec::Spec;
@@ -387,7 +386,7 @@ impl Stages<'_> {
                             tree,
                             cache,
                             platform,
-                            Paths::python(interpreter),
+                            interpreter,
                             scope,
                         ));
                     }

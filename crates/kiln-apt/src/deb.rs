@@ -157,7 +157,7 @@ pub(crate) fn load(cache: &Cache, d: &Digest, what: &str) -> Result<Deb> {
     let file = std::fs::File::open(&blob)
         .io_context(|| format!("opening cached blob {}", blob.display()))?;
     let (tmp, spool) = Kept::spool(cache, what)?;
-    let mut deb = read_deb(std::io::BufReader::new(file), what, Some(&spool))?;
+    let mut deb = read_deb(std::io::BufReader::new(file), what, &spool)?;
     // Best effort: a package that cannot be kept is unpacked again next
     // time; the open spool serves this build either way.
     if let Ok(index) = index_of(&deb, d, &spool) {
@@ -327,7 +327,8 @@ pub(crate) fn control_file(cache: &Cache, d: &Digest, what: &str) -> Result<Vec<
     Err(bad("not a Debian package (control or data member missing)".into()).into())
 }
 
-fn read_deb(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb> {
+/// The `.deb` read from `r`, its files' bytes appended to `spool`.
+fn read_deb(r: impl Read, what: &str, spool: &Arc<Spool>) -> Result<Deb> {
     let bad = |m: String| bad_deb(what, m);
     let mut ar = ar::Archive::new(r);
     let mut control = BTreeMap::new();
@@ -372,7 +373,7 @@ fn read_deb(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Deb>
     Ok(Deb { control, files })
 }
 
-fn read_data(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Vec<DebFile>> {
+fn read_data(r: impl Read, what: &str, spool: &Arc<Spool>) -> Result<Vec<DebFile>> {
     let bad = |m: String| bad_deb(what, m);
     let mut t = tar::Archive::new(r);
     let mut out: Vec<DebFile> = Vec::new();
@@ -398,17 +399,11 @@ fn read_data(r: impl Read, what: &str, spool: Option<&Arc<Spool>>) -> Result<Vec
             tar::EntryType::Directory => FileKind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = m.size();
-                match spool {
-                    Some(s) => FileKind::File(Content::Spooled(
-                        s.put_reader(&mut m, size)
-                            .map_err(|e| bad(format!("corrupt data.tar: `{path}`: {e}")))?,
-                    )),
-                    None => FileKind::File(
-                        kiln_fs::layer::read_claimed(&mut m, size)
-                            .map_err(|e| bad(format!("corrupt data.tar: {e}")))?
-                            .into(),
-                    ),
-                }
+                FileKind::File(Content::Spooled(
+                    spool
+                        .put_reader(&mut m, size)
+                        .map_err(|e| bad(format!("corrupt data.tar: `{path}`: {e}")))?,
+                ))
             }
             tar::EntryType::Symlink => {
                 let t = m

@@ -109,11 +109,9 @@ fn parent_of(path: &str) -> &str {
 
 impl Rootfs {
     /// Overlay uncompressed layer tar streams, lowest first. `keep(path)`
-    /// says whose contents to hold in memory.
-    /// The view of `layers` (uncompressed tar streams, lowest first):
-    /// each is read on a thread of its own (its decompression, the hash a
-    /// caller takes and the tar's parse run beside the others'), then
-    /// applied in order.
+    /// says whose contents to hold in memory. Each layer is read on a
+    /// thread of its own (its decompression, the hash a caller takes and
+    /// the tar's parse run beside the others'), then applied in order.
     pub fn from_layers<R: Read + Send>(
         layers: impl IntoIterator<Item = R>,
         keep: &(dyn Fn(&str) -> bool + Sync),

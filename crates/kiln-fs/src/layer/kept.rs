@@ -13,7 +13,7 @@
 //! a build killed in between leaves nothing used.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -109,10 +109,6 @@ impl Kept {
         let _ = std::fs::remove_file(&self.index);
         let _ = std::fs::remove_file(&self.data);
     }
-
-    pub fn data_path(&self) -> &Path {
-        &self.data
-    }
 }
 
 #[cfg(test)]
@@ -152,11 +148,11 @@ mod tests {
 
         // A data file written again (another stamp) is not the one indexed.
         let index = std::fs::read(&kept.index).unwrap();
-        std::fs::write(kept.data_path(), b"hello world").unwrap();
+        std::fs::write(&kept.data, b"hello world").unwrap();
         let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7);
         File::options()
             .write(true)
-            .open(kept.data_path())
+            .open(&kept.data)
             .unwrap()
             .set_modified(t)
             .unwrap();
@@ -173,6 +169,6 @@ mod tests {
         assert!(kept.open::<Body>().is_none());
         assert_ne!(index, bad);
         kept.forget();
-        assert!(!kept.data_path().exists());
+        assert!(!&kept.data.exists());
     }
 }

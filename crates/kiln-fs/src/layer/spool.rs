@@ -21,9 +21,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kiln_core::error::{IoContext, Result};
-use kiln_store::cache::{Cache, CacheBucket};
-
 /// Raise this process's soft limit on open files to the hard limit, once:
 /// a build keeps one spool open per unpacked wheel until its layers are
 /// written, and a few hundred wheels pass the usual soft limit of 1024 (Go
@@ -81,13 +78,6 @@ impl Spool {
             end: AtomicU64::new(0),
             failed: AtomicBool::new(false),
         })
-    }
-
-    /// A new spool in the cache's `tmp` bucket (on the cache's disk, not a
-    /// tmpfs that would hold the bytes in memory again).
-    pub fn in_cache(cache: &Cache) -> Result<Arc<Spool>> {
-        let dir = cache.bucket(CacheBucket::Tmp);
-        Spool::new_in(&dir).io_context(|| format!("making a spool file in {}", dir.display()))
     }
 
     /// An existing file as a read-only spool whose slices are layer files

@@ -301,7 +301,8 @@ impl Paths {
         };
         if let Some(p) = prefix {
             // The prefix, what is in it and the directories above it.
-            if rel.starts_with(p) || p.starts_with(&format!("{rel}/")) {
+            let above = p.strip_prefix(rel).is_some_and(|r| r.starts_with('/'));
+            if rel.starts_with(p) || above {
                 return true;
             }
         }

@@ -278,8 +278,9 @@ fn push_sboms(
     debug_assert_eq!(empty, Digest::of(EMPTY_CONFIG));
     for (img, sbom) in image.images.iter().zip(sboms) {
         for (digest, size) in [(&empty, 2), (&sbom.digest, sbom.size)] {
-            if !registry.blob_exists(target, digest)? {
-                registry.push_blob(target, &blobs.path(digest)?, digest, size)?;
+            if let Sent::Uploaded(_) =
+                send(registry, target, digest, size, None, || blobs.path(digest))?
+            {
                 report.referrer_blobs_uploaded += 1;
                 report.referrer_bytes_uploaded += size;
             }
@@ -632,15 +633,11 @@ fn send_built(
     if pushed.holds(target, digest) {
         return Ok(None);
     }
-    let sent = if registry.blob_exists(target, digest)? {
-        Sent::Skipped
-    } else {
-        let path = cache
+    let sent = send(registry, target, digest, size, None, || {
+        cache
             .verified(digest)?
-            .ok_or_else(|| Error::internal(format!("built layer {digest} is not in the cache")))?;
-        registry.push_blob(target, &path, digest, size)?;
-        Sent::Uploaded(size)
-    };
+            .ok_or_else(|| Error::internal(format!("built layer {digest} is not in the cache")))
+    })?;
     pushed.record(target, digest);
     Ok(Some(sent))
 }
@@ -648,26 +645,41 @@ fn send_built(
 /// One blob to `target`'s repository, recorded as there for the next
 /// build's [`EarlyPush`].
 fn push_blob(registry: &Registry, target: &Reference, d: &Desc, blobs: &Blobs) -> Result<Sent> {
-    let sent = send_blob(registry, target, d, blobs)?;
+    let from = match blobs.origin(&d.digest) {
+        Some(Origin::Registry(src)) => Some(src),
+        _ => None,
+    };
+    let sent = send(registry, target, &d.digest, d.size, from, || {
+        blobs.path(&d.digest)
+    })?;
     Pushed::new(blobs.cache).record(target, &d.digest);
     Ok(sent)
 }
 
-fn send_blob(registry: &Registry, target: &Reference, d: &Desc, blobs: &Blobs) -> Result<Sent> {
-    if registry.blob_exists(target, &d.digest)? {
+/// One blob into `target`'s repository: nothing when a HEAD finds it
+/// there, else mounted from `from` when that is another repository of the
+/// same registry, else uploaded from the file `path` gives.
+fn send(
+    registry: &Registry,
+    target: &Reference,
+    digest: &Digest,
+    size: u64,
+    from: Option<&Reference>,
+    path: impl FnOnce() -> Result<std::path::PathBuf>,
+) -> Result<Sent> {
+    if registry.blob_exists(target, digest)? {
         return Ok(Sent::Skipped);
     }
-    if let Some(Origin::Registry(src)) = blobs.origin(&d.digest) {
+    if let Some(src) = from {
         if src.registry() == target.registry()
             && src.repository() != target.repository()
-            && registry.mount_blob(target, src, &d.digest)?
+            && registry.mount_blob(target, src, digest)?
         {
             return Ok(Sent::Mounted);
         }
     }
-    let path = blobs.path(&d.digest)?;
-    registry.push_blob(target, &path, &d.digest, d.size)?;
-    Ok(Sent::Uploaded(d.size))
+    registry.push_blob(target, &path()?, digest, size)?;
+    Ok(Sent::Uploaded(size))
 }
 
 /// Attach `docs` (one per platform, in the order of `image.images`) to an

@@ -21,6 +21,7 @@ REG_PID=''
 cleanup() {
   [ -z "$REG_PID" ] || kill "$REG_PID" 2>/dev/null || true
   [ -z "${LINK_PID:-}" ] || kill "$LINK_PID" 2>/dev/null || true
+  [ -z "${PROXY_PID:-}" ] || kill "$PROXY_PID" 2>/dev/null || true
   for c in ctx ctx2 ctx3 ctx4; do
     buildah --root "$work/bstore-$c" --runroot "$work/brun-$c" rm --all >/dev/null 2>&1 || true
   done
@@ -123,23 +124,19 @@ row() {
   printf '%-8s %9s %9s %12s %12s\n' buildah "$bc" "$bw" "$bc_rss" "$bw_rss"
   printf 'ratio buildah/kiln: cold %sx, warm %sx\n' "$(ratio "$bc" "$kc")" "$(ratio "$bw" "$kw")"
 }
-# ROWS picks the rows to run (default all: "1 2 3 4").
-ROWS=${ROWS:-1 2 3 4}
+# ROWS picks the rows to run (default all: "1 2 3 4 5").
+ROWS=${ROWS:-1 2 3 4 5}
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
-has_row 1 && row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
-echo
-has_row 2 && row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
-  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
-if has_row 3; then
-echo
-row "full data image: apt python3 + pip + ca-certificates, pip numpy pandas requests scipy matplotlib scikit-learn, build + push" ctx3 \
-  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
-
-# The floor for that image: the same .debs and wheels (the URLs kiln's
-# lock pins) fetched by curl, 16 at a time, into an empty directory.
-lockfile=$work/ctx3.lock
-"$KILN" lock "$work/ctx3/kiln.toml" --quiet --cache "$work/kcache-ctx3" --lockfile "$lockfile" >/dev/null
-python3 - "$lockfile" > "$work/urls" <<'PY'
+# The URLs of the full data image's .debs and wheels (what its lock pins),
+# for the download floor: `fetch_all DIR` gets them all by curl, 16 at a
+# time, into an empty DIR.
+package_urls() {
+  [ -s "$work/urls" ] && return
+  mkdir -p "$work/lockctx"
+  cp "$work/ctx3/Dockerfile" "$work/lockctx/Dockerfile"
+  printf '[image]\nname = "%s/bench/lock"\ndockerfile = "Dockerfile"\n' "$REG" >"$work/lockctx/kiln.toml"
+  "$KILN" lock "$work/lockctx/kiln.toml" --quiet --cache "$work/kcache-lock" --lockfile "$work/ctx3.lock" >/dev/null
+  python3 - "$work/ctx3.lock" > "$work/urls" <<'PY'
 import sys, tomllib
 lock = tomllib.load(open(sys.argv[1], "rb"))
 for p in lock.get("platform", []):
@@ -147,12 +144,25 @@ for p in lock.get("platform", []):
         for pkg in p.get(section, []):
             print(pkg["url"])
 PY
-mkdir -p "$work/floor"
-fetch_all() {
-  cd "$work/floor" && xargs -a "$work/urls" -P 16 -n 1 curl -sSfLO
 }
+fetch_all() {
+  mkdir -p "$work/$1" && cd "$work/$1" && xargs -a "$work/urls" -P 16 -n 1 curl -sSfLO
+}
+export work
 export -f fetch_all
-read -r floor floor_rss < <(secs_rss "$work/floor.log" fetch_all)
+has_row 1 && row "Dockerfile build + push (apt RUN natively, 2 sandboxed RUN lines, COPY; same base, same registry)" ctx
+echo
+has_row 2 && row "data-science Dockerfile (apt + pip) build + push (apt and pip natively, 1 sandboxed RUN line, COPY)" ctx2 \
+  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+if has_row 3; then
+package_urls
+echo
+row "full data image: apt python3 + pip + ca-certificates, pip numpy pandas requests scipy matplotlib scikit-learn, build + push" ctx3 \
+  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+
+# The floor for that image: the same .debs and wheels (the URLs kiln's
+# lock pins) fetched by curl, 16 at a time, into an empty directory.
+read -r floor floor_rss < <(secs_rss "$work/floor.log" fetch_all floor)
 printf 'download floor (%s files, %s MB, curl x16): %ss; kiln cold / floor: %sx\n' \
   "$(wc -l < "$work/urls")" "$(( $(du -sb "$work/floor" | cut -f1) / 1000000 ))" "$floor" \
   "$(awk -v k="$KC_ctx3" -v f="$floor" 'BEGIN { printf "%.2f", k / f }')"
@@ -192,4 +202,35 @@ if has_row 4; then
   printf '%-8s %9s %12s\n' kiln "$kc" "$kc_rss"
   printf '%-8s %9s %12s\n' buildah "$bc" "$bc_rss"
   printf 'ratio buildah/kiln: cold %sx\n' "$(ratio "$bc" "$kc")"
+fi
+
+# Row 5: the full data image again, cold, with its packages fetched through
+# a DOWN_MBPS (20) MB/s downlink (benches/slow_proxy.py, named as the
+# site's proxy by HTTPS_PROXY/HTTP_PROXY; the registry is reached
+# directly), beside the download floor through the same proxy. kiln
+# compiles each wheel's bytecode as it arrives, the largest first; what
+# follows the last byte is what is left to compile, compress and push.
+if has_row 5; then
+  package_urls
+  DOWN_MBPS=${DOWN_MBPS:-20}
+  pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 benches/slow_proxy.py "$pport" "$DOWN_MBPS" >"$work/proxy.log" 2>&1 &
+  PROXY_PID=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break; sleep 0.1; done
+  mkdir -p "$work/ctx5"
+  cp "$work/ctx3/Dockerfile" "$work/ctx5/Dockerfile"
+  printf '[image]\nname = "%s/bench/app-kiln-ctx5"\ndockerfile = "Dockerfile"\n' "$REG" >"$work/ctx5/kiln.toml"
+  read -r kc kc_rss floor < <(
+    export HTTPS_PROXY=http://127.0.0.1:$pport HTTP_PROXY=http://127.0.0.1:$pport
+    export https_proxy=$HTTPS_PROXY http_proxy=$HTTP_PROXY NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+    read -r kc kc_rss < <(secs_rss "$work/k1-ctx5.log" kiln_run ctx5)
+    read -r floor _ < <(secs_rss "$work/floor5.log" fetch_all floor5)
+    echo "$kc $kc_rss $floor"
+  )
+  echo
+  echo "full data image, cold, its packages fetched through a $DOWN_MBPS MB/s downlink"
+  printf '%-8s %9s %12s\n' tool cold_s cold_rss_mb
+  printf '%-8s %9s %12s\n' kiln "$kc" "$kc_rss"
+  printf '%-8s %9s %12s\n' floor "$floor" -
+  printf 'kiln cold / floor: %sx\n' "$(awk -v k="$kc" -v f="$floor" 'BEGIN { printf "%.2f", k / f }')"
 fi

@@ -52,6 +52,10 @@ pub struct BytecodeReport {
     /// Of those, the ones an earlier build compiled (remembered per wheel).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cached: usize,
+    /// Of those, the ones this build compiled while the stage's wheels
+    /// still downloaded (each wheel as it arrived).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ahead: usize,
     /// Why nothing (or not everything) was compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -230,7 +234,7 @@ pub(crate) fn compile(
     groups: &[LayerGroup],
     fs: &Rootfs,
     platform: &Platform,
-    early: Option<EarlyTree>,
+    early: Option<Early>,
     emit: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Outcome> {
     let mut emit = Some(emit);
@@ -244,8 +248,39 @@ pub(crate) fn compile(
 }
 
 /// The compiler's tree being written by a thread of its own since the
-/// stage's wheels were resolved ([`uses_shared_tree`]).
-pub(crate) type EarlyTree<'scope> = std::thread::ScopedJoinHandle<'scope, Result<SharedTree>>;
+/// stage's wheels were resolved ([`uses_shared_tree`]), which then
+/// compiles the wheels [`Early::feed`] hands it as they unpack, while
+/// later ones still download, and leaves their pycs in the cache for the
+/// stage's [`compile`] to find. A download that is slower than the
+/// compiler is then followed by the last wheels' compile alone.
+pub(crate) struct Early<'scope> {
+    handle: std::thread::ScopedJoinHandle<'scope, Result<(SharedTree, BTreeSet<Digest>)>>,
+    wheels: std::sync::mpsc::Sender<Vec<Entry>>,
+}
+
+impl Early<'_> {
+    /// A wheel's entries (of its layer, or its part of a shared one): its
+    /// RECORD and sources are compiled in the next batch.
+    pub(crate) fn feed(&self, entries: &[Entry]) {
+        let wanted: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.path.ends_with(".py") || e.path.ends_with("/RECORD"))
+            .cloned()
+            .collect();
+        if !wanted.is_empty() {
+            let _ = self.wheels.send(wanted);
+        }
+    }
+
+    /// The tree, once the wheels fed so far are compiled, and the keys of
+    /// the units compiled.
+    fn join(self) -> Result<(SharedTree, BTreeSet<Digest>)> {
+        drop(self.wheels);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(kiln_core::Error::internal("the tree's writer stopped")))
+    }
+}
 
 /// Whether the stage's bytecode will be compiled by the image's own
 /// interpreter over the tree kept in the cache (its own sources alone):
@@ -269,25 +304,80 @@ pub(crate) fn uses_shared_tree(
 const PURPOSE: &str = "[pip] compile";
 
 /// Open the shared tree of the image so far on a thread of `scope`, with
-/// the files of it `interpreter` reads ([`Paths::python`]: the compiler
-/// reads its sources from a pack beside it, not from the tree); returns
-/// once that image is taken (before the caller emits more).
+/// the files of it `python` reads ([`Paths::python`]: the compiler reads
+/// its sources from a pack beside it, not from the tree), then compile
+/// what is fed to it ([`Early`]); returns once that image is taken
+/// (before the caller emits more). `fs` is the image below the stage;
+/// `parts`, the epoch and compression of the build's layers when each
+/// unit's part of the bytecode layer is to be compressed ahead too.
 pub(crate) fn spawn_tree<'scope>(
     tree: &'scope crate::stages::ImageSoFar<'scope>,
     cache: &'scope Cache,
     platform: &'scope Platform,
-    interpreter: &str,
+    python: &pip::PythonTarget,
+    fs: &Rootfs,
+    parts: Option<(u64, crate::stages::Ahead<'scope>)>,
     scope: &'scope std::thread::Scope<'scope, '_>,
-) -> EarlyTree<'scope> {
-    let paths = Paths::python(interpreter);
+) -> Early<'scope> {
+    let paths = Paths::python(&python.interpreter);
+    let prefix = unit_prefix(python, &Compiler::Image, fs);
+    let interpreter = python.interpreter.clone();
     let (taken, layers_taken) = std::sync::mpsc::channel();
+    let (wheels, fed) = std::sync::mpsc::channel::<Vec<Entry>>();
     let handle = std::thread::Builder::new()
         .name("kiln-tree".into())
         .spawn_scoped(scope, move || {
             let layers = tree(platform);
             let _ = taken.send(());
             let layers = layers?;
-            SharedTree::open(cache, &layers.key, || Ok(layers.readers), PURPOSE, paths)
+            let shared =
+                SharedTree::open(cache, &layers.key, || Ok(layers.readers), PURPOSE, paths)?;
+            let ahead = Ahead {
+                tree: &shared,
+                prefix: &prefix,
+                interpreter: &interpreter,
+                cache,
+                parts,
+            };
+            // A batch a core at once: a wheel that arrives while one
+            // compiles starts the next, rather than waiting for it.
+            let compiled = std::sync::Mutex::new(BTreeSet::new());
+            let free =
+                std::sync::Mutex::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let freed = std::sync::Condvar::new();
+            std::thread::scope(|batches| {
+                while let Ok(first) = fed.recv() {
+                    let mut slots = free.lock().unwrap_or_else(|e| e.into_inner());
+                    while *slots == 0 {
+                        slots = freed.wait(slots).unwrap_or_else(|e| e.into_inner());
+                    }
+                    *slots -= 1;
+                    drop(slots);
+                    // Whatever arrived meanwhile joins the batch.
+                    let batch: Vec<Vec<Entry>> =
+                        std::iter::once(first).chain(fed.try_iter()).collect();
+                    let run = || {
+                        let keys = ahead.compile(batch);
+                        compiled
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(keys);
+                        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        freed.notify_one();
+                    };
+                    let started = std::thread::Builder::new()
+                        .name("kiln-compile".into())
+                        .spawn_scoped(batches, run);
+                    if started.is_err() {
+                        // The batch is left to the stage's compile.
+                        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    }
+                }
+            });
+            Ok((
+                shared,
+                compiled.into_inner().unwrap_or_else(|e| e.into_inner()),
+            ))
         })
         // (The sender went with the closure: nothing to wait for below.)
         .unwrap_or_else(|e| {
@@ -295,13 +385,65 @@ pub(crate) fn spawn_tree<'scope>(
             scope.spawn(move || Err(kiln_core::Error::internal(why)))
         });
     let _ = layers_taken.recv();
-    handle
+    Early { handle, wheels }
 }
 
-fn join_tree(opening: EarlyTree) -> Result<SharedTree> {
-    opening
-        .join()
-        .unwrap_or_else(|_| Err(kiln_core::Error::internal("the tree's writer stopped")))
+/// What compiles wheels ahead over the shared tree.
+struct Ahead<'a> {
+    tree: &'a SharedTree,
+    prefix: &'a sha2::Sha256,
+    interpreter: &'a str,
+    cache: &'a Cache,
+    /// The build's epoch and how it writes layers.
+    parts: Option<(u64, crate::stages::Ahead<'a>)>,
+}
+
+impl Ahead<'_> {
+    /// Compile the units of `wheels` the cache has not got (best effort:
+    /// what fails here is compiled, and reported, by the stage's
+    /// [`compile`]); the keys of those stored. With `parts`, each unit's
+    /// part of the bytecode layer is compressed into the cache too.
+    fn compile(&self, wheels: Vec<Vec<Entry>>) -> Vec<Digest> {
+        let groups: Vec<LayerGroup> = wheels
+            .into_iter()
+            .map(|e| LayerGroup::new(PURPOSE, e))
+            .collect();
+        let records = records(&groups);
+        let (units, _) = units(self.prefix, &records, &groups);
+        let todo: Vec<&Unit> = units
+            .iter()
+            .filter(|u| read_memo(&memo_path(self.cache, u), self.cache).is_none())
+            .collect();
+        if todo.is_empty() {
+            return Vec::new();
+        }
+        let run = scratch(&todo, &groups, self.cache)
+            .and_then(|dir| in_shared_tree(self.tree, dir, self.interpreter, &todo));
+        let Ok(run) = run else {
+            return Vec::new();
+        };
+        todo.par_iter()
+            .filter_map(|u| {
+                let stored = store(u, &run.out, &run.pycs, self.cache).ok()?;
+                if let Some((epoch, how)) = self.parts {
+                    let members = layer_members(std::slice::from_ref(&stored), &groups, &records);
+                    for m in members.into_iter().flatten() {
+                        let part = LayerGroup::part_of(m);
+                        let built = kiln_fs::layer::build_part_ahead(
+                            &part,
+                            epoch,
+                            how.compression,
+                            self.cache,
+                        );
+                        if let Ok(false) = built {
+                            how.tally.part_ahead();
+                        }
+                    }
+                }
+                Some(u.key.clone())
+            })
+            .collect()
+    }
 }
 
 /// [`compile`], taking `emit` where it calls it.
@@ -313,7 +455,7 @@ fn compile_with(
     groups: &[LayerGroup],
     fs: &Rootfs,
     platform: &Platform,
-    early: Option<EarlyTree>,
+    early: Option<Early>,
     emit: &mut Option<&mut dyn FnMut() -> Result<()>>,
 ) -> Result<Outcome> {
     let mut emit_now = || emit.take().map_or(Ok(()), |e| e());
@@ -358,7 +500,9 @@ fn compile_with(
             }
         }
     }
-    let units = units(python, &compiler, &records, stdlib, groups, fs);
+    let prefix = unit_prefix(python, &compiler, fs);
+    let (mut units, seen) = units(&prefix, &records, groups);
+    units.extend(stdlib_unit(&prefix, stdlib, &seen, fs));
     if units.is_empty() {
         return Ok(Some((
             None,
@@ -368,16 +512,40 @@ fn compile_with(
             },
         )));
     }
-    let memo_path = |u: &Unit| {
-        stages
-            .cache
-            .entry(CacheBucket::Bytecode, format!("{}.json", u.key.hex()))
-    };
+    // What the early tree compiled ahead is in the cache once it is
+    // joined; the stage's layers are compressed meanwhile.
+    let mut opened = None;
+    let mut ahead = BTreeSet::new();
+    if let Some(early) = early {
+        let joined = std::thread::scope(|scope| {
+            let joining = scope.spawn(|| early.join());
+            let emitted = emit_now();
+            let joined = joining
+                .join()
+                .unwrap_or_else(|_| Err(kiln_core::Error::internal("the tree's writer stopped")));
+            emitted.map(|()| joined)
+        })?;
+        opened = Some(joined.map(|(tree, keys)| {
+            ahead = keys;
+            tree
+        }));
+    }
     let mut memos: Vec<Option<(Memo, Arc<Spool>)>> = units
         .iter()
-        .map(|u| read_memo(&memo_path(u), stages.cache))
+        .map(|u| read_memo(&memo_path(stages.cache, u), stages.cache))
         .collect();
-    let cached: usize = memos.iter().flatten().map(|(m, _)| m.files.len()).sum();
+    // (Units compiled ahead count as compiled by this build.)
+    let (mut cached, mut compiled_ahead) = (0, 0);
+    for (u, (m, _)) in units
+        .iter()
+        .zip(&memos)
+        .filter_map(|(u, m)| Some((u, m.as_ref()?)))
+    {
+        match ahead.contains(&u.key) {
+            true => compiled_ahead += m.files.len(),
+            false => cached += m.files.len(),
+        }
+    }
     let todo: Vec<&Unit> = units
         .iter()
         .zip(&memos)
@@ -414,12 +582,9 @@ fn compile_with(
                         let writing = std::thread::Builder::new()
                             .name("kiln-sources".into())
                             .spawn_scoped(scope, || scratch(&todo, groups, stages.cache));
-                        let opening = match early {
-                            Some(early) => early,
-                            None => {
-                                spawn_tree(tree, stages.cache, platform, &python.interpreter, scope)
-                            }
-                        };
+                        let writing_tree = opened.is_none().then(|| {
+                            spawn_tree(tree, stages.cache, platform, python, fs, None, scope)
+                        });
                         let emitted = emit_now();
                         let scratched = match writing {
                             Ok(w) => w
@@ -427,13 +592,20 @@ fn compile_with(
                                 .unwrap_or_else(|_| Err("the sources' writer stopped".to_string())),
                             Err(_) => scratch(&todo, groups, stages.cache),
                         };
-                        (emitted, join_tree(opening), scratched)
+                        let opened = match writing_tree {
+                            Some(early) => early.join().map(|(tree, _)| tree),
+                            None => opened.take().unwrap_or_else(|| {
+                                Err(kiln_core::Error::internal("no compiler's tree"))
+                            }),
+                        };
+                        (emitted, opened, scratched)
                     });
                     emitted?;
                     let spinner = spin();
-                    let shared = opened
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| in_shared_tree(t, scratched?, &python.interpreter, &todo));
+                    let shared = opened.map_err(|e| e.to_string()).and_then(|t| {
+                        let run = in_shared_tree(&t, scratched?, &python.interpreter, &todo)?;
+                        Ok(run.keeping(t))
+                    });
                     let run = match shared {
                         Ok(run) => Ok(run),
                         // (This tree has the stage's layers too: the same
@@ -481,49 +653,7 @@ fn compile_with(
                 if slot.is_some() {
                     return Ok(());
                 }
-                // The unit's pycs, in source order, out of what the run wrote.
-                let mut files = Vec::new();
-                let mut blob = stages.cache.writer()?;
-                let mut chunk: Option<(&str, std::fs::File)> = None;
-                for source in &unit.sources {
-                    let Some(pyc) = done.pycs.get(source) else {
-                        continue;
-                    };
-                    let path = done.out.join(&pyc.chunk);
-                    let copied = (|| -> std::io::Result<u64> {
-                        use std::io::{Read as _, Seek as _};
-                        let file = match &mut chunk {
-                            Some((name, f)) if *name == pyc.chunk => f,
-                            _ => &mut chunk.insert((&pyc.chunk, std::fs::File::open(&path)?)).1,
-                        };
-                        file.seek(std::io::SeekFrom::Start(pyc.at))?;
-                        std::io::copy(&mut file.take(pyc.size), &mut blob)
-                    })()
-                    .io_context(|| format!("reading the compiled {}", path.display()))?;
-                    if copied != pyc.size {
-                        return Err(kiln_core::Error::internal(format!(
-                            "{} ends before the pyc of {source}",
-                            path.display()
-                        )));
-                    }
-                    files.push(Compiled {
-                        source: source.clone(),
-                        pyc: pyc.path.clone(),
-                        size: pyc.size,
-                    });
-                }
-                let memo = Memo {
-                    blob: blob.commit(None)?.0,
-                    failed: unit.sources.len() - files.len(),
-                    files,
-                };
-                if let Ok(json) = serde_json::to_vec(&memo) {
-                    kiln_store::cache::write_atomic(&memo_path(unit), &json);
-                }
-                let path = stages.cache.blob_path(&memo.blob);
-                let spool = Spool::open(&path)
-                    .io_context(|| format!("opening the bytecode blob {}", path.display()))?;
-                *slot = Some((memo, spool));
+                *slot = Some(store(unit, &done.out, &done.pycs, stages.cache)?);
                 Ok(())
             })?;
     }
@@ -532,6 +662,7 @@ fn compile_with(
     let report = BytecodeReport {
         compiled,
         cached,
+        ahead: compiled_ahead,
         skipped,
         failed: memos.iter().map(|(m, _)| m.failed).sum(),
     };
@@ -687,22 +818,12 @@ struct Unit {
     sources: Vec<String>,
 }
 
-/// The units of a stage, each with its key: the interpreter and its
-/// version, the sources' paths and bytes, and for the standard library
-/// (whose sources are the base's) their sizes and the package database
-/// (which names the Python packages' versions).
-fn units(
-    python: &pip::PythonTarget,
-    compiler: &Compiler,
-    records: &BTreeMap<String, Vec<String>>,
-    stdlib: Vec<String>,
-    groups: &[LayerGroup],
-    fs: &Rootfs,
-) -> Vec<Unit> {
-    use sha2::{Digest as _, Sha256};
-    let mut prefix = Sha256::new();
-    // The interpreter's size stands for its build (a rebuilt package of
-    // the same version may compile otherwise).
+/// What every unit's key starts with: the interpreter (its size stands
+/// for its build: a rebuilt package of the same version may compile
+/// otherwise) and its version, and the host's for a host compiler.
+fn unit_prefix(python: &pip::PythonTarget, compiler: &Compiler, fs: &Rootfs) -> sha2::Sha256 {
+    use sha2::Digest as _;
+    let mut prefix = sha2::Sha256::new();
     let size = match fs.resolve(&python.interpreter) {
         Some((_, Node::File { size, .. })) => *size,
         _ => 0,
@@ -716,6 +837,18 @@ fn units(
     if let Compiler::Host(path, version) = compiler {
         prefix.update(format!("host {} {version}\n", path.display()));
     }
+    prefix
+}
+
+/// The units of the wheels `groups` hold, one a RECORD, each with its
+/// key: the prefix, the sources' paths and bytes; and every source they
+/// took (a source two RECORDs list goes to the first).
+fn units(
+    prefix: &sha2::Sha256,
+    records: &BTreeMap<String, Vec<String>>,
+    groups: &[LayerGroup],
+) -> (Vec<Unit>, BTreeSet<String>) {
+    use sha2::Digest as _;
     let ours: BTreeMap<&str, &Entry> = groups
         .iter()
         .flat_map(|g| &g.entries)
@@ -749,24 +882,37 @@ fn units(
             sources: sources.into_iter().cloned().collect(),
         });
     }
+    (out, seen.into_iter().cloned().collect())
+}
+
+/// The standard library's unit (`compile-stdlib`): the sources no wheel
+/// took, keyed by the prefix, their sizes and the package database (which
+/// names the Python packages' versions).
+fn stdlib_unit(
+    prefix: &sha2::Sha256,
+    stdlib: Vec<String>,
+    seen: &BTreeSet<String>,
+    fs: &Rootfs,
+) -> Option<Unit> {
+    use sha2::Digest as _;
     let stdlib: BTreeSet<String> = stdlib.into_iter().filter(|s| !seen.contains(s)).collect();
-    if !stdlib.is_empty() {
-        let mut h = prefix;
-        h.update("stdlib\n");
-        for s in &stdlib {
-            let size = match fs.node(s) {
-                Some(Node::File { size, .. }) => *size,
-                _ => 0,
-            };
-            h.update(format!("{s}\0base {size}\0"));
-        }
-        h.update(fs.read("/var/lib/dpkg/status").unwrap_or_default());
-        out.push(Unit {
-            key: Digest::from_hasher(h),
-            sources: stdlib.into_iter().collect(),
-        });
+    if stdlib.is_empty() {
+        return None;
     }
-    out
+    let mut h = prefix.clone();
+    h.update("stdlib\n");
+    for s in &stdlib {
+        let size = match fs.node(s) {
+            Some(Node::File { size, .. }) => *size,
+            _ => 0,
+        };
+        h.update(format!("{s}\0base {size}\0"));
+    }
+    h.update(fs.read("/var/lib/dpkg/status").unwrap_or_default());
+    Some(Unit {
+        key: Digest::from_hasher(h),
+        sources: stdlib.into_iter().collect(),
+    })
 }
 
 /// The memo and its blob, when both are intact. The blob is opened, not
@@ -780,6 +926,64 @@ fn read_memo(path: &Path, cache: &Cache) -> Option<(Memo, Arc<Spool>)> {
     Some((memo, spool))
 }
 
+/// Where the memo of `unit` is.
+fn memo_path(cache: &Cache, unit: &Unit) -> PathBuf {
+    cache.entry(CacheBucket::Bytecode, format!("{}.json", unit.key.hex()))
+}
+
+/// Store `unit`'s pycs, in source order, out of what a run wrote (`pycs`,
+/// in the chunks' files in `out`): into a blob of their own, named by its
+/// memo.
+fn store(
+    unit: &Unit,
+    out: &Path,
+    pycs: &BTreeMap<String, Pyc>,
+    cache: &Cache,
+) -> Result<(Memo, Arc<Spool>)> {
+    let mut files = Vec::new();
+    let mut blob = cache.writer()?;
+    let mut chunk: Option<(&str, std::fs::File)> = None;
+    for source in &unit.sources {
+        let Some(pyc) = pycs.get(source) else {
+            continue;
+        };
+        let path = out.join(&pyc.chunk);
+        let copied = (|| -> std::io::Result<u64> {
+            use std::io::{Read as _, Seek as _};
+            let file = match &mut chunk {
+                Some((name, f)) if *name == pyc.chunk => f,
+                _ => &mut chunk.insert((&pyc.chunk, std::fs::File::open(&path)?)).1,
+            };
+            file.seek(std::io::SeekFrom::Start(pyc.at))?;
+            std::io::copy(&mut file.take(pyc.size), &mut blob)
+        })()
+        .io_context(|| format!("reading the compiled {}", path.display()))?;
+        if copied != pyc.size {
+            return Err(kiln_core::Error::internal(format!(
+                "{} ends before the pyc of {source}",
+                path.display()
+            )));
+        }
+        files.push(Compiled {
+            source: source.clone(),
+            pyc: pyc.path.clone(),
+            size: pyc.size,
+        });
+    }
+    let memo = Memo {
+        blob: blob.commit(None)?.0,
+        failed: unit.sources.len() - files.len(),
+        files,
+    };
+    if let Ok(json) = serde_json::to_vec(&memo) {
+        kiln_store::cache::write_atomic(&memo_path(cache, unit), &json);
+    }
+    let path = cache.blob_path(&memo.blob);
+    let spool = Spool::open(&path)
+        .io_context(|| format!("opening the bytecode blob {}", path.display()))?;
+    Ok((memo, spool))
+}
+
 /// What a compiler run left: its directory (kept until the pycs are
 /// stored, each read from its chunk's file into its wheel's blob, never
 /// all in memory), where the chunks' files are, and each compiled
@@ -788,6 +992,16 @@ struct Run {
     _tree: Box<dyn std::any::Any>,
     out: PathBuf,
     pycs: BTreeMap<String, Pyc>,
+}
+
+impl Run {
+    /// The run, keeping `more` (its tree) as long as its directory.
+    fn keeping(self, more: impl std::any::Any) -> Run {
+        Run {
+            _tree: Box::new((self._tree, more)),
+            ..self
+        }
+    }
 }
 
 /// Where a source's pyc went: its image path, and its bytes in the file
@@ -847,7 +1061,7 @@ fn in_sandbox(
 /// inside (made by [`scratch`]): a stage that gains a wheel writes that
 /// wheel's sources alone. Only for the stage's own sources.
 fn in_shared_tree(
-    tree: SharedTree,
+    tree: &SharedTree,
     dir: tempfile::TempDir,
     interpreter: &str,
     units: &[&Unit],
@@ -866,7 +1080,7 @@ fn in_shared_tree(
         )
         .map_err(|e| e.to_string())?;
     let out = dir.path().join(OUT);
-    collect(&output, units, out, Box::new((dir, tree)))
+    collect(&output, units, out, Box::new(dir))
 }
 
 /// A host interpreter over the sources in a scratch directory (`dfile`

@@ -96,10 +96,14 @@ struct PipLayersAhead<'a> {
     how: Ahead<'a>,
     free: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
+    /// Each wheel's entries go to the compiler's tree too, once started
+    /// ([`crate::bytecode::Early::feed`]).
+    compile: &'a (dyn Fn(&[Entry]) + Sync),
 }
 
 impl pip::LayerAhead for PipLayersAhead<'_> {
     fn own_layer(&self, mut entries: Vec<Entry>) {
+        (self.compile)(&entries);
         self.fs.adopt_existing_dirs(&mut entries);
         let _slot = self.slot();
         // Best effort: a failure here is met again, and reported, there.
@@ -115,6 +119,7 @@ impl pip::LayerAhead for PipLayersAhead<'_> {
     }
 
     fn shared_part(&self, entries: Vec<Entry>) {
+        (self.compile)(&entries);
         let _slot = self.slot();
         // Best effort: the shared layer compresses a part it cannot find.
         if let Ok(false) =
@@ -126,7 +131,13 @@ impl pip::LayerAhead for PipLayersAhead<'_> {
 }
 
 impl<'a> PipLayersAhead<'a> {
-    fn new(fs: &'a Rootfs, epoch: u64, cache: &'a Cache, how: Ahead<'a>) -> Self {
+    fn new(
+        fs: &'a Rootfs,
+        epoch: u64,
+        cache: &'a Cache,
+        how: Ahead<'a>,
+        compile: &'a (dyn Fn(&[Entry]) + Sync),
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         PipLayersAhead {
             fs,
@@ -135,6 +146,7 @@ impl<'a> PipLayersAhead<'a> {
             how,
             free: std::sync::Mutex::new(cores),
             freed: std::sync::Condvar::new(),
+            compile,
         }
     }
 
@@ -374,28 +386,32 @@ impl Stages<'_> {
             .spinner(&format!("pip: resolving for {platform}"));
         std::thread::scope(|scope| {
             // The compiler's tree, written while the wheels download.
-            let early: std::sync::Mutex<Option<crate::bytecode::EarlyTree>> = Default::default();
+            let early: std::sync::Mutex<Option<crate::bytecode::Early>> = Default::default();
             let tree = self
                 .tree
                 .filter(|_| !last && crate::bytecode::uses_shared_tree(self, section, platform));
             let cache = self.cache;
-            let start_tree = |interpreter: &str| {
+            let below: &Rootfs = fs;
+            // With layers written ahead, the bytecode layer's parts are too.
+            let parts = self.ahead.map(|a| (self.epoch, a));
+            let start_tree = |python: &pip::PythonTarget| {
                 if let (Some(tree), Ok(mut early)) = (tree, early.lock()) {
                     if early.is_none() {
                         *early = Some(crate::bytecode::spawn_tree(
-                            tree,
-                            cache,
-                            platform,
-                            interpreter,
-                            scope,
+                            tree, cache, platform, python, below, parts, scope,
                         ));
                     }
                 }
             };
             // sdists and source trees: built by the image's Python, in the sandbox.
             let builder = crate::sdist_build::SandboxBuilder::new(self.tree, platform, self.cache);
+            let feed = |entries: &[Entry]| {
+                if let Some(early) = early.lock().ok().as_ref().and_then(|e| e.as_ref()) {
+                    early.feed(entries);
+                }
+            };
             let ahead = (self.ahead.filter(|_| !last))
-                .map(|how| PipLayersAhead::new(fs, self.epoch, self.cache, how));
+                .map(|how| PipLayersAhead::new(below, self.epoch, self.cache, how, &feed));
             let hooks = pip::Hooks {
                 builder: Some(&builder),
                 ahead: ahead.as_ref().map(|a| a as &dyn pip::LayerAhead),

@@ -173,10 +173,17 @@ fn pip_packages_get_unchecked_hash_pycs_reproducibly() {
         "a cold cache gives other bytes"
     );
     assert_eq!(second["pip"][0]["bytecode"]["compiled"], 2);
+    // (Compiled as the wheel arrived, over the tree started at resolution.)
+    assert_eq!(second["pip"][0]["bytecode"]["ahead"], 2, "{second}");
     // ...and from the warm one (the memo, nothing run).
     let third = build(&ws, &shared_cache(), "out3");
     assert_eq!(third["digest"], digest.as_str());
     assert_eq!(third["pip"][0]["bytecode"]["compiled"], 2);
+    assert_eq!(third["pip"][0]["bytecode"]["cached"], 2, "{third}");
+    assert!(
+        third["pip"][0]["bytecode"].get("ahead").is_none(),
+        "{third}"
+    );
     let _ = std::fs::remove_dir_all(other);
 }
 
@@ -255,10 +262,17 @@ fn a_new_wheel_compiles_alone_and_gives_the_cold_image() {
         bytecode["cached"], 2,
         "demo's pycs come from the cache: {second}"
     );
+    assert_eq!(
+        bytecode["ahead"], 2,
+        "other's, compiled as it arrived: {second}"
+    );
     assert_eq!(trees(), tree, "the same tree, not written again");
-    // The bytecode layer is made again with demo's part copied (the
-    // wheels' own layers are a layer each here: none is cut into parts).
-    assert_eq!(second["summary"]["layer_parts_copied"], 1, "{second}");
+    // The bytecode layer is made again from parts: demo's as the first
+    // build compressed it, other's as compressed once compiled, ahead of
+    // the layer (the wheels' own layers are a layer each here: none is
+    // cut into parts).
+    assert_eq!(second["summary"]["layer_parts_built_ahead"], 1, "{second}");
+    assert_eq!(second["summary"]["layer_parts_copied"], 2, "{second}");
     let rootfs = umoci_unpack(&ws.join("out2"), "py", &ws.join("bundle2"));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/other/more.py"))));
     assert!(exists_in(&rootfs, &pyc(&format!("{SITE}/demo/util.py"))));

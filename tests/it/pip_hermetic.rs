@@ -448,8 +448,9 @@ fn the_resolved_hook_runs_once_between_resolution_and_downloads() {
     let before = f.sent.load(Ordering::SeqCst);
     // What the index had sent and which wheel blobs the cache held then,
     // and the interpreter named.
-    let hook = |interpreter: &str| {
-        assert_eq!(interpreter, "/usr/bin/python3.11");
+    let hook = |python: &kiln_pip::PythonTarget| {
+        assert_eq!(python.interpreter, "/usr/bin/python3.11");
+        assert_eq!(python.full_version(), "3.11.2");
         let held: Vec<String> = std::fs::read_dir(cache.bucket(kiln_store::CacheBucket::Blobs))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

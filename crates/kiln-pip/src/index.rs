@@ -30,6 +30,10 @@ pub(crate) struct DistFile {
     pub(crate) yanked: bool,
     /// PEP 658/714: a `.metadata` file exists; its sha256 when the index gives one.
     pub(crate) core_metadata: Option<Option<String>>,
+    /// PEP 700: its size in bytes, when the index says (the largest
+    /// downloads start first).
+    #[serde(default)]
+    pub(crate) size: Option<u64>,
 }
 
 impl DistFile {
@@ -269,6 +273,7 @@ impl<'a> IndexClient<'a> {
                             requires_python: None,
                             yanked: false,
                             core_metadata: None,
+                            size: e.metadata().ok().map(|m| m.len()),
                         });
                     }
                 }
@@ -395,6 +400,8 @@ struct JsonFile {
     core_metadata: serde_json::Value,
     #[serde(default, rename = "dist-info-metadata")]
     dist_info_metadata: serde_json::Value,
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 fn metadata_flag(v: &serde_json::Value) -> Option<Option<String>> {
@@ -461,6 +468,7 @@ fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
                     _ => false,
                 },
                 core_metadata: core,
+                size: f.size,
             }
         })
         .collect())
@@ -560,6 +568,7 @@ pub(crate) fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
                 .cloned(),
             yanked: attrs.contains_key("data-yanked"),
             core_metadata: meta,
+            size: None,
         });
     }
     out

@@ -89,8 +89,8 @@ pub struct Hooks<'a> {
     pub builder: Option<&'a dyn WheelBuilder>,
     pub ahead: Option<&'a dyn LayerAhead>,
     /// Called once the wheels are known, before they download, with the
-    /// target interpreter's path.
-    pub resolved: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// target interpreter.
+    pub resolved: Option<&'a (dyn Fn(&PythonTarget) + Sync)>,
 }
 
 /// One wheel to install, downloaded and verified in the cache.
@@ -486,12 +486,22 @@ pub fn plan_building(
         return Err(PipError::UnhashedDependencies { lines: unhashed }.into());
     }
     if let Some(resolved) = hooks.resolved {
-        resolved(&python.interpreter);
+        resolved(&python);
     }
     let wheel_count = todo.len() + built.len();
+    // The largest first, taken in that order as the pool's threads free
+    // up: they take longest, and have the most to compile and compress
+    // once here, which then overlaps the smaller ones' downloads. The
+    // results come back in the resolution's order.
+    let mut order: Vec<usize> = (0..todo.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(todo[i].2.size.unwrap_or(0)));
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
-        todo.par_iter()
-            .map(|(name, version, file)| {
+        let mut done: Vec<(usize, Result<PinnedWheel>)> = order
+            .into_iter()
+            .par_bridge()
+            .map(|i| {
+                let (name, version, file) = &todo[i];
+                let fetched = || -> Result<PinnedWheel> {
                 let (digest, size) = client
                     .download_artifact(file)
                     .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
@@ -517,8 +527,12 @@ pub fn plan_building(
                 };
                 layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
                 Ok(wheel)
+                };
+                (i, fetched())
             })
-            .collect()
+            .collect();
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
     });
     let mut wheels = downloaded.into_iter().collect::<Result<Vec<_>>>()?;
     wheels.extend(built);
@@ -600,6 +614,7 @@ pub fn plan_locked_building(
             requires_python: None,
             yanked: false,
             core_metadata: None,
+            size: None,
         };
         let w = b.build(&pin.name, &file)?;
         if w.sha256 != pin.sha256 {
@@ -613,7 +628,7 @@ pub fn plan_locked_building(
         }
     }
     if let Some(resolved) = hooks.resolved {
-        resolved(&python.interpreter);
+        resolved(&python);
     }
     let mut wheels = pins
         .par_iter()

@@ -181,6 +181,7 @@ impl<'a> Provider<'a> {
                     requires_python: None,
                     yanked: false,
                     core_metadata: None,
+                    size: None,
                 };
                 direct.insert(r.req.name.to_string(), (file, url));
             }

@@ -357,13 +357,13 @@ pub(crate) fn spawn_tree<'scope>(
                     let batch: Vec<Vec<Entry>> =
                         std::iter::once(first).chain(fed.try_iter()).collect();
                     let run = || {
+                        // The slot comes back however the batch ends.
+                        let _slot = Slot(&free, &freed);
                         let keys = ahead.compile(batch);
                         compiled
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .extend(keys);
-                        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                        freed.notify_one();
                     };
                     let started = std::thread::Builder::new()
                         .name("kiln-compile".into())
@@ -386,6 +386,16 @@ pub(crate) fn spawn_tree<'scope>(
         });
     let _ = layers_taken.recv();
     Early { handle, wheels }
+}
+
+/// A batch's place among those compiling at once, given back on drop.
+struct Slot<'a>(&'a std::sync::Mutex<usize>, &'a std::sync::Condvar);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.1.notify_one();
+    }
 }
 
 /// What compiles wheels ahead over the shared tree.

@@ -205,7 +205,7 @@ if has_row 4; then
 fi
 
 # Row 5: the full data image again, cold, with its packages fetched through
-# a DOWN_MBPS (20) MB/s downlink (benches/slow_proxy.py, named as the
+# a DOWN_MBPS (20) MB/s downlink (benches/slow_link.py proxy, named as the
 # site's proxy by HTTPS_PROXY/HTTP_PROXY; the registry is reached
 # directly), beside the download floor through the same proxy. kiln
 # compiles each wheel's bytecode as it arrives, the largest first; what
@@ -214,7 +214,7 @@ if has_row 5; then
   package_urls
   DOWN_MBPS=${DOWN_MBPS:-20}
   pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  python3 benches/slow_proxy.py "$pport" "$DOWN_MBPS" >"$work/proxy.log" 2>&1 &
+  python3 benches/slow_link.py proxy "$pport" "$DOWN_MBPS" >"$work/proxy.log" 2>&1 &
   PROXY_PID=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break; sleep 0.1; done
   mkdir -p "$work/ctx5"

@@ -487,14 +487,7 @@ fn read(p: &Fields) -> std::result::Result<Option<Scanned>, String> {
     if !p.get(SHA256).is_some_and(Digest::is_valid_hex) {
         return Ok(None);
     }
-    let provides = match p.get(PROVIDES) {
-        Some(f) => parse_deps(f)?
-            .into_iter()
-            .flatten()
-            .map(|d| d.name)
-            .collect(),
-        None => Vec::new(),
-    };
+    let provides = provided(p)?;
     Ok(Some(Scanned {
         name: name.into(),
         arch: p.get(ARCHITECTURE).unwrap_or("all").into(),
@@ -503,6 +496,18 @@ fn read(p: &Fields) -> std::result::Result<Option<Scanned>, String> {
         required: p.get(PRIORITY) == Some("required"),
         provides,
     }))
+}
+
+/// The names a paragraph's `Provides` gives.
+fn provided(p: &Fields) -> std::result::Result<Vec<String>, String> {
+    Ok(match p.get(PROVIDES) {
+        Some(f) => parse_deps(f)?
+            .into_iter()
+            .flatten()
+            .map(|d| d.name)
+            .collect(),
+        None => Vec::new(),
+    })
 }
 
 /// What the scan keeps of a paragraph `read` accepts.
@@ -1209,14 +1214,7 @@ mod tests {
             version: p.get(VERSION).unwrap_or("0").into(),
             essential: false,
             required: false,
-            provides: match p.get(PROVIDES) {
-                Some(f) => parse_deps(f)?
-                    .into_iter()
-                    .flatten()
-                    .map(|d| d.name)
-                    .collect(),
-                None => Vec::new(),
-            },
+            provides: provided(p)?,
         }))
     }
 

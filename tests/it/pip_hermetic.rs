@@ -83,10 +83,14 @@ impl Wheel<'_> {
 
 type Routes = Arc<HashMap<String, (String, Vec<u8>)>>;
 
+/// Index pages the servers below have sent gzip-encoded (all tests').
+static GZIPPED: AtomicU64 = AtomicU64::new(0);
+
 /// A tiny HTTP/1.0 server on loopback serving `routes` (it lives as long
 /// as the test process), answering `Range: bytes=…` requests with `206` when `ranges`
 /// (else the whole body, as servers that do not serve ranges do); the body
-/// bytes written are added to the counter.
+/// bytes written are added to the counter. Index pages go gzip-encoded to
+/// a client that asks, as a CDN sends them; files go as they are.
 fn serve_counted(routes: Routes, ranges: bool) -> (String, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -103,18 +107,34 @@ fn serve_counted(routes: Routes, ranges: bool) -> (String, Arc<AtomicU64>) {
                 if r.read_line(&mut line).is_err() {
                     return;
                 }
-                let mut range = None;
+                let (mut range, mut gzip) = (None, false);
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
                     }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let h = h.to_ascii_lowercase();
+                    if let Some(v) = h.strip_prefix("range: bytes=") {
                         range = Some(v.trim().to_string());
+                    }
+                    if let Some(v) = h.strip_prefix("accept-encoding:") {
+                        gzip = v.split(',').any(|e| e.trim() == "gzip");
                     }
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let encoded;
                 let (head, body): (String, &[u8]) = match routes.get(&path) {
+                    Some((ct, body)) if gzip && (ct.contains("json") || ct.contains("html")) => {
+                        let mut z =
+                            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                        z.write_all(body).unwrap();
+                        encoded = z.finish().unwrap();
+                        GZIPPED.fetch_add(1, Ordering::SeqCst);
+                        (
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", encoded.len()),
+                            &encoded[..],
+                        )
+                    }
                     Some((ct, body)) => {
                         let len = body.len();
                         // `a-b`, `a-`, `-n`
@@ -176,6 +196,7 @@ fn json_page(files: &[PageFile]) -> Vec<u8> {
             let mut f = serde_json::json!({
                 "filename": name, "url": format!("../../files/{name}"),
                 "hashes": {"sha256": sha256_hex(bytes)}, "yanked": false,
+                "size": bytes.len(),
             });
             if let Some(rp) = rp {
                 f["requires-python"] = serde_json::json!(rp);
@@ -475,6 +496,8 @@ fn the_resolved_hook_runs_once_between_resolution_and_downloads() {
     .unwrap();
     let calls = calls.into_inner().unwrap();
     assert_eq!(calls.len(), 1, "called once");
+    // The pages were asked for, and came, gzip-encoded (and read).
+    assert!(GZIPPED.load(Ordering::SeqCst) > 0);
     let (sent_then, held_then) = &calls[0];
     assert!(*sent_then > before, "the index pages were read before it");
     let wheels = kiln_pip::pins(&p, "pip");

@@ -196,9 +196,10 @@ impl Http {
             }
         }
         // Index pages and listings are text: gzip -6 makes the largest JSON
-        // page of a data-science build (1.9 MB) a quarter of its size. (Only here: a download is taken as the
-        // server sends it, so a `.gz` served with `Content-Encoding: gzip`
-        // is never decoded into other bytes than its digest's.)
+        // page of a data-science build (1.9 MB) a quarter of its size.
+        // (Only here: a download is taken as the server sends it, so a
+        // `.gz` served with `Content-Encoding: gzip` is never decoded into
+        // other bytes than its digest's.)
         let mut conditional = vec![(reqwest::header::ACCEPT_ENCODING, "gzip".to_string())];
         if let Some((k, _)) = &kept {
             if let Some(e) = &k.etag {

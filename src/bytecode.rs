@@ -388,6 +388,22 @@ pub(crate) fn spawn_tree<'scope>(
     Early { handle, wheels }
 }
 
+/// The compiler's tree for the stage's own compile: opened by the early
+/// tree's thread, or being written now.
+enum Opening<'scope> {
+    Open(Result<SharedTree>),
+    Writing(Early<'scope>),
+}
+
+impl Opening<'_> {
+    fn tree(self) -> Result<SharedTree> {
+        match self {
+            Opening::Open(tree) => tree,
+            Opening::Writing(early) => early.join().map(|(tree, _)| tree),
+        }
+    }
+}
+
 /// A batch's place among those compiling at once, given back on drop.
 struct Slot<'a>(&'a std::sync::Mutex<usize>, &'a std::sync::Condvar);
 
@@ -432,27 +448,31 @@ impl Ahead<'_> {
         let Ok(run) = run else {
             return Vec::new();
         };
-        todo.par_iter()
+        let (keys, memos): (Vec<Digest>, Vec<(Memo, Arc<Spool>)>) = todo
+            .par_iter()
             .filter_map(|u| {
-                let stored = store(u, &run.out, &run.pycs, self.cache).ok()?;
-                if let Some((epoch, how)) = self.parts {
-                    let members = layer_members(std::slice::from_ref(&stored), &groups, &records);
-                    for m in members.into_iter().flatten() {
-                        let part = LayerGroup::part_of(m);
-                        let built = kiln_fs::layer::build_part_ahead(
-                            &part,
-                            epoch,
-                            how.compression,
-                            self.cache,
-                        );
-                        if let Ok(false) = built {
-                            how.tally.part_ahead();
-                        }
-                    }
-                }
-                Some(u.key.clone())
+                Some((
+                    u.key.clone(),
+                    store(u, &run.out, &run.pycs, self.cache).ok()?,
+                ))
             })
-            .collect()
+            .unzip();
+        // The batch's parts, read out of its groups once (a map of every
+        // entry of the batch), each compressed on its own.
+        let members = self
+            .parts
+            .and_then(|parts| Some((parts, layer_members(&memos, &groups, &records).ok()?)));
+        if let Some(((epoch, how), members)) = members {
+            members.into_par_iter().for_each(|m| {
+                let part = LayerGroup::part_of(m);
+                let built =
+                    kiln_fs::layer::build_part_ahead(&part, epoch, how.compression, self.cache);
+                if let Ok(false) = built {
+                    how.tally.part_ahead();
+                }
+            });
+        }
+        keys
     }
 }
 
@@ -523,19 +543,13 @@ fn compile_with(
         )));
     }
     // What the early tree compiled ahead is in the cache once it is
-    // joined; the stage's layers are compressed meanwhile.
+    // joined. The stage's layers are compressed first: the tree's thread
+    // goes on compiling meanwhile.
     let mut opened = None;
     let mut ahead = BTreeSet::new();
     if let Some(early) = early {
-        let joined = std::thread::scope(|scope| {
-            let joining = scope.spawn(|| early.join());
-            let emitted = emit_now();
-            let joined = joining
-                .join()
-                .unwrap_or_else(|_| Err(kiln_core::Error::internal("the tree's writer stopped")));
-            emitted.map(|()| joined)
-        })?;
-        opened = Some(joined.map(|(tree, keys)| {
+        emit_now()?;
+        opened = Some(early.join().map(|(tree, keys)| {
             ahead = keys;
             tree
         }));
@@ -592,9 +606,18 @@ fn compile_with(
                         let writing = std::thread::Builder::new()
                             .name("kiln-sources".into())
                             .spawn_scoped(scope, || scratch(&todo, groups, stages.cache));
-                        let writing_tree = opened.is_none().then(|| {
-                            spawn_tree(tree, stages.cache, platform, python, fs, None, scope)
-                        });
+                        let opening = match opened.take() {
+                            Some(tree) => Opening::Open(tree),
+                            None => Opening::Writing(spawn_tree(
+                                tree,
+                                stages.cache,
+                                platform,
+                                python,
+                                fs,
+                                None,
+                                scope,
+                            )),
+                        };
                         let emitted = emit_now();
                         let scratched = match writing {
                             Ok(w) => w
@@ -602,13 +625,7 @@ fn compile_with(
                                 .unwrap_or_else(|_| Err("the sources' writer stopped".to_string())),
                             Err(_) => scratch(&todo, groups, stages.cache),
                         };
-                        let opened = match writing_tree {
-                            Some(early) => early.join().map(|(tree, _)| tree),
-                            None => opened.take().unwrap_or_else(|| {
-                                Err(kiln_core::Error::internal("no compiler's tree"))
-                            }),
-                        };
-                        (emitted, opened, scratched)
+                        (emitted, opening.tree(), scratched)
                     });
                     emitted?;
                     let spinner = spin();

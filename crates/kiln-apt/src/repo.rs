@@ -338,13 +338,17 @@ struct Entry {
 
 impl Entry {
     fn name<'t>(&self, text: &'t Blocks) -> &'t str {
-        let para = text.get(self.block, self.start, self.len);
-        &para[self.name.0 as usize..][..self.name.1 as usize]
+        self.field(text, self.name)
     }
 
     fn arch<'t>(&self, text: &'t Blocks) -> &'t str {
+        self.field(text, self.arch)
+    }
+
+    /// The text at (start, len) of the paragraph.
+    fn field<'t>(&self, text: &'t Blocks, (at, len): (u16, u16)) -> &'t str {
         let para = text.get(self.block, self.start, self.len);
-        &para[self.arch.0 as usize..][..self.arch.1 as usize]
+        &para[at as usize..][..len as usize]
     }
 }
 

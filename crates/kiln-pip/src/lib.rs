@@ -502,31 +502,31 @@ pub fn plan_building(
             .map(|i| {
                 let (name, version, file) = &todo[i];
                 let fetched = || -> Result<PinnedWheel> {
-                let (digest, size) = client
-                    .download_artifact(file)
-                    .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
-                unpack_early(cache, &digest, &file.filename);
-                let direct_url = provider.direct_url(name).map(|u| {
-                    serde_json::json!({
-                        "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
-                        // PEP 610: no credentials in the installed record.
-                        "url": kiln_core::url::strip_credentials(u),
-                    })
-                    .to_string()
-                });
-                let wheel = PinnedWheel {
-                    name: name.clone(),
-                    version: version.clone(),
-                    url: file.url.clone(),
-                    sha256: digest,
-                    size,
-                    filename: file.filename.clone(),
-                    requested: requested.contains(name),
-                    direct_url,
-                    sdist: None,
-                };
-                layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
-                Ok(wheel)
+                    let (digest, size) = client
+                        .download_artifact(file)
+                        .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
+                    unpack_early(cache, &digest, &file.filename);
+                    let direct_url = provider.direct_url(name).map(|u| {
+                        serde_json::json!({
+                            "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
+                            // PEP 610: no credentials in the installed record.
+                            "url": kiln_core::url::strip_credentials(u),
+                        })
+                        .to_string()
+                    });
+                    let wheel = PinnedWheel {
+                        name: name.clone(),
+                        version: version.clone(),
+                        url: file.url.clone(),
+                        sha256: digest,
+                        size,
+                        filename: file.filename.clone(),
+                        requested: requested.contains(name),
+                        direct_url,
+                        sdist: None,
+                    };
+                    layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
+                    Ok(wheel)
                 };
                 (i, fetched())
             })

@@ -363,10 +363,13 @@ impl<'a> IndexClient<'a> {
     }
 }
 
-fn join(base: &str, href: &str) -> String {
-    match url::Url::parse(base).and_then(|b| b.join(href)) {
-        Ok(u) => u.to_string(),
-        Err(_) => href.to_string(),
+/// `href` resolved against a page's URL, parsed once per page (`None`: it
+/// does not parse, and hrefs are taken as they are). A large project's
+/// page lists thousands of files.
+fn join(base: Option<&url::Url>, href: &str) -> String {
+    match base.map(|b| b.join(href)) {
+        Some(Ok(u)) => u.to_string(),
+        _ => href.to_string(),
     }
 }
 
@@ -446,11 +449,12 @@ fn parse_json(bytes: &[u8], page_url: &str) -> Result<Vec<DistFile>> {
             url: kiln_store::http::redact(page_url),
             detail: e.to_string(),
         })?;
+    let base = url::Url::parse(page_url).ok();
     Ok(page
         .files
         .into_iter()
         .map(|f| {
-            let (url, frag_hash) = split_fragment(&join(page_url, &f.url));
+            let (url, frag_hash) = split_fragment(&join(base.as_ref(), &f.url));
             let core =
                 metadata_flag(&f.core_metadata).or_else(|| metadata_flag(&f.dist_info_metadata));
             DistFile {
@@ -527,6 +531,7 @@ fn attributes(tag: &str) -> HashMap<String, String> {
 /// PEP 503 anchors.
 pub(crate) fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
     let mut out = Vec::new();
+    let base = url::Url::parse(page_url).ok();
     let lower = html.to_ascii_lowercase();
     let mut pos = 0;
     while let Some(start) = lower[pos..].find("<a") {
@@ -543,7 +548,7 @@ pub(crate) fn parse_html(html: &str, page_url: &str) -> Vec<DistFile> {
         let Some(href) = attrs.get("href") else {
             continue;
         };
-        let (url, hash) = split_fragment(&join(page_url, href));
+        let (url, hash) = split_fragment(&join(base.as_ref(), href));
         let last = url.rsplit('/').next().unwrap_or("");
         let filename = kiln_store::http::file_url_path(&format!("file:///{last}"))
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -9,6 +9,7 @@
 
 mod error;
 mod index;
+mod inflate;
 mod install;
 mod markers;
 mod metadata;

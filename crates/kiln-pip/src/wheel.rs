@@ -213,7 +213,7 @@ pub(crate) fn read_wheel(
     drop(ar);
     members
         .into_par_iter()
-        .map_init(libdeflater::Decompressor::new, |d, m| {
+        .map_init(crate::inflate::Inflater::new, |d, m| {
             if let Some(s) = spool.filter(|_| m.size > STREAM_ABOVE) {
                 let (slice, whole) = stream_member(&file, &m, s).map_err(|detail| {
                     problem(WheelProblem::Corrupt {
@@ -232,7 +232,11 @@ pub(crate) fn read_wheel(
             file.read_exact_at(&mut raw, m.raw.start)
                 .io_context(reading)?;
             let pass = deflated(&m);
-            let (data, whole) = inflate(&m, raw, d, pass.is_some()).map_err(|detail| {
+            let d = d
+                .as_mut()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+                .io_context(|| format!("inflating {} of {wheel}", m.path))?;
+            let (data, whole) = inflate(&m, raw, d).map_err(|detail| {
                 problem(WheelProblem::Corrupt {
                     member: m.path.clone(),
                     detail,
@@ -264,39 +268,19 @@ pub(crate) fn read_wheel(
 }
 
 /// Member `m`'s bytes from its raw data, and whether its deflate stream
-/// ends exactly where the zip says it does; the error says what is wrong.
-/// A stream taken as it is (`keep_stream`) must end there: flate2 reports
-/// what it read (libdeflate's whole-buffer call does not), so those
-/// members are inflated with it, the others with libdeflate.
+/// ends exactly where the zip says it does (a stream taken as it is must;
+/// see [`Deflated`]); the error says what is wrong.
 fn inflate(
     m: &Member,
     raw: Vec<u8>,
-    d: &mut libdeflater::Decompressor,
-    keep_stream: bool,
+    d: &mut crate::inflate::Inflater,
 ) -> std::result::Result<(Vec<u8>, bool), String> {
     if !m.deflated {
         return Ok((raw, false));
     }
-    let short = |n: usize| format!("{n} bytes, {} declared", m.size);
-    if keep_stream {
-        let mut z = flate2::Decompress::new(false);
-        let mut out = Vec::with_capacity(m.size);
-        match z.decompress_vec(&raw, &mut out, flate2::FlushDecompress::Finish) {
-            Ok(flate2::Status::StreamEnd) if out.len() == m.size => {
-                let whole = z.total_in() == raw.len() as u64;
-                Ok((out, whole))
-            }
-            Ok(_) => Err(short(out.len())),
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        let mut out = vec![0u8; m.size];
-        match d.deflate_decompress(&raw, &mut out) {
-            Ok(n) if n == m.size => Ok((out, false)),
-            Ok(n) => Err(short(n)),
-            Err(e) => Err(e.to_string()),
-        }
-    }
+    let mut out = vec![0u8; m.size];
+    let took = d.inflate(&raw, &mut out)?;
+    Ok((out, took == raw.len()))
 }
 
 /// `slice` with its deflate stream attached when the stream is whole.

@@ -124,8 +124,9 @@ fn pool() -> &'static rayon::ThreadPool {
 /// What a finished stream produced.
 #[derive(Debug, Clone)]
 pub(crate) struct Summary {
-    /// sha256 of the uncompressed bytes (the layer's diff_id).
-    pub(crate) diff_id: Digest,
+    /// sha256 of the uncompressed bytes (the layer's diff_id), unless the
+    /// encoder was made [`ParallelEncoder::unhashed`].
+    pub(crate) diff_id: Option<Digest>,
     /// Where each [`ParallelEncoder::cut`] fell in the compressed output.
     pub(crate) cuts: Vec<Cut>,
 }
@@ -149,7 +150,8 @@ enum Pending {
 pub(crate) struct ParallelEncoder<W: Write> {
     out: W,
     compression: Compression,
-    diff: Sha256,
+    /// None: the plain bytes are not hashed (see [`Self::unhashed`]).
+    diff: Option<Sha256>,
     raw_len: u64,
     buf: Vec<u8>,
     inflight: VecDeque<Pending>,
@@ -162,10 +164,20 @@ pub(crate) struct ParallelEncoder<W: Write> {
 
 impl<W: Write> ParallelEncoder<W> {
     pub(crate) fn new(out: W, compression: Compression) -> Self {
+        let mut enc = Self::unhashed(out, compression);
+        enc.diff = Some(Sha256::new());
+        enc
+    }
+
+    /// An encoder that does not hash what it compresses: for a part built
+    /// ahead of its layer, whose own diff_id nothing reads (the layer's
+    /// covers its bytes again, in order). A member passed in deflated is
+    /// then not read at all.
+    pub(crate) fn unhashed(out: W, compression: Compression) -> Self {
         ParallelEncoder {
             out,
             compression,
-            diff: Sha256::new(),
+            diff: None,
             raw_len: 0,
             buf: Vec::with_capacity(CHUNK),
             inflight: VecDeque::new(),
@@ -242,7 +254,9 @@ impl<W: Write> ParallelEncoder<W> {
     /// Hash `data` as part of the uncompressed stream without compressing
     /// it: its compressed form comes from [`Self::splice`].
     pub(crate) fn hash_only(&mut self, data: &[u8]) {
-        self.diff.update(data);
+        if let Some(diff) = &mut self.diff {
+            diff.update(data);
+        }
         self.raw_len += data.len() as u64;
     }
 
@@ -266,10 +280,14 @@ impl<W: Write> ParallelEncoder<W> {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
             self.dispatch(chunk)?;
         }
-        each_block(s.reader()?, |b| {
-            self.hash_only(b);
-            Ok(())
-        })?;
+        if self.diff.is_some() {
+            each_block(s.reader()?, |b| {
+                self.hash_only(b);
+                Ok(())
+            })?;
+        } else {
+            self.raw_len += s.len();
+        }
         self.inflight.push_back(Pending::Deflated(d, s.len()));
         while self.inflight.len() >= self.max_inflight {
             self.drain_one()?;
@@ -291,7 +309,7 @@ impl<W: Write> ParallelEncoder<W> {
         Ok((
             self.out,
             Summary {
-                diff_id: Digest::from_hasher(self.diff),
+                diff_id: self.diff.map(Digest::from_hasher),
                 cuts: self.cuts,
             },
         ))
@@ -313,8 +331,7 @@ impl<W: Write> RecordSink for ParallelEncoder<W> {
 
 impl<W: Write> Write for ParallelEncoder<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.diff.update(data);
-        self.raw_len += data.len() as u64;
+        self.hash_only(data);
         let mut rest = data;
         while !rest.is_empty() {
             let take = (CHUNK - self.buf.len()).min(rest.len());
@@ -345,7 +362,7 @@ mod tests {
         let mut enc = ParallelEncoder::new(Vec::new(), c);
         enc.write_all(&data).unwrap();
         let (out, sum) = enc.finish().unwrap();
-        assert_eq!(sum.diff_id, Digest::of(&data));
+        assert_eq!(sum.diff_id, Some(Digest::of(&data)));
         let mut back = Vec::new();
         match c {
             Compression::Gzip { .. } => {

@@ -436,12 +436,16 @@ pub fn build_part_ahead(
     if parts::find(cache, &key).is_some() {
         return Ok(true);
     }
-    let enc = ParallelEncoder::new(cache.writer()?, compression);
+    // Its diff_id would never be read: the layer hashes these bytes again.
+    let enc = ParallelEncoder::unhashed(cache.writer()?, compression);
     let mut enc = tarball::write_records(part, mtime, enc).map_err(tar_error)?;
     enc.cut().io_context(|| "writing layer part".into())?;
-    let (blob, cuts) = finish(enc, compression)?;
-    if let Some(cut) = cuts.first() {
-        parts::remember(cache, &key, &blob.digest, cut);
+    let (w, summary) = enc
+        .finish()
+        .io_context(|| "compressing layer part".into())?;
+    let (digest, _) = w.commit(None)?;
+    if let Some(cut) = summary.cuts.first() {
+        parts::remember(cache, &key, &digest, cut);
     }
     Ok(false)
 }
@@ -497,11 +501,15 @@ fn finish(
     compression: Compression,
 ) -> Result<(LayerBlob, Vec<compress::Cut>)> {
     let (w, summary) = enc.finish().io_context(|| "compressing layer".into())?;
+    let diff_id = summary
+        .diff_id
+        .ok_or_else(|| io::Error::other("a layer compressed without hashing it"))
+        .io_context(|| "compressing layer".into())?;
     let (digest, size) = w.commit(None)?;
     Ok((
         LayerBlob {
             digest,
-            diff_id: summary.diff_id,
+            diff_id,
             size,
             media_type: compression.media_type().to_string(),
         },
@@ -734,6 +742,17 @@ mod tests {
             (fresh.digest, first.digest.clone())
         );
         assert_eq!(tar_of(&cache, &first), tar_of(&cache, &b));
+        // A part built ahead (not hashed: its deflated member is not even
+        // read) gives the layer the same bytes and diff_id when copied.
+        let early = Cache::open(dir.path().join("early")).unwrap();
+        let part = &with[parts[0]..];
+        assert!(!build_part_ahead(part, 0, gz, &early).unwrap());
+        let (ahead, copied) = build_parted(&with, &parts, 0, gz, &early, true).unwrap();
+        assert_eq!(copied, 1);
+        assert_eq!(
+            (&ahead.digest, &ahead.diff_id),
+            (&first.digest, &first.diff_id)
+        );
         // zstd compresses the plain bytes whatever the slice holds.
         let z = Compression::Zstd { level: 3 };
         let za = build_layer_fresh(&with, &[], 0, z, &cache).unwrap();
@@ -769,7 +788,10 @@ mod tests {
         assert!(build_part_ahead(&b, 0, gz, &other).unwrap(), "built twice");
         let (ahead, copied) = build_parted(&entries, &parts, 0, gz, &other, true).unwrap();
         assert_eq!(copied, 2);
-        assert_eq!(ahead.digest, want.digest);
+        assert_eq!(
+            (&ahead.digest, &ahead.diff_id),
+            (&want.digest, &want.diff_id)
+        );
     }
 
     /// Members become parts after a first part of every directory (and the

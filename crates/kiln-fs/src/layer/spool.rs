@@ -248,10 +248,19 @@ impl Deflated {
 
 /// Hand `r`'s bytes to `f` block by block; returns how many there were.
 pub(crate) fn each_block(
+    r: impl io::Read,
+    f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    each_block_of(r, 256 << 10, f)
+}
+
+/// [`each_block`] in blocks of `size` bytes.
+pub(crate) fn each_block_of(
     mut r: impl io::Read,
+    size: usize,
     mut f: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let mut block = vec![0u8; 256 << 10];
+    let mut block = vec![0u8; size];
     let mut total = 0;
     loop {
         let n = match r.read(&mut block) {

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use super::spool::SpoolSlice;
+use super::spool::{each_block_of, SpoolSlice};
 use super::tree::{Entry, EntryKind};
 
 /// Where tar records go: a plain writer, or a gzip compressor that takes a
@@ -143,15 +143,22 @@ fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::
             b.append(&h, &mut r)
         }
         EntryKind::Data(d) => b.append(&h, d.as_slice()),
-        EntryKind::Spooled(s) if s.deflated().is_some() && b.get_ref().takes_deflated() => {
-            // What `append` writes, with the bytes in their deflated form.
+        EntryKind::Spooled(s) => {
+            // What `append` writes: the header, the bytes (in their deflated
+            // form where the sink takes it), the padding. Read here in
+            // blocks of up to 1 MiB, where `append` would copy through 8 KiB.
             let w = b.get_mut();
             w.write_all(h.as_bytes())?;
-            w.put_deflated(s)?;
+            if s.deflated().is_some() && w.takes_deflated() {
+                w.put_deflated(s)?;
+            } else {
+                let block = s.len().clamp(1, 1 << 20) as usize;
+                // (A spool shorter than the slice is an error of its reader.)
+                each_block_of(s.reader()?, block, |bytes| w.write_all(bytes))?;
+            }
             let pad = (512 - s.len() % 512) % 512;
             w.write_all(&[0; 512][..pad as usize])
         }
-        EntryKind::Spooled(s) => b.append(&h, s.reader()?),
 
         _ => b.append(&h, io::empty()),
     }

@@ -172,20 +172,21 @@ impl Http {
         // URL (two URLs that differ only in a token are two entries),
         // recorded by the redacted one, final URL stored stripped.
         let public = redact(url);
-        let meta_path = cache.entry(
+        // One file per response: its metadata as a line of JSON, then the
+        // body (two files cost twice the creating, which a cold build of a
+        // 110-wheel freeze does 110 times).
+        let kept_path = cache.entry(
             CacheBucket::Http,
-            format!("{}.json", Digest::of(url.as_bytes()).hex()),
+            format!("{}.kept", Digest::of(url.as_bytes()).hex()),
         );
         let sources = [url.to_string()];
         let final_url = |stored: &str| kiln_core::url::with_credentials(stored, &sources);
-        let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&meta_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<KeptResponse>(&b).ok())
-            .filter(|k| k.url == public)
-            .and_then(|k| {
-                let body = std::fs::read(meta_path.with_extension("body")).ok()?;
-                (Digest::of(&body).to_string() == k.body).then_some((k, body))
-            });
+        let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&kept_path).ok().and_then(|b| {
+            let line = b.iter().position(|&c| c == b'\n')?;
+            let k = serde_json::from_slice::<KeptResponse>(&b[..line]).ok()?;
+            let body = &b[line + 1..];
+            (k.url == public && Digest::of(body).to_string() == k.body).then(|| (k, body.to_vec()))
+        });
         if self.offline {
             if let Some((k, body)) = kept {
                 return Ok(Fetched {
@@ -248,9 +249,10 @@ impl Http {
                 check(&bytes)?;
                 // Best effort: a response that cannot be kept is fetched again next time.
                 k.body = Digest::of(&bytes).to_string();
-                if let Ok(json) = serde_json::to_vec(&k) {
-                    write_atomic(&meta_path.with_extension("body"), &bytes);
-                    write_atomic(&meta_path, &json);
+                if let Ok(mut kept) = serde_json::to_vec(&k) {
+                    kept.push(b'\n');
+                    kept.extend_from_slice(&bytes);
+                    write_atomic(&kept_path, &kept);
                 }
                 (k, bytes)
             }
@@ -468,7 +470,8 @@ pub struct RangeReply {
     pub bytes: Vec<u8>,
 }
 
-/// What `get_cached` keeps of a response (beside it: `<key>.body`).
+/// What `get_cached` keeps of a response (its line of `<key>.kept`; the
+/// body follows it).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeptResponse {
     url: String,
@@ -687,11 +690,14 @@ mod tests {
         assert_eq!(ob.bytes, fb.bytes);
         assert_eq!(ob.url, b);
         // Nothing on disk holds a token or a password in clear (the bodies
-        // are this echo server's, so only the metadata is checked).
+        // are this echo server's, so only the metadata line is checked).
+        let mut kept = 0;
         for e in std::fs::read_dir(cache.bucket(CacheBucket::Http)).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read_to_string(&p).unwrap();
+            if p.extension().is_some_and(|x| x == "kept") {
+                kept += 1;
+                let all = std::fs::read_to_string(&p).unwrap();
+                let text = all.lines().next().unwrap();
                 for secret in ["TOKENAAA", "TOKENBBB", "pw1"] {
                     assert!(
                         !text.contains(secret),
@@ -701,6 +707,7 @@ mod tests {
                 }
             }
         }
+        assert_eq!(kept, 2, "one file per response");
     }
 
     #[test]

@@ -417,6 +417,7 @@ fn build_parted(
     if memos {
         for (key, cut) in keys.iter().zip(cuts) {
             parts::remember(cache, key, &blob.digest, &cut);
+            parts::forget_ahead(cache, key);
         }
     }
     Ok((blob, copied_parts))
@@ -436,17 +437,18 @@ pub fn build_part_ahead(
     if parts::find(cache, &key).is_some() {
         return Ok(true);
     }
+    let writing = || "writing a layer part".to_string();
     // Its diff_id would never be read: the layer hashes these bytes again.
-    let enc = ParallelEncoder::unhashed(cache.writer()?, compression);
+    let out = parts::ahead_writer(cache).io_context(writing)?;
+    let enc = ParallelEncoder::unhashed(out, compression);
     let mut enc = tarball::write_records(part, mtime, enc).map_err(tar_error)?;
-    enc.cut().io_context(|| "writing layer part".into())?;
-    let (w, summary) = enc
-        .finish()
-        .io_context(|| "compressing layer part".into())?;
-    let (digest, _) = w.commit(None)?;
-    if let Some(cut) = summary.cuts.first() {
-        parts::remember(cache, &key, &digest, cut);
-    }
+    enc.cut().io_context(writing)?;
+    let (out, _) = enc.finish().io_context(writing)?;
+    let out = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .io_context(writing)?;
+    parts::keep_ahead(cache, &key, out);
     Ok(false)
 }
 
@@ -788,6 +790,12 @@ mod tests {
         assert!(build_part_ahead(&b, 0, gz, &other).unwrap(), "built twice");
         let (ahead, copied) = build_parted(&entries, &parts, 0, gz, &other, true).unwrap();
         assert_eq!(copied, 2);
+        // Copied, the parts are known by the layer's blob, not kept aside.
+        let key = part_key(&a, 0, gz).unwrap();
+        assert!(matches!(
+            parts::find(&other, &key),
+            Some(parts::Found::Blob { .. })
+        ));
         assert_eq!(
             (&ahead.digest, &ahead.diff_id),
             (&want.digest, &want.diff_id)

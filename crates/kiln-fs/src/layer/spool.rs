@@ -376,15 +376,24 @@ pub struct SliceReader<'a> {
 
 impl Read for SliceReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.slice.len - self.at;
+        let n = self.slice.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl SpoolSlice {
+    /// Read from `at` bytes into the slice (0 only at its end).
+    pub(crate) fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        let left = self.len.saturating_sub(at);
         let want = (buf.len() as u64).min(left) as usize;
         if want == 0 {
             return Ok(0);
         }
-        let s = &self.slice.spool;
+        let s = &self.spool;
         let n = s
             .file
-            .read_at(&mut buf[..want], self.slice.offset + self.at)
+            .read_at(&mut buf[..want], self.offset + at)
             .inspect_err(|_| s.failed.store(true, Ordering::Relaxed))?;
         if n == 0 {
             s.failed.store(true, Ordering::Relaxed);
@@ -393,7 +402,6 @@ impl Read for SliceReader<'_> {
                 "a spool file of unpacked package files is shorter than written",
             ));
         }
-        self.at += n as u64;
         Ok(n)
     }
 }

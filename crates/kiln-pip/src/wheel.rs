@@ -304,7 +304,7 @@ const STREAM_ABOVE: usize = 4 << 20;
 /// (81% of a 110-wheel PyData freeze's) are in them, and their gzip member
 /// framing (18 bytes) and the short chunk before them cost nothing next to
 /// compressing them again.
-const PASS_ABOVE: usize = 64 << 10;
+const PASS_ABOVE: usize = 16 << 10;
 
 /// The name of the deflate stream at `offset` of the wheel `wheel`.
 pub(crate) fn stream_id(wheel: &Digest, offset: u64) -> String {

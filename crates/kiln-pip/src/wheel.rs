@@ -301,9 +301,11 @@ const STREAM_ABOVE: usize = 4 << 20;
 
 /// Deflated members inflating to at least this many bytes keep their
 /// deflate stream for gzip layers ([`Deflated`]): most of a wheel's bytes
-/// (81% of a 110-wheel PyData freeze's) are in them, and their gzip member
-/// framing (18 bytes) and the short chunk before them cost nothing next to
-/// compressing them again.
+/// (92% of a 110-wheel PyData freeze's) are in them, and their gzip member
+/// framing (18 bytes) and the short chunk before them cost less than
+/// compressing them again. At 16 KiB rather than 64 KiB, that freeze's cold
+/// build took 5% less time and its layers were 0.3 MB smaller (the wheels'
+/// streams are mostly at a higher level than the layers' gzip 1).
 const PASS_ABOVE: usize = 16 << 10;
 
 /// The name of the deflate stream at `offset` of the wheel `wheel`.

@@ -4,6 +4,7 @@
 //! commands run in an assembled tree without privileges ([`sandbox`]).
 
 mod error;
+pub mod inflate;
 pub mod layer;
 pub mod probe;
 pub mod rootfs;

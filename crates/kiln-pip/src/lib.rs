@@ -9,7 +9,6 @@
 
 mod error;
 mod index;
-mod inflate;
 mod install;
 mod markers;
 mod metadata;

@@ -213,7 +213,7 @@ pub(crate) fn read_wheel(
     drop(ar);
     members
         .into_par_iter()
-        .map_init(crate::inflate::Inflater::new, |d, m| {
+        .map_init(kiln_fs::inflate::Inflater::new, |d, m| {
             if let Some(s) = spool.filter(|_| m.size > STREAM_ABOVE) {
                 let (slice, whole) = stream_member(&file, &m, s).map_err(|detail| {
                     problem(WheelProblem::Corrupt {
@@ -273,7 +273,7 @@ pub(crate) fn read_wheel(
 fn inflate(
     m: &Member,
     raw: Vec<u8>,
-    d: &mut crate::inflate::Inflater,
+    d: &mut kiln_fs::inflate::Inflater,
 ) -> std::result::Result<(Vec<u8>, bool), String> {
     if !m.deflated {
         return Ok((raw, false));

@@ -156,7 +156,7 @@ pub fn decompressed<'a>(
 ) -> Result<Box<dyn Read + Send + 'a>> {
     Ok(
         if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-            Box::new(flate2::read::MultiGzDecoder::new(blob))
+            Box::new(crate::inflate::Gunzip::new(blob))
         } else if media_type.ends_with("+zstd") {
             Box::new(zstd::stream::read::Decoder::new(blob).map_err(|source| {
                 FsError::Decompress {

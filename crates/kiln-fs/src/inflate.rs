@@ -37,12 +37,47 @@ impl Inflater {
     /// which it must fill exactly. Returns how many bytes of `raw` the
     /// stream took (to the byte after its last block), or what is wrong.
     pub fn inflate(&mut self, raw: &[u8], out: &mut [u8]) -> Result<usize, String> {
+        match self.call(sys::libdeflate_deflate_decompress_ex, raw, out) {
+            (sys::libdeflate_result_LIBDEFLATE_SUCCESS, took, gave) if gave == out.len() => {
+                Ok(took)
+            }
+            (sys::libdeflate_result_LIBDEFLATE_SUCCESS, _, gave) => {
+                Err(format!("{gave} bytes, {} declared", out.len()))
+            }
+            (sys::libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, ..) => {
+                Err(format!("more bytes than the {} declared", out.len()))
+            }
+            _ => Err("invalid deflate data".into()),
+        }
+    }
+
+    /// Inflate the gzip member at the start of `raw` into `out` (its
+    /// CRC-32 and size checked by libdeflate).
+    pub fn gzip_member(&mut self, raw: &[u8], out: &mut [u8]) -> Member {
+        match self.call(sys::libdeflate_gzip_decompress_ex, raw, out) {
+            (sys::libdeflate_result_LIBDEFLATE_SUCCESS, took, gave) => {
+                Member::Inflated { took, gave }
+            }
+            (sys::libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, ..) => Member::NoRoom,
+            _ => Member::Bad,
+        }
+    }
+
+    /// One of libdeflate's `_ex` calls (raw deflate or gzip) from `raw`
+    /// into `out`: its result, the input it took and the output it gave.
+    fn call(
+        &mut self,
+        f: ExCall,
+        raw: &[u8],
+        out: &mut [u8],
+    ) -> (sys::libdeflate_result, usize, usize) {
         let (mut took, mut gave) = (0usize, 0usize);
-        // SAFETY: the pointers and lengths come from live slices that this
-        // call borrows; libdeflate writes at most `out.len()` bytes to `out`
-        // and one usize to each of the two counters.
+        // SAFETY: `f` is one of libdeflate's `_ex` decompressors, given the
+        // decompressor this value owns; the pointers and lengths come from
+        // live slices that this call borrows; libdeflate writes at most
+        // `out.len()` bytes to `out` and one usize to each of the counters.
         let ret = unsafe {
-            sys::libdeflate_deflate_decompress_ex(
+            f(
                 self.0.as_ptr(),
                 raw.as_ptr().cast(),
                 raw.len(),
@@ -52,18 +87,20 @@ impl Inflater {
                 &mut gave,
             )
         };
-        match ret {
-            sys::libdeflate_result_LIBDEFLATE_SUCCESS if gave == out.len() => Ok(took),
-            sys::libdeflate_result_LIBDEFLATE_SUCCESS => {
-                Err(format!("{gave} bytes, {} declared", out.len()))
-            }
-            sys::libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE => {
-                Err(format!("more bytes than the {} declared", out.len()))
-            }
-            _ => Err("invalid deflate data".into()),
-        }
+        (ret, took, gave)
     }
 }
+
+/// The shape of libdeflate's `*_decompress_ex` calls.
+type ExCall = unsafe extern "C" fn(
+    *mut sys::libdeflate_decompressor,
+    *const std::ffi::c_void,
+    usize,
+    *mut std::ffi::c_void,
+    usize,
+    *mut usize,
+    *mut usize,
+) -> sys::libdeflate_result;
 
 /// What [`Inflater::gzip_member`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,31 +111,6 @@ pub enum Member {
     NoRoom,
     /// Not a whole, valid member (cut short by the end of the input, or bad).
     Bad,
-}
-
-impl Inflater {
-    /// Inflate the gzip member at the start of `raw` into `out` (its
-    /// CRC-32 and size checked by libdeflate).
-    pub fn gzip_member(&mut self, raw: &[u8], out: &mut [u8]) -> Member {
-        let (mut took, mut gave) = (0usize, 0usize);
-        // SAFETY: as in `inflate`.
-        let ret = unsafe {
-            sys::libdeflate_gzip_decompress_ex(
-                self.0.as_ptr(),
-                raw.as_ptr().cast(),
-                raw.len(),
-                out.as_mut_ptr().cast(),
-                out.len(),
-                &mut took,
-                &mut gave,
-            )
-        };
-        match ret {
-            sys::libdeflate_result_LIBDEFLATE_SUCCESS => Member::Inflated { took, gave },
-            sys::libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE => Member::NoRoom,
-            _ => Member::Bad,
-        }
-    }
 }
 
 /// Compressed bytes looked at a time, and the largest member inflated

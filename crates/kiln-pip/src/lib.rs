@@ -21,8 +21,9 @@ mod target;
 mod unpacked;
 mod wheel;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -118,6 +119,31 @@ pub struct PipPlan {
     pub wheels: Vec<PinnedWheel>,
     /// `(name, version)` already in the image and satisfying the requirements.
     pub already_installed: Vec<(String, String)>,
+    /// The wheels already laid out to write their layers ahead.
+    pub(crate) laid_out: LaidOut,
+}
+
+/// Wheels' installed entries by the wheel's digest, as [`layer_ahead`] laid
+/// them out while the others downloaded: [`layer_groups`] takes them
+/// instead of reading each wheel's kept members and RECORD again (on a
+/// 110-wheel freeze, 0.1 s of CPU after the last download).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LaidOut(Arc<Mutex<HashMap<Digest, Vec<Entry>>>>);
+
+impl LaidOut {
+    fn keep(&self, wheel: &Digest, entries: Vec<Entry>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wheel.clone(), entries);
+    }
+
+    fn take(&self, wheel: &Digest) -> Option<Vec<Entry>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(wheel)
+    }
 }
 
 /// Paths of the base image whose contents `plan` reads.
@@ -495,6 +521,7 @@ pub fn plan_building(
     // results come back in the resolution's order.
     let mut order: Vec<usize> = (0..todo.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(todo[i].2.size.unwrap_or(0)));
+    let laid_out = LaidOut::default();
     let downloaded: Vec<Result<PinnedWheel>> = kiln_store::http::on_network_pool(|| {
         let mut done: Vec<(usize, Result<PinnedWheel>)> = order
             .into_iter()
@@ -525,7 +552,7 @@ pub fn plan_building(
                         direct_url,
                         sdist: None,
                     };
-                    layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache);
+                    layer_ahead(hooks.ahead, &python, wheel_count, &wheel, cache, &laid_out);
                     Ok(wheel)
                 };
                 (i, fetched())
@@ -541,6 +568,7 @@ pub fn plan_building(
         python,
         wheels,
         already_installed,
+        laid_out,
     })
 }
 
@@ -630,6 +658,7 @@ pub fn plan_locked_building(
     if let Some(resolved) = hooks.resolved {
         resolved(&python);
     }
+    let laid_out = LaidOut::default();
     let mut wheels = pins
         .par_iter()
         .map(|pin| {
@@ -668,7 +697,7 @@ pub fn plan_locked_building(
                 direct_url: pin.direct_url.clone(),
                 sdist: None,
             };
-            layer_ahead(hooks.ahead, &python, pins.len(), &wheel, cache);
+            layer_ahead(hooks.ahead, &python, pins.len(), &wheel, cache, &laid_out);
             Ok(wheel)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -677,6 +706,7 @@ pub fn plan_locked_building(
         python,
         wheels,
         already_installed: Vec::new(),
+        laid_out,
     })
 }
 
@@ -726,6 +756,7 @@ fn layer_ahead(
     wheels: usize,
     wheel: &PinnedWheel,
     cache: &Cache,
+    laid_out: &LaidOut,
 ) {
     let Some(ahead) = ahead else {
         return;
@@ -733,6 +764,7 @@ fn layer_ahead(
     let Ok(entries) = wheel_layout(python, wheel, cache) else {
         return;
     };
+    laid_out.keep(&wheel.sha256, entries.clone());
     if own_layer(wheels, wheel.size) {
         let mut tree = Tree::default();
         add_to(&mut tree, entries);
@@ -785,7 +817,10 @@ pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<LayerGroup>> {
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels
         .par_iter()
-        .map(|w| wheel_layout(&plan.python, w, cache))
+        .map(|w| match plan.laid_out.take(&w.sha256) {
+            Some(entries) => Ok(entries),
+            None => wheel_layout(&plan.python, w, cache),
+        })
         .collect();
     // The shared layers (the venv skeleton goes with the first), then the
     // wheels with layers of their own.
@@ -1111,6 +1146,7 @@ mod tests {
             python: python.clone(),
             wheels: names.iter().map(|n| cached_wheel(cache, n)).collect(),
             already_installed: Vec::new(),
+            laid_out: Default::default(),
         }
     }
 
@@ -1242,6 +1278,7 @@ mod tests {
                 sdist: None,
             }],
             already_installed: Vec::new(),
+            laid_out: Default::default(),
         };
         let err = layer_groups(&plan, &cache).unwrap_err();
         assert_eq!(err.kind(), kiln_core::ErrorKind::Internal);

@@ -243,7 +243,6 @@ impl Drop for Inflater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     fn deflate(data: &[u8]) -> Vec<u8> {
         let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
@@ -291,7 +290,7 @@ mod tests {
     #[test]
     fn gunzip_reads_what_flate2_reads() {
         let data: Vec<u8> = (0..(5u32 << 20) + 777)
-            .map(|i| (i * 7 % 251 ^ i >> 12) as u8)
+            .map(|i| ((i * 7 % 251) ^ (i >> 12)) as u8)
             .collect();
         let kiln: Vec<u8> = data.chunks(1 << 20).flat_map(gzip).collect();
         let whole = gzip(&data);

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +125,7 @@ impl io::Write for AheadWriter {
 
 /// The parts built ahead in this process, by cache: one scratch spool per
 /// cache, dropped (and its space freed) once its last part is copied.
-static AHEAD: Mutex<Option<HashMap<PathBuf, Scratch>>> = Mutex::new(None);
+static AHEAD: LazyLock<Mutex<HashMap<PathBuf, Scratch>>> = LazyLock::new(Default::default);
 
 struct Scratch {
     spool: Arc<Spool>,
@@ -133,8 +133,7 @@ struct Scratch {
 }
 
 fn ahead<T>(f: impl FnOnce(&mut HashMap<PathBuf, Scratch>) -> T) -> T {
-    let mut guard = AHEAD.lock().unwrap_or_else(|p| p.into_inner());
-    f(guard.get_or_insert_with(HashMap::new))
+    f(&mut AHEAD.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A writer for a part to build ahead in `cache` (buffered: the encoder
@@ -170,10 +169,16 @@ pub(super) fn keep_ahead(cache: &Cache, key: &Digest, w: AheadWriter) {
         pieces: w.pieces,
         len: w.len,
     });
+    // (Its scratch may have been dropped meanwhile, its other parts all
+    // copied: kept again, with the spool this part is in.)
     ahead(|all| {
-        if let Some(s) = all.get_mut(cache.root()) {
-            s.parts.insert(key.clone(), part);
-        }
+        let scratch = all
+            .entry(cache.root().to_path_buf())
+            .or_insert_with(|| Scratch {
+                spool: w.spool,
+                parts: HashMap::new(),
+            });
+        scratch.parts.insert(key.clone(), part);
     });
 }
 

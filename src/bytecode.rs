@@ -342,36 +342,28 @@ pub(crate) fn spawn_tree<'scope>(
             // A batch a core at once: a wheel that arrives while one
             // compiles starts the next, rather than waiting for it.
             let compiled = std::sync::Mutex::new(BTreeSet::new());
-            let free =
-                std::sync::Mutex::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let freed = std::sync::Condvar::new();
+            let slots = crate::stages::Slots::one_a_core();
+            let (ahead, compiled_ref) = (&ahead, &compiled);
             std::thread::scope(|batches| {
                 while let Ok(first) = fed.recv() {
-                    let mut slots = free.lock().unwrap_or_else(|e| e.into_inner());
-                    while *slots == 0 {
-                        slots = freed.wait(slots).unwrap_or_else(|e| e.into_inner());
-                    }
-                    *slots -= 1;
-                    drop(slots);
+                    let slot = slots.take();
                     // Whatever arrived meanwhile joins the batch.
                     let batch: Vec<Vec<Entry>> =
                         std::iter::once(first).chain(fed.try_iter()).collect();
-                    let run = || {
+                    let run = move || {
                         // The slot comes back however the batch ends.
-                        let _slot = Slot(&free, &freed);
+                        let _slot = slot;
                         let keys = ahead.compile(batch);
-                        compiled
+                        compiled_ref
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .extend(keys);
                     };
-                    let started = std::thread::Builder::new()
+                    // A thread that cannot start drops `run`, and with it
+                    // the slot: the batch is left to the stage's compile.
+                    let _ = std::thread::Builder::new()
                         .name("kiln-compile".into())
                         .spawn_scoped(batches, run);
-                    if started.is_err() {
-                        // The batch is left to the stage's compile.
-                        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                    }
                 }
             });
             Ok((
@@ -401,16 +393,6 @@ impl Opening<'_> {
             Opening::Open(tree) => tree,
             Opening::Writing(early) => early.join().map(|(tree, _)| tree),
         }
-    }
-}
-
-/// A batch's place among those compiling at once, given back on drop.
-struct Slot<'a>(&'a std::sync::Mutex<usize>, &'a std::sync::Condvar);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.1.notify_one();
     }
 }
 

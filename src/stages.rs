@@ -94,8 +94,7 @@ struct PipLayersAhead<'a> {
     epoch: u64,
     cache: &'a Cache,
     how: Ahead<'a>,
-    free: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
+    slots: Slots,
     /// Each wheel's entries go to the compiler's tree too, once started
     /// ([`crate::bytecode::Early::feed`]).
     compile: &'a (dyn Fn(&[Entry]) + Sync),
@@ -105,7 +104,7 @@ impl pip::LayerAhead for PipLayersAhead<'_> {
     fn own_layer(&self, mut entries: Vec<Entry>) {
         (self.compile)(&entries);
         self.fs.adopt_existing_dirs(&mut entries);
-        let _slot = self.slot();
+        let _slot = self.slots.take();
         // Best effort: a failure here is met again, and reported, there.
         if let Ok(built) = kiln_fs::layer::build_layer_reporting(
             &entries,
@@ -120,7 +119,7 @@ impl pip::LayerAhead for PipLayersAhead<'_> {
 
     fn shared_part(&self, entries: Vec<Entry>) {
         (self.compile)(&entries);
-        let _slot = self.slot();
+        let _slot = self.slots.take();
         // Best effort: the shared layer compresses a part it cannot find.
         if let Ok(false) =
             kiln_fs::layer::build_part_ahead(&entries, self.epoch, self.how.compression, self.cache)
@@ -138,20 +137,39 @@ impl<'a> PipLayersAhead<'a> {
         how: Ahead<'a>,
         compile: &'a (dyn Fn(&[Entry]) + Sync),
     ) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         PipLayersAhead {
             fs,
             epoch,
             cache,
             how,
-            free: std::sync::Mutex::new(cores),
-            freed: std::sync::Condvar::new(),
+            slots: Slots::one_a_core(),
             compile,
         }
     }
+}
 
-    /// Wait for a free slot; it is given back when the guard drops.
-    fn slot(&self) -> Slot<'_, 'a> {
+/// Work done at most one a core at once (layers written ahead, batches
+/// compiled ahead): a count of free slots, each taken by a guard and given
+/// back when the guard drops, however the work ends.
+pub(crate) struct Slots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A slot of [`Slots`], taken until dropped.
+pub(crate) struct Slot<'s>(&'s Slots);
+
+impl Slots {
+    pub(crate) fn one_a_core() -> Slots {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Slots {
+            free: std::sync::Mutex::new(cores),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Wait for a free slot.
+    pub(crate) fn take(&self) -> Slot<'_> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
             free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
@@ -161,9 +179,7 @@ impl<'a> PipLayersAhead<'a> {
     }
 }
 
-struct Slot<'s, 'a>(&'s PipLayersAhead<'a>);
-
-impl Drop for Slot<'_, '_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         self.0.freed.notify_one();

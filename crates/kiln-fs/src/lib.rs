@@ -1,5 +1,6 @@
 //! Filesystems as kiln sees them: a layer's entries and their deterministic
-//! tar + parallel compression ([`layer`]), the merged read-only view of a
+//! tar + parallel compression ([`layer`]), with the inflating of wheel
+//! members and gzip layers ([`inflate`]), the merged read-only view of a
 //! base image ([`rootfs`]), the facts read from it ([`probe`]), and
 //! commands run in an assembled tree without privileges ([`sandbox`]).
 

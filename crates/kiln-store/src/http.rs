@@ -181,12 +181,13 @@ impl Http {
         );
         let sources = [url.to_string()];
         let final_url = |stored: &str| kiln_core::url::with_credentials(stored, &sources);
-        let kept: Option<(KeptResponse, Vec<u8>)> = std::fs::read(&kept_path).ok().and_then(|b| {
-            let line = b.iter().position(|&c| c == b'\n')?;
-            let k = serde_json::from_slice::<KeptResponse>(&b[..line]).ok()?;
-            let body = &b[line + 1..];
-            (k.url == public && Digest::of(body).to_string() == k.body).then(|| (k, body.to_vec()))
-        });
+        let kept: Option<(KeptResponse, Vec<u8>)> =
+            std::fs::read(&kept_path).ok().and_then(|mut b| {
+                let line = b.iter().position(|&c| c == b'\n')?;
+                let body = b.split_off(line + 1);
+                let k = serde_json::from_slice::<KeptResponse>(&b[..line]).ok()?;
+                (k.url == public && Digest::of(&body).to_string() == k.body).then_some((k, body))
+            });
         if self.offline {
             if let Some((k, body)) = kept {
                 return Ok(Fetched {
@@ -540,6 +541,8 @@ const MAX_DECODED: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use kiln_core::Error;
 
     /// A page sent gzip-encoded is decoded (within a bound); one sent in
     /// an encoding kiln did not ask for is refused, not taken as is.
@@ -560,8 +563,6 @@ mod tests {
         let e = decoded(gz, Some("br"), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("`br`"), "{e}");
     }
-    use super::*;
-    use kiln_core::Error;
 
     #[test]
     fn credentials_never_shown() {

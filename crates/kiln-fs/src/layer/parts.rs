@@ -64,8 +64,8 @@ impl Found {
             }
             Found::Ahead(a) => Box::new(AheadReader {
                 part: a,
-                at: 0,
-                within: None,
+                piece: 0,
+                done: 0,
             }),
         })
     }
@@ -77,30 +77,29 @@ pub(super) struct AheadPart {
     len: u64,
 }
 
-/// Reads an [`AheadPart`]'s pieces one after the other.
+/// Reads an [`AheadPart`]'s pieces one after the other: the piece it is
+/// in, and how much of it is read.
 struct AheadReader {
     part: Arc<AheadPart>,
-    at: usize,
-    within: Option<(u64, u64)>,
+    piece: usize,
+    done: u64,
 }
 
 impl Read for AheadReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(piece) = self.part.pieces.get(self.at) else {
-                return Ok(0);
-            };
-            let (done, len) = *self.within.get_or_insert((0, piece.len()));
-            if done == len {
-                self.at += 1;
-                self.within = None;
-                continue;
-            }
-            let want = (buf.len() as u64).min(len - done) as usize;
-            let n = piece.read_at(&mut buf[..want], done)?;
-            self.within = Some((done + n as u64, len));
-            return Ok(n);
+        if buf.is_empty() {
+            return Ok(0);
         }
+        while let Some(piece) = self.part.pieces.get(self.piece) {
+            // (0 only at the piece's end.)
+            let n = piece.read_at(buf, self.done)?;
+            if n > 0 {
+                self.done += n as u64;
+                return Ok(n);
+            }
+            (self.piece, self.done) = (self.piece + 1, 0);
+        }
+        Ok(0)
     }
 }
 

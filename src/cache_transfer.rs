@@ -720,8 +720,9 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 | CacheBucket::Locales
                 | CacheBucket::Bytecode
                 | CacheBucket::PipBuiltWheels => !md.is_file() || memo_naming_unkept(bucket, &name),
-                // A stamp goes with its blob.
+                // A stamp goes with its blob; a local file's digest too.
                 CacheBucket::Checked => !kept_name(&name),
+                CacheBucket::Local => !md.is_file() || memo_naming_unkept(bucket, &name),
                 // Trees are small and named by commit, not by a blob: kept;
                 // a killed fetch's temporary goes.
                 CacheBucket::GitTrees => name.starts_with(".tmp-") && stale(&md),

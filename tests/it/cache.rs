@@ -165,12 +165,18 @@ fn concurrent_builds_share_a_cache() {
 
 /// A pure-Python wheel `name-version` with a module of some size.
 fn sized_wheel(name: &str, version: &str) -> (String, Vec<u8>) {
+    salted_wheel(name, version, "")
+}
+
+/// [`sized_wheel`] whose module's values also carry `salt`: the same
+/// wheel name with other bytes.
+fn salted_wheel(name: &str, version: &str, salt: &str) -> (String, Vec<u8>) {
     let di = format!("{name}-{version}.dist-info");
     let body: String = (0..2_000)
         .map(|i| {
             format!(
                 "X{i} = {:?}\n",
-                format!("{name}-{version}-{}", i * 7919 % 1013)
+                format!("{name}-{version}{salt}-{}", i * 7919 % 1013)
             )
         })
         .collect();
@@ -275,4 +281,49 @@ fn a_bumped_wheel_compresses_only_its_part_of_a_shared_layer() {
         assert!(init.contains(&format!("{n}-{v}-")), "{n}");
         assert!(site.join(format!("{n}-{v}.dist-info/RECORD")).is_file());
     }
+}
+
+/// A local wheelhouse is taken into the cache by hard link, not copied
+/// (the cache and the wheelhouse share a file system here); a wheel
+/// rebuilt in place afterwards is its new bytes in the next build, and
+/// kiln never writes the wheelhouse's file.
+#[test]
+fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new("wheelhouse-link");
+    python_base(&ws);
+    ws.spec("[image]\nbase = \"oci:py:v1\"\n\n[pip]\ncompile = false\nno-index = true\nfind-links = [\"wheels\"]\npackages = [\"pkg00==1.0\"]\n");
+    let (name, first) = sized_wheel("pkg00", "1.0");
+    ws.write(&format!("wheels/{name}"), first.clone());
+    let file = ws.join("wheels").join(name);
+    let cache = ws.join("cache");
+    let build = |out: &str| -> Value {
+        ws.kiln()
+            .env("KILN_CACHE", &cache)
+            .args(["build", "--json", "-o"])
+            .arg(format!("oci:{}", ws.join(out).display()))
+            .run_ok()
+            .json()
+    };
+    let one = build("one");
+    let wheel = fs::metadata(&file).unwrap();
+    let blob = fs::metadata(cached_blob(&cache, &digest_of(&first))).unwrap();
+    assert_eq!((blob.dev(), blob.ino()), (wheel.dev(), wheel.ino()));
+    assert_eq!(fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
+
+    // Rebuilt in place: the same inode, other bytes (as `zipfile` writes).
+    let (_, rebuilt) = salted_wheel("pkg00", "1.0", "rebuilt");
+    fs::write(&file, &rebuilt).unwrap();
+    assert_eq!(fs::metadata(&file).unwrap().ino(), wheel.ino());
+    let two = build("two");
+    assert_ne!(one["digest"], two["digest"], "{two}");
+    assert_eq!(fs::read(&file).unwrap(), rebuilt, "kiln never writes it");
+    let rootfs = umoci_unpack(&ws.join("two"), "latest", &ws.join("bundle"));
+    let init =
+        fs::read_to_string(rootfs.join("usr/lib/python3.11/site-packages/pkg00/__init__.py"))
+            .unwrap();
+    assert!(
+        init.contains("pkg00-1.0rebuilt-"),
+        "the rebuilt wheel's module"
+    );
 }

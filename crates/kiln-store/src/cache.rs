@@ -69,6 +69,10 @@ pub enum CacheBucket {
     /// and inode then), by its digest: a warm build does not hash every
     /// cached layer again while the file is untouched.
     Checked,
+    /// The digest of a local file taken as a blob (see [`Cache::adopt`]),
+    /// by the hash of its stamp: a warm build does not hash an untouched
+    /// wheelhouse again.
+    Local,
     /// Images written out for commands that only read them (the
     /// interpreter compiling bytecode), by their layers; the least
     /// recently used beyond two are dropped.
@@ -99,6 +103,7 @@ impl CacheBucket {
         CacheBucket::Locales,
         CacheBucket::Bytecode,
         CacheBucket::Checked,
+        CacheBucket::Local,
         CacheBucket::Trees,
         CacheBucket::Pushed,
     ];
@@ -124,6 +129,7 @@ impl CacheBucket {
             CacheBucket::Locales => "locales-v1",
             CacheBucket::Bytecode => "pip-bytecode-v1",
             CacheBucket::Checked => "checked-v1",
+            CacheBucket::Local => "local-files-v1",
             CacheBucket::Trees => "trees-v1",
             CacheBucket::Pushed => "pushed-v1",
         }
@@ -251,6 +257,119 @@ impl Cache {
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(d.clone(), stamp);
         }
+    }
+
+    /// The local file at `path` (a wheelhouse's wheel, a `file://`
+    /// mirror's package) as the blob of its bytes, with its size.
+    ///
+    /// The blob is a hard link to the file when the kernel allows one (the
+    /// same file system, a file the caller may link), so a wheelhouse of
+    /// gigabytes is hashed but not copied; otherwise it is copied as a
+    /// download is. A file whose stamp (size, mtime, inode, device) has
+    /// settled is remembered by it, and a later build takes its digest
+    /// without reading it. The local file is never written: a linked blob
+    /// changed in place afterwards has another stamp, so [`Cache::verified`]
+    /// hashes it again and drops the entry, as for any damaged blob.
+    ///
+    /// `read_error` makes the error for a file that cannot be read (bad
+    /// input, not a cache fault); `name` names it in any other error.
+    pub fn adopt(
+        &self,
+        path: &Path,
+        expected: Option<&Digest>,
+        name: &str,
+        read_error: impl Fn(io::Error) -> kiln_core::Error,
+    ) -> Result<(Digest, u64)> {
+        let file = File::open(path).map_err(&read_error)?;
+        let meta = file.metadata().map_err(&read_error)?;
+        let stamp = Stamp::of(&meta);
+        let mismatch = |expected: &Digest, actual: Digest| -> kiln_core::Error {
+            kiln_core::Error::from(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            })
+            .context(name.to_string())
+        };
+        let memo = self.entry(CacheBucket::Local, Digest::of(stamp.line.as_bytes()).hex());
+        let known = fs::read_to_string(&memo)
+            .ok()
+            .and_then(|t| t.trim().parse::<Digest>().ok());
+        if let Some(d) = known {
+            if let Some(e) = expected.filter(|e| **e != d) {
+                return Err(mismatch(e, d));
+            }
+            if self.verified(&d)?.is_some() {
+                return Ok((d, meta.len()));
+            }
+        }
+        let remember = |d: &Digest| {
+            if stamp.settled {
+                write_atomic(&memo, d.to_string().as_bytes());
+            }
+        };
+        let Some(link) = self.link_in_tmp(path, &meta) else {
+            // Another file system, or a file the kernel will not link.
+            let mut w = self.writer()?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match (&file).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_error(e)),
+                };
+                w.write_all(&buf[..n])
+                    .io_context(|| "writing to the cache".into())?;
+            }
+            let (d, len) = w
+                .commit(expected)
+                .map_err(|e| e.context(name.to_string()))?;
+            remember(&d);
+            return Ok((d, len));
+        };
+        let (d, len) =
+            digest_reader(io::BufReader::with_capacity(1 << 20, &file)).map_err(&read_error)?;
+        // Bytes written while they were hashed would make the link's
+        // content another digest's.
+        if file.metadata().map(|m| file_stamp(&m)).ok().as_ref() != Some(&stamp.line) {
+            return Err(read_error(io::Error::other(
+                "the file changed while kiln read it",
+            )));
+        }
+        if let Some(e) = expected.filter(|e| **e != d) {
+            return Err(mismatch(e, d));
+        }
+        let dst = self.blob_path(&d);
+        if !dst.is_file() {
+            link.persist_noclobber(&dst)
+                .map_err(|e| e.error)
+                .io_context(|| format!("storing blob {}", dst.display()))
+                .or_else(|e| if dst.is_file() { Ok(()) } else { Err(e) })?;
+        }
+        if stamp.settled {
+            write_atomic(
+                &self.entry(CacheBucket::Checked, d.hex()),
+                stamp.line.as_bytes(),
+            );
+        }
+        self.saw(&d, stamp.line.clone());
+        remember(&d);
+        Ok((d, len))
+    }
+
+    /// A hard link in `tmp` to the file at `path` whose metadata is
+    /// `meta` (the same inode: the path may have been replaced since it
+    /// was opened), removed when dropped; `None` when it cannot be made.
+    fn link_in_tmp(&self, path: &Path, meta: &fs::Metadata) -> Option<tempfile::TempPath> {
+        use std::os::unix::fs::MetadataExt;
+        let link = tempfile::Builder::new()
+            .prefix(&temp_prefix("blob"))
+            .make_in(self.bucket(CacheBucket::Tmp), |p| fs::hard_link(path, p))
+            .ok()?
+            .into_temp_path();
+        let same =
+            fs::metadata(&link).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        same.then_some(link)
     }
 
     /// Start writing a new blob.
@@ -533,6 +652,134 @@ mod tests {
         assert_eq!(temp_owner("blob-abc"), None);
     }
     use kiln_core::Error;
+
+    /// The error `adopt` is given for an unreadable file.
+    fn unreadable(e: io::Error) -> Error {
+        StoreError::LocalFile {
+            url: "file:///local".into(),
+            source: e,
+        }
+        .into()
+    }
+
+    /// `path`'s mtime a minute ago: a stamp that has settled.
+    fn settle(path: &Path) {
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_local_file_is_linked_not_copied_and_remembered_by_its_stamp() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let tmp = cache.bucket(CacheBucket::Tmp);
+        let local = dir.path().join("w.whl");
+        fs::write(&local, b"wheel bytes").unwrap();
+        settle(&local);
+        let d = Digest::of(b"wheel bytes");
+
+        // Another digest expected: an error, and nothing is kept.
+        let other = Digest::of(b"other");
+        let err = cache
+            .adopt(&local, Some(&other), "w.whl", unreadable)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("w.whl: content digest mismatch"),
+            "{err}"
+        );
+        assert!(!cache.contains(&d));
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+
+        // The blob is the local file itself, not a copy; its digest is
+        // remembered by the file's stamp, and the blob is stamped checked.
+        assert_eq!(
+            cache.adopt(&local, None, "w.whl", unreadable).unwrap(),
+            (d.clone(), 11)
+        );
+        let blob = fs::metadata(cache.blob_path(&d)).unwrap();
+        assert_eq!(blob.ino(), fs::metadata(&local).unwrap().ino());
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(cache.bucket(CacheBucket::Local))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert!(cache.entry(CacheBucket::Checked, d.hex()).is_file());
+        // A later build takes it by its stamp, expected or not, and knows
+        // another expected digest is wrong without reading it.
+        let later = Cache::open(dir.path().join("cache")).unwrap();
+        assert_eq!(
+            later.adopt(&local, Some(&d), "w.whl", unreadable).unwrap(),
+            (d.clone(), 11)
+        );
+        let err = later
+            .adopt(&local, Some(&other), "w.whl", unreadable)
+            .unwrap_err();
+        assert!(err.to_string().contains("content digest mismatch"), "{err}");
+
+        // Rewritten in place: the blob is the same inode, so it is damaged
+        // now; the next build finds that out and drops the entry (the local
+        // file keeps its new bytes), and takes the new bytes as a new blob.
+        fs::write(&local, b"rebuilt wheel").unwrap();
+        let next = Cache::open(dir.path().join("cache")).unwrap();
+        assert_eq!(next.verified(&d).unwrap(), None);
+        assert!(!cache.contains(&d));
+        assert_eq!(fs::read(&local).unwrap(), b"rebuilt wheel");
+        let (d2, _) = next.adopt(&local, None, "w.whl", unreadable).unwrap();
+        assert_eq!(d2, Digest::of(b"rebuilt wheel"));
+        assert!(next.verified(&d2).unwrap().is_some());
+
+        // Missing: the caller's error.
+        let err = next
+            .adopt(&dir.path().join("nope.whl"), None, "nope.whl", unreadable)
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::LocalFile { .. })
+        ));
+    }
+
+    #[test]
+    fn a_local_file_on_another_file_system_is_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        // tmpfs, where the machine has one apart from the temp directory.
+        let elsewhere =
+            tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+        let local = elsewhere.path().join("p.deb");
+        fs::write(&local, b"package").unwrap();
+        settle(&local);
+        let (d, len) = cache.adopt(&local, None, "p.deb", unreadable).unwrap();
+        assert_eq!((d.clone(), len), (Digest::of(b"package"), 7));
+        let (blob, file) = (
+            fs::metadata(cache.blob_path(&d)).unwrap(),
+            fs::metadata(&local).unwrap(),
+        );
+        // Linked where it can be, a copy of its own where it cannot.
+        assert_eq!(blob.dev() == file.dev(), blob.ino() == file.ino());
+        assert_eq!(fs::read(cache.blob_path(&d)).unwrap(), b"package");
+        assert_eq!(
+            fs::read_dir(cache.bucket(CacheBucket::Tmp))
+                .unwrap()
+                .count(),
+            0
+        );
+        // Remembered either way.
+        let later = Cache::open(dir.path().join("cache")).unwrap();
+        assert_eq!(
+            later.adopt(&local, None, "p.deb", unreadable).unwrap(),
+            (d, 7)
+        );
+    }
 
     #[test]
     fn a_settled_blob_is_hashed_once_and_a_write_to_it_is_seen() {

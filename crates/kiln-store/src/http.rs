@@ -345,42 +345,31 @@ impl Http {
                 return Ok((d.clone(), len));
             }
         }
-        // `local`: reading a `file://` URL, where a failed read is bad input
-        // (and no transfer to count).
-        let commit = |mut r: Box<dyn Read + '_>, local: bool| -> Result<(Digest, u64)> {
+        if let Some(path) = file_url_path(url) {
+            return cache.adopt(&path, expected, &redact(url), |e| local_file(url, e).into());
+        }
+        let commit = |mut r: reqwest::blocking::Response| -> Result<(Digest, u64)> {
             let mut w = cache.writer()?;
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                let n = r.read(&mut buf).map_err(|e| {
-                    if local {
-                        local_file(url, e)
-                    } else {
-                        StoreError::Transfer {
-                            url: redact(url),
-                            source: e,
-                        }
-                    }
+                let n = r.read(&mut buf).map_err(|e| StoreError::Transfer {
+                    url: redact(url),
+                    source: e,
                 })?;
                 if n == 0 {
                     break;
                 }
-                if !local {
-                    self.transfers.add(n as u64);
-                }
+                self.transfers.add(n as u64);
                 w.write_all(&buf[..n])
                     .io_context(|| "writing to the cache".into())?;
             }
             w.commit(expected).map_err(|e| e.context(redact(url)))
         };
-        if let Some(path) = file_url_path(url) {
-            let f = std::fs::File::open(&path).map_err(|e| local_file(url, e))?;
-            return commit(Box::new(f), true);
-        }
         self.retrying(
             url,
             |resp| {
                 self.transfers.start(resp.content_length());
-                let done = commit(Box::new(resp), false);
+                let done = commit(resp);
                 match &done {
                     Ok((d, _)) => self.transfers.finish(d.to_string()),
                     Err(_) => self.transfers.abandon(),

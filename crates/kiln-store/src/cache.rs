@@ -145,9 +145,9 @@ impl CacheBucket {
 pub struct Cache {
     root: PathBuf,
     /// Blobs this process wrote or hashed, with the [`file_stamp`] they had
-    /// then: a blob written seconds ago has no settled stamp on disk yet
-    /// (see [`Stamp`]), and without this every `verified` call in the same
-    /// build would hash it again.
+    /// then: a small blob it wrote, or a file changed a moment ago, has no
+    /// stamp on disk (see [`Stamp`]), and without this every `verified`
+    /// call in the same build would hash it again.
     seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, String>>>,
 }
 
@@ -575,6 +575,14 @@ impl Stamp {
     }
 }
 
+/// How far back a blob kiln wrote is dated: past [`Stamp`]'s tick, so it
+/// has settled when it is stored.
+const BACKDATED_BY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Blobs from this size on get their stamp when they are written: a
+/// smaller one costs less to hash again than a file costs to make.
+const STAMPED_FROM: u64 = 1 << 20;
+
 /// A blob being written; nothing is visible in the cache until `commit`.
 pub struct BlobWriter {
     cache: Cache,
@@ -605,14 +613,27 @@ impl BlobWriter {
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(0o644))
             .io_context(|| "setting blob permissions".into())?;
+        // Dated a moment back, its stamp has settled at once (see [`Stamp`]):
+        // a later write to it, through any link, dates it to the present.
+        // Best effort: a blob that keeps its time is hashed once more by the
+        // next build, as before.
+        let _ = tmp
+            .as_file()
+            .set_modified(std::time::SystemTime::now() - BACKDATED_BY);
         let dst = self.cache.blob_path(&digest);
         let file = tmp
             .persist(&dst)
             .map_err(|e| e.error)
             .io_context(|| format!("storing blob {}", dst.display()))?;
-        // Hashed as it was written: `verified` need not read it again.
+        // Hashed as it was written: `verified` need not read it again, in
+        // this build or (a big blob's stamp kept) the next one.
         if let Ok(m) = file.metadata() {
-            self.cache.saw(&digest, file_stamp(&m));
+            let stamp = Stamp::of(&m);
+            if stamp.settled && len >= STAMPED_FROM {
+                let path = self.cache.entry(CacheBucket::Checked, digest.hex());
+                write_atomic(&path, stamp.line.as_bytes());
+            }
+            self.cache.saw(&digest, stamp.line);
         }
         Ok((digest, len))
     }
@@ -782,18 +803,42 @@ mod tests {
     }
 
     #[test]
+    fn a_big_blob_is_stamped_as_it_is_written_and_a_write_at_once_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let big = vec![7u8; STAMPED_FROM as usize];
+        let d = cache.put(&big).unwrap();
+        let stamp = cache.entry(CacheBucket::Checked, d.hex());
+        let line = fs::read_to_string(&stamp).unwrap();
+        assert_eq!(
+            line,
+            file_stamp(&fs::metadata(cache.blob_path(&d)).unwrap())
+        );
+        // The next build takes it by its stamp.
+        let next = Cache::open(dir.path()).unwrap();
+        assert!(next.verified(&d).unwrap().is_some());
+        assert!(next.seen_as(&d).is_none(), "not hashed again");
+        // Damaged in place the same second, same size: its mtime is the
+        // present now, not the stamp's, so it is hashed and dropped.
+        let mut other = big.clone();
+        other[0] = 8;
+        fs::write(cache.blob_path(&d), &other).unwrap();
+        let next = Cache::open(dir.path()).unwrap();
+        assert!(next.verified(&d).unwrap().is_none());
+        assert!(!cache.blob_path(&d).exists());
+    }
+
+    #[test]
     fn a_settled_blob_is_hashed_once_and_a_write_to_it_is_seen() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = cache.put(b"settled").unwrap();
         let stamp = cache.entry(CacheBucket::Checked, d.hex());
-        // Fresh: hashed, and not stamped yet (a write in the same tick
-        // could keep its times).
+        // Small: known to this process, not stamped when written.
         assert!(cache.verified(&d).unwrap().is_some());
         assert!(!stamp.exists());
-        std::thread::sleep(std::time::Duration::from_millis(2100));
         // A later build (a process of its own) hashes it once more and
-        // stamps it.
+        // stamps it: written by the cache, it is dated back past the tick.
         let cache = Cache::open(dir.path()).unwrap();
         assert!(cache.verified(&d).unwrap().is_some());
         let line = fs::read_to_string(&stamp).unwrap();

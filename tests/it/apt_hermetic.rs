@@ -801,6 +801,31 @@ fn version_pin_selects_older_version() {
     assert_installed(&status, "hello", "1.0");
 }
 
+/// A suite listed twice (an image's `sources.list` and a `.sources` file
+/// naming the same mirror) is one source: its index is fetched and read
+/// once, and the image is the one a single listing gives.
+#[test]
+fn a_source_listed_twice_is_fetched_once() {
+    let served = served_copy("apt-twice", |_| {});
+    let ws = Workspace::new("apt-twice");
+    write_spec(&ws, &served, &["hello"], None);
+    let once = build_ok(&ws);
+    // (By hash: `main/binary-ARCH/by-hash/SHA256/<hex>`.)
+    let indexes = |sent: &[String]| sent.iter().filter(|p| p.contains("/binary-")).count();
+    let sent = served.server.sent.lock().unwrap().clone();
+    assert_eq!(indexes(&sent), 1, "{sent:?}");
+    served.server.sent.lock().unwrap().clear();
+    let line = served.source_line();
+    ws.spec(&format!(
+        "[image]\ntags = [\"t\"]\nplatforms = [\"linux/{ARCH}\"]\n\n[apt]\npackages = [\"hello\"]\nsources = {}\n",
+        toml_list(&[&line, &line])
+    ));
+    let twice = build_ok(&ws);
+    let sent = served.server.sent.lock().unwrap().clone();
+    assert_eq!(indexes(&sent), 1, "{sent:?}");
+    assert_eq!(twice["digest"], once["digest"]);
+}
+
 /// A local mirror: the same repository as a `file://` source gives the same image.
 #[test]
 fn file_url_mirror_works_like_http() {

@@ -314,7 +314,7 @@ pub fn plan(
         }
     }
     archs[1..].sort();
-    let srcs = resolve_sources(section, fs, scratch)?;
+    let srcs = sources::distinct(resolve_sources(section, fs, scratch)?);
     let keyrings = srcs
         .iter()
         .map(|s| keyring_for(s, section, fs, spec_dir))

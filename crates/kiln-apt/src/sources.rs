@@ -225,6 +225,28 @@ pub(crate) fn deb822(sources: &[ImageSource], signed_by: &dyn Fn(usize) -> Strin
     out
 }
 
+/// `sources` with each suite's component named once (by its first entry):
+/// an image that lists its mirror in `sources.list` and again in a
+/// `.sources` file would otherwise fetch and read the same indexes twice
+/// (a 12 MB `Packages.gz` for Debian's main), where apt reads each index
+/// target once. An entry left with no component goes; one that names
+/// none (it takes the Release's list) stays as it is.
+pub(crate) fn distinct(sources: Vec<Source>) -> Vec<Source> {
+    let mut seen = std::collections::HashSet::new();
+    sources
+        .into_iter()
+        .filter_map(|mut s| {
+            if s.components.is_empty() {
+                return Some(s);
+            }
+            let (uri, suite) = (s.uri.clone(), s.suite.clone());
+            s.components
+                .retain(|c| seen.insert((uri.clone(), suite.clone(), c.clone())));
+            (!s.components.is_empty()).then_some(s)
+        })
+        .collect()
+}
+
 /// Does the image keep its apt data here? (The loader keeps these files' contents.)
 pub(crate) fn keep_path(path: &str) -> bool {
     path == "/etc/apt/sources.list"
@@ -237,6 +259,58 @@ pub(crate) fn keep_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suite_listed_twice_is_read_once() {
+        let mut all = parse_one_line(
+            "deb http://m.example/debian bookworm main contrib\ndeb http://m.example/debian bookworm-updates main\n",
+        )
+        .unwrap();
+        all.extend(
+            parse_deb822("Types: deb\nURIs: http://m.example/debian/\nSuites: bookworm bookworm-updates\nComponents: main non-free\nSigned-By: /k.gpg\n\nTypes: deb\nURIs: http://other.example/debian\nSuites: bookworm\nComponents: main\n").unwrap(),
+        );
+        all.push(Source {
+            components: vec![],
+            ..all[0].clone()
+        });
+        let d = distinct(all.clone());
+        let named: Vec<(&str, &str, Vec<&str>)> = d
+            .iter()
+            .map(|s| {
+                (
+                    s.uri.as_str(),
+                    s.suite.as_str(),
+                    s.components.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (
+                    "http://m.example/debian",
+                    "bookworm",
+                    vec!["main", "contrib"]
+                ),
+                ("http://m.example/debian", "bookworm-updates", vec!["main"]),
+                // What the first entries did not name, with this entry's key.
+                ("http://m.example/debian", "bookworm", vec!["non-free"]),
+                (
+                    "http://m.example/debian",
+                    "bookworm-updates",
+                    vec!["non-free"]
+                ),
+                ("http://other.example/debian", "bookworm", vec!["main"]),
+                // No components: the Release's, kept as it is.
+                ("http://m.example/debian", "bookworm", vec![]),
+            ]
+        );
+        assert_eq!(d[2].signed_by.as_deref(), Some("/k.gpg"));
+        assert_eq!(d[0].signed_by, None);
+        // Nothing twice: as it was.
+        let once = distinct(d.clone());
+        assert_eq!(once, d);
+    }
 
     #[test]
     fn one_line_and_deb822() {

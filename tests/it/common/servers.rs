@@ -45,18 +45,22 @@ pub struct FileServer {
     /// `304 Not Modified` answers so far (the server sends `ETag`s and
     /// honours `If-None-Match`).
     pub not_modified: Arc<AtomicUsize>,
+    /// The paths answered with a body so far, in order.
+    pub sent: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FileServer {
     pub fn start(root: &Path) -> FileServer {
         let not_modified = Arc::new(AtomicUsize::new(0));
-        let counter = not_modified.clone();
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, log) = (not_modified.clone(), sent.clone());
         let root = root.to_path_buf();
-        let accepting = Accepting::start(move |c| serve_one(c, &root, &counter));
+        let accepting = Accepting::start(move |c| serve_one(c, &root, &counter, &log));
         FileServer {
             port: accepting.port,
             _accepting: accepting,
             not_modified,
+            sent,
         }
     }
 }
@@ -111,7 +115,12 @@ fn read_head(c: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
     Some(req)
 }
 
-fn serve_one(mut c: TcpStream, root: &Path, not_modified: &AtomicUsize) {
+fn serve_one(
+    mut c: TcpStream,
+    root: &Path,
+    not_modified: &AtomicUsize,
+    sent: &std::sync::Mutex<Vec<String>>,
+) {
     let Some(req) = read_head(&mut c, Duration::from_secs(10)) else {
         return;
     };
@@ -142,6 +151,7 @@ fn serve_one(mut c: TcpStream, root: &Path, not_modified: &AtomicUsize) {
             )
         }
         Some(b) => {
+            sent.lock().unwrap().push(path.to_string());
             let _ = write!(
                 c,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -339,20 +339,27 @@ impl Cache {
         if let Some(e) = expected.filter(|e| **e != d) {
             return Err(mismatch(e, d));
         }
+        // A blob already there (a copy, or another build's link) stays,
+        // and `verified` checks it as any other.
         let dst = self.blob_path(&d);
-        if !dst.is_file() {
-            link.persist_noclobber(&dst)
-                .map_err(|e| e.error)
-                .io_context(|| format!("storing blob {}", dst.display()))
-                .or_else(|e| if dst.is_file() { Ok(()) } else { Err(e) })?;
+        let linked = !dst.is_file()
+            && match link.persist_noclobber(&dst) {
+                Ok(()) => true,
+                Err(_) if dst.is_file() => false,
+                Err(e) => {
+                    return Err(e.error).io_context(|| format!("storing blob {}", dst.display()))
+                }
+            };
+        if linked {
+            // The blob is the file just hashed: its stamp is the file's.
+            if stamp.settled {
+                write_atomic(
+                    &self.entry(CacheBucket::Checked, d.hex()),
+                    stamp.line.as_bytes(),
+                );
+            }
+            self.saw(&d, stamp.line.clone());
         }
-        if stamp.settled {
-            write_atomic(
-                &self.entry(CacheBucket::Checked, d.hex()),
-                stamp.line.as_bytes(),
-            );
-        }
-        self.saw(&d, stamp.line.clone());
         remember(&d);
         Ok((d, len))
     }

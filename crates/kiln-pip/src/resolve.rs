@@ -233,11 +233,13 @@ impl<'a> Provider<'a> {
                 .get(name)
                 .and_then(|(v, _)| version(v))
         };
-        let files: Vec<DistFile> = match self.direct.get(name) {
-            Some((f, _)) => vec![f.clone()],
+        // The index's list is shared (read, not copied: a large project's
+        // page lists thousands of files); only the chosen ones are cloned.
+        let files: Arc<Vec<DistFile>> = match self.direct.get(name) {
+            Some((f, _)) => Arc::new(vec![f.clone()]),
             None => match self.client.files(name)? {
-                Some(f) => f.to_vec(),
-                None if installed.is_some() => Vec::new(),
+                Some(f) => f,
+                None if installed.is_some() => Arc::default(),
                 None => {
                     return Err(PipError::PackageNotFound {
                         name: name.to_string(),
@@ -271,7 +273,7 @@ impl<'a> Provider<'a> {
         }
         let mut too_new: BTreeMap<Version, String> = BTreeMap::new();
         let mut names: BTreeMap<Version, Vec<String>> = BTreeMap::new();
-        for f in files {
+        for f in files.iter() {
             if f.yanked {
                 continue;
             }
@@ -291,7 +293,7 @@ impl<'a> Provider<'a> {
                         match sdists.get(&v) {
                             Some(o) if o.filename.ends_with(".tar.gz") => {}
                             _ => {
-                                sdists.insert(v, f);
+                                sdists.insert(v, f.clone());
                             }
                         }
                     } else if let Some(rp) = &f.requires_python {
@@ -320,7 +322,7 @@ impl<'a> Provider<'a> {
             match best.get(&v) {
                 Some((r, _)) if *r <= rank => {}
                 _ => {
-                    best.insert(v, (rank, f));
+                    best.insert(v, (rank, f.clone()));
                 }
             }
         }

@@ -538,6 +538,13 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         format!("{{\"digest\":\"{unneeded_blob}\"}}"),
     )
     .unwrap();
+    // Local files' digests by their stamps: one naming a needed blob
+    // stays, one naming a blob that goes goes with it.
+    let local = bucket(CacheBucket::Local);
+    fs::create_dir_all(&local).unwrap();
+    let (local_keep, local_gone) = ("e1".repeat(32), "e2".repeat(32));
+    fs::write(local.join(&local_keep), needed_blob.as_bytes()).unwrap();
+    fs::write(local.join(&local_gone), unneeded_blob.as_bytes()).unwrap();
     // Remembered base views are compressed: read all the same.
     let stages = bucket(CacheBucket::Stages);
     fs::create_dir_all(&stages).unwrap();
@@ -602,6 +609,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{unpacked_dir}/{other}.data"));
     expected.insert(format!("{unpacked_dir}/{}.zst", deb_pin.hex()));
     expected.insert(format!("{layers_dir}/gone.json"));
+    expected.insert(format!("{}/{local_gone}", CacheBucket::Local.dir_name()));
     let wheels_dir = CacheBucket::PipUnpacked.dir_name();
     expected.insert(format!("{wheels_dir}/{other}"));
     expected.insert(format!("{wheels_dir}/{other}.data"));
@@ -621,7 +629,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(pushed.join(&pushed_fresh).is_file());
     assert!(!pushed.join(&pushed_old).exists());
     assert!(
-        human.stdout.contains("removed 15 entries"),
+        human.stdout.contains("removed 16 entries"),
         "{}",
         human.describe()
     );
@@ -633,6 +641,8 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(!bucket(CacheBucket::CondaPackages).join(&other).exists());
     assert!(layers.join("keep.json").is_file());
     assert!(!layers.join("gone.json").exists());
+    assert!(local.join(&local_keep).is_file());
+    assert!(!local.join(&local_gone).exists());
     assert!(
         !f.cache.join("apt").exists(),
         "an older layout's directory goes"

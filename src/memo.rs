@@ -66,8 +66,9 @@ pub(crate) fn key(
     let pins = serde_json::to_string(platform).unwrap_or_default();
     Digest::of(
         format!(
-            "kiln-stages/4 {} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
+            "kiln-stages/4 {} layers/{} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
             env!("CARGO_PKG_VERSION"),
+            kiln_fs::layer::ENCODING,
             lock.inputs_hash,
             base_manifest.map(|d| d.to_string()),
         )

@@ -22,8 +22,10 @@ use crate::install::{content_hash, MemberHashes};
 use crate::wheel::{held_in_memory, read_wheel, stream_id, Keep, WheelFile};
 
 /// What [`Index::format`] must be: 2 since members keep their deflate
-/// streams (an index written before would give other gzip layer bytes).
-const FORMAT: u32 = 2;
+/// streams, 3 since members from 16 KiB (not 64) do. The index records
+/// which members keep theirs, so one written under other rules would give
+/// a warm build other gzip layer bytes than a cold one.
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Index {
@@ -331,17 +333,26 @@ mod tests {
         std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(stream), &mut back)
             .unwrap();
         assert_eq!(back, lib);
-        // The same index without its format (as written before): not used.
+        // The same index without its format (as written before streams were
+        // kept), or of format 2 (when only members from 64 KiB kept theirs):
+        // not used.
         let body = std::fs::read(&index).unwrap();
         let nl = body.iter().position(|c| *c == b'\n').unwrap();
-        let mut json: serde_json::Value = serde_json::from_slice(&body[nl + 1..]).unwrap();
-        json.as_object_mut().unwrap().remove("format");
-        let json = serde_json::to_vec(&json).unwrap();
-        let mut old = format!("{}\n", Digest::of(&json)).into_bytes();
-        old.extend_from_slice(&json);
-        std::fs::write(&index, old).unwrap();
-        assert!(kept_members(&kept, &digest, &wheel).is_none());
-        let (again, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        assert_eq!(streams(&again), s_cold);
+        let json: serde_json::Value = serde_json::from_slice(&body[nl + 1..]).unwrap();
+        assert_eq!(json["format"], FORMAT);
+        for format in [None, Some(2)] {
+            let mut json = json.clone();
+            match format {
+                None => drop(json.as_object_mut().unwrap().remove("format")),
+                Some(f) => json["format"] = f.into(),
+            }
+            let json = serde_json::to_vec(&json).unwrap();
+            let mut old = format!("{}\n", Digest::of(&json)).into_bytes();
+            old.extend_from_slice(&json);
+            std::fs::write(&index, old).unwrap();
+            assert!(kept_members(&kept, &digest, &wheel).is_none(), "{format:?}");
+            let (again, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+            assert_eq!(streams(&again), s_cold);
+        }
     }
 }

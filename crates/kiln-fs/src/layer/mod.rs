@@ -263,17 +263,22 @@ pub fn cached_layer(
 }
 
 /// sha256 over everything that decides a layer's bytes.
+/// Changes whenever the same entries would give other layer bytes, or a
+/// key over them is made differently, so that no memo made before (a
+/// layer's, a part's, a locked stage's) is taken for what a build makes
+/// now: a warm build must give the cold one's digests. 2: gzip chunks by
+/// libdeflate; 3: known hashes of spooled files; 4: wheel members from
+/// 16 KiB keep their deflate streams (64 KiB before).
+pub const ENCODING: u32 = 4;
+
 fn input_key(
     entries: &[Entry],
     parts: &[usize],
     mtime: u64,
     compression: Compression,
 ) -> Result<Digest> {
-    // The format number changes whenever the same inputs would give other
-    // bytes or the key is made differently (2: gzip chunks by libdeflate;
-    // 3: known hashes of spooled files), so old memos are not reused.
     let mut head = format!(
-        "kiln-layer/3 {} {compression:?} {mtime}\n",
+        "kiln-layer/{ENCODING} {} {compression:?} {mtime}\n",
         env!("CARGO_PKG_VERSION")
     );
     let ranges = part_ranges(entries.len(), parts);
@@ -286,7 +291,7 @@ fn input_key(
 /// sha256 over everything that decides one part's compressed bytes.
 fn part_key(entries: &[Entry], mtime: u64, compression: Compression) -> Result<Digest> {
     let head = format!(
-        "kiln-layer-part/1 {} {compression:?} {mtime}\n",
+        "kiln-layer-part/{ENCODING} {} {compression:?} {mtime}\n",
         env!("CARGO_PKG_VERSION")
     );
     key_of(&head, entries)

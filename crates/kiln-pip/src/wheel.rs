@@ -306,6 +306,8 @@ const STREAM_ABOVE: usize = 4 << 20;
 /// compressing them again. At 16 KiB rather than 64 KiB, that freeze's cold
 /// build took 5% less time and its layers were 0.3 MB smaller (the wheels'
 /// streams are mostly at a higher level than the layers' gzip 1).
+/// Changing it changes layer bytes for the same wheels: bump
+/// `kiln_fs::layer::ENCODING` and the kept index's format (`unpacked`).
 const PASS_ABOVE: usize = 16 << 10;
 
 /// The name of the deflate stream at `offset` of the wheel `wheel`.

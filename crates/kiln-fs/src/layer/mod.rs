@@ -262,7 +262,6 @@ pub fn cached_layer(
     Ok(read_memo(&memo, cache))
 }
 
-/// sha256 over everything that decides a layer's bytes.
 /// Changes whenever the same entries would give other layer bytes, or a
 /// key over them is made differently, so that no memo made before (a
 /// layer's, a part's, a locked stage's) is taken for what a build makes
@@ -271,6 +270,7 @@ pub fn cached_layer(
 /// 16 KiB keep their deflate streams (64 KiB before).
 pub const ENCODING: u32 = 4;
 
+/// sha256 over everything that decides a layer's bytes.
 fn input_key(
     entries: &[Entry],
     parts: &[usize],

@@ -557,10 +557,12 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         let z = zstd::stream::encode_all(json.as_bytes(), 3).unwrap();
         fs::write(stages.join(name), z).unwrap();
     }
-    // A fresh index page stays (it expires by itself); a directory of an
-    // older cache layout is no bucket and goes.
+    // A fresh index page stays (it expires by itself), and so does a kept
+    // resolution; a directory of an older cache layout is no bucket and goes.
     fs::create_dir_all(bucket(CacheBucket::PipPages)).unwrap();
     fs::write(bucket(CacheBucket::PipPages).join("page"), b"{}").unwrap();
+    fs::create_dir_all(bucket(CacheBucket::PipResolutions)).unwrap();
+    fs::write(bucket(CacheBucket::PipResolutions).join("kept"), b"{}").unwrap();
     fs::create_dir_all(f.cache.join("apt/unpacked")).unwrap();
     fs::write(f.cache.join("apt/unpacked/x.zst"), b"old").unwrap();
     // A tree written out for the interpreter, which no build has open.
@@ -653,6 +655,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(!unpacked.join(&other).exists());
     assert!(!unpacked.join(format!("{other}.data")).exists());
     assert!(bucket(CacheBucket::PipPages).join("page").is_file());
+    assert!(bucket(CacheBucket::PipResolutions).join("kept").is_file());
     assert!(wheels.join(wheel_pin.hex()).is_file());
     assert!(wheels.join(format!("{}.data", wheel_pin.hex())).is_file());
     assert!(stages.join(&view_keep).is_file());

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kiln_core::Platform;
+use kiln_core::{Digest, Platform};
 use kiln_fs::layer::{Entry, EntryKind};
 use kiln_fs::Rootfs;
 use kiln_pip::{layer_groups, plan, PipError, PipSection, RequirementProblem};
-use kiln_store::Cache;
 use kiln_store::Http;
+use kiln_store::{Cache, CacheBucket};
 
 use crate::common::{expect_failure, python_base, sha256_hex, wheel_zip, Workspace};
 
@@ -454,6 +454,72 @@ fn prefetched_pages_are_not_fetched_again() {
     let (pins_warm, warm_sent) = plan_sent(&cache);
     assert_eq!(pins_warm, pins_cold);
     assert_eq!(warm_sent + prefetched, cold_sent);
+}
+
+/// A second plan of the same section on the same cache takes the
+/// resolution the first one kept: it reads no metadata (a memo changed
+/// under it changes nothing). A page that changed since (as one fetched
+/// again past the TTL would) or a wheel added to the wheelhouse resolves
+/// again.
+#[test]
+fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
+    let f = fixture();
+    let s = section(&f, &["demo[socks]", "localonly"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let plan_pins = || {
+        pins(
+            &plan(
+                &s,
+                Path::new("."),
+                &debian_rootfs(11),
+                &Platform::linux("amd64"),
+                &Http::new().unwrap(),
+                &cache,
+            )
+            .unwrap(),
+        )
+    };
+    let cold = plan_pins();
+    assert!(cold.contains(&"helper==2.0".to_string()), "{cold:?}");
+    assert!(cold.contains(&"localonly==0.1".to_string()), "{cold:?}");
+    let kept = cache.bucket(CacheBucket::PipResolutions);
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+
+    let page_memo = |project: &str| {
+        let url = format!("{}/simple/{project}/", f.base);
+        cache.entry(CacheBucket::PipPages, Digest::of(url.as_bytes()).hex())
+    };
+    let memo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(page_memo("demo")).unwrap()).unwrap();
+    let demo_sha = memo["files"][0]["sha256"].as_str().unwrap().to_string();
+    // Resolving again would now find nothing for demo's helper.
+    std::fs::write(
+        cache.entry(CacheBucket::PipMetadata, &demo_sha),
+        "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: helper<1\n",
+    )
+    .unwrap();
+    assert_eq!(plan_pins(), cold);
+
+    // helper 2.0 leaves the index: resolved again (with demo's true metadata).
+    std::fs::remove_file(cache.entry(CacheBucket::PipMetadata, &demo_sha)).unwrap();
+    let helper = page_memo("helper");
+    let mut memo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&helper).unwrap()).unwrap();
+    memo["files"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| !f["filename"].as_str().unwrap().starts_with("helper-2.0"));
+    std::fs::write(&helper, serde_json::to_vec(&memo).unwrap()).unwrap();
+    let without = plan_pins();
+    assert!(without.contains(&"helper==1.0".to_string()), "{without:?}");
+
+    // A newer wheel in the wheelhouse: resolved again.
+    let newer = Wheel::simple("localonly", "0.2");
+    std::fs::write(f.wheelhouse.path().join(newer.filename()), newer.build()).unwrap();
+    let added = plan_pins();
+    assert!(added.contains(&"localonly==0.2".to_string()), "{added:?}");
+    assert!(added.contains(&"helper==1.0".to_string()), "{added:?}");
 }
 
 /// A build starts what needs only the image below the stage (the

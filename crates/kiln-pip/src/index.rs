@@ -81,8 +81,22 @@ pub(crate) struct IndexClient<'a> {
     pub(crate) indexes: Vec<String>,
     pub(crate) find_links: Vec<String>,
     pages: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
-    links: Mutex<HashMap<String, Arc<Vec<DistFile>>>>,
+    links: Mutex<HashMap<String, Listing>>,
+    /// What each project's file list was made from (see [`IndexClient::identity`]),
+    /// `None` when a file there has no hash and may change under its URL.
+    identities: Mutex<HashMap<String, Option<Digest>>>,
     ttl: Duration,
+}
+
+/// A find-links location's files, and the digest of what they were read
+/// from: a directory's names with each file's size, mtime and inode (a
+/// wheel rebuilt in place changes them), or a page's bytes. `stable`: no
+/// file can change under its URL unseen (a local file, or one with a hash).
+#[derive(Clone)]
+struct Listing {
+    files: Arc<Vec<DistFile>>,
+    digest: Digest,
+    stable: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +123,7 @@ impl<'a> IndexClient<'a> {
             find_links,
             pages: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(ttl),
         }
     }
@@ -121,22 +136,33 @@ impl<'a> IndexClient<'a> {
         }
         let mut all = Vec::new();
         let mut found = false;
+        let mut sources = Vec::new();
+        let mut stable = true;
         for index in &self.indexes {
-            let url = format!("{}/{project}/", index.trim_end_matches('/'));
-            if let Some(files) = self.project_page(&url)? {
+            let page = self.project_page(&page_url(index, project))?;
+            sources.push(page.as_ref().map(|(_, id)| id.clone()));
+            if let Some((files, _)) = page {
                 found = true;
+                // A page's file without a hash may change under its URL.
+                stable &= files.iter().all(|f| f.sha256.is_some());
                 all.extend(files);
             }
         }
         for fl in &self.find_links {
             let listing = self.find_links_listing(fl)?;
-            for f in listing.iter() {
+            sources.push(Some(listing.digest));
+            stable &= listing.stable;
+            for f in listing.files.iter() {
                 if file_project(&f.filename).as_deref() == Some(project) {
                     found = true;
                     all.push(f.clone());
                 }
             }
         }
+        self.identities
+            .lock()
+            .unwrap()
+            .insert(project.to_string(), stable.then(|| combine(&sources)));
         if !found {
             return Ok(None);
         }
@@ -146,6 +172,47 @@ impl<'a> IndexClient<'a> {
             .unwrap()
             .insert(project.to_string(), all.clone());
         Ok(Some(all))
+    }
+
+    /// What `project`'s file list is made from now, as [`IndexClient::files`]
+    /// would read it (a page past the TTL is revalidated), without parsing
+    /// a page whose memo is fresh: the same digest as the one `files`
+    /// recorded means the same files.
+    pub(crate) fn identity(&self, project: &str) -> Result<Digest> {
+        let mut sources = Vec::new();
+        for index in &self.indexes {
+            let url = page_url(index, project);
+            sources.push(match self.fresh_memo(&url) {
+                Some(bytes) => Some(Digest::of(&bytes)),
+                None => self.project_page(&url)?.map(|(_, id)| id),
+            });
+        }
+        for fl in &self.find_links {
+            sources.push(Some(self.find_links_listing(fl)?.digest));
+        }
+        Ok(combine(&sources))
+    }
+
+    /// Every project [`IndexClient::files`] read, with what its file list
+    /// was made from; `None` when one of them may change unseen.
+    pub(crate) fn identities(&self) -> Option<Vec<(String, Digest)>> {
+        let mut read: Vec<(String, Digest)> = self
+            .identities
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, id)| id.clone().map(|id| (p.clone(), id)))
+            .collect::<Option<_>>()?;
+        read.sort();
+        Some(read)
+    }
+
+    /// Whether every index has a fresh memo of `project`'s page (nothing
+    /// to fetch ahead).
+    pub(crate) fn fresh(&self, project: &str) -> bool {
+        self.indexes
+            .iter()
+            .all(|i| self.memo_is_fresh(&page_url(i, project)))
     }
 
     /// Every project name the sources know, for "did you mean" hints:
@@ -177,7 +244,12 @@ impl<'a> IndexClient<'a> {
         }
         for fl in &self.find_links {
             if let Ok(listing) = self.find_links_listing(fl) {
-                names.extend(listing.iter().filter_map(|f| file_project(&f.filename)));
+                names.extend(
+                    listing
+                        .files
+                        .iter()
+                        .filter_map(|f| file_project(&f.filename)),
+                );
             }
         }
         names.into_iter().collect()
@@ -188,28 +260,36 @@ impl<'a> IndexClient<'a> {
             .entry(CacheBucket::PipPages, Digest::of(url.as_bytes()).hex())
     }
 
-    /// One project page; `Ok(None)` when the index does not have the project.
-    fn project_page(&self, url: &str) -> Result<Option<Vec<DistFile>>> {
-        let local = file_url_path(url);
-        if local.is_none() {
-            let p = self.page_cache_path(url);
-            if let Ok(meta) = std::fs::metadata(&p) {
-                let fresh = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age < self.ttl);
-                if fresh {
-                    if let Ok(c) =
-                        serde_json::from_slice::<CachedPage>(&std::fs::read(&p).unwrap_or_default())
-                    {
-                        if c.url == url {
-                            return Ok(Some(c.files));
-                        }
-                    }
+    /// The memo of a remote page's files, if it is younger than the TTL.
+    fn memo_is_fresh(&self, url: &str) -> bool {
+        file_url_path(url).is_none()
+            && std::fs::metadata(self.page_cache_path(url))
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age < self.ttl)
+    }
+
+    /// The bytes of a remote page's memo, if it is younger than the TTL.
+    fn fresh_memo(&self, url: &str) -> Option<Vec<u8>> {
+        if !self.memo_is_fresh(url) {
+            return None;
+        }
+        std::fs::read(self.page_cache_path(url)).ok()
+    }
+
+    /// One project page, and the digest of the bytes that stand for it
+    /// (the memo of a remote page's files, a local page itself); `Ok(None)`
+    /// when the index does not have the project.
+    fn project_page(&self, url: &str) -> Result<Option<(Vec<DistFile>, Digest)>> {
+        if let Some(bytes) = self.fresh_memo(url) {
+            if let Ok(c) = serde_json::from_slice::<CachedPage>(&bytes) {
+                if c.url == url {
+                    return Ok(Some((c.files, Digest::of(&bytes))));
                 }
             }
         }
+        let local = file_url_path(url);
         let fetch_url = match &local {
             Some(p) if p.is_dir() => format!("{url}index.html"),
             _ => url.to_string(),
@@ -240,33 +320,46 @@ impl<'a> IndexClient<'a> {
         } else {
             parse_html(&String::from_utf8_lossy(&fetched.bytes), &fetched.url)
         };
-        if local.is_none() {
-            let p = self.page_cache_path(url);
-            let body = serde_json::to_vec(&CachedPage {
-                url: url.to_string(),
-                files: files.clone(),
-            })
-            .unwrap_or_default();
-            write_atomic(&p, &body);
+        if local.is_some() {
+            return Ok(Some((files, Digest::of(&fetched.bytes))));
         }
-        Ok(Some(files))
+        let body = serde_json::to_vec(&CachedPage {
+            url: url.to_string(),
+            files: files.clone(),
+        })
+        .unwrap_or_default();
+        write_atomic(&self.page_cache_path(url), &body);
+        Ok(Some((files, Digest::of(&body))))
     }
 
     /// Files in a find-links directory or HTML page (cached for the run).
-    fn find_links_listing(&self, loc: &str) -> Result<Arc<Vec<DistFile>>> {
+    fn find_links_listing(&self, loc: &str) -> Result<Listing> {
         if let Some(l) = self.links.lock().unwrap().get(loc) {
             return Ok(l.clone());
         }
-        let files = match file_url_path(loc) {
+        let listing = match file_url_path(loc) {
             Some(dir) if dir.is_dir() => {
+                use std::os::unix::fs::MetadataExt;
                 let mut out = Vec::new();
                 let rd = std::fs::read_dir(&dir).map_err(|e| PipError::FindLinks {
                     path: dir.clone(),
                     detail: e.to_string(),
                 })?;
+                let mut stamps = Vec::new();
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if file_project(&name).is_some() {
+                        // Followed: a wheel may be a link into a build's output.
+                        let md = std::fs::metadata(e.path()).ok();
+                        if let Some(m) = &md {
+                            let (s, ns) = (m.mtime(), m.mtime_nsec());
+                            stamps.push(format!(
+                                "{name}\0{} {s}.{ns} {} {}",
+                                m.len(),
+                                m.ino(),
+                                m.dev()
+                            ));
+                        }
                         out.push(DistFile {
                             url: super::spec::file_url(&e.path()),
                             filename: name,
@@ -274,25 +367,38 @@ impl<'a> IndexClient<'a> {
                             requires_python: None,
                             yanked: false,
                             core_metadata: None,
-                            size: e.metadata().ok().map(|m| m.len()),
+                            size: md.map(|m| m.len()),
                         });
                     }
                 }
                 out.sort_by(|a, b| a.filename.cmp(&b.filename));
-                out
+                stamps.sort();
+                Listing {
+                    files: Arc::new(out),
+                    digest: Digest::of(stamps.join("\n").as_bytes()),
+                    stable: true,
+                }
             }
-            Some(dir) if !dir.exists() => Vec::new(),
+            Some(dir) if !dir.exists() => Listing {
+                files: Arc::default(),
+                digest: Digest::of(b""),
+                stable: true,
+            },
             _ => {
                 let f = self.http.get(loc, Some("text/html"))?;
-                parse_html(&String::from_utf8_lossy(&f.bytes), &f.url)
+                let files = parse_html(&String::from_utf8_lossy(&f.bytes), &f.url);
+                Listing {
+                    stable: files.iter().all(|f| f.sha256.is_some()),
+                    files: Arc::new(files),
+                    digest: Digest::of(&f.bytes),
+                }
             }
         };
-        let files = Arc::new(files);
         self.links
             .lock()
             .unwrap()
-            .insert(loc.to_string(), files.clone());
-        Ok(files)
+            .insert(loc.to_string(), listing.clone());
+        Ok(listing)
     }
 
     /// Core metadata of a wheel: PEP 658 file when offered, else from the wheel itself.
@@ -362,6 +468,22 @@ impl<'a> IndexClient<'a> {
             .download(&file.url, file.digest().as_ref(), self.cache)
             .map_err(|e| e.context(format!("downloading {}", file.filename)))
     }
+}
+
+/// A project's page on an index.
+fn page_url(index: &str, project: &str) -> String {
+    format!("{}/{project}/", index.trim_end_matches('/'))
+}
+
+/// One digest for the sources of a project's files, in source order
+/// (`None`: the source does not have the project).
+fn combine(sources: &[Option<Digest>]) -> Digest {
+    let mut text = String::new();
+    for s in sources {
+        text.push_str(s.as_ref().map_or("-", |d| d.hex()));
+        text.push('\n');
+    }
+    Digest::of(text.as_bytes())
 }
 
 /// `href` resolved against a page's URL, parsed once per page (`None`: it

@@ -13,6 +13,7 @@ mod install;
 mod markers;
 mod metadata;
 mod remote_zip;
+mod resolution;
 mod resolve;
 mod sdist;
 mod spec;
@@ -296,6 +297,11 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
     let names: Vec<_> = names.into_iter().collect();
     kiln_store::http::on_network_pool(|| {
         names.par_iter().for_each(|(n, pin)| {
+            // Fetched and read by an earlier build: nothing to get ahead
+            // (and a kept resolution may not read the page at all).
+            if client.fresh(n) {
+                return;
+            }
             let Ok(Some(files)) = client.files(n) else {
                 return;
             };
@@ -405,9 +411,30 @@ pub fn plan_building(
         inputs.prerelease,
         builds.as_ref().map(|b| (b, inputs.no_binary.clone())),
     )?;
-    // Every requirement that cannot be met on its own, in one message.
-    provider.check_roots(&|| client.project_names())?;
-    let resolved = resolve::resolve(&provider)?;
+    // A root naming a URL or path is fetched or built while resolving: not kept.
+    let kept = (!provider.has_direct()).then(|| {
+        resolution::key(&format!(
+            "{platform:?}\n{python:?}\n{inputs:?}\n{:?}\n{:?}\nbuilder: {}",
+            client.indexes,
+            client.find_links,
+            builder.is_some()
+        ))
+    });
+    let resolved = match kept
+        .as_ref()
+        .and_then(|k| resolution::load(cache, k, &client))
+    {
+        Some(resolved) => resolved,
+        None => {
+            // Every requirement that cannot be met on its own, in one message.
+            provider.check_roots(&|| client.project_names())?;
+            let resolved = resolve::resolve(&provider)?;
+            if let Some(k) = &kept {
+                resolution::store(cache, k, &client, &resolved);
+            }
+            resolved
+        }
+    };
 
     let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &roots {

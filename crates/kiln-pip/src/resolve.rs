@@ -205,6 +205,11 @@ impl<'a> Provider<'a> {
         })
     }
 
+    /// Whether a root names a URL or path (its file is not from a page).
+    pub(crate) fn has_direct(&self) -> bool {
+        !self.direct.is_empty()
+    }
+
     pub(crate) fn direct_url(&self, name: &str) -> Option<&str> {
         self.direct.get(name).map(|(_, u)| u.as_str())
     }

@@ -35,6 +35,9 @@ pub enum CacheBucket {
     AptUnpacked,
     /// Simple-API project pages, by URL hash (expire by TTL).
     PipPages,
+    /// Resolutions kept with the digests of the pages they read, by the
+    /// hash of the resolver's other inputs (expire with the pages).
+    PipResolutions,
     /// Core metadata read from a wheel, by the wheel's digest.
     PipMetadata,
     /// A wheel's members unpacked: their bytes end to end (`<hex>.data`)
@@ -91,6 +94,7 @@ impl CacheBucket {
         CacheBucket::AptIndexes,
         CacheBucket::AptUnpacked,
         CacheBucket::PipPages,
+        CacheBucket::PipResolutions,
         CacheBucket::PipMetadata,
         CacheBucket::PipUnpacked,
         CacheBucket::PipBuiltWheels,
@@ -117,6 +121,7 @@ impl CacheBucket {
             CacheBucket::AptIndexes => "apt-indexes-v1",
             CacheBucket::AptUnpacked => "apt-unpacked-v1",
             CacheBucket::PipPages => "pip-pages-v1",
+            CacheBucket::PipResolutions => "pip-resolutions-v1",
             CacheBucket::PipMetadata => "pip-metadata-v1",
             CacheBucket::PipUnpacked => "pip-unpacked-v1",
             CacheBucket::PipBuiltWheels => "pip-built-wheels-v1",

@@ -490,8 +490,14 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
         let url = format!("{}/simple/{project}/", f.base);
         cache.entry(CacheBucket::PipPages, Digest::of(url.as_bytes()).hex())
     };
-    let memo: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(page_memo("demo")).unwrap()).unwrap();
+    // A page memo: the page's digest on a line, then its files as JSON.
+    let read_memo = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let (page, json) = text.split_once('\n').unwrap();
+        assert!(page.starts_with("sha256:"), "{page}");
+        serde_json::from_str::<serde_json::Value>(json).unwrap()
+    };
+    let memo = read_memo(&page_memo("demo"));
     let demo_sha = memo["files"][0]["sha256"].as_str().unwrap().to_string();
     // Resolving again would now find nothing for demo's helper.
     std::fs::write(
@@ -501,16 +507,17 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     .unwrap();
     assert_eq!(plan_pins(), cold);
 
-    // helper 2.0 leaves the index: resolved again (with demo's true metadata).
+    // helper 2.0 leaves the index (its page, fetched again, is another
+    // page): resolved again, with demo's true metadata.
     std::fs::remove_file(cache.entry(CacheBucket::PipMetadata, &demo_sha)).unwrap();
     let helper = page_memo("helper");
-    let mut memo: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&helper).unwrap()).unwrap();
+    let mut memo = read_memo(&helper);
     memo["files"]
         .as_array_mut()
         .unwrap()
         .retain(|f| !f["filename"].as_str().unwrap().starts_with("helper-2.0"));
-    std::fs::write(&helper, serde_json::to_vec(&memo).unwrap()).unwrap();
+    let other_page = Digest::of(b"the page without helper 2.0");
+    std::fs::write(&helper, format!("{other_page}\n{memo}")).unwrap();
     let without = plan_pins();
     assert!(without.contains(&"helper==1.0".to_string()), "{without:?}");
 

@@ -99,6 +99,15 @@ struct Listing {
     stable: bool,
 }
 
+/// A page memo's first line: the digest of the page it was read from
+/// (`sha256:<hex>\n`), then the [`CachedPage`] as JSON.
+const MEMO_HEAD: usize = 72;
+
+fn memo_head(head: &[u8]) -> Option<Digest> {
+    let (line, nl) = head.split_at(MEMO_HEAD - 1);
+    (nl == b"\n").then(|| std::str::from_utf8(line).ok()?.parse().ok())?
+}
+
 #[derive(Serialize, Deserialize)]
 struct CachedPage {
     url: String,
@@ -182,8 +191,8 @@ impl<'a> IndexClient<'a> {
         let mut sources = Vec::new();
         for index in &self.indexes {
             let url = page_url(index, project);
-            sources.push(match self.fresh_memo(&url) {
-                Some(bytes) => Some(Digest::of(&bytes)),
+            sources.push(match self.fresh_identity(&url) {
+                Some(digest) => Some(digest),
                 None => self.project_page(&url)?.map(|(_, id)| id),
             });
         }
@@ -270,24 +279,37 @@ impl<'a> IndexClient<'a> {
                 .is_some_and(|age| age < self.ttl)
     }
 
-    /// The bytes of a remote page's memo, if it is younger than the TTL.
-    fn fresh_memo(&self, url: &str) -> Option<Vec<u8>> {
+    /// A fresh memo's page digest: its first line, read alone (a warm
+    /// build checking a kept resolution reads nothing more of the page).
+    fn fresh_identity(&self, url: &str) -> Option<Digest> {
+        use std::io::Read;
         if !self.memo_is_fresh(url) {
             return None;
         }
-        std::fs::read(self.page_cache_path(url)).ok()
+        let mut head = [0u8; MEMO_HEAD];
+        std::fs::File::open(self.page_cache_path(url))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .ok()?;
+        memo_head(&head)
     }
 
-    /// One project page, and the digest of the bytes that stand for it
-    /// (the memo of a remote page's files, a local page itself); `Ok(None)`
-    /// when the index does not have the project.
+    /// A fresh memo's page digest and files.
+    fn fresh_memo(&self, url: &str) -> Option<(Digest, Vec<DistFile>)> {
+        if !self.memo_is_fresh(url) {
+            return None;
+        }
+        let bytes = std::fs::read(self.page_cache_path(url)).ok()?;
+        let digest = memo_head(bytes.get(..MEMO_HEAD)?)?;
+        let c = serde_json::from_slice::<CachedPage>(&bytes[MEMO_HEAD..]).ok()?;
+        (c.url == url).then_some((digest, c.files))
+    }
+
+    /// One project page, and the digest of the page as the index sent it
+    /// (kept as the first line of its memo); `Ok(None)` when the index does
+    /// not have the project.
     fn project_page(&self, url: &str) -> Result<Option<(Vec<DistFile>, Digest)>> {
-        if let Some(bytes) = self.fresh_memo(url) {
-            if let Ok(c) = serde_json::from_slice::<CachedPage>(&bytes) {
-                if c.url == url {
-                    return Ok(Some((c.files, Digest::of(&bytes))));
-                }
-            }
+        if let Some((digest, files)) = self.fresh_memo(url) {
+            return Ok(Some((files, digest)));
         }
         let local = file_url_path(url);
         let fetch_url = match &local {
@@ -320,16 +342,19 @@ impl<'a> IndexClient<'a> {
         } else {
             parse_html(&String::from_utf8_lossy(&fetched.bytes), &fetched.url)
         };
-        if local.is_some() {
-            return Ok(Some((files, Digest::of(&fetched.bytes))));
+        let digest = fetched.digest.unwrap_or_else(|| Digest::of(&fetched.bytes));
+        if local.is_none() {
+            let mut memo = format!("{digest}\n").into_bytes();
+            let page = CachedPage {
+                url: url.to_string(),
+                files,
+            };
+            if serde_json::to_writer(&mut memo, &page).is_ok() {
+                write_atomic(&self.page_cache_path(url), &memo);
+            }
+            return Ok(Some((page.files, digest)));
         }
-        let body = serde_json::to_vec(&CachedPage {
-            url: url.to_string(),
-            files: files.clone(),
-        })
-        .unwrap_or_default();
-        write_atomic(&self.page_cache_path(url), &body);
-        Ok(Some((files, Digest::of(&body))))
+        Ok(Some((files, digest)))
     }
 
     /// Files in a find-links directory or HTML page (cached for the run).
@@ -929,6 +954,20 @@ mod tests {
         );
         assert_eq!(f[4].url, "https://f.example/a-5.whl");
         assert_eq!(f[4].requires_python, None);
+    }
+
+    /// A memo is the page's digest on a line, then JSON; one of an older
+    /// kiln (JSON alone) or cut short has no head, and is fetched again.
+    #[test]
+    fn a_page_memo_starts_with_the_page_digest() {
+        let d = Digest::of(b"page");
+        let memo = format!("{d}\n{{\"url\":\"u\",\"files\":[]}}");
+        assert_eq!(memo_head(&memo.as_bytes()[..MEMO_HEAD]), Some(d));
+        let old = br#"{"url":"https://index.example/simple/demo/","files":[{"filename":"demo-1.0-py3-none-any.whl"}]}"#;
+        assert_eq!(memo_head(&old[..MEMO_HEAD]), None);
+        let mut cut = memo.into_bytes()[..MEMO_HEAD].to_vec();
+        cut[MEMO_HEAD - 1] = b'x';
+        assert_eq!(memo_head(&cut), None);
     }
 
     #[test]

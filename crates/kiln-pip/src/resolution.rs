@@ -17,7 +17,9 @@ use rayon::prelude::*;
 use crate::index::{DistFile, IndexClient};
 use crate::resolve::Resolved;
 
-/// Bumped when what a resolution depends on, or this layout, changes.
+/// Bumped when what a resolution depends on changes (how a page is read
+/// into files too: a project's sources are known by the pages' digests as
+/// the index sent them), or this layout.
 const FORMAT: u32 = 1;
 
 #[derive(Serialize, Deserialize)]

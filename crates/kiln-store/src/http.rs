@@ -89,6 +89,8 @@ pub struct Fetched {
     pub content_type: Option<String>,
     /// Final URL after redirects (relative links resolve against it).
     pub url: String,
+    /// The body's digest, when [`Http::get_cached`] had it already.
+    pub digest: Option<Digest>,
 }
 
 impl Http {
@@ -127,6 +129,7 @@ impl Http {
                 bytes,
                 content_type: None,
                 url: url.to_string(),
+                digest: None,
             });
         }
         self.retrying(
@@ -144,6 +147,7 @@ impl Http {
                     bytes,
                     content_type,
                     url: final_url,
+                    digest: None,
                 })
             },
             accept,
@@ -192,6 +196,7 @@ impl Http {
             if let Some((k, body)) = kept {
                 return Ok(Fetched {
                     bytes: body,
+                    digest: k.body.parse().ok(),
                     content_type: k.content_type,
                     url: final_url(&k.final_url),
                 });
@@ -262,6 +267,7 @@ impl Http {
         };
         Ok(Fetched {
             bytes,
+            digest: k.body.parse().ok(),
             content_type: k.content_type,
             url: final_url(&k.final_url),
         })

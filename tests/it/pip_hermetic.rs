@@ -467,24 +467,32 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     let s = section(&f, &["demo[socks]", "localonly"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path()).unwrap();
-    let plan_pins = || {
+    let plan_for = |minor: u32, cache: &Cache| {
         pins(
             &plan(
                 &s,
                 Path::new("."),
-                &debian_rootfs(11),
+                &debian_rootfs(minor),
                 &Platform::linux("amd64"),
                 &Http::new().unwrap(),
-                &cache,
+                cache,
             )
             .unwrap(),
         )
     };
+    let plan_pins = || plan_for(11, &cache);
     let cold = plan_pins();
     assert!(cold.contains(&"helper==2.0".to_string()), "{cold:?}");
     assert!(cold.contains(&"localonly==0.1".to_string()), "{cold:?}");
     let kept = cache.bucket(CacheBucket::PipResolutions);
     assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+    // Another Python is another resolution (helper 2.0 is a cp311 wheel):
+    // what a fresh cache gives, kept beside the first.
+    let other = tempfile::tempdir().unwrap();
+    let py312 = plan_for(12, &Cache::open(other.path()).unwrap());
+    assert!(py312.contains(&"helper==1.0".to_string()), "{py312:?}");
+    assert_eq!(plan_for(12, &cache), py312);
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 2);
 
     let page_memo = |project: &str| {
         let url = format!("{}/simple/{project}/", f.base);
@@ -527,6 +535,22 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     let added = plan_pins();
     assert!(added.contains(&"localonly==0.2".to_string()), "{added:?}");
     assert!(added.contains(&"helper==1.0".to_string()), "{added:?}");
+
+    // A damaged kept resolution is resolved again and replaced.
+    for e in std::fs::read_dir(&kept).unwrap() {
+        std::fs::write(e.unwrap().path(), b"{\"format\": 1, \"proj").unwrap();
+    }
+    assert_eq!(plan_pins(), added);
+    let whole = std::fs::read_dir(&kept)
+        .unwrap()
+        .filter(|e| {
+            serde_json::from_slice::<serde_json::Value>(
+                &std::fs::read(e.as_ref().unwrap().path()).unwrap(),
+            )
+            .is_ok()
+        })
+        .count();
+    assert_eq!(whole, 1, "the 3.11 resolution is whole again");
 }
 
 /// A build starts what needs only the image below the stage (the

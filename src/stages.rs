@@ -26,6 +26,10 @@ pub struct PipReport {
     pub python: String,
     pub installed: Vec<String>,
     pub already_installed: Vec<String>,
+    /// `resolved`, `kept` (an earlier build's, for the same inputs and
+    /// index pages) or `locked`.
+    #[serde(default)]
+    pub resolution: pip::Resolution,
     /// `[pip] compile`: the pycs made (absent when not asked or only locking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytecode: Option<crate::bytecode::BytecodeReport>,
@@ -500,6 +504,7 @@ impl Stages<'_> {
                     .iter()
                     .map(|(n, v)| format!("{n} {v}"))
                     .collect(),
+                resolution: plan.resolution,
                 bytecode: bytecode.map(|(_, report)| report),
             });
             Ok(())

@@ -285,8 +285,9 @@ fn a_bumped_wheel_compresses_only_its_part_of_a_shared_layer() {
 
 /// A local wheelhouse is taken into the cache by hard link, not copied
 /// (the cache and the wheelhouse share a file system here); a wheel
-/// rebuilt in place afterwards is its new bytes in the next build, and
-/// kiln never writes the wheelhouse's file.
+/// rebuilt in place afterwards is its new bytes in the next build (the
+/// resolution the build before kept is not taken), and kiln never writes
+/// the wheelhouse's file.
 #[test]
 fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() {
     use std::os::unix::fs::MetadataExt;
@@ -306,6 +307,11 @@ fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() 
             .json()
     };
     let one = build("one");
+    assert_eq!(one["pip"][0]["resolution"], "resolved", "{one}");
+    // Again: the resolution is kept (the listing's files have not moved).
+    let again = build("again");
+    assert_eq!(again["pip"][0]["resolution"], "kept", "{again}");
+    assert_eq!(again["digest"], one["digest"]);
     let wheel = fs::metadata(&file).unwrap();
     let blob = fs::metadata(cached_blob(&cache, &digest_of(&first))).unwrap();
     assert_eq!((blob.dev(), blob.ino()), (wheel.dev(), wheel.ino()));
@@ -316,6 +322,7 @@ fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() 
     fs::write(&file, &rebuilt).unwrap();
     assert_eq!(fs::metadata(&file).unwrap().ino(), wheel.ino());
     let two = build("two");
+    assert_eq!(two["pip"][0]["resolution"], "resolved", "{two}");
     assert_ne!(one["digest"], two["digest"], "{two}");
     assert_eq!(fs::read(&file).unwrap(), rebuilt, "kiln never writes it");
     let rootfs = umoci_unpack(&ws.join("two"), "latest", &ws.join("bundle"));

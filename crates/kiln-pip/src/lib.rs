@@ -39,6 +39,7 @@ use kiln_store::http::Http;
 pub use error::{PipError, RequirementProblem, WheelProblem};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
+pub use resolution::Resolution;
 pub use sdist::{BuildJob, WheelBuilder, LEGACY_BACKEND};
 pub use target::PythonTarget;
 
@@ -120,6 +121,8 @@ pub struct PipPlan {
     pub wheels: Vec<PinnedWheel>,
     /// `(name, version)` already in the image and satisfying the requirements.
     pub already_installed: Vec<(String, String)>,
+    /// Where the versions came from.
+    pub resolution: Resolution,
     /// The wheels already laid out to write their layers ahead.
     pub(crate) laid_out: LaidOut,
 }
@@ -420,12 +423,14 @@ pub fn plan_building(
             builder.is_some()
         ))
     });
+    let mut how = Resolution::Kept;
     let resolved = match kept
         .as_ref()
         .and_then(|k| resolution::load(cache, k, &client))
     {
         Some(resolved) => resolved,
         None => {
+            how = Resolution::Resolved;
             // Every requirement that cannot be met on its own, in one message.
             provider.check_roots(&|| client.project_names())?;
             let resolved = resolve::resolve(&provider)?;
@@ -595,6 +600,7 @@ pub fn plan_building(
         python,
         wheels,
         already_installed,
+        resolution: how,
         laid_out,
     })
 }
@@ -733,6 +739,7 @@ pub fn plan_locked_building(
         python,
         wheels,
         already_installed: Vec::new(),
+        resolution: Resolution::Locked,
         laid_out,
     })
 }
@@ -1173,6 +1180,7 @@ mod tests {
             python: python.clone(),
             wheels: names.iter().map(|n| cached_wheel(cache, n)).collect(),
             already_installed: Vec::new(),
+            resolution: Resolution::Resolved,
             laid_out: Default::default(),
         }
     }
@@ -1305,6 +1313,7 @@ mod tests {
                 sdist: None,
             }],
             already_installed: Vec::new(),
+            resolution: Resolution::Resolved,
             laid_out: Default::default(),
         };
         let err = layer_groups(&plan, &cache).unwrap_err();

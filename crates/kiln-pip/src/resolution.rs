@@ -17,6 +17,20 @@ use rayon::prelude::*;
 use crate::index::{DistFile, IndexClient};
 use crate::resolve::Resolved;
 
+/// Where a plan's versions came from (`pip[].resolution` in a build's
+/// JSON report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    /// Resolved by this build.
+    #[default]
+    Resolved,
+    /// An earlier build's resolution of the same inputs and pages.
+    Kept,
+    /// The lock's pins.
+    Locked,
+}
+
 /// Bumped when what a resolution depends on changes (how a page is read
 /// into files too: a project's sources are known by the pages' digests as
 /// the index sent them), or this layout.

@@ -720,6 +720,34 @@ fn credentials_in_urls_are_never_written() {
         said.push_str(&r.stdout);
         said.push_str(&r.stderr);
     }
+    // An index behind credentials whose page gives hashes: its resolution
+    // is kept (the second build takes it), and neither that nor the page's
+    // memo holds the password.
+    let wheel = fs::read(served.join("wheels/evil-1.0-py3-none-any.whl")).unwrap();
+    served.write(
+        "simple/evil/index.html",
+        format!(
+            "<a href=\"../../wheels/evil-1.0-py3-none-any.whl#sha256={}\">evil-1.0-py3-none-any.whl</a>\n",
+            sha256_hex(&wheel)
+        ),
+    );
+    let indexed = Workspace::new("secret-index-build");
+    python_base(&indexed);
+    indexed.spec(&format!(
+        "[image]\nbase = \"oci:py:v1\"\n\n[pip]\ncompile = false\npackages = [\"evil\"]\n\
+         index = \"http://kiln:{SECRET}@127.0.0.1:{}/simple\"\nisolated = true\n",
+        server.port
+    ));
+    for (out, how) in [("oci:one", "resolved"), ("oci:two", "kept")] {
+        let r = indexed
+            .kiln()
+            .env("KILN_CACHE", &cache)
+            .args(["build", "-o", out, "--json"])
+            .run_ok();
+        assert_eq!(r.json()["pip"][0]["resolution"], how, "{}", r.stdout);
+        said.push_str(&r.stdout);
+        said.push_str(&r.stderr);
+    }
     // A failing fetch names the URL too.
     served.write(
         "wheels/index.html",
@@ -737,10 +765,10 @@ fn credentials_in_urls_are_never_written() {
         "a message shows the password:\n{said}"
     );
     let mut found = Vec::new();
-    for root in [ws.path(), cache.as_path()] {
+    for root in [ws.path(), indexed.path(), cache.as_path()] {
         for e in walk(root) {
             // The user's own spec is where the credentials were written.
-            if e == ws.join("kiln.toml") {
+            if e == ws.join("kiln.toml") || e == indexed.join("kiln.toml") {
                 continue;
             }
             let bytes = fs::read(&e).unwrap_or_default();

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
 use kiln_core::error::{ErrorKind, Result};
+use kiln_core::url::strip_credentials;
 
 use crate::PipError;
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
@@ -293,15 +294,20 @@ impl<'a> IndexClient<'a> {
         memo_head(&head)
     }
 
-    /// A fresh memo's page digest and files.
+    /// A fresh memo's page digest and files (their URLs with the page's
+    /// credentials, which the memo does not hold).
     fn fresh_memo(&self, url: &str) -> Option<(Digest, Vec<DistFile>)> {
         if !self.memo_is_fresh(url) {
             return None;
         }
         let bytes = std::fs::read(self.page_cache_path(url)).ok()?;
         let digest = memo_head(bytes.get(..MEMO_HEAD)?)?;
-        let c = serde_json::from_slice::<CachedPage>(&bytes[MEMO_HEAD..]).ok()?;
-        (c.url == url).then_some((digest, c.files))
+        let mut c = serde_json::from_slice::<CachedPage>(&bytes[MEMO_HEAD..]).ok()?;
+        if c.url != strip_credentials(url) {
+            return None;
+        }
+        credentials_back(&mut c.files, &[url.to_string()]);
+        Some((digest, c.files))
     }
 
     /// One project page, and the digest of the page as the index sent it
@@ -344,15 +350,16 @@ impl<'a> IndexClient<'a> {
         };
         let digest = fetched.digest.unwrap_or_else(|| Digest::of(&fetched.bytes));
         if local.is_none() {
+            // Kept without credentials in clear (put back when read).
             let mut memo = format!("{digest}\n").into_bytes();
             let page = CachedPage {
-                url: url.to_string(),
-                files,
+                url: strip_credentials(url),
+                files: without_credentials(&files),
             };
             if serde_json::to_writer(&mut memo, &page).is_ok() {
                 write_atomic(&self.page_cache_path(url), &memo);
             }
-            return Ok(Some((page.files, digest)));
+            return Ok(Some((files, digest)));
         }
         Ok(Some((files, digest)))
     }
@@ -492,6 +499,29 @@ impl<'a> IndexClient<'a> {
         self.http
             .download(&file.url, file.digest().as_ref(), self.cache)
             .map_err(|e| e.context(format!("downloading {}", file.filename)))
+    }
+}
+
+/// `files` with their URLs' credentials taken off, to be kept on disk.
+pub(crate) fn without_credentials(files: &[DistFile]) -> Vec<DistFile> {
+    files
+        .iter()
+        .map(|f| DistFile {
+            url: strip_credentials(&f.url),
+            ..f.clone()
+        })
+        .collect()
+}
+
+/// Put back on `files` the credentials [`without_credentials`] took off,
+/// from the first of `sources` that has them for each URL's host. (Nothing
+/// to do, and no URL read, when no source has any.)
+pub(crate) fn credentials_back(files: &mut [DistFile], sources: &[String]) {
+    if sources.iter().all(|s| strip_credentials(s) == *s) {
+        return;
+    }
+    for f in files {
+        f.url = kiln_core::url::with_credentials(&f.url, sources);
     }
 }
 
@@ -954,6 +984,30 @@ mod tests {
         );
         assert_eq!(f[4].url, "https://f.example/a-5.whl");
         assert_eq!(f[4].requires_python, None);
+    }
+
+    /// A page's files are kept without the index's credentials and get
+    /// them back when read; a file on another host never had any.
+    #[test]
+    fn kept_files_hold_no_credentials_and_get_them_back() {
+        let index = "https://kiln:pw@index.example/simple/demo/".to_string();
+        let file = |url: &str| DistFile {
+            filename: "demo-1.0-py3-none-any.whl".into(),
+            url: url.into(),
+            sha256: Some("ab".repeat(32)),
+            requires_python: None,
+            yanked: false,
+            core_metadata: None,
+            size: None,
+        };
+        let files = vec![
+            file("https://kiln:pw@index.example/files/demo-1.0-py3-none-any.whl"),
+            file("https://files.example/demo-1.0-py3-none-any.whl"),
+        ];
+        let mut kept = without_credentials(&files);
+        assert!(kept.iter().all(|f| !f.url.contains("pw")), "{kept:?}");
+        credentials_back(&mut kept, std::slice::from_ref(&index));
+        assert_eq!(kept, files);
     }
 
     /// A memo is the page's digest on a line, then JSON; one of an older

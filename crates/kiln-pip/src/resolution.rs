@@ -14,7 +14,7 @@ use kiln_core::digest::Digest;
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 use rayon::prelude::*;
 
-use crate::index::{DistFile, IndexClient};
+use crate::index::{credentials_back, without_credentials, DistFile, IndexClient};
 use crate::resolve::Resolved;
 
 /// Where a plan's versions came from (`pip[].resolution` in a build's
@@ -76,13 +76,21 @@ pub(crate) fn load(cache: &Cache, key: &Digest, client: &IndexClient) -> Option<
     if !same {
         return None;
     }
+    let sources: Vec<String> = client
+        .indexes
+        .iter()
+        .chain(&client.find_links)
+        .cloned()
+        .collect();
     kept.resolved
         .into_iter()
         .map(|p| {
+            let mut file = p.file;
+            credentials_back(file.as_mut_slice(), &sources);
             Some(Resolved {
                 version: p.version.parse().ok()?,
                 name: p.name,
-                file: p.file,
+                file,
                 installed: p.installed,
             })
         })
@@ -113,7 +121,11 @@ pub(crate) fn store(cache: &Cache, key: &Digest, client: &IndexClient, resolved:
             .map(|r| Package {
                 name: r.name.clone(),
                 version: r.version.to_string(),
-                file: r.file.clone(),
+                // Kept without credentials in clear (put back when taken).
+                file: r
+                    .file
+                    .as_ref()
+                    .and_then(|f| without_credentials(std::slice::from_ref(f)).pop()),
                 installed: r.installed,
             })
             .collect(),

@@ -38,7 +38,8 @@ impl FakeServer {
 }
 
 /// Serves the files under a directory over HTTP/1.1 on 127.0.0.1 (GET only,
-/// 404 for anything else). Stops when dropped.
+/// a directory's `index.html` for a path ending in `/`, 404 for anything
+/// else). Stops when dropped.
 pub struct FileServer {
     pub port: u16,
     _accepting: Accepting,
@@ -129,9 +130,12 @@ fn serve_one(
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let body = if method == "GET" && !path.split('/').any(|s| s == "..") {
-        fs::read(root.join(path.trim_start_matches('/')))
-            .ok()
-            .filter(|_| root.join(path.trim_start_matches('/')).is_file())
+        // A directory's `index.html` (a simple index's project page).
+        let mut file = root.join(path.trim_start_matches('/'));
+        if path.ends_with('/') {
+            file = file.join("index.html");
+        }
+        fs::read(&file).ok().filter(|_| file.is_file())
     } else {
         None
     };

@@ -350,11 +350,16 @@ impl<'a> IndexClient<'a> {
         };
         let digest = fetched.digest.unwrap_or_else(|| Digest::of(&fetched.bytes));
         if local.is_none() {
-            // Kept without credentials in clear (put back when read).
+            // Kept without credentials in clear (put back when read); the
+            // files of a page reached without any are kept as they are.
             let mut memo = format!("{digest}\n").into_bytes();
+            let bare = strip_credentials(url);
             let page = CachedPage {
-                url: strip_credentials(url),
-                files: without_credentials(&files),
+                files: match bare == url {
+                    true => files.clone(),
+                    false => without_credentials(&files),
+                },
+                url: bare,
             };
             if serde_json::to_writer(&mut memo, &page).is_ok() {
                 write_atomic(&self.page_cache_path(url), &memo);

@@ -553,6 +553,38 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     assert_eq!(whole, 1, "the 3.11 resolution is whole again");
 }
 
+/// The same requirements file in another directory (a service's job, a
+/// CI checkout) takes the resolution kept for the first: where a line was
+/// written is no input of it.
+#[test]
+fn a_kept_resolution_does_not_depend_on_where_the_spec_is() {
+    let f = fixture();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    let s = PipSection {
+        requirements: vec!["requirements.txt".into()],
+        ..section(&f, &[])
+    };
+    let plan_in = |dir: &Path| {
+        std::fs::write(dir.join("requirements.txt"), "demo[socks]\nlocalonly\n").unwrap();
+        plan(
+            &s,
+            dir,
+            &debian_rootfs(11),
+            &Platform::linux("amd64"),
+            &Http::new().unwrap(),
+            &cache,
+        )
+        .unwrap()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = plan_in(a.path());
+    assert_eq!(first.resolution, kiln_pip::Resolution::Resolved);
+    let second = plan_in(b.path());
+    assert_eq!(second.resolution, kiln_pip::Resolution::Kept);
+    assert_eq!(pins(&second), pins(&first));
+}
+
 /// A build starts what needs only the image below the stage (the
 /// compiler's tree) from `Hooks::resolved`: once, after the resolution,
 /// before any wheel is fetched.

@@ -267,6 +267,33 @@ fn read_inputs(section: &PipSection, spec_dir: &Path) -> Result<spec::Inputs> {
     Ok(inputs)
 }
 
+/// What of `inputs` a resolution depends on, as text for its key: each
+/// requirement and constraint in PEP 508 form with its hashes, and the
+/// options. Not where each was written: the same spec checked out in
+/// another directory (a service's job, a CI runner) resolves the same.
+/// (The sources go into the key as the index client has them.)
+fn resolution_inputs(inputs: &spec::Inputs) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (what, reqs) in [
+        ("requirement", &inputs.requirements),
+        ("constraint", &inputs.constraints),
+    ] {
+        for r in reqs {
+            let _ = writeln!(out, "{what} {} {:?}", r.req, r.hashes);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "prerelease {} require-hashes {} no-binary {} {:?}",
+        inputs.prerelease,
+        inputs.require_hashes.is_some(),
+        inputs.no_binary.all,
+        inputs.no_binary.names
+    );
+    out
+}
+
 /// Fetch the index pages of the section's requirements into the cache
 /// (where they stay fresh for the index TTL), side by side. The resolver
 /// reads them first, but only once the base's Python is known: a build
@@ -417,7 +444,8 @@ pub fn plan_building(
     // A root naming a URL or path is fetched or built while resolving: not kept.
     let kept = (!provider.has_direct()).then(|| {
         resolution::key(&format!(
-            "{platform:?}\n{python:?}\n{inputs:?}\n{:?}\n{:?}\nbuilder: {}",
+            "{platform:?}\n{python:?}\n{}{:?}\n{:?}\nbuilder: {}",
+            resolution_inputs(&inputs),
             client.indexes,
             client.find_links,
             builder.is_some()

@@ -39,6 +39,14 @@ pub(crate) struct DistFile {
 }
 
 impl DistFile {
+    /// The file with its URL's credentials taken off, to be kept on disk.
+    pub(crate) fn without_credentials(&self) -> DistFile {
+        DistFile {
+            url: strip_credentials(&self.url),
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn is_wheel(&self) -> bool {
         self.filename.ends_with(".whl")
     }
@@ -357,7 +365,7 @@ impl<'a> IndexClient<'a> {
             let page = CachedPage {
                 files: match bare == url {
                     true => files.clone(),
-                    false => without_credentials(&files),
+                    false => files.iter().map(DistFile::without_credentials).collect(),
                 },
                 url: bare,
             };
@@ -507,21 +515,13 @@ impl<'a> IndexClient<'a> {
     }
 }
 
-/// `files` with their URLs' credentials taken off, to be kept on disk.
-pub(crate) fn without_credentials(files: &[DistFile]) -> Vec<DistFile> {
-    files
-        .iter()
-        .map(|f| DistFile {
-            url: strip_credentials(&f.url),
-            ..f.clone()
-        })
-        .collect()
-}
-
-/// Put back on `files` the credentials [`without_credentials`] took off,
-/// from the first of `sources` that has them for each URL's host. (Nothing
-/// to do, and no URL read, when no source has any.)
-pub(crate) fn credentials_back(files: &mut [DistFile], sources: &[String]) {
+/// Put back on `files` the credentials [`DistFile::without_credentials`]
+/// took off, from the first of `sources` that has them for each URL's
+/// host. (Nothing to do, and no URL read, when no source has any.)
+pub(crate) fn credentials_back<'f>(
+    files: impl IntoIterator<Item = &'f mut DistFile>,
+    sources: &[String],
+) {
     if sources.iter().all(|s| strip_credentials(s) == *s) {
         return;
     }
@@ -1009,7 +1009,7 @@ mod tests {
             file("https://kiln:pw@index.example/files/demo-1.0-py3-none-any.whl"),
             file("https://files.example/demo-1.0-py3-none-any.whl"),
         ];
-        let mut kept = without_credentials(&files);
+        let mut kept: Vec<DistFile> = files.iter().map(DistFile::without_credentials).collect();
         assert!(kept.iter().all(|f| !f.url.contains("pw")), "{kept:?}");
         credentials_back(&mut kept, std::slice::from_ref(&index));
         assert_eq!(kept, files);

@@ -451,21 +451,19 @@ pub fn plan_building(
             builder.is_some()
         ))
     });
-    let mut how = Resolution::Kept;
-    let resolved = match kept
+    let (resolved, how) = match kept
         .as_ref()
         .and_then(|k| resolution::load(cache, k, &client))
     {
-        Some(resolved) => resolved,
+        Some(resolved) => (resolved, Resolution::Kept),
         None => {
-            how = Resolution::Resolved;
             // Every requirement that cannot be met on its own, in one message.
             provider.check_roots(&|| client.project_names())?;
             let resolved = resolve::resolve(&provider)?;
             if let Some(k) = &kept {
                 resolution::store(cache, k, &client, &resolved);
             }
-            resolved
+            (resolved, Resolution::Resolved)
         }
     };
 

@@ -14,7 +14,7 @@ use kiln_core::digest::Digest;
 use kiln_store::cache::{write_atomic, Cache, CacheBucket};
 use rayon::prelude::*;
 
-use crate::index::{credentials_back, without_credentials, DistFile, IndexClient};
+use crate::index::{credentials_back, DistFile, IndexClient};
 use crate::resolve::Resolved;
 
 /// Where a plan's versions came from (`pip[].resolution` in a build's
@@ -76,25 +76,29 @@ pub(crate) fn load(cache: &Cache, key: &Digest, client: &IndexClient) -> Option<
     if !same {
         return None;
     }
+    let mut resolved = kept
+        .resolved
+        .into_iter()
+        .map(|p| {
+            Some(Resolved {
+                version: p.version.parse().ok()?,
+                name: p.name,
+                file: p.file,
+                installed: p.installed,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
     let sources: Vec<String> = client
         .indexes
         .iter()
         .chain(&client.find_links)
         .cloned()
         .collect();
-    kept.resolved
-        .into_iter()
-        .map(|p| {
-            let mut file = p.file;
-            credentials_back(file.as_mut_slice(), &sources);
-            Some(Resolved {
-                version: p.version.parse().ok()?,
-                name: p.name,
-                file,
-                installed: p.installed,
-            })
-        })
-        .collect()
+    credentials_back(
+        resolved.iter_mut().filter_map(|r| r.file.as_mut()),
+        &sources,
+    );
+    Some(resolved)
 }
 
 /// Keep `resolved` for `key` when it can be taken again: every file the
@@ -122,10 +126,7 @@ pub(crate) fn store(cache: &Cache, key: &Digest, client: &IndexClient, resolved:
                 name: r.name.clone(),
                 version: r.version.to_string(),
                 // Kept without credentials in clear (put back when taken).
-                file: r
-                    .file
-                    .as_ref()
-                    .and_then(|f| without_credentials(std::slice::from_ref(f)).pop()),
+                file: r.file.as_ref().map(DistFile::without_credentials),
                 installed: r.installed,
             })
             .collect(),

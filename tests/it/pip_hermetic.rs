@@ -367,6 +367,24 @@ fn debian_rootfs(minor: u32) -> Rootfs {
     fs
 }
 
+/// [`plan`] of `s` (its files read under `spec_dir`) for a Debian image
+/// with Python 3.`minor` on amd64.
+fn plan_on(
+    s: &PipSection,
+    spec_dir: &Path,
+    minor: u32,
+    cache: &Cache,
+) -> kiln_core::Result<kiln_pip::PipPlan> {
+    plan(
+        s,
+        spec_dir,
+        &debian_rootfs(minor),
+        &Platform::linux("amd64"),
+        &Http::new().unwrap(),
+        cache,
+    )
+}
+
 fn section(f: &Fixture, packages: &[&str]) -> PipSection {
     PipSection {
         packages: packages.iter().map(|s| s.to_string()).collect(),
@@ -402,15 +420,7 @@ fn run(
     let cache = Cache::open(dir.path().join("cache")).unwrap();
     let mut s = section(&f, packages);
     s.target = target.into();
-    let p = plan(
-        &s,
-        Path::new("."),
-        &debian_rootfs(minor),
-        &Platform::linux("amd64"),
-        &Http::new().unwrap(),
-        &cache,
-    )
-    .unwrap();
+    let p = plan_on(&s, Path::new("."), minor, &cache).unwrap();
     let groups = layer_groups(&p, &cache).unwrap();
     (p, groups, dir)
 }
@@ -430,15 +440,7 @@ fn prefetched_pages_are_not_fetched_again() {
     let s = section(&f, &["demo[socks]", "localonly"]);
     let plan_sent = |cache: &Cache| {
         let before = f.sent.load(Ordering::SeqCst);
-        let p = plan(
-            &s,
-            Path::new("."),
-            &debian_rootfs(11),
-            &Platform::linux("amd64"),
-            &Http::new().unwrap(),
-            cache,
-        )
-        .unwrap();
+        let p = plan_on(&s, Path::new("."), 11, cache).unwrap();
         (pins(&p), f.sent.load(Ordering::SeqCst) - before)
     };
     let cold = tempfile::tempdir().unwrap();
@@ -467,19 +469,8 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     let s = section(&f, &["demo[socks]", "localonly"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path()).unwrap();
-    let plan_for = |minor: u32, cache: &Cache| {
-        pins(
-            &plan(
-                &s,
-                Path::new("."),
-                &debian_rootfs(minor),
-                &Platform::linux("amd64"),
-                &Http::new().unwrap(),
-                cache,
-            )
-            .unwrap(),
-        )
-    };
+    let plan_for =
+        |minor: u32, cache: &Cache| pins(&plan_on(&s, Path::new("."), minor, cache).unwrap());
     let plan_pins = || plan_for(11, &cache);
     let cold = plan_pins();
     assert!(cold.contains(&"helper==2.0".to_string()), "{cold:?}");
@@ -567,15 +558,7 @@ fn a_kept_resolution_does_not_depend_on_where_the_spec_is() {
     };
     let plan_in = |dir: &Path| {
         std::fs::write(dir.join("requirements.txt"), "demo[socks]\nlocalonly\n").unwrap();
-        plan(
-            &s,
-            dir,
-            &debian_rootfs(11),
-            &Platform::linux("amd64"),
-            &Http::new().unwrap(),
-            &cache,
-        )
-        .unwrap()
+        plan_on(&s, dir, 11, &cache).unwrap()
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first = plan_in(a.path());
@@ -773,15 +756,7 @@ fn venv_target() {
 
 fn plan_err(packages: &[&str], cache: &Cache) -> kiln::Error {
     let f = fixture();
-    plan(
-        &section(&f, packages),
-        Path::new("."),
-        &debian_rootfs(11),
-        &Platform::linux("amd64"),
-        &Http::new().unwrap(),
-        cache,
-    )
-    .unwrap_err()
+    plan_on(&section(&f, packages), Path::new("."), 11, cache).unwrap_err()
 }
 
 #[test]
@@ -938,12 +913,10 @@ fn hash_checking_mode_covers_dependencies_as_pip_does() {
     let page: serde_json::Value = serde_json::from_slice(&page.bytes).unwrap();
     let demo = page["files"][0]["hashes"]["sha256"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = plan(
+    let err = plan_on(
         &section(&f, &[&format!("demo==1.0 --hash=sha256:{demo}")]),
         Path::new("."),
-        &debian_rootfs(11),
-        &Platform::linux("amd64"),
-        &Http::new().unwrap(),
+        11,
         &Cache::open(dir.path()).unwrap(),
     )
     .unwrap_err();
@@ -961,12 +934,10 @@ fn hash_checking_mode_covers_dependencies_as_pip_does() {
         "{m}"
     );
     // With the line added, the set installs.
-    let p = plan(
+    let p = plan_on(
         &section(&f, &[&format!("demo==1.0 --hash=sha256:{demo}"), &helper]),
         Path::new("."),
-        &debian_rootfs(11),
-        &Platform::linux("amd64"),
-        &Http::new().unwrap(),
+        11,
         &Cache::open(dir.path()).unwrap(),
     )
     .unwrap();

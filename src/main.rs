@@ -105,8 +105,10 @@ enum Command {
     },
     /// Build the image described by a spec (default ./kiln.toml).
     Build {
-        /// The spec file [default: kiln.toml]; with --dockerfile, the build
-        /// context [default: the Dockerfile's directory]; a Git URL
+        /// The spec file [default: kiln.toml]; a directory: its kiln.toml,
+        /// else its Dockerfile (the directory the context); with
+        /// --dockerfile, the build context [default: the Dockerfile's
+        /// directory]; a Git URL
         /// (`URL#REF:DIR`, a forge tree/blob URL) is a Dockerfile context.
         #[arg(value_name = "SPEC|CONTEXT")]
         spec: Option<PathBuf>,
@@ -1290,6 +1292,25 @@ struct Source {
     lock_file: Option<PathBuf>,
 }
 
+/// `kiln build DIR`, as `docker build DIR` reads it: DIR's kiln.toml, else
+/// DIR's Dockerfile with DIR as its context.
+fn spec_in_dir(dir: PathBuf) -> kiln::Result<(Option<PathBuf>, Option<PathBuf>)> {
+    let spec = dir.join("kiln.toml");
+    if spec.is_file() {
+        return Ok((Some(spec), None));
+    }
+    let dockerfile = dir.join(kiln_dockerfile::DEFAULT_NAME);
+    if dockerfile.is_file() {
+        return Ok((Some(dir), Some(dockerfile)));
+    }
+    Err(Error::input(format!(
+        "{} is a directory with neither a kiln.toml nor a {}: name the spec file, \
+         or the Dockerfile with --dockerfile",
+        dir.display(),
+        kiln_dockerfile::DEFAULT_NAME
+    )))
+}
+
 /// Fetch Git sources (at the commits the lock pins, unless refreshing) and
 /// translate a Dockerfile; `None` when `--explain` printed everything.
 fn sources(src: Sources, common: &Common) -> kiln::Result<Option<Source>> {
@@ -1305,6 +1326,14 @@ fn sources(src: Sources, common: &Common) -> kiln::Result<Option<Source>> {
         locked,
         refresh_git,
     } = src;
+    let (spec, dockerfile) = match (spec, dockerfile) {
+        (Some(dir), None)
+            if dir.is_dir() && env.requirements.is_none() && env.environment.is_none() =>
+        {
+            spec_in_dir(dir)?
+        }
+        other => other,
+    };
     if (env.base.is_some() || env.name.is_some())
         && env.requirements.is_none()
         && env.environment.is_none()

@@ -343,6 +343,49 @@ fn a_spec_can_name_its_dockerfile_and_keep_its_name_and_tags() {
 }
 
 #[test]
+fn a_directory_argument_builds_its_spec_or_else_its_dockerfile() {
+    let ws = Workspace::new("build-dir");
+    ws.write("app/hello.txt", "hello\n");
+    ws.write(
+        "app/Dockerfile",
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    );
+    // `kiln build DIR` with only a Dockerfile there: DIR is its context.
+    run(ws
+        .kiln()
+        .args(["build", "app", "--quiet", "-o", "oci:out-df"]))
+    .ok();
+    let rootfs = umoci_unpack(&ws.join("out-df"), "latest", &ws.join("bundle-df"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    // A kiln.toml in DIR comes first, its paths read from DIR.
+    ws.write(
+        "app/kiln.toml",
+        "[[files]]\nsrc = \"hello.txt\"\ndst = \"/srv/hello.txt\"\n",
+    );
+    run(ws
+        .kiln()
+        .args(["build", "app", "--quiet", "-o", "oci:out-spec"]))
+    .ok();
+    let rootfs = umoci_unpack(&ws.join("out-spec"), "latest", &ws.join("bundle-spec"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(!rootfs.join("hello.txt").exists());
+    // Neither: said so, and nothing written.
+    ws.write("empty/README", "nothing to build\n");
+    expect_failure(
+        &ws,
+        &["build", "empty", "--quiet", "-o", "oci:out-none"],
+        2,
+        &["empty is a directory with neither a kiln.toml nor a Dockerfile"],
+    );
+}
+
+#[test]
 fn add_extracts_a_local_archive_and_copy_writes_a_here_document() {
     let ws = Workspace::new("add-archive");
     ws.write("tools/bin/tool", "#!/bin/sh\necho tool\n");

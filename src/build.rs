@@ -370,6 +370,8 @@ struct BuildPlan {
     outputs: Vec<OutputTarget>,
     pinned: Option<Lock>,
     lock_status: &'static str,
+    /// The spec's inputs, as a lock records them.
+    inputs: Vec<String>,
     /// One layer per `[[files]]` entry, collected from disk.
     file_groups: Vec<layer::LayerGroup>,
     /// The reference the spec names, for the base annotations (not the pin).
@@ -468,7 +470,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
             }
         })
         .collect::<Result<Vec<_>>>()?;
-    let (pinned, lock_status) = pins_for(&spec, opts.lock_mode)?;
+    let (pinned, lock_status, inputs) = pins_for(&spec, opts.lock_mode)?;
     let archive_names = stamp::archive_names(
         &opts.archive_names,
         spec.image.name.as_ref().map(|n| n.0.as_str()),
@@ -505,6 +507,7 @@ fn plan_build(opts: &BuildOptions) -> Result<BuildPlan> {
         outputs,
         pinned,
         lock_status,
+        inputs,
         file_groups,
         base_name,
         archive_names,
@@ -919,6 +922,14 @@ fn run_stages(
             tally: &plan.tally,
         });
     }
+    // Pins are kept for an unlocked build whose one package stage is
+    // `[pip]` (on the base itself) and that has no `[[run]]` step.
+    let keeps_pins = plan.pinned.is_none()
+        && opts.reuse
+        && spec.pip.is_some()
+        && spec.apt.is_none()
+        && spec.conda.is_none()
+        && !runs;
     let mut out = Vec::new();
     for img in &base.images {
         let locked = plan
@@ -958,10 +969,33 @@ fn run_stages(
                 }),
                 apt: m.apt,
                 conda: m.conda,
-                pip: m.pip,
+                pip: resolved_as(m.pip, kiln_pip::Resolution::Locked),
                 reused: true,
                 pins: locked.cloned().unwrap_or_default(),
                 memo: memo_key,
+            });
+            continue;
+        }
+        // Unlocked: the pins an earlier build of the same inputs kept on
+        // this base, and the stages' memo they lead to, while the
+        // resolution they came from still holds.
+        let kept = keeps_pins
+            .then(|| take_kept_pins(plan, img, opts, run_scripts, &http))
+            .flatten();
+        if let Some((pins, m)) = kept {
+            out.push(PlatformBuild {
+                layers: m.layers(),
+                sbom: tree.then(|| SbomInput {
+                    fs: m.fs(),
+                    base_purls: m.base_purls.clone(),
+                    known: known_checksums(Some(&pins)),
+                }),
+                apt: m.apt,
+                conda: m.conda,
+                pip: resolved_as(m.pip, kiln_pip::Resolution::Kept),
+                reused: true,
+                pins,
+                memo: None,
             });
             continue;
         }
@@ -994,7 +1028,31 @@ fn run_stages(
             Ok(())
         })?;
         let layers = std::mem::take(&mut *built.lock().unwrap());
-        if let Some(key) = &memo_key {
+        // Unlocked, with its resolution kept: the pins, kept for the next
+        // build, and the memo they lead to.
+        let kept = match outcome.kept.as_slice() {
+            [Some(pip)] if keeps_pins => {
+                let pins = platform_pins(setup, base, img, outcome.pins.clone());
+                let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
+                let pins = synthetic.platforms[0].clone();
+                let key = memo::key(
+                    &synthetic,
+                    &pins,
+                    img.manifest_digest.as_ref(),
+                    opts.epoch,
+                    opts.compression,
+                    opts.sbom,
+                    run_scripts,
+                );
+                Some((
+                    key,
+                    memo::KeptPins::new(pins, pip.clone()),
+                    synthetic.inputs_hash,
+                ))
+            }
+            _ => None,
+        };
+        if let Some(key) = memo_key.as_ref().or(kept.as_ref().map(|k| &k.0)) {
             if let Ok(m) = PlatformMemo::new(
                 key,
                 &layers,
@@ -1006,6 +1064,15 @@ fn run_stages(
             ) {
                 m.write(&setup.cache, key);
             }
+        }
+        // The memo first: pins found lead to it.
+        if let Some((_, pins, inputs_hash)) = &kept {
+            pins.write(
+                &setup.cache,
+                inputs_hash,
+                img.manifest_digest.as_ref(),
+                &img.platform,
+            );
         }
         out.push(PlatformBuild {
             layers,
@@ -1027,6 +1094,52 @@ fn run_stages(
         let _ = t.join();
     }
     Ok(out)
+}
+
+/// Reports taken from a memo say how this build came by the versions.
+fn resolved_as(mut reports: Vec<PipReport>, how: kiln_pip::Resolution) -> Vec<PipReport> {
+    for r in &mut reports {
+        r.resolution = how;
+    }
+    reports
+}
+
+/// The pins an earlier unlocked build of the same inputs kept for `img`
+/// (see [`memo::KeptPins`]), with the stages' memo they lead to: only when
+/// the `[pip]` resolution they came from would be taken again now.
+fn take_kept_pins(
+    plan: &BuildPlan,
+    img: &base::PlatformImage,
+    opts: &BuildOptions,
+    run_scripts: bool,
+    http: &Http,
+) -> Option<(LockedPlatform, PlatformMemo)> {
+    let setup = &plan.setup;
+    let section = setup.spec.pip.as_ref()?;
+    let synthetic = Lock::new(plan.inputs.clone(), Vec::new());
+    let base = img.manifest_digest.as_ref();
+    let kept = memo::KeptPins::read(&setup.cache, &synthetic.inputs_hash, base, &img.platform)?;
+    let key = memo::key(
+        &synthetic,
+        &kept.pins,
+        base,
+        opts.epoch,
+        opts.compression,
+        opts.sbom,
+        run_scripts,
+    );
+    let m = PlatformMemo::read(&setup.cache, &key)?;
+    let holds = kiln_pip::kept_resolution_holds(
+        &kept.pip,
+        section,
+        &setup.spec_dir,
+        &img.platform,
+        // The stages' pip plans build sdists (`Stages::run`).
+        true,
+        http,
+        &setup.cache,
+    );
+    holds.ok()?.then_some((kept.pins, m))
 }
 
 /// The uncompressed tar streams of a platform's image so far: the base's
@@ -1346,15 +1459,7 @@ pub fn lock(opts: &LockOptions) -> Result<LockReport> {
             groups.lock().unwrap().extend(g.iter().cloned());
             Ok(())
         })?;
-        platforms.push(LockedPlatform {
-            platform: img.platform.to_string(),
-            base: img.manifest_digest.clone(),
-            base_top: match &setup.base_src {
-                ImageSource::Registry(_) => base.top_digest.clone(),
-                _ => None,
-            },
-            ..outcome.pins
-        });
+        platforms.push(platform_pins(&setup, &base, img, outcome.pins));
     }
     let mut new = Lock::new(inputs, platforms);
     new.git = opts.git.clone();
@@ -1387,7 +1492,7 @@ pub struct FetchReport {
 /// layers; every package archive) into the cache, verified, in parallel.
 pub fn fetch(opts: &LockOptions) -> Result<FetchReport> {
     let spec = opts.load_spec()?;
-    let (Some(lock), _) = pins_for(&spec, LockMode::Locked)? else {
+    let (Some(lock), _, _) = pins_for(&spec, LockMode::Locked)? else {
         return Err(Error::internal("a locked build without a lock"));
     };
     let setup = Setup::for_reading(spec, Some(&lock), opts)?;
@@ -1642,23 +1747,29 @@ fn keep_path(p: &str) -> bool {
     apt::keep_path(p) || pip::keep_path(p) || conda::keep_path(p) || sbom::keep_path(p)
 }
 
-/// The lock a build takes its pins from, and what it says about the lock.
-fn pins_for(spec: &Spec, mode: LockMode) -> Result<(Option<Lock>, &'static str)> {
+/// The lock a build takes its pins from (when it matches the spec), what
+/// it says about the lock, and the spec's inputs.
+fn pins_for(spec: &Spec, mode: LockMode) -> Result<(Option<Lock>, &'static str, Vec<String>)> {
     let path = spec.lock_path();
     let existing = Lock::read(&path)?;
     let inputs = lock::inputs(spec)?;
-    match existing {
-        Some(l) if l.inputs == inputs => Ok((Some(l), "used")),
-        Some(l) if mode == LockMode::Locked => Err(SpecError::LockMismatch {
-            diff: lock::diff(&l.inputs, &inputs),
-            lock: path,
-            spec: spec.path.clone(),
+    let (lock, status) = match existing {
+        Some(l) if l.inputs == inputs => (Some(l), "used"),
+        Some(l) if mode == LockMode::Locked => {
+            return Err(SpecError::LockMismatch {
+                diff: lock::diff(&l.inputs, &inputs),
+                lock: path,
+                spec: spec.path.clone(),
+            }
+            .into())
         }
-        .into()),
-        None if mode == LockMode::Locked => Err(SpecError::LockMissing { lock: path }.into()),
-        Some(_) => Ok((None, "stale")),
-        None => Ok((None, "absent")),
-    }
+        None if mode == LockMode::Locked => {
+            return Err(SpecError::LockMissing { lock: path }.into())
+        }
+        Some(_) => (None, "stale"),
+        None => (None, "absent"),
+    };
+    Ok((lock, status, inputs))
 }
 
 /// The registry images `[[files]] from` names by tag, at their digests now.
@@ -1771,6 +1882,25 @@ fn check_locked_base(base: &base::BaseImage, lock: &Lock, spec: &Spec) -> Result
         }
     }
     Ok(())
+}
+
+/// A platform's pins as the lock records them: the stages' pins with the
+/// platform and its base.
+fn platform_pins(
+    setup: &Setup,
+    base: &base::BaseImage,
+    img: &base::PlatformImage,
+    pins: LockedPlatform,
+) -> LockedPlatform {
+    LockedPlatform {
+        platform: img.platform.to_string(),
+        base: img.manifest_digest.clone(),
+        base_top: match &setup.base_src {
+            ImageSource::Registry(_) => base.top_digest.clone(),
+            _ => None,
+        },
+        ..pins
+    }
 }
 
 fn locked_platform<'l>(
@@ -2029,7 +2159,7 @@ mod tests {
         let spec = Spec::load(&opts.spec).unwrap();
         assert!(matches!(
             pins_for(&spec, LockMode::Auto),
-            Ok((None, "stale"))
+            Ok((None, "stale", _))
         ));
     }
 

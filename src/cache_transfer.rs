@@ -699,7 +699,8 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 CacheBucket::Tmp
                 | CacheBucket::Http
                 | CacheBucket::PipPages
-                | CacheBucket::PipResolutions => stale(&md),
+                | CacheBucket::PipResolutions
+                | CacheBucket::KeptPins => stale(&md),
                 // Past the time a push trusts them, records are of no use.
                 CacheBucket::Pushed => {
                     !md.is_file() || older_than(&md, kiln_oci::output::pushed::TRUSTED_FOR)

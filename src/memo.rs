@@ -76,6 +76,76 @@ pub(crate) fn key(
     )
 }
 
+/// An unlocked build's pins for one platform, kept with the resolution
+/// they came from: a later build of the same spec inputs on the same base
+/// takes them as a lock's, and with them the stages' memo ([`key`]), when
+/// that resolution still holds (the same requirements, options and
+/// sources, every page and find-links directory unchanged). Only for a
+/// spec whose one package stage is `[pip]`: the image below it is the base.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KeptPins {
+    format: u32,
+    pub(crate) pins: LockedPlatform,
+    pub(crate) pip: kiln_pip::KeptResolution,
+}
+
+/// Bumped when what the pins depend on, or this layout, changes.
+const KEPT_PINS_FORMAT: u32 = 1;
+
+/// Where the pins of `inputs_hash` on the base `base_manifest` for
+/// `platform` are kept.
+fn kept_pins_path(
+    cache: &Cache,
+    inputs_hash: &Digest,
+    base_manifest: Option<&Digest>,
+    platform: &kiln_core::platform::Platform,
+) -> PathBuf {
+    let key = Digest::of(
+        format!(
+            "kiln-kept-pins/{KEPT_PINS_FORMAT} {} {inputs_hash} {:?} {platform}",
+            env!("CARGO_PKG_VERSION"),
+            base_manifest.map(|d| d.to_string()),
+        )
+        .as_bytes(),
+    );
+    cache.entry(CacheBucket::KeptPins, format!("{}.json", key.hex()))
+}
+
+impl KeptPins {
+    pub(crate) fn new(pins: LockedPlatform, pip: kiln_pip::KeptResolution) -> KeptPins {
+        KeptPins {
+            format: KEPT_PINS_FORMAT,
+            pins,
+            pip,
+        }
+    }
+
+    pub(crate) fn read(
+        cache: &Cache,
+        inputs_hash: &Digest,
+        base_manifest: Option<&Digest>,
+        platform: &kiln_core::platform::Platform,
+    ) -> Option<KeptPins> {
+        let path = kept_pins_path(cache, inputs_hash, base_manifest, platform);
+        let kept: KeptPins = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        (kept.format == KEPT_PINS_FORMAT).then_some(kept)
+    }
+
+    /// Best effort, as the stage memo.
+    pub(crate) fn write(
+        &self,
+        cache: &Cache,
+        inputs_hash: &Digest,
+        base_manifest: Option<&Digest>,
+        platform: &kiln_core::platform::Platform,
+    ) {
+        if let Ok(json) = serde_json::to_vec(self) {
+            let path = kept_pins_path(cache, inputs_hash, base_manifest, platform);
+            kiln_store::cache::write_atomic(&path, &json);
+        }
+    }
+}
+
 fn path(cache: &Cache, key: &Digest) -> PathBuf {
     cache.entry(CacheBucket::Stages, format!("{}.json", key.hex()))
 }

@@ -43,6 +43,8 @@ pub(crate) struct Outcome {
     pub(crate) pip: Vec<PipReport>,
     /// What a lock records for this platform (the caller fills in platform and base).
     pub(crate) pins: LockedPlatform,
+    /// Each pip stage's kept resolution, in order (see `memo::KeptPins`).
+    pub(crate) kept: Vec<Option<pip::KeptResolution>>,
 }
 
 pub(crate) struct Stages<'a> {
@@ -467,6 +469,7 @@ impl Stages<'_> {
                 )?,
             };
             drop(builder);
+            out.kept.push(plan.kept.clone());
             if last {
                 spinner.finish_and_clear();
                 out.pins.pip.extend(pip::pins(&plan, name));

@@ -312,6 +312,15 @@ fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() 
     let again = build("again");
     assert_eq!(again["pip"][0]["resolution"], "kept", "{again}");
     assert_eq!(again["digest"], one["digest"]);
+    // With the resolution, the first build's pins and stages are taken
+    // whole (see the stages memo of an unlocked build).
+    assert_eq!(
+        (
+            one["stages_reused"].as_u64(),
+            again["stages_reused"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
     let wheel = fs::metadata(&file).unwrap();
     let blob = fs::metadata(cached_blob(&cache, &digest_of(&first))).unwrap();
     assert_eq!((blob.dev(), blob.ino()), (wheel.dev(), wheel.ino()));
@@ -323,6 +332,7 @@ fn a_wheelhouse_is_linked_into_the_cache_and_a_wheel_rebuilt_in_place_is_seen() 
     assert_eq!(fs::metadata(&file).unwrap().ino(), wheel.ino());
     let two = build("two");
     assert_eq!(two["pip"][0]["resolution"], "resolved", "{two}");
+    assert_eq!(two["stages_reused"], 0, "{two}");
     assert_ne!(one["digest"], two["digest"], "{two}");
     assert_eq!(fs::read(&file).unwrap(), rebuilt, "kiln never writes it");
     let rootfs = umoci_unpack(&ws.join("two"), "latest", &ws.join("bundle"));

@@ -721,8 +721,9 @@ fn credentials_in_urls_are_never_written() {
         said.push_str(&r.stderr);
     }
     // An index behind credentials whose page gives hashes: its resolution
-    // is kept (the second build takes it), and neither that nor the page's
-    // memo holds the password.
+    // is kept (the second build takes it, and with it the first build's
+    // pins and stages), and neither those nor the page's memo hold the
+    // password.
     let wheel = fs::read(served.join("wheels/evil-1.0-py3-none-any.whl")).unwrap();
     served.write(
         "simple/evil/index.html",
@@ -738,13 +739,14 @@ fn credentials_in_urls_are_never_written() {
          index = \"http://kiln:{SECRET}@127.0.0.1:{}/simple\"\nisolated = true\n",
         server.port
     ));
-    for (out, how) in [("oci:one", "resolved"), ("oci:two", "kept")] {
+    for (out, how, reused) in [("oci:one", "resolved", 0), ("oci:two", "kept", 1)] {
         let r = indexed
             .kiln()
             .env("KILN_CACHE", &cache)
             .args(["build", "-o", out, "--json"])
             .run_ok();
         assert_eq!(r.json()["pip"][0]["resolution"], how, "{}", r.stdout);
+        assert_eq!(r.json()["stages_reused"], reused, "{}", r.stdout);
         said.push_str(&r.stdout);
         said.push_str(&r.stderr);
     }

@@ -544,6 +544,63 @@ fn a_kept_resolution_is_taken_until_a_page_or_the_wheelhouse_changes() {
     assert_eq!(whole, 1, "the 3.11 resolution is whole again");
 }
 
+/// What a build checks before it takes an earlier unlocked build's pins
+/// and stages whole: the plan's kept resolution, which holds while the
+/// options, the sources and every page and wheelhouse listing it read are
+/// the same.
+#[test]
+fn a_kept_resolution_holds_until_its_options_or_sources_change() {
+    let f = fixture();
+    let s = section(&f, &["demo[socks]", "localonly"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let first = plan_on(&s, Path::new("."), 11, &cache).unwrap();
+    let kept = first
+        .kept
+        .clone()
+        .expect("wheels from pages with hashes: kept");
+    let second = plan_on(&s, Path::new("."), 11, &cache).unwrap();
+    assert_eq!(second.resolution, kiln_pip::Resolution::Kept);
+    assert_eq!(second.kept.as_ref(), Some(&kept));
+    let holds = |s: &PipSection, builder: bool| {
+        kiln_pip::kept_resolution_holds(
+            &kept,
+            s,
+            Path::new("."),
+            &Platform::linux("amd64"),
+            builder,
+            &Http::new().unwrap(),
+            &cache,
+        )
+        .unwrap()
+    };
+    assert!(holds(&s, false));
+    // A plan that could build sdists is another resolution.
+    assert!(!holds(&s, true));
+    // Other options or sources: pre-releases, one more requirement, the
+    // wheelhouse alone.
+    let pre = PipSection {
+        prerelease: true,
+        ..s.clone()
+    };
+    assert!(!holds(&pre, false));
+    assert!(!holds(
+        &section(&f, &["demo[socks]", "localonly", "helper"]),
+        false
+    ));
+    let wheelhouse_only = PipSection {
+        index: None,
+        no_index: true,
+        ..s.clone()
+    };
+    assert!(!holds(&wheelhouse_only, false));
+    assert!(holds(&s, false));
+    // A newer wheel in the wheelhouse: no longer.
+    let newer = Wheel::simple("localonly", "0.2");
+    std::fs::write(f.wheelhouse.path().join(newer.filename()), newer.build()).unwrap();
+    assert!(!holds(&s, false));
+}
+
 /// The same requirements file in another directory (a service's job, a
 /// CI checkout) takes the resolution kept for the first: where a line was
 /// written is no input of it.

@@ -39,7 +39,7 @@ use kiln_store::http::Http;
 pub use error::{PipError, RequirementProblem, WheelProblem};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
-pub use resolution::Resolution;
+pub use resolution::{KeptResolution, Resolution};
 pub use sdist::{BuildJob, WheelBuilder, LEGACY_BACKEND};
 pub use target::PythonTarget;
 
@@ -123,6 +123,9 @@ pub struct PipPlan {
     pub already_installed: Vec<(String, String)>,
     /// Where the versions came from.
     pub resolution: Resolution,
+    /// The kept resolution these versions are (taken or kept by this
+    /// plan), when there is one.
+    pub kept: Option<KeptResolution>,
     /// The wheels already laid out to write their layers ahead.
     pub(crate) laid_out: LaidOut,
 }
@@ -442,30 +445,26 @@ pub fn plan_building(
         builds.as_ref().map(|b| (b, inputs.no_binary.clone())),
     )?;
     // A root naming a URL or path is fetched or built while resolving: not kept.
-    let kept = (!provider.has_direct()).then(|| {
-        resolution::key(&format!(
-            "{platform:?}\n{python:?}\n{}{:?}\n{:?}\nbuilder: {}",
-            resolution_inputs(&inputs),
-            client.indexes,
-            client.find_links,
-            builder.is_some()
-        ))
-    });
-    let (resolved, how) = match kept
+    let python_key = format!("{python:?}");
+    let kept_key = (!provider.has_direct())
+        .then(|| resolution::key(platform, &python_key, &inputs, &client, builder.is_some()));
+    let (resolved, how, kept) = match kept_key
         .as_ref()
         .and_then(|k| resolution::load(cache, k, &client))
     {
-        Some(resolved) => (resolved, Resolution::Kept),
+        Some(resolved) => (resolved, Resolution::Kept, kept_key),
         None => {
             // Every requirement that cannot be met on its own, in one message.
             provider.check_roots(&|| client.project_names())?;
             let resolved = resolve::resolve(&provider)?;
-            if let Some(k) = &kept {
-                resolution::store(cache, k, &client, &resolved);
-            }
-            (resolved, Resolution::Resolved)
+            let kept = kept_key.filter(|k| resolution::store(cache, k, &client, &resolved));
+            (resolved, Resolution::Resolved, kept)
         }
     };
+    let kept = kept.map(|key| KeptResolution {
+        python: python_key,
+        key,
+    });
 
     let mut hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &roots {
@@ -627,8 +626,36 @@ pub fn plan_building(
         wheels,
         already_installed,
         resolution: how,
+        kept,
         laid_out,
     })
+}
+
+/// Whether `kept` (a plan's [`PipPlan::kept`]) would be taken again by a
+/// plan of `section` now, on the image the plan had: the same key from the
+/// requirements, options and sources as they read now, and every page or
+/// find-links directory the resolver read unchanged. The image below the
+/// stage is the caller's to vouch for (the key names the Python it held);
+/// `builder` says whether the plan would have had `Hooks::builder` (a
+/// build's stages do).
+pub fn kept_resolution_holds(
+    kept: &KeptResolution,
+    section: &PipSection,
+    spec_dir: &Path,
+    platform: &Platform,
+    builder: bool,
+    http: &Http,
+    cache: &Cache,
+) -> Result<bool> {
+    let inputs = read_inputs(section, spec_dir)?;
+    let Sources {
+        indexes,
+        find_links,
+        ..
+    } = sources(section, spec_dir, &inputs);
+    let client = index::IndexClient::new(http, cache, indexes, find_links);
+    let key = resolution::key(platform, &kept.python, &inputs, &client, builder);
+    Ok(key == kept.key && resolution::load(cache, &key, &client).is_some())
 }
 
 /// The plan a lock pins: no index is read; each wheel is fetched by URL and
@@ -766,6 +793,7 @@ pub fn plan_locked_building(
         wheels,
         already_installed: Vec::new(),
         resolution: Resolution::Locked,
+        kept: None,
         laid_out,
     })
 }
@@ -1207,6 +1235,7 @@ mod tests {
             wheels: names.iter().map(|n| cached_wheel(cache, n)).collect(),
             already_installed: Vec::new(),
             resolution: Resolution::Resolved,
+            kept: None,
             laid_out: Default::default(),
         }
     }
@@ -1340,6 +1369,7 @@ mod tests {
             }],
             already_installed: Vec::new(),
             resolution: Resolution::Resolved,
+            kept: None,
             laid_out: Default::default(),
         };
         let err = layer_groups(&plan, &cache).unwrap_err();

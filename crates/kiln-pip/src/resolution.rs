@@ -52,10 +52,34 @@ struct Package {
     installed: bool,
 }
 
+/// A kept resolution as a plan names it ([`crate::PipPlan::kept`]): what
+/// a later build checks again without the image at hand
+/// ([`crate::kept_resolution_holds`]), to take the whole platform from
+/// the build that kept it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptResolution {
+    /// The target Python as the key read it (with what the image has
+    /// installed): fixed by the image below the stage.
+    pub(crate) python: String,
+    pub(crate) key: Digest,
+}
+
 /// The key of a resolution: everything it depends on except the pages
 /// (the target Python with what the image has installed, the platform,
 /// every requirement, constraint and option, the sources in order).
-pub(crate) fn key(inputs: &str) -> Digest {
+pub(crate) fn key(
+    platform: &kiln_core::platform::Platform,
+    python: &str,
+    inputs: &crate::spec::Inputs,
+    client: &IndexClient,
+    builder: bool,
+) -> Digest {
+    let inputs = format!(
+        "{platform:?}\n{python}\n{}{:?}\n{:?}\nbuilder: {builder}",
+        crate::resolution_inputs(inputs),
+        client.indexes,
+        client.find_links,
+    );
     Digest::of(format!("kiln-resolution/{FORMAT}\n{inputs}").as_bytes())
 }
 
@@ -104,15 +128,21 @@ pub(crate) fn load(cache: &Cache, key: &Digest, client: &IndexClient) -> Option<
 /// Keep `resolved` for `key` when it can be taken again: every file the
 /// resolver could have read has a hash or is a local file it stamped, and
 /// every package is a wheel from a page or one the image has.
-pub(crate) fn store(cache: &Cache, key: &Digest, client: &IndexClient, resolved: &[Resolved]) {
+/// Returns whether it was kept.
+pub(crate) fn store(
+    cache: &Cache,
+    key: &Digest,
+    client: &IndexClient,
+    resolved: &[Resolved],
+) -> bool {
     let Some(projects) = client.identities() else {
-        return;
+        return false;
     };
     if !resolved
         .iter()
         .all(|r| r.installed || r.file.as_ref().is_some_and(|f| f.is_wheel()))
     {
-        return;
+        return false;
     }
     let kept = Kept {
         format: FORMAT,
@@ -131,7 +161,12 @@ pub(crate) fn store(cache: &Cache, key: &Digest, client: &IndexClient, resolved:
             })
             .collect(),
     };
-    if let Ok(body) = serde_json::to_vec(&kept) {
-        write_atomic(&cache.entry(CacheBucket::PipResolutions, key.hex()), &body);
+    match serde_json::to_vec(&kept) {
+        Ok(body) => {
+            // Best effort: an entry that did not land is not found.
+            write_atomic(&cache.entry(CacheBucket::PipResolutions, key.hex()), &body);
+            true
+        }
+        Err(_) => false,
     }
 }

@@ -60,6 +60,10 @@ pub enum CacheBucket {
     LayerParts,
     /// Locked package stages, by the hash of their inputs (→ their layers).
     Stages,
+    /// An unlocked build's pins with what they were resolved from, by the
+    /// spec's inputs and the base (→ the stages' memo; expire with the
+    /// pages, as kept resolutions).
+    KeptPins,
     /// Git sources: a commit's tree written out, by the full commit id.
     GitTrees,
     /// Compiled `[apt] locales` (their paths → blobs), by the versions of
@@ -103,6 +107,7 @@ impl CacheBucket {
         CacheBucket::Layers,
         CacheBucket::LayerParts,
         CacheBucket::Stages,
+        CacheBucket::KeptPins,
         CacheBucket::GitTrees,
         CacheBucket::Locales,
         CacheBucket::Bytecode,
@@ -130,6 +135,7 @@ impl CacheBucket {
             CacheBucket::Layers => "layers-v1",
             CacheBucket::LayerParts => "layer-parts-v1",
             CacheBucket::Stages => "stages-v1",
+            CacheBucket::KeptPins => "kept-pins-v1",
             CacheBucket::GitTrees => "git-trees-v1",
             CacheBucket::Locales => "locales-v1",
             CacheBucket::Bytecode => "pip-bytecode-v1",

@@ -922,14 +922,14 @@ fn run_stages(
             tally: &plan.tally,
         });
     }
-    // Pins are kept for an unlocked build whose one package stage is
-    // `[pip]` (on the base itself) and that has no `[[run]]` step.
+    // Pins are kept for an unlocked build of `[apt]` and `[pip]` stages
+    // (see `memo::KeptPins`).
     let keeps_pins = plan.pinned.is_none()
         && opts.reuse
-        && spec.pip.is_some()
-        && spec.apt.is_none()
+        && (spec.apt.is_some() || spec.pip.is_some())
         && spec.conda.is_none()
-        && !runs;
+        && !runs
+        && !run_scripts;
     let mut out = Vec::new();
     for img in &base.images {
         let locked = plan
@@ -979,8 +979,12 @@ fn run_stages(
         // Unlocked: the pins an earlier build of the same inputs kept on
         // this base, and the stages' memo they lead to, while the
         // resolution they came from still holds.
+        // (Bytecode for another architecture depends on the host's
+        // Python: such a platform runs its stages.)
+        let host_bytecode = !img.platform.is_host() && spec.pip.as_ref().is_some_and(|p| p.compile);
+        let keeps_pins = keeps_pins && !host_bytecode;
         let kept = keeps_pins
-            .then(|| take_kept_pins(plan, img, opts, run_scripts, &http))
+            .then(|| take_kept_pins(plan, base, img, opts, &http))
             .flatten();
         if let Some((pins, m)) = kept {
             out.push(PlatformBuild {
@@ -1028,30 +1032,31 @@ fn run_stages(
             Ok(())
         })?;
         let layers = std::mem::take(&mut *built.lock().unwrap());
-        // Unlocked, with its resolution kept: the pins, kept for the next
+        // Unlocked, with its resolutions kept: the pins, kept for the next
         // build, and the memo they lead to.
-        let kept = match outcome.kept.as_slice() {
-            [Some(pip)] if keeps_pins => {
-                let pins = platform_pins(setup, base, img, outcome.pins.clone());
-                let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
-                let pins = synthetic.platforms[0].clone();
-                let key = memo::key(
-                    &synthetic,
-                    &pins,
-                    img.manifest_digest.as_ref(),
-                    opts.epoch,
-                    opts.compression,
-                    opts.sbom,
-                    run_scripts,
-                );
-                Some((
-                    key,
-                    memo::KeptPins::new(pins, pip.clone()),
-                    synthetic.inputs_hash,
-                ))
-            }
+        let apt_kept = outcome.apt_kept.clone().filter(|_| spec.apt.is_some());
+        let pip_kept = match outcome.kept.as_slice() {
+            [Some(k)] => Some(k.clone()),
             _ => None,
         };
+        let resolutions_kept =
+            spec.apt.is_some() == apt_kept.is_some() && spec.pip.is_some() == pip_kept.is_some();
+        let kept = (keeps_pins && resolutions_kept).then(|| {
+            let pins = platform_pins(setup, base, img, outcome.pins.clone());
+            let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
+            let pins = synthetic.platforms[0].clone();
+            let key = memo::key(
+                &synthetic,
+                &pins,
+                img.manifest_digest.as_ref(),
+                opts.epoch,
+                opts.compression,
+                opts.sbom,
+                run_scripts,
+            );
+            let kept = memo::KeptPins::new(pins, apt_kept, pip_kept);
+            (key, kept, synthetic.inputs_hash)
+        });
         if let Some(key) = memo_key.as_ref().or(kept.as_ref().map(|k| &k.0)) {
             if let Ok(m) = PlatformMemo::new(
                 key,
@@ -1106,40 +1111,71 @@ fn resolved_as(mut reports: Vec<PipReport>, how: kiln_pip::Resolution) -> Vec<Pi
 
 /// The pins an earlier unlocked build of the same inputs kept for `img`
 /// (see [`memo::KeptPins`]), with the stages' memo they lead to: only when
-/// the `[pip]` resolution they came from would be taken again now.
+/// each resolution they came from would be taken again now.
 fn take_kept_pins(
     plan: &BuildPlan,
+    base: &base::BaseImage,
     img: &base::PlatformImage,
     opts: &BuildOptions,
-    run_scripts: bool,
     http: &Http,
 ) -> Option<(LockedPlatform, PlatformMemo)> {
     let setup = &plan.setup;
-    let section = setup.spec.pip.as_ref()?;
+    let spec = &setup.spec;
     let synthetic = Lock::new(plan.inputs.clone(), Vec::new());
-    let base = img.manifest_digest.as_ref();
-    let kept = memo::KeptPins::read(&setup.cache, &synthetic.inputs_hash, base, &img.platform)?;
+    let manifest = img.manifest_digest.as_ref();
+    let kept = memo::KeptPins::read(
+        &setup.cache,
+        &synthetic.inputs_hash,
+        manifest,
+        &img.platform,
+    )?;
+    // (No maintainer scripts: see `keeps_pins`.)
     let key = memo::key(
         &synthetic,
         &kept.pins,
-        base,
+        manifest,
         opts.epoch,
         opts.compression,
         opts.sbom,
-        run_scripts,
+        false,
     );
     let m = PlatformMemo::read(&setup.cache, &key)?;
-    let holds = kiln_pip::kept_resolution_holds(
-        &kept.pip,
-        section,
-        &setup.spec_dir,
-        &img.platform,
-        // The stages' pip plans build sdists (`Stages::run`).
-        true,
-        http,
-        &setup.cache,
-    );
-    holds.ok()?.then_some((kept.pins, m))
+    if let Some(section) = &spec.apt {
+        // The sources and keyrings are read from the base, as the stage does.
+        let fs = match manifest {
+            Some(d) => memo::read_view(&setup.cache, d)?,
+            None if base.is_scratch() => Rootfs::default(),
+            None => return None,
+        };
+        let holds = kiln_apt::kept_indexes_hold(
+            kept.apt.as_ref()?,
+            section,
+            &setup.spec_dir,
+            &fs,
+            base.is_scratch(),
+            http,
+            &setup.cache,
+        );
+        if !holds.ok()? {
+            return None;
+        }
+    }
+    if let Some(section) = &spec.pip {
+        let holds = kiln_pip::kept_resolution_holds(
+            kept.pip.as_ref()?,
+            section,
+            &setup.spec_dir,
+            &img.platform,
+            // The stages' pip plans build sdists (`Stages::run`).
+            true,
+            http,
+            &setup.cache,
+        );
+        if !holds.ok()? {
+            return None;
+        }
+    }
+    Some((kept.pins, m))
 }
 
 /// The uncompressed tar streams of a platform's image so far: the base's

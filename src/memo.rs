@@ -76,17 +76,23 @@ pub(crate) fn key(
     )
 }
 
-/// An unlocked build's pins for one platform, kept with the resolution
-/// they came from: a later build of the same spec inputs on the same base
+/// An unlocked build's pins for one platform, kept with what they were
+/// resolved from: a later build of the same spec inputs on the same base
 /// takes them as a lock's, and with them the stages' memo ([`key`]), when
-/// that resolution still holds (the same requirements, options and
-/// sources, every page and find-links directory unchanged). Only for a
-/// spec whose one package stage is `[pip]`: the image below it is the base.
+/// every resolution still holds: `[apt]`'s signed indexes the same,
+/// `[pip]`'s requirements, options, sources, pages and find-links
+/// listings the same (on the image apt made, itself the same then). Not
+/// for `[conda]`, `[[run]]` steps, maintainer scripts, nor bytecode the
+/// host's Python compiles for another architecture: their output depends
+/// on more than the pins.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeptPins {
     format: u32,
     pub(crate) pins: LockedPlatform,
-    pub(crate) pip: kiln_pip::KeptResolution,
+    #[serde(default)]
+    pub(crate) apt: Option<kiln_apt::KeptIndexes>,
+    #[serde(default)]
+    pub(crate) pip: Option<kiln_pip::KeptResolution>,
 }
 
 /// Bumped when what the pins depend on, or this layout, changes.
@@ -112,10 +118,15 @@ fn kept_pins_path(
 }
 
 impl KeptPins {
-    pub(crate) fn new(pins: LockedPlatform, pip: kiln_pip::KeptResolution) -> KeptPins {
+    pub(crate) fn new(
+        pins: LockedPlatform,
+        apt: Option<kiln_apt::KeptIndexes>,
+        pip: Option<kiln_pip::KeptResolution>,
+    ) -> KeptPins {
         KeptPins {
             format: KEPT_PINS_FORMAT,
             pins,
+            apt,
             pip,
         }
     }

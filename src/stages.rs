@@ -43,7 +43,9 @@ pub(crate) struct Outcome {
     pub(crate) pip: Vec<PipReport>,
     /// What a lock records for this platform (the caller fills in platform and base).
     pub(crate) pins: LockedPlatform,
-    /// Each pip stage's kept resolution, in order (see `memo::KeptPins`).
+    /// The signed indexes the apt stage resolved from (see `memo::KeptPins`).
+    pub(crate) apt_kept: Option<apt::KeptIndexes>,
+    /// Each pip stage's kept resolution, in order.
     pub(crate) kept: Vec<Option<pip::KeptResolution>>,
 }
 
@@ -261,6 +263,7 @@ impl Stages<'_> {
                     cache,
                 )?,
             };
+            out.apt_kept = plan.kept.clone();
             if last {
                 spinner.finish_and_clear();
                 out.pins.apt = apt::pins(&plan);

@@ -865,6 +865,67 @@ fn inrelease_is_revalidated_not_refetched() {
     assert_eq!(first["digest"], second["digest"]);
 }
 
+/// An unlocked build takes the pins and stages the build before it kept
+/// while every signed index it read is the same (revalidated: the same
+/// InRelease), and resolves again once the repository publishes.
+#[test]
+fn an_unlocked_build_takes_the_kept_pins_until_the_repository_publishes() {
+    let gnupg = new_signing_home("gnupg-kept");
+    let root = unique_dir("apt-repo-kept");
+    let repo = root.join("repo");
+    copy_dir(&shared().repo().join("pool"), &repo.join("pool"));
+    // libgreet 2.0 is published later.
+    let newer = list_dir(&repo.join("pool/main"))
+        .into_iter()
+        .find(|n| n.starts_with("libgreet_2.0"))
+        .expect("libgreet 2.0 in the pool");
+    let aside = root.join(&newer);
+    fs::rename(repo.join("pool/main").join(&newer), &aside).unwrap();
+    write_indexes(&repo, &gnupg);
+    let keyring = root.join("keyring.gpg");
+    gpg(
+        &gnupg,
+        &["--yes", "--output", keyring.to_str().unwrap(), "--export"],
+    );
+    let server = FileServer::start(&root);
+    let served = Served {
+        root,
+        keyring,
+        server,
+    };
+    let ws = Workspace::new("apt-kept-pins");
+    write_spec(&ws, &served, &["hello"], None);
+    let cache = unique_dir("cache");
+    let build = || {
+        let _ = fs::remove_dir_all(ws.join("out"));
+        build_cmd(&ws, &cache).run_ok().json()
+    };
+    let first = build();
+    assert_eq!(first["stages_reused"], 0, "{first}");
+    assert_eq!(installed(&first)["libgreet"], "1.0", "{first}");
+    let second = build();
+    assert_eq!(second["stages_reused"], 1, "{second}");
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(installed(&second), installed(&first));
+
+    // Published: the newer package, the indexes and InRelease written again.
+    fs::rename(&aside, served.repo().join("pool/main").join(&newer)).unwrap();
+    write_indexes(&served.repo(), &gnupg);
+    stop_agent(&gnupg);
+    let third = build();
+    assert_eq!(third["stages_reused"], 0, "{third}");
+    assert_eq!(installed(&third)["libgreet"], "2.0", "{third}");
+    assert_ne!(third["digest"], first["digest"]);
+
+    // Signed again by a key the keyring does not hold: refused, as a
+    // fresh build refuses it, not taken from what was kept.
+    let untrusted = new_signing_home("gnupg-kept-untrusted");
+    sign_release(&served.repo().join("dists/stable"), &untrusted);
+    stop_agent(&untrusted);
+    fs::remove_dir_all(ws.join("out")).unwrap();
+    expect_build_failure(&ws, &cache, Some(2), &["signature does not verify"]);
+}
+
 /// Users and groups from postinst (addgroup/useradd) and sysusers.d, added
 /// to the base's /etc/passwd and /etc/group (with shadow entries).
 #[test]

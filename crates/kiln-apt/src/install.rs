@@ -1123,6 +1123,7 @@ mod tests {
                 ),
             ],
             packages: vec![],
+            kept: None,
         };
         // The archive keyring comes with a package; the others do not.
         let keyring_deb = Deb {

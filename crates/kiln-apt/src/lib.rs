@@ -52,6 +52,51 @@ pub struct AptPlan {
     pub(crate) image_sources: Vec<sources::ImageSource>,
     /// Packages to install, sorted by name; their `.deb`s are in the cache.
     pub packages: Vec<Package>,
+    /// The signed indexes the packages were resolved from (none for a
+    /// locked plan).
+    pub kept: Option<KeptIndexes>,
+}
+
+/// The signed indexes an apt plan resolved from: each source (its URI
+/// without credentials, and suite) with the digest of its `InRelease`, in
+/// the plan's order. The same inputs on the same image with the same
+/// `InRelease` files read the same `Packages` (named by hash there), so
+/// they resolve to the same packages ([`kept_indexes_hold`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptIndexes(Vec<(String, Digest)>);
+
+/// Whether a plan of `section` on `fs` would read the same signed indexes
+/// as `kept` now: the same sources (from the section and the image), each
+/// `InRelease` revalidated as a plan fetches it, verified against its
+/// keyring as it stands, and the same bytes.
+pub fn kept_indexes_hold(
+    kept: &KeptIndexes,
+    section: &AptSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    scratch: bool,
+    http: &Http,
+    cache: &Cache,
+) -> Result<bool> {
+    let srcs = sources::distinct(resolve_sources(section, fs, scratch)?);
+    if srcs.len() != kept.0.len() {
+        return Ok(false);
+    }
+    let keyrings = srcs
+        .iter()
+        .map(|s| keyring_for(s, section, fs, spec_dir))
+        .collect::<Result<Vec<_>>>()?;
+    let now = srcs
+        .par_iter()
+        .zip(keyrings.par_iter())
+        .map(|(s, k)| Ok((source_label(s), repo::signed_release(s, k, http, cache)?.0)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(now == kept.0)
+}
+
+/// A source as [`KeptIndexes`] names it.
+fn source_label(s: &sources::Source) -> String {
+    format!("{} {}", kiln_core::url::strip_credentials(&s.uri), s.suite)
 }
 
 /// Debian's name for an OCI architecture.
@@ -326,6 +371,12 @@ pub fn plan(
         .zip(keyrings.par_iter())
         .map(|(s, k)| repo::load_source(s, k, &archs, &keep, http, cache))
         .collect::<Result<_>>()?;
+    let kept = srcs
+        .iter()
+        .zip(&indexes)
+        .map(|(s, i)| Some((source_label(s), i.release.clone()?)))
+        .collect::<Option<Vec<_>>>()
+        .map(KeptIndexes);
     let catalog = repo::Catalog::new(indexes);
     let installed = installed_packages(fs);
     if let Some(b) = section.bootstrap {
@@ -392,6 +443,7 @@ pub fn plan(
         bootstrap: section.bootstrap,
         image_sources,
         packages,
+        kept,
     })
 }
 
@@ -466,6 +518,7 @@ pub fn plan_locked(
         bootstrap: section.bootstrap,
         image_sources,
         packages,
+        kept: None,
     })
 }
 
@@ -564,6 +617,7 @@ mod tests {
             bootstrap: None,
             image_sources: vec![],
             packages: vec![p],
+            kept: None,
         };
         let pinned = pins(&plan);
         assert_eq!(

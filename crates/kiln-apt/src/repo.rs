@@ -373,6 +373,34 @@ pub(crate) struct SourceIndex {
     provides: Vec<(u32, Box<str>)>,
     /// The indexes read: file name and digest.
     indexes: Vec<(String, Digest)>,
+    /// The digest of the InRelease they were read by.
+    pub(crate) release: Option<Digest>,
+}
+
+/// A source's InRelease, fetched (revalidated against the HTTP cache) and
+/// verified against `keyring`: the digest of its bytes and its signed text.
+pub(crate) fn signed_release(
+    src: &Source,
+    keyring: &[SignedPublicKey],
+    http: &Http,
+    cache: &Cache,
+) -> Result<(Digest, String)> {
+    let what = format!("{} {}", src.uri, src.suite);
+    let as_text = |b: &[u8]| {
+        String::from_utf8(b.to_vec()).map_err(|_| AptError::BadIndex {
+            repo: what.clone(),
+            problem: IndexProblem::ReleaseNotUtf8,
+        })
+    };
+    let verified = |b: &[u8]| {
+        remembered(cache, b, keyring, || {
+            verify_inrelease(&as_text(b)?, keyring, &what)
+        })
+    };
+    let check = |b: &[u8]| verified(b).map(|_| ());
+    let url = format!("{}/dists/{}/InRelease", src.uri, src.suite);
+    let inrelease = http.get_cached(&url, None, cache, &check)?;
+    Ok((Digest::of(&inrelease.bytes), verified(&inrelease.bytes)?))
 }
 
 /// Fetch, verify and index every Packages file of one source for `archs`
@@ -389,20 +417,7 @@ pub(crate) fn load_source(
 ) -> Result<SourceIndex> {
     let base = format!("{}/dists/{}", src.uri, src.suite);
     let what = format!("{} {}", src.uri, src.suite);
-    let bad = |problem| AptError::BadIndex {
-        repo: what.clone(),
-        problem,
-    };
-    let as_text =
-        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad(IndexProblem::ReleaseNotUtf8));
-    let verified = |b: &[u8]| {
-        remembered(cache, b, keyring, || {
-            verify_inrelease(&as_text(b)?, keyring, &what)
-        })
-    };
-    let check = |b: &[u8]| verified(b).map(|_| ());
-    let inrelease = http.get_cached(&format!("{base}/InRelease"), None, cache, &check)?;
-    let release = verified(&inrelease.bytes)?;
+    let (release_digest, release) = signed_release(src, keyring, http, cache)?;
     let hashes = release_hashes(&release);
     let fields = parse_paragraphs(&release)
         .into_iter()
@@ -424,6 +439,7 @@ pub(crate) fn load_source(
         entries: Vec::new(),
         provides: Vec::new(),
         indexes: Vec::new(),
+        release: Some(release_digest),
     };
     for (comp, (ai, arch)) in components
         .iter()
@@ -1204,6 +1220,7 @@ mod tests {
             entries: Vec::new(),
             provides: Vec::new(),
             indexes: Vec::new(),
+            release: None,
         }
     }
 

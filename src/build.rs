@@ -937,17 +937,11 @@ fn run_stages(
             .as_ref()
             .map(|l| locked_platform(l, &img.platform))
             .transpose()?;
-        let memo_key = plan.pinned.as_ref().zip(locked).map(|(l, p)| {
-            memo::key(
-                l,
-                p,
-                img.manifest_digest.as_ref(),
-                opts.epoch,
-                opts.compression,
-                opts.sbom,
-                run_scripts,
-            )
-        });
+        let memo_key = plan
+            .pinned
+            .as_ref()
+            .zip(locked)
+            .map(|(l, p)| memo::key(l, p, img, opts, spec));
         let remembered = memo_key.as_ref().filter(|_| opts.reuse).and_then(|k| {
             PlatformMemo::read(&setup.cache, k).or_else(|| {
                 PlatformMemo::from_registry(
@@ -979,10 +973,6 @@ fn run_stages(
         // Unlocked: the pins an earlier build of the same inputs kept on
         // this base, and the stages' memo they lead to, while the
         // resolution they came from still holds.
-        // (Bytecode for another architecture depends on the host's
-        // Python: such a platform runs its stages.)
-        let host_bytecode = !img.platform.is_host() && spec.pip.as_ref().is_some_and(|p| p.compile);
-        let keeps_pins = keeps_pins && !host_bytecode;
         let kept = keeps_pins
             .then(|| take_kept_pins(plan, base, img, opts, &http))
             .flatten();
@@ -1045,15 +1035,7 @@ fn run_stages(
             let pins = platform_pins(setup, base, img, outcome.pins.clone());
             let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
             let pins = synthetic.platforms[0].clone();
-            let key = memo::key(
-                &synthetic,
-                &pins,
-                img.manifest_digest.as_ref(),
-                opts.epoch,
-                opts.compression,
-                opts.sbom,
-                run_scripts,
-            );
+            let key = memo::key(&synthetic, &pins, img, opts, spec);
             let kept = memo::KeptPins::new(pins, apt_kept, pip_kept);
             (key, kept, synthetic.inputs_hash)
         });
@@ -1129,16 +1111,7 @@ fn take_kept_pins(
         manifest,
         &img.platform,
     )?;
-    // (No maintainer scripts: see `keeps_pins`.)
-    let key = memo::key(
-        &synthetic,
-        &kept.pins,
-        manifest,
-        opts.epoch,
-        opts.compression,
-        opts.sbom,
-        false,
-    );
+    let key = memo::key(&synthetic, &kept.pins, img, opts, spec);
     let m = PlatformMemo::read(&setup.cache, &key)?;
     if let Some(section) = &spec.apt {
         // The sources and keyrings are read from the base, as the stage does.
@@ -1673,15 +1646,7 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
         let mut stages_reused = false;
         let pins = match locked {
             Some(pins) => {
-                let key = memo::key(
-                    plan.pinned.as_ref().expect("locked"),
-                    pins,
-                    img.manifest_digest.as_ref(),
-                    opts.epoch,
-                    opts.compression,
-                    opts.sbom,
-                    opts.run_scripts && spec.apt.is_some(),
-                );
+                let key = memo::key(plan.pinned.as_ref().expect("locked"), pins, img, opts, spec);
                 // A build with `[[run]]` steps takes nothing from the memo.
                 let memo = Some(key).filter(|_| spec.run.is_empty());
                 match memo.and_then(|k| PlatformMemo::read(&setup.cache, &k)) {

@@ -797,6 +797,37 @@ fn stdlib_sources(fs: &Rootfs, minor: u32) -> Vec<String> {
     out
 }
 
+/// What bytecode for `platform` depends on besides the image: for another
+/// architecture than the host's (with `compile`), every host `python3.N`
+/// on PATH, each by its path, size and time (which stand for its
+/// version); nothing otherwise. A memo of the stages names it, so a build
+/// on a host with another Python, or none, compiles (or skips) afresh.
+pub(crate) fn host_compilers(platform: &kiln_core::platform::Platform, compile: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if platform.is_host() || !compile {
+        return out;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for minor in 0..=40 {
+        let name = format!("python3.{minor}");
+        let found = std::env::split_paths(&path)
+            .map(|d| d.join(&name))
+            .find(|p| p.is_file());
+        if let Some(p) = found {
+            let md = std::fs::metadata(&p).ok();
+            let _ = writeln!(
+                out,
+                "host {name}: {} {:?} {:?}",
+                p.display(),
+                md.as_ref().map(|m| m.len()),
+                md.and_then(|m| m.modified().ok()),
+            );
+        }
+    }
+    out
+}
+
 /// A host `python3.<minor>` on PATH, with its `sys.version`.
 fn host_python(minor: u32) -> Option<(PathBuf, String)> {
     let name = format!("python3.{minor}");

@@ -13,7 +13,7 @@ use crate::stages::PipReport;
 use kiln_apt::AptReport;
 use kiln_conda::CondaReport;
 use kiln_core::digest::Digest;
-use kiln_fs::layer::{Compression, LayerBlob};
+use kiln_fs::layer::LayerBlob;
 use kiln_fs::rootfs::{DirMeta, Node, Rootfs};
 use kiln_oci::image::NewLayer;
 use kiln_spec::lock::{Lock, LockedPlatform};
@@ -53,24 +53,29 @@ struct MemoLayer {
     created_by: String,
 }
 
-/// The memo's key for one platform of a locked build.
+/// The memo's key for one platform of a build with these pins: the pins,
+/// the spec's inputs and the base, and what else the stages' output
+/// depends on (the epoch, the compression, the SBOM's view, maintainer
+/// scripts, and for another architecture's bytecode the host's Python).
 pub(crate) fn key(
     lock: &Lock,
     platform: &LockedPlatform,
-    base_manifest: Option<&Digest>,
-    epoch: u64,
-    compression: Compression,
-    sbom: bool,
-    run_scripts: bool,
+    img: &kiln_oci::base::PlatformImage,
+    opts: &crate::build::BuildOptions,
+    spec: &kiln_spec::spec::Spec,
 ) -> Digest {
     let pins = serde_json::to_string(platform).unwrap_or_default();
+    let (epoch, compression, sbom) = (opts.epoch, opts.compression, opts.sbom);
+    let run_scripts = opts.run_scripts && spec.apt.is_some();
+    let compile = spec.pip.as_ref().is_some_and(|p| p.compile);
     Digest::of(
         format!(
-            "kiln-stages/4 {} layers/{} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{pins}",
+            "kiln-stages/5 {} layers/{} {} {:?} {epoch} {compression:?} sbom={sbom} scripts={run_scripts}\n{}{pins}",
             env!("CARGO_PKG_VERSION"),
             kiln_fs::layer::ENCODING,
             lock.inputs_hash,
-            base_manifest.map(|d| d.to_string()),
+            img.manifest_digest.as_ref().map(|d| d.to_string()),
+            crate::bytecode::host_compilers(&img.platform, compile),
         )
         .as_bytes(),
     )
@@ -82,9 +87,8 @@ pub(crate) fn key(
 /// every resolution still holds: `[apt]`'s signed indexes the same,
 /// `[pip]`'s requirements, options, sources, pages and find-links
 /// listings the same (on the image apt made, itself the same then). Not
-/// for `[conda]`, `[[run]]` steps, maintainer scripts, nor bytecode the
-/// host's Python compiles for another architecture: their output depends
-/// on more than the pins.
+/// for `[conda]`, `[[run]]` steps or maintainer scripts: their output
+/// depends on more than the pins.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeptPins {
     format: u32,

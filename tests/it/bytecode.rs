@@ -370,10 +370,12 @@ fn foreign_architecture_uses_the_hosts_python_or_says_why() {
     let host_python = std::env::split_paths(&std::env::var_os("PATH").unwrap())
         .map(|d| d.join("python3.11"))
         .find(|p| p.is_file());
+    let mut host_bin = None;
     if let Some(python) = host_python {
         let bin = ws.join("host-bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(&python, bin.join("python3.11")).unwrap();
+        host_bin = Some(bin.clone());
         let r = build_with_path(&bin, "out");
         for i in 0..2 {
             assert_eq!(r["pip"][i]["bytecode"]["compiled"], 2, "{r}");
@@ -402,4 +404,18 @@ fn foreign_architecture_uses_the_hosts_python_or_says_why() {
             .any(|w| w.starts_with("[pip] compile for linux/arm64: nothing compiled")),
         "{warnings:?}"
     );
+
+    // Locked, the stages' memo names the host's Python: one written with
+    // it on PATH is not taken without it, and back.
+    if let Some(bin) = host_bin {
+        run(ws.kiln().env("KILN_CACHE", shared_cache()).arg("lock")).ok();
+        let with = build_with_path(&bin, "out3");
+        assert_eq!(with["lock"], "used", "{with}");
+        let arm64 = layer(&with, "linux/arm64").expect("an arm64 bytecode layer");
+        let without = build_with_path(&empty, "out4");
+        assert!(layer(&without, "linux/arm64").is_none(), "{without}");
+        assert!(layer(&without, "linux/amd64").is_some());
+        let again = build_with_path(&bin, "out5");
+        assert_eq!(layer(&again, "linux/arm64"), Some(arm64));
+    }
 }

@@ -954,20 +954,9 @@ fn run_stages(
             })
         });
         if let Some(m) = remembered {
-            out.push(PlatformBuild {
-                layers: m.layers(),
-                sbom: tree.then(|| SbomInput {
-                    fs: m.fs(),
-                    base_purls: m.base_purls.clone(),
-                    known: known_checksums(locked),
-                }),
-                apt: m.apt,
-                conda: m.conda,
-                pip: resolved_as(m.pip, kiln_pip::Resolution::Locked),
-                reused: true,
-                pins: locked.cloned().unwrap_or_default(),
-                memo: memo_key,
-            });
+            let pins = locked.cloned().unwrap_or_default();
+            let how = kiln_pip::Resolution::Locked;
+            out.push(PlatformBuild::remembered(m, pins, how, tree, memo_key));
             continue;
         }
         // Unlocked: the pins an earlier build of the same inputs kept on
@@ -977,20 +966,8 @@ fn run_stages(
             .then(|| take_kept_pins(plan, base, img, opts, &http))
             .flatten();
         if let Some((pins, m)) = kept {
-            out.push(PlatformBuild {
-                layers: m.layers(),
-                sbom: tree.then(|| SbomInput {
-                    fs: m.fs(),
-                    base_purls: m.base_purls.clone(),
-                    known: known_checksums(Some(&pins)),
-                }),
-                apt: m.apt,
-                conda: m.conda,
-                pip: resolved_as(m.pip, kiln_pip::Resolution::Kept),
-                reused: true,
-                pins,
-                memo: None,
-            });
+            let how = kiln_pip::Resolution::Kept;
+            out.push(PlatformBuild::remembered(m, pins, how, tree, None));
             continue;
         }
         // The base's view is remembered by its manifest, unless maintainer
@@ -1083,12 +1060,39 @@ fn run_stages(
     Ok(out)
 }
 
-/// Reports taken from a memo say how this build came by the versions.
-fn resolved_as(mut reports: Vec<PipReport>, how: kiln_pip::Resolution) -> Vec<PipReport> {
-    for r in &mut reports {
-        r.resolution = how;
+impl PlatformBuild {
+    /// A platform whose stages come from the memo `m` for `pins` (a
+    /// lock's, or kept); its reports say how this build came by the
+    /// versions (`how`), not how the build that wrote the memo did. `memo`
+    /// is pushed beside the image as its stage record.
+    fn remembered(
+        m: PlatformMemo,
+        pins: LockedPlatform,
+        how: kiln_pip::Resolution,
+        tree: bool,
+        memo: Option<Digest>,
+    ) -> PlatformBuild {
+        let layers = m.layers();
+        let sbom = tree.then(|| SbomInput {
+            fs: m.fs(),
+            base_purls: m.base_purls.clone(),
+            known: known_checksums(Some(&pins)),
+        });
+        let mut pip = m.pip;
+        for r in &mut pip {
+            r.resolution = how;
+        }
+        PlatformBuild {
+            layers,
+            sbom,
+            apt: m.apt,
+            conda: m.conda,
+            pip,
+            reused: true,
+            pins,
+            memo,
+        }
     }
-    reports
 }
 
 /// The pins an earlier unlocked build of the same inputs kept for `img`

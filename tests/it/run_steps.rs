@@ -350,30 +350,29 @@ fn a_directory_argument_builds_its_spec_or_else_its_dockerfile() {
         "app/Dockerfile",
         "FROM scratch\nCOPY hello.txt /hello.txt\n",
     );
-    // `kiln build DIR` with only a Dockerfile there: DIR is its context.
-    run(ws
-        .kiln()
-        .args(["build", "app", "--quiet", "-o", "oci:out-df"]))
-    .ok();
-    let rootfs = umoci_unpack(&ws.join("out-df"), "latest", &ws.join("bundle-df"));
-    assert_eq!(
-        fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
-        "hello\n"
-    );
-    // A kiln.toml in DIR comes first, its paths read from DIR.
+    // `kiln build app`, unpacked: the file at `path` in the image.
+    let built = |name: &str, path: &str| {
+        run(ws
+            .kiln()
+            .args(["build", "app", "--quiet", "-o"])
+            .arg(format!("oci:out-{name}")))
+        .ok();
+        let rootfs = umoci_unpack(
+            &ws.join(format!("out-{name}")),
+            "latest",
+            &ws.join(format!("bundle-{name}")),
+        );
+        (fs::read_to_string(rootfs.join(path)).ok(), rootfs)
+    };
+    // With only a Dockerfile there: the directory is its context.
+    assert_eq!(built("df", "hello.txt").0.as_deref(), Some("hello\n"));
+    // A kiln.toml in the directory comes first, its paths read from there.
     ws.write(
         "app/kiln.toml",
         "[[files]]\nsrc = \"hello.txt\"\ndst = \"/srv/hello.txt\"\n",
     );
-    run(ws
-        .kiln()
-        .args(["build", "app", "--quiet", "-o", "oci:out-spec"]))
-    .ok();
-    let rootfs = umoci_unpack(&ws.join("out-spec"), "latest", &ws.join("bundle-spec"));
-    assert_eq!(
-        fs::read_to_string(rootfs.join("srv/hello.txt")).unwrap(),
-        "hello\n"
-    );
+    let (file, rootfs) = built("spec", "srv/hello.txt");
+    assert_eq!(file.as_deref(), Some("hello\n"));
     assert!(!rootfs.join("hello.txt").exists());
     // Neither: said so, and nothing written.
     ws.write("empty/README", "nothing to build\n");

@@ -326,6 +326,20 @@ fn installs_over_http_from_a_loopback_channel() {
         "2.0\n"
     );
     assert_eq!(conda_meta(&rootfs).len(), 2);
+    // Again with the same cache: each repodata.json is revalidated, not
+    // fetched again (a 304, no body), and the image is the same.
+    let before = server
+        .not_modified
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let again = build(&ws, "again").ok().json();
+    let after = server
+        .not_modified
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        after >= before + 2,
+        "linux-64 and noarch revalidated ({before} -> {after})"
+    );
+    assert_eq!(again["digest"], v["digest"]);
 }
 
 /// A base image whose dpkg database says libc6 is VERSION.

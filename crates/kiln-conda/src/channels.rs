@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use url::Url;
 
 use kiln_core::error::{ErrorKind, Result};
+use kiln_store::cache::Cache;
 use kiln_store::http::{redact, Http};
 
 use crate::CondaError;
@@ -91,6 +92,7 @@ pub(crate) fn fetch_all(
     channels: &[Channel],
     subdir: Subdir,
     http: &Http,
+    cache: &Cache,
 ) -> Result<Vec<Vec<RepoDataRecord>>> {
     channels
         .par_iter()
@@ -98,7 +100,7 @@ pub(crate) fn fetch_all(
             let mut records = Vec::new();
             let mut found = false;
             for sd in [subdir.to_string(), "noarch".to_string()] {
-                if let Some(r) = fetch_subdir(c, &sd, http)? {
+                if let Some(r) = fetch_subdir(c, &sd, http, cache)? {
                     found = true;
                     records.extend(r);
                 }
@@ -119,8 +121,15 @@ pub(crate) fn fetch_all(
 }
 
 /// `<channel>/<subdir>/repodata.json` as records; `None` when the channel has
-/// no such subdir.
-fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<RepoDataRecord>>> {
+/// no such subdir. Through the HTTP cache: asked for gzip (JSON shrinks
+/// several times), kept once it parses, revalidated by the next build (a
+/// `304` costs no body).
+fn fetch_subdir(
+    c: &Channel,
+    subdir: &str,
+    http: &Http,
+    cache: &Cache,
+) -> Result<Option<Vec<RepoDataRecord>>> {
     let url = c
         .base_url
         .url()
@@ -129,19 +138,38 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http) -> Result<Option<Vec<Rep
             url: redact(c.base_url.as_str()),
             reason: e.to_string(),
         })?;
-    let bytes = match http.get(url.as_str(), Some("application/json")) {
+    let context = || format!("[conda] {}", redact(url.as_str()));
+    // Parsed once: by the check when the body is new, after it otherwise.
+    let parsed = std::sync::Mutex::new(None);
+    let check = |b: &[u8]| {
+        let r = parse_repodata(b).map_err(|e| e.context(context()))?;
+        *parsed.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        Ok(())
+    };
+    let bytes = match http.get_cached(url.as_str(), Some("application/json"), cache, &check) {
         Ok(f) => f.bytes,
         // A missing subdir (or a missing local file) is a channel without
         // packages for it, not an error by itself.
         Err(e) if e.kind() == ErrorKind::Input && is_missing(&e.to_string()) => return Ok(None),
+        // The check's own error (a body that does not parse), as it is.
+        Err(e)
+            if matches!(
+                e.downcast_ref::<CondaError>(),
+                Some(CondaError::BadRepodata { .. })
+            ) =>
+        {
+            return Err(e)
+        }
         Err(e) => {
             return Err(crate::fetch_error(e, || {
                 format!("channel {}", redact(&c.canonical_name()))
             }))
         }
     };
-    let repodata = parse_repodata(&bytes)
-        .map_err(|e| e.context(format!("[conda] {}", redact(url.as_str()))))?;
+    let repodata = match parsed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(r) => r,
+        None => parse_repodata(&bytes).map_err(|e| e.context(context()))?,
+    };
     Ok(Some(repodata.into_repo_data_records(c)))
 }
 
@@ -257,7 +285,8 @@ mod tests {
         let empty = parse(&dir.path().display().to_string(), &config).unwrap();
         let http = Http::offline().unwrap();
         let subdir: Subdir = "linux-64".parse().unwrap();
-        let err = fetch_all(&[empty], subdir, &http).unwrap_err();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let err = fetch_all(&[empty], subdir, &http, &cache).unwrap_err();
         match err.downcast_ref::<CondaError>() {
             Some(CondaError::NoRepodata { url, subdir, .. }) => {
                 assert!(url.starts_with("file://"), "{url}");

@@ -413,7 +413,7 @@ pub fn plan(
     let solution = if req.specs.is_empty() {
         base.iter().map(|r| r.repodata_record.clone()).collect()
     } else {
-        solve_channels(section, &req, subdir, &virtual_packages, &base, http)?
+        solve_channels(section, &req, subdir, &virtual_packages, &base, http, cache)?
     };
     finish(
         solution,
@@ -436,8 +436,9 @@ fn solve_channels(
     virtual_packages: &[GenericVirtualPackage],
     base: &[PrefixRecord],
     http: &Http,
+    cache: &Cache,
 ) -> Result<Vec<RepoDataRecord>> {
-    let available = channels::fetch_all(&req.channels, subdir, http)?;
+    let available = channels::fetch_all(&req.channels, subdir, http, cache)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
         let p = &r.package_record;
@@ -1201,10 +1202,17 @@ mod tests {
     #[test]
     fn channel_tokens_stay_out_of_fetch_errors() {
         let subdir: Subdir = "linux-64".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
         // Neither subdir there.
         let (base, seen) = serve("404 Not Found", b"");
-        let err = channels::fetch_all(&[token_channel(&base)], subdir, &Http::new().unwrap())
-            .unwrap_err();
+        let err = channels::fetch_all(
+            &[token_channel(&base)],
+            subdir,
+            &Http::new().unwrap(),
+            &cache,
+        )
+        .unwrap_err();
         match err.downcast_ref::<CondaError>() {
             Some(CondaError::NoRepodata { channel, url, .. }) => {
                 assert_eq!(url, &format!("{base}/t/***/chan/"));
@@ -1221,8 +1229,13 @@ mod tests {
         );
         // A repodata.json that does not parse.
         let (base, _) = serve("200 OK", b"{not json");
-        let err = channels::fetch_all(&[token_channel(&base)], subdir, &Http::new().unwrap())
-            .unwrap_err();
+        let err = channels::fetch_all(
+            &[token_channel(&base)],
+            subdir,
+            &Http::new().unwrap(),
+            &cache,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err.downcast_ref::<CondaError>(),
@@ -1238,12 +1251,13 @@ mod tests {
         // A server error, and offline.
         let (base, _) = serve("403 Forbidden", b"");
         let http = Http::new().unwrap();
-        let err = channels::fetch_all(&[token_channel(&base)], subdir, &http).unwrap_err();
+        let err = channels::fetch_all(&[token_channel(&base)], subdir, &http, &cache).unwrap_err();
         assert!(!shown(&err).contains(SECRET), "{err}");
         let err = channels::fetch_all(
             &[token_channel("https://h.invalid")],
             subdir,
             &Http::offline().unwrap(),
+            &cache,
         )
         .unwrap_err();
         assert!(!shown(&err).contains(SECRET), "{err}");

@@ -922,12 +922,12 @@ fn run_stages(
             tally: &plan.tally,
         });
     }
-    // Pins are kept for an unlocked build of `[apt]` and `[pip]` stages
-    // (see `memo::KeptPins`).
+    // Pins are kept for an unlocked build of package stages (`[conda]`
+    // only on the base itself; see `memo::KeptPins`).
     let keeps_pins = plan.pinned.is_none()
         && opts.reuse
-        && (spec.apt.is_some() || spec.pip.is_some())
-        && spec.conda.is_none()
+        && (spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some())
+        && !(spec.conda.is_some() && spec.apt.is_some())
         && !runs
         && !run_scripts;
     let mut out = Vec::new();
@@ -1002,18 +1002,23 @@ fn run_stages(
         // Unlocked, with its resolutions kept: the pins, kept for the next
         // build, and the memo they lead to.
         let apt_kept = outcome.apt_kept.clone().filter(|_| spec.apt.is_some());
+        let conda_kept = outcome.conda_kept.clone().filter(|_| spec.conda.is_some());
         let pip_kept = match outcome.kept.as_slice() {
             [Some(k)] => Some(k.clone()),
             _ => None,
         };
-        let resolutions_kept =
-            spec.apt.is_some() == apt_kept.is_some() && spec.pip.is_some() == pip_kept.is_some();
+        // (An environment.yml's `pip:` list is a pip stage `[pip]` is not:
+        // its resolution is not checked again, so nothing is kept.)
+        let resolutions_kept = spec.apt.is_some() == apt_kept.is_some()
+            && spec.conda.is_some() == conda_kept.is_some()
+            && spec.pip.is_some() == pip_kept.is_some()
+            && outcome.kept.len() == usize::from(spec.pip.is_some());
         let kept = (keeps_pins && resolutions_kept).then(|| {
             let pins = platform_pins(setup, base, img, outcome.pins.clone());
             let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
             let pins = synthetic.platforms[0].clone();
             let key = memo::key(&synthetic, &pins, img, opts, spec);
-            let kept = memo::KeptPins::new(pins, apt_kept, pip_kept);
+            let kept = memo::KeptPins::new(pins, apt_kept, conda_kept, pip_kept);
             (key, kept, synthetic.inputs_hash)
         });
         if let Some(key) = memo_key.as_ref().or(kept.as_ref().map(|k| &k.0)) {
@@ -1117,19 +1122,38 @@ fn take_kept_pins(
     )?;
     let key = memo::key(&synthetic, &kept.pins, img, opts, spec);
     let m = PlatformMemo::read(&setup.cache, &key)?;
+    // The image below the first stage: the base's view, as the stages read
+    // it (kept only when that is what `[conda]` reads too: `keeps_pins`).
+    let view = || match manifest {
+        Some(d) => memo::read_view(&setup.cache, d),
+        None if base.is_scratch() => Some(Rootfs::default()),
+        None => None,
+    };
     if let Some(section) = &spec.apt {
         // The sources and keyrings are read from the base, as the stage does.
-        let fs = match manifest {
-            Some(d) => memo::read_view(&setup.cache, d)?,
-            None if base.is_scratch() => Rootfs::default(),
-            None => return None,
-        };
+        let fs = view()?;
         let holds = kiln_apt::kept_indexes_hold(
             kept.apt.as_ref()?,
             section,
             &setup.spec_dir,
             &fs,
             base.is_scratch(),
+            http,
+            &setup.cache,
+        );
+        if !holds.ok()? {
+            return None;
+        }
+    }
+    if let Some(section) = &spec.conda {
+        // The base prefix and the virtual packages, as the stage reads them.
+        let fs = view()?;
+        let holds = kiln_conda::kept_repodata_holds(
+            kept.conda.as_ref()?,
+            section,
+            &setup.spec_dir,
+            &fs,
+            &img.platform,
             http,
             &setup.cache,
         );

@@ -86,15 +86,18 @@ pub(crate) fn key(
 /// takes them as a lock's, and with them the stages' memo ([`key`]), when
 /// every resolution still holds: `[apt]`'s signed indexes the same,
 /// `[pip]`'s requirements, options, sources, pages and find-links
-/// listings the same (on the image apt made, itself the same then). Not
-/// for `[conda]`, `[[run]]` steps or maintainer scripts: their output
-/// depends on more than the pins.
+/// listings the same (on the image apt made, itself the same then);
+/// `[conda]`'s repodata the same (on the base: not with `[apt]` below it).
+/// Not for `[[run]]` steps or maintainer scripts: their output depends on
+/// more than the pins.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeptPins {
     format: u32,
     pub(crate) pins: LockedPlatform,
     #[serde(default)]
     pub(crate) apt: Option<kiln_apt::KeptIndexes>,
+    #[serde(default)]
+    pub(crate) conda: Option<kiln_conda::KeptRepodata>,
     #[serde(default)]
     pub(crate) pip: Option<kiln_pip::KeptResolution>,
 }
@@ -125,12 +128,14 @@ impl KeptPins {
     pub(crate) fn new(
         pins: LockedPlatform,
         apt: Option<kiln_apt::KeptIndexes>,
+        conda: Option<kiln_conda::KeptRepodata>,
         pip: Option<kiln_pip::KeptResolution>,
     ) -> KeptPins {
         KeptPins {
             format: KEPT_PINS_FORMAT,
             pins,
             apt,
+            conda,
             pip,
         }
     }

@@ -45,6 +45,8 @@ pub(crate) struct Outcome {
     pub(crate) pins: LockedPlatform,
     /// The signed indexes the apt stage resolved from (see `memo::KeptPins`).
     pub(crate) apt_kept: Option<apt::KeptIndexes>,
+    /// The repodata the conda stage solved from.
+    pub(crate) conda_kept: Option<conda::KeptRepodata>,
     /// Each pip stage's kept resolution, in order.
     pub(crate) kept: Vec<Option<pip::KeptResolution>>,
 }
@@ -336,6 +338,7 @@ impl Stages<'_> {
                 }
                 None => conda::plan(section, self.spec_dir, fs, platform, http, cache)?,
             };
+            out.conda_kept = plan.kept.clone();
             if last && plan.pip.is_none() {
                 spinner.finish_and_clear();
                 out.pins.conda = conda::pins(&plan);

@@ -327,7 +327,8 @@ fn installs_over_http_from_a_loopback_channel() {
     );
     assert_eq!(conda_meta(&rootfs).len(), 2);
     // Again with the same cache: each repodata.json is revalidated, not
-    // fetched again (a 304, no body), and the image is the same.
+    // fetched again (a 304, no body), the pins and stages the first build
+    // kept are taken, and the image is the same.
     let before = server
         .not_modified
         .load(std::sync::atomic::Ordering::SeqCst);
@@ -340,6 +341,20 @@ fn installs_over_http_from_a_loopback_channel() {
         "linux-64 and noarch revalidated ({before} -> {after})"
     );
     assert_eq!(again["digest"], v["digest"]);
+    assert_eq!(v["stages_reused"], 0, "{v}");
+    assert_eq!(again["stages_reused"], 1, "{again}");
+    // The channel published again without libbase 2.0: another repodata,
+    // solved again.
+    let older: Vec<_> = packages()
+        .into_iter()
+        .filter(|p| !(p.name == "libbase" && p.version == "2.0"))
+        .collect();
+    write_channel(&chan, &older);
+    let third = build(&ws, "third").ok().json();
+    assert_eq!(third["stages_reused"], 0, "{third}");
+    let mut installed = names(&conda_report(&third)["installed"]);
+    installed.sort();
+    assert_eq!(installed, ["libbase-1.0-h0_0", "libmid-1.0-h0_0"]);
 }
 
 /// A base image whose dpkg database says libc6 is VERSION.

@@ -13,6 +13,7 @@ use rattler_conda_types::{Channel, ChannelConfig, RepoData, RepoDataRecord, Subd
 use rayon::prelude::*;
 use url::Url;
 
+use kiln_core::digest::Digest;
 use kiln_core::error::{ErrorKind, Result};
 use kiln_store::cache::Cache;
 use kiln_store::http::{redact, Http};
@@ -87,25 +88,31 @@ pub(crate) fn parse(s: &str, config: &ChannelConfig) -> Result<Channel> {
 }
 
 /// Every record of every channel for `subdir` and `noarch`, in channel
-/// order (the solver's channel priority follows it). Fetched in parallel.
+/// order (the solver's channel priority follows it), and what they were
+/// read from ([`KeptRepodata`]). Fetched in parallel.
 pub(crate) fn fetch_all(
     channels: &[Channel],
     subdir: Subdir,
     http: &Http,
     cache: &Cache,
-) -> Result<Vec<Vec<RepoDataRecord>>> {
-    channels
+) -> Result<(Vec<Vec<RepoDataRecord>>, KeptRepodata)> {
+    let fetched = channels
         .par_iter()
         .map(|c| {
             let mut records = Vec::new();
-            let mut found = false;
+            let mut read = Vec::new();
             for sd in [subdir.to_string(), "noarch".to_string()] {
-                if let Some(r) = fetch_subdir(c, &sd, http, cache)? {
-                    found = true;
-                    records.extend(r);
+                let got = fetch_subdir(c, &sd, http, cache)?;
+                read.push((label(c, &sd), got.as_ref().map(|f| f.digest.clone())));
+                if let Some(f) = got {
+                    let repodata = match f.parsed {
+                        Some(r) => r,
+                        None => parse_repodata(&f.bytes).map_err(|e| e.context(f.context))?,
+                    };
+                    records.extend(repodata.into_repo_data_records(c));
                 }
             }
-            if !found {
+            if read.iter().all(|(_, d)| d.is_none()) {
                 return Err(CondaError::NoRepodata {
                     // rattler's canonical name masks a password but shows
                     // the user name and only a token right after the host.
@@ -115,21 +122,75 @@ pub(crate) fn fetch_all(
                 }
                 .into());
             }
-            Ok(prefer_conda_format(records))
+            Ok((prefer_conda_format(records), read))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut kept = KeptRepodata(Vec::new());
+    let records = fetched
+        .into_iter()
+        .map(|(records, read)| {
+            kept.0.extend(read);
+            records
+        })
+        .collect();
+    Ok((records, kept))
 }
 
-/// `<channel>/<subdir>/repodata.json` as records; `None` when the channel has
-/// no such subdir. Through the HTTP cache: asked for gzip (JSON shrinks
-/// several times), kept once it parses, revalidated by the next build (a
-/// `304` costs no body).
-fn fetch_subdir(
-    c: &Channel,
-    subdir: &str,
+/// The repodata a solve read: each channel's subdir (its URL without
+/// credentials) with the digest of its `repodata.json`, or none where the
+/// channel has no such subdir, in the solve's order. The same request on
+/// the same image against the same repodata solves the same
+/// ([`crate::kept_repodata_holds`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptRepodata(pub(crate) Vec<(String, Option<Digest>)>);
+
+/// [`KeptRepodata`] of `channels` now: each `repodata.json` revalidated
+/// through the HTTP cache (parsed only when it changed, to be kept).
+pub(crate) fn read_now(
+    channels: &[Channel],
+    subdir: Subdir,
     http: &Http,
     cache: &Cache,
-) -> Result<Option<Vec<RepoDataRecord>>> {
+) -> Result<KeptRepodata> {
+    let read = channels
+        .par_iter()
+        .map(|c| {
+            [subdir.to_string(), "noarch".to_string()]
+                .into_iter()
+                .map(|sd| {
+                    Ok((
+                        label(c, &sd),
+                        fetch_subdir(c, &sd, http, cache)?.map(|f| f.digest),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(KeptRepodata(read.into_iter().flatten().collect()))
+}
+
+/// A channel's subdir as [`KeptRepodata`] names it.
+fn label(c: &Channel, subdir: &str) -> String {
+    format!(
+        "{} {subdir}",
+        kiln_core::url::strip_credentials(c.base_url.as_str())
+    )
+}
+
+/// A fetched `repodata.json`: its bytes, their digest, and the repodata
+/// when the HTTP cache's check parsed it (a new body).
+struct Fetched {
+    bytes: Vec<u8>,
+    digest: Digest,
+    parsed: Option<RepoData>,
+    context: String,
+}
+
+/// `<channel>/<subdir>/repodata.json`; `None` when the channel has no such
+/// subdir. Through the HTTP cache: asked for gzip (JSON shrinks several
+/// times), kept once it parses (parsed once), revalidated by the next
+/// build (a `304` costs no body).
+fn fetch_subdir(c: &Channel, subdir: &str, http: &Http, cache: &Cache) -> Result<Option<Fetched>> {
     let url = c
         .base_url
         .url()
@@ -138,11 +199,10 @@ fn fetch_subdir(
             url: redact(c.base_url.as_str()),
             reason: e.to_string(),
         })?;
-    let context = || format!("[conda] {}", redact(url.as_str()));
-    // Parsed once: by the check when the body is new, after it otherwise.
+    let context = format!("[conda] {}", redact(url.as_str()));
     let parsed = std::sync::Mutex::new(None);
     let check = |b: &[u8]| {
-        let r = parse_repodata(b).map_err(|e| e.context(context()))?;
+        let r = parse_repodata(b).map_err(|e| e.context(context.clone()))?;
         *parsed.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         Ok(())
     };
@@ -166,11 +226,12 @@ fn fetch_subdir(
             }))
         }
     };
-    let repodata = match parsed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(r) => r,
-        None => parse_repodata(&bytes).map_err(|e| e.context(context()))?,
-    };
-    Ok(Some(repodata.into_repo_data_records(c)))
+    Ok(Some(Fetched {
+        digest: Digest::of(&bytes),
+        bytes,
+        parsed: parsed.into_inner().unwrap_or_else(|p| p.into_inner()),
+        context,
+    }))
 }
 
 /// Does the HTTP client's message say the document is not there (HTTP 404

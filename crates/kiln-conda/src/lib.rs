@@ -15,6 +15,7 @@ mod error;
 pub mod install;
 pub mod target;
 
+pub use channels::KeptRepodata;
 pub use error::{CondaError, Hostile, SolveTarget};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +58,8 @@ pub struct CondaPlan {
     /// after the conda layers (into the image's Python when the
     /// environment has none: target `system`).
     pub pip: Option<kiln_spec::sections::PipSection>,
+    /// The repodata the packages were solved from (none for a locked plan).
+    pub kept: Option<KeptRepodata>,
 }
 
 impl CondaPlan {
@@ -410,12 +413,16 @@ pub fn plan(
     } = start(section, spec_dir, fs, platform)?;
     // Nothing to solve (an environment.yml with only a `pip:` list): no
     // channel is read and the base prefix stays as it is.
-    let solution = if req.specs.is_empty() {
-        base.iter().map(|r| r.repodata_record.clone()).collect()
+    let (solution, kept) = if req.specs.is_empty() {
+        let kept = KeptRepodata::default();
+        (
+            base.iter().map(|r| r.repodata_record.clone()).collect(),
+            kept,
+        )
     } else {
         solve_channels(section, &req, subdir, &virtual_packages, &base, http, cache)?
     };
-    finish(
+    let plan = finish(
         solution,
         base,
         prefix,
@@ -424,7 +431,31 @@ pub fn plan(
         req,
         http,
         cache,
-    )
+    )?;
+    Ok(CondaPlan {
+        kept: Some(kept),
+        ..plan
+    })
+}
+
+/// Whether a plan of `section` on `fs` would read the same repodata as
+/// `kept` now: the same channels and subdirs (from the section as it reads
+/// now), each `repodata.json` revalidated and the same bytes. The image
+/// (the base prefix, the virtual packages) is the caller's to vouch for.
+pub fn kept_repodata_holds(
+    kept: &KeptRepodata,
+    section: &CondaSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    http: &Http,
+    cache: &Cache,
+) -> Result<bool> {
+    let Start { req, subdir, .. } = start(section, spec_dir, fs, platform)?;
+    if req.specs.is_empty() {
+        return Ok(kept.0.is_empty());
+    }
+    Ok(&channels::read_now(&req.channels, subdir, http, cache)? == kept)
 }
 
 /// Fetch the channels' repodata and solve the request against it, the
@@ -437,8 +468,8 @@ fn solve_channels(
     base: &[PrefixRecord],
     http: &Http,
     cache: &Cache,
-) -> Result<Vec<RepoDataRecord>> {
-    let available = channels::fetch_all(&req.channels, subdir, http, cache)?;
+) -> Result<(Vec<RepoDataRecord>, KeptRepodata)> {
+    let (available, kept) = channels::fetch_all(&req.channels, subdir, http, cache)?;
     let mut locked: Vec<RepoDataRecord> = base.iter().map(|r| r.repodata_record.clone()).collect();
     for r in available.iter().flatten() {
         let p = &r.package_record;
@@ -461,7 +492,7 @@ fn solve_channels(
         .cloned()
         .zip(req.origins.iter().cloned())
         .collect();
-    Ok(solve_typed(
+    let solution = solve_typed(
         &available,
         &locked,
         virtual_packages.to_vec(),
@@ -474,7 +505,8 @@ fn solve_channels(
             subdir: subdir.to_string(),
             virtual_packages: target::describe(virtual_packages),
         })
-    })?)
+    })?;
+    Ok((solution, kept))
 }
 
 /// Package name → the request that named it, as kiln.lock and conda-meta
@@ -586,6 +618,7 @@ fn finish(
         specs: req.spec_texts.iter().map(|t| public_spec(t)).collect(),
         virtual_packages,
         pip,
+        kept: None,
     })
 }
 
@@ -1111,6 +1144,7 @@ mod tests {
             specs: req.spec_texts.iter().map(|t| public_spec(t)).collect(),
             virtual_packages: Vec::new(),
             pip: None,
+            kept: None,
         };
         let pins = pins(&plan);
         let locked = serde_json::to_string(&pins).unwrap();

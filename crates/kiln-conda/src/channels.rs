@@ -206,8 +206,8 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http, cache: &Cache) -> Result
         *parsed.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         Ok(())
     };
-    let bytes = match http.get_cached(url.as_str(), Some("application/json"), cache, &check) {
-        Ok(f) => f.bytes,
+    let fetched = match http.get_cached(url.as_str(), Some("application/json"), cache, &check) {
+        Ok(f) => f,
         // A missing subdir (or a missing local file) is a channel without
         // packages for it, not an error by itself.
         Err(e) if e.kind() == ErrorKind::Input && is_missing(&e.to_string()) => return Ok(None),
@@ -226,9 +226,11 @@ fn fetch_subdir(c: &Channel, subdir: &str, http: &Http, cache: &Cache) -> Result
             }))
         }
     };
+    // The HTTP cache hashed the body already (a local file it did not).
+    let digest = fetched.digest.unwrap_or_else(|| Digest::of(&fetched.bytes));
     Ok(Some(Fetched {
-        digest: Digest::of(&bytes),
-        bytes,
+        digest,
+        bytes: fetched.bytes,
         parsed: parsed.into_inner().unwrap_or_else(|p| p.into_inner()),
         context,
     }))

@@ -414,11 +414,8 @@ pub fn plan(
     // Nothing to solve (an environment.yml with only a `pip:` list): no
     // channel is read and the base prefix stays as it is.
     let (solution, kept) = if req.specs.is_empty() {
-        let kept = KeptRepodata::default();
-        (
-            base.iter().map(|r| r.repodata_record.clone()).collect(),
-            kept,
-        )
+        let unchanged = base.iter().map(|r| r.repodata_record.clone()).collect();
+        (unchanged, KeptRepodata::default())
     } else {
         solve_channels(section, &req, subdir, &virtual_packages, &base, http, cache)?
     };
@@ -1238,15 +1235,12 @@ mod tests {
         let subdir: Subdir = "linux-64".parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
+        let fetch_error = |base: &str, http: &Http| {
+            channels::fetch_all(&[token_channel(base)], subdir, http, &cache).unwrap_err()
+        };
         // Neither subdir there.
         let (base, seen) = serve("404 Not Found", b"");
-        let err = channels::fetch_all(
-            &[token_channel(&base)],
-            subdir,
-            &Http::new().unwrap(),
-            &cache,
-        )
-        .unwrap_err();
+        let err = fetch_error(&base, &Http::new().unwrap());
         match err.downcast_ref::<CondaError>() {
             Some(CondaError::NoRepodata { channel, url, .. }) => {
                 assert_eq!(url, &format!("{base}/t/***/chan/"));
@@ -1263,13 +1257,7 @@ mod tests {
         );
         // A repodata.json that does not parse.
         let (base, _) = serve("200 OK", b"{not json");
-        let err = channels::fetch_all(
-            &[token_channel(&base)],
-            subdir,
-            &Http::new().unwrap(),
-            &cache,
-        )
-        .unwrap_err();
+        let err = fetch_error(&base, &Http::new().unwrap());
         assert!(
             matches!(
                 err.downcast_ref::<CondaError>(),
@@ -1284,16 +1272,9 @@ mod tests {
         assert!(!shown(&err).contains(SECRET), "{err}");
         // A server error, and offline.
         let (base, _) = serve("403 Forbidden", b"");
-        let http = Http::new().unwrap();
-        let err = channels::fetch_all(&[token_channel(&base)], subdir, &http, &cache).unwrap_err();
+        let err = fetch_error(&base, &Http::new().unwrap());
         assert!(!shown(&err).contains(SECRET), "{err}");
-        let err = channels::fetch_all(
-            &[token_channel("https://h.invalid")],
-            subdir,
-            &Http::offline().unwrap(),
-            &cache,
-        )
-        .unwrap_err();
+        let err = fetch_error("https://h.invalid", &Http::offline().unwrap());
         assert!(!shown(&err).contains(SECRET), "{err}");
     }
 

@@ -922,12 +922,11 @@ fn run_stages(
             tally: &plan.tally,
         });
     }
-    // Pins are kept for an unlocked build of package stages (`[conda]`
-    // only on the base itself; see `memo::KeptPins`).
+    // Pins are kept for an unlocked build of package stages (see
+    // `memo::KeptPins`).
     let keeps_pins = plan.pinned.is_none()
         && opts.reuse
         && (spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some())
-        && !(spec.conda.is_some() && spec.apt.is_some())
         && !runs
         && !run_scripts;
     let mut out = Vec::new();
@@ -1122,16 +1121,14 @@ fn take_kept_pins(
     )?;
     let key = memo::key(&synthetic, &kept.pins, img, opts, spec);
     let m = PlatformMemo::read(&setup.cache, &key)?;
-    // The image below the first stage: the base's view, as the stages read
-    // it (kept only when that is what `[conda]` reads too: `keeps_pins`).
-    let view = || match manifest {
-        Some(d) => memo::read_view(&setup.cache, d),
-        None if base.is_scratch() => Some(Rootfs::default()),
-        None => None,
-    };
     if let Some(section) = &spec.apt {
-        // The sources and keyrings are read from the base, as the stage does.
-        let fs = view()?;
+        // The sources and keyrings are read from the base's view, as the
+        // stage reads them.
+        let fs = match manifest {
+            Some(d) => memo::read_view(&setup.cache, d)?,
+            None if base.is_scratch() => Rootfs::default(),
+            None => return None,
+        };
         let holds = kiln_apt::kept_indexes_hold(
             kept.apt.as_ref()?,
             section,
@@ -1146,13 +1143,13 @@ fn take_kept_pins(
         }
     }
     if let Some(section) = &spec.conda {
-        // The base prefix and the virtual packages, as the stage reads them.
-        let fs = view()?;
+        // The image conda solves on (the base prefix, the virtual packages
+        // of its C library) is the base's, or what `[apt]` made of it with
+        // the pins that held above: the same as when the pins were kept.
         let holds = kiln_conda::kept_repodata_holds(
             kept.conda.as_ref()?,
             section,
             &setup.spec_dir,
-            &fs,
             &img.platform,
             http,
             &setup.cache,

@@ -87,7 +87,7 @@ pub(crate) fn key(
 /// every resolution still holds: `[apt]`'s signed indexes the same,
 /// `[pip]`'s requirements, options, sources, pages and find-links
 /// listings the same (on the image apt made, itself the same then);
-/// `[conda]`'s repodata the same (on the base: not with `[apt]` below it).
+/// `[conda]`'s repodata the same (on the image apt made, itself the same).
 /// Not for `[[run]]` steps or maintainer scripts: their output depends on
 /// more than the pins.
 #[derive(Serialize, Deserialize)]

@@ -397,7 +397,7 @@ fn sign_release(dist: &Path, gnupg: &Path) {
 // ---------------------------------------------------------------------------
 
 /// A served repository: `http://127.0.0.1:PORT/repo`, signed by the key in `keyring`.
-struct Served {
+pub(crate) struct Served {
     /// Directory served at `/` (the repository is its `repo/`).
     root: PathBuf,
     keyring: PathBuf,
@@ -409,7 +409,7 @@ impl Served {
         self.root.join("repo")
     }
 
-    fn source_line(&self) -> String {
+    pub(crate) fn source_line(&self) -> String {
         format!(
             "deb [signed-by={}] http://127.0.0.1:{}/repo stable main",
             self.keyring.display(),
@@ -419,7 +419,7 @@ impl Served {
 }
 
 /// The repository all tests share, built and served once per test process.
-fn shared() -> &'static Served {
+pub(crate) fn shared() -> &'static Served {
     static S: OnceLock<Served> = OnceLock::new();
     S.get_or_init(|| {
         let gnupg = new_signing_home("gnupg-trusted");

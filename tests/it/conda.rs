@@ -357,6 +357,52 @@ fn installs_over_http_from_a_loopback_channel() {
     assert_eq!(installed, ["libbase-1.0-h0_0", "libmid-1.0-h0_0"]);
 }
 
+/// `[conda]` over `[apt]`, unlocked: the second build takes the pins and
+/// stages the first kept (apt's InRelease and conda's repodata both
+/// revalidated), and a channel published again is solved again on the
+/// image apt made.
+#[test]
+fn conda_over_apt_takes_the_kept_pins_until_the_channel_publishes() {
+    let ws = Workspace::new("conda-over-apt-kept");
+    let chan = channel(&ws);
+    let server = FileServer::start(&chan);
+    let apt = crate::apt_hermetic::shared();
+    ws.spec(&format!(
+        "[image]\ntags = [\"t\"]\nplatforms = [\"linux/amd64\"]\n\n[apt]\npackages = [\"hello\"]\nsources = [{:?}]\n\n[conda]\nchannels = [{:?}]\npackages = [\"libmid\"]\n",
+        apt.source_line(),
+        format!("http://127.0.0.1:{}/", server.port),
+    ));
+    let first = build(&ws, "out").ok().json();
+    assert_eq!(first["stages_reused"], 0, "{first}");
+    let mut installed = names(&conda_report(&first)["installed"]);
+    installed.sort();
+    assert_eq!(installed, ["libbase-2.0-h0_0", "libmid-1.0-h0_0"]);
+    let second = build(&ws, "again").ok().json();
+    assert_eq!(second["stages_reused"], 1, "{second}");
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["apt"], first["apt"]);
+    assert_eq!(second["conda"], first["conda"]);
+    let rootfs = unpack(&ws, "again");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("opt/conda/share/libbase/version")).unwrap(),
+        "2.0\n"
+    );
+    assert!(rootfs.join("var/lib/dpkg/status").is_file());
+    // The channel without libbase 2.0: solved again, over the same apt.
+    let older: Vec<_> = packages()
+        .into_iter()
+        .filter(|p| !(p.name == "libbase" && p.version == "2.0"))
+        .collect();
+    write_channel(&chan, &older);
+    let third = build(&ws, "third").ok().json();
+    assert_eq!(third["stages_reused"], 0, "{third}");
+    assert_eq!(third["apt"], first["apt"]);
+    let mut installed = names(&conda_report(&third)["installed"]);
+    installed.sort();
+    assert_eq!(installed, ["libbase-1.0-h0_0", "libmid-1.0-h0_0"]);
+    assert_ne!(third["digest"], first["digest"]);
+}
+
 /// A base image whose dpkg database says libc6 is VERSION.
 fn glibc_base(ws: &Workspace, dir: &str, version: &str) {
     let status = format!(

@@ -435,20 +435,21 @@ pub fn plan(
     })
 }
 
-/// Whether a plan of `section` on `fs` would read the same repodata as
-/// `kept` now: the same channels and subdirs (from the section as it reads
-/// now), each `repodata.json` revalidated and the same bytes. The image
-/// (the base prefix, the virtual packages) is the caller's to vouch for.
+/// Whether a plan of `section` would read the same repodata as `kept`
+/// now: the same channels and subdirs (from the section as it reads now),
+/// each `repodata.json` revalidated and the same bytes. The image the plan
+/// reads (the base prefix, the virtual packages) is not read here: it is
+/// the caller's to vouch for (the same base, and the same pins below it).
 pub fn kept_repodata_holds(
     kept: &KeptRepodata,
     section: &CondaSection,
     spec_dir: &Path,
-    fs: &Rootfs,
     platform: &Platform,
     http: &Http,
     cache: &Cache,
 ) -> Result<bool> {
-    let Start { req, subdir, .. } = start(section, spec_dir, fs, platform)?;
+    let req = request(section, spec_dir)?;
+    let subdir = target::subdir(platform)?;
     if req.specs.is_empty() {
         return Ok(kept.0.is_empty());
     }

@@ -1002,22 +1002,24 @@ fn run_stages(
         // build, and the memo they lead to.
         let apt_kept = outcome.apt_kept.clone().filter(|_| spec.apt.is_some());
         let conda_kept = outcome.conda_kept.clone().filter(|_| spec.conda.is_some());
-        let pip_kept = match outcome.kept.as_slice() {
-            [Some(k)] => Some(k.clone()),
-            _ => None,
-        };
-        // (An environment.yml's `pip:` list is a pip stage `[pip]` is not:
-        // its resolution is not checked again, so nothing is kept.)
+        let pip_kept = outcome.kept.get(crate::stages::PIP).cloned().flatten();
+        // An environment.yml's `pip:` list is a pip stage of its own.
+        let env_ran = outcome.kept.contains_key(crate::stages::ENV_PIP);
+        let env_kept = outcome.kept.get(crate::stages::ENV_PIP).cloned().flatten();
         let resolutions_kept = spec.apt.is_some() == apt_kept.is_some()
             && spec.conda.is_some() == conda_kept.is_some()
             && spec.pip.is_some() == pip_kept.is_some()
-            && outcome.kept.len() == usize::from(spec.pip.is_some());
+            && env_ran == env_kept.is_some();
         let kept = (keeps_pins && resolutions_kept).then(|| {
             let pins = platform_pins(setup, base, img, outcome.pins.clone());
             let synthetic = Lock::new(plan.inputs.clone(), vec![pins]);
             let pins = synthetic.platforms[0].clone();
             let key = memo::key(&synthetic, &pins, img, opts, spec);
-            let kept = memo::KeptPins::new(pins, apt_kept, conda_kept, pip_kept);
+            let mut kept = memo::KeptPins::new(pins);
+            kept.apt = apt_kept;
+            kept.conda = conda_kept;
+            kept.environment_pip = env_kept;
+            kept.pip = pip_kept;
             (key, kept, synthetic.inputs_hash)
         });
         if let Some(key) = memo_key.as_ref().or(kept.as_ref().map(|k| &k.0)) {
@@ -1156,6 +1158,22 @@ fn take_kept_pins(
         );
         if !holds.ok()? {
             return None;
+        }
+        // Its environment.yml's `pip:` list, resolved on the Python the
+        // conda stage left (the same, its pins holding).
+        if let Some(env_pip) = kiln_conda::environment_pip(section, &setup.spec_dir).ok()? {
+            let holds = kiln_pip::kept_resolution_holds(
+                kept.environment_pip.as_ref()?,
+                &env_pip,
+                &setup.spec_dir,
+                &img.platform,
+                true,
+                http,
+                &setup.cache,
+            );
+            if !holds.ok()? {
+                return None;
+            }
         }
     }
     if let Some(section) = &spec.pip {

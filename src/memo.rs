@@ -87,7 +87,8 @@ pub(crate) fn key(
 /// every resolution still holds: `[apt]`'s signed indexes the same,
 /// `[pip]`'s requirements, options, sources, pages and find-links
 /// listings the same (on the image apt made, itself the same then);
-/// `[conda]`'s repodata the same (on the image apt made, itself the same).
+/// `[conda]`'s repodata the same (on the image apt made, itself the same),
+/// and its environment.yml's `pip:` list's resolution as `[pip]`'s.
 /// Not for `[[run]]` steps or maintainer scripts: their output depends on
 /// more than the pins.
 #[derive(Serialize, Deserialize)]
@@ -98,12 +99,16 @@ pub(crate) struct KeptPins {
     pub(crate) apt: Option<kiln_apt::KeptIndexes>,
     #[serde(default)]
     pub(crate) conda: Option<kiln_conda::KeptRepodata>,
+    /// An environment.yml's `pip:` list's.
+    #[serde(default)]
+    pub(crate) environment_pip: Option<kiln_pip::KeptResolution>,
     #[serde(default)]
     pub(crate) pip: Option<kiln_pip::KeptResolution>,
 }
 
-/// Bumped when what the pins depend on, or this layout, changes.
-const KEPT_PINS_FORMAT: u32 = 1;
+/// Bumped when what the pins depend on, or this layout, changes (2: an
+/// environment.yml's `pip:` list kept).
+const KEPT_PINS_FORMAT: u32 = 2;
 
 /// Where the pins of `inputs_hash` on the base `base_manifest` for
 /// `platform` are kept.
@@ -125,18 +130,15 @@ fn kept_pins_path(
 }
 
 impl KeptPins {
-    pub(crate) fn new(
-        pins: LockedPlatform,
-        apt: Option<kiln_apt::KeptIndexes>,
-        conda: Option<kiln_conda::KeptRepodata>,
-        pip: Option<kiln_pip::KeptResolution>,
-    ) -> KeptPins {
+    /// Pins with no resolution kept yet (the caller sets those it has).
+    pub(crate) fn new(pins: LockedPlatform) -> KeptPins {
         KeptPins {
             format: KEPT_PINS_FORMAT,
             pins,
-            apt,
-            conda,
-            pip,
+            apt: None,
+            conda: None,
+            environment_pip: None,
+            pip: None,
         }
     }
 

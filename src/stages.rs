@@ -4,6 +4,7 @@
 //! layers, or does nothing when only locking), and lays them onto the
 //! filesystem view the next stage reads.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -47,8 +48,9 @@ pub(crate) struct Outcome {
     pub(crate) apt_kept: Option<apt::KeptIndexes>,
     /// The repodata the conda stage solved from.
     pub(crate) conda_kept: Option<conda::KeptRepodata>,
-    /// Each pip stage's kept resolution, in order.
-    pub(crate) kept: Vec<Option<pip::KeptResolution>>,
+    /// The kept resolution of each pip stage that ran, by its name in the
+    /// lock (`[pip]`'s, an environment.yml's `pip:` list's).
+    pub(crate) kept: BTreeMap<&'static str, Option<pip::KeptResolution>>,
 }
 
 pub(crate) struct Stages<'a> {
@@ -207,8 +209,8 @@ pub(crate) struct TreeLayers {
 }
 
 /// The pip list of an environment.yml, as recorded in the lock.
-const ENV_PIP: &str = "environment";
-const PIP: &str = "pip";
+pub(crate) const ENV_PIP: &str = "environment";
+pub(crate) const PIP: &str = "pip";
 
 impl Stages<'_> {
     /// Run every stage the spec has for `platform`, fresh or from `locked`.
@@ -383,7 +385,7 @@ impl Stages<'_> {
     fn pip(
         &self,
         section: &pip::PipSection,
-        name: &str,
+        name: &'static str,
         platform: &Platform,
         fs: &mut Rootfs,
         locked: Option<&LockedPlatform>,
@@ -475,7 +477,7 @@ impl Stages<'_> {
                 )?,
             };
             drop(builder);
-            out.kept.push(plan.kept.clone());
+            out.kept.insert(name, plan.kept.clone());
             if last {
                 spinner.finish_and_clear();
                 out.pins.pip.extend(pip::pins(&plan, name));

@@ -533,6 +533,24 @@ fn environment_yml_with_a_pip_section() {
     assert!(site.join("tinywheel/__init__.py").is_file());
     assert!(site.join("tinywheel-1.0.dist-info/INSTALLER").is_file());
     assert!(site.join("hello_mod/__init__.py").is_file());
+    assert_eq!(v["stages_reused"], 0, "{v}");
+
+    // Again: the conda solve and the `pip:` list's resolution both hold,
+    // so the pins and stages the first build kept are taken.
+    let again = build(&ws, "again").ok().json();
+    assert_eq!(again["stages_reused"], 1, "{again}");
+    assert_eq!(again["pip"][0]["resolution"], "kept", "{again}");
+    assert_eq!(again["digest"], v["digest"]);
+    // Another file in the `pip:` list's wheelhouse: its listing changed,
+    // so the list is resolved again (to the same pin here).
+    ws.write(
+        "env/wheels/othertool-1.0-py3-none-any.whl",
+        wheel_zip(&members),
+    );
+    let third = build(&ws, "third").ok().json();
+    assert_eq!(third["stages_reused"], 0, "{third}");
+    assert_eq!(strs(&third["pip"][0]["installed"]), ["tinywheel 1.0"]);
+    assert_eq!(third["digest"], v["digest"]);
 }
 
 /// An environment.yml with only a `pip:` list (what people export for a

@@ -395,6 +395,16 @@ fn start(
     })
 }
 
+/// The pip stage an environment.yml's `pip:` list makes, as the section
+/// reads now (before a solve says which Python it goes to, which its
+/// resolution does not depend on).
+pub fn environment_pip(
+    section: &CondaSection,
+    spec_dir: &Path,
+) -> Result<Option<kiln_spec::sections::PipSection>> {
+    Ok(request(section, spec_dir)?.pip)
+}
+
 /// Resolve the section for one platform and download every archive (verified) into the cache.
 pub fn plan(
     section: &CondaSection,

@@ -51,9 +51,13 @@ TOML
 }
 
 # secs_rss LOG CMD...: wall seconds and peak RSS (MB) of CMD, "S RSS".
+# The page cache's dirty pages are written out first (untimed), so that no
+# command pays for the writeback of what ran before it (a 2.4 GB wheelhouse
+# just generated, the other tool's output).
 secs_rss() {
   local log=$1; shift
   local s e
+  sync
   s=$(date +%s.%N)
   /usr/bin/time -f '%M' -o "$work/rss" bash -c "$*" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
   e=$(date +%s.%N)

@@ -1123,6 +1123,21 @@ fn take_kept_pins(
     )?;
     let key = memo::key(&synthetic, &kept.pins, img, opts, spec);
     let m = PlatformMemo::read(&setup.cache, &key)?;
+    // A pip stage's resolution as it would be made now (the stages' pip
+    // plans build sdists: `Stages::run`).
+    let pip_holds = |kept: &kiln_pip::KeptResolution, section: &kiln_spec::sections::PipSection| {
+        kiln_pip::kept_resolution_holds(
+            kept,
+            section,
+            &setup.spec_dir,
+            &img.platform,
+            true,
+            http,
+            &setup.cache,
+        )
+        .ok()?
+        .then_some(())
+    };
     if let Some(section) = &spec.apt {
         // The sources and keyrings are read from the base's view, as the
         // stage reads them.
@@ -1162,34 +1177,11 @@ fn take_kept_pins(
         // Its environment.yml's `pip:` list, resolved on the Python the
         // conda stage left (the same, its pins holding).
         if let Some(env_pip) = kiln_conda::environment_pip(section, &setup.spec_dir).ok()? {
-            let holds = kiln_pip::kept_resolution_holds(
-                kept.environment_pip.as_ref()?,
-                &env_pip,
-                &setup.spec_dir,
-                &img.platform,
-                true,
-                http,
-                &setup.cache,
-            );
-            if !holds.ok()? {
-                return None;
-            }
+            pip_holds(kept.environment_pip.as_ref()?, &env_pip)?;
         }
     }
     if let Some(section) = &spec.pip {
-        let holds = kiln_pip::kept_resolution_holds(
-            kept.pip.as_ref()?,
-            section,
-            &setup.spec_dir,
-            &img.platform,
-            // The stages' pip plans build sdists (`Stages::run`).
-            true,
-            http,
-            &setup.cache,
-        );
-        if !holds.ok()? {
-            return None;
-        }
+        pip_holds(kept.pip.as_ref()?, section)?;
     }
     Some((kept.pins, m))
 }

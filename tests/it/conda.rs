@@ -86,6 +86,15 @@ fn packages() -> Vec<Pkg> {
 }
 
 /// A fresh channel directory with every package.
+/// The test channel published again without libbase 2.0.
+fn publish_without_libbase_2(chan: &Path) {
+    let older: Vec<_> = packages()
+        .into_iter()
+        .filter(|p| !(p.name == "libbase" && p.version == "2.0"))
+        .collect();
+    write_channel(chan, &older);
+}
+
 fn channel(ws: &Workspace) -> PathBuf {
     let dir = ws.join("channel");
     write_channel(&dir, &packages());
@@ -345,11 +354,7 @@ fn installs_over_http_from_a_loopback_channel() {
     assert_eq!(again["stages_reused"], 1, "{again}");
     // The channel published again without libbase 2.0: another repodata,
     // solved again.
-    let older: Vec<_> = packages()
-        .into_iter()
-        .filter(|p| !(p.name == "libbase" && p.version == "2.0"))
-        .collect();
-    write_channel(&chan, &older);
+    publish_without_libbase_2(&chan);
     let third = build(&ws, "third").ok().json();
     assert_eq!(third["stages_reused"], 0, "{third}");
     let mut installed = names(&conda_report(&third)["installed"]);
@@ -389,11 +394,7 @@ fn conda_over_apt_takes_the_kept_pins_until_the_channel_publishes() {
     );
     assert!(rootfs.join("var/lib/dpkg/status").is_file());
     // The channel without libbase 2.0: solved again, over the same apt.
-    let older: Vec<_> = packages()
-        .into_iter()
-        .filter(|p| !(p.name == "libbase" && p.version == "2.0"))
-        .collect();
-    write_channel(&chan, &older);
+    publish_without_libbase_2(&chan);
     let third = build(&ws, "third").ok().json();
     assert_eq!(third["stages_reused"], 0, "{third}");
     assert_eq!(third["apt"], first["apt"]);

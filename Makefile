@@ -81,7 +81,7 @@ lint:
 
 # Layer pipeline throughput (MB/s) and a side-by-side run against tar | pigz | sha256sum.
 bench: release
-	@dpkg -s pigz >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pigz)
+	@dpkg -s pigz time >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq pigz time)
 	$(CARGO) bench --bench layer_pipeline
 	bash benches/compare.sh
 	bash benches/apt_compare.sh

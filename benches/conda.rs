@@ -143,7 +143,78 @@ fn bench_install() {
     );
 }
 
+/// `kiln build` of `spec` into a fresh layout `out` with the cache `cache`:
+/// wall seconds and the peak RSS (MB) of kiln's process, as `/usr/bin/time`
+/// reads it (a child spawned from here would count this process's own
+/// peak, the generated channel's gigabytes, as its own).
+fn build_measured(spec: &Path, cache: &Path, out: &Path) -> (f64, f64) {
+    let rss = out.with_extension("rss");
+    let t = Instant::now();
+    let st = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "--quiet"])
+        .arg(spec)
+        .arg("-o")
+        .arg(format!("oci:{}", out.display()))
+        .env("KILN_CACHE", cache)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("/usr/bin/time (Debian's time package)");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(st.success());
+    let kb: f64 = std::fs::read_to_string(&rss)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    (secs, kb / 1024.0)
+}
+
+/// Issue 19's flat memory for `[conda]`: BIG packages of 100 MB each (one
+/// file of the compressible payload, .conda with zstd inside), a 2 GB
+/// image, built cold and warm; kiln's peak RSS should not grow with it.
+fn bench_big() {
+    const BIG: usize = 20;
+    const SIZE: usize = 100 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let chan = dir.path().join("channel");
+    let pkgs: Vec<Pkg> = (0..BIG)
+        .map(|i| {
+            pkg(
+                &format!("big{i:02}"),
+                "1.0",
+                &[],
+                vec![file(&format!("share/big{i:02}/data.bin"), &payload(1000 + i, SIZE))],
+            )
+        })
+        .collect();
+    write_channel(&chan, &pkgs);
+    drop(pkgs);
+    let names: Vec<String> = (0..BIG).map(|i| format!("\"big{i:02}\"")).collect();
+    let spec = dir.path().join("kiln.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[image]\nplatforms = [\"linux/amd64\"]\n\n[conda]\nchannels = [\"file://{}\"]\npackages = [{}]\n",
+            chan.display(),
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let (cold, cold_rss) = build_measured(&spec, &cache, &dir.path().join("cold"));
+    let (warm, warm_rss) = build_measured(&spec, &cache, &dir.path().join("warm"));
+    let mb = (BIG * SIZE) as f64 / 1e6;
+    println!(
+        "conda install {BIG} packages of 100 MB ({mb:.0} MB installed): cold {cold:.2} s (peak RSS {cold_rss:.0} MB), warm {warm:.2} s (peak RSS {warm_rss:.0} MB)"
+    );
+}
+
 fn main() {
     bench_solve();
     bench_install();
+    bench_big();
 }

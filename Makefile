@@ -85,6 +85,7 @@ bench: release
 	$(CARGO) bench --bench layer_pipeline
 	bash benches/compare.sh
 	bash benches/apt_compare.sh
+	bash benches/apt_big.sh
 	bash benches/pip_compare.sh
 	bash benches/pip_scale.sh
 	$(CARGO) bench --bench conda

@@ -187,7 +187,10 @@ fn bench_big() {
                 &format!("big{i:02}"),
                 "1.0",
                 &[],
-                vec![file(&format!("share/big{i:02}/data.bin"), &payload(1000 + i, SIZE))],
+                vec![file(
+                    &format!("share/big{i:02}/data.bin"),
+                    &payload(1000 + i, SIZE),
+                )],
             )
         })
         .collect();

@@ -90,6 +90,8 @@ impl Compression {
                 // libdeflate: whole-buffer deflate, about twice zlib's speed
                 // at the same level and ratio, and a chunk is a whole buffer.
                 // Its gzip header has mtime 0 and no file name: deterministic.
+                // Level 0 writes stored blocks.
+                let level = if stored(chunk) { 0 } else { level };
                 let lvl = libdeflater::CompressionLvl::new(level as i32)
                     .map_err(|_| io::Error::other(format!("gzip level {level}")))?;
                 let mut enc = libdeflater::Compressor::new(lvl);
@@ -107,6 +109,52 @@ impl Compression {
 
 /// Chunk size: a property of the output format, never of the machine.
 const CHUNK: usize = 1 << 20;
+
+/// Whether a gzip chunk goes out stored rather than compressed: its bytes
+/// look random (in each of four 16 KiB samples, the count of every byte
+/// value as even as random data's: chi-square under twice its mean) and
+/// 64 KiB of its middle do not shrink by 1% at level 1 (deflate finds
+/// repeats within 32 KiB, which byte counts do not see). Such a chunk
+/// (already-compressed files: archives, images, packed data) cost
+/// libdeflate's fastest level about five times storing it, to gain
+/// nothing. Integers and libdeflate only, so the decision and the bytes
+/// are the same on every host.
+fn stored(chunk: &[u8]) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    const TRIAL: usize = 64 << 10;
+    if chunk.len() < TRIAL {
+        return false;
+    }
+    let step = (chunk.len() - SAMPLE) / 3;
+    let even = (0..4).all(|i| {
+        let mut counts = [0u32; 256];
+        for &b in &chunk[i * step..i * step + SAMPLE] {
+            counts[b as usize] += 1;
+        }
+        // Each value is expected SAMPLE / 256 = 64 times; random bytes
+        // give a chi-square near 255 (its degrees of freedom).
+        let expected = (SAMPLE / 256) as i64;
+        let spread: i64 = counts
+            .iter()
+            .map(|&c| (i64::from(c) - expected).pow(2))
+            .sum();
+        spread < 2 * 255 * expected
+    });
+    if !even {
+        return false;
+    }
+    let mid = (chunk.len() - TRIAL) / 2;
+    // Level 1 (libdeflater's `fastest()` is its level 0, which stores).
+    let Ok(one) = libdeflater::CompressionLvl::new(1) else {
+        return false;
+    };
+    let mut trial = libdeflater::Compressor::new(one);
+    let mut out = vec![0; trial.deflate_compress_bound(TRIAL)];
+    match trial.deflate_compress(&chunk[mid..mid + TRIAL], &mut out) {
+        Ok(n) => n * 100 >= TRIAL * 99,
+        Err(_) => false,
+    }
+}
 
 /// The pool compression jobs run on. Separate from rayon's global pool so a
 /// layer being built on a global worker can wait for its chunks without
@@ -387,6 +435,56 @@ mod tests {
     #[test]
     fn gzip_roundtrip_and_deterministic() {
         roundtrip(Compression::Gzip { level: 6 });
+    }
+
+    /// Bytes from a fixed xorshift: random to every test, the same each run.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_chunks_are_stored_and_others_compressed() {
+        let random = noise(CHUNK, 7);
+        assert!(stored(&random));
+        // Stored: the input and a few bytes of framing, still one gzip
+        // member that reads back, the same bytes every time.
+        let out = Compression::DEFAULT.compress(&random).unwrap();
+        assert!(out.len() > random.len() && out.len() < random.len() + 200);
+        assert_eq!(out, Compression::DEFAULT.compress(&random).unwrap());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, random);
+        // Text, skewed binary, and random bytes repeated within deflate's
+        // window (even counts, yet compressible) are compressed.
+        let text: Vec<u8> = b"def f(x):\n    return x + 1\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(CHUNK)
+            .collect();
+        assert!(!stored(&text));
+        let skewed: Vec<u8> = noise(CHUNK, 9).iter().map(|b| b & 0x3f).collect();
+        assert!(!stored(&skewed));
+        let repeated: Vec<u8> = noise(8 << 10, 11)
+            .iter()
+            .copied()
+            .cycle()
+            .take(CHUNK)
+            .collect();
+        assert!(!stored(&repeated));
+        assert!(Compression::DEFAULT.compress(&repeated).unwrap().len() < CHUNK / 10);
+        // A short chunk is never stored (a layer's last, or a part's).
+        assert!(!stored(&random[..32 << 10]));
     }
 
     #[test]

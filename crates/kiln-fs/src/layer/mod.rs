@@ -267,8 +267,9 @@ pub fn cached_layer(
 /// layer's, a part's, a locked stage's) is taken for what a build makes
 /// now: a warm build must give the cold one's digests. 2: gzip chunks by
 /// libdeflate; 3: known hashes of spooled files; 4: wheel members from
-/// 16 KiB keep their deflate streams (64 KiB before).
-pub const ENCODING: u32 = 4;
+/// 16 KiB keep their deflate streams (64 KiB before); 5: gzip chunks that
+/// look random are stored).
+pub const ENCODING: u32 = 5;
 
 /// sha256 over everything that decides a layer's bytes.
 fn input_key(

@@ -73,6 +73,21 @@ fn payload(seed: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `DIR/kiln.toml`: the conda `packages` (TOML strings) from the channel
+/// `chan`, for linux/amd64.
+fn conda_spec(dir: &Path, chan: &Path, packages: &str) -> std::path::PathBuf {
+    let spec = dir.join("kiln.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[image]\nplatforms = [\"linux/amd64\"]\n\n[conda]\nchannels = [\"file://{}\"]\npackages = [{packages}]\n",
+            chan.display()
+        ),
+    )
+    .unwrap();
+    spec
+}
+
 fn bench_install() {
     let dir = tempfile::tempdir().unwrap();
     let chan = dir.path().join("channel");
@@ -108,16 +123,7 @@ fn bench_install() {
         pkgs.push(p);
     }
     write_channel(&chan, &pkgs);
-    let spec = dir.path().join("kiln.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[image]\nplatforms = [\"linux/amd64\"]\n\n[conda]\nchannels = [\"file://{}\"]\npackages = [\"p{:03}\"]\n",
-            chan.display(),
-            PACKAGES - 1
-        ),
-    )
-    .unwrap();
+    let spec = conda_spec(dir.path(), &chan, &format!("\"p{:03}\"", PACKAGES - 1));
     let cache = dir.path().join("cache");
     let run = |out: &str| {
         let t = Instant::now();
@@ -197,16 +203,7 @@ fn bench_big() {
     write_channel(&chan, &pkgs);
     drop(pkgs);
     let names: Vec<String> = (0..BIG).map(|i| format!("\"big{i:02}\"")).collect();
-    let spec = dir.path().join("kiln.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[image]\nplatforms = [\"linux/amd64\"]\n\n[conda]\nchannels = [\"file://{}\"]\npackages = [{}]\n",
-            chan.display(),
-            names.join(", ")
-        ),
-    )
-    .unwrap();
+    let spec = conda_spec(dir.path(), &chan, &names.join(", "));
     let cache = dir.path().join("cache");
     let (cold, cold_rss) = build_measured(&spec, &cache, &dir.path().join("cold"));
     let (warm, warm_rss) = build_measured(&spec, &cache, &dir.path().join("warm"));

@@ -1146,7 +1146,7 @@ fn take_kept_pins(
             None if base.is_scratch() => Rootfs::default(),
             None => return None,
         };
-        let holds = kiln_apt::kept_indexes_hold(
+        kiln_apt::kept_indexes_hold(
             kept.apt.as_ref()?,
             section,
             &setup.spec_dir,
@@ -1154,26 +1154,24 @@ fn take_kept_pins(
             base.is_scratch(),
             http,
             &setup.cache,
-        );
-        if !holds.ok()? {
-            return None;
-        }
+        )
+        .ok()?
+        .then_some(())?;
     }
     if let Some(section) = &spec.conda {
         // The image conda solves on (the base prefix, the virtual packages
         // of its C library) is the base's, or what `[apt]` made of it with
         // the pins that held above: the same as when the pins were kept.
-        let holds = kiln_conda::kept_repodata_holds(
+        kiln_conda::kept_repodata_holds(
             kept.conda.as_ref()?,
             section,
             &setup.spec_dir,
             &img.platform,
             http,
             &setup.cache,
-        );
-        if !holds.ok()? {
-            return None;
-        }
+        )
+        .ok()?
+        .then_some(())?;
         // Its environment.yml's `pip:` list, resolved on the Python the
         // conda stage left (the same, its pins holding).
         if let Some(env_pip) = kiln_conda::environment_pip(section, &setup.spec_dir).ok()? {

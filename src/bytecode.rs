@@ -808,17 +808,12 @@ pub(crate) fn host_compilers(platform: &kiln_core::platform::Platform, compile: 
     if platform.is_host() || !compile {
         return out;
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
     for minor in 0..=40 {
-        let name = format!("python3.{minor}");
-        let found = std::env::split_paths(&path)
-            .map(|d| d.join(&name))
-            .find(|p| p.is_file());
-        if let Some(p) = found {
+        if let Some(p) = host_python_path(minor) {
             let md = std::fs::metadata(&p).ok();
             let _ = writeln!(
                 out,
-                "host {name}: {} {:?} {:?}",
+                "host python3.{minor}: {} {:?} {:?}",
                 p.display(),
                 md.as_ref().map(|m| m.len()),
                 md.and_then(|m| m.modified().ok()),
@@ -828,12 +823,17 @@ pub(crate) fn host_compilers(platform: &kiln_core::platform::Platform, compile: 
     out
 }
 
+/// The first `python3.<minor>` on PATH.
+fn host_python_path(minor: u32) -> Option<PathBuf> {
+    let name = format!("python3.{minor}");
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())
+}
+
 /// A host `python3.<minor>` on PATH, with its `sys.version`.
 fn host_python(minor: u32) -> Option<(PathBuf, String)> {
-    let name = format!("python3.{minor}");
-    let path = std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(&name))
-        .find(|p| p.is_file())?;
+    let path = host_python_path(minor)?;
     let out = Command::new(&path)
         .args(["-s", "-B", "-c", "import sys; print(sys.version)"])
         .env_clear()

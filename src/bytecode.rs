@@ -905,10 +905,10 @@ fn units(
         for s in &sources {
             h.update(format!("{s}\0"));
             let entry = ours.get(s.trim_start_matches('/'));
-            // A wheel member known by its hash enters as that hash (the
+            // A wheel member known by a name enters as that name (the
             // warm build does not read the sources back).
             if let Some(EntryKind::Spooled(k)) = entry.map(|e| &e.kind) {
-                if let Some(known) = k.known_hash() {
+                if let Some(known) = k.known_name() {
                     h.update(format!("k{}\0{known}\0", k.len()));
                     continue;
                 }

@@ -175,14 +175,23 @@ fn pip_packages_get_unchecked_hash_pycs_reproducibly() {
     assert_eq!(second["pip"][0]["bytecode"]["compiled"], 2);
     // (Compiled as the wheel arrived, over the tree started at resolution.)
     assert_eq!(second["pip"][0]["bytecode"]["ahead"], 2, "{second}");
-    // ...and from the warm one (the memo, nothing run).
-    let third = build(&ws, &shared_cache(), "out3");
+    // ...and from that cache again: the pins it kept hold, so the stages
+    // are taken whole (nothing resolved, unpacked or compiled)...
+    let third = build(&ws, &other, "out3");
     assert_eq!(third["digest"], digest.as_str());
-    assert_eq!(third["pip"][0]["bytecode"]["compiled"], 2);
-    assert_eq!(third["pip"][0]["bytecode"]["cached"], 2, "{third}");
+    assert_eq!(third["stages_reused"], 1, "{third}");
+    assert_eq!(third["pip"][0]["resolution"], "kept", "{third}");
+    // ...and with those pins gone, the stage runs again and its bytecode
+    // comes from the memo (the compiler is not run).
+    std::fs::remove_dir_all(other.join("kept-pins-v1")).unwrap();
+    let fourth = build(&ws, &other, "out4");
+    assert_eq!(fourth["digest"], digest.as_str());
+    assert_eq!(fourth["stages_reused"], 0, "{fourth}");
+    assert_eq!(fourth["pip"][0]["bytecode"]["compiled"], 2);
+    assert_eq!(fourth["pip"][0]["bytecode"]["cached"], 2, "{fourth}");
     assert!(
-        third["pip"][0]["bytecode"].get("ahead").is_none(),
-        "{third}"
+        fourth["pip"][0]["bytecode"].get("ahead").is_none(),
+        "{fourth}"
     );
     let _ = std::fs::remove_dir_all(other);
 }

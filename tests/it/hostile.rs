@@ -446,11 +446,28 @@ fn wheel_cases() -> Vec<Case> {
     };
     let meta: &[u8] = b"Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n";
     let wheel: &[u8] = b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
-    let lying = with_record(&[
-        ("evil/__init__.py", b"X = 2\n"),
-        ("evil-1.0.dist-info/METADATA", meta),
-        ("evil-1.0.dist-info/WHEEL", wheel),
-    ]);
+    // Stored members, one altered after zipping: its CRC-32 no longer
+    // holds. (A member that merely disagrees with its RECORD line is
+    // installed, as pip and uv install it: see pip_hermetic.)
+    let altered_after = {
+        use std::io::Write;
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (n, d) in [
+            ("evil/__init__.py", &b"X = 1\n"[..]),
+            ("evil-1.0.dist-info/METADATA", meta),
+            ("evil-1.0.dist-info/WHEEL", wheel),
+            ("evil-1.0.dist-info/RECORD", record.as_bytes()),
+        ] {
+            z.start_file(n, stored).unwrap();
+            z.write_all(d).unwrap();
+        }
+        let mut bytes = z.finish().unwrap().into_inner();
+        let at = bytes.windows(6).position(|w| w == b"X = 1\n").unwrap();
+        bytes[at + 4] = b'2';
+        bytes
+    };
     let unlisted = with_record(&[
         ("evil/__init__.py", b"X = 1\n"),
         ("evil/extra.py", b""),
@@ -463,7 +480,12 @@ fn wheel_cases() -> Vec<Case> {
         ("evil-1.0.dist-info/WHEEL", wheel),
     ]);
     vec![
-        with("wheel: content differs from RECORD", "RECORD", name, lying),
+        with(
+            "wheel: member altered after zipping",
+            "`evil/__init__.py`: CRC-32 mismatch",
+            name,
+            altered_after,
+        ),
         with("wheel: no RECORD", "RECORD", name, no_record),
         with(
             "wheel: member not in RECORD",

@@ -14,7 +14,10 @@ use kiln_pip::{layer_groups, plan, PipError, PipSection, RequirementProblem};
 use kiln_store::Http;
 use kiln_store::{Cache, CacheBucket};
 
-use crate::common::{expect_failure, python_base, sha256_hex, wheel_zip, Workspace};
+use crate::common::{
+    expect_failure, python_base, record_hash, sha256_hex, umoci_unpack, wheel_zip, CommandExt,
+    Workspace,
+};
 
 struct Wheel<'a> {
     name: &'a str,
@@ -1166,4 +1169,69 @@ fn kiln_lock_names_every_problem_and_exits_2() {
     );
     readable(&r.stderr);
     assert!(!ws.join("kiln.lock").exists());
+}
+
+/// A wheel whose RECORD disagrees with a member installs, as pip and uv
+/// install it (torch 1.7 to 1.12 ship a RECORD whose METADATA line is
+/// wrong): the member is the bytes the wheel holds (their CRC-32 holds),
+/// and the installed RECORD lists it with the hash the wheel's RECORD
+/// gives. A line with no hash gets the member's own.
+#[test]
+fn a_wheel_whose_record_disagrees_with_a_member_installs() {
+    let ws = Workspace::new("pip-record");
+    python_base(&ws);
+    let members: [(&str, &[u8]); 4] = [
+        ("odd/__init__.py", b"X = 1\n"),
+        ("odd/util.py", b"Y = 2\n"),
+        (
+            "odd-1.0.dist-info/METADATA",
+            b"Metadata-Version: 2.1\nName: odd\nVersion: 1.0\n",
+        ),
+        (
+            "odd-1.0.dist-info/WHEEL",
+            b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
+    ];
+    let wrong = format!("sha256={}", "A".repeat(43));
+    let record = format!(
+        "odd/__init__.py,{wrong},99\nodd/util.py,,\nodd-1.0.dist-info/METADATA,{},{}\nodd-1.0.dist-info/WHEEL,{},{}\nodd-1.0.dist-info/RECORD,,\n",
+        record_hash(members[2].1),
+        members[2].1.len(),
+        record_hash(members[3].1),
+        members[3].1.len(),
+    );
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in members
+        .iter()
+        .chain([&("odd-1.0.dist-info/RECORD", record.as_bytes())])
+    {
+        z.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(data).unwrap();
+    }
+    ws.write(
+        "wheels/odd-1.0-py3-none-any.whl",
+        z.finish().unwrap().into_inner(),
+    );
+    ws.spec(
+        "[image]\nbase = \"oci:py:v1\"\n\n[pip]\npackages = [\"odd\"]\nfind-links = [\"wheels\"]\nno-index = true\n",
+    );
+    ws.kiln()
+        .env("KILN_CACHE", ws.join("cache"))
+        .args(["build", "-o", "oci:out"])
+        .run_ok();
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    assert_eq!(
+        std::fs::read(site.join("odd/__init__.py")).unwrap(),
+        b"X = 1\n"
+    );
+    let installed = std::fs::read_to_string(site.join("odd-1.0.dist-info/RECORD")).unwrap();
+    let lines: Vec<&str> = installed.lines().collect();
+    assert!(
+        lines.contains(&format!("odd/__init__.py,{wrong},6").as_str()),
+        "{installed}"
+    );
+    let util = format!("odd/util.py,{},6", record_hash(b"Y = 2\n"));
+    assert!(lines.contains(&util.as_str()), "{installed}");
 }

@@ -567,7 +567,7 @@ mod tests {
                         "{} {:?} {}",
                         f.path,
                         String::from_utf8_lossy(&s.read_all().unwrap()),
-                        s.known_hash().unwrap()
+                        s.known_name().unwrap()
                     ),
                     FileKind::File(Content::Held(_)) => panic!("{} held in memory", f.path),
                     other => format!("{} {other:?}", f.path),

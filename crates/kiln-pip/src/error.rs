@@ -671,9 +671,6 @@ pub enum WheelProblem {
     /// RECORD lists a file the wheel does not hold.
     #[error(": RECORD lists `{member}`, which the wheel does not contain")]
     MissingMember { member: String },
-    /// A member whose content differs from its RECORD hash or size.
-    #[error(": member `{member}` does not match RECORD ({what})")]
-    RecordMismatch { member: String, what: String },
     /// The WHEEL file's `Tag:` lines say another platform than the file name.
     #[error(": WHEEL says tags {}, the file name {}", wheel_tags.join(", "), name_tags.join(", "))]
     TagMismatch {

@@ -53,19 +53,15 @@ pub(crate) fn record_form(h: Sha256) -> String {
     )
 }
 
-/// [`record_hash`] of a member's content: the hash a spooled member is
-/// known by, or its bytes hashed (a spooled one streamed).
+/// [`record_hash`] of a member's content (a spooled one streamed).
 pub(crate) fn content_hash(data: &Content) -> std::io::Result<String> {
     match data {
         Content::Held(b) => Ok(record_hash(b)),
-        Content::Spooled(s) => match s.known_hash().filter(|h| h.starts_with("sha256=")) {
-            Some(h) => Ok(h.to_string()),
-            None => {
-                let mut h = Sha256::new();
-                std::io::copy(&mut s.reader()?, &mut h)?;
-                Ok(record_form(h))
-            }
-        },
+        Content::Spooled(s) => {
+            let mut h = Sha256::new();
+            std::io::copy(&mut s.reader()?, &mut h)?;
+            Ok(record_form(h))
+        }
     }
 }
 
@@ -95,8 +91,7 @@ pub(crate) fn entry_point_script(shebang: &str, spec: &str) -> Result<Vec<u8>> {
     .into_bytes())
 }
 
-/// RECORD hash (`sha256=<urlsafe-b64>`) of each member, by member path
-/// (ordered, so a kept copy is the same bytes every time).
+/// RECORD hash (`sha256=<urlsafe-b64>`) of each member, by member path.
 pub(crate) type MemberHashes = BTreeMap<String, String>;
 
 /// RECORD hashes of every member, computed in parallel.
@@ -114,8 +109,8 @@ pub(crate) fn member_hashes(files: &[WheelFile]) -> Result<MemberHashes> {
 }
 
 /// Lay one wheel out for `target`. `known` gives the RECORD hashes of members
-/// (see [`crate::unpacked`]); a member it lacks, and every file kiln writes or
-/// rewrites, is hashed here.
+/// (as the wheel's RECORD states them, see [`crate::wheel::verify`]); a
+/// member it lacks, and every file kiln writes or rewrites, is hashed here.
 pub(crate) fn wheel_entries(
     t: &PythonTarget,
     info: &InstallInfo,
@@ -289,18 +284,9 @@ pub(crate) fn wheel_entries(
     }
     record.push_str(&format!("{},,\n", relative(&site, &record_path)));
     out.insert(record_path, (record.into_bytes().into(), false, None));
-    // A spooled member as the wheel has it carries its hash (computed by
-    // kiln from these bytes and kept by the wheel's digest), so the layer's
-    // memo key need not read it back and hash it again.
     Ok(out
         .into_iter()
-        .map(|(p, (d, x, hash))| {
-            let d = match (d, hash) {
-                (Content::Spooled(s), Some(h)) => Content::Spooled(s.known_as(h)),
-                (d, _) => d,
-            };
-            entry(&p, d, x)
-        })
+        .map(|(p, (d, x, _))| entry(&p, d, x))
         .collect())
 }
 

@@ -874,13 +874,13 @@ fn wheel_layout(python: &PythonTarget, w: &PinnedWheel, cache: &Cache) -> Result
         .into());
     }
     let path = cache.blob_path(&w.sha256);
-    let (files, known) = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
+    let files = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
     let info = install::InstallInfo {
         filename: &w.filename,
         requested: w.requested,
         direct_url: w.direct_url.clone(),
     };
-    wheel::verify(&w.filename, &files, &known)?;
+    let known = wheel::verify(&w.filename, &files)?;
     install::wheel_entries(python, &info, files, &known)
 }
 

@@ -1,12 +1,12 @@
 //! A wheel's members unpacked once and kept in the cache by the wheel's
 //! digest, as uv keeps unpacked wheels: a warm build takes slices of the
 //! kept bytes instead of inflating every wheel again, and a layer found in
-//! the cache never reads them at all (its key uses the members' hashes).
+//! the cache never reads them at all (its key uses the members' names,
+//! [`crate::wheel::member_id`]).
 //!
 //! Kept by [`Kept`] in `pip-unpacked-v1`: the members' bytes end to end,
 //! written by the parallel inflater as a spool, and an index naming the
-//! wheel and each member's path, place, mode bit, RECORD hash and deflate
-//! stream.
+//! wheel and each member's path, place, mode bit, name and deflate stream.
 
 use std::fs::File;
 use std::path::Path;
@@ -14,18 +14,18 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use kiln_core::digest::Digest;
-use kiln_core::error::{IoContext, Result};
+use kiln_core::error::Result;
 use kiln_fs::layer::{Content, Deflated, Kept};
 use kiln_store::cache::{Cache, CacheBucket};
 
-use crate::install::{content_hash, MemberHashes};
 use crate::wheel::{held_in_memory, read_wheel, stream_id, Keep, WheelFile};
 
 /// What [`Index::format`] must be: 2 since members keep their deflate
-/// streams, 3 since members from 16 KiB (not 64) do. The index records
-/// which members keep theirs, so one written under other rules would give
-/// a warm build other gzip layer bytes than a cold one.
-const FORMAT: u32 = 3;
+/// streams, 3 since members from 16 KiB (not 64) do, 4 since members are
+/// known by their place in the wheel rather than a sha256. The index
+/// records which members keep their streams, so one written under other
+/// rules would give a warm build other gzip layer bytes than a cold one.
+const FORMAT: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Index {
@@ -42,8 +42,8 @@ struct Member {
     offset: u64,
     len: u64,
     executable: bool,
-    /// RECORD form: `sha256=<urlsafe base64>`.
-    hash: String,
+    /// The name the member is known by ([`crate::wheel::member_id`]).
+    id: String,
     /// The member's deflate stream in the wheel, when a gzip layer takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deflated: Option<KeptStream>,
@@ -57,20 +57,28 @@ struct KeptStream {
 }
 
 /// Every regular file of the verified wheel `digest` (at `wheel`, named
-/// `filename`), in the order the wheel has them, with their RECORD hashes.
-/// The members the installer reads ([`held_in_memory`]) are in memory;
-/// the rest are slices of the kept data file, each known by its hash.
+/// `filename`), in the order the wheel has them. The members the
+/// installer reads ([`held_in_memory`]) are in memory; the rest are
+/// slices of the kept data file, each known by its name.
 pub(crate) fn unpack(
     cache: &Cache,
     digest: &Digest,
     wheel: &Path,
     filename: &str,
-) -> Result<(Vec<WheelFile>, MemberHashes)> {
-    finish(members(cache, digest, wheel, filename)?, filename)
+) -> Result<Vec<WheelFile>> {
+    members(cache, digest, wheel, filename)?
+        .into_iter()
+        .map(|mut f| {
+            if held_in_memory(&f.path) {
+                f.data = Content::from(f.bytes(filename)?.into_owned());
+            }
+            Ok(f)
+        })
+        .collect()
 }
 
 /// The wheel's members as kept, unpacked and kept now if they were not:
-/// every one a slice of the data file, known by its hash.
+/// every one a slice of the data file, known by its name.
 pub(crate) fn members(
     cache: &Cache,
     digest: &Digest,
@@ -116,7 +124,7 @@ fn kept_members(kept: &Kept, digest: &Digest, wheel: &Path) -> Option<Vec<WheelF
         .members
         .into_iter()
         .map(|k| {
-            let mut slice = spool.slice_at(k.offset, k.len).ok()?.known_as(k.hash);
+            let mut slice = spool.slice_at(k.offset, k.len).ok()?.known_as(k.id);
             if let Some(d) = k.deflated {
                 let (size, w) = streams.as_ref()?;
                 if d.offset.checked_add(d.len)? > *size {
@@ -134,7 +142,7 @@ fn kept_members(kept: &Kept, digest: &Digest, wheel: &Path) -> Option<Vec<WheelF
         .collect()
 }
 
-/// The index of `files`, all spooled and known by their hashes.
+/// The index of `files`, all spooled and known by their names.
 fn index_of(files: &[WheelFile], digest: &Digest) -> Option<Index> {
     let members = files
         .iter()
@@ -144,7 +152,7 @@ fn index_of(files: &[WheelFile], digest: &Digest) -> Option<Index> {
                 offset: s.offset(),
                 len: s.len(),
                 executable: f.executable,
-                hash: s.known_hash()?.to_string(),
+                id: s.known_name()?.to_string(),
                 deflated: s.deflated().map(|d| KeptStream {
                     offset: d.offset(),
                     len: d.len(),
@@ -159,24 +167,6 @@ fn index_of(files: &[WheelFile], digest: &Digest) -> Option<Index> {
         wheel: digest.to_string(),
         members,
     })
-}
-
-/// The members with their hashes; those the installer reads are read into memory.
-fn finish(files: Vec<WheelFile>, filename: &str) -> Result<(Vec<WheelFile>, MemberHashes)> {
-    let mut hashes = MemberHashes::new();
-    let files = files
-        .into_iter()
-        .map(|mut f| {
-            let hash = content_hash(&f.data)
-                .io_context(|| format!("reading {} of {filename} back", f.path))?;
-            if held_in_memory(&f.path) {
-                f.data = Content::from(f.bytes(filename)?.into_owned());
-            }
-            hashes.insert(f.path.clone(), hash);
-            Ok(f)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((files, hashes))
 }
 
 #[cfg(test)]
@@ -198,16 +188,20 @@ mod tests {
         z.finish().unwrap().into_inner()
     }
 
-    /// Paths, bytes, held or not, and hashes of what `unpack` gave.
-    fn seen(files: &[WheelFile], hashes: &MemberHashes) -> Vec<(String, Vec<u8>, bool, String)> {
+    /// Paths, bytes, held or not, and the names spooled members are known by.
+    fn seen(files: &[WheelFile]) -> Vec<(String, Vec<u8>, bool, Option<String>)> {
         files
             .iter()
             .map(|f| {
+                let known = match &f.data {
+                    Content::Spooled(s) => s.known_name().map(str::to_string),
+                    Content::Held(_) => None,
+                };
                 (
                     f.path.clone(),
                     f.bytes("w").unwrap().into_owned(),
                     matches!(f.data, Content::Held(_)),
-                    hashes[&f.path].clone(),
+                    known,
                 )
             })
             .collect()
@@ -225,8 +219,8 @@ mod tests {
         ]);
         let digest = cache.put(&bytes).unwrap();
         let wheel = cache.blob_path(&digest);
-        let (files, hashes) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        let first = seen(&files, &hashes);
+        let files = unpack(&cache, &digest, &wheel, filename).unwrap();
+        let first = seen(&files);
         assert_eq!(
             first
                 .iter()
@@ -239,7 +233,13 @@ mod tests {
             ]
         );
         assert_eq!(first[0].1, b"print('hi')\n");
-        assert_eq!(first[0].3, crate::install::record_hash(b"print('hi')\n"));
+        // Spooled members are known by their place in the wheel, each its own.
+        let ids: Vec<&str> = first.iter().filter_map(|s| s.3.as_deref()).collect();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+        assert!(ids
+            .iter()
+            .all(|id| id.starts_with(&format!("member:{}@", digest.hex()))));
         let data = cache.entry(CacheBucket::PipUnpacked, format!("{}.data", digest.hex()));
         assert!(data.is_file());
         // Nothing is left in tmp.
@@ -250,15 +250,11 @@ mod tests {
             0
         );
 
-        // Kept: the same members and hashes with the wheel gone, and the
-        // spooled ones are known by their hash (a layer key reads nothing).
+        // Kept: the same members, known by the same names, with the wheel
+        // gone (a layer key reads nothing).
         std::fs::rename(&wheel, dir.path().join("away")).unwrap();
-        let (files, hashes) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        assert_eq!(seen(&files, &hashes), first);
-        assert!(files.iter().all(|f| match &f.data {
-            Content::Spooled(s) => s.known_hash() == Some(hashes[&f.path].as_str()),
-            Content::Held(_) => held_in_memory(&f.path),
-        }));
+        let files = unpack(&cache, &digest, &wheel, filename).unwrap();
+        assert_eq!(seen(&files), first);
 
         // A data file that changed (same length, other bytes) or a damaged
         // index is not used: the wheel is unpacked again.
@@ -266,20 +262,20 @@ mod tests {
         let mut changed = std::fs::read(&data).unwrap();
         changed[0] ^= 1;
         std::fs::write(&data, &changed).unwrap();
-        let (files, hashes) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        assert_eq!(seen(&files, &hashes), first);
+        let files = unpack(&cache, &digest, &wheel, filename).unwrap();
+        assert_eq!(seen(&files), first);
         let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
         let mut damaged = std::fs::read(&index).unwrap();
         let at = damaged.len() - 3;
         damaged[at] ^= 1;
         std::fs::write(&index, damaged).unwrap();
         std::fs::write(&data, b"").unwrap();
-        let (files, hashes) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        assert_eq!(seen(&files, &hashes), first);
+        let files = unpack(&cache, &digest, &wheel, filename).unwrap();
+        assert_eq!(seen(&files), first);
         // ...and kept again: usable with the wheel gone.
         std::fs::remove_file(&wheel).unwrap();
-        let (files, hashes) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        assert_eq!(seen(&files, &hashes), first);
+        let files = unpack(&cache, &digest, &wheel, filename).unwrap();
+        assert_eq!(seen(&files), first);
         // The index of another wheel is not taken for this one.
         let other = Digest::of(b"another wheel");
         std::fs::copy(&index, cache.entry(CacheBucket::PipUnpacked, other.hex())).unwrap();
@@ -316,8 +312,8 @@ mod tests {
                 })
                 .collect()
         };
-        let (cold, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
-        let (warm, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+        let cold = unpack(&cache, &digest, &wheel, filename).unwrap();
+        let warm = unpack(&cache, &digest, &wheel, filename).unwrap();
         let index = cache.entry(CacheBucket::PipUnpacked, digest.hex());
         let kept = Kept::new(&cache, CacheBucket::PipUnpacked, &digest);
         assert!(kept_members(&kept, &digest, &wheel).is_some());
@@ -351,7 +347,7 @@ mod tests {
             old.extend_from_slice(&json);
             std::fs::write(&index, old).unwrap();
             assert!(kept_members(&kept, &digest, &wheel).is_none(), "{format:?}");
-            let (again, _) = unpack(&cache, &digest, &wheel, filename).unwrap();
+            let again = unpack(&cache, &digest, &wheel, filename).unwrap();
             assert_eq!(streams(&again), s_cold);
         }
     }

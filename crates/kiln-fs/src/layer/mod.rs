@@ -311,10 +311,11 @@ fn key_of(head: &str, entries: &[Entry]) -> Result<Digest> {
                 h.update(format!("f{}\0", d.len()));
                 h.update(d.as_slice());
             }
-            // A file whose hash is known: its length and that hash (a warm
-            // pip stage's 600 MB of wheel members are not hashed again).
+            // A file known by a name no other bytes have: its length and
+            // that name (a warm pip stage's 600 MB of wheel members are not
+            // hashed again).
             EntryKind::Spooled(s) => {
-                match s.known_hash() {
+                match s.known_name() {
                     Some(known) => h.update(format!("k{}\0{known}\0", s.len())),
                     None => {
                         h.update(format!("f{}\0", s.len()));
@@ -566,11 +567,11 @@ mod tests {
             .is_none());
     }
 
-    /// A spooled file with a known hash enters the memo key as that hash:
+    /// A spooled file with a known name enters the memo key as that name:
     /// the key is the same whatever spool holds the bytes, changes with
-    /// the hash, and is made without reading the bytes back.
+    /// the name, and is made without reading the bytes back.
     #[test]
-    fn a_known_hash_stands_for_the_spooled_bytes_in_the_key() {
+    fn a_known_name_stands_for_the_spooled_bytes_in_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = |s: SpoolSlice| {
             vec![Entry {
@@ -593,7 +594,7 @@ mod tests {
         assert_ne!(key(&file(known(&a))), key(&file(other)));
         let plain = key(&file(a.put(b"print(1)\n").unwrap()));
         assert_ne!(plain, key(&file(known(&a))));
-        // Hashing the bytes needs them; a known hash does not.
+        // Hashing the bytes needs them; a known name does not.
         let cut = b.put(b"gone").unwrap();
         b.fail_for_test();
         assert!(input_key(&file(cut.clone()), &[], 0, Compression::Zstd { level: 3 }).is_err());

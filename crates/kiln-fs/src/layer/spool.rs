@@ -324,16 +324,17 @@ impl SpoolSlice {
         self.deflated.clone()
     }
 
-    /// These bytes, known to hash to `hash` (see [`SpoolSlice::known_hash`]).
-    /// Only for a hash computed from exactly these bytes: a layer built
-    /// from other bytes under the same key would be taken from the cache.
-    pub fn known_as(mut self, hash: impl Into<Arc<str>>) -> SpoolSlice {
-        self.known = Some(hash.into());
+    /// These bytes, known by `name` (see [`SpoolSlice::known_name`]): a
+    /// name no other bytes have, such as their hash or their place in a
+    /// verified, content-addressed package. A layer built from other bytes
+    /// under the same name would be taken from the cache.
+    pub fn known_as(mut self, name: impl Into<Arc<str>>) -> SpoolSlice {
+        self.known = Some(name.into());
         self
     }
 
-    /// The hash given by [`SpoolSlice::known_as`], if any.
-    pub fn known_hash(&self) -> Option<&str> {
+    /// The name given by [`SpoolSlice::known_as`], if any.
+    pub fn known_name(&self) -> Option<&str> {
         self.known.as_deref()
     }
 

@@ -923,12 +923,11 @@ fn run_stages(
         });
     }
     // Pins are kept for an unlocked build of package stages (see
-    // `memo::KeptPins`).
+    // `memo::KeptPins`), and taken where a lock's would be: `[[run]]`
+    // steps run after the stages either way.
     let keeps_pins = plan.pinned.is_none()
         && opts.reuse
-        && (spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some())
-        && !runs
-        && !run_scripts;
+        && (spec.apt.is_some() || spec.pip.is_some() || spec.conda.is_some());
     let mut out = Vec::new();
     for img in &base.images {
         let locked = plan
@@ -976,8 +975,13 @@ fn run_stages(
             Some(fs) => fs,
             None => {
                 let fs = base_rootfs(base, img, blobs, &keep)?;
-                if let Some(d) = view {
-                    memo::write_view(&setup.cache, d, &fs);
+                match (view, &img.manifest_digest) {
+                    (Some(d), _) => memo::write_view(&setup.cache, d, &fs),
+                    // Read with every content for the scripts: the view
+                    // kept is the one a build without them reads (the
+                    // kept pins' check reads the base's apt sources there).
+                    (None, Some(d)) => memo::write_view(&setup.cache, d, &fs.keeping(&keep_path)),
+                    (None, None) => {}
                 }
                 fs
             }
@@ -1680,9 +1684,8 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
         let pins = match locked {
             Some(pins) => {
                 let key = memo::key(plan.pinned.as_ref().expect("locked"), pins, img, opts, spec);
-                // A build with `[[run]]` steps takes nothing from the memo.
-                let memo = Some(key).filter(|_| spec.run.is_empty());
-                match memo.and_then(|k| PlatformMemo::read(&setup.cache, &k)) {
+                // (`[[run]]` steps run after the stages either way.)
+                match PlatformMemo::read(&setup.cache, &key) {
                     Some(m) => {
                         stages_reused = true;
                         layers.extend(m.layers().into_iter().map(|l| summary::PlannedLayer {

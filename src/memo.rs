@@ -89,8 +89,9 @@ pub(crate) fn key(
 /// listings the same (on the image apt made, itself the same then);
 /// `[conda]`'s repodata the same (on the image apt made, itself the same),
 /// and its environment.yml's `pip:` list's resolution as `[pip]`'s.
-/// Not for `[[run]]` steps or maintainer scripts: their output depends on
-/// more than the pins.
+/// Taken wherever a lock's pins would take the memo: with maintainer
+/// scripts run (the key says so, as a lock's does), and before `[[run]]`
+/// steps, which are never remembered and run again over the stages.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeptPins {
     format: u32,

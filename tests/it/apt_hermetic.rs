@@ -1532,10 +1532,8 @@ fn run_scripts_layers_what_maintainer_scripts_change() {
         let ws = Workspace::new(&format!("apt-run-scripts-{round}"));
         let base = busybox_base(&ws);
         write_spec(&ws, sh, &["script-a"], Some(&base));
-        let v = build_cmd(&ws, &unique_dir("cache"))
-            .arg("--run-scripts")
-            .run_ok()
-            .json();
+        let cache = unique_dir("cache");
+        let v = build_cmd(&ws, &cache).arg("--run-scripts").run_ok().json();
         let report = apt_report(&v);
         assert_eq!(
             strs(&report["ran_scripts"]),
@@ -1587,6 +1585,14 @@ fn run_scripts_layers_what_maintainer_scripts_change() {
                 .map(|(d, _)| d["digest"].to_string())
                 .collect::<Vec<_>>(),
         );
+        if round == 0 {
+            // Again on that cache: the pins kept hold, so the stage and its
+            // scripts' layer are taken whole, as a lock's pins take them.
+            fs::remove_dir_all(ws.join("out")).unwrap();
+            let again = build_cmd(&ws, &cache).arg("--run-scripts").run_ok().json();
+            assert_eq!(again["stages_reused"], 1, "{again}");
+            assert_eq!(again["digest"], v["digest"]);
+        }
     }
     assert_eq!(
         digests[0], digests[1],

@@ -530,3 +530,102 @@ fn add_downloads_urls_checks_their_sums_and_keeps_them_for_offline_builds() {
         &["tool.cfg", &sum, "nothing was written"],
     );
 }
+
+/// A warm build whose package stages are unchanged takes them whole, with
+/// `[[run]]` steps after them as without: from the pins an unlocked build
+/// kept, and from a lock. The commands run again over the stages' layers
+/// (they are not remembered), and the image is the cold one.
+#[test]
+fn run_steps_follow_package_stages_taken_whole() {
+    let ws = Workspace::new("run-after-stages");
+    busybox_rootfs(&ws);
+    ws.write("rootfs/usr/bin/python3.11", "#!/bin/sh\n");
+    ws.write("rootfs/usr/lib/python3.11/os.py", "");
+    ws.write(
+        "rootfs/var/lib/dpkg/status",
+        "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
+    );
+    ws.write(
+        "base.toml",
+        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
+    );
+    run(ws
+        .kiln()
+        .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
+    .ok();
+    let di = "tiny-1.0.dist-info";
+    let members: Vec<(String, Vec<u8>, u32)> = [
+        ("tiny/__init__.py".to_string(), "V = 1\n".to_string()),
+        (
+            format!("{di}/METADATA"),
+            "Metadata-Version: 2.1\nName: tiny\nVersion: 1.0\n".into(),
+        ),
+        (
+            format!("{di}/WHEEL"),
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(p, d)| (p, d.into_bytes(), 0o644))
+    .collect();
+    ws.write("wheels/tiny-1.0-py3-none-any.whl", wheel_zip(&members));
+    ws.spec(
+        "[image]\nbase = \"oci:base:v1\"\ntags = [\"t\"]\n\
+         [pip]\npackages = [\"tiny\"]\nfind-links = [\"wheels\"]\nno-index = true\ncompile = false\n\
+         [[run]]\ncommand = \"ls /usr/lib/python3.11/site-packages > /listing\"\n",
+    );
+    let build = |out: &str, extra: &[&str]| {
+        run(ws
+            .kiln()
+            .env("KILN_CACHE", ws.join("cache"))
+            .args(["build", "--json", "--quiet", "-o"])
+            .arg(format!("oci:{}", ws.join(out).display()))
+            .args(extra))
+        .ok()
+        .json()
+    };
+    let cold = build("out1", &[]);
+    assert_eq!(cold["stages_reused"], 0, "{cold}");
+    let rootfs = umoci_unpack(&ws.join("out1"), "t", &ws.join("bundle"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("listing")).unwrap(),
+        "tiny\ntiny-1.0.dist-info\n"
+    );
+    let kept = build("out2", &[]);
+    assert_eq!(kept["stages_reused"], 1, "{kept}");
+    assert_eq!(kept["pip"][0]["resolution"], "kept", "{kept}");
+    assert_eq!(kept["digest"], cold["digest"]);
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", ws.join("cache"))
+        .args(["lock", "--quiet"]))
+    .ok();
+    // The plan says so too.
+    let plan =
+        run(ws
+            .kiln()
+            .env("KILN_CACHE", ws.join("cache"))
+            .args(["build", "--dry-run", "--json"]))
+        .ok()
+        .json();
+    assert_eq!(plan["platforms"][0]["stages_reused"], true, "{plan}");
+    let locked = build("out3", &[]);
+    assert_eq!(locked["stages_reused"], 1, "{locked}");
+    // (A lock dates the image by itself: the layers are the cold ones.)
+    assert_eq!(locked["layers"], cold["layers"], "{locked}");
+    // The command's layer follows the stages' each time.
+    for b in [&kept, &locked] {
+        let created: Vec<&str> = b["summary"]["platforms"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["created_by"].as_str())
+            .collect();
+        let runs: Vec<&&str> = created
+            .iter()
+            .filter(|c| c.starts_with("kiln run"))
+            .collect();
+        assert_eq!(runs.len(), 1, "{b}");
+        assert_eq!(created.last(), runs.last().copied(), "{b}");
+    }
+}

@@ -182,6 +182,34 @@ impl Rootfs {
         }
     }
 
+    /// This view with only the contents `keep` names (every node stays):
+    /// what a read that kept fewer contents would have given.
+    pub fn keeping(&self, keep: &dyn Fn(&str) -> bool) -> Rootfs {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(p, n)| {
+                let n = match n {
+                    Node::File {
+                        size,
+                        mode,
+                        content: Some(_),
+                    } if !keep(p) => Node::File {
+                        size: *size,
+                        mode: *mode,
+                        content: None,
+                    },
+                    n => n.clone(),
+                };
+                (p.clone(), n)
+            })
+            .collect();
+        Rootfs {
+            nodes,
+            dirs: self.dirs.clone(),
+        }
+    }
+
     /// Add a file with content (tests, and layers kiln adds on top).
     pub fn insert_file(&mut self, path: &str, content: &[u8]) {
         self.insert(
@@ -544,6 +572,32 @@ mod tests {
         assert!(!fs.exists("/etc/old"));
         assert_eq!(fs.read("/etc/new"), Some(&b"N"[..]));
         assert_eq!(fs.list("/lib"), vec!["a".to_string()]);
+    }
+
+    /// A view read with every content, made into the one a read keeping
+    /// fewer contents gives: the same nodes and directories, the same bytes
+    /// once serialized.
+    #[test]
+    fn keeping_fewer_contents_is_reading_fewer() {
+        let l = layer(&[
+            ("etc/", None, None),
+            ("etc/os-release", Some(b"ID=debian\n"), None),
+            ("usr/", None, None),
+            ("usr/big", Some(b"lots of bytes"), None),
+            ("usr/link", None, Some("big")),
+        ]);
+        let keep = |p: &str| p.starts_with("/etc/");
+        let all = Rootfs::from_layers([&l[..]], &|_| true).unwrap();
+        let few = Rootfs::from_layers([&l[..]], &keep).unwrap();
+        let kept = all.keeping(&keep);
+        assert_eq!(kept.read("/etc/os-release"), Some(&b"ID=debian\n"[..]));
+        assert_eq!(kept.read("/usr/big"), None);
+        assert!(kept.exists("/usr/big"));
+        assert_eq!(
+            serde_json::to_string(&kept).unwrap(),
+            serde_json::to_string(&few).unwrap()
+        );
+        assert_eq!(all.read("/usr/big"), Some(&b"lots of bytes"[..]));
     }
 
     #[test]

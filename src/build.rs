@@ -689,11 +689,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let runs = !setup.spec.run.is_empty();
     let keep = keep_for(opts, &setup.spec);
     for (p, img) in platforms.iter_mut().zip(&base.images) {
-        let groups = match (runs, &mut p.sbom) {
+        let planned = match (runs, &mut p.sbom) {
             (true, s) => {
                 let s = s.as_mut().expect("run_stages keeps the tree for [[run]]");
                 // The commands' tree: the base's layers, then the stages'.
                 let layers = image_layers(img, &blobs, &p.layers, &setup.cache)?;
+                let base_ids = img.config["rootfs"]["diff_ids"].as_array();
+                let diff_ids = base_ids
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .chain(p.layers.iter().map(|l| l.blob.diff_id.to_string()));
+                let under =
+                    run_steps::RunsUnder::new(diff_ids, opts.epoch, opts.compression, opts.reuse);
                 run_steps::groups(
                     &setup.spec,
                     &img.config,
@@ -704,6 +712,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     opts.network,
                     &setup.cache,
                     &opts.progress,
+                    under,
                 )?
             }
             (false, s) => {
@@ -715,10 +724,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     }
                 }
                 groups
+                    .into_iter()
+                    .map(|g| run_steps::Planned::Build(g, None))
+                    .collect()
             }
         };
         p.layers
-            .extend(build_groups(&groups, opts, &setup.cache, &plan)?);
+            .extend(build_planned(planned, opts, &setup.cache, &plan)?);
         // The tree was kept for the commands or the copies; only the SBOM
         // reads it from here on.
         if !opts.sbom {
@@ -1954,6 +1966,51 @@ fn locked_platform<'l>(
 
 /// Build labelled entry groups into layers, in parallel; order is kept.
 /// With `--push`, each goes to the registry as soon as it is built.
+/// [`build_groups`] of the layers to build, in order with the commands'
+/// layers remembered from earlier builds; each command's new layer is
+/// remembered by its key.
+fn build_planned(
+    planned: Vec<run_steps::Planned>,
+    opts: &BuildOptions,
+    cache: &Cache,
+    plan: &BuildPlan,
+) -> Result<Vec<NewLayer>> {
+    use run_steps::Planned;
+    let mut groups = Vec::new();
+    let mut keys = Vec::new();
+    for p in &planned {
+        if let Planned::Build(g, key) = p {
+            groups.push(g.clone());
+            keys.push(key.clone());
+        }
+    }
+    let mut built = build_groups(&groups, opts, cache, plan)?
+        .into_iter()
+        .zip(keys);
+    let mut out = Vec::new();
+    for p in planned {
+        match p {
+            Planned::Build(..) => {
+                let (layer, key) = built.next().expect("one built layer per group");
+                if let Some(k) = key {
+                    plan.tally.command(false);
+                    layer::remember(cache, &k, &layer.blob);
+                }
+                out.push(layer);
+            }
+            Planned::Remembered(blob, created_by) => {
+                plan.tally.command(true);
+                plan.tally.layer(&blob.digest, true);
+                if let Some(early) = &plan.early {
+                    early.send(&blob.digest, blob.size);
+                }
+                out.push(NewLayer { blob, created_by });
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn build_groups(
     groups: &[layer::LayerGroup],
     opts: &BuildOptions,

@@ -170,6 +170,11 @@ enum Command {
         /// Build a second time (one thread, scratch output) and fail if the digests differ.
         #[arg(long)]
         check_reproducible: bool,
+        /// Take nothing an earlier build made: run every `[[run]]` step (a
+        /// Dockerfile's RUN lines) and every package stage again, compress
+        /// every layer again. Downloads still come from the cache.
+        #[arg(long)]
+        no_cache: bool,
         /// Run the apt packages' maintainer scripts (preinst, postinst) in an
         /// unprivileged namespace chroot and add their changes as a layer;
         /// the image must be the host's architecture.
@@ -632,6 +637,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
             frozen,
             offline,
             check_reproducible,
+            no_cache,
             run_scripts,
             allow_outside_context,
             dry_run,
@@ -662,7 +668,7 @@ fn run(cli: Cli) -> kiln::Result<()> {
                     LockMode::Auto
                 },
                 offline,
-                reuse: true,
+                reuse: !no_cache,
                 run_scripts,
                 source_scope: if allow_outside_context {
                     SourceScope::Host

@@ -10,10 +10,11 @@
 
 use serde_json::Value;
 
+use kiln_core::digest::Digest;
 use kiln_core::error::Result;
 use kiln_core::platform::Platform;
 use kiln_core::progress::Progress;
-use kiln_fs::layer::{Entry, EntryKind, LayerGroup};
+use kiln_fs::layer::{Compression, Entry, EntryKind, LayerBlob, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
 use kiln_fs::sandbox::{RunSpec, Sandbox, DEFAULT_PATH};
 use kiln_oci::image::ProcessDefaults;
@@ -52,11 +53,27 @@ pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
     Ok(())
 }
 
+/// A layer of `[[files]]` or `[[run]]`, in spec order: to build (with
+/// the key a `[[run]]` step's layer is remembered by, once built), or a
+/// command's layer remembered from an earlier build.
+pub(crate) enum Planned {
+    Build(LayerGroup, Option<Digest>),
+    Remembered(LayerBlob, String),
+}
+
 /// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
 /// (the view the SBOM reads, contents kept as `keep` says) as they are
 /// made. `file_groups` are the `[[files]]` entries' layers; `layers` the
 /// tar streams of the image so far (base, then the package stages), from
 /// which the commands' tree is written to disk, streaming.
+///
+/// A command is remembered as docker remembers a RUN: by what it is (its
+/// argv, environment, user, directory and network) and everything under
+/// it (`under`: the image so far and how its layers are written; then
+/// each `[[files]]` layer's content and each command before it). When
+/// every command is remembered, no tree is written and none runs; from
+/// the first that is not, the tree is written with what came before it
+/// and the commands run from there.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn groups(
     spec: &Spec,
@@ -68,24 +85,28 @@ pub(crate) fn groups(
     network: Option<Network>,
     cache: &Cache,
     progress: &Progress,
-) -> Result<Vec<LayerGroup>> {
+    under: RunsUnder,
+) -> Result<Vec<Planned>> {
     // The base's Env, User and WorkingDir: what a command inherits when
     // its step does not say.
     let base = ProcessDefaults::of(&base_config["config"]);
     let after = |step: &RunStep| step.after_files.unwrap_or(file_groups.len());
     let tmp = cache.bucket(CacheBucket::Tmp);
-    let mut out: Vec<LayerGroup> = Vec::new();
+    let mut out: Vec<Planned> = Vec::new();
     let first = spec.run.first().map(|s| s.describe(0)).unwrap_or_default();
-    let spinner = progress.spinner(&format!("writing the tree for {first}"));
-    let mut sb = Sandbox::from_layers(layers, &tmp, &first)?;
-    spinner.finish_and_clear();
+    let mut chain = under.key;
+    // The tree, written at the first command not remembered; the layers
+    // it is written from until then.
+    let mut layers = Some(layers);
+    let mut sb: Option<Sandbox> = None;
+    // What the tree must have on top of `layers` when it is written.
+    let mut pending: Vec<Pending> = Vec::new();
     for slot in 0..=file_groups.len() {
         for (i, step) in spec.run.iter().enumerate() {
             if after(step) != slot {
                 continue;
             }
             let label = step.describe(i);
-            let spinner = progress.spinner(&format!("running {label}"));
             let argv = step.argv();
             let mut env = base.env.clone();
             for (k, v) in &step.env {
@@ -96,19 +117,7 @@ pub(crate) fn groups(
                 env.push(("PATH".into(), DEFAULT_PATH.into()));
             }
             let network = step.network.or(network).unwrap_or_default();
-            if network == Network::Host {
-                // The host's proxy settings reach the command (as docker
-                // passes its configured proxies as build args); they are
-                // never part of the image.
-                for k in PROXY_VARS {
-                    if let Ok(v) = std::env::var(k) {
-                        if !env.iter().any(|(name, _)| name == k) {
-                            env.push((k.to_string(), v));
-                        }
-                    }
-                }
-            }
-            let output = sb.run(&RunSpec {
+            let run = RunSpec {
                 argv: argv.clone(),
                 env,
                 user: step.user.clone().or_else(|| base.user.clone()),
@@ -118,7 +127,52 @@ pub(crate) fn groups(
                     .map(|w| w.0.clone())
                     .or_else(|| base.workdir.clone()),
                 network,
-            })?;
+            };
+            chain = step_key(&chain, &run);
+            let created_by = format!("kiln run: {label}");
+            if under.reuse {
+                if let Some(blob) = kiln_fs::layer::remembered(cache, &chain) {
+                    let read = || blob_reader(cache, &blob);
+                    fs.apply_layer(read()?, keep)?;
+                    match &mut sb {
+                        Some(sb) => sb.apply_layer(read()?)?,
+                        None => pending.push(Pending::Layer(blob.clone())),
+                    }
+                    out.push(Planned::Remembered(blob, created_by));
+                    continue;
+                }
+            }
+            let sb = match &mut sb {
+                Some(sb) => sb,
+                None => {
+                    let spinner = progress.spinner(&format!("writing the tree for {first}"));
+                    let mut tree =
+                        Sandbox::from_layers(layers.take().unwrap_or_default(), &tmp, &first)?;
+                    for p in pending.drain(..) {
+                        match p {
+                            Pending::Layer(blob) => tree.apply_layer(blob_reader(cache, &blob)?)?,
+                            Pending::Files(entries) => write_entries(&mut tree, &entries)?,
+                        }
+                    }
+                    spinner.finish_and_clear();
+                    sb.insert(tree)
+                }
+            };
+            let mut run = run;
+            if network == Network::Host {
+                // The host's proxy settings reach the command (as docker
+                // passes its configured proxies as build args); they are
+                // never part of the image, nor of what it is remembered by.
+                for k in PROXY_VARS {
+                    if let Ok(v) = std::env::var(k) {
+                        if !run.env.iter().any(|(name, _)| name == k) {
+                            run.env.push((k.to_string(), v));
+                        }
+                    }
+                }
+            }
+            let spinner = progress.spinner(&format!("running {label}"));
+            let output = sb.run(&run)?;
             spinner.finish_and_clear();
             if !output.status.success() {
                 let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -135,18 +189,95 @@ pub(crate) fn groups(
             }
             let entries = sb.take_changes()?;
             fs.apply_entries(&entries, keep);
-            out.push(LayerGroup::new(format!("kiln run: {label}"), entries));
+            out.push(Planned::Build(
+                LayerGroup::new(created_by, entries),
+                Some(chain.clone()),
+            ));
         }
         if let Some(group) = file_groups.get(slot) {
             let dst = spec.files.get(slot).map(|f| f.dst.relative()).unwrap_or("");
             let mut entries = group.entries.clone();
             fs.adopt_parents(dst, &mut entries);
-            write_entries(&mut sb, &entries)?;
+            // Its content (as the layer it makes) is under what follows.
+            let content =
+                kiln_fs::layer::layer_key(&entries, &group.parts, under.mtime, under.compression)?;
+            chain = Digest::of(format!("{chain}\nfiles {content}").as_bytes());
+            match &mut sb {
+                Some(sb) => write_entries(sb, &entries)?,
+                None => pending.push(Pending::Files(entries.clone())),
+            }
             fs.apply_entries(&entries, keep);
-            out.push(LayerGroup::new(group.label.clone(), entries));
+            out.push(Planned::Build(
+                LayerGroup::new(group.label.clone(), entries),
+                None,
+            ));
         }
     }
     Ok(out)
+}
+
+/// What `[[run]]` steps are remembered under: the image so far and how
+/// its layers are written (see [`groups`]), and whether remembered ones
+/// may be taken (not with `--no-cache`).
+pub(crate) struct RunsUnder {
+    pub(crate) key: Digest,
+    pub(crate) mtime: u64,
+    pub(crate) compression: Compression,
+    pub(crate) reuse: bool,
+}
+
+impl RunsUnder {
+    /// Over the image whose layers' diff_ids are `diff_ids` (lowest
+    /// first), written with `mtime` and `compression`.
+    pub(crate) fn new(
+        diff_ids: impl IntoIterator<Item = String>,
+        mtime: u64,
+        compression: Compression,
+        reuse: bool,
+    ) -> RunsUnder {
+        let mut head = format!(
+            "kiln-run/1 {} layers/{} {compression:?} {mtime}\n",
+            env!("CARGO_PKG_VERSION"),
+            kiln_fs::layer::ENCODING
+        );
+        for d in diff_ids {
+            head.push_str(&d);
+            head.push('\n');
+        }
+        RunsUnder {
+            key: Digest::of(head.as_bytes()),
+            mtime,
+            compression,
+            reuse,
+        }
+    }
+}
+
+/// The key of a command run over what `under` names.
+fn step_key(under: &Digest, run: &RunSpec) -> Digest {
+    let mut h = format!("{under}\nrun {:?}\n", run.argv);
+    for (k, v) in &run.env {
+        h.push_str(&format!("env {k:?}={v:?}\n"));
+    }
+    h.push_str(&format!(
+        "user {:?} workdir {:?} network {:?}\n",
+        run.user, run.workdir, run.network
+    ));
+    Digest::of(h.as_bytes())
+}
+
+/// What the tree must get, in order, once it is written.
+enum Pending {
+    Layer(LayerBlob),
+    Files(Vec<Entry>),
+}
+
+/// The uncompressed tar stream of a remembered layer in the cache.
+fn blob_reader(cache: &Cache, blob: &LayerBlob) -> Result<Box<dyn std::io::Read + Send>> {
+    use kiln_core::error::IoContext;
+    let path = cache.blob_path(&blob.digest);
+    let file = std::fs::File::open(&path).io_context(|| format!("reading {}", path.display()))?;
+    kiln_fs::layer::decompressed(&blob.media_type, std::io::BufReader::new(file))
 }
 
 /// A command as messages quote it: at most 200 characters.

@@ -32,6 +32,9 @@ pub(crate) struct Tally {
     /// copied from the cache into a layer instead of compressed again.
     parts_ahead: std::sync::atomic::AtomicUsize,
     parts_copied: std::sync::atomic::AtomicUsize,
+    /// `[[run]]` steps run, and those whose layer was remembered.
+    commands_run: std::sync::atomic::AtomicUsize,
+    commands_remembered: std::sync::atomic::AtomicUsize,
 }
 
 /// Digests noted from several threads.
@@ -60,7 +63,18 @@ impl Tally {
             ahead: DigestSet::default(),
             parts_ahead: Default::default(),
             parts_copied: Default::default(),
+            commands_run: Default::default(),
+            commands_remembered: Default::default(),
         }
+    }
+
+    /// A `[[run]]` step ran, or its layer was remembered.
+    pub(crate) fn command(&self, remembered: bool) {
+        let n = match remembered {
+            true => &self.commands_remembered,
+            false => &self.commands_run,
+        };
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A layer part was compressed while packages still downloaded.
@@ -125,6 +139,11 @@ pub struct Summary {
     /// copied from the cache instead of compressed again.
     pub layer_parts_built_ahead: usize,
     pub layer_parts_copied: usize,
+    /// `[[run]]` steps (a Dockerfile's other RUN lines) run by this build,
+    /// and those whose layer an earlier build made from the same command
+    /// over the same layers (not run).
+    pub commands_run: usize,
+    pub commands_remembered: usize,
     /// Bytes that came over the network (packages, index pages, base
     /// blobs); 0 when the cache had everything.
     pub bytes_downloaded: u64,
@@ -270,6 +289,12 @@ pub(crate) fn summarize(
         layer_parts_copied: tally
             .parts_copied
             .load(std::sync::atomic::Ordering::Relaxed),
+        commands_run: tally
+            .commands_run
+            .load(std::sync::atomic::Ordering::Relaxed),
+        commands_remembered: tally
+            .commands_remembered
+            .load(std::sync::atomic::Ordering::Relaxed),
         bytes_downloaded: tally.transfers.bytes(),
         files_downloaded: tally.transfers.files().0,
         bytes_pushed,
@@ -387,6 +412,13 @@ impl Summary {
             "layers      {} built{ahead}, {} reused from the cache{parts}",
             self.layers_built, self.layers_reused
         );
+        if self.commands_run + self.commands_remembered > 0 {
+            let _ = writeln!(
+                s,
+                "commands    {} run, {} remembered",
+                self.commands_run, self.commands_remembered
+            );
+        }
         let _ = writeln!(s, "packages    {}", counts(&self.packages));
         if verbose {
             for p in &self.package_list {

@@ -533,8 +533,8 @@ fn add_downloads_urls_checks_their_sums_and_keeps_them_for_offline_builds() {
 
 /// A warm build whose package stages are unchanged takes them whole, with
 /// `[[run]]` steps after them as without: from the pins an unlocked build
-/// kept, and from a lock. The commands run again over the stages' layers
-/// (they are not remembered), and the image is the cold one.
+/// kept, and from a lock; the command over the same layers is remembered,
+/// and the image is the cold one.
 #[test]
 fn run_steps_follow_package_stages_taken_whole() {
     let ws = Workspace::new("run-after-stages");
@@ -591,8 +591,12 @@ fn run_steps_follow_package_stages_taken_whole() {
         fs::read_to_string(rootfs.join("listing")).unwrap(),
         "tiny\ntiny-1.0.dist-info\n"
     );
+    assert_eq!(cold["summary"]["commands_run"], 1, "{cold}");
     let kept = build("out2", &[]);
     assert_eq!(kept["stages_reused"], 1, "{kept}");
+    // The command over the same layers is remembered, not run.
+    assert_eq!(kept["summary"]["commands_run"], 0, "{kept}");
+    assert_eq!(kept["summary"]["commands_remembered"], 1, "{kept}");
     assert_eq!(kept["pip"][0]["resolution"], "kept", "{kept}");
     assert_eq!(kept["digest"], cold["digest"]);
     run(ws
@@ -628,4 +632,72 @@ fn run_steps_follow_package_stages_taken_whole() {
         assert_eq!(runs.len(), 1, "{b}");
         assert_eq!(created.last(), runs.last().copied(), "{b}");
     }
+}
+
+/// A command is remembered as docker caches a RUN: by what it is and all
+/// that is under it. Run again, nothing runs and the image is the same;
+/// a `[[files]]` layer under a command changed, or the command itself,
+/// runs that command and those after it, over the tree with the layers
+/// remembered before it; `--no-cache` runs them all.
+#[test]
+fn a_command_is_remembered_until_what_is_under_it_changes() {
+    let ws = Workspace::new("run-remembered");
+    busybox_rootfs(&ws);
+    ws.write("a.txt", "first\n");
+    let spec = |second: &str| {
+        format!(
+            "[image]\ntags = [\"t\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n\
+             [[run]]\ncommand = \"echo one > /one\"\nafter-files = 1\n\
+             [[files]]\nsrc = \"a.txt\"\ndst = \"/a.txt\"\n\
+             [[run]]\ncommand = \"cat /one /a.txt > /b{second}\"\n"
+        )
+    };
+    ws.spec(&spec(""));
+    let build = |out: &str, extra: &[&str]| {
+        let v = run(ws
+            .kiln()
+            .env("KILN_CACHE", ws.join("cache"))
+            .args(["build", "--json", "--quiet", "-o"])
+            .arg(format!("oci:{}", ws.join(out).display()))
+            .args(extra))
+        .ok()
+        .json();
+        let s = &v["summary"];
+        let counts = (
+            s["commands_run"].as_u64(),
+            s["commands_remembered"].as_u64(),
+        );
+        let rootfs = umoci_unpack(&ws.join(out), "t", &ws.join(format!("{out}-bundle")));
+        let b = fs::read_to_string(rootfs.join("b")).unwrap_or_default();
+        (v, counts, b)
+    };
+    let (cold, counts, b) = build("out1", &[]);
+    assert_eq!(counts, (Some(2), Some(0)), "{cold}");
+    assert_eq!(b, "one\nfirst\n");
+    let (again, counts, _) = build("out2", &[]);
+    assert_eq!(counts, (Some(0), Some(2)), "{again}");
+    assert_eq!(again["digest"], cold["digest"]);
+    // The file under the second command changed: the first is remembered
+    // (its /one is in the tree the second runs over), the second runs.
+    ws.write("a.txt", "second\n");
+    let (changed, counts, b) = build("out3", &[]);
+    assert_eq!(counts, (Some(1), Some(1)), "{changed}");
+    assert_eq!(b, "one\nsecond\n");
+    // The command changed: it runs; the image is what a cold cache gives.
+    ws.spec(&spec(" && echo more >> /b"));
+    let (edited, counts, b) = build("out4", &[]);
+    assert_eq!(counts, (Some(1), Some(1)), "{edited}");
+    assert_eq!(b, "one\nsecond\nmore\n");
+    let fresh = run(ws
+        .kiln()
+        .env("KILN_CACHE", ws.join("cold-cache"))
+        .args(["build", "--json", "--quiet", "-o"])
+        .arg(format!("oci:{}", ws.join("out5").display())))
+    .ok()
+    .json();
+    assert_eq!(fresh["digest"], edited["digest"]);
+    // --no-cache: every command runs again, to the same image.
+    let (forced, counts, _) = build("out6", &["--no-cache"]);
+    assert_eq!(counts, (Some(2), Some(0)), "{forced}");
+    assert_eq!(forced["digest"], edited["digest"]);
 }

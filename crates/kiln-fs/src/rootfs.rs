@@ -130,6 +130,12 @@ impl Rootfs {
         Ok(fs)
     }
 
+    /// Overlay one more uncompressed layer tar stream (see [`Rootfs::from_layers`]).
+    pub fn apply_layer(&mut self, layer: impl Read, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+        self.apply_parsed(parse_layer(layer, keep)?);
+        Ok(())
+    }
+
     /// A layer over what is below it: its whiteouts first, then what it adds.
     fn apply_parsed(&mut self, layer: Parsed) {
         for removal in layer.removals {

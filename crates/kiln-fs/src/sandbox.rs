@@ -200,6 +200,21 @@ impl Sandbox {
         Ok(entries)
     }
 
+    /// Write one more layer (an uncompressed tar stream, OCI whiteouts
+    /// applied) into the tree, not counted as a change: it is a layer of
+    /// its own already.
+    pub fn apply_layer(&mut self, layer: Box<dyn std::io::Read + '_>) -> Result<()> {
+        write_layers(
+            vec![layer],
+            &self.root,
+            self.euid,
+            &self.purpose,
+            Paths::All,
+        )?;
+        self.take_changes()?;
+        Ok(())
+    }
+
     /// [`Sandbox::take_changes`], and the scratch directory removed.
     pub fn changes(mut self) -> Result<Vec<Entry>> {
         self.take_changes()

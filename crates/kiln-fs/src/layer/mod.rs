@@ -248,6 +248,36 @@ pub struct Built {
     pub parts_copied: usize,
 }
 
+/// The layer remembered under `key`, a key its caller makes (a `[[run]]`
+/// step's: its command and the layers under it), if the cache still has
+/// its blob intact. Kept beside the layers' own memos, so `kiln cache gc`
+/// drops it with the blob.
+pub fn remembered(cache: &Cache, key: &Digest) -> Option<LayerBlob> {
+    read_memo(
+        &cache.entry(CacheBucket::Layers, format!("{}.json", key.hex())),
+        cache,
+    )
+}
+
+/// Remember `blob` under `key` (see [`remembered`]). Best effort.
+pub fn remember(cache: &Cache, key: &Digest, blob: &LayerBlob) {
+    write_memo(
+        &cache.entry(CacheBucket::Layers, format!("{}.json", key.hex())),
+        blob,
+    );
+}
+
+/// What decides the bytes of the layer `entries` make (cut into `parts`):
+/// the key [`build_layer`] remembers it by.
+pub fn layer_key(
+    entries: &[Entry],
+    parts: &[usize],
+    mtime: u64,
+    compression: Compression,
+) -> Result<Digest> {
+    input_key(entries, parts, mtime, compression)
+}
+
 /// The layer built before from the same inputs, if the cache still has it
 /// (what `kiln build --dry-run` reports as reused).
 pub fn cached_layer(

@@ -69,19 +69,6 @@ fn files_from_an_oci_layout_image() {
     assert!(!ws.join("missing").exists());
 }
 
-/// The busybox tree as an OCI layout `base:v1` (a real shell for RUN).
-fn busybox_base(ws: &Workspace) {
-    busybox_rootfs(ws);
-    ws.write(
-        "base.toml",
-        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
-    );
-    run(ws
-        .kiln()
-        .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
-    .ok();
-}
-
 const TWO_STAGES: &str = "ARG BASE=oci:base:v1\n\
 FROM ${BASE} AS build\n\
 RUN mkdir -p /out && echo built > /out/artifact && echo tmp > /out/scratchpad\n\

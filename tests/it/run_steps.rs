@@ -531,6 +531,19 @@ fn add_downloads_urls_checks_their_sums_and_keeps_them_for_offline_builds() {
     );
 }
 
+/// `kiln build --json` of the workspace's spec with the cache `cache` into
+/// the OCI layout `out` (both in the workspace).
+fn build_in(ws: &Workspace, cache: &str, out: &str, extra: &[&str]) -> serde_json::Value {
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", ws.join(cache))
+        .args(["build", "--json", "--quiet", "-o"])
+        .arg(format!("oci:{}", ws.join(out).display()))
+        .args(extra))
+    .ok()
+    .json()
+}
+
 /// A warm build whose package stages are unchanged takes them whole, with
 /// `[[run]]` steps after them as without: from the pins an unlocked build
 /// kept, and from a lock; the command over the same layers is remembered,
@@ -538,21 +551,13 @@ fn add_downloads_urls_checks_their_sums_and_keeps_them_for_offline_builds() {
 #[test]
 fn run_steps_follow_package_stages_taken_whole() {
     let ws = Workspace::new("run-after-stages");
-    busybox_rootfs(&ws);
     ws.write("rootfs/usr/bin/python3.11", "#!/bin/sh\n");
     ws.write("rootfs/usr/lib/python3.11/os.py", "");
     ws.write(
         "rootfs/var/lib/dpkg/status",
         "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
     );
-    ws.write(
-        "base.toml",
-        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
-    );
-    run(ws
-        .kiln()
-        .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
-    .ok();
+    busybox_base(&ws);
     let di = "tiny-1.0.dist-info";
     let members: Vec<(String, Vec<u8>, u32)> = [
         ("tiny/__init__.py".to_string(), "V = 1\n".to_string()),
@@ -574,16 +579,7 @@ fn run_steps_follow_package_stages_taken_whole() {
          [pip]\npackages = [\"tiny\"]\nfind-links = [\"wheels\"]\nno-index = true\ncompile = false\n\
          [[run]]\ncommand = \"ls /usr/lib/python3.11/site-packages > /listing\"\n",
     );
-    let build = |out: &str, extra: &[&str]| {
-        run(ws
-            .kiln()
-            .env("KILN_CACHE", ws.join("cache"))
-            .args(["build", "--json", "--quiet", "-o"])
-            .arg(format!("oci:{}", ws.join(out).display()))
-            .args(extra))
-        .ok()
-        .json()
-    };
+    let build = |out: &str, extra: &[&str]| build_in(&ws, "cache", out, extra);
     let cold = build("out1", &[]);
     assert_eq!(cold["stages_reused"], 0, "{cold}");
     let rootfs = umoci_unpack(&ws.join("out1"), "t", &ws.join("bundle"));
@@ -654,14 +650,7 @@ fn a_command_is_remembered_until_what_is_under_it_changes() {
     };
     ws.spec(&spec(""));
     let build = |out: &str, extra: &[&str]| {
-        let v = run(ws
-            .kiln()
-            .env("KILN_CACHE", ws.join("cache"))
-            .args(["build", "--json", "--quiet", "-o"])
-            .arg(format!("oci:{}", ws.join(out).display()))
-            .args(extra))
-        .ok()
-        .json();
+        let v = build_in(&ws, "cache", out, extra);
         let s = &v["summary"];
         let counts = (
             s["commands_run"].as_u64(),
@@ -688,13 +677,7 @@ fn a_command_is_remembered_until_what_is_under_it_changes() {
     let (edited, counts, b) = build("out4", &[]);
     assert_eq!(counts, (Some(1), Some(1)), "{edited}");
     assert_eq!(b, "one\nsecond\nmore\n");
-    let fresh = run(ws
-        .kiln()
-        .env("KILN_CACHE", ws.join("cold-cache"))
-        .args(["build", "--json", "--quiet", "-o"])
-        .arg(format!("oci:{}", ws.join("out5").display())))
-    .ok()
-    .json();
+    let fresh = build_in(&ws, "cold-cache", "out5", &[]);
     assert_eq!(fresh["digest"], edited["digest"]);
     // --no-cache: every command runs again, to the same image.
     let (forced, counts, _) = build("out6", &["--no-cache"]);

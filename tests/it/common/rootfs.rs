@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{require_tool, Workspace};
+use super::{require_tool, run, Workspace};
 
 /// Metadata of a path inside an unpacked rootfs, without following symlinks.
 #[track_caller]
@@ -42,6 +42,20 @@ pub fn busybox_rootfs(ws: &Workspace) {
     )
     .unwrap();
     ws.symlink("rootfs/bin/sh", "busybox");
+}
+
+/// [`busybox_rootfs`] (with whatever else is under `rootfs/`) as the OCI
+/// layout `base:v1`: a real shell for commands to run in.
+pub fn busybox_base(ws: &Workspace) {
+    busybox_rootfs(ws);
+    ws.write(
+        "base.toml",
+        "[image]\ntags = [\"v1\"]\n[[files]]\nsrc = \"rootfs/\"\ndst = \"/\"\n",
+    );
+    run(ws
+        .kiln()
+        .args(["build", "base.toml", "--quiet", "-o", "oci:base"]))
+    .ok();
 }
 
 /// [`busybox_rootfs`] with an account database (root, and `app` as

@@ -693,7 +693,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             (true, s) => {
                 let s = s.as_mut().expect("run_stages keeps the tree for [[run]]");
                 // The commands' tree: the base's layers, then the stages'.
-                let layers = image_layers(img, &blobs, &p.layers, &setup.cache)?;
+                let built = &p.layers;
+                let layers = || image_layers(img, &blobs, built, &setup.cache);
                 let base_ids = img.config["rootfs"]["diff_ids"].as_array();
                 let diff_ids = base_ids
                     .into_iter()
@@ -705,7 +706,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 run_steps::groups(
                     &setup.spec,
                     &img.config,
-                    layers,
+                    &layers,
                     &plan.file_groups,
                     &mut s.fs,
                     &keep,

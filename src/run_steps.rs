@@ -63,9 +63,10 @@ pub(crate) enum Planned {
 
 /// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
 /// (the view the SBOM reads, contents kept as `keep` says) as they are
-/// made. `file_groups` are the `[[files]]` entries' layers; `layers` the
-/// tar streams of the image so far (base, then the package stages), from
-/// which the commands' tree is written to disk, streaming.
+/// made. `file_groups` are the `[[files]]` entries' layers; `layers` opens
+/// the tar streams of the image so far (base, then the package stages),
+/// from which the commands' tree is written to disk, streaming (opened
+/// only then: each is read ahead on a thread of its own).
 ///
 /// A command is remembered as docker remembers a RUN: by what it is (its
 /// argv, environment, user, directory and network) and everything under
@@ -78,7 +79,7 @@ pub(crate) enum Planned {
 pub(crate) fn groups(
     spec: &Spec,
     base_config: &Value,
-    layers: Vec<Box<dyn std::io::Read + '_>>,
+    layers: &dyn Fn() -> Result<Vec<Box<dyn std::io::Read>>>,
     file_groups: &[LayerGroup],
     fs: &mut Rootfs,
     keep: &dyn Fn(&str) -> bool,
@@ -95,9 +96,7 @@ pub(crate) fn groups(
     let mut out: Vec<Planned> = Vec::new();
     let first = spec.run.first().map(|s| s.describe(0)).unwrap_or_default();
     let mut chain = under.key;
-    // The tree, written at the first command not remembered; the layers
-    // it is written from until then.
-    let mut layers = Some(layers);
+    // The tree, written at the first command not remembered.
     let mut sb: Option<Sandbox> = None;
     // What the tree must have on top of `layers` when it is written.
     let mut pending: Vec<Pending> = Vec::new();
@@ -146,8 +145,7 @@ pub(crate) fn groups(
                 Some(sb) => sb,
                 None => {
                     let spinner = progress.spinner(&format!("writing the tree for {first}"));
-                    let mut tree =
-                        Sandbox::from_layers(layers.take().unwrap_or_default(), &tmp, &first)?;
+                    let mut tree = Sandbox::from_layers(layers()?, &tmp, &first)?;
                     for p in pending.drain(..) {
                         match p {
                             Pending::Layer(blob) => tree.apply_layer(blob_reader(cache, &blob)?)?,

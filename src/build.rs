@@ -621,6 +621,8 @@ struct PlatformBuild {
     pins: LockedPlatform,
     /// The key of its stage record (a locked build), pushed beside the image.
     memo: Option<Digest>,
+    /// Its `[[run]]` steps' layers by their keys (pushed in that record).
+    runs: Vec<memo::RunRecord>,
 }
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
@@ -730,8 +732,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     .collect()
             }
         };
-        p.layers
-            .extend(build_planned(planned, opts, &setup.cache, &plan)?);
+        let (layers, runs) = build_planned(planned, opts, &setup.cache, &plan)?;
+        p.layers.extend(layers);
+        p.runs = runs;
         // The tree was kept for the commands or the copies; only the SBOM
         // reads it from here on.
         if !opts.sbom {
@@ -761,6 +764,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         &setup.cache,
     )?;
     let memos: Vec<Option<Digest>> = platforms.iter().map(|p| p.memo.clone()).collect();
+    let runs: Vec<Vec<memo::RunRecord>> = platforms.iter().map(|p| p.runs.clone()).collect();
     let outputs = write_outputs(
         &plan,
         &base,
@@ -769,6 +773,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Records {
             sboms: &sboms,
             memos: &memos,
+            runs: &runs,
         },
         &blobs,
         opts,
@@ -1074,6 +1079,7 @@ fn run_stages(
             reused: false,
             pins: outcome.pins,
             memo: memo_key,
+            runs: Vec::new(),
         });
     }
     // Every platform came from its memo: the pages are not read.
@@ -1114,6 +1120,7 @@ impl PlatformBuild {
             reused: true,
             pins,
             memo,
+            runs: Vec::new(),
         }
     }
 }
@@ -1265,17 +1272,23 @@ fn push_stage_records(
     plan: &BuildPlan,
     repo: &str,
     assembled: &image::Assembled,
-    memos: &[Option<Digest>],
+    records: &Records,
     blobs: &Blobs,
     created: &str,
 ) -> Result<()> {
     let cache = &plan.setup.cache;
-    let Some(keys) = memos.iter().cloned().collect::<Option<Vec<Digest>>>() else {
+    let Some(keys) = records
+        .memos
+        .iter()
+        .cloned()
+        .collect::<Option<Vec<Digest>>>()
+    else {
         return Ok(());
     };
     let mut docs = Vec::new();
-    for (key, img) in keys.iter().zip(&assembled.images) {
-        let Some(bytes) = PlatformMemo::read_bytes(cache, key) else {
+    for (i, (key, img)) in keys.iter().zip(&assembled.images).enumerate() {
+        let runs = records.runs.get(i).map(Vec::as_slice).unwrap_or_default();
+        let Some(bytes) = PlatformMemo::record(cache, key, runs) else {
             return Ok(());
         };
         docs.push(push::SbomBlob {
@@ -1293,6 +1306,7 @@ fn push_stage_records(
 struct Records<'a> {
     sboms: &'a [Sbom],
     memos: &'a [Option<Digest>],
+    runs: &'a [Vec<memo::RunRecord>],
 }
 
 /// Push first (a failed push must not leave local outputs behind), then
@@ -1334,7 +1348,7 @@ fn write_outputs(
                 &opts.progress,
                 &plan.early.as_ref().map(|e| e.finish()).unwrap_or_default(),
             )?;
-            push_stage_records(reg, plan, repo, assembled, outputs.memos, blobs, &created)?;
+            push_stage_records(reg, plan, repo, assembled, &outputs, blobs, &created)?;
             Some(report)
         }
         _ => None,
@@ -1969,13 +1983,13 @@ fn locked_platform<'l>(
 /// With `--push`, each goes to the registry as soon as it is built.
 /// [`build_groups`] of the layers to build, in order with the commands'
 /// layers remembered from earlier builds; each command's new layer is
-/// remembered by its key.
+/// remembered by its key. Also every command's layer with its key.
 fn build_planned(
     planned: Vec<run_steps::Planned>,
     opts: &BuildOptions,
     cache: &Cache,
     plan: &BuildPlan,
-) -> Result<Vec<NewLayer>> {
+) -> Result<(Vec<NewLayer>, Vec<memo::RunRecord>)> {
     use run_steps::Planned;
     let mut groups = Vec::new();
     let mut keys = Vec::new();
@@ -1988,18 +2002,22 @@ fn build_planned(
     let mut built = build_groups(&groups, opts, cache, plan)?
         .into_iter()
         .zip(keys);
-    let mut out = Vec::new();
+    let (mut out, mut runs) = (Vec::new(), Vec::new());
     for p in planned {
         match p {
             Planned::Build(..) => {
                 let (layer, key) = built.next().expect("one built layer per group");
-                if let Some(k) = key {
+                if let Some(key) = key {
                     plan.tally.command(false);
-                    layer::remember(cache, &k, &layer.blob);
+                    layer::remember(cache, &key, &layer.blob);
+                    let layer = layer.blob.clone();
+                    runs.push(memo::RunRecord { key, layer });
                 }
                 out.push(layer);
             }
-            Planned::Remembered(blob, created_by) => {
+            Planned::Remembered(blob, created_by, key) => {
+                let layer = blob.clone();
+                runs.push(memo::RunRecord { key, layer });
                 plan.tally.command(true);
                 plan.tally.layer(&blob.digest, true);
                 if let Some(early) = &plan.early {
@@ -2009,7 +2027,7 @@ fn build_planned(
             }
         }
     }
-    Ok(out)
+    Ok((out, runs))
 }
 
 fn build_groups(

@@ -42,6 +42,18 @@ pub(crate) struct PlatformMemo {
     /// layer's parent directories keep them.
     #[serde(default)]
     dirs: Vec<(String, DirMeta)>,
+    /// In a pushed stage record: the layers of the `[[run]]` steps the
+    /// build ran or remembered over these stages, by their keys, so that
+    /// `--cache-from` takes them too (a local memo has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<RunRecord>,
+}
+
+/// A `[[run]]` step's layer by the key it is remembered under.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    pub(crate) key: Digest,
+    pub(crate) layer: kiln_fs::layer::LayerBlob,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,7 +103,8 @@ pub(crate) fn key(
 /// and its environment.yml's `pip:` list's resolution as `[pip]`'s.
 /// Taken wherever a lock's pins would take the memo: with maintainer
 /// scripts run (the key says so, as a lock's does), and before `[[run]]`
-/// steps, which are never remembered and run again over the stages.
+/// steps (remembered over the stages' layers on their own, see
+/// `run_steps::groups`).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeptPins {
     format: u32,
@@ -206,6 +219,7 @@ impl PlatformMemo {
             base_purls: base_purls.clone(),
             kept: kept_files(fs),
             dirs: distinct_dirs(fs),
+            runs: Vec::new(),
         })
     }
 
@@ -222,6 +236,18 @@ impl PlatformMemo {
     /// The memo's file, for pushing it beside the image.
     pub(crate) fn read_bytes(cache: &Cache, key: &Digest) -> Option<Vec<u8>> {
         std::fs::read(path(cache, key)).ok()
+    }
+
+    /// The stage record to push for `key`: the memo, with the layers of the
+    /// `[[run]]` steps over it.
+    pub(crate) fn record(cache: &Cache, key: &Digest, runs: &[RunRecord]) -> Option<Vec<u8>> {
+        let bytes = Self::read_bytes(cache, key)?;
+        if runs.is_empty() {
+            return Some(bytes);
+        }
+        let mut m: PlatformMemo = serde_json::from_slice(&bytes).ok()?;
+        m.runs = runs.to_vec();
+        serde_json::to_vec(&m).ok()
     }
 
     /// `--cache-from`: the stage record for `key` pushed beside one of
@@ -273,6 +299,19 @@ impl PlatformMemo {
         for l in &m.layers {
             if cache.verified(&l.digest)?.is_none() {
                 registry.fetch_blob(reference, &l.digest, l.size, cache)?;
+            }
+        }
+        // The commands' layers, remembered as if run here (best effort: a
+        // command whose layer cannot be had runs).
+        for r in &m.runs {
+            let have = match cache.verified(&r.layer.digest)? {
+                Some(_) => true,
+                None => registry
+                    .fetch_blob(reference, &r.layer.digest, r.layer.size, cache)
+                    .is_ok(),
+            };
+            if have {
+                kiln_fs::layer::remember(cache, &r.key, &r.layer);
             }
         }
         m.write(cache, key);

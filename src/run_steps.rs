@@ -58,7 +58,7 @@ pub(crate) fn check_host(spec: &Spec, platforms: &[Platform]) -> Result<()> {
 /// command's layer remembered from an earlier build.
 pub(crate) enum Planned {
     Build(LayerGroup, Option<Digest>),
-    Remembered(LayerBlob, String),
+    Remembered(LayerBlob, String, Digest),
 }
 
 /// The layers of `[[files]]` and `[[run]]`, in spec order, applied to `fs`
@@ -137,7 +137,7 @@ pub(crate) fn groups(
                         Some(sb) => sb.apply_layer(read()?)?,
                         None => pending.push(Pending::Layer(blob.clone())),
                     }
-                    out.push(Planned::Remembered(blob, created_by));
+                    out.push(Planned::Remembered(blob, created_by, chain.clone()));
                     continue;
                 }
             }

@@ -163,3 +163,53 @@ fn the_sbom_view_of_a_base_is_remembered() {
         );
     }
 }
+
+/// The stage record carries the layers of the `[[run]]` steps over those
+/// stages: another machine with `--cache-from` remembers the commands too,
+/// runs nothing and writes no tree, and gets the same image.
+#[test]
+fn cache_from_takes_the_commands_layers_too() {
+    let reg = Registry::shared();
+    let ws = Workspace::new("cache-from-run");
+    busybox_base(&ws);
+    let channel = ws.join("channel");
+    write_channel(
+        &channel,
+        &[pkg(
+            "libbase",
+            "1.0",
+            &[],
+            vec![file("share/libbase/version", b"1.0\n")],
+        )],
+    );
+    let name = reg.repo("cache-from/run");
+    ws.spec(&format!(
+        "[image]\nname = \"{name}\"\nbase = \"oci:base:v1\"\ntags = [\"1\"]\nplatforms = [\"linux/amd64\"]\n\n\
+         [conda]\nchannels = [\"file://{}\"]\npackages = [\"libbase\"]\n\n\
+         [[run]]\ncommand = \"ls /opt/conda/share/libbase > /listing\"\n",
+        channel.display()
+    ));
+    ws.kiln().args(["lock"]).run_ok();
+    let first = ws
+        .kiln()
+        .args(["build", "--push", "--json"])
+        .run_ok()
+        .json();
+    assert_eq!(first["summary"]["commands_run"], 1, "{first}");
+    let digest = assert_digest(&first["digest"]);
+
+    // Another machine: an empty cache and no channel.
+    std::fs::rename(&channel, ws.join("channel-gone")).unwrap();
+    let cache = unique_dir("cache-from-run-empty");
+    let hit = ws
+        .kiln()
+        .env("KILN_CACHE", &cache)
+        .args(["build", "--push", "--json", "--locked", "--cache-from"])
+        .arg(format!("{name}:1"))
+        .run_ok()
+        .json();
+    assert_eq!(assert_digest(&hit["digest"]), digest);
+    assert_eq!(hit["stages_reused"], 1, "{hit}");
+    assert_eq!(hit["summary"]["commands_run"], 0, "{hit}");
+    assert_eq!(hit["summary"]["commands_remembered"], 1, "{hit}");
+}

@@ -1708,6 +1708,8 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
             .transpose()?;
         let mut layers = Vec::new();
         let mut stages_reused = false;
+        // The stages' layers and the tree after them, when known now.
+        let mut after_stages: Option<(Vec<NewLayer>, Rootfs)> = None;
         let pins = match locked {
             Some(pins) => {
                 let key = memo::key(plan.pinned.as_ref().expect("locked"), pins, img, opts, spec);
@@ -1715,6 +1717,7 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
                 match PlatformMemo::read(&setup.cache, &key) {
                     Some(m) => {
                         stages_reused = true;
+                        after_stages = Some((m.layers(), m.fs()));
                         layers.extend(m.layers().into_iter().map(|l| summary::PlannedLayer {
                             created_by: l.created_by,
                             action: "reuse",
@@ -1757,12 +1760,25 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
                 outcome.pins
             }
         };
+        if stage_names.is_empty() && !spec.run.is_empty() {
+            let fs = match img
+                .manifest_digest
+                .as_ref()
+                .and_then(|d| memo::read_view(&setup.cache, d))
+            {
+                Some(fs) => fs,
+                None => base_rootfs(&base, img, &blobs, &keep)?,
+            };
+            after_stages = Some((Vec::new(), fs));
+        }
+        let commands = planned_commands(&plan, img, after_stages, opts)?;
         platforms.push(summary::PlannedPlatform {
             packages: summary::package_lines(&platform, &pins, cached),
             platform,
             stages: stage_names.clone(),
             stages_reused,
             layers,
+            commands,
         });
     }
     let files = plan
@@ -1785,6 +1801,57 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
         push: plan.push.as_ref().map(|(_, r)| r.whole()),
         bytes_downloaded: plan.tally.transfers.bytes(),
     })
+}
+
+/// The `[[run]]` steps of a plan, in the order they run: those an earlier
+/// build remembered over the same layers, as far as they are known
+/// (`after_stages`: the stages' layers and the tree they leave), then
+/// the rest, which would run.
+fn planned_commands(
+    plan: &BuildPlan,
+    img: &base::PlatformImage,
+    after_stages: Option<(Vec<NewLayer>, Rootfs)>,
+    opts: &BuildOptions,
+) -> Result<Vec<summary::PlannedLayer>> {
+    let spec = &plan.setup.spec;
+    let labels = run_steps::labels(spec, plan.file_groups.len());
+    let remembered = match after_stages {
+        Some((stage_layers, mut fs)) if opts.reuse && !labels.is_empty() => {
+            let base_ids = img.config["rootfs"]["diff_ids"].as_array();
+            let diff_ids = base_ids
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .chain(stage_layers.iter().map(|l| l.blob.diff_id.to_string()));
+            let mut under = run_steps::RunsUnder::new(diff_ids, opts.epoch, opts.compression, true);
+            under.plan_only = true;
+            let planned = run_steps::groups(
+                spec,
+                &img.config,
+                &|| Ok(Vec::new()),
+                &plan.file_groups,
+                &mut fs,
+                &keep_path,
+                opts.network,
+                &plan.setup.cache,
+                &opts.progress,
+                under,
+            )?;
+            planned
+                .iter()
+                .filter(|p| matches!(p, run_steps::Planned::Remembered(..)))
+                .count()
+        }
+        _ => 0,
+    };
+    Ok(labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, created_by)| summary::PlannedLayer {
+            created_by,
+            action: if i < remembered { "remembered" } else { "run" },
+        })
+        .collect())
 }
 
 /// sha256 of the `.deb`s and wheels a platform's pins name, for the SBOM.

@@ -141,6 +141,10 @@ pub(crate) fn groups(
                     continue;
                 }
             }
+            if under.plan_only {
+                // A plan stops at the first command that would run.
+                return Ok(out);
+            }
             let sb = match &mut sb {
                 Some(sb) => sb,
                 None => {
@@ -216,12 +220,14 @@ pub(crate) fn groups(
 
 /// What `[[run]]` steps are remembered under: the image so far and how
 /// its layers are written (see [`groups`]), and whether remembered ones
-/// may be taken (not with `--no-cache`).
+/// may be taken (not with `--no-cache`). With `plan_only` (`kiln build
+/// --dry-run`), [`groups`] stops at the first command that would run.
 pub(crate) struct RunsUnder {
     pub(crate) key: Digest,
     pub(crate) mtime: u64,
     pub(crate) compression: Compression,
     pub(crate) reuse: bool,
+    pub(crate) plan_only: bool,
 }
 
 impl RunsUnder {
@@ -247,8 +253,23 @@ impl RunsUnder {
             mtime,
             compression,
             reuse,
+            plan_only: false,
         }
     }
+}
+
+/// What the commands' layers are called, in the order they run.
+pub(crate) fn labels(spec: &Spec, files: usize) -> Vec<String> {
+    let after = |step: &RunStep| step.after_files.unwrap_or(files);
+    (0..=files)
+        .flat_map(|slot| {
+            spec.run
+                .iter()
+                .enumerate()
+                .filter(move |(_, s)| after(s) == slot)
+                .map(|(i, s)| format!("kiln run: {}", s.describe(i)))
+        })
+        .collect()
 }
 
 /// The key of a command run over what `under` names.

@@ -480,6 +480,11 @@ pub struct PlannedPlatform {
     pub stages: Vec<String>,
     /// Its stages would be taken whole from an earlier identical build.
     pub stages_reused: bool,
+    /// Its `[[run]]` steps' layers, in the order they run: `remembered`
+    /// (an earlier build ran the same command over the same layers) or
+    /// `run`. A plan knows a command is remembered only when the layers
+    /// under it are known: the stages reused, or none.
+    pub commands: Vec<PlannedLayer>,
     pub packages: Vec<PackageLine>,
     pub layers: Vec<PlannedLayer>,
 }
@@ -487,7 +492,8 @@ pub struct PlannedPlatform {
 #[derive(Debug, Serialize)]
 pub struct PlannedLayer {
     pub created_by: String,
-    /// `build` or `reuse` (the cache has it).
+    /// `build` or `reuse` (the cache has it); for a command, `run` or
+    /// `remembered`.
     pub action: &'static str,
 }
 
@@ -522,6 +528,9 @@ impl DryRun {
             }
             for l in &p.layers {
                 let _ = writeln!(s, "  layer: {} {}", l.action, l.created_by);
+            }
+            for l in &p.commands {
+                let _ = writeln!(s, "  command: {} {}", l.action, l.created_by);
             }
         }
         for l in &self.files {

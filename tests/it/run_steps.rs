@@ -609,6 +609,11 @@ fn run_steps_follow_package_stages_taken_whole() {
         .ok()
         .json();
     assert_eq!(plan["platforms"][0]["stages_reused"], true, "{plan}");
+    assert_eq!(
+        plan["platforms"][0]["commands"],
+        serde_json::json!([{"created_by": "kiln run: [[run]] 1", "action": "remembered"}]),
+        "{plan}"
+    );
     let locked = build("out3", &[]);
     assert_eq!(locked["stages_reused"], 1, "{locked}");
     // (A lock dates the image by itself: the layers are the cold ones.)
@@ -667,8 +672,23 @@ fn a_command_is_remembered_until_what_is_under_it_changes() {
     assert_eq!(counts, (Some(0), Some(2)), "{again}");
     assert_eq!(again["digest"], cold["digest"]);
     // The file under the second command changed: the first is remembered
-    // (its /one is in the tree the second runs over), the second runs.
+    // (its /one is in the tree the second runs over), the second runs; the
+    // plan says so first, and writes nothing.
     ws.write("a.txt", "second\n");
+    let plan =
+        run(ws
+            .kiln()
+            .env("KILN_CACHE", ws.join("cache"))
+            .args(["build", "--dry-run", "--json"]))
+        .ok()
+        .json();
+    let actions: Vec<&str> = plan["platforms"][0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["remembered", "run"], "{plan}");
     let (changed, counts, b) = build("out3", &[]);
     assert_eq!(counts, (Some(1), Some(1)), "{changed}");
     assert_eq!(b, "one\nsecond\n");

@@ -7,6 +7,15 @@
 use crate::common::*;
 use crate::conda_channel::*;
 
+/// `kiln lock`, then `kiln build --push --json` of the workspace's spec.
+fn lock_and_push(ws: &Workspace) -> serde_json::Value {
+    ws.kiln().args(["lock"]).run_ok();
+    ws.kiln()
+        .args(["build", "--push", "--json"])
+        .run_ok()
+        .json()
+}
+
 #[test]
 fn cache_from_takes_locked_stages_from_the_registry() {
     let reg = Registry::shared();
@@ -35,12 +44,7 @@ fn cache_from_takes_locked_stages_from_the_registry() {
          [conda]\nchannels = [\"file://{}\"]\npackages = [\"app\"]\n",
         channel.display()
     ));
-    ws.kiln().args(["lock"]).run_ok();
-    let first = ws
-        .kiln()
-        .args(["build", "--push", "--json"])
-        .run_ok()
-        .json();
+    let first = lock_and_push(&ws);
     let digest = assert_digest(&first["digest"]);
     // The stage record is a referrer of the platform manifest (the
     // referrers tag schema: this registry has no referrers API).
@@ -189,12 +193,7 @@ fn cache_from_takes_the_commands_layers_too() {
          [[run]]\ncommand = \"ls /opt/conda/share/libbase > /listing\"\n",
         channel.display()
     ));
-    ws.kiln().args(["lock"]).run_ok();
-    let first = ws
-        .kiln()
-        .args(["build", "--push", "--json"])
-        .run_ok()
-        .json();
+    let first = lock_and_push(&ws);
     assert_eq!(first["summary"]["commands_run"], 1, "{first}");
     let digest = assert_digest(&first["digest"]);
 

@@ -544,6 +544,17 @@ fn build_in(ws: &Workspace, cache: &str, out: &str, extra: &[&str]) -> serde_jso
     .json()
 }
 
+/// `kiln build --dry-run --json` of the workspace's spec with the cache
+/// `cache` (in the workspace).
+fn plan_in(ws: &Workspace, cache: &str) -> serde_json::Value {
+    run(ws
+        .kiln()
+        .env("KILN_CACHE", ws.join(cache))
+        .args(["build", "--dry-run", "--json"]))
+    .ok()
+    .json()
+}
+
 /// A warm build whose package stages are unchanged takes them whole, with
 /// `[[run]]` steps after them as without: from the pins an unlocked build
 /// kept, and from a lock; the command over the same layers is remembered,
@@ -601,13 +612,7 @@ fn run_steps_follow_package_stages_taken_whole() {
         .args(["lock", "--quiet"]))
     .ok();
     // The plan says so too.
-    let plan =
-        run(ws
-            .kiln()
-            .env("KILN_CACHE", ws.join("cache"))
-            .args(["build", "--dry-run", "--json"]))
-        .ok()
-        .json();
+    let plan = plan_in(&ws, "cache");
     assert_eq!(plan["platforms"][0]["stages_reused"], true, "{plan}");
     assert_eq!(
         plan["platforms"][0]["commands"],
@@ -675,13 +680,7 @@ fn a_command_is_remembered_until_what_is_under_it_changes() {
     // (its /one is in the tree the second runs over), the second runs; the
     // plan says so first, and writes nothing.
     ws.write("a.txt", "second\n");
-    let plan =
-        run(ws
-            .kiln()
-            .env("KILN_CACHE", ws.join("cache"))
-            .args(["build", "--dry-run", "--json"]))
-        .ok()
-        .json();
+    let plan = plan_in(&ws, "cache");
     let actions: Vec<&str> = plan["platforms"][0]["commands"]
         .as_array()
         .unwrap()

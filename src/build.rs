@@ -697,14 +697,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 // The commands' tree: the base's layers, then the stages'.
                 let built = &p.layers;
                 let layers = || image_layers(img, &blobs, built, &setup.cache);
-                let base_ids = img.config["rootfs"]["diff_ids"].as_array();
-                let diff_ids = base_ids
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|d| d.as_str().map(str::to_string))
-                    .chain(p.layers.iter().map(|l| l.blob.diff_id.to_string()));
-                let under =
-                    run_steps::RunsUnder::new(diff_ids, opts.epoch, opts.compression, opts.reuse);
+                let under = runs_under(img, built, opts);
                 run_steps::groups(
                     &setup.spec,
                     &img.config,
@@ -1239,12 +1232,7 @@ fn image_so_far(
     }
     let mut layers = kiln_oci::inventory::layer_readers(img, blobs)?;
     for l in built {
-        let path = cache.blob_path(&l.blob.digest);
-        let f = std::fs::File::open(&path).io_context(|| format!("opening {}", path.display()))?;
-        let r = layer::decompressed(
-            &l.blob.media_type,
-            std::io::BufReader::with_capacity(1 << 20, f),
-        )?;
+        let r = layer::open_layer(cache, &l.blob)?;
         layers.push(Box::new(layer::ReadAhead::new(r)));
     }
     Ok(crate::stages::TreeLayers {
@@ -1803,6 +1791,22 @@ pub fn dry_run(opts: &BuildOptions) -> Result<summary::DryRun> {
     })
 }
 
+/// What `img`'s `[[run]]` steps are remembered under, over the stages'
+/// layers `stages` (see [`run_steps::RunsUnder`]).
+fn runs_under(
+    img: &base::PlatformImage,
+    stages: &[NewLayer],
+    opts: &BuildOptions,
+) -> run_steps::RunsUnder {
+    let base_ids = img.config["rootfs"]["diff_ids"].as_array();
+    let diff_ids = base_ids
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .chain(stages.iter().map(|l| l.blob.diff_id.to_string()));
+    run_steps::RunsUnder::new(diff_ids, opts.epoch, opts.compression, opts.reuse)
+}
+
 /// The `[[run]]` steps of a plan, in the order they run: those an earlier
 /// build remembered over the same layers, as far as they are known
 /// (`after_stages`: the stages' layers and the tree they leave), then
@@ -1817,13 +1821,7 @@ fn planned_commands(
     let labels = run_steps::labels(spec, plan.file_groups.len());
     let remembered = match after_stages {
         Some((stage_layers, mut fs)) if opts.reuse && !labels.is_empty() => {
-            let base_ids = img.config["rootfs"]["diff_ids"].as_array();
-            let diff_ids = base_ids
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .chain(stage_layers.iter().map(|l| l.blob.diff_id.to_string()));
-            let mut under = run_steps::RunsUnder::new(diff_ids, opts.epoch, opts.compression, true);
+            let mut under = runs_under(img, &stage_layers, opts);
             under.plan_only = true;
             let planned = run_steps::groups(
                 spec,
@@ -2058,22 +2056,31 @@ fn build_planned(
     plan: &BuildPlan,
 ) -> Result<(Vec<NewLayer>, Vec<memo::RunRecord>)> {
     use run_steps::Planned;
-    let mut groups = Vec::new();
-    let mut keys = Vec::new();
-    for p in &planned {
-        if let Planned::Build(g, key) = p {
-            groups.push(g.clone());
-            keys.push(key.clone());
-        }
+    // The groups to build go to `build_groups` together; each place in the
+    // order keeps what it needs to take its layer back.
+    enum Slot {
+        Built(Option<Digest>),
+        Remembered(layer::LayerBlob, String, Digest),
     }
-    let mut built = build_groups(&groups, opts, cache, plan)?
-        .into_iter()
-        .zip(keys);
-    let (mut out, mut runs) = (Vec::new(), Vec::new());
+    let mut groups = Vec::new();
+    let mut order = Vec::new();
     for p in planned {
         match p {
-            Planned::Build(..) => {
-                let (layer, key) = built.next().expect("one built layer per group");
+            Planned::Build(g, key) => {
+                groups.push(g);
+                order.push(Slot::Built(key));
+            }
+            Planned::Remembered(blob, created_by, key) => {
+                order.push(Slot::Remembered(blob, created_by, key))
+            }
+        }
+    }
+    let mut built = build_groups(&groups, opts, cache, plan)?.into_iter();
+    let (mut out, mut runs) = (Vec::new(), Vec::new());
+    for slot in order {
+        match slot {
+            Slot::Built(key) => {
+                let layer = built.next().expect("one built layer per group");
                 if let Some(key) = key {
                     plan.tally.command(false);
                     layer::remember(cache, &key, &layer.blob);
@@ -2082,7 +2089,7 @@ fn build_planned(
                 }
                 out.push(layer);
             }
-            Planned::Remembered(blob, created_by, key) => {
+            Slot::Remembered(blob, created_by, key) => {
                 let layer = blob.clone();
                 runs.push(memo::RunRecord { key, layer });
                 plan.tally.command(true);

@@ -18,7 +18,7 @@ use kiln_fs::layer::{Compression, Entry, EntryKind, LayerBlob, LayerGroup};
 use kiln_fs::rootfs::Rootfs;
 use kiln_fs::sandbox::{RunSpec, Sandbox, DEFAULT_PATH};
 use kiln_oci::image::ProcessDefaults;
-use kiln_spec::spec::{Network, RunStep, Spec};
+use kiln_spec::spec::{Network, Spec};
 use kiln_store::{Cache, CacheBucket};
 
 use crate::BuildError;
@@ -91,7 +91,7 @@ pub(crate) fn groups(
     // The base's Env, User and WorkingDir: what a command inherits when
     // its step does not say.
     let base = ProcessDefaults::of(&base_config["config"]);
-    let after = |step: &RunStep| step.after_files.unwrap_or(file_groups.len());
+    let slots = slots(spec, file_groups.len());
     let tmp = cache.bucket(CacheBucket::Tmp);
     let mut out: Vec<Planned> = Vec::new();
     let first = spec.run.first().map(|s| s.describe(0)).unwrap_or_default();
@@ -100,11 +100,9 @@ pub(crate) fn groups(
     let mut sb: Option<Sandbox> = None;
     // What the tree must have on top of `layers` when it is written.
     let mut pending: Vec<Pending> = Vec::new();
-    for slot in 0..=file_groups.len() {
-        for (i, step) in spec.run.iter().enumerate() {
-            if after(step) != slot {
-                continue;
-            }
+    for (slot, steps) in slots.into_iter().enumerate() {
+        for i in steps {
+            let step = &spec.run[i];
             let label = step.describe(i);
             let argv = step.argv();
             let mut env = base.env.clone();
@@ -128,10 +126,10 @@ pub(crate) fn groups(
                 network,
             };
             chain = step_key(&chain, &run);
-            let created_by = format!("kiln run: {label}");
+            let created_by = created_by(&label);
             if under.reuse {
                 if let Some(blob) = kiln_fs::layer::remembered(cache, &chain) {
-                    let read = || blob_reader(cache, &blob);
+                    let read = || kiln_fs::layer::open_layer(cache, &blob);
                     fs.apply_layer(read()?, keep)?;
                     match &mut sb {
                         Some(sb) => sb.apply_layer(read()?)?,
@@ -152,7 +150,9 @@ pub(crate) fn groups(
                     let mut tree = Sandbox::from_layers(layers()?, &tmp, &first)?;
                     for p in pending.drain(..) {
                         match p {
-                            Pending::Layer(blob) => tree.apply_layer(blob_reader(cache, &blob)?)?,
+                            Pending::Layer(blob) => {
+                                tree.apply_layer(kiln_fs::layer::open_layer(cache, &blob)?)?
+                            }
                             Pending::Files(entries) => write_entries(&mut tree, &entries)?,
                         }
                     }
@@ -260,16 +260,28 @@ impl RunsUnder {
 
 /// What the commands' layers are called, in the order they run.
 pub(crate) fn labels(spec: &Spec, files: usize) -> Vec<String> {
-    let after = |step: &RunStep| step.after_files.unwrap_or(files);
-    (0..=files)
-        .flat_map(|slot| {
-            spec.run
-                .iter()
-                .enumerate()
-                .filter(move |(_, s)| after(s) == slot)
-                .map(|(i, s)| format!("kiln run: {}", s.describe(i)))
-        })
+    slots(spec, files)
+        .into_iter()
+        .flatten()
+        .map(|i| created_by(&spec.run[i].describe(i)))
         .collect()
+}
+
+/// The commands (their indexes in `spec.run`) that run before each of the
+/// `files` `[[files]]` layers, and after the last: the order they run in.
+fn slots(spec: &Spec, files: usize) -> Vec<Vec<usize>> {
+    let mut slots = vec![Vec::new(); files + 1];
+    for (i, step) in spec.run.iter().enumerate() {
+        if let Some(slot) = slots.get_mut(step.after_files.unwrap_or(files)) {
+            slot.push(i);
+        }
+    }
+    slots
+}
+
+/// The history line of the layer the command `label` makes.
+fn created_by(label: &str) -> String {
+    format!("kiln run: {label}")
 }
 
 /// The key of a command run over what `under` names.
@@ -289,14 +301,6 @@ fn step_key(under: &Digest, run: &RunSpec) -> Digest {
 enum Pending {
     Layer(LayerBlob),
     Files(Vec<Entry>),
-}
-
-/// The uncompressed tar stream of a remembered layer in the cache.
-fn blob_reader(cache: &Cache, blob: &LayerBlob) -> Result<Box<dyn std::io::Read + Send>> {
-    use kiln_core::error::IoContext;
-    let path = cache.blob_path(&blob.digest);
-    let file = std::fs::File::open(&path).io_context(|| format!("reading {}", path.display()))?;
-    kiln_fs::layer::decompressed(&blob.media_type, std::io::BufReader::new(file))
 }
 
 /// A command as messages quote it: at most 200 characters.

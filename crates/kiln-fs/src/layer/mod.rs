@@ -175,6 +175,13 @@ pub fn decompressed<'a>(
     )
 }
 
+/// The uncompressed tar stream of the layer `blob` in the cache.
+pub fn open_layer(cache: &Cache, blob: &LayerBlob) -> Result<Box<dyn Read + Send>> {
+    let path = cache.blob_path(&blob.digest);
+    let f = std::fs::File::open(&path).io_context(|| format!("opening {}", path.display()))?;
+    decompressed(&blob.media_type, io::BufReader::with_capacity(1 << 20, f))
+}
+
 /// Write `entries` as one layer into the cache. `mtime` applies to every entry.
 ///
 /// Memoised: the same entries (paths, metadata and content), mtime and

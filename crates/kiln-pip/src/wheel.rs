@@ -696,26 +696,22 @@ mod tests {
         }
     }
 
-    fn check(filename: &str, files: &[WheelFile]) -> Result<MemberHashes> {
-        verify(filename, files)
-    }
-
     #[test]
     fn a_wheel_must_agree_with_its_record_wheel_and_metadata() {
         let good = consistent("demo", "1.0", "py3-none-any");
-        check("demo-1.0-py3-none-any.whl", &good).unwrap();
+        verify("demo-1.0-py3-none-any.whl", &good).unwrap();
         // PEP 440 equality and name normalisation, as installers compare.
-        check("Demo-1.0.0-py3-none-any.whl", &good).unwrap();
+        verify("Demo-1.0.0-py3-none-any.whl", &good).unwrap();
 
         let with = |f: &dyn Fn(&mut Vec<WheelFile>)| {
             let mut files = good.clone();
             f(&mut files);
-            check("demo-1.0-py3-none-any.whl", &files).unwrap_err()
+            verify("demo-1.0-py3-none-any.whl", &files).unwrap_err()
         };
         // RECORD's hashes are what the installed RECORD says; a line that
         // disagrees with its member (in hash or size) is taken as pip and
         // uv take it, as is a line with no hash (the installer hashes that).
-        let hashes = check("demo-1.0-py3-none-any.whl", &good).unwrap();
+        let hashes = verify("demo-1.0-py3-none-any.whl", &good).unwrap();
         assert_eq!(
             hashes["demo/__init__.py"],
             crate::install::record_hash(b"X = 1\n")
@@ -727,9 +723,9 @@ mod tests {
         let (first, rest) = text.split_once('\n').unwrap();
         let (path, _) = first.split_once(',').unwrap();
         let unhashed = format!("{path},,99\n{rest}");
-        assert_eq!(check("demo-1.0-py3-none-any.whl", &lying).unwrap(), hashes);
+        assert_eq!(verify("demo-1.0-py3-none-any.whl", &lying).unwrap(), hashes);
         lying[n].data = unhashed.into_bytes().into();
-        let claims = check("demo-1.0-py3-none-any.whl", &lying).unwrap();
+        let claims = verify("demo-1.0-py3-none-any.whl", &lying).unwrap();
         assert!(!claims.contains_key("demo/__init__.py"), "{claims:?}");
         assert_eq!(claims.len(), hashes.len() - 1);
 
@@ -769,17 +765,17 @@ mod tests {
             "{err}"
         );
 
-        let err = check("demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", &good).unwrap_err();
+        let err = verify("demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", &good).unwrap_err();
         assert!(
             matches!(problem(&err), WheelProblem::TagMismatch { .. }),
             "{err}"
         );
-        let err = check("other-1.0-py3-none-any.whl", &good).unwrap_err();
+        let err = verify("other-1.0-py3-none-any.whl", &good).unwrap_err();
         assert!(
             matches!(problem(&err), WheelProblem::NameMismatch { .. }),
             "{err}"
         );
-        let err = check("demo-2.0-py3-none-any.whl", &good).unwrap_err();
+        let err = verify("demo-2.0-py3-none-any.whl", &good).unwrap_err();
         assert!(
             matches!(problem(&err), WheelProblem::NameMismatch { .. }),
             "{err}"

@@ -710,7 +710,7 @@ pub fn gc(cache: &Cache, locks: &[PathBuf], dry_run: bool) -> Result<GcReport> {
                 // An index, and the files it points into. (An unpacked
                 // `.deb` kept before as one zstd file is of no use now.)
                 CacheBucket::AptUnpacked if name.ends_with(".zst") => md.is_file(),
-                CacheBucket::AptUnpacked | CacheBucket::PipUnpacked => {
+                CacheBucket::AptUnpacked => {
                     memo_of_unkept(name.strip_suffix(".data").unwrap_or(&name), &md)
                 }
                 CacheBucket::CondaPackages => {

@@ -513,10 +513,10 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
         fs::write(unpacked.join(format!("{hex}.data")), b"files").unwrap();
     }
     fs::write(unpacked.join(format!("{}.zst", deb_pin.hex())), b"frame").unwrap();
-    // Unpacked wheels (an index and its data file): the pinned wheel's
-    // stay, another's go.
+    // Wheels unpacked by an older kiln (an index and its data file; wheels
+    // are read packed now): no bucket, so all go, the pinned wheel's too.
     let wheel_pin = &f.lock.platforms[0].pip[0].sha256;
-    let wheels = bucket(CacheBucket::PipUnpacked);
+    let wheels = f.cache.join("pip-unpacked-v1");
     fs::create_dir_all(&wheels).unwrap();
     for hex in [wheel_pin.hex(), other.as_str()] {
         fs::write(wheels.join(hex), b"index").unwrap();
@@ -612,9 +612,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     expected.insert(format!("{unpacked_dir}/{}.zst", deb_pin.hex()));
     expected.insert(format!("{layers_dir}/gone.json"));
     expected.insert(format!("{}/{local_gone}", CacheBucket::Local.dir_name()));
-    let wheels_dir = CacheBucket::PipUnpacked.dir_name();
-    expected.insert(format!("{wheels_dir}/{other}"));
-    expected.insert(format!("{wheels_dir}/{other}.data"));
+    expected.insert("pip-unpacked-v1".to_string());
     let stages_dir = CacheBucket::Stages.dir_name();
     expected.insert(format!("{stages_dir}/{view_gone}"));
     expected.insert("apt".to_string());
@@ -631,7 +629,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(pushed.join(&pushed_fresh).is_file());
     assert!(!pushed.join(&pushed_old).exists());
     assert!(
-        human.stdout.contains("removed 16 entries"),
+        human.stdout.contains("removed 15 entries"),
         "{}",
         human.describe()
     );
@@ -656,8 +654,7 @@ fn gc_keeps_what_locks_need_and_removes_the_rest() {
     assert!(!unpacked.join(format!("{other}.data")).exists());
     assert!(bucket(CacheBucket::PipPages).join("page").is_file());
     assert!(bucket(CacheBucket::PipResolutions).join("kept").is_file());
-    assert!(wheels.join(wheel_pin.hex()).is_file());
-    assert!(wheels.join(format!("{}.data", wheel_pin.hex())).is_file());
+    assert!(!wheels.exists());
     assert!(stages.join(&view_keep).is_file());
     // The lock is still fully served.
     let cache = Cache::open(&f.cache).unwrap();

@@ -206,6 +206,10 @@ fn known_name(d: &Digest, path: &str) -> String {
     format!("deb {} {path}", d.hex())
 }
 
+fn not_spooled() -> std::io::Error {
+    std::io::Error::other("a file was not spooled")
+}
+
 /// The index of `deb` (unpacked into `spool`), its control members appended.
 fn index_of(deb: &Deb, d: &Digest, spool: &Arc<Spool>) -> std::io::Result<Index> {
     let control = deb
@@ -213,7 +217,8 @@ fn index_of(deb: &Deb, d: &Digest, spool: &Arc<Spool>) -> std::io::Result<Index>
         .iter()
         .map(|(name, bytes)| {
             let s = spool.put(bytes)?;
-            Ok((name.clone(), s.offset(), s.len()))
+            let offset = s.spool_offset().ok_or_else(not_spooled)?;
+            Ok((name.clone(), offset, s.len()))
         })
         .collect::<std::io::Result<_>>()?;
     let files = deb
@@ -222,10 +227,11 @@ fn index_of(deb: &Deb, d: &Digest, spool: &Arc<Spool>) -> std::io::Result<Index>
         .map(|f| {
             let (bytes, link) = match &f.kind {
                 FileKind::Dir => (None, None),
-                FileKind::File(Content::Spooled(s)) => (Some((s.offset(), s.len())), None),
-                FileKind::File(Content::Held(_)) => {
-                    return Err(std::io::Error::other("a file was not spooled"))
-                }
+                FileKind::File(Content::Spooled(s)) => (
+                    Some((s.spool_offset().ok_or_else(not_spooled)?, s.len())),
+                    None,
+                ),
+                FileKind::File(Content::Held(_)) => return Err(not_spooled()),
                 FileKind::Symlink(t) => (None, Some(t.clone())),
             };
             Ok(KeptFile {

@@ -53,7 +53,7 @@ pub(crate) fn record_form(h: Sha256) -> String {
     )
 }
 
-/// [`record_hash`] of a member's content (a spooled one streamed).
+/// [`record_hash`] of a member's content (a packed one streamed).
 pub(crate) fn content_hash(data: &Content) -> std::io::Result<String> {
     match data {
         Content::Held(b) => Ok(record_hash(b)),
@@ -101,8 +101,7 @@ pub(crate) fn member_hashes(files: &[WheelFile]) -> Result<MemberHashes> {
     files
         .par_iter()
         .map(|f| {
-            let hash = content_hash(&f.data)
-                .io_context(|| format!("reading {} back from the spool", f.path))?;
+            let hash = content_hash(&f.data).io_context(|| format!("reading {}", f.path))?;
             Ok((f.path.clone(), hash))
         })
         .collect()
@@ -271,8 +270,7 @@ pub(crate) fn wheel_entries(
     for (path, (data, _, hash)) in &out {
         let hash = match hash {
             Some(h) => h.clone(),
-            None => content_hash(data)
-                .io_context(|| format!("reading {path} of {wheel} back from the spool"))?,
+            None => content_hash(data).io_context(|| format!("reading {path} of {wheel}"))?,
         };
         let rel = relative(&site, path);
         let rel = if rel.contains(',') || rel.contains('"') {

@@ -19,7 +19,6 @@ mod sdist;
 mod spec;
 mod tags;
 mod target;
-mod unpacked;
 mod wheel;
 
 use std::collections::{BTreeMap, HashMap};
@@ -589,7 +588,6 @@ pub fn plan_building(
                     let (digest, size) = client
                         .download_artifact(file)
                         .map_err(|e| e.context(format!("[pip] {name} {version}")))?;
-                    unpack_early(cache, &digest, &file.filename);
                     let direct_url = provider.direct_url(name).map(|u| {
                         serde_json::json!({
                             "archive_info": {"hash": format!("sha256={}", digest.hex()), "hashes": {"sha256": digest.hex()}},
@@ -771,7 +769,6 @@ pub fn plan_locked_building(
             let (sha256, size) = http
                 .download(&url, Some(&d), cache)
                 .map_err(|e| e.context(&what))?;
-            unpack_early(cache, &sha256, &pin.filename);
             let wheel = PinnedWheel {
                 name: pin.name.clone(),
                 version: pin.version.clone(),
@@ -825,16 +822,6 @@ pub fn pins(plan: &PipPlan, section: &str) -> Vec<kiln_spec::lock::PipPin> {
         .collect()
 }
 
-/// Unpack a wheel as soon as it is downloaded, while the others still
-/// download, on the thread that fetched it (a download thread mostly waits
-/// on the network). Best effort: [`layer_groups`] takes the kept members,
-/// and unpacks (and reports the problem with) any wheel that is not kept.
-fn unpack_early(cache: &Cache, digest: &Digest, filename: &str) {
-    if cache.contains(digest) {
-        let _ = unpacked::members(cache, digest, &cache.blob_path(digest), filename);
-    }
-}
-
 /// Hand a just-downloaded wheel's own layer, or its part of a shared one,
 /// to `ahead`. Best effort: a wheel that cannot be laid out is reported by
 /// [`layer_groups`].
@@ -874,7 +861,7 @@ fn wheel_layout(python: &PythonTarget, w: &PinnedWheel, cache: &Cache) -> Result
         .into());
     }
     let path = cache.blob_path(&w.sha256);
-    let files = unpacked::unpack(cache, &w.sha256, &path, &w.filename)?;
+    let files = wheel::read_wheel(&path, &w.filename, Some(&w.sha256))?;
     let info = install::InstallInfo {
         filename: &w.filename,
         requested: w.requested,
@@ -895,12 +882,12 @@ fn add_to(tree: &mut Tree, entries: Vec<Entry>) {
 /// Layer entry groups: one per wheel (or per big wheel and one for the small
 /// ones when there are many), plus the venv skeleton.
 ///
-/// The wheels' files are unpacked into the cache once (see
-/// [`unpacked`]) and read from there when the layers are written: the
-/// memory this takes does not grow with the packages' size, and a warm
-/// build inflates nothing.
+/// The wheels' files stay packed in the wheels (see [`wheel::read_wheel`])
+/// and are inflated from there when the layers are written: the memory
+/// this takes does not grow with the packages' size, and a warm build,
+/// whose layers are in the cache, inflates nothing.
 pub fn layer_groups(plan: &PipPlan, cache: &Cache) -> Result<Vec<LayerGroup>> {
-    // Each wheel's kept members stay open until the layers are written.
+    // Each wheel stays open until its layers are written.
     kiln_fs::layer::spool::raise_open_file_limit();
     let laid_out: Vec<Result<Vec<Entry>>> = plan
         .wheels

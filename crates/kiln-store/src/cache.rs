@@ -40,10 +40,6 @@ pub enum CacheBucket {
     PipResolutions,
     /// Core metadata read from a wheel, by the wheel's digest.
     PipMetadata,
-    /// A wheel's members unpacked: their bytes end to end (`<hex>.data`)
-    /// and an index of paths, offsets, modes and RECORD hashes (`<hex>`),
-    /// by the wheel's digest.
-    PipUnpacked,
     /// Wheels built from sdists (→ the wheel blob), by the sdist's digest
     /// and the target's Python and platform.
     PipBuiltWheels,
@@ -100,7 +96,6 @@ impl CacheBucket {
         CacheBucket::PipPages,
         CacheBucket::PipResolutions,
         CacheBucket::PipMetadata,
-        CacheBucket::PipUnpacked,
         CacheBucket::PipBuiltWheels,
         CacheBucket::CondaPackages,
         CacheBucket::LayerDiffIds,
@@ -128,7 +123,6 @@ impl CacheBucket {
             CacheBucket::PipPages => "pip-pages-v1",
             CacheBucket::PipResolutions => "pip-resolutions-v1",
             CacheBucket::PipMetadata => "pip-metadata-v1",
-            CacheBucket::PipUnpacked => "pip-unpacked-v1",
             CacheBucket::PipBuiltWheels => "pip-built-wheels-v1",
             CacheBucket::CondaPackages => "conda-pkgs-v1",
             CacheBucket::LayerDiffIds => "layer-diff-ids-v1",

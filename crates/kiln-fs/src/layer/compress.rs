@@ -220,7 +220,7 @@ impl<W: Write> ParallelEncoder<W> {
     /// An encoder that does not hash what it compresses: for a part built
     /// ahead of its layer, whose own diff_id nothing reads (the layer's
     /// covers its bytes again, in order). A member passed in deflated is
-    /// then not read at all.
+    /// then not read at all: the layer's reading checks it.
     pub(crate) fn unhashed(out: W, compression: Compression) -> Self {
         ParallelEncoder {
             out,
@@ -328,11 +328,21 @@ impl<W: Write> ParallelEncoder<W> {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
             self.dispatch(chunk)?;
         }
+        // Reading the bytes for the diff_id checks a packed member, and
+        // says whether its stream can go in as it is. An unhashed part
+        // takes the stream unread: the layer that copies the part reads
+        // the bytes for its own diff_id (see `layer::build_parted`).
         if self.diff.is_some() {
-            each_block(s.reader()?, |b| {
+            let mut r = s.reader()?;
+            each_block(&mut r, |b| {
                 self.hash_only(b);
                 Ok(())
             })?;
+            if r.whole_stream() == Some(false) {
+                // The archive counts bytes after the stream's end as the
+                // member's: its bytes are compressed as any other's.
+                return each_block(s.reader()?, |b| self.buffer(b)).map(drop);
+            }
         } else {
             self.raw_len += s.len();
         }
@@ -380,6 +390,19 @@ impl<W: Write> RecordSink for ParallelEncoder<W> {
 impl<W: Write> Write for ParallelEncoder<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.hash_only(data);
+        self.buffer(data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> ParallelEncoder<W> {
+    /// Compress `data` after what came before, in chunks of [`CHUNK`]
+    /// (hashed for the diff_id by the caller).
+    fn buffer(&mut self, data: &[u8]) -> io::Result<()> {
         let mut rest = data;
         while !rest.is_empty() {
             let take = (CHUNK - self.buf.len()).min(rest.len());
@@ -390,10 +413,6 @@ impl<W: Write> Write for ParallelEncoder<W> {
                 self.dispatch(chunk)?;
             }
         }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

@@ -133,7 +133,10 @@ mod tests {
         let b = spool.put(b" world").unwrap();
         let body = Body {
             name: "p".into(),
-            at: vec![(a.offset(), a.len()), (b.offset(), b.len())],
+            at: vec![
+                (a.spool_offset().unwrap(), a.len()),
+                (b.spool_offset().unwrap(), b.len()),
+            ],
         };
         kept.keep(tmp, &body).unwrap();
         assert_eq!(

@@ -6,6 +6,7 @@ mod ahead;
 pub mod archive;
 mod compress;
 mod kept;
+mod packed;
 mod parts;
 pub mod spool;
 mod tarball;
@@ -19,7 +20,8 @@ pub use ahead::ReadAhead;
 pub use compress::Compression;
 use compress::ParallelEncoder;
 pub use kept::Kept;
-pub use spool::{read_claimed, Content, Deflated, FileRange, Spool, SpoolSlice};
+pub use packed::Packed;
+pub use spool::{read_claimed, Content, Deflated, FileRange, SliceReader, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 
 use crate::error::FsError;
@@ -433,8 +435,17 @@ fn build_parted(
         match memos.then(|| parts::find(cache, &key)).flatten() {
             Some(found) => {
                 // The diff_id still covers the part's tar records; only
-                // their compression is skipped.
-                tarball::write_records(part, mtime, HashOnly(&mut enc)).map_err(tar_error)?;
+                // their compression is skipped. Reading them checks the
+                // packed members a part built ahead took unread.
+                if let Err(e) = tarball::write_records(part, mtime, HashOnly(&mut enc)) {
+                    parts::forget_ahead(cache, &key);
+                    if tarball::StreamNotWhole::is(&e) {
+                        // The part's bytes are not its files': the layer
+                        // is written afresh (the bytes a cold build makes).
+                        return build_parted(entries, parts, mtime, compression, cache, false);
+                    }
+                    return Err(tar_error(e));
+                }
                 let want = found.len();
                 let reading = || "reading a cached layer part".to_string();
                 let copied = enc
@@ -500,8 +511,13 @@ pub fn build_part_ahead(
 /// bytes are copied from the cache).
 struct HashOnly<'a, W: io::Write>(&'a mut ParallelEncoder<W>);
 
-/// A copied part's deflated members are hashed as their plain bytes.
-impl<W: io::Write> tarball::RecordSink for HashOnly<'_, W> {}
+/// A copied part's deflated members are hashed as their plain bytes; the
+/// part took their streams (see [`tarball::StreamNotWhole`]).
+impl<W: io::Write> tarball::RecordSink for HashOnly<'_, W> {
+    fn stands_for_streams(&self) -> bool {
+        self.0.takes_deflated()
+    }
+}
 
 impl<W: io::Write> io::Write for HashOnly<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
@@ -514,10 +530,11 @@ impl<W: io::Write> io::Write for HashOnly<'_, W> {
     }
 }
 
-/// A failure while tarring: a layer input that went away or changed size
-/// is reported as such.
+/// A failure while tarring: a layer input that went away or changed size,
+/// or a packed member that is damaged ([`Packed`]), is reported as such.
 fn tar_error(e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::NotFound {
+    use io::ErrorKind::{InvalidData, NotFound, UnexpectedEof};
+    if matches!(e.kind(), UnexpectedEof | NotFound | InvalidData) {
         FsError::LayerInput {
             path: None,
             source: e,
@@ -804,6 +821,137 @@ mod tests {
         let za = build_layer_fresh(&with, &[], 0, z, &cache).unwrap();
         let zb = build_layer_fresh(&plain, &[], 0, z, &cache).unwrap();
         assert_eq!(za.digest, zb.digest);
+    }
+
+    /// A wheel's member read packed from the wheel ([`Packed`]) makes the
+    /// layer a spooled copy of its bytes makes, its stream taken as it is;
+    /// a stream with bytes after it inside the member is compressed like
+    /// any file instead (the same tar); a damaged member fails the layer,
+    /// naming it, and leaves nothing in the cache.
+    #[test]
+    fn packed_members_make_the_layers_spooled_ones_make() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let lib: Vec<u8> = (0..300_000u32).map(|i| (i % 89 + i / 5003) as u8).collect();
+        let crc = libdeflater::crc32(&lib);
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&lib).unwrap();
+        let raw = enc.finish().unwrap();
+        let held = dir.path().join("w.whl");
+        std::fs::write(&held, [&b"zipzip!"[..], &raw, b"JUNK", b"central"].concat()).unwrap();
+        let file = Arc::new(std::fs::File::open(&held).unwrap());
+        let stream = |len: usize| Deflated::new(file.clone(), 7, len as u64, crc, "w@7".into());
+        // Raw bytes of `len` from offset 7 that must inflate to `crc`.
+        let packed = |len: usize, crc: u32| {
+            let p = Packed::new(
+                file.clone(),
+                7,
+                len as u64,
+                lib.len() as u64,
+                crc,
+                true,
+                "w.whl: `lib.so`",
+            );
+            SpoolSlice::packed(p).known_as("sha256=LIB")
+        };
+        let layer = |lib: SpoolSlice| {
+            let mut e = wheel("a", 2);
+            e.push(Entry {
+                path: "site/a/lib.so".into(),
+                kind: EntryKind::Spooled(lib),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+            e.extend(wheel("b", 2));
+            parted(&[e]).0
+        };
+        let gz = Compression::Gzip { level: 1 };
+        let spool = Spool::new_in(dir.path()).unwrap();
+        let spooled = spool.put(&lib).unwrap().known_as("sha256=LIB");
+        let one = Cache::open(dir.path().join("one")).unwrap();
+        let want = build_layer_fresh(
+            &layer(spooled.deflated_as(stream(raw.len()))),
+            &[],
+            0,
+            gz,
+            &one,
+        )
+        .unwrap();
+        let two = Cache::open(dir.path().join("two")).unwrap();
+        let got = build_layer_fresh(
+            &layer(packed(raw.len(), crc).deflated_as(stream(raw.len()))),
+            &[],
+            0,
+            gz,
+            &two,
+        )
+        .unwrap();
+        assert_eq!((&got.digest, &got.diff_id), (&want.digest, &want.diff_id));
+        // zstd reads the packed bytes as well.
+        let z = Compression::Zstd { level: 3 };
+        let zs = build_layer_fresh(&layer(spool.put(&lib).unwrap()), &[], 0, z, &one).unwrap();
+        let zp = build_layer_fresh(&layer(packed(raw.len(), crc)), &[], 0, z, &two).unwrap();
+        assert_eq!(zs.digest, zp.digest);
+
+        // The member counts the four bytes after the stream as its own.
+        let three = Cache::open(dir.path().join("three")).unwrap();
+        let junk = raw.len() + 4;
+        let j = build_layer_fresh(
+            &layer(packed(junk, crc).deflated_as(stream(junk))),
+            &[],
+            0,
+            gz,
+            &three,
+        )
+        .unwrap();
+        assert_eq!(tar_of(&three, &j), tar_of(&one, &want));
+        let blob = std::fs::read(three.blob_path(&j.digest)).unwrap();
+        assert!(
+            !blob.windows(raw.len()).any(|w| w == raw),
+            "a stream with junk went in"
+        );
+        // A part built ahead takes the stream unread; the layer copying it
+        // finds it is not whole and is written afresh, as a cold build.
+        let with_junk = |len| {
+            let mut e = wheel("a", 2);
+            e.push(Entry {
+                path: "site/a/lib.so".into(),
+                kind: EntryKind::Spooled(packed(len, crc).deflated_as(stream(len))),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+            parted(&[wheel("b", 2), e])
+        };
+        for len in [raw.len(), junk] {
+            let (entries, parts) = with_junk(len);
+            let early = Cache::open(dir.path().join(format!("early{len}"))).unwrap();
+            assert!(!build_part_ahead(&entries[parts[1]..], 0, gz, &early).unwrap());
+            let (ahead, copied) = build_parted(&entries, &parts, 0, gz, &early, true).unwrap();
+            assert_eq!(copied, usize::from(len == raw.len()), "{len}");
+            let cold = Cache::open(dir.path().join(format!("cold{len}"))).unwrap();
+            let (fresh, _) = build_parted(&entries, &parts, 0, gz, &cold, false).unwrap();
+            assert_eq!(
+                (&ahead.digest, &ahead.diff_id),
+                (&fresh.digest, &fresh.diff_id)
+            );
+        }
+
+        // Damaged: an error that names the member and the problem; no
+        // layer, memo or temporary file is left.
+        let four = Cache::open(dir.path().join("four")).unwrap();
+        let bad = layer(packed(raw.len(), crc ^ 1).deflated_as(stream(raw.len())));
+        let err = build_layer(&bad, 0, gz, &four).unwrap_err().to_string();
+        assert!(err.contains("w.whl: `lib.so`: CRC-32 mismatch"), "{err}");
+        let files = walkdir::WalkDir::new(dir.path().join("four"))
+            .into_iter()
+            .filter(|e| e.as_ref().unwrap().file_type().is_file())
+            .count();
+        assert_eq!(files, 0, "the failed layer left files");
+        let err =
+            build_layer_fresh(&layer(packed(raw.len(), crc ^ 1)), &[], 0, z, &four).unwrap_err();
+        assert!(err.to_string().contains("CRC-32 mismatch"), "{err}");
     }
 
     /// A part whose cached bytes were damaged is compressed again; a part

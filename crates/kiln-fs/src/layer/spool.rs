@@ -21,6 +21,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::packed::{Packed, PackedReader};
+
 /// Raise this process's soft limit on open files to the hard limit, once:
 /// a build keeps one spool open per unpacked wheel until its layers are
 /// written, and a few hundred wheels pass the usual soft limit of 1024 (Go
@@ -144,8 +146,10 @@ impl Spool {
 
     fn slice(self: &Arc<Self>, offset: u64, len: u64) -> SpoolSlice {
         SpoolSlice {
-            spool: self.clone(),
-            offset,
+            place: Place::Spool {
+                spool: self.clone(),
+                offset,
+            },
             len,
             known: None,
             deflated: None,
@@ -168,11 +172,10 @@ impl Spool {
     }
 }
 
-/// One file's bytes in a [`Spool`].
+/// One file's bytes: in a [`Spool`], or [`Packed`] in an archive.
 #[derive(Clone, Debug)]
 pub struct SpoolSlice {
-    spool: Arc<Spool>,
-    offset: u64,
+    place: Place,
     len: u64,
     /// A hash of these bytes the caller computed before (a wheel member's,
     /// kept by the wheel's digest): a layer's memo key uses it instead of
@@ -182,12 +185,20 @@ pub struct SpoolSlice {
     deflated: Option<Arc<Deflated>>,
 }
 
+#[derive(Clone, Debug)]
+enum Place {
+    Spool { spool: Arc<Spool>, offset: u64 },
+    Packed(Arc<Packed>),
+}
+
 /// A slice's bytes as a raw deflate stream in another file: a wheel
-/// member as the wheel holds it, checked when it was unpacked to inflate
-/// to exactly those bytes, with nothing after it. A gzip layer takes the
-/// stream as it is, wrapped in a gzip member of its own, instead of
-/// compressing the bytes again (the wheel's builder already did, usually
-/// harder than gzip level 1).
+/// member as the wheel holds it. A gzip layer takes the stream as it is,
+/// wrapped in a gzip member of its own, instead of compressing the bytes
+/// again (the wheel's builder already did, usually harder than gzip
+/// level 1), when it inflates to exactly those bytes with nothing after
+/// it: checked as the layer reads the bytes for its diff_id, from the
+/// slice's [`Packed`] member (or, for a spooled slice, by whoever attached
+/// the stream).
 #[derive(Debug)]
 pub struct Deflated {
     file: Arc<File>,
@@ -309,6 +320,22 @@ impl Read for FileRange<'_> {
 }
 
 impl SpoolSlice {
+    /// The bytes of an archive's member, read from the archive when they
+    /// are wanted (see [`Packed`]).
+    pub fn packed(p: Packed) -> SpoolSlice {
+        SpoolSlice {
+            len: p.size(),
+            place: Place::Packed(Arc::new(p)),
+            known: None,
+            deflated: None,
+        }
+    }
+
+    /// Whether the bytes are read from an archive (and checked) each time.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.place, Place::Packed(_))
+    }
+
     /// These bytes, also held deflated as `d` (see [`Deflated`]).
     pub fn deflated_as(mut self, d: Deflated) -> SpoolSlice {
         self.deflated = Some(Arc::new(d));
@@ -346,55 +373,90 @@ impl SpoolSlice {
         self.len == 0
     }
 
-    /// Where these bytes start in the spool's file.
-    pub fn offset(&self) -> u64 {
-        self.offset
+    /// Where these bytes start in their spool's file (`None` when packed).
+    pub fn spool_offset(&self) -> Option<u64> {
+        match &self.place {
+            Place::Spool { offset, .. } => Some(*offset),
+            Place::Packed(_) => None,
+        }
     }
 
-    /// A reader of exactly these bytes (a failed spool refuses to be read).
+    /// A reader of exactly these bytes (a failed spool refuses to be read;
+    /// a packed member's last read fails when it is damaged).
     pub fn reader(&self) -> io::Result<SliceReader<'_>> {
-        self.spool.check()?;
-        Ok(SliceReader { slice: self, at: 0 })
+        Ok(SliceReader(match &self.place {
+            Place::Spool { spool, .. } => {
+                spool.check()?;
+                Reading::Spool { slice: self, at: 0 }
+            }
+            Place::Packed(p) => Reading::Packed(p.reader()?),
+        }))
     }
 
     /// All the bytes, read now.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let (spool, offset) = match &self.place {
+            Place::Spool { spool, offset } => (spool, *offset),
+            Place::Packed(p) => return p.read_all().map(|(bytes, _)| bytes),
+        };
         let mut out = vec![0u8; self.len as usize];
-        self.spool.check()?;
-        self.spool
+        spool.check()?;
+        spool
             .file
-            .read_exact_at(&mut out, self.offset)
-            .inspect_err(|_| self.spool.failed.store(true, Ordering::Relaxed))?;
+            .read_exact_at(&mut out, offset)
+            .inspect_err(|_| spool.failed.store(true, Ordering::Relaxed))?;
         Ok(out)
     }
 }
 
 /// See [`SpoolSlice::reader`].
-pub struct SliceReader<'a> {
-    slice: &'a SpoolSlice,
-    at: u64,
+pub struct SliceReader<'a>(Reading<'a>);
+
+enum Reading<'a> {
+    Spool { slice: &'a SpoolSlice, at: u64 },
+    Packed(PackedReader<'a>),
+}
+
+impl SliceReader<'_> {
+    /// Once every byte is read, for a packed member: whether its deflate
+    /// stream ended exactly where its archive says (see [`Deflated`]).
+    pub fn whole_stream(&self) -> Option<bool> {
+        match &self.0 {
+            Reading::Spool { .. } => None,
+            Reading::Packed(r) => r.whole_stream(),
+        }
+    }
 }
 
 impl Read for SliceReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.slice.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
+        match &mut self.0 {
+            Reading::Spool { slice, at } => {
+                let n = slice.read_at(buf, *at)?;
+                *at += n as u64;
+                Ok(n)
+            }
+            Reading::Packed(r) => r.read(buf),
+        }
     }
 }
 
 impl SpoolSlice {
-    /// Read from `at` bytes into the slice (0 only at its end).
+    /// Read from `at` bytes into a spooled slice (0 only at its end). A
+    /// packed member is read in order, through [`SpoolSlice::reader`].
     pub(crate) fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        let (s, offset) = match &self.place {
+            Place::Spool { spool, offset } => (spool, *offset),
+            Place::Packed(_) => return Err(io::Error::other("a packed member is read in order")),
+        };
         let left = self.len.saturating_sub(at);
         let want = (buf.len() as u64).min(left) as usize;
         if want == 0 {
             return Ok(0);
         }
-        let s = &self.spool;
         let n = s
             .file
-            .read_at(&mut buf[..want], self.offset + at)
+            .read_at(&mut buf[..want], offset + at)
             .inspect_err(|_| s.failed.store(true, Ordering::Relaxed))?;
         if n == 0 {
             s.failed.store(true, Ordering::Relaxed);
@@ -537,8 +599,10 @@ mod tests {
         // fails, and from then on the spool refuses every read, so bytes
         // taken as missing cannot end up in a layer.
         let cut = SpoolSlice {
-            spool: spool.clone(),
-            offset: 1 << 20,
+            place: Place::Spool {
+                spool: spool.clone(),
+                offset: 1 << 20,
+            },
             len: 3,
             known: None,
             deflated: None,

@@ -21,6 +21,37 @@ pub(crate) trait RecordSink: Write {
     fn put_deflated(&mut self, _s: &SpoolSlice) -> io::Result<()> {
         Err(io::Error::other("this writer takes no deflated bytes"))
     }
+
+    /// Whether the bytes these records stand for were compressed before,
+    /// taking each deflate stream offered as it is: a packed member whose
+    /// stream turns out not to be whole when read is then a
+    /// [`StreamNotWhole`] error.
+    fn stands_for_streams(&self) -> bool {
+        false
+    }
+}
+
+/// A part's compressed bytes (built ahead, unread) took a member's deflate
+/// stream that reading shows is not whole: they are not that member's.
+#[derive(Debug)]
+pub(crate) struct StreamNotWhole(pub(crate) String);
+
+impl std::fmt::Display for StreamNotWhole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: its deflate stream does not end where its archive says",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for StreamNotWhole {}
+
+impl StreamNotWhole {
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|e| e.is::<StreamNotWhole>())
+    }
 }
 
 impl RecordSink for Vec<u8> {}
@@ -67,6 +98,10 @@ impl<W: RecordSink> RecordSink for Muffled<W> {
             Some(w) => w.put_deflated(s),
             None => Ok(()),
         }
+    }
+
+    fn stands_for_streams(&self) -> bool {
+        self.inner.as_ref().is_some_and(|w| w.stands_for_streams())
     }
 }
 
@@ -154,7 +189,14 @@ fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::
             } else {
                 let block = s.len().clamp(1, 1 << 20) as usize;
                 // (A spool shorter than the slice is an error of its reader.)
-                each_block_of(s.reader()?, block, |bytes| w.write_all(bytes))?;
+                let mut r = s.reader()?;
+                each_block_of(&mut r, block, |bytes| w.write_all(bytes))?;
+                if s.deflated().is_some()
+                    && w.stands_for_streams()
+                    && r.whole_stream() == Some(false)
+                {
+                    return Err(io::Error::other(StreamNotWhole(e.path.clone())));
+                }
             }
             let pad = (512 - s.len() % 512) % 512;
             w.write_all(&[0; 512][..pad as usize])

@@ -307,8 +307,9 @@ pub fn cached_layer(
 /// now: a warm build must give the cold one's digests. 2: gzip chunks by
 /// libdeflate; 3: known hashes of spooled files; 4: wheel members from
 /// 16 KiB keep their deflate streams (64 KiB before); 5: gzip chunks that
-/// look random are stored).
-pub const ENCODING: u32 = 5;
+/// look random are stored; 6: wheels from 2 MiB get layers of their own,
+/// which a locked stage's memo would not know).
+pub const ENCODING: u32 = 6;
 
 /// sha256 over everything that decides a layer's bytes.
 fn input_key(

@@ -333,15 +333,14 @@ impl<W: Write> ParallelEncoder<W> {
         // takes the stream unread: the layer that copies the part reads
         // the bytes for its own diff_id (see `layer::build_parted`).
         if self.diff.is_some() {
-            let mut r = s.reader()?;
-            each_block(&mut r, |b| {
+            let whole = s.for_each_block(|b| {
                 self.hash_only(b);
                 Ok(())
             })?;
-            if r.whole_stream() == Some(false) {
+            if whole == Some(false) {
                 // The archive counts bytes after the stream's end as the
                 // member's: its bytes are compressed as any other's.
-                return each_block(s.reader()?, |b| self.buffer(b)).map(drop);
+                return s.for_each_block(|b| self.buffer(b)).map(drop);
             }
         } else {
             self.raw_len += s.len();

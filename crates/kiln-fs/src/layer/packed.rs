@@ -90,22 +90,46 @@ impl Packed {
             return Ok((out, whole));
         }
         let mut raw = vec![0u8; self.raw_len as usize];
+        let mut out = vec![0u8; self.size as usize];
+        let whole = self.unpack_into(&mut raw, &mut out)?;
+        Ok((out, whole))
+    }
+
+    /// Hand its bytes to `f` (whole when small, else block by block),
+    /// checked; returns whether its deflate stream ended where the archive
+    /// says. (No reader between: a small member is not copied again.)
+    pub(crate) fn for_each_block(
+        &self,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        if self.size > WHOLE_UP_TO || self.raw_len > WHOLE_UP_TO {
+            let mut r = self.reader()?;
+            super::spool::each_block_of(&mut r, 1 << 20, f)?;
+            return Ok(r.whole_stream().unwrap_or(true));
+        }
+        let (bytes, whole) = self.read_all()?;
+        f(&bytes).map(|()| whole)
+    }
+
+    /// Read the raw bytes into `raw` and what they come to into `out`
+    /// (each exactly as long), checked; whether the stream was whole.
+    fn unpack_into(&self, raw: &mut [u8], out: &mut [u8]) -> io::Result<bool> {
         self.file
-            .read_exact_at(&mut raw, self.offset)
+            .read_exact_at(raw, self.offset)
             .map_err(|e| self.bad(format!("reading it from the archive: {e}")))?;
-        let (out, whole) = if self.deflated {
-            let mut out = vec![0u8; self.size as usize];
-            let took = with_inflater(|d| d.inflate(&raw, &mut out)).map_err(|e| self.bad(e))?;
-            (out, took == raw.len())
-        } else if raw.len() as u64 == self.size {
-            (raw, true)
+        let whole = if self.deflated {
+            let took = with_inflater(|d| d.inflate(raw, out)).map_err(|e| self.bad(e))?;
+            took == raw.len()
+        } else if raw.len() == out.len() {
+            out.copy_from_slice(raw);
+            true
         } else {
-            return Err(self.bad(format!("{} bytes, {} declared", raw.len(), self.size)));
+            return Err(self.bad(format!("{} bytes, {} declared", raw.len(), out.len())));
         };
-        if libdeflater::crc32(&out) != self.crc32 {
+        if libdeflater::crc32(out) != self.crc32 {
             return Err(self.bad("CRC-32 mismatch"));
         }
-        Ok((out, whole))
+        Ok(whole)
     }
 
     /// A reader of its bytes, checked as they go (the last read fails when
@@ -287,6 +311,16 @@ mod tests {
         (dir, p)
     }
 
+    /// What [`Packed::for_each_block`] hands over, and whether it was whole.
+    fn blocks(p: &Packed) -> io::Result<(Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        let whole = p.for_each_block(|b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok((out, whole))
+    }
+
     fn read_streamed(p: &Packed) -> io::Result<(Vec<u8>, Option<bool>)> {
         let mut r = p.reader()?;
         let mut out = Vec::new();
@@ -308,6 +342,7 @@ mod tests {
                 };
                 let (_d, p) = member(&raw, len as u64, crc, deflated);
                 assert_eq!(p.read_all().unwrap(), (data.clone(), true), "{len}");
+                assert!(blocks(&p).unwrap() == (data.clone(), true), "{len}");
                 let (out, whole) = read_streamed(&p).unwrap();
                 assert!(out == data, "{len} {deflated}");
                 assert_eq!(whole, Some(true));
@@ -325,6 +360,8 @@ mod tests {
                 let e = p.read_all().unwrap_err().to_string();
                 assert!(e.starts_with("a.whl: `m`: ") && e.contains(what), "{e}");
                 let e = read_streamed(p).unwrap_err().to_string();
+                assert!(e.starts_with("a.whl: `m`: ") && e.contains(what), "{e}");
+                let e = blocks(p).unwrap_err().to_string();
                 assert!(e.starts_with("a.whl: `m`: ") && e.contains(what), "{e}");
             };
             let (_d, p) = member(&raw, len as u64, crc ^ 1, true);
@@ -354,6 +391,7 @@ mod tests {
             raw.extend_from_slice(b"trailing");
             let (_d, p) = member(&raw, len as u64, libdeflater::crc32(&data), true);
             assert_eq!(p.read_all().unwrap(), (data.clone(), false));
+            assert!(blocks(&p).unwrap() == (data.clone(), false));
             let (out, whole) = read_streamed(&p).unwrap();
             assert!(out == data);
             assert_eq!(whole, Some(false));

@@ -393,6 +393,22 @@ impl SpoolSlice {
         }))
     }
 
+    /// Hand the bytes to `f` block by block, without a reader's copy;
+    /// for a packed member, returns whether its deflate stream ended
+    /// where its archive says (see [`Deflated`]).
+    pub(crate) fn for_each_block(
+        &self,
+        f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<Option<bool>> {
+        match &self.place {
+            Place::Packed(p) => p.for_each_block(f).map(Some),
+            Place::Spool { .. } => {
+                let block = self.len.clamp(1, 1 << 20) as usize;
+                each_block_of(self.reader()?, block, f).map(|_| None)
+            }
+        }
+    }
+
     /// All the bytes, read now.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let (spool, offset) = match &self.place {

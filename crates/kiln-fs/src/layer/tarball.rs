@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use super::spool::{each_block_of, SpoolSlice};
+use super::spool::SpoolSlice;
 use super::tree::{Entry, EntryKind};
 
 /// Where tar records go: a plain writer, or a gzip compressor that takes a
@@ -187,14 +187,9 @@ fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::
             if s.deflated().is_some() && w.takes_deflated() {
                 w.put_deflated(s)?;
             } else {
-                let block = s.len().clamp(1, 1 << 20) as usize;
                 // (A spool shorter than the slice is an error of its reader.)
-                let mut r = s.reader()?;
-                each_block_of(&mut r, block, |bytes| w.write_all(bytes))?;
-                if s.deflated().is_some()
-                    && w.stands_for_streams()
-                    && r.whole_stream() == Some(false)
-                {
+                let whole = s.for_each_block(|bytes| w.write_all(bytes))?;
+                if s.deflated().is_some() && w.stands_for_streams() && whole == Some(false) {
                     return Err(io::Error::other(StreamNotWhole(e.path.clone())));
                 }
             }

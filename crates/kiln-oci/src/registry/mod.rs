@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use oci_client::client::BlobResponse;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
@@ -363,7 +364,23 @@ impl Registry {
             let mut w = cache
                 .writer()
                 .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
-            let mut stream = self.client.pull_blob_stream(r, &desc).await?;
+            // The blob writer hashes what it keeps; asked for the range
+            // from 0, a registry that serves ranges answers 206 and
+            // oci-client leaves the bytes to that one hash instead of
+            // hashing them too (a cold build's base, once more). A full
+            // answer is hashed by both, as before. (An empty blob has no
+            // range to ask for.)
+            let mut stream = if size > 0 {
+                match self
+                    .client
+                    .pull_blob_stream_partial(r, &desc, 0, None)
+                    .await?
+                {
+                    BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
+                }
+            } else {
+                self.client.pull_blob_stream(r, &desc).await?
+            };
             transfers.start(Some(size));
             let mut counted = Counted(&transfers, true);
             // A registry that sends more than the descriptor declares is cut

@@ -686,6 +686,19 @@ mod tests {
             .collect()
     }
 
+    /// Wheel "a" with `lib` as its `site/a/lib.so`.
+    fn with_lib(lib: SpoolSlice) -> Vec<Entry> {
+        let mut e = wheel("a", 2);
+        e.push(Entry {
+            path: "site/a/lib.so".into(),
+            kind: EntryKind::Spooled(lib),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        e
+    }
+
     fn parted(wheels: &[Vec<Entry>]) -> (Vec<Entry>, Vec<usize>) {
         let mut entries = vec![Entry {
             path: "site".into(),
@@ -767,14 +780,7 @@ mod tests {
             Deflated::new(file.clone(), 7, raw.len() as u64, crc, "w@7".into())
         };
         let layer = |lib: SpoolSlice| {
-            let mut e = wheel("a", 2);
-            e.push(Entry {
-                path: "site/a/lib.so".into(),
-                kind: EntryKind::Spooled(lib),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            });
+            let mut e = with_lib(lib);
             e.extend(wheel("b", 2));
             parted(&[e])
         };
@@ -856,14 +862,7 @@ mod tests {
             SpoolSlice::packed(p).known_as("sha256=LIB")
         };
         let layer = |lib: SpoolSlice| {
-            let mut e = wheel("a", 2);
-            e.push(Entry {
-                path: "site/a/lib.so".into(),
-                kind: EntryKind::Spooled(lib),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            });
+            let mut e = with_lib(lib);
             e.extend(wheel("b", 2));
             parted(&[e]).0
         };
@@ -915,15 +914,8 @@ mod tests {
         // A part built ahead takes the stream unread; the layer copying it
         // finds it is not whole and is written afresh, as a cold build.
         let with_junk = |len| {
-            let mut e = wheel("a", 2);
-            e.push(Entry {
-                path: "site/a/lib.so".into(),
-                kind: EntryKind::Spooled(packed(len, crc).deflated_as(stream(len))),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            });
-            parted(&[wheel("b", 2), e])
+            let lib = packed(len, crc).deflated_as(stream(len));
+            parted(&[wheel("b", 2), with_lib(lib)])
         };
         for len in [raw.len(), junk] {
             let (entries, parts) = with_junk(len);

@@ -1179,7 +1179,7 @@ fn take_kept_pins(
         // The image conda solves on (the base prefix, the virtual packages
         // of its C library) is the base's, or what `[apt]` made of it with
         // the pins that held above: the same as when the pins were kept.
-        kiln_conda::kept_repodata_holds(
+        let holds = kiln_conda::kept_repodata_holds(
             kept.conda.as_ref()?,
             section,
             &setup.spec_dir,
@@ -1187,11 +1187,13 @@ fn take_kept_pins(
             http,
             &setup.cache,
         )
-        .ok()?
-        .then_some(())?;
+        .ok()?;
+        let kiln_conda::KeptHolds::Holds { environment_pip } = holds else {
+            return None;
+        };
         // Its environment.yml's `pip:` list, resolved on the Python the
         // conda stage left (the same, its pins holding).
-        if let Some(env_pip) = kiln_conda::environment_pip(section, &setup.spec_dir).ok()? {
+        if let Some(env_pip) = environment_pip {
             pip_holds(kept.environment_pip.as_ref()?, &env_pip)?;
         }
     }

@@ -395,16 +395,6 @@ fn start(
     })
 }
 
-/// The pip stage an environment.yml's `pip:` list makes, as the section
-/// reads now (before a solve says which Python it goes to, which its
-/// resolution does not depend on).
-pub fn environment_pip(
-    section: &CondaSection,
-    spec_dir: &Path,
-) -> Result<Option<kiln_spec::sections::PipSection>> {
-    Ok(request(section, spec_dir)?.pip)
-}
-
 /// Resolve the section for one platform and download every archive (verified) into the cache.
 pub fn plan(
     section: &CondaSection,
@@ -445,6 +435,19 @@ pub fn plan(
     })
 }
 
+/// What [`kept_repodata_holds`] found.
+#[derive(Debug)]
+pub enum KeptHolds {
+    /// The repodata (or the channels) changed.
+    Changed,
+    /// The same repodata; with the pip stage the section's
+    /// environment.yml `pip:` list makes, as it reads now (read in the
+    /// same pass: the caller checks that list's kept resolution too).
+    Holds {
+        environment_pip: Option<Box<kiln_spec::sections::PipSection>>,
+    },
+}
+
 /// Whether a plan of `section` would read the same repodata as `kept`
 /// now: the same channels and subdirs (from the section as it reads now),
 /// each `repodata.json` revalidated and the same bytes. The image the plan
@@ -457,13 +460,20 @@ pub fn kept_repodata_holds(
     platform: &Platform,
     http: &Http,
     cache: &Cache,
-) -> Result<bool> {
+) -> Result<KeptHolds> {
     let req = request(section, spec_dir)?;
     let subdir = target::subdir(platform)?;
-    if req.specs.is_empty() {
-        return Ok(kept.0.is_empty());
-    }
-    Ok(&channels::read_now(&req.channels, subdir, http, cache)? == kept)
+    let holds = if req.specs.is_empty() {
+        kept.0.is_empty()
+    } else {
+        &channels::read_now(&req.channels, subdir, http, cache)? == kept
+    };
+    Ok(match holds {
+        true => KeptHolds::Holds {
+            environment_pip: req.pip.map(Box::new),
+        },
+        false => KeptHolds::Changed,
+    })
 }
 
 /// Fetch the channels' repodata and solve the request against it, the

@@ -2046,8 +2046,6 @@ fn locked_platform<'l>(
     })
 }
 
-/// Build labelled entry groups into layers, in parallel; order is kept.
-/// With `--push`, each goes to the registry as soon as it is built.
 /// [`build_groups`] of the layers to build, in order with the commands'
 /// layers remembered from earlier builds; each command's new layer is
 /// remembered by its key. Also every command's layer with its key.
@@ -2106,6 +2104,8 @@ fn build_planned(
     Ok((out, runs))
 }
 
+/// Build labelled entry groups into layers, in parallel; order is kept.
+/// With `--push`, each goes to the registry as soon as it is built.
 fn build_groups(
     groups: &[layer::LayerGroup],
     opts: &BuildOptions,

@@ -106,10 +106,11 @@ fn own_layers(wheels: &[PinnedWheel]) -> Vec<bool> {
     own
 }
 
-/// Told of each wheel that gets a layer of its own as soon as it is
-/// downloaded and unpacked, on the thread that fetched it while the others
-/// still download: a build writes that layer then (into its memo), and the
-/// stage's layer step finds it there. Compressing is most of a cold pip
+/// Told of each wheel that may get a layer of its own as soon as it is
+/// downloaded, on the thread that fetched it while the others still
+/// download: a build writes that layer then (into its memo), and the
+/// stage's layer step finds it there when the stage's grouping gives the
+/// wheel that layer ([`own_layers`]). Compressing is most of a cold pip
 /// stage's CPU; this puts it beside the network waits instead of after
 /// them. The entries are those [`layer_groups`] gives the wheel.
 pub trait LayerAhead: Sync {

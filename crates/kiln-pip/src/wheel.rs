@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kiln_core::digest::Digest;
 use kiln_core::error::{IoContext, Result};
-use kiln_fs::layer::{Content, Deflated, Packed};
+use kiln_fs::layer::{Content, Damaged, Deflated, Packed};
 
 use crate::install::MemberHashes;
 use crate::metadata::CoreMetadata;
@@ -120,7 +120,6 @@ pub(crate) fn read_wheel(
     packed: Option<&Digest>,
 ) -> Result<Vec<WheelFile>> {
     use rayon::prelude::*;
-    use std::os::unix::fs::FileExt;
     let reading = || format!("reading {wheel} in the cache");
     let file = Arc::new(File::open(path).io_context(reading)?);
     let total = file.metadata().io_context(reading)?.len();
@@ -205,33 +204,33 @@ pub(crate) fn read_wheel(
     drop(ar);
     members
         .into_par_iter()
-        .map_init(kiln_fs::inflate::Inflater::new, |d, m| {
+        .map(|m| {
+            let (start, len) = (m.raw.start, m.raw.end - m.raw.start);
+            let what = format!("wheel {wheel}: reading `{}`", m.path);
+            let p = Packed::new(
+                file.clone(),
+                start,
+                len,
+                m.size as u64,
+                m.crc32,
+                m.deflated,
+                what,
+            );
             if let Some(digest) = packed.filter(|_| !held_in_memory(&m.path)) {
                 return Ok(WheelFile {
-                    data: Content::Spooled(packed_member(&file, wheel, digest, &m)),
+                    data: Content::Spooled(packed_member(p, &file, digest, &m)),
                     path: m.path,
                     executable: m.executable,
                 });
             }
-            let mut raw = vec![0u8; (m.raw.end - m.raw.start) as usize];
-            file.read_exact_at(&mut raw, m.raw.start)
-                .io_context(reading)?;
-            let d = d
-                .as_mut()
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
-                .io_context(|| format!("inflating {} of {wheel}", m.path))?;
-            let data = inflate(&m, raw, d).map_err(|detail| {
-                problem(WheelProblem::Corrupt {
-                    member: m.path.clone(),
-                    detail,
-                })
-            })?;
-            if libdeflater::crc32(&data) != m.crc32 {
+            let read = p.read_all();
+            if let Some(detail) = read.as_ref().err().and_then(Damaged::detail_of) {
                 return Err(problem(WheelProblem::Corrupt {
                     member: m.path,
-                    detail: "CRC-32 mismatch".into(),
+                    detail: detail.to_string(),
                 }));
             }
+            let (data, _) = read.io_context(reading)?;
             Ok(WheelFile {
                 path: m.path,
                 data: Content::from(data),
@@ -241,40 +240,16 @@ pub(crate) fn read_wheel(
         .collect()
 }
 
-/// Member `m`'s bytes from its raw data; the error says what is wrong.
-fn inflate(
-    m: &Member,
-    raw: Vec<u8>,
-    d: &mut kiln_fs::inflate::Inflater,
-) -> std::result::Result<Vec<u8>, String> {
-    if !m.deflated {
-        return Ok(raw);
-    }
-    let mut out = vec![0u8; m.size];
-    d.inflate(&raw, &mut out)?;
-    Ok(out)
-}
-
-/// Member `m` of the wheel `file` (named `wheel`, of digest `digest`) as
+/// Member `m` of the wheel `file` (of digest `digest`), read as `p`, as
 /// it lies there, known by its [`member_id`]; a big enough deflated one
 /// offers its stream to gzip layers ([`PASS_ABOVE`]).
 fn packed_member(
+    p: Packed,
     file: &Arc<File>,
-    wheel: &str,
     digest: &Digest,
     m: &Member,
 ) -> kiln_fs::layer::SpoolSlice {
     let (start, len) = (m.raw.start, m.raw.end - m.raw.start);
-    let what = format!("wheel {wheel}: reading `{}`", m.path);
-    let p = Packed::new(
-        file.clone(),
-        start,
-        len,
-        m.size as u64,
-        m.crc32,
-        m.deflated,
-        what,
-    );
     let slice = kiln_fs::layer::SpoolSlice::packed(p).known_as(member_id(digest, start));
     if m.deflated && m.size >= PASS_ABOVE {
         let id = stream_id(digest, start);

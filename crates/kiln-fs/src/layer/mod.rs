@@ -20,7 +20,7 @@ pub use ahead::ReadAhead;
 pub use compress::Compression;
 use compress::ParallelEncoder;
 pub use kept::Kept;
-pub use packed::Packed;
+pub use packed::{Damaged, Packed};
 pub use spool::{read_claimed, Content, Deflated, FileRange, SliceReader, Spool, SpoolSlice};
 pub use tree::{Entry, EntryKind, Tree};
 

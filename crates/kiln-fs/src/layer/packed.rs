@@ -68,11 +68,30 @@ impl Packed {
         self.size
     }
 
+    /// The member is not what its archive declares: `detail` says how.
     fn bad(&self, detail: impl std::fmt::Display) -> io::Error {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: {detail}", self.what),
+            Damaged {
+                what: self.what.clone(),
+                detail: detail.to_string(),
+            },
         )
+    }
+
+    /// A read of the member failed: a damaged deflate stream is
+    /// [`Packed::bad`]; anything else (the file) keeps its kind, the
+    /// member named.
+    fn failed(&self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => self.bad(e),
+            kind => io::Error::new(kind, format!("{}: {e}", self.what)),
+        }
+    }
+
+    /// Whether it is read as a stream rather than whole.
+    fn streamed(&self) -> bool {
+        self.size > WHOLE_UP_TO || self.raw_len > WHOLE_UP_TO
     }
 
     fn raw(&self) -> FileRange<'_> {
@@ -80,9 +99,11 @@ impl Packed {
     }
 
     /// All its bytes, checked, and whether its deflate stream ends exactly
-    /// where the archive says (see [`PackedReader::whole_stream`]).
-    pub(crate) fn read_all(&self) -> io::Result<(Vec<u8>, bool)> {
-        if self.size > WHOLE_UP_TO || self.raw_len > WHOLE_UP_TO {
+    /// where the archive says (see [`super::SliceReader::whole_stream`]).
+    /// A member that is not what the archive declares is an `InvalidData`
+    /// error holding [`Damaged`].
+    pub fn read_all(&self) -> io::Result<(Vec<u8>, bool)> {
+        if self.streamed() {
             let mut r = self.reader()?;
             let mut out = Vec::with_capacity(self.size.min(1 << 30) as usize);
             r.read_to_end(&mut out)?;
@@ -90,8 +111,21 @@ impl Packed {
             return Ok((out, whole));
         }
         let mut raw = vec![0u8; self.raw_len as usize];
-        let mut out = vec![0u8; self.size as usize];
-        let whole = self.unpack_into(&mut raw, &mut out)?;
+        self.file
+            .read_exact_at(&mut raw, self.offset)
+            .map_err(|e| self.failed(e))?;
+        let (out, whole) = if self.deflated {
+            let mut out = vec![0u8; self.size as usize];
+            let took = with_inflater(|d| d.inflate(&raw, &mut out)).map_err(|e| self.bad(e))?;
+            (out, took == raw.len())
+        } else if raw.len() as u64 == self.size {
+            (raw, true)
+        } else {
+            return Err(self.bad(format!("{} bytes, {} declared", raw.len(), self.size)));
+        };
+        if libdeflater::crc32(&out) != self.crc32 {
+            return Err(self.bad("CRC-32 mismatch"));
+        }
         Ok((out, whole))
     }
 
@@ -102,7 +136,7 @@ impl Packed {
         &self,
         mut f: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<bool> {
-        if self.size > WHOLE_UP_TO || self.raw_len > WHOLE_UP_TO {
+        if self.streamed() {
             let mut r = self.reader()?;
             super::spool::each_block_of(&mut r, 1 << 20, f)?;
             return Ok(r.whole_stream().unwrap_or(true));
@@ -111,31 +145,10 @@ impl Packed {
         f(&bytes).map(|()| whole)
     }
 
-    /// Read the raw bytes into `raw` and what they come to into `out`
-    /// (each exactly as long), checked; whether the stream was whole.
-    fn unpack_into(&self, raw: &mut [u8], out: &mut [u8]) -> io::Result<bool> {
-        self.file
-            .read_exact_at(raw, self.offset)
-            .map_err(|e| self.bad(format!("reading it from the archive: {e}")))?;
-        let whole = if self.deflated {
-            let took = with_inflater(|d| d.inflate(raw, out)).map_err(|e| self.bad(e))?;
-            took == raw.len()
-        } else if raw.len() == out.len() {
-            out.copy_from_slice(raw);
-            true
-        } else {
-            return Err(self.bad(format!("{} bytes, {} declared", raw.len(), out.len())));
-        };
-        if libdeflater::crc32(out) != self.crc32 {
-            return Err(self.bad("CRC-32 mismatch"));
-        }
-        Ok(whole)
-    }
-
     /// A reader of its bytes, checked as they go (the last read fails when
     /// they are not what the archive declares).
     pub(crate) fn reader(&self) -> io::Result<PackedReader<'_>> {
-        if self.size <= WHOLE_UP_TO && self.raw_len <= WHOLE_UP_TO {
+        if !self.streamed() {
             let (bytes, whole) = self.read_all()?;
             return Ok(PackedReader::Held {
                 bytes,
@@ -159,6 +172,31 @@ impl Packed {
         })))
     }
 }
+
+/// What is wrong with a damaged member (see [`Packed::read_all`]): its
+/// name, and how it differs from what its archive declares.
+#[derive(Debug)]
+pub struct Damaged {
+    what: Arc<str>,
+    detail: String,
+}
+
+impl Damaged {
+    /// How the member that failed `e` differs from what its archive
+    /// declares, when `e` is that.
+    pub fn detail_of(e: &io::Error) -> Option<&str> {
+        let d = e.get_ref()?.downcast_ref::<Damaged>()?;
+        Some(&d.detail)
+    }
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.detail)
+    }
+}
+
+impl std::error::Error for Damaged {}
 
 thread_local! {
     static INFLATER: RefCell<Option<Inflater>> = const { RefCell::new(None) };
@@ -247,7 +285,11 @@ impl Streaming<'_> {
         let want = (buf.len() as u64).min(p.size - self.out) as usize;
         let n = match want {
             0 => 0,
-            _ => match self.source.read(&mut buf[..want]).map_err(|e| p.bad(e))? {
+            _ => match self
+                .source
+                .read(&mut buf[..want])
+                .map_err(|e| p.failed(e))?
+            {
                 0 => return Err(p.bad(format!("{} bytes, {} declared", self.out, p.size))),
                 n => n,
             },
@@ -265,7 +307,7 @@ impl Streaming<'_> {
     fn finish(&mut self) -> io::Result<()> {
         let p = self.packed;
         let mut more = [0u8; 1];
-        if self.source.read(&mut more).map_err(|e| p.bad(e))? != 0 {
+        if self.source.read(&mut more).map_err(|e| p.failed(e))? != 0 {
             return Err(p.bad(format!("more bytes than the {} declared", p.size)));
         }
         if self.crc.sum() != p.crc32 {

@@ -24,9 +24,10 @@ use std::sync::Arc;
 use super::packed::{Packed, PackedReader};
 
 /// Raise this process's soft limit on open files to the hard limit, once:
-/// a build keeps one spool open per unpacked wheel until its layers are
-/// written, and a few hundred wheels pass the usual soft limit of 1024 (Go
-/// programs raise it at start for the same kind of reason).
+/// a build keeps each wheel (its members are read packed) and each spool
+/// of unpacked files open until its layers are written, and a few hundred
+/// wheels pass the usual soft limit of 1024 (Go programs raise it at
+/// start for the same kind of reason).
 pub fn raise_open_file_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -177,9 +178,9 @@ impl Spool {
 pub struct SpoolSlice {
     place: Place,
     len: u64,
-    /// A hash of these bytes the caller computed before (a wheel member's,
-    /// kept by the wheel's digest): a layer's memo key uses it instead of
-    /// reading and hashing the bytes again.
+    /// A name no other bytes have (a wheel member's place in its verified
+    /// wheel, see [`SpoolSlice::known_as`]): a layer's memo key uses it
+    /// instead of reading and hashing the bytes again.
     known: Option<Arc<str>>,
     /// The same bytes, deflated, elsewhere (see [`Deflated`]).
     deflated: Option<Arc<Deflated>>,

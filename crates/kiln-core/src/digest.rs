@@ -171,6 +171,16 @@ impl<R> HashingReader<R> {
         }
     }
 
+    /// [`HashingReader::new`], putting the digest in `end`: a slot its
+    /// reader made before the stream could be opened.
+    pub fn reporting_to(inner: R, end: std::sync::Arc<std::sync::OnceLock<Digest>>) -> Self {
+        HashingReader {
+            inner,
+            hasher: Some(Sha256::new()),
+            end,
+        }
+    }
+
     /// Where the digest of the whole stream appears once it was read to its end.
     pub fn at_end(&self) -> std::sync::Arc<std::sync::OnceLock<Digest>> {
         self.end.clone()

@@ -339,8 +339,12 @@ fn resolution_inputs(inputs: &spec::Inputs) -> String {
 /// (where they stay fresh for the index TTL), side by side. The resolver
 /// reads them first, but only once the base's Python is known: a build
 /// starts this while it pulls the base, so resolving a freeze begins with
-/// every page at hand. Best effort and quiet: a page that fails here is
-/// fetched again, and its failure reported, by the resolver.
+/// every page at hand. A pin whose version has a single wheel, a pure one
+/// (most of a freeze's), is downloaded too: whatever the image's Python,
+/// the resolver takes that wheel or fails, so its bytes come while the
+/// base is read instead of after it (unless a marker or `--no-binary`
+/// may leave it out). Best effort and quiet: a page or wheel that fails
+/// here is fetched again, and its failure reported, by the resolver.
 pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache: &Cache) {
     let Ok(inputs) = read_inputs(section, spec_dir) else {
         return;
@@ -351,23 +355,26 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
     }
     // find-links listings are read when resolving (usually local).
     let client = index::IndexClient::new(http, cache, indexes, Vec::new());
-    // Each name once, with its pin (`==V`) if every line naming it pins.
-    let mut names: std::collections::BTreeMap<String, Option<uv_pep440::Version>> =
+    // Each name once, with its pin (`==V`) if every line naming it pins,
+    // and whether every such line applies whatever the Python.
+    let mut names: std::collections::BTreeMap<String, (Option<uv_pep440::Version>, bool)> =
         Default::default();
     for r in &inputs.requirements {
         let pin = pinned_version(&r.req);
+        let always = r.req.marker.is_true();
         names
             .entry(r.req.name.to_string())
-            .and_modify(|p| {
+            .and_modify(|(p, a)| {
                 if *p != pin {
                     *p = None
                 }
+                *a &= always;
             })
-            .or_insert(pin);
+            .or_insert((pin, always));
     }
     let names: Vec<_> = names.into_iter().collect();
     kiln_store::http::on_network_pool(|| {
-        names.par_iter().for_each(|(n, pin)| {
+        names.par_iter().for_each(|(n, (pin, always))| {
             // Fetched and read by an earlier build: nothing to get ahead
             // (and a kept resolution may not read the page at all).
             if client.fresh(n) {
@@ -376,10 +383,10 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
             let Ok(Some(files)) = client.files(n) else {
                 return;
             };
-            // A pinned version with a single wheel (a pure-Python one, most
-            // of a freeze) is read first by the resolver whatever the
-            // image's Python: its metadata comes now, while the base is
-            // still being read, not a round trip each once resolving starts.
+            // A pinned version with a single wheel is read first by the
+            // resolver whatever the image's Python: its metadata comes
+            // now, while the base is still being read, not a round trip
+            // each once resolving starts.
             let Some(pin) = pin else { return };
             let mut wheels = files.iter().filter(|f| {
                 f.is_wheel()
@@ -390,9 +397,18 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
             });
             if let (Some(only), None) = (wheels.next(), wheels.next()) {
                 let _ = client.metadata(only);
+                if *always && !inputs.no_binary.applies(n) && is_pure(&only.filename) {
+                    let _ = client.download_artifact(only);
+                }
             }
         })
     });
+}
+
+/// Whether a wheel's tags fit every interpreter and platform
+/// (`py3-none-any`, `py2.py3-none-any`).
+fn is_pure(filename: &str) -> bool {
+    filename.ends_with("-none-any.whl")
 }
 
 /// The version `req` pins with `==V` (no wildcard), if it does.
@@ -450,6 +466,7 @@ pub fn plan_building(
 ) -> Result<PipPlan> {
     let builder = hooks.builder;
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
+
     let inputs = read_inputs(section, spec_dir)?;
     if builder.is_none() {
         if let Some(origin) = &inputs.no_binary.origin {
@@ -1119,6 +1136,59 @@ mod tests {
         };
         prefetch_pages(&section, dir.path(), &Http::new().unwrap(), &cache);
         assert!(!memo(&h).exists());
+    }
+
+    /// While the base is read, a build downloads a pin's only wheel when
+    /// it is pure and every line naming it applies whatever the Python
+    /// (the metadata of the others is fetched, not their wheels).
+    #[test]
+    fn prefetch_downloads_the_pure_wheels_pins_must_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let simple = dir.path().join("simple");
+        let wheels = [
+            ("pure", "pure-1.0-py3-none-any.whl"),
+            ("plat", "plat-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"),
+            ("marked", "marked-1.0-py3-none-any.whl"),
+            ("built", "built-1.0-py3-none-any.whl"),
+            ("loose", "loose-1.0-py3-none-any.whl"),
+        ];
+        let mut digests = BTreeMap::new();
+        for (name, w) in wheels {
+            let d = simple.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let bytes = format!("the wheel {w}");
+            let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+            std::fs::write(d.join(w), &bytes).unwrap();
+            std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
+            let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
+            let page = format!(
+                "<a href=\"{w}#sha256={}\" data-core-metadata=\"sha256={}\">{w}</a>\n",
+                h.hex(),
+                m.hex()
+            );
+            std::fs::write(d.join("index.html"), page).unwrap();
+            digests.insert(name, h);
+        }
+        std::fs::write(
+            dir.path().join("requirements.txt"),
+            "pure==1.0\nplat==1.0\nmarked==1.0 ; python_version < \"3\"\n\
+             --no-binary built\nbuilt==1.0\nloose>=1\n",
+        )
+        .unwrap();
+        let section = PipSection {
+            requirements: vec!["requirements.txt".into()],
+            index: Some(format!("file://{}", simple.display())),
+            isolated: true,
+            ..Default::default()
+        };
+        prefetch_pages(&section, dir.path(), &Http::new().unwrap(), &cache);
+        let held: Vec<_> = digests
+            .iter()
+            .filter(|(_, d)| cache.contains(d))
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(held, ["pure"]);
     }
 
     /// Every wheel of a small stage gets a layer of its own; in a large one,

@@ -46,7 +46,7 @@ pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 #[derive(Clone)]
 pub struct Http {
-    /// Made on the first network request, shared by clones: building it
+    /// [`shared_client`], taken on the first network request: building it
     /// loads the system's CA certificates, and a build that needs no network
     /// (a scratch image in an empty root, `--offline`) must not need any.
     client: Arc<std::sync::OnceLock<reqwest::blocking::Client>>,
@@ -69,6 +69,31 @@ pub fn tls() {
         // Err only if a provider is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// The process's one HTTP client (a clone shares its connections), made
+/// by the first request of any [`Http`]. Building a client loads and
+/// parses the system's CA certificates: when each `Http`, and each of the
+/// threads that raced to its first request, built its own, a cold build
+/// loaded them 16 times (8% of its CPU before the first download) and
+/// opened new connections to the hosts the pages came from to fetch the
+/// wheels. A failure is not kept: the next request tries again.
+fn shared_client() -> Result<reqwest::blocking::Client> {
+    static CLIENT: std::sync::Mutex<Option<reqwest::blocking::Client>> =
+        std::sync::Mutex::new(None);
+    let mut shared = CLIENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = &*shared {
+        return Ok(c.clone());
+    }
+    tls();
+    let c = reqwest::blocking::Client::builder()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(StoreError::Client)?;
+    *shared = Some(c.clone());
+    Ok(c)
 }
 
 /// Fails (with what to do) when no HTTP client can be built here, which
@@ -391,13 +416,7 @@ impl Http {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        tls();
-        let c = reqwest::blocking::Client::builder()
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(20))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(StoreError::Client)?;
+        let c = shared_client()?;
         Ok(self.client.get_or_init(|| c))
     }
 

@@ -74,8 +74,8 @@ pub fn tls() {
 /// The process's one HTTP client (a clone shares its connections), made
 /// by the first request of any [`Http`]. Building a client loads and
 /// parses the system's CA certificates: when each `Http`, and each of the
-/// threads that raced to its first request, built its own, a cold build
-/// loaded them 16 times (8% of its CPU before the first download) and
+/// threads that raced to its first request, built its own, a cold freeze
+/// build loaded them 18 times (now 4, with the registry's clients) and
 /// opened new connections to the hosts the pages came from to fetch the
 /// wheels. A failure is not kept: the next request tries again.
 fn shared_client() -> Result<reqwest::blocking::Client> {

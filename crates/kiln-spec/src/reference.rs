@@ -1,12 +1,18 @@
-//! Image references with a registry host, parsed without a regex.
+//! Image references, parsed without a regex.
 //!
 //! oci-spec parses a reference with one large regex whose tag part is a
 //! Unicode word class repeated 128 times: compiling it takes ~25 ms, a
-//! sixth of a no-op rebuild + push. Every reference kiln meets names its
-//! registry (`host[:port]/repo[:tag][@digest]`), and that shape is checked
-//! here by hand against the same grammar; anything else (a Docker Hub
-//! short name, a Unicode tag, a malformed string) goes to oci-spec, whose
-//! answer or error stands. The unit tests compare the two on every shape.
+//! sixth of a no-op rebuild + push. The references kiln meets name their
+//! registry (`host[:port]/repo[:tag][@digest]`) or are Docker Hub short
+//! names (`team/app:tag`, an `[image] name` written to a layout), and
+//! those shapes are checked here by hand against the same grammar;
+//! anything else (Docker Hub's legacy alias, a Unicode tag, a malformed
+//! string) goes to oci-spec, whose answer or error stands. The unit tests
+//! compare the two on every shape.
+
+/// The registry a reference with no domain names (Docker Hub), as
+/// oci-spec writes it.
+pub const DOCKER_HUB: &str = "docker.io";
 
 use oci_spec::distribution::{ParseError, Reference};
 
@@ -21,13 +27,21 @@ fn fast(s: &str) -> Option<Reference> {
         Some((n, d)) => (n, Some(d)),
         None => (s, None),
     };
-    let (domain, rest) = name_tag.split_once('/')?;
-    if !(domain.contains('.') || domain.contains(':') || domain == "localhost")
-        || is_hub(domain)
-        || !is_domain(domain)
-    {
-        return None;
-    }
+    // A first component that is no domain is Docker Hub's repository
+    // (under `library/` when it is the only one).
+    // (A domain written out is checked, and Docker Hub's left to oci-spec.)
+    let library;
+    let (domain, rest) = match name_tag.split_once('/') {
+        Some((d, _)) if !(d.contains('.') || d.contains(':') || d == "localhost") => {
+            (DOCKER_HUB, name_tag)
+        }
+        Some((d, rest)) if !is_hub(d) && is_domain(d) => (d, rest),
+        Some(_) => return None,
+        None => {
+            library = format!("library/{name_tag}");
+            (DOCKER_HUB, library.as_str())
+        }
+    };
     // A tag follows the last `:` after the last `/`.
     let (repository, tag) = match rest.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') => (r, Some(t)),
@@ -152,9 +166,18 @@ mod tests {
             format!("registry.example.com/app:v1@{d}"),
             format!("registry.example.com:443/app:v1@{d}"),
             "registry.example.com/a_b/c__d/e-f/g---h/i.j:T_a.g-1".into(),
-            // Left to oci-spec (short names, odd shapes, errors).
             "busybox".into(),
             "team/app:1".into(),
+            "bench/pip-scale".into(),
+            format!("a/b/c:t@{d}"),
+            "test.com:5000".into(),
+            "localhost:5000".into(),
+            // Left to oci-spec (Docker Hub written out, odd shapes, errors).
+            "docker.io/app".into(),
+            "index.docker.io/team/app".into(),
+            "Team/app".into(),
+            "team/app:".into(),
+            format!("{}/b", "a".repeat(254)),
             "registry.example.com/App".into(),
             "registry.example.com/app:".into(),
             "registry.example.com/app:-x".into(),
@@ -187,7 +210,7 @@ mod tests {
             }
         }
         // The common shapes never reach the regex.
-        for c in &cases[..9] {
+        for c in &cases[..15] {
             assert!(fast(c).is_some(), "{c}");
         }
     }

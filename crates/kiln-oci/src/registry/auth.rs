@@ -85,7 +85,7 @@ fn lookup(registry: &str) -> std::result::Result<RegistryAuth, RegistryError> {
             path: path.clone(),
             source,
         })?;
-    let aliases: &[&str] = if registry == "docker.io" {
+    let aliases: &[&str] = if registry == kiln_spec::reference::DOCKER_HUB {
         &["docker.io", "index.docker.io", "registry-1.docker.io"]
     } else {
         &[registry]
@@ -124,7 +124,7 @@ fn lookup(registry: &str) -> std::result::Result<RegistryAuth, RegistryError> {
         }
     }
     if let Some(store) = &cfg.creds_store {
-        let key = if registry == "docker.io" {
+        let key = if registry == kiln_spec::reference::DOCKER_HUB {
             "https://index.docker.io/v1/"
         } else {
             registry

@@ -101,11 +101,9 @@ fn shared_client() -> Result<reqwest::blocking::Client> {
 /// there (it falls back to reqwest's default client), so registry access
 /// checks first.
 pub fn check_client() -> Result<()> {
-    tls();
-    reqwest::Client::builder()
-        .build()
-        .map(drop)
-        .map_err(|e| StoreError::Client(e).into())
+    // The process's own client, whose first request would build it anyway:
+    // the same certificates, loaded once.
+    shared_client().map(drop)
 }
 
 /// A fetched document with the headers callers care about.

@@ -197,7 +197,7 @@ impl<'a> Blobs<'a> {
     /// ([`FETCHERS`] at a time, lowest first) while `read` runs: a layer
     /// is read as soon as its blob is in the cache and verified, beside
     /// the fetches of the others, rather than after the last of them (a
-    /// cold build's base: 0.2 s less from start to resolving). Nothing
+    /// base of 80 MB behind a 40 MB/s link: read 0.13 s sooner). Nothing
     /// read is returned unless every fetch and check passed; the first
     /// failing fetch's error (in the order given) comes first, then a
     /// check's: a layer that is not what its config says is reported as

@@ -339,12 +339,13 @@ fn resolution_inputs(inputs: &spec::Inputs) -> String {
 /// (where they stay fresh for the index TTL), side by side. The resolver
 /// reads them first, but only once the base's Python is known: a build
 /// starts this while it pulls the base, so resolving a freeze begins with
-/// every page at hand. A pin whose version has a single wheel, a pure one
-/// (most of a freeze's), is downloaded too: whatever the image's Python,
-/// the resolver takes that wheel or fails, so its bytes come while the
-/// base is read instead of after it (unless a marker or `--no-binary`
-/// may leave it out). Best effort and quiet: a page or wheel that fails
-/// here is fetched again, and its failure reported, by the resolver.
+/// every page at hand. A pin whose version has a single wheel, a pure
+/// Python 3 one (most of a freeze's), is downloaded too: whatever the
+/// image's Python 3, the resolver takes that wheel (unless its
+/// Requires-Python rules it out), so its bytes come while the base is read
+/// instead of after it (not where a marker or `--no-binary` may leave it
+/// out). Best effort and quiet: a page or wheel that fails here is fetched
+/// again, and its failure reported, by the resolver.
 pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache: &Cache) {
     let Ok(inputs) = read_inputs(section, spec_dir) else {
         return;
@@ -405,10 +406,15 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
     });
 }
 
-/// Whether a wheel's tags fit every interpreter and platform
-/// (`py3-none-any`, `py2.py3-none-any`).
+/// Whether a wheel's tags fit every Python 3 interpreter and platform
+/// (`py3-none-any`, `py2.py3-none-any`; not `py2-none-any`).
 fn is_pure(filename: &str) -> bool {
-    filename.ends_with("-none-any.whl")
+    let Some(stem) = filename.strip_suffix("-none-any.whl") else {
+        return false;
+    };
+    stem.rsplit('-')
+        .next()
+        .is_some_and(|py| py.split('.').any(|t| t == "py3"))
 }
 
 /// The version `req` pins with `==V` (no wildcard), if it does.
@@ -1152,6 +1158,8 @@ mod tests {
             ("marked", "marked-1.0-py3-none-any.whl"),
             ("built", "built-1.0-py3-none-any.whl"),
             ("loose", "loose-1.0-py3-none-any.whl"),
+            ("old", "old-1.0-py2-none-any.whl"),
+            ("both", "both-1.0-py2.py3-none-any.whl"),
         ];
         let mut digests = BTreeMap::new();
         for (name, w) in wheels {
@@ -1173,7 +1181,7 @@ mod tests {
         std::fs::write(
             dir.path().join("requirements.txt"),
             "pure==1.0\nplat==1.0\nmarked==1.0 ; python_version < \"3\"\n\
-             --no-binary built\nbuilt==1.0\nloose>=1\n",
+             --no-binary built\nbuilt==1.0\nloose>=1\nold==1.0\nboth==1.0\n",
         )
         .unwrap();
         let section = PipSection {
@@ -1188,7 +1196,7 @@ mod tests {
             .filter(|(_, d)| cache.contains(d))
             .map(|(n, _)| *n)
             .collect();
-        assert_eq!(held, ["pure"]);
+        assert_eq!(held, ["both", "pure"]);
     }
 
     /// Every wheel of a small stage gets a layer of its own; in a large one,

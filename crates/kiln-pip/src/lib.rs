@@ -398,23 +398,15 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
             });
             if let (Some(only), None) = (wheels.next(), wheels.next()) {
                 let _ = client.metadata(only);
-                if *always && !inputs.no_binary.applies(n) && is_pure(&only.filename) {
+                if *always
+                    && !inputs.no_binary.applies(n)
+                    && tags::WheelName::parse(&only.filename).is_ok_and(|w| w.is_pure_python3())
+                {
                     let _ = client.download_artifact(only);
                 }
             }
         })
     });
-}
-
-/// Whether a wheel's tags fit every Python 3 interpreter and platform
-/// (`py3-none-any`, `py2.py3-none-any`; not `py2-none-any`).
-fn is_pure(filename: &str) -> bool {
-    let Some(stem) = filename.strip_suffix("-none-any.whl") else {
-        return false;
-    };
-    stem.rsplit('-')
-        .next()
-        .is_some_and(|py| py.split('.').any(|t| t == "py3"))
 }
 
 /// The version `req` pins with `==V` (no wildcard), if it does.

@@ -42,6 +42,12 @@ impl WheelName {
         })
     }
 
+    /// Whether it fits every Python 3 interpreter and platform
+    /// (`py3-none-any`, `py2.py3-none-any`; not `py2-none-any`).
+    pub(crate) fn is_pure_python3(&self) -> bool {
+        self.python.iter().any(|p| p == "py3") && self.abi == ["none"] && self.platform == ["any"]
+    }
+
     /// Every `py-abi-plat` triple the (possibly compressed) tag set stands for.
     pub(crate) fn tags(&self) -> Vec<String> {
         let mut out = Vec::new();

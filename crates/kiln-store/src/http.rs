@@ -46,10 +46,6 @@ pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 #[derive(Clone)]
 pub struct Http {
-    /// [`shared_client`], taken on the first network request: building it
-    /// loads the system's CA certificates, and a build that needs no network
-    /// (a scratch image in an empty root, `--offline`) must not need any.
-    client: Arc<std::sync::OnceLock<reqwest::blocking::Client>>,
     /// `--offline`: only `file://` and the cache; any network URL is an error.
     offline: bool,
     /// What came over the network (packages and index pages), shared by clones.
@@ -72,12 +68,14 @@ pub fn tls() {
 }
 
 /// The process's one HTTP client (a clone shares its connections), made
-/// by the first request of any [`Http`]. Building a client loads and
-/// parses the system's CA certificates: when each `Http`, and each of the
-/// threads that raced to its first request, built its own, a cold freeze
-/// build loaded them 18 times (now 4, with the registry's clients) and
-/// opened new connections to the hosts the pages came from to fetch the
-/// wheels. A failure is not kept: the next request tries again.
+/// by the first network request of any [`Http`] (or the registry's check,
+/// [`check_client`]): a build that needs no network (a scratch image in an
+/// empty root, `--offline`) needs no CA certificates. Building a client
+/// loads and parses them: when each `Http`, and each of the threads that
+/// raced to its first request, built its own, a cold freeze build loaded
+/// them 18 times (now 3: this client and oci-client's two) and opened new
+/// connections to the hosts the pages came from to fetch the wheels. A
+/// failure is not kept: the next request tries again.
 fn shared_client() -> Result<reqwest::blocking::Client> {
     static CLIENT: std::sync::Mutex<Option<reqwest::blocking::Client>> =
         std::sync::Mutex::new(None);
@@ -119,7 +117,6 @@ pub struct Fetched {
 impl Http {
     pub fn new() -> Result<Self> {
         Ok(Http {
-            client: Arc::default(),
             offline: false,
             transfers: Transfers::hidden("downloading"),
             defer: false,
@@ -410,14 +407,6 @@ impl Http {
         )
     }
 
-    fn client(&self) -> Result<&reqwest::blocking::Client> {
-        if let Some(c) = self.client.get() {
-            return Ok(c);
-        }
-        let c = shared_client()?;
-        Ok(self.client.get_or_init(|| c))
-    }
-
     fn retrying<T>(
         &self,
         url: &str,
@@ -431,7 +420,7 @@ impl Http {
         let mut delay = Duration::from_millis(300);
         let mut attempt = 1;
         loop {
-            let mut req = self.client()?.get(url);
+            let mut req = shared_client()?.get(url);
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
             }

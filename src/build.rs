@@ -8,6 +8,7 @@
 //! and nothing is written to an output path until it is complete.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -24,7 +25,7 @@ use kiln_apt as apt;
 use kiln_conda as conda;
 use kiln_core::digest::Digest;
 use kiln_core::error::{Error, IoContext, Result};
-use kiln_core::progress::Progress;
+use kiln_core::progress::{Progress, Transfers};
 use kiln_fs::layer::tree::SourceScope;
 use kiln_fs::layer::{self, Compression, LayerBlob};
 use kiln_fs::rootfs::Rootfs;
@@ -642,15 +643,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     // offline build resolves nothing).
     let prefetch = (setup.spec.pip.as_ref())
         .filter(|_| !opts.offline && plan.pinned.is_none())
-        .map(|section| {
-            let (section, dir) = (section.clone(), setup.spec_dir.clone());
-            let (cache, transfers) = (setup.cache.clone(), plan.tally.transfers.clone());
-            std::thread::spawn(move || {
-                if let Ok(http) = Http::new() {
-                    pip::prefetch_pages(&section, &dir, &http.with_transfers(transfers), &cache);
-                }
-            })
-        });
+        .map(|section| PipAhead::start(section, setup, &plan.tally.transfers));
     let mut base = setup.load_base(&mut blobs, opts.compression, &opts.progress)?;
     if let Some(name) = &plan.base_name {
         base.name = Some(name.clone());
@@ -882,18 +875,107 @@ fn keep_for(opts: &BuildOptions, spec: &Spec) -> impl Fn(&str) -> bool {
     move |p: &str| all || keep_path(p)
 }
 
+/// `[pip]`'s downloads ahead of resolving, on a thread of their own that
+/// runs while the base is pulled and read: the index pages (and the pure
+/// wheels of pins), then, once the base's paths show its Python
+/// ([`pip::PythonHint`]), the wheels pins take for it.
+struct PipAhead {
+    /// Gets a message (or hangs up) once the pages are fetched.
+    pages: Option<std::sync::mpsc::Receiver<()>>,
+    hint: Arc<pip::PythonHint>,
+    /// Whether the image's Python is guessed at all: a conda prefix, or
+    /// a venv beside a `[conda]` stage, may hold another one.
+    guesses: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PipAhead {
+    fn start(
+        section: &kiln_spec::sections::PipSection,
+        setup: &Setup,
+        transfers: &Arc<Transfers>,
+    ) -> Self {
+        let (section, dir) = (section.clone(), setup.spec_dir.clone());
+        let (cache, transfers) = (setup.cache.clone(), transfers.clone());
+        let guesses = section.target == "system" || setup.spec.conda.is_none();
+        let (told, pages) = std::sync::mpsc::channel();
+        let hint = Arc::new(pip::PythonHint::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, halt) = (hint.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(http) = Http::new() else { return };
+            let http = http.with_transfers(transfers);
+            let fetched = move || {
+                let _ = told.send(());
+            };
+            pip::prefetch_with_guess(&section, &dir, &http, &cache, fetched, &h, &halt);
+        });
+        PipAhead {
+            pages: Some(pages),
+            hint,
+            guesses,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The hint the base of `platform` is read with (the first read only).
+    fn hint_for(&self, platform: &kiln_core::platform::Platform) -> Option<&pip::PythonHint> {
+        let arch = kiln_core::Arch::from_platform(platform).ok();
+        match (self.guesses && self.pages.is_some(), arch) {
+            (true, Some(arch)) => {
+                self.hint.reading(arch);
+                Some(&self.hint)
+            }
+            _ => None,
+        }
+    }
+
+    /// Wait for the pages (once): resolving reads them first.
+    fn pages_fetched(&mut self) {
+        self.hint.close();
+        if let Some(pages) = self.pages.take() {
+            let _ = pages.recv();
+        }
+    }
+
+    /// Stop fetching on the guess and wait for what is under way (the
+    /// stages took what they needed of it already).
+    fn finish(mut self) {
+        self.stop_guessing();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn stop_guessing(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.hint.close();
+    }
+}
+
+/// A build that fails leaves the thread to end on its own (what it writes
+/// to the cache is whole or not there).
+impl Drop for PipAhead {
+    fn drop(&mut self) {
+        self.stop_guessing();
+    }
+}
+
 /// The package stages of every platform (each architecture resolves on its
 /// own); a locked platform built before from the same inputs is reused.
-/// `prefetch` (the thread fetching `[pip]`'s index pages) is waited for
-/// once the base's view is read, before the stages resolve: the two ran
-/// side by side (waiting first left the base unread for the pages' 0.3 s
-/// on a 110-wheel freeze).
+/// `prefetch`'s pages are waited for once the base's view is read, before
+/// the stages resolve: the two ran side by side (waiting first left the
+/// base unread for the pages' 0.3 s on a 110-wheel freeze). The first
+/// base read tells it the Python it sees, and its guessed wheels keep
+/// downloading while the stages run.
 fn run_stages(
     plan: &BuildPlan,
     base: &base::BaseImage,
     blobs: &Blobs,
     opts: &BuildOptions,
-    mut prefetch: Option<std::thread::JoinHandle<()>>,
+    mut prefetch: Option<PipAhead>,
 ) -> Result<Vec<PlatformBuild>> {
     let setup = &plan.setup;
     let spec = &setup.spec;
@@ -985,7 +1067,14 @@ fn run_stages(
         let mut fs = match view.and_then(|d| memo::read_view(&setup.cache, d)) {
             Some(fs) => fs,
             None => {
-                let fs = base_rootfs(base, img, blobs, &keep)?;
+                let hint = prefetch.as_ref().and_then(|p| p.hint_for(&img.platform));
+                let watched = |path: &str| {
+                    if let Some(h) = hint {
+                        h.saw(path);
+                    }
+                    keep(path)
+                };
+                let fs = base_rootfs(base, img, blobs, &watched)?;
                 match (view, &img.manifest_digest) {
                     (Some(d), _) => memo::write_view(&setup.cache, d, &fs),
                     // Read with every content for the scripts: the view
@@ -1003,8 +1092,8 @@ fn run_stages(
             Default::default()
         };
         built.lock().unwrap().clear();
-        if let Some(t) = prefetch.take() {
-            let _ = t.join();
+        if let Some(p) = &mut prefetch {
+            p.pages_fetched();
         }
         let outcome = stages.run(&img.platform, &mut fs, locked, &mut |groups| {
             phase("building");
@@ -1075,9 +1164,8 @@ fn run_stages(
             runs: Vec::new(),
         });
     }
-    // Every platform came from its memo: the pages are not read.
-    if let Some(t) = prefetch {
-        let _ = t.join();
+    if let Some(p) = prefetch {
+        p.finish();
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! Failures are [`PipError`]s inside [`kiln_core::Error`].
 
 mod error;
+mod guess;
 mod index;
 mod install;
 mod markers;
@@ -36,6 +37,7 @@ use kiln_store::cache::Cache;
 use kiln_store::http::Http;
 
 pub use error::{PipError, RequirementProblem, WheelProblem};
+pub use guess::{prefetch_with_guess, Guess, PythonHint};
 pub use kiln_fs::probe::normalize;
 pub use kiln_spec::sections::PipSection;
 pub use resolution::{KeptResolution, Resolution};
@@ -347,6 +349,19 @@ fn resolution_inputs(inputs: &spec::Inputs) -> String {
 /// out). Best effort and quiet: a page or wheel that fails here is fetched
 /// again, and its failure reported, by the resolver.
 pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache: &Cache) {
+    prefetch(section, spec_dir, http, cache, |_, _| {});
+}
+
+/// [`prefetch_pages`], then `then` with the index client that fetched
+/// them (and holds them read) and the section's inputs. Not called when
+/// the inputs cannot be read or name no index.
+fn prefetch(
+    section: &PipSection,
+    spec_dir: &Path,
+    http: &Http,
+    cache: &Cache,
+    then: impl FnOnce(&index::IndexClient, &spec::Inputs),
+) {
     let Ok(inputs) = read_inputs(section, spec_dir) else {
         return;
     };
@@ -356,24 +371,7 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
     }
     // find-links listings are read when resolving (usually local).
     let client = index::IndexClient::new(http, cache, indexes, Vec::new());
-    // Each name once, with its pin (`==V`) if every line naming it pins,
-    // and whether every such line applies whatever the Python.
-    let mut names: std::collections::BTreeMap<String, (Option<uv_pep440::Version>, bool)> =
-        Default::default();
-    for r in &inputs.requirements {
-        let pin = pinned_version(&r.req);
-        let always = r.req.marker.is_true();
-        names
-            .entry(r.req.name.to_string())
-            .and_modify(|(p, a)| {
-                if *p != pin {
-                    *p = None
-                }
-                *a &= always;
-            })
-            .or_insert((pin, always));
-    }
-    let names: Vec<_> = names.into_iter().collect();
+    let names: Vec<_> = pinned_names(&inputs).into_iter().collect();
     kiln_store::http::on_network_pool(|| {
         names.par_iter().for_each(|(n, (pin, always))| {
             // Fetched and read by an earlier build: nothing to get ahead
@@ -407,6 +405,28 @@ pub fn prefetch_pages(section: &PipSection, spec_dir: &Path, http: &Http, cache:
             }
         })
     });
+    then(&client, &inputs);
+}
+
+/// Each requirement's name once, with its pin (`==V`) if every line naming
+/// it pins the same, and whether every such line applies whatever the
+/// Python (no marker).
+fn pinned_names(inputs: &spec::Inputs) -> BTreeMap<String, (Option<uv_pep440::Version>, bool)> {
+    let mut names: BTreeMap<String, (Option<uv_pep440::Version>, bool)> = BTreeMap::new();
+    for r in &inputs.requirements {
+        let pin = pinned_version(&r.req);
+        let always = r.req.marker.is_true();
+        names
+            .entry(r.req.name.to_string())
+            .and_modify(|(p, a)| {
+                if *p != pin {
+                    *p = None
+                }
+                *a &= always;
+            })
+            .or_insert((pin, always));
+    }
+    names
 }
 
 /// The version `req` pins with `==V` (no wildcard), if it does.

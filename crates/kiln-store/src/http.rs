@@ -44,6 +44,36 @@ pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// A download of one digest under way in this process: a second
+/// [`Flight::take`] of it waits until the first is dropped (its blob is
+/// then in the cache, or it failed and the waiter tries itself).
+struct Flight(Digest);
+
+static FLIGHTS: std::sync::Mutex<std::collections::BTreeSet<Digest>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static LANDED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl Flight {
+    fn take(d: &Digest) -> Flight {
+        let mut up = FLIGHTS.lock().unwrap_or_else(|e| e.into_inner());
+        while up.contains(d) {
+            up = LANDED.wait(up).unwrap_or_else(|e| e.into_inner());
+        }
+        up.insert(d.clone());
+        Flight(d.clone())
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        FLIGHTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+        LANDED.notify_all();
+    }
+}
+
 #[derive(Clone)]
 pub struct Http {
     /// `--offline`: only `file://` and the cache; any network URL is an error.
@@ -359,17 +389,27 @@ impl Http {
     }
 
     /// Download into the cache; with `expected`, a mismatch is an error and nothing is stored.
+    /// A download of a digest another thread is downloading waits for it
+    /// and takes its blob ([`Flight`]): a wheel fetched ahead on a guess is
+    /// not fetched a second time by the resolver that wants it meanwhile.
     pub fn download(
         &self,
         url: &str,
         expected: Option<&Digest>,
         cache: &Cache,
     ) -> Result<(Digest, u64)> {
-        if let Some(d) = expected {
-            if let Some(p) = cache.verified(d)? {
+        let held = |d: &Digest| -> Result<Option<(Digest, u64)>> {
+            Ok(cache.verified(d)?.map(|p| {
                 let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                return Ok((d.clone(), len));
-            }
+                (d.clone(), len)
+            }))
+        };
+        if let Some(found) = expected.map(held).transpose()?.flatten() {
+            return Ok(found);
+        }
+        let _flight = expected.map(Flight::take);
+        if let Some(found) = expected.map(held).transpose()?.flatten() {
+            return Ok(found);
         }
         if let Some(path) = file_url_path(url) {
             return cache.adopt(&path, expected, &redact(url), |e| local_file(url, e).into());
@@ -666,6 +706,54 @@ mod tests {
             }
         });
         port
+    }
+
+    /// Two downloads of one digest at once make one request: the second
+    /// waits for the first and takes its blob.
+    #[test]
+    fn one_digest_is_downloaded_once_at_a_time() {
+        use std::io::BufRead;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let body = b"the bytes of one wheel".to_vec();
+        let digest = Digest::of(&body);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counter = asked.clone();
+        let served = body.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let conn = conn.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                // Slow enough that the other download starts meanwhile.
+                std::thread::sleep(Duration::from_millis(300));
+                let mut conn = conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    served.len()
+                );
+                let _ = conn.write_all(&served);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let http = Http::new().unwrap();
+        let url = format!("http://127.0.0.1:{port}/one.whl");
+        let got: Vec<_> = std::thread::scope(|s| {
+            let both: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| http.download(&url, Some(&digest), &cache).unwrap()))
+                .collect();
+            both.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(got, vec![(digest.clone(), body.len() as u64); 2]);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.read(&digest).unwrap(), body);
     }
 
     #[test]

@@ -1,0 +1,455 @@
+//! The image's Python guessed from the base's paths while its layers are
+//! still read, and the platform wheels of pins fetched for that guess.
+//!
+//! Resolving waits for the base's whole view ([`PythonTarget::detect`]
+//! reads every layer: whiteouts, what is installed). The wheels of a
+//! pinned freeze do not depend on most of it: a pin's wheel for CPython
+//! 3.N on glibc is fixed by N alone, and N and glibc show in paths (the
+//! interpreter and the C library, or dpkg's file lists of `python3.N` and
+//! `libc6`, which a base built by kiln keeps in a small layer of its own)
+//! long before the last layer is read. Those wheels are downloaded then, side by side with the base's
+//! blobs, so that behind a slow registry the base and the wheels arrive
+//! together instead of one after the other. The guess only fills the
+//! content-addressed cache: the resolver still decides from the full view,
+//! and a wrong guess costs downloads, never a different image.
+//!
+//! [`PythonTarget::detect`]: crate::PythonTarget
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use kiln_core::platform::Arch;
+use kiln_fs::probe::Libc;
+use kiln_store::cache::Cache;
+use kiln_store::http::Http;
+use uv_pep440::{Version, VersionSpecifiers};
+
+use crate::index::{file_version, DistFile, IndexClient};
+use crate::spec::Inputs;
+use crate::tags::{TagSet, WheelName};
+use crate::PipSection;
+
+/// Every glibc manylinux tag up to this minor counts as compatible in a
+/// guess: the newest wheel a pin offers is the one a current glibc takes.
+/// (An older base may take an older wheel: one download more, no harm.)
+const GUESSED_GLIBC_MINOR: u32 = 99;
+
+/// How many guessed wheels download at once (beside the base's fetchers).
+const GUESS_FETCHERS: usize = 4;
+
+/// What a guess needs: CPython 3.`minor` with glibc, on `arch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guess {
+    pub minor: u32,
+    pub arch: Arch,
+}
+
+#[derive(Default)]
+struct Seen {
+    arch: Option<Arch>,
+    minor: Option<u32>,
+    glibc: bool,
+    /// No more paths will come (the base is read, or nothing is guessed).
+    closed: bool,
+}
+
+/// The guess, filled from paths by the base's readers ([`PythonHint::saw`])
+/// and waited for by the thread that fetches ahead ([`PythonHint::wait`]).
+#[derive(Default)]
+pub struct PythonHint {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+    /// Set once the guess is whole or closed: later paths cost one load.
+    settled: AtomicBool,
+}
+
+impl PythonHint {
+    pub fn new() -> PythonHint {
+        PythonHint::default()
+    }
+
+    /// The platform of the base being read (its paths name no architecture
+    /// kiln can trust more).
+    pub fn reading(&self, arch: Arch) {
+        self.update(|s| s.arch = Some(arch));
+    }
+
+    /// A regular file's path in the base (with or without its leading `/`).
+    pub fn saw(&self, path: &str) {
+        if self.settled.load(Ordering::Relaxed) {
+            return;
+        }
+        let path = path.trim_start_matches('/');
+        if let Some(minor) = python_minor(path) {
+            self.update(|s| {
+                s.minor.get_or_insert(minor);
+            });
+        } else if is_glibc(path) {
+            self.update(|s| s.glibc = true);
+        }
+    }
+
+    /// No more paths: a waiter gets the guess made so far, if whole.
+    pub fn close(&self) {
+        self.update(|s| s.closed = true);
+    }
+
+    /// Block until the guess is whole (`Some`) or the hint is closed
+    /// without one (`None`).
+    pub fn wait(&self) -> Option<Guess> {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(g) = whole(&s) {
+                return Some(g);
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Seen)) {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        if s.closed || whole(&s).is_some() {
+            self.settled.store(true, Ordering::Relaxed);
+        }
+        self.changed.notify_all();
+    }
+}
+
+fn whole(s: &Seen) -> Option<Guess> {
+    match (s.arch, s.minor, s.glibc) {
+        (Some(arch), Some(minor), true) => Some(Guess { minor, arch }),
+        _ => None,
+    }
+}
+
+/// `3.N`'s N from the paths that show an interpreter kiln would find
+/// (`usr/bin/python3.N`, `usr/local/bin/python3.N`) or dpkg's list of a
+/// `python3.N` package.
+fn python_minor(path: &str) -> Option<u32> {
+    let digits = |s: &str| {
+        (!s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    for dir in ["usr/bin/python3.", "usr/local/bin/python3."] {
+        if let Some(rest) = path.strip_prefix(dir) {
+            return digits(rest);
+        }
+    }
+    let list = path
+        .strip_prefix("var/lib/dpkg/info/python3.")?
+        .strip_suffix(".list")?;
+    let package = list.split(':').next()?;
+    digits(package.strip_suffix("-minimal").unwrap_or(package))
+}
+
+/// glibc's shared library, wherever a distribution puts it, or dpkg's list
+/// of the `libc6` package (which a base built by kiln keeps beside the
+/// Python's, in its small dpkg layer, while the library is in the first).
+fn is_glibc(path: &str) -> bool {
+    let lib =
+        path.ends_with("/libc.so.6") && (path.starts_with("lib") || path.starts_with("usr/lib"));
+    let listed = path
+        .strip_prefix("var/lib/dpkg/info/libc6")
+        .and_then(|rest| rest.strip_suffix(".list"))
+        .is_some_and(|arch| arch.is_empty() || arch.starts_with(':'));
+    lib || listed
+}
+
+/// [`crate::prefetch_pages`], then `pages_fetched()`, then once `hint`
+/// gives a guess: download the wheel each pin (`==V` on every line
+/// naming it, no marker, binaries allowed) would take for that Python,
+/// largest first, until `stop` is set. Best effort and quiet, as the
+/// pages' prefetch: the resolver downloads (and reports) whatever is
+/// missing, and waits for a wheel still in flight here rather than
+/// fetching it twice ([`Http::download`]).
+pub fn prefetch_with_guess(
+    section: &PipSection,
+    spec_dir: &Path,
+    http: &Http,
+    cache: &Cache,
+    pages_fetched: impl FnOnce(),
+    hint: &PythonHint,
+    stop: &AtomicBool,
+) {
+    crate::prefetch(section, spec_dir, http, cache, |client, inputs| {
+        pages_fetched();
+        if let Some(guess) = hint.wait() {
+            fetch_guessed(client, inputs, guess, stop);
+        }
+    });
+}
+
+fn fetch_guessed(client: &IndexClient, inputs: &Inputs, guess: Guess, stop: &AtomicBool) {
+    let libc = Libc::Glibc {
+        major: 2,
+        minor: GUESSED_GLIBC_MINOR,
+    };
+    let tags = TagSet::cpython(guess.minor, guess.arch.machine(), &libc);
+    let python = Version::new([3, u64::from(guess.minor)]);
+    let mut wanted: Vec<DistFile> = crate::pinned_names(inputs)
+        .into_iter()
+        .filter(|(n, (pin, always))| pin.is_some() && *always && !inputs.no_binary.applies(n))
+        .filter_map(|(n, (pin, _))| {
+            let files = client.files(&n).ok()??;
+            best_wheel(&files, pin.as_ref()?, &tags, &python).cloned()
+        })
+        .collect();
+    wanted.sort_by_key(|f| std::cmp::Reverse(f.size.unwrap_or(0)));
+    let queue = Mutex::new(wanted.into_iter());
+    std::thread::scope(|s| {
+        for i in 0..GUESS_FETCHERS {
+            let fetcher = std::thread::Builder::new().name(format!("kiln-guess-{i}"));
+            let _ = fetcher.spawn_scoped(s, || loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(f) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+                    return;
+                };
+                let _ = client.download_artifact(&f);
+            });
+        }
+    });
+}
+
+/// The wheel of `pin` the resolver takes for `tags` and `python` (its
+/// best-ranked one), when the index gives its digest: a download with
+/// nothing to check it against would not be found again.
+fn best_wheel<'f>(
+    files: &'f [DistFile],
+    pin: &Version,
+    tags: &TagSet,
+    python: &Version,
+) -> Option<&'f DistFile> {
+    let mut ranked: BTreeMap<usize, &DistFile> = BTreeMap::new();
+    for f in files {
+        if !f.is_wheel() || f.yanked || f.digest().is_none() {
+            continue;
+        }
+        let version = file_version(&f.filename).and_then(|v| v.parse::<Version>().ok());
+        if version.as_ref() != Some(pin) {
+            continue;
+        }
+        let fits = f
+            .requires_python
+            .as_deref()
+            .is_none_or(|rp| VersionSpecifiers::from_str(rp).map_or(true, |s| s.contains(python)));
+        let rank = WheelName::parse(&f.filename)
+            .ok()
+            .and_then(|w| tags.rank(&w));
+        if let (true, Some(rank)) = (fits, rank) {
+            ranked.entry(rank).or_insert(f);
+        }
+    }
+    ranked.into_values().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_and_glibc_are_read_from_paths() {
+        for (path, minor) in [
+            ("/usr/bin/python3.11", Some(11)),
+            ("usr/local/bin/python3.12", Some(12)),
+            ("var/lib/dpkg/info/python3.11.list", Some(11)),
+            ("var/lib/dpkg/info/python3.13-minimal:amd64.list", Some(13)),
+            ("var/lib/dpkg/info/python3.11-venv.list", None),
+            ("usr/bin/python3", None),
+            ("usr/bin/python3.11-config", None),
+            ("usr/lib/python3.11/os.py", None),
+            ("opt/bin/python3.11", None),
+        ] {
+            assert_eq!(python_minor(path.trim_start_matches('/')), minor, "{path}");
+        }
+        assert!(is_glibc("usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(is_glibc("lib64/libc.so.6"));
+        assert!(is_glibc("var/lib/dpkg/info/libc6:amd64.list"));
+        assert!(is_glibc("var/lib/dpkg/info/libc6.list"));
+        assert!(!is_glibc("var/lib/dpkg/info/libc6-dev:amd64.list"));
+        assert!(!is_glibc("usr/lib/x86_64-linux-gnu/libc.so.60"));
+        assert!(!is_glibc("opt/app/libc.so.6"));
+    }
+
+    /// The guess is given once the architecture, the minor and glibc are
+    /// all known (in any order, the first minor seen winning), and a close
+    /// before that leaves the waiter with nothing.
+    #[test]
+    fn a_guess_is_whole_or_closed() {
+        let hint = std::sync::Arc::new(PythonHint::new());
+        let waiter = {
+            let hint = hint.clone();
+            std::thread::spawn(move || hint.wait())
+        };
+        hint.saw("/usr/local/bin/python3.12");
+        hint.saw("/usr/bin/python3.11");
+        hint.reading(Arch::Arm64);
+        hint.saw("/lib/aarch64-linux-gnu/libc.so.6");
+        let guess = Guess {
+            minor: 12,
+            arch: Arch::Arm64,
+        };
+        assert_eq!(waiter.join().unwrap(), Some(guess));
+        hint.close();
+        assert_eq!(hint.wait(), Some(guess));
+
+        let musl = PythonHint::new();
+        musl.reading(Arch::Amd64);
+        musl.saw("usr/bin/python3.11");
+        musl.saw("lib/ld-musl-x86_64.so.1");
+        musl.close();
+        assert_eq!(musl.wait(), None);
+    }
+
+    /// On a guess of CPython 3.11 on x86_64, a pin's wheel for it is
+    /// downloaded; a marked line, `--no-binary`, an unpinned name and a
+    /// stopped prefetch download nothing.
+    #[test]
+    fn guessed_wheels_of_pins_are_downloaded() {
+        use kiln_core::digest::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let simple = dir.path().join("simple");
+        let projects = [
+            (
+                "np",
+                vec![
+                    "np-2.0-cp310-cp310-manylinux_2_17_x86_64.whl",
+                    "np-2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                    "np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                    "np-2.0-cp311-cp311-musllinux_1_2_x86_64.whl",
+                    "np-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                ],
+            ),
+            (
+                "marked",
+                vec!["marked-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"],
+            ),
+            (
+                "built",
+                vec!["built-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"],
+            ),
+            (
+                "loose",
+                vec!["loose-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"],
+            ),
+        ];
+        let mut digests = BTreeMap::new();
+        for (name, wheels) in &projects {
+            let d = simple.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let mut page = String::new();
+            for w in wheels {
+                let bytes = format!("the wheel {w}");
+                // Metadata of its own: the pages' prefetch reads a lone
+                // wheel's, which would otherwise download the wheel.
+                let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+                std::fs::write(d.join(w), &bytes).unwrap();
+                std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
+                let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
+                page.push_str(&format!(
+                    "<a href=\"{w}#sha256={}\" data-core-metadata=\"sha256={}\">{w}</a>\n",
+                    h.hex(),
+                    m.hex()
+                ));
+                digests.insert(w.to_string(), h);
+            }
+            std::fs::write(d.join("index.html"), page).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("requirements.txt"),
+            "np==2.0\nmarked==1.0 ; python_version < \"3.12\"\n--no-binary built\nbuilt==1.0\nloose>=1\n",
+        )
+        .unwrap();
+        let section = PipSection {
+            requirements: vec!["requirements.txt".into()],
+            index: Some(format!("file://{}", simple.display())),
+            isolated: true,
+            ..Default::default()
+        };
+        let http = Http::new().unwrap();
+        let held = || -> Vec<String> {
+            let held = digests.iter().filter(|(_, d)| cache.contains(d));
+            held.map(|(w, _)| w.clone()).collect()
+        };
+        let hint = PythonHint::new();
+        hint.reading(Arch::Amd64);
+        hint.saw("/usr/bin/python3.11");
+        hint.saw("/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let fetch = |stop: bool| {
+            let told = std::cell::Cell::new(false);
+            let stop = AtomicBool::new(stop);
+            prefetch_with_guess(
+                &section,
+                dir.path(),
+                &http,
+                &cache,
+                || told.set(true),
+                &hint,
+                &stop,
+            );
+            assert!(told.get(), "the pages are said to be fetched");
+        };
+        fetch(true);
+        assert!(held().is_empty());
+        fetch(false);
+        assert_eq!(held(), ["np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"]);
+        // Closed without a guess: the pages alone.
+        let (unsure, stop) = (PythonHint::new(), AtomicBool::new(false));
+        unsure.close();
+        let other = Cache::open(dir.path().join("other")).unwrap();
+        prefetch_with_guess(&section, dir.path(), &http, &other, || {}, &unsure, &stop);
+        assert!(digests.values().all(|d| !other.contains(d)));
+    }
+
+    #[test]
+    fn the_best_wheel_for_the_guess_is_the_resolvers() {
+        let file = |name: &str, rp: Option<&str>| DistFile {
+            filename: name.into(),
+            url: format!("https://files.invalid/{name}"),
+            sha256: Some("00".repeat(32)),
+            requires_python: rp.map(str::to_string),
+            yanked: false,
+            core_metadata: None,
+            size: None,
+        };
+        let files = vec![
+            file("np-2.0-cp310-cp310-manylinux_2_17_x86_64.whl", None),
+            file("np-2.0-cp311-cp311-manylinux_2_17_x86_64.whl", None),
+            file("np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl", None),
+            file("np-2.0-cp311-cp311-musllinux_1_2_x86_64.whl", None),
+            file("np-2.0-cp311-cp311-manylinux_2_28_aarch64.whl", None),
+            file("np-2.0-py3-none-any.whl", None),
+            file("np-1.9-cp311-cp311-manylinux_2_34_x86_64.whl", None),
+        ];
+        let libc = Libc::Glibc {
+            major: 2,
+            minor: GUESSED_GLIBC_MINOR,
+        };
+        let tags = TagSet::cpython(11, "x86_64", &libc);
+        let py = Version::new([3, 11]);
+        let pin: Version = "2.0".parse().unwrap();
+        let best =
+            |files: &[DistFile]| best_wheel(files, &pin, &tags, &py).map(|f| f.filename.clone());
+        assert_eq!(
+            best(&files).as_deref(),
+            Some("np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+        );
+        // Requires-Python, a yanked file and one without a digest are passed over.
+        let mut files = files;
+        files[2].requires_python = Some(">=3.12".into());
+        files[1].yanked = true;
+        assert_eq!(best(&files).as_deref(), Some("np-2.0-py3-none-any.whl"));
+        files[5].sha256 = None;
+        assert_eq!(best(&files), None);
+    }
+}

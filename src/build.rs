@@ -340,6 +340,7 @@ impl Setup {
             tree: None,
             bytecode: false,
             ahead: None,
+            pip_hint: None,
         }
     }
 }
@@ -877,8 +878,9 @@ fn keep_for(opts: &BuildOptions, spec: &Spec) -> impl Fn(&str) -> bool {
 
 /// `[pip]`'s downloads ahead of resolving, on a thread of their own that
 /// runs while the base is pulled and read: the index pages (and the pure
-/// wheels of pins), then, once the base's paths show its Python
-/// ([`pip::PythonHint`]), the wheels pins take for it.
+/// wheels of pins), then, once the base's paths or an `[apt]` stage's
+/// packages show its Python ([`pip::PythonHint`]), the wheels the
+/// requirements start from for it.
 struct PipAhead {
     /// Gets a message (or hangs up) once the pages are fetched.
     pages: Option<std::sync::mpsc::Receiver<()>>,
@@ -886,6 +888,9 @@ struct PipAhead {
     /// Whether the image's Python is guessed at all: a conda prefix, or
     /// a venv beside a `[conda]` stage, may hold another one.
     guesses: bool,
+    /// An `[apt]` stage tells the hint what it installs (and closes it):
+    /// the Python may come from there rather than the base.
+    apt_tells: bool,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -899,6 +904,7 @@ impl PipAhead {
         let (section, dir) = (section.clone(), setup.spec_dir.clone());
         let (cache, transfers) = (setup.cache.clone(), transfers.clone());
         let guesses = section.target == "system" || setup.spec.conda.is_none();
+        let apt_tells = setup.spec.apt.is_some();
         let (told, pages) = std::sync::mpsc::channel();
         let hint = Arc::new(pip::PythonHint::new());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -915,6 +921,7 @@ impl PipAhead {
             pages: Some(pages),
             hint,
             guesses,
+            apt_tells,
             stop,
             thread: Some(thread),
         }
@@ -932,9 +939,18 @@ impl PipAhead {
         }
     }
 
-    /// Wait for the pages (once): resolving reads them first.
+    /// The hint the stages tell (an `[apt]` stage's packages).
+    fn stage_hint(&self) -> Option<Arc<pip::PythonHint>> {
+        (self.guesses && self.apt_tells).then(|| self.hint.clone())
+    }
+
+    /// Wait for the pages (once): resolving reads them first. The base
+    /// is read: the hint is closed, unless an `[apt]` stage is to tell it
+    /// more.
     fn pages_fetched(&mut self) {
-        self.hint.close();
+        if !self.apt_tells {
+            self.hint.close();
+        }
         if let Some(pages) = self.pages.take() {
             let _ = pages.recv();
         }
@@ -1006,7 +1022,9 @@ fn run_stages(
         let img = base.image_for(platform);
         image_so_far(img, blobs, &built.lock().unwrap(), &setup.cache)
     };
+    let stage_hint = prefetch.as_ref().and_then(PipAhead::stage_hint);
     let mut stages = setup.stages(&http, base, opts.epoch, &opts.progress, &keep, run_scripts);
+    stages.pip_hint = stage_hint.as_deref();
     stages.tree = Some(&so_far);
     stages.bytecode = true;
     if opts.reuse {
@@ -1064,10 +1082,10 @@ fn run_stages(
         // The base's view is remembered by its manifest, unless maintainer
         // scripts need every content of it.
         let view = img.manifest_digest.as_ref().filter(|_| !run_scripts);
+        let hint = prefetch.as_ref().and_then(|p| p.hint_for(&img.platform));
         let mut fs = match view.and_then(|d| memo::read_view(&setup.cache, d)) {
             Some(fs) => fs,
             None => {
-                let hint = prefetch.as_ref().and_then(|p| p.hint_for(&img.platform));
                 let watched = |path: &str| {
                     if let Some(h) = hint {
                         h.saw(path);

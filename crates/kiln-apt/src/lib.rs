@@ -328,6 +328,33 @@ pub fn plan(
     http: &Http,
     cache: &Cache,
 ) -> Result<AptPlan> {
+    plan_telling(
+        section,
+        spec_dir,
+        fs,
+        platform,
+        scratch,
+        http,
+        cache,
+        &|_| {},
+    )
+}
+
+/// [`plan`], telling `chosen` the names of the packages it will install
+/// once they are resolved, before their `.deb`s download (a later stage
+/// starts on what they say: a `[pip]` stage's wheels for the Python they
+/// bring).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_telling(
+    section: &AptSection,
+    spec_dir: &Path,
+    fs: &Rootfs,
+    platform: &Platform,
+    scratch: bool,
+    http: &Http,
+    cache: &Cache,
+    chosen: &dyn Fn(&[&str]),
+) -> Result<AptPlan> {
     let arch = debian_arch(platform)?;
     if section.bootstrap.is_some() && !scratch {
         return Err(AptError::BootstrapNeedsScratch.into());
@@ -415,11 +442,15 @@ pub fn plan(
     // ~60k, a solve meets a few thousand); the solver's choice is the same.
     let mut universe = installed;
     universe.extend(catalog.reachable(requests.iter().flatten().map(|d| d.name.as_str()), cache)?);
-    let chosen = solve::solve_asked(&universe, arch, &requests, &asked, &|a| {
+    let chosen_ids = solve::solve_asked(&universe, arch, &requests, &asked, &|a| {
         catalog.names_at(a, arch)
     })?;
     drop(catalog);
-    let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
+    let packages: Vec<Package> = chosen_ids
+        .into_iter()
+        .map(|i| universe[i].clone())
+        .collect();
+    chosen(&packages.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
         packages

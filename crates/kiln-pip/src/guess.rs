@@ -2,9 +2,10 @@
 //! still read, and the platform wheels of pins fetched for that guess.
 //!
 //! Resolving waits for the base's whole view ([`PythonTarget::detect`]
-//! reads every layer: whiteouts, what is installed). The wheels of a
-//! pinned freeze do not depend on most of it: a pin's wheel for CPython
-//! 3.N on glibc is fixed by N alone, and N and glibc show in paths (the
+//! reads every layer: whiteouts, what is installed). The wheels a
+//! requirement list starts from do not depend on most of it: for CPython
+//! 3.N on glibc, the wheel of a pin, or of the newest release a range
+//! allows, is fixed by N alone, and N and glibc show in paths (the
 //! interpreter and the C library, or dpkg's file lists of `python3.N` and
 //! `libc6`, which a base built by kiln keeps in a small layer of its own)
 //! long before the last layer is read. Those wheels are downloaded then, side by side with the base's
@@ -21,6 +22,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use rayon::prelude::*;
+
 use kiln_core::platform::Arch;
 use kiln_fs::probe::Libc;
 use kiln_store::cache::Cache;
@@ -36,9 +39,6 @@ use crate::PipSection;
 /// guess: the newest wheel a pin offers is the one a current glibc takes.
 /// (An older base may take an older wheel: one download more, no harm.)
 const GUESSED_GLIBC_MINOR: u32 = 99;
-
-/// How many guessed wheels download at once (beside the base's fetchers).
-const GUESS_FETCHERS: usize = 4;
 
 /// What a guess needs: CPython 3.`minor` with glibc, on `arch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,26 @@ impl PythonHint {
         }
     }
 
+    /// A Debian package an `[apt]` stage below the pip stage installs:
+    /// `python3.N` (or `python3.N-minimal`) gives the interpreter, `libc6`
+    /// glibc.
+    pub fn saw_package(&self, name: &str) {
+        if self.settled.load(Ordering::Relaxed) {
+            return;
+        }
+        if name == "libc6" {
+            self.update(|s| s.glibc = true);
+        } else if let Some(minor) = name
+            .strip_prefix("python3.")
+            .map(|rest| rest.strip_suffix("-minimal").unwrap_or(rest))
+            .and_then(minor_of)
+        {
+            self.update(|s| {
+                s.minor.get_or_insert(minor);
+            });
+        }
+    }
+
     /// No more paths: a waiter gets the guess made so far, if whole.
     pub fn close(&self) {
         self.update(|s| s.closed = true);
@@ -133,21 +153,23 @@ fn whole(s: &Seen) -> Option<Guess> {
 /// (`usr/bin/python3.N`, `usr/local/bin/python3.N`) or dpkg's list of a
 /// `python3.N` package.
 fn python_minor(path: &str) -> Option<u32> {
-    let digits = |s: &str| {
-        (!s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
     for dir in ["usr/bin/python3.", "usr/local/bin/python3."] {
         if let Some(rest) = path.strip_prefix(dir) {
-            return digits(rest);
+            return minor_of(rest);
         }
     }
     let list = path
         .strip_prefix("var/lib/dpkg/info/python3.")?
         .strip_suffix(".list")?;
     let package = list.split(':').next()?;
-    digits(package.strip_suffix("-minimal").unwrap_or(package))
+    minor_of(package.strip_suffix("-minimal").unwrap_or(package))
+}
+
+/// `11` from `11`: a minor version and nothing else.
+fn minor_of(s: &str) -> Option<u32> {
+    (!s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// glibc's shared library, wherever a distribution puts it, or dpkg's list
@@ -164,9 +186,10 @@ fn is_glibc(path: &str) -> bool {
 }
 
 /// [`crate::prefetch_pages`], then `pages_fetched()`, then once `hint`
-/// gives a guess: download the wheel each pin (`==V` on every line
-/// naming it, no marker, binaries allowed) would take for that Python,
-/// largest first, until `stop` is set. Best effort and quiet, as the
+/// gives a guess: download the wheel each requirement the resolver starts
+/// from would take for that Python (the newest version its line and
+/// constraints allow, when no marker and no `--no-binary` may leave it
+/// out), largest first, until `stop` is set. Best effort and quiet, as the
 /// pages' prefetch: the resolver downloads (and reports) whatever is
 /// missing, and waits for a wheel still in flight here rather than
 /// fetching it twice ([`Http::download`]).
@@ -194,30 +217,86 @@ fn fetch_guessed(client: &IndexClient, inputs: &Inputs, guess: Guess, stop: &Ato
     };
     let tags = TagSet::cpython(guess.minor, guess.arch.machine(), &libc);
     let python = Version::new([3, u64::from(guess.minor)]);
-    let mut wanted: Vec<DistFile> = crate::pinned_names(inputs)
+    let mut wanted: Vec<DistFile> = guessable(inputs)
         .into_iter()
-        .filter(|(n, (pin, always))| pin.is_some() && *always && !inputs.no_binary.applies(n))
-        .filter_map(|(n, (pin, _))| {
+        .filter_map(|(n, specs)| {
             let files = client.files(&n).ok()??;
-            best_wheel(&files, pin.as_ref()?, &tags, &python).cloned()
+            let version = newest_allowed(&files, &specs, inputs.prerelease)?;
+            best_wheel(&files, &version, &tags, &python).cloned()
         })
         .collect();
     wanted.sort_by_key(|f| std::cmp::Reverse(f.size.unwrap_or(0)));
-    let queue = Mutex::new(wanted.into_iter());
-    std::thread::scope(|s| {
-        for i in 0..GUESS_FETCHERS {
-            let fetcher = std::thread::Builder::new().name(format!("kiln-guess-{i}"));
-            let _ = fetcher.spawn_scoped(s, || loop {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some(f) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
-                    return;
-                };
+    // On the network pool's threads, as every other download: threads of
+    // their own grew the peak RSS of a 110-wheel freeze by 20 MB (more
+    // malloc arenas), for no speed.
+    kiln_store::http::on_network_pool(|| {
+        // Taken in order by whichever thread is free: the largest first.
+        wanted.into_iter().par_bridge().for_each(|f| {
+            if !stop.load(Ordering::Relaxed) {
                 let _ = client.download_artifact(&f);
-            });
-        }
+            }
+        })
     });
+}
+
+/// The names a guess fetches a wheel for, with the version specifiers
+/// their lines and constraints put on them: every line naming it applies
+/// whatever the Python (no marker, and no marked constraint), asks for a
+/// version rather than a URL, and allows binaries.
+fn guessable(inputs: &Inputs) -> BTreeMap<String, Vec<VersionSpecifiers>> {
+    let mut names: BTreeMap<String, Option<Vec<VersionSpecifiers>>> = BTreeMap::new();
+    let mut add = |r: &uv_pep508::Requirement<uv_pep508::VerbatimUrl>, constraint: bool| {
+        let name = r.name.to_string();
+        if constraint && !names.contains_key(&name) {
+            return;
+        }
+        let entry = names.entry(name).or_insert_with(|| Some(Vec::new()));
+        match (&r.version_or_url, r.marker.is_true()) {
+            (_, false) | (Some(uv_pep508::VersionOrUrl::Url(_)), _) => *entry = None,
+            (Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)), true) => {
+                if let Some(specs) = entry {
+                    specs.push(s.clone());
+                }
+            }
+            (None, true) => {}
+        }
+    };
+    for r in &inputs.requirements {
+        add(&r.req, false);
+    }
+    for r in &inputs.constraints {
+        add(&r.req, true);
+    }
+    names
+        .into_iter()
+        .filter(|(n, _)| !inputs.no_binary.applies(n))
+        .filter_map(|(n, specs)| Some((n, specs?)))
+        .collect()
+}
+
+/// The newest version among `files` every one of `specs` allows, as the
+/// resolver would try it first: a final release unless prereleases are
+/// allowed, asked for, or all there is (a version the resolver passes
+/// over, for a conflict or its Python, costs a download).
+fn newest_allowed(
+    files: &[DistFile],
+    specs: &[VersionSpecifiers],
+    prerelease: bool,
+) -> Option<Version> {
+    let versions: std::collections::BTreeSet<Version> = files
+        .iter()
+        .filter(|f| !f.yanked)
+        .filter_map(|f| file_version(&f.filename)?.parse().ok())
+        .collect();
+    let asked = specs
+        .iter()
+        .flat_map(|s| s.iter())
+        .any(|s| s.version().any_prerelease());
+    let pre = prerelease || asked || versions.iter().all(Version::any_prerelease);
+    versions
+        .into_iter()
+        .rev()
+        .find(|v| (pre || !v.any_prerelease()) && specs.iter().all(|s| s.contains(v)))
 }
 
 /// The wheel of `pin` the resolver takes for `tags` and `python` (its
@@ -302,6 +381,25 @@ mod tests {
         hint.close();
         assert_eq!(hint.wait(), Some(guess));
 
+        // An `[apt]` stage's packages tell as much.
+        let apt = PythonHint::new();
+        apt.reading(Arch::Amd64);
+        for name in [
+            "libpython3.13-minimal",
+            "python3.12-venv",
+            "python3",
+            "libc6-dev",
+        ] {
+            apt.saw_package(name);
+        }
+        apt.saw_package("python3.11-minimal");
+        apt.saw_package("libc6");
+        let eleven = Guess {
+            minor: 11,
+            arch: Arch::Amd64,
+        };
+        assert_eq!(apt.wait(), Some(eleven));
+
         let musl = PythonHint::new();
         musl.reading(Arch::Amd64);
         musl.saw("usr/bin/python3.11");
@@ -310,9 +408,10 @@ mod tests {
         assert_eq!(musl.wait(), None);
     }
 
-    /// On a guess of CPython 3.11 on x86_64, a pin's wheel for it is
-    /// downloaded; a marked line, `--no-binary`, an unpinned name and a
-    /// stopped prefetch download nothing.
+    /// On a guess of CPython 3.11 on x86_64, the wheel each line starts
+    /// from is downloaded (a pin's; the newest final release a range and a
+    /// constraint allow); a marked line, `--no-binary` and a stopped
+    /// prefetch download nothing.
     #[test]
     fn guessed_wheels_of_pins_are_downloaded() {
         use kiln_core::digest::Digest;
@@ -340,7 +439,15 @@ mod tests {
             ),
             (
                 "loose",
-                vec!["loose-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"],
+                vec![
+                    "loose-0.9-cp311-cp311-manylinux_2_17_x86_64.whl",
+                    "loose-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                    "loose-2.0rc1-cp311-cp311-manylinux_2_17_x86_64.whl",
+                ],
+            ),
+            (
+                "capped",
+                vec!["capped-1.0-py3-none-any.whl", "capped-2.0-py3-none-any.whl"],
             ),
         ];
         let mut digests = BTreeMap::new();
@@ -367,9 +474,11 @@ mod tests {
         }
         std::fs::write(
             dir.path().join("requirements.txt"),
-            "np==2.0\nmarked==1.0 ; python_version < \"3.12\"\n--no-binary built\nbuilt==1.0\nloose>=1\n",
+            "np==2.0\nmarked==1.0 ; python_version < \"3.12\"\n--no-binary built\nbuilt==1.0\n\
+             loose>=1\ncapped\n-c constraints.txt\n",
         )
         .unwrap();
+        std::fs::write(dir.path().join("constraints.txt"), "capped<2\n").unwrap();
         let section = PipSection {
             requirements: vec!["requirements.txt".into()],
             index: Some(format!("file://{}", simple.display())),
@@ -402,7 +511,16 @@ mod tests {
         fetch(true);
         assert!(held().is_empty());
         fetch(false);
-        assert_eq!(held(), ["np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"]);
+        // The pin's wheel for 3.11, and the newest final release the other
+        // lines and the constraint allow.
+        assert_eq!(
+            held(),
+            [
+                "capped-1.0-py3-none-any.whl",
+                "loose-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                "np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+            ]
+        );
         // Closed without a guess: the pages alone.
         let (unsure, stop) = (PythonHint::new(), AtomicBool::new(false));
         unsure.close();

@@ -267,7 +267,7 @@ impl Stages<'_> {
                             hint.close();
                         }
                     };
-                    apt::plan_telling(
+                    apt::plan(
                         section,
                         self.spec_dir,
                         fs,

@@ -319,33 +319,13 @@ fn parse_request(s: &str, arch: &str) -> Result<Dep> {
     Ok(d)
 }
 
-pub fn plan(
-    section: &AptSection,
-    spec_dir: &Path,
-    fs: &Rootfs,
-    platform: &Platform,
-    scratch: bool,
-    http: &Http,
-    cache: &Cache,
-) -> Result<AptPlan> {
-    plan_telling(
-        section,
-        spec_dir,
-        fs,
-        platform,
-        scratch,
-        http,
-        cache,
-        &|_| {},
-    )
-}
-
-/// [`plan`], telling `chosen` the names of the packages it will install
-/// once they are resolved, before their `.deb`s download (a later stage
-/// starts on what they say: a `[pip]` stage's wheels for the Python they
-/// bring).
+/// Resolve the section against the base (`fs`) and the signed indexes,
+/// and download every `.deb` (verified) into the cache. `chosen` is told
+/// the names of the packages to install once they are resolved, before
+/// the downloads (a later stage starts on what they say: a `[pip]`
+/// stage's wheels for the Python they bring).
 #[allow(clippy::too_many_arguments)]
-pub fn plan_telling(
+pub fn plan(
     section: &AptSection,
     spec_dir: &Path,
     fs: &Rootfs,

@@ -414,7 +414,6 @@ mod tests {
     /// prefetch download nothing.
     #[test]
     fn guessed_wheels_of_pins_are_downloaded() {
-        use kiln_core::digest::Digest;
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path().join("cache")).unwrap();
         let simple = dir.path().join("simple");
@@ -450,28 +449,7 @@ mod tests {
                 vec!["capped-1.0-py3-none-any.whl", "capped-2.0-py3-none-any.whl"],
             ),
         ];
-        let mut digests = BTreeMap::new();
-        for (name, wheels) in &projects {
-            let d = simple.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            let mut page = String::new();
-            for w in wheels {
-                let bytes = format!("the wheel {w}");
-                // Metadata of its own: the pages' prefetch reads a lone
-                // wheel's, which would otherwise download the wheel.
-                let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
-                std::fs::write(d.join(w), &bytes).unwrap();
-                std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
-                let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
-                page.push_str(&format!(
-                    "<a href=\"{w}#sha256={}\" data-core-metadata=\"sha256={}\">{w}</a>\n",
-                    h.hex(),
-                    m.hex()
-                ));
-                digests.insert(w.to_string(), h);
-            }
-            std::fs::write(d.join("index.html"), page).unwrap();
-        }
+        let digests = crate::tests::write_simple_index(&simple, &projects);
         std::fs::write(
             dir.path().join("requirements.txt"),
             "np==2.0\nmarked==1.0 ; python_version < \"3.12\"\n--no-binary built\nbuilt==1.0\n\

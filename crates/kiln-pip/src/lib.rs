@@ -1156,6 +1156,37 @@ mod tests {
         assert!(!memo(&h).exists());
     }
 
+    /// A simple index under `simple`: each project's page lists its
+    /// wheels (content `the wheel NAME`), each with PEP 658 metadata of
+    /// its own (the pages' prefetch reads a lone wheel's, which would
+    /// otherwise download it). Returns each wheel's digest by file name.
+    pub(crate) fn write_simple_index(
+        simple: &Path,
+        projects: &[(&str, Vec<&str>)],
+    ) -> BTreeMap<String, Digest> {
+        let mut digests = BTreeMap::new();
+        for (name, wheels) in projects {
+            let d = simple.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let mut page = String::new();
+            for w in wheels {
+                let bytes = format!("the wheel {w}");
+                let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+                std::fs::write(d.join(w), &bytes).unwrap();
+                std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
+                let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
+                page.push_str(&format!(
+                    "<a href=\"{w}#sha256={}\" data-core-metadata=\"sha256={}\">{w}</a>\n",
+                    h.hex(),
+                    m.hex()
+                ));
+                digests.insert(w.to_string(), h);
+            }
+            std::fs::write(d.join("index.html"), page).unwrap();
+        }
+        digests
+    }
+
     /// While the base is read, a build downloads a pin's only wheel when
     /// it is pure and every line naming it applies whatever the Python
     /// (the metadata of the others is fetched, not their wheels).
@@ -1165,31 +1196,18 @@ mod tests {
         let cache = Cache::open(dir.path().join("cache")).unwrap();
         let simple = dir.path().join("simple");
         let wheels = [
-            ("pure", "pure-1.0-py3-none-any.whl"),
-            ("plat", "plat-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"),
-            ("marked", "marked-1.0-py3-none-any.whl"),
-            ("built", "built-1.0-py3-none-any.whl"),
-            ("loose", "loose-1.0-py3-none-any.whl"),
-            ("old", "old-1.0-py2-none-any.whl"),
-            ("both", "both-1.0-py2.py3-none-any.whl"),
+            ("pure", vec!["pure-1.0-py3-none-any.whl"]),
+            (
+                "plat",
+                vec!["plat-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"],
+            ),
+            ("marked", vec!["marked-1.0-py3-none-any.whl"]),
+            ("built", vec!["built-1.0-py3-none-any.whl"]),
+            ("loose", vec!["loose-1.0-py3-none-any.whl"]),
+            ("old", vec!["old-1.0-py2-none-any.whl"]),
+            ("both", vec!["both-1.0-py2.py3-none-any.whl"]),
         ];
-        let mut digests = BTreeMap::new();
-        for (name, w) in wheels {
-            let d = simple.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            let bytes = format!("the wheel {w}");
-            let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
-            std::fs::write(d.join(w), &bytes).unwrap();
-            std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
-            let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
-            let page = format!(
-                "<a href=\"{w}#sha256={}\" data-core-metadata=\"sha256={}\">{w}</a>\n",
-                h.hex(),
-                m.hex()
-            );
-            std::fs::write(d.join("index.html"), page).unwrap();
-            digests.insert(name, h);
-        }
+        let digests = write_simple_index(&simple, &wheels);
         std::fs::write(
             dir.path().join("requirements.txt"),
             "pure==1.0\nplat==1.0\nmarked==1.0 ; python_version < \"3\"\n\
@@ -1206,9 +1224,12 @@ mod tests {
         let held: Vec<_> = digests
             .iter()
             .filter(|(_, d)| cache.contains(d))
-            .map(|(n, _)| *n)
+            .map(|(w, _)| w.as_str())
             .collect();
-        assert_eq!(held, ["both", "pure"]);
+        assert_eq!(
+            held,
+            ["both-1.0-py2.py3-none-any.whl", "pure-1.0-py3-none-any.whl"]
+        );
     }
 
     /// Every wheel of a small stage gets a layer of its own; in a large one,

@@ -1235,3 +1235,73 @@ fn a_wheel_whose_record_disagrees_with_a_member_installs() {
     let util = format!("odd/util.py,{},6", record_hash(b"Y = 2\n"));
     assert!(lines.contains(&util.as_str()), "{installed}");
 }
+
+/// The wheels of a pinned requirement are downloaded while the base is
+/// read, for the Python its paths show first; a guess the whole view
+/// overrules costs a download, not the image. Here the base's first
+/// interpreter path is a `python3.10` with no standard library beside it:
+/// the guess fetches the cp310 wheel, the resolver (which needs `os.py`)
+/// takes CPython 3.11 and installs the cp311 one.
+#[test]
+fn a_wrong_guess_of_the_python_costs_a_download_not_the_image() {
+    use crate::common::{make_tar, write_oci_layout, Item};
+    let ws = Workspace::new("pip-guess");
+    let layer = make_tar(&[
+        Item::Dir("usr/", 0o755),
+        Item::Dir("usr/bin/", 0o755),
+        Item::File("usr/bin/python3.10", b"\x7fELF", 0o755),
+        Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
+        Item::Dir("usr/lib/", 0o755),
+        Item::Dir("usr/lib/python3.11/", 0o755),
+        Item::File("usr/lib/python3.11/os.py", b"", 0o644),
+        Item::Dir("usr/lib/x86_64-linux-gnu/", 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", b"\x7fELF", 0o755),
+        Item::Dir("var/lib/dpkg/", 0o755),
+        Item::File(
+            "var/lib/dpkg/status",
+            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
+            0o644,
+        ),
+    ]);
+    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
+    let mut page = String::new();
+    let mut digests = Vec::new();
+    for (minor, body) in [(10, b"MINOR = 10\n"), (11, b"MINOR = 11\n")] {
+        let tag = format!("cp3{minor}-cp3{minor}-manylinux_2_17_x86_64");
+        let files: &[(&str, &[u8], u32)] = &[("plat/which.py", body, 0o644)];
+        let wheel = Wheel {
+            tag: &tag,
+            files,
+            ..Wheel::simple("plat", "1.0")
+        };
+        let bytes = wheel.build();
+        ws.write(&format!("files/{}", wheel.filename()), &bytes);
+        let name = wheel.filename();
+        page += &format!(
+            "<a href=\"../../files/{name}#sha256={}\">{name}</a>\n",
+            sha256_hex(&bytes)
+        );
+        digests.push(Digest::of(&bytes));
+    }
+    ws.write("simple/plat/index.html", page);
+    ws.spec(&format!(
+        "[image]\nbase = \"oci:py:v1\"\n[pip]\npackages = [\"plat==1.0\"]\nindex = \"file://{}\"\nisolated = true\n",
+        ws.join("simple").display()
+    ));
+    ws.kiln()
+        .env("KILN_CACHE", ws.join("cache"))
+        .args(["build", "-o", "oci:out"])
+        .run_ok();
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    assert_eq!(
+        std::fs::read_to_string(site.join("plat/which.py")).unwrap(),
+        "MINOR = 11\n"
+    );
+    assert!(!rootfs.join("usr/lib/python3.10").exists());
+    // The cp311 wheel is in the cache; the guess's cp310 one usually is
+    // too (it is fetched before resolving starts, but a build that ends
+    // first stops it: not asserted).
+    let cache = Cache::open(ws.join("cache")).unwrap();
+    assert!(cache.contains(&digests[1]));
+}

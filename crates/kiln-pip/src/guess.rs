@@ -1,22 +1,24 @@
 //! The image's Python guessed from the base's paths while its layers are
-//! still read, and the platform wheels of pins fetched for that guess.
+//! still read, and the wheels the requirements start from fetched for
+//! that guess.
 //!
 //! Resolving waits for the base's whole view ([`PythonTarget::detect`]
 //! reads every layer: whiteouts, what is installed). The wheels a
 //! requirement list starts from do not depend on most of it: for CPython
 //! 3.N on glibc, the wheel of a pin, or of the newest release a range
-//! allows, is fixed by N alone, and N and glibc show in paths (the
-//! interpreter and the C library, or dpkg's file lists of `python3.N` and
-//! `libc6`, which a base built by kiln keeps in a small layer of its own)
-//! long before the last layer is read. Those wheels are downloaded then, side by side with the base's
-//! blobs, so that behind a slow registry the base and the wheels arrive
-//! together instead of one after the other. The guess only fills the
-//! content-addressed cache: the resolver still decides from the full view,
-//! and a wrong guess costs downloads, never a different image.
+//! allows, and those of their dependencies, are fixed by N alone. N and
+//! glibc show in paths (the interpreter and the C library, or dpkg's file
+//! lists of `python3.N` and `libc6`, which a base built by kiln keeps in
+//! a small layer of its own) long before the last layer is read. Those
+//! wheels are downloaded then, side by side with the base's blobs, so
+//! that behind a slow registry the base and the wheels arrive together
+//! instead of one after the other. The guess only fills the
+//! content-addressed cache: the resolver still decides from the full
+//! view, and a wrong guess costs downloads, never a different image.
 //!
 //! [`PythonTarget::detect`]: crate::PythonTarget
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,7 @@ use kiln_fs::probe::Libc;
 use kiln_store::cache::Cache;
 use kiln_store::http::Http;
 use uv_pep440::{Version, VersionSpecifiers};
+use uv_pep508::Requirement;
 
 use crate::index::{file_version, DistFile, IndexClient};
 use crate::spec::Inputs;
@@ -189,7 +192,8 @@ fn is_glibc(path: &str) -> bool {
 /// gives a guess: download the wheel each requirement the resolver starts
 /// from would take for that Python (the newest version its line and
 /// constraints allow, when no marker and no `--no-binary` may leave it
-/// out), largest first, until `stop` is set. Best effort and quiet, as the
+/// out), then those of the dependencies their metadata names for that
+/// Python, level by level, each level largest first, until `stop` is set. Best effort and quiet, as the
 /// pages' prefetch: the resolver downloads (and reports) whatever is
 /// missing, and waits for a wheel still in flight here rather than
 /// fetching it twice ([`Http::download`]).
@@ -217,61 +221,145 @@ fn fetch_guessed(client: &IndexClient, inputs: &Inputs, guess: Guess, stop: &Ato
     };
     let tags = TagSet::cpython(guess.minor, guess.arch.machine(), &libc);
     let python = Version::new([3, u64::from(guess.minor)]);
-    let mut wanted: Vec<DistFile> = guessable(inputs)
-        .into_iter()
-        .filter_map(|(n, specs)| {
-            let files = client.files(&n).ok()??;
-            let version = newest_allowed(&files, &specs, inputs.prerelease)?;
-            best_wheel(&files, &version, &tags, &python).cloned()
-        })
+    let Ok(env) =
+        crate::markers::cpython_linux(&format!("3.{}.0", guess.minor), guess.arch.machine())
+    else {
+        return;
+    };
+    let said = Said::of(inputs);
+    let mut seen: BTreeSet<String> = said.lines.keys().cloned().collect();
+    let mut level: Vec<(String, Vec<VersionSpecifiers>)> = said
+        .lines
+        .iter()
+        .filter_map(|(n, specs)| Some((n.clone(), said.with_constraints(n, specs.clone()?)?)))
         .collect();
-    wanted.sort_by_key(|f| std::cmp::Reverse(f.size.unwrap_or(0)));
-    // On the network pool's threads, as every other download: threads of
-    // their own grew the peak RSS of a 110-wheel freeze by 20 MB (more
-    // malloc arenas), for no speed.
-    kiln_store::http::on_network_pool(|| {
-        // Taken in order by whichever thread is free: the largest first.
-        wanted.into_iter().par_bridge().for_each(|f| {
-            if !stop.load(Ordering::Relaxed) {
-                let _ = client.download_artifact(&f);
+    // Level by level down the dependencies: each level's wheels download
+    // (largest first, on the network pool as every other download) while
+    // the next level's metadata is read.
+    std::thread::scope(|s| {
+        while !level.is_empty() && !stop.load(Ordering::Relaxed) {
+            let wheels: Vec<DistFile> = kiln_store::http::on_network_pool(|| {
+                level
+                    .par_iter()
+                    .filter_map(|(n, specs)| {
+                        let files = client.files(n).ok()??;
+                        let version = newest_allowed(&files, specs, inputs.prerelease)?;
+                        best_wheel(&files, &version, &tags, &python).cloned()
+                    })
+                    .collect()
+            });
+            let mut fetching = wheels.clone();
+            fetching.sort_by_key(|f| std::cmp::Reverse(f.size.unwrap_or(0)));
+            s.spawn(move || {
+                kiln_store::http::on_network_pool(|| {
+                    // Taken in order by whichever thread is free.
+                    fetching.into_iter().par_bridge().for_each(|f| {
+                        if !stop.load(Ordering::Relaxed) {
+                            let _ = client.download_artifact(&f);
+                        }
+                    })
+                })
+            });
+            let deps: Vec<Requirement> = kiln_store::http::on_network_pool(|| {
+                wheels
+                    .par_iter()
+                    .flat_map_iter(|w| {
+                        let m = client.metadata(w).ok();
+                        m.map(|m| unconditional(&m.requires_dist, &env))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            });
+            let mut next: BTreeMap<String, Vec<VersionSpecifiers>> = BTreeMap::new();
+            for r in deps {
+                let name = r.name.to_string();
+                if seen.contains(&name) || inputs.no_binary.applies(&name) {
+                    continue;
+                }
+                let spec = match &r.version_or_url {
+                    Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)) => Some(s.clone()),
+                    None => None,
+                    Some(uv_pep508::VersionOrUrl::Url(_)) => continue,
+                };
+                next.entry(name).or_default().extend(spec);
             }
-        })
+            seen.extend(next.keys().cloned());
+            level = next
+                .into_iter()
+                .filter_map(|(n, specs)| {
+                    let specs = said.with_constraints(&n, specs)?;
+                    Some((n, specs))
+                })
+                .collect();
+        }
     });
 }
 
-/// The names a guess fetches a wheel for, with the version specifiers
-/// their lines and constraints put on them: every line naming it applies
-/// whatever the Python (no marker, and no marked constraint), asks for a
-/// version rather than a URL, and allows binaries.
-fn guessable(inputs: &Inputs) -> BTreeMap<String, Vec<VersionSpecifiers>> {
-    let mut names: BTreeMap<String, Option<Vec<VersionSpecifiers>>> = BTreeMap::new();
-    let mut add = |r: &uv_pep508::Requirement<uv_pep508::VerbatimUrl>, constraint: bool| {
-        let name = r.name.to_string();
-        if constraint && !names.contains_key(&name) {
-            return;
-        }
-        let entry = names.entry(name).or_insert_with(|| Some(Vec::new()));
-        match (&r.version_or_url, r.marker.is_true()) {
-            (_, false) | (Some(uv_pep508::VersionOrUrl::Url(_)), _) => *entry = None,
-            (Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)), true) => {
-                if let Some(specs) = entry {
-                    specs.push(s.clone());
+/// The requirements of `requires_dist` that apply on `env` with no extra
+/// asked for (a dependency's own extras are not followed).
+fn unconditional(requires_dist: &[String], env: &uv_pep508::MarkerEnvironment) -> Vec<Requirement> {
+    requires_dist
+        .iter()
+        .filter_map(|r| Requirement::from_str(r).ok())
+        .filter(|r| r.marker.evaluate(env, &[]))
+        .collect()
+}
+
+/// What the requirement lines and the constraints say of each name they
+/// name: the specifiers of all its lines, or `None` where a guess must
+/// leave it alone (a line with a marker, a URL, `--no-binary`).
+struct Said {
+    lines: BTreeMap<String, Option<Vec<VersionSpecifiers>>>,
+    constraints: BTreeMap<String, Option<Vec<VersionSpecifiers>>>,
+}
+
+impl Said {
+    fn of(inputs: &Inputs) -> Said {
+        let gather = |reqs: &[crate::spec::Req]| {
+            let mut names: BTreeMap<String, Option<Vec<VersionSpecifiers>>> = BTreeMap::new();
+            for r in reqs {
+                let r = &r.req;
+                let name = r.name.to_string();
+                let entry = names
+                    .entry(name.clone())
+                    .or_insert_with(|| Some(Vec::new()));
+                match (&r.version_or_url, r.marker.is_true()) {
+                    (_, false) | (Some(uv_pep508::VersionOrUrl::Url(_)), _) => *entry = None,
+                    (Some(uv_pep508::VersionOrUrl::VersionSpecifier(s)), true) => {
+                        if let Some(specs) = entry {
+                            specs.push(s.clone());
+                        }
+                    }
+                    (None, true) => {}
+                }
+                if inputs.no_binary.applies(&name) {
+                    *entry = None;
                 }
             }
-            (None, true) => {}
+            names
+        };
+        Said {
+            lines: gather(&inputs.requirements),
+            constraints: gather(&inputs.constraints),
         }
-    };
-    for r in &inputs.requirements {
-        add(&r.req, false);
     }
-    for r in &inputs.constraints {
-        add(&r.req, true);
+
+    /// `specs` and the constraints' on `name`, or `None` when a constraint
+    /// leaves it to the resolver alone.
+    fn with_constraints(
+        &self,
+        name: &str,
+        mut specs: Vec<VersionSpecifiers>,
+    ) -> Option<Vec<VersionSpecifiers>> {
+        match self.constraints.get(name) {
+            Some(None) => None,
+            Some(Some(more)) => {
+                specs.extend(more.iter().cloned());
+                Some(specs)
+            }
+            None => Some(specs),
+        }
     }
-    names
-        .into_iter()
-        .filter(|(n, _)| !inputs.no_binary.applies(n))
-        .filter_map(|(n, specs)| Some((n, specs?)))
-        .collect()
 }
 
 /// The newest version among `files` every one of `specs` allows, as the
@@ -283,7 +371,7 @@ fn newest_allowed(
     specs: &[VersionSpecifiers],
     prerelease: bool,
 ) -> Option<Version> {
-    let versions: std::collections::BTreeSet<Version> = files
+    let versions: BTreeSet<Version> = files
         .iter()
         .filter(|f| !f.yanked)
         .filter_map(|f| file_version(&f.filename)?.parse().ok())
@@ -410,8 +498,9 @@ mod tests {
 
     /// On a guess of CPython 3.11 on x86_64, the wheel each line starts
     /// from is downloaded (a pin's; the newest final release a range and a
-    /// constraint allow); a marked line, `--no-binary` and a stopped
-    /// prefetch download nothing.
+    /// constraint allow), and those of the dependencies their metadata
+    /// gives for that Python; a marked line, `--no-binary`, an extra's or
+    /// another Python's dependency and a stopped prefetch download nothing.
     #[test]
     fn guessed_wheels_of_pins_are_downloaded() {
         let dir = tempfile::tempdir().unwrap();
@@ -448,8 +537,23 @@ mod tests {
                 "capped",
                 vec!["capped-1.0-py3-none-any.whl", "capped-2.0-py3-none-any.whl"],
             ),
+            (
+                "dep",
+                vec!["dep-0.5-py3-none-any.whl", "dep-1.2-py3-none-any.whl"],
+            ),
+            ("deeper", vec!["deeper-1.0-py3-none-any.whl"]),
+            ("testonly", vec!["testonly-1.0-py3-none-any.whl"]),
+            ("oldpy", vec!["oldpy-1.0-py3-none-any.whl"]),
         ];
-        let digests = crate::tests::write_simple_index(&simple, &projects);
+        // np's dependencies: one always (which has one of its own), one
+        // for an extra and one for an older Python, not followed.
+        let np_requires: &[&str] = &[
+            "dep>=1",
+            "testonly ; extra == 'test'",
+            "oldpy ; python_version < '3.10'",
+        ];
+        let requires = [("np", np_requires), ("dep", &["deeper"][..])];
+        let digests = crate::tests::write_simple_index(&simple, &projects, &requires);
         std::fs::write(
             dir.path().join("requirements.txt"),
             "np==2.0\nmarked==1.0 ; python_version < \"3.12\"\n--no-binary built\nbuilt==1.0\n\
@@ -495,6 +599,8 @@ mod tests {
             held(),
             [
                 "capped-1.0-py3-none-any.whl",
+                "deeper-1.0-py3-none-any.whl",
+                "dep-1.2-py3-none-any.whl",
                 "loose-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
                 "np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"
             ]

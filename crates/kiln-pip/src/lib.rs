@@ -1159,10 +1159,12 @@ mod tests {
     /// A simple index under `simple`: each project's page lists its
     /// wheels (content `the wheel NAME`), each with PEP 658 metadata of
     /// its own (the pages' prefetch reads a lone wheel's, which would
-    /// otherwise download it). Returns each wheel's digest by file name.
+    /// otherwise download it), with the `Requires-Dist` lines `requires`
+    /// gives its project. Returns each wheel's digest by file name.
     pub(crate) fn write_simple_index(
         simple: &Path,
         projects: &[(&str, Vec<&str>)],
+        requires: &[(&str, &[&str])],
     ) -> BTreeMap<String, Digest> {
         let mut digests = BTreeMap::new();
         for (name, wheels) in projects {
@@ -1171,7 +1173,12 @@ mod tests {
             let mut page = String::new();
             for w in wheels {
                 let bytes = format!("the wheel {w}");
-                let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+                let mut meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+                for (_, lines) in requires.iter().filter(|(p, _)| p == name) {
+                    for l in *lines {
+                        meta += &format!("Requires-Dist: {l}\n");
+                    }
+                }
                 std::fs::write(d.join(w), &bytes).unwrap();
                 std::fs::write(d.join(format!("{w}.metadata")), &meta).unwrap();
                 let (h, m) = (Digest::of(bytes.as_bytes()), Digest::of(meta.as_bytes()));
@@ -1207,7 +1214,7 @@ mod tests {
             ("old", vec!["old-1.0-py2-none-any.whl"]),
             ("both", vec!["both-1.0-py2.py3-none-any.whl"]),
         ];
-        let digests = write_simple_index(&simple, &wheels);
+        let digests = write_simple_index(&simple, &wheels, &[]);
         std::fs::write(
             dir.path().join("requirements.txt"),
             "pure==1.0\nplat==1.0\nmarked==1.0 ; python_version < \"3\"\n\

@@ -10,17 +10,26 @@ use super::target::PythonTarget;
 
 /// The marker values `python -c 'import platform, sys'` would report inside the image.
 pub(crate) fn environment(t: &PythonTarget) -> Result<MarkerEnvironment> {
-    let short = t.short_version();
+    cpython_linux(&t.full_version, &t.machine)
+}
+
+/// The marker values of CPython `full_version` (`3.11.2`) on Linux `machine`.
+pub(crate) fn cpython_linux(full_version: &str, machine: &str) -> Result<MarkerEnvironment> {
+    let short: String = full_version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
     MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
         implementation_name: "cpython",
-        implementation_version: &t.full_version,
+        implementation_version: full_version,
         os_name: "posix",
-        platform_machine: &t.machine,
+        platform_machine: machine,
         platform_python_implementation: "CPython",
         platform_release: "",
         platform_system: "Linux",
         platform_version: "",
-        python_full_version: &t.full_version,
+        python_full_version: full_version,
         python_version: &short,
         sys_platform: "linux",
     })

@@ -149,11 +149,6 @@ impl PythonTarget {
     pub(crate) fn tags(&self) -> TagSet {
         TagSet::cpython(self.minor, &self.machine, &self.libc)
     }
-
-    /// `3.11` as a string.
-    pub(crate) fn short_version(&self) -> String {
-        format!("3.{}", self.minor)
-    }
 }
 
 fn is_dir(fs: &Rootfs, p: &str) -> bool {

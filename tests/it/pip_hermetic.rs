@@ -1216,12 +1216,7 @@ fn a_wheel_whose_record_disagrees_with_a_member_installs() {
     ws.spec(
         "[image]\nbase = \"oci:py:v1\"\n\n[pip]\npackages = [\"odd\"]\nfind-links = [\"wheels\"]\nno-index = true\n",
     );
-    ws.kiln()
-        .env("KILN_CACHE", ws.join("cache"))
-        .args(["build", "-o", "oci:out"])
-        .run_ok();
-    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
-    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    let (_, site) = build_and_unpack(&ws);
     assert_eq!(
         std::fs::read(site.join("odd/__init__.py")).unwrap(),
         b"X = 1\n"
@@ -1244,26 +1239,16 @@ fn a_wheel_whose_record_disagrees_with_a_member_installs() {
 /// takes CPython 3.11 and installs the cp311 one.
 #[test]
 fn a_wrong_guess_of_the_python_costs_a_download_not_the_image() {
-    use crate::common::{make_tar, write_oci_layout, Item};
+    use crate::common::{python_base_with, Item};
     let ws = Workspace::new("pip-guess");
-    let layer = make_tar(&[
-        Item::Dir("usr/", 0o755),
-        Item::Dir("usr/bin/", 0o755),
-        Item::File("usr/bin/python3.10", b"\x7fELF", 0o755),
-        Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
-        Item::Dir("usr/lib/", 0o755),
-        Item::Dir("usr/lib/python3.11/", 0o755),
-        Item::File("usr/lib/python3.11/os.py", b"", 0o644),
-        Item::Dir("usr/lib/x86_64-linux-gnu/", 0o755),
-        Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", b"\x7fELF", 0o755),
-        Item::Dir("var/lib/dpkg/", 0o755),
-        Item::File(
-            "var/lib/dpkg/status",
-            b"Package: libc6\nStatus: install ok installed\nVersion: 2.36-9\n",
-            0o644,
-        ),
-    ]);
-    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
+    python_base_with(
+        &ws,
+        &[Item::File("usr/bin/python3.10", b"\x7fELF", 0o755)],
+        &[
+            Item::Dir("usr/lib/x86_64-linux-gnu/", 0o755),
+            Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", b"\x7fELF", 0o755),
+        ],
+    );
     let mut page = String::new();
     let mut digests = Vec::new();
     for (minor, body) in [(10, b"MINOR = 10\n"), (11, b"MINOR = 11\n")] {
@@ -1288,12 +1273,7 @@ fn a_wrong_guess_of_the_python_costs_a_download_not_the_image() {
         "[image]\nbase = \"oci:py:v1\"\n[pip]\npackages = [\"plat==1.0\"]\nindex = \"file://{}\"\nisolated = true\n",
         ws.join("simple").display()
     ));
-    ws.kiln()
-        .env("KILN_CACHE", ws.join("cache"))
-        .args(["build", "-o", "oci:out"])
-        .run_ok();
-    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
-    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    let (rootfs, site) = build_and_unpack(&ws);
     assert_eq!(
         std::fs::read_to_string(site.join("plat/which.py")).unwrap(),
         "MINOR = 11\n"
@@ -1304,4 +1284,16 @@ fn a_wrong_guess_of_the_python_costs_a_download_not_the_image() {
     // first stops it: not asserted).
     let cache = Cache::open(ws.join("cache")).unwrap();
     assert!(cache.contains(&digests[1]));
+}
+
+/// `kiln build -o oci:out` of the workspace's spec (its cache in the
+/// workspace), unpacked: the root and the base's site-packages.
+fn build_and_unpack(ws: &Workspace) -> (std::path::PathBuf, std::path::PathBuf) {
+    ws.kiln()
+        .env("KILN_CACHE", ws.join("cache"))
+        .args(["build", "-o", "oci:out"])
+        .run_ok();
+    let rootfs = umoci_unpack(&ws.join("out"), "latest", &ws.join("bundle"));
+    let site = rootfs.join("usr/lib/python3.11/site-packages");
+    (rootfs, site)
 }

@@ -11,6 +11,7 @@ use super::{
 };
 
 /// What a hand-made layer contains.
+#[derive(Clone, Copy)]
 pub enum Item<'a> {
     Dir(&'a str, u32),
     /// A directory with an owner: path, mode, uid, gid.
@@ -209,9 +210,15 @@ pub fn whiteout_base_layers() -> Vec<Vec<u8>> {
 /// A base with a Debian-like CPython 3.11 (what `[pip]` reads), as a layout
 /// tagged `v1` in WS/py.
 pub fn python_base(ws: &Workspace) {
-    let layer = make_tar(&[
-        Item::Dir("usr/", 0o755),
-        Item::Dir("usr/bin/", 0o755),
+    python_base_with(ws, &[], &[]);
+}
+
+/// [`python_base`] with `first` in its layer right after `usr/bin/`
+/// (before the interpreter) and `last` after everything.
+pub fn python_base_with(ws: &Workspace, first: &[Item], last: &[Item]) {
+    let mut items = vec![Item::Dir("usr/", 0o755), Item::Dir("usr/bin/", 0o755)];
+    items.extend_from_slice(first);
+    items.extend([
         Item::File("usr/bin/python3.11", b"\x7fELF", 0o755),
         Item::Dir("usr/lib/", 0o755),
         Item::Dir("usr/lib/python3.11/", 0o755),
@@ -223,5 +230,6 @@ pub fn python_base(ws: &Workspace) {
             0o644,
         ),
     ]);
-    write_oci_layout(&ws.join("py"), "v1", "amd64", &[layer]);
+    items.extend_from_slice(last);
+    write_oci_layout(&ws.join("py"), "v1", "amd64", &[make_tar(&items)]);
 }

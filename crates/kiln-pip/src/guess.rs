@@ -82,16 +82,9 @@ impl PythonHint {
 
     /// A regular file's path in the base (with or without its leading `/`).
     pub fn saw(&self, path: &str) {
-        if self.settled.load(Ordering::Relaxed) {
-            return;
-        }
-        let path = path.trim_start_matches('/');
-        if let Some(minor) = python_minor(path) {
-            self.update(|s| {
-                s.minor.get_or_insert(minor);
-            });
-        } else if is_glibc(path) {
-            self.update(|s| s.glibc = true);
+        if !self.settled.load(Ordering::Relaxed) {
+            let path = path.trim_start_matches('/');
+            self.learn(python_minor(path), is_glibc(path));
         }
     }
 
@@ -99,18 +92,20 @@ impl PythonHint {
     /// `python3.N` (or `python3.N-minimal`) gives the interpreter, `libc6`
     /// glibc.
     pub fn saw_package(&self, name: &str) {
-        if self.settled.load(Ordering::Relaxed) {
-            return;
+        if !self.settled.load(Ordering::Relaxed) {
+            let minor = name.strip_prefix("python3.").and_then(package_minor);
+            self.learn(minor, name == "libc6");
         }
-        if name == "libc6" {
-            self.update(|s| s.glibc = true);
-        } else if let Some(minor) = name
-            .strip_prefix("python3.")
-            .map(|rest| rest.strip_suffix("-minimal").unwrap_or(rest))
-            .and_then(minor_of)
-        {
+    }
+
+    /// What a path or package showed, if anything (the first minor wins).
+    fn learn(&self, minor: Option<u32>, glibc: bool) {
+        if minor.is_some() || glibc {
             self.update(|s| {
-                s.minor.get_or_insert(minor);
+                if let Some(m) = minor {
+                    s.minor.get_or_insert(m);
+                }
+                s.glibc |= glibc;
             });
         }
     }
@@ -164,8 +159,12 @@ fn python_minor(path: &str) -> Option<u32> {
     let list = path
         .strip_prefix("var/lib/dpkg/info/python3.")?
         .strip_suffix(".list")?;
-    let package = list.split(':').next()?;
-    minor_of(package.strip_suffix("-minimal").unwrap_or(package))
+    package_minor(list.split(':').next()?)
+}
+
+/// N from what follows `python3.` in a package's name: `N` or `N-minimal`.
+fn package_minor(rest: &str) -> Option<u32> {
+    minor_of(rest.strip_suffix("-minimal").unwrap_or(rest))
 }
 
 /// `11` from `11`: a minor version and nothing else.
@@ -193,10 +192,10 @@ fn is_glibc(path: &str) -> bool {
 /// from would take for that Python (the newest version its line and
 /// constraints allow, when no marker and no `--no-binary` may leave it
 /// out), then those of the dependencies their metadata names for that
-/// Python, level by level, each level largest first, until `stop` is set. Best effort and quiet, as the
-/// pages' prefetch: the resolver downloads (and reports) whatever is
-/// missing, and waits for a wheel still in flight here rather than
-/// fetching it twice ([`Http::download`]).
+/// Python, level by level, each level largest first, until `stop` is set.
+/// Best effort and quiet, as the pages' prefetch: the resolver downloads
+/// (and reports) whatever is missing, and waits for a wheel still in
+/// flight here rather than fetching it twice ([`Http::download`]).
 pub fn prefetch_with_guess(
     section: &PipSection,
     spec_dir: &Path,
@@ -376,11 +375,7 @@ fn newest_allowed(
         .filter(|f| !f.yanked)
         .filter_map(|f| file_version(&f.filename)?.parse().ok())
         .collect();
-    let asked = specs
-        .iter()
-        .flat_map(|s| s.iter())
-        .any(|s| s.version().any_prerelease());
-    let pre = prerelease || asked || versions.iter().all(Version::any_prerelease);
+    let pre = crate::resolve::prereleases_allowed(prerelease, specs, &versions);
     versions
         .into_iter()
         .rev()
@@ -405,10 +400,7 @@ fn best_wheel<'f>(
         if version.as_ref() != Some(pin) {
             continue;
         }
-        let fits = f
-            .requires_python
-            .as_deref()
-            .is_none_or(|rp| VersionSpecifiers::from_str(rp).map_or(true, |s| s.contains(python)));
+        let fits = f.excluding(python).is_none();
         let rank = WheelName::parse(&f.filename)
             .ok()
             .and_then(|w| tags.rank(&w));

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,14 @@ impl DistFile {
         self.sha256
             .as_ref()
             .and_then(|h| format!("sha256:{h}").parse().ok())
+    }
+
+    /// Its Requires-Python, when that rules `python` out (an unreadable
+    /// one does not: METADATA is read then).
+    pub(crate) fn excluding(&self, python: &uv_pep440::Version) -> Option<&str> {
+        let rp = self.requires_python.as_deref()?;
+        let spec = uv_pep440::VersionSpecifiers::from_str(rp).ok()?;
+        (!spec.contains(python)).then_some(rp)
     }
 }
 

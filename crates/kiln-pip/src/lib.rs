@@ -484,7 +484,6 @@ pub fn plan_building(
 ) -> Result<PipPlan> {
     let builder = hooks.builder;
     let python = PythonTarget::detect(rootfs, platform, &section.target)?;
-
     let inputs = read_inputs(section, spec_dir)?;
     if builder.is_none() {
         if let Some(origin) = &inputs.no_binary.origin {

@@ -97,6 +97,22 @@ pub(crate) struct Provider<'a> {
     labels: Mutex<HashMap<(String, Ranges<Version>), String>>,
 }
 
+/// pip's rule for pre-releases of a name: candidates when asked for
+/// (`--pre`), when one of `specs` names one, or when `versions` has
+/// nothing else.
+pub(crate) fn prereleases_allowed<'a>(
+    asked: bool,
+    specs: impl IntoIterator<Item = &'a VersionSpecifiers>,
+    versions: impl IntoIterator<Item = &'a Version>,
+) -> bool {
+    asked
+        || specs
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .any(|s| s.version().any_prerelease())
+        || versions.into_iter().all(Version::any_prerelease)
+}
+
 fn version(s: &str) -> Option<Version> {
     Version::from_str(s).ok()
 }
@@ -289,11 +305,9 @@ impl<'a> Provider<'a> {
             names.entry(v.clone()).or_default().push(f.filename.clone());
             if !f.is_wheel() {
                 if buildable.is_some() && is_sdist(&f.filename) {
-                    // (An unreadable Requires-Python is left to METADATA.)
-                    let fits = f.requires_python.as_ref().is_none_or(|rp| {
-                        !matches!(VersionSpecifiers::from_str(rp), Ok(s) if !s.contains(&self.python))
-                    });
-                    if fits {
+                    if let Some(rp) = f.excluding(&self.python) {
+                        too_new.entry(v).or_insert_with(|| rp.trim().to_string());
+                    } else {
                         // `.tar.gz` before `.zip` when a version has both.
                         match sdists.get(&v) {
                             Some(o) if o.filename.ends_with(".tar.gz") => {}
@@ -301,8 +315,6 @@ impl<'a> Provider<'a> {
                                 sdists.insert(v, f.clone());
                             }
                         }
-                    } else if let Some(rp) = &f.requires_python {
-                        too_new.entry(v).or_insert_with(|| rp.trim().to_string());
                     }
                 }
                 continue;
@@ -316,13 +328,9 @@ impl<'a> Provider<'a> {
             else {
                 continue;
             };
-            if let Some(rp) = &f.requires_python {
-                if let Ok(spec) = VersionSpecifiers::from_str(rp) {
-                    if !spec.contains(&self.python) {
-                        too_new.entry(v).or_insert_with(|| rp.trim().to_string());
-                        continue;
-                    }
-                }
+            if let Some(rp) = f.excluding(&self.python) {
+                too_new.entry(v).or_insert_with(|| rp.trim().to_string());
+                continue;
             }
             match best.get(&v) {
                 Some((r, _)) if *r <= rank => {}
@@ -543,9 +551,7 @@ impl<'a> Provider<'a> {
         c: &Candidates,
         spec: Option<&VersionSpecifiers>,
     ) -> Vec<Version> {
-        let spec_pre = spec.is_some_and(|s| s.iter().any(|s| s.version().any_prerelease()));
-        let no_finals = c.versions.iter().all(|v| v.any_prerelease());
-        let allow_pre = self.prerelease || spec_pre || no_finals;
+        let allow_pre = prereleases_allowed(self.prerelease, spec, &c.versions);
         let cons = self.constraints.get(name);
         c.versions
             .iter()

@@ -242,8 +242,7 @@ fn fetch_guessed(client: &IndexClient, inputs: &Inputs, guess: Guess, stop: &Ato
                     .par_iter()
                     .filter_map(|(n, specs)| {
                         let files = client.files(n).ok()??;
-                        let version = newest_allowed(&files, specs, inputs.prerelease)?;
-                        best_wheel(&files, &version, &tags, &python).cloned()
+                        guessed_wheel(&files, specs, inputs.prerelease, &tags, &python).cloned()
                     })
                     .collect()
             });
@@ -361,15 +360,19 @@ impl Said {
     }
 }
 
-/// The newest version among `files` every one of `specs` allows, as the
-/// resolver would try it first: a final release unless prereleases are
-/// allowed, asked for, or all there is (a version the resolver passes
-/// over, for a conflict or its Python, costs a download).
-fn newest_allowed(
-    files: &[DistFile],
+/// The wheel the resolver tries first for a name: of the versions every
+/// one of `specs` allows, newest first (final releases unless prereleases
+/// are allowed, asked for, or all there is), the first with a wheel for
+/// `tags` and `python`. A newer release whose Requires-Python rules the
+/// Python out (numpy and scipy drop old Pythons so) is passed over, as the
+/// resolver passes it; one it passes over for a conflict costs a download.
+fn guessed_wheel<'f>(
+    files: &'f [DistFile],
     specs: &[VersionSpecifiers],
     prerelease: bool,
-) -> Option<Version> {
+    tags: &TagSet,
+    python: &Version,
+) -> Option<&'f DistFile> {
     let versions: BTreeSet<Version> = files
         .iter()
         .filter(|f| !f.yanked)
@@ -377,9 +380,10 @@ fn newest_allowed(
         .collect();
     let pre = crate::resolve::prereleases_allowed(prerelease, specs, &versions);
     versions
-        .into_iter()
+        .iter()
         .rev()
-        .find(|v| (pre || !v.any_prerelease()) && specs.iter().all(|s| s.contains(v)))
+        .filter(|v| (pre || !v.any_prerelease()) && specs.iter().all(|s| s.contains(v)))
+        .find_map(|v| best_wheel(files, v, tags, python))
 }
 
 /// The wheel of `pin` the resolver takes for `tags` and `python` (its
@@ -645,5 +649,34 @@ mod tests {
         assert_eq!(best(&files).as_deref(), Some("np-2.0-py3-none-any.whl"));
         files[5].sha256 = None;
         assert_eq!(best(&files), None);
+
+        // With no pin, the newest release with a wheel for this Python: a
+        // newer one that needs a newer Python (every file of 2.1) is
+        // passed over, and so is a prerelease.
+        let mut files = vec![
+            file(
+                "np-2.1-cp312-cp312-manylinux_2_28_x86_64.whl",
+                Some(">=3.12"),
+            ),
+            file("np-2.1.tar.gz", Some(">=3.12")),
+            file("np-2.2rc1-cp311-cp311-manylinux_2_28_x86_64.whl", None),
+            file("np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl", None),
+            file("np-1.9-cp311-cp311-manylinux_2_28_x86_64.whl", None),
+        ];
+        let guessed = |files: &[DistFile], specs: &[VersionSpecifiers]| {
+            guessed_wheel(files, specs, false, &tags, &py).map(|f| f.filename.clone())
+        };
+        assert_eq!(
+            guessed(&files, &[]).as_deref(),
+            Some("np-2.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+        );
+        let below_2: VersionSpecifiers = "<2".parse().unwrap();
+        assert_eq!(
+            guessed(&files, &[below_2]).as_deref(),
+            Some("np-1.9-cp311-cp311-manylinux_2_28_x86_64.whl")
+        );
+        // A version the Python can take but with no wheel for it: none.
+        files.truncate(2);
+        assert_eq!(guessed(&files, &[]), None);
     }
 }

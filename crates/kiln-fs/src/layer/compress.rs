@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use kiln_core::digest::Digest;
 
+use super::inflating;
 use super::spool::{each_block, Deflated, SpoolSlice};
 use super::tarball::RecordSink;
 
@@ -159,7 +160,7 @@ fn stored(chunk: &[u8]) -> bool {
 /// The pool compression jobs run on. Separate from rayon's global pool so a
 /// layer being built on a global worker can wait for its chunks without
 /// starving them.
-fn pool() -> &'static rayon::ThreadPool {
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
@@ -323,7 +324,12 @@ impl<W: Write> ParallelEncoder<W> {
     /// plain bytes are read for the diff_id only, and no byte of them is
     /// compressed again. Which members go in this way depends on the
     /// entries alone, so the stream's bytes still do.
-    fn put_deflated_member(&mut self, s: &SpoolSlice, d: Arc<Deflated>) -> io::Result<()> {
+    fn put_deflated_member(
+        &mut self,
+        s: &SpoolSlice,
+        d: Arc<Deflated>,
+        ahead: Option<inflating::Read>,
+    ) -> io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
             self.dispatch(chunk)?;
@@ -333,14 +339,27 @@ impl<W: Write> ParallelEncoder<W> {
         // takes the stream unread: the layer that copies the part reads
         // the bytes for its own diff_id (see `layer::build_parted`).
         if self.diff.is_some() {
-            let whole = s.for_each_block(|b| {
-                self.hash_only(b);
-                Ok(())
-            })?;
+            let (whole, held) = match ahead {
+                Some(read) => {
+                    let (bytes, whole) = read?;
+                    self.hash_only(&bytes);
+                    (Some(whole), Some(bytes))
+                }
+                None => {
+                    let whole = s.for_each_block(|b| {
+                        self.hash_only(b);
+                        Ok(())
+                    })?;
+                    (whole, None)
+                }
+            };
             if whole == Some(false) {
                 // The archive counts bytes after the stream's end as the
                 // member's: its bytes are compressed as any other's.
-                return s.for_each_block(|b| self.buffer(b)).map(drop);
+                return match held {
+                    Some(bytes) => self.buffer(&bytes),
+                    None => s.for_each_block(|b| self.buffer(b)).map(drop),
+                };
             }
         } else {
             self.raw_len += s.len();
@@ -378,11 +397,15 @@ impl<W: Write> RecordSink for ParallelEncoder<W> {
         matches!(self.compression, Compression::Gzip { .. })
     }
 
-    fn put_deflated(&mut self, s: &SpoolSlice) -> io::Result<()> {
+    fn put_deflated(&mut self, s: &SpoolSlice, ahead: Option<inflating::Read>) -> io::Result<()> {
         match s.shared_deflated() {
-            Some(d) => self.put_deflated_member(s, d),
+            Some(d) => self.put_deflated_member(s, d, ahead),
             None => Err(io::Error::other("a file with no deflated form")),
         }
+    }
+
+    fn reads_members(&self) -> bool {
+        self.diff.is_some() || !self.takes_deflated()
     }
 }
 

@@ -5,6 +5,7 @@
 mod ahead;
 pub mod archive;
 mod compress;
+mod inflating;
 mod kept;
 mod packed;
 mod parts;

@@ -94,6 +94,11 @@ impl Packed {
         self.size > WHOLE_UP_TO || self.raw_len > WHOLE_UP_TO
     }
 
+    /// Whether it is deflated and inflated whole, in one call.
+    pub(crate) fn inflated_whole(&self) -> bool {
+        self.deflated && !self.streamed()
+    }
+
     fn raw(&self) -> FileRange<'_> {
         FileRange::new(&self.file, self.offset, self.raw_len)
     }

@@ -348,6 +348,15 @@ impl SpoolSlice {
         self.deflated.as_deref()
     }
 
+    /// Its packed member, when that is deflated and inflated whole (what
+    /// is worth inflating ahead of the writer, see `layer::inflating`).
+    pub(crate) fn inflated_whole(&self) -> Option<Arc<Packed>> {
+        match &self.place {
+            Place::Packed(p) if p.inflated_whole() => Some(p.clone()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn shared_deflated(&self) -> Option<Arc<Deflated>> {
         self.deflated.clone()
     }

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
+use super::inflating::{self, Ahead};
 use super::spool::SpoolSlice;
 use super::tree::{Entry, EntryKind};
 
@@ -17,9 +18,17 @@ pub(crate) trait RecordSink: Write {
     }
 
     /// Write `s`'s bytes as their deflated form (only when
-    /// [`RecordSink::takes_deflated`] and `s` has one).
-    fn put_deflated(&mut self, _s: &SpoolSlice) -> io::Result<()> {
+    /// [`RecordSink::takes_deflated`] and `s` has one); `ahead`: its bytes,
+    /// when they were inflated ahead.
+    fn put_deflated(&mut self, _s: &SpoolSlice, _ahead: Option<inflating::Read>) -> io::Result<()> {
         Err(io::Error::other("this writer takes no deflated bytes"))
+    }
+
+    /// Whether it reads the bytes of the deflated members it is given (a
+    /// gzip writer that takes them as they are and hashes nothing does
+    /// not): they are then inflated ahead of it.
+    fn reads_members(&self) -> bool {
+        true
     }
 
     /// Whether the bytes these records stand for were compressed before,
@@ -58,9 +67,10 @@ impl RecordSink for Vec<u8> {}
 
 /// Write `entries` (already sorted) as a complete tar stream, trailer included.
 pub(crate) fn write_tar<W: RecordSink>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+    let mut ahead = Ahead::new(entries, out.reads_members());
     let mut b = tar::Builder::new(out);
-    for e in entries {
-        append(&mut b, e, mtime)?;
+    for (i, e) in entries.iter().enumerate() {
+        append(&mut b, e, mtime, ahead.take(i))?;
     }
     b.into_inner()
 }
@@ -70,9 +80,10 @@ pub(crate) fn write_tar<W: RecordSink>(entries: &[Entry], mtime: u64, out: W) ->
 /// so parts written one after the other, then the trailer, are the same
 /// bytes as all the entries at once).
 pub(crate) fn write_records<W: RecordSink>(entries: &[Entry], mtime: u64, out: W) -> io::Result<W> {
+    let mut ahead = Ahead::new(entries, out.reads_members());
     let mut b = tar::Builder::new(Muffled { inner: Some(out) });
-    for e in entries {
-        append(&mut b, e, mtime)?;
+    for (i, e) in entries.iter().enumerate() {
+        append(&mut b, e, mtime, ahead.take(i))?;
     }
     // The builder writes its trailer when it finishes; it goes nowhere.
     let out = b.get_mut().inner.take();
@@ -93,11 +104,15 @@ impl<W: RecordSink> RecordSink for Muffled<W> {
         self.inner.as_ref().is_some_and(|w| w.takes_deflated())
     }
 
-    fn put_deflated(&mut self, s: &SpoolSlice) -> io::Result<()> {
+    fn put_deflated(&mut self, s: &SpoolSlice, ahead: Option<inflating::Read>) -> io::Result<()> {
         match &mut self.inner {
-            Some(w) => w.put_deflated(s),
+            Some(w) => w.put_deflated(s, ahead),
             None => Ok(()),
         }
+    }
+
+    fn reads_members(&self) -> bool {
+        self.inner.as_ref().is_some_and(|w| w.reads_members())
     }
 
     fn stands_for_streams(&self) -> bool {
@@ -121,7 +136,13 @@ impl<W: Write> Write for Muffled<W> {
     }
 }
 
-fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::Result<()> {
+/// Append `e`; `ahead`: its bytes, when they were inflated ahead.
+fn append<W: RecordSink>(
+    b: &mut tar::Builder<W>,
+    e: &Entry,
+    mtime: u64,
+    ahead: Option<inflating::Read>,
+) -> io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_mtime(mtime);
     h.set_uid(e.uid);
@@ -185,10 +206,17 @@ fn append<W: RecordSink>(b: &mut tar::Builder<W>, e: &Entry, mtime: u64) -> io::
             let w = b.get_mut();
             w.write_all(h.as_bytes())?;
             if s.deflated().is_some() && w.takes_deflated() {
-                w.put_deflated(s)?;
+                w.put_deflated(s, ahead)?;
             } else {
                 // (A spool shorter than the slice is an error of its reader.)
-                let whole = s.for_each_block(|bytes| w.write_all(bytes))?;
+                let whole = match ahead {
+                    Some(read) => {
+                        let (bytes, whole) = read?;
+                        w.write_all(&bytes)?;
+                        Some(whole)
+                    }
+                    None => s.for_each_block(|bytes| w.write_all(bytes))?,
+                };
                 if s.deflated().is_some() && w.stands_for_streams() && whole == Some(false) {
                     return Err(io::Error::other(StreamNotWhole(e.path.clone())));
                 }

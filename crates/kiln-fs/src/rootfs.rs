@@ -107,23 +107,52 @@ fn parent_of(path: &str) -> &str {
     }
 }
 
+/// Layers [`Rootfs::from_layers`] reads at a time: as many as the base's
+/// blobs fetched at a time (each read holds ~6 MiB of buffers).
+const READERS: usize = 4;
+
 impl Rootfs {
     /// Overlay uncompressed layer tar streams, lowest first. `keep(path)`
-    /// says whose contents to hold in memory. Each layer is read on a
-    /// thread of its own (its decompression, the hash a caller takes and
-    /// the tar's parse run beside the others'), then applied in order.
+    /// says whose contents to hold in memory. [`READERS`] layers are read
+    /// at a time, lowest first, each on a thread of its own (its
+    /// decompression, the hash a caller takes and the tar's parse run
+    /// beside the others'), then applied in order. Threads rather than
+    /// rayon's two workers: a layer still arriving (see
+    /// `kiln_oci::blobs`) is read as its bytes come, and a third
+    /// layer's bytes waited for a worker behind a slow link until the
+    /// last one had arrived.
     pub fn from_layers<R: Read + Send>(
         layers: impl IntoIterator<Item = R>,
         keep: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Self> {
-        use rayon::prelude::*;
-        let layers: Vec<R> = layers.into_iter().collect();
-        let parsed: Vec<Result<Parsed>> = layers
-            .into_par_iter()
-            .map(|layer| parse_layer(layer, keep))
-            .collect();
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let layers: Vec<Mutex<Option<R>>> =
+            layers.into_iter().map(|l| Mutex::new(Some(l))).collect();
+        let parsed: Vec<Mutex<Option<Result<Parsed>>>> =
+            layers.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..layers.len().min(READERS) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = layers.get(i) else { return };
+                    let layer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let got = match layer {
+                        Some(layer) => parse_layer(layer, keep),
+                        None => Err(Error::internal("a layer was read twice")),
+                    };
+                    *parsed[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
+                });
+            }
+        });
+        let parsed = parsed.into_iter().map(|p| {
+            p.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(Error::internal("a layer was not read")))
+        });
         let mut fs = Rootfs::default();
-        for (i, layer) in parsed.into_iter().enumerate() {
+        for (i, layer) in parsed.enumerate() {
             let layer = layer.map_err(|e| e.context(format!("reading base layer {}", i + 1)))?;
             fs.apply_parsed(layer);
         }

@@ -10,7 +10,9 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::growing::Growing;
 use kiln_core::digest::{digest_reader, Digest, HashingWriter};
 use kiln_core::error::{IoContext, Result};
 
@@ -393,6 +395,7 @@ impl Cache {
         Ok(BlobWriter {
             cache: self.clone(),
             out: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+            shown: None,
         })
     }
 
@@ -599,12 +602,50 @@ const STAMPED_FROM: u64 = 1 << 20;
 pub struct BlobWriter {
     cache: Cache,
     out: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    shown: Option<Shown>,
+}
+
+/// Bytes a writer shows its [`Growing`] once this many more are written.
+const SHOWN_EVERY: u64 = 256 << 10;
+
+/// A writer's [`Growing`]: abandoned if the writer ends uncommitted.
+struct Shown {
+    growing: Arc<Growing>,
+    len: u64,
+    done: bool,
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        if !self.done {
+            self.growing.ended(false);
+        }
+    }
 }
 
 impl BlobWriter {
+    /// Show the bytes to `growing` as they are written (see [`Growing`]).
+    pub fn showing(mut self, growing: Arc<Growing>) -> Result<BlobWriter> {
+        let file = self
+            .out
+            .get_ref()
+            .get_ref()
+            .as_file()
+            .try_clone()
+            .io_context(|| "opening a blob being written".into())?;
+        growing.begin(file);
+        self.shown = Some(Shown {
+            growing,
+            len: 0,
+            done: false,
+        });
+        Ok(self)
+    }
+
     /// Verify and move into place. With `expected`, a mismatch is an error
     /// (the temp file is deleted); without, the computed digest names the blob.
-    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let shown = self.shown.take();
         let (buf, digest, len) = self.out.finish();
         if let Some(exp) = expected {
             if exp != &digest {
@@ -647,13 +688,27 @@ impl BlobWriter {
             }
             self.cache.saw(&digest, stamp.line);
         }
+        if let Some(mut shown) = shown {
+            shown.growing.grew(len);
+            shown.growing.ended(true);
+            shown.done = true;
+        }
         Ok((digest, len))
     }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
+        let n = self.out.write(buf)?;
+        if let Some(shown) = &mut self.shown {
+            let len = self.out.len();
+            if len - shown.len >= SHOWN_EVERY {
+                self.out.flush()?;
+                shown.growing.grew(len);
+                shown.len = len;
+            }
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()

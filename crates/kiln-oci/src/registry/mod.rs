@@ -354,6 +354,19 @@ impl Registry {
         size: u64,
         cache: &Cache,
     ) -> Result<()> {
+        self.fetch_blob_showing(r, digest, size, cache, None)
+    }
+
+    /// [`Registry::fetch_blob`], its bytes shown to `growing` as they come
+    /// (a retry abandons it: see [`kiln_store::Growing`]).
+    pub fn fetch_blob_showing(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        size: u64,
+        cache: &Cache,
+        growing: Option<&std::sync::Arc<kiln_store::Growing>>,
+    ) -> Result<()> {
         let desc = OciDescriptor {
             digest: digest.to_string(),
             size: size as i64,
@@ -363,6 +376,10 @@ impl Registry {
         self.run("pulling blob", r, || async {
             let mut w = cache
                 .writer()
+                .and_then(|w| match growing {
+                    Some(g) => w.showing(g.clone()),
+                    None => Ok(w),
+                })
                 .map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))?;
             // The blob writer hashes what it keeps; asked for the range
             // from 0, a registry that serves ranges answers 206 and

@@ -85,9 +85,6 @@ pub(crate) struct Stages<'a> {
     /// other wheels download ([`pip::LayerAhead`]): a build that reuses
     /// layers from its memo.
     pub(crate) ahead: Option<Ahead<'a>>,
-    /// Told the packages an `[apt]` stage installs, then closed: the
-    /// `[pip]` prefetch guesses the Python they bring ([`pip::PythonHint`]).
-    pub(crate) pip_hint: Option<&'a pip::PythonHint>,
 }
 
 /// How the build writes layers, for the ones written ahead.
@@ -260,24 +257,15 @@ impl Stages<'_> {
                 Some(l) => {
                     apt::plan_locked(section, self.spec_dir, &l.apt, fs, platform, http, cache)?
                 }
-                None => {
-                    let chosen = |names: &[&str]| {
-                        if let Some(hint) = self.pip_hint {
-                            names.iter().for_each(|n| hint.saw_package(n));
-                            hint.close();
-                        }
-                    };
-                    apt::plan(
-                        section,
-                        self.spec_dir,
-                        fs,
-                        platform,
-                        self.scratch,
-                        http,
-                        cache,
-                        &chosen,
-                    )?
-                }
+                None => apt::plan(
+                    section,
+                    self.spec_dir,
+                    fs,
+                    platform,
+                    self.scratch,
+                    http,
+                    cache,
+                )?,
             };
             out.apt_kept = plan.kept.clone();
             if last {

@@ -320,11 +320,7 @@ fn parse_request(s: &str, arch: &str) -> Result<Dep> {
 }
 
 /// Resolve the section against the base (`fs`) and the signed indexes,
-/// and download every `.deb` (verified) into the cache. `chosen` is told
-/// the names of the packages to install once they are resolved, before
-/// the downloads (a later stage starts on what they say: a `[pip]`
-/// stage's wheels for the Python they bring).
-#[allow(clippy::too_many_arguments)]
+/// and download every `.deb` (verified) into the cache.
 pub fn plan(
     section: &AptSection,
     spec_dir: &Path,
@@ -333,7 +329,6 @@ pub fn plan(
     scratch: bool,
     http: &Http,
     cache: &Cache,
-    chosen: &dyn Fn(&[&str]),
 ) -> Result<AptPlan> {
     let arch = debian_arch(platform)?;
     if section.bootstrap.is_some() && !scratch {
@@ -430,7 +425,6 @@ pub fn plan(
         .into_iter()
         .map(|i| universe[i].clone())
         .collect();
-    chosen(&packages.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
         packages

@@ -88,17 +88,7 @@ impl PythonHint {
         }
     }
 
-    /// A Debian package an `[apt]` stage below the pip stage installs:
-    /// `python3.N` (or `python3.N-minimal`) gives the interpreter, `libc6`
-    /// glibc.
-    pub fn saw_package(&self, name: &str) {
-        if !self.settled.load(Ordering::Relaxed) {
-            let minor = name.strip_prefix("python3.").and_then(package_minor);
-            self.learn(minor, name == "libc6");
-        }
-    }
-
-    /// What a path or package showed, if anything (the first minor wins).
+    /// What a path showed, if anything (the first minor wins).
     fn learn(&self, minor: Option<u32>, glibc: bool) {
         if minor.is_some() || glibc {
             self.update(|s| {
@@ -464,25 +454,6 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Some(guess));
         hint.close();
         assert_eq!(hint.wait(), Some(guess));
-
-        // An `[apt]` stage's packages tell as much.
-        let apt = PythonHint::new();
-        apt.reading(Arch::Amd64);
-        for name in [
-            "libpython3.13-minimal",
-            "python3.12-venv",
-            "python3",
-            "libc6-dev",
-        ] {
-            apt.saw_package(name);
-        }
-        apt.saw_package("python3.11-minimal");
-        apt.saw_package("libc6");
-        let eleven = Guess {
-            minor: 11,
-            arch: Arch::Amd64,
-        };
-        assert_eq!(apt.wait(), Some(eleven));
 
         let musl = PythonHint::new();
         musl.reading(Arch::Amd64);

@@ -1072,10 +1072,10 @@ fn run_stages(
         // The base's view is remembered by its manifest, unless maintainer
         // scripts need every content of it.
         let view = img.manifest_digest.as_ref().filter(|_| !run_scripts);
-        let hint = prefetch.as_ref().and_then(|p| p.hint_for(&img.platform));
         let mut fs = match view.and_then(|d| memo::read_view(&setup.cache, d)) {
             Some(fs) => fs,
             None => {
+                let hint = prefetch.as_ref().and_then(|p| p.hint_for(&img.platform));
                 let watched = |path: &str| {
                     if let Some(h) = hint {
                         h.saw(path);

@@ -417,14 +417,11 @@ pub fn plan(
     // ~60k, a solve meets a few thousand); the solver's choice is the same.
     let mut universe = installed;
     universe.extend(catalog.reachable(requests.iter().flatten().map(|d| d.name.as_str()), cache)?);
-    let chosen_ids = solve::solve_asked(&universe, arch, &requests, &asked, &|a| {
+    let chosen = solve::solve_asked(&universe, arch, &requests, &asked, &|a| {
         catalog.names_at(a, arch)
     })?;
     drop(catalog);
-    let packages: Vec<Package> = chosen_ids
-        .into_iter()
-        .map(|i| universe[i].clone())
-        .collect();
+    let packages: Vec<Package> = chosen.into_iter().map(|i| universe[i].clone()).collect();
     // Download in parallel, each verified against the signed index.
     kiln_store::http::on_network_pool(|| {
         packages

@@ -339,27 +339,15 @@ impl<W: Write> ParallelEncoder<W> {
         // takes the stream unread: the layer that copies the part reads
         // the bytes for its own diff_id (see `layer::build_parted`).
         if self.diff.is_some() {
-            let (whole, held) = match ahead {
-                Some(read) => {
-                    let (bytes, whole) = read?;
-                    self.hash_only(&bytes);
-                    (Some(whole), Some(bytes))
-                }
-                None => {
-                    let whole = s.for_each_block(|b| {
-                        self.hash_only(b);
-                        Ok(())
-                    })?;
-                    (whole, None)
-                }
-            };
+            let whole = inflating::each_block(s, ahead, |b| {
+                self.hash_only(b);
+                Ok(())
+            })?;
             if whole == Some(false) {
                 // The archive counts bytes after the stream's end as the
-                // member's: its bytes are compressed as any other's.
-                return match held {
-                    Some(bytes) => self.buffer(&bytes),
-                    None => s.for_each_block(|b| self.buffer(b)).map(drop),
-                };
+                // member's: its bytes are compressed as any other's (read
+                // again: a member is rarely so).
+                return s.for_each_block(|b| self.buffer(b)).map(drop);
             }
         } else {
             self.raw_len += s.len();

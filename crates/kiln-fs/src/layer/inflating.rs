@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::compress::pool;
 use super::packed::Packed;
+use super::spool::SpoolSlice;
 use super::tree::{Entry, EntryKind};
 
 /// Inflated bytes held ahead of the writer, at most (one member more when
@@ -38,6 +39,22 @@ static WRITERS: AtomicUsize = AtomicUsize::new(0);
 /// A member's bytes, checked, and whether its deflate stream ended where
 /// its archive says (see [`Packed::read_all`]).
 pub(crate) type Read = io::Result<(Vec<u8>, bool)>;
+
+/// Hand `s`'s bytes to `f`: `ahead`'s when they were inflated ahead, else
+/// read now ([`SpoolSlice::for_each_block`], whose answer this gives).
+pub(crate) fn each_block(
+    s: &SpoolSlice,
+    ahead: Option<Read>,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Option<bool>> {
+    match ahead {
+        Some(read) => {
+            let (bytes, whole) = read?;
+            f(&bytes).map(|()| Some(whole))
+        }
+        None => s.for_each_block(f),
+    }
+}
 
 /// The members of `entries` after the one being written, inflating.
 pub(crate) struct Ahead<'a> {
@@ -182,7 +199,6 @@ mod tests {
     use std::io::Write as _;
     use std::sync::Arc;
 
-    use super::super::spool::SpoolSlice;
     use super::super::tarball::write_tar;
     use super::*;
 

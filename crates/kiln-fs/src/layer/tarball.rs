@@ -209,14 +209,7 @@ fn append<W: RecordSink>(
                 w.put_deflated(s, ahead)?;
             } else {
                 // (A spool shorter than the slice is an error of its reader.)
-                let whole = match ahead {
-                    Some(read) => {
-                        let (bytes, whole) = read?;
-                        w.write_all(&bytes)?;
-                        Some(whole)
-                    }
-                    None => s.for_each_block(|bytes| w.write_all(bytes))?,
-                };
+                let whole = inflating::each_block(s, ahead, |bytes| w.write_all(bytes))?;
                 if s.deflated().is_some() && w.stands_for_streams() && whole == Some(false) {
                     return Err(io::Error::other(StreamNotWhole(e.path.clone())));
                 }

@@ -8,6 +8,7 @@ pub mod mutate;
 pub mod platform;
 pub mod progress;
 pub mod suggest;
+pub mod threads;
 pub mod time;
 pub mod url;
 

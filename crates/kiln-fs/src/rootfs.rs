@@ -125,26 +125,20 @@ impl Rootfs {
         layers: impl IntoIterator<Item = R>,
         keep: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Self> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Mutex;
         let layers: Vec<Mutex<Option<R>>> =
             layers.into_iter().map(|l| Mutex::new(Some(l))).collect();
         let parsed: Vec<Mutex<Option<Result<Parsed>>>> =
             layers.iter().map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..layers.len().min(READERS) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(slot) = layers.get(i) else { return };
-                    let layer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let got = match layer {
-                        Some(layer) => parse_layer(layer, keep),
-                        None => Err(Error::internal("a layer was read twice")),
-                    };
-                    *parsed[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
-                });
-            }
+            kiln_core::threads::spawn_in_order(s, layers.len(), READERS, |i| {
+                let layer = layers[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+                let got = match layer {
+                    Some(layer) => parse_layer(layer, keep),
+                    None => Err(Error::internal("a layer was read twice")),
+                };
+                *parsed[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
+            })
         });
         let parsed = parsed.into_iter().map(|p| {
             p.into_inner()

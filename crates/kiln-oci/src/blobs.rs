@@ -258,7 +258,6 @@ impl<'a> Blobs<'a> {
         layers: &[Desc],
         read: impl Fn(Vec<Box<dyn Read + Send>>) -> Result<T>,
     ) -> Result<T> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
         // Two messages at most (coming, then where or failed): never a wait.
         let (senders, receivers): (Vec<SyncSender<Ready>>, Vec<Receiver<Ready>>) =
@@ -267,25 +266,20 @@ impl<'a> Blobs<'a> {
             layers.iter().map(|_| Mutex::new(None)).collect();
         let growths: Vec<Mutex<Option<Arc<Growing>>>> =
             layers.iter().map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
         let (out, ends) = std::thread::scope(|s| {
-            for _ in 0..layers.len().min(FETCHERS) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(l) = layers.get(i) else { return };
-                    let coming = |g: Arc<Growing>| {
-                        *growths[i].lock().expect("not poisoned") = Some(g.clone());
-                        let _ = senders[i].send(Ready::Coming(g));
-                    };
-                    let got = self.located_showing(&l.digest, Some(&coming));
-                    // The reader may be gone (`read` returned early).
-                    let _ = senders[i].send(match &got {
-                        Ok(p) => Ready::At(p.clone()),
-                        Err(_) => Ready::Failed,
-                    });
-                    *fetched[i].lock().expect("not poisoned") = Some(got);
+            kiln_core::threads::spawn_in_order(s, layers.len(), FETCHERS, |i| {
+                let coming = |g: Arc<Growing>| {
+                    *growths[i].lock().expect("not poisoned") = Some(g.clone());
+                    let _ = senders[i].send(Ready::Coming(g));
+                };
+                let got = self.located_showing(&layers[i].digest, Some(&coming));
+                // The reader may be gone (`read` returned early).
+                let _ = senders[i].send(match &got {
+                    Ok(p) => Ready::At(p.clone()),
+                    Err(_) => Ready::Failed,
                 });
-            }
+                *fetched[i].lock().expect("not poisoned") = Some(got);
+            });
             Self::read_arriving(layers, receivers, &read)
         });
         let mut paths = Vec::new();

@@ -239,7 +239,7 @@ fn fetch_guessed(client: &IndexClient, inputs: &Inputs, guess: Guess, stop: &Ato
             let mut fetching = wheels.clone();
             fetching.sort_by_key(|f| std::cmp::Reverse(f.size.unwrap_or(0)));
             s.spawn(move || {
-                kiln_store::http::on_network_pool(|| {
+                kiln_store::http::on_guess_pool(|| {
                     // Taken in order by whichever thread is free.
                     fetching.into_iter().par_bridge().for_each(|f| {
                         if !stop.load(Ordering::Relaxed) {

@@ -26,7 +26,27 @@ const DEFAULT_CONCURRENCY: usize = 8;
 /// left most of a cold build's bandwidth unused.
 pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| {
+    run_on(&POOL, "kiln-net", f)
+}
+
+/// [`on_network_pool`] for downloads made on a guess, before anything
+/// needs them (pip's wheels fetched while the base is read). A pool of
+/// their own: queued on the network pool, a 110-wheel guess held its
+/// threads until most of its wheels were in, and the resolver's page and
+/// metadata lookups (read from the cache by then) waited behind them for
+/// 0.3 s. A download wanted for real joins the guessed one under way
+/// ([`Flight`]), so the two pools never fetch one file twice.
+pub fn on_guess_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    run_on(&POOL, "kiln-guess", f)
+}
+
+fn run_on<R: Send>(
+    pool: &std::sync::OnceLock<Option<rayon::ThreadPool>>,
+    name: &'static str,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    let pool = pool.get_or_init(|| {
         let n = std::env::var("KILN_CONCURRENT_DOWNLOADS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -34,7 +54,7 @@ pub fn on_network_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             .unwrap_or(DEFAULT_CONCURRENCY);
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
-            .thread_name(|i| format!("kiln-net-{i}"))
+            .thread_name(move |i| format!("{name}-{i}"))
             .build()
             .ok()
     });

@@ -309,8 +309,9 @@ pub fn cached_layer(
 /// libdeflate; 3: known hashes of spooled files; 4: wheel members from
 /// 16 KiB keep their deflate streams (64 KiB before); 5: gzip chunks that
 /// look random are stored; 6: wheels from 2 MiB get layers of their own,
-/// which a locked stage's memo would not know).
-pub const ENCODING: u32 = 6;
+/// which a locked stage's memo would not know; 7: wheel members from
+/// 4 KiB keep their deflate streams).
+pub const ENCODING: u32 = 7;
 
 /// sha256 over everything that decides a layer's bytes.
 fn input_key(

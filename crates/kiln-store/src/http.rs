@@ -17,7 +17,8 @@ use kiln_core::error::{ErrorKind, IoContext, Result};
 use kiln_core::progress::Transfers;
 
 const ATTEMPTS: u32 = 4;
-/// Transfers at once unless `KILN_CONCURRENT_DOWNLOADS` says otherwise.
+/// Transfers at once on each pool (the network's, the guess's) unless
+/// `KILN_CONCURRENT_DOWNLOADS` says otherwise.
 const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Run `f` (typically a `par_iter` of downloads) on the pool for network

@@ -184,25 +184,7 @@ impl<'a> Blobs<'a> {
             origin => match self.cache.verified(digest)? {
                 Some(p) => Ok(p),
                 None => {
-                    match (origin, coming) {
-                        (Origin::Registry(r), Some(coming)) => {
-                            let reg = self.registry_for(r, digest)?;
-                            let growing = Growing::new();
-                            coming(growing.clone());
-                            let got = reg.fetch_blob_showing(
-                                r,
-                                digest,
-                                layer.size,
-                                self.cache,
-                                Some(&growing),
-                            );
-                            // Its reader must not wait for a fetch that
-                            // failed before it began writing.
-                            growing.ended(got.is_ok());
-                            got?
-                        }
-                        _ => self.fetch(digest, layer, origin)?,
-                    }
+                    self.fetch(digest, layer, origin, coming)?;
                     self.cache.verified(digest)?.ok_or_else(|| {
                         Error::internal(format!("blob {digest} vanished from the cache"))
                     })
@@ -342,26 +324,39 @@ impl<'a> Blobs<'a> {
         side_by_side(&digests, |d| self.path(d))
     }
 
-    fn fetch(&self, digest: &Digest, layer: &BaseLayer, origin: &Origin) -> Result<()> {
+    /// Fetch or import the blob into the cache; one from a registry is
+    /// shown to `coming`'s growth as it is written (see
+    /// [`Blobs::located_showing`]).
+    fn fetch(
+        &self,
+        digest: &Digest,
+        layer: &BaseLayer,
+        origin: &Origin,
+        coming: Option<&dyn Fn(Arc<Growing>)>,
+    ) -> Result<()> {
         match origin {
             Origin::Registry(r) => {
-                let reg = self.registry_for(r, digest)?;
-                reg.fetch_blob(r, digest, layer.size, self.cache)
+                let reg = self.registry.ok_or_else(|| RegistryError::OfflineBlob {
+                    digest: digest.clone(),
+                    image: r.whole(),
+                    hint: true,
+                })?;
+                let growing = coming.map(|coming| {
+                    let g = Growing::new();
+                    coming(g.clone());
+                    g
+                });
+                let got =
+                    reg.fetch_blob_showing(r, digest, layer.size, self.cache, growing.as_ref());
+                if let Some(g) = &growing {
+                    // Its reader must not wait for a fetch that failed
+                    // before it began writing.
+                    g.ended(got.is_ok());
+                }
+                got
             }
             Origin::Layout(dir) => self.import_layout_blob(dir, digest, layer).map(drop),
         }
-    }
-
-    /// The registry to fetch `r`'s blob `digest` from (none when offline).
-    fn registry_for(&self, r: &Reference, digest: &Digest) -> Result<&Registry> {
-        self.registry.ok_or_else(|| {
-            RegistryError::OfflineBlob {
-                digest: digest.clone(),
-                image: r.whole(),
-                hint: true,
-            }
-            .into()
-        })
     }
 
     /// Copy a layout's own blob into the cache, verified against its digest.

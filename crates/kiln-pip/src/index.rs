@@ -84,7 +84,7 @@ pub(crate) fn file_project(filename: &str) -> Option<String> {
 /// The version part of a distribution file name.
 pub(crate) fn file_version(filename: &str) -> Option<String> {
     if filename.ends_with(".whl") {
-        return WheelName::parse(filename).ok().map(|w| w.version);
+        return WheelName::version_of(filename).map(str::to_string);
     }
     let stem = filename
         .strip_suffix(".tar.gz")

@@ -23,15 +23,7 @@ impl WheelName {
         let bad = || PipError::InvalidWheelName {
             filename: filename.to_string(),
         };
-        let stem = filename.strip_suffix(".whl").ok_or_else(bad)?;
-        let parts: Vec<&str> = stem.split('-').collect();
-        let (name, version, py, abi, plat) = match parts.as_slice() {
-            [n, v, p, a, pl] | [n, v, _, p, a, pl] => (*n, *v, *p, *a, *pl),
-            _ => return Err(bad().into()),
-        };
-        if name.is_empty() || version.is_empty() {
-            return Err(bad().into());
-        }
+        let [name, version, py, abi, plat] = Self::fields(filename).ok_or_else(bad)?;
         let split = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
         Ok(WheelName {
             name: name.to_string(),
@@ -40,6 +32,33 @@ impl WheelName {
             abi: split(abi),
             platform: split(plat),
         })
+    }
+
+    /// The version a wheel's file name gives, as [`WheelName::parse`] would
+    /// read it, without taking the rest apart: an index page names
+    /// thousands of files, and most are only looked at for their version.
+    pub(crate) fn version_of(filename: &str) -> Option<&str> {
+        Self::fields(filename).map(|[_, version, ..]| version)
+    }
+
+    /// Name, version, python, abi and platform of `<name>-<version>[-<build>]-<py>-<abi>-<plat>.whl`.
+    fn fields(filename: &str) -> Option<[&str; 5]> {
+        let stem = filename.strip_suffix(".whl")?;
+        let mut got: [&str; 6] = [""; 6];
+        let mut n = 0;
+        for p in stem.split('-') {
+            if n == got.len() {
+                return None;
+            }
+            got[n] = p;
+            n += 1;
+        }
+        let fields = match n {
+            5 => [got[0], got[1], got[2], got[3], got[4]],
+            6 => [got[0], got[1], got[3], got[4], got[5]],
+            _ => return None,
+        };
+        (!fields[0].is_empty() && !fields[1].is_empty()).then_some(fields)
     }
 
     /// Whether it fits every Python 3 interpreter and platform
@@ -174,7 +193,14 @@ mod tests {
         assert_eq!(w.platform.len(), 2);
         let b = WheelName::parse("foo-1.0-1build-py2.py3-none-any.whl").unwrap();
         assert_eq!(b.tags(), vec!["py2-none-any", "py3-none-any"]);
+        assert_eq!(
+            WheelName::version_of("foo-1.0-1build-py2.py3-none-any.whl"),
+            Some("1.0")
+        );
+        assert_eq!(WheelName::version_of("foo-2-py3-none-any.whl"), Some("2"));
+        assert_eq!(WheelName::version_of("a-1-2-3-4-5-6.whl"), None);
         for bad in ["foo-1.0.tar.gz", "foo-1.0-py3.whl", "-1.0-py3-none-any.whl"] {
+            assert_eq!(WheelName::version_of(bad), None);
             let err = WheelName::parse(bad).unwrap_err();
             assert!(
                 matches!(err.downcast_ref::<PipError>(), Some(PipError::InvalidWheelName { filename }) if filename == bad),

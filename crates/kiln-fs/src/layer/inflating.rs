@@ -5,7 +5,8 @@
 //! every member in order; inflating them there too left a core idle when
 //! that layer was the last one running (the end of every pip build: the
 //! six-package build spent its last 0.2 s so). The next few deflated
-//! members are handed to the pool while the writer hashes the current one.
+//! members (small ones in batches) are handed to the pool while the writer
+//! hashes the current one.
 //! A member whose job has not started when the writer reaches it is
 //! inflated by the writer itself, so a busy pool never makes it wait: the
 //! work done is the same either way, only where it runs differs. Only a
@@ -24,14 +25,18 @@ use super::packed::Packed;
 use super::spool::SpoolSlice;
 use super::tree::{Entry, EntryKind};
 
-/// Inflated bytes held ahead of the writer, at most (one member more when
+/// Inflated bytes held ahead of the writer, at most (one job more when
 /// none is held); members are at most 4 MiB (`packed::WHOLE_UP_TO`).
 const AHEAD_BYTES: u64 = 6 << 20;
-const AHEAD_MEMBERS: usize = 8;
+const AHEAD_JOBS: usize = 8;
 
-/// Smaller members are left to the writer: a job costs a few microseconds
-/// more than inflating one of them does (a freeze has 40 000 such files).
-const AHEAD_FROM: u64 = 64 << 10;
+/// Smaller members go to the pool in batches of about this many bytes: a
+/// job costs a few microseconds more than inflating one of them does (a
+/// freeze has 40 000 such files), and most of a layer of small wheels is
+/// such files (the freeze's last layer, written alone, spent 60 ms
+/// inflating them on one core while the other was idle).
+const BATCH_BYTES: u64 = 64 << 10;
+const BATCH_MEMBERS: usize = 64;
 
 /// Writers that read members, in this process.
 static WRITERS: AtomicUsize = AtomicUsize::new(0);
@@ -61,7 +66,12 @@ pub(crate) struct Ahead<'a> {
     entries: &'a [Entry],
     /// The next entry to look at for a member to start.
     next: usize,
-    started: VecDeque<(usize, Arc<Job>)>,
+    /// Jobs started, in the entries' order, with the entries they inflate.
+    started: VecDeque<(Vec<usize>, Arc<Job>)>,
+    /// The members of a batch taken, not yet written.
+    taken: VecDeque<(usize, Read)>,
+    /// Small members gathered for the next batch.
+    batch: Vec<(usize, Arc<Packed>)>,
     held: u64,
     on: bool,
 }
@@ -85,6 +95,8 @@ impl<'a> Ahead<'a> {
             entries,
             next: if on { 0 } else { entries.len() },
             started: VecDeque::new(),
+            taken: VecDeque::new(),
+            batch: Vec::new(),
             held: 0,
             on,
         }
@@ -95,19 +107,29 @@ impl<'a> Ahead<'a> {
     /// when the writer reads them itself. Starts the members after it.
     pub(crate) fn take(&mut self, i: usize) -> Option<Read> {
         self.next = self.next.max(i + 1);
-        let mut mine = None;
-        while let Some((at, _)) = self.started.front() {
-            if *at > i {
+        // A member gathered but not yet sent is the writer's own.
+        self.batch.retain(|(at, _)| *at > i);
+        while self.taken.front().is_some_and(|(at, _)| *at < i) {
+            self.taken.pop_front();
+        }
+        while self.started.front().is_some_and(|(ats, _)| ats[0] <= i) {
+            let Some((ats, job)) = self.started.pop_front() else {
                 break;
-            }
-            let (at, job) = self.started.pop_front()?;
-            self.held -= job.packed.size();
-            if at == i {
-                mine = Some(job);
+            };
+            self.held -= job.size();
+            if ats.contains(&i) {
+                self.taken.extend(ats.into_iter().zip(job.take()));
+                while self.taken.front().is_some_and(|(at, _)| *at < i) {
+                    self.taken.pop_front();
+                }
             }
         }
+        let mine = match self.taken.front() {
+            Some((at, _)) if *at == i => self.taken.pop_front().map(|(_, r)| r),
+            _ => None,
+        };
         self.start_more();
-        mine.map(|job| job.take())
+        mine
     }
 
     fn start_more(&mut self) {
@@ -116,7 +138,7 @@ impl<'a> Ahead<'a> {
             return;
         }
         while self.next < self.entries.len()
-            && self.started.len() < AHEAD_MEMBERS
+            && self.started.len() < AHEAD_JOBS
             && (self.started.is_empty() || self.held < AHEAD_BYTES)
         {
             let i = self.next;
@@ -124,26 +146,45 @@ impl<'a> Ahead<'a> {
             let EntryKind::Spooled(s) = &self.entries[i].kind else {
                 continue;
             };
-            let Some(packed) = s.inflated_whole().filter(|p| p.size() >= AHEAD_FROM) else {
+            let Some(packed) = s.inflated_whole() else {
                 continue;
             };
-            self.held += packed.size();
-            let job = Arc::new(Job {
-                packed,
-                state: Mutex::new(State::Waiting),
-                done: Condvar::new(),
-            });
-            let run = job.clone();
-            pool().spawn(move || run.run());
-            self.started.push_back((i, job));
+            if packed.size() >= BATCH_BYTES {
+                self.spawn(vec![(i, packed)]);
+                continue;
+            }
+            self.batch.push((i, packed));
+            let gathered: u64 = self.batch.iter().map(|(_, p)| p.size()).sum();
+            if gathered >= BATCH_BYTES || self.batch.len() >= BATCH_MEMBERS {
+                let batch = std::mem::take(&mut self.batch);
+                self.spawn(batch);
+            }
         }
+        if self.next == self.entries.len() && !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.spawn(batch);
+        }
+    }
+
+    /// Start inflating `members` (in the entries' order) on the pool.
+    fn spawn(&mut self, members: Vec<(usize, Arc<Packed>)>) {
+        let (ats, packed): (Vec<usize>, Vec<Arc<Packed>>) = members.into_iter().unzip();
+        let job = Arc::new(Job {
+            packed,
+            state: Mutex::new(State::Waiting),
+            done: Condvar::new(),
+        });
+        self.held += job.size();
+        let run = job.clone();
+        pool().spawn(move || run.run());
+        self.started.push_back((ats, job));
     }
 }
 
-/// One member's inflating, done by whichever of the pool and the writer
+/// Some members' inflating, done by whichever of the pool and the writer
 /// comes to it first.
 struct Job {
-    packed: Arc<Packed>,
+    packed: Vec<Arc<Packed>>,
     state: Mutex<State>,
     done: Condvar,
 }
@@ -151,12 +192,20 @@ struct Job {
 enum State {
     Waiting,
     Running,
-    Done(Read),
+    Done(Vec<Read>),
     Taken,
 }
 
 impl Job {
-    /// On the pool: inflate it unless the writer has taken it.
+    fn size(&self) -> u64 {
+        self.packed.iter().map(|p| p.size()).sum()
+    }
+
+    fn read_all(&self) -> Vec<Read> {
+        self.packed.iter().map(|p| p.read_all()).collect()
+    }
+
+    /// On the pool: inflate them unless the writer has taken them.
     fn run(&self) {
         {
             let mut s = self.lock();
@@ -165,26 +214,32 @@ impl Job {
             }
             *s = State::Running;
         }
-        let read = self.packed.read_all();
+        let read = self.read_all();
         *self.lock() = State::Done(read);
         self.done.notify_all();
     }
 
     /// For the writer: the bytes, waiting only for a job already running.
-    fn take(&self) -> Read {
+    fn take(&self) -> Vec<Read> {
         let mut s = self.lock();
         loop {
             match std::mem::replace(&mut *s, State::Taken) {
                 State::Waiting => {
                     drop(s);
-                    return self.packed.read_all();
+                    return self.read_all();
                 }
                 State::Running => {
                     *s = State::Running;
                     s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
                 State::Done(read) => return read,
-                State::Taken => return Err(io::Error::other("a member was read twice")),
+                State::Taken => {
+                    return self
+                        .packed
+                        .iter()
+                        .map(|_| Err(io::Error::other("a member was read twice")))
+                        .collect()
+                }
             }
         }
     }
@@ -274,18 +329,18 @@ mod tests {
         let f = Arc::new(std::fs::File::open(&path).unwrap());
         let crc = libdeflater::crc32(b"stored");
         let job = || Job {
-            packed: Arc::new(Packed::new(f.clone(), 0, 6, 6, crc, false, "w")),
+            packed: vec![Arc::new(Packed::new(f.clone(), 0, 6, 6, crc, false, "w"))],
             state: Mutex::new(State::Waiting),
             done: Condvar::new(),
         };
         let early = job();
-        assert_eq!(early.take().unwrap().0, b"stored");
+        assert_eq!(early.take()[0].as_ref().unwrap().0, b"stored");
         early.run();
         assert!(matches!(*early.lock(), State::Taken));
         let late = job();
         late.run();
         assert!(matches!(*late.lock(), State::Done(_)));
-        assert_eq!(late.take().unwrap().0, b"stored");
-        assert!(late.take().is_err());
+        assert_eq!(late.take()[0].as_ref().unwrap().0, b"stored");
+        assert!(late.take()[0].is_err());
     }
 }

@@ -27,6 +27,14 @@
 #      (the wheels cached, the layer memo emptied before each run), with
 #      the layers' total size: gzip (level 1, the default), gzip:6, zstd.
 #
+# Rows 0 and 1 take COLD_RUNS (3) cold runs of each tool in turn (kiln,
+# uv, kiln, uv...) and compare the medians: one cold uv run of the freeze
+# on ext4 took 2.07 s and another 5.16 s, by how much writeback it met.
+# They also time kiln's pip step alone: the same cold build on a cache
+# that holds the base already (pulled by a build without [pip], untimed),
+# as any build after the first on that base finds it; uv has no base to
+# pull, so this is the like-for-like pip step beside the whole cold build.
+#
 # After the timings each row checks that kiln's image and uv's directory
 # hold the same distributions (names and versions of the dist-infos).
 # Needs ~15 GB free under TMPDIR for row 2 at the default size.
@@ -94,6 +102,8 @@ uv_run() {
 }
 export -f kiln_run uv_run
 
+COLD_RUNS=${COLD_RUNS:-3}
+
 # measure VAR LOG CMD...: "SECONDS RSS_MB" of CMD into VAR, or "FAIL FAIL"
 # (the log goes to stderr, and FAILED is remembered for the exit status).
 FAILED=0
@@ -108,6 +118,61 @@ measure() {
     printf -v "$var" '%s' "FAIL FAIL"
     FAILED=1
   fi
+}
+# median_of "S RSS"...: the median seconds and the largest RSS, or
+# "FAIL FAIL" when any run failed.
+median_of() {
+  if printf '%s\n' "$@" | grep -q '^FAIL'; then echo "FAIL FAIL"; return; fi
+  local secs rss
+  secs=$(printf '%s\n' "$@" | awk '{ print $1 }' | sort -n | awk '{ s[NR] = $1 } END { print s[int((NR + 1) / 2)] }')
+  rss=$(printf '%s\n' "$@" | awk '{ print $2 }' | sort -n | tail -1)
+  echo "$secs $rss"
+}
+# cold_pair KVAR UVAR LOG KILN_DIR UV_NAME UV_TARGET [UV_FLAGS...]: COLD_RUNS
+# cold runs of `kiln_run KILN_DIR` and `uv_run UV_NAME UV_TARGET UV_FLAGS`
+# in turn, each cache emptied first; the medians into KVAR and UVAR. The
+# caches of the last runs stay, for a warm run next.
+cold_pair() {
+  local kvar=$1 uvar=$2 log=$3 kdir=$4 uname=$5 utarget=$6
+  shift 6
+  local ks=() us=() t i
+  for i in $(seq "$COLD_RUNS"); do
+    rm -rf "$kdir.cache"
+    measure t "$log-kiln-$i.log" kiln_run "$kdir"
+    ks+=("$t")
+    rm -rf "$work/$uname.uvcache"
+    measure t "$log-uv-$i.log" uv_run "$uname" "$utarget" "$@"
+    us+=("$t")
+  done
+  printf -v "$kvar" '%s' "$(median_of "${ks[@]}")"
+  printf -v "$uvar" '%s' "$(median_of "${us[@]}")"
+  printf -v "${kvar}_runs" '%s' "$(printf '%s ' "${ks[@]%% *}")"
+  printf -v "${uvar}_runs" '%s' "$(printf '%s ' "${us[@]%% *}")"
+}
+# runs_line KVAR UVAR: each cold run's seconds, in the order taken.
+runs_line() {
+  local k="${1}_runs" u="${2}_runs"
+  echo "cold runs, in turn: kiln ${!k}s; uv ${!u}s"
+}
+# pip_alone VAR LOG SPEC_DIR: the median of COLD_RUNS cold kiln builds of
+# SPEC_DIR (copied beside it) on a cache holding the base alone.
+pip_alone() {
+  local var=$1 log=$2 dir=$3 runs=() t i
+  mkdir -p "$dir-alone" "$work/base-only"
+  cp -r "$dir/." "$dir-alone/"
+  printf '[image]\nname = "bench/base-only"\nbase = "%s"\n' "$BASE" >"$work/base-only/kiln.toml"
+  for i in $(seq "$COLD_RUNS"); do
+    rm -rf "$dir-alone.cache"
+    "$KILN" build "$work/base-only/kiln.toml" --quiet --cache "$dir-alone.cache" -o "oci:$work/base-only.out" >/dev/null
+    measure t "$log-$i.log" kiln_run "$dir-alone"
+    runs+=("$t")
+  done
+  rm -rf "$dir-alone.cache" "$dir-alone.out" "$work/base-only.out"
+  printf -v "$var" '%s' "$(median_of "${runs[@]}")"
+}
+# alone_line KILN_ALONE UV_COLD: the line that compares them.
+alone_line() {
+  echo "pip step alone (base pulled before, untimed), cold: kiln $(secs_of "$1") s, uv $(secs_of "$2") s: uv/kiln $(ratio "$(secs_of "$2")" "$(secs_of "$1")")"
 }
 ratio() { awk -v p="$1" -v k="$2" 'BEGIN { if (k + 0 > 0 && p + 0 > 0) printf "%.2f", p / k; else printf "-" }'; }
 mb() { du -sb "$1" 2>/dev/null | awk '{ printf "%.0f", $1 / 1048576 }' || true; }
@@ -167,15 +232,17 @@ if has_row 0; then
   mkdir -p "$work/r0"
   printf '[image]\nname = "bench/pip-six"\nbase = "%s"\n[pip]\npackages = [%s]\ncompile = false\n' \
     "$BASE" "$(printf '"%s", ' "${SIX[@]}" | sed 's/, $//')" >"$work/r0/kiln.toml"
-  measure k0_c "$work/k0-1.log" kiln_run "$work/r0"
+  cold_pair k0_c u0_c "$work/r0-cold" "$work/r0" six "$work/u0-1" "${SIX[@]}"
   measure k0_w "$work/k0-2.log" kiln_run "$work/r0"
-  measure u0_c "$work/u0-1.log" uv_run six "$work/u0-1" "${SIX[@]}"
   measure u0_w "$work/u0-2.log" uv_run six "$work/u0-2" "${SIX[@]}"
-  echo "row 0: ${SIX[*]}, pip step, CPython 3.11 manylinux_2_36 x86_64"
+  pip_alone k0_a "$work/k0-alone" "$work/r0"
+  echo "row 0: ${SIX[*]}, pip step, CPython 3.11 manylinux_2_36 x86_64 (cold: medians of $COLD_RUNS)"
   hdr
   line "kiln build, compile = false" "$k0_c" "$k0_w" 1.00 1.00
   line "uv pip install --target" "$u0_c" "$u0_w" \
     "$(ratio "$(secs_of "$u0_c")" "$(secs_of "$k0_c")")" "$(ratio "$(secs_of "$u0_w")" "$(secs_of "$k0_w")")"
+  runs_line k0_c u0_c
+  alone_line "$k0_a" "$u0_c"
   printf 'check: '; same_dists "oci:$work/r0.out" "$work/u0-2"
   # The layer step in each compression: wheels cached, layers not.
   pip_layers_mb() { # LAYOUT: MB of the layers above the base's
@@ -220,10 +287,10 @@ TOML
   printf '[image]\nname = "bench/pip-scale"\nbase = "%s"\n' "$BASE" >"$work/r1-base/kiln.toml"
   measure k_b_c "$work/k-b-1.log" kiln_run "$work/r1-base"
   measure k_b_w "$work/k-b-2.log" kiln_run "$work/r1-base"
-  measure k_nc_c "$work/k-nc-1.log" kiln_run "$work/r1-nc"
+  cold_pair k_nc_c u_nc_c "$work/r1-cold" "$work/r1-nc" nc "$work/u-nc-1" -r "$work/freeze.txt"
   measure k_nc_w "$work/k-nc-2.log" kiln_run "$work/r1-nc"
-  measure u_nc_c "$work/u-nc-1.log" uv_run nc "$work/u-nc-1" -r "$work/freeze.txt"
   measure u_nc_w "$work/u-nc-2.log" uv_run nc "$work/u-nc-2" -r "$work/freeze.txt"
+  pip_alone k_nc_a "$work/k-nc-alone" "$work/r1-nc"
   # One small wheel of the freeze changed (six, to another release), both
   # caches warm: kiln rebuilds the one shared layer six is in, copying
   # the other wheels' compressed parts; uv installs the whole freeze.
@@ -242,7 +309,7 @@ TOML
   measure u_c_c "$work/u-c-1.log" uv_run c "$work/u-c-1" --compile-bytecode -r "$work/freeze.txt"
   measure u_c_w "$work/u-c-2.log" uv_run c "$work/u-c-2" --compile-bytecode -r "$work/freeze.txt"
 
-  echo "row 1: a $wheels-wheel freeze (top level: $(tr '\n' ' ' <"$work/top.in")), pip step, CPython 3.11 manylinux_2_36 x86_64"
+  echo "row 1: a $wheels-wheel freeze (top level: $(tr '\n' ' ' <"$work/top.in")), pip step, CPython 3.11 manylinux_2_36 x86_64 (compile = false cold: medians of $COLD_RUNS)"
   hdr
   line "kiln build, base only (no [pip])" "$k_b_c" "$k_b_w" - -
   line "kiln build, compile = false" "$k_nc_c" "$k_nc_w" 1.00 1.00
@@ -253,6 +320,8 @@ TOML
   line "kiln build, compile = true" "$k_c_c" "$k_c_w" 1.00 1.00
   line "uv pip install --target --compile-bytecode" "$u_c_c" "$u_c_w" \
     "$(ratio "$(secs_of "$u_c_c")" "$(secs_of "$k_c_c")")" "$(ratio "$(secs_of "$u_c_w")" "$(secs_of "$k_c_w")")"
+  runs_line k_nc_c u_nc_c
+  alone_line "$k_nc_a" "$u_nc_c"
   r1_mb=$(mb "$work/u-nc-2")
   echo "installed: uv target $r1_mb MB ($(mb "$work/u-c-2") MB with pycs);" \
     "kiln OCI layout blobs (gzip, base included) $(mb "$work/r1-nc.out/blobs") MB ($(mb "$work/r1-c.out/blobs") MB with pycs)"

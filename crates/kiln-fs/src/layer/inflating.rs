@@ -150,6 +150,12 @@ impl<'a> Ahead<'a> {
                 continue;
             };
             if packed.size() >= BATCH_BYTES {
+                // The batch gathered goes first: jobs start in the
+                // entries' order, which `take` relies on.
+                if !self.batch.is_empty() {
+                    let batch = std::mem::take(&mut self.batch);
+                    self.spawn(batch);
+                }
                 self.spawn(vec![(i, packed)]);
                 continue;
             }
@@ -257,19 +263,14 @@ mod tests {
     use super::super::tarball::write_tar;
     use super::*;
 
-    /// Forty deflated members of 1 byte to 1.5 MiB in one file, each read
-    /// packed: the tar written with them inflating ahead (the pool and the
-    /// writer racing for each) is the tar of their plain bytes, and a
-    /// damaged one among them fails the tar naming it.
-    #[test]
-    fn members_inflated_ahead_make_the_same_tar() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Deflated members of `lens` bytes end to end in one file: each
+    /// member's offset, deflated length and plain bytes.
+    fn packed_members(path: &std::path::Path, lens: &[usize]) -> Vec<(u64, u64, Vec<u8>)> {
         let mut file = Vec::new();
         let mut members = Vec::new();
-        for i in 0..40u32 {
-            let len = [1usize, 700, 65_536, 1_500_000][i as usize % 4] + i as usize;
-            let plain: Vec<u8> = (0..len)
-                .map(|j| (j as u32 * 7 + i) as u8 ^ (j >> 9) as u8)
+        for (i, len) in lens.iter().enumerate() {
+            let plain: Vec<u8> = (0..*len)
+                .map(|j| (j as u32 * 7 + i as u32) as u8 ^ (j >> 9) as u8)
                 .collect();
             let mut enc =
                 flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -278,34 +279,55 @@ mod tests {
             members.push((file.len() as u64, raw.len() as u64, plain));
             file.extend_from_slice(&raw);
         }
+        std::fs::write(path, &file).unwrap();
+        members
+    }
+
+    /// Entries `m0`, `m1`... read packed from `path`; the CRC-32 of the
+    /// one `damaged` is wrong.
+    fn packed_entries(
+        path: &std::path::Path,
+        members: &[(u64, u64, Vec<u8>)],
+        damaged: Option<usize>,
+    ) -> Vec<Entry> {
+        let f = Arc::new(std::fs::File::open(path).unwrap());
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, (offset, raw, plain))| {
+                let crc = libdeflater::crc32(plain) ^ u32::from(damaged == Some(i));
+                let p = Packed::new(
+                    f.clone(),
+                    *offset,
+                    *raw,
+                    plain.len() as u64,
+                    crc,
+                    true,
+                    format!("m{i}"),
+                );
+                Entry {
+                    path: format!("m{i}"),
+                    kind: EntryKind::Spooled(SpoolSlice::packed(p)),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Forty deflated members of 1 byte to 1.5 MiB in one file, each read
+    /// packed: the tar written with them inflating ahead (the pool and the
+    /// writer racing for each) is the tar of their plain bytes, and a
+    /// damaged one among them fails the tar naming it.
+    #[test]
+    fn members_inflated_ahead_make_the_same_tar() {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.whl");
-        std::fs::write(&path, &file).unwrap();
-        let f = Arc::new(std::fs::File::open(&path).unwrap());
-        let entries = |damaged: Option<usize>| -> Vec<Entry> {
-            members
-                .iter()
-                .enumerate()
-                .map(|(i, (offset, raw, plain))| {
-                    let crc = libdeflater::crc32(plain) ^ u32::from(damaged == Some(i));
-                    let p = Packed::new(
-                        f.clone(),
-                        *offset,
-                        *raw,
-                        plain.len() as u64,
-                        crc,
-                        true,
-                        format!("m{i}"),
-                    );
-                    Entry {
-                        path: format!("m{i}"),
-                        kind: EntryKind::Spooled(SpoolSlice::packed(p)),
-                        mode: 0o644,
-                        uid: 0,
-                        gid: 0,
-                    }
-                })
-                .collect()
-        };
+        let lens: Vec<usize> = (0..40)
+            .map(|i| [1usize, 700, 65_536, 1_500_000][i % 4] + i)
+            .collect();
+        let members = packed_members(&path, &lens);
         let plain: Vec<Entry> = members
             .iter()
             .enumerate()
@@ -313,10 +335,34 @@ mod tests {
             .collect();
         let want = write_tar(&plain, 0, Vec::new()).unwrap();
         for _ in 0..3 {
-            assert!(write_tar(&entries(None), 0, Vec::new()).unwrap() == want);
+            assert!(
+                write_tar(&packed_entries(&path, &members, None), 0, Vec::new()).unwrap() == want
+            );
         }
-        let err = write_tar(&entries(Some(29)), 0, Vec::new()).unwrap_err();
+        let err = write_tar(&packed_entries(&path, &members, Some(29)), 0, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("m29: CRC-32 mismatch"), "{err}");
+    }
+
+    /// Small members gathered for a batch go to the pool before a big one
+    /// after them, so jobs start in the entries' order and the writer gets
+    /// back every member started ahead: all but the first, which it
+    /// reaches before any job starts.
+    #[test]
+    fn every_member_started_ahead_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.whl");
+        let lens: Vec<usize> = (0..10)
+            .map(|i| if i % 3 == 1 { 70_000 } else { 700 })
+            .collect();
+        let members = packed_members(&path, &lens);
+        let entries = packed_entries(&path, &members, None);
+        let mut ahead = Ahead::new(&entries, true);
+        for (i, (_, _, plain)) in members.iter().enumerate() {
+            match ahead.take(i) {
+                Some(read) => assert!(i > 0 && read.unwrap().0 == *plain, "m{i}"),
+                None => assert_eq!(i, 0, "m{i} was not started ahead"),
+            }
+        }
     }
 
     /// A job the pool has not started is done by the writer; one it has

@@ -34,9 +34,10 @@ fn gpg(home: &Path, args: &[&str]) -> Run {
     c.run_ok()
 }
 
-/// A fresh GnuPG home holding one new ed25519 signing key.
+/// A fresh GnuPG home holding one new ed25519 signing key (at a short
+/// path: gpg-agent's sockets go in it).
 fn new_signing_home(label: &str) -> PathBuf {
-    let home = unique_dir(label);
+    let home = short_dir(label);
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
     gpg(

@@ -106,7 +106,7 @@ fn write_repo(dir: &Path, debs: &[PathBuf]) -> PathBuf {
     let dist = dir.join("dists/stable");
     fs::write(dist.join("Release"), release).unwrap();
 
-    let home = unique_dir("sbom-gnupg");
+    let home = short_dir("sbom-gnupg");
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();

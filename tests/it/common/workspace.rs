@@ -23,27 +23,44 @@ fn next_id() -> usize {
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let base = match std::env::var_os("KILN_TEST_SCRATCH") {
+        process_root(match std::env::var_os("KILN_TEST_SCRATCH") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-        }
-        .join("kiln-it");
-        fs::create_dir_all(&base).expect("create scratch base");
-        // Remove what test processes that no longer run left behind.
-        if let Ok(rd) = fs::read_dir(&base) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Ok(pid) = name.parse::<u32>() {
-                    if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
+        })
+    })
+}
+
+/// `base/kiln-it/<pid>`, made, after removing what test processes that no
+/// longer run left under `base/kiln-it`.
+fn process_root(base: PathBuf) -> PathBuf {
+    let base = base.join("kiln-it");
+    fs::create_dir_all(&base).expect("create scratch base");
+    if let Ok(rd) = fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Ok(pid) = name.parse::<u32>() {
+                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(e.path());
                 }
             }
         }
-        let root = base.join(std::process::id().to_string());
-        fs::create_dir_all(&root).expect("create scratch root");
-        root
-    })
+    }
+    let root = base.join(std::process::id().to_string());
+    fs::create_dir_all(&root).expect("create scratch root");
+    root
+}
+
+/// A new, empty, uniquely named directory at a short path (`/tmp/kiln-it/<pid>/…`),
+/// for what holds Unix sockets: a socket's path holds at most 107 bytes,
+/// and the scratch root may be deep in a checkout (gpg-agent, whose
+/// sockets go in its GnuPG home, did not start under
+/// `/tmp/ci-clone52/target/x86_64-unknown-linux-gnu/tmp/kiln-it/…`).
+pub fn short_dir(label: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| process_root(PathBuf::from("/tmp")));
+    let p = root.join(format!("{label}-{}", next_id()));
+    fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    p
 }
 
 /// A new, empty, uniquely named directory under the scratch root.

@@ -109,9 +109,6 @@ impl<'a> Ahead<'a> {
         self.next = self.next.max(i + 1);
         // A member gathered but not yet sent is the writer's own.
         self.batch.retain(|(at, _)| *at > i);
-        while self.taken.front().is_some_and(|(at, _)| *at < i) {
-            self.taken.pop_front();
-        }
         while self.started.front().is_some_and(|(ats, _)| ats[0] <= i) {
             let Some((ats, job)) = self.started.pop_front() else {
                 break;
@@ -119,10 +116,10 @@ impl<'a> Ahead<'a> {
             self.held -= job.size();
             if ats.contains(&i) {
                 self.taken.extend(ats.into_iter().zip(job.take()));
-                while self.taken.front().is_some_and(|(at, _)| *at < i) {
-                    self.taken.pop_front();
-                }
             }
+        }
+        while self.taken.front().is_some_and(|(at, _)| *at < i) {
+            self.taken.pop_front();
         }
         let mine = match self.taken.front() {
             Some((at, _)) if *at == i => self.taken.pop_front().map(|(_, r)| r),

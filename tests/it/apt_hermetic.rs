@@ -20,48 +20,6 @@ const TRIPLET: &str = "x86_64-linux-gnu";
 const FOREIGN: &str = "i386";
 
 // ---------------------------------------------------------------------------
-// Tools
-// ---------------------------------------------------------------------------
-
-/// `gpg --batch --homedir HOME ARGS` (no passphrase, no pinentry).
-fn gpg(home: &Path, args: &[&str]) -> Run {
-    let mut c = Command::new(require_tool("gpg"));
-    c.env("GNUPGHOME", home)
-        .args(["--batch", "--no-tty", "--homedir"])
-        .arg(home)
-        .args(["--pinentry-mode", "loopback", "--passphrase", ""])
-        .args(args);
-    c.run_ok()
-}
-
-/// A fresh GnuPG home holding one new ed25519 signing key (at a short
-/// path: gpg-agent's sockets go in it).
-fn new_signing_home(label: &str) -> PathBuf {
-    let home = short_dir(label);
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-    gpg(
-        &home,
-        &[
-            "--quick-gen-key",
-            &format!("kiln test {label} <t@example.invalid>"),
-            "ed25519",
-            "sign",
-            "never",
-        ],
-    );
-    home
-}
-
-/// Stop the gpg-agent a GnuPG home started (best effort).
-fn stop_agent(home: &Path) {
-    let _ = Command::new(require_tool("gpgconf"))
-        .env("GNUPGHOME", home)
-        .args(["--kill", "gpg-agent"])
-        .run();
-}
-
-// ---------------------------------------------------------------------------
 // Packages and the repository
 // ---------------------------------------------------------------------------
 
@@ -373,24 +331,6 @@ fn write_indexes(repo: &Path, gnupg: &Path) {
     let dists = repo.join("dists/stable");
     fs::write(dists.join("Release"), &release).unwrap();
     sign_release(&dists, gnupg);
-}
-
-/// `gpg --clearsign DIST/Release` into `DIST/InRelease` with the key in GNUPG.
-fn sign_release(dist: &Path, gnupg: &Path) {
-    let out = dist.join("InRelease");
-    let release = dist.join("Release");
-    gpg(
-        gnupg,
-        &[
-            "--yes",
-            "--digest-algo",
-            "SHA256",
-            "--output",
-            out.to_str().unwrap(),
-            "--clearsign",
-            release.to_str().unwrap(),
-        ],
-    );
 }
 
 // ---------------------------------------------------------------------------

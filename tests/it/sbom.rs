@@ -31,16 +31,6 @@ const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 // Fixture: base layout, apt repository, wheelhouse
 // ---------------------------------------------------------------------------
 
-fn gpg(home: &Path, args: &[&str]) -> Run {
-    Command::new(require_tool("gpg"))
-        .env("GNUPGHOME", home)
-        .args(["--batch", "--no-tty", "--homedir"])
-        .arg(home)
-        .args(["--pinentry-mode", "loopback", "--passphrase", ""])
-        .args(args)
-        .run_ok()
-}
-
 /// `dpkg-deb --build` a package with one file; returns its path.
 fn build_deb(
     name: &str,
@@ -106,44 +96,14 @@ fn write_repo(dir: &Path, debs: &[PathBuf]) -> PathBuf {
     let dist = dir.join("dists/stable");
     fs::write(dist.join("Release"), release).unwrap();
 
-    let home = short_dir("sbom-gnupg");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    gpg(
-        &home,
-        &[
-            "--quick-gen-key",
-            "kiln sbom test <t@example.invalid>",
-            "ed25519",
-            "sign",
-            "never",
-        ],
-    );
-    let inrelease = dist.join("InRelease");
-    let release = dist.join("Release");
-    gpg(
-        &home,
-        &[
-            "--yes",
-            "--digest-algo",
-            "SHA256",
-            "--output",
-            inrelease.to_str().unwrap(),
-            "--clearsign",
-            release.to_str().unwrap(),
-        ],
-    );
+    let home = new_signing_home("sbom-gnupg");
+    sign_release(&dist, &home);
     let keyring = dir.join("keyring.gpg");
     gpg(
         &home,
         &["--yes", "--output", keyring.to_str().unwrap(), "--export"],
     );
-    let _ = Command::new(require_tool("gpgconf"))
-        .env("GNUPGHOME", &home)
-        .args(["--kill", "gpg-agent"])
-        .run();
+    stop_agent(&home);
     keyring
 }
 

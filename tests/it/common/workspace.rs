@@ -58,14 +58,16 @@ fn process_root(base: PathBuf) -> PathBuf {
 pub fn short_dir(label: &str) -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     let root = ROOT.get_or_init(|| process_root(PathBuf::from("/tmp")));
-    let p = root.join(format!("{label}-{}", next_id()));
-    fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-    p
+    made(root.join(format!("{label}-{}", next_id())))
 }
 
 /// A new, empty, uniquely named directory under the scratch root.
 pub fn unique_dir(label: &str) -> PathBuf {
-    let p = unique_path(label);
+    made(unique_path(label))
+}
+
+/// `p`, created.
+fn made(p: PathBuf) -> PathBuf {
     fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
     p
 }

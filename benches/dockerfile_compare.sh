@@ -117,6 +117,7 @@ row() {
   eval "KC_$c=$kc"
   read -r kw kw_rss < <(secs_rss "$work/k2-$c.log" kiln_run "$c")
   read -r bc bc_rss < <(secs_rss "$work/b1-$c.log" buildah_run "$c" "$@")
+  eval "BC_$c=$bc"
   read -r bw bw_rss < <(secs_rss "$work/b2-$c.log" buildah_run "$c" "$@")
   echo "$title"
   printf '%-8s %9s %9s %12s %12s\n' tool cold_s warm_s cold_rss_mb warm_rss_mb
@@ -166,6 +167,52 @@ read -r floor floor_rss < <(secs_rss "$work/floor.log" fetch_all floor)
 printf 'download floor (%s files, %s MB, curl x16): %ss; kiln cold / floor: %sx\n' \
   "$(wc -l < "$work/urls")" "$(( $(du -sb "$work/floor" | cut -f1) / 1000000 ))" "$floor" \
   "$(awk -v k="$KC_ctx3" -v f="$floor" 'BEGIN { printf "%.2f", k / f }')"
+
+# The image's other floor: the bytecode pip writes for those wheels is
+# CPython compiling every .py they hold, which no builder can skip or
+# share. The wheels' sources, unpacked untimed, compiled by the host's
+# python3 in one forked process a core (the largest files dealt out
+# first), with nothing written: compile() alone, the least any builder
+# that writes those pycs spends. (kiln compiles with the image's own
+# interpreter, and also hashes, marshals and packs each pyc.)
+compile_floor() {
+  rm -rf "$work/srcs" && python3 - "$work/floor" "$work/srcs" <<'PY'
+import pathlib, sys, zipfile
+for whl in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
+    zipfile.ZipFile(whl).extractall(sys.argv[2])
+PY
+  find "$work/srcs" -name '*.py' | wc -l >"$work/srcs.count"
+  cat >"$work/compile_floor.py" <<'PY'
+import os, sys
+files = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".py")]
+files.sort(key=lambda p: (-os.path.getsize(p), p))
+cores = os.cpu_count() or 1
+children = []
+for shard in (files[i::cores] for i in range(cores)):
+    pid = os.fork()
+    if pid == 0:
+        for p in shard:
+            with open(p, "rb") as f:
+                source = f.read()
+            try:
+                compile(source, p, "exec", dont_inherit=True)
+            except Exception:
+                pass
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+PY
+  secs_rss "$work/compile.log" python3 "$work/compile_floor.py" "$work/srcs"
+}
+read -r cfloor _ < <(compile_floor)
+printf 'compile floor (%s sources, host %s compile() alone, %s processes): %ss\n' \
+  "$(cat "$work/srcs.count")" "$(python3 -c 'import platform; print("python" + platform.python_version())')" \
+  "$(nproc)" "$cfloor"
+printf 'kiln cold / the larger floor: %sx; 15x buildah would allow %ss\n' \
+  "$(awk -v k="$KC_ctx3" -v f="$floor" -v c="$cfloor" 'BEGIN { m = f > c ? f : c; printf "%.2f", k / m }')" \
+  "$(awk -v b="$BC_ctx3" 'BEGIN { printf "%.2f", b / 15 }')"
+rm -rf "$work/srcs"
 fi
 
 # Row 4: the full data image again, cold, pushed to the same registry

@@ -175,6 +175,15 @@ fn pip_packages_get_unchecked_hash_pycs_reproducibly() {
     assert_eq!(second["pip"][0]["bytecode"]["compiled"], 2);
     // (Compiled as the wheel arrived, over the tree started at resolution.)
     assert_eq!(second["pip"][0]["bytecode"]["ahead"], 2, "{second}");
+    // ...and on one core, from a cold cache of its own (one compile batch
+    // and one layer slot at a time).
+    let mut c = ws.kiln();
+    on_one_core(&mut c)
+        .env("KILN_CACHE", unique_dir("bytecode-one-core-cache"))
+        .args(["build", "--json", "-o"])
+        .arg(format!("oci:{}", ws.join("out-one-core").display()));
+    let one_core = run(&mut c).ok().json();
+    assert_eq!(one_core["digest"], digest.as_str(), "{one_core}");
     // ...and from that cache again: the pins it kept hold, so the stages
     // are taken whole (nothing resolved, unpacked or compiled)...
     let third = build(&ws, &other, "out3");

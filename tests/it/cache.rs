@@ -265,6 +265,17 @@ fn a_bumped_wheel_compresses_only_its_part_of_a_shared_layer() {
         "the parts built ahead"
     );
     assert_eq!(cold["digest"], bumped["digest"]);
+    // So does a cold build on one core: one layer slot and one thread in
+    // each pool, where this machine has two.
+    let one_core = {
+        let mut c = ws.kiln();
+        on_one_core(&mut c)
+            .env("KILN_CACHE", ws.join("one-core-cache"))
+            .args(["build", "--json", "-o"])
+            .arg(format!("oci:{}", ws.join("one-core").display()));
+        c.run_ok().json()
+    };
+    assert_eq!(one_core["digest"], bumped["digest"], "{one_core}");
     let unparted = ws
         .kiln()
         .env("KILN_CACHE", ws.join("warm-cache"))

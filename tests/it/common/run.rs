@@ -35,6 +35,41 @@ pub fn kiln() -> Command {
     c
 }
 
+/// `cmd`, run on one CPU (the first this process may use): in it, std's
+/// `available_parallelism`, and with it rayon's pools and kiln's layer
+/// slots, count one core. For checking that the bytes do not depend on
+/// how many threads made them.
+pub fn on_one_core(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills
+    // it for this process.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::sched_getaffinity(0, size, &mut allowed) };
+    assert_eq!(
+        got,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    let first = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .expect("this process may run on some CPU");
+    // SAFETY: the closure runs in the child between fork and exec and
+    // makes one system call on a set built before the fork.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(first, &mut one) };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, size, &one) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 /// Result of a finished command.
 #[derive(Debug)]
 pub struct Run {

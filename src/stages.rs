@@ -206,7 +206,8 @@ impl Slots {
         }
     }
 
-    /// Wait for a free slot, in turn.
+    /// Wait for a free slot, in turn (after any heavier waiter of
+    /// [`Slots::take_weighing`]).
     pub(crate) fn take(&self) -> Slot<'_> {
         self.take_weighing(0)
     }

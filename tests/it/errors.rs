@@ -121,17 +121,9 @@ fn special_files_in_source_are_rejected() {
             "socket" => {
                 // mknod(2), not bind(2): a bound socket's path holds at
                 // most 107 bytes, and the scratch root may be deeper.
-                use std::os::unix::ffi::OsStrExt;
-                let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-                // SAFETY: a NUL-terminated path; mknod reads nothing else.
-                let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFSOCK | 0o644, 0) };
-                assert_eq!(
-                    made,
-                    0,
-                    "mknod {}: {}",
-                    p.display(),
-                    std::io::Error::last_os_error()
-                );
+                use rustix::fs::{mknodat, FileType, Mode, CWD};
+                mknodat(CWD, &p, FileType::Socket, Mode::from_raw_mode(0o644), 0)
+                    .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
             }
             _ => {
                 tool("mknod").arg(&p).args(["c", "1", "3"]).run_ok();

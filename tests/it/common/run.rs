@@ -40,34 +40,17 @@ pub fn kiln() -> Command {
 /// slots, count one core. For checking that the bytes do not depend on
 /// how many threads made them.
 pub fn on_one_core(cmd: &mut Command) -> &mut Command {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
     use std::os::unix::process::CommandExt;
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills
-    // it for this process.
-    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::sched_getaffinity(0, size, &mut allowed) };
-    assert_eq!(
-        got,
-        0,
-        "sched_getaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    let first = (0..libc::CPU_SETSIZE as usize)
-        .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+    let allowed = sched_getaffinity(None).expect("sched_getaffinity");
+    let first = (0..CpuSet::MAX_CPU)
+        .find(|&c| allowed.is_set(c))
         .expect("this process may run on some CPU");
-    // SAFETY: the closure runs in the child between fork and exec and
-    // makes one system call on a set built before the fork.
-    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(first, &mut one) };
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::sched_setaffinity(0, size, &one) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
+    let mut one = CpuSet::new();
+    one.set(first);
+    // SAFETY: the closure runs in the child between fork and exec, and
+    // makes one system call on a set made before the fork.
+    unsafe { cmd.pre_exec(move || Ok(sched_setaffinity(None, &one)?)) }
 }
 
 /// Result of a finished command.

@@ -186,7 +186,7 @@ PY
 import os, sys
 files = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".py")]
 files.sort(key=lambda p: (-os.path.getsize(p), p))
-cores = os.cpu_count() or 1
+cores = len(os.sched_getaffinity(0))
 children = []
 for shard in (files[i::cores] for i in range(cores)):
     pid = os.fork()
